@@ -1,0 +1,62 @@
+"""The one door to generated code: only this module imports ``gen/`` (package ``aral``)."""
+
+from __future__ import annotations
+
+from aral.v1 import card_pb2, message_pb2, node_pb2, node_pb2_grpc
+
+ARALMessage = message_pb2.ARALMessage
+MessageContent = message_pb2.MessageContent
+Header = message_pb2.Header
+Body = message_pb2.Body
+Error = message_pb2.Error
+Signature = message_pb2.Signature
+MessageType = message_pb2.MessageType
+
+Capability = card_pb2.Capability
+RiskCategory = card_pb2.RiskCategory
+Endpoint = card_pb2.Endpoint
+NodeCard = card_pb2.NodeCard
+SignedNodeCard = card_pb2.SignedNodeCard
+Hello = card_pb2.Hello
+Welcome = card_pb2.Welcome
+HandshakeRequest = card_pb2.HandshakeRequest
+HandshakeResponse = card_pb2.HandshakeResponse
+
+Call = node_pb2.Call
+CallResult = node_pb2.CallResult
+InvokeRequest = node_pb2.InvokeRequest
+InvokeResponse = node_pb2.InvokeResponse
+ChannelFrame = node_pb2.ChannelFrame
+ChannelOpen = node_pb2.ChannelOpen
+ChannelOpenContent = node_pb2.ChannelOpenContent
+MessageBatch = node_pb2.MessageBatch
+Ack = node_pb2.Ack
+Credit = node_pb2.Credit
+Ping = node_pb2.Ping
+ChannelClose = node_pb2.ChannelClose
+MessageErrors = node_pb2.MessageErrors
+MessageError = node_pb2.MessageError
+ListCapabilitiesRequest = node_pb2.ListCapabilitiesRequest
+ListCapabilitiesResponse = node_pb2.ListCapabilitiesResponse
+GetStatusRequest = node_pb2.GetStatusRequest
+NodeStatus = node_pb2.NodeStatus
+ListPeersRequest = node_pb2.ListPeersRequest
+ListPeersResponse = node_pb2.ListPeersResponse
+Peer = node_pb2.Peer
+PeerState = node_pb2.PeerState
+
+AgentNodeServicer = node_pb2_grpc.AgentNodeServicer
+AgentNodeStub = node_pb2_grpc.AgentNodeStub
+add_AgentNodeServicer_to_server = node_pb2_grpc.add_AgentNodeServicer_to_server
+
+FILE_DESCRIPTORS = (message_pb2.DESCRIPTOR, card_pb2.DESCRIPTOR, node_pb2.DESCRIPTOR)
+AGENT_NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["AgentNode"]
+AGENT_NODE_SERVICE_NAME = AGENT_NODE_SERVICE.full_name
+
+# Payload types bound into every signature (DSSE PAE), so that a signature made
+# for one kind of payload can never be passed off as another.
+PAYLOAD_MESSAGE = "application/vnd.aral.v1.message-content+proto"
+PAYLOAD_NODE_CARD = "application/vnd.aral.v1.node-card+proto"
+PAYLOAD_HELLO = "application/vnd.aral.v1.hello+proto"
+PAYLOAD_WELCOME = "application/vnd.aral.v1.welcome+proto"
+PAYLOAD_CHANNEL_OPEN = "application/vnd.aral.v1.channel-open+proto"

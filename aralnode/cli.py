@@ -1,0 +1,274 @@
+"""The ``aralnode`` command: thin; parses, calls the public API, prints.
+
+Tables for people, ``--json`` for scripts; errors go to stderr with a non-zero
+exit code (2 for usage, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from aralnode.config import NodeConfig
+from aralnode.core.errors import AralError
+from aralnode.core.identity import Identity, KeyAlgorithm
+from aralnode.node import Node
+from aralnode.transport.grpc_client import NodeClient, unwrap
+
+PEER_STATES = {1: "discovered", 2: "handshaking", 3: "connected", 4: "stale", 5: "gone"}
+RISKS = ("unspecified", "read_only", "limited_write", "external_api", "database", "system", "financial")
+
+
+class CliError(Exception):
+    """A failure to report on stderr with exit code 1."""
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _ago(ms: int) -> str:
+    if not ms:
+        return "-"
+    secs = max(0.0, time.time() - ms / 1000)
+    return f"{secs:.1f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
+
+
+# -- subcommands ---------------------------------------------------------------------
+
+
+async def cmd_run(ns: argparse.Namespace) -> int:
+    config = NodeConfig(
+        name=ns.name,
+        host=ns.host,
+        grpc_port=ns.grpc_port,
+        http_port=None if ns.http_port < 0 else ns.http_port,
+        data_dir=Path(ns.data_dir) if ns.data_dir else None,
+        discovery=ns.discovery,
+        peers=list(ns.peer),
+        interfaces=list(ns.interface),
+        key_algorithm=KeyAlgorithm(ns.key_algorithm),
+    )
+    node = Node(config)
+    for spec in ns.load:
+        node.load(spec)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    print(
+        f"aralnode {node.name} ({node.node_id}) serving gRPC on {node.address} "
+        f"with {len(node.registry)} capabilities; discovery={config.discovery}",
+        flush=True,
+    )
+    print(f"try: grpcurl -plaintext {node.address} list", flush=True)
+    stopper = asyncio.ensure_future(stop.wait())
+    closed = asyncio.ensure_future(node.wait_closed())
+    await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    closed.cancel()
+    print("stopping: draining in-flight calls", file=sys.stderr, flush=True)
+    await node.stop()
+    return 0
+
+
+async def cmd_call(ns: argparse.Namespace) -> int:
+    try:
+        params = json.loads(ns.params) if ns.params else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise CliError("JSON_PARAMS must be a JSON object")
+    async with NodeClient(ns.node) as client:
+        result = await client.call(ns.capability, params, to=ns.to, timeout=ns.timeout)
+    value = unwrap(result)
+    if ns.json:
+        _print_json(
+            {"result": value, "node_id": result.node_id, "trace_id": result.trace_id, "decision": result.decision}
+        )
+    elif isinstance(value, dict | list):
+        _print_json(value)
+    else:
+        print(value)
+    return 0
+
+
+async def cmd_caps(ns: argparse.Namespace) -> int:
+    async with NodeClient(ns.node) as client:
+        response = await client.capabilities(ns.peer_id)
+    if ns.json:
+        _print_json(json_format.MessageToDict(response, preserving_proto_field_name=True))
+        return 0
+    rows = [
+        (c.id, RISKS[c.risk] if c.risk < len(RISKS) else c.risk, ",".join(c.required_scopes) or "-", c.description)
+        for c in response.capabilities
+    ]
+    print(f"node {response.node_id}: {len(rows)} capabilities")
+    print(_table(rows, ("CAPABILITY", "RISK", "SCOPES", "DESCRIPTION")))
+    return 0
+
+
+async def cmd_status(ns: argparse.Namespace) -> int:
+    async with NodeClient(ns.node) as client:
+        status = await client.status()
+    if ns.json:
+        _print_json(json_format.MessageToDict(status, preserving_proto_field_name=True))
+        return 0
+    rows = [
+        ("node id", status.node_id),
+        ("name", status.name),
+        ("state", status.state),
+        ("software", status.software),
+        ("protocols", ", ".join(status.protocol_versions)),
+        ("endpoints", ", ".join(f"{e.protocol}://{e.address}" for e in status.endpoints)),
+        ("uptime", f"{status.uptime_ms / 1000:.1f}s"),
+        ("key", f"{status.key_algorithm} {status.key_fingerprint}"),
+        ("discovery", status.discovery),
+        ("capabilities", status.capability_count),
+        ("peers", status.peer_count),
+        *((f"counter {k}", v) for k, v in sorted(status.counters.items())),
+    ]
+    print(_table(rows, ("FIELD", "VALUE")))
+    return 0
+
+
+async def cmd_peers(ns: argparse.Namespace) -> int:
+    async with NodeClient(ns.node) as client:
+        peers = await client.peers()
+    if ns.json:
+        _print_json([json_format.MessageToDict(p, preserving_proto_field_name=True) for p in peers])
+        return 0
+    rows = [
+        (
+            p.name,
+            p.node_id or "-",
+            p.address,
+            PEER_STATES.get(p.state, "?"),
+            p.health,
+            len(p.capability_ids),
+            _ago(p.last_seen_unix_ms),
+        )
+        for p in peers
+    ]
+    print(_table(rows, ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN")))
+    return 0
+
+
+def cmd_keys_show(ns: argparse.Namespace) -> int:
+    data_dir = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
+    if not (data_dir / "identity.pem").exists():
+        raise CliError(f"no identity in {data_dir}; `aralnode run --data-dir {data_dir}` makes one")
+    identity = Identity.load_or_create(data_dir)
+    info = {
+        "node_id": identity.node_id,
+        "algorithm": str(identity.algorithm),
+        "fingerprint": identity.public_key.fingerprint,
+        "data_dir": str(data_dir),
+    }
+    if ns.json:
+        _print_json(info)
+    else:
+        print(_table(list(info.items()), ("FIELD", "VALUE")))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aralnode", description="A gRPC-first agent mesh node.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a node")
+    run.add_argument("--name", default="aralnode", help="node name (default: aralnode)")
+    run.add_argument("--host", default=None, help="bind address (default: 0.0.0.0 with mdns, else 127.0.0.1)")
+    run.add_argument("--grpc-port", type=int, default=50051, help="gRPC port, 0 for any (default: 50051)")
+    run.add_argument("--http-port", type=int, default=8080, help="HTTP port, 0 for any, -1 to disable (default: 8080)")
+    run.add_argument("--data-dir", help="keys and state (default: $XDG_DATA_HOME/aralnode/NAME)")
+    run.add_argument("--discovery", choices=("mdns", "static", "none"), default="mdns")
+    run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="static peer (repeatable)")
+    run.add_argument("--interface", action="append", default=[], metavar="IP", help="mDNS interface address (repeatable)")
+    run.add_argument("--load", action="append", default=[], metavar="MODULE_OR_FILE", help="call its setup(node) (repeatable)")
+    run.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="ES256")
+    run.set_defaults(func=cmd_run)
+
+    call = sub.add_parser("call", help="invoke a capability")
+    call.add_argument("--node", required=True, metavar="HOST:PORT")
+    call.add_argument("--to", default="", metavar="NODE_ID", help="forward to this peer of --node")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: 30)")
+    call.add_argument("--json", action="store_true", help="machine-readable output")
+    call.add_argument("capability")
+    call.add_argument("params", nargs="?", default="", metavar="JSON_PARAMS")
+    call.set_defaults(func=cmd_call)
+
+    caps = sub.add_parser("caps", help="list a node's capabilities")
+    caps.add_argument("--node", required=True, metavar="HOST:PORT")
+    caps.add_argument("--peer-id", default="", metavar="NODE_ID", help="a peer's capabilities as --node knows them")
+    caps.add_argument("--json", action="store_true")
+    caps.set_defaults(func=cmd_caps)
+
+    status = sub.add_parser("status", help="show a node's status")
+    status.add_argument("--node", required=True, metavar="HOST:PORT")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    peers = sub.add_parser("peers", help="list a node's peers")
+    peers.add_argument("--node", required=True, metavar="HOST:PORT")
+    peers.add_argument("--json", action="store_true")
+    peers.set_defaults(func=cmd_peers)
+
+    keys = sub.add_parser("keys", help="identity keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    show = keys_sub.add_parser("show", help="show the node identity")
+    show.add_argument("--name", default="aralnode")
+    show.add_argument("--data-dir")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_keys_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(ns.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = ns.func(ns)
+        if asyncio.iscoroutine(result):
+            with contextlib.suppress(KeyboardInterrupt):
+                return int(asyncio.run(result))
+            return 130
+        return int(result)
+    except AralError as exc:
+        print(f"error: {exc.message} [{exc.status.name} {exc.reason}]", file=sys.stderr)
+        return 1
+    except (CliError, ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Node configuration: one dataclass, embedded defaults, validated on construction."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
+from aralnode.core.identity import KeyAlgorithm
+
+DISCOVERY_MODES = ("mdns", "static", "none")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def default_data_dir(name: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "aralnode" / name
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """Everything a node needs; every field has a working default.
+
+    Attributes:
+        name: Human name, also the mDNS instance name (made unique on conflict).
+        host: Address to bind. ``None``: 0.0.0.0 with mDNS discovery (peers must reach
+            us), 127.0.0.1 otherwise.
+        grpc_port: gRPC port; 0 picks a free one.
+        http_port: REST/MCP/WebSocket port; 0 picks a free one, ``None`` disables HTTP.
+        data_dir: Keys and state; defaults to ``$XDG_DATA_HOME/aralnode/<name>``.
+        discovery: "mdns", "static" (only ``peers``) or "none".
+        peers: Static peers, ``host:port``, dialled at start.
+        interfaces: IP addresses of the interfaces mDNS uses (all if empty).
+        key_algorithm: Algorithm of a newly made identity key.
+        allow_unsigned: Accept plain calls and unsigned envelopes (as anonymous, no scopes).
+        peer_scopes: Scopes granted to callers that signed with a verified node key.
+        max_message_bytes: Largest envelope content accepted.
+        replay_window_ms / clock_skew_ms: Freshness window for signed messages.
+        keepalive_ms: gRPC and channel keepalive interval.
+        peer_timeout_ms: How long a silent peer stays before it is dropped.
+        max_concurrent: Calls running at once before RESOURCE_EXHAUSTED.
+        drain_seconds: Grace period for in-flight calls on stop.
+    """
+
+    name: str = "aralnode"
+    host: str | None = None
+    grpc_port: int = 50051
+    http_port: int | None = 8080
+    data_dir: Path | None = None
+    discovery: str = "mdns"
+    peers: list[str] = field(default_factory=list)
+    interfaces: list[str] = field(default_factory=list)
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.ES256
+    allow_unsigned: bool = True
+    peer_scopes: frozenset[str] = frozenset()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    replay_window_ms: int = 30_000
+    clock_skew_ms: int = 5_000
+    keepalive_ms: int = 5_000
+    peer_timeout_ms: int = 10_000
+    max_concurrent: int = 512
+    drain_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"invalid node name {self.name!r}: 1..63 letters, digits, '.', '_' or '-'"
+            )
+        if self.discovery not in DISCOVERY_MODES:
+            raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_MODES)}")
+        for port in (self.grpc_port, self.http_port):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range")
+        for peer in self.peers:
+            host, sep, port = peer.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"peer {peer!r} must be HOST:PORT")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
+        self.key_algorithm = KeyAlgorithm(self.key_algorithm)
+        self.peer_scopes = frozenset(self.peer_scopes)
+
+    @property
+    def bind_host(self) -> str:
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.discovery == "mdns" else "127.0.0.1"  # noqa: S104 - LAN node
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else default_data_dir(self.name)

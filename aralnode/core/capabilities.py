@@ -1,0 +1,261 @@
+"""The capability registry: plain async functions and protobuf service methods.
+
+A function becomes a capability through ``CapabilityRegistry.function`` (the
+``@node.capability`` decorator): its type hints give the input JSON Schema and the
+validation (pydantic), its return annotation the output schema, its docstring the
+description. A parameter annotated ``CallContext`` receives the call context.
+
+A method of a registered protobuf service becomes a capability with id
+``package.Service/Method``; its schemas come from the message descriptors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+import pydantic
+from google.protobuf import json_format
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from aralnode import _proto as pb
+from aralnode.core.context import CallContext
+from aralnode.core.errors import CapabilityNotFound, InvalidParameters
+from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
+
+Handler = Callable[[Any, CallContext], Awaitable[Any]]
+
+RISKS = ("unspecified", "read_only", "limited_write", "external_api", "database", "system", "financial")
+
+
+@dataclass(slots=True)
+class Capability:
+    """A registered capability.
+
+    ``handler(params, ctx)`` takes decoded JSON parameters and returns a JSON-able
+    result; validation against ``input_schema`` happens inside it.
+    """
+
+    id: str
+    handler: Handler
+    name: str = ""
+    description: str = ""
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] = field(default_factory=dict)
+    required_scopes: tuple[str, ...] = ()
+    risk: str = "unspecified"
+    grpc_method: str = ""
+    method: MethodDescriptor | None = None
+
+    def to_proto(self) -> pb.Capability:
+        cap = pb.Capability(
+            id=self.id,
+            name=self.name or self.id,
+            description=self.description,
+            required_scopes=list(self.required_scopes),
+            risk=RISKS.index(self.risk),
+            grpc_method=self.grpc_method,
+        )
+        if self.input_schema:
+            cap.input_schema.update(self.input_schema)
+        if self.output_schema:
+            cap.output_schema.update(self.output_schema)
+        return cap
+
+
+def _check_id(cap_id: str) -> str:
+    if not cap_id or len(cap_id) > 128 or any(c.isspace() for c in cap_id):
+        raise ValueError(f"invalid capability id {cap_id!r}: 1..128 chars, no whitespace")
+    return cap_id
+
+
+def _check_risk(risk: str) -> str:
+    if risk not in RISKS:
+        raise ValueError(f"unknown risk {risk!r}; one of {', '.join(RISKS)}")
+    return risk
+
+
+def function_capability(
+    fn: Callable[..., Awaitable[Any]],
+    *,
+    id: str | None = None,  # noqa: A002 - mirrors the proto field
+    description: str | None = None,
+    scopes: tuple[str, ...] = (),
+    risk: str = "unspecified",
+) -> Capability:
+    """Describe an ``async def`` as a capability (schema and validation from hints)."""
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{fn.__qualname__} must be an async function")
+    hints = get_type_hints(fn, include_extras=True)
+    sig = inspect.signature(fn)
+    fields: dict[str, Any] = {}
+    ctx_param: str | None = None
+    for name, param in sig.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"{fn.__qualname__}: *args/**kwargs cannot become a schema")
+        annotation = hints.get(name, Any)
+        if annotation is CallContext:
+            ctx_param = name
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (annotation, default)
+    model = pydantic.create_model(  # type: ignore[call-overload]
+        f"{fn.__name__}_params",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        **fields,
+    )
+    input_schema = {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
+    input_schema.pop("title", None)
+    returns = hints.get("return", Any)
+    out_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(returns)
+    output_schema: dict[str, Any] = {}
+    if returns is not Any and returns is not type(None):
+        output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
+    names = list(fields)
+
+    async def handler(params: Any, ctx: CallContext) -> Any:
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidParameters(
+                f"parameters of {cap_id} must be a JSON object, got {type(params).__name__}"
+            )
+        try:
+            parsed = model.model_validate(params)
+        except pydantic.ValidationError as exc:
+            raise InvalidParameters(
+                f"invalid parameters for {cap_id}: {_summary(exc)}",
+                details={"errors": [_err(e) for e in exc.errors()[:10]]},
+            ) from None
+        kwargs = {n: getattr(parsed, n) for n in names}
+        if ctx_param is not None:
+            kwargs[ctx_param] = ctx
+        result = await fn(**kwargs)
+        return out_adapter.dump_python(result, mode="json")
+
+    cap_id = _check_id(id or fn.__name__)
+    doc = inspect.getdoc(fn) or ""
+    return Capability(
+        id=cap_id,
+        handler=handler,
+        name=fn.__name__,
+        description=description if description is not None else doc.split("\n\n")[0],
+        input_schema=input_schema,
+        output_schema=output_schema,
+        required_scopes=tuple(scopes),
+        risk=_check_risk(risk),
+    )
+
+
+def _summary(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _err(e: Any) -> dict[str, Any]:
+    return {"field": ".".join(str(x) for x in e["loc"]), "message": e["msg"], "type": e["type"]}
+
+
+def method_capabilities(
+    servicer: object, service: ServiceDescriptor, *, risk: str = "unspecified"
+) -> list[Capability]:
+    """One capability per unary-unary method of ``service`` implemented by ``servicer``."""
+    caps = []
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        impl = getattr(servicer, method.name, None)
+        if impl is None:
+            continue
+        caps.append(_method_capability(impl, method, risk))
+    return caps
+
+
+def _method_capability(impl: Callable[..., Any], method: MethodDescriptor, risk: str) -> Capability:
+    req_cls: type[Message] = GetMessageClass(method.input_type)
+    cap_id = f"{method.containing_service.full_name}/{method.name}"
+
+    async def handler(params: Any, ctx: CallContext) -> Any:
+        request = req_cls()
+        try:
+            json_format.ParseDict(params or {}, request)
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            raise InvalidParameters(f"invalid parameters for {cap_id}: {exc}") from None
+        response = impl(request, ctx)
+        if inspect.isawaitable(response):
+            response = await response
+        return json_format.MessageToDict(response, preserving_proto_field_name=False)
+
+    return Capability(
+        id=cap_id,
+        handler=handler,
+        name=method.name,
+        description=f"{method.containing_service.full_name}.{method.name}",
+        input_schema=message_schema(method.input_type),
+        output_schema=message_schema(method.output_type),
+        risk=_check_risk(risk),
+        grpc_method=f"/{method.containing_service.full_name}/{method.name}",
+        method=method,
+    )
+
+
+class CapabilityRegistry:
+    """Capabilities by id, with change listeners (mDNS TXT, events)."""
+
+    def __init__(self) -> None:
+        self._caps: dict[str, Capability] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._digest: str | None = None
+
+    def add(self, cap: Capability, *, replace: bool = False) -> Capability:
+        if cap.id in self._caps and not replace:
+            raise ValueError(f"capability {cap.id!r} is already registered")
+        self._caps[cap.id] = cap
+        self._changed()
+        return cap
+
+    def remove(self, cap_id: str) -> None:
+        if self._caps.pop(cap_id, None) is not None:
+            self._changed()
+
+    def get(self, cap_id: str) -> Capability:
+        cap = self._caps.get(cap_id)
+        if cap is None:
+            raise CapabilityNotFound(
+                f"no capability {cap_id!r} on this node", details={"capability": cap_id}
+            )
+        return cap
+
+    def __contains__(self, cap_id: object) -> bool:
+        return cap_id in self._caps
+
+    def __iter__(self) -> Iterator[Capability]:
+        return iter(sorted(self._caps.values(), key=lambda c: c.id))
+
+    def __len__(self) -> int:
+        return len(self._caps)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def digest(self) -> str:
+        """First 16 hex chars of SHA-256 over the sorted capability ids."""
+        if self._digest is None:
+            ids = "\n".join(sorted(self._caps))
+            self._digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
+        return self._digest
+
+    def _changed(self) -> None:
+        self._digest = None
+        for listener in list(self._listeners):
+            listener()

@@ -1,0 +1,88 @@
+"""Parameter and result encodings (PRO-003) and compression (PRO-004).
+
+``application/json`` is the default; ``application/msgpack`` and
+``application/x-protobuf`` (a ``google.protobuf.Value``) are negotiated through
+the message header. Payloads above a threshold are gzip-compressed on send; a
+decompressed payload is bounded so a small bomb cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import msgpack
+from google.protobuf import json_format, struct_pb2
+
+from aralnode.core.errors import InvalidRequest, MalformedMessage, MessageTooLarge
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+PROTOBUF = "application/x-protobuf"
+CONTENT_TYPES = (JSON, MSGPACK, PROTOBUF)
+GZIP = "gzip"
+DEFLATE = "deflate"
+COMPRESSIONS = ("", GZIP, DEFLATE)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+def encode(value: Any, content_type: str = JSON) -> bytes:
+    """Encode a JSON-compatible value."""
+    if not content_type or content_type == JSON:
+        return _dumps(value).encode()
+    if content_type == MSGPACK:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    if content_type == PROTOBUF:
+        msg = struct_pb2.Value()
+        json_format.ParseDict(value, msg)
+        return msg.SerializeToString()
+    raise InvalidRequest(f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE")
+
+
+def decode(data: bytes, content_type: str = JSON) -> Any:
+    """Decode bytes made by :func:`encode`; empty bytes decode to ``None``."""
+    if not data:
+        return None
+    try:
+        if not content_type or content_type == JSON:
+            return _loads(data)
+        if content_type == MSGPACK:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if content_type == PROTOBUF:
+            msg = struct_pb2.Value()
+            msg.ParseFromString(data)
+            return json_format.MessageToDict(msg)
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise MalformedMessage(f"payload is not valid {content_type or JSON}: {exc}") from None
+    except Exception as exc:  # protobuf DecodeError and msgpack's ExtraData share no base
+        raise MalformedMessage(f"payload is not valid {content_type}: {exc}") from None
+    raise InvalidRequest(f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE")
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    if compression == GZIP:
+        return gzip.compress(data, compresslevel=5)
+    if compression == DEFLATE:
+        return zlib.compress(data, 5)
+    return data
+
+
+def decompress(data: bytes, compression: str, limit: int) -> bytes:
+    """Undo :func:`compress`, refusing output larger than ``limit`` bytes."""
+    if not compression:
+        return data
+    if compression not in (GZIP, DEFLATE):
+        raise InvalidRequest(f"unsupported compression {compression!r}", reason="UNSUPPORTED_COMPRESSION")
+    wbits = 16 + zlib.MAX_WBITS if compression == GZIP else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise MalformedMessage(f"payload is not valid {compression}: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise MessageTooLarge(f"decompressed payload exceeds {limit} bytes")
+    return out

@@ -1,0 +1,218 @@
+"""Sealing and opening ARAL messages.
+
+``seal`` serializes the header and body once and signs those bytes; ``open_message``
+verifies the signature over the bytes as received, and only then parses them
+(never verify over a re-serialized message). Every failure is an ``AralError``
+with a precise reason; no input makes these functions raise anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from aralnode import _proto as pb
+from aralnode.core import codec
+from aralnode.core.clock import Clock
+from aralnode.core.errors import (
+    AralError,
+    KeyMismatch,
+    MalformedMessage,
+    MessageTooLarge,
+    Unauthenticated,
+    UnsupportedVersion,
+)
+from aralnode.core.identity import Identity, KeyRing, PublicKey
+from aralnode.core.replay import ReplayGuard
+
+PROTOCOL_VERSION = "1.0"
+SUPPORTED_VERSIONS = ("1.0",)
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MIN_NONCE, MAX_NONCE = 8, 64
+MAX_ID_LENGTH = 128
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_nonce() -> bytes:
+    return os.urandom(12)
+
+
+@dataclass(slots=True)
+class OpenedMessage:
+    """A message whose bytes verified (if signed), parsed and passed replay checks."""
+
+    header: pb.Header
+    body: pb.Body
+    raw: bytes
+    signer: PublicKey | None
+
+    @property
+    def signed(self) -> bool:
+        return self.signer is not None
+
+    def parameters(self, limit: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+        data = codec.decompress(self.body.parameters, self.header.compression, limit)
+        return codec.decode(data, self.header.content_type)
+
+    def result(self, limit: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+        data = codec.decompress(self.body.result, self.header.compression, limit)
+        return codec.decode(data, self.header.content_type)
+
+
+def build_content(
+    *,
+    sender: str,
+    recipient: str,
+    body: pb.Body,
+    clock: Clock,
+    message_id: str | None = None,
+    trace_id: str = "",
+    content_type: str = codec.JSON,
+    compression: str = "",
+    ttl_ms: int = 0,
+) -> pb.MessageContent:
+    header = pb.Header(
+        version=PROTOCOL_VERSION,
+        message_id=message_id or new_message_id(),
+        timestamp_unix_ms=clock.now_ms(),
+        sender=sender,
+        recipient=recipient,
+        content_type=content_type,
+        compression=compression,
+        trace_id=trace_id,
+        nonce=new_nonce(),
+        ttl_ms=ttl_ms,
+    )
+    return pb.MessageContent(header=header, body=body)
+
+
+def seal(
+    content: pb.MessageContent, identity: Identity | None, *, embed_key: bool = False
+) -> pb.ARALMessage:
+    """Serialize ``content`` once and sign exactly those bytes (unsigned if no identity)."""
+    raw = content.SerializeToString()
+    if identity is None:
+        return pb.ARALMessage(content=raw)
+    return pb.ARALMessage(
+        content=raw, signature=identity.sign(pb.PAYLOAD_MESSAGE, raw, embed_key=embed_key)
+    )
+
+
+def encode_payload(
+    value: Any, content_type: str = codec.JSON, *, compress_above: int = 8192
+) -> tuple[bytes, str]:
+    """Encode a value and gzip it when larger than ``compress_above`` bytes."""
+    data = codec.encode(value, content_type)
+    if compress_above and len(data) > compress_above:
+        return codec.compress(data, codec.GZIP), codec.GZIP
+    return data, ""
+
+
+def open_message(
+    message: pb.ARALMessage,
+    *,
+    keyring: KeyRing,
+    replay: ReplayGuard | None,
+    require_signature: bool,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    expected_recipient: str = "",
+) -> OpenedMessage:
+    """Verify, parse and replay-check one message.
+
+    Raises:
+        MessageTooLarge, MalformedMessage, UnsupportedVersion: bad input.
+        Unauthenticated (and subclasses): missing or bad signature, wrong key,
+            replayed or stale message.
+    """
+    raw = message.content
+    if len(raw) > max_bytes:
+        raise MessageTooLarge(
+            f"message content is {len(raw)} bytes; the limit is {max_bytes}",
+            details={"size": len(raw), "limit": max_bytes},
+        )
+    signer: PublicKey | None = None
+    if message.HasField("signature"):
+        signer = keyring.resolve(message.signature)
+        signer.verify(pb.PAYLOAD_MESSAGE, raw, message.signature)
+    elif require_signature:
+        raise Unauthenticated("message is not signed", reason="SIGNATURE_MISSING")
+    content = pb.MessageContent()
+    try:
+        content.ParseFromString(raw)
+    except (DecodeError, RecursionError):
+        raise MalformedMessage("message content does not parse as aral.v1.MessageContent") from None
+    header, body = content.header, content.body
+    check_header(header)
+    if signer is not None and header.sender != signer.key_id:
+        raise KeyMismatch(
+            f"message claims sender {header.sender!r} but is signed by {signer.key_id}",
+            details={"sender": header.sender, "key_id": signer.key_id},
+        )
+    if expected_recipient and header.recipient and header.recipient != expected_recipient:
+        raise MalformedMessage(
+            f"message is addressed to {header.recipient}, not to this node",
+            reason="WRONG_RECIPIENT",
+        )
+    if replay is not None:
+        replay.admit(header.sender, header.message_id, header.timestamp_unix_ms)
+    return OpenedMessage(header=header, body=body, raw=raw, signer=signer)
+
+
+def check_header(header: pb.Header) -> None:
+    """Field-level checks that need no keys or state."""
+    if header.version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(
+            f"protocol version {header.version!r} is not supported",
+            details={"supported": list(SUPPORTED_VERSIONS)},
+        )
+    if not header.message_id or len(header.message_id) > MAX_ID_LENGTH:
+        raise MalformedMessage("header.message_id is missing or too long", reason="MISSING_FIELD")
+    if not header.sender or len(header.sender) > MAX_ID_LENGTH:
+        raise MalformedMessage("header.sender is missing or too long", reason="MISSING_FIELD")
+    if not header.timestamp_unix_ms:
+        raise MalformedMessage("header.timestamp_unix_ms is missing", reason="MISSING_FIELD")
+    if not MIN_NONCE <= len(header.nonce) <= MAX_NONCE:
+        raise MalformedMessage(
+            f"header.nonce must be {MIN_NONCE}..{MAX_NONCE} bytes, got {len(header.nonce)}",
+            reason="MISSING_FIELD",
+        )
+    if header.content_type and header.content_type not in codec.CONTENT_TYPES:
+        raise MalformedMessage(
+            f"unsupported content type {header.content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE"
+        )
+    if header.compression not in codec.COMPRESSIONS:
+        raise MalformedMessage(
+            f"unsupported compression {header.compression!r}", reason="UNSUPPORTED_COMPRESSION"
+        )
+
+
+def error_body(exc: AralError, correlation_id: str) -> pb.Body:
+    """A response body carrying ``exc`` in the seed's error shape."""
+    err = pb.Error(code=exc.code, message=exc.message, status=int(exc.status))
+    details = dict(exc.details)
+    details["reason"] = exc.reason
+    if exc.retry_after is not None:
+        details["retry_after"] = exc.retry_after
+    err.details.update(_jsonable(details))
+    return pb.Body(type=pb.MessageType.MESSAGE_TYPE_RESPONSE, error=err, correlation_id=correlation_id)
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, str | int | float | bool) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, dict):
+            out[str(k)] = _jsonable(v)
+        elif isinstance(v, list | tuple):
+            out[str(k)] = [x if isinstance(x, str | int | float | bool) else str(x) for x in v]
+        else:
+            out[str(k)] = str(v)
+    return out

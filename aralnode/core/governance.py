@@ -1,0 +1,139 @@
+"""The governance hook: every action is evaluated before it runs.
+
+An evaluator looks at an ``Action`` and returns a ``Verdict``: one of five primary
+decisions (ok, nudge, escalate, block, halt; ACGP-1008 §2.3) plus an orthogonal
+flag. ``RuleEvaluator`` is a small tripwire engine: ordered rules, each a predicate
+over the action; the most severe matching decision wins and every matching rule is
+recorded. Richer policy engines plug in through the ``Evaluator`` protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aralnode.core.errors import GovernanceBlocked
+
+
+class Decision(enum.IntEnum):
+    """Primary decisions, in increasing severity."""
+
+    OK = 0
+    NUDGE = 1
+    ESCALATE = 2
+    BLOCK = 3
+    HALT = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Direction(enum.StrEnum):
+    INVOKE = "invoke"  # a capability is about to run on this node
+    SEND = "send"  # this node is about to send a message to a peer
+    RECEIVE = "receive"  # a message from a peer is about to be delivered
+
+
+@dataclass(slots=True, frozen=True)
+class Action:
+    """What governance judges."""
+
+    direction: Direction
+    capability: str
+    caller: str
+    door: str
+    risk: str = "unspecified"
+    parameters: Any = None
+    peer: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    decision: Decision = Decision.OK
+    flagged: bool = False
+    reasons: tuple[str, ...] = ()
+    rule_ids: tuple[str, ...] = ()
+    # A nudge may replace the parameters.
+    parameters: Any = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision <= Decision.NUDGE
+
+
+ALLOW = Verdict()
+
+
+class Evaluator(Protocol):
+    """Anything that judges an action. Must be fast: it runs on every message."""
+
+    def evaluate(self, action: Action) -> Verdict: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Rule:
+    """A tripwire: when ``when(action)`` holds, the rule contributes ``decision``."""
+
+    id: str
+    when: Callable[[Action], bool]
+    decision: Decision = Decision.OK
+    flag: bool = False
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class RuleEvaluator:
+    """Ordered tripwires; the most severe matching decision wins."""
+
+    rules: Sequence[Rule] = field(default_factory=tuple)
+
+    def evaluate(self, action: Action) -> Verdict:
+        if not self.rules:
+            return ALLOW
+        decision, flagged = Decision.OK, False
+        reasons: list[str] = []
+        ids: list[str] = []
+        for rule in self.rules:
+            if rule.when(action):
+                ids.append(rule.id)
+                reasons.append(rule.reason or rule.id)
+                flagged = flagged or rule.flag
+                decision = max(decision, rule.decision)
+        if not ids:
+            return ALLOW
+        return Verdict(decision, flagged, tuple(reasons), tuple(ids))
+
+
+class AllowAll:
+    """The default evaluator: no tripwires configured, every action is ok."""
+
+    __slots__ = ()
+
+    def evaluate(self, action: Action) -> Verdict:
+        return ALLOW
+
+
+_OUTCOME = {
+    Decision.ESCALATE: "needs approval (escalated, no approver configured)",
+    Decision.BLOCK: "was blocked",
+    Decision.HALT: "was halted",
+}
+
+
+def enforce(verdict: Verdict, action: Action) -> None:
+    """Raise ``GovernanceBlocked`` unless the verdict lets the action proceed.
+
+    An escalation with no approver configured fails closed.
+    """
+    if verdict.allowed:
+        return
+    why = "; ".join(verdict.reasons) or "policy"
+    raise GovernanceBlocked(
+        f"{action.direction} of {action.capability!r} {_OUTCOME[verdict.decision]} "
+        f"by governance: {why}",
+        reason=f"GOVERNANCE_{verdict.decision.name}",
+        details={"decision": verdict.decision.label, "rules": list(verdict.rule_ids)},
+    )

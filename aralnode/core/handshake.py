@@ -1,0 +1,181 @@
+"""Signed node cards and the Hello/Welcome handshake (PRO-009…012), sans-IO.
+
+Verification order for a card: the signature verifies with the key the card
+carries, the key hashes to the card's node id, and (when known) the node id is the
+one we expected to reach. The Hello is signed by its sender's key and carries a
+fresh nonce and timestamp; the Welcome signs that nonce back, so neither side can
+replay an old handshake of someone else's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from aralnode import _proto as pb
+from aralnode.core.capabilities import CapabilityRegistry
+from aralnode.core.clock import Clock
+from aralnode.core.envelope import SUPPORTED_VERSIONS, new_nonce
+from aralnode.core.errors import KeyMismatch, MalformedMessage, UnsupportedVersion
+from aralnode.core.identity import Identity, PublicKey
+from aralnode.core.replay import ReplayGuard
+
+SOFTWARE = "aralnode/0.1.0"
+MAX_CARD_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class VerifiedCard:
+    """A node card whose signature and id-key binding were checked."""
+
+    card: pb.NodeCard
+    key: PublicKey
+    signed: pb.SignedNodeCard
+
+    @property
+    def node_id(self) -> str:
+        return self.card.node_id
+
+
+def build_card(
+    identity: Identity,
+    *,
+    name: str,
+    endpoints: list[tuple[str, str]],
+    registry: CapabilityRegistry,
+    clock: Clock,
+) -> pb.SignedNodeCard:
+    card = pb.NodeCard(
+        node_id=identity.node_id,
+        name=name,
+        endpoints=[pb.Endpoint(protocol=p, address=a) for p, a in endpoints],
+        protocol_versions=list(SUPPORTED_VERSIONS),
+        public_key=identity.public_key.spki,
+        key_algorithm=identity.algorithm,
+        capabilities=[c.to_proto() for c in registry],
+        issued_at_unix_ms=clock.now_ms(),
+        software=SOFTWARE,
+        capability_digest=registry.digest,
+    )
+    raw = card.SerializeToString()
+    return pb.SignedNodeCard(card=raw, signature=identity.sign(pb.PAYLOAD_NODE_CARD, raw))
+
+
+def verify_card(signed: pb.SignedNodeCard, *, expected_node_id: str = "") -> VerifiedCard:
+    """Check a card's signature and id binding; raise an ``AralError`` if anything is off."""
+    if len(signed.card) > MAX_CARD_BYTES:
+        raise MalformedMessage("node card is too large")
+    card = pb.NodeCard()
+    try:
+        card.ParseFromString(signed.card)
+    except DecodeError:
+        raise MalformedMessage("node card does not parse") from None
+    if not card.public_key:
+        raise MalformedMessage("node card carries no public key", reason="MISSING_FIELD")
+    key = PublicKey(card.public_key)
+    if key.key_id != card.node_id:
+        raise KeyMismatch(
+            f"card claims node id {card.node_id!r} but its key hashes to {key.key_id}"
+        )
+    if signed.signature.key_id != key.key_id:
+        raise KeyMismatch("card is signed by a key other than the one it carries")
+    key.verify(pb.PAYLOAD_NODE_CARD, signed.card, signed.signature)
+    if expected_node_id and card.node_id != expected_node_id:
+        raise KeyMismatch(
+            f"expected node {expected_node_id} but reached {card.node_id}",
+            reason="UNEXPECTED_NODE",
+        )
+    return VerifiedCard(card, key, signed)
+
+
+def negotiate(offered: list[str] | tuple[str, ...]) -> str:
+    """The first of the offered versions (most preferred first) that we support."""
+    for version in offered:
+        if version in SUPPORTED_VERSIONS:
+            return version
+    raise UnsupportedVersion(
+        f"no common protocol version: offered {list(offered)}, supported {list(SUPPORTED_VERSIONS)}",
+        details={"offered": list(offered), "supported": list(SUPPORTED_VERSIONS)},
+    )
+
+
+def make_hello(
+    identity: Identity, card: pb.SignedNodeCard, clock: Clock, *, expected_node_id: str = ""
+) -> tuple[pb.HandshakeRequest, bytes]:
+    """A signed Hello and the nonce the Welcome must echo."""
+    nonce = new_nonce()
+    hello = pb.Hello(
+        card=card,
+        protocol_versions=list(SUPPORTED_VERSIONS),
+        nonce=nonce,
+        timestamp_unix_ms=clock.now_ms(),
+        expected_node_id=expected_node_id,
+    )
+    raw = hello.SerializeToString()
+    return pb.HandshakeRequest(hello=raw, signature=identity.sign(pb.PAYLOAD_HELLO, raw)), nonce
+
+
+def accept_hello(
+    request: pb.HandshakeRequest, *, my_node_id: str, replay: ReplayGuard
+) -> tuple[pb.Hello, VerifiedCard, str]:
+    """Verify a Hello; return it, the dialer's verified card and the chosen version."""
+    hello = pb.Hello()
+    try:
+        hello.ParseFromString(request.hello)
+    except DecodeError:
+        raise MalformedMessage("hello does not parse") from None
+    verified = verify_card(hello.card)
+    if request.signature.key_id != verified.node_id:
+        raise KeyMismatch("hello is not signed by the key of the card it carries")
+    verified.key.verify(pb.PAYLOAD_HELLO, request.hello, request.signature)
+    if hello.expected_node_id and hello.expected_node_id != my_node_id:
+        raise KeyMismatch(
+            f"dialer expected node {hello.expected_node_id}, this is {my_node_id}",
+            reason="UNEXPECTED_NODE",
+        )
+    if not 8 <= len(hello.nonce) <= 64:
+        raise MalformedMessage("hello nonce must be 8..64 bytes", reason="MISSING_FIELD")
+    replay.admit(verified.node_id, "hello:" + hello.nonce.hex(), hello.timestamp_unix_ms)
+    version = negotiate(list(hello.protocol_versions))
+    return hello, verified, version
+
+
+def make_welcome(
+    identity: Identity,
+    card: pb.SignedNodeCard,
+    hello: pb.Hello,
+    version: str,
+    clock: Clock,
+    *,
+    keepalive_ms: int,
+) -> pb.HandshakeResponse:
+    welcome = pb.Welcome(
+        card=card,
+        selected_version=version,
+        hello_nonce=hello.nonce,
+        timestamp_unix_ms=clock.now_ms(),
+        keepalive_ms=keepalive_ms,
+    )
+    raw = welcome.SerializeToString()
+    return pb.HandshakeResponse(welcome=raw, signature=identity.sign(pb.PAYLOAD_WELCOME, raw))
+
+
+def accept_welcome(
+    response: pb.HandshakeResponse, *, nonce: bytes, expected_node_id: str = ""
+) -> tuple[pb.Welcome, VerifiedCard]:
+    """Verify a Welcome answers our Hello and comes from the expected node."""
+    welcome = pb.Welcome()
+    try:
+        welcome.ParseFromString(response.welcome)
+    except DecodeError:
+        raise MalformedMessage("welcome does not parse") from None
+    verified = verify_card(welcome.card, expected_node_id=expected_node_id)
+    if response.signature.key_id != verified.node_id:
+        raise KeyMismatch("welcome is not signed by the key of the card it carries")
+    verified.key.verify(pb.PAYLOAD_WELCOME, response.welcome, response.signature)
+    if welcome.hello_nonce != nonce:
+        raise KeyMismatch("welcome does not answer our hello", reason="NONCE_MISMATCH")
+    if welcome.selected_version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(f"peer selected unsupported version {welcome.selected_version!r}")
+    return welcome, verified

@@ -1,0 +1,232 @@
+"""Node identity: a key pair, a node id derived from the public key, signatures.
+
+A node id is the base32 form of the first 20 bytes of SHA-256 over the public key's
+SubjectPublicKeyInfo (DER), like a libp2p peer id: an announcement cannot claim an
+id without holding the key. Signatures cover the DSSE pre-authentication encoding
+of (payload type, payload bytes) and are made over the exact bytes that travel.
+
+ES256 signatures are raw ``r || s`` (64 bytes, as in JWS); DER-encoded or
+wrong-length signatures are rejected. Ed25519 is the option.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from aralnode import _proto as pb
+from aralnode.core.errors import KeyMismatch, SignatureInvalid, UnknownKey
+
+_ECDSA = ec.ECDSA(hashes.SHA256())
+KEY_FILE = "identity.pem"
+
+
+class KeyAlgorithm(enum.StrEnum):
+    """Signature algorithms a node can hold."""
+
+    ES256 = "ES256"
+    ED25519 = "Ed25519"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding of (payload type, payload)."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
+
+
+def fingerprint(spki_der: bytes) -> bytes:
+    """SHA-256 over the SubjectPublicKeyInfo."""
+    return hashlib.sha256(spki_der).digest()
+
+
+def key_id_for(spki_der: bytes) -> str:
+    """The id derived from a public key; a node's id is its identity key's id."""
+    return base64.b32encode(fingerprint(spki_der)[:20]).decode().lower()
+
+
+def fingerprint_text(spki_der: bytes) -> str:
+    """Full fingerprint as unpadded lower-case base32 (for mDNS TXT and display)."""
+    return base64.b32encode(fingerprint(spki_der)).decode().rstrip("=").lower()
+
+
+class PublicKey:
+    """A verified-format public key with its derived id."""
+
+    __slots__ = ("_key", "algorithm", "key_id", "spki")
+
+    def __init__(self, spki_der: bytes) -> None:
+        try:
+            key = serialization.load_der_public_key(spki_der)
+        except (ValueError, TypeError) as exc:
+            raise KeyMismatch("public key is not a valid SubjectPublicKeyInfo") from exc
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            self.algorithm = KeyAlgorithm.ES256
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            self.algorithm = KeyAlgorithm.ED25519
+        else:
+            raise KeyMismatch("unsupported key type: only P-256 (ES256) and Ed25519 are accepted")
+        self._key = key
+        self.spki = spki_der
+        self.key_id = key_id_for(spki_der)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_text(self.spki)
+
+    def verify(self, payload_type: str, payload: bytes, signature: pb.Signature) -> None:
+        """Raise ``SignatureInvalid`` unless ``signature`` covers (type, payload)."""
+        if signature.algorithm != self.algorithm:
+            raise SignatureInvalid(
+                f"signature algorithm {signature.algorithm!r} does not match the "
+                f"{self.algorithm} key {self.key_id}"
+            )
+        value = signature.value
+        if len(value) != 64:
+            raise SignatureInvalid(
+                f"{self.algorithm} signature must be 64 bytes, got {len(value)}",
+                details={"length": len(value)},
+            )
+        message = pae(payload_type, payload)
+        try:
+            if isinstance(self._key, ec.EllipticCurvePublicKey):
+                der = encode_dss_signature(
+                    int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
+                )
+                self._key.verify(der, message, _ECDSA)
+            else:
+                assert isinstance(self._key, ed25519.Ed25519PublicKey)
+                self._key.verify(value, message)
+        except InvalidSignature:
+            raise SignatureInvalid(
+                f"signature does not verify with key {self.key_id}"
+            ) from None
+
+
+class Identity:
+    """A node's private key. Signs; its public half is ``public_key``."""
+
+    __slots__ = ("_private", "algorithm", "public_key")
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        self._private = private_key
+        spki = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.public_key = PublicKey(spki)
+        self.algorithm = self.public_key.algorithm
+
+    @classmethod
+    def generate(cls, algorithm: KeyAlgorithm = KeyAlgorithm.ES256) -> Identity:
+        if algorithm is KeyAlgorithm.ED25519:
+            return cls(ed25519.Ed25519PrivateKey.generate())
+        return cls(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> Identity:
+        key = serialization.load_pem_private_key(data, password=None)
+        if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+            return cls(key)
+        raise ValueError("identity key must be a P-256 or Ed25519 private key")
+
+    @classmethod
+    def load_or_create(
+        cls, data_dir: Path, algorithm: KeyAlgorithm = KeyAlgorithm.ES256
+    ) -> Identity:
+        """Load ``data_dir/identity.pem``, making it (mode 0600) on first run."""
+        path = data_dir / KEY_FILE
+        if path.exists():
+            return cls.from_pem(path.read_bytes())
+        data_dir.mkdir(parents=True, exist_ok=True)
+        identity = cls.generate(algorithm)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(identity.to_pem())
+        os.replace(tmp, path)
+        return identity
+
+    def to_pem(self) -> bytes:
+        return self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self.public_key.key_id
+
+    def sign(self, payload_type: str, payload: bytes, *, embed_key: bool = False) -> pb.Signature:
+        """Sign (type, payload); ``embed_key`` adds the public key for first contact."""
+        message = pae(payload_type, payload)
+        if isinstance(self._private, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(self._private.sign(message, _ECDSA))
+            value = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        else:
+            value = self._private.sign(message)
+        sig = pb.Signature(algorithm=self.algorithm, key_id=self.node_id, value=value)
+        if embed_key:
+            sig.public_key = self.public_key.spki
+        return sig
+
+
+class KeyRing:
+    """Public keys by key id: pinned ones (from verified handshakes) and a bounded LRU
+    of self-certifying keys learnt from messages that carried them."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._pinned: dict[str, PublicKey] = {}
+        self._learnt: OrderedDict[str, PublicKey] = OrderedDict()
+        self._capacity = capacity
+
+    def pin(self, key: PublicKey) -> None:
+        self._pinned[key.key_id] = key
+        self._learnt.pop(key.key_id, None)
+
+    def unpin(self, key_id: str) -> None:
+        self._pinned.pop(key_id, None)
+
+    def get(self, key_id: str) -> PublicKey | None:
+        key = self._pinned.get(key_id)
+        if key is None:
+            key = self._learnt.get(key_id)
+            if key is not None:
+                self._learnt.move_to_end(key_id)
+        return key
+
+    def resolve(self, signature: pb.Signature) -> PublicKey:
+        """The key a signature names; a supplied key must hash to its key id."""
+        key = self.get(signature.key_id)
+        if key is not None:
+            if signature.public_key and signature.public_key != key.spki:
+                raise KeyMismatch(f"supplied public key does not belong to {signature.key_id}")
+            return key
+        if not signature.public_key:
+            raise UnknownKey(
+                f"no public key known for key id {signature.key_id!r}; "
+                "handshake first or embed the key"
+            )
+        key = PublicKey(signature.public_key)
+        if key.key_id != signature.key_id:
+            raise KeyMismatch(
+                f"public key hashes to {key.key_id}, not to the claimed key id {signature.key_id}"
+            )
+        self._learnt[key.key_id] = key
+        if len(self._learnt) > self._capacity:
+            self._learnt.popitem(last=False)
+        return key
+
+    def __len__(self) -> int:
+        return len(self._pinned) + len(self._learnt)

@@ -1,0 +1,130 @@
+"""The one invocation pipeline every door runs.
+
+    admission (concurrency limit) -> lookup -> authorize (scopes) -> governance (pre)
+    -> handler (deadline) -> result
+
+Doors (gRPC Invoke, the A2A channel, REST, MCP, in-process calls) build a
+``CallContext`` and call ``Pipeline.invoke``; none of them calls a handler itself,
+so a call refused on one door is refused on all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aralnode.core.capabilities import Capability, CapabilityRegistry
+from aralnode.core.clock import Clock
+from aralnode.core.context import CallContext
+from aralnode.core.errors import (
+    AralError,
+    DeadlineExceeded,
+    HandlerFailed,
+    PermissionDenied,
+    RateLimited,
+)
+from aralnode.core.governance import Action, Direction, Evaluator, Verdict, enforce
+
+log = logging.getLogger("aralnode.pipeline")
+
+ALL_SCOPES = "*"
+
+
+@dataclass(slots=True)
+class Outcome:
+    value: Any
+    verdict: Verdict
+    capability: Capability
+
+
+class Pipeline:
+    """Runs capabilities under admission control, authorization and governance."""
+
+    def __init__(
+        self,
+        registry: CapabilityRegistry,
+        governance: Evaluator,
+        clock: Clock,
+        *,
+        max_concurrent: int = 512,
+    ) -> None:
+        self.registry = registry
+        self.governance = governance
+        self.clock = clock
+        self.max_concurrent = max_concurrent
+        self.in_flight = 0
+        self.counters: Counter[str] = Counter()
+
+    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
+        """Run one capability for ``ctx``.
+
+        Raises:
+            AralError: every refusal and failure, already mapped to a status.
+        """
+        if self.in_flight >= self.max_concurrent:
+            self.counters["invoke.rejected"] += 1
+            raise RateLimited(
+                f"node is at its limit of {self.max_concurrent} concurrent calls",
+                reason="CONCURRENCY_LIMIT",
+                retry_after=0.05,
+            )
+        self.in_flight += 1
+        try:
+            return await self._run(ctx, capability_id, params)
+        except AralError as exc:
+            self.counters[f"invoke.{exc.code}"] += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _run(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
+        cap = self.registry.get(capability_id)
+        ctx.capability = cap.id
+        if cap.required_scopes and ALL_SCOPES not in ctx.scopes:
+            missing = [s for s in cap.required_scopes if s not in ctx.scopes]
+            if missing:
+                raise PermissionDenied(
+                    f"{cap.id} requires scope(s) {', '.join(missing)}",
+                    reason="MISSING_SCOPE",
+                    details={"missing_scopes": missing},
+                )
+        action = Action(
+            Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer
+        )
+        verdict = self.governance.evaluate(action)
+        ctx.decision = verdict.decision.label
+        if verdict.flagged:
+            ctx.flags.extend(verdict.rule_ids)
+            self.counters["governance.flagged"] += 1
+        enforce(verdict, action)
+        if verdict.parameters is not None:
+            params = verdict.parameters
+        value = await self._call(cap, params, ctx)
+        self.counters["invoke.ok"] += 1
+        return Outcome(value, verdict, cap)
+
+    async def _call(self, cap: Capability, params: Any, ctx: CallContext) -> Any:
+        try:
+            if ctx.deadline is None:
+                return await cap.handler(params, ctx)
+            remaining = ctx.deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline passed before {cap.id} started")
+            try:
+                async with asyncio.timeout(remaining):
+                    return await cap.handler(params, ctx)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{cap.id} did not finish before the deadline") from None
+        except AralError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("capability %s failed (trace %s)", cap.id, ctx.trace_id)
+            raise HandlerFailed(
+                f"capability {cap.id} failed: {type(exc).__name__}",
+                details={"capability": cap.id, "trace_id": ctx.trace_id},
+            ) from exc

@@ -1,0 +1,188 @@
+"""JSON Schema (2020-12) from protobuf message descriptors, following the proto3 JSON
+mapping (``json_format``): 64-bit integers as strings, bytes as base64, enums by
+name, well-known types by their JSON form, recursion through ``$defs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+_INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+_INT64 = {"type": ["string", "integer"], "pattern": "^-?[0-9]+$", "format": "int64"}
+_UINT64 = {"type": ["string", "integer"], "pattern": "^[0-9]+$", "format": "uint64"}
+_FLOAT = {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_DOUBLE: _FLOAT,
+    FieldDescriptor.TYPE_FLOAT: _FLOAT,
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
+    FieldDescriptor.TYPE_UINT32: _UINT32,
+    FieldDescriptor.TYPE_FIXED32: _UINT32,
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+}
+
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.NullValue": {"type": "null"},
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}},
+    "google.protobuf.DoubleValue": {"type": ["number", "null"]},
+    "google.protobuf.FloatValue": {"type": ["number", "null"]},
+    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
+    "google.protobuf.UInt32Value": {"type": ["integer", "null"]},
+    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
+    "google.protobuf.StringValue": {"type": ["string", "null"]},
+    "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
+}
+
+
+def enum_schema(desc: EnumDescriptor) -> dict[str, Any]:
+    names = [v.name for v in desc.values]
+    numbers = [v.number for v in desc.values]
+    return {"oneOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": numbers}]}
+
+
+class _Builder:
+    def __init__(self, comments: dict[str, str] | None) -> None:
+        self.defs: dict[str, dict[str, Any]] = {}
+        self.comments = comments or {}
+
+    def message(self, desc: Descriptor) -> dict[str, Any]:
+        if desc.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[desc.full_name])
+        if desc.full_name not in self.defs:
+            self.defs[desc.full_name] = {}  # placeholder breaks recursion
+            self.defs[desc.full_name] = self._object(desc)
+        return {"$ref": f"#/$defs/{desc.full_name}"}
+
+    def _object(self, desc: Descriptor) -> dict[str, Any]:
+        props: dict[str, Any] = {}
+        for f in desc.fields:
+            schema = self.field(f)
+            doc = self.comments.get(f.full_name)
+            if doc:
+                schema = {**schema, "description": doc}
+            props[f.json_name] = schema
+        out: dict[str, Any] = {"type": "object", "properties": props}
+        doc = self.comments.get(desc.full_name)
+        if doc:
+            out["description"] = doc
+        return out
+
+    def field(self, f: FieldDescriptor) -> dict[str, Any]:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            value = f.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        if f.label == FieldDescriptor.LABEL_REPEATED:
+            return {"type": "array", "items": self.single(f)}
+        return self.single(f)
+
+    def single(self, f: FieldDescriptor) -> dict[str, Any]:
+        if f.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+            return self.message(f.message_type)
+        if f.type == FieldDescriptor.TYPE_ENUM:
+            return enum_schema(f.enum_type)
+        return dict(_SCALARS[f.type])
+
+
+def message_schema(
+    desc: Descriptor, *, comments: dict[str, str] | None = None, inline_root: bool = True
+) -> dict[str, Any]:
+    """A self-contained JSON Schema for messages of type ``desc``.
+
+    Args:
+        desc: The message descriptor.
+        comments: Optional map of full names to leading comments, used as descriptions.
+        inline_root: Put the root object at the top level (tools such as MCP want an
+            ``object`` schema at the root) rather than behind a ``$ref``.
+    """
+    b = _Builder(comments)
+    ref = b.message(desc)
+    if inline_root and "$ref" in ref:
+        root = b.defs.pop(desc.full_name)
+        if _mentions(b.defs, desc.full_name) or _mentions(root, desc.full_name):
+            b.defs[desc.full_name] = root  # recursive: keep the def the root refers to
+        schema: dict[str, Any] = {"$schema": SCHEMA_DIALECT, **root}
+    else:
+        schema = {"$schema": SCHEMA_DIALECT, **ref}
+    if b.defs:
+        schema["$defs"] = b.defs
+    return schema
+
+
+def _mentions(tree: Any, full_name: str) -> bool:
+    target = f"#/$defs/{full_name}"
+    if isinstance(tree, dict):
+        return any(v == target or _mentions(v, full_name) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_mentions(v, full_name) for v in tree)
+    return False
+
+
+def source_comments(file_desc: Any) -> dict[str, str]:
+    """Leading comments by full name, if the descriptor kept source info."""
+    from google.protobuf import descriptor_pb2
+
+    proto = descriptor_pb2.FileDescriptorProto()
+    file_desc.CopyToProto(proto)
+    if not proto.HasField("source_code_info"):
+        return {}
+    return _comments_from(proto)
+
+
+def _comments_from(proto: Any) -> dict[str, str]:
+    # Paths: 4 = message_type, 2 = field, 6 = service, 2 = method (in a service).
+    out: dict[str, str] = {}
+    pkg = proto.package
+    for loc in proto.source_code_info.location:
+        text = (loc.leading_comments or loc.trailing_comments).strip()
+        if not text:
+            continue
+        path = list(loc.path)
+        name = _name_for(proto, pkg, path)
+        if name:
+            out[name] = " ".join(line.strip() for line in text.splitlines())
+    return out
+
+
+def _name_for(proto: Any, pkg: str, path: list[int]) -> str:
+    if len(path) >= 2 and path[0] == 4:
+        msg = proto.message_type[path[1]]
+        name = f"{pkg}.{msg.name}"
+        rest = path[2:]
+        while len(rest) >= 2 and rest[0] == 3:
+            msg = msg.nested_type[rest[1]]
+            name = f"{name}.{msg.name}"
+            rest = rest[2:]
+        if not rest:
+            return name
+        if len(rest) == 2 and rest[0] == 2:
+            return f"{name}.{msg.field[rest[1]].name}"
+        return ""
+    if len(path) >= 2 and path[0] == 6:
+        svc = proto.service[path[1]]
+        if len(path) == 2:
+            return f"{pkg}.{svc.name}"
+        if len(path) == 4 and path[2] == 2:
+            return f"{pkg}.{svc.name}.{svc.method[path[3]].name}"
+    return ""

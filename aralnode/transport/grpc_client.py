@@ -1,0 +1,195 @@
+"""A client for the AgentNode service: plain calls for tools, signed envelopes for nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from aralnode import _proto as pb
+from aralnode.core import codec
+from aralnode.core.clock import SYSTEM_CLOCK, Clock
+from aralnode.core.envelope import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    build_content,
+    encode_payload,
+    open_message,
+    seal,
+)
+from aralnode.core.errors import (
+    MalformedMessage,
+    Unauthenticated,
+    error_from_status,
+)
+from aralnode.core.handshake import VerifiedCard, accept_welcome, make_hello
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.transport.grpc_server import FRAME_HEADROOM
+from aralnode.transport.status import from_rpc_error
+
+T = TypeVar("T")
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    limit = max_message_bytes + FRAME_HEADROOM
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class NodeClient:
+    """Talks to one node.
+
+    Without an identity it makes plain, unsigned calls (what ``aralnode call`` and
+    grpcurl do). With one, ``handshake()`` verifies the node's signed card and
+    ``request()`` sends signed envelopes whose signed responses it verifies.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        identity: Identity | None = None,
+        keyring: KeyRing | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.identity = identity
+        self.keyring = keyring or KeyRing()
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
+        self._own_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(
+            address, options=channel_options(max_message_bytes)
+        )
+        self.stub = pb.AgentNodeStub(self.channel)
+        self.peer: VerifiedCard | None = None
+        self.version = ""
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()
+
+    async def _rpc(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    # -- node to node ------------------------------------------------------------
+
+    async def handshake(
+        self, card: pb.SignedNodeCard, *, expected_node_id: str = "", timeout: float = 10.0
+    ) -> VerifiedCard:
+        """Hello/Welcome: verify the node's card and pin its key."""
+        if self.identity is None:
+            raise ValueError("a handshake needs an identity")
+        request, nonce = make_hello(self.identity, card, self.clock, expected_node_id=expected_node_id)
+        response = await self._rpc(lambda: self.stub.Handshake(request, timeout=timeout))
+        welcome, verified = accept_welcome(response, nonce=nonce, expected_node_id=expected_node_id)
+        self.keyring.pin(verified.key)
+        self.peer, self.version = verified, welcome.selected_version
+        return verified
+
+    async def request(
+        self,
+        capability: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        content_type: str = codec.JSON,
+        trace_id: str = "",
+        sign: bool = True,
+    ) -> Any:
+        """Invoke ``capability`` with a (signed) request envelope; return its result."""
+        if sign and self.identity is None:
+            raise ValueError("signed requests need an identity")
+        payload, compression = encode_payload(params, content_type)
+        sender = self.identity.node_id if self.identity is not None else "anonymous"
+        content = build_content(
+            sender=sender,
+            recipient=self.peer.node_id if self.peer is not None else "",
+            body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=capability, parameters=payload),
+            clock=self.clock,
+            trace_id=trace_id,
+            content_type=content_type,
+            compression=compression,
+            ttl_ms=int(timeout * 1000) if timeout else 0,
+        )
+        message = seal(content, self.identity if sign else None, embed_key=self.peer is None)
+        response = await self._rpc(
+            lambda: self.stub.Invoke(pb.InvokeRequest(message=message), timeout=timeout)
+        )
+        return self._result(response, content.header.message_id, signed=sign)
+
+    def _result(self, response: pb.InvokeResponse, request_id: str, *, signed: bool) -> Any:
+        if response.WhichOneof("kind") != "message":
+            raise MalformedMessage("node answered a message with something else")
+        reply = response.message
+        if signed and not reply.HasField("signature"):
+            raise Unauthenticated("node answered a signed request with an unsigned response")
+        opened = open_message(
+            reply,
+            keyring=self.keyring,
+            replay=None,
+            require_signature=signed,
+            max_bytes=self.max_message_bytes,
+        )
+        if self.peer is not None and signed and opened.header.sender != self.peer.node_id:
+            raise Unauthenticated("response is signed by another node than the one we reached")
+        if opened.body.correlation_id != request_id:
+            raise MalformedMessage("response does not answer our request", reason="CORRELATION_MISMATCH")
+        if opened.body.HasField("error"):
+            err = opened.body.error
+            details = json_format.MessageToDict(err.details)
+            raise error_from_status(err.status, err.message, reason=str(details.pop("reason", "")), details=details)
+        return opened.result(self.max_message_bytes)
+
+    # -- plain calls -------------------------------------------------------------
+
+    async def call(
+        self,
+        capability: str,
+        params: Any = None,
+        *,
+        to: str = "",
+        timeout: float | None = None,
+        trace_id: str = "",
+    ) -> pb.CallResult:
+        """A plain, unsigned call (as grpcurl would make it)."""
+        call = pb.Call(capability=capability, to=to, trace_id=trace_id)
+        if params:
+            if not isinstance(params, dict):
+                raise TypeError("plain call parameters must be a JSON object")
+            call.parameters.update(params)
+        if timeout:
+            call.timeout_ms = int(timeout * 1000)
+        response = await self._rpc(lambda: self.stub.Invoke(pb.InvokeRequest(call=call), timeout=timeout))
+        return response.result
+
+    async def capabilities(self, node_id: str = "", *, timeout: float = 10.0) -> pb.ListCapabilitiesResponse:
+        return await self._rpc(
+            lambda: self.stub.ListCapabilities(pb.ListCapabilitiesRequest(node_id=node_id), timeout=timeout)
+        )
+
+    async def status(self, *, timeout: float = 10.0) -> pb.NodeStatus:
+        return await self._rpc(lambda: self.stub.GetStatus(pb.GetStatusRequest(), timeout=timeout))
+
+    async def peers(self, *, timeout: float = 10.0) -> list[pb.Peer]:
+        response = await self._rpc(lambda: self.stub.ListPeers(pb.ListPeersRequest(), timeout=timeout))
+        return list(response.peers)
+
+
+def unwrap(result: pb.CallResult) -> Any:
+    return json_format.MessageToDict(result.result) if result.HasField("result") else None
+

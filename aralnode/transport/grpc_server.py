@@ -1,0 +1,402 @@
+"""The gRPC door: the AgentNode service, users' protobuf services, health, reflection.
+
+Every method is registered with a raw-bytes deserializer and parses its request
+itself, so garbage on the wire ends as INVALID_ARGUMENT with a ``google.rpc.Status``,
+never as grpc's own INTERNAL "exception deserializing request".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from aralnode import _proto as pb
+from aralnode.core import codec
+from aralnode.core.clock import Clock
+from aralnode.core.context import CallContext
+from aralnode.core.envelope import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    build_content,
+    encode_payload,
+    open_message,
+    seal,
+)
+from aralnode.core.errors import (
+    AralError,
+    InternalError,
+    InvalidRequest,
+    MalformedMessage,
+    MessageTooLarge,
+    Unauthenticated,
+)
+from aralnode.core.handshake import VerifiedCard, accept_hello, make_welcome
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.pipeline import Pipeline
+from aralnode.core.replay import ReplayGuard
+from aralnode.transport.status import abort
+
+log = logging.getLogger("aralnode.grpc")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Headroom for framing around an envelope: the envelope limit is ours to report,
+# with details; grpc's own limit only stops what is far beyond it.
+FRAME_HEADROOM = 64 * 1024
+
+
+@dataclass(slots=True)
+class NodeHooks:
+    """What the gRPC door needs from the node, as plain callables."""
+
+    card: Callable[[], pb.SignedNodeCard]
+    status: Callable[[], pb.NodeStatus]
+    peers: Callable[[], list[pb.Peer]]
+    peer_capabilities: Callable[[str], list[pb.Capability]]
+    on_handshake: Callable[[VerifiedCard, str, str], None]
+    forward: Callable[[str, str, Any, float | None, CallContext], Awaitable[Any]]
+    channel: Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]] | None = None
+
+
+@dataclass(slots=True)
+class Security:
+    identity: Identity
+    keyring: KeyRing
+    replay: ReplayGuard
+    allow_unsigned: bool = True
+    peer_scopes: frozenset[str] = frozenset()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    keepalive_ms: int = 10_000
+
+
+def _parse(cls: type[Message], data: bytes) -> Any:
+    try:
+        return cls.FromString(data)
+    except (DecodeError, RecursionError):
+        raise MalformedMessage(f"request does not parse as {cls.DESCRIPTOR.full_name}") from None
+
+
+def _deadline(context: Context, clock: Clock, ttl_ms: int = 0) -> float | None:
+    remaining = context.time_remaining()
+    if ttl_ms > 0:
+        ttl = ttl_ms / 1000
+        remaining = ttl if remaining is None else min(remaining, ttl)
+    return None if remaining is None else clock.monotonic() + remaining
+
+
+def _value(result: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    try:
+        json_format.ParseDict(result, value)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise InternalError(f"capability result is not JSON-representable: {exc}") from None
+    return value
+
+
+class AgentNodeService:
+    """``aral.v1.AgentNode`` over the shared pipeline."""
+
+    def __init__(self, security: Security, pipeline: Pipeline, hooks: NodeHooks, clock: Clock):
+        self.sec = security
+        self.pipeline = pipeline
+        self.hooks = hooks
+        self.clock = clock
+        self.node_id = security.identity.node_id
+
+    # -- unary methods -------------------------------------------------------
+
+    async def Handshake(self, data: bytes, context: Context) -> bytes:
+        try:
+            request = _parse(pb.HandshakeRequest, data)
+            hello, verified, version = accept_hello(
+                request, my_node_id=self.node_id, replay=self.sec.replay
+            )
+            self.sec.keyring.pin(verified.key)
+            self.hooks.on_handshake(verified, context.peer(), version)
+            response = make_welcome(
+                self.sec.identity,
+                self.hooks.card(),
+                hello,
+                version,
+                self.clock,
+                keepalive_ms=self.sec.keepalive_ms,
+            )
+            return response.SerializeToString()  # type: ignore[no-any-return]
+        except AralError as exc:
+            self.pipeline.counters["handshake.rejected"] += 1
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def Invoke(self, data: bytes, context: Context) -> bytes:
+        trace_id = ""
+        try:
+            if len(data) > self.sec.max_message_bytes + FRAME_HEADROOM:
+                raise MessageTooLarge(
+                    f"request is {len(data)} bytes; the limit is {self.sec.max_message_bytes}",
+                    details={"size": len(data), "limit": self.sec.max_message_bytes},
+                )
+            request = _parse(pb.InvokeRequest, data)
+            kind = request.WhichOneof("kind")
+            if kind == "message":
+                return await self._invoke_message(request.message, context)
+            if kind == "call":
+                trace_id = request.call.trace_id
+                return await self._invoke_call(request.call, context)
+            raise MalformedMessage("InvokeRequest needs `message` or `call`", reason="MISSING_FIELD")
+        except AralError as exc:
+            await abort(context, exc, trace_id)
+            raise
+
+    async def _invoke_message(self, message: pb.ARALMessage, context: Context) -> bytes:
+        sec = self.sec
+        opened = open_message(
+            message,
+            keyring=sec.keyring,
+            replay=sec.replay,
+            require_signature=not sec.allow_unsigned,
+            max_bytes=sec.max_message_bytes,
+            expected_recipient=self.node_id,
+        )
+        header, body = opened.header, opened.body
+        if body.type != pb.MessageType.MESSAGE_TYPE_REQUEST or not body.action:
+            raise MalformedMessage("Invoke takes a request message with an action", reason="MISSING_FIELD")
+        ctx = CallContext(
+            door="grpc",
+            caller=header.sender if opened.signed else "",
+            peer=context.peer(),
+            trace_id=header.trace_id or header.message_id,
+            message_id=header.message_id,
+            deadline=_deadline(context, self.clock, header.ttl_ms),
+            signed=opened.signed,
+            scopes=sec.peer_scopes if opened.signed else frozenset(),
+        )
+        outcome = await self.pipeline.invoke(ctx, body.action, opened.parameters(sec.max_message_bytes))
+        payload, compression = encode_payload(outcome.value, header.content_type or codec.JSON)
+        content = build_content(
+            sender=self.node_id,
+            recipient=header.sender,
+            body=pb.Body(
+                type=pb.MessageType.MESSAGE_TYPE_RESPONSE,
+                action=body.action,
+                result=payload,
+                correlation_id=header.message_id,
+            ),
+            clock=self.clock,
+            trace_id=ctx.trace_id,
+            content_type=header.content_type,
+            compression=compression,
+        )
+        reply = seal(content, sec.identity if opened.signed else None)
+        return pb.InvokeResponse(message=reply).SerializeToString()  # type: ignore[no-any-return]
+
+    async def _invoke_call(self, call: pb.Call, context: Context) -> bytes:
+        if not self.sec.allow_unsigned:
+            raise Unauthenticated("this node accepts only signed messages", reason="SIGNATURE_MISSING")
+        if not call.capability:
+            raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
+        params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
+        ctx = CallContext(door="grpc", peer=context.peer(), deadline=_deadline(context, self.clock, call.timeout_ms))
+        if call.trace_id:
+            ctx.trace_id = call.trace_id
+        if call.to and call.to != self.node_id:
+            timeout = None if ctx.deadline is None else ctx.deadline - self.clock.monotonic()
+            result = await self.hooks.forward(call.to, call.capability, params, timeout, ctx)
+            node_id, decision = call.to, ""
+        else:
+            outcome = await self.pipeline.invoke(ctx, call.capability, params)
+            result, node_id, decision = outcome.value, self.node_id, ctx.decision
+        reply = pb.CallResult(
+            result=_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
+        )
+        return pb.InvokeResponse(result=reply).SerializeToString()  # type: ignore[no-any-return]
+
+    async def ListCapabilities(self, data: bytes, context: Context) -> bytes:
+        try:
+            request = _parse(pb.ListCapabilitiesRequest, data)
+            if request.node_id and request.node_id != self.node_id:
+                caps = self.hooks.peer_capabilities(request.node_id)
+                node_id = request.node_id
+            else:
+                caps = [c.to_proto() for c in self.pipeline.registry]
+                node_id = self.node_id
+            return pb.ListCapabilitiesResponse(node_id=node_id, capabilities=caps).SerializeToString()  # type: ignore[no-any-return]
+        except AralError as exc:
+            await abort(context, exc)
+            raise
+
+    async def GetStatus(self, data: bytes, context: Context) -> bytes:
+        try:
+            _parse(pb.GetStatusRequest, data)
+            return self.hooks.status().SerializeToString()  # type: ignore[no-any-return]
+        except AralError as exc:
+            await abort(context, exc)
+            raise
+
+    async def ListPeers(self, data: bytes, context: Context) -> bytes:
+        try:
+            _parse(pb.ListPeersRequest, data)
+            return pb.ListPeersResponse(peers=self.hooks.peers()).SerializeToString()  # type: ignore[no-any-return]
+        except AralError as exc:
+            await abort(context, exc)
+            raise
+
+    async def Channel(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        if self.hooks.channel is None:
+            await abort(context, InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"))
+            return
+        async for frame in self.hooks.channel(requests, context):
+            yield frame
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary = {
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(self, name), request_deserializer=None, response_serializer=None
+            )
+            for name in ("Handshake", "Invoke", "ListCapabilities", "GetStatus", "ListPeers")
+        }
+        unary["Channel"] = grpc.stream_stream_rpc_method_handler(
+            self.Channel, request_deserializer=None, response_serializer=None
+        )
+        return grpc.method_handlers_generic_handler(pb.AGENT_NODE_SERVICE_NAME, unary)
+
+
+# -- users' protobuf services ----------------------------------------------------
+
+
+def service_handler(
+    servicer: object,
+    service: ServiceDescriptor,
+    pipeline: Pipeline,
+    clock: Clock,
+) -> grpc.GenericRpcHandler:
+    """Serve ``service`` with ``servicer``: unary methods through the pipeline (so
+    governance and limits apply exactly as on every other door); streaming methods
+    directly, with requests parsed by us."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        impl = getattr(servicer, method.name, None)
+        if impl is None:
+            continue
+        handlers[method.name] = _method_handler(impl, method, pipeline, clock)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _method_handler(
+    impl: Callable[..., Any], method: MethodDescriptor, pipeline: Pipeline, clock: Clock
+) -> grpc.RpcMethodHandler:
+    req_cls: type[Message] = GetMessageClass(method.input_type)
+    resp_cls: type[Message] = GetMessageClass(method.output_type)
+    cap_id = f"{method.containing_service.full_name}/{method.name}"
+    serialize = resp_cls.SerializeToString
+
+    def context_for(context: Context) -> CallContext:
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return CallContext(door="grpc", peer=context.peer(), deadline=_deadline(context, clock), metadata=md)
+
+    if not method.client_streaming and not method.server_streaming:
+
+        async def unary(data: bytes, context: Context) -> bytes:
+            try:
+                request = _parse(req_cls, data)
+                params = json_format.MessageToDict(request)
+                outcome = await pipeline.invoke(context_for(context), cap_id, params)
+                response = resp_cls()
+                json_format.ParseDict(outcome.value, response)
+                return serialize(response)  # type: ignore[no-any-return]
+            except AralError as exc:
+                await abort(context, exc)
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+    if not method.client_streaming:
+
+        async def server_stream(data: bytes, context: Context) -> AsyncIterator[bytes]:
+            try:
+                request = _parse(req_cls, data)
+                ctx = context_for(context)
+                async for item in impl(request, ctx):
+                    yield serialize(item)
+            except AralError as exc:
+                await abort(context, exc)
+
+        return grpc.unary_stream_rpc_method_handler(server_stream)
+
+    async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for data in requests:
+            yield _parse(req_cls, data)
+
+    if not method.server_streaming:
+
+        async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
+            try:
+                return serialize(await impl(parsed(requests), context_for(context)))  # type: ignore[no-any-return]
+            except AralError as exc:
+                await abort(context, exc)
+                raise
+
+        return grpc.stream_unary_rpc_method_handler(client_stream)
+
+    async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        try:
+            async for item in impl(parsed(requests), context_for(context)):
+                yield serialize(item)
+        except AralError as exc:
+            await abort(context, exc)
+
+    return grpc.stream_stream_rpc_method_handler(bidi)
+
+
+# -- server assembly -------------------------------------------------------------
+
+
+class GrpcServer:
+    """A grpc.aio server with AgentNode, health, reflection and users' services."""
+
+    def __init__(self, *, max_message_bytes: int, keepalive_ms: int) -> None:
+        limit = max_message_bytes + FRAME_HEADROOM
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", max(keepalive_ms // 2, 1000)),
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._services: list[str] = []
+        self.port = 0
+
+    def add(self, handler: grpc.GenericRpcHandler, service_name: str) -> None:
+        self.server.add_generic_rpc_handlers((handler,))
+        self._services.append(service_name)
+
+    async def start(self, host: str, port: int) -> int:
+        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port on {address}")
+        await self.server.start()
+        for name in ("", *self._services):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING first (peers and balancers stop sending), then drain."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

@@ -1,0 +1,94 @@
+"""The one place where ``AralError`` meets gRPC status, in both directions.
+
+Outgoing: an ``AralError`` becomes a ``google.rpc.Status`` with an ``ErrorInfo``
+(reason, domain, metadata) and, when the error says so, a ``RetryInfo``; it travels
+in the ``grpc-status-details-bin`` trailer so grpcurl and every gRPC client see it.
+Incoming: an ``AioRpcError`` is turned back into the most specific ``AralError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from aralnode.core.errors import (
+    ERROR_DOMAIN,
+    AralError,
+    Cancelled,
+    DeadlineExceeded,
+    StatusCode,
+    Unavailable,
+    error_from_status,
+)
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_code(status: StatusCode | int) -> grpc.StatusCode:
+    return _GRPC_CODES[int(status)]
+
+
+def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in exc.details.items()}
+    metadata["code"] = exc.code
+    if trace_id:
+        metadata["trace_id"] = trace_id
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    status = status_pb2.Status(code=int(exc.status), message=exc.message)
+    status.details.add().Pack(info)
+    if exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return rpc_status.to_status(status)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: AralError, trace_id: str = "") -> None:
+    """End the RPC with ``exc`` (raises, as ``ServicerContext.abort`` does)."""
+    await context.abort_with_status(to_rpc_status(exc, trace_id=trace_id))
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
+    """Rebuild the remote error, with reason and details when the peer sent them."""
+    code = err.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(err.details() or "deadline exceeded")
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled(err.details() or "cancelled")
+    reason, retry_after = "", None
+    details: dict[str, Any] = {}
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for any_msg in status.details:
+                if any_msg.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    any_msg.Unpack(info)
+                    reason, details = info.reason, dict(info.metadata)
+                elif any_msg.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry = error_details_pb2.RetryInfo()
+                    any_msg.Unpack(retry)
+                    retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    details.pop("code", None)
+    for key, value in list(details.items()):
+        if value[:1] in ("[", "{"):
+            with contextlib.suppress(ValueError):
+                details[key] = json.loads(value)
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        return Unavailable(err.details() or "peer unavailable", details=details)
+    return error_from_status(
+        code.value[0],
+        err.details() or code.name,
+        reason=reason,
+        details=details,
+        retry_after=retry_after,
+    )
+
+
+assert code_pb2.INVALID_ARGUMENT == StatusCode.INVALID_ARGUMENT  # noqa: S101 - table sanity

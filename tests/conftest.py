@@ -1,0 +1,39 @@
+"""Shared fixtures: nodes on loopback, port 0, throwaway data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from aralnode import Node, NodeConfig
+
+DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Callable[..., Node]:
+    def make(name: str = "node", *, demo: bool = True, **overrides: object) -> Node:
+        cfg: dict[str, object] = {
+            "name": name,
+            "host": "127.0.0.1",
+            "grpc_port": 0,
+            "http_port": None,
+            "discovery": "none",
+            "data_dir": tmp_path / name,
+        }
+        cfg.update(overrides)
+        node = Node(NodeConfig(**cfg))  # type: ignore[arg-type]
+        if demo:
+            node.load(DEMO)
+        return node
+
+    return make
+
+
+@pytest.fixture
+async def demo_node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    node = make_node("demo")
+    async with node:
+        yield node
