@@ -26,7 +26,15 @@ from aralnode.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from aralnode.core.governance import Action, Decision, Direction, Evaluator, Rule, RuleEvaluator, Verdict
+from aralnode.core.governance import (
+    Action,
+    Decision,
+    Direction,
+    Evaluator,
+    Rule,
+    RuleEvaluator,
+    Verdict,
+)
 from aralnode.core.identity import Identity, KeyAlgorithm
 from aralnode.core.peers import PeerInfo, PeerState
 from aralnode.node import Node

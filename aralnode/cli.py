@@ -27,7 +27,15 @@ from aralnode.node import Node
 from aralnode.transport.grpc_client import NodeClient, unwrap
 
 PEER_STATES = {1: "discovered", 2: "handshaking", 3: "connected", 4: "stale", 5: "gone"}
-RISKS = ("unspecified", "read_only", "limited_write", "external_api", "database", "system", "financial")
+RISKS = (
+    "unspecified",
+    "read_only",
+    "limited_write",
+    "external_api",
+    "database",
+    "system",
+    "financial",
+)
 
 
 class CliError(Exception):
@@ -37,7 +45,9 @@ class CliError(Exception):
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -104,7 +114,12 @@ async def cmd_call(ns: argparse.Namespace) -> int:
     value = unwrap(result)
     if ns.json:
         _print_json(
-            {"result": value, "node_id": result.node_id, "trace_id": result.trace_id, "decision": result.decision}
+            {
+                "result": value,
+                "node_id": result.node_id,
+                "trace_id": result.trace_id,
+                "decision": result.decision,
+            }
         )
     elif isinstance(value, dict | list):
         _print_json(value)
@@ -120,7 +135,12 @@ async def cmd_caps(ns: argparse.Namespace) -> int:
         _print_json(json_format.MessageToDict(response, preserving_proto_field_name=True))
         return 0
     rows = [
-        (c.id, RISKS[c.risk] if c.risk < len(RISKS) else c.risk, ",".join(c.required_scopes) or "-", c.description)
+        (
+            c.id,
+            RISKS[c.risk] if c.risk < len(RISKS) else c.risk,
+            ",".join(c.required_scopes) or "-",
+            c.description,
+        )
         for c in response.capabilities
     ]
     print(f"node {response.node_id}: {len(rows)} capabilities")
@@ -202,14 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start a node")
     run.add_argument("--name", default="aralnode", help="node name (default: aralnode)")
-    run.add_argument("--host", default=None, help="bind address (default: 0.0.0.0 with mdns, else 127.0.0.1)")
-    run.add_argument("--grpc-port", type=int, default=50051, help="gRPC port, 0 for any (default: 50051)")
-    run.add_argument("--http-port", type=int, default=8080, help="HTTP port, 0 for any, -1 to disable (default: 8080)")
+    run.add_argument(
+        "--host", default=None, help="bind address (default: 0.0.0.0 with mdns, else 127.0.0.1)"
+    )
+    run.add_argument(
+        "--grpc-port", type=int, default=50051, help="gRPC port, 0 for any (default: 50051)"
+    )
+    run.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="HTTP port, 0 for any, -1 to disable (default: 8080)",
+    )
     run.add_argument("--data-dir", help="keys and state (default: $XDG_DATA_HOME/aralnode/NAME)")
     run.add_argument("--discovery", choices=("mdns", "static", "none"), default="mdns")
-    run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="static peer (repeatable)")
-    run.add_argument("--interface", action="append", default=[], metavar="IP", help="mDNS interface address (repeatable)")
-    run.add_argument("--load", action="append", default=[], metavar="MODULE_OR_FILE", help="call its setup(node) (repeatable)")
+    run.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="static peer (repeatable)"
+    )
+    run.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="mDNS interface address (repeatable)",
+    )
+    run.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="call its setup(node) (repeatable)",
+    )
     run.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="ES256")
     run.set_defaults(func=cmd_run)
 
@@ -224,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     caps = sub.add_parser("caps", help="list a node's capabilities")
     caps.add_argument("--node", required=True, metavar="HOST:PORT")
-    caps.add_argument("--peer-id", default="", metavar="NODE_ID", help="a peer's capabilities as --node knows them")
+    caps.add_argument(
+        "--peer-id",
+        default="",
+        metavar="NODE_ID",
+        help="a peer's capabilities as --node knows them",
+    )
     caps.add_argument("--json", action="store_true")
     caps.set_defaults(func=cmd_caps)
 

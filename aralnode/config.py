@@ -74,8 +74,8 @@ class NodeConfig:
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is out of range")
         for peer in self.peers:
-            host, sep, port = peer.rpartition(":")
-            if not sep or not host or not port.isdigit():
+            host, sep, peer_port = peer.rpartition(":")
+            if not sep or not host or not peer_port.isdigit():
                 raise ValueError(f"peer {peer!r} must be HOST:PORT")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")

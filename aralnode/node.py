@@ -36,7 +36,13 @@ from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
 from aralnode.core.pipeline import ALL_SCOPES, Outcome, Pipeline
 from aralnode.core.replay import ReplayGuard
 from aralnode.transport.grpc_client import NodeClient
-from aralnode.transport.grpc_server import AgentNodeService, GrpcServer, NodeHooks, Security, service_handler
+from aralnode.transport.grpc_server import (
+    AgentNodeService,
+    GrpcServer,
+    NodeHooks,
+    Security,
+    service_handler,
+)
 
 log = logging.getLogger("aralnode")
 
@@ -120,7 +126,7 @@ class Node:
         self,
         fn: F | None = None,
         *,
-        id: str | None = None,  # noqa: A002 - the capability's id
+        id: str | None = None,
         description: str | None = None,
         scopes: tuple[str, ...] = (),
         risk: str = "unspecified",
@@ -199,7 +205,10 @@ class Node:
         self.service = AgentNodeService(security, self.pipeline, hooks, self.clock)
         server.add(self.service.handler(), pb.AGENT_NODE_SERVICE_NAME)
         for servicer, descriptor in self._services:
-            server.add(service_handler(servicer, descriptor, self.pipeline, self.clock), descriptor.full_name)
+            server.add(
+                service_handler(servicer, descriptor, self.pipeline, self.clock),
+                descriptor.full_name,
+            )
         self.grpc_port = await server.start(cfg.bind_host, cfg.grpc_port)
         self._server = server
         self._started_ms = self.clock.now_ms()
@@ -309,7 +318,9 @@ class Node:
         """A snapshot of every known peer."""
         return self.peer_table.snapshot()
 
-    async def connect(self, address: str, *, expected_node_id: str = "", source: str = "static") -> PeerInfo:
+    async def connect(
+        self, address: str, *, expected_node_id: str = "", source: str = "static"
+    ) -> PeerInfo:
         """Dial ``address``, verify its card in a handshake, and keep it as a peer."""
         key = expected_node_id or f"addr:{address}"
         table = self.peer_table
@@ -333,7 +344,11 @@ class Node:
             await old.close()
         self._clients[verified.node_id] = client
         table.rekey(key, verified.node_id)
-        return table.apply(verified.node_id, PeerEvent.VERIFIED, **_card_fields(verified, address, client.version, source))
+        return table.apply(
+            verified.node_id,
+            PeerEvent.VERIFIED,
+            **_card_fields(verified, address, client.version, source),
+        )
 
     async def _dial_forever(self, address: str) -> None:
         delay = 0.2
@@ -347,11 +362,17 @@ class Node:
             delay = min(delay * 2, 10.0)
 
     def _inbound_handshake(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
-        address = next((e.address for e in verified.card.endpoints if e.protocol == "grpc"), transport_peer)
+        address = next(
+            (e.address for e in verified.card.endpoints if e.protocol == "grpc"), transport_peer
+        )
         with contextlib.suppress(ValueError):
             current = self.peer_table.get(verified.node_id)
             if current is None or current.state is not PeerState.CONNECTED:
-                self.peer_table.apply(verified.node_id, PeerEvent.VERIFIED, **_card_fields(verified, address, version, "inbound"))
+                self.peer_table.apply(
+                    verified.node_id,
+                    PeerEvent.VERIFIED,
+                    **_card_fields(verified, address, version, "inbound"),
+                )
 
     def _peer_protos(self) -> list[pb.Peer]:
         return [
@@ -359,7 +380,7 @@ class Node:
                 node_id=p.node_id,
                 name=p.name,
                 address=p.address,
-                state=int(p.state),
+                state=int(p.state),  # type: ignore[arg-type]  # enum values are ints
                 health=p.health,
                 capability_ids=list(p.capability_ids),
                 last_seen_unix_ms=p.last_seen_ms,
@@ -396,10 +417,12 @@ def _card_fields(verified: VerifiedCard, address: str, version: str, source: str
     }
 
 
-def _service_descriptor(service: ServiceDescriptor | ModuleType, name: str | None) -> ServiceDescriptor:
+def _service_descriptor(
+    service: ServiceDescriptor | ModuleType, name: str | None
+) -> ServiceDescriptor:
     if isinstance(service, ServiceDescriptor):
         return service
-    services = service.DESCRIPTOR.services_by_name
+    services: dict[str, ServiceDescriptor] = service.DESCRIPTOR.services_by_name
     if name is None:
         if len(services) != 1:
             raise ValueError(f"{service.__name__} has {len(services)} services; pass name=")

@@ -80,12 +80,16 @@ class Report:
         body: list[str] = []
         for title, lines in self.sections:
             body += [f"## {title}", "", *lines, ""]
-        body += ["## All figures", "", "| name | value | unit | baseline | ratio |", "|---|---|---|---|---|"]
+        body += [
+            "## All figures",
+            "",
+            "| name | value | unit | baseline | ratio |",
+            "|---|---|---|---|---|",
+        ]
         for f in self.figures:
-            body.append(
-                f"| {f['name']} | {f['value']} | {f['unit']} | "
-                f"{'' if f['baseline'] is None else f['baseline']} | {'' if f['ratio'] is None else f['ratio']} |"
-            )
+            baseline = "" if f["baseline"] is None else f["baseline"]
+            ratio = "" if f["ratio"] is None else f["ratio"]
+            body.append(f"| {f['name']} | {f['value']} | {f['unit']} | {baseline} | {ratio} |")
         markdown.write_text("\n".join(head + body) + "\n")
 
 

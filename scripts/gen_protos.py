@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import google.api.annotations_pb2 as annotations
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +25,6 @@ INIT = '"""Generated protobuf package. Do not edit: run `make gen`."""\n'
 
 def _include_dirs() -> list[Path]:
     well_known = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
-    import google.api.annotations_pb2 as annotations
-
     googleapis = Path(annotations.__file__).resolve().parent.parent.parent
     return [PROTOS, well_known, googleapis]
 
@@ -36,7 +35,8 @@ def generate(out: Path) -> None:
     args += [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *sources]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for pkg in {p.parent for p in out.rglob("*_pb2.py")}:
+    for leaf in {p.parent for p in out.rglob("*_pb2.py")}:
+        pkg = leaf
         while pkg != out:
             (pkg / "__init__.py").write_text(INIT)
             pkg = pkg.parent

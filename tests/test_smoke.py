@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from aralnode import CapabilityNotFound, Node, NodeClient
 from aralnode.transport.grpc_client import unwrap
 
@@ -13,9 +15,6 @@ async def test_plain_call_returns_result(demo_node: Node) -> None:
 
 async def test_unknown_capability_is_not_found(demo_node: Node) -> None:
     async with NodeClient(demo_node.address) as client:
-        try:
+        with pytest.raises(CapabilityNotFound) as info:
             await client.call("no.such", {})
-        except CapabilityNotFound as exc:
-            assert exc.details == {"capability": "no.such"}
-        else:
-            raise AssertionError("expected CapabilityNotFound")
+    assert info.value.details == {"capability": "no.such"}

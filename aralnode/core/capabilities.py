@@ -30,7 +30,15 @@ from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
 
-RISKS = ("unspecified", "read_only", "limited_write", "external_api", "database", "system", "financial")
+RISKS = (
+    "unspecified",
+    "read_only",
+    "limited_write",
+    "external_api",
+    "database",
+    "system",
+    "financial",
+)
 
 
 @dataclass(slots=True)
@@ -58,7 +66,7 @@ class Capability:
             name=self.name or self.id,
             description=self.description,
             required_scopes=list(self.required_scopes),
-            risk=RISKS.index(self.risk),
+            risk=RISKS.index(self.risk),  # type: ignore[arg-type]  # enum values are ints
             grpc_method=self.grpc_method,
         )
         if self.input_schema:
@@ -83,7 +91,7 @@ def _check_risk(risk: str) -> str:
 def function_capability(
     fn: Callable[..., Awaitable[Any]],
     *,
-    id: str | None = None,  # noqa: A002 - mirrors the proto field
+    id: str | None = None,
     description: str | None = None,
     scopes: tuple[str, ...] = (),
     risk: str = "unspecified",
@@ -104,7 +112,7 @@ def function_capability(
             continue
         default = ... if param.default is param.empty else param.default
         fields[name] = (annotation, default)
-    model = pydantic.create_model(  # type: ignore[call-overload]
+    model = pydantic.create_model(
         f"{fn.__name__}_params",
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,

@@ -40,7 +40,9 @@ def encode(value: Any, content_type: str = JSON) -> bytes:
         msg = struct_pb2.Value()
         json_format.ParseDict(value, msg)
         return msg.SerializeToString()
-    raise InvalidRequest(f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE")
+    raise InvalidRequest(
+        f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE"
+    )
 
 
 def decode(data: bytes, content_type: str = JSON) -> Any:
@@ -60,7 +62,9 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
         raise MalformedMessage(f"payload is not valid {content_type or JSON}: {exc}") from None
     except Exception as exc:  # protobuf DecodeError and msgpack's ExtraData share no base
         raise MalformedMessage(f"payload is not valid {content_type}: {exc}") from None
-    raise InvalidRequest(f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE")
+    raise InvalidRequest(
+        f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE"
+    )
 
 
 def compress(data: bytes, compression: str) -> bytes:
@@ -76,7 +80,9 @@ def decompress(data: bytes, compression: str, limit: int) -> bytes:
     if not compression:
         return data
     if compression not in (GZIP, DEFLATE):
-        raise InvalidRequest(f"unsupported compression {compression!r}", reason="UNSUPPORTED_COMPRESSION")
+        raise InvalidRequest(
+            f"unsupported compression {compression!r}", reason="UNSUPPORTED_COMPRESSION"
+        )
     wbits = 16 + zlib.MAX_WBITS if compression == GZIP else zlib.MAX_WBITS
     inflater = zlib.decompressobj(wbits)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from aralnode.core.errors import AralError, StatusCode, error_from_status
 

@@ -201,7 +201,9 @@ def error_body(exc: AralError, correlation_id: str) -> pb.Body:
     if exc.retry_after is not None:
         details["retry_after"] = exc.retry_after
     err.details.update(_jsonable(details))
-    return pb.Body(type=pb.MessageType.MESSAGE_TYPE_RESPONSE, error=err, correlation_id=correlation_id)
+    return pb.Body(
+        type=pb.MessageType.MESSAGE_TYPE_RESPONSE, error=err, correlation_id=correlation_id
+    )
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

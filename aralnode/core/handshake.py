@@ -95,7 +95,8 @@ def negotiate(offered: list[str] | tuple[str, ...]) -> str:
         if version in SUPPORTED_VERSIONS:
             return version
     raise UnsupportedVersion(
-        f"no common protocol version: offered {list(offered)}, supported {list(SUPPORTED_VERSIONS)}",
+        f"no common protocol version: offered {list(offered)}, "
+        f"supported {list(SUPPORTED_VERSIONS)}",
         details={"offered": list(offered), "supported": list(SUPPORTED_VERSIONS)},
     )
 

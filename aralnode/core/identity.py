@@ -109,9 +109,7 @@ class PublicKey:
                 assert isinstance(self._key, ed25519.Ed25519PublicKey)
                 self._key.verify(value, message)
         except InvalidSignature:
-            raise SignatureInvalid(
-                f"signature does not verify with key {self.key_id}"
-            ) from None
+            raise SignatureInvalid(f"signature does not verify with key {self.key_id}") from None
 
 
 class Identity:

@@ -91,9 +91,7 @@ class Pipeline:
                     reason="MISSING_SCOPE",
                     details={"missing_scopes": missing},
                 )
-        action = Action(
-            Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer
-        )
+        action = Action(Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer)
         verdict = self.governance.evaluate(action)
         ctx.decision = verdict.decision.label
         if verdict.flagged:

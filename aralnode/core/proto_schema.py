@@ -93,14 +93,16 @@ class _Builder:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             value = f.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.label == FieldDescriptor.LABEL_REPEATED:  # type: ignore[attr-defined]  # stubs lag protobuf
             return {"type": "array", "items": self.single(f)}
         return self.single(f)
 
     def single(self, f: FieldDescriptor) -> dict[str, Any]:
         if f.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+            assert f.message_type is not None
             return self.message(f.message_type)
         if f.type == FieldDescriptor.TYPE_ENUM:
+            assert f.enum_type is not None
             return enum_schema(f.enum_type)
         return dict(_SCALARS[f.type])
 

@@ -57,7 +57,10 @@ class ReplayGuard:
         if timestamp_ms < self.not_before_ms - self.skew_ms:
             raise StaleMessage(
                 "message is older than this node's start; it cannot be checked for replay",
-                details={"timestamp_unix_ms": timestamp_ms, "not_before_unix_ms": self.not_before_ms},
+                details={
+                    "timestamp_unix_ms": timestamp_ms,
+                    "not_before_unix_ms": self.not_before_ms,
+                },
             )
 
     def seen(self, sender: str, message_id: str) -> bool:
@@ -82,7 +85,8 @@ class ReplayGuard:
         self._evict(now)
         if len(self._seen) >= self.capacity:
             raise RateLimited(
-                "replay cache is full; try again shortly", reason="REPLAY_CACHE_FULL",
+                "replay cache is full; try again shortly",
+                reason="REPLAY_CACHE_FULL",
                 retry_after=1.0,
             )
         expires = max(timestamp_ms, now) + self.window_ms + 2 * self.skew_ms

@@ -30,6 +30,7 @@ from aralnode.transport.status import from_rpc_error
 
 T = TypeVar("T")
 
+
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     limit = max_message_bytes + FRAME_HEADROOM
     return [
@@ -66,7 +67,7 @@ class NodeClient:
         self.channel = channel or grpc.aio.insecure_channel(
             address, options=channel_options(max_message_bytes)
         )
-        self.stub = pb.AgentNodeStub(self.channel)
+        self.stub = pb.AgentNodeStub(self.channel)  # type: ignore[no-untyped-call]
         self.peer: VerifiedCard | None = None
         self.version = ""
 
@@ -78,7 +79,7 @@ class NodeClient:
 
     async def close(self) -> None:
         if self._own_channel:
-            await self.channel.close()
+            await self.channel.close(None)
 
     async def _rpc(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -94,7 +95,9 @@ class NodeClient:
         """Hello/Welcome: verify the node's card and pin its key."""
         if self.identity is None:
             raise ValueError("a handshake needs an identity")
-        request, nonce = make_hello(self.identity, card, self.clock, expected_node_id=expected_node_id)
+        request, nonce = make_hello(
+            self.identity, card, self.clock, expected_node_id=expected_node_id
+        )
         response = await self._rpc(lambda: self.stub.Handshake(request, timeout=timeout))
         welcome, verified = accept_welcome(response, nonce=nonce, expected_node_id=expected_node_id)
         self.keyring.pin(verified.key)
@@ -119,7 +122,9 @@ class NodeClient:
         content = build_content(
             sender=sender,
             recipient=self.peer.node_id if self.peer is not None else "",
-            body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=capability, parameters=payload),
+            body=pb.Body(
+                type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=capability, parameters=payload
+            ),
             clock=self.clock,
             trace_id=trace_id,
             content_type=content_type,
@@ -148,11 +153,15 @@ class NodeClient:
         if self.peer is not None and signed and opened.header.sender != self.peer.node_id:
             raise Unauthenticated("response is signed by another node than the one we reached")
         if opened.body.correlation_id != request_id:
-            raise MalformedMessage("response does not answer our request", reason="CORRELATION_MISMATCH")
+            raise MalformedMessage(
+                "response does not answer our request", reason="CORRELATION_MISMATCH"
+            )
         if opened.body.HasField("error"):
             err = opened.body.error
             details = json_format.MessageToDict(err.details)
-            raise error_from_status(err.status, err.message, reason=str(details.pop("reason", "")), details=details)
+            raise error_from_status(
+                err.status, err.message, reason=str(details.pop("reason", "")), details=details
+            )
         return opened.result(self.max_message_bytes)
 
     # -- plain calls -------------------------------------------------------------
@@ -174,22 +183,30 @@ class NodeClient:
             call.parameters.update(params)
         if timeout:
             call.timeout_ms = int(timeout * 1000)
-        response = await self._rpc(lambda: self.stub.Invoke(pb.InvokeRequest(call=call), timeout=timeout))
-        return response.result
+        response = await self._rpc(
+            lambda: self.stub.Invoke(pb.InvokeRequest(call=call), timeout=timeout)
+        )
+        result: pb.CallResult = response.result
+        return result
 
-    async def capabilities(self, node_id: str = "", *, timeout: float = 10.0) -> pb.ListCapabilitiesResponse:
+    async def capabilities(
+        self, node_id: str = "", *, timeout: float = 10.0
+    ) -> pb.ListCapabilitiesResponse:
         return await self._rpc(
-            lambda: self.stub.ListCapabilities(pb.ListCapabilitiesRequest(node_id=node_id), timeout=timeout)
+            lambda: self.stub.ListCapabilities(
+                pb.ListCapabilitiesRequest(node_id=node_id), timeout=timeout
+            )
         )
 
     async def status(self, *, timeout: float = 10.0) -> pb.NodeStatus:
         return await self._rpc(lambda: self.stub.GetStatus(pb.GetStatusRequest(), timeout=timeout))
 
     async def peers(self, *, timeout: float = 10.0) -> list[pb.Peer]:
-        response = await self._rpc(lambda: self.stub.ListPeers(pb.ListPeersRequest(), timeout=timeout))
+        response = await self._rpc(
+            lambda: self.stub.ListPeers(pb.ListPeersRequest(), timeout=timeout)
+        )
         return list(response.peers)
 
 
 def unwrap(result: pb.CallResult) -> Any:
     return json_format.MessageToDict(result.result) if result.HasField("result") else None
-

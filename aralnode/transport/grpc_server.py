@@ -130,7 +130,7 @@ class AgentNodeService:
                 self.clock,
                 keepalive_ms=self.sec.keepalive_ms,
             )
-            return response.SerializeToString()  # type: ignore[no-any-return]
+            return response.SerializeToString()
         except AralError as exc:
             self.pipeline.counters["handshake.rejected"] += 1
             await abort(context, exc)
@@ -151,7 +151,9 @@ class AgentNodeService:
             if kind == "call":
                 trace_id = request.call.trace_id
                 return await self._invoke_call(request.call, context)
-            raise MalformedMessage("InvokeRequest needs `message` or `call`", reason="MISSING_FIELD")
+            raise MalformedMessage(
+                "InvokeRequest needs `message` or `call`", reason="MISSING_FIELD"
+            )
         except AralError as exc:
             await abort(context, exc, trace_id)
             raise
@@ -168,7 +170,9 @@ class AgentNodeService:
         )
         header, body = opened.header, opened.body
         if body.type != pb.MessageType.MESSAGE_TYPE_REQUEST or not body.action:
-            raise MalformedMessage("Invoke takes a request message with an action", reason="MISSING_FIELD")
+            raise MalformedMessage(
+                "Invoke takes a request message with an action", reason="MISSING_FIELD"
+            )
         ctx = CallContext(
             door="grpc",
             caller=header.sender if opened.signed else "",
@@ -179,7 +183,9 @@ class AgentNodeService:
             signed=opened.signed,
             scopes=sec.peer_scopes if opened.signed else frozenset(),
         )
-        outcome = await self.pipeline.invoke(ctx, body.action, opened.parameters(sec.max_message_bytes))
+        outcome = await self.pipeline.invoke(
+            ctx, body.action, opened.parameters(sec.max_message_bytes)
+        )
         payload, compression = encode_payload(outcome.value, header.content_type or codec.JSON)
         content = build_content(
             sender=self.node_id,
@@ -196,15 +202,21 @@ class AgentNodeService:
             compression=compression,
         )
         reply = seal(content, sec.identity if opened.signed else None)
-        return pb.InvokeResponse(message=reply).SerializeToString()  # type: ignore[no-any-return]
+        return pb.InvokeResponse(message=reply).SerializeToString()
 
     async def _invoke_call(self, call: pb.Call, context: Context) -> bytes:
         if not self.sec.allow_unsigned:
-            raise Unauthenticated("this node accepts only signed messages", reason="SIGNATURE_MISSING")
+            raise Unauthenticated(
+                "this node accepts only signed messages", reason="SIGNATURE_MISSING"
+            )
         if not call.capability:
             raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
         params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
-        ctx = CallContext(door="grpc", peer=context.peer(), deadline=_deadline(context, self.clock, call.timeout_ms))
+        ctx = CallContext(
+            door="grpc",
+            peer=context.peer(),
+            deadline=_deadline(context, self.clock, call.timeout_ms),
+        )
         if call.trace_id:
             ctx.trace_id = call.trace_id
         if call.to and call.to != self.node_id:
@@ -217,7 +229,7 @@ class AgentNodeService:
         reply = pb.CallResult(
             result=_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
         )
-        return pb.InvokeResponse(result=reply).SerializeToString()  # type: ignore[no-any-return]
+        return pb.InvokeResponse(result=reply).SerializeToString()
 
     async def ListCapabilities(self, data: bytes, context: Context) -> bytes:
         try:
@@ -228,7 +240,9 @@ class AgentNodeService:
             else:
                 caps = [c.to_proto() for c in self.pipeline.registry]
                 node_id = self.node_id
-            return pb.ListCapabilitiesResponse(node_id=node_id, capabilities=caps).SerializeToString()  # type: ignore[no-any-return]
+            return pb.ListCapabilitiesResponse(
+                node_id=node_id, capabilities=caps
+            ).SerializeToString()
         except AralError as exc:
             await abort(context, exc)
             raise
@@ -236,7 +250,7 @@ class AgentNodeService:
     async def GetStatus(self, data: bytes, context: Context) -> bytes:
         try:
             _parse(pb.GetStatusRequest, data)
-            return self.hooks.status().SerializeToString()  # type: ignore[no-any-return]
+            return self.hooks.status().SerializeToString()
         except AralError as exc:
             await abort(context, exc)
             raise
@@ -244,19 +258,24 @@ class AgentNodeService:
     async def ListPeers(self, data: bytes, context: Context) -> bytes:
         try:
             _parse(pb.ListPeersRequest, data)
-            return pb.ListPeersResponse(peers=self.hooks.peers()).SerializeToString()  # type: ignore[no-any-return]
+            return pb.ListPeersResponse(peers=self.hooks.peers()).SerializeToString()
         except AralError as exc:
             await abort(context, exc)
             raise
 
-    async def Channel(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+    async def Channel(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
         if self.hooks.channel is None:
-            await abort(context, InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"))
+            await abort(
+                context,
+                InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"),
+            )
             return
         async for frame in self.hooks.channel(requests, context):
             yield frame
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         unary = {
             name: grpc.unary_unary_rpc_method_handler(
                 getattr(self, name), request_deserializer=None, response_serializer=None
@@ -277,11 +296,11 @@ def service_handler(
     service: ServiceDescriptor,
     pipeline: Pipeline,
     clock: Clock,
-) -> grpc.GenericRpcHandler:
+) -> grpc.GenericRpcHandler[Any, Any]:
     """Serve ``service`` with ``servicer``: unary methods through the pipeline (so
     governance and limits apply exactly as on every other door); streaming methods
     directly, with requests parsed by us."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         impl = getattr(servicer, method.name, None)
         if impl is None:
@@ -292,7 +311,7 @@ def service_handler(
 
 def _method_handler(
     impl: Callable[..., Any], method: MethodDescriptor, pipeline: Pipeline, clock: Clock
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     req_cls: type[Message] = GetMessageClass(method.input_type)
     resp_cls: type[Message] = GetMessageClass(method.output_type)
     cap_id = f"{method.containing_service.full_name}/{method.name}"
@@ -300,7 +319,9 @@ def _method_handler(
 
     def context_for(context: Context) -> CallContext:
         md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return CallContext(door="grpc", peer=context.peer(), deadline=_deadline(context, clock), metadata=md)
+        return CallContext(
+            door="grpc", peer=context.peer(), deadline=_deadline(context, clock), metadata=md
+        )
 
     if not method.client_streaming and not method.server_streaming:
 
@@ -311,7 +332,7 @@ def _method_handler(
                 outcome = await pipeline.invoke(context_for(context), cap_id, params)
                 response = resp_cls()
                 json_format.ParseDict(outcome.value, response)
-                return serialize(response)  # type: ignore[no-any-return]
+                return serialize(response)
             except AralError as exc:
                 await abort(context, exc)
                 raise
@@ -339,7 +360,7 @@ def _method_handler(
 
         async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
             try:
-                return serialize(await impl(parsed(requests), context_for(context)))  # type: ignore[no-any-return]
+                return serialize(await impl(parsed(requests), context_for(context)))
             except AralError as exc:
                 await abort(context, exc)
                 raise
@@ -380,7 +401,7 @@ class GrpcServer:
         self._services: list[str] = []
         self.port = 0
 
-    def add(self, handler: grpc.GenericRpcHandler, service_name: str) -> None:
+    def add(self, handler: grpc.GenericRpcHandler[Any, Any], service_name: str) -> None:
         self.server.add_generic_rpc_handlers((handler,))
         self._services.append(service_name)
 

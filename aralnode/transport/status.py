@@ -49,9 +49,12 @@ def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: AralError, trace_id: str = "") -> None:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: AralError, trace_id: str = ""
+) -> None:
     """End the RPC with ``exc`` (raises, as ``ServicerContext.abort`` does)."""
-    await context.abort_with_status(to_rpc_status(exc, trace_id=trace_id))
+    # grpc-stubs 1.53 predates ServicerContext.abort_with_status on aio.
+    await context.abort_with_status(to_rpc_status(exc, trace_id=trace_id))  # type: ignore[attr-defined]
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
@@ -63,7 +66,8 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
         return Cancelled(err.details() or "cancelled")
     reason, retry_after = "", None
     details: dict[str, Any] = {}
-    for key, value in err.trailing_metadata() or ():
+    trailers: Any = err.trailing_metadata() or ()
+    for key, value in trailers:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for any_msg in status.details:
@@ -91,4 +95,4 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
     )
 
 
-assert code_pb2.INVALID_ARGUMENT == StatusCode.INVALID_ARGUMENT  # noqa: S101 - table sanity
+assert code_pb2.INVALID_ARGUMENT == StatusCode.INVALID_ARGUMENT
