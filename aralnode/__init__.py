@@ -2,43 +2,87 @@
 
 The public face is small; everything else is private or lives in submodules
 (``aralnode.core`` for the sans-IO protocol pieces, ``aralnode.testing`` for tests).
+Names are imported lazily, so ``import aralnode.core`` never pulls in grpc.
 """
 
-from aralnode.config import NodeConfig
-from aralnode.core.capabilities import Capability
-from aralnode.core.context import CallContext
-from aralnode.core.errors import (
-    AralError,
-    CapabilityNotFound,
-    DeadlineExceeded,
-    GovernanceBlocked,
-    InvalidParameters,
-    InvalidRequest,
-    MalformedMessage,
-    MessageTooLarge,
-    NotFound,
-    PeerNotFound,
-    PermissionDenied,
-    RateLimited,
-    ReplayDetected,
-    SignatureInvalid,
-    StaleMessage,
-    Unauthenticated,
-    Unavailable,
-)
-from aralnode.core.governance import (
-    Action,
-    Decision,
-    Direction,
-    Evaluator,
-    Rule,
-    RuleEvaluator,
-    Verdict,
-)
-from aralnode.core.identity import Identity, KeyAlgorithm
-from aralnode.core.peers import PeerInfo, PeerState
-from aralnode.node import Node
-from aralnode.transport.grpc_client import NodeClient
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+if _TYPE_CHECKING:
+    from aralnode.config import NodeConfig
+    from aralnode.core.capabilities import Capability
+    from aralnode.core.context import CallContext
+    from aralnode.core.errors import (
+        AralError,
+        CapabilityNotFound,
+        DeadlineExceeded,
+        GovernanceBlocked,
+        InvalidParameters,
+        InvalidRequest,
+        MalformedMessage,
+        MessageTooLarge,
+        NotFound,
+        PeerNotFound,
+        PermissionDenied,
+        RateLimited,
+        ReplayDetected,
+        SignatureInvalid,
+        StaleMessage,
+        Unauthenticated,
+        Unavailable,
+    )
+    from aralnode.core.governance import (
+        Action,
+        Decision,
+        Direction,
+        Evaluator,
+        Rule,
+        RuleEvaluator,
+        Verdict,
+    )
+    from aralnode.core.identity import Identity, KeyAlgorithm
+    from aralnode.core.peers import PeerInfo, PeerState
+    from aralnode.node import Node
+    from aralnode.transport.grpc_client import NodeClient
+
+
+_LAZY: dict[str, str] = {
+    "Action": "aralnode.core.governance",
+    "AralError": "aralnode.core.errors",
+    "CallContext": "aralnode.core.context",
+    "Capability": "aralnode.core.capabilities",
+    "CapabilityNotFound": "aralnode.core.errors",
+    "DeadlineExceeded": "aralnode.core.errors",
+    "Decision": "aralnode.core.governance",
+    "Direction": "aralnode.core.governance",
+    "Evaluator": "aralnode.core.governance",
+    "GovernanceBlocked": "aralnode.core.errors",
+    "Identity": "aralnode.core.identity",
+    "InvalidParameters": "aralnode.core.errors",
+    "InvalidRequest": "aralnode.core.errors",
+    "KeyAlgorithm": "aralnode.core.identity",
+    "MalformedMessage": "aralnode.core.errors",
+    "MessageTooLarge": "aralnode.core.errors",
+    "Node": "aralnode.node",
+    "NodeClient": "aralnode.transport.grpc_client",
+    "NodeConfig": "aralnode.config",
+    "NotFound": "aralnode.core.errors",
+    "PeerInfo": "aralnode.core.peers",
+    "PeerNotFound": "aralnode.core.errors",
+    "PeerState": "aralnode.core.peers",
+    "PermissionDenied": "aralnode.core.errors",
+    "RateLimited": "aralnode.core.errors",
+    "ReplayDetected": "aralnode.core.errors",
+    "Rule": "aralnode.core.governance",
+    "RuleEvaluator": "aralnode.core.governance",
+    "SignatureInvalid": "aralnode.core.errors",
+    "StaleMessage": "aralnode.core.errors",
+    "Unauthenticated": "aralnode.core.errors",
+    "Unavailable": "aralnode.core.errors",
+    "Verdict": "aralnode.core.governance",
+}
 
 __version__ = "0.1.0"
 
@@ -78,3 +122,16 @@ __all__ = [
     "Verdict",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aralnode' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,8 +1,22 @@
-"""The one door to generated code: only this module imports ``gen/`` (package ``aral``)."""
+"""The one door to generated code: only this module imports ``gen/`` (package ``aral``).
+
+Messages are imported eagerly; the gRPC stubs (``*_pb2_grpc``, which import grpc)
+only on first use, so the sans-IO core can use messages without pulling in grpc.
+"""
 
 from __future__ import annotations
 
-from aral.v1 import card_pb2, message_pb2, node_pb2, node_pb2_grpc
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from aral.v1 import card_pb2, message_pb2, node_pb2
+
+if TYPE_CHECKING:
+    from aral.v1.node_pb2_grpc import AgentNodeServicer as AgentNodeServicer
+    from aral.v1.node_pb2_grpc import AgentNodeStub as AgentNodeStub
+    from aral.v1.node_pb2_grpc import (
+        add_AgentNodeServicer_to_server as add_AgentNodeServicer_to_server,
+    )
 
 ARALMessage = message_pb2.ARALMessage
 MessageContent = message_pb2.MessageContent
@@ -45,9 +59,7 @@ ListPeersResponse = node_pb2.ListPeersResponse
 Peer = node_pb2.Peer
 PeerState = node_pb2.PeerState
 
-AgentNodeServicer = node_pb2_grpc.AgentNodeServicer
-AgentNodeStub = node_pb2_grpc.AgentNodeStub
-add_AgentNodeServicer_to_server = node_pb2_grpc.add_AgentNodeServicer_to_server
+_GRPC_NAMES = ("AgentNodeServicer", "AgentNodeStub", "add_AgentNodeServicer_to_server")
 
 FILE_DESCRIPTORS = (message_pb2.DESCRIPTOR, card_pb2.DESCRIPTOR, node_pb2.DESCRIPTOR)
 AGENT_NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["AgentNode"]
@@ -60,3 +72,11 @@ PAYLOAD_NODE_CARD = "application/vnd.aral.v1.node-card+proto"
 PAYLOAD_HELLO = "application/vnd.aral.v1.hello+proto"
 PAYLOAD_WELCOME = "application/vnd.aral.v1.welcome+proto"
 PAYLOAD_CHANNEL_OPEN = "application/vnd.aral.v1.channel-open+proto"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GRPC_NAMES:
+        value = getattr(importlib.import_module("aral.v1.node_pb2_grpc"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

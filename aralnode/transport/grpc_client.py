@@ -25,14 +25,14 @@ from aralnode.core.errors import (
 )
 from aralnode.core.handshake import VerifiedCard, accept_welcome, make_hello
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.transport.grpc_server import FRAME_HEADROOM
+from aralnode.transport.grpc_server import transport_limit
 from aralnode.transport.status import from_rpc_error
 
 T = TypeVar("T")
 
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    limit = max_message_bytes + FRAME_HEADROOM
+    limit = transport_limit(max_message_bytes)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),

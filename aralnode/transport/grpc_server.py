@@ -49,9 +49,18 @@ from aralnode.transport.status import abort
 log = logging.getLogger("aralnode.grpc")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# Headroom for framing around an envelope: the envelope limit is ours to report,
-# with details; grpc's own limit only stops what is far beyond it.
+# Framing around an envelope. The envelope limit is ours to enforce and report with
+# details; grpc's own transport limit (twice that, see ``transport_limit``) only
+# stops frames far beyond it, before they are buffered whole.
 FRAME_HEADROOM = 64 * 1024
+
+
+# Room for the signature and wrapping around an envelope's content in one request.
+ENVELOPE_OVERHEAD = 4096
+
+
+def transport_limit(max_message_bytes: int) -> int:
+    return 2 * max_message_bytes + FRAME_HEADROOM
 
 
 @dataclass(slots=True)
@@ -139,7 +148,7 @@ class AgentNodeService:
     async def Invoke(self, data: bytes, context: Context) -> bytes:
         trace_id = ""
         try:
-            if len(data) > self.sec.max_message_bytes + FRAME_HEADROOM:
+            if len(data) > self.sec.max_message_bytes + ENVELOPE_OVERHEAD:
                 raise MessageTooLarge(
                     f"request is {len(data)} bytes; the limit is {self.sec.max_message_bytes}",
                     details={"size": len(data), "limit": self.sec.max_message_bytes},
@@ -384,7 +393,7 @@ class GrpcServer:
     """A grpc.aio server with AgentNode, health, reflection and users' services."""
 
     def __init__(self, *, max_message_bytes: int, keepalive_ms: int) -> None:
-        limit = max_message_bytes + FRAME_HEADROOM
+        limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),

@@ -1,0 +1,200 @@
+"""Bad input over the wire: a clear status with google.rpc.Status details, never
+INTERNAL, and the node keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aralnode import Node, NodeClient
+from aralnode import _proto as pb
+from aralnode.core.clock import SYSTEM_CLOCK
+from aralnode.core.envelope import build_content, seal
+from aralnode.transport.grpc_client import unwrap
+
+Raw = Callable[[str, bytes], "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"]
+UNARY = ("Handshake", "Invoke", "ListCapabilities", "GetStatus", "ListPeers")
+
+
+@pytest.fixture
+async def small_node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    node = make_node("small", max_message_bytes=16 * 1024)
+    async with node:
+        yield node
+
+
+@pytest.fixture
+async def raw(small_node: Node) -> AsyncIterator[Callable[[str, bytes], object]]:
+    channel = grpc.aio.insecure_channel(small_node.address)
+
+    async def call(method: str, data: bytes) -> tuple[grpc.StatusCode, str, str]:
+        rpc = channel.unary_unary(f"/aral.v1.AgentNode/{method}")
+        try:
+            await rpc(data, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return err.code(), _reason(err), err.details() or ""
+        return grpc.StatusCode.OK, "", ""
+
+    yield call
+    await channel.close()
+
+
+def _reason(err: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None, f"no google.rpc.Status details for {err.code()}: {err.details()}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    raise AssertionError("status has no ErrorInfo")
+
+
+async def assert_serving(node: Node) -> None:
+    async with NodeClient(node.address) as client:
+        assert unwrap(await client.call("demo.add", {"a": 1, "b": 2})) == 3
+
+
+@pytest.mark.parametrize("method", UNARY)
+async def test_garbage_bytes_are_invalid_argument(small_node: Node, raw, method: str) -> None:  # type: ignore[no-untyped-def]
+    code, reason, details = await raw(method, b"\xff\xff\xff\xff garbage \x00\x01")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert reason == "MALFORMED_MESSAGE"
+    await assert_serving(small_node)
+
+
+async def test_oversized_request_is_resource_exhausted(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    content = build_content(
+        sender="x",
+        recipient="",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.echo", parameters=b"{}" + b" " * 40_000),
+        clock=SYSTEM_CLOCK,
+    )
+    data = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    code, reason, _ = await raw("Invoke", data)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason == "MESSAGE_TOO_LARGE"
+    await assert_serving(small_node)
+
+
+async def test_oversized_plain_call_is_resource_exhausted(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    call = pb.Call(capability="demo.echo")
+    call.parameters.update({"text": "x" * 40_000})
+    code, reason, _ = await raw("Invoke", pb.InvokeRequest(call=call).SerializeToString())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason == "MESSAGE_TOO_LARGE"
+    await assert_serving(small_node)
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected_reason"),
+    [
+        (pb.InvokeRequest(), "MISSING_FIELD"),
+        (pb.InvokeRequest(call=pb.Call()), "MISSING_FIELD"),
+        (pb.InvokeRequest(message=pb.ARALMessage()), "UNSUPPORTED_VERSION"),
+        (pb.InvokeRequest(message=pb.ARALMessage(content=b"\x0a\x00")), "UNSUPPORTED_VERSION"),
+    ],
+)
+async def test_missing_fields_are_invalid_argument(small_node: Node, raw, request_, expected_reason) -> None:  # type: ignore[no-untyped-def]
+    code, reason, _ = await raw("Invoke", request_.SerializeToString())
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    assert reason == expected_reason
+    await assert_serving(small_node)
+
+
+@pytest.mark.parametrize("drop", ["message_id", "sender", "timestamp_unix_ms", "nonce"])
+async def test_envelope_missing_header_fields(small_node: Node, raw, drop: str) -> None:  # type: ignore[no-untyped-def]
+    content = build_content(
+        sender="someone",
+        recipient="",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=b'{"a":1,"b":1}'),
+        clock=SYSTEM_CLOCK,
+    )
+    content.header.ClearField(drop)  # type: ignore[arg-type]
+    data = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    code, reason, details = await raw("Invoke", data)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert reason == "MISSING_FIELD"
+    assert drop in details
+    await assert_serving(small_node)
+
+
+async def test_unknown_capability_is_not_found(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    data = pb.InvokeRequest(call=pb.Call(capability="no.such.thing")).SerializeToString()
+    code, reason, _ = await raw("Invoke", data)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert reason == "CAPABILITY_NOT_FOUND"
+
+
+async def test_bad_parameters_are_invalid_argument(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    call = pb.Call(capability="demo.echo")
+    call.parameters.update({"text": "x", "times": 1000})
+    code, reason, details = await raw("Invoke", pb.InvokeRequest(call=call).SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason == "INVALID_PARAMETERS"
+    assert "times" in details
+
+
+async def test_wrong_body_type_is_invalid_argument(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    content = build_content(
+        sender="s",
+        recipient="",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_NOTIFICATION, action="demo.add"),
+        clock=SYSTEM_CLOCK,
+    )
+    code, reason, _ = await raw("Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason == "MISSING_FIELD"
+
+
+async def test_unparseable_parameters_are_invalid_argument(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    for content_type, compression, data in [
+        ("application/json", "", b"{not json"),
+        ("application/msgpack", "", b"\xc1"),
+        ("application/json", "gzip", b"not gzip at all"),
+        ("application/x-protobuf", "", b"\xff\xff\xff"),
+    ]:
+        content = build_content(
+            sender="s",
+            recipient="",
+            body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=data),
+            clock=SYSTEM_CLOCK,
+            content_type=content_type,
+            compression=compression,
+        )
+        wire = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+        code, reason, details = await raw("Invoke", wire)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (content_type, details)
+        assert reason == "MALFORMED_MESSAGE"
+    await assert_serving(small_node)
+
+
+async def test_gzip_bomb_is_refused(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    bomb = gzip.compress(b"[" + b"0," * 2_000_000 + b"0]")
+    assert len(bomb) < 16 * 1024
+    content = build_content(
+        sender="s",
+        recipient="",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=bomb),
+        clock=SYSTEM_CLOCK,
+        compression="gzip",
+    )
+    code, reason, _ = await raw("Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason == "MESSAGE_TOO_LARGE"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=512))
+async def test_random_bytes_never_internal(small_node: Node, raw, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    for method in ("Invoke", "Handshake"):
+        code, _, details = await raw(method, data)
+        assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), details

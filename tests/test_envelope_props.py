@@ -1,0 +1,145 @@
+"""Property tests of the sans-IO envelope, signature and replay pieces (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aralnode import _proto as pb
+from aralnode.core import codec
+from aralnode.core.envelope import build_content, encode_payload, open_message, seal
+from aralnode.core.errors import AralError, RateLimited, ReplayDetected, StaleMessage
+from aralnode.core.identity import KeyAlgorithm, KeyRing
+from aralnode.core.replay import ReplayGuard
+from aralnode.testing import FixedClock, test_identity
+
+ALICE = test_identity(1)
+ALICE_ED = test_identity(2, KeyAlgorithm.ED25519)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _content(clock: FixedClock, params: object = None, content_type: str = codec.JSON) -> pb.MessageContent:
+    payload, compression = encode_payload(params, content_type, compress_above=64)
+    return build_content(
+        sender=ALICE.node_id,
+        recipient="bob",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="x.y", parameters=payload),
+        clock=clock,
+        content_type=content_type,
+        compression=compression,
+    )
+
+
+def _open(message: pb.ARALMessage, clock: FixedClock, keyring: KeyRing | None = None) -> object:
+    ring = keyring or KeyRing()
+    ring.pin(ALICE.public_key)
+    ring.pin(ALICE_ED.public_key)
+    return open_message(message, keyring=ring, replay=ReplayGuard(clock, not_before_ms=0), require_signature=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2048), sig=st.binary(max_size=80), key_id=st.text(max_size=40), pub=st.binary(max_size=120))
+def test_parsing_any_bytes_raises_only_aral_errors(data: bytes, sig: bytes, key_id: str, pub: bytes) -> None:
+    clock = FixedClock()
+    message = pb.ARALMessage(content=data)
+    message.signature.value = sig
+    message.signature.key_id = key_id
+    message.signature.algorithm = "ES256"
+    if pub:
+        message.signature.public_key = pub
+    with pytest.raises(AralError):
+        _open(message, clock)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_unsigned_random_content_never_escapes_the_error_tree(data: bytes) -> None:
+    clock = FixedClock()
+    try:
+        open_message(pb.ARALMessage(content=data), keyring=KeyRing(), replay=ReplayGuard(clock), require_signature=False)
+    except AralError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(params=json_values, content_type=st.sampled_from(codec.CONTENT_TYPES))
+def test_round_trip(params: object, content_type: str) -> None:
+    clock = FixedClock()
+    content = _content(clock, params, content_type)
+    opened = _open(seal(content, ALICE), clock)
+    assert opened.header == content.header  # type: ignore[attr-defined]
+    assert opened.parameters() == params  # type: ignore[attr-defined]
+
+
+@settings(max_examples=150, deadline=None)
+@given(index=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7), ed=st.booleans())
+def test_any_flipped_bit_is_detected(index: int, bit: int, ed: bool) -> None:
+    clock = FixedClock()
+    identity = ALICE_ED if ed else ALICE
+    content = _content(clock, {"k": "v" * 10})
+    content.header.sender = identity.node_id
+    message = seal(content, identity)
+    total = len(message.content) + len(message.signature.value)
+    i = index % total
+    if i < len(message.content):
+        buf = bytearray(message.content)
+        buf[i] ^= 1 << bit
+        message.content = bytes(buf)
+    else:
+        buf = bytearray(message.signature.value)
+        buf[i - len(message.content)] ^= 1 << bit
+        message.signature.value = bytes(buf)
+    with pytest.raises(AralError):
+        _open(message, clock)
+
+
+def test_replay_guard_window_and_bounds() -> None:
+    clock = FixedClock()
+    guard = ReplayGuard(clock, window_ms=1000, skew_ms=100, capacity=3, not_before_ms=0)
+    now = clock.now_ms()
+    for i in range(3):
+        guard.admit("s", f"m{i}", now)
+    with pytest.raises(ReplayDetected):
+        guard.admit("s", "m0", now)
+    with pytest.raises(RateLimited):
+        guard.admit("s", "m3", now)  # full of live entries: fail closed
+    clock.advance(1.5)
+    guard.admit("s", "m3", clock.now_ms())  # old entries expired and were evicted
+    assert len(guard) == 1
+    with pytest.raises(StaleMessage):
+        guard.admit("s", "m4", clock.now_ms() - 1201)
+    with pytest.raises(StaleMessage):
+        guard.admit("s", "m5", clock.now_ms() + 101)
+
+
+def test_replay_guard_refuses_messages_from_before_its_start() -> None:
+    clock = FixedClock()
+    before_restart = clock.now_ms()
+    clock.advance(2)
+    guard = ReplayGuard(clock, window_ms=30_000, skew_ms=100)
+    with pytest.raises(StaleMessage) as info:
+        guard.admit("s", "m", before_restart)
+    assert "start" in info.value.message
+    guard.admit("s", "m", clock.now_ms())
+
+
+@settings(max_examples=50, deadline=None)
+@given(ids=st.lists(st.text(min_size=1, max_size=4), max_size=60))
+def test_replay_guard_admits_each_pair_once(ids: list[str]) -> None:
+    clock = FixedClock()
+    guard = ReplayGuard(clock, not_before_ms=0, capacity=1000)
+    seen: set[str] = set()
+    for mid in ids:
+        if mid in seen:
+            with pytest.raises(ReplayDetected):
+                guard.admit("s", mid, clock.now_ms())
+        else:
+            guard.admit("s", mid, clock.now_ms())
+            seen.add(mid)
+    assert len(guard) == len(seen)
