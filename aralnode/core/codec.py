@@ -9,11 +9,11 @@ decompressed payload is bounded so a small bomb cannot exhaust memory.
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from typing import Any
 
 import msgpack
+import pydantic_core
 from google.protobuf import json_format, struct_pb2
 
 from aralnode.core.errors import InvalidRequest, MalformedMessage, MessageTooLarge
@@ -26,14 +26,18 @@ GZIP = "gzip"
 DEFLATE = "deflate"
 COMPRESSIONS = ("", GZIP, DEFLATE)
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
+# pydantic-core's JSON (Rust) is 3-5x faster than the json module on the hot path.
+_to_json = pydantic_core.to_json
+_from_json = pydantic_core.from_json
 
 
 def encode(value: Any, content_type: str = JSON) -> bytes:
     """Encode a JSON-compatible value."""
     if not content_type or content_type == JSON:
-        return _dumps(value).encode()
+        try:
+            return _to_json(value)
+        except pydantic_core.PydanticSerializationError as exc:
+            raise InvalidRequest(f"value is not JSON-serializable: {exc}") from None
     if content_type == MSGPACK:
         return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
     if content_type == PROTOBUF:
@@ -51,7 +55,7 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
         return None
     try:
         if not content_type or content_type == JSON:
-            return _loads(data)
+            return _from_json(data, allow_inf_nan=False)
         if content_type == MSGPACK:
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
         if content_type == PROTOBUF:

@@ -19,6 +19,8 @@ class CallContext:
         trace_id: Trace id carried across hops (made if the caller sent none).
         message_id: Id of the request message, if it came as one.
         deadline: Monotonic time (``Clock.monotonic``) after which the call is abandoned.
+        deadline_enforced: The transport already cancels the call at ``deadline`` (as
+            gRPC does), so the pipeline need not arm a timer of its own.
         signed: Whether the request was a verified signed envelope.
         scopes: Scopes granted to the caller.
         metadata: Door-specific request metadata (gRPC metadata, HTTP headers).
@@ -30,6 +32,7 @@ class CallContext:
     trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     message_id: str = ""
     deadline: float | None = None
+    deadline_enforced: bool = False
     signed: bool = False
     scopes: frozenset[str] = frozenset()
     metadata: dict[str, str] = field(default_factory=dict)

@@ -106,7 +106,7 @@ class Pipeline:
 
     async def _call(self, cap: Capability, params: Any, ctx: CallContext) -> Any:
         try:
-            if ctx.deadline is None:
+            if ctx.deadline is None or ctx.deadline_enforced:
                 return await cap.handler(params, ctx)
             remaining = ctx.deadline - self.clock.monotonic()
             if remaining <= 0:

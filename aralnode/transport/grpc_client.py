@@ -13,10 +13,11 @@ from aralnode.core import codec
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    REQUEST,
     build_content,
     encode_payload,
     open_message,
-    seal,
+    seal_into,
 )
 from aralnode.core.errors import (
     MalformedMessage,
@@ -122,19 +123,18 @@ class NodeClient:
         content = build_content(
             sender=sender,
             recipient=self.peer.node_id if self.peer is not None else "",
-            body=pb.Body(
-                type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=capability, parameters=payload
-            ),
+            body=pb.Body(type=REQUEST, action=capability, parameters=payload),
             clock=self.clock,
             trace_id=trace_id,
             content_type=content_type,
             compression=compression,
             ttl_ms=int(timeout * 1000) if timeout else 0,
         )
-        message = seal(content, self.identity if sign else None, embed_key=self.peer is None)
-        response = await self._rpc(
-            lambda: self.stub.Invoke(pb.InvokeRequest(message=message), timeout=timeout)
+        request = pb.InvokeRequest()
+        seal_into(
+            request.message, content, self.identity if sign else None, embed_key=self.peer is None
         )
+        response = await self._rpc(lambda: self.stub.Invoke(request, timeout=timeout))
         return self._result(response, content.header.message_id, signed=sign)
 
     def _result(self, response: pb.InvokeResponse, request_id: str, *, signed: bool) -> Any:

@@ -27,10 +27,12 @@ from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    REQUEST,
+    RESPONSE,
     build_content,
     encode_payload,
     open_message,
-    seal,
+    seal_into,
 )
 from aralnode.core.errors import (
     AralError,
@@ -49,6 +51,7 @@ from aralnode.transport.status import abort
 log = logging.getLogger("aralnode.grpc")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_NO_SCOPES: frozenset[str] = frozenset()
 # Framing around an envelope. The envelope limit is ours to enforce and report with
 # details; grpc's own transport limit (twice that, see ``transport_limit``) only
 # stops frames far beyond it, before they are buffered whole.
@@ -94,12 +97,15 @@ def _parse(cls: type[Message], data: bytes) -> Any:
         raise MalformedMessage(f"request does not parse as {cls.DESCRIPTOR.full_name}") from None
 
 
-def _deadline(context: Context, clock: Clock, ttl_ms: int = 0) -> float | None:
+def _deadline(context: Context, clock: Clock, ttl_ms: int = 0) -> tuple[float | None, bool]:
+    """The call's deadline, and whether gRPC itself enforces it (it cancels the
+    handler when its own deadline passes; a tighter TTL we must enforce)."""
     remaining = context.time_remaining()
-    if ttl_ms > 0:
-        ttl = ttl_ms / 1000
-        remaining = ttl if remaining is None else min(remaining, ttl)
-    return None if remaining is None else clock.monotonic() + remaining
+    if ttl_ms > 0 and (remaining is None or ttl_ms / 1000 < remaining):
+        return clock.monotonic() + ttl_ms / 1000, False
+    if remaining is None:
+        return None, False
+    return clock.monotonic() + remaining, True
 
 
 def _value(result: Any) -> struct_pb2.Value:
@@ -178,19 +184,21 @@ class AgentNodeService:
             expected_recipient=self.node_id,
         )
         header, body = opened.header, opened.body
-        if body.type != pb.MessageType.MESSAGE_TYPE_REQUEST or not body.action:
+        if body.type != REQUEST or not body.action:
             raise MalformedMessage(
                 "Invoke takes a request message with an action", reason="MISSING_FIELD"
             )
+        deadline, enforced = _deadline(context, self.clock, header.ttl_ms)
         ctx = CallContext(
             door="grpc",
             caller=header.sender if opened.signed else "",
             peer=context.peer(),
             trace_id=header.trace_id or header.message_id,
             message_id=header.message_id,
-            deadline=_deadline(context, self.clock, header.ttl_ms),
+            deadline=deadline,
+            deadline_enforced=enforced,
             signed=opened.signed,
-            scopes=sec.peer_scopes if opened.signed else frozenset(),
+            scopes=sec.peer_scopes if opened.signed else _NO_SCOPES,
         )
         outcome = await self.pipeline.invoke(
             ctx, body.action, opened.parameters(sec.max_message_bytes)
@@ -200,7 +208,7 @@ class AgentNodeService:
             sender=self.node_id,
             recipient=header.sender,
             body=pb.Body(
-                type=pb.MessageType.MESSAGE_TYPE_RESPONSE,
+                type=RESPONSE,
                 action=body.action,
                 result=payload,
                 correlation_id=header.message_id,
@@ -210,8 +218,9 @@ class AgentNodeService:
             content_type=header.content_type,
             compression=compression,
         )
-        reply = seal(content, sec.identity if opened.signed else None)
-        return pb.InvokeResponse(message=reply).SerializeToString()
+        response = pb.InvokeResponse()
+        seal_into(response.message, content, sec.identity if opened.signed else None)
+        return response.SerializeToString()
 
     async def _invoke_call(self, call: pb.Call, context: Context) -> bytes:
         if not self.sec.allow_unsigned:
@@ -221,10 +230,9 @@ class AgentNodeService:
         if not call.capability:
             raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
         params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
+        deadline, enforced = _deadline(context, self.clock, call.timeout_ms)
         ctx = CallContext(
-            door="grpc",
-            peer=context.peer(),
-            deadline=_deadline(context, self.clock, call.timeout_ms),
+            door="grpc", peer=context.peer(), deadline=deadline, deadline_enforced=enforced
         )
         if call.trace_id:
             ctx.trace_id = call.trace_id
@@ -328,8 +336,13 @@ def _method_handler(
 
     def context_for(context: Context) -> CallContext:
         md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        deadline, enforced = _deadline(context, clock)
         return CallContext(
-            door="grpc", peer=context.peer(), deadline=_deadline(context, clock), metadata=md
+            door="grpc",
+            peer=context.peer(),
+            deadline=deadline,
+            deadline_enforced=enforced,
+            metadata=md,
         )
 
     if not method.client_streaming and not method.server_streaming:

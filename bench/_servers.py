@@ -1,0 +1,74 @@
+"""Server processes for benchmarks: ``python -m bench._servers KIND`` prints its port.
+
+KIND is ``bare`` (a plain grpc.aio echo of the AgentNode Invoke messages, the
+baseline) or ``node`` (an aralnode with the demo capabilities).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from aralnode import _proto as pb
+
+
+async def bare() -> None:
+    async def invoke(request: Any, context: Any) -> Any:
+        return pb.InvokeResponse(message=request.message)
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        pb.AGENT_NODE_SERVICE_NAME,
+        {
+            "Invoke": grpc.unary_unary_rpc_method_handler(
+                invoke,
+                request_deserializer=pb.InvokeRequest.FromString,
+                response_serializer=pb.InvokeResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+async def node(extra: list[str]) -> None:
+    from aralnode import Node, NodeConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        n = Node(
+            NodeConfig(
+                name="bench",
+                host="127.0.0.1",
+                grpc_port=0,
+                http_port=None,
+                discovery="none",
+                data_dir=Path(tmp),
+                max_concurrent=4096,
+            )
+        )
+        n.load(str(Path(__file__).resolve().parent.parent / "examples" / "demo.py"))
+        for spec in extra:
+            n.load(spec)
+        await n.start()
+        print(n.grpc_port, flush=True)
+        await n.wait_closed()
+
+
+def main() -> None:
+    kind = sys.argv[1]
+    try:
+        asyncio.run(bare() if kind == "bare" else node(sys.argv[2:]))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
