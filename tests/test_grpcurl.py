@@ -66,6 +66,10 @@ async def test_health_check_serving(demo_node: Node) -> None:
     )
     assert rc == 0, err
     assert json.loads(out) == {"status": "SERVING"}
+    rc, out, err = await grpcurl("-plaintext", demo_node.address, "grpc.health.v1.Health/List")
+    assert rc == 0, err
+    statuses = json.loads(out)["statuses"]
+    assert statuses["aral.v1.AgentNode"] == {"status": "SERVING"}
 
 
 async def test_invoke_demo_capability(demo_node: Node) -> None:

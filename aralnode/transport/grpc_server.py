@@ -18,7 +18,6 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from aralnode import _proto as pb
@@ -46,6 +45,7 @@ from aralnode.core.handshake import VerifiedCard, accept_hello, make_welcome
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.pipeline import Pipeline
 from aralnode.core.replay import ReplayGuard
+from aralnode.transport.health import HealthService
 from aralnode.transport.status import abort
 
 log = logging.getLogger("aralnode.grpc")
@@ -418,7 +418,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.health = HealthServicer()
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._services: list[str] = []
         self.port = 0

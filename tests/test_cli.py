@@ -1,0 +1,149 @@
+"""The `aralnode` command as users and scripts run it: a real node process."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO
+
+ARALNODE = str(Path(sys.executable).parent / "aralnode")
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ARALNODE, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    data_dir = tmp_path_factory.mktemp("cli-node")
+    proc = subprocess.Popen(
+        [ARALNODE, "run", "--name", "cli-demo", "--grpc-port", "0", "--http-port", "-1",
+         "--discovery", "none", "--data-dir", str(data_dir), "--load", DEMO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"serving gRPC on (\S+)", line)
+    assert match, f"node did not start: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+    try:
+        yield match.group(1), data_dir
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "draining" in err
+
+
+def test_call_prints_result(node_process: tuple[str, Path]) -> None:
+    address, _ = node_process
+    out = cli("call", "--node", address, "demo.add", '{"a": 2, "b": 40}')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42.0"
+
+
+def test_call_json(node_process: tuple[str, Path]) -> None:
+    address, _ = node_process
+    out = cli("call", "--node", address, "--json", "demo.echo", '{"text": "x", "times": 2}')
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["result"] == {"text": "x", "echo": ["x", "x"]}
+    assert doc["decision"] == "ok"
+    assert doc["trace_id"]
+
+
+def test_caps_table_and_json(node_process: tuple[str, Path]) -> None:
+    address, _ = node_process
+    table = cli("caps", "--node", address)
+    assert table.returncode == 0, table.stderr
+    assert "CAPABILITY" in table.stdout
+    assert "demo.echo" in table.stdout
+    doc = json.loads(cli("caps", "--node", address, "--json").stdout)
+    by_id = {c["id"]: c for c in doc["capabilities"]}
+    assert by_id["demo.echo"]["input_schema"]["properties"]["text"]["type"] == "string"
+    assert by_id["demo.echo"]["risk"] == "RISK_CATEGORY_READ_ONLY"
+
+
+def test_status_json(node_process: tuple[str, Path]) -> None:
+    address, _ = node_process
+    doc = json.loads(cli("status", "--node", address, "--json").stdout)
+    assert doc["name"] == "cli-demo"
+    assert doc["state"] == "SERVING"
+    assert doc["capability_count"] >= 4
+
+
+def test_keys_show_matches_running_node(node_process: tuple[str, Path]) -> None:
+    address, data_dir = node_process
+    status = json.loads(cli("status", "--node", address, "--json").stdout)
+    keys = json.loads(cli("keys", "show", "--data-dir", str(data_dir), "--json").stdout)
+    assert keys["node_id"] == status["node_id"]
+    assert keys["algorithm"] == "ES256"
+    assert oct((data_dir / "identity.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_peers_json_empty(node_process: tuple[str, Path]) -> None:
+    address, _ = node_process
+    out = cli("peers", "--node", address, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("call", "demo.nope"), "NOT_FOUND"),
+        (("call", "demo.echo", "{bad json"), "not valid JSON"),
+        (("call", "demo.echo", "[1, 2]"), "must be a JSON object"),
+        (("call", "demo.echo", '{"times": 1}'), "INVALID_ARGUMENT"),
+    ],
+)
+def test_errors_go_to_stderr_with_exit_1(node_process: tuple[str, Path], args: tuple[str, ...], needle: str) -> None:
+    address, _ = node_process
+    out = cli(args[0], "--node", address, *args[1:])
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert needle in out.stderr
+
+
+def test_unreachable_node_is_a_clean_error() -> None:
+    out = cli("status", "--node", "127.0.0.1:1")
+    assert out.returncode == 1
+    assert out.stderr.startswith("error:")
+    assert "Traceback" not in out.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    out = cli("call")
+    assert out.returncode == 2
+    assert "usage:" in out.stderr
+
+
+def test_keys_show_without_identity(tmp_path: Path) -> None:
+    out = cli("keys", "show", "--data-dir", str(tmp_path / "empty"))
+    assert out.returncode == 1
+    assert "no identity" in out.stderr
+
+
+def test_run_rejects_bad_options(tmp_path: Path) -> None:
+    out = cli("run", "--name", "bad name!", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "invalid node name" in out.stderr
+    out = cli("run", "--peer", "nonsense", "--discovery", "static", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "HOST:PORT" in out.stderr
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    out = cli("run", "--load", str(tmp_path / "missing.py"), "--discovery", "none", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "no such file" in out.stderr
+

@@ -1,0 +1,122 @@
+"""Start, drain and stop: health goes NOT_SERVING first, in-flight calls finish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aralnode import CallContext, Node, NodeClient, RateLimited
+from aralnode import _proto as pb
+from aralnode.transport.grpc_client import unwrap
+
+
+async def test_graceful_stop_drains_in_flight_calls(make_node: Callable[..., Node]) -> None:
+    node = make_node("drain", demo=False)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @node.capability(id="slow.op")
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "finished"
+
+    await node.start()
+    client = NodeClient(node.address)
+    channel = grpc.aio.insecure_channel(node.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="aral.v1.AgentNode"))
+    first = await asyncio.wait_for(watch.read(), 10)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+    call = asyncio.ensure_future(client.call("slow.op", {}))
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.ensure_future(node.stop(grace=30))
+    second = await asyncio.wait_for(watch.read(), 10)
+    assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # The Watch stream ends cleanly, so it cannot hold the drain open.
+    assert await asyncio.wait_for(watch.read(), 10) is grpc.aio.EOF
+    assert await watch.code() == grpc.StatusCode.OK
+    assert not stopping.done()
+    release.set()
+    assert unwrap(await asyncio.wait_for(call, 10)) == "finished"
+    await asyncio.wait_for(stopping, 30)
+    assert node.status().state == "STOPPED"
+    await client.close()
+    await channel.close()
+
+
+async def test_stop_twice_and_stop_before_start(make_node: Callable[..., Node]) -> None:
+    never_started = make_node("idle")
+    await never_started.stop()
+    node = make_node("twice")
+    await node.start()
+    await node.stop()
+    await node.stop()
+    with pytest.raises(RuntimeError):
+        await node.start()
+
+
+@pytest.mark.parametrize("grpc_timeout", [0.2, 30.0])
+async def test_deadline_stops_the_handler(make_node: Callable[..., Node], grpc_timeout: float) -> None:
+    """gRPC's own deadline (0.2 s) and a tighter call TTL (0.2 s under a 30 s gRPC
+    deadline) both end in DEADLINE_EXCEEDED and cancel the running handler."""
+    node = make_node("ttl", demo=False)
+    never, cancelled = asyncio.Event(), asyncio.Event()
+
+    @node.capability(id="hang")
+    async def hang() -> None:
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with node:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = pb.AgentNodeStub(channel)
+            request = pb.InvokeRequest(call=pb.Call(capability="hang", timeout_ms=200))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Invoke(request, timeout=grpc_timeout)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(cancelled.wait(), 10)
+        assert node.pipeline.in_flight == 0
+
+
+async def test_concurrency_limit_answers_resource_exhausted(make_node: Callable[..., Node]) -> None:
+    node = make_node("busy", demo=False, max_concurrent=2)
+    entered, release = asyncio.Semaphore(0), asyncio.Event()
+
+    @node.capability(id="hold")
+    async def hold() -> str:
+        entered.release()
+        await release.wait()
+        return "ok"
+
+    async with node, NodeClient(node.address) as client:
+        held = [asyncio.ensure_future(client.call("hold", {})) for _ in range(2)]
+        for _ in range(2):
+            await asyncio.wait_for(entered.acquire(), 10)
+        with pytest.raises(RateLimited) as info:
+            await client.call("hold", {})
+        assert info.value.retry_after is not None
+        release.set()
+        assert [unwrap(r) for r in await asyncio.gather(*held)] == ["ok", "ok"]
+
+
+async def test_capability_exception_is_internal_and_node_survives(make_node: Callable[..., Node]) -> None:
+    node = make_node("boom")
+
+    @node.capability(id="boom")
+    async def boom(ctx: CallContext) -> None:
+        raise ZeroDivisionError("secret detail")
+
+    async with node, NodeClient(node.address) as client:
+        with pytest.raises(Exception) as info:
+            await client.call("boom", {})
+        assert "ZeroDivisionError" in str(info.value)
+        assert "secret detail" not in str(info.value)
+        assert unwrap(await client.call("demo.add", {"a": 1, "b": 1})) == 2
