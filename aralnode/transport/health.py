@@ -14,13 +14,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
+# HealthCheckResponse.ServingStatus values (grpcio-health-checking ships no type hints).
+ServingStatus = int
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
-class HealthService(health_pb2_grpc.HealthServicer):
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # untyped base
     """Serving status per service name ("" is the whole server)."""
 
     def __init__(self) -> None:
