@@ -17,7 +17,10 @@ def main(argv: list[str]) -> int:
     names = argv or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}",
+            file=sys.stderr,
+        )
         return 2
     report = Report()
     for name in names:

@@ -7,6 +7,7 @@ baseline) or ``node`` (an aralnode with the demo capabilities).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import grpc
 
 from aralnode import _proto as pb
+
+DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
 
 async def bare() -> None:
@@ -54,7 +57,7 @@ async def node(extra: list[str]) -> None:
                 max_concurrent=4096,
             )
         )
-        n.load(str(Path(__file__).resolve().parent.parent / "examples" / "demo.py"))
+        n.load(DEMO)
         for spec in extra:
             n.load(spec)
         await n.start()
@@ -64,10 +67,8 @@ async def node(extra: list[str]) -> None:
 
 def main() -> None:
     kind = sys.argv[1]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(bare() if kind == "bare" else node(sys.argv[2:]))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

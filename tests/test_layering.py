@@ -15,8 +15,22 @@ import aralnode
 import aralnode.core
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "zeroconf", "starlette", "uvicorn", "httpx", "h11", "mcp", "websockets")
-CORE_MODULES = sorted(f"aralnode.core.{m.name}" for m in pkgutil.iter_modules(aralnode.core.__path__))
+FORBIDDEN = (
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "grpc_status",
+    "zeroconf",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "h11",
+    "mcp",
+    "websockets",
+)
+CORE_MODULES = sorted(
+    f"aralnode.core.{m.name}" for m in pkgutil.iter_modules(aralnode.core.__path__)
+)
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
@@ -26,7 +40,9 @@ def test_core_module_imports_no_transport_library(module: str) -> None:
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
 
 
@@ -37,9 +53,15 @@ def test_only_proto_module_imports_generated_code() -> None:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "aral":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.split(".")[0] == "aral"
+            ):
                 offenders.append(str(path.relative_to(ROOT)))
-            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "aral" for a in node.names):
+            if isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] == "aral" for a in node.names
+            ):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
 

@@ -61,7 +61,9 @@ async def test_stop_twice_and_stop_before_start(make_node: Callable[..., Node]) 
 
 
 @pytest.mark.parametrize("grpc_timeout", [0.2, 30.0])
-async def test_deadline_stops_the_handler(make_node: Callable[..., Node], grpc_timeout: float) -> None:
+async def test_deadline_stops_the_handler(
+    make_node: Callable[..., Node], grpc_timeout: float
+) -> None:
     """gRPC's own deadline (0.2 s) and a tighter call TTL (0.2 s under a 30 s gRPC
     deadline) both end in DEADLINE_EXCEEDED and cancel the running handler."""
     node = make_node("ttl", demo=False)
@@ -107,7 +109,9 @@ async def test_concurrency_limit_answers_resource_exhausted(make_node: Callable[
         assert [unwrap(r) for r in await asyncio.gather(*held)] == ["ok", "ok"]
 
 
-async def test_capability_exception_is_internal_and_node_survives(make_node: Callable[..., Node]) -> None:
+async def test_capability_exception_is_internal_and_node_survives(
+    make_node: Callable[..., Node],
+) -> None:
     node = make_node("boom")
 
     @node.capability(id="boom")

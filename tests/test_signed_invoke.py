@@ -13,6 +13,7 @@ from aralnode import (
     AralError,
     KeyAlgorithm,
     Node,
+    NodeClient,
     ReplayDetected,
     SignatureInvalid,
     StaleMessage,
@@ -63,7 +64,9 @@ async def send(node: Node, message: pb.ARALMessage) -> pb.InvokeResponse:
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = pb.AgentNodeStub(channel)
         try:
-            response: pb.InvokeResponse = await stub.Invoke(pb.InvokeRequest(message=message), timeout=10)
+            response: pb.InvokeResponse = await stub.Invoke(
+                pb.InvokeRequest(message=message), timeout=10
+            )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
     return response
@@ -75,9 +78,16 @@ async def still_serves(a: Node, b: Node) -> None:
 
 async def test_signed_request_between_two_nodes(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    assert await a.request(b.node_id, "demo.add", {"a": 1.5, "b": 2}) == 3.5
-    who = await a.request(b.node_id, "demo.whoami", {})
+    # The unary door: a signed Invoke after a verified handshake.
+    async with NodeClient(b.address, identity=a.identity, keyring=a.keyring) as client:
+        await client.handshake(a.card(), expected_node_id=b.node_id)
+        assert await client.request("demo.add", {"a": 1.5, "b": 2}) == 3.5
+        who = await client.request("demo.whoami", {})
     assert who == {"door": "grpc", "caller": a.node_id, "signed": True}
+    # The node API picks its door (the A2A channel); the caller is verified alike.
+    who = await a.request(b.node_id, "demo.whoami", {})
+    assert who["caller"] == a.node_id
+    assert who["signed"] is True
 
 
 async def test_signed_response_is_verified(pair: tuple[Node, Node]) -> None:
@@ -132,7 +142,7 @@ async def test_embedded_key_that_is_not_the_senders_is_rejected(pair: tuple[Node
 
 
 async def test_unknown_key_without_embedded_key(pair: tuple[Node, Node]) -> None:
-    a, b = pair
+    _, b = pair
     stranger = test_identity(668)
     with pytest.raises(UnknownKey):
         await send(b, request(stranger, b.node_id))
@@ -152,7 +162,9 @@ async def test_replayed_message_is_rejected(pair: tuple[Node, Node]) -> None:
 
 
 @pytest.mark.parametrize("offset_s", [-3600, -40, 3600])
-async def test_stale_or_future_timestamp_is_rejected(pair: tuple[Node, Node], offset_s: int) -> None:
+async def test_stale_or_future_timestamp_is_rejected(
+    pair: tuple[Node, Node], offset_s: int
+) -> None:
     a, b = pair
     clock = FixedClock(SYSTEM_CLOCK.now_ms())
     clock.advance(offset_s)

@@ -262,6 +262,8 @@ ERROR_TYPES: tuple[type[AralError], ...] = (
 )
 
 _BY_REASON: dict[str, type[AralError]] = {t.default_reason: t for t in ERROR_TYPES[1:]}
+# governance.enforce names the decision in the reason.
+_BY_REASON.update({f"GOVERNANCE_{d}": GovernanceBlocked for d in ("ESCALATE", "BLOCK", "HALT")})
 _BY_STATUS: dict[StatusCode, type[AralError]] = {}
 for _t in ERROR_TYPES:
     _BY_STATUS.setdefault(_t.status, _t)

@@ -75,29 +75,51 @@ class Evaluator(Protocol):
 
 @dataclass(slots=True, frozen=True)
 class Rule:
-    """A tripwire: when ``when(action)`` holds, the rule contributes ``decision``."""
+    """A tripwire: for an action on one of ``capabilities`` (any, if empty) for which
+    ``when(action)`` holds (always, if ``None``), the rule contributes ``decision``."""
 
     id: str
-    when: Callable[[Action], bool]
+    when: Callable[[Action], bool] | None = None
     decision: Decision = Decision.OK
     flag: bool = False
     reason: str = ""
+    capabilities: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
 class RuleEvaluator:
-    """Ordered tripwires; the most severe matching decision wins."""
+    """Tripwires; the most severe matching decision wins, every match is recorded.
+
+    Rules scoped to capabilities are indexed by capability, so an action is checked
+    only against the rules that can apply to it plus the unscoped ones: the cost
+    grows with the rules relevant to an action, not with the size of the policy.
+    """
 
     rules: Sequence[Rule] = field(default_factory=tuple)
+    _general: tuple[Rule, ...] = field(init=False, default=())
+    _by_capability: dict[str, tuple[Rule, ...]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        general: list[Rule] = []
+        scoped: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            if not rule.capabilities:
+                general.append(rule)
+            for cap in rule.capabilities:
+                scoped.setdefault(cap, []).append(rule)
+        self._general = tuple(general)
+        # Keep policy order within each capability's list (general rules first).
+        self._by_capability = {cap: (*general, *rules) for cap, rules in scoped.items()}
 
     def evaluate(self, action: Action) -> Verdict:
-        if not self.rules:
+        rules = self._by_capability.get(action.capability, self._general)
+        if not rules:
             return ALLOW
         decision, flagged = Decision.OK, False
         reasons: list[str] = []
         ids: list[str] = []
-        for rule in self.rules:
-            if rule.when(action):
+        for rule in rules:
+            if rule.when is None or rule.when(action):
                 ids.append(rule.id)
                 reasons.append(rule.reason or rule.id)
                 flagged = flagged or rule.flag
