@@ -5,12 +5,12 @@ The public face is small; everything else is private or lives in submodules
 Names are imported lazily, so ``import aralnode.core`` never pulls in grpc.
 """
 
-
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:
+    from aralnode.channels import ChannelMessage, Subscription
     from aralnode.config import NodeConfig
     from aralnode.core.capabilities import Capability
     from aralnode.core.context import CallContext
@@ -54,6 +54,7 @@ _LAZY: dict[str, str] = {
     "CallContext": "aralnode.core.context",
     "Capability": "aralnode.core.capabilities",
     "CapabilityNotFound": "aralnode.core.errors",
+    "ChannelMessage": "aralnode.channels",
     "DeadlineExceeded": "aralnode.core.errors",
     "Decision": "aralnode.core.governance",
     "Direction": "aralnode.core.governance",
@@ -79,6 +80,7 @@ _LAZY: dict[str, str] = {
     "RuleEvaluator": "aralnode.core.governance",
     "SignatureInvalid": "aralnode.core.errors",
     "StaleMessage": "aralnode.core.errors",
+    "Subscription": "aralnode.channels",
     "Unauthenticated": "aralnode.core.errors",
     "Unavailable": "aralnode.core.errors",
     "Verdict": "aralnode.core.governance",
@@ -92,6 +94,7 @@ __all__ = [
     "CallContext",
     "Capability",
     "CapabilityNotFound",
+    "ChannelMessage",
     "DeadlineExceeded",
     "Decision",
     "Direction",
@@ -117,6 +120,7 @@ __all__ = [
     "RuleEvaluator",
     "SignatureInvalid",
     "StaleMessage",
+    "Subscription",
     "Unauthenticated",
     "Unavailable",
     "Verdict",

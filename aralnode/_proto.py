@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ARALMessage = message_pb2.ARALMessage
 MessageContent = message_pb2.MessageContent
 Header = message_pb2.Header
+ChannelBinding = message_pb2.ChannelBinding
 Body = message_pb2.Body
 Error = message_pb2.Error
 Signature = message_pb2.Signature
@@ -41,6 +42,7 @@ CallResult = node_pb2.CallResult
 InvokeRequest = node_pb2.InvokeRequest
 InvokeResponse = node_pb2.InvokeResponse
 ChannelFrame = node_pb2.ChannelFrame
+SealedFrame = node_pb2.SealedFrame
 ChannelOpen = node_pb2.ChannelOpen
 ChannelOpenContent = node_pb2.ChannelOpenContent
 MessageBatch = node_pb2.MessageBatch

@@ -77,6 +77,9 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         peers=list(ns.peer),
         interfaces=list(ns.interface),
         key_algorithm=KeyAlgorithm(ns.key_algorithm),
+        keepalive_ms=ns.keepalive_ms,
+        peer_timeout_ms=ns.peer_timeout_ms,
+        durable=ns.durable,
     )
     node = Node(config)
     for spec in ns.load:
@@ -92,6 +95,10 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"try: grpcurl -plaintext {node.address} list", flush=True)
+    if node.http_port:
+        http = f"http://{node.address.rsplit(':', 1)[0]}:{node.http_port}"
+        ws = http.replace("http", "ws", 1)
+        print(f"REST: {http}/docs  MCP: {http}/mcp  events: {ws}/ws", flush=True)
     stopper = asyncio.ensure_future(stop.wait())
     closed = asyncio.ensure_future(node.wait_closed())
     await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,25 +179,79 @@ async def cmd_status(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_row(p: Any) -> tuple[Any, ...]:
+    return (
+        p.name,
+        p.node_id or "-",
+        p.address,
+        PEER_STATES.get(p.state, "?"),
+        p.health,
+        len(p.capability_ids),
+        _ago(p.last_seen_unix_ms),
+    )
+
+
+PEER_HEADERS = ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN")
+
+
 async def cmd_peers(ns: argparse.Namespace) -> int:
     async with NodeClient(ns.node) as client:
         peers = await client.peers()
+        if ns.watch:
+            return await _watch_peers(client, peers, ns)
     if ns.json:
         _print_json([json_format.MessageToDict(p, preserving_proto_field_name=True) for p in peers])
         return 0
-    rows = [
-        (
-            p.name,
-            p.node_id or "-",
-            p.address,
-            PEER_STATES.get(p.state, "?"),
-            p.health,
-            len(p.capability_ids),
-            _ago(p.last_seen_unix_ms),
-        )
-        for p in peers
-    ]
-    print(_table(rows, ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN")))
+    print(_table([_peer_row(p) for p in peers], PEER_HEADERS))
+    return 0
+
+
+async def _watch_peers(client: NodeClient, peers: list[Any], ns: argparse.Namespace) -> int:
+    """Print the peers, then one line per change, polling ListPeers every ``--interval``.
+
+    Polling rather than a server stream: no new wire surface for the REST and
+    MCP doors to mirror, and it works against any node; a change that comes and
+    goes within one interval is not shown (``Node.peer_events()`` sees all).
+    """
+
+    def key(p: Any) -> str:
+        return str(p.node_id or f"addr:{p.address}")
+
+    def shape(p: Any) -> tuple[Any, ...]:  # what counts as a change (not last_seen)
+        return (p.name, p.address, p.state, p.health, tuple(p.capability_ids))
+
+    def emit(change: str, p: Any) -> None:
+        if ns.json:
+            peer = json_format.MessageToDict(p, preserving_proto_field_name=True)
+            print(json.dumps({"change": change, "peer": peer}, sort_keys=True), flush=True)
+        else:
+            mark = {"present": " ", "added": "+", "changed": "~", "removed": "-"}[change]
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} {mark} " + "  ".join(str(c) for c in _peer_row(p)[:6]), flush=True)
+
+    known = {key(p): p for p in peers}
+    for p in peers:
+        emit("present", p)
+    while True:
+        await asyncio.sleep(ns.interval)
+        current = {key(p): p for p in await client.peers()}
+        for k, p in current.items():
+            before = known.get(k)
+            if before is None:
+                emit("added", p)
+            elif shape(before) != shape(p):
+                emit("changed", p)
+        for k, p in known.items():
+            if k not in current:
+                emit("removed", p)
+        known = current
+
+
+async def cmd_mcp(ns: argparse.Namespace) -> int:
+    """MCP over stdio for a running node; stdout carries only the protocol."""
+    from aralnode.bridge.mcp_stdio import serve_stdio  # noqa: PLC0415 - MCP SDK only when asked
+
+    await serve_stdio(ns.node)
     return 0
 
 
@@ -254,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="call its setup(node) (repeatable)",
     )
     run.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="ES256")
+    run.add_argument(
+        "--keepalive-ms",
+        type=int,
+        default=NodeConfig().keepalive_ms,
+        help="peer health probe interval (default: %(default)s)",
+    )
+    run.add_argument(
+        "--peer-timeout-ms",
+        type=int,
+        default=NodeConfig().peer_timeout_ms,
+        help="drop a peer after this long without a healthy probe (default: %(default)s)",
+    )
+    run.add_argument(
+        "--durable",
+        action="store_true",
+        help="keep the A2A channel outbox and inbox in SQLite under the data dir",
+    )
     run.set_defaults(func=cmd_run)
 
     call = sub.add_parser("call", help="invoke a capability")
@@ -284,7 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     peers = sub.add_parser("peers", help="list a node's peers")
     peers.add_argument("--node", required=True, metavar="HOST:PORT")
     peers.add_argument("--json", action="store_true")
+    peers.add_argument("--watch", action="store_true", help="keep printing changes (Ctrl-C ends)")
+    peers.add_argument(
+        "--interval", type=float, default=1.0, help="--watch poll interval, seconds (default: 1)"
+    )
     peers.set_defaults(func=cmd_peers)
+
+    mcp = sub.add_parser("mcp", help="serve a running node's tools over MCP stdio")
+    mcp.add_argument("--node", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    mcp.set_defaults(func=cmd_mcp)
 
     keys = sub.add_parser("keys", help="identity keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -29,6 +29,11 @@ class NodeConfig:
             us), 127.0.0.1 otherwise.
         grpc_port: gRPC port; 0 picks a free one.
         http_port: REST/MCP/WebSocket port; 0 picks a free one, ``None`` disables HTTP.
+        http_allowed_hosts: Host header values the HTTP port accepts besides loopback
+            names and the bound address (``name:*`` for any port). Others get 421:
+            the DNS-rebinding guard, which runs on 0.0.0.0 too.
+        http_allowed_origins: Browser origins allowed besides loopback ones
+            (e.g. ``https://app.example``); others get 403.
         data_dir: Keys and state; defaults to ``$XDG_DATA_HOME/aralnode/<name>``.
         discovery: "mdns", "static" (only ``peers``) or "none".
         peers: Static peers, ``host:port``, dialled at start.
@@ -42,12 +47,22 @@ class NodeConfig:
         peer_timeout_ms: How long a silent peer stays before it is dropped.
         max_concurrent: Calls running at once before RESOURCE_EXHAUSTED.
         drain_seconds: Grace period for in-flight calls on stop.
+        durable: Keep the A2A channel outbox and inbox in SQLite under ``data_dir``
+            (``channels.sqlite3``, WAL): unacked messages survive our restart and
+            dedupe marks survive it (exactly once at transactional handlers).
+        channel_window: Credit per peer: messages it may have in flight to us, unacked.
+        outbox_limit: Unacked messages per peer before ``notify``/``request`` wait.
+        channel_timeout_ms: Silence tolerated beyond a peer's keepalive before its
+            channel counts as dead and is redialled.
+        channel_signing: Sign every channel message (turn off only to measure).
     """
 
     name: str = "aralnode"
     host: str | None = None
     grpc_port: int = 50051
     http_port: int | None = 8080
+    http_allowed_hosts: list[str] = field(default_factory=list)
+    http_allowed_origins: list[str] = field(default_factory=list)
     data_dir: Path | None = None
     discovery: str = "mdns"
     peers: list[str] = field(default_factory=list)
@@ -62,6 +77,11 @@ class NodeConfig:
     peer_timeout_ms: int = 10_000
     max_concurrent: int = 512
     drain_seconds: float = 5.0
+    durable: bool = False
+    channel_window: int = 1024
+    outbox_limit: int = 10_000
+    channel_timeout_ms: int = 5_000
+    channel_signing: bool = True
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -79,6 +99,8 @@ class NodeConfig:
                 raise ValueError(f"peer {peer!r} must be HOST:PORT")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if self.keepalive_ms < 50 or self.peer_timeout_ms < self.keepalive_ms:
+            raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)
         self.peer_scopes = frozenset(self.peer_scopes)
 

@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
+from aralnode.bridge._docs import ProtoDocs
+from aralnode.channels import ChannelHub, NotificationHandler, Overflow, Subscription, build_hub
 from aralnode.config import NodeConfig
+from aralnode.core import codec
 from aralnode.core.capabilities import (
     Capability,
     CapabilityRegistry,
@@ -28,13 +31,14 @@ from aralnode.core.capabilities import (
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import SUPPORTED_VERSIONS
-from aralnode.core.errors import AralError, PeerNotFound, Unavailable
+from aralnode.core.errors import AralError, KeyMismatch, PeerNotFound, Unavailable
 from aralnode.core.governance import AllowAll, Evaluator
 from aralnode.core.handshake import SOFTWARE, VerifiedCard, build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
 from aralnode.core.pipeline import ALL_SCOPES, Outcome, Pipeline
 from aralnode.core.replay import ReplayGuard
+from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts, join_host_port
 from aralnode.transport.grpc_client import NodeClient
 from aralnode.transport.grpc_server import (
     AgentNodeService,
@@ -92,7 +96,12 @@ class Node:
         self._state = "NEW"
         self._started_ms = 0
         self.grpc_port = 0
+        self.channels: ChannelHub | None = None  # A2A channels, once started
+        self.http_port: int | None = None  # bound HTTP port once started; None if disabled
+        self._http: Any = None  # aralnode.bridge.http.HttpBridge, imported only when used
         self.registry.on_change(self._capabilities_changed)
+        self._proto_docs = ProtoDocs()
+        self.discovery = Discovery(self)
 
     # -- identity -----------------------------------------------------------------
 
@@ -114,11 +123,9 @@ class Node:
 
     @property
     def address(self) -> str:
-        """``host:port`` at which this node's gRPC door answers."""
-        host = self.config.bind_host
-        if host in ("0.0.0.0", "::"):  # noqa: S104 - reporting, not binding
-            host = "127.0.0.1"
-        return f"{host}:{self.grpc_port}"
+        """``host:port`` at which this node's gRPC door answers: the bound host, or on
+        a wildcard bind the first address it advertises (see ``advertised_hosts``)."""
+        return join_host_port(advertised_hosts(self.config)[0], self.grpc_port)
 
     # -- registration ----------------------------------------------------------------
 
@@ -158,7 +165,8 @@ class Node:
         if self._server is not None:
             raise RuntimeError("add services before the node starts")
         descriptor = _service_descriptor(service, name)
-        caps = method_capabilities(servicer, descriptor)
+        comments = self._proto_docs.for_files([descriptor.file])
+        caps = method_capabilities(servicer, descriptor, comments=comments)
         for cap in caps:
             self.registry.add(cap)
         self._services.append((servicer, descriptor))
@@ -193,6 +201,7 @@ class Node:
             max_message_bytes=cfg.max_message_bytes,
             keepalive_ms=cfg.keepalive_ms,
         )
+        self.channels = build_hub(self)
         hooks = NodeHooks(
             card=self.card,
             status=self.status,
@@ -200,6 +209,7 @@ class Node:
             peer_capabilities=self._peer_capabilities,
             on_handshake=self._inbound_handshake,
             forward=self._forward,
+            channel=self.channels.serve,
         )
         server = GrpcServer(max_message_bytes=cfg.max_message_bytes, keepalive_ms=cfg.keepalive_ms)
         self.service = AgentNodeService(security, self.pipeline, hooks, self.clock)
@@ -211,10 +221,13 @@ class Node:
             )
         self.grpc_port = await server.start(cfg.bind_host, cfg.grpc_port)
         self._server = server
+        if cfg.http_port is not None:
+            await self._start_http(hooks)
         self._started_ms = self.clock.now_ms()
         self._state = "SERVING"
         for address in cfg.peers:
             self._spawn(self._dial_forever(address), f"dial {address}")
+        await self.discovery.start()
         log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -224,11 +237,20 @@ class Node:
             self._closed.set()
             return
         self._state = "DRAINING"
+        if self._server is not None:
+            # NOT_SERVING before the mDNS goodbye: peers that re-check a goodbye
+            # must find us draining, or they would keep us (see discovery.py).
+            await self._server.health.enter_graceful_shutdown()
+        await self.discovery.stop()
+        if self.channels is not None:
+            await self.channels.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.stop(self.config.drain_seconds if grace is None else grace)
+        if self._http is not None:
+            await self._http.stop()
         for client in list(self._clients.values()):
             await client.close()
         self._clients.clear()
@@ -254,12 +276,50 @@ class Node:
 
     # -- card and status -------------------------------------------------------------
 
+    async def _start_http(self, hooks: NodeHooks) -> None:
+        # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
+        from aralnode import __version__  # noqa: PLC0415 - aralnode imports node
+        from aralnode.bridge.http import HttpBridge  # noqa: PLC0415 - see above
+
+        cfg = self.config
+        self._http = HttpBridge(
+            self,
+            hooks,
+            list(self._services),
+            # The addresses we advertise are ours: a Host naming one of them is no rebinding.
+            allowed_hosts=[
+                *cfg.http_allowed_hosts,
+                *(f"[{h}]:*" if ":" in h else f"{h}:*" for h in advertised_hosts(cfg)),
+            ],
+            allowed_origins=list(cfg.http_allowed_origins),
+            max_body_bytes=cfg.max_message_bytes,
+            version=__version__,
+        )
+        try:
+            self.http_port = await self._http.start(cfg.bind_host, cfg.http_port or 0)
+        except BaseException:
+            self._http = None
+            assert self._server is not None
+            await self._server.stop(0)
+            self._server = None
+            self._state = "STOPPED"
+            raise
+        self._card = None  # the card now lists the HTTP endpoint too
+
+    def _endpoints(self) -> list[tuple[str, str]]:
+        # Every address peers may reach us at: never 0.0.0.0, nor loopback on a LAN bind.
+        hosts = advertised_hosts(self.config)
+        out = [("grpc", join_host_port(h, self.grpc_port)) for h in hosts]
+        if self.http_port:
+            out += [("http", join_host_port(h, self.http_port)) for h in hosts]
+        return out
+
     def card(self) -> pb.SignedNodeCard:
         if self._card is None:
             self._card = build_card(
                 self.identity,
                 name=self.name,
-                endpoints=[("grpc", self.address)],
+                endpoints=self._endpoints(),
                 registry=self.registry,
                 clock=self.clock,
             )
@@ -276,7 +336,7 @@ class Node:
             name=self.name,
             software=SOFTWARE,
             protocol_versions=list(SUPPORTED_VERSIONS),
-            endpoints=[pb.Endpoint(protocol="grpc", address=self.address)],
+            endpoints=[pb.Endpoint(protocol=p, address=a) for p, a in self._endpoints()],
             started_at_unix_ms=self._started_ms,
             uptime_ms=now - self._started_ms if self._started_ms else 0,
             state=self._state,
@@ -298,14 +358,72 @@ class Node:
         outcome: Outcome = await self.pipeline.invoke(ctx, capability, params)
         return outcome.value
 
+    def _hub(self) -> ChannelHub:
+        if self.channels is None:
+            raise Unavailable("the node is not running", reason="NOT_STARTED")
+        return self.channels
+
     async def request(
-        self, peer: str, capability: str, params: Any = None, *, timeout: float | None = 30.0
+        self,
+        peer: str,
+        capability: str,
+        params: Any = None,
+        *,
+        timeout: float | None = 30.0,
+        content_type: str = codec.JSON,
     ) -> Any:
-        """Invoke ``capability`` on a connected peer with a signed request."""
+        """Invoke ``capability`` on a verified peer over the A2A channel: a signed,
+        governed request; its signed response's result (see docs/channels.md).
+
+        Only a peer that refused channels (answered UNIMPLEMENTED) is called with
+        a unary signed ``Invoke`` instead: nodes of the ARAL interop profile may
+        serve Invoke alone.
+        """
+        hub = self._hub()
+        pc = hub.peers.get(peer)
         client = self._clients.get(peer)
-        if client is None:
+        if pc is not None and pc.unsupported and client is not None:
+            return await client.request(
+                capability, params, timeout=timeout, content_type=content_type
+            )
+        if client is None and pc is None and not hub.is_verified(peer):
             raise PeerNotFound(f"no connected peer {peer!r}", details={"node_id": peer})
-        return await client.request(capability, params, timeout=timeout)
+        return await hub.request(
+            peer, capability, params, timeout=timeout, content_type=content_type
+        )
+
+    async def notify(
+        self, peer: str, event: str, data: Any = None, *, content_type: str = codec.JSON
+    ) -> str:
+        """Send a notification over the channel; returns its message id once queued
+        (delivered at least once, in order; acked messages are never lost)."""
+        return await self._hub().notify(peer, event, data, content_type=content_type)
+
+    async def broadcast(self, event: str, data: Any = None) -> dict[str, str]:
+        """Notify every peer with a live channel; message id by peer."""
+        return await self._hub().broadcast(event, data)
+
+    def subscribe(
+        self,
+        event: str | None = None,
+        *,
+        peer: str | None = None,
+        maxsize: int | None = None,
+        overflow: Overflow = "close",
+    ) -> Subscription:
+        """Notifications from peers as an async iterator with a bounded queue;
+        ``overflow`` (``"close"``, ``"drop"``, ``"backpressure"``) says what happens
+        when it is full (see ``Subscription``)::
+
+        async with node.subscribe("price.changed") as sub:
+            async for msg in sub:
+                print(msg.peer, msg.data)
+        """
+        return self._hub().subscribe(event, peer=peer, maxsize=maxsize, overflow=overflow)
+
+    def on_notification(self, event: str | None, handler: NotificationHandler) -> None:
+        """Register a transactional notification handler (see ``ChannelHub.on_notification``)."""
+        self._hub().on_notification(event, handler)
 
     async def _forward(
         self, to: str, capability: str, params: Any, timeout: float | None, ctx: CallContext
@@ -318,11 +436,34 @@ class Node:
         """A snapshot of every known peer."""
         return self.peer_table.snapshot()
 
+    def peer_events(self, *, maxsize: int = 256) -> PeerEventStream:
+        """An async iterator of peer changes (bounded; see ``PeerEventStream``).
+
+        Example::
+
+            async for change in node.peer_events():
+                print(change.event, change.peer.name, change.peer.state.name)
+        """
+        return self.discovery.events(maxsize)
+
     async def connect(
-        self, address: str, *, expected_node_id: str = "", source: str = "static"
+        self,
+        address: str,
+        *,
+        expected_node_id: str = "",
+        expected_fingerprint: str = "",
+        source: str = "static",
     ) -> PeerInfo:
-        """Dial ``address``, verify its card in a handshake, and keep it as a peer."""
-        key = expected_node_id or f"addr:{address}"
+        """Dial ``address``, verify its card in a handshake, and keep it as a peer.
+
+        Until verified the peer is keyed by its address, never by the id a hint
+        claims, so a liar's failed handshake cannot touch the real peer's entry.
+
+        Raises:
+            KeyMismatch: the card's key is not ``expected_node_id``'s, or does not
+                have ``expected_fingerprint`` (e.g. from an mDNS TXT record).
+        """
+        key = f"addr:{address}"
         table = self.peer_table
         existing = table.get(key)
         if existing is None or existing.state is PeerState.GONE:
@@ -331,18 +472,27 @@ class Node:
         client = NodeClient(address, identity=self.identity, keyring=self.keyring, clock=self.clock)
         try:
             verified = await client.handshake(self.card(), expected_node_id=expected_node_id)
-        except (AralError, OSError) as exc:
+            if expected_fingerprint and verified.key.fingerprint != expected_fingerprint:
+                raise KeyMismatch(
+                    "the node's key does not have the announced fingerprint",
+                    reason="FINGERPRINT_MISMATCH",
+                )
+            if verified.node_id == self.node_id:
+                raise Unavailable("that address is this node itself", reason="SELF")
+        except BaseException as exc:  # also on cancel: never leak the channel
             await client.close()
-            table.apply(key, PeerEvent.FAILED, error=str(exc))
+            if isinstance(exc, Unavailable) and exc.reason == "SELF":
+                table.remove(key)
+            else:
+                with contextlib.suppress(ValueError):  # the entry may have expired meanwhile
+                    table.apply(key, PeerEvent.FAILED, error=str(exc) or type(exc).__name__)
             raise
-        if verified.node_id == self.node_id:
-            await client.close()
-            table.remove(key)
-            raise Unavailable("that address is this node itself", reason="SELF")
         old = self._clients.pop(verified.node_id, None)
         if old is not None:
             await old.close()
         self._clients[verified.node_id] = client
+        if self.channels is not None:
+            self.channels.dial(verified.node_id, address)
         table.rekey(key, verified.node_id)
         return table.apply(
             verified.node_id,
@@ -362,17 +512,10 @@ class Node:
             delay = min(delay * 2, 10.0)
 
     def _inbound_handshake(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
-        address = next(
-            (e.address for e in verified.card.endpoints if e.protocol == "grpc"), transport_peer
+        # Not CONNECTED yet: discovery keeps it unreached (bounded) and dials it back.
+        self.discovery.inbound(
+            verified, transport_peer, _card_fields(verified, "", version, "inbound")
         )
-        with contextlib.suppress(ValueError):
-            current = self.peer_table.get(verified.node_id)
-            if current is None or current.state is not PeerState.CONNECTED:
-                self.peer_table.apply(
-                    verified.node_id,
-                    PeerEvent.VERIFIED,
-                    **_card_fields(verified, address, version, "inbound"),
-                )
 
     def _peer_protos(self) -> list[pb.Peer]:
         return [

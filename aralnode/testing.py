@@ -1,7 +1,7 @@
 """Helpers for testing code that uses aralnode (the way ``trio.testing`` ships with trio).
 
 - ``FixedClock``: a clock that moves only when told to.
-- ``test_identity(seed)``: deterministic identity keys, so ids are stable across runs.
+- ``fixed_identity(seed)``: deterministic identity keys, so ids are stable across runs.
 - ``node_pair()``: two started nodes on loopback, the first connected to the second.
 """
 
@@ -20,21 +20,18 @@ from aralnode.core.clock import FixedClock
 from aralnode.core.identity import Identity, KeyAlgorithm
 from aralnode.node import Node
 
-__all__ = ["FixedClock", "node_pair", "test_identity"]
+__all__ = ["FixedClock", "fixed_identity", "node_pair"]
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-def test_identity(seed: int, algorithm: KeyAlgorithm = KeyAlgorithm.ES256) -> Identity:
+def fixed_identity(seed: int, algorithm: KeyAlgorithm = KeyAlgorithm.ES256) -> Identity:
     """A deterministic identity for ``seed`` (never use outside tests)."""
     digest = hashlib.sha256(f"aralnode-test-key-{seed}".encode()).digest()
     if algorithm is KeyAlgorithm.ED25519:
         return Identity(ed25519.Ed25519PrivateKey.from_private_bytes(digest))
     scalar = int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1
     return Identity(ec.derive_private_key(scalar, ec.SECP256R1()))
-
-
-test_identity.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 @contextlib.asynccontextmanager

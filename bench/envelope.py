@@ -19,7 +19,7 @@ from aralnode.core.envelope import REQUEST, build_content, encode_payload, open_
 from aralnode.core.governance import Action, AllowAll, Decision, Direction, Rule, RuleEvaluator
 from aralnode.core.identity import KeyAlgorithm, KeyRing
 from aralnode.core.replay import ReplayGuard
-from aralnode.testing import test_identity
+from aralnode.testing import fixed_identity
 from bench._report import Report
 
 try:
@@ -155,7 +155,7 @@ def run(report: Report) -> None:
 
     clock = FixedClock(SYSTEM_CLOCK.now_ms())
     for alg, label in ((KeyAlgorithm.ES256, "ES256"), (KeyAlgorithm.ED25519, "Ed25519")):
-        ident = test_identity(3, alg)
+        ident = fixed_identity(3, alg)
         data = os.urandom(300)
         sig = ident.sign(pb.PAYLOAD_MESSAGE, data)
         add(
@@ -169,7 +169,7 @@ def run(report: Report) -> None:
             per_op(lambda i=ident, d=data, s=sig: i.public_key.verify(pb.PAYLOAD_MESSAGE, d, s)),
         )
 
-    alice = test_identity(4)
+    alice = fixed_identity(4)
     ring = KeyRing()
     ring.pin(alice.public_key)
     payload, _ = encode_payload(PARAMS)

@@ -20,7 +20,7 @@ from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.envelope import build_content, seal
 from aralnode.core.handshake import build_card
 from aralnode.core.identity import KeyRing
-from aralnode.testing import test_identity
+from aralnode.testing import fixed_identity
 from aralnode.transport.grpc_client import NodeClient
 from bench._proc import server
 from bench._report import Report, median, percentile
@@ -85,7 +85,7 @@ async def _bare_case(port: int, in_flight: int) -> tuple[float, list[float]]:
 
 
 async def _node_case(port: int, in_flight: int, signed: bool) -> tuple[float, list[float]]:
-    identity = test_identity(7) if signed else None
+    identity = fixed_identity(7) if signed else None
     async with NodeClient(f"127.0.0.1:{port}", identity=identity, keyring=KeyRing()) as client:
         if signed:
             assert identity is not None

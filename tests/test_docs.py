@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_error_table_in_protocol_doc_matches_code() -> None:
     doc = (ROOT / "docs" / "protocol.md").read_text()
     for r in error_table():
-        row = f"| {r['error']} | {r['grpc']} | {r['http']} | {r['code']} | {r['reason']} | {r['mcp']} |"
+        cells = (r["error"], r["grpc"], r["http"], r["code"], r["reason"], r["mcp"])
+        row = "| " + " | ".join(str(c) for c in cells) + " |"
         assert row in doc, f"docs/protocol.md is missing or has a stale row: {row}"
 
 

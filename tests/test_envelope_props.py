@@ -14,10 +14,10 @@ from aralnode.core.envelope import build_content, encode_payload, open_message, 
 from aralnode.core.errors import AralError, RateLimited, ReplayDetected, StaleMessage
 from aralnode.core.identity import KeyAlgorithm, KeyRing
 from aralnode.core.replay import ReplayGuard
-from aralnode.testing import FixedClock, test_identity
+from aralnode.testing import FixedClock, fixed_identity
 
-ALICE = test_identity(1)
-ALICE_ED = test_identity(2, KeyAlgorithm.ED25519)
+ALICE = fixed_identity(1)
+ALICE_ED = fixed_identity(2, KeyAlgorithm.ED25519)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),

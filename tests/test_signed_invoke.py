@@ -24,7 +24,7 @@ from aralnode.core.clock import SYSTEM_CLOCK, FixedClock
 from aralnode.core.envelope import build_content, encode_payload, seal
 from aralnode.core.errors import KeyMismatch, UnknownKey
 from aralnode.core.identity import Identity
-from aralnode.testing import node_pair, test_identity
+from aralnode.testing import fixed_identity, node_pair
 from aralnode.transport.status import from_rpc_error
 from tests.conftest import DEMO
 
@@ -119,7 +119,7 @@ async def test_flipped_byte_is_rejected(pair: tuple[Node, Node], where: str) -> 
 
 async def test_wrong_key_claiming_a_known_id_is_rejected(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    mallory = test_identity(666)
+    mallory = fixed_identity(666)
     forged = request(mallory, b.node_id, sender_id=a.node_id)
     forged.signature.key_id = a.node_id  # B pinned A's real key: this cannot verify
     with pytest.raises(SignatureInvalid):
@@ -129,7 +129,7 @@ async def test_wrong_key_claiming_a_known_id_is_rejected(pair: tuple[Node, Node]
 
 async def test_embedded_key_that_is_not_the_senders_is_rejected(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    mallory = test_identity(667)
+    mallory = fixed_identity(667)
     forged = request(mallory, b.node_id, sender_id=a.node_id, embed_key=True)
     with pytest.raises(KeyMismatch) as info:
         await send(b, forged)
@@ -143,7 +143,7 @@ async def test_embedded_key_that_is_not_the_senders_is_rejected(pair: tuple[Node
 
 async def test_unknown_key_without_embedded_key(pair: tuple[Node, Node]) -> None:
     _, b = pair
-    stranger = test_identity(668)
+    stranger = fixed_identity(668)
     with pytest.raises(UnknownKey):
         await send(b, request(stranger, b.node_id))
     # The same stranger is accepted once it supplies its (self-certifying) key.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -174,9 +174,17 @@ def _err(e: Any) -> dict[str, Any]:
 
 
 def method_capabilities(
-    servicer: object, service: ServiceDescriptor, *, risk: str = "unspecified"
+    servicer: object,
+    service: ServiceDescriptor,
+    *,
+    risk: str = "unspecified",
+    comments: Mapping[str, str] | None = None,
 ) -> list[Capability]:
-    """One capability per unary-unary method of ``service`` implemented by ``servicer``."""
+    """One capability per unary-unary method of ``service`` implemented by ``servicer``.
+
+    ``comments`` (proto comments by full name, see ``proto_schema``) give the
+    descriptions of the capabilities and of their schemas' fields.
+    """
     caps = []
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -184,11 +192,13 @@ def method_capabilities(
         impl = getattr(servicer, method.name, None)
         if impl is None:
             continue
-        caps.append(_method_capability(impl, method, risk))
+        caps.append(_method_capability(impl, method, risk, comments or {}))
     return caps
 
 
-def _method_capability(impl: Callable[..., Any], method: MethodDescriptor, risk: str) -> Capability:
+def _method_capability(
+    impl: Callable[..., Any], method: MethodDescriptor, risk: str, comments: Mapping[str, str]
+) -> Capability:
     req_cls: type[Message] = GetMessageClass(method.input_type)
     cap_id = f"{method.containing_service.full_name}/{method.name}"
 
@@ -207,9 +217,10 @@ def _method_capability(impl: Callable[..., Any], method: MethodDescriptor, risk:
         id=cap_id,
         handler=handler,
         name=method.name,
-        description=f"{method.containing_service.full_name}.{method.name}",
-        input_schema=message_schema(method.input_type),
-        output_schema=message_schema(method.output_type),
+        description=comments.get(method.full_name)
+        or f"{method.containing_service.full_name}.{method.name}",
+        input_schema=message_schema(method.input_type, comments=dict(comments)),
+        output_schema=message_schema(method.output_type, comments=dict(comments)),
         risk=_check_risk(risk),
         grpc_method=f"/{method.containing_service.full_name}/{method.name}",
         method=method,

@@ -16,6 +16,7 @@ import enum
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from aralnode import _proto as pb
-from aralnode.core.errors import KeyMismatch, SignatureInvalid, UnknownKey
+from aralnode.core.errors import KeyMismatch, RateLimited, SignatureInvalid, UnknownKey
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 KEY_FILE = "identity.pem"
@@ -180,21 +181,67 @@ class Identity:
         return sig
 
 
+class KeyRingFull(RateLimited):
+    """No room to pin another key: every pinned key still belongs to a live peer."""
+
+    default_reason = "KEYRING_FULL"
+
+
 class KeyRing:
     """Public keys by key id: pinned ones (from verified handshakes) and a bounded LRU
-    of self-certifying keys learnt from messages that carried them."""
+    of self-certifying keys learnt from messages that carried them.
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self._pinned: dict[str, PublicKey] = {}
+    Pinned keys are bounded too (``max_pinned``): the node unpins a peer's key when
+    it forgets the peer, and when the ring is full a new pin first evicts the oldest
+    pinned keys that ``evictable(key_id)`` allows (the node says: keys of peers that
+    are GONE or unknown). If none may go, ``pin`` raises ``KeyRingFull``.
+    """
+
+    def __init__(self, capacity: int = 4096, max_pinned: int = 2048) -> None:
+        self._pinned: OrderedDict[str, PublicKey] = OrderedDict()
         self._learnt: OrderedDict[str, PublicKey] = OrderedDict()
         self._capacity = capacity
+        self.max_pinned = max_pinned
+        self.evictable: Callable[[str], bool] | None = None
 
     def pin(self, key: PublicKey) -> None:
+        """Pin ``key`` (idempotent).
+
+        Raises:
+            KeyRingFull: ``max_pinned`` keys are pinned and none is evictable.
+        """
+        if key.key_id in self._pinned:
+            self._pinned[key.key_id] = key
+            self._pinned.move_to_end(key.key_id)
+            return
+        if len(self._pinned) >= self.max_pinned and not self._evict():
+            raise KeyRingFull(
+                f"{len(self._pinned)} keys are pinned, all of live peers; not pinning {key.key_id}",
+                details={"max_pinned": self.max_pinned},
+            )
         self._pinned[key.key_id] = key
         self._learnt.pop(key.key_id, None)
 
+    def _evict(self) -> bool:
+        evictable = self.evictable
+        if evictable is None:
+            return False
+        for key_id in list(self._pinned):  # oldest first
+            if evictable(key_id):
+                del self._pinned[key_id]
+                return True
+        return False
+
     def unpin(self, key_id: str) -> None:
         self._pinned.pop(key_id, None)
+
+    def is_pinned(self, key_id: str) -> bool:
+        return key_id in self._pinned
+
+    @property
+    def pinned(self) -> int:
+        """How many keys are pinned."""
+        return len(self._pinned)
 
     def get(self, key_id: str) -> PublicKey | None:
         key = self._pinned.get(key_id)

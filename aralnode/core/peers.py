@@ -12,6 +12,28 @@
 The transitions are a table (like h11's ``_state.py``); anything not in it is
 refused with ``ValueError`` and the peer is left as it was. Nothing here does I/O:
 transports feed events in, and read snapshots and change events out.
+
+A peer that dialled *us* and proved its key (INBOUND) is not CONNECTED: anyone can
+make a key and dial. It is STALE and not ``reached`` (its key is verified, its
+reachability is not) until our own dial to it verifies it (VERIFIED, which sets
+``reached``). At most ``max_inbound`` such unreached peers are kept at once.
+
+Time is the injected clock's. Two readings are kept per peer: ``since_ms`` (when it
+entered its state) and ``last_seen_ms`` (the last *evidence* that it is alive: a
+discovery, a verified handshake in either direction, a healthy probe, a live
+channel; see ``touch``). ``expire`` turns them into EXPIRED events:
+
+- a STALE peer with no evidence for ``PeerTimeouts.stale_ms`` is GONE;
+- a CONNECTED peer with no evidence for ``PeerTimeouts.connected_ms`` is GONE (its
+  health follower, which touches it every keepalive, is gone or stuck);
+- a DISCOVERED or HANDSHAKING peer older than ``pending_ms`` is GONE (a dial that hung);
+- a GONE peer older than ``forget_ms`` is forgotten (removed, no event; ``on_forget``
+  listeners hear of it, e.g. to unpin its key).
+
+Bounds: at most ``capacity`` peers (GONE ones are evicted first), at most
+``max_pending`` DISCOVERED/HANDSHAKING ones, so announcements alone (which cost an
+attacker nothing) can never fill the table, and at most ``max_inbound`` unreached
+INBOUND ones, so handshakes from self-made keys cannot either.
 """
 
 from __future__ import annotations
@@ -40,6 +62,7 @@ class PeerEvent(enum.StrEnum):
     HEALTHY = "healthy"
     GOODBYE = "goodbye"
     EXPIRED = "expired"
+    INBOUND = "inbound"  # it dialled us and proved its key; we have not reached it
 
 
 S, E = PeerState, PeerEvent
@@ -74,7 +97,44 @@ TRANSITIONS: dict[tuple[PeerState, PeerEvent], PeerState] = {
     (S.GONE, E.VERIFIED): S.CONNECTED,
     (S.GONE, E.GOODBYE): S.GONE,
     (S.GONE, E.EXPIRED): S.GONE,
+    (S.GONE, E.INBOUND): S.STALE,
+    (S.STALE, E.INBOUND): S.STALE,
+    (S.CONNECTED, E.INBOUND): S.CONNECTED,
+    (S.DISCOVERED, E.INBOUND): S.DISCOVERED,
+    (S.HANDSHAKING, E.INBOUND): S.HANDSHAKING,
 }
+
+PENDING = frozenset({PeerState.DISCOVERED, PeerState.HANDSHAKING})
+# Events that are evidence the peer is alive (they refresh ``last_seen_ms``).
+# UNHEALTHY, FAILED, GOODBYE and EXPIRED are not: a stream of failures must not
+# keep a dead peer from expiring.
+EVIDENCE = frozenset(
+    {PeerEvent.DISCOVERED, PeerEvent.VERIFIED, PeerEvent.HEALTHY, PeerEvent.INBOUND}
+)
+
+
+class PeerTableFull(ValueError):
+    """No room for another peer, or for another unverified or unreached one."""
+
+
+@dataclass(slots=True, frozen=True)
+class PeerTimeouts:
+    """When ``PeerTable.expire`` gives up on a peer (milliseconds).
+
+    Attributes:
+        stale_ms: A STALE peer without evidence of life for this long is GONE
+            (the node's ``peer_timeout_ms``).
+        connected_ms: A CONNECTED peer without evidence of life for this long is
+            GONE (the node's keepalive + peer timeout: a followed peer is touched
+            every keepalive).
+        pending_ms: A peer still DISCOVERED/HANDSHAKING after this long is GONE.
+        forget_ms: A GONE peer is removed from the table after this long.
+    """
+
+    stale_ms: int = 10_000
+    connected_ms: int = 15_000
+    pending_ms: int = 30_000
+    forget_ms: int = 60_000
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,10 +153,14 @@ class PeerInfo:
     protocol_version: str = ""
     key_fingerprint: str = ""
     error: str = ""
+    since_ms: int = 0
+    reached: bool = False  # verified by our own dial (not only by its dialling us)
 
 
 @dataclass(slots=True, frozen=True)
 class PeerChange:
+    """One applied event: the state before (``None`` for a new peer) and the peer after."""
+
     event: PeerEvent
     before: PeerState | None
     peer: PeerInfo
@@ -104,16 +168,28 @@ class PeerChange:
 
 @dataclass(slots=True)
 class PeerTable:
-    """Peers by key, bounded; listeners get every change."""
+    """Peers by key, bounded; listeners get every applied event."""
 
     clock: Clock
     capacity: int = 1024
+    max_pending: int = 64
+    max_inbound: int = 64
+    timeouts: PeerTimeouts = PeerTimeouts()
     _peers: dict[str, PeerInfo] = field(default_factory=dict)
     _listeners: list[Callable[[PeerChange], None]] = field(default_factory=list)
+    _forget_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def on_change(self, listener: Callable[[PeerChange], None]) -> Callable[[], None]:
+        """Call ``listener`` with every applied change; returns an unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def on_forget(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(key)`` whenever a peer is removed from the table."""
+        self._forget_listeners.append(listener)
+        return lambda: (
+            self._forget_listeners.remove(listener) if listener in self._forget_listeners else None
+        )
 
     def get(self, key: str) -> PeerInfo | None:
         return self._peers.get(key)
@@ -128,6 +204,14 @@ class PeerTable:
     def connected(self) -> list[PeerInfo]:
         return [p for p in self.snapshot() if p.state is PeerState.CONNECTED]
 
+    def pending(self) -> int:
+        """How many peers are DISCOVERED or HANDSHAKING (unverified)."""
+        return sum(1 for p in self._peers.values() if p.state in PENDING)
+
+    def unreached(self) -> int:
+        """How many peers that dialled us are kept but not verified by our own dial."""
+        return sum(1 for p in self._peers.values() if _unreached(p))
+
     def __iter__(self) -> Iterator[PeerInfo]:
         return iter(self.snapshot())
 
@@ -135,44 +219,125 @@ class PeerTable:
         return len(self._peers)
 
     def apply(self, key: str, event: PeerEvent, **fields: object) -> PeerInfo:
-        """Apply ``event`` to the peer ``key`` (creating it on DISCOVERED/VERIFIED).
+        """Apply ``event`` to the peer ``key`` (creating it on DISCOVERED, VERIFIED
+        or INBOUND).
 
         Raises:
-            ValueError: the transition is not allowed, or the table is full.
+            PeerTableFull: a new (or rediscovered) unverified peer would exceed
+                ``max_pending``, a new unreached INBOUND one ``max_inbound``, or a
+                new peer ``capacity``.
+            ValueError: the transition is not allowed.
         """
         now = self.clock.now_ms()
         before = self._peers.get(key)
         if before is None:
-            if event not in (PeerEvent.DISCOVERED, PeerEvent.VERIFIED):
+            state = _NEW_STATE.get(event)
+            if state is None:
                 raise ValueError(f"unknown peer {key!r} for event {event}")
-            if len(self._peers) >= self.capacity and not self._evict_gone():
-                raise ValueError("peer table is full")
-            state = PeerState.DISCOVERED if event is PeerEvent.DISCOVERED else PeerState.CONNECTED
+            self._check_room(state, new=True, inbound=event is PeerEvent.INBOUND)
             peer = PeerInfo(key=key, address=str(fields.pop("address", "")), state=state)
         else:
             state_after = TRANSITIONS.get((before.state, event))
             if state_after is None:
                 raise ValueError(f"peer {key}: {event} not allowed in state {before.state.name}")
+            if state_after in PENDING and before.state not in PENDING:
+                self._check_room(state_after, new=False)
+            inbound = event is PeerEvent.INBOUND and before.state is PeerState.GONE
+            if inbound:
+                self._check_room(state_after, new=False, inbound=True)
             peer = replace(before, state=state_after)
-        peer = replace(peer, last_seen_ms=now, **fields)  # type: ignore[arg-type]
+            if inbound:
+                peer = replace(peer, reached=False)
+        if before is None or peer.state is not before.state:
+            peer = replace(peer, since_ms=now)
+        if event in EVIDENCE:
+            peer = replace(peer, last_seen_ms=now)
+        if event is PeerEvent.VERIFIED:
+            peer = replace(peer, reached=True)
+        peer = replace(peer, **fields)  # type: ignore[arg-type]
         self._peers[key] = peer
         change = PeerChange(event, before.state if before else None, peer)
         for listener in list(self._listeners):
             listener(change)
         return peer
 
+    def touch(self, key: str) -> PeerInfo | None:
+        """Record evidence that ``key`` is alive (a healthy probe) without an event."""
+        peer = self._peers.get(key)
+        if peer is not None:
+            peer = self._peers[key] = replace(peer, last_seen_ms=self.clock.now_ms())
+        return peer
+
+    def expire(self) -> list[PeerChange]:
+        """Apply EXPIRED to every peer past its timeout and forget old GONE ones.
+
+        Returns the changes made (forgotten peers are not changes: they were GONE).
+        """
+        now = self.clock.now_ms()
+        t = self.timeouts
+        changes: list[PeerChange] = []
+        for key, peer in list(self._peers.items()):
+            if peer.state is PeerState.GONE:
+                if now - peer.since_ms >= t.forget_ms:
+                    self._forget(key)
+                continue
+            silent = now - peer.last_seen_ms
+            if (
+                (peer.state is PeerState.STALE and silent >= t.stale_ms)
+                or (peer.state is PeerState.CONNECTED and silent >= t.connected_ms)
+                or (peer.state in PENDING and now - peer.since_ms >= t.pending_ms)
+            ):
+                after = self.apply(key, PeerEvent.EXPIRED, error=peer.error or "timed out")
+                changes.append(PeerChange(PeerEvent.EXPIRED, peer.state, after))
+        return changes
+
     def rekey(self, old: str, new: str) -> None:
-        """Move a peer known by address to its verified node id."""
+        """Move a peer known by address to its verified node id.
+
+        If ``new`` is already known (e.g. it dialled us first) the provisional
+        entry is dropped and ``new`` keeps its own.
+        """
         peer = self._peers.pop(old, None)
         if peer is not None and new not in self._peers:
             self._peers[new] = replace(peer, key=new)
 
     def remove(self, key: str) -> None:
-        self._peers.pop(key, None)
+        if key in self._peers:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        del self._peers[key]
+        for listener in list(self._forget_listeners):
+            listener(key)
+
+    def _check_room(self, state: PeerState, *, new: bool, inbound: bool = False) -> None:
+        if state in PENDING and self.pending() >= self.max_pending:
+            raise PeerTableFull(f"{self.max_pending} unverified peers already pending")
+        if inbound and self.unreached() >= self.max_inbound:
+            raise PeerTableFull(
+                f"{self.max_inbound} peers that dialled us are not yet verified by our own dial"
+            )
+        if new and len(self._peers) >= self.capacity and not self._evict_gone():
+            raise PeerTableFull(f"peer table is full ({self.capacity} peers)")
 
     def _evict_gone(self) -> bool:
-        for key, peer in self._peers.items():
-            if peer.state is PeerState.GONE:
-                del self._peers[key]
-                return True
-        return False
+        oldest = min(
+            (p for p in self._peers.values() if p.state is PeerState.GONE),
+            key=lambda p: p.since_ms,
+            default=None,
+        )
+        if oldest is None:
+            return False
+        self._forget(oldest.key)
+        return True
+
+
+_NEW_STATE = {
+    PeerEvent.DISCOVERED: PeerState.DISCOVERED,
+    PeerEvent.VERIFIED: PeerState.CONNECTED,
+    PeerEvent.INBOUND: PeerState.STALE,
+}
+
+
+def _unreached(peer: PeerInfo) -> bool:
+    return not peer.reached and peer.state in (PeerState.STALE, PeerState.CONNECTED)

@@ -5,7 +5,10 @@
 
 Doors (gRPC Invoke, the A2A channel, REST, MCP, in-process calls) build a
 ``CallContext`` and call ``Pipeline.invoke``; none of them calls a handler itself,
-so a call refused on one door is refused on all.
+so a call refused on one door is refused on all. Server-streaming methods go
+through ``Pipeline.stream`` (admission and governance before the first item), and
+every governance verdict, wherever it was made, goes through ``Pipeline.judge`` so
+listeners (the WebSocket event feed, audit) see them all.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aralnode.core.capabilities import Capability, CapabilityRegistry
 from aralnode.core.clock import Clock
@@ -29,6 +33,9 @@ from aralnode.core.errors import (
 from aralnode.core.governance import Action, Direction, Evaluator, Verdict, enforce
 
 log = logging.getLogger("aralnode.pipeline")
+
+T = TypeVar("T")
+VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
 
 ALL_SCOPES = "*"
 
@@ -57,13 +64,25 @@ class Pipeline:
         self.max_concurrent = max_concurrent
         self.in_flight = 0
         self.counters: Counter[str] = Counter()
+        self.verdict_listeners: list[VerdictListener] = []
 
-    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
-        """Run one capability for ``ctx``.
+    def judge(self, action: Action, ctx: CallContext | None = None) -> Verdict:
+        """Evaluate governance for ``action`` and tell the listeners; does not enforce.
 
-        Raises:
-            AralError: every refusal and failure, already mapped to a status.
+        Every governance decision of the node goes through here (the pipeline's own,
+        and the A2A channel's send/receive checks).
         """
+        verdict = self.governance.evaluate(action)
+        if verdict.flagged:
+            self.counters["governance.flagged"] += 1
+        for listener in self.verdict_listeners:
+            try:
+                listener(ctx, action, verdict)
+            except Exception:  # a listener must never decide a call's fate
+                log.exception("governance verdict listener failed")
+        return verdict
+
+    def _admit(self) -> None:
         if self.in_flight >= self.max_concurrent:
             self.counters["invoke.rejected"] += 1
             raise RateLimited(
@@ -71,6 +90,46 @@ class Pipeline:
                 reason="CONCURRENCY_LIMIT",
                 retry_after=0.05,
             )
+
+    async def stream(
+        self,
+        ctx: CallContext,
+        method_id: str,
+        params: Any,
+        start: Callable[[], AsyncIterator[T]],
+        *,
+        risk: str = "unspecified",
+    ) -> AsyncIterator[T]:
+        """Run a server-streaming method: admission and governance before the first
+        item, the concurrency slot held until the stream ends."""
+        self._admit()
+        self.in_flight += 1
+        try:
+            ctx.capability = method_id
+            action = Action(
+                Direction.INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer
+            )
+            verdict = self.judge(action, ctx)
+            ctx.decision = verdict.decision.label
+            if verdict.flagged:
+                ctx.flags.extend(verdict.rule_ids)
+            enforce(verdict, action)
+            async for item in start():
+                yield item
+            self.counters["stream.ok"] += 1
+        except AralError as exc:
+            self.counters[f"stream.{exc.code}"] += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
+        """Run one capability for ``ctx``.
+
+        Raises:
+            AralError: every refusal and failure, already mapped to a status.
+        """
+        self._admit()
         self.in_flight += 1
         try:
             return await self._run(ctx, capability_id, params)
@@ -92,11 +151,10 @@ class Pipeline:
                     details={"missing_scopes": missing},
                 )
         action = Action(Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer)
-        verdict = self.governance.evaluate(action)
+        verdict = self.judge(action, ctx)
         ctx.decision = verdict.decision.label
         if verdict.flagged:
             ctx.flags.extend(verdict.rule_ids)
-            self.counters["governance.flagged"] += 1
         enforce(verdict, action)
         if verdict.parameters is not None:
             params = verdict.parameters

@@ -1,12 +1,23 @@
 """JSON Schema (2020-12) from protobuf message descriptors, following the proto3 JSON
 mapping (``json_format``): 64-bit integers as strings, bytes as base64, enums by
-name, well-known types by their JSON form, recursion through ``$defs``."""
+name, well-known types by their JSON form, recursion through ``$defs``.
+
+Two shapes: ``message_schema`` gives one self-contained schema (MCP tools,
+capability cards); ``SchemaSet`` collects many messages into one shared
+``definitions`` map whose ``$ref`` prefix the caller picks (OpenAPI's
+``#/components/schemas/``). Descriptions come from proto comments when the caller
+has them (``source_comments`` / ``comments_from_descriptor_set``): generated
+``_pb2`` modules drop source info, so comments travel in a ``FileDescriptorSet``
+made with ``protoc --include_source_info``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -63,9 +74,17 @@ def enum_schema(desc: EnumDescriptor) -> dict[str, Any]:
 
 
 class _Builder:
-    def __init__(self, comments: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        comments: dict[str, str] | None,
+        *,
+        ref_prefix: str = "#/$defs/",
+        closed: bool = False,
+    ) -> None:
         self.defs: dict[str, dict[str, Any]] = {}
         self.comments = comments or {}
+        self.ref_prefix = ref_prefix
+        self.closed = closed
 
     def message(self, desc: Descriptor) -> dict[str, Any]:
         if desc.full_name in _WELL_KNOWN:
@@ -73,7 +92,7 @@ class _Builder:
         if desc.full_name not in self.defs:
             self.defs[desc.full_name] = {}  # placeholder breaks recursion
             self.defs[desc.full_name] = self._object(desc)
-        return {"$ref": f"#/$defs/{desc.full_name}"}
+        return {"$ref": f"{self.ref_prefix}{desc.full_name}"}
 
     def _object(self, desc: Descriptor) -> dict[str, Any]:
         props: dict[str, Any] = {}
@@ -84,6 +103,11 @@ class _Builder:
                 schema = {**schema, "description": doc}
             props[f.json_name] = schema
         out: dict[str, Any] = {"type": "object", "properties": props}
+        if self.closed:
+            # json_format.ParseDict rejects unknown fields, so a closed schema is the
+            # honest one for requests (it still accepts every message the parser does,
+            # except the original snake_case spellings it also tolerates).
+            out["additionalProperties"] = False
         doc = self.comments.get(desc.full_name)
         if doc:
             out["description"] = doc
@@ -93,7 +117,7 @@ class _Builder:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             value = f.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
-        if f.label == FieldDescriptor.LABEL_REPEATED:  # type: ignore[attr-defined]  # stubs lag protobuf
+        if f.is_repeated:
             return {"type": "array", "items": self.single(f)}
         return self.single(f)
 
@@ -108,7 +132,11 @@ class _Builder:
 
 
 def message_schema(
-    desc: Descriptor, *, comments: dict[str, str] | None = None, inline_root: bool = True
+    desc: Descriptor,
+    *,
+    comments: dict[str, str] | None = None,
+    inline_root: bool = True,
+    closed: bool = False,
 ) -> dict[str, Any]:
     """A self-contained JSON Schema for messages of type ``desc``.
 
@@ -117,8 +145,10 @@ def message_schema(
         comments: Optional map of full names to leading comments, used as descriptions.
         inline_root: Put the root object at the top level (tools such as MCP want an
             ``object`` schema at the root) rather than behind a ``$ref``.
+        closed: Add ``additionalProperties: false`` to every message object (what
+            the proto3 JSON parser enforces; right for request schemas).
     """
-    b = _Builder(comments)
+    b = _Builder(comments, closed=closed)
     ref = b.message(desc)
     if inline_root and "$ref" in ref:
         root = b.defs.pop(desc.full_name)
@@ -132,6 +162,49 @@ def message_schema(
     return schema
 
 
+class SchemaSet:
+    """Schemas of many messages sharing one map of definitions (OpenAPI components).
+
+    Example::
+
+        schemas = SchemaSet("#/components/schemas/", comments=comments)
+        ref = schemas.message(method.input_type)      # {"$ref": "#/components/schemas/pkg.Msg"}
+        doc["components"]["schemas"] = schemas.definitions
+    """
+
+    def __init__(
+        self,
+        ref_prefix: str = "#/$defs/",
+        *,
+        comments: dict[str, str] | None = None,
+        closed: bool = False,
+    ) -> None:
+        self._builder = _Builder(comments, ref_prefix=ref_prefix, closed=closed)
+
+    @property
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        """Every message schema referenced so far, by full name."""
+        return self._builder.defs
+
+    def message(self, desc: Descriptor) -> dict[str, Any]:
+        """A ``$ref`` to ``desc`` (or the inline JSON form of a well-known type)."""
+        return self._builder.message(desc)
+
+    def field(self, f: FieldDescriptor) -> dict[str, Any]:
+        """The schema of one field's JSON value (arrays and maps included)."""
+        return self._builder.field(f)
+
+    def single(self, f: FieldDescriptor) -> dict[str, Any]:
+        """The schema of one element of ``f`` (the item type of a repeated field)."""
+        return self._builder.single(f)
+
+
+def well_known_json_type(desc: Descriptor) -> dict[str, Any] | None:
+    """The JSON form of a well-known type (``Timestamp`` is a string, ...), or None."""
+    found = _WELL_KNOWN.get(desc.full_name)
+    return dict(found) if found is not None else None
+
+
 def _mentions(tree: Any, full_name: str) -> bool:
     target = f"#/$defs/{full_name}"
     if isinstance(tree, dict):
@@ -143,8 +216,6 @@ def _mentions(tree: Any, full_name: str) -> bool:
 
 def source_comments(file_desc: Any) -> dict[str, str]:
     """Leading comments by full name, if the descriptor kept source info."""
-    from google.protobuf import descriptor_pb2
-
     proto = descriptor_pb2.FileDescriptorProto()
     file_desc.CopyToProto(proto)
     if not proto.HasField("source_code_info"):
@@ -152,10 +223,29 @@ def source_comments(file_desc: Any) -> dict[str, str]:
     return _comments_from(proto)
 
 
+def comments_from_descriptor_set(data: bytes) -> dict[str, dict[str, str]]:
+    """Leading comments by full name, per file, from a serialized ``FileDescriptorSet``
+    (``protoc --include_source_info --descriptor_set_out=...``).
+
+    Returns:
+        ``{file name: {full name: comment}}``; files without source info map to ``{}``.
+
+    Raises:
+        ValueError: ``data`` is not a ``FileDescriptorSet``.
+    """
+    fds = descriptor_pb2.FileDescriptorSet()
+    try:
+        fds.ParseFromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"not a FileDescriptorSet: {exc}") from None
+    return {f.name: _comments_from(f) for f in fds.file}
+
+
 def _comments_from(proto: Any) -> dict[str, str]:
-    # Paths: 4 = message_type, 2 = field, 6 = service, 2 = method (in a service).
+    # Paths: 4 = message_type, 2 = field, 6 = service, 2 = method (in a service),
+    # 5 = enum_type, 2 = value (in an enum).
     out: dict[str, str] = {}
-    pkg = proto.package
+    pkg = f"{proto.package}." if proto.package else ""
     for loc in proto.source_code_info.location:
         text = (loc.leading_comments or loc.trailing_comments).strip()
         if not text:
@@ -168,9 +258,11 @@ def _comments_from(proto: Any) -> dict[str, str]:
 
 
 def _name_for(proto: Any, pkg: str, path: list[int]) -> str:
+    if len(path) == 2 and path[0] == 5:
+        return f"{pkg}{proto.enum_type[path[1]].name}"
     if len(path) >= 2 and path[0] == 4:
         msg = proto.message_type[path[1]]
-        name = f"{pkg}.{msg.name}"
+        name = f"{pkg}{msg.name}"
         rest = path[2:]
         while len(rest) >= 2 and rest[0] == 3:
             msg = msg.nested_type[rest[1]]
@@ -184,7 +276,7 @@ def _name_for(proto: Any, pkg: str, path: list[int]) -> str:
     if len(path) >= 2 and path[0] == 6:
         svc = proto.service[path[1]]
         if len(path) == 2:
-            return f"{pkg}.{svc.name}"
+            return f"{pkg}{svc.name}"
         if len(path) == 4 and path[2] == 2:
-            return f"{pkg}.{svc.name}.{svc.method[path[3]].name}"
+            return f"{pkg}{svc.name}.{svc.method[path[3]].name}"
     return ""

@@ -32,12 +32,29 @@ from aralnode.transport.status import from_rpc_error
 T = TypeVar("T")
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+# HTTP/2 keepalive pings from clients. The server (``GrpcServer``) accepts a ping
+# without data every >= 1 s (more often is "too many pings" and a GOAWAY), so a
+# client never pings more often than every 2 s.
+CLIENT_KEEPALIVE_MS = 5_000
+MIN_CLIENT_KEEPALIVE_MS = 2_000
+
+
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive_ms: int = CLIENT_KEEPALIVE_MS
+) -> list[tuple[str, Any]]:
+    """Channel arguments: our message limits, no transparent retries, and keepalive
+    pings (every ``keepalive_ms``, at least 2 s) so that a dead or silent peer's
+    connection fails within keepalive + timeout instead of when TCP gives up."""
     limit = transport_limit(max_message_bytes)
+    keepalive = max(keepalive_ms, MIN_CLIENT_KEEPALIVE_MS)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.enable_retries", 0),
+        ("grpc.keepalive_time_ms", keepalive),
+        ("grpc.keepalive_timeout_ms", max(keepalive // 2, 1_000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 
@@ -61,7 +78,7 @@ class NodeClient:
     ) -> None:
         self.address = address
         self.identity = identity
-        self.keyring = keyring or KeyRing()
+        self.keyring = keyring if keyring is not None else KeyRing()
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self._own_channel = channel is None

@@ -135,8 +135,17 @@ class AgentNodeService:
             hello, verified, version = accept_hello(
                 request, my_node_id=self.node_id, replay=self.sec.replay
             )
-            self.sec.keyring.pin(verified.key)
-            self.hooks.on_handshake(verified, context.peer(), version)
+            keyring = self.sec.keyring
+            newly_pinned = not keyring.is_pinned(verified.key.key_id)
+            keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)
+            try:
+                # May refuse (RESOURCE_EXHAUSTED) when too many peers that dialled
+                # us are still unconfirmed: then we keep nothing of this one.
+                self.hooks.on_handshake(verified, context.peer(), version)
+            except BaseException:
+                if newly_pinned:
+                    keyring.unpin(verified.key.key_id)
+                raise
             response = make_welcome(
                 self.sec.identity,
                 self.hooks.card(),
@@ -184,6 +193,13 @@ class AgentNodeService:
             expected_recipient=self.node_id,
         )
         header, body = opened.header, opened.body
+        if header.HasField("channel"):
+            # Bound to a position on an A2A channel: only that channel may deliver it
+            # (a captured channel request must not be relayed through this door).
+            raise Unauthenticated(
+                "message is bound to an A2A channel; Invoke does not take it",
+                reason="CHANNEL_BOUND_MESSAGE",
+            )
         if body.type != REQUEST or not body.action:
             raise MalformedMessage(
                 "Invoke takes a request message with an action", reason="MISSING_FIELD"
@@ -367,7 +383,9 @@ def _method_handler(
             try:
                 request = _parse(req_cls, data)
                 ctx = context_for(context)
-                async for item in impl(request, ctx):
+                params = json_format.MessageToDict(request)
+                items = pipeline.stream(ctx, cap_id, params, lambda: impl(request, ctx))
+                async for item in items:
                     yield serialize(item)
             except AralError as exc:
                 await abort(context, exc)

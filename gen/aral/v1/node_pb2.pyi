@@ -71,7 +71,7 @@ class InvokeResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[_message_pb2.ARALMessage, _Mapping]] = ..., result: _Optional[_Union[CallResult, _Mapping]] = ...) -> None: ...
 
 class ChannelFrame(_message.Message):
-    __slots__ = ("open", "batch", "ack", "credit", "ping", "pong", "close", "errors")
+    __slots__ = ("open", "batch", "ack", "credit", "ping", "pong", "close", "errors", "sealed")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class ChannelFrame(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     open: ChannelOpen
     batch: MessageBatch
     ack: Ack
@@ -88,7 +89,16 @@ class ChannelFrame(_message.Message):
     pong: Ping
     close: ChannelClose
     errors: MessageErrors
-    def __init__(self, open: _Optional[_Union[ChannelOpen, _Mapping]] = ..., batch: _Optional[_Union[MessageBatch, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., close: _Optional[_Union[ChannelClose, _Mapping]] = ..., errors: _Optional[_Union[MessageErrors, _Mapping]] = ...) -> None: ...
+    sealed: SealedFrame
+    def __init__(self, open: _Optional[_Union[ChannelOpen, _Mapping]] = ..., batch: _Optional[_Union[MessageBatch, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., close: _Optional[_Union[ChannelClose, _Mapping]] = ..., errors: _Optional[_Union[MessageErrors, _Mapping]] = ..., sealed: _Optional[_Union[SealedFrame, _Mapping]] = ...) -> None: ...
+
+class SealedFrame(_message.Message):
+    __slots__ = ("body", "mac")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    mac: bytes
+    def __init__(self, body: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class ChannelOpen(_message.Message):
     __slots__ = ("content", "signature")
@@ -99,32 +109,46 @@ class ChannelOpen(_message.Message):
     def __init__(self, content: _Optional[bytes] = ..., signature: _Optional[_Union[_message_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class ChannelOpenContent(_message.Message):
-    __slots__ = ("sender", "recipient", "nonce", "timestamp_unix_ms", "resume_after", "initial_credit", "keepalive_ms", "session_epoch")
+    __slots__ = ("sender", "recipient", "nonce", "timestamp_unix_ms", "resume_after", "window", "keepalive_ms", "session_epoch", "resume_epoch", "answer_to", "incarnation", "max_batch", "ephemeral_key", "first_unacked")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
-    INITIAL_CREDIT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_MS_FIELD_NUMBER: _ClassVar[int]
     SESSION_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TO_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_UNACKED_FIELD_NUMBER: _ClassVar[int]
     sender: str
     recipient: str
     nonce: bytes
     timestamp_unix_ms: int
     resume_after: int
-    initial_credit: int
+    window: int
     keepalive_ms: int
     session_epoch: str
-    def __init__(self, sender: _Optional[str] = ..., recipient: _Optional[str] = ..., nonce: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., resume_after: _Optional[int] = ..., initial_credit: _Optional[int] = ..., keepalive_ms: _Optional[int] = ..., session_epoch: _Optional[str] = ...) -> None: ...
+    resume_epoch: str
+    answer_to: bytes
+    incarnation: str
+    max_batch: int
+    ephemeral_key: bytes
+    first_unacked: int
+    def __init__(self, sender: _Optional[str] = ..., recipient: _Optional[str] = ..., nonce: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., resume_after: _Optional[int] = ..., window: _Optional[int] = ..., keepalive_ms: _Optional[int] = ..., session_epoch: _Optional[str] = ..., resume_epoch: _Optional[str] = ..., answer_to: _Optional[bytes] = ..., incarnation: _Optional[str] = ..., max_batch: _Optional[int] = ..., ephemeral_key: _Optional[bytes] = ..., first_unacked: _Optional[int] = ...) -> None: ...
 
 class MessageBatch(_message.Message):
-    __slots__ = ("first_seq", "messages")
+    __slots__ = ("first_seq", "messages", "ack")
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     first_seq: int
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.ARALMessage]
-    def __init__(self, first_seq: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.ARALMessage, _Mapping]]] = ...) -> None: ...
+    ack: int
+    def __init__(self, first_seq: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.ARALMessage, _Mapping]]] = ..., ack: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
@@ -133,10 +157,10 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class Credit(_message.Message):
-    __slots__ = ("messages",)
-    MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    messages: int
-    def __init__(self, messages: _Optional[int] = ...) -> None: ...
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    def __init__(self, window: _Optional[int] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("id", "timestamp_unix_ms")
@@ -147,12 +171,14 @@ class Ping(_message.Message):
     def __init__(self, id: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ChannelClose(_message.Message):
-    __slots__ = ("status", "reason")
+    __slots__ = ("status", "reason", "message")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     status: int
     reason: str
-    def __init__(self, status: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    message: str
+    def __init__(self, status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class MessageErrors(_message.Message):
     __slots__ = ("errors",)

@@ -1,0 +1,399 @@
+"""The receive path of the channel hub: verify, check, govern and dispatch batches.
+
+Private helper of ``aralnode.channels``. Every message of a batch ends *processed*
+exactly once whatever happens to it -- delivered, refused with a per-message error,
+or failed on our side (an exception in a governance rule, a handler, the inbox
+transaction) -- so one bad message can never stall a peer's channel: the processed
+prefix (what the ack says) always moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from aralnode import _proto as pb
+from aralnode._channel_state import (
+    ChannelMessage,
+    Delivery,
+    PeerChannel,
+    message_error,
+    remote_error,
+)
+from aralnode.core import codec
+from aralnode.core.channel import Batch
+from aralnode.core.context import CallContext
+from aralnode.core.envelope import OpenedMessage, encode_payload, error_body, open_message
+from aralnode.core.errors import (
+    AralError,
+    DeadlineExceeded,
+    InternalError,
+    KeyMismatch,
+    MalformedMessage,
+    ReplayDetected,
+    Unauthenticated,
+)
+from aralnode.core.governance import Action, Direction, enforce
+from aralnode.core.outbox import InboundRecord
+
+if TYPE_CHECKING:
+    from aralnode.channels import ChannelHub
+
+log = logging.getLogger("aralnode.channel")
+
+REQUEST = pb.MessageType.MESSAGE_TYPE_REQUEST
+RESPONSE = pb.MessageType.MESSAGE_TYPE_RESPONSE
+NOTIFICATION = pb.MessageType.MESSAGE_TYPE_NOTIFICATION
+# A notification whose correlation id names a request the sender gave up on.
+CANCEL_EVENT = "aral.cancel"
+# Batches at least this large are verified on worker threads: ECDSA verification
+# releases the GIL, so two threads nearly double a receiver's throughput; below
+# it the thread hop costs more latency than it saves.
+PARALLEL_VERIFY_MIN = 16
+
+
+class _Withdrawn:
+    """A tombstone: a message its sender withdrew (an empty ``ARALMessage``)."""
+
+
+WITHDRAWN = _Withdrawn()
+Opened = OpenedMessage | AralError | _Withdrawn
+
+
+def _failure(exc: Exception) -> AralError:
+    return exc if isinstance(exc, AralError) else InternalError(f"failed: {type(exc).__name__}")
+
+
+class Receiver:
+    """What happens to a peer's batch once the session accepted it."""
+
+    def __init__(self, hub: ChannelHub) -> None:
+        self.hub = hub
+        threads = hub.settings.verify_threads
+        self._executor = (
+            ThreadPoolExecutor(threads, thread_name_prefix="aral-verify") if threads > 0 else None
+        )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    # -- verification (thread-safe: no hub state) --
+
+    def _open_one(self, peer: str, message: pb.ARALMessage) -> Opened:
+        hub = self.hub
+        try:
+            if not message.content and not message.HasField("signature"):
+                return WITHDRAWN
+            if message.HasField("signature") and message.signature.key_id != peer:
+                raise KeyMismatch(
+                    f"message on the channel from {peer} is signed by {message.signature.key_id!r}"
+                )
+            return open_message(
+                message,
+                keyring=hub.keyring,
+                replay=None,  # channel dedupe is by authenticated seq and recent ids
+                require_signature=not hub.settings.allow_unsigned,
+                max_bytes=hub.max_message_bytes,
+                expected_recipient=hub.node_id,
+            )
+        except AralError as exc:
+            return exc
+        except Exception as exc:  # never let peer input raise out of the channel
+            return MalformedMessage(f"message could not be read: {type(exc).__name__}")
+
+    def _open_many(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
+        return [self._open_one(peer, m) for m in messages]
+
+    async def _open_all(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
+        if self._executor is None or len(messages) < PARALLEL_VERIFY_MIN:
+            return self._open_many(peer, messages)
+        loop = asyncio.get_running_loop()
+        parts = self.hub.settings.verify_threads
+        size = -(-len(messages) // parts)
+        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._executor, self._open_many, peer, c) for c in chunks)
+        )
+        return [r for chunk in results for r in chunk]
+
+    # -- one batch --
+
+    async def deliver(self, pc: PeerChannel, batch: Batch) -> list[pb.MessageError]:
+        """Verify, check, govern and dispatch one batch, in order. Returns
+        per-message errors for the peer; never raises."""
+        hub = self.hub
+        messages, first, gen = batch.messages, batch.first_seq, batch.generation
+        try:
+            opened = await self._open_all(pc.peer_id, messages)
+        except RuntimeError:  # the worker threads are gone (shutting down)
+            opened = self._open_many(pc.peer_id, messages)
+        inbound = pc.inbound
+        if gen != inbound.generation:
+            return []  # the peer's epoch changed while we verified
+        errors: list[pb.MessageError] = []
+        notes: list[tuple[int, ChannelMessage]] = []
+        epoch, now = inbound.record.epoch, hub.clock.now_ms()
+        for i, item in enumerate(opened):
+            seq = first + i
+            try:
+                note = self._one(pc, seq, epoch, now, item)
+            except Exception as exc:
+                if isinstance(exc, AralError):
+                    hub.count("channel.refused")
+                else:
+                    hub.count("channel.deliver_failed")
+                    log.exception("delivering message %d from %s failed", seq, pc.peer_id)
+                errors.append(message_error(seq, messages[i], _failure(exc)))
+                inbound.processed(gen, seq)
+                continue
+            if note is None:
+                inbound.processed(gen, seq)
+            else:
+                notes.append((seq, note))
+        if notes:
+            self._notify_local(pc, gen, notes, errors)
+        elif hub.inbox.durable:
+            self.save(pc)
+        hub.count("channel.received", len(messages))
+        hub.count("channel.batches")
+        if errors:
+            hub.count("channel.rejected", len(errors))
+        pc.wake()
+        return errors
+
+    def _one(
+        self, pc: PeerChannel, seq: int, epoch: str, now: int, item: Opened
+    ) -> ChannelMessage | None:
+        """Handle one message: a notification to dispatch, or ``None`` once done
+        with it. Raises for a per-message error."""
+        if isinstance(item, _Withdrawn):
+            self.hub.count("channel.withdrawn")
+            return None
+        if isinstance(item, AralError):
+            raise item
+        hub, peer = self.hub, pc.peer_id
+        header, body = item.header, item.body
+        if header.sender != peer:
+            raise KeyMismatch(f"message from {header.sender!r} on the channel of {peer}")
+        binding = header.channel
+        if binding.epoch != epoch or binding.seq != seq:
+            raise Unauthenticated(
+                f"message is bound to seq {binding.seq} of epoch {binding.epoch!r}, "
+                f"but arrived as seq {seq} of epoch {epoch!r}",
+                reason="CHANNEL_BINDING_MISMATCH",
+            )
+        if not pc.recent.add(header.message_id):
+            raise ReplayDetected(
+                f"message {header.message_id!r} from {peer} was already received",
+                details={"message_id": header.message_id, "sender": peer},
+            )
+        kind = body.type
+        if kind == RESPONSE:
+            self._response(pc, item)
+            return None
+        try:
+            if header.ttl_ms and header.timestamp_unix_ms + header.ttl_ms < now:
+                raise DeadlineExceeded("message expired before it was delivered")
+            if kind not in (REQUEST, NOTIFICATION):
+                raise MalformedMessage(f"unknown message type {kind}", reason="BAD_MESSAGE_TYPE")
+            if kind == NOTIFICATION and body.action == CANCEL_EVENT:
+                task = pc.running.get(body.correlation_id)
+                if task is not None:
+                    task.cancel()
+                return None
+            data = item.parameters(hub.max_message_bytes)
+            action = Action(
+                Direction.RECEIVE, body.action, peer, "channel", parameters=data, peer=peer
+            )
+            verdict = hub.governance.evaluate(action)
+            if verdict.flagged:
+                hub.count("governance.flagged")
+            enforce(verdict, action)
+            if verdict.parameters is not None:
+                data = verdict.parameters
+        except Exception as exc:
+            if kind != REQUEST:
+                raise
+            # Decisions (and our failures) travel as the answer: the requester sees why.
+            error = _failure(exc)
+            if isinstance(exc, AralError):
+                hub.count("channel.refused")
+            else:
+                hub.count("channel.deliver_failed")
+                log.exception("judging request %s from %s failed", header.message_id, peer)
+            self._reply(pc, header, error_body(error, header.message_id))
+            return None
+        if kind == REQUEST:
+            self._serve(pc, item, data)
+            return None
+        return ChannelMessage(
+            peer,
+            body.action,
+            data,
+            header.message_id,
+            seq,
+            header.trace_id,
+            item.signed,
+            header.timestamp_unix_ms,
+        )
+
+    def _notify_local(
+        self,
+        pc: PeerChannel,
+        gen: int,
+        notes: list[tuple[int, ChannelMessage]],
+        errors: list[pb.MessageError],
+    ) -> None:
+        """Transactional handlers (one inbox transaction, a savepoint per handler
+        call), then subscriptions."""
+        hub = self.hub
+        inbound = pc.inbound
+        handlers = hub._handlers
+        if handlers:
+            inbox = hub.inbox
+            record = inbound.record
+            handled = record.handled_seq
+            try:
+                with inbox.transaction() as tx:
+                    for seq, msg in notes:
+                        if seq <= handled:
+                            continue  # ran before a restart; its effects are committed
+                        for event, handler in handlers:
+                            if event is None or event == msg.event:
+                                try:
+                                    with inbox.savepoint():  # its writes go if it fails
+                                        handler(msg, tx)
+                                except Exception:
+                                    hub.count("channel.handler_failed")
+                                    log.exception("notification handler for %s failed", msg.event)
+                        handled = seq
+                    snap = inbound.snapshot()
+                    inbox.save(pc.peer_id, InboundRecord(snap.epoch, snap.processed_seq, handled))
+            except Exception as exc:
+                # The transaction itself failed (disk full, I/O error): nothing of
+                # it was committed; report each message rather than stall.
+                hub.count("channel.inbox_failed", len(notes))
+                log.exception("inbox transaction for %s failed", pc.peer_id)
+                error = InternalError(f"could not record the message: {type(exc).__name__}")
+                for seq, msg in notes:
+                    err = error_body(error, msg.message_id).error
+                    errors.append(pb.MessageError(seq=seq, message_id=msg.message_id, error=err))
+                    inbound.processed(gen, seq)
+                return
+            record.handled_seq = handled  # only once committed
+        elif hub.inbox.durable:
+            self.save(pc)
+        subs = tuple(hub._subs)
+        for seq, msg in notes:
+            delivery = Delivery(hub, pc, gen, seq, msg)
+            matched = False
+            for sub in subs:
+                if sub.matches(msg.peer, msg.event):
+                    matched = True
+                    if not sub._put(delivery):
+                        delivery.remaining += 1
+            if not delivery.remaining:
+                if not matched and not handlers:
+                    hub.count("channel.unrouted")
+                inbound.processed(gen, seq)
+
+    def save(self, pc: PeerChannel) -> None:
+        """Persist the receive marks (durable inbox); a failure is logged, and the
+        marks are written again with the next batch."""
+        hub = self.hub
+        if not hub.inbox.durable:
+            return
+        try:
+            hub.inbox.save(pc.peer_id, pc.inbound.snapshot())
+        except Exception:
+            hub.count("channel.inbox_failed")
+            log.exception("saving the receive marks of %s failed", pc.peer_id)
+
+    # -- responses and requests --
+
+    def _response(self, pc: PeerChannel, opened: OpenedMessage) -> None:
+        body = opened.body
+        pending = pc.pending.pop(body.correlation_id, None)
+        if pending is None:
+            self.hub.count("channel.response_unmatched")
+            return
+        fut = pending[0]
+        if fut.done():
+            return
+        if body.HasField("error"):
+            fut.set_exception(remote_error(body.error))
+            return
+        try:
+            fut.set_result(opened.result(self.hub.max_message_bytes))
+        except Exception as exc:
+            fut.set_exception(_failure(exc))
+
+    def _serve(self, pc: PeerChannel, opened: OpenedMessage, params: Any) -> None:
+        header = opened.header
+        if header.message_id in pc.running:
+            return
+        task = asyncio.ensure_future(self._run_request(pc, opened, params))
+        pc.running[header.message_id] = task
+        self.hub._tasks.add(task)
+        task.add_done_callback(self.hub._tasks.discard)
+
+    async def _run_request(self, pc: PeerChannel, opened: OpenedMessage, params: Any) -> None:
+        hub = self.hub
+        header, body = opened.header, opened.body
+        deadline = None
+        if header.ttl_ms:
+            remaining = (header.timestamp_unix_ms + header.ttl_ms - hub.clock.now_ms()) / 1000
+            deadline = hub.clock.monotonic() + remaining
+        ctx = CallContext(
+            door="channel",
+            caller=pc.peer_id,
+            peer=pc.peer_id,
+            trace_id=header.trace_id or header.message_id,
+            message_id=header.message_id,
+            deadline=deadline,
+            signed=opened.signed,
+            scopes=hub.settings.peer_scopes if opened.signed else frozenset(),
+        )
+        content_type = header.content_type or codec.JSON
+        try:
+            outcome = await hub.pipeline.invoke(ctx, body.action, params)
+            try:
+                payload, compression = encode_payload(
+                    outcome.value, content_type, compress_above=hub.settings.compress_above
+                )
+            except (TypeError, ValueError) as exc:
+                raise InternalError(f"result of {body.action} cannot be encoded: {exc}") from None
+            reply = pb.Body(
+                type=RESPONSE, action=body.action, result=payload, correlation_id=header.message_id
+            )
+        except Exception as exc:
+            if not isinstance(exc, AralError):
+                hub.count("channel.deliver_failed")
+                log.exception("serving request %s from %s failed", header.message_id, pc.peer_id)
+            reply, compression = error_body(_failure(exc), header.message_id), ""
+        except asyncio.CancelledError:
+            # Cancelled by the requester (it stopped waiting) or by our shutdown.
+            hub.count("channel.cancelled")
+            return
+        finally:
+            pc.running.pop(header.message_id, None)
+        self._reply(pc, header, reply, compression)
+
+    def _reply(
+        self, pc: PeerChannel, header: pb.Header, body: pb.Body, compression: str = ""
+    ) -> None:
+        # Responses skip the outbox limit: they are bounded by the requests being
+        # served, and making them wait on the requester's acks could deadlock.
+        self.hub._enqueue(
+            pc,
+            body,
+            content_type=header.content_type or codec.JSON,
+            compression=compression,
+            trace_id=header.trace_id,
+        )
+
+
+__all__ = ["CANCEL_EVENT", "NOTIFICATION", "REQUEST", "RESPONSE", "Receiver"]

@@ -1,0 +1,314 @@
+"""What the channel hub keeps besides links: settings, per-peer state, subscriptions.
+
+Private helpers of ``aralnode.channels`` (which re-exports the public names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from google.protobuf import json_format
+
+from aralnode import _proto as pb
+from aralnode.core.channel import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, Inbound, RecentIds
+from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
+from aralnode.core.errors import ERROR_TYPES, AralError, RateLimited, error_from_status
+
+if TYPE_CHECKING:
+    from aralnode.channels import ChannelHub
+    from aralnode.transport.channel import Link
+
+
+@dataclass(slots=True)
+class ChannelSettings:
+    """Knobs of the channel layer (built from ``NodeConfig`` by the node).
+
+    Attributes:
+        window: Credit: messages a peer may have sent to us and not yet seen acked.
+        outbox_limit: Unacked messages per peer before ``notify``/``request`` wait.
+        keepalive_ms: We send a frame at least this often.
+        timeout_ms: Silence tolerated beyond the peer's keepalive before the link is dead.
+        sign: Sign outgoing messages (off only to measure the cost of signing).
+        allow_unsigned: Accept unsigned messages on an authenticated channel.
+        peer_scopes: Scopes of a verified signer (as on the gRPC door).
+        max_message_bytes: Largest envelope, and largest batch frame we send.
+        max_batch: Most messages per batch (in either direction).
+        subscription_queue: Default bound of a subscription's queue.
+        verify_threads: Worker threads verifying large batches (0: inline).
+        compress_above: Payloads larger than this are gzip-compressed.
+        backoff_initial / backoff_max: Redial delays in seconds (doubling, jittered).
+        open_timeout: Seconds to wait for a handshake or an open answer.
+    """
+
+    window: int = DEFAULT_WINDOW
+    outbox_limit: int = 10_000
+    keepalive_ms: int = 5_000
+    timeout_ms: int = 5_000
+    sign: bool = True
+    allow_unsigned: bool = True
+    peer_scopes: frozenset[str] = frozenset()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_batch: int = DEFAULT_MAX_BATCH
+    subscription_queue: int = 1024
+    verify_threads: int = 2
+    compress_above: int = 8192
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    open_timeout: float = 10.0
+
+
+@dataclass(slots=True)
+class ChannelMessage:
+    """A notification as subscribers and handlers see it."""
+
+    peer: str
+    event: str
+    data: Any
+    message_id: str
+    seq: int
+    trace_id: str
+    signed: bool
+    timestamp_ms: int
+
+
+NotificationHandler = Callable[[ChannelMessage, sqlite3.Connection | None], None]
+
+
+Overflow = Literal["close", "drop", "backpressure"]
+OVERFLOW_POLICIES: tuple[Overflow, ...] = ("close", "drop", "backpressure")
+
+
+class Delivery:
+    """One notification handed to ``remaining`` subscriptions that have not yet
+    taken it into their queue (only a ``backpressure`` subscription holds one)."""
+
+    __slots__ = ("generation", "hub", "message", "peer", "remaining", "seq")
+
+    def __init__(
+        self, hub: ChannelHub, peer: PeerChannel, generation: int, seq: int, message: ChannelMessage
+    ) -> None:
+        self.hub, self.peer, self.generation, self.seq = hub, peer, generation, seq
+        self.message = message
+        self.remaining = 0
+
+    def taken(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.hub._processed(self.peer, self.generation, self.seq)
+
+
+class Subscription:
+    """An async iterator of notifications, with a bounded queue.
+
+    A message counts as processed (so it is acked and frees the sender's credit)
+    once it is in the queue, so a subscription never holds up the channel; what
+    happens when the queue is full is the ``overflow`` policy:
+
+    * ``"close"`` (default): the subscription ends; the consumer gets what was
+      queued, then ``RateLimited`` (reason ``SUBSCRIPTION_OVERFLOW``).
+    * ``"drop"``: the new message is dropped and counted (``dropped``,
+      ``channel.subscription_dropped``).
+    * ``"backpressure"``: the new message waits, *unprocessed*, until the consumer
+      makes room, which withholds acks and so slows that peer's sender down: every
+      message from that peer waits behind it, so use it only while consuming.
+    """
+
+    def __init__(
+        self,
+        hub: ChannelHub,
+        event: str | None,
+        peer: str | None,
+        *,
+        maxsize: int = 1024,
+        overflow: Overflow = "close",
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}")
+        self._hub = hub
+        self.event = event
+        self.peer = peer
+        self.maxsize = maxsize
+        self.overflow = overflow
+        self._queue: deque[ChannelMessage] = deque()
+        self._held: deque[Delivery] = deque()
+        self._ready = asyncio.Event()
+        self.closed = False
+        self.dropped = 0
+        self.error: AralError | None = None
+
+    def matches(self, peer: str, event: str) -> bool:
+        return (self.event is None or self.event == event) and (
+            self.peer is None or self.peer == peer
+        )
+
+    def _put(self, delivery: Delivery) -> bool:
+        """Offer a delivery: True if done with it now, False if it is held
+        (``backpressure``; ``delivery.taken()`` follows once there is room)."""
+        if self.closed:
+            return True
+        if len(self._queue) < self.maxsize:
+            self._queue.append(delivery.message)
+            self._ready.set()
+            return True
+        if self.overflow == "backpressure":
+            self._held.append(delivery)
+            return False
+        if self.overflow == "drop":
+            self.dropped += 1
+            self._hub.count("channel.subscription_dropped")
+            return True
+        self._hub.count("channel.subscription_overflow")
+        self.error = RateLimited(
+            f"subscription fell {self.maxsize} messages behind and was closed",
+            reason="SUBSCRIPTION_OVERFLOW",
+            details={"event": self.event or "*", "maxsize": self.maxsize},
+        )
+        self._end()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> ChannelMessage:
+        while not self._queue:
+            if self.closed:
+                if self.error is not None:
+                    error, self.error = self.error, None
+                    raise error
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        message = self._queue.popleft()
+        if self._held:
+            delivery = self._held.popleft()
+            self._queue.append(delivery.message)
+            delivery.taken()
+        return message
+
+    def _end(self) -> None:
+        self.closed = True
+        self._hub._unsubscribe(self)
+        while self._held:
+            self._held.popleft().taken()
+        self._ready.set()
+
+    def close(self) -> None:
+        """Stop receiving; what is queued is discarded."""
+        if self.closed:
+            return
+        self._end()
+        self._queue.clear()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PeerChannel:
+    """Everything about one peer that outlives a link."""
+
+    def __init__(
+        self, peer_id: str, inbound: Inbound, recent_ids: int = 4 * DEFAULT_WINDOW
+    ) -> None:
+        self.peer_id = peer_id
+        self.inbound = inbound
+        # The peer's recent message ids: (sender, message id) dedupe on the channel.
+        self.recent = RecentIds(recent_ids)
+        self.link: Link | None = None
+        self.dialling = False
+        # Our own open is on the wire (a simultaneous dial is decided from then on).
+        self.open_sent = False
+        self.unsupported = False
+        self.incarnation = ""
+        self.peer_acked = 0
+        self.sent_max = 0  # highest seq sent to the peer by this process
+        self.sent_before_start = 0  # highest seq a previous process may have sent
+        # Requests we sent: message id -> (future, seq).
+        self.pending: dict[str, tuple[asyncio.Future[Any], int]] = {}
+        # Requests from the peer being served: message id -> task.
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.space = asyncio.Event()
+        self.space.set()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self.max_outbox = 0
+        self.max_in_flight = 0
+        self.links_opened = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.alive
+
+    def _set_up(self, up: bool) -> None:
+        if up:
+            self._down.clear()
+            self._up.set()
+        else:
+            self._up.clear()
+            self._down.set()
+
+    async def wait_down(self) -> None:
+        await self._down.wait()
+
+    async def wait_up(self, timeout: float | None = None) -> bool:
+        """Wait until a link is up; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_up_or(self, timeout: float) -> None:
+        await self.wait_up(timeout)
+
+    def wake(self) -> None:
+        if self.link is not None:
+            self.link.wake.set()
+
+
+def remote_error(err: pb.Error) -> AralError:
+    """Rebuild a peer's error (``Error`` in a response or ``MessageErrors``) as the
+    most specific ``AralError``: by reason, else by status, then refined by the
+    stable ``code`` (a reason such as GOVERNANCE_BLOCK names no class by itself)."""
+    details = json_format.MessageToDict(err.details) if err.HasField("details") else {}
+    reason = str(details.pop("reason", ""))
+    retry = details.pop("retry_after", None)
+    exc = error_from_status(
+        err.status,
+        err.message,
+        reason=reason,
+        details=details,
+        retry_after=float(retry) if isinstance(retry, int | float) else None,
+    )
+    if exc.code != err.code:
+        for cls in ERROR_TYPES:
+            if cls.code == err.code and issubclass(cls, type(exc)):
+                return cls(
+                    err.message, reason=reason or None, details=details, retry_after=exc.retry_after
+                )
+    return exc
+
+
+def message_error(seq: int, message: pb.ARALMessage, exc: AralError) -> pb.MessageError:
+    message_id = ""
+    with contextlib.suppress(Exception):
+        message_id = pb.MessageContent.FromString(message.content).header.message_id[:128]
+    err = error_body(exc, message_id).error
+    return pb.MessageError(seq=seq, message_id=message_id, error=err)

@@ -1,0 +1,292 @@
+"""Small ASGI pieces shared by the HTTP doors: the seed's error body, ids, gzip,
+content negotiation, and the Host/Origin guard against DNS rebinding."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import re
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge
+
+log = logging.getLogger("aralnode.bridge")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON = "application/json"
+PROTOBUF = "application/protobuf"
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+PROTOBUF_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
+GZIP_MIN_BYTES = 860  # below one packet's worth, compressing costs more than it saves
+_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The path exists, but not for this HTTP method (the REST door only)."""
+
+    http_status = 405
+    code = "method_not_allowed"
+    default_reason = "METHOD_NOT_ALLOWED"
+
+
+class NotAcceptable(InvalidRequest):
+    http_status = 406
+    code = "not_acceptable"
+    default_reason = "NOT_ACCEPTABLE"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    http_status = 415
+    code = "unsupported_media_type"
+    default_reason = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class MisdirectedRequest(InvalidRequest):
+    """Host header not served here: what DNS rebinding looks like (421)."""
+
+    http_status = 421
+    code = "misdirected_request"
+    default_reason = "HOST_NOT_ALLOWED"
+
+
+class ForbiddenOrigin(InvalidRequest):
+    http_status = 403
+    code = "forbidden"
+    default_reason = "ORIGIN_NOT_ALLOWED"
+
+
+def iso_ms(unix_ms: int) -> str:
+    """``2026-01-15T12:00:00.000Z``."""
+    stamp = datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header (``name`` lower-case), latin-1 decoded as ASGI mandates."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def request_id(value: str | None) -> str:
+    """The caller's id if it is sane (it ends up in logs and headers), else a new one."""
+    if value and _ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def error_body(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
+    """The seed's error shape: ``{"error": {code, message, details, trace_id, timestamp}}``."""
+    return {"error": {**exc.to_dict(), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
+
+
+def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
+    out = []
+    if exc.retry_after is not None:
+        out.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
+        out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
+    return out
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
+
+
+async def send_body(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    gzip_ok: bool = False,
+) -> None:
+    hdrs = [(b"content-type", content_type.encode()), *headers]
+    if gzip_ok and len(body) >= GZIP_MIN_BYTES:
+        body = gzip.compress(body, compresslevel=5)
+        hdrs += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+    hdrs.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+def accepts_gzip(scope: Scope) -> bool:
+    value = header(scope, b"accept-encoding")
+    return value is not None and "gzip" in value.lower()
+
+
+def media_ranges(value: str | None) -> list[tuple[str, float]]:
+    """``Accept`` parsed into (media type, q), best first; absent means ``*/*``."""
+    if not value:
+        return [("*/*", 1.0)]
+    ranges = []
+    for part in value.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        if media and q > 0 and math.isfinite(q):
+            ranges.append((media.lower(), q))
+    return sorted(ranges, key=lambda r: -r[1])
+
+
+def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
+    """The first of ``offered`` that the best ``Accept`` range admits.
+
+    Raises:
+        NotAcceptable: nothing offered is acceptable.
+    """
+    for media, _q in media_ranges(accept):
+        for kind in offered:
+            if media in ("*/*", kind) or (media.endswith("/*") and kind.startswith(media[:-1])):
+                return kind
+            if kind == PROTOBUF and media in PROTOBUF_TYPES:
+                return kind
+    raise NotAcceptable(f"can answer with {', '.join(offered)}; the request accepts none of them")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, inflated if gzip, never more than ``limit`` bytes."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise MessageTooLarge(
+            f"request body is {length} bytes; the limit is {limit}", details={"limit": limit}
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise MessageTooLarge(
+                f"request body is over the limit of {limit} bytes", details={"limit": limit}
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    encoding = (header(scope, b"content-encoding") or "identity").lower().strip()
+    if encoding == "identity" or not body:
+        return body
+    if encoding != "gzip":
+        raise UnsupportedMediaType(f"content-encoding {encoding!r} is not supported; use gzip")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"gzip body does not inflate: {exc}", reason="BAD_ENCODING") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise MessageTooLarge(
+            f"inflated body is over the limit of {limit} bytes", details={"limit": limit}
+        )
+    return out
+
+
+# -- Host / Origin guard ---------------------------------------------------------------
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _host_matches(host: str, allowed: Iterable[str]) -> bool:
+    for pattern in allowed:
+        if pattern.endswith(":*"):
+            base = pattern[:-2]
+            if host == base or host.startswith(base + ":"):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+class HostGuard:
+    """Refuses requests whose Host (421) or Origin (403) this node does not serve.
+
+    A browser page from elsewhere can point its own DNS name at 127.0.0.1 (DNS
+    rebinding) and then talk to a local node; the Host header still names the
+    attacker's domain, and the Origin the attacker's page. Binding to 0.0.0.0
+    changes nothing about that, so the check always runs. Requests without an
+    Origin (curl, SDKs, other nodes) pass the Origin check.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str],
+        allowed_origins: Iterable[str],
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.app = app
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.allowed_origins = tuple(allowed_origins)
+        self.now_ms = now_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = origin = None
+        for key, value in scope["headers"]:  # one pass: this runs on every request
+            if key == b"host":
+                host = value.decode("latin-1")
+            elif key == b"origin":
+                origin = value.decode("latin-1")
+        failure = self.check(host, origin)
+        if failure is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("refused %s %s: %s", scope["type"], scope.get("path"), failure.message)
+        if scope["type"] == "websocket":
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": failure.http_status,
+                    "headers": [],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": b""})
+            return
+        trace = request_id(header(scope, b"x-trace-id"))
+        body = dumps(error_body(failure, trace, self.now_ms()))
+        await send_body(send, failure.http_status, body, JSON, [(b"x-trace-id", trace.encode())])
+
+    def check(self, host: str | None, origin: str | None) -> AralError | None:
+        if not host or not _host_matches(host.lower(), self.allowed_hosts):
+            return MisdirectedRequest(f"this node does not serve host {host!r}")
+        if origin and not _host_matches(origin.lower(), self.allowed_origins):
+            return ForbiddenOrigin(f"requests from origin {origin!r} are not allowed")
+        return None
+
+
+def default_allowed(
+    bind_host: str, extra_hosts: Iterable[str], extra_origins: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """Loopback names on any port, the bound address if specific, plus the configured extras."""
+    names = list(LOOPBACK_HOSTS)
+    if bind_host not in ("0.0.0.0", "::", "", "localhost", "127.0.0.1", "::1"):  # noqa: S104 - comparing
+        names.append(f"[{bind_host}]" if ":" in bind_host else bind_host)
+    hosts = [f"{n}:*" for n in names] + [h.lower() for h in extra_hosts]
+    origins = [f"http://{n}:*" for n in names] + [f"https://{n}:*" for n in names]
+    origins += [o.lower().rstrip("/") for o in extra_origins]
+    return hosts, origins

@@ -1,0 +1,121 @@
+"""``aralnode mcp --node HOST:PORT``: MCP over stdio, bridged to a running node over gRPC.
+
+The process holds no capabilities of its own: ``tools/list`` asks the node
+(``ListCapabilities``), ``tools/call`` makes a plain ``Invoke``, so the node's own
+pipeline (auth, limits, governance) decides, exactly as for any gRPC caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from mcp.server.stdio import stdio_server
+
+from aralnode import __version__
+from aralnode import _proto as pb
+from aralnode.bridge._docs import ProtoDocs
+from aralnode.bridge.mcp import ToolSpec, build_server, remote_spec, tool_name
+from aralnode.bridge.targets import NODE_ADAPTERS, parse_request, to_json
+from aralnode.core.clock import SYSTEM_CLOCK
+from aralnode.core.context import CallContext
+from aralnode.core.proto_schema import message_schema
+from aralnode.transport.grpc_client import NodeClient, unwrap
+
+# The read-only AgentNode methods, over the client (the local bridge uses NODE_ADAPTERS).
+_REMOTE: dict[str, Callable[[NodeClient, Any], Awaitable[Message]]] = {
+    "GetStatus": lambda client, request: client.status(),
+    "ListCapabilities": lambda client, request: client.capabilities(request.node_id),
+    "ListPeers": lambda client, request: _peers(client),
+}
+
+
+async def _peers(client: NodeClient) -> Message:
+    return pb.ListPeersResponse(peers=await client.peers())
+
+
+class RemoteTools:
+    """Tools of a node reached over gRPC, listed again at most every ``ttl`` seconds."""
+
+    def __init__(self, client: NodeClient, *, ttl: float = 2.0, call_timeout: float = 60.0) -> None:
+        self.client = client
+        self.ttl = ttl
+        self.call_timeout = call_timeout
+        self._tools: dict[str, ToolSpec] = {}
+        self._fetched = float("-inf")
+        self._docs = ProtoDocs()
+
+    def now_ms(self) -> int:
+        return SYSTEM_CLOCK.now_ms()
+
+    async def tools(self) -> dict[str, ToolSpec]:
+        if time.monotonic() - self._fetched > self.ttl:
+            response = await self.client.capabilities()
+            tools = {}
+            for cap in response.capabilities:
+                spec = remote_spec(cap.id, cap, self._caller(cap.id))
+                tools[spec.name] = spec
+            for spec in self._node_tools():
+                tools.setdefault(spec.name, spec)
+            self._tools, self._fetched = tools, time.monotonic()
+        return self._tools
+
+    def _caller(self, cap_id: str) -> Any:
+        client, timeout = self.client, self.call_timeout
+
+        async def run(args: dict[str, Any], ctx: CallContext) -> Any:
+            return unwrap(await client.call(cap_id, args, timeout=timeout, trace_id=ctx.trace_id))
+
+        return run
+
+    def _node_tools(self) -> list[ToolSpec]:
+        comments = self._docs.for_files([pb.AGENT_NODE_SERVICE.file])
+        specs = []
+        for method in pb.AGENT_NODE_SERVICE.methods:
+            adapter = NODE_ADAPTERS.get(method.name)
+            remote = _REMOTE.get(method.name)
+            if adapter is None or not adapter[1] or remote is None:
+                continue
+            specs.append(
+                ToolSpec(
+                    name=tool_name(method.full_name),
+                    description=comments.get(method.full_name) or method.full_name,
+                    input_schema=message_schema(method.input_type, comments=comments, closed=True),
+                    output_schema=message_schema(method.output_type, comments=comments),
+                    read_only=True,
+                    run=self._node_caller(method.input_type, remote),
+                )
+            )
+        return specs
+
+    def _node_caller(
+        self, input_type: Descriptor, remote: Callable[[NodeClient, Any], Awaitable[Message]]
+    ) -> Any:
+        client = self.client
+        cls = GetMessageClass(input_type)
+
+        async def run(args: dict[str, Any], ctx: CallContext) -> Any:
+            return to_json(await remote(client, parse_request(cls, args)))
+
+        return run
+
+
+async def serve_stdio(address: str) -> None:
+    """Serve MCP on stdin/stdout until stdin closes, forwarding to the node at ``address``."""
+    async with NodeClient(address) as client:
+        server = build_server(
+            RemoteTools(client),
+            name=f"aralnode {address}",
+            version=__version__,
+            context=lambda _ctx: CallContext(door="mcp", peer="stdio"),
+            instructions=f"Tools of the aralnode at {address}, generated from its capabilities.",
+        )
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+__all__ = ["RemoteTools", "serve_stdio"]

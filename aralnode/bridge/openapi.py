@@ -1,0 +1,237 @@
+"""OpenAPI 3.1 from the same bindings the REST door serves, and a self-contained docs page.
+
+Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect) from the message
+descriptors (``aralnode.core.proto_schema.SchemaSet``), under
+``#/components/schemas/<full name>``; descriptions come from the proto comments
+when the node has them (``_docs.ProtoDocs``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+from aralnode.bridge._docs import ProtoDocs
+from aralnode.bridge.rest import query_fields
+from aralnode.bridge.routes import Binding
+from aralnode.bridge.targets import Target
+from aralnode.core.proto_schema import SCHEMA_DIALECT, SchemaSet
+
+REF = "#/components/schemas/"
+ERROR_SCHEMA = "aral.RestError"
+_WILDCARD = re.compile(r"\{(_\d+)\}")
+
+_ERROR = {
+    "type": "object",
+    "description": "The error shape every door answers with (seed PRO-021).",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "trace_id", "timestamp"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "Stable error code, e.g. invalid_request.",
+                },
+                "message": {"type": "string"},
+                "reason": {
+                    "type": "string",
+                    "description": "UPPER_SNAKE reason (google.rpc.ErrorInfo).",
+                },
+                "details": {"type": "object"},
+                "trace_id": {"type": "string"},
+                "timestamp": {"type": "string", "format": "date-time"},
+            },
+        }
+    },
+}
+
+_ID_HEADERS = {
+    "X-Trace-Id": {
+        "description": "Trace id of the call (the caller's, or a new one).",
+        "schema": {"type": "string"},
+    },
+    "X-Request-Id": {
+        "description": "Id of this request (the caller's, or a new one).",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _summary(text: str) -> str:
+    first = text.split(". ", 1)[0].strip().rstrip(".")
+    return first[:120]
+
+
+class OpenApiBuilder:
+    """Builds the document once per set of bindings (the bindings are fixed at start)."""
+
+    def __init__(
+        self,
+        bindings: list[tuple[Binding, Target]],
+        docs: ProtoDocs,
+        *,
+        title: str,
+        version: str,
+        description: str = "",
+    ) -> None:
+        self.bindings = bindings
+        self.docs = docs
+        self.title = title
+        self.version = version
+        self.description = description
+        self._doc: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = self._build()
+        return self._doc
+
+    def _build(self) -> dict[str, Any]:
+        files = {t.method.containing_service.file for _, t in self.bindings}
+        comments = self.docs.for_files(files)
+        schemas = SchemaSet(REF, comments=comments, closed=True)
+        paths: dict[str, dict[str, Any]] = {}
+        tags: dict[str, dict[str, Any]] = {}
+        op_ids: set[str] = set()
+        for binding, target in self.bindings:
+            service = target.method.containing_service
+            tag = tags.setdefault(service.full_name, {"name": service.full_name})
+            if comments.get(service.full_name):
+                tag["description"] = comments[service.full_name]
+            item = paths.setdefault(binding.openapi_path, {})
+            verb = binding.http_method.lower()
+            if verb in item:
+                continue  # two rules on one path and verb: the first one wins, as in the router
+            op_id = target.method.full_name
+            n = 2
+            while op_id in op_ids:
+                op_id, n = f"{target.method.full_name}_{n}", n + 1
+            op_ids.add(op_id)
+            item[verb] = self._operation(
+                binding=binding,
+                target=target,
+                schemas=schemas,
+                comments=comments,
+                op_id=op_id,
+                tag=service.full_name,
+            )
+        schemas_out = dict(sorted(schemas.definitions.items()))
+        schemas_out[ERROR_SCHEMA] = _ERROR
+        info: dict[str, Any] = {"title": self.title, "version": self.version}
+        if self.description:
+            info["description"] = self.description
+        return {
+            "openapi": "3.1.0",
+            "jsonSchemaDialect": SCHEMA_DIALECT,
+            "info": info,
+            "tags": list(tags.values()),
+            "paths": paths,
+            "components": {
+                "schemas": schemas_out,
+                "headers": _ID_HEADERS,
+                "responses": {
+                    "Error": {
+                        "description": "Any failure, in the seed's error shape.",
+                        "headers": {k: {"$ref": f"#/components/headers/{k}"} for k in _ID_HEADERS},
+                        "content": {"application/json": {"schema": {"$ref": REF + ERROR_SCHEMA}}},
+                    }
+                },
+            },
+        }
+
+    def _operation(
+        self,
+        *,
+        binding: Binding,
+        target: Target,
+        schemas: SchemaSet,
+        comments: dict[str, str],
+        op_id: str,
+        tag: str,
+    ) -> dict[str, Any]:
+        method = target.method
+        text = comments.get(method.full_name, "")
+        notes = [text] if text else []
+        if target.capability_id:
+            notes.append(f"Runs the capability `{target.capability_id}`.")
+        if binding.default:
+            notes.append("Default binding (the rpc has no google.api.http rule).")
+        notes.append("Also answers `application/protobuf` when asked with Accept.")
+        op: dict[str, Any] = {
+            "operationId": op_id,
+            "summary": _summary(text)
+            if text
+            else f"{method.containing_service.name}.{method.name}",
+            "description": "\n\n".join(notes),
+            "tags": [tag],
+        }
+        params = []
+        for var in binding.variables:
+            schema = dict(schemas.field(var.field_path[-1]))
+            if var.multi_segment and schema.get("type") == "string":
+                schema["pattern"] = f"^{var.pattern}$"
+            elif schema.get("type") == "string":
+                schema["minLength"] = 1
+            param = {"name": var.param, "in": "path", "required": True, "schema": schema}
+            doc = comments.get(var.field_path[-1].full_name, "")
+            if var.param != var.name:
+                doc = f"Field `{var.name}`. {doc}".strip()
+            if doc:
+                param["description"] = doc
+            params.append(param)
+        params += [
+            {"name": wildcard, "in": "path", "required": True, "schema": {"type": "string"}}
+            for wildcard in _WILDCARD.findall(binding.openapi_path)
+        ]
+        for name, path in query_fields(binding):
+            param = {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schemas.field(path[-1]),
+            }
+            if path[-1].is_repeated:
+                param["style"], param["explode"] = "form", True
+            if comments.get(path[-1].full_name):
+                param["description"] = comments[path[-1].full_name]
+            params.append(param)
+        if params:
+            op["parameters"] = params
+        if binding.body:
+            if binding.body == "*":
+                body_schema = schemas.message(method.input_type)
+            else:
+                assert binding.body_field is not None
+                body_schema = schemas.field(binding.body_field)
+            op["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": body_schema}},
+            }
+        if binding.response_field is not None:
+            out_schema = schemas.field(binding.response_field)
+        else:
+            out_schema = schemas.message(method.output_type)
+        if method.server_streaming:
+            content = {
+                "application/x-ndjson": {"schema": out_schema},
+                "text/event-stream": {"schema": {"type": "string"}},
+            }
+            ok_doc = "A stream of messages (NDJSON; SSE with Accept: text/event-stream)."
+        else:
+            content = {"application/json": {"schema": out_schema}}
+            ok_doc = "The response message."
+        headers = {k: {"$ref": f"#/components/headers/{k}"} for k in _ID_HEADERS}
+        op["responses"] = {
+            "200": {"description": ok_doc, "headers": headers, "content": content},
+            "default": {"$ref": "#/components/responses/Error"},
+        }
+        return op
+
+
+def docs_page(title: str) -> bytes:
+    """The docs page: plain HTML and script reading ``openapi.json``; nothing from a CDN."""
+    template = (resources.files("aralnode.bridge") / "docs.html").read_text(encoding="utf-8")
+    return template.replace("__TITLE__", title.replace("&", "&amp;").replace("<", "&lt;")).encode()

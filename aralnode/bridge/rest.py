@@ -1,0 +1,431 @@
+"""The REST door: HTTP/JSON transcoded from ``google.api.http`` rules at run time.
+
+Per request: match a ``Binding`` (routes.py) -> build the proto3-JSON request from
+path variables, query parameters and the body -> ``CallContext(door="rest")`` ->
+the target (targets.py), which runs the node's pipeline -> ``response_body`` ->
+JSON (or protobuf, by ``Accept``); server-streaming methods answer NDJSON, or
+SSE when ``Accept: text/event-stream``. Every failure is an ``AralError``
+rendered in the seed's shape with the status from ``aralnode.core.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from aralnode.bridge import _http as h
+from aralnode.bridge.routes import Binding
+from aralnode.bridge.targets import NodeSurface, Target, parse_request, to_json
+from aralnode.core.context import CallContext
+from aralnode.core.errors import (
+    AralError,
+    InternalError,
+    InvalidParameters,
+    MalformedMessage,
+    NotFound,
+)
+
+log = logging.getLogger("aralnode.rest")
+
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
+_INTS = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_FIXED32,
+    }
+)
+_FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+# Well-known types whose JSON form is one scalar, so they can come as a parameter.
+_SCALAR_WKT = {
+    "google.protobuf.Timestamp": None,
+    "google.protobuf.Duration": None,
+    "google.protobuf.FieldMask": None,
+    "google.protobuf.StringValue": FieldDescriptor.TYPE_STRING,
+    "google.protobuf.BytesValue": FieldDescriptor.TYPE_BYTES,
+    "google.protobuf.BoolValue": FieldDescriptor.TYPE_BOOL,
+    "google.protobuf.Int32Value": FieldDescriptor.TYPE_INT32,
+    "google.protobuf.UInt32Value": FieldDescriptor.TYPE_UINT32,
+    "google.protobuf.Int64Value": FieldDescriptor.TYPE_INT64,
+    "google.protobuf.UInt64Value": FieldDescriptor.TYPE_UINT64,
+    "google.protobuf.DoubleValue": FieldDescriptor.TYPE_DOUBLE,
+    "google.protobuf.FloatValue": FieldDescriptor.TYPE_FLOAT,
+}
+
+
+def is_scalar_param(f: FieldDescriptor) -> bool:
+    """Whether ``f`` can be a path or query parameter (a scalar in its JSON form)."""
+    if f.message_type is None:
+        return True
+    return f.message_type.full_name in _SCALAR_WKT and not f.message_type.GetOptions().map_entry
+
+
+def query_fields(binding: Binding) -> list[tuple[str, tuple[FieldDescriptor, ...]]]:
+    """The request fields that may come as query parameters, by dotted proto name.
+
+    Everything bound by neither the path nor the body: with ``body: "*"`` nothing,
+    with ``body: "field"`` everything outside that field. Nested messages are
+    walked (``a.b``) once per type, so recursive messages end.
+    """
+    if binding.body == "*":
+        return []
+    bound = {tuple(f.full_name for f in v.field_path) for v in binding.variables}
+    out: list[tuple[str, tuple[FieldDescriptor, ...]]] = []
+
+    def walk(desc: Descriptor, prefix: tuple[FieldDescriptor, ...], seen: frozenset[str]) -> None:
+        for f in desc.fields:
+            path = (*prefix, f)
+            if tuple(x.full_name for x in path) in bound:
+                continue
+            if not prefix and binding.body_field is not None and f.name == binding.body_field.name:
+                continue
+            if is_scalar_param(f):
+                out.append((".".join(x.name for x in path), path))
+            elif (
+                f.message_type is not None
+                and not f.is_repeated
+                and f.message_type.full_name not in seen
+                and not f.message_type.full_name.startswith("google.protobuf.")
+            ):
+                walk(f.message_type, path, seen | {f.message_type.full_name})
+
+    walk(binding.method.input_type, (), frozenset({binding.method.input_type.full_name}))
+    return out
+
+
+def _scalar(f: FieldDescriptor, text: str, name: str) -> Any:
+    kind = f.type
+    if f.message_type is not None:
+        kind = _SCALAR_WKT.get(f.message_type.full_name) or FieldDescriptor.TYPE_STRING
+    try:
+        if kind == FieldDescriptor.TYPE_BOOL:
+            low = text.lower()
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise ValueError("expected true or false")
+        if kind in _INTS:
+            return int(text)
+        if kind in _FLOATS:
+            return text if text in ("NaN", "Infinity", "-Infinity") else float(text)
+        if kind == FieldDescriptor.TYPE_ENUM:
+            return int(text) if text.lstrip("-").isdigit() else text
+    except ValueError as exc:
+        raise InvalidParameters(
+            f"parameter {name!r}: {exc}", details={"field": name, "value": text[:100]}
+        ) from None
+    return text  # strings, bytes (base64), 64-bit integers (JSON strings), Timestamp...
+
+
+def _set(target: dict[str, Any], path: tuple[FieldDescriptor, ...], value: Any) -> None:
+    node = target
+    for f in path[:-1]:
+        child = node.get(f.json_name)
+        if child is None and f.name != f.json_name:
+            child = node.pop(f.name, None)
+        if not isinstance(child, dict):
+            child = {}
+        node[f.json_name] = child
+        node = child
+    leaf = path[-1]
+    if leaf.name != leaf.json_name:
+        node.pop(leaf.name, None)  # the path wins over the same field spelled otherwise in the body
+    node[leaf.json_name] = value
+
+
+def _default_json(f: FieldDescriptor) -> Any:
+    if f.is_repeated:
+        return {} if f.message_type is not None and f.message_type.GetOptions().map_entry else []
+    if f.message_type is not None:
+        return None if f.message_type.full_name.startswith("google.protobuf.") else {}
+    if f.enum_type is not None:
+        return f.enum_type.values[0].name
+    if f.type in (
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    ):
+        return "0"
+    return f.default_value if not isinstance(f.default_value, bytes) else ""
+
+
+class Route:
+    """A binding with its target and precomputed parameter tables."""
+
+    __slots__ = ("binding", "body_cls", "query", "target")
+
+    def __init__(self, binding: Binding, target: Target) -> None:
+        self.binding = binding
+        self.target = target
+        self.query: dict[str, tuple[FieldDescriptor, ...]] = {}
+        for name, path in query_fields(binding):
+            self.query[name] = path
+            camel = ".".join(f.json_name for f in path)
+            self.query.setdefault(camel, path)
+        body_field = binding.body_field
+        self.body_cls: type[Message] | None = None
+        if binding.body == "*":
+            self.body_cls = target.request_cls
+        elif (
+            body_field is not None
+            and body_field.message_type is not None
+            and not body_field.is_repeated
+        ):
+            self.body_cls = GetMessageClass(body_field.message_type)
+
+
+class RestDoor:
+    """The ASGI app serving every binding of every target."""
+
+    def __init__(
+        self,
+        node: NodeSurface,
+        targets: list[Target],
+        bindings: list[tuple[Binding, Target]],
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self.node = node
+        self.max_body_bytes = max_body_bytes
+        self.routes = [
+            Route(b, t) for b, t in bindings if t.call is not None or t.stream is not None
+        ]
+        # Literal templates (no variables) go straight to a dict: the common calls skip the regexes.
+        self._exact: dict[tuple[str, str], Route] = {}
+        for r in self.routes:
+            if not r.binding.variables and "*" not in r.binding.template:
+                self._exact.setdefault((r.binding.http_method, r.binding.template), r)
+
+    async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+        trace_id = h.request_id(h.header(scope, b"x-trace-id"))
+        req_id = h.request_id(h.header(scope, b"x-request-id"))
+        client = scope.get("client")
+        ctx = CallContext(
+            door="rest",
+            peer=f"{client[0]}:{client[1]}" if client else "",
+            trace_id=trace_id,
+            message_id=req_id,
+            metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        )
+        try:
+            timeout_ms = ctx.metadata.get("x-timeout-ms", "")
+            if timeout_ms.isdigit() and int(timeout_ms) > 0:
+                ctx.deadline = self.node.clock.monotonic() + int(timeout_ms) / 1000
+            route, variables = self.match(scope["method"], _raw_path(scope))
+            body = await h.read_body(scope, receive, self.max_body_bytes)
+            params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
+            if route.target.stream is not None:
+                await self._stream(route, params, ctx, send)
+                return
+            assert route.target.call is not None
+            kind = h.negotiate(ctx.metadata.get("accept"), (h.JSON, h.PROTOBUF))
+            value = await route.target.call(ctx, params)
+            payload, content_type = self.encode(route, value, kind)
+        except AralError as exc:
+            await self._error(send, exc, ctx, req_id)
+            return
+        except Exception as exc:
+            log.exception(
+                "REST %s %s failed (trace %s)", scope["method"], scope.get("path"), ctx.trace_id
+            )
+            await self._error(
+                send, InternalError(f"internal error: {type(exc).__name__}"), ctx, req_id
+            )
+            return
+        await h.send_body(
+            send, 200, payload, content_type, _ids(ctx, req_id), gzip_ok=h.accepts_gzip(scope)
+        )
+
+    # -- matching and request building ---------------------------------------------------
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[Any, str]]:
+        exact = self._exact.get((method, path))
+        if exact is not None:
+            return exact, {}
+        allowed: list[str] = []
+        for decoded in (False, True):
+            # Raw first, so a single-segment variable may hold an encoded '/'
+            # (capability ids do); then decoded, for multi-segment variables whose
+            # value a client sent %2F-encoded as one segment.
+            candidate = _unquote_path(path) if decoded else path
+            for route in self.routes:
+                found = route.binding.match(candidate, decode=not decoded)
+                if found is None:
+                    continue
+                if route.binding.http_method == method:
+                    return route, found
+                allowed.append(route.binding.http_method)
+        if allowed:
+            raise h.MethodNotAllowed(
+                f"{method} is not allowed on {path}", details={"allow": sorted(set(allowed))}
+            )
+        raise NotFound(f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
+
+    def params(
+        self,
+        route: Route,
+        variables: dict[Any, str],
+        query_string: bytes,
+        body: bytes,
+        ctx: CallContext,
+    ) -> dict[str, Any]:
+        binding = route.binding
+        params: dict[str, Any] = {}
+        if binding.body and body:
+            value = self._decode_body(route, body, ctx.metadata.get("content-type"))
+            if binding.body == "*":
+                if not isinstance(value, dict):
+                    raise InvalidParameters("the request body must be a JSON object")
+                params = value
+            else:
+                assert binding.body_field is not None
+                params[binding.body_field.json_name] = value
+        if query_string:
+            for name, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+                path = route.query.get(name)
+                if path is None:
+                    raise InvalidParameters(
+                        f"unknown query parameter {name!r}",
+                        details={
+                            "parameter": name,
+                            "allowed": sorted(
+                                {".".join(f.name for f in p) for p in route.query.values()}
+                            ),
+                        },
+                    )
+                leaf = path[-1]
+                value = _scalar(leaf, text, name)
+                if leaf.is_repeated:
+                    existing = _get(params, path)
+                    value = [*existing, value] if isinstance(existing, list) else [value]
+                _set(params, path, value)
+        for var, text in variables.items():
+            _set(params, var.field_path, _scalar(var.field_path[-1], text, var.name))
+        return params
+
+    def _decode_body(self, route: Route, body: bytes, content_type: str | None) -> Any:
+        media = (content_type or h.JSON).split(";")[0].strip().lower()
+        if media in h.PROTOBUF_TYPES:
+            if route.body_cls is None:
+                raise h.UnsupportedMediaType("this body is not a message; send it as JSON")
+            message = route.body_cls()
+            try:
+                message.ParseFromString(body)
+            except (DecodeError, RecursionError):
+                raise MalformedMessage(
+                    f"body does not parse as {message.DESCRIPTOR.full_name}"
+                ) from None
+            return to_json(message)
+        if media != h.JSON and not media.endswith("+json"):
+            raise h.UnsupportedMediaType(
+                f"content-type {media!r} is not supported; use {h.JSON} or {h.PROTOBUF}"
+            )
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedMessage(f"the request body is not JSON: {exc}") from None
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def encode(self, route: Route, value: Any, kind: str) -> tuple[bytes, str]:
+        response_field = route.binding.response_field
+        if kind == h.PROTOBUF:
+            message = parse_request(route.target.response_cls, value)
+            if response_field is not None:
+                if response_field.message_type is None or response_field.is_repeated:
+                    raise h.NotAcceptable("this response is not a message; ask for JSON")
+                message = getattr(message, response_field.name)
+            return message.SerializeToString(), h.PROTOBUF
+        if response_field is not None:
+            value = (
+                value.get(response_field.json_name, _default_json(response_field))
+                if isinstance(value, dict)
+                else value
+            )
+        return h.dumps(value), h.JSON
+
+    async def _stream(
+        self, route: Route, params: dict[str, Any], ctx: CallContext, send: h.Send
+    ) -> None:
+        kind = h.negotiate(ctx.metadata.get("accept"), (h.NDJSON, h.JSON, h.SSE))
+        sse = kind == h.SSE
+        assert route.target.stream is not None
+        request = parse_request(route.target.request_cls, params)
+        items: AsyncIterator[Message] = route.target.stream(ctx, request)
+        # Pull the first item before answering, so that a refusal gets its real status.
+        try:
+            first: Message | None = await anext(items)
+        except StopAsyncIteration:
+            first = None
+        headers = [
+            (b"content-type", (h.SSE if sse else h.NDJSON).encode()),
+            (b"cache-control", b"no-cache"),
+            *_ids(ctx, ctx.message_id),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            if first is not None:
+                await send(_chunk(to_json(first), sse, "message"))
+                async for item in items:
+                    await send(_chunk(to_json(item), sse, "message"))
+        except AralError as exc:
+            await send(
+                _chunk(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()), sse, "error")
+            )
+        except Exception as exc:
+            log.exception("REST stream %s failed (trace %s)", route.target.full_name, ctx.trace_id)
+            err = InternalError(f"internal error: {type(exc).__name__}")
+            await send(
+                _chunk(h.error_body(err, ctx.trace_id, self.node.clock.now_ms()), sse, "error")
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _error(self, send: h.Send, exc: AralError, ctx: CallContext, req_id: str) -> None:
+        body = h.dumps(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()))
+        await h.send_body(
+            send, exc.http_status, body, h.JSON, [*_ids(ctx, req_id), *h.error_headers(exc)]
+        )
+
+
+def _chunk(value: Any, sse: bool, event: str) -> h.Message:
+    data = h.dumps(value)
+    body = b"event: " + event.encode() + b"\ndata: " + data + b"\n\n" if sse else data + b"\n"
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+def _ids(ctx: CallContext, req_id: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-trace-id", ctx.trace_id.encode("latin-1", "replace")),
+        (b"x-request-id", req_id.encode()),
+    ]
+
+
+def _get(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:
+    node: Any = params
+    for f in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(f.json_name)
+    return node
+
+
+def _raw_path(scope: h.Scope) -> str:
+    raw = scope.get("raw_path")
+    if raw:
+        return str(raw.decode("latin-1")).split("?", 1)[0]
+    return str(scope["path"])
+
+
+def _unquote_path(path: str) -> str:
+    return unquote(path)

@@ -1,0 +1,281 @@
+"""The WebSocket door at ``/ws``: live node events, and capability calls.
+
+A client subscribes with the seed's message and receives events in the seed's shape::
+
+    -> {"type": "subscribe", "agent_id": "<node id or name, or *>", "channels": ["events"]}
+    <- {"type": "subscribed", "agent_id": "<node id>", "channels": ["capabilities", ...]}
+    <- {"type": "event", "timestamp": "...Z", "agent_id": "<node id>",
+        "event": "peer_joined", "data": {...}}
+
+Channels: ``peers`` (peer_joined, peer_left, peer_changed), ``capabilities``
+(capabilities_changed), ``decisions`` (decision_made, for every governance
+verdict), ``status`` (a status snapshot on subscribe and on request); ``events``
+means all of them. ``{"type": "invoke", "id": 1, "capability": ..., "parameters": {...}}``
+runs a capability through the pipeline (``door="ws"``) and answers ``result`` or
+``error`` with the same id; ``{"type": "ping"}`` answers ``pong``.
+
+A slow subscriber never slows the node: each has a bounded queue; what does not
+fit is dropped and counted in an ``events_dropped`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from aralnode.bridge._http import Receive, Scope, Send, iso_ms
+from aralnode.bridge.targets import NodeSurface
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, InternalError, InvalidRequest
+from aralnode.core.governance import Action, Verdict
+from aralnode.core.peers import PeerChange, PeerState
+
+log = logging.getLogger("aralnode.ws")
+
+CHANNELS = ("peers", "capabilities", "decisions", "status")
+QUEUE_SIZE = 256
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.dropped = 0
+
+    def offer(self, message: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+class EventHub:
+    """Turns node changes into events and fans them out to subscribers."""
+
+    def __init__(self, node: NodeSurface) -> None:
+        self.node = node
+        self.subscribers: set[Subscriber] = set()
+        self._undo: list[Callable[[], None]] = []
+
+    def attach(self) -> None:
+        node = self.node
+        self._undo.append(node.peer_table.on_change(self._peer_changed))
+        node.registry.on_change(self._capabilities_changed)
+        listeners = node.pipeline.verdict_listeners
+        listeners.append(self._verdict)
+        self._undo.append(lambda: listeners.remove(self._verdict))
+
+    def detach(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self.subscribers.clear()
+
+    def event(self, channel: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "event",
+            "timestamp": iso_ms(self.node.clock.now_ms()),
+            "agent_id": self.node.node_id,
+            "channel": channel,
+            "event": event,
+            "data": data,
+        }
+
+    def publish(self, channel: str, event: str, data: Callable[[], dict[str, Any]]) -> None:
+        targets = [s for s in self.subscribers if channel in s.channels]
+        if not targets:
+            return  # nobody listens: build nothing
+        message = self.event(channel, event, data())
+        for sub in targets:
+            sub.offer(message)
+
+    def _peer_changed(self, change: PeerChange) -> None:
+        peer = change.peer
+        if peer.state is PeerState.CONNECTED and change.before is not PeerState.CONNECTED:
+            name = "peer_joined"
+        elif change.before is PeerState.CONNECTED and peer.state is not PeerState.CONNECTED:
+            name = "peer_left"
+        else:
+            name = "peer_changed"
+        self.publish(
+            "peers",
+            name,
+            lambda: {
+                "node_id": peer.node_id,
+                "name": peer.name,
+                "address": peer.address,
+                "state": peer.state.name,
+                "previous_state": change.before.name if change.before is not None else None,
+                "source": peer.source,
+                "capability_ids": list(peer.capability_ids),
+            },
+        )
+
+    def _capabilities_changed(self) -> None:
+        registry = self.node.registry
+        self.publish(
+            "capabilities",
+            "capabilities_changed",
+            lambda: {
+                "count": len(registry),
+                "digest": registry.digest,
+                "ids": [c.id for c in registry],
+            },
+        )
+
+    def _verdict(self, ctx: CallContext | None, action: Action, verdict: Verdict) -> None:
+        self.publish(
+            "decisions",
+            "decision_made",
+            lambda: {
+                "decision_id": uuid.uuid4().hex,
+                "action": action.capability,
+                "direction": str(action.direction),
+                "door": action.door,
+                "caller": action.caller,
+                "decision": verdict.decision.label,
+                "flagged": verdict.flagged,
+                "rules": list(verdict.rule_ids),
+                "reasons": list(verdict.reasons),
+            },
+        )
+
+    def status_event(self) -> dict[str, Any]:
+        status = json_format.MessageToDict(self.node.status())
+        return self.event("status", "status", status)
+
+
+class WsDoor:
+    """The ``/ws`` endpoint."""
+
+    def __init__(self, node: NodeSurface, hub: EventHub) -> None:
+        self.node = node
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        sub = Subscriber()
+        sender = asyncio.create_task(self._pump(ws, sub))
+        try:
+            while True:
+                text = await ws.receive_text()
+                reply = await self._handle(text, sub, ws)
+                if reply is not None:
+                    sub.offer(reply)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.hub.subscribers.discard(sub)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    async def _pump(self, ws: WebSocket, sub: Subscriber) -> None:
+        while True:
+            message = await sub.queue.get()
+            if sub.dropped:
+                lost, sub.dropped = sub.dropped, 0
+                await ws.send_text(
+                    json.dumps(self.hub.event("events", "events_dropped", {"count": lost}))
+                )
+            await ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def _handle(self, text: str, sub: Subscriber, ws: WebSocket) -> dict[str, Any] | None:
+        msg_id: Any = None
+        try:
+            try:
+                msg = json.loads(text)
+            except ValueError:
+                raise InvalidRequest("messages are JSON objects") from None
+            if not isinstance(msg, dict):
+                raise InvalidRequest("messages are JSON objects")
+            msg_id = msg.get("id")
+            kind = msg.get("type")
+            if kind == "subscribe":
+                self._subscribe(msg, sub)
+                return None
+            if kind == "unsubscribe":
+                sub.channels -= set(_channels(msg.get("channels", CHANNELS)))
+                return {"type": "unsubscribed", "channels": sorted(sub.channels)}
+            if kind == "ping":
+                return {"type": "pong", "id": msg_id}
+            if kind == "status":
+                return self.hub.status_event()
+            if kind == "invoke":
+                return await self._invoke(msg, ws)
+            raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
+        except AralError as exc:
+            return _error(exc, msg_id, self.node.clock.now_ms())
+
+    def _subscribe(self, msg: dict[str, Any], sub: Subscriber) -> None:
+        agent = msg.get("agent_id") or "*"
+        if agent not in ("*", self.node.node_id, self.node.name):
+            raise InvalidRequest(
+                f"this is agent {self.node.node_id} ({self.node.name}), not {agent!r}",
+                reason="UNKNOWN_AGENT",
+            )
+        wanted = set(_channels(msg.get("channels", ["events"])))
+        sub.channels |= wanted
+        self.hub.subscribers.add(sub)
+        ack = {
+            "type": "subscribed",
+            "agent_id": self.node.node_id,
+            "channels": sorted(sub.channels),
+        }
+        sub.offer(ack)  # the ack first, then the snapshot it promises
+        if "status" in wanted:
+            sub.offer(self.hub.status_event())
+
+    async def _invoke(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
+        capability = msg.get("capability")
+        if not isinstance(capability, str) or not capability:
+            raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
+        client = ws.client
+        ctx = CallContext(door="ws", peer=f"{client.host}:{client.port}" if client else "")
+        trace = msg.get("trace_id")
+        if isinstance(trace, str) and 0 < len(trace) <= 128:
+            ctx.trace_id = trace
+        try:
+            outcome = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
+        except AralError:
+            raise
+        except Exception as exc:  # the pipeline maps handler failures; this is a bug guard
+            log.exception("ws invoke %s failed", capability)
+            raise InternalError(f"internal error: {type(exc).__name__}") from exc
+        return {
+            "type": "result",
+            "id": msg.get("id"),
+            "result": outcome.value,
+            "trace_id": ctx.trace_id,
+            "decision": ctx.decision,
+        }
+
+
+def _channels(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise InvalidRequest("channels is a list of names", reason="BAD_CHANNELS")
+    out: list[str] = []
+    for c in value:
+        if c == "events":
+            out.extend(CHANNELS)
+        elif c in CHANNELS:
+            out.append(c)
+        else:
+            raise InvalidRequest(
+                f"unknown channel {c!r}; one of events, {', '.join(CHANNELS)}",
+                reason="UNKNOWN_CHANNEL",
+            )
+    return out
+
+
+def _error(exc: AralError, msg_id: Any, now_ms: int) -> dict[str, Any]:
+    return {"type": "error", "id": msg_id, "error": {**exc.to_dict(), "timestamp": iso_ms(now_ms)}}

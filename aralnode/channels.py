@@ -1,0 +1,703 @@
+"""A2A channels at node level: the messaging API and everything that outlives a link.
+
+``ChannelHub`` is what ``Node.request`` / ``notify`` / ``subscribe`` / ``broadcast``
+use. Per peer it keeps a ``PeerChannel``: the outbox queue (in the hub's
+``Outbox``), the receive marks (``core.channel.Inbound``), requests waiting for a
+response, requests from the peer being served, and the current ``Link``.
+
+Delivery guarantees (docs/channels.md has the long form):
+
+* **At least once, in order, per channel.** A message stays in the sender's outbox
+  until the receiver acks it; after a reconnect everything unacked is resent.
+  With ``durable=True`` the outbox is SQLite and survives a restart of the sender.
+* **De-duplicated.** By sequence number per (sender epoch, peer) -- authenticated
+  twice: every frame carries the session MAC, and every message signs its own
+  place (``Header.channel``: epoch and seq) -- then by (sender, message id) among
+  the peer's recent messages. A resend is the very message first sent (same
+  bytes, same signature); nothing is re-sealed.
+* **Exactly once at a transactional handler.** ``on_notification`` handlers run
+  inside the inbox transaction that records the message as handled; with
+  ``durable=True`` their writes through the given connection commit atomically
+  with that mark, so a SIGKILL at any instant neither loses nor repeats them.
+  Subscribers (``subscribe``) and capabilities get at-least-once across a crash.
+* **Signed, verified, governed.** Every message is signed by default and verified
+  on receipt; governance judges it on send (``Direction.SEND``) and on receipt
+  (``Direction.RECEIVE``); requests then run the shared pipeline (``door="channel"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+from aralnode import _proto as pb
+from aralnode._channel_receive import CANCEL_EVENT, NOTIFICATION, REQUEST, Receiver
+from aralnode._channel_state import (
+    ChannelMessage,
+    ChannelSettings,
+    NotificationHandler,
+    Overflow,
+    PeerChannel,
+    Subscription,
+    remote_error,
+)
+from aralnode.core import codec
+from aralnode.core.channel import (
+    Batch,
+    ChannelSession,
+    Inbound,
+    OpenParams,
+    SentOpen,
+    frame_keys,
+    make_open,
+)
+from aralnode.core.clock import Clock
+from aralnode.core.envelope import build_content, encode_payload, seal
+from aralnode.core.errors import (
+    AralError,
+    DeadlineExceeded,
+    InternalError,
+    PeerNotFound,
+    Unavailable,
+)
+from aralnode.core.governance import Action, Direction, Evaluator, enforce
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.outbox import (
+    Inbox,
+    MemoryInbox,
+    MemoryOutbox,
+    Outbox,
+    OutboxEntry,
+    SqliteStore,
+)
+from aralnode.core.peers import PeerState
+from aralnode.core.pipeline import Pipeline
+from aralnode.core.replay import ReplayGuard
+from aralnode.transport.channel import Link, dial_forever
+from aralnode.transport.channel import serve as serve_channel
+
+if TYPE_CHECKING:
+    from aralnode.node import Node
+    from aralnode.transport.grpc_client import NodeClient
+
+__all__ = [
+    "CANCEL_EVENT",
+    "ChannelHub",
+    "ChannelMessage",
+    "ChannelSettings",
+    "NotificationHandler",
+    "Overflow",
+    "PeerChannel",
+    "Subscription",
+    "build_hub",
+    "remote_error",
+]
+
+log = logging.getLogger("aralnode.channel")
+
+
+class ChannelHub:
+    """All channels of one node. Not thread-safe: it belongs to the node's loop."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        keyring: KeyRing,
+        replay: ReplayGuard,
+        pipeline: Pipeline,
+        governance: Evaluator,
+        clock: Clock,
+        outbox: Outbox,
+        inbox: Inbox,
+        is_verified: Callable[[str], bool],
+        card: Callable[[], pb.SignedNodeCard],
+        settings: ChannelSettings | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.keyring = keyring
+        self.replay = replay
+        self.pipeline = pipeline
+        self.governance = governance
+        self.clock = clock
+        self.outbox = outbox
+        self.inbox = inbox
+        self.is_verified = is_verified
+        self.card = card
+        self.settings = s = settings or ChannelSettings()
+        self.max_message_bytes = s.max_message_bytes
+        self.open_timeout = s.open_timeout
+        self.backoff_initial = s.backoff_initial
+        self.backoff_max = s.backoff_max
+        self.incarnation = os.urandom(8).hex()
+        self.stopping = False
+        self.peers: dict[str, PeerChannel] = {}
+        self._subs: list[Subscription] = []
+        self._handlers: list[tuple[str | None, NotificationHandler]] = []
+        self._dials: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.receiver = Receiver(self)
+        self.link_listeners: list[Callable[[str, bool], None]] = []
+        for peer_id in outbox.peers():
+            self.peer(peer_id)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.pipeline.counters[name] += n
+
+    # -- peers and links (called by the transport) ---------------------------------------
+
+    def peer(self, peer_id: str) -> PeerChannel:
+        pc = self.peers.get(peer_id)
+        if pc is None:
+            window = self.settings.window
+            pc = self.peers[peer_id] = PeerChannel(
+                peer_id, Inbound(self.inbox.load(peer_id), window), recent_ids=4 * window
+            )
+            if self.outbox.durable:
+                # A previous process may have sent all it assigned.
+                pc.sent_before_start = self.outbox.last_seq(peer_id)
+        return pc
+
+    def open_params(self, pc: PeerChannel) -> OpenParams:
+        """What our open states to ``pc``. No side effect."""
+        s = self.settings
+        return OpenParams(
+            epoch=self.outbox.epoch,
+            incarnation=self.incarnation,
+            resume=pc.inbound.snapshot(),
+            window=s.window,
+            keepalive_ms=s.keepalive_ms,
+            max_batch=s.max_batch,
+            first_unacked=self.outbox.first_unacked(pc.peer_id),
+        )
+
+    def refusal(self, pc: PeerChannel, dialler: str) -> AralError | None:
+        """Why a new link dialled by ``dialler`` may not become the peer's channel,
+        or ``None``. No side effect.
+
+        Of two live links dialled from opposite ends, the lower node id's dial
+        wins; a newer link from the same end replaces the older (its dialler knows
+        the old one died). An incoming open is also refused while our own winning
+        open is on the wire -- only once it was sent: until then (a handshake may
+        take up to ``open_timeout``) the peer's dial is as good as ours.
+        """
+        if self.stopping:
+            return Unavailable("node is stopping", reason="NODE_STOPPING")
+        winner = min(self.node_id, pc.peer_id)
+        old = pc.link
+        if old is not None and old.alive and dialler not in (old.dialler, winner):
+            return Unavailable("a channel to this peer is already open", reason="DUPLICATE_CHANNEL")
+        if dialler == pc.peer_id and pc.open_sent and not pc.connected and winner == self.node_id:
+            return Unavailable("this node's own channel to you wins", reason="DUPLICATE_CHANNEL")
+        return None
+
+    def accept_link(
+        self,
+        pc: PeerChannel,
+        content: pb.ChannelOpenContent,
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> tuple[Link, bytes] | AralError:
+        """An incoming verified open: decide first, then answer and attach. Returns
+        the link and our answer frame (to write before anything else), or why not."""
+        refusal = self.refusal(pc, pc.peer_id)
+        if refusal is not None:
+            return refusal
+        pc.inbound.start(content.session_epoch, content.first_unacked)
+        params = self.open_params(pc)
+        answer = make_open(
+            self.identity,
+            recipient=pc.peer_id,
+            clock=self.clock,
+            params=params,
+            answer_to=content.nonce,
+        )
+        link = self.establish(pc, content, answer, params, write, dialler=pc.peer_id)
+        return (link, answer.frame) if isinstance(link, Link) else link
+
+    def establish(
+        self,
+        pc: PeerChannel,
+        content: pb.ChannelOpenContent,
+        sent: SentOpen,
+        params: OpenParams,
+        write: Callable[[bytes], Awaitable[None]],
+        *,
+        dialler: str,
+    ) -> Link | AralError:
+        """Both opens are verified: decide whether the link may be the peer's
+        channel, and only then let it change anything (receive marks, acks,
+        pending requests) and attach it. Synchronous: nothing can intervene
+        between the decision and the attach.
+
+        Raises:
+            Unauthenticated: the peer's ephemeral key is unusable.
+        """
+        refusal = self.refusal(pc, dialler)
+        if refusal is not None:
+            return refusal
+        session = ChannelSession(
+            peer_open=content,
+            params=params,
+            inbound=pc.inbound,
+            seal=frame_keys(sent, content, dialler=dialler == self.node_id),
+            clock=self.clock,
+            timeout_ms=self.settings.timeout_ms,
+            max_frame_bytes=self.max_message_bytes + 64 * 1024,
+            sent_limit=max(pc.sent_max, pc.sent_before_start),
+        )
+        # Decided: from here on the link is the peer's channel.
+        pc.inbound.resumed(params.resume)
+        pc.inbound.start(content.session_epoch, content.first_unacked)
+        if session.resume_clamped:
+            self.count("channel.resume_clamped")
+            log.warning(
+                "peer %s resumes after seq %d, beyond the last we sent (%d)",
+                pc.peer_id,
+                content.resume_after,
+                session.peer_acked,
+            )
+        if pc.incarnation and content.incarnation != pc.incarnation:
+            # Requests the old process acked died with it; unacked ones are resent.
+            lost = [mid for mid, (_, seq) in pc.pending.items() if seq <= pc.peer_acked]
+            for mid in lost:
+                fut, _ = pc.pending.pop(mid)
+                if not fut.done():
+                    fut.set_exception(
+                        Unavailable(
+                            f"peer {pc.peer_id} restarted while serving the request",
+                            reason="PEER_RESTARTED",
+                        )
+                    )
+        pc.incarnation = content.incarnation
+        self.acked(pc, session.peer_acked)
+        link = Link(self, pc, session, write, dialler=dialler)
+        old = pc.link
+        if old is not None and old.alive:
+            old.close(Unavailable("superseded by a newer channel", reason="CHANNEL_SUPERSEDED"))
+        pc.link = link
+        pc.links_opened += 1
+        pc._set_up(True)
+        self.count("channel.opened")
+        for listener in self.link_listeners:
+            listener(pc.peer_id, True)
+        link.wake.set()
+        return link
+
+    def detached(self, pc: PeerChannel, link: Link) -> None:
+        if pc.link is not link:
+            return
+        pc.link = None
+        pc._set_up(False)
+        self._save(pc)
+        self.count("channel.closed")
+        for listener in self.link_listeners:
+            listener(pc.peer_id, False)
+
+    def dial(self, peer_id: str, address: str) -> None:
+        """Keep a channel to a verified peer open (redialling as needed)."""
+        task = self._dials.get(peer_id)
+        if task is not None and not task.done():
+            return
+        pc = self.peer(peer_id)
+        task = asyncio.ensure_future(dial_forever(self, pc, address))
+        task.set_name(f"channel dial {peer_id}")
+        self._dials[peer_id] = task
+
+    def handshake_done(self, client: NodeClient) -> None:
+        """A redial re-verified the peer (its key is pinned again)."""
+
+    async def serve(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """The ``NodeHooks.channel`` hook."""
+        async for frame in serve_channel(self, requests, context):
+            yield frame
+
+    # -- sending ------------------------------------------------------------------------
+
+    def outgoing(self, pc: PeerChannel, session: ChannelSession, room: int) -> list[OutboxEntry]:
+        """Unsent entries for the link's writer: consecutive seqs after the link's
+        ``sent_seq``, at most ``room`` and one frame's bytes; an expired one is
+        withdrawn and goes as a tombstone (so the numbering keeps no gap)."""
+        entries = self.outbox.unsent(pc.peer_id, session.sent_seq, room)
+        if not entries:
+            return entries
+        now = self.clock.now_ms()
+        out: list[OutboxEntry] = []
+        size = 0
+        for item in entries:
+            entry = item
+            if entry.sealed and entry.expires_ms and entry.expires_ms <= now:
+                self._expired(pc, entry)
+                entry = OutboxEntry(entry.seq, entry.message_id, entry.kind, 0, 0, b"", b"")
+            size += len(entry.sealed)
+            if out and size > self.max_message_bytes:
+                break
+            out.append(entry)
+        last = out[-1].seq
+        pc.sent_max = max(pc.sent_max, last)
+        pc.max_in_flight = max(pc.max_in_flight, session.in_flight + len(out))
+        return out
+
+    def _withdraw(self, pc: PeerChannel, seq: int) -> None:
+        if self.outbox.withdraw(pc.peer_id, seq):
+            left = self.outbox.count(pc.peer_id)
+            if left < self.settings.outbox_limit:
+                pc.space.set()
+            if not left:
+                pc.drained.set()
+
+    def _expired(self, pc: PeerChannel, entry: OutboxEntry) -> None:
+        self._withdraw(pc, entry.seq)
+        self.count("channel.expired")
+        pending = pc.pending.pop(entry.message_id, None)
+        if pending is not None and not pending[0].done():
+            pending[0].set_exception(DeadlineExceeded("request expired before it could be sent"))
+
+    def acked(self, pc: PeerChannel, seq: int) -> None:
+        if seq <= pc.peer_acked:
+            return
+        pc.peer_acked = seq
+        link = pc.link
+        if link is not None:
+            # An ack that came on an older link covers the current one too.
+            link.session.acked_elsewhere(seq)
+        self.outbox.ack(pc.peer_id, seq)
+        left = self.outbox.count(pc.peer_id)
+        if left < self.settings.outbox_limit:
+            pc.space.set()
+        if not left:
+            pc.drained.set()
+
+    def rejected(self, pc: PeerChannel, errors: Iterable[pb.MessageError]) -> None:
+        """The peer refused some of our messages (``MessageErrors``)."""
+        for item in errors:
+            self.count("channel.rejected_by_peer")
+            exc = remote_error(item.error)
+            message_id = item.message_id
+            if not message_id:
+                entry = self.outbox.get(pc.peer_id, item.seq)
+                message_id = entry.message_id if entry is not None else ""
+            pending = pc.pending.pop(message_id, None)
+            if pending is not None:
+                if not pending[0].done():
+                    pending[0].set_exception(exc)
+            else:
+                log.warning(
+                    "peer %s rejected message %s (seq %d): %s",
+                    pc.peer_id,
+                    message_id,
+                    item.seq,
+                    exc,
+                )
+
+    def _send_peer(self, peer: str) -> PeerChannel:
+        pc = self.peers.get(peer)
+        if pc is None:
+            if not self.is_verified(peer):
+                raise PeerNotFound(f"no verified peer {peer!r}", details={"node_id": peer})
+            pc = self.peer(peer)
+        return pc
+
+    def _govern(self, peer: str, action: str, params: Any) -> Any:
+        act = Action(Direction.SEND, action, self.node_id, "channel", parameters=params, peer=peer)
+        verdict = self.governance.evaluate(act)
+        if verdict.flagged:
+            self.count("governance.flagged")
+        enforce(verdict, act)
+        return params if verdict.parameters is None else verdict.parameters
+
+    async def _wait_space(self, pc: PeerChannel) -> None:
+        limit = self.settings.outbox_limit
+        while self.outbox.count(pc.peer_id) >= limit:
+            if self.stopping:
+                raise Unavailable("node is stopping", reason="NODE_STOPPING")
+            pc.space.clear()
+            await pc.space.wait()
+
+    def _enqueue(
+        self,
+        pc: PeerChannel,
+        body: pb.Body,
+        *,
+        content_type: str = codec.JSON,
+        compression: str = "",
+        trace_id: str = "",
+        ttl_ms: int = 0,
+    ) -> tuple[str, int]:
+        content = build_content(
+            sender=self.node_id,
+            recipient=pc.peer_id,
+            body=body,
+            clock=self.clock,
+            trace_id=trace_id,
+            content_type=content_type,
+            compression=compression,
+            ttl_ms=ttl_ms,
+        )
+        header = content.header
+        # The message signs its own place on the channel (epoch, seq): it cannot
+        # be replayed at another position or through another door.
+        seq = self.outbox.last_seq(pc.peer_id) + 1
+        header.channel.epoch = self.outbox.epoch
+        header.channel.seq = seq
+        message = seal(content, self.identity if self.settings.sign else None)
+        ts = header.timestamp_unix_ms
+        assigned = self.outbox.append(
+            pc.peer_id,
+            message_id=header.message_id,
+            kind=body.type,
+            timestamp_ms=ts,
+            expires_ms=ts + ttl_ms if ttl_ms else 0,
+            content=message.content,
+            sealed=message.SerializeToString(),
+        )
+        if assigned != seq:
+            raise InternalError(f"outbox assigned seq {assigned}, the message is bound to {seq}")
+        count = self.outbox.count(pc.peer_id)
+        pc.max_outbox = max(pc.max_outbox, count)
+        pc.drained.clear()
+        pc.wake()
+        return header.message_id, seq
+
+    async def request(
+        self,
+        peer: str,
+        capability: str,
+        params: Any = None,
+        *,
+        timeout: float | None = 30.0,
+        content_type: str = codec.JSON,
+        trace_id: str = "",
+    ) -> Any:
+        """Invoke ``capability`` on ``peer`` over the channel; return its result.
+
+        Raises:
+            PeerNotFound: not a verified peer.
+            GovernanceBlocked: our governance refused to send it.
+            DeadlineExceeded: no response within ``timeout`` (the request is then
+                withdrawn or cancelled at the peer).
+            AralError: the peer's error, rebuilt from its error response.
+        """
+        pc = self._send_peer(peer)
+        params = self._govern(peer, capability, params)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        message_id, seq = "", 0
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_space(pc)
+                payload, compression = encode_payload(
+                    params, content_type, compress_above=self.settings.compress_above
+                )
+                body = pb.Body(type=REQUEST, action=capability, parameters=payload)
+                ttl_ms = max(1, int(timeout * 1000)) if timeout else 0
+                message_id, seq = self._enqueue(
+                    pc,
+                    body,
+                    content_type=content_type,
+                    compression=compression,
+                    trace_id=trace_id,
+                    ttl_ms=ttl_ms,
+                )
+                pc.pending[message_id] = (fut, seq)
+                return await fut
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no response from {peer} to {capability} within {timeout}s",
+                details={"peer": peer, "capability": capability},
+            ) from None
+        finally:
+            # Cancelling the caller cancels ``fut`` too: that is not an answer.
+            if message_id and (not fut.done() or fut.cancelled()):
+                self._abandon(pc, message_id, seq)
+
+    def _abandon(self, pc: PeerChannel, message_id: str, seq: int) -> None:
+        """We stopped waiting: withdraw the request, or cancel it at the peer."""
+        pc.pending.pop(message_id, None)
+        self._withdraw(pc, seq)
+        if seq <= pc.sent_max and not self.stopping:
+            self.count("channel.cancel_sent")
+            self._enqueue(
+                pc, pb.Body(type=NOTIFICATION, action=CANCEL_EVENT, correlation_id=message_id)
+            )
+
+    async def notify(
+        self,
+        peer: str,
+        event: str,
+        data: Any = None,
+        *,
+        content_type: str = codec.JSON,
+        trace_id: str = "",
+    ) -> str:
+        """Queue a notification for ``peer``; return its message id once it is in
+        the outbox (committed, with ``durable``). Waits while the outbox is full."""
+        pc = self._send_peer(peer)
+        data = self._govern(peer, event, data)
+        await self._wait_space(pc)
+        payload, compression = encode_payload(
+            data, content_type, compress_above=self.settings.compress_above
+        )
+        body = pb.Body(type=NOTIFICATION, action=event, parameters=payload)
+        message_id, _ = self._enqueue(
+            pc, body, content_type=content_type, compression=compression, trace_id=trace_id
+        )
+        return message_id
+
+    async def broadcast(
+        self, event: str, data: Any = None, *, content_type: str = codec.JSON
+    ) -> dict[str, str]:
+        """Notify every peer with a live channel; message id by peer."""
+        out: dict[str, str] = {}
+        for peer_id, pc in list(self.peers.items()):
+            if pc.connected:
+                out[peer_id] = await self.notify(peer_id, event, data, content_type=content_type)
+        return out
+
+    def subscribe(
+        self,
+        event: str | None = None,
+        *,
+        peer: str | None = None,
+        maxsize: int | None = None,
+        overflow: Overflow = "close",
+    ) -> Subscription:
+        """Notifications (all, or one event name, from any or one peer) as an async
+        iterator with a bounded queue (``maxsize``, default
+        ``settings.subscription_queue``); ``overflow`` says what happens when it is
+        full (``"close"``, ``"drop"`` or ``"backpressure"``, see ``Subscription``)."""
+        sub = Subscription(
+            self,
+            event,
+            peer,
+            maxsize=maxsize or self.settings.subscription_queue,
+            overflow=overflow,
+        )
+        self._subs.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subs.remove(sub)
+
+    def on_notification(self, event: str | None, handler: NotificationHandler) -> None:
+        """Run ``handler(message, tx)`` for each notification (``event`` or all), in
+        order, inside the inbox transaction that marks it handled: with
+        ``durable=True`` writes through ``tx`` commit atomically with that mark
+        (exactly once across crashes); in memory ``tx`` is ``None``. Keep it quick:
+        it runs on the event loop."""
+        self._handlers.append((event, handler))
+
+    def connected_peers(self) -> list[str]:
+        return [p for p, pc in self.peers.items() if pc.connected]
+
+    async def wait_connected(self, peer: str, timeout: float | None = None) -> bool:
+        """Wait until a link to ``peer`` is up; False on timeout."""
+        return await self.peer(peer).wait_up(timeout)
+
+    async def flush(self, peer: str, timeout: float | None = None) -> bool:
+        """Wait until ``peer`` acked everything we queued for it; False on timeout."""
+        pc = self.peer(peer)
+        if not self.outbox.count(peer):
+            return True
+        pc.drained.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await pc.drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- receiving (aralnode._channel_receive) ------------------------------------------
+
+    async def deliver(self, pc: PeerChannel, batch: Batch) -> list[pb.MessageError]:
+        """Verify, check, govern and dispatch one batch; per-message errors for
+        the peer. Never raises."""
+        return await self.receiver.deliver(pc, batch)
+
+    def _processed(self, pc: PeerChannel, generation: int, seq: int) -> None:
+        if pc.inbound.processed(generation, seq):
+            pc.wake()
+
+    def _save(self, pc: PeerChannel) -> None:
+        self.receiver.save(pc)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Close every link (``close`` frame, status UNAVAILABLE/NODE_STOPPING), stop
+        dialling, fail what waits, persist the receive marks."""
+        self.stopping = True
+        for task in self._dials.values():
+            task.cancel()
+        links = [pc.link for pc in self.peers.values() if pc.link is not None]
+        for link in links:
+            link.close(Unavailable("node is stopping", reason="NODE_STOPPING"))
+        if links:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*(link.closed.wait() for link in links))
+        await asyncio.gather(*self._dials.values(), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pc in self.peers.values():
+            for fut, _ in pc.pending.values():
+                if not fut.done():
+                    fut.set_exception(Unavailable("node is stopping", reason="NODE_STOPPING"))
+            pc.pending.clear()
+            pc.space.set()
+            self._save(pc)
+        for sub in list(self._subs):
+            sub.close()
+        self.receiver.close()
+        self.outbox.close()
+        if self.inbox is not cast(object, self.outbox):
+            self.inbox.close()
+
+
+def build_hub(node: Node) -> ChannelHub:
+    """The hub for a starting node, from its config (memory or SQLite stores)."""
+    cfg = node.config
+    outbox: Outbox
+    inbox: Inbox
+    if cfg.durable:
+        store = SqliteStore(cfg.resolved_data_dir / "channels.sqlite3")
+        outbox = inbox = store
+    else:
+        outbox, inbox = MemoryOutbox(), MemoryInbox()
+    settings = ChannelSettings(
+        window=cfg.channel_window,
+        outbox_limit=cfg.outbox_limit,
+        keepalive_ms=cfg.keepalive_ms,
+        timeout_ms=cfg.channel_timeout_ms,
+        sign=cfg.channel_signing,
+        allow_unsigned=cfg.allow_unsigned,
+        peer_scopes=cfg.peer_scopes,
+        max_message_bytes=cfg.max_message_bytes,
+    )
+    table = node.peer_table
+
+    def is_verified(node_id: str) -> bool:
+        # A channel opens only for a peer whose card we verified in a handshake
+        # (either direction); its key is then pinned in the key ring.
+        peer = table.get(node_id)
+        return peer is not None and peer.state in (PeerState.CONNECTED, PeerState.STALE)
+
+    return ChannelHub(
+        identity=node.identity,
+        keyring=node.keyring,
+        replay=node.replay,
+        pipeline=node.pipeline,
+        governance=node.governance,
+        clock=node.clock,
+        outbox=outbox,
+        inbox=inbox,
+        is_verified=is_verified,
+        card=node.card,
+        settings=settings,
+    )

@@ -1,0 +1,396 @@
+"""The gRPC driver of A2A channels: accept and dial ``AgentNode.Channel`` streams.
+
+Everything protocol-shaped lives in ``aralnode.core.channel`` (sans-IO); this
+module moves bytes between a gRPC bidi stream and a ``ChannelSession``, runs the
+writer and the keepalive timer, and redials with exponential backoff and jitter.
+Frames travel as raw bytes (no grpc (de)serializer), so garbage on the stream is
+our clean ``close`` with a status, never grpc's INTERNAL.
+
+A ``Link`` is one stream; the hub (``aralnode.channels``) owns what outlives it:
+the outbox, the receive marks, pending requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from aralnode import _proto as pb
+from aralnode.core.channel import (
+    MAX_OPEN_BYTES,
+    AckReceived,
+    Batch,
+    ChannelSession,
+    Closed,
+    ErrorsReceived,
+    LinkState,
+    close_error,
+    close_frame,
+    frame_keys,
+    make_open,
+    parse_frame,
+    read_open,
+    sealed_close,
+    verify_open,
+)
+from aralnode.core.errors import AralError, InternalError, Unavailable
+from aralnode.transport.grpc_client import NodeClient, channel_options
+from aralnode.transport.status import abort, from_rpc_error
+
+if TYPE_CHECKING:
+    from aralnode.channels import ChannelHub, PeerChannel
+
+log = logging.getLogger("aralnode.channel")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+CHANNEL_METHOD = f"/{pb.AGENT_NODE_SERVICE_NAME}/Channel"
+# Our own gRPC channel per dial, reconnecting quickly: the redial loop does the
+# backing off, grpc's own (1 s doubling to 120 s) would only add to it.
+_DIAL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_END = object()
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+
+class Link:
+    """One live stream to a peer, after both opens were verified."""
+
+    def __init__(
+        self,
+        hub: ChannelHub,
+        peer: PeerChannel,
+        session: ChannelSession,
+        write: Callable[[bytes], Awaitable[None]],
+        *,
+        dialler: str,
+    ) -> None:
+        self.hub = hub
+        self.peer = peer
+        self.session = session
+        self._write = write
+        self.dialler = dialler
+        self.wake = asyncio.Event()
+        self.errors: list[pb.MessageError] = []
+        self.closed = asyncio.Event()
+        self.error: AralError | None = None
+        self._closing: AralError | None = None
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed.is_set() and self.session.state is LinkState.OPEN
+
+    def close(self, error: AralError) -> None:
+        """Ask the writer to send ``close`` and end the link."""
+        if self._closing is None and not self.closed.is_set():
+            self._closing = error
+            self.wake.set()
+
+    async def run(self, frames: AsyncIterator[bytes]) -> AralError | None:
+        """Read until the stream ends or either side closes; return why it ended
+        (``None`` for a clean end). Never raises on peer input."""
+        writer = asyncio.ensure_future(self._writer())
+        reader = asyncio.ensure_future(self._reader(frames))
+        try:
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            self.closed.set()
+            self.hub.detached(self.peer, self)
+        for task in (reader, writer):
+            exc = task.exception() if not task.cancelled() else None
+            if isinstance(exc, AralError):
+                self.error = self.error or exc
+            elif exc is not None:
+                log.error("channel to %s failed", self.peer.peer_id, exc_info=exc)
+                self.error = self.error or InternalError(f"channel failed: {type(exc).__name__}")
+        return self.error
+
+    async def _reader(self, frames: AsyncIterator[bytes]) -> None:
+        session, hub, peer = self.session, self.hub, self.peer
+        try:
+            async for data in frames:
+                for event in session.receive(data):
+                    if isinstance(event, Batch):
+                        errors = await hub.deliver(peer, event)
+                        if errors:
+                            self.errors.extend(errors)
+                            self.wake.set()
+                    elif isinstance(event, AckReceived):
+                        hub.acked(peer, event.seq)
+                    elif isinstance(event, ErrorsReceived):
+                        hub.rejected(peer, event.errors)
+                    elif isinstance(event, Closed):
+                        if event.by_peer:
+                            self.error = event.error
+                            return
+                        # The peer broke the protocol: tell it why, then end.
+                        self._closing = event.error
+                        self.wake.set()
+                        await self.closed.wait()
+                        return
+                self.wake.set()
+        except grpc.aio.AioRpcError as err:
+            self.error = self.error or from_rpc_error(err)
+            return
+        self.error = self.error or Unavailable("peer ended the channel", reason="CHANNEL_ENDED")
+
+    async def _writer(self) -> None:
+        session, hub, peer, wake = self.session, self.hub, self.peer, self.wake
+        while True:
+            if self._closing is not None:
+                self.error = self.error or self._closing
+                with contextlib.suppress(Exception):
+                    await self._write(session.close(self._closing))
+                self.closed.set()
+                return
+            frames: list[bytes] = []
+            if self.errors:
+                frames.append(session.errors_frame(self.errors))
+                self.errors = []
+            room = session.sendable()
+            if room:
+                entries = hub.outgoing(peer, session, room)
+                if entries:
+                    frames += session.batch_frames(entries)  # acks ride along
+            frames += session.control_frames()
+            if frames:
+                for frame in frames:
+                    await self._write(frame)
+                continue
+            wake.clear()
+            keepalive = session.keepalive()
+            if isinstance(keepalive, AralError):
+                self._closing = keepalive
+                continue
+            if keepalive is not None:
+                await self._write(keepalive)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), session.timer() + 0.001)
+
+
+# -- accepting -----------------------------------------------------------------------------
+
+
+async def serve(
+    hub: ChannelHub, requests: AsyncIterator[bytes], context: Context
+) -> AsyncIterator[bytes]:
+    """The ``AgentNode.Channel`` handler: verify the open, answer, run the link.
+
+    Frames to send go through a small queue, so that the link's writer can run as
+    a task while this generator hands its frames to grpc.
+    """
+    out: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+
+    async def write(frame: bytes) -> None:
+        await out.put(frame)
+
+    async def accept() -> None:
+        try:
+            error = await _accept(hub, requests, write, context.peer())
+        except asyncio.CancelledError:
+            raise
+        except AralError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("channel accept failed")
+            error = InternalError(f"channel failed: {type(exc).__name__}")
+        await out.put(error if error is not None else _END)
+
+    task = asyncio.ensure_future(accept())
+    try:
+        while True:
+            item = await out.get()
+            if isinstance(item, bytes):
+                yield item
+            elif isinstance(item, AralError):
+                if item.reason in ("CHANNEL_ENDED", "NODE_STOPPING", "CHANNEL_SUPERSEDED"):
+                    return
+                await abort(context, item)
+            else:
+                return
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _accept(
+    hub: ChannelHub,
+    requests: AsyncIterator[bytes],
+    write: Callable[[bytes], Awaitable[None]],
+    transport_peer: str,
+) -> AralError | None:
+    frames = aiter(requests)
+    try:
+        first = await asyncio.wait_for(anext(frames), hub.open_timeout)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        error: AralError = Unavailable("no channel open within the timeout", reason="OPEN_TIMEOUT")
+        await write(close_frame(error))
+        return error
+    try:
+        content = verify_open(
+            read_open(first),
+            my_id=hub.node_id,
+            keyring=hub.keyring,
+            replay=hub.replay,
+            is_verified=hub.is_verified,
+        )
+        # Decided before anything changes: a refused open leaves a live link alone.
+        accepted = hub.accept_link(hub.peer(content.sender), content, write)
+        if isinstance(accepted, AralError):
+            raise accepted
+    except AralError as exc:
+        hub.count("channel.open_rejected")
+        log.info("refused channel open from %s: %s", transport_peer, exc)
+        await write(close_frame(exc))
+        return exc
+    link, answer = accepted
+    await write(answer)
+    return await link.run(frames)
+
+
+# -- dialling ------------------------------------------------------------------------------
+
+
+async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None:
+    """Keep a channel to ``peer`` open: dial, run, and on failure redial after
+    exponential backoff with full jitter. Returns when the hub stops."""
+    delay = hub.backoff_initial
+    while not hub.stopping:
+        if peer.link is not None and peer.link.alive:
+            await peer.wait_down()
+            delay = hub.backoff_initial
+            continue
+        peer.dialling = True
+        try:
+            link_ran, error = await _dial_once(hub, peer, address)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("dialling %s failed", peer.peer_id)
+            link_ran, error = False, InternalError(f"dial failed: {type(exc).__name__}")
+        finally:
+            peer.dialling = False
+        if hub.stopping:
+            return
+        if error is not None and error.reason == "UNIMPLEMENTED":
+            peer.unsupported = True
+            log.warning("peer %s does not serve channels: %s", peer.peer_id, error.message)
+            return
+        if not link_ran and error is None:
+            continue  # the peer's own dial got through first
+        if link_ran:
+            delay = hub.backoff_initial
+        log.info("channel to %s down (%s); redial in ~%.2fs", peer.peer_id, error, delay)
+        # Full jitter (AWS architecture blog): peers that lost each other at the
+        # same moment do not redial in lockstep.
+        await peer.wait_up_or(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+        delay = min(delay * 2, hub.backoff_max)
+
+
+async def _dial_once(
+    hub: ChannelHub, peer: PeerChannel, address: str
+) -> tuple[bool, AralError | None]:
+    channel = grpc.aio.insecure_channel(
+        address, options=channel_options(hub.max_message_bytes) + _DIAL_OPTIONS
+    )
+    call: Any = None
+    try:
+        # A fresh handshake every dial: the peer may have restarted and forgotten
+        # our key, and a channel open is accepted only from a pinned key.
+        client = NodeClient(
+            address, identity=hub.identity, keyring=hub.keyring, clock=hub.clock, channel=channel
+        )
+        verified = await client.handshake(
+            hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout
+        )
+        # NodeClient falls back to a private KeyRing when handed an empty one
+        # (``keyring or KeyRing()``), so pin into the node's ring ourselves.
+        hub.keyring.pin(verified.key)
+        hub.handshake_done(client)
+        if peer.connected:
+            return False, None  # the peer dialled us meanwhile: one stream is enough
+        stub: Any = channel.stream_stream(
+            CHANNEL_METHOD, request_serializer=None, response_deserializer=None
+        )
+        call = stub()
+        params = hub.open_params(peer)  # no side effect until the link is kept
+        sent = make_open(hub.identity, recipient=peer.peer_id, clock=hub.clock, params=params)
+        peer.open_sent = True
+        try:
+            await call.write(sent.frame)
+            try:
+                first = await asyncio.wait_for(call.read(), hub.open_timeout)
+            except TimeoutError:
+                return False, Unavailable(
+                    "peer did not answer the channel open", reason="OPEN_TIMEOUT"
+                )
+            if first is _EOF:
+                return False, Unavailable(
+                    "peer ended the channel before answering", reason="CHANNEL_ENDED"
+                )
+            frame = parse_frame(first, MAX_OPEN_BYTES + 1024)
+            if frame.WhichOneof("kind") == "close":
+                return False, close_error(frame.close)
+            content = verify_open(
+                read_open(first),
+                my_id=hub.node_id,
+                keyring=hub.keyring,
+                replay=hub.replay,
+                # This very dial verified the peer's card in its handshake.
+                is_verified=lambda node_id: node_id == peer.peer_id,
+                expected_sender=peer.peer_id,
+                answer_to=sent.nonce,
+            )
+            link = hub.establish(peer, content, sent, params, call.write, dialler=hub.node_id)
+        finally:
+            peer.open_sent = False
+        if isinstance(link, AralError):
+            # A link the peer dialled won meanwhile; tell the peer (sealed: the
+            # session keys exist) and leave the live link alone.
+            seal = frame_keys(sent, content, dialler=True)
+            superseded = Unavailable("superseded", reason="CHANNEL_SUPERSEDED")
+            await call.write(sealed_close(seal, superseded))
+            return False, link
+
+        async def frames() -> AsyncIterator[bytes]:
+            while True:
+                data = await call.read()
+                if data is _EOF:
+                    return
+                yield data
+
+        error = await link.run(frames())
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+        return True, error
+    except grpc.aio.AioRpcError as err:
+        return False, from_rpc_error(err)
+    except AralError as exc:
+        return False, exc
+    except OSError as exc:
+        return False, Unavailable(f"cannot reach {address}: {exc}")
+    finally:
+        if call is not None:
+            call.cancel()
+        with contextlib.suppress(Exception):
+            await channel.close(grace=None)
+
+
+__all__ = ["CHANNEL_METHOD", "Link", "dial_forever", "serve"]

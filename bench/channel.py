@@ -1,0 +1,395 @@
+"""A2A channel benchmark: one channel between two node *processes* vs a bare
+grpc.aio bidi stream between two processes, measured in the same run.
+
+Figures:
+
+- ``channel.signed``: notifications/s over one channel, every message ES256-signed,
+  verified, replay-checked and judged by governance on both ends, delivered to a
+  handler; acked end to end (the sender's outbox is empty at the end).
+- ``channel.unsigned``: the same without signatures (still parsed, replay-checked,
+  governed on both ends, delivered and acked).
+- ``bare``: raw byte messages of the same size in frames of the same batch size as
+  the channel used (messages/frame measured at the receiver), one ack per frame.
+- ``latency``: request -> response round trips at 1,000 requests/s (signed both ways)
+  vs a bare echo at the same rate.
+
+Run alone: ``python -m bench.channel`` (writes nothing; prints the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._report import Report, median, percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGNED_N = 30_000
+UNSIGNED_N = 60_000
+LATENCY_RATE = 1000
+LATENCY_SECONDS = 3.0
+BARE_SECONDS = 2.0
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+def _config(name: str, data_dir: str, *, signing: bool) -> Any:
+    from aralnode import NodeConfig
+
+    return NodeConfig(
+        name=name,
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=None,
+        discovery="none",
+        data_dir=Path(data_dir) / name,
+        channel_signing=signing,
+        keepalive_ms=2000,
+    )
+
+
+async def _receiver(data_dir: str, signing: bool) -> None:
+    from aralnode import Node
+
+    node = Node(_config("recv", data_dir, signing=signing))
+    count = 0
+
+    def on_bench(msg: Any, tx: Any) -> None:
+        nonlocal count
+        count += 1
+
+    @node.capability(id="bench.echo")
+    async def echo(t: float) -> float:
+        return t
+
+    await node.start()
+    node.on_notification("bench", on_bench)
+    print(json.dumps({"address": node.address, "node_id": node.node_id}), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Report counters when asked (a line on stdin).
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stopped = asyncio.ensure_future(stop.wait())
+    while not stop.is_set():
+        read = asyncio.ensure_future(reader.readline())
+        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            read.cancel()
+            break
+        if not read.result():
+            break
+        c = node.pipeline.counters
+        print(
+            json.dumps(
+                {"count": count, "batches": c["channel.batches"], "received": c["channel.received"]}
+            ),
+            flush=True,
+        )
+    await node.stop(0.5)
+
+
+async def _sender(
+    data_dir: str, signing: bool, address: str, peer: str, n: int, latency: bool
+) -> None:
+    from aralnode import Node
+
+    node = Node(_config("send", data_dir, signing=signing))
+    await node.start()
+    assert node.channels is not None
+    await node.connect(address)
+    assert await node.channels.wait_connected(peer, 20)
+    out: dict[str, Any] = {}
+    # Warm up (connections, caches, the receiver's code paths).
+    for i in range(2000):
+        await node.notify(peer, "bench", {"i": i})
+    assert await node.channels.flush(peer, 60)
+    t0 = time.perf_counter()
+    for i in range(n):
+        await node.notify(peer, "bench", {"i": i})
+    assert await node.channels.flush(peer, 120)
+    out["elapsed"] = time.perf_counter() - t0
+    out["n"] = n
+    out["message_bytes"] = _sample_size(node, peer)
+    if latency:
+        out["rtt_ms"] = await _paced(
+            lambda: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10)
+        )
+    print(json.dumps(out), flush=True)
+    await node.stop(0.5)
+
+
+def _sample_size(node: Any, peer: str) -> int:
+    from aralnode import _proto as pb
+    from aralnode.core.envelope import build_content, encode_payload, seal
+
+    payload, _ = encode_payload({"i": 12345})
+    body = pb.Body(
+        type=pb.MessageType.MESSAGE_TYPE_NOTIFICATION, action="bench", parameters=payload
+    )
+    content = build_content(sender=node.node_id, recipient=peer, body=body, clock=node.clock)
+    signer = node.identity if node.config.channel_signing else None
+    return len(seal(content, signer).SerializeToString())
+
+
+async def _paced(call: Any) -> list[float]:
+    """Start one call every 1/LATENCY_RATE s for LATENCY_SECONDS; their round trips (ms)."""
+    loop = asyncio.get_running_loop()
+    rtts: list[float] = []
+
+    async def one() -> None:
+        t = time.perf_counter()
+        await call()
+        rtts.append((time.perf_counter() - t) * 1000)
+
+    tasks = []
+    start = loop.time()
+    total = int(LATENCY_RATE * LATENCY_SECONDS)
+    for i in range(total):
+        delay = start + i / LATENCY_RATE - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    return rtts
+
+
+# -- bare baseline --------------------------------------------------------------------------
+
+_BARE_METHOD = "/bench.Bare/Stream"
+
+
+async def _bare_server() -> None:
+    import grpc
+
+    async def stream(requests: Any, context: Any) -> Any:
+        # A frame is "<count:4><payload>"; ack each with the running count (or
+        # echo it back, for latency).
+        total = 0
+        async for frame in requests:
+            if frame[:1] == b"E":
+                yield frame
+                continue
+            total += int.from_bytes(frame[1:5], "big")
+            yield total.to_bytes(8, "big")
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Stream": grpc.stream_stream_rpc_method_handler(stream)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(json.dumps({"address": f"127.0.0.1:{port}"}), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0.2)
+
+
+async def _bare_client(address: str, batch: int, size: int) -> None:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(
+        address, options=[("grpc.max_send_message_length", 64 << 20)]
+    )
+    call: Any = channel.stream_stream(
+        _BARE_METHOD, request_serializer=None, response_deserializer=None
+    )()
+    payload = os.urandom(size)
+    frame = (
+        b"B"
+        + batch.to_bytes(4, "big")
+        + b"".join(len(payload).to_bytes(2, "big") + payload for _ in range(batch))
+    )
+
+    async def run_from(base: int, n: int) -> float:
+        """Send ``n`` frames; seconds until the server acked all of them."""
+        target = (base + n) * batch
+        t0 = time.perf_counter()
+
+        async def reader() -> None:
+            while int.from_bytes(await call.read(), "big") < target:
+                pass
+
+        r = asyncio.ensure_future(reader())
+        for _ in range(n):
+            await call.write(frame)
+        await r
+        return time.perf_counter() - t0
+
+    # Calibrate to ~BARE_SECONDS, then measure (acks are cumulative per stream).
+    probe_frames = max(10, 20_000 // batch)
+    probe = await run_from(0, probe_frames)
+    sent = probe_frames
+    n_frames = max(probe_frames, int(probe_frames * BARE_SECONDS / max(probe, 1e-3)))
+    elapsed = await run_from(sent, n_frames)
+    # Latency: one message per frame, echoed, at the same pace as the channel's.
+    echo = b"E" + payload
+
+    async def rtt() -> None:
+        await call.write(echo)
+        await call.read()
+
+    lock = asyncio.Lock()
+
+    async def serial() -> None:
+        async with lock:  # one stream: requests and echoes pair up in order
+            await rtt()
+
+    rtts = await _paced(serial)
+    print(json.dumps({"elapsed": elapsed, "n": n_frames * batch, "rtt_ms": rtts}), flush=True)
+    call.cancel()
+    await channel.close()
+
+
+# -- orchestration --------------------------------------------------------------------------
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.channel", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"bench child {proc.args} exited with {proc.wait()}")
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str, Any]:
+    recv = _spawn("recv", tmp, "1" if signing else "0")
+    try:
+        info = _line(recv)
+        send = _spawn(
+            "send",
+            tmp,
+            "1" if signing else "0",
+            info["address"],
+            info["node_id"],
+            str(n),
+            "1" if latency else "0",
+        )
+        try:
+            result = _line(send)
+        finally:
+            _stop(send)
+        assert recv.stdin is not None
+        recv.stdin.write("stats\n")
+        recv.stdin.flush()
+        stats = _line(recv)
+    finally:
+        _stop(recv)
+    result["batch"] = stats["received"] / max(1, stats["batches"])
+    result["delivered"] = stats["count"]
+    return result
+
+
+def _bare_run(batch: int, size: int) -> dict[str, Any]:
+    server = _spawn("bare-server")
+    try:
+        info = _line(server)
+        client = _spawn("bare-client", info["address"], str(batch), str(size))
+        try:
+            return _line(client)
+        finally:
+            _stop(client)
+    finally:
+        _stop(server)
+
+
+def run(report: Report) -> None:
+    """Measure and add the figures (bounded: well under two minutes)."""
+    with tempfile.TemporaryDirectory(prefix="aral-bench-") as tmp:
+        signed = _channel_run(os.path.join(tmp, "s"), signing=True, n=SIGNED_N, latency=True)
+        unsigned = _channel_run(os.path.join(tmp, "u"), signing=False, n=UNSIGNED_N, latency=False)
+    batch = max(1, round(unsigned["batch"]))
+    bare = _bare_run(batch, unsigned["message_bytes"])
+    bare_rate = bare["n"] / bare["elapsed"]
+    # The same raw bytes, one gRPC message each: what batching buys.
+    single = _bare_run(1, unsigned["message_bytes"])
+    single_rate = single["n"] / single["elapsed"]
+    s_rate = signed["n"] / signed["elapsed"]
+    u_rate = unsigned["n"] / unsigned["elapsed"]
+    report.add("channel.signed_msgs_per_s", s_rate, "msgs/s", baseline=bare_rate)
+    report.add("channel.unsigned_governed_msgs_per_s", u_rate, "msgs/s", baseline=bare_rate)
+    report.add("channel.bare_bidi_msgs_per_s", bare_rate, "msgs/s")
+    report.add("channel.unsigned_vs_bare_unbatched", u_rate, "msgs/s", baseline=single_rate)
+    rtt, bare_rtt = signed["rtt_ms"], bare["rtt_ms"]
+    p50, p99 = percentile(rtt, 50), percentile(rtt, 99)
+    b50, b99 = percentile(bare_rtt, 50), percentile(bare_rtt, 99)
+    report.add("channel.request_rtt_p50_at_1k_per_s", p50, "ms", baseline=b50)
+    report.add("channel.request_rtt_p99_at_1k_per_s", p99, "ms", baseline=b99)
+    notes = [
+        "| path | msgs/s | vs bare | notes |",
+        "|---|---|---|---|",
+        f"| signed (ES256) + verified + governed both ends | {s_rate:,.0f} "
+        f"| {s_rate / bare_rate:.3f} | {signed['batch']:.0f} msgs/frame, "
+        f"{signed['message_bytes']} B/msg |",
+        f"| unsigned, governed both ends | {u_rate:,.0f} | {u_rate / bare_rate:.3f} "
+        f"| {unsigned['batch']:.0f} msgs/frame, {unsigned['message_bytes']} B/msg |",
+        f"| bare grpc.aio bidi, raw bytes | {bare_rate:,.0f} | 1.000 "
+        f"| {batch} msgs/frame, no per-message work |",
+        f"| bare grpc.aio bidi, one message per frame | {single_rate:,.0f} "
+        f"| {single_rate / bare_rate:.3f} | what batching buys |",
+        "",
+        f"Request round trip at {LATENCY_RATE} req/s (signed both ways): p50 {p50:.2f} ms, "
+        f"p99 {p99:.2f} ms, median {median(rtt):.2f} ms; bare echo p50 {b50:.2f} ms, "
+        f"p99 {b99:.2f} ms.",
+    ]
+    report.section("A2A channel (one stream, two node processes)", notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        report = Report()
+        run(report)
+        return
+    role, rest = args[0], args[1:]
+    if role == "recv":
+        asyncio.run(_receiver(rest[0], rest[1] == "1"))
+    elif role == "send":
+        data_dir, signing, address, peer, n, latency = rest
+        asyncio.run(_sender(data_dir, signing == "1", address, peer, int(n), latency == "1"))
+    elif role == "bare-server":
+        asyncio.run(_bare_server())
+    elif role == "bare-client":
+        asyncio.run(_bare_client(rest[0], int(rest[1]), int(rest[2])))
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+
+
+if __name__ == "__main__":
+    main()

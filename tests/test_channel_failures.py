@@ -1,0 +1,241 @@
+"""What must never stall a channel: an exception on the receive path, an idle
+subscription, a failing handler, a refused duplicate dial."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from aralnode import Action, Decision, Direction, Node, Rule, RuleEvaluator
+from aralnode.core.channel import OpenParams, make_open
+from aralnode.core.clock import SYSTEM_CLOCK
+from aralnode.core.errors import InternalError, RateLimited
+from aralnode.core.outbox import InboundRecord
+from aralnode.transport.channel import CHANNEL_METHOD
+
+MakeNode = Callable[..., Node]
+FAST = {"keepalive_ms": 300, "channel_timeout_ms": 1500}
+
+
+async def linked(a: Node, b: Node) -> None:
+    await a.connect(b.address)
+    assert a.channels is not None
+    assert b.channels is not None
+    assert await a.channels.wait_connected(b.node_id, 10)
+    assert await b.channels.wait_connected(a.node_id, 10)
+
+
+async def nxt(sub: Any) -> Any:
+    """The next notification (bounded: a stalled channel fails the test, not hangs it)."""
+    return await asyncio.wait_for(anext(sub), 10)
+
+
+def raising_rule(capability: str) -> Rule:
+    def when(act: Action) -> bool:
+        if act.direction is Direction.RECEIVE and act.capability == capability:
+            raise ZeroDivisionError("a buggy rule")
+        return False
+
+    return Rule("buggy", when, Decision.BLOCK)
+
+
+async def test_an_exception_in_governance_is_a_per_message_error(make_node: MakeNode) -> None:
+    a, b = make_node("alpha", **FAST), make_node("beta", **FAST)
+    b.governance = b.pipeline.governance = RuleEvaluator(
+        [raising_rule("boom"), raising_rule("demo.add")]
+    )
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        async with b.subscribe() as sub:
+            await a.notify(b.node_id, "boom", {})
+            await a.notify(b.node_id, "fine", {})
+            assert (await nxt(sub)).event == "fine"
+        # A request gets its error as the answer, not a timeout.
+        with pytest.raises(InternalError):
+            await a.request(b.node_id, "demo.add", {"a": 1, "b": 2}, timeout=10)
+        assert await a.channels.flush(b.node_id, 10)  # everything acked: no stall
+        assert b.pipeline.counters["channel.deliver_failed"] == 2
+        assert await a.request(b.node_id, "demo.echo", {"text": "still"}, timeout=10)
+
+
+async def test_a_failing_inbox_transaction_does_not_stall_the_peer(make_node: MakeNode) -> None:
+    a = make_node("alpha", **FAST)
+    b = make_node("beta", durable=True, **FAST)
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        hub = b.channels
+        assert hub is not None
+        seen: list[int] = []
+        b.on_notification("rec", lambda msg, tx: seen.append(msg.data["i"]))
+
+        @contextlib.contextmanager
+        def broken() -> Iterator[sqlite3.Connection | None]:
+            raise sqlite3.OperationalError("disk I/O error")
+            yield None
+
+        real = hub.inbox.transaction
+        hub.inbox.transaction = broken  # type: ignore[method-assign]
+        await a.notify(b.node_id, "rec", {"i": 0})
+        assert await a.channels.flush(b.node_id, 10)  # reported and acked, not stuck
+        assert hub.pipeline.counters["channel.inbox_failed"] == 1
+        record = hub.peers[a.node_id].inbound.record
+        assert record.handled_seq == 0  # the mark moves only with a commit
+        hub.inbox.transaction = real  # type: ignore[method-assign]
+        await a.notify(b.node_id, "rec", {"i": 1})
+        assert await a.channels.flush(b.node_id, 10)
+        assert seen == [1]
+        assert record.handled_seq == 2
+
+
+async def test_a_failing_handler_leaves_no_partial_writes(make_node: MakeNode) -> None:
+    a = make_node("alpha", **FAST)
+    b = make_node("beta", durable=True, **FAST)
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        hub = b.channels
+        assert hub is not None
+        with hub.inbox.transaction() as tx:
+            assert tx is not None
+            tx.execute("CREATE TABLE effects (i INTEGER, step INTEGER)")
+
+        def handler(msg: Any, tx: sqlite3.Connection | None) -> None:
+            assert tx is not None
+            tx.execute("INSERT INTO effects VALUES (?, 1)", (msg.data["i"],))
+            if msg.data["i"] == 1:
+                raise ValueError("failed halfway")
+            tx.execute("INSERT INTO effects VALUES (?, 2)", (msg.data["i"],))
+
+        b.on_notification("rec", handler)
+        for i in range(3):
+            await a.notify(b.node_id, "rec", {"i": i})
+        assert await a.channels.flush(b.node_id, 10)
+        db = hub.inbox.transaction
+        with db() as tx:
+            assert tx is not None
+            rows = tx.execute("SELECT i, step FROM effects ORDER BY i, step").fetchall()
+        assert rows == [(0, 1), (0, 2), (2, 1), (2, 2)]  # nothing of the failed one
+        assert hub.pipeline.counters["channel.handler_failed"] == 1
+        assert hub.peers[a.node_id].inbound.record.handled_seq == 3
+
+
+async def test_an_idle_subscription_never_holds_up_the_channel(make_node: MakeNode) -> None:
+    a = make_node("alpha", **FAST)
+    b = make_node("beta", channel_window=16, **FAST)
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        idle = b.subscribe("x", maxsize=4)  # never iterated
+        dropping = b.subscribe("x", maxsize=4, overflow="drop")
+        for i in range(100):
+            await a.notify(b.node_id, "x" if i % 2 else "y", {"i": i})
+        assert await a.channels.flush(b.node_id, 10), "the idle subscription held the acks"
+        assert [(await nxt(idle)).data["i"] for _ in range(4)] == [1, 3, 5, 7]
+        with pytest.raises(RateLimited) as info:
+            await nxt(idle)
+        assert info.value.reason == "SUBSCRIPTION_OVERFLOW"
+        with pytest.raises(StopAsyncIteration):
+            await nxt(idle)
+        assert len(dropping) == 4
+        assert dropping.dropped == 46
+        assert b.pipeline.counters["channel.subscription_overflow"] == 1
+
+
+async def test_a_backpressure_subscription_slows_the_sender(make_node: MakeNode) -> None:
+    a = make_node("alpha", **FAST)
+    b = make_node("beta", channel_window=8, **FAST)
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        sub = b.subscribe("x", maxsize=2, overflow="backpressure")
+        sent = [asyncio.ensure_future(a.notify(b.node_id, "x", {"i": i})) for i in range(40)]
+        await asyncio.gather(*sent)
+        # Held back by the consumer: at most its queue was processed and acked.
+        assert a.channels.outbox.count(b.node_id) >= 38
+        got = [(await nxt(sub)).data["i"] for _ in range(40)]
+        assert got == list(range(40))
+        assert await a.channels.flush(b.node_id, 10)
+        assert a.channels.peers[b.node_id].max_in_flight <= 8
+        sub.close()
+
+
+async def test_a_refused_duplicate_open_leaves_the_live_link_alone(make_node: MakeNode) -> None:
+    x, y = make_node("x", **FAST), make_node("y", **FAST)
+    lo, hi = sorted((x, y), key=lambda n: n.node_id)
+    release = asyncio.Event()
+
+    @hi.capability(id="slow.wait")
+    async def wait() -> str:
+        await release.wait()
+        return "done"
+
+    async with lo, hi:
+        await linked(lo, hi)  # dialled by the lower id: it wins every duplicate
+        assert lo.channels is not None
+        call = asyncio.ensure_future(lo.request(hi.node_id, "slow.wait", {}, timeout=30))
+        assert await lo.channels.flush(hi.node_id, 10)  # the request was acked
+        pc = lo.channels.peers[hi.node_id]
+        link, acked, incarnation = pc.link, pc.inbound.acked, pc.incarnation
+        # The higher id dials too, claiming to be a restarted process with
+        # nothing processed: an open the lower id must refuse without acting on it.
+        params = OpenParams(
+            epoch="another-epoch", incarnation="another-process", resume=InboundRecord()
+        )
+        sent = make_open(hi.identity, recipient=lo.node_id, clock=SYSTEM_CLOCK, params=params)
+        async with grpc.aio.insecure_channel(lo.address) as channel:
+            stub: Any = channel.stream_stream(
+                CHANNEL_METHOD, request_serializer=None, response_deserializer=None
+            )
+            stream = stub()
+            await stream.write(sent.frame)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while await stream.read() is not grpc.aio.EOF:  # type: ignore[attr-defined]
+                    pass
+            assert await stream.code() == grpc.StatusCode.UNAVAILABLE
+        assert lo.pipeline.counters["channel.open_rejected"] == 1
+        assert (pc.link, pc.inbound.acked, pc.incarnation) == (link, acked, incarnation)
+        assert pc.inbound.record.epoch != "another-epoch"
+        assert not call.done()  # not failed as PEER_RESTARTED
+        release.set()
+        assert await call == "done"
+
+
+async def test_an_incoming_open_is_refused_only_once_our_own_is_sent(
+    make_node: MakeNode,
+) -> None:
+    node = make_node("n", **FAST)
+    async with node:
+        hub = node.channels
+        assert hub is not None
+        higher = "~" + node.node_id  # sorts after any node id
+        pc = hub.peer(higher)
+        pc.dialling = True  # handshaking: may take up to open_timeout
+        assert hub.refusal(pc, higher) is None
+        pc.open_sent = True
+        refusal = hub.refusal(pc, higher)
+        assert refusal is not None
+        assert refusal.reason == "DUPLICATE_CHANNEL"
+        lower = "!" + node.node_id  # sorts before: its dial wins anyway
+        pc_low = hub.peer(lower)
+        pc_low.open_sent = True
+        assert hub.refusal(pc_low, lower) is None
+
+
+async def test_channel_traffic_stays_out_of_the_node_replay_cache(make_node: MakeNode) -> None:
+    a, b = make_node("alpha", **FAST), make_node("beta", **FAST)
+    async with a, b:
+        await linked(a, b)
+        assert a.channels is not None
+        before = len(b.replay)
+        for i in range(300):
+            await a.notify(b.node_id, "n", {"i": i})
+        assert await a.channels.flush(b.node_id, 10)
+        assert len(b.replay) == before  # a fast peer cannot fill it for every door

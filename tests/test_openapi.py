@@ -1,0 +1,135 @@
+"""The OpenAPI document: valid 3.1, described from proto comments, and schemathesis
+finds no 5xx and no response that breaks it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from aralnode import Node
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = str(ROOT / "examples" / "library" / "server.py")
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    n = make_node("openapi", http_port=0)
+    n.load(LIBRARY)
+    async with n:
+        yield n
+
+
+@pytest.fixture
+async def document(node: Node) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        r = await http.get("/openapi.json")
+        assert r.status_code == 200
+        doc: dict[str, Any] = r.json()
+        return doc
+
+
+def test_document_is_valid_openapi_31(document: dict[str, Any]) -> None:
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+def test_every_binding_is_documented(document: dict[str, Any]) -> None:
+    ops = {(verb.upper(), path) for path, item in document["paths"].items() for verb in item}
+    assert {
+        ("GET", "/v1/shelves/{shelf}/books/{book_id}"),
+        ("GET", "/v1/shelves/{shelf}/books"),
+        ("GET", "/v1/{parent}/books:list"),
+        ("POST", "/v1/shelves/{shelf}/books"),
+        ("PATCH", "/v1/shelves/{book_shelf}/books/{book_id}"),
+        ("DELETE", "/v1/shelves/{shelf}/books/{book_id}"),
+        ("GET", "/v1/shelves/{shelf}/books/{book_id}/title"),
+        ("POST", "/library.v1.Library/Search"),
+        ("GET", "/v1/shelves/{shelf}/books:watch"),
+        ("POST", "/v1/invoke"),
+        ("POST", "/v1/capabilities/{call_capability}:invoke"),
+        ("GET", "/v1/status"),
+        ("GET", "/v1/capabilities"),
+        ("GET", "/v1/peers"),
+    } <= ops
+    # node-to-node only: not bridged
+    assert ("POST", "/v1/handshake") not in ops
+    assert ("POST", "/aral.v1.AgentNode/Channel") not in ops
+
+
+def test_descriptions_come_from_proto_comments(document: dict[str, Any]) -> None:
+    op = document["paths"]["/v1/shelves/{shelf}/books"]["get"]
+    assert (
+        op["summary"] == "Lists the books on a shelf, optionally only those of one author or genre"
+    )
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["shelf"]["in"] == "path"
+    assert params["author"]["description"] == "Only books by this author (exact match), if set."
+    assert params["min_year"]["schema"]["type"] == "integer"
+    book = document["components"]["schemas"]["library.v1.Book"]
+    assert book["description"] == "A book on a shelf."
+    assert book["properties"]["createTime"]["format"] == "date-time"
+    assert book["additionalProperties"] is False
+    tags = {t["name"]: t.get("description", "") for t in document["tags"]}
+    assert tags["library.v1.Library"] == "Shelves of books, kept in memory."
+    assert "Invokes one capability" in document["paths"]["/v1/invoke"]["post"]["description"]
+    watch = document["paths"]["/v1/shelves/{shelf}/books:watch"]["get"]["responses"]["200"]
+    assert set(watch["content"]) == {"application/x-ndjson", "text/event-stream"}
+
+
+async def test_docs_page_is_self_contained(node: Node) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        r = await http.get("/docs")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "openapi.json" in r.text
+    assert "<script src" not in r.text  # nothing fetched from a CDN
+    assert "https://" not in r.text
+
+
+@pytest.mark.skipif(
+    not SCHEMATHESIS.exists(), reason="schemathesis is not installed in this environment"
+)
+async def test_schemathesis_finds_no_server_error_and_no_schema_break(
+    node: Node, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{node.http_port}/openapi.json"
+    proc = await asyncio.create_subprocess_exec(
+        str(SCHEMATHESIS),
+        "run",
+        url,
+        "--checks",
+        "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "12",
+        "--workers",
+        "1",
+        "--suppress-health-check",
+        "all",
+        "--request-timeout",
+        "10",
+        "--seed",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"},
+        cwd=tmp_path,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=100)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert "passed" in text

@@ -1,0 +1,294 @@
+"""The REST door against the library example (a user proto loaded with --load) and the
+node's own AgentNode service, over real HTTP on loopback with httpx."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aralnode import Node
+from aralnode.core.governance import Decision, Rule, RuleEvaluator
+
+LIBRARY = str(Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py")
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    n = make_node("rest", http_port=0)
+    n.load(LIBRARY)
+    async with n:
+        yield n
+
+
+@pytest.fixture
+async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}", timeout=10) as c:
+        yield c
+
+
+def lib() -> Any:
+    return sys.modules["library_pb2"]
+
+
+def error_of(r: httpx.Response) -> dict[str, Any]:
+    body = r.json()
+    assert set(body) == {"error"}
+    err: dict[str, Any] = body["error"]
+    assert {"code", "message", "details", "trace_id", "timestamp"} <= set(err)
+    assert err["trace_id"] == r.headers["x-trace-id"]
+    return err
+
+
+async def test_get_with_path_and_query_parameters(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/shelves/sci/books/1")
+    assert r.status_code == 200
+    assert r.json()["title"] == "Cosmos"
+    assert r.json()["id"] == "1"  # int64 as a JSON string (proto3 JSON mapping)
+    r = await http.get("/v1/shelves/sci/books", params={"author": "Carl Sagan", "min_year": "1900"})
+    assert [b["title"] for b in r.json()["books"]] == ["Cosmos"]
+    # camelCase names and enum names work as query parameters too
+    r = await http.get(
+        "/v1/shelves/fic/books", params={"minYear": "1960", "genre": "GENRE_FICTION"}
+    )
+    assert [b["title"] for b in r.json()["books"]] == ["Dune"]
+
+
+async def test_post_with_a_body_field_and_patch_with_nested_path_fields(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post(
+        "/v1/shelves/new/books", json={"title": "Gödel, Escher, Bach", "year": 1979}
+    )
+    assert r.status_code == 200, r.text
+    book = r.json()
+    assert (book["shelf"], book["title"], book["year"]) == ("new", "Gödel, Escher, Bach", 1979)
+    r = await http.patch(
+        f"/v1/shelves/new/books/{book['id']}", json={"title": "GEB", "tags": ["loops"]}
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["title"], r.json()["tags"]) == ("GEB", ["loops"])
+    r = await http.delete(f"/v1/shelves/new/books/{book['id']}")
+    assert r.json() == {"deleted": True}
+
+
+async def test_additional_binding_with_a_multi_segment_variable(http: httpx.AsyncClient) -> None:
+    for path in ("/v1/shelves/his/books:list", "/v1/shelves%2Fhis/books:list"):
+        r = await http.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert [b["title"] for b in r.json()["books"]] == ["SPQR"]
+
+
+async def test_response_body_and_default_binding(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/shelves/sci/books/1/title")
+    assert r.json() == "Cosmos"
+    r = await http.post("/library.v1.Library/Search", json={"text": "desert", "includeTags": True})
+    assert [b["title"] for b in r.json()["books"]] == ["Dune"]
+
+
+async def test_server_streaming_as_ndjson_and_sse(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/shelves/sci/books:watch")
+    assert r.headers["content-type"] == "application/x-ndjson"
+    titles = [json.loads(line)["title"] for line in r.text.splitlines()]
+    assert titles == ["Cosmos", "The Selfish Gene"]
+    r = await http.get("/v1/shelves/sci/books:watch", headers={"Accept": "text/event-stream"})
+    assert r.headers["content-type"] == "text/event-stream"
+    events = [block for block in r.text.split("\n\n") if block]
+    assert all(e.startswith("event: message\ndata: ") for e in events)
+    assert len(events) == 2
+    r = await http.get("/v1/shelves/nowhere/books:watch")
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "not_found"
+
+
+async def test_node_service_invoke_status_and_capabilities(
+    http: httpx.AsyncClient, node: Node
+) -> None:
+    call = {"call": {"capability": "demo.echo", "parameters": {"text": "hi", "times": 2}}}
+    r = await http.post("/v1/invoke", json=call)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert result["result"] == {"text": "hi", "echo": ["hi", "hi"]}
+    assert (result["nodeId"], result["decision"]) == (node.node_id, "ok")
+    # additional binding with the capability in the path; a user method's id holds a '/'
+    r = await http.post(
+        "/v1/capabilities/library.v1.Library%2FGetBook:invoke",
+        json={"call": {"parameters": {"shelf": "fic", "bookId": "3"}}},
+    )
+    assert r.json()["result"]["result"]["title"] == "Dune"
+    status = (await http.get("/v1/status")).json()
+    assert status["nodeId"] == node.node_id
+    assert {"protocol": "http", "address": f"127.0.0.1:{node.http_port}"} in status["endpoints"]
+    caps = (await http.get("/v1/capabilities")).json()["capabilities"]
+    assert {"demo.echo", "library.v1.Library/GetBook"} <= {c["id"] for c in caps}
+    assert (await http.get("/v1/peers")).json() == {}
+
+
+async def test_protobuf_by_accept_and_content_type(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/shelves/sci/books/2", headers={"Accept": "application/protobuf"})
+    assert r.headers["content-type"] == "application/protobuf"
+    assert lib().Book.FromString(r.content).title == "The Selfish Gene"
+    body = lib().Book(title="Proto", author="Buf", year=2020).SerializeToString()
+    r = await http.post(
+        "/v1/shelves/pb/books",
+        content=body,
+        headers={"Content-Type": "application/protobuf", "Accept": "application/x-protobuf"},
+    )
+    assert r.status_code == 200, r.text
+    assert lib().Book.FromString(r.content).shelf == "pb"
+    r = await http.post(
+        "/v1/shelves/pb/books",
+        content=b"\xff\xff",
+        headers={"Content-Type": "application/protobuf"},
+    )
+    assert r.status_code == 400
+    assert error_of(r)["reason"] == "MALFORMED_MESSAGE"
+
+
+async def test_gzip_both_ways(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/capabilities", headers={"Accept-Encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip"
+    assert len(r.json()["capabilities"]) > 4  # httpx inflates
+    small = await http.get("/v1/shelves/sci/books/1", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers  # not worth it under a packet
+    body = gzip.compress(json.dumps({"text": "sagan"}).encode())
+    r = await http.post(
+        "/library.v1.Library/Search",
+        content=body,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert [b["title"] for b in r.json()["books"]] == ["Cosmos"]
+
+
+async def test_trace_and_request_ids(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/status", headers={"X-Trace-Id": "trace-abc", "X-Request-Id": "req-1"})
+    assert (r.headers["x-trace-id"], r.headers["x-request-id"]) == ("trace-abc", "req-1")
+    r = await http.get("/v1/status")
+    assert len(r.headers["x-trace-id"]) == 32
+    assert len(r.headers["x-request-id"]) == 32
+    r = await http.get("/v1/status", headers={"X-Trace-Id": "bad id with spaces"})
+    assert r.headers["x-trace-id"] != "bad id with spaces"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("GET", "/v1/shelves/sci/books/99", {}, 404, "not_found"),
+        ("GET", "/nowhere", {}, 404, "not_found"),
+        ("DELETE", "/v1/status", {}, 405, "method_not_allowed"),
+        ("GET", "/v1/shelves/sci/books/notanumber", {}, 400, "invalid_request"),
+        ("GET", "/v1/shelves/sci/books?bogus=1", {}, 400, "invalid_request"),
+        ("GET", "/v1/shelves/sci/books?page_size=x", {}, 400, "invalid_request"),
+        ("GET", "/v1/shelves/sci/books?page_size=-1", {}, 400, "invalid_request"),
+        ("POST", "/v1/invoke", {"content": b"{not json"}, 400, "invalid_request"),
+        ("POST", "/v1/invoke", {"json": {"call": {"capability": "nope"}}}, 404, "not_found"),
+        ("POST", "/v1/invoke", {"json": {"call": {}}}, 400, "invalid_request"),
+        ("POST", "/v1/invoke", {"json": {"unknownField": 1}}, 400, "invalid_request"),
+        ("POST", "/v1/invoke", {"json": [1, 2]}, 400, "invalid_request"),
+        (
+            "POST",
+            "/v1/invoke",
+            {"content": b"x", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        ("GET", "/v1/status", {"headers": {"Accept": "text/html"}}, 406, "not_acceptable"),
+        (
+            "POST",
+            "/v1/invoke",
+            {"json": {"call": {"capability": "demo.add", "parameters": {"a": "x"}}}},
+            400,
+            "invalid_request",
+        ),
+    ],
+)
+async def test_errors_have_the_seed_shape_and_status(
+    http: httpx.AsyncClient, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    r = await http.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    assert error_of(r)["code"] == code
+    if status == 405:
+        assert r.headers["allow"] == "GET"
+
+
+async def test_body_too_large_is_413(make_node: Callable[..., Node]) -> None:
+    node = make_node("small", http_port=0, max_message_bytes=2048)
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        r = await http.post("/v1/invoke", content=b"{" + b" " * 4096 + b"}")
+        assert r.status_code == 413
+        assert error_of(r)["code"] == "payload_too_large"
+
+
+async def test_governance_and_limits_apply_on_rest(make_node: Callable[..., Node]) -> None:
+    policy = RuleEvaluator(
+        rules=[Rule(id="no-add", decision=Decision.BLOCK, capabilities=frozenset({"demo.add"}))]
+    )
+    node = make_node("gov", http_port=0, governance=policy)
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        r = await http.post(
+            "/v1/capabilities/demo.add:invoke", json={"call": {"parameters": {"a": 1, "b": 2}}}
+        )
+        assert r.status_code == 403
+        assert error_of(r)["code"] == "governance_blocked"
+    busy = make_node("busy", http_port=0, max_concurrent=0)
+    async with busy, httpx.AsyncClient(base_url=f"http://127.0.0.1:{busy.http_port}") as http:
+        r = await http.post(
+            "/v1/invoke", json={"call": {"capability": "demo.echo", "parameters": {"text": "x"}}}
+        )
+        assert r.status_code == 429
+        assert error_of(r)["code"] == "rate_limit_exceeded"
+        assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_rest_calls_run_as_the_rest_door(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/invoke", json={"call": {"capability": "demo.whoami"}})
+    assert r.json()["result"]["result"]["door"] == "rest"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Host": "evil.example"}, 421),
+        ({"Host": "evil.example:80"}, 421),
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "http://localhost:3000"}, 200),
+        ({"Host": "localhost"}, 200),
+    ],
+)
+async def test_host_and_origin_guard(
+    http: httpx.AsyncClient, headers: dict[str, str], status: int
+) -> None:
+    r = await http.get("/v1/status", headers=headers)
+    assert r.status_code == status
+    if status != 200:
+        assert error_of(r)["code"] in ("misdirected_request", "forbidden")
+
+
+async def test_configured_hosts_pass_the_guard(make_node: Callable[..., Node]) -> None:
+    node = make_node(
+        "lan",
+        http_port=0,
+        http_allowed_hosts=["node.lan:*"],
+        http_allowed_origins=["https://app.example"],
+    )
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        ok = await http.get(
+            "/v1/status", headers={"Host": "node.lan:8080", "Origin": "https://app.example"}
+        )
+        assert ok.status_code == 200
+        bad = await http.get("/v1/status", headers={"Host": "other.lan"})
+        assert bad.status_code == 421
+
+
+async def test_http_port_none_serves_no_http(make_node: Callable[..., Node]) -> None:
+    node = make_node("nohttp")
+    async with node:
+        assert node.http_port is None
+        assert [e.protocol for e in node.status().endpoints] == ["grpc"]

@@ -1,0 +1,137 @@
+"""The WebSocket door: the seed's subscribe message, node events in the seed's shape,
+and capability calls through the pipeline (door "ws")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from aralnode import Node
+from aralnode.core.governance import Decision, Rule, RuleEvaluator
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    policy = RuleEvaluator(
+        rules=[Rule(id="no-add", decision=Decision.BLOCK, capabilities=frozenset({"demo.add"}))]
+    )
+    n = make_node("ws", http_port=0, governance=policy)
+    async with n:
+        yield n
+
+
+def ws_url(node: Node) -> str:
+    return f"ws://127.0.0.1:{node.http_port}/ws"
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def recv_until(
+    ws: ClientConnection, match: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            message: dict[str, Any] = json.loads(await ws.recv())
+            if match(message):
+                return message
+
+
+def event(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m.get("type") == "event" and m.get("event") == name
+
+
+async def test_subscribe_and_receive_node_events(
+    node: Node, make_node: Callable[..., Node]
+) -> None:
+    async with connect(ws_url(node)) as ws:
+        await send(ws, {"type": "subscribe", "agent_id": node.node_id, "channels": ["events"]})
+        ack = await recv_until(ws, lambda m: m["type"] == "subscribed")
+        assert ack["channels"] == ["capabilities", "decisions", "peers", "status"]
+        status = await recv_until(ws, event("status"))
+        assert status["agent_id"] == node.node_id
+        assert status["data"]["state"] == "SERVING"
+        assert status["timestamp"].endswith("Z")
+
+        @node.capability(id="late.cap")
+        async def late() -> str:
+            return "late"
+
+        changed = await recv_until(ws, event("capabilities_changed"))
+        assert "late.cap" in changed["data"]["ids"]
+        assert set(changed) == {"type", "timestamp", "agent_id", "channel", "event", "data"}
+
+        peer = make_node("wspeer")
+        async with peer:
+            await node.connect(peer.address)
+            joined = await recv_until(ws, event("peer_joined"))
+            assert joined["data"]["node_id"] == peer.node_id
+            assert joined["data"]["name"] == "wspeer"
+
+
+async def test_invoke_over_ws_runs_the_pipeline_and_reports_decisions(node: Node) -> None:
+    async with connect(ws_url(node)) as ws:
+        await send(ws, {"type": "subscribe", "agent_id": "*", "channels": ["decisions"]})
+        await recv_until(ws, lambda m: m["type"] == "subscribed")
+        await send(ws, {"type": "invoke", "id": 7, "capability": "demo.whoami"})
+        decision = await recv_until(ws, event("decision_made"))
+        assert decision["data"]["action"] == "demo.whoami"
+        assert (decision["data"]["door"], decision["data"]["decision"]) == ("ws", "ok")
+        result = await recv_until(ws, lambda m: m["type"] == "result")
+        assert result["id"] == 7
+        assert result["result"]["door"] == "ws"
+        await send(
+            ws,
+            {"type": "invoke", "id": 8, "capability": "demo.add", "parameters": {"a": 1, "b": 2}},
+        )
+        blocked = await recv_until(ws, event("decision_made"))
+        assert blocked["data"]["decision"] == "block"
+        error = await recv_until(ws, lambda m: m["type"] == "error")
+        assert (error["id"], error["error"]["code"]) == (8, "governance_blocked")
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("not json", "INVALID_REQUEST"),
+        ("[1]", "INVALID_REQUEST"),
+        ('{"type": "dance"}', "UNKNOWN_TYPE"),
+        ('{"type": "subscribe", "agent_id": "someone-else"}', "UNKNOWN_AGENT"),
+        ('{"type": "subscribe", "channels": ["weather"]}', "UNKNOWN_CHANNEL"),
+        ('{"type": "subscribe", "channels": "events"}', "BAD_CHANNELS"),
+        ('{"type": "invoke"}', "MISSING_FIELD"),
+        ('{"type": "invoke", "capability": "nope"}', "CAPABILITY_NOT_FOUND"),
+    ],
+)
+async def test_bad_messages_get_errors_and_the_socket_stays_open(
+    node: Node, message: str, reason: str
+) -> None:
+    async with connect(ws_url(node)) as ws:
+        await ws.send(message)
+        error = await recv_until(ws, lambda m: m["type"] == "error")
+        assert error["error"]["reason"] == reason
+        await send(ws, {"type": "ping", "id": 1})
+        assert (await recv_until(ws, lambda m: m["type"] == "pong"))["id"] == 1
+
+
+async def test_foreign_origin_cannot_open_the_socket(node: Node) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(ws_url(node), origin="https://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert info.value.response.status_code == 403
+
+
+async def test_unsubscribe(node: Node) -> None:
+    async with connect(ws_url(node)) as ws:
+        await send(ws, {"type": "subscribe", "channels": ["capabilities", "peers"]})
+        await recv_until(ws, lambda m: m["type"] == "subscribed")
+        await send(ws, {"type": "unsubscribe", "channels": ["capabilities"]})
+        reply = await recv_until(ws, lambda m: m["type"] == "unsubscribed")
+        assert reply["channels"] == ["peers"]
