@@ -21,21 +21,13 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode.config import NodeConfig
+from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
 from aralnode.core.identity import Identity, KeyAlgorithm
 from aralnode.node import Node
 from aralnode.transport.grpc_client import NodeClient, unwrap
 
 PEER_STATES = {1: "discovered", 2: "handshaking", 3: "connected", 4: "stale", 5: "gone"}
-RISKS = (
-    "unspecified",
-    "read_only",
-    "limited_write",
-    "external_api",
-    "database",
-    "system",
-    "financial",
-)
 
 
 class CliError(Exception):

@@ -19,16 +19,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode.core import codec
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
-from aralnode.core.errors import InternalError, InvalidParameters, InvalidRequest, MalformedMessage
+from aralnode.core.errors import InvalidParameters, InvalidRequest, MalformedMessage
 from aralnode.core.peers import PeerTable
 from aralnode.core.pipeline import Pipeline
 
@@ -114,15 +115,6 @@ def to_json(message: Message) -> dict[str, Any]:
     return out
 
 
-def _value(result: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    try:
-        json_format.ParseDict(result, value)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
-        raise InternalError(f"capability result is not JSON-representable: {exc}") from None
-    return value
-
-
 # -- aral.v1.AgentNode adapters ----------------------------------------------------------
 
 Adapter = Callable[["NodeSurface", "NodeHooksLike", Any, CallContext], Awaitable[Message]]
@@ -153,7 +145,7 @@ async def _invoke(
         outcome = await node.pipeline.invoke(ctx, call.capability, params)
         result, node_id, decision = outcome.value, node.node_id, ctx.decision
     reply = pb.CallResult(
-        result=_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
+        result=codec.to_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
     )
     return pb.InvokeResponse(result=reply)
 

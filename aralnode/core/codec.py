@@ -16,7 +16,7 @@ import msgpack
 import pydantic_core
 from google.protobuf import json_format, struct_pb2
 
-from aralnode.core.errors import InvalidRequest, MalformedMessage, MessageTooLarge
+from aralnode.core.errors import InternalError, InvalidRequest, MalformedMessage, MessageTooLarge
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -69,6 +69,20 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
     raise InvalidRequest(
         f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE"
     )
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    """A JSON-compatible value as ``google.protobuf.Value`` (plain calls' results).
+
+    Raises:
+        InternalError: the value has no JSON form (a capability returned it).
+    """
+    msg = struct_pb2.Value()
+    try:
+        json_format.ParseDict(value, msg)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise InternalError(f"capability result is not JSON-representable: {exc}") from None
+    return msg
 
 
 def compress(data: bytes, compression: str) -> bytes:

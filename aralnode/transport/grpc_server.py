@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
@@ -35,7 +35,6 @@ from aralnode.core.envelope import (
 )
 from aralnode.core.errors import (
     AralError,
-    InternalError,
     InvalidRequest,
     MalformedMessage,
     MessageTooLarge,
@@ -106,15 +105,6 @@ def _deadline(context: Context, clock: Clock, ttl_ms: int = 0) -> tuple[float | 
     if remaining is None:
         return None, False
     return clock.monotonic() + remaining, True
-
-
-def _value(result: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    try:
-        json_format.ParseDict(result, value)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
-        raise InternalError(f"capability result is not JSON-representable: {exc}") from None
-    return value
 
 
 class AgentNodeService:
@@ -260,7 +250,7 @@ class AgentNodeService:
             outcome = await self.pipeline.invoke(ctx, call.capability, params)
             result, node_id, decision = outcome.value, self.node_id, ctx.decision
         reply = pb.CallResult(
-            result=_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
+            result=codec.to_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
         )
         return pb.InvokeResponse(result=reply).SerializeToString()
 
