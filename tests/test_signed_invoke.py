@@ -221,3 +221,16 @@ async def test_every_rejection_is_an_aral_error_with_a_reason(pair: tuple[Node, 
         await send(b, message)
     assert info.value.reason
     assert info.value.status.name == "UNAUTHENTICATED"
+
+
+async def test_unsigned_traffic_does_not_fill_the_replay_cache(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    unsigned = [request(None, b.node_id) for _ in range(20)]
+    for message in unsigned:
+        await send(b, message)
+    ids = [pb.MessageContent.FromString(m.content).header.message_id for m in unsigned]
+    assert not any(b.replay.seen("anonymous", mid) for mid in ids)
+    signed = request(a.identity, b.node_id)
+    await send(b, signed)
+    mid = pb.MessageContent.FromString(signed.content).header.message_id
+    assert b.replay.seen(a.node_id, mid)

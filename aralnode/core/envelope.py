@@ -151,7 +151,7 @@ def open_message(
     Raises:
         MessageTooLarge, MalformedMessage, UnsupportedVersion: bad input.
         Unauthenticated (and subclasses): missing or bad signature, wrong key,
-            replayed or stale message.
+            replayed (signed messages) or stale message.
     """
     raw = message.content
     if len(raw) > max_bytes:
@@ -183,7 +183,13 @@ def open_message(
             reason="WRONG_RECIPIENT",
         )
     if replay is not None:
-        replay.admit(header.sender, header.message_id, header.timestamp_unix_ms)
+        if signer is not None:
+            replay.admit(header.sender, header.message_id, header.timestamp_unix_ms)
+        else:
+            # Anyone can mint a fresh unsigned message, so remembering them protects
+            # nothing; it would only let anonymous traffic fill the cache that
+            # signed peers depend on (it fails closed when full).
+            replay.check_fresh(header.timestamp_unix_ms)
     return OpenedMessage(header=header, body=body, raw=raw, signer=signer)
 
 
