@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from aralnode._runtime import tune_for_serving
 from aralnode.config import NodeConfig
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
@@ -81,6 +82,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    tune_for_serving()
     print(
         f"aralnode {node.name} ({node.node_id}) serving gRPC on {node.address} "
         f"with {len(node.registry)} capabilities; discovery={config.discovery}",

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from aralnode import _proto as pb
+from aralnode._runtime import tune_for_serving
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
@@ -61,6 +62,7 @@ async def node(extra: list[str]) -> None:
         for spec in extra:
             n.load(spec)
         await n.start()
+        tune_for_serving()  # as `aralnode run` does
         print(n.grpc_port, flush=True)
         await n.wait_closed()
 

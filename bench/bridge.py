@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aralnode._runtime import tune_for_serving
 from bench._report import Report, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ async def _serve_node() -> None:
         )
         node.load(str(ROOT / "examples" / "demo.py"))
         async with node:
+            tune_for_serving()  # as `aralnode run` does
             print(json.dumps({"grpc": node.grpc_port, "http": node.http_port}), flush=True)
             await node.wait_closed()
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aralnode._runtime import tune_for_serving
 from bench._report import Report, median, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,7 @@ async def _receiver(data_dir: str, signing: bool) -> None:
         return t
 
     await node.start()
+    tune_for_serving()  # as `aralnode run` does
     node.on_notification("bench", on_bench)
     print(json.dumps({"address": node.address, "node_id": node.node_id}), flush=True)
     loop = asyncio.get_running_loop()
@@ -107,6 +109,7 @@ async def _sender(
 
     node = Node(_config("send", data_dir, signing=signing))
     await node.start()
+    tune_for_serving()
     assert node.channels is not None
     await node.connect(address)
     assert await node.channels.wait_connected(peer, 20)
