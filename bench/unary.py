@@ -25,8 +25,9 @@ from aralnode.transport.grpc_client import NodeClient
 from bench._proc import server
 from bench._report import Report, median, percentile
 
-DURATION = 3.0
-WARMUP = 0.7
+DURATION = 1.5
+WARMUP = 0.3
+ROUNDS = 5
 PARAMS = {"text": "hello, mesh", "times": 1}
 
 
@@ -104,53 +105,72 @@ async def _node_case(port: int, in_flight: int, signed: bool) -> tuple[float, li
         return await _measure(call, in_flight, DURATION)
 
 
+CASES = (
+    ("bare", "bare grpc.aio echo"),
+    ("unsigned", "node Invoke, unsigned"),
+    ("signed", "node Invoke, ES256 signed"),
+)
+
+
 def run(report: Report) -> None:
-    results: dict[tuple[str, int], tuple[float, list[float]]] = {}
+    qps: dict[tuple[str, int], list[float]] = {}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    lat: dict[tuple[str, int], list[float]] = {}
+
+    async def one(case: str, bare_port: int, node_port: int, in_flight: int) -> float:
+        if case == "bare":
+            value, samples = await _bare_case(bare_port, in_flight)
+        else:
+            value, samples = await _node_case(node_port, in_flight, signed=case == "signed")
+        qps.setdefault((case, in_flight), []).append(value)
+        lat.setdefault((case, in_flight), []).extend(samples)
+        return value
 
     async def main() -> None:
         with server("bare") as bare_port, server("node") as node_port:
-            for in_flight in (1, 16):
-                # Interleave cases so drift on a shared machine hits all alike.
-                results[("bare", in_flight)] = await _bare_case(bare_port, in_flight)
-                results[("unsigned", in_flight)] = await _node_case(
-                    node_port, in_flight, signed=False
-                )
-                results[("signed", in_flight)] = await _node_case(node_port, in_flight, signed=True)
+            for r in range(ROUNDS):
+                print(f"  round {r + 1}/{ROUNDS}", flush=True)
+                for in_flight in (1, 16):
+                    # Rotate the order each round so drift on a shared machine hits
+                    # every case alike; ratios are paired within a round.
+                    order = [c for c, _ in CASES]
+                    order = order[r % 3 :] + order[: r % 3]
+                    got = {c: await one(c, bare_port, node_port, in_flight) for c in order}
+                    for c in ("unsigned", "signed"):
+                        ratios.setdefault((c, in_flight), []).append(got[c] / got["bare"])
 
     asyncio.run(main())
     rows = [
+        f"{ROUNDS} interleaved rounds of {DURATION} s per case; QPS is the median over rounds,",
+        "the ratio the median of the per-round (paired) ratios; latencies pool all rounds.",
+        "",
         "| case | in flight | QPS | ratio to bare | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
     ]
     for in_flight in (1, 16):
-        bare_qps, bare_lat = results[("bare", in_flight)]
-        for case, label in (
-            ("bare", "bare grpc.aio echo"),
-            ("unsigned", "node Invoke, unsigned"),
-            ("signed", "node Invoke, ES256 signed"),
-        ):
-            qps, lat = results[(case, in_flight)]
-            p50, p99 = median(lat) * 1000, percentile(lat, 99) * 1000
-            base = None if case == "bare" else bare_qps
-            report.add(f"unary.{case}.c{in_flight}.qps", qps, "calls/s", base)
-            report.add(
-                f"unary.{case}.c{in_flight}.p50",
-                p50,
-                "ms",
-                None if case == "bare" else median(bare_lat) * 1000,
-            )
-            report.add(
-                f"unary.{case}.c{in_flight}.p99",
-                p99,
-                "ms",
-                None if case == "bare" else percentile(bare_lat, 99) * 1000,
-            )
-            share = qps / bare_qps
-            rows.append(
-                f"| {label} | {in_flight} | {qps:,.0f} | {share:.1%} | {p50:.3f} | {p99:.3f} |"
-            )
-    bare_p50 = median(results[("bare", 1)][1]) * 1000
-    uns_p50 = median(results[("unsigned", 1)][1]) * 1000
+        bare_qps = median(qps[("bare", in_flight)])
+        bare_lat = lat[("bare", in_flight)]
+        for case, label in CASES:
+            q = median(qps[(case, in_flight)])
+            samples = lat[(case, in_flight)]
+            p50, p99 = median(samples) * 1000, percentile(samples, 99) * 1000
+            if case == "bare":
+                report.add(f"unary.bare.c{in_flight}.qps", q, "calls/s")
+                report.add(f"unary.bare.c{in_flight}.p50", p50, "ms")
+                report.add(f"unary.bare.c{in_flight}.p99", p99, "ms")
+                share = 1.0
+            else:
+                share = median(ratios[(case, in_flight)])
+                report.add(f"unary.{case}.c{in_flight}.qps", q, "calls/s", bare_qps)
+                report.add(f"unary.{case}.c{in_flight}.paired_ratio", share, "ratio")
+                report.add(f"unary.{case}.c{in_flight}.p50", p50, "ms", median(bare_lat) * 1000)
+                report.add(
+                    f"unary.{case}.c{in_flight}.p99", p99, "ms", percentile(bare_lat, 99) * 1000
+                )
+            cells = (label, in_flight, f"{q:,.0f}", f"{share:.1%}", f"{p50:.3f}", f"{p99:.3f}")
+            rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    bare_p50 = median(lat[("bare", 1)]) * 1000
+    uns_p50 = median(lat[("unsigned", 1)]) * 1000
     rows += [
         "",
         f"p50 at 1 in flight: node unsigned {uns_p50:.3f} ms vs bare {bare_p50:.3f} ms "
