@@ -208,9 +208,7 @@ class Receiver:
             action = Action(
                 Direction.RECEIVE, body.action, peer, "channel", parameters=data, peer=peer
             )
-            verdict = hub.governance.evaluate(action)
-            if verdict.flagged:
-                hub.count("governance.flagged")
+            verdict = hub.pipeline.judge(action)
             enforce(verdict, action)
             if verdict.parameters is not None:
                 data = verdict.parameters
@@ -355,7 +353,12 @@ class Receiver:
             message_id=header.message_id,
             deadline=deadline,
             signed=opened.signed,
-            scopes=hub.settings.peer_scopes if opened.signed else frozenset(),
+            # A delegated call (the peer forwards for someone) gets that principal's
+            # rights; an anonymous one none, whatever the peer itself may do.
+            scopes=hub.settings.peer_scopes
+            if opened.signed and not header.on_behalf_of
+            else frozenset(),
+            on_behalf_of=header.on_behalf_of,
         )
         content_type = header.content_type or codec.JSON
         try:

@@ -64,7 +64,7 @@ from aralnode.core.errors import (
     PeerNotFound,
     Unavailable,
 )
-from aralnode.core.governance import Action, Direction, Evaluator, enforce
+from aralnode.core.governance import Action, Direction, enforce
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import (
     Inbox,
@@ -110,7 +110,6 @@ class ChannelHub:
         keyring: KeyRing,
         replay: ReplayGuard,
         pipeline: Pipeline,
-        governance: Evaluator,
         clock: Clock,
         outbox: Outbox,
         inbox: Inbox,
@@ -122,8 +121,7 @@ class ChannelHub:
         self.node_id = identity.node_id
         self.keyring = keyring
         self.replay = replay
-        self.pipeline = pipeline
-        self.governance = governance
+        self.pipeline = pipeline  # runs requests, and judges every send and receipt
         self.clock = clock
         self.outbox = outbox
         self.inbox = inbox
@@ -404,9 +402,7 @@ class ChannelHub:
 
     def _govern(self, peer: str, action: str, params: Any) -> Any:
         act = Action(Direction.SEND, action, self.node_id, "channel", parameters=params, peer=peer)
-        verdict = self.governance.evaluate(act)
-        if verdict.flagged:
-            self.count("governance.flagged")
+        verdict = self.pipeline.judge(act)
         enforce(verdict, act)
         return params if verdict.parameters is None else verdict.parameters
 
@@ -427,6 +423,7 @@ class ChannelHub:
         compression: str = "",
         trace_id: str = "",
         ttl_ms: int = 0,
+        on_behalf_of: str = "",
     ) -> tuple[str, int]:
         content = build_content(
             sender=self.node_id,
@@ -437,6 +434,7 @@ class ChannelHub:
             content_type=content_type,
             compression=compression,
             ttl_ms=ttl_ms,
+            on_behalf_of=on_behalf_of,
         )
         header = content.header
         # The message signs its own place on the channel (epoch, seq): it cannot
@@ -472,6 +470,7 @@ class ChannelHub:
         timeout: float | None = 30.0,
         content_type: str = codec.JSON,
         trace_id: str = "",
+        on_behalf_of: str = "",
     ) -> Any:
         """Invoke ``capability`` on ``peer`` over the channel; return its result.
 
@@ -502,6 +501,7 @@ class ChannelHub:
                     compression=compression,
                     trace_id=trace_id,
                     ttl_ms=ttl_ms,
+                    on_behalf_of=on_behalf_of,
                 )
                 pc.pending[message_id] = (fut, seq)
                 return await fut
@@ -693,7 +693,6 @@ def build_hub(node: Node) -> ChannelHub:
         keyring=node.keyring,
         replay=node.replay,
         pipeline=node.pipeline,
-        governance=node.governance,
         clock=node.clock,
         outbox=outbox,
         inbox=inbox,

@@ -32,7 +32,7 @@ from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import AralError, KeyMismatch, PeerNotFound, Unavailable
-from aralnode.core.governance import AllowAll, Evaluator
+from aralnode.core.governance import AllowAll, Direction, Evaluator
 from aralnode.core.handshake import SOFTWARE, VerifiedCard, build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
@@ -81,9 +81,12 @@ class Node:
         self.clock = clock
         self._identity = identity
         self.registry = CapabilityRegistry()
-        self.governance: Evaluator = governance or AllowAll()
         self.pipeline = Pipeline(
-            self.registry, self.governance, clock, max_concurrent=self.config.max_concurrent
+            self.registry,
+            governance or AllowAll(),
+            clock,
+            max_concurrent=self.config.max_concurrent,
+            allow_anonymous=self.config.allow_unsigned,
         )
         self.keyring = KeyRing()
         self.peer_table = PeerTable(clock)
@@ -102,6 +105,15 @@ class Node:
         self.registry.on_change(self._capabilities_changed)
         self._proto_docs = ProtoDocs()
         self.discovery = Discovery(self)
+
+    @property
+    def governance(self) -> Evaluator:
+        """The evaluator every door's calls and every channel message go through."""
+        return self.pipeline.governance
+
+    @governance.setter
+    def governance(self, evaluator: Evaluator) -> None:
+        self.pipeline.governance = evaluator
 
     # -- identity -----------------------------------------------------------------
 
@@ -371,6 +383,8 @@ class Node:
         *,
         timeout: float | None = 30.0,
         content_type: str = codec.JSON,
+        on_behalf_of: str = "",
+        trace_id: str = "",
     ) -> Any:
         """Invoke ``capability`` on a verified peer over the A2A channel: a signed,
         governed request; its signed response's result (see docs/channels.md).
@@ -378,18 +392,34 @@ class Node:
         Only a peer that refused channels (answered UNIMPLEMENTED) is called with
         a unary signed ``Invoke`` instead: nodes of the ARAL interop profile may
         serve Invoke alone.
+
+        Args:
+            on_behalf_of: The principal this node acts for ("anonymous" for an
+                unauthenticated caller), signed into the request so the peer grants
+                that principal's rights, not this node's.
         """
         hub = self._hub()
         pc = hub.peers.get(peer)
         client = self._clients.get(peer)
         if pc is not None and pc.unsupported and client is not None:
             return await client.request(
-                capability, params, timeout=timeout, content_type=content_type
+                capability,
+                params,
+                timeout=timeout,
+                content_type=content_type,
+                on_behalf_of=on_behalf_of,
+                trace_id=trace_id,
             )
         if client is None and pc is None and not hub.is_verified(peer):
             raise PeerNotFound(f"no connected peer {peer!r}", details={"node_id": peer})
         return await hub.request(
-            peer, capability, params, timeout=timeout, content_type=content_type
+            peer,
+            capability,
+            params,
+            timeout=timeout,
+            content_type=content_type,
+            on_behalf_of=on_behalf_of,
+            trace_id=trace_id,
         )
 
     async def notify(
@@ -428,7 +458,23 @@ class Node:
     async def _forward(
         self, to: str, capability: str, params: Any, timeout: float | None, ctx: CallContext
     ) -> Any:
-        return await self.request(to, capability, params, timeout=timeout)
+        """A caller's call forwarded to peer ``to`` (``aralnode call --to``, REST
+        ``call.to``, MCP peer tools): admitted and judged here for that caller, and
+        sent as a delegation so the peer grants the caller's rights, not ours."""
+
+        async def send(args: Any) -> Any:
+            return await self.request(
+                to,
+                capability,
+                args,
+                timeout=timeout,
+                on_behalf_of=ctx.principal,
+                trace_id=ctx.trace_id,
+            )
+
+        return await self.pipeline.call(
+            ctx, capability, params, send, direction=Direction.SEND, risk="unspecified", peer=to
+        )
 
     # -- peers -----------------------------------------------------------------------------
 

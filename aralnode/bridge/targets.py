@@ -25,11 +25,11 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
-from aralnode.core import codec
+from aralnode.core.calls import plain_call
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
-from aralnode.core.errors import InvalidParameters, InvalidRequest, MalformedMessage
+from aralnode.core.errors import InvalidParameters, InvalidRequest
 from aralnode.core.peers import PeerTable
 from aralnode.core.pipeline import Pipeline
 
@@ -128,24 +128,13 @@ async def _invoke(
             "this door takes a plain `call`; signed messages travel over gRPC",
             reason="UNSUPPORTED_KIND",
         )
-    call = request.call
-    if not call.capability:
-        raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
-    params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
-    if call.trace_id:
-        ctx.trace_id = call.trace_id
-    if call.timeout_ms > 0:
-        deadline = node.clock.monotonic() + call.timeout_ms / 1000
-        ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
-    if call.to and call.to != node.node_id:
-        timeout = None if ctx.deadline is None else ctx.deadline - node.clock.monotonic()
-        result = await hooks.forward(call.to, call.capability, params, timeout, ctx)
-        node_id, decision = call.to, ""
-    else:
-        outcome = await node.pipeline.invoke(ctx, call.capability, params)
-        result, node_id, decision = outcome.value, node.node_id, ctx.decision
-    reply = pb.CallResult(
-        result=codec.to_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
+    reply = await plain_call(
+        request.call,
+        ctx,
+        pipeline=node.pipeline,
+        forward=hooks.forward,
+        node_id=node.node_id,
+        clock=node.clock,
     )
     return pb.InvokeResponse(result=reply)
 
@@ -193,9 +182,18 @@ def _node_target(
     req_cls: type[Message] = GetMessageClass(method.input_type)
     resp_cls: type[Message] = GetMessageClass(method.output_type)
 
+    name = method.name
+
     async def call(ctx: CallContext, params: dict[str, Any]) -> Any:
         request = parse_request(req_cls, params)
-        return to_json(await adapter(node, hooks, request, ctx))
+        if name == "Invoke":  # runs the pipeline itself (here or through a forward)
+            return to_json(await adapter(node, hooks, request, ctx))
+
+        async def run(_: Any) -> Message:
+            return await adapter(node, hooks, request, ctx)
+
+        method_id = f"{pb.AGENT_NODE_SERVICE_NAME}/{name}"
+        return to_json(await node.pipeline.call(ctx, method_id, None, run))
 
     return Target(method, req_cls, resp_cls, call=call, tool=tool, read_only=tool)
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 
 from aralnode.core.errors import AralError, StatusCode, error_from_status
+
+ANONYMOUS = "anonymous"
+_TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def clean_trace_id(value: str) -> str:
+    """A caller's trace id if it is safe to carry and echo (in headers, logs, other
+    nodes' envelopes), else a fresh one."""
+    return value if value and _TRACE_ID.fullmatch(value) else uuid.uuid4().hex
 
 
 @dataclass(slots=True)
@@ -23,6 +33,9 @@ class CallContext:
             gRPC does), so the pipeline need not arm a timer of its own.
         signed: Whether the request was a verified signed envelope.
         scopes: Scopes granted to the caller.
+        on_behalf_of: Set when ``caller`` (a verified node) acts for someone else:
+            "anonymous" or a principal id (PRO-020). Such a call gets no more than
+            that principal's rights, and counts as anonymous if the principal is.
         metadata: Door-specific request metadata (gRPC metadata, HTTP headers).
     """
 
@@ -35,10 +48,21 @@ class CallContext:
     deadline_enforced: bool = False
     signed: bool = False
     scopes: frozenset[str] = frozenset()
+    on_behalf_of: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     capability: str = ""
     decision: str = ""
     flags: list[str] = field(default_factory=list)
+
+    @property
+    def anonymous(self) -> bool:
+        """No authenticated principal stands behind this call."""
+        return not self.caller or self.on_behalf_of == ANONYMOUS
+
+    @property
+    def principal(self) -> str:
+        """Who the call is for: the delegating principal, else the caller."""
+        return self.on_behalf_of or self.caller or ANONYMOUS
 
     def abort(self, status: StatusCode | int, message: str, *, reason: str = "") -> None:
         """Fail the call with a canonical status, like ``ServicerContext.abort``."""

@@ -84,6 +84,7 @@ def build_content(
     content_type: str = codec.JSON,
     compression: str = "",
     ttl_ms: int = 0,
+    on_behalf_of: str = "",
 ) -> pb.MessageContent:
     header = pb.Header(
         version=PROTOCOL_VERSION,
@@ -96,6 +97,7 @@ def build_content(
         trace_id=trace_id,
         nonce=new_nonce(),
         ttl_ms=ttl_ms,
+        on_behalf_of=on_behalf_of,
     )
     return pb.MessageContent(header=header, body=body)
 

@@ -5,8 +5,10 @@
 
 Doors (gRPC Invoke, the A2A channel, REST, MCP, in-process calls) build a
 ``CallContext`` and call ``Pipeline.invoke``; none of them calls a handler itself,
-so a call refused on one door is refused on all. Server-streaming methods go
-through ``Pipeline.stream`` (admission and governance before the first item), and
+so a call refused on one door is refused on all. Anonymous callers are refused
+here too when the node requires authentication. Server-streaming methods go
+through ``Pipeline.stream``, built-in methods and forwards to peers through
+``Pipeline.call`` (admission and governance before the first item), and
 every governance verdict, wherever it was made, goes through ``Pipeline.judge`` so
 listeners (the WebSocket event feed, audit) see them all.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from aralnode.core.errors import (
     HandlerFailed,
     PermissionDenied,
     RateLimited,
+    Unauthenticated,
 )
 from aralnode.core.governance import Action, Direction, Evaluator, Verdict, enforce
 
@@ -57,11 +60,13 @@ class Pipeline:
         clock: Clock,
         *,
         max_concurrent: int = 512,
+        allow_anonymous: bool = True,
     ) -> None:
         self.registry = registry
         self.governance = governance
         self.clock = clock
         self.max_concurrent = max_concurrent
+        self.allow_anonymous = allow_anonymous
         self.in_flight = 0
         self.counters: Counter[str] = Counter()
         self.verdict_listeners: list[VerdictListener] = []
@@ -82,7 +87,12 @@ class Pipeline:
                 log.exception("governance verdict listener failed")
         return verdict
 
-    def _admit(self) -> None:
+    def _admit(self, ctx: CallContext) -> None:
+        if ctx.anonymous and not self.allow_anonymous:
+            self.counters["invoke.unauthenticated"] += 1
+            raise Unauthenticated(
+                "this node does not serve anonymous callers", reason="ANONYMOUS_REFUSED"
+            )
         if self.in_flight >= self.max_concurrent:
             self.counters["invoke.rejected"] += 1
             raise RateLimited(
@@ -102,7 +112,7 @@ class Pipeline:
     ) -> AsyncIterator[T]:
         """Run a server-streaming method: admission and governance before the first
         item, the concurrency slot held until the stream ends."""
-        self._admit()
+        self._admit(ctx)
         self.in_flight += 1
         try:
             ctx.capability = method_id
@@ -123,13 +133,47 @@ class Pipeline:
         finally:
             self.in_flight -= 1
 
+    async def call(
+        self,
+        ctx: CallContext,
+        action_id: str,
+        params: Any,
+        run: Callable[[Any], Awaitable[T]],
+        *,
+        direction: Direction = Direction.INVOKE,
+        risk: str = "read_only",
+        peer: str = "",
+    ) -> T:
+        """Run something that is not a registered capability under the same rules:
+        the node's built-in methods (status, capabilities, peers) and calls this node
+        forwards to a peer for a caller (``direction=SEND``). ``run(params)`` gets
+        the parameters as governance left them."""
+        self._admit(ctx)
+        self.in_flight += 1
+        try:
+            ctx.capability = action_id
+            action = Action(
+                direction, action_id, ctx.caller, ctx.door, risk, params, peer or ctx.peer
+            )
+            verdict = self.judge(action, ctx)
+            ctx.decision = verdict.decision.label
+            if verdict.flagged:
+                ctx.flags.extend(verdict.rule_ids)
+            enforce(verdict, action)
+            return await run(params if verdict.parameters is None else verdict.parameters)
+        except AralError as exc:
+            self.counters[f"call.{exc.code}"] += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
     async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
         """Run one capability for ``ctx``.
 
         Raises:
             AralError: every refusal and failure, already mapped to a status.
         """
-        self._admit()
+        self._admit(ctx)
         self.in_flight += 1
         try:
             return await self._run(ctx, capability_id, params)

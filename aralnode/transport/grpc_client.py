@@ -131,8 +131,11 @@ class NodeClient:
         content_type: str = codec.JSON,
         trace_id: str = "",
         sign: bool = True,
+        on_behalf_of: str = "",
     ) -> Any:
-        """Invoke ``capability`` with a (signed) request envelope; return its result."""
+        """Invoke ``capability`` with a (signed) request envelope; return its result.
+
+        ``on_behalf_of`` marks a delegated call (see ``Node.request``)."""
         if sign and self.identity is None:
             raise ValueError("signed requests need an identity")
         payload, compression = encode_payload(params, content_type)
@@ -146,6 +149,7 @@ class NodeClient:
             content_type=content_type,
             compression=compression,
             ttl_ms=int(timeout * 1000) if timeout else 0,
+            on_behalf_of=on_behalf_of,
         )
         request = pb.InvokeRequest()
         seal_into(

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.calls import plain_call
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import (
@@ -204,7 +205,9 @@ class AgentNodeService:
             deadline=deadline,
             deadline_enforced=enforced,
             signed=opened.signed,
-            scopes=sec.peer_scopes if opened.signed else _NO_SCOPES,
+            # A delegated call gets its principal's rights, not the signer's.
+            scopes=sec.peer_scopes if opened.signed and not header.on_behalf_of else _NO_SCOPES,
+            on_behalf_of=header.on_behalf_of,
         )
         outcome = await self.pipeline.invoke(
             ctx, body.action, opened.parameters(sec.max_message_bytes)
@@ -229,62 +232,71 @@ class AgentNodeService:
         return response.SerializeToString()
 
     async def _invoke_call(self, call: pb.Call, context: Context) -> bytes:
-        if not self.sec.allow_unsigned:
-            raise Unauthenticated(
-                "this node accepts only signed messages", reason="SIGNATURE_MISSING"
-            )
-        if not call.capability:
-            raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
-        params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
-        deadline, enforced = _deadline(context, self.clock, call.timeout_ms)
+        deadline, enforced = _deadline(context, self.clock)
         ctx = CallContext(
             door="grpc", peer=context.peer(), deadline=deadline, deadline_enforced=enforced
         )
-        if call.trace_id:
-            ctx.trace_id = call.trace_id
-        if call.to and call.to != self.node_id:
-            timeout = None if ctx.deadline is None else ctx.deadline - self.clock.monotonic()
-            result = await self.hooks.forward(call.to, call.capability, params, timeout, ctx)
-            node_id, decision = call.to, ""
-        else:
-            outcome = await self.pipeline.invoke(ctx, call.capability, params)
-            result, node_id, decision = outcome.value, self.node_id, ctx.decision
-        reply = pb.CallResult(
-            result=codec.to_value(result), trace_id=ctx.trace_id, node_id=node_id, decision=decision
+        reply = await plain_call(
+            call,
+            ctx,
+            pipeline=self.pipeline,
+            forward=self.hooks.forward,
+            node_id=self.node_id,
+            clock=self.clock,
         )
         return pb.InvokeResponse(result=reply).SerializeToString()
 
-    async def ListCapabilities(self, data: bytes, context: Context) -> bytes:
+    async def _builtin(
+        self,
+        context: Context,
+        data: bytes,
+        cls: type[Message],
+        answer: Callable[[Any], Message],
+        name: str,
+    ) -> bytes:
+        """The node's own read-only methods, admitted and judged like any call."""
         try:
-            request = _parse(pb.ListCapabilitiesRequest, data)
-            if request.node_id and request.node_id != self.node_id:
-                caps = self.hooks.peer_capabilities(request.node_id)
-                node_id = request.node_id
-            else:
-                caps = [c.to_proto() for c in self.pipeline.registry]
-                node_id = self.node_id
-            return pb.ListCapabilitiesResponse(
-                node_id=node_id, capabilities=caps
-            ).SerializeToString()
+            request = _parse(cls, data)
+            deadline, enforced = _deadline(context, self.clock)
+            ctx = CallContext(
+                door="grpc", peer=context.peer(), deadline=deadline, deadline_enforced=enforced
+            )
+
+            async def run(_: Any) -> Message:
+                return answer(request)
+
+            method = f"{pb.AGENT_NODE_SERVICE_NAME}/{name}"
+            response = await self.pipeline.call(ctx, method, None, run)
+            return response.SerializeToString()
         except AralError as exc:
             await abort(context, exc)
             raise
+
+    def _capabilities(self, request: Any) -> Message:
+        if request.node_id and request.node_id != self.node_id:
+            caps = self.hooks.peer_capabilities(request.node_id)
+            return pb.ListCapabilitiesResponse(node_id=request.node_id, capabilities=caps)
+        caps = [c.to_proto() for c in self.pipeline.registry]
+        return pb.ListCapabilitiesResponse(node_id=self.node_id, capabilities=caps)
+
+    async def ListCapabilities(self, data: bytes, context: Context) -> bytes:
+        return await self._builtin(
+            context, data, pb.ListCapabilitiesRequest, self._capabilities, "ListCapabilities"
+        )
 
     async def GetStatus(self, data: bytes, context: Context) -> bytes:
-        try:
-            _parse(pb.GetStatusRequest, data)
-            return self.hooks.status().SerializeToString()
-        except AralError as exc:
-            await abort(context, exc)
-            raise
+        return await self._builtin(
+            context, data, pb.GetStatusRequest, lambda _: self.hooks.status(), "GetStatus"
+        )
 
     async def ListPeers(self, data: bytes, context: Context) -> bytes:
-        try:
-            _parse(pb.ListPeersRequest, data)
-            return pb.ListPeersResponse(peers=self.hooks.peers()).SerializeToString()
-        except AralError as exc:
-            await abort(context, exc)
-            raise
+        return await self._builtin(
+            context,
+            data,
+            pb.ListPeersRequest,
+            lambda _: pb.ListPeersResponse(peers=self.hooks.peers()),
+            "ListPeers",
+        )
 
     async def Channel(
         self, requests: AsyncIterator[bytes], context: Context

@@ -35,7 +35,7 @@ class MessageContent(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel")
+    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel", "on_behalf_of")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Header(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ON_BEHALF_OF_FIELD_NUMBER: _ClassVar[int]
     version: str
     message_id: str
     timestamp_unix_ms: int
@@ -58,7 +59,8 @@ class Header(_message.Message):
     nonce: bytes
     ttl_ms: int
     channel: ChannelBinding
-    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ...) -> None: ...
+    on_behalf_of: str
+    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ..., on_behalf_of: _Optional[str] = ...) -> None: ...
 
 class ChannelBinding(_message.Message):
     __slots__ = ("epoch", "seq")

@@ -1,0 +1,150 @@
+"""Who a call is for, on every door: anonymous callers, delegation when a node
+forwards a call, built-in methods under governance, and trace id hygiene."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import httpx
+import pytest
+
+from aralnode import (
+    CallContext,
+    GovernanceBlocked,
+    Node,
+    NodeClient,
+    PermissionDenied,
+    Unauthenticated,
+)
+from aralnode import _proto as pb
+from aralnode.core.governance import Decision, Direction, Rule, RuleEvaluator
+from aralnode.transport.grpc_client import unwrap
+
+
+async def linked(a: Node, b: Node) -> None:
+    await a.connect(b.address)
+    assert a.channels is not None
+    assert await a.channels.wait_connected(b.node_id, 10)
+
+
+def with_secret(node: Node) -> None:
+    @node.capability(id="vault.read", scopes=("vault",))
+    async def read(ctx: CallContext) -> dict[str, str]:
+        """A capability only callers holding the `vault` scope may run."""
+        return {"caller": ctx.caller, "for": ctx.principal}
+
+
+async def test_forwarded_anonymous_call_gets_no_peer_rights(make_node: Callable[..., Node]) -> None:
+    a = make_node("alpha")
+    b = make_node("beta", peer_scopes=frozenset({"vault"}))  # b trusts nodes with `vault`
+    with_secret(b)
+    async with a, b:
+        await linked(a, b)
+        # a itself, signing as a node, holds the scope at b ...
+        assert await a.request(b.node_id, "vault.read", {}) == {
+            "caller": a.node_id,
+            "for": a.node_id,
+        }
+        # ... but an anonymous caller forwarded by a does not borrow it.
+        async with NodeClient(a.address) as client:
+            with pytest.raises(PermissionDenied) as info:
+                await client.call("vault.read", {}, to=b.node_id)
+            assert info.value.reason == "MISSING_SCOPE"
+            who = unwrap(await client.call("demo.whoami", {}, to=b.node_id))
+    assert who["caller"] == a.node_id  # the hop b verified
+
+
+async def test_forward_is_governed_at_the_forwarding_node(make_node: Callable[..., Node]) -> None:
+    policy = RuleEvaluator(
+        [
+            Rule(
+                "no-relay",
+                lambda act: act.direction is Direction.SEND and act.door == "grpc",
+                Decision.BLOCK,
+            )
+        ]
+    )
+    a, b = make_node("alpha", governance=policy), make_node("beta")
+    async with a, b:
+        await linked(a, b)
+        async with NodeClient(a.address) as client:
+            with pytest.raises(GovernanceBlocked):
+                await client.call("demo.add", {"a": 1, "b": 2}, to=b.node_id)
+            assert unwrap(await client.call("demo.add", {"a": 1, "b": 2})) == 3  # local: allowed
+        assert await a.request(b.node_id, "demo.add", {"a": 1, "b": 2}) == 3  # the node's own send
+
+
+async def test_anonymous_callers_refused_on_every_door(make_node: Callable[..., Node]) -> None:
+    node = make_node("closed", http_port=0, allow_unsigned=False)
+    async with node:
+        async with NodeClient(node.address) as client:
+            with pytest.raises(Unauthenticated) as info:
+                await client.call("demo.add", {"a": 1, "b": 2})
+            assert info.value.reason == "ANONYMOUS_REFUSED"
+            with pytest.raises(Unauthenticated):
+                await client.status()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{node.http_port}", timeout=10
+        ) as http:
+            r = await http.post(
+                "/v1/capabilities/demo.add:invoke", json={"call": {"parameters": {"a": 1, "b": 2}}}
+            )
+            assert r.status_code == 401
+            r = await http.get("/v1/status")
+            assert r.status_code == 401
+        # the in-process door acts as the node itself
+        assert await node.invoke("demo.add", {"a": 1, "b": 2}) == 3
+
+
+async def test_builtin_methods_are_governed(make_node: Callable[..., Node]) -> None:
+    policy = RuleEvaluator(
+        [
+            Rule(
+                "hide-status",
+                decision=Decision.BLOCK,
+                capabilities=frozenset({"aral.v1.AgentNode/GetStatus"}),
+            )
+        ]
+    )
+    node = make_node("quiet", http_port=0, governance=policy)
+    async with node:
+        async with NodeClient(node.address) as client:
+            with pytest.raises(GovernanceBlocked):
+                await client.status()
+            caps = await client.capabilities()  # other built-ins still answer
+            assert caps.node_id == node.node_id
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{node.http_port}", timeout=10
+        ) as http:
+            r = await http.get("/v1/status")
+            assert r.status_code == 403
+            assert r.json()["error"]["code"] == "governance_blocked"
+
+
+@pytest.mark.parametrize("bad", ["a\r\nb", "x" * 500, "spaces are not ok"])
+async def test_unsafe_trace_ids_are_replaced(make_node: Callable[..., Node], bad: str) -> None:
+    node = make_node("traces")
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        stub = pb.AgentNodeStub(channel)
+        request = pb.InvokeRequest(call=pb.Call(capability="demo.add", trace_id=bad))
+        request.call.parameters.update({"a": 1, "b": 1})
+        reply = await stub.Invoke(request, timeout=10)
+        assert reply.result.trace_id != bad
+        assert reply.result.trace_id.isalnum()
+        request.call.trace_id = "ok-trace.1:2"
+        reply = await stub.Invoke(request, timeout=10)
+        assert reply.result.trace_id == "ok-trace.1:2"
+
+
+async def test_delegation_on_the_unary_door(make_node: Callable[..., Node]) -> None:
+    a = make_node("alpha")
+    b = make_node("beta", peer_scopes=frozenset({"vault"}))
+    with_secret(b)
+    async with a, b, NodeClient(b.address, identity=a.identity, keyring=a.keyring) as client:
+        await client.handshake(a.card(), expected_node_id=b.node_id)
+        assert await client.request("vault.read", {}) == {"caller": a.node_id, "for": a.node_id}
+        with pytest.raises(PermissionDenied):
+            await client.request("vault.read", {}, on_behalf_of="anonymous")
+        who = await client.request("demo.whoami", {}, on_behalf_of="carol")
+        assert who["caller"] == a.node_id
