@@ -460,7 +460,11 @@ async def test_handshake_flood_fills_neither_table_nor_key_ring(
                 except RateLimited as exc:
                     refused.append(exc.reason)
         table = a.peer_table
-        assert refused == ["TOO_MANY_UNREACHED_PEERS"] * (150 - table.max_inbound)
+        # Unreached entries may expire during the flood (peer_timeout_ms is short so
+        # the end of the test is quick), freeing slots: the exact count of refusals
+        # depends on the machine's speed; the bounds below do not.
+        assert refused, "the flood was never refused"
+        assert set(refused) == {"TOO_MANY_UNREACHED_PEERS"}
         assert table.connected() == []  # none of them is CONNECTED
         assert table.unreached() <= table.max_inbound
         assert a.keyring.pinned <= table.max_inbound

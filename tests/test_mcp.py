@@ -16,7 +16,19 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from aralnode import Node
-from aralnode.bridge.mcp import tool_name
+from aralnode import _proto as pb
+from aralnode.bridge.mcp import (
+    WRAPPED,
+    InvalidToolSchema,
+    LocalTools,
+    ToolSpec,
+    _input_schema,
+    assign_names,
+    peer_tool_name,
+    remote_spec,
+    tool_name,
+)
+from aralnode.core.context import CallContext
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,9 +155,11 @@ async def test_peer_tools_are_forwarded_over_the_signed_channel(
         await alpha.connect(beta.address)
         async with Client(url(alpha)) as client:
             names = {t.name for t in (await client.list_tools()).tools}
-            assert "peer.beta.demo.echo" in names
+            # the peer's chosen name, and the head of the id it cannot choose
+            echo = f"peer.beta-{beta.node_id[:8]}.demo.echo"
+            assert echo in names
             assert "demo.echo" not in names  # alpha has no demo capabilities itself
-            result = await client.call_tool("peer.beta.demo.echo", {"text": "via alpha"})
+            result = await client.call_tool(echo, {"text": "via alpha"})
             assert result.structured_content == {"text": "via alpha", "echo": ["via alpha"]}
 
 
@@ -178,3 +192,142 @@ def test_long_tool_names_stay_distinct() -> None:
     a, b = tool_name("x" * 200 + "a"), tool_name("x" * 200 + "b")
     assert len(a) == len(b) == 128
     assert a != b
+
+
+def spec(key: str, name: str | None = None) -> ToolSpec:
+    async def run(args: Any, ctx: CallContext) -> Any:
+        return args
+
+    return ToolSpec(
+        name=name or tool_name(key),
+        description="",
+        input_schema={"type": "object"},
+        output_schema=None,
+        read_only=False,
+        run=run,
+        key=key,
+    )
+
+
+def test_colliding_names_get_a_stable_hash_not_an_order() -> None:
+    keys = ["a.b", "a/b", "a:b", "a_b", "x:y", "x;y", "c"]
+    first = {t.key: name for name, t in assign_names(spec(k) for k in keys).items()}
+    again = {t.key: name for name, t in assign_names(spec(k) for k in reversed(keys)).items()}
+    assert first == again
+    assert len(set(first.values())) == len(keys)
+    # a key that is its name keeps it; the others get a hash of their own key
+    assert (first["a.b"], first["a_b"], first["c"]) == ("a.b", "a_b", "c")
+    assert first["a/b"].startswith("a.b-")
+    assert first["a:b"].startswith("a_b-")
+    # no key is the name: every one is hashed
+    assert first["x:y"].startswith("x_y-")
+    assert first["x;y"].startswith("x_y-")
+    # the suffix depends on the id alone: the same tool keeps its name as others come
+    alone = assign_names([spec("a/b"), spec("a.b")])
+    assert {t.key: n for n, t in alone.items()}["a/b"] == first["a/b"]
+    # and the names are valid MCP names
+    for name in first.values():
+        assert len(name) <= 128
+        assert tool_name(name) == name
+
+
+def test_the_same_peer_name_on_two_peers_stays_apart() -> None:
+    a = peer_tool_name("twin", "aaaaaaaaaaaaaaaa", "demo.echo")
+    b = peer_tool_name("twin", "bbbbbbbbbbbbbbbb", "demo.echo")
+    assert a != b
+    assert a == "peer.twin-aaaaaaaa.demo.echo"
+    assert peer_tool_name("", "cccccccccccccccc", "x/y") == "peer.cccccccc.x.y"
+
+
+def capability(input_schema: Any = None, output_schema: Any = None) -> pb.Capability:
+    cap = pb.Capability(id="remote.cap", name="cap")
+    if input_schema is not None:
+        cap.input_schema.update(input_schema)
+    if output_schema is not None:
+        cap.output_schema.update(output_schema)
+    return cap
+
+
+async def _run(args: Any, ctx: CallContext) -> Any:
+    return args
+
+
+@pytest.mark.parametrize(
+    ("input_schema", "output_schema"),
+    [
+        ({"type": "nonsense"}, None),
+        ({"type": "object", "properties": {"a": {"minLength": -1}}}, None),
+        ({"type": "object", "required": "a"}, None),
+        ({"type": "object"}, {"type": 5}),
+    ],
+)
+def test_peer_schemas_that_are_not_json_schema_are_refused(
+    input_schema: Any, output_schema: Any
+) -> None:
+    with pytest.raises(InvalidToolSchema):
+        remote_spec("remote.cap", capability(input_schema, output_schema), _run)
+
+
+@pytest.mark.parametrize(
+    ("schema", "sample"),
+    [
+        ({}, None),
+        ({"type": "string"}, "x"),
+        ({"type": ["object", "null"], "properties": {"a": {"type": "integer"}}}, None),
+        ({"properties": {"a": {"type": "integer"}}}, None),
+        ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, 1),
+        (
+            {
+                "type": "array",
+                "items": {"$ref": "#/$defs/item"},
+                "$defs": {"item": {"type": "string"}},
+            },
+            ["x"],
+        ),
+    ],
+)
+def test_input_schemas_are_always_objects(schema: dict[str, Any], sample: Any) -> None:
+    arguments, wrapped = _input_schema(schema)
+    assert arguments["type"] == "object"
+    Draft202012Validator.check_schema(arguments)
+    assert wrapped == (sample is not None)
+    if wrapped:
+        # the capability's own input is the one argument, and refs still resolve
+        validator = Draft202012Validator(arguments)
+        assert validator.is_valid({WRAPPED: sample})
+        assert not validator.is_valid({WRAPPED: {"no": "thing"}})
+        assert not validator.is_valid({})
+
+
+async def test_a_wrapped_input_reaches_the_capability_unwrapped() -> None:
+    tool = remote_spec("remote.cap", capability({"type": "string"}), _run)
+    assert tool.input_schema["required"] == [WRAPPED]
+    assert await tool.run({WRAPPED: "text"}, CallContext(door="mcp")) == "text"
+
+
+async def test_peer_tools_with_bad_schemas_are_dropped_and_counted(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node("drops", http_port=0, demo=False)
+    async with node:
+        tools = node._http.tools
+        assert isinstance(tools, LocalTools)
+        good = capability({"type": "object"})
+        bad = pb.Capability(id="bad.cap", name="bad")
+        bad.input_schema.update({"type": "nonsense"})
+        peer = pb.Peer(node_id="p" * 32, name="other", state=pb.PeerState.PEER_STATE_CONNECTED)
+        monkeypatch.setattr(tools, "_peer_capabilities", lambda node_id: [good, bad])
+        built = tools._build([peer])
+        assert "peer.other-pppppppp.remote.cap" in built
+        assert not any("bad.cap" in name for name in built)
+        assert tools.dropped == 1
+
+
+async def test_a_stopped_bridge_leaves_no_peer_listeners(make_node: Callable[..., Node]) -> None:
+    node = make_node("listeners", http_port=0)
+    before = len(node.peer_table._listeners)
+    registry_before = len(node.registry._listeners)
+    async with node:
+        assert len(node.peer_table._listeners) > before  # MCP tools and WS events follow it
+    assert len(node.peer_table._listeners) == before
+    assert len(node.registry._listeners) == registry_before

@@ -3,8 +3,10 @@ node's own AgentNode service, over real HTTP on loopback with httpx."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from aralnode import Node
+from aralnode import CallContext, Node
+from aralnode.bridge._http import ForbiddenOrigin
+from aralnode.core.errors import PermissionDenied, StatusCode
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 
 LIBRARY = str(Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py")
@@ -292,3 +296,133 @@ async def test_http_port_none_serves_no_http(make_node: Callable[..., Node]) -> 
     async with node:
         assert node.http_port is None
         assert [e.protocol for e in node.status().endpoints] == ["grpc"]
+
+
+SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+async def test_a_stream_stops_when_its_client_disconnects(make_node: Callable[..., Node]) -> None:
+    make_node("loader", demo=False).load(LIBRARY)  # imports library_pb2
+    books = lib()
+    first_sent, ended = asyncio.Event(), asyncio.Event()
+
+    class EndlessShelf:
+        """A watch that never ends by itself: only cancellation stops it."""
+
+        async def WatchShelf(self, request: Any, ctx: CallContext) -> AsyncIterator[Any]:
+            try:
+                yield books.Book(title="first")
+                first_sent.set()
+                await asyncio.Event().wait()  # no more changes, ever
+            finally:
+                ended.set()
+
+    node = make_node("endless", demo=False, http_port=0)
+    node.add_service(EndlessShelf(), books)
+    async with node:
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with (
+            httpx.AsyncClient(base_url=base) as http,
+            http.stream("GET", "/v1/shelves/sci/books:watch") as r,
+        ):
+            assert r.status_code == 200
+            line = await anext(r.aiter_lines())
+            assert json.loads(line)["title"] == "first"
+            await first_sent.wait()
+            assert node.pipeline.in_flight == 1
+        # leaving the block with the body unread closes the connection
+        async with asyncio.timeout(10):
+            await ended.wait()
+        assert node.pipeline.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "bad", ["a\r\nb", "x" * 10_240, "spaces are not ids", "\xe9", "trailing-newline\n"]
+)
+async def test_unsafe_ids_never_reach_a_response_header(node: Node, bad: str) -> None:
+    # Straight into the ASGI app: no HTTP client would send some of these.
+    transport = httpx.ASGITransport(app=node._http.app)
+    raw = bad.encode("latin-1")
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+        for path in ("/v1/status", "/v1/shelves/sci/books/99"):  # an answer and an error
+            r = await http.get(path, headers={"X-Trace-Id": raw, "X-Request-Id": raw})
+            assert r.status_code in (200, 404)
+            for name in ("x-trace-id", "x-request-id"):
+                assert SANE_ID.fullmatch(r.headers[name]), r.headers[name]
+                assert r.headers[name] != bad
+            if r.status_code == 404:
+                assert error_of(r)["trace_id"] == r.headers["x-trace-id"]
+
+
+@pytest.mark.parametrize("bad", ["a\r\nb", "x" * 10_240])
+async def test_a_trace_id_from_the_body_is_cleaned_before_it_is_echoed(
+    http: httpx.AsyncClient, bad: str
+) -> None:
+    for capability in ("demo.echo", "no.such.capability"):
+        call = {"call": {"capability": capability, "traceId": bad, "parameters": {"text": "x"}}}
+        r = await http.post("/v1/invoke", json=call)
+        assert r.status_code in (200, 404), r.text
+        assert SANE_ID.fullmatch(r.headers["x-trace-id"])
+        if r.status_code == 404:
+            assert error_of(r)["trace_id"] == r.headers["x-trace-id"]
+
+
+@pytest.mark.parametrize(
+    "value", [b"\xb2", "١٢".encode(), b"9" * 30, b"-5", b"1.5", b"", b"0x10", b"1e3"]
+)
+async def test_bad_timeout_header_is_400(http: httpx.AsyncClient, value: bytes) -> None:
+    r = await http.get("/v1/status", headers={"X-Timeout-Ms": value})
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert (err["code"], err["reason"]) == ("invalid_request", "BAD_TIMEOUT")
+
+
+async def test_good_timeout_headers_pass(http: httpx.AsyncClient) -> None:
+    for value in ("0", "1500", "999999999"):
+        r = await http.get("/v1/shelves/sci/books/1", headers={"X-Timeout-Ms": value})
+        assert r.status_code == 200, (value, r.text)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        gzip.compress(json.dumps({"text": "sagan"}).encode())[:-6],  # truncated
+        gzip.compress(b'{"text": ') + gzip.compress(b'"sagan"}'),  # two members
+        gzip.compress(json.dumps({"text": "sagan"}).encode()) + b"trailing",
+    ],
+)
+async def test_bad_gzip_bodies_are_400(http: httpx.AsyncClient, body: bytes) -> None:
+    r = await http.post(
+        "/library.v1.Library/Search",
+        content=body,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert error_of(r)["reason"] == "BAD_ENCODING"
+
+
+async def test_protobuf_for_a_scalar_response_body_is_refused_before_the_call(
+    http: httpx.AsyncClient, node: Node
+) -> None:
+    before = node.pipeline.counters["invoke.ok"]
+    r = await http.get("/v1/shelves/sci/books/1/title", headers={"Accept": "application/protobuf"})
+    assert r.status_code == 406
+    assert error_of(r)["code"] == "not_acceptable"
+    assert node.pipeline.counters["invoke.ok"] == before  # the method never ran
+    # with JSON acceptable too, JSON it is
+    r = await http.get(
+        "/v1/shelves/sci/books/1/title",
+        headers={"Accept": "application/protobuf, application/json;q=0.5"},
+    )
+    assert (r.status_code, r.json()) == (200, "Cosmos")
+
+
+def test_forbidden_origin_is_permission_denied() -> None:
+    exc = ForbiddenOrigin("no")
+    assert isinstance(exc, PermissionDenied)
+    assert (exc.status, exc.http_status, exc.code) == (
+        StatusCode.PERMISSION_DENIED,
+        403,
+        "forbidden",
+    )
+    assert exc.reason == "ORIGIN_NOT_ALLOWED"

@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
+from aralnode.bridge.ws import QUEUE_SIZE, EventHub, WsDoor
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 
 
@@ -135,3 +136,71 @@ async def test_unsubscribe(node: Node) -> None:
         await send(ws, {"type": "unsubscribe", "channels": ["capabilities"]})
         reply = await recv_until(ws, lambda m: m["type"] == "unsubscribed")
         assert reply["channels"] == ["peers"]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x00binary", "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000],
+    ids=["binary", "deep-list", "deep-object"],
+)
+async def test_frames_that_are_no_json_objects_get_a_clean_error(
+    node: Node, frame: str | bytes
+) -> None:
+    async with connect(ws_url(node), max_size=None) as ws:
+        await ws.send(frame)
+        error = await recv_until(ws, lambda m: m["type"] == "error")
+        assert error["error"]["code"] == "invalid_request"
+        await send(ws, {"type": "ping", "id": 2})
+        assert (await recv_until(ws, lambda m: m["type"] == "pong"))["id"] == 2
+
+
+async def test_replies_are_never_dropped_while_events_are(node: Node) -> None:
+    """Replies do not share the droppable event queue: a burst of requests and a
+    burst of events at once lose events (counted), never a reply."""
+    pings, burst = QUEUE_SIZE + 100, QUEUE_SIZE + 150
+    hub = EventHub(node)
+    door = WsDoor(node, hub)
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for message in (
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": json.dumps({"type": "subscribe"})},
+        *(
+            {"type": "websocket.receive", "text": json.dumps({"type": "ping", "id": i})}
+            for i in range(pings)
+        ),
+    ):
+        incoming.put_nowait(message)
+    pongs: list[int] = []
+    events = dropped = 0
+    complete = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        return await incoming.get()
+
+    async def asgi_send(message: dict[str, Any]) -> None:
+        nonlocal events, dropped
+        if message["type"] != "websocket.send":
+            return
+        frame = json.loads(message["text"])
+        if frame["type"] == "subscribed":  # the burst, while every ping waits its turn
+            for i in range(burst):
+                hub.publish("capabilities", "tick", lambda i=i: {"n": i})
+        elif frame["type"] == "pong":
+            pongs.append(frame["id"])
+        elif frame.get("event") == "events_dropped":
+            dropped += frame["data"]["count"]
+        elif frame.get("event") == "tick":
+            events += 1
+        if len(pongs) == pings and events + dropped == burst:
+            complete.set()
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "client": ("127.0.0.1", 1)}
+    task = asyncio.create_task(door(scope, receive, asgi_send))
+    try:
+        async with asyncio.timeout(10):
+            await complete.wait()
+    finally:
+        incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await task
+    assert pongs == list(range(pings))
+    assert dropped > 0

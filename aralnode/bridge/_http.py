@@ -7,14 +7,14 @@ import gzip
 import json
 import logging
 import math
-import re
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge
+from aralnode.core.context import clean_trace_id
+from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
 
 log = logging.getLogger("aralnode.bridge")
 
@@ -30,7 +30,6 @@ NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 PROTOBUF_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
 GZIP_MIN_BYTES = 860  # below one packet's worth, compressing costs more than it saves
-_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
 class MethodNotAllowed(InvalidRequest):
@@ -61,9 +60,9 @@ class MisdirectedRequest(InvalidRequest):
     default_reason = "HOST_NOT_ALLOWED"
 
 
-class ForbiddenOrigin(InvalidRequest):
-    http_status = 403
-    code = "forbidden"
+class ForbiddenOrigin(PermissionDenied):
+    """The Origin header names a page this node does not serve (403, PERMISSION_DENIED)."""
+
     default_reason = "ORIGIN_NOT_ALLOWED"
 
 
@@ -82,10 +81,21 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def request_id(value: str | None) -> str:
-    """The caller's id if it is sane (it ends up in logs and headers), else a new one."""
-    if value and _ID.match(value):
-        return value
-    return uuid.uuid4().hex
+    """The caller's id if it is sane (it ends up in logs and headers), else a new one.
+
+    The same rule as every door's trace ids (``clean_trace_id``): anything echoed
+    into a response header passes it, so no caller can break a response with it.
+    """
+    return clean_trace_id(value) if value else uuid.uuid4().hex
+
+
+def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:
+    """``X-Trace-Id`` and ``X-Request-Id``, each cleaned again: a trace id may have been
+    replaced since the request came in (a ``Call`` body carries its own)."""
+    return [
+        (b"x-trace-id", clean_trace_id(trace_id).encode()),
+        (b"x-request-id", clean_trace_id(req_id).encode()),
+    ]
 
 
 def error_body(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
@@ -200,6 +210,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         raise MessageTooLarge(
             f"inflated body is over the limit of {limit} bytes", details={"limit": limit}
         )
+    if not inflater.eof:
+        raise InvalidRequest("gzip body is truncated", reason="BAD_ENCODING")
+    if inflater.unused_data:
+        # A second gzip member (or trailing bytes): one member is one body here.
+        raise InvalidRequest("gzip body has data after its end", reason="BAD_ENCODING")
     return out
 
 
@@ -269,7 +284,8 @@ class HostGuard:
             return
         trace = request_id(header(scope, b"x-trace-id"))
         body = dumps(error_body(failure, trace, self.now_ms()))
-        await send_body(send, failure.http_status, body, JSON, [(b"x-trace-id", trace.encode())])
+        headers = id_headers(trace, request_id(header(scope, b"x-request-id")))
+        await send_body(send, failure.http_status, body, JSON, headers)
 
     def check(self, host: str | None, origin: str | None) -> AralError | None:
         if not host or not _host_matches(host.lower(), self.allowed_hosts):

@@ -176,6 +176,7 @@ class HttpBridge:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._main
         self.hub.detach()
+        self.tools.close()
         if self.mcp is not None:
             await self.mcp.stop()
         if server is not None:

@@ -3,9 +3,16 @@
 Tools are generated, never written: one per capability (which includes every
 unary method of a user's service, as ``package.Service/Method``), one per
 read-only ``aral.v1.AgentNode`` method, and optionally one per capability of each
-connected peer (``peer.<name>.<capability>``), forwarded over the signed channel.
-Input and output schemas are JSON Schema 2020-12 from the descriptors (or from
-the function's type hints); descriptions from the proto comments.
+connected peer (``peer.<name>-<id>.<capability>``, ``<id>`` the head of the peer's
+node id), forwarded over the signed channel. Input and output schemas are JSON
+Schema 2020-12 from the descriptors (or from the function's type hints);
+descriptions from the proto comments. Schemas a peer (or, over stdio, the node)
+sends are checked against the 2020-12 meta-schema: a tool whose schema is not
+one is left out (logged and counted), never listed broken.
+
+Both transports name tools with ``assign_names``: ids made valid MCP names, and
+ids that come out alike told apart by a hash of each original id, so a tool's
+name never depends on the order tools happened to be listed in.
 
 Two transports: streamable HTTP at ``/mcp`` inside the node (``McpHttp``), and
 stdio in a separate process that bridges to a running node over gRPC
@@ -24,12 +31,14 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mcp_types as types
 from google.protobuf import json_format
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -49,13 +58,26 @@ log = logging.getLogger("aralnode.mcp")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 MAX_TOOL_NAME = 128
 PEER_PREFIX = "peer."
+PEER_ID_CHARS = 8  # of the peer's node id in its tools' names: 40 bits, base32
+WRAPPED = "value"  # the argument holding a capability's input when that is not an object
+_OBJECT_KEYWORDS = frozenset(
+    {"properties", "required", "additionalProperties", "patternProperties", "propertyNames"}
+)
+_COMBINATORS = frozenset({"anyOf", "oneOf", "allOf", "not", "$ref", "if", "enum", "const"})
 
 Run = Callable[[dict[str, Any], CallContext], Awaitable[Any]]
 
 
 @dataclass(slots=True)
 class ToolSpec:
-    """A tool and how to run it."""
+    """A tool and how to run it.
+
+    Attributes:
+        name: The tool's name (``tool_name`` of its id, or a peer tool's label), until
+            ``assign_names`` settles it.
+        key: What the tool is, unique among a listing (a capability id, a method's
+            full name, ``peer:<node id>/<capability id>``); collisions are resolved by it.
+    """
 
     name: str
     description: str
@@ -63,6 +85,7 @@ class ToolSpec:
     output_schema: dict[str, Any] | None
     read_only: bool
     run: Run
+    key: str = ""
 
     def to_mcp(self) -> types.Tool:
         return types.Tool(
@@ -88,6 +111,78 @@ def tool_name(raw: str) -> str:
     return name
 
 
+def _suffixed(name: str, key: str, digits: int = 10) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:digits]
+    return f"{name[: MAX_TOOL_NAME - digits - 1]}-{digest}"
+
+
+def assign_names(specs: Iterable[ToolSpec]) -> dict[str, ToolSpec]:
+    """The tools by final name; each spec's ``name`` is set to it.
+
+    A name is the spec's own (``tool_name`` of its id, or a peer tool's label).
+    When several tools come out as one name, one whose key *is* that name keeps
+    it, and every other gets ``-<hash of its key>``: the result depends on which
+    tools exist, never on the order they came in. The same key twice is one
+    tool: the first is kept.
+    """
+    by_key: dict[str, ToolSpec] = {}
+    for spec in specs:
+        key = spec.key or spec.name
+        if key in by_key:
+            log.warning("MCP tool %r is listed twice; keeping the first", key)
+            continue
+        spec.key = key
+        by_key[key] = spec
+    groups: dict[str, list[ToolSpec]] = {}
+    for spec in by_key.values():
+        groups.setdefault(tool_name(spec.name), []).append(spec)
+    out: dict[str, ToolSpec] = {}
+    clashing: list[tuple[str, ToolSpec]] = []
+    for name, group in groups.items():
+        if len(group) == 1:
+            out[name] = group[0]
+            continue
+        for spec in group:
+            if spec.key == name:
+                out[name] = spec
+            else:
+                clashing.append((name, spec))
+    for name, spec in sorted(clashing, key=lambda item: item[1].key):
+        final = _suffixed(name, spec.key)
+        if final in out:  # a suffix that is somebody's plain name: longer, still stable
+            final = _suffixed(name, spec.key, 64)
+        out[final] = spec
+    for final, spec in out.items():
+        spec.name = final
+    return out
+
+
+def peer_tool_key(node_id: str, cap_id: str) -> str:
+    return f"peer:{node_id}/{cap_id}"
+
+
+def peer_tool_name(peer_name: str, node_id: str, cap_id: str) -> str:
+    """``peer.<name>-<id head>.<capability>``: a peer chooses its name, not its id, so
+    the id keeps two peers that call themselves alike apart (and honest)."""
+    short = node_id[:PEER_ID_CHARS]
+    label = f"{peer_name}-{short}" if peer_name else short
+    return tool_name(f"{PEER_PREFIX}{label}.{cap_id}")
+
+
+class InvalidToolSchema(ValueError):
+    """A schema from elsewhere that is not JSON Schema 2020-12."""
+
+
+def check_schema(schema: dict[str, Any], what: str) -> None:
+    """Raises ``InvalidToolSchema`` unless ``schema`` is valid JSON Schema 2020-12."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise InvalidToolSchema(f"{what} is not JSON Schema 2020-12: {exc.message}") from None
+    except RecursionError:
+        raise InvalidToolSchema(f"{what} is nested too deeply") from None
+
+
 def _object_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     # MCP up to 2025-11-25 wants an object at the root of an output schema; a
     # capability returning a bare number simply has no structured output.
@@ -96,10 +191,45 @@ def _object_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema
 
 
-def _input_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    if schema.get("type") == "object":
-        return schema
-    return {"$schema": SCHEMA_DIALECT, "type": "object", "properties": {}, **schema}
+def _input_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """An object schema for a tool's arguments (MCP requires one), and whether the
+    capability's own input is wrapped in it as the ``value`` argument.
+
+    An object schema is used as is; an empty one (anything) becomes "any object";
+    one without a ``type`` that only says object things gets ``type: object``;
+    anything else (a string, an array, a union) becomes ``{"value": <it>}``, with
+    its ``$defs`` kept at the root so that its references still resolve.
+    """
+    kind = schema.get("type")
+    if kind == "object":
+        return schema, False
+    if not schema or set(schema) <= {"$schema", "title", "description"}:
+        return {**schema, "$schema": SCHEMA_DIALECT, "type": "object", "properties": {}}, False
+    if isinstance(kind, list) and "object" in kind:
+        return {**schema, "type": "object"}, False  # arguments are an object, never null
+    keys = set(schema)
+    if kind is None and keys & _OBJECT_KEYWORDS and not keys & _COMBINATORS:
+        return {"$schema": SCHEMA_DIALECT, **schema, "type": "object"}, False
+    inner = {k: v for k, v in schema.items() if k not in ("$schema", "$defs", "definitions")}
+    wrapped: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "type": "object",
+        "properties": {WRAPPED: inner},
+        "required": [WRAPPED],
+        "additionalProperties": False,
+    }
+    for defs in ("$defs", "definitions"):
+        if defs in schema:
+            wrapped[defs] = schema[defs]
+    return wrapped, True
+
+
+def _unwrapping(run: Run) -> Run:
+    async def unwrap(args: dict[str, Any], ctx: CallContext) -> Any:
+        value: Any = args.get(WRAPPED)  # the capability's own input, whatever it is
+        return await run(value, ctx)
+
+    return unwrap
 
 
 # Results are returned in wire form (the SDK takes dicts as handler results and still
@@ -159,12 +289,20 @@ class LocalTools:
         self.forward_peers = forward_peers
         self.peer_timeout = peer_timeout
         self._tools: dict[str, ToolSpec] | None = None
+        self.dropped = 0  # peer tools left out for a schema that is not one
         # Rebuilt only after a change: tools/call must not pay for a listing.
-        node.registry.on_change(self._invalidate)
-        node.peer_table.on_change(lambda _change: self._invalidate())
+        self._unlisten = (
+            node.registry.on_change(self._invalidate),
+            node.peer_table.on_change(lambda _change: self._invalidate()),
+        )
 
     def _invalidate(self) -> None:
         self._tools = None
+
+    def close(self) -> None:
+        """Stop following the registry and the peer table (the bridge is stopping)."""
+        for unlisten in self._unlisten:
+            unlisten()
 
     def now_ms(self) -> int:
         return self.node.clock.now_ms()
@@ -186,24 +324,22 @@ class LocalTools:
     def _build(self, peers: list[pb.Peer]) -> dict[str, ToolSpec]:
         files = {t.method.containing_service.file for t in self.targets}
         comments = self.docs.for_files(files)
-        out: dict[str, ToolSpec] = {}
-
-        def add(spec: ToolSpec) -> None:
-            name, n = spec.name, 2
-            while name in out:  # two ids that sanitize alike: keep both, distinctly
-                name, n = f"{spec.name[: MAX_TOOL_NAME - 4]}_{n}", n + 1
-            spec.name = name
-            out[name] = spec
-
-        for cap in self.node.registry:
-            add(self._capability_tool(cap, comments))
-        for target in self.targets:
-            if target.tool and target.call is not None:
-                add(self._target_tool(target, comments))
+        specs = [self._capability_tool(cap, comments) for cap in self.node.registry]
+        specs += [
+            self._target_tool(target, comments)
+            for target in self.targets
+            if target.tool and target.call is not None
+        ]
         for peer in peers:
             for cap_proto in self._peer_capabilities(peer.node_id):
-                add(self._peer_tool(peer, cap_proto))
-        return out
+                try:
+                    specs.append(self._peer_tool(peer, cap_proto))
+                except InvalidToolSchema as exc:
+                    self.dropped += 1
+                    log.warning(
+                        "MCP: not listing %s of peer %s: %s", cap_proto.id, peer.node_id, exc
+                    )
+        return assign_names(specs)
 
     def _capability_tool(self, cap: Capability, comments: dict[str, str]) -> ToolSpec:
         pipeline = self.node.pipeline
@@ -222,13 +358,15 @@ class LocalTools:
             input_schema = message_schema(cap.method.input_type, comments=comments, closed=True)
             output_schema = message_schema(cap.method.output_type, comments=comments)
             description = comments.get(cap.method.full_name) or description
+        arguments, wrapped = _input_schema(input_schema or {})
         return ToolSpec(
             name=tool_name(cap.id),
             description=description or cap.name or cap.id,
-            input_schema=_input_schema(input_schema or {}),
+            input_schema=arguments,
             output_schema=_object_schema(output_schema),
             read_only=cap.risk == "read_only",
-            run=run,
+            run=_unwrapping(run) if wrapped else run,
+            key=cap.id,
         )
 
     def _target_tool(self, target: Target, comments: dict[str, str]) -> ToolSpec:
@@ -246,6 +384,7 @@ class LocalTools:
             output_schema=message_schema(method.output_type, comments=comments),
             read_only=target.read_only,
             run=run,
+            key=target.full_name,
         )
 
     def _peer_capabilities(self, node_id: str) -> list[pb.Capability]:
@@ -261,28 +400,44 @@ class LocalTools:
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
             return await forward(node_id, cap_id, args, timeout, ctx)
 
-        return remote_spec(
-            f"{PEER_PREFIX}{peer.name or node_id[:16]}.{cap.id}",
+        spec = remote_spec(
+            peer_tool_name(peer.name, node_id, cap.id),
             cap,
             run,
-            f" (on peer {peer.name or node_id})",
+            f" (on peer {peer.name or node_id} [{node_id[:PEER_ID_CHARS]}])",
         )
+        spec.key = peer_tool_key(node_id, cap.id)
+        return spec
 
 
 def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> ToolSpec:
-    input_schema = (
-        json_format.MessageToDict(cap.input_schema) if cap.HasField("input_schema") else {}
-    )
-    output_schema = (
-        json_format.MessageToDict(cap.output_schema) if cap.HasField("output_schema") else None
-    )
+    """A tool for a capability described by another process (a peer, or the node a
+    stdio bridge serves); its key is the capability id.
+
+    Raises:
+        InvalidToolSchema: a schema it sent is not JSON Schema 2020-12.
+    """
+    try:
+        input_schema = (
+            json_format.MessageToDict(cap.input_schema) if cap.HasField("input_schema") else {}
+        )
+        output_schema = (
+            json_format.MessageToDict(cap.output_schema) if cap.HasField("output_schema") else None
+        )
+    except RecursionError:
+        raise InvalidToolSchema(f"the schemas of {cap.id!r} are nested too deeply") from None
+    check_schema(input_schema, f"the input schema of {cap.id!r}")
+    if output_schema is not None:
+        check_schema(output_schema, f"the output schema of {cap.id!r}")
+    arguments, wrapped = _input_schema(input_schema)
     return ToolSpec(
         name=tool_name(name),
         description=(cap.description or cap.name or cap.id) + suffix,
-        input_schema=_input_schema(input_schema),
+        input_schema=arguments,
         output_schema=_object_schema(output_schema),
         read_only=cap.risk == pb.RiskCategory.RISK_CATEGORY_READ_ONLY,
-        run=run,
+        run=_unwrapping(run) if wrapped else run,
+        key=cap.id,
     )
 
 
@@ -403,13 +558,17 @@ class McpHttp:
 
 
 __all__ = [
+    "InvalidToolSchema",
     "LocalTools",
     "McpHttp",
     "ToolSource",
     "ToolSpec",
+    "assign_names",
     "build_server",
+    "check_schema",
     "error_result",
     "http_context",
+    "peer_tool_name",
     "remote_spec",
     "result_of",
     "tool_name",

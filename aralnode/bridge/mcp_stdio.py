@@ -7,6 +7,7 @@ pipeline (auth, limits, governance) decides, exactly as for any gRPC caller.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,12 +20,21 @@ from mcp.server.stdio import stdio_server
 from aralnode import __version__
 from aralnode import _proto as pb
 from aralnode.bridge._docs import ProtoDocs
-from aralnode.bridge.mcp import ToolSpec, build_server, remote_spec, tool_name
+from aralnode.bridge.mcp import (
+    InvalidToolSchema,
+    ToolSpec,
+    assign_names,
+    build_server,
+    remote_spec,
+    tool_name,
+)
 from aralnode.bridge.targets import NODE_ADAPTERS, parse_request, to_json
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext
 from aralnode.core.proto_schema import message_schema
 from aralnode.transport.grpc_client import NodeClient, unwrap
+
+log = logging.getLogger("aralnode.mcp")
 
 # The read-only AgentNode methods, over the client (the local bridge uses NODE_ADAPTERS).
 _REMOTE: dict[str, Callable[[NodeClient, Any], Awaitable[Message]]] = {
@@ -48,6 +58,7 @@ class RemoteTools:
         self._tools: dict[str, ToolSpec] = {}
         self._fetched = float("-inf")
         self._docs = ProtoDocs()
+        self.dropped = 0  # capabilities left out for a schema that is not one
 
     def now_ms(self) -> int:
         return SYSTEM_CLOCK.now_ms()
@@ -55,13 +66,17 @@ class RemoteTools:
     async def tools(self) -> dict[str, ToolSpec]:
         if time.monotonic() - self._fetched > self.ttl:
             response = await self.client.capabilities()
-            tools = {}
+            specs = []
             for cap in response.capabilities:
-                spec = remote_spec(cap.id, cap, self._caller(cap.id))
-                tools[spec.name] = spec
-            for spec in self._node_tools():
-                tools.setdefault(spec.name, spec)
-            self._tools, self._fetched = tools, time.monotonic()
+                try:
+                    specs.append(remote_spec(cap.id, cap, self._caller(cap.id)))
+                except InvalidToolSchema as exc:
+                    self.dropped += 1
+                    log.warning("MCP: not listing %s: %s", cap.id, exc)
+            # Named as on the HTTP door: a capability and a method that name alike
+            # both stay, told apart by a hash of their ids.
+            self._tools = assign_names([*specs, *self._node_tools()])
+            self._fetched = time.monotonic()
         return self._tools
 
     def _caller(self, cap_id: str) -> Any:
@@ -88,6 +103,7 @@ class RemoteTools:
                     output_schema=message_schema(method.output_type, comments=comments),
                     read_only=True,
                     run=self._node_caller(method.input_type, remote),
+                    key=f"{method.containing_service.full_name}/{method.name}",
                 )
             )
         return specs

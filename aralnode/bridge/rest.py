@@ -10,8 +10,11 @@ rendered in the seed's shape with the status from ``aralnode.core.errors``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -23,11 +26,12 @@ from google.protobuf.message_factory import GetMessageClass
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import NodeSurface, Target, parse_request, to_json
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import (
     AralError,
     InternalError,
     InvalidParameters,
+    InvalidRequest,
     MalformedMessage,
     NotFound,
 )
@@ -46,6 +50,10 @@ _INTS = frozenset(
     }
 )
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+_TIMEOUT_MS = re.compile(r"[0-9]{1,9}")  # ASCII digits only, at most ~11.5 days
+# A stream gives the event loop a turn at least this often, so that a disconnect
+# is noticed even while a generator that never waits keeps producing.
+_YIELD_EVERY = 64
 # Well-known types whose JSON form is one scalar, so they can come as a parameter.
 _SCALAR_WKT = {
     "google.protobuf.Timestamp": None,
@@ -163,7 +171,7 @@ def _default_json(f: FieldDescriptor) -> Any:
 class Route:
     """A binding with its target and precomputed parameter tables."""
 
-    __slots__ = ("binding", "body_cls", "query", "target")
+    __slots__ = ("binding", "body_cls", "offered", "query", "target")
 
     def __init__(self, binding: Binding, target: Target) -> None:
         self.binding = binding
@@ -183,6 +191,12 @@ class Route:
             and not body_field.is_repeated
         ):
             self.body_cls = GetMessageClass(body_field.message_type)
+        # What a unary answer can be: protobuf only when the response (body) is a message.
+        response_field = binding.response_field
+        scalar = response_field is not None and (
+            response_field.message_type is None or response_field.is_repeated
+        )
+        self.offered: tuple[str, ...] = (h.JSON,) if scalar else (h.JSON, h.PROTOBUF)
 
 
 class RestDoor:
@@ -219,17 +233,25 @@ class RestDoor:
             metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
         )
         try:
-            timeout_ms = ctx.metadata.get("x-timeout-ms", "")
-            if timeout_ms.isdigit() and int(timeout_ms) > 0:
-                ctx.deadline = self.node.clock.monotonic() + int(timeout_ms) / 1000
+            timeout_ms = ctx.metadata.get("x-timeout-ms")
+            if timeout_ms is not None:
+                if not _TIMEOUT_MS.fullmatch(timeout_ms):
+                    raise InvalidRequest(
+                        "X-Timeout-Ms is a whole number of milliseconds (at most 9 digits)",
+                        reason="BAD_TIMEOUT",
+                        details={"header": "x-timeout-ms", "value": timeout_ms[:32]},
+                    )
+                if int(timeout_ms) > 0:
+                    ctx.deadline = self.node.clock.monotonic() + int(timeout_ms) / 1000
             route, variables = self.match(scope["method"], _raw_path(scope))
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:
-                await self._stream(route, params, ctx, send)
+                await self._stream(route, params, ctx, receive, send)
                 return
             assert route.target.call is not None
-            kind = h.negotiate(ctx.metadata.get("accept"), (h.JSON, h.PROTOBUF))
+            # Negotiated before the call runs: a refusal must not come after its effects.
+            kind = h.negotiate(ctx.metadata.get("accept"), route.offered)
             value = await route.target.call(ctx, params)
             payload, content_type = self.encode(route, value, kind)
         except AralError as exc:
@@ -356,13 +378,51 @@ class RestDoor:
         return h.dumps(value), h.JSON
 
     async def _stream(
-        self, route: Route, params: dict[str, Any], ctx: CallContext, send: h.Send
+        self,
+        route: Route,
+        params: dict[str, Any],
+        ctx: CallContext,
+        receive: h.Receive,
+        send: h.Send,
     ) -> None:
+        """Answer a server stream, for as long as the client is there.
+
+        Once a client is gone, uvicorn's ``send`` returns without error, so a stream
+        that never ends would hold its pipeline slot forever: the stream runs in a
+        task of its own while this one waits for ``http.disconnect``, and whichever
+        ends first ends the other. The generator is always closed here, so its
+        ``finally`` (and the pipeline's) runs now, not at garbage collection.
+        """
         kind = h.negotiate(ctx.metadata.get("accept"), (h.NDJSON, h.JSON, h.SSE))
-        sse = kind == h.SSE
         assert route.target.stream is not None
         request = parse_request(route.target.request_cls, params)
         items: AsyncIterator[Message] = route.target.stream(ctx, request)
+        pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            if pump.done():
+                pump.result()  # a refusal before the first item: the caller answers it
+            else:
+                log.debug("REST stream %s: client went away", route.target.full_name)
+        finally:
+            for task in (pump, gone):
+                task.cancel()
+            # Wait for the pump to unwind: the generator cannot be closed while it runs.
+            await asyncio.gather(pump, gone, return_exceptions=True)
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    async def _pump(
+        self,
+        route: Route,
+        items: AsyncIterator[Message],
+        ctx: CallContext,
+        sse: bool,
+        send: h.Send,
+    ) -> None:
         # Pull the first item before answering, so that a refusal gets its real status.
         try:
             first: Message | None = await anext(items)
@@ -377,8 +437,12 @@ class RestDoor:
         try:
             if first is not None:
                 await send(_chunk(to_json(first), sse, "message"))
+                sent = 1
                 async for item in items:
                     await send(_chunk(to_json(item), sse, "message"))
+                    sent += 1
+                    if sent % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let the disconnect watcher run
         except AralError as exc:
             await send(
                 _chunk(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()), sse, "error")
@@ -392,10 +456,9 @@ class RestDoor:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _error(self, send: h.Send, exc: AralError, ctx: CallContext, req_id: str) -> None:
+        ids = _ids(ctx, req_id)  # first: it settles the trace id the body repeats
         body = h.dumps(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()))
-        await h.send_body(
-            send, exc.http_status, body, h.JSON, [*_ids(ctx, req_id), *h.error_headers(exc)]
-        )
+        await h.send_body(send, exc.http_status, body, h.JSON, [*ids, *h.error_headers(exc)])
 
 
 def _chunk(value: Any, sse: bool, event: str) -> h.Message:
@@ -404,11 +467,17 @@ def _chunk(value: Any, sse: bool, event: str) -> h.Message:
     return {"type": "http.response.body", "body": body, "more_body": True}
 
 
+async def _disconnected(receive: h.Receive) -> None:
+    """Returns once the client has gone (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _ids(ctx: CallContext, req_id: str) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-trace-id", ctx.trace_id.encode("latin-1", "replace")),
-        (b"x-request-id", req_id.encode()),
-    ]
+    # The trace id may have come from a body (a ``Call``'s own); whatever it is now,
+    # the header and the error body must agree, and the header must be sane.
+    ctx.trace_id = clean_trace_id(ctx.trace_id)
+    return h.id_headers(ctx.trace_id, req_id)
 
 
 def _get(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:

@@ -14,8 +14,11 @@ means all of them. ``{"type": "invoke", "id": 1, "capability": ..., "parameters"
 runs a capability through the pipeline (``door="ws"``) and answers ``result`` or
 ``error`` with the same id; ``{"type": "ping"}`` answers ``pong``.
 
-A slow subscriber never slows the node: each has a bounded queue; what does not
-fit is dropped and counted in an ``events_dropped`` event.
+A slow subscriber never slows the node: each has a bounded queue of events; what
+does not fit is dropped and counted in an ``events_dropped`` event. Replies (to
+``invoke``, ``ping``, ``subscribe``..., and errors) never go through that queue
+and are never dropped: they are written straight to the socket, under the same
+lock as events, so frames never interleave.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode.bridge._http import Receive, Scope, Send, iso_ms
 from aralnode.bridge.targets import NodeSurface
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState
@@ -68,7 +71,7 @@ class EventHub:
     def attach(self) -> None:
         node = self.node
         self._undo.append(node.peer_table.on_change(self._peer_changed))
-        node.registry.on_change(self._capabilities_changed)
+        self._undo.append(node.registry.on_change(self._capabilities_changed))
         listeners = node.pipeline.verdict_listeners
         listeners.append(self._verdict)
         self._undo.append(lambda: listeners.remove(self._verdict))
@@ -163,60 +166,72 @@ class WsDoor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
         await ws.accept()
-        sub = Subscriber()
-        sender = asyncio.create_task(self._pump(ws, sub))
+        conn = _Connection(
+            ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
+        )
+        sender = asyncio.create_task(self._pump(conn))
         try:
             while True:
-                text = await ws.receive_text()
-                reply = await self._handle(text, sub, ws)
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    reply: dict[str, Any] | None = _error(
+                        InvalidRequest("messages are JSON text frames, not binary"),
+                        None,
+                        self.node.clock.now_ms(),
+                    )
+                else:
+                    reply = await self._handle(text, conn)
                 if reply is not None:
-                    sub.offer(reply)
+                    await conn.reply(reply)
         except WebSocketDisconnect:
             pass
         finally:
-            self.hub.subscribers.discard(sub)
+            self.hub.subscribers.discard(conn.sub)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
 
-    async def _pump(self, ws: WebSocket, sub: Subscriber) -> None:
+    async def _pump(self, conn: _Connection) -> None:
         while True:
-            message = await sub.queue.get()
-            if sub.dropped:
-                lost, sub.dropped = sub.dropped, 0
-                await ws.send_text(
-                    json.dumps(self.hub.event("events", "events_dropped", {"count": lost}))
-                )
-            await ws.send_text(json.dumps(message, separators=(",", ":")))
+            message = await conn.sub.queue.get()
+            async with conn.lock:
+                await conn.send_event(message)
 
-    async def _handle(self, text: str, sub: Subscriber, ws: WebSocket) -> dict[str, Any] | None:
+    async def _handle(self, text: str, conn: _Connection) -> dict[str, Any] | None:
         msg_id: Any = None
         try:
             try:
                 msg = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise InvalidRequest("messages are JSON objects") from None
             if not isinstance(msg, dict):
                 raise InvalidRequest("messages are JSON objects")
             msg_id = msg.get("id")
             kind = msg.get("type")
             if kind == "subscribe":
-                self._subscribe(msg, sub)
+                await self._subscribe(msg, conn)
                 return None
             if kind == "unsubscribe":
-                sub.channels -= set(_channels(msg.get("channels", CHANNELS)))
-                return {"type": "unsubscribed", "channels": sorted(sub.channels)}
+                conn.sub.channels -= set(_channels(msg.get("channels", CHANNELS)))
+                return {"type": "unsubscribed", "channels": sorted(conn.sub.channels)}
             if kind == "ping":
                 return {"type": "pong", "id": msg_id}
             if kind == "status":
                 return self.hub.status_event()
             if kind == "invoke":
-                return await self._invoke(msg, ws)
+                return await self._invoke(msg, conn.ws)
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
             return _error(exc, msg_id, self.node.clock.now_ms())
+        except Exception as exc:  # a bug guard: answer, keep the socket open
+            log.exception("ws message failed")
+            err = InternalError(f"internal error: {type(exc).__name__}")
+            return _error(err, _plain_id({"id": msg_id}), self.node.clock.now_ms())
 
-    def _subscribe(self, msg: dict[str, Any], sub: Subscriber) -> None:
+    async def _subscribe(self, msg: dict[str, Any], conn: _Connection) -> None:
         agent = msg.get("agent_id") or "*"
         if agent not in ("*", self.node.node_id, self.node.name):
             raise InvalidRequest(
@@ -224,16 +239,20 @@ class WsDoor:
                 reason="UNKNOWN_AGENT",
             )
         wanted = set(_channels(msg.get("channels", ["events"])))
-        sub.channels |= wanted
-        self.hub.subscribers.add(sub)
-        ack = {
-            "type": "subscribed",
-            "agent_id": self.node.node_id,
-            "channels": sorted(sub.channels),
-        }
-        sub.offer(ack)  # the ack first, then the snapshot it promises
-        if "status" in wanted:
-            sub.offer(self.hub.status_event())
+        sub = conn.sub
+        # Under the lock: no event reaches the client before the ack and the
+        # snapshot it promises.
+        async with conn.lock:
+            sub.channels |= wanted
+            self.hub.subscribers.add(sub)
+            ack = {
+                "type": "subscribed",
+                "agent_id": self.node.node_id,
+                "channels": sorted(sub.channels),
+            }
+            await conn.send_locked(ack)
+            if "status" in wanted:
+                await conn.send_locked(self.hub.status_event())
 
     async def _invoke(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
         capability = msg.get("capability")
@@ -242,8 +261,8 @@ class WsDoor:
         client = ws.client
         ctx = CallContext(door="ws", peer=f"{client.host}:{client.port}" if client else "")
         trace = msg.get("trace_id")
-        if isinstance(trace, str) and 0 < len(trace) <= 128:
-            ctx.trace_id = trace
+        if isinstance(trace, str) and trace:
+            ctx.trace_id = clean_trace_id(trace)
         try:
             outcome = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
         except AralError:
@@ -258,6 +277,52 @@ class WsDoor:
             "trace_id": ctx.trace_id,
             "decision": ctx.decision,
         }
+
+
+class _Connection:
+    """One client: its event subscription, and the lock every frame is sent under."""
+
+    __slots__ = ("dropped_event", "lock", "sub", "ws")
+
+    def __init__(self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]]) -> None:
+        self.ws = ws
+        self.sub = Subscriber()
+        self.lock = asyncio.Lock()
+        self.dropped_event = dropped_event
+
+    async def reply(self, message: dict[str, Any]) -> None:
+        """Send a reply: waits for the socket rather than dropping anything.
+
+        Events already queued go first, so that a client sees what a call caused
+        (its ``decision_made``, say) before the call's result.
+        """
+        async with self.lock:
+            queue = self.sub.queue
+            while not queue.empty():
+                await self.send_event(queue.get_nowait())
+            await self.send_locked(message)
+
+    async def send_event(self, message: dict[str, Any]) -> None:
+        """One queued event, after the count of those dropped before it (lock held)."""
+        if self.sub.dropped:
+            lost, self.sub.dropped = self.sub.dropped, 0
+            await self.send_locked(self.dropped_event(lost))
+        await self.send_locked(message)
+
+    async def send_locked(self, message: dict[str, Any]) -> None:
+        try:
+            text = json.dumps(message, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            # A result that is no JSON still gets an answer with its id.
+            log.warning("ws reply is not JSON: %s", exc)
+            err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
+            text = json.dumps({"type": "error", "id": _plain_id(message), "error": err.to_dict()})
+        await self.ws.send_text(text)
+
+
+def _plain_id(message: dict[str, Any]) -> Any:
+    msg_id = message.get("id")
+    return msg_id if isinstance(msg_id, str | int | float | bool) or msg_id is None else None
 
 
 def _channels(value: Any) -> list[str]:

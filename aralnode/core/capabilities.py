@@ -263,8 +263,15 @@ class CapabilityRegistry:
     def __len__(self) -> int:
         return len(self._caps)
 
-    def on_change(self, listener: Callable[[], None]) -> None:
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every change; returns a function that unsubscribes."""
         self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     @property
     def digest(self) -> str:
