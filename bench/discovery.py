@@ -20,10 +20,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench._report import Report
+from bench._report import Report, median, percentile
 from tests.netlan import Lan, NodeProc, lan, netns_unavailable, wait_for
 
-SIZES = (2, 10, 30)
+SIZES = (2, 5, 10, 30)
+NEWCOMER_RUNS = 5  # successive newcomers on the 5-node LAN, for a p95
 LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO aralnode\.discovery: peer (\S+) \((\w+)\) "
     r"(connected|is stale|dropped|expired)"
@@ -93,6 +94,26 @@ def _drop(net: Lan, nodes: list[NodeProc], victim: NodeProc, sig: int) -> dict[s
     }
 
 
+def _newcomers(net: Lan, nodes: list[NodeProc], size: int) -> list[float]:
+    """Start newcomers one at a time; each: spawn to CONNECTED at every earlier node."""
+    everyone = list(nodes)
+    joins = []
+    for k in range(NEWCOMER_RUNS):
+        newcomer = net.start_node(size + 1 + k)
+        net.wait_serving(newcomer)
+        before = list(everyone)
+        everyone = [*everyone, newcomer]
+        ids = _ids(net, everyone)
+
+        def meshed(e: list[NodeProc] = everyone, i: dict[str, str] = ids) -> bool:
+            return net.mesh_complete(e, i)
+
+        wait_for(meshed, timeout=60, interval=0.5)
+        seen = [_first(o, newcomer.name, ("connected",)) for o in before]
+        joins.append(max(t for t in seen if t) - newcomer.started)
+    return joins
+
+
 def run(report: Report) -> None:
     reason = netns_unavailable()
     if reason:
@@ -108,6 +129,14 @@ def run(report: Report) -> None:
             report.add(f"discovery.converge.{size}_nodes.max", t["max"], "s")
             report.add(f"discovery.converge.{size}_nodes.all", t["all"], "s")
             rows.append(f"| {size} | {t['p50']:.2f} | {t['max']:.2f} | {t['all']:.2f} |")
+            if size == 5:
+                joins = _newcomers(net, nodes, size)
+                report.add("discovery.newcomer.5_nodes.p50", median(joins), "s")
+                report.add("discovery.newcomer.5_nodes.p95", percentile(joins, 95), "s")
+                rows.append(
+                    f"| newcomer joining 5..{size + NEWCOMER_RUNS - 1} ({len(joins)} runs) | "
+                    f"{median(joins):.2f} | p95 {percentile(joins, 95):.2f} | - |"
+                )
             if size == 10:
                 newcomer = net.start_node(size + 1)
                 net.wait_serving(newcomer)
