@@ -259,10 +259,15 @@ class Node:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Both doors drain at once: shutdown takes one grace period, not two.
+        draining = []
         if self._server is not None:
-            await self._server.stop(self.config.drain_seconds if grace is None else grace)
+            draining.append(
+                self._server.stop(self.config.drain_seconds if grace is None else grace)
+            )
         if self._http is not None:
-            await self._http.stop()
+            draining.append(self._http.stop())
+        await asyncio.gather(*draining)
         for client in list(self._clients.values()):
             await client.close()
         self._clients.clear()
