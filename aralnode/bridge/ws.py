@@ -44,6 +44,9 @@ from aralnode.core.peers import PeerChange, PeerState
 log = logging.getLogger("aralnode.ws")
 
 CHANNELS = ("peers", "capabilities", "decisions", "status")
+# Governance action ids of the WebSocket door's own operations.
+SUBSCRIBE_ACTION = "aral.ws/Subscribe"
+STATUS_ACTION = "aral.v1.AgentNode/GetStatus"
 QUEUE_SIZE = 256
 
 
@@ -220,7 +223,7 @@ class WsDoor:
             if kind == "ping":
                 return {"type": "pong", "id": msg_id}
             if kind == "status":
-                return self.hub.status_event()
+                return await self._status(msg, conn.ws)
             if kind == "invoke":
                 return await self._invoke(msg, conn.ws)
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
@@ -231,14 +234,41 @@ class WsDoor:
             err = InternalError(f"internal error: {type(exc).__name__}")
             return _error(err, _plain_id({"id": msg_id}), self.node.clock.now_ms())
 
+    def _context(self, msg: dict[str, Any], ws: WebSocket) -> CallContext:
+        client = ws.client
+        ctx = CallContext(door="ws", peer=f"{client.host}:{client.port}" if client else "")
+        trace = msg.get("trace_id")
+        if isinstance(trace, str) and trace:
+            ctx.trace_id = clean_trace_id(trace)
+        return ctx
+
+    async def _status(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
+        # The same built-in as GetStatus on the other doors, under the same rules.
+        async def run(_: Any) -> dict[str, Any]:
+            return self.hub.status_event()
+
+        ctx = self._context(msg, ws)
+        return await self.node.pipeline.call(ctx, STATUS_ACTION, None, run)
+
     async def _subscribe(self, msg: dict[str, Any], conn: _Connection) -> None:
+        """Subscribing is an action like any other: the feed shows peers, capabilities
+        and other callers' governance decisions, so anonymity rules and governance
+        decide who may follow it."""
+        wanted = set(_channels(msg.get("channels", ["events"])))
+
+        async def run(_: Any) -> None:
+            await self._subscribed(msg, conn, wanted)
+
+        ctx = self._context(msg, conn.ws)
+        await self.node.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": sorted(wanted)}, run)
+
+    async def _subscribed(self, msg: dict[str, Any], conn: _Connection, wanted: set[str]) -> None:
         agent = msg.get("agent_id") or "*"
         if agent not in ("*", self.node.node_id, self.node.name):
             raise InvalidRequest(
                 f"this is agent {self.node.node_id} ({self.node.name}), not {agent!r}",
                 reason="UNKNOWN_AGENT",
             )
-        wanted = set(_channels(msg.get("channels", ["events"])))
         sub = conn.sub
         # Under the lock: no event reaches the client before the ack and the
         # snapshot it promises.
@@ -258,11 +288,7 @@ class WsDoor:
         capability = msg.get("capability")
         if not isinstance(capability, str) or not capability:
             raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
-        client = ws.client
-        ctx = CallContext(door="ws", peer=f"{client.host}:{client.port}" if client else "")
-        trace = msg.get("trace_id")
-        if isinstance(trace, str) and trace:
-            ctx.trace_id = clean_trace_id(trace)
+        ctx = self._context(msg, ws)
         try:
             outcome = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
         except AralError:
