@@ -49,6 +49,7 @@ from urllib.parse import unquote
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aralnode.core.addresses import join_host_port
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import AralError, RateLimited, Unauthenticated
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTableFull, PeerTimeouts
@@ -60,7 +61,6 @@ from aralnode.transport.mdns import (
     Sighting,
     Withdrawal,
     instance_label,
-    join_host_port,
     lan_addresses,
 )
 
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from aralnode.node import Node
     from aralnode.transport.grpc_client import NodeClient
 
-__all__ = ["Discovery", "PeerEventStream", "advertised_hosts", "join_host_port"]
+__all__ = ["Discovery", "PeerEventStream", "advertised_hosts"]
 
 log = logging.getLogger("aralnode.discovery")
 

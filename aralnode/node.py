@@ -22,6 +22,7 @@ from aralnode.bridge._docs import ProtoDocs
 from aralnode.channels import ChannelHub, NotificationHandler, Overflow, Subscription, build_hub
 from aralnode.config import NodeConfig
 from aralnode.core import codec
+from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import (
     Capability,
     CapabilityRegistry,
@@ -38,7 +39,7 @@ from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
 from aralnode.core.pipeline import ALL_SCOPES, Outcome, Pipeline
 from aralnode.core.replay import ReplayGuard
-from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts, join_host_port
+from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts
 from aralnode.transport.grpc_client import NodeClient
 from aralnode.transport.grpc_server import (
     AgentNodeService,
@@ -306,7 +307,7 @@ class Node:
             # The addresses we advertise are ours: a Host naming one of them is no rebinding.
             allowed_hosts=[
                 *cfg.http_allowed_hosts,
-                *(f"[{h}]:*" if ":" in h else f"{h}:*" for h in advertised_hosts(cfg)),
+                *(join_host_port(h, "*") for h in advertised_hosts(cfg)),
             ],
             allowed_origins=list(cfg.http_allowed_origins),
             max_body_bytes=cfg.max_message_bytes,

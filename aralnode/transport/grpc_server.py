@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.addresses import join_host_port
 from aralnode.core.calls import plain_call
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
@@ -450,7 +451,7 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = join_host_port(host, port)
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port on {address}")

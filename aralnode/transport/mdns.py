@@ -38,6 +38,8 @@ import ifaddr
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from aralnode.core.addresses import join_host_port
+
 log = logging.getLogger("aralnode.mdns")
 
 SERVICE_TYPE = "_aral._tcp.local."
@@ -175,10 +177,6 @@ def instance_label(name: str, node_id: str) -> str:
     nodes keep the default name); probing still renames on a real conflict.
     """
     return f"{name[:50]}-{node_id[:8]}"
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(slots=True, frozen=True)
