@@ -228,7 +228,6 @@ class PeerChannel:
         # The peer's recent message ids: (sender, message id) dedupe on the channel.
         self.recent = RecentIds(recent_ids)
         self.link: Link | None = None
-        self.dialling = False
         # Our own open is on the wire (a simultaneous dial is decided from then on).
         self.open_sent = False
         self.unsupported = False

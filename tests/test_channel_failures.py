@@ -217,7 +217,7 @@ async def test_an_incoming_open_is_refused_only_once_our_own_is_sent(
         assert hub is not None
         higher = "~" + node.node_id  # sorts after any node id
         pc = hub.peer(higher)
-        pc.dialling = True  # handshaking: may take up to open_timeout
+        # Our dial may be handshaking (up to open_timeout): no refusal before our open.
         assert hub.refusal(pc, higher) is None
         pc.open_sent = True
         refusal = hub.refusal(pc, higher)

@@ -97,15 +97,6 @@ class Binding:
             return {v: m.group(v.group) for v in self.variables}
         return {v: unquote(m.group(v.group)) for v in self.variables}
 
-    @property
-    def path_fields(self) -> frozenset[str]:
-        """Full names of the fields the path binds (and the messages that hold them)."""
-        names: set[str] = set()
-        for v in self.variables:
-            for f in v.field_path:
-                names.add(f.full_name)
-        return frozenset(names)
-
 
 def http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     """The method's ``google.api.http`` option, if it has one."""

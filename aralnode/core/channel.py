@@ -324,8 +324,6 @@ class ChannelSession:
         sent_limit: int,
     ) -> None:
         self.peer = peer_open.sender
-        self.peer_epoch = peer_open.session_epoch
-        self.peer_incarnation = peer_open.incarnation
         self.params = params
         self.inbound = inbound
         self._seal = seal
@@ -353,7 +351,6 @@ class ChannelSession:
         self._ping_id = 0
         self._pongs: list[int] = []
         self._last_batch_end = 0
-        self.received_frames = 0
         self.duplicates = 0
         self._ack_since: float | None = None
 
@@ -365,7 +362,6 @@ class ChannelSession:
         if self.state is LinkState.CLOSED:
             return []
         self.last_rx = self.clock.monotonic()
-        self.received_frames += 1
         try:
             return self._receive(data)
         except AralError as exc:

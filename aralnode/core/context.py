@@ -6,7 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from aralnode.core.errors import AralError, StatusCode, error_from_status
+from aralnode.core.errors import StatusCode, error_from_status
 
 ANONYMOUS = "anonymous"
 _TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -67,6 +67,3 @@ class CallContext:
     def abort(self, status: StatusCode | int, message: str, *, reason: str = "") -> None:
         """Fail the call with a canonical status, like ``ServicerContext.abort``."""
         raise error_from_status(int(status), message, reason=reason)
-
-    def fail(self, error: AralError) -> None:
-        raise error

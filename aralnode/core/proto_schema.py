@@ -199,12 +199,6 @@ class SchemaSet:
         return self._builder.single(f)
 
 
-def well_known_json_type(desc: Descriptor) -> dict[str, Any] | None:
-    """The JSON form of a well-known type (``Timestamp`` is a string, ...), or None."""
-    found = _WELL_KNOWN.get(desc.full_name)
-    return dict(found) if found is not None else None
-
-
 def _mentions(tree: Any, full_name: str) -> bool:
     target = f"#/$defs/{full_name}"
     if isinstance(tree, dict):

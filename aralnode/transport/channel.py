@@ -277,7 +277,6 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
             await peer.wait_down()
             delay = hub.backoff_initial
             continue
-        peer.dialling = True
         try:
             link_ran, error = await _dial_once(hub, peer, address)
         except asyncio.CancelledError:
@@ -285,8 +284,6 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
         except Exception as exc:
             log.exception("dialling %s failed", peer.peer_id)
             link_ran, error = False, InternalError(f"dial failed: {type(exc).__name__}")
-        finally:
-            peer.dialling = False
         if hub.stopping:
             return
         if error is not None and error.reason == "UNIMPLEMENTED":

@@ -371,10 +371,6 @@ class MdnsBrowser:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     @property
-    def backlog(self) -> int:
-        return len(self._backlog)
-
-    @property
     def known(self) -> int:
         return len(self._known)
 
