@@ -342,7 +342,7 @@ class Discovery:
 
     def _addresses(self) -> list[str]:
         # What the card lists, IPv4 only: mDNS runs over IPv4 (A records).
-        hosts = advertised_hosts(self.node.config)
+        hosts = self.node.advertised_hosts()
         return [h for h in hosts if ":" not in h] or hosts
 
     def _capabilities_changed(self) -> None:

@@ -96,6 +96,7 @@ class Node:
         self._clients: dict[str, NodeClient] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._card: pb.SignedNodeCard | None = None
+        self._hosts: list[str] | None = None  # advertised hosts, read with the card
         self._closed = asyncio.Event()
         self._state = "NEW"
         self._started_ms = 0
@@ -138,7 +139,17 @@ class Node:
     def address(self) -> str:
         """``host:port`` at which this node's gRPC door answers: the bound host, or on
         a wildcard bind the first address it advertises (see ``advertised_hosts``)."""
-        return join_host_port(advertised_hosts(self.config)[0], self.grpc_port)
+        return join_host_port(self.advertised_hosts()[0], self.grpc_port)
+
+    def advertised_hosts(self) -> list[str]:
+        """Hosts peers can reach this node at (see ``discovery.advertised_hosts``).
+
+        On a wildcard bind this enumerates the interfaces, so it is read once per
+        card: again only when the card is rebuilt (capabilities changed).
+        """
+        if self._hosts is None:
+            self._hosts = advertised_hosts(self.config)
+        return self._hosts
 
     # -- registration ----------------------------------------------------------------
 
@@ -307,7 +318,7 @@ class Node:
             # The addresses we advertise are ours: a Host naming one of them is no rebinding.
             allowed_hosts=[
                 *cfg.http_allowed_hosts,
-                *(join_host_port(h, "*") for h in advertised_hosts(cfg)),
+                *(join_host_port(h, "*") for h in self.advertised_hosts()),
             ],
             allowed_origins=list(cfg.http_allowed_origins),
             max_body_bytes=cfg.max_message_bytes,
@@ -326,7 +337,7 @@ class Node:
 
     def _endpoints(self) -> list[tuple[str, str]]:
         # Every address peers may reach us at: never 0.0.0.0, nor loopback on a LAN bind.
-        hosts = advertised_hosts(self.config)
+        hosts = self.advertised_hosts()
         out = [("grpc", join_host_port(h, self.grpc_port)) for h in hosts]
         if self.http_port:
             out += [("http", join_host_port(h, self.http_port)) for h in hosts]
@@ -345,6 +356,7 @@ class Node:
 
     def _capabilities_changed(self) -> None:
         self._card = None
+        self._hosts = None
 
     def status(self) -> pb.NodeStatus:
         now = self.clock.now_ms()

@@ -124,3 +124,26 @@ async def test_capability_exception_is_internal_and_node_survives(
         assert "ZeroDivisionError" in str(info.value)
         assert "secret detail" not in str(info.value)
         assert unwrap(await client.call("demo.add", {"a": 1, "b": 1})) == 2
+
+
+async def test_wildcard_bind_reads_interfaces_once_per_card(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aralnode.discovery as discovery
+
+    calls: list[bool] = []
+
+    def lan_addresses(*, ipv6: bool = False) -> list[str]:
+        calls.append(ipv6)
+        return ["10.0.0.7"]
+
+    monkeypatch.setattr(discovery, "lan_addresses", lan_addresses)
+    node = make_node("wild", host="0.0.0.0")
+    async with node:
+        for _ in range(5):
+            assert node.status().endpoints[0].address.startswith("10.0.0.7:")
+            assert node.address.startswith("10.0.0.7:")
+        assert len(calls) == 1
+        node.registry.remove("demo.add")  # capabilities changed: a new card, read again
+        node.card()
+        assert len(calls) == 2
