@@ -24,7 +24,7 @@ from aralnode._channel_state import (
 )
 from aralnode.core import codec
 from aralnode.core.channel import Batch
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.envelope import OpenedMessage, encode_payload, error_body, open_message
 from aralnode.core.errors import (
     AralError,
@@ -349,7 +349,7 @@ class Receiver:
             door="channel",
             caller=pc.peer_id,
             peer=pc.peer_id,
-            trace_id=header.trace_id or header.message_id,
+            trace_id=clean_trace_id(header.trace_id or header.message_id),
             message_id=header.message_id,
             deadline=deadline,
             signed=opened.signed,
@@ -395,7 +395,7 @@ class Receiver:
             body,
             content_type=header.content_type or codec.JSON,
             compression=compression,
-            trace_id=header.trace_id,
+            trace_id=clean_trace_id(header.trace_id or header.message_id),
         )
 
 

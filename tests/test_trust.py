@@ -183,3 +183,23 @@ async def test_ws_subscribe_and_status_follow_the_shared_rules(
         reply = await _ws_exchange(governed, {"type": "status", "id": 2})
         assert reply["type"] == "event"
         assert reply["event"] == "status"
+
+
+async def test_unsafe_trace_id_in_an_envelope_is_replaced(make_node: Callable[..., Node]) -> None:
+    from aralnode.core.clock import SYSTEM_CLOCK
+    from aralnode.core.envelope import REQUEST, build_content, seal
+
+    node = make_node("envelope-trace")
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        stub = pb.AgentNodeStub(channel)
+        content = build_content(
+            sender="someone",
+            recipient="",
+            body=pb.Body(type=REQUEST, action="demo.add", parameters=b'{"a":1,"b":1}'),
+            clock=SYSTEM_CLOCK,
+            trace_id="evil\r\ntrace",
+        )
+        reply = await stub.Invoke(pb.InvokeRequest(message=seal(content, None)), timeout=10)
+        header = pb.MessageContent.FromString(reply.message.content).header
+        assert header.trace_id != "evil\r\ntrace"
+        assert header.trace_id.isalnum()

@@ -25,7 +25,7 @@ from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.calls import plain_call
 from aralnode.core.clock import Clock
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
     REQUEST,
@@ -201,7 +201,7 @@ class AgentNodeService:
             door="grpc",
             caller=header.sender if opened.signed else "",
             peer=context.peer(),
-            trace_id=header.trace_id or header.message_id,
+            trace_id=clean_trace_id(header.trace_id or header.message_id),
             message_id=header.message_id,
             deadline=deadline,
             deadline_enforced=enforced,
