@@ -231,6 +231,7 @@ class Node:
             status=self.status,
             peers=self._peer_protos,
             peer_capabilities=self._peer_capabilities,
+            capabilities=self._capabilities,
             on_handshake=self._inbound_handshake,
             forward=self._forward,
             channel=self.channels.serve,
@@ -597,6 +598,14 @@ class Node:
             )
             for p in self.peer_table.snapshot()
         ]
+
+    def _capabilities(self, node_id: str = "") -> pb.ListCapabilitiesResponse:
+        """This node's capabilities, or a verified peer's as its card listed them."""
+        if node_id and node_id != self.node_id:
+            caps = self._peer_capabilities(node_id)
+            return pb.ListCapabilitiesResponse(node_id=node_id, capabilities=caps)
+        own = [c.to_proto() for c in self.registry]
+        return pb.ListCapabilitiesResponse(node_id=self.node_id, capabilities=own)
 
     def _peer_capabilities(self, node_id: str) -> list[pb.Capability]:
         verified = self._peer_cards.get(node_id)

@@ -63,6 +63,8 @@ class NodeHooksLike(Protocol):
     @property
     def peer_capabilities(self) -> Callable[[str], list[pb.Capability]]: ...
     @property
+    def capabilities(self) -> Callable[[str], pb.ListCapabilitiesResponse]: ...
+    @property
     def forward(self) -> Forward: ...
 
 
@@ -142,12 +144,7 @@ async def _invoke(
 async def _list_capabilities(
     node: NodeSurface, hooks: NodeHooksLike, request: Any, ctx: CallContext
 ) -> Message:
-    if request.node_id and request.node_id != node.node_id:
-        return pb.ListCapabilitiesResponse(
-            node_id=request.node_id, capabilities=hooks.peer_capabilities(request.node_id)
-        )
-    caps = [c.to_proto() for c in node.registry]
-    return pb.ListCapabilitiesResponse(node_id=node.node_id, capabilities=caps)
+    return hooks.capabilities(request.node_id)
 
 
 async def _get_status(

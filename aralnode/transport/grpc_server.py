@@ -75,6 +75,7 @@ class NodeHooks:
     status: Callable[[], pb.NodeStatus]
     peers: Callable[[], list[pb.Peer]]
     peer_capabilities: Callable[[str], list[pb.Capability]]
+    capabilities: Callable[[str], pb.ListCapabilitiesResponse]
     on_handshake: Callable[[VerifiedCard, str, str], None]
     forward: Callable[[str, str, Any, float | None, CallContext], Awaitable[Any]]
     channel: Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]] | None = None
@@ -273,16 +274,13 @@ class AgentNodeService:
             await abort(context, exc)
             raise
 
-    def _capabilities(self, request: Any) -> Message:
-        if request.node_id and request.node_id != self.node_id:
-            caps = self.hooks.peer_capabilities(request.node_id)
-            return pb.ListCapabilitiesResponse(node_id=request.node_id, capabilities=caps)
-        caps = [c.to_proto() for c in self.pipeline.registry]
-        return pb.ListCapabilitiesResponse(node_id=self.node_id, capabilities=caps)
-
     async def ListCapabilities(self, data: bytes, context: Context) -> bytes:
         return await self._builtin(
-            context, data, pb.ListCapabilitiesRequest, self._capabilities, "ListCapabilities"
+            context,
+            data,
+            pb.ListCapabilitiesRequest,
+            lambda request: self.hooks.capabilities(request.node_id),
+            "ListCapabilities",
         )
 
     async def GetStatus(self, data: bytes, context: Context) -> bytes:
