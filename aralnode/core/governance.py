@@ -28,7 +28,10 @@ class Decision(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self.value]
+
+
+_LABELS = tuple(d.name.lower() for d in Decision)  # read on every call: no str work
 
 
 class Direction(enum.StrEnum):

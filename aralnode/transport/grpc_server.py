@@ -193,44 +193,42 @@ class AgentNodeService:
                 "message is bound to an A2A channel; Invoke does not take it",
                 reason="CHANNEL_BOUND_MESSAGE",
             )
-        if body.type != REQUEST or not body.action:
+        action = body.action
+        if body.type != REQUEST or not action:
             raise MalformedMessage(
                 "Invoke takes a request message with an action", reason="MISSING_FIELD"
             )
+        # Each read of a field makes a new Python object: read each once.
+        sender, message_id, content_type = header.sender, header.message_id, header.content_type
+        signed = opened.signed
+        on_behalf_of = header.on_behalf_of
         deadline, enforced = _deadline(context, self.clock, header.ttl_ms)
         ctx = CallContext(
             door="grpc",
-            caller=header.sender if opened.signed else "",
+            caller=sender if signed else "",
             peer=context.peer(),
-            trace_id=clean_trace_id(header.trace_id or header.message_id),
-            message_id=header.message_id,
+            trace_id=clean_trace_id(header.trace_id or message_id),
+            message_id=message_id,
             deadline=deadline,
             deadline_enforced=enforced,
-            signed=opened.signed,
+            signed=signed,
             # A delegated call gets its principal's rights, not the signer's.
-            scopes=sec.peer_scopes if opened.signed and not header.on_behalf_of else _NO_SCOPES,
-            on_behalf_of=header.on_behalf_of,
+            scopes=sec.peer_scopes if signed and not on_behalf_of else _NO_SCOPES,
+            on_behalf_of=on_behalf_of,
         )
-        outcome = await self.pipeline.invoke(
-            ctx, body.action, opened.parameters(sec.max_message_bytes)
-        )
-        payload, compression = encode_payload(outcome.value, header.content_type or codec.JSON)
+        outcome = await self.pipeline.invoke(ctx, action, opened.parameters(sec.max_message_bytes))
+        payload, compression = encode_payload(outcome.value, content_type or codec.JSON)
+        response = pb.InvokeResponse()
         content = build_content(
             sender=self.node_id,
-            recipient=header.sender,
-            body=pb.Body(
-                type=RESPONSE,
-                action=body.action,
-                result=payload,
-                correlation_id=header.message_id,
-            ),
+            recipient=sender,
+            body=pb.Body(type=RESPONSE, action=action, result=payload, correlation_id=message_id),
             clock=self.clock,
             trace_id=ctx.trace_id,
-            content_type=header.content_type,
+            content_type=content_type,
             compression=compression,
         )
-        response = pb.InvokeResponse()
-        seal_into(response.message, content, sec.identity if opened.signed else None)
+        seal_into(response.message, content, sec.identity if signed else None)
         return response.SerializeToString()
 
     async def _invoke_call(self, call: pb.Call, context: Context) -> bytes:
