@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aralnode._runtime import tune_for_serving
+from bench._pace import open_loop
 from bench._report import Report, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,28 +229,15 @@ async def _open_loop(
     pool: asyncio.Queue[Call] = asyncio.Queue()
     for _ in range(32):
         pool.put_nowait(await make_call())
-    latencies: list[float] = []
-    total = int(rate * seconds)
-    start = time.perf_counter() + 0.05
-    tasks = []
 
-    async def one(due: float) -> None:
+    async def run() -> None:
         call = await pool.get()
         try:
             await call()
         finally:
             pool.put_nowait(call)
-        latencies.append(time.perf_counter() - due)
 
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    return total / elapsed, latencies
+    return await open_loop(run, rate, seconds)
 
 
 def _expect_ok(status: int, body: bytes) -> None:
