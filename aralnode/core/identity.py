@@ -18,6 +18,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,14 +102,15 @@ class PublicKey:
             )
         message = pae(payload_type, payload)
         try:
-            if isinstance(self._key, ec.EllipticCurvePublicKey):
+            # The algorithm, not isinstance: these key classes are ABCs, and an ABC
+            # isinstance check costs about a microsecond on every message.
+            if self.algorithm is KeyAlgorithm.ES256:
                 der = encode_dss_signature(
                     int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
                 )
-                self._key.verify(der, message, _ECDSA)
+                cast(ec.EllipticCurvePublicKey, self._key).verify(der, message, _ECDSA)
             else:
-                assert isinstance(self._key, ed25519.Ed25519PublicKey)
-                self._key.verify(value, message)
+                cast(ed25519.Ed25519PublicKey, self._key).verify(value, message)
         except InvalidSignature:
             raise SignatureInvalid(f"signature does not verify with key {self.key_id}") from None
 
@@ -170,11 +172,12 @@ class Identity:
     def sign(self, payload_type: str, payload: bytes, *, embed_key: bool = False) -> pb.Signature:
         """Sign (type, payload); ``embed_key`` adds the public key for first contact."""
         message = pae(payload_type, payload)
-        if isinstance(self._private, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(self._private.sign(message, _ECDSA))
+        if self.algorithm is KeyAlgorithm.ES256:  # not isinstance: see PublicKey.verify
+            der = cast(ec.EllipticCurvePrivateKey, self._private).sign(message, _ECDSA)
+            r, s = decode_dss_signature(der)
             value = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         else:
-            value = self._private.sign(message)
+            value = cast(ed25519.Ed25519PrivateKey, self._private).sign(message)
         sig = pb.Signature(algorithm=self.algorithm, key_id=self.node_id, value=value)
         if embed_key:
             sig.public_key = self.public_key.spki
