@@ -62,6 +62,10 @@ WITHDRAWN = _Withdrawn()
 Opened = OpenedMessage | AralError | _Withdrawn
 
 
+async def _joined(chunks: list[asyncio.Future[list[Opened]]]) -> list[Opened]:
+    return [item for chunk in await asyncio.gather(*chunks) for item in chunk]
+
+
 def _failure(exc: Exception) -> AralError:
     return exc if isinstance(exc, AralError) else InternalError(f"failed: {type(exc).__name__}")
 
@@ -107,29 +111,41 @@ class Receiver:
     def _open_many(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
         return [self._open_one(peer, m) for m in messages]
 
-    async def _open_all(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
-        if self._executor is None or len(messages) < PARALLEL_VERIFY_MIN:
-            return self._open_many(peer, messages)
+    def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
+        """Start verifying ``batch``; its opened messages, in order, as a future.
+        Large batches go to the worker threads at once, so a link can read and
+        verify the next batches while an earlier one is being applied."""
         loop = asyncio.get_running_loop()
-        parts = self.hub.settings.verify_threads
-        size = -(-len(messages) // parts)
-        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._executor, self._open_many, peer, c) for c in chunks)
-        )
-        return [r for chunk in results for r in chunk]
+        peer, messages = pc.peer_id, batch.messages
+        if self._executor is not None and len(messages) >= PARALLEL_VERIFY_MIN:
+            size = -(-len(messages) // self.hub.settings.verify_threads)
+            try:
+                chunks = [
+                    loop.run_in_executor(
+                        self._executor, self._open_many, peer, messages[i : i + size]
+                    )
+                    for i in range(0, len(messages), size)
+                ]
+            except RuntimeError:  # the worker threads are gone (shutting down)
+                pass
+            else:
+                return asyncio.ensure_future(_joined(chunks))
+        inline: asyncio.Future[list[Opened]] = loop.create_future()
+        inline.set_result(self._open_many(peer, messages))
+        return inline
 
     # -- one batch --
 
     async def deliver(self, pc: PeerChannel, batch: Batch) -> list[pb.MessageError]:
         """Verify, check, govern and dispatch one batch, in order. Returns
         per-message errors for the peer; never raises."""
+        return self.apply(pc, batch, await self.verify(pc, batch))
+
+    def apply(self, pc: PeerChannel, batch: Batch, opened: list[Opened]) -> list[pb.MessageError]:
+        """Check, govern and dispatch a batch ``verify`` opened. Batches must be
+        applied in the order they arrived; never raises."""
         hub = self.hub
         messages, first, gen = batch.messages, batch.first_seq, batch.generation
-        try:
-            opened = await self._open_all(pc.peer_id, messages)
-        except RuntimeError:  # the worker threads are gone (shutting down)
-            opened = self._open_many(pc.peer_id, messages)
         inbound = pc.inbound
         if gen != inbound.generation:
             return []  # the peer's epoch changed while we verified

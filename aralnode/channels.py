@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from aralnode import _proto as pb
-from aralnode._channel_receive import CANCEL_EVENT, NOTIFICATION, REQUEST, Receiver
+from aralnode._channel_receive import CANCEL_EVENT, NOTIFICATION, REQUEST, Opened, Receiver
 from aralnode._channel_state import (
     ChannelMessage,
     ChannelSettings,
@@ -618,6 +618,14 @@ class ChannelHub:
         """Verify, check, govern and dispatch one batch; per-message errors for
         the peer. Never raises."""
         return await self.receiver.deliver(pc, batch)
+
+    def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
+        """Start verifying a batch (``deliver`` is ``verify`` then ``apply``)."""
+        return self.receiver.verify(pc, batch)
+
+    def apply(self, pc: PeerChannel, batch: Batch, opened: list[Opened]) -> list[pb.MessageError]:
+        """Check, govern and dispatch a verified batch, in arrival order. Never raises."""
+        return self.receiver.apply(pc, batch, opened)
 
     def _processed(self, pc: PeerChannel, generation: int, seq: int) -> None:
         if pc.inbound.processed(generation, seq):

@@ -239,3 +239,56 @@ async def test_channel_traffic_stays_out_of_the_node_replay_cache(make_node: Mak
             await a.notify(b.node_id, "n", {"i": i})
         assert await a.channels.flush(b.node_id, 10)
         assert len(b.replay) == before  # a fast peer cannot fill it for every door
+
+
+async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
+    """The link starts verifying each batch as it arrives and applies them in
+    order: here batch 0 verifies last, after batches 1 and 2 were read and
+    verified, and still goes first; batches read before the stream ended are
+    applied, not dropped."""
+    from aralnode.core.channel import Batch
+    from aralnode.transport.channel import Link
+
+    loop = asyncio.get_running_loop()
+    batches = [Batch(first_seq=1 + i, messages=[], generation=1) for i in range(3)]
+    verified = [loop.create_future() for _ in batches]
+    events: list[str] = []
+
+    class Hub:
+        def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
+            i = batches.index(batch)
+            events.append(f"verify {i}")
+            if i > 0:
+                verified[i].set_result([i])
+            if i == 2:  # the first batch is the slowest to verify
+                verified[0].set_result([0])
+            return verified[i]
+
+        def apply(self, peer: Any, batch: Batch, opened: list[Any]) -> list[Any]:
+            events.append(f"apply {batches.index(batch)} {opened}")
+            return []
+
+    class Session:
+        def receive(self, data: bytes) -> list[Any]:
+            return [batches[int(data)]]
+
+    class Peer:
+        peer_id = "peer"
+
+    async def frames() -> Any:
+        for i in range(3):
+            yield str(i).encode()
+
+    async def write(frame: bytes) -> None:
+        raise AssertionError("the reader writes nothing")
+
+    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
+    await asyncio.wait_for(link._reader(frames()), 10)
+    assert events == [
+        "verify 0",
+        "verify 1",
+        "verify 2",
+        "apply 0 [0]",
+        "apply 1 [1]",
+        "apply 2 [2]",
+    ]

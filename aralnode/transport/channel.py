@@ -58,6 +58,8 @@ _DIAL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _END = object()
+# Batches read and verifying ahead of the one being applied, per link.
+PIPELINE_DEPTH = 4
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
@@ -118,15 +120,29 @@ class Link:
         return self.error
 
     async def _reader(self, frames: AsyncIterator[bytes]) -> None:
+        """Read frames. A batch starts verifying (on the hub's worker threads) as it
+        arrives and ``_deliverer`` applies batches in order, so verifying the next
+        batches overlaps applying this one. What was read before the stream ended
+        is still applied; a cancelled link drops it unacked (the peer resends it)."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(PIPELINE_DEPTH)
+        deliverer = asyncio.ensure_future(self._deliverer(queue))
+        try:
+            await self._read(frames, queue)
+            await queue.put(_END)
+            await deliverer
+        finally:
+            if not deliverer.done():
+                deliverer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await deliverer
+
+    async def _read(self, frames: AsyncIterator[bytes], queue: asyncio.Queue[Any]) -> None:
         session, hub, peer = self.session, self.hub, self.peer
         try:
             async for data in frames:
                 for event in session.receive(data):
                     if isinstance(event, Batch):
-                        errors = await hub.deliver(peer, event)
-                        if errors:
-                            self.errors.extend(errors)
-                            self.wake.set()
+                        await queue.put((event, hub.verify(peer, event)))
                     elif isinstance(event, AckReceived):
                         hub.acked(peer, event.seq)
                     elif isinstance(event, ErrorsReceived):
@@ -145,6 +161,21 @@ class Link:
             self.error = self.error or from_rpc_error(err)
             return
         self.error = self.error or Unavailable("peer ended the channel", reason="CHANNEL_ENDED")
+
+    async def _deliverer(self, queue: asyncio.Queue[Any]) -> None:
+        hub, peer = self.hub, self.peer
+        try:
+            while (item := await queue.get()) is not _END:
+                batch, verified = item
+                errors = hub.apply(peer, batch, await verified)
+                if errors:
+                    self.errors.extend(errors)
+                self.wake.set()
+        except Exception:  # apply never raises: this is a bug of ours
+            log.exception("applying a batch from %s failed", peer.peer_id)
+            self.close(InternalError("channel failed applying a batch"))
+            while await queue.get() is not _END:  # the reader must never block on us
+                pass
 
     async def _writer(self) -> None:
         session, hub, peer, wake = self.session, self.hub, self.peer, self.wake
