@@ -256,6 +256,28 @@ async def test_rest_calls_run_as_the_rest_door(http: httpx.AsyncClient) -> None:
     assert r.json()["result"]["result"]["door"] == "rest"
 
 
+async def test_forwarded_headers_do_not_rewrite_the_callers_address(
+    make_node: Callable[..., Node],
+) -> None:
+    """No reverse proxy is assumed: a loopback client cannot claim another address
+    with X-Forwarded-For (the address governance and the logs see)."""
+    n = make_node("rest-peer", http_port=0)
+
+    @n.capability(id="test.peer")
+    async def peer(ctx: CallContext) -> str:
+        return ctx.peer
+
+    async with n, httpx.AsyncClient(base_url=f"http://127.0.0.1:{n.http_port}") as c:
+        r = await c.post(
+            "/v1/invoke",
+            json={"call": {"capability": "test.peer"}},
+            headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
+        )
+    seen = r.json()["result"]["result"]
+    assert "127.0.0.1" in seen
+    assert "203.0.113.9" not in seen
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [

@@ -154,6 +154,10 @@ class HttpBridge:
             log_level="warning",
             access_log=False,
             server_header=False,
+            # No reverse proxy is assumed: X-Forwarded-For from a loopback client must
+            # not rewrite the caller's address (which CallContext.peer, governance and
+            # the logs see). It also spares a middleware on every request.
+            proxy_headers=False,
             timeout_graceful_shutdown=2,
             ws_max_size=1024 * 1024,
         )
