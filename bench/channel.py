@@ -130,11 +130,12 @@ async def _sender(
     out["elapsed"] = time.perf_counter() - t0
     out["n"] = n
     out["message_bytes"] = _sample_size(node, peer)
-    if latency:
-        out["rtt_ms"] = await _paced(
-            lambda: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10)
-        )
     print(json.dumps(out), flush=True)
+    if latency:
+        # Once the receiver's throughput counters are read (a line on stdin).
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        rtt = await _paced(lambda: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10))
+        print(json.dumps({"rtt_ms": rtt}), flush=True)
     await node.stop(0.5)
 
 
@@ -318,12 +319,17 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
         )
         try:
             result = _line(send)
+            assert recv.stdin is not None
+            recv.stdin.write("stats\n")
+            recv.stdin.flush()
+            stats = _line(recv)
+            if latency:
+                assert send.stdin is not None
+                send.stdin.write("go\n")
+                send.stdin.flush()
+                result.update(_line(send))
         finally:
             _stop(send)
-        assert recv.stdin is not None
-        recv.stdin.write("stats\n")
-        recv.stdin.flush()
-        stats = _line(recv)
     finally:
         _stop(recv)
     result["batch"] = stats["received"] / max(1, stats["batches"])
@@ -354,7 +360,7 @@ def run(report: Report) -> None:
         for r in range(ROUNDS):
             print(f"  round {r + 1}/{ROUNDS}", flush=True)
             runs["signed"].append(
-                _channel_run(os.path.join(tmp, f"s{r}"), signing=True, n=SIGNED_N, latency=r == 0)
+                _channel_run(os.path.join(tmp, f"s{r}"), signing=True, n=SIGNED_N, latency=True)
             )
             runs["unsigned"].append(
                 _channel_run(os.path.join(tmp, f"u{r}"), signing=False, n=UNSIGNED_N, latency=False)
@@ -366,10 +372,8 @@ def run(report: Report) -> None:
             runs["bare"].append(_bare_run(1, size))
     rates = {k: sorted(v["n"] / v["elapsed"] for v in rs) for k, rs in runs.items()}
     s_rate, u_rate, bare_rate = (median(rates[k]) for k in ("signed", "unsigned", "bare"))
-    signed, unsigned, bare = runs["signed"][0], runs["unsigned"][0], runs["bare"][0]
-    # Messages per frame at the receiver, from the throughput phase only (the first
-    # signed round also sends its latency probe: a thousand single-message frames).
-    signed_batch = median([r["batch"] for r in runs["signed"] if "rtt_ms" not in r] or [0])
+    signed, unsigned = runs["signed"][0], runs["unsigned"][0]
+    signed_batch = median([r["batch"] for r in runs["signed"]])
     batch = max(1, round(unsigned["batch"]))
     # The same bytes in frames of the channel's batch size, with no per-message work
     # at all: what the wire itself carries.
@@ -384,9 +388,13 @@ def run(report: Report) -> None:
     def spread(k: str) -> str:
         return f"{rates[k][0]:,.0f} to {rates[k][-1]:,.0f}"
 
-    rtt, bare_rtt = signed["rtt_ms"], bare["rtt_ms"]
-    p50, p99 = percentile(rtt, 50), percentile(rtt, 99)
-    b50, b99 = percentile(bare_rtt, 50), percentile(bare_rtt, 99)
+    # Latency: every round probes; the median round's p50 and p99.
+    def per_round(rs: list[dict[str, Any]], q: float) -> list[float]:
+        return sorted(percentile(r["rtt_ms"], q) for r in rs)
+
+    p99s, b99s = per_round(runs["signed"], 99), per_round(runs["bare"], 99)
+    p50, p99 = median(per_round(runs["signed"], 50)), median(p99s)
+    b50, b99 = median(per_round(runs["bare"], 50)), median(b99s)
     report.add("channel.request_rtt_p50_at_1k_per_s", p50, "ms", baseline=b50)
     report.add("channel.request_rtt_p99_at_1k_per_s", p99, "ms", baseline=b99)
     notes = [
@@ -406,8 +414,9 @@ def run(report: Report) -> None:
         f"| {raw_rate / bare_rate:.0f} | no per-message work at all: the unsigned channel is "
         f"{u_rate / raw_rate:.1%} of it |",
         "",
-        f"Request round trip at {LATENCY_RATE} req/s (signed both ways): p50 {p50:.2f} ms, "
-        f"p99 {p99:.2f} ms, median {median(rtt):.2f} ms; bare echo p50 {b50:.2f} ms, "
+        f"Request round trip at {LATENCY_RATE} req/s (signed both ways, {LATENCY_SECONDS:.0f} s "
+        f"a round): p50 {p50:.2f} ms, p99 {p99:.2f} ms (rounds: "
+        f"{', '.join(f'{x:.2f}' for x in p99s)}); bare echo p50 {b50:.2f} ms, "
         f"p99 {b99:.2f} ms.",
     ]
     report.section("A2A channel (one stream, two node processes)", notes)

@@ -292,3 +292,64 @@ async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
         "apply 1 [1]",
         "apply 2 [2]",
     ]
+
+
+async def test_a_small_batch_with_nothing_ahead_is_applied_at_once() -> None:
+    """A batch verified inline (small) with nothing queued ahead skips the queue:
+    it is applied before the next frame is read (a request's latency); a batch
+    still verifying holds back the ones behind it, whatever their size."""
+    from aralnode.core.channel import Batch
+    from aralnode.transport.channel import Link
+
+    loop = asyncio.get_running_loop()
+    batches = [Batch(first_seq=1 + i, messages=[], generation=1) for i in range(4)]
+    events: list[str] = []
+    slow: asyncio.Future[list[Any]] = loop.create_future()
+
+    class Hub:
+        def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
+            i = batches.index(batch)
+            events.append(f"verify {i}")
+            if i == 1:  # a large batch, still on the worker threads
+                return slow
+            done: asyncio.Future[list[Any]] = loop.create_future()
+            done.set_result([i])
+            if i == 2:
+                slow.set_result([1])
+            return done
+
+        def apply(self, peer: Any, batch: Batch, opened: list[Any]) -> list[Any]:
+            events.append(f"apply {batches.index(batch)}")
+            return []
+
+    class Session:
+        def receive(self, data: bytes) -> list[Any]:
+            return [batches[int(data)]]
+
+    class Peer:
+        peer_id = "peer"
+
+    async def frames() -> Any:
+        for i in range(4):
+            events.append(f"read {i}")
+            yield str(i).encode()
+
+    async def write(frame: bytes) -> None:
+        raise AssertionError("the reader writes nothing")
+
+    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
+    await asyncio.wait_for(link._reader(frames()), 10)
+    assert events == [
+        "read 0",
+        "verify 0",
+        "apply 0",  # at once
+        "read 1",
+        "verify 1",  # slow: queued
+        "read 2",
+        "verify 2",  # done, but behind batch 1: queued
+        "read 3",
+        "verify 3",
+        "apply 1",
+        "apply 2",
+        "apply 3",
+    ]
