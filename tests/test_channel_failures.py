@@ -353,3 +353,59 @@ async def test_a_small_batch_with_nothing_ahead_is_applied_at_once() -> None:
         "apply 2",
         "apply 3",
     ]
+
+
+async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() -> None:
+    """A server handler's cancellation can reach a link twice: the second landed
+    while the link waited for its reader and writer to stop, skipped marking it
+    closed and detached, and the dead peer's link counted as alive forever (so
+    discovery never expired the peer)."""
+    from aralnode.transport.channel import Link
+
+    started = asyncio.Event()
+    never = asyncio.Event()
+    detached: list[Any] = []
+    outer: asyncio.Task[Any] | None = None
+
+    class Session:
+        state = None
+
+        def sendable(self) -> int:
+            return 0
+
+        def control_frames(self) -> list[bytes]:
+            return []
+
+        def keepalive(self) -> None:
+            return None
+
+        def timer(self) -> float:
+            started.set()
+            return 3600.0
+
+    class Hub:
+        def detached(self, peer: Any, link: Any) -> None:
+            detached.append(link)
+
+    class Peer:
+        peer_id = "peer"
+
+    async def frames() -> Any:
+        try:
+            await never.wait()
+            yield b""
+        finally:
+            assert outer is not None
+            outer.cancel()  # the second cancellation, while run() winds down
+
+    async def write(frame: bytes) -> None:
+        raise AssertionError("nothing to write")
+
+    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
+    outer = asyncio.ensure_future(link.run(frames()))
+    await asyncio.wait_for(started.wait(), 10)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(outer, 10)
+    assert link.closed.is_set()
+    assert detached == [link]

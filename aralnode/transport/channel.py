@@ -108,9 +108,14 @@ class Link:
             for task in (reader, writer):
                 if not task.done():
                     task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            self.closed.set()
-            self.hub.detached(self.peer, self)
+            try:
+                await asyncio.wait({reader, writer})
+            finally:
+                # Even if this task is cancelled again while the two wind down (a
+                # server handler's cancellation reaches it twice): a link that is
+                # not marked closed and detached would count as alive forever.
+                self.closed.set()
+                self.hub.detached(self.peer, self)
         for task in (reader, writer):
             exc = task.exception() if not task.cancelled() else None
             if isinstance(exc, AralError):
@@ -134,8 +139,7 @@ class Link:
         finally:
             if not deliverer.done():
                 deliverer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await deliverer
+                await asyncio.wait({deliverer})  # without swallowing our own cancellation
 
     async def _read(self, frames: AsyncIterator[bytes], queue: asyncio.Queue[Any]) -> None:
         session, hub, peer = self.session, self.hub, self.peer
