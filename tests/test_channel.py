@@ -221,14 +221,19 @@ async def test_simultaneous_dials_keep_one_stream(make_node: MakeNode) -> None:
         assert b.channels is not None
         assert await a.channels.wait_connected(b.node_id, 10)
         assert await b.channels.wait_connected(a.node_id, 10)
-        # Traffic both ways settles it on the winning stream.
+        # Traffic both ways settles it on one stream, the same at both ends. Which
+        # one depends on timing (docs/channels.md): the lower id's dial wins once its
+        # open is on the wire, but a dial that finds a link already up stops there.
+        # (This used to assert the lower id's dial, and failed about one run in six.)
         assert await a.request(b.node_id, "demo.add", {"a": 1, "b": 1}) == 2
         assert await b.request(a.node_id, "demo.add", {"a": 2, "b": 2}) == 4
         la, lb = a.channels.peers[b.node_id].link, b.channels.peers[a.node_id].link
         assert la is not None
         assert lb is not None
-        winner = min(a.node_id, b.node_id)
-        assert la.dialler == lb.dialler == winner
+        assert la.alive
+        assert lb.alive
+        assert la.dialler == lb.dialler
+        assert la.dialler in (a.node_id, b.node_id)
 
 
 async def test_plain_call_with_to_is_forwarded_over_the_channel(pair: tuple[Node, Node]) -> None:
