@@ -136,11 +136,6 @@ class Receiver:
 
     # -- one batch --
 
-    async def deliver(self, pc: PeerChannel, batch: Batch) -> list[pb.MessageError]:
-        """Verify, check, govern and dispatch one batch, in order. Returns
-        per-message errors for the peer; never raises."""
-        return self.apply(pc, batch, await self.verify(pc, batch))
-
     def apply(self, pc: PeerChannel, batch: Batch, opened: list[Opened]) -> list[pb.MessageError]:
         """Check, govern and dispatch a batch ``verify`` opened. Batches must be
         applied in the order they arrived; never raises."""

@@ -614,13 +614,8 @@ class ChannelHub:
 
     # -- receiving (aralnode._channel_receive) ------------------------------------------
 
-    async def deliver(self, pc: PeerChannel, batch: Batch) -> list[pb.MessageError]:
-        """Verify, check, govern and dispatch one batch; per-message errors for
-        the peer. Never raises."""
-        return await self.receiver.deliver(pc, batch)
-
     def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
-        """Start verifying a batch (``deliver`` is ``verify`` then ``apply``)."""
+        """Start verifying a batch; ``apply`` it once verified, in arrival order."""
         return self.receiver.verify(pc, batch)
 
     def apply(self, pc: PeerChannel, batch: Batch, opened: list[Opened]) -> list[pb.MessageError]:

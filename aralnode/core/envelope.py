@@ -43,11 +43,6 @@ RESPONSE = pb.MessageType.MESSAGE_TYPE_RESPONSE
 NOTIFICATION = pb.MessageType.MESSAGE_TYPE_NOTIFICATION
 
 
-def new_message_id() -> str:
-    """128 random bits, hex (as a uuid4 would be, at a third of the cost)."""
-    return os.urandom(16).hex()
-
-
 def new_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
@@ -93,7 +88,8 @@ def build_content(
     # Fields are set in place and only when not empty: building a Header by keyword
     # and copying it into the content costs about three times as much.
     header.version = PROTOCOL_VERSION
-    random = os.urandom(16 + NONCE_BYTES)  # one system call for the id and the nonce
+    # One system call for the id (128 random bits, hex, as a uuid4 would be) and nonce.
+    random = os.urandom(16 + NONCE_BYTES)
     header.message_id = message_id or random[:16].hex()
     header.nonce = random[16:]
     header.timestamp_unix_ms = clock.now_ms()

@@ -352,8 +352,7 @@ class MdnsBrowser:
         self._browser: AsyncServiceBrowser | None = None
         self._resolvers = resolvers
         self._workers: list[asyncio.Task[None]] = []
-        self.dropped = 0
-        self.retried = 0
+        self.dropped = 0  # names pushed out of a full backlog
 
     def start(self) -> None:
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._resolvers)]
@@ -419,7 +418,6 @@ class MdnsBrowser:
             known.due = now + min(RETRY_BASE_S * 2**known.attempts, RETRY_MAX_S)
             self._queue(name)
             queued += 1
-        self.retried += queued
         return queued
 
     async def _retry_loop(self) -> None:

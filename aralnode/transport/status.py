@@ -27,12 +27,6 @@ from aralnode.core.errors import (
     error_from_status,
 )
 
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def grpc_code(status: StatusCode | int) -> grpc.StatusCode:
-    return _GRPC_CODES[int(status)]
-
 
 def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in exc.details.items()}
