@@ -22,17 +22,9 @@ from aralnode import (
 )
 from aralnode.core import codec
 from aralnode.transport.grpc_client import unwrap
+from tests.channel_helpers import FAST, linked
 
 MakeNode = Callable[..., Node]
-FAST = {"keepalive_ms": 300, "channel_timeout_ms": 1500}
-
-
-async def linked(a: Node, b: Node) -> None:
-    await a.connect(b.address)
-    assert a.channels is not None
-    assert b.channels is not None
-    assert await a.channels.wait_connected(b.node_id, 10)
-    assert await b.channels.wait_connected(a.node_id, 10)
 
 
 @pytest.fixture

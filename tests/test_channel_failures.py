@@ -13,22 +13,14 @@ import grpc
 import pytest
 
 from aralnode import Action, Decision, Direction, Node, Rule, RuleEvaluator
-from aralnode.core.channel import OpenParams, make_open
+from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.errors import InternalError, RateLimited
 from aralnode.core.outbox import InboundRecord
-from aralnode.transport.channel import CHANNEL_METHOD
+from aralnode.transport.channel import CHANNEL_METHOD, Link
+from tests.channel_helpers import FAST, linked
 
 MakeNode = Callable[..., Node]
-FAST = {"keepalive_ms": 300, "channel_timeout_ms": 1500}
-
-
-async def linked(a: Node, b: Node) -> None:
-    await a.connect(b.address)
-    assert a.channels is not None
-    assert b.channels is not None
-    assert await a.channels.wait_connected(b.node_id, 10)
-    assert await b.channels.wait_connected(a.node_id, 10)
 
 
 async def nxt(sub: Any) -> Any:
@@ -241,14 +233,37 @@ async def test_channel_traffic_stays_out_of_the_node_replay_cache(make_node: Mak
         assert len(b.replay) == before  # a fast peer cannot fill it for every door
 
 
+class Peer:
+    peer_id = "peer"
+
+
+async def no_write(frame: bytes) -> None:
+    raise AssertionError("nothing is written here")
+
+
+async def read_through(hub: Any, batches: list[Batch], *, reads: list[str] | None = None) -> None:
+    """Run a link's reader, with ``hub`` faking verify and apply, over one frame per
+    batch (frame i carries batch i); ``reads`` records each frame as it is read."""
+
+    class Session:
+        def receive(self, data: bytes) -> list[Any]:
+            return [batches[int(data)]]
+
+    async def frames() -> Any:
+        for i in range(len(batches)):
+            if reads is not None:
+                reads.append(f"read {i}")
+            yield str(i).encode()
+
+    link = Link(hub, Peer(), Session(), no_write, dialler="peer")  # type: ignore[arg-type]
+    await asyncio.wait_for(link._reader(frames()), 10)
+
+
 async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
     """The link starts verifying each batch as it arrives and applies them in
     order: here batch 0 verifies last, after batches 1 and 2 were read and
     verified, and still goes first; batches read before the stream ended are
     applied, not dropped."""
-    from aralnode.core.channel import Batch
-    from aralnode.transport.channel import Link
-
     loop = asyncio.get_running_loop()
     batches = [Batch(first_seq=1 + i, messages=[], generation=1) for i in range(3)]
     verified = [loop.create_future() for _ in batches]
@@ -268,22 +283,7 @@ async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
             events.append(f"apply {batches.index(batch)} {opened}")
             return []
 
-    class Session:
-        def receive(self, data: bytes) -> list[Any]:
-            return [batches[int(data)]]
-
-    class Peer:
-        peer_id = "peer"
-
-    async def frames() -> Any:
-        for i in range(3):
-            yield str(i).encode()
-
-    async def write(frame: bytes) -> None:
-        raise AssertionError("the reader writes nothing")
-
-    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
-    await asyncio.wait_for(link._reader(frames()), 10)
+    await read_through(Hub(), batches)
     assert events == [
         "verify 0",
         "verify 1",
@@ -298,9 +298,6 @@ async def test_a_small_batch_with_nothing_ahead_is_applied_at_once() -> None:
     """A batch verified inline (small) with nothing queued ahead skips the queue:
     it is applied before the next frame is read (a request's latency); a batch
     still verifying holds back the ones behind it, whatever their size."""
-    from aralnode.core.channel import Batch
-    from aralnode.transport.channel import Link
-
     loop = asyncio.get_running_loop()
     batches = [Batch(first_seq=1 + i, messages=[], generation=1) for i in range(4)]
     events: list[str] = []
@@ -322,23 +319,7 @@ async def test_a_small_batch_with_nothing_ahead_is_applied_at_once() -> None:
             events.append(f"apply {batches.index(batch)}")
             return []
 
-    class Session:
-        def receive(self, data: bytes) -> list[Any]:
-            return [batches[int(data)]]
-
-    class Peer:
-        peer_id = "peer"
-
-    async def frames() -> Any:
-        for i in range(4):
-            events.append(f"read {i}")
-            yield str(i).encode()
-
-    async def write(frame: bytes) -> None:
-        raise AssertionError("the reader writes nothing")
-
-    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
-    await asyncio.wait_for(link._reader(frames()), 10)
+    await read_through(Hub(), batches, reads=events)
     assert events == [
         "read 0",
         "verify 0",
@@ -360,8 +341,6 @@ async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() 
     while the link waited for its reader and writer to stop, skipped marking it
     closed and detached, and the dead peer's link counted as alive forever (so
     discovery never expired the peer)."""
-    from aralnode.transport.channel import Link
-
     started = asyncio.Event()
     never = asyncio.Event()
     detached: list[Any] = []
@@ -387,9 +366,6 @@ async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() 
         def detached(self, peer: Any, link: Any) -> None:
             detached.append(link)
 
-    class Peer:
-        peer_id = "peer"
-
     async def frames() -> Any:
         try:
             await never.wait()
@@ -398,10 +374,7 @@ async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() 
             assert outer is not None
             outer.cancel()  # the second cancellation, while run() winds down
 
-    async def write(frame: bytes) -> None:
-        raise AssertionError("nothing to write")
-
-    link = Link(Hub(), Peer(), Session(), write, dialler="peer")  # type: ignore[arg-type]
+    link = Link(Hub(), Peer(), Session(), no_write, dialler="peer")  # type: ignore[arg-type]
     outer = asyncio.ensure_future(link.run(frames()))
     await asyncio.wait_for(started.wait(), 10)
     outer.cancel()

@@ -23,12 +23,7 @@ from aralnode import (
 from aralnode import _proto as pb
 from aralnode.core.governance import Decision, Direction, Rule, RuleEvaluator
 from aralnode.transport.grpc_client import unwrap
-
-
-async def linked(a: Node, b: Node) -> None:
-    await a.connect(b.address)
-    assert a.channels is not None
-    assert await a.channels.wait_connected(b.node_id, 10)
+from tests.channel_helpers import linked
 
 
 def with_secret(node: Node) -> None:
