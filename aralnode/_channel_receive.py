@@ -373,10 +373,10 @@ class Receiver:
         )
         content_type = header.content_type or codec.JSON
         try:
-            outcome = await hub.pipeline.invoke(ctx, body.action, params)
+            value = await hub.pipeline.invoke(ctx, body.action, params)
             try:
                 payload, compression = encode_payload(
-                    outcome.value, content_type, compress_above=hub.settings.compress_above
+                    value, content_type, compress_above=hub.settings.compress_above
                 )
             except (TypeError, ValueError) as exc:
                 raise InternalError(f"result of {body.action} cannot be encoded: {exc}") from None

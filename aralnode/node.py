@@ -37,7 +37,7 @@ from aralnode.core.governance import AllowAll, Direction, Evaluator
 from aralnode.core.handshake import SOFTWARE, VerifiedCard, build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
-from aralnode.core.pipeline import ALL_SCOPES, Outcome, Pipeline
+from aralnode.core.pipeline import ALL_SCOPES, Pipeline
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts
 from aralnode.transport.grpc_client import NodeClient
@@ -386,8 +386,7 @@ class Node:
     ) -> Any:
         """Run a local capability through the full pipeline (the in-process door)."""
         ctx = ctx or CallContext(door="local", caller=self.node_id, scopes=frozenset({ALL_SCOPES}))
-        outcome: Outcome = await self.pipeline.invoke(ctx, capability, params)
-        return outcome.value
+        return await self.pipeline.invoke(ctx, capability, params)
 
     def _hub(self) -> ChannelHub:
         if self.channels is None:

@@ -346,7 +346,7 @@ class LocalTools:
         cap_id = cap.id
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return (await pipeline.invoke(ctx, cap_id, args)).value
+            return await pipeline.invoke(ctx, cap_id, args)
 
         input_schema, output_schema, description = (
             cap.input_schema,

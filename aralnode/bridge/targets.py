@@ -218,7 +218,7 @@ def _user_target(node: NodeSurface, servicer: object, method: MethodDescriptor) 
     pipeline = node.pipeline
 
     async def call(ctx: CallContext, params: dict[str, Any]) -> Any:
-        return (await pipeline.invoke(ctx, cap_id, params)).value
+        return await pipeline.invoke(ctx, cap_id, params)
 
     return Target(method, req_cls, resp_cls, call=call, capability_id=cap_id)
 

@@ -290,7 +290,7 @@ class WsDoor:
             raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
         ctx = self._context(msg, ws)
         try:
-            outcome = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
+            value = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
         except AralError:
             raise
         except Exception as exc:  # the pipeline maps handler failures; this is a bug guard
@@ -299,7 +299,7 @@ class WsDoor:
         return {
             "type": "result",
             "id": msg.get("id"),
-            "result": outcome.value,
+            "result": value,
             "trace_id": ctx.trace_id,
             "decision": ctx.decision,
         }

@@ -50,8 +50,8 @@ async def plain_call(
         result = await forward(call.to, call.capability, params, timeout, ctx)
         executed_by = call.to
     else:
-        outcome = await pipeline.invoke(ctx, call.capability, params)
-        result, executed_by = outcome.value, node_id
+        result = await pipeline.invoke(ctx, call.capability, params)
+        executed_by = node_id
     return pb.CallResult(
         result=codec.to_value(result),
         trace_id=ctx.trace_id,

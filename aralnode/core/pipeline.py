@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aralnode.core.capabilities import Capability, CapabilityRegistry
@@ -41,13 +40,6 @@ T = TypeVar("T")
 VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
 
 ALL_SCOPES = "*"
-
-
-@dataclass(slots=True)
-class Outcome:
-    value: Any
-    verdict: Verdict
-    capability: Capability
 
 
 class Pipeline:
@@ -87,6 +79,16 @@ class Pipeline:
                 log.exception("governance verdict listener failed")
         return verdict
 
+    def _govern(self, ctx: CallContext, action: Action) -> Any:
+        """Judge ``action``, record the decision and flags on ``ctx``, enforce it;
+        the parameters to run with (a nudge may have replaced them)."""
+        verdict = self.judge(action, ctx)
+        ctx.decision = verdict.decision.label
+        if verdict.flagged:
+            ctx.flags.extend(verdict.rule_ids)
+        enforce(verdict, action)
+        return action.parameters if verdict.parameters is None else verdict.parameters
+
     def _admit(self, ctx: CallContext) -> None:
         if ctx.anonymous and not self.allow_anonymous:
             self.counters["invoke.unauthenticated"] += 1
@@ -119,11 +121,7 @@ class Pipeline:
             action = Action(
                 Direction.INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer
             )
-            verdict = self.judge(action, ctx)
-            ctx.decision = verdict.decision.label
-            if verdict.flagged:
-                ctx.flags.extend(verdict.rule_ids)
-            enforce(verdict, action)
+            self._govern(ctx, action)
             async for item in start():
                 yield item
             self.counters["stream.ok"] += 1
@@ -155,20 +153,16 @@ class Pipeline:
             action = Action(
                 direction, action_id, ctx.caller, ctx.door, risk, params, peer or ctx.peer
             )
-            verdict = self.judge(action, ctx)
-            ctx.decision = verdict.decision.label
-            if verdict.flagged:
-                ctx.flags.extend(verdict.rule_ids)
-            enforce(verdict, action)
-            return await run(params if verdict.parameters is None else verdict.parameters)
+            return await run(self._govern(ctx, action))
         except AralError as exc:
             self.counters[f"call.{exc.code}"] += 1
             raise
         finally:
             self.in_flight -= 1
 
-    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
-        """Run one capability for ``ctx``.
+    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Any:
+        """Run one capability for ``ctx``; its result. The governance decision and
+        flags are left on ``ctx`` (``decision``, ``flags``).
 
         Raises:
             AralError: every refusal and failure, already mapped to a status.
@@ -183,7 +177,7 @@ class Pipeline:
         finally:
             self.in_flight -= 1
 
-    async def _run(self, ctx: CallContext, capability_id: str, params: Any) -> Outcome:
+    async def _run(self, ctx: CallContext, capability_id: str, params: Any) -> Any:
         cap = self.registry.get(capability_id)
         ctx.capability = cap.id
         if cap.required_scopes and ALL_SCOPES not in ctx.scopes:
@@ -195,16 +189,9 @@ class Pipeline:
                     details={"missing_scopes": missing},
                 )
         action = Action(Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer)
-        verdict = self.judge(action, ctx)
-        ctx.decision = verdict.decision.label
-        if verdict.flagged:
-            ctx.flags.extend(verdict.rule_ids)
-        enforce(verdict, action)
-        if verdict.parameters is not None:
-            params = verdict.parameters
-        value = await self._call(cap, params, ctx)
+        value = await self._call(cap, self._govern(ctx, action), ctx)
         self.counters["invoke.ok"] += 1
-        return Outcome(value, verdict, cap)
+        return value
 
     async def _call(self, cap: Capability, params: Any, ctx: CallContext) -> Any:
         try:

@@ -216,8 +216,8 @@ class AgentNodeService:
             scopes=sec.peer_scopes if signed and not on_behalf_of else _NO_SCOPES,
             on_behalf_of=on_behalf_of,
         )
-        outcome = await self.pipeline.invoke(ctx, action, opened.parameters(sec.max_message_bytes))
-        payload, compression = encode_payload(outcome.value, content_type or codec.JSON)
+        value = await self.pipeline.invoke(ctx, action, opened.parameters(sec.max_message_bytes))
+        payload, compression = encode_payload(value, content_type or codec.JSON)
         response = pb.InvokeResponse()
         content = build_content(
             sender=self.node_id,
@@ -366,9 +366,9 @@ def _method_handler(
             try:
                 request = _parse(req_cls, data)
                 params = json_format.MessageToDict(request)
-                outcome = await pipeline.invoke(context_for(context), cap_id, params)
+                value = await pipeline.invoke(context_for(context), cap_id, params)
                 response = resp_cls()
-                json_format.ParseDict(outcome.value, response)
+                json_format.ParseDict(value, response)
                 return serialize(response)
             except AralError as exc:
                 await abort(context, exc)
