@@ -267,19 +267,21 @@ class PeerChannel:
 
     async def wait_up(self, timeout: float | None = None) -> bool:
         """Wait until a link is up; False on timeout."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._up.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def wait_up_or(self, timeout: float) -> None:
-        await self.wait_up(timeout)
+        return await wait_set(self._up, timeout)
 
     def wake(self) -> None:
         if self.link is not None:
             self.link.wake.set()
+
+
+async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for ``event``; False if ``timeout`` passed first."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def remote_error(err: pb.Error) -> AralError:

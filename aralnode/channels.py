@@ -44,6 +44,7 @@ from aralnode._channel_state import (
     PeerChannel,
     Subscription,
     remote_error,
+    wait_set,
 )
 from aralnode.core import codec
 from aralnode.core.channel import (
@@ -605,12 +606,7 @@ class ChannelHub:
         if not self.outbox.count(peer):
             return True
         pc.drained.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await pc.drained.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(pc.drained, timeout)
 
     # -- receiving (aralnode._channel_receive) ------------------------------------------
 

@@ -343,7 +343,7 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
         log.info("channel to %s down (%s); redial in ~%.2fs", peer.peer_id, error, delay)
         # Full jitter (AWS architecture blog): peers that lost each other at the
         # same moment do not redial in lockstep.
-        await peer.wait_up_or(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+        await peer.wait_up(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
         delay = min(delay * 2, hub.backoff_max)
 
 
