@@ -310,10 +310,9 @@ class ChannelHub:
     def handshake_done(self, client: NodeClient) -> None:
         """A redial re-verified the peer (its key is pinned again)."""
 
-    async def serve(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def serve(self, requests: AsyncIterator[bytes], context: Any) -> None:
         """The ``NodeHooks.channel`` hook."""
-        async for frame in serve_channel(self, requests, context):
-            yield frame
+        await serve_channel(self, requests, context)
 
     # -- sending ------------------------------------------------------------------------
 

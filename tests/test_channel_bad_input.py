@@ -3,6 +3,7 @@ per-message error -- never an unhandled exception -- and the node keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,11 +27,11 @@ from aralnode.core.channel import (
 )
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.envelope import build_content, seal
-from aralnode.core.errors import Unauthenticated
+from aralnode.core.errors import Unauthenticated, Unavailable
 from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import InboundRecord
-from aralnode.transport.channel import CHANNEL_METHOD
+from aralnode.transport.channel import CHANNEL_METHOD, _accept
 from aralnode.transport.grpc_client import NodeClient
 
 MakeNode = Callable[..., Node]
@@ -410,3 +411,27 @@ async def test_invoke_refuses_channel_bound_messages(node: Node) -> None:
         with pytest.raises(Unauthenticated) as info:
             await client._rpc(lambda: client.stub.Invoke(request, timeout=10))
     assert info.value.reason == "CHANNEL_BOUND_MESSAGE"
+
+
+async def test_an_answer_that_cannot_be_written_leaves_no_live_link(node: Node) -> None:
+    """The accepting side attaches the link, then writes its answer. When that write
+    fails (the dialler is already gone), the link must still end closed and
+    detached: attached but never run, it counted as the peer's live channel forever,
+    and discovery never let the dead peer go."""
+    me = await verified_identity(node)
+    hub = node.channels
+    assert hub is not None
+    never = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield open_frame(me, node)
+        await never.wait()  # the dialler sends nothing more
+
+    async def gone(frame: bytes) -> None:
+        raise Unavailable("the channel stream is gone", reason="CHANNEL_ENDED")
+
+    error = await asyncio.wait_for(_accept(hub, requests(), gone, "test"), 10)
+    assert error is not None
+    assert error.reason == "CHANNEL_ENDED"
+    assert not hub.peers[me.node_id].connected
+    assert me.node_id not in hub.connected_peers()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from aralnode import _proto as pb
+from aralnode._channel_state import wait_set
 from aralnode.core.channel import (
     MAX_OPEN_BYTES,
     AckReceived,
@@ -97,10 +98,14 @@ class Link:
             self._closing = error
             self.wake.set()
 
-    async def run(self, frames: AsyncIterator[bytes]) -> AralError | None:
+    async def run(self, frames: AsyncIterator[bytes], first: bytes = b"") -> AralError | None:
         """Read until the stream ends or either side closes; return why it ended
-        (``None`` for a clean end). Never raises on peer input."""
-        writer = asyncio.ensure_future(self._writer())
+        (``None`` for a clean end). Never raises on peer input.
+
+        ``first`` is written before anything else (the accepting side's answer):
+        written here, a write that fails or is cancelled still ends the link
+        closed and detached, never attached and not running."""
+        writer = asyncio.ensure_future(self._writer(first))
         reader = asyncio.ensure_future(self._reader(frames))
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -192,8 +197,10 @@ class Link:
             self.errors.extend(errors)
         self.wake.set()
 
-    async def _writer(self) -> None:
+    async def _writer(self, first: bytes) -> None:
         session, hub, peer, wake = self.session, self.hub, self.peer, self.wake
+        if first:
+            await self._write(first)
         while True:
             if self._closing is not None:
                 self.error = self.error or self._closing
@@ -223,55 +230,44 @@ class Link:
             if keepalive is not None:
                 await self._write(keepalive)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), session.timer() + 0.001)
+            # Not wait_for: that wraps the wait in a task of its own, every idle turn.
+            await wait_set(wake, session.timer() + 0.001)
 
 
 # -- accepting -----------------------------------------------------------------------------
 
 
-async def serve(
-    hub: ChannelHub, requests: AsyncIterator[bytes], context: Context
-) -> AsyncIterator[bytes]:
+async def serve(hub: ChannelHub, requests: AsyncIterator[bytes], context: Context) -> None:
     """The ``AgentNode.Channel`` handler: verify the open, answer, run the link.
 
-    Frames to send go through a small queue, so that the link's writer can run as
-    a task while this generator hands its frames to grpc.
+    The link's writer sends with ``context.write`` directly (a generator handler
+    would cost every frame a hand-off to the generator's task). A write that fails
+    because the stream is gone ends the link like the end of the peer's frames.
     """
-    out: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
 
     async def write(frame: bytes) -> None:
-        await out.put(frame)
-
-    async def accept() -> None:
         try:
-            error = await _accept(hub, requests, write, context.peer())
+            await context.write(frame)
         except asyncio.CancelledError:
             raise
-        except AralError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("channel accept failed")
-            error = InternalError(f"channel failed: {type(exc).__name__}")
-        await out.put(error if error is not None else _END)
+        except Exception as exc:  # grpc's ExecuteBatchError, UsageError, AbortError
+            raise Unavailable(
+                f"the channel stream is gone ({type(exc).__name__})", reason="CHANNEL_ENDED"
+            ) from None
 
-    task = asyncio.ensure_future(accept())
     try:
-        while True:
-            item = await out.get()
-            if isinstance(item, bytes):
-                yield item
-            elif isinstance(item, AralError):
-                if item.reason in ("CHANNEL_ENDED", "NODE_STOPPING", "CHANNEL_SUPERSEDED"):
-                    return
-                await abort(context, item)
-            else:
-                return
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        error = await _accept(hub, requests, write, context.peer())
+    except AralError as exc:
+        error = exc
+    except Exception as exc:
+        log.exception("channel accept failed")
+        error = InternalError(f"channel failed: {type(exc).__name__}")
+    if error is not None and error.reason not in _QUIET_ENDS:
+        await abort(context, error)
+
+
+# Ends that are not the peer's fault: the stream just stops, with status OK.
+_QUIET_ENDS = ("CHANNEL_ENDED", "NODE_STOPPING", "CHANNEL_SUPERSEDED")
 
 
 async def _accept(
@@ -307,8 +303,7 @@ async def _accept(
         await write(close_frame(exc))
         return exc
     link, answer = accepted
-    await write(answer)
-    return await link.run(frames)
+    return await link.run(frames, first=answer)
 
 
 # -- dialling ------------------------------------------------------------------------------

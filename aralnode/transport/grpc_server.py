@@ -78,7 +78,8 @@ class NodeHooks:
     capabilities: Callable[[str], pb.ListCapabilitiesResponse]
     on_handshake: Callable[[VerifiedCard, str, str], None]
     forward: Callable[[str, str, Any, float | None, CallContext], Awaitable[Any]]
-    channel: Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]] | None = None
+    # Serves one AgentNode.Channel stream, writing with ``context.write``.
+    channel: Callable[[AsyncIterator[bytes], Context], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -295,17 +296,16 @@ class AgentNodeService:
             "ListPeers",
         )
 
-    async def Channel(
-        self, requests: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
+    async def Channel(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        # A coroutine, not an async generator: grpc then lets the link's writer send
+        # with ``context.write`` itself, a loop turn sooner than a yield would.
         if self.hooks.channel is None:
             await abort(
                 context,
                 InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"),
             )
             return
-        async for frame in self.hooks.channel(requests, context):
-            yield frame
+        await self.hooks.channel(requests, context)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         unary = {
