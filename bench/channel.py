@@ -34,6 +34,7 @@ from typing import Any
 
 from aralnode._runtime import tune_for_serving
 from aralnode.core.channel import DEFAULT_WINDOW
+from bench._proc import cpu_seconds
 from bench._report import Report, median, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,9 +326,20 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
             stats = _line(recv)
             if latency:
                 assert send.stdin is not None
+                before = [cpu_seconds(recv.pid), cpu_seconds(send.pid)]
                 send.stdin.write("go\n")
                 send.stdin.flush()
                 result.update(_line(send))
+                after = [cpu_seconds(recv.pid), cpu_seconds(send.pid)]
+                n = len(result["rtt_ms"])
+                # CPU per request on each side (Linux /proc), receiver first.
+                spent = [
+                    (a - b) / n * 1e6
+                    for a, b in zip(after, before, strict=True)
+                    if a is not None and b is not None
+                ]
+                if len(spent) == 2:
+                    result["cpu_us"] = spent
         finally:
             _stop(send)
     finally:
@@ -397,6 +409,16 @@ def run(report: Report) -> None:
     b50, b99 = median(per_round(runs["bare"], 50)), median(b99s)
     report.add("channel.request_rtt_p50_at_1k_per_s", p50, "ms", baseline=b50)
     report.add("channel.request_rtt_p99_at_1k_per_s", p99, "ms", baseline=b99)
+    cpu_rows = []
+    if all("cpu_us" in r for r in runs["signed"]):
+        recv_cpu = median([r["cpu_us"][0] for r in runs["signed"]])
+        send_cpu = median([r["cpu_us"][1] for r in runs["signed"]])
+        report.add("channel.request_cpu_receiver_us", recv_cpu, "us")
+        report.add("channel.request_cpu_sender_us", send_cpu, "us")
+        cpu_rows = [
+            f"CPU per request in that phase, all threads: receiver {recv_cpu:.0f} µs, "
+            f"sender {send_cpu:.0f} µs (each signs once and verifies once: ~90 µs of it).",
+        ]
     notes = [
         f"Median of {ROUNDS} alternating rounds (range in brackets).",
         "",
@@ -418,6 +440,7 @@ def run(report: Report) -> None:
         f"a round): p50 {p50:.2f} ms, p99 {p99:.2f} ms (rounds: "
         f"{', '.join(f'{x:.2f}' for x in p99s)}); bare echo p50 {b50:.2f} ms, "
         f"p99 {b99:.2f} ms.",
+        *cpu_rows,
     ]
     report.section("A2A channel (one stream, two node processes)", notes)
 

@@ -3,13 +3,21 @@
 Server in a child process, client here, one grpc.aio channel, N calls in flight for
 a fixed wall time after a warm-up. The bare echo server answers the same
 InvokeRequest/InvokeResponse messages with no processing at all.
+
+Each case also records the CPU time it cost per call, client and server together
+(all threads). At 16 in flight the cores are busy, so QPS follows CPU per call, and
+the ratios can be read as CPU: adding only the four ES256 operations a signed call
+needs (sign and verify, request and response) to a bare call bounds what any
+signed implementation can reach on the machine the bench runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -22,7 +30,7 @@ from aralnode.core.handshake import build_card
 from aralnode.core.identity import KeyRing
 from aralnode.testing import fixed_identity
 from aralnode.transport.grpc_client import NodeClient
-from bench._proc import server
+from bench._proc import Child, server
 from bench._report import Report, median, percentile
 
 DURATION = 1.5
@@ -31,9 +39,16 @@ ROUNDS = 5
 PARAMS = {"text": "hello, mesh", "times": 1}
 
 
+@dataclass
+class Sample:
+    qps: float
+    latencies: list[float]
+    cpu_us: float | None  # client + server CPU per call; None without /proc
+
+
 async def _measure(
-    call: Callable[[], Awaitable[object]], in_flight: int, duration: float
-) -> tuple[float, list[float]]:
+    call: Callable[[], Awaitable[object]], in_flight: int, duration: float, child: Child
+) -> Sample:
     latencies: list[float] = []
     stop_at = 0.0
     recording = False
@@ -50,14 +65,19 @@ async def _measure(
     stop_at = time.perf_counter() + WARMUP
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     recording = True
+    cpu0, child0 = time.process_time(), child.cpu_seconds()
     start = time.perf_counter()
     stop_at = start + duration
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies
+    cpu, child1 = time.process_time() - cpu0, child.cpu_seconds()
+    cpu_us = None
+    if child0 is not None and child1 is not None and latencies:
+        cpu_us = (cpu + child1 - child0) / len(latencies) * 1e6
+    return Sample(len(latencies) / elapsed, latencies, cpu_us)
 
 
-async def _bare_case(port: int, in_flight: int) -> tuple[float, list[float]]:
+async def _bare_case(child: Child, in_flight: int) -> Sample:
     payload = codec.encode(PARAMS)
     content = build_content(
         sender="bench",
@@ -68,7 +88,7 @@ async def _bare_case(port: int, in_flight: int) -> tuple[float, list[float]]:
         clock=SYSTEM_CLOCK,
     )
     request = pb.InvokeRequest(message=seal(content, None))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}") as channel:
         invoke = channel.unary_unary(
             "/aral.v1.AgentNode/Invoke",
             request_serializer=pb.InvokeRequest.SerializeToString,
@@ -82,12 +102,13 @@ async def _bare_case(port: int, in_flight: int) -> tuple[float, list[float]]:
             request.message.content = content.SerializeToString()
             return await invoke(request)
 
-        return await _measure(call, in_flight, DURATION)
+        return await _measure(call, in_flight, DURATION, child)
 
 
-async def _node_case(port: int, in_flight: int, signed: bool) -> tuple[float, list[float]]:
+async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
     identity = fixed_identity(7) if signed else None
-    async with NodeClient(f"127.0.0.1:{port}", identity=identity, keyring=KeyRing()) as client:
+    address = f"127.0.0.1:{child.port}"
+    async with NodeClient(address, identity=identity, keyring=KeyRing()) as client:
         if signed:
             assert identity is not None
             card = build_card(
@@ -102,7 +123,31 @@ async def _node_case(port: int, in_flight: int, signed: bool) -> tuple[float, li
         async def call() -> object:
             return await client.request("demo.echo", PARAMS, sign=signed)
 
-        return await _measure(call, in_flight, DURATION)
+        return await _measure(call, in_flight, DURATION, child)
+
+
+def _es256_costs() -> tuple[float, float]:
+    """Microseconds per ES256 sign and verify of a request-sized payload, in process
+    (the best of a few runs: the least these operations can cost here)."""
+    identity = fixed_identity(7)
+    data = b"x" * 300
+    sig = identity.sign(pb.PAYLOAD_MESSAGE, data)
+    n = 500
+
+    def best(op: Callable[[], object]) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                op()
+            runs.append((time.perf_counter() - t0) / n * 1e6)
+        return min(runs)
+
+    key = identity.public_key
+    return (
+        best(lambda: identity.sign(pb.PAYLOAD_MESSAGE, data)),
+        best(lambda: key.verify(pb.PAYLOAD_MESSAGE, data, sig)),
+    )
 
 
 CASES = (
@@ -116,18 +161,21 @@ def run(report: Report) -> None:
     qps: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     lat: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # at 16 in flight
 
-    async def one(case: str, bare_port: int, node_port: int, in_flight: int) -> float:
+    async def one(case: str, bare: Child, node: Child, in_flight: int) -> float:
         if case == "bare":
-            value, samples = await _bare_case(bare_port, in_flight)
+            got = await _bare_case(bare, in_flight)
         else:
-            value, samples = await _node_case(node_port, in_flight, signed=case == "signed")
-        qps.setdefault((case, in_flight), []).append(value)
-        lat.setdefault((case, in_flight), []).extend(samples)
-        return value
+            got = await _node_case(node, in_flight, signed=case == "signed")
+        qps.setdefault((case, in_flight), []).append(got.qps)
+        lat.setdefault((case, in_flight), []).extend(got.latencies)
+        if in_flight == 16 and got.cpu_us is not None:
+            cpu.setdefault(case, []).append(got.cpu_us)
+        return got.qps
 
     async def main() -> None:
-        with server("bare") as bare_port, server("node") as node_port:
+        with server("bare") as bare, server("node") as node:
             for r in range(ROUNDS):
                 print(f"  round {r + 1}/{ROUNDS}", flush=True)
                 for in_flight in (1, 16):
@@ -135,7 +183,7 @@ def run(report: Report) -> None:
                     # every case alike; ratios are paired within a round.
                     order = [c for c, _ in CASES]
                     order = order[r % 3 :] + order[: r % 3]
-                    got = {c: await one(c, bare_port, node_port, in_flight) for c in order}
+                    got = {c: await one(c, bare, node, in_flight) for c in order}
                     for c in ("unsigned", "signed"):
                         ratios.setdefault((c, in_flight), []).append(got[c] / got["bare"])
 
@@ -179,7 +227,53 @@ def run(report: Report) -> None:
         "The signed case signs every request (client) and verifies it (node), and the node",
         "signs every response, which the client verifies: two signatures per call.",
     ]
+    if all(cpu.get(c) for c, _ in CASES):
+        bare_qps = median(qps[("bare", 16)])
+        rows += _cpu_rows(report, {c: median(cpu[c]) for c, _ in CASES}, bare_qps, _es256_costs())
     report.section("Unary Invoke vs bare grpc.aio", rows)
+
+
+def _cpu_rows(
+    report: Report, cpu: dict[str, float], bare_qps: float, es256: tuple[float, float]
+) -> list[str]:
+    """CPU per call at 16 in flight, and what it implies for the floors."""
+    bare = cpu["bare"]
+    sign, verify = es256
+    crypto = 2 * (sign + verify)
+    cores = os.cpu_count() or 1
+    busy = bare * 1e-6 * bare_qps / cores  # how busy the bare case kept the machine
+    report.add("unary.bare.c16.cpu_per_call", bare, "us")
+    for case in ("unsigned", "signed"):
+        report.add(f"unary.{case}.c16.cpu_per_call", cpu[case], "us", bare)
+    report.add("unary.es256.sign", sign, "us")
+    report.add("unary.es256.verify", verify, "us")
+    # Any signed Invoke adds at least the four operations to a bare call's CPU: at
+    # the bare case's utilisation that caps its ratio; with every core 100 % busy
+    # (which no run reaches) the cap is higher by 1 / busy.
+    ceiling = bare / (bare + crypto)
+    report.add("unary.signed.c16.cpu_ceiling", ceiling, "ratio")
+    report.add("unary.signed.c16.cpu_ceiling_saturated", min(1.0, ceiling / busy), "ratio")
+    rows = [
+        "",
+        "CPU per call at 16 in flight (client + server, all threads; the cores are busy,",
+        "so each case's QPS ratio follows bare CPU / its CPU):",
+        "",
+        "| case | CPU per call µs | over bare µs | bare CPU / case CPU |",
+        "|---|---|---|---|",
+    ]
+    for case, label in CASES:
+        rows.append(
+            f"| {label} | {cpu[case]:.0f} | {cpu[case] - bare:+.0f} | {bare / cpu[case]:.1%} |"
+        )
+    rows += [
+        "",
+        f"ES256 here, in process at best: sign {sign:.1f} µs, verify {verify:.1f} µs; a",
+        f"signed call needs two of each ({crypto:.0f} µs). Added to a bare call's {bare:.0f} µs",
+        f"and with no other work at all, that caps signed Invoke at {ceiling:.1%} of bare QPS",
+        f"while the machine is as busy as the bare case kept it ({busy:.0%} of {cores} cores),",
+        f"and at {min(1.0, ceiling / busy):.1%} even with every core 100 % busy.",
+    ]
+    return rows
 
 
 if __name__ == "__main__":
