@@ -74,6 +74,7 @@ from aralnode.core.outbox import (
     Outbox,
     OutboxEntry,
     SqliteStore,
+    tombstone,
 )
 from aralnode.core.peers import PeerState
 from aralnode.core.pipeline import Pipeline
@@ -326,11 +327,10 @@ class ChannelHub:
         now = self.clock.now_ms()
         out: list[OutboxEntry] = []
         size = 0
-        for item in entries:
-            entry = item
+        for entry in entries:
             if entry.sealed and entry.expires_ms and entry.expires_ms <= now:
                 self._expired(pc, entry)
-                entry = OutboxEntry(entry.seq, entry.message_id, entry.kind, 0, 0, b"", b"")
+                entry = tombstone(entry)  # noqa: PLW2901 - the tombstone goes in its place
             size += len(entry.sealed)
             if out and size > self.max_message_bytes:
                 break
@@ -342,11 +342,15 @@ class ChannelHub:
 
     def _withdraw(self, pc: PeerChannel, seq: int) -> None:
         if self.outbox.withdraw(pc.peer_id, seq):
-            left = self.outbox.count(pc.peer_id)
-            if left < self.settings.outbox_limit:
-                pc.space.set()
-            if not left:
-                pc.drained.set()
+            self._freed(pc)
+
+    def _freed(self, pc: PeerChannel) -> None:
+        """Entries left the outbox: wake senders waiting for room, and flushes."""
+        left = self.outbox.count(pc.peer_id)
+        if left < self.settings.outbox_limit:
+            pc.space.set()
+        if not left:
+            pc.drained.set()
 
     def _expired(self, pc: PeerChannel, entry: OutboxEntry) -> None:
         self._withdraw(pc, entry.seq)
@@ -364,11 +368,7 @@ class ChannelHub:
             # An ack that came on an older link covers the current one too.
             link.session.acked_elsewhere(seq)
         self.outbox.ack(pc.peer_id, seq)
-        left = self.outbox.count(pc.peer_id)
-        if left < self.settings.outbox_limit:
-            pc.space.set()
-        if not left:
-            pc.drained.set()
+        self._freed(pc)
 
     def rejected(self, pc: PeerChannel, errors: Iterable[pb.MessageError]) -> None:
         """The peer refused some of our messages (``MessageErrors``)."""

@@ -68,7 +68,8 @@ class OutboxEntry:
         return not self.sealed
 
 
-def _tombstone(entry: OutboxEntry) -> OutboxEntry:
+def tombstone(entry: OutboxEntry) -> OutboxEntry:
+    """``entry`` withdrawn: its seq and id kept (the numbering has no gap), no bytes."""
     return OutboxEntry(entry.seq, entry.message_id, entry.kind, 0, 0, b"", b"")
 
 
@@ -258,7 +259,7 @@ class MemoryOutbox:
         entry = q.items[i] if i >= 0 else None
         if entry is None or not entry.sealed:
             return False
-        q.items[i] = _tombstone(entry)
+        q.items[i] = tombstone(entry)
         q.count -= 1
         return True
 
