@@ -428,8 +428,6 @@ class Node:
                 on_behalf_of=on_behalf_of,
                 trace_id=trace_id,
             )
-        if client is None and pc is None and not hub.is_verified(peer):
-            raise PeerNotFound(f"no connected peer {peer!r}", details={"node_id": peer})
         return await hub.request(
             peer,
             capability,

@@ -17,6 +17,7 @@ from aralnode import (
     KeyAlgorithm,
     Node,
     NodeClient,
+    PeerNotFound,
     Rule,
     RuleEvaluator,
 )
@@ -289,3 +290,13 @@ async def test_requests_queue_while_the_peer_is_away(make_node: MakeNode) -> Non
             assert b2.node_id == b.node_id  # same data dir, same identity
             assert await a.channels.flush(b.node_id, 20)
             assert b2.pipeline.counters["channel.received"] >= 1
+
+
+async def test_a_request_to_an_unverified_peer_is_not_found(make_node: MakeNode) -> None:
+    node = make_node("alone", **FAST)
+    async with node:
+        with pytest.raises(PeerNotFound) as err:
+            await node.request("nobody-we-verified", "demo.echo", {"text": "hi"})
+        assert err.value.details == {"node_id": "nobody-we-verified"}
+        assert node.channels is not None
+        assert "nobody-we-verified" not in node.channels.peers  # nothing made for it
