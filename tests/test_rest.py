@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from aralnode import CallContext, Node
+from aralnode.bridge import _http
 from aralnode.bridge._http import ForbiddenOrigin
-from aralnode.core.errors import PermissionDenied, StatusCode
+from aralnode.core.errors import InvalidRequest, PermissionDenied, StatusCode
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 
 LIBRARY = str(Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py")
@@ -448,3 +449,19 @@ def test_forbidden_origin_is_permission_denied() -> None:
         "forbidden",
     )
     assert exc.reason == "ORIGIN_NOT_ALLOWED"
+
+
+async def test_a_body_cut_off_by_a_disconnect_is_refused_not_run() -> None:
+    """A client that goes away mid-body: what arrived may still parse (a protobuf
+    cut at a field boundary), so it must not be taken for the whole request."""
+    messages = [
+        {"type": "http.request", "body": b'{"text": "hel', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    with pytest.raises(InvalidRequest) as err:
+        await _http.read_body({"type": "http", "headers": []}, receive, 1 << 20)
+    assert err.value.reason == "CLIENT_DISCONNECTED"

@@ -185,7 +185,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # Not the end of the body: a cut-off body may still parse, and the call
+            # must not run with part of its request.
+            raise InvalidRequest(
+                "client disconnected before the request body ended", reason="CLIENT_DISCONNECTED"
+            )
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
