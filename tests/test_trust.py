@@ -15,13 +15,17 @@ from websockets.asyncio.client import connect
 from aralnode import (
     CallContext,
     GovernanceBlocked,
+    Identity,
     Node,
     NodeClient,
     PermissionDenied,
     Unauthenticated,
 )
 from aralnode import _proto as pb
+from aralnode.core.capabilities import CapabilityRegistry
+from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.governance import Decision, Direction, Rule, RuleEvaluator
+from aralnode.core.handshake import build_card
 from aralnode.transport.grpc_client import unwrap
 from tests.channel_helpers import linked
 
@@ -51,6 +55,35 @@ async def test_forwarded_anonymous_call_gets_no_peer_rights(make_node: Callable[
             assert info.value.reason == "MISSING_SCOPE"
             who = unwrap(await client.call("demo.whoami", {}, to=b.node_id))
     assert who["caller"] == a.node_id  # the hop b verified
+
+
+async def test_a_self_made_key_gets_no_peer_rights_until_verified(
+    make_node: Callable[..., Node],
+) -> None:
+    """A signed Invoke may embed its own public key (first contact): that proves who
+    signed, not that the signer is a node this one verified. Peer scopes go to keys
+    pinned by a handshake only."""
+    b = make_node("beta", peer_scopes=frozenset({"vault"}))
+    with_secret(b)
+    me = Identity.generate()
+    async with b, NodeClient(b.address, identity=me) as client:
+        client.keyring.pin(b.identity.public_key)  # b's key known out of band
+        with pytest.raises(PermissionDenied) as info:
+            await client.request("vault.read", {})  # signed, key embedded, no handshake
+        assert info.value.reason == "MISSING_SCOPE"
+        assert await client.request("demo.whoami", {}) == {
+            "door": "grpc",
+            "caller": me.node_id,
+            "signed": True,
+        }
+        card = build_card(
+            me, name="me", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
+        )
+        await client.handshake(card)  # b verifies the card and pins the key
+        assert await client.request("vault.read", {}) == {
+            "caller": me.node_id,
+            "for": me.node_id,
+        }
 
 
 async def test_forward_is_governed_at_the_forwarding_node(make_node: Callable[..., Node]) -> None:

@@ -213,8 +213,12 @@ class AgentNodeService:
             deadline=deadline,
             deadline_enforced=enforced,
             signed=signed,
-            # A delegated call gets its principal's rights, not the signer's.
-            scopes=sec.peer_scopes if signed and not on_behalf_of else _NO_SCOPES,
+            # Peer rights go to a verified node key (pinned by a handshake), not to
+            # any self-made key a message embeds; a delegated call gets its
+            # principal's rights, not the signer's.
+            scopes=sec.peer_scopes
+            if signed and not on_behalf_of and sec.keyring.is_pinned(sender)
+            else _NO_SCOPES,
             on_behalf_of=on_behalf_of,
         )
         value = await self.pipeline.invoke(ctx, action, opened.parameters(sec.max_message_bytes))
