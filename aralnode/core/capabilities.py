@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -196,6 +196,34 @@ def method_capabilities(
     return caps
 
 
+def request_from(req_cls: type[Message], params: Any, method_id: str) -> Message:
+    """The request message ``params`` (proto3 JSON) describe; InvalidParameters if not."""
+    request = req_cls()
+    try:
+        json_format.ParseDict(params or {}, request)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise InvalidParameters(f"invalid parameters for {method_id}: {exc}") from None
+    return request
+
+
+def stream_start(
+    impl: Callable[[Message, CallContext], AsyncIterator[Message]],
+    request: Message,
+    params: Any,
+    method_id: str,
+    ctx: CallContext,
+) -> Callable[[Any], AsyncIterator[Message]]:
+    """``Pipeline.stream``'s start for a protobuf server-streaming method: ``impl`` on
+    ``request``, or on the request the parameters a nudge put in its place describe."""
+
+    def start(governed: Any) -> AsyncIterator[Message]:
+        if governed is not params:
+            return impl(request_from(type(request), governed, method_id), ctx)
+        return impl(request, ctx)
+
+    return start
+
+
 def _method_capability(
     impl: Callable[..., Any], method: MethodDescriptor, risk: str, comments: Mapping[str, str]
 ) -> Capability:
@@ -203,12 +231,7 @@ def _method_capability(
     cap_id = f"{method.containing_service.full_name}/{method.name}"
 
     async def handler(params: Any, ctx: CallContext) -> Any:
-        request = req_cls()
-        try:
-            json_format.ParseDict(params or {}, request)
-        except (json_format.ParseError, TypeError, ValueError) as exc:
-            raise InvalidParameters(f"invalid parameters for {cap_id}: {exc}") from None
-        response = impl(request, ctx)
+        response = impl(request_from(req_cls, params, cap_id), ctx)
         if inspect.isawaitable(response):
             response = await response
         return json_format.MessageToDict(response, preserving_proto_field_name=False)

@@ -108,12 +108,13 @@ class Pipeline:
         ctx: CallContext,
         method_id: str,
         params: Any,
-        start: Callable[[], AsyncIterator[T]],
+        start: Callable[[Any], AsyncIterator[T]],
         *,
         risk: str = "unspecified",
     ) -> AsyncIterator[T]:
-        """Run a server-streaming method: admission and governance before the first
-        item, the concurrency slot held until the stream ends."""
+        """Run a streaming method: admission and governance before the first item,
+        the concurrency slot held until the stream ends. ``start(params)`` gets the
+        parameters as governance left them (a nudge may have replaced them)."""
         self._admit(ctx)
         self.in_flight += 1
         try:
@@ -121,8 +122,7 @@ class Pipeline:
             action = Action(
                 Direction.INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer
             )
-            self._govern(ctx, action)
-            async for item in start():
+            async for item in start(self._govern(ctx, action)):
                 yield item
             self.counters["stream.ok"] += 1
         except AralError as exc:

@@ -24,6 +24,7 @@ from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.calls import plain_call
+from aralnode.core.capabilities import stream_start
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.envelope import (
@@ -333,9 +334,11 @@ def service_handler(
     pipeline: Pipeline,
     clock: Clock,
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    """Serve ``service`` with ``servicer``: unary methods through the pipeline (so
-    governance and limits apply exactly as on every other door); streaming methods
-    directly, with requests parsed by us."""
+    """Serve ``service`` with ``servicer``, every method through the pipeline (so
+    admission, governance and its listeners apply exactly as on every other door):
+    unary ones as capabilities, streaming ones admitted and judged once before they
+    start (a request stream is judged by method; its messages are the method's to
+    check), with requests parsed by us."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         impl = getattr(servicer, method.name, None)
@@ -387,8 +390,8 @@ def _method_handler(
                 request = _parse(req_cls, data)
                 ctx = context_for(context)
                 params = json_format.MessageToDict(request)
-                items = pipeline.stream(ctx, cap_id, params, lambda: impl(request, ctx))
-                async for item in items:
+                start = stream_start(impl, request, params, cap_id, ctx)
+                async for item in pipeline.stream(ctx, cap_id, params, start):
                     yield serialize(item)
             except AralError as exc:
                 await abort(context, exc)
@@ -402,8 +405,15 @@ def _method_handler(
     if not method.server_streaming:
 
         async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
+            # Admitted and judged before the first request is read (by method; the
+            # requests are the method's to check), the slot held until it answers.
+            ctx = context_for(context)
+
+            async def run(_: Any) -> bytes:
+                return serialize(await impl(parsed(requests), ctx))
+
             try:
-                return serialize(await impl(parsed(requests), context_for(context)))
+                return await pipeline.call(ctx, cap_id, None, run, risk="unspecified")
             except AralError as exc:
                 await abort(context, exc)
                 raise
@@ -412,7 +422,9 @@ def _method_handler(
 
     async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
-            async for item in impl(parsed(requests), context_for(context)):
+            ctx = context_for(context)
+            items = pipeline.stream(ctx, cap_id, None, lambda _: impl(parsed(requests), ctx))
+            async for item in items:
                 yield serialize(item)
         except AralError as exc:
             await abort(context, exc)
