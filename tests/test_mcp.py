@@ -331,3 +331,16 @@ async def test_a_stopped_bridge_leaves_no_peer_listeners(make_node: Callable[...
         assert len(node.peer_table._listeners) > before  # MCP tools and WS events follow it
     assert len(node.peer_table._listeners) == before
     assert len(node.registry._listeners) == registry_before
+
+
+async def test_mcp_bodies_are_held_to_the_nodes_limit(make_node: Callable[..., Node]) -> None:
+    """/mcp takes no larger a body than REST does (the SDK's own default is 4 MiB)."""
+    node = make_node("small-mcp", http_port=0, max_message_bytes=2048)
+    async with node, httpx.AsyncClient(timeout=10) as http:
+        big = {"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 4096}
+        r = await http.post(
+            url(node),
+            json=big,
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+        assert r.status_code == 413

@@ -64,6 +64,7 @@ class HttpBridge:
         self.bindings: list[tuple[Binding, Target]] = [
             (b, t) for t in self.targets for b in bindings(t.method)
         ]
+        self.max_body_bytes = max_body_bytes
         self.rest = RestDoor(node, self.targets, self.bindings, max_body_bytes=max_body_bytes)
         title = f"aralnode {node.name}"
         self.openapi = OpenApiBuilder(
@@ -145,7 +146,12 @@ class HttpBridge:
             allowed_origins=origins,
             now_ms=self.node.clock.now_ms,
         )
-        self.mcp = McpHttp(self.mcp_server, allowed_hosts=hosts, allowed_origins=origins)
+        self.mcp = McpHttp(
+            self.mcp_server,
+            allowed_hosts=hosts,
+            allowed_origins=origins,
+            max_body_bytes=self.max_body_bytes,
+        )
         await self.mcp.start()
         self.hub.attach()
         config = uvicorn.Config(

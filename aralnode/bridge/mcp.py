@@ -518,7 +518,12 @@ class McpHttp:
     """
 
     def __init__(
-        self, server: Server[Any], *, allowed_hosts: list[str], allowed_origins: list[str]
+        self,
+        server: Server[Any],
+        *,
+        allowed_hosts: list[str],
+        allowed_origins: list[str],
+        max_body_bytes: int,
     ) -> None:
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -526,7 +531,11 @@ class McpHttp:
             allowed_origins=allowed_origins,
         )
         self.manager = StreamableHTTPSessionManager(
-            app=server, json_response=True, stateless=False, security_settings=security
+            app=server,
+            json_response=True,
+            stateless=False,
+            security_settings=security,
+            max_request_body_size=max_body_bytes,  # the node's limit, as on REST
         )
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
