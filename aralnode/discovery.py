@@ -542,7 +542,7 @@ class Discovery:
             # Someone announced an id (or fingerprint) its key does not prove.
             self.counters["discovery.handshake_rejected"] += 1
             log.warning("rejected %s claiming %s: %s", address, dial.node_id, exc.message)
-        except (AralError, OSError, ValueError) as exc:
+        except (AralError, OSError) as exc:
             self.counters["discovery.dial_failed"] += 1
             log.info("dial %s (%s) failed: %s", address, dial.node_id or "?", exc)
         except Exception:

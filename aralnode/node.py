@@ -32,11 +32,17 @@ from aralnode.core.capabilities import (
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import SUPPORTED_VERSIONS
-from aralnode.core.errors import AralError, KeyMismatch, PeerNotFound, Unavailable
+from aralnode.core.errors import (
+    AralError,
+    KeyMismatch,
+    PeerNotFound,
+    RateLimited,
+    Unavailable,
+)
 from aralnode.core.governance import AllowAll, Direction, Evaluator
 from aralnode.core.handshake import SOFTWARE, VerifiedCard, build_card
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable
+from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
 from aralnode.core.pipeline import ALL_SCOPES, Pipeline
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts
@@ -524,13 +530,22 @@ class Node:
         Raises:
             KeyMismatch: the card's key is not ``expected_node_id``'s, or does not
                 have ``expected_fingerprint`` (e.g. from an mDNS TXT record).
+            Unavailable: ``DIAL_IN_PROGRESS``, another dial to ``address`` is under way.
+            RateLimited: ``PEER_TABLE_FULL``, no room for another unverified peer.
         """
         key = f"addr:{address}"
         table = self.peer_table
         existing = table.get(key)
-        if existing is None or existing.state is PeerState.GONE:
-            table.apply(key, PeerEvent.DISCOVERED, address=address, source=source)
-        table.apply(key, PeerEvent.HANDSHAKE_STARTED)
+        try:
+            if existing is None or existing.state is PeerState.GONE:
+                table.apply(key, PeerEvent.DISCOVERED, address=address, source=source)
+            table.apply(key, PeerEvent.HANDSHAKE_STARTED)
+        except PeerTableFull as exc:
+            raise RateLimited(str(exc), reason="PEER_TABLE_FULL") from None
+        except ValueError:  # the entry is HANDSHAKING: another dial owns it
+            raise Unavailable(
+                f"a handshake with {address} is already under way", reason="DIAL_IN_PROGRESS"
+            ) from None
         client = NodeClient(address, identity=self.identity, keyring=self.keyring, clock=self.clock)
         try:
             verified = await client.handshake(self.card(), expected_node_id=expected_node_id)

@@ -26,7 +26,7 @@ from aralnode import Identity, Node, NodeClient, discovery
 from aralnode import _proto as pb
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
-from aralnode.core.errors import RateLimited
+from aralnode.core.errors import RateLimited, Unavailable
 from aralnode.core.handshake import build_card
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState
 from aralnode.discovery import (
@@ -494,6 +494,26 @@ async def test_inbound_only_peer_that_dies_is_dropped(make_node: Callable[..., N
         assert (peer.state, peer.reached) == (PeerState.STALE, False)
         await b.stop(grace=0)
         await until(a, lambda: state_of(a, b) is PeerState.GONE)
+
+
+async def test_a_second_dial_to_an_address_in_handshake_is_a_clean_refusal(
+    make_node: Callable[..., Node],
+) -> None:
+    """Two dials to one address can overlap (a static peer's redial, discovery, a
+    user's connect). The second is refused with an AralError, which every dial loop
+    handles; a bare ValueError from the peer table ended a static peer's redial loop
+    without a word."""
+    a, b = make_node("a"), make_node("b")
+    async with a, b:
+        first = asyncio.ensure_future(a.connect(b.address))
+        key = f"addr:{b.address}"
+        await until(
+            a, lambda: (p := a.peer_table.get(key)) is not None and p.state is PeerState.HANDSHAKING
+        )
+        with pytest.raises(Unavailable) as info:
+            await a.connect(b.address)
+        assert info.value.reason == "DIAL_IN_PROGRESS"
+        assert (await first).state is PeerState.CONNECTED
 
 
 async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[..., Node]) -> None:
