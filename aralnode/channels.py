@@ -21,8 +21,10 @@ Delivery guarantees (docs/channels.md has the long form):
   with that mark, so a SIGKILL at any instant neither loses nor repeats them.
   Subscribers (``subscribe``) and capabilities get at-least-once across a crash.
 * **Signed, verified, governed.** Every message is signed by default and verified
-  on receipt; governance judges it on send (``Direction.SEND``) and on receipt
-  (``Direction.RECEIVE``); requests then run the shared pipeline (``door="channel"``).
+  on receipt; governance judges requests and notifications on send
+  (``Direction.SEND``) and on receipt (``Direction.RECEIVE``), and requests then run
+  the shared pipeline (``door="channel"``). A response is not judged again: it
+  answers a request both ends already judged, and its correlation id must match.
 """
 
 from __future__ import annotations
@@ -84,7 +86,6 @@ from aralnode.transport.channel import serve as serve_channel
 
 if TYPE_CHECKING:
     from aralnode.node import Node
-    from aralnode.transport.grpc_client import NodeClient
 
 __all__ = [
     "CANCEL_EVENT",
@@ -307,9 +308,6 @@ class ChannelHub:
         task = asyncio.ensure_future(dial_forever(self, pc, address))
         task.set_name(f"channel dial {peer_id}")
         self._dials[peer_id] = task
-
-    def handshake_done(self, client: NodeClient) -> None:
-        """A redial re-verified the peer (its key is pinned again)."""
 
     async def serve(self, requests: AsyncIterator[bytes], context: Any) -> None:
         """The ``NodeHooks.channel`` hook."""

@@ -33,12 +33,6 @@ class ProtoDocs:
     def __init__(self) -> None:
         self._by_file: dict[str, dict[str, str]] = {}
 
-    def register(self, descriptor_set: bytes) -> None:
-        """Add the comments of a serialized ``FileDescriptorSet`` with source info."""
-        for name, comments in comments_from_descriptor_set(descriptor_set).items():
-            if comments:
-                self._by_file[name] = comments
-
     def for_file(self, file: FileDescriptor) -> dict[str, str]:
         """Comments of one file: its own source info, else ``<stem>.binpb`` beside its module."""
         found = self._by_file.get(file.name)

@@ -65,7 +65,7 @@ class HttpBridge:
             (b, t) for t in self.targets for b in bindings(t.method)
         ]
         self.max_body_bytes = max_body_bytes
-        self.rest = RestDoor(node, self.targets, self.bindings, max_body_bytes=max_body_bytes)
+        self.rest = RestDoor(node, self.bindings, max_body_bytes=max_body_bytes)
         title = f"aralnode {node.name}"
         self.openapi = OpenApiBuilder(
             self.bindings,

@@ -205,7 +205,6 @@ class RestDoor:
     def __init__(
         self,
         node: NodeSurface,
-        targets: list[Target],
         bindings: list[tuple[Binding, Target]],
         *,
         max_body_bytes: int,

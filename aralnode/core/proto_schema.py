@@ -135,7 +135,6 @@ def message_schema(
     desc: Descriptor,
     *,
     comments: dict[str, str] | None = None,
-    inline_root: bool = True,
     closed: bool = False,
 ) -> dict[str, Any]:
     """A self-contained JSON Schema for messages of type ``desc``.
@@ -143,14 +142,14 @@ def message_schema(
     Args:
         desc: The message descriptor.
         comments: Optional map of full names to leading comments, used as descriptions.
-        inline_root: Put the root object at the top level (tools such as MCP want an
-            ``object`` schema at the root) rather than behind a ``$ref``.
         closed: Add ``additionalProperties: false`` to every message object (what
             the proto3 JSON parser enforces; right for request schemas).
     """
     b = _Builder(comments, closed=closed)
     ref = b.message(desc)
-    if inline_root and "$ref" in ref:
+    # The root object goes at the top level (tools such as MCP want an ``object``
+    # schema at the root), not behind a ``$ref``.
+    if "$ref" in ref:
         root = b.defs.pop(desc.full_name)
         if _mentions(b.defs, desc.full_name) or _mentions(root, desc.full_name):
             b.defs[desc.full_name] = root  # recursive: keep the def the root refers to
@@ -193,10 +192,6 @@ class SchemaSet:
     def field(self, f: FieldDescriptor) -> dict[str, Any]:
         """The schema of one field's JSON value (arrays and maps included)."""
         return self._builder.field(f)
-
-    def single(self, f: FieldDescriptor) -> dict[str, Any]:
-        """The schema of one element of ``f`` (the item type of a repeated field)."""
-        return self._builder.single(f)
 
 
 def _mentions(tree: Any, full_name: str) -> bool:

@@ -355,13 +355,8 @@ async def _dial_once(
         client = NodeClient(
             address, identity=hub.identity, keyring=hub.keyring, clock=hub.clock, channel=channel
         )
-        verified = await client.handshake(
-            hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout
-        )
-        # NodeClient falls back to a private KeyRing when handed an empty one
-        # (``keyring or KeyRing()``), so pin into the node's ring ourselves.
-        hub.keyring.pin(verified.key)
-        hub.handshake_done(client)
+        # Pins the peer's key in the node's ring (the client was given it).
+        await client.handshake(hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout)
         if peer.connected:
             return False, None  # the peer dialled us meanwhile: one stream is enough
         stub: Any = channel.stream_stream(
