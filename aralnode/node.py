@@ -546,7 +546,13 @@ class Node:
             raise Unavailable(
                 f"a handshake with {address} is already under way", reason="DIAL_IN_PROGRESS"
             ) from None
-        client = NodeClient(address, identity=self.identity, keyring=self.keyring, clock=self.clock)
+        client = NodeClient(
+            address,
+            identity=self.identity,
+            keyring=self.keyring,
+            clock=self.clock,
+            max_message_bytes=self.config.max_message_bytes,  # as its server allows
+        )
         try:
             verified = await client.handshake(self.card(), expected_node_id=expected_node_id)
             if expected_fingerprint and verified.key.fingerprint != expected_fingerprint:

@@ -516,6 +516,13 @@ async def test_a_second_dial_to_an_address_in_handshake_is_a_clean_refusal(
         assert (await first).state is PeerState.CONNECTED
 
 
+async def test_a_nodes_own_clients_take_its_message_limit(make_node: Callable[..., Node]) -> None:
+    a, b = make_node("a", max_message_bytes=8 << 20), make_node("b")
+    async with a, b:
+        await a.connect(b.address)
+        assert a._clients[b.node_id].max_message_bytes == 8 << 20  # not the 4 MiB default
+
+
 async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[..., Node]) -> None:
     a = make_node("a", discovery="static", keepalive_ms=100, peer_timeout_ms=400)
     b = make_node("b")
