@@ -20,12 +20,17 @@ from aralnode._channel_state import (
     Delivery,
     PeerChannel,
     message_error,
-    remote_error,
 )
 from aralnode.core import codec
 from aralnode.core.channel import Batch
 from aralnode.core.context import CallContext, clean_trace_id
-from aralnode.core.envelope import OpenedMessage, encode_payload, error_body, open_message
+from aralnode.core.envelope import (
+    OpenedMessage,
+    encode_payload,
+    error_body,
+    open_message,
+    remote_error,
+)
 from aralnode.core.errors import (
     AralError,
     DeadlineExceeded,

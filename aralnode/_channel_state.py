@@ -13,12 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from google.protobuf import json_format
-
 from aralnode import _proto as pb
 from aralnode.core.channel import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, Inbound, RecentIds
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
-from aralnode.core.errors import ERROR_TYPES, AralError, RateLimited, error_from_status
+from aralnode.core.errors import AralError, RateLimited
 
 if TYPE_CHECKING:
     from aralnode.channels import ChannelHub
@@ -282,29 +280,6 @@ async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def remote_error(err: pb.Error) -> AralError:
-    """Rebuild a peer's error (``Error`` in a response or ``MessageErrors``) as the
-    most specific ``AralError``: by reason, else by status, then refined by the
-    stable ``code`` (a reason such as GOVERNANCE_BLOCK names no class by itself)."""
-    details = json_format.MessageToDict(err.details) if err.HasField("details") else {}
-    reason = str(details.pop("reason", ""))
-    retry = details.pop("retry_after", None)
-    exc = error_from_status(
-        err.status,
-        err.message,
-        reason=reason,
-        details=details,
-        retry_after=float(retry) if isinstance(retry, int | float) else None,
-    )
-    if exc.code != err.code:
-        for cls in ERROR_TYPES:
-            if cls.code == err.code and issubclass(cls, type(exc)):
-                return cls(
-                    err.message, reason=reason or None, details=details, retry_after=exc.retry_after
-                )
-    return exc
 
 
 def message_error(seq: int, message: pb.ARALMessage, exc: AralError) -> pb.MessageError:

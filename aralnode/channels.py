@@ -45,7 +45,6 @@ from aralnode._channel_state import (
     Overflow,
     PeerChannel,
     Subscription,
-    remote_error,
     wait_set,
 )
 from aralnode.core import codec
@@ -59,7 +58,7 @@ from aralnode.core.channel import (
     make_open,
 )
 from aralnode.core.clock import Clock
-from aralnode.core.envelope import build_content, encode_payload, seal
+from aralnode.core.envelope import build_content, encode_payload, remote_error, seal
 from aralnode.core.errors import (
     AralError,
     DeadlineExceeded,

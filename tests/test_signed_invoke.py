@@ -11,18 +11,23 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from aralnode import (
     AralError,
+    GovernanceBlocked,
     KeyAlgorithm,
     Node,
     NodeClient,
+    RateLimited,
     ReplayDetected,
     SignatureInvalid,
     StaleMessage,
     Unauthenticated,
 )
 from aralnode import _proto as pb
+from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK, FixedClock
 from aralnode.core.envelope import build_content, encode_payload, seal
 from aralnode.core.errors import KeyMismatch, UnknownKey
+from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity
 from aralnode.testing import fixed_identity, node_pair
 from aralnode.transport.status import from_rpc_error
@@ -234,3 +239,26 @@ async def test_unsigned_traffic_does_not_fill_the_replay_cache(pair: tuple[Node,
     await send(b, signed)
     mid = pb.MessageContent.FromString(signed.content).header.message_id
     assert b.replay.seen(a.node_id, mid)
+
+
+async def test_a_signed_calls_error_comes_back_whole(make_node: Any) -> None:
+    """The client rebuilds an error response the way a channel does: the most
+    specific class (by its stable code) and its retry hint, not just the status."""
+    no_add = Rule("no-add", decision=Decision.BLOCK, capabilities=frozenset({"demo.add"}))
+    node = make_node("limits", governance=RuleEvaluator([no_add]))
+
+    @node.capability(id="busy.wait")
+    async def busy() -> None:
+        raise RateLimited("come back later", retry_after=1.5)
+
+    me = Identity.generate()
+    async with node, NodeClient(node.address, identity=me) as client:
+        card = build_card(
+            me, name="me", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
+        )
+        await client.handshake(card)
+        with pytest.raises(RateLimited) as limited:
+            await client.request("busy.wait", {})
+        assert limited.value.retry_after == 1.5
+        with pytest.raises(GovernanceBlocked):
+            await client.request("demo.add", {"a": 1, "b": 2})

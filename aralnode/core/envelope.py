@@ -12,18 +12,21 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.clock import Clock
 from aralnode.core.errors import (
+    ERROR_TYPES,
     AralError,
     KeyMismatch,
     MalformedMessage,
     MessageTooLarge,
     Unauthenticated,
     UnsupportedVersion,
+    error_from_status,
 )
 from aralnode.core.identity import Identity, KeyRing, PublicKey
 from aralnode.core.replay import ReplayGuard
@@ -239,6 +242,30 @@ def error_body(exc: AralError, correlation_id: str) -> pb.Body:
         details["retry_after"] = exc.retry_after
     err.details.update(_jsonable(details))
     return pb.Body(type=RESPONSE, error=err, correlation_id=correlation_id)
+
+
+def remote_error(err: pb.Error) -> AralError:
+    """Rebuild a peer's error (``Error`` in a response or ``MessageErrors``; what
+    ``error_body`` wrote) as the
+    most specific ``AralError``: by reason, else by status, then refined by the
+    stable ``code`` (a reason such as GOVERNANCE_BLOCK names no class by itself)."""
+    details = json_format.MessageToDict(err.details) if err.HasField("details") else {}
+    reason = str(details.pop("reason", ""))
+    retry = details.pop("retry_after", None)
+    exc = error_from_status(
+        err.status,
+        err.message,
+        reason=reason,
+        details=details,
+        retry_after=float(retry) if isinstance(retry, int | float) else None,
+    )
+    if exc.code != err.code:
+        for cls in ERROR_TYPES:
+            if cls.code == err.code and issubclass(cls, type(exc)):
+                return cls(
+                    err.message, reason=reason or None, details=details, retry_after=exc.retry_after
+                )
+    return exc
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

@@ -17,12 +17,12 @@ from aralnode.core.envelope import (
     build_content,
     encode_payload,
     open_message,
+    remote_error,
     seal_into,
 )
 from aralnode.core.errors import (
     MalformedMessage,
     Unauthenticated,
-    error_from_status,
 )
 from aralnode.core.handshake import VerifiedCard, accept_welcome, make_hello
 from aralnode.core.identity import Identity, KeyRing
@@ -178,11 +178,7 @@ class NodeClient:
                 "response does not answer our request", reason="CORRELATION_MISMATCH"
             )
         if opened.body.HasField("error"):
-            err = opened.body.error
-            details = json_format.MessageToDict(err.details)
-            raise error_from_status(
-                err.status, err.message, reason=str(details.pop("reason", "")), details=details
-            )
+            raise remote_error(opened.body.error)
         return opened.result(self.max_message_bytes)
 
     # -- plain calls -------------------------------------------------------------
