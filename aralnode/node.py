@@ -330,6 +330,7 @@ class Node:
             allowed_origins=list(cfg.http_allowed_origins),
             max_body_bytes=cfg.max_message_bytes,
             version=__version__,
+            docs=self._proto_docs,  # comments read once, for capabilities and bridges
         )
         try:
             self.http_port = await self._http.start(cfg.bind_host, cfg.http_port or 0)

@@ -44,6 +44,7 @@ class HttpBridge:
             besides loopback (``name:*`` matches any port).
         max_body_bytes: Largest request body.
         forward_peer_tools: List connected peers' capabilities as MCP tools.
+        docs: Proto comments already read (the node's), so files are read once.
     """
 
     def __init__(
@@ -57,9 +58,10 @@ class HttpBridge:
         max_body_bytes: int = 4 * 1024 * 1024,
         forward_peer_tools: bool = True,
         version: str = "",
+        docs: ProtoDocs | None = None,
     ) -> None:
         self.node = node
-        self.docs = ProtoDocs()
+        self.docs = docs if docs is not None else ProtoDocs()
         self.targets: list[Target] = build_targets(node, hooks, services)
         self.bindings: list[tuple[Binding, Target]] = [
             (b, t) for t in self.targets for b in bindings(t.method)
