@@ -318,6 +318,8 @@ class ChannelHub:
         """Unsent entries for the link's writer: consecutive seqs after the link's
         ``sent_seq``, at most ``room`` and one frame's bytes; an expired one is
         withdrawn and goes as a tombstone (so the numbering keeps no gap)."""
+        if self.outbox.last_seq(pc.peer_id) <= session.sent_seq:
+            return []  # nothing new: no read (a SELECT, when durable) per writer wake
         entries = self.outbox.unsent(pc.peer_id, session.sent_seq, room)
         if not entries:
             return entries
