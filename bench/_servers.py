@@ -1,7 +1,9 @@
 """Server processes for benchmarks: ``python -m bench._servers KIND`` prints its port.
 
 KIND is ``bare`` (a plain grpc.aio echo of the AgentNode Invoke messages, the
-baseline) or ``node`` (an aralnode with the demo capabilities).
+baseline), ``bare-signed`` (that echo plus the ES256 verify and sign a signed call
+needs on the server, and nothing else: a reference, not a product) or ``node`` (an
+aralnode with the demo capabilities).
 """
 
 from __future__ import annotations
@@ -21,10 +23,7 @@ from aralnode._runtime import tune_for_serving
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
 
-async def bare() -> None:
-    async def invoke(request: Any, context: Any) -> Any:
-        return pb.InvokeResponse(message=request.message)
-
+async def _echo_server(invoke: Any) -> None:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         pb.AGENT_NODE_SERVICE_NAME,
@@ -41,6 +40,37 @@ async def bare() -> None:
     await server.start()
     print(port, flush=True)
     await server.wait_for_termination()
+
+
+# The bench client's and the signed echo's keys (deterministic test identities).
+CLIENT_SEED, SERVER_SEED = 7, 8
+
+
+async def bare_signed() -> None:
+    """The bare echo plus exactly the server's share of a signed call's crypto:
+    verify the request's signature, sign the response. The least any signed
+    Invoke server does; the bench uses it to measure the ceiling of the ratio."""
+    from aralnode.testing import fixed_identity
+
+    client_key = fixed_identity(CLIENT_SEED).public_key
+    me = fixed_identity(SERVER_SEED)
+
+    async def invoke(request: Any, context: Any) -> Any:
+        message = request.message
+        client_key.verify(pb.PAYLOAD_MESSAGE, message.content, message.signature)
+        response = pb.InvokeResponse()
+        response.message.content = message.content
+        response.message.signature.CopyFrom(me.sign(pb.PAYLOAD_MESSAGE, message.content))
+        return response
+
+    await _echo_server(invoke)
+
+
+async def bare() -> None:
+    async def invoke(request: Any, context: Any) -> Any:
+        return pb.InvokeResponse(message=request.message)
+
+    await _echo_server(invoke)
 
 
 async def node(extra: list[str]) -> None:
@@ -70,7 +100,12 @@ async def node(extra: list[str]) -> None:
 def main() -> None:
     kind = sys.argv[1]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(bare() if kind == "bare" else node(sys.argv[2:]))
+        if kind == "bare":
+            asyncio.run(bare())
+        elif kind == "bare-signed":
+            asyncio.run(bare_signed())
+        else:
+            asyncio.run(node(sys.argv[2:]))
 
 
 if __name__ == "__main__":
