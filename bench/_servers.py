@@ -1,9 +1,12 @@
 """Server processes for benchmarks: ``python -m bench._servers KIND`` prints its port.
 
 KIND is ``bare`` (a plain grpc.aio echo of the AgentNode Invoke messages, the
-baseline), ``bare-signed`` (that echo plus the ES256 verify and sign a signed call
-needs on the server, and nothing else: a reference, not a product) or ``node`` (an
-aralnode with the demo capabilities).
+baseline), ``node`` (an aralnode with the demo capabilities), or one of two
+references, not products: ``bare-signed`` (the echo plus the ES256 verify and sign
+a signed call needs on the server, and nothing else) and ``bare-envelope`` (the echo
+plus the envelope work an unsigned call needs: open the request, checks and replay
+window included, and seal a response to it; no pipeline, governance, validation or
+parameter decoding).
 """
 
 from __future__ import annotations
@@ -66,6 +69,40 @@ async def bare_signed() -> None:
     await _echo_server(invoke)
 
 
+async def bare_envelope() -> None:
+    """The bare echo plus the server's envelope work for an unsigned call, done by
+    the node's own core functions, and nothing else."""
+    from aralnode.core.clock import SYSTEM_CLOCK
+    from aralnode.core.envelope import RESPONSE, build_content, open_message, seal_into
+    from aralnode.core.identity import KeyRing
+    from aralnode.core.replay import ReplayGuard
+
+    keyring, replay = KeyRing(), ReplayGuard(SYSTEM_CLOCK)
+
+    async def invoke(request: Any, context: Any) -> Any:
+        opened = open_message(
+            request.message, keyring=keyring, replay=replay, require_signature=False
+        )
+        header, body = opened.header, opened.body
+        content = build_content(
+            sender="bare-envelope",
+            recipient=header.sender,
+            body=pb.Body(
+                type=RESPONSE,
+                action=body.action,
+                result=body.parameters,
+                correlation_id=header.message_id,
+            ),
+            clock=SYSTEM_CLOCK,
+            content_type=header.content_type,
+        )
+        response = pb.InvokeResponse()
+        seal_into(response.message, content, None)
+        return response
+
+    await _echo_server(invoke)
+
+
 async def bare() -> None:
     async def invoke(request: Any, context: Any) -> Any:
         return pb.InvokeResponse(message=request.message)
@@ -104,6 +141,8 @@ def main() -> None:
             asyncio.run(bare())
         elif kind == "bare-signed":
             asyncio.run(bare_signed())
+        elif kind == "bare-envelope":
+            asyncio.run(bare_envelope())
         else:
             asyncio.run(node(sys.argv[2:]))
 
