@@ -26,7 +26,9 @@ from aralnode._runtime import tune_for_serving
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
 
-async def _echo_server(invoke: Any) -> None:
+async def _echo_server(invoke: Any, *, tuned: bool = False) -> None:
+    """``tuned``: the process settings a node gets (references only; the bare
+    baseline stays plain grpc.aio)."""
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         pb.AGENT_NODE_SERVICE_NAME,
@@ -41,6 +43,8 @@ async def _echo_server(invoke: Any) -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    if tuned:
+        tune_for_serving()  # as the node process has, so a reference is not handicapped
     print(port, flush=True)
     await server.wait_for_termination()
 
@@ -60,13 +64,14 @@ async def bare_signed() -> None:
 
     async def invoke(request: Any, context: Any) -> Any:
         message = request.message
-        client_key.verify(pb.PAYLOAD_MESSAGE, message.content, message.signature)
+        raw = message.content
+        client_key.verify(pb.PAYLOAD_MESSAGE, raw, message.signature)
         response = pb.InvokeResponse()
-        response.message.content = message.content
-        response.message.signature.CopyFrom(me.sign(pb.PAYLOAD_MESSAGE, message.content))
+        response.message.content = raw
+        response.message.signature.CopyFrom(me.sign(pb.PAYLOAD_MESSAGE, raw))
         return response
 
-    await _echo_server(invoke)
+    await _echo_server(invoke, tuned=True)
 
 
 async def bare_envelope() -> None:
@@ -100,7 +105,7 @@ async def bare_envelope() -> None:
         seal_into(response.message, content, None)
         return response
 
-    await _echo_server(invoke)
+    await _echo_server(invoke, tuned=True)
 
 
 async def bare() -> None:

@@ -155,9 +155,10 @@ def _sample_size(node: Any, peer: str) -> int:
 
 
 # How early the schedule wakes before a call is due: ``asyncio.sleep`` wakes up to
-# 1 ms late (epoll's timeout is in whole milliseconds), and that is the load
-# generator's lateness, not the node's.
-_WAKE_EARLY = 0.0015
+# 1 ms late (epoll's timeout is rounded up to whole milliseconds), and that is the
+# load generator's lateness, not the node's. A stall of the sender's loop shorter
+# than this margin is not counted either.
+_WAKE_EARLY = 0.001
 
 
 async def _paced(call: Any) -> list[float]:
