@@ -148,8 +148,10 @@ def main() -> None:
             asyncio.run(bare_signed())
         elif kind == "bare-envelope":
             asyncio.run(bare_envelope())
-        else:
+        elif kind == "node":
             asyncio.run(node(sys.argv[2:]))
+        else:
+            raise SystemExit(f"unknown server kind {kind!r}")
 
 
 if __name__ == "__main__":
