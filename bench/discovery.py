@@ -94,11 +94,14 @@ def _drop(net: Lan, nodes: list[NodeProc], victim: NodeProc, sig: int) -> dict[s
     }
 
 
-def _newcomers(net: Lan, nodes: list[NodeProc], size: int) -> list[float]:
-    """Start newcomers one at a time; each: spawn to CONNECTED at every earlier node."""
+def _newcomers(
+    net: Lan, nodes: list[NodeProc], size: int, runs: int
+) -> tuple[list[float], list[NodeProc]]:
+    """Start ``runs`` newcomers one at a time; each one's time from spawn to CONNECTED
+    at every earlier node, and the nodes now on the LAN."""
     everyone = list(nodes)
     joins = []
-    for k in range(NEWCOMER_RUNS):
+    for k in range(runs):
         newcomer = net.start_node(size + 1 + k)
         net.wait_serving(newcomer)
         before = list(everyone)
@@ -111,7 +114,7 @@ def _newcomers(net: Lan, nodes: list[NodeProc], size: int) -> list[float]:
         wait_for(meshed, timeout=60, interval=0.5)
         seen = [_first(o, newcomer.name, ("connected",)) for o in before]
         joins.append(max(t for t in seen if t) - newcomer.started)
-    return joins
+    return joins, everyone
 
 
 def run(report: Report) -> None:
@@ -130,7 +133,7 @@ def run(report: Report) -> None:
             report.add(f"discovery.converge.{size}_nodes.all", t["all"], "s")
             rows.append(f"| {size} | {t['p50']:.2f} | {t['max']:.2f} | {t['all']:.2f} |")
             if size == 5:
-                joins = _newcomers(net, nodes, size)
+                joins, _ = _newcomers(net, nodes, size, NEWCOMER_RUNS)
                 report.add("discovery.newcomer.5_nodes.p50", median(joins), "s")
                 report.add("discovery.newcomer.5_nodes.p95", percentile(joins, 95), "s")
                 rows.append(
@@ -138,20 +141,9 @@ def run(report: Report) -> None:
                     f"{median(joins):.2f} | p95 {percentile(joins, 95):.2f} | - |"
                 )
             if size == 10:
-                newcomer = net.start_node(size + 1)
-                net.wait_serving(newcomer)
-                everyone = [*nodes, newcomer]
-                ids = _ids(net, everyone)
-
-                def meshed(e: list[NodeProc] = everyone, i: dict[str, str] = ids) -> bool:
-                    return net.mesh_complete(e, i)
-
-                wait_for(meshed, timeout=60, interval=0.5)
-                seen = [_first(o, newcomer.name, ("connected",)) for o in nodes]
-                joined = max(t for t in seen if t) - newcomer.started
+                (joined,), nodes = _newcomers(net, nodes, size, 1)
                 report.add("discovery.newcomer.10_nodes", joined, "s")
                 rows.append(f"| newcomer joining 10 | {joined:.2f} | {joined:.2f} | - |")
-                nodes = everyone
                 # Default keepalive (5 s) and peer timeout (10 s): the figures users get.
                 drops["graceful (SIGTERM)"] = _drop(net, nodes, nodes[-1], signal.SIGTERM)
                 drops["SIGKILL"] = _drop(net, nodes[:-1], nodes[-2], signal.SIGKILL)
