@@ -5,6 +5,7 @@ and verdicts reach the pipeline's listeners."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,16 @@ from aralnode.core.governance import Action, Decision, Rule, RuleEvaluator, Verd
 
 LIBRARY = str(Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py")
 WATCH = "library.v1.Library/WatchShelf"
+
+
+def _watch(channel: grpc.aio.Channel, shelf: str) -> Any:
+    """A WatchShelf call on ``channel`` (the library example's server stream)."""
+    lib: Any = sys.modules["library_pb2"]  # loaded with the example
+    return channel.unary_stream(
+        f"/{WATCH}",
+        request_serializer=lib.WatchShelfRequest.SerializeToString,
+        response_deserializer=lib.Book.FromString,
+    )(lib.WatchShelfRequest(shelf=shelf))
 
 
 async def test_blocked_stream_on_grpc_and_rest(make_node: Callable[..., Node]) -> None:
@@ -42,14 +53,9 @@ async def test_blocked_stream_on_grpc_and_rest(make_node: Callable[..., Node]) -
         seen.append((action.capability, verdict.decision.label))
 
     node.pipeline.verdict_listeners.append(listener)
-    lib: Any = sys.modules["library_pb2"]
     async with node:
         async with grpc.aio.insecure_channel(node.address) as channel:
-            call = channel.unary_stream(
-                f"/{WATCH}",
-                request_serializer=lib.WatchShelfRequest.SerializeToString,
-                response_deserializer=lib.Book.FromString,
-            )(lib.WatchShelfRequest(shelf="sci"))
+            call = _watch(channel, "sci")
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call.read()
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -98,24 +104,21 @@ async def test_a_nudge_replaces_a_streams_request_on_grpc_and_rest(
     switch = Switch()
     node = make_node("nudged", demo=False, http_port=0, governance=switch)
     node.load(LIBRARY)
-    lib: Any = sys.modules["library_pb2"]
     # Whatever shelf is asked for, governance points the stream at "sci".
     switch.verdict = Verdict(Decision.NUDGE, parameters={"shelf": "sci"})
     async with node:
         async with grpc.aio.insecure_channel(node.address) as channel:
-            call = channel.unary_stream(
-                f"/{WATCH}",
-                request_serializer=lib.WatchShelfRequest.SerializeToString,
-                response_deserializer=lib.Book.FromString,
-            )(lib.WatchShelfRequest(shelf="nowhere"))  # NOT_FOUND unless nudged
+            call = _watch(channel, "nowhere")  # NOT_FOUND unless nudged
             books = [book async for book in call]
             assert books
+            assert {book.shelf for book in books} == {"sci"}
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{node.http_port}", timeout=10
         ) as http:
             r = await http.get("/v1/shelves/nowhere/books:watch")
             assert r.status_code == 200
-            assert len([line for line in r.text.splitlines() if line.strip()]) == len(books)
+            shelves = [json.loads(line)["shelf"] for line in r.text.splitlines() if line.strip()]
+            assert shelves == ["sci"] * len(books)
         assert node.pipeline.in_flight == 0
     assert switch.judged == [(WATCH, {"shelf": "nowhere"})] * 2
 
