@@ -349,10 +349,8 @@ class Receiver:
         header = opened.header
         if header.message_id in pc.running:
             return
-        task = asyncio.ensure_future(self._run_request(pc, opened, params))
+        task = self.hub.track(asyncio.ensure_future(self._run_request(pc, opened, params)))
         pc.running[header.message_id] = task
-        self.hub._tasks.add(task)
-        task.add_done_callback(self.hub._tasks.discard)
 
     async def _run_request(self, pc: PeerChannel, opened: OpenedMessage, params: Any) -> None:
         hub = self.hub

@@ -237,6 +237,9 @@ class PeerChannel:
         self.pending: dict[str, tuple[asyncio.Future[Any], int]] = {}
         # Requests from the peer being served: message id -> task.
         self.running: dict[str, asyncio.Task[None]] = {}
+        # The last link's deliverer: it applies what that link accepted even after
+        # the link ended, and the next link applies nothing before it is done.
+        self.delivering: asyncio.Future[None] | None = None
         self.space = asyncio.Event()
         self.space.set()
         self.drained = asyncio.Event()

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aralnode import _proto as pb
 from aralnode._channel_receive import CANCEL_EVENT, NOTIFICATION, REQUEST, Opened, Receiver
@@ -100,6 +100,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("aralnode.channel")
+T = TypeVar("T")
 
 
 class ChannelHub:
@@ -148,6 +149,12 @@ class ChannelHub:
 
     def count(self, name: str, n: int = 1) -> None:
         self.pipeline.counters[name] += n
+
+    def track(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
+        """Keep ``task`` until it ends; ``stop`` cancels what is left."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- peers and links (called by the transport) ---------------------------------------
 

@@ -235,6 +235,14 @@ async def test_channel_traffic_stays_out_of_the_node_replay_cache(make_node: Mak
 
 class Peer:
     peer_id = "peer"
+    delivering: Any = None
+
+
+class FakeHub:
+    """What a link needs of its hub besides verify/apply/detached."""
+
+    def track(self, task: Any) -> Any:
+        return task
 
 
 async def no_write(frame: bytes) -> None:
@@ -269,7 +277,7 @@ async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
     verified = [loop.create_future() for _ in batches]
     events: list[str] = []
 
-    class Hub:
+    class Hub(FakeHub):
         def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
             i = batches.index(batch)
             events.append(f"verify {i}")
@@ -303,7 +311,7 @@ async def test_a_small_batch_with_nothing_ahead_is_applied_at_once() -> None:
     events: list[str] = []
     slow: asyncio.Future[list[Any]] = loop.create_future()
 
-    class Hub:
+    class Hub(FakeHub):
         def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
             i = batches.index(batch)
             events.append(f"verify {i}")
@@ -362,7 +370,7 @@ async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() 
             started.set()
             return 3600.0
 
-    class Hub:
+    class Hub(FakeHub):
         def detached(self, peer: Any, link: Any) -> None:
             detached.append(link)
 
@@ -382,3 +390,63 @@ async def test_a_link_cancelled_again_while_it_winds_down_still_ends_detached() 
         await asyncio.wait_for(outer, 10)
     assert link.closed.is_set()
     assert detached == [link]
+
+
+async def test_batches_a_link_accepted_are_applied_after_it_ends_and_before_the_next() -> None:
+    """The session accepts a batch's seqs as it is read, so a batch still verifying
+    when its link is cancelled must be applied anyway: a resend would be taken for a
+    duplicate and the channel would stall behind the never-processed seqs. And the
+    peer's next link applies nothing until those are done (order per channel)."""
+    loop = asyncio.get_running_loop()
+    batches = [Batch(first_seq=1 + i, messages=[], generation=1) for i in range(4)]
+    verified = [loop.create_future() for _ in batches]
+    verified[3].set_result([3])  # the next link's batch: small, verified inline
+    events: list[str] = []
+    peer = Peer()
+
+    class Hub(FakeHub):
+        def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
+            events.append(f"verify {batches.index(batch)}")
+            return verified[batches.index(batch)]
+
+        def apply(self, peer: Any, batch: Batch, opened: list[Any]) -> list[Any]:
+            events.append(f"apply {opened[0]}")
+            return []
+
+    class Session:
+        def receive(self, data: bytes) -> list[Any]:
+            return [batches[int(data)]]
+
+    first_read = asyncio.Event()
+    never = asyncio.Event()
+
+    async def first_link() -> Any:
+        for i in range(3):
+            yield str(i).encode()
+        first_read.set()
+        await never.wait()  # the stream stays open until the link is cancelled
+
+    async def second_link() -> Any:
+        yield b"3"
+
+    one = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
+    reader = asyncio.ensure_future(one._reader(first_link()))
+    await asyncio.wait_for(first_read.wait(), 10)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    two = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
+    second = asyncio.ensure_future(two._reader(second_link()))
+    for i in range(3):  # the first link's batches finish verifying only now
+        verified[i].set_result([i])
+    await asyncio.wait_for(second, 10)
+    assert events == [
+        "verify 0",
+        "verify 1",
+        "verify 2",
+        "verify 3",
+        "apply 0",
+        "apply 1",
+        "apply 2",
+        "apply 3",
+    ]

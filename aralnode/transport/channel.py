@@ -87,6 +87,8 @@ class Link:
         self.error: AralError | None = None
         self._closing: AralError | None = None
         self._behind = 0  # batches queued for the deliverer, not yet applied
+        self._room = asyncio.Event()  # set when the deliverer takes one
+        self._prior: asyncio.Future[None] | None = None  # the peer's previous deliverer
 
     @property
     def alive(self) -> bool:
@@ -133,33 +135,40 @@ class Link:
     async def _reader(self, frames: AsyncIterator[bytes]) -> None:
         """Read frames. A batch starts verifying (on the hub's worker threads) as it
         arrives and ``_deliverer`` applies batches in order, so verifying the next
-        batches overlaps applying this one. What was read before the stream ended
-        is still applied; a cancelled link drops it unacked (the peer resends it)."""
-        queue: asyncio.Queue[Any] = asyncio.Queue(PIPELINE_DEPTH)
-        deliverer = asyncio.ensure_future(self._deliverer(queue))
+        batches overlaps applying this one.
+
+        Every batch the session accepted is applied, even when the link ends first:
+        an accepted seq never applied would be taken for a duplicate when the peer
+        resends it, and nothing behind it would ever be processed or acked. So the
+        deliverer outlives a cancelled link (only the hub's stop cancels it), and
+        the peer's next link applies nothing before it is done (order per channel)."""
+        pc = self.peer
+        self._prior = pc.delivering
+        queue: asyncio.Queue[Any] = asyncio.Queue()  # at most PIPELINE_DEPTH: see _read
+        deliverer = self.hub.track(asyncio.ensure_future(self._deliverer(queue)))
+        pc.delivering = deliverer
         try:
             await self._read(frames, queue)
-            await queue.put(_END)
-            await deliverer
         finally:
-            if not deliverer.done():
-                deliverer.cancel()
-                await asyncio.wait({deliverer})  # without swallowing our own cancellation
+            queue.put_nowait(_END)
+        await asyncio.shield(deliverer)
 
     async def _read(self, frames: AsyncIterator[bytes], queue: asyncio.Queue[Any]) -> None:
-        session, hub, peer = self.session, self.hub, self.peer
+        session, hub, peer, prior = self.session, self.hub, self.peer, self._prior
         try:
             async for data in frames:
+                # Between ``receive`` (which accepts a batch's seqs) and the queue
+                # there is no await: a cancelled reader never holds an accepted batch.
                 for event in session.receive(data):
                     if isinstance(event, Batch):
                         verified = hub.verify(peer, event)
-                        if verified.done() and not self._behind:
+                        if verified.done() and not self._behind and (prior is None or prior.done()):
                             # Verified inline (a small batch) with nothing ahead of
                             # it: apply now, sparing a request a hop through the queue.
                             self._applied(event, verified.result())
                         else:
                             self._behind += 1
-                            await queue.put((event, verified))
+                            queue.put_nowait((event, verified))
                     elif isinstance(event, AckReceived):
                         hub.acked(peer, event.seq)
                     elif isinstance(event, ErrorsReceived):
@@ -174,22 +183,31 @@ class Link:
                         await self.closed.wait()
                         return
                 self.wake.set()
+                while self._behind >= PIPELINE_DEPTH:  # read ahead no further
+                    self._room.clear()
+                    await self._room.wait()
         except grpc.aio.AioRpcError as err:
             self.error = self.error or from_rpc_error(err)
             return
         self.error = self.error or Unavailable("peer ended the channel", reason="CHANNEL_ENDED")
 
     async def _deliverer(self, queue: asyncio.Queue[Any]) -> None:
+        if self._prior is not None:
+            await asyncio.wait({self._prior})  # the previous link's batches first
         try:
             while (item := await queue.get()) is not _END:
                 batch, verified = item
                 self._applied(batch, await verified)
-                self._behind -= 1
+                self._taken()
         except Exception:  # apply never raises: this is a bug of ours
             log.exception("applying a batch from %s failed", self.peer.peer_id)
             self.close(InternalError("channel failed applying a batch"))
             while await queue.get() is not _END:  # the reader must never block on us
-                pass
+                self._taken()
+
+    def _taken(self) -> None:
+        self._behind -= 1
+        self._room.set()
 
     def _applied(self, batch: Batch, opened: list[Any]) -> None:
         errors = self.hub.apply(self.peer, batch, opened)
