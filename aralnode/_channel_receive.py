@@ -238,7 +238,7 @@ class Receiver:
             else:
                 hub.count("channel.deliver_failed")
                 log.exception("judging request %s from %s failed", header.message_id, peer)
-            self._reply(pc, header, error_body(error, header.message_id))
+            self._reply(pc, header, error_body(error, header.message_id), _trace_id(header))
             return None
         if kind == REQUEST:
             self._serve(pc, item, data)
@@ -249,7 +249,7 @@ class Receiver:
             data,
             header.message_id,
             seq,
-            header.trace_id,
+            _trace_id(header),
             item.signed,
             header.timestamp_unix_ms,
         )
@@ -363,7 +363,7 @@ class Receiver:
             door="channel",
             caller=pc.peer_id,
             peer=pc.peer_id,
-            trace_id=clean_trace_id(header.trace_id or header.message_id),
+            trace_id=_trace_id(header),
             message_id=header.message_id,
             deadline=deadline,
             signed=opened.signed,
@@ -397,11 +397,17 @@ class Receiver:
             return
         finally:
             pc.running.pop(header.message_id, None)
-        self._reply(pc, header, reply, compression)
+        self._reply(pc, header, reply, ctx.trace_id, compression)
 
     def _reply(
-        self, pc: PeerChannel, header: pb.Header, body: pb.Body, compression: str = ""
+        self,
+        pc: PeerChannel,
+        header: pb.Header,
+        body: pb.Body,
+        trace_id: str,
+        compression: str = "",
     ) -> None:
+        """Answer the request ``header`` heads, under the trace id it was served with."""
         # Responses skip the outbox limit: they are bounded by the requests being
         # served, and making them wait on the requester's acks could deadlock.
         self.hub._enqueue(
@@ -409,8 +415,14 @@ class Receiver:
             body,
             content_type=header.content_type or codec.JSON,
             compression=compression,
-            trace_id=clean_trace_id(header.trace_id or header.message_id),
+            trace_id=trace_id,
         )
+
+
+def _trace_id(header: pb.Header) -> str:
+    """A peer message's trace id, cleaned as every door's is (its own id if none).
+    Made once per message: an unsafe one is replaced by a fresh id each time."""
+    return clean_trace_id(header.trace_id or header.message_id)
 
 
 __all__ = ["CANCEL_EVENT", "NOTIFICATION", "REQUEST", "RESPONSE", "Receiver"]

@@ -24,6 +24,7 @@ from aralnode import (
 from aralnode import _proto as pb
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
+from aralnode.core.envelope import REQUEST, build_content, seal
 from aralnode.core.governance import Decision, Direction, Rule, RuleEvaluator
 from aralnode.core.handshake import build_card
 from aralnode.transport.grpc_client import unwrap
@@ -214,9 +215,6 @@ async def test_ws_subscribe_and_status_follow_the_shared_rules(
 
 
 async def test_unsafe_trace_id_in_an_envelope_is_replaced(make_node: Callable[..., Node]) -> None:
-    from aralnode.core.clock import SYSTEM_CLOCK
-    from aralnode.core.envelope import REQUEST, build_content, seal
-
     node = make_node("envelope-trace")
     async with node, grpc.aio.insecure_channel(node.address) as channel:
         stub = pb.AgentNodeStub(channel)
@@ -231,3 +229,17 @@ async def test_unsafe_trace_id_in_an_envelope_is_replaced(make_node: Callable[..
         header = pb.MessageContent.FromString(reply.message.content).header
         assert header.trace_id != "evil\r\ntrace"
         assert header.trace_id.isalnum()
+
+
+async def test_unsafe_trace_id_on_the_channel_is_replaced(make_node: Callable[..., Node]) -> None:
+    """A peer's channel notification carries its trace id to subscribers only once
+    cleaned, as every door's is."""
+    a, b = make_node("alpha"), make_node("beta")
+    async with a, b:
+        await linked(a, b)
+        async with b.subscribe("traced") as sub:
+            assert a.channels is not None
+            await a.channels.notify(b.node_id, "traced", {"x": 1}, trace_id="evil\r\ntrace")
+            msg = await asyncio.wait_for(anext(aiter(sub)), 10)
+        assert msg.trace_id != "evil\r\ntrace"
+        assert msg.trace_id.isalnum()
