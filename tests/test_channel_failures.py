@@ -17,7 +17,7 @@ from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.errors import InternalError, RateLimited
 from aralnode.core.outbox import InboundRecord
-from aralnode.transport.channel import CHANNEL_METHOD, Link
+from aralnode.transport.channel import CHANNEL_METHOD, Link, stream_write
 from tests.channel_helpers import FAST, linked
 
 MakeNode = Callable[..., Node]
@@ -450,3 +450,28 @@ async def test_batches_a_link_accepted_are_applied_after_it_ends_and_before_the_
         "apply 2",
         "apply 3",
     ]
+
+
+async def test_a_write_the_stream_no_longer_takes_ends_the_link_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Either end's write failing because the stream is gone (grpc raises several
+    kinds) ends the link as CHANNEL_ENDED, not as a failure of ours."""
+
+    async def gone(frame: bytes) -> None:
+        raise asyncio.InvalidStateError("RPC already finished.")  # the dialler's kind
+
+    class Hub(FakeHub):
+        def detached(self, peer: Any, link: Any) -> None:
+            pass
+
+    async def frames() -> Any:
+        await asyncio.Event().wait()
+        yield b""
+
+    session: Any = None  # never reached: the first write fails
+    link = Link(Hub(), Peer(), session, stream_write(gone), dialler="peer")  # type: ignore[arg-type]
+    error = await asyncio.wait_for(link.run(frames(), first=b"answer"), 10)
+    assert error is not None
+    assert error.reason == "CHANNEL_ENDED"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -255,6 +255,23 @@ class Link:
 # -- accepting -----------------------------------------------------------------------------
 
 
+def stream_write(write: Callable[[bytes], Awaitable[None]]) -> Callable[[bytes], Awaitable[None]]:
+    """``write`` of either end of the stream, where a write the stream can no longer
+    take ends the link like the end of the peer's frames (``CHANNEL_ENDED``), not
+    as a failure of ours: grpc raises ExecuteBatchError, UsageError or AbortError
+    on the accepting side, InvalidStateError or AioRpcError on the dialling one."""
+
+    async def mapped(frame: bytes) -> None:
+        try:
+            await write(frame)
+        except Exception as exc:
+            raise Unavailable(
+                f"the channel stream is gone ({type(exc).__name__})", reason="CHANNEL_ENDED"
+            ) from None
+
+    return mapped
+
+
 async def serve(hub: ChannelHub, requests: AsyncIterator[bytes], context: Context) -> None:
     """The ``AgentNode.Channel`` handler: verify the open, answer, run the link.
 
@@ -263,18 +280,8 @@ async def serve(hub: ChannelHub, requests: AsyncIterator[bytes], context: Contex
     because the stream is gone ends the link like the end of the peer's frames.
     """
 
-    async def write(frame: bytes) -> None:
-        try:
-            await context.write(frame)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # grpc's ExecuteBatchError, UsageError, AbortError
-            raise Unavailable(
-                f"the channel stream is gone ({type(exc).__name__})", reason="CHANNEL_ENDED"
-            ) from None
-
     try:
-        error = await _accept(hub, requests, write, context.peer())
+        error = await _accept(hub, requests, stream_write(context.write), context.peer())
     except AralError as exc:
         error = exc
     except Exception as exc:
@@ -409,7 +416,8 @@ async def _dial_once(
                 expected_sender=peer.peer_id,
                 answer_to=sent.nonce,
             )
-            link = hub.establish(peer, content, sent, params, call.write, dialler=hub.node_id)
+            write = stream_write(call.write)
+            link = hub.establish(peer, content, sent, params, write, dialler=hub.node_id)
         finally:
             peer.open_sent = False
         if isinstance(link, AralError):
