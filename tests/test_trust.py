@@ -4,13 +4,11 @@ forwards a call, built-in methods under governance, and trace id hygiene."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 import grpc
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from aralnode import (
     CallContext,
@@ -180,38 +178,6 @@ async def test_delegation_on_the_unary_door(make_node: Callable[..., Node]) -> N
             await client.request("vault.read", {}, on_behalf_of="anonymous")
         who = await client.request("demo.whoami", {}, on_behalf_of="carol")
         assert who["caller"] == a.node_id
-
-
-async def _ws_exchange(node: Node, message: dict[str, object]) -> dict[str, object]:
-    async with connect(f"ws://127.0.0.1:{node.http_port}/ws") as ws:
-        await ws.send(json.dumps(message))
-        async with asyncio.timeout(10):
-            reply: dict[str, object] = json.loads(await ws.recv())
-    return reply
-
-
-async def test_ws_subscribe_and_status_follow_the_shared_rules(
-    make_node: Callable[..., Node],
-) -> None:
-    closed = make_node("closed-ws", http_port=0, allow_unsigned=False)
-    async with closed:
-        for message in (
-            {"type": "subscribe", "agent_id": "*", "channels": ["events"]},
-            {"type": "status", "id": 1},
-        ):
-            reply = await _ws_exchange(closed, message)
-            assert reply["type"] == "error"
-            assert reply["error"]["code"] == "unauthorized"  # type: ignore[index]
-    policy = RuleEvaluator(
-        [Rule("no-feed", decision=Decision.BLOCK, capabilities=frozenset({"aral.ws/Subscribe"}))]
-    )
-    governed = make_node("governed-ws", http_port=0, governance=policy)
-    async with governed:
-        reply = await _ws_exchange(governed, {"type": "subscribe", "channels": ["decisions"]})
-        assert reply["error"]["code"] == "governance_blocked"  # type: ignore[index]
-        reply = await _ws_exchange(governed, {"type": "status", "id": 2})
-        assert reply["type"] == "event"
-        assert reply["event"] == "status"
 
 
 async def test_unsafe_trace_id_in_an_envelope_is_replaced(make_node: Callable[..., Node]) -> None:

@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
 from aralnode.bridge.ws import QUEUE_SIZE, EventHub, WsDoor
-from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from aralnode.core.governance import Action, Decision, Rule, RuleEvaluator, Verdict
 
 
 @pytest.fixture
@@ -204,3 +204,51 @@ async def test_replies_are_never_dropped_while_events_are(node: Node) -> None:
         await task
     assert pongs == list(range(pings))
     assert dropped > 0
+
+
+async def exchange(node: Node, message: dict[str, Any]) -> dict[str, Any]:
+    """Send ``message`` on a fresh socket; the first reply."""
+    async with connect(ws_url(node)) as ws:
+        await send(ws, message)
+        return await recv_until(ws, lambda m: True)
+
+
+async def test_ws_subscribe_and_status_follow_the_shared_rules(
+    make_node: Callable[..., Node],
+) -> None:
+    closed = make_node("closed-ws", http_port=0, allow_unsigned=False)
+    async with closed:
+        for message in (
+            {"type": "subscribe", "agent_id": "*", "channels": ["events"]},
+            {"type": "status", "id": 1},
+        ):
+            reply = await exchange(closed, message)
+            assert reply["type"] == "error"
+            assert reply["error"]["code"] == "unauthorized"
+    policy = RuleEvaluator(
+        [Rule("no-feed", decision=Decision.BLOCK, capabilities=frozenset({"aral.ws/Subscribe"}))]
+    )
+    governed = make_node("governed-ws", http_port=0, governance=policy)
+    async with governed:
+        reply = await exchange(governed, {"type": "subscribe", "channels": ["decisions"]})
+        assert reply["error"]["code"] == "governance_blocked"
+        reply = await exchange(governed, {"type": "status", "id": 2})
+        assert reply["type"] == "event"
+        assert reply["event"] == "status"
+
+
+async def test_a_nudge_narrows_the_channels_a_subscription_gets(
+    make_node: Callable[..., Node],
+) -> None:
+    class PeersOnly:
+        def evaluate(self, action: Action) -> Verdict:
+            if action.capability == "aral.ws/Subscribe":
+                return Verdict(Decision.NUDGE, parameters={"channels": ["peers"]})
+            return Verdict()
+
+    policy = PeersOnly()
+    node = make_node("nudged-ws", http_port=0, governance=policy)
+    async with node:
+        reply = await exchange(node, {"type": "subscribe", "channels": ["events"]})
+        assert reply["type"] == "subscribed"
+        assert reply["channels"] == ["peers"]

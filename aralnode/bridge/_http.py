@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+from aralnode.core.addresses import join_host_port
 from aralnode.core.context import clean_trace_id
 from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
 
@@ -70,6 +71,12 @@ def iso_ms(unix_ms: int) -> str:
     """``2026-01-15T12:00:00.000Z``."""
     stamp = datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
+
+
+def client_peer(scope: Scope) -> str:
+    """The caller's transport address (``host:port``, IPv6 in brackets); "" if unknown."""
+    client = scope.get("client")
+    return join_host_port(client[0], client[1]) if client else ""
 
 
 def header(scope: Scope, name: bytes) -> str | None:

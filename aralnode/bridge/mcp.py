@@ -46,7 +46,7 @@ from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
 from aralnode.bridge._docs import ProtoDocs
-from aralnode.bridge._http import Receive, Scope, Send, iso_ms, request_id
+from aralnode.bridge._http import Receive, Scope, Send, client_peer, iso_ms, request_id
 from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target
 from aralnode.core.capabilities import Capability
 from aralnode.core.context import CallContext
@@ -500,11 +500,10 @@ def http_context(ctx: Any) -> CallContext:
     scope = getattr(request, "scope", None)
     if not scope:
         return CallContext(door="mcp")
-    client = scope.get("client")
     metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
     return CallContext(
         door="mcp",
-        peer=f"{client[0]}:{client[1]}" if client else "",
+        peer=client_peer(scope),
         metadata=metadata,
         trace_id=request_id(metadata.get("x-trace-id")),
     )

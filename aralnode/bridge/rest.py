@@ -223,10 +223,9 @@ class RestDoor:
     async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
         trace_id = h.request_id(h.header(scope, b"x-trace-id"))
         req_id = h.request_id(h.header(scope, b"x-request-id"))
-        client = scope.get("client")
         ctx = CallContext(
             door="rest",
-            peer=f"{client[0]}:{client[1]}" if client else "",
+            peer=h.client_peer(scope),
             trace_id=trace_id,
             message_id=req_id,
             metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},

@@ -34,7 +34,8 @@ from typing import Any
 from google.protobuf import json_format
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aralnode.bridge._http import Receive, Scope, Send, iso_ms
+from aralnode import _proto as pb
+from aralnode.bridge._http import Receive, Scope, Send, client_peer, iso_ms
 from aralnode.bridge.targets import NodeSurface
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
@@ -46,7 +47,7 @@ log = logging.getLogger("aralnode.ws")
 CHANNELS = ("peers", "capabilities", "decisions", "status")
 # Governance action ids of the WebSocket door's own operations.
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
-STATUS_ACTION = "aral.v1.AgentNode/GetStatus"
+STATUS_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/GetStatus"
 QUEUE_SIZE = 256
 
 
@@ -235,8 +236,7 @@ class WsDoor:
             return _error(err, _plain_id({"id": msg_id}), self.node.clock.now_ms())
 
     def _context(self, msg: dict[str, Any], ws: WebSocket) -> CallContext:
-        client = ws.client
-        ctx = CallContext(door="ws", peer=f"{client.host}:{client.port}" if client else "")
+        ctx = CallContext(door="ws", peer=client_peer(ws.scope))
         trace = msg.get("trace_id")
         if isinstance(trace, str) and trace:
             ctx.trace_id = clean_trace_id(trace)
@@ -253,11 +253,16 @@ class WsDoor:
     async def _subscribe(self, msg: dict[str, Any], conn: _Connection) -> None:
         """Subscribing is an action like any other: the feed shows peers, capabilities
         and other callers' governance decisions, so anonymity rules and governance
-        decide who may follow it."""
-        wanted = set(_channels(msg.get("channels", ["events"])))
+        decide who may follow it. It is judged as ``aral.ws/Subscribe`` with the
+        channels asked for (the status channel included: rules on GetStatus cover
+        the one-off status request, not the feed), and runs with the channels
+        governance let through."""
+        wanted = _channels(msg.get("channels", ["events"]))
 
-        async def run(_: Any) -> None:
-            await self._subscribed(msg, conn, wanted)
+        async def run(params: Any) -> None:
+            # What governance let through: a nudge may narrow the channels.
+            granted = params.get("channels") if isinstance(params, dict) else None
+            await self._subscribed(msg, conn, set(_channels(granted)))
 
         ctx = self._context(msg, conn.ws)
         await self.node.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": sorted(wanted)}, run)
