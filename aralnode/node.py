@@ -537,16 +537,16 @@ class Node:
         key = f"addr:{address}"
         table = self.peer_table
         existing = table.get(key)
+        if existing is not None and existing.state is PeerState.HANDSHAKING:
+            raise Unavailable(  # another dial owns the entry
+                f"a handshake with {address} is already under way", reason="DIAL_IN_PROGRESS"
+            )
         try:
             if existing is None or existing.state is PeerState.GONE:
                 table.apply(key, PeerEvent.DISCOVERED, address=address, source=source)
             table.apply(key, PeerEvent.HANDSHAKE_STARTED)
         except PeerTableFull as exc:
             raise RateLimited(str(exc), reason="PEER_TABLE_FULL") from None
-        except ValueError:  # the entry is HANDSHAKING: another dial owns it
-            raise Unavailable(
-                f"a handshake with {address} is already under way", reason="DIAL_IN_PROGRESS"
-            ) from None
         client = NodeClient(
             address,
             identity=self.identity,

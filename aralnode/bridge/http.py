@@ -58,10 +58,10 @@ class HttpBridge:
         max_body_bytes: int = 4 * 1024 * 1024,
         forward_peer_tools: bool = True,
         version: str = "",
-        docs: ProtoDocs | None = None,
+        docs: ProtoDocs,
     ) -> None:
         self.node = node
-        self.docs = docs if docs is not None else ProtoDocs()
+        self.docs = docs  # the node's: each .binpb is read once
         self.targets: list[Target] = build_targets(node, hooks, services)
         self.bindings: list[tuple[Binding, Target]] = [
             (b, t) for t in self.targets for b in bindings(t.method)
