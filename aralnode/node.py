@@ -150,9 +150,8 @@ class Node:
     def advertised_hosts(self) -> list[str]:
         """Hosts peers can reach this node at (see ``discovery.advertised_hosts``).
 
-        On a wildcard bind this enumerates the interfaces, so it is read once: the
-        card's endpoints and the HTTP door's allowed Host names (fixed at start)
-        come from the same list, whatever later changes the card.
+        On a wildcard bind this enumerates the interfaces, so it is read once per
+        card: again only when the card is rebuilt (capabilities changed).
         """
         if self._hosts is None:
             self._hosts = advertised_hosts(self.config)
@@ -365,6 +364,7 @@ class Node:
 
     def _capabilities_changed(self) -> None:
         self._card = None
+        self._hosts = None
 
     def status(self) -> pb.NodeStatus:
         now = self.clock.now_ms()
