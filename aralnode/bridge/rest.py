@@ -25,7 +25,8 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
-from aralnode.bridge.targets import NodeSurface, Target, parse_request, to_json
+from aralnode.bridge.targets import NodeSurface, Target, to_json
+from aralnode.core.capabilities import request_from
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import (
     AralError,
@@ -361,7 +362,7 @@ class RestDoor:
     def encode(self, route: Route, value: Any, kind: str) -> tuple[bytes, str]:
         response_field = route.binding.response_field
         if kind == h.PROTOBUF:
-            message = parse_request(route.target.response_cls, value)
+            message = request_from(route.target.response_cls, value)
             if response_field is not None:
                 if response_field.message_type is None or response_field.is_repeated:
                     raise h.NotAcceptable("this response is not a message; ask for JSON")
@@ -393,7 +394,7 @@ class RestDoor:
         """
         kind = h.negotiate(ctx.metadata.get("accept"), (h.NDJSON, h.JSON, h.SSE))
         assert route.target.stream is not None
-        request = parse_request(route.target.request_cls, params)
+        request = request_from(route.target.request_cls, params)
         items: AsyncIterator[Message] = route.target.stream(ctx, request)
         pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send))
         gone = asyncio.ensure_future(_disconnected(receive))

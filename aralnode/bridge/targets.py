@@ -26,10 +26,10 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
 from aralnode.core.calls import plain_call
-from aralnode.core.capabilities import CapabilityRegistry, stream_start
+from aralnode.core.capabilities import CapabilityRegistry, request_from, stream_start
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
-from aralnode.core.errors import InvalidParameters, InvalidRequest
+from aralnode.core.errors import InvalidRequest
 from aralnode.core.peers import PeerTable
 from aralnode.core.pipeline import Pipeline
 
@@ -97,19 +97,6 @@ class Target:
     @property
     def full_name(self) -> str:
         return f"{self.method.containing_service.full_name}/{self.method.name}"
-
-
-def parse_request(cls: type[Message], params: Any) -> Message:
-    """Proto3 JSON -> message, with the error every door reports for bad input."""
-    message = cls()
-    try:
-        json_format.ParseDict(params if params is not None else {}, message)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidParameters(
-            f"invalid {cls.DESCRIPTOR.full_name}: {exc}",
-            details={"message": cls.DESCRIPTOR.full_name},
-        ) from None
-    return message
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -182,7 +169,7 @@ def _node_target(
     name = method.name
 
     async def call(ctx: CallContext, params: dict[str, Any]) -> Any:
-        request = parse_request(req_cls, params)
+        request = request_from(req_cls, params)
         if name == "Invoke":  # runs the pipeline itself (here or through a forward)
             return to_json(await adapter(node, hooks, request, ctx))
 

@@ -196,13 +196,16 @@ def method_capabilities(
     return caps
 
 
-def request_from(req_cls: type[Message], params: Any, method_id: str) -> Message:
-    """The request message ``params`` (proto3 JSON) describe; InvalidParameters if not."""
+def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Message:
+    """The message ``params`` (proto3 JSON) describe, with the error every door
+    reports for bad input (``InvalidParameters``, naming ``method_id`` if given)."""
     request = req_cls()
     try:
-        json_format.ParseDict(params or {}, request)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
-        raise InvalidParameters(f"invalid parameters for {method_id}: {exc}") from None
+        json_format.ParseDict(params if params is not None else {}, request)
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        name = req_cls.DESCRIPTOR.full_name
+        what = f"parameters for {method_id}" if method_id else name
+        raise InvalidParameters(f"invalid {what}: {exc}", details={"message": name}) from None
     return request
 
 
