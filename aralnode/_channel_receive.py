@@ -40,7 +40,7 @@ from aralnode.core.errors import (
     ReplayDetected,
     Unauthenticated,
 )
-from aralnode.core.governance import Action, Direction, enforce
+from aralnode.core.governance import Action, Direction
 from aralnode.core.outbox import InboundRecord
 
 if TYPE_CHECKING:
@@ -224,10 +224,7 @@ class Receiver:
             action = Action(
                 Direction.RECEIVE, body.action, peer, "channel", parameters=data, peer=peer
             )
-            verdict = hub.pipeline.judge(action)
-            enforce(verdict, action)
-            if verdict.parameters is not None:
-                data = verdict.parameters
+            data = hub.pipeline.govern(action)
         except Exception as exc:
             if kind != REQUEST:
                 raise

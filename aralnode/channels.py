@@ -66,7 +66,7 @@ from aralnode.core.errors import (
     PeerNotFound,
     Unavailable,
 )
-from aralnode.core.governance import Action, Direction, enforce
+from aralnode.core.governance import Action, Direction
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import (
     Inbox,
@@ -407,10 +407,9 @@ class ChannelHub:
         return pc
 
     def _govern(self, peer: str, action: str, params: Any) -> Any:
+        """Our governance on sending ``action`` to ``peer``; the parameters to send."""
         act = Action(Direction.SEND, action, self.node_id, "channel", parameters=params, peer=peer)
-        verdict = self.pipeline.judge(act)
-        enforce(verdict, act)
-        return params if verdict.parameters is None else verdict.parameters
+        return self.pipeline.govern(act)
 
     async def _wait_space(self, pc: PeerChannel) -> None:
         limit = self.settings.outbox_limit

@@ -79,13 +79,18 @@ class Pipeline:
                 log.exception("governance verdict listener failed")
         return verdict
 
-    def _govern(self, ctx: CallContext, action: Action) -> Any:
-        """Judge ``action``, record the decision and flags on ``ctx``, enforce it;
-        the parameters to run with (a nudge may have replaced them)."""
+    def govern(self, action: Action, ctx: CallContext | None = None) -> Any:
+        """Judge ``action`` (recording the decision and flags on ``ctx``, if any) and
+        enforce it; the parameters to go on with (a nudge may have replaced them).
+
+        Raises:
+            GovernanceBlocked (and the other refusals ``enforce`` maps).
+        """
         verdict = self.judge(action, ctx)
-        ctx.decision = verdict.decision.label
-        if verdict.flagged:
-            ctx.flags.extend(verdict.rule_ids)
+        if ctx is not None:
+            ctx.decision = verdict.decision.label
+            if verdict.flagged:
+                ctx.flags.extend(verdict.rule_ids)
         enforce(verdict, action)
         return action.parameters if verdict.parameters is None else verdict.parameters
 
@@ -122,7 +127,7 @@ class Pipeline:
             action = Action(
                 Direction.INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer
             )
-            async for item in start(self._govern(ctx, action)):
+            async for item in start(self.govern(action, ctx)):
                 yield item
             self.counters["stream.ok"] += 1
         except AralError as exc:
@@ -153,7 +158,7 @@ class Pipeline:
             action = Action(
                 direction, action_id, ctx.caller, ctx.door, risk, params, peer or ctx.peer
             )
-            return await run(self._govern(ctx, action))
+            return await run(self.govern(action, ctx))
         except AralError as exc:
             self.counters[f"call.{exc.code}"] += 1
             raise
@@ -189,7 +194,7 @@ class Pipeline:
                     details={"missing_scopes": missing},
                 )
         action = Action(Direction.INVOKE, cap.id, ctx.caller, ctx.door, cap.risk, params, ctx.peer)
-        value = await self._call(cap, self._govern(ctx, action), ctx)
+        value = await self._call(cap, self.govern(action, ctx), ctx)
         self.counters["invoke.ok"] += 1
         return value
 
