@@ -138,7 +138,8 @@ def run(report: Report) -> None:
                 report.add("discovery.newcomer.5_nodes.p95", percentile(joins, 95), "s")
                 rows.append(
                     f"| newcomer joining 5..{size + NEWCOMER_RUNS - 1} ({len(joins)} runs) | "
-                    f"{median(joins):.2f} | p95 {percentile(joins, 95):.2f} | - |"
+                    f"{median(joins):.2f} | p95 (the slowest of {len(joins)}) "
+                    f"{percentile(joins, 95):.2f} | - |"
                 )
             if size == 10:
                 (joined,), nodes = _newcomers(net, nodes, size, 1)

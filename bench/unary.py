@@ -5,7 +5,7 @@ a fixed wall time after a warm-up. The bare echo server answers the same
 InvokeRequest/InvokeResponse messages with no processing at all.
 
 Each case also records the CPU time it cost per call, client and server together
-(all threads). At 16 in flight the cores are busy, so QPS follows CPU per call, and
+(all threads). At 16 in flight the cores are nearly saturated, so QPS follows CPU per call, and
 the ratios can be read as CPU: adding only the four ES256 operations a signed call
 needs (sign and verify, request and response) to a bare call bounds what any
 signed implementation can reach on the machine the bench runs on.
@@ -201,7 +201,7 @@ async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
 def _es256_costs() -> tuple[float, float]:
     """Microseconds per ES256 sign and verify of a request-sized payload, in process
     (the best of a few runs: the least these operations can cost here)."""
-    identity = fixed_identity(7)
+    identity = fixed_identity(CLIENT_SEED)
     data = b"x" * 300
     sig = identity.sign(pb.PAYLOAD_MESSAGE, data)
     n = 500
@@ -369,8 +369,8 @@ def _cpu_rows(
     report.add("unary.signed.c16.cpu_ceiling_saturated", min(1.0, ceiling / busy), "ratio")
     rows = [
         "",
-        "CPU per call at 16 in flight (client + server, all threads; the cores are busy,",
-        "so each case's QPS ratio follows bare CPU / its CPU):",
+        "CPU per call at 16 in flight (client + server, all threads; the cores are nearly",
+        "saturated, so each case's QPS ratio follows bare CPU / its CPU):",
         "",
         "| case | CPU per call µs | over bare µs | bare CPU / case CPU |",
         "|---|---|---|---|",
