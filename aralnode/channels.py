@@ -321,11 +321,15 @@ class ChannelHub:
 
     # -- sending ------------------------------------------------------------------------
 
+    def unsent(self, pc: PeerChannel, session: ChannelSession) -> bool:
+        """Whether the outbox holds entries the link has not sent yet."""
+        return self.outbox.last_seq(pc.peer_id) > session.sent_seq
+
     def outgoing(self, pc: PeerChannel, session: ChannelSession, room: int) -> list[OutboxEntry]:
         """Unsent entries for the link's writer: consecutive seqs after the link's
         ``sent_seq``, at most ``room`` and one frame's bytes; an expired one is
         withdrawn and goes as a tombstone (so the numbering keeps no gap)."""
-        if self.outbox.last_seq(pc.peer_id) <= session.sent_seq:
+        if not self.unsent(pc, session):
             return []  # nothing new: no read (a SELECT, when durable) per writer wake
         entries = self.outbox.unsent(pc.peer_id, session.sent_seq, room)
         if not entries:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from aralnode import _proto as pb
-from aralnode._channel_state import wait_set
 from aralnode.core.channel import (
     MAX_OPEN_BYTES,
     AckReceived,
@@ -89,6 +88,7 @@ class Link:
         self._behind = 0  # batches queued for the deliverer, not yet applied
         self._room = asyncio.Event()  # set when the deliverer takes one
         self._prior: asyncio.Future[None] | None = None  # the peer's previous deliverer
+        self._timer: asyncio.TimerHandle | None = None  # the writer's next timed turn
 
     @property
     def alive(self) -> bool:
@@ -216,6 +216,13 @@ class Link:
         self.wake.set()
 
     async def _writer(self, first: bytes) -> None:
+        try:
+            await self._write_frames(first)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    async def _write_frames(self, first: bytes) -> None:
         session, hub, peer, wake = self.session, self.hub, self.peer, self.wake
         if first:
             await self._write(first)
@@ -226,21 +233,25 @@ class Link:
                     await self._write(session.close(self._closing))
                 self.closed.set()
                 return
+            # Cleared before looking: whatever changes after this (a message queued,
+            # an ack or credit read, a batch applied) sets it again, so a turn that
+            # wrote and was not woken meanwhile has nothing more to send now.
+            wake.clear()
             frames: list[bytes] = []
             if self.errors:
                 frames.append(session.errors_frame(self.errors))
                 self.errors = []
             room = session.sendable()
-            if room:
-                entries = hub.outgoing(peer, session, room)
-                if entries:
-                    frames += session.batch_frames(entries)  # acks ride along
+            entries = hub.outgoing(peer, session, room) if room else []
+            if entries:
+                frames += session.batch_frames(entries)  # acks ride along
             frames += session.control_frames()
             if frames:
                 for frame in frames:
                     await self._write(frame)
-                continue
-            wake.clear()
+                # A turn sends at most one batch: go on while the outbox holds more.
+                if wake.is_set() or self._closing is not None or hub.unsent(peer, session):
+                    continue
             keepalive = session.keepalive()
             if isinstance(keepalive, AralError):
                 self._closing = keepalive
@@ -248,8 +259,25 @@ class Link:
             if keepalive is not None:
                 await self._write(keepalive)
                 continue
-            # Not wait_for: that wraps the wait in a task of its own, every idle turn.
-            await wait_set(wake, session.timer() + 0.001)
+            self._wake_by(session.timer() + 0.001)
+            await wake.wait()
+
+    def _wake_by(self, delay: float) -> None:
+        """Make sure ``wake`` is set within ``delay`` seconds. One timer serves
+        many idle turns: it is re-armed only for an earlier deadline, and a timer
+        that rings early costs a turn that finds nothing to do (cheaper than a
+        timer made and cancelled on every turn)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = self._timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self._timer = None
+        self.wake.set()
 
 
 # -- accepting -----------------------------------------------------------------------------
