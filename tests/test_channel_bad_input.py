@@ -435,3 +435,27 @@ async def test_an_answer_that_cannot_be_written_leaves_no_live_link(node: Node) 
     assert error.reason == "CHANNEL_ENDED"
     assert not hub.peers[me.node_id].connected
     assert me.node_id not in hub.connected_peers()
+
+
+async def test_queued_batches_go_out_up_to_the_window_without_waiting_for_acks(
+    make_node: MakeNode,
+) -> None:
+    """More than one batch queued goes out batch after batch while the window allows,
+    with nothing from the peer in between: the writer must not sit waiting for a
+    wake-up (an ack, or the keepalive timer, here a minute away)."""
+    n = make_node("target", keepalive_ms=60_000, peer_timeout_ms=120_000)
+    async with n:
+        me = await verified_identity(n)
+        for i in range(40):
+            await n.notify(me.node_id, "queued", {"i": i})
+        s = RawStream(n.address)
+        try:
+            await s.open_with(make_our_open(me, n, max_batch=16, window=64))
+            seqs: list[int] = []
+            async with asyncio.timeout(20):  # a liveness bound, far below the keepalive
+                while len(seqs) < 40:
+                    batch = (await s.next_of("batch")).batch
+                    seqs += range(batch.first_seq, batch.first_seq + len(batch.messages))
+            assert seqs == list(range(1, 41))
+        finally:
+            await s.aclose()
