@@ -12,9 +12,12 @@ Figures:
   per stream message, acked cumulatively as often as the channel acks; and, for
   scale, the same bytes in frames of the channel's batch size (messages/frame
   measured at the receiver) with no per-message work at all.
-- ``latency``: request -> response round trips at 1,000 requests/s (2,000 messages/s
-  on the channel; signed both ways), each counted from its due time, vs a bare echo
-  at the same rate.
+- ``message latency``: one-way, sender to the receiver's handler, at 1,000 signed
+  notifications/s, each counted from its due time (both processes read the same
+  ``CLOCK_MONOTONIC``), vs the same bytes on the bare stream at the same rate.
+- ``request latency``: request -> response round trips at 1,000 requests/s (2,000
+  messages/s on the channel; signed both ways), each counted from its due time, vs a
+  bare echo at the same rate.
 
 Run alone: ``python -m bench.channel`` (writes nothing; prints the figures).
 """
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ from typing import Any
 
 from aralnode._runtime import tune_for_serving
 from aralnode.core.channel import DEFAULT_WINDOW
+from bench._pace import settle
 from bench._proc import cpu_seconds
 from bench._report import Report, median, percentile
 
@@ -71,10 +77,15 @@ async def _receiver(data_dir: str, signing: bool) -> None:
 
     node = Node(_config("recv", data_dir, signing=signing))
     count = 0
+    one_way: list[float] = []
 
     def on_bench(msg: Any, tx: Any) -> None:
         nonlocal count
         count += 1
+
+    def on_stamped(msg: Any, tx: Any) -> None:
+        # Sender and receiver share CLOCK_MONOTONIC (asyncio's loop.time()).
+        one_way.append((time.monotonic() - msg.data["t"]) * 1000)
 
     @node.capability(id="bench.echo")
     async def echo(t: float) -> float:
@@ -83,6 +94,7 @@ async def _receiver(data_dir: str, signing: bool) -> None:
     await node.start()
     tune_for_serving()  # as `aralnode run` does
     node.on_notification("bench", on_bench)
+    node.on_notification("bench.stamped", on_stamped)
     print(json.dumps({"address": node.address, "node_id": node.node_id}), flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -102,7 +114,12 @@ async def _receiver(data_dir: str, signing: bool) -> None:
         c = node.pipeline.counters
         print(
             json.dumps(
-                {"count": count, "batches": c["channel.batches"], "received": c["channel.received"]}
+                {
+                    "count": count,
+                    "batches": c["channel.batches"],
+                    "received": c["channel.received"],
+                    "one_way_ms": one_way,
+                }
             ),
             flush=True,
         )
@@ -134,10 +151,16 @@ async def _sender(
     out["message_bytes"] = _sample_size(node, peer)
     print(json.dumps(out), flush=True)
     if latency:
+        go = functools.partial(asyncio.get_running_loop().run_in_executor, None, sys.stdin.readline)
         # Once the receiver's throughput counters are read (a line on stdin).
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        rtt = await _paced(lambda: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10))
+        await go()
+        rtt = await _paced(lambda _: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10))
         print(json.dumps({"rtt_ms": rtt}), flush=True)
+        await go()
+        # One-way: the receiver's handler takes the latency of each (see _receiver).
+        await _paced(lambda begin: node.notify(peer, "bench.stamped", {"t": begin}))
+        assert await node.channels.flush(peer, 60)  # acked: every handler has run
+        print("{}", flush=True)
     await node.stop(0.5)
 
 
@@ -162,7 +185,9 @@ _WAKE_EARLY = 0.001
 
 
 async def _paced(call: Any) -> list[float]:
-    """Start one call every 1/LATENCY_RATE s for LATENCY_SECONDS; their latencies (ms).
+    """Start one ``call(begin)`` every 1/LATENCY_RATE s for LATENCY_SECONDS; their
+    latencies (ms). ``begin`` (``loop.time()``, i.e. ``time.monotonic()``) is when
+    the call counts from, for a one-way message to carry.
 
     A call that starts after its due time is counted from the due time: the sender
     is a node, and when its loop is busy the calls an application makes wait too (no
@@ -173,7 +198,7 @@ async def _paced(call: Any) -> list[float]:
 
     async def one(due: float) -> None:
         begin = min(loop.time(), due)
-        await call()
+        await call(begin)
         rtts.append((loop.time() - begin) * 1000)
 
     tasks = []
@@ -185,7 +210,7 @@ async def _paced(call: Any) -> list[float]:
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(due)))
-    await asyncio.gather(*tasks)
+    await settle(tasks)
     return rtts
 
 
@@ -200,17 +225,30 @@ async def _bare_server() -> None:
     async def stream(requests: Any, context: Any) -> Any:
         # "B<count:4><payload>" carries messages, acked cumulatively every
         # BARE_ACK_EVERY messages as the channel does (window / 4); "F" asks for an
-        # ack now; "E..." is echoed back, for latency.
+        # ack of whatever is not acked yet; "E..." is echoed back, for latency;
+        # "T<monotonic:8>..." is a stamped one-way message, whose latencies "S" asks
+        # for (as JSON).
         total = acked = 0
+        one_way: list[float] = []
         async for frame in requests:
             kind = frame[:1]
             if kind == b"E":
                 yield frame
                 continue
+            if kind == b"T":
+                one_way.append((time.monotonic() - struct.unpack("<d", frame[1:9])[0]) * 1000)
+                continue
+            if kind == b"S":
+                yield json.dumps(one_way).encode()
+                continue
             if kind == b"B":
                 total += int.from_bytes(frame[1:5], "big")
                 if total - acked < BARE_ACK_EVERY:
                     continue
+            elif total == acked:
+                # "F" with everything acked already: an ack now would be one frame
+                # too many, and the echoes that follow would pair with the wrong reads.
+                continue
             acked = total
             yield total.to_bytes(8, "big")
 
@@ -229,7 +267,7 @@ async def _bare_server() -> None:
     await server.stop(0.2)
 
 
-async def _bare_client(address: str, batch: int, size: int) -> None:
+async def _bare_client(address: str, batch: int, size: int, latency: bool) -> None:
     import grpc
 
     channel = grpc.aio.insecure_channel(
@@ -267,6 +305,11 @@ async def _bare_client(address: str, batch: int, size: int) -> None:
     sent = probe_frames
     n_frames = max(probe_frames, int(probe_frames * BARE_SECONDS / max(probe, 1e-3)))
     elapsed = await run_from(sent, n_frames)
+    if not latency:
+        print(json.dumps({"elapsed": elapsed, "n": n_frames * batch}), flush=True)
+        call.cancel()
+        await channel.close()
+        return
     # Latency: one message per frame, echoed, at the same pace as the channel's.
     echo = b"E" + payload
 
@@ -276,12 +319,25 @@ async def _bare_client(address: str, batch: int, size: int) -> None:
 
     lock = asyncio.Lock()
 
-    async def serial() -> None:
+    async def serial(_: float) -> None:
         async with lock:  # one stream: requests and echoes pair up in order
             await rtt()
 
     rtts = await _paced(serial)
-    print(json.dumps({"elapsed": elapsed, "n": n_frames * batch, "rtt_ms": rtts}), flush=True)
+
+    async def stamped(begin: float) -> None:
+        async with lock:  # one write at a time on the stream
+            await call.write(b"T" + struct.pack("<d", begin) + payload)
+
+    await _paced(stamped)
+    await call.write(b"S")
+    one_way = json.loads(await call.read())
+    print(
+        json.dumps(
+            {"elapsed": elapsed, "n": n_frames * batch, "rtt_ms": rtts, "one_way_ms": one_way}
+        ),
+        flush=True,
+    )
     call.cancel()
     await channel.close()
 
@@ -354,6 +410,12 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
                 ]
                 if len(spent) == 2:
                     result["cpu_us"] = spent
+                send.stdin.write("go\n")
+                send.stdin.flush()
+                _line(send)  # the one-way phase is over and acked
+                recv.stdin.write("stats\n")
+                recv.stdin.flush()
+                result["one_way_ms"] = _line(recv)["one_way_ms"]
         finally:
             _stop(send)
     finally:
@@ -363,11 +425,13 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
     return result
 
 
-def _bare_run(batch: int, size: int) -> dict[str, Any]:
+def _bare_run(batch: int, size: int, *, latency: bool) -> dict[str, Any]:
     server = _spawn("bare-server")
     try:
         info = _line(server)
-        client = _spawn("bare-client", info["address"], str(batch), str(size))
+        client = _spawn(
+            "bare-client", info["address"], str(batch), str(size), "1" if latency else "0"
+        )
         try:
             return _line(client)
         finally:
@@ -395,7 +459,7 @@ def run(report: Report) -> None:
             # The bare baseline: a grpc.aio bidi stream carrying the same bytes, one
             # message per stream message, acked cumulatively like the channel -- a
             # stream written by hand, with no batching and no per-message work.
-            runs["bare"].append(_bare_run(1, size))
+            runs["bare"].append(_bare_run(1, size, latency=True))
     rates = {k: sorted(v["n"] / v["elapsed"] for v in rs) for k, rs in runs.items()}
     s_rate, u_rate, bare_rate = (median(rates[k]) for k in ("signed", "unsigned", "bare"))
     signed, unsigned = runs["signed"][0], runs["unsigned"][0]
@@ -404,7 +468,7 @@ def run(report: Report) -> None:
     batch = max(1, round(unsigned_batch))
     # The same bytes in frames of the channel's batch size, with no per-message work
     # at all: what the wire itself carries.
-    raw = _bare_run(batch, size)
+    raw = _bare_run(batch, size, latency=False)
     raw_rate = raw["n"] / raw["elapsed"]
     report.add("channel.signed_msgs_per_s", s_rate, "msgs/s", baseline=bare_rate)
     report.add("channel.unsigned_governed_msgs_per_s", u_rate, "msgs/s", baseline=bare_rate)
@@ -416,12 +480,19 @@ def run(report: Report) -> None:
         return f"{rates[k][0]:,.0f} to {rates[k][-1]:,.0f}"
 
     # Latency: every round probes; the median round's p50 and p99.
-    def per_round(rs: list[dict[str, Any]], q: float) -> list[float]:
-        return sorted(percentile(r["rtt_ms"], q) for r in rs)
+    def per_round(rs: list[dict[str, Any]], q: float, key: str) -> list[float]:
+        return sorted(percentile(r[key], q) for r in rs)
 
-    p99s, b99s = per_round(runs["signed"], 99), per_round(runs["bare"], 99)
-    p50, p99 = median(per_round(runs["signed"], 50)), median(p99s)
-    b50, b99 = median(per_round(runs["bare"], 50)), median(b99s)
+    def phase(key: str) -> tuple[float, float, list[float], float, float]:
+        p99s = per_round(runs["signed"], 99, key)
+        p50 = median(per_round(runs["signed"], 50, key))
+        b50, b99 = (median(per_round(runs["bare"], q, key)) for q in (50, 99))
+        return p50, median(p99s), p99s, b50, b99
+
+    m50, m99, m99s, mb50, mb99 = phase("one_way_ms")
+    report.add("channel.message_p50_at_1k_msgs_per_s", m50, "ms", baseline=mb50)
+    report.add("channel.message_p99_at_1k_msgs_per_s", m99, "ms", baseline=mb99)
+    p50, p99, p99s, b50, b99 = phase("rtt_ms")
     report.add("channel.request_rtt_p50_at_1k_per_s", p50, "ms", baseline=b50)
     report.add("channel.request_rtt_p99_at_1k_per_s", p99, "ms", baseline=b99)
     cpu_rows = []
@@ -451,7 +522,14 @@ def run(report: Report) -> None:
         f"| {raw_rate / bare_rate:.0f} | no per-message work at all: the unsigned channel is "
         f"{u_rate / raw_rate:.1%} of it |",
         "",
-        f"Request round trip at {LATENCY_RATE} req/s, counted from each request's due time "
+        f"Message latency at {LATENCY_RATE} msgs/s, one way (signed notification, sender "
+        f"to the receiver's handler), counted from each message's due time "
+        f"({LATENCY_SECONDS:.0f} s a round): p50 {m50:.2f} ms, p99 {m99:.2f} ms (rounds: "
+        f"{', '.join(f'{x:.2f}' for x in m99s)}); bare stream p50 {mb50:.2f} ms, "
+        f"p99 {mb99:.2f} ms.",
+        "",
+        f"Request round trip at {LATENCY_RATE} req/s ({2 * LATENCY_RATE} msgs/s on the "
+        f"channel), counted from each request's due time "
         f"(signed both ways, {LATENCY_SECONDS:.0f} s "
         f"a round): p50 {p50:.2f} ms, p99 {p99:.2f} ms (rounds: "
         f"{', '.join(f'{x:.2f}' for x in p99s)}); bare echo p50 {b50:.2f} ms, "
@@ -476,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     elif role == "bare-server":
         asyncio.run(_bare_server())
     elif role == "bare-client":
-        asyncio.run(_bare_client(rest[0], int(rest[1]), int(rest[2])))
+        asyncio.run(_bare_client(rest[0], int(rest[1]), int(rest[2]), rest[3] == "1"))
     else:
         raise SystemExit(f"unknown role {role!r}")
 
