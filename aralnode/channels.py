@@ -375,8 +375,10 @@ class ChannelHub:
         pc.peer_acked = seq
         link = pc.link
         if link is not None:
-            # An ack that came on an older link covers the current one too.
+            # An ack that came on an older link covers the current one too, and
+            # may open its window: its writer looks again.
             link.session.acked_elsewhere(seq)
+            link.wake.set()
         self.outbox.ack(pc.peer_id, seq)
         self._freed(pc)
 

@@ -249,8 +249,10 @@ class Link:
             if frames:
                 for frame in frames:
                     await self._write(frame)
-                # A turn sends at most one batch: go on while the outbox holds more.
-                if wake.is_set() or self._closing is not None or hub.unsent(peer, session):
+                # A turn sends at most one batch: go on while the outbox holds more
+                # and the window has room for it.
+                more = session.sendable() and hub.unsent(peer, session)
+                if wake.is_set() or self._closing is not None or more:
                     continue
             keepalive = session.keepalive()
             if isinstance(keepalive, AralError):
