@@ -14,7 +14,8 @@ Figures:
   measured at the receiver) with no per-message work at all.
 - ``message latency``: one-way, sender to the receiver's handler, at 1,000 signed
   notifications/s, each counted from its due time (both processes read the same
-  ``CLOCK_MONOTONIC``), vs the same bytes on the bare stream at the same rate.
+  ``CLOCK_MONOTONIC``), vs messages of the unsigned size on the bare stream at the
+  same rate.
 - ``request latency``: request -> response round trips at 1,000 requests/s (2,000
   messages/s on the channel; signed both ways), each counted from its due time, vs a
   bare echo at the same rate.
@@ -415,7 +416,7 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
                 _line(send)  # the one-way phase is over and acked
                 recv.stdin.write("stats\n")
                 recv.stdin.flush()
-                result["one_way_ms"] = _line(recv)["one_way_ms"]
+                result["one_way_ms"] = _expect_all(_line(recv)["one_way_ms"], "channel")
         finally:
             _stop(send)
     finally:
@@ -423,6 +424,14 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
     result["batch"] = stats["received"] / max(1, stats["batches"])
     result["delivered"] = stats["count"]
     return result
+
+
+def _expect_all(samples: list[float], what: str) -> list[float]:
+    """``samples`` of a one-way phase, which must hold one per message sent."""
+    expected = int(LATENCY_RATE * LATENCY_SECONDS)
+    if len(samples) != expected:
+        raise RuntimeError(f"{what}: {len(samples)} one-way samples, {expected} sent")
+    return samples
 
 
 def _bare_run(batch: int, size: int, *, latency: bool) -> dict[str, Any]:
@@ -433,11 +442,14 @@ def _bare_run(batch: int, size: int, *, latency: bool) -> dict[str, Any]:
             "bare-client", info["address"], str(batch), str(size), "1" if latency else "0"
         )
         try:
-            return _line(client)
+            result = _line(client)
         finally:
             _stop(client)
     finally:
         _stop(server)
+    if latency:
+        _expect_all(result["one_way_ms"], "bare stream")
+    return result
 
 
 def run(report: Report) -> None:
