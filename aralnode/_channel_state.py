@@ -237,6 +237,10 @@ class PeerChannel:
         self.pending: dict[str, tuple[asyncio.Future[Any], int]] = {}
         # Requests from the peer being served: message id -> task.
         self.running: dict[str, asyncio.Task[None]] = {}
+        # Per-message errors owed to the peer. Kept here, not on a link: a batch can
+        # be applied after the link that read it ended, and whichever link is up
+        # next sends them (the peer has no other way to learn why).
+        self.errors: list[pb.MessageError] = []
         # The last link's deliverer: it applies what that link accepted even after
         # the link ended, and the next link applies nothing before it is done.
         self.delivering: asyncio.Future[None] | None = None

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from aralnode import Action, Decision, Direction, Node, Rule, RuleEvaluator
+from aralnode import _proto as pb
 from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.errors import InternalError, RateLimited
@@ -237,6 +238,12 @@ class Peer:
     peer_id = "peer"
     delivering: Any = None
 
+    def __init__(self) -> None:
+        self.errors: list[Any] = []
+
+    def wake(self) -> None:
+        pass
+
 
 class FakeHub:
     """What a link needs of its hub besides verify/apply/detached."""
@@ -452,11 +459,50 @@ async def test_batches_a_link_accepted_are_applied_after_it_ends_and_before_the_
     ]
 
 
+async def test_errors_of_a_batch_applied_after_its_link_ended_are_kept_for_the_peer() -> None:
+    """A batch applied after its link ended still owes the peer its per-message
+    errors (its seqs are acked, so they are never resent): they wait on the peer
+    for whichever link is up next, not on the dead link nobody writes for."""
+    loop = asyncio.get_running_loop()
+    batch = Batch(first_seq=1, messages=[], generation=1)
+    verified: asyncio.Future[list[Any]] = loop.create_future()
+    refused = pb.MessageError(seq=1, message_id="m1")
+    read = asyncio.Event()
+
+    class Hub(FakeHub):
+        def verify(self, peer: Any, batch: Batch) -> asyncio.Future[list[Any]]:
+            return verified
+
+        def apply(self, peer: Any, batch: Batch, opened: list[Any]) -> list[Any]:
+            return [refused]
+
+    class Session:
+        def receive(self, data: bytes) -> list[Any]:
+            return [batch]
+
+    async def frames() -> Any:
+        yield b"0"
+        read.set()
+        await asyncio.Event().wait()  # open until the link is cancelled
+
+    peer = Peer()
+    link = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
+    reader = asyncio.ensure_future(link._reader(frames()))
+    await asyncio.wait_for(read.wait(), 10)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    verified.set_result([None])  # verification ends after the link did
+    await asyncio.wait_for(peer.delivering, 10)
+    assert peer.errors == [refused]
+
+
 async def test_a_write_the_stream_no_longer_takes_ends_the_link_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Either end's write failing because the stream is gone (grpc raises several
-    kinds) ends the link as CHANNEL_ENDED, not as a failure of ours."""
+    """A write failing because the stream is gone (here the dialler's kind; grpc
+    raises several, and ``stream_write`` maps any) ends the link as CHANNEL_ENDED,
+    not as a failure of ours."""
 
     async def gone(frame: bytes) -> None:
         raise asyncio.InvalidStateError("RPC already finished.")  # the dialler's kind

@@ -81,7 +81,6 @@ class Link:
         self._write = write
         self.dialler = dialler
         self.wake = asyncio.Event()
-        self.errors: list[pb.MessageError] = []
         self.closed = asyncio.Event()
         self.error: AralError | None = None
         self._closing: AralError | None = None
@@ -211,9 +210,9 @@ class Link:
 
     def _applied(self, batch: Batch, opened: list[Any]) -> None:
         errors = self.hub.apply(self.peer, batch, opened)
-        if errors:
-            self.errors.extend(errors)
-        self.wake.set()
+        if errors:  # owed to the peer, not to this link, which may have ended
+            self.peer.errors.extend(errors)
+            self.peer.wake()
 
     async def _writer(self, first: bytes) -> None:
         try:
@@ -238,9 +237,9 @@ class Link:
             # wrote and was not woken meanwhile has nothing more to send now.
             wake.clear()
             frames: list[bytes] = []
-            if self.errors:
-                frames.append(session.errors_frame(self.errors))
-                self.errors = []
+            if peer.errors:
+                frames.append(session.errors_frame(peer.errors))
+                peer.errors = []
             room = session.sendable()
             entries = hub.outgoing(peer, session, room) if room else []
             if entries:
