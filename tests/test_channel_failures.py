@@ -16,7 +16,7 @@ from aralnode import Action, Decision, Direction, Node, Rule, RuleEvaluator
 from aralnode import _proto as pb
 from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
-from aralnode.core.errors import InternalError, RateLimited
+from aralnode.core.errors import AralError, InternalError, RateLimited, StatusCode
 from aralnode.core.outbox import InboundRecord
 from aralnode.transport.channel import CHANNEL_METHOD, Link, stream_write
 from tests.channel_helpers import FAST, linked
@@ -521,3 +521,21 @@ async def test_a_write_the_stream_no_longer_takes_ends_the_link_quietly(
     assert error is not None
     assert error.reason == "CHANNEL_ENDED"
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_write_failing_with_the_calls_status_keeps_that_status() -> None:
+    """On the dialling side a write can fail with the call's own status (the peer
+    ended it with an error): that status is the link's reason, as the reader's."""
+
+    async def ended(frame: bytes) -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="too many channels",
+        )
+
+    with pytest.raises(AralError) as caught:
+        await stream_write(ended)(b"frame")
+    assert caught.value.status == StatusCode.RESOURCE_EXHAUSTED
+    assert "too many channels" in str(caught.value)

@@ -288,11 +288,14 @@ def stream_write(write: Callable[[bytes], Awaitable[None]]) -> Callable[[bytes],
     """``write`` of either end of the stream, where a write the stream can no longer
     take ends the link like the end of the peer's frames (``CHANNEL_ENDED``), not
     as a failure of ours: grpc raises ExecuteBatchError, UsageError or AbortError
-    on the accepting side, InvalidStateError or AioRpcError on the dialling one."""
+    on the accepting side, InvalidStateError or AioRpcError on the dialling one.
+    An AioRpcError carries the call's status: it is kept, as the reader keeps it."""
 
     async def mapped(frame: bytes) -> None:
         try:
             await write(frame)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
         except Exception as exc:
             raise Unavailable(
                 f"the channel stream is gone ({type(exc).__name__})", reason="CHANNEL_ENDED"
@@ -454,7 +457,7 @@ async def _dial_once(
             # session keys exist) and leave the live link alone.
             seal = frame_keys(sent, content, dialler=True)
             superseded = Unavailable("superseded", reason="CHANNEL_SUPERSEDED")
-            await call.write(sealed_close(seal, superseded))
+            await write(sealed_close(seal, superseded))
             return False, link
 
         async def frames() -> AsyncIterator[bytes]:
