@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
-from aralnode.bridge.ws import QUEUE_SIZE, EventHub, WsDoor
+from aralnode.bridge.ws import CHANNELS, QUEUE_SIZE, EventHub, WsDoor
 from aralnode.core.governance import Action, Decision, Rule, RuleEvaluator, Verdict
 
 
@@ -235,6 +235,27 @@ async def test_ws_subscribe_and_status_follow_the_shared_rules(
         reply = await exchange(governed, {"type": "status", "id": 2})
         assert reply["type"] == "event"
         assert reply["event"] == "status"
+
+
+async def test_subscribe_is_judged_once_per_channel_and_a_nudge_without_channels_grants_none(
+    make_node: Callable[..., Node],
+) -> None:
+    judged: list[Any] = []
+
+    class Empties:
+        def evaluate(self, action: Action) -> Verdict:
+            if action.capability == "aral.ws/Subscribe":
+                judged.append(action.parameters)
+                return Verdict(Decision.NUDGE, parameters={})
+            return Verdict()
+
+    node = make_node("empty-nudge-ws", http_port=0, governance=Empties())
+    async with node:
+        ask = {"type": "subscribe", "channels": ["peers", "events", "peers"]}
+        reply = await exchange(node, ask)
+        assert reply["type"] == "subscribed"
+        assert reply["channels"] == []
+    assert judged == [{"channels": sorted(CHANNELS)}]
 
 
 async def test_a_nudge_narrows_the_channels_a_subscription_gets(

@@ -260,12 +260,14 @@ class WsDoor:
         wanted = _channels(msg.get("channels", ["events"]))
 
         async def run(params: Any) -> None:
-            # What governance let through: a nudge may narrow the channels.
-            granted = params.get("channels") if isinstance(params, dict) else None
+            # What governance let through: a nudge may narrow the channels, and
+            # parameters it left without a channel list grant none (not the
+            # client's BAD_CHANNELS: the client asked well).
+            granted = params.get("channels", []) if isinstance(params, dict) else []
             await self._subscribed(msg, conn, set(_channels(granted)))
 
         ctx = self._context(msg, conn.ws)
-        await self.node.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": sorted(wanted)}, run)
+        await self.node.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
 
     async def _subscribed(self, msg: dict[str, Any], conn: _Connection, wanted: set[str]) -> None:
         agent = msg.get("agent_id") or "*"
@@ -357,6 +359,8 @@ def _plain_id(message: dict[str, Any]) -> Any:
 
 
 def _channels(value: Any) -> list[str]:
+    """The channel names ``value`` asks for, each once and sorted (one form for
+    governance to judge, however the client spelled it)."""
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise InvalidRequest("channels is a list of names", reason="BAD_CHANNELS")
     out: list[str] = []
@@ -370,7 +374,7 @@ def _channels(value: Any) -> list[str]:
                 f"unknown channel {c!r}; one of events, {', '.join(CHANNELS)}",
                 reason="UNKNOWN_CHANNEL",
             )
-    return out
+    return sorted(set(out))
 
 
 def _error(exc: AralError, msg_id: Any, now_ms: int) -> dict[str, Any]:
