@@ -410,7 +410,12 @@ async def _dial_once(
         # A fresh handshake every dial: the peer may have restarted and forgotten
         # our key, and a channel open is accepted only from a pinned key.
         client = NodeClient(
-            address, identity=hub.identity, keyring=hub.keyring, clock=hub.clock, channel=channel
+            address,
+            identity=hub.identity,
+            keyring=hub.keyring,
+            clock=hub.clock,
+            channel=channel,
+            max_message_bytes=hub.max_message_bytes,  # as on the channel's options
         )
         # Pins the peer's key in the node's ring (the client was given it).
         await client.handshake(hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout)
