@@ -19,7 +19,6 @@ Invoke can do less, so its ratio is the most a signed Invoke could reach here.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ from aralnode.core.identity import KeyRing
 from aralnode.testing import fixed_identity
 from aralnode.transport.grpc_client import NodeClient
 from bench._proc import Child, server
-from bench._report import Report, median, percentile
+from bench._report import Report, cpus, median, percentile
 from bench._servers import CLIENT_SEED, SERVER_SEED
+from bench.envelope import per_op
 
 DURATION = 1.5
 WARMUP = 0.3
@@ -200,25 +200,14 @@ async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
 
 def _es256_costs() -> tuple[float, float]:
     """Microseconds per ES256 sign and verify of a request-sized payload, in process
-    (the best of a few runs: the least these operations can cost here)."""
+    (``per_op``'s best of runs: the least these operations can cost here)."""
     identity = fixed_identity(CLIENT_SEED)
     data = b"x" * 300
     sig = identity.sign(pb.PAYLOAD_MESSAGE, data)
-    n = 500
-
-    def best(op: Callable[[], object]) -> float:
-        runs = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                op()
-            runs.append((time.perf_counter() - t0) / n * 1e6)
-        return min(runs)
-
     key = identity.public_key
     return (
-        best(lambda: identity.sign(pb.PAYLOAD_MESSAGE, data)),
-        best(lambda: key.verify(pb.PAYLOAD_MESSAGE, data, sig)),
+        per_op(lambda: identity.sign(pb.PAYLOAD_MESSAGE, data)),
+        per_op(lambda: key.verify(pb.PAYLOAD_MESSAGE, data, sig)),
     )
 
 
@@ -354,7 +343,7 @@ def _cpu_rows(
     bare = cpu["bare"]
     sign, verify = es256
     crypto = 2 * (sign + verify)
-    cores = os.cpu_count() or 1
+    cores = cpus()
     busy = bare * 1e-6 * bare_qps / cores  # how busy the bare case kept the machine
     report.add("unary.bare.c16.cpu_per_call", bare, "us")
     for case, _ in CASES[1:]:
