@@ -16,9 +16,9 @@ Figures:
   notifications/s, each counted from its due time (both processes read the same
   ``CLOCK_MONOTONIC``), vs messages of the unsigned size on the bare stream at the
   same rate.
-- ``request latency``: request -> response round trips at 1,000 requests/s (2,000
-  messages/s on the channel; signed both ways), each counted from its due time, vs a
-  bare echo at the same rate.
+- ``request latency``: request -> response round trips, signed both ways, each
+  counted from its due time, vs a bare echo at the same rate: at 500 requests/s
+  (1,000 messages/s on the channel) and at 1,000 requests/s (2,000 messages/s).
 
 Run alone: ``python -m bench.channel`` (writes nothing; prints the figures).
 """
@@ -158,10 +158,14 @@ async def _sender(
         rtt = await _paced(lambda _: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10))
         print(json.dumps({"rtt_ms": rtt}), flush=True)
         await go()
+        # Round trips at 1,000 messages/s on the channel (a request and its response).
+        half = await _paced(
+            lambda _: node.request(peer, "bench.echo", {"t": 0.0}, timeout=10), LATENCY_RATE // 2
+        )
         # One-way: the receiver's handler takes the latency of each (see _receiver).
         await _paced(lambda begin: node.notify(peer, "bench.stamped", {"t": begin}))
         assert await node.channels.flush(peer, 60)  # acked: every handler has run
-        print("{}", flush=True)
+        print(json.dumps({"rtt_half_ms": half}), flush=True)
     await node.stop(0.5)
 
 
@@ -185,8 +189,8 @@ def _sample_size(node: Any, peer: str) -> int:
 _WAKE_EARLY = 0.001
 
 
-async def _paced(call: Any) -> list[float]:
-    """Start one ``call(begin)`` every 1/LATENCY_RATE s for LATENCY_SECONDS; their
+async def _paced(call: Any, rate: int = LATENCY_RATE) -> list[float]:
+    """Start one ``call(begin)`` every 1/``rate`` s for LATENCY_SECONDS; their
     latencies (ms). ``begin`` (``loop.time()``, i.e. ``time.monotonic()``) is when
     the call counts from, for a one-way message to carry.
 
@@ -204,9 +208,9 @@ async def _paced(call: Any) -> list[float]:
 
     tasks = []
     start = loop.time()
-    total = int(LATENCY_RATE * LATENCY_SECONDS)
+    total = int(rate * LATENCY_SECONDS)
     for i in range(total):
-        due = start + i / LATENCY_RATE
+        due = start + i / rate
         delay = due - _WAKE_EARLY - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -325,6 +329,7 @@ async def _bare_client(address: str, batch: int, size: int, latency: bool) -> No
             await rtt()
 
     rtts = await _paced(serial)
+    half = await _paced(serial, LATENCY_RATE // 2)
 
     async def stamped(begin: float) -> None:
         async with lock:  # one write at a time on the stream
@@ -335,7 +340,13 @@ async def _bare_client(address: str, batch: int, size: int, latency: bool) -> No
     one_way = json.loads(await call.read())
     print(
         json.dumps(
-            {"elapsed": elapsed, "n": n_frames * batch, "rtt_ms": rtts, "one_way_ms": one_way}
+            {
+                "elapsed": elapsed,
+                "n": n_frames * batch,
+                "rtt_ms": rtts,
+                "rtt_half_ms": half,
+                "one_way_ms": one_way,
+            }
         ),
         flush=True,
     )
@@ -413,7 +424,7 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
                     result["cpu_us"] = spent
                 send.stdin.write("go\n")
                 send.stdin.flush()
-                _line(send)  # the one-way phase is over and acked
+                result.update(_line(send))  # the last phases are over and acked
                 recv.stdin.write("stats\n")
                 recv.stdin.flush()
                 result["one_way_ms"] = _expect_all(_line(recv)["one_way_ms"], "channel")
@@ -504,6 +515,9 @@ def run(report: Report) -> None:
     m50, m99, m99s, mb50, mb99 = phase("one_way_ms")
     report.add("channel.message_p50_at_1k_msgs_per_s", m50, "ms", baseline=mb50)
     report.add("channel.message_p99_at_1k_msgs_per_s", m99, "ms", baseline=mb99)
+    h50, h99, h99s, hb50, hb99 = phase("rtt_half_ms")
+    report.add("channel.request_rtt_p50_at_500_req_per_s", h50, "ms", baseline=hb50)
+    report.add("channel.request_rtt_p99_at_500_req_per_s", h99, "ms", baseline=hb99)
     p50, p99, p99s, b50, b99 = phase("rtt_ms")
     report.add("channel.request_rtt_p50_at_1k_per_s", p50, "ms", baseline=b50)
     report.add("channel.request_rtt_p99_at_1k_per_s", p99, "ms", baseline=b99)
@@ -514,7 +528,8 @@ def run(report: Report) -> None:
         report.add("channel.request_cpu_receiver_us", recv_cpu, "us")
         report.add("channel.request_cpu_sender_us", send_cpu, "us")
         cpu_rows = [
-            f"CPU per request in that phase, all threads: receiver {recv_cpu:.0f} µs, "
+            f"CPU per request at {LATENCY_RATE} req/s, all threads: receiver "
+            f"{recv_cpu:.0f} µs, "
             f"sender {send_cpu:.0f} µs (each signs once and verifies once).",
         ]
     notes = [
@@ -540,12 +555,18 @@ def run(report: Report) -> None:
         f"{', '.join(f'{x:.2f}' for x in m99s)}); bare stream p50 {mb50:.2f} ms, "
         f"p99 {mb99:.2f} ms.",
         "",
-        f"Request round trip at {LATENCY_RATE} req/s ({2 * LATENCY_RATE} msgs/s on the "
-        f"channel), counted from each request's due time "
-        f"(signed both ways, {LATENCY_SECONDS:.0f} s "
-        f"a round): p50 {p50:.2f} ms, p99 {p99:.2f} ms (rounds: "
+        f"Request round trip, counted from each request's due time (signed both ways, "
+        f"{LATENCY_SECONDS:.0f} s a round):",
+        "",
+        f"- at {LATENCY_RATE // 2} req/s ({LATENCY_RATE} msgs/s on the channel): "
+        f"p50 {h50:.2f} ms, p99 {h99:.2f} ms (rounds: "
+        f"{', '.join(f'{x:.2f}' for x in h99s)}); bare echo p50 {hb50:.2f} ms, "
+        f"p99 {hb99:.2f} ms;",
+        f"- at {LATENCY_RATE} req/s ({2 * LATENCY_RATE} msgs/s on the channel): "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (rounds: "
         f"{', '.join(f'{x:.2f}' for x in p99s)}); bare echo p50 {b50:.2f} ms, "
         f"p99 {b99:.2f} ms.",
+        "",
         *cpu_rows,
     ]
     report.section("A2A channel (one stream, two node processes)", notes)
