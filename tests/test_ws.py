@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aralnode import Node
 from aralnode.bridge.ws import CHANNELS, QUEUE_SIZE, EventHub, WsDoor
@@ -152,6 +152,36 @@ async def test_frames_that_are_no_json_objects_get_a_clean_error(
         assert error["error"]["code"] == "invalid_request"
         await send(ws, {"type": "ping", "id": 2})
         assert (await recv_until(ws, lambda m: m["type"] == "pong"))["id"] == 2
+
+
+async def test_frames_are_limited_as_rest_bodies_are(
+    node: Node, make_node: Callable[..., Node]
+) -> None:
+    # Above the old fixed 1 MiB and below the node's 4 MiB message limit: served.
+    text = "x" * (3 << 19)
+    async with connect(ws_url(node), max_size=None) as ws:
+        await send(
+            ws, {"type": "invoke", "id": 1, "capability": "demo.echo", "parameters": {"text": text}}
+        )
+        result = await recv_until(ws, lambda m: m["type"] in ("result", "error"))
+        assert result["type"] == "result", result
+        assert result["result"]["text"] == text
+    # Above the node's limit: the socket closes with 1009 (message too big).
+    small = make_node("small", http_port=0, max_message_bytes=2048)
+    async with small, connect(ws_url(small)) as ws:
+        await send(
+            ws,
+            {
+                "type": "invoke",
+                "id": 2,
+                "capability": "demo.echo",
+                "parameters": {"text": "x" * 4096},
+            },
+        )
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
 
 
 async def test_replies_are_never_dropped_while_events_are(node: Node) -> None:

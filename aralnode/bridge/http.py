@@ -42,7 +42,7 @@ class HttpBridge:
         services: The users' ``(servicer, ServiceDescriptor)`` pairs the node serves.
         allowed_hosts / allowed_origins: Extra Host and Origin values to accept
             besides loopback (``name:*`` matches any port).
-        max_body_bytes: Largest request body.
+        max_body_bytes: Largest request body, and largest WebSocket frame a client sends.
         forward_peer_tools: List connected peers' capabilities as MCP tools.
         docs: Proto comments already read (the node's), so files are read once.
     """
@@ -167,7 +167,7 @@ class HttpBridge:
             # the logs see). It also spares a middleware on every request.
             proxy_headers=False,
             timeout_graceful_shutdown=2,
-            ws_max_size=1024 * 1024,
+            ws_max_size=self.max_body_bytes,  # a WebSocket frame, as a REST or MCP body
         )
         config.load()
         server = uvicorn.Server(config)
