@@ -491,8 +491,6 @@ class Discovery:
         except PeerTableFull as exc:
             self.counters["discovery.inbound_refused"] += 1
             raise RateLimited(str(exc), reason="TOO_MANY_UNREACHED_PEERS") from None
-        except ValueError:
-            return  # a dial to it is under way (pending): that settles it
         if self.mode != "none" and self._running and candidates:
             self._enqueue(_Dial(tuple(candidates), node_id, verified.key.fingerprint, "inbound"))
 
