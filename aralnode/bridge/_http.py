@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aralnode.core.addresses import join_host_port
-from aralnode.core.context import clean_trace_id
+from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
 
 log = logging.getLogger("aralnode.bridge")
@@ -94,6 +94,20 @@ def request_id(value: str | None) -> str:
     into a response header passes it, so no caller can break a response with it.
     """
     return clean_trace_id(value) if value else uuid.uuid4().hex
+
+
+def call_context(scope: Scope, door: str, **fields: Any) -> CallContext:
+    """A door's ``CallContext`` for an HTTP request: the caller's address, the headers
+    as metadata (latin-1, as ASGI mandates; a repeated header keeps its last value)
+    and the trace id from ``X-Trace-Id`` if it is sane, else a new one."""
+    metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    return CallContext(
+        door=door,
+        peer=client_peer(scope),
+        metadata=metadata,
+        trace_id=request_id(metadata.get("x-trace-id")),
+        **fields,
+    )
 
 
 def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:

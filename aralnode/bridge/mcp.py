@@ -46,7 +46,7 @@ from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
 from aralnode.bridge._docs import ProtoDocs
-from aralnode.bridge._http import Receive, Scope, Send, client_peer, iso_ms, request_id
+from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target
 from aralnode.core.capabilities import Capability
 from aralnode.core.context import CallContext
@@ -500,13 +500,7 @@ def http_context(ctx: Any) -> CallContext:
     scope = getattr(request, "scope", None)
     if not scope:
         return CallContext(door="mcp")
-    metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-    return CallContext(
-        door="mcp",
-        peer=client_peer(scope),
-        metadata=metadata,
-        trace_id=request_id(metadata.get("x-trace-id")),
-    )
+    return call_context(scope, "mcp")
 
 
 class McpHttp:

@@ -222,15 +222,8 @@ class RestDoor:
                 self._exact.setdefault((r.binding.http_method, r.binding.template), r)
 
     async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
-        trace_id = h.request_id(h.header(scope, b"x-trace-id"))
         req_id = h.request_id(h.header(scope, b"x-request-id"))
-        ctx = CallContext(
-            door="rest",
-            peer=h.client_peer(scope),
-            trace_id=trace_id,
-            message_id=req_id,
-            metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-        )
+        ctx = h.call_context(scope, "rest", message_id=req_id)
         try:
             timeout_ms = ctx.metadata.get("x-timeout-ms")
             if timeout_ms is not None:
