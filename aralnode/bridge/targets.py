@@ -26,7 +26,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
 from aralnode.core.calls import plain_call
-from aralnode.core.capabilities import CapabilityRegistry, request_from, stream_start
+from aralnode.core.capabilities import CapabilityRegistry, request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import InvalidRequest
@@ -198,9 +198,7 @@ def _user_target(node: NodeSurface, servicer: object, method: MethodDescriptor) 
 
         def stream(ctx: CallContext, request: Message) -> AsyncIterator[Message]:
             # Admission and governance first, exactly as on the gRPC door.
-            params = json_format.MessageToDict(request)
-            start = stream_start(stream_impl, request, params, cap_id, ctx)
-            return pipe.stream(ctx, cap_id, params, start)
+            return pipe.stream_message(ctx, cap_id, stream_impl, request)
 
         return Target(method, req_cls, resp_cls, stream=stream, capability_id=cap_id)
     pipeline = node.pipeline

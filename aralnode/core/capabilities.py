@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -207,24 +207,6 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
         what = f"parameters for {method_id}" if method_id else name
         raise InvalidParameters(f"invalid {what}: {exc}", details={"message": name}) from None
     return request
-
-
-def stream_start(
-    impl: Callable[[Message, CallContext], AsyncIterator[Message]],
-    request: Message,
-    params: Any,
-    method_id: str,
-    ctx: CallContext,
-) -> Callable[[Any], AsyncIterator[Message]]:
-    """``Pipeline.stream``'s start for a protobuf server-streaming method: ``impl`` on
-    ``request``, or on the request the parameters a nudge put in its place describe."""
-
-    def start(governed: Any) -> AsyncIterator[Message]:
-        if governed is not params:
-            return impl(request_from(type(request), governed, method_id), ctx)
-        return impl(request, ctx)
-
-    return start
 
 
 def _method_capability(

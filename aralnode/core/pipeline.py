@@ -21,7 +21,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from aralnode.core.capabilities import Capability, CapabilityRegistry
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from aralnode.core.capabilities import Capability, CapabilityRegistry, request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
@@ -135,6 +138,25 @@ class Pipeline:
             raise
         finally:
             self.in_flight -= 1
+
+    def stream_message(
+        self,
+        ctx: CallContext,
+        method_id: str,
+        impl: Callable[[Message, CallContext], AsyncIterator[Message]],
+        request: Message,
+    ) -> AsyncIterator[Message]:
+        """``stream`` for a protobuf server-streaming method, as every door runs it:
+        governance judges the request as proto3 JSON; ``impl`` runs on ``request``, or
+        on the request the parameters a nudge put in its place describe."""
+        params = json_format.MessageToDict(request)
+
+        def start(governed: Any) -> AsyncIterator[Message]:
+            if governed is not params:
+                return impl(request_from(type(request), governed, method_id), ctx)
+            return impl(request, ctx)
+
+        return self.stream(ctx, method_id, params, start)
 
     async def call(
         self,

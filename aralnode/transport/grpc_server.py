@@ -24,7 +24,6 @@ from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.calls import plain_call
-from aralnode.core.capabilities import stream_start
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.envelope import (
@@ -389,9 +388,7 @@ def _method_handler(
             try:
                 request = _parse(req_cls, data)
                 ctx = context_for(context)
-                params = json_format.MessageToDict(request)
-                start = stream_start(impl, request, params, cap_id, ctx)
-                async for item in pipeline.stream(ctx, cap_id, params, start):
+                async for item in pipeline.stream_message(ctx, cap_id, impl, request):
                     yield serialize(item)
             except AralError as exc:
                 await abort(context, exc)
