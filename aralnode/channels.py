@@ -80,6 +80,7 @@ from aralnode.core.outbox import (
 from aralnode.core.peers import PeerState
 from aralnode.core.pipeline import Pipeline
 from aralnode.core.replay import ReplayGuard
+from aralnode.core.tasks import TaskSet
 from aralnode.transport.channel import Link, dial_forever
 from aralnode.transport.channel import serve as serve_channel
 
@@ -141,7 +142,7 @@ class ChannelHub:
         self._subs: list[Subscription] = []
         self._handlers: list[tuple[str | None, NotificationHandler]] = []
         self._dials: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self.receiver = Receiver(self)
         self.link_listeners: list[Callable[[str, bool], None]] = []
         for peer_id in outbox.peers():
@@ -151,10 +152,8 @@ class ChannelHub:
         self.pipeline.counters[name] += n
 
     def track(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
-        """Keep ``task`` until it ends; ``stop`` cancels what is left."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Keep ``task`` until it ends; ``close`` cancels what is left."""
+        return self._tasks.track(task)
 
     # -- peers and links (called by the transport) ---------------------------------------
 
@@ -651,9 +650,7 @@ class ChannelHub:
                 async with asyncio.timeout(grace):
                     await asyncio.gather(*(link.closed.wait() for link in links))
         await asyncio.gather(*self._dials.values(), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         for pc in self.peers.values():
             for fut, _ in pc.pending.values():
                 if not fut.done():

@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
@@ -53,6 +53,7 @@ from aralnode.core.addresses import join_host_port
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import AralError, RateLimited, Unauthenticated
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTableFull, PeerTimeouts
+from aralnode.core.tasks import TaskSet
 from aralnode.transport.mdns import (
     Announcement,
     MdnsEvent,
@@ -262,7 +263,7 @@ class Discovery:
         self._dial_wake = asyncio.Event()
         self._instances: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._followers: dict[str, tuple[NodeClient, asyncio.Task[None]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._streams: weakref.WeakSet[PeerEventStream] = weakref.WeakSet()
         self._unsubscribe: Callable[[], None] | None = None
         self._txt_task: asyncio.Task[None] | None = None
@@ -277,9 +278,9 @@ class Discovery:
         """Start supervising peers and, in "mdns" mode, announce and browse."""
         self._running = True
         self._unsubscribe = self.node.peer_table.on_change(self._on_change)
-        self._spawn(self._sweep())
+        self._tasks.spawn(self._sweep())
         for _ in range(DIALERS):
-            self._spawn(self._dialer())
+            self._tasks.spawn(self._dialer())
         if self.mode == "mdns":
             if self.mdns is None:
                 cfg = self.node.config
@@ -304,12 +305,13 @@ class Discovery:
             self._unsubscribe()
         if self.mdns is not None:
             await self.mdns.close()
-        tasks = [*self._tasks, *(task for _, task in self._followers.values())]
+        tasks = [*(task for _, task in self._followers.values())]
         if self._txt_task is not None:
             tasks.append(self._txt_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         self._followers.clear()
 
     def events(self, maxsize: int = 256) -> PeerEventStream:
@@ -319,12 +321,6 @@ class Discovery:
             stream.close()
         self._streams.add(stream)
         return stream
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- what we announce ----------------------------------------------------------
 
@@ -426,7 +422,7 @@ class Discovery:
             or peer.state not in (PeerState.CONNECTED, PeerState.STALE)
         ):
             return
-        self._spawn(self._confirm_goodbye(instance, claim, client))
+        self._tasks.spawn(self._confirm_goodbye(instance, claim, client))
 
     async def _confirm_goodbye(
         self, instance: str, claim: tuple[str, str], client: NodeClient
@@ -681,10 +677,10 @@ class Discovery:
             follower[1].cancel()
         client = self.node._clients.pop(node_id, None)
         if client is not None:
-            self._spawn(client.close())
+            self._tasks.spawn(client.close())
         if source == "static" and address in self.node.config.peers and self._running:
             # A static peer is dialled until it comes back.
-            self._spawn(self.node._dial_forever(address))
+            self._tasks.spawn(self.node._dial_forever(address))
 
 
 async def _check(client: NodeClient, *, timeout: float) -> tuple[str, str]:

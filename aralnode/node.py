@@ -45,6 +45,7 @@ from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
 from aralnode.core.pipeline import ALL_SCOPES, Pipeline
 from aralnode.core.replay import ReplayGuard
+from aralnode.core.tasks import TaskSet
 from aralnode.discovery import Discovery, PeerEventStream, advertised_hosts
 from aralnode.transport.grpc_client import NodeClient
 from aralnode.transport.grpc_server import (
@@ -100,7 +101,7 @@ class Node:
         self._services: list[tuple[object, ServiceDescriptor]] = []
         self._server: GrpcServer | None = None
         self._clients: dict[str, NodeClient] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._card: pb.SignedNodeCard | None = None
         self._hosts: list[str] | None = None  # advertised hosts, read with the card
         self._closed = asyncio.Event()
@@ -257,7 +258,7 @@ class Node:
         self._started_ms = self.clock.now_ms()
         self._state = "SERVING"
         for address in cfg.peers:
-            self._spawn(self._dial_forever(address), f"dial {address}")
+            self._tasks.spawn(self._dial_forever(address), f"dial {address}")
         await self.discovery.start()
         log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
@@ -275,9 +276,7 @@ class Node:
         await self.discovery.stop()
         if self.channels is not None:
             await self.channels.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         # Both doors drain at once: shutdown takes one grace period, not two.
         draining = []
         if self._server is not None:
@@ -302,13 +301,6 @@ class Node:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- card and status -------------------------------------------------------------
 
