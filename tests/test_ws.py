@@ -303,3 +303,19 @@ async def test_a_nudge_narrows_the_channels_a_subscription_gets(
         reply = await exchange(node, {"type": "subscribe", "channels": ["events"]})
         assert reply["type"] == "subscribed"
         assert reply["channels"] == ["peers"]
+
+
+async def test_a_node_stops_cleanly_with_subscribers_connected(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("leaving", http_port=0)
+    await node.start()
+    try:
+        async with connect(ws_url(node)) as ws:
+            await send(ws, {"type": "subscribe", "channels": ["events"]})
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            await node.stop()  # must not raise
+            await ws.wait_closed()
+            assert ws.close_code == 1012  # service restart: come back later
+    finally:
+        await node.stop()

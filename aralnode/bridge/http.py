@@ -192,8 +192,8 @@ class HttpBridge:
         if self.mcp is not None:
             await self.mcp.stop()
         if server is not None:
-            for conn in list(server.server_state.connections):
-                conn.shutdown()
+            # uvicorn asks each connection to finish (a WebSocket closes with 1012),
+            # once: a second close on a closing WebSocket raises.
             await server.shutdown(sockets=[self._sock] if self._sock else None)
         self._server = None
 
