@@ -10,8 +10,21 @@ from hypothesis import strategies as st
 
 from aralnode import _proto as pb
 from aralnode.core import codec
-from aralnode.core.envelope import build_content, encode_payload, open_message, seal
-from aralnode.core.errors import AralError, RateLimited, ReplayDetected, StaleMessage
+from aralnode.core.envelope import (
+    build_content,
+    encode_payload,
+    error_body,
+    open_message,
+    remote_error,
+    seal,
+)
+from aralnode.core.errors import (
+    AralError,
+    InvalidParameters,
+    RateLimited,
+    ReplayDetected,
+    StaleMessage,
+)
 from aralnode.core.identity import KeyAlgorithm, KeyRing
 from aralnode.core.replay import ReplayGuard
 from aralnode.testing import FixedClock, fixed_identity
@@ -93,6 +106,62 @@ def test_round_trip(params: object, content_type: str) -> None:
     opened = _open(seal(content, ALICE), clock)
     assert opened.header == content.header  # type: ignore[attr-defined]
     assert opened.parameters() == params  # type: ignore[attr-defined]
+
+
+def _error_over_the_wire(exc: AralError) -> AralError:
+    """``exc`` as a peer sends it (``error_body``, serialized) and a caller reads it."""
+    body = pb.Body.FromString(error_body(exc, "corr-1").SerializeToString())
+    return remote_error(body.error)
+
+
+def test_error_details_keep_lists_of_objects() -> None:
+    errors = [
+        {"field": "b", "message": "not a number", "type": "float_parsing", "loc": ["b", 0]},
+        {"field": "a", "ok": None, "strict": True, "nested": {"deep": [1.5, "x"]}},
+    ]
+    exc = InvalidParameters("bad", details={"errors": errors, "tags": ("t1", "t2")})
+    back = _error_over_the_wire(exc)
+    assert isinstance(back, InvalidParameters)
+    assert back.reason == "INVALID_PARAMETERS"
+    assert back.details == {"errors": errors, "tags": ["t1", "t2"]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(details=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_json_error_details_round_trip(details: dict[str, object]) -> None:
+    details.pop("reason", None)  # both keys carry fields of the error itself
+    details.pop("retry_after", None)
+    assert _error_over_the_wire(AralError("x", details=details)).details == details
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque!"
+
+
+def test_error_details_that_are_not_json_are_stringified() -> None:
+    deep: list[object] = []
+    for _ in range(200):
+        deep = [deep]
+    details = {
+        "obj": _Opaque(),
+        "in_list": [_Opaque(), {"k": _Opaque()}],
+        "nan": float("nan"),
+        "inf": [float("-inf")],
+        "huge": 10**400,
+        "deep": deep,
+        7: "int key",
+    }
+    back = _error_over_the_wire(AralError("x", details=details)).details
+    assert back["obj"] == "opaque!"
+    assert back["in_list"] == ["opaque!", {"k": "opaque!"}]
+    assert (back["nan"], back["inf"], back["huge"]) == ("nan", ["-inf"], str(10**400))
+    assert back["7"] == "int key"
+    level = back["deep"]
+    while isinstance(level, list):  # nesting stops (as a string) before protobuf's limit
+        (level,) = level
+    assert isinstance(level, str)
+    assert level.startswith("[[")
 
 
 @settings(max_examples=150, deadline=None)

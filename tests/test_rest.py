@@ -20,6 +20,8 @@ from aralnode.bridge import _http
 from aralnode.bridge._http import ForbiddenOrigin
 from aralnode.core.errors import InvalidRequest, PermissionDenied, StatusCode
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from aralnode.testing import node_pair
+from tests.conftest import DEMO
 
 LIBRARY = str(Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py")
 
@@ -221,6 +223,25 @@ async def test_errors_have_the_seed_shape_and_status(
     assert error_of(r)["code"] == code
     if status == 405:
         assert r.headers["allow"] == "GET"
+
+
+async def test_a_forwarded_errors_details_are_the_same_json_as_a_direct_calls() -> None:
+    """Details cross a peer's error response (a Struct) and come back as objects,
+    not as the Python repr of each one."""
+    call = {"capability": "demo.add", "parameters": {"a": 1, "b": "x"}}
+    async with node_pair(lambda n: n.load(DEMO), http_port=0) as (a, b):
+        bodies = []
+        for node, to in ((b, ""), (a, b.node_id)):  # direct on b; through a to b
+            base = f"http://127.0.0.1:{node.http_port}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                r = await http.post("/v1/invoke", json={"call": {**call, "to": to}})
+            assert r.status_code == 400, r.text
+            bodies.append(error_of(r))
+    direct, forwarded = bodies
+    assert forwarded["details"] == direct["details"]
+    (error,) = forwarded["details"]["errors"]
+    assert error["field"] == "b"
+    assert error["type"] == "float_parsing"
 
 
 async def test_body_too_large_is_413(make_node: Callable[..., Node]) -> None:

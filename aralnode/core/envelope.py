@@ -8,6 +8,7 @@ with a precise reason; no input makes these functions raise anything else.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -268,15 +269,28 @@ def remote_error(err: pb.Error) -> AralError:
     return exc
 
 
-def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        if isinstance(v, str | int | float | bool) or v is None:
-            out[str(k)] = v
-        elif isinstance(v, dict):
-            out[str(k)] = _jsonable(v)
-        elif isinstance(v, list | tuple):
-            out[str(k)] = [x if isinstance(x, str | int | float | bool) else str(x) for x in v]
-        else:
-            out[str(k)] = str(v)
-    return out
+# Deeper than this, details are stringified: a Struct nested much further would
+# exceed protobuf's parse recursion limit (100 messages, two per JSON level) and the
+# peer could not read the error at all.
+_MAX_DETAIL_DEPTH = 32
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as something ``Struct.update`` takes: JSON values kept as they are,
+    nested; anything else (or too deep, or a number no double holds) as ``str``."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return str(value)
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth < _MAX_DETAIL_DEPTH:
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_jsonable(x, depth + 1) for x in value]
+    return str(value)
