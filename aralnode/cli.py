@@ -394,8 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message} [{exc.status.name} {exc.reason}]", file=sys.stderr)
         return 1
     except (CliError, ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_message(exc)}", file=sys.stderr)
         return 1
+
+
+def _message(exc: Exception) -> str:
+    # "[Errno 98] ..." helps nobody; a file name, where there is one, does.
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
 
 
 if __name__ == "__main__":

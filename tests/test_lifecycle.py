@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections.abc import Callable
 
 import grpc
@@ -147,3 +149,21 @@ async def test_wildcard_bind_reads_interfaces_once_per_card(
         node.registry.remove("demo.add")  # capabilities changed: a new card, read again
         node.card()
         assert len(calls) == 2
+
+
+@pytest.mark.parametrize(("port_key", "door"), [("grpc_port", "gRPC"), ("http_port", "HTTP")])
+async def test_a_port_in_use_is_a_clear_error_naming_the_door(
+    make_node: Callable[..., Node], port_key: str, door: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        overrides: dict[str, object] = {"http_port": 0, port_key: port}
+        node = make_node("clash", **overrides)
+        with pytest.raises(
+            OSError, match=f"cannot bind the {door} door to 127.0.0.1:{port}"
+        ) as info:
+            await node.start()
+        assert info.value.errno == errno.EADDRINUSE
+        await node.stop()

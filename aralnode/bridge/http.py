@@ -29,6 +29,7 @@ from aralnode.bridge.rest import RestDoor
 from aralnode.bridge.routes import Binding, bindings
 from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target, build_targets
 from aralnode.bridge.ws import EventHub, WsDoor
+from aralnode.core.addresses import join_host_port
 
 log = logging.getLogger("aralnode.http")
 
@@ -135,9 +136,12 @@ class HttpBridge:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            where = join_host_port(host, port)
+            raise OSError(
+                exc.errno, f"cannot bind the HTTP door to {where}: {exc.strerror}"
+            ) from None
         sock.setblocking(False)
         self._sock = sock
         self.port = sock.getsockname()[1]

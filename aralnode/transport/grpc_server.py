@@ -8,6 +8,7 @@ never as grpc's own INTERNAL "exception deserializing request".
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -432,6 +433,23 @@ def _method_handler(
 # -- server assembly -------------------------------------------------------------
 
 
+def _check_free(host: str, port: int, address: str) -> None:
+    """Raise a clear ``OSError`` if ``host:port`` cannot be bound (in use, or not allowed)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot bind the gRPC door to {address}: {exc}") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot bind the gRPC door to {address}: {exc.strerror}"
+                ) from None
+
+
 class GrpcServer:
     """A grpc.aio server with AgentNode, health, reflection and users' services."""
 
@@ -461,9 +479,14 @@ class GrpcServer:
         names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
         address = join_host_port(host, port)
-        self.port = self.server.add_insecure_port(address)
+        if port:
+            _check_free(host, port, address)  # grpc would log its own failure first
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises where it used to return 0
+            raise OSError(f"cannot bind the gRPC door to {address}: {exc}") from None
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port on {address}")
+            raise OSError(f"cannot bind the gRPC door to {address}")
         await self.server.start()
         for name in ("", *self._services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
