@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 
 import pytest
+from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +17,7 @@ from aralnode.core.envelope import (
     build_content,
     encode_payload,
     error_body,
+    from_value,
     open_message,
     remote_error,
     seal,
@@ -132,6 +136,49 @@ def test_json_error_details_round_trip(details: dict[str, object]) -> None:
     details.pop("reason", None)  # both keys carry fields of the error itself
     details.pop("retry_after", None)
     assert _error_over_the_wire(AralError("x", details=details)).details == details
+
+
+def test_error_details_numbers_keep_their_type() -> None:
+    details = {"limit": 10, "used": [0, 2.5], "max": {"n": -(2**53)}}
+    back = _error_over_the_wire(AralError("x", details=details)).details
+    assert json.dumps(back, sort_keys=True) == json.dumps(details, sort_keys=True)  # 10, not 10.0
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (3.0, 3),
+        (-7.0, -7),
+        (0.0, 0),
+        (-0.0, 0),
+        (float(2**53), 2**53),
+        (-float(2**53), -(2**53)),
+        (1.5, 1.5),
+        (float(2**53 + 2), float(2**53 + 2)),  # whole, but no longer one integer's alone
+        (1e300, 1e300),
+        (math.inf, math.inf),
+        (-math.inf, -math.inf),
+    ],
+)
+def test_a_whole_double_within_2_to_the_53_is_an_int(number: float, expected: float) -> None:
+    back = from_value(struct_pb2.Value(number_value=number))
+    assert type(back) is type(expected)
+    assert back == expected
+
+
+def test_nan_stays_a_float() -> None:
+    back = from_value(struct_pb2.Value(number_value=math.nan))
+    assert isinstance(back, float)
+    assert math.isnan(back)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=json_values)
+def test_json_values_come_back_from_a_value_with_their_types(value: object) -> None:
+    wire = struct_pb2.Value.FromString(codec.to_value(value).SerializeToString())
+    assert json.dumps(from_value(wire), sort_keys=True) == json.dumps(
+        value, sort_keys=True
+    )  # 3 stays 3, not 3.0
 
 
 class _Opaque:

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
 
 from aralnode import _proto as pb
 from aralnode.core import codec
@@ -16,6 +15,7 @@ from aralnode.core.envelope import (
     REQUEST,
     build_content,
     encode_payload,
+    from_value,
     open_message,
     remote_error,
     seal_into,
@@ -226,4 +226,5 @@ class NodeClient:
 
 
 def unwrap(result: pb.CallResult) -> Any:
-    return json_format.MessageToDict(result.result) if result.HasField("result") else None
+    """A plain call's result as Python; whole numbers are ``int`` (see ``from_value``)."""
+    return from_value(result.result) if result.HasField("result") else None
