@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -102,6 +105,7 @@ class Node:
         self._server: GrpcServer | None = None
         self._clients: dict[str, NodeClient] = {}
         self._tasks = TaskSet()
+        self._lock: int | None = None  # the data dir's lock, held while the node runs
         self._card: pb.SignedNodeCard | None = None
         self._hosts: list[str] | None = None  # advertised hosts, read with the card
         self._closed = asyncio.Event()
@@ -220,6 +224,7 @@ class Node:
             raise RuntimeError(f"node is {self._state}")
         cfg = self.config
         self._state = "STARTING"
+        self._lock = _lock_data_dir(cfg.resolved_data_dir)
         self.replay = ReplayGuard(
             self.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms
         )
@@ -290,6 +295,9 @@ class Node:
             await client.close()
         self._clients.clear()
         self._state = "STOPPED"
+        if self._lock is not None:
+            os.close(self._lock)  # releases the data dir
+            self._lock = None
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -677,3 +685,31 @@ def _import(spec: str) -> ModuleType:
             sys.path.remove(str(path.resolve().parent))
         return module
     return importlib.import_module(spec)
+
+
+LOCK_FILE = "node.lock"
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold ``data_dir/node.lock`` (``flock``, released when the process ends, even
+    killed); its descriptor. Two nodes on one data dir would share one identity and
+    one outbox: each would see the other as itself, and their messages would mix.
+
+    Raises:
+        OSError: ``EBUSY``, another running node holds the data dir.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(
+            errno.EBUSY,
+            f"data dir {data_dir} is in use by another node (pid {holder}): give this "
+            "node its own --name or --data-dir",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import Callable
 
@@ -167,3 +168,18 @@ async def test_a_port_in_use_is_a_clear_error_naming_the_door(
             await node.start()
         assert info.value.errno == errno.EADDRINUSE
         await node.stop()
+
+
+async def test_two_nodes_cannot_share_a_data_dir(make_node: Callable[..., Node]) -> None:
+    first = make_node("twin")
+    second = make_node("twin")  # the same name: the same data dir
+    async with first:
+        with pytest.raises(OSError, match="is in use by another node") as info:
+            await second.start()
+        assert info.value.errno == errno.EBUSY
+        assert f"pid {os.getpid()}" in str(info.value)
+        await second.stop()
+    # Released on stop: the same data dir serves again, with the same identity.
+    again = make_node("twin")
+    async with again:
+        assert again.node_id == first.node_id
