@@ -98,8 +98,21 @@ async def cmd_run(ns: argparse.Namespace) -> int:
     await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     closed.cancel()
-    print("stopping: draining in-flight calls", file=sys.stderr, flush=True)
-    await node.stop()
+    print(
+        f"stopping: in-flight calls have up to {config.drain_seconds:g} s to finish "
+        "(signal again to stop now)",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop.clear()
+    draining = asyncio.ensure_future(node.stop())
+    again = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+    again.cancel()
+    if not draining.done():
+        print("stopping now: cancelling in-flight calls", file=sys.stderr, flush=True)
+        await node.stop()
+    await draining
     return 0
 
 

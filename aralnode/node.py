@@ -268,10 +268,18 @@ class Node:
         log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, drain in-flight calls for ``grace`` seconds, stop."""
+        """Health NOT_SERVING, drain in-flight calls for ``grace`` seconds (default
+        ``drain_seconds``), stop. Called again while an earlier call drains, it ends
+        the drain now (the calls still in flight are cancelled) and returns once the
+        node has stopped."""
         if self._state in ("STOPPED", "NEW"):
             self._state = "STOPPED"
             self._closed.set()
+            return
+        if self._state == "DRAINING":
+            if self._server is not None:
+                await self._server.stop_now()
+            await self._closed.wait()
             return
         self._state = "DRAINING"
         if self._server is not None:

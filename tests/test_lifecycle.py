@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aralnode import CallContext, Node, NodeClient, RateLimited
+from aralnode import AralError, CallContext, Node, NodeClient, RateLimited
 from aralnode import _proto as pb
 from aralnode.transport.grpc_client import unwrap
 
@@ -183,3 +183,25 @@ async def test_two_nodes_cannot_share_a_data_dir(make_node: Callable[..., Node])
     again = make_node("twin")
     async with again:
         assert again.node_id == first.node_id
+
+
+async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Node]) -> None:
+    node = make_node("drain", drain_seconds=3600)  # an hour's drain
+    started = asyncio.Event()
+
+    @node.capability(id="slow.forever")
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await node.start()
+    async with NodeClient(node.address) as client:
+        call = asyncio.ensure_future(client.call("slow.forever", {}))
+        async with asyncio.timeout(30):  # guards against a hang; nothing is timed
+            await started.wait()
+            draining = asyncio.ensure_future(node.stop())
+            await node.stop()
+            await draining
+        with pytest.raises(AralError) as info:
+            await call
+        assert info.value.status.name == "UNAVAILABLE"

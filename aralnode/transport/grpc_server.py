@@ -496,3 +496,7 @@ class GrpcServer:
         """Health NOT_SERVING first (peers and balancers stop sending), then drain."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+    async def stop_now(self) -> None:
+        """Cancel every call still in flight; cuts short a ``stop`` that is draining."""
+        await self.server.stop(None)
