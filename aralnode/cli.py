@@ -146,7 +146,7 @@ async def cmd_caps(ns: argparse.Namespace) -> int:
     async with NodeClient(ns.node) as client:
         response = await client.capabilities(ns.peer_id)
     if ns.json:
-        _print_json(json_format.MessageToDict(response, preserving_proto_field_name=True))
+        _print_json(_as_json(response))
         return 0
     rows = [
         (
@@ -166,7 +166,7 @@ async def cmd_status(ns: argparse.Namespace) -> int:
     async with NodeClient(ns.node) as client:
         status = await client.status()
     if ns.json:
-        _print_json(json_format.MessageToDict(status, preserving_proto_field_name=True))
+        _print_json(_as_json(status))
         return 0
     rows = [
         ("node id", status.node_id),
@@ -184,6 +184,16 @@ async def cmd_status(ns: argparse.Namespace) -> int:
     ]
     print(_table(rows, ("FIELD", "VALUE")))
     return 0
+
+
+def _as_json(message: Any) -> dict[str, Any]:
+    """``message`` as proto3 JSON for scripts: field names as in the .proto, and every
+    field present, zero or empty ones included (a script reads ``peer_count`` of a node
+    with no peers as 0, not as a missing key)."""
+    out: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return out
 
 
 def _peer_row(p: Any) -> tuple[Any, ...]:
@@ -207,7 +217,7 @@ async def cmd_peers(ns: argparse.Namespace) -> int:
         if ns.watch:
             return await _watch_peers(client, peers, ns)
     if ns.json:
-        _print_json([json_format.MessageToDict(p, preserving_proto_field_name=True) for p in peers])
+        _print_json([_as_json(p) for p in peers])
         return 0
     print(_table([_peer_row(p) for p in peers], PEER_HEADERS))
     return 0
@@ -229,7 +239,7 @@ async def _watch_peers(client: NodeClient, peers: list[Any], ns: argparse.Namesp
 
     def emit(change: str, p: Any) -> None:
         if ns.json:
-            peer = json_format.MessageToDict(p, preserving_proto_field_name=True)
+            peer = _as_json(p)
             print(json.dumps({"change": change, "peer": peer}, sort_keys=True), flush=True)
         else:
             mark = {"present": " ", "added": "+", "changed": "~", "removed": "-"}[change]

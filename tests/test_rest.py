@@ -134,7 +134,7 @@ async def test_node_service_invoke_status_and_capabilities(
     assert {"protocol": "http", "address": f"127.0.0.1:{node.http_port}"} in status["endpoints"]
     caps = (await http.get("/v1/capabilities")).json()["capabilities"]
     assert {"demo.echo", "library.v1.Library/GetBook"} <= {c["id"] for c in caps}
-    assert (await http.get("/v1/peers")).json() == {}
+    assert (await http.get("/v1/peers")).json() == {"peers": []}
 
 
 async def test_protobuf_by_accept_and_content_type(http: httpx.AsyncClient) -> None:

@@ -100,7 +100,11 @@ class Target:
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = json_format.MessageToDict(message)
+    """A response as proto3 JSON, zero and empty fields included (as grpc-gateway
+    prints them): a client reads an empty list as ``[]``, not as a missing key."""
+    out: dict[str, Any] = json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True
+    )
     return out
 
 
