@@ -21,7 +21,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode._runtime import tune_for_serving
-from aralnode.config import NodeConfig
+from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
+from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
 from aralnode.core.identity import Identity, KeyAlgorithm
@@ -293,18 +294,54 @@ def cmd_keys_show(ns: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+def _node_address(value: str) -> str:
+    """``--node``: HOST:PORT (IPv6 in brackets); a host alone means port 50051."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]")
+        if not sep or (port and not port.startswith(":")):
+            raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+        port = port[1:] or str(DEFAULT_GRPC_PORT)
+    elif value.count(":") > 1:  # a bare IPv6 address
+        host, port = value, str(DEFAULT_GRPC_PORT)
+    else:
+        host, sep, port = value.partition(":")
+        port = port if sep else str(DEFAULT_GRPC_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return join_host_port(host, int(port))
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds must be 0 or more, and finite")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aralnode", description="A gRPC-first agent mesh node.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    # -v is taken after the command too ("aralnode status --node X -v").
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="start a node")
+    run = sub.add_parser("run", parents=[verbose], help="start a node")
     run.add_argument("--name", default="aralnode", help="node name (default: aralnode)")
     run.add_argument(
         "--host", default=None, help="bind address (default: 0.0.0.0 with mdns, else 127.0.0.1)"
     )
     run.add_argument(
-        "--grpc-port", type=int, default=50051, help="gRPC port, 0 for any (default: 50051)"
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help="gRPC port, 0 for any (default: %(default)s)",
     )
     run.add_argument(
         "--http-port",
@@ -313,9 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP port, 0 for any, -1 to disable (default: 8080)",
     )
     run.add_argument("--data-dir", help="keys and state (default: $XDG_DATA_HOME/aralnode/NAME)")
-    run.add_argument("--discovery", choices=("mdns", "static", "none"), default="mdns")
     run.add_argument(
-        "--peer", action="append", default=[], metavar="HOST:PORT", help="static peer (repeatable)"
+        "--discovery",
+        choices=("mdns", "static", "none"),
+        default="mdns",
+        help="mdns: find and be found on the LAN; static: dial the --peer addresses only; "
+        "none: dial nobody (default: %(default)s)",
+    )
+    run.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="static peer, dialled until reached (repeatable; not with --discovery none)",
     )
     run.add_argument(
         "--interface",
@@ -351,17 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    call = sub.add_parser("call", help="invoke a capability")
-    call.add_argument("--node", required=True, metavar="HOST:PORT")
+    call = sub.add_parser("call", parents=[verbose], help="invoke a capability")
+    call.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
     call.add_argument("--to", default="", metavar="NODE_ID", help="forward to this peer of --node")
-    call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: 30)")
+    call.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds; 0 leaves it to the node (default: 30)",
+    )
     call.add_argument("--json", action="store_true", help="machine-readable output")
     call.add_argument("capability")
     call.add_argument("params", nargs="?", default="", metavar="JSON_PARAMS")
     call.set_defaults(func=cmd_call)
 
-    caps = sub.add_parser("caps", help="list a node's capabilities")
-    caps.add_argument("--node", required=True, metavar="HOST:PORT")
+    caps = sub.add_parser("caps", parents=[verbose], help="list a node's capabilities")
+    caps.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
     caps.add_argument(
         "--peer-id",
         default="",
@@ -371,13 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--json", action="store_true")
     caps.set_defaults(func=cmd_caps)
 
-    status = sub.add_parser("status", help="show a node's status")
-    status.add_argument("--node", required=True, metavar="HOST:PORT")
+    status = sub.add_parser("status", parents=[verbose], help="show a node's status")
+    status.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    peers = sub.add_parser("peers", help="list a node's peers")
-    peers.add_argument("--node", required=True, metavar="HOST:PORT")
+    peers = sub.add_parser("peers", parents=[verbose], help="list a node's peers")
+    peers.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
     peers.add_argument("--json", action="store_true")
     peers.add_argument("--watch", action="store_true", help="keep printing changes (Ctrl-C ends)")
     peers.add_argument(
@@ -385,13 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     peers.set_defaults(func=cmd_peers)
 
-    mcp = sub.add_parser("mcp", help="serve a running node's tools over MCP stdio")
-    mcp.add_argument("--node", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    mcp = sub.add_parser(
+        "mcp", parents=[verbose], help="serve a running node's tools over MCP stdio"
+    )
+    mcp.add_argument(
+        "--node",
+        required=True,
+        metavar="HOST:PORT",
+        type=_node_address,
+        help="the node's gRPC address",
+    )
     mcp.set_defaults(func=cmd_mcp)
 
-    keys = sub.add_parser("keys", help="identity keys")
+    keys = sub.add_parser("keys", parents=[verbose], help="identity keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    show = keys_sub.add_parser("show", help="show the node identity")
+    show = keys_sub.add_parser("show", parents=[verbose], help="show the node identity")
     show.add_argument("--name", default="aralnode")
     show.add_argument("--data-dir")
     show.add_argument("--json", action="store_true")

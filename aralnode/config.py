@@ -14,6 +14,9 @@ DISCOVERY_MODES = ("mdns", "static", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+DEFAULT_GRPC_PORT = 50051
+
+
 def default_data_dir(name: str) -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "aralnode" / name
@@ -59,7 +62,7 @@ class NodeConfig:
 
     name: str = "aralnode"
     host: str | None = None
-    grpc_port: int = 50051
+    grpc_port: int = DEFAULT_GRPC_PORT
     http_port: int | None = 8080
     http_allowed_hosts: list[str] = field(default_factory=list)
     http_allowed_origins: list[str] = field(default_factory=list)
@@ -93,6 +96,10 @@ class NodeConfig:
         for port in (self.grpc_port, self.http_port):
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is out of range")
+        if self.peers and self.discovery == "none":
+            raise ValueError(
+                "static peers need discovery 'static' (or 'mdns'): with 'none' nobody is dialled"
+            )
         for peer in self.peers:
             host, sep, peer_port = peer.rpartition(":")
             if not sep or not host or not peer_port.isdigit():

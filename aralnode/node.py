@@ -208,14 +208,22 @@ class Node:
         return caps
 
     def load(self, spec: str) -> None:
-        """Import a module or ``.py`` file and call its ``setup(node)``."""
+        """Import a module or ``.py`` file and call its ``setup(node)``.
+
+        Raises:
+            ValueError: the module has no ``setup``, or it is not a plain function.
+        """
         module = _import(spec)
         setup = getattr(module, "setup", None)
         if setup is None:
             raise ValueError(f"{spec} has no setup(node) function")
+        if inspect.iscoroutinefunction(setup):
+            raise ValueError(f"{spec}: setup(node) must be a plain function, not async def")
         result = setup(self)
         if inspect.isawaitable(result):
-            raise TypeError(f"{spec}: setup(node) must be a plain function")
+            if inspect.iscoroutine(result):
+                result.close()  # never run: no "never awaited" warning either
+            raise ValueError(f"{spec}: setup(node) must be a plain function, not awaitable")
 
     # -- lifecycle -------------------------------------------------------------------
 

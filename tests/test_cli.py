@@ -175,3 +175,50 @@ def test_load_missing_file(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "no such file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("status", "--node", "127.0.0.1:http"), "is not HOST:PORT"),
+        (("status", "--node", "127.0.0.1:70000"), "is not HOST:PORT"),
+        (("call", "--node", "127.0.0.1:1", "--timeout", "-1", "demo.echo"), "0 or more"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
+    out = cli(*args)
+    assert out.returncode == 2
+    assert needle in out.stderr
+
+
+def test_a_node_address_without_a_port_means_50051_and_v_goes_anywhere() -> None:
+    # Nothing listens on port 50051 of 127.0.0.2 (loopback): the error names the
+    # address dialled, and -v after the command is accepted.
+    out = cli("status", "--node", "127.0.0.2", "-v")
+    assert out.returncode == 1
+    assert "127.0.0.2:50051" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "needle"),
+    [
+        ("async def setup(node):\n    pass\n", "not async def"),
+        ("x = 1\n", "has no setup(node) function"),
+    ],
+)
+def test_run_refuses_bad_setup_files_and_bad_config_cleanly(
+    tmp_path: Path, setup: str, needle: str
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(setup)
+    out = cli("run", "--discovery", "none", "--data-dir", str(tmp_path), "--load", str(agent))
+    assert out.returncode == 1
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "never awaited" not in out.stderr
+
+
+def test_run_refuses_static_peers_with_discovery_none(tmp_path: Path) -> None:
+    out = cli("run", "--discovery", "none", "--peer", "127.0.0.1:1", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "with 'none' nobody is dialled" in out.stderr
