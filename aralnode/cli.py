@@ -60,8 +60,9 @@ def _ago(ms: int) -> str:
 # -- subcommands ---------------------------------------------------------------------
 
 
-async def cmd_run(ns: argparse.Namespace) -> int:
-    config = NodeConfig(
+def run_config(ns: argparse.Namespace) -> NodeConfig:
+    """The node configuration ``aralnode run``'s arguments describe."""
+    return NodeConfig(
         name=ns.name,
         host=ns.host,
         grpc_port=ns.grpc_port,
@@ -74,7 +75,12 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         keepalive_ms=ns.keepalive_ms,
         peer_timeout_ms=ns.peer_timeout_ms,
         durable=ns.durable,
+        peer_scopes=frozenset(ns.peer_scope),
     )
+
+
+async def cmd_run(ns: argparse.Namespace) -> int:
+    config = run_config(ns)
     node = Node(config)
     for spec in ns.load:
         node.load(spec)
@@ -390,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=NodeConfig().peer_timeout_ms,
         help="drop a peer after this long without a healthy probe (default: %(default)s)",
+    )
+    run.add_argument(
+        "--peer-scope",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="grant SCOPE to callers that sign with a verified node key: peers (repeatable)",
     )
     run.add_argument(
         "--durable",

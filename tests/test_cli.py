@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aralnode.cli import build_parser, run_config
 from tests.conftest import DEMO
 
 ARALNODE = str(Path(sys.executable).parent / "aralnode")
@@ -222,3 +223,18 @@ def test_run_refuses_static_peers_with_discovery_none(tmp_path: Path) -> None:
     out = cli("run", "--discovery", "none", "--peer", "127.0.0.1:1", "--data-dir", str(tmp_path))
     assert out.returncode == 1
     assert "with 'none' nobody is dialled" in out.stderr
+
+
+def test_run_arguments_reach_the_config(tmp_path: Path) -> None:
+    ns = build_parser().parse_args(
+        ["run", "--discovery", "static", "--peer", "10.0.0.7:50051", "--data-dir", str(tmp_path),
+         "--peer-scope", "weather:read", "--peer-scope", "library:write", "--http-port", "-1"]
+    )  # fmt: skip
+    config = run_config(ns)
+    assert config.peer_scopes == {"weather:read", "library:write"}
+    assert (config.discovery, config.peers, config.http_port) == (
+        "static",
+        ["10.0.0.7:50051"],
+        None,
+    )
+    assert config.resolved_data_dir == tmp_path
