@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.codec import from_value
 from aralnode.core.envelope import (
     build_content,
     encode_payload,
     error_body,
-    from_value,
     open_message,
     remote_error,
     seal,

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mcp_types as types
-from google.protobuf import json_format
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from mcp.server.lowlevel.server import Server
@@ -48,6 +47,7 @@ from aralnode import _proto as pb
 from aralnode.bridge._docs import ProtoDocs
 from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target
+from aralnode.core import codec
 from aralnode.core.capabilities import Capability
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, McpErrorCode, PeerNotFound
@@ -418,11 +418,9 @@ def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> To
         InvalidToolSchema: a schema it sent is not JSON Schema 2020-12.
     """
     try:
-        input_schema = (
-            json_format.MessageToDict(cap.input_schema) if cap.HasField("input_schema") else {}
-        )
+        input_schema = codec.from_struct(cap.input_schema) if cap.HasField("input_schema") else {}
         output_schema = (
-            json_format.MessageToDict(cap.output_schema) if cap.HasField("output_schema") else None
+            codec.from_struct(cap.output_schema) if cap.HasField("output_schema") else None
         )
     except RecursionError:
         raise InvalidToolSchema(f"the schemas of {cap.id!r} are nested too deeply") from None

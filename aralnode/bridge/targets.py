@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode.core import codec
 from aralnode.core.calls import plain_call
 from aralnode.core.capabilities import CapabilityRegistry, request_from
 from aralnode.core.clock import Clock
@@ -102,8 +103,8 @@ class Target:
 def to_json(message: Message) -> dict[str, Any]:
     """A response as proto3 JSON, zero and empty fields included (as grpc-gateway
     prints them): a client reads an empty list as ``[]``, not as a missing key."""
-    out: dict[str, Any] = json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=True
+    out: dict[str, Any] = codec.whole_numbers(
+        json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     )
     return out
 

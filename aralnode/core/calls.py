@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf import json_format
-
 from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.clock import Clock
@@ -38,7 +36,7 @@ async def plain_call(
     """
     if not call.capability:
         raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
-    params = json_format.MessageToDict(call.parameters) if call.HasField("parameters") else {}
+    params = codec.from_struct(call.parameters) if call.HasField("parameters") else {}
     if call.trace_id:
         ctx.trace_id = clean_trace_id(call.trace_id)
     if call.timeout_ms > 0:

@@ -9,6 +9,7 @@ decompressed payload is bounded so a small bomb cannot exhaust memory.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from typing import Any
 
@@ -61,7 +62,7 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
         if content_type == PROTOBUF:
             msg = struct_pb2.Value()
             msg.ParseFromString(data)
-            return json_format.MessageToDict(msg)
+            return from_value(msg, allow_inf_nan=False)  # as JSON payloads
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise MalformedMessage(f"payload is not valid {content_type or JSON}: {exc}") from None
     except Exception as exc:  # protobuf DecodeError and msgpack's ExtraData share no base
@@ -83,6 +84,58 @@ def to_value(value: Any) -> struct_pb2.Value:
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise InternalError(f"capability result is not JSON-representable: {exc}") from None
     return msg
+
+
+# Doubles that are whole numbers up to here are exactly the integers they came from.
+_EXACT_INT = 2**53
+
+
+def from_value(value: struct_pb2.Value, *, allow_inf_nan: bool = True) -> Any:
+    """A ``google.protobuf.Value`` (a plain call's result or parameters, error
+    details) as Python.
+
+    Struct numbers are doubles; a finite whole one within 2**53 comes back as
+    ``int``, as the canonical proto3 JSON printers (C++, Go) print it without
+    ``.0``, so an ``int`` a capability returned is an ``int`` to its caller. Others
+    stay ``float``; NaN and infinities too, unless ``allow_inf_nan`` is false.
+
+    Raises:
+        ValueError: a non-finite number, with ``allow_inf_nan=False``.
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        n = value.number_value
+        if n.is_integer() and -_EXACT_INT <= n <= _EXACT_INT:
+            return int(n)
+        if not allow_inf_nan and not math.isfinite(n):
+            raise ValueError(f"{n} is not a JSON number")
+        return n
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return from_struct(value.struct_value, allow_inf_nan=allow_inf_nan)
+    if kind == "list_value":
+        return [from_value(v, allow_inf_nan=allow_inf_nan) for v in value.list_value.values]
+    return None  # null_value, or nothing set
+
+
+def from_struct(struct: struct_pb2.Struct, *, allow_inf_nan: bool = True) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a dict, numbers as in :func:`from_value`."""
+    return {k: from_value(v, allow_inf_nan=allow_inf_nan) for k, v in struct.fields.items()}
+
+
+def whole_numbers(value: Any) -> Any:
+    """JSON from ``MessageToDict`` with each whole double within 2**53 as ``int``, as
+    the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -_EXACT_INT <= value <= _EXACT_INT else value
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
 
 
 def compress(data: bytes, compression: str) -> bytes:

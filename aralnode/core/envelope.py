@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from aralnode import _proto as pb
@@ -250,7 +249,7 @@ def remote_error(err: pb.Error) -> AralError:
     ``error_body`` wrote) as the
     most specific ``AralError``: by reason, else by status, then refined by the
     stable ``code`` (a reason such as GOVERNANCE_BLOCK names no class by itself)."""
-    details = from_struct(err.details) if err.HasField("details") else {}
+    details = codec.from_struct(err.details) if err.HasField("details") else {}
     reason = str(details.pop("reason", ""))
     retry = details.pop("retry_after", None)
     exc = error_from_status(
@@ -267,38 +266,6 @@ def remote_error(err: pb.Error) -> AralError:
                     err.message, reason=reason or None, details=details, retry_after=exc.retry_after
                 )
     return exc
-
-
-# Doubles that are whole numbers up to here are exactly the integers they came from.
-_EXACT_INT = 2**53
-
-
-def from_value(value: struct_pb2.Value) -> Any:
-    """A ``google.protobuf.Value`` (a plain call's result, error details) as Python.
-
-    Struct numbers are doubles; a finite whole one within 2**53 comes back as
-    ``int``, as the canonical proto3 JSON printers (C++, Go) print it without
-    ``.0``, so an ``int`` a capability returned is an ``int`` to its caller. Others
-    stay ``float``, NaN and infinities included (``MessageToDict`` raises on those).
-    """
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        n = value.number_value
-        return int(n) if n.is_integer() and -_EXACT_INT <= n <= _EXACT_INT else n
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return from_struct(value.struct_value)
-    if kind == "list_value":
-        return [from_value(v) for v in value.list_value.values]
-    return None  # null_value, or nothing set
-
-
-def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` as a dict, numbers as in :func:`from_value`."""
-    return {k: from_value(v) for k, v in struct.fields.items()}
 
 
 # Deeper than this, details are stringified: a Struct nested much further would

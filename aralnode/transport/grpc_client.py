@@ -15,7 +15,6 @@ from aralnode.core.envelope import (
     REQUEST,
     build_content,
     encode_payload,
-    from_value,
     open_message,
     remote_error,
     seal_into,
@@ -226,5 +225,5 @@ class NodeClient:
 
 
 def unwrap(result: pb.CallResult) -> Any:
-    """A plain call's result as Python; whole numbers are ``int`` (see ``from_value``)."""
-    return from_value(result.result) if result.HasField("result") else None
+    """A plain call's result as Python; whole numbers are ``int`` (see ``codec.from_value``)."""
+    return codec.from_value(result.result) if result.HasField("result") else None
