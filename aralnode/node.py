@@ -106,6 +106,8 @@ class Node:
         self._clients: dict[str, NodeClient] = {}
         self._tasks = TaskSet()
         self._lock: int | None = None  # the data dir's lock, held while the node runs
+        self._inbound_cards: dict[str, VerifiedCard] = {}  # cards of peers that dialled us
+        self.peer_table.on_forget(self._forget_card)
         self._card: pb.SignedNodeCard | None = None
         self._hosts: list[str] | None = None  # advertised hosts, read with the card
         self._closed = asyncio.Event()
@@ -616,6 +618,9 @@ class Node:
         self.discovery.inbound(
             verified, transport_peer, _card_fields(verified, "", version, "inbound")
         )
+        # Kept (it is in the table now) until the table forgets it: its capabilities
+        # are listed even before our own dial reaches it, as calls to it already go.
+        self._inbound_cards[verified.node_id] = verified
 
     def _peer_protos(self) -> list[pb.Peer]:
         return [
@@ -643,14 +648,20 @@ class Node:
         return pb.ListCapabilitiesResponse(node_id=self.node_id, capabilities=own)
 
     def _peer_capabilities(self, node_id: str) -> list[pb.Capability]:
-        verified = self._peer_cards.get(node_id)
+        verified = self._peer_card(node_id)
         if verified is None:
             raise PeerNotFound(f"no verified peer {node_id!r}")
         return list(verified.card.capabilities)
 
-    @property
-    def _peer_cards(self) -> dict[str, VerifiedCard]:
-        return {nid: c.peer for nid, c in self._clients.items() if c.peer is not None}
+    def _forget_card(self, key: str) -> None:
+        self._inbound_cards.pop(key, None)
+
+    def _peer_card(self, node_id: str) -> VerifiedCard | None:
+        """The card a peer showed in a handshake: ours to it, else its own to us."""
+        client = self._clients.get(node_id)
+        if client is not None and client.peer is not None:
+            return client.peer
+        return self._inbound_cards.get(node_id)
 
 
 def _card_fields(verified: VerifiedCard, address: str, version: str, source: str) -> dict[str, Any]:

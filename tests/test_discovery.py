@@ -26,7 +26,7 @@ from aralnode import Identity, Node, NodeClient, discovery
 from aralnode import _proto as pb
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
-from aralnode.core.errors import RateLimited, Unavailable
+from aralnode.core.errors import PeerNotFound, RateLimited, Unavailable
 from aralnode.core.handshake import build_card
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState
 from aralnode.discovery import (
@@ -490,6 +490,26 @@ async def test_inbound_only_peer_that_dies_is_dropped(make_node: Callable[..., N
         assert (peer.state, peer.reached) == (PeerState.STALE, False)
         await b.stop(grace=0)
         await until(a, lambda: state_of(a, b) is PeerState.GONE)
+
+
+async def test_an_inbound_only_peers_capabilities_are_listed(
+    make_node: Callable[..., Node],
+) -> None:
+    # "none": a never dials b back, yet calls to b already go over b's channel; its
+    # capabilities come from the card b showed in its handshake, until b is forgotten.
+    a = make_node("a", keepalive_ms=100, peer_timeout_ms=400)
+    b = make_node("b")
+    async with a:
+        await b.start()
+        await b.connect(a.address)
+        async with NodeClient(a.address) as client:
+            listed = await client.capabilities(b.node_id)
+            assert {c.id for c in listed.capabilities} == {c.id for c in b.registry}
+            await b.stop(grace=0)
+            await until(a, lambda: state_of(a, b) is PeerState.GONE)
+            a.peer_table.remove(b.node_id)  # forgotten: its card goes with it
+            with pytest.raises(PeerNotFound):
+                await client.capabilities(b.node_id)
 
 
 async def test_a_second_dial_to_an_address_in_handshake_is_a_clean_refusal(

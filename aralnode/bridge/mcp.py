@@ -391,7 +391,7 @@ class LocalTools:
         try:
             return self.hooks.peer_capabilities(node_id)
         except PeerNotFound:
-            return []  # connected inbound only: no client of ours to forward through
+            return []  # no card of it (anymore): nothing to list
 
     def _peer_tool(self, peer: pb.Peer, cap: pb.Capability) -> ToolSpec:
         forward = self.hooks.forward
