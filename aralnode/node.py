@@ -604,12 +604,18 @@ class Node:
 
     async def _dial_forever(self, address: str) -> None:
         delay = 0.2
+        last = ""  # the last failure, said as a warning once (then at info level)
         while True:
             try:
                 await self.connect(address)
+                if last:
+                    log.warning("static peer %s reached", address)
                 return
             except (AralError, OSError) as exc:
-                log.info("static peer %s: %s; retrying in %.1fs", address, exc, delay)
+                said = str(exc) or type(exc).__name__
+                level = logging.INFO if said == last else logging.WARNING
+                log.log(level, "static peer %s: %s; retrying in %.1fs", address, said, delay)
+                last = said
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
             delay = min(delay * 2, 10.0)
 

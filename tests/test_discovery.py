@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -742,3 +744,27 @@ def test_client_channels_keep_alive_within_the_servers_ping_policy() -> None:
     assert options["grpc.keepalive_permit_without_calls"] == 1
     assert options["grpc.http2.max_pings_without_data"] == 0
     assert dict(channel_options(keepalive_ms=100))["grpc.keepalive_time_ms"] == 2000
+
+
+async def test_an_unreachable_static_peer_is_a_warning(make_node: Callable[..., Node]) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    said: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(f"static peer {address}:"):
+                said.put_nowait(record)
+
+    handler = Catch()
+    logging.getLogger("aralnode").addHandler(handler)
+    try:
+        async with make_node("a", discovery="static", peers=[address]):
+            async with asyncio.timeout(15):
+                first = await said.get()
+        # Seen by default (warnings are), saying which peer and why.
+        assert first.levelno == logging.WARNING
+        assert "retrying" in first.getMessage()
+    finally:
+        logging.getLogger("aralnode").removeHandler(handler)
