@@ -4,7 +4,8 @@ Load it into a node and every door serves it, with no per-method code anywhere::
 
     aralnode run --discovery none --load examples/library/server.py
     curl localhost:8080/v1/shelves/sci/books/1
-    curl -X POST localhost:8080/v1/shelves/sci/books -d '{"title": "Cosmos", "author": "Sagan"}'
+    curl -X POST localhost:8080/v1/shelves/sci/books -H 'content-type: application/json' \\
+         -d '{"title": "Cosmos", "author": "Sagan"}'
     curl localhost:8080/openapi.json
 
 The generated ``library_pb2*.py`` / ``.pyi`` and ``library.binpb`` (a descriptor set
