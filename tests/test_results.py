@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from aralnode import Node, NodeClient, NodeConfig
 from aralnode.core import codec
-from aralnode.core.errors import MalformedMessage
+from aralnode.core.errors import AralError, MalformedMessage
 from aralnode.testing import node_pair
 from aralnode.transport.grpc_client import unwrap
 from tests.conftest import DEMO
@@ -96,3 +96,28 @@ def test_protobuf_payloads_decode_like_json_ones() -> None:
     nan = struct_pb2.Value(number_value=float("nan"))
     with pytest.raises(MalformedMessage):  # as JSON payloads refuse NaN
         codec.decode(nan.SerializeToString(), codec.PROTOBUF)
+
+
+async def test_a_non_finite_result_is_a_clean_internal_error_at_every_door(
+    tmp_path: Path,
+) -> None:
+    node = Node(
+        NodeConfig(name="inf", host="127.0.0.1", grpc_port=0, http_port=0,
+                   discovery="none", data_dir=tmp_path)
+    )  # fmt: skip
+
+    @node.capability(id="test.overflow", risk="read_only")
+    async def overflow(a: float, b: float) -> float:
+        return a + b
+
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        async with NodeClient(node.address) as client:
+            with pytest.raises(AralError) as info:
+                await client.call("test.overflow", {"a": 1e308, "b": 1e308}, timeout=10)
+        assert info.value.code == "internal_error"
+        assert "not JSON-representable" in info.value.message
+        call = {"capability": "test.overflow", "parameters": {"a": 1e308, "b": 1e308}}
+        r = await http.post("/v1/invoke", json={"call": call})
+        assert r.status_code == 500
+        assert r.json()["error"]["code"] == "internal_error"
+        assert "not JSON-representable" in r.json()["error"]["message"]

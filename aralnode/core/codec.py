@@ -81,9 +81,25 @@ def to_value(value: Any) -> struct_pb2.Value:
     msg = struct_pb2.Value()
     try:
         json_format.ParseDict(value, msg)
+        _check_finite(msg)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise InternalError(f"capability result is not JSON-representable: {exc}") from None
     return msg
+
+
+def _check_finite(value: struct_pb2.Value) -> None:
+    """Raise ``ValueError`` for NaN or an infinity anywhere in ``value``: JSON has no
+    such numbers, and a door printing one would fail after the call had run."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise ValueError(f"{value.number_value} is not a JSON number")
+    elif kind == "struct_value":
+        for v in value.struct_value.fields.values():
+            _check_finite(v)
+    elif kind == "list_value":
+        for v in value.list_value.values:
+            _check_finite(v)
 
 
 # Doubles that are whole numbers up to here are exactly the integers they came from.
