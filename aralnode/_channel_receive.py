@@ -42,6 +42,7 @@ from aralnode.core.errors import (
 )
 from aralnode.core.governance import Action, Direction
 from aralnode.core.outbox import InboundRecord
+from aralnode.core.pipeline import peer_scopes_of
 
 if TYPE_CHECKING:
     from aralnode.channels import ChannelHub
@@ -366,7 +367,7 @@ class Receiver:
             signed=opened.signed,
             # A delegated call (the peer forwards for someone) gets that principal's
             # rights; an anonymous one none, whatever the peer itself may do.
-            scopes=hub.settings.peer_scopes
+            scopes=peer_scopes_of(pc.peer_id, hub.settings.peer_scopes, hub.settings.peer_grants)
             if opened.signed and not header.on_behalf_of
             else frozenset(),
             on_behalf_of=header.on_behalf_of,

@@ -9,8 +9,8 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from aralnode import _proto as pb
@@ -34,7 +34,8 @@ class ChannelSettings:
         timeout_ms: Silence tolerated beyond the peer's keepalive before the link is dead.
         sign: Sign outgoing messages (off only to measure the cost of signing).
         allow_unsigned: Accept unsigned messages on an authenticated channel.
-        peer_scopes: Scopes of a verified signer (as on the gRPC door).
+        peer_scopes / peer_grants: Scopes of a verified signer, and of particular
+            nodes (as on the gRPC door).
         max_message_bytes: Largest envelope, and largest batch frame we send.
         max_batch: Most messages per batch (in either direction).
         subscription_queue: Default bound of a subscription's queue.
@@ -51,6 +52,7 @@ class ChannelSettings:
     sign: bool = True
     allow_unsigned: bool = True
     peer_scopes: frozenset[str] = frozenset()
+    peer_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch: int = DEFAULT_MAX_BATCH
     subscription_queue: int = 1024

@@ -684,6 +684,7 @@ def build_hub(node: Node) -> ChannelHub:
         sign=cfg.channel_signing,
         allow_unsigned=cfg.allow_unsigned,
         peer_scopes=cfg.peer_scopes,
+        peer_grants=cfg.peer_grants,
         max_message_bytes=cfg.max_message_bytes,
     )
     table = node.peer_table

@@ -75,8 +75,24 @@ def run_config(ns: argparse.Namespace) -> NodeConfig:
         keepalive_ms=ns.keepalive_ms,
         peer_timeout_ms=ns.peer_timeout_ms,
         durable=ns.durable,
-        peer_scopes=frozenset(ns.peer_scope),
+        peer_grants=_grants(ns.grant),
     )
+
+
+def _grants(pairs: list[tuple[str, frozenset[str]]]) -> dict[str, frozenset[str]]:
+    grants: dict[str, frozenset[str]] = {}
+    for node_id, scopes in pairs:  # a node named twice gets both grants
+        grants[node_id] = grants.get(node_id, frozenset()) | scopes
+    return grants
+
+
+def _grant(value: str) -> tuple[str, frozenset[str]]:
+    """``--grant NODE_ID=SCOPE[,SCOPE...]``."""
+    node_id, sep, scopes = value.partition("=")
+    names = frozenset(s.strip() for s in scopes.split(",") if s.strip())
+    if not sep or not node_id.strip() or not names or any(c.isspace() for c in node_id.strip()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NODE_ID=SCOPE[,SCOPE...]")
+    return node_id.strip(), names
 
 
 async def cmd_run(ns: argparse.Namespace) -> int:
@@ -398,11 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a peer after this long without a healthy probe (default: %(default)s)",
     )
     run.add_argument(
-        "--peer-scope",
+        "--grant",
         action="append",
         default=[],
-        metavar="SCOPE",
-        help="grant SCOPE to callers that sign with a verified node key: peers (repeatable)",
+        type=_grant,
+        metavar="NODE_ID=SCOPE[,SCOPE]",
+        help="grant scopes to the peer with this node id, once its key is verified in a "
+        "handshake (repeatable)",
     )
     run.add_argument(
         "--durable",

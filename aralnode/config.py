@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,11 @@ class NodeConfig:
         interfaces: IP addresses of the interfaces mDNS uses (all if empty).
         key_algorithm: Algorithm of a newly made identity key.
         allow_unsigned: Accept plain calls and unsigned envelopes (as anonymous, no scopes).
-        peer_scopes: Scopes granted to callers that signed with a verified node key.
+        peer_scopes: Scopes granted to every caller that signs with a node key a
+            handshake verified. Any key can complete a handshake: whoever reaches the
+            port gets these. For trust in particular nodes use ``peer_grants``.
+        peer_grants: Scopes granted to the node with this id (its key, verified in a
+            handshake), on top of ``peer_scopes``; ``aralnode run --grant``.
         max_message_bytes: Largest envelope content accepted.
         replay_window_ms / clock_skew_ms: Freshness window for signed messages.
         keepalive_ms: gRPC and channel keepalive interval.
@@ -73,6 +78,7 @@ class NodeConfig:
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ES256
     allow_unsigned: bool = True
     peer_scopes: frozenset[str] = frozenset()
+    peer_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     replay_window_ms: int = 30_000
     clock_skew_ms: int = 5_000
@@ -110,6 +116,10 @@ class NodeConfig:
             raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)
         self.peer_scopes = frozenset(self.peer_scopes)
+        self.peer_grants = {k: frozenset(v) for k, v in dict(self.peer_grants).items()}
+        for node_id, scopes in self.peer_grants.items():
+            if not node_id or not scopes:
+                raise ValueError(f"a grant names a node id and at least one scope: {node_id!r}")
 
     @property
     def bind_host(self) -> str:

@@ -244,6 +244,7 @@ class Node:
             replay=self.replay,
             allow_unsigned=cfg.allow_unsigned,
             peer_scopes=cfg.peer_scopes,
+            peer_grants=cfg.peer_grants,
             max_message_bytes=cfg.max_message_bytes,
             keepalive_ms=cfg.keepalive_ms,
         )

@@ -184,6 +184,8 @@ def test_load_missing_file(tmp_path: Path) -> None:
         (("status", "--node", "127.0.0.1:http"), "is not HOST:PORT"),
         (("status", "--node", "127.0.0.1:70000"), "is not HOST:PORT"),
         (("call", "--node", "127.0.0.1:1", "--timeout", "-1", "demo.echo"), "0 or more"),
+        (("run", "--grant", "weather:read"), "is not NODE_ID=SCOPE"),
+        (("run", "--grant", "abc="), "is not NODE_ID=SCOPE"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
@@ -228,10 +230,12 @@ def test_run_refuses_static_peers_with_discovery_none(tmp_path: Path) -> None:
 def test_run_arguments_reach_the_config(tmp_path: Path) -> None:
     ns = build_parser().parse_args(
         ["run", "--discovery", "static", "--peer", "10.0.0.7:50051", "--data-dir", str(tmp_path),
-         "--peer-scope", "weather:read", "--peer-scope", "library:write", "--http-port", "-1"]
+         "--grant", "abc=weather:read", "--grant", "abc=library:write,x:y", "--grant", "def=z",
+         "--http-port", "-1"]
     )  # fmt: skip
     config = run_config(ns)
-    assert config.peer_scopes == {"weather:read", "library:write"}
+    assert config.peer_grants == {"abc": {"weather:read", "library:write", "x:y"}, "def": {"z"}}
+    assert config.peer_scopes == frozenset()  # nobody else gets anything
     assert (config.discovery, config.peers, config.http_port) == (
         "static",
         ["10.0.0.7:50051"],

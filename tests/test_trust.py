@@ -85,6 +85,34 @@ async def test_a_self_made_key_gets_no_peer_rights_until_verified(
         }
 
 
+async def test_a_grant_names_the_one_node_that_gets_its_scopes(
+    make_node: Callable[..., Node],
+) -> None:
+    """``peer_grants`` trust a node by its id: a key that merely completes a handshake
+    (anyone who reaches the port can) gets nothing, on the gRPC door or a channel."""
+    a = make_node("alpha")
+    b = make_node("beta", peer_grants={a.node_id: frozenset({"vault"})})
+    with_secret(b)
+    stranger = Identity.generate()
+    async with a, b:
+        await linked(a, b)
+        assert await a.request(b.node_id, "vault.read", {}) == {  # over the channel
+            "caller": a.node_id,
+            "for": a.node_id,
+        }
+        async with NodeClient(b.address, identity=a.identity) as client:
+            await client.handshake(a.card())
+            assert (await client.request("vault.read", {}))["caller"] == a.node_id  # gRPC
+        async with NodeClient(b.address, identity=stranger) as client:
+            card = build_card(
+                stranger, name="x", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
+            )
+            await client.handshake(card)  # verified and pinned, but granted nothing
+            with pytest.raises(PermissionDenied) as info:
+                await client.request("vault.read", {})
+            assert info.value.reason == "MISSING_SCOPE"
+
+
 async def test_forward_is_governed_at_the_forwarding_node(make_node: Callable[..., Node]) -> None:
     policy = RuleEvaluator(
         [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -43,6 +43,15 @@ T = TypeVar("T")
 VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
 
 ALL_SCOPES = "*"
+
+
+def peer_scopes_of(
+    node_id: str, everyone: frozenset[str], grants: Mapping[str, frozenset[str]]
+) -> frozenset[str]:
+    """The scopes of the verified node key ``node_id``: what every peer gets, and its
+    own grant (``NodeConfig.peer_scopes`` and ``peer_grants``)."""
+    grant = grants.get(node_id)
+    return everyone | grant if grant else everyone
 
 
 class Pipeline:

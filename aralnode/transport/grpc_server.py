@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,7 +45,7 @@ from aralnode.core.errors import (
 )
 from aralnode.core.handshake import VerifiedCard, accept_hello, make_welcome
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.pipeline import Pipeline
+from aralnode.core.pipeline import Pipeline, peer_scopes_of
 from aralnode.core.replay import ReplayGuard
 from aralnode.transport.health import HealthService
 from aralnode.transport.status import abort
@@ -90,6 +90,7 @@ class Security:
     replay: ReplayGuard
     allow_unsigned: bool = True
     peer_scopes: frozenset[str] = frozenset()
+    peer_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     keepalive_ms: int = 10_000
 
@@ -217,7 +218,7 @@ class AgentNodeService:
             # Peer rights go to a verified node key (pinned by a handshake), not to
             # any self-made key a message embeds; a delegated call gets its
             # principal's rights, not the signer's.
-            scopes=sec.peer_scopes
+            scopes=peer_scopes_of(sender, sec.peer_scopes, sec.peer_grants)
             if signed and not on_behalf_of and sec.keyring.is_pinned(sender)
             else _NO_SCOPES,
             on_behalf_of=on_behalf_of,
