@@ -101,9 +101,13 @@ async def cmd_run(ns: argparse.Namespace) -> int:
     for spec in ns.load:
         node.load(spec)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, again = asyncio.Event(), asyncio.Event()  # the first signal, and any later one
+
+    def signalled() -> None:
+        (again if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     await node.start()
     tune_for_serving()
     print(
@@ -127,11 +131,11 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop.clear()
+    stop.set()  # (if the node closed by itself) any signal from now on cuts the drain short
     draining = asyncio.ensure_future(node.stop())
-    again = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
-    again.cancel()
+    cut = asyncio.ensure_future(again.wait())
+    await asyncio.wait({draining, cut}, return_when=asyncio.FIRST_COMPLETED)
+    cut.cancel()
     if not draining.done():
         print("stopping now: cancelling in-flight calls", file=sys.stderr, flush=True)
         await node.stop()

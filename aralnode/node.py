@@ -106,6 +106,7 @@ class Node:
         self._clients: dict[str, NodeClient] = {}
         self._tasks = TaskSet()
         self._lock: int | None = None  # the data dir's lock, held while the node runs
+        self._stopping: asyncio.Future[None] | None = None
         self._inbound_cards: dict[str, VerifiedCard] = {}  # cards of peers that dialled us
         self.peer_table.on_forget(self._forget_card)
         self._card: pb.SignedNodeCard | None = None
@@ -235,6 +236,16 @@ class Node:
         cfg = self.config
         self._state = "STARTING"
         self._lock = _lock_data_dir(cfg.resolved_data_dir)
+        try:
+            await self._start(cfg)
+        except BaseException:
+            # Whatever started is stopped, and the data dir is free again.
+            with contextlib.suppress(Exception):
+                await self.stop(grace=0)
+            raise
+        log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
+
+    async def _start(self, cfg: NodeConfig) -> None:
         self.replay = ReplayGuard(
             self.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms
         )
@@ -276,48 +287,54 @@ class Node:
         for address in cfg.peers:
             self._tasks.spawn(self._dial_forever(address), f"dial {address}")
         await self.discovery.start()
-        log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, drain in-flight calls for ``grace`` seconds (default
-        ``drain_seconds``), stop. Called again while an earlier call drains, it ends
-        the drain now (the calls still in flight are cancelled) and returns once the
-        node has stopped."""
-        if self._state in ("STOPPED", "NEW"):
+        ``drain_seconds``), stop.
+
+        Called again while an earlier call drains, it ends the drain now (the calls
+        still in flight are cancelled) and returns once the node has stopped. The
+        stop runs to its end even if the caller is cancelled meanwhile; the data dir
+        is released however it ends."""
+        if self._state in ("STOPPED", "NEW") and self._stopping is None:
             self._state = "STOPPED"
             self._closed.set()
             return
-        if self._state == "DRAINING":
-            if self._server is not None:
-                await self._server.stop_now()
-            await self._closed.wait()
-            return
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        elif not self._stopping.done() and self._server is not None:
+            await self._server.stop_now()
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
         self._state = "DRAINING"
-        if self._server is not None:
-            # NOT_SERVING before the mDNS goodbye: peers that re-check a goodbye
-            # must find us draining, or they would keep us (see discovery.py).
-            await self._server.health.enter_graceful_shutdown()
-        await self.discovery.stop()
-        if self.channels is not None:
-            await self.channels.close()
-        await self._tasks.cancel()
-        # Both doors drain at once: shutdown takes one grace period, not two.
-        draining = []
-        if self._server is not None:
-            draining.append(
-                self._server.stop(self.config.drain_seconds if grace is None else grace)
-            )
-        if self._http is not None:
-            draining.append(self._http.stop())
-        await asyncio.gather(*draining)
-        for client in list(self._clients.values()):
-            await client.close()
-        self._clients.clear()
-        self._state = "STOPPED"
-        if self._lock is not None:
-            os.close(self._lock)  # releases the data dir
-            self._lock = None
-        self._closed.set()
+        try:
+            if self._server is not None:
+                # NOT_SERVING before the mDNS goodbye: peers that re-check a goodbye
+                # must find us draining, or they would keep us (see discovery.py).
+                await self._server.health.enter_graceful_shutdown()
+            await self.discovery.stop()
+            if self.channels is not None:
+                await self.channels.close()
+            await self._tasks.cancel()
+            # Both doors drain at once: shutdown takes one grace period, not two.
+            draining = []
+            if self._server is not None:
+                draining.append(
+                    self._server.stop(self.config.drain_seconds if grace is None else grace)
+                )
+            if self._http is not None:
+                draining.append(self._http.stop())
+            await asyncio.gather(*draining)
+            for client in list(self._clients.values()):
+                await client.close()
+            self._clients.clear()
+        finally:
+            self._state = "STOPPED"
+            if self._lock is not None:
+                os.close(self._lock)  # the data dir is free
+                self._lock = None
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -354,11 +371,7 @@ class Node:
         try:
             self.http_port = await self._http.start(cfg.bind_host, cfg.http_port or 0)
         except BaseException:
-            self._http = None
-            assert self._server is not None
-            await self._server.stop(0)
-            self._server = None
-            self._state = "STOPPED"
+            self._http = None  # start() stops the rest
             raise
         self._card = None  # the card now lists the HTTP endpoint too
 

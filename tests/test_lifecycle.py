@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -167,7 +168,10 @@ async def test_a_port_in_use_is_a_clear_error_naming_the_door(
         ) as info:
             await node.start()
         assert info.value.errno == errno.EADDRINUSE
-        await node.stop()
+    # The failed start stopped what it had started and freed the data dir.
+    again = make_node("clash", http_port=0)
+    async with again:
+        assert again.node_id == node.node_id
 
 
 async def test_two_nodes_cannot_share_a_data_dir(make_node: Callable[..., Node]) -> None:
@@ -205,3 +209,31 @@ async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Nod
         with pytest.raises(AralError) as info:
             await call
         assert info.value.status.name == "UNAVAILABLE"
+
+
+async def test_a_stop_cut_short_still_frees_the_node(make_node: Callable[..., Node]) -> None:
+    node = make_node("cut", drain_seconds=3600)
+    started = asyncio.Event()
+
+    @node.capability(id="slow.forever")
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await node.start()
+    async with NodeClient(node.address) as client:
+        call = asyncio.ensure_future(client.call("slow.forever", {}))
+        async with asyncio.timeout(30):  # guards against a hang; nothing is timed
+            await started.wait()
+            draining = asyncio.ensure_future(node.stop())
+            while node._stopping is None:  # until the teardown has begun
+                await asyncio.wait({draining}, timeout=0)
+            draining.cancel()  # e.g. a caller's own timeout around stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await draining
+            await node.stop()  # returns: the node is stopped
+            with pytest.raises(AralError):
+                await call
+    again = make_node("cut")
+    async with again:  # and its data dir is free
+        assert again.node_id == node.node_id
