@@ -121,3 +121,10 @@ async def test_a_non_finite_result_is_a_clean_internal_error_at_every_door(
         assert r.status_code == 500
         assert r.json()["error"]["code"] == "internal_error"
         assert "not JSON-representable" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), [1, float("-inf")], {"n": 10**400}])
+def test_results_with_no_json_form_are_refused_as_such(bad: object) -> None:
+    with pytest.raises(AralError, match="not JSON-representable") as info:
+        codec.to_value(bad)
+    assert info.value.code == "internal_error"

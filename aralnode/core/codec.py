@@ -82,7 +82,7 @@ def to_value(value: Any) -> struct_pb2.Value:
     try:
         json_format.ParseDict(value, msg)
         _check_finite(msg)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"capability result is not JSON-representable: {exc}") from None
     return msg
 
@@ -102,7 +102,8 @@ def _check_finite(value: struct_pb2.Value) -> None:
             _check_finite(v)
 
 
-# Doubles that are whole numbers up to here are exactly the integers they came from.
+# A whole double below this in magnitude is exactly the integer it came from (2**53
+# itself may have been 2**53 + 1, rounded).
 _EXACT_INT = 2**53
 
 
@@ -110,7 +111,7 @@ def from_value(value: struct_pb2.Value, *, allow_inf_nan: bool = True) -> Any:
     """A ``google.protobuf.Value`` (a plain call's result or parameters, error
     details) as Python.
 
-    Struct numbers are doubles; a finite whole one within 2**53 comes back as
+    Struct numbers are doubles; a whole one below 2**53 in magnitude comes back as
     ``int``, as the canonical proto3 JSON printers (C++, Go) print it without
     ``.0``, so an ``int`` a capability returned is an ``int`` to its caller. Others
     stay ``float``; NaN and infinities too, unless ``allow_inf_nan`` is false.
@@ -121,7 +122,7 @@ def from_value(value: struct_pb2.Value, *, allow_inf_nan: bool = True) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         n = value.number_value
-        if n.is_integer() and -_EXACT_INT <= n <= _EXACT_INT:
+        if n.is_integer() and -_EXACT_INT < n < _EXACT_INT:
             return int(n)
         if not allow_inf_nan and not math.isfinite(n):
             raise ValueError(f"{n} is not a JSON number")
@@ -143,10 +144,10 @@ def from_struct(struct: struct_pb2.Struct, *, allow_inf_nan: bool = True) -> dic
 
 
 def whole_numbers(value: Any) -> Any:
-    """JSON from ``MessageToDict`` with each whole double within 2**53 as ``int``, as
+    """JSON from ``MessageToDict`` with each whole double below 2**53 as ``int``, as
     the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``)."""
     if isinstance(value, float):
-        return int(value) if value.is_integer() and -_EXACT_INT <= value <= _EXACT_INT else value
+        return int(value) if value.is_integer() and -_EXACT_INT < value < _EXACT_INT else value
     if isinstance(value, dict):
         return {k: whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
