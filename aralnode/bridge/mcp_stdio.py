@@ -28,7 +28,7 @@ from aralnode.bridge.mcp import (
     remote_spec,
     tool_name,
 )
-from aralnode.bridge.targets import NODE_ADAPTERS, to_json
+from aralnode.bridge.targets import NODE_ADAPTERS, node_json
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext
@@ -116,7 +116,7 @@ class RemoteTools:
         cls = GetMessageClass(input_type)
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return to_json(await remote(client, request_from(cls, args)))
+            return node_json(await remote(client, request_from(cls, args)))
 
         return run
 

@@ -101,8 +101,16 @@ class Target:
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    """A response as proto3 JSON, zero and empty fields included (as grpc-gateway
-    prints them): a client reads an empty list as ``[]``, not as a missing key."""
+    """A user's message as proto3 JSON, as the capability handler gives its unary
+    results (zero fields left out; whole numbers as ints)."""
+    out: dict[str, Any] = codec.whole_numbers(json_format.MessageToDict(message))
+    return out
+
+
+def node_json(message: Message) -> dict[str, Any]:
+    """A response of the node's own methods (status, peers, capabilities, Invoke) as
+    proto3 JSON with zero and empty fields too: a client reads a node with no peers
+    as ``{"peers": []}`` and ``peerCount`` 0, not as missing keys."""
     out: dict[str, Any] = codec.whole_numbers(
         json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     )
@@ -176,13 +184,13 @@ def _node_target(
     async def call(ctx: CallContext, params: dict[str, Any]) -> Any:
         request = request_from(req_cls, params)
         if name == "Invoke":  # runs the pipeline itself (here or through a forward)
-            return to_json(await adapter(node, hooks, request, ctx))
+            return node_json(await adapter(node, hooks, request, ctx))
 
         async def run(_: Any) -> Message:
             return await adapter(node, hooks, request, ctx)
 
         method_id = f"{pb.AGENT_NODE_SERVICE_NAME}/{name}"
-        return to_json(await node.pipeline.call(ctx, method_id, None, run))
+        return node_json(await node.pipeline.call(ctx, method_id, None, run))
 
     return Target(method, req_cls, resp_cls, call=call, tool=tool, read_only=tool)
 

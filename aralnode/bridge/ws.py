@@ -31,12 +31,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import json_format
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
 from aralnode.bridge._http import Receive, Scope, Send, client_peer, iso_ms
-from aralnode.bridge.targets import NodeSurface
+from aralnode.bridge.targets import NodeSurface, node_json
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
 from aralnode.core.governance import Action, Verdict
@@ -156,7 +155,7 @@ class EventHub:
         )
 
     def status_event(self) -> dict[str, Any]:
-        status = json_format.MessageToDict(self.node.status())
+        status = node_json(self.node.status())  # as /v1/status gives it
         return self.event("status", "status", status)
 
 

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode.core import codec
 from aralnode.core.context import CallContext
 from aralnode.core.errors import CapabilityNotFound, InvalidParameters
 from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
@@ -219,7 +220,10 @@ def _method_capability(
         response = impl(request_from(req_cls, params, cap_id), ctx)
         if inspect.isawaitable(response):
             response = await response
-        return json_format.MessageToDict(response, preserving_proto_field_name=False)
+        # Whole numbers as ints, as every door's Struct results have them.
+        return codec.whole_numbers(
+            json_format.MessageToDict(response, preserving_proto_field_name=False)
+        )
 
     return Capability(
         id=cap_id,
