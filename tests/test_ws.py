@@ -311,7 +311,7 @@ async def test_a_node_stops_cleanly_with_subscribers_connected(
     node = make_node("leaving", http_port=0)
     await node.start()
     try:
-        async with connect(ws_url(node)) as ws:
+        async with asyncio.timeout(30), connect(ws_url(node)) as ws:  # a hang fails
             await send(ws, {"type": "subscribe", "channels": ["events"]})
             await recv_until(ws, lambda m: m["type"] == "subscribed")
             await node.stop()  # must not raise

@@ -222,8 +222,9 @@ class RestDoor:
                 self._exact.setdefault((r.binding.http_method, r.binding.template), r)
 
     async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
-        req_id = h.request_id(h.header(scope, b"x-request-id"))
-        ctx = h.call_context(scope, "rest", message_id=req_id)
+        ctx = h.call_context(scope, "rest")
+        # Read as the trace id is: from the metadata (a repeated header: its last value).
+        req_id = ctx.message_id = h.request_id(ctx.metadata.get("x-request-id"))
         try:
             timeout_ms = ctx.metadata.get("x-timeout-ms")
             if timeout_ms is not None:
