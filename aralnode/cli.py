@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
@@ -321,21 +322,39 @@ def cmd_keys_show(ns: argparse.Namespace) -> int:
 
 
 def _node_address(value: str) -> str:
-    """``--node``: HOST:PORT (IPv6 in brackets); a host alone means port 50051."""
-    value = value.strip()
+    """``--node``: HOST:PORT (an IPv6 address in brackets, or bare without a port);
+    a host alone means port 50051. A gRPC target URI (``dns:///h:1``,
+    ``unix:/path``) is passed to grpc as it is."""
+    if ":/" in value and not value.startswith("["):
+        return value
+    bad = argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    if not value or any(c.isspace() for c in value):
+        raise bad
+    port = str(DEFAULT_GRPC_PORT)
     if value.startswith("["):
-        host, sep, port = value[1:].partition("]")
-        if not sep or (port and not port.startswith(":")):
-            raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
-        port = port[1:] or str(DEFAULT_GRPC_PORT)
-    elif value.count(":") > 1:  # a bare IPv6 address
-        host, port = value, str(DEFAULT_GRPC_PORT)
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad
+        port = rest[1:] or port
+        if not _is_ipv6(host):
+            raise bad
+    elif value.count(":") > 1:  # a bare IPv6 address, no port
+        host = value
+        if not _is_ipv6(host):
+            raise bad
     else:
-        host, sep, port = value.partition(":")
-        port = port if sep else str(DEFAULT_GRPC_PORT)
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+        host, sep, given = value.partition(":")
+        port = given if sep else port
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise bad
     return join_host_port(host, int(port))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+    except ValueError:
+        return False
 
 
 def _seconds(value: str) -> float:
@@ -354,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     # -v is taken after the command too ("aralnode status --node X -v").
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        dest="verbose_after",
+        help="more logging",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -498,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(ns.verbose, 2),
+        level=logging.WARNING - 10 * min(ns.verbose + getattr(ns, "verbose_after", 0), 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -435,20 +435,24 @@ def _method_handler(
 
 
 def _check_free(host: str, port: int, address: str) -> None:
-    """Raise a clear ``OSError`` if ``host:port`` cannot be bound (in use, or not allowed)."""
+    """Raise a clear ``OSError`` if no address ``host`` resolves to can be bound at
+    ``port`` (in use, or not allowed); grpc serves if any of them binds."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise OSError(f"cannot bind the gRPC door to {address}: {exc}") from None
+    failure: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
             try:
                 sock.bind(sockaddr)
             except OSError as exc:
-                raise OSError(
-                    exc.errno, f"cannot bind the gRPC door to {address}: {exc.strerror}"
-                ) from None
+                failure = failure or exc
+            else:
+                return
+    if failure is not None:
+        raise OSError(failure.errno, f"cannot bind the gRPC door to {address}: {failure.strerror}")
 
 
 class GrpcServer:
