@@ -274,6 +274,16 @@ async def read_through(hub: Any, batches: list[Batch], *, reads: list[str] | Non
     await asyncio.wait_for(link._reader(frames()), 10)
 
 
+async def read_then_cancel(link: Link, frames: Any, read: asyncio.Event) -> None:
+    """Run ``link``'s reader over ``frames`` until ``read`` is set, then cancel it: the
+    link ends, as when its stream breaks, with whatever it had read still in hand."""
+    reader = asyncio.ensure_future(link._reader(frames))
+    await asyncio.wait_for(read.wait(), 10)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+
 async def test_batches_verify_ahead_but_apply_in_arrival_order() -> None:
     """The link starts verifying each batch as it arrives and applies them in
     order: here batch 0 verifies last, after batches 1 and 2 were read and
@@ -437,11 +447,7 @@ async def test_batches_a_link_accepted_are_applied_after_it_ends_and_before_the_
         yield b"3"
 
     one = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
-    reader = asyncio.ensure_future(one._reader(first_link()))
-    await asyncio.wait_for(first_read.wait(), 10)
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
+    await read_then_cancel(one, first_link(), first_read)
     two = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
     second = asyncio.ensure_future(two._reader(second_link()))
     for i in range(3):  # the first link's batches finish verifying only now
@@ -487,11 +493,7 @@ async def test_errors_of_a_batch_applied_after_its_link_ended_are_kept_for_the_p
 
     peer = Peer()
     link = Link(Hub(), peer, Session(), no_write, dialler="peer")  # type: ignore[arg-type]
-    reader = asyncio.ensure_future(link._reader(frames()))
-    await asyncio.wait_for(read.wait(), 10)
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
+    await read_then_cancel(link, frames(), read)
     verified.set_result([None])  # verification ends after the link did
     await asyncio.wait_for(peer.delivering, 10)
     assert peer.errors == [refused]

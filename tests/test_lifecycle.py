@@ -189,8 +189,9 @@ async def test_two_nodes_cannot_share_a_data_dir(make_node: Callable[..., Node])
         assert again.node_id == first.node_id
 
 
-async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Node]) -> None:
-    node = make_node("drain", drain_seconds=3600)  # an hour's drain
+def stuck_capability(node: Node) -> asyncio.Event:
+    """Register ``slow.forever`` on ``node``: a call that never ends by itself. The
+    event is set once a call is running it."""
     started = asyncio.Event()
 
     @node.capability(id="slow.forever")
@@ -198,6 +199,12 @@ async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Nod
         started.set()
         await asyncio.Event().wait()
 
+    return started
+
+
+async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Node]) -> None:
+    node = make_node("drain", drain_seconds=3600)  # an hour's drain
+    started = stuck_capability(node)
     await node.start()
     async with NodeClient(node.address) as client:
         call = asyncio.ensure_future(client.call("slow.forever", {}))
@@ -213,13 +220,7 @@ async def test_stop_called_again_ends_the_drain_now(make_node: Callable[..., Nod
 
 async def test_a_stop_cut_short_still_frees_the_node(make_node: Callable[..., Node]) -> None:
     node = make_node("cut", drain_seconds=3600)
-    started = asyncio.Event()
-
-    @node.capability(id="slow.forever")
-    async def forever() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
+    started = stuck_capability(node)
     await node.start()
     async with NodeClient(node.address) as client:
         call = asyncio.ensure_future(client.call("slow.forever", {}))
