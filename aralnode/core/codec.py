@@ -107,6 +107,11 @@ def _check_finite(value: struct_pb2.Value) -> None:
 _EXACT_INT = 2**53
 
 
+def _number(n: float) -> int | float:
+    """``n`` as ``int`` if it is a whole double below 2**53 in magnitude, else as is."""
+    return int(n) if n.is_integer() and -_EXACT_INT < n < _EXACT_INT else n
+
+
 def from_value(value: struct_pb2.Value, *, allow_inf_nan: bool = True) -> Any:
     """A ``google.protobuf.Value`` (a plain call's result or parameters, error
     details) as Python.
@@ -122,11 +127,9 @@ def from_value(value: struct_pb2.Value, *, allow_inf_nan: bool = True) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         n = value.number_value
-        if n.is_integer() and -_EXACT_INT < n < _EXACT_INT:
-            return int(n)
         if not allow_inf_nan and not math.isfinite(n):
             raise ValueError(f"{n} is not a JSON number")
-        return n
+        return _number(n)
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
@@ -147,7 +150,7 @@ def whole_numbers(value: Any) -> Any:
     """JSON from ``MessageToDict`` with each whole double below 2**53 as ``int``, as
     the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``)."""
     if isinstance(value, float):
-        return int(value) if value.is_integer() and -_EXACT_INT < value < _EXACT_INT else value
+        return _number(value)
     if isinstance(value, dict):
         return {k: whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
