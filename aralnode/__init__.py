@@ -9,8 +9,9 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
+from aralnode._version import __version__ as __version__
+
 if _TYPE_CHECKING:
-    from aralnode.channels import ChannelMessage, Subscription
     from aralnode.config import NodeConfig
     from aralnode.core.capabilities import Capability
     from aralnode.core.context import CallContext
@@ -44,6 +45,7 @@ if _TYPE_CHECKING:
     )
     from aralnode.core.identity import Identity, KeyAlgorithm
     from aralnode.core.peers import PeerInfo, PeerState
+    from aralnode.mesh.hub import ChannelMessage, Subscription
     from aralnode.node import Node
     from aralnode.transport.grpc_client import NodeClient
 
@@ -54,7 +56,7 @@ _LAZY: dict[str, str] = {
     "CallContext": "aralnode.core.context",
     "Capability": "aralnode.core.capabilities",
     "CapabilityNotFound": "aralnode.core.errors",
-    "ChannelMessage": "aralnode.channels",
+    "ChannelMessage": "aralnode.mesh.hub",
     "DeadlineExceeded": "aralnode.core.errors",
     "Decision": "aralnode.core.governance",
     "Direction": "aralnode.core.governance",
@@ -80,13 +82,12 @@ _LAZY: dict[str, str] = {
     "RuleEvaluator": "aralnode.core.governance",
     "SignatureInvalid": "aralnode.core.errors",
     "StaleMessage": "aralnode.core.errors",
-    "Subscription": "aralnode.channels",
+    "Subscription": "aralnode.mesh.hub",
     "Unauthenticated": "aralnode.core.errors",
     "Unavailable": "aralnode.core.errors",
     "Verdict": "aralnode.core.governance",
 }
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Action",

@@ -26,8 +26,10 @@ from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
-from aralnode.core.identity import Identity, KeyAlgorithm
+from aralnode.core.identity import KeyAlgorithm
 from aralnode.node import Node
+from aralnode.store.keys import load_identity
+from aralnode.store.proto_docs import ProtoDocs
 from aralnode.transport.grpc_client import NodeClient, unwrap
 
 PEER_STATES = {1: "discovered", 2: "handshaking", 3: "connected", 4: "stale", 5: "gone"}
@@ -296,7 +298,8 @@ async def cmd_mcp(ns: argparse.Namespace) -> int:
     """MCP over stdio for a running node; stdout carries only the protocol."""
     from aralnode.bridge.mcp_stdio import serve_stdio  # noqa: PLC0415 - MCP SDK only when asked
 
-    await serve_stdio(ns.node)
+    async with NodeClient(ns.node) as client:
+        await serve_stdio(client, ProtoDocs(), name=f"aralnode {ns.node}")
     return 0
 
 
@@ -304,7 +307,7 @@ def cmd_keys_show(ns: argparse.Namespace) -> int:
     data_dir = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
     if not (data_dir / "identity.pem").exists():
         raise CliError(f"no identity in {data_dir}; `aralnode run --data-dir {data_dir}` makes one")
-    identity = Identity.load_or_create(data_dir)
+    identity = load_identity(data_dir)
     info = {
         "node_id": identity.node_id,
         "algorithm": str(identity.algorithm),

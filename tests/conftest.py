@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aralnode import Evaluator, Node, NodeConfig
+from aralnode.discovery import DiscoveryBackend
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
@@ -19,6 +20,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
         *,
         demo: bool = True,
         governance: Evaluator | None = None,
+        backends: list[DiscoveryBackend] | None = None,
         **overrides: object,
     ) -> Node:
         cfg: dict[str, object] = {
@@ -30,7 +32,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
             "data_dir": tmp_path / name,
         }
         cfg.update(overrides)
-        node = Node(NodeConfig(**cfg), governance=governance)  # type: ignore[arg-type]
+        node = Node(NodeConfig(**cfg), governance=governance, backends=backends)  # type: ignore[arg-type]
         if demo:
             node.load(DEMO)
         return node

@@ -372,7 +372,9 @@ async def _agent_main() -> None:  # pragma: no cover - runs in a subprocess
     from zeroconf.const import _FLAGS_AA, _FLAGS_QR_RESPONSE
 
     from aralnode import Identity, Node, NodeClient, NodeConfig
-    from aralnode.transport.mdns import SERVICE_TYPE, Announcement, parse_txt
+    from aralnode.discovery import Announcement
+    from aralnode.discovery.mdns import SERVICE_TYPE
+    from aralnode.discovery.txt import parse_txt, to_txt
 
     aiozc = AsyncZeroconf(interfaces=[AGENT_IP], ip_version=IPVersion.V4Only)
     zc = aiozc.zeroconf
@@ -426,10 +428,10 @@ async def _agent_main() -> None:  # pragma: no cover - runs in a subprocess
             port = 1  # nothing listens there: dials fail fast
             host = AGENT_IP
             if kind == 0:  # well-formed, pointing at a closed port
-                txt = Announcement(node_id, fp, ("1.0",), port, "0" * 16).to_txt()
+                txt = to_txt(Announcement(node_id, fp, ("1.0",), port, "0" * 16))
             elif kind == 1 and claim_ids:  # claims a real node's id, elsewhere
                 claimed = claim_ids[i % len(claim_ids)]
-                txt = Announcement(claimed, claimed + fp[32:], ("1.0",), port, "0" * 16).to_txt()
+                txt = to_txt(Announcement(claimed, claimed + fp[32:], ("1.0",), port, "0" * 16))
             elif kind == 2:  # oversized
                 txt = b"".join(bytes([250]) + b"x" * 250 for _ in range(5))
             elif kind == 3:  # random bytes
@@ -437,7 +439,7 @@ async def _agent_main() -> None:  # pragma: no cover - runs in a subprocess
             elif kind == 4:  # truncated length prefix
                 txt = b"\x40txtvers=1"
             else:  # id not derived from the fingerprint
-                txt = Announcement(node_id, "a" * 52, ("1.0",), port, "0" * 16).to_txt()
+                txt = to_txt(Announcement(node_id, "a" * 52, ("1.0",), port, "0" * 16))
             name = f"bogus-{i}.{SERVICE_TYPE}"
             info = AsyncServiceInfo(
                 SERVICE_TYPE, name, port=port, properties=txt,
@@ -490,7 +492,7 @@ async def _agent_main() -> None:  # pragma: no cover - runs in a subprocess
             )
             info = AsyncServiceInfo(
                 SERVICE_TYPE, f"{req.get('label', 'spoof')}.{SERVICE_TYPE}", port=node.grpc_port,
-                properties=txt.to_txt(), server="spoofer.local.", parsed_addresses=[AGENT_IP],
+                properties=to_txt(txt), server="spoofer.local.", parsed_addresses=[AGENT_IP],
             )  # fmt: skip
             await (await aiozc.async_register_service(info, cooperating_responders=True))
             return {"node_id": node.node_id, "address": f"{AGENT_IP}:{node.grpc_port}"}

@@ -31,7 +31,7 @@ from aralnode.core.errors import Unauthenticated, Unavailable
 from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import InboundRecord
-from aralnode.transport.channel import CHANNEL_METHOD, _accept
+from aralnode.mesh.streams import CHANNEL_METHOD, _accept
 from aralnode.transport.grpc_client import NodeClient
 
 MakeNode = Callable[..., Node]

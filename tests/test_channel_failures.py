@@ -18,7 +18,8 @@ from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.errors import AralError, InternalError, RateLimited, StatusCode
 from aralnode.core.outbox import InboundRecord
-from aralnode.transport.channel import CHANNEL_METHOD, Link, stream_write
+from aralnode.mesh.link import Link
+from aralnode.mesh.streams import CHANNEL_METHOD, stream_write
 from tests.channel_helpers import FAST, linked
 
 MakeNode = Callable[..., Node]
@@ -31,7 +32,7 @@ async def nxt(sub: Any) -> Any:
 
 def raising_rule(capability: str) -> Rule:
     def when(act: Action) -> bool:
-        if act.direction is Direction.RECEIVE and act.capability == capability:
+        if act.direction is not Direction.SEND and act.capability == capability:
             raise ZeroDivisionError("a buggy rule")
         return False
 
@@ -54,7 +55,8 @@ async def test_an_exception_in_governance_is_a_per_message_error(make_node: Make
         with pytest.raises(InternalError):
             await a.request(b.node_id, "demo.add", {"a": 1, "b": 2}, timeout=10)
         assert await a.channels.flush(b.node_id, 10)  # everything acked: no stall
-        assert b.pipeline.counters["channel.deliver_failed"] == 2
+        # Failed closed, each where it was judged: a notification and a request.
+        assert b.pipeline.counters["governance.failed"] == 2
         assert await a.request(b.node_id, "demo.echo", {"text": "still"}, timeout=10)
 
 

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zeroconf import ServiceStateChange
 
-from aralnode import Identity, Node, NodeClient, discovery
+from aralnode import Identity, Node, NodeClient
 from aralnode import _proto as pb
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
@@ -35,26 +35,27 @@ from aralnode.discovery import (
     DIALERS,
     MAX_DIAL_ADDRESSES,
     MAX_DIAL_BACKLOG,
-    MAX_INSTANCES,
+    MAX_HINT_KEYS,
+    Announcement,
     PeerEventStream,
-    _status_name,
+    addresses,
     advertised_hosts,
     dial_back_addresses,
     transport_host,
 )
-from aralnode.transport.grpc_client import channel_options
-from aralnode.transport.mdns import (
-    MAX_TXT_BYTES,
-    Announcement,
-    BadAnnouncement,
+from aralnode.discovery.liveness import status_name
+from aralnode.discovery.mdns import (
+    MdnsBackend,
     MdnsBrowser,
     MdnsEvent,
     Rejection,
     Sighting,
     Withdrawal,
     instance_label,
-    parse_txt,
+    mdns_hosts,
 )
+from aralnode.discovery.txt import MAX_TXT_BYTES, BadAnnouncement, parse_txt, to_txt
+from aralnode.transport.grpc_client import channel_options
 
 
 def announcement_of(node: Node, **changes: object) -> Announcement:
@@ -64,6 +65,7 @@ def announcement_of(node: Node, **changes: object) -> Announcement:
         "protocol_versions": ("1.0",),
         "grpc_port": node.grpc_port,
         "capability_digest": node.registry.digest,
+        "hosts": tuple(node.advertised_hosts()),
     }
     fields.update(changes)
     return Announcement(**fields)  # type: ignore[arg-type]
@@ -83,7 +85,7 @@ def test_txt_round_trip_fits_the_budget(algorithm: str) -> None:
         "0123456789abcdef",
         65535,
     )
-    raw = a.to_txt()
+    raw = to_txt(a)
     assert len(raw) <= MAX_TXT_BYTES
     assert parse_txt(raw) == a
 
@@ -191,10 +193,10 @@ class FakeMdns:
 
 
 def observed(make_node: Callable[..., Node], name: str, **cfg: object) -> tuple[Node, FakeMdns]:
-    node = make_node(name, discovery="mdns", **cfg)
+    """A node whose mDNS backend drives ``FakeMdns`` instead of the network."""
     fake = FakeMdns()
-    node.discovery.mdns = fake
-    return node, fake
+    backend = MdnsBackend(label=name, host_label=name, port=fake)
+    return make_node(name, discovery="mdns", backends=[backend], **cfg), fake
 
 
 async def until(node: Node, predicate: Callable[[], object], timeout: float = 15) -> None:
@@ -260,7 +262,7 @@ async def test_spoofed_id_or_fingerprint_is_rejected_and_the_real_peer_kept(
         assert counters["discovery.handshake_rejected"] == 2
         assert state_of(a, b) is PeerState.CONNECTED
         assert a.peer_table.by_node_id(liar.node_id) is None
-        assert a._clients[b.node_id].address == b.address
+        assert a.connector.clients[b.node_id].address == b.address
 
 
 async def test_forged_goodbye_does_not_evict_a_live_peer(make_node: Callable[..., Node]) -> None:
@@ -285,8 +287,7 @@ async def test_graceful_stop_is_dropped_at_once(make_node: Callable[..., Node]) 
         await until(a, lambda: state_of(a, b) is PeerState.CONNECTED)
         # What b.stop() does first (idempotent), made explicit so the goodbye below
         # surely follows it, as the real MdnsService's does.
-        assert b._server is not None
-        await b._server.health.enter_graceful_shutdown()
+        await b.parts.grpc.health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(b.stop(grace=1))
         # The Watch's NOT_SERVING or the goodbye's re-check drops b, whichever is first.
         fake.bye(b)
@@ -295,7 +296,7 @@ async def test_graceful_stop_is_dropped_at_once(make_node: Callable[..., Node]) 
         assert gone is not None
         assert gone.health != "SERVING"
         await stopping
-        assert b.node_id not in a._clients
+        assert b.node_id not in a.connector.clients
 
 
 async def test_dead_peer_expires_after_keepalive_and_timeout(
@@ -330,7 +331,7 @@ async def test_flood_of_sightings_stays_bounded(make_node: Callable[..., Node]) 
             fake.on_event(Withdrawal(f"gone-{i}._aral._tcp.local."))
             d = a.discovery
             assert len(d._dials) <= MAX_DIAL_BACKLOG
-            assert len(d._instances) <= MAX_INSTANCES
+            assert len(d._claims) <= MAX_HINT_KEYS
         counters = a.pipeline.counters
         assert counters["discovery.dial_dropped"] >= 2000 - MAX_DIAL_BACKLOG - 8
         assert counters["discovery.announcement_rejected"] == 2000
@@ -538,7 +539,7 @@ async def test_a_nodes_own_clients_take_its_message_limit(make_node: Callable[..
     a, b = make_node("a", max_message_bytes=8 << 20), make_node("b")
     async with a, b:
         await a.connect(b.address)
-        assert a._clients[b.node_id].max_message_bytes == 8 << 20  # not the 4 MiB default
+        assert a.connector.clients[b.node_id].max_message_bytes == 8 << 20  # not the 4 MiB default
 
 
 async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[..., Node]) -> None:
@@ -550,7 +551,7 @@ async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[...
         peer = a.peer_table.get(b.node_id)
         assert peer is not None
         assert peer.reached
-        assert b.node_id in a.discovery._followers
+        assert b.node_id in a.discovery.followers
         await b.stop(grace=0)
         await until(a, lambda: state_of(a, b) is PeerState.GONE)
 
@@ -577,7 +578,7 @@ def test_dial_back_uses_the_transport_ip_for_wildcard_or_loopback_cards() -> Non
 def test_wildcard_bind_advertises_real_addresses(
     make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(discovery, "lan_addresses", lambda ipv6=False: ["10.0.0.5", "172.17.0.1"])
+    monkeypatch.setattr(addresses, "lan_addresses", lambda ipv6=False: ["10.0.0.5", "172.17.0.1"])
     node = make_node("w", host="0.0.0.0", http_port=8080)
     node.grpc_port, node.http_port = 50051, 8080
     assert node.address == "10.0.0.5:50051"
@@ -590,9 +591,9 @@ def test_wildcard_bind_advertises_real_addresses(
     chosen = make_node("i", host="0.0.0.0", interfaces=["10.0.0.5"])
     chosen.grpc_port = 50051
     assert chosen._endpoints() == [("grpc", "10.0.0.5:50051")]
-    assert chosen.discovery._addresses() == ["10.0.0.5"]  # announced: only the chosen one
+    assert mdns_hosts(chosen.advertised_hosts()) == ["10.0.0.5"]  # announced: only the chosen one
     bound = make_node("b", host="10.0.0.7", interfaces=["10.0.0.5"])
-    assert advertised_hosts(bound.config) == ["10.0.0.7"]
+    assert advertised_hosts(bound.config.bind_host, bound.config.interfaces) == ["10.0.0.7"]
 
 
 async def test_every_announced_address_is_tried(make_node: Callable[..., Node]) -> None:
@@ -603,7 +604,7 @@ async def test_every_announced_address_is_tried(make_node: Callable[..., Node]) 
         fake.see(b, hosts=("127.0.0.3", "127.0.0.1"))
         await until(a, lambda: state_of(a, b) is PeerState.CONNECTED)
         assert a.pipeline.counters["discovery.dial_failed"] >= 1
-        assert a._clients[b.node_id].address == b.address
+        assert a.connector.clients[b.node_id].address == b.address
 
 
 async def test_dialers_survive_unexpected_exceptions(
@@ -612,7 +613,7 @@ async def test_dialers_survive_unexpected_exceptions(
     a, fake = observed(make_node, "a")
     b = make_node("b")
     async with a, b:
-        real = a.connect
+        real = a.connector.connect
         failures = DIALERS * 2  # enough to kill every dialer if they died
 
         async def flaky(address: str, **kw: Any) -> Any:
@@ -622,7 +623,7 @@ async def test_dialers_survive_unexpected_exceptions(
                 raise RuntimeError("boom")
             return await real(address, **kw)
 
-        monkeypatch.setattr(a, "connect", flaky)
+        monkeypatch.setattr(a.connector, "connect", flaky)
         for i in range(DIALERS * 2):
             fake.see(b, instance=f"b-{i}._aral._tcp.local.", hosts=(f"127.0.0.{i + 10}",))
         await eventually(lambda: a.pipeline.counters["discovery.dial_error"] == DIALERS * 2)
@@ -631,17 +632,17 @@ async def test_dialers_survive_unexpected_exceptions(
 
 
 async def test_unknown_health_is_unhealthy_not_a_goodbye(make_node: Callable[..., Node]) -> None:
-    assert _status_name(health_pb2.HealthCheckResponse.SERVICE_UNKNOWN) == "SERVICE_UNKNOWN"
-    assert _status_name(health_pb2.HealthCheckResponse.UNKNOWN) == "UNKNOWN"
+    assert status_name(health_pb2.HealthCheckResponse.SERVICE_UNKNOWN) == "SERVICE_UNKNOWN"
+    assert status_name(health_pb2.HealthCheckResponse.UNKNOWN) == "UNKNOWN"
     a, fake = observed(make_node, "a", peer_timeout_ms=60_000)
     b = make_node("b")
     async with a, b:
         fake.see(b)
         await until(a, lambda: state_of(a, b) is PeerState.CONNECTED)
-        status = _status_name(health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        status = status_name(health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
         a.discovery._report(b.node_id, status, "")
         assert state_of(a, b) is PeerState.STALE  # kept, not used; not dropped
-        assert b.node_id in a._clients
+        assert b.node_id in a.connector.clients
 
 
 async def test_refuted_goodbye_respects_the_instance_bound(make_node: Callable[..., Node]) -> None:
@@ -652,12 +653,12 @@ async def test_refuted_goodbye_respects_the_instance_bound(make_node: Callable[.
         await until(a, lambda: state_of(a, b) is PeerState.CONNECTED)
         assert fake.on_event is not None
         fake.bye(b)  # the re-check runs after the flood below
-        for i in range(MAX_INSTANCES):
+        for i in range(MAX_HINT_KEYS):
             ident = Identity.generate()
             bogus = Announcement(ident.node_id, ident.public_key.fingerprint, ("1.0",), 1, "0" * 16)
             fake.on_event(Sighting(f"x-{i}._aral._tcp.local.", ("127.0.0.1",), 1, bogus))
         await eventually(lambda: a.pipeline.counters["discovery.goodbye_refuted"] == 1)
-        assert len(a.discovery._instances) <= MAX_INSTANCES
+        assert len(a.discovery._claims) <= MAX_HINT_KEYS
         assert state_of(a, b) is PeerState.CONNECTED
 
 

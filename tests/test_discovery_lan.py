@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aralnode import Identity
+from aralnode.store.keys import load_identity
 from tests.netlan import Lan, NodeProc, lan, netns_unavailable, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -97,7 +97,7 @@ def test_newcomer_is_found_despite_a_spoof_and_dropped_on_graceful_stop(
     # The newcomer's key exists before it runs; a liar announces its id and
     # fingerprint first, from its own address and with its own key.
     newcomer_dir = net.workdir / "n6"
-    victim = Identity.load_or_create(newcomer_dir)
+    victim = load_identity(newcomer_dir)
     before = {n.name: net.counters(n).get("discovery.handshake_rejected", 0) for n in mesh.nodes}
     spoof = agent.call(
         "spoof",

@@ -133,7 +133,7 @@ async def test_capability_exception_is_internal_and_node_survives(
 async def test_wildcard_bind_reads_interfaces_once_per_card(
     make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aralnode.discovery as discovery
+    from aralnode.discovery import addresses as discovery
 
     calls: list[bool] = []
 

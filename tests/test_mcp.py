@@ -310,13 +310,13 @@ async def test_peer_tools_with_bad_schemas_are_dropped_and_counted(
 ) -> None:
     node = make_node("drops", http_port=0, demo=False)
     async with node:
-        tools = node._http.tools
+        tools = node.parts.http.tools
         assert isinstance(tools, LocalTools)
         good = capability({"type": "object"})
         bad = pb.Capability(id="bad.cap", name="bad")
         bad.input_schema.update({"type": "nonsense"})
         peer = pb.Peer(node_id="p" * 32, name="other", state=pb.PeerState.PEER_STATE_CONNECTED)
-        monkeypatch.setattr(tools, "_peer_capabilities", lambda node_id: [good, bad])
+        monkeypatch.setattr(tools.service.info, "peer_capabilities", lambda node_id: [good, bad])
         built = tools._build([peer])
         assert "peer.other-pppppppp.remote.cap" in built
         assert not any("bad.cap" in name for name in built)

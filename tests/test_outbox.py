@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aralnode.core.outbox import InboundRecord, MemoryInbox, MemoryOutbox, Outbox, SqliteStore
+from aralnode.core.outbox import InboundRecord
+from aralnode.store import MemoryInbox, MemoryOutbox, Outbox, SqliteStore
 
 Factory = Callable[[], Outbox]
 

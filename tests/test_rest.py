@@ -385,7 +385,7 @@ async def test_a_stream_stops_when_its_client_disconnects(make_node: Callable[..
 )
 async def test_unsafe_ids_never_reach_a_response_header(node: Node, bad: str) -> None:
     # Straight into the ASGI app: no HTTP client would send some of these.
-    transport = httpx.ASGITransport(app=node._http.app)
+    transport = httpx.ASGITransport(app=node.parts.http.app)
     raw = bad.encode("latin-1")
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         for path in ("/v1/status", "/v1/shelves/sci/books/99"):  # an answer and an error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aralnode.core.tasks import TaskSet
+from aralnode.service.tasks import TaskSet
 
 
 async def test_a_task_is_held_until_it_ends_and_cancel_ends_the_rest() -> None:

@@ -188,8 +188,9 @@ async def test_replies_are_never_dropped_while_events_are(node: Node) -> None:
     """Replies do not share the droppable event queue: a burst of requests and a
     burst of events at once lose events (counted), never a reply."""
     pings, burst = QUEUE_SIZE + 100, QUEUE_SIZE + 150
-    hub = EventHub(node)
-    door = WsDoor(node, hub)
+    service = node.parts.service
+    hub = EventHub(service, node.peer_table)
+    door = WsDoor(service, hub, name=node.name)
     incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for message in (
         {"type": "websocket.connect"},

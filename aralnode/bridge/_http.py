@@ -16,6 +16,7 @@ from typing import Any
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
+from aralnode.service.context import ContextBuilder
 
 log = logging.getLogger("aralnode.bridge")
 
@@ -96,18 +97,12 @@ def request_id(value: str | None) -> str:
     return clean_trace_id(value) if value else uuid.uuid4().hex
 
 
-def call_context(scope: Scope, door: str, **fields: Any) -> CallContext:
-    """A door's ``CallContext`` for an HTTP request: the caller's address, the headers
-    as metadata (latin-1, as ASGI mandates; a repeated header keeps its last value)
-    and the trace id from ``X-Trace-Id`` if it is sane, else a new one."""
+def call_context(contexts: ContextBuilder, scope: Scope, door: str) -> CallContext:
+    """What an HTTP door knows about a request, made a ``CallContext`` by the builder:
+    the caller's address, the headers as metadata (latin-1, as ASGI mandates; a
+    repeated header keeps its last value), the trace id from ``X-Trace-Id``."""
     metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-    return CallContext(
-        door=door,
-        peer=client_peer(scope),
-        metadata=metadata,
-        trace_id=request_id(metadata.get("x-trace-id")),
-        **fields,
-    )
+    return contexts.build(door, peer=client_peer(scope), metadata=metadata)
 
 
 def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:

@@ -17,30 +17,37 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from aralnode.bridge import _http as h
-from aralnode.bridge._docs import ProtoDocs
 from aralnode.bridge.mcp import LocalTools, McpHttp, build_server, http_context
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
 from aralnode.bridge.rest import RestDoor
 from aralnode.bridge.routes import Binding, bindings
-from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target, build_targets
+from aralnode.bridge.targets import Target, build_targets
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
+from aralnode.core.peers import PeerTable
+from aralnode.core.proto_schema import ProtoComments
+from aralnode.service.node_service import NodeService
 
 log = logging.getLogger("aralnode.http")
+
+Route = Callable[[], tuple[bytes, str]]
 
 
 class HttpBridge:
     """Every HTTP door of one node.
 
     Args:
-        node: The node (``NodeSurface``): pipeline, registry, peers, status.
-        hooks: The gRPC door's hooks (peers, peer capabilities, forwarding).
+        service: The node's ``NodeService`` (and through it the pipeline, the
+            context builder, the forwarder and what the node tells of itself).
+        peer_table: Followed for the event feed and the MCP peer tools.
         services: The users' ``(servicer, ServiceDescriptor)`` pairs the node serves.
+        name: The node's name (titles, the WebSocket agent name).
         allowed_hosts / allowed_origins: Extra Host and Origin values to accept
             besides loopback (``name:*`` matches any port).
         max_body_bytes: Largest request body, and largest WebSocket frame a client sends.
@@ -50,46 +57,53 @@ class HttpBridge:
 
     def __init__(
         self,
-        node: NodeSurface,
-        hooks: NodeHooksLike,
+        service: NodeService,
+        peer_table: PeerTable,
         services: list[tuple[object, Any]],
         *,
+        name: str,
         allowed_hosts: list[str] | None = None,
         allowed_origins: list[str] | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
         forward_peer_tools: bool = True,
         version: str = "",
-        docs: ProtoDocs,
+        docs: ProtoComments,
     ) -> None:
-        self.node = node
+        self.service = service
+        self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
-        self.targets: list[Target] = build_targets(node, hooks, services)
+        self.targets: list[Target] = build_targets(service, services)
         self.bindings: list[tuple[Binding, Target]] = [
             (b, t) for t in self.targets for b in bindings(t.method)
         ]
         self.max_body_bytes = max_body_bytes
-        self.rest = RestDoor(node, self.bindings, max_body_bytes=max_body_bytes)
-        title = f"aralnode {node.name}"
+        self.rest = RestDoor(service.contexts, self.bindings, max_body_bytes=max_body_bytes)
+        title = f"aralnode {name}"
+        node_id = service.node_id
         self.openapi = OpenApiBuilder(
             self.bindings,
             self.docs,
             title=title,
             version=version or "0",
-            description=f"REST bridge of node {node.node_id}, generated from its protobuf services",
+            description=f"REST bridge of node {node_id}, generated from its protobuf services",
         )
         self._docs_html = docs_page(title)
-        self.hub = EventHub(node)
-        self.ws = WsDoor(node, self.hub)
+        self.hub = EventHub(service, peer_table)
+        self.ws = WsDoor(service, self.hub, name=name)
         self.tools = LocalTools(
-            node, hooks, self.targets, self.docs, forward_peers=forward_peer_tools
+            service, peer_table, self.targets, self.docs, forward_peers=forward_peer_tools
         )
         self.mcp_server = build_server(
             self.tools,
-            name=f"aralnode-{node.name}",
+            name=f"aralnode-{name}",
             version=version or "0",
-            context=http_context,
-            instructions=f"Tools of aralnode {node.name} ({node.node_id}), from its capabilities.",
+            context=http_context(service.contexts),
+            instructions=f"Tools of aralnode {name} ({node_id}), from its capabilities.",
         )
+        self._routes: dict[str, Route] = {
+            "/openapi.json": self._openapi,
+            "/docs": self._docs,
+        }
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
         self.mcp: McpHttp | None = None
@@ -100,6 +114,8 @@ class HttpBridge:
         self.port = 0
 
     async def _dispatch(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+        """Route by path: WebSocket ``/ws``; MCP under ``/mcp``; the documents
+        (``_routes``, GET and HEAD); everything else is the REST door's."""
         path = scope.get("path", "")
         if scope["type"] == "websocket":
             if path == "/ws":
@@ -112,19 +128,19 @@ class HttpBridge:
         if path == "/mcp" or path.startswith("/mcp/"):
             assert self.mcp is not None
             await self.mcp.app(scope, receive, send)
-        elif path == "/openapi.json" and scope["method"] in ("GET", "HEAD"):
-            body = h.dumps(self.openapi.document())
-            await h.send_body(send, 200, body, h.JSON, gzip_ok=h.accepts_gzip(scope))
-        elif path == "/docs" and scope["method"] in ("GET", "HEAD"):
-            await h.send_body(
-                send,
-                200,
-                self._docs_html,
-                "text/html; charset=utf-8",
-                gzip_ok=h.accepts_gzip(scope),
-            )
-        else:
-            await self.rest(scope, receive, send)
+            return
+        document = self._routes.get(path)
+        if document is not None and scope["method"] in ("GET", "HEAD"):
+            body, content_type = document()
+            await h.send_body(send, 200, body, content_type, gzip_ok=h.accepts_gzip(scope))
+            return
+        await self.rest(scope, receive, send)
+
+    def _openapi(self) -> tuple[bytes, str]:
+        return h.dumps(self.openapi.document()), h.JSON
+
+    def _docs(self) -> tuple[bytes, str]:
+        return self._docs_html, "text/html; charset=utf-8"
 
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: any free port), start serving, return the bound port."""
@@ -150,7 +166,7 @@ class HttpBridge:
             self._dispatch,
             allowed_hosts=hosts,
             allowed_origins=origins,
-            now_ms=self.node.clock.now_ms,
+            now_ms=self.clock.now_ms,
         )
         self.mcp = McpHttp(
             self.mcp_server,

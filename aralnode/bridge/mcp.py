@@ -44,14 +44,16 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
-from aralnode.bridge._docs import ProtoDocs
 from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
-from aralnode.bridge.targets import NodeHooksLike, NodeSurface, Target
+from aralnode.bridge.targets import Target
 from aralnode.core import codec
-from aralnode.core.capabilities import Capability
+from aralnode.core.capabilities import Capability, request_from
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, InternalError, McpErrorCode, PeerNotFound
-from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
+from aralnode.core.errors import AralError, InternalError, McpErrorCode
+from aralnode.core.peers import PeerTable
+from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, message_schema
+from aralnode.service.context import ContextBuilder
+from aralnode.service.node_service import NodeService
 
 log = logging.getLogger("aralnode.mcp")
 
@@ -274,16 +276,16 @@ class LocalTools:
 
     def __init__(
         self,
-        node: NodeSurface,
-        hooks: NodeHooksLike,
+        service: NodeService,
+        peer_table: PeerTable,
         targets: list[Target],
-        docs: ProtoDocs,
+        docs: ProtoComments,
         *,
         forward_peers: bool = True,
         peer_timeout: float = 30.0,
     ) -> None:
-        self.node = node
-        self.hooks = hooks
+        self.service = service
+        self.registry = service.pipeline.registry
         self.targets = targets
         self.docs = docs
         self.forward_peers = forward_peers
@@ -292,8 +294,8 @@ class LocalTools:
         self.dropped = 0  # peer tools left out for a schema that is not one
         # Rebuilt only after a change: tools/call must not pay for a listing.
         self._unlisten = (
-            node.registry.on_change(self._invalidate),
-            node.peer_table.on_change(lambda _change: self._invalidate()),
+            self.registry.on_change(self._invalidate),
+            peer_table.on_change(lambda _change: self._invalidate()),
         )
 
     def _invalidate(self) -> None:
@@ -305,7 +307,7 @@ class LocalTools:
             unlisten()
 
     def now_ms(self) -> int:
-        return self.node.clock.now_ms()
+        return self.service.clock.now_ms()
 
     async def tools(self) -> dict[str, ToolSpec]:
         if self._tools is None:
@@ -315,23 +317,19 @@ class LocalTools:
     def _peers(self) -> list[pb.Peer]:
         if not self.forward_peers:
             return []
-        return [
-            p
-            for p in self.hooks.peers()
-            if p.state == pb.PeerState.PEER_STATE_CONNECTED and p.node_id
-        ]
+        return [p for p in self.service.info.connected_peers() if p.node_id]
 
     def _build(self, peers: list[pb.Peer]) -> dict[str, ToolSpec]:
         files = {t.method.containing_service.file for t in self.targets}
         comments = self.docs.for_files(files)
-        specs = [self._capability_tool(cap, comments) for cap in self.node.registry]
+        specs = [self._capability_tool(cap, comments) for cap in self.registry]
         specs += [
             self._target_tool(target, comments)
             for target in self.targets
             if target.tool and target.call is not None
         ]
         for peer in peers:
-            for cap_proto in self._peer_capabilities(peer.node_id):
+            for cap_proto in self.service.info.peer_capabilities(peer.node_id):
                 try:
                     specs.append(self._peer_tool(peer, cap_proto))
                 except InvalidToolSchema as exc:
@@ -342,7 +340,7 @@ class LocalTools:
         return assign_names(specs)
 
     def _capability_tool(self, cap: Capability, comments: dict[str, str]) -> ToolSpec:
-        pipeline = self.node.pipeline
+        pipeline = self.service.pipeline
         cap_id = cap.id
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
@@ -375,7 +373,7 @@ class LocalTools:
         assert call is not None
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return await call(ctx, args)
+            return target.json(await call(ctx, request_from(target.request_cls, args)))
 
         return ToolSpec(
             name=tool_name(method.full_name),
@@ -387,14 +385,8 @@ class LocalTools:
             key=target.full_name,
         )
 
-    def _peer_capabilities(self, node_id: str) -> list[pb.Capability]:
-        try:
-            return self.hooks.peer_capabilities(node_id)
-        except PeerNotFound:
-            return []  # no card of it (anymore): nothing to list
-
     def _peer_tool(self, peer: pb.Peer, cap: pb.Capability) -> ToolSpec:
-        forward = self.hooks.forward
+        forward = self.service.forward
         node_id, cap_id, timeout = peer.node_id, cap.id, self.peer_timeout
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
@@ -492,13 +484,18 @@ def build_server(
     )
 
 
-def http_context(ctx: Any) -> CallContext:
-    """``CallContext(door="mcp")`` from the SDK's request context (HTTP request attached)."""
-    request = getattr(ctx, "request", None)
-    scope = getattr(request, "scope", None)
-    if not scope:
-        return CallContext(door="mcp")
-    return call_context(scope, "mcp")
+def http_context(contexts: ContextBuilder) -> Callable[[Any], CallContext]:
+    """The MCP door's contexts: from the HTTP request the SDK's request context
+    carries, made by the builder (``door="mcp"``)."""
+
+    def context(ctx: Any) -> CallContext:
+        request = getattr(ctx, "request", None)
+        scope = getattr(request, "scope", None)
+        if not scope:
+            return contexts.build("mcp")
+        return call_context(contexts, scope, "mcp")
+
+    return context
 
 
 class McpHttp:

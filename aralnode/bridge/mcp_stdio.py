@@ -2,7 +2,9 @@
 
 The process holds no capabilities of its own: ``tools/list`` asks the node
 (``ListCapabilities``), ``tools/call`` makes a plain ``Invoke``, so the node's own
-pipeline (auth, limits, governance) decides, exactly as for any gRPC caller.
+pipeline (authentication, limits, governance) decides, exactly as for any gRPC
+caller. The node is reached through a ``RemoteNode`` (``NodeClient`` is one), which
+the command makes.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from mcp.server.stdio import stdio_server
 
-from aralnode import __version__
 from aralnode import _proto as pb
-from aralnode.bridge._docs import ProtoDocs
+from aralnode._version import __version__
 from aralnode.bridge.mcp import (
     InvalidToolSchema,
     ToolSpec,
@@ -28,37 +29,61 @@ from aralnode.bridge.mcp import (
     remote_spec,
     tool_name,
 )
-from aralnode.bridge.targets import NODE_ADAPTERS, node_json
+from aralnode.bridge.targets import node_json
+from aralnode.core import codec
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext
-from aralnode.core.proto_schema import message_schema
-from aralnode.transport.grpc_client import NodeClient, unwrap
+from aralnode.core.proto_schema import ProtoComments, message_schema
+from aralnode.service.context import ContextBuilder
+from aralnode.service.node_service import BUILT_INS
 
 log = logging.getLogger("aralnode.mcp")
 
-# The read-only AgentNode methods, over the client (the local bridge uses NODE_ADAPTERS).
-_REMOTE: dict[str, Callable[[NodeClient, Any], Awaitable[Message]]] = {
+
+class RemoteNode(Protocol):
+    """A running node reached over gRPC (``aralnode.transport.grpc_client.NodeClient``)."""
+
+    async def capabilities(self, node_id: str = "") -> pb.ListCapabilitiesResponse: ...
+
+    async def status(self) -> pb.NodeStatus: ...
+
+    async def peers(self) -> list[pb.Peer]: ...
+
+    async def call(
+        self, capability: str, params: Any = None, *, timeout: float | None, trace_id: str
+    ) -> pb.CallResult: ...
+
+
+async def _peers(client: RemoteNode) -> Message:
+    return pb.ListPeersResponse(peers=await client.peers())
+
+
+# The node's own read-only methods (the tools of ``BUILT_INS``), over the client.
+_REMOTE: dict[str, Callable[[RemoteNode, Any], Awaitable[Message]]] = {
     "GetStatus": lambda client, request: client.status(),
     "ListCapabilities": lambda client, request: client.capabilities(request.node_id),
     "ListPeers": lambda client, request: _peers(client),
 }
 
 
-async def _peers(client: NodeClient) -> Message:
-    return pb.ListPeersResponse(peers=await client.peers())
-
-
 class RemoteTools:
     """Tools of a node reached over gRPC, listed again at most every ``ttl`` seconds."""
 
-    def __init__(self, client: NodeClient, *, ttl: float = 2.0, call_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        client: RemoteNode,
+        docs: ProtoComments,
+        *,
+        ttl: float = 2.0,
+        call_timeout: float = 60.0,
+    ) -> None:
         self.client = client
         self.ttl = ttl
         self.call_timeout = call_timeout
         self._tools: dict[str, ToolSpec] = {}
         self._fetched = float("-inf")
-        self._docs = ProtoDocs()
+        self._docs = docs
         self.dropped = 0  # capabilities left out for a schema that is not one
 
     def now_ms(self) -> int:
@@ -84,7 +109,8 @@ class RemoteTools:
         client, timeout = self.client, self.call_timeout
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return unwrap(await client.call(cap_id, args, timeout=timeout, trace_id=ctx.trace_id))
+            result = await client.call(cap_id, args, timeout=timeout, trace_id=ctx.trace_id)
+            return codec.from_value(result.result) if result.HasField("result") else None
 
         return run
 
@@ -92,9 +118,9 @@ class RemoteTools:
         comments = self._docs.for_files([pb.AGENT_NODE_SERVICE.file])
         specs = []
         for method in pb.AGENT_NODE_SERVICE.methods:
-            adapter = NODE_ADAPTERS.get(method.name)
+            built_in = BUILT_INS.get(method.name)
             remote = _REMOTE.get(method.name)
-            if adapter is None or not adapter[1] or remote is None:
+            if built_in is None or not built_in.tool or remote is None:
                 continue
             specs.append(
                 ToolSpec(
@@ -110,7 +136,7 @@ class RemoteTools:
         return specs
 
     def _node_caller(
-        self, input_type: Descriptor, remote: Callable[[NodeClient, Any], Awaitable[Message]]
+        self, input_type: Descriptor, remote: Callable[[RemoteNode, Any], Awaitable[Message]]
     ) -> Any:
         client = self.client
         cls = GetMessageClass(input_type)
@@ -121,18 +147,18 @@ class RemoteTools:
         return run
 
 
-async def serve_stdio(address: str) -> None:
-    """Serve MCP on stdin/stdout until stdin closes, forwarding to the node at ``address``."""
-    async with NodeClient(address) as client:
-        server = build_server(
-            RemoteTools(client),
-            name=f"aralnode {address}",
-            version=__version__,
-            context=lambda _ctx: CallContext(door="mcp", peer="stdio"),
-            instructions=f"Tools of the aralnode at {address}, generated from its capabilities.",
-        )
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+async def serve_stdio(client: RemoteNode, docs: ProtoComments, *, name: str) -> None:
+    """Serve MCP on stdin/stdout until stdin closes, forwarding to ``client``'s node."""
+    contexts = ContextBuilder(SYSTEM_CLOCK)
+    server = build_server(
+        RemoteTools(client, docs),
+        name=name,
+        version=__version__,
+        context=lambda _ctx: contexts.build("mcp", peer="stdio"),
+        instructions=f"Tools of {name}, generated from its capabilities.",
+    )
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
 
 
-__all__ = ["RemoteTools", "serve_stdio"]
+__all__ = ["RemoteNode", "RemoteTools", "serve_stdio"]

@@ -3,7 +3,7 @@
 Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect) from the message
 descriptors (``aralnode.core.proto_schema.SchemaSet``), under
 ``#/components/schemas/<full name>``; descriptions come from the proto comments
-when the node has them (``_docs.ProtoDocs``).
+when the node has them (a ``ProtoComments``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import re
 from importlib import resources
 from typing import Any
 
-from aralnode.bridge._docs import ProtoDocs
 from aralnode.bridge.rest import query_fields
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target
-from aralnode.core.proto_schema import SCHEMA_DIALECT, SchemaSet
+from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, SchemaSet
 
 REF = "#/components/schemas/"
 ERROR_SCHEMA = "aral.RestError"
@@ -71,7 +70,7 @@ class OpenApiBuilder:
     def __init__(
         self,
         bindings: list[tuple[Binding, Target]],
-        docs: ProtoDocs,
+        docs: ProtoComments,
         *,
         title: str,
         version: str,

@@ -1,9 +1,10 @@
 """The REST door: HTTP/JSON transcoded from ``google.api.http`` rules at run time.
 
-Per request: match a ``Binding`` (routes.py) -> build the proto3-JSON request from
-path variables, query parameters and the body -> ``CallContext(door="rest")`` ->
-the target (targets.py), which runs the node's pipeline -> ``response_body`` ->
-JSON (or protobuf, by ``Accept``); server-streaming methods answer NDJSON, or
+Per request: match a ``Binding`` (routes.py) -> the context from the
+``ContextBuilder`` -> the proto3-JSON request from path variables, query parameters
+and the body, parsed into the request message -> the target (targets.py), which
+runs the service layer -> the response message, ``response_body`` picked -> JSON
+(or its protobuf bytes, by ``Accept``); server-streaming methods answer NDJSON, or
 SSE when ``Accept: text/event-stream``. Every failure is an ``AralError``
 rendered in the seed's shape with the status from ``aralnode.core.errors``.
 """
@@ -25,8 +26,9 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
-from aralnode.bridge.targets import NodeSurface, Target, to_json
+from aralnode.bridge.targets import Target, to_json
 from aralnode.core.capabilities import request_from
+from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import (
     AralError,
@@ -36,6 +38,7 @@ from aralnode.core.errors import (
     MalformedMessage,
     NotFound,
 )
+from aralnode.service.context import ContextBuilder
 
 log = logging.getLogger("aralnode.rest")
 
@@ -205,12 +208,13 @@ class RestDoor:
 
     def __init__(
         self,
-        node: NodeSurface,
+        contexts: ContextBuilder,
         bindings: list[tuple[Binding, Target]],
         *,
         max_body_bytes: int,
     ) -> None:
-        self.node = node
+        self.contexts = contexts
+        self.clock: Clock = contexts.clock
         self.max_body_bytes = max_body_bytes
         self.routes = [
             Route(b, t) for b, t in bindings if t.call is not None or t.stream is not None
@@ -222,7 +226,7 @@ class RestDoor:
                 self._exact.setdefault((r.binding.http_method, r.binding.template), r)
 
     async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
-        ctx = h.call_context(scope, "rest")
+        ctx = h.call_context(self.contexts, scope, "rest")
         # Read as the trace id is: from the metadata (a repeated header: its last value).
         req_id = ctx.message_id = h.request_id(ctx.metadata.get("x-request-id"))
         try:
@@ -235,18 +239,19 @@ class RestDoor:
                         details={"header": "x-timeout-ms", "value": timeout_ms[:32]},
                     )
                 if int(timeout_ms) > 0:
-                    ctx.deadline = self.node.clock.monotonic() + int(timeout_ms) / 1000
+                    self.contexts.deadline_in(ctx, int(timeout_ms) / 1000)
             route, variables = self.match(scope["method"], _raw_path(scope))
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:
                 await self._stream(route, params, ctx, receive, send)
                 return
-            assert route.target.call is not None
+            call = route.target.call
+            assert call is not None
             # Negotiated before the call runs: a refusal must not come after its effects.
             kind = h.negotiate(ctx.metadata.get("accept"), route.offered)
-            value = await route.target.call(ctx, params)
-            payload, content_type = self.encode(route, value, kind)
+            request = request_from(route.target.request_cls, params)
+            payload, content_type = self.encode(route, await call(ctx, request), kind)
         except AralError as exc:
             await self._error(send, exc, ctx, req_id)
             return
@@ -353,15 +358,17 @@ class RestDoor:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def encode(self, route: Route, value: Any, kind: str) -> tuple[bytes, str]:
+    def encode(self, route: Route, message: Message, kind: str) -> tuple[bytes, str]:
+        """The response message as the negotiated body: its protobuf bytes, or its
+        JSON; ``response_body`` picks one field of it."""
         response_field = route.binding.response_field
         if kind == h.PROTOBUF:
-            message = request_from(route.target.response_cls, value)
             if response_field is not None:
                 if response_field.message_type is None or response_field.is_repeated:
                     raise h.NotAcceptable("this response is not a message; ask for JSON")
                 message = getattr(message, response_field.name)
             return message.SerializeToString(), h.PROTOBUF
+        value = route.target.json(message)
         if response_field is not None:
             value = (
                 value.get(response_field.json_name, _default_json(response_field))
@@ -437,20 +444,16 @@ class RestDoor:
                     if sent % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the disconnect watcher run
         except AralError as exc:
-            await send(
-                _chunk(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()), sse, "error")
-            )
+            await send(_chunk(h.error_body(exc, ctx.trace_id, self.clock.now_ms()), sse, "error"))
         except Exception as exc:
             log.exception("REST stream %s failed (trace %s)", route.target.full_name, ctx.trace_id)
             err = InternalError(f"internal error: {type(exc).__name__}")
-            await send(
-                _chunk(h.error_body(err, ctx.trace_id, self.node.clock.now_ms()), sse, "error")
-            )
+            await send(_chunk(h.error_body(err, ctx.trace_id, self.clock.now_ms()), sse, "error"))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _error(self, send: h.Send, exc: AralError, ctx: CallContext, req_id: str) -> None:
         ids = _ids(ctx, req_id)  # first: it settles the trace id the body repeats
-        body = h.dumps(h.error_body(exc, ctx.trace_id, self.node.clock.now_ms()))
+        body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
         await h.send_body(send, exc.http_status, body, h.JSON, [*ids, *h.error_headers(exc)])
 
 

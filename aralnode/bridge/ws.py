@@ -34,19 +34,20 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
-from aralnode.bridge._http import Receive, Scope, Send, client_peer, iso_ms
-from aralnode.bridge.targets import NodeSurface, node_json
+from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
+from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
 from aralnode.core.governance import Action, Verdict
-from aralnode.core.peers import PeerChange, PeerState
+from aralnode.core.peers import PeerChange, PeerState, PeerTable
+from aralnode.service.node_service import NodeService
 
 log = logging.getLogger("aralnode.ws")
 
 CHANNELS = ("peers", "capabilities", "decisions", "status")
-# Governance action ids of the WebSocket door's own operations.
+# The governance action id of the WebSocket door's own operation (a status request
+# is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
-STATUS_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/GetStatus"
 QUEUE_SIZE = 256
 
 
@@ -66,16 +67,19 @@ class Subscriber:
 class EventHub:
     """Turns node changes into events and fans them out to subscribers."""
 
-    def __init__(self, node: NodeSurface) -> None:
-        self.node = node
+    def __init__(self, service: NodeService, peer_table: PeerTable) -> None:
+        self.service = service
+        self.node_id = service.node_id
+        self.clock = service.clock
+        self.peer_table = peer_table
+        self.registry = service.pipeline.registry
         self.subscribers: set[Subscriber] = set()
         self._undo: list[Callable[[], None]] = []
 
     def attach(self) -> None:
-        node = self.node
-        self._undo.append(node.peer_table.on_change(self._peer_changed))
-        self._undo.append(node.registry.on_change(self._capabilities_changed))
-        listeners = node.pipeline.verdict_listeners
+        self._undo.append(self.peer_table.on_change(self._peer_changed))
+        self._undo.append(self.registry.on_change(self._capabilities_changed))
+        listeners = self.service.pipeline.verdict_listeners
         listeners.append(self._verdict)
         self._undo.append(lambda: listeners.remove(self._verdict))
 
@@ -88,8 +92,8 @@ class EventHub:
     def event(self, channel: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
         return {
             "type": "event",
-            "timestamp": iso_ms(self.node.clock.now_ms()),
-            "agent_id": self.node.node_id,
+            "timestamp": iso_ms(self.clock.now_ms()),
+            "agent_id": self.node_id,
             "channel": channel,
             "event": event,
             "data": data,
@@ -126,7 +130,7 @@ class EventHub:
         )
 
     def _capabilities_changed(self) -> None:
-        registry = self.node.registry
+        registry = self.registry
         self.publish(
             "capabilities",
             "capabilities_changed",
@@ -154,16 +158,20 @@ class EventHub:
             },
         )
 
-    def status_event(self) -> dict[str, Any]:
-        status = node_json(self.node.status())  # as /v1/status gives it
-        return self.event("status", "status", status)
+    def status_event(self, status: pb.NodeStatus | None = None) -> dict[str, Any]:
+        """A status event (as /v1/status gives the status)."""
+        status = status if status is not None else self.service.info.status()
+        return self.event("status", "status", node_json(status))
 
 
 class WsDoor:
     """The ``/ws`` endpoint."""
 
-    def __init__(self, node: NodeSurface, hub: EventHub) -> None:
-        self.node = node
+    def __init__(self, service: NodeService, hub: EventHub, *, name: str) -> None:
+        self.service = service
+        self.name = name
+        self.node_id = service.node_id
+        self.clock = service.clock
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -183,7 +191,7 @@ class WsDoor:
                     reply: dict[str, Any] | None = _error(
                         InvalidRequest("messages are JSON text frames, not binary"),
                         None,
-                        self.node.clock.now_ms(),
+                        self.clock.now_ms(),
                     )
                 else:
                     reply = await self._handle(text, conn)
@@ -228,26 +236,24 @@ class WsDoor:
                 return await self._invoke(msg, conn.ws)
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
-            return _error(exc, msg_id, self.node.clock.now_ms())
+            return _error(exc, msg_id, self.clock.now_ms())
         except Exception as exc:  # a bug guard: answer, keep the socket open
             log.exception("ws message failed")
             err = InternalError(f"internal error: {type(exc).__name__}")
-            return _error(err, _plain_id({"id": msg_id}), self.node.clock.now_ms())
+            return _error(err, _plain_id({"id": msg_id}), self.clock.now_ms())
 
     def _context(self, msg: dict[str, Any], ws: WebSocket) -> CallContext:
-        ctx = CallContext(door="ws", peer=client_peer(ws.scope))
+        ctx = call_context(self.service.contexts, ws.scope, "ws")
         trace = msg.get("trace_id")
         if isinstance(trace, str) and trace:
             ctx.trace_id = clean_trace_id(trace)
         return ctx
 
     async def _status(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
-        # The same built-in as GetStatus on the other doors, under the same rules.
-        async def run(_: Any) -> dict[str, Any]:
-            return self.hub.status_event()
-
+        # The built-in GetStatus, as on every other door.
         ctx = self._context(msg, ws)
-        return await self.node.pipeline.call(ctx, STATUS_ACTION, None, run)
+        status = await self.service.get_status(pb.GetStatusRequest(), ctx)
+        return self.hub.status_event(status)
 
     async def _subscribe(self, msg: dict[str, Any], conn: _Connection) -> None:
         """Subscribing is an action like any other: the feed shows peers, capabilities
@@ -266,13 +272,13 @@ class WsDoor:
             await self._subscribed(msg, conn, set(_channels(granted)))
 
         ctx = self._context(msg, conn.ws)
-        await self.node.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
+        await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
 
     async def _subscribed(self, msg: dict[str, Any], conn: _Connection, wanted: set[str]) -> None:
         agent = msg.get("agent_id") or "*"
-        if agent not in ("*", self.node.node_id, self.node.name):
+        if agent not in ("*", self.node_id, self.name):
             raise InvalidRequest(
-                f"this is agent {self.node.node_id} ({self.node.name}), not {agent!r}",
+                f"this is agent {self.node_id} ({self.name}), not {agent!r}",
                 reason="UNKNOWN_AGENT",
             )
         sub = conn.sub
@@ -283,7 +289,7 @@ class WsDoor:
             self.hub.subscribers.add(sub)
             ack = {
                 "type": "subscribed",
-                "agent_id": self.node.node_id,
+                "agent_id": self.node_id,
                 "channels": sorted(sub.channels),
             }
             await conn.send_locked(ack)
@@ -296,7 +302,7 @@ class WsDoor:
             raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
         ctx = self._context(msg, ws)
         try:
-            value = await self.node.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
+            value = await self.service.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
         except AralError:
             raise
         except Exception as exc:  # the pipeline maps handler failures; this is a bug guard

@@ -26,10 +26,16 @@ from google.protobuf.message_factory import GetMessageClass
 from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.context import CallContext
-from aralnode.core.errors import CapabilityNotFound, InvalidParameters
+from aralnode.core.errors import (
+    CapabilityNotFound,
+    InternalError,
+    InvalidParameters,
+    InvalidRequest,
+)
 from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
+MessageHandler = Callable[[Message, CallContext], Awaitable[Message]]
 
 RISKS = (
     "unspecified",
@@ -47,7 +53,9 @@ class Capability:
     """A registered capability.
 
     ``handler(params, ctx)`` takes decoded JSON parameters and returns a JSON-able
-    result; validation against ``input_schema`` happens inside it.
+    result; validation against ``input_schema`` happens inside it. A capability that
+    is a protobuf method also has ``message_handler(request, ctx)``, which takes the
+    request message and returns the response message, with no JSON between them.
     """
 
     id: str
@@ -60,6 +68,17 @@ class Capability:
     risk: str = "unspecified"
     grpc_method: str = ""
     method: MethodDescriptor | None = None
+    message_handler: MessageHandler | None = None
+
+    def method_handler(self) -> MessageHandler:
+        """The protobuf handler (request message in, response message out).
+
+        Raises:
+            InvalidRequest: this capability is a function, not a protobuf method.
+        """
+        if self.message_handler is None:
+            raise InvalidRequest(f"{self.id} is not a protobuf method", reason="NOT_A_METHOD")
+        return self.message_handler
 
     def to_proto(self) -> pb.Capability:
         cap = pb.Capability(
@@ -214,16 +233,25 @@ def _method_capability(
     impl: Callable[..., Any], method: MethodDescriptor, risk: str, comments: Mapping[str, str]
 ) -> Capability:
     req_cls: type[Message] = GetMessageClass(method.input_type)
+    resp_cls: type[Message] = GetMessageClass(method.output_type)
     cap_id = f"{method.containing_service.full_name}/{method.name}"
+    wants_awaiting = inspect.iscoroutinefunction(impl)
+
+    async def native(request: Message, ctx: CallContext) -> Message:
+        response = impl(request, ctx)
+        if wants_awaiting or inspect.isawaitable(response):
+            response = await response
+        if type(response) is not resp_cls and not isinstance(response, resp_cls):
+            raise InternalError(
+                f"{cap_id} returned {type(response).__name__}, not {resp_cls.__name__}",
+                reason="BAD_RESPONSE_TYPE",
+            )
+        return response
 
     async def handler(params: Any, ctx: CallContext) -> Any:
-        response = impl(request_from(req_cls, params, cap_id), ctx)
-        if inspect.isawaitable(response):
-            response = await response
-        # Whole numbers as ints, as every door's Struct results have them.
-        return codec.whole_numbers(
-            json_format.MessageToDict(response, preserving_proto_field_name=False)
-        )
+        # The JSON doors' form of the method: proto3 JSON in and out, whole numbers
+        # as ints (as every door's Struct results have them).
+        return codec.message_json(await native(request_from(req_cls, params, cap_id), ctx))
 
     return Capability(
         id=cap_id,
@@ -236,6 +264,7 @@ def _method_capability(
         risk=_check_risk(risk),
         grpc_method=f"/{method.containing_service.full_name}/{method.name}",
         method=method,
+        message_handler=native,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import pydantic_core
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from aralnode.core.errors import InternalError, InvalidRequest, MalformedMessage, MessageTooLarge
 
@@ -156,6 +157,12 @@ def whole_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [whole_numbers(v) for v in value]
     return value
+
+
+def message_json(message: Message) -> Any:
+    """A protobuf message as proto3 JSON (camelCase names, zero fields left out),
+    each whole double below 2**53 as ``int`` (see :func:`whole_numbers`)."""
+    return whole_numbers(json_format.MessageToDict(message))
 
 
 def compress(data: bytes, compression: str) -> bytes:

@@ -1,4 +1,11 @@
-"""The call context every door builds before it runs the shared pipeline."""
+"""The call context every call carries through the pipeline, and the credentials a
+door hands in to make it.
+
+A door never fills in who the caller is: it says what it knows (``Credentials``:
+the transport peer, a verified envelope signer, a delegation, a TLS certificate, the
+headers) and ``aralnode.service.ContextBuilder`` makes the context; the pipeline's
+authenticate stage then decides the caller and its scopes from the credentials.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +25,42 @@ def clean_trace_id(value: str) -> str:
     return value if value and _TRACE_ID.fullmatch(value) else uuid.uuid4().hex
 
 
+@dataclass(slots=True, frozen=True)
+class Credentials:
+    """What a door knows about its caller, before anyone decided who it is.
+
+    Attributes:
+        signer: Node id whose signature verified over the exact request bytes ("" if
+            the request was not signed).
+        signer_verified: The signer's key was verified in a handshake (pinned), so it
+            is a peer's key and not any self-made one a message embedded.
+        link_peer: Node id an A2A channel session authenticated (its requests come
+            from that peer, signed or not).
+        on_behalf_of: The principal a signed request says it acts for (PRO-020):
+            "anonymous" or a principal id.
+        peer_certificate: DER of the TLS client certificate the transport verified.
+        local: The in-process API: the node's own program.
+    """
+
+    signer: str = ""
+    signer_verified: bool = False
+    link_peer: str = ""
+    on_behalf_of: str = ""
+    peer_certificate: bytes = b""
+    local: bool = False
+
+
+NO_CREDENTIALS = Credentials()
+
+
 @dataclass(slots=True)
 class CallContext:
     """Who is calling what, through which door, with which deadline.
 
     Attributes:
         door: "grpc", "channel", "rest", "mcp", "ws" or "local".
-        caller: Node id of a verified signer, or an authenticated principal; "" if anonymous.
+        caller: Node id of a verified signer, or an authenticated principal; "" if
+            anonymous. Set by the pipeline's authenticate stage.
         peer: Transport address of the caller, as the transport reports it.
         trace_id: Trace id carried across hops (made if the caller sent none).
         message_id: Id of the request message, if it came as one.
@@ -32,11 +68,16 @@ class CallContext:
         deadline_enforced: The transport already cancels the call at ``deadline`` (as
             gRPC does), so the pipeline need not arm a timer of its own.
         signed: Whether the request was a verified signed envelope.
-        scopes: Scopes granted to the caller.
+        scopes: Scopes granted to the caller (by the authenticate stage).
         on_behalf_of: Set when ``caller`` (a verified node) acts for someone else:
             "anonymous" or a principal id (PRO-020). Such a call gets no more than
             that principal's rights, and counts as anonymous if the principal is.
-        metadata: Door-specific request metadata (gRPC metadata, HTTP headers).
+        metadata: Door-specific request metadata (gRPC metadata, HTTP headers),
+            names in lower case.
+        credentials: What the door knew about the caller (see ``Credentials``);
+            ``None`` only for a context the node's own program made by hand, which
+            is trusted as it stands (the in-process door).
+        authenticated: The authenticate stage has run on this context.
     """
 
     door: str
@@ -53,6 +94,8 @@ class CallContext:
     capability: str = ""
     decision: str = ""
     flags: list[str] = field(default_factory=list)
+    credentials: Credentials | None = None
+    authenticated: bool = False
 
     @property
     def anonymous(self) -> bool:

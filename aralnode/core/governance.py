@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf.message import Message
+
+from aralnode.core import codec
 from aralnode.core.errors import GovernanceBlocked
 
 
@@ -40,17 +43,76 @@ class Direction(enum.StrEnum):
     RECEIVE = "receive"  # a message from a peer is about to be delivered
 
 
-@dataclass(slots=True, frozen=True)
 class Action:
-    """What governance judges."""
+    """What governance judges: a direction, the action's id (a capability, a built-in
+    method, an event), who asks through which door, its risk, its parameters and the
+    peer involved.
 
-    direction: Direction
-    capability: str
-    caller: str
-    door: str
-    risk: str = "unspecified"
-    parameters: Any = None
-    peer: str = ""
+    ``parameters`` is the request as JSON. For a protobuf request (``message``) it is
+    made from the message the first time something reads it, and only then: a policy
+    whose rules never look at parameters costs no conversion.
+    """
+
+    __slots__ = (
+        "_parameters",
+        "caller",
+        "capability",
+        "direction",
+        "door",
+        "message",
+        "peer",
+        "risk",
+    )
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        direction: Direction,
+        capability: str,
+        caller: str,
+        door: str,
+        risk: str = "unspecified",
+        parameters: Any = None,
+        peer: str = "",
+        *,
+        message: Message | None = None,
+    ) -> None:
+        self.direction = direction
+        self.capability = capability
+        self.caller = caller
+        self.door = door
+        self.risk = risk
+        self._parameters = parameters
+        self.peer = peer
+        self.message = message
+
+    @property
+    def parameters(self) -> Any:
+        if self._parameters is None and self.message is not None:
+            self._parameters = codec.message_json(self.message)
+        return self._parameters
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.direction,
+            self.capability,
+            self.caller,
+            self.door,
+            self.risk,
+            self.parameters,
+            self.peer,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Action) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # parameters are dicts
+
+    def __repr__(self) -> str:
+        return (
+            f"Action(direction={self.direction!r}, capability={self.capability!r}, "
+            f"caller={self.caller!r}, door={self.door!r}, risk={self.risk!r}, "
+            f"parameters={self.parameters!r}, peer={self.peer!r})"
+        )
 
 
 @dataclass(slots=True, frozen=True)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
-import os
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import cast
 
 from cryptography.exceptions import InvalidSignature
@@ -32,7 +30,6 @@ from aralnode import _proto as pb
 from aralnode.core.errors import KeyMismatch, RateLimited, SignatureInvalid, UnknownKey
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
-KEY_FILE = "identity.pem"
 
 
 class KeyAlgorithm(enum.StrEnum):
@@ -140,23 +137,6 @@ class Identity:
         if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
             return cls(key)
         raise ValueError("identity key must be a P-256 or Ed25519 private key")
-
-    @classmethod
-    def load_or_create(
-        cls, data_dir: Path, algorithm: KeyAlgorithm = KeyAlgorithm.ES256
-    ) -> Identity:
-        """Load ``data_dir/identity.pem``, making it (mode 0600) on first run."""
-        path = data_dir / KEY_FILE
-        if path.exists():
-            return cls.from_pem(path.read_bytes())
-        data_dir.mkdir(parents=True, exist_ok=True)
-        identity = cls.generate(algorithm)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(identity.to_pem())
-        os.replace(tmp, path)
-        return identity
 
     def to_pem(self) -> bytes:
         return self._private.private_bytes(

@@ -13,13 +13,28 @@ made with ``protoc --include_source_info``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    FileDescriptor,
+)
 from google.protobuf.message import DecodeError
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class ProtoComments(Protocol):
+    """Where proto comments come from (``aralnode.store.proto_docs.ProtoDocs`` reads
+    them from descriptor sets on disk)."""
+
+    def for_files(self, files: Iterable[FileDescriptor]) -> dict[str, str]:
+        """Comments by full name of ``files`` and everything they import."""
+
 
 _INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}

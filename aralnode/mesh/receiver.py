@@ -1,6 +1,10 @@
 """The receive path of the channel hub: verify, check, govern and dispatch batches.
 
-Private helper of ``aralnode.channels``. Every message of a batch ends *processed*
+The hub's receiving half (``ReceiverHost`` is what it asks of the hub). A peer's
+request runs the node's pipeline as a call like any door's (``door="channel"``,
+its context from the ``ContextBuilder``); a notification goes through the
+pipeline's message stages (``Direction.RECEIVE``) before it reaches handlers and
+subscriptions. Every message of a batch ends *processed*
 exactly once whatever happens to it -- delivered, refused with a per-message error,
 or failed on our side (an exception in a governance rule, a handler, the inbox
 transaction) -- so one bad message can never stall a peer's channel: the processed
@@ -12,18 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from aralnode import _proto as pb
-from aralnode._channel_state import (
-    ChannelMessage,
-    Delivery,
-    PeerChannel,
-    message_error,
-)
 from aralnode.core import codec
 from aralnode.core.channel import Batch
-from aralnode.core.context import CallContext, clean_trace_id
+from aralnode.core.clock import Clock
+from aralnode.core.context import clean_trace_id
 from aralnode.core.envelope import (
     OpenedMessage,
     encode_payload,
@@ -40,13 +39,23 @@ from aralnode.core.errors import (
     ReplayDetected,
     Unauthenticated,
 )
-from aralnode.core.governance import Action, Direction
+from aralnode.core.governance import Direction
+from aralnode.core.identity import KeyRing
 from aralnode.core.outbox import InboundRecord
-from aralnode.core.pipeline import peer_scopes_of
+from aralnode.mesh.state import (
+    ChannelMessage,
+    ChannelSettings,
+    Delivery,
+    NotificationHandler,
+    PeerChannel,
+    Subscription,
+    message_error,
+)
+from aralnode.service.context import ContextBuilder
+from aralnode.service.pipeline import Pipeline
+from aralnode.store.base import Inbox
 
-if TYPE_CHECKING:
-    from aralnode.channels import ChannelHub
-
+T = TypeVar("T")
 log = logging.getLogger("aralnode.channel")
 
 REQUEST = pb.MessageType.MESSAGE_TYPE_REQUEST
@@ -76,10 +85,35 @@ def _failure(exc: Exception) -> AralError:
     return exc if isinstance(exc, AralError) else InternalError(f"failed: {type(exc).__name__}")
 
 
+class ReceiverHost(Protocol):
+    """What the receiver asks of the hub it belongs to."""
+
+    node_id: str
+    keyring: KeyRing
+    clock: Clock
+    inbox: Inbox
+    settings: ChannelSettings
+    max_message_bytes: int
+    pipeline: Pipeline
+    contexts: ContextBuilder
+    handlers: list[tuple[str | None, NotificationHandler]]
+    subscriptions: list[Subscription]
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+    def track(self, task: asyncio.Task[T]) -> asyncio.Task[T]: ...
+
+    def processed(self, pc: PeerChannel, generation: int, seq: int) -> None: ...
+
+    def reply(
+        self, pc: PeerChannel, body: pb.Body, *, content_type: str, compression: str, trace_id: str
+    ) -> None: ...
+
+
 class Receiver:
     """What happens to a peer's batch once the session accepted it."""
 
-    def __init__(self, hub: ChannelHub) -> None:
+    def __init__(self, hub: ReceiverHost) -> None:
         self.hub = hub
         threads = hub.settings.verify_threads
         self._executor = (
@@ -191,7 +225,7 @@ class Receiver:
             return None
         if isinstance(item, AralError):
             raise item
-        hub, peer = self.hub, pc.peer_id
+        peer = pc.peer_id
         header, body = item.header, item.body
         if header.sender != peer:
             raise KeyMismatch(f"message from {header.sender!r} on the channel of {peer}")
@@ -211,43 +245,55 @@ class Receiver:
         if kind == RESPONSE:
             self._response(pc, item)
             return None
+        if kind == REQUEST:
+            self._request(pc, item, now)
+            return None
+        if kind == NOTIFICATION:
+            return self._notification(pc, item, seq, now)
+        raise MalformedMessage(f"unknown message type {kind}", reason="BAD_MESSAGE_TYPE")
+
+    def _request(self, pc: PeerChannel, item: OpenedMessage, now: int) -> None:
+        """Start serving a request; one that cannot even start is answered with its
+        error (the requester sees why, rather than a timeout)."""
+        hub, header = self.hub, item.header
         try:
-            if header.ttl_ms and header.timestamp_unix_ms + header.ttl_ms < now:
-                raise DeadlineExceeded("message expired before it was delivered")
-            if kind not in (REQUEST, NOTIFICATION):
-                raise MalformedMessage(f"unknown message type {kind}", reason="BAD_MESSAGE_TYPE")
-            if kind == NOTIFICATION and body.action == CANCEL_EVENT:
-                task = pc.running.get(body.correlation_id)
-                if task is not None:
-                    task.cancel()
-                return None
-            data = item.parameters(hub.max_message_bytes)
-            action = Action(
-                Direction.RECEIVE, body.action, peer, "channel", parameters=data, peer=peer
-            )
-            data = hub.pipeline.govern(action)
+            _check_alive(header, now)
+            params = item.parameters(hub.max_message_bytes)
         except Exception as exc:
-            if kind != REQUEST:
-                raise
-            # Decisions (and our failures) travel as the answer: the requester sees why.
-            error = _failure(exc)
             if isinstance(exc, AralError):
                 hub.count("channel.refused")
             else:
                 hub.count("channel.deliver_failed")
-                log.exception("judging request %s from %s failed", header.message_id, peer)
-            self._reply(pc, header, error_body(error, header.message_id), _trace_id(header))
+                log.exception("reading request %s from %s failed", header.message_id, pc.peer_id)
+            self._reply(pc, header, error_body(_failure(exc), header.message_id), _trace_id(header))
+            return
+        self._serve(pc, item, params)
+
+    def _notification(
+        self, pc: PeerChannel, item: OpenedMessage, seq: int, now: int
+    ) -> ChannelMessage | None:
+        """A notification, judged (``Direction.RECEIVE``) and ready to dispatch;
+        ``None`` for a cancel. Raises for a per-message error."""
+        hub, peer = self.hub, pc.peer_id
+        header, body = item.header, item.body
+        _check_alive(header, now)
+        if body.action == CANCEL_EVENT:
+            task = pc.running.get(body.correlation_id)
+            if task is not None:
+                task.cancel()
             return None
-        if kind == REQUEST:
-            self._serve(pc, item, data)
-            return None
+        data = item.parameters(hub.max_message_bytes)
+        ctx = hub.contexts.channel(peer, header, signed=item.signed)
+        data = hub.pipeline.judge_message(
+            ctx, body.action, data, direction=Direction.RECEIVE, peer=peer
+        )
         return ChannelMessage(
             peer,
             body.action,
             data,
             header.message_id,
             seq,
-            _trace_id(header),
+            ctx.trace_id,
             item.signed,
             header.timestamp_unix_ms,
         )
@@ -263,7 +309,7 @@ class Receiver:
         call), then subscriptions."""
         hub = self.hub
         inbound = pc.inbound
-        handlers = hub._handlers
+        handlers = hub.handlers
         if handlers:
             inbox = hub.inbox
             record = inbound.record
@@ -298,9 +344,9 @@ class Receiver:
             record.handled_seq = handled  # only once committed
         elif hub.inbox.durable:
             self.save(pc)
-        subs = tuple(hub._subs)
+        subs = tuple(hub.subscriptions)
         for seq, msg in notes:
-            delivery = Delivery(hub, pc, gen, seq, msg)
+            delivery = Delivery(msg, _done(hub, pc, gen, seq))
             matched = False
             for sub in subs:
                 if sub.matches(msg.peer, msg.event):
@@ -353,25 +399,7 @@ class Receiver:
     async def _run_request(self, pc: PeerChannel, opened: OpenedMessage, params: Any) -> None:
         hub = self.hub
         header, body = opened.header, opened.body
-        deadline = None
-        if header.ttl_ms:
-            remaining = (header.timestamp_unix_ms + header.ttl_ms - hub.clock.now_ms()) / 1000
-            deadline = hub.clock.monotonic() + remaining
-        ctx = CallContext(
-            door="channel",
-            caller=pc.peer_id,
-            peer=pc.peer_id,
-            trace_id=_trace_id(header),
-            message_id=header.message_id,
-            deadline=deadline,
-            signed=opened.signed,
-            # A delegated call (the peer forwards for someone) gets that principal's
-            # rights; an anonymous one none, whatever the peer itself may do.
-            scopes=peer_scopes_of(pc.peer_id, hub.settings.peer_scopes, hub.settings.peer_grants)
-            if opened.signed and not header.on_behalf_of
-            else frozenset(),
-            on_behalf_of=header.on_behalf_of,
-        )
+        ctx = hub.contexts.channel(pc.peer_id, header, signed=opened.signed)
         content_type = header.content_type or codec.JSON
         try:
             value = await hub.pipeline.invoke(ctx, body.action, params)
@@ -406,15 +434,25 @@ class Receiver:
         compression: str = "",
     ) -> None:
         """Answer the request ``header`` heads, under the trace id it was served with."""
-        # Responses skip the outbox limit: they are bounded by the requests being
-        # served, and making them wait on the requester's acks could deadlock.
-        self.hub._enqueue(
+        self.hub.reply(
             pc,
             body,
             content_type=header.content_type or codec.JSON,
             compression=compression,
             trace_id=trace_id,
         )
+
+
+def _check_alive(header: pb.Header, now: int) -> None:
+    if header.ttl_ms and header.timestamp_unix_ms + header.ttl_ms < now:
+        raise DeadlineExceeded("message expired before it was delivered")
+
+
+def _done(hub: ReceiverHost, pc: PeerChannel, generation: int, seq: int) -> Any:
+    def done() -> None:
+        hub.processed(pc, generation, seq)
+
+    return done
 
 
 def _trace_id(header: pb.Header) -> str:

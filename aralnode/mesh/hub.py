@@ -1,9 +1,11 @@
 """A2A channels at node level: the messaging API and everything that outlives a link.
 
 ``ChannelHub`` is what ``Node.request`` / ``notify`` / ``subscribe`` / ``broadcast``
-use. Per peer it keeps a ``PeerChannel``: the outbox queue (in the hub's
-``Outbox``), the receive marks (``core.channel.Inbound``), requests waiting for a
-response, requests from the peer being served, and the current ``Link``.
+use, once the node's pipeline has judged what they send (the hub sends what it is
+given: judging is the service layer's, once per message). Per peer it keeps a
+``PeerChannel``: the outbox queue (in the hub's ``Outbox``), the receive marks
+(``core.channel.Inbound``), requests waiting for a response, requests from the peer
+being served, and the current ``Link``.
 
 Delivery guarantees (docs/channels.md has the long form):
 
@@ -21,10 +23,15 @@ Delivery guarantees (docs/channels.md has the long form):
   with that mark, so a SIGKILL at any instant neither loses nor repeats them.
   Subscribers (``subscribe``) and capabilities get at-least-once across a crash.
 * **Signed, verified, governed.** Every message is signed by default and verified
-  on receipt; governance judges requests and notifications on send
-  (``Direction.SEND``) and on receipt (``Direction.RECEIVE``), and requests then run
-  the shared pipeline (``door="channel"``). A response is not judged again: it
-  answers a request both ends already judged, and its correlation id must match.
+  on receipt. The sender's pipeline judges requests and notifications once on send
+  (``Direction.SEND``); on receipt a request runs the receiver's pipeline as a call
+  (``door="channel"``, ``Direction.INVOKE``: the verdict a peer gets is the same as
+  on gRPC) and a notification is judged as ``Direction.RECEIVE``. A response is not
+  judged again: it answers a request both ends already judged, and its correlation
+  id must match.
+
+The gRPC side (accepting and dialling streams) is ``aralnode.mesh.streams``; a
+link's reading and writing is ``aralnode.mesh.link``.
 """
 
 from __future__ import annotations
@@ -33,20 +40,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, cast
 
 from aralnode import _proto as pb
-from aralnode._channel_receive import CANCEL_EVENT, NOTIFICATION, REQUEST, Opened, Receiver
-from aralnode._channel_state import (
-    ChannelMessage,
-    ChannelSettings,
-    NotificationHandler,
-    Overflow,
-    PeerChannel,
-    Subscription,
-    wait_set,
-)
 from aralnode.core import codec
 from aralnode.core.channel import (
     Batch,
@@ -66,26 +63,24 @@ from aralnode.core.errors import (
     PeerNotFound,
     Unavailable,
 )
-from aralnode.core.governance import Action, Direction
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.outbox import (
-    Inbox,
-    MemoryInbox,
-    MemoryOutbox,
-    Outbox,
-    OutboxEntry,
-    SqliteStore,
-    tombstone,
-)
-from aralnode.core.peers import PeerState
-from aralnode.core.pipeline import Pipeline
+from aralnode.core.outbox import OutboxEntry, tombstone
 from aralnode.core.replay import ReplayGuard
-from aralnode.core.tasks import TaskSet
-from aralnode.transport.channel import Link, dial_forever
-from aralnode.transport.channel import serve as serve_channel
-
-if TYPE_CHECKING:
-    from aralnode.node import Node
+from aralnode.mesh.link import Link
+from aralnode.mesh.receiver import CANCEL_EVENT, NOTIFICATION, REQUEST, Opened, Receiver
+from aralnode.mesh.state import (
+    ChannelMessage,
+    ChannelSettings,
+    NotificationHandler,
+    Overflow,
+    PeerChannel,
+    Subscription,
+    wait_set,
+)
+from aralnode.service.context import ContextBuilder
+from aralnode.service.pipeline import Pipeline
+from aralnode.service.tasks import TaskSet
+from aralnode.store.base import Inbox, Outbox
 
 __all__ = [
     "CANCEL_EVENT",
@@ -96,7 +91,6 @@ __all__ = [
     "Overflow",
     "PeerChannel",
     "Subscription",
-    "build_hub",
     "remote_error",
 ]
 
@@ -114,6 +108,7 @@ class ChannelHub:
         keyring: KeyRing,
         replay: ReplayGuard,
         pipeline: Pipeline,
+        contexts: ContextBuilder,
         clock: Clock,
         outbox: Outbox,
         inbox: Inbox,
@@ -125,7 +120,8 @@ class ChannelHub:
         self.node_id = identity.node_id
         self.keyring = keyring
         self.replay = replay
-        self.pipeline = pipeline  # runs requests, and judges every send and receipt
+        self.pipeline = pipeline  # runs peers' requests, judges their notifications
+        self.contexts = contexts
         self.clock = clock
         self.outbox = outbox
         self.inbox = inbox
@@ -139,9 +135,8 @@ class ChannelHub:
         self.incarnation = os.urandom(8).hex()
         self.stopping = False
         self.peers: dict[str, PeerChannel] = {}
-        self._subs: list[Subscription] = []
-        self._handlers: list[tuple[str | None, NotificationHandler]] = []
-        self._dials: dict[str, asyncio.Task[None]] = {}
+        self.subscriptions: list[Subscription] = []
+        self.handlers: list[tuple[str | None, NotificationHandler]] = []
         self._tasks = TaskSet()
         self.receiver = Receiver(self)
         self.link_listeners: list[Callable[[str, bool], None]] = []
@@ -304,20 +299,6 @@ class ChannelHub:
         for listener in self.link_listeners:
             listener(pc.peer_id, False)
 
-    def dial(self, peer_id: str, address: str) -> None:
-        """Keep a channel to a verified peer open (redialling as needed)."""
-        task = self._dials.get(peer_id)
-        if task is not None and not task.done():
-            return
-        pc = self.peer(peer_id)
-        task = asyncio.ensure_future(dial_forever(self, pc, address))
-        task.set_name(f"channel dial {peer_id}")
-        self._dials[peer_id] = task
-
-    async def serve(self, requests: AsyncIterator[bytes], context: Any) -> None:
-        """The ``NodeHooks.channel`` hook."""
-        await serve_channel(self, requests, context)
-
     # -- sending ------------------------------------------------------------------------
 
     def unsent(self, pc: PeerChannel, session: ChannelSession) -> bool:
@@ -411,11 +392,6 @@ class ChannelHub:
             pc = self.peer(peer)
         return pc
 
-    def _govern(self, peer: str, action: str, params: Any) -> Any:
-        """Our governance on sending ``action`` to ``peer``; the parameters to send."""
-        act = Action(Direction.SEND, action, self.node_id, "channel", parameters=params, peer=peer)
-        return self.pipeline.govern(act)
-
     async def _wait_space(self, pc: PeerChannel) -> None:
         limit = self.settings.outbox_limit
         while self.outbox.count(pc.peer_id) >= limit:
@@ -483,16 +459,15 @@ class ChannelHub:
         on_behalf_of: str = "",
     ) -> Any:
         """Invoke ``capability`` on ``peer`` over the channel; return its result.
+        Sent as given: the node's pipeline judged it before (``Node.request``).
 
         Raises:
             PeerNotFound: not a verified peer.
-            GovernanceBlocked: our governance refused to send it.
             DeadlineExceeded: no response within ``timeout`` (the request is then
                 withdrawn or cancelled at the peer).
             AralError: the peer's error, rebuilt from its error response.
         """
         pc = self._send_peer(peer)
-        params = self._govern(peer, capability, params)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         message_id, seq = "", 0
@@ -545,9 +520,9 @@ class ChannelHub:
         trace_id: str = "",
     ) -> str:
         """Queue a notification for ``peer``; return its message id once it is in
-        the outbox (committed, with ``durable``). Waits while the outbox is full."""
+        the outbox (committed, with ``durable``). Waits while the outbox is full.
+        Sent as given: the node's pipeline judged it before (``Node.notify``)."""
         pc = self._send_peer(peer)
-        data = self._govern(peer, event, data)
         await self._wait_space(pc)
         payload, compression = encode_payload(
             data, content_type, compress_above=self.settings.compress_above
@@ -581,18 +556,19 @@ class ChannelHub:
         ``settings.subscription_queue``); ``overflow`` says what happens when it is
         full (``"close"``, ``"drop"`` or ``"backpressure"``, see ``Subscription``)."""
         sub = Subscription(
-            self,
             event,
             peer,
             maxsize=maxsize or self.settings.subscription_queue,
             overflow=overflow,
+            count=self.count,
+            unsubscribe=self._unsubscribe,
         )
-        self._subs.append(sub)
+        self.subscriptions.append(sub)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
-            self._subs.remove(sub)
+            self.subscriptions.remove(sub)
 
     def on_notification(self, event: str | None, handler: NotificationHandler) -> None:
         """Run ``handler(message, tx)`` for each notification (``event`` or all), in
@@ -600,7 +576,7 @@ class ChannelHub:
         ``durable=True`` writes through ``tx`` commit atomically with that mark
         (exactly once across crashes); in memory ``tx`` is ``None``. Keep it quick:
         it runs on the event loop."""
-        self._handlers.append((event, handler))
+        self.handlers.append((event, handler))
 
     def connected_peers(self) -> list[str]:
         return [p for p, pc in self.peers.items() if pc.connected]
@@ -617,7 +593,7 @@ class ChannelHub:
         pc.drained.clear()
         return await wait_set(pc.drained, timeout)
 
-    # -- receiving (aralnode._channel_receive) ------------------------------------------
+    # -- receiving (aralnode.mesh.receiver) ---------------------------------------------
 
     def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
         """Start verifying a batch; ``apply`` it once verified, in arrival order."""
@@ -627,9 +603,20 @@ class ChannelHub:
         """Check, govern and dispatch a verified batch, in arrival order. Never raises."""
         return self.receiver.apply(pc, batch, opened)
 
-    def _processed(self, pc: PeerChannel, generation: int, seq: int) -> None:
+    def processed(self, pc: PeerChannel, generation: int, seq: int) -> None:
+        """A received message is done with (it may be acked now)."""
         if pc.inbound.processed(generation, seq):
             pc.wake()
+
+    def reply(
+        self, pc: PeerChannel, body: pb.Body, *, content_type: str, compression: str, trace_id: str
+    ) -> None:
+        """Queue a response to ``pc``. Responses skip the outbox limit: they are
+        bounded by the requests being served, and making them wait on the
+        requester's acks could deadlock."""
+        self._enqueue(
+            pc, body, content_type=content_type, compression=compression, trace_id=trace_id
+        )
 
     def _save(self, pc: PeerChannel) -> None:
         self.receiver.save(pc)
@@ -638,10 +625,9 @@ class ChannelHub:
 
     async def close(self, grace: float = 2.0) -> None:
         """Close every link (``close`` frame, status UNAVAILABLE/NODE_STOPPING), stop
-        dialling, fail what waits, persist the receive marks."""
+        fail what waits, persist the receive marks (``ChannelStreams.close`` stops
+        the dials first)."""
         self.stopping = True
-        for task in self._dials.values():
-            task.cancel()
         links = [pc.link for pc in self.peers.values() if pc.link is not None]
         for link in links:
             link.close(Unavailable("node is stopping", reason="NODE_STOPPING"))
@@ -649,7 +635,6 @@ class ChannelHub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await asyncio.gather(*(link.closed.wait() for link in links))
-        await asyncio.gather(*self._dials.values(), return_exceptions=True)
         await self._tasks.cancel()
         for pc in self.peers.values():
             for fut, _ in pc.pending.values():
@@ -658,52 +643,9 @@ class ChannelHub:
             pc.pending.clear()
             pc.space.set()
             self._save(pc)
-        for sub in list(self._subs):
+        for sub in list(self.subscriptions):
             sub.close()
         self.receiver.close()
         self.outbox.close()
         if self.inbox is not cast(object, self.outbox):
             self.inbox.close()
-
-
-def build_hub(node: Node) -> ChannelHub:
-    """The hub for a starting node, from its config (memory or SQLite stores)."""
-    cfg = node.config
-    outbox: Outbox
-    inbox: Inbox
-    if cfg.durable:
-        store = SqliteStore(cfg.resolved_data_dir / "channels.sqlite3")
-        outbox = inbox = store
-    else:
-        outbox, inbox = MemoryOutbox(), MemoryInbox()
-    settings = ChannelSettings(
-        window=cfg.channel_window,
-        outbox_limit=cfg.outbox_limit,
-        keepalive_ms=cfg.keepalive_ms,
-        timeout_ms=cfg.channel_timeout_ms,
-        sign=cfg.channel_signing,
-        allow_unsigned=cfg.allow_unsigned,
-        peer_scopes=cfg.peer_scopes,
-        peer_grants=cfg.peer_grants,
-        max_message_bytes=cfg.max_message_bytes,
-    )
-    table = node.peer_table
-
-    def is_verified(node_id: str) -> bool:
-        # A channel opens only for a peer whose card we verified in a handshake
-        # (either direction); its key is then pinned in the key ring.
-        peer = table.get(node_id)
-        return peer is not None and peer.state in (PeerState.CONNECTED, PeerState.STALE)
-
-    return ChannelHub(
-        identity=node.identity,
-        keyring=node.keyring,
-        replay=node.replay,
-        pipeline=node.pipeline,
-        clock=node.clock,
-        outbox=outbox,
-        inbox=inbox,
-        is_verified=is_verified,
-        card=node.card,
-        settings=settings,
-    )

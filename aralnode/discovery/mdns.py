@@ -1,14 +1,10 @@
-"""mDNS / DNS-SD over python-zeroconf's asyncio API: announce this node, browse for others.
+"""The mDNS backend: DNS-SD over python-zeroconf's asyncio API, announcing this node
+and browsing for others.
 
-What travels is a *hint*: ``_aral._tcp.local.`` instances whose TXT record names a
-node id, its key fingerprint, protocol versions and ports. Nothing read here is
-trusted beyond "try a handshake at this address"; the node driver
-(``aralnode.discovery``) verifies every peer in the gRPC handshake.
-
-TXT (version 1), kept under ``MAX_TXT_BYTES``::
-
-    txtvers=1  id=<node id>  fp=<key fingerprint>  pv=<versions, comma separated>
-    grpc=<port>  http=<port, optional>  cd=<capability digest>
+What travels is a *hint*: ``_aral._tcp.local.`` instances whose TXT record
+(``aralnode.discovery.txt``) names a node id, its key fingerprint, protocol
+versions and ports. Nothing read here is trusted beyond "try a handshake at this
+address"; the supervisor verifies every peer in the gRPC handshake.
 
 Everything here runs on the event loop; registration and resolution are awaited
 in background tasks so nothing blocks it. Every structure is bounded: the backlog
@@ -28,146 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import ifaddr
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from aralnode.core.addresses import join_host_port
+from aralnode.discovery.backend import Announcement, Hint, HintSink
+from aralnode.discovery.txt import BadAnnouncement, parse_txt, to_txt
 
 log = logging.getLogger("aralnode.mdns")
 
 SERVICE_TYPE = "_aral._tcp.local."
-TXT_VERSION = "1"
-# What we announce stays under this; what we accept may be a little larger, so
-# that a later version adding a key still reaches older nodes.
-MAX_TXT_BYTES = 200
-MAX_ACCEPTED_TXT_BYTES = 255
-_BASE32 = re.compile(r"^[a-z2-7]+$")
-_VERSION = re.compile(r"^[A-Za-z0-9._/-]{1,16}$")
-_HEX = re.compile(r"^[0-9a-f]{16}$")
-NODE_ID_CHARS = 32  # base32 of 20 bytes
-FINGERPRINT_CHARS = 52  # base32 of 32 bytes, unpadded
 MAX_SIGHTING_HOSTS = 8  # addresses kept from one instance's A records
 MAX_KNOWN = 512  # names the browser keeps re-resolving until they are settled
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
-
-
-class BadAnnouncement(ValueError):
-    """A TXT record that does not describe a usable aralnode (it is ignored)."""
-
-
-@dataclass(slots=True, frozen=True)
-class Announcement:
-    """What one node says about itself in its TXT record."""
-
-    node_id: str
-    fingerprint: str
-    protocol_versions: tuple[str, ...]
-    grpc_port: int
-    capability_digest: str
-    http_port: int | None = None
-
-    def to_txt(self) -> bytes:
-        """The TXT record as DNS-SD wire bytes (length-prefixed ``key=value`` strings)."""
-        pairs = [
-            ("txtvers", TXT_VERSION),
-            ("id", self.node_id),
-            ("fp", self.fingerprint),
-            ("pv", ",".join(self.protocol_versions)),
-            ("grpc", str(self.grpc_port)),
-        ]
-        if self.http_port is not None:
-            pairs.append(("http", str(self.http_port)))
-        pairs.append(("cd", self.capability_digest))
-        raw = b"".join(_txt_string(f"{k}={v}".encode()) for k, v in pairs)
-        if len(raw) > MAX_TXT_BYTES:
-            raise ValueError(f"TXT record is {len(raw)} bytes; the limit is {MAX_TXT_BYTES}")
-        return raw
-
-
-def _txt_string(data: bytes) -> bytes:
-    if len(data) > 255:
-        raise ValueError("a TXT string holds at most 255 bytes")
-    return bytes([len(data)]) + data
-
-
-def txt_pairs(raw: bytes) -> dict[str, str]:
-    """Split DNS-SD TXT bytes into keys (lower-cased) and values.
-
-    RFC 6763 §6.4: keys are case-insensitive and the first occurrence wins.
-
-    Raises:
-        BadAnnouncement: oversized, truncated, or not ASCII.
-    """
-    if len(raw) > MAX_ACCEPTED_TXT_BYTES:
-        raise BadAnnouncement(f"TXT record is {len(raw)} bytes (limit {MAX_ACCEPTED_TXT_BYTES})")
-    pairs: dict[str, str] = {}
-    pos = 0
-    while pos < len(raw):
-        end = pos + 1 + raw[pos]
-        if end > len(raw):
-            raise BadAnnouncement("TXT string runs past the end of the record")
-        chunk = raw[pos + 1 : end]
-        pos = end
-        try:
-            text = chunk.decode("ascii")
-        except UnicodeDecodeError:
-            raise BadAnnouncement("TXT string is not ASCII") from None
-        key, _, value = text.partition("=")
-        key = key.lower()
-        if key and key not in pairs:
-            pairs[key] = value
-    return pairs
-
-
-def _port(value: str | None, what: str, *, allow_zero: bool = False) -> int:
-    if value is None or not value.isdigit() or len(value) > 5:
-        raise BadAnnouncement(f"{what} port {value!r} is not a number")
-    port = int(value)
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise BadAnnouncement(f"{what} port {port} is out of range")
-    return port
-
-
-def parse_txt(raw: bytes) -> Announcement:
-    """Read an ``Announcement`` out of TXT bytes; anything off is ``BadAnnouncement``.
-
-    Checks only what can be checked without the key: shape, ranges, and that the
-    node id is the fingerprint's prefix (both are the same SHA-256 of the key, so a
-    TXT where they disagree was made up).
-    """
-    pairs = txt_pairs(raw)
-    if pairs.get("txtvers") != TXT_VERSION:
-        raise BadAnnouncement(f"unknown txtvers {pairs.get('txtvers')!r}")
-    node_id, fp = pairs.get("id", ""), pairs.get("fp", "")
-    if len(node_id) != NODE_ID_CHARS or not _BASE32.match(node_id):
-        raise BadAnnouncement("id is not a node id")
-    if len(fp) != FINGERPRINT_CHARS or not _BASE32.match(fp):
-        raise BadAnnouncement("fp is not a key fingerprint")
-    if not fp.startswith(node_id):
-        raise BadAnnouncement("id is not derived from fp")
-    versions = tuple(v for v in pairs.get("pv", "").split(",") if v)
-    if not versions or len(versions) > 8 or not all(_VERSION.match(v) for v in versions):
-        raise BadAnnouncement("pv is not a list of protocol versions")
-    digest = pairs.get("cd", "")
-    if not _HEX.match(digest):
-        raise BadAnnouncement("cd is not a capability digest")
-    http = pairs.get("http")
-    return Announcement(
-        node_id=node_id,
-        fingerprint=fp,
-        protocol_versions=versions,
-        grpc_port=_port(pairs.get("grpc"), "grpc"),
-        capability_digest=digest,
-        http_port=None if http is None else _port(http, "http", allow_zero=True),
-    )
 
 
 def instance_label(name: str, node_id: str) -> str:
@@ -222,22 +97,6 @@ class Rejection:
 MdnsEvent = Sighting | Withdrawal | Rejection
 
 
-def lan_addresses(*, ipv6: bool = False) -> list[str]:
-    """This host's IPv4 addresses (and, with ``ipv6``, its global IPv6 ones),
-    loopback and link-local excluded: what a node on a wildcard bind advertises."""
-    out: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                if not ip.ip.startswith(("127.", "169.254.")):
-                    out.append(ip.ip)
-            elif ipv6:
-                host = ip.ip[0]
-                if host != "::1" and not host.lower().startswith("fe80"):
-                    out.append(host)
-    return list(dict.fromkeys(out))
-
-
 def open_zeroconf(interfaces: Iterable[str] = ()) -> AsyncZeroconf:
     """An AsyncZeroconf on the given interface addresses (all if empty)."""
     chosen = list(interfaces)
@@ -270,7 +129,7 @@ class MdnsAnnouncer:
             SERVICE_TYPE,
             self.instance,
             port=announcement.grpc_port,
-            properties=announcement.to_txt(),
+            properties=to_txt(announcement),
             server=self._server,
             parsed_addresses=self._addresses,
         )
@@ -531,3 +390,105 @@ class MdnsService:
         if self._aiozc is not None:
             with contextlib.suppress(Exception):
                 await self._aiozc.async_close()
+
+
+class MdnsPort(Protocol):
+    """What the mDNS backend drives: ``MdnsService``, or a stand-in in tests."""
+
+    async def start(
+        self, announcement: Announcement, on_event: Callable[[MdnsEvent], None]
+    ) -> None: ...
+
+    async def update(self, announcement: Announcement) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def mdns_hosts(hosts: Iterable[str]) -> list[str]:
+    """The hosts to announce in A records: the IPv4 ones (mDNS runs over IPv4 here),
+    or all of them if there is none."""
+    hosts = list(hosts)
+    return [h for h in hosts if ":" not in h] or hosts
+
+
+class MdnsBackend:
+    """Discovery over mDNS: announce, browse, and report sightings as hints.
+
+    Args:
+        port: The mDNS machinery (default: an ``MdnsService`` made at ``start``);
+            tests put a stand-in here before the node starts.
+    """
+
+    name = "mdns"
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        host_label: str,
+        interfaces: Iterable[str] = (),
+        port: MdnsPort | None = None,
+    ) -> None:
+        self.label = label
+        self.host_label = host_label
+        self.interfaces = list(interfaces)
+        self.port = port
+        self._sink: HintSink | None = None
+
+    async def start(self, announcement: Announcement, sink: HintSink) -> None:
+        self._sink = sink
+        if self.port is None:
+            self.port = MdnsService(
+                label=self.label,
+                host_label=self.host_label,
+                addresses=mdns_hosts(announcement.hosts),
+                interfaces=self.interfaces,
+                settled=sink.settled,
+            )
+        await self.port.start(announcement, self._on_event)
+
+    def _on_event(self, event: MdnsEvent) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        if isinstance(event, Sighting):
+            a = event.announcement
+            sink.hint(
+                Hint(
+                    key=event.instance,
+                    addresses=event.addresses,
+                    node_id=a.node_id,
+                    fingerprint=a.fingerprint,
+                    protocol_versions=a.protocol_versions,
+                    capability_digest=a.capability_digest,
+                    source=self.name,
+                )
+            )
+        elif isinstance(event, Withdrawal):
+            sink.withdraw(event.instance)
+        else:
+            sink.rejected(event.instance, event.reason)
+
+    async def update(self, announcement: Announcement) -> None:
+        if self.port is not None:
+            await self.port.update(announcement)
+
+    async def stop(self) -> None:
+        self._sink = None
+        if self.port is not None:
+            await self.port.close()
+
+
+__all__ = [
+    "SERVICE_TYPE",
+    "MdnsBackend",
+    "MdnsBrowser",
+    "MdnsEvent",
+    "MdnsPort",
+    "MdnsService",
+    "Rejection",
+    "Sighting",
+    "Withdrawal",
+    "instance_label",
+    "mdns_hosts",
+]

@@ -1,6 +1,8 @@
 """What the channel hub keeps besides links: settings, per-peer state, subscriptions.
 
-Private helpers of ``aralnode.channels`` (which re-exports the public names).
+Nothing here knows the hub or a link's transport: a ``PeerChannel`` holds its
+current link as a ``ChannelLink`` (what the hub asks of one), and subscriptions and
+deliveries report back through the callables they are given.
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from aralnode import _proto as pb
-from aralnode.core.channel import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, Inbound, RecentIds
+from aralnode.core.channel import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_WINDOW,
+    ChannelSession,
+    Inbound,
+    RecentIds,
+)
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
 from aralnode.core.errors import AralError, RateLimited
-
-if TYPE_CHECKING:
-    from aralnode.channels import ChannelHub
-    from aralnode.transport.channel import Link
 
 
 @dataclass(slots=True)
@@ -34,8 +38,6 @@ class ChannelSettings:
         timeout_ms: Silence tolerated beyond the peer's keepalive before the link is dead.
         sign: Sign outgoing messages (off only to measure the cost of signing).
         allow_unsigned: Accept unsigned messages on an authenticated channel.
-        peer_scopes / peer_grants: Scopes of a verified signer, and of particular
-            nodes (as on the gRPC door).
         max_message_bytes: Largest envelope, and largest batch frame we send.
         max_batch: Most messages per batch (in either direction).
         subscription_queue: Default bound of a subscription's queue.
@@ -51,8 +53,6 @@ class ChannelSettings:
     timeout_ms: int = 5_000
     sign: bool = True
     allow_unsigned: bool = True
-    peer_scopes: frozenset[str] = frozenset()
-    peer_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch: int = DEFAULT_MAX_BATCH
     subscription_queue: int = 1024
@@ -86,21 +86,20 @@ OVERFLOW_POLICIES: tuple[Overflow, ...] = ("close", "drop", "backpressure")
 
 class Delivery:
     """One notification handed to ``remaining`` subscriptions that have not yet
-    taken it into their queue (only a ``backpressure`` subscription holds one)."""
+    taken it into their queue (only a ``backpressure`` subscription holds one);
+    ``done`` runs once the last has taken it."""
 
-    __slots__ = ("generation", "hub", "message", "peer", "remaining", "seq")
+    __slots__ = ("done", "message", "remaining")
 
-    def __init__(
-        self, hub: ChannelHub, peer: PeerChannel, generation: int, seq: int, message: ChannelMessage
-    ) -> None:
-        self.hub, self.peer, self.generation, self.seq = hub, peer, generation, seq
+    def __init__(self, message: ChannelMessage, done: Callable[[], None]) -> None:
         self.message = message
+        self.done = done
         self.remaining = 0
 
     def taken(self) -> None:
         self.remaining -= 1
         if self.remaining == 0:
-            self.hub._processed(self.peer, self.generation, self.seq)
+            self.done()
 
 
 class Subscription:
@@ -121,18 +120,20 @@ class Subscription:
 
     def __init__(
         self,
-        hub: ChannelHub,
         event: str | None,
         peer: str | None,
         *,
         maxsize: int = 1024,
         overflow: Overflow = "close",
+        count: Callable[[str], None] = lambda _: None,
+        unsubscribe: Callable[[Subscription], None] = lambda _: None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}")
-        self._hub = hub
+        self._count = count
+        self._unsubscribe = unsubscribe
         self.event = event
         self.peer = peer
         self.maxsize = maxsize
@@ -163,9 +164,9 @@ class Subscription:
             return False
         if self.overflow == "drop":
             self.dropped += 1
-            self._hub.count("channel.subscription_dropped")
+            self._count("channel.subscription_dropped")
             return True
-        self._hub.count("channel.subscription_overflow")
+        self._count("channel.subscription_overflow")
         self.error = RateLimited(
             f"subscription fell {self.maxsize} messages behind and was closed",
             reason="SUBSCRIPTION_OVERFLOW",
@@ -198,7 +199,7 @@ class Subscription:
 
     def _end(self) -> None:
         self.closed = True
-        self._hub._unsubscribe(self)
+        self._unsubscribe(self)
         while self._held:
             self._held.popleft().taken()
         self._ready.set()
@@ -217,6 +218,28 @@ class Subscription:
         self.close()
 
 
+class ChannelLink(Protocol):
+    """What the hub asks of a peer's current link (``aralnode.mesh.link.Link``)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def wake(self) -> asyncio.Event: ...
+
+    @property
+    def closed(self) -> asyncio.Event: ...
+
+    @property
+    def session(self) -> ChannelSession: ...
+
+    @property
+    def dialler(self) -> str: ...
+
+    def close(self, error: AralError) -> None:
+        """Ask the link to send ``close`` and end."""
+
+
 class PeerChannel:
     """Everything about one peer that outlives a link."""
 
@@ -227,7 +250,7 @@ class PeerChannel:
         self.inbound = inbound
         # The peer's recent message ids: (sender, message id) dedupe on the channel.
         self.recent = RecentIds(recent_ids)
-        self.link: Link | None = None
+        self.link: ChannelLink | None = None
         # Our own open is on the wire (a simultaneous dial is decided from then on).
         self.open_sent = False
         self.unsupported = False

@@ -1,4 +1,5 @@
-"""Proto comments for the bridges' descriptions, found beside the generated code.
+"""Proto comments for descriptions (capabilities, OpenAPI, MCP tools), read from the
+descriptor sets beside the generated code.
 
 Generated ``_pb2`` modules keep no source info. ``scripts/gen_protos.py`` (or a
 user's own ``protoc --include_source_info --descriptor_set_out=<stem>.binpb``)
@@ -18,7 +19,7 @@ from google.protobuf.descriptor import FileDescriptor
 
 from aralnode.core.proto_schema import comments_from_descriptor_set, source_comments
 
-log = logging.getLogger("aralnode.bridge")
+log = logging.getLogger("aralnode.store")
 
 
 def _module_name(proto_file: str) -> str:
@@ -28,7 +29,8 @@ def _module_name(proto_file: str) -> str:
 
 
 class ProtoDocs:
-    """Comments by full name, per proto file, looked up lazily and cached."""
+    """Comments by full name, per proto file, looked up lazily and cached (a
+    ``core.proto_schema.ProtoComments``)."""
 
     def __init__(self) -> None:
         self._by_file: dict[str, dict[str, str]] = {}

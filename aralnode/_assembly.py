@@ -1,0 +1,424 @@
+"""How a starting node's parts are made and wired (the composition root's workshop).
+
+``build_parts`` makes, in order: the channel hub and its gRPC streams, the peer
+connector, the discovery supervisor, ``NodeService`` with its forwarder, the gRPC
+server with every door, and (when HTTP is on) the HTTP bridge. Each part gets
+exactly what it uses; ``NodeParts.stop`` takes them down in the reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+from aralnode import _proto as pb
+from aralnode._version import __version__
+from aralnode.config import NodeConfig
+from aralnode.core import codec
+from aralnode.core.addresses import join_host_port
+from aralnode.core.capabilities import CapabilityRegistry
+from aralnode.core.clock import Clock
+from aralnode.core.envelope import SUPPORTED_VERSIONS
+from aralnode.core.errors import PeerNotFound
+from aralnode.core.handshake import VerifiedCard
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.peers import PeerState, PeerTable
+from aralnode.core.replay import ReplayGuard
+from aralnode.discovery.backend import Announcement, DiscoveryBackend
+from aralnode.discovery.supervisor import Supervisor
+from aralnode.mesh.connector import PeerConnector, card_fields
+from aralnode.mesh.hub import ChannelHub, ChannelSettings
+from aralnode.mesh.streams import ChannelStreams
+from aralnode.service.calls import Forwarder
+from aralnode.service.context import ContextBuilder
+from aralnode.service.node_service import Envelopes, NodeService
+from aralnode.service.pipeline import Pipeline
+from aralnode.store.base import Inbox, Outbox
+from aralnode.store.memory import MemoryInbox, MemoryOutbox
+from aralnode.store.proto_docs import ProtoDocs
+from aralnode.store.sqlite import SqliteStore
+from aralnode.transport.grpc_door import AgentNodeDoor, service_handler
+from aralnode.transport.grpc_server import GrpcServer
+
+CHANNEL_STORE = "channels.sqlite3"
+
+
+class NodeView(Protocol):
+    """What the workshop reads from the node it builds for."""
+
+    config: NodeConfig
+    clock: Clock
+    registry: CapabilityRegistry
+    keyring: KeyRing
+    peer_table: PeerTable
+    pipeline: Pipeline
+    contexts: ContextBuilder
+    grpc_port: int
+    http_port: int | None
+    _proto_docs: ProtoDocs
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def card(self) -> pb.SignedNodeCard: ...
+
+    def status(self) -> pb.NodeStatus: ...
+
+    def advertised_hosts(self) -> list[str]: ...
+
+
+@dataclass(slots=True)
+class NodeParts:
+    """Everything a running node runs."""
+
+    replay: ReplayGuard
+    hub: ChannelHub
+    streams: ChannelStreams
+    connector: PeerConnector
+    discovery: Supervisor
+    service: NodeService
+    grpc: GrpcServer
+    http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
+    send: PeerSender
+
+    async def stop(self, drain: float) -> None:
+        """NOT_SERVING, goodbye, channels closed, both doors drained at once (one
+        grace period, not two), peers' clients closed."""
+        # NOT_SERVING before the goodbye: peers that re-check a goodbye must find us
+        # draining, or they would keep us (see discovery.supervisor).
+        await self.grpc.health.enter_graceful_shutdown()
+        await self.discovery.stop()
+        await self.streams.close()
+        draining = [self.grpc.stop(drain)]
+        if self.http is not None:
+            draining.append(self.http.stop())
+        await asyncio.gather(*draining)
+        await self.connector.close()
+
+
+class PeerSender:
+    """Sends a request a pipeline already judged: over the peer's channel, or as a
+    unary signed ``Invoke`` to a peer that refused channels (nodes of the ARAL
+    interop profile may serve Invoke alone)."""
+
+    def __init__(self, hub: ChannelHub, connector: PeerConnector) -> None:
+        self.hub = hub
+        self.connector = connector
+
+    async def __call__(
+        self,
+        peer: str,
+        capability: str,
+        params: Any,
+        *,
+        timeout: float | None,
+        on_behalf_of: str,
+        trace_id: str,
+        content_type: str = codec.JSON,
+    ) -> Any:
+        pc = self.hub.peers.get(peer)
+        client = self.connector.clients.get(peer)
+        if pc is not None and pc.unsupported and client is not None:
+            return await client.request(
+                capability,
+                params,
+                timeout=timeout,
+                content_type=content_type,
+                on_behalf_of=on_behalf_of,
+                trace_id=trace_id,
+            )
+        return await self.hub.request(
+            peer,
+            capability,
+            params,
+            timeout=timeout,
+            content_type=content_type,
+            on_behalf_of=on_behalf_of,
+            trace_id=trace_id,
+        )
+
+
+class NodeFacts:
+    """What ``NodeService`` and the bridges read of the node (its ``NodeInfo``)."""
+
+    def __init__(self, node: NodeView, connector: PeerConnector) -> None:
+        self.node = node
+        self.connector = connector
+        self.discovery: Supervisor | None = None
+
+    def status(self) -> pb.NodeStatus:
+        return self.node.status()
+
+    def card(self) -> pb.SignedNodeCard:
+        return self.node.card()
+
+    def peer_protos(self) -> list[pb.Peer]:
+        return [
+            pb.Peer(
+                node_id=p.node_id,
+                name=p.name,
+                address=p.address,
+                state=int(p.state),  # type: ignore[arg-type]  # enum values are ints
+                health=p.health,
+                capability_ids=list(p.capability_ids),
+                last_seen_unix_ms=p.last_seen_ms,
+                source=p.source,
+                protocol_version=p.protocol_version,
+                key_fingerprint=p.key_fingerprint,
+            )
+            for p in self.node.peer_table.snapshot()
+        ]
+
+    def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
+        """This node's capabilities, or a verified peer's as its card listed them."""
+        node = self.node
+        if node_id and node_id != node.node_id:
+            caps = self.connector.peer_capabilities(node_id)
+            return pb.ListCapabilitiesResponse(node_id=node_id, capabilities=caps)
+        own = [c.to_proto() for c in node.registry]
+        return pb.ListCapabilitiesResponse(node_id=node.node_id, capabilities=own)
+
+    def peer_capabilities(self, node_id: str) -> list[pb.Capability]:
+        try:
+            return self.connector.peer_capabilities(node_id)
+        except PeerNotFound:
+            return []
+
+    def connected_peers(self) -> list[pb.Peer]:
+        return [p for p in self.peer_protos() if p.state == pb.PeerState.PEER_STATE_CONNECTED]
+
+    def inbound_handshake(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
+        # Not CONNECTED yet: discovery keeps it unreached (bounded) and dials it back.
+        assert self.discovery is not None
+        self.discovery.inbound(
+            verified, transport_peer, card_fields(verified, "", version, "inbound")
+        )
+        # Kept (it is in the table now) until the table forgets it: its capabilities
+        # are listed even before our own dial reaches it, as calls to it already go.
+        self.connector.remember_inbound(verified)
+
+
+def build_parts(
+    node: NodeView,
+    backends: Sequence[DiscoveryBackend],
+    services: list[tuple[object, ServiceDescriptor]],
+) -> NodeParts:
+    """Every part of a starting node, wired (nothing is started yet)."""
+    cfg = node.config
+    replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
+    hub = _hub(node, replay)
+    streams = ChannelStreams(hub)
+    connector = PeerConnector(
+        identity=node.identity,
+        keyring=node.keyring,
+        clock=node.clock,
+        table=node.peer_table,
+        card=node.card,
+        max_message_bytes=cfg.max_message_bytes,  # as our server allows
+        on_verified=streams.dial,
+    )
+    facts = NodeFacts(node, connector)
+    discovery = facts.discovery = Supervisor(
+        node_id=node.node_id,
+        connector=connector,
+        keyring=node.keyring,
+        counters=node.pipeline.counters,
+        backends=backends,
+        announcement=lambda: announcement(node),
+        live_channels=hub.connected_peers,
+        keepalive_ms=cfg.keepalive_ms,
+        peer_timeout_ms=cfg.peer_timeout_ms,
+        dial_back=cfg.discovery != "none",
+    )
+    send = PeerSender(hub, connector)
+    service = NodeService(
+        info=facts,
+        pipeline=node.pipeline,
+        contexts=node.contexts,
+        forward=Forwarder(node.pipeline, send),
+        envelopes=Envelopes(
+            identity=node.identity,
+            keyring=node.keyring,
+            replay=replay,
+            allow_unsigned=cfg.allow_unsigned,
+            max_message_bytes=cfg.max_message_bytes,
+            keepalive_ms=cfg.keepalive_ms,
+        ),
+        clock=node.clock,
+    )
+    grpc = GrpcServer(max_message_bytes=cfg.max_message_bytes, keepalive_ms=cfg.keepalive_ms)
+    door = AgentNodeDoor(
+        service, node.contexts, max_message_bytes=cfg.max_message_bytes, channel=streams.serve
+    )
+    grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
+    for servicer, descriptor in services:
+        grpc.add(
+            service_handler(servicer, descriptor, node.pipeline, node.contexts),
+            descriptor.full_name,
+        )
+    http = _http(node, service, services) if cfg.http_port is not None else None
+    return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+
+
+def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
+    """The hub, from the config (memory or SQLite stores)."""
+    cfg = node.config
+    outbox: Outbox
+    inbox: Inbox
+    if cfg.durable:
+        store = SqliteStore(cfg.resolved_data_dir / CHANNEL_STORE)
+        outbox = inbox = store
+    else:
+        outbox, inbox = MemoryOutbox(), MemoryInbox()
+    table = node.peer_table
+
+    def is_verified(node_id: str) -> bool:
+        # A channel opens only for a peer whose card we verified in a handshake
+        # (either direction); its key is then pinned in the key ring.
+        peer = table.get(node_id)
+        return peer is not None and peer.state in (PeerState.CONNECTED, PeerState.STALE)
+
+    return ChannelHub(
+        identity=node.identity,
+        keyring=node.keyring,
+        replay=replay,
+        pipeline=node.pipeline,
+        contexts=node.contexts,
+        clock=node.clock,
+        outbox=outbox,
+        inbox=inbox,
+        is_verified=is_verified,
+        card=node.card,
+        settings=ChannelSettings(
+            window=cfg.channel_window,
+            outbox_limit=cfg.outbox_limit,
+            keepalive_ms=cfg.keepalive_ms,
+            timeout_ms=cfg.channel_timeout_ms,
+            sign=cfg.channel_signing,
+            allow_unsigned=cfg.allow_unsigned,
+            max_message_bytes=cfg.max_message_bytes,
+        ),
+    )
+
+
+def _http(
+    node: NodeView, service: NodeService, services: list[tuple[object, ServiceDescriptor]]
+) -> Any:
+    # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
+    from aralnode.bridge.http import HttpBridge  # noqa: PLC0415 - see above
+
+    cfg = node.config
+    return HttpBridge(
+        service,
+        node.peer_table,
+        services,
+        name=node.name,
+        # The addresses we advertise are ours: a Host naming one of them is no rebinding.
+        allowed_hosts=[
+            *cfg.http_allowed_hosts,
+            *(join_host_port(h, "*") for h in node.advertised_hosts()),
+        ],
+        allowed_origins=list(cfg.http_allowed_origins),
+        max_body_bytes=cfg.max_message_bytes,
+        version=__version__,
+        docs=node._proto_docs,  # comments read once, for capabilities and bridges
+    )
+
+
+def announcement(node: NodeView) -> Announcement:
+    """What ``node`` announces to discovery."""
+    return Announcement(
+        node_id=node.node_id,
+        fingerprint=node.identity.public_key.fingerprint,
+        protocol_versions=SUPPORTED_VERSIONS,
+        grpc_port=node.grpc_port,
+        capability_digest=node.registry.digest,
+        http_port=node.http_port or None,  # bound port, once the HTTP door is up
+        hosts=tuple(node.advertised_hosts()),
+    )
+
+
+def build_backends(config: NodeConfig, node_id: str) -> list[DiscoveryBackend]:
+    """The discovery backends ``config`` names: mDNS in "mdns" mode, and the static
+    peers in any mode that has them."""
+    backends: list[DiscoveryBackend] = []
+    if config.discovery == "mdns":
+        from aralnode.discovery.mdns import MdnsBackend, instance_label  # noqa: PLC0415
+
+        backends.append(
+            MdnsBackend(
+                label=instance_label(config.name, node_id),
+                host_label=f"aral-{node_id[:16]}",
+                interfaces=config.interfaces,
+            )
+        )
+    if config.peers:
+        from aralnode.discovery.static import StaticBackend  # noqa: PLC0415
+
+        backends.append(StaticBackend(config.peers))
+    return backends
+
+
+def service_descriptor(
+    service: ServiceDescriptor | ModuleType, name: str | None
+) -> ServiceDescriptor:
+    """The descriptor a user named: itself, or the one (or ``name``d) service of a
+    generated ``*_pb2`` module."""
+    if isinstance(service, ServiceDescriptor):
+        return service
+    services: dict[str, ServiceDescriptor] = service.DESCRIPTOR.services_by_name
+    if name is None:
+        if len(services) != 1:
+            raise ValueError(f"{service.__name__} has {len(services)} services; pass name=")
+        return next(iter(services.values()))
+    if name not in services:
+        raise ValueError(f"{service.__name__} has no service {name!r}")
+    return services[name]
+
+
+def import_spec(spec: str) -> ModuleType:
+    """A module by dotted name, or a ``.py`` file (its folder importable while it loads)."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {spec}")
+        mod_name = f"aralnode_loaded_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"cannot load {spec}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        return module
+    return importlib.import_module(spec)
+
+
+__all__ = [
+    "NodeFacts",
+    "NodeParts",
+    "PeerSender",
+    "announcement",
+    "build_backends",
+    "build_parts",
+    "import_spec",
+    "service_descriptor",
+]

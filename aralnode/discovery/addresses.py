@@ -1,0 +1,108 @@
+"""Addresses: which hosts a node advertises, and where to dial back a peer that
+dialled us."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+import ifaddr
+
+from aralnode.core.addresses import join_host_port
+
+MAX_DIAL_ADDRESSES = 4
+MAX_ADVERTISED = 8
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
+
+
+def lan_addresses(*, ipv6: bool = False) -> list[str]:
+    """This host's IPv4 addresses (and, with ``ipv6``, its global IPv6 ones),
+    loopback and link-local excluded: what a node on a wildcard bind advertises."""
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                if not ip.ip.startswith(("127.", "169.254.")):
+                    out.append(ip.ip)
+            elif ipv6:
+                host = ip.ip[0]
+                if host != "::1" and not host.lower().startswith("fe80"):
+                    out.append(host)
+    return list(dict.fromkeys(out))
+
+
+def advertised_hosts(bind_host: str, interfaces: Sequence[str] = ()) -> list[str]:
+    """The hosts at which peers can reach a node bound to ``bind_host`` (never empty).
+
+    A specific bind host is itself. On a wildcard bind: the ``interfaces`` chosen,
+    else every non-loopback interface address (IPv6 too on ``::``), at most
+    ``MAX_ADVERTISED``; loopback only if the host has nothing else.
+    """
+    host = bind_host
+    if host not in WILDCARDS:
+        return [host]
+    hosts = list(interfaces) or lan_addresses(ipv6=host == "::")
+    return hosts[:MAX_ADVERTISED] or ["127.0.0.1"]
+
+
+def transport_host(peer: str) -> str:
+    """The IP in a grpc peer string (``ipv4:10.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    percent-encoded or not); "" for anything else."""
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
+def dial_back_addresses(card_addresses: list[str], transport_peer: str) -> list[str]:
+    """Where to dial back a peer that dialled us, best first (at most
+    ``MAX_DIAL_ADDRESSES``).
+
+    Its card's addresses, the one its connection came from first; a card host that
+    is a wildcard, or loopback while the connection is not, is replaced by the
+    connection's IP (a node bound to 0.0.0.0 used to list 127.0.0.1).
+    """
+    seen = transport_host(transport_peer)
+    seen_ip = _ip(seen)
+    matching: list[str] = []
+    others: list[str] = []
+    ports: list[int] = []
+    for address in card_addresses:
+        host, _, port_text = address.rpartition(":")
+        host = host.strip("[]")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            continue
+        port = int(port_text)
+        ports.append(port)
+        ip = _ip(host)
+        replace = (
+            ip is not None
+            and seen_ip is not None
+            and (ip.is_unspecified or (ip.is_loopback and not seen_ip.is_loopback))
+        )
+        if replace or (ip is not None and ip == seen_ip):
+            matching.append(join_host_port(seen, port))
+        elif ip is None or not ip.is_unspecified:
+            others.append(join_host_port(host, port))
+    if seen_ip is not None and not seen_ip.is_unspecified and ports and not matching:
+        others.append(join_host_port(seen, ports[0]))  # last resort: where it came from
+    return list(dict.fromkeys([*matching, *others]))[:MAX_DIAL_ADDRESSES]
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+__all__ = [
+    "MAX_DIAL_ADDRESSES",
+    "advertised_hosts",
+    "dial_back_addresses",
+    "lan_addresses",
+    "transport_host",
+]

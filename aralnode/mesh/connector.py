@@ -1,0 +1,191 @@
+"""The peer connector: dial an address, verify the node there, keep its client.
+
+``PeerConnector.connect`` is the one way a peer becomes verified: a signed
+Hello/Welcome handshake whose card must carry the key the caller expected (a node id
+from a hint, a TXT fingerprint), after which the peer's client is kept (one per
+node id) and its channel is dialled. Peers that dialled *us* prove their key in
+our handshake; their cards are kept too, so their capabilities can be listed before
+our own dial reaches them.
+
+Built from explicit parts (identity, key ring, peer table, the card to show), not
+from the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aralnode import _proto as pb
+from aralnode.core.clock import Clock
+from aralnode.core.errors import KeyMismatch, PeerNotFound, RateLimited, Unavailable
+from aralnode.core.handshake import VerifiedCard
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
+from aralnode.transport.grpc_client import NodeClient
+
+
+def card_fields(verified: VerifiedCard, address: str, version: str, source: str) -> dict[str, Any]:
+    """The peer table fields a verified card gives."""
+    card = verified.card
+    return {
+        "address": address,
+        "node_id": card.node_id,
+        "name": card.name,
+        "health": "SERVING",
+        "capability_ids": tuple(c.id for c in card.capabilities),
+        "protocol_version": version,
+        "key_fingerprint": verified.key.fingerprint,
+        "source": source,
+        "error": "",
+    }
+
+
+class PeerConnector:
+    """Verified peers' clients, and the dial that makes a peer verified.
+
+    Args:
+        card: Our signed card, shown in every handshake.
+        on_verified: Called with (node id, address) once a dial verified a peer
+            (the node opens its channel there).
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        keyring: KeyRing,
+        clock: Clock,
+        table: PeerTable,
+        card: Callable[[], pb.SignedNodeCard],
+        max_message_bytes: int,
+        on_verified: Callable[[str, str], None] = lambda node_id, address: None,
+    ) -> None:
+        self.identity = identity
+        self.keyring = keyring
+        self.clock = clock
+        self.table = table
+        self.card = card
+        self.max_message_bytes = max_message_bytes
+        self.on_verified = on_verified
+        self.clients: dict[str, NodeClient] = {}
+        self._inbound_cards: dict[str, VerifiedCard] = {}  # cards of peers that dialled us
+        table.on_forget(self._forget_card)
+
+    async def connect(
+        self,
+        address: str,
+        *,
+        expected_node_id: str = "",
+        expected_fingerprint: str = "",
+        source: str = "static",
+    ) -> PeerInfo:
+        """Dial ``address``, verify its card in a handshake, and keep it as a peer.
+
+        Until verified the peer is keyed by its address, never by the id a hint
+        claims, so a liar's failed handshake cannot touch the real peer's entry.
+
+        Raises:
+            KeyMismatch: the card's key is not ``expected_node_id``'s, or does not
+                have ``expected_fingerprint`` (e.g. from an mDNS TXT record).
+            Unavailable: ``DIAL_IN_PROGRESS``, another dial to ``address`` is under way.
+            RateLimited: ``PEER_TABLE_FULL``, no room for another unverified peer.
+        """
+        key = f"addr:{address}"
+        self._start_dial(key, address, source)
+        client = NodeClient(
+            address,
+            identity=self.identity,
+            keyring=self.keyring,
+            clock=self.clock,
+            max_message_bytes=self.max_message_bytes,  # as its server allows
+        )
+        try:
+            verified = await self._verify(client, expected_node_id, expected_fingerprint)
+        except BaseException as exc:  # also on cancel: never leak the channel
+            await client.close()
+            if isinstance(exc, Unavailable) and exc.reason == "SELF":
+                self.table.remove(key)
+            else:
+                with contextlib.suppress(ValueError):  # the entry may have expired meanwhile
+                    self.table.apply(key, PeerEvent.FAILED, error=str(exc) or type(exc).__name__)
+            raise
+        old = self.clients.pop(verified.node_id, None)
+        if old is not None:
+            await old.close()
+        self.clients[verified.node_id] = client
+        self.on_verified(verified.node_id, address)
+        self.table.rekey(key, verified.node_id)
+        return self.table.apply(
+            verified.node_id,
+            PeerEvent.VERIFIED,
+            **card_fields(verified, address, client.version, source),
+        )
+
+    def _start_dial(self, key: str, address: str, source: str) -> None:
+        table = self.table
+        existing = table.get(key)
+        if existing is not None and existing.state is PeerState.HANDSHAKING:
+            raise Unavailable(  # another dial owns the entry
+                f"a handshake with {address} is already under way", reason="DIAL_IN_PROGRESS"
+            )
+        try:
+            if existing is None or existing.state is PeerState.GONE:
+                table.apply(key, PeerEvent.DISCOVERED, address=address, source=source)
+            table.apply(key, PeerEvent.HANDSHAKE_STARTED)
+        except PeerTableFull as exc:
+            raise RateLimited(str(exc), reason="PEER_TABLE_FULL") from None
+
+    async def _verify(
+        self, client: NodeClient, expected_node_id: str, expected_fingerprint: str
+    ) -> VerifiedCard:
+        verified = await client.handshake(self.card(), expected_node_id=expected_node_id)
+        if expected_fingerprint and verified.key.fingerprint != expected_fingerprint:
+            raise KeyMismatch(
+                "the node's key does not have the announced fingerprint",
+                reason="FINGERPRINT_MISMATCH",
+            )
+        if verified.node_id == self.identity.node_id:
+            raise Unavailable("that address is this node itself", reason="SELF")
+        return verified
+
+    def _forget_card(self, key: str) -> None:
+        self._inbound_cards.pop(key, None)
+
+    def remember_inbound(self, verified: VerifiedCard) -> None:
+        """Keep the card of a peer that dialled us (until the table forgets it): its
+        capabilities are listed even before our own dial reaches it, as calls to it
+        already go."""
+        self._inbound_cards[verified.node_id] = verified
+
+    def peer_card(self, node_id: str) -> VerifiedCard | None:
+        """The card a peer showed in a handshake: ours to it, else its own to us."""
+        client = self.clients.get(node_id)
+        if client is not None and client.peer is not None:
+            return client.peer
+        return self._inbound_cards.get(node_id)
+
+    def peer_capabilities(self, node_id: str) -> list[pb.Capability]:
+        """A verified peer's capabilities, as its card listed them.
+
+        Raises:
+            PeerNotFound: no card of ``node_id``.
+        """
+        verified = self.peer_card(node_id)
+        if verified is None:
+            raise PeerNotFound(f"no verified peer {node_id!r}")
+        return list(verified.card.capabilities)
+
+    def release(self, node_id: str) -> NodeClient | None:
+        """Forget the client of ``node_id`` (the caller closes it)."""
+        return self.clients.pop(node_id, None)
+
+    async def close(self) -> None:
+        """Close every client."""
+        for client in list(self.clients.values()):
+            await client.close()
+        self.clients.clear()
+
+
+__all__ = ["PeerConnector", "card_fields"]

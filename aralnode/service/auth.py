@@ -1,0 +1,121 @@
+"""Who is calling: the authenticator hook the pipeline's first stage runs.
+
+An ``Authenticator`` turns a context's ``Credentials`` (what a door knew) into an
+``Authenticated`` (who the caller is, which scopes it has, whom it acts for). The
+default, ``PeerAuthenticator``, is the node's rule for every door alike:
+
+- the in-process API is the node itself, with every scope (or whoever the program
+  put in the context it passed);
+- a caller whose signature verified with a key a handshake pinned is that peer: it
+  gets ``peer_scopes`` plus its own ``peer_grants``, unless it acts for someone else
+  (a delegation gets that principal's rights, never the forwarding node's);
+- a signature with a key nobody verified names the signer, with no scopes;
+- a channel peer is its session's authenticated node id (scopes as above when its
+  message is signed);
+- everyone else is anonymous.
+
+Other authenticators (bearer tokens, API keys, mTLS identities) implement the same
+protocol and are chained in front of the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from aralnode.core.context import CallContext, Credentials
+
+ALL_SCOPES = "*"
+_NO_SCOPES: frozenset[str] = frozenset()
+_EVERY_SCOPE = frozenset({ALL_SCOPES})
+
+
+@dataclass(slots=True, frozen=True)
+class Authenticated:
+    """What an authenticator decided about a caller.
+
+    Attributes:
+        caller: The caller's id ("" for anonymous).
+        scopes: The scopes it holds (``"*"``: all of them).
+        on_behalf_of: The principal it acts for, if it delegates.
+    """
+
+    caller: str = ""
+    scopes: frozenset[str] = _NO_SCOPES
+    on_behalf_of: str = ""
+
+
+ANONYMOUS = Authenticated()
+
+
+class Authenticator(Protocol):
+    """Decides who a caller is. Runs on every call: keep it fast (cache what costs).
+
+    Raises ``Unauthenticated`` for credentials that are present but wrong (a bad
+    token): the call is refused, on every door alike.
+    """
+
+    def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated: ...
+
+
+def peer_scopes_of(
+    node_id: str, everyone: frozenset[str], grants: Mapping[str, frozenset[str]]
+) -> frozenset[str]:
+    """The scopes of the verified node key ``node_id``: what every peer gets, and its
+    own grant (``NodeConfig.peer_scopes`` and ``peer_grants``)."""
+    grant = grants.get(node_id)
+    return everyone | grant if grant else everyone
+
+
+class PeerAuthenticator:
+    """The default rule (see the module docstring)."""
+
+    __slots__ = ("_node_id", "grants", "peer_scopes")
+
+    def __init__(
+        self,
+        node_id: str | Callable[[], str],
+        *,
+        peer_scopes: frozenset[str] = _NO_SCOPES,
+        peer_grants: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """``node_id`` may be given late (a callable), as a node's key is read lazily."""
+        self._node_id = node_id
+        self.peer_scopes = frozenset(peer_scopes)
+        self.grants = dict(peer_grants or {})
+
+    @property
+    def node_id(self) -> str:
+        node_id = self._node_id
+        return node_id if isinstance(node_id, str) else node_id()
+
+    def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        if credentials.local:
+            if ctx.caller:  # the program said who: it owns the node
+                return Authenticated(ctx.caller, ctx.scopes, ctx.on_behalf_of)
+            return Authenticated(self.node_id, _EVERY_SCOPE)
+        delegated = credentials.on_behalf_of
+        signer = credentials.signer
+        if signer:
+            # Peer rights go to a verified node key (pinned by a handshake), not to
+            # any self-made key a message embeds; a delegated call gets its
+            # principal's rights, not the signer's.
+            trusted = credentials.signer_verified and not delegated
+            scopes = (
+                peer_scopes_of(signer, self.peer_scopes, self.grants) if trusted else _NO_SCOPES
+            )
+            return Authenticated(signer, scopes, delegated)
+        if credentials.link_peer:
+            return Authenticated(credentials.link_peer, _NO_SCOPES, delegated)
+        return ANONYMOUS
+
+
+__all__ = [
+    "ALL_SCOPES",
+    "ANONYMOUS",
+    "Authenticated",
+    "Authenticator",
+    "PeerAuthenticator",
+    "peer_scopes_of",
+]

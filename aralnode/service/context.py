@@ -1,0 +1,133 @@
+"""The one place a ``CallContext`` is made.
+
+Every door hands in what it knows, in its own terms made plain: the transport peer,
+the metadata or headers, how long the caller will wait, and the caller's
+``Credentials`` (a verified envelope signer, a channel peer, a delegation, a TLS
+certificate). The builder makes the context: trace id (the caller's, if it is safe
+to carry), deadline (whichever is sooner: the transport's or the message's own), and
+the credentials the pipeline's authenticate stage will read. No door fills in a
+caller or scopes itself, so an authenticator added to the pipeline applies to all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aralnode import _proto as pb
+from aralnode.core.clock import Clock
+from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, clean_trace_id
+
+LOCAL = Credentials(local=True)
+TRACE_HEADER = "x-trace-id"
+
+
+class ContextBuilder:
+    """Makes every door's ``CallContext`` (see the module docstring)."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def build(
+        self,
+        door: str,
+        *,
+        peer: str = "",
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        timeout_enforced: bool = False,
+        trace_id: str = "",
+        message_id: str = "",
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> CallContext:
+        """The context of one call on ``door``.
+
+        Args:
+            peer: The caller's transport address.
+            metadata: gRPC metadata or HTTP headers, names in lower case; the trace
+                id comes from ``X-Trace-Id`` when ``trace_id`` is not given.
+            timeout: Seconds the caller will wait (``None``: no deadline).
+            timeout_enforced: The transport itself cancels the call then (gRPC does).
+            credentials: What the door verified about the caller.
+        """
+        md = dict(metadata) if metadata else {}
+        return CallContext(
+            door=door,
+            peer=peer,
+            trace_id=clean_trace_id(trace_id or md.get(TRACE_HEADER, "")),
+            message_id=message_id,
+            deadline=None if timeout is None else self.clock.monotonic() + timeout,
+            deadline_enforced=timeout is not None and timeout_enforced,
+            metadata=md,
+            credentials=credentials,
+        )
+
+    def signed(
+        self,
+        ctx: CallContext,
+        header: pb.Header,
+        *,
+        signed: bool,
+        signer_verified: bool,
+        link_peer: str = "",
+        queued: bool = False,
+    ) -> CallContext:
+        """``ctx`` for a request that came as an opened ARAL message: its signer (if
+        its signature verified), its delegation, ids, and its own time to live when
+        that ends sooner than the transport's deadline (which we then enforce).
+
+        A ``queued`` message (one that may have waited in a channel's outbox) lives
+        from its timestamp; one that came straight over a call, from now, so that
+        clock skew between the nodes does not eat into it."""
+        sender, message_id = header.sender, header.message_id
+        ctx.credentials = Credentials(
+            signer=sender if signed else "",
+            signer_verified=signed and signer_verified,
+            link_peer=link_peer,
+            on_behalf_of=header.on_behalf_of,
+        )
+        ctx.signed = signed
+        ctx.message_id = message_id
+        ctx.trace_id = clean_trace_id(header.trace_id or message_id)
+        ttl_ms = header.ttl_ms
+        if ttl_ms > 0:
+            left = ttl_ms / 1000
+            if queued:
+                left = (header.timestamp_unix_ms + ttl_ms - self.clock.now_ms()) / 1000
+            deadline = self.clock.monotonic() + left
+            if ctx.deadline is None or deadline < ctx.deadline:
+                ctx.deadline, ctx.deadline_enforced = deadline, False
+        return ctx
+
+    def channel(self, peer_id: str, header: pb.Header, *, signed: bool) -> CallContext:
+        """The context of a request a peer sent over an A2A channel (the session
+        authenticated ``peer_id``; a signature on the message makes it its signer)."""
+        ctx = CallContext(door="channel", peer=peer_id)
+        return self.signed(
+            ctx, header, signed=signed, signer_verified=True, link_peer=peer_id, queued=True
+        )
+
+    def local(self, ctx: CallContext | None = None, *, trace_id: str | None = None) -> CallContext:
+        """A context for the in-process API: the node's own program. A context the
+        program made itself keeps the caller and scopes it set.
+
+        ``trace_id``: the trace to carry; ``None`` makes a fresh one, "" none (a
+        message the program sends gets its own message id as trace)."""
+        if ctx is None:
+            if trace_id is None:
+                return CallContext(door="local", credentials=LOCAL)
+            return CallContext(door="local", trace_id=trace_id, credentials=LOCAL)
+        if ctx.credentials is None:
+            ctx.credentials = LOCAL
+        return ctx
+
+    def deadline_in(self, ctx: CallContext, timeout: float) -> None:
+        """Bring ``ctx``'s deadline to ``timeout`` seconds from now if that is sooner
+        (a deadline a request names itself, as ``Call.timeout_ms``)."""
+        deadline = self.clock.monotonic() + timeout
+        if ctx.deadline is None or deadline < ctx.deadline:
+            ctx.deadline, ctx.deadline_enforced = deadline, False
+
+
+__all__ = ["LOCAL", "ContextBuilder"]

@@ -1,0 +1,273 @@
+"""``aral.v1.AgentNode``, implemented once for every door.
+
+``NodeService`` takes request messages and a ``CallContext`` and returns response
+messages; the gRPC servicer, the REST routes, the MCP tools and the WebSocket door
+are thin adapters around it (bytes or JSON in, the context from the
+``ContextBuilder``, errors mapped on the way out). Every method runs through the
+pipeline: ``Invoke`` as the capability it names (or a forward to a peer), the others
+as the built-in actions ``aral.v1.AgentNode/<Method>``.
+
+``BUILT_INS`` says which methods the bridges expose and how: ``Handshake`` and
+``Channel`` are between nodes only and are served by the gRPC door alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from aralnode import _proto as pb
+from aralnode.core import codec
+from aralnode.core.clock import Clock
+from aralnode.core.context import CallContext
+from aralnode.core.envelope import (
+    REQUEST,
+    RESPONSE,
+    build_content,
+    encode_payload,
+    open_message,
+    seal_into,
+)
+from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, Unauthenticated
+from aralnode.core.handshake import VerifiedCard, accept_hello, make_welcome
+from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.replay import ReplayGuard
+from aralnode.service.calls import Forwarder, plain_call
+from aralnode.service.context import ContextBuilder
+from aralnode.service.pipeline import Pipeline
+
+BuiltInMethod = Callable[[Any, CallContext], Awaitable[Message]]
+M = TypeVar("M", bound=Message)
+
+
+class NodeInfo(Protocol):
+    """What the built-in methods read from the node."""
+
+    def status(self) -> pb.NodeStatus: ...
+
+    def peer_protos(self) -> list[pb.Peer]: ...
+
+    def connected_peers(self) -> list[pb.Peer]: ...
+
+    def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
+        """This node's capabilities, or a verified peer's (``PeerNotFound``)."""
+
+    def peer_capabilities(self, node_id: str) -> list[pb.Capability]:
+        """A verified peer's capabilities as its card listed them ([] if none)."""
+
+    def card(self) -> pb.SignedNodeCard: ...
+
+    def inbound_handshake(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
+        """A peer dialled us and proved its key (may refuse: ``RateLimited``)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Envelopes:
+    """How signed ``Invoke`` messages are checked: the node's key and key ring, the
+    replay window, whether unsigned ones are taken, and the size limit."""
+
+    identity: Identity
+    keyring: KeyRing
+    replay: ReplayGuard
+    allow_unsigned: bool
+    max_message_bytes: int
+    keepalive_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class BuiltIn:
+    """One ``AgentNode`` method as the bridges see it.
+
+    Attributes:
+        attribute: The ``NodeService`` method that implements it.
+        tool: Listed as an MCP tool of its own (``Invoke`` is not: every capability
+            already is a tool).
+    """
+
+    attribute: str
+    tool: bool
+
+
+BUILT_INS: dict[str, BuiltIn] = {
+    "Invoke": BuiltIn("invoke", tool=False),
+    "ListCapabilities": BuiltIn("list_capabilities", tool=True),
+    "GetStatus": BuiltIn("get_status", tool=True),
+    "ListPeers": BuiltIn("list_peers", tool=True),
+}
+
+
+class NodeService:
+    """The node's own methods (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        info: NodeInfo,
+        pipeline: Pipeline,
+        contexts: ContextBuilder,
+        forward: Forwarder,
+        envelopes: Envelopes,
+        clock: Clock,
+    ) -> None:
+        self.info = info
+        self.pipeline = pipeline
+        self.contexts = contexts
+        self.forward = forward
+        self.envelopes = envelopes
+        self.clock = clock
+        self.node_id = envelopes.identity.node_id
+
+    def method(self, name: str) -> BuiltInMethod | None:
+        """The implementation of ``AgentNode/<name>`` the bridges may call."""
+        built_in = BUILT_INS.get(name)
+        if built_in is None:
+            return None
+        method: BuiltInMethod = getattr(self, built_in.attribute)
+        return method
+
+    # -- between nodes -----------------------------------------------------------------
+
+    def handshake(self, request: pb.HandshakeRequest, transport_peer: str) -> pb.HandshakeResponse:
+        """Hello/Welcome: verify the caller's card, pin its key, answer with ours.
+
+        Raises:
+            AralError: the hello does not verify, or there is no room for the peer.
+        """
+        try:
+            return self._handshake(request, transport_peer)
+        except AralError:
+            self.pipeline.counters["handshake.rejected"] += 1
+            raise
+
+    def _handshake(self, request: pb.HandshakeRequest, transport_peer: str) -> pb.HandshakeResponse:
+        env = self.envelopes
+        hello, verified, version = accept_hello(request, my_node_id=self.node_id, replay=env.replay)
+        keyring = env.keyring
+        newly_pinned = not keyring.is_pinned(verified.key.key_id)
+        keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)
+        try:
+            # May refuse (RESOURCE_EXHAUSTED) when too many peers that dialled us
+            # are still unconfirmed: then we keep nothing of this one.
+            self.info.inbound_handshake(verified, transport_peer, version)
+        except BaseException:
+            if newly_pinned:
+                keyring.unpin(verified.key.key_id)
+            raise
+        return make_welcome(
+            env.identity,
+            self.info.card(),
+            hello,
+            version,
+            self.clock,
+            keepalive_ms=env.keepalive_ms,
+        )
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def invoke(
+        self, request: pb.InvokeRequest, ctx: CallContext, *, envelopes: bool = True
+    ) -> pb.InvokeResponse:
+        """A plain ``call`` (here or forwarded), or a signed request message.
+
+        Args:
+            envelopes: Whether this door takes signed messages (gRPC does; the HTTP
+                doors take plain calls only).
+        """
+        kind = request.WhichOneof("kind")
+        if kind == "call":
+            reply = await plain_call(
+                request.call,
+                ctx,
+                pipeline=self.pipeline,
+                forward=self.forward,
+                node_id=self.node_id,
+                clock=self.clock,
+            )
+            return pb.InvokeResponse(result=reply)
+        if kind == "message" and envelopes:
+            return await self._invoke_message(request.message, ctx)
+        if kind == "message":
+            raise InvalidRequest(
+                "this door takes a plain `call`; signed messages travel over gRPC",
+                reason="UNSUPPORTED_KIND",
+            )
+        raise MalformedMessage("InvokeRequest needs `message` or `call`", reason="MISSING_FIELD")
+
+    async def _invoke_message(self, message: pb.ARALMessage, ctx: CallContext) -> pb.InvokeResponse:
+        env = self.envelopes
+        opened = open_message(
+            message,
+            keyring=env.keyring,
+            replay=env.replay,
+            require_signature=not env.allow_unsigned,
+            max_bytes=env.max_message_bytes,
+            expected_recipient=self.node_id,
+        )
+        header, body = opened.header, opened.body
+        if header.HasField("channel"):
+            # Bound to a position on an A2A channel: only that channel may deliver it
+            # (a captured channel request must not be relayed through this door).
+            raise Unauthenticated(
+                "message is bound to an A2A channel; Invoke does not take it",
+                reason="CHANNEL_BOUND_MESSAGE",
+            )
+        action = body.action
+        if body.type != REQUEST or not action:
+            raise MalformedMessage(
+                "Invoke takes a request message with an action", reason="MISSING_FIELD"
+            )
+        signed = opened.signed
+        sender = header.sender
+        self.contexts.signed(
+            ctx, header, signed=signed, signer_verified=signed and env.keyring.is_pinned(sender)
+        )
+        value = await self.pipeline.invoke(ctx, action, opened.parameters(env.max_message_bytes))
+        content_type = header.content_type
+        payload, compression = encode_payload(value, content_type or codec.JSON)
+        response = pb.InvokeResponse()
+        content = build_content(
+            sender=self.node_id,
+            recipient=sender,
+            body=pb.Body(
+                type=RESPONSE, action=action, result=payload, correlation_id=header.message_id
+            ),
+            clock=self.clock,
+            trace_id=ctx.trace_id,
+            content_type=content_type,
+            compression=compression,
+        )
+        seal_into(response.message, content, env.identity if signed else None)
+        return response
+
+    # -- read-only built-ins -------------------------------------------------------------
+
+    async def list_capabilities(
+        self, request: pb.ListCapabilitiesRequest, ctx: CallContext
+    ) -> pb.ListCapabilitiesResponse:
+        """This node's capabilities, or a verified peer's as its card listed them."""
+        node_id = request.node_id
+        return await self._built_in(
+            ctx, "ListCapabilities", lambda: self.info.capabilities_of(node_id)
+        )
+
+    async def get_status(self, request: pb.GetStatusRequest, ctx: CallContext) -> pb.NodeStatus:
+        return await self._built_in(ctx, "GetStatus", self.info.status)
+
+    async def list_peers(
+        self, request: pb.ListPeersRequest, ctx: CallContext
+    ) -> pb.ListPeersResponse:
+        return await self._built_in(
+            ctx, "ListPeers", lambda: pb.ListPeersResponse(peers=self.info.peer_protos())
+        )
+
+    async def _built_in(self, ctx: CallContext, name: str, answer: Callable[[], M]) -> M:
+        async def run(_: Any) -> M:
+            return answer()
+
+        return await self.pipeline.call(ctx, f"{pb.AGENT_NODE_SERVICE_NAME}/{name}", None, run)
+
+
+__all__ = ["BUILT_INS", "BuiltIn", "Envelopes", "NodeInfo", "NodeService"]

@@ -1,0 +1,372 @@
+"""The one pipeline every call runs, whatever door it came through.
+
+::
+
+    authenticate -> authorize -> rate-limit -> govern (pre) -> handler -> post-check -> audit
+
+Doors build a ``CallContext`` (``ContextBuilder``) and hand the call here; none of
+them calls a handler itself, so a call refused on one door is refused on all. The
+kinds of call differ only in their handler:
+
+- ``invoke``: a registered capability with JSON parameters (gRPC ``Invoke``, REST
+  ``/v1/invoke``, MCP tools, WebSocket ``invoke``, A2A channel requests, in-process);
+- ``invoke_message``: a capability that is a method of a user's protobuf service,
+  with the request message as parsed from the wire and the response message as the
+  method made it (no JSON between them; governance gets a JSON view of the request
+  only if a rule reads it);
+- ``call``: anything else run for a caller under the same rules: the node's
+  built-in methods, a call forwarded to a peer (``Direction.SEND``), request streams;
+- ``stream``: a server stream: every stage before the first item, the slot held
+  until it ends, each item post-checked;
+- ``judge_message``: a message rather than a call (a notification received from a
+  peer, one the program sends): authenticate, authorize, govern and audit, with no
+  concurrency slot (the channel's credit and outbox bound those).
+
+The stages themselves are in ``aralnode.service.stages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from aralnode.core.capabilities import Capability, CapabilityRegistry, request_from
+from aralnode.core.clock import Clock
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, Cancelled, DeadlineExceeded, HandlerFailed
+from aralnode.core.governance import Action, Direction, Evaluator, Verdict
+from aralnode.service.stages import Stages, VerdictListener
+
+log = logging.getLogger("aralnode.pipeline")
+
+T = TypeVar("T")
+_NO_SCOPES: tuple[str, ...] = ()
+_INVOKE = Direction.INVOKE
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    """What a call acts on, as the stages see it.
+
+    Attributes:
+        id: The capability, built-in method or event (governance's action id).
+        kind: "invoke", "call", "stream" or "message": the counters' prefix.
+    """
+
+    id: str
+    direction: Direction = _INVOKE
+    risk: str = "unspecified"
+    scopes: Sequence[str] = _NO_SCOPES
+    peer: str = ""
+    kind: str = "call"
+
+
+class Pipeline:
+    """Runs every kind of call through the stages (see the module docstring)."""
+
+    def __init__(self, registry: CapabilityRegistry, stages: Stages, clock: Clock) -> None:
+        self.registry = registry
+        self.stages = stages
+        self.clock = clock
+        # A capability's target, made once (dropped when the registry changes).
+        self._targets: dict[str, Target] = {}
+        registry.on_change(self._targets.clear)
+
+    def _target(self, cap: Capability) -> Target:
+        target = self._targets.get(cap.id)
+        if target is None:
+            target = self._targets[cap.id] = Target(
+                cap.id, _INVOKE, cap.risk, cap.required_scopes, "", "invoke"
+            )
+        return target
+
+    # -- what the stages hold -------------------------------------------------------
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self.stages.counters
+
+    @property
+    def governance(self) -> Evaluator:
+        """The evaluator of the govern stage."""
+        return self.stages.govern.evaluator
+
+    @governance.setter
+    def governance(self, evaluator: Evaluator) -> None:
+        self.stages.govern.evaluator = evaluator
+
+    @property
+    def verdict_listeners(self) -> list[VerdictListener]:
+        """Called with every verdict (they watch; they never decide)."""
+        return self.stages.govern.listeners
+
+    @property
+    def in_flight(self) -> int:
+        return self.stages.rate_limit.in_flight
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.stages.rate_limit.max_concurrent
+
+    def judge(self, action: Action, ctx: CallContext | None = None) -> Verdict:
+        """The verdict on ``action``, told to the listeners; not enforced."""
+        return self.stages.govern.judge(action, ctx)
+
+    # -- capabilities ---------------------------------------------------------------
+
+    async def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Any:
+        """Run a capability with JSON parameters for ``ctx``; its JSON result. The
+        governance decision and flags are left on ``ctx`` (``decision``, ``flags``).
+
+        Raises:
+            AralError: every refusal and failure, already mapped to a status.
+        """
+        try:
+            self.stages.authenticate(ctx)
+            cap = self.registry.get(capability_id)
+        except AralError as exc:
+            self._ended(ctx, Target(capability_id, kind="invoke"), exc)
+            raise
+        return await self._run(ctx, self._target(cap), cap.handler, params, None)
+
+    async def invoke_message(self, ctx: CallContext, capability_id: str, request: Message) -> Any:
+        """Run a protobuf method's capability on ``request`` (parsed from the wire);
+        the response message as the method returned it.
+
+        Raises:
+            AralError: as ``invoke``; ``InvalidRequest`` for a capability that is not
+                a protobuf method.
+        """
+        try:
+            self.stages.authenticate(ctx)
+            cap = self.registry.get(capability_id)
+            method = cap.method_handler()
+        except AralError as exc:
+            self._ended(ctx, Target(capability_id, kind="invoke"), exc)
+            raise
+        return await self._run(ctx, self._target(cap), method, request, request)
+
+    # -- everything else ------------------------------------------------------------
+
+    async def call(
+        self,
+        ctx: CallContext,
+        action_id: str,
+        params: Any,
+        run: Callable[[Any], Awaitable[T]],
+        *,
+        direction: Direction = _INVOKE,
+        risk: str = "read_only",
+        peer: str = "",
+        scopes: Sequence[str] = _NO_SCOPES,
+    ) -> T:
+        """Run what is not a registered capability under the same stages: the node's
+        built-in methods, a call forwarded to a peer for a caller (``SEND``), a
+        request stream. ``run(params)`` gets the parameters as governance left them.
+        """
+        target = Target(action_id, direction, risk, scopes, peer, "call")
+        try:
+            self.stages.authenticate(ctx)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+
+        async def handler(value: Any, _: CallContext) -> T:
+            return await run(value)
+
+        result: T = await self._run(ctx, target, handler, params, None)
+        return result
+
+    async def stream(
+        self,
+        ctx: CallContext,
+        method_id: str,
+        params: Any,
+        start: Callable[[Any], AsyncIterator[T]],
+        *,
+        risk: str = "unspecified",
+        message: Message | None = None,
+    ) -> AsyncIterator[T]:
+        """Run a streaming method: every stage before the first item, the slot held
+        until the stream ends, each item post-checked, the outcome audited at the
+        end. ``start`` gets the parameters as governance left them (with
+        ``message``: the request message, rebuilt if a nudge replaced it)."""
+        st = self.stages
+        target = Target(method_id, _INVOKE, risk, _NO_SCOPES, "", "stream")
+        try:
+            st.authenticate(ctx)
+            st.authorize(ctx, _NO_SCOPES, method_id)
+            st.rate_limit.enter(ctx)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+        try:
+            ctx.capability = method_id
+            action = Action(_INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer)
+            if message is not None:
+                action.message = message
+            value = self._governed(st.govern(ctx, action), params, message, method_id)
+            post_check = st.post_check
+            async for item in start(value):
+                yield post_check(ctx, action, item)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            self._quietly_ended(ctx, target)
+            raise
+        finally:
+            st.rate_limit.leave(ctx)
+        self._ended(ctx, target, None)
+
+    def stream_message(
+        self,
+        ctx: CallContext,
+        method_id: str,
+        impl: Callable[[Message, CallContext], AsyncIterator[Message]],
+        request: Message,
+    ) -> AsyncIterator[Message]:
+        """``stream`` for a protobuf server-streaming method, as every door runs it:
+        ``impl`` runs on ``request``, or on the request a nudge's parameters describe."""
+        return self.stream(ctx, method_id, None, lambda value: impl(value, ctx), message=request)
+
+    def judge_message(
+        self,
+        ctx: CallContext,
+        action_id: str,
+        params: Any,
+        *,
+        direction: Direction,
+        peer: str = "",
+    ) -> Any:
+        """The stages a message goes through (a notification a peer sent us, one the
+        program sends): authenticate, authorize, govern, audit; no concurrency slot.
+        The parameters to go on with (a nudge may have replaced them).
+
+        Raises:
+            AralError: a refusal (``GovernanceBlocked`` and the others).
+        """
+        st = self.stages
+        target = Target(action_id, direction, "unspecified", _NO_SCOPES, peer, "message")
+        try:
+            st.authenticate(ctx)
+            st.authorize(ctx, _NO_SCOPES, action_id)
+            action = Action(direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer)
+            nudged = st.govern(ctx, action)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+        self._ended(ctx, target, None)
+        return params if nudged is None else nudged
+
+    # -- the stages, in order -------------------------------------------------------
+
+    async def _run(
+        self,
+        ctx: CallContext,
+        target: Target,
+        handler: Callable[[Any, CallContext], Awaitable[Any]],
+        value: Any,
+        message: Message | None,
+    ) -> Any:
+        """authorize -> rate-limit -> govern -> handler -> post-check -> audit, for a
+        caller already authenticated (its target's scopes needed that)."""
+        st = self.stages
+        target_id = target.id
+        try:
+            st.authorize(ctx, target.scopes, target_id)
+            st.rate_limit.enter(ctx)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+        try:
+            ctx.capability = target_id
+            action = Action(
+                target.direction, target_id, ctx.caller, ctx.door, target.risk,
+                None if message is not None else value, target.peer or ctx.peer,
+                message=message,
+            )  # fmt: skip
+            value = self._governed(st.govern(ctx, action), value, message, target_id)
+            result = await self._handle(ctx, target_id, handler, value)
+            result = st.post_check(ctx, action, result)
+        except AralError as exc:
+            self._ended(ctx, target, exc)
+            raise
+        except asyncio.CancelledError:
+            self._quietly_ended(ctx, target)
+            raise
+        finally:
+            st.rate_limit.leave(ctx)
+        self._ended(ctx, target, None)
+        return result
+
+    @staticmethod
+    def _governed(nudged: Any, value: Any, message: Message | None, target: str) -> Any:
+        """What the handler gets: the request (``message``, else ``value``), or what
+        a nudge put in its place."""
+        if nudged is None:
+            return value if message is None else message
+        if message is not None:
+            return request_from(type(message), nudged, target)
+        return nudged
+
+    async def _handle(
+        self,
+        ctx: CallContext,
+        target: str,
+        handler: Callable[[Any, CallContext], Awaitable[Any]],
+        value: Any,
+    ) -> Any:
+        """The handler under the call's deadline (unless the transport enforces it);
+        anything it raises that is not an ``AralError`` is a ``HandlerFailed``."""
+        try:
+            if ctx.deadline is None or ctx.deadline_enforced:
+                return await handler(value, ctx)
+            remaining = ctx.deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline passed before {target} started")
+            try:
+                async with asyncio.timeout(remaining):
+                    return await handler(value, ctx)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{target} did not finish before the deadline") from None
+        except AralError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed (trace %s)", target, ctx.trace_id)
+            raise HandlerFailed(
+                f"capability {target} failed: {type(exc).__name__}",
+                details={"capability": target, "trace_id": ctx.trace_id},
+            ) from exc
+
+    def _ended(self, ctx: CallContext, target: Target, error: AralError | None) -> None:
+        """Count the outcome and audit it. An audit that fails turns a success into
+        ``AUDIT_FAILED`` (raised); on a refusal the refusal stands (the caller raises
+        it) and the audit failure is logged by the stage."""
+        stages = self.stages
+        if error is None:
+            stages.counters[target.kind + ".ok"] += 1
+            stages.audit(ctx, target.id, target.direction, target.peer, None)
+            return
+        stages.counters[f"{target.kind}.{error.code}"] += 1
+        with contextlib.suppress(AralError):
+            stages.audit(ctx, target.id, target.direction, target.peer, error)
+
+    def _quietly_ended(self, ctx: CallContext, target: Target) -> None:
+        """A call cancelled (its caller went away) or a stream closed early."""
+        try:
+            self._ended(ctx, target, Cancelled("the call was cancelled"))
+        except Exception:  # never let bookkeeping replace a cancellation
+            log.exception("recording the end of %s failed", target.id)
+
+
+__all__ = ["Pipeline", "Target"]

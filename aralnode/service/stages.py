@@ -1,0 +1,327 @@
+"""The pipeline's stages, each a small object with one job.
+
+::
+
+    authenticate -> authorize -> rate-limit -> govern (pre) -> handler -> post-check -> audit
+
+A stage refuses by raising an ``AralError``; the pipeline runs them in this order
+on every kind of call (capabilities, built-in methods, streams, forwards) and on
+every door, so a refusal is the same everywhere. Stages that must hold fail
+closed: an authenticator, a policy rule, a response check or an audit write that
+breaks refuses the call rather than letting it through.
+
+Each stage is replaceable on its own (``Stages``): issue-sized features plug in at
+one place each -- bearer tokens and API keys behind ``Authenticate``, roles behind
+``Authorize``, token buckets behind ``RateLimit``, a policy engine behind
+``Govern``, response checks behind ``PostCheck``, an audit log behind ``Audit``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aralnode.core.context import CallContext
+from aralnode.core.errors import (
+    AralError,
+    InternalError,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
+from aralnode.core.governance import Action, AllowAll, Evaluator, Verdict, enforce
+from aralnode.service.auth import ALL_SCOPES, Authenticator, PeerAuthenticator
+
+log = logging.getLogger("aralnode.pipeline")
+
+VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
+
+
+class Authenticate:
+    """Decides the caller from the context's credentials (``Authenticator``), and
+    refuses anonymous callers where the node serves none."""
+
+    __slots__ = ("allow_anonymous", "authenticator", "counters")
+
+    def __init__(
+        self, authenticator: Authenticator, *, allow_anonymous: bool, counters: Counter[str]
+    ) -> None:
+        self.authenticator = authenticator
+        self.allow_anonymous = allow_anonymous
+        self.counters = counters
+
+    def __call__(self, ctx: CallContext) -> None:
+        if not ctx.authenticated:
+            credentials = ctx.credentials
+            if credentials is None:
+                # Every door builds its context with the ContextBuilder, and the
+                # program's own contexts pass Node.invoke, which marks them local.
+                raise Unauthenticated(
+                    "this call's context was not made by the context builder",
+                    reason="NO_CREDENTIALS",
+                )
+            try:
+                who = self.authenticator.authenticate(ctx, credentials)
+            except AralError:
+                self.counters["auth.refused"] += 1
+                raise
+            except Exception as exc:  # fail closed: a broken authenticator admits nobody
+                log.exception("authenticator failed (trace %s)", ctx.trace_id)
+                raise Unauthenticated(
+                    f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
+                ) from exc
+            ctx.caller, ctx.scopes, ctx.on_behalf_of = who.caller, who.scopes, who.on_behalf_of
+            ctx.authenticated = True
+        if not self.allow_anonymous and ctx.anonymous:
+            self.counters["auth.anonymous_refused"] += 1
+            raise Unauthenticated(
+                "this node does not serve anonymous callers", reason="ANONYMOUS_REFUSED"
+            )
+
+
+class Authorize:
+    """Refuses a caller that lacks a scope the target requires."""
+
+    __slots__ = ()
+
+    def __call__(self, ctx: CallContext, required: Sequence[str], target: str) -> None:
+        if not required:
+            return
+        scopes = ctx.scopes
+        if ALL_SCOPES in scopes:
+            return
+        missing = [s for s in required if s not in scopes]
+        if missing:
+            raise PermissionDenied(
+                f"{target} requires scope(s) {', '.join(missing)}",
+                reason="MISSING_SCOPE",
+                details={"missing_scopes": missing},
+            )
+
+
+class RateLimit:
+    """Admission: at most ``max_concurrent`` calls run at once; the excess is refused
+    at once (RESOURCE_EXHAUSTED, with a retry hint) rather than queued."""
+
+    __slots__ = ("counters", "in_flight", "max_concurrent")
+
+    def __init__(self, max_concurrent: int, counters: Counter[str]) -> None:
+        self.max_concurrent = max_concurrent
+        self.counters = counters
+        self.in_flight = 0
+
+    def enter(self, ctx: CallContext) -> None:
+        """Take a slot for ``ctx`` (``leave`` gives it back)."""
+        if self.in_flight >= self.max_concurrent:
+            self.counters["invoke.rejected"] += 1
+            raise RateLimited(
+                f"node is at its limit of {self.max_concurrent} concurrent calls",
+                reason="CONCURRENCY_LIMIT",
+                retry_after=0.05,
+            )
+        self.in_flight += 1
+
+    def leave(self, ctx: CallContext) -> None:
+        self.in_flight -= 1
+
+
+class Govern:
+    """Judges an action with the node's ``Evaluator``, tells the listeners (the
+    WebSocket decision feed), and enforces the verdict: block, halt and an
+    escalation nobody can approve refuse; a nudge may replace the parameters.
+
+    Listeners only watch: one that fails is logged and the call goes on. The
+    evaluator decides: one that fails refuses the call (fail closed).
+    """
+
+    __slots__ = ("counters", "evaluator", "listeners")
+
+    def __init__(self, evaluator: Evaluator, counters: Counter[str]) -> None:
+        self.evaluator = evaluator
+        self.counters = counters
+        self.listeners: list[VerdictListener] = []
+
+    def judge(self, action: Action, ctx: CallContext | None = None) -> Verdict:
+        """The verdict on ``action``, told to the listeners; not enforced."""
+        try:
+            verdict = self.evaluator.evaluate(action)
+        except Exception as exc:
+            self.counters["governance.failed"] += 1
+            log.exception("governance failed on %s", action.capability)
+            raise InternalError(
+                f"governance could not judge {action.capability!r}: {type(exc).__name__}",
+                reason="GOVERNANCE_FAILED",
+            ) from exc
+        if verdict.flagged:
+            self.counters["governance.flagged"] += 1
+        for listener in self.listeners:
+            try:
+                listener(ctx, action, verdict)
+            except Exception:  # a listener watches; it never decides a call's fate
+                log.exception("governance verdict listener failed")
+        return verdict
+
+    def __call__(self, ctx: CallContext | None, action: Action) -> Any:
+        """Judge and enforce; the parameters to go on with (a nudge may have
+        replaced them: then ``verdict.parameters``, else the action's own)."""
+        verdict = self.judge(action, ctx)
+        if ctx is not None:
+            ctx.decision = verdict.decision.label
+            if verdict.flagged:
+                ctx.flags.extend(verdict.rule_ids)
+        enforce(verdict, action)
+        return verdict.parameters
+
+
+class ResponseCheck(Protocol):
+    """Looks at a result before it leaves: returns it (or a redacted one), or raises
+    to refuse it."""
+
+    def check(self, ctx: CallContext, action: Action, result: Any) -> Any: ...
+
+
+class PostCheck:
+    """Runs the response checks in order; a check that fails refuses the result."""
+
+    __slots__ = ("checks",)
+
+    def __init__(self, checks: Sequence[ResponseCheck] = ()) -> None:
+        self.checks = list(checks)
+
+    def __call__(self, ctx: CallContext, action: Action, result: Any) -> Any:
+        for check in self.checks:
+            try:
+                result = check.check(ctx, action, result)
+            except AralError:
+                raise
+            except Exception as exc:  # fail closed: an unchecked result does not leave
+                log.exception("response check failed on %s", action.capability)
+                raise InternalError(
+                    f"the result of {action.capability!r} could not be checked",
+                    reason="POST_CHECK_FAILED",
+                ) from exc
+        return result
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRecord:
+    """One call's outcome, as an audit sink receives it.
+
+    Attributes:
+        outcome: "ok", or the refusal's or failure's error code (``AralError.code``).
+        reason: The error's reason ("" when ok).
+    """
+
+    door: str
+    caller: str
+    principal: str
+    action: str
+    direction: str
+    peer: str
+    trace_id: str
+    decision: str
+    outcome: str
+    reason: str = ""
+
+
+class AuditSink(Protocol):
+    """Where audit records go. ``write`` raises if the record could not be kept."""
+
+    def write(self, record: AuditRecord) -> None: ...
+
+
+class Audit:
+    """Hands each call's outcome to the audit sinks. A call whose record cannot be
+    written does not succeed: its caller gets INTERNAL (``AUDIT_FAILED``) instead
+    of its result (no answer without a record)."""
+
+    __slots__ = ("counters", "sinks")
+
+    def __init__(self, sinks: Sequence[AuditSink], counters: Counter[str]) -> None:
+        self.sinks = list(sinks)
+        self.counters = counters
+
+    def __call__(
+        self, ctx: CallContext, action_id: str, direction: str, peer: str, error: AralError | None
+    ) -> None:
+        if not self.sinks:
+            return
+        record = AuditRecord(
+            door=ctx.door,
+            caller=ctx.caller,
+            principal=ctx.principal,
+            action=action_id,
+            direction=direction,
+            peer=peer,
+            trace_id=ctx.trace_id,
+            decision=ctx.decision,
+            outcome="ok" if error is None else error.code,
+            reason="" if error is None else error.reason,
+        )
+        for sink in self.sinks:
+            try:
+                sink.write(record)
+            except Exception as exc:
+                self.counters["audit.failed"] += 1
+                log.exception("audit write failed (trace %s)", ctx.trace_id)
+                raise InternalError(
+                    "the call could not be recorded in the audit log", reason="AUDIT_FAILED"
+                ) from exc
+
+
+@dataclass(slots=True)
+class Stages:
+    """The pipeline's stages, in order (see the module docstring)."""
+
+    authenticate: Authenticate
+    authorize: Authorize
+    rate_limit: RateLimit
+    govern: Govern
+    post_check: PostCheck
+    audit: Audit
+    counters: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def default(
+        cls,
+        *,
+        node_id: str = "",
+        authenticator: Authenticator | None = None,
+        governance: Evaluator | None = None,
+        allow_anonymous: bool = True,
+        max_concurrent: int = 512,
+        checks: Sequence[ResponseCheck] = (),
+        audit: Sequence[AuditSink] = (),
+    ) -> Stages:
+        counters: Counter[str] = Counter()
+        return cls(
+            authenticate=Authenticate(
+                authenticator or PeerAuthenticator(node_id),
+                allow_anonymous=allow_anonymous,
+                counters=counters,
+            ),
+            authorize=Authorize(),
+            rate_limit=RateLimit(max_concurrent, counters),
+            govern=Govern(governance or AllowAll(), counters),
+            post_check=PostCheck(checks),
+            audit=Audit(audit, counters),
+            counters=counters,
+        )
+
+
+__all__ = [
+    "Audit",
+    "AuditRecord",
+    "AuditSink",
+    "Authenticate",
+    "Authorize",
+    "Govern",
+    "PostCheck",
+    "RateLimit",
+    "ResponseCheck",
+    "Stages",
+    "VerdictListener",
+]

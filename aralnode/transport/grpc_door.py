@@ -1,0 +1,241 @@
+"""The gRPC door: ``aral.v1.AgentNode`` and users' protobuf services.
+
+Each method parses its request bytes itself (raw-bytes deserializers), so garbage
+on the wire ends as INVALID_ARGUMENT with a ``google.rpc.Status``, never as grpc's
+own INTERNAL "exception deserializing request". Then the door does what every door
+does: the context from the ``ContextBuilder``, the call to the service layer
+(``NodeService`` or the ``Pipeline``), errors mapped on the way out
+(``transport.status``). No handler is called from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from aralnode import _proto as pb
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, MessageTooLarge
+from aralnode.service.context import ContextBuilder
+from aralnode.service.node_service import NodeService
+from aralnode.service.pipeline import Pipeline
+from aralnode.transport.status import abort
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ChannelHook = Callable[[AsyncIterator[bytes], Context], Awaitable[None]]
+Unary = Callable[[bytes, Context], Awaitable[bytes]]
+
+# Room for the signature and wrapping around an envelope's content in one request.
+ENVELOPE_OVERHEAD = 4096
+
+
+def _parse(cls: type[Message], data: bytes) -> Any:
+    try:
+        return cls.FromString(data)
+    except (DecodeError, RecursionError):
+        raise MalformedMessage(f"request does not parse as {cls.DESCRIPTOR.full_name}") from None
+
+
+def call_context(contexts: ContextBuilder, context: Context) -> CallContext:
+    """What the gRPC door knows about a call, made a ``CallContext`` by the builder:
+    the peer, the metadata (text values; gRPC names are lower case) and the time
+    left, which gRPC itself enforces."""
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    return contexts.build(
+        "grpc",
+        peer=context.peer(),
+        metadata=metadata,
+        timeout=context.time_remaining(),
+        timeout_enforced=True,
+    )
+
+
+class AgentNodeDoor:
+    """``aral.v1.AgentNode`` on gRPC: bytes to the request message, the context from
+    the builder, ``NodeService`` does the rest, its errors as ``google.rpc.Status``.
+    ``Channel`` streams go to the mesh (``channel``)."""
+
+    def __init__(
+        self,
+        service: NodeService,
+        contexts: ContextBuilder,
+        *,
+        max_message_bytes: int,
+        channel: ChannelHook | None = None,
+    ) -> None:
+        self.service = service
+        self.contexts = contexts
+        self.max_message_bytes = max_message_bytes
+        self.channel = channel
+
+    async def Handshake(self, data: bytes, context: Context) -> bytes:
+        try:
+            request = _parse(pb.HandshakeRequest, data)
+            return self.service.handshake(request, context.peer()).SerializeToString()
+        except AralError as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def Invoke(self, data: bytes, context: Context) -> bytes:
+        trace_id = ""
+        try:
+            if len(data) > self.max_message_bytes + ENVELOPE_OVERHEAD:
+                raise MessageTooLarge(
+                    f"request is {len(data)} bytes; the limit is {self.max_message_bytes}",
+                    details={"size": len(data), "limit": self.max_message_bytes},
+                )
+            request = _parse(pb.InvokeRequest, data)
+            trace_id = request.call.trace_id
+            response = await self.service.invoke(request, call_context(self.contexts, context))
+            return response.SerializeToString()
+        except AralError as exc:
+            await abort(context, exc, trace_id)
+            raise
+
+    def _built_in(self, method: MethodDescriptor) -> Unary:
+        run = self.service.method(method.name)
+        assert run is not None
+        cls: type[Message] = GetMessageClass(method.input_type)
+
+        async def handle(data: bytes, context: Context) -> bytes:
+            try:
+                request = _parse(cls, data)
+                response = await run(request, call_context(self.contexts, context))
+                return response.SerializeToString()
+            except AralError as exc:
+                await abort(context, exc)
+                raise
+
+        return handle
+
+    async def Channel(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        # A coroutine, not an async generator: grpc then lets the link's writer send
+        # with ``context.write`` itself, a loop turn sooner than a yield would.
+        if self.channel is None:
+            await abort(
+                context,
+                InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"),
+            )
+            return
+        await self.channel(requests, context)
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """Every method of the service: the two between nodes, and each built-in
+        ``NodeService`` implements (from the descriptor, not a list of names)."""
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Handshake": _unary(self.Handshake),
+            "Invoke": _unary(self.Invoke),
+            "Channel": grpc.stream_stream_rpc_method_handler(
+                self.Channel, request_deserializer=None, response_serializer=None
+            ),
+        }
+        for method in pb.AGENT_NODE_SERVICE.methods:
+            if method.name not in handlers and self.service.method(method.name) is not None:
+                handlers[method.name] = _unary(self._built_in(method))
+        return grpc.method_handlers_generic_handler(pb.AGENT_NODE_SERVICE_NAME, handlers)
+
+
+def _unary(fn: Unary) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(
+        fn, request_deserializer=None, response_serializer=None
+    )
+
+
+# -- users' protobuf services ----------------------------------------------------
+
+
+def service_handler(
+    servicer: object,
+    service: ServiceDescriptor,
+    pipeline: Pipeline,
+    contexts: ContextBuilder,
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """Serve ``service`` with ``servicer``, every method through the pipeline (so
+    every stage applies exactly as on every other door): unary ones as their
+    capabilities, on the request message as parsed (no JSON between the wire and the
+    servicer); streaming ones admitted and judged once before they start (a request
+    stream is judged by method; its messages are the method's to check)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        impl = getattr(servicer, method.name, None)
+        if impl is not None:
+            handlers[method.name] = _method_handler(impl, method, pipeline, contexts)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _method_handler(
+    impl: Callable[..., Any],
+    method: MethodDescriptor,
+    pipeline: Pipeline,
+    contexts: ContextBuilder,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    req_cls: type[Message] = GetMessageClass(method.input_type)
+    cap_id = f"{method.containing_service.full_name}/{method.name}"
+    serialize = GetMessageClass(method.output_type).SerializeToString
+
+    if not method.client_streaming and not method.server_streaming:
+
+        async def unary(data: bytes, context: Context) -> bytes:
+            try:
+                request = _parse(req_cls, data)
+                ctx = call_context(contexts, context)
+                return serialize(await pipeline.invoke_message(ctx, cap_id, request))
+            except AralError as exc:
+                await abort(context, exc)
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+    if not method.client_streaming:
+
+        async def server_stream(data: bytes, context: Context) -> AsyncIterator[bytes]:
+            try:
+                request = _parse(req_cls, data)
+                ctx = call_context(contexts, context)
+                async for item in pipeline.stream_message(ctx, cap_id, impl, request):
+                    yield serialize(item)
+            except AralError as exc:
+                await abort(context, exc)
+
+        return grpc.unary_stream_rpc_method_handler(server_stream)
+
+    async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for data in requests:
+            yield _parse(req_cls, data)
+
+    if not method.server_streaming:
+
+        async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
+            # Admitted and judged before the first request is read (by method; the
+            # requests are the method's to check), the slot held until it answers.
+            ctx = call_context(contexts, context)
+
+            async def run(_: Any) -> bytes:
+                return serialize(await impl(parsed(requests), ctx))
+
+            try:
+                return await pipeline.call(ctx, cap_id, None, run, risk="unspecified")
+            except AralError as exc:
+                await abort(context, exc)
+                raise
+
+        return grpc.stream_unary_rpc_method_handler(client_stream)
+
+    async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        try:
+            ctx = call_context(contexts, context)
+            items = pipeline.stream(ctx, cap_id, None, lambda _: impl(parsed(requests), ctx))
+            async for item in items:
+                yield serialize(item)
+        except AralError as exc:
+            await abort(context, exc)
+
+    return grpc.stream_stream_rpc_method_handler(bidi)
+
+
+__all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "service_handler"]
