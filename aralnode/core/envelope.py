@@ -9,7 +9,7 @@ with a precise reason; no input makes these functions raise anything else.
 from __future__ import annotations
 
 import math
-import os
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ NOTIFICATION = pb.MessageType.MESSAGE_TYPE_NOTIFICATION
 
 
 def new_nonce() -> bytes:
-    return os.urandom(NONCE_BYTES)
+    return secrets.token_bytes(NONCE_BYTES)
 
 
 @dataclass(slots=True)
@@ -92,7 +92,7 @@ def build_content(
     # and copying it into the content costs about three times as much.
     header.version = PROTOCOL_VERSION
     # One system call for the id (128 random bits, hex, as a uuid4 would be) and nonce.
-    random = os.urandom(16 + NONCE_BYTES)
+    random = secrets.token_bytes(16 + NONCE_BYTES)
     header.message_id = message_id or random[:16].hex()
     header.nonce = random[16:]
     header.timestamp_unix_ms = clock.now_ms()
