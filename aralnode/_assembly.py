@@ -25,7 +25,7 @@ from aralnode._version import __version__
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
-from aralnode.core.capabilities import CapabilityRegistry
+from aralnode.core.capabilities import CapabilityRegistry, ProtoService
 from aralnode.core.clock import Clock
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import PeerNotFound
@@ -216,7 +216,7 @@ class NodeFacts:
 def build_parts(
     node: NodeView,
     backends: Sequence[DiscoveryBackend],
-    services: list[tuple[object, ServiceDescriptor]],
+    services: list[ProtoService],
 ) -> NodeParts:
     """Every part of a starting node, wired (nothing is started yet)."""
     cfg = node.config
@@ -266,11 +266,8 @@ def build_parts(
         service, node.contexts, max_message_bytes=cfg.max_message_bytes, channel=streams.serve
     )
     grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
-    for servicer, descriptor in services:
-        grpc.add(
-            service_handler(servicer, descriptor, node.pipeline, node.contexts),
-            descriptor.full_name,
-        )
+    for served in services:
+        grpc.add(service_handler(served, node.pipeline, node.contexts), served.full_name)
     http = _http(node, service, services) if cfg.http_port is not None else None
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
 
@@ -316,9 +313,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
     )
 
 
-def _http(
-    node: NodeView, service: NodeService, services: list[tuple[object, ServiceDescriptor]]
-) -> Any:
+def _http(node: NodeView, service: NodeService, services: list[ProtoService]) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
     from aralnode.bridge.http import HttpBridge  # noqa: PLC0415 - see above
 

@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import (
     Capability,
     CapabilityRegistry,
+    ProtoService,
     function_capability,
     method_capabilities,
 )
@@ -120,7 +121,7 @@ class Node:
             clock,
         )
         self._backends = None if backends is None else list(backends)
-        self._services: list[tuple[object, ServiceDescriptor]] = []
+        self._services: list[ProtoService] = []
         self._parts: NodeParts | None = None
         self._lock: int | None = None  # the data dir's lock, held while the node runs
         self._stopping: asyncio.Future[None] | None = None
@@ -232,7 +233,12 @@ class Node:
         return self.registry.add(cap, replace=replace)
 
     def add_service(
-        self, servicer: object, service: ServiceDescriptor | ModuleType, name: str | None = None
+        self,
+        servicer: object,
+        service: ServiceDescriptor | ModuleType,
+        name: str | None = None,
+        *,
+        scopes: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Capability]:
         """Serve a protobuf service: over gRPC as itself, and each unary method as a
         capability (``package.Service/Method``) on every other door.
@@ -241,15 +247,19 @@ class Node:
             servicer: Object with one ``async def Method(request, ctx)`` per rpc.
             service: The service descriptor, or a generated ``*_pb2`` module
                 (then ``name`` picks the service; optional if it has one).
+            scopes: Scopes a caller needs, by method name (``{"Delete": ("admin",)}``);
+                required on every door, the method's own gRPC one included.
         """
         if self._state != "NEW":
             raise RuntimeError("add services before the node starts")
         descriptor = service_descriptor(service, name)
         comments = self._proto_docs.for_files([descriptor.file])
-        caps = method_capabilities(servicer, descriptor, comments=comments)
+        caps = method_capabilities(servicer, descriptor, comments=comments, scopes=scopes)
         for cap in caps:
             self.registry.add(cap)
-        self._services.append((servicer, descriptor))
+        self._services.append(
+            ProtoService(servicer, descriptor, {m: tuple(s) for m, s in dict(scopes or {}).items()})
+        )
         return caps
 
     def load(self, spec: str) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import uvicorn
 
@@ -30,6 +29,7 @@ from aralnode.bridge.routes import Binding, bindings
 from aralnode.bridge.targets import Target, build_targets
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
+from aralnode.core.capabilities import ProtoService
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
 from aralnode.service.node_service import NodeService
@@ -46,7 +46,7 @@ class HttpBridge:
         service: The node's ``NodeService`` (and through it the pipeline, the
             context builder, the forwarder and what the node tells of itself).
         peer_table: Followed for the event feed and the MCP peer tools.
-        services: The users' ``(servicer, ServiceDescriptor)`` pairs the node serves.
+        services: The users' protobuf services the node serves.
         name: The node's name (titles, the WebSocket agent name).
         allowed_hosts / allowed_origins: Extra Host and Origin values to accept
             besides loopback (``name:*`` matches any port).
@@ -59,7 +59,7 @@ class HttpBridge:
         self,
         service: NodeService,
         peer_table: PeerTable,
-        services: list[tuple[object, Any]],
+        services: list[ProtoService],
         *,
         name: str,
         allowed_hosts: list[str] | None = None,

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.capabilities import ProtoService
 from aralnode.core.context import CallContext
 from aralnode.service.node_service import BUILT_INS, NodeService
 
@@ -113,10 +114,12 @@ def _built_in_target(service: NodeService, method: MethodDescriptor) -> Target |
     )
 
 
-def _user_target(service: NodeService, servicer: object, method: MethodDescriptor) -> Target | None:
+def _user_target(
+    service: NodeService, served: ProtoService, method: MethodDescriptor
+) -> Target | None:
     if method.client_streaming:
         return None  # a request stream has no REST or MCP form
-    impl = getattr(servicer, method.name, None)
+    impl = getattr(served.servicer, method.name, None)
     if impl is None:
         return None
     req_cls: type[Message] = GetMessageClass(method.input_type)
@@ -124,10 +127,11 @@ def _user_target(service: NodeService, servicer: object, method: MethodDescripto
     cap_id = f"{method.containing_service.full_name}/{method.name}"
     pipeline = service.pipeline
     if method.server_streaming:
+        scopes = served.scopes_of(method.name)
 
         def stream(ctx: CallContext, request: Message) -> AsyncIterator[Message]:
             # Every stage first, exactly as on the gRPC door.
-            return pipeline.stream_message(ctx, cap_id, impl, request)
+            return pipeline.stream_message(ctx, cap_id, impl, request, scopes=scopes)
 
         return Target(method, req_cls, resp_cls, stream=stream, capability_id=cap_id)
 
@@ -138,18 +142,16 @@ def _user_target(service: NodeService, servicer: object, method: MethodDescripto
     return Target(method, req_cls, resp_cls, call=call, capability_id=cap_id)
 
 
-def build_targets(
-    service: NodeService, services: list[tuple[object, ServiceDescriptor]]
-) -> list[Target]:
+def build_targets(service: NodeService, services: list[ProtoService]) -> list[Target]:
     """Targets for the node's own service and every user service, in declaration order."""
     targets = []
     for method in pb.AGENT_NODE_SERVICE.methods:
         built_in = _built_in_target(service, method)
         if built_in is not None:
             targets.append(built_in)
-    for servicer, described in services:
-        for method in described.methods:
-            user = _user_target(service, servicer, method)
+    for served in services:
+        for method in served.descriptor.methods:
+            user = _user_target(service, served, method)
             if user is not None:
                 targets.append(user)
     return targets

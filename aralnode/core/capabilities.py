@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -96,6 +96,23 @@ class Capability:
         return cap
 
 
+@dataclass(slots=True, frozen=True)
+class ProtoService:
+    """A user's protobuf service as a node serves it: the servicer, the service's
+    descriptor, and the scopes a caller needs, by method name."""
+
+    servicer: object
+    descriptor: ServiceDescriptor
+    scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name
+
+    def scopes_of(self, method: str) -> tuple[str, ...]:
+        return self.scopes.get(method, ())
+
+
 def _check_id(cap_id: str) -> str:
     if not cap_id or len(cap_id) > 128 or any(c.isspace() for c in cap_id):
         raise ValueError(f"invalid capability id {cap_id!r}: 1..128 chars, no whitespace")
@@ -145,6 +162,9 @@ def function_capability(
     if returns is not Any and returns is not type(None):
         output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
     names = list(fields)
+    # Whole numbers leave as ints, as every door that carries results as Struct
+    # values prints them; only results that may hold a float need the walk.
+    whole = returns is Any or _may_hold_floats(output_schema)
 
     async def handler(params: Any, ctx: CallContext) -> Any:
         if params is None:
@@ -164,7 +184,8 @@ def function_capability(
         if ctx_param is not None:
             kwargs[ctx_param] = ctx
         result = await fn(**kwargs)
-        return out_adapter.dump_python(result, mode="json")
+        out = out_adapter.dump_python(result, mode="json")
+        return codec.whole_numbers(out) if whole else out
 
     cap_id = _check_id(id or fn.__name__)
     doc = inspect.getdoc(fn) or ""
@@ -178,6 +199,24 @@ def function_capability(
         required_scopes=tuple(scopes),
         risk=_check_risk(risk),
     )
+
+
+def _may_hold_floats(schema: Any) -> bool:
+    """Whether a value ``schema`` describes may hold a JSON number that is not an
+    integer: a ``number`` anywhere, or any part left open (no type, ``{}``)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "number" or "number" in (schema.get("type") or ()):
+            return True
+        if schema.get("additionalProperties") is True or not schema.keys() - {
+            "$schema",
+            "title",
+            "description",
+        }:
+            return True
+        return any(_may_hold_floats(v) for k, v in schema.items() if k not in ("type", "title"))
+    if isinstance(schema, list):
+        return any(_may_hold_floats(v) for v in schema)
+    return schema is True
 
 
 def _summary(exc: pydantic.ValidationError) -> str:
@@ -199,12 +238,21 @@ def method_capabilities(
     *,
     risk: str = "unspecified",
     comments: Mapping[str, str] | None = None,
+    scopes: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Capability]:
     """One capability per unary-unary method of ``service`` implemented by ``servicer``.
 
     ``comments`` (proto comments by full name, see ``proto_schema``) give the
-    descriptions of the capabilities and of their schemas' fields.
+    descriptions of the capabilities and of their schemas' fields; ``scopes`` (by
+    method name) the scopes a caller needs for each.
+
+    Raises:
+        ValueError: ``scopes`` names a method the service does not have.
     """
+    scopes = dict(scopes or {})
+    unknown = set(scopes) - {m.name for m in service.methods}
+    if unknown:
+        raise ValueError(f"{service.full_name} has no method {', '.join(sorted(unknown))}")
     caps = []
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -212,7 +260,9 @@ def method_capabilities(
         impl = getattr(servicer, method.name, None)
         if impl is None:
             continue
-        caps.append(_method_capability(impl, method, risk, comments or {}))
+        cap = _method_capability(impl, method, risk, comments or {})
+        cap.required_scopes = tuple(scopes.get(method.name, ()))
+        caps.append(cap)
     return caps
 
 

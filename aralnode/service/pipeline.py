@@ -193,16 +193,17 @@ class Pipeline:
         *,
         risk: str = "unspecified",
         message: Message | None = None,
+        scopes: Sequence[str] = _NO_SCOPES,
     ) -> AsyncIterator[T]:
         """Run a streaming method: every stage before the first item, the slot held
         until the stream ends, each item post-checked, the outcome audited at the
         end. ``start`` gets the parameters as governance left them (with
         ``message``: the request message, rebuilt if a nudge replaced it)."""
         st = self.stages
-        target = Target(method_id, _INVOKE, risk, _NO_SCOPES, "", "stream")
+        target = Target(method_id, _INVOKE, risk, scopes, "", "stream")
         try:
             st.authenticate(ctx)
-            st.authorize(ctx, _NO_SCOPES, method_id)
+            st.authorize(ctx, scopes, method_id)
             st.rate_limit.enter(ctx)
         except AralError as exc:
             self._ended(ctx, target, exc)
@@ -232,10 +233,14 @@ class Pipeline:
         method_id: str,
         impl: Callable[[Message, CallContext], AsyncIterator[Message]],
         request: Message,
+        *,
+        scopes: Sequence[str] = _NO_SCOPES,
     ) -> AsyncIterator[Message]:
         """``stream`` for a protobuf server-streaming method, as every door runs it:
         ``impl`` runs on ``request``, or on the request a nudge's parameters describe."""
-        return self.stream(ctx, method_id, None, lambda value: impl(value, ctx), message=request)
+        return self.stream(
+            ctx, method_id, None, lambda value: impl(value, ctx), message=request, scopes=scopes
+        )
 
     def judge_message(
         self,

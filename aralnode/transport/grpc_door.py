@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode.core.capabilities import ProtoService
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, MessageTooLarge
 from aralnode.service.context import ContextBuilder
@@ -150,10 +151,7 @@ def _unary(fn: Unary) -> grpc.RpcMethodHandler[Any, Any]:
 
 
 def service_handler(
-    servicer: object,
-    service: ServiceDescriptor,
-    pipeline: Pipeline,
-    contexts: ContextBuilder,
+    served: ProtoService, pipeline: Pipeline, contexts: ContextBuilder
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Serve ``service`` with ``servicer``, every method through the pipeline (so
     every stage applies exactly as on every other door): unary ones as their
@@ -161,16 +159,18 @@ def service_handler(
     servicer); streaming ones admitted and judged once before they start (a request
     stream is judged by method; its messages are the method's to check)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
-        impl = getattr(servicer, method.name, None)
+    for method in served.descriptor.methods:
+        impl = getattr(served.servicer, method.name, None)
         if impl is not None:
-            handlers[method.name] = _method_handler(impl, method, pipeline, contexts)
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+            scopes = served.scopes_of(method.name)
+            handlers[method.name] = _method_handler(impl, method, scopes, pipeline, contexts)
+    return grpc.method_handlers_generic_handler(served.full_name, handlers)
 
 
 def _method_handler(
     impl: Callable[..., Any],
     method: MethodDescriptor,
+    scopes: tuple[str, ...],
     pipeline: Pipeline,
     contexts: ContextBuilder,
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -197,7 +197,8 @@ def _method_handler(
             try:
                 request = _parse(req_cls, data)
                 ctx = call_context(contexts, context)
-                async for item in pipeline.stream_message(ctx, cap_id, impl, request):
+                items = pipeline.stream_message(ctx, cap_id, impl, request, scopes=scopes)
+                async for item in items:
                     yield serialize(item)
             except AralError as exc:
                 await abort(context, exc)
@@ -219,7 +220,9 @@ def _method_handler(
                 return serialize(await impl(parsed(requests), ctx))
 
             try:
-                return await pipeline.call(ctx, cap_id, None, run, risk="unspecified")
+                return await pipeline.call(
+                    ctx, cap_id, None, run, risk="unspecified", scopes=scopes
+                )
             except AralError as exc:
                 await abort(context, exc)
                 raise
@@ -229,7 +232,9 @@ def _method_handler(
     async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
             ctx = call_context(contexts, context)
-            items = pipeline.stream(ctx, cap_id, None, lambda _: impl(parsed(requests), ctx))
+            items = pipeline.stream(
+                ctx, cap_id, None, lambda _: impl(parsed(requests), ctx), scopes=scopes
+            )
             async for item in items:
                 yield serialize(item)
         except AralError as exc:

@@ -1,0 +1,369 @@
+"""One scenario over every door: the same call gives the same answer, the same refusal.
+
+Doors, each driven by a client nobody here wrote where there is one:
+
+- ``grpc-invoke``: ``aral.v1.AgentNode/Invoke`` with a plain call (grpcio);
+- ``grpc-method``: the user's own rpc, ``library.v1.Library/<Method>`` (grpcio);
+- ``rest-route``: the method's ``google.api.http`` route (httpx);
+- ``rest-invoke``: ``POST /v1/invoke`` (httpx);
+- ``mcp``: the capability's tool (the official ``mcp`` client, streamable HTTP);
+- ``ws``: ``{"type": "invoke"}`` on ``/ws`` (websockets);
+- ``channel``: a request from a verified peer over the A2A channel;
+- ``local``: ``Node.invoke`` with a context the program made (no scopes).
+
+Cases: a result (identical JSON on every door: integers stay integers), a
+governance block, a missing scope, a capability that is not there. Every door
+answers in its own language (a gRPC status, an HTTP status, an MCP error result,
+a WebSocket error frame, an ``AralError``); each is read back into one shape and
+compared. Later features extend ``CASES`` and ``DOORS`` rather than write new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message_factory import GetMessageClass
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from websockets.asyncio.client import connect
+
+from aralnode import AralError, CallContext, Node
+from aralnode import _proto as pb
+from aralnode._assembly import import_spec
+from aralnode.bridge.mcp import tool_name
+from aralnode.core import codec
+from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from tests.channel_helpers import FAST, linked
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = ROOT / "examples" / "library" / "server.py"
+GET = "library.v1.Library/GetBook"
+DELETE = "library.v1.Library/DeleteBook"
+SEARCH = "library.v1.Library/Search"
+GONE = "library.v1.Library/GetTitle"  # served, then taken out of the registry
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a door answered, read back: a result, or a refusal's status and reason
+    (``reason`` is "" where the door's language has none)."""
+
+    value: Any = None
+    status: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.status
+
+
+HTTP_STATUS = {403: "PERMISSION_DENIED", 404: "NOT_FOUND", 401: "UNAUTHENTICATED"}
+ERROR_CODES = {"forbidden": "PERMISSION_DENIED", "governance_blocked": "PERMISSION_DENIED"}
+ERROR_CODES |= {"not_found": "NOT_FOUND", "unauthorized": "UNAUTHENTICATED"}
+
+
+def from_body(error: dict[str, Any]) -> Outcome:
+    """The seed's error object (REST, MCP, WebSocket) as an outcome."""
+    return Outcome(status=ERROR_CODES.get(error["code"], error["code"]), reason=error["reason"])
+
+
+class Door(Protocol):
+    name: str
+
+    def can_call(self, capability: str) -> bool: ...
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome: ...
+
+
+@dataclass
+class Doors:
+    node: Node
+    peer: Node
+    grpc: grpc.aio.Channel
+    http: httpx.AsyncClient
+    mcp: Client
+
+    def all(self) -> list[Door]:
+        return [
+            GrpcInvoke(self.grpc),
+            GrpcMethod(self.node, self.grpc),
+            RestRoute(self.http),
+            RestInvoke(self.http),
+            Mcp(self.mcp),
+            WebSocket(self.node),
+            Channel(self.peer, self.node),
+            Local(self.node),
+        ]
+
+
+def grpc_outcome(err: grpc.aio.AioRpcError) -> Outcome:
+    status = rpc_status.from_call(err)
+    reason = ""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    return Outcome(status=err.code().name, reason=reason)
+
+
+class GrpcInvoke:
+    name = "grpc-invoke"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.invoke = channel.unary_unary(
+            "/aral.v1.AgentNode/Invoke",
+            request_serializer=pb.InvokeRequest.SerializeToString,
+            response_deserializer=pb.InvokeResponse.FromString,
+        )
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        request = pb.InvokeRequest(call=pb.Call(capability=capability))
+        request.call.parameters.update(params)
+        try:
+            response = await self.invoke(request, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return grpc_outcome(err)
+        return Outcome(codec.from_value(response.result.result))
+
+
+class GrpcMethod:
+    name = "grpc-method"
+
+    def __init__(self, node: Node, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.methods = {
+            f"{s.full_name}/{m.name}": m
+            for s in (p.descriptor for p in node._services)
+            for m in s.methods
+        }
+
+    def can_call(self, capability: str) -> bool:
+        return capability in self.methods
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        method = self.methods[capability]
+        request_cls = GetMessageClass(method.input_type)
+        rpc = self.channel.unary_unary(
+            f"/{capability}",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=GetMessageClass(method.output_type).FromString,
+        )
+        try:
+            response = await rpc(json_format.ParseDict(params, request_cls()), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return grpc_outcome(err)
+        return Outcome(json_format.MessageToDict(response))
+
+
+class RestRoute:
+    """The route each method's ``google.api.http`` rule gives (or its default)."""
+
+    name = "rest-route"
+    ROUTES: ClassVar[dict[str, tuple[str, Callable[[dict[str, Any]], str]]]] = {
+        GET: ("GET", lambda p: f"/v1/shelves/{p['shelf']}/books/{p['bookId']}"),
+        DELETE: ("DELETE", lambda p: f"/v1/shelves/{p['shelf']}/books/{p['bookId']}"),
+        GONE: ("GET", lambda p: f"/v1/shelves/{p['shelf']}/books/{p['bookId']}/title"),
+        SEARCH: ("POST", lambda p: "/library.v1.Library/Search"),
+    }
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    def can_call(self, capability: str) -> bool:
+        return capability in self.ROUTES
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        verb, path = self.ROUTES[capability]
+        body = params if verb == "POST" else None
+        r = await self.http.request(verb, path(params), json=body)
+        if r.status_code != 200:
+            return Outcome(status=HTTP_STATUS[r.status_code], reason=r.json()["error"]["reason"])
+        return Outcome(r.json())
+
+
+class RestInvoke:
+    name = "rest-invoke"
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        body = {"call": {"capability": capability, "parameters": params}}
+        r = await self.http.post("/v1/invoke", json=body)
+        if r.status_code != 200:
+            return Outcome(status=HTTP_STATUS[r.status_code], reason=r.json()["error"]["reason"])
+        return Outcome(r.json()["result"]["result"])
+
+
+class Mcp:
+    name = "mcp"
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        try:
+            result = await self.client.call_tool(tool_name(capability), params)
+        except MCPError as exc:  # a tool that is not there is a protocol error in MCP
+            if exc.error.code == -32602 and "unknown tool" in exc.error.message:
+                return Outcome(status="NOT_FOUND")
+            raise
+        body = json.loads(result.content[0].text)
+        if result.is_error:
+            return from_body(body["error"])
+        assert result.structured_content in (None, body)
+        return Outcome(body)
+
+
+class WebSocket:
+    name = "ws"
+
+    def __init__(self, node: Node) -> None:
+        self.url = f"ws://127.0.0.1:{node.http_port}/ws"
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        async with connect(self.url) as ws:
+            message = {"type": "invoke", "id": 1, "capability": capability, "parameters": params}
+            await ws.send(json.dumps(message))
+            reply = json.loads(await ws.recv())
+        assert reply["id"] == 1
+        if reply["type"] == "error":
+            return from_body(reply["error"])
+        return Outcome(reply["result"])
+
+
+class Channel:
+    name = "channel"
+
+    def __init__(self, peer: Node, node: Node) -> None:
+        self.peer, self.node = peer, node
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        try:
+            return Outcome(await self.peer.request(self.node.node_id, capability, params))
+        except AralError as exc:
+            return Outcome(status=exc.status.name, reason=exc.reason)
+
+
+class Local:
+    """The in-process door, called as a program would for a principal of its own."""
+
+    name = "local"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        ctx = CallContext(door="local", caller="app-user")  # no scopes
+        try:
+            return Outcome(await self.node.invoke(capability, params, ctx=ctx))
+        except AralError as exc:
+            return Outcome(status=exc.status.name, reason=exc.reason)
+
+
+@contextlib.asynccontextmanager
+async def open_doors(make_node: Callable[..., Node]) -> AsyncIterator[Doors]:
+    """A node with the library (one rpc blocked by governance, one needing a scope,
+    one taken away), a verified peer, and a client on each door. (A context manager,
+    not a fixture: the MCP client's task group must be left by the task that
+    entered it.)"""
+    policy = RuleEvaluator(
+        [Rule("keep-books", None, Decision.BLOCK, capabilities=frozenset({DELETE}))]
+    )
+    node = make_node("parity", http_port=0, governance=policy, **FAST)
+    library = import_spec(str(LIBRARY))
+    node.add_service(library.Library(), library.lib, scopes={"Search": ("library:search",)})
+    peer = make_node("parity-peer", demo=False, **FAST)
+    async with node, peer:
+        node.registry.remove(GONE)
+        await linked(peer, node)
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with (
+            grpc.aio.insecure_channel(node.address) as channel,
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+            Client(f"{base}/mcp") as mcp,
+        ):
+            yield Doors(node, peer, channel, http, mcp)
+
+
+BOOK = {"shelf": "sci", "bookId": "1"}
+METHOD_DOORS = {"grpc-method", "rest-route"}
+CASES = [
+    pytest.param(GET, BOOK, None, id="result"),
+    pytest.param("demo.add", {"a": 2, "b": 3}, None, id="plain-capability"),
+    pytest.param(DELETE, BOOK, ("PERMISSION_DENIED", "GOVERNANCE_BLOCK"), id="governance-block"),
+    pytest.param(SEARCH, {"text": "cosmos"}, ("PERMISSION_DENIED", "MISSING_SCOPE"), id="scope"),
+    pytest.param(GONE, BOOK, ("NOT_FOUND", "CAPABILITY_NOT_FOUND"), id="not-found"),
+]
+
+
+@pytest.mark.parametrize(("capability", "params", "refusal"), CASES)
+async def test_every_door_gives_the_same_answer(
+    make_node: Callable[..., Node],
+    capability: str,
+    params: dict[str, Any],
+    refusal: tuple[str, str] | None,
+) -> None:
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node) as doors:
+        for door in doors.all():
+            if door.can_call(capability):
+                answers[door.name] = await door.call(capability, params)
+    plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "local"}
+    # Every door; a plain capability has no rpc or route of its own.
+    assert set(answers) == (plain if capability == "demo.add" else {*plain, *METHOD_DOORS})
+    if refusal is None:
+        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
+        assert all(o.ok for o in answers.values()), answers
+        assert len(set(values.values())) == 1, values  # identical JSON
+        return
+    status, reason = refusal
+    for name, outcome in answers.items():
+        assert outcome.status == status, (name, outcome)
+        # Every door that has a word for the reason says the same one.
+        assert outcome.reason in (reason, "") if name == "mcp" else outcome.reason == reason, (
+            name,
+            outcome,
+        )
+
+
+async def test_integers_stay_integers_on_every_door(make_node: Callable[..., Node]) -> None:
+    async with open_doors(make_node) as doors:
+        for door in doors.all():
+            book = (await door.call(GET, BOOK)).value
+            assert book["year"] == 1980, door.name
+            assert type(book["year"]) is int, door.name
+            if door.can_call("demo.add"):
+                total = (await door.call("demo.add", {"a": 2, "b": 3})).value
+                assert total == 5, door.name
+                assert type(total) is int, door.name
