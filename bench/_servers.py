@@ -1,12 +1,14 @@
 """Server processes for benchmarks: ``python -m bench._servers KIND`` prints its port.
 
 KIND is ``bare`` (a plain grpc.aio echo of the AgentNode Invoke messages, the
-baseline), ``node`` (an aralnode with the demo capabilities), or one of two
-references, not products: ``bare-signed`` (the echo plus the ES256 verify and sign
-a signed call needs on the server, and nothing else) and ``bare-envelope`` (the echo
-plus the envelope work an unsigned call needs: open the request, checks and replay
-window included, and seal a response to it; no pipeline, governance, validation or
-parameter decoding).
+baseline), ``node`` (an aralnode with the demo capabilities, and any module named
+after it), ``library`` (the library example's servicer on a plain grpc.aio server
+with its generated stubs, no node: the peer of a node serving the same servicer),
+or one of two references, not products: ``bare-signed`` (the echo plus the ES256
+verify and sign a signed call needs on the server, and nothing else) and
+``bare-envelope`` (the echo plus the envelope work an unsigned call needs: open the
+request, checks and replay window included, and seal a response to it; no
+pipeline, governance, validation or parameter decoding).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import grpc
 from aralnode import _proto as pb
 from aralnode._runtime import tune_for_serving
 
-DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = str(ROOT / "examples" / "demo.py")
+LIBRARY = str(ROOT / "examples" / "library" / "server.py")
 
 
 async def _echo_server(invoke: Any, *, tuned: bool = False) -> None:
@@ -115,6 +119,22 @@ async def bare() -> None:
     await _echo_server(invoke)
 
 
+async def library() -> None:
+    """The library's servicer as a user would serve it without a node: a plain
+    grpc.aio server, the generated ``add_LibraryServicer_to_server``."""
+    sys.path.insert(0, str(ROOT / "examples" / "library"))
+    import library_pb2_grpc  # generated next to the example
+
+    from aralnode._assembly import import_spec
+
+    server = grpc.aio.server()
+    library_pb2_grpc.add_LibraryServicer_to_server(import_spec(LIBRARY).Library(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
 async def node(extra: list[str]) -> None:
     from aralnode import Node, NodeConfig
 
@@ -150,6 +170,8 @@ def main() -> None:
             asyncio.run(bare_envelope())
         elif kind == "node":
             asyncio.run(node(sys.argv[2:]))
+        elif kind == "library":
+            asyncio.run(library())
         else:
             raise SystemExit(f"unknown server kind {kind!r}")
 

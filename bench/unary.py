@@ -1,4 +1,6 @@
-"""Unary Invoke: bare grpc.aio echo vs node Invoke (unsigned, signed ES256), same run.
+"""Unary Invoke: bare grpc.aio echo vs node Invoke (unsigned, signed ES256), same run;
+and a user's proto method (the library example's GetBook) served by the node vs the
+same servicer on a plain grpc.aio server with no node.
 
 Server in a child process, client here, one grpc.aio channel, N calls in flight for
 a fixed wall time after a warm-up. The bare echo server answers the same
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import grpc
 
 from aralnode import _proto as pb
+from aralnode._assembly import import_spec
 from aralnode.core import codec
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
@@ -36,7 +39,7 @@ from aralnode.testing import fixed_identity
 from aralnode.transport.grpc_client import NodeClient
 from bench._proc import Child, server
 from bench._report import Report, cpus, median, percentile
-from bench._servers import CLIENT_SEED, SERVER_SEED
+from bench._servers import CLIENT_SEED, LIBRARY, SERVER_SEED
 from bench.envelope import per_op
 
 DURATION = 1.5
@@ -198,6 +201,24 @@ async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
         return await _measure(call, in_flight, DURATION, child)
 
 
+async def _method_case(child: Child, in_flight: int) -> Sample:
+    """``library.v1.Library/GetBook`` with the generated messages, as any gRPC
+    client of the user's service calls it (the same call on either server)."""
+    lib = import_spec(LIBRARY).lib
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}") as channel:
+        get_book = channel.unary_unary(
+            "/library.v1.Library/GetBook",
+            request_serializer=lib.GetBookRequest.SerializeToString,
+            response_deserializer=lib.Book.FromString,
+        )
+        request = lib.GetBookRequest(shelf="sci", book_id=1)
+
+        async def call() -> object:
+            return await get_book(request)
+
+        return await _measure(call, in_flight, DURATION, child)
+
+
 def _es256_costs() -> tuple[float, float]:
     """Microseconds per ES256 sign and verify of a request-sized payload, in process
     (``per_op``'s best of runs: the least these operations can cost here)."""
@@ -211,6 +232,11 @@ def _es256_costs() -> tuple[float, float]:
     )
 
 
+# A user's method: the node against the same servicer on a plain grpc.aio server.
+METHOD_CASES = (
+    ("method_plain", "library GetBook, plain grpc.aio server"),
+    ("method_node", "library GetBook, served by the node"),
+)
 CASES = (
     ("bare", "bare grpc.aio echo"),
     ("unsigned", "node Invoke, unsigned"),
@@ -229,6 +255,8 @@ def run(report: Report) -> None:
     async def one(case: str, child: Child, in_flight: int) -> float:
         if case == "bare":
             got = await _bare_case(child, in_flight)
+        elif case.startswith("method_"):
+            got = await _method_case(child, in_flight)
         elif case == "bare_signed":
             got = await _bare_signed_case(child, in_flight)
         elif case == "bare_envelope":
@@ -244,9 +272,10 @@ def run(report: Report) -> None:
     async def main() -> None:
         with (
             server("bare") as bare,
-            server("node") as node,
+            server("node", LIBRARY) as node,
             server("bare-signed") as crypto,
             server("bare-envelope") as envelope,
+            server("library") as plain_library,
         ):
             child = {
                 "bare": bare,
@@ -254,17 +283,21 @@ def run(report: Report) -> None:
                 "signed": node,
                 "bare_signed": crypto,
                 "bare_envelope": envelope,
+                "method_plain": plain_library,
+                "method_node": node,
             }
             for r in range(ROUNDS):
                 print(f"  round {r + 1}/{ROUNDS}", flush=True)
                 for in_flight in (1, 16):
                     # Rotate the order each round so drift on a shared machine hits
                     # every case alike; ratios are paired within a round.
-                    order = [c for c, _ in CASES]
+                    order = [c for c, _ in (*CASES, *METHOD_CASES)]
                     order = order[r % len(order) :] + order[: r % len(order)]
                     got = {c: await one(c, child[c], in_flight) for c in order}
                     for c, _ in CASES[1:]:
                         ratios.setdefault((c, in_flight), []).append(got[c] / got["bare"])
+                    method = got["method_node"] / got["method_plain"]
+                    ratios.setdefault(("method_node", in_flight), []).append(method)
 
     asyncio.run(main())
     rows = [
@@ -330,10 +363,56 @@ def run(report: Report) -> None:
         "parameter and result encoding, validation, and the call context; paired by round, "
         f"the node's unsigned case does {share_of('unsigned', 'bare_envelope'):.0%} of its QPS.",
     ]
+    rows += _method_rows(report, qps, ratios, lat)
     if all(cpu.get(c) for c, _ in CASES):
         bare_qps = median(qps[("bare", 16)])
         rows += _cpu_rows(report, {c: median(cpu[c]) for c, _ in CASES}, bare_qps, _es256_costs())
     report.section("Unary Invoke vs bare grpc.aio", rows)
+
+
+def _method_rows(
+    report: Report,
+    qps: dict[tuple[str, int], list[float]],
+    ratios: dict[tuple[str, int], list[float]],
+    lat: dict[tuple[str, int], list[float]],
+) -> list[str]:
+    """The user's method: the node against the same servicer on plain grpc.aio."""
+    rows = [
+        "",
+        "A user's proto method (the library example's GetBook): the node, against the same",
+        "servicer on a plain grpc.aio server with its generated stubs and no node; ratios",
+        "paired by round.",
+        "",
+        "| case | in flight | QPS | node / plain | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for in_flight in (1, 16):
+        plain = qps[("method_plain", in_flight)]
+        node = qps[("method_node", in_flight)]
+        share = median(ratios[("method_node", in_flight)])
+        for case, label in METHOD_CASES:
+            samples = lat[(case, in_flight)]
+            p50, p99 = median(samples) * 1000, percentile(samples, 99) * 1000
+            cell = "" if case == "method_plain" else f"{share:.1%}"
+            rows.append(
+                f"| {label} | {in_flight} | {median(qps[(case, in_flight)]):,.0f} | {cell} "
+                f"| {p50:.3f} | {p99:.3f} |"
+            )
+        prefix = f"unary.user_method.c{in_flight}"
+        report.add(f"{prefix}.qps", median(node), "calls/s", median(plain))
+        report.add(f"{prefix}.paired_ratio", share, "ratio")
+        plain_lat = lat[("method_plain", in_flight)]
+        node_lat = lat[("method_node", in_flight)]
+        report.add(f"{prefix}.p50", median(node_lat) * 1000, "ms", median(plain_lat) * 1000)
+        report.add(
+            f"{prefix}.p99",
+            percentile(node_lat, 99) * 1000,
+            "ms",
+            percentile(plain_lat, 99) * 1000,
+        )
+    per_round = ", ".join(f"{x:.1%}" for x in ratios[("method_node", 16)])
+    rows += ["", f"Paired ratio at 16 in flight, per round: {per_round} (floor: ≥ 85 %)."]
+    return rows
 
 
 def _cpu_rows(

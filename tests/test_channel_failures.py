@@ -18,6 +18,7 @@ from aralnode.core.channel import Batch, OpenParams, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.errors import AralError, InternalError, RateLimited, StatusCode
 from aralnode.core.outbox import InboundRecord
+from aralnode.mesh.attach import refusal
 from aralnode.mesh.link import Link
 from aralnode.mesh.streams import CHANNEL_METHOD, stream_write
 from tests.channel_helpers import FAST, linked
@@ -213,15 +214,15 @@ async def test_an_incoming_open_is_refused_only_once_our_own_is_sent(
         higher = "~" + node.node_id  # sorts after any node id
         pc = hub.peer(higher)
         # Our dial may be handshaking (up to open_timeout): no refusal before our open.
-        assert hub.refusal(pc, higher) is None
+        assert refusal(hub, pc, higher) is None
         pc.open_sent = True
-        refusal = hub.refusal(pc, higher)
-        assert refusal is not None
-        assert refusal.reason == "DUPLICATE_CHANNEL"
+        refused = refusal(hub, pc, higher)
+        assert refused is not None
+        assert refused.reason == "DUPLICATE_CHANNEL"
         lower = "!" + node.node_id  # sorts before: its dial wins anyway
         pc_low = hub.peer(lower)
         pc_low.open_sent = True
-        assert hub.refusal(pc_low, lower) is None
+        assert refusal(hub, pc_low, lower) is None
 
 
 async def test_channel_traffic_stays_out_of_the_node_replay_cache(make_node: MakeNode) -> None:

@@ -7,14 +7,13 @@ import gzip
 import json
 import logging
 import math
-import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aralnode.core.addresses import join_host_port
-from aralnode.core.context import CallContext, clean_trace_id
+from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
 from aralnode.service.context import ContextBuilder
 
@@ -94,7 +93,7 @@ def request_id(value: str | None) -> str:
     The same rule as every door's trace ids (``clean_trace_id``): anything echoed
     into a response header passes it, so no caller can break a response with it.
     """
-    return clean_trace_id(value) if value else uuid.uuid4().hex
+    return clean_trace_id(value) if value else new_trace_id()
 
 
 def call_context(contexts: ContextBuilder, scope: Scope, door: str) -> CallContext:

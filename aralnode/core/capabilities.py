@@ -161,7 +161,8 @@ def function_capability(
     output_schema: dict[str, Any] = {}
     if returns is not Any and returns is not type(None):
         output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
-    names = list(fields)
+    validate = model.__pydantic_validator__.validate_python
+    dump = out_adapter.serializer.to_python
     # Whole numbers leave as ints, as every door that carries results as Struct
     # values prints them; only results that may hold a float need the walk.
     whole = returns is Any or _may_hold_floats(output_schema)
@@ -174,17 +175,18 @@ def function_capability(
                 f"parameters of {cap_id} must be a JSON object, got {type(params).__name__}"
             )
         try:
-            parsed = model.model_validate(params)
+            parsed = validate(params)
         except pydantic.ValidationError as exc:
             raise InvalidParameters(
                 f"invalid parameters for {cap_id}: {_summary(exc)}",
                 details={"errors": [_err(e) for e in exc.errors()[:10]]},
             ) from None
-        kwargs = {n: getattr(parsed, n) for n in names}
-        if ctx_param is not None:
-            kwargs[ctx_param] = ctx
-        result = await fn(**kwargs)
-        out = out_adapter.dump_python(result, mode="json")
+        # A model's fields are its __dict__: every parameter, defaults filled in.
+        if ctx_param is None:
+            result = await fn(**parsed.__dict__)
+        else:
+            result = await fn(**parsed.__dict__, **{ctx_param: ctx})
+        out = dump(result, mode="json")
         return codec.whole_numbers(out) if whole else out
 
     cap_id = _check_id(id or fn.__name__)

@@ -150,13 +150,18 @@ def from_struct(struct: struct_pb2.Struct, *, allow_inf_nan: bool = True) -> dic
 def whole_numbers(value: Any) -> Any:
     """JSON from ``MessageToDict`` with each whole double below 2**53 as ``int``, as
     the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``)."""
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         return _number(value)
-    if isinstance(value, dict):
-        return {k: whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [whole_numbers(v) for v in value]
+    if kind is dict:
+        return {k: whole_numbers(v) if type(v) in _WALKED else v for k, v in value.items()}
+    if kind is list:
+        return [whole_numbers(v) if type(v) in _WALKED else v for v in value]
     return value
+
+
+# What ``whole_numbers`` looks into (exact JSON types: bool is not walked as a float).
+_WALKED = frozenset({float, dict, list})
 
 
 def message_json(message: Message) -> Any:

@@ -10,8 +10,10 @@ authenticate stage then decides the caller and its scopes from the credentials.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aralnode.core.errors import StatusCode, error_from_status
 
@@ -19,13 +21,48 @@ ANONYMOUS = "anonymous"
 _TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def new_trace_id() -> str:
+    """128 random bits as 32 hex digits (a uuid4's randomness, without its object)."""
+    return secrets.token_hex(16)
+
+
 def clean_trace_id(value: str) -> str:
     """A caller's trace id if it is safe to carry and echo (in headers, logs, other
     nodes' envelopes), else a fresh one."""
-    return value if value and _TRACE_ID.fullmatch(value) else uuid.uuid4().hex
+    return value if value and _TRACE_ID.fullmatch(value) else new_trace_id()
 
 
-@dataclass(slots=True, frozen=True)
+class LazyMetadata(Mapping[str, str]):
+    """Request metadata read only if something asks: ``pairs()`` gives (name, value)
+    pairs (gRPC's ``invocation_metadata``); binary values are left out. Most calls
+    never look at their metadata, and reading it costs every call."""
+
+    __slots__ = ("_dict", "_pairs")
+
+    def __init__(self, pairs: Callable[[], Iterable[tuple[str, Any]] | None]) -> None:
+        self._pairs: Callable[[], Iterable[tuple[str, Any]] | None] | None = pairs
+        self._dict: dict[str, str] = {}
+
+    def _read(self) -> dict[str, str]:
+        pairs, self._pairs = self._pairs, None
+        if pairs is not None:
+            self._dict = {k: v for k, v in (pairs() or ()) if isinstance(v, str)}
+        return self._dict
+
+    def __getitem__(self, key: str) -> str:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __repr__(self) -> str:
+        return f"LazyMetadata({self._read()!r})"
+
+
+@dataclass(slots=True)
 class Credentials:
     """What a door knows about its caller, before anyone decided who it is.
 
@@ -83,14 +120,14 @@ class CallContext:
     door: str
     caller: str = ""
     peer: str = ""
-    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    trace_id: str = field(default_factory=new_trace_id)
     message_id: str = ""
     deadline: float | None = None
     deadline_enforced: bool = False
     signed: bool = False
     scopes: frozenset[str] = frozenset()
     on_behalf_of: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
     capability: str = ""
     decision: str = ""
     flags: list[str] = field(default_factory=list)

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from aralnode import _proto as pb
@@ -49,15 +49,10 @@ from aralnode.core.channel import (
     Batch,
     ChannelSession,
     Inbound,
-    OpenParams,
-    SentOpen,
-    frame_keys,
-    make_open,
 )
 from aralnode.core.clock import Clock
 from aralnode.core.envelope import build_content, encode_payload, remote_error, seal
 from aralnode.core.errors import (
-    AralError,
     DeadlineExceeded,
     InternalError,
     PeerNotFound,
@@ -66,9 +61,9 @@ from aralnode.core.errors import (
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import OutboxEntry, tombstone
 from aralnode.core.replay import ReplayGuard
-from aralnode.mesh.link import Link
 from aralnode.mesh.receiver import CANCEL_EVENT, NOTIFICATION, REQUEST, Opened, Receiver
 from aralnode.mesh.state import (
+    ChannelLink,
     ChannelMessage,
     ChannelSettings,
     NotificationHandler,
@@ -164,132 +159,8 @@ class ChannelHub:
                 pc.sent_before_start = self.outbox.last_seq(peer_id)
         return pc
 
-    def open_params(self, pc: PeerChannel) -> OpenParams:
-        """What our open states to ``pc``. No side effect."""
-        s = self.settings
-        return OpenParams(
-            epoch=self.outbox.epoch,
-            incarnation=self.incarnation,
-            resume=pc.inbound.snapshot(),
-            window=s.window,
-            keepalive_ms=s.keepalive_ms,
-            max_batch=s.max_batch,
-            first_unacked=self.outbox.first_unacked(pc.peer_id),
-        )
-
-    def refusal(self, pc: PeerChannel, dialler: str) -> AralError | None:
-        """Why a new link dialled by ``dialler`` may not become the peer's channel,
-        or ``None``. No side effect.
-
-        Of two live links dialled from opposite ends, the lower node id's dial
-        wins; a newer link from the same end replaces the older (its dialler knows
-        the old one died). An incoming open is also refused while our own winning
-        open is on the wire -- only once it was sent: until then (a handshake may
-        take up to ``open_timeout``) the peer's dial is as good as ours.
-        """
-        if self.stopping:
-            return Unavailable("node is stopping", reason="NODE_STOPPING")
-        winner = min(self.node_id, pc.peer_id)
-        old = pc.link
-        if old is not None and old.alive and dialler not in (old.dialler, winner):
-            return Unavailable("a channel to this peer is already open", reason="DUPLICATE_CHANNEL")
-        if dialler == pc.peer_id and pc.open_sent and not pc.connected and winner == self.node_id:
-            return Unavailable("this node's own channel to you wins", reason="DUPLICATE_CHANNEL")
-        return None
-
-    def accept_link(
-        self,
-        pc: PeerChannel,
-        content: pb.ChannelOpenContent,
-        write: Callable[[bytes], Awaitable[None]],
-    ) -> tuple[Link, bytes] | AralError:
-        """An incoming verified open: decide first, then answer and attach. Returns
-        the link and our answer frame (to write before anything else), or why not."""
-        refusal = self.refusal(pc, pc.peer_id)
-        if refusal is not None:
-            return refusal
-        pc.inbound.start(content.session_epoch, content.first_unacked)
-        params = self.open_params(pc)
-        answer = make_open(
-            self.identity,
-            recipient=pc.peer_id,
-            clock=self.clock,
-            params=params,
-            answer_to=content.nonce,
-        )
-        link = self.establish(pc, content, answer, params, write, dialler=pc.peer_id)
-        return (link, answer.frame) if isinstance(link, Link) else link
-
-    def establish(
-        self,
-        pc: PeerChannel,
-        content: pb.ChannelOpenContent,
-        sent: SentOpen,
-        params: OpenParams,
-        write: Callable[[bytes], Awaitable[None]],
-        *,
-        dialler: str,
-    ) -> Link | AralError:
-        """Both opens are verified: decide whether the link may be the peer's
-        channel, and only then let it change anything (receive marks, acks,
-        pending requests) and attach it. Synchronous: nothing can intervene
-        between the decision and the attach.
-
-        Raises:
-            Unauthenticated: the peer's ephemeral key is unusable.
-        """
-        refusal = self.refusal(pc, dialler)
-        if refusal is not None:
-            return refusal
-        session = ChannelSession(
-            peer_open=content,
-            params=params,
-            inbound=pc.inbound,
-            seal=frame_keys(sent, content, dialler=dialler == self.node_id),
-            clock=self.clock,
-            timeout_ms=self.settings.timeout_ms,
-            max_frame_bytes=self.max_message_bytes + 64 * 1024,
-            sent_limit=max(pc.sent_max, pc.sent_before_start),
-        )
-        # Decided: from here on the link is the peer's channel.
-        pc.inbound.resumed(params.resume)
-        pc.inbound.start(content.session_epoch, content.first_unacked)
-        if session.resume_clamped:
-            self.count("channel.resume_clamped")
-            log.warning(
-                "peer %s resumes after seq %d, beyond the last we sent (%d)",
-                pc.peer_id,
-                content.resume_after,
-                session.peer_acked,
-            )
-        if pc.incarnation and content.incarnation != pc.incarnation:
-            # Requests the old process acked died with it; unacked ones are resent.
-            lost = [mid for mid, (_, seq) in pc.pending.items() if seq <= pc.peer_acked]
-            for mid in lost:
-                fut, _ = pc.pending.pop(mid)
-                if not fut.done():
-                    fut.set_exception(
-                        Unavailable(
-                            f"peer {pc.peer_id} restarted while serving the request",
-                            reason="PEER_RESTARTED",
-                        )
-                    )
-        pc.incarnation = content.incarnation
-        self.acked(pc, session.peer_acked)
-        link = Link(self, pc, session, write, dialler=dialler)
-        old = pc.link
-        if old is not None and old.alive:
-            old.close(Unavailable("superseded by a newer channel", reason="CHANNEL_SUPERSEDED"))
-        pc.link = link
-        pc.links_opened += 1
-        pc._set_up(True)
-        self.count("channel.opened")
-        for listener in self.link_listeners:
-            listener(pc.peer_id, True)
-        link.wake.set()
-        return link
-
-    def detached(self, pc: PeerChannel, link: Link) -> None:
+    def detached(self, pc: PeerChannel, link: ChannelLink) -> None:
+        """``link`` ended; if it was the peer's channel, the peer has none now."""
         if pc.link is not link:
             return
         pc.link = None
@@ -532,16 +403,6 @@ class ChannelHub:
             pc, body, content_type=content_type, compression=compression, trace_id=trace_id
         )
         return message_id
-
-    async def broadcast(
-        self, event: str, data: Any = None, *, content_type: str = codec.JSON
-    ) -> dict[str, str]:
-        """Notify every peer with a live channel; message id by peer."""
-        out: dict[str, str] = {}
-        for peer_id, pc in list(self.peers.items()):
-            if pc.connected:
-                out[peer_id] = await self.notify(peer_id, event, data, content_type=content_type)
-        return out
 
     def subscribe(
         self,

@@ -32,6 +32,7 @@ from aralnode.core.channel import (
     verify_open,
 )
 from aralnode.core.errors import AralError, InternalError, Unavailable
+from aralnode.mesh.attach import accept_link, establish, open_params
 from aralnode.mesh.hub import ChannelHub
 from aralnode.mesh.state import PeerChannel
 from aralnode.transport.grpc_client import NodeClient, channel_options
@@ -159,7 +160,7 @@ async def _accept(
             is_verified=hub.is_verified,
         )
         # Decided before anything changes: a refused open leaves a live link alone.
-        accepted = hub.accept_link(hub.peer(content.sender), content, write)
+        accepted = accept_link(hub, hub.peer(content.sender), content, write)
         if isinstance(accepted, AralError):
             raise accepted
     except AralError as exc:
@@ -233,7 +234,7 @@ async def _dial_once(
             CHANNEL_METHOD, request_serializer=None, response_deserializer=None
         )
         call = stub()
-        params = hub.open_params(peer)  # no side effect until the link is kept
+        params = open_params(hub, peer)  # no side effect until the link is kept
         sent = make_open(hub.identity, recipient=peer.peer_id, clock=hub.clock, params=params)
         peer.open_sent = True
         try:
@@ -262,7 +263,7 @@ async def _dial_once(
                 answer_to=sent.nonce,
             )
             write = stream_write(call.write)
-            link = hub.establish(peer, content, sent, params, write, dialler=hub.node_id)
+            link = establish(hub, peer, content, sent, params, write, dialler=hub.node_id)
         finally:
             peer.open_sent = False
         if isinstance(link, AralError):

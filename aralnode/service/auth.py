@@ -31,7 +31,7 @@ _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Authenticated:
     """What an authenticator decided about a caller.
 
@@ -71,7 +71,7 @@ def peer_scopes_of(
 class PeerAuthenticator:
     """The default rule (see the module docstring)."""
 
-    __slots__ = ("_node_id", "grants", "peer_scopes")
+    __slots__ = ("_node_id", "_self", "grants", "peer_scopes")
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class PeerAuthenticator:
     ) -> None:
         """``node_id`` may be given late (a callable), as a node's key is read lazily."""
         self._node_id = node_id
+        self._self: Authenticated | None = None  # the node itself, made once
         self.peer_scopes = frozenset(peer_scopes)
         self.grants = dict(peer_grants or {})
 
@@ -94,7 +95,9 @@ class PeerAuthenticator:
         if credentials.local:
             if ctx.caller:  # the program said who: it owns the node
                 return Authenticated(ctx.caller, ctx.scopes, ctx.on_behalf_of)
-            return Authenticated(self.node_id, _EVERY_SCOPE)
+            if self._self is None:
+                self._self = Authenticated(self.node_id, _EVERY_SCOPE)
+            return self._self
         delegated = credentials.on_behalf_of
         signer = credentials.signer
         if signer:

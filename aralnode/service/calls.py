@@ -85,7 +85,7 @@ async def plain_call(
     if not call.capability:
         raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
     params = codec.from_struct(call.parameters) if call.HasField("parameters") else {}
-    if call.trace_id:
+    if call.trace_id or not ctx.trace_id:  # the call's own, else the door's (or a new one)
         ctx.trace_id = clean_trace_id(call.trace_id)
     if call.timeout_ms > 0:
         deadline = clock.monotonic() + call.timeout_ms / 1000

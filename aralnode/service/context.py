@@ -37,7 +37,7 @@ class ContextBuilder:
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         timeout_enforced: bool = False,
-        trace_id: str = "",
+        trace_id: str | None = None,
         message_id: str = "",
         credentials: Credentials = NO_CREDENTIALS,
     ) -> CallContext:
@@ -45,17 +45,24 @@ class ContextBuilder:
 
         Args:
             peer: The caller's transport address.
-            metadata: gRPC metadata or HTTP headers, names in lower case; the trace
-                id comes from ``X-Trace-Id`` when ``trace_id`` is not given.
+            metadata: gRPC metadata or HTTP headers, names in lower case (kept as
+                given: a ``LazyMetadata`` is read only if someone asks).
             timeout: Seconds the caller will wait (``None``: no deadline).
             timeout_enforced: The transport itself cancels the call then (gRPC does).
+            trace_id: The call's trace id; ``None`` takes ``X-Trace-Id`` or makes one;
+                "" leaves it to the door, which sets it before the pipeline runs
+                (an ``Invoke`` carries its own, in its call or its message).
             credentials: What the door verified about the caller.
         """
-        md = dict(metadata) if metadata else {}
+        md: Mapping[str, str] = {} if metadata is None else metadata
+        if trace_id is None:
+            trace_id = clean_trace_id(md.get(TRACE_HEADER, ""))
+        elif trace_id:
+            trace_id = clean_trace_id(trace_id)
         return CallContext(
             door=door,
             peer=peer,
-            trace_id=clean_trace_id(trace_id or md.get(TRACE_HEADER, "")),
+            trace_id=trace_id,
             message_id=message_id,
             deadline=None if timeout is None else self.clock.monotonic() + timeout,
             deadline_enforced=timeout is not None and timeout_enforced,
@@ -82,10 +89,7 @@ class ContextBuilder:
         clock skew between the nodes does not eat into it."""
         sender, message_id = header.sender, header.message_id
         ctx.credentials = Credentials(
-            signer=sender if signed else "",
-            signer_verified=signed and signer_verified,
-            link_peer=link_peer,
-            on_behalf_of=header.on_behalf_of,
+            sender if signed else "", signed and signer_verified, link_peer, header.on_behalf_of
         )
         ctx.signed = signed
         ctx.message_id = message_id

@@ -41,12 +41,13 @@ from aralnode.core.capabilities import Capability, CapabilityRegistry, request_f
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, Cancelled, DeadlineExceeded, HandlerFailed
-from aralnode.core.governance import Action, Direction, Evaluator, Verdict
+from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
 from aralnode.service.stages import Stages, VerdictListener
 
 log = logging.getLogger("aralnode.pipeline")
 
 T = TypeVar("T")
+OK = Decision.OK.label
 _NO_SCOPES: tuple[str, ...] = ()
 _INVOKE = Direction.INVOKE
 
@@ -66,6 +67,14 @@ class Target:
     scopes: Sequence[str] = _NO_SCOPES
     peer: str = ""
     kind: str = "call"
+
+    @property
+    def ok_key(self) -> str:
+        """The counter of this kind's successes."""
+        return _OK_KEYS.get(self.kind) or f"{self.kind}.ok"
+
+
+_OK_KEYS = {kind: f"{kind}.ok" for kind in ("invoke", "call", "stream", "message")}
 
 
 class Pipeline:
@@ -293,14 +302,30 @@ class Pipeline:
             raise
         try:
             ctx.capability = target_id
-            action = Action(
-                target.direction, target_id, ctx.caller, ctx.door, target.risk,
-                None if message is not None else value, target.peer or ctx.peer,
-                message=message,
-            )  # fmt: skip
-            value = self._governed(st.govern(ctx, action), value, message, target_id)
-            result = await self._handle(ctx, target_id, handler, value)
-            result = st.post_check(ctx, action, result)
+            govern, checks = st.govern, st.post_check.checks
+            action: Action | None = None
+            if govern.active or checks:
+                action = Action(
+                    target.direction, target_id, ctx.caller, ctx.door, target.risk,
+                    None if message is not None else value, target.peer or ctx.peer,
+                    message=message,
+                )  # fmt: skip
+                value = self._governed(govern(ctx, action), value, message, target_id)
+            else:  # no rule and nobody watching: the verdict is ok, with no Action made
+                ctx.decision = OK
+                if message is not None:
+                    value = message
+            try:
+                if ctx.deadline is None or ctx.deadline_enforced:
+                    result = await handler(value, ctx)
+                else:
+                    result = await self._timed(ctx, target_id, handler, value)
+            except (AralError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise self._failed(ctx, target_id, exc) from exc
+            if action is not None and checks:
+                result = st.post_check(ctx, action, result)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -322,36 +347,33 @@ class Pipeline:
             return request_from(type(message), nudged, target)
         return nudged
 
-    async def _handle(
+    async def _timed(
         self,
         ctx: CallContext,
         target: str,
         handler: Callable[[Any, CallContext], Awaitable[Any]],
         value: Any,
     ) -> Any:
-        """The handler under the call's deadline (unless the transport enforces it);
-        anything it raises that is not an ``AralError`` is a ``HandlerFailed``."""
+        """The handler under a deadline the transport does not enforce itself."""
+        assert ctx.deadline is not None
+        remaining = ctx.deadline - self.clock.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline passed before {target} started")
         try:
-            if ctx.deadline is None or ctx.deadline_enforced:
+            async with asyncio.timeout(remaining):
                 return await handler(value, ctx)
-            remaining = ctx.deadline - self.clock.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"deadline passed before {target} started")
-            try:
-                async with asyncio.timeout(remaining):
-                    return await handler(value, ctx)
-            except TimeoutError:
-                raise DeadlineExceeded(f"{target} did not finish before the deadline") from None
-        except AralError:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s failed (trace %s)", target, ctx.trace_id)
-            raise HandlerFailed(
-                f"capability {target} failed: {type(exc).__name__}",
-                details={"capability": target, "trace_id": ctx.trace_id},
-            ) from exc
+        except TimeoutError:
+            raise DeadlineExceeded(f"{target} did not finish before the deadline") from None
+
+    @staticmethod
+    def _failed(ctx: CallContext, target: str, exc: Exception) -> HandlerFailed:
+        """What a handler's own exception (not an ``AralError``) becomes: logged here,
+        ``INTERNAL`` to the caller, with no detail of ours."""
+        log.error("%s failed (trace %s)", target, ctx.trace_id, exc_info=exc)
+        return HandlerFailed(
+            f"capability {target} failed: {type(exc).__name__}",
+            details={"capability": target, "trace_id": ctx.trace_id},
+        )
 
     def _ended(self, ctx: CallContext, target: Target, error: AralError | None) -> None:
         """Count the outcome and audit it. An audit that fails turns a success into
@@ -359,8 +381,9 @@ class Pipeline:
         it) and the audit failure is logged by the stage."""
         stages = self.stages
         if error is None:
-            stages.counters[target.kind + ".ok"] += 1
-            stages.audit(ctx, target.id, target.direction, target.peer, None)
+            stages.counters[target.ok_key] += 1
+            if stages.audit.sinks:
+                stages.audit(ctx, target.id, target.direction, target.peer, None)
             return
         stages.counters[f"{target.kind}.{error.code}"] += 1
         with contextlib.suppress(AralError):

@@ -32,7 +32,7 @@ from aralnode.core.errors import (
     RateLimited,
     Unauthenticated,
 )
-from aralnode.core.governance import Action, AllowAll, Evaluator, Verdict, enforce
+from aralnode.core.governance import Action, AllowAll, Decision, Evaluator, Verdict, enforce
 from aralnode.service.auth import ALL_SCOPES, Authenticator, PeerAuthenticator
 
 log = logging.getLogger("aralnode.pipeline")
@@ -144,6 +144,12 @@ class Govern:
         self.counters = counters
         self.listeners: list[VerdictListener] = []
 
+    @property
+    def active(self) -> bool:
+        """Whether judging can say anything but ok, or anyone watches the verdicts
+        (otherwise the pipeline need not even describe the action)."""
+        return bool(self.listeners) or type(self.evaluator) is not AllowAll
+
     def judge(self, action: Action, ctx: CallContext | None = None) -> Verdict:
         """The verdict on ``action``, told to the listeners; not enforced."""
         try:
@@ -157,22 +163,25 @@ class Govern:
             ) from exc
         if verdict.flagged:
             self.counters["governance.flagged"] += 1
-        for listener in self.listeners:
-            try:
-                listener(ctx, action, verdict)
-            except Exception:  # a listener watches; it never decides a call's fate
-                log.exception("governance verdict listener failed")
+        if self.listeners:
+            for listener in self.listeners:
+                try:
+                    listener(ctx, action, verdict)
+                except Exception:  # a listener watches; it never decides a call's fate
+                    log.exception("governance verdict listener failed")
         return verdict
 
     def __call__(self, ctx: CallContext | None, action: Action) -> Any:
         """Judge and enforce; the parameters to go on with (a nudge may have
         replaced them: then ``verdict.parameters``, else the action's own)."""
         verdict = self.judge(action, ctx)
+        decision = verdict.decision
         if ctx is not None:
-            ctx.decision = verdict.decision.label
+            ctx.decision = decision.label
             if verdict.flagged:
                 ctx.flags.extend(verdict.rule_ids)
-        enforce(verdict, action)
+        if decision > Decision.NUDGE:
+            enforce(verdict, action)
         return verdict.parameters
 
 

@@ -20,7 +20,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
 from aralnode.core.capabilities import ProtoService
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, MessageTooLarge
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
@@ -42,17 +42,19 @@ def _parse(cls: type[Message], data: bytes) -> Any:
         raise MalformedMessage(f"request does not parse as {cls.DESCRIPTOR.full_name}") from None
 
 
-def call_context(contexts: ContextBuilder, context: Context) -> CallContext:
+def call_context(
+    contexts: ContextBuilder, context: Context, trace_id: str | None = None
+) -> CallContext:
     """What the gRPC door knows about a call, made a ``CallContext`` by the builder:
-    the peer, the metadata (text values; gRPC names are lower case) and the time
-    left, which gRPC itself enforces."""
-    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    the peer, the metadata (text values, read if asked; gRPC names are lower case)
+    and the time left, which gRPC itself enforces."""
     return contexts.build(
         "grpc",
         peer=context.peer(),
-        metadata=metadata,
+        metadata=LazyMetadata(context.invocation_metadata),
         timeout=context.time_remaining(),
         timeout_enforced=True,
+        trace_id=trace_id,
     )
 
 
@@ -83,7 +85,7 @@ class AgentNodeDoor:
             raise  # unreachable: abort raises
 
     async def Invoke(self, data: bytes, context: Context) -> bytes:
-        trace_id = ""
+        request: pb.InvokeRequest | None = None
         try:
             if len(data) > self.max_message_bytes + ENVELOPE_OVERHEAD:
                 raise MessageTooLarge(
@@ -91,11 +93,12 @@ class AgentNodeDoor:
                     details={"size": len(data), "limit": self.max_message_bytes},
                 )
             request = _parse(pb.InvokeRequest, data)
-            trace_id = request.call.trace_id
-            response = await self.service.invoke(request, call_context(self.contexts, context))
+            # The trace id is the call's own or its message's: NodeService sets it.
+            ctx = call_context(self.contexts, context, trace_id="")
+            response = await self.service.invoke(request, ctx)
             return response.SerializeToString()
         except AralError as exc:
-            await abort(context, exc, trace_id)
+            await abort(context, exc, request.call.trace_id if request is not None else "")
             raise
 
     def _built_in(self, method: MethodDescriptor) -> Unary:
