@@ -370,6 +370,7 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+# long: the command table, one block per subcommand
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aralnode", description="A gRPC-first agent mesh node.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")

@@ -303,6 +303,31 @@ def test_only_proto_module_imports_generated_code() -> None:
     assert offenders == []
 
 
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 60
+LONG = "# long:"  # a comment right above a def that says why it is longer
+
+
+def test_modules_and_functions_fit_in_a_head() -> None:
+    """Modules under 600 lines, functions under 60; a longer function (a parser, a
+    table) says why in a ``# long:`` comment right above it."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        where = path.relative_to(ROOT)
+        if len(lines) > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            said = first >= 2 and lines[first - 2].strip().startswith(LONG)
+            if length > MAX_FUNCTION_LINES and not said:
+                too_long.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert too_long == []
+
+
 def test_public_names_match_all() -> None:
     public = {name for name in dir(aralnode) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(aralnode, name)).__name__ == "module"}

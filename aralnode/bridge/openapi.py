@@ -167,36 +167,7 @@ class OpenApiBuilder:
             "description": "\n\n".join(notes),
             "tags": [tag],
         }
-        params = []
-        for var in binding.variables:
-            schema = dict(schemas.field(var.field_path[-1]))
-            if var.multi_segment and schema.get("type") == "string":
-                schema["pattern"] = f"^{var.pattern}$"
-            elif schema.get("type") == "string":
-                schema["minLength"] = 1
-            param = {"name": var.param, "in": "path", "required": True, "schema": schema}
-            doc = comments.get(var.field_path[-1].full_name, "")
-            if var.param != var.name:
-                doc = f"Field `{var.name}`. {doc}".strip()
-            if doc:
-                param["description"] = doc
-            params.append(param)
-        params += [
-            {"name": wildcard, "in": "path", "required": True, "schema": {"type": "string"}}
-            for wildcard in _WILDCARD.findall(binding.openapi_path)
-        ]
-        for name, path in query_fields(binding):
-            param = {
-                "name": name,
-                "in": "query",
-                "required": False,
-                "schema": schemas.field(path[-1]),
-            }
-            if path[-1].is_repeated:
-                param["style"], param["explode"] = "form", True
-            if comments.get(path[-1].full_name):
-                param["description"] = comments[path[-1].full_name]
-            params.append(param)
+        params = _parameters(binding, schemas, comments)
         if params:
             op["parameters"] = params
         if binding.body:
@@ -209,25 +180,69 @@ class OpenApiBuilder:
                 "required": False,
                 "content": {"application/json": {"schema": body_schema}},
             }
-        if binding.response_field is not None:
-            out_schema = schemas.field(binding.response_field)
-        else:
-            out_schema = schemas.message(method.output_type)
-        if method.server_streaming:
-            content = {
-                "application/x-ndjson": {"schema": out_schema},
-                "text/event-stream": {"schema": {"type": "string"}},
-            }
-            ok_doc = "A stream of messages (NDJSON; SSE with Accept: text/event-stream)."
-        else:
-            content = {"application/json": {"schema": out_schema}}
-            ok_doc = "The response message."
-        headers = {k: {"$ref": f"#/components/headers/{k}"} for k in _ID_HEADERS}
-        op["responses"] = {
-            "200": {"description": ok_doc, "headers": headers, "content": content},
-            "default": {"$ref": "#/components/responses/Error"},
-        }
+        op["responses"] = _responses(binding, schemas)
         return op
+
+
+def _parameters(
+    binding: Binding, schemas: SchemaSet, comments: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The path variables, path wildcards and query parameters of a binding."""
+    params = []
+    for var in binding.variables:
+        schema = dict(schemas.field(var.field_path[-1]))
+        if var.multi_segment and schema.get("type") == "string":
+            schema["pattern"] = f"^{var.pattern}$"
+        elif schema.get("type") == "string":
+            schema["minLength"] = 1
+        param = {"name": var.param, "in": "path", "required": True, "schema": schema}
+        doc = comments.get(var.field_path[-1].full_name, "")
+        if var.param != var.name:
+            doc = f"Field `{var.name}`. {doc}".strip()
+        if doc:
+            param["description"] = doc
+        params.append(param)
+    params += [
+        {"name": wildcard, "in": "path", "required": True, "schema": {"type": "string"}}
+        for wildcard in _WILDCARD.findall(binding.openapi_path)
+    ]
+    for name, path in query_fields(binding):
+        param = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schemas.field(path[-1]),
+        }
+        if path[-1].is_repeated:
+            param["style"], param["explode"] = "form", True
+        if comments.get(path[-1].full_name):
+            param["description"] = comments[path[-1].full_name]
+        params.append(param)
+    return params
+
+
+def _responses(binding: Binding, schemas: SchemaSet) -> dict[str, Any]:
+    """200 with the response (or its ``response_body`` field, or a stream of it),
+    and every failure in the seed's error shape."""
+    method = binding.method
+    if binding.response_field is not None:
+        out_schema = schemas.field(binding.response_field)
+    else:
+        out_schema = schemas.message(method.output_type)
+    if method.server_streaming:
+        content = {
+            "application/x-ndjson": {"schema": out_schema},
+            "text/event-stream": {"schema": {"type": "string"}},
+        }
+        ok_doc = "A stream of messages (NDJSON; SSE with Accept: text/event-stream)."
+    else:
+        content = {"application/json": {"schema": out_schema}}
+        ok_doc = "The response message."
+    headers = {k: {"$ref": f"#/components/headers/{k}"} for k in _ID_HEADERS}
+    return {
+        "200": {"description": ok_doc, "headers": headers, "content": content},
+        "default": {"$ref": "#/components/responses/Error"},
+    }
 
 
 def docs_page(title: str) -> bytes:

@@ -133,6 +133,7 @@ def _from_rule(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Binding:
     return _compile(method, verb, template, rule.body, rule.response_body)
 
 
+# long: a template parser, one branch per segment kind, kept together to be read whole
 def _compile(
     method: MethodDescriptor,
     verb: str,

@@ -137,10 +137,39 @@ def function_capability(
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{fn.__qualname__} must be an async function")
     hints = get_type_hints(fn, include_extras=True)
-    sig = inspect.signature(fn)
+    model, ctx_param = _parameters(fn, hints)
+    input_schema = {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
+    input_schema.pop("title", None)
+    returns = hints.get("return", Any)
+    out_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(returns)
+    output_schema: dict[str, Any] = {}
+    if returns is not Any and returns is not type(None):
+        output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
+    cap_id = _check_id(id or fn.__name__)
+    # Whole numbers leave as ints, as every door that carries results as Struct
+    # values prints them; only results that may hold a float need the walk.
+    whole = returns is Any or _may_hold_floats(output_schema)
+    doc = inspect.getdoc(fn) or ""
+    return Capability(
+        id=cap_id,
+        handler=_function_handler(fn, cap_id, model, ctx_param, out_adapter, whole=whole),
+        name=fn.__name__,
+        description=description if description is not None else doc.split("\n\n")[0],
+        input_schema=input_schema,
+        output_schema=output_schema,
+        required_scopes=tuple(scopes),
+        risk=_check_risk(risk),
+    )
+
+
+def _parameters(
+    fn: Callable[..., Any], hints: dict[str, Any]
+) -> tuple[type[pydantic.BaseModel], str | None]:
+    """A model of ``fn``'s parameters (unknown ones forbidden), and the name of the
+    one that takes the ``CallContext``, if any."""
     fields: dict[str, Any] = {}
     ctx_param: str | None = None
-    for name, param in sig.parameters.items():
+    for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"{fn.__qualname__}: *args/**kwargs cannot become a schema")
         annotation = hints.get(name, Any)
@@ -154,18 +183,20 @@ def function_capability(
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,
     )
-    input_schema = {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
-    input_schema.pop("title", None)
-    returns = hints.get("return", Any)
-    out_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(returns)
-    output_schema: dict[str, Any] = {}
-    if returns is not Any and returns is not type(None):
-        output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
+    return model, ctx_param
+
+
+def _function_handler(
+    fn: Callable[..., Awaitable[Any]],
+    cap_id: str,
+    model: type[pydantic.BaseModel],
+    ctx_param: str | None,
+    out_adapter: pydantic.TypeAdapter[Any],
+    *,
+    whole: bool,
+) -> Handler:
     validate = model.__pydantic_validator__.validate_python
     dump = out_adapter.serializer.to_python
-    # Whole numbers leave as ints, as every door that carries results as Struct
-    # values prints them; only results that may hold a float need the walk.
-    whole = returns is Any or _may_hold_floats(output_schema)
 
     async def handler(params: Any, ctx: CallContext) -> Any:
         if params is None:
@@ -189,18 +220,7 @@ def function_capability(
         out = dump(result, mode="json")
         return codec.whole_numbers(out) if whole else out
 
-    cap_id = _check_id(id or fn.__name__)
-    doc = inspect.getdoc(fn) or ""
-    return Capability(
-        id=cap_id,
-        handler=handler,
-        name=fn.__name__,
-        description=description if description is not None else doc.split("\n\n")[0],
-        input_schema=input_schema,
-        output_schema=output_schema,
-        required_scopes=tuple(scopes),
-        risk=_check_risk(risk),
-    )
+    return handler
 
 
 def _may_hold_floats(schema: Any) -> bool:

@@ -317,6 +317,13 @@ def verify_open(
             f"expected node {expected_sender} but {content.sender} answered",
             reason="UNEXPECTED_NODE",
         )
+    _check_open_fields(content, answer_to)
+    replay.admit(content.sender, "channel-open:" + content.nonce.hex(), content.timestamp_unix_ms)
+    return content
+
+
+def _check_open_fields(content: pb.ChannelOpenContent, answer_to: bytes) -> None:
+    """The parameters of a verified open: in range, and answering ours if it must."""
     if not MIN_NONCE <= len(content.nonce) <= MAX_NONCE:
         raise MalformedMessage("channel open nonce must be 8..64 bytes", reason="MISSING_FIELD")
     if answer_to and content.answer_to != answer_to:
@@ -335,5 +342,3 @@ def verify_open(
         )
     if content.resume_after > MAX_SEQ or content.first_unacked > MAX_SEQ:
         raise MalformedMessage("sequence number out of range", reason="SEQ_OUT_OF_RANGE")
-    replay.admit(content.sender, "channel-open:" + content.nonce.hex(), content.timestamp_unix_ms)
-    return content

@@ -136,7 +136,7 @@ def seal_into(
     raw = content.SerializeToString()
     out.content = raw
     if identity is not None:
-        out.signature.CopyFrom(identity.sign(pb.PAYLOAD_MESSAGE, raw, embed_key=embed_key))
+        identity.sign_into(out.signature, pb.PAYLOAD_MESSAGE, raw, embed_key=embed_key)
 
 
 def encode_payload(
@@ -173,8 +173,9 @@ def open_message(
         )
     signer: PublicKey | None = None
     if message.HasField("signature"):
-        signer = keyring.resolve(message.signature)
-        signer.verify(pb.PAYLOAD_MESSAGE, raw, message.signature)
+        signature = message.signature
+        signer = keyring.resolve(signature)
+        signer.verify(pb.PAYLOAD_MESSAGE, raw, signature)
     elif require_signature:
         raise Unauthenticated("message is not signed", reason="SIGNATURE_MISSING")
     content = pb.MessageContent()

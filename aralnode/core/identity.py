@@ -151,6 +151,15 @@ class Identity:
 
     def sign(self, payload_type: str, payload: bytes, *, embed_key: bool = False) -> pb.Signature:
         """Sign (type, payload); ``embed_key`` adds the public key for first contact."""
+        sig = pb.Signature()
+        self.sign_into(sig, payload_type, payload, embed_key=embed_key)
+        return sig
+
+    def sign_into(
+        self, out: pb.Signature, payload_type: str, payload: bytes, *, embed_key: bool = False
+    ) -> None:
+        """``sign``, writing the signature into ``out`` (a field of the message that
+        carries it: no copy)."""
         message = pae(payload_type, payload)
         if self.algorithm is KeyAlgorithm.ES256:  # not isinstance: see PublicKey.verify
             der = cast(ec.EllipticCurvePrivateKey, self._private).sign(message, _ECDSA)
@@ -158,10 +167,11 @@ class Identity:
             value = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         else:
             value = cast(ed25519.Ed25519PrivateKey, self._private).sign(message)
-        sig = pb.Signature(algorithm=self.algorithm, key_id=self.node_id, value=value)
+        out.algorithm = self.algorithm
+        out.key_id = self.public_key.key_id
+        out.value = value
         if embed_key:
-            sig.public_key = self.public_key.spki
-        return sig
+            out.public_key = self.public_key.spki
 
 
 class KeyRingFull(RateLimited):

@@ -34,6 +34,7 @@ from aralnode.core.channel import (
 from aralnode.core.errors import AralError, InternalError, Unavailable
 from aralnode.mesh.attach import accept_link, establish, open_params
 from aralnode.mesh.hub import ChannelHub
+from aralnode.mesh.link import Link
 from aralnode.mesh.state import PeerChannel
 from aralnode.transport.grpc_client import NodeClient, channel_options
 from aralnode.transport.status import abort, from_rpc_error
@@ -211,6 +212,8 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
 async def _dial_once(
     hub: ChannelHub, peer: PeerChannel, address: str
 ) -> tuple[bool, AralError | None]:
+    """One dial: handshake, open, run the link until it ends; (whether a link ran,
+    why it ended). Never raises for what the network or the peer does."""
     channel = grpc.aio.insecure_channel(
         address, options=channel_options(hub.max_message_bytes) + _DIAL_OPTIONS
     )
@@ -234,57 +237,10 @@ async def _dial_once(
             CHANNEL_METHOD, request_serializer=None, response_deserializer=None
         )
         call = stub()
-        params = open_params(hub, peer)  # no side effect until the link is kept
-        sent = make_open(hub.identity, recipient=peer.peer_id, clock=hub.clock, params=params)
-        peer.open_sent = True
-        try:
-            await call.write(sent.frame)
-            try:
-                first = await asyncio.wait_for(call.read(), hub.open_timeout)
-            except TimeoutError:
-                return False, Unavailable(
-                    "peer did not answer the channel open", reason="OPEN_TIMEOUT"
-                )
-            if first is _EOF:
-                return False, Unavailable(
-                    "peer ended the channel before answering", reason="CHANNEL_ENDED"
-                )
-            frame = parse_frame(first, MAX_OPEN_BYTES + 1024)
-            if frame.WhichOneof("kind") == "close":
-                return False, close_error(frame.close)
-            content = verify_open(
-                read_open(first),
-                my_id=hub.node_id,
-                keyring=hub.keyring,
-                replay=hub.replay,
-                # This very dial verified the peer's card in its handshake.
-                is_verified=lambda node_id: node_id == peer.peer_id,
-                expected_sender=peer.peer_id,
-                answer_to=sent.nonce,
-            )
-            write = stream_write(call.write)
-            link = establish(hub, peer, content, sent, params, write, dialler=hub.node_id)
-        finally:
-            peer.open_sent = False
+        link = await _open(hub, peer, call)
         if isinstance(link, AralError):
-            # A link the peer dialled won meanwhile; tell the peer (sealed: the
-            # session keys exist) and leave the live link alone.
-            seal = frame_keys(sent, content, dialler=True)
-            superseded = Unavailable("superseded", reason="CHANNEL_SUPERSEDED")
-            await write(sealed_close(seal, superseded))
             return False, link
-
-        async def frames() -> AsyncIterator[bytes]:
-            while True:
-                try:
-                    data = await call.read()
-                except grpc.aio.AioRpcError as err:
-                    raise from_rpc_error(err) from None
-                if data is _EOF:
-                    return
-                yield data
-
-        error = await link.run(frames())
+        error = await link.run(_frames(call))
         with contextlib.suppress(Exception):
             await call.done_writing()
         return True, error
@@ -299,6 +255,58 @@ async def _dial_once(
             call.cancel()
         with contextlib.suppress(Exception):
             await channel.close(grace=None)
+
+
+async def _open(hub: ChannelHub, peer: PeerChannel, call: Any) -> Link | AralError:
+    """Send our open on a dialled stream, verify the answer, and attach the link;
+    or why not (the peer refused, did not answer, or its own dial won meanwhile)."""
+    params = open_params(hub, peer)  # no side effect until the link is kept
+    sent = make_open(hub.identity, recipient=peer.peer_id, clock=hub.clock, params=params)
+    peer.open_sent = True
+    try:
+        await call.write(sent.frame)
+        try:
+            first = await asyncio.wait_for(call.read(), hub.open_timeout)
+        except TimeoutError:
+            return Unavailable("peer did not answer the channel open", reason="OPEN_TIMEOUT")
+        if first is _EOF:
+            return Unavailable("peer ended the channel before answering", reason="CHANNEL_ENDED")
+        frame = parse_frame(first, MAX_OPEN_BYTES + 1024)
+        if frame.WhichOneof("kind") == "close":
+            return close_error(frame.close)
+        content = verify_open(
+            read_open(first),
+            my_id=hub.node_id,
+            keyring=hub.keyring,
+            replay=hub.replay,
+            # This very dial verified the peer's card in its handshake.
+            is_verified=lambda node_id: node_id == peer.peer_id,
+            expected_sender=peer.peer_id,
+            answer_to=sent.nonce,
+        )
+        write = stream_write(call.write)
+        link = establish(hub, peer, content, sent, params, write, dialler=hub.node_id)
+    finally:
+        peer.open_sent = False
+    if isinstance(link, AralError):
+        # A link the peer dialled won meanwhile; tell the peer (sealed: the session
+        # keys exist) and leave the live link alone.
+        seal = frame_keys(sent, content, dialler=True)
+        superseded = Unavailable("superseded", reason="CHANNEL_SUPERSEDED")
+        await write(sealed_close(seal, superseded))
+    return link
+
+
+async def _frames(call: Any) -> AsyncIterator[bytes]:
+    """A dialled stream's frames; its failure as the ``AralError`` its status says."""
+    while True:
+        try:
+            data = await call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        if data is _EOF:
+            return
+        yield data
 
 
 __all__ = ["CHANNEL_METHOD", "ChannelStreams", "dial_forever", "serve", "stream_write"]

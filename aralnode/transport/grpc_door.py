@@ -11,6 +11,7 @@ does: the context from the ``ContextBuilder``, the call to the service layer
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -170,6 +171,23 @@ def service_handler(
     return grpc.method_handlers_generic_handler(served.full_name, handlers)
 
 
+@dataclass(slots=True, frozen=True)
+class _Method:
+    """One method of a user's service, as the door runs it."""
+
+    impl: Callable[..., Any]
+    cap_id: str
+    request_cls: type[Message]
+    serialize: Callable[[Message], bytes]
+    scopes: tuple[str, ...]
+    pipeline: Pipeline
+    contexts: ContextBuilder
+
+    async def parsed(self, requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for data in requests:
+            yield _parse(self.request_cls, data)
+
+
 def _method_handler(
     impl: Callable[..., Any],
     method: MethodDescriptor,
@@ -177,73 +195,84 @@ def _method_handler(
     pipeline: Pipeline,
     contexts: ContextBuilder,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    req_cls: type[Message] = GetMessageClass(method.input_type)
-    cap_id = f"{method.containing_service.full_name}/{method.name}"
-    serialize = GetMessageClass(method.output_type).SerializeToString
+    m = _Method(
+        impl,
+        f"{method.containing_service.full_name}/{method.name}",
+        GetMessageClass(method.input_type),
+        GetMessageClass(method.output_type).SerializeToString,
+        scopes,
+        pipeline,
+        contexts,
+    )
+    if method.client_streaming and method.server_streaming:
+        return grpc.stream_stream_rpc_method_handler(_bidi(m))
+    if method.client_streaming:
+        return grpc.stream_unary_rpc_method_handler(_client_stream(m))
+    if method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(_server_stream(m))
+    return grpc.unary_unary_rpc_method_handler(_unary_call(m))
 
-    if not method.client_streaming and not method.server_streaming:
 
-        async def unary(data: bytes, context: Context) -> bytes:
-            try:
-                request = _parse(req_cls, data)
-                ctx = call_context(contexts, context)
-                return serialize(await pipeline.invoke_message(ctx, cap_id, request))
-            except AralError as exc:
-                await abort(context, exc)
-                raise
-
-        return grpc.unary_unary_rpc_method_handler(unary)
-
-    if not method.client_streaming:
-
-        async def server_stream(data: bytes, context: Context) -> AsyncIterator[bytes]:
-            try:
-                request = _parse(req_cls, data)
-                ctx = call_context(contexts, context)
-                items = pipeline.stream_message(ctx, cap_id, impl, request, scopes=scopes)
-                async for item in items:
-                    yield serialize(item)
-            except AralError as exc:
-                await abort(context, exc)
-
-        return grpc.unary_stream_rpc_method_handler(server_stream)
-
-    async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
-        async for data in requests:
-            yield _parse(req_cls, data)
-
-    if not method.server_streaming:
-
-        async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
-            # Admitted and judged before the first request is read (by method; the
-            # requests are the method's to check), the slot held until it answers.
-            ctx = call_context(contexts, context)
-
-            async def run(_: Any) -> bytes:
-                return serialize(await impl(parsed(requests), ctx))
-
-            try:
-                return await pipeline.call(
-                    ctx, cap_id, None, run, risk="unspecified", scopes=scopes
-                )
-            except AralError as exc:
-                await abort(context, exc)
-                raise
-
-        return grpc.stream_unary_rpc_method_handler(client_stream)
-
-    async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+def _unary_call(m: _Method) -> Unary:
+    async def unary(data: bytes, context: Context) -> bytes:
         try:
-            ctx = call_context(contexts, context)
-            items = pipeline.stream(
-                ctx, cap_id, None, lambda _: impl(parsed(requests), ctx), scopes=scopes
-            )
+            request = _parse(m.request_cls, data)
+            ctx = call_context(m.contexts, context)
+            return m.serialize(await m.pipeline.invoke_message(ctx, m.cap_id, request))
+        except AralError as exc:
+            await abort(context, exc)
+            raise
+
+    return unary
+
+
+def _server_stream(m: _Method) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+    async def server_stream(data: bytes, context: Context) -> AsyncIterator[bytes]:
+        try:
+            request = _parse(m.request_cls, data)
+            ctx = call_context(m.contexts, context)
+            items = m.pipeline.stream_message(ctx, m.cap_id, m.impl, request, scopes=m.scopes)
             async for item in items:
-                yield serialize(item)
+                yield m.serialize(item)
         except AralError as exc:
             await abort(context, exc)
 
-    return grpc.stream_stream_rpc_method_handler(bidi)
+    return server_stream
+
+
+def _client_stream(m: _Method) -> Callable[[AsyncIterator[bytes], Context], Awaitable[bytes]]:
+    async def client_stream(requests: AsyncIterator[bytes], context: Context) -> bytes:
+        # Every stage before the first request is read (judged by method; the
+        # requests are the method's to check), the slot held until it answers.
+        ctx = call_context(m.contexts, context)
+
+        async def run(_: Any) -> bytes:
+            return m.serialize(await m.impl(m.parsed(requests), ctx))
+
+        try:
+            return await m.pipeline.call(
+                ctx, m.cap_id, None, run, risk="unspecified", scopes=m.scopes
+            )
+        except AralError as exc:
+            await abort(context, exc)
+            raise
+
+    return client_stream
+
+
+def _bidi(m: _Method) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
+    async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        try:
+            ctx = call_context(m.contexts, context)
+            items = m.pipeline.stream(
+                ctx, m.cap_id, None, lambda _: m.impl(m.parsed(requests), ctx), scopes=m.scopes
+            )
+            async for item in items:
+                yield m.serialize(item)
+        except AralError as exc:
+            await abort(context, exc)
+
+    return bidi
 
 
 __all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "service_handler"]
