@@ -14,7 +14,7 @@ from aralnode._version import __version__ as __version__
 if _TYPE_CHECKING:
     from aralnode.config import NodeConfig
     from aralnode.core.capabilities import Capability
-    from aralnode.core.context import CallContext
+    from aralnode.core.context import CallContext, Credentials
     from aralnode.core.errors import (
         AralError,
         CapabilityNotFound,
@@ -45,13 +45,24 @@ if _TYPE_CHECKING:
     )
     from aralnode.core.identity import Identity, KeyAlgorithm
     from aralnode.core.peers import PeerInfo, PeerState
+    from aralnode.discovery.backend import DiscoveryBackend, Hint
     from aralnode.mesh.hub import ChannelMessage, Subscription
     from aralnode.node import Node
+    from aralnode.service.auth import Authenticated, Authenticator
+    from aralnode.service.stages import AuditRecord, AuditSink, ResponseCheck
     from aralnode.transport.grpc_client import NodeClient
 
 
 _LAZY: dict[str, str] = {
     "Action": "aralnode.core.governance",
+    "AuditRecord": "aralnode.service.stages",
+    "AuditSink": "aralnode.service.stages",
+    "Authenticated": "aralnode.service.auth",
+    "Authenticator": "aralnode.service.auth",
+    "Credentials": "aralnode.core.context",
+    "DiscoveryBackend": "aralnode.discovery.backend",
+    "Hint": "aralnode.discovery.backend",
+    "ResponseCheck": "aralnode.service.stages",
     "AralError": "aralnode.core.errors",
     "CallContext": "aralnode.core.context",
     "Capability": "aralnode.core.capabilities",
@@ -92,15 +103,22 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Action",
     "AralError",
+    "AuditRecord",
+    "AuditSink",
+    "Authenticated",
+    "Authenticator",
     "CallContext",
     "Capability",
     "CapabilityNotFound",
     "ChannelMessage",
+    "Credentials",
     "DeadlineExceeded",
     "Decision",
     "Direction",
+    "DiscoveryBackend",
     "Evaluator",
     "GovernanceBlocked",
+    "Hint",
     "Identity",
     "InvalidParameters",
     "InvalidRequest",
@@ -117,6 +135,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ReplayDetected",
+    "ResponseCheck",
     "Rule",
     "RuleEvaluator",
     "SignatureInvalid",

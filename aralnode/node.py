@@ -58,10 +58,10 @@ from aralnode.discovery.events import PeerEventStream
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector
 from aralnode.mesh.hub import ChannelHub, NotificationHandler, Overflow, Subscription
-from aralnode.service.auth import PeerAuthenticator
+from aralnode.service.auth import Authenticator, PeerAuthenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
-from aralnode.service.stages import Stages
+from aralnode.service.stages import AuditSink, ResponseCheck, Stages
 from aralnode.store.datadir import lock_data_dir, release_data_dir
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
@@ -89,6 +89,10 @@ class Node:
     Args:
         governance: The evaluator of the pipeline's govern stage (default: allow all).
         backends: Discovery backends to use instead of those the config names.
+        authenticator: Who callers are, for every door (default: the node's rule,
+            ``PeerAuthenticator``; put yours before it with ``auth.Chain``).
+        checks: Response checks of the post-check stage, in order.
+        audit: Audit sinks; a call whose record cannot be written fails.
     """
 
     def __init__(
@@ -99,6 +103,9 @@ class Node:
         clock: Clock = SYSTEM_CLOCK,
         governance: Evaluator | None = None,
         backends: Sequence[DiscoveryBackend] | None = None,
+        authenticator: Authenticator | None = None,
+        checks: Sequence[ResponseCheck] = (),
+        audit: Sequence[AuditSink] = (),
     ) -> None:
         self.config = cfg = config or NodeConfig()
         self.clock = clock
@@ -107,16 +114,18 @@ class Node:
         self.keyring = KeyRing()
         self.peer_table = PeerTable(clock)
         self.contexts = ContextBuilder(clock)
-        self.authenticator = PeerAuthenticator(
-            lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
-        )
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
-                authenticator=self.authenticator,
+                authenticator=authenticator
+                or PeerAuthenticator(
+                    lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
+                ),
                 governance=governance,
                 allow_anonymous=cfg.allow_unsigned,
                 max_concurrent=cfg.max_concurrent,
+                checks=checks,
+                audit=audit,
             ),
             clock,
         )

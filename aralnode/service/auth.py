@@ -114,11 +114,30 @@ class PeerAuthenticator:
         return ANONYMOUS
 
 
+class Chain:
+    """Several authenticators in order: the first that names a caller decides; if
+    none does, the call is anonymous. One that raises refuses the call (a token
+    that is present but wrong is not a reason to try the next)."""
+
+    __slots__ = ("authenticators",)
+
+    def __init__(self, *authenticators: Authenticator) -> None:
+        self.authenticators = authenticators
+
+    def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        for authenticator in self.authenticators:
+            who = authenticator.authenticate(ctx, credentials)
+            if who.caller:
+                return who
+        return ANONYMOUS
+
+
 __all__ = [
     "ALL_SCOPES",
     "ANONYMOUS",
     "Authenticated",
     "Authenticator",
+    "Chain",
     "PeerAuthenticator",
     "peer_scopes_of",
 ]
