@@ -96,6 +96,12 @@ class NodeParts:
     http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
     send: PeerSender
 
+    async def stop_now(self) -> None:
+        """Cut a draining ``stop`` short: the calls still in flight are cancelled."""
+        if self.http is not None:
+            self.http.stop_now()
+        await self.grpc.stop_now()
+
     async def stop(self, drain: float) -> None:
         """NOT_SERVING, goodbye, channels closed, both doors drained at once (one
         grace period, not two), peers' clients closed."""
@@ -106,7 +112,7 @@ class NodeParts:
         await self.streams.close()
         draining = [self.grpc.stop(drain)]
         if self.http is not None:
-            draining.append(self.http.stop())
+            draining.append(self.http.stop(drain))
         await asyncio.gather(*draining)
         await self.connector.close()
 

@@ -336,7 +336,7 @@ class Node:
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop(grace))
         elif not self._stopping.done() and self._parts is not None:
-            await self._parts.grpc.stop_now()
+            await self._parts.stop_now()
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace: float | None) -> None:

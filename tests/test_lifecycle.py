@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mcp import Client
+from websockets.asyncio.client import connect
 
 from aralnode import AralError, CallContext, Node, NodeClient, RateLimited
 from aralnode import _proto as pb
@@ -238,3 +241,57 @@ async def test_a_stop_cut_short_still_frees_the_node(make_node: Callable[..., No
     again = make_node("cut")
     async with again:  # and its data dir is free
         assert again.node_id == node.node_id
+
+
+async def test_graceful_stop_lets_mcp_and_websocket_calls_finish(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MCP tool calls and WebSocket invokes get the node's drain, as gRPC and REST
+    calls do: the MCP sessions end and the sockets close only once they answered."""
+    node = make_node("drain-http", demo=False, http_port=0, drain_seconds=30)
+    started, release = asyncio.Semaphore(0), asyncio.Event()
+
+    @node.capability(id="slow.op")
+    async def slow() -> str:
+        started.release()
+        await release.wait()
+        return "finished"
+
+    await node.start()
+    draining = asyncio.Event()
+    inflight = node.parts.http.inflight
+    real_wait = inflight.wait_idle
+
+    async def wait_idle(timeout: float) -> bool:
+        draining.set()  # the bridge now waits for the calls: let them finish
+        return await real_wait(timeout)
+
+    monkeypatch.setattr(inflight, "wait_idle", wait_idle)
+    base = f"127.0.0.1:{node.http_port}"
+
+    async def over_ws() -> object:
+        async with connect(f"ws://{base}/ws") as ws:
+            await ws.send(json.dumps({"type": "invoke", "id": 1, "capability": "slow.op"}))
+            return json.loads(await ws.recv())
+
+    async def over_mcp() -> object:
+        text = None
+        # Ending the session after the node stopped fails (nobody listens): only
+        # the call's answer counts here.
+        with contextlib.suppress(Exception):
+            async with Client(f"http://{base}/mcp") as client:
+                await client.list_tools()  # the client checks results against these
+                text = (await client.call_tool("slow.op", {})).content[0].text
+        return text
+
+    async with asyncio.timeout(60):  # guards against a hang; nothing is timed
+        calls = asyncio.gather(over_ws(), over_mcp())
+        await started.acquire()
+        await started.acquire()
+        stopping = asyncio.ensure_future(node.stop())
+        await draining.wait()
+        release.set()
+        ws_reply, mcp_text = await calls
+        await stopping
+    assert ws_reply["result"] == "finished"  # type: ignore[index]
+    assert json.loads(str(mcp_text)) == "finished"

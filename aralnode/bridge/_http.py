@@ -3,12 +3,14 @@ content negotiation, and the Host/Origin guard against DNS rebinding."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
 import logging
 import math
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -235,6 +237,49 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         # A second gzip member (or trailing bytes): one member is one body here.
         raise InvalidRequest("gzip body has data after its end", reason="BAD_ENCODING")
     return out
+
+
+# -- draining ------------------------------------------------------------------------------
+
+
+class InFlight:
+    """Calls running on the HTTP port's long-lived connections (MCP tool calls, WebSocket
+    invokes), so that a stopping node lets them finish within its drain before it
+    closes those connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    def cut(self) -> None:
+        """Stop waiting for the calls (the node stops now)."""
+        self._cut = True
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call runs; False if ``timeout`` passed first (or the wait
+        was cut short)."""
+        if self._cut:
+            return not self.count
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return not self.count
 
 
 # -- Host / Origin guard ---------------------------------------------------------------

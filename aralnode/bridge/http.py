@@ -88,8 +88,9 @@ class HttpBridge:
             description=f"REST bridge of node {node_id}, generated from its protobuf services",
         )
         self._docs_html = docs_page(title)
+        self.inflight = h.InFlight()  # MCP tool calls and WebSocket invokes running
         self.hub = EventHub(service, peer_table)
-        self.ws = WsDoor(service, self.hub, name=name)
+        self.ws = WsDoor(service, self.hub, name=name, inflight=self.inflight)
         self.tools = LocalTools(
             service, peer_table, self.targets, self.docs, forward_peers=forward_peer_tools
         )
@@ -127,7 +128,13 @@ class HttpBridge:
             return
         if path == "/mcp" or path.startswith("/mcp/"):
             assert self.mcp is not None
-            await self.mcp.app(scope, receive, send)
+            if scope["method"] == "POST":
+                # A request (a tool call, say) until its answer is sent: a stopping
+                # node waits for it before it ends the MCP sessions.
+                with self.inflight.call():
+                    await self.mcp.app(scope, receive, send)
+            else:  # a session's event stream: open until the session ends
+                await self.mcp.app(scope, receive, send)
             return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):
@@ -186,7 +193,7 @@ class HttpBridge:
             # not rewrite the caller's address (which CallContext.peer, governance and
             # the logs see). It also spares a middleware on every request.
             proxy_headers=False,
-            timeout_graceful_shutdown=2,
+            timeout_graceful_shutdown=2,  # set to the node's drain when it stops
             ws_max_size=self.max_body_bytes,  # a WebSocket frame, as a REST or MCP body
         )
         config.load()
@@ -199,23 +206,44 @@ class HttpBridge:
         log.info("HTTP (REST, MCP, WebSocket) on %s:%d", host, self.port)
         return self.port
 
-    async def stop(self) -> None:
-        """Stop accepting, end MCP sessions and event streams, let in-flight requests finish."""
+    async def stop(self, grace: float = 2.0) -> None:
+        """Drain, then stop: calls in flight get up to ``grace`` seconds in all. MCP
+        tool calls and WebSocket invokes are waited for first (ending the MCP sessions
+        or closing a WebSocket would cut them off), then REST requests finish as
+        uvicorn shuts down; event streams end."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
         server = self._server
         if server is not None:
             server.should_exit = True
             if self._main is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._main
+        if not await self.inflight.wait_idle(until - loop.time()):
+            log.warning(
+                "stopping with %d MCP or WebSocket calls still running", self.inflight.count
+            )
         self.hub.detach()
         self.tools.close()
         if self.mcp is not None:
             await self.mcp.stop()
         if server is not None:
-            # uvicorn asks each connection to finish (a WebSocket closes with 1012),
-            # once: a second close on a closing WebSocket raises.
+            # In-flight REST requests get what is left of the drain. uvicorn asks each
+            # connection to finish (a WebSocket closes with 1012), once: a second close
+            # on a closing WebSocket raises.
+            left = max(0.0, until - loop.time())
+            server.config.timeout_graceful_shutdown = left  # type: ignore[assignment]  # any number works
             await server.shutdown(sockets=[self._sock] if self._sock else None)
         self._server = None
+
+    def stop_now(self) -> None:
+        """Cut a draining ``stop`` short: calls still running are cancelled."""
+        self.inflight.cut()
+        server = self._server
+        if server is not None:
+            server.force_exit = True
+            for task in list(server.server_state.tasks):
+                task.cancel()
 
 
 __all__ = ["HttpBridge"]

@@ -34,7 +34,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
-from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
+from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
@@ -167,9 +167,12 @@ class EventHub:
 class WsDoor:
     """The ``/ws`` endpoint."""
 
-    def __init__(self, service: NodeService, hub: EventHub, *, name: str) -> None:
+    def __init__(
+        self, service: NodeService, hub: EventHub, *, name: str, inflight: InFlight | None = None
+    ) -> None:
         self.service = service
         self.name = name
+        self.inflight = inflight or InFlight()
         self.node_id = service.node_id
         self.clock = service.clock
         self.hub = hub
@@ -187,16 +190,19 @@ class WsDoor:
                 if message["type"] == "websocket.disconnect":
                     break
                 text = message.get("text")
-                if text is None:
-                    reply: dict[str, Any] | None = _error(
-                        InvalidRequest("messages are JSON text frames, not binary"),
-                        None,
-                        self.clock.now_ms(),
-                    )
-                else:
-                    reply = await self._handle(text, conn)
-                if reply is not None:
-                    await conn.reply(reply)
+                # A message counts as in flight until its reply is sent: a stopping
+                # node waits for it before it closes the socket.
+                with self.inflight.call():
+                    if text is None:
+                        reply: dict[str, Any] | None = _error(
+                            InvalidRequest("messages are JSON text frames, not binary"),
+                            None,
+                            self.clock.now_ms(),
+                        )
+                    else:
+                        reply = await self._handle(text, conn)
+                    if reply is not None:
+                        await conn.reply(reply)
         except WebSocketDisconnect:
             pass
         finally:
