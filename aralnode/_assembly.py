@@ -148,7 +148,7 @@ class PeerSender:
                 on_behalf_of=on_behalf_of,
                 trace_id=trace_id,
             )
-        return await self.hub.request(
+        return await self.hub.send_request(
             peer,
             capability,
             params,
@@ -228,6 +228,21 @@ def build_parts(
     cfg = node.config
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
+    try:
+        return _around_hub(node, backends, services, replay, hub)
+    except BaseException:
+        hub.discard()  # its stores and threads: nothing else was started
+        raise
+
+
+def _around_hub(
+    node: NodeView,
+    backends: Sequence[DiscoveryBackend],
+    services: list[ProtoService],
+    replay: ReplayGuard,
+    hub: ChannelHub,
+) -> NodeParts:
+    cfg = node.config
     streams = ChannelStreams(hub)
     connector = PeerConnector(
         identity=node.identity,

@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode._runtime import tune_for_serving
-from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
+from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
@@ -95,6 +95,11 @@ def _grant(value: str) -> tuple[str, frozenset[str]]:
     names = frozenset(s.strip() for s in scopes.split(",") if s.strip())
     if not sep or not node_id.strip() or not names or any(c.isspace() for c in node_id.strip()):
         raise argparse.ArgumentTypeError(f"{value!r} is not NODE_ID=SCOPE[,SCOPE...]")
+    if not NODE_ID.match(node_id.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{node_id.strip()!r} is not a node id (32 lower-case base32 characters, "
+            "as 'aralnode status' shows them)"
+        )
     return node_id.strip(), names
 
 

@@ -13,6 +13,7 @@ from aralnode.core.identity import KeyAlgorithm
 
 DISCOVERY_MODES = ("mdns", "static", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
 
 
 DEFAULT_GRPC_PORT = 50051
@@ -120,6 +121,11 @@ class NodeConfig:
         for node_id, scopes in self.peer_grants.items():
             if not node_id or not scopes:
                 raise ValueError(f"a grant names a node id and at least one scope: {node_id!r}")
+            if not NODE_ID.match(node_id):
+                raise ValueError(
+                    f"{node_id!r} is not a node id (32 lower-case base32 characters, as "
+                    "'aralnode status' shows them): a grant to it would reach nobody"
+                )
 
     @property
     def bind_host(self) -> str:

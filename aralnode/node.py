@@ -58,7 +58,7 @@ from aralnode.discovery.events import PeerEventStream
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector
 from aralnode.mesh.hub import ChannelHub, NotificationHandler, Overflow, Subscription
-from aralnode.service.auth import Authenticator, PeerAuthenticator
+from aralnode.service.auth import Authenticator, Chain, PeerAuthenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import AuditSink, ResponseCheck, Stages
@@ -89,8 +89,9 @@ class Node:
     Args:
         governance: The evaluator of the pipeline's govern stage (default: allow all).
         backends: Discovery backends to use instead of those the config names.
-        authenticator: Who callers are, for every door (default: the node's rule,
-            ``PeerAuthenticator``; put yours before it with ``auth.Chain``).
+        authenticator: Who callers are, for every door: asked first; a caller it
+            does not name is decided by the node's own rule (``PeerAuthenticator``,
+            with ``peer_scopes`` and ``peer_grants``).
         checks: Response checks of the post-check stage, in order.
         audit: Audit sinks; a call whose record cannot be written fails.
     """
@@ -114,13 +115,13 @@ class Node:
         self.keyring = KeyRing()
         self.peer_table = PeerTable(clock)
         self.contexts = ContextBuilder(clock)
+        rule = PeerAuthenticator(
+            lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
+        )
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
-                authenticator=authenticator
-                or PeerAuthenticator(
-                    lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
-                ),
+                authenticator=rule if authenticator is None else Chain(authenticator, rule),
                 governance=governance,
                 allow_anonymous=cfg.allow_unsigned,
                 max_concurrent=cfg.max_concurrent,
@@ -468,7 +469,7 @@ class Node:
         hub = self.parts.hub
         ctx = self.contexts.local(trace_id="")
         data = self.pipeline.judge_message(ctx, event, data, direction=Direction.SEND, peer=peer)
-        return await hub.notify(peer, event, data, content_type=content_type)
+        return await hub.send_notification(peer, event, data, content_type=content_type)
 
     async def broadcast(self, event: str, data: Any = None) -> dict[str, str]:
         """Notify every peer with a live channel; message id by peer."""

@@ -188,6 +188,7 @@ def test_load_missing_file(tmp_path: Path) -> None:
         (("call", "--node", "127.0.0.1:1", "--timeout", "-1", "demo.echo"), "0 or more"),
         (("run", "--grant", "weather:read"), "is not NODE_ID=SCOPE"),
         (("run", "--grant", "abc="), "is not NODE_ID=SCOPE"),
+        (("run", "--grant", "abc=weather:read"), "is not a node id"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
@@ -242,14 +243,17 @@ def test_run_refuses_static_peers_with_discovery_none(tmp_path: Path) -> None:
     assert "with 'none' nobody is dialled" in out.stderr
 
 
+A, B = "a" * 32, "b" * 32  # node ids
+
+
 def test_run_arguments_reach_the_config(tmp_path: Path) -> None:
     ns = build_parser().parse_args(
         ["run", "--discovery", "static", "--peer", "10.0.0.7:50051", "--data-dir", str(tmp_path),
-         "--grant", "abc=weather:read", "--grant", "abc=library:write,x:y", "--grant", "def=z",
+         "--grant", f"{A}=weather:read", "--grant", f"{A}=library:write,x:y", "--grant", f"{B}=z",
          "--http-port", "-1"]
     )  # fmt: skip
     config = run_config(ns)
-    assert config.peer_grants == {"abc": {"weather:read", "library:write", "x:y"}, "def": {"z"}}
+    assert config.peer_grants == {A: {"weather:read", "library:write", "x:y"}, B: {"z"}}
     assert config.peer_scopes == frozenset()  # nobody else gets anything
     assert (config.discovery, config.peers, config.http_port) == (
         "static",

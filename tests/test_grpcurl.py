@@ -102,10 +102,14 @@ async def test_errors_carry_google_rpc_status_details(demo_node: Node) -> None:
     assert rc != 0
     status = json.loads(err)
     assert status["code"] == 3  # INVALID_ARGUMENT
-    (info,) = status["details"]
+    info, typed = status["details"]
     assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     assert info["reason"] == "INVALID_PARAMETERS"
     assert info["domain"] == "aral.dev"
+    # The details again, with their JSON types (ErrorInfo's metadata holds strings).
+    assert typed["@type"] == "type.googleapis.com/google.protobuf.Struct"
+    fields = {e["field"] for e in typed["value"]["errors"]}
+    assert "wrong" in fields
 
 
 async def test_status_and_capabilities_through_grpcurl(demo_node: Node) -> None:

@@ -38,7 +38,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from websockets.asyncio.client import connect
 
-from aralnode import AralError, CallContext, Node
+from aralnode import AralError, CallContext, Node, NodeClient
 from aralnode import _proto as pb
 from aralnode._assembly import import_spec
 from aralnode.bridge.mcp import tool_name
@@ -367,3 +367,22 @@ async def test_integers_stay_integers_on_every_door(make_node: Callable[..., Nod
                 total = (await door.call("demo.add", {"a": 2, "b": 3})).value
                 assert total == 5, door.name
                 assert type(total) is int, door.name
+
+
+async def test_error_details_are_the_same_json_on_every_door(
+    make_node: Callable[..., Node],
+) -> None:
+    """A refusal's details keep their JSON types through a gRPC status (they ride in
+    a Struct beside the ErrorInfo, whose metadata holds strings only)."""
+    missing = {"shelf": "sci", "bookId": "99"}
+    async with open_doors(make_node) as doors:
+        rest = await doors.http.post(
+            "/v1/invoke", json={"call": {"capability": GET, "parameters": missing}}
+        )
+        async with NodeClient(doors.node.address) as client:
+            with pytest.raises(AralError) as info:
+                await client.call(GET, missing)
+        via_peer = await Channel(doors.peer, doors.node).call(GET, missing)
+    assert rest.json()["error"]["details"] == {"shelf": "sci", "book_id": 99}
+    assert info.value.details == {"shelf": "sci", "book_id": 99}
+    assert via_peer.reason == "NOT_FOUND"

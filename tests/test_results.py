@@ -123,8 +123,19 @@ async def test_a_non_finite_result_is_a_clean_internal_error_at_every_door(
         assert "not JSON-representable" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("bad", [float("nan"), [1, float("-inf")], {"n": 10**400}])
+@pytest.mark.parametrize(
+    "bad", [float("nan"), [1, float("-inf")], {"n": 10**400}, {"n": [2**53]}, -(2**60)]
+)
 def test_results_with_no_json_form_are_refused_as_such(bad: object) -> None:
     with pytest.raises(AralError, match="not JSON-representable") as info:
         codec.to_value(bad)
     assert info.value.code == "internal_error"
+
+
+def test_an_int_a_double_cannot_hold_is_refused_not_changed() -> None:
+    """A ``google.protobuf.Value`` carries numbers as doubles: 2**53 + 1 would arrive
+    as 2**53. The Struct doors (gRPC Invoke, /v1/invoke) refuse it, saying why; the
+    largest exact one goes through."""
+    with pytest.raises(AralError, match="beyond ±2\\*\\*53"):
+        codec.to_value({"id": 2**53 + 1})
+    assert codec.from_value(codec.to_value(2**53 - 1)) == 2**53 - 1

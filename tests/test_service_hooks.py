@@ -23,8 +23,9 @@ from aralnode import (
     PermissionDenied,
 )
 from aralnode import _proto as pb
-from aralnode.service.auth import Chain, PeerAuthenticator
+from aralnode._assembly import import_spec
 from aralnode.transport.grpc_client import unwrap
+from tests.test_parity import LIBRARY
 
 
 class HeaderToken:
@@ -57,7 +58,7 @@ async def test_hooks_plugged_in_once_hold_on_every_door(make_node: Callable[...,
     node = make_node("hooked", http_port=0, demo=False)
     node = Node(
         node.config,
-        authenticator=Chain(HeaderToken(), PeerAuthenticator(lambda: node.node_id)),
+        authenticator=HeaderToken(),  # asked first; the node's own rule decides the rest
         checks=[Redact()],
         audit=[audit],
     )
@@ -101,3 +102,36 @@ async def test_hooks_plugged_in_once_hold_on_every_door(make_node: Callable[...,
     assert ("rest", "token-user", "ok") in doors
     assert ("grpc", "token-user", "ok") in doors
     assert ("ws", "token-user", "ok") in doors
+
+
+class HideAuthors:
+    """Redacts the author of any book, whatever the door or the form of the call."""
+
+    def check(self, ctx: CallContext, action: Action, result: Any) -> Any:
+        if isinstance(result, dict) and "author" in result:
+            return {**result, "author": "(hidden)"}
+        return result
+
+
+async def test_a_response_check_sees_json_on_every_door(make_node: Callable[..., Node]) -> None:
+    """A protobuf method's result reaches the checks as its JSON view, and what they
+    change goes back into the message: the same redaction on the method's own rpc,
+    its REST route and /v1/invoke."""
+    plain = make_node("redacted", http_port=0, demo=False)
+    node = Node(plain.config, checks=[HideAuthors()])
+    library = import_spec(str(LIBRARY))
+    node.add_service(library.Library(), library.lib)
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        route = (await http.get("/v1/shelves/sci/books/1")).json()
+        body = {"call": {"capability": "library.v1.Library/GetBook",
+                         "parameters": {"shelf": "sci", "bookId": "1"}}}  # fmt: skip
+        invoked = (await http.post("/v1/invoke", json=body)).json()["result"]["result"]
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            get_book = channel.unary_unary(
+                "/library.v1.Library/GetBook",
+                request_serializer=library.lib.GetBookRequest.SerializeToString,
+                response_deserializer=library.lib.Book.FromString,
+            )
+            book = await get_book(library.lib.GetBookRequest(shelf="sci", book_id=1), timeout=10)
+    assert route["author"] == invoked["author"] == book.author == "(hidden)"
+    assert route["title"] == book.title == "Cosmos"

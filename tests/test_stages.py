@@ -67,6 +67,8 @@ def authenticate(allow_anonymous: bool = True, **kw: Any) -> Authenticate:
     [
         ({}, "", set(), ""),
         ({"local": True}, NODE, {ALL_SCOPES}, ""),
+        # A context the program made stands as it was made: no caller is nobody.
+        ({"given": True}, "", set(), ""),
         ({"signer": PEER, "signer_verified": True}, PEER, {"peer", "granted"}, ""),
         ({"signer": "x" * 32, "signer_verified": True}, "x" * 32, {"peer"}, ""),
         # A key nobody verified proves who signed, not that it is a peer.
@@ -353,3 +355,27 @@ async def test_a_refusal_is_what_the_caller_gets_when_its_audit_fails_too() -> N
     with pytest.raises(AralError) as info:
         await pipe.invoke(ctx_with(), "echo", {"text": "x"})
     assert isinstance(info.value, PermissionDenied)
+
+
+async def test_a_stream_whose_servicer_breaks_is_recorded() -> None:
+    """A servicer's own exception in a stream is INTERNAL to the caller, audited and
+    counted, its slot given back (as on a unary call)."""
+    sink = Sink()
+    pipe, _ = pipeline(audit=[sink])
+
+    async def items(_: Any) -> Any:
+        yield 1
+        raise ValueError("a bug in the servicer")
+
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for item in pipe.stream(ctx_with(), "svc/Stream", None, items):
+            got.append(item)  # noqa: PERF401 - the items that came before the failure
+
+    with pytest.raises(InternalError) as info:
+        await consume()
+    assert got == [1]
+    assert info.value.reason == "HANDLER_FAILED"
+    assert [r.outcome for r in sink.records] == ["internal_error"]
+    assert pipe.in_flight == 0

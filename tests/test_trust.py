@@ -52,6 +52,9 @@ async def test_forwarded_anonymous_call_gets_no_peer_rights(make_node: Callable[
             with pytest.raises(PermissionDenied) as info:
                 await client.call("vault.read", {}, to=b.node_id)
             assert info.value.reason == "MISSING_SCOPE"
+            # The refusal says why a granted node's call is refused: it delegates.
+            assert "on behalf of anonymous" in info.value.message
+            assert info.value.details["on_behalf_of"] == "anonymous"
             who = unwrap(await client.call("demo.whoami", {}, to=b.node_id))
     assert who["caller"] == a.node_id  # the hop b verified
 
@@ -233,7 +236,29 @@ async def test_unsafe_trace_id_on_the_channel_is_replaced(make_node: Callable[..
         await linked(a, b)
         async with b.subscribe("traced") as sub:
             assert a.channels is not None
-            await a.channels.notify(b.node_id, "traced", {"x": 1}, trace_id="evil\r\ntrace")
+            hub = a.channels
+            await hub.send_notification(b.node_id, "traced", {"x": 1}, trace_id="evil\r\ntrace")
             msg = await asyncio.wait_for(anext(aiter(sub)), 10)
         assert msg.trace_id != "evil\r\ntrace"
         assert msg.trace_id.isalnum()
+
+
+async def test_a_context_the_program_makes_stands_as_made(make_node: Callable[..., Node]) -> None:
+    """``Node.invoke(ctx=...)``: the program's own context keeps its caller and
+    scopes; without a caller it is anonymous (no scopes, refused where anonymous
+    callers are), never the node itself."""
+    node = make_node("given", allow_unsigned=False)
+
+    @node.capability(id="admin.op", scopes=("admin",))
+    async def op(ctx: CallContext) -> str:
+        return ctx.caller
+
+    async with node:
+        with pytest.raises(Unauthenticated):
+            await node.invoke("admin.op", ctx=CallContext(door="rest"))
+        with pytest.raises(PermissionDenied) as info:
+            await node.invoke("admin.op", ctx=CallContext(door="rest", caller="app-user"))
+        assert info.value.reason == "MISSING_SCOPE"
+        granted = CallContext(door="rest", caller="admin-user", scopes=frozenset({"admin"}))
+        assert await node.invoke("admin.op", ctx=granted) == "admin-user"
+        assert await node.invoke("admin.op") == node.node_id  # the node itself

@@ -320,3 +320,21 @@ async def test_a_node_stops_cleanly_with_subscribers_connected(
             assert ws.close_code == 1012  # service restart: come back later
     finally:
         await node.stop()
+
+
+async def test_each_message_has_its_own_trace_and_errors_carry_it(node: Node) -> None:
+    """A socket's messages are calls of their own: each gets its own trace id (its
+    own, if it sent one), and an error reply carries it, as REST and MCP errors do."""
+    async with connect(ws_url(node), additional_headers={"x-trace-id": "socket-wide"}) as ws:
+        for i in (1, 2):
+            await send(ws, {"type": "invoke", "id": i, "capability": "demo.echo",
+                            "parameters": {"text": "a"}})  # fmt: skip
+        first = await recv_until(ws, lambda m: m.get("id") == 1)
+        second = await recv_until(ws, lambda m: m.get("id") == 2)
+        assert first["trace_id"] != second["trace_id"]
+        assert "socket-wide" not in (first["trace_id"], second["trace_id"])
+        await send(ws, {"type": "invoke", "id": 3, "capability": "nope", "trace_id": "t-3"})
+        error = await recv_until(ws, lambda m: m.get("id") == 3)
+    assert error["type"] == "error"
+    assert error["error"]["trace_id"] == "t-3"
+    assert error["error"]["reason"] == "CAPABILITY_NOT_FOUND"

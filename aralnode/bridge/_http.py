@@ -98,12 +98,14 @@ def request_id(value: str | None) -> str:
     return clean_trace_id(value) if value else new_trace_id()
 
 
-def call_context(contexts: ContextBuilder, scope: Scope, door: str) -> CallContext:
+def call_context(
+    contexts: ContextBuilder, scope: Scope, door: str, *, trace_id: str | None = None
+) -> CallContext:
     """What an HTTP door knows about a request, made a ``CallContext`` by the builder:
     the caller's address, the headers as metadata (latin-1, as ASGI mandates; a
-    repeated header keeps its last value), the trace id from ``X-Trace-Id``."""
+    repeated header keeps its last value), the trace id (``X-Trace-Id`` unless given)."""
     metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-    return contexts.build(door, peer=client_peer(scope), metadata=metadata)
+    return contexts.build(door, peer=client_peer(scope), metadata=metadata, trace_id=trace_id)
 
 
 def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:

@@ -77,7 +77,9 @@ class HttpBridge:
             (b, t) for t in self.targets for b in bindings(t.method)
         ]
         self.max_body_bytes = max_body_bytes
-        self.rest = RestDoor(service.contexts, self.bindings, max_body_bytes=max_body_bytes)
+        self.rest = RestDoor(
+            service.pipeline, service.contexts, self.bindings, max_body_bytes=max_body_bytes
+        )
         title = f"aralnode {name}"
         node_id = service.node_id
         self.openapi = OpenApiBuilder(

@@ -371,8 +371,10 @@ class LocalTools:
         method = target.method
         call = target.call
         assert call is not None
+        pipeline = self.service.pipeline
 
         async def run(args: dict[str, Any], ctx: CallContext) -> Any:
+            pipeline.authenticate(ctx, target.full_name)  # before the arguments are read
             return target.json(await call(ctx, request_from(target.request_cls, args)))
 
         return ToolSpec(

@@ -39,6 +39,7 @@ from aralnode.core.errors import (
     NotFound,
 )
 from aralnode.service.context import ContextBuilder
+from aralnode.service.pipeline import Pipeline
 
 log = logging.getLogger("aralnode.rest")
 
@@ -208,11 +209,13 @@ class RestDoor:
 
     def __init__(
         self,
+        pipeline: Pipeline,
         contexts: ContextBuilder,
         bindings: list[tuple[Binding, Target]],
         *,
         max_body_bytes: int,
     ) -> None:
+        self.pipeline = pipeline
         self.contexts = contexts
         self.clock: Clock = contexts.clock
         self.max_body_bytes = max_body_bytes
@@ -241,6 +244,9 @@ class RestDoor:
                 if int(timeout_ms) > 0:
                     self.contexts.deadline_in(ctx, int(timeout_ms) / 1000)
             route, variables = self.match(scope["method"], _raw_path(scope))
+            # Who calls, before anything of the request is read: a caller the node
+            # refuses learns nothing of what it would have accepted.
+            self.pipeline.authenticate(ctx, route.target.full_name)
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:

@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from aralnode import _proto as pb
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import node_json
-from aralnode.core.context import CallContext, clean_trace_id
+from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
@@ -219,6 +219,7 @@ class WsDoor:
 
     async def _handle(self, text: str, conn: _Connection) -> dict[str, Any] | None:
         msg_id: Any = None
+        ctx: CallContext | None = None
         try:
             try:
                 msg = json.loads(text)
@@ -228,8 +229,11 @@ class WsDoor:
                 raise InvalidRequest("messages are JSON objects")
             msg_id = msg.get("id")
             kind = msg.get("type")
+            if kind in ("subscribe", "status", "invoke"):  # a call: a context of its own
+                ctx = self._context(msg, conn.ws)
             if kind == "subscribe":
-                await self._subscribe(msg, conn)
+                assert ctx is not None
+                await self._subscribe(msg, conn, ctx)
                 return None
             if kind == "unsubscribe":
                 conn.sub.channels -= set(_channels(msg.get("channels", CHANNELS)))
@@ -237,31 +241,33 @@ class WsDoor:
             if kind == "ping":
                 return {"type": "pong", "id": msg_id}
             if kind == "status":
-                return await self._status(msg, conn.ws)
+                assert ctx is not None
+                return await self._status(ctx)
             if kind == "invoke":
-                return await self._invoke(msg, conn.ws)
+                assert ctx is not None
+                return await self._invoke(msg, ctx)
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
-            return _error(exc, msg_id, self.clock.now_ms())
+            trace = ctx.trace_id if ctx is not None else None
+            return _error(exc, msg_id, self.clock.now_ms(), trace)
         except Exception as exc:  # a bug guard: answer, keep the socket open
             log.exception("ws message failed")
             err = InternalError(f"internal error: {type(exc).__name__}")
             return _error(err, _plain_id({"id": msg_id}), self.clock.now_ms())
 
     def _context(self, msg: dict[str, Any], ws: WebSocket) -> CallContext:
-        ctx = call_context(self.service.contexts, ws.scope, "ws")
+        """One message's context: the socket's caller and headers, the message's own
+        trace id (or a fresh one per message; the socket's header is not a trace)."""
         trace = msg.get("trace_id")
-        if isinstance(trace, str) and trace:
-            ctx.trace_id = clean_trace_id(trace)
-        return ctx
+        trace_id = clean_trace_id(trace) if isinstance(trace, str) else new_trace_id()
+        return call_context(self.service.contexts, ws.scope, "ws", trace_id=trace_id)
 
-    async def _status(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
+    async def _status(self, ctx: CallContext) -> dict[str, Any]:
         # The built-in GetStatus, as on every other door.
-        ctx = self._context(msg, ws)
         status = await self.service.get_status(pb.GetStatusRequest(), ctx)
         return self.hub.status_event(status)
 
-    async def _subscribe(self, msg: dict[str, Any], conn: _Connection) -> None:
+    async def _subscribe(self, msg: dict[str, Any], conn: _Connection, ctx: CallContext) -> None:
         """Subscribing is an action like any other: the feed shows peers, capabilities
         and other callers' governance decisions, so anonymity rules and governance
         decide who may follow it. It is judged as ``aral.ws/Subscribe`` with the
@@ -277,7 +283,6 @@ class WsDoor:
             granted = params.get("channels", []) if isinstance(params, dict) else []
             await self._subscribed(msg, conn, set(_channels(granted)))
 
-        ctx = self._context(msg, conn.ws)
         await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
 
     async def _subscribed(self, msg: dict[str, Any], conn: _Connection, wanted: set[str]) -> None:
@@ -302,11 +307,10 @@ class WsDoor:
             if "status" in wanted:
                 await conn.send_locked(self.hub.status_event())
 
-    async def _invoke(self, msg: dict[str, Any], ws: WebSocket) -> dict[str, Any]:
+    async def _invoke(self, msg: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         capability = msg.get("capability")
         if not isinstance(capability, str) or not capability:
             raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
-        ctx = self._context(msg, ws)
         try:
             value = await self.service.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
         except AralError:
@@ -388,5 +392,8 @@ def _channels(value: Any) -> list[str]:
     return sorted(set(out))
 
 
-def _error(exc: AralError, msg_id: Any, now_ms: int) -> dict[str, Any]:
-    return {"type": "error", "id": msg_id, "error": {**exc.to_dict(), "timestamp": iso_ms(now_ms)}}
+def _error(exc: AralError, msg_id: Any, now_ms: int, trace_id: str | None = None) -> dict[str, Any]:
+    error = {**exc.to_dict(), "timestamp": iso_ms(now_ms)}
+    if trace_id:
+        error["trace_id"] = trace_id  # as REST and MCP errors carry it
+    return {"type": "error", "id": msg_id, "error": error}

@@ -275,6 +275,9 @@ def method_capabilities(
     unknown = set(scopes) - {m.name for m in service.methods}
     if unknown:
         raise ValueError(f"{service.full_name} has no method {', '.join(sorted(unknown))}")
+    for name, needed in scopes.items():
+        if isinstance(needed, str):
+            raise TypeError(f"scopes of {name} are a sequence of names, not one string: {needed!r}")
     caps = []
     for method in service.methods:
         if method.client_streaming or method.server_streaming:

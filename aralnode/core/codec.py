@@ -76,31 +76,43 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
 def to_value(value: Any) -> struct_pb2.Value:
     """A JSON-compatible value as ``google.protobuf.Value`` (plain calls' results).
 
+    A ``Value`` number is a double: an integer beyond ±2**53 would arrive as another
+    integer, so it is refused here rather than changed on the way.
+
     Raises:
-        InternalError: the value has no JSON form (a capability returned it).
+        InternalError: the value has no exact ``Value`` form (a capability returned it).
     """
     msg = struct_pb2.Value()
     try:
+        _check_numbers(value)
         json_format.ParseDict(value, msg)
-        _check_finite(msg)
     except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"capability result is not JSON-representable: {exc}") from None
     return msg
 
 
-def _check_finite(value: struct_pb2.Value) -> None:
-    """Raise ``ValueError`` for NaN or an infinity anywhere in ``value``: JSON has no
-    such numbers, and a door printing one would fail after the call had run."""
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        if not math.isfinite(value.number_value):
-            raise ValueError(f"{value.number_value} is not a JSON number")
-    elif kind == "struct_value":
-        for v in value.struct_value.fields.values():
-            _check_finite(v)
-    elif kind == "list_value":
-        for v in value.list_value.values:
-            _check_finite(v)
+def _check_numbers(value: Any) -> None:
+    """Raise ``ValueError`` for NaN or an infinity (JSON has no such numbers, and a
+    door printing one would fail after the call had run) or an integer a double
+    cannot hold exactly, anywhere in ``value``."""
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a JSON number")
+    elif kind is int:
+        if not -_EXACT_INT < value < _EXACT_INT:
+            raise ValueError(
+                f"{value} is beyond ±2**53 and a google.protobuf.Value carries numbers as "
+                "doubles; return it as a string"
+            )
+    elif kind is dict:
+        for v in value.values():
+            if type(v) in _CHECKED:
+                _check_numbers(v)
+    elif kind is list:
+        for v in value:
+            if type(v) in _CHECKED:
+                _check_numbers(v)
 
 
 # A whole double below this in magnitude is exactly the integer it came from (2**53
@@ -162,6 +174,8 @@ def whole_numbers(value: Any) -> Any:
 
 # What ``whole_numbers`` looks into (exact JSON types: bool is not walked as a float).
 _WALKED = frozenset({float, dict, list})
+# What ``_check_numbers`` looks into.
+_CHECKED = frozenset({float, int, dict, list})
 
 
 def message_json(message: Message) -> Any:

@@ -44,9 +44,10 @@ class LazyMetadata(Mapping[str, str]):
         self._dict: dict[str, str] = {}
 
     def _read(self) -> dict[str, str]:
-        pairs, self._pairs = self._pairs, None
+        pairs = self._pairs
         if pairs is not None:
             self._dict = {k: v for k, v in (pairs() or ()) if isinstance(v, str)}
+            self._pairs = None  # read once it worked
         return self._dict
 
     def __getitem__(self, key: str) -> str:
@@ -76,7 +77,9 @@ class Credentials:
         on_behalf_of: The principal a signed request says it acts for (PRO-020):
             "anonymous" or a principal id.
         peer_certificate: DER of the TLS client certificate the transport verified.
-        local: The in-process API: the node's own program.
+        local: The in-process API: the node itself, with every scope.
+        given: A context the node's own program made: its caller, scopes and
+            delegation stand as the program set them (none set: anonymous).
     """
 
     signer: str = ""
@@ -85,6 +88,7 @@ class Credentials:
     on_behalf_of: str = ""
     peer_certificate: bytes = b""
     local: bool = False
+    given: bool = False
 
 
 NO_CREDENTIALS = Credentials()

@@ -318,7 +318,7 @@ class ChannelHub:
         pc.wake()
         return header.message_id, seq
 
-    async def request(
+    async def send_request(
         self,
         peer: str,
         capability: str,
@@ -381,7 +381,7 @@ class ChannelHub:
                 pc, pb.Body(type=NOTIFICATION, action=CANCEL_EVENT, correlation_id=message_id)
             )
 
-    async def notify(
+    async def send_notification(
         self,
         peer: str,
         event: str,
@@ -483,6 +483,13 @@ class ChannelHub:
         self.receiver.save(pc)
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Release what a hub that never ran holds (its worker threads, its stores)."""
+        self.receiver.close()
+        self.outbox.close()
+        if self.inbox is not cast(object, self.outbox):
+            self.inbox.close()
 
     async def close(self, grace: float = 2.0) -> None:
         """Close every link (``close`` frame, status UNAVAILABLE/NODE_STOPPING), stop

@@ -76,12 +76,14 @@ class ChannelStreams:
         await serve(self.hub, requests, context)
 
     async def close(self, grace: float = 2.0) -> None:
-        """Stop dialling, then close the hub (every link, what waits, the stores)."""
+        """Stop dialling (the dialled links end with their dials), then close the
+        hub: the links peers dialled get a ``close``; what waits fails; the stores
+        close last, once nothing runs that could still write to them."""
         self.hub.stopping = True
         for task in self._dials.values():
             task.cancel()
-        await self.hub.close(grace)
         await asyncio.gather(*self._dials.values(), return_exceptions=True)
+        await self.hub.close(grace)
 
 
 async def read_frames(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

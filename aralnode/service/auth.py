@@ -4,8 +4,9 @@ An ``Authenticator`` turns a context's ``Credentials`` (what a door knew) into a
 ``Authenticated`` (who the caller is, which scopes it has, whom it acts for). The
 default, ``PeerAuthenticator``, is the node's rule for every door alike:
 
-- the in-process API is the node itself, with every scope (or whoever the program
-  put in the context it passed);
+- the in-process API is the node itself, with every scope; a context the program
+  made itself stands as the program set it (no caller: anonymous, with the scopes it
+  was given);
 - a caller whose signature verified with a key a handshake pinned is that peer: it
   gets ``peer_scopes`` plus its own ``peer_grants``, unless it acts for someone else
   (a delegation gets that principal's rights, never the forwarding node's);
@@ -92,9 +93,11 @@ class PeerAuthenticator:
         return node_id if isinstance(node_id, str) else node_id()
 
     def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        if credentials.given:  # the program said who (it owns the node), or nobody
+            return Authenticated(
+                ctx.caller, ctx.scopes if ctx.caller else _NO_SCOPES, ctx.on_behalf_of
+            )
         if credentials.local:
-            if ctx.caller:  # the program said who: it owns the node
-                return Authenticated(ctx.caller, ctx.scopes, ctx.on_behalf_of)
             if self._self is None:
                 self._self = Authenticated(self.node_id, _EVERY_SCOPE)
             return self._self

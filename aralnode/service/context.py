@@ -18,6 +18,7 @@ from aralnode.core.clock import Clock
 from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, clean_trace_id
 
 LOCAL = Credentials(local=True)
+GIVEN = Credentials(given=True)
 TRACE_HEADER = "x-trace-id"
 
 
@@ -113,8 +114,9 @@ class ContextBuilder:
         )
 
     def local(self, ctx: CallContext | None = None, *, trace_id: str | None = None) -> CallContext:
-        """A context for the in-process API: the node's own program. A context the
-        program made itself keeps the caller and scopes it set.
+        """A context for the in-process API: the node itself (every scope), or one
+        the program made, which keeps the caller, scopes and delegation it set (no
+        caller: anonymous, as a door's caller with nothing to show would be).
 
         ``trace_id``: the trace to carry; ``None`` makes a fresh one, "" none (a
         message the program sends gets its own message id as trace)."""
@@ -123,7 +125,7 @@ class ContextBuilder:
                 return CallContext(door="local", credentials=LOCAL)
             return CallContext(door="local", trace_id=trace_id, credentials=LOCAL)
         if ctx.credentials is None:
-            ctx.credentials = LOCAL
+            ctx.credentials = GIVEN
         return ctx
 
     def deadline_in(self, ctx: CallContext, timeout: float) -> None:
@@ -134,4 +136,4 @@ class ContextBuilder:
             ctx.deadline, ctx.deadline_enforced = deadline, False
 
 
-__all__ = ["LOCAL", "ContextBuilder"]
+__all__ = ["GIVEN", "LOCAL", "ContextBuilder"]

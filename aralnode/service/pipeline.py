@@ -37,10 +37,17 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from aralnode.core import codec
 from aralnode.core.capabilities import Capability, CapabilityRegistry, request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, Cancelled, DeadlineExceeded, HandlerFailed
+from aralnode.core.errors import (
+    AralError,
+    Cancelled,
+    DeadlineExceeded,
+    HandlerFailed,
+    InternalError,
+)
 from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
 from aralnode.service.stages import Stages, VerdictListener
 
@@ -223,15 +230,19 @@ class Pipeline:
             if message is not None:
                 action.message = message
             value = self._governed(st.govern(ctx, action), params, message, method_id)
-            post_check = st.post_check
+            checked = self._checked
             async for item in start(value):
-                yield post_check(ctx, action, item)
+                yield checked(ctx, action, item) if st.post_check.checks else item
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
         except (GeneratorExit, asyncio.CancelledError):
             self._quietly_ended(ctx, target)
             raise
+        except Exception as exc:  # the servicer's own failure: INTERNAL, recorded
+            failure = self._failed(ctx, method_id, exc)
+            self._ended(ctx, target, failure)
+            raise failure from exc
         finally:
             st.rate_limit.leave(ctx)
         self._ended(ctx, target, None)
@@ -325,7 +336,7 @@ class Pipeline:
             except Exception as exc:
                 raise self._failed(ctx, target_id, exc) from exc
             if action is not None and checks:
-                result = st.post_check(ctx, action, result)
+                result = self._checked(ctx, action, result)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -336,6 +347,35 @@ class Pipeline:
             st.rate_limit.leave(ctx)
         self._ended(ctx, target, None)
         return result
+
+    def _checked(self, ctx: CallContext, action: Action, result: Any) -> Any:
+        """The post-check stage on a result. Checks see JSON on every door: a
+        protobuf result as its proto3 JSON view, and what a check changed in that
+        view goes back into a message of the same type."""
+        post_check = self.stages.post_check
+        if not isinstance(result, Message):
+            return post_check(ctx, action, result)
+        view = codec.message_json(result)
+        checked = post_check(ctx, action, view)
+        if checked is view:
+            return result
+        try:
+            return request_from(type(result), checked, action.capability)
+        except AralError as exc:
+            raise InternalError(
+                f"a response check made the result of {action.capability} something "
+                f"that is not a {result.DESCRIPTOR.full_name}",
+                reason="POST_CHECK_FAILED",
+            ) from exc
+
+    def authenticate(self, ctx: CallContext, action_id: str) -> None:
+        """Run the first stage alone, for a door that must know who calls before it
+        reads the request (a refusal is counted and audited as any stage's is)."""
+        try:
+            self.stages.authenticate(ctx)
+        except AralError as exc:
+            self._ended(ctx, Target(action_id), exc)
+            raise
 
     @staticmethod
     def _governed(nudged: Any, value: Any, message: Message | None, target: str) -> Any:
@@ -383,11 +423,11 @@ class Pipeline:
         if error is None:
             stages.counters[target.ok_key] += 1
             if stages.audit.sinks:
-                stages.audit(ctx, target.id, target.direction, target.peer, None)
+                stages.audit(ctx, target.id, target.direction, target.peer or ctx.peer, None)
             return
         stages.counters[f"{target.kind}.{error.code}"] += 1
         with contextlib.suppress(AralError):
-            stages.audit(ctx, target.id, target.direction, target.peer, error)
+            stages.audit(ctx, target.id, target.direction, target.peer or ctx.peer, error)
 
     def _quietly_ended(self, ctx: CallContext, target: Target) -> None:
         """A call cancelled (its caller went away) or a stream closed early."""

@@ -95,11 +95,14 @@ class Authorize:
             return
         missing = [s for s in required if s not in scopes]
         if missing:
-            raise PermissionDenied(
-                f"{target} requires scope(s) {', '.join(missing)}",
-                reason="MISSING_SCOPE",
-                details={"missing_scopes": missing},
-            )
+            message = f"{target} requires scope(s) {', '.join(missing)}"
+            details: dict[str, object] = {"missing_scopes": missing}
+            if ctx.on_behalf_of:
+                # A delegation carries its principal's rights, never the forwarding
+                # node's: say so, or a granted peer's refusal makes no sense.
+                message += f"; {ctx.caller} calls on behalf of {ctx.on_behalf_of}, who lacks them"
+                details["on_behalf_of"] = ctx.on_behalf_of
+            raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
 
 
 class RateLimit:
@@ -187,7 +190,8 @@ class Govern:
 
 class ResponseCheck(Protocol):
     """Looks at a result before it leaves: returns it (or a redacted one), or raises
-    to refuse it."""
+    to refuse it. The result is JSON on every door (a protobuf method's response as
+    its proto3 JSON view; a changed view goes back into the message)."""
 
     def check(self, ctx: CallContext, action: Action, result: Any) -> Any: ...
 

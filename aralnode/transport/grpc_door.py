@@ -79,7 +79,11 @@ class AgentNodeDoor:
 
     async def Handshake(self, data: bytes, context: Context) -> bytes:
         try:
-            request = _parse(pb.HandshakeRequest, data)
+            try:
+                request = _parse(pb.HandshakeRequest, data)
+            except AralError:
+                self.service.pipeline.counters["handshake.rejected"] += 1
+                raise
             return self.service.handshake(request, context.peer()).SerializeToString()
         except AralError as exc:
             await abort(context, exc)

@@ -3,6 +3,9 @@
 Outgoing: an ``AralError`` becomes a ``google.rpc.Status`` with an ``ErrorInfo``
 (reason, domain, metadata) and, when the error says so, a ``RetryInfo``; it travels
 in the ``grpc-status-details-bin`` trailer so grpcurl and every gRPC client see it.
+``ErrorInfo.metadata`` holds strings only, so the details also travel as a
+``google.protobuf.Struct``, from which a client rebuilds them with their JSON types
+(an integer stays an integer).
 Incoming: an ``AioRpcError`` is turned back into the most specific ``AralError``.
 """
 
@@ -13,10 +16,11 @@ import json
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from aralnode.core import codec
 from aralnode.core.errors import (
     ERROR_DOMAIN,
     AralError,
@@ -36,6 +40,11 @@ def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
     status = status_pb2.Status(code=int(exc.status), message=exc.message)
     status.details.add().Pack(info)
+    if exc.details:
+        typed = struct_pb2.Struct()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            typed.update(exc.details)
+            status.details.add().Pack(typed)
     if exc.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after * 1e9))
@@ -60,6 +69,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
         return Cancelled(err.details() or "cancelled")
     reason, retry_after = "", None
     details: dict[str, Any] = {}
+    typed: dict[str, Any] | None = None
     trailers: Any = err.trailing_metadata() or ()
     for key, value in trailers:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
@@ -73,11 +83,20 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
                     retry = error_details_pb2.RetryInfo()
                     any_msg.Unpack(retry)
                     retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+                elif any_msg.Is(struct_pb2.Struct.DESCRIPTOR):
+                    struct = struct_pb2.Struct()
+                    any_msg.Unpack(struct)
+                    typed = codec.from_struct(struct)
+    # ``code`` and ``trace_id`` ride in the metadata for grpcurl's reader; they are
+    # not details of the error.
     details.pop("code", None)
+    details.pop("trace_id", None)
     for key, value in list(details.items()):
         if value[:1] in ("[", "{"):
             with contextlib.suppress(ValueError):
                 details[key] = json.loads(value)
+    if typed is not None:
+        details = typed
     if code == grpc.StatusCode.UNAVAILABLE and not reason:
         return Unavailable(err.details() or "peer unavailable", details=details)
     return error_from_status(

@@ -117,7 +117,7 @@ class LibraryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTitle(self, request, context):
-        """Gets only the title of a book, as a bare JSON string.
+        """Gets a book; over REST, only its title, as a bare JSON string (response_body).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
