@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mcp import Client
@@ -295,3 +296,23 @@ async def test_graceful_stop_lets_mcp_and_websocket_calls_finish(
         await stopping
     assert ws_reply["result"] == "finished"  # type: ignore[index]
     assert json.loads(str(mcp_text)) == "finished"
+
+
+async def test_a_rest_call_the_drain_cuts_off_gets_a_json_error(
+    make_node: Callable[..., Node],
+) -> None:
+    """A REST call still running when the drain runs out ends with the node's own
+    error shape (503 NODE_STOPPING), not the server's plain-text 500."""
+    node = make_node("cut", demo=False, http_port=0, drain_seconds=0)
+    started = stuck_capability(node)
+    await node.start()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        call = asyncio.ensure_future(
+            http.post("/v1/invoke", json={"call": {"capability": "slow.forever"}}, timeout=30)
+        )
+        async with asyncio.timeout(30):  # guards against a hang; nothing is timed
+            await started.wait()
+            await node.stop()
+            answer = await call
+    assert answer.status_code == 503
+    assert answer.json()["error"]["reason"] == "NODE_STOPPING"

@@ -37,6 +37,7 @@ from aralnode.core.errors import (
     InvalidRequest,
     MalformedMessage,
     NotFound,
+    Unavailable,
 )
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
@@ -261,6 +262,15 @@ class RestDoor:
         except AralError as exc:
             await self._error(send, exc, ctx, req_id)
             return
+        except asyncio.CancelledError:
+            # The server cut the call off (its drain ran out): say so in our own
+            # shape, not uvicorn's plain-text 500, if nothing was sent yet.
+            with contextlib.suppress(Exception):
+                stopping = Unavailable(
+                    "the node stopped before the call ended", reason="NODE_STOPPING"
+                )
+                await self._error(send, stopping, ctx, req_id)
+            raise
         except Exception as exc:
             log.exception(
                 "REST %s %s failed (trace %s)", scope["method"], scope.get("path"), ctx.trace_id
