@@ -154,7 +154,10 @@ class NodeClient:
         seal_into(
             request.message, content, self.identity if sign else None, embed_key=self.peer is None
         )
-        response = await self._rpc(lambda: self.stub.Invoke(request, timeout=timeout))
+        try:  # not through _rpc: a call's worth of frames less on the hot path
+            response = await self.stub.Invoke(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
         return self._result(response, content.header.message_id, signed=sign)
 
     def _result(self, response: pb.InvokeResponse, request_id: str, *, signed: bool) -> Any:
