@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 
 import pytest
 from google.protobuf import struct_pb2
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.codec import from_value
+from aralnode.core.context import clean_trace_id
 from aralnode.core.envelope import (
     build_content,
     encode_payload,
@@ -185,6 +187,52 @@ def test_json_values_come_back_from_a_value_with_their_types(value: object) -> N
     assert json.dumps(from_value(wire), sort_keys=True) == json.dumps(
         value, sort_keys=True
     )  # 3 stays 3, not 3.0
+
+
+json_with_whole_floats = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_with_whole_floats)
+def test_whole_numbers_prints_as_a_struct_does_and_leaves_its_input_alone(value: object) -> None:
+    before = json.dumps(value, sort_keys=True)
+    out = codec.whole_numbers(value)
+    assert json.dumps(value, sort_keys=True) == before  # copied where it changed, never edited
+    # As the value travels in a Struct (numbers are doubles) and comes back.
+    wire = struct_pb2.Value.FromString(codec.to_value(value).SerializeToString())
+    assert json.dumps(out, sort_keys=True) == json.dumps(from_value(wire), sort_keys=True)
+    if before == json.dumps(out, sort_keys=True):
+        assert out is value  # nothing to change: no copy
+
+
+@pytest.mark.parametrize(
+    ("given_id", "kept"),
+    [
+        ("0123456789abcdef0123456789abcdef", True),
+        ("trace.v1:span-7_x", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("tr ace", False),
+        ("ünïcode", False),  # letters, but not ones a header may carry
+        ("٣٣", False),  # digits, not ASCII ones
+        ("x\ny", False),
+    ],
+)
+def test_a_trace_id_is_carried_only_if_safe(given_id: str, kept: bool) -> None:
+    out = clean_trace_id(given_id)
+    assert (out == given_id) is kept
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", out)
 
 
 class _Opaque:

@@ -161,14 +161,28 @@ def from_struct(struct: struct_pb2.Struct, *, allow_inf_nan: bool = True) -> dic
 
 def whole_numbers(value: Any) -> Any:
     """JSON from ``MessageToDict`` with each whole double below 2**53 as ``int``, as
-    the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``)."""
+    the canonical printers give it (a Struct's ``1980``, a schema's ``maximum``).
+    A container with nothing to change is returned as it is (no copy), one with a
+    change is copied, never changed in place."""
     kind = type(value)
     if kind is float:
         return _number(value)
     if kind is dict:
-        return {k: whole_numbers(v) if type(v) in _WALKED else v for k, v in value.items()}
+        copy: Any = None
+        for k, v in value.items():
+            if type(v) in _WALKED and (w := whole_numbers(v)) is not v:
+                if copy is None:
+                    copy = dict(value)
+                copy[k] = w
+        return value if copy is None else copy
     if kind is list:
-        return [whole_numbers(v) if type(v) in _WALKED else v for v in value]
+        copy = None
+        for i, v in enumerate(value):
+            if type(v) in _WALKED and (w := whole_numbers(v)) is not v:
+                if copy is None:
+                    copy = list(value)
+                copy[i] = w
+        return value if copy is None else copy
     return value
 
 

@@ -64,8 +64,11 @@ class OpenedMessage:
         return self.signer is not None
 
     def parameters(self, limit: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
-        data = codec.decompress(self.body.parameters, self.header.compression, limit)
-        return codec.decode(data, self.header.content_type)
+        header = self.header
+        data = self.body.parameters
+        if header.compression:
+            data = codec.decompress(data, header.compression, limit)
+        return codec.decode(data, header.content_type)
 
     def result(self, limit: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
         data = codec.decompress(self.body.result, self.header.compression, limit)

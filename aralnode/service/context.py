@@ -88,10 +88,13 @@ class ContextBuilder:
         A ``queued`` message (one that may have waited in a channel's outbox) lives
         from its timestamp; one that came straight over a call, from now, so that
         clock skew between the nodes does not eat into it."""
-        sender, message_id = header.sender, header.message_id
-        ctx.credentials = Credentials(
-            sender if signed else "", signed and signer_verified, link_peer, header.on_behalf_of
-        )
+        sender, message_id, on_behalf_of = header.sender, header.message_id, header.on_behalf_of
+        if signed or link_peer or on_behalf_of:
+            ctx.credentials = Credentials(
+                sender if signed else "", signed and signer_verified, link_peer, on_behalf_of
+            )
+        else:  # nothing to show (most unsigned calls): the shared empty credentials
+            ctx.credentials = NO_CREDENTIALS
         ctx.signed = signed
         ctx.message_id = message_id
         ctx.trace_id = clean_trace_id(header.trace_id or message_id)

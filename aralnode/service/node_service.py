@@ -167,34 +167,38 @@ class NodeService:
 
     # -- calls -------------------------------------------------------------------------
 
-    async def invoke(
+    def invoke(
         self, request: pb.InvokeRequest, ctx: CallContext, *, envelopes: bool = True
-    ) -> pb.InvokeResponse:
-        """A plain ``call`` (here or forwarded), or a signed request message.
+    ) -> Awaitable[pb.InvokeResponse]:
+        """A plain ``call`` (here or forwarded), or a signed request message. Await it
+        where it is called (a request of no kind is refused by the call itself).
 
         Args:
             envelopes: Whether this door takes signed messages (gRPC does; the HTTP
                 doors take plain calls only).
         """
         kind = request.WhichOneof("kind")
-        if kind == "call":
-            reply = await plain_call(
-                request.call,
-                ctx,
-                pipeline=self.pipeline,
-                forward=self.forward,
-                node_id=self.node_id,
-                clock=self.clock,
-            )
-            return pb.InvokeResponse(result=reply)
         if kind == "message" and envelopes:
-            return await self._invoke_message(request.message, ctx)
+            return self._invoke_message(request.message, ctx)
+        if kind == "call":
+            return self._invoke_call(request.call, ctx)
         if kind == "message":
             raise InvalidRequest(
                 "this door takes a plain `call`; signed messages travel over gRPC",
                 reason="UNSUPPORTED_KIND",
             )
         raise MalformedMessage("InvokeRequest needs `message` or `call`", reason="MISSING_FIELD")
+
+    async def _invoke_call(self, call: pb.Call, ctx: CallContext) -> pb.InvokeResponse:
+        reply = await plain_call(
+            call,
+            ctx,
+            pipeline=self.pipeline,
+            forward=self.forward,
+            node_id=self.node_id,
+            clock=self.clock,
+        )
+        return pb.InvokeResponse(result=reply)
 
     async def _invoke_message(self, message: pb.ARALMessage, ctx: CallContext) -> pb.InvokeResponse:
         env = self.envelopes
@@ -219,7 +223,7 @@ class NodeService:
             raise MalformedMessage(
                 "Invoke takes a request message with an action", reason="MISSING_FIELD"
             )
-        signed = opened.signed
+        signed = opened.signer is not None
         sender = header.sender
         self.contexts.signed(
             ctx, header, signed=signed, signer_verified=signed and env.keyring.is_pinned(sender)
