@@ -35,10 +35,11 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def server(*args: str, timeout: float = 30.0) -> Iterator[Child]:
+def server(*args: str, timeout: float = 30.0, tree: Path = ROOT) -> Iterator[Child]:
+    """``bench._servers`` with ``args``, from ``tree`` (another checkout: its code)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._servers", *args],
-        cwd=ROOT,
+        cwd=tree,
         stdout=subprocess.PIPE,
         text=True,
     )

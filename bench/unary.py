@@ -2,9 +2,17 @@
 and a user's proto method (the library example's GetBook) served by the node vs the
 same servicer on a plain grpc.aio server with no node.
 
-Server in a child process, client here, one grpc.aio channel, N calls in flight for
-a fixed wall time after a warm-up. The bare echo server answers the same
-InvokeRequest/InvokeResponse messages with no processing at all.
+Servers in child processes, clients here, one grpc.aio channel per case, N calls in
+flight. The bare echo server answers the same InvokeRequest/InvokeResponse messages
+with no processing at all.
+
+Pairing. A shared machine drifts by ten per cent and more within seconds, so cases
+measured a few seconds apart differ by more than what is measured. Every case keeps
+its channel (and the node cases their client) open for the whole run, and the run is
+many short rounds: in each, every case runs for ``SLICE`` seconds, a case next to the
+reference it is compared with, and every other round in the reverse order (so drift
+hits the case before and after its reference alike). A ratio is the median over
+rounds of the ratio within a round.
 
 Each case also records the CPU time it cost per call, client and server together
 (all threads). At 16 in flight the cores are nearly saturated, so QPS follows CPU per call, and
@@ -21,9 +29,10 @@ Invoke can do less, so its ratio is the most a signed Invoke could reach here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -42,51 +51,68 @@ from bench._report import Report, cpus, median, percentile
 from bench._servers import CLIENT_SEED, LIBRARY, SERVER_SEED
 from bench.envelope import per_op
 
-DURATION = 1.5
-WARMUP = 0.3
-ROUNDS = 5
+SLICE = 0.4  # seconds per case per round
+WARMUP = 0.3  # seconds per case, once, before the rounds
+ROUNDS = {1: 10, 16: 20}  # rounds at each number of calls in flight
 PARAMS = {"text": "hello, mesh", "times": 1}
+
+Call = Callable[[], Awaitable[object]]
 
 
 @dataclass
-class Sample:
-    qps: float
-    latencies: list[float]
-    cpu_us: float | None  # client + server CPU per call; None without /proc
+class Tally:
+    """One case at one number in flight, over all its slices."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    cpu: float | None = 0.0  # client + server CPU seconds; None without /proc
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def qps(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def cpu_us(self) -> float | None:
+        """CPU per call, client and server together."""
+        return None if self.cpu is None else self.cpu / self.calls * 1e6
 
 
-async def _measure(
-    call: Callable[[], Awaitable[object]], in_flight: int, duration: float, child: Child
-) -> Sample:
+async def _slice(call: Call, in_flight: int, seconds: float, child: Child, tally: Tally) -> float:
+    """``in_flight`` workers call for ``seconds``; the slice's QPS, added to ``tally``."""
     latencies: list[float] = []
-    stop_at = 0.0
-    recording = False
+    stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= stop_at:
-                return
+        while (t0 := time.perf_counter()) < stop_at:
             await call()
-            if recording:
-                latencies.append(time.perf_counter() - t0)
+            latencies.append(time.perf_counter() - t0)
 
-    stop_at = time.perf_counter() + WARMUP
-    await asyncio.gather(*(worker() for _ in range(in_flight)))
-    recording = True
     cpu0, child0 = time.process_time(), child.cpu_seconds()
     start = time.perf_counter()
-    stop_at = start + duration
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - start
     cpu, child1 = time.process_time() - cpu0, child.cpu_seconds()
-    cpu_us = None
-    if child0 is not None and child1 is not None and latencies:
-        cpu_us = (cpu + child1 - child0) / len(latencies) * 1e6
-    return Sample(len(latencies) / elapsed, latencies, cpu_us)
+    tally.calls += len(latencies)
+    tally.seconds += elapsed
+    tally.latencies += latencies
+    if tally.cpu is not None and child0 is not None and child1 is not None:
+        tally.cpu += cpu + child1 - child0
+    else:
+        tally.cpu = None
+    return len(latencies) / elapsed
 
 
-async def _bare_case(child: Child, in_flight: int) -> Sample:
+def _invoke_stub(channel: grpc.aio.Channel) -> Callable[[pb.InvokeRequest], Awaitable[object]]:
+    return channel.unary_unary(
+        "/aral.v1.AgentNode/Invoke",
+        request_serializer=pb.InvokeRequest.SerializeToString,
+        response_deserializer=pb.InvokeResponse.FromString,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _bare_case(child: Child) -> AsyncIterator[Call]:
     payload = codec.encode(PARAMS)
     content = build_content(
         sender="bench",
@@ -98,11 +124,7 @@ async def _bare_case(child: Child, in_flight: int) -> Sample:
     )
     request = pb.InvokeRequest(message=seal(content, None))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}") as channel:
-        invoke = channel.unary_unary(
-            "/aral.v1.AgentNode/Invoke",
-            request_serializer=pb.InvokeRequest.SerializeToString,
-            response_deserializer=pb.InvokeResponse.FromString,
-        )
+        invoke = _invoke_stub(channel)
 
         async def call() -> object:
             # Build a fresh envelope like the node cases do, so the client side does
@@ -111,10 +133,11 @@ async def _bare_case(child: Child, in_flight: int) -> Sample:
             request.message.content = content.SerializeToString()
             return await invoke(request)
 
-        return await _measure(call, in_flight, DURATION, child)
+        yield call
 
 
-async def _bare_signed_case(child: Child, in_flight: int) -> Sample:
+@contextlib.asynccontextmanager
+async def _bare_signed_case(child: Child) -> AsyncIterator[Call]:
     """The bare echo with the four ES256 operations of a signed call and nothing else."""
     me, server_key = fixed_identity(CLIENT_SEED), fixed_identity(SERVER_SEED).public_key
     payload = codec.encode(PARAMS)
@@ -127,12 +150,7 @@ async def _bare_signed_case(child: Child, in_flight: int) -> Sample:
         clock=SYSTEM_CLOCK,
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}") as channel:
-        invoke = channel.unary_unary(
-            "/aral.v1.AgentNode/Invoke",
-            request_serializer=pb.InvokeRequest.SerializeToString,
-            response_deserializer=pb.InvokeResponse.FromString,
-        )
-
+        invoke = _invoke_stub(channel)
         request = pb.InvokeRequest()
 
         async def call() -> object:
@@ -140,24 +158,21 @@ async def _bare_signed_case(child: Child, in_flight: int) -> Sample:
             raw = content.SerializeToString()
             request.message.content = raw
             request.message.signature.CopyFrom(me.sign(pb.PAYLOAD_MESSAGE, raw))
-            response = await invoke(request)
+            response: pb.InvokeResponse = await invoke(request)  # type: ignore[assignment]
             reply = response.message
             server_key.verify(pb.PAYLOAD_MESSAGE, reply.content, reply.signature)
             return reply
 
-        return await _measure(call, in_flight, DURATION, child)
+        yield call
 
 
-async def _bare_envelope_case(child: Child, in_flight: int) -> Sample:
+@contextlib.asynccontextmanager
+async def _bare_envelope_case(child: Child) -> AsyncIterator[Call]:
     """The bare echo with the envelope work of an unsigned call and nothing else:
     build and seal each request, open and match each response (core functions)."""
     payload = codec.encode(PARAMS)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}") as channel:
-        invoke = channel.unary_unary(
-            "/aral.v1.AgentNode/Invoke",
-            request_serializer=pb.InvokeRequest.SerializeToString,
-            response_deserializer=pb.InvokeResponse.FromString,
-        )
+        invoke = _invoke_stub(channel)
         keyring = KeyRing()
 
         async def call() -> object:
@@ -169,7 +184,7 @@ async def _bare_envelope_case(child: Child, in_flight: int) -> Sample:
             )
             request = pb.InvokeRequest()
             seal_into(request.message, content, None)
-            response = await invoke(request)
+            response: pb.InvokeResponse = await invoke(request)  # type: ignore[assignment]
             opened = open_message(
                 response.message, keyring=keyring, replay=None, require_signature=False
             )
@@ -177,15 +192,15 @@ async def _bare_envelope_case(child: Child, in_flight: int) -> Sample:
                 raise AssertionError("response does not answer the request")
             return opened  # the result stays encoded: payload work is not envelope work
 
-        return await _measure(call, in_flight, DURATION, child)
+        yield call
 
 
-async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
+@contextlib.asynccontextmanager
+async def _node_case(child: Child, signed: bool) -> AsyncIterator[Call]:
     identity = fixed_identity(CLIENT_SEED) if signed else None
     address = f"127.0.0.1:{child.port}"
     async with NodeClient(address, identity=identity, keyring=KeyRing()) as client:
-        if signed:
-            assert identity is not None
+        if identity is not None:
             card = build_card(
                 identity,
                 name="bench-client",
@@ -198,10 +213,11 @@ async def _node_case(child: Child, in_flight: int, signed: bool) -> Sample:
         async def call() -> object:
             return await client.request("demo.echo", PARAMS, sign=signed)
 
-        return await _measure(call, in_flight, DURATION, child)
+        yield call
 
 
-async def _method_case(child: Child, in_flight: int) -> Sample:
+@contextlib.asynccontextmanager
+async def _method_case(child: Child) -> AsyncIterator[Call]:
     """``library.v1.Library/GetBook`` with the generated messages, as any gRPC
     client of the user's service calls it (the same call on either server)."""
     lib = import_spec(LIBRARY).lib
@@ -216,7 +232,7 @@ async def _method_case(child: Child, in_flight: int) -> Sample:
         async def call() -> object:
             return await get_book(request)
 
-        return await _measure(call, in_flight, DURATION, child)
+        yield call
 
 
 def _es256_costs() -> tuple[float, float]:
@@ -246,28 +262,48 @@ CASES = (
 )
 
 
-def run(report: Report) -> None:
-    qps: dict[tuple[str, int], list[float]] = {}
-    ratios: dict[tuple[str, int], list[float]] = {}
-    lat: dict[tuple[str, int], list[float]] = {}
-    cpu: dict[str, list[float]] = {}  # at 16 in flight
+# Each case next to the reference it is compared with (see the module docstring).
+ORDER = (
+    "bare",
+    "bare_envelope",
+    "unsigned",
+    "signed",
+    "bare_signed",
+    "method_plain",
+    "method_node",
+)
+OPEN = {
+    "bare": _bare_case,
+    "bare_envelope": _bare_envelope_case,
+    "unsigned": lambda child: _node_case(child, signed=False),
+    "signed": lambda child: _node_case(child, signed=True),
+    "bare_signed": _bare_signed_case,
+    "method_plain": _method_case,
+    "method_node": _method_case,
+}
 
-    async def one(case: str, child: Child, in_flight: int) -> float:
-        if case == "bare":
-            got = await _bare_case(child, in_flight)
-        elif case.startswith("method_"):
-            got = await _method_case(child, in_flight)
-        elif case == "bare_signed":
-            got = await _bare_signed_case(child, in_flight)
-        elif case == "bare_envelope":
-            got = await _bare_envelope_case(child, in_flight)
-        else:
-            got = await _node_case(child, in_flight, signed=case == "signed")
-        qps.setdefault((case, in_flight), []).append(got.qps)
-        lat.setdefault((case, in_flight), []).extend(got.latencies)
-        if in_flight == 16 and got.cpu_us is not None:
-            cpu.setdefault(case, []).append(got.cpu_us)
-        return got.qps
+
+def run(report: Report) -> None:
+    tallies = {(c, n): Tally() for c in ORDER for n in ROUNDS}
+    ratios: dict[tuple[str, int], list[float]] = {}
+
+    async def measure(child: dict[str, Child], in_flight: int) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            calls = {c: await stack.enter_async_context(OPEN[c](child[c])) for c in ORDER}
+            for c in ORDER:
+                await _slice(calls[c], in_flight, WARMUP, child[c], Tally())
+            rounds = ROUNDS[in_flight]
+            for r in range(rounds):
+                print(f"  {in_flight} in flight: round {r + 1}/{rounds}", flush=True)
+                order = ORDER if r % 2 == 0 else ORDER[::-1]
+                got = {
+                    c: await _slice(calls[c], in_flight, SLICE, child[c], tallies[(c, in_flight)])
+                    for c in order
+                }
+                for c, _ in CASES[1:]:
+                    ratios.setdefault((c, in_flight), []).append(got[c] / got["bare"])
+                method = got["method_node"] / got["method_plain"]
+                ratios.setdefault(("method_node", in_flight), []).append(method)
 
     async def main() -> None:
         with (
@@ -286,32 +322,26 @@ def run(report: Report) -> None:
                 "method_plain": plain_library,
                 "method_node": node,
             }
-            for r in range(ROUNDS):
-                print(f"  round {r + 1}/{ROUNDS}", flush=True)
-                for in_flight in (1, 16):
-                    # Rotate the order each round so drift on a shared machine hits
-                    # every case alike; ratios are paired within a round.
-                    order = [c for c, _ in (*CASES, *METHOD_CASES)]
-                    order = order[r % len(order) :] + order[: r % len(order)]
-                    got = {c: await one(c, child[c], in_flight) for c in order}
-                    for c, _ in CASES[1:]:
-                        ratios.setdefault((c, in_flight), []).append(got[c] / got["bare"])
-                    method = got["method_node"] / got["method_plain"]
-                    ratios.setdefault(("method_node", in_flight), []).append(method)
+            for in_flight in ROUNDS:
+                await measure(child, in_flight)
 
     asyncio.run(main())
+    qps = {key: t.qps for key, t in tallies.items()}
+    lat = {key: t.latencies for key, t in tallies.items()}
     rows = [
-        f"{ROUNDS} interleaved rounds of {DURATION} s per case; QPS is the median over rounds,",
-        "the ratio the median of the per-round (paired) ratios; latencies pool all rounds.",
+        f"{ROUNDS[1]} rounds at 1 in flight and {ROUNDS[16]} at 16, {SLICE} s per case in each,",
+        "every case next to its reference and every other round reversed (see",
+        "bench/unary.py); QPS pools all rounds, a ratio is the median of the per-round",
+        "(paired) ratios; latencies pool all rounds.",
         "",
         "| case | in flight | QPS | ratio to bare | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
     ]
     for in_flight in (1, 16):
-        bare_qps = median(qps[("bare", in_flight)])
+        bare_qps = qps[("bare", in_flight)]
         bare_lat = lat[("bare", in_flight)]
         for case, label in CASES:
-            q = median(qps[(case, in_flight)])
+            q = qps[(case, in_flight)]
             samples = lat[(case, in_flight)]
             p50, p99 = median(samples) * 1000, percentile(samples, 99) * 1000
             if case == "bare":
@@ -338,6 +368,8 @@ def run(report: Report) -> None:
         pairs = zip(ratios[(case, 16)], ratios[(reference, 16)], strict=True)
         return median([c / r for c, r in pairs])
 
+    unsigned_share = share_of("unsigned", "bare_envelope")
+    signed_share = share_of("signed", "bare_signed")
     bare_p50 = median(lat[("bare", 1)]) * 1000
     uns_p50 = median(lat[("unsigned", 1)]) * 1000
     rows += [
@@ -353,7 +385,7 @@ def run(report: Report) -> None:
         f"({median(ratios[('bare_signed', 16)]):.1%} at 16 in flight, per round:",
         f"{per_round('bare_signed')}) is the most a signed",
         "Invoke can reach on this machine; paired by round, the node's signed case does "
-        f"{share_of('signed', 'bare_signed'):.0%} of its QPS.",
+        f"{signed_share:.0%} of its QPS.",
         "The unsigned reference is the bare echo with the envelope work of an unsigned call",
         "and nothing else (the node's core functions: build and seal the request; open it,",
         "with header checks and the replay window; seal a response; open and match it): "
@@ -361,18 +393,24 @@ def run(report: Report) -> None:
         f"at 16 in flight (per round: {per_round('bare_envelope')}).",
         "What the node adds beyond it is the pipeline (admission, governance, listeners),",
         "parameter and result encoding, validation, and the call context; paired by round, "
-        f"the node's unsigned case does {share_of('unsigned', 'bare_envelope'):.0%} of its QPS.",
+        f"the node's unsigned case does {unsigned_share:.0%} of its QPS.",
+        "",
+        "Targets (issue 13): unsigned ≥ 95 % of the envelope reference, signed ≥ 90 % of the",
+        "ES256 reference. To see what a change costs, compare this tree's node with an",
+        "earlier revision's, paired the same way: `python -m bench.versus REV`.",
     ]
+    report.add("unary.unsigned_vs_envelope.c16.paired_ratio", unsigned_share, "ratio")
+    report.add("unary.signed_vs_es256_reference.c16.paired_ratio", signed_share, "ratio")
     rows += _method_rows(report, qps, ratios, lat)
-    if all(cpu.get(c) for c, _ in CASES):
-        bare_qps = median(qps[("bare", 16)])
-        rows += _cpu_rows(report, {c: median(cpu[c]) for c, _ in CASES}, bare_qps, _es256_costs())
+    cpu = {c: tallies[(c, 16)].cpu_us for c, _ in CASES}
+    if all(cpu.values()):
+        rows += _cpu_rows(report, cpu, qps[("bare", 16)], _es256_costs())  # type: ignore[arg-type]
     report.section("Unary Invoke vs bare grpc.aio", rows)
 
 
 def _method_rows(
     report: Report,
-    qps: dict[tuple[str, int], list[float]],
+    qps: dict[tuple[str, int], float],
     ratios: dict[tuple[str, int], list[float]],
     lat: dict[tuple[str, int], list[float]],
 ) -> list[str]:
@@ -395,11 +433,11 @@ def _method_rows(
             p50, p99 = median(samples) * 1000, percentile(samples, 99) * 1000
             cell = "" if case == "method_plain" else f"{share:.1%}"
             rows.append(
-                f"| {label} | {in_flight} | {median(qps[(case, in_flight)]):,.0f} | {cell} "
+                f"| {label} | {in_flight} | {qps[(case, in_flight)]:,.0f} | {cell} "
                 f"| {p50:.3f} | {p99:.3f} |"
             )
         prefix = f"unary.user_method.c{in_flight}"
-        report.add(f"{prefix}.qps", median(node), "calls/s", median(plain))
+        report.add(f"{prefix}.qps", node, "calls/s", plain)
         report.add(f"{prefix}.paired_ratio", share, "ratio")
         plain_lat = lat[("method_plain", in_flight)]
         node_lat = lat[("method_node", in_flight)]
