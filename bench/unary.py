@@ -385,7 +385,7 @@ def run(report: Report) -> None:
         f"({median(ratios[('bare_signed', 16)]):.1%} at 16 in flight, per round:",
         f"{per_round('bare_signed')}) is the most a signed",
         "Invoke can reach on this machine; paired by round, the node's signed case does "
-        f"{signed_share:.0%} of its QPS.",
+        f"{signed_share:.1%} of its QPS.",
         "The unsigned reference is the bare echo with the envelope work of an unsigned call",
         "and nothing else (the node's core functions: build and seal the request; open it,",
         "with header checks and the replay window; seal a response; open and match it): "
@@ -393,7 +393,7 @@ def run(report: Report) -> None:
         f"at 16 in flight (per round: {per_round('bare_envelope')}).",
         "What the node adds beyond it is the pipeline (admission, governance, listeners),",
         "parameter and result encoding, validation, and the call context; paired by round, "
-        f"the node's unsigned case does {unsigned_share:.0%} of its QPS.",
+        f"the node's unsigned case does {unsigned_share:.1%} of its QPS.",
         "",
         "Targets (issue 13): unsigned ≥ 95 % of the envelope reference, signed ≥ 90 % of the",
         "ES256 reference. To see what a change costs, compare this tree's node with an",
