@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard protos/aral/v1/*.proto)
 
-.PHONY: help venv run test gen gen-check lint typecheck check bench clean
+.PHONY: help venv run test test-min gen gen-check lint typecheck check bench clean
 
 help:
 	@echo "make run        set up and start a demo node (gRPC :50051, HTTP :8080)"
 	@echo "make test       set up and run the whole test suite"
 	@echo "make gen        regenerate gen/ from protos/"
 	@echo "make gen-check  fail if gen/ differs from what protos/ generate"
+	@echo "make test-min   the suite with every dependency at its declared minimum"
 	@echo "make lint typecheck check bench"
 
 $(STAMP): pyproject.toml
@@ -27,6 +28,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The declared lower bounds, installed and tested in a venv of their own (CI runs it).
+MINVENV ?= .venv-min
+test-min: $(STAMP)
+	rm -rf $(MINVENV)
+	$(PY) -m venv $(MINVENV)
+	$(BIN)/python scripts/min_constraints.py > $(MINVENV)/constraints.txt
+	$(MINVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MINVENV)/bin/python -m pip install --quiet -c $(MINVENV)/constraints.txt -e '.[dev]'
+	$(MINVENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
@@ -47,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MINVENV) .pytest_cache .mypy_cache .ruff_cache
