@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
@@ -33,6 +32,7 @@ from aralnode._assembly import (
     import_spec,
     service_descriptor,
 )
+from aralnode._logs import get_logger
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -66,7 +66,7 @@ from aralnode.store.datadir import lock_data_dir, release_data_dir
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
 
-log = logging.getLogger("aralnode")
+log = get_logger("aralnode")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from aralnode import Evaluator, Node, NodeConfig
+from aralnode import Evaluator, Node, NodeConfig, _logs
 from aralnode.discovery import DiscoveryBackend
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
+
+
+@pytest.fixture(autouse=True)
+def _full_log_budgets() -> None:
+    """Each test starts with the log throttle's budgets full (they are per process)."""
+    _logs.reset()
 
 
 @pytest.fixture

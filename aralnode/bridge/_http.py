@@ -7,19 +7,19 @@ import asyncio
 import contextlib
 import gzip
 import json
-import logging
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+from aralnode._logs import get_logger
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
 from aralnode.service.context import ContextBuilder
 
-log = logging.getLogger("aralnode.bridge")
+log = get_logger("aralnode.bridge")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

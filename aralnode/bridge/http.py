@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Callable
 
 import uvicorn
 
+from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge.mcp import LocalTools, McpHttp, build_server, http_context
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
@@ -34,7 +34,7 @@ from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
 from aralnode.service.node_service import NodeService
 
-log = logging.getLogger("aralnode.http")
+log = get_logger("aralnode.http")
 
 Route = Callable[[], tuple[bytes, str]]
 

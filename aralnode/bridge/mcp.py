@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import Target
 from aralnode.core import codec
@@ -55,7 +55,7 @@ from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, message_sc
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 
-log = logging.getLogger("aralnode.mcp")
+log = get_logger("aralnode.mcp")
 
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 MAX_TOOL_NAME = 128

@@ -9,7 +9,6 @@ the command makes.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from google.protobuf.message_factory import GetMessageClass
 from mcp.server.stdio import stdio_server
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.bridge.mcp import (
     InvalidToolSchema,
@@ -38,7 +38,7 @@ from aralnode.core.proto_schema import ProtoComments, message_schema
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import BUILT_INS
 
-log = logging.getLogger("aralnode.mcp")
+log = get_logger("aralnode.mcp")
 
 
 class RemoteNode(Protocol):

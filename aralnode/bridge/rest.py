@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +23,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target, to_json
@@ -42,7 +42,7 @@ from aralnode.core.errors import (
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 
-log = logging.getLogger("aralnode.rest")
+log = get_logger("aralnode.rest")
 
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})

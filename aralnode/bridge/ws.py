@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
@@ -42,7 +42,7 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
 from aralnode.service.node_service import NodeService
 
-log = logging.getLogger("aralnode.ws")
+log = get_logger("aralnode.ws")
 
 CHANNELS = ("peers", "capabilities", "decisions", "status")
 # The governance action id of the WebSocket door's own operation (a status request

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,11 +31,12 @@ from typing import Any, Protocol
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from aralnode._logs import get_logger
 from aralnode.core.addresses import join_host_port
 from aralnode.discovery.backend import Announcement, Hint, HintSink
 from aralnode.discovery.txt import BadAnnouncement, parse_txt, to_txt
 
-log = logging.getLogger("aralnode.mdns")
+log = get_logger("aralnode.mdns")
 
 SERVICE_TYPE = "_aral._tcp.local."
 MAX_SIGHTING_HOSTS = 8  # addresses kept from one instance's A records

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aralnode._logs import get_logger
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import AralError, RateLimited, Unauthenticated
 from aralnode.core.handshake import VerifiedCard
@@ -57,7 +58,7 @@ from aralnode.mesh.connector import PeerConnector
 from aralnode.service.tasks import TaskSet
 from aralnode.transport.grpc_client import NodeClient
 
-log = logging.getLogger("aralnode.discovery")
+log = get_logger("aralnode.discovery")
 
 DIALERS = 8
 MAX_DIAL_BACKLOG = 256

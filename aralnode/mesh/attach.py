@@ -8,17 +8,17 @@ only then resumes the channel's state and is attached as the peer's link
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.core.channel import ChannelSession, OpenParams, SentOpen, frame_keys, make_open
 from aralnode.core.errors import AralError, Unavailable
 from aralnode.mesh.hub import ChannelHub
 from aralnode.mesh.link import Link
 from aralnode.mesh.state import PeerChannel
 
-log = logging.getLogger("aralnode.channel")
+log = get_logger("aralnode.channel")
 
 
 def open_params(hub: ChannelHub, pc: PeerChannel) -> OpenParams:

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.core import codec
 from aralnode.core.channel import (
     Batch,
@@ -89,7 +89,7 @@ __all__ = [
     "remote_error",
 ]
 
-log = logging.getLogger("aralnode.channel")
+log = get_logger("aralnode.channel")
 T = TypeVar("T")
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.core.channel import (
     AckReceived,
     Batch,
@@ -29,7 +29,7 @@ from aralnode.core.errors import AralError, InternalError, Unavailable
 from aralnode.core.outbox import OutboxEntry
 from aralnode.mesh.state import PeerChannel
 
-log = logging.getLogger("aralnode.channel")
+log = get_logger("aralnode.channel")
 
 T = TypeVar("T")
 _END = object()

@@ -14,11 +14,11 @@ prefix (what the ack says) always moves on.
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.core import codec
 from aralnode.core.channel import Batch
 from aralnode.core.clock import Clock
@@ -56,7 +56,7 @@ from aralnode.service.pipeline import Pipeline
 from aralnode.store.base import Inbox
 
 T = TypeVar("T")
-log = logging.getLogger("aralnode.channel")
+log = get_logger("aralnode.channel")
 
 REQUEST = pb.MessageType.MESSAGE_TYPE_REQUEST
 RESPONSE = pb.MessageType.MESSAGE_TYPE_RESPONSE

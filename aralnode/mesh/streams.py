@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import grpc
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode.core.channel import (
     MAX_OPEN_BYTES,
     close_error,
@@ -39,7 +39,7 @@ from aralnode.mesh.state import PeerChannel
 from aralnode.transport.grpc_client import NodeClient, channel_options
 from aralnode.transport.status import abort, from_rpc_error
 
-log = logging.getLogger("aralnode.channel")
+log = get_logger("aralnode.channel")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHANNEL_METHOD = f"/{pb.AGENT_NODE_SERVICE_NAME}/Channel"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from aralnode._logs import get_logger
 from aralnode.core import codec
 from aralnode.core.capabilities import Capability, CapabilityRegistry, request_from
 from aralnode.core.clock import Clock
@@ -51,7 +51,7 @@ from aralnode.core.errors import (
 from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
 from aralnode.service.stages import Stages, VerdictListener
 
-log = logging.getLogger("aralnode.pipeline")
+log = get_logger("aralnode.pipeline")
 
 T = TypeVar("T")
 OK = Decision.OK.label

@@ -18,12 +18,12 @@ one place each -- bearer tokens and API keys behind ``Authenticate``, roles behi
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aralnode._logs import get_logger
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
     AralError,
@@ -35,7 +35,7 @@ from aralnode.core.errors import (
 from aralnode.core.governance import Action, AllowAll, Decision, Evaluator, Verdict, enforce
 from aralnode.service.auth import ALL_SCOPES, Authenticator, PeerAuthenticator
 
-log = logging.getLogger("aralnode.pipeline")
+log = get_logger("aralnode.pipeline")
 
 VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
 

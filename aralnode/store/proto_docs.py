@@ -10,16 +10,16 @@ degrade to descriptions made from names.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from google.protobuf.descriptor import FileDescriptor
 
+from aralnode._logs import get_logger
 from aralnode.core.proto_schema import comments_from_descriptor_set, source_comments
 
-log = logging.getLogger("aralnode.store")
+log = get_logger("aralnode.store")
 
 
 def _module_name(proto_file: str) -> str:

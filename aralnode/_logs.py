@@ -1,0 +1,123 @@
+"""What outsiders can make the node log, made safe to log.
+
+Peers and clients choose much of what a node logs: capability ids, paths, error
+messages, card fields. Unescaped, a newline in such text forges log lines and an
+escape sequence drives the reader's terminal; unthrottled, one frame full of bogus
+entries writes a hundred thousand lines and stalls the event loop. Every logger of
+ours is made by ``get_logger`` and carries one ``SafeLogFilter``:
+
+- the message, once formatted, has its control characters escaped (a newline reads
+  ``\\n``, ESC ``\\x1b``) and is cut at ``MAX_CHARS``;
+- a traceback keeps its lines, but its control characters are escaped and every
+  line after the first is indented, so no line of it can pass for a record;
+- records are throttled per logger, level and message template (the text before
+  formatting, so one kind of event is one budget whatever it says): ``BURST`` at
+  once, then ``RATE`` a second; the next one let through says how many similar
+  records were dropped. At most ``MAX_KEYS`` templates are tracked (the oldest go).
+
+A library does not configure handlers; this filter rides on the loggers themselves,
+so it holds whatever handlers the program (or ``aralnode run``) installs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+MAX_CHARS = 2000
+BURST = 20
+RATE = 5.0  # records a second, per template, after the burst
+MAX_KEYS = 1024
+
+# C0 controls (tab kept), DEL and C1 controls; also Unicode line and paragraph
+# separators, which some log viewers break lines on.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape(text: str, limit: int = MAX_CHARS) -> str:
+    """``text`` with control characters escaped, cut to about ``limit`` characters."""
+    if len(text) > limit:
+        text = f"{text[:limit]}… [{len(text) - limit} more characters]"
+    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
+def _escape_traceback(text: str) -> str:
+    lines = [escape(line, 4 * MAX_CHARS) for line in text.splitlines()]
+    return "\n".join(lines[:1] + ["  " + line for line in lines[1:]])
+
+
+class SafeLogFilter(logging.Filter):
+    """Escapes, truncates and throttles records (see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        # template key -> [tokens, last refill time, records dropped since one passed]
+        self._budgets: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        dropped = self._admit(key)
+        if dropped is None:
+            return False
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg!r} % {record.args!r}"
+        message = escape(message)
+        if dropped:
+            message += f" ({dropped} similar records dropped)"
+        record.msg, record.args = message, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _escape_traceback(
+                logging.Formatter().formatException(record.exc_info)
+            )
+        if record.stack_info:
+            record.stack_info = _escape_traceback(record.stack_info)
+        return True
+
+    def reset(self) -> None:
+        """Forget every budget (tests start each from a full one)."""
+        self._budgets.clear()
+
+    def _admit(self, key: tuple[str, int, str]) -> int | None:
+        """None to drop the record; else how many were dropped before it."""
+        now = self._clock()
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = [float(BURST), now, 0.0]
+            if len(self._budgets) > MAX_KEYS:
+                self._budgets.popitem(last=False)
+        else:
+            self._budgets.move_to_end(key)
+            budget[0] = min(float(BURST), budget[0] + (now - budget[1]) * RATE)
+            budget[1] = now
+        if budget[0] < 1.0:
+            budget[2] += 1
+            return None
+        budget[0] -= 1.0
+        dropped, budget[2] = int(budget[2]), 0.0
+        return dropped
+
+
+_FILTER = SafeLogFilter()
+
+
+def reset() -> None:
+    """Refill every throttle budget of the shared filter."""
+    _FILTER.reset()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with the shared ``SafeLogFilter`` on it."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
+
+
+__all__ = ["BURST", "MAX_CHARS", "RATE", "SafeLogFilter", "escape", "get_logger", "reset"]
