@@ -11,6 +11,8 @@
     ├── Unauthenticated             (UNAUTHENTICATED, 401, unauthorized)
     │   ├── SignatureInvalid        the signature does not verify over the received bytes
     │   ├── KeyMismatch             key and claimed identity disagree
+    │   ├── InvalidKey              a public key that does not parse
+    │   │   └── UnsupportedKey      a key of a type or curve the node does not take
     │   ├── UnknownKey              no key known for the key id, none supplied
     │   ├── ReplayDetected          (sender, message id) already seen in the window
     │   └── StaleMessage            timestamp outside the accepted window
@@ -159,6 +161,14 @@ class KeyMismatch(Unauthenticated):
     default_reason = "KEY_MISMATCH"
 
 
+class InvalidKey(Unauthenticated):
+    default_reason = "INVALID_KEY"
+
+
+class UnsupportedKey(InvalidKey):
+    default_reason = "UNSUPPORTED_KEY"
+
+
 class UnknownKey(Unauthenticated):
     default_reason = "UNKNOWN_KEY"
 
@@ -245,6 +255,8 @@ ERROR_TYPES: tuple[type[AralError], ...] = (
     Unauthenticated,
     SignatureInvalid,
     KeyMismatch,
+    InvalidKey,
+    UnsupportedKey,
     UnknownKey,
     ReplayDetected,
     StaleMessage,
