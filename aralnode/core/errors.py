@@ -32,15 +32,36 @@ Adapters never invent statuses: the gRPC adapter turns an ``AralError`` into a
 ``google.rpc.Status`` with an ``ErrorInfo`` (and ``RetryInfo`` when set), the REST
 bridge into the seed's JSON error shape, the MCP bridge into a JSON-RPC error or an
 error result. Foreign exceptions are translated at the boundary, in one place each.
+
+Every error is bounded where it is made: a refusal often quotes what it refuses (an
+offered version list, a parameter's name, a capability id), bytes an outsider
+chose. ``AralError`` keeps its message within ``MAX_MESSAGE_BYTES`` (UTF-8) and its
+details within ``MAX_DETAILS_BYTES`` (as JSON), so what any door renders from it (a
+gRPC status and its trailers, a JSON body, an MCP error result) stays small: gRPC
+clients drop a trailer past 16 KiB, and may past 8 KiB.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 ERROR_DOMAIN = "aral.dev"
+
+# The most one error carries. Its gRPC form holds the message twice (grpc-message,
+# percent-encoded: up to 3 bytes a byte) and the details twice (ErrorInfo metadata
+# and a Struct), in base64: 512 + 1024 stay under 6 KiB, below grpc's 8 KiB soft limit.
+MAX_MESSAGE_BYTES = 512
+MAX_DETAILS_BYTES = 1024
+MAX_REASON_CHARS = 64
+_TRUNCATED = "… (truncated)"
+# The shape details keep (each bound alone is generous; the byte budget decides).
+_MAX_DEPTH = 4
+_MAX_ITEMS = 16
+_MAX_TEXT = 256
+_MAX_INT = 2**63
 
 
 class StatusCode(enum.IntEnum):
@@ -97,10 +118,11 @@ class AralError(Exception):
         details: Mapping[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = bounded_text(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
-        self.details: dict[str, Any] = dict(details or {})
+        self.reason = reason[:MAX_REASON_CHARS] if reason else self.default_reason
+        self.details: dict[str, Any] = bounded_details(details) if details else {}
         self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +136,75 @@ class AralError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """``text`` if its UTF-8 form fits in ``limit`` bytes, else its longest prefix
+    that does with a mark saying it was cut."""
+    if len(text) * 4 <= limit:  # the usual short message: no encoding needed
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    room = limit - len(_TRUNCATED.encode())
+    return data[:room].decode("utf-8", "ignore") + _TRUNCATED
+
+
+def bounded_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` cut to a JSON-able shape within ``MAX_DETAILS_BYTES``: nesting,
+    items per list or object and text lengths bounded first, then top-level entries
+    dropped from the end until the rest fits (``"truncated": true`` says so)."""
+    shaped = _shaped(details, 0)
+    if not isinstance(shaped, dict):  # pragma: no cover - a Mapping stays a dict
+        return {}
+    if _json_size(shaped) <= MAX_DETAILS_BYTES:
+        return shaped
+    out: dict[str, Any] = {"truncated": True}
+    budget = MAX_DETAILS_BYTES - _json_size(out)
+    for key, value in shaped.items():
+        kept = value
+        cost = _json_size({key: kept})  # '{' and '}' weigh what ', ' does
+        if cost > budget:
+            kept = _shrunk(value, budget - _json_size({key: None}))
+            cost = _json_size({key: kept})
+            if cost > budget:
+                break
+        out[key] = kept
+        budget -= cost
+    return out
+
+
+def _shaped(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return bounded_text(value, _MAX_TEXT)
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if -_MAX_INT < value < _MAX_INT else "(a very large integer)"
+    if depth >= _MAX_DEPTH:
+        return "…"
+    if isinstance(value, Mapping):
+        items = list(value.items())[:_MAX_ITEMS]
+        return {bounded_text(str(k), _MAX_TEXT // 4): _shaped(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_shaped(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
+    return bounded_text(str(value), _MAX_TEXT)
+
+
+def _shrunk(value: Any, room: int) -> Any:
+    """A smaller stand-in for a top-level value that does not fit in ``room`` bytes:
+    a list's first items, a text's prefix, else nothing."""
+    if isinstance(value, list):
+        while value and _json_size(value) > room:
+            value = value[: len(value) // 2]
+        return value
+    if isinstance(value, str):
+        return bounded_text(value, max(room - 16, 0))
+    return None
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
 
 
 class InvalidRequest(AralError):
