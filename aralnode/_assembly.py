@@ -46,7 +46,7 @@ from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
-from aralnode.transport.grpc_door import AgentNodeDoor, service_handler
+from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
 from aralnode.transport.grpc_server import GrpcServer
 
 CHANNEL_STORE = "channels.sqlite3"
@@ -282,15 +282,30 @@ def _around_hub(
         ),
         clock=node.clock,
     )
-    grpc = GrpcServer(max_message_bytes=cfg.max_message_bytes, keepalive_ms=cfg.keepalive_ms)
+    grpc = _grpc(node, service, services, streams)
+    http = _http(node, service, services) if cfg.http_port is not None else None
+    return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+
+
+def _grpc(
+    node: NodeView, service: NodeService, services: list[ProtoService], streams: ChannelStreams
+) -> GrpcServer:
+    """The gRPC server with its doors (AgentNode, users' services), from the config."""
+    cfg = node.config
+    grpc = GrpcServer(
+        max_message_bytes=cfg.max_message_bytes,
+        keepalive_ms=cfg.keepalive_ms,
+        listing_gate=(
+            listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
+        ),
+    )
     door = AgentNodeDoor(
         service, node.contexts, max_message_bytes=cfg.max_message_bytes, channel=streams.serve
     )
     grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
     for served in services:
         grpc.add(service_handler(served, node.pipeline, node.contexts), served.full_name)
-    http = _http(node, service, services) if cfg.http_port is not None else None
-    return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+    return grpc
 
 
 def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:

@@ -64,6 +64,8 @@ class NodeConfig:
         channel_timeout_ms: Silence tolerated beyond a peer's keepalive before its
             channel counts as dead and is redialled.
         channel_signing: Sign every channel message (turn off only to measure).
+        listing_requires_auth: Listing surfaces (MCP tools/list, /openapi.json, /docs,
+            gRPC reflection) answer authenticated callers only.
     """
 
     name: str = "aralnode"
@@ -92,6 +94,8 @@ class NodeConfig:
     outbox_limit: int = 10_000
     channel_timeout_ms: int = 5_000
     channel_signing: bool = True
+    # -- group "grpc": the gRPC server's bounds, and who may list what it serves --
+    listing_requires_auth: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -22,7 +22,13 @@ from google.protobuf.message_factory import GetMessageClass
 from aralnode import _proto as pb
 from aralnode.core.capabilities import ProtoService
 from aralnode.core.context import CallContext, LazyMetadata
-from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, MessageTooLarge
+from aralnode.core.errors import (
+    AralError,
+    InvalidRequest,
+    MalformedMessage,
+    MessageTooLarge,
+    Unauthenticated,
+)
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
@@ -57,6 +63,28 @@ def call_context(
         timeout_enforced=True,
         trace_id=trace_id,
     )
+
+
+def listing_gate(pipeline: Pipeline, contexts: ContextBuilder) -> Callable[[Context], None]:
+    """What ``listing_requires_auth`` asks of a reflection call: a caller the
+    pipeline's authenticate stage (the same authenticator as on every door) names.
+
+    Raises:
+        Unauthenticated: an anonymous caller (``ANONYMOUS_REFUSED``), or one the
+            authenticator refused.
+    """
+    action = "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+    def gate(context: Context) -> None:
+        ctx = call_context(contexts, context)
+        pipeline.authenticate(ctx, action)
+        if ctx.anonymous:
+            raise Unauthenticated(
+                "this node lists its services to authenticated callers only",
+                reason="ANONYMOUS_REFUSED",
+            )
+
+    return gate
 
 
 class AgentNodeDoor:
@@ -279,4 +307,4 @@ def _bidi(m: _Method) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator
     return bidi
 
 
-__all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "service_handler"]
+__all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "listing_gate", "service_handler"]

@@ -1,7 +1,8 @@
 """The gRPC server: one grpc.aio server with the node's doors, health and reflection.
 
 The doors themselves (``aral.v1.AgentNode`` and users' services) are in
-``aralnode.transport.grpc_door``; this module binds, starts and drains the server.
+``aralnode.transport.grpc_door``, health and reflection on raw bytes in
+``aralnode.transport.standard``; this module binds, starts and drains the server.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import socket
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from aralnode.core.addresses import join_host_port
 from aralnode.transport.health import HealthService
+from aralnode.transport.standard import Gate, standard_handler
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 # Framing around an envelope. The envelope limit is ours to enforce and report with
 # details; grpc's own transport limit (twice that, see ``transport_limit``) only
@@ -48,9 +53,15 @@ def _check_free(host: str, port: int, address: str) -> None:
 
 
 class GrpcServer:
-    """A grpc.aio server with AgentNode, health, reflection and users' services."""
+    """A grpc.aio server with AgentNode, health, reflection and users' services.
 
-    def __init__(self, *, max_message_bytes: int, keepalive_ms: int) -> None:
+    ``listing_gate`` runs before every reflection call (it lists every service and
+    message the node has): it raises to refuse the caller.
+    """
+
+    def __init__(
+        self, *, max_message_bytes: int, keepalive_ms: int, listing_gate: Gate | None = None
+    ) -> None:
         limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
             options=[
@@ -64,7 +75,8 @@ class GrpcServer:
             ]
         )
         self.health = HealthService()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.server.add_generic_rpc_handlers((standard_handler(HEALTH, self.health),))
+        self._listing_gate = listing_gate
         self._services: list[str] = []
         self.port = 0
 
@@ -73,8 +85,11 @@ class GrpcServer:
         self._services.append(service_name)
 
     async def start(self, host: str, port: int) -> int:
-        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        names = [*self._services, HEALTH.full_name, REFLECTION.full_name]
+        # grpc-stubs 1.53 does not know the asyncio servicer grpcio-reflection ships.
+        servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+        handler = standard_handler(REFLECTION, servicer, gate=self._listing_gate)
+        self.server.add_generic_rpc_handlers((handler,))
         address = join_host_port(host, port)
         if port:
             _check_free(host, port, address)  # grpc would log its own failure first
