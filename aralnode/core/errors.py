@@ -25,8 +25,21 @@
     ├── DeadlineExceeded            (DEADLINE_EXCEEDED, 504, timeout)
     ├── Cancelled                   (CANCELLED, 499, cancelled)
     ├── Unavailable                 (UNAVAILABLE, 503, service_unavailable)
+    ├── AlreadyExists               (ALREADY_EXISTS, 409, already_exists)
+    ├── FailedPrecondition          (FAILED_PRECONDITION, 400, failed_precondition)
+    ├── Aborted                     (ABORTED, 409, aborted)
+    ├── OutOfRange                  (OUT_OF_RANGE, 400, out_of_range)
+    ├── Unimplemented               (UNIMPLEMENTED, 501, not_implemented)
+    ├── DataLoss                    (DATA_LOSS, 500, data_loss)
+    ├── UnknownError                (UNKNOWN, 500, unknown)
     └── InternalError               (INTERNAL, 500, internal_error)
         └── HandlerFailed           a capability raised something that is not an AralError
+
+Every canonical status has its class, so a status a user's servicer sets
+(``CallContext.abort``/``set_code``, with ``grpc.StatusCode`` or our ``StatusCode``)
+reaches every door as the most specific error for it (``error_from_status``), in
+that door's language: NOT_FOUND is 404 ``not_found`` on REST and an MCP error result
+``not_found``; on the servicer's own gRPC method it is sent as the servicer set it.
 
 Adapters never invent statuses: the gRPC adapter turns an ``AralError`` into a
 ``google.rpc.Status`` with an ``ErrorInfo`` (and ``RetryInfo`` when set), the REST
@@ -102,7 +115,15 @@ class AralError(Exception):
         reason: Stable UPPER_SNAKE reason (``ErrorInfo.reason``).
         details: Extra machine-readable facts (``ErrorInfo.metadata`` / JSON ``details``).
         retry_after: Seconds the caller should wait before retrying, if known.
+        servicer_status: The status a user's servicer set itself (``abort``,
+            ``set_code``): its own gRPC method sends it exactly as set, as a plain
+            grpc.aio server would (code, details, ``trailing_metadata``; no
+            ``ErrorInfo`` of ours).
+        trailing_metadata: The trailing metadata the servicer set, for that method.
     """
+
+    servicer_status: bool = False
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
 
     status: ClassVar[StatusCode] = StatusCode.INTERNAL
     http_status: ClassVar[int] = 500
@@ -328,6 +349,56 @@ class Unavailable(AralError):
     default_reason = "UNAVAILABLE"
 
 
+class AlreadyExists(AralError):
+    status = StatusCode.ALREADY_EXISTS
+    http_status = 409
+    code = "already_exists"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(AralError):
+    status = StatusCode.FAILED_PRECONDITION
+    http_status = 400
+    code = "failed_precondition"
+    mcp_code = McpErrorCode.INVALID_PARAMS
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(AralError):
+    status = StatusCode.ABORTED
+    http_status = 409
+    code = "aborted"
+    default_reason = "ABORTED"
+
+
+class OutOfRange(AralError):
+    status = StatusCode.OUT_OF_RANGE
+    http_status = 400
+    code = "out_of_range"
+    mcp_code = McpErrorCode.INVALID_PARAMS
+    default_reason = "OUT_OF_RANGE"
+
+
+class Unimplemented(AralError):
+    status = StatusCode.UNIMPLEMENTED
+    http_status = 501
+    code = "not_implemented"
+    mcp_code = McpErrorCode.METHOD_NOT_FOUND
+    default_reason = "UNIMPLEMENTED"
+
+
+class DataLoss(AralError):
+    status = StatusCode.DATA_LOSS
+    code = "data_loss"
+    default_reason = "DATA_LOSS"
+
+
+class UnknownError(AralError):
+    status = StatusCode.UNKNOWN
+    code = "unknown"
+    default_reason = "UNKNOWN"
+
+
 class InternalError(AralError):
     default_reason = "INTERNAL"
 
@@ -360,6 +431,13 @@ ERROR_TYPES: tuple[type[AralError], ...] = (
     DeadlineExceeded,
     Cancelled,
     Unavailable,
+    AlreadyExists,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    DataLoss,
+    UnknownError,
     InternalError,
     HandlerFailed,
 )
@@ -371,7 +449,24 @@ _BY_STATUS: dict[StatusCode, type[AralError]] = {}
 for _t in ERROR_TYPES:
     _BY_STATUS.setdefault(_t.status, _t)
 _BY_STATUS[StatusCode.RESOURCE_EXHAUSTED] = RateLimited
+_BY_STATUS[StatusCode.FAILED_PRECONDITION] = FailedPrecondition
 _BY_STATUS[StatusCode.INTERNAL] = InternalError
+
+
+def status_value(code: object) -> int:
+    """A canonical status code as its number, however it is given: our
+    ``StatusCode``, an ``int``, or a ``grpc.StatusCode`` (whose value is
+    ``(number, name)``; core does not import grpc).
+
+    Raises:
+        TypeError: ``code`` is none of those, or not a canonical code (0..16).
+    """
+    value = getattr(code, "value", code)
+    if isinstance(value, tuple) and value:
+        value = value[0]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16:
+        return int(value)
+    raise TypeError(f"not a status code: {code!r}")
 
 
 def error_from_status(
