@@ -71,7 +71,7 @@ MAX_DETAILS_BYTES = 1024
 MAX_REASON_CHARS = 64
 _TRUNCATED = "… (truncated)"
 # The shape details keep (each bound alone is generous; the byte budget decides).
-_MAX_DEPTH = 4
+_MAX_DEPTH = 8  # a validation error list: details → errors → [i] → loc → [j] is 5
 _MAX_ITEMS = 16
 _MAX_TEXT = 256
 _MAX_INT = 2**63
