@@ -47,7 +47,7 @@ from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
 from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
-from aralnode.transport.grpc_server import GrpcServer
+from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
 
 CHANNEL_STORE = "channels.sqlite3"
 
@@ -292,9 +292,19 @@ def _grpc(
 ) -> GrpcServer:
     """The gRPC server with its doors (AgentNode, users' services), from the config."""
     cfg = node.config
+    limits = GrpcLimits(
+        max_connections=cfg.grpc_max_connections,
+        max_streams_per_connection=cfg.grpc_max_streams_per_connection,
+        max_concurrent_rpcs=cfg.grpc_max_concurrent_rpcs,
+        handshake_timeout_ms=cfg.grpc_handshake_timeout_ms,
+        connection_idle_ms=cfg.grpc_connection_idle_ms,
+        connection_age_ms=cfg.grpc_connection_age_ms,
+        connection_age_grace_ms=int(cfg.drain_seconds * 1000),
+    )
     grpc = GrpcServer(
         max_message_bytes=cfg.max_message_bytes,
         keepalive_ms=cfg.keepalive_ms,
+        limits=limits,
         listing_gate=(
             listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
         ),

@@ -8,6 +8,7 @@ The doors themselves (``aral.v1.AgentNode`` and users' services) are in
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,6 +53,33 @@ def _check_free(host: str, port: int, address: str) -> None:
         raise OSError(failure.errno, f"cannot bind the gRPC door to {address}: {failure.strerror}")
 
 
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What one outsider may hold of the gRPC port (``NodeConfig``'s ``grpc_*``
+    fields say why each exists). All of them are grpc core's own mechanisms."""
+
+    max_connections: int = 512
+    max_streams_per_connection: int = 100
+    max_concurrent_rpcs: int = 2048
+    handshake_timeout_ms: int = 10_000
+    connection_idle_ms: int = 300_000
+    connection_age_ms: int | None = None
+    connection_age_grace_ms: int = 5_000
+
+    def options(self) -> list[tuple[str, int]]:
+        """The channel arguments that enforce them."""
+        options = [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
+            ("grpc.max_connection_idle_ms", self.connection_idle_ms),
+        ]
+        if self.connection_age_ms is not None:
+            options.append(("grpc.max_connection_age_ms", self.connection_age_ms))
+            options.append(("grpc.max_connection_age_grace_ms", self.connection_age_grace_ms))
+        return options
+
+
 class GrpcServer:
     """A grpc.aio server with AgentNode, health, reflection and users' services.
 
@@ -60,7 +88,12 @@ class GrpcServer:
     """
 
     def __init__(
-        self, *, max_message_bytes: int, keepalive_ms: int, listing_gate: Gate | None = None
+        self,
+        *,
+        max_message_bytes: int,
+        keepalive_ms: int,
+        limits: GrpcLimits = GrpcLimits(),  # frozen: one default shared safely
+        listing_gate: Gate | None = None,
     ) -> None:
         limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
@@ -69,10 +102,17 @@ class GrpcServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.keepalive_time_ms", keepalive_ms),
                 ("grpc.keepalive_timeout_ms", max(keepalive_ms // 2, 1000)),
+                # A client may ping once a second when no data flows; the third ping
+                # sooner ends its connection (GOAWAY too_many_pings): acks to a
+                # client that pings and never reads do not pile up.
                 ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.http2.max_ping_strikes", 2),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.so_reuseport", 0),
-            ]
+                *limits.options(),
+            ],
+            # Past it grpc answers RESOURCE_EXHAUSTED itself, before any handler.
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self.health = HealthService()
         self.server.add_generic_rpc_handlers((standard_handler(HEALTH, self.health),))
