@@ -46,8 +46,8 @@ from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
-from aralnode.transport.grpc_door import AgentNodeDoor, service_handler
-from aralnode.transport.grpc_server import GrpcServer
+from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
+from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
 
 CHANNEL_STORE = "channels.sqlite3"
 
@@ -282,15 +282,40 @@ def _around_hub(
         ),
         clock=node.clock,
     )
-    grpc = GrpcServer(max_message_bytes=cfg.max_message_bytes, keepalive_ms=cfg.keepalive_ms)
+    grpc = _grpc(node, service, services, streams)
+    http = _http(node, service, services) if cfg.http_port is not None else None
+    return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+
+
+def _grpc(
+    node: NodeView, service: NodeService, services: list[ProtoService], streams: ChannelStreams
+) -> GrpcServer:
+    """The gRPC server with its doors (AgentNode, users' services), from the config."""
+    cfg = node.config
+    limits = GrpcLimits(
+        max_connections=cfg.grpc_max_connections,
+        max_streams_per_connection=cfg.grpc_max_streams_per_connection,
+        max_concurrent_rpcs=cfg.grpc_max_concurrent_rpcs,
+        handshake_timeout_ms=cfg.grpc_handshake_timeout_ms,
+        connection_idle_ms=cfg.grpc_connection_idle_ms,
+        connection_age_ms=cfg.grpc_connection_age_ms,
+        connection_age_grace_ms=int(cfg.drain_seconds * 1000),
+    )
+    grpc = GrpcServer(
+        max_message_bytes=cfg.max_message_bytes,
+        keepalive_ms=cfg.keepalive_ms,
+        limits=limits,
+        listing_gate=(
+            listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
+        ),
+    )
     door = AgentNodeDoor(
         service, node.contexts, max_message_bytes=cfg.max_message_bytes, channel=streams.serve
     )
     grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
     for served in services:
         grpc.add(service_handler(served, node.pipeline, node.contexts), served.full_name)
-    http = _http(node, service, services) if cfg.http_port is not None else None
-    return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+    return grpc
 
 
 def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:

@@ -64,6 +64,21 @@ class NodeConfig:
         channel_timeout_ms: Silence tolerated beyond a peer's keepalive before its
             channel counts as dead and is redialled.
         channel_signing: Sign every channel message (turn off only to measure).
+        listing_requires_auth: Listing surfaces (MCP tools/list, /openapi.json, /docs,
+            gRPC reflection) answer authenticated callers only.
+        grpc_max_connections: Connections the gRPC port holds at once; more are
+            closed as they come (keeps file descriptors for the rest of the node).
+        grpc_max_streams_per_connection: Calls one connection may have open at once
+            (HTTP/2 MAX_CONCURRENT_STREAMS; a client past it gets REFUSED_STREAM).
+        grpc_max_concurrent_rpcs: Calls the gRPC port holds at once, streams and
+            channels included; more are refused with RESOURCE_EXHAUSTED.
+        grpc_handshake_timeout_ms: A connection that has not begun HTTP/2 by then
+            is closed.
+        grpc_connection_idle_ms: A connection with no call for this long is closed
+            (GOAWAY; clients reconnect when they next call).
+        grpc_connection_age_ms: Close every connection after this long, gracefully
+            (``drain_seconds``); ``None``: never (A2A channels are long-lived
+            streams, and end with their connection).
     """
 
     name: str = "aralnode"
@@ -92,6 +107,14 @@ class NodeConfig:
     outbox_limit: int = 10_000
     channel_timeout_ms: int = 5_000
     channel_signing: bool = True
+    # -- group "grpc": the gRPC server's bounds, and who may list what it serves --
+    listing_requires_auth: bool = False
+    grpc_max_connections: int = 512
+    grpc_max_streams_per_connection: int = 100
+    grpc_max_concurrent_rpcs: int = 2048
+    grpc_handshake_timeout_ms: int = 10_000
+    grpc_connection_idle_ms: int = 300_000
+    grpc_connection_age_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -115,6 +138,7 @@ class NodeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.keepalive_ms < 50 or self.peer_timeout_ms < self.keepalive_ms:
             raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
+        self._check_grpc_bounds()
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)
         self.peer_scopes = frozenset(self.peer_scopes)
         self.peer_grants = {k: frozenset(v) for k, v in dict(self.peer_grants).items()}
@@ -126,6 +150,20 @@ class NodeConfig:
                     f"{node_id!r} is not a node id (32 lower-case base32 characters, as "
                     "'aralnode status' shows them): a grant to it would reach nobody"
                 )
+
+    def _check_grpc_bounds(self) -> None:
+        for name in (
+            "grpc_max_connections",
+            "grpc_max_streams_per_connection",
+            "grpc_max_concurrent_rpcs",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("grpc_handshake_timeout_ms", "grpc_connection_idle_ms"):
+            if getattr(self, name) < 100:
+                raise ValueError(f"{name} must be at least 100")
+        if self.grpc_connection_age_ms is not None and self.grpc_connection_age_ms < 1000:
+            raise ValueError("grpc_connection_age_ms must be at least 1000 (or None)")
 
     @property
     def bind_host(self) -> str:

@@ -3,11 +3,13 @@ INTERNAL, and the node keeps serving."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -214,3 +216,64 @@ async def test_random_bytes_never_internal(small_node: Node, raw, data: bytes) -
     for method in ("Invoke", "Handshake"):
         code, _, details = await raw(method, data)
         assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), details
+
+
+# -- the standard services: health and reflection ---------------------------------------
+
+HEALTH = "/grpc.health.v1.Health"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+GARBAGE = b"\xff\xff\xff\xff garbage \x00\x01"
+
+
+async def _standard_call(
+    node: Node, path: str, kind: str, data: list[bytes]
+) -> tuple[grpc.StatusCode, str]:
+    """Call ``path`` with raw request bytes, reading every answer; the status and
+    the reason of a refusal."""
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        try:
+            if kind == "unary":
+                await channel.unary_unary(path)(data[0], timeout=10)
+            elif kind == "server-stream":
+                async for _ in channel.unary_stream(path)(data[0], timeout=10):
+                    break
+            else:
+                async for _ in channel.stream_stream(path)(iter(data), timeout=10):
+                    pass
+        except grpc.aio.AioRpcError as err:
+            return err.code(), _reason(err) if err.code() != grpc.StatusCode.UNKNOWN else ""
+    return grpc.StatusCode.OK, ""
+
+
+STANDARD = [
+    pytest.param(f"{HEALTH}/Check", "unary", id="health-check"),
+    pytest.param(f"{HEALTH}/List", "unary", id="health-list"),
+    pytest.param(f"{HEALTH}/Watch", "server-stream", id="health-watch"),
+    pytest.param(REFLECTION, "bidi", id="reflection"),
+]
+
+
+@pytest.mark.parametrize(("path", "kind"), STANDARD)
+async def test_garbage_to_health_and_reflection_is_invalid_argument(
+    small_node: Node, path: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that do not parse are the caller's error (INVALID_ARGUMENT with a
+    google.rpc.Status), not an UNKNOWN with a traceback logged on every request;
+    the same service still answers a good request."""
+    caplog.set_level(logging.INFO)
+    garbage = await _standard_call(small_node, path, kind, [GARBAGE])
+    assert garbage == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not logged
+    good = [b""] if kind != "bidi" else [
+        reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    ]  # fmt: skip
+    assert await _standard_call(small_node, path, kind, good) == (grpc.StatusCode.OK, "")
+    await assert_serving(small_node)
+
+
+async def test_garbage_after_a_good_reflection_request_ends_that_stream(small_node: Node) -> None:
+    good = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    code = await _standard_call(small_node, REFLECTION, "bidi", [good, GARBAGE, good])
+    assert code == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+    await assert_serving(small_node)

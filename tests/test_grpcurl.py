@@ -6,12 +6,16 @@ import asyncio
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from aralnode import Node
 from aralnode import _proto as pb
+from tests.test_service_hooks import HeaderToken
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 pytestmark = pytest.mark.skipif(
@@ -123,3 +127,34 @@ async def test_status_and_capabilities_through_grpcurl(demo_node: Node) -> None:
     ids = [c["id"] for c in json.loads(out)["capabilities"]]
     assert ids == sorted(ids)
     assert "demo.echo" in ids
+
+
+async def test_reflection_can_be_kept_to_authenticated_callers(
+    make_node: Callable[..., Node],
+) -> None:
+    """``listing_requires_auth``: reflection asks the pipeline who calls (the same
+    authenticator as every door) and lists nothing to an anonymous caller; health
+    stays open (balancers and peers follow it)."""
+    config = make_node("listing", listing_requires_auth=True).config
+    node = Node(config, authenticator=HeaderToken())
+    async with node:
+        rc, out, err = await grpcurl("-plaintext", node.address, "list")
+        assert rc != 0
+        assert "Unauthenticated" in err, err
+        assert "aral.v1.AgentNode" not in out
+        rc, out, err = await grpcurl("-plaintext", "-H", "x-token: letmein", node.address, "list")
+        assert rc == 0, err
+        assert "aral.v1.AgentNode" in out.split()
+        # grpcurl itself needs reflection to call anything; a stub does not.
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            health = await channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )(b"", timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_to_anyone_by_default(demo_node: Node) -> None:
+    assert demo_node.config.listing_requires_auth is False
+    rc, _, err = await grpcurl("-plaintext", demo_node.address, "list")
+    assert rc == 0, err

@@ -386,3 +386,74 @@ async def test_error_details_are_the_same_json_on_every_door(
     assert rest.json()["error"]["details"] == {"shelf": "sci", "book_id": 99}
     assert info.value.details == {"shelf": "sci", "book_id": 99}
     assert via_peer.reason == "NOT_FOUND"
+
+
+# -- group "grpc": a servicer written for grpc.aio, on every door ------------------------
+# (``tests/test_servicers.py`` compares it with a plain grpc.aio server.) Its status,
+# set with ``context.abort(grpc.StatusCode...)`` or ``set_code``, is the same refusal
+# on every door, each in its own language; on its own rpc it is sent exactly as set
+# (no ErrorInfo, so no reason there), as a plain grpc.aio server sends it.
+
+HTTP_STATUS.update({409: "ALREADY_EXISTS"})
+ERROR_CODES.update({"already_exists": "ALREADY_EXISTS"})
+
+
+@contextlib.asynccontextmanager
+async def open_servicer_doors(make_node: Callable[..., Node]) -> AsyncIterator[Doors]:
+    """``open_doors`` with the grpc.aio-style library servicer."""
+    from tests.test_servicers import GrpcStyleLibrary, lib
+
+    node = make_node("parity-servicer", http_port=0, **FAST)
+    node.add_service(GrpcStyleLibrary(), lib)
+    peer = make_node("parity-servicer-peer", demo=False, **FAST)
+    async with node, peer:
+        await linked(peer, node)
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with (
+            grpc.aio.insecure_channel(node.address) as channel,
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+            Client(f"{base}/mcp") as mcp,
+        ):
+            yield Doors(node, peer, channel, http, mcp)
+
+
+SERVICER_CASES = [
+    pytest.param({"shelf": "surface", "bookId": "1"}, None, id="servicer-result"),
+    pytest.param({"shelf": "abort", "bookId": "7"}, ("NOT_FOUND", "NOT_FOUND"), id="abort"),
+    pytest.param(
+        {"shelf": "set-code", "bookId": "7"}, ("ALREADY_EXISTS", "ALREADY_EXISTS"), id="set-code"
+    ),
+]
+
+
+@pytest.mark.parametrize(("params", "refusal"), SERVICER_CASES)
+async def test_a_grpc_aio_servicer_gives_the_same_answer_on_every_door(
+    make_node: Callable[..., Node], params: dict[str, Any], refusal: tuple[str, str] | None
+) -> None:
+    async with open_servicer_doors(make_node) as doors:
+        answers = {door.name: await door.call(GET, params) for door in doors.all()}
+    assert set(answers) == {"grpc-invoke", "grpc-method", "rest-route", "rest-invoke"} | {
+        "mcp", "ws", "channel", "local"
+    }  # fmt: skip
+    if refusal is None:
+        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
+        assert all(o.ok for o in answers.values()), answers
+        assert len(set(values.values())) == 1, values
+        return
+    status, reason = refusal
+    for name, outcome in answers.items():
+        assert outcome.status == status, (name, outcome)
+        allowed = (reason, "") if name in ("mcp", "grpc-method") else (reason,)
+        assert outcome.reason in allowed, (name, outcome)
+
+
+DOOR_NAMES = (
+    "grpc-invoke",
+    "grpc-method",
+    "rest-route",
+    "rest-invoke",
+    "mcp",
+    "ws",
+    "channel",
+    "local",
+)

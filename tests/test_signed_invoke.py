@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from aralnode import (
 from aralnode import _proto as pb
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK, FixedClock
-from aralnode.core.envelope import build_content, encode_payload, seal
+from aralnode.core.envelope import SUPPORTED_VERSIONS, build_content, encode_payload, seal
 from aralnode.core.errors import KeyMismatch, UnknownKey
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 from aralnode.core.handshake import build_card
@@ -262,3 +263,103 @@ async def test_a_signed_calls_error_comes_back_whole(make_node: Any) -> None:
         assert limited.value.retry_after == 1.5
         with pytest.raises(GovernanceBlocked):
             await client.request("demo.add", {"a": 1, "b": 2})
+
+
+# -- keys the node does not take: a clean refusal with a reason, never a traceback ----------
+
+
+def _der_length(n: int) -> bytes:
+    return bytes([n]) if n < 128 else bytes([0x81, n]) if n < 256 else bytes([0x82]) + n.to_bytes(2)
+
+
+def _spki(algorithm: bytes, key: bytes) -> bytes:
+    """A SubjectPublicKeyInfo from an AlgorithmIdentifier's contents and the key bits."""
+    alg = b"\x30" + _der_length(len(algorithm)) + algorithm
+    bits = b"\x03" + _der_length(len(key) + 1) + b"\x00" + key
+    return b"\x30" + _der_length(len(alg) + len(bits)) + alg + bits
+
+
+_EC = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
+_P256 = bytes.fromhex("06082a8648ce3d030107")  # its curve parameter: prime256v1
+
+
+def _other_keys() -> dict[str, bytes]:
+    """Public keys a node must refuse, by what is wrong with them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
+
+    def spki(key: Any) -> bytes:
+        return bytes(
+            key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    point = fixed_identity(1).public_key.spki[-65:]  # a P-256 point, uncompressed
+    return {
+        # Curves OpenSSL does not have: cryptography raises UnsupportedAlgorithm.
+        "unknown-curve-prime192v2": _spki(_EC + bytes.fromhex("06082a8648ce3d030102"), point),
+        "unknown-curve-sect163k1": _spki(_EC + bytes.fromhex("06052b81040001"), point),
+        "unknown-curve-sm2": _spki(_EC + bytes.fromhex("06082a811ccf5501822d"), point),
+        "unknown-algorithm": _spki(bytes.fromhex("06092a864886f70d01010b0500"), point),
+        # Keys that parse but are not ES256 or Ed25519.
+        "secp256k1": spki(ec.generate_private_key(ec.SECP256K1()).public_key()),
+        "p384": spki(ec.generate_private_key(ec.SECP384R1()).public_key()),
+        "rsa": spki(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()),
+        "x25519": spki(x25519.X25519PrivateKey.generate().public_key()),
+        "ed448": spki(ed448.Ed448PrivateKey.generate().public_key()),
+        # Bytes that are no key at all.
+        "point-off-the-curve": _spki(_EC + _P256, b"\x04" + bytes(64)),
+        "garbage": b"\x30\x03\x02\x01\x01",
+        "truncated": fixed_identity(1).public_key.spki[:40],
+    }
+
+
+OTHER_KEYS = _other_keys()
+KEY_REASONS = {"UNSUPPORTED_KEY", "INVALID_KEY"}
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not logged, [r.getMessage() for r in logged]
+
+
+async def _raw_status(node: Node, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        rpc = channel.unary_unary(f"/aral.v1.AgentNode/{method}")
+        try:
+            await rpc(request.SerializeToString(), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return err.code(), from_rpc_error(err).reason
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize("shape", sorted(OTHER_KEYS))
+async def test_a_key_the_node_does_not_take_is_refused_cleanly(
+    pair: tuple[Node, Node], shape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In an envelope (the embedded key) and in a handshake (the card's key): the
+    refusal is UNAUTHENTICATED with a reason saying what is wrong with the key."""
+    a, b = pair
+    spki = OTHER_KEYS[shape]
+    message = request(a.identity, b.node_id)
+    message.signature.public_key = spki
+    message.signature.key_id = "k" * 32  # not a key b knows, so it reads the embedded one
+    caplog.set_level(logging.INFO)
+    code, reason = await _raw_status(b, "Invoke", pb.InvokeRequest(message=message))
+    assert (code, reason in KEY_REASONS) == (grpc.StatusCode.UNAUTHENTICATED, True), (code, reason)
+
+    card = pb.NodeCard.FromString(a.card().card)
+    card.public_key = spki
+    hello = pb.Hello(
+        card=pb.SignedNodeCard(card=card.SerializeToString(), signature=a.card().signature),
+        protocol_versions=list(SUPPORTED_VERSIONS),
+        nonce=b"n" * 16,
+        timestamp_unix_ms=SYSTEM_CLOCK.now_ms(),
+    )
+    raw = hello.SerializeToString()
+    handshake = pb.HandshakeRequest(hello=raw, signature=a.identity.sign(pb.PAYLOAD_HELLO, raw))
+    code, reason = await _raw_status(b, "Handshake", handshake)
+    assert (code, reason in KEY_REASONS) == (grpc.StatusCode.UNAUTHENTICATED, True), (code, reason)
+    _no_tracebacks(caplog)
+    await still_serves(a, b)

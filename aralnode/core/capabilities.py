@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -28,6 +28,7 @@ from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
+    AralError,
     CapabilityNotFound,
     InternalError,
     InvalidParameters,
@@ -318,6 +319,63 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
     return request
 
 
+def servicer_failure(ctx: CallContext, exc: Exception) -> AralError | None:
+    """The error a servicer's exception ends its call as, if not itself. An
+    ``AralError`` (an ``abort`` among them) stands. Any other, after ``set_code`` to
+    a failure, is that status with grpc.aio's own details for it ("Unexpected <class
+    ...>: ..."): the servicer said how the call ends. Without one the exception stays
+    as it is, for the pipeline to report (``HANDLER_FAILED``, logged)."""
+    if isinstance(exc, AralError) or ctx.status_code is None:
+        return None
+    ctx.status_details = f"Unexpected {type(exc)}: {exc}"
+    return ctx.status_error()
+
+
+async def call_servicer(
+    impl: Callable[..., Any], request: Any, ctx: CallContext, *, awaits: bool = False
+) -> Any:
+    """``impl(request, ctx)`` (awaited if it gives an awaitable; ``awaits``: it is
+    known to), ending as its status says: ``set_code`` to a failure, or an ``abort``
+    the servicer caught, raises that status's error after it returns."""
+    try:
+        response = impl(request, ctx)
+        if awaits or inspect.isawaitable(response):
+            response = await response
+    except Exception as exc:
+        failure = servicer_failure(ctx, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    if ctx.status_code is not None:
+        error = ctx.status_error()
+        if error is not None:
+            raise error
+    return response
+
+
+def servicer_stream(
+    impl: Callable[[Any, CallContext], AsyncIterator[Message]],
+) -> Callable[[Any, CallContext], AsyncIterator[Message]]:
+    """A streaming servicer method whose status (``set_code``, an ``abort`` it
+    caught, an exception after ``set_code``) ends the stream, as on grpc.aio."""
+
+    async def stream(request: Any, ctx: CallContext) -> AsyncIterator[Message]:
+        try:
+            async for item in impl(request, ctx):
+                yield item
+        except Exception as exc:
+            failure = servicer_failure(ctx, exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        if ctx.status_code is not None:
+            error = ctx.status_error()
+            if error is not None:
+                raise error
+
+    return stream
+
+
 def _method_capability(
     impl: Callable[..., Any], method: MethodDescriptor, risk: str, comments: Mapping[str, str]
 ) -> Capability:
@@ -327,9 +385,20 @@ def _method_capability(
     wants_awaiting = inspect.iscoroutinefunction(impl)
 
     async def native(request: Message, ctx: CallContext) -> Message:
-        response = impl(request, ctx)
-        if wants_awaiting or inspect.isawaitable(response):
-            response = await response
+        # call_servicer, inlined: one coroutine frame less on the hottest user path.
+        try:
+            response = impl(request, ctx)
+            if wants_awaiting or inspect.isawaitable(response):
+                response = await response
+        except Exception as exc:
+            failure = servicer_failure(ctx, exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        if ctx.status_code is not None:  # set_code, or an abort the servicer caught
+            error = ctx.status_error()
+            if error is not None:
+                raise error
         if type(response) is not resp_cls and not isinstance(response, resp_cls):
             raise InternalError(
                 f"{cap_id} returned {type(response).__name__}, not {resp_cls.__name__}",

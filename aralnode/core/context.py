@@ -5,17 +5,24 @@ A door never fills in who the caller is: it says what it knows (``Credentials``:
 the transport peer, a verified envelope signer, a delegation, a TLS certificate, the
 headers) and ``aralnode.service.ContextBuilder`` makes the context; the pipeline's
 authenticate stage then decides the caller and its scopes from the credentials.
+
+A ``CallContext`` is also what a user's protobuf servicer gets as its ``context``,
+on every door. So it speaks grpc.aio's ``ServicerContext`` too, for servicers
+written for grpc.aio: ``abort``, ``abort_with_status``, ``set_code``,
+``set_details``, ``code``, ``details``, ``invocation_metadata``, ``peer``,
+``time_remaining``, ``set_trailing_metadata``, ``trailing_metadata``. Core imports
+no grpc: a ``grpc.StatusCode`` is read by its value, ``(number, name)``.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from aralnode.core.errors import StatusCode, error_from_status
+from aralnode.core.errors import AralError, StatusCode, error_from_status, status_value
 
 ANONYMOUS = "anonymous"
 _TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -39,18 +46,25 @@ class LazyMetadata(Mapping[str, str]):
     pairs (gRPC's ``invocation_metadata``); binary values are left out. Most calls
     never look at their metadata, and reading it costs every call."""
 
-    __slots__ = ("_dict", "_pairs")
+    __slots__ = ("_all", "_dict", "_pairs")
 
     def __init__(self, pairs: Callable[[], Iterable[tuple[str, Any]] | None]) -> None:
         self._pairs: Callable[[], Iterable[tuple[str, Any]] | None] | None = pairs
         self._dict: dict[str, str] = {}
+        self._all: tuple[tuple[str, Any], ...] = ()
 
     def _read(self) -> dict[str, str]:
         pairs = self._pairs
         if pairs is not None:
-            self._dict = {k: v for k, v in (pairs() or ()) if isinstance(v, str)}
+            self._all = tuple(pairs() or ())
+            self._dict = {k: v for k, v in self._all if isinstance(v, str)}
             self._pairs = None  # read once it worked
         return self._dict
+
+    def pairs(self) -> tuple[tuple[str, Any], ...]:
+        """Every (name, value) pair as the transport gave them, binary ones too."""
+        self._read()
+        return self._all
 
     def __getitem__(self, key: str) -> str:
         return self._read()[key]
@@ -63,6 +77,20 @@ class LazyMetadata(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"LazyMetadata({self._read()!r})"
+
+
+class Peer(str):
+    """The caller's transport address: a ``str``, and callable as grpc.aio's
+    ``ServicerContext.peer()`` is, for a servicer written for grpc.aio."""
+
+    __slots__ = ()
+
+    def __call__(self) -> str:
+        return str.__str__(self)
+
+
+NO_PEER = Peer()
+Trailers = tuple[tuple[str, str | bytes], ...]
 
 
 @dataclass(slots=True)
@@ -121,11 +149,15 @@ class CallContext:
             ``None`` only for a context the node's own program made by hand, which
             is trusted as it stands (the in-process door).
         authenticated: The authenticate stage has run on this context.
+        clock: The monotonic clock ``deadline`` is read on (``time_remaining``).
+        status_code: The status a servicer set (``set_code``, ``abort``), as given.
+        status_details: The details a servicer set (``set_details``, ``abort``).
+        trailers: The trailing metadata a servicer set.
     """
 
     door: str
     caller: str = ""
-    peer: str = ""
+    peer: str = NO_PEER
     trace_id: str = field(default_factory=new_trace_id)
     message_id: str = ""
     deadline: float | None = None
@@ -139,6 +171,10 @@ class CallContext:
     flags: list[str] = field(default_factory=list)
     credentials: Credentials | None = None
     authenticated: bool = False
+    clock: Callable[[], float] | None = None
+    status_code: object = None
+    status_details: str = ""
+    trailers: Trailers = ()
 
     @property
     def anonymous(self) -> bool:
@@ -150,6 +186,86 @@ class CallContext:
         """Who the call is for: the delegating principal, else the caller."""
         return self.on_behalf_of or self.caller or ANONYMOUS
 
-    def abort(self, status: StatusCode | int, message: str, *, reason: str = "") -> None:
-        """Fail the call with a canonical status, like ``ServicerContext.abort``."""
-        raise error_from_status(int(status), message, reason=reason)
+    # -- grpc.aio's ServicerContext, for servicers written for it ---------------------
+
+    def abort(
+        self,
+        code: object,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+        *,
+        reason: str = "",
+    ) -> NoReturn:
+        """End the call with a canonical status, as ``ServicerContext.abort`` does:
+        ``code`` a ``grpc.StatusCode``, our ``StatusCode`` or its number. Details
+        and trailing metadata set before stand unless given here. Raises (awaiting
+        it, as a grpc.aio servicer does, is the same: it raises first); a servicer
+        that catches it still ends with this status.
+
+        Raises:
+            AralError: the error for ``code`` (``NotFound`` for NOT_FOUND, ...).
+        """
+        number = status_value(code)
+        if number == StatusCode.OK:  # grpc: "abort() with OK" is UNKNOWN
+            number, code = StatusCode.UNKNOWN, StatusCode.UNKNOWN
+        self.status_code = code
+        if details or not self.status_details:
+            self.status_details = details
+        if trailing_metadata:
+            self.trailers = tuple(trailing_metadata)
+        error = self.status_error(reason=reason)
+        assert error is not None
+        raise error
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        """``abort`` with a ``grpc.Status`` (``code``, ``details``,
+        ``trailing_metadata``: a rich status from ``grpc_status.rpc_status``)."""
+        self.abort(status.code, status.details or "", status.trailing_metadata or ())
+
+    def set_code(self, code: object) -> None:
+        """The status to end with when the servicer returns (grpc's ``set_code``)."""
+        status_value(code)  # refuse what is no status now, not when the call ends
+        self.status_code = code
+
+    def set_details(self, details: str) -> None:
+        self.status_details = details
+
+    def code(self) -> object:
+        """The status set so far, as it was given (``None``: none)."""
+        return self.status_code
+
+    def details(self) -> str:
+        return self.status_details
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        self.trailers = tuple(trailing_metadata)
+
+    def trailing_metadata(self) -> Trailers:
+        return self.trailers
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        """The request's metadata as (name, value) pairs: gRPC's own pairs on the
+        gRPC door (binary values too), the HTTP headers on the HTTP doors."""
+        metadata = self.metadata
+        if isinstance(metadata, LazyMetadata):
+            return metadata.pairs()
+        return tuple(metadata.items())
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the call's deadline (``None``: it has none)."""
+        if self.deadline is None or self.clock is None:
+            return None
+        return max(0.0, self.deadline - self.clock())
+
+    def status_error(self, *, reason: str = "") -> AralError | None:
+        """The error a servicer's own status makes (``None``: it set none, or OK)."""
+        code = self.status_code
+        if code is None:
+            return None
+        number = status_value(code)
+        if number == StatusCode.OK:
+            return None
+        error = error_from_status(number, self.status_details, reason=reason)
+        error.servicer_status = True
+        error.trailing_metadata = self.trailers
+        return error

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import cast
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -27,7 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from aralnode import _proto as pb
-from aralnode.core.errors import KeyMismatch, RateLimited, SignatureInvalid, UnknownKey
+from aralnode.core.errors import (
+    InvalidKey,
+    KeyMismatch,
+    RateLimited,
+    SignatureInvalid,
+    UnknownKey,
+    UnsupportedKey,
+)
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
@@ -60,22 +67,35 @@ def fingerprint_text(spki_der: bytes) -> str:
     return base64.b32encode(fingerprint(spki_der)).decode().rstrip("=").lower()
 
 
+_ACCEPTED = "only P-256 (ES256) and Ed25519 keys are accepted"
+
+
 class PublicKey:
-    """A verified-format public key with its derived id."""
+    """A verified-format public key with its derived id.
+
+    Raises:
+        InvalidKey: the bytes are not a SubjectPublicKeyInfo (or its point is not
+            on its curve).
+        UnsupportedKey: a key of another algorithm or curve, whether or not the
+            cryptography library knows it.
+    """
 
     __slots__ = ("_key", "algorithm", "key_id", "spki")
 
     def __init__(self, spki_der: bytes) -> None:
         try:
             key = serialization.load_der_public_key(spki_der)
-        except (ValueError, TypeError) as exc:
-            raise KeyMismatch("public key is not a valid SubjectPublicKeyInfo") from exc
+        except UnsupportedAlgorithm:
+            # A curve or algorithm OpenSSL does not have: the peer's key, not our bug.
+            raise UnsupportedKey(f"unsupported public key: {_ACCEPTED}") from None
+        except (ValueError, TypeError):
+            raise InvalidKey("public key is not a valid SubjectPublicKeyInfo") from None
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
             self.algorithm = KeyAlgorithm.ES256
         elif isinstance(key, ed25519.Ed25519PublicKey):
             self.algorithm = KeyAlgorithm.ED25519
         else:
-            raise KeyMismatch("unsupported key type: only P-256 (ES256) and Ed25519 are accepted")
+            raise UnsupportedKey(f"unsupported key type {type(key).__name__}: {_ACCEPTED}")
         self._key = key
         self.spki = spki_der
         self.key_id = key_id_for(spki_der)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from aralnode import _proto as pb
 from aralnode.core.clock import Clock
-from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, clean_trace_id
+from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, Peer, clean_trace_id
 
 LOCAL = Credentials(local=True)
 GIVEN = Credentials(given=True)
@@ -25,10 +25,11 @@ TRACE_HEADER = "x-trace-id"
 class ContextBuilder:
     """Makes every door's ``CallContext`` (see the module docstring)."""
 
-    __slots__ = ("clock",)
+    __slots__ = ("clock", "monotonic")
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
+        self.monotonic = clock.monotonic  # bound once: every context carries it
 
     def build(
         self,
@@ -62,13 +63,14 @@ class ContextBuilder:
             trace_id = clean_trace_id(trace_id)
         return CallContext(
             door=door,
-            peer=peer,
+            peer=Peer(peer),  # callable too: a grpc.aio servicer calls context.peer()
             trace_id=trace_id,
             message_id=message_id,
-            deadline=None if timeout is None else self.clock.monotonic() + timeout,
+            deadline=None if timeout is None else self.monotonic() + timeout,
             deadline_enforced=timeout is not None and timeout_enforced,
             metadata=md,
             credentials=credentials,
+            clock=self.monotonic,
         )
 
     def signed(
@@ -111,7 +113,7 @@ class ContextBuilder:
     def channel(self, peer_id: str, header: pb.Header, *, signed: bool) -> CallContext:
         """The context of a request a peer sent over an A2A channel (the session
         authenticated ``peer_id``; a signature on the message makes it its signer)."""
-        ctx = CallContext(door="channel", peer=peer_id)
+        ctx = CallContext(door="channel", peer=Peer(peer_id), clock=self.monotonic)
         return self.signed(
             ctx, header, signed=signed, signer_verified=True, link_peer=peer_id, queued=True
         )
@@ -125,10 +127,16 @@ class ContextBuilder:
         message the program sends gets its own message id as trace)."""
         if ctx is None:
             if trace_id is None:
-                return CallContext(door="local", credentials=LOCAL)
-            return CallContext(door="local", trace_id=trace_id, credentials=LOCAL)
+                return CallContext(door="local", credentials=LOCAL, clock=self.monotonic)
+            return CallContext(
+                door="local", trace_id=trace_id, credentials=LOCAL, clock=self.monotonic
+            )
         if ctx.credentials is None:
             ctx.credentials = GIVEN
+        if ctx.clock is None:
+            ctx.clock = self.monotonic
+        if type(ctx.peer) is not Peer:  # the program's own context, made with a str
+            ctx.peer = Peer(ctx.peer)
         return ctx
 
     def deadline_in(self, ctx: CallContext, timeout: float) -> None:

@@ -38,7 +38,12 @@ from google.protobuf.message import Message
 
 from aralnode._logs import get_logger
 from aralnode.core import codec
-from aralnode.core.capabilities import Capability, CapabilityRegistry, request_from
+from aralnode.core.capabilities import (
+    Capability,
+    CapabilityRegistry,
+    request_from,
+    servicer_stream,
+)
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
@@ -264,9 +269,11 @@ class Pipeline:
         scopes: Sequence[str] = _NO_SCOPES,
     ) -> AsyncIterator[Message]:
         """``stream`` for a protobuf server-streaming method, as every door runs it:
-        ``impl`` runs on ``request``, or on the request a nudge's parameters describe."""
+        ``impl`` runs on ``request``, or on the request a nudge's parameters describe,
+        and ends as the status it sets says (``servicer_stream``)."""
+        run = servicer_stream(impl)
         return self.stream(
-            ctx, method_id, None, lambda value: impl(value, ctx), message=request, scopes=scopes
+            ctx, method_id, None, lambda value: run(value, ctx), message=request, scopes=scopes
         )
 
     def judge_message(

@@ -20,13 +20,19 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
-from aralnode.core.capabilities import ProtoService
+from aralnode.core.capabilities import ProtoService, call_servicer, servicer_stream
 from aralnode.core.context import CallContext, LazyMetadata
-from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, MessageTooLarge
+from aralnode.core.errors import (
+    AralError,
+    InvalidRequest,
+    MalformedMessage,
+    MessageTooLarge,
+    Unauthenticated,
+)
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
-from aralnode.transport.status import abort
+from aralnode.transport.status import abort, abort_method
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ChannelHook = Callable[[AsyncIterator[bytes], Context], Awaitable[None]]
@@ -57,6 +63,28 @@ def call_context(
         timeout_enforced=True,
         trace_id=trace_id,
     )
+
+
+def listing_gate(pipeline: Pipeline, contexts: ContextBuilder) -> Callable[[Context], None]:
+    """What ``listing_requires_auth`` asks of a reflection call: a caller the
+    pipeline's authenticate stage (the same authenticator as on every door) names.
+
+    Raises:
+        Unauthenticated: an anonymous caller (``ANONYMOUS_REFUSED``), or one the
+            authenticator refused.
+    """
+    action = "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+    def gate(context: Context) -> None:
+        ctx = call_context(contexts, context)
+        pipeline.authenticate(ctx, action)
+        if ctx.anonymous:
+            raise Unauthenticated(
+                "this node lists its services to authenticated callers only",
+                reason="ANONYMOUS_REFUSED",
+            )
+
+    return gate
 
 
 class AgentNodeDoor:
@@ -217,15 +245,23 @@ def _method_handler(
     return grpc.unary_unary_rpc_method_handler(_unary_call(m))
 
 
+# A user's method answers as its servicer would on a plain grpc.aio server: the
+# trailing metadata it set goes with the answer, and a status it set itself goes
+# exactly as set (``abort_method``).
+
+
 def _unary_call(m: _Method) -> Unary:
     async def unary(data: bytes, context: Context) -> bytes:
         try:
             request = _parse(m.request_cls, data)
             ctx = call_context(m.contexts, context)
-            return m.serialize(await m.pipeline.invoke_message(ctx, m.cap_id, request))
+            response = m.serialize(await m.pipeline.invoke_message(ctx, m.cap_id, request))
         except AralError as exc:
-            await abort(context, exc)
+            await abort_method(context, exc)
             raise
+        if ctx.trailers:
+            context.set_trailing_metadata(ctx.trailers)
+        return response
 
     return unary
 
@@ -239,7 +275,9 @@ def _server_stream(m: _Method) -> Callable[[bytes, Context], AsyncIterator[bytes
             async for item in items:
                 yield m.serialize(item)
         except AralError as exc:
-            await abort(context, exc)
+            await abort_method(context, exc)
+        if ctx.trailers:
+            context.set_trailing_metadata(ctx.trailers)
 
     return server_stream
 
@@ -251,32 +289,39 @@ def _client_stream(m: _Method) -> Callable[[AsyncIterator[bytes], Context], Awai
         ctx = call_context(m.contexts, context)
 
         async def run(_: Any) -> bytes:
-            return m.serialize(await m.impl(m.parsed(requests), ctx))
+            return m.serialize(await call_servicer(m.impl, m.parsed(requests), ctx))
 
         try:
-            return await m.pipeline.call(
+            response = await m.pipeline.call(
                 ctx, m.cap_id, None, run, risk="unspecified", scopes=m.scopes
             )
         except AralError as exc:
-            await abort(context, exc)
+            await abort_method(context, exc)
             raise
+        if ctx.trailers:
+            context.set_trailing_metadata(ctx.trailers)
+        return response
 
     return client_stream
 
 
 def _bidi(m: _Method) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
+    run = servicer_stream(m.impl)
+
     async def bidi(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        ctx = call_context(m.contexts, context)
         try:
-            ctx = call_context(m.contexts, context)
             items = m.pipeline.stream(
-                ctx, m.cap_id, None, lambda _: m.impl(m.parsed(requests), ctx), scopes=m.scopes
+                ctx, m.cap_id, None, lambda _: run(m.parsed(requests), ctx), scopes=m.scopes
             )
             async for item in items:
                 yield m.serialize(item)
         except AralError as exc:
-            await abort(context, exc)
+            await abort_method(context, exc)
+        if ctx.trailers:
+            context.set_trailing_metadata(ctx.trailers)
 
     return bidi
 
 
-__all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "service_handler"]
+__all__ = ["ENVELOPE_OVERHEAD", "AgentNodeDoor", "call_context", "listing_gate", "service_handler"]

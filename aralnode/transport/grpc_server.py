@@ -1,20 +1,26 @@
 """The gRPC server: one grpc.aio server with the node's doors, health and reflection.
 
 The doors themselves (``aral.v1.AgentNode`` and users' services) are in
-``aralnode.transport.grpc_door``; this module binds, starts and drains the server.
+``aralnode.transport.grpc_door``, health and reflection on raw bytes in
+``aralnode.transport.standard``; this module binds, starts and drains the server.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from aralnode.core.addresses import join_host_port
 from aralnode.transport.health import HealthService
+from aralnode.transport.standard import Gate, standard_handler
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 # Framing around an envelope. The envelope limit is ours to enforce and report with
 # details; grpc's own transport limit (twice that, see ``transport_limit``) only
@@ -47,10 +53,48 @@ def _check_free(host: str, port: int, address: str) -> None:
         raise OSError(failure.errno, f"cannot bind the gRPC door to {address}: {failure.strerror}")
 
 
-class GrpcServer:
-    """A grpc.aio server with AgentNode, health, reflection and users' services."""
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What one outsider may hold of the gRPC port (``NodeConfig``'s ``grpc_*``
+    fields say why each exists). All of them are grpc core's own mechanisms."""
 
-    def __init__(self, *, max_message_bytes: int, keepalive_ms: int) -> None:
+    max_connections: int = 512
+    max_streams_per_connection: int = 100
+    max_concurrent_rpcs: int = 2048
+    handshake_timeout_ms: int = 10_000
+    connection_idle_ms: int = 300_000
+    connection_age_ms: int | None = None
+    connection_age_grace_ms: int = 5_000
+
+    def options(self) -> list[tuple[str, int]]:
+        """The channel arguments that enforce them."""
+        options = [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
+            ("grpc.max_connection_idle_ms", self.connection_idle_ms),
+        ]
+        if self.connection_age_ms is not None:
+            options.append(("grpc.max_connection_age_ms", self.connection_age_ms))
+            options.append(("grpc.max_connection_age_grace_ms", self.connection_age_grace_ms))
+        return options
+
+
+class GrpcServer:
+    """A grpc.aio server with AgentNode, health, reflection and users' services.
+
+    ``listing_gate`` runs before every reflection call (it lists every service and
+    message the node has): it raises to refuse the caller.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        keepalive_ms: int,
+        limits: GrpcLimits = GrpcLimits(),  # frozen: one default shared safely
+        listing_gate: Gate | None = None,
+    ) -> None:
         limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
             options=[
@@ -58,13 +102,21 @@ class GrpcServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.keepalive_time_ms", keepalive_ms),
                 ("grpc.keepalive_timeout_ms", max(keepalive_ms // 2, 1000)),
+                # A client may ping once a second when no data flows; the third ping
+                # sooner ends its connection (GOAWAY too_many_pings): acks to a
+                # client that pings and never reads do not pile up.
                 ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.http2.max_ping_strikes", 2),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.so_reuseport", 0),
-            ]
+                *limits.options(),
+            ],
+            # Past it grpc answers RESOURCE_EXHAUSTED itself, before any handler.
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self.health = HealthService()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.server.add_generic_rpc_handlers((standard_handler(HEALTH, self.health),))
+        self._listing_gate = listing_gate
         self._services: list[str] = []
         self.port = 0
 
@@ -73,8 +125,11 @@ class GrpcServer:
         self._services.append(service_name)
 
     async def start(self, host: str, port: int) -> int:
-        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        names = [*self._services, HEALTH.full_name, REFLECTION.full_name]
+        # grpc-stubs 1.53 does not know the asyncio servicer grpcio-reflection ships.
+        servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+        handler = standard_handler(REFLECTION, servicer, gate=self._listing_gate)
+        self.server.add_generic_rpc_handlers((handler,))
         address = join_host_port(host, port)
         if port:
             _check_free(host, port, address)  # grpc would log its own failure first

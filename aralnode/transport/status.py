@@ -60,6 +60,20 @@ async def abort(
     await context.abort_with_status(to_rpc_status(exc, trace_id=trace_id))  # type: ignore[attr-defined]
 
 
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+async def abort_method(context: grpc.aio.ServicerContext[Any, Any], exc: AralError) -> None:
+    """End a call of a user's own method with ``exc`` (raises). A status its
+    servicer set itself goes as it set it, as on a plain grpc.aio server (code,
+    details, trailing metadata, no ``ErrorInfo`` of ours); the node's refusals as
+    ``abort`` sends them."""
+    if exc.servicer_status:
+        code = _GRPC_CODES[int(exc.status)]
+        await context.abort(code, exc.message, exc.trailing_metadata)
+    await abort(context, exc)
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
     """Rebuild the remote error, with reason and details when the peer sent them."""
     code = err.code()
