@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ipaddress
 import json
 import logging
 import math
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
@@ -287,17 +289,90 @@ class InFlight:
 # -- Host / Origin guard ---------------------------------------------------------------
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ANY_PORT = -1
+# A reg-name (RFC 3986 3.2.2), lower case: no '@' (userinfo), '/', '?', '#' or ':'.
+_REG_NAME = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+Authority = tuple[str, int | None]  # host (lower case, IPv6 in brackets), port or None
 
 
-def _host_matches(host: str, allowed: Iterable[str]) -> bool:
-    for pattern in allowed:
-        if pattern.endswith(":*"):
-            base = pattern[:-2]
-            if host == base or host.startswith(base + ":"):
-                return True
-        elif host == pattern:
-            return True
-    return False
+def parse_authority(text: str) -> Authority | None:
+    """``host[:port]`` as a Host header carries it (RFC 9110 7.2): lower-cased, the
+    port a number; None if it is anything else (userinfo, a path, two ports, an
+    unbracketed IPv6 address...). Parsed, never prefix-matched: ``127.0.0.1:80@evil``
+    names no loopback host."""
+    text = text.lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[: end + 1], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    else:
+        host, sep, port = text.partition(":")
+        if not _REG_NAME.fullmatch(host):
+            return None
+        rest = sep + port
+    if not rest:
+        return host, None
+    if rest[0] != ":" or not _PORT.fullmatch(rest[1:]) or int(rest[1:]) > 65535:
+        return None
+    return host, int(rest[1:])
+
+
+def parse_origin(text: str) -> tuple[str, Authority] | None:
+    """An Origin header (RFC 6454 7): ``scheme://host[:port]`` and nothing more;
+    None for anything else ("null" included)."""
+    scheme, sep, rest = text.lower().partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return None
+    authority = parse_authority(rest)
+    return None if authority is None else (scheme, authority)
+
+
+def _pattern(text: str) -> Authority | None:
+    """An allowed host: ``name``, ``name:port`` or ``name:*`` (any port, or none)."""
+    if text.endswith(":*"):
+        parsed = parse_authority(text[:-2])
+        return None if parsed is None or parsed[1] is not None else (parsed[0], ANY_PORT)
+    return parse_authority(text)
+
+
+def _admits(patterns: frozenset[Authority], authority: Authority) -> bool:
+    return authority in patterns or (authority[0], ANY_PORT) in patterns
+
+
+class AllowedAuthorities:
+    """The hosts (and origins) a node serves, parsed once; a value is admitted only
+    if it parses and names one of them exactly."""
+
+    def __init__(self, hosts: Iterable[str], origins: Iterable[str]) -> None:
+        self.hosts = frozenset(p for p in map(_pattern, hosts) if p is not None)
+        by_scheme: dict[str, set[Authority]] = {}
+        for origin in origins:
+            scheme, sep, rest = origin.lower().rstrip("/").partition("://")
+            pattern = _pattern(rest) if sep else None
+            if pattern is None:
+                log.warning("ignoring allowed origin %r: not scheme://host[:port]", origin)
+                continue
+            by_scheme.setdefault(scheme, set()).add(pattern)
+        self.origins = {k: frozenset(v) for k, v in by_scheme.items()}
+
+    def host(self, value: str) -> bool:
+        authority = parse_authority(value)
+        return authority is not None and _admits(self.hosts, authority)
+
+    def origin(self, value: str) -> bool:
+        parsed = parse_origin(value)
+        if parsed is None:
+            return False
+        patterns = self.origins.get(parsed[0])
+        return patterns is not None and _admits(patterns, parsed[1])
 
 
 class HostGuard:
@@ -319,8 +394,7 @@ class HostGuard:
         now_ms: Callable[[], int],
     ) -> None:
         self.app = app
-        self.allowed_hosts = tuple(allowed_hosts)
-        self.allowed_origins = tuple(allowed_origins)
+        self.allowed = AllowedAuthorities(allowed_hosts, allowed_origins)
         self.now_ms = now_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -354,9 +428,9 @@ class HostGuard:
         await send_body(send, failure.http_status, body, JSON, headers)
 
     def check(self, host: str | None, origin: str | None) -> AralError | None:
-        if not host or not _host_matches(host.lower(), self.allowed_hosts):
+        if not host or not self.allowed.host(host):
             return MisdirectedRequest(f"this node does not serve host {host!r}")
-        if origin and not _host_matches(origin.lower(), self.allowed_origins):
+        if origin and not self.allowed.origin(origin):
             return ForbiddenOrigin(f"requests from origin {origin!r} are not allowed")
         return None
 
