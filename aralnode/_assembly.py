@@ -336,7 +336,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
 
 def _http(node: NodeView, service: NodeService, services: list[ProtoService]) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
-    from aralnode.bridge.http import HttpBridge  # noqa: PLC0415 - see above
+    from aralnode.bridge.http import HttpBridge, HttpLimits  # noqa: PLC0415 - see above
 
     cfg = node.config
     return HttpBridge(
@@ -353,6 +353,12 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
         max_body_bytes=cfg.max_message_bytes,
         version=__version__,
         docs=node._proto_docs,  # comments read once, for capabilities and bridges
+        limits=HttpLimits(
+            parser=cfg.http_parser,
+            max_header_bytes=cfg.http_max_header_bytes,
+            max_headers=cfg.http_max_headers,
+            header_timeout=cfg.http_header_timeout_seconds,
+        ),
     )
 
 

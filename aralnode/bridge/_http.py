@@ -18,7 +18,13 @@ from typing import Any
 
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
-from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
+from aralnode.core.errors import (
+    AralError,
+    DeadlineExceeded,
+    InvalidRequest,
+    MessageTooLarge,
+    PermissionDenied,
+)
 from aralnode.service.context import ContextBuilder
 
 log = logging.getLogger("aralnode.bridge")
@@ -63,6 +69,20 @@ class MisdirectedRequest(InvalidRequest):
     http_status = 421
     code = "misdirected_request"
     default_reason = "HOST_NOT_ALLOWED"
+
+
+class HeadersTooLarge(MessageTooLarge):
+    """A request head over the node's size or field-count limit (431)."""
+
+    http_status = 431
+    default_reason = "HEADERS_TOO_LARGE"
+
+
+class HeaderTimeout(DeadlineExceeded):
+    """A request head that did not arrive in time (408)."""
+
+    http_status = 408
+    default_reason = "HEADER_TIMEOUT"
 
 
 class ForbiddenOrigin(PermissionDenied):
@@ -376,7 +396,8 @@ class AllowedAuthorities:
 
 
 class HostGuard:
-    """Refuses requests whose Host (421) or Origin (403) this node does not serve.
+    """Refuses requests whose Host (421) or Origin (403) this node does not serve, or
+    that carry more header fields than it takes (431), before any door sees them.
 
     A browser page from elsewhere can point its own DNS name at 127.0.0.1 (DNS
     rebinding) and then talk to a local node; the Host header still names the
@@ -392,22 +413,29 @@ class HostGuard:
         allowed_hosts: Iterable[str],
         allowed_origins: Iterable[str],
         now_ms: Callable[[], int],
+        max_headers: int = 100,
+        max_header_bytes: int = 64 * 1024,
     ) -> None:
         self.app = app
         self.allowed = AllowedAuthorities(allowed_hosts, allowed_origins)
         self.now_ms = now_ms
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         host = origin = None
-        for key, value in scope["headers"]:  # one pass: this runs on every request
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for key, value in headers:  # one pass: this runs on every request
+            size += len(key) + len(value)
             if key == b"host":
                 host = value.decode("latin-1")
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        failure = self.check(host, origin)
+        failure = self.check(host, origin) or self.check_head(len(headers), size)
         if failure is None:
             await self.app(scope, receive, send)
             return
@@ -425,7 +453,26 @@ class HostGuard:
         trace = request_id(header(scope, b"x-trace-id"))
         body = dumps(error_body(failure, trace, self.now_ms()))
         headers = id_headers(trace, request_id(header(scope, b"x-request-id")))
+        if isinstance(failure, HeadersTooLarge):
+            headers.append((b"connection", b"close"))  # as the protocol's own refusal
         await send_body(send, failure.http_status, body, JSON, headers)
+
+    def check_head(self, count: int, size: int) -> AralError | None:
+        """The head's bounds once more, as the application sees it: the protocol
+        stops an endless head while it arrives (``_server.py``), but h11 takes a
+        whole head over its limit that came in one read, and counts no fields."""
+        if count > self.max_headers:
+            return HeadersTooLarge(
+                f"the request has more than {self.max_headers} header fields",
+                reason="TOO_MANY_HEADERS",
+                details={"limit": self.max_headers},
+            )
+        if size > self.max_header_bytes:
+            return HeadersTooLarge(
+                f"the request head is over the limit of {self.max_header_bytes} bytes",
+                details={"limit": self.max_header_bytes},
+            )
+        return None
 
     def check(self, host: str | None, origin: str | None) -> AralError | None:
         if not host or not self.allowed.host(host):
