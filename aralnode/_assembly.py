@@ -271,7 +271,7 @@ def _around_hub(
         info=facts,
         pipeline=node.pipeline,
         contexts=node.contexts,
-        forward=Forwarder(node.pipeline, send),
+        forward=Forwarder(node.pipeline, send, default_timeout=cfg.forward_timeout_seconds),
         envelopes=Envelopes(
             identity=node.identity,
             keyring=node.keyring,

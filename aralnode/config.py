@@ -72,6 +72,11 @@ class NodeConfig:
         http_max_headers: Most header fields in one request (431 beyond).
         http_header_timeout_seconds: Time a connection has, from its start or a
             request's first byte, to send a whole request head (408 after, closed).
+        max_concurrent_per_caller: Calls one caller may run at once, on every door
+            together (None: a quarter of ``max_concurrent``). A caller is its
+            verified identity, else its address (see ``service.stages.share_key``).
+        forward_timeout_seconds: Deadline of a call forwarded to a peer when its
+            caller named none.
     """
 
     name: str = "aralnode"
@@ -105,6 +110,8 @@ class NodeConfig:
     http_max_header_bytes: int = 64 * 1024
     http_max_headers: int = 100
     http_header_timeout_seconds: float = 10.0
+    max_concurrent_per_caller: int | None = None
+    forward_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -151,6 +158,10 @@ class NodeConfig:
             raise ValueError("http_max_headers must be at least 8")
         if not 0 < self.http_header_timeout_seconds <= 3600:
             raise ValueError("http_header_timeout_seconds must be in (0, 3600]")
+        if self.max_concurrent_per_caller is not None and self.max_concurrent_per_caller < 1:
+            raise ValueError("max_concurrent_per_caller must be at least 1 (or None)")
+        if not 0 < self.forward_timeout_seconds <= 86_400:
+            raise ValueError("forward_timeout_seconds must be in (0, 86400]")
 
     @property
     def bind_host(self) -> str:

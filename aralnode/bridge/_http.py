@@ -20,6 +20,7 @@ from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
     AralError,
+    Cancelled,
     DeadlineExceeded,
     InvalidRequest,
     MessageTooLarge,
@@ -263,6 +264,57 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return out
 
 
+# -- a call ends with its client ----------------------------------------------------------
+
+
+class ClientGone(Cancelled):
+    """The HTTP client went away while its call ran: the call was cancelled."""
+
+    default_reason = "CLIENT_DISCONNECTED"
+
+
+class DisconnectWatch:
+    """Cancels the task it is entered in once the HTTP client goes away, so that a
+    call nobody waits for any more ends, and gives its slot back; raises
+    ``ClientGone`` out of the block then.
+
+    Enter it once the request body has been read: from then on, the only message
+    ``receive`` can give is ``http.disconnect``. Used as::
+
+        async with DisconnectWatch(receive):
+            response = await call(ctx, request)
+    """
+
+    __slots__ = ("_done", "_receive", "_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = False
+        self._done = False
+
+    async def __aenter__(self) -> DisconnectWatch:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self._done:
+            self.gone = True
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._done = True
+        self._watcher.cancel()
+        # Our cancellation, not anyone else's (a stopping server's): say so.
+        ours = self.gone and self._task.uncancel() == 0
+        if ours and exc_type is asyncio.CancelledError:
+            raise ClientGone("the client went away before its call ended") from None
+
+
 # -- draining ------------------------------------------------------------------------------
 
 
@@ -279,14 +331,21 @@ class InFlight:
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
-        self.count += 1
-        self._idle.clear()
+        self.begin()
         try:
             yield
         finally:
-            self.count -= 1
-            if not self.count:
-                self._idle.set()
+            self.end()
+
+    def begin(self) -> None:
+        """One more call (``end`` when it answered)."""
+        self.count += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
 
     def cut(self) -> None:
         """Stop waiting for the calls (the node stops now)."""

@@ -37,7 +37,7 @@ from aralnode import _proto as pb
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
-from aralnode.core.errors import AralError, InternalError, InvalidRequest
+from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
 from aralnode.service.node_service import NodeService
@@ -49,6 +49,9 @@ CHANNELS = ("peers", "capabilities", "decisions", "status")
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
 QUEUE_SIZE = 256
+# Invokes a socket may have waiting behind the one that runs (a socket runs one at a
+# time); more are refused, so that a client cannot queue unbounded work.
+PENDING_INVOKES = 16
 
 
 class Subscriber:
@@ -184,6 +187,7 @@ class WsDoor:
             ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
         )
         sender = asyncio.create_task(self._pump(conn))
+        invoker = asyncio.create_task(self._invoker(conn))
         try:
             while True:
                 message = await ws.receive()
@@ -207,9 +211,29 @@ class WsDoor:
             pass
         finally:
             self.hub.subscribers.discard(conn.sub)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            # The client is gone: so are its calls (the one running is cancelled,
+            # and gives its slot back; those waiting never run).
+            for task in (invoker, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            while not conn.invokes.empty():
+                conn.invokes.get_nowait()
+                self.inflight.end()
+
+    async def _invoker(self, conn: _Connection) -> None:
+        """Runs the socket's invokes one after the other, while the socket keeps
+        being read (so that a client that goes away is noticed at once)."""
+        while True:
+            msg, ctx = await conn.invokes.get()
+            try:
+                try:
+                    reply = await self._invoke(msg, ctx)
+                except AralError as exc:
+                    reply = _error(exc, msg.get("id"), self.clock.now_ms(), ctx.trace_id)
+                await conn.reply(reply)
+            finally:
+                self.inflight.end()
 
     async def _pump(self, conn: _Connection) -> None:
         while True:
@@ -245,7 +269,9 @@ class WsDoor:
                 return await self._status(ctx)
             if kind == "invoke":
                 assert ctx is not None
-                return await self._invoke(msg, ctx)
+                conn.enqueue(msg, ctx)
+                self.inflight.begin()  # until its reply is sent (``_invoker``)
+                return None
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
             trace = ctx.trace_id if ctx is not None else None
@@ -330,13 +356,31 @@ class WsDoor:
 class _Connection:
     """One client: its event subscription, and the lock every frame is sent under."""
 
-    __slots__ = ("dropped_event", "lock", "sub", "ws")
+    __slots__ = ("dropped_event", "invokes", "lock", "sub", "ws")
 
     def __init__(self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]]) -> None:
         self.ws = ws
         self.sub = Subscriber()
         self.lock = asyncio.Lock()
         self.dropped_event = dropped_event
+        self.invokes: asyncio.Queue[tuple[dict[str, Any], CallContext]] = asyncio.Queue(
+            PENDING_INVOKES
+        )
+
+    def enqueue(self, msg: dict[str, Any], ctx: CallContext) -> None:
+        """Queue an invoke for the socket's invoker.
+
+        Raises:
+            RateLimited: ``PENDING_INVOKES`` already wait.
+        """
+        try:
+            self.invokes.put_nowait((msg, ctx))
+        except asyncio.QueueFull:
+            raise RateLimited(
+                f"{PENDING_INVOKES} invokes already wait on this socket",
+                reason="TOO_MANY_PENDING",
+                retry_after=0.05,
+            ) from None
 
     async def reply(self, message: dict[str, Any]) -> None:
         """Send a reply: waits for the socket rather than dropping anything.
