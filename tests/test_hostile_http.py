@@ -21,6 +21,7 @@ from mcp import Client
 
 from aralnode import AralError, Node, NodeClient
 from aralnode.bridge._http import AllowedAuthorities, parse_authority, parse_origin
+from aralnode.bridge.ws import Subscriber
 from tests.hostile import DEMO, MIB, NodeProcess
 
 # -- Host and Origin are parsed, not prefix-matched (item 13) -----------------------------
@@ -423,3 +424,39 @@ async def test_one_client_cannot_hold_every_slot(
         print(f"RSS +{grown / MIB:.1f} MiB, fds {fds} -> {node.fds()}")
         assert grown < 32 * MIB
         assert node.fds() <= fds + 5
+
+
+# -- the decision feed costs a call nothing it is not owed (item 12) ----------------------
+
+
+async def test_idle_subscribers_cost_a_call_nothing(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many anonymous sockets subscribed to every channel, and calls by someone
+    else: no call hands any of them anything (a call's decision goes to those
+    entitled to it, found without looking at the others)."""
+    offered = 0
+    real_offer = Subscriber.offer
+
+    def offer(self: Subscriber, message: dict[str, Any]) -> None:
+        nonlocal offered
+        offered += 1
+        real_offer(self, message)
+
+    monkeypatch.setattr(Subscriber, "offer", offer)
+    node = make_node("feed", http_port=0)
+    async with node, contextlib.AsyncExitStack() as stack:
+        url = f"ws://127.0.0.1:{node.http_port}/ws"
+        sockets = [await stack.enter_async_context(websockets.connect(url)) for _ in range(150)]
+        for ws in sockets:
+            await ws.send(json.dumps({"type": "subscribe", "channels": ["events"]}))
+        for ws in sockets:  # subscribed, and the status snapshot
+            async with asyncio.timeout(10):
+                while json.loads(await ws.recv()).get("event") != "status":
+                    pass
+        offered = 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+            for _ in range(20):
+                call = {"call": {"capability": "demo.echo", "parameters": {"text": "x"}}}
+                assert (await http.post("/v1/invoke", json=call)).status_code == 200
+        assert offered == 0
