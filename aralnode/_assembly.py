@@ -271,7 +271,7 @@ def _around_hub(
         info=facts,
         pipeline=node.pipeline,
         contexts=node.contexts,
-        forward=Forwarder(node.pipeline, send),
+        forward=Forwarder(node.pipeline, send, default_timeout=cfg.forward_timeout_seconds),
         envelopes=Envelopes(
             identity=node.identity,
             keyring=node.keyring,
@@ -361,7 +361,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
 
 def _http(node: NodeView, service: NodeService, services: list[ProtoService]) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
-    from aralnode.bridge.http import HttpBridge  # noqa: PLC0415 - see above
+    from aralnode.bridge.http import HttpBridge, HttpLimits  # noqa: PLC0415 - see above
 
     cfg = node.config
     return HttpBridge(
@@ -378,6 +378,12 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
         max_body_bytes=cfg.max_message_bytes,
         version=__version__,
         docs=node._proto_docs,  # comments read once, for capabilities and bridges
+        limits=HttpLimits(
+            parser=cfg.http_parser,
+            max_header_bytes=cfg.http_max_header_bytes,
+            max_headers=cfg.http_max_headers,
+            header_timeout=cfg.http_header_timeout_seconds,
+        ),
     )
 
 

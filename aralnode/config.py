@@ -12,6 +12,7 @@ from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
 from aralnode.core.identity import KeyAlgorithm
 
 DISCOVERY_MODES = ("mdns", "static", "none")
+HTTP_PARSERS = ("auto", "httptools", "h11")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
 
@@ -79,6 +80,18 @@ class NodeConfig:
         grpc_connection_age_ms: Close every connection after this long, gracefully
             (``drain_seconds``); ``None``: never (A2A channels are long-lived
             streams, and end with their connection).
+        http_parser: The HTTP/1.1 parser of the HTTP port: "httptools", "h11", or
+            "auto" (httptools when installed); both are held to the bounds below.
+        http_max_header_bytes: Largest request head (request line and header fields)
+            the HTTP port reads; a larger one gets 431 and the connection is closed.
+        http_max_headers: Most header fields in one request (431 beyond).
+        http_header_timeout_seconds: Time a connection has, from its start or a
+            request's first byte, to send a whole request head (408 after, closed).
+        max_concurrent_per_caller: Calls one caller may run at once, on every door
+            together (None: a quarter of ``max_concurrent``). A caller is its
+            verified identity, else its address (see ``service.stages.share_key``).
+        forward_timeout_seconds: Deadline of a call forwarded to a peer when its
+            caller named none.
     """
 
     name: str = "aralnode"
@@ -115,6 +128,13 @@ class NodeConfig:
     grpc_handshake_timeout_ms: int = 10_000
     grpc_connection_idle_ms: int = 300_000
     grpc_connection_age_ms: int | None = None
+    # -- group "http": resources and trust on the HTTP doors --------------------------
+    http_parser: str = "auto"
+    http_max_header_bytes: int = 64 * 1024
+    http_max_headers: int = 100
+    http_header_timeout_seconds: float = 10.0
+    max_concurrent_per_caller: int | None = None
+    forward_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -150,6 +170,22 @@ class NodeConfig:
                     f"{node_id!r} is not a node id (32 lower-case base32 characters, as "
                     "'aralnode status' shows them): a grant to it would reach nobody"
                 )
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """The HTTP group's bounds."""
+        if self.http_parser not in HTTP_PARSERS:
+            raise ValueError(f"http_parser must be one of {', '.join(HTTP_PARSERS)}")
+        if self.http_max_header_bytes < 1024:
+            raise ValueError("http_max_header_bytes must be at least 1024")
+        if self.http_max_headers < 8:
+            raise ValueError("http_max_headers must be at least 8")
+        if not 0 < self.http_header_timeout_seconds <= 3600:
+            raise ValueError("http_header_timeout_seconds must be in (0, 3600]")
+        if self.max_concurrent_per_caller is not None and self.max_concurrent_per_caller < 1:
+            raise ValueError("max_concurrent_per_caller must be at least 1 (or None)")
+        if not 0 < self.forward_timeout_seconds <= 86_400:
+            raise ValueError("forward_timeout_seconds must be in (0, 86400]")
 
     def _check_grpc_bounds(self) -> None:
         for name in (

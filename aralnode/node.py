@@ -125,6 +125,7 @@ class Node:
                 governance=governance,
                 allow_anonymous=cfg.allow_unsigned,
                 max_concurrent=cfg.max_concurrent,
+                max_concurrent_per_caller=cfg.max_concurrent_per_caller,
                 checks=checks,
                 audit=audit,
             ),

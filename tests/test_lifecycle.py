@@ -97,7 +97,7 @@ async def test_deadline_stops_the_handler(
 
 
 async def test_concurrency_limit_answers_resource_exhausted(make_node: Callable[..., Node]) -> None:
-    node = make_node("busy", demo=False, max_concurrent=2)
+    node = make_node("busy", demo=False, max_concurrent=2, max_concurrent_per_caller=2)
     entered, release = asyncio.Semaphore(0), asyncio.Event()
 
     @node.capability(id="hold")

@@ -41,6 +41,7 @@ from aralnode.service.stages import (
     PostCheck,
     RateLimit,
     Stages,
+    share_key,
 )
 
 NODE = "n" * 32
@@ -150,7 +151,7 @@ def test_authorize_names_the_missing_scopes() -> None:
 
 def test_rate_limit_refuses_the_excess_with_a_retry_hint() -> None:
     counters: Counter[str] = Counter()
-    stage = RateLimit(2, counters)
+    stage = RateLimit(2, counters, per_caller=2)  # one caller may take every slot here
     ctx = ctx_with()
     stage.enter(ctx)
     stage.enter(ctx)
@@ -161,6 +162,57 @@ def test_rate_limit_refuses_the_excess_with_a_retry_hint() -> None:
     stage.leave(ctx)
     stage.enter(ctx)
     assert (stage.in_flight, counters["invoke.rejected"]) == (2, 1)
+
+
+def at(peer: str, caller: str = "", **credentials: Any) -> CallContext:
+    """A context from transport address ``peer``, as authenticate left it."""
+    ctx = BUILDER.build("rest", peer=peer, credentials=Credentials(**credentials))
+    ctx.caller = caller
+    return ctx
+
+
+def test_one_caller_gets_its_share_of_the_slots_and_no_more() -> None:
+    """The share is per caller, whichever door or connection it calls from: a
+    second connection (another port) is the same caller, another address is not."""
+    counters: Counter[str] = Counter()
+    stage = RateLimit(8, counters)  # a quarter each: 2
+    first, second = at("127.0.0.2:4000"), at("ipv4:127.0.0.2:4001")
+    stage.enter(first)
+    stage.enter(second)
+    with pytest.raises(RateLimited) as info:
+        stage.enter(at("127.0.0.2:4002"))
+    assert info.value.reason == "CALLER_CONCURRENCY_LIMIT"
+    assert info.value.retry_after is not None
+    stage.enter(at("127.0.0.3:4000"))  # someone else
+    stage.enter(ctx_with(local=True))  # the node's own program keeps to no share
+    stage.leave(first)
+    stage.enter(at("127.0.0.2:4003"))
+    assert (stage.in_flight, stage.held(first), counters["invoke.rejected_caller"]) == (4, 2, 1)
+    for ctx in (second, at("127.0.0.2:4003"), at("127.0.0.3:4000"), ctx_with(local=True)):
+        stage.leave(ctx)
+    assert (stage.in_flight, stage.held(first)) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("ctx", "key"),
+    [
+        (ctx_with(local=True), ""),
+        (ctx_with(given=True), ""),
+        (at("127.0.0.1:5000"), "addr:127.0.0.1"),
+        (at("ipv4:10.0.0.1:5000"), "addr:10.0.0.1"),
+        (at("ipv6:%5B2001:db8::1%5D:5000"), "addr:2001:db8::/64"),
+        (at("[2001:db8::2:1]:5000"), "addr:2001:db8::/64"),
+        (at("unix:/tmp/node.sock"), "addr:unix:/tmp/node.sock"),
+        # a key a handshake pinned, a channel peer, an authenticator's principal
+        (at("127.0.0.1:1", PEER, signer=PEER, signer_verified=True), f"caller:{PEER}"),
+        (at(PEER, PEER, link_peer=PEER), f"caller:{PEER}"),
+        (at("127.0.0.1:1", "alice"), "caller:alice"),
+        # a key anyone can make up counts as its address
+        (at("127.0.0.1:1", PEER, signer=PEER), "addr:127.0.0.1"),
+    ],
+)
+def test_a_caller_is_its_verified_identity_else_its_address(ctx: CallContext, key: str) -> None:
+    assert share_key(ctx) == key
 
 
 # -- govern --------------------------------------------------------------------------

@@ -8,13 +8,22 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from aralnode import Node
-from aralnode.bridge.ws import CHANNELS, QUEUE_SIZE, EventHub, WsDoor
+from aralnode import Authenticated, CallContext, Credentials, Node
+from aralnode.bridge.ws import (
+    CHANNELS,
+    DECISIONS_SCOPE,
+    QUEUE_SIZE,
+    EventHub,
+    Subscriber,
+    WsDoor,
+)
 from aralnode.core.governance import Action, Decision, Rule, RuleEvaluator, Verdict
+from tests.conftest import DEMO
 
 
 @pytest.fixture
@@ -338,3 +347,78 @@ async def test_each_message_has_its_own_trace_and_errors_carry_it(node: Node) ->
     assert error["type"] == "error"
     assert error["error"]["trace_id"] == "t-3"
     assert error["error"]["reason"] == "CAPABILITY_NOT_FOUND"
+
+
+class Users:
+    """Names the caller after ``x-user``; ``x-user: auditor`` also holds the scope
+    that shows every caller's decisions."""
+
+    def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        user = ctx.metadata.get("x-user", "")
+        scopes = frozenset({DECISIONS_SCOPE}) if user == "auditor" else frozenset()
+        return Authenticated(user, scopes)
+
+
+async def decisions_until_pong(ws: ClientConnection) -> list[dict[str, Any]]:
+    """The decision events a socket has been sent so far (a pong follows them all)."""
+    await send(ws, {"type": "ping", "id": "flush"})
+    seen = []
+    async with asyncio.timeout(10):
+        while (message := json.loads(await ws.recv())).get("type") != "pong":
+            if message.get("event") == "decision_made":
+                seen.append(message["data"])
+    return seen
+
+
+async def test_decisions_go_only_to_callers_entitled_to_them(
+    make_node: Callable[..., Node],
+) -> None:
+    """An anonymous subscriber sees the decisions on its own socket's calls; an
+    authenticated one also its own calls on any door; only a holder of
+    ``aral:decisions`` sees everyone's."""
+    plain = make_node("entitled", http_port=0)
+    node = Node(plain.config, authenticator=Users())
+    node.load(DEMO)
+    echo = {"capability": "demo.echo", "parameters": {"text": "x"}}
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        url = ws_url(node)
+        async with (
+            connect(url) as anonymous,
+            connect(url, additional_headers={"x-user": "alice"}) as alice,
+            connect(url, additional_headers={"x-user": "auditor"}) as auditor,
+        ):
+            for ws in (anonymous, alice, auditor):
+                await send(ws, {"type": "subscribe", "channels": ["decisions"]})
+                await recv_until(ws, lambda m: m["type"] == "subscribed")
+            await send(anonymous, {"type": "invoke", "id": 1, **echo})
+            own = await recv_until(anonymous, event("decision_made"))  # before its result
+            await recv_until(anonymous, lambda m: m["type"] == "result")
+            for user in ("", "alice", "bob"):
+                headers = {"x-user": user} if user else {}
+                answer = await http.post("/v1/invoke", json={"call": echo}, headers=headers)
+                assert answer.status_code == 200
+            seen = {}
+            for name, ws in (("anonymous", anonymous), ("alice", alice), ("auditor", auditor)):
+                seen[name] = [(d["door"], d["caller"]) for d in await decisions_until_pong(ws)]
+    assert (own["data"]["door"], own["data"]["caller"]) == ("ws", "")  # its own call
+    assert seen["anonymous"] == []  # and nobody else's
+    assert seen["alice"] == [("rest", "alice")]
+    assert seen["auditor"] == [("ws", ""), ("rest", ""), ("rest", "alice"), ("rest", "bob")]
+
+
+async def test_the_pipeline_is_watched_only_while_someone_follows_decisions(
+    node: Node,
+) -> None:
+    hub = node.parts.http.hub
+    listeners = node.pipeline.verdict_listeners
+    assert listeners == []  # subscribers to other channels do not need verdicts
+    ctx = node.contexts.build("ws", peer="127.0.0.1:1")
+    node.pipeline.authenticate(ctx, "aral.ws/Subscribe")
+    sub = Subscriber()
+    hub.subscribe(sub, {"peers", "decisions"}, ctx)
+    assert listeners == [hub._verdict]
+    hub.unsubscribe(sub, {"decisions"})
+    assert listeners == []
+    assert sub.channels == {"peers"}
+    hub.remove(sub)
+    assert not hub.subscribers

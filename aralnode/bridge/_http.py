@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ipaddress
 import json
 import math
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
@@ -16,7 +18,14 @@ from typing import Any
 from aralnode._logs import get_logger
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
-from aralnode.core.errors import AralError, InvalidRequest, MessageTooLarge, PermissionDenied
+from aralnode.core.errors import (
+    AralError,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    MessageTooLarge,
+    PermissionDenied,
+)
 from aralnode.service.context import ContextBuilder
 
 log = get_logger("aralnode.bridge")
@@ -61,6 +70,20 @@ class MisdirectedRequest(InvalidRequest):
     http_status = 421
     code = "misdirected_request"
     default_reason = "HOST_NOT_ALLOWED"
+
+
+class HeadersTooLarge(MessageTooLarge):
+    """A request head over the node's size or field-count limit (431)."""
+
+    http_status = 431
+    default_reason = "HEADERS_TOO_LARGE"
+
+
+class HeaderTimeout(DeadlineExceeded):
+    """A request head that did not arrive in time (408)."""
+
+    http_status = 408
+    default_reason = "HEADER_TIMEOUT"
 
 
 class ForbiddenOrigin(PermissionDenied):
@@ -241,6 +264,57 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return out
 
 
+# -- a call ends with its client ----------------------------------------------------------
+
+
+class ClientGone(Cancelled):
+    """The HTTP client went away while its call ran: the call was cancelled."""
+
+    default_reason = "CLIENT_DISCONNECTED"
+
+
+class DisconnectWatch:
+    """Cancels the task it is entered in once the HTTP client goes away, so that a
+    call nobody waits for any more ends, and gives its slot back; raises
+    ``ClientGone`` out of the block then.
+
+    Enter it once the request body has been read: from then on, the only message
+    ``receive`` can give is ``http.disconnect``. Used as::
+
+        async with DisconnectWatch(receive):
+            response = await call(ctx, request)
+    """
+
+    __slots__ = ("_done", "_receive", "_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = False
+        self._done = False
+
+    async def __aenter__(self) -> DisconnectWatch:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self._done:
+            self.gone = True
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._done = True
+        self._watcher.cancel()
+        # Our cancellation, not anyone else's (a stopping server's): say so.
+        ours = self.gone and self._task.uncancel() == 0
+        if ours and exc_type is asyncio.CancelledError:
+            raise ClientGone("the client went away before its call ended") from None
+
+
 # -- draining ------------------------------------------------------------------------------
 
 
@@ -257,14 +331,21 @@ class InFlight:
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
-        self.count += 1
-        self._idle.clear()
+        self.begin()
         try:
             yield
         finally:
-            self.count -= 1
-            if not self.count:
-                self._idle.set()
+            self.end()
+
+    def begin(self) -> None:
+        """One more call (``end`` when it answered)."""
+        self.count += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
 
     def cut(self) -> None:
         """Stop waiting for the calls (the node stops now)."""
@@ -287,21 +368,95 @@ class InFlight:
 # -- Host / Origin guard ---------------------------------------------------------------
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ANY_PORT = -1
+# A reg-name (RFC 3986 3.2.2), lower case: no '@' (userinfo), '/', '?', '#' or ':'.
+_REG_NAME = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+Authority = tuple[str, int | None]  # host (lower case, IPv6 in brackets), port or None
 
 
-def _host_matches(host: str, allowed: Iterable[str]) -> bool:
-    for pattern in allowed:
-        if pattern.endswith(":*"):
-            base = pattern[:-2]
-            if host == base or host.startswith(base + ":"):
-                return True
-        elif host == pattern:
-            return True
-    return False
+def parse_authority(text: str) -> Authority | None:
+    """``host[:port]`` as a Host header carries it (RFC 9110 7.2): lower-cased, the
+    port a number; None if it is anything else (userinfo, a path, two ports, an
+    unbracketed IPv6 address...). Parsed, never prefix-matched: ``127.0.0.1:80@evil``
+    names no loopback host."""
+    text = text.lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[: end + 1], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    else:
+        host, sep, port = text.partition(":")
+        if not _REG_NAME.fullmatch(host):
+            return None
+        rest = sep + port
+    if not rest:
+        return host, None
+    if rest[0] != ":" or not _PORT.fullmatch(rest[1:]) or int(rest[1:]) > 65535:
+        return None
+    return host, int(rest[1:])
+
+
+def parse_origin(text: str) -> tuple[str, Authority] | None:
+    """An Origin header (RFC 6454 7): ``scheme://host[:port]`` and nothing more;
+    None for anything else ("null" included)."""
+    scheme, sep, rest = text.lower().partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return None
+    authority = parse_authority(rest)
+    return None if authority is None else (scheme, authority)
+
+
+def _pattern(text: str) -> Authority | None:
+    """An allowed host: ``name``, ``name:port`` or ``name:*`` (any port, or none)."""
+    if text.endswith(":*"):
+        parsed = parse_authority(text[:-2])
+        return None if parsed is None or parsed[1] is not None else (parsed[0], ANY_PORT)
+    return parse_authority(text)
+
+
+def _admits(patterns: frozenset[Authority], authority: Authority) -> bool:
+    return authority in patterns or (authority[0], ANY_PORT) in patterns
+
+
+class AllowedAuthorities:
+    """The hosts (and origins) a node serves, parsed once; a value is admitted only
+    if it parses and names one of them exactly."""
+
+    def __init__(self, hosts: Iterable[str], origins: Iterable[str]) -> None:
+        self.hosts = frozenset(p for p in map(_pattern, hosts) if p is not None)
+        by_scheme: dict[str, set[Authority]] = {}
+        for origin in origins:
+            scheme, sep, rest = origin.lower().rstrip("/").partition("://")
+            pattern = _pattern(rest) if sep else None
+            if pattern is None:
+                log.warning("ignoring allowed origin %r: not scheme://host[:port]", origin)
+                continue
+            by_scheme.setdefault(scheme, set()).add(pattern)
+        self.origins = {k: frozenset(v) for k, v in by_scheme.items()}
+
+    def host(self, value: str) -> bool:
+        authority = parse_authority(value)
+        return authority is not None and _admits(self.hosts, authority)
+
+    def origin(self, value: str) -> bool:
+        parsed = parse_origin(value)
+        if parsed is None:
+            return False
+        patterns = self.origins.get(parsed[0])
+        return patterns is not None and _admits(patterns, parsed[1])
 
 
 class HostGuard:
-    """Refuses requests whose Host (421) or Origin (403) this node does not serve.
+    """Refuses requests whose Host (421) or Origin (403) this node does not serve, or
+    that carry more header fields than it takes (431), before any door sees them.
 
     A browser page from elsewhere can point its own DNS name at 127.0.0.1 (DNS
     rebinding) and then talk to a local node; the Host header still names the
@@ -317,23 +472,29 @@ class HostGuard:
         allowed_hosts: Iterable[str],
         allowed_origins: Iterable[str],
         now_ms: Callable[[], int],
+        max_headers: int = 100,
+        max_header_bytes: int = 64 * 1024,
     ) -> None:
         self.app = app
-        self.allowed_hosts = tuple(allowed_hosts)
-        self.allowed_origins = tuple(allowed_origins)
+        self.allowed = AllowedAuthorities(allowed_hosts, allowed_origins)
         self.now_ms = now_ms
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         host = origin = None
-        for key, value in scope["headers"]:  # one pass: this runs on every request
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for key, value in headers:  # one pass: this runs on every request
+            size += len(key) + len(value)
             if key == b"host":
                 host = value.decode("latin-1")
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        failure = self.check(host, origin)
+        failure = self.check(host, origin) or self.check_head(len(headers), size)
         if failure is None:
             await self.app(scope, receive, send)
             return
@@ -351,12 +512,31 @@ class HostGuard:
         trace = request_id(header(scope, b"x-trace-id"))
         body = dumps(error_body(failure, trace, self.now_ms()))
         headers = id_headers(trace, request_id(header(scope, b"x-request-id")))
+        if isinstance(failure, HeadersTooLarge):
+            headers.append((b"connection", b"close"))  # as the protocol's own refusal
         await send_body(send, failure.http_status, body, JSON, headers)
 
+    def check_head(self, count: int, size: int) -> AralError | None:
+        """The head's bounds once more, as the application sees it: the protocol
+        stops an endless head while it arrives (``_server.py``), but h11 takes a
+        whole head over its limit that came in one read, and counts no fields."""
+        if count > self.max_headers:
+            return HeadersTooLarge(
+                f"the request has more than {self.max_headers} header fields",
+                reason="TOO_MANY_HEADERS",
+                details={"limit": self.max_headers},
+            )
+        if size > self.max_header_bytes:
+            return HeadersTooLarge(
+                f"the request head is over the limit of {self.max_header_bytes} bytes",
+                details={"limit": self.max_header_bytes},
+            )
+        return None
+
     def check(self, host: str | None, origin: str | None) -> AralError | None:
-        if not host or not _host_matches(host.lower(), self.allowed_hosts):
+        if not host or not self.allowed.host(host):
             return MisdirectedRequest(f"this node does not serve host {host!r}")
-        if origin and not _host_matches(origin.lower(), self.allowed_origins):
+        if origin and not self.allowed.origin(origin):
             return ForbiddenOrigin(f"requests from origin {origin!r} are not allowed")
         return None
 

@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvicorn
 
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
+from aralnode.bridge._server import HeadLimits, protocol_class
 from aralnode.bridge.mcp import LocalTools, McpHttp, build_server, http_context
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
 from aralnode.bridge.rest import RestDoor
@@ -39,6 +41,21 @@ log = get_logger("aralnode.http")
 Route = Callable[[], tuple[bytes, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What the HTTP port grants any one client (``NodeConfig``'s "http" group).
+
+    Attributes:
+        parser: "httptools", "h11" or "auto".
+        max_header_bytes / max_headers / header_timeout: Bounds on a request head.
+    """
+
+    parser: str = "auto"
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+
+
 class HttpBridge:
     """Every HTTP door of one node.
 
@@ -53,6 +70,7 @@ class HttpBridge:
         max_body_bytes: Largest request body, and largest WebSocket frame a client sends.
         forward_peer_tools: List connected peers' capabilities as MCP tools.
         docs: Proto comments already read (the node's), so files are read once.
+        limits: What any one client may make the port hold (``HttpLimits``).
     """
 
     def __init__(
@@ -68,8 +86,10 @@ class HttpBridge:
         forward_peer_tools: bool = True,
         version: str = "",
         docs: ProtoComments,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.service = service
+        self.limits = limits or HttpLimits()
         self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
         self.targets: list[Target] = build_targets(service, services)
@@ -103,10 +123,7 @@ class HttpBridge:
             context=http_context(service.contexts),
             instructions=f"Tools of aralnode {name} ({node_id}), from its capabilities.",
         )
-        self._routes: dict[str, Route] = {
-            "/openapi.json": self._openapi,
-            "/docs": self._docs,
-        }
+        self._routes: dict[str, Route] = {"/openapi.json": self._openapi, "/docs": self._docs}
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
         self.mcp: McpHttp | None = None
@@ -176,6 +193,8 @@ class HttpBridge:
             allowed_hosts=hosts,
             allowed_origins=origins,
             now_ms=self.clock.now_ms,
+            max_headers=self.limits.max_headers,
+            max_header_bytes=self.limits.max_header_bytes,
         )
         self.mcp = McpHttp(
             self.mcp_server,
@@ -185,8 +204,30 @@ class HttpBridge:
         )
         await self.mcp.start()
         self.hub.attach()
-        config = uvicorn.Config(
+        config = self._uvicorn_config()
+        config.load()
+        server = uvicorn.Server(config)
+        # Not server.serve(): that installs signal handlers; the node owns those.
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self._server = server
+        self._main = asyncio.create_task(server.main_loop(), name="http main loop")
+        log.info("HTTP (REST, MCP, WebSocket) on %s:%d", host, self.port)
+        return self.port
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        limits = self.limits
+        head = HeadLimits(
+            max_bytes=limits.max_header_bytes,
+            max_count=limits.max_headers,
+            timeout=limits.header_timeout,
+            now_ms=self.clock.now_ms,
+        )
+        return uvicorn.Config(
             self.app,
+            # Either parser, held to the node's bounds on a request head (_server.py).
+            http=protocol_class(limits.parser, head),
+            h11_max_incomplete_event_size=limits.max_header_bytes,
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -198,15 +239,6 @@ class HttpBridge:
             timeout_graceful_shutdown=2,  # set to the node's drain when it stops
             ws_max_size=self.max_body_bytes,  # a WebSocket frame, as a REST or MCP body
         )
-        config.load()
-        server = uvicorn.Server(config)
-        # Not server.serve(): that installs signal handlers; the node owns those.
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
-        self._main = asyncio.create_task(server.main_loop(), name="http main loop")
-        log.info("HTTP (REST, MCP, WebSocket) on %s:%d", host, self.port)
-        return self.port
 
     async def stop(self, grace: float = 2.0) -> None:
         """Drain, then stop: calls in flight get up to ``grace`` seconds in all. MCP
@@ -248,4 +280,4 @@ class HttpBridge:
                 task.cancel()
 
 
-__all__ = ["HttpBridge"]
+__all__ = ["HttpBridge", "HttpLimits"]

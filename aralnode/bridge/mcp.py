@@ -44,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
-from aralnode.bridge._http import Receive, Scope, Send, call_context, iso_ms
+from aralnode.bridge._http import DisconnectWatch, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import Target
 from aralnode.core import codec
 from aralnode.core.capabilities import Capability, request_from
@@ -282,7 +282,7 @@ class LocalTools:
         docs: ProtoComments,
         *,
         forward_peers: bool = True,
-        peer_timeout: float = 30.0,
+        peer_timeout: float | None = None,
     ) -> None:
         self.service = service
         self.registry = service.pipeline.registry
@@ -467,8 +467,15 @@ def build_server(
         if tool is None:
             raise MCPError(int(McpErrorCode.INVALID_PARAMS), f"unknown tool {params.name!r}")
         call_ctx = context(ctx)
+        # The HTTP request that carried the call (none over stdio): a client that
+        # goes away ends its call, as on REST.
+        receive = getattr(getattr(ctx, "request", None), "receive", None)
         try:
-            value = await tool.run(params.arguments or {}, call_ctx)
+            if receive is None:
+                value = await tool.run(params.arguments or {}, call_ctx)
+            else:
+                async with DisconnectWatch(receive):
+                    value = await tool.run(params.arguments or {}, call_ctx)
         except AralError as exc:
             return error_result(exc, call_ctx.trace_id, source.now_ms())
         except Exception as exc:

@@ -258,7 +258,11 @@ class RestDoor:
             # Negotiated before the call runs: a refusal must not come after its effects.
             kind = h.negotiate(ctx.metadata.get("accept"), route.offered)
             request = request_from(route.target.request_cls, params)
-            payload, content_type = self.encode(route, await call(ctx, request), kind)
+            async with h.DisconnectWatch(receive):  # a client that goes ends its call
+                response = await call(ctx, request)
+            payload, content_type = self.encode(route, response, kind)
+        except h.ClientGone:
+            return  # nobody to answer
         except AralError as exc:
             await self._error(send, exc, ctx, req_id)
             return

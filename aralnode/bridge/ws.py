@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -37,9 +37,10 @@ from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
 from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
-from aralnode.core.errors import AralError, InternalError, InvalidRequest
+from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
+from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.node_service import NodeService
 
 log = get_logger("aralnode.ws")
@@ -49,13 +50,24 @@ CHANNELS = ("peers", "capabilities", "decisions", "status")
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
 QUEUE_SIZE = 256
+# Holding it shows a subscriber every caller's governance decisions; without it, a
+# subscriber sees those of its own socket's calls and of calls by its principal.
+DECISIONS_SCOPE = "aral:decisions"
+# Invokes a socket may have waiting behind the one that runs (a socket runs one at a
+# time); more are refused, so that a client cannot queue unbounded work.
+PENDING_INVOKES = 16
 
 
 class Subscriber:
+    """One socket's subscription: its channels, its bounded event queue, and whose
+    governance decisions it may see (``EventHub.subscribe``)."""
+
     def __init__(self) -> None:
         self.channels: set[str] = set()
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self.dropped = 0
+        self.decision_keys: tuple[str, ...] = ()
+        self.sees_all = False
 
     def offer(self, message: dict[str, Any]) -> None:
         try:
@@ -64,8 +76,25 @@ class Subscriber:
             self.dropped += 1
 
 
+def _decision_keys(ctx: CallContext) -> list[str]:
+    """Who may see a decision about the call ``ctx``: the socket it came by, and its
+    principal when that is someone (an anonymous caller is nobody in particular)."""
+    keys = ["conn:" + ctx.peer] if ctx.door == "ws" else []
+    if not ctx.anonymous:
+        keys.append("principal:" + ctx.principal)
+    return keys
+
+
 class EventHub:
-    """Turns node changes into events and fans them out to subscribers."""
+    """Turns node changes into events and fans them out to subscribers.
+
+    Subscribers are indexed by channel, and decision subscribers by whose decisions
+    they are entitled to: a call's decision reaches the socket it came by, the
+    subscribers authenticated as its principal, and those holding
+    ``DECISIONS_SCOPE`` (or every scope); finding them costs the call a lookup or
+    two, however many sockets are subscribed. The verdict listener is on the
+    pipeline only while someone follows decisions at all.
+    """
 
     def __init__(self, service: NodeService, peer_table: PeerTable) -> None:
         self.service = service
@@ -74,20 +103,80 @@ class EventHub:
         self.peer_table = peer_table
         self.registry = service.pipeline.registry
         self.subscribers: set[Subscriber] = set()
+        self._channel: dict[str, set[Subscriber]] = {c: set() for c in CHANNELS}
+        self._decisions: dict[str, set[Subscriber]] = {}  # entitlement key -> subscribers
+        self._all_decisions: set[Subscriber] = set()
+        self._attached = self._following = False
         self._undo: list[Callable[[], None]] = []
 
     def attach(self) -> None:
         self._undo.append(self.peer_table.on_change(self._peer_changed))
         self._undo.append(self.registry.on_change(self._capabilities_changed))
-        listeners = self.service.pipeline.verdict_listeners
-        listeners.append(self._verdict)
-        self._undo.append(lambda: listeners.remove(self._verdict))
+        self._attached = True
+        self._follow_verdicts()
 
     def detach(self) -> None:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-        self.subscribers.clear()
+        self._attached = False
+        for sub in list(self.subscribers):
+            self.remove(sub)
+
+    def subscribe(self, sub: Subscriber, channels: set[str], ctx: CallContext) -> None:
+        """Add ``channels`` to ``sub``; ``ctx`` (authenticated) says whose decisions
+        it is entitled to."""
+        for channel in channels - sub.channels:
+            self._channel[channel].add(sub)
+        sub.channels |= channels
+        self.subscribers.add(sub)
+        if "decisions" in channels:
+            self._index_decisions(sub, add=False)
+            sub.decision_keys = tuple(_decision_keys(ctx))
+            sub.sees_all = bool({ALL_SCOPES, DECISIONS_SCOPE} & ctx.scopes)
+            self._index_decisions(sub, add=True)
+        self._follow_verdicts()
+
+    def unsubscribe(self, sub: Subscriber, channels: set[str]) -> None:
+        for channel in channels & sub.channels:
+            self._channel[channel].discard(sub)
+        if "decisions" in channels & sub.channels:
+            self._index_decisions(sub, add=False)
+        sub.channels -= channels
+        if not sub.channels:
+            self.subscribers.discard(sub)
+        self._follow_verdicts()
+
+    def remove(self, sub: Subscriber) -> None:
+        """Forget ``sub`` (its socket closed)."""
+        self.unsubscribe(sub, set(sub.channels))
+
+    def _index_decisions(self, sub: Subscriber, *, add: bool) -> None:
+        groups = [self._decisions.setdefault(k, set()) for k in sub.decision_keys]
+        if sub.sees_all:
+            groups.append(self._all_decisions)
+        for group in groups:
+            if add:
+                group.add(sub)
+            else:
+                group.discard(sub)
+        if not add:
+            for key in sub.decision_keys:
+                if not self._decisions.get(key):
+                    self._decisions.pop(key, None)
+
+    def _follow_verdicts(self) -> None:
+        """The verdict listener on the pipeline while someone follows decisions (a
+        listener makes every call describe its action for it)."""
+        wanted = self._attached and bool(self._decisions or self._all_decisions)
+        if wanted == self._following:
+            return
+        listeners = self.service.pipeline.verdict_listeners
+        if wanted:
+            listeners.append(self._verdict)
+        elif self._verdict in listeners:
+            listeners.remove(self._verdict)
+        self._following = wanted
 
     def event(self, channel: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -100,11 +189,19 @@ class EventHub:
         }
 
     def publish(self, channel: str, event: str, data: Callable[[], dict[str, Any]]) -> None:
-        targets = [s for s in self.subscribers if channel in s.channels]
-        if not targets:
-            return  # nobody listens: build nothing
-        message = self.event(channel, event, data())
+        self._offer(self._channel.get(channel, ()), channel, event, data)
+
+    def _offer(
+        self,
+        targets: Iterable[Subscriber],
+        channel: str,
+        event: str,
+        data: Callable[[], dict[str, Any]],
+    ) -> None:
+        message = None
         for sub in targets:
+            if message is None:  # somebody listens: build it, once
+                message = self.event(channel, event, data())
             sub.offer(message)
 
     def _peer_changed(self, change: PeerChange) -> None:
@@ -142,7 +239,12 @@ class EventHub:
         )
 
     def _verdict(self, ctx: CallContext | None, action: Action, verdict: Verdict) -> None:
-        self.publish(
+        targets = set(self._all_decisions)
+        if ctx is not None:
+            for key in _decision_keys(ctx):
+                targets.update(self._decisions.get(key, ()))
+        self._offer(
+            targets,
             "decisions",
             "decision_made",
             lambda: {
@@ -184,6 +286,7 @@ class WsDoor:
             ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
         )
         sender = asyncio.create_task(self._pump(conn))
+        invoker = asyncio.create_task(self._invoker(conn))
         try:
             while True:
                 message = await ws.receive()
@@ -206,10 +309,30 @@ class WsDoor:
         except WebSocketDisconnect:
             pass
         finally:
-            self.hub.subscribers.discard(conn.sub)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            self.hub.remove(conn.sub)
+            # The client is gone: so are its calls (the one running is cancelled,
+            # and gives its slot back; those waiting never run).
+            for task in (invoker, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            while not conn.invokes.empty():
+                conn.invokes.get_nowait()
+                self.inflight.end()
+
+    async def _invoker(self, conn: _Connection) -> None:
+        """Runs the socket's invokes one after the other, while the socket keeps
+        being read (so that a client that goes away is noticed at once)."""
+        while True:
+            msg, ctx = await conn.invokes.get()
+            try:
+                try:
+                    reply = await self._invoke(msg, ctx)
+                except AralError as exc:
+                    reply = _error(exc, msg.get("id"), self.clock.now_ms(), ctx.trace_id)
+                await conn.reply(reply)
+            finally:
+                self.inflight.end()
 
     async def _pump(self, conn: _Connection) -> None:
         while True:
@@ -236,7 +359,7 @@ class WsDoor:
                 await self._subscribe(msg, conn, ctx)
                 return None
             if kind == "unsubscribe":
-                conn.sub.channels -= set(_channels(msg.get("channels", CHANNELS)))
+                self.hub.unsubscribe(conn.sub, set(_channels(msg.get("channels", CHANNELS))))
                 return {"type": "unsubscribed", "channels": sorted(conn.sub.channels)}
             if kind == "ping":
                 return {"type": "pong", "id": msg_id}
@@ -245,7 +368,9 @@ class WsDoor:
                 return await self._status(ctx)
             if kind == "invoke":
                 assert ctx is not None
-                return await self._invoke(msg, ctx)
+                conn.enqueue(msg, ctx)
+                self.inflight.begin()  # until its reply is sent (``_invoker``)
+                return None
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
             trace = ctx.trace_id if ctx is not None else None
@@ -281,11 +406,13 @@ class WsDoor:
             # parameters it left without a channel list grant none (not the
             # client's BAD_CHANNELS: the client asked well).
             granted = params.get("channels", []) if isinstance(params, dict) else []
-            await self._subscribed(msg, conn, set(_channels(granted)))
+            await self._subscribed(msg, conn, set(_channels(granted)), ctx)
 
         await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
 
-    async def _subscribed(self, msg: dict[str, Any], conn: _Connection, wanted: set[str]) -> None:
+    async def _subscribed(
+        self, msg: dict[str, Any], conn: _Connection, wanted: set[str], ctx: CallContext
+    ) -> None:
         agent = msg.get("agent_id") or "*"
         if agent not in ("*", self.node_id, self.name):
             raise InvalidRequest(
@@ -296,8 +423,7 @@ class WsDoor:
         # Under the lock: no event reaches the client before the ack and the
         # snapshot it promises.
         async with conn.lock:
-            sub.channels |= wanted
-            self.hub.subscribers.add(sub)
+            self.hub.subscribe(sub, wanted, ctx)
             ack = {
                 "type": "subscribed",
                 "agent_id": self.node_id,
@@ -330,13 +456,31 @@ class WsDoor:
 class _Connection:
     """One client: its event subscription, and the lock every frame is sent under."""
 
-    __slots__ = ("dropped_event", "lock", "sub", "ws")
+    __slots__ = ("dropped_event", "invokes", "lock", "sub", "ws")
 
     def __init__(self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]]) -> None:
         self.ws = ws
         self.sub = Subscriber()
         self.lock = asyncio.Lock()
         self.dropped_event = dropped_event
+        self.invokes: asyncio.Queue[tuple[dict[str, Any], CallContext]] = asyncio.Queue(
+            PENDING_INVOKES
+        )
+
+    def enqueue(self, msg: dict[str, Any], ctx: CallContext) -> None:
+        """Queue an invoke for the socket's invoker.
+
+        Raises:
+            RateLimited: ``PENDING_INVOKES`` already wait.
+        """
+        try:
+            self.invokes.put_nowait((msg, ctx))
+        except asyncio.QueueFull:
+            raise RateLimited(
+                f"{PENDING_INVOKES} invokes already wait on this socket",
+                reason="TOO_MANY_PENDING",
+                retry_after=0.05,
+            ) from None
 
     async def reply(self, message: dict[str, Any]) -> None:
         """Send a reply: waits for the socket rather than dropping anything.

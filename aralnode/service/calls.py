@@ -42,17 +42,29 @@ class Send(Protocol):
 class Forwarder:
     """Runs a caller's call on peer ``to`` through this node's pipeline
     (``Direction.SEND``: admitted and judged here for that caller), then sends it
-    as a delegation (``on_behalf_of``: the caller's principal)."""
+    as a delegation (``on_behalf_of``: the caller's principal).
 
-    __slots__ = ("pipeline", "send")
+    A call whose caller named no deadline gets ``default_timeout``: a peer that
+    never answers must not hold the caller's slot (and the node's) forever.
+    """
 
-    def __init__(self, pipeline: Pipeline, send: Send) -> None:
+    __slots__ = ("default_timeout", "pipeline", "send")
+
+    def __init__(self, pipeline: Pipeline, send: Send, *, default_timeout: float = 30.0) -> None:
         self.pipeline = pipeline
         self.send = send
+        self.default_timeout = default_timeout
 
     async def __call__(
         self, to: str, capability: str, params: Any, timeout: float | None, ctx: CallContext
     ) -> Any:
+        if timeout is None:
+            timeout = self.default_timeout
+            deadline = self.pipeline.clock.monotonic() + timeout
+            if ctx.deadline is None or deadline < ctx.deadline:
+                # Not enforced by any transport: the pipeline arms its own timer.
+                ctx.deadline, ctx.deadline_enforced = deadline, False
+
         async def send(args: Any) -> Any:
             return await self.send(
                 to,

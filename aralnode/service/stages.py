@@ -18,10 +18,12 @@ one place each -- bearer tokens and API keys behind ``Authenticate``, roles behi
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aralnode._logs import get_logger
 from aralnode.core.context import CallContext
@@ -105,16 +107,58 @@ class Authorize:
             raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
 
 
+def share_key(ctx: CallContext) -> str:
+    """Whose share of the slots a call counts against ("" for the node's own
+    program, which has no share to keep to).
+
+    A caller whose identity the node vouches for counts as itself: a signer whose
+    key a handshake pinned, a channel's peer, a principal an authenticator named.
+    Anyone else -- anonymous, or signing with a key it made up (any number of
+    which are free) -- counts as its network address: the host, or for IPv6 the
+    /64 a single client typically holds.
+    """
+    credentials = ctx.credentials
+    if credentials is None or credentials.local or credentials.given:
+        return ""
+    caller = ctx.caller
+    if caller and not (credentials.signer == caller and not credentials.signer_verified):
+        return "caller:" + caller
+    return "addr:" + address_of(ctx.peer)
+
+
+def address_of(peer: str) -> str:
+    """The client part of a transport address: ``127.0.0.1`` of ``127.0.0.1:5000``
+    or gRPC's ``ipv4:127.0.0.1:5000``; ``2001:db8::/64`` of an IPv6 address; the
+    text itself when it has no port (a node id, a unix socket)."""
+    text = unquote(peer[5:]) if peer.startswith(("ipv4:", "ipv6:")) else peer
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    host = host.strip("[]")
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
+
+
 class RateLimit:
-    """Admission: at most ``max_concurrent`` calls run at once; the excess is refused
-    at once (RESOURCE_EXHAUSTED, with a retry hint) rather than queued."""
+    """Admission: at most ``max_concurrent`` calls run at once, and at most
+    ``per_caller`` of them for any one caller (``share_key``), so that no caller
+    can hold every slot; the excess is refused at once (RESOURCE_EXHAUSTED, with a
+    retry hint) rather than queued."""
 
-    __slots__ = ("counters", "in_flight", "max_concurrent")
+    __slots__ = ("_held", "counters", "in_flight", "max_concurrent", "per_caller")
 
-    def __init__(self, max_concurrent: int, counters: Counter[str]) -> None:
+    def __init__(
+        self, max_concurrent: int, counters: Counter[str], per_caller: int | None = None
+    ) -> None:
         self.max_concurrent = max_concurrent
+        self.per_caller = per_caller if per_caller is not None else max(1, max_concurrent // 4)
         self.counters = counters
         self.in_flight = 0
+        self._held: dict[str, int] = {}  # slots per share key, while held
 
     def enter(self, ctx: CallContext) -> None:
         """Take a slot for ``ctx`` (``leave`` gives it back)."""
@@ -125,10 +169,31 @@ class RateLimit:
                 reason="CONCURRENCY_LIMIT",
                 retry_after=0.05,
             )
+        key = share_key(ctx)
+        if key:
+            held = self._held.get(key, 0)
+            if held >= self.per_caller:
+                self.counters["invoke.rejected_caller"] += 1
+                raise RateLimited(
+                    f"this caller already runs {held} calls, its limit on this node",
+                    reason="CALLER_CONCURRENCY_LIMIT",
+                    retry_after=0.05,
+                    details={"limit": self.per_caller},
+                )
+            self._held[key] = held + 1
         self.in_flight += 1
 
     def leave(self, ctx: CallContext) -> None:
         self.in_flight -= 1
+        key = share_key(ctx)
+        if key:
+            held = self._held.pop(key, 1) - 1
+            if held > 0:
+                self._held[key] = held
+
+    def held(self, ctx: CallContext) -> int:
+        """Slots ``ctx``'s caller holds now."""
+        return self._held.get(share_key(ctx), 0)
 
 
 class Govern:
@@ -306,6 +371,7 @@ class Stages:
         governance: Evaluator | None = None,
         allow_anonymous: bool = True,
         max_concurrent: int = 512,
+        max_concurrent_per_caller: int | None = None,
         checks: Sequence[ResponseCheck] = (),
         audit: Sequence[AuditSink] = (),
     ) -> Stages:
@@ -317,7 +383,7 @@ class Stages:
                 counters=counters,
             ),
             authorize=Authorize(),
-            rate_limit=RateLimit(max_concurrent, counters),
+            rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller),
             govern=Govern(governance or AllowAll(), counters),
             post_check=PostCheck(checks),
             audit=Audit(audit, counters),
@@ -337,4 +403,6 @@ __all__ = [
     "ResponseCheck",
     "Stages",
     "VerdictListener",
+    "address_of",
+    "share_key",
 ]

@@ -1,0 +1,250 @@
+"""uvicorn's HTTP/1.1 protocols with the request head bounded: its size, its number
+of header fields and the time it may take to arrive.
+
+Neither parser bounds the head on its own the way a door open to anyone needs:
+httptools (llhttp) keeps every header, however many and however long, and h11
+bounds the size (``max_incomplete_event_size``) but neither bounds the time, so a
+client that sends a head slowly, or nothing at all, holds its connection forever.
+Both protocols are subclassed here with the same three bounds (``HeadLimits``), and
+both answer in the node's error shape: 431 (``HEADERS_TOO_LARGE``,
+``TOO_MANY_HEADERS``) or 408 (``HEADER_TIMEOUT``), then close the connection.
+
+The time bound runs from the moment a connection opens (or a request on a kept-alive
+connection begins) until its head is complete; uvicorn's own keep-alive timeout
+still closes a connection idle between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from aralnode.bridge._http import HeadersTooLarge, HeaderTimeout, dumps, error_body
+from aralnode.core.context import new_trace_id
+from aralnode.core.errors import AralError
+
+PARSERS = ("auto", "httptools", "h11")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Bounds on a request head (the request line and the header fields).
+
+    Attributes:
+        max_bytes: Size of the head, in bytes.
+        max_count: Number of header fields.
+        timeout: Seconds from a connection's start (or a request's first byte) to
+            the end of its head.
+        now_ms: The node's clock, for the error body's timestamp.
+    """
+
+    max_bytes: int
+    max_count: int
+    timeout: float
+    now_ms: Any  # Callable[[], int]; Any: a dataclass field may not be a bare method
+
+    def too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"the request head is over the limit of {self.max_bytes} bytes",
+            details={"limit": self.max_bytes},
+        )
+
+    def too_many(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"the request has more than {self.max_count} header fields",
+            reason="TOO_MANY_HEADERS",
+            details={"limit": self.max_count},
+        )
+
+    def timed_out(self) -> HeaderTimeout:
+        return HeaderTimeout(
+            f"the request head did not arrive within {self.timeout:g} s",
+            details={"timeout_seconds": self.timeout},
+        )
+
+
+def raw_response(exc: AralError, now_ms: int) -> bytes:
+    """A whole HTTP/1.1 response for ``exc`` in the node's error shape, written
+    straight to the socket (no request ever reached the application)."""
+    trace = new_trace_id()
+    body = dumps(error_body(exc, trace, now_ms))
+    status = exc.http_status
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"x-trace-id: {trace}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head already refused."""
+
+
+class _HeadGuard:
+    """What both protocols share: the head timer and the refusal."""
+
+    limits: ClassVar[HeadLimits]
+    transport: asyncio.Transport
+    _head_timer: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def _arm(self) -> None:
+        """Start the head's clock, unless it already runs (a head that began on a
+        fresh connection keeps the connection's deadline)."""
+        if self._head_timer is None and not self._refused:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self.limits.timeout, self._head_late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head():
+            self._refuse(self.limits.timed_out())
+
+    def _awaiting_head(self) -> bool:
+        raise NotImplementedError
+
+    def _refuse(self, exc: AralError) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self._disarm()
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(raw_response(exc, self.limits.now_ms()))
+            transport.close()
+
+
+class BoundedH11(_HeadGuard, H11Protocol):
+    """uvicorn's h11 protocol, its head bounded in time too (h11 bounds its size:
+    ``max_incomplete_event_size``, set to ``max_bytes``; the field count is checked
+    before the application sees the request, by ``HostGuard``)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._awaiting_head():
+            self._arm()
+        else:
+            self._disarm()
+
+    def _awaiting_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE and not self._refused
+
+    def send_400_response(self, msg: str) -> None:
+        # h11 refuses a head over max_incomplete_event_size as a protocol error;
+        # answer that one as what it is.
+        if len(self.conn.trailing_data[0]) > self.limits.max_bytes:
+            self._refuse(self.limits.too_large())
+            return
+        super().send_400_response(msg)
+
+
+class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
+    """Counts the head as llhttp reports it (the target, each field) and, for a
+    chunk that is all head, the chunk itself: httptools gathers a field's pieces
+    before it reports the field, so an endless one is caught by size at the
+    chunk that makes it too long. A refusal inside a callback stops the parser
+    there (the callback raises; uvicorn's 400 for it is not sent)."""
+
+    _in_head = True  # a fresh connection awaits its first head
+    _head_bytes = 0
+    _head_count = 0
+    _began = False  # a head began in the chunk being parsed
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        whole_chunk_in_head = self._in_head and self._head_bytes > 0
+        counted = self._head_bytes
+        self._began = False
+        super().data_received(data)
+        if self._refused or not self._in_head:
+            return
+        if whole_chunk_in_head and not self._began:
+            # All of it is head (what the callbacks counted of it, too).
+            self._head_bytes = counted + len(data)
+        if self._head_bytes > self.limits.max_bytes:
+            self._refuse(self.limits.too_large())
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # a refusal of ours already answered
+            super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._began = True, True
+        self._head_bytes, self._head_count = 1, 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_count += 1
+        if self._head_count > self.limits.max_count:
+            self._refuse(self.limits.too_many())
+            raise _Refused
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        """Add ``size`` bytes of head; stops the parser once it is too large."""
+        self._head_bytes += size
+        if self._head_bytes > self.limits.max_bytes:
+            self._refuse(self.limits.too_large())
+            raise _Refused
+
+    def _awaiting_head(self) -> bool:
+        return self._in_head and not self._refused
+
+
+def protocol_class(parser: str, limits: HeadLimits) -> type[asyncio.Protocol]:
+    """The bounded protocol class for ``parser`` ("auto" is httptools, a dependency
+    of ours, as it is uvicorn's choice), with ``limits``, for ``Config(http=...)``."""
+    if parser not in PARSERS:
+        raise ValueError(f"HTTP parser must be one of {', '.join(PARSERS)}")
+    base: type[asyncio.Protocol] = BoundedH11 if parser == "h11" else BoundedHttpTools
+    return type(base.__name__, (base,), {"limits": limits})
+
+
+__all__ = [
+    "PARSERS",
+    "HeadLimits",
+    "protocol_class",
+    "raw_response",
+]
