@@ -383,6 +383,8 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
             max_header_bytes=cfg.http_max_header_bytes,
             max_headers=cfg.http_max_headers,
             header_timeout=cfg.http_header_timeout_seconds,
+            mcp_sessions=cfg.mcp_max_sessions,
+            mcp_sessions_per_client=cfg.mcp_max_sessions_per_client,
         ),
     )
 

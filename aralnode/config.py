@@ -92,6 +92,11 @@ class NodeConfig:
             verified identity, else its address (see ``service.stages.share_key``).
         forward_timeout_seconds: Deadline of a call forwarded to a peer when its
             caller named none.
+        mcp_max_sessions: MCP sessions (streamable HTTP) the node holds at once; past
+            it, opening one ends the least recently used session of the client that
+            holds the most.
+        mcp_max_sessions_per_client: MCP sessions one client (its verified identity,
+            else its address) holds; opening one more ends its least recently used.
     """
 
     name: str = "aralnode"
@@ -135,6 +140,8 @@ class NodeConfig:
     http_header_timeout_seconds: float = 10.0
     max_concurrent_per_caller: int | None = None
     forward_timeout_seconds: float = 30.0
+    mcp_max_sessions: int = 1024
+    mcp_max_sessions_per_client: int = 32
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -186,6 +193,8 @@ class NodeConfig:
             raise ValueError("max_concurrent_per_caller must be at least 1 (or None)")
         if not 0 < self.forward_timeout_seconds <= 86_400:
             raise ValueError("forward_timeout_seconds must be in (0, 86400]")
+        if not 1 <= self.mcp_max_sessions_per_client <= self.mcp_max_sessions:
+            raise ValueError("need 1 <= mcp_max_sessions_per_client <= mcp_max_sessions")
 
     def _check_grpc_bounds(self) -> None:
         for name in (

@@ -20,7 +20,6 @@ from aralnode import _proto as pb
 from aralnode.bridge.mcp import (
     WRAPPED,
     InvalidToolSchema,
-    LocalTools,
     ToolSpec,
     _input_schema,
     assign_names,
@@ -28,6 +27,7 @@ from aralnode.bridge.mcp import (
     remote_spec,
     tool_name,
 )
+from aralnode.bridge.mcp_local import LocalTools
 from aralnode.core.context import CallContext
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 

@@ -24,7 +24,8 @@ import uvicorn
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge._server import HeadLimits, protocol_class
-from aralnode.bridge.mcp import LocalTools, McpHttp, build_server, http_context
+from aralnode.bridge.mcp import McpHttp, build_server, http_context
+from aralnode.bridge.mcp_local import LocalTools
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
 from aralnode.bridge.rest import RestDoor
 from aralnode.bridge.routes import Binding, bindings
@@ -32,9 +33,11 @@ from aralnode.bridge.targets import Target, build_targets
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import ProtoService
+from aralnode.core.errors import AralError
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
 from aralnode.service.node_service import NodeService
+from aralnode.service.stages import share_key
 
 log = get_logger("aralnode.http")
 
@@ -48,12 +51,16 @@ class HttpLimits:
     Attributes:
         parser: "httptools", "h11" or "auto".
         max_header_bytes / max_headers / header_timeout: Bounds on a request head.
+        mcp_sessions / mcp_sessions_per_client: MCP sessions held in all, and by
+            one client (``SessionQuota``).
     """
 
     parser: str = "auto"
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     header_timeout: float = 10.0
+    mcp_sessions: int = 1024
+    mcp_sessions_per_client: int = 32
 
 
 class HttpBridge:
@@ -162,6 +169,14 @@ class HttpBridge:
             return
         await self.rest(scope, receive, send)
 
+    def _client_of(self, scope: h.Scope) -> str:
+        """Whose share a request counts against, as the rate limit counts callers:
+        its verified identity if its credentials prove one, else its address."""
+        ctx = h.call_context(self.service.contexts, scope, "mcp")
+        with contextlib.suppress(AralError):  # refused: it counts as its address
+            self.service.pipeline.stages.authenticate(ctx)
+        return share_key(ctx)
+
     def _openapi(self) -> tuple[bytes, str]:
         return h.dumps(self.openapi.document()), h.JSON
 
@@ -201,6 +216,10 @@ class HttpBridge:
             allowed_hosts=hosts,
             allowed_origins=origins,
             max_body_bytes=self.max_body_bytes,
+            max_sessions=self.limits.mcp_sessions,
+            max_sessions_per_client=self.limits.mcp_sessions_per_client,
+            client_of=self._client_of,
+            now_ms=self.clock.now_ms,
         )
         await self.mcp.start()
         self.hub.attach()

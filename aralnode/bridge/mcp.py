@@ -44,16 +44,22 @@ from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
-from aralnode.bridge._http import DisconnectWatch, Receive, Scope, Send, call_context, iso_ms
-from aralnode.bridge.targets import Target
+from aralnode.bridge._http import (
+    DisconnectWatch,
+    Receive,
+    Scope,
+    Send,
+    call_context,
+    client_peer,
+    iso_ms,
+)
+from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
-from aralnode.core.capabilities import Capability, request_from
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, McpErrorCode
-from aralnode.core.peers import PeerTable
-from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, message_schema
+from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.context import ContextBuilder
-from aralnode.service.node_service import NodeService
+from aralnode.service.stages import address_of
 
 log = get_logger("aralnode.mcp")
 
@@ -268,142 +274,6 @@ class ToolSource(Protocol):
     def now_ms(self) -> int: ...
 
 
-# -- tools of this node ------------------------------------------------------------------
-
-
-class LocalTools:
-    """Tools of the node this bridge runs in; rebuilt when capabilities or peers change."""
-
-    def __init__(
-        self,
-        service: NodeService,
-        peer_table: PeerTable,
-        targets: list[Target],
-        docs: ProtoComments,
-        *,
-        forward_peers: bool = True,
-        peer_timeout: float | None = None,
-    ) -> None:
-        self.service = service
-        self.registry = service.pipeline.registry
-        self.targets = targets
-        self.docs = docs
-        self.forward_peers = forward_peers
-        self.peer_timeout = peer_timeout
-        self._tools: dict[str, ToolSpec] | None = None
-        self.dropped = 0  # peer tools left out for a schema that is not one
-        # Rebuilt only after a change: tools/call must not pay for a listing.
-        self._unlisten = (
-            self.registry.on_change(self._invalidate),
-            peer_table.on_change(lambda _change: self._invalidate()),
-        )
-
-    def _invalidate(self) -> None:
-        self._tools = None
-
-    def close(self) -> None:
-        """Stop following the registry and the peer table (the bridge is stopping)."""
-        for unlisten in self._unlisten:
-            unlisten()
-
-    def now_ms(self) -> int:
-        return self.service.clock.now_ms()
-
-    async def tools(self) -> dict[str, ToolSpec]:
-        if self._tools is None:
-            self._tools = self._build(self._peers())
-        return self._tools
-
-    def _peers(self) -> list[pb.Peer]:
-        if not self.forward_peers:
-            return []
-        return [p for p in self.service.info.connected_peers() if p.node_id]
-
-    def _build(self, peers: list[pb.Peer]) -> dict[str, ToolSpec]:
-        files = {t.method.containing_service.file for t in self.targets}
-        comments = self.docs.for_files(files)
-        specs = [self._capability_tool(cap, comments) for cap in self.registry]
-        specs += [
-            self._target_tool(target, comments)
-            for target in self.targets
-            if target.tool and target.call is not None
-        ]
-        for peer in peers:
-            for cap_proto in self.service.info.peer_capabilities(peer.node_id):
-                try:
-                    specs.append(self._peer_tool(peer, cap_proto))
-                except InvalidToolSchema as exc:
-                    self.dropped += 1
-                    log.warning(
-                        "MCP: not listing %s of peer %s: %s", cap_proto.id, peer.node_id, exc
-                    )
-        return assign_names(specs)
-
-    def _capability_tool(self, cap: Capability, comments: dict[str, str]) -> ToolSpec:
-        pipeline = self.service.pipeline
-        cap_id = cap.id
-
-        async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return await pipeline.invoke(ctx, cap_id, args)
-
-        input_schema, output_schema, description = (
-            cap.input_schema,
-            cap.output_schema,
-            cap.description,
-        )
-        if cap.method is not None:
-            # Rebuilt with the proto comments the core registry does not have.
-            input_schema = message_schema(cap.method.input_type, comments=comments, closed=True)
-            output_schema = message_schema(cap.method.output_type, comments=comments)
-            description = comments.get(cap.method.full_name) or description
-        arguments, wrapped = _input_schema(input_schema or {})
-        return ToolSpec(
-            name=tool_name(cap.id),
-            description=description or cap.name or cap.id,
-            input_schema=arguments,
-            output_schema=_object_schema(output_schema),
-            read_only=cap.risk == "read_only",
-            run=_unwrapping(run) if wrapped else run,
-            key=cap.id,
-        )
-
-    def _target_tool(self, target: Target, comments: dict[str, str]) -> ToolSpec:
-        method = target.method
-        call = target.call
-        assert call is not None
-        pipeline = self.service.pipeline
-
-        async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            pipeline.authenticate(ctx, target.full_name)  # before the arguments are read
-            return target.json(await call(ctx, request_from(target.request_cls, args)))
-
-        return ToolSpec(
-            name=tool_name(method.full_name),
-            description=comments.get(method.full_name) or method.full_name,
-            input_schema=message_schema(method.input_type, comments=comments, closed=True),
-            output_schema=message_schema(method.output_type, comments=comments),
-            read_only=target.read_only,
-            run=run,
-            key=target.full_name,
-        )
-
-    def _peer_tool(self, peer: pb.Peer, cap: pb.Capability) -> ToolSpec:
-        forward = self.service.forward
-        node_id, cap_id, timeout = peer.node_id, cap.id, self.peer_timeout
-
-        async def run(args: dict[str, Any], ctx: CallContext) -> Any:
-            return await forward(node_id, cap_id, args, timeout, ctx)
-
-        spec = remote_spec(
-            peer_tool_name(peer.name, node_id, cap.id),
-            cap,
-            run,
-            f" (on peer {peer.name or node_id} [{node_id[:PEER_ID_CHARS]}])",
-        )
-        spec.key = peer_tool_key(node_id, cap.id)
-        return spec
-
-
 def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> ToolSpec:
     """A tool for a capability described by another process (a peer, or the node a
     stdio bridge serves); its key is the capability id.
@@ -511,7 +381,9 @@ class McpHttp:
     """Streamable HTTP at ``/mcp``: the SDK's session manager, run for the node's lifetime.
 
     JSON responses (no SSE per POST) and sessions: fast for request/response tool
-    calls, and still a session a client may open a GET stream on.
+    calls, and still a session a client may open a GET stream on. Sessions are held
+    to ``max_sessions`` in all and ``max_sessions_per_client`` per client, with fair
+    eviction (``SessionQuota``).
     """
 
     def __init__(
@@ -521,6 +393,10 @@ class McpHttp:
         allowed_hosts: list[str],
         allowed_origins: list[str],
         max_body_bytes: int,
+        max_sessions: int = 1024,
+        max_sessions_per_client: int = 32,
+        client_of: Callable[[Scope], str] | None = None,
+        now_ms: Callable[[], int] = lambda: 0,
     ) -> None:
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -533,6 +409,14 @@ class McpHttp:
             stateless=False,
             security_settings=security,
             max_request_body_size=max_body_bytes,  # the node's limit, as on REST
+            max_sessions=max_sessions,  # a backstop: the quota makes room before it
+        )
+        self.sessions = SessionQuota(
+            self.manager,
+            per_client=max_sessions_per_client,
+            total=max_sessions,
+            client_of=client_of or (lambda scope: address_of(client_peer(scope))),
+            now_ms=now_ms,
         )
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -560,12 +444,11 @@ class McpHttp:
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app to mount at ``/mcp``."""
-        await self.manager.handle_request(scope, receive, send)
+        await self.sessions(scope, receive, send)
 
 
 __all__ = [
     "InvalidToolSchema",
-    "LocalTools",
     "McpHttp",
     "ToolSource",
     "ToolSpec",

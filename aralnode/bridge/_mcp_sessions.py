@@ -1,0 +1,194 @@
+"""MCP sessions held to a share per client and a total, with fair eviction.
+
+The SDK's session manager keeps every session a client opens until the client ends
+it or it idles out (30 min), up to ``max_sessions`` (10,000) in all, after which it
+refuses *every* new session with 503: one client that opens the maximum (~35 KiB
+each) locks every other MCP client out. ``SessionQuota`` sits in front of it and
+decides, before a session is opened, whose session makes room:
+
+- a client (its verified identity, else its address, as the rate limit counts
+  callers: ``service.stages.share_key``) holds at most ``per_client`` sessions:
+  opening one more ends its own least recently used one;
+- the node holds at most ``total``: opening one more ends the least recently used
+  session of the client that holds the most, so a light user is never the one
+  evicted while someone holds more.
+
+Sessions are opened and ended by the SDK; this only keeps count (the response
+that opens a session carries its id) and asks the manager to end a victim.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from aralnode._logs import get_logger
+from aralnode.bridge._http import (
+    JSON,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    dumps,
+    error_body,
+    error_headers,
+    header,
+    request_id,
+    send_body,
+)
+from aralnode.core.errors import RateLimited
+
+log = get_logger("aralnode.mcp")
+
+_SESSION = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+
+
+class TooManySessionsOpening(RateLimited):
+    """A client is opening more sessions at once than it may hold."""
+
+    default_reason = "MCP_SESSIONS_OPENING"
+
+
+class SessionQuota:
+    """ASGI front of the SDK's session manager that bounds who holds its sessions.
+
+    Args:
+        manager: The SDK's manager (its ``max_sessions`` should be ``total``: the
+            SDK's own refusal stays as a backstop).
+        per_client: Sessions one client may hold.
+        total: Sessions the node holds.
+        client_of: A request's client: who its sessions count against.
+        now_ms: The clock of refusals' timestamps.
+    """
+
+    def __init__(
+        self,
+        manager: StreamableHTTPSessionManager,
+        *,
+        per_client: int,
+        total: int,
+        client_of: Callable[[Scope], str],
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.manager = manager
+        self.per_client = per_client
+        self.total = total
+        self.client_of = client_of
+        self.now_ms = now_ms
+        # Each client's sessions, least recently used first; and whose each one is.
+        self._held: dict[str, OrderedDict[str, None]] = {}
+        self._owner: dict[str, str] = {}
+        self._opening: Counter[str] = Counter()  # sessions being opened, per client
+        self.evicted = 0
+
+    @property
+    def count(self) -> int:
+        """Sessions held and being opened."""
+        return len(self._owner) + self._opening.total()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = header(scope, _SESSION)
+        if session is not None or scope["method"] != "POST":
+            if session is not None:
+                self._used(session)
+            await self.manager.handle_request(scope, receive, send)
+            return
+        # A POST without a session: the request that opens one (an initialize).
+        client = self.client_of(scope)
+        if self._opening[client] >= self.per_client:
+            await self._refuse(scope, send, client)
+            return
+        self._opening[client] += 1
+        try:
+            await self._make_room(client)
+            await self.manager.handle_request(scope, receive, self._recording(client, send))
+        finally:
+            self._opening[client] -= 1
+            if not self._opening[client]:
+                del self._opening[client]
+
+    def _recording(self, client: str, send: Send) -> Send:
+        """``send``, noting the session that the response opens as ``client``'s."""
+
+        async def recording(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                for key, value in message.get("headers", ()):
+                    if key.lower() == _SESSION:
+                        self._add(client, value.decode("latin-1"))
+            await send(message)
+
+        return recording
+
+    def _add(self, client: str, session: str) -> None:
+        self._owner[session] = client
+        self._held.setdefault(client, OrderedDict())[session] = None
+
+    def _used(self, session: str) -> None:
+        client = self._owner.get(session)
+        if client is not None:
+            self._held[client].move_to_end(session)
+
+    def _forget(self, session: str) -> None:
+        client = self._owner.pop(session)
+        held = self._held[client]
+        del held[session]
+        if not held:
+            del self._held[client]
+
+    def _prune(self, sessions: list[str]) -> None:
+        """Forget those of ``sessions`` the SDK has ended (a DELETE, idle, a crash)."""
+        live = self._live()
+        for session in sessions:
+            if session not in live:
+                self._forget(session)
+
+    def _live(self) -> dict[str, Any]:
+        # The SDK keeps its sessions here (mcp 2.x); it has no public view of them.
+        return self.manager._server_instances
+
+    async def _make_room(self, client: str) -> None:
+        """End sessions so that ``client`` may open one: its own oldest past its
+        share; past the total, the oldest of whoever holds the most."""
+        victims: list[str] = []
+        held = self._held.get(client)
+        if held is not None:
+            self._prune(list(held))
+            held = self._held.get(client)
+        while held and len(held) + self._opening[client] > self.per_client:
+            victims.append(next(iter(held)))
+            self._forget(victims[-1])
+        if self.count > self.total:
+            self._prune(list(self._owner))
+        while self.count > self.total and self._owner:
+            heaviest = max(self._held.values(), key=len)
+            victims.append(next(iter(heaviest)))
+            self._forget(victims[-1])
+        for session in victims:
+            await self._end(session)
+
+    async def _end(self, session: str) -> None:
+        transport = self._live().get(session)
+        if transport is None:
+            return
+        self.evicted += 1
+        log.info("MCP session %s ended to make room for a new one", session[:16])
+        # The SDK's own way to end a session: forgotten first (its id answers 404
+        # at once), then its transport terminated, shielded.
+        await self.manager._discard_session(session, transport)
+
+    async def _refuse(self, scope: Scope, send: Send, client: str) -> None:
+        failure = TooManySessionsOpening(
+            f"this client is already opening {self.per_client} MCP sessions",
+            retry_after=1.0,
+        )
+        log.warning("refused an MCP session to %s: %s", client, failure.message)
+        trace = request_id(header(scope, b"x-trace-id"))
+        body = dumps(error_body(failure, trace, self.now_ms()))
+        await send_body(send, failure.http_status, body, JSON, error_headers(failure))
+
+
+__all__ = ["SessionQuota", "TooManySessionsOpening"]

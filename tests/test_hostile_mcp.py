@@ -1,0 +1,134 @@
+"""Hostile MCP clients: what one client can make the node hold in MCP sessions stays
+its share, and a client from elsewhere is still served (item 4).
+
+The resource test runs the attack against a node process (``tests.hostile``) and
+checks its RSS and fds from outside; ``-s`` prints them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aralnode import Node
+from tests.hostile import MIB, NodeProcess
+
+MCP_VERSION = "2025-06-18"
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": MCP_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "hostile", "version": "0"},
+    },
+}
+
+
+def client_from(url: str, address: str, connections: int = 8) -> httpx.AsyncClient:
+    """An HTTP client whose connections come from ``address`` (a loopback one)."""
+    return httpx.AsyncClient(
+        base_url=url,
+        transport=httpx.AsyncHTTPTransport(local_address=address),
+        limits=httpx.Limits(max_connections=connections),
+        timeout=20,
+    )
+
+
+async def open_session(http: httpx.AsyncClient) -> str:
+    """A handshake-era MCP session, initialized: its id."""
+    opened = await http.post("/mcp", json=INIT, headers=ACCEPT)
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    done = await http.post("/mcp", json=note, headers=session_headers(session))
+    assert done.status_code == 202, done.text
+    return session
+
+
+def session_headers(session: str) -> dict[str, str]:
+    return {**ACCEPT, "mcp-session-id": session, "mcp-protocol-version": MCP_VERSION}
+
+
+async def request(
+    http: httpx.AsyncClient, session: str, method: str, params: dict[str, Any] | None = None
+) -> httpx.Response:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        body["params"] = params
+    return await http.post("/mcp", json=body, headers=session_headers(session))
+
+
+async def served(url: str, address: str) -> None:
+    """A fresh MCP client from ``address`` opens a session and calls a tool."""
+    async with client_from(url, address) as http:
+        session = await open_session(http)
+        params = {"name": "demo.echo", "arguments": {"text": "hi"}}
+        answer = await request(http, session, "tools/call", params)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"]["structuredContent"]["echo"] == ["hi"], answer.text
+
+
+async def open_many(http: httpx.AsyncClient, count: int, parallel: int = 8) -> list[str]:
+    """``count`` sessions, ``parallel`` at a time, in the order they were opened."""
+    sessions: list[str] = []
+    for start in range(0, count, parallel):
+        batch = range(start, min(count, start + parallel))
+        sessions += await asyncio.gather(*(open_session(http) for _ in batch))
+    return sessions
+
+
+ATTACK = 1000  # sessions one client opens
+
+
+@pytest.mark.slow
+async def test_one_client_cannot_fill_the_mcp_sessions(tmp_path: Path) -> None:
+    """A client (127.0.0.2) opens a thousand MCP sessions and never closes them: it
+    keeps its own share (the newest), its oldest are ended, the node's memory does
+    not follow its count, and a fresh MCP client from another address is served."""
+    async with NodeProcess.running(tmp_path) as node:
+        url = node.http_url
+        await served(url, "127.0.0.1")  # the first session's costs are paid before
+        before, fds = node.rss(), node.fds()
+        async with client_from(url, "127.0.0.2") as attacker:
+            sessions = await open_many(attacker, ATTACK)
+            oldest = await request(attacker, sessions[0], "tools/list")
+            newest = await request(attacker, sessions[-1], "tools/list")
+        grown = node.rss() - before
+        print(f"{ATTACK} sessions: RSS +{grown / MIB:.1f} MiB, fds {fds} -> {node.fds()}")
+        assert newest.status_code == 200, newest.text
+        assert oldest.status_code == 404, "the client's oldest session is still open"
+        assert grown < 16 * MIB
+        assert node.fds() <= fds + 16
+        await served(url, "127.0.0.3")
+        await node.probe()
+
+
+async def test_a_full_node_evicts_from_whoever_holds_most(
+    make_node: Callable[..., Node],
+) -> None:
+    """With every session taken, a new client still gets one: the least recently used
+    session of the client holding the most is ended, not a light user's."""
+    node = make_node("full", http_port=0, mcp_max_sessions=12, mcp_max_sessions_per_client=4)
+    async with node:
+        url = f"http://127.0.0.1:{node.http_port}"
+        async with client_from(url, "127.0.0.9") as light:
+            kept = await open_session(light)
+            heavy: list[list[str]] = []
+            for host in range(2, 5):  # three clients of four sessions each: 13 > 12
+                async with client_from(url, f"127.0.0.{host}") as http:
+                    heavy.append(await open_many(http, 4))
+            await served(url, "127.0.0.20")
+            assert (await request(light, kept, "tools/list")).status_code == 200
+        gone = 0
+        async with client_from(url, "127.0.0.2") as http:
+            for sessions in heavy:
+                for session in sessions:
+                    gone += (await request(http, session, "tools/list")).status_code == 404
+        assert gone == 2  # one for the fourth heavy client's last, one for the newcomer
