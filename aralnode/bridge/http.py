@@ -33,7 +33,7 @@ from aralnode.bridge.targets import Target, build_targets
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import ProtoService
-from aralnode.core.errors import AralError
+from aralnode.core.errors import AralError, Unauthenticated
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
 from aralnode.service.node_service import NodeService
@@ -53,6 +53,8 @@ class HttpLimits:
         max_header_bytes / max_headers / header_timeout: Bounds on a request head.
         mcp_sessions / mcp_sessions_per_client: MCP sessions held in all, and by
             one client (``SessionQuota``).
+        listing_requires_auth: ``/openapi.json``, ``/docs`` and MCP ``tools/list``
+            answer authenticated callers only.
     """
 
     parser: str = "auto"
@@ -61,6 +63,7 @@ class HttpLimits:
     header_timeout: float = 10.0
     mcp_sessions: int = 1024
     mcp_sessions_per_client: int = 32
+    listing_requires_auth: bool = False
 
 
 class HttpBridge:
@@ -77,7 +80,7 @@ class HttpBridge:
         max_body_bytes: Largest request body, and largest WebSocket frame a client sends.
         forward_peer_tools: List connected peers' capabilities as MCP tools.
         docs: Proto comments already read (the node's), so files are read once.
-        limits: What any one client may make the port hold (``HttpLimits``).
+        limits: What any one client may make the port hold, and see (``HttpLimits``).
     """
 
     def __init__(
@@ -107,21 +110,19 @@ class HttpBridge:
         self.rest = RestDoor(
             service.pipeline, service.contexts, self.bindings, max_body_bytes=max_body_bytes
         )
-        title = f"aralnode {name}"
         node_id = service.node_id
-        self.openapi = OpenApiBuilder(
-            self.bindings,
-            self.docs,
-            title=title,
-            version=version or "0",
-            description=f"REST bridge of node {node_id}, generated from its protobuf services",
-        )
-        self._docs_html = docs_page(title)
+        self.openapi = self._openapi_builder(f"aralnode {name}", version)
+        self._docs_html = docs_page(f"aralnode {name}")
         self.inflight = h.InFlight()  # MCP tool calls and WebSocket invokes running
         self.hub = EventHub(service, peer_table)
         self.ws = WsDoor(service, self.hub, name=name, inflight=self.inflight)
         self.tools = LocalTools(
-            service, peer_table, self.targets, self.docs, forward_peers=forward_peer_tools
+            service,
+            peer_table,
+            self.targets,
+            self.docs,
+            forward_peers=forward_peer_tools,
+            listing_requires_auth=self.limits.listing_requires_auth,
         )
         self.mcp_server = build_server(
             self.tools,
@@ -139,6 +140,16 @@ class HttpBridge:
         self._main: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self.port = 0
+
+    def _openapi_builder(self, title: str, version: str) -> OpenApiBuilder:
+        return OpenApiBuilder(
+            self.bindings,
+            self.docs,
+            title=title,
+            version=version or "0",
+            description=f"REST bridge of node {self.service.node_id}, generated from its "
+            "protobuf services",
+        )
 
     async def _dispatch(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
         """Route by path: WebSocket ``/ws``; MCP under ``/mcp``; the documents
@@ -164,10 +175,30 @@ class HttpBridge:
             return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):
+            if self.limits.listing_requires_auth and not await self._may_list(scope, send):
+                return
             body, content_type = document()
             await h.send_body(send, 200, body, content_type, gzip_ok=h.accepts_gzip(scope))
             return
         await self.rest(scope, receive, send)
+
+    async def _may_list(self, scope: h.Scope, send: h.Send) -> bool:
+        """Whether the caller is someone (``listing_requires_auth``): asked of the
+        pipeline's authenticate stage, as for every listing; a refusal is answered."""
+        ctx = h.call_context(self.service.contexts, scope, "rest")
+        try:
+            self.service.pipeline.authenticate(ctx, f"aral.http/GET {scope.get('path', '')}")
+            if ctx.anonymous:
+                raise Unauthenticated(
+                    "this node shows its API documents to authenticated callers only",
+                    reason="ANONYMOUS_REFUSED",
+                )
+        except AralError as exc:
+            body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
+            headers = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))
+            await h.send_body(send, exc.http_status, body, h.JSON, headers)
+            return False
+        return True
 
     def _client_of(self, scope: h.Scope) -> str:
         """Whose share a request counts against, as the rate limit counts callers:

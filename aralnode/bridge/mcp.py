@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import mcp_types as types
@@ -58,8 +58,9 @@ from aralnode.core import codec
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, McpErrorCode
 from aralnode.core.proto_schema import SCHEMA_DIALECT
+from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.context import ContextBuilder
-from aralnode.service.stages import address_of
+from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.mcp")
 
@@ -94,15 +95,22 @@ class ToolSpec:
     read_only: bool
     run: Run
     key: str = ""
+    scopes: tuple[str, ...] = ()  # a caller needs them to call it, and to see it listed
+    _mcp: types.Tool | None = field(default=None, repr=False, compare=False)
 
     def to_mcp(self) -> types.Tool:
-        return types.Tool(
-            name=self.name,
-            description=self.description or None,
-            input_schema=self.input_schema,
-            output_schema=self.output_schema,
-            annotations=types.ToolAnnotations(read_only_hint=True) if self.read_only else None,
-        )
+        """The tool as ``tools/list`` shows it; built once (a listing of many tools
+        reuses every entry that did not change)."""
+        built = self._mcp
+        if built is None or built.name != self.name:
+            built = self._mcp = types.Tool(
+                name=self.name,
+                description=self.description or None,
+                input_schema=self.input_schema,
+                output_schema=self.output_schema,
+                annotations=types.ToolAnnotations(read_only_hint=True) if self.read_only else None,
+            )
+        return built
 
 
 def tool_name(raw: str) -> str:
@@ -271,7 +279,49 @@ class ToolSource(Protocol):
 
     async def tools(self) -> dict[str, ToolSpec]: ...
 
+    async def listing(self, ctx: CallContext) -> types.ListToolsResult:
+        """``tools/list`` for the caller ``ctx``: a call like any other (the node's
+        pipeline decides), listing what the caller's scopes reach.
+
+        Raises:
+            AralError: the caller may not list.
+        """
+        ...
+
     def now_ms(self) -> int: ...
+
+
+class Listings:
+    """``tools/list`` answers, built once per set of tools and per the scopes that
+    make a difference to it (the ones some tool needs), at most ``MAX`` kept."""
+
+    MAX = 64
+
+    def __init__(self) -> None:
+        self._tools: dict[str, ToolSpec] | None = None
+        self._needed: frozenset[str] = frozenset()
+        self._answers: dict[frozenset[str] | None, types.ListToolsResult] = {}
+
+    def answer(self, tools: dict[str, ToolSpec], scopes: frozenset[str]) -> types.ListToolsResult:
+        """The tools of ``tools`` a caller holding ``scopes`` may call."""
+        if tools is not self._tools:
+            self._tools = tools
+            self._needed = frozenset(s for t in tools.values() for s in t.scopes)
+            self._answers.clear()
+        key = None if ALL_SCOPES in scopes else scopes & self._needed
+        listed = self._answers.get(key)
+        if listed is None:
+            if len(self._answers) >= self.MAX:
+                self._answers.clear()
+            shown = [t.to_mcp() for t in tools.values() if reaches(scopes, t.scopes)]
+            listed = self._answers[key] = types.ListToolsResult(tools=shown)
+        return listed
+
+
+def mcp_error(exc: AralError, trace_id: str, now_ms: int) -> MCPError:
+    """A refusal as a JSON-RPC error, the seed's error object as its data."""
+    data = {**exc.to_dict(), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}
+    return MCPError(int(exc.mcp_code), exc.message, data)
 
 
 def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> ToolSpec:
@@ -319,17 +369,15 @@ def build_server(
     Args:
         context: Builds the door's ``CallContext`` from the SDK's request context.
     """
-    cache: dict[str, Any] = {"tools": None, "listed": None}
 
     async def list_tools(
         ctx: Any, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        tools = await source.tools()
-        if cache["tools"] is not tools:
-            cache["listed"] = types.ListToolsResult(tools=[t.to_mcp() for t in tools.values()])
-            cache["tools"] = tools
-        listed: types.ListToolsResult = cache["listed"]
-        return listed
+        call_ctx = context(ctx)
+        try:
+            return await source.listing(call_ctx)
+        except AralError as exc:
+            raise mcp_error(exc, call_ctx.trace_id, source.now_ms()) from None
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
         tools = await source.tools()
@@ -449,6 +497,7 @@ class McpHttp:
 
 __all__ = [
     "InvalidToolSchema",
+    "Listings",
     "McpHttp",
     "ToolSource",
     "ToolSpec",
@@ -457,6 +506,7 @@ __all__ = [
     "check_schema",
     "error_result",
     "http_context",
+    "mcp_error",
     "peer_tool_name",
     "remote_spec",
     "result_of",

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import mcp_types as types
+
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.bridge.mcp import (
     PEER_ID_CHARS,
     InvalidToolSchema,
+    Listings,
     ToolSpec,
     _input_schema,
     _object_schema,
@@ -23,11 +26,14 @@ from aralnode.bridge.mcp import (
 from aralnode.bridge.targets import Target
 from aralnode.core.capabilities import Capability, request_from
 from aralnode.core.context import CallContext
+from aralnode.core.errors import Unauthenticated
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments, message_schema
 from aralnode.service.node_service import NodeService
 
 log = get_logger("aralnode.mcp")
+# tools/list is the node's listing of what it serves: governed as ListCapabilities is.
+LIST_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/ListCapabilities"
 
 
 class LocalTools:
@@ -42,8 +48,11 @@ class LocalTools:
         *,
         forward_peers: bool = True,
         peer_timeout: float | None = None,
+        listing_requires_auth: bool = False,
     ) -> None:
         self.service = service
+        self.listing_requires_auth = listing_requires_auth
+        self.listings = Listings()
         self.registry = service.pipeline.registry
         self.targets = targets
         self.docs = docs
@@ -72,6 +81,24 @@ class LocalTools:
         if self._tools is None:
             self._tools = self._build(self._peers())
         return self._tools
+
+    async def listing(self, ctx: CallContext) -> types.ListToolsResult:
+        """``tools/list`` as the node's ``ListCapabilities``: authenticated (and not
+        anonymous when ``listing_requires_auth``), governed and audited as it, and
+        showing what the caller's scopes reach."""
+        pipeline = self.service.pipeline
+        if self.listing_requires_auth:
+            pipeline.authenticate(ctx, LIST_ACTION)
+            if ctx.anonymous:
+                raise Unauthenticated(
+                    "this node lists its tools to authenticated callers only",
+                    reason="ANONYMOUS_REFUSED",
+                )
+
+        async def run(_: Any) -> types.ListToolsResult:
+            return self.listings.answer(await self.tools(), ctx.scopes)
+
+        return await pipeline.call(ctx, LIST_ACTION, None, run)
 
     def _peers(self) -> list[pb.Peer]:
         if not self.forward_peers:
@@ -124,6 +151,7 @@ class LocalTools:
             read_only=cap.risk == "read_only",
             run=_unwrapping(run) if wrapped else run,
             key=cap.id,
+            scopes=cap.required_scopes,
         )
 
     def _target_tool(self, target: Target, comments: dict[str, str]) -> ToolSpec:

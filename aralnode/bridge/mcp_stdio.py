@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import mcp_types as types
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -23,6 +24,7 @@ from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.bridge.mcp import (
     InvalidToolSchema,
+    Listings,
     ToolSpec,
     assign_names,
     build_server,
@@ -35,10 +37,12 @@ from aralnode.core.capabilities import request_from
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext
 from aralnode.core.proto_schema import ProtoComments, message_schema
+from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import BUILT_INS
 
 log = get_logger("aralnode.mcp")
+EVERYTHING = frozenset({ALL_SCOPES})
 
 
 class RemoteNode(Protocol):
@@ -85,9 +89,15 @@ class RemoteTools:
         self._fetched = float("-inf")
         self._docs = docs
         self.dropped = 0  # capabilities left out for a schema that is not one
+        self._listings = Listings()
 
     def now_ms(self) -> int:
         return SYSTEM_CLOCK.now_ms()
+
+    async def listing(self, ctx: CallContext) -> types.ListToolsResult:
+        # The node listed what this bridge's caller may see (ListCapabilities ran
+        # through its pipeline): all of it is listed.
+        return self._listings.answer(await self.tools(), EVERYTHING)
 
     async def tools(self) -> dict[str, ToolSpec]:
         if time.monotonic() - self._fetched > self.ttl:

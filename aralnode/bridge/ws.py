@@ -42,6 +42,7 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
 from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.stages import reaches
 
 log = get_logger("aralnode.ws")
 
@@ -49,6 +50,7 @@ CHANNELS = ("peers", "capabilities", "decisions", "status")
 # The governance action id of the WebSocket door's own operation (a status request
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
+LIST_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/ListCapabilities"
 QUEUE_SIZE = 256
 # Holding it shows a subscriber every caller's governance decisions; without it, a
 # subscriber sees those of its own socket's calls and of calls by its principal.
@@ -68,6 +70,7 @@ class Subscriber:
         self.dropped = 0
         self.decision_keys: tuple[str, ...] = ()
         self.sees_all = False
+        self.scopes: frozenset[str] = frozenset()  # what its capability listings show
 
     def offer(self, message: dict[str, Any]) -> None:
         try:
@@ -130,6 +133,8 @@ class EventHub:
             self._channel[channel].add(sub)
         sub.channels |= channels
         self.subscribers.add(sub)
+        if "capabilities" in channels:
+            sub.scopes = ctx.scopes
         if "decisions" in channels:
             self._index_decisions(sub, add=False)
             sub.decision_keys = tuple(_decision_keys(ctx))
@@ -227,16 +232,23 @@ class EventHub:
         )
 
     def _capabilities_changed(self) -> None:
-        registry = self.registry
-        self.publish(
-            "capabilities",
-            "capabilities_changed",
-            lambda: {
-                "count": len(registry),
-                "digest": registry.digest,
-                "ids": [c.id for c in registry],
-            },
-        )
+        """A listing, so each subscriber gets the ids its scopes reach: one event
+        per set of scopes that makes a difference, however many subscribers."""
+        subscribers = self._channel["capabilities"]
+        if not subscribers:
+            return
+        caps = list(self.registry)
+        needed = frozenset(s for c in caps for s in c.required_scopes)
+        groups: dict[frozenset[str] | None, list[Subscriber]] = {}
+        for sub in subscribers:
+            key = None if ALL_SCOPES in sub.scopes else sub.scopes & needed
+            groups.setdefault(key, []).append(sub)
+        digest = self.registry.digest
+        for group in groups.values():
+            scopes = group[0].scopes
+            ids = [c.id for c in caps if reaches(scopes, c.required_scopes)]
+            data: dict[str, Any] = {"count": len(ids), "digest": digest, "ids": ids}
+            self._offer(group, "capabilities", "capabilities_changed", data.copy)
 
     def _verdict(self, ctx: CallContext | None, action: Action, verdict: Verdict) -> None:
         targets = set(self._all_decisions)
@@ -406,9 +418,26 @@ class WsDoor:
             # parameters it left without a channel list grant none (not the
             # client's BAD_CHANNELS: the client asked well).
             granted = params.get("channels", []) if isinstance(params, dict) else []
-            await self._subscribed(msg, conn, set(_channels(granted)), ctx)
+            channels = set(_channels(granted))
+            if "capabilities" in channels and not await self._may_list(ctx):
+                channels.discard("capabilities")
+            await self._subscribed(msg, conn, channels, ctx)
 
         await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
+
+    async def _may_list(self, ctx: CallContext) -> bool:
+        """The capabilities channel is a listing: governed as ``ListCapabilities``
+        (a refusal withholds the channel, the others stay)."""
+
+        async def run(_: Any) -> None:
+            return None
+
+        try:
+            await self.service.pipeline.call(ctx, LIST_ACTION, None, run)
+        except AralError as exc:
+            log.info("WebSocket: capabilities channel withheld: %s", exc.message)
+            return False
+        return True
 
     async def _subscribed(
         self, msg: dict[str, Any], conn: _Connection, wanted: set[str], ctx: CallContext

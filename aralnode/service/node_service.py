@@ -38,6 +38,7 @@ from aralnode.core.replay import ReplayGuard
 from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.stages import reaches
 
 BuiltInMethod = Callable[[Any, CallContext], Awaitable[Message]]
 M = TypeVar("M", bound=Message)
@@ -251,11 +252,21 @@ class NodeService:
     async def list_capabilities(
         self, request: pb.ListCapabilitiesRequest, ctx: CallContext
     ) -> pb.ListCapabilitiesResponse:
-        """This node's capabilities, or a verified peer's as its card listed them."""
+        """This node's capabilities the caller's scopes reach (a listing shows what
+        the caller could call), or a verified peer's as its card listed them (the
+        peer decides who calls those)."""
         node_id = request.node_id
-        return await self._built_in(
-            ctx, "ListCapabilities", lambda: self.info.capabilities_of(node_id)
-        )
+
+        def answer() -> pb.ListCapabilitiesResponse:
+            listed = self.info.capabilities_of(node_id)
+            if listed.node_id == self.node_id:
+                reached = [c for c in listed.capabilities if reaches(ctx.scopes, c.required_scopes)]
+                if len(reached) < len(listed.capabilities):
+                    del listed.capabilities[:]
+                    listed.capabilities.extend(reached)
+            return listed
+
+        return await self._built_in(ctx, "ListCapabilities", answer)
 
     async def get_status(self, request: pb.GetStatusRequest, ctx: CallContext) -> pb.NodeStatus:
         return await self._built_in(ctx, "GetStatus", self.info.status)

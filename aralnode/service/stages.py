@@ -107,6 +107,13 @@ class Authorize:
             raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
 
 
+def reaches(scopes: frozenset[str], required: Sequence[str]) -> bool:
+    """Whether a caller holding ``scopes`` passes ``Authorize`` for a target that
+    requires ``required``: what a listing shows it (a listing is a call, and lists
+    only what the caller could call)."""
+    return not required or ALL_SCOPES in scopes or all(s in scopes for s in required)
+
+
 def share_key(ctx: CallContext) -> str:
     """Whose share of the slots a call counts against ("" for the node's own
     program, which has no share to keep to).
