@@ -132,3 +132,101 @@ async def test_a_full_node_evicts_from_whoever_holds_most(
                 for session in sessions:
                     gone += (await request(http, session, "tools/list")).status_code == 404
         assert gone == 2  # one for the fourth heavy client's last, one for the newcomer
+
+
+# -- a peer with thousands of capabilities: tools/list is built per peer (item 7) --------
+
+
+def _card(prefix: str, count: int) -> list[Any]:
+    from aralnode import _proto as pb
+
+    caps = []
+    for i in range(count):
+        cap = pb.Capability(id=f"{prefix}.cap{i}", name=f"cap {i}")
+        cap.input_schema.update({"type": "object", "properties": {"n": {"type": "integer"}}})
+        caps.append(cap)
+    return caps
+
+
+class FakePeers:
+    """Stands in for what the node knows of its peers' cards: connected peers and
+    their capabilities, changed by ``connect`` (which tells the peer table)."""
+
+    def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.node = node
+        self.cards: dict[str, list[Any]] = {}
+        info = node.parts.service.info  # type: ignore[union-attr]
+        monkeypatch.setattr(info, "connected_peers", self.connected)
+        monkeypatch.setattr(info, "peer_capabilities", lambda node_id: self.cards[node_id])
+
+    def connected(self) -> list[Any]:
+        from aralnode import _proto as pb
+
+        state = pb.PeerState.PEER_STATE_CONNECTED
+        return [pb.Peer(node_id=n, name=n[:4], state=state) for n in self.cards]
+
+    def connect(self, node_id: str, caps: list[Any]) -> None:
+        from aralnode.core.peers import PeerEvent
+
+        self.cards[node_id] = caps
+        self.node.peer_table.apply(node_id, PeerEvent.VERIFIED, node_id=node_id, name=node_id[:4])
+
+
+async def test_a_handshake_rebuilds_the_tools_of_its_peer_only(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer with 2,000 capabilities is listed; then another peer connects, and a
+    capability is added here: each change builds the tools of what changed, not the
+    big peer's again; and building the big one lets the loop serve others meanwhile."""
+    from aralnode.bridge import mcp
+
+    checked = 0
+    check = mcp.check_schema
+
+    def counting(schema: dict[str, Any], what: str) -> None:
+        nonlocal checked
+        checked += 1
+        check(schema, what)
+
+    monkeypatch.setattr(mcp, "check_schema", counting)
+    node = make_node("many", http_port=0)
+    async with node:
+        tools = node.parts.http.tools  # type: ignore[union-attr]
+        peers = FakePeers(node, monkeypatch)
+        peers.connect("b" * 32, _card("big", 2000))
+        ticks = 0
+
+        async def ticker() -> None:  # another door's work, waiting for the loop
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        started = ticks
+        listed = await tools.tools()
+        served_meanwhile = ticks - started
+        other.cancel()
+        assert len([n for n in listed if ".big.cap" in n]) == 2000
+        assert served_meanwhile > 10, "the loop served nothing else while 2,000 tools were built"
+        assert checked == 2000
+        peers.connect("s" * 32, _card("small", 3))
+        listed = await tools.tools()
+        assert len([n for n in listed if ".small.cap" in n]) == 3
+        assert checked == 2003  # the big peer's tools were kept
+
+        @node.capability(id="late.cap")
+        async def late() -> None:
+            return None
+
+        listed = await tools.tools()
+        assert "late.cap" in listed
+        assert checked == 2003
+        del peers.cards["s" * 32]
+        from aralnode.core.peers import PeerEvent
+
+        node.peer_table.apply("s" * 32, PeerEvent.GOODBYE)
+        listed = await tools.tools()
+        assert not any(".small.cap" in n for n in listed)
+        assert checked == 2003

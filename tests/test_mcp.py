@@ -317,7 +317,7 @@ async def test_peer_tools_with_bad_schemas_are_dropped_and_counted(
         bad.input_schema.update({"type": "nonsense"})
         peer = pb.Peer(node_id="p" * 32, name="other", state=pb.PeerState.PEER_STATE_CONNECTED)
         monkeypatch.setattr(tools.service.info, "peer_capabilities", lambda node_id: [good, bad])
-        built = tools._build([peer])
+        built = assign_names(await tools._peer_tools(peer))
         assert "peer.other-pppppppp.remote.cap" in built
         assert not any("bad.cap" in name for name in built)
         assert tools.dropped == 1

@@ -96,6 +96,7 @@ class ToolSpec:
     run: Run
     key: str = ""
     scopes: tuple[str, ...] = ()  # a caller needs them to call it, and to see it listed
+    label: str = ""  # the name it came with (``name`` is what ``assign_names`` made it)
     _mcp: types.Tool | None = field(default=None, repr=False, compare=False)
 
     def to_mcp(self) -> types.Tool:
@@ -148,10 +149,13 @@ def assign_names(specs: Iterable[ToolSpec]) -> dict[str, ToolSpec]:
             log.warning("MCP tool %r is listed twice; keeping the first", key)
             continue
         spec.key = key
+        spec.label = spec.label or spec.name
         by_key[key] = spec
     groups: dict[str, list[ToolSpec]] = {}
     for spec in by_key.values():
-        groups.setdefault(tool_name(spec.name), []).append(spec)
+        # From the name it came with: a spec kept from an earlier listing is named
+        # afresh, as if it were new (a clash that is gone leaves no suffix behind).
+        groups.setdefault(tool_name(spec.label), []).append(spec)
     out: dict[str, ToolSpec] = {}
     clashing: list[tuple[str, ToolSpec]] = []
     for name, group in groups.items():

@@ -3,6 +3,8 @@ methods and its connected peers' capabilities, kept as ``ToolSpec`` for ``build_
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import mcp_types as types
@@ -27,17 +29,25 @@ from aralnode.bridge.targets import Target
 from aralnode.core.capabilities import Capability, request_from
 from aralnode.core.context import CallContext
 from aralnode.core.errors import Unauthenticated
-from aralnode.core.peers import PeerTable
+from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTable
 from aralnode.core.proto_schema import ProtoComments, message_schema
 from aralnode.service.node_service import NodeService
 
 log = get_logger("aralnode.mcp")
 # tools/list is the node's listing of what it serves: governed as ListCapabilities is.
 LIST_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/ListCapabilities"
+# A peer shows its card in a handshake (ours to it, or its own to us).
+_CARD_EVENTS = frozenset({PeerEvent.VERIFIED, PeerEvent.INBOUND})
 
 
 class LocalTools:
-    """Tools of the node this bridge runs in; rebuilt when capabilities or peers change."""
+    """Tools of the node this bridge runs in, kept per source: this node's own
+    (rebuilt when its capabilities change) and each connected peer's (rebuilt when
+    that peer shows a card, in a handshake). A peer's handshake costs the tools of
+    that peer, not of every peer; a build yields to the loop every ``YIELD_EVERY``
+    tools, so a card of thousands of capabilities never holds the other doors up."""
+
+    YIELD_EVERY = 32
 
     def __init__(
         self,
@@ -58,16 +68,37 @@ class LocalTools:
         self.docs = docs
         self.forward_peers = forward_peers
         self.peer_timeout = peer_timeout
-        self._tools: dict[str, ToolSpec] | None = None
         self.dropped = 0  # peer tools left out for a schema that is not one
+        self._tools: dict[str, ToolSpec] | None = None  # all of them, named
+        self._own: list[ToolSpec] | None = None
+        self._by_peer: dict[str, list[ToolSpec]] = {}  # node id -> tools of its card
+        # Changes seen, so that a build a change overtook is used once, not kept.
+        self._version = self._own_version = 0
+        self._cards: Counter[str] = Counter()  # per peer: cards shown
+        self._lock = asyncio.Lock()  # one build at a time; the others wait for it
         # Rebuilt only after a change: tools/call must not pay for a listing.
         self._unlisten = (
-            self.registry.on_change(self._invalidate),
-            peer_table.on_change(lambda _change: self._invalidate()),
+            self.registry.on_change(self._own_changed),
+            peer_table.on_change(self._peer_changed),
         )
 
-    def _invalidate(self) -> None:
+    def _changed(self) -> None:
         self._tools = None
+        self._version += 1
+
+    def _own_changed(self) -> None:
+        self._own = None
+        self._own_version += 1
+        self._changed()
+
+    def _peer_changed(self, change: PeerChange) -> None:
+        peer = change.peer
+        if change.event in _CARD_EVENTS and peer.node_id:
+            self._by_peer.pop(peer.node_id, None)
+            self._cards[peer.node_id] += 1
+            self._changed()
+        elif (change.before is PeerState.CONNECTED) != (peer.state is PeerState.CONNECTED):
+            self._changed()  # listed or not listed any more; its tools are kept
 
     def close(self) -> None:
         """Stop following the registry and the peer table (the bridge is stopping)."""
@@ -78,9 +109,42 @@ class LocalTools:
         return self.service.clock.now_ms()
 
     async def tools(self) -> dict[str, ToolSpec]:
-        if self._tools is None:
-            self._tools = self._build(self._peers())
-        return self._tools
+        tools = self._tools
+        if tools is not None:
+            return tools
+        async with self._lock:
+            if self._tools is not None:  # built while this one waited
+                return self._tools
+            version = self._version
+            tools = assign_names(await self._assemble())
+            if version == self._version:
+                self._tools = tools
+            return tools
+
+    async def _assemble(self) -> list[ToolSpec]:
+        own = self._own
+        if own is None:
+            version = self._own_version
+            own = await self._own_tools()
+            if version == self._own_version:
+                self._own = own
+        specs = list(own)
+        live: set[str] = set()
+        for peer in self._peers():
+            node_id = peer.node_id
+            live.add(node_id)
+            built = self._by_peer.get(node_id)
+            if built is None:
+                card = self._cards[node_id]
+                built = await self._peer_tools(peer)
+                if card == self._cards[node_id]:
+                    self._by_peer[node_id] = built
+            specs += built
+        for gone in [n for n in self._by_peer if n not in live]:
+            del self._by_peer[gone]
+        for gone in [n for n in self._cards if n not in live]:
+            del self._cards[gone]
+        return specs
 
     async def listing(self, ctx: CallContext) -> types.ListToolsResult:
         """``tools/list`` as the node's ``ListCapabilities``: authenticated (and not
@@ -105,25 +169,33 @@ class LocalTools:
             return []
         return [p for p in self.service.info.connected_peers() if p.node_id]
 
-    def _build(self, peers: list[pb.Peer]) -> dict[str, ToolSpec]:
+    async def _own_tools(self) -> list[ToolSpec]:
         files = {t.method.containing_service.file for t in self.targets}
         comments = self.docs.for_files(files)
-        specs = [self._capability_tool(cap, comments) for cap in self.registry]
+        specs = []
+        for i, cap in enumerate(list(self.registry)):
+            if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            specs.append(self._capability_tool(cap, comments))
         specs += [
             self._target_tool(target, comments)
             for target in self.targets
             if target.tool and target.call is not None
         ]
-        for peer in peers:
-            for cap_proto in self.service.info.peer_capabilities(peer.node_id):
-                try:
-                    specs.append(self._peer_tool(peer, cap_proto))
-                except InvalidToolSchema as exc:
-                    self.dropped += 1
-                    log.warning(
-                        "MCP: not listing %s of peer %s: %s", cap_proto.id, peer.node_id, exc
-                    )
-        return assign_names(specs)
+        return specs
+
+    async def _peer_tools(self, peer: pb.Peer) -> list[ToolSpec]:
+        """The tools of ``peer``'s card (a schema that is not one is left out)."""
+        specs = []
+        for i, cap_proto in enumerate(self.service.info.peer_capabilities(peer.node_id)):
+            if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a card of thousands: the other doors go on
+            try:
+                specs.append(self._peer_tool(peer, cap_proto))
+            except InvalidToolSchema as exc:
+                self.dropped += 1
+                log.warning("MCP: not listing %s of peer %s: %s", cap_proto.id, peer.node_id, exc)
+        return specs
 
     def _capability_tool(self, cap: Capability, comments: dict[str, str]) -> ToolSpec:
         pipeline = self.service.pipeline
