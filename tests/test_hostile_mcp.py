@@ -230,3 +230,17 @@ async def test_a_handshake_rebuilds_the_tools_of_its_peer_only(
         listed = await tools.tools()
         assert not any(".small.cap" in n for n in listed)
         assert checked == 2003
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mcp_max_sessions_per_client": 0},
+        {"mcp_max_sessions": 8, "mcp_max_sessions_per_client": 9},
+    ],
+)
+def test_session_bounds_are_checked(fields: dict[str, int]) -> None:
+    from aralnode import NodeConfig
+
+    with pytest.raises(ValueError, match="mcp_max_sessions"):
+        NodeConfig(**fields)  # type: ignore[arg-type]
