@@ -385,6 +385,8 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
             header_timeout=cfg.http_header_timeout_seconds,
             mcp_sessions=cfg.mcp_max_sessions,
             mcp_sessions_per_client=cfg.mcp_max_sessions_per_client,
+            ws_sockets=cfg.ws_max_connections,
+            ws_sockets_per_client=cfg.ws_max_connections_per_client,
             listing_requires_auth=cfg.listing_requires_auth,
         ),
     )

@@ -97,6 +97,10 @@ class NodeConfig:
             holds the most.
         mcp_max_sessions_per_client: MCP sessions one client (its verified identity,
             else its address) holds; opening one more ends its least recently used.
+        ws_max_connections: WebSockets the node holds at once; past it, a new one
+            closes the oldest of the client that holds the most (1013).
+        ws_max_connections_per_client: WebSockets one client holds; more are refused
+            (429 ``TOO_MANY_WEBSOCKETS``) before they are accepted.
     """
 
     name: str = "aralnode"
@@ -142,6 +146,8 @@ class NodeConfig:
     forward_timeout_seconds: float = 30.0
     mcp_max_sessions: int = 1024
     mcp_max_sessions_per_client: int = 32
+    ws_max_connections: int = 1024
+    ws_max_connections_per_client: int = 16
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -195,6 +201,8 @@ class NodeConfig:
             raise ValueError("forward_timeout_seconds must be in (0, 86400]")
         if not 1 <= self.mcp_max_sessions_per_client <= self.mcp_max_sessions:
             raise ValueError("need 1 <= mcp_max_sessions_per_client <= mcp_max_sessions")
+        if not 1 <= self.ws_max_connections_per_client <= self.ws_max_connections:
+            raise ValueError("need 1 <= ws_max_connections_per_client <= ws_max_connections")
 
     def _check_grpc_bounds(self) -> None:
         for name in (

@@ -444,7 +444,8 @@ async def test_idle_subscribers_cost_a_call_nothing(
         real_offer(self, message)
 
     monkeypatch.setattr(Subscriber, "offer", offer)
-    node = make_node("feed", http_port=0)
+    # 150 sockets from one address: more than a client's share by default.
+    node = make_node("feed", http_port=0, ws_max_connections_per_client=150)
     async with node, contextlib.AsyncExitStack() as stack:
         url = f"ws://127.0.0.1:{node.http_port}/ws"
         sockets = [await stack.enter_async_context(websockets.connect(url)) for _ in range(150)]

@@ -1,12 +1,15 @@
-"""Hostile MCP clients: what one client can make the node hold in MCP sessions stays
-its share, and a client from elsewhere is still served (item 4).
+"""Hostile clients holding sessions on the HTTP port: what one client can make the
+node hold in MCP sessions and WebSockets stays its share, and a client from
+elsewhere is still served (item 4); a peer with thousands of capabilities costs
+tools/list its own tools only, built without stalling the loop (item 7).
 
-The resource test runs the attack against a node process (``tests.hostile``) and
-checks its RSS and fds from outside; ``-s`` prints them."""
+The resource tests run the attack against a node process (``tests.hostile``) and
+check its RSS and fds from outside; ``-s`` prints them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,3 +247,79 @@ def test_session_bounds_are_checked(fields: dict[str, int]) -> None:
 
     with pytest.raises(ValueError, match="mcp_max_sessions"):
         NodeConfig(**fields)  # type: ignore[arg-type]
+
+
+# -- WebSockets: the other thing a client holds open on the HTTP port --------------------
+
+SOCKETS = 200  # one client tries to open this many
+
+
+async def _open_sockets(url: str, address: str, count: int) -> tuple[list[Any], list[int]]:
+    """``count`` WebSockets from ``address``: those open, and the statuses refused."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    opened, refused = [], []
+    for _ in range(count):
+        try:
+            opened.append(await connect(url, local_addr=(address, 0), open_timeout=20))
+        except InvalidStatus as exc:
+            refused.append(exc.response.status_code)
+    return opened, refused
+
+
+async def _subscribed(url: str, address: str) -> None:
+    """A fresh WebSocket client from ``address`` subscribes and is answered."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url, local_addr=(address, 0), open_timeout=20) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channels": ["status"]}))
+        async with asyncio.timeout(20):
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+
+
+@pytest.mark.slow
+async def test_one_client_cannot_hold_every_websocket(tmp_path: Path) -> None:
+    """A client (127.0.0.2) opens WebSockets and keeps them: it gets its share, the
+    rest are refused before they are accepted (429), so its descriptors and memory
+    stay bounded; another client's WebSocket is served."""
+    async with NodeProcess.running(tmp_path) as node:
+        url = f"ws://127.0.0.1:{node.info['http_port']}/ws"
+        await _subscribed(url, "127.0.0.1")
+        before, fds = node.rss(), node.fds()
+        opened, refused = await _open_sockets(url, "127.0.0.2", SOCKETS)
+        grown = node.rss() - before
+        print(f"{SOCKETS} WebSockets: {len(opened)} open, RSS +{grown / MIB:.1f} MiB, ", end="")
+        print(f"fds {fds} -> {node.fds()}")
+        try:
+            assert len(opened) == 16
+            assert set(refused) == {429}
+            assert node.fds() <= fds + 16 + 4
+            assert grown < 8 * MIB
+            await _subscribed(url, "127.0.0.3")
+            await node.probe()
+        finally:
+            for ws in opened:
+                await ws.close()
+
+
+async def test_a_full_node_closes_the_oldest_websocket_of_whoever_holds_most(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("socks", http_port=0, ws_max_connections=4, ws_max_connections_per_client=2)
+    async with node:
+        url = f"ws://127.0.0.1:{node.http_port}/ws"
+        light, _ = await _open_sockets(url, "127.0.0.9", 1)
+        heavy, _ = await _open_sockets(url, "127.0.0.2", 2)
+        more, refused = await _open_sockets(url, "127.0.0.2", 1)
+        assert (more, refused) == ([], [429])
+        third, _ = await _open_sockets(url, "127.0.0.3", 1)  # the fourth: room for it
+        newcomer, _ = await _open_sockets(url, "127.0.0.4", 1)  # a fifth: one must go
+        async with asyncio.timeout(20):
+            await heavy[0].wait_closed()
+        assert heavy[0].close_code == 1013
+        for ws in [*light, *heavy[1:], *third, *newcomer]:
+            await ws.send(json.dumps({"type": "ping"}))
+            async with asyncio.timeout(20):
+                assert json.loads(await ws.recv())["type"] == "pong"
+            await ws.close()

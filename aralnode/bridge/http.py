@@ -18,12 +18,14 @@ import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge._server import HeadLimits, protocol_class
+from aralnode.bridge._sockets import SocketQuota
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
@@ -53,6 +55,8 @@ class HttpLimits:
         max_header_bytes / max_headers / header_timeout: Bounds on a request head.
         mcp_sessions / mcp_sessions_per_client: MCP sessions held in all, and by
             one client (``SessionQuota``).
+        ws_sockets / ws_sockets_per_client: WebSockets held in all, and by one
+            client (``SocketQuota``).
         listing_requires_auth: ``/openapi.json``, ``/docs`` and MCP ``tools/list``
             answer authenticated callers only.
     """
@@ -63,6 +67,8 @@ class HttpLimits:
     header_timeout: float = 10.0
     mcp_sessions: int = 1024
     mcp_sessions_per_client: int = 32
+    ws_sockets: int = 1024
+    ws_sockets_per_client: int = 16
     listing_requires_auth: bool = False
 
 
@@ -115,7 +121,7 @@ class HttpBridge:
         self._docs_html = docs_page(f"aralnode {name}")
         self.inflight = h.InFlight()  # MCP tool calls and WebSocket invokes running
         self.hub = EventHub(service, peer_table)
-        self.ws = WsDoor(service, self.hub, name=name, inflight=self.inflight)
+        self.ws = self._ws_door(name)
         self.tools = LocalTools(
             service,
             peer_table,
@@ -140,6 +146,15 @@ class HttpBridge:
         self._main: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self.port = 0
+
+    def _ws_door(self, name: str) -> WsDoor:
+        limits = self.limits
+        sockets: SocketQuota[Any] = SocketQuota(
+            per_client=limits.ws_sockets_per_client,
+            total=limits.ws_sockets,
+            client_of=self._client_of,
+        )
+        return WsDoor(self.service, self.hub, name=name, inflight=self.inflight, quota=sockets)
 
     def _openapi_builder(self, title: str, version: str) -> OpenApiBuilder:
         return OpenApiBuilder(
@@ -203,7 +218,8 @@ class HttpBridge:
     def _client_of(self, scope: h.Scope) -> str:
         """Whose share a request counts against, as the rate limit counts callers:
         its verified identity if its credentials prove one, else its address."""
-        ctx = h.call_context(self.service.contexts, scope, "mcp")
+        door = "ws" if scope["type"] == "websocket" else "mcp"
+        ctx = h.call_context(self.service.contexts, scope, door)
         with contextlib.suppress(AralError):  # refused: it counts as its address
             self.service.pipeline.stages.authenticate(ctx)
         return share_key(ctx)

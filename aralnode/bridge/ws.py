@@ -34,7 +34,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
-from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, iso_ms
+from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
+from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.targets import node_json
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
@@ -42,7 +43,7 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PeerChange, PeerState, PeerTable
 from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.node_service import NodeService
-from aralnode.service.stages import reaches
+from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
 
@@ -282,7 +283,13 @@ class WsDoor:
     """The ``/ws`` endpoint."""
 
     def __init__(
-        self, service: NodeService, hub: EventHub, *, name: str, inflight: InFlight | None = None
+        self,
+        service: NodeService,
+        hub: EventHub,
+        *,
+        name: str,
+        inflight: InFlight | None = None,
+        quota: SocketQuota[_Connection] | None = None,
     ) -> None:
         self.service = service
         self.name = name
@@ -290,13 +297,26 @@ class WsDoor:
         self.node_id = service.node_id
         self.clock = service.clock
         self.hub = hub
+        self.quota: SocketQuota[_Connection] = quota or SocketQuota(
+            per_client=16, total=1024, client_of=lambda scope: address_of(client_peer(scope))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = self.quota.client_of(scope)
+        try:
+            self.quota.check(client)  # before accepting: a refusal is a plain 429
+        except AralError as exc:
+            log.warning("refused a WebSocket to %s: %s", client, exc.message)
+            await refuse(send, exc, self.clock.now_ms())
+            return
         ws = WebSocket(scope, receive, send)
         await ws.accept()
         conn = _Connection(
             ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
         )
+        victim = self.quota.add(client, conn)
+        if victim is not None:  # the node holds its total: the victim makes room
+            self.quota.close_later(victim.ws.close, victim.lock)
         sender = asyncio.create_task(self._pump(conn))
         invoker = asyncio.create_task(self._invoker(conn))
         try:
@@ -321,6 +341,7 @@ class WsDoor:
         except WebSocketDisconnect:
             pass
         finally:
+            self.quota.remove(client, conn)
             self.hub.remove(conn.sub)
             # The client is gone: so are its calls (the one running is cancelled,
             # and gives its slot back; those waiting never run).

@@ -1,0 +1,106 @@
+"""WebSockets held to a share per client and a total.
+
+A WebSocket is held as long as its client answers pings: without a bound, one
+client opens thousands (~60 KiB and a file descriptor each) until the node has
+no descriptor left for anyone. ``SocketQuota`` counts them by client (its
+verified identity, else its address, as ``service.stages.share_key`` counts
+callers): past ``per_client`` a client's next socket is refused (429) before it
+is accepted; past ``total`` the oldest socket of the client holding the most is
+closed to make room (1013, try again later), so a new client always gets in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from aralnode.bridge._http import JSON, Scope, Send, dumps, error_body, error_headers
+from aralnode.core.context import new_trace_id
+from aralnode.core.errors import AralError, RateLimited
+
+T = TypeVar("T")
+
+
+class TooManySockets(RateLimited):
+    """A client holds as many WebSockets as it may."""
+
+    default_reason = "TOO_MANY_WEBSOCKETS"
+
+
+class SocketQuota(Generic[T]):
+    """Who holds which socket (``T``: whatever the door keeps per socket).
+
+    Args:
+        per_client: Sockets one client may hold.
+        total: Sockets the node holds.
+        client_of: A request's client: who its sockets count against.
+    """
+
+    def __init__(self, *, per_client: int, total: int, client_of: Callable[[Scope], str]) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.client_of = client_of
+        self._held: dict[str, OrderedDict[T, None]] = {}  # per client, oldest first
+        self.count = 0
+        self.evicted = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def check(self, client: str) -> None:
+        """Raises ``TooManySockets`` when ``client`` holds its share already."""
+        held = self._held.get(client)
+        if held is not None and len(held) >= self.per_client:
+            raise TooManySockets(
+                f"this client holds {self.per_client} WebSockets already", retry_after=1.0
+            )
+
+    def add(self, client: str, socket: T) -> T | None:
+        """Count ``socket`` as ``client``'s; the socket to close to make room, if any
+        (already forgotten here)."""
+        victim = None
+        if self.count >= self.total and self._held:
+            heaviest = max(self._held, key=lambda c: len(self._held[c]))
+            victim = next(iter(self._held[heaviest]))
+            self.remove(heaviest, victim)
+            self.evicted += 1
+        self._held.setdefault(client, OrderedDict())[socket] = None
+        self.count += 1
+        return victim
+
+    def close_later(self, close: Callable[[int, str], Awaitable[None]], lock: asyncio.Lock) -> None:
+        """Close an evicted socket (``close(code, reason)`` under its send ``lock``),
+        without making the socket that took its place wait for it."""
+
+        async def closing() -> None:
+            with contextlib.suppress(Exception):  # it may be closing already
+                async with lock:
+                    await close(1013, "the node holds too many WebSockets")
+
+        task = asyncio.create_task(closing())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def remove(self, client: str, socket: T) -> None:
+        """``socket`` closed (nothing happens if it was evicted before)."""
+        held = self._held.get(client)
+        if held is None or socket not in held:
+            return
+        del held[socket]
+        self.count -= 1
+        if not held:
+            del self._held[client]
+
+
+async def refuse(send: Send, exc: AralError, now_ms: int) -> None:
+    """Answer a WebSocket handshake with ``exc`` as a plain HTTP response (the ASGI
+    WebSocket denial response), in the node's error shape."""
+    body = dumps(error_body(exc, new_trace_id(), now_ms))
+    headers = [(b"content-type", JSON.encode()), *error_headers(exc)]
+    start = {"type": "websocket.http.response.start", "status": exc.http_status}
+    await send({**start, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+__all__ = ["SocketQuota", "TooManySockets", "refuse"]
