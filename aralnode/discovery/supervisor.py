@@ -15,8 +15,9 @@
   reach them, and any self-made key can dial. So they are STALE and unreached
   (channels they open are accepted; the table bounds how many) until our own dial
   back verifies them; unreached, they expire after ``peer_timeout_ms`` without
-  evidence of life. The dial back goes to their card's addresses, with a wildcard or
-  loopback host replaced by the address their connection came from.
+  evidence of life. The dial back goes to the IP their connection came from, at
+  their card's ports: never to a host their card names (anyone can sign a card, and
+  its hosts may be anywhere in our network).
 - **liveness**: every verified peer is followed with ``grpc.health.v1``
   (``HealthFollowers``). A failure, or a health status other than SERVING /
   NOT_SERVING, makes the peer STALE (not used); NOT_SERVING is a goodbye (GONE);
