@@ -64,6 +64,9 @@ class NodeConfig:
         channel_timeout_ms: Silence tolerated beyond a peer's keepalive before its
             channel counts as dead and is redialled.
         channel_signing: Sign every channel message (turn off only to measure).
+        channel_response_bytes: Bytes of responses kept per peer until it acks them
+            (its requests beyond that are refused with RESOURCE_EXHAUSTED,
+            ``RESPONSE_BACKLOG_FULL``): a peer that never acks cannot pile them up.
     """
 
     name: str = "aralnode"
@@ -92,6 +95,8 @@ class NodeConfig:
     outbox_limit: int = 10_000
     channel_timeout_ms: int = 5_000
     channel_signing: bool = True
+    # -- mesh-a (hostile peers, admission, dialling) --
+    channel_response_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -115,6 +120,8 @@ class NodeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.keepalive_ms < 50 or self.peer_timeout_ms < self.keepalive_ms:
             raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
+        if self.channel_response_bytes < 64 * 1024:
+            raise ValueError("channel_response_bytes must be at least 64 KiB")
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)
         self.peer_scopes = frozenset(self.peer_scopes)
         self.peer_grants = {k: frozenset(v) for k, v in dict(self.peer_grants).items()}

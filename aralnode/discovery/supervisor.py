@@ -64,6 +64,8 @@ log = get_logger("aralnode.discovery")
 DIALERS = 8
 MAX_DIAL_BACKLOG = 256
 MAX_HINT_KEYS = 512
+# A GONE peer is forgotten after this many peer timeouts (60 s by default).
+FORGET_AFTER_TIMEOUTS = 6
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,7 +116,10 @@ class Supervisor:
         self.keepalive = keepalive_ms / 1000
         self.dial_back = dial_back
         table.timeouts = PeerTimeouts(
-            stale_ms=peer_timeout_ms, connected_ms=peer_timeout_ms + keepalive_ms
+            stale_ms=peer_timeout_ms,
+            connected_ms=peer_timeout_ms + keepalive_ms,
+            # Listed GONE for a while, then forgotten with all that is kept for it.
+            forget_ms=FORGET_AFTER_TIMEOUTS * peer_timeout_ms,
         )
         table.on_forget(self._forgotten)
         keyring.evictable = self._key_evictable

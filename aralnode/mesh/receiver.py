@@ -49,6 +49,7 @@ from aralnode.mesh.state import (
     NotificationHandler,
     PeerChannel,
     Subscription,
+    backlog_full,
     message_error,
 )
 from aralnode.service.context import ContextBuilder
@@ -246,6 +247,12 @@ class Receiver:
             self._response(pc, item)
             return None
         if kind == REQUEST:
+            limit = self.hub.settings.response_bytes
+            if pc.response_bytes >= limit:
+                # It left that much of our answers unacked: no more, until it acks
+                # (a per-message error, kept nowhere but in the next errors frame).
+                self.hub.count("channel.response_backlog_full")
+                raise backlog_full(limit)
             self._request(pc, item, now)
             return None
         if kind == NOTIFICATION:
