@@ -43,6 +43,7 @@ from aralnode.discovery import (
     dial_back_addresses,
     transport_host,
 )
+from aralnode.discovery.addresses import origin
 from aralnode.discovery.liveness import status_name
 from aralnode.discovery.mdns import (
     MdnsBackend,
@@ -468,7 +469,7 @@ async def test_handshake_flood_fills_neither_table_nor_key_ring(
                     await client.handshake(bogus_card(ident, "127.0.0.1:1"))
                 except RateLimited as exc:
                     refused.append(exc.reason)
-        assert refused == ["TOO_MANY_UNREACHED_PEERS"] * (30 - table.max_inbound)
+        assert refused == ["TOO_MANY_PEERS_FROM_ADDRESS"] * (30 - table.max_inbound)
         assert table.connected() == []  # none of them is CONNECTED
         assert table.unreached() == table.max_inbound
         assert a.keyring.pinned == table.max_inbound  # the refused left no key behind
@@ -575,6 +576,14 @@ def test_dial_back_goes_to_the_transport_ip_at_the_card_ports() -> None:
     assert dial_back_addresses(["junk", "h:99999"], seen) == []
     # No IP to go back to (a Unix socket): nobody is dialled.
     assert dial_back_addresses(["10.9.9.9:7"], "unix:/tmp/x") == []
+
+
+def test_origin_groups_an_ipv6_host_s_addresses() -> None:
+    assert origin("ipv4:10.77.0.3:41000") == "10.77.0.3"
+    assert origin("ipv6:%5B2001:db8:1:2:a::1%5D:9") == "2001:db8:1:2::/64"
+    assert origin("ipv6:[2001:db8:1:2:ffff::7]:9") == "2001:db8:1:2::/64"
+    assert origin("ipv6:[::ffff:10.0.0.1]:9") == "10.0.0.1"
+    assert origin("unix:/tmp/x") == ""
 
 
 def test_wildcard_bind_advertises_real_addresses(

@@ -20,6 +20,7 @@ from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.channel import OpenParams, encode_batch, make_open
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.envelope import build_content, seal
+from aralnode.core.errors import RateLimited
 from aralnode.core.handshake import build_card
 from aralnode.core.identity import KeyRing
 from aralnode.core.outbox import InboundRecord
@@ -254,3 +255,103 @@ async def test_a_forgotten_peer_that_comes_back_gets_new_messages(
         assert await a.channels.wait_connected(b.node_id, 20)
         await a.notify(b.node_id, "n", "after")
         assert (await asyncio.wait_for(anext(sub), 10)).data == "after"
+
+
+# -- inbound places ----------------------------------------------------------------------
+
+
+class Relay:
+    """A local port whose connections reach ``target`` from another loopback address
+    (grpc cannot bind a client's source address): a peer "from" ``source``."""
+
+    def __init__(self, target_port: int, source: str) -> None:
+        self.target_port, self.source = target_port, source
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port, local_addr=(self.source, 0)
+        )
+        for pipe in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+            task = asyncio.ensure_future(pipe)
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        try:
+            async with server:
+                yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            for task in list(self._pipes):
+                task.cancel()
+            await asyncio.gather(*self._pipes, return_exceptions=True)
+
+
+async def hold_channel(address: str, node_id: str) -> RawStream | str:
+    """A fresh key's handshake and open channel through ``address``: the stream (to
+    hold), or the reason the handshake was refused."""
+    me = Identity.generate()
+    async with NodeClient(address, identity=me, keyring=KeyRing()) as client:
+        try:
+            await client.handshake(self_made_card(me, []))
+        except RateLimited as exc:
+            return exc.reason
+    stream = RawStream(address)
+    params = OpenParams(epoch=EPOCH, incarnation="i1", resume=InboundRecord(), window=8)
+    answer = await stream.open_with(
+        make_open(me, recipient=node_id, clock=SYSTEM_CLOCK, params=params)
+    )
+    assert answer.sender == node_id
+    return stream
+
+
+@pytest.mark.slow
+async def test_keys_holding_channels_cannot_keep_new_peers_out(tmp_path: Path) -> None:
+    """Throwaway keys from a handful of addresses take every place for peers that
+    dialled us and hold channels there; each address gets its share only, and a new
+    peer still gets in (in the place of one from the address holding the most)."""
+    addresses, keys = 8, 9  # 72 keys; 64 places (8 per address)
+    held: list[RawStream] = []
+    async with NodeProcess.running(tmp_path) as node:
+        await node.probe()
+        base, fds = node.rss(), node.fds()
+        port = int(node.grpc_address.rpartition(":")[2])
+        async with contextlib.AsyncExitStack() as stack:
+            refused: list[str] = []
+            for i in range(addresses):
+                relayed = await stack.enter_async_context(Relay(port, f"127.0.0.{i + 2}").running())
+                for _ in range(keys):
+                    got = await hold_channel(relayed, node.node_id)
+                    if isinstance(got, str):
+                        refused.append(got)
+                    else:
+                        held.append(got)
+            try:
+                # A new peer (from 127.0.0.1) is admitted and opens its channel.
+                newcomer = await hold_channel(node.grpc_address, node.node_id)
+                grown, fds_now = node.rss() - base, node.fds()
+                print(f"\nRSS grew {grown / MIB:.1f} MiB; fds {fds} -> {fds_now}; {newcomer!r}")
+                assert isinstance(newcomer, RawStream), newcomer
+                held.append(newcomer)
+                assert refused == ["TOO_MANY_PEERS_FROM_ADDRESS"] * addresses
+                got = await counters(node.grpc_address)
+                assert got.get("discovery.inbound_evicted", 0) == 1
+                assert grown < 32 * MIB
+                assert fds_now <= fds + 64 + 16  # a socket per held channel at most
+                await node.probe()
+            finally:
+                for stream in held:
+                    await stream.aclose()

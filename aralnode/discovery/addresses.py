@@ -57,6 +57,17 @@ def transport_host(peer: str) -> str:
     return ""
 
 
+def origin(transport_peer: str) -> str:
+    """Who a connection came from, for per-origin caps: its IPv4 address, or the /64
+    of an IPv6 one (a single host commonly holds a whole /64); "" if not an IP."""
+    ip = _ip(transport_host(transport_peer))
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip) if ip is not None else ""
+
+
 def dial_back_addresses(card_addresses: list[str], transport_peer: str) -> list[str]:
     """Where to dial back a peer that dialled us: the IP its connection came from, at
     the ports its card lists (at most ``MAX_DIAL_ADDRESSES``; none without that IP).
@@ -91,5 +102,6 @@ __all__ = [
     "advertised_hosts",
     "dial_back_addresses",
     "lan_addresses",
+    "origin",
     "transport_host",
 ]
