@@ -232,6 +232,10 @@ async def test_requests_beyond_the_response_bound_are_refused_and_forgetting_fre
         node.peer_table.remove(greedy.me.node_id)  # what expiry does, later
         assert greedy.me.node_id not in hub.peers
         assert hub.outbox.count(greedy.me.node_id) == 0
+        # A request of its that was still being applied finds nobody to answer.
+        late = pb.Body(type=pb.MessageType.MESSAGE_TYPE_RESPONSE, correlation_id="late")
+        hub.reply(pc, late, content_type=codec.JSON, compression="", trace_id="t")
+        assert hub.outbox.count(greedy.me.node_id) == 0
         assert node.pipeline.counters["channel.peer_forgotten"] == 1
         assert await node.invoke("demo.add", {"a": 1, "b": 2}) == 3
 

@@ -507,6 +507,8 @@ class ChannelHub:
         bound: an answer that would take its unacked responses past
         ``settings.response_bytes`` goes as a RESOURCE_EXHAUSTED error instead (and
         the receiver refuses the peer's new requests while the bound is reached)."""
+        if self.peers.get(pc.peer_id) is not pc:
+            return  # the peer was forgotten meanwhile: nobody is left to answer
         size = response_size(body)
         limit = self.settings.response_bytes
         if pc.response_bytes and pc.response_bytes + size > limit:

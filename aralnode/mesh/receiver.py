@@ -99,6 +99,7 @@ class ReceiverHost(Protocol):
     contexts: ContextBuilder
     handlers: list[tuple[str | None, NotificationHandler]]
     subscriptions: list[Subscription]
+    peers: dict[str, PeerChannel]
 
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -185,6 +186,8 @@ class Receiver:
         inbound = pc.inbound
         if gen != inbound.generation:
             return []  # the peer's epoch changed while we verified
+        if hub.peers.get(pc.peer_id) is not pc:
+            return []  # the peer was forgotten (its link closing): nothing to serve
         errors: list[pb.MessageError] = []
         notes: list[tuple[int, ChannelMessage]] = []
         epoch, now = inbound.record.epoch, hub.clock.now_ms()
