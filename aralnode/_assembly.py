@@ -244,6 +244,8 @@ def _around_hub(
 ) -> NodeParts:
     cfg = node.config
     streams = ChannelStreams(hub)
+    # A peer the table forgets (GONE long enough, or evicted) leaves nothing behind.
+    node.peer_table.on_forget(streams.forget)
     connector = PeerConnector(
         identity=node.identity,
         keyring=node.keyring,
@@ -355,6 +357,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
             sign=cfg.channel_signing,
             allow_unsigned=cfg.allow_unsigned,
             max_message_bytes=cfg.max_message_bytes,
+            response_bytes=cfg.channel_response_bytes,
         ),
     )
 

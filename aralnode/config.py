@@ -101,6 +101,13 @@ class NodeConfig:
             closes the oldest of the client that holds the most (1013).
         ws_max_connections_per_client: WebSockets one client holds; more are refused
             (429 ``TOO_MANY_WEBSOCKETS``) before they are accepted.
+        channel_response_bytes: Bytes of responses kept per peer until it acks them
+            (its requests beyond that are refused with RESOURCE_EXHAUSTED,
+            ``RESPONSE_BACKLOG_FULL``): a peer that never acks cannot pile them up.
+        max_inbound_per_address: Peers that dialled us from one address (an IPv4
+            address, an IPv6 /64) kept while not yet reached by our own dial; more
+            from there are refused (``TOO_MANY_PEERS_FROM_ADDRESS``). Peers named in
+            ``peer_grants`` are exempt.
     """
 
     name: str = "aralnode"
@@ -148,6 +155,9 @@ class NodeConfig:
     mcp_max_sessions_per_client: int = 32
     ws_max_connections: int = 1024
     ws_max_connections_per_client: int = 16
+    # -- group "mesh": what one peer may hold of the node ---------------------------
+    channel_response_bytes: int = 16 * 1024 * 1024
+    max_inbound_per_address: int = 8
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -172,6 +182,10 @@ class NodeConfig:
         if self.keepalive_ms < 50 or self.peer_timeout_ms < self.keepalive_ms:
             raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
         self._check_grpc_bounds()
+        if self.channel_response_bytes < 64 * 1024:
+            raise ValueError("channel_response_bytes must be at least 64 KiB")
+        if self.max_inbound_per_address < 1:
+            raise ValueError("max_inbound_per_address must be at least 1")
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)
         self.peer_scopes = frozenset(self.peer_scopes)
         self.peer_grants = {k: frozenset(v) for k, v in dict(self.peer_grants).items()}

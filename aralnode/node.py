@@ -113,7 +113,12 @@ class Node:
         self._identity = identity
         self.registry = CapabilityRegistry()
         self.keyring = KeyRing()
-        self.peer_table = PeerTable(clock)
+        self.peer_table = PeerTable(
+            clock,
+            max_inbound_per_origin=cfg.max_inbound_per_address,
+            # A granted peer is trusted by id: never evicted to admit a stranger.
+            protected=lambda key: key in cfg.peer_grants,
+        )
         self.contexts = ContextBuilder(clock)
         rule = PeerAuthenticator(
             lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants

@@ -43,6 +43,7 @@ from aralnode.discovery import (
     dial_back_addresses,
     transport_host,
 )
+from aralnode.discovery.addresses import origin
 from aralnode.discovery.liveness import status_name
 from aralnode.discovery.mdns import (
     MdnsBackend,
@@ -468,7 +469,7 @@ async def test_handshake_flood_fills_neither_table_nor_key_ring(
                     await client.handshake(bogus_card(ident, "127.0.0.1:1"))
                 except RateLimited as exc:
                     refused.append(exc.reason)
-        assert refused == ["TOO_MANY_UNREACHED_PEERS"] * (30 - table.max_inbound)
+        assert refused == ["TOO_MANY_PEERS_FROM_ADDRESS"] * (30 - table.max_inbound)
         assert table.connected() == []  # none of them is CONNECTED
         assert table.unreached() == table.max_inbound
         assert a.keyring.pinned == table.max_inbound  # the refused left no key behind
@@ -556,23 +557,33 @@ async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[...
         await until(a, lambda: state_of(a, b) is PeerState.GONE)
 
 
-def test_dial_back_uses_the_transport_ip_for_wildcard_or_loopback_cards() -> None:
+def test_dial_back_goes_to_the_transport_ip_at_the_card_ports() -> None:
     assert transport_host("ipv4:10.77.0.3:41000") == "10.77.0.3"
     assert transport_host("ipv6:%5B::1%5D:41000") == "::1"
     assert transport_host("unix:/tmp/x") == ""
     seen = "ipv4:10.77.0.3:41000"
     assert dial_back_addresses(["127.0.0.1:50051"], seen) == ["10.77.0.3:50051"]
     assert dial_back_addresses(["0.0.0.0:50051"], seen) == ["10.77.0.3:50051"]
-    # The one the connection came from first; the others after; bounded.
-    card = ["172.17.0.1:50051", "10.77.0.3:50051", *(f"10.9.0.{i}:50051" for i in range(9))]
+    # The card's hosts are never dialled (a self-signed card could name any host):
+    # only its ports, at the connection's IP; bounded.
+    card = ["172.17.0.1:50051", "10.77.0.3:50051", *(f"10.9.0.{i}:{i + 1}" for i in range(9))]
     got = dial_back_addresses(card, seen)
-    assert got[:2] == ["10.77.0.3:50051", "172.17.0.1:50051"]
+    assert got == ["10.77.0.3:50051", "10.77.0.3:1", "10.77.0.3:2", "10.77.0.3:3"]
     assert len(got) == MAX_DIAL_ADDRESSES
-    # A card that lists none of them: its address, then where it came from.
-    assert dial_back_addresses(["10.9.9.9:7"], seen) == ["10.9.9.9:7", "10.77.0.3:7"]
-    # On loopback, loopback stays.
+    assert dial_back_addresses(["10.9.9.9:7"], seen) == ["10.77.0.3:7"]
+    assert dial_back_addresses(["[::1]:7"], "ipv6:%5B::1%5D:9") == ["[::1]:7"]
     assert dial_back_addresses(["127.0.0.1:7"], "ipv4:127.0.0.1:9") == ["127.0.0.1:7"]
     assert dial_back_addresses(["junk", "h:99999"], seen) == []
+    # No IP to go back to (a Unix socket): nobody is dialled.
+    assert dial_back_addresses(["10.9.9.9:7"], "unix:/tmp/x") == []
+
+
+def test_origin_groups_an_ipv6_host_s_addresses() -> None:
+    assert origin("ipv4:10.77.0.3:41000") == "10.77.0.3"
+    assert origin("ipv6:%5B2001:db8:1:2:a::1%5D:9") == "2001:db8:1:2::/64"
+    assert origin("ipv6:[2001:db8:1:2:ffff::7]:9") == "2001:db8:1:2::/64"
+    assert origin("ipv6:[::ffff:10.0.0.1]:9") == "10.0.0.1"
+    assert origin("unix:/tmp/x") == ""
 
 
 def test_wildcard_bind_advertises_real_addresses(

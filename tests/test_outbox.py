@@ -217,3 +217,43 @@ def test_memory_outbox_compacts_after_acks() -> None:
     assert gone.withdrawn
     assert box.get("p", 2500) is None
     assert box.count("p") == 499
+
+
+def test_a_forgotten_peer_leaves_nothing_in_memory_and_its_numbering_goes_on() -> None:
+    box, inbox = MemoryOutbox(), MemoryInbox()
+    put(box, "p", 3)
+    inbox.save("p", InboundRecord("e", 5, 5))
+    box.forget("p")
+    inbox.forget_marks("p")
+    assert (box.count("p"), box.peers(), inbox.load("p")) == (0, [], InboundRecord())
+    # Whoever comes next (``p`` again, or anyone new) is numbered past what ``p``
+    # was given, and told to skip to it: no new message looks like an old one.
+    assert (box.last_seq("p"), box.first_unacked("p")) == (3, 4)
+    assert put(box, "p", 1) == [4]
+    assert put(box, "q", 1) == [4]
+    assert box.unsent("p", 3, 10)[0].seq == 4
+
+
+def test_a_forgotten_peer_s_responses_leave_the_durable_outbox(tmp_path: Path) -> None:
+    box = SqliteStore(tmp_path / "c.sqlite3")
+    try:
+        put(box, "p", 2)  # kind 3: notifications, the program's own
+        box.append(
+            "p",
+            message_id="r",
+            kind=2,  # a response
+            timestamp_ms=1,
+            expires_ms=0,
+            content=b"x" * 1000,
+            sealed=b"y" * 1000,
+        )
+        box.save("p", InboundRecord("e", 5, 5))
+        box.forget("p")
+        box.forget_marks("p")
+        assert box.count("p") == 2
+        entry = box.get("p", 3)
+        assert entry is not None
+        assert entry.withdrawn
+        assert box.load("p") == InboundRecord("e", 5, 5)  # exactly once across absence
+    finally:
+        box.close()

@@ -12,6 +12,7 @@ from aralnode.core.identity import Identity, KeyRing, KeyRingFull
 from aralnode.core.peers import (
     PENDING,
     TRANSITIONS,
+    OriginFull,
     PeerChange,
     PeerEvent,
     PeerState,
@@ -123,19 +124,57 @@ def test_unreached_inbound_peer_expires_after_the_stale_timeout() -> None:
 
 
 def test_handshake_flood_cannot_fill_the_table() -> None:
-    # 1024 self-made keys dial us: only max_inbound are kept, never CONNECTED, and a
-    # real newcomer still gets a place.
+    # 1024 self-made keys dial us from one address: only max_inbound_per_origin are
+    # kept, never CONNECTED, and a real newcomer still gets a place.
     peers, _ = table(capacity=1024, max_inbound=64)
     refused = 0
     for i in range(1024):
         try:
-            peers.apply(f"k{i}", PeerEvent.INBOUND, address=f"h:{i}", node_id=f"k{i}")
-        except PeerTableFull:
+            peers.apply(f"k{i}", PeerEvent.INBOUND, address=f"h:{i}", node_id=f"k{i}", origin="h")
+        except OriginFull:
             refused += 1
-    assert refused == 1024 - 64
-    assert peers.unreached() == 64
+    assert refused == 1024 - 8
+    assert peers.unreached() == 8
     assert peers.connected() == []
     assert peers.apply("real", PeerEvent.VERIFIED, address="r:1").state is PeerState.CONNECTED
+
+
+def test_inbound_places_stay_fair_across_origins() -> None:
+    """Keys holding every unreached place (from a few addresses) cannot keep others
+    out: a newcomer from elsewhere takes the place of one from the address holding
+    the most, the least recently seen there; granted peers are never evicted."""
+    granted = {"g0", "g1"}
+    peers, clock = table(max_inbound=8, max_inbound_per_origin=4, protected=granted.__contains__)
+    forgotten: list[str] = []
+    peers.on_forget(forgotten.append)
+    for key in granted:
+        peers.apply(key, PeerEvent.INBOUND, origin="x")
+    for i in range(4):
+        clock.advance(1)
+        peers.apply(f"a{i}", PeerEvent.INBOUND, origin="a")
+    for i in range(2):
+        clock.advance(1)
+        peers.apply(f"b{i}", PeerEvent.INBOUND, origin="b")
+    assert peers.unreached() == 8
+    with pytest.raises(OriginFull):  # a has its share
+        peers.apply("a9", PeerEvent.INBOUND, origin="a")
+    peers.apply("c0", PeerEvent.INBOUND, origin="c")  # evicts a's least recently seen
+    assert forgotten == ["a0"]
+    peers.apply("a0", PeerEvent.INBOUND, origin="a")  # back, in a's freed place... but full:
+    assert forgotten == ["a0", "a1"]  # it takes a1's (a still holds the most)
+    for i in range(1, 4):
+        peers.apply(f"c{i}", PeerEvent.INBOUND, origin="c")
+    assert peers.unreached() == 8
+    assert {p.key for p in peers if p.origin == "x"} == granted  # never evicted
+    # A granted peer is not held to its origin's cap and evicts a stranger.
+    granted.add("g2")
+    peers.apply("g2", PeerEvent.INBOUND, origin="x")
+    assert peers.get("g2") is not None
+    # Only granted ones left to evict: a stranger is refused.
+    tight, _ = table(max_inbound=1, protected=lambda key: True)
+    tight.apply("g", PeerEvent.INBOUND, origin="x")
+    with pytest.raises(PeerTableFull):
+        tight.apply("s", PeerEvent.INBOUND, origin="y")
 
 
 def test_forgotten_peers_are_reported() -> None:

@@ -16,7 +16,13 @@ transports feed events in, and read snapshots and change events out.
 A peer that dialled *us* and proved its key (INBOUND) is not CONNECTED: anyone can
 make a key and dial. It is STALE and not ``reached`` (its key is verified, its
 reachability is not) until our own dial to it verifies it (VERIFIED, which sets
-``reached``). At most ``max_inbound`` such unreached peers are kept at once.
+``reached``). At most ``max_inbound`` such unreached peers are kept at once, at most
+``max_inbound_per_origin`` of them from one origin (the address their handshake came
+from). When all ``max_inbound`` places are taken, a newcomer takes the place of an
+unreached peer of the origin holding the most places (its least recently seen
+one); peers the program trusts by id (``protected``: granted) are never evicted
+for it, and are not held to the per-origin cap. So keys made by the dozen and
+holding channels cannot keep every other peer out.
 
 Time is the injected clock's. Two readings are kept per peer: ``since_ms`` (when it
 entered its state) and ``last_seen_ms`` (the last *evidence* that it is alive: a
@@ -117,6 +123,14 @@ class PeerTableFull(ValueError):
     """No room for another peer, or for another unverified or unreached one."""
 
 
+class OriginFull(PeerTableFull):
+    """No room for another unreached peer from the same origin."""
+
+
+def _never(key: str) -> bool:
+    return False
+
+
 @dataclass(slots=True, frozen=True)
 class PeerTimeouts:
     """When ``PeerTable.expire`` gives up on a peer (milliseconds).
@@ -155,6 +169,7 @@ class PeerInfo:
     error: str = ""
     since_ms: int = 0
     reached: bool = False  # verified by our own dial (not only by its dialling us)
+    origin: str = ""  # where its handshake came from, if it dialled us (IP; IPv6 /64)
 
 
 @dataclass(slots=True, frozen=True)
@@ -174,7 +189,10 @@ class PeerTable:
     capacity: int = 1024
     max_pending: int = 64
     max_inbound: int = 64
+    max_inbound_per_origin: int = 8
+    protected: Callable[[str], bool] = _never  # granted: never evicted for a newcomer
     timeouts: PeerTimeouts = PeerTimeouts()
+    inbound_evicted: int = 0  # unreached peers that made room for a newcomer
     _peers: dict[str, PeerInfo] = field(default_factory=dict)
     _listeners: list[Callable[[PeerChange], None]] = field(default_factory=list)
     _forget_listeners: list[Callable[[str], None]] = field(default_factory=list)
@@ -224,8 +242,9 @@ class PeerTable:
 
         Raises:
             PeerTableFull: a new (or rediscovered) unverified peer would exceed
-                ``max_pending``, a new unreached INBOUND one ``max_inbound``, or a
-                new peer ``capacity``.
+                ``max_pending``, or a new peer ``capacity``; a new unreached INBOUND
+                one would exceed ``max_inbound`` with no unprotected one to evict
+                (``OriginFull``: ``max_inbound_per_origin`` from its origin).
             ValueError: the transition is not allowed.
         """
         now = self.clock.now_ms()
@@ -234,7 +253,9 @@ class PeerTable:
             state = _NEW_STATE.get(event)
             if state is None:
                 raise ValueError(f"unknown peer {key!r} for event {event}")
-            self._check_room(state, new=True, inbound=event is PeerEvent.INBOUND)
+            if event is PeerEvent.INBOUND:
+                self._admit_inbound(key, str(fields.get("origin", "")))
+            self._check_room(state, new=True)
             peer = PeerInfo(key=key, address=str(fields.pop("address", "")), state=state)
         else:
             state_after = TRANSITIONS.get((before.state, event))
@@ -244,7 +265,7 @@ class PeerTable:
                 self._check_room(state_after, new=False)
             inbound = event is PeerEvent.INBOUND and before.state is PeerState.GONE
             if inbound:
-                self._check_room(state_after, new=False, inbound=True)
+                self._admit_inbound(key, str(fields.get("origin", "")))
             peer = replace(before, state=state_after)
             if inbound:
                 peer = replace(peer, reached=False)
@@ -310,13 +331,35 @@ class PeerTable:
         for listener in list(self._forget_listeners):
             listener(key)
 
-    def _check_room(self, state: PeerState, *, new: bool, inbound: bool = False) -> None:
-        if state in PENDING and self.pending() >= self.max_pending:
-            raise PeerTableFull(f"{self.max_pending} unverified peers already pending")
-        if inbound and self.unreached() >= self.max_inbound:
+    def _admit_inbound(self, key: str, origin: str) -> None:
+        """Make room for ``key``, a peer that dialled us from ``origin``, among the
+        unreached ones (see the module docstring), or raise."""
+        protected = self.protected
+        waiting = [p for p in self._peers.values() if _unreached(p) and p.key != key]
+        evictable = [p for p in waiting if not protected(p.key)]
+        if not protected(key):
+            same = sum(1 for p in evictable if p.origin == origin)
+            if same >= self.max_inbound_per_origin:
+                raise OriginFull(
+                    f"{same} peers that dialled us from {origin or 'an unknown address'} "
+                    "are not yet verified by our own dial"
+                )
+        if len(waiting) < self.max_inbound:
+            return
+        if not evictable:
             raise PeerTableFull(
                 f"{self.max_inbound} peers that dialled us are not yet verified by our own dial"
             )
+        held: dict[str, int] = {}
+        for p in evictable:
+            held[p.origin] = held.get(p.origin, 0) + 1
+        victim = max(evictable, key=lambda p: (held[p.origin], -p.last_seen_ms, -p.since_ms))
+        self.inbound_evicted += 1
+        self._forget(victim.key)
+
+    def _check_room(self, state: PeerState, *, new: bool) -> None:
+        if state in PENDING and self.pending() >= self.max_pending:
+            raise PeerTableFull(f"{self.max_pending} unverified peers already pending")
         if new and len(self._peers) >= self.capacity and not self._evict_gone():
             raise PeerTableFull(f"peer table is full ({self.capacity} peers)")
 

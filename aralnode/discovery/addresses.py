@@ -57,39 +57,37 @@ def transport_host(peer: str) -> str:
     return ""
 
 
-def dial_back_addresses(card_addresses: list[str], transport_peer: str) -> list[str]:
-    """Where to dial back a peer that dialled us, best first (at most
-    ``MAX_DIAL_ADDRESSES``).
+def origin(transport_peer: str) -> str:
+    """Who a connection came from, for per-origin caps: its IPv4 address, or the /64
+    of an IPv6 one (a single host commonly holds a whole /64); "" if not an IP."""
+    ip = _ip(transport_host(transport_peer))
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip) if ip is not None else ""
 
-    Its card's addresses, the one its connection came from first; a card host that
-    is a wildcard, or loopback while the connection is not, is replaced by the
-    connection's IP (a node bound to 0.0.0.0 used to list 127.0.0.1).
+
+def dial_back_addresses(card_addresses: list[str], transport_peer: str) -> list[str]:
+    """Where to dial back a peer that dialled us: the IP its connection came from, at
+    the ports its card lists (at most ``MAX_DIAL_ADDRESSES``; none without that IP).
+
+    Only the ports are taken from the card. Its hosts are the peer's word, signed by a
+    key anyone can make: dialling them would let any caller make this node connect
+    to any host it can reach (a blind SSRF into its network). A host that discovery
+    or the configuration names is dialled through them, not through a card.
     """
     seen = transport_host(transport_peer)
     seen_ip = _ip(seen)
-    matching: list[str] = []
-    others: list[str] = []
+    if seen_ip is None or seen_ip.is_unspecified:
+        return []
     ports: list[int] = []
     for address in card_addresses:
-        host, _, port_text = address.rpartition(":")
-        host = host.strip("[]")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            continue
-        port = int(port_text)
-        ports.append(port)
-        ip = _ip(host)
-        replace = (
-            ip is not None
-            and seen_ip is not None
-            and (ip.is_unspecified or (ip.is_loopback and not seen_ip.is_loopback))
-        )
-        if replace or (ip is not None and ip == seen_ip):
-            matching.append(join_host_port(seen, port))
-        elif ip is None or not ip.is_unspecified:
-            others.append(join_host_port(host, port))
-    if seen_ip is not None and not seen_ip.is_unspecified and ports and not matching:
-        others.append(join_host_port(seen, ports[0]))  # last resort: where it came from
-    return list(dict.fromkeys([*matching, *others]))[:MAX_DIAL_ADDRESSES]
+        _, _, port_text = address.rpartition(":")
+        if port_text.isdigit() and 0 < int(port_text) < 65536:
+            ports.append(int(port_text))
+    out = [join_host_port(seen, port) for port in dict.fromkeys(ports)]
+    return out[:MAX_DIAL_ADDRESSES]
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -104,5 +102,6 @@ __all__ = [
     "advertised_hosts",
     "dial_back_addresses",
     "lan_addresses",
+    "origin",
     "transport_host",
 ]

@@ -15,8 +15,9 @@
   reach them, and any self-made key can dial. So they are STALE and unreached
   (channels they open are accepted; the table bounds how many) until our own dial
   back verifies them; unreached, they expire after ``peer_timeout_ms`` without
-  evidence of life. The dial back goes to their card's addresses, with a wildcard or
-  loopback host replaced by the address their connection came from.
+  evidence of life. The dial back goes to the IP their connection came from, at
+  their card's ports: never to a host their card names (anyone can sign a card, and
+  its hosts may be anywhere in our network).
 - **liveness**: every verified peer is followed with ``grpc.health.v1``
   (``HealthFollowers``). A failure, or a health status other than SERVING /
   NOT_SERVING, makes the peer STALE (not used); NOT_SERVING is a goodbye (GONE);
@@ -49,8 +50,15 @@ from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import AralError, RateLimited, Unauthenticated
 from aralnode.core.handshake import VerifiedCard
 from aralnode.core.identity import KeyRing
-from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTableFull, PeerTimeouts
-from aralnode.discovery.addresses import MAX_DIAL_ADDRESSES, dial_back_addresses
+from aralnode.core.peers import (
+    OriginFull,
+    PeerChange,
+    PeerEvent,
+    PeerState,
+    PeerTableFull,
+    PeerTimeouts,
+)
+from aralnode.discovery.addresses import MAX_DIAL_ADDRESSES, dial_back_addresses, origin
 from aralnode.discovery.backend import Announcement, DiscoveryBackend, Hint
 from aralnode.discovery.events import PeerEventStream
 from aralnode.discovery.liveness import NOT_SERVING, SERVING, HealthFollowers, check
@@ -63,6 +71,8 @@ log = get_logger("aralnode.discovery")
 DIALERS = 8
 MAX_DIAL_BACKLOG = 256
 MAX_HINT_KEYS = 512
+# A GONE peer is forgotten after this many peer timeouts (60 s by default).
+FORGET_AFTER_TIMEOUTS = 6
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,7 +123,10 @@ class Supervisor:
         self.keepalive = keepalive_ms / 1000
         self.dial_back = dial_back
         table.timeouts = PeerTimeouts(
-            stale_ms=peer_timeout_ms, connected_ms=peer_timeout_ms + keepalive_ms
+            stale_ms=peer_timeout_ms,
+            connected_ms=peer_timeout_ms + keepalive_ms,
+            # Listed GONE for a while, then forgotten with all that is kept for it.
+            forget_ms=FORGET_AFTER_TIMEOUTS * peer_timeout_ms,
         )
         table.on_forget(self._forgotten)
         keyring.evictable = self._key_evictable
@@ -295,12 +308,15 @@ class Supervisor:
     def inbound(self, verified: VerifiedCard, transport_peer: str, fields: dict[str, Any]) -> None:
         """A peer dialled us and proved its key (the server's Handshake).
 
-        It is kept STALE and unreached (bounded by the table's ``max_inbound``) and,
+        It is kept STALE and unreached (bounded by the table's ``max_inbound``, and
+        ``max_inbound_per_origin`` per address it came from; when full it takes the
+        place of an ungranted unreached peer of the best-represented address) and,
         with ``dial_back``, dialled back; only that dial makes it CONNECTED.
 
         Raises:
-            RateLimited: too many peers that dialled us are still unreached (the
-                handshake is refused; nothing of this peer is kept).
+            RateLimited: too many peers that dialled us are still unreached, from its
+                address (``TOO_MANY_PEERS_FROM_ADDRESS``) or granted ones everywhere
+                (the handshake is refused; nothing of this peer is kept).
         """
         node_id = verified.node_id
         table = self.table
@@ -316,14 +332,18 @@ class Supervisor:
         fields = {
             **fields,
             "address": candidates[0] if candidates else "",
+            "origin": origin(transport_peer),
             "health": "UNKNOWN",
             "error": "it dialled us; not reached by us yet",
         }
+        evicted = table.inbound_evicted
         try:
             table.apply(node_id, PeerEvent.INBOUND, **fields)
         except PeerTableFull as exc:
             self.counters["discovery.inbound_refused"] += 1
-            raise RateLimited(str(exc), reason="TOO_MANY_UNREACHED_PEERS") from None
+            reason = "TOO_MANY_PEERS_FROM_ADDRESS" if isinstance(exc, OriginFull) else None
+            raise RateLimited(str(exc), reason=reason or "TOO_MANY_UNREACHED_PEERS") from None
+        self.counters["discovery.inbound_evicted"] += table.inbound_evicted - evicted
         if self.dial_back and self._running and candidates:
             self._enqueue(_Dial(tuple(candidates), node_id, verified.key.fingerprint, "inbound"))
 

@@ -51,7 +51,7 @@ from aralnode.core.channel import (
     Inbound,
 )
 from aralnode.core.clock import Clock
-from aralnode.core.envelope import build_content, encode_payload, remote_error, seal
+from aralnode.core.envelope import build_content, encode_payload, error_body, remote_error, seal
 from aralnode.core.errors import (
     DeadlineExceeded,
     InternalError,
@@ -70,6 +70,8 @@ from aralnode.mesh.state import (
     Overflow,
     PeerChannel,
     Subscription,
+    backlog_full,
+    response_size,
     wait_set,
 )
 from aralnode.service.context import ContextBuilder
@@ -154,10 +156,35 @@ class ChannelHub:
             pc = self.peers[peer_id] = PeerChannel(
                 peer_id, Inbound(self.inbox.load(peer_id), window), recent_ids=4 * window
             )
-            if self.outbox.durable:
-                # A previous process may have sent all it assigned.
-                pc.sent_before_start = self.outbox.last_seq(peer_id)
+            # A previous process (durable), or the peer's channel before it was
+            # forgotten, may have sent all that was assigned.
+            pc.sent_before_start = self.outbox.last_seq(peer_id)
         return pc
+
+    def forget(self, peer_id: str) -> None:
+        """The peer table forgot ``peer_id``: release everything kept for it (its
+        link, the requests it is being served and ours waiting for it, its unacked
+        responses and, in memory, every message queued for it)."""
+        pc = self.peers.pop(peer_id, None)
+        if pc is None:
+            return
+        gone = Unavailable(f"peer {peer_id} is gone", reason="PEER_GONE")
+        if pc.link is not None:
+            pc.link.close(gone)
+        for task in pc.running.values():
+            task.cancel()
+        for fut, _ in pc.pending.values():
+            if not fut.done():
+                fut.set_exception(gone)
+        pc.pending.clear()
+        pc.errors = []
+        pc.responses.clear()
+        pc.response_bytes = 0
+        self.outbox.forget(peer_id)
+        self.inbox.forget_marks(peer_id)
+        pc.space.set()
+        pc.drained.set()
+        self.count("channel.peer_forgotten")
 
     def detached(self, pc: PeerChannel, link: ChannelLink) -> None:
         """``link`` ended; if it was the peer's channel, the peer has none now."""
@@ -231,6 +258,9 @@ class ChannelHub:
             link.session.acked_elsewhere(seq)
             link.wake.set()
         self.outbox.ack(pc.peer_id, seq)
+        responses = pc.responses
+        while responses and responses[0][0] <= seq:
+            pc.response_bytes -= responses.popleft()[1]
         self._freed(pc)
 
     def rejected(self, pc: PeerChannel, errors: Iterable[pb.MessageError]) -> None:
@@ -472,12 +502,25 @@ class ChannelHub:
     def reply(
         self, pc: PeerChannel, body: pb.Body, *, content_type: str, compression: str, trace_id: str
     ) -> None:
-        """Queue a response to ``pc``. Responses skip the outbox limit: they are
-        bounded by the requests being served, and making them wait on the
-        requester's acks could deadlock."""
-        self._enqueue(
+        """Queue a response to ``pc``. Responses skip the outbox limit (making them
+        wait on the requester's acks could deadlock) but not the peer's response
+        bound: an answer that would take its unacked responses past
+        ``settings.response_bytes`` goes as a RESOURCE_EXHAUSTED error instead (and
+        the receiver refuses the peer's new requests while the bound is reached)."""
+        if self.peers.get(pc.peer_id) is not pc:
+            return  # the peer was forgotten meanwhile: nobody is left to answer
+        size = response_size(body)
+        limit = self.settings.response_bytes
+        if pc.response_bytes and pc.response_bytes + size > limit:
+            self.count("channel.response_withheld")
+            body = error_body(backlog_full(limit), body.correlation_id)
+            compression = ""
+            size = response_size(body)
+        _, seq = self._enqueue(
             pc, body, content_type=content_type, compression=compression, trace_id=trace_id
         )
+        pc.responses.append((seq, size))
+        pc.response_bytes += size
 
     def _save(self, pc: PeerChannel) -> None:
         self.receiver.save(pc)

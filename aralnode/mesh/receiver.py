@@ -49,6 +49,7 @@ from aralnode.mesh.state import (
     NotificationHandler,
     PeerChannel,
     Subscription,
+    backlog_full,
     message_error,
 )
 from aralnode.service.context import ContextBuilder
@@ -98,6 +99,7 @@ class ReceiverHost(Protocol):
     contexts: ContextBuilder
     handlers: list[tuple[str | None, NotificationHandler]]
     subscriptions: list[Subscription]
+    peers: dict[str, PeerChannel]
 
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -184,6 +186,8 @@ class Receiver:
         inbound = pc.inbound
         if gen != inbound.generation:
             return []  # the peer's epoch changed while we verified
+        if hub.peers.get(pc.peer_id) is not pc:
+            return []  # the peer was forgotten (its link closing): nothing to serve
         errors: list[pb.MessageError] = []
         notes: list[tuple[int, ChannelMessage]] = []
         epoch, now = inbound.record.epoch, hub.clock.now_ms()
@@ -246,6 +250,12 @@ class Receiver:
             self._response(pc, item)
             return None
         if kind == REQUEST:
+            limit = self.hub.settings.response_bytes
+            if pc.response_bytes >= limit:
+                # It left that much of our answers unacked: no more, until it acks
+                # (a per-message error, kept nowhere but in the next errors frame).
+                self.hub.count("channel.response_backlog_full")
+                raise backlog_full(limit)
             self._request(pc, item, now)
             return None
         if kind == NOTIFICATION:

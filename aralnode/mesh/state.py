@@ -26,6 +26,10 @@ from aralnode.core.channel import (
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
 from aralnode.core.errors import AralError, RateLimited
 
+# What a queued response holds besides its body: the body twice (the content and
+# the sealed message), the header, the signature, the entry itself.
+RESPONSE_OVERHEAD = 1024
+
 
 @dataclass(slots=True)
 class ChannelSettings:
@@ -45,6 +49,8 @@ class ChannelSettings:
         compress_above: Payloads larger than this are gzip-compressed.
         backoff_initial / backoff_max: Redial delays in seconds (doubling, jittered).
         open_timeout: Seconds to wait for a handshake or an open answer.
+        response_bytes: Bytes of responses kept per peer until it acks them; its
+            requests beyond that are refused (``RESPONSE_BACKLOG_FULL``).
     """
 
     window: int = DEFAULT_WINDOW
@@ -61,6 +67,7 @@ class ChannelSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     open_timeout: float = 10.0
+    response_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -262,6 +269,11 @@ class PeerChannel:
         self.pending: dict[str, tuple[asyncio.Future[Any], int]] = {}
         # Requests from the peer being served: message id -> task.
         self.running: dict[str, asyncio.Task[None]] = {}
+        # Our responses it has not acked: (seq, bytes held), and their sum. Bounded
+        # (``ChannelSettings.response_bytes``): a peer that never acks must not make
+        # us keep every answer we ever gave it.
+        self.responses: deque[tuple[int, int]] = deque()
+        self.response_bytes = 0
         # Per-message errors owed to the peer. Kept here, not on a link: a batch can
         # be applied after the link that read it ended, and whichever link is up
         # next sends them (the peer has no other way to learn why).
@@ -312,6 +324,22 @@ async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def response_size(body: pb.Body) -> int:
+    """What a response with ``body`` holds in the outbox, in bytes (estimated)."""
+    return 2 * body.ByteSize() + RESPONSE_OVERHEAD
+
+
+def backlog_full(limit: int) -> RateLimited:
+    """The refusal of a request from a peer that left ``limit`` bytes of our
+    responses unacked."""
+    return RateLimited(
+        f"this peer has not acked {limit} bytes of responses; ack them before asking more",
+        reason="RESPONSE_BACKLOG_FULL",
+        details={"limit_bytes": limit},
+        retry_after=1.0,
+    )
 
 
 def message_error(seq: int, message: pb.ARALMessage, exc: AralError) -> pb.MessageError:

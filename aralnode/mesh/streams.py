@@ -71,6 +71,14 @@ class ChannelStreams:
         task.set_name(f"channel dial {peer_id}")
         self._dials[peer_id] = task
 
+    def forget(self, peer_id: str) -> None:
+        """The peer table forgot ``peer_id``: stop dialling it and release its
+        channel state (``ChannelHub.forget``). A peer found again is dialled anew."""
+        task = self._dials.pop(peer_id, None)
+        if task is not None:
+            task.cancel()
+        self.hub.forget(peer_id)
+
     async def serve(self, requests: AsyncIterator[bytes], context: Context) -> None:
         """The ``AgentNode.Channel`` handler."""
         await serve(self.hub, requests, context)

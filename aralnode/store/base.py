@@ -74,6 +74,13 @@ class Outbox(Protocol):
 
     def peers(self) -> list[str]: ...
 
+    def forget(self, peer: str) -> None:
+        """The peer is forgotten: release what is kept for it. Its numbering goes on
+        (a peer that comes back must not take new messages for old ones). In memory
+        every message for it goes; durable, only the responses (what it asked for
+        long ago), while the program's own messages are kept for it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -95,6 +102,11 @@ class Inbox(Protocol):
     def savepoint(self) -> contextlib.AbstractContextManager[None]:
         """Inside ``transaction()``: writes made in the block are rolled back if it
         raises (the transaction itself goes on)."""
+        ...
+
+    def forget_marks(self, peer: str) -> None:
+        """The peer is forgotten: drop its marks in memory (it resumes like after our
+        restart); durable marks are kept (exactly once across its absence)."""
         ...
 
     def close(self) -> None: ...

@@ -14,11 +14,11 @@ class _PeerQueue:
 
     __slots__ = ("base", "count", "head", "items", "next_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, first_seq: int = 1) -> None:
         self.items: list[OutboxEntry | None] = []
         self.head = 0  # index of the first live slot
-        self.base = 1  # seq of items[0]
-        self.next_seq = 1
+        self.base = first_seq  # seq of items[0]
+        self.next_seq = first_seq
         self.count = 0
 
 
@@ -30,11 +30,15 @@ class MemoryOutbox:
     def __init__(self, epoch: str | None = None) -> None:
         self.epoch = epoch or new_epoch()
         self._queues: dict[str, _PeerQueue] = {}
+        # Every peer's numbering starts above the highest seq a forgotten peer was
+        # given: one that comes back can tell new messages from old ones (it skips
+        # to our first unacked seq), and nothing per forgotten peer is kept.
+        self._floor = 0
 
     def _queue(self, peer: str) -> _PeerQueue:
         q = self._queues.get(peer)
         if q is None:
-            q = self._queues[peer] = _PeerQueue()
+            q = self._queues[peer] = _PeerQueue(self._floor + 1)
         return q
 
     def append(
@@ -123,14 +127,19 @@ class MemoryOutbox:
 
     def last_seq(self, peer: str) -> int:
         q = self._queues.get(peer)
-        return 0 if q is None else q.next_seq - 1
+        return self._floor if q is None else q.next_seq - 1
 
     def first_unacked(self, peer: str) -> int:
         q = self._queues.get(peer)
-        return 1 if q is None else q.base + q.head
+        return self._floor + 1 if q is None else q.base + q.head
 
     def peers(self) -> list[str]:
         return [p for p, q in self._queues.items() if q.count]
+
+    def forget(self, peer: str) -> None:
+        q = self._queues.pop(peer, None)
+        if q is not None:
+            self._floor = max(self._floor, q.next_seq - 1)
 
     def close(self) -> None:
         self._queues.clear()
@@ -160,6 +169,9 @@ class MemoryInbox:
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         yield
+
+    def forget_marks(self, peer: str) -> None:
+        self._records.pop(peer, None)
 
     def close(self) -> None:
         self._records.clear()

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from aralnode import _proto as pb
 from aralnode.core.outbox import InboundRecord, OutboxEntry, new_epoch
 
 _SCHEMA = """
@@ -146,6 +147,18 @@ class SqliteStore:
     def peers(self) -> list[str]:
         return [p for p, n in self._counts.items() if n]
 
+    def forget(self, peer: str) -> None:
+        # Responses become tombstones (the numbering keeps no gap); the program's
+        # own messages stay: this outbox promises them across any absence.
+        with self._write():
+            changed = self.db.execute(
+                "UPDATE outbox SET timestamp_ms=0, expires_ms=0, content=x'', sealed=x'' "
+                "WHERE peer=? AND kind=? AND length(sealed) > 0",
+                (peer, int(pb.MessageType.MESSAGE_TYPE_RESPONSE)),
+            ).rowcount
+        if changed:
+            self._counts[peer] = self._counts.get(peer, 0) - changed
+
     # -- inbox --
 
     def load(self, peer: str) -> InboundRecord:
@@ -192,6 +205,9 @@ class SqliteStore:
             self.db.execute("RELEASE aral_handler")
             raise
         self.db.execute("RELEASE aral_handler")
+
+    def forget_marks(self, peer: str) -> None:
+        """Durable marks are kept: exactly once holds across the peer's absence."""
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
