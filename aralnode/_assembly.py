@@ -302,6 +302,7 @@ def _grpc(
         connection_idle_ms=cfg.grpc_connection_idle_ms,
         connection_age_ms=cfg.grpc_connection_age_ms,
         connection_age_grace_ms=int(cfg.drain_seconds * 1000),
+        max_streams_per_address=cfg.grpc_max_streams_per_address,
     )
     grpc = GrpcServer(
         max_message_bytes=cfg.max_message_bytes,
@@ -312,7 +313,11 @@ def _grpc(
         ),
     )
     door = AgentNodeDoor(
-        service, node.contexts, max_message_bytes=cfg.max_message_bytes, channel=streams.serve
+        service,
+        node.contexts,
+        max_message_bytes=cfg.max_message_bytes,
+        channel=streams.serve,
+        streams=grpc.streams,
     )
     grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
     for served in services:

@@ -77,6 +77,9 @@ class NodeConfig:
             is closed.
         grpc_connection_idle_ms: A connection with no call for this long is closed
             (GOAWAY; clients reconnect when they next call).
+        grpc_max_streams_per_address: Long-lived streams no pipeline stage shares
+            out (Health/Watch, reflection, peers' channels) one client address may
+            hold; more are refused with RESOURCE_EXHAUSTED (``TOO_MANY_STREAMS``).
         grpc_connection_age_ms: Close every connection after this long, gracefully
             (``drain_seconds``); ``None``: never (A2A channels are long-lived
             streams, and end with their connection).
@@ -144,6 +147,7 @@ class NodeConfig:
     grpc_handshake_timeout_ms: int = 10_000
     grpc_connection_idle_ms: int = 300_000
     grpc_connection_age_ms: int | None = None
+    grpc_max_streams_per_address: int = 128
     # -- group "http": resources and trust on the HTTP doors --------------------------
     http_parser: str = "auto"
     http_max_header_bytes: int = 64 * 1024
@@ -223,6 +227,7 @@ class NodeConfig:
             "grpc_max_connections",
             "grpc_max_streams_per_connection",
             "grpc_max_concurrent_rpcs",
+            "grpc_max_streams_per_address",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -195,6 +195,38 @@ async def test_rpcs_across_connections_are_bounded(tmp_path: Path) -> None:
         await node.probe()
 
 
+async def test_one_address_cannot_hold_the_port_with_streams(tmp_path: Path) -> None:
+    """Watch streams no pipeline stage shares out: one client address keeps to
+    ``grpc_max_streams_per_address`` of them, so while it holds its share the port
+    still serves everyone else (before: 300 held streams filled the port and the
+    probe was refused RESOURCE_EXHAUSTED)."""
+    channels, per_channel, share = 8, 50, 40
+    async with attacked(
+        tmp_path, grpc_max_concurrent_rpcs=300, grpc_max_streams_per_address=share
+    ) as node:
+        rss0, fds0 = node.rss(), node.fds()
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        address = node.grpc_address
+        opened = [grpc.aio.insecure_channel(address, options=own) for _ in range(channels)]
+        calls = [ch.unary_stream(WATCH.decode())(b"") for ch in opened for _ in range(per_channel)]
+
+        async def first(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> str:
+            try:
+                await call.read()
+            except grpc.aio.AioRpcError as err:
+                return err.code().name
+            return "SERVING"
+
+        outcomes = Counter(await asyncio.wait_for(asyncio.gather(*map(first, calls)), 60))
+        report(f"{channels * per_channel} Watch calls from one address", node, rss0, fds0)
+        assert outcomes == {"SERVING": share, "RESOURCE_EXHAUSTED": len(calls) - share}
+        await node.probe()  # while the attacker still holds its share
+        for call in calls:
+            call.cancel()
+        for ch in opened:
+            await ch.close()
+
+
 # -- connections ------------------------------------------------------------------------
 
 

@@ -337,6 +337,23 @@ async def test_host_and_origin_guard(
         assert error_of(r)["code"] in ("misdirected_request", "forbidden")
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [b"Host: evil.example", b"Host: localhost"],  # which one a parser keeps varies
+        [b"Host: localhost", b"Host: evil.example"],
+        [b"Host: localhost", b"Origin: http://localhost", b"Origin: http://evil.example"],
+    ],
+)
+async def test_a_repeated_host_or_origin_is_refused(node: Node, fields: list[bytes]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.http_port)
+    writer.write(b"\r\n".join([b"GET /v1/status HTTP/1.1", *fields, b"", b""]))
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.split()[1] == b"400", status_line
+
+
 async def test_configured_hosts_pass_the_guard(make_node: Callable[..., Node]) -> None:
     node = make_node(
         "lan",

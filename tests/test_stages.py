@@ -153,13 +153,13 @@ def test_rate_limit_refuses_the_excess_with_a_retry_hint() -> None:
     counters: Counter[str] = Counter()
     stage = RateLimit(2, counters, per_caller=2)  # one caller may take every slot here
     ctx = ctx_with()
-    stage.enter(ctx)
+    slot = stage.enter(ctx)
     stage.enter(ctx)
     with pytest.raises(RateLimited) as info:
         stage.enter(ctx)
     assert info.value.reason == "CONCURRENCY_LIMIT"
     assert info.value.retry_after is not None
-    stage.leave(ctx)
+    stage.leave(slot)
     stage.enter(ctx)
     assert (stage.in_flight, counters["invoke.rejected"]) == (2, 1)
 
@@ -177,19 +177,18 @@ def test_one_caller_gets_its_share_of_the_slots_and_no_more() -> None:
     counters: Counter[str] = Counter()
     stage = RateLimit(8, counters)  # a quarter each: 2
     first, second = at("127.0.0.2:4000"), at("ipv4:127.0.0.2:4001")
-    stage.enter(first)
-    stage.enter(second)
+    slots = [stage.enter(first), stage.enter(second)]
     with pytest.raises(RateLimited) as info:
         stage.enter(at("127.0.0.2:4002"))
     assert info.value.reason == "CALLER_CONCURRENCY_LIMIT"
     assert info.value.retry_after is not None
-    stage.enter(at("127.0.0.3:4000"))  # someone else
-    stage.enter(ctx_with(local=True))  # the node's own program keeps to no share
-    stage.leave(first)
-    stage.enter(at("127.0.0.2:4003"))
+    slots.append(stage.enter(at("127.0.0.3:4000")))  # someone else
+    slots.append(stage.enter(ctx_with(local=True)))  # the node's own program keeps to no share
+    stage.leave(slots.pop(0))
+    slots.append(stage.enter(at("127.0.0.2:4003")))
     assert (stage.in_flight, stage.held(first), counters["invoke.rejected_caller"]) == (4, 2, 1)
-    for ctx in (second, at("127.0.0.2:4003"), at("127.0.0.3:4000"), ctx_with(local=True)):
-        stage.leave(ctx)
+    for slot in slots:
+        stage.leave(slot)
     assert (stage.in_flight, stage.held(first)) == (0, 0)
 
 
@@ -202,6 +201,12 @@ def test_one_caller_gets_its_share_of_the_slots_and_no_more() -> None:
         (at("ipv4:10.0.0.1:5000"), "addr:10.0.0.1"),
         (at("ipv6:%5B2001:db8::1%5D:5000"), "addr:2001:db8::/64"),
         (at("[2001:db8::2:1]:5000"), "addr:2001:db8::/64"),
+        # an IPv4 client of a dual-stack HTTP socket is the same key as on gRPC
+        (at("[::ffff:127.0.0.9]:5000"), "addr:127.0.0.9"),
+        (at("ipv6:%5B::ffff:10.1.2.3%5D:5000"), "addr:10.1.2.3"),
+        # link-local hosts all share fe80::/64: each is itself
+        (at("[fe80::1%eth0]:5000"), "addr:fe80::1%eth0"),
+        (at("[fe80::2%eth0]:5000"), "addr:fe80::2%eth0"),
         (at("unix:/tmp/node.sock"), "addr:unix:/tmp/node.sock"),
         # a key a handshake pinned, a channel peer, an authenticator's principal
         (at("127.0.0.1:1", PEER, signer=PEER, signer_verified=True), f"caller:{PEER}"),
@@ -213,6 +218,18 @@ def test_one_caller_gets_its_share_of_the_slots_and_no_more() -> None:
 )
 def test_a_caller_is_its_verified_identity_else_its_address(ctx: CallContext, key: str) -> None:
     assert share_key(ctx) == key
+
+
+def test_a_slot_is_given_back_under_the_key_it_was_taken_with() -> None:
+    """A handler may change its context (a servicer holds it): the slot still goes
+    back to the caller that took it."""
+    stage = RateLimit(8, Counter(), per_caller=1)
+    ctx = at("127.0.0.2:4000")
+    slot = stage.enter(ctx)
+    ctx.caller = "someone-else"
+    stage.leave(slot)
+    assert stage.held(at("127.0.0.2:1")) == 0
+    stage.leave(stage.enter(at("127.0.0.2:4001")))  # not locked out
 
 
 # -- govern --------------------------------------------------------------------------

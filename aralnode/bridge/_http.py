@@ -486,15 +486,19 @@ class HostGuard:
             await self.app(scope, receive, send)
             return
         host = origin = None
+        repeated = ""
         headers = scope["headers"]
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         for key, value in headers:  # one pass: this runs on every request
             size += len(key) + len(value)
             if key == b"host":
+                repeated = "Host" if host is not None else repeated
                 host = value.decode("latin-1")
             elif key == b"origin":
+                repeated = "Origin" if origin is not None else repeated
                 origin = value.decode("latin-1")
-        failure = self.check(host, origin) or self.check_head(len(headers), size)
+        failure = self.repeated(repeated) or self.check(host, origin)
+        failure = failure or self.check_head(len(headers), size)
         if failure is None:
             await self.app(scope, receive, send)
             return
@@ -532,6 +536,16 @@ class HostGuard:
                 details={"limit": self.max_header_bytes},
             )
         return None
+
+    @staticmethod
+    def repeated(name: str) -> AralError | None:
+        """A second Host (or Origin): which one counts differs between parsers, so
+        the request is refused (RFC 9112 §3.2: 400) rather than one of them checked
+        and another one used."""
+        if not name:
+            return None
+        message = f"the request has more than one {name} header"
+        return InvalidRequest(message, reason="REPEATED_HEADER")
 
     def check(self, host: str | None, origin: str | None) -> AralError | None:
         if not host or not self.allowed.host(host):

@@ -232,7 +232,7 @@ class Pipeline:
         try:
             st.authenticate(ctx)
             st.authorize(ctx, scopes, method_id)
-            st.rate_limit.enter(ctx)
+            slot = st.rate_limit.enter(ctx)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -256,7 +256,7 @@ class Pipeline:
             self._ended(ctx, target, failure)
             raise failure from exc
         finally:
-            st.rate_limit.leave(ctx)
+            st.rate_limit.leave(slot)
         self._ended(ctx, target, None)
 
     def stream_message(
@@ -321,7 +321,7 @@ class Pipeline:
         target_id = target.id
         try:
             st.authorize(ctx, target.scopes, target_id)
-            st.rate_limit.enter(ctx)
+            slot = st.rate_limit.enter(ctx)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -358,7 +358,7 @@ class Pipeline:
             self._quietly_ended(ctx, target)
             raise
         finally:
-            st.rate_limit.leave(ctx)
+            st.rate_limit.leave(slot)
         self._ended(ctx, target, None)
         return result
 

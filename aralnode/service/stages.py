@@ -134,9 +134,11 @@ def share_key(ctx: CallContext) -> str:
 
 
 def address_of(peer: str) -> str:
-    """The client part of a transport address: ``127.0.0.1`` of ``127.0.0.1:5000``
-    or gRPC's ``ipv4:127.0.0.1:5000``; ``2001:db8::/64`` of an IPv6 address; the
-    text itself when it has no port (a node id, a unix socket)."""
+    """The client part of a transport address: ``127.0.0.1`` of ``127.0.0.1:5000``,
+    gRPC's ``ipv4:127.0.0.1:5000`` or a dual-stack socket's ``[::ffff:127.0.0.1]:5000``
+    (so one client is one key on every door); ``2001:db8::/64`` of an IPv6 address
+    (a link-local one is itself, scope included); the text itself when it has no
+    port (a node id, a unix socket)."""
     text = unquote(peer[5:]) if peer.startswith(("ipv4:", "ipv6:")) else peer
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -145,9 +147,14 @@ def address_of(peer: str) -> str:
     if ":" not in host:
         return host
     try:
-        return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+        ip = ipaddress.IPv6Address(host.partition("%")[0])
     except ValueError:
         return host
+    if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket: itself
+        return str(ip.ipv4_mapped)
+    if ip.is_link_local:  # every link-local host is in fe80::/64: the whole address
+        return host
+    return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
 
 
 class RateLimit:
@@ -167,8 +174,9 @@ class RateLimit:
         self.in_flight = 0
         self._held: dict[str, int] = {}  # slots per share key, while held
 
-    def enter(self, ctx: CallContext) -> None:
-        """Take a slot for ``ctx`` (``leave`` gives it back)."""
+    def enter(self, ctx: CallContext) -> str:
+        """Take a slot for ``ctx``; the key it counts under, which ``leave`` takes
+        to give it back (worked out once: a handler may change ``ctx``)."""
         if self.in_flight >= self.max_concurrent:
             self.counters["invoke.rejected"] += 1
             raise RateLimited(
@@ -189,10 +197,11 @@ class RateLimit:
                 )
             self._held[key] = held + 1
         self.in_flight += 1
+        return key
 
-    def leave(self, ctx: CallContext) -> None:
+    def leave(self, key: str) -> None:
+        """Give back a slot ``enter`` took under ``key``."""
         self.in_flight -= 1
-        key = share_key(ctx)
         if key:
             held = self._held.pop(key, 1) - 1
             if held > 0:

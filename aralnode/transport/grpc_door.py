@@ -32,6 +32,7 @@ from aralnode.core.errors import (
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
+from aralnode.transport.quota import StreamQuota
 from aralnode.transport.status import abort, abort_method
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -99,11 +100,13 @@ class AgentNodeDoor:
         *,
         max_message_bytes: int,
         channel: ChannelHook | None = None,
+        streams: StreamQuota | None = None,
     ) -> None:
         self.service = service
         self.contexts = contexts
         self.max_message_bytes = max_message_bytes
         self.channel = channel
+        self.streams = streams
 
     async def Handshake(self, data: bytes, context: Context) -> bytes:
         try:
@@ -159,7 +162,18 @@ class AgentNodeDoor:
                 InvalidRequest("channels are not enabled on this node", reason="UNIMPLEMENTED"),
             )
             return
-        await self.channel(requests, context)
+        if self.streams is None:
+            await self.channel(requests, context)
+            return
+        try:  # a peer's share of the port: its channels count against its address
+            key = self.streams.enter(context.peer())
+        except AralError as exc:
+            await abort(context, exc)
+            return
+        try:
+            await self.channel(requests, context)
+        finally:
+            self.streams.leave(key)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """Every method of the service: the two between nodes, and each built-in

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from aralnode.core.addresses import join_host_port
 from aralnode.transport.health import HealthService
+from aralnode.transport.quota import StreamQuota
 from aralnode.transport.standard import Gate, standard_handler
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -65,6 +66,7 @@ class GrpcLimits:
     connection_idle_ms: int = 300_000
     connection_age_ms: int | None = None
     connection_age_grace_ms: int = 5_000
+    max_streams_per_address: int = 128
 
     def options(self) -> list[tuple[str, int]]:
         """The channel arguments that enforce them."""
@@ -115,7 +117,11 @@ class GrpcServer:
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self.health = HealthService()
-        self.server.add_generic_rpc_handlers((standard_handler(HEALTH, self.health),))
+        # Streams that no pipeline stage shares out (Health/Watch, reflection, a
+        # Channel before its handshake) keep to a share per client address.
+        self.streams = StreamQuota(limits.max_streams_per_address)
+        health = standard_handler(HEALTH, self.health, streams=self.streams)
+        self.server.add_generic_rpc_handlers((health,))
         self._listing_gate = listing_gate
         self._services: list[str] = []
         self.port = 0
@@ -128,7 +134,9 @@ class GrpcServer:
         names = [*self._services, HEALTH.full_name, REFLECTION.full_name]
         # grpc-stubs 1.53 does not know the asyncio servicer grpcio-reflection ships.
         servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
-        handler = standard_handler(REFLECTION, servicer, gate=self._listing_gate)
+        handler = standard_handler(
+            REFLECTION, servicer, gate=self._listing_gate, streams=self.streams
+        )
         self.server.add_generic_rpc_handlers((handler,))
         address = join_host_port(host, port)
         if port:

@@ -7,7 +7,8 @@ bytes and parses them itself, as the node's own doors do (``grpc_door``), so gar
 is the caller's INVALID_ARGUMENT (``MALFORMED_MESSAGE``, with a
 ``google.rpc.Status``) and nothing is logged. The servicers themselves (grpcio's
 reflection, our health) are unchanged; an optional ``gate`` decides, before a call
-is served, whether its caller may use the service at all.
+is served, whether its caller may use the service at all, and an optional
+``StreamQuota`` keeps each client address to its share of open streams.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode.core.errors import AralError, MalformedMessage
+from aralnode.transport.quota import StreamQuota
 from aralnode.transport.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -37,16 +39,56 @@ def _parse(cls: type[Message], data: bytes) -> Message:
 
 
 def standard_handler(
-    descriptor: ServiceDescriptor, servicer: object, *, gate: Gate | None = None
+    descriptor: ServiceDescriptor,
+    servicer: object,
+    *,
+    gate: Gate | None = None,
+    streams: StreamQuota | None = None,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Every method of ``descriptor`` that ``servicer`` implements, on raw request
-    bytes (see the module docstring); responses are serialized as grpcio would."""
+    bytes (see the module docstring); responses are serialized as grpcio would.
+    Streaming methods keep to ``streams``' share per client address."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         impl = getattr(servicer, method.name, None)
         if impl is not None:
+            if streams is not None and method.server_streaming:
+                impl = _counted(impl, streams, generator=not inspect.iscoroutinefunction(impl))
             handlers[method.name] = _handler(method, impl, gate)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _counted(impl: Callable[..., Any], streams: StreamQuota, *, generator: bool) -> Any:
+    """``impl`` counted against its caller's share of streams while it runs (of the
+    same kind: a coroutine stays one, an async generator stays one)."""
+    if generator:
+
+        async def counted_items(request: Any, context: Context) -> AsyncIterator[Any]:
+            key = await _enter(streams, context)
+            try:
+                async for item in impl(request, context):
+                    yield item
+            finally:
+                streams.leave(key)
+
+        return counted_items
+
+    async def counted(request: Any, context: Context) -> Any:
+        key = await _enter(streams, context)
+        try:
+            return await impl(request, context)
+        finally:
+            streams.leave(key)
+
+    return counted
+
+
+async def _enter(streams: StreamQuota, context: Context) -> str:
+    try:
+        return streams.enter(context.peer())
+    except AralError as exc:
+        await abort(context, exc)
+        raise  # unreachable: abort raises
 
 
 def _handler(
