@@ -165,6 +165,60 @@ async def test_heads_over_the_limits_get_431(make_node: Callable[..., Node], par
         assert status.startswith(b"HTTP/1.1 200"), status
 
 
+class _Transport(asyncio.Transport):
+    """What the protocol writes, in memory (the protocol's own code runs as on a
+    socket; only the socket is missing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written, self.closed, self.protocol = b"", False, None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+async def test_a_head_that_begins_in_a_large_read_is_counted_whole() -> None:
+    """One read with a request line and 250 kB of one unfinished header: the head's
+    start and its unfinished field are both in that read, so no parser callback
+    has counted them yet. The read is parsed in slices, and the head is refused
+    within one slice of the limit (before: counted as 19 bytes, the connection
+    kept open until 9 kB more came)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from aralnode.bridge._server import HeadLimits, protocol_class
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # never reached
+        raise AssertionError("the application got a refused head")
+
+    limits = HeadLimits(max_bytes=8192, max_count=100, timeout=10.0, now_ms=lambda: 0)
+    protocol = protocol_class("httptools", limits)(  # type: ignore[call-arg]
+        uvicorn.Config(app, lifespan="off"), ServerState(), {}
+    )
+    transport = _Transport()
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    protocol.data_received(HEAD + b"X-Big: " + b"a" * 250_000)
+    assert transport.closed
+    assert transport.written.startswith(b"HTTP/1.1 431"), transport.written[:60]
+    protocol.connection_lost(None)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parser", ["auto", "h11"])
 async def test_a_header_section_must_arrive_in_time(tmp_path: Path, parser: str) -> None:

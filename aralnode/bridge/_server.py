@@ -168,6 +168,7 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
     there (the callback raises; uvicorn's 400 for it is not sent)."""
 
     _in_head = True  # a fresh connection awaits its first head
+    _in_body = False  # between a head's end and its message's end
     _head_bytes = 0
     _head_count = 0
     _began = False  # a head began in the chunk being parsed
@@ -183,6 +184,21 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        step = max(self.limits.max_bytes // 4, 1024)
+        if len(data) <= step or self._in_body:
+            self._parse(data)
+            return
+        # A read that may hold a head: in slices, so that the part of a head after
+        # its start, which no callback has counted yet, is at most one slice.
+        for start in range(0, len(data), step):
+            if self._refused or self.transport.get_protocol() is not self:
+                successor = self.transport.get_protocol()
+                if not self._refused and successor is not self:  # upgraded: the rest is its
+                    successor.data_received(data[start:])  # type: ignore[attr-defined]
+                return
+            self._parse(data[start : start + step])
+
+    def _parse(self, data: bytes) -> None:
         whole_chunk_in_head = self._in_head and self._head_bytes > 0
         counted = self._head_bytes
         self._began = False
@@ -218,9 +234,13 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
     def _count(self, size: int) -> None:
         """Add ``size`` bytes of head; stops the parser once it is too large."""
