@@ -172,12 +172,14 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written, self.closed, self.protocol = b"", False, None
+        self.ended = asyncio.Event()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
 
     def close(self) -> None:
         self.closed = True
+        self.ended.set()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -187,6 +189,12 @@ class _Transport(asyncio.Transport):
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
@@ -216,6 +224,41 @@ async def test_a_head_that_begins_in_a_large_read_is_counted_whole() -> None:
     protocol.data_received(HEAD + b"X-Big: " + b"a" * 250_000)
     assert transport.closed
     assert transport.written.startswith(b"HTTP/1.1 431"), transport.written[:60]
+    protocol.connection_lost(None)
+
+
+async def test_a_pipelined_head_is_refused_after_the_answer_before_it() -> None:
+    """Request 1 is running when request 2, pipelined behind it, has too many
+    header fields: request 1's answer goes first, then the 431, then the
+    connection closes (before: the 431 was written at once, read by the client as
+    request 1's answer, and request 1's own answer was lost)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from aralnode.bridge._server import HeadLimits, protocol_class
+
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first"})
+
+    limits = HeadLimits(max_bytes=8192, max_count=20, timeout=10.0, now_ms=lambda: 0)
+    protocol = protocol_class("httptools", limits)(  # type: ignore[call-arg]
+        uvicorn.Config(app, lifespan="off"), ServerState(), {}
+    )
+    transport = _Transport()
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(21))
+    protocol.data_received(HEAD + b"\r\n" + HEAD + many)
+    assert transport.written == b""  # nothing may go out before request 1's answer
+    release.set()
+    await asyncio.wait_for(transport.ended.wait(), 10)
+    written = transport.written
+    assert written.startswith(b"HTTP/1.1 200"), written[:80]
+    assert written.index(b"first") < written.index(b"HTTP/1.1 431"), written
     protocol.connection_lost(None)
 
 

@@ -215,11 +215,39 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         if not self._refused:  # a refusal of ours already answered
             super().send_400_response(msg)
 
+    _pending: AralError | None = None  # a pipelined head's refusal, after the answers before it
+
+    def _busy(self) -> bool:
+        """An earlier request on this connection is still being answered (running,
+        or pipelined behind the one running)."""
+        cycle = self.cycle
+        return (cycle is not None and not cycle.response_complete) or bool(self.pipeline)
+
+    def _refuse(self, exc: AralError) -> None:
+        # A pipelined head refused while earlier requests are answered: its answer
+        # waits for theirs (written now, it would read as the running request's).
+        if not self._refused and self._busy():
+            self._refused, self._pending = True, exc
+            self._disarm()
+            return
+        super()._refuse(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._busy():
+            return
+        if self._pending is not None:
+            exc, self._pending, self._refused = self._pending, None, False
+            super()._refuse(exc)
+        elif self._in_head:  # a pipelined head that began while others were answered
+            self._arm()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._began = True, True
         self._head_bytes, self._head_count = 1, 0
-        self._arm()
+        if not self._busy():  # else its clock starts when the answers before it are done
+            self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
