@@ -163,35 +163,44 @@ async def test_streams_past_the_limit_on_one_connection_are_refused(tmp_path: Pa
         conn.close()
 
 
-async def test_rpcs_across_connections_are_bounded(tmp_path: Path) -> None:
-    """Many connections, each within its stream limit: past ``grpc_max_concurrent_rpcs``
-    the node refuses calls (RESOURCE_EXHAUSTED) instead of holding them all."""
-    channels, per_channel, limit = 8, 100, 300
-    async with attacked(tmp_path, grpc_max_concurrent_rpcs=limit) as node:
-        rss0, fds0 = node.rss(), node.fds()
-        # A connection each: grpc shares one subchannel (one connection) between
-        # channels to the same target unless each keeps its own pool.
-        own = [("grpc.use_local_subchannel_pool", 1)]
-        address = node.grpc_address
-        opened = [grpc.aio.insecure_channel(address, options=own) for _ in range(channels)]
-        calls = [ch.unary_stream(WATCH.decode())(b"") for ch in opened for _ in range(per_channel)]
+@contextlib.asynccontextmanager
+async def watches(address: str, channels: int, per_channel: int) -> AsyncIterator[Counter[str]]:
+    """``channels`` connections with ``per_channel`` Watch calls each, held open
+    while the body runs; how each call began (SERVING, or the status it got)."""
+    # A connection each: grpc shares one subchannel (one connection) between
+    # channels to the same target unless each keeps its own pool.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    opened = [grpc.aio.insecure_channel(address, options=own) for _ in range(channels)]
+    calls = [ch.unary_stream(WATCH.decode())(b"") for ch in opened for _ in range(per_channel)]
 
-        async def first(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> str:
-            try:
-                await call.read()
-            except grpc.aio.AioRpcError as err:
-                return err.code().name
-            return "SERVING"
+    async def first(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> str:
+        try:
+            await call.read()
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+        return "SERVING"
 
-        outcomes = Counter(await asyncio.wait_for(asyncio.gather(*map(first, calls)), 60))
-        grown, _ = report(f"{channels * per_channel} Watch calls", node, rss0, fds0)
-        assert outcomes["SERVING"] <= limit, outcomes
-        assert outcomes["RESOURCE_EXHAUSTED"] >= channels * per_channel - limit, outcomes
-        assert grown < 40 * MIB
+    try:
+        yield Counter(await asyncio.wait_for(asyncio.gather(*map(first, calls)), 60))
+    finally:
         for call in calls:
             call.cancel()
         for ch in opened:
             await ch.close()
+
+
+async def test_rpcs_across_connections_are_bounded(tmp_path: Path) -> None:
+    """Many connections, each within its stream limit: past ``grpc_max_concurrent_rpcs``
+    the node refuses calls (RESOURCE_EXHAUSTED) instead of holding them all."""
+    channels, per_channel, limit = 8, 100, 300
+    config = {"grpc_max_concurrent_rpcs": limit, "grpc_max_streams_per_address": 10_000}
+    async with attacked(tmp_path, **config) as node:
+        rss0, fds0 = node.rss(), node.fds()
+        async with watches(node.grpc_address, channels, per_channel) as outcomes:
+            grown, _ = report(f"{channels * per_channel} Watch calls", node, rss0, fds0)
+        assert outcomes["SERVING"] <= limit, outcomes
+        assert outcomes["RESOURCE_EXHAUSTED"] >= channels * per_channel - limit, outcomes
+        assert grown < 40 * MIB
         await node.probe()
 
 
@@ -201,30 +210,13 @@ async def test_one_address_cannot_hold_the_port_with_streams(tmp_path: Path) -> 
     still serves everyone else (before: 300 held streams filled the port and the
     probe was refused RESOURCE_EXHAUSTED)."""
     channels, per_channel, share = 8, 50, 40
-    async with attacked(
-        tmp_path, grpc_max_concurrent_rpcs=300, grpc_max_streams_per_address=share
-    ) as node:
+    config = {"grpc_max_concurrent_rpcs": 300, "grpc_max_streams_per_address": share}
+    async with attacked(tmp_path, **config) as node:
         rss0, fds0 = node.rss(), node.fds()
-        own = [("grpc.use_local_subchannel_pool", 1)]
-        address = node.grpc_address
-        opened = [grpc.aio.insecure_channel(address, options=own) for _ in range(channels)]
-        calls = [ch.unary_stream(WATCH.decode())(b"") for ch in opened for _ in range(per_channel)]
-
-        async def first(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> str:
-            try:
-                await call.read()
-            except grpc.aio.AioRpcError as err:
-                return err.code().name
-            return "SERVING"
-
-        outcomes = Counter(await asyncio.wait_for(asyncio.gather(*map(first, calls)), 60))
-        report(f"{channels * per_channel} Watch calls from one address", node, rss0, fds0)
-        assert outcomes == {"SERVING": share, "RESOURCE_EXHAUSTED": len(calls) - share}
-        await node.probe()  # while the attacker still holds its share
-        for call in calls:
-            call.cancel()
-        for ch in opened:
-            await ch.close()
+        async with watches(node.grpc_address, channels, per_channel) as outcomes:
+            report(f"{channels * per_channel} Watch calls from one address", node, rss0, fds0)
+            assert outcomes == {"SERVING": share, "RESOURCE_EXHAUSTED": 400 - share}
+            await node.probe()  # while the attacker still holds its share
 
 
 # -- connections ------------------------------------------------------------------------

@@ -87,13 +87,22 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing a head already refused."""
 
 
-class _HeadGuard:
-    """What both protocols share: the head timer and the refusal."""
+class _HeadGuard(asyncio.Protocol):
+    """What both protocols share: the head timer and the refusal. First in their
+    bases, so its ``connection_made``/``connection_lost`` wrap uvicorn's."""
 
     limits: ClassVar[HeadLimits]
     transport: asyncio.Transport
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def _arm(self) -> None:
         """Start the head's clock, unless it already runs (a head that began on a
@@ -131,14 +140,6 @@ class BoundedH11(_HeadGuard, H11Protocol):
     ``max_incomplete_event_size``, set to ``max_bytes``; the field count is checked
     before the application sees the request, by ``HostGuard``)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
@@ -172,14 +173,6 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
     _head_bytes = 0
     _head_count = 0
     _began = False  # a head began in the chunk being parsed
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
