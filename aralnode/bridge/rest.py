@@ -251,7 +251,9 @@ class RestDoor:
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:
-                await self._stream(route, params, ctx, receive, send)
+                await self._stream(
+                    route, params, ctx, receive, send, head=scope["method"] == "HEAD"
+                )
                 return
             call = route.target.call
             assert call is not None
@@ -290,6 +292,18 @@ class RestDoor:
     # -- matching and request building ---------------------------------------------------
 
     def match(self, method: str, path: str) -> tuple[Route, dict[Any, str]]:
+        """The route for ``method`` on ``path``, and its variables.
+
+        HEAD is GET without the body (RFC 9110 §9.3.2): it matches GET routes, and
+        the server (uvicorn) sends the head of GET's answer only.
+
+        Raises:
+            MethodNotAllowed: the path is bound, not for ``method`` (``Allow`` lists
+                the methods it is bound for, HEAD with GET).
+            NotFound: nothing is bound to the path.
+        """
+        if method == "HEAD":
+            method = "GET"
         exact = self._exact.get((method, path))
         if exact is not None:
             return exact, {}
@@ -307,6 +321,8 @@ class RestDoor:
                     return route, found
                 allowed.append(route.binding.http_method)
         if allowed:
+            if "GET" in allowed:
+                allowed.append("HEAD")
             raise h.MethodNotAllowed(
                 f"{method} is not allowed on {path}", details={"allow": sorted(set(allowed))}
             )
@@ -332,6 +348,7 @@ class RestDoor:
                 assert binding.body_field is not None
                 params[binding.body_field.json_name] = value
         if query_string:
+            given: set[tuple[FieldDescriptor, ...]] = set()
             for name, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
                 path = route.query.get(name)
                 if path is None:
@@ -349,6 +366,16 @@ class RestDoor:
                 if leaf.is_repeated:
                     existing = _get(params, path)
                     value = [*existing, value] if isinstance(existing, list) else [value]
+                elif path in given:
+                    # One value or the other would be a guess (and two parsers of the
+                    # same URL may guess differently): neither is taken.
+                    dotted = ".".join(f.name for f in path)
+                    raise InvalidParameters(
+                        f"query parameter {dotted!r} takes one value; it was given twice",
+                        reason="DUPLICATE_PARAMETER",
+                        details={"parameter": dotted},
+                    )
+                given.add(path)
                 _set(params, path, value)
         for var, text in variables.items():
             _set(params, var.field_path, _scalar(var.field_path[-1], text, var.name))
@@ -404,8 +431,11 @@ class RestDoor:
         ctx: CallContext,
         receive: h.Receive,
         send: h.Send,
+        *,
+        head: bool = False,
     ) -> None:
-        """Answer a server stream, for as long as the client is there.
+        """Answer a server stream, for as long as the client is there (for HEAD: up
+        to its first item, which settles the status, and no further).
 
         Once a client is gone, uvicorn's ``send`` returns without error, so a stream
         that never ends would hold its pipeline slot forever: the stream runs in a
@@ -417,7 +447,7 @@ class RestDoor:
         assert route.target.stream is not None
         request = request_from(route.target.request_cls, params)
         items: AsyncIterator[Message] = route.target.stream(ctx, request)
-        pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send))
+        pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send, head=head))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -442,6 +472,8 @@ class RestDoor:
         ctx: CallContext,
         sse: bool,
         send: h.Send,
+        *,
+        head: bool = False,
     ) -> None:
         # Pull the first item before answering, so that a refusal gets its real status.
         try:
@@ -455,7 +487,7 @@ class RestDoor:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
-            if first is not None:
+            if first is not None and not head:
                 await send(_chunk(to_json(first), sse, "message"))
                 sent = 1
                 async for item in items:

@@ -417,7 +417,9 @@ def _method_capability(
         name=method.name,
         description=comments.get(method.full_name)
         or f"{method.containing_service.full_name}.{method.name}",
-        input_schema=message_schema(method.input_type, comments=dict(comments)),
+        # The card travels (to peers, to the stdio bridge): its input schema says what
+        # the parser accepts, closed, as the HTTP door's tools and OpenAPI do.
+        input_schema=message_schema(method.input_type, comments=dict(comments), closed=True),
         output_schema=message_schema(method.output_type, comments=dict(comments)),
         risk=_check_risk(risk),
         grpc_method=f"/{method.containing_service.full_name}/{method.name}",

@@ -82,6 +82,42 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 
 
+_NULL: dict[str, Any] = {"type": "null"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or JSON ``null``.
+
+    The proto3 JSON parser reads ``null`` for any field as "not set" (its default;
+    for a ``Value`` the null value): a schema of what it accepts says so. Only for a
+    field's value itself, never for an item of a repeated field or a map's value,
+    where the parser refuses ``null``.
+    """
+    if not schema or schema.get("type") == "null":
+        return schema  # anything (a Value), or null already
+    kind = schema.get("type")
+    if kind is not None and not schema.keys() & {"enum", "const", "anyOf", "oneOf", "allOf"}:
+        kinds = kind if isinstance(kind, list) else [kind]
+        return schema if "null" in kinds else {**schema, "type": [*kinds, "null"]}
+    if "oneOf" in schema and len(schema) == 1:
+        return {"oneOf": [*schema["oneOf"], _NULL]}  # enums and floats: one more branch
+    return {"anyOf": [schema, _NULL]}
+
+
+def _at_most_one(members: Iterable[FieldDescriptor]) -> list[dict[str, Any]]:
+    """A oneof's rule: once one member is set (present, not null), every other one is
+    absent or null. The parser refuses a second member the same way, and reads a null
+    one as unset."""
+    names = [f.json_name for f in members]
+    return [
+        {
+            "if": {"required": [name], "properties": {name: {"not": _NULL}}},
+            "then": {"properties": {other: _NULL for other in names if other != name}},
+        }
+        for name in names
+    ]
+
+
 def enum_schema(desc: EnumDescriptor) -> dict[str, Any]:
     names = [v.name for v in desc.values]
     numbers = [v.number for v in desc.values]
@@ -113,6 +149,8 @@ class _Builder:
         props: dict[str, Any] = {}
         for f in desc.fields:
             schema = self.field(f)
+            if self.closed:
+                schema = nullable(schema)
             doc = self.comments.get(f.full_name)
             if doc:
                 schema = {**schema, "description": doc}
@@ -123,6 +161,9 @@ class _Builder:
             # honest one for requests (it still accepts every message the parser does,
             # except the original snake_case spellings it also tolerates).
             out["additionalProperties"] = False
+            oneofs = [_at_most_one(o.fields) for o in desc.oneofs if len(o.fields) > 1]
+            if oneofs:
+                out["allOf"] = [rule for rules in oneofs for rule in rules]
         doc = self.comments.get(desc.full_name)
         if doc:
             out["description"] = doc
@@ -157,8 +198,10 @@ def message_schema(
     Args:
         desc: The message descriptor.
         comments: Optional map of full names to leading comments, used as descriptions.
-        closed: Add ``additionalProperties: false`` to every message object (what
-            the proto3 JSON parser enforces; right for request schemas).
+        closed: Describe what the proto3 JSON parser accepts (right for request
+            schemas): every message object gets ``additionalProperties: false``,
+            every field also takes ``null``, and at most one member of a oneof
+            may be set.
     """
     b = _Builder(comments, closed=closed)
     ref = b.message(desc)
