@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message_factory import GetMessageClass
 from jsonschema import Draft202012Validator
@@ -115,6 +116,79 @@ def test_oneof_members_are_at_most_one_in_both() -> None:
                 assert _node_accepts(desc, alone)
                 assert _schema_accepts(desc, alone)
     assert checked >= 3  # InvokeRequest, InvokeResponse, ChannelFrame at least
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("GENRE_FICTION", True),
+        (2, True),
+        (-58800, True),  # proto3 enums are open: kept, and printed back as the number
+        (2.0, True),
+        (2.5, False),  # before: the node took it as 2, silently
+        (True, False),  # before: the node took it as 1
+        ("GENRE_NONE", False),
+        (2**31, False),
+    ],
+)
+def test_an_enum_value_is_a_name_or_an_int32_for_both(value: Any, valid: bool) -> None:
+    library = sys.modules["library_pb2"]
+    for desc, body in (
+        (library.Book.DESCRIPTOR, {"genre": value}),
+        (library.UpdateBookRequest.DESCRIPTOR, {"book": {"genre": value}}),  # nested
+    ):
+        assert _node_accepts(desc, body) is valid, body
+        assert _schema_accepts(desc, body) is valid, body
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    "value",
+    [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, "9223372036854775807", "9223372036854775808",
+     "-9223372036854775808", "-9223372036854775809", "00042", "18446744073709551616", "-0"],
+)  # fmt: skip
+def test_an_int64_is_held_to_its_range_in_both_forms(value: Any) -> None:
+    # Before: the string form's schema was any run of digits.
+    desc = sys.modules["library_pb2"].Book.DESCRIPTOR
+    assert _node_accepts(desc, {"id": value}) is _schema_accepts(desc, {"id": value})
+
+
+def _enum_message() -> Descriptor:
+    """``message M { E e = 1; repeated E es = 2; map<string, E> em = 3; M child = 4; }``
+    in a fresh pool: every place an enum value can be, recursion included."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="e.proto", package="e", syntax="proto3")
+    enum = fdp.enum_type.add(name="E")
+    enum.value.add(name="E_A", number=0)
+    enum.value.add(name="E_B", number=1)
+    msg = fdp.message_type.add(name="M")
+    entry = msg.nested_type.add(name="EmEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=9, label=1, json_name="key")
+    entry.field.add(name="value", number=2, type=14, label=1, type_name=".e.E", json_name="value")
+    msg.field.add(name="e", number=1, type=14, label=1, type_name=".e.E", json_name="e")
+    msg.field.add(name="es", number=2, type=14, label=3, type_name=".e.E", json_name="es")
+    msg.field.add(name="em", number=3, type=11, label=3, type_name=".e.M.EmEntry", json_name="em")
+    msg.field.add(name="child", number=4, type=11, label=1, type_name=".e.M", json_name="child")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("e.M")
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda v: {"e": v},
+        lambda v: {"es": ["E_A", v]},
+        lambda v: {"em": {"k": v}},
+        lambda v: {"child": {"child": {"es": [v]}}},
+    ],
+)
+def test_an_enum_value_anywhere_is_held_to_the_schema(place: Callable[[Any], Any]) -> None:
+    desc = _enum_message()
+    for value, valid in ((1, True), ("E_B", True), (7, True), (1.5, False), (False, False)):
+        assert _node_accepts(desc, place(value)) is valid, place(value)
+        assert _schema_accepts(desc, place(value)) is valid, place(value)
 
 
 def _sample(field: Any) -> Any:
@@ -219,3 +293,20 @@ async def test_a_single_valued_query_parameter_given_twice_is_400(
     error = r.json()["error"]
     assert error["reason"] == "DUPLICATE_PARAMETER"
     assert error["details"]["parameter"] in {"author", "min_year"}
+
+
+async def test_a_path_field_in_the_body_must_still_be_valid(http: httpx.AsyncClient) -> None:
+    # PATCH /v1/shelves/{book.shelf}/books/{book.id}, body: the book. The path wins,
+    # but the body's own value is held to the schema. Before: a body id of 2**70 (no
+    # int64) passed, because the path's value replaced it unread.
+    book = {"title": "Dune", "author": "Frank Herbert"}
+    for bad in ({"id": 2**70}, {"id": "three"}, {"shelf": 7}):
+        r = await http.patch("/v1/shelves/fic/books/3", json={**book, **bad})
+        assert r.status_code == 400, r.text
+    for body in ([None, None], "a book", 3):  # the book is a message: an object
+        r = await http.patch("/v1/shelves/fic/books/3", json=body)
+        assert r.status_code == 400, r.text
+    for good in ({}, {"id": "3"}, {"id": 4, "shelf": "sci"}, {"id": None}):
+        r = await http.patch("/v1/shelves/fic/books/3", json={**book, **good})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "3"

@@ -146,8 +146,14 @@ def _set(target: dict[str, Any], path: tuple[FieldDescriptor, ...], value: Any) 
         child = node.get(f.json_name)
         if child is None and f.name != f.json_name:
             child = node.pop(f.name, None)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
+        elif not isinstance(child, dict):
+            # A message's JSON is an object: what the body sent is refused, not replaced.
+            raise InvalidParameters(
+                f"{f.name!r} is a message, so a JSON object, not {type(child).__name__}",
+                details={"field": f.name},
+            )
         node[f.json_name] = child
         node = child
     leaf = path[-1]
@@ -378,6 +384,11 @@ class RestDoor:
                 given.add(path)
                 _set(params, path, value)
         for var, text in variables.items():
+            said = _body_value(params, var.field_path)
+            if said is not None:
+                # The path wins (as in every google.api.http transcoder), but what it
+                # replaces must have been valid: the schema says so of the body.
+                request_from(route.target.request_cls, _nested(var.field_path, said))
             _set(params, var.field_path, _scalar(var.field_path[-1], text, var.name))
         return params
 
@@ -535,6 +546,24 @@ def _get(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:
             return None
         node = node.get(f.json_name)
     return node
+
+
+def _body_value(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:
+    """What the body already says for ``path`` (in either spelling), or None."""
+    node: Any = params
+    for f in path:
+        if not isinstance(node, dict):
+            return None
+        child = node.get(f.json_name)
+        node = node.get(f.name) if child is None else child
+    return node
+
+
+def _nested(path: tuple[FieldDescriptor, ...], value: Any) -> dict[str, Any]:
+    """``{"a": {"b": value}}`` for the path ``a.b``."""
+    out: dict[str, Any] = {}
+    _set(out, path, value)
+    return out
 
 
 def _raw_path(scope: h.Scope) -> str:

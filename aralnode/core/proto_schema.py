@@ -38,8 +38,39 @@ class ProtoComments(Protocol):
 
 _INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
-_INT64 = {"type": ["string", "integer"], "pattern": "^-?[0-9]+$", "format": "int64"}
-_UINT64 = {"type": ["string", "integer"], "pattern": "^[0-9]+$", "format": "uint64"}
+
+
+def _at_most(limit: int) -> str:
+    """A regex of the decimal strings of 0..``limit`` (leading zeros allowed, as the
+    parser allows them), so that a 64-bit integer's string form is held to its range
+    as ``minimum``/``maximum`` hold its number form."""
+    digits = str(limit)
+    n = len(digits)
+    alternatives = [f"[0-9]{{1,{n - 1}}}"] if n > 1 else []
+    for i, d in enumerate(digits):
+        if d != "0":
+            rest = f"[0-9]{{{n - i - 1}}}" if n - i - 1 else ""
+            alternatives.append(f"{digits[:i]}[0-{int(d) - 1}]{rest}")
+    alternatives.append(digits)
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+# The number form's bounds are powers of two, exact as doubles: a capability card
+# carries its schema in a Struct, where 2**63 - 1 would become 2**63.
+_INT64 = {
+    "type": ["string", "integer"],
+    "pattern": f"^(?:{_at_most(2**63 - 1)}|-{_at_most(2**63)})$",
+    "minimum": -(2**63),
+    "exclusiveMaximum": 2**63,
+    "format": "int64",
+}
+_UINT64 = {
+    "type": ["string", "integer"],
+    "pattern": f"^{_at_most(2**64 - 1)}$",
+    "minimum": 0,
+    "exclusiveMaximum": 2**64,
+    "format": "uint64",
+}
 _FLOAT = {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -119,9 +150,18 @@ def _at_most_one(members: Iterable[FieldDescriptor]) -> list[dict[str, Any]]:
 
 
 def enum_schema(desc: EnumDescriptor) -> dict[str, Any]:
+    """An enum's JSON: a value's name, or a number.
+
+    A proto3 enum is open: the parser takes any int32 and keeps it, and the printer
+    writes a number it has no name for as that number, so any int32 is valid. A
+    closed (proto2) enum takes only its values' numbers.
+    """
     names = [v.name for v in desc.values]
-    numbers = [v.number for v in desc.values]
-    return {"oneOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": numbers}]}
+    if desc.is_closed:
+        numbers: dict[str, Any] = {"type": "integer", "enum": [v.number for v in desc.values]}
+    else:
+        numbers = dict(_INT32)
+    return {"oneOf": [{"type": "string", "enum": names}, numbers]}
 
 
 class _Builder:
