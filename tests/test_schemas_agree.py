@@ -310,3 +310,30 @@ async def test_a_path_field_in_the_body_must_still_be_valid(http: httpx.AsyncCli
         r = await http.patch("/v1/shelves/fic/books/3", json={**book, **good})
         assert r.status_code == 200, r.text
         assert r.json()["id"] == "3"
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"call": {"timeoutMs": "1", "timeout_ms": "2"}},  # one field, both spellings
+        {"call": {"traceId": "a", "trace_id": "a"}},  # even with the same value
+    ],
+)
+def test_one_field_in_both_spellings_is_refused(body: dict[str, Any]) -> None:
+    # Before: json_format took the last one, silently (it compares spellings, not fields).
+    with pytest.raises(InvalidParameters, match="twice"):
+        request_from(pb.InvokeRequest, body)
+
+
+async def test_a_json_member_given_twice_is_400(http: httpx.AsyncClient) -> None:
+    # Before: json.loads kept the last of the two, silently.
+    body = b'{"text": "dune", "text": "cosmos"}'
+    r = await http.post(
+        "/library.v1.Library/Search", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["reason"] == "DUPLICATE_PARAMETER"
+    nested = b'{"call": {"capability": "demo.echo", "capability": "demo.add"}}'
+    r = await http.post("/v1/invoke", content=nested, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text

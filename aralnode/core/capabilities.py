@@ -34,7 +34,7 @@ from aralnode.core.errors import (
     InvalidParameters,
     InvalidRequest,
 )
-from aralnode.core.proto_json import check_enum_values
+from aralnode.core.proto_json import DuplicateField, check_json
 from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -312,12 +312,15 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
     reports for bad input (``InvalidParameters``, naming ``method_id`` if given)."""
     request = req_cls()
     try:
-        check_enum_values(request.DESCRIPTOR, params)
+        check_json(request.DESCRIPTOR, params)
         json_format.ParseDict(params if params is not None else {}, request)
     except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
-        raise InvalidParameters(f"invalid {what}: {exc}", details={"message": name}) from None
+        reason = "DUPLICATE_PARAMETER" if isinstance(exc, DuplicateField) else None
+        raise InvalidParameters(
+            f"invalid {what}: {exc}", reason=reason, details={"message": name}
+        ) from None
     return request
 
 

@@ -1,11 +1,16 @@
 """Where the proto3 JSON parser (``json_format``) is laxer than proto3 JSON, held to it.
 
-``json_format`` reads an enum value that is not a name with ``int(value)``: ``2.5``
-becomes 2 and ``true`` becomes 1, silently. proto3 JSON says an enum is a name or an
-integer, and so do the schemas the doors show (``proto_schema``), so such a value
-is refused here, before the parser sees it. Only the fields that lead to an enum are
-walked (a table per message type, made once), so a message with no enum anywhere
-below it costs one lookup.
+- ``json_format`` reads an enum value that is not a name with ``int(value)``: ``2.5``
+  becomes 2 and ``true`` becomes 1, silently. proto3 JSON says an enum is a name or
+  an integer, and so do the schemas the doors show (``proto_schema``).
+- It takes a field under its JSON name and under its proto name, and given both
+  (``timeoutMs`` and ``timeout_ms``) keeps the last, silently: it compares the
+  spellings, not the fields. One field given twice is refused, as a query parameter
+  given twice is.
+
+Both are refused here, before the parser sees the value. Only the fields that can
+matter are walked (a table per message type, made once): a message with no enum
+and no field spelled two ways anywhere below it costs one lookup.
 """
 
 from __future__ import annotations
@@ -14,29 +19,42 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-# By message full name: {JSON name or proto name: field} of the fields that are an
-# enum or lead to one. Bounded by the message types the process has.
-_TABLES: dict[str, dict[str, FieldDescriptor]] = {}
+
+class DuplicateField(ValueError):
+    """One field given twice in one object, under its two spellings."""
 
 
-def check_enum_values(desc: Descriptor | Any, value: Any) -> None:
-    """Refuse an enum value in ``value`` (proto3 JSON of a ``desc``) that is neither
-    a name nor an integer.
+# By message full name: the (JSON name, proto name) pairs that differ, and the fields
+# worth a look (an enum, or a message with something to check below), by both
+# names. Bounded by the message types the process has.
+_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]] = {}
+
+
+def check_json(desc: Descriptor | Any, value: Any) -> None:
+    """Refuse what ``json_format`` would read wrong in ``value`` (proto3 JSON of a
+    ``desc``): an enum value that is neither a name nor an integer, a field given
+    under both its names.
 
     Raises:
-        ValueError: one is a bool or a number with a fraction; says which field.
+        DuplicateField: a field under both its names.
+        ValueError: an enum value that is a bool or a number with a fraction.
     """
-    table = _table(desc)
-    if not table or not isinstance(value, dict):
+    if not isinstance(value, dict):
         return
-    for name, item in value.items():
-        field = table.get(name)
+    spelled, fields = _table(desc)
+    for json_name, name in spelled:
+        if json_name in value and name in value:
+            raise DuplicateField(f"{name!r} is given twice, also as {json_name!r}")
+    if not fields:
+        return
+    for key, item in value.items():
+        field = fields.get(key)
         if field is None or item is None:
             continue
         leaf = _leaf(field)
         for x in _values(field, item):
             if leaf.enum_type is None:
-                check_enum_values(leaf.message_type, x)
+                check_json(leaf.message_type, x)
             elif isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
                 raise ValueError(
                     f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
@@ -44,15 +62,11 @@ def check_enum_values(desc: Descriptor | Any, value: Any) -> None:
 
 
 def _values(field: FieldDescriptor, item: Any) -> list[Any]:
-    if _is_map(field):
+    if _leaf(field) is not field:  # a map: its values
         return list(item.values()) if isinstance(item, dict) else []
     if field.is_repeated:
         return item if isinstance(item, list) else []
     return [item]
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
 def _leaf(field: FieldDescriptor) -> FieldDescriptor:
@@ -62,25 +76,29 @@ def _leaf(field: FieldDescriptor) -> FieldDescriptor:
     return field
 
 
-def _table(desc: Descriptor | Any) -> dict[str, FieldDescriptor]:
+def _table(
+    desc: Descriptor | Any,
+) -> tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]:
     table = _TABLES.get(desc.full_name)
     if table is None:
-        table = _TABLES[desc.full_name] = {
+        spelled = tuple((f.json_name, f.name) for f in desc.fields if f.json_name != f.name)
+        fields = {
             name: f
             for f in desc.fields
-            if _leads_to_enum(_leaf(f), set())
+            if _worth_a_look(_leaf(f), set())
             for name in (f.json_name, f.name)
         }
+        table = _TABLES[desc.full_name] = (spelled, fields)
     return table
 
 
-def _leads_to_enum(field: FieldDescriptor, seen: set[str]) -> bool:
-    """Whether ``field`` is an enum or a message with one somewhere below (the
-    well-known types' JSON forms have none to check)."""
+def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
+    """Whether ``field`` is an enum, or a message with an enum or a field spelled two
+    ways somewhere below (the well-known types' JSON forms have neither)."""
     if field.enum_type is not None:
         return True
     desc = field.message_type
     if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):
         return False
     seen.add(desc.full_name)
-    return any(_leads_to_enum(_leaf(f), seen) for f in desc.fields)
+    return any(f.json_name != f.name or _worth_a_look(_leaf(f), seen) for f in desc.fields)
