@@ -337,3 +337,40 @@ async def test_a_json_member_given_twice_is_400(http: httpx.AsyncClient) -> None
     nested = b'{"call": {"capability": "demo.echo", "capability": "demo.add"}}'
     r = await http.post("/v1/invoke", content=nested, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
+
+
+def _wrappers_message() -> Descriptor:
+    """A message with one field of each wrapper type, in a fresh pool."""
+    from google.protobuf import wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="w.proto", package="w", syntax="proto3", dependency=[wrappers.name]
+    )
+    msg = fdp.message_type.add(name="W")
+    for number, kind in enumerate(("Int64", "UInt64", "Int32", "UInt32", "Double", "Bool"), 1):
+        msg.field.add(
+            name=kind.lower(), number=number, type=11, label=1,
+            type_name=f".google.protobuf.{kind}Value", json_name=kind.lower(),
+        )  # fmt: skip
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("w.W")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("int64", "12"), ("int64", "twelve"), ("int64", 2**63), ("int64", None),
+        ("uint64", -1), ("uint64", "-1"), ("int32", 2**31), ("int32", "x"),
+        ("uint32", -1), ("double", "NaN"), ("double", "Infinity"), ("double", "many"),
+        ("bool", "yes"), ("bool", True),
+    ],
+)  # fmt: skip
+def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> None:
+    # Before: Int64Value was any string, DoubleValue refused "NaN" the node takes.
+    desc = _wrappers_message()
+    body = {field: value}
+    assert _node_accepts(desc, body) is _schema_accepts(desc, body), body

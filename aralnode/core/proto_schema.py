@@ -91,28 +91,6 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
 
-_WELL_KNOWN: dict[str, dict[str, Any]] = {
-    "google.protobuf.Struct": {"type": "object"},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array"},
-    "google.protobuf.NullValue": {"type": "null"},
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
-    "google.protobuf.FieldMask": {"type": "string"},
-    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
-    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}},
-    "google.protobuf.DoubleValue": {"type": ["number", "null"]},
-    "google.protobuf.FloatValue": {"type": ["number", "null"]},
-    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
-    "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
-    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
-    "google.protobuf.UInt32Value": {"type": ["integer", "null"]},
-    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
-    "google.protobuf.StringValue": {"type": ["string", "null"]},
-    "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
-}
-
-
 _NULL: dict[str, Any] = {"type": "null"}
 
 
@@ -133,6 +111,34 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     if "oneOf" in schema and len(schema) == 1:
         return {"oneOf": [*schema["oneOf"], _NULL]}  # enums and floats: one more branch
     return {"anyOf": [schema, _NULL]}
+
+
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.NullValue": {"type": "null"},
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}},
+    # A wrapper's JSON is its scalar's (or null): the same schema, range and all.
+    **{
+        f"google.protobuf.{name}Value": nullable(_SCALARS[kind])
+        for name, kind in (
+            ("Double", FieldDescriptor.TYPE_DOUBLE),
+            ("Float", FieldDescriptor.TYPE_FLOAT),
+            ("Int64", FieldDescriptor.TYPE_INT64),
+            ("UInt64", FieldDescriptor.TYPE_UINT64),
+            ("Int32", FieldDescriptor.TYPE_INT32),
+            ("UInt32", FieldDescriptor.TYPE_UINT32),
+            ("Bool", FieldDescriptor.TYPE_BOOL),
+            ("String", FieldDescriptor.TYPE_STRING),
+            ("Bytes", FieldDescriptor.TYPE_BYTES),
+        )
+    },
+}
 
 
 def _at_most_one(members: Iterable[FieldDescriptor]) -> list[dict[str, Any]]:
