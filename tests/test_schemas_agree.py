@@ -8,6 +8,8 @@ REST door itself over HTTP, or the schemas two doors show for the same tool.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import combinations
@@ -21,6 +23,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message_factory import GetMessageClass
 from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
+from websockets.asyncio.client import connect
 
 from aralnode import Node
 from aralnode import _proto as pb
@@ -374,3 +377,15 @@ def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> Non
     desc = _wrappers_message()
     body = {field: value}
     assert _node_accepts(desc, body) is _schema_accepts(desc, body), body
+
+
+async def test_a_websocket_frame_with_a_member_twice_is_refused(node: Node) -> None:
+    # The WebSocket door reads its frames as REST reads bodies: before, the last
+    # "capability" ran (demo.add here), silently.
+    frame = '{"type": "invoke", "id": 1, "capability": "demo.echo", "capability": "demo.add"}'
+    async with connect(f"ws://127.0.0.1:{node.http_port}/ws") as ws:
+        await ws.send(frame)
+        async with asyncio.timeout(10):
+            reply = json.loads(await ws.recv())
+    assert reply["type"] == "error", reply
+    assert reply["error"]["reason"] == "DUPLICATE_PARAMETER"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,7 @@ from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target, to_json
+from aralnode.core import proto_json
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
@@ -410,7 +410,7 @@ class RestDoor:
                 f"content-type {media!r} is not supported; use {h.JSON} or {h.PROTOBUF}"
             )
         try:
-            return json.loads(body, object_pairs_hook=_members_once)
+            return proto_json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise MalformedMessage(f"the request body is not JSON: {exc}") from None
 
@@ -557,23 +557,6 @@ def _body_value(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> An
         child = node.get(f.json_name)
         node = node.get(f.name) if child is None else child
     return node
-
-
-def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose members each come once: ``json.loads`` would keep the last
-    of two alike, silently (and another parser of the same bytes the first)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise InvalidParameters(
-                    f"the member {key[:100]!r} is given twice in one JSON object",
-                    reason="DUPLICATE_PARAMETER",
-                    details={"parameter": key[:100]},
-                )
-            seen.add(key)
-    return obj
 
 
 def _nested(path: tuple[FieldDescriptor, ...], value: Any) -> dict[str, Any]:
