@@ -142,6 +142,7 @@ checks.positive_data_acceptance.enabled = false
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not SCHEMATHESIS.exists(), reason="schemathesis is not installed in this environment"
 )
