@@ -266,6 +266,7 @@ async def test_head_answers_as_get_without_a_body(http: httpx.AsyncClient) -> No
     # HEAD is allowed where GET is, and said so in Allow
     post_only = await http.head("/library.v1.Library/Search")
     assert post_only.status_code == 405
+    assert post_only.headers["allow"] == "POST"
     put = await http.put("/v1/shelves/fic/books/3")
     assert put.status_code == 405
     assert "HEAD" in put.headers["allow"].replace(" ", "").split(",")

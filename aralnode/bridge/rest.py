@@ -308,8 +308,7 @@ class RestDoor:
                 the methods it is bound for, HEAD with GET).
             NotFound: nothing is bound to the path.
         """
-        if method == "HEAD":
-            method = "GET"
+        asked, method = method, "GET" if method == "HEAD" else method
         exact = self._exact.get((method, path))
         if exact is not None:
             return exact, {}
@@ -330,7 +329,7 @@ class RestDoor:
             if "GET" in allowed:
                 allowed.append("HEAD")
             raise h.MethodNotAllowed(
-                f"{method} is not allowed on {path}", details={"allow": sorted(set(allowed))}
+                f"{asked} is not allowed on {path}", details={"allow": sorted(set(allowed))}
             )
         raise NotFound(f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
 
