@@ -43,7 +43,7 @@ _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 def _at_most(limit: int) -> str:
     """A regex of the decimal strings of 0..``limit`` (leading zeros allowed, as the
     parser allows them), so that a 64-bit integer's string form is held to its range
-    as ``minimum``/``maximum`` hold its number form."""
+    as ``minimum``/``exclusiveMaximum`` hold its number form."""
     digits = str(limit)
     n = len(digits)
     alternatives = [f"[0-9]{{1,{n - 1}}}"] if n > 1 else []
