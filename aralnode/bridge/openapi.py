@@ -15,11 +15,12 @@ from typing import Any
 from aralnode.bridge.rest import query_fields
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target
-from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, SchemaSet
+from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, SchemaSet, nullable
 
 REF = "#/components/schemas/"
 ERROR_SCHEMA = "aral.RestError"
 _WILDCARD = re.compile(r"\{(_\d+)\}")
+_TEMPLATED = re.compile(r"\{[^}]*\}")
 
 _ERROR = {
     "type": "object",
@@ -95,20 +96,25 @@ class OpenApiBuilder:
         paths: dict[str, dict[str, Any]] = {}
         tags: dict[str, dict[str, Any]] = {}
         op_ids: set[str] = set()
+        # OpenAPI: "templated paths with the same hierarchy but different templated
+        # names MUST NOT exist" (they are one path). Two rules such as
+        # /v1/shelves/{shelf}/books/{book_id} and /v1/shelves/{book.shelf}/books/{book.id}
+        # share the first one's path and parameter names, so that a path lists every
+        # method the node answers on it (as its 405's Allow does).
+        shapes: dict[str, str] = {}
         for binding, target in self.bindings:
             service = target.method.containing_service
             tag = tags.setdefault(service.full_name, {"name": service.full_name})
             if comments.get(service.full_name):
                 tag["description"] = comments[service.full_name]
-            item = paths.setdefault(binding.openapi_path, {})
+            path = shapes.setdefault(
+                _TEMPLATED.sub("{}", binding.openapi_path), binding.openapi_path
+            )
+            item = paths.setdefault(path, {})
             verb = binding.http_method.lower()
             if verb in item:
                 continue  # two rules on one path and verb: the first one wins, as in the router
-            op_id = target.method.full_name
-            n = 2
-            while op_id in op_ids:
-                op_id, n = f"{target.method.full_name}_{n}", n + 1
-            op_ids.add(op_id)
+            op_id = _unique(target.method.full_name, op_ids)
             item[verb] = self._operation(
                 binding=binding,
                 target=target,
@@ -116,6 +122,7 @@ class OpenApiBuilder:
                 comments=comments,
                 op_id=op_id,
                 tag=service.full_name,
+                names=_TEMPLATED.findall(path),
             )
         schemas_out = dict(sorted(schemas.definitions.items()))
         schemas_out[ERROR_SCHEMA] = _ERROR
@@ -150,6 +157,7 @@ class OpenApiBuilder:
         comments: dict[str, str],
         op_id: str,
         tag: str,
+        names: list[str],
     ) -> dict[str, Any]:
         method = target.method
         text = comments.get(method.full_name, "")
@@ -167,7 +175,7 @@ class OpenApiBuilder:
             "description": "\n\n".join(notes),
             "tags": [tag],
         }
-        params = _parameters(binding, schemas, comments)
+        params = _parameters(binding, schemas, comments, [n[1:-1] for n in names])
         if params:
             op["parameters"] = params
         if binding.body:
@@ -175,7 +183,8 @@ class OpenApiBuilder:
                 body_schema = schemas.message(method.input_type)
             else:
                 assert binding.body_field is not None
-                body_schema = schemas.field(binding.body_field)
+                # The body is that field's value: null is its default, as for any field.
+                body_schema = nullable(schemas.field(binding.body_field))
             op["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": body_schema}},
@@ -184,26 +193,40 @@ class OpenApiBuilder:
         return op
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... whichever is not ``taken`` yet (then it is)."""
+    out, n = name, 2
+    while out in taken:
+        out, n = f"{name}_{n}", n + 1
+    taken.add(out)
+    return out
+
+
 def _parameters(
-    binding: Binding, schemas: SchemaSet, comments: dict[str, str]
+    binding: Binding, schemas: SchemaSet, comments: dict[str, str], names: list[str]
 ) -> list[dict[str, Any]]:
-    """The path variables, path wildcards and query parameters of a binding."""
+    """The path variables, path wildcards and query parameters of a binding; the path
+    ones named ``names`` (the path's, in order: a binding sharing another's path
+    takes its names)."""
     params = []
+    own = [n[1:-1] for n in _TEMPLATED.findall(binding.openapi_path)]
+    renamed = dict(zip(own, names, strict=True))
     for var in binding.variables:
         schema = dict(schemas.field(var.field_path[-1]))
         if var.multi_segment and schema.get("type") == "string":
             schema["pattern"] = f"^{var.pattern}$"
         elif schema.get("type") == "string":
             schema["minLength"] = 1
-        param = {"name": var.param, "in": "path", "required": True, "schema": schema}
+        name = renamed[var.param]
+        param = {"name": name, "in": "path", "required": True, "schema": schema}
         doc = comments.get(var.field_path[-1].full_name, "")
-        if var.param != var.name:
+        if name != var.name:
             doc = f"Field `{var.name}`. {doc}".strip()
         if doc:
             param["description"] = doc
         params.append(param)
     params += [
-        {"name": wildcard, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": renamed[wildcard], "in": "path", "required": True, "schema": {"type": "string"}}
         for wildcard in _WILDCARD.findall(binding.openapi_path)
     ]
     for name, path in query_fields(binding):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,7 @@ from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target, to_json
+from aralnode.core import proto_json
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
@@ -146,8 +146,14 @@ def _set(target: dict[str, Any], path: tuple[FieldDescriptor, ...], value: Any) 
         child = node.get(f.json_name)
         if child is None and f.name != f.json_name:
             child = node.pop(f.name, None)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
+        elif not isinstance(child, dict):
+            # A message's JSON is an object: what the body sent is refused, not replaced.
+            raise InvalidParameters(
+                f"{f.name!r} is a message, so a JSON object, not {type(child).__name__}",
+                details={"field": f.name},
+            )
         node[f.json_name] = child
         node = child
     leaf = path[-1]
@@ -251,7 +257,9 @@ class RestDoor:
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:
-                await self._stream(route, params, ctx, receive, send)
+                await self._stream(
+                    route, params, ctx, receive, send, head=scope["method"] == "HEAD"
+                )
                 return
             call = route.target.call
             assert call is not None
@@ -290,6 +298,17 @@ class RestDoor:
     # -- matching and request building ---------------------------------------------------
 
     def match(self, method: str, path: str) -> tuple[Route, dict[Any, str]]:
+        """The route for ``method`` on ``path``, and its variables.
+
+        HEAD is GET without the body (RFC 9110 §9.3.2): it matches GET routes, and
+        the server (uvicorn) sends the head of GET's answer only.
+
+        Raises:
+            MethodNotAllowed: the path is bound, not for ``method`` (``Allow`` lists
+                the methods it is bound for, HEAD with GET).
+            NotFound: nothing is bound to the path.
+        """
+        asked, method = method, "GET" if method == "HEAD" else method
         exact = self._exact.get((method, path))
         if exact is not None:
             return exact, {}
@@ -307,8 +326,10 @@ class RestDoor:
                     return route, found
                 allowed.append(route.binding.http_method)
         if allowed:
+            if "GET" in allowed:
+                allowed.append("HEAD")
             raise h.MethodNotAllowed(
-                f"{method} is not allowed on {path}", details={"allow": sorted(set(allowed))}
+                f"{asked} is not allowed on {path}", details={"allow": sorted(set(allowed))}
             )
         raise NotFound(f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
 
@@ -332,6 +353,7 @@ class RestDoor:
                 assert binding.body_field is not None
                 params[binding.body_field.json_name] = value
         if query_string:
+            given: set[tuple[FieldDescriptor, ...]] = set()
             for name, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
                 path = route.query.get(name)
                 if path is None:
@@ -349,8 +371,23 @@ class RestDoor:
                 if leaf.is_repeated:
                     existing = _get(params, path)
                     value = [*existing, value] if isinstance(existing, list) else [value]
+                elif path in given:
+                    # One value or the other would be a guess (and two parsers of the
+                    # same URL may guess differently): neither is taken.
+                    dotted = ".".join(f.name for f in path)
+                    raise InvalidParameters(
+                        f"query parameter {dotted!r} takes one value; it was given twice",
+                        reason="DUPLICATE_PARAMETER",
+                        details={"parameter": dotted},
+                    )
+                given.add(path)
                 _set(params, path, value)
         for var, text in variables.items():
+            said = _body_value(params, var.field_path)
+            if said is not None:
+                # The path wins (as in every google.api.http transcoder), but what it
+                # replaces must have been valid: the schema says so of the body.
+                request_from(route.target.request_cls, _nested(var.field_path, said))
             _set(params, var.field_path, _scalar(var.field_path[-1], text, var.name))
         return params
 
@@ -372,7 +409,7 @@ class RestDoor:
                 f"content-type {media!r} is not supported; use {h.JSON} or {h.PROTOBUF}"
             )
         try:
-            return json.loads(body)
+            return proto_json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise MalformedMessage(f"the request body is not JSON: {exc}") from None
 
@@ -404,8 +441,11 @@ class RestDoor:
         ctx: CallContext,
         receive: h.Receive,
         send: h.Send,
+        *,
+        head: bool = False,
     ) -> None:
-        """Answer a server stream, for as long as the client is there.
+        """Answer a server stream, for as long as the client is there (for HEAD: up
+        to its first item, which settles the status, and no further).
 
         Once a client is gone, uvicorn's ``send`` returns without error, so a stream
         that never ends would hold its pipeline slot forever: the stream runs in a
@@ -417,7 +457,7 @@ class RestDoor:
         assert route.target.stream is not None
         request = request_from(route.target.request_cls, params)
         items: AsyncIterator[Message] = route.target.stream(ctx, request)
-        pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send))
+        pump = asyncio.ensure_future(self._pump(route, items, ctx, kind == h.SSE, send, head=head))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -442,6 +482,8 @@ class RestDoor:
         ctx: CallContext,
         sse: bool,
         send: h.Send,
+        *,
+        head: bool = False,
     ) -> None:
         # Pull the first item before answering, so that a refusal gets its real status.
         try:
@@ -455,7 +497,7 @@ class RestDoor:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
-            if first is not None:
+            if first is not None and not head:
                 await send(_chunk(to_json(first), sse, "message"))
                 sent = 1
                 async for item in items:
@@ -503,6 +545,24 @@ def _get(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:
             return None
         node = node.get(f.json_name)
     return node
+
+
+def _body_value(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:
+    """What the body already says for ``path`` (in either spelling), or None."""
+    node: Any = params
+    for f in path:
+        if not isinstance(node, dict):
+            return None
+        child = node.get(f.json_name)
+        node = node.get(f.name) if child is None else child
+    return node
+
+
+def _nested(path: tuple[FieldDescriptor, ...], value: Any) -> dict[str, Any]:
+    """``{"a": {"b": value}}`` for the path ``a.b``."""
+    out: dict[str, Any] = {}
+    _set(out, path, value)
+    return out
 
 
 def _raw_path(scope: h.Scope) -> str:

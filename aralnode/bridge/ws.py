@@ -37,6 +37,7 @@ from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.targets import node_json
+from aralnode.core import proto_json
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
@@ -378,7 +379,7 @@ class WsDoor:
         ctx: CallContext | None = None
         try:
             try:
-                msg = json.loads(text)
+                msg = proto_json.loads(text)  # a member given twice: refused, not the last
             except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise InvalidRequest("messages are JSON objects") from None
             if not isinstance(msg, dict):

@@ -34,6 +34,7 @@ from aralnode.core.errors import (
     InvalidParameters,
     InvalidRequest,
 )
+from aralnode.core.proto_json import DuplicateField, check_json
 from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -311,11 +312,15 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
     reports for bad input (``InvalidParameters``, naming ``method_id`` if given)."""
     request = req_cls()
     try:
+        check_json(request.DESCRIPTOR, params)
         json_format.ParseDict(params if params is not None else {}, request)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
-        raise InvalidParameters(f"invalid {what}: {exc}", details={"message": name}) from None
+        reason = "DUPLICATE_PARAMETER" if isinstance(exc, DuplicateField) else None
+        raise InvalidParameters(
+            f"invalid {what}: {exc}", reason=reason, details={"message": name}
+        ) from None
     return request
 
 
@@ -417,7 +422,9 @@ def _method_capability(
         name=method.name,
         description=comments.get(method.full_name)
         or f"{method.containing_service.full_name}.{method.name}",
-        input_schema=message_schema(method.input_type, comments=dict(comments)),
+        # The card travels (to peers, to the stdio bridge): its input schema says what
+        # the parser accepts, closed, as the HTTP door's tools and OpenAPI do.
+        input_schema=message_schema(method.input_type, comments=dict(comments), closed=True),
         output_schema=message_schema(method.output_type, comments=dict(comments)),
         risk=_check_risk(risk),
         grpc_method=f"/{method.containing_service.full_name}/{method.name}",

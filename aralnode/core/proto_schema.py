@@ -38,8 +38,39 @@ class ProtoComments(Protocol):
 
 _INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
-_INT64 = {"type": ["string", "integer"], "pattern": "^-?[0-9]+$", "format": "int64"}
-_UINT64 = {"type": ["string", "integer"], "pattern": "^[0-9]+$", "format": "uint64"}
+
+
+def _at_most(limit: int) -> str:
+    """A regex of the decimal strings of 0..``limit`` (leading zeros allowed, as the
+    parser allows them), so that a 64-bit integer's string form is held to its range
+    as ``minimum``/``exclusiveMaximum`` hold its number form."""
+    digits = str(limit)
+    n = len(digits)
+    alternatives = [f"[0-9]{{1,{n - 1}}}"] if n > 1 else []
+    for i, d in enumerate(digits):
+        if d != "0":
+            rest = f"[0-9]{{{n - i - 1}}}" if n - i - 1 else ""
+            alternatives.append(f"{digits[:i]}[0-{int(d) - 1}]{rest}")
+    alternatives.append(digits)
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+# The number form's bounds are powers of two, exact as doubles: a capability card
+# carries its schema in a Struct, where 2**63 - 1 would become 2**63.
+_INT64 = {
+    "type": ["string", "integer"],
+    "pattern": f"^(?:{_at_most(2**63 - 1)}|-{_at_most(2**63)})$",
+    "minimum": -(2**63),
+    "exclusiveMaximum": 2**63,
+    "format": "int64",
+}
+_UINT64 = {
+    "type": ["string", "integer"],
+    "pattern": f"^{_at_most(2**64 - 1)}$",
+    "minimum": 0,
+    "exclusiveMaximum": 2**64,
+    "format": "uint64",
+}
 _FLOAT = {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -60,6 +91,28 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
 
+_NULL: dict[str, Any] = {"type": "null"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or JSON ``null``.
+
+    The proto3 JSON parser reads ``null`` for any field as "not set" (its default;
+    for a ``Value`` the null value): a schema of what it accepts says so. Only for a
+    field's value itself, never for an item of a repeated field or a map's value,
+    where the parser refuses ``null``.
+    """
+    if not schema or schema.get("type") == "null":
+        return schema  # anything (a Value), or null already
+    kind = schema.get("type")
+    if kind is not None and not schema.keys() & {"enum", "const", "anyOf", "oneOf", "allOf"}:
+        kinds = kind if isinstance(kind, list) else [kind]
+        return schema if "null" in kinds else {**schema, "type": [*kinds, "null"]}
+    if "oneOf" in schema and len(schema) == 1:
+        return {"oneOf": [*schema["oneOf"], _NULL]}  # enums and floats: one more branch
+    return {"anyOf": [schema, _NULL]}
+
+
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Struct": {"type": "object"},
     "google.protobuf.Value": {},
@@ -70,22 +123,51 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.FieldMask": {"type": "string"},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
     "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}},
-    "google.protobuf.DoubleValue": {"type": ["number", "null"]},
-    "google.protobuf.FloatValue": {"type": ["number", "null"]},
-    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
-    "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
-    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
-    "google.protobuf.UInt32Value": {"type": ["integer", "null"]},
-    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
-    "google.protobuf.StringValue": {"type": ["string", "null"]},
-    "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
+    # A wrapper's JSON is its scalar's (or null): the same schema, range and all.
+    **{
+        f"google.protobuf.{name}Value": nullable(_SCALARS[kind])
+        for name, kind in (
+            ("Double", FieldDescriptor.TYPE_DOUBLE),
+            ("Float", FieldDescriptor.TYPE_FLOAT),
+            ("Int64", FieldDescriptor.TYPE_INT64),
+            ("UInt64", FieldDescriptor.TYPE_UINT64),
+            ("Int32", FieldDescriptor.TYPE_INT32),
+            ("UInt32", FieldDescriptor.TYPE_UINT32),
+            ("Bool", FieldDescriptor.TYPE_BOOL),
+            ("String", FieldDescriptor.TYPE_STRING),
+            ("Bytes", FieldDescriptor.TYPE_BYTES),
+        )
+    },
 }
 
 
+def _at_most_one(members: Iterable[FieldDescriptor]) -> list[dict[str, Any]]:
+    """A oneof's rule: once one member is set (present, not null), every other one is
+    absent or null. The parser refuses a second member the same way, and reads a null
+    one as unset."""
+    names = [f.json_name for f in members]
+    return [
+        {
+            "if": {"required": [name], "properties": {name: {"not": _NULL}}},
+            "then": {"properties": {other: _NULL for other in names if other != name}},
+        }
+        for name in names
+    ]
+
+
 def enum_schema(desc: EnumDescriptor) -> dict[str, Any]:
+    """An enum's JSON: a value's name, or a number.
+
+    A proto3 enum is open: the parser takes any int32 and keeps it, and the printer
+    writes a number it has no name for as that number, so any int32 is valid. A
+    closed (proto2) enum takes only its values' numbers.
+    """
     names = [v.name for v in desc.values]
-    numbers = [v.number for v in desc.values]
-    return {"oneOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": numbers}]}
+    if desc.is_closed:
+        numbers: dict[str, Any] = {"type": "integer", "enum": [v.number for v in desc.values]}
+    else:
+        numbers = dict(_INT32)
+    return {"oneOf": [{"type": "string", "enum": names}, numbers]}
 
 
 class _Builder:
@@ -113,6 +195,8 @@ class _Builder:
         props: dict[str, Any] = {}
         for f in desc.fields:
             schema = self.field(f)
+            if self.closed:
+                schema = nullable(schema)
             doc = self.comments.get(f.full_name)
             if doc:
                 schema = {**schema, "description": doc}
@@ -123,6 +207,9 @@ class _Builder:
             # honest one for requests (it still accepts every message the parser does,
             # except the original snake_case spellings it also tolerates).
             out["additionalProperties"] = False
+            oneofs = [_at_most_one(o.fields) for o in desc.oneofs if len(o.fields) > 1]
+            if oneofs:
+                out["allOf"] = [rule for rules in oneofs for rule in rules]
         doc = self.comments.get(desc.full_name)
         if doc:
             out["description"] = doc
@@ -157,8 +244,10 @@ def message_schema(
     Args:
         desc: The message descriptor.
         comments: Optional map of full names to leading comments, used as descriptions.
-        closed: Add ``additionalProperties: false`` to every message object (what
-            the proto3 JSON parser enforces; right for request schemas).
+        closed: Describe what the proto3 JSON parser accepts (right for request
+            schemas): every message object gets ``additionalProperties: false``,
+            every field also takes ``null``, and at most one member of a oneof
+            may be set.
     """
     b = _Builder(comments, closed=closed)
     ref = b.message(desc)

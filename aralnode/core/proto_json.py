@@ -1,0 +1,138 @@
+"""JSON as the node reads it: one value per member, and where the proto3 JSON parser
+(``json_format``) is laxer than proto3 JSON, held to it.
+
+- ``json.loads`` keeps the last of two members alike in one object, silently (and
+  another parser of the same bytes may keep the first): ``loads`` refuses them, for
+  every door that parses JSON itself (REST bodies, WebSocket frames).
+
+- ``json_format`` reads an enum value that is not a name with ``int(value)``: ``2.5``
+  becomes 2 and ``true`` becomes 1, silently. proto3 JSON says an enum is a name or
+  an integer, and so do the schemas the doors show (``proto_schema``).
+- It takes a field under its JSON name and under its proto name, and given both
+  (``timeoutMs`` and ``timeout_ms``) keeps the last, silently: it compares the
+  spellings, not the fields. One field given twice is refused, as a query parameter
+  given twice is.
+
+Both are refused here, before the parser sees the value. Only the fields that can
+matter are walked (a table per message type, made once): a message with no enum
+and no field spelled two ways anywhere below it costs one lookup.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from aralnode.core.errors import InvalidParameters
+
+
+def loads(data: str | bytes) -> Any:
+    """``json.loads``, refusing an object that has a member twice.
+
+    Raises:
+        InvalidParameters: ``DUPLICATE_PARAMETER``, naming the member.
+        ValueError: not JSON (``json.JSONDecodeError``).
+        RecursionError: nested too deeply for the parser.
+    """
+    return json.loads(data, object_pairs_hook=_members_once)
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidParameters(
+                    f"the member {key[:100]!r} is given twice in one JSON object",
+                    reason="DUPLICATE_PARAMETER",
+                    details={"parameter": key[:100]},
+                )
+            seen.add(key)
+    return obj
+
+
+class DuplicateField(ValueError):
+    """One field given twice in one object, under its two spellings."""
+
+
+# By message full name: the (JSON name, proto name) pairs that differ, and the fields
+# worth a look (an enum, or a message with something to check below), by both
+# names. Bounded by the message types the process has.
+_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]] = {}
+
+
+def check_json(desc: Descriptor | Any, value: Any) -> None:
+    """Refuse what ``json_format`` would read wrong in ``value`` (proto3 JSON of a
+    ``desc``): an enum value that is neither a name nor an integer, a field given
+    under both its names.
+
+    Raises:
+        DuplicateField: a field under both its names.
+        ValueError: an enum value that is a bool or a number with a fraction.
+    """
+    if not isinstance(value, dict):
+        return
+    spelled, fields = _table(desc)
+    for json_name, name in spelled:
+        if json_name in value and name in value:
+            raise DuplicateField(f"{name!r} is given twice, also as {json_name!r}")
+    if not fields:
+        return
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None or item is None:
+            continue
+        leaf = _leaf(field)
+        for x in _values(field, item):
+            if leaf.enum_type is None:
+                check_json(leaf.message_type, x)
+            elif isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
+                raise ValueError(
+                    f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
+                )
+
+
+def _values(field: FieldDescriptor, item: Any) -> list[Any]:
+    if _leaf(field) is not field:  # a map: its values
+        return list(item.values()) if isinstance(item, dict) else []
+    if field.is_repeated:
+        return item if isinstance(item, list) else []
+    return [item]
+
+
+def _leaf(field: FieldDescriptor) -> FieldDescriptor:
+    """The field whose type the JSON value has: a map's value field, else itself."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return field.message_type.fields_by_name["value"]
+    return field
+
+
+def _table(
+    desc: Descriptor | Any,
+) -> tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]:
+    table = _TABLES.get(desc.full_name)
+    if table is None:
+        spelled = tuple((f.json_name, f.name) for f in desc.fields if f.json_name != f.name)
+        fields = {
+            name: f
+            for f in desc.fields
+            if _worth_a_look(_leaf(f), set())
+            for name in (f.json_name, f.name)
+        }
+        table = _TABLES[desc.full_name] = (spelled, fields)
+    return table
+
+
+def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
+    """Whether ``field`` is an enum, or a message with an enum or a field spelled two
+    ways somewhere below (the well-known types' JSON forms have neither)."""
+    if field.enum_type is not None:
+        return True
+    desc = field.message_type
+    if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):
+        return False
+    seen.add(desc.full_name)
+    return any(f.json_name != f.name or _worth_a_look(_leaf(f), seen) for f in desc.fields)

@@ -1,0 +1,392 @@
+"""What the schemas say a request may be is what the node accepts (item 20).
+
+Each check here compares the two on the same input: the request schema
+(``message_schema(closed=True)``, the one OpenAPI, MCP tools and capability cards
+show) and the node's own parser (``request_from``, every JSON door's), or the
+REST door itself over HTTP, or the schemas two doors show for the same tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message_factory import GetMessageClass
+from jsonschema import Draft202012Validator
+from mcp import Client, StdioServerParameters
+from websockets.asyncio.client import connect
+
+from aralnode import Node
+from aralnode import _proto as pb
+from aralnode.core.capabilities import request_from
+from aralnode.core.errors import InvalidParameters
+from aralnode.core.proto_schema import message_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = str(ROOT / "examples" / "library" / "server.py")
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    n = make_node("schemas", http_port=0)
+    n.load(LIBRARY)
+    async with n:
+        yield n
+
+
+@pytest.fixture
+async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}", timeout=10) as c:
+        yield c
+
+
+def _messages() -> Iterator[Descriptor]:
+    """Every message of the node's own protos and of the library example."""
+    import library_pb2  # type: ignore[import-not-found]  # loaded with the example
+
+    seen: set[str] = set()
+    for file in (pb.AGENT_NODE_SERVICE.file, library_pb2.DESCRIPTOR):
+        todo = list(file.message_types_by_name.values())
+        while todo:
+            desc = todo.pop()
+            if desc.full_name in seen or desc.GetOptions().map_entry:
+                continue
+            seen.add(desc.full_name)
+            todo += desc.nested_types
+            yield desc
+
+
+def _node_accepts(desc: Descriptor, value: Any) -> bool:
+    try:
+        request_from(GetMessageClass(desc), value)
+    except InvalidParameters:
+        return False
+    return True
+
+
+def _schema_accepts(desc: Descriptor, value: Any) -> bool:
+    return Draft202012Validator(message_schema(desc, closed=True)).is_valid(value)
+
+
+@pytest.mark.usefixtures("node")
+def test_null_for_any_field_is_accepted_by_both() -> None:
+    # proto3 JSON: null for a field means its default (a Value's null, a
+    # NullValue's only value). Before: the schema said "type: string" and friends.
+    checked = 0
+    for desc in _messages():
+        for field in desc.fields:
+            body = {field.json_name: None}
+            assert _node_accepts(desc, body), (desc.full_name, field.name)
+            assert _schema_accepts(desc, body), (desc.full_name, field.name)
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.usefixtures("node")
+def test_null_items_are_refused_by_both() -> None:
+    # ...but not as an element of a repeated field: there both say no.
+    desc = sys.modules["library_pb2"].SearchRequest.DESCRIPTOR
+    body = {"includeTags": [None]}
+    assert not _node_accepts(desc, body)
+    assert not _schema_accepts(desc, body)
+
+
+@pytest.mark.usefixtures("node")
+def test_oneof_members_are_at_most_one_in_both() -> None:
+    checked = 0
+    for desc in _messages():
+        for oneof in desc.oneofs:
+            for a, b in combinations(oneof.fields, 2):
+                both = {a.json_name: _sample(a), b.json_name: _sample(b)}
+                assert not _node_accepts(desc, both), (desc.full_name, a.name, b.name)
+                assert not _schema_accepts(desc, both), (desc.full_name, a.name, b.name)
+                # A null member is no member: one set and one null is one.
+                one = {a.json_name: _sample(a), b.json_name: None}
+                assert _node_accepts(desc, one), (desc.full_name, a.name)
+                assert _schema_accepts(desc, one), (desc.full_name, a.name)
+                checked += 1
+            for a in oneof.fields:
+                alone = {a.json_name: _sample(a)}
+                assert _node_accepts(desc, alone)
+                assert _schema_accepts(desc, alone)
+    assert checked >= 3  # InvokeRequest, InvokeResponse, ChannelFrame at least
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("GENRE_FICTION", True),
+        (2, True),
+        (-58800, True),  # proto3 enums are open: kept, and printed back as the number
+        (2.0, True),
+        (2.5, False),  # before: the node took it as 2, silently
+        (True, False),  # before: the node took it as 1
+        ("GENRE_NONE", False),
+        (2**31, False),
+    ],
+)
+def test_an_enum_value_is_a_name_or_an_int32_for_both(value: Any, valid: bool) -> None:
+    library = sys.modules["library_pb2"]
+    for desc, body in (
+        (library.Book.DESCRIPTOR, {"genre": value}),
+        (library.UpdateBookRequest.DESCRIPTOR, {"book": {"genre": value}}),  # nested
+    ):
+        assert _node_accepts(desc, body) is valid, body
+        assert _schema_accepts(desc, body) is valid, body
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    "value",
+    [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, "9223372036854775807", "9223372036854775808",
+     "-9223372036854775808", "-9223372036854775809", "00042", "18446744073709551616", "-0"],
+)  # fmt: skip
+def test_an_int64_is_held_to_its_range_in_both_forms(value: Any) -> None:
+    # Before: the string form's schema was any run of digits.
+    desc = sys.modules["library_pb2"].Book.DESCRIPTOR
+    assert _node_accepts(desc, {"id": value}) is _schema_accepts(desc, {"id": value})
+
+
+def _enum_message() -> Descriptor:
+    """``message M { E e = 1; repeated E es = 2; map<string, E> em = 3; M child = 4; }``
+    in a fresh pool: every place an enum value can be, recursion included."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="e.proto", package="e", syntax="proto3")
+    enum = fdp.enum_type.add(name="E")
+    enum.value.add(name="E_A", number=0)
+    enum.value.add(name="E_B", number=1)
+    msg = fdp.message_type.add(name="M")
+    entry = msg.nested_type.add(name="EmEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=9, label=1, json_name="key")
+    entry.field.add(name="value", number=2, type=14, label=1, type_name=".e.E", json_name="value")
+    msg.field.add(name="e", number=1, type=14, label=1, type_name=".e.E", json_name="e")
+    msg.field.add(name="es", number=2, type=14, label=3, type_name=".e.E", json_name="es")
+    msg.field.add(name="em", number=3, type=11, label=3, type_name=".e.M.EmEntry", json_name="em")
+    msg.field.add(name="child", number=4, type=11, label=1, type_name=".e.M", json_name="child")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("e.M")
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda v: {"e": v},
+        lambda v: {"es": ["E_A", v]},
+        lambda v: {"em": {"k": v}},
+        lambda v: {"child": {"child": {"es": [v]}}},
+    ],
+)
+def test_an_enum_value_anywhere_is_held_to_the_schema(place: Callable[[Any], Any]) -> None:
+    desc = _enum_message()
+    for value, valid in ((1, True), ("E_B", True), (7, True), (1.5, False), (False, False)):
+        assert _node_accepts(desc, place(value)) is valid, place(value)
+        assert _schema_accepts(desc, place(value)) is valid, place(value)
+
+
+def _sample(field: Any) -> Any:
+    """A small valid JSON value for ``field`` (the oneof members here are messages
+    or scalars)."""
+    if field.message_type is not None:
+        return {}
+    if field.type == field.TYPE_STRING:
+        return "x"
+    if field.type == field.TYPE_BYTES:
+        return ""
+    if field.type == field.TYPE_BOOL:
+        return True
+    if field.enum_type is not None:
+        return field.enum_type.values[0].name
+    return 1
+
+
+async def test_a_null_field_over_rest_is_its_default(http: httpx.AsyncClient) -> None:
+    r = await http.post("/library.v1.Library/Search", json={"text": None, "includeTags": None})
+    assert r.status_code == 200, r.text
+
+
+async def test_two_oneof_members_over_rest_are_refused(http: httpx.AsyncClient) -> None:
+    both = {"call": {"capability": "demo.echo"}, "message": {}}
+    r = await http.post("/v1/invoke", json=both)
+    assert r.status_code == 400
+    one = {"call": {"capability": "demo.echo", "parameters": {"text": "a"}}, "message": None}
+    r = await http.post("/v1/invoke", json=one)
+    assert r.status_code == 200, r.text
+
+
+async def test_capability_cards_show_the_closed_request_schema(http: httpx.AsyncClient) -> None:
+    # A card travels to peers and to the stdio bridge: it says what the node accepts.
+    r = await http.get("/v1/capabilities")
+    cards = {c["id"]: c for c in r.json()["capabilities"]}
+    get_book = cards["library.v1.Library/GetBook"]
+    assert get_book["inputSchema"]["additionalProperties"] is False
+    assert "additionalProperties" not in get_book["outputSchema"]  # a response is open
+
+
+def _stdio(node: Node) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "aralnode.cli", "mcp", "--node", node.address],
+        cwd=str(ROOT),
+    )
+
+
+@pytest.mark.slow
+async def test_mcp_tools_have_the_same_input_schema_over_http_and_stdio(node: Node) -> None:
+    async with Client(f"http://127.0.0.1:{node.http_port}/mcp") as client:
+        over_http = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    async with Client(_stdio(node)) as client:
+        over_stdio = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    assert set(over_http) == set(over_stdio)
+    differ = sorted(name for name in over_http if over_http[name] != over_stdio[name])
+    assert not differ, differ
+    assert over_stdio["library.v1.Library.GetBook"]["additionalProperties"] is False
+
+
+async def test_head_answers_as_get_without_a_body(http: httpx.AsyncClient) -> None:
+    get = await http.get("/v1/shelves/fic/books/3")
+    head = await http.head("/v1/shelves/fic/books/3")
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+    missing = await http.head("/v1/shelves/fic/books/99")
+    assert missing.status_code == 404
+    assert missing.content == b""
+    # HEAD is allowed where GET is, and said so in Allow
+    post_only = await http.head("/library.v1.Library/Search")
+    assert post_only.status_code == 405
+    assert post_only.headers["allow"] == "POST"
+    put = await http.put("/v1/shelves/fic/books/3")
+    assert put.status_code == 405
+    assert "HEAD" in put.headers["allow"].replace(" ", "").split(",")
+
+
+async def test_head_on_a_stream_answers_its_head_and_ends(http: httpx.AsyncClient) -> None:
+    # The watch never ends by itself; its HEAD does, once the first item settled the status.
+    head = await http.head("/v1/shelves/fic/books:watch")
+    assert head.status_code == 200
+    assert head.headers["content-type"].startswith("application/x-ndjson")
+    assert head.content == b""
+    assert (await http.get("/v1/status")).status_code == 200  # the connection is fine after
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "author=a&author=b",  # the same single-valued parameter twice
+        "author=a&author=a",  # even with the same value
+        "minYear=1&min_year=2",  # one field, both spellings
+    ],
+)
+async def test_a_single_valued_query_parameter_given_twice_is_400(
+    http: httpx.AsyncClient, query: str
+) -> None:
+    r = await http.get(f"/v1/shelves/fic/books?{query}")
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["reason"] == "DUPLICATE_PARAMETER"
+    assert error["details"]["parameter"] in {"author", "min_year"}
+
+
+async def test_a_path_field_in_the_body_must_still_be_valid(http: httpx.AsyncClient) -> None:
+    # PATCH /v1/shelves/{book.shelf}/books/{book.id}, body: the book. The path wins,
+    # but the body's own value is held to the schema. Before: a body id of 2**70 (no
+    # int64) passed, because the path's value replaced it unread.
+    book = {"title": "Dune", "author": "Frank Herbert"}
+    for bad in ({"id": 2**70}, {"id": "three"}, {"shelf": 7}):
+        r = await http.patch("/v1/shelves/fic/books/3", json={**book, **bad})
+        assert r.status_code == 400, r.text
+    for body in ([None, None], "a book", 3):  # the book is a message: an object
+        r = await http.patch("/v1/shelves/fic/books/3", json=body)
+        assert r.status_code == 400, r.text
+    for good in ({}, {"id": "3"}, {"id": 4, "shelf": "sci"}, {"id": None}):
+        r = await http.patch("/v1/shelves/fic/books/3", json={**book, **good})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "3"
+
+
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"call": {"timeoutMs": "1", "timeout_ms": "2"}},  # one field, both spellings
+        {"call": {"traceId": "a", "trace_id": "a"}},  # even with the same value
+    ],
+)
+def test_one_field_in_both_spellings_is_refused(body: dict[str, Any]) -> None:
+    # Before: json_format took the last one, silently (it compares spellings, not fields).
+    with pytest.raises(InvalidParameters, match="twice"):
+        request_from(pb.InvokeRequest, body)
+
+
+async def test_a_json_member_given_twice_is_400(http: httpx.AsyncClient) -> None:
+    # Before: json.loads kept the last of the two, silently.
+    body = b'{"text": "dune", "text": "cosmos"}'
+    r = await http.post(
+        "/library.v1.Library/Search", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["reason"] == "DUPLICATE_PARAMETER"
+    nested = b'{"call": {"capability": "demo.echo", "capability": "demo.add"}}'
+    r = await http.post("/v1/invoke", content=nested, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+
+
+def _wrappers_message() -> Descriptor:
+    """A message with one field of each wrapper type, in a fresh pool."""
+    from google.protobuf import wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="w.proto", package="w", syntax="proto3", dependency=[wrappers.name]
+    )
+    msg = fdp.message_type.add(name="W")
+    for number, kind in enumerate(("Int64", "UInt64", "Int32", "UInt32", "Double", "Bool"), 1):
+        msg.field.add(
+            name=kind.lower(), number=number, type=11, label=1,
+            type_name=f".google.protobuf.{kind}Value", json_name=kind.lower(),
+        )  # fmt: skip
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("w.W")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("int64", "12"), ("int64", "twelve"), ("int64", 2**63), ("int64", None),
+        ("uint64", -1), ("uint64", "-1"), ("int32", 2**31), ("int32", "x"),
+        ("uint32", -1), ("double", "NaN"), ("double", "Infinity"), ("double", "many"),
+        ("bool", "yes"), ("bool", True),
+    ],
+)  # fmt: skip
+def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> None:
+    # Before: Int64Value was any string, DoubleValue refused "NaN" the node takes.
+    desc = _wrappers_message()
+    body = {field: value}
+    assert _node_accepts(desc, body) is _schema_accepts(desc, body), body
+
+
+async def test_a_websocket_frame_with_a_member_twice_is_refused(node: Node) -> None:
+    # The WebSocket door reads its frames as REST reads bodies: before, the last
+    # "capability" ran (demo.add here), silently.
+    frame = '{"type": "invoke", "id": 1, "capability": "demo.echo", "capability": "demo.add"}'
+    async with connect(f"ws://127.0.0.1:{node.http_port}/ws") as ws:
+        await ws.send(frame)
+        async with asyncio.timeout(10):
+            reply = json.loads(await ws.recv())
+    assert reply["type"] == "error", reply
+    assert reply["error"]["reason"] == "DUPLICATE_PARAMETER"
