@@ -251,6 +251,7 @@ def _around_hub(
         table=node.peer_table,
         card=node.card,
         max_message_bytes=cfg.max_message_bytes,  # as our server allows
+        card_limits=cfg.card_limits,
         on_verified=streams.dial,
     )
     facts = NodeFacts(node, connector)
@@ -279,6 +280,7 @@ def _around_hub(
             allow_unsigned=cfg.allow_unsigned,
             max_message_bytes=cfg.max_message_bytes,
             keepalive_ms=cfg.keepalive_ms,
+            card_limits=cfg.card_limits,
         ),
         clock=node.clock,
     )
@@ -355,6 +357,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
             sign=cfg.channel_signing,
             allow_unsigned=cfg.allow_unsigned,
             max_message_bytes=cfg.max_message_bytes,
+            card_limits=cfg.card_limits,
         ),
     )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
+from aralnode.core.handshake import CardLimits
 from aralnode.core.identity import KeyAlgorithm
 
 DISCOVERY_MODES = ("mdns", "static", "none")
@@ -101,6 +102,17 @@ class NodeConfig:
             closes the oldest of the client that holds the most (1013).
         ws_max_connections_per_client: WebSockets one client holds; more are refused
             (429 ``TOO_MANY_WEBSOCKETS``) before they are accepted.
+        card_max_bytes: Largest peer card (serialized) taken in a handshake. This
+            and the other ``card_*`` bounds hold every card a peer shows, dialled or
+            dialling; past any of them the handshake is refused (``CARD_TOO_LARGE``).
+        card_max_capabilities: Capabilities a peer's card may list.
+        card_max_items: Endpoints and protocol versions of a card, scopes of one of
+            its capabilities.
+        card_max_text_chars: Each short text of a card (name, software, an endpoint,
+            a capability's id, name, gRPC method, each scope).
+        card_max_description_chars: A capability's description in a card.
+        card_max_schema_bytes: Each JSON schema of a card's capability, serialized.
+        card_max_schema_depth: How deep objects and arrays nest in each such schema.
     """
 
     name: str = "aralnode"
@@ -148,6 +160,14 @@ class NodeConfig:
     mcp_max_sessions_per_client: int = 32
     ws_max_connections: int = 1024
     ws_max_connections_per_client: int = 16
+    # -- group "mesh-b": what a peer's card may carry ----------------------------------
+    card_max_bytes: int = 1024 * 1024
+    card_max_capabilities: int = 1024
+    card_max_items: int = 64
+    card_max_text_chars: int = 256
+    card_max_description_chars: int = 8192
+    card_max_schema_bytes: int = 64 * 1024
+    card_max_schema_depth: int = 20
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -184,6 +204,35 @@ class NodeConfig:
                     "'aralnode status' shows them): a grant to it would reach nobody"
                 )
         self._check_http()
+        self._check_card_bounds()
+
+    def _check_card_bounds(self) -> None:
+        """The mesh-b group's bounds: at least what this node's own card needs."""
+        minimum = {
+            "card_max_bytes": 4096,
+            "card_max_capabilities": 1,
+            "card_max_items": 4,
+            "card_max_text_chars": 64,
+            "card_max_description_chars": 64,
+            "card_max_schema_bytes": 256,
+            "card_max_schema_depth": 4,
+        }
+        for name, least in minimum.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}")
+
+    @property
+    def card_limits(self) -> CardLimits:
+        """The ``card_*`` bounds, as the handshake takes them."""
+        return CardLimits(
+            max_bytes=self.card_max_bytes,
+            max_capabilities=self.card_max_capabilities,
+            max_items=self.card_max_items,
+            max_text_chars=self.card_max_text_chars,
+            max_description_chars=self.card_max_description_chars,
+            max_schema_bytes=self.card_max_schema_bytes,
+            max_schema_depth=self.card_max_schema_depth,
+        )
 
     def _check_http(self) -> None:
         """The HTTP group's bounds."""

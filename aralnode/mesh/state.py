@@ -25,6 +25,7 @@ from aralnode.core.channel import (
 )
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
 from aralnode.core.errors import AralError, RateLimited
+from aralnode.core.handshake import DEFAULT_CARD_LIMITS, CardLimits
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class ChannelSettings:
         compress_above: Payloads larger than this are gzip-compressed.
         backoff_initial / backoff_max: Redial delays in seconds (doubling, jittered).
         open_timeout: Seconds to wait for a handshake or an open answer.
+        card_limits: What a peer's card may carry in a redial's handshake.
     """
 
     window: int = DEFAULT_WINDOW
@@ -61,6 +63,7 @@ class ChannelSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     open_timeout: float = 10.0
+    card_limits: CardLimits = DEFAULT_CARD_LIMITS
 
 
 @dataclass(slots=True)

@@ -230,6 +230,7 @@ async def _dial_once(
             clock=hub.clock,
             channel=channel,
             max_message_bytes=hub.max_message_bytes,  # as on the channel's options
+            card_limits=hub.settings.card_limits,
         )
         # Pins the peer's key in the node's ring (the client was given it).
         await client.handshake(hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout)
