@@ -113,6 +113,8 @@ class NodeConfig:
         card_max_description_chars: A capability's description in a card.
         card_max_schema_bytes: Each JSON schema of a card's capability, serialized.
         card_max_schema_depth: How deep objects and arrays nest in each such schema.
+        channel_open_timeout_seconds: How long ``Node.connect`` waits for a verified
+            peer's channel to open (``CHANNEL_NOT_OPEN`` past it).
     """
 
     name: str = "aralnode"
@@ -168,6 +170,7 @@ class NodeConfig:
     card_max_description_chars: int = 8192
     card_max_schema_bytes: int = 64 * 1024
     card_max_schema_depth: int = 20
+    channel_open_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -220,6 +223,8 @@ class NodeConfig:
         for name, least in minimum.items():
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}")
+        if not 0 < self.channel_open_timeout_seconds <= 3600:
+            raise ValueError("channel_open_timeout_seconds must be in (0, 3600]")
 
     @property
     def card_limits(self) -> CardLimits:

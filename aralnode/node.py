@@ -146,6 +146,9 @@ class Node:
         self.http_port: int | None = None  # bound HTTP port once started; None if disabled
         self.registry.on_change(self._capabilities_changed)
         self._proto_docs = ProtoDocs()
+        # Handlers registered before start (``setup()`` under ``--load``): the hub
+        # starts with them, so no notification arrives before its handler.
+        self._notification_handlers: list[tuple[str | None, NotificationHandler]] = []
 
     @property
     def governance(self) -> Evaluator:
@@ -473,7 +476,9 @@ class Node:
         return await hub.send_notification(peer, event, data, content_type=content_type)
 
     async def broadcast(self, event: str, data: Any = None) -> dict[str, str]:
-        """Notify every peer with a live channel; message id by peer."""
+        """Notify every peer with a live channel; message id by peer (empty: it
+        reached nobody). A peer whose channel is down is not included: ``notify``
+        it to queue a message until its channel is back."""
         hub = self.parts.hub
         return {peer: await self.notify(peer, event, data) for peer in hub.connected_peers()}
 
@@ -496,8 +501,12 @@ class Node:
         return self.parts.hub.subscribe(event, peer=peer, maxsize=maxsize, overflow=overflow)
 
     def on_notification(self, event: str | None, handler: NotificationHandler) -> None:
-        """Register a transactional notification handler (see ``ChannelHub.on_notification``)."""
-        self.parts.hub.on_notification(event, handler)
+        """Register a transactional notification handler (see
+        ``ChannelHub.on_notification``), before or after ``start()``."""
+        if self._parts is None:
+            self._notification_handlers.append((event, handler))
+        else:
+            self._parts.hub.on_notification(event, handler)
 
     # -- peers -----------------------------------------------------------------------------
 
@@ -529,13 +538,30 @@ class Node:
         source: str = "static",
     ) -> PeerInfo:
         """Dial ``address``, verify its card in a handshake, and keep it as a peer
-        (see ``PeerConnector.connect``)."""
-        return await self.parts.connector.connect(
+        (see ``PeerConnector.connect``); return once its channel is open, so that
+        ``notify``, ``request`` and ``broadcast`` right after reach it (or once the
+        peer turned out to serve no channels: requests then go as ``Invoke``).
+
+        Raises:
+            Unavailable: ``CHANNEL_NOT_OPEN``, the peer was verified but its channel
+                did not open within ``channel_open_timeout_seconds`` (the node keeps
+                dialling it; what is sent meanwhile waits in the outbox).
+        """
+        parts = self.parts
+        peer = await parts.connector.connect(
             address,
             expected_node_id=expected_node_id,
             expected_fingerprint=expected_fingerprint,
             source=source,
         )
+        timeout = self.config.channel_open_timeout_seconds
+        if not await parts.hub.peer(peer.node_id).wait_usable(timeout):
+            raise Unavailable(
+                f"{peer.node_id} is verified, but its channel did not open within {timeout}s",
+                reason="CHANNEL_NOT_OPEN",
+                details={"node_id": peer.node_id, "address": address},
+            )
+        return peer
 
 
 __all__ = ["Node"]

@@ -110,6 +110,7 @@ class ChannelHub:
         is_verified: Callable[[str], bool],
         card: Callable[[], pb.SignedNodeCard],
         settings: ChannelSettings | None = None,
+        handlers: Iterable[tuple[str | None, NotificationHandler]] = (),
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
@@ -131,7 +132,8 @@ class ChannelHub:
         self.stopping = False
         self.peers: dict[str, PeerChannel] = {}
         self.subscriptions: list[Subscription] = []
-        self.handlers: list[tuple[str | None, NotificationHandler]] = []
+        # Registered before start too (``Node.on_notification``): taken as given.
+        self.handlers: list[tuple[str | None, NotificationHandler]] = list(handlers)
         self._tasks = TaskSet()
         self.receiver = Receiver(self)
         self.link_listeners: list[Callable[[str, bool], None]] = []
@@ -425,6 +427,7 @@ class ChannelHub:
             unsubscribe=self._unsubscribe,
         )
         self.subscriptions.append(sub)
+        self.receiver.release()  # what a durable node held may be this one's
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -436,8 +439,11 @@ class ChannelHub:
         order, inside the inbox transaction that marks it handled: with
         ``durable=True`` writes through ``tx`` commit atomically with that mark
         (exactly once across crashes); in memory ``tx`` is ``None``. Keep it quick:
-        it runs on the event loop."""
+        it runs on the event loop. A durable node holds notifications that no
+        handler or subscription takes (unacked) until one is registered: they reach
+        it now, in order."""
         self.handlers.append((event, handler))
+        self.receiver.release()
 
     def connected_peers(self) -> list[str]:
         return [p for p, pc in self.peers.items() if pc.connected]

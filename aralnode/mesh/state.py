@@ -269,6 +269,12 @@ class PeerChannel:
         # be applied after the link that read it ended, and whichever link is up
         # next sends them (the peer has no other way to learn why).
         self.errors: list[pb.MessageError] = []
+        # Notifications a durable node holds, unacked, because no handler or
+        # subscription took them yet: (generation, seq, message), in order. Bounded
+        # by our credit window: the peer sends no more while they are unacked.
+        self.held: list[tuple[int, int, ChannelMessage]] = []
+        # Our dial learnt that the peer serves no channels (set with ``unsupported``).
+        self._refused = asyncio.Event()
         # The last link's deliverer: it applies what that link accepted even after
         # the link ended, and the next link applies nothing before it is done.
         self.delivering: asyncio.Future[None] | None = None
@@ -294,6 +300,27 @@ class PeerChannel:
         else:
             self._up.clear()
             self._down.set()
+
+    def refuse_channels(self) -> None:
+        """The peer serves no channels (it answered UNIMPLEMENTED): calls to it go
+        as unary signed ``Invoke`` instead."""
+        self.unsupported = True
+        self._refused.set()
+
+    async def wait_usable(self, timeout: float | None) -> bool:
+        """Wait until a link to the peer is up, or the peer turned out to serve no
+        channels (then calls go over ``Invoke``); False on timeout."""
+        if self.connected or self.unsupported:
+            return True
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._up, self._refused)]
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return bool(done)
 
     async def wait_down(self) -> None:
         await self._down.wait()

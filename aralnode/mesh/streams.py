@@ -197,7 +197,7 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
         if hub.stopping:
             return
         if error is not None and error.reason == "UNIMPLEMENTED":
-            peer.unsupported = True
+            peer.refuse_channels()
             log.warning("peer %s does not serve channels: %s", peer.peer_id, error.message)
             return
         if not link_ran and error is None:
