@@ -253,7 +253,6 @@ def accept_hello(
         hello.ParseFromString(request.hello)
     except DecodeError:
         raise MalformedMessage("hello does not parse") from None
-    _bound("hello.protocol_versions", len(hello.protocol_versions), limits.max_items)
     verified = verify_card(hello.card, limits=limits)
     if request.signature.key_id != verified.node_id:
         raise KeyMismatch("hello is not signed by the key of the card it carries")
