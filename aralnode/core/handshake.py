@@ -118,6 +118,55 @@ def _texts(field: str, values: list[str] | tuple[str, ...], limit: int) -> None:
         _bound(field, len(value), limit, "characters")
 
 
+# NodeCard's repeated fields, by field number: counted on the wire before a parse.
+_REPEATED = {3: "endpoints", 4: "protocol_versions", 7: "capabilities"}
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(raw) and shift < 64:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise MalformedMessage("node card does not parse")
+
+
+def count_card_fields(raw: bytes, limits: CardLimits = DEFAULT_CARD_LIMITS) -> None:
+    """Count a serialized card's top-level fields before it is parsed: parsing
+    builds every capability it lists (20,000 in 440 KB), and a card holding more of
+    anything than ``limits`` allow is refused without that. Stops at the first
+    field past a bound, so it reads at most about as many fields as a card may have.
+
+    Raises:
+        MessageTooLarge: ``CARD_TOO_LARGE``, as ``check_card``.
+        MalformedMessage: The bytes are no protobuf message.
+    """
+    bounds = {3: limits.max_items, 4: limits.max_items, 7: limits.max_capabilities}
+    counts = dict.fromkeys(bounds, 0)
+    most = limits.max_capabilities + 2 * limits.max_items + 16  # every field a card has
+    pos = fields = 0
+    while pos < len(raw):
+        key, pos = _varint(raw, pos)
+        number, wire = key >> 3, key & 7
+        fields += 1
+        if number in counts:
+            counts[number] += 1
+            _bound(_REPEATED[number], counts[number], bounds[number])
+        _bound("card", fields, most, "fields")
+        if wire == 0:
+            _, pos = _varint(raw, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, pos = _varint(raw, pos)
+            pos += size
+        else:
+            raise MalformedMessage("node card does not parse")
+
+
 def _schema_depth(schema: struct_pb2.Struct) -> int:
     """How deep objects and arrays nest in ``schema`` (the object itself is 1);
     iterative, so no schema can exhaust the stack."""
@@ -186,6 +235,7 @@ def verify_card(
     anything is off (``CARD_TOO_LARGE`` past ``limits``)."""
     if len(signed.card) > limits.max_bytes:
         raise _too_much("card", len(signed.card), limits.max_bytes, "bytes")
+    count_card_fields(signed.card, limits)
     card = pb.NodeCard()
     try:
         card.ParseFromString(signed.card)
