@@ -46,9 +46,9 @@ from aralnode.core.capabilities import (
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import SUPPORTED_VERSIONS
-from aralnode.core.errors import Unavailable
+from aralnode.core.errors import MessageTooLarge, Unavailable
 from aralnode.core.governance import Direction, Evaluator
-from aralnode.core.handshake import SOFTWARE, build_card
+from aralnode.core.handshake import SOFTWARE, build_card, check_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo, PeerTable
 from aralnode.core.replay import ReplayGuard
@@ -388,7 +388,18 @@ class Node:
                 registry=self.registry,
                 clock=self.clock,
             )
+            self._check_own_card(self._card)
         return self._card
+
+    def _check_own_card(self, signed: pb.SignedNodeCard) -> None:
+        """Warn when our own card is past the bounds we hold peers' cards to: peers
+        with the same bounds refuse it (``CARD_TOO_LARGE``) and never connect."""
+        card = pb.NodeCard()
+        card.ParseFromString(signed.card)
+        try:
+            check_card(card, self.config.card_limits)
+        except MessageTooLarge as exc:
+            log.warning("peers with this node's card bounds will refuse its card: %s", exc)
 
     def _capabilities_changed(self) -> None:
         self._card = None

@@ -249,3 +249,13 @@ async def test_hostile_cards_cost_the_node_nothing(tmp_path: Path) -> None:
         assert grown < 32 * MIB
         assert fds < 16
         await node.probe()
+
+
+def test_a_node_warns_when_its_own_card_is_past_the_bounds(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node("many", card_max_capabilities=2)  # the demo has more
+    with caplog.at_level("WARNING", logger="aralnode"):
+        node.card()
+    assert "will refuse its card" in caplog.text
+    assert "capabilities" in caplog.text
