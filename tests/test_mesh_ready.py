@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from aralnode import Node, NodeConfig
-from aralnode.core.errors import PeerNotFound, Unavailable
+from aralnode.core.errors import PeerNotFound, Unavailable, Unimplemented
 from tests.channel_helpers import FAST, linked
 
 MakeNode = Callable[..., Node]
@@ -170,7 +170,8 @@ async def test_connect_to_a_peer_without_channels_returns(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer that serves ``Invoke`` alone (UNIMPLEMENTED for channels): ``connect``
-    returns as soon as that is known, and requests go as ``Invoke``."""
+    returns as soon as that is known, and requests go as ``Invoke``; a notification,
+    which has no other way there, is refused rather than queued for nobody."""
     import grpc
 
     from aralnode.mesh import streams
@@ -186,3 +187,7 @@ async def test_connect_to_a_peer_without_channels_returns(
         assert a.channels.peer(b.node_id).unsupported
         got = await a.request(b.node_id, "demo.echo", {"text": "hi"}, timeout=10)
         assert got["text"] == "hi"
+        with pytest.raises(Unimplemented) as caught:
+            await a.notify(b.node_id, "hello", {})
+        assert caught.value.reason == "CHANNELS_UNSUPPORTED"
+        assert a.channels.outbox.count(b.node_id) == 0

@@ -57,6 +57,7 @@ from aralnode.core.errors import (
     InternalError,
     PeerNotFound,
     Unavailable,
+    Unimplemented,
 )
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import OutboxEntry, tombstone
@@ -394,8 +395,20 @@ class ChannelHub:
     ) -> str:
         """Queue a notification for ``peer``; return its message id once it is in
         the outbox (committed, with ``durable``). Waits while the outbox is full.
-        Sent as given: the node's pipeline judged it before (``Node.notify``)."""
+        Sent as given: the node's pipeline judged it before (``Node.notify``).
+
+        Raises:
+            PeerNotFound: ``peer`` is not a verified peer.
+            Unimplemented: ``CHANNELS_UNSUPPORTED``, the peer serves no channels
+                (requests reach it as ``Invoke``; a notification has no way there).
+        """
         pc = self._send_peer(peer)
+        if pc.unsupported:
+            raise Unimplemented(
+                f"peer {peer} serves no channels: a notification cannot reach it",
+                reason="CHANNELS_UNSUPPORTED",
+                details={"node_id": peer},
+            )
         await self._wait_space(pc)
         payload, compression = encode_payload(
             data, content_type, compress_above=self.settings.compress_above

@@ -384,8 +384,10 @@ class Receiver:
             taken = next(untaken, len(notes))
         if taken < len(notes):
             if not held:
-                log.info(
-                    "holding notifications from %s: no handler or subscription takes %r",
+                # A warning: the peer's channel stalls behind it (its credit).
+                log.warning(
+                    "holding notifications from %s: no handler or subscription takes %r"
+                    " (unacked until one is registered)",
                     pc.peer_id,
                     notes[taken][1].event,
                 )
