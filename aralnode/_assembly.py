@@ -36,7 +36,7 @@ from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
-from aralnode.mesh.hub import ChannelHub, ChannelSettings
+from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
@@ -65,6 +65,7 @@ class NodeView(Protocol):
     grpc_port: int
     http_port: int | None
     _proto_docs: ProtoDocs
+    _notification_handlers: list[tuple[str | None, NotificationHandler]]
 
     @property
     def identity(self) -> Identity: ...
@@ -253,6 +254,7 @@ def _around_hub(
         table=node.peer_table,
         card=node.card,
         max_message_bytes=cfg.max_message_bytes,  # as our server allows
+        card_limits=cfg.card_limits,
         on_verified=streams.dial,
     )
     facts = NodeFacts(node, connector)
@@ -281,6 +283,7 @@ def _around_hub(
             allow_unsigned=cfg.allow_unsigned,
             max_message_bytes=cfg.max_message_bytes,
             keepalive_ms=cfg.keepalive_ms,
+            card_limits=cfg.card_limits,
         ),
         clock=node.clock,
     )
@@ -354,6 +357,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
         inbox=inbox,
         is_verified=is_verified,
         card=node.card,
+        handlers=node._notification_handlers,
         settings=ChannelSettings(
             window=cfg.channel_window,
             outbox_limit=cfg.outbox_limit,
@@ -363,6 +367,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
             allow_unsigned=cfg.allow_unsigned,
             max_message_bytes=cfg.max_message_bytes,
             response_bytes=cfg.channel_response_bytes,
+            card_limits=cfg.card_limits,
         ),
     )
 

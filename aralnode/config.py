@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
+from aralnode.core.handshake import CardLimits
 from aralnode.core.identity import KeyAlgorithm
 
 DISCOVERY_MODES = ("mdns", "static", "none")
@@ -111,6 +112,19 @@ class NodeConfig:
             address, an IPv6 /64) kept while not yet reached by our own dial; more
             from there are refused (``TOO_MANY_PEERS_FROM_ADDRESS``). Peers named in
             ``peer_grants`` are exempt.
+        card_max_bytes: Largest peer card (serialized) taken in a handshake. This
+            and the other ``card_*`` bounds hold every card a peer shows, dialled or
+            dialling; past any of them the handshake is refused (``CARD_TOO_LARGE``).
+        card_max_capabilities: Capabilities a peer's card may list.
+        card_max_items: Endpoints and protocol versions of a card, scopes of one of
+            its capabilities.
+        card_max_text_chars: Each short text of a card (name, software, an endpoint,
+            a capability's id, name, gRPC method, each scope).
+        card_max_description_chars: A capability's description in a card.
+        card_max_schema_bytes: Each JSON schema of a card's capability, serialized.
+        card_max_schema_depth: How deep objects and arrays nest in each such schema.
+        channel_open_timeout_seconds: How long ``Node.connect`` waits for a verified
+            peer's channel to open (``CHANNEL_NOT_OPEN`` past it).
     """
 
     name: str = "aralnode"
@@ -139,7 +153,7 @@ class NodeConfig:
     outbox_limit: int = 10_000
     channel_timeout_ms: int = 5_000
     channel_signing: bool = True
-    # -- group "grpc": the gRPC server's bounds, and who may list what it serves --
+    # -- the gRPC port: what one client may hold, and who may list what it serves
     listing_requires_auth: bool = False
     grpc_max_connections: int = 512
     grpc_max_streams_per_connection: int = 100
@@ -148,7 +162,7 @@ class NodeConfig:
     grpc_connection_idle_ms: int = 300_000
     grpc_connection_age_ms: int | None = None
     grpc_max_streams_per_address: int = 128
-    # -- group "http": resources and trust on the HTTP doors --------------------------
+    # -- the HTTP port: what one client may hold
     http_parser: str = "auto"
     http_max_header_bytes: int = 64 * 1024
     http_max_headers: int = 100
@@ -159,9 +173,18 @@ class NodeConfig:
     mcp_max_sessions_per_client: int = 32
     ws_max_connections: int = 1024
     ws_max_connections_per_client: int = 16
-    # -- group "mesh": what one peer may hold of the node ---------------------------
+    # -- channels: what one peer may hold
     channel_response_bytes: int = 16 * 1024 * 1024
     max_inbound_per_address: int = 8
+    # -- what a peer's card may carry, and how long a channel may take to open
+    card_max_bytes: int = 1024 * 1024
+    card_max_capabilities: int = 1024
+    card_max_items: int = 64
+    card_max_text_chars: int = 256
+    card_max_description_chars: int = 8192
+    card_max_schema_bytes: int = 64 * 1024
+    card_max_schema_depth: int = 20
+    channel_open_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -202,6 +225,37 @@ class NodeConfig:
                     "'aralnode status' shows them): a grant to it would reach nobody"
                 )
         self._check_http()
+        self._check_card_bounds()
+
+    def _check_card_bounds(self) -> None:
+        """The mesh-b group's bounds: at least what this node's own card needs."""
+        minimum = {
+            "card_max_bytes": 4096,
+            "card_max_capabilities": 1,
+            "card_max_items": 4,
+            "card_max_text_chars": 64,
+            "card_max_description_chars": 64,
+            "card_max_schema_bytes": 256,
+            "card_max_schema_depth": 4,
+        }
+        for name, least in minimum.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}")
+        if not 0 < self.channel_open_timeout_seconds <= 3600:
+            raise ValueError("channel_open_timeout_seconds must be in (0, 3600]")
+
+    @property
+    def card_limits(self) -> CardLimits:
+        """The ``card_*`` bounds, as the handshake takes them."""
+        return CardLimits(
+            max_bytes=self.card_max_bytes,
+            max_capabilities=self.card_max_capabilities,
+            max_items=self.card_max_items,
+            max_text_chars=self.card_max_text_chars,
+            max_description_chars=self.card_max_description_chars,
+            max_schema_bytes=self.card_max_schema_bytes,
+            max_schema_depth=self.card_max_schema_depth,
+        )
 
     def _check_http(self) -> None:
         """The HTTP group's bounds."""

@@ -46,9 +46,9 @@ from aralnode.core.capabilities import (
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import SUPPORTED_VERSIONS
-from aralnode.core.errors import Unavailable
+from aralnode.core.errors import MessageTooLarge, Unavailable
 from aralnode.core.governance import Direction, Evaluator
-from aralnode.core.handshake import SOFTWARE, build_card
+from aralnode.core.handshake import SOFTWARE, build_card, check_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo, PeerTable
 from aralnode.core.replay import ReplayGuard
@@ -151,6 +151,9 @@ class Node:
         self.http_port: int | None = None  # bound HTTP port once started; None if disabled
         self.registry.on_change(self._capabilities_changed)
         self._proto_docs = ProtoDocs()
+        # Handlers registered before start (``setup()`` under ``--load``): the hub
+        # starts with them, so no notification arrives before its handler.
+        self._notification_handlers: list[tuple[str | None, NotificationHandler]] = []
 
     @property
     def governance(self) -> Evaluator:
@@ -390,7 +393,18 @@ class Node:
                 registry=self.registry,
                 clock=self.clock,
             )
+            self._check_own_card(self._card)
         return self._card
+
+    def _check_own_card(self, signed: pb.SignedNodeCard) -> None:
+        """Warn when our own card is past the bounds we hold peers' cards to: peers
+        with the same bounds refuse it (``CARD_TOO_LARGE``) and never connect."""
+        card = pb.NodeCard()
+        card.ParseFromString(signed.card)
+        try:
+            check_card(card, self.config.card_limits)
+        except MessageTooLarge as exc:
+            log.warning("peers with this node's card bounds will refuse its card: %s", exc)
 
     def _capabilities_changed(self) -> None:
         self._card = None
@@ -478,7 +492,9 @@ class Node:
         return await hub.send_notification(peer, event, data, content_type=content_type)
 
     async def broadcast(self, event: str, data: Any = None) -> dict[str, str]:
-        """Notify every peer with a live channel; message id by peer."""
+        """Notify every peer with a live channel; message id by peer (empty: it
+        reached nobody). A peer whose channel is down is not included: ``notify``
+        it to queue a message until its channel is back."""
         hub = self.parts.hub
         return {peer: await self.notify(peer, event, data) for peer in hub.connected_peers()}
 
@@ -501,8 +517,12 @@ class Node:
         return self.parts.hub.subscribe(event, peer=peer, maxsize=maxsize, overflow=overflow)
 
     def on_notification(self, event: str | None, handler: NotificationHandler) -> None:
-        """Register a transactional notification handler (see ``ChannelHub.on_notification``)."""
-        self.parts.hub.on_notification(event, handler)
+        """Register a transactional notification handler (see
+        ``ChannelHub.on_notification``), before or after ``start()``."""
+        if self._parts is None:
+            self._notification_handlers.append((event, handler))
+        else:
+            self._parts.hub.on_notification(event, handler)
 
     # -- peers -----------------------------------------------------------------------------
 
@@ -534,13 +554,30 @@ class Node:
         source: str = "static",
     ) -> PeerInfo:
         """Dial ``address``, verify its card in a handshake, and keep it as a peer
-        (see ``PeerConnector.connect``)."""
-        return await self.parts.connector.connect(
+        (see ``PeerConnector.connect``); return once its channel is open, so that
+        ``notify``, ``request`` and ``broadcast`` right after reach it (or once the
+        peer turned out to serve no channels: requests then go as ``Invoke``).
+
+        Raises:
+            Unavailable: ``CHANNEL_NOT_OPEN``, the peer was verified but its channel
+                did not open within ``channel_open_timeout_seconds`` (the node keeps
+                dialling it; what is sent meanwhile waits in the outbox).
+        """
+        parts = self.parts
+        peer = await parts.connector.connect(
             address,
             expected_node_id=expected_node_id,
             expected_fingerprint=expected_fingerprint,
             source=source,
         )
+        timeout = self.config.channel_open_timeout_seconds
+        if not await parts.hub.peer(peer.node_id).wait_usable(timeout):
+            raise Unavailable(
+                f"{peer.node_id} is verified, but its channel did not open within {timeout}s",
+                reason="CHANNEL_NOT_OPEN",
+                details={"node_id": peer.node_id, "address": address},
+            )
+        return peer
 
 
 __all__ = ["Node"]

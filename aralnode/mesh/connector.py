@@ -20,7 +20,7 @@ from typing import Any
 from aralnode import _proto as pb
 from aralnode.core.clock import Clock
 from aralnode.core.errors import KeyMismatch, PeerNotFound, RateLimited, Unavailable
-from aralnode.core.handshake import VerifiedCard
+from aralnode.core.handshake import DEFAULT_CARD_LIMITS, CardLimits, VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
 from aralnode.transport.grpc_client import NodeClient
@@ -47,6 +47,7 @@ class PeerConnector:
 
     Args:
         card: Our signed card, shown in every handshake.
+        card_limits: What a peer's card may carry (past it the dial fails).
         on_verified: Called with (node id, address) once a dial verified a peer
             (the node opens its channel there).
     """
@@ -60,6 +61,7 @@ class PeerConnector:
         table: PeerTable,
         card: Callable[[], pb.SignedNodeCard],
         max_message_bytes: int,
+        card_limits: CardLimits = DEFAULT_CARD_LIMITS,
         on_verified: Callable[[str, str], None] = lambda node_id, address: None,
     ) -> None:
         self.identity = identity
@@ -68,6 +70,7 @@ class PeerConnector:
         self.table = table
         self.card = card
         self.max_message_bytes = max_message_bytes
+        self.card_limits = card_limits
         self.on_verified = on_verified
         self.clients: dict[str, NodeClient] = {}
         self._inbound_cards: dict[str, VerifiedCard] = {}  # cards of peers that dialled us
@@ -100,6 +103,7 @@ class PeerConnector:
             keyring=self.keyring,
             clock=self.clock,
             max_message_bytes=self.max_message_bytes,  # as its server allows
+            card_limits=self.card_limits,
         )
         try:
             verified = await self._verify(client, expected_node_id, expected_fingerprint)

@@ -57,6 +57,7 @@ from aralnode.core.errors import (
     InternalError,
     PeerNotFound,
     Unavailable,
+    Unimplemented,
 )
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import OutboxEntry, tombstone
@@ -112,6 +113,7 @@ class ChannelHub:
         is_verified: Callable[[str], bool],
         card: Callable[[], pb.SignedNodeCard],
         settings: ChannelSettings | None = None,
+        handlers: Iterable[tuple[str | None, NotificationHandler]] = (),
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
@@ -133,7 +135,8 @@ class ChannelHub:
         self.stopping = False
         self.peers: dict[str, PeerChannel] = {}
         self.subscriptions: list[Subscription] = []
-        self.handlers: list[tuple[str | None, NotificationHandler]] = []
+        # Registered before start too (``Node.on_notification``): taken as given.
+        self.handlers: list[tuple[str | None, NotificationHandler]] = list(handlers)
         self._tasks = TaskSet()
         self.receiver = Receiver(self)
         self.link_listeners: list[Callable[[str, bool], None]] = []
@@ -422,8 +425,20 @@ class ChannelHub:
     ) -> str:
         """Queue a notification for ``peer``; return its message id once it is in
         the outbox (committed, with ``durable``). Waits while the outbox is full.
-        Sent as given: the node's pipeline judged it before (``Node.notify``)."""
+        Sent as given: the node's pipeline judged it before (``Node.notify``).
+
+        Raises:
+            PeerNotFound: ``peer`` is not a verified peer.
+            Unimplemented: ``CHANNELS_UNSUPPORTED``, the peer serves no channels
+                (requests reach it as ``Invoke``; a notification has no way there).
+        """
         pc = self._send_peer(peer)
+        if pc.unsupported:
+            raise Unimplemented(
+                f"peer {peer} serves no channels: a notification cannot reach it",
+                reason="CHANNELS_UNSUPPORTED",
+                details={"node_id": peer},
+            )
         await self._wait_space(pc)
         payload, compression = encode_payload(
             data, content_type, compress_above=self.settings.compress_above
@@ -455,6 +470,7 @@ class ChannelHub:
             unsubscribe=self._unsubscribe,
         )
         self.subscriptions.append(sub)
+        self.receiver.release()  # what a durable node held may be this one's
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -466,8 +482,11 @@ class ChannelHub:
         order, inside the inbox transaction that marks it handled: with
         ``durable=True`` writes through ``tx`` commit atomically with that mark
         (exactly once across crashes); in memory ``tx`` is ``None``. Keep it quick:
-        it runs on the event loop."""
+        it runs on the event loop. A durable node holds notifications that no
+        handler or subscription takes (unacked) until one is registered: they reach
+        it now, in order."""
         self.handlers.append((event, handler))
+        self.receiver.release()
 
     def connected_peers(self) -> list[str]:
         return [p for p, pc in self.peers.items() if pc.connected]

@@ -208,6 +208,8 @@ class Receiver:
                 inbound.processed(gen, seq)
             else:
                 notes.append((seq, note))
+        if notes and hub.inbox.durable:
+            notes = self._hold(pc, gen, notes)
         if notes:
             self._notify_local(pc, gen, notes, errors)
         elif hub.inbox.durable:
@@ -367,6 +369,56 @@ class Receiver:
                 if not matched and not handlers:
                     hub.count("channel.unrouted")
                 inbound.processed(gen, seq)
+
+    def _taken(self, msg: ChannelMessage) -> bool:
+        """Whether a handler or a subscription takes ``msg``."""
+        hub = self.hub
+        return any(e is None or e == msg.event for e, _ in hub.handlers) or any(
+            sub.matches(msg.peer, msg.event) for sub in hub.subscriptions
+        )
+
+    def _hold(
+        self, pc: PeerChannel, gen: int, notes: list[tuple[int, ChannelMessage]]
+    ) -> list[tuple[int, ChannelMessage]]:
+        """The leading notes someone takes; the rest are held (unprocessed, so
+        unacked): a durable node never acks what no handler took. Once one is
+        held, those behind it wait too, so that order (and the handled mark, one
+        seq per peer) is kept."""
+        held = pc.held
+        if held and held[0][0] != gen:
+            held.clear()  # the peer's epoch changed: it abandoned those
+        taken = 0
+        if not held:
+            untaken = (i for i, (_, msg) in enumerate(notes) if not self._taken(msg))
+            taken = next(untaken, len(notes))
+        if taken < len(notes):
+            if not held:
+                # A warning: the peer's channel stalls behind it (its credit).
+                log.warning(
+                    "holding notifications from %s: no handler or subscription takes %r"
+                    " (unacked until one is registered)",
+                    pc.peer_id,
+                    notes[taken][1].event,
+                )
+            held.extend((gen, seq, msg) for seq, msg in notes[taken:])
+            self.hub.count("channel.held", len(notes) - taken)
+        return notes[:taken]
+
+    def release(self) -> None:
+        """A handler or subscription was registered: deliver what was held for it
+        (and what waits behind it), in order; what still has no taker stays held."""
+        for pc in list(self.hub.peers.values()):
+            if not pc.held:
+                continue
+            gen = pc.inbound.generation
+            notes = [(seq, msg) for g, seq, msg in pc.held if g == gen]
+            pc.held = []
+            errors: list[pb.MessageError] = []
+            notes = self._hold(pc, gen, notes)
+            if notes:
+                self._notify_local(pc, gen, notes, errors)
+            pc.errors.extend(errors)  # the next link up tells the peer
+            pc.wake()  # the ack may move on
 
     def save(self, pc: PeerChannel) -> None:
         """Persist the receive marks (durable inbox); a failure is logged, and the

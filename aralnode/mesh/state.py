@@ -25,6 +25,7 @@ from aralnode.core.channel import (
 )
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, error_body
 from aralnode.core.errors import AralError, RateLimited
+from aralnode.core.handshake import DEFAULT_CARD_LIMITS, CardLimits
 
 # What a queued response holds besides its body: the body twice (the content and
 # the sealed message), the header, the signature, the entry itself.
@@ -51,6 +52,7 @@ class ChannelSettings:
         open_timeout: Seconds to wait for a handshake or an open answer.
         response_bytes: Bytes of responses kept per peer until it acks them; its
             requests beyond that are refused (``RESPONSE_BACKLOG_FULL``).
+        card_limits: What a peer's card may carry in a redial's handshake.
     """
 
     window: int = DEFAULT_WINDOW
@@ -68,6 +70,7 @@ class ChannelSettings:
     backoff_max: float = 5.0
     open_timeout: float = 10.0
     response_bytes: int = 16 * 1024 * 1024
+    card_limits: CardLimits = DEFAULT_CARD_LIMITS
 
 
 @dataclass(slots=True)
@@ -278,6 +281,12 @@ class PeerChannel:
         # be applied after the link that read it ended, and whichever link is up
         # next sends them (the peer has no other way to learn why).
         self.errors: list[pb.MessageError] = []
+        # Notifications a durable node holds, unacked, because no handler or
+        # subscription took them yet: (generation, seq, message), in order. Bounded
+        # by our credit window: the peer sends no more while they are unacked.
+        self.held: list[tuple[int, int, ChannelMessage]] = []
+        # Our dial learnt that the peer serves no channels (set with ``unsupported``).
+        self._refused = asyncio.Event()
         # The last link's deliverer: it applies what that link accepted even after
         # the link ended, and the next link applies nothing before it is done.
         self.delivering: asyncio.Future[None] | None = None
@@ -303,6 +312,27 @@ class PeerChannel:
         else:
             self._up.clear()
             self._down.set()
+
+    def refuse_channels(self) -> None:
+        """The peer serves no channels (it answered UNIMPLEMENTED): calls to it go
+        as unary signed ``Invoke`` instead."""
+        self.unsupported = True
+        self._refused.set()
+
+    async def wait_usable(self, timeout: float | None) -> bool:
+        """Wait until a link to the peer is up, or the peer turned out to serve no
+        channels (then calls go over ``Invoke``); False on timeout."""
+        if self.connected or self.unsupported:
+            return True
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._up, self._refused)]
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return bool(done)
 
     async def wait_down(self) -> None:
         await self._down.wait()

@@ -205,7 +205,7 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
         if hub.stopping:
             return
         if error is not None and error.reason == "UNIMPLEMENTED":
-            peer.unsupported = True
+            peer.refuse_channels()
             log.warning("peer %s does not serve channels: %s", peer.peer_id, error.message)
             return
         if not link_ran and error is None:
@@ -238,6 +238,7 @@ async def _dial_once(
             clock=hub.clock,
             channel=channel,
             max_message_bytes=hub.max_message_bytes,  # as on the channel's options
+            card_limits=hub.settings.card_limits,
         )
         # Pins the peer's key in the node's ring (the client was given it).
         await client.handshake(hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout)

@@ -32,7 +32,13 @@ from aralnode.core.envelope import (
     seal_into,
 )
 from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, Unauthenticated
-from aralnode.core.handshake import VerifiedCard, accept_hello, make_welcome
+from aralnode.core.handshake import (
+    DEFAULT_CARD_LIMITS,
+    CardLimits,
+    VerifiedCard,
+    accept_hello,
+    make_welcome,
+)
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.replay import ReplayGuard
 from aralnode.service.calls import Forwarder, plain_call
@@ -68,7 +74,8 @@ class NodeInfo(Protocol):
 @dataclass(slots=True, frozen=True)
 class Envelopes:
     """How signed ``Invoke`` messages are checked: the node's key and key ring, the
-    replay window, whether unsigned ones are taken, and the size limit."""
+    replay window, whether unsigned ones are taken, and the size limit; and what a
+    dialler's card may carry in a handshake."""
 
     identity: Identity
     keyring: KeyRing
@@ -76,6 +83,7 @@ class Envelopes:
     allow_unsigned: bool
     max_message_bytes: int
     keepalive_ms: int
+    card_limits: CardLimits = DEFAULT_CARD_LIMITS
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,7 +153,9 @@ class NodeService:
 
     def _handshake(self, request: pb.HandshakeRequest, transport_peer: str) -> pb.HandshakeResponse:
         env = self.envelopes
-        hello, verified, version = accept_hello(request, my_node_id=self.node_id, replay=env.replay)
+        hello, verified, version = accept_hello(
+            request, my_node_id=self.node_id, replay=env.replay, limits=env.card_limits
+        )
         keyring = env.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
         keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)

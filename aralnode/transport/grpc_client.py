@@ -23,7 +23,13 @@ from aralnode.core.errors import (
     MalformedMessage,
     Unauthenticated,
 )
-from aralnode.core.handshake import VerifiedCard, accept_welcome, make_hello
+from aralnode.core.handshake import (
+    DEFAULT_CARD_LIMITS,
+    CardLimits,
+    VerifiedCard,
+    accept_welcome,
+    make_hello,
+)
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.transport.grpc_server import transport_limit
 from aralnode.transport.status import from_rpc_error
@@ -74,8 +80,10 @@ class NodeClient:
         clock: Clock = SYSTEM_CLOCK,
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        card_limits: CardLimits = DEFAULT_CARD_LIMITS,
     ) -> None:
         self.address = address
+        self.card_limits = card_limits  # what the node's card may carry
         self.identity = identity
         self.keyring = keyring if keyring is not None else KeyRing()
         self.clock = clock
@@ -116,7 +124,9 @@ class NodeClient:
             self.identity, card, self.clock, expected_node_id=expected_node_id
         )
         response = await self._rpc(lambda: self.stub.Handshake(request, timeout=timeout))
-        welcome, verified = accept_welcome(response, nonce=nonce, expected_node_id=expected_node_id)
+        welcome, verified = accept_welcome(
+            response, nonce=nonce, expected_node_id=expected_node_id, limits=self.card_limits
+        )
         self.keyring.pin(verified.key)
         self.peer, self.version = verified, welcome.selected_version
         return verified
