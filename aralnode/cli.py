@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import signal
 import sys
@@ -23,6 +22,7 @@ from google.protobuf import json_format
 
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
+from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
@@ -50,7 +50,7 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    print(codec.dumps(value, pretty=True))
 
 
 def _ago(ms: int) -> str:
@@ -153,8 +153,8 @@ async def cmd_run(ns: argparse.Namespace) -> int:
 
 async def cmd_call(ns: argparse.Namespace) -> int:
     try:
-        params = json.loads(ns.params) if ns.params else {}
-    except json.JSONDecodeError as exc:
+        params = codec.loads(ns.params) if ns.params else {}
+    except (ValueError, RecursionError) as exc:
         raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CliError("JSON_PARAMS must be a JSON object")
@@ -275,7 +275,7 @@ async def _watch_peers(client: NodeClient, peers: list[Any], ns: argparse.Namesp
     def emit(change: str, p: Any) -> None:
         if ns.json:
             peer = _as_json(p)
-            print(json.dumps({"change": change, "peer": peer}, sort_keys=True), flush=True)
+            print(codec.dumps({"change": change, "peer": peer}), flush=True)
         else:
             mark = {"present": " ", "added": "+", "changed": "~", "removed": "-"}[change]
             stamp = time.strftime("%H:%M:%S")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,6 +36,7 @@ from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.targets import node_json
+from aralnode.core import codec
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
@@ -378,9 +378,9 @@ class WsDoor:
         ctx: CallContext | None = None
         try:
             try:
-                msg = json.loads(text)
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
-                raise InvalidRequest("messages are JSON objects") from None
+                msg = codec.loads(text)
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+                raise InvalidRequest(f"messages are JSON objects: {exc}") from None
             if not isinstance(msg, dict):
                 raise InvalidRequest("messages are JSON objects")
             msg_id = msg.get("id")
@@ -553,12 +553,14 @@ class _Connection:
 
     async def send_locked(self, message: dict[str, Any]) -> None:
         try:
-            text = json.dumps(message, separators=(",", ":"))
+            text = codec.dumps(message)
         except (TypeError, ValueError, RecursionError) as exc:
             # A result that is no JSON still gets an answer with its id.
             log.warning("ws reply is not JSON: %s", exc)
             err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
-            text = json.dumps({"type": "error", "id": _plain_id(message), "error": err.to_dict()})
+            text = codec.dumps(
+                {"type": "error", "id": _plain_id(message), "error": codec.error_dict(err)}
+            )
         await self.ws.send_text(text)
 
 
@@ -587,7 +589,7 @@ def _channels(value: Any) -> list[str]:
 
 
 def _error(exc: AralError, msg_id: Any, now_ms: int, trace_id: str | None = None) -> dict[str, Any]:
-    error = {**exc.to_dict(), "timestamp": iso_ms(now_ms)}
+    error = {**codec.error_dict(exc), "timestamp": iso_ms(now_ms)}
     if trace_id:
         error["trace_id"] = trace_id  # as REST and MCP errors carry it
     return {"type": "error", "id": msg_id, "error": error}

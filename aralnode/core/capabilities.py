@@ -143,7 +143,7 @@ def function_capability(
     input_schema = {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
     input_schema.pop("title", None)
     returns = hints.get("return", Any)
-    out_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(returns)
+    out_adapter = _result_adapter(returns)
     output_schema: dict[str, Any] = {}
     if returns is not Any and returns is not type(None):
         output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
@@ -186,6 +186,20 @@ def _parameters(
         **fields,
     )
     return model, ctx_param
+
+
+def _result_adapter(returns: Any) -> pydantic.TypeAdapter[Any]:
+    """What dumps a capability's result to JSON values. pydantic's default turns NaN
+    and infinities into ``null``, silently (a sum that overflowed would answer
+    ``null``); kept as they are, the pipeline refuses them as it does on every door.
+    A model, dataclass or TypedDict result has its own config, which decides."""
+    try:
+        return pydantic.TypeAdapter(returns, config=_KEEP_INF_NAN)
+    except pydantic.PydanticUserError:
+        return pydantic.TypeAdapter(returns)
+
+
+_KEEP_INF_NAN = pydantic.ConfigDict(ser_json_inf_nan="constants")
 
 
 def _function_handler(
@@ -312,7 +326,8 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
     request = req_cls()
     try:
         json_format.ParseDict(params if params is not None else {}, request)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        # OverflowError: an integer too big for any double, put in a Struct or a float.
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
         raise InvalidParameters(f"invalid {what}: {exc}", details={"message": name}) from None

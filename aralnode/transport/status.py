@@ -45,9 +45,9 @@ def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             typed.update(exc.details)
             status.details.add().Pack(typed)
-    if exc.retry_after is not None:
+    if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        delay.FromNanoseconds(int(seconds * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
 
@@ -96,7 +96,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
                 elif any_msg.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                     retry = error_details_pb2.RetryInfo()
                     any_msg.Unpack(retry)
-                    retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+                    retry_after = codec.retry_delay(retry.retry_delay.ToNanoseconds() / 1e9)
                 elif any_msg.Is(struct_pb2.Struct.DESCRIPTOR):
                     struct = struct_pb2.Struct()
                     any_msg.Unpack(struct)
