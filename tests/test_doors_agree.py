@@ -9,6 +9,7 @@ capability's arithmetic), and nothing a door sends is ever invalid JSON.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -313,3 +314,126 @@ def test_what_the_doors_read_is_json_and_nothing_else(text: str) -> None:
     except (ValueError, RecursionError):
         return
     strict(codec.dumps(value))  # what was taken can always be sent back
+
+
+# -- item 21: one spelling per thing, and the doors agree ----------------------------------
+
+
+def _cli_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    """``aralnode ARGS`` as a user runs it (this worktree's package: PYTHONPATH)."""
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aralnode.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_cli_env(),
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_rest_invoke_answers_what_the_other_doors_answer(
+    make_node: Callable[..., Node],
+) -> None:
+    """``/v1/invoke`` is ``Invoke``'s response as proto3 JSON: no ``messageId: ""``
+    for a plain call (no door has a message id for one)."""
+    call = {"capability": "demo.add", "parameters": {"a": 1.5, "b": 1.5}}
+    async with (
+        node_with_doors(make_node) as (_, http),
+        httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client,
+    ):
+        r = await client.post("/v1/invoke", json={"call": call})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["result"]) == {"result", "traceId", "nodeId", "decision"}, r.text
+    assert r.json()["result"]["result"] == 3
+    assert '"result":3,' in r.text
+
+
+async def test_a_forwarded_not_found_names_the_node_that_has_no_such_capability() -> None:
+    from aralnode.testing import node_pair
+
+    async with node_pair() as (a, b), NodeClient(a.address) as client:
+        with pytest.raises(AralError) as forwarded:
+            await client.call("demo.nope", {}, to=b.node_id, timeout=10)
+        with pytest.raises(AralError) as here:
+            await client.call("demo.nope", {}, timeout=10)
+    assert forwarded.value.reason == "CAPABILITY_NOT_FOUND"
+    assert b.node_id in forwarded.value.message, forwarded.value.message
+    assert "this node" not in forwarded.value.message
+    assert a.node_id in here.value.message, here.value.message
+
+
+async def test_the_cli_prints_a_reason_once(make_node: Callable[..., Node]) -> None:
+    """``[NOT_FOUND]``, not ``[NOT_FOUND NOT_FOUND]``, when the reason is the status;
+    ``[NOT_FOUND CAPABILITY_NOT_FOUND]`` when it says more."""
+    from aralnode.core.errors import NotFound
+
+    node = make_node("reasons")
+
+    @node.capability(id="test.missing", risk="read_only")
+    async def missing() -> None:
+        raise NotFound("no such book")
+
+    async with node:
+        code, _, err = await _cli("call", "--node", node.address, "test.missing")
+        assert code == 1
+        assert err.strip().endswith("no such book [NOT_FOUND]"), err
+        code, _, err = await _cli("call", "--node", node.address, "demo.nope")
+        assert err.strip().endswith("[NOT_FOUND CAPABILITY_NOT_FOUND]"), err
+
+
+@contextlib.asynccontextmanager
+async def inbound_peer(make_node: Callable[..., Node]) -> AsyncIterator[tuple[Node, Node, str]]:
+    """``node`` (HTTP on) and a ``peer`` that dialled it: on ``node`` that peer is
+    verified by its handshake, with a live channel, but not reached by ``node``."""
+    from tests.channel_helpers import FAST
+
+    node = make_node("seen", http_port=0, **FAST)
+    peer = make_node("dialler", demo=False, **FAST)
+    async with node, peer:
+        yield node, peer, f"127.0.0.1:{node.http_port}"
+
+
+async def test_status_peers_and_events_tell_one_story(make_node: Callable[..., Node]) -> None:
+    """A peer that dialled in, with a live channel: ``status`` counts it, ``peers``
+    lists it, the WebSocket says it joined; its state is the proto enum name
+    everywhere (REST, the WebSocket, ``peers --json``, the table), and a peer
+    event's data is the same proto3 JSON (camelCase) as ``/v1/peers`` gives."""
+    from tests.channel_helpers import linked
+
+    async with inbound_peer(make_node) as (node, peer, http):
+        async with connect(f"ws://{http}/ws") as ws:
+            await ws.send(json.dumps({"type": "subscribe", "agent_id": "*", "channels": ["peers"]}))
+            assert strict(await ws.recv())["type"] == "subscribed"
+            await linked(peer, node)
+            async with asyncio.timeout(10):
+                while True:
+                    frame = strict(await ws.recv())
+                    if frame.get("event") in ("peer_joined", "peer_changed"):
+                        break
+        async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client:
+            status = (await client.get("/v1/status")).json()
+            peers = (await client.get("/v1/peers")).json()["peers"]
+        code, table, _ = await _cli("peers", "--node", node.address)
+        code_json, listed, _ = await _cli("peers", "--node", node.address, "--json")
+    assert (code, code_json) == (0, 0)
+    assert [p["nodeId"] for p in peers] == [peer.node_id]
+    state = peers[0]["state"]
+    assert state.startswith("PEER_STATE_"), state
+    assert status["peerCount"] == len(peers) == 1, (status["peerCount"], peers)
+    assert frame["event"] == "peer_joined", frame
+    data = frame["data"]
+    assert data["nodeId"] == peer.node_id, data
+    assert data["state"] == state, data
+    same = {k: v for k, v in peers[0].items() if k != "lastSeenUnixMs"}
+    assert {k: data[k] for k in same} == same, data
+    assert json.loads(listed)[0]["state"] == state
+    assert state in table, table

@@ -48,6 +48,9 @@ def node_json(message: Message) -> dict[str, Any]:
     proto3 JSON with zero and empty fields too: a client reads a node with no peers
     as ``{"peers": []}`` and ``peerCount`` 0, not as missing keys."""
     out: dict[str, Any] = codec.message_json(message, zeros=True)
+    if isinstance(message, pb.InvokeResponse) and not message.result.message_id:
+        # A plain call has no message id, and no other door shows an empty one.
+        out.get("result", {}).pop("messageId", None)
     return out
 
 

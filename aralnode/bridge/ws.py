@@ -40,9 +40,9 @@ from aralnode.core import codec
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
-from aralnode.core.peers import PeerChange, PeerState, PeerTable
+from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import ALL_SCOPES
-from aralnode.service.node_service import NodeService
+from aralnode.service.node_service import NodeService, peer_proto
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
@@ -211,26 +211,23 @@ class EventHub:
             sub.offer(message)
 
     def _peer_changed(self, change: PeerChange) -> None:
-        peer = change.peer
-        if peer.state is PeerState.CONNECTED and change.before is not PeerState.CONNECTED:
+        """``peer_joined``/``peer_left`` as a peer enters or leaves the verified
+        peers ``status`` counts (``PRESENT``), else ``peer_changed``; the data is the
+        peer as ``/v1/peers`` lists it (proto3 JSON) and the state it left."""
+        peer, before = change.peer, change.before
+        if peer.state in PRESENT and before not in PRESENT:
             name = "peer_joined"
-        elif change.before is PeerState.CONNECTED and peer.state is not PeerState.CONNECTED:
+        elif before in PRESENT and peer.state not in PRESENT:
             name = "peer_left"
         else:
             name = "peer_changed"
-        self.publish(
-            "peers",
-            name,
-            lambda: {
-                "node_id": peer.node_id,
-                "name": peer.name,
-                "address": peer.address,
-                "state": peer.state.name,
-                "previous_state": change.before.name if change.before is not None else None,
-                "source": peer.source,
-                "capability_ids": list(peer.capability_ids),
-            },
-        )
+
+        def data() -> dict[str, Any]:
+            out = node_json(peer_proto(peer))
+            out["previousState"] = None if before is None else pb.PeerState.Name(int(before))
+            return out
+
+        self.publish("peers", name, data)
 
     def _capabilities_changed(self) -> None:
         """A listing, so each subscriber gets the ids its scopes reach: one event
@@ -261,7 +258,7 @@ class EventHub:
             "decisions",
             "decision_made",
             lambda: {
-                "decision_id": uuid.uuid4().hex,
+                "decisionId": uuid.uuid4().hex,
                 "action": action.capability,
                 "direction": str(action.direction),
                 "door": action.door,

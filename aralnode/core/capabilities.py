@@ -444,7 +444,10 @@ def _method_capability(
 class CapabilityRegistry:
     """Capabilities by id, with change listeners (mDNS TXT, events)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
+        # The node id a refusal names: "not found" travels to other nodes' callers
+        # (a forwarded call), where "this node" would mean the wrong one.
+        self.owner = owner
         self._caps: dict[str, Capability] = {}
         self._listeners: list[Callable[[], None]] = []
         self._digest: str | None = None
@@ -463,8 +466,9 @@ class CapabilityRegistry:
     def get(self, cap_id: str) -> Capability:
         cap = self._caps.get(cap_id)
         if cap is None:
+            where = f"node {self.owner}" if self.owner else "this node"
             raise CapabilityNotFound(
-                f"no capability {cap_id!r} on this node", details={"capability": cap_id}
+                f"no capability {cap_id!r} on {where}", details={"capability": cap_id}
             )
         return cap
 
