@@ -543,6 +543,7 @@ async def stdio_client(node: Node) -> AsyncIterator[Client]:
 SEM_CASES = [
     pytest.param("demo.add", {"a": 1.5, "b": 1.5}, None, id="whole-float-sum"),
     pytest.param("demo.echo", {"text": "é ✓", "times": 2}, None, id="text"),
+    pytest.param("demo.convert", {"value": 100}, None, id="structured-whole"),
     pytest.param(
         "demo.add", {"a": 1e308, "b": 1e308}, ("OUT_OF_RANGE", "RESULT_NOT_JSON"), id="overflow"
     ),
