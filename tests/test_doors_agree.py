@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp import Client
@@ -437,3 +438,44 @@ async def test_status_peers_and_events_tell_one_story(make_node: Callable[..., N
     assert {k: data[k] for k in same} == same, data
     assert json.loads(listed)[0]["state"] == state
     assert state in table, table
+
+
+class _NanNode:
+    """A node (reached over gRPC, as ``aralnode mcp`` reaches one) whose plain call
+    answers NaN in its ``Value``: an old or hostile node."""
+
+    async def capabilities(self, node_id: str = "") -> pb.ListCapabilitiesResponse:
+        return pb.ListCapabilitiesResponse(capabilities=[pb.Capability(id="odd.nan", name="nan")])
+
+    async def status(self) -> pb.NodeStatus:
+        return pb.NodeStatus()
+
+    async def peers(self) -> list[pb.Peer]:
+        return []
+
+    async def call(
+        self, capability: str, params: Any = None, *, timeout: float | None, trace_id: str
+    ) -> pb.CallResult:
+        return pb.CallResult(result=struct_pb2.Value(number_value=math.nan))
+
+
+async def test_stdio_mcp_answers_a_nan_result_with_a_clean_refusal() -> None:
+    from aralnode.bridge.mcp_stdio import RemoteTools
+    from aralnode.core.clock import SYSTEM_CLOCK
+    from aralnode.service.context import ContextBuilder
+
+    contexts = ContextBuilder(SYSTEM_CLOCK)
+    server = mcp_bridge.build_server(
+        RemoteTools(_NanNode(), _NoDocs()), name="nan", version="0",
+        context=lambda _ctx: contexts.build("mcp", peer="stdio"),
+    )  # fmt: skip
+    async with Client(server) as client:
+        result = await client.call_tool(tool_name("odd.nan"), {})
+    assert result.is_error
+    body = strict(result.content[0].text)  # type: ignore[union-attr]
+    assert body["error"]["reason"] == "RESULT_NOT_JSON", body
+
+
+class _NoDocs:
+    def for_files(self, files: Any) -> dict[str, str]:
+        return {}

@@ -55,7 +55,7 @@ from aralnode.bridge._http import (
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, InternalError, McpErrorCode
+from aralnode.core.errors import AralError, InternalError, McpErrorCode, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -411,7 +411,11 @@ def build_server(
             log.exception("MCP tool %s failed (trace %s)", tool.name, call_ctx.trace_id)
             err = InternalError(f"internal error: {type(exc).__name__}")
             return error_result(err, call_ctx.trace_id, source.now_ms())
-        return result_of(value, tool)
+        try:
+            return result_of(value, tool)
+        except ValueError as exc:  # NaN from a node the stdio door serves: not JSON
+            refusal = OutOfRange(f"the result has no JSON form: {exc}", reason="RESULT_NOT_JSON")
+            return error_result(refusal, call_ctx.trace_id, source.now_ms())
 
     return Server(
         name,
