@@ -479,3 +479,20 @@ async def test_stdio_mcp_answers_a_nan_result_with_a_clean_refusal() -> None:
 class _NoDocs:
     def for_files(self, files: Any) -> dict[str, str]:
         return {}
+
+
+def test_a_grpc_status_carries_details_as_json_whatever_they_hold() -> None:
+    """ErrorInfo metadata (what grpcurl shows) holds each detail as a string or JSON
+    text: a NaN or an object in a capability's details is a string there, not ``NaN``
+    inside JSON text (invalid JSON) or a TypeError that loses the refusal."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    exc = AralError("x", details={"n": math.nan, "o": object(), "l": [1, math.inf]})
+    status = to_rpc_status(exc)
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    info = error_details_pb2.ErrorInfo()
+    status_pb2.Status.FromString(raw).details[0].Unpack(info)
+    # Strings go as they are; anything else as JSON text (clients parse "[..." / "{...").
+    assert info.metadata["n"] == "nan"
+    assert info.metadata["o"].startswith("<object object")
+    assert strict(info.metadata["l"]) == [1, "inf"]

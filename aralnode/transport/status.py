@@ -33,7 +33,9 @@ from aralnode.core.errors import (
 
 
 def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in exc.details.items()}
+    # As every door renders details (codec.jsonable): JSON text, whatever they hold.
+    details = codec.jsonable(exc.details)
+    metadata = {k: v if isinstance(v, str) else codec.dumps(v) for k, v in details.items()}
     metadata["code"] = exc.code
     if trace_id:
         metadata["trace_id"] = trace_id
@@ -43,7 +45,7 @@ def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
     if exc.details:
         typed = struct_pb2.Struct()
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            typed.update(exc.details)
+            typed.update(details)
             status.details.add().Pack(typed)
     if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         delay = duration_pb2.Duration()
