@@ -40,7 +40,7 @@ from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
-from aralnode.service.node_service import Envelopes, NodeService
+from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
 from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
@@ -175,21 +175,7 @@ class NodeFacts:
         return self.node.card()
 
     def peer_protos(self) -> list[pb.Peer]:
-        return [
-            pb.Peer(
-                node_id=p.node_id,
-                name=p.name,
-                address=p.address,
-                state=int(p.state),  # type: ignore[arg-type]  # enum values are ints
-                health=p.health,
-                capability_ids=list(p.capability_ids),
-                last_seen_unix_ms=p.last_seen_ms,
-                source=p.source,
-                protocol_version=p.protocol_version,
-                key_fingerprint=p.key_fingerprint,
-            )
-            for p in self.node.peer_table.snapshot()
-        ]
+        return [peer_proto(p) for p in self.node.peer_table.snapshot()]
 
     def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
         """This node's capabilities, or a verified peer's as its card listed them."""

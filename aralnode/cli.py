@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import signal
 import sys
@@ -21,8 +20,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from aralnode import _proto as pb
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
+from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
 from aralnode.core.errors import AralError
@@ -31,8 +32,6 @@ from aralnode.node import Node
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.transport.grpc_client import NodeClient, unwrap
-
-PEER_STATES = {1: "discovered", 2: "handshaking", 3: "connected", 4: "stale", 5: "gone"}
 
 
 class CliError(Exception):
@@ -50,7 +49,7 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    print(codec.dumps(value, pretty=True))
 
 
 def _ago(ms: int) -> str:
@@ -153,8 +152,8 @@ async def cmd_run(ns: argparse.Namespace) -> int:
 
 async def cmd_call(ns: argparse.Namespace) -> int:
     try:
-        params = json.loads(ns.params) if ns.params else {}
-    except json.JSONDecodeError as exc:
+        params = codec.loads(ns.params) if ns.params else {}
+    except (ValueError, RecursionError) as exc:
         raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CliError("JSON_PARAMS must be a JSON object")
@@ -236,11 +235,20 @@ def _peer_row(p: Any) -> tuple[Any, ...]:
         p.name,
         p.node_id or "-",
         p.address,
-        PEER_STATES.get(p.state, "?"),
+        _state_name(p.state),
         p.health,
         len(p.capability_ids),
         _ago(p.last_seen_unix_ms),
     )
+
+
+def _state_name(state: int) -> str:
+    """A peer state as the proto names it (``PEER_STATE_CONNECTED``): as ``--json``,
+    REST and the WebSocket spell it."""
+    try:
+        return pb.PeerState.Name(state)
+    except ValueError:  # a newer node's state
+        return str(state)
 
 
 PEER_HEADERS = ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN")
@@ -275,7 +283,7 @@ async def _watch_peers(client: NodeClient, peers: list[Any], ns: argparse.Namesp
     def emit(change: str, p: Any) -> None:
         if ns.json:
             peer = _as_json(p)
-            print(json.dumps({"change": change, "peer": peer}, sort_keys=True), flush=True)
+            print(codec.dumps({"change": change, "peer": peer}), flush=True)
         else:
             mark = {"present": " ", "added": "+", "changed": "~", "removed": "-"}[change]
             stamp = time.strftime("%H:%M:%S")
@@ -542,7 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         return int(result)
     except AralError as exc:
-        print(f"error: {exc.message} [{exc.status.name} {exc.reason}]", file=sys.stderr)
+        # The reason, where it says more than the status (NOT_FOUND's is NOT_FOUND).
+        tag = (
+            exc.status.name
+            if exc.reason in ("", exc.status.name)
+            else f"{exc.status.name} {exc.reason}"
+        )
+        print(f"error: {exc.message} [{tag}]", file=sys.stderr)
         return 1
     except (CliError, ValueError, OSError, ImportError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)

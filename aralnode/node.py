@@ -50,7 +50,7 @@ from aralnode.core.errors import MessageTooLarge, Unavailable
 from aralnode.core.governance import Direction, Evaluator
 from aralnode.core.handshake import SOFTWARE, build_card, check_card
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.peers import PeerInfo, PeerTable
+from aralnode.core.peers import PRESENT, PeerInfo, PeerTable
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.addresses import advertised_hosts
 from aralnode.discovery.backend import DiscoveryBackend
@@ -308,6 +308,7 @@ class Node:
         self._state = "STARTING"
         self._lock = lock_data_dir(cfg.resolved_data_dir)
         try:
+            self.registry.owner = self.node_id  # (the identity may be loaded here)
             await self._start()
         except BaseException:
             # Whatever started is stopped, and the data dir is free again.
@@ -424,7 +425,7 @@ class Node:
             uptime_ms=now - self._started_ms if self._started_ms else 0,
             state=self._state,
             capability_count=len(self.registry),
-            peer_count=len(self.peer_table.connected()),
+            peer_count=sum(1 for p in self.peer_table.snapshot() if p.state in PRESENT),
             counters=dict(self.pipeline.counters),
             key_algorithm=self.identity.algorithm,
             key_fingerprint=self.identity.public_key.fingerprint,

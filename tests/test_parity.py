@@ -457,3 +457,118 @@ DOOR_NAMES = (
     "channel",
     "local",
 )
+
+
+# -- group "sem": what the doors say (items 15 and 21) ---------------------------------
+# The same case gives the same JSON on every door, the CLI (``aralnode call --json``)
+# and MCP over stdio (``aralnode mcp``) included: a float sum that is whole is ``3``
+# everywhere, and a result no door can carry (a sum that overflowed to infinity) is
+# the same refusal everywhere, never a 500, ``null`` or ``Infinity``.
+
+ERROR_CODES.update({"out_of_range": "OUT_OF_RANGE", "invalid_request": "INVALID_ARGUMENT"})
+
+
+def _sem_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)  # PYTHONPATH: this worktree's package
+
+
+class SemRest:
+    """A REST door read by the error body's code (400 is more than one status)."""
+
+    def __init__(self, door: RestRoute | RestInvoke) -> None:
+        self.door, self.name = door, door.name
+
+    def can_call(self, capability: str) -> bool:
+        return self.door.can_call(capability)
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        try:
+            return await self.door.call(capability, params)
+        except KeyError:  # a status HTTP_STATUS does not name
+            body = {"call": {"capability": capability, "parameters": params}}
+            r = await self.door.http.post("/v1/invoke", json=body)
+            return from_body(r.json()["error"])
+
+
+class Cli:
+    """``aralnode call --json`` in a process of its own."""
+
+    name = "cli"
+
+    def __init__(self, node: Node) -> None:
+        self.address = node.address
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        import asyncio
+        import re
+        import sys
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aralnode.cli", "call", "--node", self.address, "--json",
+            capability, json.dumps(params), env=_sem_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+        if proc.returncode == 0:
+            return Outcome(json.loads(out)["result"])
+        tag = re.search(r"\[(\w+)(?: (\w+))?\]\s*$", err.decode())
+        assert tag, err
+        return Outcome(status=tag.group(1), reason=tag.group(2) or tag.group(1))
+
+
+class McpStdio(Mcp):
+    """The official client on ``aralnode mcp --node`` (stdio)."""
+
+    name = "mcp-stdio"
+
+
+@contextlib.asynccontextmanager
+async def stdio_client(node: Node) -> AsyncIterator[Client]:
+    import sys
+
+    from mcp.client.stdio import StdioServerParameters
+
+    args = ["-m", "aralnode.cli", "mcp", "--node", node.address]
+    server = StdioServerParameters(command=sys.executable, args=args, env=_sem_env())
+    async with Client(server) as client:
+        yield client
+
+
+SEM_CASES = [
+    pytest.param("demo.add", {"a": 1.5, "b": 1.5}, None, id="whole-float-sum"),
+    pytest.param("demo.echo", {"text": "é ✓", "times": 2}, None, id="text"),
+    pytest.param("demo.convert", {"value": 100}, None, id="structured-whole"),
+    pytest.param(
+        "demo.add", {"a": 1e308, "b": 1e308}, ("OUT_OF_RANGE", "RESULT_NOT_JSON"), id="overflow"
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("capability", "params", "refusal"), SEM_CASES)
+async def test_the_same_json_on_every_door_the_cli_and_stdio_mcp_included(
+    make_node: Callable[..., Node],
+    capability: str,
+    params: dict[str, Any],
+    refusal: tuple[str, str] | None,
+) -> None:
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node) as doors, stdio_client(doors.node) as stdio:
+        every = [SemRest(d) if isinstance(d, RestRoute | RestInvoke) else d for d in doors.all()]
+        for door in [*every, Cli(doors.node), McpStdio(stdio)]:
+            if door.can_call(capability):
+                answers[door.name] = await door.call(capability, params)
+    assert {"cli", "mcp", "mcp-stdio", "rest-invoke", "ws", "channel", "local"} <= set(answers)
+    if refusal is None:
+        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
+        assert all(o.ok for o in answers.values()), answers
+        assert len(set(values.values())) == 1, values  # identical JSON, 3 not 3.0
+        return
+    for name, outcome in answers.items():
+        assert (outcome.status, outcome.reason) == refusal, (name, outcome)

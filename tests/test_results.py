@@ -98,9 +98,11 @@ def test_protobuf_payloads_decode_like_json_ones() -> None:
         codec.decode(nan.SerializeToString(), codec.PROTOBUF)
 
 
-async def test_a_non_finite_result_is_a_clean_internal_error_at_every_door(
+async def test_a_non_finite_result_is_a_clean_out_of_range_at_every_door(
     tmp_path: Path,
 ) -> None:
+    """``1e308 + 1e308`` overflows to infinity, which no door can carry: the caller's
+    values took the result out of range (OUT_OF_RANGE, 400), not a node failure."""
     node = Node(
         NodeConfig(name="inf", host="127.0.0.1", grpc_port=0, http_port=0,
                    discovery="none", data_dir=tmp_path)
@@ -114,13 +116,13 @@ async def test_a_non_finite_result_is_a_clean_internal_error_at_every_door(
         async with NodeClient(node.address) as client:
             with pytest.raises(AralError) as info:
                 await client.call("test.overflow", {"a": 1e308, "b": 1e308}, timeout=10)
-        assert info.value.code == "internal_error"
-        assert "not JSON-representable" in info.value.message
+        assert info.value.code == "out_of_range"
+        assert "has no JSON form" in info.value.message
         call = {"capability": "test.overflow", "parameters": {"a": 1e308, "b": 1e308}}
         r = await http.post("/v1/invoke", json={"call": call})
-        assert r.status_code == 500
-        assert r.json()["error"]["code"] == "internal_error"
-        assert "not JSON-representable" in r.json()["error"]["message"]
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "out_of_range"
+        assert r.json()["error"]["reason"] == "RESULT_NOT_JSON"
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ async def test_subscribe_and_receive_node_events(
         async with peer:
             await node.connect(peer.address)
             joined = await recv_until(ws, event("peer_joined"))
-            assert joined["data"]["node_id"] == peer.node_id
+            assert joined["data"]["nodeId"] == peer.node_id
             assert joined["data"]["name"] == "wspeer"
 
 

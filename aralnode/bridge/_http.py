@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gzip
 import ipaddress
-import json
 import math
 import re
 import zlib
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aralnode._logs import get_logger
+from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
@@ -142,20 +142,21 @@ def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:
 
 def error_body(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
     """The seed's error shape: ``{"error": {code, message, details, trace_id, timestamp}}``."""
-    return {"error": {**exc.to_dict(), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
+    return {"error": {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
 
 
 def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
     out = []
-    if exc.retry_after is not None:
-        out.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    if (seconds := codec.retry_delay(exc.retry_after)) is not None:
+        out.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
     return out
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
+    """``value`` as a JSON body (``codec.dumps``: never a non-JSON number)."""
+    return codec.dumps(value).encode()
 
 
 async def send_body(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from aralnode.bridge._http import (
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, InternalError, McpErrorCode
+from aralnode.core.errors import AralError, InternalError, McpErrorCode, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -260,7 +259,7 @@ def _unwrapping(run: Run) -> Run:
 def result_of(value: Any, tool: ToolSpec) -> dict[str, Any]:
     """A successful ``CallToolResult``: JSON text always, structured content when the
     tool's output schema says object."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = codec.dumps(value)
     result: dict[str, Any] = {
         "content": [{"type": "text", "text": text}],
         "isError": False,
@@ -273,8 +272,8 @@ def result_of(value: Any, tool: ToolSpec) -> dict[str, Any]:
 
 def error_result(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
     """An error ``CallToolResult`` whose text is the seed's error object."""
-    body = {"error": {**exc.to_dict(), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    body = {"error": {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
+    text = codec.dumps(body)
     return {"content": [{"type": "text", "text": text}], "isError": True, "resultType": "complete"}
 
 
@@ -324,7 +323,7 @@ class Listings:
 
 def mcp_error(exc: AralError, trace_id: str, now_ms: int) -> MCPError:
     """A refusal as a JSON-RPC error, the seed's error object as its data."""
-    data = {**exc.to_dict(), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}
+    data = {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}
     return MCPError(int(exc.mcp_code), exc.message, data)
 
 
@@ -336,12 +335,20 @@ def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> To
         InvalidToolSchema: a schema it sent is not JSON Schema 2020-12.
     """
     try:
-        input_schema = codec.from_struct(cap.input_schema) if cap.HasField("input_schema") else {}
+        input_schema = (
+            codec.from_struct(cap.input_schema, allow_inf_nan=False)
+            if cap.HasField("input_schema")
+            else {}
+        )
         output_schema = (
-            codec.from_struct(cap.output_schema) if cap.HasField("output_schema") else None
+            codec.from_struct(cap.output_schema, allow_inf_nan=False)
+            if cap.HasField("output_schema")
+            else None
         )
     except RecursionError:
         raise InvalidToolSchema(f"the schemas of {cap.id!r} are nested too deeply") from None
+    except ValueError as exc:  # NaN or an infinity: tools/list would be no JSON
+        raise InvalidToolSchema(f"the schemas of {cap.id!r} are not JSON: {exc}") from None
     check_schema(input_schema, f"the input schema of {cap.id!r}")
     if output_schema is not None:
         check_schema(output_schema, f"the output schema of {cap.id!r}")
@@ -404,7 +411,11 @@ def build_server(
             log.exception("MCP tool %s failed (trace %s)", tool.name, call_ctx.trace_id)
             err = InternalError(f"internal error: {type(exc).__name__}")
             return error_result(err, call_ctx.trace_id, source.now_ms())
-        return result_of(value, tool)
+        try:
+            return result_of(value, tool)
+        except ValueError as exc:  # NaN from a node the stdio door serves: not JSON
+            refusal = OutOfRange(f"the result has no JSON form: {exc}", reason="RESULT_NOT_JSON")
+            return error_result(refusal, call_ctx.trace_id, source.now_ms())
 
     return Server(
         name,

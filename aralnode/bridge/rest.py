@@ -26,7 +26,7 @@ from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target, to_json
-from aralnode.core import proto_json
+from aralnode.core import codec
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext, clean_trace_id
@@ -409,7 +409,7 @@ class RestDoor:
                 f"content-type {media!r} is not supported; use {h.JSON} or {h.PROTOBUF}"
             )
         try:
-            return proto_json.loads(body)
+            return codec.loads(body)
         except (ValueError, RecursionError) as exc:
             raise MalformedMessage(f"the request body is not JSON: {exc}") from None
 

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -48,9 +47,10 @@ def node_json(message: Message) -> dict[str, Any]:
     """A response of the node's own methods (status, peers, capabilities, Invoke) as
     proto3 JSON with zero and empty fields too: a client reads a node with no peers
     as ``{"peers": []}`` and ``peerCount`` 0, not as missing keys."""
-    out: dict[str, Any] = codec.whole_numbers(
-        json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    )
+    out: dict[str, Any] = codec.message_json(message, zeros=True)
+    if isinstance(message, pb.InvokeResponse) and not message.result.message_id:
+        # A plain call has no message id, and no other door shows an empty one.
+        out.get("result", {}).pop("messageId", None)
     return out
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,13 +36,13 @@ from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.targets import node_json
-from aralnode.core import proto_json
+from aralnode.core import codec
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
-from aralnode.core.peers import PeerChange, PeerState, PeerTable
+from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import ALL_SCOPES
-from aralnode.service.node_service import NodeService
+from aralnode.service.node_service import NodeService, peer_proto
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
@@ -212,26 +211,23 @@ class EventHub:
             sub.offer(message)
 
     def _peer_changed(self, change: PeerChange) -> None:
-        peer = change.peer
-        if peer.state is PeerState.CONNECTED and change.before is not PeerState.CONNECTED:
+        """``peer_joined``/``peer_left`` as a peer enters or leaves the verified
+        peers ``status`` counts (``PRESENT``), else ``peer_changed``; the data is the
+        peer as ``/v1/peers`` lists it (proto3 JSON) and the state it left."""
+        peer, before = change.peer, change.before
+        if peer.state in PRESENT and before not in PRESENT:
             name = "peer_joined"
-        elif change.before is PeerState.CONNECTED and peer.state is not PeerState.CONNECTED:
+        elif before in PRESENT and peer.state not in PRESENT:
             name = "peer_left"
         else:
             name = "peer_changed"
-        self.publish(
-            "peers",
-            name,
-            lambda: {
-                "node_id": peer.node_id,
-                "name": peer.name,
-                "address": peer.address,
-                "state": peer.state.name,
-                "previous_state": change.before.name if change.before is not None else None,
-                "source": peer.source,
-                "capability_ids": list(peer.capability_ids),
-            },
-        )
+
+        def data() -> dict[str, Any]:
+            out = node_json(peer_proto(peer))
+            out["previousState"] = None if before is None else pb.PeerState.Name(int(before))
+            return out
+
+        self.publish("peers", name, data)
 
     def _capabilities_changed(self) -> None:
         """A listing, so each subscriber gets the ids its scopes reach: one event
@@ -262,7 +258,7 @@ class EventHub:
             "decisions",
             "decision_made",
             lambda: {
-                "decision_id": uuid.uuid4().hex,
+                "decisionId": uuid.uuid4().hex,
                 "action": action.capability,
                 "direction": str(action.direction),
                 "door": action.door,
@@ -379,9 +375,9 @@ class WsDoor:
         ctx: CallContext | None = None
         try:
             try:
-                msg = proto_json.loads(text)  # a member given twice: refused, not the last
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
-                raise InvalidRequest("messages are JSON objects") from None
+                msg = codec.loads(text)
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+                raise InvalidRequest(f"messages are JSON objects: {exc}") from None
             if not isinstance(msg, dict):
                 raise InvalidRequest("messages are JSON objects")
             msg_id = msg.get("id")
@@ -554,12 +550,14 @@ class _Connection:
 
     async def send_locked(self, message: dict[str, Any]) -> None:
         try:
-            text = json.dumps(message, separators=(",", ":"))
+            text = codec.dumps(message)
         except (TypeError, ValueError, RecursionError) as exc:
             # A result that is no JSON still gets an answer with its id.
             log.warning("ws reply is not JSON: %s", exc)
             err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
-            text = json.dumps({"type": "error", "id": _plain_id(message), "error": err.to_dict()})
+            text = codec.dumps(
+                {"type": "error", "id": _plain_id(message), "error": codec.error_dict(err)}
+            )
         await self.ws.send_text(text)
 
 
@@ -588,7 +586,7 @@ def _channels(value: Any) -> list[str]:
 
 
 def _error(exc: AralError, msg_id: Any, now_ms: int, trace_id: str | None = None) -> dict[str, Any]:
-    error = {**exc.to_dict(), "timestamp": iso_ms(now_ms)}
+    error = {**codec.error_dict(exc), "timestamp": iso_ms(now_ms)}
     if trace_id:
         error["trace_id"] = trace_id  # as REST and MCP errors carry it
     return {"type": "error", "id": msg_id, "error": error}

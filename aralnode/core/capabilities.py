@@ -144,7 +144,7 @@ def function_capability(
     input_schema = {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
     input_schema.pop("title", None)
     returns = hints.get("return", Any)
-    out_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(returns)
+    out_adapter = _result_adapter(returns)
     output_schema: dict[str, Any] = {}
     if returns is not Any and returns is not type(None):
         output_schema = {"$schema": SCHEMA_DIALECT, **out_adapter.json_schema()}
@@ -187,6 +187,20 @@ def _parameters(
         **fields,
     )
     return model, ctx_param
+
+
+def _result_adapter(returns: Any) -> pydantic.TypeAdapter[Any]:
+    """What dumps a capability's result to JSON values. pydantic's default turns NaN
+    and infinities into ``null``, silently (a sum that overflowed would answer
+    ``null``); kept as they are, the pipeline refuses them as it does on every door.
+    A model, dataclass or TypedDict result has its own config, which decides."""
+    try:
+        return pydantic.TypeAdapter(returns, config=_KEEP_INF_NAN)
+    except pydantic.PydanticUserError:
+        return pydantic.TypeAdapter(returns)
+
+
+_KEEP_INF_NAN = pydantic.ConfigDict(ser_json_inf_nan="constants")
 
 
 def _function_handler(
@@ -314,7 +328,14 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
     try:
         check_json(request.DESCRIPTOR, params)
         json_format.ParseDict(params if params is not None else {}, request)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+    except (
+        json_format.ParseError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+        OverflowError,
+    ) as exc:  # OverflowError: an integer too big for any double, in a Struct or a float
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
         reason = "DUPLICATE_PARAMETER" if isinstance(exc, DuplicateField) else None
@@ -436,7 +457,10 @@ def _method_capability(
 class CapabilityRegistry:
     """Capabilities by id, with change listeners (mDNS TXT, events)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
+        # The node id a refusal names: "not found" travels to other nodes' callers
+        # (a forwarded call), where "this node" would mean the wrong one.
+        self.owner = owner
         self._caps: dict[str, Capability] = {}
         self._listeners: list[Callable[[], None]] = []
         self._digest: str | None = None
@@ -455,8 +479,9 @@ class CapabilityRegistry:
     def get(self, cap_id: str) -> Capability:
         cap = self._caps.get(cap_id)
         if cap is None:
+            where = f"node {self.owner}" if self.owner else "this node"
             raise CapabilityNotFound(
-                f"no capability {cap_id!r} on this node", details={"capability": cap_id}
+                f"no capability {cap_id!r} on {where}", details={"capability": cap_id}
             )
         return cap
 

@@ -9,6 +9,7 @@ decompressed payload is bounded so a small bomb cannot exhaust memory.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import zlib
 from typing import Any
@@ -18,7 +19,15 @@ import pydantic_core
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
-from aralnode.core.errors import InternalError, InvalidRequest, MalformedMessage, MessageTooLarge
+from aralnode.core.errors import (
+    AralError,
+    InternalError,
+    InvalidParameters,
+    InvalidRequest,
+    MalformedMessage,
+    MessageTooLarge,
+    OutOfRange,
+)
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -34,11 +43,18 @@ _from_json = pydantic_core.from_json
 
 
 def encode(value: Any, content_type: str = JSON) -> bytes:
-    """Encode a JSON-compatible value."""
+    """Encode a JSON-compatible value.
+
+    Raises:
+        InvalidRequest: the value has no JSON form (pydantic-core would print NaN and
+            infinities as the constants ``NaN``/``Infinity``, which no JSON parser,
+            ours included, takes).
+    """
     if not content_type or content_type == JSON:
         try:
+            _check_numbers(value, exact_ints=False)
             return _to_json(value)
-        except pydantic_core.PydanticSerializationError as exc:
+        except (pydantic_core.PydanticSerializationError, ValueError) as exc:
             raise InvalidRequest(f"value is not JSON-serializable: {exc}") from None
     if content_type == MSGPACK:
         return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
@@ -57,7 +73,9 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
         return None
     try:
         if not content_type or content_type == JSON:
-            return _from_json(data, allow_inf_nan=False)
+            value = _from_json(data, allow_inf_nan=False)
+            _check_numbers(value, exact_ints=False)  # 1e400 parses as inf even so
+            return value
         if content_type == MSGPACK:
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
         if content_type == PROTOBUF:
@@ -71,6 +89,149 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
     raise InvalidRequest(
         f"unsupported content type {content_type!r}", reason="UNSUPPORTED_CONTENT_TYPE"
     )
+
+
+# -- JSON at the doors -----------------------------------------------------------------
+# Every door reads JSON with ``loads`` and writes it with ``dumps``: what the node takes
+# in and what it sends out is RFC 8259 JSON, whichever door, and nothing in between
+# meets a number that one door could print and another could not.
+
+# No protobuf integer (int64, uint64) holds more; a bigger literal is no field's value,
+# and as a double it is not the number that was sent.
+_MAX_INT = 2**64
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse JSON the way every door does: RFC 8259 only.
+
+    Refused (``ValueError``): the ``NaN``/``Infinity`` literals Python's parser takes,
+    a number that overflows a double (``1e400``), and an integer no protobuf integer
+    holds (beyond ±2**64): one of 4,000 digits would otherwise reach a double
+    conversion, and overflow there, long after the request was taken. Refused as
+    ``InvalidParameters`` (``DUPLICATE_PARAMETER``): an object with a member twice.
+
+    Raises:
+        ValueError: not JSON, or one of the above (``RecursionError``: nested too deeply).
+        InvalidParameters: a member given twice in one object.
+    """
+    return json.loads(
+        data,
+        parse_constant=_no_constant,
+        parse_float=_finite,
+        parse_int=_bounded_int,
+        object_pairs_hook=_members_once,
+    )
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refused if it has a member twice (``json.loads`` would keep the
+    last, silently, and another parser of the same bytes may keep the first)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidParameters(
+                    f"the member {key[:100]!r} is given twice in one JSON object",
+                    reason="DUPLICATE_PARAMETER",
+                    details={"parameter": key[:100]},
+                )
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    n = float(text)
+    if not math.isfinite(n):
+        raise ValueError(f"{text[:40]} is beyond the range of a double")
+    return n
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 21:  # -18446744073709551616: no int() of a big literal
+        raise ValueError(f"an integer of {len(text)} digits is beyond ±2**64")
+    n = int(text)
+    if not -_MAX_INT <= n < _MAX_INT:
+        raise ValueError(f"{text} is beyond ±2**64")
+    return n
+
+
+def dumps(value: Any, *, pretty: bool = False) -> str:
+    """The one JSON printer of every door (REST, MCP, WebSocket, the CLI): compact
+    UTF-8 text (``pretty``: indented, keys sorted, ASCII, for a terminal), and never
+    a non-JSON number.
+
+    Raises:
+        ValueError: ``value`` holds NaN or an infinity (or a circular reference).
+        TypeError: ``value`` holds something that is not JSON.
+    """
+    if pretty:
+        return json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def check_json(value: Any) -> None:
+    """Raise ``ValueError`` if ``value`` holds a number some door could not carry as
+    it is: NaN or an infinity (no JSON form), or an integer beyond ±2**53 (a
+    ``google.protobuf.Value``, the gRPC and channel doors' form, holds doubles).
+    The pipeline checks every call's parameters and results with it, so that every
+    door refuses the same values the same way."""
+    _check_numbers(value)
+
+
+# A peer's or a servicer's retry delay is advice to a client: past a day it says
+# nothing a client would act on, and a Retry-After header or a Duration must hold it.
+MAX_RETRY_AFTER = 86_400.0
+
+
+def retry_delay(seconds: object) -> float | None:
+    """A retry delay someone else gave (a peer's error, a RetryInfo, a servicer) as
+    one every door can print: ``None`` unless a finite number of seconds, at most
+    ``MAX_RETRY_AFTER`` and at least 0."""
+    if type(seconds) not in (int, float) or not math.isfinite(seconds):  # type: ignore[arg-type]
+        return None
+    return min(max(float(seconds), 0.0), MAX_RETRY_AFTER)  # type: ignore[arg-type]
+
+
+# Deeper than this, details are stringified: a Struct nested much further would
+# exceed protobuf's parse recursion limit (100 messages, two per JSON level) and the
+# peer could not read the error at all.
+_MAX_DETAIL_DEPTH = 32
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as something ``Struct.update`` takes: JSON values kept as they are,
+    nested; anything else (or too deep, or a number no double holds) as ``str``."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return str(value)
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth < _MAX_DETAIL_DEPTH:
+        if isinstance(value, dict):
+            return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [jsonable(x, depth + 1) for x in value]
+    return str(value)
+
+
+def error_dict(exc: AralError) -> dict[str, Any]:
+    """The seed's error object for ``exc`` (``AralError.to_dict``), its details as
+    ``jsonable`` makes them: what the REST, MCP and WebSocket doors render. Details
+    come from capabilities and peers; a NaN among them must not make the refusal
+    itself invalid JSON, or a 500."""
+    out = exc.to_dict()
+    out["details"] = jsonable(out["details"])
+    return out
 
 
 def to_value(value: Any) -> struct_pb2.Value:
@@ -91,16 +252,16 @@ def to_value(value: Any) -> struct_pb2.Value:
     return msg
 
 
-def _check_numbers(value: Any) -> None:
+def _check_numbers(value: Any, *, exact_ints: bool = True) -> None:
     """Raise ``ValueError`` for NaN or an infinity (JSON has no such numbers, and a
-    door printing one would fail after the call had run) or an integer a double
-    cannot hold exactly, anywhere in ``value``."""
+    door printing one would fail after the call had run) or, with ``exact_ints``, an
+    integer a double cannot hold exactly, anywhere in ``value``."""
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value} is not a JSON number")
     elif kind is int:
-        if not -_EXACT_INT < value < _EXACT_INT:
+        if exact_ints and not -_EXACT_INT < value < _EXACT_INT:
             raise ValueError(
                 f"{value} is beyond ±2**53 and a google.protobuf.Value carries numbers as "
                 "doubles; return it as a string"
@@ -108,11 +269,11 @@ def _check_numbers(value: Any) -> None:
     elif kind is dict:
         for v in value.values():
             if type(v) in _CHECKED:
-                _check_numbers(v)
-    elif kind is list:
+                _check_numbers(v, exact_ints=exact_ints)
+    elif kind is list or kind is tuple:
         for v in value:
             if type(v) in _CHECKED:
-                _check_numbers(v)
+                _check_numbers(v, exact_ints=exact_ints)
 
 
 # A whole double below this in magnitude is exactly the integer it came from (2**53
@@ -189,13 +350,27 @@ def whole_numbers(value: Any) -> Any:
 # What ``whole_numbers`` looks into (exact JSON types: bool is not walked as a float).
 _WALKED = frozenset({float, dict, list})
 # What ``_check_numbers`` looks into.
-_CHECKED = frozenset({float, int, dict, list})
+_CHECKED = frozenset({float, int, dict, list, tuple})
 
 
-def message_json(message: Message) -> Any:
-    """A protobuf message as proto3 JSON (camelCase names, zero fields left out),
-    each whole double below 2**53 as ``int`` (see :func:`whole_numbers`)."""
-    return whole_numbers(json_format.MessageToDict(message))
+def message_json(message: Message, *, zeros: bool = False) -> Any:
+    """A protobuf message as proto3 JSON (camelCase names, zero fields left out
+    unless ``zeros``), each whole double below 2**53 as ``int`` (see
+    :func:`whole_numbers`).
+
+    Raises:
+        OutOfRange: a ``google.protobuf.Value`` in it holds NaN or an infinity, which
+            proto3 JSON has no form for (a double field's are the strings "NaN",
+            "Infinity"; a Value's would read back as strings).
+    """
+    try:
+        return whole_numbers(
+            json_format.MessageToDict(message, always_print_fields_with_no_presence=zeros)
+        )
+    except ValueError as exc:
+        raise OutOfRange(
+            f"a {message.DESCRIPTOR.full_name} has no JSON form: {exc}", reason="NOT_A_JSON_NUMBER"
+        ) from None
 
 
 def compress(data: bytes, compression: str) -> bytes:

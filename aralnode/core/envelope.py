@@ -8,7 +8,6 @@ with a precise reason; no input makes these functions raise anything else.
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -242,9 +241,9 @@ def error_body(exc: AralError, correlation_id: str) -> pb.Body:
     err = pb.Error(code=exc.code, message=exc.message, status=int(exc.status))
     details = dict(exc.details)
     details["reason"] = exc.reason
-    if exc.retry_after is not None:
-        details["retry_after"] = exc.retry_after
-    err.details.update(_jsonable(details))
+    if (seconds := codec.retry_delay(exc.retry_after)) is not None:
+        details["retry_after"] = seconds
+    err.details.update(codec.jsonable(details))
     return pb.Body(type=RESPONSE, error=err, correlation_id=correlation_id)
 
 
@@ -256,12 +255,15 @@ def remote_error(err: pb.Error) -> AralError:
     details = codec.from_struct(err.details) if err.HasField("details") else {}
     reason = str(details.pop("reason", ""))
     retry = details.pop("retry_after", None)
+    # Details are re-sent by every door as JSON: a peer's NaN becomes "nan" here,
+    # as ours become on the way out, not invalid JSON (or a 500) at a door.
+    details = codec.jsonable(details)
     exc = error_from_status(
         err.status,
         err.message,
         reason=reason,
         details=details,
-        retry_after=float(retry) if isinstance(retry, int | float) else None,
+        retry_after=codec.retry_delay(retry),
     )
     if exc.code != err.code:
         for cls in ERROR_TYPES:
@@ -270,30 +272,3 @@ def remote_error(err: pb.Error) -> AralError:
                     err.message, reason=reason or None, details=details, retry_after=exc.retry_after
                 )
     return exc
-
-
-# Deeper than this, details are stringified: a Struct nested much further would
-# exceed protobuf's parse recursion limit (100 messages, two per JSON level) and the
-# peer could not read the error at all.
-_MAX_DETAIL_DEPTH = 32
-
-
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """``value`` as something ``Struct.update`` takes: JSON values kept as they are,
-    nested; anything else (or too deep, or a number no double holds) as ``str``."""
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int):
-        try:
-            float(value)
-        except OverflowError:
-            return str(value)
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth < _MAX_DETAIL_DEPTH:
-        if isinstance(value, dict):
-            return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [_jsonable(x, depth + 1) for x in value]
-    return str(value)

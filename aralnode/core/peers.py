@@ -111,6 +111,11 @@ TRANSITIONS: dict[tuple[PeerState, PeerEvent], PeerState] = {
 }
 
 PENDING = frozenset({PeerState.DISCOVERED, PeerState.HANDSHAKING})
+# Peers whose key a handshake verified (our dial, or theirs) and that have not gone:
+# the peers ``status`` counts, and what the WebSocket's ``peer_joined`` and
+# ``peer_left`` say a peer entered or left (a peer that dialled us is STALE, with a
+# live channel: it has joined).
+PRESENT = frozenset({PeerState.CONNECTED, PeerState.STALE})
 # Events that are evidence the peer is alive (they refresh ``last_seen_ms``).
 # UNHEALTHY, FAILED, GOODBYE and EXPIRED are not: a stream of failures must not
 # keep a dead peer from expiring.

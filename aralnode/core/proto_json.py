@@ -1,9 +1,8 @@
 """JSON as the node reads it: one value per member, and where the proto3 JSON parser
 (``json_format``) is laxer than proto3 JSON, held to it.
 
-- ``json.loads`` keeps the last of two members alike in one object, silently (and
-  another parser of the same bytes may keep the first): ``loads`` refuses them, for
-  every door that parses JSON itself (REST bodies, WebSocket frames).
+(That ``json.loads`` keeps the last of two members alike in one object is refused
+where every door reads JSON: ``codec.loads``.)
 
 - ``json_format`` reads an enum value that is not a name with ``int(value)``: ``2.5``
   becomes 2 and ``true`` becomes 1, silently. proto3 JSON says an enum is a name or
@@ -20,38 +19,9 @@ and no field spelled two ways anywhere below it costs one lookup.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-
-from aralnode.core.errors import InvalidParameters
-
-
-def loads(data: str | bytes) -> Any:
-    """``json.loads``, refusing an object that has a member twice.
-
-    Raises:
-        InvalidParameters: ``DUPLICATE_PARAMETER``, naming the member.
-        ValueError: not JSON (``json.JSONDecodeError``).
-        RecursionError: nested too deeply for the parser.
-    """
-    return json.loads(data, object_pairs_hook=_members_once)
-
-
-def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise InvalidParameters(
-                    f"the member {key[:100]!r} is given twice in one JSON object",
-                    reason="DUPLICATE_PARAMETER",
-                    details={"parameter": key[:100]},
-                )
-            seen.add(key)
-    return obj
 
 
 class DuplicateField(ValueError):

@@ -40,6 +40,7 @@ from aralnode.core.handshake import (
     make_welcome,
 )
 from aralnode.core.identity import Identity, KeyRing
+from aralnode.core.peers import PeerInfo
 from aralnode.core.replay import ReplayGuard
 from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.context import ContextBuilder
@@ -69,6 +70,23 @@ class NodeInfo(Protocol):
 
     def inbound_handshake(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
         """A peer dialled us and proved its key (may refuse: ``RateLimited``)."""
+
+
+def peer_proto(p: PeerInfo) -> pb.Peer:
+    """A peer table entry as ``aral.v1.Peer``: what ``ListPeers`` lists and every
+    door shows (its state as the proto's enum, ``PEER_STATE_CONNECTED``)."""
+    return pb.Peer(
+        node_id=p.node_id,
+        name=p.name,
+        address=p.address,
+        state=int(p.state),  # type: ignore[arg-type]  # enum values are ints
+        health=p.health,
+        capability_ids=list(p.capability_ids),
+        last_seen_unix_ms=p.last_seen_ms,
+        source=p.source,
+        protocol_version=p.protocol_version,
+        key_fingerprint=p.key_fingerprint,
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -295,4 +313,4 @@ class NodeService:
         return await self.pipeline.call(ctx, f"{pb.AGENT_NODE_SERVICE_NAME}/{name}", None, run)
 
 
-__all__ = ["BUILT_INS", "BuiltIn", "Envelopes", "NodeInfo", "NodeService"]
+__all__ = ["BUILT_INS", "BuiltIn", "Envelopes", "NodeInfo", "NodeService", "peer_proto"]

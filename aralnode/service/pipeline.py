@@ -52,6 +52,8 @@ from aralnode.core.errors import (
     DeadlineExceeded,
     HandlerFailed,
     InternalError,
+    InvalidParameters,
+    OutOfRange,
 )
 from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
 from aralnode.service.stages import Stages, VerdictListener
@@ -87,6 +89,43 @@ class Target:
 
 
 _OK_KEYS = {kind: f"{kind}.ok" for kind in ("invoke", "call", "stream", "message")}
+
+
+# JSON parameters and results are checked here, once for every door: each door
+# carries them differently (a Struct of doubles on gRPC and the channel, JSON text on
+# REST, MCP and the WebSocket, Python in-process), so a number one of them cannot
+# carry as it is (NaN, an infinity, an integer beyond 2**53) is refused on all of
+# them rather than changed, printed as invalid JSON, or failed as INTERNAL by one.
+
+
+def _json_params(params: Any, target: str) -> None:
+    """Raises ``InvalidParameters`` for parameters with a number no door carries."""
+    try:
+        codec.check_json(params)
+    except ValueError as exc:
+        raise InvalidParameters(
+            f"invalid parameters for {target}: {exc}", reason="NOT_A_JSON_NUMBER"
+        ) from None
+    except RecursionError:
+        raise InvalidParameters(
+            f"invalid parameters for {target}: nested too deeply", reason="TOO_DEEP"
+        ) from None
+
+
+def _json_result(result: Any, target: str) -> None:
+    """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
+    overflowed to infinity, say): the caller's values took the capability out of
+    the range its answer can be given in, which is no fault of the node's."""
+    try:
+        codec.check_json(result)
+    except ValueError as exc:
+        raise OutOfRange(
+            f"the result of {target} has no JSON form: {exc}", reason="RESULT_NOT_JSON"
+        ) from None
+    except RecursionError:
+        raise OutOfRange(
+            f"the result of {target} is nested too deeply", reason="RESULT_NOT_JSON"
+        ) from None
 
 
 class Pipeline:
@@ -320,6 +359,8 @@ class Pipeline:
         st = self.stages
         target_id = target.id
         try:
+            if message is None:
+                _json_params(value, target_id)
             st.authorize(ctx, target.scopes, target_id)
             slot = st.rate_limit.enter(ctx)
         except AralError as exc:
@@ -351,6 +392,8 @@ class Pipeline:
                 raise self._failed(ctx, target_id, exc) from exc
             if action is not None and checks:
                 result = self._checked(ctx, action, result)
+            if message is None:
+                _json_result(result, target_id)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise

@@ -33,7 +33,9 @@ from aralnode.core.errors import (
 
 
 def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in exc.details.items()}
+    # As every door renders details (codec.jsonable): JSON text, whatever they hold.
+    details = codec.jsonable(exc.details)
+    metadata = {k: v if isinstance(v, str) else codec.dumps(v) for k, v in details.items()}
     metadata["code"] = exc.code
     if trace_id:
         metadata["trace_id"] = trace_id
@@ -43,11 +45,11 @@ def to_rpc_status(exc: AralError, *, trace_id: str = "") -> grpc.Status:
     if exc.details:
         typed = struct_pb2.Struct()
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            typed.update(exc.details)
+            typed.update(details)
             status.details.add().Pack(typed)
-    if exc.retry_after is not None:
+    if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        delay.FromNanoseconds(int(seconds * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
 
@@ -96,7 +98,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
                 elif any_msg.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                     retry = error_details_pb2.RetryInfo()
                     any_msg.Unpack(retry)
-                    retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+                    retry_after = codec.retry_delay(retry.retry_delay.ToNanoseconds() / 1e9)
                 elif any_msg.Is(struct_pb2.Struct.DESCRIPTOR):
                     struct = struct_pb2.Struct()
                     any_msg.Unpack(struct)
