@@ -90,14 +90,18 @@ def test_the_templates_it_tracks_are_bounded() -> None:
 
 
 async def test_the_http_guard_logs_a_hostile_path_escaped_and_throttled(
-    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+    make_node: Callable[..., Node],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A client picks the path the Host/Origin guard logs on refusing it."""
+    burst = 20
+    monkeypatch.setattr(_logs, "BURST", burst)  # the same budget, smaller: a short test
     node = make_node("guarded", http_port=0)
     async with node:
         base = f"http://127.0.0.1:{node.http_port}"
         async with httpx.AsyncClient(base_url=base) as http:
-            for _ in range(3 * BURST):
+            for _ in range(3 * burst):
                 reply = await http.get(
                     "/v1/x%0A2026-12-04%20INFO%20aralnode%3A%20forged%1B%5B2J",
                     headers={"host": "evil.example"},
@@ -107,7 +111,7 @@ async def test_the_http_guard_logs_a_hostile_path_escaped_and_throttled(
         r for r in caplog.records if r.name.startswith("aralnode") and "refused" in r.getMessage()
     ]
     assert refused, "the guard logged nothing"
-    assert len(refused) <= BURST + 1
+    assert len(refused) <= burst + 1
     for rec in refused:
         message = rec.getMessage()
         assert "\n" not in message
