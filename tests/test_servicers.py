@@ -208,6 +208,25 @@ async def test_an_exception_without_a_status_is_the_nodes_internal_error(
     assert "a secret" not in (info.value.details() or "")
 
 
+async def test_an_exception_after_set_code_ends_with_that_status_and_is_logged(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As under grpc.aio: the status the servicer set is the answer, and the
+    exception it raised after is logged with its traceback (the node's log is where
+    a servicer's own failure is found)."""
+    from aralnode import AralError
+
+    with pytest.raises(AralError) as info:
+        await node.invoke(
+            "library.v1.Library/GetBook", {"shelf": "raise-after-set-code", "bookId": "7"}
+        )
+    assert info.value.status.name == "PERMISSION_DENIED"
+    logged = [r for r in caplog.records if "after setting its status" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert logged[0].exc_info[0] is LookupError
+
+
 # What each behaviour is on the JSON doors: HTTP status, the error's code, message.
 REST = {
     "abort": (404, "not_found", "no book 7"),

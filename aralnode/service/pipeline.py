@@ -386,7 +386,10 @@ class Pipeline:
                     result = await handler(value, ctx)
                 else:
                     result = await self._timed(ctx, target_id, handler, value)
-            except (AralError, asyncio.CancelledError):
+            except AralError as exc:
+                self._log_servicer_cause(ctx, target_id, exc)
+                raise
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 raise self._failed(ctx, target_id, exc) from exc
@@ -461,6 +464,16 @@ class Pipeline:
                 return await handler(value, ctx)
         except TimeoutError:
             raise DeadlineExceeded(f"{target} did not finish before the deadline") from None
+
+    @staticmethod
+    def _log_servicer_cause(ctx: CallContext, target: str, exc: AralError) -> None:
+        """A servicer that set a status and then raised ends with that status, as
+        under grpc.aio; its exception is still a failure of its own, logged as
+        grpc.aio logs it (and as ``_failed`` logs one without a status)."""
+        cause = exc.__cause__
+        if ctx.status_code is not None and cause is not None and not isinstance(cause, AralError):
+            log.error("%s failed after setting its status (trace %s)", target, ctx.trace_id,
+                      exc_info=cause)  # fmt: skip
 
     @staticmethod
     def _failed(ctx: CallContext, target: str, exc: Exception) -> HandlerFailed:
