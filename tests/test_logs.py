@@ -97,6 +97,7 @@ async def test_the_http_guard_logs_a_hostile_path_escaped_and_throttled(
     """A client picks the path the Host/Origin guard logs on refusing it."""
     burst = 20
     monkeypatch.setattr(_logs, "BURST", burst)  # the same budget, smaller: a short test
+    monkeypatch.setattr(_logs, "RATE", 0.0)  # and no refill while it runs
     node = make_node("guarded", http_port=0)
     async with node:
         base = f"http://127.0.0.1:{node.http_port}"

@@ -389,9 +389,7 @@ class Pipeline:
             except AralError as exc:
                 self._log_servicer_cause(ctx, target_id, exc)
                 raise
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # (a CancelledError is no Exception: it goes on)
                 raise self._failed(ctx, target_id, exc) from exc
             if action is not None and checks:
                 result = self._checked(ctx, action, result)
