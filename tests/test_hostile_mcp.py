@@ -203,10 +203,10 @@ async def test_a_handshake_rebuilds_the_tools_of_its_peer_only(
             nonlocal ticks
             while True:
                 ticks += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # one loop turn: what is counted (noqa: sleep-ok)
 
         other = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn, for the ticker to start (noqa: sleep-ok)
         started = ticks
         listed = await tools.tools()
         served_meanwhile = ticks - started
