@@ -372,11 +372,16 @@ async def call_servicer(
         if failure is None:
             raise
         raise failure from exc
+    _end_as_set(ctx)
+    return response
+
+
+def _end_as_set(ctx: CallContext) -> None:
+    """Raises the error of the status the servicer set, if it set a failure."""
     if ctx.status_code is not None:
         error = ctx.status_error()
         if error is not None:
             raise error
-    return response
 
 
 def servicer_stream(
@@ -394,10 +399,7 @@ def servicer_stream(
             if failure is None:
                 raise
             raise failure from exc
-        if ctx.status_code is not None:
-            error = ctx.status_error()
-            if error is not None:
-                raise error
+        _end_as_set(ctx)
 
     return stream
 
