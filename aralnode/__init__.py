@@ -48,7 +48,7 @@ if _TYPE_CHECKING:
     from aralnode.discovery.backend import DiscoveryBackend, Hint
     from aralnode.mesh.hub import ChannelMessage, Subscription
     from aralnode.node import Node
-    from aralnode.service.auth import Authenticated, Authenticator
+    from aralnode.service.auth import Authenticated, Authenticator, Principal
     from aralnode.service.stages import AuditRecord, AuditSink, ResponseCheck
     from aralnode.transport.grpc_client import NodeClient
 
@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "AuditSink": "aralnode.service.stages",
     "Authenticated": "aralnode.service.auth",
     "Authenticator": "aralnode.service.auth",
+    "Principal": "aralnode.service.auth",
     "Credentials": "aralnode.core.context",
     "DiscoveryBackend": "aralnode.discovery.backend",
     "Hint": "aralnode.discovery.backend",
@@ -133,6 +134,7 @@ __all__ = [
     "PeerNotFound",
     "PeerState",
     "PermissionDenied",
+    "Principal",
     "RateLimited",
     "ReplayDetected",
     "ResponseCheck",

@@ -143,6 +143,12 @@ class CallContext:
         on_behalf_of: Set when ``caller`` (a verified node) acts for someone else:
             "anonymous" or a principal id (PRO-020). Such a call gets no more than
             that principal's rights, and counts as anonymous if the principal is.
+        kind: What the caller is: "node", "user", "service" or "anonymous" ("" until
+            the authenticate stage ran).
+        roles: The caller's roles (the authorize stage's role map turns them into
+            scopes).
+        chain: The delegation chain the call came through, originator first: the
+            principals and nodes that handed it on (empty for a direct call).
         metadata: Door-specific request metadata (gRPC metadata, HTTP headers),
             names in lower case.
         credentials: What the door knew about the caller (see ``Credentials``);
@@ -165,6 +171,9 @@ class CallContext:
     signed: bool = False
     scopes: frozenset[str] = frozenset()
     on_behalf_of: str = ""
+    kind: str = ""
+    roles: frozenset[str] = frozenset()
+    chain: tuple[str, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     capability: str = ""
     decision: str = ""

@@ -28,26 +28,44 @@ from typing import Protocol
 from aralnode.core.context import CallContext, Credentials
 
 ALL_SCOPES = "*"
+
+# What a principal is (``Authenticated.kind``).
+NODE = "node"
+USER = "user"
+SERVICE = "service"
+ANONYMOUS_KIND = "anonymous"
+KINDS = (NODE, USER, SERVICE, ANONYMOUS_KIND)
 _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
 
 
 @dataclass(slots=True)
 class Authenticated:
-    """What an authenticator decided about a caller.
+    """The principal model: what an authenticator decided about a caller, the same
+    for every door (the authenticate stage copies it onto the ``CallContext``).
 
     Attributes:
         caller: The caller's id ("" for anonymous).
-        scopes: The scopes it holds (``"*"``: all of them).
+        scopes: The scopes it holds (``"*"``: all of them), besides its roles'.
         on_behalf_of: The principal it acts for, if it delegates.
+        kind: ``NODE``, ``USER``, ``SERVICE`` or ``ANONYMOUS_KIND``; "" lets the
+            stage decide (a node for a verified key, anonymous without a caller,
+            else a user).
+        roles: Its roles (``NodeConfig.roles`` maps them to scopes).
+        chain: The delegation chain it acts through, originator first.
     """
 
     caller: str = ""
     scopes: frozenset[str] = _NO_SCOPES
     on_behalf_of: str = ""
+    kind: str = ""
+    roles: frozenset[str] = _NO_SCOPES
+    chain: tuple[str, ...] = ()
 
 
-ANONYMOUS = Authenticated()
+ANONYMOUS = Authenticated(kind=ANONYMOUS_KIND)
+
+Principal = Authenticated  # the name the docs use for the model
 
 
 class Authenticator(Protocol):
@@ -99,7 +117,7 @@ class PeerAuthenticator:
             )
         if credentials.local:
             if self._self is None:
-                self._self = Authenticated(self.node_id, _EVERY_SCOPE)
+                self._self = Authenticated(self.node_id, _EVERY_SCOPE, kind=NODE)
             return self._self
         delegated = credentials.on_behalf_of
         signer = credentials.signer
@@ -111,9 +129,9 @@ class PeerAuthenticator:
             scopes = (
                 peer_scopes_of(signer, self.peer_scopes, self.grants) if trusted else _NO_SCOPES
             )
-            return Authenticated(signer, scopes, delegated)
+            return Authenticated(signer, scopes, delegated, kind=NODE)
         if credentials.link_peer:
-            return Authenticated(credentials.link_peer, _NO_SCOPES, delegated)
+            return Authenticated(credentials.link_peer, _NO_SCOPES, delegated, kind=NODE)
         return ANONYMOUS
 
 
@@ -138,9 +156,15 @@ class Chain:
 __all__ = [
     "ALL_SCOPES",
     "ANONYMOUS",
+    "ANONYMOUS_KIND",
+    "KINDS",
+    "NODE",
+    "SERVICE",
+    "USER",
     "Authenticated",
     "Authenticator",
     "Chain",
     "PeerAuthenticator",
+    "Principal",
     "peer_scopes_of",
 ]

@@ -35,7 +35,13 @@ from aralnode.core.errors import (
     Unauthenticated,
 )
 from aralnode.core.governance import Action, AllowAll, Decision, Evaluator, Verdict, enforce
-from aralnode.service.auth import ALL_SCOPES, Authenticator, PeerAuthenticator
+from aralnode.service.auth import (
+    ALL_SCOPES,
+    ANONYMOUS_KIND,
+    USER,
+    Authenticator,
+    PeerAuthenticator,
+)
 
 log = get_logger("aralnode.pipeline")
 
@@ -76,6 +82,11 @@ class Authenticate:
                     f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
                 ) from exc
             ctx.caller, ctx.scopes, ctx.on_behalf_of = who.caller, who.scopes, who.on_behalf_of
+            ctx.kind = who.kind or (USER if who.caller else ANONYMOUS_KIND)
+            if who.roles:
+                ctx.roles = who.roles
+            if who.chain:
+                ctx.chain = who.chain
             ctx.authenticated = True
         if not self.allow_anonymous and ctx.anonymous:
             self.counters["auth.anonymous_refused"] += 1
