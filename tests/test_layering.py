@@ -45,6 +45,7 @@ LAYER_OF = {
     "aralnode.config": "config",
     "aralnode.store": "store",
     "aralnode.service": "service",
+    "aralnode.access": "access",
     "aralnode.transport": "transport",
     "aralnode.bridge": "bridge",
     "aralnode.mesh": "mesh",
@@ -55,8 +56,8 @@ LAYER_OF = {
     "aralnode.cli": "tools",
 }
 _BELOW_ROOT = {
-    "proto", "base", "core", "config", "store", "service", "transport", "bridge", "mesh",
-    "discovery",
+    "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",
+    "mesh", "discovery",
 }  # fmt: skip
 # What each layer may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
@@ -66,10 +67,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "config": {"core"},
     "store": {"core", "proto", "base"},
     "service": {"core", "proto", "base"},
-    "transport": {"core", "service", "proto", "base"},
-    "bridge": {"core", "service", "proto", "base"},
-    "mesh": {"core", "service", "store", "transport", "proto", "base"},
-    "discovery": {"core", "service", "transport", "mesh", "proto", "base"},
+    # Who may call (certificates, tokens, keys, limits): below the doors, which
+    # use it, and door-neutral (no grpc, no starlette).
+    "access": {"core", "service", "proto", "base"},
+    "transport": {"core", "service", "access", "proto", "base"},
+    "bridge": {"core", "service", "access", "proto", "base"},
+    "mesh": {"core", "service", "access", "store", "transport", "proto", "base"},
+    "discovery": {"core", "service", "access", "transport", "mesh", "proto", "base"},
     "root": _BELOW_ROOT,
     "tools": {*_BELOW_ROOT, "root"},
     "face": {*_BELOW_ROOT, "root"},
@@ -115,6 +119,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "config": (*TRANSPORT_LIBRARIES, "asyncio", "sqlite3", "socket"),
     "service": (*TRANSPORT_LIBRARIES, "sqlite3", "socket", "ssl"),
     "store": (*TRANSPORT_LIBRARIES, "asyncio", "socket", "ssl"),
+    "access": tuple(lib for lib in TRANSPORT_LIBRARIES if lib != "httpx"),
     "transport": ("starlette", "uvicorn", "httptools", "mcp", "mcp_types", "zeroconf", "sqlite3"),
     "bridge": ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "zeroconf", "sqlite3"),
     "mesh": ("starlette", "uvicorn", "mcp", "mcp_types", "zeroconf", "httpx"),
