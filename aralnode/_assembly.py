@@ -22,6 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
 from aralnode._version import __version__
+from aralnode.access.buckets import RateLimiter
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -32,6 +33,7 @@ from aralnode.core.errors import PeerNotFound
 from aralnode.core.handshake import VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerState, PeerTable
+from aralnode.core.rates import Rate, parse_overrides
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
 from aralnode.discovery.supervisor import Supervisor
@@ -463,6 +465,19 @@ def import_spec(spec: str) -> ModuleType:
     return importlib.import_module(spec)
 
 
+def rate_limiter(cfg: NodeConfig, clock: Clock) -> RateLimiter:
+    """The token buckets ``cfg``'s ``rate_limit_*`` fields describe."""
+    return RateLimiter(
+        clock,
+        global_rate=Rate.parse(cfg.rate_limit_global),
+        per_principal=Rate.parse(cfg.rate_limit_per_principal),
+        per_address=Rate.parse(cfg.rate_limit_per_address),
+        per_peer=Rate.parse(cfg.rate_limit_per_peer),
+        overrides=parse_overrides(cfg.rate_limit_overrides),
+        max_buckets=cfg.rate_limit_max_buckets,
+    )
+
+
 __all__ = [
     "NodeFacts",
     "NodeParts",
@@ -471,5 +486,6 @@ __all__ = [
     "build_backends",
     "build_parts",
     "import_spec",
+    "rate_limiter",
     "service_descriptor",
 ]

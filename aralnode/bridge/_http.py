@@ -25,6 +25,7 @@ from aralnode.core.errors import (
     InvalidRequest,
     MessageTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 from aralnode.service.context import ContextBuilder
 
@@ -149,6 +150,14 @@ def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
     out = []
     if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         out.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
+    if isinstance(exc, RateLimited) and exc.reason.startswith("RATE_LIMIT_"):
+        # A token bucket's refusal (access.buckets): the seed's X-RateLimit-* headers.
+        details = exc.details
+        out.extend(
+            (b"x-ratelimit-" + name.encode(), str(details[name]).encode())
+            for name in ("limit", "remaining", "reset")
+            if type(details.get(name)) is int
+        )
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
     return out
