@@ -145,6 +145,14 @@ class NodeConfig:
             ``role:NAME``; a value None / ``"off"`` exempts them.
         rate_limit_max_buckets: Buckets each kind's table keeps (least recently used
             out; a dropped bucket that had not refilled starts full again).
+        breaker_failures: Failures in a row (UNAVAILABLE, DEADLINE_EXCEEDED, a
+            transport error) of calls to one peer that open its circuit breaker:
+            calls to it then fail fast (UNAVAILABLE, ``CIRCUIT_OPEN``); 0 turns
+            breakers off.
+        breaker_cooldown_seconds: How long a breaker stays open before it lets one
+            probe call through (half-open).
+        breaker_max_cooldown_seconds: The longest it stays open (each failed probe
+            doubles the cool-down, up to this).
     """
 
     name: str = "aralnode"
@@ -212,6 +220,9 @@ class NodeConfig:
     rate_limit_per_peer: RateSpec = None
     rate_limit_overrides: Mapping[str, RateSpec] = field(default_factory=dict)
     rate_limit_max_buckets: int = 10_000
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 5.0
+    breaker_max_cooldown_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -270,6 +281,12 @@ class NodeConfig:
         parse_overrides(self.rate_limit_overrides)
         if self.rate_limit_max_buckets < 16:
             raise ValueError("rate_limit_max_buckets must be at least 16")
+        if self.breaker_failures < 0:
+            raise ValueError("breaker_failures must be at least 0 (0: no breakers)")
+        if not 0 < self.breaker_cooldown_seconds <= self.breaker_max_cooldown_seconds:
+            raise ValueError(
+                "breaker_cooldown_seconds must be > 0 and <= breaker_max_cooldown_seconds"
+            )
 
     def _check_card_bounds(self) -> None:
         """The mesh-b group's bounds: at least what this node's own card needs."""
