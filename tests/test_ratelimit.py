@@ -324,8 +324,12 @@ async def test_another_address_is_another_bucket_on_http(
     url = f"http://127.0.0.1:{node.http_port}/v1/invoke"
     body = {"call": {"capability": "t.count"}}
     async with httpx.AsyncClient(timeout=10) as first:
-        codes = [(await first.post(url, json=body)).status_code for _ in range(3)]
-    assert codes == [200, 200, 429]
+        answers = [await first.post(url, json=body) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    # Served calls carry the headers too: the bucket's size and what is left of it.
+    left = [(r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) for r in answers]
+    assert left == [("2", "1"), ("2", "0"), ("2", "0")]
+    assert int(answers[0].headers["x-ratelimit-reset"]) > 1_700_000_000
     other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     async with httpx.AsyncClient(transport=other, timeout=10) as second:
         r = await second.post(url, json=body)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aralnode._logs import get_logger
+from aralnode.access.buckets import Admission
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
@@ -144,6 +145,19 @@ def id_headers(trace_id: str, req_id: str) -> list[tuple[bytes, bytes]]:
 def error_body(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
     """The seed's error shape: ``{"error": {code, message, details, trace_id, timestamp}}``."""
     return {"error": {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
+
+
+def rate_limit_headers(ctx: CallContext) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (Unix seconds) of an
+    admitted call, as the tightest token bucket left them; none without a limit."""
+    admission = ctx.rate_limit
+    if not isinstance(admission, Admission):
+        return []
+    return [
+        (b"x-ratelimit-limit", str(admission.limit).encode()),
+        (b"x-ratelimit-remaining", str(admission.remaining).encode()),
+        (b"x-ratelimit-reset", str(-(-admission.reset_ms // 1000)).encode()),
+    ]
 
 
 def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:

@@ -249,7 +249,7 @@ class RateLimit:
         else:
             kind, name = "address", key[5:]
         try:
-            self.limiter.admit(kind, name, ctx.roles)
+            ctx.rate_limit = self.limiter.admit(kind, name, ctx.roles)
         except RateLimited:
             self.counters[f"ratelimit.refused_{kind}"] += 1
             raise
