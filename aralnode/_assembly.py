@@ -34,7 +34,7 @@ from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import PeerNotFound
 from aralnode.core.handshake import VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.peers import PeerState, PeerTable
+from aralnode.core.peers import PeerInfo, PeerState, PeerTable
 from aralnode.core.rates import Rate, parse_overrides
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
@@ -193,12 +193,14 @@ class NodeFacts:
         return self.node.card()
 
     def peer_protos(self) -> list[pb.Peer]:
-        protos = [peer_proto(p) for p in self.node.peer_table.snapshot()]
-        for proto in protos:
-            state, wait = self.breakers.state(proto.node_id)
-            proto.breaker_state = state.value
-            proto.breaker_retry_after_ms = math.ceil(wait * 1000)
-        return protos
+        return [self.peer_as_proto(p) for p in self.node.peer_table.snapshot()]
+
+    def peer_as_proto(self, peer: PeerInfo) -> pb.Peer:
+        proto = peer_proto(peer)
+        state, wait = self.breakers.state(peer.node_id)
+        proto.breaker_state = state.value
+        proto.breaker_retry_after_ms = math.ceil(wait * 1000)
+        return proto
 
     def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
         """This node's capabilities, or a verified peer's as its card listed them."""
