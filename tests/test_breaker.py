@@ -49,6 +49,8 @@ async def _ok() -> str:
         (Unavailable("x"), True),
         (DeadlineExceeded("x"), True),
         (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (ValueError("a bug here, not news about the peer"), False),
         (NotFound("x"), False),
         (PermissionDenied("x"), False),
         (RateLimited("x"), False),
@@ -113,6 +115,22 @@ async def test_a_failed_probe_reopens_for_longer_and_one_probe_at_a_time() -> No
 
     assert await breakers.call("p", second_call_while_probing) == "probed"
     assert breakers.state("p")[0] is BreakerState.CLOSED
+
+
+async def test_a_probe_that_never_reached_the_peer_frees_its_turn() -> None:
+    clock = FixedClock()
+    breakers = Breakers(clock, failures=1, cooldown=1)
+    with pytest.raises(Unavailable):
+        await breakers.call("p", _fail)
+    clock.advance(1)
+
+    async def bug() -> None:
+        raise ValueError("would not encode")
+
+    with pytest.raises(ValueError, match="encode"):
+        await breakers.call("p", bug)
+    assert breakers.state("p")[0] is BreakerState.HALF_OPEN  # still, and free to probe
+    assert await breakers.call("p", _ok) == "ok"
 
 
 async def test_a_business_error_closes_nothing_open_and_resets_the_count() -> None:

@@ -337,7 +337,9 @@ async def test_another_address_is_another_bucket_on_http(
     assert len(served) == 3
 
 
-async def test_a_peer_over_its_rate_is_refused_per_message_and_keeps_its_channel() -> None:
+async def test_a_peer_over_its_rate_is_refused_per_message_and_keeps_its_channel(
+    tmp_path: Path,
+) -> None:
     counted: list[str] = []
 
     def setup(b: Node) -> None:
@@ -367,6 +369,17 @@ async def test_a_peer_over_its_rate_is_refused_per_message_and_keeps_its_channel
         a.capability(id="t.pong", risk="read_only")(_pong)
         assert await b.request(a.node_id, "t.pong", timeout=10) == "pong"
         assert b.node_id in a.parts.hub.connected_peers()
+        # Another peer has its own bucket: served while a is refused.
+        cfg = NodeConfig(
+            name="c", host="127.0.0.1", grpc_port=0, http_port=None, discovery="none",
+            data_dir=tmp_path / "c",
+        )  # fmt: skip
+        async with Node(cfg) as c:
+            await c.connect(b.address, expected_node_id=b.node_id)
+            assert await c.request(b.node_id, "t.count", timeout=10) == "ok"
+        with pytest.raises(RateLimited):
+            await a.request(b.node_id, "t.count", timeout=10)
+        assert counted == [a.node_id, a.node_id, c.node_id]
 
 
 async def _pong() -> str:

@@ -17,10 +17,11 @@ One breaker per peer, a small state machine::
   cool-down (up to ``max_cooldown``).
 
 A failure is the peer or the way to it failing: ``Unavailable``,
-``DeadlineExceeded``, or an exception that is no ``AralError`` (a transport
-error). The peer's own answers -- NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED
-and the rest -- show a peer that works, and count as successes. A call cancelled
-by its caller counts as neither (a probe that was cancelled frees its turn).
+``DeadlineExceeded``, or a transport error (``OSError``, ``TimeoutError``,
+``EOFError``). The peer's own answers -- NOT_FOUND, PERMISSION_DENIED,
+RESOURCE_EXHAUSTED and the rest -- show a peer that works, and count as successes.
+A call cancelled by its caller, or failing here before it left (a bug, a value
+that would not encode), counts as neither (a probe that ended so frees its turn).
 
 The clock is injected (``core.clock``), so tests move time rather than wait.
 Breakers are kept only for peers that failed lately (a closed breaker with no
@@ -69,7 +70,7 @@ def is_failure(exc: BaseException) -> bool:
         if exc.reason == CIRCUIT_OPEN:
             return False  # our own fast refusal, not news about the peer
         return isinstance(exc, Unavailable | DeadlineExceeded)
-    return isinstance(exc, Exception)  # a CancelledError is neither
+    return isinstance(exc, OSError | TimeoutError | EOFError)
 
 
 class Breakers:
@@ -150,7 +151,7 @@ class Breakers:
         except BaseException as exc:
             if is_failure(exc):
                 self._failed(peer)
-            elif isinstance(exc, Exception):
+            elif isinstance(exc, AralError):
                 self._succeeded(peer)  # the peer answered: it works
             elif probe:
                 self._release(peer)
