@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,16 +23,19 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
 from aralnode._version import __version__
+from aralnode.access.breaker import Breakers
+from aralnode.access.buckets import RateLimiter
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import CapabilityRegistry, ProtoService
-from aralnode.core.clock import Clock
+from aralnode.core.clock import SYSTEM_CLOCK, Clock
 from aralnode.core.envelope import SUPPORTED_VERSIONS
 from aralnode.core.errors import PeerNotFound
 from aralnode.core.handshake import VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
-from aralnode.core.peers import PeerState, PeerTable
+from aralnode.core.peers import PeerInfo, PeerState, PeerTable
+from aralnode.core.rates import Rate, parse_overrides
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
 from aralnode.discovery.supervisor import Supervisor
@@ -123,9 +127,13 @@ class PeerSender:
     unary signed ``Invoke`` to a peer that refused channels (nodes of the ARAL
     interop profile may serve Invoke alone)."""
 
-    def __init__(self, hub: ChannelHub, connector: PeerConnector) -> None:
+    def __init__(
+        self, hub: ChannelHub, connector: PeerConnector, breakers: Breakers | None = None
+    ) -> None:
         self.hub = hub
         self.connector = connector
+        # A peer that keeps failing is not called for a while (access.breaker).
+        self.breakers = breakers or Breakers(SYSTEM_CLOCK, failures=0)
 
     async def __call__(
         self,
@@ -141,22 +149,28 @@ class PeerSender:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
         if pc is not None and pc.unsupported and client is not None:
-            return await client.request(
+            return await self.breakers.call(
+                peer,
+                lambda: client.request(
+                    capability,
+                    params,
+                    timeout=timeout,
+                    content_type=content_type,
+                    on_behalf_of=on_behalf_of,
+                    trace_id=trace_id,
+                ),
+            )
+        return await self.breakers.call(
+            peer,
+            lambda: self.hub.send_request(
+                peer,
                 capability,
                 params,
                 timeout=timeout,
                 content_type=content_type,
                 on_behalf_of=on_behalf_of,
                 trace_id=trace_id,
-            )
-        return await self.hub.send_request(
-            peer,
-            capability,
-            params,
-            timeout=timeout,
-            content_type=content_type,
-            on_behalf_of=on_behalf_of,
-            trace_id=trace_id,
+            ),
         )
 
 
@@ -167,15 +181,26 @@ class NodeFacts:
         self.node = node
         self.connector = connector
         self.discovery: Supervisor | None = None
+        self.breakers = Breakers(SYSTEM_CLOCK, failures=0)  # the node's, once built
 
     def status(self) -> pb.NodeStatus:
-        return self.node.status()
+        status = self.node.status()
+        for peer, state in self.breakers.not_closed().items():
+            status.breakers[peer] = state.value
+        return status
 
     def card(self) -> pb.SignedNodeCard:
         return self.node.card()
 
     def peer_protos(self) -> list[pb.Peer]:
-        return [peer_proto(p) for p in self.node.peer_table.snapshot()]
+        return [self.peer_as_proto(p) for p in self.node.peer_table.snapshot()]
+
+    def peer_as_proto(self, peer: PeerInfo) -> pb.Peer:
+        proto = peer_proto(peer)
+        state, wait = self.breakers.state(peer.node_id)
+        proto.breaker_state = state.value
+        proto.breaker_retry_after_ms = math.ceil(wait * 1000)
+        return proto
 
     def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
         """This node's capabilities, or a verified peer's as its card listed them."""
@@ -256,7 +281,8 @@ def _around_hub(
         peer_timeout_ms=cfg.peer_timeout_ms,
         dial_back=cfg.discovery != "none",
     )
-    send = PeerSender(hub, connector)
+    send = PeerSender(hub, connector, breakers(cfg, node))
+    facts.breakers = send.breakers
     service = NodeService(
         info=facts,
         pipeline=node.pipeline,
@@ -463,13 +489,39 @@ def import_spec(spec: str) -> ModuleType:
     return importlib.import_module(spec)
 
 
+def breakers(cfg: NodeConfig, node: NodeView) -> Breakers:
+    """The circuit breakers on calls to peers ``cfg``'s ``breaker_*`` fields describe."""
+    return Breakers(
+        node.clock,
+        failures=cfg.breaker_failures,
+        cooldown=cfg.breaker_cooldown_seconds,
+        max_cooldown=cfg.breaker_max_cooldown_seconds,
+        counters=node.pipeline.counters,
+    )
+
+
+def rate_limiter(cfg: NodeConfig, clock: Clock) -> RateLimiter:
+    """The token buckets ``cfg``'s ``rate_limit_*`` fields describe."""
+    return RateLimiter(
+        clock,
+        global_rate=Rate.parse(cfg.rate_limit_global),
+        per_principal=Rate.parse(cfg.rate_limit_per_principal),
+        per_address=Rate.parse(cfg.rate_limit_per_address),
+        per_peer=Rate.parse(cfg.rate_limit_per_peer),
+        overrides=parse_overrides(cfg.rate_limit_overrides),
+        max_buckets=cfg.rate_limit_max_buckets,
+    )
+
+
 __all__ = [
     "NodeFacts",
     "NodeParts",
     "PeerSender",
     "announcement",
+    "breakers",
     "build_backends",
     "build_parts",
     "import_spec",
+    "rate_limiter",
     "service_descriptor",
 ]

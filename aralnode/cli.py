@@ -239,7 +239,16 @@ def _peer_row(p: Any) -> tuple[Any, ...]:
         p.health,
         len(p.capability_ids),
         _ago(p.last_seen_unix_ms),
+        _breaker(p),
     )
+
+
+def _breaker(p: Any) -> str:
+    """A peer's circuit breaker: ``closed``, ``half_open``, ``open (12s)``."""
+    state = p.breaker_state or "closed"
+    if state == "open" and p.breaker_retry_after_ms:
+        return f"open ({-(-p.breaker_retry_after_ms // 1000)}s)"
+    return str(state)
 
 
 def _state_name(state: int) -> str:
@@ -251,7 +260,7 @@ def _state_name(state: int) -> str:
         return str(state)
 
 
-PEER_HEADERS = ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN")
+PEER_HEADERS = ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST SEEN", "BREAKER")
 
 
 async def cmd_peers(ns: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
 from aralnode.core.handshake import CardLimits
 from aralnode.core.identity import KeyAlgorithm
+from aralnode.core.rates import Rate, RateSpec, parse_overrides
 
 DISCOVERY_MODES = ("mdns", "static", "none")
 HTTP_PARSERS = ("auto", "httptools", "h11")
@@ -125,6 +126,33 @@ class NodeConfig:
         card_max_schema_depth: How deep objects and arrays nest in each such schema.
         channel_open_timeout_seconds: How long ``Node.connect`` waits for a verified
             peer's channel to open (``CHANNEL_NOT_OPEN`` past it).
+
+        rate_limit_global: Calls per second the node serves in all (token bucket):
+            ``"N/s"``, ``"N/min"``, ``"N/h"``, optionally ``", burst B"`` (the
+            bucket's size; default N), or a number per second; None / 0 /
+            ``"off"``: no limit. Past it: RESOURCE_EXHAUSTED / 429 with a retry hint
+            (see docs/limits.md).
+        rate_limit_per_principal: The rate of each caller whose identity the node
+            verified (an authenticated principal, a pinned signer key).
+        rate_limit_per_address: The rate of each other caller, by its address (an
+            IPv4 host, an IPv6 /64). The default only stops a flood: a node on a
+            network sets its own.
+        rate_limit_per_peer: The rate of each peer's requests and notifications on
+            the A2A channel (each one past it is answered RESOURCE_EXHAUSTED; the
+            channel stays).
+        rate_limit_overrides: Rates for particular callers, instead of their kind's:
+            keys ``principal:NAME``, ``peer:NODE_ID``, ``address:HOST``,
+            ``role:NAME``; a value None / ``"off"`` exempts them.
+        rate_limit_max_buckets: Buckets each kind's table keeps (least recently used
+            out; a dropped bucket that had not refilled starts full again).
+        breaker_failures: Failures in a row (UNAVAILABLE, DEADLINE_EXCEEDED, a
+            transport error) of calls to one peer that open its circuit breaker:
+            calls to it then fail fast (UNAVAILABLE, ``CIRCUIT_OPEN``); 0 turns
+            breakers off.
+        breaker_cooldown_seconds: How long a breaker stays open before it lets one
+            probe call through (half-open).
+        breaker_max_cooldown_seconds: The longest it stays open (each failed probe
+            doubles the cool-down, up to this).
     """
 
     name: str = "aralnode"
@@ -185,6 +213,16 @@ class NodeConfig:
     card_max_schema_bytes: int = 64 * 1024
     card_max_schema_depth: int = 20
     channel_open_timeout_seconds: float = 10.0
+    # -- limits (issue 15): token-bucket rate limits, and circuit breakers on peers
+    rate_limit_global: RateSpec = None
+    rate_limit_per_principal: RateSpec = None
+    rate_limit_per_address: RateSpec = "10000/s, burst 20000"
+    rate_limit_per_peer: RateSpec = None
+    rate_limit_overrides: Mapping[str, RateSpec] = field(default_factory=dict)
+    rate_limit_max_buckets: int = 10_000
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 5.0
+    breaker_max_cooldown_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -226,6 +264,29 @@ class NodeConfig:
                 )
         self._check_http()
         self._check_card_bounds()
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        for name in (
+            "rate_limit_global",
+            "rate_limit_per_principal",
+            "rate_limit_per_address",
+            "rate_limit_per_peer",
+        ):
+            try:
+                Rate.parse(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        self.rate_limit_overrides = dict(self.rate_limit_overrides)
+        parse_overrides(self.rate_limit_overrides)
+        if self.rate_limit_max_buckets < 16:
+            raise ValueError("rate_limit_max_buckets must be at least 16")
+        if self.breaker_failures < 0:
+            raise ValueError("breaker_failures must be at least 0 (0: no breakers)")
+        if not 0 < self.breaker_cooldown_seconds <= self.breaker_max_cooldown_seconds:
+            raise ValueError(
+                "breaker_cooldown_seconds must be > 0 and <= breaker_max_cooldown_seconds"
+            )
 
     def _check_card_bounds(self) -> None:
         """The mesh-b group's bounds: at least what this node's own card needs."""

@@ -30,6 +30,7 @@ from aralnode._assembly import (
     build_backends,
     build_parts,
     import_spec,
+    rate_limiter,
     service_descriptor,
 )
 from aralnode._logs import get_logger
@@ -67,6 +68,7 @@ from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
 
 log = get_logger("aralnode")
+
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -131,6 +133,7 @@ class Node:
                 allow_anonymous=cfg.allow_unsigned,
                 max_concurrent=cfg.max_concurrent,
                 max_concurrent_per_caller=cfg.max_concurrent_per_caller,
+                limiter=rate_limiter(cfg, clock),
                 checks=checks,
                 audit=audit,
             ),

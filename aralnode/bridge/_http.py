@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aralnode._logs import get_logger
+from aralnode.access.buckets import Admission
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
@@ -25,6 +26,7 @@ from aralnode.core.errors import (
     InvalidRequest,
     MessageTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 from aralnode.service.context import ContextBuilder
 
@@ -145,10 +147,31 @@ def error_body(exc: AralError, trace_id: str, now_ms: int) -> dict[str, Any]:
     return {"error": {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}}
 
 
+def rate_limit_headers(ctx: CallContext) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (Unix seconds) of an
+    admitted call, as the tightest token bucket left them; none without a limit."""
+    admission = ctx.rate_limit
+    if not isinstance(admission, Admission):
+        return []
+    return [
+        (b"x-ratelimit-limit", str(admission.limit).encode()),
+        (b"x-ratelimit-remaining", str(admission.remaining).encode()),
+        (b"x-ratelimit-reset", str(-(-admission.reset_ms // 1000)).encode()),
+    ]
+
+
 def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
     out = []
     if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         out.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
+    if isinstance(exc, RateLimited) and exc.reason.startswith("RATE_LIMIT_"):
+        # A token bucket's refusal (access.buckets): the seed's X-RateLimit-* headers.
+        details = exc.details
+        out.extend(
+            (b"x-ratelimit-" + name.encode(), str(details[name]).encode())
+            for name in ("limit", "remaining", "reset")
+            if type(details.get(name)) is int
+        )
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
     return out

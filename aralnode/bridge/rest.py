@@ -535,7 +535,7 @@ def _ids(ctx: CallContext, req_id: str) -> list[tuple[bytes, bytes]]:
     # The trace id may have come from a body (a ``Call``'s own); whatever it is now,
     # the header and the error body must agree, and the header must be sane.
     ctx.trace_id = clean_trace_id(ctx.trace_id)
-    return h.id_headers(ctx.trace_id, req_id)
+    return [*h.id_headers(ctx.trace_id, req_id), *h.rate_limit_headers(ctx)]
 
 
 def _get(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> Any:

@@ -42,7 +42,7 @@ from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateL
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import ALL_SCOPES
-from aralnode.service.node_service import NodeService, peer_proto
+from aralnode.service.node_service import NodeService
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
@@ -223,7 +223,7 @@ class EventHub:
             name = "peer_changed"
 
         def data() -> dict[str, Any]:
-            out = node_json(peer_proto(peer))
+            out = node_json(self.service.info.peer_as_proto(peer))
             out["previousState"] = None if before is None else pb.PeerState.Name(int(before))
             return out
 

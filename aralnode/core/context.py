@@ -159,6 +159,10 @@ class CallContext:
         status_code: The status a servicer set (``set_code``, ``abort``), as given.
         status_details: The details a servicer set (``set_details``, ``abort``).
         trailers: The trailing metadata a servicer set.
+        rate_limit: What the rate limiter said of this admitted call (an
+            ``access.buckets.Admission``: the tightest bucket's size, tokens left,
+            reset time), for the HTTP door's ``X-RateLimit-*`` headers; None when no
+            rate limit applied.
     """
 
     door: str
@@ -184,6 +188,7 @@ class CallContext:
     status_code: object = None
     status_details: str = ""
     trailers: Trailers = ()
+    rate_limit: object = None
 
     @property
     def anonymous(self) -> bool:

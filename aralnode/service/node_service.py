@@ -58,6 +58,10 @@ class NodeInfo(Protocol):
 
     def peer_protos(self) -> list[pb.Peer]: ...
 
+    def peer_as_proto(self, peer: PeerInfo) -> pb.Peer:
+        """``peer_proto`` of ``peer``, with what the node knows of it besides its
+        table entry (its circuit breaker)."""
+
     def connected_peers(self) -> list[pb.Peer]: ...
 
     def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:

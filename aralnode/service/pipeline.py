@@ -325,7 +325,8 @@ class Pipeline:
         peer: str = "",
     ) -> Any:
         """The stages a message goes through (a notification a peer sent us, one the
-        program sends): authenticate, authorize, govern, audit; no concurrency slot.
+        program sends): authenticate, authorize, rate limit (a token, no concurrency
+        slot), govern, audit.
         The parameters to go on with (a nudge may have replaced them).
 
         Raises:
@@ -336,6 +337,7 @@ class Pipeline:
         try:
             st.authenticate(ctx)
             st.authorize(ctx, _NO_SCOPES, action_id)
+            st.rate_limit.admit(ctx)  # a peer's notifications count against its rate
             action = Action(direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer)
             nudged = st.govern(ctx, action)
         except AralError as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -168,22 +168,40 @@ def address_of(peer: str) -> str:
     return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
 
 
+class RateLimiter(Protocol):
+    """Token buckets (``aralnode.access.buckets.RateLimiter``): ``admit`` takes a
+    token for caller ``name`` of ``kind`` (``principal``, ``address``, ``peer``)
+    or raises ``RateLimited``."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def admit(self, kind: str, name: str, roles: Iterable[str] = ()) -> object: ...
+
+
 class RateLimit:
     """Admission: at most ``max_concurrent`` calls run at once, and at most
     ``per_caller`` of them for any one caller (``share_key``), so that no caller
-    can hold every slot; the excess is refused at once (RESOURCE_EXHAUSTED, with a
-    retry hint) rather than queued."""
+    can hold every slot; and, with a ``limiter``, no more calls per second than
+    the token buckets allow (``access.buckets``: global, per principal, per
+    address, per channel peer). The excess is refused at once (RESOURCE_EXHAUSTED,
+    with a retry hint) rather than queued."""
 
-    __slots__ = ("_held", "counters", "in_flight", "max_concurrent", "per_caller")
+    __slots__ = ("_held", "counters", "in_flight", "limiter", "max_concurrent", "per_caller")
 
     def __init__(
-        self, max_concurrent: int, counters: Counter[str], per_caller: int | None = None
+        self,
+        max_concurrent: int,
+        counters: Counter[str],
+        per_caller: int | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.per_caller = per_caller if per_caller is not None else max(1, max_concurrent // 4)
         self.counters = counters
         self.in_flight = 0
         self._held: dict[str, int] = {}  # slots per share key, while held
+        self.limiter = limiter if limiter is not None and limiter.active else None
 
     def enter(self, ctx: CallContext) -> str:
         """Take a slot for ``ctx``; the key it counts under, which ``leave`` takes
@@ -206,9 +224,35 @@ class RateLimit:
                     retry_after=0.05,
                     details={"limit": self.per_caller},
                 )
+            if self.limiter is not None:
+                self._admit(ctx, key)
             self._held[key] = held + 1
         self.in_flight += 1
         return key
+
+    def admit(self, ctx: CallContext) -> None:
+        """Take a token for ``ctx`` without a slot (a message: a notification a
+        peer sent); the node's own program is never limited.
+
+        Raises:
+            RateLimited: a bucket is empty (reason ``RATE_LIMIT_<KIND>``).
+        """
+        if self.limiter is not None and (key := share_key(ctx)):
+            self._admit(ctx, key)
+
+    def _admit(self, ctx: CallContext, key: str) -> None:
+        assert self.limiter is not None
+        if ctx.door == "channel":  # a channel's caller is the peer the session verified
+            kind, name = "peer", str(ctx.peer)
+        elif key.startswith("caller:"):
+            kind, name = "principal", key[7:]
+        else:
+            kind, name = "address", key[5:]
+        try:
+            ctx.rate_limit = self.limiter.admit(kind, name, ctx.roles)
+        except RateLimited:
+            self.counters[f"ratelimit.refused_{kind}"] += 1
+            raise
 
     def leave(self, key: str) -> None:
         """Give back a slot ``enter`` took under ``key``."""
@@ -399,6 +443,7 @@ class Stages:
         allow_anonymous: bool = True,
         max_concurrent: int = 512,
         max_concurrent_per_caller: int | None = None,
+        limiter: RateLimiter | None = None,
         checks: Sequence[ResponseCheck] = (),
         audit: Sequence[AuditSink] = (),
     ) -> Stages:
@@ -410,7 +455,7 @@ class Stages:
                 counters=counters,
             ),
             authorize=Authorize(),
-            rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller),
+            rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller, limiter),
             govern=Govern(governance or AllowAll(), counters),
             post_check=PostCheck(checks),
             audit=Audit(audit, counters),
@@ -427,6 +472,7 @@ __all__ = [
     "Govern",
     "PostCheck",
     "RateLimit",
+    "RateLimiter",
     "ResponseCheck",
     "Stages",
     "VerdictListener",

@@ -215,7 +215,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "name", "software", "protocol_versions", "endpoints", "started_at_unix_ms", "uptime_ms", "state", "capability_count", "peer_count", "counters", "key_algorithm", "key_fingerprint", "discovery")
+    __slots__ = ("node_id", "name", "software", "protocol_versions", "endpoints", "started_at_unix_ms", "uptime_ms", "state", "capability_count", "peer_count", "counters", "key_algorithm", "key_fingerprint", "discovery", "breakers")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,13 @@ class NodeStatus(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class BreakersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +244,7 @@ class NodeStatus(_message.Message):
     KEY_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     software: str
@@ -251,14 +259,15 @@ class NodeStatus(_message.Message):
     key_algorithm: str
     key_fingerprint: str
     discovery: str
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., software: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[_card_pb2.Endpoint, _Mapping]]] = ..., started_at_unix_ms: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., state: _Optional[str] = ..., capability_count: _Optional[int] = ..., peer_count: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., key_algorithm: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., discovery: _Optional[str] = ...) -> None: ...
+    breakers: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., software: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[_card_pb2.Endpoint, _Mapping]]] = ..., started_at_unix_ms: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., state: _Optional[str] = ..., capability_count: _Optional[int] = ..., peer_count: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., key_algorithm: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., discovery: _Optional[str] = ..., breakers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_id", "name", "address", "state", "health", "capability_ids", "last_seen_unix_ms", "source", "protocol_version", "key_fingerprint")
+    __slots__ = ("node_id", "name", "address", "state", "health", "capability_ids", "last_seen_unix_ms", "source", "protocol_version", "key_fingerprint", "breaker_state", "breaker_retry_after_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +278,8 @@ class Peer(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     address: str
@@ -279,7 +290,9 @@ class Peer(_message.Message):
     source: str
     protocol_version: str
     key_fingerprint: str
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PeerState, str]] = ..., health: _Optional[str] = ..., capability_ids: _Optional[_Iterable[str]] = ..., last_seen_unix_ms: _Optional[int] = ..., source: _Optional[str] = ..., protocol_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+    breaker_state: str
+    breaker_retry_after_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PeerState, str]] = ..., health: _Optional[str] = ..., capability_ids: _Optional[_Iterable[str]] = ..., last_seen_unix_ms: _Optional[int] = ..., source: _Optional[str] = ..., protocol_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., breaker_state: _Optional[str] = ..., breaker_retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
