@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode import _proto as pb
+from aralnode import cli_ca
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
 from aralnode.core import codec
@@ -532,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--data-dir")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_keys_show)
+    cli_ca.add_parser(sub)
     return parser
 
 

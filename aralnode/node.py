@@ -33,6 +33,7 @@ from aralnode._assembly import (
     service_descriptor,
 )
 from aralnode._logs import get_logger
+from aralnode.access.tls import CertificateAuthenticator, CertRules
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -120,9 +121,17 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
-        rule = PeerAuthenticator(
+        rule: Authenticator = PeerAuthenticator(
             lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
         )
+        if cfg.tls_client_auth == "require":  # a verified mesh certificate names its node
+            certs = CertRules(cfg.trust_domain, cfg.tls_deny)
+            rule = Chain(
+                CertificateAuthenticator(
+                    certs, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
+                ),
+                rule,
+            )
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
