@@ -244,6 +244,10 @@ class CertRules:
             raise CertIdentityMismatch(
                 f"the peer certificate names no node of trust domain {self.trust_domain}"
             )
+        if found.node_id != found.key_id:  # a node id is its key's id: no other key is it
+            raise CertIdentityMismatch(
+                f"the peer certificate names node {found.node_id} but holds key {found.key_id}"
+            )
         if found.node_id in self.deny or found.serial in self.deny:
             raise CertDenied(f"node {found.node_id} (certificate {found.serial}) is denied")
         return found
@@ -262,10 +266,9 @@ class CertRules:
         if node_id in self.deny:
             raise CertDenied(f"node {node_id} is denied")
         found = self.identity(pem)
-        if found.node_id != node_id or found.key_id != node_id:
+        if found.node_id != node_id:
             raise CertIdentityMismatch(
-                f"the peer certificate (node {found.node_id}, key {found.key_id}) is not "
-                f"the identity of node {node_id}"
+                f"the peer certificate is node {found.node_id}'s, not node {node_id}'s"
             )
         return found
 
@@ -273,7 +276,8 @@ class CertRules:
 class CertificateAuthenticator:
     """A caller with a verified mesh certificate (and no signature or channel
     session, which the node's own rule decides) is the node it names: kind node,
-    with the scopes a verified peer gets."""
+    with the scopes a verified peer gets. A signed call's certificate must be its
+    signer's (else ``CERT_IDENTITY_MISMATCH``): one connection, one node."""
 
     def __init__(
         self,
@@ -288,7 +292,10 @@ class CertificateAuthenticator:
 
     def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
         pem = credentials.peer_certificate
-        if not pem or credentials.signer or credentials.link_peer or credentials.local:
+        if not pem or credentials.link_peer or credentials.local:
+            return ANONYMOUS
+        if credentials.signer:  # the node's own rule decides; the certificate must agree
+            self.rules.bind(pem, credentials.signer)
             return ANONYMOUS
         who = self.rules.identity(pem).node_id
         scopes = peer_scopes_of(who, self.peer_scopes, self.grants)
