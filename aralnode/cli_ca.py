@@ -8,7 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aralnode.access.ca import DEFAULT_NAMES, DEFAULT_TRUST_DOMAIN, init_ca, issue
+from aralnode.access.ca import (
+    DEFAULT_NAMES,
+    DEFAULT_TRUST_DOMAIN,
+    init_ca,
+    issue,
+    node_dns_name,
+)
 from aralnode.config import NodeConfig
 from aralnode.store.keys import KEY_FILE, load_identity
 
@@ -79,4 +85,83 @@ def add_parser(sub: Any) -> None:
     iss.set_defaults(func=cmd_ca_issue)
 
 
-__all__ = ["add_parser"]
+# -- TLS flags of the other commands ---------------------------------------------------
+
+
+def add_run_flags(run: argparse.ArgumentParser) -> None:
+    """``aralnode run``'s TLS flags (the ``tls_*`` fields of ``NodeConfig``)."""
+    run.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM): TLS on")
+    run.add_argument("--tls-key", metavar="FILE", help="its key (default: the identity key)")
+    run.add_argument("--tls-ca", metavar="FILE", help="trust anchors for peers and clients")
+    run.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        default="none",
+        help="require: mTLS on the gRPC door, the mesh mode (default: none)",
+    )
+    run.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    run.add_argument(
+        "--tls-deny",
+        action="append",
+        default=[],
+        metavar="NODE_ID_OR_SERIAL",
+        help="refuse this node id or certificate serial (hex) at the handshake (repeatable)",
+    )
+
+
+def run_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """The ``NodeConfig`` fields of ``add_run_flags``."""
+    return {
+        "tls_cert_file": Path(ns.tls_cert) if ns.tls_cert else None,
+        "tls_key_file": Path(ns.tls_key) if ns.tls_key else None,
+        "tls_ca_file": Path(ns.tls_ca) if ns.tls_ca else None,
+        "tls_client_auth": ns.tls_client_auth,
+        "trust_domain": ns.trust_domain,
+        "tls_deny": frozenset(ns.tls_deny),
+    }
+
+
+def grpcurl_flags(config: NodeConfig) -> str:
+    """The grpcurl flags that reach a node with ``config``."""
+    if not config.tls_on:
+        return "-plaintext"
+    flags = f"-cacert {config.tls_ca_file}" if config.tls_ca_file else "-insecure"
+    if config.tls_client_auth == "require":
+        flags += " -cert YOUR.crt -key YOUR.key"
+    return flags
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """``--cacert/--cert/--key`` for the commands that call a node (as grpcurl's)."""
+    parser.add_argument("--cacert", metavar="FILE", help="TLS: the node's CA (PEM)")
+    parser.add_argument("--cert", metavar="FILE", help="mTLS: our certificate chain (PEM)")
+    parser.add_argument("--key", metavar="FILE", help="mTLS: its private key (PEM)")
+    parser.add_argument(
+        "--node-id",
+        default="",
+        dest="tls_node_id",
+        help="TLS: check the certificate is this node's (default: the address's host)",
+    )
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, dest="tls_trust_domain")
+
+
+def client_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """``NodeClient`` keyword arguments for ``add_client_flags`` (none: plaintext)."""
+    cacert, cert, key = getattr(ns, "cacert", None), getattr(ns, "cert", None), ns.key
+    if not (cacert or cert or key):
+        return {}
+    if bool(cert) != bool(key):
+        raise ValueError("--cert and --key go together")
+    import grpc  # noqa: PLC0415 - only for TLS
+
+    creds = grpc.ssl_channel_credentials(
+        Path(cacert).read_bytes() if cacert else None,
+        Path(key).read_bytes() if key else None,
+        Path(cert).read_bytes() if cert else None,
+    )
+    node_id = ns.tls_node_id
+    name = node_dns_name(ns.tls_trust_domain, node_id) if node_id else ""
+    return {"credentials": creds, "server_name": name}
+
+
+__all__ = ["add_client_flags", "add_parser", "add_run_flags", "client_args", "grpcurl_flags", "run_fields"]

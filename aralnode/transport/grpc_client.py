@@ -84,9 +84,13 @@ class NodeClient:
         card_limits: CardLimits = DEFAULT_CARD_LIMITS,
         tls: ClientTls | None = None,
         tls_node_id: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
     ) -> None:
         """``tls``: dial with TLS (our certificate, the mesh CA), checking that the
-        node is ``tls_node_id`` ("": that its certificate names the address)."""
+        node is ``tls_node_id`` ("": that its certificate names the address).
+        ``credentials`` (a tool's ``--cacert/--cert/--key``): TLS with these,
+        checking the name ``server_name`` ("": the address's host)."""
         self.address = address
         self.card_limits = card_limits  # what the node's card may carry
         self.identity = identity
@@ -94,9 +98,12 @@ class NodeClient:
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self._own_channel = channel is None
-        self.channel = channel or open_channel(
-            address, channel_options(max_message_bytes), tls, tls_node_id
-        )
+        options = channel_options(max_message_bytes)
+        if channel is None and credentials is not None:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        self.channel = channel or open_channel(address, options, tls, tls_node_id)
         self.stub = pb.AgentNodeStub(self.channel)  # type: ignore[no-untyped-call]
         self.peer: VerifiedCard | None = None
         self.version = ""
