@@ -164,4 +164,11 @@ def client_args(ns: argparse.Namespace) -> dict[str, Any]:
     return {"credentials": creds, "server_name": name}
 
 
-__all__ = ["add_client_flags", "add_parser", "add_run_flags", "client_args", "grpcurl_flags", "run_fields"]
+__all__ = [
+    "add_client_flags",
+    "add_parser",
+    "add_run_flags",
+    "client_args",
+    "grpcurl_flags",
+    "run_fields",
+]
