@@ -33,7 +33,7 @@ from aralnode._assembly import (
     service_descriptor,
 )
 from aralnode._logs import get_logger
-from aralnode.access.tls import CertificateAuthenticator, CertRules
+from aralnode.access.tls import certificate_rule
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -125,13 +125,7 @@ class Node:
             lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
         )
         if cfg.tls_client_auth == "require":  # a verified mesh certificate names its node
-            certs = CertRules(cfg.trust_domain, cfg.tls_deny)
-            rule = Chain(
-                CertificateAuthenticator(
-                    certs, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
-                ),
-                rule,
-            )
+            rule = certificate_rule(rule, cfg)
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(

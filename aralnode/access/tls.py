@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +32,14 @@ from aralnode._logs import get_logger
 from aralnode.core.context import CallContext, Credentials
 from aralnode.core.errors import CertDenied, CertIdentityMismatch
 from aralnode.core.identity import key_id_for
-from aralnode.service.auth import ANONYMOUS, NODE, Authenticated, peer_scopes_of
+from aralnode.service.auth import (
+    ANONYMOUS,
+    NODE,
+    Authenticated,
+    Authenticator,
+    Chain,
+    peer_scopes_of,
+)
 
 log = get_logger("aralnode.tls")
 
@@ -302,6 +310,24 @@ class CertificateAuthenticator:
         return Authenticated(who, scopes, credentials.on_behalf_of, kind=NODE)
 
 
+class CertPolicy(Protocol):
+    """What ``certificate_rule`` reads of the node's config (``NodeConfig``)."""
+
+    trust_domain: str
+    tls_deny: frozenset[str]
+    peer_scopes: frozenset[str]
+    peer_grants: Mapping[str, frozenset[str]]
+
+
+def certificate_rule(rule: Authenticator, config: CertPolicy) -> Authenticator:
+    """``rule`` with ``CertificateAuthenticator`` in front (the mTLS node's rule)."""
+    rules = CertRules(config.trust_domain, config.tls_deny)
+    certs = CertificateAuthenticator(
+        rules, peer_scopes=config.peer_scopes, peer_grants=config.peer_grants
+    )
+    return Chain(certs, rule)
+
+
 def server_ssl_context(material: TlsMaterial, *, mutual: bool) -> ssl.SSLContext:
     """The HTTP door's TLS context: TLS 1.3 minimum (PRO-013), our chain and key,
     and with ``mutual`` the CA's client certificates required."""
@@ -333,6 +359,7 @@ __all__ = [
     "TlsFiles",
     "TlsMaterial",
     "TlsSettings",
+    "certificate_rule",
     "load_material",
     "server_ssl_context",
 ]
