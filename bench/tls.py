@@ -32,8 +32,8 @@ from typing import Any
 from bench._report import Report, median
 
 ROOT = Path(__file__).resolve().parent.parent
-CHANNEL_N = 4000
-CHANNEL_ROUNDS = 5
+CHANNEL_N = 8000
+CHANNEL_ROUNDS = 7
 SLICE = 0.4
 UNARY_ROUNDS = 12
 IN_FLIGHT = 16
@@ -159,10 +159,12 @@ def _channel_ratios(root: Path) -> tuple[list[float], dict[str, list[float]]]:
         senders = {}
         for mode in ("plain", "mtls"):
             tls = "1" if mode == "mtls" else "0"
-            recv = stack.enter_context(_child("serve", str(root), "recv", tls))
+            suffix = "" if mode == "mtls" else "-plain"  # a data dir per node
+            recv = stack.enter_context(_child("serve", str(root), f"recv{suffix}", tls))
             info = json.loads(_line(recv))
+            address, peer = info["address"], info["node_id"]
             send = stack.enter_context(
-                _child("send", str(root), "send", tls, info["address"], info["node_id"])
+                _child("send", str(root), f"send{suffix}", tls, address, peer)
             )
             assert _line(send) == "ready"
             senders[mode] = send
