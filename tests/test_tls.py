@@ -485,3 +485,26 @@ async def test_http_door_serves_tls13_and_refuses_tls12(pki: Pki) -> None:
         async with httpx.AsyncClient(timeout=CALL_TIMEOUT) as client:
             with pytest.raises(httpx.TransportError):  # plaintext: no answer from a TLS door
                 await client.get(url.replace("https", "http"))
+
+
+@pytest.mark.parametrize("case", ["foreign_ca", "expired", *REFUSED_AT_BINDING])
+@pytest.mark.parametrize("known_id", [True, False], ids=["id_known", "id_learnt"])
+async def test_a_dialler_refuses_a_node_serving_a_bad_certificate(
+    pki: Pki, case: str, known_id: bool
+) -> None:
+    """The other direction: the node dialled shows the bad certificate."""
+    b_dir = pki.node_dir("b")
+    b = Node(pki.config("b", **_write_bad(pki, case, b_dir)))
+    counter = with_echo(b)
+    a = Node(pki.config("a"))
+    async with b, a:
+        with pytest.raises(AralError) as exc:
+            await a.connect(b.address, expected_node_id=b.node_id if known_id else "")
+        if case == "id_differs_from_key":  # named right: only its key gives it away
+            assert exc.value.reason == "CERT_IDENTITY_MISMATCH", exc.value
+        else:
+            assert exc.value.status.name == "UNAVAILABLE", exc.value
+        assert a._parts is not None
+        assert not a._parts.hub.connected_peers()
+        assert b.node_id not in a._parts.connector.clients
+    assert counter.calls == 0

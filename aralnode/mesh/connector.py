@@ -109,6 +109,12 @@ class PeerConnector:
                 # node id its handshake verified (the certificate must name it).
                 await client.close()
                 client, verified = await self._dial(address, verified.node_id, expected_fingerprint)
+            if self.tls is not None:  # its certificate's key is its card's (see tls_grpc)
+                try:
+                    await self.tls.check_server(address, verified.node_id)
+                except BaseException:
+                    await client.close()
+                    raise
         except BaseException as exc:
             if isinstance(exc, Unavailable) and exc.reason == "SELF":
                 self.table.remove(key)

@@ -18,12 +18,15 @@ once the handshake named the node, by one that checks the id
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any
 
 import grpc
 
 from aralnode.access.ca import node_dns_name
-from aralnode.access.tls import TlsFiles, TlsMaterial
+from aralnode.access.tls import CertRules, TlsFiles, TlsMaterial
+from aralnode.core.errors import Unavailable
 
 
 def _configuration(material: TlsMaterial) -> Any:
@@ -60,6 +63,36 @@ class ClientTls:
     def credentials(self) -> grpc.ChannelCredentials:
         m = self.files.current()  # a rotated certificate for new channels too
         return grpc.ssl_channel_credentials(m.ca, m.key, m.chain)
+
+    async def check_server(self, address: str, node_id: str, timeout: float = 10.0) -> None:
+        """Check that the certificate the node at ``address`` serves is ``node_id``'s
+        own: names it *and* holds the key the id derives from (grpc's Python API
+        does not show a channel's server certificate, so this asks on a connection
+        of its own, as mTLS: our certificate, the CA, the node id's name).
+
+        Raises:
+            CertIdentityMismatch: it is not.
+            Unavailable: no TLS connection could be made.
+        """
+        s = self.files.settings
+        ctx = ssl.create_default_context(cadata=(self.files.current().ca or b"").decode() or None)
+        ctx.load_cert_chain(s.cert_file, s.key_file)
+        ctx.set_alpn_protocols(["h2"])
+        host, _, port = address.rpartition(":")
+        name = node_dns_name(self.trust_domain, node_id)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=name),
+                timeout,
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise Unavailable(f"no TLS connection to {address}: {exc}") from None
+        try:
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            writer.close()
+        pem = ssl.DER_cert_to_PEM_cert(der).encode()
+        CertRules(self.trust_domain).bind(pem, node_id)
 
     def name_options(self, node_id: str) -> list[tuple[str, Any]]:
         """Check the peer certificate names ``node_id`` ("" : the address)."""
