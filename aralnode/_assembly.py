@@ -405,6 +405,8 @@ def _tls(node: NodeView) -> NodeTls | None:
         deny=cfg.tls_deny,
     )
     files = TlsFiles(settings)
+    if not cfg.tls_http and cfg.http_port is not None:
+        log.warning("tls_http is off: the HTTP door (REST, MCP, WebSocket) is PLAINTEXT")
     if not settings.mutual:
         return NodeTls(files, None)
     node.contexts.certificates = True  # the gRPC door hands client certificates in

@@ -508,3 +508,17 @@ async def test_a_dialler_refuses_a_node_serving_a_bad_certificate(
         assert not a._parts.hub.connected_peers()
         assert b.node_id not in a._parts.connector.clients
     assert counter.calls == 0
+
+
+async def test_a_dialler_drops_a_denied_node(pki: Pki) -> None:
+    b = Node(pki.config("b"))
+    counter = with_echo(b)
+    b_id = load_identity(pki.root / "b").node_id
+    a = Node(pki.config("a", tls_deny=frozenset({b_id})))
+    async with b, a:
+        with pytest.raises(AralError) as exc:
+            await a.connect(b.address, expected_node_id=b_id)
+        assert exc.value.reason == "CERT_DENIED"
+        assert a._parts is not None
+        assert b_id not in a._parts.connector.clients
+    assert counter.calls == 0

@@ -92,7 +92,7 @@ class ClientTls:
         finally:
             writer.close()
         pem = ssl.DER_cert_to_PEM_cert(der).encode()
-        CertRules(self.trust_domain).bind(pem, node_id)
+        CertRules(self.trust_domain, s.deny).bind(pem, node_id)
 
     def name_options(self, node_id: str) -> list[tuple[str, Any]]:
         """Check the peer certificate names ``node_id`` ("" : the address)."""
