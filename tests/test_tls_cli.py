@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aralnode import Node, NodeConfig
+from tests.conftest import DEMO
 from tests.test_grpcurl import GRPCURL, grpcurl
 
 ARALNODE = str(Path(sys.executable).parent / "aralnode")
@@ -168,3 +169,65 @@ async def test_aralnode_call_with_cacert_cert_key(mesh: Mesh) -> None:
         rc, _, err = await aralnode("call", "--node", b.address, "--timeout", "5", "echo", "{}")
         assert rc == 1  # plaintext to an mTLS node
     assert seen == [4]
+
+
+async def start_run(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``aralnode run ARGS``; (the process, the gRPC address its first line names)."""
+    proc = await asyncio.create_subprocess_exec(
+        ARALNODE, "run", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+    if "serving gRPC on " not in line:
+        proc.kill()
+        _, err = await proc.communicate()
+        raise AssertionError(f"node did not start: {line!r} {err.decode()}")
+    return proc, line.split("serving gRPC on ", 1)[1].split()[0]
+
+
+async def stop_run(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), TIMEOUT)
+
+
+@pytest.mark.slow
+async def test_two_aralnode_run_processes_form_an_mtls_mesh(mesh: Mesh) -> None:
+    def flags(name: str) -> list[str]:
+        issued = mesh.issued[name]
+        return [
+            "--name", name, "--data-dir", str(mesh.root / name), "--grpc-port", "0",
+            "--http-port", "-1", "--load", DEMO, "--tls-cert", issued["tls_cert_file"],
+            "--tls-ca", issued["tls_ca_file"], "--tls-client-auth", "require",
+        ]  # fmt: skip
+
+    tool = mesh.issued["tool"]
+    tls = ["--cacert", tool["tls_ca_file"], "--cert", tool["tls_cert_file"]]
+    tls += ["--key", tool["tls_key_file"]]
+    b, b_at = await start_run(*flags("b"), "--discovery", "none")
+    procs = [b]
+    try:
+        a, a_at = await start_run(*flags("a"), "--discovery", "static", "--peer", b_at)
+        procs.append(a)
+        b_id = mesh.issued["b"]["node_id"]
+        # Another process's state that nothing announces: polled, bounded (20 s).
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            rc, out, err = await aralnode("peers", "--node", a_at, *tls, "--json")
+            assert rc == 0, err
+            peers = json.loads(out)
+            if any(p["node_id"] == b_id and p["state"].endswith("CONNECTED") for p in peers):
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"b never connected: {out}"
+            await asyncio.sleep(0.2)
+        rc, out, err = await aralnode("call", "--node", b_at, *tls, "demo.add", '{"a": 2, "b": 3}')
+        assert rc == 0, err
+        assert out.strip() == "5"
+        # Through a, over its channel to b.
+        args = ["--node", a_at, *tls, "--to", b_id, "demo.add", '{"a": 4, "b": 5}']
+        rc, out, err = await aralnode("call", *args)
+        assert rc == 0, err
+        assert out.strip() == "9"
+    finally:
+        for proc in procs:
+            await stop_run(proc)
