@@ -471,12 +471,19 @@ def test_ed25519_identity_is_refused_naming_es256(tmp_path: Path) -> None:
 
 async def test_http_door_serves_tls13_and_refuses_tls12(pki: Pki) -> None:
     node = Node(pki.config("b", http_port=0))
+    counter = with_echo(node)
     async with node:
         url = f"https://127.0.0.1:{node.http_port}/openapi.json"
         modern = ssl.create_default_context(cadata=pki.ca.cert_pem.decode())
         async with httpx.AsyncClient(verify=modern, timeout=CALL_TIMEOUT) as client:
             response = await client.get(url)
             assert response.status_code == 200
+            body = {"call": {"capability": "echo", "parameters": {"value": 5}}}
+            invoke = url.replace("/openapi.json", "/v1/invoke")
+            response = await client.post(invoke, json=body)
+            assert response.status_code == 200, response.text
+            assert response.json()["result"]["result"] == {"echo": 5}
+            assert counter.calls == 1
         old = ssl.create_default_context(cadata=pki.ca.cert_pem.decode())
         old.maximum_version = ssl.TLSVersion.TLSv1_2
         async with httpx.AsyncClient(verify=old, timeout=CALL_TIMEOUT) as client:
@@ -522,3 +529,37 @@ async def test_a_dialler_drops_a_denied_node(pki: Pki) -> None:
         assert a._parts is not None
         assert b_id not in a._parts.connector.clients
     assert counter.calls == 0
+
+
+async def test_server_only_tls_serves_clients_without_a_certificate(pki: Pki) -> None:
+    seen: list[tuple[str, str]] = []
+    node = Node(pki.config("b", tls_client_auth="none"))
+
+    @node.capability(id="whoami")
+    async def whoami(ctx: CallContext) -> dict[str, str]:
+        seen.append((ctx.caller, ctx.kind))
+        return {}
+
+    async with node:
+        channel = secure_channel(node, None, pki.ca.cert_pem)
+        async with NodeClient(node.address, channel=channel) as client:
+            await client.call("whoami", {}, timeout=CALL_TIMEOUT)
+            await channel.close()
+    assert seen == [("", "anonymous")]
+
+
+async def test_a_broken_rotation_keeps_the_old_certificate(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = Node(pki.config("b"))
+    probe = pki.material(Identity.generate())
+    async with b:
+        old = await served_serial(b, pki, probe)
+        cert_file = pki.root / "b" / "tls" / "node.crt"
+        other = pki.material(Identity.generate())  # a certificate of another key
+        tmp = cert_file.with_suffix(".new")
+        tmp.write_bytes(other.chain)
+        os.replace(tmp, cert_file)
+        with caplog.at_level(logging.ERROR):
+            assert await served_serial(b, pki, probe) == old
+        assert any("keeping the old ones" in r.getMessage() for r in caplog.records)
