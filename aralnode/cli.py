@@ -314,7 +314,7 @@ async def cmd_mcp(ns: argparse.Namespace) -> int:
     """MCP over stdio for a running node; stdout carries only the protocol."""
     from aralnode.bridge.mcp_stdio import serve_stdio  # noqa: PLC0415 - MCP SDK only when asked
 
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         await serve_stdio(client, ProtoDocs(), name=f"aralnode {ns.node}")
     return 0
 
@@ -531,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_node_address,
         help="the node's gRPC address",
     )
+    cli_ca.add_client_flags(mcp)
     mcp.set_defaults(func=cmd_mcp)
 
     keys = sub.add_parser("keys", parents=[verbose], help="identity keys")
