@@ -43,7 +43,6 @@ from aralnode.service.auth import (
 
 log = get_logger("aralnode.tls")
 
-CLIENT_AUTH_MODES = ("none", "require")
 PLAINTEXT_WARNING = (
     "TLS is off: the gRPC and HTTP doors are PLAINTEXT (anyone on the network can read "
     "and alter calls); set tls_cert_file/tls_key_file/tls_ca_file for anything but "
@@ -351,7 +350,6 @@ def server_ssl_context(material: TlsMaterial, *, mutual: bool) -> ssl.SSLContext
 
 
 __all__ = [
-    "CLIENT_AUTH_MODES",
     "PLAINTEXT_WARNING",
     "CertIdentity",
     "CertRules",
