@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,9 +22,17 @@ from typing import Any, Protocol
 from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.access.breaker import Breakers
 from aralnode.access.buckets import RateLimiter
+from aralnode.access.tls import (
+    PLAINTEXT_WARNING,
+    CertRules,
+    TlsFiles,
+    TlsSettings,
+    server_ssl_context,
+)
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -47,13 +55,16 @@ from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
 from aralnode.store.base import Inbox, Outbox
+from aralnode.store.keys import KEY_FILE
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
 from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
 from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
+from aralnode.transport.tls_grpc import ClientTls, server_credentials
 
 CHANNEL_STORE = "channels.sqlite3"
+log = get_logger("aralnode")
 
 
 class NodeView(Protocol):
@@ -238,24 +249,28 @@ def build_parts(
 ) -> NodeParts:
     """Every part of a starting node, wired (nothing is started yet)."""
     cfg = node.config
+    tls = _tls(node)  # first: bad TLS files refuse the start before anything runs
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
     try:
-        return _around_hub(node, backends, services, replay, hub)
+        return _around_hub(node, backends, services, replay, hub, tls)
     except BaseException:
         hub.discard()  # its stores and threads: nothing else was started
         raise
 
 
-def _around_hub(
+def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     node: NodeView,
     backends: Sequence[DiscoveryBackend],
     services: list[ProtoService],
     replay: ReplayGuard,
     hub: ChannelHub,
+    tls: NodeTls | None,
 ) -> NodeParts:
     cfg = node.config
-    streams = ChannelStreams(hub)
+    client_tls = ClientTls(tls.files) if tls is not None else None
+    bind = tls.bind if tls is not None else None
+    streams = ChannelStreams(hub, tls=client_tls, bind_certificate=bind)
     # A peer the table forgets (GONE long enough, or evicted) leaves nothing behind.
     node.peer_table.on_forget(streams.forget)
     connector = PeerConnector(
@@ -267,6 +282,7 @@ def _around_hub(
         max_message_bytes=cfg.max_message_bytes,  # as our server allows
         card_limits=cfg.card_limits,
         on_verified=streams.dial,
+        tls=client_tls,
     )
     facts = NodeFacts(node, connector)
     discovery = facts.discovery = Supervisor(
@@ -299,13 +315,18 @@ def _around_hub(
         ),
         clock=node.clock,
     )
-    grpc = _grpc(node, service, services, streams)
-    http = _http(node, service, services) if cfg.http_port is not None else None
+    service.bind_certificate = bind
+    grpc = _grpc(node, service, services, streams, tls)
+    http = _http(node, service, services, tls) if cfg.http_port is not None else None
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
 
 
 def _grpc(
-    node: NodeView, service: NodeService, services: list[ProtoService], streams: ChannelStreams
+    node: NodeView,
+    service: NodeService,
+    services: list[ProtoService],
+    streams: ChannelStreams,
+    tls: NodeTls | None,
 ) -> GrpcServer:
     """The gRPC server with its doors (AgentNode, users' services), from the config."""
     cfg = node.config
@@ -326,6 +347,7 @@ def _grpc(
         listing_gate=(
             listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
         ),
+        credentials=server_credentials(tls.files) if tls is not None else None,
     )
     door = AgentNodeDoor(
         service,
@@ -384,7 +406,42 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
     )
 
 
-def _http(node: NodeView, service: NodeService, services: list[ProtoService]) -> Any:
+@dataclass(slots=True)
+class NodeTls:
+    """A TLS node's files and, under mTLS, the rule binding a peer's certificate to
+    the node its handshake or channel open verified."""
+
+    files: TlsFiles
+    bind: Callable[[bytes, str], object] | None
+
+
+def _tls(node: NodeView) -> NodeTls | None:
+    """The node's TLS files, checked (a bad set refuses the start, naming the file);
+    ``None``, loudly, for a plaintext node."""
+    cfg = node.config
+    if cfg.tls_cert_file is None:
+        log.warning(PLAINTEXT_WARNING)
+        return None
+    settings = TlsSettings(
+        cert_file=cfg.tls_cert_file,
+        key_file=cfg.tls_key_file or cfg.resolved_data_dir / KEY_FILE,
+        ca_file=cfg.tls_ca_file,
+        client_auth=cfg.tls_client_auth,
+        trust_domain=cfg.trust_domain,
+        deny=cfg.tls_deny,
+    )
+    files = TlsFiles(settings)
+    if not cfg.tls_http and cfg.http_port is not None:
+        log.warning("tls_http is off: the HTTP door (REST, MCP, WebSocket) is PLAINTEXT")
+    if not settings.mutual:
+        return NodeTls(files, None)
+    node.contexts.certificates = True  # the gRPC door hands client certificates in
+    return NodeTls(files, CertRules(cfg.trust_domain, cfg.tls_deny).bind)
+
+
+def _http(
+    node: NodeView, service: NodeService, services: list[ProtoService], tls: NodeTls | None
+) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
     from aralnode.bridge.http import HttpBridge, HttpLimits  # noqa: PLC0415 - see above
 
@@ -413,6 +470,11 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
             ws_sockets=cfg.ws_max_connections,
             ws_sockets_per_client=cfg.ws_max_connections_per_client,
             listing_requires_auth=cfg.listing_requires_auth,
+        ),
+        ssl_context=(
+            server_ssl_context(tls.files.material, mutual=False)
+            if tls is not None and cfg.tls_http
+            else None
         ),
     )
 

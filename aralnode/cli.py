@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode import _proto as pb
+from aralnode import cli_ca
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
 from aralnode.core import codec
@@ -78,6 +79,7 @@ def run_config(ns: argparse.Namespace) -> NodeConfig:
         peer_timeout_ms=ns.peer_timeout_ms,
         durable=ns.durable,
         peer_grants=_grants(ns.grant),
+        **cli_ca.run_fields(ns),
     )
 
 
@@ -122,9 +124,10 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         f"with {len(node.registry)} capabilities; discovery={config.discovery}",
         flush=True,
     )
-    print(f"try: grpcurl -plaintext {node.address} list", flush=True)
+    print(f"try: grpcurl {cli_ca.grpcurl_flags(config)} {node.address} list", flush=True)
     if node.http_port:
-        http = f"http://{node.address.rsplit(':', 1)[0]}:{node.http_port}"
+        scheme = "https" if config.tls_on and config.tls_http else "http"
+        http = f"{scheme}://{node.address.rsplit(':', 1)[0]}:{node.http_port}"
         ws = http.replace("http", "ws", 1)
         print(f"REST: {http}/docs  MCP: {http}/mcp  events: {ws}/ws", flush=True)
     stopper = asyncio.ensure_future(stop.wait())
@@ -157,7 +160,7 @@ async def cmd_call(ns: argparse.Namespace) -> int:
         raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CliError("JSON_PARAMS must be a JSON object")
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         result = await client.call(ns.capability, params, to=ns.to, timeout=ns.timeout)
     value = unwrap(result)
     if ns.json:
@@ -177,7 +180,7 @@ async def cmd_call(ns: argparse.Namespace) -> int:
 
 
 async def cmd_caps(ns: argparse.Namespace) -> int:
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         response = await client.capabilities(ns.peer_id)
     if ns.json:
         _print_json(_as_json(response))
@@ -197,7 +200,7 @@ async def cmd_caps(ns: argparse.Namespace) -> int:
 
 
 async def cmd_status(ns: argparse.Namespace) -> int:
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         status = await client.status()
     if ns.json:
         _print_json(_as_json(status))
@@ -264,7 +267,7 @@ PEER_HEADERS = ("NAME", "NODE ID", "ADDRESS", "STATE", "HEALTH", "CAPS", "LAST S
 
 
 async def cmd_peers(ns: argparse.Namespace) -> int:
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         peers = await client.peers()
         if ns.watch:
             return await _watch_peers(client, peers, ns)
@@ -320,7 +323,7 @@ async def cmd_mcp(ns: argparse.Namespace) -> int:
     """MCP over stdio for a running node; stdout carries only the protocol."""
     from aralnode.bridge.mcp_stdio import serve_stdio  # noqa: PLC0415 - MCP SDK only when asked
 
-    async with NodeClient(ns.node) as client:
+    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
         await serve_stdio(client, ProtoDocs(), name=f"aralnode {ns.node}")
     return 0
 
@@ -481,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the A2A channel outbox and inbox in SQLite under the data dir",
     )
+    cli_ca.add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
     call = sub.add_parser("call", parents=[verbose], help="invoke a capability")
@@ -495,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--json", action="store_true", help="machine-readable output")
     call.add_argument("capability")
     call.add_argument("params", nargs="?", default="", metavar="JSON_PARAMS")
+    cli_ca.add_client_flags(call)
     call.set_defaults(func=cmd_call)
 
     caps = sub.add_parser("caps", parents=[verbose], help="list a node's capabilities")
@@ -506,11 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer's capabilities as --node knows them",
     )
     caps.add_argument("--json", action="store_true")
+    cli_ca.add_client_flags(caps)
     caps.set_defaults(func=cmd_caps)
 
     status = sub.add_parser("status", parents=[verbose], help="show a node's status")
     status.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
     status.add_argument("--json", action="store_true")
+    cli_ca.add_client_flags(status)
     status.set_defaults(func=cmd_status)
 
     peers = sub.add_parser("peers", parents=[verbose], help="list a node's peers")
@@ -520,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument(
         "--interval", type=float, default=1.0, help="--watch poll interval, seconds (default: 1)"
     )
+    cli_ca.add_client_flags(peers)
     peers.set_defaults(func=cmd_peers)
 
     mcp = sub.add_parser(
@@ -532,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_node_address,
         help="the node's gRPC address",
     )
+    cli_ca.add_client_flags(mcp)
     mcp.set_defaults(func=cmd_mcp)
 
     keys = sub.add_parser("keys", parents=[verbose], help="identity keys")
@@ -541,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--data-dir")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_keys_show)
+    cli_ca.add_parser(sub)
     return parser
 
 

@@ -16,6 +16,8 @@ from aralnode.core.rates import Rate, RateSpec, parse_overrides
 DISCOVERY_MODES = ("mdns", "static", "none")
 HTTP_PARSERS = ("auto", "httptools", "h11")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+TLS_CLIENT_AUTH = ("none", "require")  # tls group: grpcio offers no "request" mode
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
 
 
@@ -153,6 +155,17 @@ class NodeConfig:
             probe call through (half-open).
         breaker_max_cooldown_seconds: The longest it stays open (each failed probe
             doubles the cool-down, up to this).
+        tls_cert_file: PEM certificate chain of this node (``aralnode ca issue``
+            writes ``DATA_DIR/tls/node.crt``); None: both doors are plaintext (and
+            the node says so loudly at start-up). Re-read when it changes.
+        tls_key_file: PEM private key of that certificate; None: the node's identity
+            key (``DATA_DIR/identity.pem``, which ``aralnode ca issue`` certifies).
+        tls_ca_file: PEM trust anchors for peers and clients (the mesh CA).
+        tls_client_auth: "none", or "require": mTLS on the gRPC door (the mesh mode;
+            every peer's certificate is bound to the key its card is signed with).
+        trust_domain: SPIFFE trust domain of the mesh certificates.
+        tls_deny: Node ids or certificate serials (hex) refused at the handshake.
+        tls_http: Serve the HTTP door over TLS too (TLS 1.3 minimum) when TLS is on.
     """
 
     name: str = "aralnode"
@@ -223,6 +236,14 @@ class NodeConfig:
     breaker_failures: int = 5
     breaker_cooldown_seconds: float = 5.0
     breaker_max_cooldown_seconds: float = 60.0
+    # -- transport security (tls group)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_auth: str = "none"
+    trust_domain: str = "aral.local"
+    tls_deny: frozenset[str] = frozenset()
+    tls_http: bool = True
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -265,6 +286,7 @@ class NodeConfig:
         self._check_http()
         self._check_card_bounds()
         self._check_limits()
+        self._check_tls()
 
     def _check_limits(self) -> None:
         for name in (
@@ -287,6 +309,31 @@ class NodeConfig:
             raise ValueError(
                 "breaker_cooldown_seconds must be > 0 and <= breaker_max_cooldown_seconds"
             )
+
+    def _check_tls(self) -> None:
+        """The tls group's fields: coherent (the files themselves are read at start)."""
+        if self.tls_client_auth not in TLS_CLIENT_AUTH:
+            raise ValueError(f"tls_client_auth must be one of {', '.join(TLS_CLIENT_AUTH)}")
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        if self.tls_cert_file is None and (self.tls_key_file or self.tls_ca_file):
+            raise ValueError("tls_key_file and tls_ca_file need tls_cert_file")
+        if self.tls_client_auth == "require" and self.tls_ca_file is None:
+            raise ValueError("tls_client_auth 'require' needs tls_ca_file (the mesh CA)")
+        if self.tls_client_auth == "require" and self.tls_cert_file is None:
+            raise ValueError("tls_client_auth 'require' needs tls_cert_file")
+        if not _TRUST_DOMAIN.match(self.trust_domain):
+            raise ValueError(f"trust_domain {self.trust_domain!r} is not a lower-case DNS name")
+        self.tls_deny = frozenset(d.strip().lower() for d in self.tls_deny)
+        for item in self.tls_deny:
+            if not item or not item.isalnum():
+                raise ValueError(f"tls_deny {item!r} is not a node id or a hex serial")
+
+    @property
+    def tls_on(self) -> bool:
+        return self.tls_cert_file is not None
 
     def _check_card_bounds(self) -> None:
         """The mesh-b group's bounds: at least what this node's own card needs."""

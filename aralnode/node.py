@@ -34,6 +34,7 @@ from aralnode._assembly import (
     service_descriptor,
 )
 from aralnode._logs import get_logger
+from aralnode.access.tls import certificate_rule
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -122,9 +123,11 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
-        rule = PeerAuthenticator(
+        rule: Authenticator = PeerAuthenticator(
             lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
         )
+        if cfg.tls_client_auth == "require":  # a verified mesh certificate names its node
+            rule = certificate_rule(rule, cfg)
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(

@@ -54,6 +54,7 @@ LAYER_OF = {
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",
+    "aralnode.cli_ca": "tools",
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,8 @@ class HttpBridge:
         forward_peer_tools: List connected peers' capabilities as MCP tools.
         docs: Proto comments already read (the node's), so files are read once.
         limits: What any one client may make the port hold, and see (``HttpLimits``).
+        ssl_context: Serve HTTPS with it (``aralnode.access.tls.server_ssl_context``:
+            TLS 1.3 minimum); None: plaintext.
     """
 
     def __init__(
@@ -103,8 +106,10 @@ class HttpBridge:
         version: str = "",
         docs: ProtoComments,
         limits: HttpLimits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.service = service
+        self.ssl_context = ssl_context
         self.limits = limits or HttpLimits()
         self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
@@ -304,7 +309,16 @@ class HttpBridge:
             proxy_headers=False,
             timeout_graceful_shutdown=2,  # set to the node's drain when it stops
             ws_max_size=self.max_body_bytes,  # a WebSocket frame, as a REST or MCP body
+            # uvicorn's own hook: our context (TLS 1.3 minimum) instead of the one it
+            # would build from file names, which has no minimum version setting.
+            ssl_context_factory=self._ssl_factory if self.ssl_context is not None else None,
         )
+
+    def _ssl_factory(
+        self, _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        assert self.ssl_context is not None
+        return self.ssl_context
 
     async def stop(self, grace: float = 2.0) -> None:
         """Drain, then stop: calls in flight get up to ``grace`` seconds in all. MCP

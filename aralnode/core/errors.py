@@ -293,11 +293,24 @@ class StaleMessage(Unauthenticated):
     default_reason = "STALE_TIMESTAMP"
 
 
+class CertIdentityMismatch(Unauthenticated):
+    """mTLS: a peer's certificate does not name the node whose key signs its card
+    and envelopes (or there is none)."""
+
+    default_reason = "CERT_IDENTITY_MISMATCH"
+
+
 class PermissionDenied(AralError):
     status = StatusCode.PERMISSION_DENIED
     http_status = 403
     code = "forbidden"
     default_reason = "PERMISSION_DENIED"
+
+
+class CertDenied(PermissionDenied):
+    """mTLS: a node id or certificate serial on the deny list (``tls_deny``)."""
+
+    default_reason = "CERT_DENIED"
 
 
 class GovernanceBlocked(PermissionDenied):
@@ -422,7 +435,9 @@ ERROR_TYPES: tuple[type[AralError], ...] = (
     UnknownKey,
     ReplayDetected,
     StaleMessage,
+    CertIdentityMismatch,
     PermissionDenied,
+    CertDenied,
     GovernanceBlocked,
     NotFound,
     CapabilityNotFound,

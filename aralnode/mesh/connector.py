@@ -24,6 +24,7 @@ from aralnode.core.handshake import DEFAULT_CARD_LIMITS, CardLimits, VerifiedCar
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
 from aralnode.transport.grpc_client import NodeClient
+from aralnode.transport.tls_grpc import ClientTls
 
 
 def card_fields(verified: VerifiedCard, address: str, version: str, source: str) -> dict[str, Any]:
@@ -50,6 +51,8 @@ class PeerConnector:
         card_limits: What a peer's card may carry (past it the dial fails).
         on_verified: Called with (node id, address) once a dial verified a peer
             (the node opens its channel there).
+        tls: Dial over TLS; the client kept checks the peer's certificate names
+            the node id its handshake verified (``transport.tls_grpc``).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class PeerConnector:
         max_message_bytes: int,
         card_limits: CardLimits = DEFAULT_CARD_LIMITS,
         on_verified: Callable[[str, str], None] = lambda node_id, address: None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.identity = identity
         self.keyring = keyring
@@ -72,6 +76,7 @@ class PeerConnector:
         self.max_message_bytes = max_message_bytes
         self.card_limits = card_limits
         self.on_verified = on_verified
+        self.tls = tls
         self.clients: dict[str, NodeClient] = {}
         self._inbound_cards: dict[str, VerifiedCard] = {}  # cards of peers that dialled us
         table.on_forget(self._forget_card)
@@ -97,18 +102,20 @@ class PeerConnector:
         """
         key = f"addr:{address}"
         self._start_dial(key, address, source)
-        client = NodeClient(
-            address,
-            identity=self.identity,
-            keyring=self.keyring,
-            clock=self.clock,
-            max_message_bytes=self.max_message_bytes,  # as its server allows
-            card_limits=self.card_limits,
-        )
         try:
-            verified = await self._verify(client, expected_node_id, expected_fingerprint)
-        except BaseException as exc:  # also on cancel: never leak the channel
-            await client.close()
+            client, verified = await self._dial(address, expected_node_id, expected_fingerprint)
+            if self.tls is not None and not expected_node_id:
+                # That dial's TLS checked the address; the client kept checks the
+                # node id its handshake verified (the certificate must name it).
+                await client.close()
+                client, verified = await self._dial(address, verified.node_id, expected_fingerprint)
+            if self.tls is not None:  # its certificate's key is its card's (see tls_grpc)
+                try:
+                    await self.tls.check_server(address, verified.node_id)
+                except BaseException:
+                    await client.close()
+                    raise
+        except BaseException as exc:
             if isinstance(exc, Unavailable) and exc.reason == "SELF":
                 self.table.remove(key)
             else:
@@ -126,6 +133,25 @@ class PeerConnector:
             PeerEvent.VERIFIED,
             **card_fields(verified, address, client.version, source),
         )
+
+    async def _dial(
+        self, address: str, expected_node_id: str, expected_fingerprint: str
+    ) -> tuple[NodeClient, VerifiedCard]:
+        client = NodeClient(
+            address,
+            identity=self.identity,
+            keyring=self.keyring,
+            clock=self.clock,
+            max_message_bytes=self.max_message_bytes,  # as its server allows
+            card_limits=self.card_limits,
+            tls=self.tls,
+            tls_node_id=expected_node_id,
+        )
+        try:
+            return client, await self._verify(client, expected_node_id, expected_fingerprint)
+        except BaseException:  # also on cancel: never leak the channel
+            await client.close()
+            raise
 
     def _start_dial(self, key: str, address: str, source: str) -> None:
         table = self.table

@@ -38,6 +38,7 @@ from aralnode.mesh.link import Link
 from aralnode.mesh.state import PeerChannel
 from aralnode.transport.grpc_client import NodeClient, channel_options
 from aralnode.transport.status import abort, from_rpc_error
+from aralnode.transport.tls_grpc import ClientTls, open_channel, peer_certificate
 
 log = get_logger("aralnode.channel")
 
@@ -57,8 +58,19 @@ class ChannelStreams:
     """The hub's channels over gRPC: the ``AgentNode.Channel`` handler (``serve``) and
     one redial loop per verified peer (``dial``)."""
 
-    def __init__(self, hub: ChannelHub) -> None:
+    def __init__(
+        self,
+        hub: ChannelHub,
+        *,
+        tls: ClientTls | None = None,
+        bind_certificate: Callable[[bytes, str], object] | None = None,
+    ) -> None:
+        """``tls``: dial peers over TLS, checking each is the node expected;
+        ``bind_certificate`` (mTLS): an accepted open's peer certificate must be the
+        opening node's (``CertRules.bind``), or the open is refused."""
         self.hub = hub
+        self.tls = tls
+        self.bind_certificate = bind_certificate
         self._dials: dict[str, asyncio.Task[None]] = {}
 
     def dial(self, peer_id: str, address: str) -> None:
@@ -67,7 +79,7 @@ class ChannelStreams:
         if task is not None and not task.done():
             return
         pc = self.hub.peer(peer_id)
-        task = asyncio.ensure_future(dial_forever(self.hub, pc, address))
+        task = asyncio.ensure_future(dial_forever(self.hub, pc, address, self.tls))
         task.set_name(f"channel dial {peer_id}")
         self._dials[peer_id] = task
 
@@ -81,7 +93,12 @@ class ChannelStreams:
 
     async def serve(self, requests: AsyncIterator[bytes], context: Context) -> None:
         """The ``AgentNode.Channel`` handler."""
-        await serve(self.hub, requests, context)
+        bind = self.bind_certificate
+        if bind is None:
+            await serve(self.hub, requests, context)
+            return
+        pem = peer_certificate(context)
+        await serve(self.hub, requests, context, lambda node_id: bind(pem, node_id))
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop dialling (the dialled links end with their dials), then close the
@@ -123,8 +140,16 @@ def stream_write(write: Callable[[bytes], Awaitable[None]]) -> Callable[[bytes],
     return mapped
 
 
-async def serve(hub: ChannelHub, requests: AsyncIterator[bytes], context: Context) -> None:
+async def serve(
+    hub: ChannelHub,
+    requests: AsyncIterator[bytes],
+    context: Context,
+    check_peer: Callable[[str], object] | None = None,
+) -> None:
     """The ``AgentNode.Channel`` handler: verify the open, answer, run the link.
+
+    ``check_peer`` (mTLS) raises unless the transport's peer is the node whose
+    open verified (its certificate is that node's).
 
     The link's writer sends with ``context.write`` directly (a generator handler
     would cost every frame a hand-off to the generator's task). A write that fails
@@ -133,7 +158,7 @@ async def serve(hub: ChannelHub, requests: AsyncIterator[bytes], context: Contex
 
     try:
         frames = read_frames(requests)
-        error = await _accept(hub, frames, stream_write(context.write), context.peer())
+        error = await _accept(hub, frames, stream_write(context.write), context.peer(), check_peer)
     except AralError as exc:
         error = exc
     except Exception as exc:
@@ -152,6 +177,7 @@ async def _accept(
     requests: AsyncIterator[bytes],
     write: Callable[[bytes], Awaitable[None]],
     transport_peer: str,
+    check_peer: Callable[[str], object] | None = None,
 ) -> AralError | None:
     frames = aiter(requests)
     try:
@@ -170,6 +196,8 @@ async def _accept(
             replay=hub.replay,
             is_verified=hub.is_verified,
         )
+        if check_peer is not None:
+            check_peer(content.sender)
         # Decided before anything changes: a refused open leaves a live link alone.
         accepted = accept_link(hub, hub.peer(content.sender), content, write)
         if isinstance(accepted, AralError):
@@ -186,7 +214,9 @@ async def _accept(
 # -- dialling ------------------------------------------------------------------------------
 
 
-async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None:
+async def dial_forever(
+    hub: ChannelHub, peer: PeerChannel, address: str, tls: ClientTls | None = None
+) -> None:
     """Keep a channel to ``peer`` open: dial, run, and on failure redial after
     exponential backoff with full jitter. Returns when the hub stops."""
     delay = hub.backoff_initial
@@ -196,7 +226,7 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
             delay = hub.backoff_initial
             continue
         try:
-            link_ran, error = await _dial_once(hub, peer, address)
+            link_ran, error = await _dial_once(hub, peer, address, tls)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -220,13 +250,13 @@ async def dial_forever(hub: ChannelHub, peer: PeerChannel, address: str) -> None
 
 
 async def _dial_once(
-    hub: ChannelHub, peer: PeerChannel, address: str
+    hub: ChannelHub, peer: PeerChannel, address: str, tls: ClientTls | None = None
 ) -> tuple[bool, AralError | None]:
     """One dial: handshake, open, run the link until it ends; (whether a link ran,
-    why it ended). Never raises for what the network or the peer does."""
-    channel = grpc.aio.insecure_channel(
-        address, options=channel_options(hub.max_message_bytes) + _DIAL_OPTIONS
-    )
+    why it ended). Never raises for what the network or the peer does. Over TLS
+    the peer's certificate must name ``peer.peer_id`` (``tls_grpc``)."""
+    options = channel_options(hub.max_message_bytes) + _DIAL_OPTIONS
+    channel = open_channel(address, options, tls, peer.peer_id)
     call: Any = None
     try:
         # A fresh handshake every dial: the peer may have restarted and forgotten

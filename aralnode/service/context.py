@@ -25,11 +25,13 @@ TRACE_HEADER = "x-trace-id"
 class ContextBuilder:
     """Makes every door's ``CallContext`` (see the module docstring)."""
 
-    __slots__ = ("clock", "monotonic")
+    __slots__ = ("certificates", "clock", "monotonic")
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.monotonic = clock.monotonic  # bound once: every context carries it
+        # The transport verifies client certificates (mTLS): doors hand them in.
+        self.certificates = False
 
     def build(
         self,
@@ -91,9 +93,11 @@ class ContextBuilder:
         from its timestamp; one that came straight over a call, from now, so that
         clock skew between the nodes does not eat into it."""
         sender, message_id, on_behalf_of = header.sender, header.message_id, header.on_behalf_of
-        if signed or link_peer or on_behalf_of:
+        # The transport's certificate stays: an unsigned call under mTLS is its node.
+        cert = ctx.credentials.peer_certificate if ctx.credentials is not None else b""
+        if signed or link_peer or on_behalf_of or cert:
             ctx.credentials = Credentials(
-                sender if signed else "", signed and signer_verified, link_peer, on_behalf_of
+                sender if signed else "", signed and signer_verified, link_peer, on_behalf_of, cert
             )
         else:  # nothing to show (most unsigned calls): the shared empty credentials
             ctx.credentials = NO_CREDENTIALS

@@ -150,6 +150,9 @@ class NodeService:
         self.envelopes = envelopes
         self.clock = clock
         self.node_id = envelopes.identity.node_id
+        # mTLS: (certificate PEM, node id) -> raises unless the certificate is that
+        # node's (``aralnode.access.tls.CertRules.bind``); None without mTLS.
+        self.bind_certificate: Callable[[bytes, str], object] | None = None
 
     def method(self, name: str) -> BuiltInMethod | None:
         """The implementation of ``AgentNode/<name>`` the bridges may call."""
@@ -161,23 +164,33 @@ class NodeService:
 
     # -- between nodes -----------------------------------------------------------------
 
-    def handshake(self, request: pb.HandshakeRequest, transport_peer: str) -> pb.HandshakeResponse:
+    def handshake(
+        self, request: pb.HandshakeRequest, transport_peer: str, certificate: bytes = b""
+    ) -> pb.HandshakeResponse:
         """Hello/Welcome: verify the caller's card, pin its key, answer with ours.
 
+        ``certificate``: the PEM of the client certificate the transport verified;
+        under mTLS (``bind_certificate`` set) it must be the card's node's.
+
         Raises:
-            AralError: the hello does not verify, or there is no room for the peer.
+            AralError: the hello does not verify, its certificate is not its node's
+                (``CERT_IDENTITY_MISMATCH``) or is denied, or there is no room.
         """
         try:
-            return self._handshake(request, transport_peer)
+            return self._handshake(request, transport_peer, certificate)
         except AralError:
             self.pipeline.counters["handshake.rejected"] += 1
             raise
 
-    def _handshake(self, request: pb.HandshakeRequest, transport_peer: str) -> pb.HandshakeResponse:
+    def _handshake(
+        self, request: pb.HandshakeRequest, transport_peer: str, certificate: bytes
+    ) -> pb.HandshakeResponse:
         env = self.envelopes
         hello, verified, version = accept_hello(
             request, my_node_id=self.node_id, replay=env.replay, limits=env.card_limits
         )
+        if self.bind_certificate is not None:  # before anything is pinned or kept
+            self.bind_certificate(certificate, verified.node_id)
         keyring = env.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
         keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)

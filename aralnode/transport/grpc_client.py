@@ -33,6 +33,7 @@ from aralnode.core.handshake import (
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.transport.grpc_server import transport_limit
 from aralnode.transport.status import from_rpc_error
+from aralnode.transport.tls_grpc import ClientTls, open_channel
 
 T = TypeVar("T")
 
@@ -81,7 +82,15 @@ class NodeClient:
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         card_limits: CardLimits = DEFAULT_CARD_LIMITS,
+        tls: ClientTls | None = None,
+        tls_node_id: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
     ) -> None:
+        """``tls``: dial with TLS (our certificate, the mesh CA), checking that the
+        node is ``tls_node_id`` ("": that its certificate names the address).
+        ``credentials`` (a tool's ``--cacert/--cert/--key``): TLS with these,
+        checking the name ``server_name`` ("": the address's host)."""
         self.address = address
         self.card_limits = card_limits  # what the node's card may carry
         self.identity = identity
@@ -89,9 +98,12 @@ class NodeClient:
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes)
-        )
+        options = channel_options(max_message_bytes)
+        if channel is None and credentials is not None:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        self.channel = channel or open_channel(address, options, tls, tls_node_id)
         self.stub = pb.AgentNodeStub(self.channel)  # type: ignore[no-untyped-call]
         self.peer: VerifiedCard | None = None
         self.version = ""

@@ -21,7 +21,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
 from aralnode.core.capabilities import ProtoService, call_servicer, servicer_stream
-from aralnode.core.context import CallContext, LazyMetadata
+from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, LazyMetadata
 from aralnode.core.errors import (
     AralError,
     InvalidRequest,
@@ -34,6 +34,7 @@ from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
 from aralnode.transport.quota import StreamQuota
 from aralnode.transport.status import abort, abort_method
+from aralnode.transport.tls_grpc import peer_certificate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ChannelHook = Callable[[AsyncIterator[bytes], Context], Awaitable[None]]
@@ -55,7 +56,12 @@ def call_context(
 ) -> CallContext:
     """What the gRPC door knows about a call, made a ``CallContext`` by the builder:
     the peer, the metadata (text values, read if asked; gRPC names are lower case)
-    and the time left, which gRPC itself enforces."""
+    and the time left, which gRPC itself enforces; under mTLS the certificate the
+    transport verified (``Credentials.peer_certificate``)."""
+    credentials = NO_CREDENTIALS
+    if contexts.certificates:
+        pem = peer_certificate(context)
+        credentials = Credentials(peer_certificate=pem) if pem else NO_CREDENTIALS
     return contexts.build(
         "grpc",
         peer=context.peer(),
@@ -63,6 +69,7 @@ def call_context(
         timeout=context.time_remaining(),
         timeout_enforced=True,
         trace_id=trace_id,
+        credentials=credentials,
     )
 
 
@@ -115,7 +122,8 @@ class AgentNodeDoor:
             except AralError:
                 self.service.pipeline.counters["handshake.rejected"] += 1
                 raise
-            return self.service.handshake(request, context.peer()).SerializeToString()
+            cert = peer_certificate(context) if self.contexts.certificates else b""
+            return self.service.handshake(request, context.peer(), cert).SerializeToString()
         except AralError as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises

@@ -86,7 +86,8 @@ class GrpcServer:
     """A grpc.aio server with AgentNode, health, reflection and users' services.
 
     ``listing_gate`` runs before every reflection call (it lists every service and
-    message the node has): it raises to refuse the caller.
+    message the node has): it raises to refuse the caller. ``credentials``: serve
+    TLS (``aralnode.transport.tls_grpc.server_credentials``) instead of plaintext.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class GrpcServer:
         keepalive_ms: int,
         limits: GrpcLimits = GrpcLimits(),  # frozen: one default shared safely
         listing_gate: Gate | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
@@ -123,6 +125,7 @@ class GrpcServer:
         health = standard_handler(HEALTH, self.health, streams=self.streams)
         self.server.add_generic_rpc_handlers((health,))
         self._listing_gate = listing_gate
+        self.credentials = credentials  # TLS (``transport.tls_grpc``); None: plaintext
         self._services: list[str] = []
         self.port = 0
 
@@ -131,6 +134,8 @@ class GrpcServer:
         self._services.append(service_name)
 
     async def start(self, host: str, port: int) -> int:
+        """Bind ``host:port`` (TLS with ``credentials``, else plaintext) and serve."""
+        credentials = self.credentials
         names = [*self._services, HEALTH.full_name, REFLECTION.full_name]
         # grpc-stubs 1.53 does not know the asyncio servicer grpcio-reflection ships.
         servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
@@ -142,7 +147,10 @@ class GrpcServer:
         if port:
             _check_free(host, port, address)  # grpc would log its own failure first
         try:
-            self.port = self.server.add_insecure_port(address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpcio raises where it used to return 0
             raise OSError(f"cannot bind the gRPC door to {address}: {exc}") from None
         if self.port == 0:

@@ -1,0 +1,174 @@
+"""``aralnode ca init`` and ``aralnode ca issue``: the mesh CA and node certificates
+(``aralnode.access.ca`` does the work; this is the command line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from aralnode.access.ca import (
+    DEFAULT_NAMES,
+    DEFAULT_TRUST_DOMAIN,
+    init_ca,
+    issue,
+    node_dns_name,
+)
+from aralnode.config import NodeConfig
+from aralnode.store.keys import KEY_FILE, load_identity
+
+
+def _show(info: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    print(f"{'FIELD'.ljust(width)}  VALUE")
+    print(f"{'-' * width}  -----")
+    for key, value in info.items():
+        print(f"{key.ljust(width)}  {value}")
+
+
+def cmd_ca_init(ns: argparse.Namespace) -> int:
+    _show(init_ca(Path(ns.dir), ns.trust_domain, constrain=ns.name_constraints), ns.json)
+    return 0
+
+
+def cmd_ca_issue(ns: argparse.Namespace) -> int:
+    data_dir = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
+    identity = load_identity(data_dir)  # made if absent, as `aralnode run` would
+    names = [*ns.dns, *ns.ip] or list(DEFAULT_NAMES)
+    info = issue(
+        Path(ns.ca_dir),
+        identity,
+        data_dir / KEY_FILE,
+        days=ns.days,
+        names=names,
+        out_dir=Path(ns.out) if ns.out else None,
+    )
+    _show(info, ns.json)
+    return 0
+
+
+def _days(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 3650:
+        raise argparse.ArgumentTypeError(f"{value!r}: days must be 1..3650")
+    return int(value)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``aralnode ca`` on the main parser's subcommands."""
+    ca = sub.add_parser("ca", help="the mesh CA for mTLS between nodes")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    init = ca_sub.add_parser("init", help="make a CA (EC P-256) in a directory")
+    init.add_argument("--dir", required=True, metavar="CA_DIR")
+    init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    init.add_argument(
+        "--name-constraints",
+        action="store_true",
+        help="the CA signs only names of the trust domain (and loopback)",
+    )
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=cmd_ca_init)
+    iss = ca_sub.add_parser(
+        "issue", help="certify a node's identity key (SPIFFE URI SAN with its node id)"
+    )
+    iss.add_argument("--ca-dir", required=True)
+    iss.add_argument("--data-dir", help="the node's data dir (its identity key is made if absent)")
+    iss.add_argument("--name", default="aralnode", help="node name, for the default data dir")
+    iss.add_argument("--days", type=_days, default=90)
+    iss.add_argument("--dns", action="append", default=[], metavar="NAME")
+    iss.add_argument("--ip", action="append", default=[], metavar="ADDR")
+    iss.add_argument("--out", help="where to write node.crt and ca.crt (default DATA_DIR/tls)")
+    iss.add_argument("--json", action="store_true")
+    iss.set_defaults(func=cmd_ca_issue)
+
+
+# -- TLS flags of the other commands ---------------------------------------------------
+
+
+def add_run_flags(run: argparse.ArgumentParser) -> None:
+    """``aralnode run``'s TLS flags (the ``tls_*`` fields of ``NodeConfig``)."""
+    run.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM): TLS on")
+    run.add_argument("--tls-key", metavar="FILE", help="its key (default: the identity key)")
+    run.add_argument("--tls-ca", metavar="FILE", help="trust anchors for peers and clients")
+    run.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        default="none",
+        help="require: mTLS on the gRPC door, the mesh mode (default: none)",
+    )
+    run.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    run.add_argument(
+        "--tls-deny",
+        action="append",
+        default=[],
+        metavar="NODE_ID_OR_SERIAL",
+        help="refuse this node id or certificate serial (hex) at the handshake (repeatable)",
+    )
+
+
+def run_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """The ``NodeConfig`` fields of ``add_run_flags``."""
+    return {
+        "tls_cert_file": Path(ns.tls_cert) if ns.tls_cert else None,
+        "tls_key_file": Path(ns.tls_key) if ns.tls_key else None,
+        "tls_ca_file": Path(ns.tls_ca) if ns.tls_ca else None,
+        "tls_client_auth": ns.tls_client_auth,
+        "trust_domain": ns.trust_domain,
+        "tls_deny": frozenset(ns.tls_deny),
+    }
+
+
+def grpcurl_flags(config: NodeConfig) -> str:
+    """The grpcurl flags that reach a node with ``config``."""
+    if not config.tls_on:
+        return "-plaintext"
+    flags = f"-cacert {config.tls_ca_file}" if config.tls_ca_file else "-insecure"
+    if config.tls_client_auth == "require":
+        flags += " -cert YOUR.crt -key YOUR.key"
+    return flags
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """``--cacert/--cert/--key`` for the commands that call a node (as grpcurl's)."""
+    parser.add_argument("--cacert", metavar="FILE", help="TLS: the node's CA (PEM)")
+    parser.add_argument("--cert", metavar="FILE", help="mTLS: our certificate chain (PEM)")
+    parser.add_argument("--key", metavar="FILE", help="mTLS: its private key (PEM)")
+    parser.add_argument(
+        "--node-id",
+        default="",
+        dest="tls_node_id",
+        help="TLS: check the certificate is this node's (default: the address's host)",
+    )
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, dest="tls_trust_domain")
+
+
+def client_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """``NodeClient`` keyword arguments for ``add_client_flags`` (none: plaintext)."""
+    cacert, cert, key = getattr(ns, "cacert", None), getattr(ns, "cert", None), ns.key
+    if not (cacert or cert or key):
+        return {}
+    if bool(cert) != bool(key):
+        raise ValueError("--cert and --key go together")
+    import grpc  # noqa: PLC0415 - only for TLS
+
+    creds = grpc.ssl_channel_credentials(
+        Path(cacert).read_bytes() if cacert else None,
+        Path(key).read_bytes() if key else None,
+        Path(cert).read_bytes() if cert else None,
+    )
+    node_id = ns.tls_node_id
+    name = node_dns_name(ns.tls_trust_domain, node_id) if node_id else ""
+    return {"credentials": creds, "server_name": name}
+
+
+__all__ = [
+    "add_client_flags",
+    "add_parser",
+    "add_run_flags",
+    "client_args",
+    "grpcurl_flags",
+    "run_fields",
+]
