@@ -85,7 +85,11 @@ class Effective:
 
 
 class _Mismatch(Exception):
-    """A value of the wrong type (``expected ..., got ...``)."""
+    """A value of the wrong type (``expected ..., got ...``), ``at`` keys inside a table."""
+
+    def __init__(self, reason: str, at: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.reason, self.at = reason, at
 
 
 # -- what the fields are ------------------------------------------------------------
@@ -224,7 +228,13 @@ def _coerce_one(value: Any, hint: Any, base: Path) -> Any:
         if not isinstance(value, Mapping):
             return _NO
         inner = args[1] if len(args) == 2 else Any
-        return {str(k): coerce(v, inner, base) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            try:
+                out[str(k)] = coerce(v, inner, base)
+            except _Mismatch as exc:  # the line of the entry, not of the table
+                raise _Mismatch(exc.reason, (str(k), *exc.at)) from None
+        return out
     if origin is typing.Literal:
         return value if value in args else _NO
     if origin is not None and isinstance(origin, type) and origin is not type:
@@ -433,7 +443,7 @@ def _typed(reading: _Reading) -> dict[str, Any]:
         try:
             out[name] = coerce(value, specs[name].hint, base)
         except _Mismatch as exc:
-            reading.problem(key, str(exc))
+            reading.problem((*key, *exc.at), exc.reason)
     return out
 
 
@@ -483,16 +493,23 @@ def load_config(
         try:
             fields[name] = coerce(value, specs[name].hint, Path.cwd())
         except _Mismatch as exc:
-            raise ValueError(f"{flag}: {exc}") from None
+            raise ValueError(f"{flag}: {exc.reason}") from None
         sources[name] = f"flag {flag}"
-    load = list(fields.pop("load", []))
+    load = [str(s) for s in fields.pop("load", [])]
+    if path is not None and sources["load"].startswith("file"):
+        load = [_from_file(spec, path.parent) for spec in load]
     try:
         config = NodeConfig(**fields)
     except (ValueError, TypeError) as exc:
         if path is None:
             raise
         raise _traced(exc, path, reading, fields, sources) from None
-    return Effective(config, sources, [str(s) for s in load])
+    return Effective(config, sources, load)
+
+
+def _from_file(spec: str, base: Path) -> str:
+    """A ``load`` entry of the file: a relative ``.py`` path is the file's neighbour."""
+    return str(base / spec) if spec.endswith(".py") and not Path(spec).is_absolute() else spec
 
 
 def _traced(
