@@ -25,7 +25,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from aralnode.bridge._http import HeadersTooLarge, HeaderTimeout, dumps, error_body
+from aralnode.bridge._http import ON_GONE, HeadersTooLarge, HeaderTimeout, dumps, error_body
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError
 
@@ -93,8 +93,12 @@ class _HeadGuard(asyncio.Protocol):
 
     limits: ClassVar[HeadLimits]
     transport: asyncio.Transport
+    cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
+    # A lost connection calls its unanswered request's ON_GONE hook (DisconnectWatch's):
+    # no task per request waits on ``receive`` for the disconnect.
+    reports_gone: ClassVar[bool] = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -102,7 +106,12 @@ class _HeadGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:  # lost before its response was done
+            gone = getattr(cycle, ON_GONE, None)
+            if gone is not None:
+                gone()
 
     def _arm(self) -> None:
         """Start the head's clock, unless it already runs (a head that began on a
@@ -198,6 +207,11 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super().data_received(data)
         if self._refused or not self._in_head:
             return
+        if not self._busy():
+            # A head still incomplete at the end of a read: its clock runs from here
+            # (armed once; a head that arrives whole in one read, as nearly all do,
+            # never needs a timer). Behind unanswered requests it starts when they are.
+            self._arm()
         if whole_chunk_in_head and not self._began:
             # All of it is head (what the callbacks counted of it, too).
             self._head_bytes = counted + len(data)
@@ -239,8 +253,6 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super().on_message_begin()
         self._in_head, self._began = True, True
         self._head_bytes, self._head_count = 1, 0
-        if not self._busy():  # else its clock starts when the answers before it are done
-            self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
