@@ -12,7 +12,7 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aralnode._logs import get_logger
 from aralnode.core import codec
@@ -274,20 +274,19 @@ class ClientGone(Cancelled):
     default_reason = "CLIENT_DISCONNECTED"
 
 
-# The attribute of a uvicorn request cycle that our bounded protocols call when its
-# connection is lost before its response is complete (``_server._HeadGuard``).
-ON_GONE = "aral_on_gone"
+# The scope key under which our bounded protocols (``_server._HeadGuard``) put the
+# connection a request came on, so that a call can ask to hear when it is lost.
+CONNECTION = "aral.connection"
 
 
-def _reporting_cycle(receive: Receive) -> Any:
-    """The uvicorn request cycle ``receive`` belongs to, if its connection's protocol
-    reports a loss to it (ours do); else None."""
-    cycle = getattr(receive, "__self__", None)
-    transport = getattr(cycle, "transport", None)
-    protocol = transport.get_protocol() if transport is not None else None
-    if getattr(protocol, "reports_gone", False) and getattr(protocol, "cycle", None) is cycle:
-        return cycle
-    return None
+class ReportsLoss(Protocol):
+    """A connection that calls back when it is lost (``_server._HeadGuard``)."""
+
+    lost: bool
+
+    def on_lost(self, callback: Callable[[], None]) -> None: ...
+
+    def not_on_lost(self, callback: Callable[[], None]) -> None: ...
 
 
 class DisconnectWatch:
@@ -298,37 +297,35 @@ class DisconnectWatch:
     Enter it once the request body has been read: from then on, the only message
     ``receive`` can give is ``http.disconnect``. Used as::
 
-        async with DisconnectWatch(receive):
+        async with DisconnectWatch(receive, scope):
             response = await call(ctx, request)
 
-    On the node's own HTTP port (``_server.py``'s protocols) the connection tells the
-    request cycle when it is lost, so nothing runs per request but two attribute
-    writes; for any other server, a task waits on ``receive`` for the disconnect
+    On the node's own HTTP port the connection (named in the request's ``scope``)
+    calls back when it is lost, so nothing runs per request but a set's add and
+    discard; for any other server, a task waits on ``receive`` for the disconnect
     (a task per request: about a tenth of a REST call's CPU).
     """
 
-    __slots__ = ("_cycle", "_done", "_receive", "_task", "_watcher", "gone")
+    __slots__ = ("_connection", "_done", "_receive", "_task", "_watcher", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, scope: Scope | None = None) -> None:
         self._receive = receive
         self.gone = False
         self._done = False
         self._watcher: asyncio.Task[None] | None = None
-        self._cycle: Any = None
+        self._connection: ReportsLoss | None = scope.get(CONNECTION) if scope is not None else None
 
     async def __aenter__(self) -> DisconnectWatch:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        cycle = _reporting_cycle(self._receive)
-        if cycle is not None:
-            if cycle.disconnected:  # already gone: as the watcher's first receive would say
-                self._client_gone()
-            else:
-                self._cycle = cycle
-                setattr(cycle, ON_GONE, self._client_gone)
-        else:
+        connection = self._connection
+        if connection is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        elif connection.lost:  # already gone: as the watcher's first receive would say
+            self._client_gone()
+        else:
+            connection.on_lost(self._client_gone)
         return self
 
     async def _watch(self) -> None:
@@ -345,8 +342,8 @@ class DisconnectWatch:
         self._done = True
         if self._watcher is not None:
             self._watcher.cancel()
-        if self._cycle is not None:
-            setattr(self._cycle, ON_GONE, None)
+        if self._connection is not None:
+            self._connection.not_on_lost(self._client_gone)
         # Our cancellation, not anyone else's (a stopping server's): say so.
         ours = self.gone and self._task.uncancel() == 0
         if ours and exc_type is asyncio.CancelledError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +26,13 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from aralnode.bridge._http import ON_GONE, HeadersTooLarge, HeaderTimeout, dumps, error_body
+from aralnode.bridge._http import (
+    CONNECTION,
+    HeadersTooLarge,
+    HeaderTimeout,
+    dumps,
+    error_body,
+)
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError
 
@@ -93,12 +100,12 @@ class _HeadGuard(asyncio.Protocol):
 
     limits: ClassVar[HeadLimits]
     transport: asyncio.Transport
-    cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
-    # A lost connection calls its unanswered request's ON_GONE hook (DisconnectWatch's):
-    # no task per request waits on ``receive`` for the disconnect.
-    reports_gone: ClassVar[bool] = True
+    # Calls to make when the connection is lost (DisconnectWatch's, via the scope's
+    # CONNECTION): no task per request waits on ``receive`` for the disconnect.
+    lost = False
+    _on_lost: set[Callable[[], None]] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -106,12 +113,26 @@ class _HeadGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        cycle = self.cycle
+        self.lost = True
         super().connection_lost(exc)
-        if cycle is not None and cycle.disconnected:  # lost before its response was done
-            gone = getattr(cycle, ON_GONE, None)
-            if gone is not None:
-                gone()
+        callbacks, self._on_lost = self._on_lost, None
+        for callback in callbacks or ():
+            callback()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the connection is lost (until ``not_on_lost``)."""
+        if self._on_lost is None:
+            self._on_lost = set()
+        self._on_lost.add(callback)
+
+    def not_on_lost(self, callback: Callable[[], None]) -> None:
+        if self._on_lost is not None:
+            self._on_lost.discard(callback)
+
+    def _named_in(self, scope: Any) -> None:
+        """Put this connection in a request's scope (before its app task runs)."""
+        if scope is not None:
+            scope[CONNECTION] = self
 
     def _arm(self) -> None:
         """Start the head's clock, unless it already runs (a head that began on a
@@ -153,6 +174,8 @@ class BoundedH11(_HeadGuard, H11Protocol):
         if self._refused:
             return
         super().data_received(data)
+        if self.cycle is not None:  # its task was made, and has not run yet
+            self._named_in(self.cycle.scope)
         if self._awaiting_head():
             self._arm()
         else:
@@ -269,6 +292,7 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body = False, True
         self._disarm()
+        self._named_in(self.scope)  # the scope the cycle made here is given
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
