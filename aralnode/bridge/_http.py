@@ -467,6 +467,13 @@ class AllowedAuthorities:
 
     def __init__(self, hosts: Iterable[str], origins: Iterable[str]) -> None:
         self.hosts = frozenset(p for p in map(_pattern, hosts) if p is not None)
+        # The Host values these admit as written (``127.0.0.1:8080``), which parse to
+        # a pattern exactly: most requests' Host is one of them, found without a parse.
+        self._exact = frozenset(
+            host if port is None else f"{host}:{port}"
+            for host, port in self.hosts
+            if port != ANY_PORT
+        )
         by_scheme: dict[str, set[Authority]] = {}
         for origin in origins:
             scheme, sep, rest = origin.lower().rstrip("/").partition("://")
@@ -478,6 +485,8 @@ class AllowedAuthorities:
         self.origins = {k: frozenset(v) for k, v in by_scheme.items()}
 
     def host(self, value: str) -> bool:
+        if value in self._exact:
+            return True
         authority = parse_authority(value)
         return authority is not None and _admits(self.hosts, authority)
 

@@ -286,7 +286,11 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         if self._head_count > self.limits.max_count:
             self._refuse(self.limits.too_many())
             raise _Refused
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        # (_count inlined: this runs for every header field of every request)
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_bytes > self.limits.max_bytes:
+            self._refuse(self.limits.too_large())
+            raise _Refused
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
