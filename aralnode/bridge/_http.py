@@ -12,15 +12,19 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aralnode._logs import get_logger
+
+# A call ends with its client (_disconnect.py); the doors take these from here.
+from aralnode.bridge._disconnect import CONNECTION as CONNECTION
+from aralnode.bridge._disconnect import ClientGone as ClientGone
+from aralnode.bridge._disconnect import DisconnectWatch as DisconnectWatch
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
     AralError,
-    Cancelled,
     DeadlineExceeded,
     InvalidRequest,
     MessageTooLarge,
@@ -263,91 +267,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         # A second gzip member (or trailing bytes): one member is one body here.
         raise InvalidRequest("gzip body has data after its end", reason="BAD_ENCODING")
     return out
-
-
-# -- a call ends with its client ----------------------------------------------------------
-
-
-class ClientGone(Cancelled):
-    """The HTTP client went away while its call ran: the call was cancelled."""
-
-    default_reason = "CLIENT_DISCONNECTED"
-
-
-# The scope key under which our bounded protocols (``_server._HeadGuard``) put the
-# connection a request came on, so that a call can ask to hear when it is lost.
-CONNECTION = "aral.connection"
-
-
-class ReportsLoss(Protocol):
-    """A connection that calls back when it is lost (``_server._HeadGuard``)."""
-
-    lost: bool
-
-    def on_lost(self, callback: Callable[[], None]) -> None: ...
-
-    def not_on_lost(self, callback: Callable[[], None]) -> None: ...
-
-
-class DisconnectWatch:
-    """Cancels the task it is entered in once the HTTP client goes away, so that a
-    call nobody waits for any more ends, and gives its slot back; raises
-    ``ClientGone`` out of the block then.
-
-    Enter it once the request body has been read: from then on, the only message
-    ``receive`` can give is ``http.disconnect``. Used as::
-
-        async with DisconnectWatch(receive, scope):
-            response = await call(ctx, request)
-
-    On the node's own HTTP port the connection (named in the request's ``scope``)
-    calls back when it is lost, so nothing runs per request but a set's add and
-    discard; for any other server, a task waits on ``receive`` for the disconnect
-    (a task per request: about a tenth of a REST call's CPU).
-    """
-
-    __slots__ = ("_connection", "_done", "_receive", "_task", "_watcher", "gone")
-
-    def __init__(self, receive: Receive, scope: Scope | None = None) -> None:
-        self._receive = receive
-        self.gone = False
-        self._done = False
-        self._watcher: asyncio.Task[None] | None = None
-        self._connection: ReportsLoss | None = scope.get(CONNECTION) if scope is not None else None
-
-    async def __aenter__(self) -> DisconnectWatch:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        connection = self._connection
-        if connection is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        elif connection.lost:  # already gone: as the watcher's first receive would say
-            self._client_gone()
-        else:
-            connection.on_lost(self._client_gone)
-        return self
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._client_gone()
-
-    def _client_gone(self) -> None:
-        if not self._done:
-            self.gone = True
-            self._task.cancel()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._done = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-        if self._connection is not None:
-            self._connection.not_on_lost(self._client_gone)
-        # Our cancellation, not anyone else's (a stopping server's): say so.
-        ours = self.gone and self._task.uncancel() == 0
-        if ours and exc_type is asyncio.CancelledError:
-            raise ClientGone("the client went away before its call ended") from None
 
 
 # -- draining ------------------------------------------------------------------------------
