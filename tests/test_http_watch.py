@@ -6,6 +6,7 @@ parsers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,7 +15,14 @@ import pytest
 
 from aralnode import Node
 from aralnode.bridge import _http
-from tests.test_hostile_http import holding, mcp_drop, raw_post, send_and_drop
+from tests.test_hostile_http import (
+    holding,
+    mcp_drop,
+    mcp_session,
+    raw_post,
+    send_and_drop,
+    tool_call,
+)
 
 
 @pytest.fixture
@@ -94,3 +102,54 @@ async def test_other_servers_get_the_watcher_task(watch_tasks: list[int]) -> Non
         async with asyncio.timeout(5):
             await task
     assert watch_tasks == [1]
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One keep-alive response's body (content-length framed, as the doors send)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return await reader.readexactly(length)
+
+
+@pytest.fixture
+def no_collector() -> Any:
+    """The collector off while a test counts what only it would free."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+async def test_calls_leave_no_reference_cycles(
+    make_node: Callable[..., Node], no_collector: None
+) -> None:
+    """A REST or MCP call leaves nothing only the cycle collector frees. The watcher
+    task cancelled at every call's end left about 23 (REST) and 34 (MCP) objects in
+    cycles per call (its CancelledError, traceback, frames): a young collection every
+    few hundred calls, 7-15 ms each, which was the MCP open loop's p99 (7x the SDK's)."""
+    node = make_node("cycles", http_port=0)
+    async with node:
+        port = node.http_port
+        assert port is not None
+        session = await mcp_session(port)
+        rest = raw_post(port, "/v1/invoke", {"call": {"capability": "demo.echo",
+                                                      "parameters": {"text": "x"}}})  # fmt: skip
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for n in range(240):  # the first 40 warm up (caches, schemas, the session)
+                writer.write(rest)
+                await _answer(reader)
+                writer.write(raw_post(port, "/mcp", tool_call("demo.echo", {"text": "x"}, n + 1),
+                                      session))  # fmt: skip
+                assert b'"isError":false' in (await _answer(reader)).replace(b" ", b"")
+                if n == 39:
+                    gc.collect()
+            cycles = gc.collect()
+        finally:
+            writer.close()
+    assert cycles < 100, f"{cycles} objects in cycles after 200 REST and 200 MCP calls"
