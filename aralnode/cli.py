@@ -21,9 +21,10 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode import _proto as pb
-from aralnode import cli_ca
+from aralnode import cli_ca, cli_config
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
+from aralnode.config_file import ConfigFileError
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
@@ -64,30 +65,8 @@ def _ago(ms: int) -> str:
 
 
 def run_config(ns: argparse.Namespace) -> NodeConfig:
-    """The node configuration ``aralnode run``'s arguments describe."""
-    return NodeConfig(
-        name=ns.name,
-        host=ns.host,
-        grpc_port=ns.grpc_port,
-        http_port=None if ns.http_port < 0 else ns.http_port,
-        data_dir=Path(ns.data_dir) if ns.data_dir else None,
-        discovery=ns.discovery,
-        peers=list(ns.peer),
-        interfaces=list(ns.interface),
-        key_algorithm=KeyAlgorithm(ns.key_algorithm),
-        keepalive_ms=ns.keepalive_ms,
-        peer_timeout_ms=ns.peer_timeout_ms,
-        durable=ns.durable,
-        peer_grants=_grants(ns.grant),
-        **cli_ca.run_fields(ns),
-    )
-
-
-def _grants(pairs: list[tuple[str, frozenset[str]]]) -> dict[str, frozenset[str]]:
-    grants: dict[str, frozenset[str]] = {}
-    for node_id, scopes in pairs:  # a node named twice gets both grants
-        grants[node_id] = grants.get(node_id, frozenset()) | scopes
-    return grants
+    """The node configuration ``aralnode run``'s arguments (and ``--config`` file) describe."""
+    return cli_config.effective_config(ns).config
 
 
 def _grant(value: str) -> tuple[str, frozenset[str]]:
@@ -105,9 +84,10 @@ def _grant(value: str) -> tuple[str, frozenset[str]]:
 
 
 async def cmd_run(ns: argparse.Namespace) -> int:
-    config = run_config(ns)
+    effective = cli_config.effective_config(ns)
+    config = effective.config
     node = Node(config)
-    for spec in ns.load:
+    for spec in effective.load:
         node.load(spec)
     loop = asyncio.get_running_loop()
     stop, again = asyncio.Event(), asyncio.Event()  # the first signal, and any later one
@@ -411,69 +391,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[verbose], help="start a node")
-    run.add_argument("--name", default="aralnode", help="node name (default: aralnode)")
+    # The run flags, shared with ``aralnode config check``. Every flag that sets a
+    # NodeConfig field defaults to None: a flag not given leaves the config file's value
+    # (tests/test_config_file.py holds every run flag to that).
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument(
+        "--config", metavar="FILE", help="a TOML config file (`aralnode config show` writes one)"
+    )
+    run.add_argument("--name", help="node name (default: aralnode)")
     run.add_argument(
         "--host", default=None, help="bind address (default: 0.0.0.0 with mdns, else 127.0.0.1)"
     )
     run.add_argument(
-        "--grpc-port",
-        type=int,
-        default=DEFAULT_GRPC_PORT,
-        help="gRPC port, 0 for any (default: %(default)s)",
+        "--grpc-port", type=int, help=f"gRPC port, 0 for any (default: {DEFAULT_GRPC_PORT})"
     )
     run.add_argument(
-        "--http-port",
-        type=int,
-        default=8080,
-        help="HTTP port, 0 for any, -1 to disable (default: 8080)",
+        "--http-port", type=int, help="HTTP port, 0 for any, -1 to disable (default: 8080)"
     )
     run.add_argument("--data-dir", help="keys and state (default: $XDG_DATA_HOME/aralnode/NAME)")
     run.add_argument(
         "--discovery",
         choices=("mdns", "static", "none"),
-        default="mdns",
         help="mdns: find and be found on the LAN; static: dial the --peer addresses only; "
-        "none: dial nobody (default: %(default)s)",
+        "none: dial nobody (default: mdns)",
     )
     run.add_argument(
         "--peer",
         action="append",
-        default=[],
         metavar="HOST:PORT",
         help="static peer, dialled until reached (repeatable; not with --discovery none)",
     )
     run.add_argument(
-        "--interface",
-        action="append",
-        default=[],
-        metavar="IP",
-        help="mDNS interface address (repeatable)",
+        "--interface", action="append", metavar="IP", help="mDNS interface address (repeatable)"
     )
     run.add_argument(
         "--load",
         action="append",
-        default=[],
         metavar="MODULE_OR_FILE",
         help="call its setup(node) (repeatable)",
     )
-    run.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="ES256")
+    run.add_argument(
+        "--key-algorithm", choices=[a.value for a in KeyAlgorithm], help="(default: ES256)"
+    )
     run.add_argument(
         "--keepalive-ms",
         type=int,
-        default=NodeConfig().keepalive_ms,
-        help="peer health probe interval (default: %(default)s)",
+        help=f"peer health probe interval (default: {NodeConfig().keepalive_ms})",
     )
     run.add_argument(
         "--peer-timeout-ms",
         type=int,
-        default=NodeConfig().peer_timeout_ms,
-        help="drop a peer after this long without a healthy probe (default: %(default)s)",
+        help="drop a peer after this long without a healthy probe "
+        f"(default: {NodeConfig().peer_timeout_ms})",
     )
     run.add_argument(
         "--grant",
         action="append",
-        default=[],
         type=_grant,
         metavar="NODE_ID=SCOPE[,SCOPE]",
         help="grant scopes to the peer with this node id, once its key is verified in a "
@@ -482,10 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--durable",
         action="store_true",
+        default=None,
         help="keep the A2A channel outbox and inbox in SQLite under the data dir",
     )
     cli_ca.add_run_flags(run)
-    run.set_defaults(func=cmd_run)
+    sub.add_parser("run", parents=[verbose, run], help="start a node").set_defaults(func=cmd_run)
 
     call = sub.add_parser("call", parents=[verbose], help="invoke a capability")
     call.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
@@ -551,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_keys_show)
     cli_ca.add_parser(sub)
+    cli_config.add_parser(sub, parents=[verbose, run])
     return parser
 
 
@@ -568,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(asyncio.run(result))
             return 130
         return int(result)
+    except ConfigFileError as exc:  # a bad file is a usage error: its line, key, reason
+        print(exc, file=sys.stderr)
+        return 2
     except AralError as exc:
         # The reason, where it says more than the status (NOT_FOUND's is NOT_FOUND).
         tag = (

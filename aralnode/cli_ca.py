@@ -96,29 +96,17 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--tls-client-auth",
         choices=("none", "require"),
-        default="none",
+        default=None,  # every run flag: None unless given, so a --config file's value stays
         help="require: mTLS on the gRPC door, the mesh mode (default: none)",
     )
-    run.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    run.add_argument("--trust-domain", default=None, help=f"default: {DEFAULT_TRUST_DOMAIN}")
     run.add_argument(
         "--tls-deny",
         action="append",
-        default=[],
+        default=None,
         metavar="NODE_ID_OR_SERIAL",
         help="refuse this node id or certificate serial (hex) at the handshake (repeatable)",
     )
-
-
-def run_fields(ns: argparse.Namespace) -> dict[str, Any]:
-    """The ``NodeConfig`` fields of ``add_run_flags``."""
-    return {
-        "tls_cert_file": Path(ns.tls_cert) if ns.tls_cert else None,
-        "tls_key_file": Path(ns.tls_key) if ns.tls_key else None,
-        "tls_ca_file": Path(ns.tls_ca) if ns.tls_ca else None,
-        "tls_client_auth": ns.tls_client_auth,
-        "trust_domain": ns.trust_domain,
-        "tls_deny": frozenset(ns.tls_deny),
-    }
 
 
 def grpcurl_flags(config: NodeConfig) -> str:
@@ -170,5 +158,4 @@ __all__ = [
     "add_run_flags",
     "client_args",
     "grpcurl_flags",
-    "run_fields",
 ]

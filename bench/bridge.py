@@ -378,6 +378,8 @@ async def _measure(report: Report) -> None:
             "another (streamable HTTP, JSON responses, sessions, for both). Load from a keep-alive",
             "HTTP/1.1 client and a grpc.aio channel in the bench process. Targets: REST >= 50 % of",
             "gRPC Invoke; MCP >= 1000 calls/s with p99 <= 5 ms, and >= the SDK's own server.",
+            "What a change costs these doors, against an earlier revision, paired the same",
+            "way (and the node's CPU per call): `python -m bench.versus_http REV`.",
             "",
             "| path | load | calls/s | p50 ms | p99 ms |",
             "|---|---|---|---|---|",

@@ -43,6 +43,8 @@ LAYER_OF = {
     "aralnode._logs": "base",
     "aralnode.core": "core",
     "aralnode.config": "config",
+    "aralnode.config_file": "config",
+    "aralnode.config_template": "config",
     "aralnode.store": "store",
     "aralnode.service": "service",
     "aralnode.access": "access",
@@ -55,6 +57,7 @@ LAYER_OF = {
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",
     "aralnode.cli_ca": "tools",
+    "aralnode.cli_config": "tools",
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",

@@ -16,12 +16,16 @@ from typing import Any
 
 from aralnode._logs import get_logger
 from aralnode.access.buckets import Admission
+
+# A call ends with its client (_disconnect.py); the doors take these from here.
+from aralnode.bridge._disconnect import CONNECTION as CONNECTION
+from aralnode.bridge._disconnect import ClientGone as ClientGone
+from aralnode.bridge._disconnect import DisconnectWatch as DisconnectWatch
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
     AralError,
-    Cancelled,
     DeadlineExceeded,
     InvalidRequest,
     MessageTooLarge,
@@ -288,57 +292,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return out
 
 
-# -- a call ends with its client ----------------------------------------------------------
-
-
-class ClientGone(Cancelled):
-    """The HTTP client went away while its call ran: the call was cancelled."""
-
-    default_reason = "CLIENT_DISCONNECTED"
-
-
-class DisconnectWatch:
-    """Cancels the task it is entered in once the HTTP client goes away, so that a
-    call nobody waits for any more ends, and gives its slot back; raises
-    ``ClientGone`` out of the block then.
-
-    Enter it once the request body has been read: from then on, the only message
-    ``receive`` can give is ``http.disconnect``. Used as::
-
-        async with DisconnectWatch(receive):
-            response = await call(ctx, request)
-    """
-
-    __slots__ = ("_done", "_receive", "_task", "_watcher", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self.gone = False
-        self._done = False
-
-    async def __aenter__(self) -> DisconnectWatch:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        return self
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        if not self._done:
-            self.gone = True
-            self._task.cancel()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._done = True
-        self._watcher.cancel()
-        # Our cancellation, not anyone else's (a stopping server's): say so.
-        ours = self.gone and self._task.uncancel() == 0
-        if ours and exc_type is asyncio.CancelledError:
-            raise ClientGone("the client went away before its call ended") from None
-
-
 # -- draining ------------------------------------------------------------------------------
 
 
@@ -456,6 +409,13 @@ class AllowedAuthorities:
 
     def __init__(self, hosts: Iterable[str], origins: Iterable[str]) -> None:
         self.hosts = frozenset(p for p in map(_pattern, hosts) if p is not None)
+        # The Host values these admit as written (``127.0.0.1:8080``), which parse to
+        # a pattern exactly: most requests' Host is one of them, found without a parse.
+        self._exact = frozenset(
+            host if port is None else f"{host}:{port}"
+            for host, port in self.hosts
+            if port != ANY_PORT
+        )
         by_scheme: dict[str, set[Authority]] = {}
         for origin in origins:
             scheme, sep, rest = origin.lower().rstrip("/").partition("://")
@@ -467,6 +427,8 @@ class AllowedAuthorities:
         self.origins = {k: frozenset(v) for k, v in by_scheme.items()}
 
     def host(self, value: str) -> bool:
+        if value in self._exact:
+            return True
         authority = parse_authority(value)
         return authority is not None and _admits(self.hosts, authority)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +26,13 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from aralnode.bridge._http import HeadersTooLarge, HeaderTimeout, dumps, error_body
+from aralnode.bridge._http import (
+    CONNECTION,
+    HeadersTooLarge,
+    HeaderTimeout,
+    dumps,
+    error_body,
+)
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError
 
@@ -95,6 +102,10 @@ class _HeadGuard(asyncio.Protocol):
     transport: asyncio.Transport
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
+    # Calls to make when the connection is lost (DisconnectWatch's, via the scope's
+    # CONNECTION): no task per request waits on ``receive`` for the disconnect.
+    lost = False
+    _on_lost: set[Callable[[], None]] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -102,7 +113,26 @@ class _HeadGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.lost = True
         super().connection_lost(exc)
+        callbacks, self._on_lost = self._on_lost, None
+        for callback in callbacks or ():
+            callback()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the connection is lost (until ``not_on_lost``)."""
+        if self._on_lost is None:
+            self._on_lost = set()
+        self._on_lost.add(callback)
+
+    def not_on_lost(self, callback: Callable[[], None]) -> None:
+        if self._on_lost is not None:
+            self._on_lost.discard(callback)
+
+    def _named_in(self, scope: Any) -> None:
+        """Put this connection in a request's scope (before its app task runs)."""
+        if scope is not None:
+            scope[CONNECTION] = self
 
     def _arm(self) -> None:
         """Start the head's clock, unless it already runs (a head that began on a
@@ -144,6 +174,8 @@ class BoundedH11(_HeadGuard, H11Protocol):
         if self._refused:
             return
         super().data_received(data)
+        if self.cycle is not None:  # its task was made, and has not run yet
+            self._named_in(self.cycle.scope)
         if self._awaiting_head():
             self._arm()
         else:
@@ -198,6 +230,11 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super().data_received(data)
         if self._refused or not self._in_head:
             return
+        if not self._busy():
+            # A head still incomplete at the end of a read: its clock runs from here
+            # (armed once; a head that arrives whole in one read, as nearly all do,
+            # never needs a timer). Behind unanswered requests it starts when they are.
+            self._arm()
         if whole_chunk_in_head and not self._began:
             # All of it is head (what the callbacks counted of it, too).
             self._head_bytes = counted + len(data)
@@ -239,8 +276,6 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super().on_message_begin()
         self._in_head, self._began = True, True
         self._head_bytes, self._head_count = 1, 0
-        if not self._busy():  # else its clock starts when the answers before it are done
-            self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -251,12 +286,17 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         if self._head_count > self.limits.max_count:
             self._refuse(self.limits.too_many())
             raise _Refused
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        # (_count inlined: this runs for every header field of every request)
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_bytes > self.limits.max_bytes:
+            self._refuse(self.limits.too_large())
+            raise _Refused
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body = False, True
         self._disarm()
+        self._named_in(self.scope)  # the scope the cycle made here is given
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -398,12 +398,13 @@ def build_server(
         call_ctx = context(ctx)
         # The HTTP request that carried the call (none over stdio): a client that
         # goes away ends its call, as on REST.
-        receive = getattr(getattr(ctx, "request", None), "receive", None)
+        request = getattr(ctx, "request", None)
+        receive = getattr(request, "receive", None)
         try:
             if receive is None:
                 value = await tool.run(params.arguments or {}, call_ctx)
             else:
-                async with DisconnectWatch(receive):
+                async with DisconnectWatch(receive, getattr(request, "scope", None)):
                     value = await tool.run(params.arguments or {}, call_ctx)
         except AralError as exc:
             return error_result(exc, call_ctx.trace_id, source.now_ms())

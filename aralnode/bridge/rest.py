@@ -266,7 +266,7 @@ class RestDoor:
             # Negotiated before the call runs: a refusal must not come after its effects.
             kind = h.negotiate(ctx.metadata.get("accept"), route.offered)
             request = request_from(route.target.request_cls, params)
-            async with h.DisconnectWatch(receive):  # a client that goes ends its call
+            async with h.DisconnectWatch(receive, scope):  # a client that goes ends its call
                 response = await call(ctx, request)
             payload, content_type = self.encode(route, response, kind)
         except h.ClientGone:
