@@ -22,6 +22,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
 from aralnode._version import __version__
+from aralnode.access.apikeys import ApiKeyCheck
+from aralnode.access.bearer import BearerAuthenticator
+from aralnode.access.introspect import Introspector
+from aralnode.access.jwks import JwksFile, JwksUrl, KeySource
+from aralnode.access.jwt import JwtRules, JwtVerifier
+from aralnode.access.tokens import TokenCache
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -38,6 +44,7 @@ from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
+from aralnode.service.auth import Chain
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
@@ -96,6 +103,7 @@ class NodeParts:
     grpc: GrpcServer
     http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
     send: PeerSender
+    access: BearerAuthenticator | None = None  # bearer tokens and API keys (ident)
 
     async def stop_now(self) -> None:
         """Cut a draining ``stop`` short: the calls still in flight are cancelled."""
@@ -116,6 +124,8 @@ class NodeParts:
             draining.append(self.http.stop(drain))
         await asyncio.gather(*draining)
         await self.connector.close()
+        if self.access is not None:
+            await self.access.close()
 
 
 class PeerSender:
@@ -216,10 +226,61 @@ def build_parts(
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
     try:
-        return _around_hub(node, backends, services, replay, hub)
+        parts = _around_hub(node, backends, services, replay, hub)
+        parts.access = _access(node, parts)
+        return parts
     except BaseException:
         hub.discard()  # its stores and threads: nothing else was started
         raise
+
+
+def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
+    """The caller-identity authenticator ``cfg`` asks for: API keys (always: the key
+    file may appear later), JWTs when ``jwt_issuer`` is set, introspection when
+    ``oauth_introspection_url`` is."""
+    cache = TokenCache(cfg.token_cache_size)
+    verifier = None
+    if cfg.jwt_issuer:
+        keys: KeySource = (
+            JwksFile(cfg.jwt_jwks_file)
+            if cfg.jwt_jwks_file is not None
+            else JwksUrl(cfg.jwt_jwks_url, refetch_seconds=cfg.jwt_jwks_refetch_seconds)
+        )
+        rules = JwtRules(
+            issuer=cfg.jwt_issuer,
+            audience=cfg.jwt_audience,
+            algorithms=tuple(cfg.jwt_algorithms),
+            leeway=cfg.jwt_leeway_seconds,
+            caller_claim=cfg.jwt_caller_claim,
+            roles_claim=cfg.jwt_roles_claim,
+            kind_claim=cfg.jwt_kind_claim,
+        )
+        verifier = JwtVerifier(rules, keys, cache)
+    introspector = None
+    if cfg.oauth_introspection_url:
+        introspector = Introspector(
+            cfg.oauth_introspection_url,
+            client_id=cfg.oauth_client_id,
+            client_secret=cfg.oauth_client_secret,
+            cache=cache,
+            negative_size=cfg.token_cache_size,
+        )
+    return BearerAuthenticator(
+        apikeys=ApiKeyCheck(cfg.apikeys_path), jwt=verifier, introspector=introspector
+    )
+
+
+def _access(node: NodeView, parts: NodeParts) -> BearerAuthenticator:
+    """Put the caller-identity authenticator in front of the node's (one pipeline:
+    every door) and start the JWKS URL's first fetch."""
+    access = access_identity(node.config)
+    stage = node.pipeline.stages.authenticate
+    stage.authenticator = Chain(access, stage.authenticator)
+    if parts.http is not None:
+        parts.http.gate.access = access
+    if access.jwt is not None and isinstance(access.jwt.keys, JwksUrl):
+        access.jwt.keys.request_fetch()
+    return access
 
 
 def _around_hub(
@@ -360,6 +421,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
 
 def _http(node: NodeView, service: NodeService, services: list[ProtoService]) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
+    from aralnode.bridge._oauth import ProtectedResource  # noqa: PLC0415 - see above
     from aralnode.bridge.http import HttpBridge, HttpLimits  # noqa: PLC0415 - see above
 
     cfg = node.config
@@ -387,6 +449,13 @@ def _http(node: NodeView, service: NodeService, services: list[ProtoService]) ->
             ws_sockets=cfg.ws_max_connections,
             ws_sockets_per_client=cfg.ws_max_connections_per_client,
             listing_requires_auth=cfg.listing_requires_auth,
+        ),
+        oauth=ProtectedResource(
+            resource=cfg.oauth_resource,
+            authorization_servers=list(cfg.oauth_authorization_servers)
+            or ([cfg.jwt_issuer] if cfg.jwt_issuer else []),
+            scopes_supported=list(cfg.oauth_scopes_supported),
+            session_ttl=cfg.session_ttl_seconds,
         ),
     )
 

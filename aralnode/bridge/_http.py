@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aralnode._logs import get_logger
+from aralnode.access.challenge import www_authenticate
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
@@ -151,6 +152,8 @@ def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
         out.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
+    if exc.http_status in (401, 403) and (challenge := www_authenticate(exc)) is not None:
+        out.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
     return out
 
 

@@ -24,8 +24,9 @@ import uvicorn
 
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
+from aralnode.bridge._oauth import WELL_KNOWN, AuthGate, ProtectedResource
 from aralnode.bridge._server import HeadLimits, protocol_class
-from aralnode.bridge._sockets import SocketQuota
+from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
@@ -87,6 +88,7 @@ class HttpBridge:
         forward_peer_tools: List connected peers' capabilities as MCP tools.
         docs: Proto comments already read (the node's), so files are read once.
         limits: What any one client may make the port hold, and see (``HttpLimits``).
+        oauth: Its RFC 9728 metadata and session lifetime (``ProtectedResource``).
     """
 
     def __init__(
@@ -103,9 +105,11 @@ class HttpBridge:
         version: str = "",
         docs: ProtoComments,
         limits: HttpLimits | None = None,
+        oauth: ProtectedResource | None = None,
     ) -> None:
         self.service = service
-        self.limits = limits or HttpLimits()
+        limits = self.limits = limits or HttpLimits()
+        self.gate = AuthGate(service, oauth or ProtectedResource(), max_sessions=limits.mcp_sessions)
         self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
         self.targets: list[Target] = build_targets(service, services)
@@ -154,7 +158,9 @@ class HttpBridge:
             total=limits.ws_sockets,
             client_of=self._client_of,
         )
-        return WsDoor(self.service, self.hub, name=name, inflight=self.inflight, quota=sockets)
+        door = WsDoor(self.service, self.hub, name=name, inflight=self.inflight, quota=sockets)
+        door.session_ttl = self.gate.resource.session_ttl
+        return door
 
     def _openapi_builder(self, title: str, version: str) -> OpenApiBuilder:
         return OpenApiBuilder(
@@ -170,8 +176,12 @@ class HttpBridge:
         """Route by path: WebSocket ``/ws``; MCP under ``/mcp``; the documents
         (``_routes``, GET and HEAD); everything else is the REST door's."""
         path = scope.get("path", "")
+        await self.gate.prepare(scope)
         if scope["type"] == "websocket":
             if path == "/ws":
+                if (refusal := self.gate.websocket(scope)) is not None:
+                    await refuse(send, refusal, self.clock.now_ms())
+                    return
                 await self.ws(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
@@ -180,6 +190,8 @@ class HttpBridge:
             return
         if path == "/mcp" or path.startswith("/mcp/"):
             assert self.mcp is not None
+            if not await self.gate.mcp(scope, send):
+                return
             if scope["method"] == "POST":
                 # A request (a tool call, say) until its answer is sent: a stopping
                 # node waits for it before it ends the MCP sessions.
@@ -187,6 +199,9 @@ class HttpBridge:
                     await self.mcp.app(scope, receive, send)
             else:  # a session's event stream: open until the session ends
                 await self.mcp.app(scope, receive, send)
+            return
+        if path in (WELL_KNOWN, WELL_KNOWN + "/mcp") and scope["method"] in ("GET", "HEAD"):
+            await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):
@@ -267,7 +282,9 @@ class HttpBridge:
             max_sessions_per_client=self.limits.mcp_sessions_per_client,
             client_of=self._client_of,
             now_ms=self.clock.now_ms,
+            on_open=self.gate.opened,
         )
+        self.gate.on_expired = self.mcp.sessions.end
         await self.mcp.start()
         self.hub.attach()
         config = self._uvicorn_config()
