@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode import _proto as pb
+from aralnode import cli_apikey
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
 from aralnode.core import codec
@@ -525,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mcp.set_defaults(func=cmd_mcp)
 
+    cli_apikey.add_parser(sub)
     keys = sub.add_parser("keys", parents=[verbose], help="identity keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     show = keys_sub.add_parser("show", parents=[verbose], help="show the node identity")

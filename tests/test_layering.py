@@ -54,6 +54,7 @@ LAYER_OF = {
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",
+    "aralnode.cli_apikey": "tools",  # ident: `aralnode apikey`
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",

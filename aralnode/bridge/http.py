@@ -109,7 +109,8 @@ class HttpBridge:
     ) -> None:
         self.service = service
         limits = self.limits = limits or HttpLimits()
-        self.gate = AuthGate(service, oauth or ProtectedResource(), max_sessions=limits.mcp_sessions)
+        oauth = oauth or ProtectedResource()
+        self.gate = AuthGate(service, oauth, max_sessions=limits.mcp_sessions)
         self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
         self.targets: list[Target] = build_targets(service, services)
