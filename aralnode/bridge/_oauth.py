@@ -143,16 +143,22 @@ async def refuse(
     now_ms: int,
     metadata_url: str = "",
     extra: Mapping[str, str] | None = None,
+    jsonrpc: bool = False,
 ) -> None:
-    """Answer ``exc`` in the seed's error shape, with ``WWW-Authenticate`` on a 401
-    or 403."""
+    """Answer ``exc`` in the seed's error shape (``jsonrpc``: as a JSON-RPC error
+    whose data is that shape, which an MCP client reports as the server's error),
+    with ``WWW-Authenticate`` on a 401 or 403."""
     headers: list[tuple[bytes, bytes]] = []
     value = www_authenticate(exc, metadata_url=metadata_url)
     if value is not None:
         headers.append((b"www-authenticate", value.encode("latin-1", "replace")))
     for k, v in (extra or {}).items():
         headers.append((k.encode("latin-1"), v.encode("latin-1")))
-    body = dumps(error_body(exc, trace_id, now_ms))
+    shape = error_body(exc, trace_id, now_ms)
+    if jsonrpc:
+        error = {"code": int(exc.mcp_code), "message": exc.message, "data": shape["error"]}
+        shape = {"jsonrpc": "2.0", "id": None, "error": error}
+    body = dumps(shape)
     await send_body(send, exc.http_status, body, JSON, headers)
 
 
@@ -225,6 +231,7 @@ class AuthGate:
                 trace_id=ctx.trace_id or request_id(None),
                 now_ms=self.service.clock.now_ms(),
                 metadata_url=self.resource.metadata_url(scope),
+                jsonrpc=True,
             )
             return False
         scope[SCOPE_KEY] = principal
