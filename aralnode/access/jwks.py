@@ -1,7 +1,7 @@
 """An issuer's public keys (JWKS), from a file or a URL, looked up by ``kid``.
 
 Rotation without a restart: a file is re-read when it changes (a ``stat`` per
-lookup of an unknown ``kid``, and at most once a second otherwise); a URL is fetched
+lookup; lookups happen only for tokens not verified yet); a URL is fetched
 when the node starts and again when a token names a ``kid`` we do not hold -- at
 most once per ``refetch_seconds``, so that tokens with made-up ``kid`` values cannot
 make the node hammer the issuer. Fetches run on the event loop with httpx (never a
@@ -69,26 +69,24 @@ class KeySource(Protocol):
 class JwksFile:
     """Keys from a JWKS file, re-read when it changes (see the module docstring)."""
 
-    __slots__ = ("_checked", "_keys", "_seen", "path", "reloads")
+    __slots__ = ("_keys", "_seen", "path", "reloads")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._keys: dict[str, PyJWK] = {}
         self._seen: tuple[int, int, int] | None = None
-        self._checked = 0.0
         self.reloads = 0
         self._reload(force=True)
 
     def _reload(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < 1.0:
-            return
-        self._checked = now
+        # One stat per lookup, and lookups happen only for tokens not yet verified
+        # (the verified ones are cached): cheap, and a rotation counts at once.
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            if self._seen is not None or force:
+            if self._seen is not None or force:  # once, not per lookup
                 log.warning("JWKS file %s unreadable: %s (keys kept)", self.path, exc)
+            self._seen = None
             return
         seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         if seen == self._seen:
@@ -104,9 +102,6 @@ class JwksFile:
         self.reloads += 1
 
     def lookup(self, kid: str) -> PyJWK | None:
-        key = self._keys.get(kid)
-        if key is None:
-            self._checked = 0.0  # a miss looks at the file now (one stat)
         self._reload()
         return self._keys.get(kid)
 
