@@ -53,6 +53,7 @@ from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
+from aralnode.transport.grpc_credentials import PrepareCredentials
 from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
 from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
 
@@ -226,8 +227,9 @@ def build_parts(
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
     try:
-        parts = _around_hub(node, backends, services, replay, hub)
-        parts.access = _access(node, parts)
+        access = access_identity(cfg)
+        parts = _around_hub(node, backends, services, replay, hub, access=access)
+        _install(node, parts, access)
         return parts
     except BaseException:
         hub.discard()  # its stores and threads: nothing else was started
@@ -270,17 +272,16 @@ def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
     )
 
 
-def _access(node: NodeView, parts: NodeParts) -> BearerAuthenticator:
+def _install(node: NodeView, parts: NodeParts, access: BearerAuthenticator) -> None:
     """Put the caller-identity authenticator in front of the node's (one pipeline:
     every door) and start the JWKS URL's first fetch."""
-    access = access_identity(node.config)
+    parts.access = access
     stage = node.pipeline.stages.authenticate
     stage.authenticator = Chain(access, stage.authenticator)
     if parts.http is not None:
         parts.http.gate.access = access
     if access.jwt is not None and isinstance(access.jwt.keys, JwksUrl):
         access.jwt.keys.request_fetch()
-    return access
 
 
 def _around_hub(
@@ -289,6 +290,8 @@ def _around_hub(
     services: list[ProtoService],
     replay: ReplayGuard,
     hub: ChannelHub,
+    *,
+    access: BearerAuthenticator,
 ) -> NodeParts:
     cfg = node.config
     streams = ChannelStreams(hub)
@@ -334,13 +337,17 @@ def _around_hub(
         ),
         clock=node.clock,
     )
-    grpc = _grpc(node, service, services, streams)
+    grpc = _grpc(node, service, services, streams, access)
     http = _http(node, service, services) if cfg.http_port is not None else None
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
 
 
 def _grpc(
-    node: NodeView, service: NodeService, services: list[ProtoService], streams: ChannelStreams
+    node: NodeView,
+    service: NodeService,
+    services: list[ProtoService],
+    streams: ChannelStreams,
+    access: BearerAuthenticator,
 ) -> GrpcServer:
     """The gRPC server with its doors (AgentNode, users' services), from the config."""
     cfg = node.config
@@ -361,6 +368,7 @@ def _grpc(
         listing_gate=(
             listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
         ),
+        interceptors=[PrepareCredentials(access.prepare)] if access.needs_preparing else [],
     )
     door = AgentNodeDoor(
         service,

@@ -41,6 +41,7 @@ from aralnode.access.jwks import JwksUrl
 from aralnode.access.jwt import JwtRules, JwtVerifier, key_fits
 from aralnode.access.tokens import TokenCache
 from aralnode.core import codec
+from aralnode.core.context import NO_CREDENTIALS
 from aralnode.core.errors import Unauthenticated
 from aralnode.transport.status import from_rpc_error
 
@@ -490,18 +491,26 @@ async def test_a_jwks_url_rotation_is_picked_up_and_unknown_kids_do_not_hammer_i
                 "caller"
             ] == "alice"
             published.remove(first)
-            # gRPC cannot wait inside the call: a miss refuses with a retry hint and
-            # starts the fetch; the retry passes.
+            # gRPC too: its interceptor awaits the refetch before the call runs.
             third = Signer("u3")
             published.append(third)
-            with pytest.raises(Refused) as first_try:
-                await call("grpc", node, "vault.whoami", bearer(third.token()))
-            assert first_try.value.reason == "UNKNOWN_KID"
-            await verifier.keys.settled()
             assert (await call("grpc", node, "vault.whoami", bearer(third.token())))[
                 "caller"
             ] == "alice"
-            # Refetches are rate limited: with a long interval, random kids cost none.
+            # Where nothing could wait (the authenticator alone), a miss refuses with
+            # a retry hint and starts the fetch; the retry passes.
+            fourth = Signer("u4")
+            published.append(fourth)
+            ctx = node.contexts.build("grpc", metadata=bearer(fourth.token()))
+            access = access_of(node)
+            with pytest.raises(Unauthenticated) as first_try:
+                access.authenticate(ctx, NO_CREDENTIALS)
+            assert first_try.value.reason == "UNKNOWN_KID"
+            assert first_try.value.retry_after is not None
+            await verifier.keys.settled()
+            assert access.authenticate(ctx, NO_CREDENTIALS).caller == "alice"
+            # Refetches are rate limited: with a long interval, random kids cost none
+            # (and a call with one is not held up: there is no fetch to wait for).
             verifier.keys.refetch_seconds = 3600
             count = len(fetched)
             for i in range(20):

@@ -108,6 +108,13 @@ class BearerAuthenticator:
             )
         raise Unauthenticated("this node does not accept this bearer token", reason="TOKEN_INVALID")
 
+    @property
+    def needs_preparing(self) -> bool:
+        """Whether ``prepare`` can have work to do (an introspection endpoint, a JWKS
+        URL): a door that must pay for calling it on every request asks first."""
+        keys = self.jwt.keys if self.jwt is not None else None
+        return self.introspector is not None or isinstance(keys, JwksUrl)
+
     async def prepare(self, metadata: Mapping[str, str]) -> None:
         """What a door that can wait does before it builds the call: fetch what the
         sync check will need (an introspection answer, a rotated JWKS), so that the
