@@ -112,6 +112,12 @@ async def test_an_mcp_session_expires(make_node: Callable[..., Node]) -> None:
             # A new session opens as ever.
             fresh = await open_session(http, {"x-api-key": alice})
             assert (await tool_call(http, fresh, {"x-api-key": alice})).status_code == 200
+            # The owners table is bounded: a live session whose record it dropped is
+            # refused (fail closed), not left to whoever names it.
+            owners.size = 1
+            await open_session(http, {"x-api-key": alice})
+            dropped = await tool_call(http, fresh, {"x-api-key": alice})
+            assert (dropped.status_code, reason(dropped)) == (404, "SESSION_EXPIRED")
     assert runs == ["alice", "alice"]
 
 

@@ -175,6 +175,10 @@ class SessionQuota:
         for session in victims:
             await self._end(session)
 
+    def live(self, session: str) -> bool:
+        """Whether the SDK holds ``session`` now."""
+        return session in self._live()
+
     async def end(self, session: str) -> None:
         """End ``session`` now (it expired): forgotten, its transport terminated."""
         if session in self._owner:

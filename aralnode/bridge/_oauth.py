@@ -127,9 +127,8 @@ class SessionOwners:
             "this MCP session belongs to another principal", reason="SESSION_PRINCIPAL_MISMATCH"
         )
 
-    def expired(self, session: str) -> bool:
-        entry = self._owners.get(session)
-        return entry is not None and self.now() - entry[1] >= self.ttl
+    def known(self, session: str) -> bool:
+        return session in self._owners
 
     def forget(self, session: str) -> None:
         self._owners.pop(session, None)
@@ -183,6 +182,7 @@ class AuthGate:
         self.access: BearerAuthenticator | None = None  # set by the assembly
         self.owners = SessionOwners(resource.session_ttl, size=max(16, 2 * max_sessions))
         self.on_expired: Callable[[str], Any] | None = None  # ends an MCP session
+        self.is_live: Callable[[str], bool] = lambda _session: False  # the SDK holds it
 
     async def prepare(self, scope: Scope) -> None:
         """Fetch what checking the request's credential needs (introspection, a
@@ -220,6 +220,12 @@ class AuthGate:
         principal = principal_key(ctx)
         if failure is None and session is not None:
             failure = self.owners.check(session, principal)
+            if failure is None and not self.owners.known(session) and self.is_live(session):
+                # Live but no longer in the (bounded) owners table: fail closed,
+                # the client opens a new session rather than anyone using this one.
+                failure = NotFound(
+                    "this MCP session must be opened again", reason="SESSION_EXPIRED"
+                )
             if failure is not None and failure.reason == "SESSION_EXPIRED":
                 self.owners.forget(session)
                 if self.on_expired is not None:

@@ -286,6 +286,7 @@ class HttpBridge:
             on_open=self.gate.opened,
         )
         self.gate.on_expired = self.mcp.sessions.end
+        self.gate.is_live = self.mcp.sessions.live
         await self.mcp.start()
         self.hub.attach()
         config = self._uvicorn_config()
