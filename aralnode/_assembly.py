@@ -24,8 +24,13 @@ from google.protobuf.descriptor import ServiceDescriptor
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode._version import __version__
+from aralnode.access.apikeys import ApiKeyCheck
+from aralnode.access.bearer import BearerAuthenticator
 from aralnode.access.breaker import Breakers
 from aralnode.access.buckets import RateLimiter
+from aralnode.access.introspect import Introspector
+from aralnode.access.jwks import JwksFile, JwksUrl, KeySource
+from aralnode.access.jwt import JwtRules, JwtVerifier
 from aralnode.access.tls import (
     PLAINTEXT_WARNING,
     CertRules,
@@ -33,6 +38,7 @@ from aralnode.access.tls import (
     TlsSettings,
     server_ssl_context,
 )
+from aralnode.access.tokens import TokenCache
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -50,6 +56,7 @@ from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
+from aralnode.service.auth import Chain
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
@@ -59,6 +66,7 @@ from aralnode.store.keys import KEY_FILE
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
+from aralnode.transport.grpc_credentials import PrepareCredentials
 from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
 from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
 from aralnode.transport.tls_grpc import ClientTls, server_credentials
@@ -111,6 +119,7 @@ class NodeParts:
     grpc: GrpcServer
     http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
     send: PeerSender
+    access: BearerAuthenticator | None = None  # bearer tokens and API keys (ident)
 
     async def stop_now(self) -> None:
         """Cut a draining ``stop`` short: the calls still in flight are cancelled."""
@@ -131,6 +140,8 @@ class NodeParts:
             draining.append(self.http.stop(drain))
         await asyncio.gather(*draining)
         await self.connector.close()
+        if self.access is not None:
+            await self.access.close()
 
 
 class PeerSender:
@@ -253,10 +264,61 @@ def build_parts(
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
     try:
-        return _around_hub(node, backends, services, replay, hub, tls)
+        access = access_identity(cfg)
+        parts = _around_hub(node, backends, services, replay, hub, tls, access=access)
+        _install(node, parts, access)
+        return parts
     except BaseException:
         hub.discard()  # its stores and threads: nothing else was started
         raise
+
+
+def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
+    """The caller-identity authenticator ``cfg`` asks for: API keys (always: the key
+    file may appear later), JWTs when ``jwt_issuer`` is set, introspection when
+    ``oauth_introspection_url`` is."""
+    cache = TokenCache(cfg.token_cache_size)
+    verifier = None
+    if cfg.jwt_issuer:
+        keys: KeySource = (
+            JwksFile(cfg.jwt_jwks_file)
+            if cfg.jwt_jwks_file is not None
+            else JwksUrl(cfg.jwt_jwks_url, refetch_seconds=cfg.jwt_jwks_refetch_seconds)
+        )
+        rules = JwtRules(
+            issuer=cfg.jwt_issuer,
+            audience=cfg.jwt_audience,
+            algorithms=tuple(cfg.jwt_algorithms),
+            leeway=cfg.jwt_leeway_seconds,
+            caller_claim=cfg.jwt_caller_claim,
+            roles_claim=cfg.jwt_roles_claim,
+            kind_claim=cfg.jwt_kind_claim,
+        )
+        verifier = JwtVerifier(rules, keys, cache)
+    introspector = None
+    if cfg.oauth_introspection_url:
+        introspector = Introspector(
+            cfg.oauth_introspection_url,
+            client_id=cfg.oauth_client_id,
+            client_secret=cfg.oauth_client_secret,
+            cache=cache,
+            negative_size=cfg.token_cache_size,
+        )
+    return BearerAuthenticator(
+        apikeys=ApiKeyCheck(cfg.apikeys_path), jwt=verifier, introspector=introspector
+    )
+
+
+def _install(node: NodeView, parts: NodeParts, access: BearerAuthenticator) -> None:
+    """Put the caller-identity authenticator in front of the node's (one pipeline:
+    every door) and start the JWKS URL's first fetch."""
+    parts.access = access
+    stage = node.pipeline.stages.authenticate
+    stage.authenticator = Chain(access, stage.authenticator)
+    if parts.http is not None:
+        parts.http.gate.access = access
+    if access.jwt is not None and isinstance(access.jwt.keys, JwksUrl):
+        access.jwt.keys.request_fetch()
 
 
 def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
@@ -266,6 +328,8 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     replay: ReplayGuard,
     hub: ChannelHub,
     tls: NodeTls | None,
+    *,
+    access: BearerAuthenticator,
 ) -> NodeParts:
     cfg = node.config
     client_tls = ClientTls(tls.files) if tls is not None else None
@@ -316,17 +380,18 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
         clock=node.clock,
     )
     service.bind_certificate = bind
-    grpc = _grpc(node, service, services, streams, tls)
+    grpc = _grpc(node, service, services, streams, tls, access)
     http = _http(node, service, services, tls) if cfg.http_port is not None else None
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
 
 
-def _grpc(
+def _grpc(  # noqa: PLR0917 - the parts made so far, in order
     node: NodeView,
     service: NodeService,
     services: list[ProtoService],
     streams: ChannelStreams,
     tls: NodeTls | None,
+    access: BearerAuthenticator,
 ) -> GrpcServer:
     """The gRPC server with its doors (AgentNode, users' services), from the config."""
     cfg = node.config
@@ -348,6 +413,7 @@ def _grpc(
             listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
         ),
         credentials=server_credentials(tls.files) if tls is not None else None,
+        interceptors=[PrepareCredentials(access.prepare)] if access.needs_preparing else [],
     )
     door = AgentNodeDoor(
         service,
@@ -443,6 +509,7 @@ def _http(
     node: NodeView, service: NodeService, services: list[ProtoService], tls: NodeTls | None
 ) -> Any:
     # Imported here: starlette, uvicorn and the MCP SDK load only when HTTP is on.
+    from aralnode.bridge._oauth import ProtectedResource  # noqa: PLC0415 - see above
     from aralnode.bridge.http import HttpBridge, HttpLimits  # noqa: PLC0415 - see above
 
     cfg = node.config
@@ -475,6 +542,13 @@ def _http(
             server_ssl_context(tls.files.material, mutual=False)
             if tls is not None and cfg.tls_http
             else None
+        ),
+        oauth=ProtectedResource(
+            resource=cfg.oauth_resource,
+            authorization_servers=list(cfg.oauth_authorization_servers)
+            or ([cfg.jwt_issuer] if cfg.jwt_issuer else []),
+            scopes_supported=list(cfg.oauth_scopes_supported),
+            session_ttl=cfg.session_ttl_seconds,
         ),
     )
 

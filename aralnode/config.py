@@ -15,6 +15,20 @@ from aralnode.core.rates import Rate, RateSpec, parse_overrides
 
 DISCOVERY_MODES = ("mdns", "static", "none")
 HTTP_PARSERS = ("auto", "httptools", "h11")
+# Asymmetric JWS algorithms only (ident): a verifier holding public keys cannot check
+# an HMAC, and accepting HS* with a public key as secret is the classic forgery.
+JWT_ALGORITHMS = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 TLS_CLIENT_AUTH = ("none", "require")  # tls group: grpcio offers no "request" mode
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$")
@@ -166,6 +180,32 @@ class NodeConfig:
         trust_domain: SPIFFE trust domain of the mesh certificates.
         tls_deny: Node ids or certificate serials (hex) refused at the handshake.
         tls_http: Serve the HTTP door over TLS too (TLS 1.3 minimum) when TLS is on.
+    Caller identity (group ident; see docs/auth.md):
+        jwt_issuer: The ``iss`` a bearer JWT must carry; "" turns JWT bearer tokens off.
+        jwt_audience: The ``aud`` a bearer JWT must carry (required with ``jwt_issuer``).
+        jwt_algorithms: Signature algorithms accepted (never "none" nor HS*: a node
+            holds no shared secret, and HS* with a public key is a known forgery).
+        jwt_jwks_file: JWKS file of the issuer's public keys (re-read when it changes).
+        jwt_jwks_url: The issuer's JWKS URL (fetched with httpx, kept, refetched on an
+            unknown ``kid``).
+        jwt_jwks_refetch_seconds: Least time between two fetches of ``jwt_jwks_url``
+            (random ``kid`` values cannot make the node hammer the issuer).
+        jwt_leeway_seconds: Clock skew allowed on ``exp`` and ``nbf``.
+        jwt_caller_claim: The claim naming the caller (``sub``).
+        jwt_roles_claim: The claim listing its roles (``roles``).
+        jwt_kind_claim: A claim whose value ``service`` makes the caller a service
+            ("": only a ``client_credentials`` grant does).
+        token_cache_size: Verified tokens (JWT, introspected) kept until they expire,
+            least recently used dropped first.
+        oauth_resource: This node's resource identifier in its RFC 9728 metadata
+            ("": the URL the request came to).
+        oauth_authorization_servers: Issuers a client may get tokens from (RFC 9728).
+        oauth_scopes_supported: Scopes the metadata lists.
+        oauth_introspection_url: RFC 7662 endpoint for opaque bearer tokens ("": off).
+        oauth_client_id / oauth_client_secret: This node's credentials at that endpoint.
+        apikeys_file: API keys (``aralnode apikey``); "" is ``DATA_DIR/apikeys.json``.
+        session_ttl_seconds: Lifetime of an MCP session or a WebSocket, bound to the
+            principal that opened it.
     """
 
     name: str = "aralnode"
@@ -244,6 +284,26 @@ class NodeConfig:
     trust_domain: str = "aral.local"
     tls_deny: frozenset[str] = frozenset()
     tls_http: bool = True
+    # -- caller identity (group ident): bearer JWTs, OAuth metadata, API keys, sessions
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_algorithms: list[str] = field(default_factory=lambda: ["ES256", "RS256", "EdDSA"])
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str = ""
+    jwt_jwks_refetch_seconds: float = 30.0
+    jwt_leeway_seconds: float = 30.0
+    jwt_caller_claim: str = "sub"
+    jwt_roles_claim: str = "roles"
+    jwt_kind_claim: str = ""
+    token_cache_size: int = 4096
+    oauth_resource: str = ""
+    oauth_authorization_servers: list[str] = field(default_factory=list)
+    oauth_scopes_supported: list[str] = field(default_factory=list)
+    oauth_introspection_url: str = ""
+    oauth_client_id: str = ""
+    oauth_client_secret: str = field(default="", repr=False)  # never in a log line
+    apikeys_file: Path | None = None
+    session_ttl_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -287,6 +347,7 @@ class NodeConfig:
         self._check_card_bounds()
         self._check_limits()
         self._check_tls()
+        self._check_ident()
 
     def _check_limits(self) -> None:
         for name in (
@@ -351,6 +412,49 @@ class NodeConfig:
                 raise ValueError(f"{name} must be at least {least}")
         if not 0 < self.channel_open_timeout_seconds <= 3600:
             raise ValueError("channel_open_timeout_seconds must be in (0, 3600]")
+
+    def _check_ident(self) -> None:
+        """The ident group's settings: pinned asymmetric algorithms, a JWT issuer with
+        its audience and keys, positive bounds."""
+        self.jwt_algorithms = list(self.jwt_algorithms)
+        for alg in self.jwt_algorithms:
+            if alg not in JWT_ALGORITHMS:
+                raise ValueError(
+                    f"jwt_algorithms: {alg!r} is not one of {', '.join(JWT_ALGORITHMS)} "
+                    "(never 'none' nor HS*: the node holds public keys only)"
+                )
+        if not self.jwt_algorithms:
+            raise ValueError("jwt_algorithms must name at least one algorithm")
+        if self.jwt_issuer:
+            if not self.jwt_audience:
+                raise ValueError(
+                    "jwt_issuer needs jwt_audience: a token for another service must fail"
+                )
+            if not (self.jwt_jwks_file or self.jwt_jwks_url):
+                raise ValueError("jwt_issuer needs jwt_jwks_file or jwt_jwks_url (its keys)")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            raise ValueError("jwt_jwks_url must be an http(s) URL")
+        if self.oauth_introspection_url and not self.oauth_introspection_url.startswith(
+            ("https://", "http://")
+        ):
+            raise ValueError("oauth_introspection_url must be an http(s) URL")
+        if not 0 <= self.jwt_leeway_seconds <= 300:
+            raise ValueError("jwt_leeway_seconds must be in [0, 300]")
+        if self.jwt_jwks_refetch_seconds < 0:
+            raise ValueError("jwt_jwks_refetch_seconds must not be negative")
+        if self.token_cache_size < 1:
+            raise ValueError("token_cache_size must be at least 1")
+        if self.session_ttl_seconds <= 0:
+            raise ValueError("session_ttl_seconds must be positive")
+        if not self.jwt_caller_claim:
+            raise ValueError("jwt_caller_claim must name a claim")
+
+    @property
+    def apikeys_path(self) -> Path:
+        """Where the API keys live (``apikeys_file``, else the data dir's)."""
+        if self.apikeys_file is not None:
+            return self.apikeys_file
+        return self.resolved_data_dir / "apikeys.json"
 
     @property
     def card_limits(self) -> CardLimits:

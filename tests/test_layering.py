@@ -58,6 +58,7 @@ LAYER_OF = {
     "aralnode.cli": "tools",
     "aralnode.cli_ca": "tools",
     "aralnode.cli_config": "tools",
+    "aralnode.cli_apikey": "tools",  # ident: `aralnode apikey`
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",

@@ -112,9 +112,11 @@ async def test_tools_list_is_governed_and_authenticated(make_node: Callable[...,
         assert answer["error"]["data"]["code"] == "governance_blocked"
     closed = scoped_node(make_node, "closed", allow_unsigned=False)
     async with closed, httpx.AsyncClient(base_url=f"http://127.0.0.1:{closed.http_port}") as http:
-        answer = await mcp_list(http)
-        assert "error" in answer, answer
-        assert answer["error"]["data"]["reason"] == "ANONYMOUS_REFUSED"
+        # Refused at the door, before any session: 401, as the MCP authorization
+        # spec asks (docs/auth.md), with the node's reason in a JSON-RPC error.
+        opened = await http.post("/mcp", json=INIT, headers=ACCEPT)
+        assert opened.status_code == 401, opened.text
+        assert opened.json()["error"]["data"]["reason"] == "ANONYMOUS_REFUSED"
         assert "vault.read" in tool_names(await mcp_list(http, TOKEN))
 
 

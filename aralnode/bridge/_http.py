@@ -16,6 +16,7 @@ from typing import Any
 
 from aralnode._logs import get_logger
 from aralnode.access.buckets import Admission
+from aralnode.access.challenge import www_authenticate
 
 # A call ends with its client (_disconnect.py); the doors take these from here.
 from aralnode.bridge._disconnect import CONNECTION as CONNECTION
@@ -178,6 +179,8 @@ def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
         )
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
+    if exc.http_status in (401, 403) and (challenge := www_authenticate(exc)) is not None:
+        out.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
     return out
 
 

@@ -73,8 +73,10 @@ class SessionQuota:
         total: int,
         client_of: Callable[[Scope], str],
         now_ms: Callable[[], int],
+        on_open: Callable[[str, Scope], None] | None = None,
     ) -> None:
         self.manager = manager
+        self.on_open = on_open  # binds a new session to its opener (bridge._oauth)
         self.per_client = per_client
         self.total = total
         self.client_of = client_of
@@ -105,20 +107,23 @@ class SessionQuota:
         self._opening[client] += 1
         try:
             await self._make_room(client)
-            await self.manager.handle_request(scope, receive, self._recording(client, send))
+            await self.manager.handle_request(scope, receive, self._recording(client, send, scope))
         finally:
             self._opening[client] -= 1
             if not self._opening[client]:
                 del self._opening[client]
 
-    def _recording(self, client: str, send: Send) -> Send:
+    def _recording(self, client: str, send: Send, scope: Scope) -> Send:
         """``send``, noting the session that the response opens as ``client``'s."""
 
         async def recording(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 for key, value in message.get("headers", ()):
                     if key.lower() == _SESSION:
-                        self._add(client, value.decode("latin-1"))
+                        session = value.decode("latin-1")
+                        self._add(client, session)
+                        if self.on_open is not None:
+                            self.on_open(session, scope)
             await send(message)
 
         return recording
@@ -169,6 +174,18 @@ class SessionQuota:
             self._forget(victims[-1])
         for session in victims:
             await self._end(session)
+
+    def live(self, session: str) -> bool:
+        """Whether the SDK holds ``session`` now."""
+        return session in self._live()
+
+    async def end(self, session: str) -> None:
+        """End ``session`` now (it expired): forgotten, its transport terminated."""
+        if session in self._owner:
+            self._forget(session)
+        transport = self._live().get(session)
+        if transport is not None:
+            await self.manager._discard_session(session, transport)
 
     async def _end(self, session: str) -> None:
         transport = self._live().get(session)

@@ -25,8 +25,9 @@ import uvicorn
 
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
+from aralnode.bridge._oauth import WELL_KNOWN, AuthGate, ProtectedResource
 from aralnode.bridge._server import HeadLimits, protocol_class
-from aralnode.bridge._sockets import SocketQuota
+from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
@@ -90,6 +91,7 @@ class HttpBridge:
         limits: What any one client may make the port hold, and see (``HttpLimits``).
         ssl_context: Serve HTTPS with it (``aralnode.access.tls.server_ssl_context``:
             TLS 1.3 minimum); None: plaintext.
+        oauth: Its RFC 9728 metadata and session lifetime (``ProtectedResource``).
     """
 
     def __init__(
@@ -107,10 +109,13 @@ class HttpBridge:
         docs: ProtoComments,
         limits: HttpLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        oauth: ProtectedResource | None = None,
     ) -> None:
         self.service = service
         self.ssl_context = ssl_context
-        self.limits = limits or HttpLimits()
+        limits = self.limits = limits or HttpLimits()
+        oauth = oauth or ProtectedResource()
+        self.gate = AuthGate(service, oauth, max_sessions=limits.mcp_sessions)
         self.clock = service.clock
         self.docs = docs  # the node's: each .binpb is read once
         self.targets: list[Target] = build_targets(service, services)
@@ -159,7 +164,9 @@ class HttpBridge:
             total=limits.ws_sockets,
             client_of=self._client_of,
         )
-        return WsDoor(self.service, self.hub, name=name, inflight=self.inflight, quota=sockets)
+        door = WsDoor(self.service, self.hub, name=name, inflight=self.inflight, quota=sockets)
+        door.session_ttl = self.gate.resource.session_ttl
+        return door
 
     def _openapi_builder(self, title: str, version: str) -> OpenApiBuilder:
         return OpenApiBuilder(
@@ -175,8 +182,12 @@ class HttpBridge:
         """Route by path: WebSocket ``/ws``; MCP under ``/mcp``; the documents
         (``_routes``, GET and HEAD); everything else is the REST door's."""
         path = scope.get("path", "")
+        await self.gate.prepare(scope)
         if scope["type"] == "websocket":
             if path == "/ws":
+                if (refusal := self.gate.websocket(scope)) is not None:
+                    await refuse(send, refusal, self.clock.now_ms())
+                    return
                 await self.ws(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
@@ -185,6 +196,8 @@ class HttpBridge:
             return
         if path == "/mcp" or path.startswith("/mcp/"):
             assert self.mcp is not None
+            if not await self.gate.mcp(scope, send):
+                return
             if scope["method"] == "POST":
                 # A request (a tool call, say) until its answer is sent: a stopping
                 # node waits for it before it ends the MCP sessions.
@@ -192,6 +205,9 @@ class HttpBridge:
                     await self.mcp.app(scope, receive, send)
             else:  # a session's event stream: open until the session ends
                 await self.mcp.app(scope, receive, send)
+            return
+        if path in (WELL_KNOWN, WELL_KNOWN + "/mcp") and scope["method"] in ("GET", "HEAD"):
+            await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):
@@ -272,7 +288,10 @@ class HttpBridge:
             max_sessions_per_client=self.limits.mcp_sessions_per_client,
             client_of=self._client_of,
             now_ms=self.clock.now_ms,
+            on_open=self.gate.opened,
         )
+        self.gate.on_expired = self.mcp.sessions.end
+        self.gate.is_live = self.mcp.sessions.live
         await self.mcp.start()
         self.hub.attach()
         config = self._uvicorn_config()

@@ -461,6 +461,7 @@ class McpHttp:
         max_sessions_per_client: int = 32,
         client_of: Callable[[Scope], str] | None = None,
         now_ms: Callable[[], int] = lambda: 0,
+        on_open: Callable[[str, Scope], None] | None = None,
     ) -> None:
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -481,6 +482,7 @@ class McpHttp:
             total=max_sessions,
             client_of=client_of or (lambda scope: address_of(client_peer(scope))),
             now_ms=now_ms,
+            on_open=on_open,
         )
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()

@@ -297,6 +297,9 @@ class WsDoor:
         self.quota: SocketQuota[_Connection] = quota or SocketQuota(
             per_client=16, total=1024, client_of=lambda scope: address_of(client_peer(scope))
         )
+        # A socket is a session bound to the credentials of its upgrade: each
+        # message is authenticated again, and the socket ends after this long.
+        self.session_ttl: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = self.quota.client_of(scope)
@@ -316,10 +319,14 @@ class WsDoor:
             self.quota.close_later(victim.ws.close, victim.lock)
         sender = asyncio.create_task(self._pump(conn))
         invoker = asyncio.create_task(self._invoker(conn))
+        expires = None if self.session_ttl is None else self.clock.monotonic() + self.session_ttl
         try:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    break
+                if expires is not None and self.clock.monotonic() >= expires:
+                    await ws.close(1008, "session expired")  # policy: open a new one
                     break
                 text = message.get("text")
                 # A message counts as in flight until its reply is sent: a stopping

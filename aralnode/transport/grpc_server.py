@@ -8,6 +8,7 @@ The doors themselves (``aral.v1.AgentNode`` and users' services) are in
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +99,11 @@ class GrpcServer:
         limits: GrpcLimits = GrpcLimits(),  # frozen: one default shared safely
         listing_gate: Gate | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         limit = transport_limit(max_message_bytes)
         self.server = grpc.aio.server(
+            interceptors=interceptors,  # none unless a credential needs fetching first
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -1,0 +1,170 @@
+"""Opaque bearer tokens, asked of the issuer (OAuth 2.0 token introspection, RFC 7662).
+
+The authenticator runs inside every call and cannot wait on the network, so the
+asking happens before: a door that can wait (the HTTP port, for each request)
+calls ``prepare`` with the token, and the answer is cached -- an active token until
+its ``exp`` (at most ``max_cache_seconds`` when it names none), an inactive one for
+``negative_seconds`` -- where the authenticator then finds it. A door that cannot
+wait gets ``TOKEN_NOT_INTROSPECTED`` with a retry hint, and the question is asked
+in the background, so its retry passes.
+
+Outsiders choose the tokens: answers are cached in bounded LRUs, and at most
+``max_in_flight`` questions are asked at once (more are refused, not queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from aralnode._logs import get_logger
+from aralnode.access.tokens import TokenCache
+from aralnode.core.errors import Unauthenticated
+from aralnode.service.auth import SERVICE, USER, Authenticated
+
+log = get_logger("aralnode.access")
+
+_INACTIVE = Authenticated()  # the marker of a token the issuer said is not active
+
+
+def principal_of(answer: dict[str, Any]) -> Authenticated:
+    """The principal of an active introspection answer: ``sub`` (else ``username``)
+    as a user; a token with only a ``client_id`` (a client credentials grant) as
+    that service."""
+    caller = answer.get("sub") or answer.get("username")
+    kind = USER
+    if not caller:
+        caller, kind = answer.get("client_id"), SERVICE
+    if not isinstance(caller, str) or not caller:
+        raise Unauthenticated("the issuer names nobody for this token", reason="TOKEN_INVALID")
+    scope = answer.get("scope")
+    scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+    roles = answer.get("roles")
+    roles_set = (
+        frozenset(r for r in roles if isinstance(r, str))
+        if isinstance(roles, list)
+        else frozenset()
+    )
+    return Authenticated(caller=caller, kind=kind, scopes=scopes, roles=roles_set)
+
+
+class Introspector:
+    """RFC 7662 client with a bounded cache (see the module docstring).
+
+    Args:
+        url: The introspection endpoint.
+        client_id / client_secret: This node's credentials there (HTTP Basic).
+        cache: Active tokens (shared with JWTs: one bound).
+        negative_size: Inactive tokens remembered.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str = "",
+        client_secret: str = "",
+        cache: TokenCache,
+        negative_size: int = 1024,
+        negative_seconds: float = 30.0,
+        max_cache_seconds: float = 300.0,
+        max_in_flight: int = 16,
+        client: Callable[[], httpx.AsyncClient] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self._auth = httpx.BasicAuth(client_id, client_secret) if client_id else None
+        self.cache = cache
+        self.negative = TokenCache(negative_size)
+        self.negative_seconds = negative_seconds
+        self.max_cache_seconds = max_cache_seconds
+        self.max_in_flight = max_in_flight
+        self._client = client or (lambda: httpx.AsyncClient(timeout=5.0, follow_redirects=False))
+        self.now = now
+        self._asking: dict[str, asyncio.Task[None]] = {}
+        self.asked = 0
+
+    def cached(self, token: str) -> Authenticated | None:
+        """The principal ``token`` was found to be; ``None`` if not asked yet.
+
+        Raises:
+            Unauthenticated: The issuer said the token is not active.
+        """
+        now = self.now()
+        who = self.cache.get(token, now)
+        if who is not None:
+            return who
+        if self.negative.get(token, now) is not None:
+            raise Unauthenticated("the token is not active", reason="TOKEN_INACTIVE")
+        return None
+
+    async def prepare(self, token: str) -> None:
+        """Ask about ``token`` unless the answer is cached (one question per token
+        at a time; none past ``max_in_flight``: the call is then refused)."""
+        try:
+            if self.cached(token) is not None:
+                return
+        except Unauthenticated:
+            return
+        task = self.ask_later(token)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def ask_later(self, token: str) -> asyncio.Task[None] | None:
+        """Start asking about ``token`` in the background (the task, or ``None``
+        when too many questions are under way)."""
+        task = self._asking.get(token)
+        if task is not None:
+            return task
+        if len(self._asking) >= self.max_in_flight:
+            return None
+        task = asyncio.get_running_loop().create_task(self._ask(token))
+        self._asking[token] = task
+        task.add_done_callback(lambda _t: self._asking.pop(token, None))
+        return task
+
+    async def _ask(self, token: str) -> None:
+        self.asked += 1
+        try:
+            async with self._client() as client:
+                response = await client.post(
+                    self.url,
+                    data={"token": token, "token_type_hint": "access_token"},
+                    auth=self._auth or httpx.USE_CLIENT_DEFAULT,
+                    headers={"accept": "application/json"},
+                )
+                response.raise_for_status()
+                answer = response.json()
+        except (httpx.HTTPError, ValueError) as exc:  # nothing cached: the call is refused
+            log.warning("token introspection at %s failed: %s", self.url, type(exc).__name__)
+            return
+        now = self.now()
+        if not isinstance(answer, dict) or answer.get("active") is not True:
+            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
+            return
+        exp = answer.get("exp")
+        until = now + self.max_cache_seconds
+        if isinstance(exp, (int, float)):
+            if exp <= now:
+                self.negative.put(token, _INACTIVE, now + self.negative_seconds)
+                return
+            until = min(until, float(exp))
+        try:
+            who = principal_of(answer)
+        except Unauthenticated:
+            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
+            return
+        self.cache.put(token, who, until)
+
+    async def close(self) -> None:
+        """Cancel the questions under way."""
+        for task in list(self._asking.values()):
+            task.cancel()
+        await asyncio.gather(*self._asking.values(), return_exceptions=True)
+
+
+__all__ = ["Introspector", "principal_of"]
