@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,41 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
         help="TLS: check the certificate is this node's (default: the address's host)",
     )
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, dest="tls_trust_domain")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="a bearer token (JWT or API key) sent as 'authorization: Bearer …' "
+        "(default: $ARALNODE_TOKEN; the environment keeps it out of the process list)",
+    )
+    who.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="an API key sent as 'x-api-key' (default: $ARALNODE_API_KEY)",
+    )
+
+
+def _caller_metadata(ns: argparse.Namespace) -> list[tuple[str, str]]:
+    """Who the tool calls as: ``--token`` / ``--api-key``, else the environment."""
+    token = getattr(ns, "token", None) or os.environ.get("ARALNODE_TOKEN", "")
+    api_key = getattr(ns, "api_key", None) or os.environ.get("ARALNODE_API_KEY", "")
+    if getattr(ns, "token", None):
+        api_key = ""
+    if getattr(ns, "api_key", None):
+        token = ""
+    if token:
+        return [("authorization", f"Bearer {token}")]
+    return [("x-api-key", api_key)] if api_key else []
 
 
 def client_args(ns: argparse.Namespace) -> dict[str, Any]:
-    """``NodeClient`` keyword arguments for ``add_client_flags`` (none: plaintext)."""
+    """``NodeClient`` keyword arguments for ``add_client_flags``: TLS (none:
+    plaintext) and the caller's credentials."""
+    metadata = _caller_metadata(ns)
+    out: dict[str, Any] = {"metadata": metadata} if metadata else {}
     cacert, cert, key = getattr(ns, "cacert", None), getattr(ns, "cert", None), ns.key
     if not (cacert or cert or key):
-        return {}
+        return out
     if bool(cert) != bool(key):
         raise ValueError("--cert and --key go together")
     import grpc  # noqa: PLC0415 - only for TLS
@@ -149,7 +178,7 @@ def client_args(ns: argparse.Namespace) -> dict[str, Any]:
     )
     node_id = ns.tls_node_id
     name = node_dns_name(ns.tls_trust_domain, node_id) if node_id else ""
-    return {"credentials": creds, "server_name": name}
+    return {**out, "credentials": creds, "server_name": name}
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -64,6 +64,26 @@ def channel_options(
     ]
 
 
+class _WithMetadata(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds the client's metadata (its credentials) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        given = tuple(details.metadata or ())
+        return details._replace(metadata=grpc.aio.Metadata(*given, *self.metadata))
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
 class NodeClient:
     """Talks to one node.
 
@@ -86,11 +106,14 @@ class NodeClient:
         tls_node_id: str = "",
         credentials: grpc.ChannelCredentials | None = None,
         server_name: str = "",
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         """``tls``: dial with TLS (our certificate, the mesh CA), checking that the
         node is ``tls_node_id`` ("": that its certificate names the address).
         ``credentials`` (a tool's ``--cacert/--cert/--key``): TLS with these,
-        checking the name ``server_name`` ("": the address's host)."""
+        checking the name ``server_name`` ("": the address's host).
+        ``metadata``: sent with every call (a caller's ``authorization: Bearer …``
+        or ``x-api-key``); not with a ``channel`` given, which has its own."""
         self.address = address
         self.card_limits = card_limits  # what the node's card may carry
         self.identity = identity
@@ -99,11 +122,14 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self._own_channel = channel is None
         options = channel_options(max_message_bytes)
+        interceptors: Any = [_WithMetadata(tuple(metadata))] if metadata else None
         if channel is None and credentials is not None:
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
-            channel = grpc.aio.secure_channel(address, credentials, options=options)
-        self.channel = channel or open_channel(address, options, tls, tls_node_id)
+            channel = grpc.aio.secure_channel(
+                address, credentials, options=options, interceptors=interceptors
+            )
+        self.channel = channel or open_channel(address, options, tls, tls_node_id, interceptors)
         self.stub = pb.AgentNodeStub(self.channel)  # type: ignore[no-untyped-call]
         self.peer: VerifiedCard | None = None
         self.version = ""

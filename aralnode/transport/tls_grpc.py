@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -106,13 +107,17 @@ def open_channel(
     options: list[tuple[str, Any]],
     tls: ClientTls | None,
     node_id: str = "",
+    interceptors: Sequence[Any] | None = None,
 ) -> grpc.aio.Channel:
     """A channel to ``address``: plaintext without ``tls``, else TLS checking that the
     peer is ``node_id`` (see the module docstring)."""
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(
-        address, tls.credentials(), options=options + tls.name_options(node_id)
+        address,
+        tls.credentials(),
+        options=options + tls.name_options(node_id),
+        interceptors=interceptors,
     )
 
 
