@@ -10,7 +10,7 @@ import sys
 
 from bench._report import Report
 
-MODULES = ("unary", "envelope", "channel", "bridge", "discovery")
+MODULES = ("unary", "envelope", "channel", "bridge", "discovery", "tls", "access")
 
 
 def main(argv: list[str]) -> int:
