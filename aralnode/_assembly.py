@@ -137,6 +137,7 @@ class PeerSender:
         on_behalf_of: str,
         trace_id: str,
         content_type: str = codec.JSON,
+        delegation: pb.Delegation | None = None,
     ) -> Any:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
@@ -148,6 +149,7 @@ class PeerSender:
                 content_type=content_type,
                 on_behalf_of=on_behalf_of,
                 trace_id=trace_id,
+                delegation=delegation,
             )
         return await self.hub.send_request(
             peer,
@@ -157,6 +159,7 @@ class PeerSender:
             content_type=content_type,
             on_behalf_of=on_behalf_of,
             trace_id=trace_id,
+            delegation=delegation,
         )
 
 
@@ -261,7 +264,9 @@ def _around_hub(
         info=facts,
         pipeline=node.pipeline,
         contexts=node.contexts,
-        forward=Forwarder(node.pipeline, send, default_timeout=cfg.forward_timeout_seconds),
+        forward=Forwarder(
+            node.pipeline, send, default_timeout=cfg.forward_timeout_seconds, node_id=node.node_id
+        ),
         envelopes=Envelopes(
             identity=node.identity,
             keyring=node.keyring,

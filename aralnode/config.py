@@ -125,6 +125,17 @@ class NodeConfig:
         card_max_schema_depth: How deep objects and arrays nest in each such schema.
         channel_open_timeout_seconds: How long ``Node.connect`` waits for a verified
             peer's channel to open (``CHANNEL_NOT_OPEN`` past it).
+        roles: Role name -> the scopes it grants (a scope may be ``"*"``; this and
+            the next are the authz group's, see docs/authorization.md). Two roles
+            are implicit: ``anonymous`` (every caller nobody identified) and
+            ``authenticated`` (every identified caller); unless named here they hold
+            ``agent:read`` and ``agent:invoke`` (nothing with ``deny_by_default``).
+        deny_by_default: The implicit roles hold nothing unless named in ``roles``:
+            nothing is allowed unless a role or a grant says so.
+        max_delegation_depth: Nodes a delegated call may have passed through (its
+            chain after the principal); deeper ones are refused
+            (``DELEGATION_TOO_DEEP``).
+        role_cache_size: Distinct sets of roles whose union of scopes is kept (LRU).
     """
 
     name: str = "aralnode"
@@ -185,6 +196,11 @@ class NodeConfig:
     card_max_schema_bytes: int = 64 * 1024
     card_max_schema_depth: int = 20
     channel_open_timeout_seconds: float = 10.0
+    # -- authz: roles and scopes, deny by default, delegation
+    roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    deny_by_default: bool = False
+    max_delegation_depth: int = 4
+    role_cache_size: int = 1024
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -226,6 +242,27 @@ class NodeConfig:
                 )
         self._check_http()
         self._check_card_bounds()
+        self._check_authz()
+
+    def _check_authz(self) -> None:
+        """The authz group's settings: role names, their scopes, the bounds."""
+        self.roles = {name: frozenset(scopes) for name, scopes in dict(self.roles).items()}
+        for name, scopes in self.roles.items():
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"invalid role name {name!r}: 1..63 letters, digits, '.', '_' or '-'"
+                )
+            for scope in scopes:
+                if (
+                    not isinstance(scope, str)
+                    or not 0 < len(scope) <= 256
+                    or scope.strip() != scope
+                ):
+                    raise ValueError(f"role {name!r} has an invalid scope {scope!r}")
+        if not 0 <= self.max_delegation_depth <= 64:
+            raise ValueError("max_delegation_depth must be in [0, 64]")
+        if not 1 <= self.role_cache_size <= 1_000_000:
+            raise ValueError("role_cache_size must be in [1, 1000000]")
 
     def _check_card_bounds(self) -> None:
         """The mesh-b group's bounds: at least what this node's own card needs."""

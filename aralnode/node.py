@@ -33,6 +33,7 @@ from aralnode._assembly import (
     service_descriptor,
 )
 from aralnode._logs import get_logger
+from aralnode.access.roles import RoleMap
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -120,13 +121,22 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
+        self.roles = RoleMap(
+            cfg.roles, deny_by_default=cfg.deny_by_default, cache_size=cfg.role_cache_size
+        )
         rule = PeerAuthenticator(
-            lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
+            lambda: self.node_id,
+            peer_scopes=cfg.peer_scopes,
+            peer_grants=cfg.peer_grants,
+            anonymous_scopes=self.roles.anonymous,
+            max_delegation_depth=cfg.max_delegation_depth,
+            now_ms=clock.now_ms,
         )
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
                 authenticator=rule if authenticator is None else Chain(authenticator, rule),
+                roles=self.roles,
                 governance=governance,
                 allow_anonymous=cfg.allow_unsigned,
                 max_concurrent=cfg.max_concurrent,

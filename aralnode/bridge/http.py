@@ -38,6 +38,7 @@ from aralnode.core.capabilities import ProtoService
 from aralnode.core.errors import AralError, Unauthenticated
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
+from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.stages import share_key
 
@@ -202,12 +203,14 @@ class HttpBridge:
         pipeline's authenticate stage, as for every listing; a refusal is answered."""
         ctx = h.call_context(self.service.contexts, scope, "rest")
         try:
-            self.service.pipeline.authenticate(ctx, f"aral.http/GET {scope.get('path', '')}")
+            action = f"aral.http/GET {scope.get('path', '')}"
+            self.service.pipeline.authenticate(ctx, action)
             if ctx.anonymous:
                 raise Unauthenticated(
                     "this node shows its API documents to authenticated callers only",
                     reason="ANONYMOUS_REFUSED",
                 )
+            self.service.pipeline.stages.authorize(ctx, READ_SCOPES, action)  # agent:read
         except AralError as exc:
             body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
             headers = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))

@@ -41,7 +41,7 @@ from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
-from aralnode.service.auth import ALL_SCOPES
+from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService, peer_proto
 from aralnode.service.stages import address_of, reaches
 
@@ -236,7 +236,8 @@ class EventHub:
         if not subscribers:
             return
         caps = list(self.registry)
-        needed = frozenset(s for c in caps for s in c.required_scopes)
+        # A capability that names no scope needs agent:invoke (``reaches``).
+        needed = frozenset(s for c in caps for s in c.required_scopes) | {AGENT_INVOKE}
         groups: dict[frozenset[str] | None, list[Subscriber]] = {}
         for sub in subscribers:
             key = None if ALL_SCOPES in sub.scopes else sub.scopes & needed
@@ -441,7 +442,9 @@ class WsDoor:
                 channels.discard("capabilities")
             await self._subscribed(msg, conn, channels, ctx)
 
-        await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
+        await self.service.pipeline.call(
+            ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run, scopes=READ_SCOPES
+        )
 
     async def _may_list(self, ctx: CallContext) -> bool:
         """The capabilities channel is a listing: governed as ``ListCapabilities``
@@ -451,7 +454,7 @@ class WsDoor:
             return None
 
         try:
-            await self.service.pipeline.call(ctx, LIST_ACTION, None, run)
+            await self.service.pipeline.call(ctx, LIST_ACTION, None, run, scopes=READ_SCOPES)
         except AralError as exc:
             log.info("WebSocket: capabilities channel withheld: %s", exc.message)
             return False
