@@ -22,7 +22,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from aralnode._logs import get_logger
@@ -122,21 +122,26 @@ class Authorize:
         scopes = ctx.scopes
         if ALL_SCOPES in scopes:
             return
-        missing = [s for s in required if s not in scopes]
-        if missing:
-            message = f"{target} requires scope(s) {', '.join(missing)}"
-            details: dict[str, object] = {"missing_scopes": missing}
-            if ctx.on_behalf_of:
-                # A delegation gets no more than both the forwarding node and its
-                # principal hold: say so, or a granted peer's refusal makes no sense.
-                message += (
-                    f"; {ctx.caller} calls on behalf of {ctx.on_behalf_of} (delegation "
-                    f"{' -> '.join(ctx.chain) or ctx.on_behalf_of}), and the intersection "
-                    "of their rights lacks them"
-                )
-                details["on_behalf_of"] = ctx.on_behalf_of
-                details["delegation_chain"] = list(ctx.chain)
-            raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
+        for scope in required:  # every call needs one at least: no list on the way
+            if scope not in scopes:
+                self._refuse(ctx, [s for s in required if s not in scopes], target)
+
+    @staticmethod
+    def _refuse(ctx: CallContext, missing: list[str], target: str) -> NoReturn:
+        """Raise the refusal naming ``missing`` (and the delegation, if any)."""
+        message = f"{target} requires scope(s) {', '.join(missing)}"
+        details: dict[str, object] = {"missing_scopes": missing}
+        if ctx.on_behalf_of:
+            # A delegation gets no more than both the forwarding node and its
+            # principal hold: say so, or a granted peer's refusal makes no sense.
+            message += (
+                f"; {ctx.caller} calls on behalf of {ctx.on_behalf_of} (delegation "
+                f"{' -> '.join(ctx.chain) or ctx.on_behalf_of}), and the intersection "
+                "of their rights lacks them"
+            )
+            details["on_behalf_of"] = ctx.on_behalf_of
+            details["delegation_chain"] = list(ctx.chain)
+        raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
 
 
 _INVOKE_ONLY = (AGENT_INVOKE,)
