@@ -27,7 +27,7 @@ from aralnode import (
 from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.clock import SYSTEM_CLOCK
-from aralnode.core.delegation import make_statement
+from aralnode.core.delegation import check_statement, depth, intersect, make_statement
 from aralnode.core.envelope import REQUEST, build_content, seal
 from aralnode.core.errors import AralError
 from aralnode.core.governance import Action, Decision, Evaluator, Rule, RuleEvaluator
@@ -376,3 +376,37 @@ async def test_unsigned_unverified_and_tampered_statements_are_refused(
                 await invoke(channel)(pb.InvokeRequest(message=message), timeout=10)
         assert tampered.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert ran == []
+
+
+# -- the statement's rules, sans IO -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("granted", "stated", "got"),
+    [
+        ({"x", "y"}, {"y", "z"}, {"y"}),
+        ({"*"}, {"y", "z"}, {"y", "z"}),  # a node trusted with everything: the statement's
+        ({"y"}, {"*"}, {"y"}),  # a principal with everything: the node's grant
+        ({"*"}, {"*"}, {"*"}),
+        (set(), {"*"}, set()),
+    ],
+)
+def test_the_intersection(granted: set[str], stated: set[str], got: set[str]) -> None:
+    assert intersect(frozenset(granted), frozenset(stated)) == got
+
+
+def test_a_statement_extends_the_chain_it_came_with() -> None:
+    first = statement("A" * 32)
+    assert list(first.chain) == ["alice", "A" * 32]
+    second = statement("B" * 32, chain=tuple(first.chain))
+    assert list(second.chain) == ["alice", "A" * 32, "B" * 32]
+    assert depth(second.chain) == 2
+    check_statement(second, signer="B" * 32, on_behalf_of="alice", now_ms=SYSTEM_CLOCK.now_ms())
+    with pytest.raises(PermissionDenied):
+        check_statement(
+            second, signer="B" * 32, on_behalf_of="", now_ms=SYSTEM_CLOCK.now_ms(), max_depth=1
+        )
+    too_many = statement("A" * 32, scopes={f"s{i}" for i in range(300)})
+    with pytest.raises(Unauthenticated) as info:
+        check_statement(too_many, signer="A" * 32, on_behalf_of="", now_ms=SYSTEM_CLOCK.now_ms())
+    assert info.value.reason == "DELEGATION_FORGED"
