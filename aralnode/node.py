@@ -72,6 +72,22 @@ log = get_logger("aralnode")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+def _authorization(
+    cfg: NodeConfig, node_id: Callable[[], str], clock: Clock
+) -> tuple[RoleMap, PeerAuthenticator]:
+    """The node's role map and its own authentication rule (the authz settings)."""
+    roles = RoleMap(cfg.roles, deny_by_default=cfg.deny_by_default, cache_size=cfg.role_cache_size)
+    rule = PeerAuthenticator(
+        node_id,
+        peer_scopes=cfg.peer_scopes,
+        peer_grants=cfg.peer_grants,
+        anonymous_scopes=roles.anonymous,
+        max_delegation_depth=cfg.max_delegation_depth,
+        now_ms=clock.now_ms,
+    )
+    return roles, rule
+
+
 class Node:
     """One aralnode: capabilities, its doors, peers, and their lifecycle.
 
@@ -121,17 +137,7 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
-        self.roles = RoleMap(
-            cfg.roles, deny_by_default=cfg.deny_by_default, cache_size=cfg.role_cache_size
-        )
-        rule = PeerAuthenticator(
-            lambda: self.node_id,
-            peer_scopes=cfg.peer_scopes,
-            peer_grants=cfg.peer_grants,
-            anonymous_scopes=self.roles.anonymous,
-            max_delegation_depth=cfg.max_delegation_depth,
-            now_ms=clock.now_ms,
-        )
+        self.roles, rule = _authorization(cfg, lambda: self.node_id, clock)
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
