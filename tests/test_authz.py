@@ -264,3 +264,26 @@ async def test_a_peer_under_deny_by_default_needs_a_grant(make_node: Callable[..
         assert info.value.reason == "MISSING_SCOPE"
         assert ran == []
         assert await friend.request(closed.node_id, "authz.count", {}) == 1
+
+
+async def test_grpcurl_sees_the_refusal_and_the_role_that_lifts_it(
+    make_node: Callable[..., Node],
+) -> None:
+    """The real grpcurl, through reflection: PermissionDenied without a role that
+    gives agent:invoke, the result with one (``-H``)."""
+    from tests.test_grpcurl import GRPCURL, grpcurl
+
+    if GRPCURL is None:
+        pytest.skip("grpcurl not installed (pip install -e '.[dev]')")
+    ran: list[str] = []
+    call = json.dumps({"call": {"capability": "authz.count"}})
+    async with closed_node(make_node, ran) as node:
+        invoke = ("-plaintext", "-d", call, node.address, "aral.v1.AgentNode/Invoke")
+        rc, out, err = await grpcurl(*invoke)
+        assert rc != 0
+        assert "Code: PermissionDenied" in err
+        assert "agent:invoke" in err
+        assert ran == []
+        rc, out, err = await grpcurl("-H", "x-roles: invoker", *invoke)
+        assert rc == 0, err
+        assert json.loads(out)["result"]["result"] == 1
