@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
 from aralnode._version import __version__
+from aralnode.access.roles import RoleMap
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -38,6 +39,7 @@ from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
+from aralnode.service.auth import PeerAuthenticator
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
@@ -116,6 +118,22 @@ class NodeParts:
             draining.append(self.http.stop(drain))
         await asyncio.gather(*draining)
         await self.connector.close()
+
+
+def authorization(
+    cfg: NodeConfig, node_id: Callable[[], str], clock: Clock
+) -> tuple[RoleMap, PeerAuthenticator]:
+    """The node's role map and its own authentication rule (the authz settings)."""
+    roles = RoleMap(cfg.roles, deny_by_default=cfg.deny_by_default, cache_size=cfg.role_cache_size)
+    rule = PeerAuthenticator(
+        node_id,
+        peer_scopes=cfg.peer_scopes,
+        peer_grants=cfg.peer_grants,
+        anonymous_scopes=roles.anonymous,
+        max_delegation_depth=cfg.max_delegation_depth,
+        now_ms=clock.now_ms,
+    )
+    return roles, rule
 
 
 class PeerSender:

@@ -27,13 +27,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 from aralnode import _proto as pb
 from aralnode._assembly import (
     NodeParts,
+    authorization,
     build_backends,
     build_parts,
     import_spec,
     service_descriptor,
 )
 from aralnode._logs import get_logger
-from aralnode.access.roles import RoleMap
+from aralnode.access.delegation import program_statement
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -59,7 +60,7 @@ from aralnode.discovery.events import PeerEventStream
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector
 from aralnode.mesh.hub import ChannelHub, NotificationHandler, Overflow, Subscription
-from aralnode.service.auth import Authenticator, Chain, PeerAuthenticator
+from aralnode.service.auth import Authenticator, Chain
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import AuditSink, ResponseCheck, Stages
@@ -70,22 +71,6 @@ from aralnode.store.proto_docs import ProtoDocs
 log = get_logger("aralnode")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def _authorization(
-    cfg: NodeConfig, node_id: Callable[[], str], clock: Clock
-) -> tuple[RoleMap, PeerAuthenticator]:
-    """The node's role map and its own authentication rule (the authz settings)."""
-    roles = RoleMap(cfg.roles, deny_by_default=cfg.deny_by_default, cache_size=cfg.role_cache_size)
-    rule = PeerAuthenticator(
-        node_id,
-        peer_scopes=cfg.peer_scopes,
-        peer_grants=cfg.peer_grants,
-        anonymous_scopes=roles.anonymous,
-        max_delegation_depth=cfg.max_delegation_depth,
-        now_ms=clock.now_ms,
-    )
-    return roles, rule
 
 
 class Node:
@@ -137,7 +122,7 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
-        self.roles, rule = _authorization(cfg, lambda: self.node_id, clock)
+        self.roles, rule = authorization(cfg, lambda: self.node_id, clock)
         self.pipeline = Pipeline(
             self.registry,
             Stages.default(
@@ -479,8 +464,10 @@ class Node:
 
         Args:
             on_behalf_of: The principal this node acts for ("anonymous" for an
-                unauthenticated caller), signed into the request so the peer grants
-                that principal's rights, not this node's.
+                unauthenticated caller), stated in a signed delegation with the
+                scopes of its implicit role here (``anonymous`` or
+                ``authenticated``), so the peer grants no more than those and
+                what it grants this node (docs/authorization.md).
         """
         parts = self.parts
         ctx = self.contexts.local(trace_id=trace_id)
@@ -495,6 +482,15 @@ class Node:
             content_type=content_type,
             on_behalf_of=on_behalf_of,
             trace_id=trace_id,
+            delegation=program_statement(
+                self.roles,
+                on_behalf_of,
+                signer=self.node_id,
+                now_ms=self.clock.now_ms(),
+                ttl_ms=int((timeout or self.config.forward_timeout_seconds) * 1000),
+            )
+            if on_behalf_of
+            else None,
         )
 
     async def notify(

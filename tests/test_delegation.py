@@ -272,6 +272,33 @@ async def test_governance_reads_the_chain(make_node: Callable[..., Node]) -> Non
     assert ran == ["scopes"]
 
 
+async def test_the_program_delegates_with_its_implicit_role(
+    make_node: Callable[..., Node],
+) -> None:
+    """``Node.request(on_behalf_of=...)`` states the principal with the scopes of its
+    implicit role on the sending node: here none but agent:invoke, so B's grant of y
+    to A does not reach carol."""
+    a = make_node("alpha", demo=False, roles={"authenticated": frozenset({AGENT_INVOKE})}, **FAST)
+    ran: list[str] = []
+    b = build(make_node, "beta", peer_grants={a.node_id: frozenset({"y"})})
+    serve(b, ran)
+
+    @b.capability(id="authz.open")
+    async def open_(ctx: CallContext) -> dict[str, Any]:
+        return {"scopes": sorted(ctx.scopes), "chain": list(ctx.chain)}
+
+    async with a, b:
+        await linked(a, b)
+        got = await a.request(b.node_id, "authz.open", {}, on_behalf_of="carol")
+        assert got == {"scopes": [AGENT_INVOKE], "chain": ["carol", a.node_id]}
+        with pytest.raises(PermissionDenied) as info:
+            await a.request(b.node_id, "authz.scopes", {}, on_behalf_of="carol")
+        assert info.value.details["delegation_chain"] == ["carol", a.node_id]
+        itself = await a.request(b.node_id, "authz.scopes", {})  # A as itself: its grant
+        assert itself["scopes"] == EXPECTED_SCOPES
+    assert ran == ["scopes"]
+
+
 # -- statements made by hand, sent as signed Invoke messages --------------------------
 
 
