@@ -10,6 +10,7 @@ the handler never runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -287,3 +288,19 @@ async def test_grpcurl_sees_the_refusal_and_the_role_that_lifts_it(
         rc, out, err = await grpcurl("-H", "x-roles: invoker", *invoke)
         assert rc == 0, err
         assert json.loads(out)["result"]["result"] == 1
+
+
+async def test_a_websocket_subscription_needs_agent_read(make_node: Callable[..., Node]) -> None:
+    ran: list[str] = []
+    async with closed_node(make_node, ran) as node:
+        url = f"ws://127.0.0.1:{node.http_port}/ws"
+        wanted = {"type": "subscribe", "agent_id": node.node_id, "channels": ["status"]}
+        for roles, answer in ((None, "error"), ("invoker", "error"), ("reader", "subscribed")):
+            headers = {} if roles is None else {"x-roles": roles}
+            async with connect(url, additional_headers=headers) as ws:
+                await ws.send(json.dumps(wanted))
+                async with asyncio.timeout(10):
+                    reply = json.loads(await ws.recv())
+            assert reply["type"] == answer, (roles, reply)
+            if answer == "error":
+                assert reply["error"]["reason"] == "MISSING_SCOPE"
