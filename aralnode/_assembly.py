@@ -132,6 +132,7 @@ def authorization(
         anonymous_scopes=roles.anonymous,
         max_delegation_depth=cfg.max_delegation_depth,
         now_ms=clock.now_ms,
+        peer_roles=cfg.peer_roles,
     )
     return roles, rule
 

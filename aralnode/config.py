@@ -136,6 +136,8 @@ class NodeConfig:
             chain after the principal); deeper ones are refused
             (``DELEGATION_TOO_DEEP``).
         role_cache_size: Distinct sets of roles whose union of scopes is kept (LRU).
+        peer_roles: Roles of the node with this id (its key, verified in a
+            handshake), on top of ``peer_grants``.
     """
 
     name: str = "aralnode"
@@ -201,6 +203,7 @@ class NodeConfig:
     deny_by_default: bool = False
     max_delegation_depth: int = 4
     role_cache_size: int = 1024
+    peer_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -259,6 +262,10 @@ class NodeConfig:
                     or scope.strip() != scope
                 ):
                     raise ValueError(f"role {name!r} has an invalid scope {scope!r}")
+        self.peer_roles = {k: frozenset(v) for k, v in dict(self.peer_roles).items()}
+        for node_id, roles in self.peer_roles.items():
+            if not NODE_ID.match(node_id) or not roles:
+                raise ValueError(f"peer_roles names a node id and at least one role: {node_id!r}")
         if not 0 <= self.max_delegation_depth <= 64:
             raise ValueError("max_delegation_depth must be in [0, 64]")
         if not 1 <= self.role_cache_size <= 1_000_000:

@@ -243,12 +243,15 @@ async def test_a_peer_under_deny_by_default_needs_a_grant(make_node: Callable[..
     ``authenticated`` role, empty here); a grant of agent:invoke lets it call."""
     stranger = make_node("stranger", demo=False, **FAST)
     friend = make_node("friend", demo=False, **FAST)
+    member = make_node("member", demo=False, **FAST)
     ran: list[str] = []
     closed = make_node(
         "closed",
         demo=False,
         deny_by_default=True,
+        roles=ROLES,
         peer_grants={friend.node_id: frozenset({AGENT_INVOKE})},
+        peer_roles={member.node_id: frozenset({"invoker"})},  # a role does as well
         **FAST,
     )
 
@@ -257,14 +260,15 @@ async def test_a_peer_under_deny_by_default_needs_a_grant(make_node: Callable[..
         ran.append("count")
         return len(ran)
 
-    async with stranger, friend, closed:
-        await linked(stranger, closed)
-        await linked(friend, closed)
+    async with stranger, friend, member, closed:
+        for peer in (stranger, friend, member):
+            await linked(peer, closed)
         with pytest.raises(PermissionDenied) as info:
             await stranger.request(closed.node_id, "authz.count", {})
         assert info.value.reason == "MISSING_SCOPE"
         assert ran == []
         assert await friend.request(closed.node_id, "authz.count", {}) == 1
+        assert await member.request(closed.node_id, "authz.count", {}) == 2
 
 
 async def test_grpcurl_sees_the_refusal_and_the_role_that_lifts_it(

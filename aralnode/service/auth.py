@@ -8,8 +8,8 @@ default, ``PeerAuthenticator``, is the node's rule for every door alike:
   made itself stands as the program set it (no caller: anonymous, with the scopes it
   was given);
 - a caller whose signature verified with a key a handshake pinned is that peer: it
-  gets ``peer_scopes`` plus its own ``peer_grants``; when it forwards a call for
-  someone else, its signed delegation statement is checked
+  gets ``peer_scopes`` plus its own ``peer_grants`` (and its ``peer_roles``); when
+  it forwards a call for someone else, its signed delegation statement is checked
   (``aralnode.core.delegation``) and the call gets no more than the intersection of
   the node's grant and the statement's scopes (``Authenticated.ceiling``); a
   delegation with no statement (``on_behalf_of`` alone) gets no more than an
@@ -160,6 +160,7 @@ class PeerAuthenticator:
         "max_delegation_depth",
         "now_ms",
         "peer_scopes",
+        "roles",
     )
 
     def __init__(
@@ -171,6 +172,7 @@ class PeerAuthenticator:
         anonymous_scopes: frozenset[str] = DEVELOPMENT_SCOPES,
         max_delegation_depth: int = DEFAULT_MAX_DEPTH,
         now_ms: Callable[[], int] = SYSTEM_CLOCK.now_ms,
+        peer_roles: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         """``node_id`` may be given late (a callable), as a node's key is read lazily.
 
@@ -179,6 +181,7 @@ class PeerAuthenticator:
                 principal is someone this node knows nothing about).
             max_delegation_depth: Nodes a delegated call may have passed through.
             now_ms: Wall clock, for the statements' validity.
+            peer_roles: Roles of the node with this id (a verified key).
         """
         self._node_id = node_id
         self._self: Authenticated | None = None  # the node itself, made once
@@ -187,6 +190,7 @@ class PeerAuthenticator:
         self.anonymous_scopes = frozenset(anonymous_scopes)
         self.max_delegation_depth = max_delegation_depth
         self.now_ms = now_ms
+        self.roles = dict(peer_roles or {})
 
     @property
     def node_id(self) -> str:
@@ -215,11 +219,12 @@ class PeerAuthenticator:
                 return Authenticated(signer, _NO_SCOPES, delegated, kind=ANONYMOUS_KIND)
             return ANONYMOUS
         scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
+        roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES
         if not delegated:
-            return Authenticated(node, scopes, kind=NODE)
+            return Authenticated(node, scopes, kind=NODE, roles=roles)
         # on_behalf_of with no statement: nobody vouches for that principal's rights.
         return Authenticated(
-            node, scopes, delegated, kind=NODE, chain=(delegated, node),
+            node, scopes, delegated, kind=NODE, roles=roles, chain=(delegated, node),
             ceiling=self.anonymous_scopes,
         )  # fmt: skip
 
@@ -245,6 +250,7 @@ class PeerAuthenticator:
             peer_scopes_of(signer, self.peer_scopes, self.grants),
             statement.principal,
             kind=NODE,
+            roles=self.roles.get(signer, _NO_SCOPES),
             chain=tuple(statement.chain),
             ceiling=frozenset(statement.scopes),
         )
