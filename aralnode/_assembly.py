@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,23 +22,14 @@ from typing import Any, Protocol
 from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
+from aralnode._access import NodeTls, access_identity, breakers, install_access, node_tls
 from aralnode._logs import get_logger
 from aralnode._version import __version__
-from aralnode.access.apikeys import ApiKeyCheck
 from aralnode.access.bearer import BearerAuthenticator
 from aralnode.access.breaker import Breakers
-from aralnode.access.buckets import RateLimiter
-from aralnode.access.introspect import Introspector
-from aralnode.access.jwks import JwksFile, JwksUrl, KeySource
-from aralnode.access.jwt import JwtRules, JwtVerifier
 from aralnode.access.tls import (
-    PLAINTEXT_WARNING,
-    CertRules,
-    TlsFiles,
-    TlsSettings,
     server_ssl_context,
 )
-from aralnode.access.tokens import TokenCache
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -49,20 +40,17 @@ from aralnode.core.errors import PeerNotFound
 from aralnode.core.handshake import VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo, PeerState, PeerTable
-from aralnode.core.rates import Rate, parse_overrides
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
-from aralnode.service.auth import Chain
 from aralnode.service.calls import Forwarder
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
 from aralnode.store.base import Inbox, Outbox
-from aralnode.store.keys import KEY_FILE
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
@@ -167,6 +155,7 @@ class PeerSender:
         on_behalf_of: str,
         trace_id: str,
         content_type: str = codec.JSON,
+        delegation: pb.Delegation | None = None,
     ) -> Any:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
@@ -180,6 +169,7 @@ class PeerSender:
                     content_type=content_type,
                     on_behalf_of=on_behalf_of,
                     trace_id=trace_id,
+                    delegation=delegation,
                 ),
             )
         return await self.breakers.call(
@@ -192,6 +182,7 @@ class PeerSender:
                 content_type=content_type,
                 on_behalf_of=on_behalf_of,
                 trace_id=trace_id,
+                delegation=delegation,
             ),
         )
 
@@ -260,65 +251,18 @@ def build_parts(
 ) -> NodeParts:
     """Every part of a starting node, wired (nothing is started yet)."""
     cfg = node.config
-    tls = _tls(node)  # first: bad TLS files refuse the start before anything runs
+    tls = node_tls(cfg, node.contexts)  # first: bad TLS files refuse the start before anything runs
     replay = ReplayGuard(node.clock, window_ms=cfg.replay_window_ms, skew_ms=cfg.clock_skew_ms)
     hub = _hub(node, replay)
     try:
         access = access_identity(cfg)
         parts = _around_hub(node, backends, services, replay, hub, tls, access=access)
-        _install(node, parts, access)
+        parts.access = access
+        install_access(node.pipeline.stages.authenticate, parts.http, access)
         return parts
     except BaseException:
         hub.discard()  # its stores and threads: nothing else was started
         raise
-
-
-def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
-    """The caller-identity authenticator ``cfg`` asks for: API keys (always: the key
-    file may appear later), JWTs when ``jwt_issuer`` is set, introspection when
-    ``oauth_introspection_url`` is."""
-    cache = TokenCache(cfg.token_cache_size)
-    verifier = None
-    if cfg.jwt_issuer:
-        keys: KeySource = (
-            JwksFile(cfg.jwt_jwks_file)
-            if cfg.jwt_jwks_file is not None
-            else JwksUrl(cfg.jwt_jwks_url, refetch_seconds=cfg.jwt_jwks_refetch_seconds)
-        )
-        rules = JwtRules(
-            issuer=cfg.jwt_issuer,
-            audience=cfg.jwt_audience,
-            algorithms=tuple(cfg.jwt_algorithms),
-            leeway=cfg.jwt_leeway_seconds,
-            caller_claim=cfg.jwt_caller_claim,
-            roles_claim=cfg.jwt_roles_claim,
-            kind_claim=cfg.jwt_kind_claim,
-        )
-        verifier = JwtVerifier(rules, keys, cache)
-    introspector = None
-    if cfg.oauth_introspection_url:
-        introspector = Introspector(
-            cfg.oauth_introspection_url,
-            client_id=cfg.oauth_client_id,
-            client_secret=cfg.oauth_client_secret,
-            cache=cache,
-            negative_size=cfg.token_cache_size,
-        )
-    return BearerAuthenticator(
-        apikeys=ApiKeyCheck(cfg.apikeys_path), jwt=verifier, introspector=introspector
-    )
-
-
-def _install(node: NodeView, parts: NodeParts, access: BearerAuthenticator) -> None:
-    """Put the caller-identity authenticator in front of the node's (one pipeline:
-    every door) and start the JWKS URL's first fetch."""
-    parts.access = access
-    stage = node.pipeline.stages.authenticate
-    stage.authenticator = Chain(access, stage.authenticator)
-    if parts.http is not None:
-        parts.http.gate.access = access
-    if access.jwt is not None and isinstance(access.jwt.keys, JwksUrl):
-        access.jwt.keys.request_fetch()
 
 
 def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
@@ -349,25 +293,16 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
         tls=client_tls,
     )
     facts = NodeFacts(node, connector)
-    discovery = facts.discovery = Supervisor(
-        node_id=node.node_id,
-        connector=connector,
-        keyring=node.keyring,
-        counters=node.pipeline.counters,
-        backends=backends,
-        announcement=lambda: announcement(node),
-        live_channels=hub.connected_peers,
-        keepalive_ms=cfg.keepalive_ms,
-        peer_timeout_ms=cfg.peer_timeout_ms,
-        dial_back=cfg.discovery != "none",
-    )
-    send = PeerSender(hub, connector, breakers(cfg, node))
+    discovery = facts.discovery = _supervisor(node, connector, backends, hub)
+    send = PeerSender(hub, connector, breakers(cfg, node.clock, node.pipeline.counters))
     facts.breakers = send.breakers
     service = NodeService(
         info=facts,
         pipeline=node.pipeline,
         contexts=node.contexts,
-        forward=Forwarder(node.pipeline, send, default_timeout=cfg.forward_timeout_seconds),
+        forward=Forwarder(
+            node.pipeline, send, default_timeout=cfg.forward_timeout_seconds, node_id=node.node_id
+        ),
         envelopes=Envelopes(
             identity=node.identity,
             keyring=node.keyring,
@@ -383,6 +318,25 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     grpc = _grpc(node, service, services, streams, tls, access)
     http = _http(node, service, services, tls) if cfg.http_port is not None else None
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
+
+
+def _supervisor(
+    node: NodeView, connector: PeerConnector, backends: Sequence[DiscoveryBackend], hub: ChannelHub
+) -> Supervisor:
+    """Discovery: the backends' hints, verified through the connector."""
+    cfg = node.config
+    return Supervisor(
+        node_id=node.node_id,
+        connector=connector,
+        keyring=node.keyring,
+        counters=node.pipeline.counters,
+        backends=backends,
+        announcement=lambda: announcement(node),
+        live_channels=hub.connected_peers,
+        keepalive_ms=cfg.keepalive_ms,
+        peer_timeout_ms=cfg.peer_timeout_ms,
+        dial_back=cfg.discovery != "none",
+    )
 
 
 def _grpc(  # noqa: PLR0917 - the parts made so far, in order
@@ -470,39 +424,6 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
             card_limits=cfg.card_limits,
         ),
     )
-
-
-@dataclass(slots=True)
-class NodeTls:
-    """A TLS node's files and, under mTLS, the rule binding a peer's certificate to
-    the node its handshake or channel open verified."""
-
-    files: TlsFiles
-    bind: Callable[[bytes, str], object] | None
-
-
-def _tls(node: NodeView) -> NodeTls | None:
-    """The node's TLS files, checked (a bad set refuses the start, naming the file);
-    ``None``, loudly, for a plaintext node."""
-    cfg = node.config
-    if cfg.tls_cert_file is None:
-        log.warning(PLAINTEXT_WARNING)
-        return None
-    settings = TlsSettings(
-        cert_file=cfg.tls_cert_file,
-        key_file=cfg.tls_key_file or cfg.resolved_data_dir / KEY_FILE,
-        ca_file=cfg.tls_ca_file,
-        client_auth=cfg.tls_client_auth,
-        trust_domain=cfg.trust_domain,
-        deny=cfg.tls_deny,
-    )
-    files = TlsFiles(settings)
-    if not cfg.tls_http and cfg.http_port is not None:
-        log.warning("tls_http is off: the HTTP door (REST, MCP, WebSocket) is PLAINTEXT")
-    if not settings.mutual:
-        return NodeTls(files, None)
-    node.contexts.certificates = True  # the gRPC door hands client certificates in
-    return NodeTls(files, CertRules(cfg.trust_domain, cfg.tls_deny).bind)
 
 
 def _http(
@@ -625,39 +546,13 @@ def import_spec(spec: str) -> ModuleType:
     return importlib.import_module(spec)
 
 
-def breakers(cfg: NodeConfig, node: NodeView) -> Breakers:
-    """The circuit breakers on calls to peers ``cfg``'s ``breaker_*`` fields describe."""
-    return Breakers(
-        node.clock,
-        failures=cfg.breaker_failures,
-        cooldown=cfg.breaker_cooldown_seconds,
-        max_cooldown=cfg.breaker_max_cooldown_seconds,
-        counters=node.pipeline.counters,
-    )
-
-
-def rate_limiter(cfg: NodeConfig, clock: Clock) -> RateLimiter:
-    """The token buckets ``cfg``'s ``rate_limit_*`` fields describe."""
-    return RateLimiter(
-        clock,
-        global_rate=Rate.parse(cfg.rate_limit_global),
-        per_principal=Rate.parse(cfg.rate_limit_per_principal),
-        per_address=Rate.parse(cfg.rate_limit_per_address),
-        per_peer=Rate.parse(cfg.rate_limit_per_peer),
-        overrides=parse_overrides(cfg.rate_limit_overrides),
-        max_buckets=cfg.rate_limit_max_buckets,
-    )
-
-
 __all__ = [
     "NodeFacts",
     "NodeParts",
     "PeerSender",
     "announcement",
-    "breakers",
     "build_backends",
     "build_parts",
     "import_spec",
-    "rate_limiter",
     "service_descriptor",
 ]

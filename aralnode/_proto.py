@@ -22,6 +22,7 @@ ARALMessage = message_pb2.ARALMessage
 MessageContent = message_pb2.MessageContent
 Header = message_pb2.Header
 ChannelBinding = message_pb2.ChannelBinding
+Delegation = message_pb2.Delegation
 Body = message_pb2.Body
 Error = message_pb2.Error
 Signature = message_pb2.Signature

@@ -180,7 +180,6 @@ class NodeConfig:
         trust_domain: SPIFFE trust domain of the mesh certificates.
         tls_deny: Node ids or certificate serials (hex) refused at the handshake.
         tls_http: Serve the HTTP door over TLS too (TLS 1.3 minimum) when TLS is on.
-    Caller identity (group ident; see docs/auth.md):
         jwt_issuer: The ``iss`` a bearer JWT must carry; "" turns JWT bearer tokens off.
         jwt_audience: The ``aud`` a bearer JWT must carry (required with ``jwt_issuer``).
         jwt_algorithms: Signature algorithms accepted (never "none" nor HS*: a node
@@ -206,6 +205,19 @@ class NodeConfig:
         apikeys_file: API keys (``aralnode apikey``); "" is ``DATA_DIR/apikeys.json``.
         session_ttl_seconds: Lifetime of an MCP session or a WebSocket, bound to the
             principal that opened it.
+        roles: Role name -> the scopes it grants (a scope may be ``"*"``; this and
+            the next are the authz group's, see docs/authorization.md). Two roles
+            are implicit: ``anonymous`` (every caller nobody identified) and
+            ``authenticated`` (every identified caller); unless named here they hold
+            ``agent:read`` and ``agent:invoke`` (nothing with ``deny_by_default``).
+        deny_by_default: The implicit roles hold nothing unless named in ``roles``:
+            nothing is allowed unless a role or a grant says so.
+        max_delegation_depth: Nodes a delegated call may have passed through (its
+            chain after the principal); deeper ones are refused
+            (``DELEGATION_TOO_DEEP``).
+        role_cache_size: Distinct sets of roles whose union of scopes is kept (LRU).
+        peer_roles: Roles of the node with this id (its key, verified in a
+            handshake), on top of ``peer_grants``.
     """
 
     name: str = "aralnode"
@@ -304,6 +316,12 @@ class NodeConfig:
     oauth_client_secret: str = field(default="", repr=False)  # never in a log line
     apikeys_file: Path | None = None
     session_ttl_seconds: float = 3600.0
+    # -- authz: roles and scopes, deny by default, delegation
+    roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    deny_by_default: bool = False
+    max_delegation_depth: int = 4
+    role_cache_size: int = 1024
+    peer_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -348,6 +366,7 @@ class NodeConfig:
         self._check_limits()
         self._check_tls()
         self._check_ident()
+        self._check_authz()
 
     def _check_limits(self) -> None:
         for name in (
@@ -395,6 +414,30 @@ class NodeConfig:
     @property
     def tls_on(self) -> bool:
         return self.tls_cert_file is not None
+
+    def _check_authz(self) -> None:
+        """The authz group's settings: role names, their scopes, the bounds."""
+        self.roles = {name: frozenset(scopes) for name, scopes in dict(self.roles).items()}
+        for name, scopes in self.roles.items():
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"invalid role name {name!r}: 1..63 letters, digits, '.', '_' or '-'"
+                )
+            for scope in scopes:
+                if (
+                    not isinstance(scope, str)
+                    or not 0 < len(scope) <= 256
+                    or scope.strip() != scope
+                ):
+                    raise ValueError(f"role {name!r} has an invalid scope {scope!r}")
+        self.peer_roles = {k: frozenset(v) for k, v in dict(self.peer_roles).items()}
+        for node_id, roles in self.peer_roles.items():
+            if not NODE_ID.match(node_id) or not roles:
+                raise ValueError(f"peer_roles names a node id and at least one role: {node_id!r}")
+        if not 0 <= self.max_delegation_depth <= 64:
+            raise ValueError("max_delegation_depth must be in [0, 64]")
+        if not 1 <= self.role_cache_size <= 1_000_000:
+            raise ValueError("role_cache_size must be in [1, 1000000]")
 
     def _check_card_bounds(self) -> None:
         """The mesh-b group's bounds: at least what this node's own card needs."""

@@ -25,16 +25,16 @@ from typing import Any, TypeVar
 from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
+from aralnode._access import node_pipeline
 from aralnode._assembly import (
     NodeParts,
     build_backends,
     build_parts,
     import_spec,
-    rate_limiter,
     service_descriptor,
 )
 from aralnode._logs import get_logger
-from aralnode.access.tls import certificate_rule
+from aralnode.access.delegation import program_statement
 from aralnode.config import NodeConfig
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -60,10 +60,9 @@ from aralnode.discovery.events import PeerEventStream
 from aralnode.discovery.supervisor import Supervisor
 from aralnode.mesh.connector import PeerConnector
 from aralnode.mesh.hub import ChannelHub, NotificationHandler, Overflow, Subscription
-from aralnode.service.auth import Authenticator, Chain, PeerAuthenticator
+from aralnode.service.auth import Authenticator
 from aralnode.service.context import ContextBuilder
-from aralnode.service.pipeline import Pipeline
-from aralnode.service.stages import AuditSink, ResponseCheck, Stages
+from aralnode.service.stages import AuditSink, ResponseCheck
 from aralnode.store.datadir import lock_data_dir, release_data_dir
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
@@ -123,24 +122,15 @@ class Node:
             protected=lambda key: key in cfg.peer_grants,
         )
         self.contexts = ContextBuilder(clock)
-        rule: Authenticator = PeerAuthenticator(
-            lambda: self.node_id, peer_scopes=cfg.peer_scopes, peer_grants=cfg.peer_grants
-        )
-        if cfg.tls_client_auth == "require":  # a verified mesh certificate names its node
-            rule = certificate_rule(rule, cfg)
-        self.pipeline = Pipeline(
+        self.roles, self.pipeline = node_pipeline(
+            cfg,
             self.registry,
-            Stages.default(
-                authenticator=rule if authenticator is None else Chain(authenticator, rule),
-                governance=governance,
-                allow_anonymous=cfg.allow_unsigned,
-                max_concurrent=cfg.max_concurrent,
-                max_concurrent_per_caller=cfg.max_concurrent_per_caller,
-                limiter=rate_limiter(cfg, clock),
-                checks=checks,
-                audit=audit,
-            ),
             clock,
+            lambda: self.node_id,
+            authenticator=authenticator,
+            governance=governance,
+            checks=checks,
+            audit=audit,
         )
         self._backends = None if backends is None else list(backends)
         self._services: list[ProtoService] = []
@@ -469,8 +459,10 @@ class Node:
 
         Args:
             on_behalf_of: The principal this node acts for ("anonymous" for an
-                unauthenticated caller), signed into the request so the peer grants
-                that principal's rights, not this node's.
+                unauthenticated caller), stated in a signed delegation with the
+                scopes of its implicit role here (``anonymous`` or
+                ``authenticated``), so the peer grants no more than those and
+                what it grants this node (docs/authorization.md).
         """
         parts = self.parts
         ctx = self.contexts.local(trace_id=trace_id)
@@ -485,6 +477,15 @@ class Node:
             content_type=content_type,
             on_behalf_of=on_behalf_of,
             trace_id=trace_id,
+            delegation=program_statement(
+                self.roles,
+                on_behalf_of,
+                signer=self.node_id,
+                now_ms=self.clock.now_ms(),
+                ttl_ms=int((timeout or self.config.forward_timeout_seconds) * 1000),
+            )
+            if on_behalf_of
+            else None,
         )
 
     async def notify(

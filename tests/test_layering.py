@@ -53,6 +53,7 @@ LAYER_OF = {
     "aralnode.mesh": "mesh",
     "aralnode.discovery": "discovery",
     "aralnode._assembly": "root",
+    "aralnode._access": "root",
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",

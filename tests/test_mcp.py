@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -63,6 +64,7 @@ def stdio(node: Node) -> StdioServerParameters:
         command=sys.executable,
         args=["-m", "aralnode.cli", "mcp", "--node", node.address],
         cwd=str(ROOT),
+        env=dict(os.environ),  # PYTHONPATH: this worktree's package and its gen/
     )
 
 

@@ -292,7 +292,7 @@ class Local:
 
 
 @contextlib.asynccontextmanager
-async def open_doors(make_node: Callable[..., Node]) -> AsyncIterator[Doors]:
+async def open_doors(make_node: Callable[..., Node], **config: Any) -> AsyncIterator[Doors]:
     """A node with the library (one rpc blocked by governance, one needing a scope,
     one taken away), a verified peer, and a client on each door. (A context manager,
     not a fixture: the MCP client's task group must be left by the task that
@@ -300,7 +300,7 @@ async def open_doors(make_node: Callable[..., Node]) -> AsyncIterator[Doors]:
     policy = RuleEvaluator(
         [Rule("keep-books", None, Decision.BLOCK, capabilities=frozenset({DELETE}))]
     )
-    node = make_node("parity", http_port=0, governance=policy, **FAST)
+    node = make_node("parity", http_port=0, governance=policy, **FAST, **config)
     library = import_spec(str(LIBRARY))
     node.add_service(library.Library(), library.lib, scopes={"Search": ("library:search",)})
     peer = make_node("parity-peer", demo=False, **FAST)
@@ -355,6 +355,39 @@ async def test_every_door_gives_the_same_answer(
             name,
             outcome,
         )
+
+
+async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door(
+    make_node: Callable[..., Node],
+) -> None:
+    """With ``deny_by_default`` nobody holds ``agent:invoke`` unless a role or grant
+    says so: a capability that names no scope (and a method that names none) is
+    refused on every door alike, each in its own language, its handler never run."""
+    ran: list[str] = []
+    async with open_doors(make_node, deny_by_default=True) as doors:
+
+        @doors.node.capability(id="authz.count")
+        async def count() -> int:
+            ran.append("count")
+            return len(ran)
+
+        answers = {
+            (door.name, capability): await door.call(capability, params)
+            for capability, params in (("authz.count", {}), (GET, BOOK))
+            for door in doors.all()
+            if door.can_call(capability)
+        }
+    assert {name for name, _ in answers} == {
+        "grpc-invoke", "grpc-method", "rest-route", "rest-invoke", "mcp", "ws", "channel", "local",
+    }  # fmt: skip
+    for key, outcome in answers.items():
+        assert outcome.status == "PERMISSION_DENIED", (key, outcome)
+        assert (
+            outcome.reason in ("MISSING_SCOPE", "")
+            if key[0] == "mcp"
+            else (outcome.reason == "MISSING_SCOPE")
+        ), (key, outcome)
+    assert ran == []
 
 
 async def test_integers_stay_integers_on_every_door(make_node: Callable[..., Node]) -> None:

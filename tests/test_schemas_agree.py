@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import combinations
@@ -238,6 +239,7 @@ def _stdio(node: Node) -> StdioServerParameters:
         command=sys.executable,
         args=["-m", "aralnode.cli", "mcp", "--node", node.address],
         cwd=str(ROOT),
+        env=dict(os.environ),  # PYTHONPATH: this worktree's package and its gen/
     )
 
 

@@ -29,7 +29,7 @@ from aralnode.core.governance import (
     RuleEvaluator,
     Verdict,
 )
-from aralnode.service.auth import ALL_SCOPES, Authenticated, PeerAuthenticator
+from aralnode.service.auth import ALL_SCOPES, Authenticated, ImplicitRoles, PeerAuthenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import (
@@ -60,7 +60,12 @@ def authenticate(allow_anonymous: bool = True, **kw: Any) -> Authenticate:
     authenticator = PeerAuthenticator(
         NODE, peer_scopes=frozenset({"peer"}), peer_grants={PEER: frozenset({"granted"})}, **kw
     )
-    return Authenticate(authenticator, allow_anonymous=allow_anonymous, counters=Counter())
+    # The implicit roles hold nothing here (deny by default): what is left is the
+    # authenticator's own rule (tests/test_authz.py tests the roles).
+    none = ImplicitRoles(frozenset(), frozenset())
+    return Authenticate(
+        authenticator, allow_anonymous=allow_anonymous, counters=Counter(), roles=none
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,18 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from aralnode.bridge._http import JSON, Scope, Send, dumps, error_body, error_headers
+from aralnode.bridge._http import (
+    JSON,
+    Scope,
+    Send,
+    dumps,
+    error_body,
+    error_headers,
+    iso_ms,
+)
+from aralnode.core import codec
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError, RateLimited
 
@@ -103,4 +112,20 @@ async def refuse(send: Send, exc: AralError, now_ms: int) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-__all__ = ["SocketQuota", "TooManySockets", "refuse"]
+def plain_id(message: dict[str, Any]) -> Any:
+    """A WebSocket message's id if it is a plain JSON value (else None)."""
+    msg_id = message.get("id")
+    return msg_id if isinstance(msg_id, str | int | float | bool) or msg_id is None else None
+
+
+def ws_error(
+    exc: AralError, msg_id: Any, now_ms: int, trace_id: str | None = None
+) -> dict[str, Any]:
+    """A WebSocket error message (the seed's error object, as REST and MCP send it)."""
+    error = {**codec.error_dict(exc), "timestamp": iso_ms(now_ms)}
+    if trace_id:
+        error["trace_id"] = trace_id  # as REST and MCP errors carry it
+    return {"type": "error", "id": msg_id, "error": error}
+
+
+__all__ = ["SocketQuota", "TooManySockets", "plain_id", "refuse", "ws_error"]

@@ -40,6 +40,7 @@ from aralnode.core.capabilities import ProtoService
 from aralnode.core.errors import AralError, Unauthenticated
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
+from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.stages import share_key
 
@@ -140,13 +141,7 @@ class HttpBridge:
             forward_peers=forward_peer_tools,
             listing_requires_auth=self.limits.listing_requires_auth,
         )
-        self.mcp_server = build_server(
-            self.tools,
-            name=f"aralnode-{name}",
-            version=version or "0",
-            context=http_context(service.contexts),
-            instructions=f"Tools of aralnode {name} ({node_id}), from its capabilities.",
-        )
+        self.mcp_server = self._mcp_server(name, version, node_id)
         self._routes: dict[str, Route] = {"/openapi.json": self._openapi, "/docs": self._docs}
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
@@ -156,6 +151,15 @@ class HttpBridge:
         self._main: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self.port = 0
+
+    def _mcp_server(self, name: str, version: str, node_id: str) -> Any:
+        return build_server(
+            self.tools,
+            name=f"aralnode-{name}",
+            version=version or "0",
+            context=http_context(self.service.contexts),
+            instructions=f"Tools of aralnode {name} ({node_id}), from its capabilities.",
+        )
 
     def _ws_door(self, name: str) -> WsDoor:
         limits = self.limits
@@ -223,12 +227,14 @@ class HttpBridge:
         pipeline's authenticate stage, as for every listing; a refusal is answered."""
         ctx = h.call_context(self.service.contexts, scope, "rest")
         try:
-            self.service.pipeline.authenticate(ctx, f"aral.http/GET {scope.get('path', '')}")
+            action = f"aral.http/GET {scope.get('path', '')}"
+            self.service.pipeline.authenticate(ctx, action)
             if ctx.anonymous:
                 raise Unauthenticated(
                     "this node shows its API documents to authenticated callers only",
                     reason="ANONYMOUS_REFUSED",
                 )
+            self.service.pipeline.stages.authorize(ctx, READ_SCOPES, action)  # agent:read
         except AralError as exc:
             body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
             headers = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))

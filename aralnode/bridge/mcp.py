@@ -57,7 +57,7 @@ from aralnode.core import codec
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, McpErrorCode, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
-from aralnode.service.auth import ALL_SCOPES
+from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.stages import address_of, reaches
 
@@ -309,7 +309,8 @@ class Listings:
         """The tools of ``tools`` a caller holding ``scopes`` may call."""
         if tools is not self._tools:
             self._tools = tools
-            self._needed = frozenset(s for t in tools.values() for s in t.scopes)
+            # A tool that names no scope needs agent:invoke (``reaches``).
+            self._needed = frozenset(s for t in tools.values() for s in t.scopes) | {AGENT_INVOKE}
             self._answers.clear()
         key = None if ALL_SCOPES in scopes else scopes & self._needed
         listed = self._answers.get(key)

@@ -31,6 +31,7 @@ from aralnode.core.context import CallContext
 from aralnode.core.errors import Unauthenticated
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTable
 from aralnode.core.proto_schema import ProtoComments, message_schema
+from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
 
 log = get_logger("aralnode.mcp")
@@ -162,7 +163,7 @@ class LocalTools:
         async def run(_: Any) -> types.ListToolsResult:
             return self.listings.answer(await self.tools(), ctx.scopes)
 
-        return await pipeline.call(ctx, LIST_ACTION, None, run)
+        return await pipeline.call(ctx, LIST_ACTION, None, run, scopes=READ_SCOPES)
 
     def _peers(self) -> list[pb.Peer]:
         if not self.forward_peers:
@@ -244,6 +245,7 @@ class LocalTools:
             read_only=target.read_only,
             run=run,
             key=target.full_name,
+            scopes=READ_SCOPES if target.built_in else (),  # the built-ins' scope
         )
 
     def _peer_tool(self, peer: pb.Peer, cap: pb.Capability) -> ToolSpec:

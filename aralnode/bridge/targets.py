@@ -31,6 +31,7 @@ from aralnode import _proto as pb
 from aralnode.core import codec
 from aralnode.core.capabilities import ProtoService
 from aralnode.core.context import CallContext
+from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import BUILT_INS, NodeService
 
 UnaryCall = Callable[[CallContext, Message], Awaitable[Message]]
@@ -127,7 +128,7 @@ def _user_target(
     cap_id = f"{method.containing_service.full_name}/{method.name}"
     pipeline = service.pipeline
     if method.server_streaming:
-        scopes = served.scopes_of(method.name)
+        scopes = served.scopes_of(method.name) or INVOKE_SCOPES  # none named: agent:invoke
 
         def stream(ctx: CallContext, request: Message) -> AsyncIterator[Message]:
             # Every stage first, exactly as on the gRPC door.

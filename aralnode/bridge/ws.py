@@ -34,14 +34,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
-from aralnode.bridge._sockets import SocketQuota, refuse
+from aralnode.bridge._sockets import SocketQuota, plain_id, refuse, ws_error
 from aralnode.bridge.targets import node_json
 from aralnode.core import codec
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
-from aralnode.service.auth import ALL_SCOPES
+from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.stages import address_of, reaches
 
@@ -236,7 +236,8 @@ class EventHub:
         if not subscribers:
             return
         caps = list(self.registry)
-        needed = frozenset(s for c in caps for s in c.required_scopes)
+        # A capability that names no scope needs agent:invoke (``reaches``).
+        needed = frozenset(s for c in caps for s in c.required_scopes) | {AGENT_INVOKE}
         groups: dict[frozenset[str] | None, list[Subscriber]] = {}
         for sub in subscribers:
             key = None if ALL_SCOPES in sub.scopes else sub.scopes & needed
@@ -333,7 +334,7 @@ class WsDoor:
                 # node waits for it before it closes the socket.
                 with self.inflight.call():
                     if text is None:
-                        reply: dict[str, Any] | None = _error(
+                        reply: dict[str, Any] | None = ws_error(
                             InvalidRequest("messages are JSON text frames, not binary"),
                             None,
                             self.clock.now_ms(),
@@ -366,7 +367,7 @@ class WsDoor:
                 try:
                     reply = await self._invoke(msg, ctx)
                 except AralError as exc:
-                    reply = _error(exc, msg.get("id"), self.clock.now_ms(), ctx.trace_id)
+                    reply = ws_error(exc, msg.get("id"), self.clock.now_ms(), ctx.trace_id)
                 await conn.reply(reply)
             finally:
                 self.inflight.end()
@@ -411,11 +412,11 @@ class WsDoor:
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
         except AralError as exc:
             trace = ctx.trace_id if ctx is not None else None
-            return _error(exc, msg_id, self.clock.now_ms(), trace)
+            return ws_error(exc, msg_id, self.clock.now_ms(), trace)
         except Exception as exc:  # a bug guard: answer, keep the socket open
             log.exception("ws message failed")
             err = InternalError(f"internal error: {type(exc).__name__}")
-            return _error(err, _plain_id({"id": msg_id}), self.clock.now_ms())
+            return ws_error(err, plain_id({"id": msg_id}), self.clock.now_ms())
 
     def _context(self, msg: dict[str, Any], ws: WebSocket) -> CallContext:
         """One message's context: the socket's caller and headers, the message's own
@@ -448,7 +449,9 @@ class WsDoor:
                 channels.discard("capabilities")
             await self._subscribed(msg, conn, channels, ctx)
 
-        await self.service.pipeline.call(ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run)
+        await self.service.pipeline.call(
+            ctx, SUBSCRIBE_ACTION, {"channels": wanted}, run, scopes=READ_SCOPES
+        )
 
     async def _may_list(self, ctx: CallContext) -> bool:
         """The capabilities channel is a listing: governed as ``ListCapabilities``
@@ -458,7 +461,7 @@ class WsDoor:
             return None
 
         try:
-            await self.service.pipeline.call(ctx, LIST_ACTION, None, run)
+            await self.service.pipeline.call(ctx, LIST_ACTION, None, run, scopes=READ_SCOPES)
         except AralError as exc:
             log.info("WebSocket: capabilities channel withheld: %s", exc.message)
             return False
@@ -563,14 +566,9 @@ class _Connection:
             log.warning("ws reply is not JSON: %s", exc)
             err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
             text = codec.dumps(
-                {"type": "error", "id": _plain_id(message), "error": codec.error_dict(err)}
+                {"type": "error", "id": plain_id(message), "error": codec.error_dict(err)}
             )
         await self.ws.send_text(text)
-
-
-def _plain_id(message: dict[str, Any]) -> Any:
-    msg_id = message.get("id")
-    return msg_id if isinstance(msg_id, str | int | float | bool) or msg_id is None else None
 
 
 def _channels(value: Any) -> list[str]:
@@ -590,10 +588,3 @@ def _channels(value: Any) -> list[str]:
                 reason="UNKNOWN_CHANNEL",
             )
     return sorted(set(out))
-
-
-def _error(exc: AralError, msg_id: Any, now_ms: int, trace_id: str | None = None) -> dict[str, Any]:
-    error = {**codec.error_dict(exc), "timestamp": iso_ms(now_ms)}
-    if trace_id:
-        error["trace_id"] = trace_id  # as REST and MCP errors carry it
-    return {"type": "error", "id": msg_id, "error": error}

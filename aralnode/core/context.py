@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from aralnode import _proto as pb
 from aralnode.core.errors import AralError, StatusCode, error_from_status, status_value
 
 ANONYMOUS = "anonymous"
@@ -110,6 +111,8 @@ class Credentials:
         local: The in-process API: the node itself, with every scope.
         given: A context the node's own program made: its caller, scopes and
             delegation stand as the program set them (none set: anonymous).
+        delegation: The signed statement of delegation the request carried
+            (``Header.delegation``), not yet checked: the authenticator checks it.
     """
 
     signer: str = ""
@@ -119,6 +122,7 @@ class Credentials:
     peer_certificate: bytes = b""
     local: bool = False
     given: bool = False
+    delegation: pb.Delegation | None = None
 
 
 NO_CREDENTIALS = Credentials()

@@ -86,7 +86,14 @@ def build_content(
     compression: str = "",
     ttl_ms: int = 0,
     on_behalf_of: str = "",
+    delegation: pb.Delegation | None = None,
 ) -> pb.MessageContent:
+    """A request's, response's or notification's content, ready to ``seal``.
+
+    ``delegation``: the signed statement of whom a forwarded call acts for (in the
+    header, so the signature covers it); its principal is also put in
+    ``on_behalf_of`` for nodes that read only that.
+    """
     content = pb.MessageContent()
     content.body.CopyFrom(body)
     header = content.header
@@ -109,6 +116,9 @@ def build_content(
         header.trace_id = trace_id
     if ttl_ms:
         header.ttl_ms = ttl_ms
+    if delegation is not None:
+        header.delegation.CopyFrom(delegation)
+        on_behalf_of = on_behalf_of or delegation.principal
     if on_behalf_of:
         header.on_behalf_of = on_behalf_of
     return content

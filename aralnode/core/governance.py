@@ -46,7 +46,8 @@ class Direction(enum.StrEnum):
 class Action:
     """What governance judges: a direction, the action's id (a capability, a built-in
     method, an event), who asks through which door, its risk, its parameters and the
-    peer involved.
+    peer involved; for a delegated call, the chain it came through (``chain``,
+    originator first, and its ``delegation_depth``), so a rule can read it.
 
     ``parameters`` is the request as JSON. For a protobuf request (``message``) it is
     made from the message the first time something reads it, and only then: a policy
@@ -57,6 +58,7 @@ class Action:
         "_parameters",
         "caller",
         "capability",
+        "chain",
         "direction",
         "door",
         "message",
@@ -75,6 +77,7 @@ class Action:
         peer: str = "",
         *,
         message: Message | None = None,
+        chain: tuple[str, ...] = (),
     ) -> None:
         self.direction = direction
         self.capability = capability
@@ -84,6 +87,12 @@ class Action:
         self._parameters = parameters
         self.peer = peer
         self.message = message
+        self.chain = chain
+
+    @property
+    def delegation_depth(self) -> int:
+        """Nodes the call passed through before this one (0: a direct call)."""
+        return max(0, len(self.chain) - 1)
 
     @property
     def parameters(self) -> Any:
@@ -100,6 +109,7 @@ class Action:
             self.risk,
             self.parameters,
             self.peer,
+            self.chain,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -111,7 +121,7 @@ class Action:
         return (
             f"Action(direction={self.direction!r}, capability={self.capability!r}, "
             f"caller={self.caller!r}, door={self.door!r}, risk={self.risk!r}, "
-            f"parameters={self.parameters!r}, peer={self.peer!r})"
+            f"parameters={self.parameters!r}, peer={self.peer!r}, chain={self.chain!r})"
         )
 
 

@@ -314,6 +314,7 @@ class ChannelHub:
         trace_id: str = "",
         ttl_ms: int = 0,
         on_behalf_of: str = "",
+        delegation: pb.Delegation | None = None,
     ) -> tuple[str, int]:
         content = build_content(
             sender=self.node_id,
@@ -325,6 +326,7 @@ class ChannelHub:
             compression=compression,
             ttl_ms=ttl_ms,
             on_behalf_of=on_behalf_of,
+            delegation=delegation,
         )
         header = content.header
         # The message signs its own place on the channel (epoch, seq): it cannot
@@ -361,6 +363,7 @@ class ChannelHub:
         content_type: str = codec.JSON,
         trace_id: str = "",
         on_behalf_of: str = "",
+        delegation: pb.Delegation | None = None,
     ) -> Any:
         """Invoke ``capability`` on ``peer`` over the channel; return its result.
         Sent as given: the node's pipeline judged it before (``Node.request``).
@@ -391,6 +394,7 @@ class ChannelHub:
                     trace_id=trace_id,
                     ttl_ms=ttl_ms,
                     on_behalf_of=on_behalf_of,
+                    delegation=delegation,
                 )
                 pc.pending[message_id] = (fut, seq)
                 return await fut

@@ -8,15 +8,24 @@ default, ``PeerAuthenticator``, is the node's rule for every door alike:
   made itself stands as the program set it (no caller: anonymous, with the scopes it
   was given);
 - a caller whose signature verified with a key a handshake pinned is that peer: it
-  gets ``peer_scopes`` plus its own ``peer_grants``, unless it acts for someone else
-  (a delegation gets that principal's rights, never the forwarding node's);
-- a signature with a key nobody verified names the signer, with no scopes;
+  gets ``peer_scopes`` plus its own ``peer_grants`` (and its ``peer_roles``); when
+  it forwards a call for someone else, its signed delegation statement is checked
+  (``aralnode.core.delegation``) and the call gets no more than the intersection of
+  the node's grant and the statement's scopes (``Authenticated.ceiling``); a
+  delegation with no statement (``on_behalf_of`` alone) gets no more than an
+  anonymous caller;
+- a signature with a key nobody verified names the signer, who counts as anonymous
+  (anyone can make a key);
 - a channel peer is its session's authenticated node id (scopes as above when its
   message is signed);
 - everyone else is anonymous.
 
 Other authenticators (bearer tokens, API keys, mTLS identities) implement the same
 protocol and are chained in front of the default.
+
+Roles become scopes in the authenticate stage (a ``ScopeResolver``: the node's
+``aralnode.access.roles.RoleMap``, or ``ImplicitRoles`` by default), so an
+authenticator only names them.
 """
 
 from __future__ import annotations
@@ -25,9 +34,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext, Credentials
+from aralnode.core.delegation import DEFAULT_MAX_DEPTH, check_statement
+from aralnode.core.errors import Unauthenticated
 
 ALL_SCOPES = "*"
+
+# The built-in scopes (``docs/authorization.md``).
+AGENT_READ = "agent:read"  # listings and status: ListCapabilities, GetStatus, ListPeers
+AGENT_INVOKE = "agent:invoke"  # a capability that names no scope of its own
+AGENT_ADMIN = "agent:admin"  # the node's administrative methods
+INVOKE_SCOPES = (AGENT_INVOKE,)
+READ_SCOPES = (AGENT_READ,)
+# What the implicit roles "anonymous" and "authenticated" hold unless configured:
+# a development node's behaviour (everyone may list and call what names no scope).
+DEVELOPMENT_SCOPES = frozenset({AGENT_READ, AGENT_INVOKE})
 
 # What a principal is (``Authenticated.kind``).
 NODE = "node"
@@ -53,6 +75,10 @@ class Authenticated:
             else a user).
         roles: Its roles (``NodeConfig.roles`` maps them to scopes).
         chain: The delegation chain it acts through, originator first.
+        ceiling: For a delegated call, the most it may get (the scopes the
+            forwarding node's statement granted its principal): the stage grants
+            the intersection of this and the caller's own rights. ``None``: no
+            ceiling.
     """
 
     caller: str = ""
@@ -61,6 +87,7 @@ class Authenticated:
     kind: str = ""
     roles: frozenset[str] = _NO_SCOPES
     chain: tuple[str, ...] = ()
+    ceiling: frozenset[str] | None = None
 
 
 ANONYMOUS = Authenticated(kind=ANONYMOUS_KIND)
@@ -78,6 +105,41 @@ class Authenticator(Protocol):
     def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated: ...
 
 
+class ScopeResolver(Protocol):
+    """Turns a principal's roles into scopes (the authenticate stage asks it once
+    per call: keep it cheap)."""
+
+    def scopes(self, who: Authenticated) -> frozenset[str]:
+        """``who.scopes``, plus its roles' and its implicit role's."""
+        ...
+
+
+class ImplicitRoles:
+    """The two implicit roles and nothing else: ``anonymous`` (a caller nobody
+    identified, or a key nobody verified) and ``authenticated`` (every identified
+    caller). ``aralnode.access.roles.RoleMap`` adds the configured roles."""
+
+    __slots__ = ("anonymous", "authenticated")
+
+    def __init__(
+        self,
+        anonymous: frozenset[str] = DEVELOPMENT_SCOPES,
+        authenticated: frozenset[str] = DEVELOPMENT_SCOPES,
+    ) -> None:
+        self.anonymous = frozenset(anonymous)
+        self.authenticated = frozenset(authenticated)
+
+    def implicit(self, who: Authenticated) -> frozenset[str]:
+        """The implicit role's scopes for ``who``."""
+        if who.kind == ANONYMOUS_KIND or not who.caller:
+            return self.anonymous
+        return self.authenticated
+
+    def scopes(self, who: Authenticated) -> frozenset[str]:
+        implicit = self.implicit(who)
+        return who.scopes | implicit if who.scopes else implicit
+
+
 def peer_scopes_of(
     node_id: str, everyone: frozenset[str], grants: Mapping[str, frozenset[str]]
 ) -> frozenset[str]:
@@ -90,7 +152,16 @@ def peer_scopes_of(
 class PeerAuthenticator:
     """The default rule (see the module docstring)."""
 
-    __slots__ = ("_node_id", "_self", "grants", "peer_scopes")
+    __slots__ = (
+        "_node_id",
+        "_self",
+        "anonymous_scopes",
+        "grants",
+        "max_delegation_depth",
+        "now_ms",
+        "peer_scopes",
+        "roles",
+    )
 
     def __init__(
         self,
@@ -98,12 +169,28 @@ class PeerAuthenticator:
         *,
         peer_scopes: frozenset[str] = _NO_SCOPES,
         peer_grants: Mapping[str, frozenset[str]] | None = None,
+        anonymous_scopes: frozenset[str] = DEVELOPMENT_SCOPES,
+        max_delegation_depth: int = DEFAULT_MAX_DEPTH,
+        now_ms: Callable[[], int] = SYSTEM_CLOCK.now_ms,
+        peer_roles: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
-        """``node_id`` may be given late (a callable), as a node's key is read lazily."""
+        """``node_id`` may be given late (a callable), as a node's key is read lazily.
+
+        Args:
+            anonymous_scopes: The most a delegation without a statement gets (its
+                principal is someone this node knows nothing about).
+            max_delegation_depth: Nodes a delegated call may have passed through.
+            now_ms: Wall clock, for the statements' validity.
+            peer_roles: Roles of the node with this id (a verified key).
+        """
         self._node_id = node_id
         self._self: Authenticated | None = None  # the node itself, made once
         self.peer_scopes = frozenset(peer_scopes)
         self.grants = dict(peer_grants or {})
+        self.anonymous_scopes = frozenset(anonymous_scopes)
+        self.max_delegation_depth = max_delegation_depth
+        self.now_ms = now_ms
+        self.roles = dict(peer_roles or {})
 
     @property
     def node_id(self) -> str:
@@ -119,20 +206,54 @@ class PeerAuthenticator:
             if self._self is None:
                 self._self = Authenticated(self.node_id, _EVERY_SCOPE, kind=NODE)
             return self._self
-        delegated = credentials.on_behalf_of
         signer = credentials.signer
-        if signer:
-            # Peer rights go to a verified node key (pinned by a handshake), not to
-            # any self-made key a message embeds; a delegated call gets its
-            # principal's rights, not the signer's.
-            trusted = credentials.signer_verified and not delegated
-            scopes = (
-                peer_scopes_of(signer, self.peer_scopes, self.grants) if trusted else _NO_SCOPES
+        verified = bool(signer) and credentials.signer_verified
+        if credentials.delegation is not None:
+            return self._delegated(credentials, verified)
+        delegated = credentials.on_behalf_of
+        # Peer rights go to a verified node key (pinned by a handshake), not to any
+        # self-made key a message embeds: such a signer is named, as anonymous.
+        node = signer if verified else credentials.link_peer if not signer else ""
+        if not node:
+            if signer:
+                return Authenticated(signer, _NO_SCOPES, delegated, kind=ANONYMOUS_KIND)
+            return ANONYMOUS
+        scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
+        roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES
+        if not delegated:
+            return Authenticated(node, scopes, kind=NODE, roles=roles)
+        # on_behalf_of with no statement: nobody vouches for that principal's rights.
+        return Authenticated(
+            node, scopes, delegated, kind=NODE, roles=roles, chain=(delegated, node),
+            ceiling=self.anonymous_scopes,
+        )  # fmt: skip
+
+    def _delegated(self, credentials: Credentials, verified: bool) -> Authenticated:
+        """A call a verified peer forwards with a signed statement (PRO-020)."""
+        statement = credentials.delegation
+        assert statement is not None
+        signer = credentials.signer
+        check_statement(
+            statement,
+            signer=signer,
+            on_behalf_of=credentials.on_behalf_of,
+            now_ms=self.now_ms(),
+            max_depth=self.max_delegation_depth,
+        )
+        if not verified:
+            raise Unauthenticated(
+                f"a delegation signed by {signer}, a key no handshake verified",
+                reason="DELEGATION_UNVERIFIED",
             )
-            return Authenticated(signer, scopes, delegated, kind=NODE)
-        if credentials.link_peer:
-            return Authenticated(credentials.link_peer, _NO_SCOPES, delegated, kind=NODE)
-        return ANONYMOUS
+        return Authenticated(
+            signer,
+            peer_scopes_of(signer, self.peer_scopes, self.grants),
+            statement.principal,
+            kind=NODE,
+            roles=self.roles.get(signer, _NO_SCOPES),
+            chain=tuple(statement.chain),
+            ceiling=frozenset(statement.scopes),
+        )
 
 
 class Chain:
@@ -154,17 +275,25 @@ class Chain:
 
 
 __all__ = [
+    "AGENT_ADMIN",
+    "AGENT_INVOKE",
+    "AGENT_READ",
     "ALL_SCOPES",
     "ANONYMOUS",
     "ANONYMOUS_KIND",
+    "DEVELOPMENT_SCOPES",
+    "INVOKE_SCOPES",
     "KINDS",
     "NODE",
+    "READ_SCOPES",
     "SERVICE",
     "USER",
     "Authenticated",
     "Authenticator",
     "Chain",
+    "ImplicitRoles",
     "PeerAuthenticator",
     "Principal",
+    "ScopeResolver",
     "peer_scopes_of",
 ]

@@ -86,18 +86,25 @@ class ContextBuilder:
         queued: bool = False,
     ) -> CallContext:
         """``ctx`` for a request that came as an opened ARAL message: its signer (if
-        its signature verified), its delegation, ids, and its own time to live when
+        its signature verified), its delegation (and statement), ids, and its own time to live when
         that ends sooner than the transport's deadline (which we then enforce).
 
         A ``queued`` message (one that may have waited in a channel's outbox) lives
         from its timestamp; one that came straight over a call, from now, so that
         clock skew between the nodes does not eat into it."""
         sender, message_id, on_behalf_of = header.sender, header.message_id, header.on_behalf_of
-        # The transport's certificate stays: an unsigned call under mTLS is its node.
+        # The transport's certificate stays: an unsigned call under mTLS is its node;
+        # a delegation statement is handed on as it came: the authenticator checks it.
         cert = ctx.credentials.peer_certificate if ctx.credentials is not None else b""
-        if signed or link_peer or on_behalf_of or cert:
+        delegation = header.delegation if header.HasField("delegation") else None
+        if signed or link_peer or on_behalf_of or cert or delegation is not None:
             ctx.credentials = Credentials(
-                sender if signed else "", signed and signer_verified, link_peer, on_behalf_of, cert
+                sender if signed else "",
+                signed and signer_verified,
+                link_peer,
+                on_behalf_of,
+                peer_certificate=cert,
+                delegation=delegation,
             )
         else:  # nothing to show (most unsigned calls): the shared empty credentials
             ctx.credentials = NO_CREDENTIALS

@@ -42,6 +42,7 @@ from aralnode.core.handshake import (
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo
 from aralnode.core.replay import ReplayGuard
+from aralnode.service.auth import READ_SCOPES
 from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
@@ -327,7 +328,9 @@ class NodeService:
         async def run(_: Any) -> M:
             return answer()
 
-        return await self.pipeline.call(ctx, f"{pb.AGENT_NODE_SERVICE_NAME}/{name}", None, run)
+        return await self.pipeline.call(
+            ctx, f"{pb.AGENT_NODE_SERVICE_NAME}/{name}", None, run, scopes=READ_SCOPES
+        )
 
 
 __all__ = ["BUILT_INS", "BuiltIn", "Envelopes", "NodeInfo", "NodeService", "peer_proto"]

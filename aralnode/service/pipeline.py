@@ -56,6 +56,7 @@ from aralnode.core.errors import (
     OutOfRange,
 )
 from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
+from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.stages import Stages, VerdictListener
 
 log = get_logger("aralnode.pipeline")
@@ -143,7 +144,9 @@ class Pipeline:
     def _find(self, capability_id: str) -> tuple[Target, Capability]:
         """The registered capability and its target (``NotFound`` if none)."""
         cap = self.registry.get(capability_id)
-        target = Target(cap.id, _INVOKE, cap.risk, cap.required_scopes, "", "invoke")
+        # A capability that names no scope of its own needs agent:invoke.
+        scopes = cap.required_scopes or INVOKE_SCOPES
+        target = Target(cap.id, _INVOKE, cap.risk, scopes, "", "invoke")
         self._served[capability_id] = served = (target, cap)
         return served
 
@@ -277,7 +280,9 @@ class Pipeline:
             raise
         try:
             ctx.capability = method_id
-            action = Action(_INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer)
+            action = Action(
+                _INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer, chain=ctx.chain
+            )
             if message is not None:
                 action.message = message
             value = self._governed(st.govern(ctx, action), params, message, method_id)
@@ -338,7 +343,10 @@ class Pipeline:
             st.authenticate(ctx)
             st.authorize(ctx, _NO_SCOPES, action_id)
             st.rate_limit.admit(ctx)  # a peer's notifications count against its rate
-            action = Action(direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer)
+            action = Action(
+                direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer,
+                chain=ctx.chain,
+            )  # fmt: skip
             nudged = st.govern(ctx, action)
         except AralError as exc:
             self._ended(ctx, target, exc)
@@ -376,7 +384,7 @@ class Pipeline:
                 action = Action(
                     target.direction, target_id, ctx.caller, ctx.door, target.risk,
                     None if message is not None else value, target.peer or ctx.peer,
-                    message=message,
+                    message=message, chain=ctx.chain,
                 )  # fmt: skip
                 value = self._governed(govern(ctx, action), value, message, target_id)
             else:  # no rule and nobody watching: the verdict is ok, with no Action made

@@ -22,11 +22,12 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from aralnode._logs import get_logger
 from aralnode.core.context import CallContext
+from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
     AralError,
     InternalError,
@@ -36,11 +37,14 @@ from aralnode.core.errors import (
 )
 from aralnode.core.governance import Action, AllowAll, Decision, Evaluator, Verdict, enforce
 from aralnode.service.auth import (
+    AGENT_INVOKE,
     ALL_SCOPES,
     ANONYMOUS_KIND,
     USER,
     Authenticator,
+    ImplicitRoles,
     PeerAuthenticator,
+    ScopeResolver,
 )
 
 log = get_logger("aralnode.pipeline")
@@ -49,17 +53,26 @@ VerdictListener = Callable[[CallContext | None, Action, Verdict], None]
 
 
 class Authenticate:
-    """Decides the caller from the context's credentials (``Authenticator``), and
-    refuses anonymous callers where the node serves none."""
+    """Decides the caller from the context's credentials (``Authenticator``), turns
+    its roles into scopes (``ScopeResolver``: the implicit ``anonymous`` or
+    ``authenticated`` role, and the configured roles), caps a delegated call at
+    its statement's scopes, and refuses anonymous callers where the node serves
+    none."""
 
-    __slots__ = ("allow_anonymous", "authenticator", "counters")
+    __slots__ = ("allow_anonymous", "authenticator", "counters", "roles")
 
     def __init__(
-        self, authenticator: Authenticator, *, allow_anonymous: bool, counters: Counter[str]
+        self,
+        authenticator: Authenticator,
+        *,
+        allow_anonymous: bool,
+        counters: Counter[str],
+        roles: ScopeResolver | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.allow_anonymous = allow_anonymous
         self.counters = counters
+        self.roles: ScopeResolver = roles or ImplicitRoles()
 
     def __call__(self, ctx: CallContext) -> None:
         if not ctx.authenticated:
@@ -81,7 +94,10 @@ class Authenticate:
                 raise Unauthenticated(
                     f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
                 ) from exc
-            ctx.caller, ctx.scopes, ctx.on_behalf_of = who.caller, who.scopes, who.on_behalf_of
+            scopes = self.roles.scopes(who)
+            if who.ceiling is not None:  # a delegation: no more than both parties allow
+                scopes = intersect(scopes, who.ceiling)
+            ctx.caller, ctx.scopes, ctx.on_behalf_of = who.caller, scopes, who.on_behalf_of
             ctx.kind = who.kind or (USER if who.caller else ANONYMOUS_KIND)
             if who.roles:
                 ctx.roles = who.roles
@@ -106,23 +122,38 @@ class Authorize:
         scopes = ctx.scopes
         if ALL_SCOPES in scopes:
             return
-        missing = [s for s in required if s not in scopes]
-        if missing:
-            message = f"{target} requires scope(s) {', '.join(missing)}"
-            details: dict[str, object] = {"missing_scopes": missing}
-            if ctx.on_behalf_of:
-                # A delegation carries its principal's rights, never the forwarding
-                # node's: say so, or a granted peer's refusal makes no sense.
-                message += f"; {ctx.caller} calls on behalf of {ctx.on_behalf_of}, who lacks them"
-                details["on_behalf_of"] = ctx.on_behalf_of
-            raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
+        for scope in required:  # every call needs one at least: no list on the way
+            if scope not in scopes:
+                self._refuse(ctx, [s for s in required if s not in scopes], target)
+
+    @staticmethod
+    def _refuse(ctx: CallContext, missing: list[str], target: str) -> NoReturn:
+        """Raise the refusal naming ``missing`` (and the delegation, if any)."""
+        message = f"{target} requires scope(s) {', '.join(missing)}"
+        details: dict[str, object] = {"missing_scopes": missing}
+        if ctx.on_behalf_of:
+            # A delegation gets no more than both the forwarding node and its
+            # principal hold: say so, or a granted peer's refusal makes no sense.
+            message += (
+                f"; {ctx.caller} calls on behalf of {ctx.on_behalf_of} (delegation "
+                f"{' -> '.join(ctx.chain) or ctx.on_behalf_of}), and the intersection "
+                "of their rights lacks them"
+            )
+            details["on_behalf_of"] = ctx.on_behalf_of
+            details["delegation_chain"] = list(ctx.chain)
+        raise PermissionDenied(message, reason="MISSING_SCOPE", details=details)
+
+
+_INVOKE_ONLY = (AGENT_INVOKE,)
 
 
 def reaches(scopes: frozenset[str], required: Sequence[str]) -> bool:
-    """Whether a caller holding ``scopes`` passes ``Authorize`` for a target that
-    requires ``required``: what a listing shows it (a listing is a call, and lists
-    only what the caller could call)."""
-    return not required or ALL_SCOPES in scopes or all(s in scopes for s in required)
+    """Whether a caller holding ``scopes`` may call a capability that requires
+    ``required`` (none: ``agent:invoke``): what a listing shows it (a listing is a
+    call, and lists only what the caller could call)."""
+    if ALL_SCOPES in scopes:
+        return True
+    return all(s in scopes for s in required or _INVOKE_ONLY)
 
 
 def share_key(ctx: CallContext) -> str:
@@ -362,6 +393,8 @@ class AuditRecord:
     Attributes:
         outcome: "ok", or the refusal's or failure's error code (``AralError.code``).
         reason: The error's reason ("" when ok).
+        chain: The delegation chain the call came through, originator first
+            (empty for a direct call).
     """
 
     door: str
@@ -374,6 +407,7 @@ class AuditRecord:
     decision: str
     outcome: str
     reason: str = ""
+    chain: tuple[str, ...] = ()
 
 
 class AuditSink(Protocol):
@@ -409,6 +443,7 @@ class Audit:
             decision=ctx.decision,
             outcome="ok" if error is None else error.code,
             reason="" if error is None else error.reason,
+            chain=ctx.chain,
         )
         for sink in self.sinks:
             try:
@@ -439,6 +474,7 @@ class Stages:
         *,
         node_id: str = "",
         authenticator: Authenticator | None = None,
+        roles: ScopeResolver | None = None,
         governance: Evaluator | None = None,
         allow_anonymous: bool = True,
         max_concurrent: int = 512,
@@ -453,6 +489,7 @@ class Stages:
                 authenticator or PeerAuthenticator(node_id),
                 allow_anonymous=allow_anonymous,
                 counters=counters,
+                roles=roles,
             ),
             authorize=Authorize(),
             rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller, limiter),

@@ -179,10 +179,12 @@ class NodeClient:
         trace_id: str = "",
         sign: bool = True,
         on_behalf_of: str = "",
+        delegation: pb.Delegation | None = None,
     ) -> Any:
         """Invoke ``capability`` with a (signed) request envelope; return its result.
 
-        ``on_behalf_of`` marks a delegated call (see ``Node.request``)."""
+        ``on_behalf_of`` marks a delegated call (see ``Node.request``);
+        ``delegation`` is its signed statement (``aralnode.core.delegation``)."""
         if sign and self.identity is None:
             raise ValueError("signed requests need an identity")
         payload, compression = encode_payload(params, content_type)
@@ -197,6 +199,7 @@ class NodeClient:
             compression=compression,
             ttl_ms=int(timeout * 1000) if timeout else 0,
             on_behalf_of=on_behalf_of,
+            delegation=delegation,
         )
         request = pb.InvokeRequest()
         seal_into(

@@ -29,6 +29,7 @@ from aralnode.core.errors import (
     MessageTooLarge,
     Unauthenticated,
 )
+from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
@@ -91,6 +92,7 @@ def listing_gate(pipeline: Pipeline, contexts: ContextBuilder) -> Callable[[Cont
                 "this node lists its services to authenticated callers only",
                 reason="ANONYMOUS_REFUSED",
             )
+        pipeline.stages.authorize(ctx, READ_SCOPES, action)  # a listing needs agent:read
 
     return gate
 
@@ -220,7 +222,8 @@ def service_handler(
     for method in served.descriptor.methods:
         impl = getattr(served.servicer, method.name, None)
         if impl is not None:
-            scopes = served.scopes_of(method.name)
+            # A method that names no scope needs agent:invoke, as any capability.
+            scopes = served.scopes_of(method.name) or INVOKE_SCOPES
             handlers[method.name] = _method_handler(impl, method, scopes, pipeline, contexts)
     return grpc.method_handlers_generic_handler(served.full_name, handlers)
 

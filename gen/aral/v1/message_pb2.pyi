@@ -1,8 +1,9 @@
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -35,7 +36,7 @@ class MessageContent(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel", "on_behalf_of")
+    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel", "on_behalf_of", "delegation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +49,7 @@ class Header(_message.Message):
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ON_BEHALF_OF_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_FIELD_NUMBER: _ClassVar[int]
     version: str
     message_id: str
     timestamp_unix_ms: int
@@ -60,7 +62,24 @@ class Header(_message.Message):
     ttl_ms: int
     channel: ChannelBinding
     on_behalf_of: str
-    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ..., on_behalf_of: _Optional[str] = ...) -> None: ...
+    delegation: Delegation
+    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ..., on_behalf_of: _Optional[str] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ...) -> None: ...
+
+class Delegation(_message.Message):
+    __slots__ = ("principal", "kind", "scopes", "chain", "issued_unix_ms", "expires_unix_ms")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    kind: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    issued_unix_ms: int
+    expires_unix_ms: int
+    def __init__(self, principal: _Optional[str] = ..., kind: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., chain: _Optional[_Iterable[str]] = ..., issued_unix_ms: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ChannelBinding(_message.Message):
     __slots__ = ("epoch", "seq")
