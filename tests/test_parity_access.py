@@ -1,0 +1,290 @@
+"""The parity scenario for callers' credentials: one body over every door a caller
+with a token reaches (gRPC ``Invoke``, the user's rpc, its REST route,
+``/v1/invoke``, MCP through the official client, WebSocket). The same key gets the
+same answer everywhere; a key without the scope, an unknown or revoked key, a JWT
+for another audience and a caller past its rate are refused alike, each door in its
+own language, with the same reason, and the handler never runs.
+
+(The A2A channel and the in-process door have no bearer: a channel peer is its
+verified node key, see ``tests/test_delegation.py`` and ``tests/test_parity.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import httpx2
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import json_format
+from google.protobuf.message_factory import GetMessageClass
+from jwt.algorithms import ECAlgorithm
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from aralnode import Node
+from aralnode import _proto as pb
+from aralnode.access.apikeys import ApiKeyStore
+from aralnode.core import codec
+from tests.test_jwt import mcp_failure, reason_of
+from tests.test_parity import (
+    GET,
+    HTTP_STATUS,
+    SEARCH,
+    Outcome,
+    grpc_outcome,
+    open_doors,
+)
+from tests.test_parity import from_body as parity_from_body
+
+ISSUER, AUDIENCE = "https://issuer.parity.invalid/", "aralnode-parity"
+HTTP_STATUS_ALL = {**HTTP_STATUS, 429: "RESOURCE_EXHAUSTED"}
+ROUTES = {SEARCH: ("POST", "/library.v1.Library/Search"), GET: ("GET", "/v1/shelves/sci/books/1")}
+Headers = dict[str, str]
+
+
+def from_body(error: dict[str, Any]) -> Outcome:
+    """The seed's error object as an outcome (a rate limit's code included), its
+    retry hint checked."""
+    if error["code"] == "rate_limit_exceeded":
+        assert error["details"]["retry_after"] > 0, error
+        return Outcome(status="RESOURCE_EXHAUSTED", reason=error["reason"])
+    return parity_from_body(error)
+
+
+class Doors:
+    """Every door a bearer reaches, each called with the caller's headers."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.base = f"http://127.0.0.1:{node.http_port}"
+
+    async def grpc_invoke(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        request = pb.InvokeRequest(call=pb.Call(capability=cap))
+        request.call.parameters.update(params)
+        async with grpc.aio.insecure_channel(self.node.address) as channel:
+            invoke = channel.unary_unary(
+                "/aral.v1.AgentNode/Invoke",
+                request_serializer=pb.InvokeRequest.SerializeToString,
+                response_deserializer=pb.InvokeResponse.FromString,
+            )
+            try:
+                reply = await invoke(request, metadata=tuple(headers.items()), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                return grpc_outcome(err)
+        return Outcome(codec.from_value(reply.result.result))
+
+    async def grpc_method(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        method = next(
+            m for s in (p.descriptor for p in self.node._services) for m in s.methods
+            if f"{s.full_name}/{m.name}" == cap
+        )  # fmt: skip
+        request_cls = GetMessageClass(method.input_type)
+        async with grpc.aio.insecure_channel(self.node.address) as channel:
+            rpc = channel.unary_unary(
+                f"/{cap}",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=GetMessageClass(method.output_type).FromString,
+            )
+            try:
+                request = json_format.ParseDict(params, request_cls())
+                reply = await rpc(request, metadata=tuple(headers.items()), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                return grpc_outcome(err)
+        return Outcome(json_format.MessageToDict(reply))
+
+    async def _http(self, verb: str, path: str, body: Any, headers: Headers) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.base, timeout=10) as http:
+            return await http.request(verb, path, json=body, headers=headers)
+
+    @staticmethod
+    def _refused(r: httpx.Response) -> Outcome:
+        outcome = Outcome(status=HTTP_STATUS_ALL[r.status_code], reason=r.json()["error"]["reason"])
+        if r.status_code == 401:
+            assert r.headers["www-authenticate"].startswith("Bearer"), r.headers
+        if r.status_code == 429:
+            assert float(r.headers["retry-after"]) > 0
+        return outcome
+
+    async def rest_invoke(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        body = {"call": {"capability": cap, "parameters": params}}
+        r = await self._http("POST", "/v1/invoke", body, headers)
+        return Outcome(r.json()["result"]["result"]) if r.status_code == 200 else self._refused(r)
+
+    async def rest_route(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        verb, path = ROUTES[cap]
+        r = await self._http(verb, path, params if verb == "POST" else None, headers)
+        return Outcome(r.json()) if r.status_code == 200 else self._refused(r)
+
+    async def mcp(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        transport = f"{self.base}/mcp"
+        try:
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=10) as http,
+                Client(streamable_http_client(transport, http_client=http)) as client,
+            ):
+                result = await client.call_tool(cap.replace("/", "."), params)
+        except (MCPError, BaseExceptionGroup) as exc:  # refused at the HTTP level (401)
+            failure = mcp_failure(exc)
+            if failure is None:
+                raise
+            data = failure.error.data if isinstance(failure.error.data, dict) else {}
+            return Outcome(status="UNAUTHENTICATED", reason=reason_of(data))
+        body = json.loads(result.content[0].text)  # type: ignore[union-attr]
+        return from_body(body["error"]) if result.is_error else Outcome(body)
+
+    async def ws(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        url = f"ws://127.0.0.1:{self.node.http_port}/ws"
+        message = {"type": "invoke", "id": 1, "capability": cap, "parameters": params}
+        try:
+            async with connect(url, additional_headers=headers) as ws:
+                await ws.send(json.dumps(message))
+                reply = json.loads(await ws.recv())
+        except InvalidStatus as exc:  # refused at the upgrade
+            body = json.loads(exc.response.body or b"{}")
+            status = HTTP_STATUS_ALL[exc.response.status_code]
+            return Outcome(status=status, reason=reason_of(body.get("error", {})))
+        if reply["type"] == "error":
+            return from_body(reply["error"])
+        return Outcome(reply["result"])
+
+    def all(self) -> dict[str, Callable[[str, Any, Headers], Any]]:
+        return {
+            "grpc-invoke": self.grpc_invoke,
+            "grpc-method": self.grpc_method,
+            "rest-route": self.rest_route,
+            "rest-invoke": self.rest_invoke,
+            "mcp": self.mcp,
+            "ws": self.ws,
+        }
+
+
+def issuer(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """An identity provider's JWKS file and its signing key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "alg": "ES256"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    return path, key
+
+
+def token(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "parity-user", "exp": now + 600} | claims
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": "k1"})
+
+
+@asynccontextmanager
+async def keyed_doors(
+    make_node: Callable[..., Node], tmp_path: Path, **config: Any
+) -> AsyncIterator[tuple[Doors, ApiKeyStore, ec.EllipticCurvePrivateKey, list[str]]]:
+    """The parity node (tests/test_parity.py) trusting a JWT issuer, with its API key
+    store, the issuer's key, and a record of the Search handler's runs."""
+    jwks, key = issuer(tmp_path)
+    async with open_doors(
+        make_node,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+        jwt_jwks_file=jwks,
+        apikeys_file=tmp_path / "keys.json",
+        **config,
+    ) as doors:
+        ran: list[str] = []
+        doors.node.pipeline.stages.audit.sinks.append(_Seen(ran))
+        yield Doors(doors.node), ApiKeyStore(tmp_path / "keys.json"), key, ran
+
+
+class _Seen:
+    """An audit sink that notes the calls that succeeded (the handler ran)."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+
+    def write(self, record: Any) -> None:
+        if record.outcome == "ok" and record.action == SEARCH:
+            self.ran.append(record.door)
+
+
+CASES = ["good-key", "good-jwt", "no-scope", "unknown-key", "revoked-key", "wrong-audience"]
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_every_door_treats_a_credential_alike(
+    make_node: Callable[..., Node], tmp_path: Path, case: str
+) -> None:
+    async with keyed_doors(make_node, tmp_path) as (doors, store, key, ran):
+        good, _ = store.create("parity-bot", scopes=["library:search"])
+        bare, _ = store.create("bare-bot", scopes=[])
+        revoked, record = store.create("gone-bot", scopes=["library:search"])
+        store.revoke(record.id)
+        headers = {
+            "good-key": {"x-api-key": good},
+            "good-jwt": {"authorization": "Bearer " + token(key, scope="library:search")},
+            "no-scope": {"authorization": f"Bearer {bare}"},
+            "unknown-key": {"authorization": f"Bearer {good[:-4]}AAAA"},
+            "revoked-key": {"x-api-key": revoked},
+            "wrong-audience": {"authorization": "Bearer " + token(key, aud="someone-else")},
+        }[case]
+        answers = {
+            name: await call(SEARCH, {"text": "cosmos"}, headers)
+            for name, call in doors.all().items()
+        }
+    expected = {
+        "no-scope": ("PERMISSION_DENIED", "MISSING_SCOPE"),
+        "unknown-key": ("UNAUTHENTICATED", "API_KEY_INVALID"),
+        "revoked-key": ("UNAUTHENTICATED", "API_KEY_REVOKED"),
+        "wrong-audience": ("UNAUTHENTICATED", "TOKEN_CLAIMS_INVALID"),
+    }.get(case)
+    if expected is None:
+        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
+        assert all(o.ok for o in answers.values()), answers
+        assert len(set(values.values())) == 1, values
+        assert sorted(ran) == sorted(["grpc", "grpc", "rest", "rest", "mcp", "ws"]), ran
+        return
+    for name, outcome in answers.items():
+        # MCP says why in its tool error; a refused session has only the status.
+        assert (outcome.status, outcome.reason) == expected or (
+            name == "mcp" and outcome.status == expected[0] and not outcome.reason
+        ), (name, outcome)
+    assert ran == []
+
+
+async def test_every_door_refuses_a_caller_past_its_rate_with_a_retry_hint(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Each door's caller (its own key) gets a few calls, then RESOURCE_EXHAUSTED
+    ``RATE_LIMIT_PRINCIPAL`` in the door's language (RetryInfo, 429 + Retry-After,
+    the MCP and WebSocket error's retry_after); the other doors' callers, each with
+    a bucket of its own, are not affected by it."""
+    async with keyed_doors(make_node, tmp_path, rate_limit_per_principal="3/h") as (
+        doors,
+        store,
+        _,
+        ran,
+    ):
+        refusals: dict[str, Outcome] = {}
+        for name, call in doors.all().items():
+            key, _ = store.create(f"rate-{name}", scopes=["library:search", "agent:read"])
+            for _ in range(5):  # 3 tokens: a refusal comes by the 4th call (MCP lists first)
+                outcome = await call(SEARCH, {"text": "cosmos"}, {"x-api-key": key})
+                if not outcome.ok:
+                    refusals[name] = outcome
+                    break
+    assert set(refusals) == set(doors.all()), refusals
+    for name, outcome in refusals.items():
+        assert (outcome.status, outcome.reason) == (
+            "RESOURCE_EXHAUSTED",
+            "RATE_LIMIT_PRINCIPAL",
+        ) or (name == "mcp" and outcome.status == "RESOURCE_EXHAUSTED"), (name, outcome)
+    assert {"grpc", "rest", "ws"} <= set(ran), ran  # each caller was served before its refusal
