@@ -127,10 +127,17 @@ def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
 
 
 def install_access(stage: Authenticate, http: Any, access: BearerAuthenticator) -> None:
-    """Put the caller-identity authenticator in front of the node's (one pipeline:
-    every door), tell the HTTP port's gate (``None``: no HTTP), and start the JWKS
-    URL's first fetch."""
-    stage.authenticator = Chain(access, stage.authenticator)
+    """Put the caller-identity authenticator before the node's own rule (one
+    pipeline: every door) -- after the program's authenticator, if it gave one
+    (``node_pipeline`` chains that in front: it decides first, and a token it does
+    not know falls to ours) -- tell the HTTP port's gate (``None``: no HTTP), and
+    start the JWKS URL's first fetch."""
+    current = stage.authenticator
+    if isinstance(current, Chain) and len(current.authenticators) > 1:
+        *program, rule = current.authenticators
+        stage.authenticator = Chain(*program, access, rule)
+    else:
+        stage.authenticator = Chain(access, current)
     if http is not None:
         http.gate.access = access
     if access.jwt is not None and isinstance(access.jwt.keys, JwksUrl):

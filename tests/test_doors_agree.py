@@ -28,9 +28,9 @@ from websockets.asyncio.client import connect
 from aralnode import AralError, CallContext, Node, NodeClient
 from aralnode import _proto as pb
 from aralnode.bridge import mcp as mcp_bridge
-from aralnode.bridge import ws as ws_bridge
 from aralnode.bridge._http import dumps as http_dumps
 from aralnode.bridge._http import error_body, error_headers
+from aralnode.bridge._sockets import ws_error
 from aralnode.bridge.mcp import tool_name
 from aralnode.core import codec
 from aralnode.core.capabilities import CapabilityRegistry
@@ -280,7 +280,7 @@ def _rendered(value: Any) -> list[str]:
         err = exc
         return [
             http_dumps(error_body(err, "t", 0)).decode(),
-            codec.dumps(ws_bridge._error(err, 1, 0)),
+            codec.dumps(ws_error(err, 1, 0)),
             mcp_bridge.error_result(err, "t", 0)["content"][0]["text"],
             codec.dumps(mcp_bridge.mcp_error(err, "t", 0).error.model_dump(), pretty=True),
         ]
