@@ -60,7 +60,9 @@ def node_pipeline(
     if cfg.tls_client_auth == "require":  # a verified mesh certificate names its node
         rule = certificate_rule(rule, cfg)
     stages = Stages.default(
-        authenticator=rule if authenticator is None else Chain(authenticator, rule),
+        # Always a chain ending with the node's rule: install_access puts the
+        # caller-identity authenticator just before it, after the program's own.
+        authenticator=Chain(rule) if authenticator is None else Chain(authenticator, rule),
         roles=roles,
         governance=governance,
         allow_anonymous=cfg.allow_unsigned,
@@ -133,10 +135,10 @@ def install_access(stage: Authenticate, http: Any, access: BearerAuthenticator) 
     not know falls to ours) -- tell the HTTP port's gate (``None``: no HTTP), and
     start the JWKS URL's first fetch."""
     current = stage.authenticator
-    if isinstance(current, Chain) and len(current.authenticators) > 1:
+    if isinstance(current, Chain):  # node_pipeline's: (program's,) the node's rule
         *program, rule = current.authenticators
         stage.authenticator = Chain(*program, access, rule)
-    else:
+    else:  # a stage someone replaced by hand: ours first
         stage.authenticator = Chain(access, current)
     if http is not None:
         http.gate.access = access

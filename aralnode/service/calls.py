@@ -80,7 +80,10 @@ class Forwarder:
         """The delegation statement for ``ctx``'s call, valid while the call may
         run (``None``: the node's own call, which needs none)."""
         principal, node_id = ctx.principal, self.node_id
-        if principal == node_id and not ctx.on_behalf_of:
+        credentials = ctx.credentials
+        # The node's own call (its program, in process), not a caller that merely
+        # bears the node's id as its name (a JWT's sub, an API key's principal).
+        if credentials is not None and credentials.local and not ctx.on_behalf_of:
             return None
         came = ctx.credentials.delegation if ctx.credentials is not None else None
         if principal == ANONYMOUS:
