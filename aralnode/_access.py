@@ -122,6 +122,7 @@ def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
             client_secret=cfg.oauth_client_secret,
             cache=cache,
             negative_size=cfg.token_cache_size,
+            audience=cfg.oauth_resource or cfg.jwt_audience,
         )
     return BearerAuthenticator(
         apikeys=ApiKeyCheck(cfg.apikeys_path), jwt=verifier, introspector=introspector

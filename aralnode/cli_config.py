@@ -75,10 +75,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _masked(value: Any) -> str:
+    return "(set)" if value else ""
+
+
 def cmd_check(ns: argparse.Namespace) -> int:
     effective = effective_config(ns)
     values = {
-        f.name: getattr(effective.config, f.name) for f in dataclasses.fields(effective.config)
+        # A field kept out of repr (a secret) is shown as set or not, never its value.
+        f.name: _masked(getattr(effective.config, f.name))
+        if not f.repr
+        else getattr(effective.config, f.name)
+        for f in dataclasses.fields(effective.config)
     }
     values["load"] = effective.load
     if ns.json:

@@ -70,3 +70,30 @@ def test_under_mtls_a_wrong_credential_is_refused_not_covered_by_the_certificate
     ctx = CallContext(door="grpc", metadata={}, credentials=Credentials(peer_certificate=pem))
     stage(ctx)
     assert (ctx.caller, ctx.kind) == (node_id, "node")
+
+
+def test_under_mtls_an_unsigned_claim_to_act_for_someone_gets_no_node_rights(
+    tmp_path: Path,
+) -> None:
+    """A certificate names its node; an unsigned ``on_behalf_of`` beside it is not
+    a delegation (only a signed statement is), so the call is not the node's (from
+    review)."""
+    cfg = NodeConfig(
+        data_dir=tmp_path / "node",
+        tls_cert_file=tmp_path / "node.crt",
+        tls_ca_file=tmp_path / "ca.crt",
+        tls_client_auth="require",
+        peer_scopes=frozenset({"mesh:x"}),
+    )
+    _, pipeline = node_pipeline(
+        cfg, CapabilityRegistry(), SYSTEM_CLOCK, lambda: "self",
+        authenticator=None, governance=None, checks=(), audit=(),
+    )  # fmt: skip
+    stage = pipeline.stages.authenticate
+    node_id, pem = certificate(tmp_path)
+    ctx = CallContext(
+        door="grpc", credentials=Credentials(peer_certificate=pem, on_behalf_of="alice")
+    )
+    stage(ctx)
+    assert ctx.caller != node_id
+    assert "mesh:x" not in ctx.scopes

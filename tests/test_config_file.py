@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -335,3 +336,18 @@ def test_docs_list_every_key() -> None:
         "docs/configuration.md is stale: "
         "paste `aralnode config show --markdown` between its markers"
     )
+
+
+def test_config_check_never_prints_a_secret(tmp_path: Path) -> None:
+    """A field kept out of repr (``oauth_client_secret``) shows as set, not its value
+    (from review)."""
+    path = tmp_path / "node.toml"
+    path.write_text('oauth_client_secret = "S3CRET-VALUE"\n')
+    for extra in ([], ["--json"]):
+        command = [sys.executable, "-m", "aralnode.cli", "config", "check", "--config", str(path)]
+        done = subprocess.run(
+            [*command, *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert "S3CRET" not in done.stdout
+        assert "(set)" in done.stdout

@@ -244,3 +244,35 @@ async def test_metadata_names_the_jwt_issuer_when_no_server_is_configured(
         doc = (await http.get("/.well-known/oauth-protected-resource")).json()
         assert doc["authorization_servers"] == [ISSUER]
         assert "scopes_supported" not in doc
+
+
+async def test_an_introspected_token_for_another_resource_is_refused(
+    make_node: Callable[..., Node],
+) -> None:
+    """RFC 7662 says a token is active, not for whom: with a resource named, an
+    answer whose ``aud`` names another resource server is refused (no passthrough
+    of a token minted for someone else; from review)."""
+    issuer = Issuer()
+    mine = "https://node.example/"
+    issuer.tokens["opaque-mine"] = {**issuer.tokens["opaque-good"], "aud": [mine, "x"]}
+    issuer.tokens["opaque-theirs"] = {**issuer.tokens["opaque-good"], "aud": "https://other/"}
+    async with serve(issuer.app()) as base:
+        node = make_node(
+            "introspect-aud",
+            demo=False,
+            http_port=0,
+            oauth_resource=mine,
+            oauth_introspection_url=f"{base}/introspect",
+            oauth_client_id="node-1",
+            oauth_client_secret="s3cret",
+        )
+        runs = guarded(node)
+        async with node:
+            assert (await call("rest", node, "vault.read", bearer("opaque-mine")))["caller"] == (
+                "carol"
+            )
+            for token in ("opaque-theirs", "opaque-good"):  # another audience, or none
+                with pytest.raises(Refused) as refused:
+                    await call("rest", node, "vault.read", bearer(token))
+                assert (refused.value.status, refused.value.reason) == (401, "TOKEN_INACTIVE")
+    assert runs == ["carol"]

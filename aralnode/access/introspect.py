@@ -75,8 +75,10 @@ class Introspector:
         max_in_flight: int = 16,
         client: Callable[[], httpx.AsyncClient] | None = None,
         now: Callable[[], float] = time.time,
+        audience: str = "",
     ) -> None:
         self.url = url
+        self.audience = audience  # "": the answer's aud is not checked
         self._auth = httpx.BasicAuth(client_id, client_secret) if client_id else None
         self.cache = cache
         self.negative = TokenCache(negative_size)
@@ -153,6 +155,12 @@ class Introspector:
                 self.negative.put(token, _INACTIVE, now + self.negative_seconds)
                 return
             until = min(until, float(exp))
+        aud = answer.get("aud")
+        if self.audience and self.audience not in (aud if isinstance(aud, list) else [aud]):
+            # A token the issuer minted for another resource server (RFC 8707):
+            # no passthrough of someone else's token.
+            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
+            return
         try:
             who = principal_of(answer)
         except Unauthenticated:

@@ -304,6 +304,10 @@ class CertificateAuthenticator:
         if credentials.signer:  # the node's own rule decides; the certificate must agree
             self.rules.bind(pem, credentials.signer)
             return ANONYMOUS
+        if credentials.on_behalf_of or credentials.delegation is not None:
+            # An unsigned claim to act for someone: only a signed statement carries
+            # one (the node's rule refuses or caps it); never the node's own rights.
+            return ANONYMOUS
         who = self.rules.identity(pem).node_id
         scopes = peer_scopes_of(who, self.peer_scopes, self.grants)
         return Authenticated(who, scopes, credentials.on_behalf_of, kind=NODE)
