@@ -91,12 +91,15 @@ async def test_other_servers_get_the_watcher_task(watch_tasks: list[int]) -> Non
         await gone.wait()
         return {"type": "http.disconnect"}
 
+    entered = asyncio.Event()
+
     async def call() -> None:
         async with _http.DisconnectWatch(receive):
+            entered.set()
             await asyncio.Event().wait()
 
     task = asyncio.create_task(call())
-    await asyncio.sleep(0)  # let it enter the block
+    await asyncio.wait_for(entered.wait(), 5)
     gone.set()
     with pytest.raises(_http.ClientGone):
         async with asyncio.timeout(5):

@@ -219,7 +219,7 @@ async def test_two_aralnode_run_processes_form_an_mtls_mesh(mesh: Mesh) -> None:
             if any(p["node_id"] == b_id and p["state"].endswith("CONNECTED") for p in peers):
                 break
             assert asyncio.get_running_loop().time() < deadline, f"b never connected: {out}"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # noqa: sleep-ok - polls another process's peer table, bounded (20 s)
         rc, out, err = await aralnode("call", "--node", b_at, *tls, "demo.add", '{"a": 2, "b": 3}')
         assert rc == 0, err
         assert out.strip() == "5"
