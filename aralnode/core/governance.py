@@ -41,13 +41,17 @@ class Direction(enum.StrEnum):
     INVOKE = "invoke"  # a capability is about to run on this node
     SEND = "send"  # this node is about to send a message to a peer
     RECEIVE = "receive"  # a message from a peer is about to be delivered
+    CONNECT = "connect"  # a peer's handshake is about to complete (its channel, its calls)
+    DISCONNECT = "disconnect"  # a peer's channel ended (judged for the record: never refused)
 
 
 class Action:
     """What governance judges: a direction, the action's id (a capability, a built-in
     method, an event), who asks through which door, its risk, its parameters and the
     peer involved; for a delegated call, the chain it came through (``chain``,
-    originator first, and its ``delegation_depth``), so a rule can read it.
+    originator first, and its ``delegation_depth``), so a rule can read it; and who
+    the caller is as the authenticate stage decided (``principal``: the delegating
+    principal, else the caller; ``kind``; ``roles``), which a policy maps to a tier.
 
     ``parameters`` is the request as JSON. For a protobuf request (``message``) it is
     made from the message the first time something reads it, and only then: a policy
@@ -61,9 +65,12 @@ class Action:
         "chain",
         "direction",
         "door",
+        "kind",
         "message",
         "peer",
+        "principal",
         "risk",
+        "roles",
     )
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
@@ -78,6 +85,9 @@ class Action:
         *,
         message: Message | None = None,
         chain: tuple[str, ...] = (),
+        principal: str = "",
+        kind: str = "",
+        roles: frozenset[str] = frozenset(),
     ) -> None:
         self.direction = direction
         self.capability = capability
@@ -88,6 +98,9 @@ class Action:
         self.peer = peer
         self.message = message
         self.chain = chain
+        self.principal = principal or caller
+        self.kind = kind
+        self.roles = roles
 
     @property
     def delegation_depth(self) -> int:
@@ -110,6 +123,9 @@ class Action:
             self.parameters,
             self.peer,
             self.chain,
+            self.principal,
+            self.kind,
+            self.roles,
         )
 
     def __eq__(self, other: object) -> bool:

@@ -281,8 +281,9 @@ class Pipeline:
         try:
             ctx.capability = method_id
             action = Action(
-                _INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer, chain=ctx.chain
-            )
+                _INVOKE, method_id, ctx.caller, ctx.door, risk, params, ctx.peer, chain=ctx.chain,
+                principal=ctx.principal, kind=ctx.kind, roles=ctx.roles,
+            )  # fmt: skip
             if message is not None:
                 action.message = message
             value = self._governed(st.govern(ctx, action), params, message, method_id)
@@ -345,7 +346,7 @@ class Pipeline:
             st.rate_limit.admit(ctx)  # a peer's notifications count against its rate
             action = Action(
                 direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer,
-                chain=ctx.chain,
+                chain=ctx.chain, principal=ctx.principal, kind=ctx.kind, roles=ctx.roles,
             )  # fmt: skip
             nudged = st.govern(ctx, action)
         except AralError as exc:
@@ -384,7 +385,8 @@ class Pipeline:
                 action = Action(
                     target.direction, target_id, ctx.caller, ctx.door, target.risk,
                     None if message is not None else value, target.peer or ctx.peer,
-                    message=message, chain=ctx.chain,
+                    message=message, chain=ctx.chain, principal=ctx.principal, kind=ctx.kind,
+                    roles=ctx.roles,
                 )  # fmt: skip
                 value = self._governed(govern(ctx, action), value, message, target_id)
             else:  # no rule and nobody watching: the verdict is ok, with no Action made

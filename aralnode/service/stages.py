@@ -26,6 +26,7 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from aralnode._logs import get_logger
+from aralnode.core.audit import AuditRecord
 from aralnode.core.context import CallContext
 from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
@@ -384,30 +385,6 @@ class PostCheck:
                     reason="POST_CHECK_FAILED",
                 ) from exc
         return result
-
-
-@dataclass(slots=True, frozen=True)
-class AuditRecord:
-    """One call's outcome, as an audit sink receives it.
-
-    Attributes:
-        outcome: "ok", or the refusal's or failure's error code (``AralError.code``).
-        reason: The error's reason ("" when ok).
-        chain: The delegation chain the call came through, originator first
-            (empty for a direct call).
-    """
-
-    door: str
-    caller: str
-    principal: str
-    action: str
-    direction: str
-    peer: str
-    trace_id: str
-    decision: str
-    outcome: str
-    reason: str = ""
-    chain: tuple[str, ...] = ()
 
 
 class AuditSink(Protocol):

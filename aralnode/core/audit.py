@@ -1,0 +1,72 @@
+"""What an audit record says: one call's, message's or connection's outcome.
+
+The pipeline's audit stage makes one ``AuditRecord`` per call on every door (and per
+message, connection and disconnection), and hands it to the audit sinks: the node's
+hash-chained log (``aralnode.store.audit``) and any the program adds. Sans-IO: the
+record is plain data, so the store can keep it and ``aralnode audit verify`` can read
+it back without the service layer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Point(enum.StrEnum):
+    """Where on a call's way the record was made (ACGP-1008 §6 injection points)."""
+
+    CONNECT = "connect"  # a peer's handshake: admitted or refused
+    PRE = "pre"  # before the handler: authenticate .. govern (a refusal there)
+    POST = "post"  # after the handler: the call's outcome, post-checked
+    FILTER = "filter"  # a message filtered (redacted, dropped) on its way
+    DISCONNECT = "disconnect"  # a peer's channel ended
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRecord:
+    """One call's outcome, as an audit sink receives it.
+
+    Attributes:
+        door: "grpc", "rest", "mcp", "ws", "channel", "local".
+        caller: The verified caller ("" for anonymous).
+        principal: Who the call is for (the delegating principal, else the caller).
+        action: The capability, built-in method, event or "connect"/"disconnect".
+        direction: ``Direction`` value ("invoke", "send", "receive", ...).
+        peer: The peer node involved, else the caller's transport address.
+        trace_id: The call's trace id.
+        decision: Governance's decision label ("ok", "nudge", "escalate", "block",
+            "halt"; "" when governance did not judge the call).
+        outcome: "ok", or the refusal's or failure's error code (``AralError.code``).
+        reason: The error's reason ("" when ok).
+        chain: The delegation chain the call came through, originator first
+            (empty for a direct call).
+        point: The injection point (``Point``) that made the record.
+        flags: Rules that flagged the call (orthogonal to the decision).
+        rules: Rules that matched (every decision's, not only flags).
+        params_digest: SHA-256 (hex) of the parameters as received ("" if none).
+        duration_ms: From the call's start to its outcome (0 when not timed).
+        time_ms: Wall-clock time of the outcome, Unix milliseconds (0: the sink
+            stamps it).
+    """
+
+    door: str
+    caller: str
+    principal: str
+    action: str
+    direction: str
+    peer: str
+    trace_id: str
+    decision: str
+    outcome: str
+    reason: str = ""
+    chain: tuple[str, ...] = ()
+    point: str = Point.POST
+    flags: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    params_digest: str = ""
+    duration_ms: float = 0.0
+    time_ms: int = 0
+
+
+__all__ = ["AuditRecord", "Point"]
