@@ -158,6 +158,19 @@ class Verdict:
 ALLOW = Verdict()
 
 
+class Escalation(Exception):
+    """Raised by a response check (the post-execution point) to hold a result until
+    an approver decides: the pipeline puts the call in the approval queue with
+    ``verdict`` (decision ``ESCALATE``, its reasons and rules); approved, the
+    ``result`` the check left (already redacted, say) leaves; denied or timed out,
+    the call is refused."""
+
+    def __init__(self, verdict: Verdict, result: Any) -> None:
+        super().__init__("; ".join(verdict.reasons) or "escalated")
+        self.verdict = verdict
+        self.result = result
+
+
 class Evaluator(Protocol):
     """Anything that judges an action. Must be fast: it runs on every message."""
 
