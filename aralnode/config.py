@@ -218,6 +218,16 @@ class NodeConfig:
         role_cache_size: Distinct sets of roles whose union of scopes is kept (LRU).
         peer_roles: Roles of the node with this id (its key, verified in a
             handshake), on top of ``peer_grants``.
+        audit: Keep the hash-chained audit log (docs/audit.md); default (None): when
+            the node is ``durable``. Every call on every door is recorded, and no
+            result leaves before its record is committed.
+        audit_dir: Where the audit log's files are (default ``DATA_DIR/audit``).
+        audit_sign_every: Sign the chain head with the node key after this many records.
+        audit_sign_seconds: ... or after this long with records not yet signed.
+        audit_max_pending: Records waiting for the writer at most; beyond, calls are
+            refused (fail closed) rather than the queue growing.
+        audit_rotate_bytes: Start a new audit file once the current one is this
+            large (0: never); the chain goes on across files.
     """
 
     name: str = "aralnode"
@@ -322,6 +332,13 @@ class NodeConfig:
     max_delegation_depth: int = 4
     role_cache_size: int = 1024
     peer_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # -- audit (issue 16): the hash-chained audit log
+    audit: bool | None = None
+    audit_dir: Path | None = None
+    audit_sign_every: int = 1000
+    audit_sign_seconds: float = 5.0
+    audit_max_pending: int = 65536
+    audit_rotate_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -367,6 +384,24 @@ class NodeConfig:
         self._check_tls()
         self._check_ident()
         self._check_authz()
+        self._check_audit()
+
+    def _check_audit(self) -> None:
+        if self.audit_sign_every < 1 or self.audit_max_pending < 1:
+            raise ValueError("audit_sign_every and audit_max_pending must be at least 1")
+        if self.audit_sign_seconds <= 0:
+            raise ValueError("audit_sign_seconds must be positive")
+        if self.audit_rotate_bytes and self.audit_rotate_bytes < 1024 * 1024:
+            raise ValueError("audit_rotate_bytes must be at least 1 MiB (or 0: never rotate)")
+
+    @property
+    def audit_enabled(self) -> bool:
+        """Whether the node keeps an audit log: ``audit``, else when it is durable."""
+        return self.durable if self.audit is None else self.audit
+
+    @property
+    def resolved_audit_dir(self) -> Path:
+        return self.audit_dir if self.audit_dir is not None else self.resolved_data_dir / "audit"
 
     def _check_limits(self) -> None:
         for name in (

@@ -54,12 +54,14 @@ LAYER_OF = {
     "aralnode.discovery": "discovery",
     "aralnode._assembly": "root",
     "aralnode._access": "root",
+    "aralnode._audit": "root",
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",
     "aralnode.cli_ca": "tools",
     "aralnode.cli_config": "tools",
     "aralnode.cli_apikey": "tools",  # ident: `aralnode apikey`
+    "aralnode.cli_audit": "tools",  # audit: `aralnode audit verify|tail|export`
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",

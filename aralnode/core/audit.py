@@ -10,7 +10,12 @@ it back without the service layer.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
 
 
 class Point(enum.StrEnum):
@@ -69,4 +74,23 @@ class AuditRecord:
     time_ms: int = 0
 
 
-__all__ = ["AuditRecord", "Point"]
+_canonical_json = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+
+
+def params_digest(params: Any, message: Message | None = None) -> str:
+    """SHA-256 (hex) of a call's parameters: a protobuf request's deterministic
+    serialization, else the canonical JSON of its JSON parameters ("" for none)."""
+    if message is not None:
+        return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    if params is None:
+        return ""
+    try:
+        data = _canonical_json(params).encode()
+    except (TypeError, ValueError, RecursionError):
+        data = repr(params).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+__all__ = ["AuditRecord", "Point", "params_digest"]

@@ -163,6 +163,11 @@ class CallContext:
         status_code: The status a servicer set (``set_code``, ``abort``), as given.
         status_details: The details a servicer set (``set_details``, ``abort``).
         trailers: The trailing metadata a servicer set.
+        rules: The governance rules that matched the call (for its audit record).
+        params_digest: SHA-256 (hex) of the call's parameters as received, for its
+            audit record (made only when an audit log is installed).
+        started: When the call entered the pipeline (``Clock.monotonic``; 0 when
+            not timed), for its audit record's duration.
         rate_limit: What the rate limiter said of this admitted call (an
             ``access.buckets.Admission``: the tightest bucket's size, tokens left,
             reset time), for the HTTP door's ``X-RateLimit-*`` headers; None when no
@@ -193,6 +198,9 @@ class CallContext:
     status_details: str = ""
     trailers: Trailers = ()
     rate_limit: object = None
+    rules: tuple[str, ...] = ()
+    params_digest: str = ""
+    started: float = 0.0
 
     @property
     def anonymous(self) -> bool:

@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 
 from aralnode._logs import get_logger
 from aralnode.core import codec
+from aralnode.core.audit import Point, params_digest
 from aralnode.core.capabilities import (
     Capability,
     CapabilityRegistry,
@@ -65,6 +66,7 @@ T = TypeVar("T")
 OK = Decision.OK.label
 _NO_SCOPES: tuple[str, ...] = ()
 _INVOKE = Direction.INVOKE
+_PRE, _POST = Point.PRE.value, Point.POST.value
 
 
 @dataclass(slots=True, frozen=True)
@@ -302,7 +304,9 @@ class Pipeline:
             raise failure from exc
         finally:
             st.rate_limit.leave(slot)
-        self._ended(ctx, target, None)
+        ticket = self._ended(ctx, target, None)
+        if ticket:
+            await st.audit.durable(ticket)
 
     def stream_message(
         self,
@@ -375,24 +379,16 @@ class Pipeline:
             st.authorize(ctx, target.scopes, target_id)
             slot = st.rate_limit.enter(ctx)
         except AralError as exc:
-            self._ended(ctx, target, exc)
+            self._ended(ctx, target, exc, _PRE)
             raise
+        point = _PRE
         try:
             ctx.capability = target_id
-            govern, checks = st.govern, st.post_check.checks
-            action: Action | None = None
-            if govern.active or checks:
-                action = Action(
-                    target.direction, target_id, ctx.caller, ctx.door, target.risk,
-                    None if message is not None else value, target.peer or ctx.peer,
-                    message=message, chain=ctx.chain, principal=ctx.principal, kind=ctx.kind,
-                    roles=ctx.roles,
-                )  # fmt: skip
-                value = self._governed(govern(ctx, action), value, message, target_id)
-            else:  # no rule and nobody watching: the verdict is ok, with no Action made
-                ctx.decision = OK
-                if message is not None:
-                    value = message
+            checks = st.post_check.checks
+            if st.audit.log is not None:
+                self._begin(ctx, value, message)
+            action, value = self._judged(ctx, target, value, message)
+            point = _POST
             try:
                 if ctx.deadline is None or ctx.deadline_enforced:
                     result = await handler(value, ctx)
@@ -408,15 +404,35 @@ class Pipeline:
             if message is None:
                 _json_result(result, target_id)
         except AralError as exc:
-            self._ended(ctx, target, exc)
+            self._ended(ctx, target, exc, point)
             raise
         except asyncio.CancelledError:
             self._quietly_ended(ctx, target)
             raise
         finally:
             st.rate_limit.leave(slot)
-        self._ended(ctx, target, None)
+        ticket = self._ended(ctx, target, None)
+        if ticket:  # no result leaves before its record is committed
+            await st.audit.durable(ticket)
         return result
+
+    def _judged(
+        self, ctx: CallContext, target: Target, value: Any, message: Message | None
+    ) -> tuple[Action | None, Any]:
+        """The govern stage: the action judged (``None`` when nothing judges or
+        checks, and the verdict is ok without one) and what the handler gets."""
+        st = self.stages
+        govern = st.govern
+        if govern.active or st.post_check.checks:
+            action = Action(
+                target.direction, target.id, ctx.caller, ctx.door, target.risk,
+                None if message is not None else value, target.peer or ctx.peer,
+                message=message, chain=ctx.chain, principal=ctx.principal, kind=ctx.kind,
+                roles=ctx.roles,
+            )  # fmt: skip
+            return action, self._governed(govern(ctx, action), value, message, target.id)
+        ctx.decision = OK  # no rule and nobody watching: ok, with no Action made
+        return None, value if message is None else message
 
     def _checked(self, ctx: CallContext, action: Action, result: Any) -> Any:
         """The post-check stage on a result. Checks see JSON on every door: a
@@ -495,19 +511,42 @@ class Pipeline:
             details={"capability": target, "trace_id": ctx.trace_id},
         )
 
-    def _ended(self, ctx: CallContext, target: Target, error: AralError | None) -> None:
-        """Count the outcome and audit it. An audit that fails turns a success into
-        ``AUDIT_FAILED`` (raised); on a refusal the refusal stands (the caller raises
-        it) and the audit failure is logged by the stage."""
+    def _ended(
+        self, ctx: CallContext, target: Target, error: AralError | None, point: str = _POST
+    ) -> int:
+        """Count the outcome and audit it; the audit log's ticket for the record (0:
+        none), which a success waits on before its result leaves. An audit that
+        fails turns a success into its error (raised); on a refusal the refusal
+        stands (the caller raises it) and the audit failure is logged by the stage."""
         stages = self.stages
+        audit = stages.audit
         if error is None:
             stages.counters[_OK_KEYS.get(target.kind) or target.ok_key] += 1
-            if stages.audit.sinks:
-                stages.audit(ctx, target.id, target.direction, target.peer or ctx.peer, None)
-            return
+            if audit.log is not None or audit.sinks:
+                now = self.clock.monotonic() if ctx.started else 0.0
+                return audit(
+                    ctx, target.id, target.direction, target.peer or ctx.peer, None, point, now
+                )
+            return 0
         stages.counters[f"{target.kind}.{error.code}"] += 1
         with contextlib.suppress(AralError):
-            stages.audit(ctx, target.id, target.direction, target.peer or ctx.peer, error)
+            now = self.clock.monotonic() if ctx.started else 0.0
+            audit(ctx, target.id, target.direction, target.peer or ctx.peer, error, point, now)
+        return 0
+
+    def _begin(self, ctx: CallContext, value: Any, message: Message | None) -> None:
+        """What the audit log records of a call that is about to be judged: when it
+        started and its parameters' digest (only with a log: a digest costs).
+
+        Raises:
+            AralError: the log cannot keep records (the call must not run).
+        """
+        audit_log = self.stages.audit.log
+        if audit_log is not None:
+            if (failed := audit_log.failed) is not None:
+                raise failed
+            ctx.started = self.clock.monotonic()
+            ctx.params_digest = params_digest(None if message is not None else value, message)
 
     def _quietly_ended(self, ctx: CallContext, target: Target) -> None:
         """A call cancelled (its caller went away) or a stream closed early."""

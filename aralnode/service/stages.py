@@ -26,7 +26,7 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from aralnode._logs import get_logger
-from aralnode.core.audit import AuditRecord
+from aralnode.core.audit import AuditRecord, Point
 from aralnode.core.context import CallContext
 from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
@@ -349,6 +349,7 @@ class Govern:
         decision = verdict.decision
         if ctx is not None:
             ctx.decision = decision.label
+            ctx.rules = verdict.rule_ids
             if verdict.flagged:
                 ctx.flags.extend(verdict.rule_ids)
         if decision > Decision.NUDGE:
@@ -393,22 +394,51 @@ class AuditSink(Protocol):
     def write(self, record: AuditRecord) -> None: ...
 
 
+class AuditLog(Protocol):
+    """A log that groups writes (``aralnode.store.audit.AuditLog``): ``append``
+    queues a record (raising if the log cannot keep it), ``durable`` returns once
+    it is committed; ``failed`` is the error every call gets while it cannot keep
+    records (``None`` when it can)."""
+
+    @property
+    def failed(self) -> AralError | None: ...
+
+    def append(self, record: AuditRecord) -> int: ...
+
+    async def durable(self, ticket: int) -> None: ...
+
+
 class Audit:
-    """Hands each call's outcome to the audit sinks. A call whose record cannot be
-    written does not succeed: its caller gets INTERNAL (``AUDIT_FAILED``) instead
-    of its result (no answer without a record)."""
+    """Hands each call's outcome to the audit log and sinks. A call whose record
+    cannot be kept does not succeed: its caller gets the log's error
+    (``AUDIT_UNAVAILABLE``) or INTERNAL (``AUDIT_FAILED``, a sink) instead of its
+    result -- no answer without a record. With a log, the pipeline waits for the
+    record to be committed (``durable``) before the result leaves."""
 
-    __slots__ = ("counters", "sinks")
+    __slots__ = ("counters", "log", "sinks")
 
-    def __init__(self, sinks: Sequence[AuditSink], counters: Counter[str]) -> None:
+    def __init__(
+        self, sinks: Sequence[AuditSink], counters: Counter[str], log: AuditLog | None = None
+    ) -> None:
         self.sinks = list(sinks)
         self.counters = counters
+        self.log = log
 
-    def __call__(
-        self, ctx: CallContext, action_id: str, direction: str, peer: str, error: AralError | None
-    ) -> None:
-        if not self.sinks:
-            return
+    @property
+    def active(self) -> bool:
+        return self.log is not None or bool(self.sinks)
+
+    def __call__(  # noqa: PLR0917 - the pipeline's hot path: positional
+        self,
+        ctx: CallContext,
+        action_id: str,
+        direction: str,
+        peer: str,
+        error: AralError | None,
+        point: str = Point.POST,
+        now: float = 0.0,
+    ) -> int:
+        """Record the outcome; the log's ticket (0 without a log)."""
         record = AuditRecord(
             door=ctx.door,
             caller=ctx.caller,
@@ -421,16 +451,44 @@ class Audit:
             outcome="ok" if error is None else error.code,
             reason="" if error is None else error.reason,
             chain=ctx.chain,
+            point=point,
+            flags=tuple(ctx.flags),
+            rules=ctx.rules,
+            params_digest=ctx.params_digest,
+            duration_ms=round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
         )
+        return self.record(record, ctx.trace_id)
+
+    def record(self, record: AuditRecord, trace_id: str = "") -> int:
+        """Hand a record made elsewhere (a connection, a disconnection) to the log
+        and sinks; the log's ticket (0 without a log).
+
+        Raises:
+            AralError: the log or a sink could not keep it.
+        """
+        ticket = 0
+        if self.log is not None:
+            try:
+                ticket = self.log.append(record)
+            except AralError:
+                self.counters["audit.refused"] += 1
+                raise
         for sink in self.sinks:
             try:
                 sink.write(record)
             except Exception as exc:
                 self.counters["audit.failed"] += 1
-                log.exception("audit write failed (trace %s)", ctx.trace_id)
+                log.exception("audit write failed (trace %s)", trace_id)
                 raise InternalError(
                     "the call could not be recorded in the audit log", reason="AUDIT_FAILED"
                 ) from exc
+        return ticket
+
+    async def durable(self, ticket: int) -> None:
+        """Wait until record ``ticket`` is committed (raises the log's error if its
+        group could not be)."""
+        if ticket and self.log is not None:
+            await self.log.durable(ticket)
 
 
 @dataclass(slots=True)
@@ -459,6 +517,7 @@ class Stages:
         limiter: RateLimiter | None = None,
         checks: Sequence[ResponseCheck] = (),
         audit: Sequence[AuditSink] = (),
+        audit_log: AuditLog | None = None,
     ) -> Stages:
         counters: Counter[str] = Counter()
         return cls(
@@ -472,13 +531,14 @@ class Stages:
             rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller, limiter),
             govern=Govern(governance or AllowAll(), counters),
             post_check=PostCheck(checks),
-            audit=Audit(audit, counters),
+            audit=Audit(audit, counters, audit_log),
             counters=counters,
         )
 
 
 __all__ = [
     "Audit",
+    "AuditLog",
     "AuditRecord",
     "AuditSink",
     "Authenticate",

@@ -1,0 +1,450 @@
+"""The audit log: SQLite (WAL), hash-chained, its chain head signed with the node key.
+
+Every record is stored as its canonical JSON (``body``: fields in a fixed order, no
+spaces, UTF-8) with ``prev`` (the previous record's hash) and ``hash =
+SHA-256(prev || body)``; ``body`` holds the record's ``seq``, so an edited,
+removed or re-ordered record breaks the chain where it happened. A rewrite of the
+whole file with every hash recomputed would still chain, so every
+``sign_every`` records (or ``sign_seconds``, and at close and rotation) the node
+signs the head -- ``(seq, hash)`` -- with its identity key: a rewrite cannot make
+those signatures without the key. ``aralnode audit verify`` checks both
+(``aralnode.store.audit_verify``).
+
+Writes are grouped: callers ``append`` (no I/O: a list append and a wake-up); one
+writer thread takes everything pending, chains it, inserts it with one
+``executemany`` and commits once, then calls ``on_settled`` (once per group): the
+service layer's ``DurableLog`` wakes the calls awaiting their records there.
+Fail closed: a commit that fails (disk full, store read-only, I/O error) refuses
+its group's callers and every later ``append`` with ``AuditUnavailable`` until a
+retry succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import operator
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from pathlib import Path
+
+from aralnode._logs import get_logger
+from aralnode.core.audit import AuditRecord
+from aralnode.core.errors import Unavailable
+from aralnode.core.identity import Identity
+
+log = get_logger("aralnode.audit")
+
+HEAD_PAYLOAD_TYPE = "application/vnd.aralnode.audit-head"
+GENESIS = b"\x00" * 32
+FILE_PATTERN = "audit-{:06d}.db"
+# The record's fields after seq, in the canonical order (the body is a JSON array).
+FIELDS = tuple(f.name for f in fields(AuditRecord))
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+  seq INTEGER PRIMARY KEY,
+  body TEXT NOT NULL,
+  prev BLOB NOT NULL,
+  hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS heads (
+  seq INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL,
+  signature BLOB NOT NULL,
+  time_ms INTEGER NOT NULL
+);
+"""
+
+
+class AuditUnavailable(Unavailable):
+    """The audit log cannot keep records: no call may return a result."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="AUDIT_UNAVAILABLE")
+
+
+_values = operator.attrgetter(*FIELDS)
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
+    """The bytes a record is hashed and kept as: ``[seq, field, ...]`` in
+    ``FIELDS`` order, compact JSON, UTF-8 (``time_ms`` 0 becomes ``now_ms``)."""
+    row = [seq, *_values(record)]
+    if not row[-1]:
+        row[-1] = now_ms
+    return _encode(row).encode()
+
+
+def chain_hash(prev: bytes, body: bytes) -> bytes:
+    return hashlib.sha256(prev + body).digest()
+
+
+def head_payload(seq: int, digest: bytes) -> bytes:
+    """What a signed head covers: the seq (8 bytes, big-endian) and its hash."""
+    return struct.pack(">Q", seq) + digest
+
+
+def record_of(body: str) -> tuple[int, AuditRecord]:
+    """A stored body back as (seq, record)."""
+    row = json.loads(body)
+    values = dict(zip(FIELDS, row[1:], strict=True))
+    values["chain"] = tuple(values["chain"])
+    values["flags"] = tuple(values["flags"])
+    values["rules"] = tuple(values["rules"])
+    return int(row[0]), AuditRecord(**values)
+
+
+def audit_files(directory: Path) -> list[Path]:
+    """The log's files, oldest first."""
+    return sorted(directory.glob("audit-[0-9][0-9][0-9][0-9][0-9][0-9].db"))
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL: a committed group survives a crash of the process (the OS
+        # has it); FULL would add an fsync per group for power loss.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+    return db
+
+
+class AuditLog:
+    """The node's audit log (see the module docstring).
+
+    Args:
+        directory: Where its files are (``audit-000001.db``, ...).
+        identity: The node key that signs the heads.
+        sign_every: Sign the head after this many records.
+        sign_seconds: ... or after this long with unsigned records.
+        max_pending: Records waiting for the writer at most; beyond, ``append``
+            refuses (fail closed rather than grow).
+        rotate_bytes: Start a new file once the current one is this large.
+        retry_seconds: After a failure, how often the writer tries again.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        identity: Identity,
+        *,
+        sign_every: int = 1000,
+        sign_seconds: float = 5.0,
+        max_pending: int = 65536,
+        rotate_bytes: int = 256 * 1024 * 1024,
+        retry_seconds: float = 2.0,
+        wall_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.identity = identity
+        self.sign_every = sign_every
+        self.sign_seconds = sign_seconds
+        self.max_pending = max_pending
+        self.rotate_bytes = rotate_bytes
+        self.retry_seconds = retry_seconds
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._lock = threading.Condition()
+        self._pending: list[AuditRecord] = []
+        self._tickets = 0  # records appended so far (a caller's ticket: its number)
+        self._written = 0  # tickets whose fate is known (committed or refused)
+        self._refused: list[tuple[int, int, AuditUnavailable]] = []  # ticket ranges refused
+        self.failed: AuditUnavailable | None = None
+        self.commits = 0
+        self.records = 0
+        # Called by the writer thread after each group's fate is known (the
+        # service layer wakes the calls awaiting it: ``service.auditing``).
+        self.on_settled: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._db: sqlite3.Connection | None = None
+        self._file: Path | None = None
+        self._seq = 0
+        self._hash = GENESIS
+        self._signed_seq = 0
+        self._last_sign = time.monotonic()
+        self.test_hook: Callable[[sqlite3.Connection], None] | None = None
+
+    # -- life -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the current file and start the writer."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        files = audit_files(self.directory)
+        self._file = files[-1] if files else self.directory / FILE_PATTERN.format(1)
+        self._db = connect(self._file)
+        self._seq, self._hash = self._last_of(self._db, files)
+        self._signed_seq = self._seq
+        self._thread = threading.Thread(target=self._run, name="aralnode-audit", daemon=True)
+        self._thread.start()
+
+    def _last_of(self, db: sqlite3.Connection, files: list[Path]) -> tuple[int, bytes]:
+        row = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            return int(row[0]), bytes(row[1])
+        if len(files) > 1:  # an empty newest file: the chain goes on from the one before
+            with contextlib.closing(connect(files[-2], readonly=True)) as prev:
+                row = prev.execute(
+                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+            if row is not None:
+                return int(row[0]), bytes(row[1])
+        return 0, GENESIS
+
+    def close(self) -> None:
+        """Write what is pending, sign the head, stop the writer."""
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._sign_head(self._db)
+            self._db.close()
+            self._db = None
+
+    # -- the event loop's side --------------------------------------------------------
+
+    def append(self, record: AuditRecord) -> int:
+        """Queue ``record``; the ticket ``durable`` waits for.
+
+        Raises:
+            AuditUnavailable: the log is failed, closed or has ``max_pending`` records
+                waiting: the call it records must not return a result.
+        """
+        failed = self.failed
+        if failed is not None:
+            raise failed
+        with self._lock:
+            if self._stop or self._thread is None:
+                raise AuditUnavailable("the audit log is closed")
+            if len(self._pending) >= self.max_pending:
+                raise AuditUnavailable(
+                    f"the audit log has {len(self._pending)} records waiting to be written, "
+                    "its limit (the store is too slow or stuck)"
+                )
+            self._pending.append(record)
+            self._tickets += 1
+            ticket = self._tickets
+            if len(self._pending) == 1:
+                self._lock.notify()
+        return ticket
+
+    def settled(self, ticket: int) -> tuple[bool, AuditUnavailable | None]:
+        """Whether record ``ticket``'s fate is known, and its error if it was
+        refused (thread-safe)."""
+        with self._lock:
+            if ticket > self._written:
+                return False, None
+            for first, last, error in self._refused:
+                if first <= ticket <= last:
+                    return True, error
+        return True, None
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending and not self._stop:
+                    self._lock.wait(timeout=self._idle_timeout())
+                batch, self._pending = self._pending, []
+                stop = self._stop
+                first = self._written + 1
+            if batch:
+                self._write(batch, first)
+            elif self.failed is not None and not stop:
+                self._probe()
+            elif self._due_for_signing():
+                self._quietly(self._sign_head)
+            if stop:
+                with self._lock:
+                    if not self._pending:
+                        return
+
+    def _idle_timeout(self) -> float | None:
+        if self._seq > self._signed_seq:
+            return max(0.01, self.sign_seconds - (time.monotonic() - self._last_sign))
+        return self.retry_seconds if self.failed is not None else None
+
+    def _due_for_signing(self) -> bool:
+        return (
+            self._seq > self._signed_seq
+            and time.monotonic() - self._last_sign >= self.sign_seconds
+            and self.failed is None
+        )
+
+    def _probe(self) -> None:
+        """After a failure: try to write a record of the outage (it chains like any
+        other); the log takes calls again once it is in."""
+        error = self.failed
+        assert error is not None
+        outage = AuditRecord(
+            door="node", caller="", principal="", action="audit.unavailable",
+            direction="", peer="", trace_id="", decision="", outcome="UNAVAILABLE",
+            reason="AUDIT_UNAVAILABLE",
+        )  # fmt: skip
+        self._write([outage], 0)
+
+    def _write(self, batch: list[AuditRecord], first: int) -> None:
+        """Chain, insert and commit ``batch``, the records of tickets ``first``..
+        (``first`` 0: records with no ticket, the outage probe's)."""
+        db = self._db
+        assert db is not None
+        seq, prev = self._seq, self._hash
+        rows = []
+        now = self._wall_ms()
+        for record in batch:
+            seq += 1
+            body = canonical(seq, record, now)
+            digest = chain_hash(prev, body)
+            rows.append((seq, body.decode(), prev, digest))
+            prev = digest
+        try:
+            if self.test_hook is not None:
+                self.test_hook(db)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO records (seq, body, prev, hash) VALUES (?,?,?,?)", rows)
+            # The first group of a log is signed at once: an intact log always has a
+            # head, so one whose heads were all removed is caught.
+            if seq - self._signed_seq >= self.sign_every or not self._signed_seq:
+                self._insert_head(db, seq, prev)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._fail(first, first + len(batch) - 1 if first else 0, exc)
+            return
+        self._seq, self._hash = seq, prev
+        self.commits += 1
+        self.records += len(batch)
+        if self.failed is not None:
+            log.info("audit log %s writes again", self._file)
+            self.failed = None
+        if first:
+            self._settle(first + len(batch) - 1)
+        self._maybe_rotate()
+
+    def _fail(self, first: int, last: int, exc: sqlite3.Error) -> None:
+        error = AuditUnavailable(
+            f"the audit log {self._file} cannot be written ({exc}): calls are refused until it can"
+        )
+        if self.failed is None:
+            log.error("audit log %s failed: %s; calls are refused", self._file, exc)
+        self.failed = error
+        if first:
+            with self._lock:
+                self._refused.append((first, last, error))
+                del self._refused[:-64]  # old ranges: their waiters are long settled
+            self._settle(last)
+        with self._lock:  # before the next try (the probe) -- unless closing
+            if not self._stop:
+                self._lock.wait(timeout=self.retry_seconds)
+
+    def _settle(self, last: int) -> None:
+        with self._lock:
+            self._written = last
+        on_settled = self.on_settled
+        if on_settled is not None:
+            on_settled()
+
+    def _quietly(self, step: Callable[[sqlite3.Connection], None]) -> None:
+        db = self._db
+        if db is None:
+            return
+        try:
+            step(db)
+        except sqlite3.Error as exc:
+            log.warning("audit log %s: signing the head failed: %s", self._file, exc)
+
+    def _sign_head(self, db: sqlite3.Connection) -> None:
+        if self._seq <= self._signed_seq:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._insert_head(db, self._seq, self._hash)
+        db.execute("COMMIT")
+
+    def _insert_head(self, db: sqlite3.Connection, seq: int, digest: bytes) -> None:
+        signature = self.identity.sign(HEAD_PAYLOAD_TYPE, head_payload(seq, digest))
+        db.execute(
+            "INSERT OR REPLACE INTO heads (seq, hash, signature, time_ms) VALUES (?,?,?,?)",
+            (seq, digest, signature.SerializeToString(), self._wall_ms()),
+        )
+        self._signed_seq = seq
+        self._last_sign = time.monotonic()
+
+    def _maybe_rotate(self) -> None:
+        path = self._file
+        if path is None or self.rotate_bytes <= 0:
+            return
+        try:
+            size = path.stat().st_size + _size(path.with_name(path.name + "-wal"))
+        except OSError:
+            return
+        if size < self.rotate_bytes:
+            return
+        db = self._db
+        assert db is not None
+        try:
+            self._sign_head(db)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("audit log %s: rotation postponed: %s", path, exc)
+            return
+        db.close()
+        number = int(path.stem.rsplit("-", 1)[1]) + 1
+        self._file = path.with_name(FILE_PATTERN.format(number))
+        self._db = connect(self._file)
+        log.info("audit log rotated to %s at record %d", self._file, self._seq)
+
+    # -- reading ----------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """The last record written."""
+        return self._seq
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_records(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRecord]]:
+    """Every record with seq > ``since``, oldest first, across the files."""
+    for path in audit_files(directory):
+        with contextlib.closing(connect(path, readonly=True)) as db:
+            last = db.execute("SELECT max(seq) FROM records").fetchone()[0]
+            if last is None or last <= since:
+                continue
+            for (body,) in db.execute(
+                "SELECT body FROM records WHERE seq > ? ORDER BY seq", (since,)
+            ):
+                yield record_of(body)
+
+
+__all__ = [
+    "GENESIS",
+    "HEAD_PAYLOAD_TYPE",
+    "AuditLog",
+    "AuditUnavailable",
+    "audit_files",
+    "canonical",
+    "chain_hash",
+    "head_payload",
+    "read_records",
+    "record_of",
+]

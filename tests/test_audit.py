@@ -1,0 +1,283 @@
+"""The audit log: hash chain, signed heads, grouped commits, fail closed, and the
+five-door acceptance (the same blocked call over gRPC, REST, MCP, WebSocket and a
+peer's channel is blocked and recorded on all five; ``aralnode audit verify``
+passes, then names the record that was edited, removed or swapped, and catches a
+re-signed rewrite)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aralnode import Node
+from aralnode.core.audit import AuditRecord, params_digest
+from aralnode.core.identity import Identity
+from aralnode.service.auditing import DurableLog
+from aralnode.store.audit import (
+    AuditLog,
+    AuditUnavailable,
+    audit_files,
+    chain_hash,
+    read_records,
+)
+from aralnode.store.audit_verify import verify
+from tests.test_parity import DELETE, open_doors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(i: int, door: str = "grpc") -> AuditRecord:
+    return AuditRecord(
+        door=door, caller="alice", principal="alice", action=f"demo.{i}", direction="invoke",
+        peer="", trace_id=f"t{i}", decision="ok", outcome="ok",
+    )  # fmt: skip
+
+
+def durable(log: AuditLog) -> DurableLog:
+    return DurableLog(log, asyncio.get_running_loop())
+
+
+async def write(log: AuditLog, n: int) -> None:
+    waiting = durable(log)
+    tickets = [log.append(record(i)) for i in range(n)]
+    await asyncio.gather(*(waiting.durable(t) for t in tickets))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aralnode.cli", "audit", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def identity() -> Identity:
+    return Identity.generate()
+
+
+async def test_records_chain_and_verify(tmp_path: Path, identity: Identity) -> None:
+    log = AuditLog(tmp_path, identity, sign_every=10)
+    log.open()
+    await write(log, 25)
+    log.close()
+    report = verify(tmp_path, identity.public_key)
+    assert report.ok, report.problem
+    assert report.records == 25
+    assert report.last_signed == 25  # close signs the head
+    rows = list(read_records(tmp_path))
+    assert [seq for seq, _ in rows] == list(range(1, 26))
+    assert rows[3][1].action == "demo.3"
+    assert rows[0][1].time_ms > 0  # stamped by the writer
+
+
+async def test_writes_are_grouped(tmp_path: Path, identity: Identity) -> None:
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    await write(log, 500)  # appended in one loop turn: a handful of commits
+    assert log.records == 500
+    assert log.commits < 50, log.commits
+    log.close()
+
+
+async def test_reopened_log_goes_on_with_the_chain(tmp_path: Path, identity: Identity) -> None:
+    for _ in range(3):
+        log = AuditLog(tmp_path, identity)
+        log.open()
+        await write(log, 7)
+        log.close()
+    report = verify(tmp_path, identity.public_key)
+    assert report.ok
+    assert report.records == 21
+
+
+def _db(tmp_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(audit_files(tmp_path)[0], isolation_level=None)
+
+
+async def _written(tmp_path: Path, identity: Identity, n: int = 12) -> None:
+    log = AuditLog(tmp_path, identity, sign_every=5)
+    log.open()
+    await write(log, n)
+    log.close()
+
+
+async def test_verify_names_an_edited_record(tmp_path: Path, identity: Identity) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:
+        body = db.execute("SELECT body FROM records WHERE seq = 7").fetchone()[0]
+        db.execute("UPDATE records SET body = ? WHERE seq = 7", (body.replace("alice", "mallory"),))
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (7, "edited")
+
+
+async def test_verify_names_a_removed_record(tmp_path: Path, identity: Identity) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:
+        db.execute("DELETE FROM records WHERE seq = 4")
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (4, "removed")
+
+
+async def test_verify_names_swapped_records(tmp_path: Path, identity: Identity) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:
+        a = db.execute("SELECT body, prev, hash FROM records WHERE seq = 5").fetchone()
+        b = db.execute("SELECT body, prev, hash FROM records WHERE seq = 6").fetchone()
+        db.execute("UPDATE records SET body=?, prev=?, hash=? WHERE seq = 5", b)
+        db.execute("UPDATE records SET body=?, prev=?, hash=? WHERE seq = 6", a)
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (5, "reordered")
+
+
+async def test_a_rechained_rewrite_is_caught_by_the_signed_heads(
+    tmp_path: Path, identity: Identity
+) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:  # rewrite record 3 and re-chain everything after it
+        rows = db.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
+        prev = b"\x00" * 32
+        for seq, stored in rows:
+            body = stored.replace("alice", "mallory") if seq == 3 else stored
+            digest = chain_hash(prev, body.encode())
+            db.execute(
+                "UPDATE records SET body=?, prev=?, hash=? WHERE seq=?", (body, prev, digest, seq)
+            )
+            prev = digest
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert problem.kind == "unsigned"
+    assert problem.seq >= 3  # the first signed head at or after the rewritten record
+    assert "rewritten" in problem.detail
+
+
+async def test_heads_re_signed_with_another_key_or_dropped_are_caught(
+    tmp_path: Path, identity: Identity
+) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:
+        db.execute("DELETE FROM heads")
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert problem.kind == "unsigned"
+    # A log written (and signed) by another key does not pass as this node's.
+    other = tmp_path / "other"
+    await _written(other, Identity.generate())
+    problem = verify(other, identity.public_key).problem
+    assert problem is not None
+    assert problem.kind == "unsigned"
+
+
+async def test_a_full_store_refuses_and_recovers(tmp_path: Path, identity: Identity) -> None:
+    log = AuditLog(tmp_path, identity, retry_seconds=0.05)
+    log.open()
+    await write(log, 3)
+    full = True
+
+    def hook(db: sqlite3.Connection) -> None:
+        # The store fills up: SQLite's own SQLITE_FULL, from its page limit.
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages if full else 1 << 30}")
+
+    log.test_hook = hook
+    big = AuditRecord(**_fields(record(0), reason="x" * 60000))  # type: ignore[arg-type]
+    waiting = durable(log)
+    with pytest.raises(AuditUnavailable, match="full"):
+        await waiting.durable(log.append(big))
+    with pytest.raises(AuditUnavailable):  # refused at once while failed
+        log.append(record(9))
+    full = False
+    recovered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    while log.failed is not None:  # the writer retries on its own; wait for it
+        loop.call_later(0.05, recovered.set)
+        await asyncio.wait_for(recovered.wait(), 5)
+        recovered.clear()
+    await waiting.durable(log.append(record(10)))
+    log.close()
+    assert verify(tmp_path, identity.public_key).ok
+    actions = [r.action for _, r in read_records(tmp_path)]
+    assert actions[-2:] == ["audit.unavailable", "demo.10"]  # the outage is on record
+
+
+def _fields(r: AuditRecord, **changes: object) -> dict[str, object]:
+    values = {name: getattr(r, name) for name in r.__dataclass_fields__}
+    values.update(changes)
+    return values
+
+
+def test_params_digest_is_stable() -> None:
+    assert params_digest({"b": 1, "a": [1, 2]}) == params_digest({"a": [1, 2], "b": 1})
+    assert params_digest(None) == ""
+
+
+async def test_a_blocked_call_is_blocked_and_recorded_on_five_doors(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    book = {"shelf": "sci", "bookId": "1"}
+    async with open_doors(make_node, audit=True) as doors:
+        outcomes = {}
+        for door in doors.all():
+            if door.name in {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel"}:
+                outcomes[door.name] = await door.call(DELETE, book)
+        data_dir = doors.node.config.resolved_data_dir
+    assert {o.status for o in outcomes.values()} == {"PERMISSION_DENIED"}, outcomes
+    blocked = [r for _, r in read_records(data_dir / "audit") if r.action == DELETE]
+    assert sorted(r.door for r in blocked) == ["channel", "grpc", "mcp", "rest", "ws"]
+    assert {(r.decision, r.outcome, r.reason) for r in blocked} == {
+        ("block", "governance_blocked", "GOVERNANCE_BLOCK")
+    }
+    assert all(r.params_digest == params_digest(book) for r in blocked)
+    ok = cli("verify", "--data-dir", str(data_dir))
+    assert ok.returncode == 0, ok.stderr
+    assert "chain intact" in ok.stdout
+    tail = cli("tail", "--data-dir", str(data_dir), "-n", "3", "--json")
+    assert tail.returncode == 0
+    assert len(tail.stdout.splitlines()) == 3
+    assert all("params_digest" in json.loads(line) for line in tail.stdout.splitlines())
+    # One record edited with plain sqlite3: verify fails and names it.
+    seq = next(s for s, r in read_records(data_dir / "audit") if r.action == DELETE)
+    with sqlite3.connect(audit_files(data_dir / "audit")[0], isolation_level=None) as db:
+        db.execute("UPDATE records SET body = replace(body, 'block', 'ok') WHERE seq = ?", (seq,))
+    bad = cli("verify", "--data-dir", str(data_dir))
+    assert bad.returncode == 1
+    assert f"record {seq}: edited" in bad.stderr
+
+
+async def test_no_result_leaves_without_its_record(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = make_node("full", audit=True)
+    async with node:
+        assert await node.invoke("demo.add", {"a": 1, "b": 2}) == 3
+        installed = node.pipeline.stages.audit.log
+        assert isinstance(installed, DurableLog)
+        audit_log = installed.store
+        assert isinstance(audit_log, AuditLog)
+
+        def full(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA query_only = 1")  # the store turns read-only
+
+        audit_log.test_hook = full
+        ran = []
+
+        @node.capability(id="demo.effect")
+        async def effect() -> str:
+            ran.append(1)
+            return "done"
+
+        with pytest.raises(AuditUnavailable):
+            await node.invoke("demo.effect", {})
+        assert ran == [1]  # it ran, but its result did not leave unrecorded
+        with pytest.raises(AuditUnavailable):  # and the next call is refused at once
+            await node.invoke("demo.effect", {})
+        assert ran == [1]
