@@ -18,7 +18,7 @@ def open_audit_log(cfg: NodeConfig, identity: Identity, pipeline: Pipeline) -> A
     if not cfg.audit_enabled:
         return None
     audit_log = AuditLog(
-        cfg.resolved_audit_dir,
+        cfg.audit_dir or cfg.resolved_data_dir / "audit",
         identity,
         sign_every=cfg.audit_sign_every,
         sign_seconds=cfg.audit_sign_seconds,

@@ -19,6 +19,7 @@ _FIELD_OF_DEST = {
     "peer": "peers",
     "interface": "interfaces",
     "grant": "peer_grants",
+    "policy": "policy_file",
     "tls_cert": "tls_cert_file",
     "tls_key": "tls_key_file",
     "tls_ca": "tls_ca_file",

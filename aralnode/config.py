@@ -228,6 +228,11 @@ class NodeConfig:
             refused (fail closed) rather than the queue growing.
         audit_rotate_bytes: Start a new audit file once the current one is this
             large (0: never); the chain goes on across files.
+        policy_file: The governance policy (TOML or YAML; docs/governance.md):
+            ACL tiers, tool categories, tripwires, trust debt, collusion tripwires.
+            Refused at start with its line and reason; re-read when it changes.
+        policy_reload_seconds: How often the policy file is checked for changes
+            (0: never re-read).
     """
 
     name: str = "aralnode"
@@ -339,6 +344,9 @@ class NodeConfig:
     audit_sign_seconds: float = 5.0
     audit_max_pending: int = 65536
     audit_rotate_bytes: int = 256 * 1024 * 1024
+    # -- governance (issue 16): the policy file
+    policy_file: Path | None = None
+    policy_reload_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -391,6 +399,8 @@ class NodeConfig:
             raise ValueError("audit_sign_every and audit_max_pending must be at least 1")
         if self.audit_sign_seconds <= 0:
             raise ValueError("audit_sign_seconds must be positive")
+        if self.policy_reload_seconds < 0:
+            raise ValueError("policy_reload_seconds must be >= 0")
         if self.audit_rotate_bytes and self.audit_rotate_bytes < 1024 * 1024:
             raise ValueError("audit_rotate_bytes must be at least 1 MiB (or 0: never rotate)")
 
@@ -398,10 +408,6 @@ class NodeConfig:
     def audit_enabled(self) -> bool:
         """Whether the node keeps an audit log: ``audit``, else when it is durable."""
         return self.durable if self.audit is None else self.audit
-
-    @property
-    def resolved_audit_dir(self) -> Path:
-        return self.audit_dir if self.audit_dir is not None else self.resolved_data_dir / "audit"
 
     def _check_limits(self) -> None:
         for name in (

@@ -33,7 +33,7 @@ from aralnode._assembly import (
     import_spec,
     service_descriptor,
 )
-from aralnode._audit import close_audit_log, open_audit_log
+from aralnode._governance import Governance
 from aralnode._logs import get_logger
 from aralnode.access.delegation import program_statement
 from aralnode.config import NodeConfig
@@ -64,7 +64,6 @@ from aralnode.mesh.hub import ChannelHub, NotificationHandler, Overflow, Subscri
 from aralnode.service.auth import Authenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.stages import AuditSink, ResponseCheck
-from aralnode.store.audit import AuditLog
 from aralnode.store.datadir import lock_data_dir, release_data_dir
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
@@ -115,7 +114,7 @@ class Node:
         self.config = cfg = config or NodeConfig()
         self.clock = clock
         self._identity = identity
-        self._audit_log: AuditLog | None = None
+        self.governing = Governance()  # the policy file and the audit log, once started
         self.registry = CapabilityRegistry()
         self.keyring = KeyRing()
         self.peer_table = PeerTable(
@@ -317,7 +316,7 @@ class Node:
         log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
     async def _start(self) -> None:
-        self._audit_log = open_audit_log(self.config, self.identity, self.pipeline)
+        self.governing.start(self.config, self.identity, self.pipeline, self.clock)
         backends = self._backends
         if backends is None:
             backends = build_backends(self.config, self.node_id)
@@ -359,8 +358,7 @@ class Node:
                 drain = self.config.drain_seconds if grace is None else grace
                 await self._parts.stop(drain)
         finally:
-            close_audit_log(self._audit_log, self.pipeline)
-            self._audit_log = None
+            await self.governing.stop(self.pipeline)
             self._state = "STOPPED"
             if self._lock is not None:
                 release_data_dir(self._lock)  # the data dir is free

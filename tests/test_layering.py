@@ -55,6 +55,10 @@ LAYER_OF = {
     "aralnode._assembly": "root",
     "aralnode._access": "root",
     "aralnode._audit": "root",
+    "aralnode._policy": "root",
+    "aralnode._governance": "root",
+    "aralnode.policy": "policy",
+    "aralnode.cli_policy": "tools",
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",
@@ -64,8 +68,8 @@ LAYER_OF = {
     "aralnode.cli_audit": "tools",  # audit: `aralnode audit verify|tail|export`
 }
 _BELOW_ROOT = {
-    "proto", "base", "core", "config", "store", "service", "access", "transport", "bridge",
-    "mesh", "discovery",
+    "proto", "base", "core", "config", "store", "service", "access", "policy", "transport",
+    "bridge", "mesh", "discovery",
 }  # fmt: skip
 # What each layer may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
@@ -78,6 +82,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     # Who may call (certificates, tokens, keys, limits): below the doors, which
     # use it, and door-neutral (no grpc, no starlette).
     "access": {"core", "service", "proto", "base"},
+    # Governance policies (issue 16): door-neutral, below the doors; no I/O but the file.
+    "policy": {"core", "service", "base"},
     "transport": {"core", "service", "access", "proto", "base"},
     "bridge": {"core", "service", "access", "proto", "base"},
     "mesh": {"core", "service", "access", "store", "transport", "proto", "base"},
@@ -128,6 +134,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "service": (*TRANSPORT_LIBRARIES, "sqlite3", "socket", "ssl"),
     "store": (*TRANSPORT_LIBRARIES, "asyncio", "socket", "ssl"),
     "access": tuple(lib for lib in TRANSPORT_LIBRARIES if lib != "httpx"),
+    "policy": (*TRANSPORT_LIBRARIES, "asyncio", "sqlite3", "socket"),
     "transport": ("starlette", "uvicorn", "httptools", "mcp", "mcp_types", "zeroconf", "sqlite3"),
     "bridge": ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "zeroconf", "sqlite3"),
     "mesh": ("starlette", "uvicorn", "mcp", "mcp_types", "zeroconf", "httpx"),

@@ -325,6 +325,9 @@ class Govern:
         """The verdict on ``action``, told to the listeners; not enforced."""
         try:
             verdict = self.evaluator.evaluate(action)
+        except AralError:  # the evaluator's own refusal (a rule that failed, named)
+            self.counters["governance.failed"] += 1
+            raise
         except Exception as exc:
             self.counters["governance.failed"] += 1
             log.exception("governance failed on %s", action.capability)

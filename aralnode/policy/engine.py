@@ -1,0 +1,347 @@
+"""The policy engine: a ``core.governance.Evaluator`` that judges each action by a
+policy file (docs/governance.md).
+
+For an action it works out, each at most once per call and most of them cached:
+the caller's ACL tier (``[tiers]``), the capability's category (``[capabilities]``
+over its declared risk) and the category's minimum tier (ACGP-1008 §2.4), the
+inbound filter (§3.3.2: a peer below ``requests_min_tier`` sends no requests), the
+collusion tripwires (§3.5.2), and the tripwires that can apply -- indexed by
+direction and capability, so a call runs only its own rules and the global ones,
+whatever the size of the policy. The most severe decision wins; every rule that
+matched is named; a flag raises the principal's trust debt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aralnode.core.errors import InternalError
+from aralnode.core.governance import ALLOW, Action, Decision, Direction, Verdict
+from aralnode.policy.expr import Condition
+from aralnode.policy.load import matches
+from aralnode.policy.model import Policy, Tripwire
+from aralnode.policy.state import DistinctRecent, TrustLedger, WindowCounter
+
+_CACHE = 4096
+_OK = Decision.OK
+
+
+class Memory:
+    """What the engine remembers across calls and across reloads of the policy."""
+
+    def __init__(self, now: Callable[[], float], policy: Policy) -> None:
+        self.now = now
+        debt, collusion = policy.trust_debt, policy.collusion
+        self.ledger = TrustLedger(now, debt.half_life_seconds, debt.max_principals)
+        size = collusion.max_tracked
+        rapid, aggregation = collusion.rapid_exchange, collusion.data_aggregation
+        self.exchange = WindowCounter(now, rapid.window_seconds if rapid else 60.0, size)
+        self.aggregation = DistinctRecent(
+            now, aggregation.window_seconds if aggregation else 300.0, size
+        )
+        self.rate = WindowCounter(now, 60.0, size)
+
+    def adopt(self, policy: Policy) -> None:
+        """Keep the state, take the new policy's bounds and windows."""
+        debt, collusion = policy.trust_debt, policy.collusion
+        self.ledger.resize(debt.half_life_seconds, debt.max_principals)
+        if collusion.rapid_exchange:
+            self.exchange.window = collusion.rapid_exchange.window_seconds
+        if collusion.data_aggregation:
+            self.aggregation.window = collusion.data_aggregation.window_seconds
+
+
+class _Rule:
+    """A tripwire as the engine runs it: its condition compiled."""
+
+    __slots__ = ("condition", "tripwire")
+
+    def __init__(self, tripwire: Tripwire) -> None:
+        self.tripwire = tripwire
+        self.condition = Condition(tripwire.when) if tripwire.when else None
+
+
+class _Found:
+    """The matches of one evaluation."""
+
+    __slots__ = ("decision", "flagged", "params", "reasons", "rules", "weight")
+
+    def __init__(self) -> None:
+        self.decision = _OK
+        self.flagged = False
+        self.rules: list[str] = []
+        self.reasons: list[str] = []
+        self.params: Any = None
+        self.weight = 0.0
+
+    def add(self, rule_id: str, decision: Decision, reason: str, flag: float = 0.0) -> None:
+        self.rules.append(rule_id)
+        self.reasons.append(reason or rule_id)
+        self.decision = max(self.decision, decision)
+        if flag:
+            self.flagged = True
+            self.weight += flag
+
+
+class PolicyEvaluator:
+    """Judges actions by ``policy`` (see the module docstring)."""
+
+    def __init__(self, policy: Policy, memory: Memory) -> None:
+        self.policy = policy
+        self.memory = memory
+        self._rules = [_Rule(t) for t in policy.tripwires]
+        self._exact: dict[str, list[_Rule]] = {}
+        self._globs: list[_Rule] = []
+        self._general: list[_Rule] = []
+        for rule in self._rules:
+            caps = rule.tripwire.capabilities
+            if not caps:
+                self._general.append(rule)
+            for cap in caps:
+                if any(ch in cap for ch in "*?["):
+                    self._globs.append(rule)
+                else:
+                    self._exact.setdefault(cap, []).append(rule)
+        self._for: dict[tuple[Direction, str], tuple[tuple[_Rule, ...], frozenset[str]]] = {}
+        self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
+        self._categories: dict[tuple[str, str], str] = {}
+        self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
+
+    # -- what a call is --------------------------------------------------------------
+
+    def tier_of(self, action: Action) -> int:
+        """The ACL tier of the action's caller (``[tiers]``)."""
+        local = action.door == "local" and not action.caller
+        key = (action.principal, action.kind, action.roles, local)
+        tier = self._tiers.get(key)
+        if tier is None:
+            tier = self._find_tier(action, local)
+            if len(self._tiers) >= _CACHE:
+                self._tiers.clear()
+            self._tiers[key] = tier
+        return tier
+
+    def _find_tier(self, action: Action, local: bool) -> int:
+        tiers = self.policy.tiers
+        found: int | None
+        if local:
+            return tiers.local
+        principal = action.principal
+        if not principal or principal == "anonymous" or action.kind == "anonymous":
+            return tiers.anonymous
+        found = _lookup(tiers.principals, principal)
+        if found is not None:
+            return found
+        by_role = [tiers.roles[r] for r in action.roles if r in tiers.roles]
+        if by_role:
+            return max(by_role)
+        if action.kind == "node":
+            found = _lookup(tiers.peers, principal)
+            if found is not None:
+                return found
+        return tiers.default
+
+    def category_of(self, action: Action) -> str:
+        """The capability's category: ``[capabilities]``, else its declared risk."""
+        key = (action.capability, action.risk)
+        category = self._categories.get(key)
+        if category is None:
+            category = _lookup(self.policy.capabilities, action.capability) or action.risk
+            if category not in self.policy.categories.minimum:
+                category = "unspecified"
+            if len(self._categories) >= _CACHE:
+                self._categories.clear()
+            self._categories[key] = category
+        return category
+
+    def _candidates(self, action: Action) -> tuple[tuple[_Rule, ...], frozenset[str]]:
+        key = (action.direction, action.capability)
+        found = self._for.get(key)
+        if found is None:
+            cap = action.capability
+            picked = {id(r) for r in self._exact.get(cap, ())}
+            picked |= {id(r) for r in self._general}
+            picked |= {
+                id(r) for r in self._globs if any(matches(p, cap) for p in r.tripwire.capabilities)
+            }
+            rules = tuple(
+                r for r in self._rules
+                if id(r) in picked and action.direction in r.tripwire.directions
+            )  # fmt: skip
+            variables = frozenset().union(*(r.condition.variables for r in rules if r.condition))
+            found = (rules, variables)
+            if len(self._for) >= _CACHE:
+                self._for.clear()
+            self._for[key] = found
+        return found
+
+    # -- judging ---------------------------------------------------------------------
+
+    def evaluate(self, action: Action) -> Verdict:
+        policy = self.policy
+        rules, variables = self._candidates(action)
+        tier = self.tier_of(action)
+        found: _Found | None = None
+        if action.direction is Direction.INVOKE:
+            found = self._acl(action, tier)
+        if policy.collusion.rapid_exchange or policy.collusion.data_aggregation:
+            found = self._collusion(action, found)
+        if policy.collusion.circular_depth is not None and action.chain:
+            found = self._circular(action, found)
+        if self._uses_rate:
+            self.memory.rate.add(action.principal)
+        if rules:
+            values = self._values(action, variables, tier) if variables else {}
+            for rule in rules:
+                if rule.condition is not None and not self._holds(rule, values):
+                    continue
+                found = found or _Found()
+                self._matched(found, rule.tripwire, tier, action)
+        if found is None:
+            return ALLOW
+        if found.flagged:
+            weight = found.weight or policy.trust_debt.flag_weight
+            self.memory.ledger.flag(action.principal, weight)
+        return Verdict(
+            found.decision, found.flagged, tuple(found.reasons), tuple(found.rules), found.params
+        )
+
+    def _matched(self, found: _Found, tripwire: Tripwire, tier: int, action: Action) -> None:
+        decision = tripwire.decision_for(tier)
+        weight = 0.0
+        if tripwire.flag:
+            weight = (
+                tripwire.debt if tripwire.debt is not None else self.policy.trust_debt.flag_weight
+            )
+        found.add(tripwire.id, decision, tripwire.reason, weight)
+        if decision is Decision.NUDGE and tripwire.set:
+            base = found.params if found.params is not None else action.parameters
+            found.params = {**(base if isinstance(base, dict) else {}), **tripwire.set}
+
+    def _acl(self, action: Action, tier: int) -> _Found | None:
+        policy = self.policy
+        category = self.category_of(action)
+        minimum = policy.categories.minimum.get(category, 0)
+        found = None
+        if tier < minimum:
+            found = _Found()
+            found.add(
+                "acl.tier_below", policy.categories.below_tier,
+                f"a {category} capability needs ACL-{minimum}; the caller is ACL-{tier}",
+            )  # fmt: skip
+        if action.kind == "node" and tier < policy.requests_min_tier:
+            found = found or _Found()
+            found.add(
+                "filter.requests_tier", Decision.BLOCK,
+                f"a peer of ACL-{tier} may send no requests (ACL-{policy.requests_min_tier} "
+                "needed)",
+            )  # fmt: skip
+        return found
+
+    def _collusion(self, action: Action, found: _Found | None) -> _Found | None:
+        collusion, memory = self.policy.collusion, self.memory
+        weight = self.policy.trust_debt.flag_weight
+        rapid = collusion.rapid_exchange
+        direction = action.direction
+        if rapid and action.peer and direction in (Direction.SEND, Direction.RECEIVE):
+            count = memory.exchange.add(action.peer)
+            if count >= rapid.count:
+                found = found or _Found()
+                found.add(
+                    "collusion.rapid_exchange", rapid.decision,
+                    f"{rapid.count} or more messages with {action.peer} within "
+                    f"{rapid.window_seconds:g} s",
+                    weight if rapid.flag else 0.0,
+                )  # fmt: skip
+        aggregation = collusion.data_aggregation
+        if (
+            aggregation
+            and direction is Direction.INVOKE
+            and self.category_of(action) in aggregation.categories
+        ):
+            seen = memory.aggregation.add(action.capability, action.principal)
+            if seen >= aggregation.count:
+                found = found or _Found()
+                found.add(
+                    "collusion.data_aggregation", aggregation.decision,
+                    f"{seen} principals asked for {action.capability} within "
+                    f"{aggregation.window_seconds:g} s",
+                    weight if aggregation.flag else 0.0,
+                )  # fmt: skip
+        return found
+
+    def _circular(self, action: Action, found: _Found | None) -> _Found | None:
+        collusion = self.policy.collusion
+        depth = action.delegation_depth
+        assert collusion.circular_depth is not None
+        looped = len(set(action.chain)) < len(action.chain)
+        if depth > collusion.circular_depth or looped:
+            found = found or _Found()
+            what = "a node appears twice in" if looped else f"depth {depth} exceeds"
+            found.add(
+                "collusion.circular_delegation", collusion.circular_decision,
+                f"{what} the delegation chain {' -> '.join(action.chain)}",
+            )  # fmt: skip
+        return found
+
+    def _values(self, action: Action, names: frozenset[str], tier: int) -> dict[str, Any]:
+        """The variables the candidate rules read (and only those)."""
+        return {name: _GETTERS[name](self, action, tier) for name in names}
+
+    def _holds(self, rule: _Rule, values: dict[str, Any]) -> bool:
+        assert rule.condition is not None
+        try:
+            return rule.condition.holds(values)
+        except ValueError as exc:  # fail closed: a rule that cannot say refuses
+            t = rule.tripwire
+            raise InternalError(
+                f"governance rule {t.id!r} ({self.policy.source}:{t.line}) failed: {exc}",
+                reason="GOVERNANCE_RULE_FAILED",
+                details={"rule": t.id},
+            ) from None
+
+
+def _rate(engine: PolicyEvaluator, action: Action, tier: int) -> int:
+    entry = engine.memory.rate._counts.get(action.principal)
+    return int(entry[1] + entry[2]) if entry is not None else 0
+
+
+def _params(action: Action) -> Any:
+    params = action.parameters
+    return params if isinstance(params, dict) else {}
+
+
+_Getter = Callable[[PolicyEvaluator, Action, int], Any]
+_GETTERS: dict[str, _Getter] = {
+    "capability": lambda e, a, t: a.capability,
+    "direction": lambda e, a, t: a.direction.value,
+    "door": lambda e, a, t: a.door,
+    "category": lambda e, a, t: e.category_of(a),
+    "risk": lambda e, a, t: a.risk,
+    "params": lambda e, a, t: _params(a),
+    "principal": lambda e, a, t: a.principal,
+    "caller": lambda e, a, t: a.caller,
+    "kind": lambda e, a, t: a.kind,
+    "roles": lambda e, a, t: sorted(a.roles),
+    "tier": lambda e, a, t: t,
+    "trust_debt": lambda e, a, t: e.memory.ledger.debt(a.principal),
+    "environment": lambda e, a, t: e.policy.environment,
+    "delegation_depth": lambda e, a, t: a.delegation_depth,
+    "chain": lambda e, a, t: list(a.chain),
+    "peer": lambda e, a, t: a.peer,
+    "rate": _rate,
+}
+
+
+def _lookup(table: Any, name: str) -> Any:
+    """``table[name]``, else the first glob entry that matches."""
+    if name in table:
+        return table[name]
+    for pattern, value in table.items():
+        if matches(pattern, name):
+            return value
+    return None
+
+
+__all__ = ["Memory", "PolicyEvaluator"]

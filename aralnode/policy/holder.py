@@ -1,0 +1,75 @@
+"""The node's current policy, swapped whole when its file changes (hot reload).
+
+``PolicyHolder`` is the evaluator the pipeline's govern stage holds: it hands each
+action to the current ``PolicyEvaluator``. ``check_now`` (run by the node every
+``policy_reload_seconds``, and by tests directly) loads a changed file; a file
+that is refused is logged with its line and reason and the old policy stays. The
+trust debt and collusion counters carry over a reload.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from aralnode._logs import get_logger
+from aralnode.core.governance import Action, Verdict
+from aralnode.policy.engine import Memory, PolicyEvaluator
+from aralnode.policy.load import PolicyError, load_policy
+
+log = get_logger("aralnode.governance")
+
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class PolicyHolder:
+    """The current policy of ``path`` (loaded at once: ``PolicyError`` if refused)."""
+
+    def __init__(
+        self, path: Path, now: Callable[[], float], counters: Counter[str] | None = None
+    ) -> None:
+        self.path = path
+        self.counters = counters if counters is not None else Counter()
+        self._stamp = _stamp(path)
+        policy = load_policy(path)
+        self.memory = Memory(now, policy)
+        self.current = PolicyEvaluator(policy, self.memory)
+        self.last_error = ""
+
+    def evaluate(self, action: Action) -> Verdict:
+        return self.current.evaluate(action)
+
+    def tier_of(self, action: Action) -> int:
+        return self.current.tier_of(action)
+
+    def check_now(self) -> bool:
+        """Load the file if it changed; whether a new policy is in force."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as exc:
+            self.last_error = str(exc)
+            self.counters["governance.policy_rejected"] += 1
+            log.error("policy not reloaded, the one in force stays: %s", exc)  # noqa: TRY400 - its line and reason say it all
+            return False
+        self.memory.adopt(policy)
+        self.current = PolicyEvaluator(policy, self.memory)
+        self.last_error = ""
+        self.counters["governance.policy_reloaded"] += 1
+        log.info("policy %s reloaded: %d tripwire(s)", self.path, len(policy.tripwires))
+        return True
+
+
+__all__ = ["PolicyHolder"]

@@ -1,0 +1,431 @@
+"""Reading a policy file: TOML or YAML, every error with its line.
+
+An invalid file is refused whole with ``PolicyError("FILE:LINE: reason")``: a
+syntax error where the parser found it, a semantic one (an unknown key, a tier out
+of range, a condition that does not compile) at the line of the key that holds it.
+Unknown keys are errors: a typo must not silently switch a rule off.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aralnode.core.governance import Decision, Direction
+from aralnode.policy import expr
+from aralnode.policy.model import (
+    DEFAULT_CATEGORY_TIERS,
+    DEFAULT_DIRECTIONS,
+    MAX_TIER,
+    Categories,
+    CollusionPolicy,
+    Policy,
+    Threshold,
+    TierAction,
+    Tiers,
+    Tripwire,
+    TrustDebtPolicy,
+)
+
+Key = str | int
+_DECISIONS = {d.label: d for d in Decision}
+_TIER_RANGE = re.compile(r"^(\d)\s*-\s*(\d)$|^(\d)$")
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+class PolicyError(ValueError):
+    """The file is refused: ``FILE:LINE: reason``."""
+
+
+class _Lines:
+    """Finds the line of a key path in the source (for error messages)."""
+
+    def __init__(self, text: str, yaml_node: yaml.Node | None) -> None:
+        self.lines = text.splitlines()
+        self.node = yaml_node
+
+    def of(self, path: Sequence[Key]) -> int:
+        if self.node is not None:
+            return self._yaml(path)
+        return self._toml(path)
+
+    def _yaml(self, path: Sequence[Key]) -> int:
+        node: Any = self.node
+        line = 1
+        for key in path:
+            if isinstance(node, yaml.MappingNode):
+                found = next((v for k, v in node.value if k.value == key), None)
+                key_node = next((k for k, _ in node.value if k.value == key), None)
+                if found is None or key_node is None:
+                    break
+                line, node = key_node.start_mark.line + 1, found
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                if key >= len(node.value):
+                    break
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def _toml(self, path: Sequence[Key]) -> int:
+        lines = self.lines
+        if not path:
+            return 1
+        head, rest = path[0], list(path[1:])
+        start, end = 0, len(lines)
+        key: Key | None
+        if rest and isinstance(rest[0], int):  # an array of tables: its N-th header
+            header = re.compile(rf"^\s*\[\[\s*{re.escape(str(head))}\s*\]\]")
+            hits = [i for i, line in enumerate(lines) if header.match(line)]
+            index = rest.pop(0)
+            if not isinstance(index, int) or index >= len(hits):
+                return 1
+            start = hits[index]
+            end = self._section_end(start)
+            key = rest[0] if rest else None
+        elif rest:  # a table: its header, then the key in it
+            header = re.compile(rf"^\s*\[\s*{re.escape(str(head))}\s*\]")
+            hit = next((i for i, line in enumerate(lines) if header.match(line)), None)
+            if hit is None:
+                key = head  # maybe an inline table at the top
+                end = self._section_end(-1)
+            else:
+                start, end, key = hit, self._section_end(hit), rest[0]
+        else:
+            key, end = head, self._section_end(-1)
+        if key is None:
+            return start + 1
+        pattern = re.compile(rf"^\s*[\"']?{re.escape(str(key))}[\"']?\s*=")
+        for i in range(max(start, 0), end):
+            if pattern.match(lines[i]):
+                return i + 1
+        return start + 1
+
+    def _section_end(self, start: int) -> int:
+        for i in range(start + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                return i
+        return len(self.lines)
+
+
+class _Reader:
+    def __init__(self, source: str, lines: _Lines) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: Sequence[Key], reason: str) -> PolicyError:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        return PolicyError(f"{self.source}:{self.lines.of(path)}: {where}: {reason}")
+
+    def table(self, value: Any, path: Sequence[Key], known: set[str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, "must be a table")
+        for key in value:
+            if key not in known:
+                hint = ", ".join(sorted(known))
+                raise self.fail([*path, key], f"unknown key (known: {hint})")
+        return value
+
+    def tier(self, value: Any, path: Sequence[Key]) -> int:
+        if isinstance(value, str) and value.upper().startswith("ACL-"):
+            value = value[4:]
+            value = int(value) if value.isdigit() else value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIER:
+            raise self.fail(path, f"a tier is 0..{MAX_TIER} or 'ACL-0'..'ACL-{MAX_TIER}'")
+        return value
+
+    def number(self, value: Any, path: Sequence[Key], *, minimum: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self.fail(path, f"must be a number >= {minimum}")
+        return float(value)
+
+    def count(self, value: Any, path: Sequence[Key]) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(path, "must be an integer >= 1")
+        return value
+
+    def decision(self, value: Any, path: Sequence[Key]) -> Decision:
+        if value not in _DECISIONS:
+            raise self.fail(path, f"a decision is one of {', '.join(_DECISIONS)}")
+        return _DECISIONS[value]
+
+    def tier_map(self, value: Any, path: Sequence[Key]) -> dict[str, int]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, "must be a table of name = tier")
+        return {str(k): self.tier(v, [*path, k]) for k, v in value.items()}
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and check ``path`` (``.yaml``/``.yml`` as YAML, anything else TOML).
+
+    Raises:
+        PolicyError: the file cannot be read or is refused (``FILE:LINE: reason``).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}:1: cannot read the policy: {exc}") from None
+    return parse_policy(text, str(path), yaml_format=path.suffix in (".yaml", ".yml"))
+
+
+def parse_policy(text: str, source: str = "<policy>", *, yaml_format: bool = False) -> Policy:
+    """A policy from its text (see ``load_policy``)."""
+    node: yaml.Node | None = None
+    try:
+        if yaml_format:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        else:
+            data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise PolicyError(f"{source}:{match.group(1) if match else 1}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise PolicyError(f"{source}:{line}: {exc}") from None
+    r = _Reader(source, _Lines(text, node))
+    top = r.table(data if data is not None else {}, [], _TOP)
+    if top.get("version") != 1:
+        raise r.fail(["version"], "must be 1")
+    environment = top.get("environment", "development")
+    if not isinstance(environment, str):
+        raise r.fail(["environment"], "must be a string")
+    filtering = r.table(top.get("filtering"), ["filtering"], {"requests_min_tier"})
+    return Policy(
+        source=source,
+        environment=environment,
+        tiers=_tiers(r, top.get("tiers")),
+        categories=_categories(r, top.get("categories")),
+        capabilities=_capabilities(r, top.get("capabilities")),
+        tripwires=_tripwires(r, top.get("tripwires")),
+        trust_debt=_trust_debt(r, top.get("trust_debt")),
+        collusion=_collusion(r, top.get("collusion")),
+        requests_min_tier=r.tier(
+            filtering.get("requests_min_tier", 0), ["filtering", "requests_min_tier"]
+        ),
+    )
+
+
+_TOP = {
+    "version", "environment", "tiers", "categories", "capabilities", "tripwires",
+    "trust_debt", "collusion", "filtering",
+}  # fmt: skip
+
+
+def _tiers(r: _Reader, value: Any) -> Tiers:
+    path = ["tiers"]
+    t = r.table(value, path, {"default", "anonymous", "local", "principals", "roles", "peers"})
+    return Tiers(
+        default=r.tier(t.get("default", 1), [*path, "default"]),
+        anonymous=r.tier(t.get("anonymous", 0), [*path, "anonymous"]),
+        local=r.tier(t.get("local", MAX_TIER), [*path, "local"]),
+        principals=r.tier_map(t.get("principals"), [*path, "principals"]),
+        roles=r.tier_map(t.get("roles"), [*path, "roles"]),
+        peers=r.tier_map(t.get("peers"), [*path, "peers"]),
+    )
+
+
+def _categories(r: _Reader, value: Any) -> Categories:
+    path = ["categories"]
+    t = r.table(value, path, {*DEFAULT_CATEGORY_TIERS, "below_tier"})
+    minimum = dict(DEFAULT_CATEGORY_TIERS)
+    for name in DEFAULT_CATEGORY_TIERS:
+        if name in t:
+            minimum[name] = r.tier(t[name], [*path, name])
+    below = r.decision(t.get("below_tier", "block"), [*path, "below_tier"])
+    if below not in (Decision.BLOCK, Decision.ESCALATE):
+        raise r.fail([*path, "below_tier"], "must be 'block' or 'escalate'")
+    return Categories(minimum=minimum, below_tier=below)
+
+
+def _capabilities(r: _Reader, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise r.fail(["capabilities"], "must be a table of capability (or glob) = category")
+    out = {}
+    for pattern, category in value.items():
+        if category not in DEFAULT_CATEGORY_TIERS:
+            raise r.fail(
+                ["capabilities", pattern],
+                f"unknown category {category!r} (one of {', '.join(DEFAULT_CATEGORY_TIERS)})",
+            )
+        out[str(pattern)] = str(category)
+    return out
+
+
+_TRIPWIRE_KEYS = {
+    "id",
+    "capabilities",
+    "directions",
+    "when",
+    "action",
+    "flag",
+    "debt",
+    "reason",
+    "set",
+}
+
+
+def _tripwires(r: _Reader, value: Any) -> tuple[Tripwire, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.fail(["tripwires"], "must be an array of tables ([[tripwires]])")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        out.append(_tripwire(r, item, i, seen))
+    return tuple(out)
+
+
+def _tripwire(r: _Reader, item: Any, i: int, seen: set[str]) -> Tripwire:
+    path: list[Key] = ["tripwires", i]
+    t = r.table(item, path, _TRIPWIRE_KEYS)
+    rule_id = t.get("id")
+    if not isinstance(rule_id, str) or not _ID.match(rule_id):
+        raise r.fail([*path, "id"], "every tripwire needs an id (letters, digits, . _ : -)")
+    if rule_id in seen:
+        raise r.fail([*path, "id"], f"duplicate tripwire id {rule_id!r}")
+    seen.add(rule_id)
+    caps = t.get("capabilities", [])
+    if not isinstance(caps, list) or not all(isinstance(c, str) and c for c in caps):
+        raise r.fail([*path, "capabilities"], "must be a list of capability ids or globs")
+    directions = _directions(r, t.get("directions"), [*path, "directions"])
+    when = t.get("when", "")
+    if not isinstance(when, str):
+        raise r.fail([*path, "when"], "must be a CEL expression (a string)")
+    if when:
+        try:
+            expr.compile_condition(when)
+        except ValueError as exc:
+            raise r.fail([*path, "when"], f"does not compile: {exc}") from None
+    flag = t.get("flag", False)
+    if not isinstance(flag, bool):
+        raise r.fail([*path, "flag"], "must be true or false")
+    debt = t.get("debt")
+    nudge = t.get("set", {})
+    if not isinstance(nudge, Mapping):
+        raise r.fail([*path, "set"], "must be a table of parameters to set")
+    action = _action(r, t.get("action", "ok"), [*path, "action"])
+    if nudge and not any(a.decision == Decision.NUDGE for a in action):
+        raise r.fail([*path, "set"], "parameters are set only by a nudge")
+    reason = t.get("reason", "")
+    if not isinstance(reason, str):
+        raise r.fail([*path, "reason"], "must be a string")
+    return Tripwire(
+        id=rule_id,
+        line=r.lines.of(path),
+        capabilities=tuple(caps),
+        directions=directions,
+        when=when,
+        action=action,
+        flag=flag,
+        debt=None if debt is None else r.number(debt, [*path, "debt"]),
+        reason=reason,
+        set=dict(nudge),
+    )
+
+
+def _directions(r: _Reader, value: Any, path: list[Key]) -> frozenset[Direction]:
+    if value is None:
+        return DEFAULT_DIRECTIONS
+    names = {d.value: d for d in Direction}
+    if not isinstance(value, list) or not value or any(v not in names for v in value):
+        raise r.fail(path, f"must be a list of {', '.join(names)}")
+    return frozenset(names[v] for v in value)
+
+
+def _action(r: _Reader, value: Any, path: list[Key]) -> tuple[TierAction, ...]:
+    if isinstance(value, str):
+        return (TierAction(0, MAX_TIER, r.decision(value, path)),)
+    if not isinstance(value, Mapping) or not value:
+        raise r.fail(path, "a decision, or a table of tier range = decision ('0-2' = 'escalate')")
+    out = []
+    for span, decision in value.items():
+        match = _TIER_RANGE.match(str(span).replace("acl_", "").replace("_", "-"))
+        if match is None:
+            raise r.fail([*path, span], "a tier range is 'N' or 'N-M' (0..5)")
+        low = int(match.group(1) or match.group(3))
+        high = int(match.group(2) or match.group(3))
+        if not low <= high <= MAX_TIER:
+            raise r.fail([*path, span], "a tier range is 'N' or 'N-M' (0..5)")
+        out.append(TierAction(low, high, r.decision(decision, [*path, span])))
+    return tuple(out)
+
+
+def _trust_debt(r: _Reader, value: Any) -> TrustDebtPolicy:
+    path = ["trust_debt"]
+    t = r.table(value, path, {"flag_weight", "half_life_seconds", "max_principals"})
+    return TrustDebtPolicy(
+        flag_weight=r.number(t.get("flag_weight", 0.1), [*path, "flag_weight"]),
+        half_life_seconds=r.number(
+            t.get("half_life_seconds", 3600), [*path, "half_life_seconds"], minimum=1.0
+        ),
+        max_principals=r.count(t.get("max_principals", 10_000), [*path, "max_principals"]),
+    )
+
+
+def _threshold(
+    r: _Reader, value: Any, path: list[Key], count_key: str, default: str
+) -> Threshold | None:
+    if value is None:
+        return None
+    known = {count_key, "window_seconds", "action", "categories"}
+    t = r.table(value, path, known)
+    categories = t.get("categories", ["database", "financial", "system"])
+    if not isinstance(categories, list) or any(c not in DEFAULT_CATEGORY_TIERS for c in categories):
+        raise r.fail([*path, "categories"], "must be a list of categories")
+    action = t.get("action", default)
+    flag = action == "flag"  # orthogonal: the call goes on, flagged
+    return Threshold(
+        count=r.count(t.get(count_key), [*path, count_key]),
+        window_seconds=r.number(t.get("window_seconds", 60), [*path, "window_seconds"], minimum=1),
+        decision=Decision.OK if flag else r.decision(action, [*path, "action"]),
+        categories=frozenset(categories),
+        flag=flag,
+    )
+
+
+def _collusion(r: _Reader, value: Any) -> CollusionPolicy:
+    path: list[Key] = ["collusion"]
+    known = {"rapid_exchange", "data_aggregation", "circular_delegation", "max_tracked"}
+    t = r.table(value, path, known)
+    circular = r.table(
+        t.get("circular_delegation"), [*path, "circular_delegation"], {"depth", "action"}
+    )
+    return CollusionPolicy(
+        rapid_exchange=_threshold(
+            r, t.get("rapid_exchange"), [*path, "rapid_exchange"], "messages", "flag"
+        ),
+        data_aggregation=_threshold(
+            r, t.get("data_aggregation"), [*path, "data_aggregation"], "principals", "escalate"
+        ),
+        circular_depth=None if not circular else r.count(
+            circular.get("depth", 3), [*path, "circular_delegation", "depth"]
+        ),
+        circular_decision=r.decision(
+            circular.get("action", "halt"), [*path, "circular_delegation", "action"]
+        ),
+        max_tracked=r.count(t.get("max_tracked", 10_000), [*path, "max_tracked"]),
+    )  # fmt: skip
+
+
+def matches(pattern: str, name: str) -> bool:
+    """A capability pattern: an exact id, or an fnmatch glob."""
+    return pattern == name or fnmatch.fnmatchcase(name, pattern)
+
+
+__all__ = ["PolicyError", "load_policy", "matches", "parse_policy"]
