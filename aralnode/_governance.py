@@ -1,5 +1,6 @@
 """Governance and audit for a node (issue 16): the policy file and its reload, the
-audit log; started with the node, stopped after it stopped serving."""
+approval queue of escalated calls, the halts, the audit log; started with the
+node, stopped after it stopped serving."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from aralnode.config import NodeConfig
 from aralnode.core.clock import Clock
 from aralnode.core.identity import Identity
 from aralnode.policy.holder import PolicyHolder
+from aralnode.policy.model import EscalationPolicy
+from aralnode.service.approvals import ApprovalQueue
+from aralnode.service.halts import Halts
 from aralnode.service.pipeline import Pipeline
 from aralnode.store.audit import AuditLog
+
+HALTS_FILE = "halts.json"
 
 
 class Governance:
@@ -21,13 +27,36 @@ class Governance:
     def __init__(self) -> None:
         self.policy: PolicyHolder | None = None
         self.audit_log: AuditLog | None = None
+        self.approvals = ApprovalQueue()
+        self.halts: Halts | None = None
+        self._pipeline: Pipeline | None = None
         self._watch: asyncio.Task[None] | None = None
 
     def start(self, cfg: NodeConfig, identity: Identity, pipeline: Pipeline, clock: Clock) -> None:
-        """Load the policy (``PolicyError`` refuses the start), open the audit log."""
+        """Install the halts, load the policy (``PolicyError`` refuses the start),
+        install the approval queue, open the audit log."""
+        self._pipeline = pipeline
+        stages = pipeline.stages
+        self.halts = Halts(cfg.resolved_data_dir / HALTS_FILE)
+        stages.govern.halts = stages.authenticate.halts = self.halts
         self.policy = install_policy(cfg, pipeline, clock)
+        self.escalation_settings()
+        if self.policy is not None:
+            self.policy.on_reload = self.escalation_settings
         self.audit_log = open_audit_log(cfg, identity, pipeline)
         self._watch = start_watch(self.policy, cfg)
+
+    def escalation_settings(self) -> None:
+        """The queue's bounds from the policy's ``[escalation]`` (defaults without a
+        policy); a timeout of 0 refuses escalations at once (no queue)."""
+        settings = self.policy.current.policy.escalation if self.policy else EscalationPolicy()
+        queue = self.approvals
+        queue.timeout = settings.timeout_seconds
+        queue.max_pending = settings.max_pending
+        queue.max_pending_per_principal = settings.max_pending_per_principal
+        if self._pipeline is not None:
+            waiting = settings.timeout_seconds > 0
+            self._pipeline.stages.govern.approvals = queue if waiting else None
 
     async def stop(self, pipeline: Pipeline) -> None:
         await stop_watch(self._watch)
@@ -36,4 +65,4 @@ class Governance:
         self.audit_log = None
 
 
-__all__ = ["Governance"]
+__all__ = ["HALTS_FILE", "Governance"]

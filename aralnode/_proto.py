@@ -61,6 +61,15 @@ ListPeersRequest = node_pb2.ListPeersRequest
 ListPeersResponse = node_pb2.ListPeersResponse
 Peer = node_pb2.Peer
 PeerState = node_pb2.PeerState
+ListApprovalsRequest = node_pb2.ListApprovalsRequest
+ListApprovalsResponse = node_pb2.ListApprovalsResponse
+Approval = node_pb2.Approval
+DecideRequest = node_pb2.DecideRequest
+ListHaltsRequest = node_pb2.ListHaltsRequest
+ListHaltsResponse = node_pb2.ListHaltsResponse
+Halt = node_pb2.Halt
+ClearHaltRequest = node_pb2.ClearHaltRequest
+ClearHaltResponse = node_pb2.ClearHaltResponse
 
 _GRPC_NAMES = ("AgentNodeServicer", "AgentNodeStub", "add_AgentNodeServicer_to_server")
 

@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aralnode import _proto as pb
-from aralnode import cli_apikey, cli_audit, cli_ca, cli_config, cli_policy
+from aralnode import cli_apikey, cli_audit, cli_ca, cli_config, cli_governance, cli_policy
 from aralnode._runtime import tune_for_serving
 from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
 from aralnode.config_file import ConfigFileError
@@ -532,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_apikey.add_parser(sub)
     cli_audit.add_parser(sub)
     cli_policy.add_parser(sub)
+    cli_governance.add_parser(sub)
     keys = sub.add_parser("keys", parents=[verbose], help="identity keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     show = keys_sub.add_parser("show", parents=[verbose], help="show the node identity")

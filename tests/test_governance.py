@@ -107,6 +107,7 @@ async def test_blocked_call_over_grpc_and_in_process(make_node: Callable[..., No
     )
     node = make_node("governed", governance=policy)
     async with node, NodeClient(node.address) as client:
+        node.pipeline.stages.govern.approvals = None  # no approval queue: refused at once
         with pytest.raises(GovernanceBlocked) as info:
             await client.call("demo.add", {"a": 1, "b": 2})
         assert "adding is forbidden" in info.value.message

@@ -59,6 +59,7 @@ LAYER_OF = {
     "aralnode._governance": "root",
     "aralnode.policy": "policy",
     "aralnode.cli_policy": "tools",
+    "aralnode.cli_governance": "tools",
     "aralnode.node": "root",
     "aralnode.testing": "tools",
     "aralnode.cli": "tools",

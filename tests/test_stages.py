@@ -256,7 +256,7 @@ def test_govern_enforces_and_records_the_decision() -> None:
     seen: list[str] = []
     stage.listeners.append(lambda ctx, act, verdict: seen.append(verdict.decision.label))
     ctx = ctx_with()
-    assert stage(ctx, action()) is None  # not nudged: go on with the request as is
+    assert stage(ctx, action()).parameters is None  # not nudged: the request as is
     assert (ctx.decision, ctx.flags, counters["governance.flagged"]) == ("ok", ["watch"], 1)
     with pytest.raises(GovernanceBlocked):
         stage(ctx, action("bad"))
@@ -268,7 +268,7 @@ def test_a_nudge_replaces_the_parameters() -> None:
         def evaluate(self, act: Action) -> Verdict:
             return Verdict(Decision.NUDGE, parameters={"text": "tamed"})
 
-    assert Govern(Nudge(), Counter())(ctx_with(), action()) == {"text": "tamed"}
+    assert Govern(Nudge(), Counter())(ctx_with(), action()).parameters == {"text": "tamed"}
 
 
 def test_a_listener_watches_but_an_evaluator_decides() -> None:

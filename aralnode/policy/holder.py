@@ -44,6 +44,7 @@ class PolicyHolder:
         self.memory = Memory(now, policy)
         self.current = PolicyEvaluator(policy, self.memory)
         self.last_error = ""
+        self.on_reload: Callable[[], None] | None = None
 
     def evaluate(self, action: Action) -> Verdict:
         return self.current.evaluate(action)
@@ -68,6 +69,8 @@ class PolicyHolder:
         self.current = PolicyEvaluator(policy, self.memory)
         self.last_error = ""
         self.counters["governance.policy_reloaded"] += 1
+        if self.on_reload is not None:
+            self.on_reload()
         log.info("policy %s reloaded: %d tripwire(s)", self.path, len(policy.tripwires))
         return True
 

@@ -25,6 +25,7 @@ from aralnode.policy.model import (
     MAX_TIER,
     Categories,
     CollusionPolicy,
+    EscalationPolicy,
     Policy,
     Threshold,
     TierAction,
@@ -215,12 +216,25 @@ def parse_policy(text: str, source: str = "<policy>", *, yaml_format: bool = Fal
         requests_min_tier=r.tier(
             filtering.get("requests_min_tier", 0), ["filtering", "requests_min_tier"]
         ),
+        escalation=_escalation(r, top.get("escalation")),
+    )
+
+
+def _escalation(r: _Reader, value: Any) -> EscalationPolicy:
+    path = ["escalation"]
+    t = r.table(value, path, {"timeout_seconds", "max_pending", "max_pending_per_principal"})
+    return EscalationPolicy(
+        timeout_seconds=r.number(t.get("timeout_seconds", 60.0), [*path, "timeout_seconds"]),
+        max_pending=r.count(t.get("max_pending", 256), [*path, "max_pending"]),
+        max_pending_per_principal=r.count(
+            t.get("max_pending_per_principal", 16), [*path, "max_pending_per_principal"]
+        ),
     )
 
 
 _TOP = {
     "version", "environment", "tiers", "categories", "capabilities", "tripwires",
-    "trust_debt", "collusion", "filtering",
+    "trust_debt", "collusion", "filtering", "escalation",
 }  # fmt: skip
 
 

@@ -101,6 +101,15 @@ class CollusionPolicy:
 
 
 @dataclass(slots=True, frozen=True)
+class EscalationPolicy:
+    """How escalated calls wait (``timeout_seconds`` 0: refused at once)."""
+
+    timeout_seconds: float = 60.0
+    max_pending: int = 256
+    max_pending_per_principal: int = 16
+
+
+@dataclass(slots=True, frozen=True)
 class Policy:
     """A whole policy file."""
 
@@ -113,6 +122,7 @@ class Policy:
     trust_debt: TrustDebtPolicy = field(default_factory=TrustDebtPolicy)
     collusion: CollusionPolicy = field(default_factory=CollusionPolicy)
     requests_min_tier: int = 0
+    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
 
 
 __all__ = [
@@ -121,6 +131,7 @@ __all__ = [
     "MAX_TIER",
     "Categories",
     "CollusionPolicy",
+    "EscalationPolicy",
     "Policy",
     "Threshold",
     "TierAction",

@@ -42,6 +42,7 @@ from aralnode.core.handshake import (
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo
 from aralnode.core.replay import ReplayGuard
+from aralnode.service.admin import AdminMethods
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.context import ContextBuilder
@@ -128,10 +129,16 @@ BUILT_INS: dict[str, BuiltIn] = {
     "ListCapabilities": BuiltIn("list_capabilities", tool=True),
     "GetStatus": BuiltIn("get_status", tool=True),
     "ListPeers": BuiltIn("list_peers", tool=True),
+    # agent:admin (service/admin.py): never MCP tools
+    "ListApprovals": BuiltIn("list_approvals", tool=False),
+    "Approve": BuiltIn("approve", tool=False),
+    "Deny": BuiltIn("deny", tool=False),
+    "ListHalts": BuiltIn("list_halts", tool=False),
+    "ClearHalt": BuiltIn("clear_halt", tool=False),
 }
 
 
-class NodeService:
+class NodeService(AdminMethods):
     """The node's own methods (see the module docstring)."""
 
     def __init__(
@@ -192,6 +199,7 @@ class NodeService:
         )
         if self.bind_certificate is not None:  # before anything is pinned or kept
             self.bind_certificate(certificate, verified.node_id)
+        self.pipeline.admit_peer(verified.node_id, transport_peer)  # the connection point
         keyring = env.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
         keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)

@@ -55,8 +55,17 @@ from aralnode.core.errors import (
     InternalError,
     InvalidParameters,
     OutOfRange,
+    PermissionDenied,
 )
-from aralnode.core.governance import Action, Decision, Direction, Evaluator, Verdict
+from aralnode.core.governance import (
+    Action,
+    Decision,
+    Direction,
+    Escalation,
+    Evaluator,
+    Verdict,
+    enforce,
+)
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.stages import Stages, VerdictListener
 
@@ -288,10 +297,13 @@ class Pipeline:
             )  # fmt: skip
             if message is not None:
                 action.message = message
-            value = self._governed(st.govern(ctx, action), params, message, method_id)
+            verdict = st.govern(ctx, action, can_wait=True)
+            if verdict.decision is Decision.ESCALATE:
+                await self._approved(ctx, action, verdict)
+            value = self._governed(verdict.parameters, params, message, method_id)
             checked = self._checked
             async for item in start(value):
-                yield checked(ctx, action, item) if st.post_check.checks else item
+                yield await checked(ctx, action, item) if st.post_check.checks else item
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -352,7 +364,7 @@ class Pipeline:
                 direction, action_id, ctx.caller, ctx.door, "unspecified", params, peer,
                 chain=ctx.chain, principal=ctx.principal, kind=ctx.kind, roles=ctx.roles,
             )  # fmt: skip
-            nudged = st.govern(ctx, action)
+            nudged = st.govern(ctx, action).parameters  # (an escalation cannot wait here)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
@@ -387,7 +399,7 @@ class Pipeline:
             checks = st.post_check.checks
             if st.audit.log is not None:
                 self._begin(ctx, value, message)
-            action, value = self._judged(ctx, target, value, message)
+            action, value = await self._judged(ctx, target, value, message)
             point = _POST
             try:
                 if ctx.deadline is None or ctx.deadline_enforced:
@@ -400,7 +412,7 @@ class Pipeline:
             except Exception as exc:  # (a CancelledError is no Exception: it goes on)
                 raise self._failed(ctx, target_id, exc) from exc
             if action is not None and checks:
-                result = self._checked(ctx, action, result)
+                result = await self._checked(ctx, action, result)
             if message is None:
                 _json_result(result, target_id)
         except AralError as exc:
@@ -416,11 +428,12 @@ class Pipeline:
             await st.audit.durable(ticket)
         return result
 
-    def _judged(
+    async def _judged(
         self, ctx: CallContext, target: Target, value: Any, message: Message | None
     ) -> tuple[Action | None, Any]:
         """The govern stage: the action judged (``None`` when nothing judges or
-        checks, and the verdict is ok without one) and what the handler gets."""
+        checks, and the verdict is ok without one) and what the handler gets; an
+        escalation waits here for its approver."""
         st = self.stages
         govern = st.govern
         if govern.active or st.post_check.checks:
@@ -430,14 +443,42 @@ class Pipeline:
                 message=message, chain=ctx.chain, principal=ctx.principal, kind=ctx.kind,
                 roles=ctx.roles,
             )  # fmt: skip
-            return action, self._governed(govern(ctx, action), value, message, target.id)
+            verdict = govern(ctx, action, can_wait=True)
+            if verdict.decision is Decision.ESCALATE:
+                await self._approved(ctx, action, verdict)
+            return action, self._governed(verdict.parameters, value, message, target.id)
         ctx.decision = OK  # no rule and nobody watching: ok, with no Action made
         return None, value if message is None else message
 
-    def _checked(self, ctx: CallContext, action: Action, result: Any) -> Any:
+    async def _approved(self, ctx: CallContext, action: Action, verdict: Verdict) -> None:
+        """Wait in the approval queue (govern returned an escalation only if there
+        is one); refused unless approved."""
+        queue = self.stages.govern.approvals
+        assert queue is not None
+        self.stages.counters["governance.escalated"] += 1
+        await queue.wait(ctx, action, verdict)
+        ctx.flags.append("escalation.approved")
+
+    async def _checked(self, ctx: CallContext, action: Action, result: Any) -> Any:
         """The post-check stage on a result. Checks see JSON on every door: a
         protobuf result as its proto3 JSON view, and what a check changed in that
-        view goes back into a message of the same type."""
+        view goes back into a message of the same type. A check that escalates
+        holds the result until an approver decides (refused without a queue)."""
+        try:
+            return self._checked_now(ctx, action, result)
+        except Escalation as held:
+            queue = self.stages.govern.approvals
+            ctx.decision = Decision.ESCALATE.label
+            ctx.rules = (*ctx.rules, *held.verdict.rule_ids)
+            if queue is None:
+                enforce(held.verdict, action)
+            await self._approved(ctx, action, held.verdict)
+            checked = held.result
+            if isinstance(result, Message) and not isinstance(checked, Message):
+                return request_from(type(result), checked, action.capability)
+            return checked
+
+    def _checked_now(self, ctx: CallContext, action: Action, result: Any) -> Any:
         post_check = self.stages.post_check
         if not isinstance(result, Message):
             return post_check(ctx, action, result)
@@ -453,6 +494,43 @@ class Pipeline:
                 f"that is not a {result.DESCRIPTOR.full_name}",
                 reason="POST_CHECK_FAILED",
             ) from exc
+
+    def admit_peer(self, node_id: str, address: str) -> None:
+        """The connection injection point (ACGP-1008 §6): a verified peer's
+        handshake is judged before anything of it is kept. A halted peer, or one
+        the policy does not admit (a ``connect`` rule deciding anything above
+        nudge: a handshake cannot wait for an approver), is refused; the decision
+        is audited either way.
+
+        Raises:
+            PermissionDenied: ``HALTED`` or ``CONNECTION_REFUSED_BY_POLICY``.
+        """
+        st = self.stages
+        ctx = CallContext(door="grpc", caller=node_id, peer=address, kind="node")
+        target = Target("connect", Direction.CONNECT, kind="connect")
+        try:
+            halts = st.govern.halts
+            if halts and halts.is_halted(node_id):
+                raise PermissionDenied(f"peer {node_id} is halted by governance", reason="HALTED")
+            if st.govern.active:
+                action = Action(
+                    Direction.CONNECT, "connect", node_id, "grpc", "unspecified", {}, node_id,
+                    principal=node_id, kind="node",
+                )  # fmt: skip
+                verdict = st.govern.judge(action, ctx)
+                ctx.decision, ctx.rules = verdict.decision.label, verdict.rule_ids
+                if verdict.decision > Decision.NUDGE:
+                    raise PermissionDenied(
+                        f"peer {node_id} is not admitted by policy: "
+                        + ("; ".join(verdict.reasons) or "policy"),
+                        reason="CONNECTION_REFUSED_BY_POLICY",
+                        details={"rules": list(verdict.rule_ids)},
+                    )
+        except AralError as exc:
+            self._ended(ctx, target, exc, Point.CONNECT.value)
+            raise
+        if st.audit.log is not None or st.audit.sinks:
+            self._ended(ctx, target, None, Point.CONNECT.value)
 
     def authenticate(self, ctx: CallContext, action_id: str) -> None:
         """Run the first stage alone, for a door that must know who calls before it

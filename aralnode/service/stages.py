@@ -36,7 +36,16 @@ from aralnode.core.errors import (
     RateLimited,
     Unauthenticated,
 )
-from aralnode.core.governance import Action, AllowAll, Decision, Evaluator, Verdict, enforce
+from aralnode.core.governance import (
+    Action,
+    AllowAll,
+    Decision,
+    Escalation,
+    Evaluator,
+    Verdict,
+    enforce,
+)
+from aralnode.service.approvals import ApprovalQueue
 from aralnode.service.auth import (
     AGENT_INVOKE,
     ALL_SCOPES,
@@ -47,6 +56,7 @@ from aralnode.service.auth import (
     PeerAuthenticator,
     ScopeResolver,
 )
+from aralnode.service.halts import Halts
 
 log = get_logger("aralnode.pipeline")
 
@@ -60,7 +70,7 @@ class Authenticate:
     its statement's scopes, and refuses anonymous callers where the node serves
     none."""
 
-    __slots__ = ("allow_anonymous", "authenticator", "counters", "roles")
+    __slots__ = ("allow_anonymous", "authenticator", "counters", "halts", "roles")
 
     def __init__(
         self,
@@ -74,6 +84,7 @@ class Authenticate:
         self.allow_anonymous = allow_anonymous
         self.counters = counters
         self.roles: ScopeResolver = roles or ImplicitRoles()
+        self.halts: Halts | None = None  # governance's halts: refused before all else
 
     def __call__(self, ctx: CallContext) -> None:
         if not ctx.authenticated:
@@ -105,6 +116,13 @@ class Authenticate:
             if who.chain:
                 ctx.chain = who.chain
             ctx.authenticated = True
+        halts = self.halts
+        if halts:  # (only while some halt exists)
+            try:
+                halts.check(ctx)
+            except AralError:
+                self.counters["governance.halted_refused"] += 1
+                raise
         if not self.allow_anonymous and ctx.anonymous:
             self.counters["auth.anonymous_refused"] += 1
             raise Unauthenticated(
@@ -308,12 +326,14 @@ class Govern:
     evaluator decides: one that fails refuses the call (fail closed).
     """
 
-    __slots__ = ("counters", "evaluator", "listeners")
+    __slots__ = ("approvals", "counters", "evaluator", "halts", "listeners")
 
     def __init__(self, evaluator: Evaluator, counters: Counter[str]) -> None:
         self.evaluator = evaluator
         self.counters = counters
         self.listeners: list[VerdictListener] = []
+        self.approvals: ApprovalQueue | None = None  # where escalated calls wait
+        self.halts: Halts | None = None  # who a halt stopped
 
     @property
     def active(self) -> bool:
@@ -345,9 +365,13 @@ class Govern:
                     log.exception("governance verdict listener failed")
         return verdict
 
-    def __call__(self, ctx: CallContext | None, action: Action) -> Any:
-        """Judge and enforce; the parameters to go on with (a nudge may have
-        replaced them: then ``verdict.parameters``, else the action's own)."""
+    def __call__(
+        self, ctx: CallContext | None, action: Action, *, can_wait: bool = False
+    ) -> Verdict:
+        """Judge and enforce; the verdict (a nudge's parameters in
+        ``verdict.parameters``). An escalation returns for the caller to wait in
+        ``approvals`` when it can wait and a queue is installed; otherwise it is
+        refused (fail closed)."""
         verdict = self.judge(action, ctx)
         decision = verdict.decision
         if ctx is not None:
@@ -356,8 +380,12 @@ class Govern:
             if verdict.flagged:
                 ctx.flags.extend(verdict.rule_ids)
         if decision > Decision.NUDGE:
+            if decision is Decision.ESCALATE and can_wait and self.approvals is not None:
+                return verdict
+            if decision is Decision.HALT and ctx is not None and self.halts is not None:
+                self.halts.halted(ctx, action, verdict)
             enforce(verdict, action)
-        return verdict.parameters
+        return verdict
 
 
 class ResponseCheck(Protocol):
@@ -380,7 +408,7 @@ class PostCheck:
         for check in self.checks:
             try:
                 result = check.check(ctx, action, result)
-            except AralError:
+            except (AralError, Escalation):  # a refusal, or a result held for approval
                 raise
             except Exception as exc:  # fail closed: an unchecked result does not leave
                 log.exception("response check failed on %s", action.capability)

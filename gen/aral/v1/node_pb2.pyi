@@ -299,3 +299,95 @@ class ListPeersResponse(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("id", "state", "principal", "caller", "door", "action", "direction", "reasons", "rules", "trace_id", "params_digest", "preview", "created_ms", "expires_ms", "decided_by", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    DOOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    principal: str
+    caller: str
+    door: str
+    action: str
+    direction: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    trace_id: str
+    params_digest: str
+    preview: str
+    created_ms: int
+    expires_ms: int
+    decided_by: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., principal: _Optional[str] = ..., caller: _Optional[str] = ..., door: _Optional[str] = ..., action: _Optional[str] = ..., direction: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[str]] = ..., trace_id: _Optional[str] = ..., params_digest: _Optional[str] = ..., preview: _Optional[str] = ..., created_ms: _Optional[int] = ..., expires_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[Approval]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ListHaltsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Halt(_message.Message):
+    __slots__ = ("subject", "kind", "reason", "rules", "since_ms", "trace_id")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    kind: str
+    reason: str
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    since_ms: int
+    trace_id: str
+    def __init__(self, subject: _Optional[str] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., since_ms: _Optional[int] = ..., trace_id: _Optional[str] = ...) -> None: ...
+
+class ListHaltsResponse(_message.Message):
+    __slots__ = ("halts",)
+    HALTS_FIELD_NUMBER: _ClassVar[int]
+    halts: _containers.RepeatedCompositeFieldContainer[Halt]
+    def __init__(self, halts: _Optional[_Iterable[_Union[Halt, _Mapping]]] = ...) -> None: ...
+
+class ClearHaltRequest(_message.Message):
+    __slots__ = ("subject",)
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    def __init__(self, subject: _Optional[str] = ...) -> None: ...
+
+class ClearHaltResponse(_message.Message):
+    __slots__ = ("cleared",)
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    cleared: bool
+    def __init__(self, cleared: _Optional[bool] = ...) -> None: ...

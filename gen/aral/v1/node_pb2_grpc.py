@@ -66,6 +66,31 @@ class AgentNodeStub:
                 request_serializer=aral_dot_v1_dot_node__pb2.ListPeersRequest.SerializeToString,
                 response_deserializer=aral_dot_v1_dot_node__pb2.ListPeersResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/aral.v1.AgentNode/ListApprovals',
+                request_serializer=aral_dot_v1_dot_node__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=aral_dot_v1_dot_node__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/aral.v1.AgentNode/Approve',
+                request_serializer=aral_dot_v1_dot_node__pb2.DecideRequest.SerializeToString,
+                response_deserializer=aral_dot_v1_dot_node__pb2.Approval.FromString,
+                _registered_method=True)
+        self.Deny = channel.unary_unary(
+                '/aral.v1.AgentNode/Deny',
+                request_serializer=aral_dot_v1_dot_node__pb2.DecideRequest.SerializeToString,
+                response_deserializer=aral_dot_v1_dot_node__pb2.Approval.FromString,
+                _registered_method=True)
+        self.ListHalts = channel.unary_unary(
+                '/aral.v1.AgentNode/ListHalts',
+                request_serializer=aral_dot_v1_dot_node__pb2.ListHaltsRequest.SerializeToString,
+                response_deserializer=aral_dot_v1_dot_node__pb2.ListHaltsResponse.FromString,
+                _registered_method=True)
+        self.ClearHalt = channel.unary_unary(
+                '/aral.v1.AgentNode/ClearHalt',
+                request_serializer=aral_dot_v1_dot_node__pb2.ClearHaltRequest.SerializeToString,
+                response_deserializer=aral_dot_v1_dot_node__pb2.ClearHaltResponse.FromString,
+                _registered_method=True)
 
 
 class AgentNodeServicer:
@@ -117,6 +142,42 @@ class AgentNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Lists the calls governance escalated that wait for an approver (scope
+        agent:admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Lets an escalated call run (scope agent:admin; never the call's own caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deny(self, request, context):
+        """Refuses an escalated call (scope agent:admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHalts(self, request, context):
+        """Lists the principals and peers governance halted (scope agent:admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearHalt(self, request, context):
+        """Clears a halt: the principal or peer is served again (scope agent:admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +210,31 @@ def add_AgentNodeServicer_to_server(servicer, server):
                     servicer.ListPeers,
                     request_deserializer=aral_dot_v1_dot_node__pb2.ListPeersRequest.FromString,
                     response_serializer=aral_dot_v1_dot_node__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=aral_dot_v1_dot_node__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=aral_dot_v1_dot_node__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=aral_dot_v1_dot_node__pb2.DecideRequest.FromString,
+                    response_serializer=aral_dot_v1_dot_node__pb2.Approval.SerializeToString,
+            ),
+            'Deny': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deny,
+                    request_deserializer=aral_dot_v1_dot_node__pb2.DecideRequest.FromString,
+                    response_serializer=aral_dot_v1_dot_node__pb2.Approval.SerializeToString,
+            ),
+            'ListHalts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHalts,
+                    request_deserializer=aral_dot_v1_dot_node__pb2.ListHaltsRequest.FromString,
+                    response_serializer=aral_dot_v1_dot_node__pb2.ListHaltsResponse.SerializeToString,
+            ),
+            'ClearHalt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearHalt,
+                    request_deserializer=aral_dot_v1_dot_node__pb2.ClearHaltRequest.FromString,
+                    response_serializer=aral_dot_v1_dot_node__pb2.ClearHaltResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +400,141 @@ class AgentNode:
             '/aral.v1.AgentNode/ListPeers',
             aral_dot_v1_dot_node__pb2.ListPeersRequest.SerializeToString,
             aral_dot_v1_dot_node__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aral.v1.AgentNode/ListApprovals',
+            aral_dot_v1_dot_node__pb2.ListApprovalsRequest.SerializeToString,
+            aral_dot_v1_dot_node__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aral.v1.AgentNode/Approve',
+            aral_dot_v1_dot_node__pb2.DecideRequest.SerializeToString,
+            aral_dot_v1_dot_node__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deny(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aral.v1.AgentNode/Deny',
+            aral_dot_v1_dot_node__pb2.DecideRequest.SerializeToString,
+            aral_dot_v1_dot_node__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHalts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aral.v1.AgentNode/ListHalts',
+            aral_dot_v1_dot_node__pb2.ListHaltsRequest.SerializeToString,
+            aral_dot_v1_dot_node__pb2.ListHaltsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearHalt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aral.v1.AgentNode/ClearHalt',
+            aral_dot_v1_dot_node__pb2.ClearHaltRequest.SerializeToString,
+            aral_dot_v1_dot_node__pb2.ClearHaltResponse.FromString,
             options,
             channel_credentials,
             insecure,
