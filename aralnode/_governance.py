@@ -5,20 +5,44 @@ node, stopped after it stopped serving."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aralnode._audit import close_audit_log, open_audit_log
 from aralnode._policy import install_policy, start_watch, stop_watch
 from aralnode.config import NodeConfig
+from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import Clock
 from aralnode.core.identity import Identity
 from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.model import EscalationPolicy
+from aralnode.policy.post import OutputSchema, PostPolicy, SensitiveData
 from aralnode.service.approvals import ApprovalQueue
 from aralnode.service.halts import Halts
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.stages import ResponseCheck
 from aralnode.store.audit import AuditLog
 
 HALTS_FILE = "halts.json"
+
+
+def post_checks(holder: PolicyHolder, registry: CapabilityRegistry) -> list[ResponseCheck]:
+    """The post-execution checks of the policy's ``[post]`` (none while it has
+    none: each reads the policy in force on every call, so a reload applies)."""
+
+    def post() -> PostPolicy | None:
+        return holder.current.policy.post
+
+    def schema_of(capability: str) -> dict[str, Any] | None:
+        if capability not in registry:
+            return None  # a built-in method, a forwarded call
+        cap = registry.get(capability)
+        # A protobuf method's result is its message: nothing to check.
+        return None if cap.message_handler is not None else cap.output_schema
+
+    return [
+        SensitiveData(post, holder.tier_of),
+        OutputSchema(post, schema_of, holder.memory.ledger.flag),
+    ]
 
 
 class Governance:
@@ -32,17 +56,25 @@ class Governance:
         self._pipeline: Pipeline | None = None
         self._watch: asyncio.Task[None] | None = None
 
-    def start(self, cfg: NodeConfig, identity: Identity, pipeline: Pipeline, clock: Clock) -> None:
+    def start(
+        self,
+        cfg: NodeConfig,
+        identity: Identity,
+        pipeline: Pipeline,
+        clock: Clock,
+        registry: CapabilityRegistry,
+    ) -> None:
         """Install the halts, load the policy (``PolicyError`` refuses the start),
         install the approval queue, open the audit log."""
         self._pipeline = pipeline
         stages = pipeline.stages
         self.halts = Halts(cfg.resolved_data_dir / HALTS_FILE)
         stages.govern.halts = stages.authenticate.halts = self.halts
-        self.policy = install_policy(cfg, pipeline, clock)
+        self.policy = holder = install_policy(cfg, pipeline, clock)
         self.escalation_settings()
-        if self.policy is not None:
-            self.policy.on_reload = self.escalation_settings
+        if holder is not None:
+            holder.on_reload = self.escalation_settings
+            stages.post_check.checks.extend(post_checks(holder, registry))
         self.audit_log = open_audit_log(cfg, identity, pipeline)
         self._watch = start_watch(self.policy, cfg)
 

@@ -316,7 +316,7 @@ class Node:
         log.info("node %s (%s) serving gRPC on %s", cfg.name, self.node_id, self.address)
 
     async def _start(self) -> None:
-        self.governing.start(self.config, self.identity, self.pipeline, self.clock)
+        self.governing.start(self.config, self.identity, self.pipeline, self.clock, self.registry)
         backends = self._backends
         if backends is None:
             backends = build_backends(self.config, self.node_id)

@@ -33,6 +33,7 @@ from aralnode.policy.model import (
     Tripwire,
     TrustDebtPolicy,
 )
+from aralnode.policy.post import POST_ACTIONS, Detector, PostPolicy
 
 Key = str | int
 _DECISIONS = {d.label: d for d in Decision}
@@ -217,7 +218,81 @@ def parse_policy(text: str, source: str = "<policy>", *, yaml_format: bool = Fal
             filtering.get("requests_min_tier", 0), ["filtering", "requests_min_tier"]
         ),
         escalation=_escalation(r, top.get("escalation")),
+        post=_post(r, top.get("post"), top.get("trust_debt")),
     )
+
+
+def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
+    if value is None:
+        return None
+    path: list[Key] = ["post"]
+    known = {"sensitive", "schema_mismatch", "replacement", "builtin", "detectors"}
+    t = r.table(value, path, known)
+    sensitive = t.get("sensitive", {"0-2": "redact", "3-5": "escalate"})
+    spans: list[tuple[int, int, str]] = []
+    if isinstance(sensitive, str):
+        sensitive = {"0-5": sensitive}
+    if not isinstance(sensitive, Mapping):
+        raise r.fail([*path, "sensitive"], "an action, or a table of tier range = action")
+    for span, action in sensitive.items():
+        low, high = _span(r, str(span), [*path, "sensitive", span])
+        if action not in POST_ACTIONS:
+            raise r.fail([*path, "sensitive", span], f"one of {', '.join(POST_ACTIONS)}")
+        spans.append((low, high, action))
+    mismatch = t.get("schema_mismatch", "flag")
+    if mismatch not in ("flag", "block", "ok"):
+        raise r.fail([*path, "schema_mismatch"], "one of flag, block, ok")
+    replacement = t.get("replacement", "[REDACTED:{name}]")
+    if not isinstance(replacement, str) or len(replacement) > 200:
+        raise r.fail([*path, "replacement"], "a string (up to 200 characters; {name} allowed)")
+    builtin = t.get("builtin", True)
+    if not isinstance(builtin, bool):
+        raise r.fail([*path, "builtin"], "must be true or false")
+    weight = debt.get("flag_weight", 0.1) if isinstance(debt, Mapping) else 0.1
+    return PostPolicy(
+        sensitive=tuple(spans),
+        schema_mismatch=mismatch,
+        replacement=replacement,
+        builtin=builtin,
+        detectors=_detectors(r, t.get("detectors")),
+        flag_weight=float(weight),
+    )
+
+
+def _detectors(r: _Reader, value: Any) -> tuple[Detector, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.fail(["post", "detectors"], "an array of tables ([[post.detectors]])")
+    out = []
+    for i, item in enumerate(value):
+        path: list[Key] = ["post", "detectors", i]
+        t = r.table(item, path, {"name", "pattern", "keys"})
+        name = t.get("name")
+        if not isinstance(name, str) or not _ID.match(name):
+            raise r.fail([*path, "name"], "every detector needs a name")
+        pattern = t.get("pattern", "")
+        keys = t.get("keys", [])
+        if not isinstance(pattern, str) or not isinstance(keys, list) or not (pattern or keys):
+            raise r.fail(path, "a detector has a pattern, or keys (field names), or both")
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise r.fail([*path, "pattern"], f"not a regular expression: {exc}") from None
+        out.append(Detector(name, pattern, frozenset(str(k).lower() for k in keys)))
+    return tuple(out)
+
+
+def _span(r: _Reader, span: str, path: list[Key]) -> tuple[int, int]:
+    match = _TIER_RANGE.match(span.replace("acl_", "").replace("_", "-"))
+    if match is None:
+        raise r.fail(path, "a tier range is 'N' or 'N-M' (0..5)")
+    low = int(match.group(1) or match.group(3))
+    high = int(match.group(2) or match.group(3))
+    if not low <= high <= MAX_TIER:
+        raise r.fail(path, "a tier range is 'N' or 'N-M' (0..5)")
+    return low, high
 
 
 def _escalation(r: _Reader, value: Any) -> EscalationPolicy:
@@ -234,7 +309,7 @@ def _escalation(r: _Reader, value: Any) -> EscalationPolicy:
 
 _TOP = {
     "version", "environment", "tiers", "categories", "capabilities", "tripwires",
-    "trust_debt", "collusion", "filtering", "escalation",
+    "trust_debt", "collusion", "filtering", "escalation", "post",
 }  # fmt: skip
 
 
@@ -369,13 +444,7 @@ def _action(r: _Reader, value: Any, path: list[Key]) -> tuple[TierAction, ...]:
         raise r.fail(path, "a decision, or a table of tier range = decision ('0-2' = 'escalate')")
     out = []
     for span, decision in value.items():
-        match = _TIER_RANGE.match(str(span).replace("acl_", "").replace("_", "-"))
-        if match is None:
-            raise r.fail([*path, span], "a tier range is 'N' or 'N-M' (0..5)")
-        low = int(match.group(1) or match.group(3))
-        high = int(match.group(2) or match.group(3))
-        if not low <= high <= MAX_TIER:
-            raise r.fail([*path, span], "a tier range is 'N' or 'N-M' (0..5)")
+        low, high = _span(r, str(span), [*path, span])
         out.append(TierAction(low, high, r.decision(decision, [*path, span])))
     return tuple(out)
 

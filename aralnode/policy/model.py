@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aralnode.core.governance import Decision, Direction
+from aralnode.policy.post import PostPolicy
 
 # ACGP-1008 §2.4: the minimum ACL tier of each tool category.
 DEFAULT_CATEGORY_TIERS: Mapping[str, int] = {
@@ -123,6 +124,7 @@ class Policy:
     collusion: CollusionPolicy = field(default_factory=CollusionPolicy)
     requests_min_tier: int = 0
     escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    post: PostPolicy | None = None  # no [post]: results are not checked
 
 
 __all__ = [

@@ -1,0 +1,247 @@
+"""Post-execution checks (ACGP-1008 §2.6, §6.2): sensitive data in results, and
+results that break their declared output schema.
+
+``SensitiveData`` scans a result (JSON on every door: a protobuf response as its
+JSON view) with the detectors -- built-in ones for private keys, cloud and API
+tokens, JWTs, bearer tokens, and fields named like secrets, plus the policy's own
+patterns -- in one pass per string (one compiled alternation), and by the caller's
+tier redacts, escalates (the result, redacted, waits for an approver), blocks, or
+lets it pass. Scanning is bounded: at most ``MAX_SCAN`` characters of a string,
+``MAX_NODES`` values and ``MAX_DEPTH`` levels of a result; a result beyond that is
+not passed unscanned -- it is refused (fail closed).
+
+``OutputSchema`` validates a result against its capability's declared output
+schema (validators compiled once per capability): a mismatch is flagged (the
+principal's trust debt rises), or blocked, as the policy says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from aralnode.core.context import CallContext
+from aralnode.core.errors import InternalError, PermissionDenied
+from aralnode.core.governance import Action, Decision, Escalation, Verdict
+
+MAX_SCAN = 64 * 1024
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+POST_ACTIONS = ("redact", "escalate", "block", "ok")
+
+BUILTIN_PATTERNS: Mapping[str, str] = {
+    "private_key": r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[A-Za-z0-9+/=\s]{0,10000}?"
+    r"-----END [A-Z ]{0,40}PRIVATE KEY-----",
+    "aws_access_key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    "jwt": r"\beyJ[A-Za-z0-9_-]{8,2000}\.[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}",
+    "bearer_token": r"\b[Bb]earer\s+[A-Za-z0-9._~+/=-]{16,2000}",
+    "github_token": r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",
+    "slack_token": r"\bxox[abposr]-[A-Za-z0-9-]{10,255}\b",
+    "aralnode_api_key": r"\baral_[A-Za-z0-9]{16}_[A-Za-z0-9_-]{43}\b",
+}
+SECRET_KEYS = frozenset({
+    "password", "passwd", "secret", "client_secret", "api_key", "apikey", "token",
+    "access_token", "refresh_token", "private_key", "authorization",
+})  # fmt: skip
+
+
+@dataclass(slots=True, frozen=True)
+class Detector:
+    """A configured detector: a pattern (Python ``re``), or field names whose
+    values are redacted whole."""
+
+    name: str
+    pattern: str = ""
+    keys: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, frozen=True)
+class PostPolicy:
+    """The policy file's ``[post]`` section."""
+
+    sensitive: tuple[tuple[int, int, str], ...] = ((0, 2, "redact"), (3, 5, "escalate"))
+    schema_mismatch: str = "flag"  # flag | block | ok
+    replacement: str = "[REDACTED:{name}]"
+    builtin: bool = True
+    detectors: tuple[Detector, ...] = ()
+    flag_weight: float = 0.1
+
+    def action_for(self, tier: int) -> str:
+        for low, high, action in self.sensitive:
+            if low <= tier <= high:
+                return action
+        return "ok"
+
+
+class Scanner:
+    """All detectors of a ``PostPolicy``, compiled into one pattern."""
+
+    def __init__(self, policy: PostPolicy) -> None:
+        self.policy = policy
+        patterns = dict(BUILTIN_PATTERNS) if policy.builtin else {}
+        keys: dict[str, str] = {k: k for k in SECRET_KEYS} if policy.builtin else {}
+        for d in policy.detectors:
+            if d.pattern:
+                patterns[d.name] = d.pattern
+            keys.update({k.lower(): d.name for k in d.keys})
+        self.names = list(patterns)
+        self.pattern = (
+            re.compile("|".join(f"(?P<d{i}>{p})" for i, p in enumerate(patterns.values())))
+            if patterns
+            else None
+        )
+        self.keys = keys
+
+    def scan(self, value: Any) -> tuple[Any, list[str]]:
+        """``value`` with every match replaced, and the detectors that fired (the
+        same object back when none did).
+
+        Raises:
+            PermissionDenied: the result is beyond the scanning budget.
+        """
+        fired: list[str] = []
+        budget = [MAX_NODES]
+        out = self._walk(value, fired, budget, 0)
+        return (out, fired) if fired else (value, fired)
+
+    def _walk(self, value: Any, fired: list[str], budget: list[int], depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_DEPTH:
+            raise PermissionDenied(
+                "the result is too large or too deep to be checked for sensitive data",
+                reason="RESULT_NOT_CHECKED",
+            )
+        if isinstance(value, str):
+            return self._text(value, fired)
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                name = self.keys.get(str(k).lower())
+                if name is not None and v not in (None, "", [], {}):
+                    fired.append(name)
+                    out[k] = self.policy.replacement.format(name=name)
+                else:
+                    out[k] = self._walk(v, fired, budget, depth + 1)
+            return out
+        if isinstance(value, list):
+            return [self._walk(v, fired, budget, depth + 1) for v in value]
+        return value
+
+    def _text(self, text: str, fired: list[str]) -> str:
+        pattern = self.pattern
+        if pattern is None:
+            return text
+        head, tail = (text, "") if len(text) <= MAX_SCAN else (text[:MAX_SCAN], text[MAX_SCAN:])
+        if tail:  # what is not scanned does not leave
+            fired.append("unscanned")
+            tail = self.policy.replacement.format(name="unscanned")
+
+        def replace(match: re.Match[str]) -> str:
+            name = self.names[int(str(match.lastgroup)[1:])]
+            fired.append(name)
+            return self.policy.replacement.format(name=name)
+
+        return pattern.sub(replace, head) + tail
+
+
+class SensitiveData:
+    """A response check (``service.stages.ResponseCheck``): redact, escalate,
+    block or pass a result with sensitive data, by the caller's tier."""
+
+    def __init__(
+        self, policy: Callable[[], PostPolicy | None], tier_of: Callable[[Action], int]
+    ) -> None:
+        self._policy = policy
+        self._tier_of = tier_of
+        self._scanner: Scanner | None = None
+
+    def _scanner_for(self, policy: PostPolicy) -> Scanner:
+        scanner = self._scanner
+        if scanner is None or scanner.policy is not policy:
+            scanner = self._scanner = Scanner(policy)
+        return scanner
+
+    def check(self, ctx: CallContext, action: Action, result: Any) -> Any:
+        policy = self._policy()
+        if policy is None:
+            return result
+        redacted, fired = self._scanner_for(policy).scan(result)
+        if not fired:
+            return result
+        names = sorted(set(fired))
+        what = self._decide(policy, action)
+        if what == "ok":
+            return result
+        if what == "block":
+            raise PermissionDenied(
+                f"the result of {action.capability} holds sensitive data ({', '.join(names)})",
+                reason="SENSITIVE_DATA",
+                details={"detectors": names},
+            )
+        ctx.flags.extend(f"post.redacted:{n}" for n in names)
+        if what == "escalate":
+            reason = f"sensitive data in the result ({', '.join(names)})"
+            raise Escalation(
+                Verdict(Decision.ESCALATE, reasons=(reason,), rule_ids=("post.sensitive",)),
+                redacted,
+            )
+        return redacted
+
+    def _decide(self, policy: PostPolicy, action: Action) -> str:
+        return policy.action_for(self._tier_of(action))
+
+
+class OutputSchema:
+    """A response check: a result that breaks its capability's declared output
+    schema is flagged (``on_flag``: trust debt) or blocked."""
+
+    def __init__(
+        self,
+        policy: Callable[[], PostPolicy | None],
+        schema_of: Callable[[str], Mapping[str, Any] | None],
+        on_flag: Callable[[str, float], object],
+    ) -> None:
+        self._policy = policy
+        self._schema_of = schema_of
+        self._on_flag = on_flag
+        self._validators: dict[str, Any] = {}
+
+    def check(self, ctx: CallContext, action: Action, result: Any) -> Any:
+        policy = self._policy()
+        if policy is None or policy.schema_mismatch == "ok":
+            return result
+        validator = self._validator(action.capability)
+        if validator is None:
+            return result
+        error = jsonschema.exceptions.best_match(validator.iter_errors(result))
+        if error is None:
+            return result
+        if policy.schema_mismatch == "block":
+            raise InternalError(
+                f"the result of {action.capability} does not match its declared output "
+                f"schema: {error.message[:200]}",
+                reason="RESULT_SCHEMA_MISMATCH",
+            )
+        ctx.flags.append("post.schema_mismatch")
+        self._on_flag(action.principal, policy.flag_weight)
+        return result
+
+    def _validator(self, capability: str) -> Any:
+        if capability in self._validators:
+            return self._validators[capability]
+        schema = self._schema_of(capability)
+        validator = None
+        if schema:
+            cls = jsonschema.validators.validator_for(schema)
+            validator = cls(dict(schema))
+        if len(self._validators) >= 4096:
+            self._validators.clear()
+        self._validators[capability] = validator
+        return validator
+
+
+__all__ = ["BUILTIN_PATTERNS", "Detector", "OutputSchema", "PostPolicy", "Scanner", "SensitiveData"]

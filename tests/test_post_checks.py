@@ -1,0 +1,151 @@
+"""Post-execution checks: sensitive data redacted (on every door), escalated or
+blocked by the caller's tier; the scanning budget; results that break their
+declared output schema flagged or blocked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aralnode import Node
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError
+from aralnode.policy.post import MAX_NODES, MAX_SCAN, Detector, PostPolicy, Scanner
+from tests.test_parity import open_doors
+
+AWS = "AKIAIOSFODNN7EXAMPLE"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+
+
+def test_the_builtin_detectors_and_configured_ones() -> None:
+    scanner = Scanner(
+        PostPolicy(detectors=(Detector("customer", r"CUST-\d{8}", frozenset({"ssn"})),))
+    )
+    value = {
+        "note": f"key {AWS} and {JWT}",
+        "pem": PEM,
+        "password": "hunter2",
+        "nested": [{"Authorization": "Bearer abcdefghijklmnopqrstuvwxyz"}, "id CUST-12345678"],
+        "ssn": "078-05-1120",
+        "fine": "nothing here",
+        "n": 3,
+    }
+    out, fired = scanner.scan(value)
+    assert set(fired) == {
+        "aws_access_key", "jwt", "private_key", "password", "authorization", "customer",
+    }  # fmt: skip
+    assert out["note"] == "key [REDACTED:aws_access_key] and [REDACTED:jwt]"
+    assert out["pem"] == "[REDACTED:private_key]"
+    assert out["password"] == "[REDACTED:password]"
+    assert out["nested"] == [
+        {"Authorization": "[REDACTED:authorization]"},
+        "id [REDACTED:customer]",
+    ]
+    assert out["ssn"] == "[REDACTED:customer]"
+    assert (out["fine"], out["n"]) == ("nothing here", 3)
+    clean = {"a": ["b", {"c": 1}]}
+    assert scanner.scan(clean) == (clean, [])  # the same object: nothing to redact
+
+
+def test_scanning_is_bounded() -> None:
+    scanner = Scanner(PostPolicy())
+    huge = "x" * (MAX_SCAN + 10) + AWS  # past the budget: not passed unscanned
+    out, fired = scanner.scan(huge)
+    assert AWS not in out
+    assert fired == ["unscanned"]
+    with pytest.raises(AralError) as err:
+        scanner.scan(list(range(MAX_NODES + 1)))
+    assert err.value.reason == "RESULT_NOT_CHECKED"
+
+
+def policy(tmp_path: Path, post: str, extra: str = "") -> Path:
+    path = tmp_path / "post.toml"
+    path.write_text(f"version = 1\n{extra}\n[post]\n{post}\n")
+    return path
+
+
+async def leak() -> dict[str, Any]:
+    return {"user": "alice", "key": AWS, "password": "hunter2", "token_note": f"got {JWT}"}
+
+
+async def test_redaction_applies_on_every_door(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    path = policy(tmp_path, 'sensitive = "redact"')
+    async with open_doors(make_node, policy_file=path) as doors:
+        doors.node.capability(id="vault.peek")(leak)
+        answers = {d.name: await d.call("vault.peek", {}) for d in doors.all()
+                   if d.can_call("vault.peek")}  # fmt: skip
+    assert set(answers) == {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "local"}
+    expected = {
+        "user": "alice",
+        "key": "[REDACTED:aws_access_key]",
+        "password": "[REDACTED:password]",
+        "token_note": "got [REDACTED:jwt]",
+    }
+    for name, outcome in answers.items():
+        assert outcome.ok, (name, outcome)
+        assert outcome.value == expected, name
+
+
+async def test_by_tier_escalate_or_block_and_never_echo_the_secret(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    path = policy(
+        tmp_path,
+        'sensitive = { "0-1" = "block", "2-5" = "escalate" }',
+        "[escalation]\ntimeout_seconds = 0\n[tiers]\ndefault = 1\nanonymous = 1\n"
+        "principals = { trusted = 3 }",
+    )
+    node = make_node("tiered", policy_file=path)
+    node.capability(id="vault.peek")(leak)
+    async with node:
+        with pytest.raises(AralError) as err:
+            await node.invoke("vault.peek", {}, ctx=_ctx("someone"))
+        assert (err.value.reason, err.value.status.name) == ("SENSITIVE_DATA", "PERMISSION_DENIED")
+        assert AWS not in str(err.value)
+        assert AWS not in json.dumps(err.value.details)
+        # Tier 3 escalates; this node has no approval queue: refused at once.
+        with pytest.raises(AralError) as err:
+            await node.invoke("vault.peek", {}, ctx=_ctx("trusted"))
+        assert err.value.reason == "GOVERNANCE_ESCALATE"
+
+
+def _ctx(caller: str) -> CallContext:
+    return CallContext(door="local", caller=caller)
+
+
+async def wrong() -> dict[str, Any]:
+    return {"a": "not a number"}
+
+
+@pytest.mark.parametrize("mismatch", ["flag", "block"])
+async def test_a_result_that_breaks_its_schema(
+    make_node: Callable[..., Node], tmp_path: Path, mismatch: str
+) -> None:
+    path = policy(tmp_path, f'schema_mismatch = "{mismatch}"')
+    node = make_node("schema", policy_file=path)
+    node.capability(id="demo.wrong")(wrong)
+    # Its declared result (as a card or a hand-written schema would say) needs a total.
+    node.registry.get("demo.wrong").output_schema.update(
+        {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
+    )
+    async with node:
+        holder = node.governing.policy
+        assert holder is not None
+        if mismatch == "block":
+            with pytest.raises(AralError) as err:
+                await node.invoke("demo.wrong", {}, ctx=_ctx("alice"))
+            assert err.value.reason == "RESULT_SCHEMA_MISMATCH"
+            return
+        ctx = _ctx("alice")
+        assert await node.invoke("demo.wrong", {}, ctx=ctx) == {"a": "not a number"}
+        assert "post.schema_mismatch" in ctx.flags
+        assert holder.memory.ledger.debt("alice") > 0
+        assert await node.invoke("demo.add", {"a": 1, "b": 2}, ctx=_ctx("bob")) == 3
+        assert holder.memory.ledger.debt("bob") == 0
