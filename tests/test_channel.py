@@ -118,7 +118,7 @@ async def test_governance_blocks_on_receive_with_an_error_response(make_node: Ma
             Rule(
                 "no-secret-in",
                 lambda act: act.direction is Direction.RECEIVE and act.capability == "secret",
-                Decision.HALT,
+                Decision.BLOCK,  # (a HALT would stop the peer itself: tests/test_escalate.py)
             ),
         ]
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from aralnode.core.errors import InternalError
 from aralnode.core.governance import ALLOW, Action, Decision, Direction, Verdict
-from aralnode.policy.expr import Condition
+from aralnode.policy.expr import Condition, Values
 from aralnode.policy.load import matches
 from aralnode.policy.model import Policy, Tripwire
 from aralnode.policy.state import DistinctRecent, TrustLedger, WindowCounter
@@ -106,6 +106,7 @@ class PolicyEvaluator:
         self._for: dict[tuple[Direction, str], tuple[tuple[_Rule, ...], frozenset[str]]] = {}
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
+        self._cel = Values()
         self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
 
     # -- what a call is --------------------------------------------------------------
@@ -192,7 +193,7 @@ class PolicyEvaluator:
         if self._uses_rate:
             self.memory.rate.add(action.principal)
         if rules:
-            values = self._values(action, variables, tier) if variables else {}
+            values = self._values(action, variables, tier) if variables else self._cel
             for rule in rules:
                 if rule.condition is not None and not self._holds(rule, values):
                     continue
@@ -285,11 +286,14 @@ class PolicyEvaluator:
             )  # fmt: skip
         return found
 
-    def _values(self, action: Action, names: frozenset[str], tier: int) -> dict[str, Any]:
-        """The variables the candidate rules read (and only those)."""
-        return {name: _GETTERS[name](self, action, tier) for name in names}
+    def _values(self, action: Action, names: frozenset[str], tier: int) -> Values:
+        """The variables the candidate rules read (and only those), set once."""
+        values = self._cel
+        for name in names:
+            values.set(name, _GETTERS[name](self, action, tier))
+        return values
 
-    def _holds(self, rule: _Rule, values: dict[str, Any]) -> bool:
+    def _holds(self, rule: _Rule, values: Values) -> bool:
         assert rule.condition is not None
         try:
             return rule.condition.holds(values)

@@ -42,15 +42,16 @@ class Condition:
                 f"(known: {', '.join(sorted(VARIABLES))})"
             )
 
-    def holds(self, values: Mapping[str, Any]) -> bool:
-        """Evaluate on ``values``.
+    def holds(self, values: Mapping[str, Any] | Values) -> bool:
+        """Evaluate on ``values`` (a mapping, or a ``Values`` the caller filled).
 
         Raises:
             ValueError: the condition failed (a missing field, a type error) or is
                 not a boolean.
         """
         try:
-            result = self._program.execute(dict(values))
+            data = values.context if isinstance(values, Values) else dict(values)
+            result = self._program.execute(data)
         except Exception as exc:
             raise ValueError(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         if not isinstance(result, bool):
@@ -58,9 +59,24 @@ class Condition:
         return result
 
 
+class Values:
+    """The variables of one evaluation, set into one reused CEL context: a value
+    crosses into the interpreter once per call, however many rules read it (a
+    mapping given to each rule would be converted for each). Not thread-safe: one
+    per evaluator, on the event loop."""
+
+    __slots__ = ("context",)
+
+    def __init__(self) -> None:
+        self.context = cel.Context()
+
+    def set(self, name: str, value: Any) -> None:
+        self.context.add_variable(name, value)
+
+
 def compile_condition(source: str) -> Condition:
     """Compile ``source`` (``ValueError`` naming the problem if it does not)."""
     return Condition(source)
 
 
-__all__ = ["VARIABLES", "Condition", "compile_condition"]
+__all__ = ["VARIABLES", "Condition", "Values", "compile_condition"]
