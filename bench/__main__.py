@@ -10,7 +10,9 @@ import sys
 
 from bench._report import Report
 
-MODULES = ("unary", "envelope", "channel", "bridge", "discovery", "tls", "access")
+MODULES = (
+    "unary", "envelope", "channel", "bridge", "discovery", "tls", "access", "governance",
+)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 from aralnode._runtime import tune_for_serving
 from bench._pace import open_loop
 from bench._report import Report, percentile
+from bench.governance import hundred_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 1.0  # seconds per closed-loop round
@@ -49,12 +50,19 @@ TEXT = "hello bridge"
 # -- servers (child processes) ------------------------------------------------------------
 
 
-async def _serve_node() -> None:
+async def _serve_node(governed: bool = False) -> None:
     from aralnode import Node, NodeConfig
 
     with tempfile.TemporaryDirectory() as tmp:
+        # Governed (issue 16): the 100-rule policy of bench/governance.py and the
+        # audit log (every call recorded, committed before its answer leaves).
+        extra: dict[str, object] = {}
+        if governed:
+            policy = hundred_rules(Path(tmp) / "policy.toml")
+            extra = {"policy_file": policy, "audit": True, "policy_reload_seconds": 0}
         node = Node(
             NodeConfig(
+                **extra,  # type: ignore[arg-type]
                 name="bench-bridge",
                 host="127.0.0.1",
                 grpc_port=0,
@@ -297,8 +305,14 @@ def _mcp_call(port: int, session: dict[str, str], tool: str) -> Callable[[], byt
 async def _measure(report: Report) -> None:
     rows: list[str] = []
     results: dict[str, tuple[float, list[float]]] = {}
-    with _server("node") as node_ports, _server("sdk") as sdk_ports:
+    with (
+        _server("node") as node_ports,
+        _server("sdk") as sdk_ports,
+        _server("governed") as governed_ports,
+    ):
         grpc_port, http_port, sdk_port = node_ports["grpc"], node_ports["http"], sdk_ports["http"]
+        governed_port = governed_ports["http"]
+        governed_session = await _mcp_session(governed_port)
         rest_body = json.dumps(
             {"call": {"capability": "demo.echo", "parameters": {"text": TEXT}}}
         ).encode()
@@ -309,6 +323,9 @@ async def _measure(report: Report) -> None:
             "rest_invoke": _http_caller(http_port, _post(http_port, "/v1/invoke", rest_body)),
             "mcp_node": _http_caller(http_port, _mcp_call(http_port, node_session, "demo.echo")),
             "mcp_sdk": _http_caller(sdk_port, _mcp_call(sdk_port, sdk_session, "echo")),
+            "mcp_governed": _http_caller(
+                governed_port, _mcp_call(governed_port, governed_session, "demo.echo")
+            ),
         }
         # Rounds alternate between the paths compared, so that load from elsewhere on
         # the machine lands on both sides; each ratio is taken within a pair of
@@ -327,9 +344,15 @@ async def _measure(report: Report) -> None:
             pair: statistics.median(
                 a[0] / b[0] for a, b in zip(runs[pair[0]], runs[pair[1]], strict=True)
             )
-            for pair in (("rest_invoke", "grpc_invoke"), ("mcp_node", "mcp_sdk"))
+            for pair in (
+                ("rest_invoke", "grpc_invoke"),
+                ("mcp_node", "mcp_sdk"),
+                ("mcp_governed", "mcp_node"),
+            )
         }
-        opens: dict[str, list[tuple[float, list[float]]]] = {"mcp_node": [], "mcp_sdk": []}
+        opens: dict[str, list[tuple[float, list[float]]]] = {
+            "mcp_node": [], "mcp_sdk": [], "mcp_governed": [],
+        }  # fmt: skip
         for round_no in range(OPEN_ROUNDS):
             print(
                 f"  open loop {round_no + 1}/{OPEN_ROUNDS}: {RATE}/s, {RATE_SECONDS} s per server",
@@ -371,6 +394,18 @@ async def _measure(report: Report) -> None:
     node_p99 = percentile(open_results["mcp_node"][1], 99) * 1000
     sdk_p99 = percentile(open_results["mcp_sdk"][1], 99) * 1000
     report.add("bridge.mcp_tools_call.open_loop_p99_vs_sdk", node_p99, "ms", baseline=sdk_p99)
+    governed_ratio = ratios[("mcp_governed", "mcp_node")]
+    report.add("bridge.mcp_governed_vs_off.paired_ratio", governed_ratio, "ratio")
+    # p95 added at 1,000 calls/s: per open-loop round, governed minus off, median.
+    added = statistics.median(
+        percentile(g[1], 95) * 1000 - percentile(o[1], 95) * 1000
+        for g, o in zip(opens["mcp_governed"], opens["mcp_node"], strict=True)
+    )
+    report.add("bridge.mcp_governed.p95_added_ms", added, "ms")
+    rows.append(
+        f"Governed MCP (100-rule policy + audit log) / MCP node {governed_ratio:.2f}; "
+        f"p95 added at {RATE}/s: {added:.2f} ms (targets: >= 0.95, <= 1 ms; ACGP-1008 §8)."
+    )
     report.section(
         "REST and MCP bridges",
         [
@@ -397,7 +432,10 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
         kind = sys.argv[2]
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve_node() if kind == "node" else _serve_sdk())
+            if kind == "sdk":
+                asyncio.run(_serve_sdk())
+            else:
+                asyncio.run(_serve_node(governed=kind == "governed"))
     else:
         r = Report()
         run(r)

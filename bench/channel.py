@@ -44,6 +44,7 @@ from aralnode.core.channel import DEFAULT_WINDOW
 from bench._pace import settle
 from bench._proc import cpu_seconds
 from bench._report import Report, median, percentile
+from bench.governance import hundred_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNED_N = 30_000
@@ -58,10 +59,15 @@ BARE_ACK_EVERY = DEFAULT_WINDOW // 4  # as often as the channel acks
 # -- child processes ------------------------------------------------------------------------
 
 
-def _config(name: str, data_dir: str, *, signing: bool) -> Any:
+def _config(name: str, data_dir: str, *, signing: bool, governed: str = "") -> Any:
+    """``governed``: a policy file; the node then runs it and keeps its audit log."""
     from aralnode import NodeConfig
 
+    extra: dict[str, Any] = {}
+    if governed:
+        extra = {"policy_file": Path(governed), "audit": True, "policy_reload_seconds": 0}
     return NodeConfig(
+        **extra,
         name=name,
         host="127.0.0.1",
         grpc_port=0,
@@ -73,10 +79,10 @@ def _config(name: str, data_dir: str, *, signing: bool) -> Any:
     )
 
 
-async def _receiver(data_dir: str, signing: bool) -> None:
+async def _receiver(data_dir: str, signing: bool, governed: str = "") -> None:
     from aralnode import Node
 
-    node = Node(_config("recv", data_dir, signing=signing))
+    node = Node(_config("recv", data_dir, signing=signing, governed=governed))
     count = 0
     one_way: list[float] = []
 
@@ -128,11 +134,11 @@ async def _receiver(data_dir: str, signing: bool) -> None:
 
 
 async def _sender(
-    data_dir: str, signing: bool, address: str, peer: str, n: int, latency: bool
+    data_dir: str, signing: bool, address: str, peer: str, n: int, latency: bool, governed: str = ""
 ) -> None:
     from aralnode import Node
 
-    node = Node(_config("send", data_dir, signing=signing))
+    node = Node(_config("send", data_dir, signing=signing, governed=governed))
     await node.start()
     tune_for_serving()
     assert node.channels is not None
@@ -387,8 +393,10 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str, Any]:
-    recv = _spawn("recv", tmp, "1" if signing else "0")
+def _channel_run(
+    tmp: str, *, signing: bool, n: int, latency: bool, governed: str = ""
+) -> dict[str, Any]:
+    recv = _spawn("recv", tmp, "1" if signing else "0", governed)
     try:
         info = _line(recv)
         send = _spawn(
@@ -399,6 +407,7 @@ def _channel_run(tmp: str, *, signing: bool, n: int, latency: bool) -> dict[str,
             info["node_id"],
             str(n),
             "1" if latency else "0",
+            governed,
         )
         try:
             result = _line(send)
@@ -467,13 +476,27 @@ def run(report: Report) -> None:
     """Measure and add the figures (bounded: well under two minutes)."""
     # Rounds alternate the three paths, so drift on a shared machine lands on all of
     # them; each figure is the median round (its range goes in the table).
-    runs: dict[str, list[dict[str, Any]]] = {"signed": [], "unsigned": [], "bare": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "signed": [], "unsigned": [], "bare": [], "audited": [],
+    }  # fmt: skip
     size = 0
     with tempfile.TemporaryDirectory(prefix="aral-bench-") as tmp:
+        # Issue 16: the 100-rule policy of bench/governance.py and the audit log on
+        # both nodes (every message judged and recorded on both sides).
+        policy = str(hundred_rules(Path(tmp) / "policy.toml"))
         for r in range(ROUNDS):
             print(f"  round {r + 1}/{ROUNDS}", flush=True)
             runs["signed"].append(
                 _channel_run(os.path.join(tmp, f"s{r}"), signing=True, n=SIGNED_N, latency=True)
+            )
+            runs["audited"].append(
+                _channel_run(
+                    os.path.join(tmp, f"a{r}"),
+                    signing=True,
+                    n=SIGNED_N,
+                    latency=False,
+                    governed=policy,
+                )
             )
             runs["unsigned"].append(
                 _channel_run(os.path.join(tmp, f"u{r}"), signing=False, n=UNSIGNED_N, latency=False)
@@ -494,6 +517,15 @@ def run(report: Report) -> None:
     raw = _bare_run(batch, size, latency=False)
     raw_rate = raw["n"] / raw["elapsed"]
     report.add("channel.signed_msgs_per_s", s_rate, "msgs/s", baseline=bare_rate)
+    a_rate = median(rates["audited"])
+    audited_ratio = median(
+        [
+            (a["n"] / a["elapsed"]) / (s["n"] / s["elapsed"])
+            for a, s in zip(runs["audited"], runs["signed"], strict=True)
+        ]
+    )
+    report.add("channel.signed_audited_msgs_per_s", a_rate, "msgs/s", baseline=s_rate)
+    report.add("channel.audited_vs_off.ratio", audited_ratio, "ratio")
     report.add("channel.unsigned_governed_msgs_per_s", u_rate, "msgs/s", baseline=bare_rate)
     report.add("channel.bare_bidi_msgs_per_s", bare_rate, "msgs/s")
     report.add("channel.bare_bidi_batched_raw_msgs_per_s", raw_rate, "msgs/s")
@@ -580,10 +612,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     role, rest = args[0], args[1:]
     if role == "recv":
-        asyncio.run(_receiver(rest[0], rest[1] == "1"))
+        asyncio.run(_receiver(rest[0], rest[1] == "1", rest[2]))
     elif role == "send":
-        data_dir, signing, address, peer, n, latency = rest
-        asyncio.run(_sender(data_dir, signing == "1", address, peer, int(n), latency == "1"))
+        data_dir, signing, address, peer, n, latency, governed = rest
+        asyncio.run(
+            _sender(data_dir, signing == "1", address, peer, int(n), latency == "1", governed)
+        )
     elif role == "bare-server":
         asyncio.run(_bare_server())
     elif role == "bare-client":

@@ -61,7 +61,8 @@ def hundred_rules(path: Path) -> Path:
     for i in range(3):  # messages only
         lines += [
             "[[tripwires]]", f'id = "msg{i}"', 'directions = ["send", "receive"]',
-            f'when = "capability == \'evt.{i}\'"', 'action = "ok"', "flag = true",
+            f'capabilities = ["evt.{i}"]', 'when = "has(params.size) && params.size > 1000000"',
+            'action = "ok"', "flag = true",
         ]  # fmt: skip
     lines += [
         "[[tripwires]]", 'id = "deep"', 'when = "delegation_depth > 2"', 'action = "escalate"',
@@ -88,7 +89,7 @@ def _calls() -> list[Action]:
                 principal=f"user{i % 17}",
                 kind="user",
                 roles=frozenset({"analyst"}),
-            )  # fmt: skip
+            )
         )
     return calls
 

@@ -112,7 +112,7 @@ async def test_verify_names_an_edited_record(tmp_path: Path, identity: Identity)
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:
         body = db.execute("SELECT body FROM records WHERE seq = 7").fetchone()[0]
-        db.execute("UPDATE records SET body = ? WHERE seq = 7", (body.replace("alice", "mallory"),))
+        db.execute("UPDATE records SET body = ? WHERE seq = 7", (body.replace(b"alice", b"malle"),))
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert (problem.seq, problem.kind) == (7, "edited")
@@ -147,8 +147,8 @@ async def test_a_rechained_rewrite_is_caught_by_the_signed_heads(
         rows = db.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
         prev = b"\x00" * 32
         for seq, stored in rows:
-            body = stored.replace("alice", "mallory") if seq == 3 else stored
-            digest = chain_hash(prev, body.encode())
+            body = stored.replace(b"alice", b"malle") if seq == 3 else stored
+            digest = chain_hash(prev, body)
             db.execute(
                 "UPDATE records SET body=?, prev=?, hash=? WHERE seq=?", (body, prev, digest, seq)
             )
@@ -247,7 +247,10 @@ async def test_a_blocked_call_is_blocked_and_recorded_on_five_doors(
     # One record edited with plain sqlite3: verify fails and names it.
     seq = next(s for s, r in read_records(data_dir / "audit") if r.action == DELETE)
     with sqlite3.connect(audit_files(data_dir / "audit")[0], isolation_level=None) as db:
-        db.execute("UPDATE records SET body = replace(body, 'block', 'ok') WHERE seq = ?", (seq,))
+        body = db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()[0]
+        db.execute(
+            "UPDATE records SET body = ? WHERE seq = ?", (body.replace(b"block", b"nudge"), seq)
+        )
     bad = cli("verify", "--data-dir", str(data_dir))
     assert bad.returncode == 1
     assert f"record {seq}: edited" in bad.stderr

@@ -404,3 +404,35 @@ async def test_the_connection_point_refuses_a_peer_by_policy_or_halt(
         assert halts.clear(stranger.node_id, "ops")
         await stranger.connect(hub.address)
         assert stranger.node_id in {p.node_id for p in hub.peers()}
+
+
+async def test_approvers_get_approval_events_over_the_websocket(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    async with escalating(make_node, tmp_path) as s:
+        url = f"ws://127.0.0.1:{s.node.http_port}/ws"
+        subscribe = {"type": "subscribe", "agent_id": s.node.node_id, "channels": ["events"]}
+        async with (
+            connect(url, additional_headers={"x-api-key": s.ops}) as ops,
+            connect(url, additional_headers={"x-api-key": s.alice}) as alice,
+        ):
+            for ws in (ops, alice):
+                await ws.send(json.dumps(subscribe))
+            acks = [await _next(ws, "subscribed") for ws in (ops, alice)]
+            assert "approvals" in acks[0]["channels"]
+            assert "approvals" not in acks[1]["channels"]  # approvers only
+            call = grpc_echo(s.node, s.alice, 9)
+            pending = await _next(ops, "approval")
+            assert (pending["event"], pending["principal"]) == ("pending", "alice")
+            assert pending["url"] == f"/v1/approvals/{pending['id']}"
+            assert (await s.rest_decide(pending["id"], "approve", s.ops)).status_code == 200
+            decided = await _next(ops, "approval")
+            assert (decided["event"], decided["decided_by"]) == ("approved", "ops")
+            assert (await asyncio.wait_for(call, 20))["echo"] == ["hi"] * 9
+
+
+async def _next(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        if message["type"] == kind:
+            return message

@@ -9,8 +9,11 @@ A client subscribes with the seed's message and receives events in the seed's sh
 
 Channels: ``peers`` (peer_joined, peer_left, peer_changed), ``capabilities``
 (capabilities_changed), ``decisions`` (decision_made, for every governance
-verdict), ``status`` (a status snapshot on subscribe and on request); ``events``
-means all of them. ``{"type": "invoke", "id": 1, "capability": ..., "parameters": {...}}``
+verdict), ``status`` (a status snapshot on subscribe and on request),
+``approvals`` (``{"type": "approval", "event": "pending|approved|denied|expired|
+withdrawn", ...}`` for each call in the approval queue, to ``agent:admin`` callers
+only: others are not given the channel); ``events`` means all of them.
+``{"type": "invoke", "id": 1, "capability": ..., "parameters": {...}}``
 runs a capability through the pipeline (``door="ws"``) and answers ``result`` or
 ``error`` with the same id; ``{"type": "ping"}`` answers ``pong``.
 
@@ -33,6 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
+from aralnode.bridge._approvals_feed import follow_approvals
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import SocketQuota, plain_id, refuse, ws_error
 from aralnode.bridge.targets import node_json
@@ -41,13 +45,13 @@ from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
 from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
-from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
+from aralnode.service.auth import AGENT_ADMIN, AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
 
-CHANNELS = ("peers", "capabilities", "decisions", "status")
+CHANNELS = ("peers", "capabilities", "decisions", "status", "approvals")
 # The governance action id of the WebSocket door's own operation (a status request
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
@@ -116,6 +120,7 @@ class EventHub:
     def attach(self) -> None:
         self._undo.append(self.peer_table.on_change(self._peer_changed))
         self._undo.append(self.registry.on_change(self._capabilities_changed))
+        self._undo.append(follow_approvals(self, self._channel["approvals"]))
         self._attached = True
         self._follow_verdicts()
 
@@ -447,6 +452,8 @@ class WsDoor:
             channels = set(_channels(granted))
             if "capabilities" in channels and not await self._may_list(ctx):
                 channels.discard("capabilities")
+            if not {AGENT_ADMIN, ALL_SCOPES} & ctx.scopes:  # approvers' channel only
+                channels.discard("approvals")
             await self._subscribed(msg, conn, channels, ctx)
 
         await self.service.pipeline.call(

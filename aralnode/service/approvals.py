@@ -100,8 +100,15 @@ class ApprovalQueue:
         self._pending: dict[str, Approval] = {}
         self._listeners: list[Listener] = []
 
-    def on_event(self, listener: Listener) -> None:
+    def on_event(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event, entry)`` on each event; returns what stops it."""
         self._listeners.append(listener)
+
+        def stop() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return stop
 
     def pending(self) -> list[Approval]:
         return list(self._pending.values())

@@ -45,6 +45,7 @@ from aralnode.core.replay import ReplayGuard
 from aralnode.service.admin import AdminMethods
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.calls import Forwarder, plain_call
+from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import reaches
@@ -199,7 +200,7 @@ class NodeService(AdminMethods):
         )
         if self.bind_certificate is not None:  # before anything is pinned or kept
             self.bind_certificate(certificate, verified.node_id)
-        self.pipeline.admit_peer(verified.node_id, transport_peer)  # the connection point
+        admit_peer(self.pipeline, verified.node_id, transport_peer)  # the connection point
         keyring = env.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
         keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)

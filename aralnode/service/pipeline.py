@@ -55,7 +55,6 @@ from aralnode.core.errors import (
     InternalError,
     InvalidParameters,
     OutOfRange,
-    PermissionDenied,
 )
 from aralnode.core.governance import (
     Action,
@@ -451,8 +450,7 @@ class Pipeline:
         return None, value if message is None else message
 
     async def _approved(self, ctx: CallContext, action: Action, verdict: Verdict) -> None:
-        """Wait in the approval queue (govern returned an escalation only if there
-        is one); refused unless approved."""
+        """Wait in the approval queue (there is one: govern returned); refused unless approved."""
         queue = self.stages.govern.approvals
         assert queue is not None
         self.stages.counters["governance.escalated"] += 1
@@ -494,43 +492,6 @@ class Pipeline:
                 f"that is not a {result.DESCRIPTOR.full_name}",
                 reason="POST_CHECK_FAILED",
             ) from exc
-
-    def admit_peer(self, node_id: str, address: str) -> None:
-        """The connection injection point (ACGP-1008 §6): a verified peer's
-        handshake is judged before anything of it is kept. A halted peer, or one
-        the policy does not admit (a ``connect`` rule deciding anything above
-        nudge: a handshake cannot wait for an approver), is refused; the decision
-        is audited either way.
-
-        Raises:
-            PermissionDenied: ``HALTED`` or ``CONNECTION_REFUSED_BY_POLICY``.
-        """
-        st = self.stages
-        ctx = CallContext(door="grpc", caller=node_id, peer=address, kind="node")
-        target = Target("connect", Direction.CONNECT, kind="connect")
-        try:
-            halts = st.govern.halts
-            if halts and halts.is_halted(node_id):
-                raise PermissionDenied(f"peer {node_id} is halted by governance", reason="HALTED")
-            if st.govern.active:
-                action = Action(
-                    Direction.CONNECT, "connect", node_id, "grpc", "unspecified", {}, node_id,
-                    principal=node_id, kind="node",
-                )  # fmt: skip
-                verdict = st.govern.judge(action, ctx)
-                ctx.decision, ctx.rules = verdict.decision.label, verdict.rule_ids
-                if verdict.decision > Decision.NUDGE:
-                    raise PermissionDenied(
-                        f"peer {node_id} is not admitted by policy: "
-                        + ("; ".join(verdict.reasons) or "policy"),
-                        reason="CONNECTION_REFUSED_BY_POLICY",
-                        details={"rules": list(verdict.rule_ids)},
-                    )
-        except AralError as exc:
-            self._ended(ctx, target, exc, Point.CONNECT.value)
-            raise
-        if st.audit.log is not None or st.audit.sinks:
-            self._ended(ctx, target, None, Point.CONNECT.value)
 
     def authenticate(self, ctx: CallContext, action_id: str) -> None:
         """Run the first stage alone, for a door that must know who calls before it
@@ -625,6 +586,8 @@ class Pipeline:
                 raise failed
             ctx.started = self.clock.monotonic()
             ctx.params_digest = params_digest(None if message is not None else value, message)
+
+    ended = _ended  # for the other injection points (service/connections.py)
 
     def _quietly_ended(self, ctx: CallContext, target: Target) -> None:
         """A call cancelled (its caller went away) or a stream closed early."""

@@ -1,7 +1,7 @@
 """The audit log: SQLite (WAL), hash-chained, its chain head signed with the node key.
 
-Every record is stored as its canonical JSON (``body``: fields in a fixed order, no
-spaces, UTF-8) with ``prev`` (the previous record's hash) and ``hash =
+Every record is stored as its canonical bytes (``body``: a MessagePack array of
+its fields in a fixed order) with ``prev`` (the previous record's hash) and ``hash =
 SHA-256(prev || body)``; ``body`` holds the record's ``seq``, so an edited,
 removed or re-ordered record breaks the chain where it happened. A rewrite of the
 whole file with every hash recomputed would still chain, so every
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import operator
 import sqlite3
 import struct
@@ -32,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
+
+import msgpack
 
 from aralnode._logs import get_logger
 from aralnode.core.audit import AuditRecord
@@ -49,7 +50,7 @@ FIELDS = tuple(f.name for f in fields(AuditRecord))
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
   seq INTEGER PRIMARY KEY,
-  body TEXT NOT NULL,
+  body BLOB NOT NULL,
   prev BLOB NOT NULL,
   hash BLOB NOT NULL
 );
@@ -70,16 +71,19 @@ class AuditUnavailable(Unavailable):
 
 
 _values = operator.attrgetter(*FIELDS)
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
-    """The bytes a record is hashed and kept as: ``[seq, field, ...]`` in
-    ``FIELDS`` order, compact JSON, UTF-8 (``time_ms`` 0 becomes ``now_ms``)."""
+    """The bytes a record is hashed and kept as: the MessagePack array ``[seq,
+    field, ...]`` in ``FIELDS`` order (tuples as arrays, strings UTF-8; ``time_ms``
+    0 becomes ``now_ms``). MessagePack: a fixed encoding any language reads, and
+    cheap enough for the writer to keep up with the channel."""
     row = [seq, *_values(record)]
     if not row[-1]:
         row[-1] = now_ms
-    return _encode(row).encode()
+    packed: bytes = _pack(row)
+    return packed
 
 
 def chain_hash(prev: bytes, body: bytes) -> bytes:
@@ -91,9 +95,9 @@ def head_payload(seq: int, digest: bytes) -> bytes:
     return struct.pack(">Q", seq) + digest
 
 
-def record_of(body: str) -> tuple[int, AuditRecord]:
+def record_of(body: bytes) -> tuple[int, AuditRecord]:
     """A stored body back as (seq, record)."""
-    row = json.loads(body)
+    row = msgpack.unpackb(body, raw=False)
     values = dict(zip(FIELDS, row[1:], strict=True))
     values["chain"] = tuple(values["chain"])
     values["flags"] = tuple(values["flags"])
@@ -309,7 +313,7 @@ class AuditLog:
             seq += 1
             body = canonical(seq, record, now)
             digest = chain_hash(prev, body)
-            rows.append((seq, body.decode(), prev, digest))
+            rows.append((seq, body, prev, digest))
             prev = digest
         try:
             if self.test_hook is not None:
@@ -433,7 +437,7 @@ def read_records(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRe
             for (body,) in db.execute(
                 "SELECT body FROM records WHERE seq > ? ORDER BY seq", (since,)
             ):
-                yield record_of(body)
+                yield record_of(bytes(body))
 
 
 __all__ = [

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
+
 from aralnode import _proto as pb
 from aralnode.core.errors import AralError
 from aralnode.core.identity import PublicKey
@@ -119,8 +121,11 @@ def _verify_file(
         raise _Bad(Problem(seq + 1, "removed", f"cannot open {path.name}: {exc}", name)) from None
     with contextlib.closing(db):
         hashes: dict[int, bytes] = {}
-        for row_seq, body, row_prev, digest in _rows(db, name):
+        for row_seq, stored, row_prev, digest in _rows(db, name):
             expected = seq + 1
+            body = stored.encode() if isinstance(stored, str) else bytes(stored)
+            if chain_hash(bytes(row_prev), body) != bytes(digest):
+                raise _Bad(Problem(row_seq, "edited", f"record {row_seq} was changed", name))
             body_seq = _body_seq(body)
             if body_seq != row_seq:
                 raise _Bad(
@@ -138,8 +143,6 @@ def _verify_file(
                     else (f"record {row_seq} comes after {seq}")
                 )
                 raise _Bad(Problem(expected, "removed", what, name))
-            if chain_hash(bytes(row_prev), body.encode()) != bytes(digest):
-                raise _Bad(Problem(row_seq, "edited", f"record {row_seq} was changed", name))
             if bytes(row_prev) != prev:
                 raise _Bad(
                     Problem(
@@ -157,17 +160,23 @@ def _verify_file(
     return seq, prev
 
 
-def _rows(db: sqlite3.Connection, name: str) -> Iterator[tuple[int, str, bytes, bytes]]:
+def _rows(db: sqlite3.Connection, name: str) -> Iterator[tuple[int, bytes | str, bytes, bytes]]:
     try:
         yield from db.execute("SELECT seq, body, prev, hash FROM records ORDER BY seq")
     except sqlite3.Error as exc:
         raise _Bad(Problem(0, "removed", f"cannot read records: {exc}", name)) from None
 
 
-def _body_seq(body: str) -> int:
-    # The body starts "[SEQ,": read the number without parsing the whole record.
-    head = body[1 : body.find(",")] if body.startswith("[") else ""
-    return int(head) if head.isdigit() else -1
+def _body_seq(body: bytes) -> int:
+    """The seq the record was written with (the first item of its array)."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(body)
+        unpacker.read_array_header()
+        seq = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, msgpack.OutOfData):
+        return -1
+    return seq if isinstance(seq, int) else -1
 
 
 def _verify_heads(
