@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from aralnode import _proto as pb
 from aralnode._access import NodeTls, access_identity, breakers, install_access, node_tls
+from aralnode._halts import wire_halts
 from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.access.bearer import BearerAuthenticator
@@ -47,6 +48,7 @@ from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
 from aralnode.service.calls import Forwarder
+from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
@@ -291,7 +293,9 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
         card_limits=cfg.card_limits,
         on_verified=streams.dial,
         tls=client_tls,
+        admit=lambda peer, address: admit_peer(node.pipeline, peer, address),
     )
+    wire_halts(node, hub)
     facts = NodeFacts(node, connector)
     discovery = facts.discovery = _supervisor(node, connector, backends, hub)
     send = PeerSender(hub, connector, breakers(cfg, node.clock, node.pipeline.counters))
@@ -394,9 +398,14 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
         outbox, inbox = MemoryOutbox(), MemoryInbox()
     table = node.peer_table
 
+    halts = node.pipeline.stages.govern.halts
+
     def is_verified(node_id: str) -> bool:
         # A channel opens only for a peer whose card we verified in a handshake
-        # (either direction); its key is then pinned in the key ring.
+        # (either direction); its key is then pinned in the key ring. A halted
+        # peer opens none.
+        if halts and halts.is_halted(node_id):
+            return False
         peer = table.get(node_id)
         return peer is not None and peer.state in (PeerState.CONNECTED, PeerState.STALE)
 

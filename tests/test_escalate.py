@@ -436,3 +436,33 @@ async def _next(ws: Any, kind: str) -> dict[str, Any]:
         message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 20))
         if message["type"] == kind:
             return message
+
+
+async def test_a_halted_peer_loses_its_channel_and_the_end_is_audited(
+    make_node: Callable[..., Node],
+) -> None:
+    rules = RuleEvaluator(
+        [Rule("no-secrets", None, Decision.HALT, reason="secrets over the wire",
+              capabilities=frozenset({"secret"}))]
+    )  # fmt: skip
+    hub = make_node("hub", governance=rules, **FAST)
+    talker = make_node("talker", demo=False, **FAST)
+    seen = Records()
+    hub.pipeline.stages.audit.sinks.append(seen)
+    gone = asyncio.Event()
+    async with hub, talker:
+        await linked(talker, hub)
+        assert hub.channels is not None
+        hub.channels.link_listeners.append(lambda peer, up: None if up else gone.set())
+        await talker.notify(hub.node_id, "secret", {})
+        await asyncio.wait_for(gone.wait(), 20)  # halted: its channel is closed
+        halts = hub.pipeline.stages.govern.halts
+        assert halts is not None
+        assert [(e.subject, e.kind) for e in halts.entries()] == [(talker.node_id, "peer")]
+        with pytest.raises(AralError) as err:  # and it is not let back in
+            await talker.connect(hub.address)
+        assert err.value.reason == "HALTED"
+        ends = [r for r in seen.records if r.point == "disconnect"]
+        assert [(r.caller, r.outcome, r.reason) for r in ends][:1] == [
+            (talker.node_id, "closed", "HALTED")
+        ]

@@ -57,6 +57,7 @@ LAYER_OF = {
     "aralnode._audit": "root",
     "aralnode._policy": "root",
     "aralnode._governance": "root",
+    "aralnode._halts": "root",
     "aralnode.policy": "policy",
     "aralnode.cli_policy": "tools",
     "aralnode.cli_governance": "tools",

@@ -19,12 +19,16 @@ from typing import Any
 
 from aralnode import _proto as pb
 from aralnode.core.clock import Clock
-from aralnode.core.errors import KeyMismatch, PeerNotFound, RateLimited, Unavailable
+from aralnode.core.errors import AralError, KeyMismatch, PeerNotFound, RateLimited, Unavailable
 from aralnode.core.handshake import DEFAULT_CARD_LIMITS, CardLimits, VerifiedCard
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerEvent, PeerInfo, PeerState, PeerTable, PeerTableFull
 from aralnode.transport.grpc_client import NodeClient
 from aralnode.transport.tls_grpc import ClientTls
+
+# A dial that ends with these leaves no entry: the address is this node itself, or
+# the peer was refused at the connection point (never in the peer table).
+_NOT_KEPT = frozenset({"SELF", "HALTED", "CONNECTION_REFUSED_BY_POLICY"})
 
 
 def card_fields(verified: VerifiedCard, address: str, version: str, source: str) -> dict[str, Any]:
@@ -67,8 +71,10 @@ class PeerConnector:
         card_limits: CardLimits = DEFAULT_CARD_LIMITS,
         on_verified: Callable[[str, str], None] = lambda node_id, address: None,
         tls: ClientTls | None = None,
+        admit: Callable[[str, str], None] | None = None,
     ) -> None:
         self.identity = identity
+        self.admit = admit  # the connection injection point (``service.connections``)
         self.keyring = keyring
         self.clock = clock
         self.table = table
@@ -115,8 +121,14 @@ class PeerConnector:
                 except BaseException:
                     await client.close()
                     raise
+            if self.admit is not None:  # verified; refused by policy or halted: kept nowhere
+                try:
+                    self.admit(verified.node_id, address)
+                except BaseException:
+                    await client.close()
+                    raise
         except BaseException as exc:
-            if isinstance(exc, Unavailable) and exc.reason == "SELF":
+            if isinstance(exc, AralError) and exc.reason in _NOT_KEPT:
                 self.table.remove(key)
             else:
                 with contextlib.suppress(ValueError):  # the entry may have expired meanwhile
