@@ -55,11 +55,13 @@ class Memory:
 class _Rule:
     """A tripwire as the engine runs it: its condition compiled."""
 
-    __slots__ = ("condition", "tripwire")
+    __slots__ = ("condition", "run", "tripwire")
 
     def __init__(self, tripwire: Tripwire) -> None:
         self.tripwire = tripwire
         self.condition = Condition(tripwire.when) if tripwire.when else None
+        # The compiled program's execute, called directly on the hot path.
+        self.run = self.condition.execute if self.condition is not None else None
 
 
 class _Found:
@@ -193,10 +195,18 @@ class PolicyEvaluator:
         if self._uses_rate:
             self.memory.rate.add(action.principal)
         if rules:
-            values = self._values(action, variables, tier) if variables else self._cel
+            context = (self._values(action, variables, tier) if variables else self._cel).context
             for rule in rules:
-                if rule.condition is not None and not self._holds(rule, values):
-                    continue
+                run = rule.run
+                if run is not None:
+                    try:
+                        held = run(context)
+                    except Exception as exc:  # fail closed: a rule that cannot say refuses
+                        raise self._failed(rule, exc) from None
+                    if held is not True:
+                        if held is False:
+                            continue
+                        raise self._failed(rule, f"is {type(held).__name__}, not a boolean")
                 found = found or _Found()
                 self._matched(found, rule.tripwire, tier, action)
         if found is None:
@@ -289,21 +299,23 @@ class PolicyEvaluator:
     def _values(self, action: Action, names: frozenset[str], tier: int) -> Values:
         """The variables the candidate rules read (and only those), set once."""
         values = self._cel
+        add = values.context.add_variable
         for name in names:
-            values.set(name, _GETTERS[name](self, action, tier))
+            add(name, _GETTERS[name](self, action, tier))
         return values
 
-    def _holds(self, rule: _Rule, values: Values) -> bool:
-        assert rule.condition is not None
-        try:
-            return rule.condition.holds(values)
-        except ValueError as exc:  # fail closed: a rule that cannot say refuses
-            t = rule.tripwire
-            raise InternalError(
-                f"governance rule {t.id!r} ({self.policy.source}:{t.line}) failed: {exc}",
-                reason="GOVERNANCE_RULE_FAILED",
-                details={"rule": t.id},
-            ) from None
+    def _failed(self, rule: _Rule, why: object) -> InternalError:
+        t = rule.tripwire
+        text = (
+            f"{type(why).__name__}: {str(why).splitlines()[0][:200]}"
+            if isinstance(why, Exception)
+            else str(why)
+        )
+        return InternalError(
+            f"governance rule {t.id!r} ({self.policy.source}:{t.line}) failed: {text}",
+            reason="GOVERNANCE_RULE_FAILED",
+            details={"rule": t.id},
+        )
 
 
 def _rate(engine: PolicyEvaluator, action: Action, tier: int) -> int:

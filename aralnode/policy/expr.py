@@ -26,7 +26,7 @@ VARIABLES = frozenset({
 class Condition:
     """A compiled CEL condition and the variables it reads."""
 
-    __slots__ = ("_program", "source", "variables")
+    __slots__ = ("_program", "execute", "source", "variables")
 
     def __init__(self, source: str) -> None:
         try:
@@ -34,6 +34,7 @@ class Condition:
         except Exception as exc:  # the binding raises ValueError; be sure
             raise ValueError(str(exc).splitlines()[0]) from None
         self.source = source
+        self.execute = self._program.execute  # the raw program: raises, may return non-bool
         self.variables = frozenset(self._program.variables())
         unknown = self.variables - VARIABLES
         if unknown:
