@@ -25,6 +25,7 @@ from aralnode.core.governance import Action, Decision, Direction
 from aralnode.policy.engine import Memory, PolicyEvaluator
 from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.load import PolicyError, parse_policy
+from tests.channel_helpers import FAST, linked
 from tests.test_parity import open_doors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,18 +278,21 @@ def test_hot_reload_swaps_or_keeps_the_old_policy(tmp_path: Path) -> None:
 
 
 NUDGE = (
-    'version = 1\n[[tripwires]]\nid = "cap-b"\ncapabilities = ["demo.add"]\n'
+    "version = 1\n[trust_debt]\nflag_weight = 0.25\n"
+    '[[tripwires]]\nid = "cap-b"\ncapabilities = ["demo.add"]\n'
     'when = "params.b > 10"\naction = "nudge"\nset = { b = 10 }\nreason = "b is capped at 10"\n'
+    "flag = true\n"
 )
 
 
-async def test_a_nudge_reaches_the_handler_on_grpc_and_mcp(
+async def test_a_nudge_and_a_flag_on_grpc_mcp_and_the_channel(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
     path = tmp_path / "nudge.toml"
     path.write_text(NUDGE)
-    node = make_node("nudged", policy_file=path, http_port=0)
-    async with node, grpc.aio.insecure_channel(node.address) as channel:
+    node = make_node("nudged", policy_file=path, http_port=0, **FAST)
+    peer = make_node("asker", demo=False, **FAST)
+    async with node, peer, grpc.aio.insecure_channel(node.address) as channel:
         invoke = channel.unary_unary(
             "/aral.v1.AgentNode/Invoke",
             request_serializer=pb.InvokeRequest.SerializeToString,
@@ -301,7 +305,14 @@ async def test_a_nudge_reaches_the_handler_on_grpc_and_mcp(
         async with Client(f"http://127.0.0.1:{node.http_port}/mcp") as mcp:
             result = await mcp.call_tool("demo.add", {"a": 2, "b": 900})
         assert json.loads(result.content[0].text) == 12
+        await linked(peer, node)
+        assert await peer.request(node.node_id, "demo.add", {"a": 3, "b": 700}) == 13
         assert await node.invoke("demo.add", {"a": 1, "b": 2}) == 3  # under the cap: as sent
+        # Each nudge also flagged its principal: the anonymous callers (gRPC, MCP) and
+        # the peer node each owe trust debt; the rule's flag weight each time.
+        ledger = node.governing.policy.memory.ledger  # type: ignore[union-attr]
+        assert ledger.debt(peer.node_id) == pytest.approx(0.25, rel=0.01)
+        assert ledger.debt("anonymous") == pytest.approx(0.5, rel=0.01)
 
 
 async def test_a_node_refuses_to_start_on_a_bad_policy(
