@@ -24,6 +24,8 @@ from aralnode.policy.model import Policy, Tripwire
 from aralnode.policy.state import DistinctRecent, TrustLedger, WindowCounter
 
 _CACHE = 4096
+_MEMO = 512  # remembered answers per condition
+_NOT_SCALAR = frozenset({"params", "roles", "chain"})
 _OK = Decision.OK
 
 
@@ -55,13 +57,20 @@ class Memory:
 class _Rule:
     """A tripwire as the engine runs it: its condition compiled."""
 
-    __slots__ = ("condition", "run", "tripwire")
+    __slots__ = ("condition", "memo", "names", "run", "tripwire")
 
     def __init__(self, tripwire: Tripwire) -> None:
         self.tripwire = tripwire
         self.condition = Condition(tripwire.when) if tripwire.when else None
         # The compiled program's execute, called directly on the hot path.
         self.run = self.condition.execute if self.condition is not None else None
+        # CEL is pure: a condition over scalars only gives the same answer for the
+        # same values, so its answers are remembered (bounded) by those values.
+        names = self.condition.variables if self.condition is not None else frozenset()
+        self.names = tuple(sorted(names))
+        self.memo: dict[tuple[Any, ...], bool] | None = (
+            {} if names and not names & _NOT_SCALAR else None
+        )
 
 
 class _Found:
@@ -183,7 +192,7 @@ class PolicyEvaluator:
 
     def evaluate(self, action: Action) -> Verdict:
         policy = self.policy
-        rules, variables = self._candidates(action)
+        rules, _ = self._candidates(action)
         tier = self.tier_of(action)
         found: _Found | None = None
         if action.direction is Direction.INVOKE:
@@ -195,18 +204,30 @@ class PolicyEvaluator:
         if self._uses_rate:
             self.memory.rate.add(action.principal)
         if rules:
-            context = (self._values(action, variables, tier) if variables else self._cel).context
+            values: dict[str, Any] = {}  # made once per call, as rules need them
+            sent: set[str] = set()  # and set into the CEL context once
+            context = self._cel.context
             for rule in rules:
                 run = rule.run
                 if run is not None:
-                    try:
-                        held = run(context)
-                    except Exception as exc:  # fail closed: a rule that cannot say refuses
-                        raise self._failed(rule, exc) from None
-                    if held is not True:
-                        if held is False:
-                            continue
-                        raise self._failed(rule, f"is {type(held).__name__}, not a boolean")
+                    for name in rule.names:
+                        if name not in values:
+                            values[name] = _GETTERS[name](self, action, tier)
+                    memo = rule.memo
+                    key = tuple([values[n] for n in rule.names]) if memo is not None else ()
+                    held = memo.get(key) if memo is not None else None
+                    if held is None:
+                        for name in rule.names:
+                            if name not in sent:
+                                context.add_variable(name, values[name])
+                                sent.add(name)
+                        held = self._run(rule, run, context)
+                        if memo is not None:
+                            if len(memo) >= _MEMO:
+                                memo.clear()
+                            memo[key] = held
+                    if not held:
+                        continue
                 found = found or _Found()
                 self._matched(found, rule.tripwire, tier, action)
         if found is None:
@@ -296,13 +317,14 @@ class PolicyEvaluator:
             )  # fmt: skip
         return found
 
-    def _values(self, action: Action, names: frozenset[str], tier: int) -> Values:
-        """The variables the candidate rules read (and only those), set once."""
-        values = self._cel
-        add = values.context.add_variable
-        for name in names:
-            add(name, _GETTERS[name](self, action, tier))
-        return values
+    def _run(self, rule: _Rule, run: Any, context: Any) -> bool:
+        try:
+            held = run(context)
+        except Exception as exc:  # fail closed: a rule that cannot say refuses
+            raise self._failed(rule, exc) from None
+        if held is not True and held is not False:
+            raise self._failed(rule, f"is {type(held).__name__}, not a boolean")
+        return bool(held)
 
     def _failed(self, rule: _Rule, why: object) -> InternalError:
         t = rule.tripwire
