@@ -14,7 +14,6 @@ import json
 import sys
 import time
 from collections import deque
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -81,7 +80,7 @@ def _verify(ns: argparse.Namespace) -> int:
 
 
 def _row(seq: int, record: AuditRecord) -> dict[str, Any]:
-    return {"seq": seq, **asdict(record)}
+    return {"seq": seq, **record._asdict()}
 
 
 def _when(ms: int) -> str:

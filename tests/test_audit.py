@@ -210,7 +210,7 @@ async def test_a_full_store_refuses_and_recovers(tmp_path: Path, identity: Ident
 
 
 def _fields(r: AuditRecord, **changes: object) -> dict[str, object]:
-    values = {name: getattr(r, name) for name in r.__dataclass_fields__}
+    values: dict[str, object] = r._asdict()
     values.update(changes)
     return values
 

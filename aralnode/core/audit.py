@@ -12,8 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 
@@ -28,9 +27,9 @@ class Point(enum.StrEnum):
     DISCONNECT = "disconnect"  # a peer's channel ended
 
 
-@dataclass(slots=True, frozen=True)
-class AuditRecord:
-    """One call's outcome, as an audit sink receives it.
+class AuditRecord(NamedTuple):
+    """One call's outcome, as an audit sink receives it (immutable; a named tuple:
+    one is made for every call and every channel message, so it must be cheap).
 
     Attributes:
         door: "grpc", "rest", "mcp", "ws", "channel", "local".
@@ -66,7 +65,7 @@ class AuditRecord:
     outcome: str
     reason: str = ""
     chain: tuple[str, ...] = ()
-    point: str = Point.POST
+    point: str = Point.POST.value
     flags: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
     params_digest: str = ""

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import operator
 import sqlite3
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import fields
 from pathlib import Path
 
 import msgpack
@@ -45,7 +43,7 @@ HEAD_PAYLOAD_TYPE = "application/vnd.aralnode.audit-head"
 GENESIS = b"\x00" * 32
 FILE_PATTERN = "audit-{:06d}.db"
 # The record's fields after seq, in the canonical order (the body is a JSON array).
-FIELDS = tuple(f.name for f in fields(AuditRecord))
+FIELDS = AuditRecord._fields
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -70,7 +68,6 @@ class AuditUnavailable(Unavailable):
         super().__init__(message, reason="AUDIT_UNAVAILABLE")
 
 
-_values = operator.attrgetter(*FIELDS)
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
@@ -79,7 +76,7 @@ def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
     field, ...]`` in ``FIELDS`` order (tuples as arrays, strings UTF-8; ``time_ms``
     0 becomes ``now_ms``). MessagePack: a fixed encoding any language reads, and
     cheap enough for the writer to keep up with the channel."""
-    row = [seq, *_values(record)]
+    row = [seq, *record]
     if not row[-1]:
         row[-1] = now_ms
     packed: bytes = _pack(row)
