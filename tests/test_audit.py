@@ -284,3 +284,23 @@ async def test_no_result_leaves_without_its_record(
         with pytest.raises(AuditUnavailable):  # and the next call is refused at once
             await node.invoke("demo.effect", {})
         assert ran == [1]
+
+
+async def test_rotation_keeps_the_chain_verifiable(tmp_path: Path, identity: Identity) -> None:
+    log = AuditLog(tmp_path, identity, rotate_bytes=32 * 1024)
+    log.open()
+    big = AuditRecord(**_fields(record(0), reason="r" * 2000))  # type: ignore[arg-type]
+    waiting = durable(log)
+    for _ in range(6):  # groups of 20 records, ~40 KB each: a new file after each
+        tickets = [log.append(big) for _ in range(20)]
+        await asyncio.gather(*(waiting.durable(t) for t in tickets))
+    log.close()
+    files = audit_files(tmp_path)
+    assert len(files) >= 3
+    report = verify(tmp_path, identity.public_key)
+    assert report.ok, report.problem
+    assert report.records == 120
+    files[1].unlink()  # a whole file gone from the middle
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert problem.kind == "removed"
