@@ -15,7 +15,7 @@ from aralnode.core.clock import Clock
 from aralnode.core.identity import Identity
 from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.model import EscalationPolicy
-from aralnode.policy.post import OutputSchema, PostPolicy, SensitiveData
+from aralnode.policy.post import MessageFilter, OutputSchema, PostPolicy, SensitiveData
 from aralnode.service.approvals import ApprovalQueue
 from aralnode.service.halts import Halts
 from aralnode.service.pipeline import Pipeline
@@ -75,6 +75,7 @@ class Governance:
         if holder is not None:
             holder.on_reload = self.escalation_settings
             stages.post_check.checks.extend(post_checks(holder, registry))
+            stages.post_check.filter = MessageFilter(lambda: holder.current.policy.post)
         self.audit_log = open_audit_log(cfg, identity, pipeline)
         self._watch = start_watch(self.policy, cfg)
 

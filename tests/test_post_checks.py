@@ -4,6 +4,7 @@ declared output schema flagged or blocked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from aralnode import Node
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
 from aralnode.policy.post import MAX_NODES, MAX_SCAN, Detector, PostPolicy, Scanner
+from tests.channel_helpers import FAST, linked
 from tests.test_parity import open_doors
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
@@ -149,3 +151,16 @@ async def test_a_result_that_breaks_its_schema(
         assert holder.memory.ledger.debt("alice") > 0
         assert await node.invoke("demo.add", {"a": 1, "b": 2}, ctx=_ctx("bob")) == 3
         assert holder.memory.ledger.debt("bob") == 0
+
+
+async def test_the_filter_point_redacts_channel_notifications(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    hub = make_node("filtering", policy_file=policy(tmp_path, 'sensitive = "redact"'), **FAST)
+    talker = make_node("talker", demo=False, **FAST)
+    async with hub, talker:
+        await linked(talker, hub)
+        async with hub.subscribe() as sub:
+            await talker.notify(hub.node_id, "note", {"text": f"the key is {AWS}", "n": 1})
+            message = await asyncio.wait_for(anext(sub), 20)
+    assert message.data == {"text": "the key is [REDACTED:aws_access_key]", "n": 1}

@@ -226,7 +226,7 @@ def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
     if value is None:
         return None
     path: list[Key] = ["post"]
-    known = {"sensitive", "schema_mismatch", "replacement", "builtin", "detectors"}
+    known = {"sensitive", "schema_mismatch", "replacement", "builtin", "detectors", "messages"}
     t = r.table(value, path, known)
     sensitive = t.get("sensitive", {"0-2": "redact", "3-5": "escalate"})
     spans: list[tuple[int, int, str]] = []
@@ -249,6 +249,9 @@ def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
     if not isinstance(builtin, bool):
         raise r.fail([*path, "builtin"], "must be true or false")
     weight = debt.get("flag_weight", 0.1) if isinstance(debt, Mapping) else 0.1
+    messages = t.get("messages", True)
+    if not isinstance(messages, bool):
+        raise r.fail([*path, "messages"], "must be true or false")
     return PostPolicy(
         sensitive=tuple(spans),
         schema_mismatch=mismatch,
@@ -256,6 +259,7 @@ def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
         builtin=builtin,
         detectors=_detectors(r, t.get("detectors")),
         flag_weight=float(weight),
+        messages=messages,
     )
 
 

@@ -69,6 +69,7 @@ class PostPolicy:
     builtin: bool = True
     detectors: tuple[Detector, ...] = ()
     flag_weight: float = 0.1
+    messages: bool = True  # redact channel messages too (the filtering point)
 
     def action_for(self, tier: int) -> str:
         for low, high, action in self.sensitive:
@@ -195,6 +196,28 @@ class SensitiveData:
         return policy.action_for(self._tier_of(action))
 
 
+class MessageFilter:
+    """The filtering point: a channel message's data (sent or received) redacted
+    by the same detectors. A one-way message in an ordered channel cannot wait for
+    an approver, and is redacted whatever the tier."""
+
+    def __init__(self, policy: Callable[[], PostPolicy | None]) -> None:
+        self._policy = policy
+        self._scanner: Scanner | None = None
+
+    def __call__(self, ctx: CallContext, action: Action, data: Any) -> Any:
+        policy = self._policy()
+        if policy is None or not policy.messages:
+            return data
+        scanner = self._scanner
+        if scanner is None or scanner.policy is not policy:
+            scanner = self._scanner = Scanner(policy)
+        redacted, fired = scanner.scan(data)
+        if fired:
+            ctx.flags.extend(f"filter.redacted:{n}" for n in sorted(set(fired)))
+        return redacted
+
+
 class OutputSchema:
     """A response check: a result that breaks its capability's declared output
     schema is flagged (``on_flag``: trust debt) or blocked."""
@@ -244,4 +267,7 @@ class OutputSchema:
         return validator
 
 
-__all__ = ["BUILTIN_PATTERNS", "Detector", "OutputSchema", "PostPolicy", "Scanner", "SensitiveData"]
+__all__ = [
+    "BUILTIN_PATTERNS", "Detector", "MessageFilter", "OutputSchema", "PostPolicy", "Scanner",
+    "SensitiveData",
+]  # fmt: skip

@@ -18,9 +18,8 @@ kinds of call differ only in their handler:
   built-in methods, a call forwarded to a peer (``Direction.SEND``), request streams;
 - ``stream``: a server stream: every stage before the first item, the slot held
   until it ends, each item post-checked;
-- ``judge_message``: a message rather than a call (a notification received from a
-  peer, one the program sends): authenticate, authorize, govern and audit, with no
-  concurrency slot (the channel's credit and outbox bound those).
+- ``judge_message``: a message (a notification received or sent): the same stages
+  with no concurrency slot (the channel's credit and outbox bound those).
 
 The stages themselves are in ``aralnode.service.stages``.
 """
@@ -94,19 +93,16 @@ class Target:
     kind: str = "call"
 
     @property
-    def ok_key(self) -> str:
-        """The counter of this kind's successes."""
+    def ok_key(self) -> str:  # the counter of this kind's successes
         return _OK_KEYS.get(self.kind) or f"{self.kind}.ok"
 
 
 _OK_KEYS = {kind: f"{kind}.ok" for kind in ("invoke", "call", "stream", "message")}
 
 
-# JSON parameters and results are checked here, once for every door: each door
-# carries them differently (a Struct of doubles on gRPC and the channel, JSON text on
-# REST, MCP and the WebSocket, Python in-process), so a number one of them cannot
-# carry as it is (NaN, an infinity, an integer beyond 2**53) is refused on all of
-# them rather than changed, printed as invalid JSON, or failed as INTERNAL by one.
+# JSON parameters and results are checked here, once for every door (each carries
+# them differently: a Struct of doubles, JSON text, Python), so a number one of them
+# cannot carry as it is (NaN, infinity, an integer beyond 2**53) is refused on all.
 
 
 def _json_params(params: Any, target: str) -> None:
@@ -347,8 +343,8 @@ class Pipeline:
     ) -> Any:
         """The stages a message goes through (a notification a peer sent us, one the
         program sends): authenticate, authorize, rate limit (a token, no concurrency
-        slot), govern, audit.
-        The parameters to go on with (a nudge may have replaced them).
+        slot), govern, the filter (post-check's), audit. The data to go on with (a
+        nudge may have replaced it, the filter redacted it).
 
         Raises:
             AralError: a refusal (``GovernanceBlocked`` and the others).
@@ -364,11 +360,14 @@ class Pipeline:
                 chain=ctx.chain, principal=ctx.principal, kind=ctx.kind, roles=ctx.roles,
             )  # fmt: skip
             nudged = st.govern(ctx, action).parameters  # (an escalation cannot wait here)
+            data = params if nudged is None else nudged
+            if (sift := st.post_check.filter) is not None:
+                data = sift(ctx, action, data)
         except AralError as exc:
             self._ended(ctx, target, exc)
             raise
         self._ended(ctx, target, None)
-        return params if nudged is None else nudged
+        return data
 
     # -- the stages, in order -------------------------------------------------------
 

@@ -397,12 +397,15 @@ class ResponseCheck(Protocol):
 
 
 class PostCheck:
-    """Runs the response checks in order; a check that fails refuses the result."""
+    """Runs the response checks in order; a check that fails refuses the result.
+    ``filter`` (the filtering injection point) sees a channel message's data the
+    way the checks see a result; it may redact, or raise to refuse the message."""
 
-    __slots__ = ("checks",)
+    __slots__ = ("checks", "filter")
 
     def __init__(self, checks: Sequence[ResponseCheck] = ()) -> None:
         self.checks = list(checks)
+        self.filter: Callable[[CallContext, Action, Any], Any] | None = None
 
     def __call__(self, ctx: CallContext, action: Action, result: Any) -> Any:
         for check in self.checks:
