@@ -34,9 +34,8 @@ def close_audit_log(audit_log: AuditLog | None, pipeline: Pipeline) -> None:
     """Stop recording: what is pending is written and the head signed."""
     if audit_log is None:
         return
-    installed = pipeline.stages.audit.log
-    if isinstance(installed, DurableLog) and installed.store is audit_log:
-        pipeline.stages.audit.log = None
+    # The closed log stays installed: a call still running (or made after the stop,
+    # in-process) is refused for want of a record, never answered without one.
     audit_log.close()
 
 

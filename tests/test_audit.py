@@ -304,3 +304,29 @@ async def test_rotation_keeps_the_chain_verifiable(tmp_path: Path, identity: Ide
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert problem.kind == "removed"
+
+
+async def test_a_rewrite_hidden_by_removing_the_later_heads_is_caught(
+    tmp_path: Path, identity: Identity
+) -> None:
+    log = AuditLog(tmp_path, identity, sign_every=10)
+    log.open()
+    await write(log, 50)  # one group: heads at 10, 20, 30, 40, 50
+    log.close()
+    with _db(tmp_path) as db:
+        assert [r[0] for r in db.execute("SELECT seq FROM heads ORDER BY seq")] == [
+            10, 20, 30, 40, 50,
+        ]  # fmt: skip
+        rows = db.execute("SELECT seq, body, prev FROM records ORDER BY seq").fetchall()
+        prev = rows[10][2]  # re-chain 11..50 with record 30 edited
+        for seq, stored, _ in rows[10:]:
+            body = stored.replace(b"alice", b"malle") if seq == 30 else stored
+            digest = chain_hash(prev, body)
+            db.execute(
+                "UPDATE records SET body=?, prev=?, hash=? WHERE seq=?", (body, prev, digest, seq)
+            )
+            prev = digest
+        db.execute("DELETE FROM heads WHERE seq >= 20")
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.kind, problem.seq) == ("unsigned", 11)

@@ -50,6 +50,13 @@ def test_the_builtin_detectors_and_configured_ones() -> None:
     ]
     assert out["ssn"] == "[REDACTED:customer]"
     assert (out["fine"], out["n"]) == ("nothing here", 3)
+    # A protobuf result's JSON view names fields in camelCase; a secret may be a key.
+    camel, fired = scanner.scan({"accessToken": "abc", "clientSecret": "x", AWS: 1})
+    assert camel == {
+        "accessToken": "[REDACTED:access_token]",
+        "clientSecret": "[REDACTED:client_secret]",
+        "[REDACTED:aws_access_key]": 1,
+    }
     clean = {"a": ["b", {"c": 1}]}
     assert scanner.scan(clean) == (clean, [])  # the same object: nothing to redact
 

@@ -84,11 +84,11 @@ class Scanner:
     def __init__(self, policy: PostPolicy) -> None:
         self.policy = policy
         patterns = dict(BUILTIN_PATTERNS) if policy.builtin else {}
-        keys: dict[str, str] = {k: k for k in SECRET_KEYS} if policy.builtin else {}
+        keys: dict[str, str] = {_norm(k): k for k in SECRET_KEYS} if policy.builtin else {}
         for d in policy.detectors:
             if d.pattern:
                 patterns[d.name] = d.pattern
-            keys.update({k.lower(): d.name for k in d.keys})
+            keys.update({_norm(k): d.name for k in d.keys})
         self.names = list(patterns)
         self.pattern = (
             re.compile("|".join(f"(?P<d{i}>{p})" for i, p in enumerate(patterns.values())))
@@ -121,12 +121,14 @@ class Scanner:
         if isinstance(value, dict):
             out = {}
             for k, v in value.items():
-                name = self.keys.get(str(k).lower())
+                name = self.keys.get(_norm(str(k)))
+                # A key is text too (a secret can be a key): scanned like a value.
+                key = self._text(k, fired) if isinstance(k, str) else k
                 if name is not None and v not in (None, "", [], {}):
                     fired.append(name)
-                    out[k] = self.policy.replacement.format(name=name)
+                    out[key] = self.policy.replacement.format(name=name)
                 else:
-                    out[k] = self._walk(v, fired, budget, depth + 1)
+                    out[key] = self._walk(v, fired, budget, depth + 1)
             return out
         if isinstance(value, list):
             return [self._walk(v, fired, budget, depth + 1) for v in value]
@@ -147,6 +149,12 @@ class Scanner:
             return self.policy.replacement.format(name=name)
 
         return pattern.sub(replace, head) + tail
+
+
+def _norm(key: str) -> str:
+    """A field name as compared: lower case, no ``_`` or ``-`` (``access_token``,
+    a protobuf JSON view's ``accessToken`` and ``Access-Token`` are one name)."""
+    return key.lower().replace("_", "").replace("-", "")
 
 
 class SensitiveData:

@@ -56,6 +56,7 @@ NODE = "node"
 USER = "user"
 SERVICE = "service"
 ANONYMOUS_KIND = "anonymous"
+ANONYMOUS_PRINCIPAL = "anonymous"  # core.context.ANONYMOUS: on_behalf_of of nobody in particular
 KINDS = (NODE, USER, SERVICE, ANONYMOUS_KIND)
 _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
@@ -216,7 +217,10 @@ class PeerAuthenticator:
         node = signer if verified else credentials.link_peer if not signer else ""
         if not node:
             if signer:
-                return Authenticated(signer, _NO_SCOPES, delegated, kind=ANONYMOUS_KIND)
+                # A claim to act for someone, by a key nobody verified, names nobody:
+                # it must not let a stranger be halted, indebted or queued as them.
+                claimed = ANONYMOUS_PRINCIPAL if delegated else ""
+                return Authenticated(signer, _NO_SCOPES, claimed, kind=ANONYMOUS_KIND)
             return ANONYMOUS
         scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
         roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES

@@ -102,7 +102,12 @@ class Halts:
         return subject in self._entries
 
     def halted(self, ctx: CallContext, action: Action, verdict: Verdict) -> None:
-        """A HALT verdict on ``ctx``'s call: record its subject."""
+        """A HALT verdict on ``ctx``'s call: record its subject. An anonymous caller
+        (or a key nobody verified) is not recorded: "anonymous" is everyone without
+        an identity, and a made-up key is free; its call is refused all the same."""
+        if ctx.anonymous or ctx.kind == "anonymous":
+            log.warning("halt of an anonymous caller (%s): the call is refused", ctx.peer)
+            return
         kind = PEER if ctx.kind == "node" and not ctx.on_behalf_of else PRINCIPAL
         reason = "; ".join(verdict.reasons) or "halted"
         self.halt(ctx.principal, kind, reason, verdict.rule_ids, ctx.trace_id)

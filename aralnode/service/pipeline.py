@@ -296,6 +296,9 @@ class Pipeline:
             if verdict.decision is Decision.ESCALATE:
                 await self._approved(ctx, action, verdict)
             value = self._governed(verdict.parameters, params, message, method_id)
+            if st.audit.log is not None:  # no item leaves before the stream is on record
+                self._begin(ctx, params, message)
+                await st.audit.durable(st.audit(ctx, method_id, _INVOKE, ctx.peer, None, _PRE))
             checked = self._checked
             async for item in start(value):
                 yield await checked(ctx, action, item) if st.post_check.checks else item
@@ -573,12 +576,8 @@ class Pipeline:
         return 0
 
     def _begin(self, ctx: CallContext, value: Any, message: Message | None) -> None:
-        """What the audit log records of a call that is about to be judged: when it
-        started and its parameters' digest (only with a log: a digest costs).
-
-        Raises:
-            AralError: the log cannot keep records (the call must not run).
-        """
+        """Note when the call started and its parameters' digest (only with a log: a
+        digest costs). Raises the log's error if it cannot keep records (no run)."""
         audit_log = self.stages.audit.log
         if audit_log is not None:
             if (failed := audit_log.failed) is not None:

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS heads (
   seq INTEGER PRIMARY KEY,
   hash BLOB NOT NULL,
   signature BLOB NOT NULL,
-  time_ms INTEGER NOT NULL
+  time_ms INTEGER NOT NULL,
+  interval INTEGER NOT NULL
 );
 """
 
@@ -68,7 +69,9 @@ class AuditUnavailable(Unavailable):
         super().__init__(message, reason="AUDIT_UNAVAILABLE")
 
 
-_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# surrogatepass: a caller's text may hold a lone surrogate (JSON allows "\ud800");
+# its record must still be written, byte for byte, not kill the writer.
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True, unicode_errors="surrogatepass").pack
 
 
 def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
@@ -87,14 +90,16 @@ def chain_hash(prev: bytes, body: bytes) -> bytes:
     return hashlib.sha256(prev + body).digest()
 
 
-def head_payload(seq: int, digest: bytes) -> bytes:
-    """What a signed head covers: the seq (8 bytes, big-endian) and its hash."""
-    return struct.pack(">Q", seq) + digest
+def head_payload(seq: int, digest: bytes, interval: int) -> bytes:
+    """What a signed head covers: the seq, the signing interval the log keeps (at
+    most that many records between two heads, so removed heads show), both 8 bytes
+    big-endian, and the record's hash."""
+    return struct.pack(">QQ", seq, interval) + digest
 
 
 def record_of(body: bytes) -> tuple[int, AuditRecord]:
     """A stored body back as (seq, record)."""
-    row = msgpack.unpackb(body, raw=False)
+    row = msgpack.unpackb(body, raw=False, unicode_errors="surrogatepass")
     values = dict(zip(FIELDS, row[1:], strict=True))
     values["chain"] = tuple(values["chain"])
     values["flags"] = tuple(values["flags"])
@@ -184,7 +189,11 @@ class AuditLog:
         self._file = files[-1] if files else self.directory / FILE_PATTERN.format(1)
         self._db = connect(self._file)
         self._seq, self._hash = self._last_of(self._db, files)
-        self._signed_seq = self._seq
+        self._signed_seq = self._last_signed(self._db)
+        if self._seq > self._signed_seq:
+            # A tail a crash left unsigned is signed now (docs/audit.md: what that
+            # means), so no interval between two heads spans it.
+            self._sign_head(self._db)
         self._thread = threading.Thread(target=self._run, name="aralnode-audit", daemon=True)
         self._thread.start()
 
@@ -200,6 +209,17 @@ class AuditLog:
             if row is not None:
                 return int(row[0]), bytes(row[1])
         return 0, GENESIS
+
+    def _last_signed(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT max(seq) FROM heads").fetchone()
+        if row is not None and row[0] is not None:
+            return int(row[0])
+        # A new file after a rotation: the previous file's last head signed its end.
+        return (
+            self._seq
+            if self._seq and not db.execute("SELECT 1 FROM records LIMIT 1").fetchone()
+            else 0
+        )
 
     def close(self) -> None:
         """Write what is pending, sign the head, stop the writer."""
@@ -228,7 +248,7 @@ class AuditLog:
         if failed is not None:
             raise failed
         with self._lock:
-            if self._stop or self._thread is None:
+            if self._stop or self._thread is None or not self._thread.is_alive():
                 raise AuditUnavailable("the audit log is closed")
             if len(self._pending) >= self.max_pending:
                 raise AuditUnavailable(
@@ -256,6 +276,22 @@ class AuditLog:
     # -- the writer thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # never die silently: refuse everything instead
+            log.exception("audit log %s: the writer failed", self._file)
+            error = AuditUnavailable(f"the audit log {self._file} writer failed: {exc!r}")
+            with self._lock:
+                self.failed = error
+                self._stop = True
+                first, last = self._written + 1, self._tickets
+                self._pending.clear()
+                if last >= first:
+                    self._refused.append((first, last, error))
+            self._settle(max(last, self._written))
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 if not self._pending and not self._stop:
@@ -306,38 +342,48 @@ class AuditLog:
         seq, prev = self._seq, self._hash
         rows = []
         now = self._wall_ms()
-        for record in batch:
-            seq += 1
-            body = canonical(seq, record, now)
-            digest = chain_hash(prev, body)
-            rows.append((seq, body, prev, digest))
-            prev = digest
+        signed_before = self._signed_seq
         try:
+            heads = []  # no more than sign_every records between two heads
+            signed = self._signed_seq
+            for record in batch:
+                seq += 1
+                body = canonical(seq, record, now)
+                digest = chain_hash(prev, body)
+                rows.append((seq, body, prev, digest))
+                prev = digest
+                if seq - signed >= self.sign_every:
+                    heads.append((seq, digest))
+                    signed = seq
+            # The first group of a log is signed at once: an intact log always has a
+            # head, so one whose heads were all removed is caught.
+            if not self._signed_seq and not heads:
+                heads.append((seq, prev))
             if self.test_hook is not None:
                 self.test_hook(db)
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO records (seq, body, prev, hash) VALUES (?,?,?,?)", rows)
-            # The first group of a log is signed at once: an intact log always has a
-            # head, so one whose heads were all removed is caught.
-            if seq - self._signed_seq >= self.sign_every or not self._signed_seq:
-                self._insert_head(db, seq, prev)
+            for head_seq, head_hash in heads:
+                self._insert_head(db, head_seq, head_hash)
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+            self._signed_seq = signed_before
             with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             self._fail(first, first + len(batch) - 1 if first else 0, exc)
             return
         self._seq, self._hash = seq, prev
         self.commits += 1
         self.records += len(batch)
-        if self.failed is not None:
+        if self.failed is not None and not first:  # only the outage record clears it
             log.info("audit log %s writes again", self._file)
             self.failed = None
         if first:
             self._settle(first + len(batch) - 1)
         self._maybe_rotate()
 
-    def _fail(self, first: int, last: int, exc: sqlite3.Error) -> None:
+    def _fail(self, first: int, last: int, exc: Exception) -> None:
         error = AuditUnavailable(
             f"the audit log {self._file} cannot be written ({exc}): calls are refused until it can"
         )
@@ -347,7 +393,7 @@ class AuditLog:
         if first:
             with self._lock:
                 self._refused.append((first, last, error))
-                del self._refused[:-64]  # old ranges: their waiters are long settled
+                del self._refused[:-4096]  # one per failed group: their waiters are long settled
             self._settle(last)
         with self._lock:  # before the next try (the probe) -- unless closing
             if not self._stop:
@@ -377,10 +423,12 @@ class AuditLog:
         db.execute("COMMIT")
 
     def _insert_head(self, db: sqlite3.Connection, seq: int, digest: bytes) -> None:
-        signature = self.identity.sign(HEAD_PAYLOAD_TYPE, head_payload(seq, digest))
+        payload = head_payload(seq, digest, self.sign_every)
+        signature = self.identity.sign(HEAD_PAYLOAD_TYPE, payload)
         db.execute(
-            "INSERT OR REPLACE INTO heads (seq, hash, signature, time_ms) VALUES (?,?,?,?)",
-            (seq, digest, signature.SerializeToString(), self._wall_ms()),
+            "INSERT OR REPLACE INTO heads (seq, hash, signature, time_ms, interval) "
+            "VALUES (?,?,?,?,?)",
+            (seq, digest, signature.SerializeToString(), self._wall_ms(), self.sign_every),
         )
         self._signed_seq = seq
         self._last_sign = time.monotonic()

@@ -58,6 +58,7 @@ class Report:
     heads: int = 0
     last_seq: int = 0
     last_signed: int = 0
+    interval: int = 0
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -94,12 +95,29 @@ def verify(directory: Path, public_key: PublicKey) -> Report:
     report.files = len(files)
     try:
         seq, prev = 0, GENESIS
-        for path in files:
+        for number, path in enumerate(files):
             seq, prev = _verify_file(path, public_key, seq, prev, report)
+            if number < len(files) - 1 and seq > report.last_signed:
+                raise _Bad(  # a rotation signs the file's end: its tail was cut or rewritten
+                    Problem(
+                        seq, "unsigned", f"{path.name} does not end with a signed head", str(path)
+                    )
+                )
         report.last_seq = seq
         if report.records and not report.heads:
             raise _Bad(
                 Problem(1, "unsigned", "records exist but no signed head covers any", str(path))
+            )
+        tail = report.last_seq - report.last_signed
+        if report.interval and tail > report.interval:
+            raise _Bad(
+                Problem(
+                    report.last_signed + 1,
+                    "unsigned",
+                    f"records {report.last_signed + 1}..{report.last_seq} have no signed head "
+                    f"(the node signs every {report.interval}): heads were removed",
+                    str(path),
+                )
             )
         if report.last_seq > report.last_signed:
             report.notes.append(
@@ -183,15 +201,18 @@ def _verify_heads(
     db: sqlite3.Connection, key: PublicKey, hashes: dict[int, bytes], name: str, report: Report
 ) -> None:
     try:
-        heads = db.execute("SELECT seq, hash, signature FROM heads ORDER BY seq").fetchall()
+        heads = db.execute(
+            "SELECT seq, hash, signature, interval FROM heads ORDER BY seq"
+        ).fetchall()
     except sqlite3.Error as exc:
         raise _Bad(Problem(0, "unsigned", f"cannot read signed heads: {exc}", name)) from None
-    for seq, digest, blob in heads:
+    for seq, digest, blob, interval in heads:
         signature = pb.Signature()
         try:
             signature.ParseFromString(bytes(blob))
-            key.verify(HEAD_PAYLOAD_TYPE, head_payload(seq, bytes(digest)), signature)
-        except (AralError, ValueError) as exc:
+            payload = head_payload(seq, bytes(digest), int(interval))
+            key.verify(HEAD_PAYLOAD_TYPE, payload, signature)
+        except (AralError, ValueError, TypeError) as exc:
             raise _Bad(
                 Problem(seq, "unsigned", f"the head at record {seq} is not the node's: {exc}", name)
             ) from None
@@ -204,12 +225,26 @@ def _verify_heads(
                 Problem(
                     seq,
                     "unsigned",
-                    f"record {seq} is not the one the node signed (the log was rewritten)",
+                    f"record {seq} is not the one the node signed: the log was rewritten after "
+                    f"record {report.last_signed}",
+                    name,
+                )
+            )
+        # The node signs at least every `interval` records (signed into each head):
+        # a longer stretch means heads were removed -- a rewrite would hide there.
+        if seq - report.last_signed > int(interval):
+            raise _Bad(
+                Problem(
+                    report.last_signed + 1,
+                    "unsigned",
+                    f"records {report.last_signed + 1}..{seq} have no signed head (the node "
+                    f"signs every {interval}): heads were removed",
                     name,
                 )
             )
         report.heads += 1
         report.last_signed = max(report.last_signed, seq)
+        report.interval = int(interval)
 
 
 __all__ = ["Problem", "Report", "verify"]
