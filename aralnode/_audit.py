@@ -24,6 +24,7 @@ def open_audit_log(cfg: NodeConfig, identity: Identity, pipeline: Pipeline) -> A
         sign_seconds=cfg.audit_sign_seconds,
         max_pending=cfg.audit_max_pending,
         rotate_bytes=cfg.audit_rotate_bytes,
+        threaded=False,  # groups written on the event loop, once per turn
     )
     audit_log.open()
     pipeline.stages.audit.log = DurableLog(audit_log, asyncio.get_running_loop())
@@ -36,6 +37,9 @@ def close_audit_log(audit_log: AuditLog | None, pipeline: Pipeline) -> None:
         return
     # The closed log stays installed: a call still running (or made after the stop,
     # in-process) is refused for want of a record, never answered without one.
+    installed = pipeline.stages.audit.log
+    if isinstance(installed, DurableLog):
+        installed.stop()
     audit_log.close()
 
 

@@ -35,13 +35,31 @@ class GroupedLog(Protocol):
 class DurableLog:
     """``append`` as the store's; ``durable(ticket)`` awaits the record's commit."""
 
-    __slots__ = ("_loop", "_waiters", "store")
+    __slots__ = ("_loop", "_ticker", "_waiters", "store")
 
     def __init__(self, store: GroupedLog, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self._loop = loop
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-        store.on_settled = self._on_settled
+        self._ticker: asyncio.TimerHandle | None = None
+        if getattr(store, "threaded", True):
+            store.on_settled = self._on_settled
+        else:  # inline: one flush per loop turn with records, on this thread
+            store.on_settled = self._wake
+            store.on_pending = lambda: loop.call_soon(store.flush)  # type: ignore[attr-defined]
+            self._tick()
+
+    def _tick(self) -> None:
+        """Inline: timed heads and the retry after a failure, every second."""
+        tick = getattr(self.store, "tick", None)
+        if tick is not None:
+            tick()
+        self._ticker = self._loop.call_later(1.0, self._tick)
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     @property
     def failed(self) -> AralError | None:
