@@ -24,7 +24,6 @@ def open_audit_log(cfg: NodeConfig, identity: Identity, pipeline: Pipeline) -> A
         sign_seconds=cfg.audit_sign_seconds,
         max_pending=cfg.audit_max_pending,
         rotate_bytes=cfg.audit_rotate_bytes,
-        threaded=False,  # groups written on the event loop, once per turn
     )
     audit_log.open()
     pipeline.stages.audit.log = DurableLog(audit_log, asyncio.get_running_loop())

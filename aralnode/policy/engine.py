@@ -18,7 +18,7 @@ from typing import Any
 
 from aralnode.core.errors import InternalError
 from aralnode.core.governance import ALLOW, Action, Decision, Direction, Verdict
-from aralnode.policy.expr import Condition, Values
+from aralnode.policy.expr import Condition, new_context
 from aralnode.policy.load import matches
 from aralnode.policy.model import Policy, Tripwire
 from aralnode.policy.state import DistinctRecent, TrustLedger, WindowCounter
@@ -114,10 +114,10 @@ class PolicyEvaluator:
                     self._globs.append(rule)
                 else:
                     self._exact.setdefault(cap, []).append(rule)
-        self._for: dict[tuple[Direction, str], tuple[tuple[_Rule, ...], frozenset[str]]] = {}
+        self._for: dict[tuple[Direction, str], tuple[_Rule, ...]] = {}
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
-        self._cel = Values()
+        self._cel = new_context()  # reused: one evaluation at a time, on the loop
         self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
 
     # -- what a call is --------------------------------------------------------------
@@ -167,7 +167,8 @@ class PolicyEvaluator:
             self._categories[key] = category
         return category
 
-    def _candidates(self, action: Action) -> tuple[tuple[_Rule, ...], frozenset[str]]:
+    def _candidates(self, action: Action) -> tuple[_Rule, ...]:
+        """The tripwires that can apply to ``action`` (cached per direction and id)."""
         key = (action.direction, action.capability)
         found = self._for.get(key)
         if found is None:
@@ -181,8 +182,7 @@ class PolicyEvaluator:
                 r for r in self._rules
                 if id(r) in picked and action.direction in r.tripwire.directions
             )  # fmt: skip
-            variables = frozenset().union(*(r.condition.variables for r in rules if r.condition))
-            found = (rules, variables)
+            found = rules
             if len(self._for) >= _CACHE:
                 self._for.clear()
             self._for[key] = found
@@ -192,7 +192,7 @@ class PolicyEvaluator:
 
     def evaluate(self, action: Action) -> Verdict:
         policy = self.policy
-        rules, _ = self._candidates(action)
+        rules = self._candidates(action)
         tier = self.tier_of(action)
         found: _Found | None = None
         if action.direction is Direction.INVOKE:
@@ -206,7 +206,7 @@ class PolicyEvaluator:
         if rules:
             values: dict[str, Any] = {}  # made once per call, as rules need them
             sent: set[str] = set()  # and set into the CEL context once
-            context = self._cel.context
+            context = self._cel
             for rule in rules:
                 run = rule.run
                 if run is not None:

@@ -10,7 +10,6 @@ of the Rust ``cel`` interpreter: about 1 µs for a simple comparison.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import cel
@@ -43,36 +42,12 @@ class Condition:
                 f"(known: {', '.join(sorted(VARIABLES))})"
             )
 
-    def holds(self, values: Mapping[str, Any] | Values) -> bool:
-        """Evaluate on ``values`` (a mapping, or a ``Values`` the caller filled).
 
-        Raises:
-            ValueError: the condition failed (a missing field, a type error) or is
-                not a boolean.
-        """
-        try:
-            data = values.context if isinstance(values, Values) else dict(values)
-            result = self._program.execute(data)
-        except Exception as exc:
-            raise ValueError(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        if not isinstance(result, bool):
-            raise ValueError(f"is {type(result).__name__}, not a boolean")  # noqa: TRY004
-        return result
-
-
-class Values:
-    """The variables of one evaluation, set into one reused CEL context: a value
-    crosses into the interpreter once per call, however many rules read it (a
-    mapping given to each rule would be converted for each). Not thread-safe: one
-    per evaluator, on the event loop."""
-
-    __slots__ = ("context",)
-
-    def __init__(self) -> None:
-        self.context = cel.Context()
-
-    def set(self, name: str, value: Any) -> None:
-        self.context.add_variable(name, value)
+def new_context() -> Any:
+    """A CEL context to set one evaluation's variables into, once each (a value
+    crosses into the interpreter once per call however many rules read it). Not
+    thread-safe: one per evaluator, on the event loop."""
+    return cel.Context()
 
 
 def compile_condition(source: str) -> Condition:
@@ -80,4 +55,4 @@ def compile_condition(source: str) -> Condition:
     return Condition(source)
 
 
-__all__ = ["VARIABLES", "Condition", "Values", "compile_condition"]
+__all__ = ["VARIABLES", "Condition", "compile_condition", "new_context"]

@@ -1,17 +1,16 @@
 """The event loop's side of the audit log: calls wait here for their records to be
 committed (``service.stages.AuditLog``).
 
-The store's writer thread (``aralnode.store.audit.AuditLog``) commits records in
-groups and calls ``on_settled`` once per group; ``DurableLog`` then wakes, with one
-``call_soon_threadsafe``, every call whose record that group settled -- not a
-wake-up per record.
+``DurableLog`` drives the store (``aralnode.store.audit.AuditLog``) on the event
+loop: the first record of a loop turn schedules one ``flush`` (one commit for the
+group), after which every call whose record it settled wakes -- not a wake-up per
+record, and no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,18 +21,26 @@ from aralnode.core.errors import AralError
 class GroupedLog(Protocol):
     """What ``DurableLog`` needs of the store's log."""
 
+    on_pending: Callable[[], None] | None
     on_settled: Callable[[], None] | None
+    tick_seconds: float
 
     @property
     def failed(self) -> AralError | None: ...
 
     def append(self, record: AuditRecord) -> int: ...
 
+    def flush(self) -> None: ...
+
+    def tick(self) -> None: ...
+
     def settled(self, ticket: int) -> tuple[bool, AralError | None]: ...
 
 
 class DurableLog:
-    """``append`` as the store's; ``durable(ticket)`` awaits the record's commit."""
+    """``append`` as the store's; ``durable(ticket)`` awaits the record's commit.
+    Drives the store on the event loop: one ``flush`` per loop turn with records,
+    a ``tick`` every ``tick_seconds``."""
 
     __slots__ = ("_loop", "_ticker", "_waiters", "store")
 
@@ -42,19 +49,16 @@ class DurableLog:
         self._loop = loop
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._ticker: asyncio.TimerHandle | None = None
-        if getattr(store, "threaded", True):
-            store.on_settled = self._on_settled
-        else:  # inline: one flush per loop turn with records, on this thread
-            store.on_settled = self._wake
-            store.on_pending = lambda: loop.call_soon(store.flush)  # type: ignore[attr-defined]
-            self._tick()
+        store.on_settled = self._wake
+        store.on_pending = self._schedule
+        self._tick()
+
+    def _schedule(self) -> None:
+        self._loop.call_soon(self.store.flush)
 
     def _tick(self) -> None:
-        """Inline: timed heads and the retry after a failure, every second."""
-        tick = getattr(self.store, "tick", None)
-        if tick is not None:
-            tick()
-        self._ticker = self._loop.call_later(1.0, self._tick)
+        self.store.tick()
+        self._ticker = self._loop.call_later(self.store.tick_seconds, self._tick)
 
     def stop(self) -> None:
         if self._ticker is not None:
@@ -78,21 +82,13 @@ class DurableLog:
         if not done:
             future: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append((ticket, future))
-            # The group may have settled between the check and the append: look
-            # again (``_wake`` may already have run without this waiter).
-            done, error = self.store.settled(ticket)
-            if not done:
-                await future
-                return
+            await future
+            return
         if error is not None:
             raise error
 
-    def _on_settled(self) -> None:
-        """In the writer thread: wake the loop (once per group)."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            self._loop.call_soon_threadsafe(self._wake)
-
     def _wake(self) -> None:
+        """A group's fate is known: settle every waiter it covers (in order)."""
         waiters = self._waiters
         settled = self.store.settled
         while waiters:

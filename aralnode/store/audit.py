@@ -10,10 +10,11 @@ signs the head -- ``(seq, hash)`` -- with its identity key: a rewrite cannot mak
 those signatures without the key. ``aralnode audit verify`` checks both
 (``aralnode.store.audit_verify``).
 
-Writes are grouped: callers ``append`` (no I/O: a list append and a wake-up); one
-writer thread takes everything pending, chains it, inserts it with one
-``executemany`` and commits once, then calls ``on_settled`` (once per group): the
-service layer's ``DurableLog`` wakes the calls awaiting their records there.
+Writes are grouped: callers ``append`` (no I/O); the owner calls ``flush`` once per
+event-loop turn with records (``service.auditing.DurableLog``), which chains
+everything pending, inserts it with one ``executemany``, commits once, and calls
+``on_settled`` so the calls awaiting their records wake. No writer thread: handing
+the GIL to one and back cost a saturated node a third of its calls (measured).
 Fail closed: a commit that fails (disk full, store read-only, I/O error) refuses
 its group's callers and every later ``append`` with ``AuditUnavailable`` until a
 retry succeeds.
@@ -150,7 +151,6 @@ class AuditLog:
         rotate_bytes: int = 256 * 1024 * 1024,
         retry_seconds: float = 2.0,
         wall_ms: Callable[[], int] | None = None,
-        threaded: bool = True,
     ) -> None:
         self.directory = directory
         self.identity = identity
@@ -160,7 +160,7 @@ class AuditLog:
         self.rotate_bytes = rotate_bytes
         self.retry_seconds = retry_seconds
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()  # ``settled`` may be asked from any thread
         self._pending: list[AuditRecord] = []
         self._tickets = 0  # records appended so far (a caller's ticket: its number)
         self._written = 0  # tickets whose fate is known (committed or refused)
@@ -168,10 +168,11 @@ class AuditLog:
         self.failed: AuditUnavailable | None = None
         self.commits = 0
         self.records = 0
-        # Called by the writer thread after each group's fate is known (the
-        # service layer wakes the calls awaiting it: ``service.auditing``).
+        # The owner's hooks (``service.auditing.DurableLog``): ``on_pending`` when a
+        # group starts (it schedules one ``flush``), ``on_settled`` once a group's
+        # fate is known (it wakes the calls waiting for it).
+        self.on_pending: Callable[[], None] | None = None
         self.on_settled: Callable[[], None] | None = None
-        self._thread: threading.Thread | None = None
         self._stop = False
         self._db: sqlite3.Connection | None = None
         self._file: Path | None = None
@@ -180,14 +181,9 @@ class AuditLog:
         self._signed_seq = 0
         self._last_sign = time.monotonic()
         self.test_hook: Callable[[sqlite3.Connection], None] | None = None
-        # Inline (threaded=False): no writer thread; the owner writes each group
-        # with ``flush`` (the node: once per event-loop turn, see service.auditing)
-        # and calls ``tick`` now and then (timed heads, the retry after a failure).
-        # No thread to hand the GIL to and back: measured, the thread's handoffs
-        # cost a saturated node a third of its calls.
-        self.threaded = threaded
+        # How often the owner calls ``tick`` (timed heads, the retry after a failure).
+        self.tick_seconds = min(1.0, retry_seconds, sign_seconds)
         self._since_stat = 1 << 62  # look at the file's size on the first group
-        self.on_pending: Callable[[], None] | None = None
         self._open = False
 
     # -- life -------------------------------------------------------------------------
@@ -205,9 +201,6 @@ class AuditLog:
             # means), so no interval between two heads spans it.
             self._sign_head(self._db)
         self._open = True
-        if self.threaded:
-            self._thread = threading.Thread(target=self._run, name="aralnode-audit", daemon=True)
-            self._thread.start()
 
     def _last_of(self, db: sqlite3.Connection, files: list[Path]) -> tuple[int, bytes]:
         row = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
@@ -234,14 +227,10 @@ class AuditLog:
         )
 
     def close(self) -> None:
-        """Write what is pending, sign the head, stop the writer."""
+        """Write what is pending, sign the head, close the file."""
         with self._lock:
             self._stop = True
-            self._lock.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        elif self._open and self._pending and self._db is not None:
+        if self._open and self._pending and self._db is not None:
             self.flush()
         self._open = False
         if self._db is not None:
@@ -263,11 +252,7 @@ class AuditLog:
         if failed is not None:
             raise failed
         with self._lock:
-            if (
-                self._stop
-                or not self._open
-                or (self.threaded and (self._thread is None or not self._thread.is_alive()))
-            ):
+            if self._stop or not self._open:
                 raise AuditUnavailable("the audit log is closed")
             if len(self._pending) >= self.max_pending:
                 raise AuditUnavailable(
@@ -278,23 +263,34 @@ class AuditLog:
             self._tickets += 1
             ticket = self._tickets
             first = len(self._pending) == 1
-            if first and self.threaded:
-                self._lock.notify()
-        if first and not self.threaded and self.on_pending is not None:
+        if first and self.on_pending is not None:
             self.on_pending()  # the owner schedules one flush for the group
         return ticket
 
     def flush(self) -> None:
-        """Inline mode: write every pending record as one group (one commit)."""
+        """Write every pending record as one group (one commit). Never raises: a
+        failure no handler expected refuses the group and every later call."""
         with self._lock:
             batch, self._pending = self._pending, []
             first = self._written + 1
-        if batch:
+        if not batch:
+            return
+        try:
             self._write(batch, first)
+        except Exception as exc:  # never fail open: refuse instead
+            log.exception("audit log %s: writing failed", self._file)
+            error = AuditUnavailable(f"the audit log {self._file} failed: {exc!r}")
+            with self._lock:
+                self.failed = error
+                self._stop = True
+                last = self._tickets
+                self._pending.clear()
+                self._refused.append((first, last, error))
+            self._settle(last)
 
     def tick(self) -> None:
-        """Inline mode, now and then: after a failure, try the outage record; else
-        sign the head if records wait longer than ``sign_seconds``."""
+        """Every ``tick_seconds``: after a failure, try the outage record; else sign
+        the head if records wait longer than ``sign_seconds``."""
         if not self._open or self._pending:
             return
         if self.failed is not None:
@@ -313,47 +309,7 @@ class AuditLog:
                     return True, error
         return True, None
 
-    # -- the writer thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # never die silently: refuse everything instead
-            log.exception("audit log %s: the writer failed", self._file)
-            error = AuditUnavailable(f"the audit log {self._file} writer failed: {exc!r}")
-            with self._lock:
-                self.failed = error
-                self._stop = True
-                first, last = self._written + 1, self._tickets
-                self._pending.clear()
-                if last >= first:
-                    self._refused.append((first, last, error))
-            self._settle(max(last, self._written))
-            raise
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if not self._pending and not self._stop:
-                    self._lock.wait(timeout=self._idle_timeout())
-                batch, self._pending = self._pending, []
-                stop = self._stop
-                first = self._written + 1
-            if batch:
-                self._write(batch, first)
-            elif self.failed is not None and not stop:
-                self._probe()
-            elif self._due_for_signing():
-                self._quietly(self._sign_head)
-            if stop:
-                with self._lock:
-                    if not self._pending:
-                        return
-
-    def _idle_timeout(self) -> float | None:
-        if self._seq > self._signed_seq:
-            return max(0.01, self.sign_seconds - (time.monotonic() - self._last_sign))
-        return self.retry_seconds if self.failed is not None else None
+    # -- writing ------------------------------------------------------------------------
 
     def _due_for_signing(self) -> bool:
         return (
@@ -435,10 +391,6 @@ class AuditLog:
                 self._refused.append((first, last, error))
                 del self._refused[:-4096]  # one per failed group: their waiters are long settled
             self._settle(last)
-        if self.threaded:
-            with self._lock:  # before the next try (the probe) -- unless closing
-                if not self._stop:
-                    self._lock.wait(timeout=self.retry_seconds)
 
     def _settle(self, last: int) -> None:
         with self._lock:
