@@ -342,3 +342,25 @@ async def test_one_blocking_policy_refuses_the_same_call_on_every_door(
         assert outcome.reason in ("GOVERNANCE_BLOCK", "") if name == "mcp" else (
             outcome.reason == "GOVERNANCE_BLOCK"
         ), (name, outcome)  # fmt: skip
+
+
+async def test_a_nudge_and_an_escalation_answer_the_same_on_every_door(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    path = tmp_path / "doors.toml"
+    path.write_text(
+        NUDGE + "[escalation]\ntimeout_seconds = 0\n"  # no queue: an escalation is refused
+        '[[tripwires]]\nid = "ask"\ncapabilities = ["demo.echo"]\naction = "escalate"\n'
+    )
+    async with open_doors(make_node, policy_file=path) as doors:
+        nudged = {d.name: await d.call("demo.add", {"a": 1, "b": 500}) for d in doors.all()
+                  if d.can_call("demo.add")}  # fmt: skip
+        asked = {d.name: await d.call("demo.echo", {"text": "x"}) for d in doors.all()
+                 if d.can_call("demo.echo")}  # fmt: skip
+    assert set(nudged) == {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "local"}
+    assert {name: o.value for name, o in nudged.items()} == dict.fromkeys(nudged, 11)
+    for name, outcome in asked.items():
+        assert outcome.status == "PERMISSION_DENIED", (name, outcome)
+        assert outcome.reason in ("GOVERNANCE_ESCALATE", "") if name == "mcp" else (
+            outcome.reason == "GOVERNANCE_ESCALATE"
+        ), (name, outcome)  # fmt: skip
