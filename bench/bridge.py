@@ -8,7 +8,12 @@ prints its ports), the load generators here:
 - MCP ``tools/call demo.echo`` on the node's ``/mcp``;
 - MCP ``tools/call echo`` on the SDK's ``MCPServer`` serving the same function, with
   the same transport settings (streamable HTTP, JSON responses, sessions) — the
-  baseline for MCP.
+  baseline for MCP;
+- the same MCP call on a third node with the full policy (``bench.governance``'s
+  100 rules) and the audit log on: ``bridge.mcp_governed_vs_off.paired_ratio`` is
+  what ACGP-1008 §8.2 asks, the calls/s it achieves at 1,000/s offered over the
+  ungoverned node's (target >= 0.95), ``bridge.mcp_governed.p95_added_ms`` the p95
+  it adds there (<= 1 ms); ``…capacity_ratio`` the same ratio at saturation.
 
 HTTP load comes from a minimal keep-alive HTTP/1.1 client (like wrk, not httpx), so
 the figures measure the servers, not a Python client. Closed loop with a fixed
@@ -41,7 +46,7 @@ from bench.governance import hundred_rules
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 1.0  # seconds per closed-loop round
 ROUNDS = 7
-OPEN_ROUNDS = 3
+OPEN_ROUNDS = 5
 IN_FLIGHT = 8
 RATE = 1000  # requests/s of the open-loop latency run
 RATE_SECONDS = 2.0
@@ -394,8 +399,16 @@ async def _measure(report: Report) -> None:
     node_p99 = percentile(open_results["mcp_node"][1], 99) * 1000
     sdk_p99 = percentile(open_results["mcp_sdk"][1], 99) * 1000
     report.add("bridge.mcp_tools_call.open_loop_p99_vs_sdk", node_p99, "ms", baseline=sdk_p99)
-    governed_ratio = ratios[("mcp_governed", "mcp_node")]
+    # ACGP-1008 §8.2: MCP tool calls at 1,000/s, < 5 % throughput degradation. The
+    # rate each server achieved at that offered load, governed over off, paired per
+    # open-loop round; and, beside it, the same at saturation (closed loop): what
+    # governance costs a node that has no CPU to spare.
+    governed_ratio = statistics.median(
+        g[0] / o[0] for g, o in zip(opens["mcp_governed"], opens["mcp_node"], strict=True)
+    )
+    capacity_ratio = ratios[("mcp_governed", "mcp_node")]
     report.add("bridge.mcp_governed_vs_off.paired_ratio", governed_ratio, "ratio")
+    report.add("bridge.mcp_governed_vs_off.capacity_ratio", capacity_ratio, "ratio")
     # p95 added at 1,000 calls/s: per open-loop round, governed minus off, median.
     added = statistics.median(
         percentile(g[1], 95) * 1000 - percentile(o[1], 95) * 1000
@@ -403,8 +416,9 @@ async def _measure(report: Report) -> None:
     )
     report.add("bridge.mcp_governed.p95_added_ms", added, "ms")
     rows.append(
-        f"Governed MCP (100-rule policy + audit log) / MCP node {governed_ratio:.2f}; "
-        f"p95 added at {RATE}/s: {added:.2f} ms (targets: >= 0.95, <= 1 ms; ACGP-1008 §8)."
+        f"Governed MCP (100-rule policy + audit log) / MCP node at {RATE}/s: calls/s "
+        f"{governed_ratio:.2f}, p95 added {added:.2f} ms (targets: >= 0.95, <= 1 ms; "
+        f"ACGP-1008 §8.2); at saturation ({IN_FLIGHT} in flight) {capacity_ratio:.2f}."
     )
     report.section(
         "REST and MCP bridges",

@@ -19,7 +19,9 @@ import pytest
 from aralnode import Node
 from aralnode.core.audit import AuditRecord, params_digest
 from aralnode.core.identity import Identity
+from aralnode.service import auditing
 from aralnode.service.auditing import DurableLog
+from aralnode.store import audit as audit_store
 from aralnode.store.audit import (
     AuditLog,
     AuditUnavailable,
@@ -84,6 +86,74 @@ async def test_writes_are_grouped(tmp_path: Path, identity: Identity) -> None:
     assert log.records == 500
     assert log.commits < 50, log.commits
     log.close()
+
+
+async def test_a_busy_loop_groups_records_of_several_turns(
+    tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: while other callbacks are ready (calls on their way to their
+    records), the flush waits; records appended over several turns share a commit."""
+    monkeypatch.setattr(auditing, "GROUP_SECONDS", 60.0)  # turns bound it here, not time
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    waiting = durable(log)
+    loop = asyncio.get_running_loop()
+    tickets: list[int] = []
+
+    def busy(turns: int) -> None:  # a call per turn, each appending its record
+        tickets.append(log.append(record(turns)))
+        if turns > 1:
+            loop.call_soon(busy, turns - 1)
+
+    busy(5)
+    await asyncio.gather(*(waiting.durable(t) for t in tickets))
+    assert (log.records, log.commits) == (5, 1)
+    log.close()
+
+
+async def test_an_idle_loop_commits_at_once(
+    tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    waiting = durable(log)
+    await waiting.durable(log.append(record(1)))
+    assert (log.records, log.commits) == (1, 1)
+    # A loop that never idles still commits: after GROUP_TURNS turns at most.
+    monkeypatch.setattr(auditing, "GROUP_SECONDS", 60.0)
+    loop = asyncio.get_running_loop()
+    ticket = log.append(record(2))
+    spins = 0
+
+    def spin() -> None:  # keeps the loop's ready queue non-empty, for a while
+        nonlocal spins
+        spins += 1
+        if spins < 10 * auditing.GROUP_TURNS:
+            loop.call_soon(spin)
+
+    spin()
+    await waiting.durable(ticket)
+    assert log.commits == 2
+    assert spins <= auditing.GROUP_TURNS + 2, spins
+    log.close()
+
+
+async def test_the_wal_is_checkpointed_off_the_loop(
+    tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits never checkpoint (that stalls the loop for two fsyncs); a thread
+    does, on its own connection, and the chain stays verifiable."""
+    monkeypatch.setattr(audit_store, "CHECKPOINT_BYTES", 1)
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    for _ in range(20):
+        await write(log, 5)
+    checkpointer = log._checkpointer
+    assert checkpointer is not None
+    checkpointer.join()
+    assert checkpointer.done >= 1
+    log.close()
+    assert verify(tmp_path, identity.public_key).records == 100
 
 
 async def test_reopened_log_goes_on_with_the_chain(tmp_path: Path, identity: Identity) -> None:

@@ -2,20 +2,35 @@
 committed (``service.stages.AuditLog``).
 
 ``DurableLog`` drives the store (``aralnode.store.audit.AuditLog``) on the event
-loop: the first record of a loop turn schedules one ``flush`` (one commit for the
+loop: the first record of a group schedules one ``flush`` (one commit for the
 group), after which every call whose record it settled wakes -- not a wake-up per
 record, and no thread.
+
+Group commit: a commit costs about as much as three records, so the flush waits
+while the loop has other callbacks ready to run -- other calls on their way to
+their own records -- and runs once the loop would otherwise go back to waiting
+for the network (or after ``GROUP_TURNS`` turns, or ``GROUP_SECONDS``). An idle
+node commits at once; a saturated one commits groups several records large.
+Measured on the MCP door at saturation (8 calls in flight): groups of one record
+per commit became about 3.5, and governed calls/s rose from 0.78 to 0.86 of
+ungoverned (docs/audit.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 from collections.abc import Callable
 from typing import Protocol
 
 from aralnode.core.audit import AuditRecord
 from aralnode.core.errors import AralError
+
+#: A group's flush waits at most this many loop turns ...
+GROUP_TURNS = 32
+#: ... and this long for more records (a bound on the latency it adds).
+GROUP_SECONDS = 0.002
 
 
 class GroupedLog(Protocol):
@@ -42,19 +57,38 @@ class DurableLog:
     Drives the store on the event loop: one ``flush`` per loop turn with records,
     a ``tick`` every ``tick_seconds``."""
 
-    __slots__ = ("_loop", "_ticker", "_waiters", "store")
+    __slots__ = ("_flush_at", "_loop", "_ready", "_ticker", "_turns", "_waiters", "store")
 
     def __init__(self, store: GroupedLog, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self._loop = loop
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._ticker: asyncio.TimerHandle | None = None
+        # The loop's queue of ready callbacks (CPython's asyncio keeps it as
+        # ``_ready``); a loop without one commits every group at once.
+        self._ready: collections.abc.Sized | None = getattr(loop, "_ready", None)
+        self._turns = 0
+        self._flush_at = 0.0
         store.on_settled = self._wake
         store.on_pending = self._schedule
         self._tick()
 
     def _schedule(self) -> None:
-        self._loop.call_soon(self.store.flush)
+        if self._ready is None:
+            self._loop.call_soon(self.store.flush)
+            return
+        self._turns = GROUP_TURNS
+        self._flush_at = self._loop.time() + GROUP_SECONDS
+        self._loop.call_soon(self._group)
+
+    def _group(self) -> None:
+        """Flush now, or one turn later if other work is ready (see the module doc)."""
+        ready = self._ready
+        if ready and self._turns and self._loop.time() < self._flush_at:
+            self._turns -= 1
+            self._loop.call_soon(self._group)
+            return
+        self.store.flush()
 
     def _tick(self) -> None:
         self.store.tick()
