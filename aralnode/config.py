@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aralnode import config_checks
+from aralnode.config_checks import (
+    DISCOVERY_MODES,
+    NAME,
+    NODE_ID,
+)
 from aralnode.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
 from aralnode.core.handshake import CardLimits
 from aralnode.core.identity import KeyAlgorithm
-from aralnode.core.rates import Rate, RateSpec, parse_overrides
-
-DISCOVERY_MODES = ("mdns", "static", "none")
-HTTP_PARSERS = ("auto", "httptools", "h11")
-# Asymmetric JWS algorithms only (ident): a verifier holding public keys cannot check
-# an HMAC, and accepting HS* with a public key as secret is the classic forgery.
-JWT_ALGORITHMS = (
-    "ES256",
-    "ES384",
-    "ES512",
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "EdDSA",
-)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-TLS_CLIENT_AUTH = ("none", "require")  # tls group: grpcio offers no "request" mode
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$")
-NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
-
+from aralnode.core.rates import RateSpec
 
 DEFAULT_GRPC_PORT = 50051
 
@@ -349,7 +332,7 @@ class NodeConfig:
     policy_reload_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not NAME.match(self.name):
             raise ValueError(
                 f"invalid node name {self.name!r}: 1..63 letters, digits, '.', '_' or '-'"
             )
@@ -370,7 +353,7 @@ class NodeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.keepalive_ms < 50 or self.peer_timeout_ms < self.keepalive_ms:
             raise ValueError("keepalive_ms must be >= 50 and peer_timeout_ms >= keepalive_ms")
-        self._check_grpc_bounds()
+        config_checks.check_grpc_bounds(self)
         if self.channel_response_bytes < 64 * 1024:
             raise ValueError("channel_response_bytes must be at least 64 KiB")
         if self.max_inbound_per_address < 1:
@@ -386,152 +369,22 @@ class NodeConfig:
                     f"{node_id!r} is not a node id (32 lower-case base32 characters, as "
                     "'aralnode status' shows them): a grant to it would reach nobody"
                 )
-        self._check_http()
-        self._check_card_bounds()
-        self._check_limits()
-        self._check_tls()
-        self._check_ident()
-        self._check_authz()
-        self._check_audit()
-
-    def _check_audit(self) -> None:
-        if self.audit_sign_every < 1 or self.audit_max_pending < 1:
-            raise ValueError("audit_sign_every and audit_max_pending must be at least 1")
-        if self.audit_sign_seconds <= 0:
-            raise ValueError("audit_sign_seconds must be positive")
-        if self.policy_reload_seconds < 0:
-            raise ValueError("policy_reload_seconds must be >= 0")
-        if self.audit_rotate_bytes and self.audit_rotate_bytes < 1024 * 1024:
-            raise ValueError("audit_rotate_bytes must be at least 1 MiB (or 0: never rotate)")
+        config_checks.check_http(self)
+        config_checks.check_card_bounds(self)
+        config_checks.check_limits(self)
+        config_checks.check_tls(self)
+        config_checks.check_ident(self)
+        config_checks.check_authz(self)
+        config_checks.check_audit(self)
 
     @property
     def audit_enabled(self) -> bool:
         """Whether the node keeps an audit log: ``audit``, else when it is durable."""
         return self.durable if self.audit is None else self.audit
 
-    def _check_limits(self) -> None:
-        for name in (
-            "rate_limit_global",
-            "rate_limit_per_principal",
-            "rate_limit_per_address",
-            "rate_limit_per_peer",
-        ):
-            try:
-                Rate.parse(getattr(self, name))
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        self.rate_limit_overrides = dict(self.rate_limit_overrides)
-        parse_overrides(self.rate_limit_overrides)
-        if self.rate_limit_max_buckets < 16:
-            raise ValueError("rate_limit_max_buckets must be at least 16")
-        if self.breaker_failures < 0:
-            raise ValueError("breaker_failures must be at least 0 (0: no breakers)")
-        if not 0 < self.breaker_cooldown_seconds <= self.breaker_max_cooldown_seconds:
-            raise ValueError(
-                "breaker_cooldown_seconds must be > 0 and <= breaker_max_cooldown_seconds"
-            )
-
-    def _check_tls(self) -> None:
-        """The tls group's fields: coherent (the files themselves are read at start)."""
-        if self.tls_client_auth not in TLS_CLIENT_AUTH:
-            raise ValueError(f"tls_client_auth must be one of {', '.join(TLS_CLIENT_AUTH)}")
-        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, Path(value))
-        if self.tls_cert_file is None and (self.tls_key_file or self.tls_ca_file):
-            raise ValueError("tls_key_file and tls_ca_file need tls_cert_file")
-        if self.tls_client_auth == "require" and self.tls_ca_file is None:
-            raise ValueError("tls_client_auth 'require' needs tls_ca_file (the mesh CA)")
-        if self.tls_client_auth == "require" and self.tls_cert_file is None:
-            raise ValueError("tls_client_auth 'require' needs tls_cert_file")
-        if not _TRUST_DOMAIN.match(self.trust_domain):
-            raise ValueError(f"trust_domain {self.trust_domain!r} is not a lower-case DNS name")
-        self.tls_deny = frozenset(d.strip().lower() for d in self.tls_deny)
-        for item in self.tls_deny:
-            if not item or not item.isalnum():
-                raise ValueError(f"tls_deny {item!r} is not a node id or a hex serial")
-
     @property
     def tls_on(self) -> bool:
         return self.tls_cert_file is not None
-
-    def _check_authz(self) -> None:
-        """The authz group's settings: role names, their scopes, the bounds."""
-        self.roles = {name: frozenset(scopes) for name, scopes in dict(self.roles).items()}
-        for name, scopes in self.roles.items():
-            if not _NAME.match(name):
-                raise ValueError(
-                    f"invalid role name {name!r}: 1..63 letters, digits, '.', '_' or '-'"
-                )
-            for scope in scopes:
-                if (
-                    not isinstance(scope, str)
-                    or not 0 < len(scope) <= 256
-                    or scope.strip() != scope
-                ):
-                    raise ValueError(f"role {name!r} has an invalid scope {scope!r}")
-        self.peer_roles = {k: frozenset(v) for k, v in dict(self.peer_roles).items()}
-        for node_id, roles in self.peer_roles.items():
-            if not NODE_ID.match(node_id) or not roles:
-                raise ValueError(f"peer_roles names a node id and at least one role: {node_id!r}")
-        if not 0 <= self.max_delegation_depth <= 64:
-            raise ValueError("max_delegation_depth must be in [0, 64]")
-        if not 1 <= self.role_cache_size <= 1_000_000:
-            raise ValueError("role_cache_size must be in [1, 1000000]")
-
-    def _check_card_bounds(self) -> None:
-        """The mesh-b group's bounds: at least what this node's own card needs."""
-        minimum = {
-            "card_max_bytes": 4096,
-            "card_max_capabilities": 1,
-            "card_max_items": 4,
-            "card_max_text_chars": 64,
-            "card_max_description_chars": 64,
-            "card_max_schema_bytes": 256,
-            "card_max_schema_depth": 4,
-        }
-        for name, least in minimum.items():
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be at least {least}")
-        if not 0 < self.channel_open_timeout_seconds <= 3600:
-            raise ValueError("channel_open_timeout_seconds must be in (0, 3600]")
-
-    def _check_ident(self) -> None:
-        """The ident group's settings: pinned asymmetric algorithms, a JWT issuer with
-        its audience and keys, positive bounds."""
-        self.jwt_algorithms = list(self.jwt_algorithms)
-        for alg in self.jwt_algorithms:
-            if alg not in JWT_ALGORITHMS:
-                raise ValueError(
-                    f"jwt_algorithms: {alg!r} is not one of {', '.join(JWT_ALGORITHMS)} "
-                    "(never 'none' nor HS*: the node holds public keys only)"
-                )
-        if not self.jwt_algorithms:
-            raise ValueError("jwt_algorithms must name at least one algorithm")
-        if self.jwt_issuer:
-            if not self.jwt_audience:
-                raise ValueError(
-                    "jwt_issuer needs jwt_audience: a token for another service must fail"
-                )
-            if not (self.jwt_jwks_file or self.jwt_jwks_url):
-                raise ValueError("jwt_issuer needs jwt_jwks_file or jwt_jwks_url (its keys)")
-        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
-            raise ValueError("jwt_jwks_url must be an http(s) URL")
-        if self.oauth_introspection_url and not self.oauth_introspection_url.startswith(
-            ("https://", "http://")
-        ):
-            raise ValueError("oauth_introspection_url must be an http(s) URL")
-        if not 0 <= self.jwt_leeway_seconds <= 300:
-            raise ValueError("jwt_leeway_seconds must be in [0, 300]")
-        if self.jwt_jwks_refetch_seconds < 0:
-            raise ValueError("jwt_jwks_refetch_seconds must not be negative")
-        if self.token_cache_size < 1:
-            raise ValueError("token_cache_size must be at least 1")
-        if self.session_ttl_seconds <= 0:
-            raise ValueError("session_ttl_seconds must be positive")
-        if not self.jwt_caller_claim:
-            raise ValueError("jwt_caller_claim must name a claim")
 
     @property
     def apikeys_path(self) -> Path:
@@ -552,40 +405,6 @@ class NodeConfig:
             max_schema_bytes=self.card_max_schema_bytes,
             max_schema_depth=self.card_max_schema_depth,
         )
-
-    def _check_http(self) -> None:
-        """The HTTP group's bounds."""
-        if self.http_parser not in HTTP_PARSERS:
-            raise ValueError(f"http_parser must be one of {', '.join(HTTP_PARSERS)}")
-        if self.http_max_header_bytes < 1024:
-            raise ValueError("http_max_header_bytes must be at least 1024")
-        if self.http_max_headers < 8:
-            raise ValueError("http_max_headers must be at least 8")
-        if not 0 < self.http_header_timeout_seconds <= 3600:
-            raise ValueError("http_header_timeout_seconds must be in (0, 3600]")
-        if self.max_concurrent_per_caller is not None and self.max_concurrent_per_caller < 1:
-            raise ValueError("max_concurrent_per_caller must be at least 1 (or None)")
-        if not 0 < self.forward_timeout_seconds <= 86_400:
-            raise ValueError("forward_timeout_seconds must be in (0, 86400]")
-        if not 1 <= self.mcp_max_sessions_per_client <= self.mcp_max_sessions:
-            raise ValueError("need 1 <= mcp_max_sessions_per_client <= mcp_max_sessions")
-        if not 1 <= self.ws_max_connections_per_client <= self.ws_max_connections:
-            raise ValueError("need 1 <= ws_max_connections_per_client <= ws_max_connections")
-
-    def _check_grpc_bounds(self) -> None:
-        for name in (
-            "grpc_max_connections",
-            "grpc_max_streams_per_connection",
-            "grpc_max_concurrent_rpcs",
-            "grpc_max_streams_per_address",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in ("grpc_handshake_timeout_ms", "grpc_connection_idle_ms"):
-            if getattr(self, name) < 100:
-                raise ValueError(f"{name} must be at least 100")
-        if self.grpc_connection_age_ms is not None and self.grpc_connection_age_ms < 1000:
-            raise ValueError("grpc_connection_age_ms must be at least 1000 (or None)")
 
     @property
     def bind_host(self) -> str:

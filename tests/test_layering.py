@@ -43,6 +43,7 @@ LAYER_OF = {
     "aralnode._logs": "base",
     "aralnode.core": "core",
     "aralnode.config": "config",
+    "aralnode.config_checks": "config",
     "aralnode.config_file": "config",
     "aralnode.config_template": "config",
     "aralnode.store": "store",
