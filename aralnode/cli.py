@@ -20,10 +20,20 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from aralnode import (
+    _logs,
+    cli_apikey,
+    cli_audit,
+    cli_ca,
+    cli_config,
+    cli_governance,
+    cli_ops,
+    cli_policy,
+)
 from aralnode import _proto as pb
-from aralnode import cli_apikey, cli_audit, cli_ca, cli_config, cli_governance, cli_policy
 from aralnode._runtime import tune_for_serving
-from aralnode.config import DEFAULT_GRPC_PORT, NODE_ID, NodeConfig
+from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
+from aralnode.config_checks import NODE_ID
 from aralnode.config_file import ConfigFileError
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
@@ -86,6 +96,8 @@ def _grant(value: str) -> tuple[str, frozenset[str]]:
 async def cmd_run(ns: argparse.Namespace) -> int:
     effective = cli_config.effective_config(ns)
     config = effective.config
+    if config.log_format != (ns.log_format or "text"):  # the config file chose it
+        _logs.install(logging.getLogger().level, config.log_format)
     node = Node(config)
     for spec in effective.load:
         node.load(spec)
@@ -470,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="governance policy file, TOML or YAML (docs/governance.md); re-read on change",
     )
+    cli_ops.add_run_flags(run)
     cli_ca.add_run_flags(run)
     sub.add_parser("run", parents=[verbose, run], help="start a node").set_defaults(func=cmd_run)
 
@@ -548,9 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(ns.verbose + getattr(ns, "verbose_after", 0), 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    _logs.install(
+        logging.WARNING - 10 * min(ns.verbose + getattr(ns, "verbose_after", 0), 2),
+        getattr(ns, "log_format", None) or "text",
     )
     try:
         result = ns.func(ns)

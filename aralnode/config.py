@@ -216,6 +216,18 @@ class NodeConfig:
             Refused at start with its line and reason; re-read when it changes.
         policy_reload_seconds: How often the policy file is checked for changes
             (0: never re-read).
+        metrics: Serve Prometheus metrics at ``/metrics`` on the HTTP port (scope
+            ``agent:read``, like the node's status; docs/observability.md).
+        log_format: ``text`` for people, ``json`` (one object a line, with the
+            call's trace id) for machines; ``aralnode run`` installs it.
+        tracing: Make an OpenTelemetry span for every call on every door (child
+            spans for the pipeline's stages) and carry W3C ``traceparent`` across
+            gRPC, HTTP, MCP and the channels. Off: no span is made at all.
+        tracing_otlp_endpoint: Where spans are exported over OTLP/gRPC (e.g.
+            ``http://127.0.0.1:4317``); "" exports nothing (spans are still made
+            and propagated, for a program's own processor).
+        tracing_sample_ratio: The share of new traces sampled (parent-based: a
+            caller's sampled trace is always followed).
     """
 
     name: str = "aralnode"
@@ -330,6 +342,12 @@ class NodeConfig:
     # -- governance (issue 16): the policy file
     policy_file: Path | None = None
     policy_reload_seconds: float = 1.0
+    # -- operations (issue 19): metrics, logs, traces
+    metrics: bool = True
+    log_format: str = "text"
+    tracing: bool = False
+    tracing_otlp_endpoint: str = ""
+    tracing_sample_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -376,6 +394,7 @@ class NodeConfig:
         config_checks.check_ident(self)
         config_checks.check_authz(self)
         config_checks.check_audit(self)
+        config_checks.check_operations(self)
 
     @property
     def audit_enabled(self) -> bool:

@@ -32,6 +32,7 @@ JWT_ALGORITHMS = (
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 TLS_CLIENT_AUTH = ("none", "require")  # tls group: grpcio offers no "request" mode
 TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$")
+LOG_FORMATS = ("text", "json")
 NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
 
 
@@ -195,3 +196,15 @@ def check_grpc_bounds(cfg: Any) -> None:
             raise ValueError(f"{name} must be at least 100")
     if cfg.grpc_connection_age_ms is not None and cfg.grpc_connection_age_ms < 1000:
         raise ValueError("grpc_connection_age_ms must be at least 1000 (or None)")
+
+
+def check_operations(cfg: Any) -> None:
+    if cfg.log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+    if not 0.0 <= cfg.tracing_sample_ratio <= 1.0:
+        raise ValueError("tracing_sample_ratio must be between 0 and 1")
+    endpoint = cfg.tracing_otlp_endpoint
+    if endpoint and not re.match(r"^https?://[^\s/]+(:\d+)?/?$", endpoint):
+        raise ValueError(
+            f"tracing_otlp_endpoint {endpoint!r} must be http(s)://HOST:PORT (OTLP/gRPC)"
+        )

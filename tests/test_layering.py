@@ -61,6 +61,7 @@ LAYER_OF = {
     "aralnode._halts": "root",
     "aralnode.policy": "policy",
     "aralnode.cli_policy": "tools",
+    "aralnode.cli_ops": "tools",
     "aralnode.cli_governance": "tools",
     "aralnode.node": "root",
     "aralnode.testing": "tools",

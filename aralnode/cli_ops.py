@@ -1,0 +1,26 @@
+"""``aralnode run``'s operations flags (docs/observability.md): the log format and
+OpenTelemetry tracing. Metrics need no flag: ``/metrics`` is on with the HTTP port."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_flags(run: argparse.ArgumentParser) -> None:
+    """Add the flags to the ``run`` parser (each defaults to None: the config
+    file's value, else the field's default)."""
+    run.add_argument(
+        "--log-format", choices=("text", "json"), help="text for people, json for machines"
+    )
+    run.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry spans for every call, W3C traceparent carried across nodes",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        dest="tracing_otlp_endpoint",
+        metavar="URL",
+        help="export spans over OTLP/gRPC to URL (e.g. http://127.0.0.1:4317)",
+    )
