@@ -35,6 +35,7 @@ from aralnode._assembly import (
 )
 from aralnode._governance import Governance
 from aralnode._logs import get_logger
+from aralnode._operations import install_operations
 from aralnode.access.delegation import program_statement
 from aralnode.config import NodeConfig
 from aralnode.core import codec
@@ -321,6 +322,7 @@ class Node:
         if backends is None:
             backends = build_backends(self.config, self.node_id)
         parts = self._parts = build_parts(self, backends, list(self._services))
+        install_operations(self, parts)
         self.grpc_port = await parts.grpc.start(self.config.bind_host, self.config.grpc_port)
         if parts.http is not None:
             self.http_port = await parts.http.start(

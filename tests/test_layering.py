@@ -57,6 +57,8 @@ LAYER_OF = {
     "aralnode._access": "root",
     "aralnode._audit": "root",
     "aralnode._policy": "root",
+    "aralnode._metrics": "root",
+    "aralnode._operations": "root",
     "aralnode._governance": "root",
     "aralnode._halts": "root",
     "aralnode.policy": "policy",

@@ -47,6 +47,7 @@ from aralnode.service.stages import share_key
 log = get_logger("aralnode.http")
 
 Route = Callable[[], tuple[bytes, str]]
+Probe = Callable[[], tuple[int, dict[str, Any]]]  # HTTP status, JSON body
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,9 @@ class HttpBridge:
         )
         self.mcp_server = self._mcp_server(name, version, node_id)
         self._routes: dict[str, Route] = {"/openapi.json": self._openapi, "/docs": self._docs}
+        # Set by the node (``_operations``): /metrics (read scope) and open probes.
+        self.metrics: Route | None = None
+        self.probes: dict[str, Probe] = {}
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
         self.mcp: McpHttp | None = None
@@ -213,6 +217,8 @@ class HttpBridge:
         if path in (WELL_KNOWN, WELL_KNOWN + "/mcp") and scope["method"] in ("GET", "HEAD"):
             await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
+        if scope["method"] in ("GET", "HEAD") and await self._operations(scope, send, path):
+            return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):
             if self.limits.listing_requires_auth and not await self._may_list(scope, send):
@@ -222,19 +228,40 @@ class HttpBridge:
             return
         await self.rest(scope, receive, send)
 
-    async def _may_list(self, scope: h.Scope, send: h.Send) -> bool:
-        """Whether the caller is someone (``listing_requires_auth``): asked of the
-        pipeline's authenticate stage, as for every listing; a refusal is answered."""
+    async def _operations(self, scope: h.Scope, send: h.Send, path: str) -> bool:
+        """``/healthz``, ``/readyz`` and ``/metrics``; whether ``path`` was one."""
+        probe = self.probes.get(path)
+        if probe is not None:
+            status, answer = probe()
+            no_store = [(b"cache-control", b"no-store")]
+            await h.send_body(send, status, h.dumps(answer), h.JSON, no_store)
+            return True
+        if path != "/metrics" or self.metrics is None:
+            return False
+        # Read access, as the node's status; a scrape costs (every family rendered),
+        # so it takes a token from the caller's rate limit like any call.
+        if await self._may_list(scope, send, scrape=True):
+            body, content_type = self.metrics()
+            await h.send_body(send, 200, body, content_type, gzip_ok=h.accepts_gzip(scope))
+        return True
+
+    async def _may_list(self, scope: h.Scope, send: h.Send, *, scrape: bool = False) -> bool:
+        """Whether the caller may read the node's documents or metrics: the read
+        scope, and with ``listing_requires_auth`` an identity, as the pipeline's
+        stages say (a ``scrape`` also takes a rate-limit token); a refusal is
+        answered."""
         ctx = h.call_context(self.service.contexts, scope, "rest")
         try:
             action = f"aral.http/GET {scope.get('path', '')}"
             self.service.pipeline.authenticate(ctx, action)
-            if ctx.anonymous:
+            if ctx.anonymous and self.limits.listing_requires_auth:
                 raise Unauthenticated(
-                    "this node shows its API documents to authenticated callers only",
+                    "this node shows its API documents and metrics to authenticated callers only",
                     reason="ANONYMOUS_REFUSED",
                 )
             self.service.pipeline.stages.authorize(ctx, READ_SCOPES, action)  # agent:read
+            if scrape:
+                self.service.pipeline.stages.rate_limit.admit(ctx)
         except AralError as exc:
             body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
             headers = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))

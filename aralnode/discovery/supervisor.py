@@ -144,6 +144,7 @@ class Supervisor:
         self._announcing: asyncio.Task[None] | None = None
         self._announce_again = False
         self._running = False
+        self.started = False
         self._stopped = False
 
     def backend(self, name: str) -> DiscoveryBackend:
@@ -169,11 +170,13 @@ class Supervisor:
         announcement = self.announcement()
         for backend in self.backends:
             await backend.start(announcement, self)
+        self.started = True  # every backend announced and listening (``/readyz``)
 
     async def stop(self) -> None:
         """Say goodbye through every backend, stop following peers, end every event
         stream."""
         self._stopped = True
+        self.started = False
         for stream in list(self._streams):
             stream.close()
         if not self._running:

@@ -227,6 +227,8 @@ class ChannelHub:
                 break
             out.append(entry)
         last = out[-1].seq
+        if out[0].seq <= pc.sent_max:  # sent on an earlier link: a resend
+            self.count("channel.resent", min(last, pc.sent_max) - out[0].seq + 1)
         pc.sent_max = max(pc.sent_max, last)
         pc.max_in_flight = max(pc.max_in_flight, session.in_flight + len(out))
         return out
@@ -253,6 +255,7 @@ class ChannelHub:
     def acked(self, pc: PeerChannel, seq: int) -> None:
         if seq <= pc.peer_acked:
             return
+        self.count("channel.acked", seq - pc.peer_acked)
         pc.peer_acked = seq
         link = pc.link
         if link is not None:
@@ -347,6 +350,7 @@ class ChannelHub:
         )
         if assigned != seq:
             raise InternalError(f"outbox assigned seq {assigned}, the message is bound to {seq}")
+        self.count("channel.sent")
         count = self.outbox.count(pc.peer_id)
         pc.max_outbox = max(pc.max_outbox, count)
         pc.drained.clear()

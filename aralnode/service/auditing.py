@@ -57,7 +57,17 @@ class DurableLog:
     Drives the store on the event loop: one ``flush`` per loop turn with records,
     a ``tick`` every ``tick_seconds``."""
 
-    __slots__ = ("_flush_at", "_loop", "_ready", "_ticker", "_turns", "_waiters", "store")
+    __slots__ = (
+        "_loop",
+        "_ready",
+        "_since",
+        "_ticker",
+        "_turns",
+        "_waiters",
+        "groups",
+        "lag_seconds",
+        "store",
+    )
 
     def __init__(self, store: GroupedLog, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
@@ -68,27 +78,34 @@ class DurableLog:
         # ``_ready``); a loop without one commits every group at once.
         self._ready: collections.abc.Sized | None = getattr(loop, "_ready", None)
         self._turns = 0
-        self._flush_at = 0.0
+        self._since = 0.0
+        self.lag_seconds = 0.0
+        self.groups = 0
         store.on_settled = self._wake
         store.on_pending = self._schedule
         self._tick()
 
     def _schedule(self) -> None:
-        if self._ready is None:
-            self._loop.call_soon(self.store.flush)
-            return
+        self._since = self._loop.time()
         self._turns = GROUP_TURNS
-        self._flush_at = self._loop.time() + GROUP_SECONDS
         self._loop.call_soon(self._group)
 
     def _group(self) -> None:
         """Flush now, or one turn later if other work is ready (see the module doc)."""
         ready = self._ready
-        if ready and self._turns and self._loop.time() < self._flush_at:
+        if ready and self._turns and self._loop.time() < self._since + GROUP_SECONDS:
             self._turns -= 1
             self._loop.call_soon(self._group)
             return
         self.store.flush()
+        self.lag_seconds += self._loop.time() - self._since
+        self.groups += 1
+
+    @property
+    def lag(self) -> tuple[float, int]:
+        """Write lag: seconds from groups' first records to their commits, summed,
+        and the number of groups (``/metrics``)."""
+        return self.lag_seconds, self.groups
 
     def _tick(self) -> None:
         self.store.tick()

@@ -186,10 +186,12 @@ class NodeService(AdminMethods):
                 (``CERT_IDENTITY_MISMATCH``) or is denied, or there is no room.
         """
         try:
-            return self._handshake(request, transport_peer, certificate)
+            answer = self._handshake(request, transport_peer, certificate)
         except AralError:
             self.pipeline.counters["handshake.rejected"] += 1
             raise
+        self.pipeline.counters["handshake.accepted"] += 1
+        return answer
 
     def _handshake(
         self, request: pb.HandshakeRequest, transport_peer: str, certificate: bytes

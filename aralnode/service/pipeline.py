@@ -398,7 +398,7 @@ class Pipeline:
         try:
             ctx.capability = target_id
             checks = st.post_check.checks
-            if st.audit.log is not None:
+            if st.audit.active:
                 self._begin(ctx, value, message)
             action, value = await self._judged(ctx, target, value, message)
             point = _POST
@@ -576,13 +576,13 @@ class Pipeline:
         return 0
 
     def _begin(self, ctx: CallContext, value: Any, message: Message | None) -> None:
-        """Note when the call started and its parameters' digest (only with a log: a
-        digest costs). Raises the log's error if it cannot keep records (no run)."""
-        audit_log = self.stages.audit.log
-        if audit_log is not None:
+        """Note when the call started (its record's duration, the metrics' latency)
+        and, with a log, its parameters' digest (a digest costs). Raises the log's
+        error if it cannot keep records (no run)."""
+        ctx.started = self.clock.monotonic()
+        if (audit_log := self.stages.audit.log) is not None:
             if (failed := audit_log.failed) is not None:
                 raise failed
-            ctx.started = self.clock.monotonic()
             ctx.params_digest = params_digest(None if message is not None else value, message)
 
     ended = _ended  # for the other injection points (service/connections.py)

@@ -511,6 +511,11 @@ class AuditLog:
     # -- reading ----------------------------------------------------------------------
 
     @property
+    def pending(self) -> int:
+        """Records appended and not yet written."""
+        return len(self._pending)
+
+    @property
     def seq(self) -> int:
         """The last record written."""
         return self._seq
