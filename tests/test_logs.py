@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -118,3 +122,78 @@ async def test_the_http_guard_logs_a_hostile_path_escaped_and_throttled(
         assert "\n" not in message
         assert "\x1b" not in message
         assert "\\n2026-12-04 INFO aralnode: forged\\x1b[2J" in message
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, given back as it was (``install`` replaces its handlers)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_json_lines_name_the_calls_trace(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _logs.install(logging.INFO, "json")
+    logger = _logs.get_logger("aralnode.test_json")
+    token = _logs.TRACE_ID.set("4bf92f3577b34da6a3ce929d0e0e4736")
+    try:
+        logger.warning("peer %s says\nhello", "alpha")
+    finally:
+        _logs.TRACE_ID.reset(token)
+    logger.info("outside a call")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("it failed")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 3  # one object a line: the newline inside is escaped
+    first, second, third = lines
+    assert first["level"] == "warning"
+    assert first["logger"] == "aralnode.test_json"
+    assert first["message"] == "peer alpha says\\nhello"
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert first["time"].endswith("Z")
+    assert "trace_id" not in second
+    assert "ValueError: boom" in third["exception"]
+
+
+def test_text_lines_carry_the_trace_in_brackets(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _logs.install(logging.INFO, "text")
+    token = _logs.TRACE_ID.set("abc123")
+    try:
+        _logs.get_logger("aralnode.test_text").info("inside")
+    finally:
+        _logs.TRACE_ID.reset(token)
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("INFO aralnode.test_text: inside [trace abc123]")
+
+
+def test_run_logs_json_when_asked(tmp_path: Path) -> None:
+    """``aralnode run --log-format json``: the node's own lines are JSON (its TLS
+    warning is the first it logs); stopped once one has come."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "aralnode.cli", "run", "--name", "jsonlog", "--discovery",
+            "none", "--grpc-port", "0", "--http-port", "-1", "--data-dir", str(tmp_path),
+            "--log-format", "json",
+        ],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # bounded by the test's timeout
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # and closes the pipe
+    entry = json.loads(line)
+    assert entry["level"] == "warning"
+    assert entry["logger"].startswith("aralnode")

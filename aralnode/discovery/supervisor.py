@@ -423,7 +423,7 @@ class Supervisor:
             try:
                 await self.connector.connect(address, source=source)
                 if last:
-                    log.warning("static peer %s reached", address)
+                    log.info("static peer %s reached", address)  # a recovery: info
                 return
             except (AralError, OSError) as exc:
                 said = str(exc) or type(exc).__name__

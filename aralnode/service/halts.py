@@ -141,7 +141,7 @@ class Halts:
         if entry is None:
             return False
         self._save()
-        log.warning("halt of %s %s cleared by %s", entry.kind, subject, by or "an operator")
+        log.info("halt of %s %s cleared by %s", entry.kind, subject, by or "an operator")
         self._tell("cleared", entry)
         return True
 
