@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard protos/aral/v1/*.proto)
 
-.PHONY: help venv run test test-min gen gen-check lint typecheck check bench clean
+.PHONY: help venv browser run test test-min gen gen-check lint typecheck check bench clean
 
 help:
 	@echo "make run        set up and start a demo node (gRPC :50051, HTTP :8080)"
@@ -14,6 +14,7 @@ help:
 	@echo "make gen-check  fail if gen/ differs from what protos/ generate"
 	@echo "make test-min   the suite with every dependency at its declared minimum"
 	@echo "make lint typecheck check bench"
+	@echo "make browser    install Debian's Chromium for the /ui page test (root, apt)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,12 +27,22 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/aralnode run --name demo --load examples/demo.py --discovery none $(ARGS)
 
-test: $(STAMP)
+# The /ui page test's browser: Debian's Chromium, installed where this is root on a
+# machine with apt; elsewhere tests/test_ui.py skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian's) for the /ui page test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the /ui page test will skip"; \
+	  else echo "no chromium and no way to install it: the /ui page test will skip"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The declared lower bounds, installed and tested in a venv of their own (CI runs it).
 MINVENV ?= .venv-min
-test-min: $(STAMP)
+test-min: $(STAMP) browser
 	rm -rf $(MINVENV)
 	$(PY) -m venv $(MINVENV)
 	$(BIN)/python scripts/min_constraints.py > $(MINVENV)/constraints.txt

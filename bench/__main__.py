@@ -12,6 +12,7 @@ from bench._report import Report
 
 MODULES = (
     "unary", "envelope", "channel", "bridge", "discovery", "tls", "access", "governance",
+    "observed",
 )  # fmt: skip
 
 

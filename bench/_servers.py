@@ -135,19 +135,24 @@ async def library() -> None:
     await server.wait_for_termination()
 
 
-async def node(extra: list[str]) -> None:
+async def node(extra: list[str], **overrides: Any) -> None:
+    """The node serving demo.echo (and ``extra`` specs); ``overrides``: config fields
+    (``observed``: metrics and tracing on, over an HTTP port, which ``/metrics`` needs)."""
     from aralnode import Node, NodeConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         n = Node(
             NodeConfig(
-                name="bench",
-                host="127.0.0.1",
-                grpc_port=0,
-                http_port=None,
-                discovery="none",
-                data_dir=Path(tmp),
-                max_concurrent=4096,
+                **{
+                    "name": "bench",
+                    "host": "127.0.0.1",
+                    "grpc_port": 0,
+                    "http_port": None,
+                    "discovery": "none",
+                    "data_dir": Path(tmp),
+                    "max_concurrent": 4096,
+                    **overrides,
+                }
             )
         )
         n.load(DEMO)
@@ -170,6 +175,10 @@ def main() -> None:
             asyncio.run(bare_envelope())
         elif kind == "node":
             asyncio.run(node(sys.argv[2:]))
+        elif kind == "node-off":  # bench/observed.py: metrics and tracing off ...
+            asyncio.run(node([], http_port=0, metrics=False, tracing=False))
+        elif kind == "node-observed":  # ... and on (no exporter)
+            asyncio.run(node([], http_port=0, metrics=True, tracing=True))
         elif kind == "library":
             asyncio.run(library())
         else:

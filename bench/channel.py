@@ -6,6 +6,10 @@ Figures:
 - ``channel.signed``: notifications/s over one channel, every message ES256-signed,
   verified, replay-checked and judged by governance on both ends, delivered to a
   handler; acked end to end (the sender's outbox is empty at the end).
+- ``channel.signed_audited`` / ``channel.signed_observed``: the signed run with the
+  100-rule policy and the audit log on both nodes (issue 16), and with metrics and
+  tracing on both (issue 19, no exporter); each as a ratio of the signed run of its
+  round.
 - ``channel.unsigned``: the same without signatures (still parsed, replay-checked,
   governed on both ends, delivered and acked).
 - ``bare``: a bare grpc.aio bidi stream carrying messages of the same size, one
@@ -54,29 +58,32 @@ LATENCY_SECONDS = 3.0
 BARE_SECONDS = 2.0
 ROUNDS = 3
 BARE_ACK_EVERY = DEFAULT_WINDOW // 4  # as often as the channel acks
+OBSERVED = "observed"  # issue 19: metrics and tracing on, both ends
 
 
 # -- child processes ------------------------------------------------------------------------
 
 
 def _config(name: str, data_dir: str, *, signing: bool, governed: str = "") -> Any:
-    """``governed``: a policy file; the node then runs it and keeps its audit log."""
+    """``governed``: a policy file, which the node then runs, keeping its audit log;
+    or ``OBSERVED``: metrics (over an HTTP port) and tracing on, no exporter."""
     from aralnode import NodeConfig
 
-    extra: dict[str, Any] = {}
-    if governed:
-        extra = {"policy_file": Path(governed), "audit": True, "policy_reload_seconds": 0}
-    return NodeConfig(
-        **extra,
-        name=name,
-        host="127.0.0.1",
-        grpc_port=0,
-        http_port=None,
-        discovery="none",
-        data_dir=Path(data_dir) / name,
-        channel_signing=signing,
-        keepalive_ms=2000,
-    )
+    fields: dict[str, Any] = {
+        "name": name,
+        "host": "127.0.0.1",
+        "grpc_port": 0,
+        "http_port": None,
+        "discovery": "none",
+        "data_dir": Path(data_dir) / name,
+        "channel_signing": signing,
+        "keepalive_ms": 2000,
+    }
+    if governed == OBSERVED:
+        fields |= {"http_port": 0, "metrics": True, "tracing": True}
+    elif governed:
+        fields |= {"policy_file": Path(governed), "audit": True, "policy_reload_seconds": 0}
+    return NodeConfig(**fields)
 
 
 async def _receiver(data_dir: str, signing: bool, governed: str = "") -> None:
@@ -477,7 +484,7 @@ def run(report: Report) -> None:
     # Rounds alternate the three paths, so drift on a shared machine lands on all of
     # them; each figure is the median round (its range goes in the table).
     runs: dict[str, list[dict[str, Any]]] = {
-        "signed": [], "unsigned": [], "bare": [], "audited": [],
+        "signed": [], "unsigned": [], "bare": [], "audited": [], "observed": [],
     }  # fmt: skip
     size = 0
     with tempfile.TemporaryDirectory(prefix="aral-bench-") as tmp:
@@ -496,6 +503,15 @@ def run(report: Report) -> None:
                     n=SIGNED_N,
                     latency=False,
                     governed=policy,
+                )
+            )
+            runs["observed"].append(
+                _channel_run(
+                    os.path.join(tmp, f"o{r}"),
+                    signing=True,
+                    n=SIGNED_N,
+                    latency=False,
+                    governed=OBSERVED,
                 )
             )
             runs["unsigned"].append(
@@ -526,6 +542,16 @@ def run(report: Report) -> None:
     )
     report.add("channel.signed_audited_msgs_per_s", a_rate, "msgs/s", baseline=s_rate)
     report.add("channel.audited_vs_off.ratio", audited_ratio, "ratio")
+    observed_ratio = median(
+        [
+            (o["n"] / o["elapsed"]) / (s["n"] / s["elapsed"])
+            for o, s in zip(runs["observed"], runs["signed"], strict=True)
+        ]
+    )
+    report.add(
+        "channel.signed_observed_msgs_per_s", median(rates["observed"]), "msgs/s", baseline=s_rate
+    )
+    report.add("channel.observed_vs_off.ratio", observed_ratio, "ratio")
     report.add("channel.unsigned_governed_msgs_per_s", u_rate, "msgs/s", baseline=bare_rate)
     report.add("channel.bare_bidi_msgs_per_s", bare_rate, "msgs/s")
     report.add("channel.bare_bidi_batched_raw_msgs_per_s", raw_rate, "msgs/s")
@@ -572,6 +598,12 @@ def run(report: Report) -> None:
         f"| signed (ES256) + verified + governed both ends | {s_rate:,.0f} ({spread('signed')}) "
         f"| {s_rate / bare_rate:.2f} | {signed_batch:.0f} msgs/frame, "
         f"{signed['message_bytes']} B/msg |",
+        f"| signed, 100-rule policy + audit log both ends | {a_rate:,.0f} "
+        f"({spread('audited')}) | {a_rate / bare_rate:.2f} | {audited_ratio:.2f} of signed "
+        "(issue 16: >= 0.90, >= 10,000 msgs/s) |",
+        f"| signed, metrics + tracing on both ends | {median(rates['observed']):,.0f} "
+        f"({spread('observed')}) | {median(rates['observed']) / bare_rate:.2f} | "
+        f"{observed_ratio:.2f} of signed (issue 19: >= 0.95) |",
         f"| unsigned, governed both ends | {u_rate:,.0f} ({spread('unsigned')}) "
         f"| {u_rate / bare_rate:.2f} "
         f"| {unsigned_batch:.0f} msgs/frame, {unsigned['message_bytes']} B/msg |",
