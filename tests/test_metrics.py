@@ -20,6 +20,7 @@ from aralnode import _proto as pb
 from aralnode.service.auditing import DurableLog
 from aralnode.store.audit import AuditLog
 from tests.channel_helpers import FAST, linked
+from tests.test_parity import BOOK, DELETE, GET, GONE, open_doors
 
 MakeNode = Callable[..., Node]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -276,3 +277,39 @@ def test_a_failing_metric_never_fails_the_call() -> None:
     calls.calls = None  # type: ignore[assignment]  # broken beyond repair
     calls._children.clear()
     calls.write(record)
+
+
+@pytest.mark.parametrize(
+    ("capability", "outcome"),
+    [(GET, "ok"), (DELETE, "governance_blocked"), (GONE, "not_found")],
+    ids=["result", "governance-block", "not-found"],
+)
+async def test_every_door_is_counted_alike(
+    make_node: MakeNode, capability: str, outcome: str
+) -> None:
+    """The parity scenario, seen by ``/metrics``: each door's call counted once,
+    under that door's label, with the outcome every door gave."""
+    async with open_doors(make_node) as doors:
+        before = await scrape(doors.node)
+        called: dict[str, int] = {}
+        for door in doors.all():
+            await door.call(capability, BOOK)
+            label = DOOR_LABEL[door.name]
+            called[label] = called.get(label, 0) + 1
+        after = await scrape(doors.node)
+    shown = "unknown" if outcome == "not_found" else capability
+    counted = {
+        dict(labels)["door"]: after[(name, labels)] - before.get((name, labels), 0.0)
+        for (name, labels) in after
+        if name == "aralnode_calls_total"
+        and dict(labels)["capability"] == shown
+        and dict(labels)["outcome"] == outcome
+        and dict(labels)["direction"] == "invoke"
+    }
+    assert {door: n for door, n in counted.items() if n} == called
+
+
+DOOR_LABEL = {
+    "grpc-invoke": "grpc", "grpc-method": "grpc", "rest-route": "rest", "rest-invoke": "rest",
+    "mcp": "mcp", "ws": "ws", "channel": "channel", "local": "local",
+}  # fmt: skip

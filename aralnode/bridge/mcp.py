@@ -31,7 +31,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import mcp_types as types
 from jsonschema import Draft202012Validator
@@ -55,7 +55,7 @@ from aralnode.bridge._http import (
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, InternalError, McpErrorCode, OutOfRange
+from aralnode.core.errors import AralError, InternalError, McpErrorCode, NotFound, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -293,6 +293,11 @@ class ToolSource(Protocol):
 
     def now_ms(self) -> int: ...
 
+    def unknown(self, ctx: CallContext, name: str) -> AralError:
+        """The refusal of a call to a tool that is not there (as every door refuses
+        an unknown capability: the caller authenticated, the refusal on record)."""
+        ...
+
 
 class Listings:
     """``tools/list`` answers, built once per set of tools and per the scopes that
@@ -394,9 +399,9 @@ def build_server(
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
         tools = await source.tools()
         tool = tools.get(params.name)
-        if tool is None:
-            raise MCPError(int(McpErrorCode.INVALID_PARAMS), f"unknown tool {params.name!r}")
         call_ctx = context(ctx)
+        if tool is None:
+            _unknown_tool(source, call_ctx, params.name)
         # The HTTP request that carried the call (none over stdio): a client that
         # goes away ends its call, as on REST.
         request = getattr(ctx, "request", None)
@@ -426,6 +431,14 @@ def build_server(
         on_list_tools=list_tools,
         on_call_tool=call_tool,  # returns wire-form dicts, which the SDK accepts
     )
+
+
+def _unknown_tool(source: ToolSource, ctx: CallContext, name: str) -> NoReturn:
+    """Refuse a call to a tool that is not there, on record like every door's."""
+    refusal = source.unknown(ctx, name)
+    if not isinstance(refusal, NotFound):  # its credentials were refused
+        raise mcp_error(refusal, ctx.trace_id, source.now_ms())
+    raise MCPError(int(McpErrorCode.INVALID_PARAMS), f"unknown tool {name!r}")
 
 
 def http_context(contexts: ContextBuilder) -> Callable[[Any], CallContext]:

@@ -28,11 +28,12 @@ from aralnode.bridge.mcp import (
 from aralnode.bridge.targets import Target
 from aralnode.core.capabilities import Capability, request_from
 from aralnode.core.context import CallContext
-from aralnode.core.errors import Unauthenticated
+from aralnode.core.errors import AralError, CapabilityNotFound, Unauthenticated
 from aralnode.core.peers import PeerChange, PeerEvent, PeerState, PeerTable
 from aralnode.core.proto_schema import ProtoComments, message_schema
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.pipeline import Target as PipelineTarget
 
 log = get_logger("aralnode.mcp")
 # tools/list is the node's listing of what it serves: governed as ListCapabilities is.
@@ -108,6 +109,16 @@ class LocalTools:
 
     def now_ms(self) -> int:
         return self.service.clock.now_ms()
+
+    def unknown(self, ctx: CallContext, name: str) -> AralError:
+        pipeline = self.service.pipeline
+        refusal: AralError = CapabilityNotFound(f"no tool {name!r} on this node")
+        try:
+            pipeline.stages.authenticate(ctx)
+        except AralError as exc:
+            refusal = exc
+        pipeline.ended(ctx, PipelineTarget(name, kind="invoke"), refusal)
+        return refusal
 
     async def tools(self) -> dict[str, ToolSpec]:
         tools = self._tools

@@ -36,6 +36,7 @@ from aralnode.core import codec
 from aralnode.core.capabilities import request_from
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, CapabilityNotFound
 from aralnode.core.proto_schema import ProtoComments, message_schema
 from aralnode.service.auth import ALL_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -93,6 +94,11 @@ class RemoteTools:
 
     def now_ms(self) -> int:
         return SYSTEM_CLOCK.now_ms()
+
+    def unknown(self, ctx: CallContext, name: str) -> AralError:
+        # No call reaches the node: it has nothing to record (this bridge's own
+        # process refuses it, as the node would).
+        return CapabilityNotFound(f"no tool {name!r} on this node")
 
     async def listing(self, ctx: CallContext) -> types.ListToolsResult:
         # The node listed what this bridge's caller may see (ListCapabilities ran
