@@ -23,6 +23,7 @@ retry succeeds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import sqlite3
 import struct
@@ -403,7 +404,7 @@ class AuditLog:
             if self.test_hook is not None:
                 self.test_hook(db)
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO records (seq, body, prev, hash) VALUES (?,?,?,?)", rows)
+            _insert(db, rows)
             for head_seq, head_hash in heads:
                 self._insert_head(db, head_seq, head_hash)
             db.execute("COMMIT")
@@ -519,6 +520,27 @@ class AuditLog:
     def seq(self) -> int:
         """The last record written."""
         return self._seq
+
+
+# Rows per INSERT statement: 4 variables each stays under SQLite's smallest
+# SQLITE_MAX_VARIABLE_NUMBER (999).
+_ROWS_PER_INSERT = 200
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_sql(n: int) -> str:
+    # Placeholders only: no value is ever part of the text.
+    return "INSERT INTO records (seq, body, prev, hash) VALUES " + ",".join(["(?,?,?,?)"] * n)  # noqa: S608
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[int, bytes, bytes, bytes]]) -> None:
+    """Insert ``rows``, up to ``_ROWS_PER_INSERT`` in one statement: Python's sqlite3
+    lets go of the GIL for every statement step (every row of an ``executemany``),
+    and on a node whose worker threads verify signatures each let-go cost the event
+    loop a wait for it back (a group of 250 channel records: 2 ms, measured)."""
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
 
 
 def _size(path: Path) -> int:
