@@ -342,3 +342,27 @@ def test_replay_guard_admits_each_pair_once(ids: list[str]) -> None:
             guard.admit("s", mid, clock.now_ms())
             seen.add(mid)
     assert len(guard) == len(seen)
+
+
+def test_random_draws_are_never_handed_out_twice() -> None:
+    """Message ids and nonces come from a pool refilled 4 KiB at a time: threads
+    taking from it at once never get the same draw."""
+    import threading
+
+    from aralnode.core import envelope
+
+    taken: list[list[bytes]] = [[] for _ in range(4)]
+
+    def take(into: list[bytes]) -> None:
+        for _ in range(3000):
+            into.append(envelope._random_draw())
+
+    threads = [threading.Thread(target=take, args=(t,)) for t in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    draws = [d for t in taken for d in t]
+    assert len(draws) == 12000
+    assert len(set(draws)) == len(draws)
+    assert all(len(d) == 32 for d in draws)
