@@ -354,8 +354,7 @@ def test_random_draws_are_never_handed_out_twice() -> None:
     taken: list[list[bytes]] = [[] for _ in range(4)]
 
     def take(into: list[bytes]) -> None:
-        for _ in range(3000):
-            into.append(envelope._random_draw())
+        into.extend(envelope._random_draw() for _ in range(3000))
 
     threads = [threading.Thread(target=take, args=(t,)) for t in taken]
     for thread in threads:
