@@ -54,8 +54,8 @@ class GroupedLog(Protocol):
 
 class DurableLog:
     """``append`` as the store's; ``durable(ticket)`` awaits the record's commit.
-    Drives the store on the event loop: one ``flush`` per loop turn with records,
-    a ``tick`` every ``tick_seconds``."""
+    Drives the store on the event loop: one ``flush`` per group (see the module
+    docstring for when), a ``tick`` every ``tick_seconds``."""
 
     __slots__ = (
         "_loop",
