@@ -9,7 +9,9 @@ const MAX_DECISIONS = 50;
 const MAX_RECONNECT_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
-const state = { status: null, peers: [], counts: new Map(), socket: null, retryMs: 500, selected: null };
+const state = {
+  status: null, peers: [], counts: new Map(), socket: null, retryMs: 500, selected: null, polling: false, generation: 0,
+};
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -33,10 +35,15 @@ function authHeaders() {
   return value ? { Authorization: `Bearer ${value}` } : {};
 }
 
-function showProblem(text) {
+// What went wrong, by source ("api", "live", "capabilities"): each clears its own.
+const problems = new Map();
+
+function showProblem(source, text) {
+  if (text) problems.set(source, text);
+  else problems.delete(source);
   const p = $("problem");
-  p.textContent = text || "";
-  p.hidden = !text;
+  p.textContent = [...problems.values()].join(" · ");
+  p.hidden = problems.size === 0;
 }
 
 class ApiError extends Error {
@@ -120,21 +127,28 @@ function updateCounts(peers, now) {
 }
 
 async function poll() {
+  if (state.polling) return; // one at a time: a slow node is not asked twice
+  state.polling = true;
+  const generation = state.generation;
   try {
     const [status, peers] = await Promise.all([api("/v1/status"), api("/v1/peers")]);
+    if (generation !== state.generation) return; // asked with a credential since replaced
     state.status = status;
     state.peers = peers.peers || [];
     updateCounts(state.peers, performance.now());
     $("node-title").textContent = `— ${status.name}`;
     renderNodes();
     renderChannels();
-    showProblem("");
+    showProblem("api", "");
   } catch (err) {
+    if (generation !== state.generation) return;
     state.status = null;
     state.peers = [];
     renderNodes();
     renderChannels();
-    showProblem(err.message);
+    showProblem("api", err.message);
+  } finally {
+    state.polling = false;
   }
 }
 
@@ -180,17 +194,21 @@ function capabilityItem(cap) {
 }
 
 async function loadCapabilities() {
+  const generation = state.generation;
   try {
     const own = await api("/v1/capabilities");
+    if (generation !== state.generation) return;
     const caps = (own.capabilities || []).map((c) => ({ ...c }));
     for (const p of state.peers) {
       if (p.state !== "PEER_STATE_CONNECTED") continue;
       for (const id of p.capabilityIds || []) caps.push({ id, to: p.nodeId, toName: p.name });
     }
     $("capabilities").replaceChildren(...caps.map(capabilityItem));
+    showProblem("capabilities", "");
   } catch (err) {
+    if (generation !== state.generation) return;
     $("capabilities").replaceChildren();
-    showProblem(err.message);
+    showProblem("capabilities", err.message);
   }
 }
 
@@ -258,6 +276,7 @@ function connect() {
   setConnection("connecting…", "connecting");
   socket.addEventListener("open", () => {
     state.retryMs = 500;
+    showProblem("live", "");
     setConnection("live", "open");
     socket.send(JSON.stringify({ type: "subscribe", agent_id: "*", channels: ["peers", "capabilities", "decisions", "status"] }));
   });
@@ -265,7 +284,7 @@ function connect() {
     let msg;
     try { msg = JSON.parse(message.data); } catch { return; }
     if (msg.type === "error") {
-      showProblem(`live events: ${(msg.error && msg.error.message) || "refused"}`);
+      showProblem("live", `live events: ${(msg.error && msg.error.message) || "refused"}`);
     } else if (msg.type === "event" && msg.channel === "decisions") {
       addDecision(msg);
     } else if (msg.type === "event" && (msg.channel === "peers" || msg.channel === "capabilities")) {
@@ -285,7 +304,16 @@ function restart() {
   const old = state.socket;
   state.socket = null;
   if (old) old.close();
+  // Nothing seen with the old credential stays on the page.
   $("decisions").replaceChildren();
+  $("capabilities").replaceChildren();
+  $("invoke-form").hidden = true;
+  $("invoke-output").textContent = "";
+  state.selected = null;
+  problems.clear();
+  state.generation += 1; // answers to the old credential's requests are dropped
+  state.polling = false;
+  state.counts.clear();
   poll().then(loadCapabilities);
   connect();
 }
