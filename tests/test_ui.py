@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
 from aralnode.access.apikeys import ApiKeyStore
-from aralnode.bridge.ui import CSP
+from aralnode.bridge.ui import CSP, bearer_from_subprotocol, chosen_subprotocol
 from aralnode.core.peers import PeerEvent
 from tests.channel_helpers import linked
 
@@ -117,6 +117,28 @@ async def test_a_websocket_carries_its_credential_as_a_subprotocol(
             reply = json.loads(await ws.recv())
             assert reply["type"] == "error", reply
             assert reply["error"]["reason"] == "ANONYMOUS_REFUSED"
+
+
+def test_the_subprotocol_token_never_overrides_an_authorization_header() -> None:
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"type": "websocket", "headers": list(headers)}
+
+    offered = (b"sec-websocket-protocol", f"aral.v1, {bearer_protocol('tok')}".encode())
+    plain = scope(offered)
+    bearer_from_subprotocol(plain)
+    assert (b"authorization", b"Bearer tok") in plain["headers"]
+    assert chosen_subprotocol(plain) == "aral.v1"
+    kept = scope((b"authorization", b"Bearer mine"), offered)
+    bearer_from_subprotocol(kept)
+    assert [v for k, v in kept["headers"] if k == b"authorization"] == [b"Bearer mine"]
+    # Not base64url of a token: passed on as written, for the authenticate stage to refuse.
+    odd = scope((b"sec-websocket-protocol", b"aral.bearer.dG9r%%%"))
+    bearer_from_subprotocol(odd)
+    assert (b"authorization", b"Bearer dG9r%%%") in odd["headers"]
+    assert chosen_subprotocol(odd) is None  # aral.v1 not offered: none chosen
+    http = {"type": "http", "headers": [offered]}
+    bearer_from_subprotocol(http)
+    assert http["headers"] == [offered]  # only a WebSocket upgrade
 
 
 async def test_peers_list_their_channel_counts(make_node: Callable[..., Node]) -> None:

@@ -105,7 +105,8 @@ def bearer_from_subprotocol(scope: Scope) -> None:
 def _decode(text: str) -> bytes:
     raw = text.encode("latin-1", "replace")
     try:
-        token = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        # validate: no character is skipped, so what is checked is what was sent.
+        token = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         return raw
     if not token or not all(0x21 <= b < 0x7F for b in token):
