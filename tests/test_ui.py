@@ -70,6 +70,8 @@ async def test_the_page_and_its_assets_are_served_with_a_strict_policy(
             head = await http.head(path)
             assert head.status_code == 200
             assert head.content == b""
+            assert head.headers["content-length"] == str(len(r.content))
+            assert head.headers["content-security-policy"] == CSP
         page = (await http.get("/ui")).text
         assert "<script>" not in page  # no inline script: the CSP would refuse it
         assert "//" not in page.replace("http-equiv", "")  # nothing from elsewhere

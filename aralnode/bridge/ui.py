@@ -72,10 +72,13 @@ class UiPage:
     async def serve(self, scope: Scope, send: Send) -> None:
         """Answer a GET or HEAD of one of the page's files (``is_ui_path``)."""
         body, content_type = self._bodies[scope["path"]]
-        if scope["method"] == "HEAD":
-            await send_body(send, 200, b"", content_type, HEADERS)
+        if scope["method"] == "HEAD":  # the GET's head, its length included
+            length = (b"content-length", str(len(body)).encode())
+            headers = [(b"content-type", content_type.encode()), *HEADERS, length]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
             return
-        await send_body(send, 200, body, content_type, HEADERS, gzip_ok=False)
+        await send_body(send, 200, body, content_type, HEADERS)
 
 
 def _offered(scope: Scope) -> list[str]:
