@@ -208,6 +208,11 @@ async def test_the_page_shows_a_live_two_node_mesh_and_calls_from_it(
         a.peer_table.apply("hostile", PeerEvent.DISCOVERED, address="127.0.0.1:9", name=HOSTILE)
         await page.goto(base(a) + "/ui")
         await expect(page.locator("body")).to_have_attribute("data-socket", "open")
+        # An operator's key: every caller's governance decisions are theirs to see.
+        key = api_key(a, ["agent:read", "agent:invoke", "aral:decisions"])
+        await page.locator("#credential").fill(key)
+        await page.locator("#credential-form button[type=submit]").click()
+        await expect(page.locator("body")).to_have_attribute("data-socket", "open")
         nodes = page.locator("#nodes tbody")
         await expect(nodes.locator(f'tr[data-node-id="{a.node_id}"]')).to_contain_text("ui-a")
         peer_b = nodes.locator(f'tr[data-node-id="{b.node_id}"]')
@@ -248,6 +253,9 @@ async def test_the_page_shows_a_live_two_node_mesh_and_calls_from_it(
         await page.locator("#invoke-run").click()
         await expect(output).to_have_attribute("data-state", "error")
         await expect(output).to_contain_text("invalid")
+        # The decisions about those calls arrived live on the page.
+        decisions = page.locator("#decisions li", has_text="demo.add")
+        await expect(decisions).not_to_have_count(0)
 
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)

@@ -7,6 +7,11 @@ const CREDENTIAL_KEY = "aralnode.credential";
 const POLL_MS = 1000; // status and peers: the channel rates are their differences
 const MAX_DECISIONS = 50;
 const MAX_RECONNECT_MS = 10000;
+// The page's own reads, every second: their decisions would bury the others, so
+// those that passed are left out (a refused one is shown).
+const OWN_READS = new Set([
+  "aral.v1.AgentNode/GetStatus", "aral.v1.AgentNode/ListPeers", "aral.v1.AgentNode/ListCapabilities",
+]);
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -245,6 +250,7 @@ async function invoke(event) {
 
 function addDecision(ev) {
   const d = ev.data || {};
+  if (d.decision === "ok" && d.door === "rest" && OWN_READS.has(d.action)) return;
   const li = el("li", `${ev.timestamp} ${d.decision} ${d.action} (${d.direction}) by ${d.caller || "anonymous"} via ${d.door}`,
     `decision-${d.decision}`);
   if (d.reasons && d.reasons.length) li.append(el("span", ` — ${d.reasons.join("; ")}`, "muted"));
