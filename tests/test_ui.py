@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,9 @@ async def test_the_page_shows_a_live_two_node_mesh_and_calls_from_it(
         for i in range(5):
             assert await a.request(b.node_id, "demo.add", {"a": i, "b": 1}) == i + 1
         await expect(sent).to_have_text(str(before + 5))
+        row = page.locator(f'#channels tr[data-node-id="{b.node_id}"]')
+        for cell in ("td.sent-rate", "td.received-rate"):  # messages a second, measured
+            await expect(row.locator(cell)).to_have_text(re.compile(r"^\d+\.\d$"))
 
         # A call from the page: the capability's form, its result shown.
         await page.locator(

@@ -15,7 +15,7 @@ const OWN_READS = new Set([
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  status: null, peers: [], counts: new Map(), socket: null, retryMs: 500, selected: null, polling: false, generation: 0,
+  status: null, peers: [], counts: new Map(), socket: null, retryMs: 500, selected: null, polling: false, generation: 0, refreshTimer: 0,
 };
 
 function el(tag, text, className) {
@@ -110,7 +110,7 @@ function renderChannels() {
     // A channel is a verified peer's: one only discovered has none yet.
     if (!c || (p.state !== "PEER_STATE_CONNECTED" && !c.sent && !c.received)) continue;
     const tr = row([el("td", p.name), el("td", c.sent, "num sent"), el("td", c.received, "num received"),
-      el("td", rate(c.sentRate), "num"), el("td", rate(c.receivedRate), "num")]);
+      el("td", rate(c.sentRate), "num sent-rate"), el("td", rate(c.receivedRate), "num received-rate")]);
     tr.dataset.nodeId = p.nodeId;
     rows.push(tr);
   }
@@ -259,6 +259,18 @@ function addDecision(ev) {
   while (list.children.length > MAX_DECISIONS) list.lastElementChild.remove();
 }
 
+// Peers and capabilities change in bursts (a mesh starting): one refresh per burst,
+// at most one every REFRESH_MS, so the page never floods the node with requests.
+const REFRESH_MS = 300;
+
+function scheduleRefresh() {
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = 0;
+    poll().then(loadCapabilities);
+  }, REFRESH_MS);
+}
+
 function base64url(text) {
   const bytes = new TextEncoder().encode(text);
   let binary = "";
@@ -294,7 +306,7 @@ function connect() {
     } else if (msg.type === "event" && msg.channel === "decisions") {
       addDecision(msg);
     } else if (msg.type === "event" && (msg.channel === "peers" || msg.channel === "capabilities")) {
-      poll().then(loadCapabilities);
+      scheduleRefresh();
     }
   });
   socket.addEventListener("close", () => {
