@@ -106,6 +106,15 @@ async def test_a_websocket_carries_its_credential_as_a_subprotocol(
             )
             reply = json.loads(await ws.recv())
             assert reply["type"] == "subscribed", reply
+        # A page elsewhere cannot use a token it holds against this node either.
+        with pytest.raises(InvalidStatus) as foreign:
+            async with connect(
+                url,
+                subprotocols=["aral.v1", bearer_protocol(key)],  # type: ignore[list-item]
+                origin="https://evil.example",  # type: ignore[arg-type]
+            ):
+                pass
+        assert foreign.value.response.status_code == 403
         # A wrong token refuses the upgrade, as a wrong Authorization header does.
         wrong = bearer_protocol("aral_0000000000000000_" + "x" * 43)
         with pytest.raises(InvalidStatus) as info:
