@@ -197,6 +197,7 @@ class NodeFacts:
         self.connector = connector
         self.discovery: Supervisor | None = None
         self.breakers = Breakers(SYSTEM_CLOCK, failures=0)  # the node's, once built
+        self.hub: ChannelHub | None = None  # the node's, once built
 
     def status(self) -> pb.NodeStatus:
         status = self.node.status()
@@ -215,6 +216,10 @@ class NodeFacts:
         state, wait = self.breakers.state(peer.node_id)
         proto.breaker_state = state.value
         proto.breaker_retry_after_ms = math.ceil(wait * 1000)
+        channel = self.hub.peers.get(peer.node_id) if self.hub is not None else None
+        if channel is not None:  # message counts each way, for rates (the /ui page)
+            proto.channel_sent_seq = channel.sent_max
+            proto.channel_received_seq = channel.inbound.accepted_seq
         return proto
 
     def capabilities_of(self, node_id: str) -> pb.ListCapabilitiesResponse:
@@ -297,6 +302,7 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     )
     wire_halts(node, hub)
     facts = NodeFacts(node, connector)
+    facts.hub = hub
     discovery = facts.discovery = _supervisor(node, connector, backends, hub)
     send = PeerSender(hub, connector, breakers(cfg, node.clock, node.pipeline.counters))
     facts.breakers = send.breakers

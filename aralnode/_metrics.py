@@ -17,9 +17,9 @@ Two sources, so that the hot path pays almost nothing:
 Label values are bounded: doors, outcomes (error codes), decisions and peer states
 are closed sets; a capability label is the capability's id for the first
 ``MAX_CAPABILITY_LABELS`` seen, "other" after that, and "unknown" for an id that
-was not found (a caller's made-up ids cannot grow the series without bound). No trace, caller or peer id is ever a
-label. Each node has its own ``CollectorRegistry`` (several nodes in a process
-never mix their figures).
+was not found (a caller's made-up ids cannot grow the series without bound). No
+trace, caller or peer id is ever a label. Each node has its own
+``CollectorRegistry`` (several nodes in a process never mix their figures).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ events, behind one Host/Origin guard, served by uvicorn.
     /openapi.json  /docs      openapi.py   (generated from the descriptors)
     /mcp                      mcp.py       (the official SDK's session manager)
     /ws                       ws.py        (events; capability calls)
+    /ui                       ui.py        (the live mesh page, static files)
     everything else           rest.py      (google.api.http bindings)
 
 ``Node.start`` builds an ``HttpBridge`` when ``NodeConfig.http_port`` is not None.
@@ -34,6 +35,7 @@ from aralnode.bridge.openapi import OpenApiBuilder, docs_page
 from aralnode.bridge.rest import RestDoor
 from aralnode.bridge.routes import Binding, bindings
 from aralnode.bridge.targets import Target, build_targets
+from aralnode.bridge.ui import UiPage, bearer_from_subprotocol, is_ui_path
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import ProtoService
@@ -131,6 +133,7 @@ class HttpBridge:
         node_id = service.node_id
         self.openapi = self._openapi_builder(f"aralnode {name}", version)
         self._docs_html = docs_page(f"aralnode {name}")
+        self.ui = UiPage()
         self.inflight = h.InFlight()  # MCP tool calls and WebSocket invokes running
         self.hub = EventHub(service, peer_table)
         self.ws = self._ws_door(name)
@@ -190,6 +193,7 @@ class HttpBridge:
         """Route by path: WebSocket ``/ws``; MCP under ``/mcp``; the documents
         (``_routes``, GET and HEAD); everything else is the REST door's."""
         path = scope.get("path", "")
+        bearer_from_subprotocol(scope)  # the page's WebSocket credential (ui.py)
         await self.gate.prepare(scope)
         if scope["type"] == "websocket":
             if path == "/ws":
@@ -218,6 +222,9 @@ class HttpBridge:
             await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
         if scope["method"] in ("GET", "HEAD") and await self._operations(scope, send, path):
+            return
+        if is_ui_path(path) and scope["method"] in ("GET", "HEAD"):
+            await self.ui.serve(scope, send)  # public: the data it fetches is not
             return
         document = self._routes.get(path)
         if document is not None and scope["method"] in ("GET", "HEAD"):

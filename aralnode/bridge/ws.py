@@ -40,6 +40,7 @@ from aralnode.bridge._approvals_feed import follow_approvals
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import SocketQuota, plain_id, refuse, ws_error
 from aralnode.bridge.targets import node_json
+from aralnode.bridge.ui import chosen_subprotocol
 from aralnode.core import codec
 from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
 from aralnode.core.errors import AralError, InternalError, InvalidRequest, RateLimited
@@ -316,7 +317,7 @@ class WsDoor:
             await refuse(send, exc, self.clock.now_ms())
             return
         ws = WebSocket(scope, receive, send)
-        await ws.accept()
+        await ws.accept(subprotocol=chosen_subprotocol(scope))
         conn = _Connection(
             ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
         )

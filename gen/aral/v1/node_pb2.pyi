@@ -267,7 +267,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_id", "name", "address", "state", "health", "capability_ids", "last_seen_unix_ms", "source", "protocol_version", "key_fingerprint", "breaker_state", "breaker_retry_after_ms")
+    __slots__ = ("node_id", "name", "address", "state", "health", "capability_ids", "last_seen_unix_ms", "source", "protocol_version", "key_fingerprint", "breaker_state", "breaker_retry_after_ms", "channel_sent_seq", "channel_received_seq")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +280,8 @@ class Peer(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
     BREAKER_RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_SENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_RECEIVED_SEQ_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     address: str
@@ -292,7 +294,9 @@ class Peer(_message.Message):
     key_fingerprint: str
     breaker_state: str
     breaker_retry_after_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PeerState, str]] = ..., health: _Optional[str] = ..., capability_ids: _Optional[_Iterable[str]] = ..., last_seen_unix_ms: _Optional[int] = ..., source: _Optional[str] = ..., protocol_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., breaker_state: _Optional[str] = ..., breaker_retry_after_ms: _Optional[int] = ...) -> None: ...
+    channel_sent_seq: int
+    channel_received_seq: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PeerState, str]] = ..., health: _Optional[str] = ..., capability_ids: _Optional[_Iterable[str]] = ..., last_seen_unix_ms: _Optional[int] = ..., source: _Optional[str] = ..., protocol_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., breaker_state: _Optional[str] = ..., breaker_retry_after_ms: _Optional[int] = ..., channel_sent_seq: _Optional[int] = ..., channel_received_seq: _Optional[int] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
