@@ -25,6 +25,8 @@ from aralnode import _proto as pb
 from aralnode._access import NodeTls, access_identity, breakers, install_access, node_tls
 from aralnode._halts import wire_halts
 from aralnode._logs import get_logger
+from aralnode._tracing import install_tracing
+from aralnode._tracing import shutdown as shutdown_tracing
 from aralnode._version import __version__
 from aralnode.access.bearer import BearerAuthenticator
 from aralnode.access.breaker import Breakers
@@ -77,6 +79,7 @@ class NodeView(Protocol):
     contexts: ContextBuilder
     grpc_port: int
     http_port: int | None
+    tracer_provider: Any
     _proto_docs: ProtoDocs
     _notification_handlers: list[tuple[str | None, NotificationHandler]]
 
@@ -110,6 +113,7 @@ class NodeParts:
     http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
     send: PeerSender
     access: BearerAuthenticator | None = None  # bearer tokens and API keys (ident)
+    tracer_provider: Any = None  # the node's own, when tracing (flushed at the end)
 
     async def stop_now(self) -> None:
         """Cut a draining ``stop`` short: the calls still in flight are cancelled."""
@@ -132,6 +136,7 @@ class NodeParts:
         await self.connector.close()
         if self.access is not None:
             await self.access.close()
+        await shutdown_tracing(self.tracer_provider)
 
 
 class PeerSender:
@@ -260,6 +265,7 @@ def build_parts(
         access = access_identity(cfg)
         parts = _around_hub(node, backends, services, replay, hub, tls, access=access)
         parts.access = access
+        parts.tracer_provider = install_tracing(node, node.pipeline, hub)
         install_access(node.pipeline.stages.authenticate, parts.http, access)
         return parts
     except BaseException:
