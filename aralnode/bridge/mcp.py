@@ -60,6 +60,7 @@ from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.stages import address_of, reaches
+from aralnode.service.tracing import from_meta
 
 log = get_logger("aralnode.mcp")
 
@@ -397,6 +398,7 @@ def build_server(
         if tool is None:
             raise MCPError(int(McpErrorCode.INVALID_PARAMS), f"unknown tool {params.name!r}")
         call_ctx = context(ctx)
+        from_meta(call_ctx, params.meta)  # a traceparent in _meta outranks the header's
         # The HTTP request that carried the call (none over stdio): a client that
         # goes away ends its call, as on REST.
         request = getattr(ctx, "request", None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -74,6 +74,16 @@ def outbound() -> tuple[str, str]:
     return _OUTBOUND.get()
 
 
+def from_meta(ctx: CallContext, meta: object) -> None:
+    """Take the trace context of an MCP request's ``params._meta`` (strings only;
+    ``traceparent`` and ``tracestate`` keys, as the MCP SDKs' propagation uses)."""
+    if isinstance(meta, Mapping):
+        parent = meta.get(TRACEPARENT)
+        if isinstance(parent, str) and parent:
+            state = meta.get(TRACESTATE)
+            ctx.traceparent, ctx.tracestate = parent, state if isinstance(state, str) else ""
+
+
 def incoming(ctx: CallContext) -> tuple[str, str]:
     """The (``traceparent``, ``tracestate``) ``ctx``'s caller sent, if any."""
     if ctx.traceparent:
@@ -94,9 +104,11 @@ def _client(tracer: trace.Tracer, name: str, peer: str) -> Iterator[None]:
             span.set_attribute("aral.peer", peer)
         state = span.get_span_context()
         token = _OUTBOUND.set((traceparent_of(state), state.trace_state.to_header()))
+        logged = TRACE_ID.set(f"{state.trace_id:032x}")
         try:
             yield
         finally:
+            TRACE_ID.reset(logged)
             _OUTBOUND.reset(token)
 
 
@@ -248,6 +260,10 @@ class TracedPipeline(Pipeline):
         direction: Direction,
         peer: str = "",
     ) -> Any:
+        if direction is Direction.SEND:  # the client span of the message sent is its span
+            return Pipeline.judge_message(
+                self, ctx, action_id, params, direction=direction, peer=peer
+            )
         served = self._enter(ctx, action_id)
         try:
             data = Pipeline.judge_message(
@@ -311,6 +327,7 @@ __all__ = [
     "TRACESTATE",
     "TracedPipeline",
     "client_span",
+    "from_meta",
     "incoming",
     "outbound",
     "trace_id_of",
