@@ -358,3 +358,27 @@ async def test_programs_context_keeps_its_caller(make_traced: MakeTraced) -> Non
         ctx = CallContext(door="local", caller="someone", scopes=frozenset({"agent:invoke"}))
         await t.node.invoke("demo.echo", {"text": "x"}, ctx=ctx)
         assert ctx.trace_id == f"{_one(t.named('demo.echo')).context.trace_id:032x}"
+
+
+async def test_a_notification_carries_its_trace(make_traced: MakeTraced, json_lines: Lines) -> None:
+    a, b = make_traced("alpha"), make_traced("beta")
+    got = asyncio.Event()
+
+    def handler(msg: Any, tx: Any) -> None:
+        logging.getLogger("chain.beta").info("got %s", msg.event)
+        got.set()
+
+    b.node.on_notification("chain.note", handler)
+    async with a.node, b.node:
+        await linked(a.node, b.node)
+        await a.node.notify(b.node.node_id, "chain.note", {"x": 1})
+        async with asyncio.timeout(10):
+            await got.wait()
+    sent = _one(a.named("chain.note"))
+    assert sent.kind is SpanKind.CLIENT
+    received = _one(b.named("chain.note"))
+    assert received.parent is not None
+    assert received.parent.span_id == sent.context.span_id
+    trace_id = f"{sent.context.trace_id:032x}"
+    assert f"{received.context.trace_id:032x}" == trace_id
+    assert [line["trace_id"] for line in json_lines.lines] == [trace_id]

@@ -122,6 +122,17 @@ def client_span(
     return _client(tracer, name, peer)
 
 
+@contextlib.contextmanager
+def logged_as(trace_id: str) -> Iterator[None]:
+    """Log lines within name ``trace_id`` (``aralnode._logs.TRACE_ID``): for work done
+    for a message outside a pipeline call (a notification's handlers)."""
+    token = TRACE_ID.set(trace_id)
+    try:
+        yield
+    finally:
+        TRACE_ID.reset(token)
+
+
 class _Served:
     """What one call's span left to undo when it ends."""
 
@@ -329,6 +340,7 @@ __all__ = [
     "client_span",
     "from_meta",
     "incoming",
+    "logged_as",
     "outbound",
     "trace_id_of",
     "traceparent_of",
