@@ -166,16 +166,15 @@ async def test_a_call_across_three_nodes_is_one_trace(
     every = [*a.spans(), *b.spans(), *c.spans()]
     assert {f"{s.context.trace_id:032x}" for s in every} == {trace_id}
     assert a_server.parent is None
-    a_handler = _one([s for s in a.named("handler") if s.parent == a_server.context])
-    assert a_client.parent == a_handler.context
+    # No stage but the handler works here: the call's span is its handler's.
+    assert not a.named("handler")
+    assert a_client.parent == a_server.context
     assert b_server.parent is not None
     assert b_server.parent.span_id == a_client.context.span_id
     assert b_server.parent.is_remote
-    b_handler = _one([s for s in b.named("handler") if s.parent == b_server.context])
-    assert b_client.parent == b_handler.context
+    assert b_client.parent == b_server.context
     assert c_server.parent is not None
     assert c_server.parent.span_id == b_client.context.span_id
-    _one([s for s in c.named("handler") if s.parent == c_server.context])
     # Attributes: door, capability, caller kind, decision, outcome.
     assert a_server.attributes is not None
     assert b_server.attributes is not None
@@ -276,6 +275,11 @@ async def test_a_refusal_sets_the_span_status(make_traced: MakeTraced) -> None:
         assert span.attributes["aral.outcome"] == "governance_blocked"
         assert span.attributes["aral.decision"] == "block"
         assert not ran  # refused before the handler ran
+        assert not [s for s in t.named("handler") if s.parent == span.context]
+        # With a rule to judge, the stages get spans: govern, then the handler.
+        echo = _one(t.named("demo.echo"))
+        handler = _one([s for s in t.named("handler") if s.parent == echo.context])
+        assert handler.status.status_code is StatusCode.ERROR
         govern = _one([s for s in t.named("govern") if s.parent == span.context])
         assert govern.status.status_code is StatusCode.ERROR
 
