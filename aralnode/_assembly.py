@@ -54,6 +54,7 @@ from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.tracing import client_span
 from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
@@ -167,18 +168,19 @@ class PeerSender:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
         if pc is not None and pc.unsupported and client is not None:
-            return await self.breakers.call(
-                peer,
-                lambda: client.request(
-                    capability,
-                    params,
-                    timeout=timeout,
-                    content_type=content_type,
-                    on_behalf_of=on_behalf_of,
-                    trace_id=trace_id,
-                    delegation=delegation,
-                ),
-            )
+            with client_span(self.hub.tracer, capability, peer):  # as a channel request has
+                return await self.breakers.call(
+                    peer,
+                    lambda: client.request(
+                        capability,
+                        params,
+                        timeout=timeout,
+                        content_type=content_type,
+                        on_behalf_of=on_behalf_of,
+                        trace_id=trace_id,
+                        delegation=delegation,
+                    ),
+                )
         return await self.breakers.call(
             peer,
             lambda: self.hub.send_request(

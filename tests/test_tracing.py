@@ -386,3 +386,17 @@ async def test_a_notification_carries_its_trace(make_traced: MakeTraced, json_li
     trace_id = f"{sent.context.trace_id:032x}"
     assert f"{received.context.trace_id:032x}" == trace_id
     assert [line["trace_id"] for line in json_lines.lines] == [trace_id]
+
+
+async def test_the_grpc_client_carries_the_programs_span(make_traced: MakeTraced) -> None:
+    t = make_traced("solo")
+    exporter = InMemorySpanExporter()
+    program = TracerProvider()
+    program.add_span_processor(SimpleSpanProcessor(exporter))
+    async with t.node, NodeClient(t.node.address) as client:
+        with program.get_tracer("program").start_as_current_span("outer") as outer:
+            result = await client.call("demo.echo", {"text": "x"})
+    server = _one(t.named("demo.echo"))
+    assert server.parent is not None
+    assert server.parent.span_id == outer.get_span_context().span_id
+    assert result.trace_id == f"{outer.get_span_context().trace_id:032x}"

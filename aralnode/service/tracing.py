@@ -84,6 +84,18 @@ def from_meta(ctx: CallContext, meta: object) -> None:
             ctx.traceparent, ctx.tracestate = parent, state if isinstance(state, str) else ""
 
 
+def for_client() -> tuple[str, str]:
+    """What a gRPC client's call carries: ``outbound()``, else the program's own
+    current OpenTelemetry span (a program that traces its calls to a node)."""
+    carried = _OUTBOUND.get()
+    if carried[0]:
+        return carried
+    state = trace.get_current_span().get_span_context()
+    if state.is_valid:
+        return traceparent_of(state), state.trace_state.to_header()
+    return carried
+
+
 def incoming(ctx: CallContext) -> tuple[str, str]:
     """The (``traceparent``, ``tracestate``) ``ctx``'s caller sent, if any."""
     if ctx.traceparent:
@@ -344,6 +356,7 @@ __all__ = [
     "TRACESTATE",
     "TracedPipeline",
     "client_span",
+    "for_client",
     "from_meta",
     "incoming",
     "logged_as",
