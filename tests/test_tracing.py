@@ -47,9 +47,12 @@ MALFORMED = ["00-zz-00f067aa0ba902b7-01", f"00-{'0' * 32}-00f067aa0ba902b7-01", 
 class Traced:
     """A node and the spans it finished."""
 
-    def __init__(self, node: Node, exporter: InMemorySpanExporter) -> None:
+    def __init__(
+        self, node: Node, exporter: InMemorySpanExporter, provider: TracerProvider
+    ) -> None:
         self.node = node
         self.exporter = exporter
+        self.provider = provider
 
     def spans(self) -> tuple[ReadableSpan, ...]:
         return self.exporter.get_finished_spans()
@@ -82,7 +85,7 @@ def make_traced(tmp_path: Path) -> MakeTraced:
         cfg.update(overrides)
         node = Node(NodeConfig(**cfg), governance=governance, tracer_provider=provider)  # type: ignore[arg-type]
         node.load(DEMO)
-        return Traced(node, exporter)
+        return Traced(node, exporter, provider)
 
     return make
 
@@ -375,7 +378,20 @@ async def test_a_notification_carries_its_trace(make_traced: MakeTraced, json_li
     b.node.on_notification("chain.note", handler)
     async with a.node, b.node:
         await linked(a.node, b.node)
+        # On its own, a notification is a trace of its own at the receiver.
         await a.node.notify(b.node.node_id, "chain.note", {"x": 1})
+        async with asyncio.timeout(10):
+            await got.wait()
+        alone = _one(b.named("chain.note"))
+        assert alone.parent is None
+        assert not a.spans()
+        assert json_lines.lines[0]["trace_id"] == f"{alone.context.trace_id:032x}"
+        b.exporter.clear()
+        json_lines.lines.clear()
+        got.clear()
+        # Sent within a trace (here the program's own span), it is part of it.
+        with a.provider.get_tracer("program").start_as_current_span("outer"):
+            await a.node.notify(b.node.node_id, "chain.note", {"x": 1})
         async with asyncio.timeout(10):
             await got.wait()
     sent = _one(a.named("chain.note"))

@@ -454,7 +454,7 @@ class ChannelHub:
             data, content_type, compress_above=self.settings.compress_above
         )
         body = pb.Body(type=NOTIFICATION, action=event, parameters=payload)
-        with client_span(self.tracer, event, peer):
+        with client_span(self.tracer, event, peer, request=False):
             message_id, _ = self._enqueue(
                 pc, body, content_type=content_type, compression=compression, trace_id=trace_id
             )
