@@ -10,13 +10,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from mcp import Client
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -36,6 +47,7 @@ from aralnode import (
 )
 from aralnode.core import codec
 from aralnode.service.tracing import trace_id_of, traceparent_of
+from aralnode.store.audit import read_records
 from tests.channel_helpers import FAST, linked
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
@@ -416,3 +428,62 @@ async def test_the_grpc_client_carries_the_programs_span(make_traced: MakeTraced
     assert server.parent is not None
     assert server.parent.span_id == outer.get_span_context().span_id
     assert result.trace_id == f"{outer.get_span_context().trace_id:032x}"
+
+
+class Collector(TraceServiceServicer):
+    """An OTLP/gRPC trace collector on loopback: what the node's exporter sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.received = threading.Event()
+
+    def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:
+        self.requests.append(request)
+        self.received.set()
+        return ExportTraceServiceResponse()
+
+
+async def test_spans_go_to_an_otlp_collector(tmp_path: Path) -> None:
+    collector = Collector()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        cfg = NodeConfig(
+            name="exported", host="127.0.0.1", grpc_port=0, http_port=None, discovery="none",
+            data_dir=tmp_path / "n", tracing=True,
+            tracing_otlp_endpoint=f"http://127.0.0.1:{port}",
+        )  # fmt: skip
+        node = Node(cfg)
+        node.load(DEMO)
+        async with node:
+            await node.invoke("demo.echo", {"text": "x"})
+        # The node's stop flushed its batch processor.
+        assert await asyncio.to_thread(collector.received.wait, 10)
+    finally:
+        server.stop(None)
+    resource = collector.requests[0].resource_spans[0].resource
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "exported"
+    assert attributes["aral.node_id"] == node.node_id
+    names = [
+        span.name
+        for request in collector.requests
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert "demo.echo" in names
+
+
+async def test_with_an_audit_log_the_stages_get_spans(make_traced: MakeTraced) -> None:
+    t = make_traced("audited", audit=True)
+    async with t.node, NodeClient(t.node.address, metadata=[("traceparent", PARENT)]) as client:
+        await client.call("demo.echo", {"text": "x"})
+    call = _one(t.named("demo.echo"))
+    stages = {s.name for s in t.spans() if s.parent == call.context}
+    assert {"handler", "audit"} <= stages
+    # The audit record names the trace the spans are in.
+    records = [r for _, r in read_records(t.node.config.resolved_data_dir / "audit")]
+    assert [r.trace_id for r in records if r.action == "demo.echo"] == [TRACE]

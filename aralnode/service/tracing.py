@@ -42,10 +42,13 @@ from opentelemetry.trace import (
 )
 
 from aralnode._logs import TRACE_ID
+from aralnode.core.capabilities import CapabilityRegistry
+from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
 from aralnode.core.governance import Action, Direction
 from aralnode.service.pipeline import Pipeline, Target
+from aralnode.service.stages import Audit, Stages
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -198,6 +201,23 @@ class _Served:
         self.carried = carried
 
 
+class _TracedAudit(Audit):
+    """The audit stage, with a span for the wait on a record's commit."""
+
+    __slots__ = ("pipeline",)
+
+    def __init__(self, pipeline: TracedPipeline, audit: Audit) -> None:
+        super().__init__(audit.sinks, audit.counters, audit.log)
+        self.pipeline = pipeline
+
+    async def durable(self, ticket: int) -> None:
+        tracer = self.pipeline._recording() if ticket else None
+        if tracer is None:
+            return await Audit.durable(self, ticket)
+        with tracer.start_as_current_span("audit"):
+            return await Audit.durable(self, ticket)
+
+
 class TracedPipeline(Pipeline):
     """The pipeline with a span per call (see the module docstring).
 
@@ -206,6 +226,10 @@ class TracedPipeline(Pipeline):
     """
 
     tracer: trace.Tracer | None = None
+
+    def __init__(self, registry: CapabilityRegistry, stages: Stages, clock: Clock) -> None:
+        super().__init__(registry, stages, clock)
+        stages.audit = _TracedAudit(self, stages.audit)
 
     # -- a call's span --------------------------------------------------------------
 
