@@ -49,6 +49,7 @@ from aralnode.core import codec
 from aralnode.service.tracing import trace_id_of, traceparent_of
 from aralnode.store.audit import read_records
 from tests.channel_helpers import FAST, linked
+from tests.test_grpcurl import GRPCURL, grpcurl
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -509,3 +510,17 @@ async def test_tracing_off_carries_a_callers_trace_across_nodes(
     assert result.trace_id == TRACE
     assert [line["trace_id"] for line in json_lines.lines] == [TRACE]
     assert a.spans() == b.spans() == ()
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed")
+async def test_grpcurl_traceparent_header(make_traced: MakeTraced) -> None:
+    t = make_traced("solo")
+    async with t.node:
+        body = {"call": {"capability": "demo.echo", "parameters": {"text": "x"}}}
+        rc, out, err = await grpcurl(
+            "-plaintext", "-H", f"traceparent: {PARENT}", "-d", json.dumps(body),
+            t.node.address, "aral.v1.AgentNode/Invoke",
+        )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["result"]["trace_id"] == TRACE
+    assert f"{_one(t.named('demo.echo')).context.trace_id:032x}" == TRACE
