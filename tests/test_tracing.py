@@ -36,6 +36,7 @@ from websockets.asyncio.client import connect
 
 from aralnode import (
     CallContext,
+    CapabilityNotFound,
     Decision,
     Evaluator,
     Node,
@@ -46,7 +47,7 @@ from aralnode import (
     _logs,
 )
 from aralnode.core import codec
-from aralnode.service.tracing import trace_id_of, traceparent_of
+from aralnode.service.tracing import UNKNOWN, trace_id_of, traceparent_of
 from aralnode.store.audit import read_records
 from tests.channel_helpers import FAST, linked
 from tests.test_grpcurl import GRPCURL, grpcurl
@@ -524,3 +525,14 @@ async def test_grpcurl_traceparent_header(make_traced: MakeTraced) -> None:
     assert rc == 0, err
     assert json.loads(out)["result"]["trace_id"] == TRACE
     assert f"{_one(t.named('demo.echo')).context.trace_id:032x}" == TRACE
+
+
+async def test_a_name_the_caller_chose_is_not_a_span_name(make_traced: MakeTraced) -> None:
+    t = make_traced("solo")
+    async with t.node, NodeClient(t.node.address) as client:
+        with pytest.raises(CapabilityNotFound):
+            await client.call("made.up.by.the.caller", {})
+    span = _one(t.named(UNKNOWN))
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["aral.outcome"] == "not_found"

@@ -62,6 +62,7 @@ _NO_STATE = TraceState()
 _OUTBOUND: ContextVar[tuple[str, str]] = ContextVar("aralnode_outbound_trace", default=("", ""))
 _NULL = contextlib.nullcontext()
 _OK = "ok"
+UNKNOWN = "aral.unknown"  # the span name of a call refused before its target was found
 
 
 def _parsed(traceparent: str) -> tuple[str, str, str] | None:
@@ -186,15 +187,17 @@ def logged_as(trace_id: str) -> Iterator[None]:
 class _Served:
     """What one call's span left to undo when it ends."""
 
-    __slots__ = ("attached", "carried", "logged", "span")
+    __slots__ = ("attached", "carried", "logged", "name", "span")
 
     def __init__(
         self,
+        name: str,
         span: Span | None,
         attached: object,
         logged: Token[str] | None,
         carried: Token[tuple[str, str]] | None,
     ) -> None:
+        self.name = name
         self.span = span
         self.attached = attached
         self.logged = logged
@@ -248,7 +251,7 @@ class TracedPipeline(Pipeline):
                 ctx.trace_id = trace_id  # the caller's trace, carried on as it came
                 if log:
                     carried = _OUTBOUND.set((parent, state))
-            return _Served(None, None, TRACE_ID.set(ctx.trace_id) if log else None, carried)
+            return _Served(name, None, None, TRACE_ID.set(ctx.trace_id) if log else None, carried)
         remote = None
         if parent:  # a malformed one extracts to nothing: a fresh trace
             remote = _remote(parent, state)
@@ -256,16 +259,20 @@ class TracedPipeline(Pipeline):
         span = tracer.start_span(name, context=remote, kind=kind)
         ctx.trace_id = f"{span.get_span_context().trace_id:032x}"
         if not log:
-            return _Served(span, None, None, None)
+            return _Served(name, span, None, None, None)
         attached = otel_context.attach(trace.set_span_in_context(span)) if attach else None
-        return _Served(span, attached, TRACE_ID.set(ctx.trace_id), None)
+        return _Served(name, span, attached, TRACE_ID.set(ctx.trace_id), None)
 
-    @staticmethod
-    def _leave(ctx: CallContext, served: _Served, error: BaseException | None) -> None:
+    def _leave(self, ctx: CallContext, served: _Served, error: BaseException | None) -> None:
         """Close ``ctx``'s span with its outcome."""
         span = served.span
         if span is not None:
             if span.is_recording():
+                name = served.name
+                if name and not ctx.capability and name not in self.registry:
+                    # Refused before it was found: the caller chose the name, and
+                    # span names are bounded as attributes are.
+                    span.update_name(UNKNOWN)
                 outcome = _OK
                 if isinstance(error, AralError):
                     outcome = error.code
@@ -355,6 +362,7 @@ class TracedPipeline(Pipeline):
                 self, ctx, action_id, params, direction=direction, peer=peer
             )
         served = self._enter(ctx, action_id, attach=False)  # (no span is made under it)
+        served.name = ""  # an event a verified peer sent, named as it is
         try:
             data = Pipeline.judge_message(
                 self, ctx, action_id, params, direction=direction, peer=peer
