@@ -137,7 +137,7 @@ class NodeParts:
         await self.connector.close()
         if self.access is not None:
             await self.access.close()
-        await shutdown_tracing(self.tracer_provider)
+        await shutdown_tracing(self.tracer_provider, drain)
 
 
 class PeerSender:

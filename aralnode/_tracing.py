@@ -20,8 +20,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
+from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.config import NodeConfig
+
+log = get_logger("aralnode.tracing")
 
 # The batch processor's bounds: spans waiting for export, and how many go at once.
 MAX_QUEUE = 2048
@@ -74,11 +77,17 @@ def install_tracing(node: _Traced, pipeline: Any, hub: Any) -> TracerProvider | 
     return None if given is not None else provider
 
 
-async def shutdown(provider: TracerProvider | None) -> None:
-    """Flush and stop the node's own provider (off the event loop: an exporter's
-    flush blocks)."""
-    if provider is not None:
-        await asyncio.to_thread(provider.shutdown)
+async def shutdown(provider: TracerProvider | None, within: float) -> None:
+    """Flush and stop the node's own provider, waiting ``within`` seconds at most
+    (at least one): off the event loop, as an exporter's flush blocks, and bounded,
+    as a collector that is down is retried for longer than a stop should take."""
+    if provider is None:
+        return
+    try:
+        async with asyncio.timeout(max(1.0, within)):
+            await asyncio.to_thread(provider.shutdown)
+    except TimeoutError:
+        log.warning("spans not exported within %.1fs of the stop were dropped", within)
 
 
 __all__ = ["MAX_BATCH", "MAX_QUEUE", "install_tracing", "node_provider", "shutdown"]
