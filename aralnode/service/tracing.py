@@ -308,10 +308,18 @@ class TracedPipeline(Pipeline):
     # -- the pipeline's doors, each under a span ------------------------------------
 
     def invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Awaitable[Any]:
-        return self._spanned(ctx, capability_id, self._invoke(ctx, capability_id, params))
+        return self._invoke(ctx, capability_id, params)
 
     async def _invoke(self, ctx: CallContext, capability_id: str, params: Any) -> Any:
-        return await Pipeline.invoke(self, ctx, capability_id, params)
+        # (``_spanned`` written out: the hottest path, one coroutine less a call)
+        served = self._enter(ctx, capability_id)
+        try:
+            result = await Pipeline.invoke(self, ctx, capability_id, params)
+        except BaseException as exc:
+            self._leave(ctx, served, exc)
+            raise
+        self._leave(ctx, served, None)
+        return result
 
     async def invoke_message(self, ctx: CallContext, capability_id: str, request: Message) -> Any:
         return await self._spanned(
