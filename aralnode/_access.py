@@ -36,6 +36,7 @@ from aralnode.service.auth import Authenticator, Chain, PeerAuthenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import AuditSink, Authenticate, ResponseCheck, Stages
+from aralnode.service.tracing import TracedPipeline
 from aralnode.store.keys import KEY_FILE
 
 log = get_logger("aralnode")
@@ -72,7 +73,7 @@ def node_pipeline(
         checks=checks,
         audit=audit,
     )
-    return roles, Pipeline(registry, stages, clock)
+    return roles, TracedPipeline(registry, stages, clock)  # spans when tracing is on
 
 
 def authorization(

@@ -25,6 +25,8 @@ from aralnode import _proto as pb
 from aralnode._access import NodeTls, access_identity, breakers, install_access, node_tls
 from aralnode._halts import wire_halts
 from aralnode._logs import get_logger
+from aralnode._tracing import install_tracing
+from aralnode._tracing import shutdown as shutdown_tracing
 from aralnode._version import __version__
 from aralnode.access.bearer import BearerAuthenticator
 from aralnode.access.breaker import Breakers
@@ -52,6 +54,7 @@ from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import Envelopes, NodeService, peer_proto
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.tracing import client_span
 from aralnode.store.base import Inbox, Outbox
 from aralnode.store.memory import MemoryInbox, MemoryOutbox
 from aralnode.store.proto_docs import ProtoDocs
@@ -77,6 +80,7 @@ class NodeView(Protocol):
     contexts: ContextBuilder
     grpc_port: int
     http_port: int | None
+    tracer_provider: Any
     _proto_docs: ProtoDocs
     _notification_handlers: list[tuple[str | None, NotificationHandler]]
 
@@ -110,6 +114,7 @@ class NodeParts:
     http: Any  # aralnode.bridge.http.HttpBridge; None without HTTP
     send: PeerSender
     access: BearerAuthenticator | None = None  # bearer tokens and API keys (ident)
+    tracer_provider: Any = None  # the node's own, when tracing (flushed at the end)
 
     async def stop_now(self) -> None:
         """Cut a draining ``stop`` short: the calls still in flight are cancelled."""
@@ -132,6 +137,7 @@ class NodeParts:
         await self.connector.close()
         if self.access is not None:
             await self.access.close()
+        await shutdown_tracing(self.tracer_provider, drain)
 
 
 class PeerSender:
@@ -162,18 +168,19 @@ class PeerSender:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
         if pc is not None and pc.unsupported and client is not None:
-            return await self.breakers.call(
-                peer,
-                lambda: client.request(
-                    capability,
-                    params,
-                    timeout=timeout,
-                    content_type=content_type,
-                    on_behalf_of=on_behalf_of,
-                    trace_id=trace_id,
-                    delegation=delegation,
-                ),
-            )
+            with client_span(self.hub.tracer, capability, peer):  # as a channel request has
+                return await self.breakers.call(
+                    peer,
+                    lambda: client.request(
+                        capability,
+                        params,
+                        timeout=timeout,
+                        content_type=content_type,
+                        on_behalf_of=on_behalf_of,
+                        trace_id=trace_id,
+                        delegation=delegation,
+                    ),
+                )
         return await self.breakers.call(
             peer,
             lambda: self.hub.send_request(
@@ -265,6 +272,7 @@ def build_parts(
         access = access_identity(cfg)
         parts = _around_hub(node, backends, services, replay, hub, tls, access=access)
         parts.access = access
+        parts.tracer_provider = install_tracing(node, node.pipeline, hub)
         install_access(node.pipeline.stages.authenticate, parts.http, access)
         return parts
     except BaseException:

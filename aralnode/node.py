@@ -111,8 +111,10 @@ class Node:
         authenticator: Authenticator | None = None,
         checks: Sequence[ResponseCheck] = (),
         audit: Sequence[AuditSink] = (),
+        tracer_provider: Any = None,  # an OpenTelemetry TracerProvider (docs/tracing.md)
     ) -> None:
         self.config = cfg = config or NodeConfig()
+        self.tracer_provider = tracer_provider
         self.clock = clock
         self._identity = identity
         self.governing = Governance()  # the policy file and the audit log, once started

@@ -72,6 +72,8 @@ LAYER_OF = {
     "aralnode.cli_config": "tools",
     "aralnode.cli_apikey": "tools",  # ident: `aralnode apikey`
     "aralnode.cli_audit": "tools",  # audit: `aralnode audit verify|tail|export`
+    # trace (issue 19): the node's tracer provider (service/tracing.py is "service")
+    "aralnode._tracing": "root",
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "policy", "transport",

@@ -60,6 +60,7 @@ from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.stages import address_of, reaches
+from aralnode.service.tracing import from_meta
 
 log = get_logger("aralnode.mcp")
 
@@ -400,6 +401,7 @@ def build_server(
         tools = await source.tools()
         tool = tools.get(params.name)
         call_ctx = context(ctx)
+        from_meta(call_ctx, params.meta)  # a traceparent in _meta outranks the header's
         if tool is None:
             _unknown_tool(source, call_ctx, params.name)
         # The HTTP request that carried the call (none over stdio): a client that

@@ -182,6 +182,10 @@ class CallContext:
             ``access.buckets.Admission``: the tightest bucket's size, tokens left,
             reset time), for the HTTP door's ``X-RateLimit-*`` headers; None when no
             rate limit applied.
+        traceparent: A W3C ``traceparent`` the caller sent where no header carries it
+            (an ARAL message's header, MCP ``params._meta``); a door's metadata
+            ``traceparent`` is read when this is empty. Malformed: ignored.
+        tracestate: Its W3C ``tracestate``.
     """
 
     door: str
@@ -208,6 +212,8 @@ class CallContext:
     status_details: str = ""
     trailers: Trailers = ()
     rate_limit: object = None
+    traceparent: str = ""
+    tracestate: str = ""
     rules: tuple[str, ...] = ()
     params_digest: str = ""
     started: float = 0.0

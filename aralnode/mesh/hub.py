@@ -78,6 +78,7 @@ from aralnode.mesh.state import (
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.tasks import TaskSet
+from aralnode.service.tracing import client_span, outbound
 from aralnode.store.base import Inbox, Outbox
 
 __all__ = [
@@ -120,6 +121,7 @@ class ChannelHub:
         self.keyring = keyring
         self.replay = replay
         self.pipeline = pipeline  # runs peers' requests, judges their notifications
+        self.tracer: Any = None  # the node's, when tracing is on: a span per message sent
         self.contexts = contexts
         self.clock = clock
         self.outbox = outbox
@@ -332,6 +334,9 @@ class ChannelHub:
             delegation=delegation,
         )
         header = content.header
+        traceparent, tracestate = outbound()  # signed with the rest: one trace across nodes
+        if traceparent:
+            header.traceparent, header.tracestate = traceparent, tracestate
         # The message signs its own place on the channel (epoch, seq): it cannot
         # be replayed at another position or through another door.
         seq = self.outbox.last_seq(pc.peer_id) + 1
@@ -390,18 +395,19 @@ class ChannelHub:
                 )
                 body = pb.Body(type=REQUEST, action=capability, parameters=payload)
                 ttl_ms = max(1, int(timeout * 1000)) if timeout else 0
-                message_id, seq = self._enqueue(
-                    pc,
-                    body,
-                    content_type=content_type,
-                    compression=compression,
-                    trace_id=trace_id,
-                    ttl_ms=ttl_ms,
-                    on_behalf_of=on_behalf_of,
-                    delegation=delegation,
-                )
-                pc.pending[message_id] = (fut, seq)
-                return await fut
+                with client_span(self.tracer, capability, peer):
+                    message_id, seq = self._enqueue(
+                        pc,
+                        body,
+                        content_type=content_type,
+                        compression=compression,
+                        trace_id=trace_id,
+                        ttl_ms=ttl_ms,
+                        on_behalf_of=on_behalf_of,
+                        delegation=delegation,
+                    )
+                    pc.pending[message_id] = (fut, seq)
+                    return await fut
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no response from {peer} to {capability} within {timeout}s",
@@ -452,9 +458,10 @@ class ChannelHub:
             data, content_type, compress_above=self.settings.compress_above
         )
         body = pb.Body(type=NOTIFICATION, action=event, parameters=payload)
-        message_id, _ = self._enqueue(
-            pc, body, content_type=content_type, compression=compression, trace_id=trace_id
-        )
+        with client_span(self.tracer, event, peer, request=False):
+            message_id, _ = self._enqueue(
+                pc, body, content_type=content_type, compression=compression, trace_id=trace_id
+            )
         return message_id
 
     def subscribe(

@@ -54,6 +54,7 @@ from aralnode.mesh.state import (
 )
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.tracing import logged_as
 from aralnode.store.base import Inbox
 
 T = TypeVar("T")
@@ -333,9 +334,9 @@ class Receiver:
                             continue  # ran before a restart; its effects are committed
                         for event, handler in handlers:
                             if event is None or event == msg.event:
-                                try:
-                                    with inbox.savepoint():  # its writes go if it fails
-                                        handler(msg, tx)
+                                try:  # (its lines name its message's trace)
+                                    with logged_as(msg.trace_id), inbox.savepoint():
+                                        handler(msg, tx)  # its writes go if it fails
                                 except Exception:
                                     hub.count("channel.handler_failed")
                                     log.exception("notification handler for %s failed", msg.event)

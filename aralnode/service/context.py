@@ -111,6 +111,8 @@ class ContextBuilder:
         ctx.signed = signed
         ctx.message_id = message_id
         ctx.trace_id = clean_trace_id(header.trace_id or message_id)
+        if header.traceparent:  # the sender's span: a call across nodes is one trace
+            ctx.traceparent, ctx.tracestate = header.traceparent, header.tracestate
         ttl_ms = header.ttl_ms
         if ttl_ms > 0:
             left = ttl_ms / 1000

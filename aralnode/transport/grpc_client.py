@@ -31,6 +31,7 @@ from aralnode.core.handshake import (
     make_hello,
 )
 from aralnode.core.identity import Identity, KeyRing
+from aralnode.service.tracing import for_client
 from aralnode.transport.grpc_server import transport_limit
 from aralnode.transport.status import from_rpc_error
 from aralnode.transport.tls_grpc import ClientTls, open_channel
@@ -201,6 +202,9 @@ class NodeClient:
             on_behalf_of=on_behalf_of,
             delegation=delegation,
         )
+        traceparent, tracestate = for_client()  # signed with the header: the trace goes on
+        if traceparent:
+            content.header.traceparent, content.header.tracestate = traceparent, tracestate
         request = pb.InvokeRequest()
         seal_into(
             request.message, content, self.identity if sign else None, embed_key=self.peer is None
@@ -253,8 +257,14 @@ class NodeClient:
             call.parameters.update(params)
         if timeout:
             call.timeout_ms = int(timeout * 1000)
+        traceparent, tracestate = for_client()
+        metadata = (("traceparent", traceparent), ("tracestate", tracestate))
         response = await self._rpc(
-            lambda: self.stub.Invoke(pb.InvokeRequest(call=call), timeout=timeout)
+            lambda: self.stub.Invoke(
+                pb.InvokeRequest(call=call),
+                timeout=timeout,
+                metadata=metadata if traceparent else None,
+            )
         )
         result: pb.CallResult = response.result
         return result

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ral/v1/message.proto\x12\x07\x61ral.v1\x1a\x1cgoogle/protobuf/struct.proto\"E\n\x0b\x41RALMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12%\n\tsignature\x18\x02 \x01(\x0b\x32\x12.aral.v1.Signature\"N\n\x0eMessageContent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.aral.v1.Header\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.aral.v1.Body\"\xb0\x02\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x19\n\x11timestamp_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\r\n\x05nonce\x18\t \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\n \x01(\x03\x12(\n\x07\x63hannel\x18\x0b \x01(\x0b\x32\x17.aral.v1.ChannelBinding\x12\x14\n\x0con_behalf_of\x18\x0c \x01(\t\x12\'\n\ndelegation\x18\r \x01(\x0b\x32\x13.aral.v1.Delegation\"}\n\nDelegation\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\r\n\x05\x63hain\x18\x04 \x03(\t\x12\x16\n\x0eissued_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpires_unix_ms\x18\x06 \x01(\x03\",\n\x0e\x43hannelBinding\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x95\x01\n\x04\x42ody\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.aral.v1.MessageType\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.aral.v1.Error\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"`\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x04 \x01(\x05\"Q\n\tSignature\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c*\x7f\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_TYPE_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_TYPE_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_NOTIFICATION\x10\x03\x42\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ral/v1/message.proto\x12\x07\x61ral.v1\x1a\x1cgoogle/protobuf/struct.proto\"E\n\x0b\x41RALMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12%\n\tsignature\x18\x02 \x01(\x0b\x32\x12.aral.v1.Signature\"N\n\x0eMessageContent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.aral.v1.Header\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.aral.v1.Body\"\xd9\x02\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x19\n\x11timestamp_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\r\n\x05nonce\x18\t \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\n \x01(\x03\x12(\n\x07\x63hannel\x18\x0b \x01(\x0b\x32\x17.aral.v1.ChannelBinding\x12\x14\n\x0con_behalf_of\x18\x0c \x01(\t\x12\'\n\ndelegation\x18\r \x01(\x0b\x32\x13.aral.v1.Delegation\x12\x13\n\x0btraceparent\x18\x0e \x01(\t\x12\x12\n\ntracestate\x18\x0f \x01(\t\"}\n\nDelegation\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\r\n\x05\x63hain\x18\x04 \x03(\t\x12\x16\n\x0eissued_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpires_unix_ms\x18\x06 \x01(\x03\",\n\x0e\x43hannelBinding\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x95\x01\n\x04\x42ody\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.aral.v1.MessageType\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.aral.v1.Error\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"`\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x04 \x01(\x05\"Q\n\tSignature\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c*\x7f\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_TYPE_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_TYPE_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_NOTIFICATION\x10\x03\x42\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aral.v1.message_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_MESSAGETYPE']._serialized_start=1028
-  _globals['_MESSAGETYPE']._serialized_end=1155
+  _globals['_MESSAGETYPE']._serialized_start=1069
+  _globals['_MESSAGETYPE']._serialized_end=1196
   _globals['_ARALMESSAGE']._serialized_start=64
   _globals['_ARALMESSAGE']._serialized_end=133
   _globals['_MESSAGECONTENT']._serialized_start=135
   _globals['_MESSAGECONTENT']._serialized_end=213
   _globals['_HEADER']._serialized_start=216
-  _globals['_HEADER']._serialized_end=520
-  _globals['_DELEGATION']._serialized_start=522
-  _globals['_DELEGATION']._serialized_end=647
-  _globals['_CHANNELBINDING']._serialized_start=649
-  _globals['_CHANNELBINDING']._serialized_end=693
-  _globals['_BODY']._serialized_start=696
-  _globals['_BODY']._serialized_end=845
-  _globals['_ERROR']._serialized_start=847
-  _globals['_ERROR']._serialized_end=943
-  _globals['_SIGNATURE']._serialized_start=945
-  _globals['_SIGNATURE']._serialized_end=1026
+  _globals['_HEADER']._serialized_end=561
+  _globals['_DELEGATION']._serialized_start=563
+  _globals['_DELEGATION']._serialized_end=688
+  _globals['_CHANNELBINDING']._serialized_start=690
+  _globals['_CHANNELBINDING']._serialized_end=734
+  _globals['_BODY']._serialized_start=737
+  _globals['_BODY']._serialized_end=886
+  _globals['_ERROR']._serialized_start=888
+  _globals['_ERROR']._serialized_end=984
+  _globals['_SIGNATURE']._serialized_start=986
+  _globals['_SIGNATURE']._serialized_end=1067
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,7 @@ class MessageContent(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel", "on_behalf_of", "delegation")
+    __slots__ = ("version", "message_id", "timestamp_unix_ms", "sender", "recipient", "content_type", "compression", "trace_id", "nonce", "ttl_ms", "channel", "on_behalf_of", "delegation", "traceparent", "tracestate")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class Header(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ON_BEHALF_OF_FIELD_NUMBER: _ClassVar[int]
     DELEGATION_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
     version: str
     message_id: str
     timestamp_unix_ms: int
@@ -63,7 +65,9 @@ class Header(_message.Message):
     channel: ChannelBinding
     on_behalf_of: str
     delegation: Delegation
-    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ..., on_behalf_of: _Optional[str] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ...) -> None: ...
+    traceparent: str
+    tracestate: str
+    def __init__(self, version: _Optional[str] = ..., message_id: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., content_type: _Optional[str] = ..., compression: _Optional[str] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., channel: _Optional[_Union[ChannelBinding, _Mapping]] = ..., on_behalf_of: _Optional[str] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class Delegation(_message.Message):
     __slots__ = ("principal", "kind", "scopes", "chain", "issued_unix_ms", "expires_unix_ms")

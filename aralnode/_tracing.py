@@ -1,0 +1,93 @@
+"""How a starting node gets its tracer (``config.tracing``; see docs/tracing.md).
+
+Each node has its own ``TracerProvider`` (resource ``service.name`` = the node's
+name, ``aral.node_id`` = its id), never the process's global one: several nodes in
+one process keep apart. A program may hand in its own provider
+(``Node(config, tracer_provider=...)``: an in-memory exporter in tests, its own
+exporters in production); the node then leaves its shutdown to the program. With
+``tracing_otlp_endpoint`` set, spans go over OTLP/gRPC through a batch processor
+with a bounded queue (spans beyond it are dropped, never waited for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+from aralnode._logs import get_logger
+from aralnode._version import __version__
+from aralnode.config import NodeConfig
+
+log = get_logger("aralnode.tracing")
+
+# The batch processor's bounds: spans waiting for export, and how many go at once.
+MAX_QUEUE = 2048
+MAX_BATCH = 512
+
+
+class _Traced(Protocol):
+    config: NodeConfig
+    tracer_provider: Any
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+
+def node_provider(cfg: NodeConfig, name: str, node_id: str) -> TracerProvider:
+    """The node's own provider: parent-based sampling at ``tracing_sample_ratio``,
+    exporting over OTLP/gRPC when ``tracing_otlp_endpoint`` is set."""
+    resource = Resource.create({"service.name": name, "aral.node_id": node_id})
+    ratio = cfg.tracing_sample_ratio
+    # (ALWAYS_ON decides the same as a ratio of 1, with less work a span)
+    sampler = ParentBased(ALWAYS_ON if ratio >= 1 else TraceIdRatioBased(ratio))
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    if cfg.tracing_otlp_endpoint:
+        # Imported only when used: the exporter pulls in its own gRPC stubs.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        exporter = OTLPSpanExporter(endpoint=cfg.tracing_otlp_endpoint)
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE, max_export_batch_size=MAX_BATCH)
+        )
+    return provider
+
+
+def install_tracing(node: _Traced, pipeline: Any, hub: Any) -> TracerProvider | None:
+    """Give the node's pipeline and channel hub their tracer (tracing on); the
+    provider the node must shut down when it stops (``None``: none of its own)."""
+    cfg = node.config
+    if not cfg.tracing:
+        pipeline.tracer = hub.tracer = None
+        return None
+    given = node.tracer_provider
+    provider = given if given is not None else node_provider(cfg, node.name, node.node_id)
+    tracer: trace.Tracer = provider.get_tracer("aralnode", __version__)
+    pipeline.tracer = hub.tracer = tracer
+    return None if given is not None else provider
+
+
+async def shutdown(provider: TracerProvider | None, within: float) -> None:
+    """Flush and stop the node's own provider, waiting ``within`` seconds at most
+    (at least one): off the event loop, as an exporter's flush blocks, and bounded,
+    as a collector that is down is retried for longer than a stop should take."""
+    if provider is None:
+        return
+    try:
+        async with asyncio.timeout(max(1.0, within)):
+            await asyncio.to_thread(provider.shutdown)
+    except TimeoutError:
+        log.warning("spans not exported within %.1fs of the stop were dropped", within)
+
+
+__all__ = ["MAX_BATCH", "MAX_QUEUE", "install_tracing", "node_provider", "shutdown"]
