@@ -24,19 +24,19 @@ trace, caller or peer id is ever a label. Each node has its own
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Histogram,
     generate_latest,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -96,37 +96,26 @@ _HANDSHAKE_KEYS = {
 }
 
 
-class CallMetrics:
-    """The audit sink that counts calls and messages (see the module docstring).
+class CallMetrics(Collector):
+    """The audit sink that counts calls and messages (see the module docstring),
+    and the collector that shows them. Plain integers and bucket lists on the event
+    loop, turned into metric families only when scraped: a ``prometheus_client``
+    counter or histogram takes a lock per update, which every call would pay.
     Never raises: a sink that raises fails the call, and metrics must not."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.calls = Counter(
-            "aralnode_calls",
-            "Calls and messages by door, capability and outcome (ok or the error code).",
-            ["door", "capability", "direction", "outcome"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "aralnode_call_duration_seconds",
-            "Time from a call's start to its outcome, by door and capability.",
-            ["door", "capability"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.decisions = Counter(
-            "aralnode_governance_decisions",
-            "Governance decisions by intervention (ok, nudge, escalate, block, halt).",
-            ["decision"],
-            registry=registry,
-        )
-        self.flags = Counter(
-            "aralnode_governance_flags", "Calls a rule flagged (trust debt).", registry=registry
-        )
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._labels: set[str] = set()
-        self._children: dict[tuple[str, str, str, str], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
-        self._decided: dict[str, Any] = {}
+        # (door, capability label, direction, outcome) -> calls
+        self.calls: dict[tuple[str, str, str, str], int] = {}
+        # raw (door, action, direction, outcome) -> its labels' key, resolved once
+        self._keys: dict[tuple[str, str, str, str], tuple[str, str, str, str]] = {}
+        # (door, capability label) -> [count, sum of seconds, per-bucket counts...,
+        # count past the last bucket]
+        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.decisions: dict[str, int] = {}
+        self.flags = 0
+        if registry is not None:
+            registry.register(self)
 
     def _capability(self, action: str, outcome: str = "") -> str:
         if outcome == "not_found":  # a made-up id: never a label of its own
@@ -145,29 +134,63 @@ class CallMetrics:
             log.exception("metrics: counting a call failed")
 
     def _count(self, record: AuditRecord) -> None:
-        key = (record.door, record.action, record.direction, record.outcome)
-        child = self._children.get(key)
-        if child is None:
-            capability = self._capability(record.action, record.outcome)
-            child = self.calls.labels(record.door, capability, record.direction, record.outcome)
-            if len(self._children) < 8 * MAX_CAPABILITY_LABELS:
-                self._children[key] = child
-        child.inc()
+        raw = (record.door, record.action, record.direction, record.outcome)
+        key = self._keys.get(raw)
+        if key is None:
+            key = (raw[0], self._capability(raw[1], raw[3]), raw[2], raw[3])
+            if len(self._keys) < 8 * MAX_CAPABILITY_LABELS:
+                self._keys[raw] = key
+        calls = self.calls
+        calls[key] = calls.get(key, 0) + 1
         if record.duration_ms:
-            timer_key = (record.door, record.action)
-            timer = self._timers.get(timer_key)
+            seconds = record.duration_ms / 1000.0
+            timer = self.latency.get(key[:2])
             if timer is None:
-                timer = self.latency.labels(record.door, self._capability(record.action))
-                if len(self._timers) < 4 * MAX_CAPABILITY_LABELS:
-                    self._timers[timer_key] = timer
-            timer.observe(record.duration_ms / 1000.0)
-        if record.decision:
-            decided = self._decided.get(record.decision)
-            if decided is None:
-                decided = self._decided[record.decision] = self.decisions.labels(record.decision)
-            decided.inc()
+                timer = self.latency[key[:2]] = [0.0] * (3 + len(LATENCY_BUCKETS))
+            timer[0] += 1
+            timer[1] += seconds
+            # le buckets: the first bound >= seconds (the last slot: past every bound)
+            timer[2 + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        if decision := record.decision:
+            self.decisions[decision] = self.decisions.get(decision, 0) + 1
         if record.flags:
-            self.flags.inc()
+            self.flags += 1
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily(
+            "aralnode_calls",
+            "Calls and messages by door, capability and outcome (ok or the error code).",
+            labels=["door", "capability", "direction", "outcome"],
+        )
+        for key, count in list(self.calls.items()):
+            calls.add_metric(list(key), count)
+        yield calls
+        latency = HistogramMetricFamily(
+            "aralnode_call_duration_seconds",
+            "Time from a call's start to its outcome, by door and capability.",
+            labels=["door", "capability"],
+        )
+        for labels, timer in list(self.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(LATENCY_BUCKETS, timer[2:], strict=False):
+                cumulative += n
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", timer[0]))
+            latency.add_metric(list(labels), buckets, sum_value=timer[1])
+        yield latency
+        decisions = CounterMetricFamily(
+            "aralnode_governance_decisions",
+            "Governance decisions by intervention (ok, nudge, escalate, block, halt).",
+            labels=["decision"],
+        )
+        for decision, count in list(self.decisions.items()):
+            decisions.add_metric([decision], count)
+        yield decisions
+        flags = CounterMetricFamily(
+            "aralnode_governance_flags", "Calls a rule flagged (trust debt)."
+        )
+        flags.add_metric([], self.flags)
+        yield flags
 
 
 class NodeCollector(Collector):
