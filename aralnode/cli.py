@@ -121,7 +121,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         scheme = "https" if config.tls_on and config.tls_http else "http"
         http = f"{scheme}://{node.address.rsplit(':', 1)[0]}:{node.http_port}"
         ws = http.replace("http", "ws", 1)
-        print(f"REST: {http}/docs  MCP: {http}/mcp  events: {ws}/ws", flush=True)
+        print(f"REST: {http}/docs  MCP: {http}/mcp  events: {ws}/ws  page: {http}/ui", flush=True)
     stopper = asyncio.ensure_future(stop.wait())
     closed = asyncio.ensure_future(node.wait_closed())
     await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
