@@ -47,7 +47,7 @@ from aralnode import (
     _logs,
 )
 from aralnode.core import codec
-from aralnode.service.tracing import UNKNOWN, trace_id_of, traceparent_of
+from aralnode.service.tracing import UNKNOWN, clean_tracestate, trace_id_of, traceparent_of
 from aralnode.store.audit import read_records
 from tests.channel_helpers import FAST, linked
 from tests.test_grpcurl import GRPCURL, grpcurl
@@ -257,6 +257,37 @@ async def test_rest_header_traceparent(make_traced: MakeTraced) -> None:
         assert f"{span.context.trace_id:032x}" == TRACE
         assert span.attributes is not None
         assert span.attributes["aral.door"] == "rest"
+
+
+async def test_a_tracestate_is_kept_when_well_formed_and_dropped_unlogged_when_not(
+    make_traced: MakeTraced, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's ``tracestate`` is a W3C list or nothing: a malformed one is dropped
+    before OpenTelemetry parses it (which logged it as it came) and the call goes on.
+    (Control characters cannot come in an HTTP header; in MCP ``_meta`` or a peer's
+    header they can, and ``clean_tracestate`` drops them the same way.)"""
+    t = make_traced("solo", http_port=0)
+    bad = [
+        "k=v,EVIL!key=x", "k=v=w", ",".join(f"k{i}=v" for i in range(33)), "k=" + "v" * 600,
+    ]  # fmt: skip
+    async with t.node, httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{t.node.http_port}"
+        for state in ["rojo=00f067aa0ba902b7, congo=t61rcWkgMzE", *bad]:
+            response = await http.post(
+                f"{base}/v1/invoke",
+                json=_call("demo.echo", {"text": "x"}),
+                headers={"traceparent": PARENT, "tracestate": state},
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-trace-id"] == TRACE
+    spans = t.named("demo.echo")
+    assert len(spans) == 1 + len(bad)
+    # The server span inherits its parent's state: kept when well formed, else none.
+    assert spans[0].context.trace_state.get("rojo") == "00f067aa0ba902b7"
+    assert all(len(span.context.trace_state) == 0 for span in spans[1:])
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")], caplog.records
+    assert clean_tracestate("k=v,\x1b[31mEVIL=\n,x") == ""
+    assert clean_tracestate("tenant@system=v") == "tenant@system=v"
 
 
 async def test_a_refusal_sets_the_span_status(make_traced: MakeTraced) -> None:

@@ -131,16 +131,36 @@ def for_client() -> tuple[str, str]:
 
 
 def incoming(ctx: CallContext) -> tuple[str, str]:
-    """The (``traceparent``, ``tracestate``) ``ctx``'s caller sent, if any."""
+    """The (``traceparent``, ``tracestate``) ``ctx``'s caller sent, if any; a
+    ``tracestate`` that is not a well-formed W3C list (``clean_tracestate``) is
+    dropped, never parsed, logged or carried on."""
     if ctx.traceparent:
-        return ctx.traceparent, ctx.tracestate
+        return ctx.traceparent, clean_tracestate(ctx.tracestate)
     md = ctx.metadata
     if not md:
         return "", ""
     parent = md.get(TRACEPARENT)
     if not parent:
         return "", ""
-    return parent, md.get(TRACESTATE) or ""
+    return parent, clean_tracestate(md.get(TRACESTATE) or "")
+
+
+# W3C Trace Context: list members key=value, keys as OpenTelemetry's TraceState
+# checks them, at most 32 members, 512 characters in all (what a vendor may drop).
+_STATE_KEY = r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+_STATE_VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+_STATE_MEMBER = f"{_STATE_KEY}={_STATE_VALUE}"
+_TRACESTATE = re.compile(f"{_STATE_MEMBER}(?:[ \t]*,[ \t]*{_STATE_MEMBER}){{0,31}}")
+
+
+def clean_tracestate(value: str) -> str:
+    """``value`` if it is a well-formed W3C ``tracestate`` of at most 512 characters,
+    else "". A caller's malformed one is dropped here: handed to OpenTelemetry's
+    ``TraceState``, it was logged as it came (escape sequences, newlines)."""
+    if not value:
+        return ""
+    value = value.strip()
+    return value if len(value) <= 512 and _TRACESTATE.fullmatch(value) else ""
 
 
 @contextlib.contextmanager
