@@ -167,32 +167,19 @@ class PeerSender:
     ) -> Any:
         pc = self.hub.peers.get(peer)
         client = self.connector.clients.get(peer)
+        options: dict[str, Any] = {
+            "timeout": timeout, "content_type": content_type, "on_behalf_of": on_behalf_of,
+            "trace_id": trace_id, "delegation": delegation,
+        }  # fmt: skip
         if pc is not None and pc.unsupported and client is not None:
-            with client_span(self.hub.tracer, capability, peer):  # as a channel request has
+            # A peer that serves no channels: a unary Invoke, its client span as a
+            # channel request has (the hub makes that one).
+            with client_span(self.hub.tracer, capability, peer):
                 return await self.breakers.call(
-                    peer,
-                    lambda: client.request(
-                        capability,
-                        params,
-                        timeout=timeout,
-                        content_type=content_type,
-                        on_behalf_of=on_behalf_of,
-                        trace_id=trace_id,
-                        delegation=delegation,
-                    ),
+                    peer, lambda: client.request(capability, params, **options)
                 )
         return await self.breakers.call(
-            peer,
-            lambda: self.hub.send_request(
-                peer,
-                capability,
-                params,
-                timeout=timeout,
-                content_type=content_type,
-                on_behalf_of=on_behalf_of,
-                trace_id=trace_id,
-                delegation=delegation,
-            ),
+            peer, lambda: self.hub.send_request(peer, capability, params, **options)
         )
 
 
