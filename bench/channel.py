@@ -479,6 +479,16 @@ def _bare_run(batch: int, size: int, *, latency: bool) -> dict[str, Any]:
     return result
 
 
+def _paired(runs: list[dict[str, Any]], signed: list[dict[str, Any]]) -> float:
+    """Median over rounds of a variant's msgs/s over the signed run of its round."""
+    return median(
+        [
+            (v["n"] / v["elapsed"]) / (s["n"] / s["elapsed"])
+            for v, s in zip(runs, signed, strict=True)
+        ]
+    )
+
+
 def run(report: Report) -> None:
     """Measure and add the figures (bounded: well under two minutes)."""
     # Rounds alternate the three paths, so drift on a shared machine lands on all of
@@ -496,24 +506,17 @@ def run(report: Report) -> None:
             runs["signed"].append(
                 _channel_run(os.path.join(tmp, f"s{r}"), signing=True, n=SIGNED_N, latency=True)
             )
-            runs["audited"].append(
-                _channel_run(
-                    os.path.join(tmp, f"a{r}"),
-                    signing=True,
-                    n=SIGNED_N,
-                    latency=False,
-                    governed=policy,
+            # Issue 16 (policy + audit) and issue 19 (metrics + tracing), both ends.
+            for kind, mode in (("audited", policy), ("observed", OBSERVED)):
+                runs[kind].append(
+                    _channel_run(
+                        os.path.join(tmp, f"{kind[0]}{r}"),
+                        signing=True,
+                        n=SIGNED_N,
+                        latency=False,
+                        governed=mode,
+                    )
                 )
-            )
-            runs["observed"].append(
-                _channel_run(
-                    os.path.join(tmp, f"o{r}"),
-                    signing=True,
-                    n=SIGNED_N,
-                    latency=False,
-                    governed=OBSERVED,
-                )
-            )
             runs["unsigned"].append(
                 _channel_run(os.path.join(tmp, f"u{r}"), signing=False, n=UNSIGNED_N, latency=False)
             )
@@ -534,20 +537,11 @@ def run(report: Report) -> None:
     raw_rate = raw["n"] / raw["elapsed"]
     report.add("channel.signed_msgs_per_s", s_rate, "msgs/s", baseline=bare_rate)
     a_rate = median(rates["audited"])
-    audited_ratio = median(
-        [
-            (a["n"] / a["elapsed"]) / (s["n"] / s["elapsed"])
-            for a, s in zip(runs["audited"], runs["signed"], strict=True)
-        ]
+    audited_ratio, observed_ratio = (
+        _paired(runs[k], runs["signed"]) for k in ("audited", "observed")
     )
     report.add("channel.signed_audited_msgs_per_s", a_rate, "msgs/s", baseline=s_rate)
     report.add("channel.audited_vs_off.ratio", audited_ratio, "ratio")
-    observed_ratio = median(
-        [
-            (o["n"] / o["elapsed"]) / (s["n"] / s["elapsed"])
-            for o, s in zip(runs["observed"], runs["signed"], strict=True)
-        ]
-    )
     report.add(
         "channel.signed_observed_msgs_per_s", median(rates["observed"]), "msgs/s", baseline=s_rate
     )
