@@ -12,17 +12,16 @@ with a bounded queue (spans beyond it are dropped, never waited for).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from aralnode._logs import get_logger
 from aralnode._version import __version__
 from aralnode.config import NodeConfig
+
+if TYPE_CHECKING:  # the SDK is imported when a node traces, not by every start
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = get_logger("aralnode.tracing")
 
@@ -45,6 +44,16 @@ class _Traced(Protocol):
 def node_provider(cfg: NodeConfig, name: str, node_id: str) -> TracerProvider:
     """The node's own provider: parent-based sampling at ``tracing_sample_ratio``,
     exporting over OTLP/gRPC when ``tracing_otlp_endpoint`` is set."""
+    # Imported here: a node that does not trace never loads the SDK (start-up).
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import (  # noqa: PLC0415
+        ALWAYS_ON,
+        ParentBased,
+        TraceIdRatioBased,
+    )
+
     resource = Resource.create({"service.name": name, "aral.node_id": node_id})
     ratio = cfg.tracing_sample_ratio
     # (ALWAYS_ON decides the same as a ratio of 1, with less work a span)
