@@ -27,6 +27,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
         demo: bool = True,
         governance: Evaluator | None = None,
         backends: list[DiscoveryBackend] | None = None,
+        tracer_provider: object = None,
         **overrides: object,
     ) -> Node:
         cfg: dict[str, object] = {
@@ -38,7 +39,12 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
             "data_dir": tmp_path / name,
         }
         cfg.update(overrides)
-        node = Node(NodeConfig(**cfg), governance=governance, backends=backends)  # type: ignore[arg-type]
+        node = Node(
+            NodeConfig(**cfg),  # type: ignore[arg-type]
+            governance=governance,
+            backends=backends,
+            tracer_provider=tracer_provider,
+        )
         if demo:
             node.load(DEMO)
         return node

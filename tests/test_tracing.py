@@ -38,7 +38,6 @@ from aralnode import (
     CallContext,
     CapabilityNotFound,
     Decision,
-    Evaluator,
     Node,
     NodeClient,
     NodeConfig,
@@ -79,26 +78,14 @@ MakeTraced = Callable[..., Traced]
 
 
 @pytest.fixture
-def make_traced(tmp_path: Path) -> MakeTraced:
-    def make(
-        name: str, *, tracing: bool = True, governance: Evaluator | None = None, **overrides: object
-    ) -> Traced:
+def make_traced(make_node: Callable[..., Node]) -> MakeTraced:
+    """``make_node``'s node, tracing to an in-memory exporter of its own."""
+
+    def make(name: str, *, tracing: bool = True, **overrides: object) -> Traced:
         exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        cfg: dict[str, object] = {
-            "name": name,
-            "host": "127.0.0.1",
-            "grpc_port": 0,
-            "http_port": None,
-            "discovery": "none",
-            "data_dir": tmp_path / name,
-            "tracing": tracing,
-        }
-        cfg.update(FAST)
-        cfg.update(overrides)
-        node = Node(NodeConfig(**cfg), governance=governance, tracer_provider=provider)  # type: ignore[arg-type]
-        node.load(DEMO)
+        node = make_node(name, tracing=tracing, tracer_provider=provider, **{**FAST, **overrides})
         return Traced(node, exporter, provider)
 
     return make
