@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard protos/aral/v1/*.proto)
 
-.PHONY: help venv browser run test test-min gen gen-check lint typecheck check bench clean
+.PHONY: help venv browser etcd run test test-min gen gen-check lint typecheck check bench clean
 
 help:
 	@echo "make run        set up and start a demo node (gRPC :50051, HTTP :8080)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-min   the suite with every dependency at its declared minimum"
 	@echo "make lint typecheck check bench"
 	@echo "make browser    install Debian's Chromium for the /ui page test (root, apt)"
+	@echo "make etcd       install Debian's etcd-server for the etcd tests (root, apt)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,12 +38,23 @@ browser:
 	      || echo "chromium could not be installed: the /ui page test will skip"; \
 	  else echo "no chromium and no way to install it: the /ui page test will skip"; fi; }
 
-test: $(STAMP) browser
+# The etcd tests' server (tests/etcd_cluster.py starts a 3-member cluster on
+# loopback): Debian's etcd-server, installed where this is root on a machine with apt;
+# elsewhere those tests skip and say why.
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing etcd (Debian's etcd-server) for the etcd discovery tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null) \
+	      || echo "etcd could not be installed: the etcd tests will skip"; \
+	  else echo "no etcd and no way to install it: the etcd tests will skip"; fi; }
+
+test: $(STAMP) browser etcd
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The declared lower bounds, installed and tested in a venv of their own (CI runs it).
 MINVENV ?= .venv-min
-test-min: $(STAMP) browser
+test-min: $(STAMP) browser etcd
 	rm -rf $(MINVENV)
 	$(PY) -m venv $(MINVENV)
 	$(BIN)/python scripts/min_constraints.py > $(MINVENV)/constraints.txt
@@ -65,7 +77,7 @@ typecheck: $(STAMP)
 
 check: gen-check lint typecheck test
 
-bench: $(STAMP)
+bench: $(STAMP) etcd
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -501,7 +501,7 @@ def build_backends(config: NodeConfig, node_id: str) -> list[DiscoveryBackend]:
     """The discovery backends ``config`` names: mDNS in "mdns" mode, and the static
     peers in any mode that has them."""
     backends: list[DiscoveryBackend] = []
-    if config.discovery == "mdns":
+    if "mdns" in config.discovery_backends:
         from aralnode.discovery.mdns import MdnsBackend, instance_label  # noqa: PLC0415
 
         backends.append(

@@ -423,9 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="keys and state (default: $XDG_DATA_HOME/aralnode/NAME)")
     run.add_argument(
         "--discovery",
-        choices=("mdns", "static", "none"),
-        help="mdns: find and be found on the LAN; static: dial the --peer addresses only; "
-        "none: dial nobody (default: mdns)",
+        metavar="BACKENDS",
+        help="mdns (the LAN), etcd (a registry: --etcd-endpoint), static (the --peer "
+        "addresses only), combined with commas (mdns,etcd); or none (default: mdns)",
     )
     run.add_argument(
         "--peer",

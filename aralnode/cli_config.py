@@ -23,6 +23,7 @@ _FIELD_OF_DEST = {
     "tls_cert": "tls_cert_file",
     "tls_key": "tls_key_file",
     "tls_ca": "tls_ca_file",
+    "etcd_endpoint": "etcd_endpoints",
 }
 
 

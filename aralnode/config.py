@@ -9,7 +9,6 @@ from pathlib import Path
 
 from aralnode import config_checks
 from aralnode.config_checks import (
-    DISCOVERY_MODES,
     NAME,
     NODE_ID,
 )
@@ -42,7 +41,9 @@ class NodeConfig:
         http_allowed_origins: Browser origins allowed besides loopback ones
             (e.g. ``https://app.example``); others get 403.
         data_dir: Keys and state; defaults to ``$XDG_DATA_HOME/aralnode/<name>``.
-        discovery: "mdns", "static" (only ``peers``) or "none".
+        discovery: Backends, comma-separated: "mdns" (the LAN), "etcd" (a registry,
+            ``etcd_endpoints``), "static" (only ``peers``), e.g. "mdns,etcd"; or
+            "none". What a backend finds is a hint, verified in a handshake.
         peers: Static peers, ``host:port``, dialled at start.
         interfaces: IP addresses of the interfaces mDNS uses (all if empty).
         key_algorithm: Algorithm of a newly made identity key.
@@ -228,6 +229,22 @@ class NodeConfig:
             and propagated, for a program's own processor).
         tracing_sample_ratio: The share of new traces sampled (parent-based: a
             caller's sampled trace is always followed).
+        etcd_endpoints: The etcd cluster's client URLs (``http(s)://HOST:PORT``),
+            tried in turn; needed by the "etcd" discovery backend (docs/discovery.md).
+        etcd_prefix: The key prefix this mesh registers under (one prefix, one mesh).
+        etcd_lease_ttl_seconds: The registration's lease: a node that dies without
+            a goodbye is gone from the registry this long after.
+        etcd_ca_file / etcd_cert_file / etcd_key_file: TLS to etcd: the CA that
+            signed its server certificates, and this node's client certificate.
+        etcd_username / etcd_password_file: etcd's own authentication (the password
+            is read from the file, never given on the command line).
+        etcd_bridge: Re-announce the peers verified on this node's LAN into etcd,
+            and etcd's verified peers onto the LAN (one bridge per LAN is enough).
+        a2a: Serve the A2A standard (docs/a2a.md): ``lf.a2a.v1.A2AService`` on the
+            gRPC port, JSON-RPC and HTTP+JSON on the HTTP port, and the signed Agent
+            Card at ``/.well-known/agent-card.json``.
+        a2a_max_tasks: A2A tasks kept at most (the oldest finished ones go first).
+        aral_api: Serve the ARAL REST surface (``/api/v1/agents/{agent_id}/...``).
     """
 
     name: str = "aralnode"
@@ -348,18 +365,31 @@ class NodeConfig:
     tracing: bool = False
     tracing_otlp_endpoint: str = ""
     tracing_sample_ratio: float = 1.0
+    # -- discovery past the LAN (issue 18): etcd
+    etcd_endpoints: list[str] = field(default_factory=list)
+    etcd_prefix: str = "/aral/v1/nodes/"
+    etcd_lease_ttl_seconds: int = 10
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    etcd_username: str = ""
+    etcd_password_file: Path | None = None
+    etcd_bridge: bool = False
+    # -- interop (issue 17): the A2A standard and the ARAL REST surface
+    a2a: bool = True
+    a2a_max_tasks: int = 10_000
+    aral_api: bool = True
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
             raise ValueError(
                 f"invalid node name {self.name!r}: 1..63 letters, digits, '.', '_' or '-'"
             )
-        if self.discovery not in DISCOVERY_MODES:
-            raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_MODES)}")
+        self.discovery = config_checks.check_discovery(self)
         for port in (self.grpc_port, self.http_port):
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is out of range")
-        if self.peers and self.discovery == "none":
+        if self.peers and not self.discovery_backends:
             raise ValueError(
                 "static peers need discovery 'static' (or 'mdns'): with 'none' nobody is dialled"
             )
@@ -395,11 +425,19 @@ class NodeConfig:
         config_checks.check_authz(self)
         config_checks.check_audit(self)
         config_checks.check_operations(self)
+        config_checks.check_etcd(self)
+        if self.a2a_max_tasks < 1:
+            raise ValueError("a2a_max_tasks must be at least 1")
 
     @property
     def audit_enabled(self) -> bool:
         """Whether the node keeps an audit log: ``audit``, else when it is durable."""
         return self.durable if self.audit is None else self.audit
+
+    @property
+    def discovery_backends(self) -> tuple[str, ...]:
+        """The backends ``discovery`` names, in order (empty for "none")."""
+        return () if self.discovery == "none" else tuple(self.discovery.split(","))
 
     @property
     def tls_on(self) -> bool:
@@ -429,7 +467,8 @@ class NodeConfig:
     def bind_host(self) -> str:
         if self.host:
             return self.host
-        return "0.0.0.0" if self.discovery == "mdns" else "127.0.0.1"  # noqa: S104 - LAN node
+        wide = {"mdns", "etcd"} & set(self.discovery_backends)
+        return "0.0.0.0" if wide else "127.0.0.1"  # noqa: S104 - a node others find
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aralnode.core.rates import Rate, parse_overrides
 
-DISCOVERY_MODES = ("mdns", "static", "none")
+DISCOVERY_MODES = ("mdns", "etcd", "static", "none")  # "none" alone; others combine
 HTTP_PARSERS = ("auto", "httptools", "h11")
 # Asymmetric JWS algorithms only (ident): a verifier holding public keys cannot check
 # an HMAC, and accepting HS* with a public key as secret is the classic forgery.
@@ -208,3 +208,41 @@ def check_operations(cfg: Any) -> None:
         raise ValueError(
             f"tracing_otlp_endpoint {endpoint!r} must be http(s)://HOST:PORT (OTLP/gRPC)"
         )
+
+
+def check_discovery(cfg: Any) -> str:
+    """``discovery`` normalised ("mdns, etcd" -> "mdns,etcd"); each name known,
+    none twice, "none" alone."""
+    names = [n.strip() for n in str(cfg.discovery).split(",")]
+    if any(n not in DISCOVERY_MODES for n in names) or len(set(names)) != len(names):
+        raise ValueError(
+            f"discovery {cfg.discovery!r} must be 'none' or a comma-separated list of "
+            "mdns, etcd, static (each once)"
+        )
+    if "none" in names and len(names) > 1:
+        raise ValueError("discovery 'none' cannot be combined with other backends")
+    return ",".join(names)
+
+
+def check_etcd(cfg: Any) -> None:
+    """The etcd group: endpoints are http(s) URLs (a bare HOST:PORT is made one),
+    at least one when the backend is on."""
+    cfg.etcd_endpoints = [
+        e if "://" in e else f"http://{e}" for e in cfg.etcd_endpoints
+    ]  # HOST:PORT is taken as http://HOST:PORT
+    for endpoint in cfg.etcd_endpoints:
+        if not re.match(r"^https?://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?$", endpoint):
+            raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
+    uses_etcd = "etcd" in cfg.discovery.split(",")
+    if uses_etcd and not cfg.etcd_endpoints:
+        raise ValueError("discovery 'etcd' needs etcd_endpoints (--etcd-endpoint URL)")
+    if cfg.etcd_bridge and not (uses_etcd and "mdns" in cfg.discovery.split(",")):
+        raise ValueError("etcd_bridge joins the LAN and etcd: it needs discovery 'mdns,etcd'")
+    if not cfg.etcd_prefix.startswith("/") or not cfg.etcd_prefix.endswith("/"):
+        raise ValueError("etcd_prefix must start and end with '/' (e.g. /aral/v1/nodes/)")
+    if not 2 <= cfg.etcd_lease_ttl_seconds <= 3600:
+        raise ValueError("etcd_lease_ttl_seconds must be in [2, 3600]")
+    if (cfg.etcd_cert_file is None) != (cfg.etcd_key_file is None):
+        raise ValueError("etcd_cert_file and etcd_key_file come together")
+    if cfg.etcd_password_file is not None and not cfg.etcd_username:
+        raise ValueError("etcd_password_file needs etcd_username")

@@ -117,7 +117,13 @@ class PublicKey:
                 f"{self.algorithm} signature must be 64 bytes, got {len(value)}",
                 details={"length": len(value)},
             )
-        message = pae(payload_type, payload)
+        self.verify_raw(pae(payload_type, payload), value)
+
+    def verify_raw(self, message: bytes, value: bytes) -> None:
+        """Raise ``SignatureInvalid`` unless ``value`` (raw ``r || s`` for ES256) is
+        this key's signature over ``message`` itself."""
+        if len(value) != 64:
+            raise SignatureInvalid(f"{self.algorithm} signature must be 64 bytes")
         try:
             # The algorithm, not isinstance: these key classes are ABCs, and an ABC
             # isinstance check costs about a microsecond on every message.
@@ -175,18 +181,21 @@ class Identity:
         self.sign_into(sig, payload_type, payload, embed_key=embed_key)
         return sig
 
+    def sign_raw(self, message: bytes) -> bytes:
+        """The key's signature over ``message`` itself (no DSSE encoding): raw
+        ``r || s`` for ES256, as JWS wants it (``aralnode.core.jws``)."""
+        if self.algorithm is KeyAlgorithm.ES256:  # not isinstance: see PublicKey.verify
+            der = cast(ec.EllipticCurvePrivateKey, self._private).sign(message, _ECDSA)
+            r, s = decode_dss_signature(der)
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return cast(ed25519.Ed25519PrivateKey, self._private).sign(message)
+
     def sign_into(
         self, out: pb.Signature, payload_type: str, payload: bytes, *, embed_key: bool = False
     ) -> None:
         """``sign``, writing the signature into ``out`` (a field of the message that
         carries it: no copy)."""
-        message = pae(payload_type, payload)
-        if self.algorithm is KeyAlgorithm.ES256:  # not isinstance: see PublicKey.verify
-            der = cast(ec.EllipticCurvePrivateKey, self._private).sign(message, _ECDSA)
-            r, s = decode_dss_signature(der)
-            value = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        else:
-            value = cast(ed25519.Ed25519PrivateKey, self._private).sign(message)
+        value = self.sign_raw(pae(payload_type, payload))
         out.algorithm = self.algorithm
         out.key_id = self.public_key.key_id
         out.value = value
