@@ -498,8 +498,8 @@ def announcement(node: NodeView) -> Announcement:
 
 
 def build_backends(config: NodeConfig, node_id: str) -> list[DiscoveryBackend]:
-    """The discovery backends ``config`` names: mDNS in "mdns" mode, and the static
-    peers in any mode that has them."""
+    """The discovery backends ``config`` names: mDNS, etcd, and the static peers in
+    any mode that has them."""
     backends: list[DiscoveryBackend] = []
     if "mdns" in config.discovery_backends:
         from aralnode.discovery.mdns import MdnsBackend, instance_label  # noqa: PLC0415
@@ -511,6 +511,10 @@ def build_backends(config: NodeConfig, node_id: str) -> list[DiscoveryBackend]:
                 interfaces=config.interfaces,
             )
         )
+    if "etcd" in config.discovery_backends:
+        from aralnode.discovery import etcd  # noqa: PLC0415
+
+        backends.append(etcd.build(config))
     if config.peers:
         from aralnode.discovery.static import StaticBackend  # noqa: PLC0415
 

@@ -1,0 +1,172 @@
+"""A real etcd cluster on loopback for the etcd discovery tests and bench.
+
+Three members (``etcd`` from the system: ``make etcd`` installs Debian's
+etcd-server), each on its own free client and peer ports, data under a directory
+the caller owns. Health is asked of the cluster itself (a linearizable read
+through each member answers), never waited for by sleeping. Members can be
+stopped (SIGKILL, as a crash) and started again to test outages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+ETCD = shutil.which("etcd")
+SKIP_REASON = "no etcd server on PATH (make etcd installs Debian's etcd-server as root)"
+START_TIMEOUT = 30.0
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (each held until all are picked: no duplicates)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+class EtcdCluster:
+    """``members`` etcd processes forming one cluster on 127.0.0.1."""
+
+    def __init__(self, base: Path, members: int = 3) -> None:
+        if ETCD is None:
+            raise RuntimeError(SKIP_REASON)
+        self.base = base
+        self.names = [f"m{i}" for i in range(members)]
+        ports = _free_ports(2 * members)
+        self.client_ports, self.peer_ports = ports[:members], ports[members:]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
+        self.token = f"aral-{base.name}-{time.monotonic_ns()}"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+
+    def _args(self, i: int, state: str) -> list[str]:
+        assert ETCD is not None
+        cluster = ",".join(
+            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+        )
+        return [
+            ETCD,
+            "--name", self.names[i],
+            "--data-dir", str(self.base / self.names[i]),
+            "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-cluster", cluster,
+            "--initial-cluster-state", state,
+            "--initial-cluster-token", self.token,
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--logger", "zap",
+            "--log-level", "error",
+        ]  # fmt: skip
+
+    def start_member(self, i: int, *, state: str = "new") -> None:
+        log = (self.base / f"{self.names[i]}.log").open("ab")
+        self.procs[i] = subprocess.Popen(self._args(i, state), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        for i in range(len(self.names)):
+            self.start_member(i)
+        self.wait_healthy()
+
+    def kill_member(self, i: int) -> None:
+        """SIGKILL member ``i`` (a crash; its data stays for a restart)."""
+        proc, self.procs[i] = self.procs[i], None
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart_member(self, i: int) -> None:
+        self.start_member(i, state="existing")
+
+    def kill_all(self) -> None:
+        for i in range(len(self.names)):
+            self.kill_member(i)
+
+    def restart_all(self) -> None:
+        for i in range(len(self.names)):
+            self.restart_member(i)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+        """Until a linearizable read succeeds through every running member."""
+        deadline = time.monotonic() + timeout
+        for i, port in enumerate(self.client_ports):
+            if self.procs[i] is None:
+                continue
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                kv = rpc.KVStub(channel)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"etcd member {self.names[i]} not healthy in {timeout}s")
+                    proc = self.procs[i]
+                    if proc is not None and proc.poll() is not None:
+                        log = (self.base / f"{self.names[i]}.log").read_text(errors="replace")
+                        raise RuntimeError(f"etcd {self.names[i]} exited: {log[-2000:]}")
+                    try:
+                        # A bounded wait for the member (the RPC's own deadline).
+                        kv.Range(rpc.RangeRequest(key=b"health"), timeout=min(1.0, left))
+                        break
+                    except grpc.RpcError:
+                        continue
+
+    def _kv(self, request: object, method: str) -> object:
+        """``method`` through the running members in turn, until one answers (a
+        leader change or a member just killed answers UNAVAILABLE), within a bound."""
+        deadline = time.monotonic() + 20
+        while True:
+            for i, port in enumerate(self.client_ports):
+                if self.procs[i] is None:
+                    continue
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    try:
+                        return getattr(rpc.KVStub(channel), method)(request, timeout=2)
+                    except grpc.RpcError:
+                        if time.monotonic() > deadline:
+                            raise
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every key under ``prefix`` now."""
+        from aralnode.discovery.etcd import prefix_end
+
+        key = prefix.encode()
+        reply: Any = self._kv(rpc.RangeRequest(key=key, range_end=prefix_end(key)), "Range")
+        return {kv.key.decode(): kv.value for kv in reply.kvs}
+
+    def put(self, key: str, value: bytes) -> None:
+        self._kv(rpc.PutRequest(key=key.encode(), value=value), "Put")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=10)
+        self.procs = [None] * len(self.names)
+
+
+@contextlib.contextmanager
+def etcd_cluster(base: Path, members: int = 3) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(base, members)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

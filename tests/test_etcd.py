@@ -1,0 +1,240 @@
+"""Discovery through a real etcd cluster (3 members on loopback, tests/etcd_cluster.py).
+
+Nodes register under a lease and watch the prefix; what they read is a hint the
+handshake verifies. Skipped, saying why, where no etcd server is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aralnode import Node
+from aralnode.core.identity import Identity
+from aralnode.discovery.etcd import (
+    MAX_VALUE_BYTES,
+    BadValue,
+    EtcdBackend,
+    decode,
+    prefix_end,
+)
+from tests.conftest import DEMO
+from tests.etcd_cluster import ETCD, SKIP_REASON, EtcdCluster
+from tests.test_discovery import eventually
+
+pytestmark = pytest.mark.skipif(ETCD is None, reason=SKIP_REASON)
+PREFIX = "/aral/v1/nodes/"
+ARALNODE = str(Path(sys.executable).parent / "aralnode")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    c = EtcdCluster(tmp_path / "etcd")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def etcd_node(make_node: Callable[..., Node], cluster: EtcdCluster) -> Callable[..., Node]:
+    def make(name: str, **overrides: object) -> Node:
+        settings: dict[str, object] = {
+            "discovery": "etcd",
+            "etcd_endpoints": cluster.endpoints,
+            "etcd_lease_ttl_seconds": 3,
+        }
+        settings.update(overrides)
+        return make_node(name, **settings)
+
+    return make
+
+
+def backend_of(node: Node) -> EtcdBackend:
+    supervisor = node.discovery
+    assert supervisor is not None
+    return next(b for b in supervisor.backends if isinstance(b, EtcdBackend))
+
+
+def connected(node: Node) -> set[str]:
+    return {p.node_id for p in node.peer_table.connected()}
+
+
+async def test_nodes_find_each_other_through_etcd_and_a_stop_says_goodbye(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    nodes = [etcd_node(f"n{i}") for i in range(3)]
+    for n in nodes:
+        await n.start()
+    try:
+        ids = {n.node_id for n in nodes}
+        await eventually(lambda: all(connected(n) == ids - {n.node_id} for n in nodes))
+        assert set(cluster.get_prefix(PREFIX)) == {PREFIX + i for i in ids}
+        peer = nodes[1].peer_table.by_node_id(nodes[0].node_id)
+        assert peer is not None
+        assert peer.source == "etcd"
+        await nodes[2].stop()  # revokes its lease: its key goes at once, not at the TTL
+        assert PREFIX + nodes[2].node_id not in cluster.get_prefix(PREFIX)
+        await eventually(lambda: nodes[2].node_id not in connected(nodes[0]))
+    finally:
+        for n in nodes[:2]:
+            await n.stop()
+
+
+async def test_losing_one_etcd_member_of_three_loses_no_registration(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    a, b = etcd_node("a"), etcd_node("b")
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: connected(a) == {b.node_id})
+        cluster.kill_member(0)  # the first endpoint of both nodes
+        assert set(cluster.get_prefix(PREFIX)) == {PREFIX + a.node_id, PREFIX + b.node_id}
+        late = etcd_node("late")  # registers and reads through the two left
+        await late.start()
+        try:
+            await eventually(lambda: connected(late) == {a.node_id, b.node_id}, timeout=30)
+            await eventually(lambda: late.node_id in connected(a), timeout=30)
+            assert set(cluster.get_prefix(PREFIX)) == {PREFIX + n.node_id for n in (a, b, late)}
+        finally:
+            await late.stop()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_an_etcd_outage_keeps_the_peers_and_the_nodes_register_again(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    a, b = etcd_node("a"), etcd_node("b")
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: connected(a) == {b.node_id} and connected(b) == {a.node_id})
+        cluster.kill_all()
+        # The outage lasts until each node has failed to reach etcd several times
+        # over (backoff 0.2 s doubling: some seconds), not for a slept while.
+        for n in (a, b):
+            await eventually(lambda n=n: backend_of(n).stats["reconnects"] >= 4, timeout=60)
+            assert not backend_of(n).registered.is_set()
+        assert connected(a) == {b.node_id}
+        assert connected(b) == {a.node_id}
+        cluster.restart_all()
+        for n in (a, b):
+            await asyncio.wait_for(backend_of(n).registered.wait(), timeout=60)
+        assert set(cluster.get_prefix(PREFIX)) == {PREFIX + a.node_id, PREFIX + b.node_id}
+        assert connected(a) == {b.node_id}
+        assert connected(b) == {a.node_id}
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest.mark.slow
+async def test_a_killed_node_is_gone_from_etcd_and_its_peers_within_its_lease(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    config = tmp_path / "victim.toml"
+    endpoints = json.dumps(cluster.endpoints)
+    config.write_text(
+        f'name = "victim"\nhost = "127.0.0.1"\ngrpc_port = 0\nhttp_port = false\n'
+        f'discovery = "etcd"\ndata_dir = "{tmp_path / "victim"}"\n'
+        f"[etcd]\nendpoints = {endpoints}\nlease_ttl_seconds = 3\n"
+    )
+    a = etcd_node("a")
+    await a.start()
+    proc = await asyncio.create_subprocess_exec(
+        ARALNODE, "run", "--config", str(config), "--load", str(DEMO),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: len(connected(a)) == 1, timeout=30)
+        (victim,) = connected(a)
+        assert PREFIX + victim in cluster.get_prefix(PREFIX)
+        proc.send_signal(signal.SIGKILL)  # no goodbye: only the lease ends it
+        await asyncio.wait_for(proc.wait(), timeout=10)
+        await eventually(lambda: PREFIX + victim not in cluster.get_prefix(PREFIX), timeout=20)
+        await eventually(lambda: victim not in connected(a), timeout=20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        await a.stop()
+
+
+async def test_a_forged_entry_is_rejected_at_the_handshake_and_never_used(
+    etcd_node: Callable[..., Node], make_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    impostor = make_node("impostor")  # a real node, not the one the entry names
+    await impostor.start()
+    a = etcd_node("a")
+    await a.start()
+    try:
+        victim = Identity.generate().node_id
+        forged = {
+            "v": 1,
+            "node_id": victim,
+            "fingerprint": "",
+            "protocols": [],
+            "addresses": [f"127.0.0.1:{impostor.grpc_port}"],
+            "digest": "",
+        }
+        cluster.put(PREFIX + victim, json.dumps(forged).encode())
+        counters = a.pipeline.counters
+        await eventually(lambda: counters["discovery.handshake_rejected"] >= 1)
+        assert connected(a) == set()
+        assert a.peer_table.by_node_id(victim) is None
+    finally:
+        await a.stop()
+        await impostor.stop()
+
+
+async def test_malformed_and_oversized_entries_are_rejected_and_counted(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    a = etcd_node("a")
+    await a.start()
+    try:
+        await asyncio.wait_for(backend_of(a).registered.wait(), timeout=30)
+        counters = a.pipeline.counters
+        before = counters["discovery.announcement_rejected"]
+        other = Identity.generate().node_id
+        cluster.put(PREFIX + "garbage", b"\xff not json")
+        cluster.put(PREFIX + "huge", b"{" + b" " * (MAX_VALUE_BYTES + 1) + b"}")
+        cluster.put(
+            PREFIX + other,
+            json.dumps({"v": 1, "node_id": a.node_id, "addresses": ["127.0.0.1:1"]}).encode(),
+        )
+        await eventually(lambda: counters["discovery.announcement_rejected"] >= before + 3)
+        assert connected(a) == set()
+    finally:
+        await a.stop()
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"[]", "version 1"),
+        (b'{"v": 1, "node_id": "x", "addresses": []}', "no addresses"),
+        (b'{"v": 1, "node_id": "x", "addresses": [1]}', "non-empty strings"),
+        (b'{"v": 1, "node_id": "x", "addresses": ["a:1"], "protocols": "no"}', "protocols"),
+        (b'{"v": 1, "node_id": "y", "addresses": ["a:1"]}', "does not name"),
+    ],
+)
+def test_values_are_parsed_strictly(raw: bytes, why: str) -> None:
+    with pytest.raises(BadValue, match=why):
+        decode(PREFIX + "x", raw, PREFIX)
+
+
+def test_the_prefix_range_covers_exactly_the_prefix() -> None:
+    assert prefix_end(b"/aral/v1/nodes/") == b"/aral/v1/nodes0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") == b"\0"
