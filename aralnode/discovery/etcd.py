@@ -60,6 +60,7 @@ HINT_BURST = 400
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 RPC_TIMEOUT = 5.0
 STOP_TIMEOUT = 1.0
+_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - grpc-stubs lacks it
 
 
 @dataclass(slots=True, frozen=True)
@@ -387,7 +388,7 @@ class EtcdBackend:
                 async with asyncio.timeout(RPC_TIMEOUT):
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
                     reply = await call.read()
-                if reply is grpc.aio.EOF:
+                if reply is _EOF:
                     raise RuntimeError("the keep-alive stream ended")
                 if reply.TTL <= 0:  # the lease is gone (expired during a partition)
                     raise RuntimeError("the registration's lease expired")
@@ -428,7 +429,7 @@ class EtcdBackend:
             )  # fmt: skip
             while True:
                 reply = await call.read()
-                if reply is grpc.aio.EOF:
+                if reply is _EOF:
                     raise RuntimeError("the watch stream ended")
                 if reply.canceled or reply.compact_revision:
                     reason = reply.cancel_reason or "compacted"
