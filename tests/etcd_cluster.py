@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,23 @@ from aetcd import rpc
 ETCD = shutil.which("etcd")
 SKIP_REASON = "no etcd server on PATH (make etcd installs Debian's etcd-server as root)"
 START_TIMEOUT = 30.0
+
+
+_PROBE = """
+import sys, time, grpc
+from aetcd import rpc
+host, *ports, timeout = sys.argv[1:]
+deadline = time.monotonic() + float(timeout)
+for port in ports:
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        while True:
+            try:
+                rpc.KVStub(channel).Range(rpc.RangeRequest(key=b"health"), timeout=1)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+"""
 
 
 def _free_ports(n: int) -> list[int]:
@@ -38,33 +56,41 @@ def _free_ports(n: int) -> list[int]:
 class EtcdCluster:
     """``members`` etcd processes forming one cluster on 127.0.0.1."""
 
-    def __init__(self, base: Path, members: int = 3) -> None:
+    def __init__(
+        self, base: Path, members: int = 3, *, host: str = "127.0.0.1", netns: str = ""
+    ) -> None:
+        """``netns``: run the members in that network namespace, on ``host`` (an
+        address of the namespace), ports 23790 up (a fresh namespace has them free)."""
         if ETCD is None:
             raise RuntimeError(SKIP_REASON)
         self.base = base
+        self.host, self.netns = host, netns
         self.names = [f"m{i}" for i in range(members)]
-        ports = _free_ports(2 * members)
+        ports = [23790 + i for i in range(2 * members)] if netns else _free_ports(2 * members)
         self.client_ports, self.peer_ports = ports[:members], ports[members:]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
         self.token = f"aral-{base.name}-{time.monotonic_ns()}"
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        return [f"http://{self.host}:{p}" for p in self.client_ports]
 
     def _args(self, i: int, state: str) -> list[str]:
         assert ETCD is not None
+        h = self.host
         cluster = ",".join(
-            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+            f"{n}=http://{h}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
+        wrap = ["ip", "netns", "exec", self.netns] if self.netns else []
         return [
+            *wrap,
             ETCD,
             "--name", self.names[i],
             "--data-dir", str(self.base / self.names[i]),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+            "--listen-client-urls", f"http://{h}:{self.client_ports[i]}",
+            "--advertise-client-urls", f"http://{h}:{self.client_ports[i]}",
+            "--listen-peer-urls", f"http://{h}:{self.peer_ports[i]}",
+            "--initial-advertise-peer-urls", f"http://{h}:{self.peer_ports[i]}",
             "--initial-cluster", cluster,
             "--initial-cluster-state", state,
             "--initial-cluster-token", self.token,
@@ -106,6 +132,13 @@ class EtcdCluster:
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
         """Until a linearizable read succeeds through every running member."""
+        if self.netns:  # asked from inside the namespace
+            subprocess.run(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-c", _PROBE, self.host,
+                 *map(str, self.client_ports), str(timeout)],
+                check=True, timeout=timeout + 10, capture_output=True,
+            )  # fmt: skip
+            return
         deadline = time.monotonic() + timeout
         for i, port in enumerate(self.client_ports):
             if self.procs[i] is None:
