@@ -515,6 +515,10 @@ def build_backends(config: NodeConfig, node_id: str) -> list[DiscoveryBackend]:
         from aralnode.discovery import etcd  # noqa: PLC0415
 
         backends.append(etcd.build(config))
+        if config.etcd_bridge:  # after both backends it joins (config: mdns,etcd)
+            from aralnode.discovery.etcd_bridge import EtcdBridge  # noqa: PLC0415
+
+            backends.append(EtcdBridge(backends[-1], backends[0], node_id))  # type: ignore[arg-type]
     if config.peers:
         from aralnode.discovery.static import StaticBackend  # noqa: PLC0415
 

@@ -79,16 +79,22 @@ class Lans:
         _ip("-n", ns, "route", "add", "default", "via", f"10.90.{lan}.254")
         return ns, ip
 
-    def start_node(self, lan: int, index: int, endpoints: list[str]) -> None:
+    def start_node(
+        self, lan: int, index: int, endpoints: list[str], *, bridge: bool = False
+    ) -> None:
+        """A node on ``lan``: mdns and etcd (the bridge too with ``bridge``), or mDNS
+        only with no ``endpoints``."""
         ns, ip = self.add_host(lan, index)
         name = f"l{lan}n{index}"
         log = self.workdir / f"{name}.log"
         flags = [a for e in endpoints for a in ("--etcd-endpoint", e)]
+        flags += ["--discovery", "mdns,etcd" if endpoints else "mdns"]
+        flags += ["--etcd-bridge"] if bridge else []
         args = [
             "ip", "netns", "exec", ns, str(BIN / "aralnode"), "-v", "run",
             "--name", name, "--host", ip, "--interface", ip,
             "--grpc-port", "50051", "--http-port", "-1",
-            "--discovery", "mdns,etcd", *flags,
+            *flags,
             "--data-dir", str(self.workdir / name),
         ]  # fmt: skip
         with log.open("wb") as out:
@@ -152,5 +158,31 @@ def test_nodes_on_three_lans_find_each_other_through_etcd(lans: Lans, tmp_path: 
         # Every node lists the nodes of the other two LANs: reached through etcd only,
         # as mDNS does not cross bridges.
         assert all(len(view) >= NODES - 1 for view in lans.connected())
+    finally:
+        cluster.close()
+
+
+def test_bridges_join_mdns_only_nodes_of_two_lans(lans: Lans, tmp_path: Path) -> None:
+    """l1n1 and l2n1 speak only mDNS, each on its own LAN; the bridges l1n2 and l2n2
+    re-announce them into etcd and each other's onto their LANs."""
+    cluster = EtcdCluster(tmp_path / "etcd", host=ETCD_HOST, netns=lans.switch)
+    try:
+        cluster.start()
+        lans.start_node(1, 1, [])
+        lans.start_node(2, 1, [])
+        lans.start_node(1, 2, cluster.endpoints, bridge=True)
+        lans.start_node(2, 2, cluster.endpoints, bridge=True)
+
+        def joined() -> bool:
+            for proc, log in zip(lans.procs, lans.logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{log.name} exited: {log.read_text()[-2000:]}")
+            views = lans.connected()
+            return "l2n1" in views[0] and "l1n1" in views[1]
+
+        wait_for(joined, timeout=90, interval=0.5, what="the two mDNS-only nodes to meet")
+        bridge_log = lans.logs[2].read_text()
+        assert "re-announced into etcd" in bridge_log
+        assert "announced on the LAN from etcd" in bridge_log
     finally:
         cluster.close()

@@ -23,6 +23,8 @@ class Announcement:
 
     Attributes:
         hosts: Addresses peers may reach it at (the card's hosts).
+        via: The node id of the bridge that re-announced it, "" when a node speaks
+            for itself (``aralnode.discovery.etcd_bridge``: never bridged again).
     """
 
     node_id: str
@@ -32,6 +34,7 @@ class Announcement:
     capability_digest: str
     http_port: int | None = None
     hosts: tuple[str, ...] = ()
+    via: str = ""
 
 
 @dataclass(slots=True, frozen=True)

@@ -284,26 +284,43 @@ class EtcdBackend:
         )
         self.stats["puts"] += 1
 
-    async def put_other(self, node_id: str, value: bytes) -> bool:
-        """Write another node's announcement (a bridge), on this node's lease; False
-        while not connected."""
+    async def put_if_absent(self, node_id: str, value: bytes) -> bool:
+        """Write another node's announcement (a bridge) on this node's lease, only
+        if nobody holds its key (the node itself, or another bridge): one writer a
+        key, so bridges never echo each other. False if not written."""
         if self._channel is None or not self._lease:
             return False
+        key = self._prefix + node_id.encode()
+        request = rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                                 key=key, create_revision=0)],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value,
+                                                              lease=self._lease))],
+        )  # fmt: skip
         try:
-            await self._put(self._prefix + node_id.encode(), value, self._lease)
+            reply = await rpc.KVStub(self._channel).Txn(
+                request, timeout=RPC_TIMEOUT, metadata=self._metadata
+            )
         except (TimeoutError, grpc.aio.AioRpcError):
             return False
-        return True
+        self.stats["puts"] += int(reply.succeeded)
+        return bool(reply.succeeded)
 
-    async def delete_other(self, node_id: str) -> None:
-        """Remove a key a bridge wrote (best effort: its lease ends it anyway)."""
+    async def delete_if(self, node_id: str, value: bytes) -> None:
+        """Remove a key a bridge wrote, if it still holds what the bridge wrote
+        (best effort: the bridge's lease ends it anyway)."""
         if self._channel is None:
             return
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
-            await rpc.KVStub(self._channel).DeleteRange(
-                rpc.DeleteRangeRequest(key=self._prefix + node_id.encode()),
-                timeout=RPC_TIMEOUT, metadata=self._metadata,
-            )  # fmt: skip
+        key = self._prefix + node_id.encode()
+        request = rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE,
+                                 key=key, value=value)],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+        )  # fmt: skip
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            await rpc.KVStub(self._channel).Txn(
+                request, timeout=RPC_TIMEOUT, metadata=self._metadata
+            )
 
     # -- the connection's life ------------------------------------------------------
 

@@ -39,6 +39,7 @@ from aralnode.discovery.txt import BadAnnouncement, parse_txt, to_txt
 log = get_logger("aralnode.mdns")
 
 SERVICE_TYPE = "_aral._tcp.local."
+BRIDGED = "mdns-bridge"  # the source of a peer another node re-announced on the LAN
 MAX_SIGHTING_HOSTS = 8  # addresses kept from one instance's A records
 MAX_KNOWN = 512  # names the browser keeps re-resolving until they are settled
 RETRY_BASE_S = 1.0
@@ -461,7 +462,8 @@ class MdnsBackend:
                     fingerprint=a.fingerprint,
                     protocol_versions=a.protocol_versions,
                     capability_digest=a.capability_digest,
-                    source=self.name,
+                    # re-announced by a bridge: shown as such, and never bridged again
+                    source=BRIDGED if a.via else self.name,
                 )
             )
         elif isinstance(event, Withdrawal):
@@ -473,6 +475,31 @@ class MdnsBackend:
         if self.port is not None:
             await self.port.update(announcement)
 
+    async def announce_other(self, announcement: Announcement) -> AsyncServiceInfo | None:
+        """Announce another node (a bridge's re-announcement, ``announcement.via``
+        set) on this LAN; its record, for ``withdraw_other``. None before start."""
+        port = self.port
+        aiozc = getattr(port, "_aiozc", None)
+        if aiozc is None:
+            return None
+        info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"{instance_label('bridged', announcement.node_id)}.{SERVICE_TYPE}",
+            port=announcement.grpc_port,
+            properties=to_txt(announcement),
+            server=f"aral-{announcement.node_id[:16]}-via.local.",
+            parsed_addresses=mdns_hosts(announcement.hosts),
+        )
+        await (await aiozc.async_register_service(info, allow_name_change=True))
+        return info
+
+    async def withdraw_other(self, info: AsyncServiceInfo) -> None:
+        """The goodbye of a record ``announce_other`` made."""
+        aiozc = getattr(self.port, "_aiozc", None)
+        if aiozc is not None:
+            with contextlib.suppress(Exception):
+                await (await aiozc.async_unregister_service(info))
+
     async def stop(self) -> None:
         self._sink = None
         if self.port is not None:
@@ -480,6 +507,7 @@ class MdnsBackend:
 
 
 __all__ = [
+    "BRIDGED",
     "SERVICE_TYPE",
     "MdnsBackend",
     "MdnsBrowser",

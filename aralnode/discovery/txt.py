@@ -2,6 +2,7 @@
 
     txtvers=1  id=<node id>  fp=<key fingerprint>  pv=<versions, comma separated>
     grpc=<port>  http=<port, optional>  cd=<capability digest>
+    via=<node id of the bridge that re-announced it, optional>
 
 What is read here is a hint: ``parse_txt`` checks shape and ranges only, and the
 node id is verified by the handshake. Parsing any bytes never raises anything but
@@ -43,6 +44,8 @@ def to_txt(announcement: Announcement) -> bytes:
     if a.http_port is not None:
         pairs.append(("http", str(a.http_port)))
     pairs.append(("cd", a.capability_digest))
+    if a.via:
+        pairs.append(("via", a.via))
     raw = b"".join(_txt_string(f"{k}={v}".encode()) for k, v in pairs)
     if len(raw) > MAX_TXT_BYTES:
         raise ValueError(f"TXT record is {len(raw)} bytes; the limit is {MAX_TXT_BYTES}")
@@ -117,6 +120,9 @@ def parse_txt(raw: bytes) -> Announcement:
     if not _HEX.match(digest):
         raise BadAnnouncement("cd is not a capability digest")
     http = pairs.get("http")
+    via = pairs.get("via", "")
+    if via and (len(via) != NODE_ID_CHARS or not _BASE32.match(via)):
+        raise BadAnnouncement("via is not a node id")
     return Announcement(
         node_id=node_id,
         fingerprint=fp,
@@ -124,6 +130,7 @@ def parse_txt(raw: bytes) -> Announcement:
         grpc_port=_port(pairs.get("grpc"), "grpc"),
         capability_digest=digest,
         http_port=None if http is None else _port(http, "http", allow_zero=True),
+        via=via,
     )
 
 
