@@ -181,8 +181,11 @@ def test_bridges_join_mdns_only_nodes_of_two_lans(lans: Lans, tmp_path: Path) ->
             return "l2n1" in views[0] and "l1n1" in views[1]
 
         wait_for(joined, timeout=90, interval=0.5, what="the two mDNS-only nodes to meet")
-        bridge_log = lans.logs[2].read_text()
-        assert "re-announced into etcd" in bridge_log
-        assert "announced on the LAN from etcd" in bridge_log
+        # One mDNS-only node written into etcd by its LAN's bridge and announced on
+        # the other LAN by the other bridge is enough for the two to meet (the one
+        # dialled sees the other connect): at least one crossing each way is logged.
+        bridge_logs = lans.logs[2].read_text() + lans.logs[3].read_text()
+        assert "re-announced into etcd" in bridge_logs
+        assert "announced on the LAN from etcd" in bridge_logs
     finally:
         cluster.close()
