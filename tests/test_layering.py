@@ -74,6 +74,7 @@ LAYER_OF = {
     "aralnode.cli_audit": "tools",  # audit: `aralnode audit verify|tail|export`
     # trace (issue 19): the node's tracer provider (service/tracing.py is "service")
     "aralnode._tracing": "root",
+    "aralnode._interop": "root",  # interop (issue 17): the A2A door's wiring
 }
 _BELOW_ROOT = {
     "proto", "base", "core", "config", "store", "service", "access", "policy", "transport",

@@ -150,6 +150,7 @@ class HttpBridge:
         # Set by the node (``_operations``): /metrics (read scope) and open probes.
         self.metrics: Route | None = None
         self.probes: dict[str, Probe] = {}
+        self.a2a: Any = None  # set by the node when it serves A2A (``_interop.py``)
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
         self.mcp: McpHttp | None = None
@@ -222,6 +223,9 @@ class HttpBridge:
             await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
         if scope["method"] in ("GET", "HEAD") and await self._operations(scope, send, path):
+            return
+        if self.a2a is not None and self.a2a.serves(path):
+            await self.a2a(scope, receive, send)  # the A2A standard (bridge/a2a.py)
             return
         if is_ui_path(path) and scope["method"] in ("GET", "HEAD"):
             await self.ui.serve(scope, send)  # public: the data it fetches is not

@@ -1,0 +1,59 @@
+"""The interop doors' wiring (issue 17): the A2A door on the gRPC and HTTP ports.
+
+One ``A2ADoor`` (one task store) serves both ports; its card names the interfaces at
+the node's first advertised host and the security schemes the access configuration
+accepts (bearer JWTs when an issuer is set, API keys always: ``aralnode apikey``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aralnode._version import __version__
+from aralnode.core.addresses import join_host_port
+
+
+def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
+    """Serve the A2A standard (``config.a2a``); the door, or None when off."""
+    cfg = node.config
+    if not cfg.a2a:
+        return None
+    from a2a.types import a2a_pb2  # noqa: PLC0415 - the SDK loads only when A2A is on
+
+    from aralnode.bridge.a2a import SERVICE, A2ADoor  # noqa: PLC0415
+
+    def where() -> tuple[str, str]:
+        host = (node.advertised_hosts() or ["127.0.0.1"])[0]
+        scheme = "https" if http is not None and http.ssl_context is not None else "http"
+        http_base = f"{scheme}://{join_host_port(host, node.http_port or 0)}"
+        return http_base, join_host_port(host, node.grpc_port)
+
+    security = {
+        "apiKey": a2a_pb2.SecurityScheme(
+            api_key_security_scheme=a2a_pb2.APIKeySecurityScheme(
+                location="header", name="x-api-key", description="an aralnode API key"
+            )
+        )
+    }
+    if cfg.jwt_issuer:
+        security["bearer"] = a2a_pb2.SecurityScheme(
+            http_auth_security_scheme=a2a_pb2.HTTPAuthSecurityScheme(
+                scheme="bearer", bearer_format="JWT", description=f"issued by {cfg.jwt_issuer}"
+            )
+        )
+    door = A2ADoor(
+        service,
+        node.identity,
+        name=node.name,
+        version=__version__,
+        where=where,
+        security=security,
+        max_tasks=cfg.a2a_max_tasks,
+    )
+    grpc.add(door.grpc_handler(), SERVICE)
+    if http is not None:
+        http.a2a = door
+    return door
+
+
+__all__ = ["install_a2a"]

@@ -1,0 +1,346 @@
+"""The A2A door: the A2A 1.0 standard (``lf.a2a.v1.A2AService``) over gRPC, JSON-RPC
+and HTTP+JSON, with the official ``a2a-sdk`` (docs/a2a.md).
+
+The SDK's request handler serves the protocol (tasks, streams, the three
+transports' adapters); this module gives it an ``AgentExecutor`` that runs every
+message through the node's one pipeline, as every door does: the context comes
+from the ``ContextBuilder`` (door ``a2a``, the request's headers or gRPC metadata),
+so authentication, authorization, rate limits, governance, post-checks and the
+audit log apply unchanged.
+
+**Skills.** Each capability is an ``AgentSkill`` (its id the capability id). A
+message selects one by a data part ``{"skill": ID, "parameters": {...}}``, or by
+``metadata.skill`` with the parameters as the message's (only) data part. The
+result is the task's artifact ``result`` (a data part; a text part for a string).
+
+**States.** ``WORKING`` while the call runs; ``COMPLETED`` with the artifact;
+``REJECTED`` when the node refuses the call (unauthenticated, missing scope,
+governance, bad parameters, no such skill); ``FAILED`` when it was accepted and
+failed; ``AUTH_REQUIRED`` while a governance escalation waits for an approver
+(the status message names the approval), then ``COMPLETED`` or ``REJECTED``.
+
+**The card** (``/.well-known/agent-card.json``): the skills, the three
+interfaces, the security schemes the node accepts, signed (A2A §8.4) with the node
+key by the SDK's own signer: ES256 over the RFC 8785 form of the card without its
+signatures, protected header ``kid`` = the node id, ``jku`` = the node's
+``/.well-known/jwks.json`` (served here), ``typ`` JOSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from a2a.helpers.proto_helpers import (
+    new_data_part,
+    new_task_from_user_message,
+    new_text_message,
+    new_text_part,
+)
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.routes import (
+    DefaultServerCallContextBuilder,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.utils.signing import create_agent_card_signer
+from google.protobuf.json_format import MessageToDict, MessageToJson
+from starlette.requests import Request
+from starlette.routing import Router
+
+from aralnode.bridge import _http as h
+from aralnode.core import jws
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, InvalidRequest
+from aralnode.core.identity import Identity
+from aralnode.service.approvals import Approval
+from aralnode.service.node_service import NodeService
+
+log = logging.getLogger("aralnode.a2a")
+
+DOOR = "a2a"
+SERVICE = "lf.a2a.v1.A2AService"
+CARD_PATH = "/.well-known/agent-card.json"
+JWKS_PATH = "/.well-known/jwks.json"
+JSONRPC_PATH = "/a2a"
+REST_PREFIX = "/a2a/rest"
+PROTOCOL_VERSION = "1.0"
+# Refusals (the node would not run the call) as opposed to failures of a call it ran.
+_REJECTED = frozenset({"unauthenticated", "permission_denied", "invalid_argument",
+                       "not_found", "resource_exhausted"})  # fmt: skip
+
+
+def selection(message: a2a_pb2.Message) -> tuple[str, Any]:
+    """The skill a message selects and its parameters (the module docstring's rule).
+
+    Raises:
+        InvalidRequest: no skill named, or parameters that are not an object.
+    """
+    data = [MessageToDict(p.data) if p.HasField("data") else None for p in message.parts]
+    data = [d for d in data if d is not None]
+    for d in data:
+        if isinstance(d, dict) and isinstance(d.get("skill"), str):
+            params = d.get("parameters", {})
+            if not isinstance(params, dict):
+                raise InvalidRequest("'parameters' must be an object", reason="BAD_PARAMETERS")
+            return d["skill"], params
+    meta = MessageToDict(message.metadata) if message.HasField("metadata") else {}
+    skill = meta.get("skill")
+    if isinstance(skill, str) and skill:
+        params = data[0] if len(data) == 1 else {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("the parameters part must be an object", reason="BAD_PARAMETERS")
+        return skill, params
+    raise InvalidRequest(
+        'name a skill: a data part {"skill": ID, "parameters": {...}}, or metadata.skill',
+        reason="NO_SKILL",
+    )
+
+
+def _result_part(result: Any) -> a2a_pb2.Part:
+    if isinstance(result, str):
+        return new_text_part(result)
+    return new_data_part(json.loads(json.dumps(result, default=str)))
+
+
+class NodeExecutor(AgentExecutor):
+    """Runs each A2A message as a call of the node's pipeline (module docstring)."""
+
+    def __init__(self, door: A2ADoor) -> None:
+        self.door = door
+        self._notes: set[asyncio.Future[None]] = set()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        message = context.message
+        assert message is not None
+        assert context.task_id
+        assert context.context_id
+        if context.current_task is None:
+            task = new_task_from_user_message(message)
+            task.id, task.context_id = context.task_id, context.context_id
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        ctx = self.door.call_context(context.call_context)
+        pipeline = self.door.service.pipeline
+        stop_watch = self._watch_approvals(ctx, updater)
+        try:
+            skill, params = selection(message)
+            await updater.start_work()
+            result = await pipeline.invoke(ctx, skill, params)
+        except AralError as exc:
+            reply = new_text_message(f"{exc.code}: {exc.message}", context.context_id,
+                                     context.task_id)  # fmt: skip
+            reply.metadata.update({"code": exc.code, "reason": exc.reason,
+                                   "trace_id": ctx.trace_id})  # fmt: skip
+            if exc.code in _REJECTED:
+                await updater.reject(reply)
+            else:
+                await updater.failed(reply)
+            return
+        finally:
+            stop_watch()
+        await updater.add_artifact([_result_part(result)], name="result")
+        await updater.complete()
+
+    def _watch_approvals(self, ctx: CallContext, updater: TaskUpdater) -> Callable[[], None]:
+        """While the call waits for an approver, the task says AUTH_REQUIRED."""
+        queue = self.door.service.pipeline.stages.govern.approvals
+        if queue is None:
+            return lambda: None
+
+        def on_event(event: str, entry: Approval) -> None:
+            if event == "pending" and entry.trace_id == ctx.trace_id and entry.door == DOOR:
+                note = new_text_message(
+                    f"waiting for approval {entry.id}: {'; '.join(entry.reasons)}",
+                    updater.context_id, updater.task_id,
+                )  # fmt: skip
+                note.metadata.update({"approval": entry.id})
+                task = asyncio.ensure_future(updater.requires_auth(note))
+                self._notes.add(task)
+                task.add_done_callback(self._notes.discard)
+
+        return queue.on_event(on_event)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        if context.task_id and context.context_id:
+            await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+class _Contexts(DefaultServerCallContextBuilder):
+    """Keeps the request's ASGI scope for the executor's ``CallContext``."""
+
+    def build(self, request: Request) -> ServerCallContext:
+        built = super().build(request)
+        built.state["scope"] = request.scope
+        return built
+
+
+class _Lazy:
+    """The request handler, made when first used (its card needs the bound ports)."""
+
+    def __init__(self, door: A2ADoor) -> None:
+        self._door = door
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._door.request_handler(), name)
+
+
+class _Capture:
+    """Takes the generic handler the generated ``add_…_to_server`` makes."""
+
+    handler: Any = None
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.handler = handlers[0]
+
+    def add_registered_method_handlers(self, name: str, handlers: Any) -> None:
+        """The generic handler serves them too."""
+
+
+class A2ADoor:
+    """The SDK's handler over the node, with its HTTP routes and gRPC servicer.
+
+    Args:
+        where: Returns (HTTP base URL, gRPC ``host:port``) once the doors are bound.
+    """
+
+    def __init__(
+        self,
+        service: NodeService,
+        identity: Identity,
+        *,
+        name: str,
+        version: str,
+        where: Callable[[], tuple[str, str]],
+        security: dict[str, a2a_pb2.SecurityScheme] | None = None,
+        max_tasks: int = 10_000,
+    ) -> None:
+        self.service = service
+        self.identity = identity
+        self.name, self.version = name, version
+        self.where = where
+        self.security = security or {}
+        self.max_tasks = max_tasks
+        self._card: a2a_pb2.AgentCard | None = None
+        self._card_json = b""
+        self._handler: DefaultRequestHandler | None = None
+        lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
+        self.handler = lazy
+        contexts = _Contexts()
+        # A capability added or removed changes the card: made again when next asked.
+        service.pipeline.registry.on_change(self._forget_card)
+        self.app = Router(
+            routes=[
+                *create_jsonrpc_routes(lazy, JSONRPC_PATH, context_builder=contexts),
+                *create_rest_routes(lazy, context_builder=contexts,
+                                    path_prefix=REST_PREFIX),
+            ]
+        )  # fmt: skip
+
+    # -- the card ----------------------------------------------------------------------
+
+    def _forget_card(self) -> None:
+        self._card = None
+
+    def card(self) -> a2a_pb2.AgentCard:
+        """The signed card (built once: the ports do not change while serving)."""
+        if self._card is not None:
+            return self._card
+        http_base, grpc_target = self.where()
+        card = a2a_pb2.AgentCard(
+            name=self.name,
+            description=f"aralnode {self.name} ({self.identity.node_id})",
+            version=self.version or "0",
+            supported_interfaces=[
+                a2a_pb2.AgentInterface(url=http_base + JSONRPC_PATH, protocol_binding="JSONRPC",
+                                       protocol_version=PROTOCOL_VERSION),
+                a2a_pb2.AgentInterface(url=grpc_target, protocol_binding="GRPC",
+                                       protocol_version=PROTOCOL_VERSION),
+                a2a_pb2.AgentInterface(url=http_base + REST_PREFIX, protocol_binding="HTTP+JSON",
+                                       protocol_version=PROTOCOL_VERSION),
+            ],
+            capabilities=a2a_pb2.AgentCapabilities(streaming=True, push_notifications=False),
+            default_input_modes=["application/json", "text/plain"],
+            default_output_modes=["application/json", "text/plain"],
+        )  # fmt: skip
+        for capability in self.service.pipeline.registry:
+            card.skills.append(
+                a2a_pb2.AgentSkill(
+                    id=capability.id,
+                    name=capability.id,
+                    description=capability.description or capability.id,
+                    tags=["aralnode", *(["risk:" + capability.risk] if capability.risk else [])],
+                )
+            )
+        for scheme_name, scheme in self.security.items():
+            card.security_schemes[scheme_name].CopyFrom(scheme)
+        header = {"alg": jws.algorithm_of(self.identity), "kid": self.identity.node_id,
+                  "jku": http_base + JWKS_PATH, "typ": "JOSE"}  # fmt: skip
+        create_agent_card_signer(self.identity.to_pem(), header)(card)  # type: ignore[arg-type]
+        self._card, self._card_json = card, MessageToJson(card, indent=None).encode()
+        if self._handler is None:
+            self._handler = DefaultRequestHandler(
+                agent_executor=NodeExecutor(self), task_store=InMemoryTaskStore(), agent_card=card
+            )
+        return card
+
+    def request_handler(self) -> DefaultRequestHandler:
+        """The SDK's request handler (made with the card: the ports must be bound)."""
+        self.card()
+        assert self._handler is not None
+        return self._handler
+
+    def grpc_handler(self) -> Any:
+        """The generic gRPC handler of ``lf.a2a.v1.A2AService`` (the SDK's servicer)."""
+        capture = _Capture()
+        servicer = GrpcHandler(self.handler)  # its context keeps the servicer context
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
+        return capture.handler
+
+    # -- what the executor needs ---------------------------------------------------------
+
+    def call_context(self, server: ServerCallContext) -> CallContext:
+        """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC)."""
+        contexts = self.service.contexts
+        scope = server.state.get("scope")
+        if scope is not None:
+            return h.call_context(contexts, scope, DOOR)
+        grpc_context = server.state.get("grpc_context")
+        metadata: dict[str, str] = {}
+        peer = ""
+        if grpc_context is not None:
+            for key, value in grpc_context.invocation_metadata() or ():
+                if isinstance(value, str):
+                    metadata[key.lower()] = value
+            peer = grpc_context.peer()
+        return contexts.build(DOOR, peer=peer, metadata=metadata)
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    @staticmethod
+    def serves(path: str) -> bool:
+        """Whether ``path`` is this door's (the card, the JWKS, JSON-RPC, HTTP+JSON)."""
+        return path in (CARD_PATH, JWKS_PATH, JSONRPC_PATH) or path.startswith("/a2a/")
+
+    async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+        path = scope.get("path", "")
+        if path == CARD_PATH:
+            self.card()
+            await h.send_body(send, 200, self._card_json, "application/json")
+        elif path == JWKS_PATH:
+            body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
+            await h.send_body(send, 200, body, "application/jwk-set+json")
+        else:
+            self.card()  # the handler serves GetExtendedAgentCard from it
+            await self.app(scope, receive, send)
+
+
+__all__ = ["A2ADoor", "NodeExecutor", "selection"]
