@@ -1,0 +1,245 @@
+"""The A2A door, driven by the official a2a-sdk client over each of its three
+transports (JSON-RPC, gRPC, HTTP+JSON, found from the node's signed card): send,
+stream, get, list and cancel tasks; refusals as REJECTED tasks; a governance
+escalation as AUTH_REQUIRED until approved; the card's signature checked with
+independent JOSE (jwcrypto) and RFC 8785 (jcs) implementations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jcs
+import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.client.client import Client
+from a2a.helpers.proto_helpers import new_data_part
+from a2a.types import a2a_pb2 as a2a
+from a2a.utils.signing import create_signature_verifier
+from google.protobuf.json_format import MessageToDict
+from jwcrypto import jwk as jc_jwk
+from jwcrypto import jws as jc_jws
+from jwt.api_jwk import PyJWK
+
+from aralnode import Node
+from aralnode.access.apikeys import ApiKeyStore
+from tests.test_escalate import RULES
+from tests.test_grpcurl import GRPCURL, grpcurl
+
+TRANSPORTS = ["JSONRPC", "GRPC", "HTTP+JSON"]
+DONE = a2a.TaskState.TASK_STATE_COMPLETED
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
+    n = make_node("a2a", http_port=0)
+    gate = asyncio.Event()
+
+    @n.capability(id="test.wait", description="waits until released")
+    async def wait() -> str:
+        await gate.wait()
+        return "released"
+
+    async with n:
+        yield n
+    gate.set()
+
+
+def base(node: Node) -> str:
+    return f"http://127.0.0.1:{node.http_port}"
+
+
+async def client_for(node: Node, transport: str, *, streaming: bool = False, **kw: Any) -> Client:
+    config = ClientConfig(
+        streaming=streaming,
+        supported_protocol_bindings=[transport],
+        grpc_channel_factory=grpc.aio.insecure_channel,
+        **kw,
+    )
+    return await create_client(base(node), client_config=config)
+
+
+def ask(skill: str, params: dict[str, Any], *, message_id: str = "m1") -> a2a.SendMessageRequest:
+    message = a2a.Message(message_id=message_id, role=a2a.Role.ROLE_USER)
+    message.parts.append(new_data_part({"skill": skill, "parameters": params}))
+    return a2a.SendMessageRequest(message=message)
+
+
+async def events(client: Client, request: a2a.SendMessageRequest) -> list[a2a.StreamResponse]:
+    return [e async for e in client.send_message(request)]
+
+
+def final_task(got: list[a2a.StreamResponse]) -> a2a.Task:
+    tasks = [e.task for e in got if e.HasField("task")]
+    assert tasks, got
+    return tasks[-1]
+
+
+def result_of(task: a2a.Task) -> Any:
+    (artifact,) = task.artifacts
+    return MessageToDict(artifact.parts[0].data)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_send_get_and_list_over_each_transport(node: Node, transport: str) -> None:
+    client = await client_for(node, transport)
+    try:
+        task = final_task(await events(client, ask("demo.echo", {"text": "hi", "times": 2})))
+        assert task.status.state == DONE
+        assert result_of(task)["echo"] == ["hi", "hi"]
+        got = await client.get_task(a2a.GetTaskRequest(id=task.id))
+        assert got.status.state == DONE
+        listed = await client.list_tasks(a2a.ListTasksRequest())
+        assert task.id in [t.id for t in listed.tasks]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_streamed_task_reports_working_then_completed(node: Node, transport: str) -> None:
+    client = await client_for(node, transport, streaming=True)
+    try:
+        got = await events(client, ask("demo.echo", {"text": "s"}, message_id="m2"))
+        states = [e.status_update.status.state for e in got if e.HasField("status_update")]
+        assert a2a.TaskState.TASK_STATE_WORKING in states
+        assert states[-1] == DONE
+        artifacts = [e.artifact_update for e in got if e.HasField("artifact_update")]
+        assert MessageToDict(artifacts[0].artifact.parts[0].data)["echo"] == ["s"]
+    finally:
+        await client.close()
+
+
+async def test_a_running_task_is_cancelled(node: Node) -> None:
+    client = await client_for(node, "JSONRPC", polling=True)  # returns at once
+    try:
+        task = final_task(await events(client, ask("test.wait", {}, message_id="m3")))
+        assert task.status.state in (a2a.TaskState.TASK_STATE_SUBMITTED,
+                                     a2a.TaskState.TASK_STATE_WORKING)  # fmt: skip
+        cancelled = await client.cancel_task(a2a.CancelTaskRequest(id=task.id))
+        assert cancelled.status.state == a2a.TaskState.TASK_STATE_CANCELED
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_unknown_skill_is_rejected_with_the_nodes_code(node: Node, transport: str) -> None:
+    client = await client_for(node, transport)
+    try:
+        task = final_task(await events(client, ask("no.such", {}, message_id="m4")))
+        assert task.status.state == a2a.TaskState.TASK_STATE_REJECTED
+        assert MessageToDict(task.status.message.metadata)["code"] == "not_found"
+    finally:
+        await client.close()
+
+
+async def test_a_missing_scope_is_rejected_and_audited_on_the_a2a_door(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = make_node("strict", http_port=0, deny_by_default=True, audit=True)
+    async with node:
+        client = await client_for(node, "JSONRPC")
+        try:
+            task = final_task(await events(client, ask("demo.echo", {"text": "x"})))
+        finally:
+            await client.close()
+        assert task.status.state == a2a.TaskState.TASK_STATE_REJECTED
+        assert MessageToDict(task.status.message.metadata)["code"] == "forbidden"
+    rows = [json.loads(line) for line in _export(tmp_path / "strict")]
+    assert any(r["door"] == "a2a" and r["outcome"] == "forbidden" for r in rows)
+
+
+async def until(state: Callable[[], Any], wanted: int) -> a2a.Task:
+    """Poll a task (GetTask, as an A2A client does) until it is in ``wanted``."""
+    async with asyncio.timeout(20):
+        while True:
+            task: a2a.Task = await state()
+            if task.status.state == wanted:
+                return task
+            await asyncio.sleep(0.02)  # a poll interval of a bounded wait (noqa: sleep-ok)
+
+
+def _export(data_dir: Path) -> list[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "aralnode"), "audit", "export",
+         "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+async def test_an_escalation_shows_auth_required_until_approved(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    alice, _ = keys.create("alice", scopes=["agent:read", "agent:invoke"], kind="user")
+    ops, _ = keys.create("ops", scopes=["agent:admin"], kind="user")
+    node = make_node("esc", governance=RULES, http_port=0, apikeys_file=tmp_path / "keys.json")
+    async with node:
+        http = httpx.AsyncClient(headers={"x-api-key": alice}, timeout=20)
+        client = await client_for(node, "JSONRPC", polling=True, httpx_client=http)
+        try:
+            task = final_task(await events(client, ask("demo.echo", {"text": "e", "times": 9})))
+
+            async def state() -> a2a.Task:
+                return await client.get_task(a2a.GetTaskRequest(id=task.id))
+
+            t = await until(state, a2a.TaskState.TASK_STATE_AUTH_REQUIRED)
+            approval = MessageToDict(t.status.message.metadata)["approval"]
+            async with httpx.AsyncClient(base_url=base(node)) as admin:
+                r = await admin.post(f"/v1/approvals/{approval}:approve", json={},
+                                     headers={"x-api-key": ops})  # fmt: skip
+                assert r.status_code == 200
+            t = await until(state, DONE)
+            assert result_of(t)["echo"] == ["e"] * 9
+        finally:
+            await client.close()
+            await http.aclose()
+
+
+async def test_the_card_is_signed_and_verifies_with_independent_implementations(
+    node: Node,
+) -> None:
+    async with httpx.AsyncClient(base_url=base(node)) as http:
+        card = (await http.get("/.well-known/agent-card.json")).json()
+        keys = (await http.get("/.well-known/jwks.json")).json()["keys"]
+    bindings = {i["protocolBinding"] for i in card["supportedInterfaces"]}
+    assert bindings == {"JSONRPC", "GRPC", "HTTP+JSON"}
+    assert {s["id"] for s in card["skills"]} >= {"demo.echo", "test.wait"}
+    (signature,) = card.pop("signatures")
+    header = json.loads(jc_jws.base64url_decode(signature["protected"]))
+    assert header["kid"] == node.node_id
+    assert header["jku"].endswith(f":{node.http_port}/.well-known/jwks.json")
+    (key,) = [k for k in keys if k["kid"] == header["kid"]]
+    payload = jcs.canonicalize(card)  # an RFC 8785 implementation not the node's
+    token = jc_jws.JWS()
+    token.deserialize(f"{signature['protected']}.{jc_jws.base64url_encode(payload)}."
+                      f"{signature['signature']}")  # fmt: skip
+    token.verify(jc_jwk.JWK(**key))  # raises if the signature does not cover the card
+    # the a2a-sdk's own verifier accepts it too
+    parsed = a2a.AgentCard()
+    from google.protobuf.json_format import ParseDict
+
+    ParseDict({**card, "signatures": [signature]}, parsed)
+    create_signature_verifier(lambda kid, jku: PyJWK(key), ["ES256"])(parsed)
+    # a changed card no longer verifies
+    card["name"] = "mallory"
+    forged = jc_jws.JWS()
+    forged.deserialize(f"{signature['protected']}.{jc_jws.base64url_encode(jcs.canonicalize(card))}."
+                       f"{signature['signature']}")  # fmt: skip
+    with pytest.raises(jc_jws.InvalidJWSSignature):
+        forged.verify(jc_jwk.JWK(**key))
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed")
+async def test_grpcurl_lists_the_a2a_service_by_reflection(node: Node) -> None:
+    code, out, err = await grpcurl("-plaintext", node.address, "list")
+    assert code == 0, err
+    assert "lf.a2a.v1.A2AService" in out.split()
