@@ -74,8 +74,9 @@ JSONRPC_PATH = "/a2a"
 REST_PREFIX = "/a2a/rest"
 PROTOCOL_VERSION = "1.0"
 # Refusals (the node would not run the call) as opposed to failures of a call it ran.
-_REJECTED = frozenset({"unauthenticated", "permission_denied", "invalid_argument",
-                       "not_found", "resource_exhausted"})  # fmt: skip
+_REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_large",
+                       "unauthorized", "forbidden", "governance_blocked", "not_found",
+                       "rate_limit_exceeded"})  # fmt: skip
 
 
 def selection(message: a2a_pb2.Message) -> tuple[str, Any]:
@@ -231,12 +232,11 @@ class A2ADoor:
         self.max_tasks = max_tasks
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
+        self._card_skills: tuple[str, ...] = ()
         self._handler: DefaultRequestHandler | None = None
         lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
         self.handler = lazy
         contexts = _Contexts()
-        # A capability added or removed changes the card: made again when next asked.
-        service.pipeline.registry.on_change(self._forget_card)
         self.app = Router(
             routes=[
                 *create_jsonrpc_routes(lazy, JSONRPC_PATH, context_builder=contexts),
@@ -247,13 +247,16 @@ class A2ADoor:
 
     # -- the card ----------------------------------------------------------------------
 
-    def _forget_card(self) -> None:
-        self._card = None
+    def _skills(self) -> tuple[str, ...]:
+        return tuple(c.id for c in self.service.pipeline.registry)
 
     def card(self) -> a2a_pb2.AgentCard:
         """The signed card (built once: the ports do not change while serving)."""
-        if self._card is not None:
+        # A capability added or removed changes the card: made again (no listener on
+        # the registry, which would outlive a stopped door).
+        if self._card is not None and self._card_skills == self._skills():
             return self._card
+        self._card_skills = self._skills()
         http_base, grpc_target = self.where()
         card = a2a_pb2.AgentCard(
             name=self.name,

@@ -98,6 +98,8 @@ class HttpBridge:
         oauth: Its RFC 9728 metadata and session lifetime (``ProtectedResource``).
     """
 
+    a2a: Any = None  # the A2A door, set by the node when it serves A2A (``_interop``)
+
     def __init__(
         self,
         service: NodeService,
@@ -150,7 +152,6 @@ class HttpBridge:
         # Set by the node (``_operations``): /metrics (read scope) and open probes.
         self.metrics: Route | None = None
         self.probes: dict[str, Probe] = {}
-        self.a2a: Any = None  # set by the node when it serves A2A (``_interop.py``)
         self._extra_hosts = list(allowed_hosts or ())
         self._extra_origins = list(allowed_origins or ())
         self.mcp: McpHttp | None = None
