@@ -20,6 +20,7 @@ from a2a.client import ClientConfig, create_client
 from a2a.client.client import Client
 from a2a.helpers.proto_helpers import new_data_part
 from a2a.types import a2a_pb2 as a2a
+from a2a.utils.errors import TaskNotFoundError
 from a2a.utils.signing import create_signature_verifier
 from google.protobuf.json_format import MessageToDict
 from jwcrypto import jwk as jc_jwk
@@ -243,3 +244,47 @@ async def test_grpcurl_lists_the_a2a_service_by_reflection(node: Node) -> None:
     code, out, err = await grpcurl("-plaintext", node.address, "list")
     assert code == 0, err
     assert "lf.a2a.v1.A2AService" in out.split()
+
+
+async def test_a_callers_tasks_are_its_own(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    alice, _ = keys.create("alice", scopes=["agent:read", "agent:invoke"], kind="user")
+    bob, _ = keys.create("bob", scopes=["agent:read", "agent:invoke"], kind="user")
+    node = make_node("owners", http_port=0, apikeys_file=tmp_path / "keys.json")
+    async with node:
+        clients = {}
+        for who, key in (("alice", alice), ("bob", bob)):
+            http = httpx.AsyncClient(headers={"x-api-key": key}, timeout=20)
+            clients[who] = (await client_for(node, "JSONRPC", httpx_client=http), http)
+        try:
+            a, _ = clients["alice"]
+            b, _ = clients["bob"]
+            task = final_task(await events(a, ask("demo.echo", {"text": "mine"})))
+            assert task.status.state == DONE
+            mine = await a.list_tasks(a2a.ListTasksRequest())
+            assert [t.id for t in mine.tasks] == [task.id]
+            theirs = await b.list_tasks(a2a.ListTasksRequest())
+            assert task.id not in [t.id for t in theirs.tasks]
+            with pytest.raises(TaskNotFoundError):
+                await b.get_task(a2a.GetTaskRequest(id=task.id))
+        finally:
+            for client, http in clients.values():
+                await client.close()
+                await http.aclose()
+
+
+async def test_finished_tasks_beyond_the_limit_are_dropped_oldest_first(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("few", http_port=0, a2a_max_tasks=3)
+    async with node:
+        client = await client_for(node, "JSONRPC")
+        try:
+            ids = []
+            for i in range(5):
+                got = await events(client, ask("demo.echo", {"text": str(i)}, message_id=f"m{i}"))
+                ids.append(final_task(got).id)
+            listed = await client.list_tasks(a2a.ListTasksRequest())
+            assert sorted(t.id for t in listed.tasks) == sorted(ids[-3:])
+        finally:
+            await client.close()

@@ -29,11 +29,14 @@ signatures, protected header ``kid`` = the node id, ``jku`` = the node's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from a2a.auth.user import User
 from a2a.helpers.proto_helpers import (
     new_data_part,
     new_task_from_user_message,
@@ -44,12 +47,13 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.request_handlers.grpc_handler import DefaultGrpcServerCallContextBuilder
 from a2a.server.routes import (
     DefaultServerCallContextBuilder,
     create_jsonrpc_routes,
     create_rest_routes,
 )
-from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.signing import create_agent_card_signer
 from google.protobuf.json_format import MessageToDict, MessageToJson
@@ -158,7 +162,8 @@ class NodeExecutor(AgentExecutor):
             return lambda: None
 
         def on_event(event: str, entry: Approval) -> None:
-            if event == "pending" and entry.trace_id == ctx.trace_id and entry.door == DOOR:
+            mine = entry.trace_id == ctx.trace_id and entry.principal == ctx.principal
+            if event == "pending" and mine and entry.door == DOOR:
                 note = new_text_message(
                     f"waiting for approval {entry.id}: {'; '.join(entry.reasons)}",
                     updater.context_id, updater.task_id,
@@ -175,13 +180,89 @@ class NodeExecutor(AgentExecutor):
             await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
+class _Owner(User):
+    """The task owner the SDK's store keys tasks by (``A2ADoor.owner``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def user_name(self) -> str:
+        return self._name
+
+
 class _Contexts(DefaultServerCallContextBuilder):
-    """Keeps the request's ASGI scope for the executor's ``CallContext``."""
+    """Keeps the request's ASGI scope for the executor's ``CallContext``, and names
+    the tasks' owner."""
+
+    def __init__(self, door: A2ADoor) -> None:
+        self.door = door
 
     def build(self, request: Request) -> ServerCallContext:
         built = super().build(request)
         built.state["scope"] = request.scope
+        built.user = _Owner(self.door.owner(built))
         return built
+
+
+class _GrpcContexts(DefaultGrpcServerCallContextBuilder):
+    """The SDK's gRPC context (it keeps the servicer context), with the owner."""
+
+    def __init__(self, door: A2ADoor) -> None:
+        self.door = door
+
+    def build(self, context: Any) -> ServerCallContext:
+        built = super().build(context)
+        built.user = _Owner(self.door.owner(built))
+        return built
+
+
+_TERMINAL = frozenset({a2a_pb2.TaskState.TASK_STATE_COMPLETED, a2a_pb2.TaskState.TASK_STATE_FAILED,
+                       a2a_pb2.TaskState.TASK_STATE_CANCELED,
+                       a2a_pb2.TaskState.TASK_STATE_REJECTED})  # fmt: skip
+
+
+class BoundedTaskStore(TaskStore):
+    """The SDK's in-memory store, holding at most ``limit`` tasks: past it, the
+    oldest finished tasks go first. (Tasks still running are few: each holds a
+    call, which the pipeline's concurrency limits bound.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._store = InMemoryTaskStore()
+        self._order: OrderedDict[str, tuple[str, bool]] = OrderedDict()  # id -> (owner, done)
+
+    async def save(self, task: a2a_pb2.Task, context: ServerCallContext) -> None:
+        await self._store.save(task, context)
+        owner = context.user.user_name
+        known = task.id in self._order
+        self._order[task.id] = (owner, task.status.state in _TERMINAL)
+        if not known and len(self._order) > self.limit:
+            await self._evict()
+
+    async def _evict(self) -> None:
+        for task_id, (owner, done) in list(self._order.items()):
+            if len(self._order) <= self.limit:
+                return
+            if done:
+                del self._order[task_id]
+                await self._store.delete(task_id, ServerCallContext(user=_Owner(owner)))
+
+    async def get(self, task_id: str, context: ServerCallContext) -> a2a_pb2.Task | None:
+        return await self._store.get(task_id, context)
+
+    async def list(
+        self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
+    ) -> a2a_pb2.ListTasksResponse:
+        return await self._store.list(params, context)
+
+    async def delete(self, task_id: str, context: ServerCallContext) -> None:
+        self._order.pop(task_id, None)
+        await self._store.delete(task_id, context)
 
 
 class _Lazy:
@@ -236,7 +317,7 @@ class A2ADoor:
         self._handler: DefaultRequestHandler | None = None
         lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
         self.handler = lazy
-        contexts = _Contexts()
+        contexts = _Contexts(self)
         self.app = Router(
             routes=[
                 *create_jsonrpc_routes(lazy, JSONRPC_PATH, context_builder=contexts),
@@ -291,24 +372,39 @@ class A2ADoor:
         self._card, self._card_json = card, MessageToJson(card, indent=None).encode()
         if self._handler is None:
             self._handler = DefaultRequestHandler(
-                agent_executor=NodeExecutor(self), task_store=InMemoryTaskStore(), agent_card=card
+                agent_executor=NodeExecutor(self),
+                task_store=BoundedTaskStore(self.max_tasks),
+                agent_card=card,
             )
         return card
 
     def request_handler(self) -> DefaultRequestHandler:
         """The SDK's request handler (made with the card: the ports must be bound)."""
-        self.card()
+        if self._handler is None:
+            self.card()
         assert self._handler is not None
         return self._handler
 
     def grpc_handler(self) -> Any:
         """The generic gRPC handler of ``lf.a2a.v1.A2AService`` (the SDK's servicer)."""
         capture = _Capture()
-        servicer = GrpcHandler(self.handler)  # its context keeps the servicer context
+        servicer = GrpcHandler(self.handler, context_builder=_GrpcContexts(self))
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
         return capture.handler
 
     # -- what the executor needs ---------------------------------------------------------
+
+    def owner(self, server: ServerCallContext) -> str:
+        """Whose tasks a request sees: its authenticated principal, else anonymous
+        callers by their address (the pipeline authenticates the call itself again;
+        a refusal here only means no principal, and is not recorded twice)."""
+        ctx = self.call_context(server)
+        with contextlib.suppress(AralError):
+            self.service.pipeline.stages.authenticate(ctx)
+        if not ctx.anonymous:
+            return ctx.principal
+        host = str(ctx.peer).removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0]
+        return f"anonymous@{host}"
 
     def call_context(self, server: ServerCallContext) -> CallContext:
         """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC)."""
@@ -342,8 +438,7 @@ class A2ADoor:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
             await h.send_body(send, 200, body, "application/jwk-set+json")
         else:
-            self.card()  # the handler serves GetExtendedAgentCard from it
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # (the handler is made on first use)
 
 
 __all__ = ["A2ADoor", "NodeExecutor", "selection"]
