@@ -297,12 +297,12 @@ async def test_a_blocked_call_is_blocked_and_recorded_on_five_doors(
     async with open_doors(make_node, audit=True) as doors:
         outcomes = {}
         for door in doors.all():
-            if door.name in {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel"}:
+            if door.name in {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a"}:
                 outcomes[door.name] = await door.call(DELETE, book)
         data_dir = doors.node.config.resolved_data_dir
     assert {o.status for o in outcomes.values()} == {"PERMISSION_DENIED"}, outcomes
     blocked = [r for _, r in read_records(data_dir / "audit") if r.action == DELETE]
-    assert sorted(r.door for r in blocked) == ["channel", "grpc", "mcp", "rest", "ws"]
+    assert sorted(r.door for r in blocked) == ["a2a", "channel", "grpc", "mcp", "rest", "ws"]
     assert {(r.decision, r.outcome, r.reason) for r in blocked} == {
         ("block", "governance_blocked", "GOVERNANCE_BLOCK")
     }

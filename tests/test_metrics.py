@@ -312,5 +312,5 @@ async def test_every_door_is_counted_alike(
 
 DOOR_LABEL = {
     "grpc-invoke": "grpc", "grpc-method": "grpc", "rest-route": "rest", "rest-invoke": "rest",
-    "mcp": "mcp", "ws": "ws", "channel": "channel", "local": "local",
+    "mcp": "mcp", "ws": "ws", "channel": "channel", "local": "local", "a2a": "a2a",
 }  # fmt: skip

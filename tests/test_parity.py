@@ -9,6 +9,8 @@ Doors, each driven by a client nobody here wrote where there is one:
 - ``mcp``: the capability's tool (the official ``mcp`` client, streamable HTTP);
 - ``ws``: ``{"type": "invoke"}`` on ``/ws`` (websockets);
 - ``channel``: a request from a verified peer over the A2A channel;
+- ``a2a``: an A2A ``SendMessage`` naming the capability as its skill (the official
+  ``a2a-sdk`` client, JSON-RPC);
 - ``local``: ``Node.invoke`` with a context the program made (no scopes).
 
 Cases: a result (identical JSON on every door: integers stay integers), a
@@ -103,6 +105,7 @@ class Doors:
             Mcp(self.mcp),
             WebSocket(self.node),
             Channel(self.peer, self.node),
+            A2A(self.node),
             Local(self.node),
         ]
 
@@ -272,6 +275,40 @@ class Channel:
             return Outcome(status=exc.status.name, reason=exc.reason)
 
 
+class A2A:
+    """A2A ``SendMessage`` over JSON-RPC with the official a2a-sdk client: a
+    COMPLETED task's artifact, or a REJECTED task's code and reason. (Its data parts
+    are ``google.protobuf.Value``: numbers travel as doubles, by the protocol.)"""
+
+    name = "a2a"
+    numbers_are_doubles = True
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        from a2a.client import ClientConfig, create_client
+        from a2a.helpers.proto_helpers import new_data_part
+        from a2a.types import a2a_pb2 as a2a
+
+        config = ClientConfig(streaming=False, supported_protocol_bindings=["JSONRPC"])
+        client = await create_client(f"http://127.0.0.1:{self.node.http_port}", config)
+        message = a2a.Message(message_id="parity", role=a2a.Role.ROLE_USER)
+        message.parts.append(new_data_part({"skill": capability, "parameters": params}))
+        try:
+            got = [e async for e in client.send_message(a2a.SendMessageRequest(message=message))]
+        finally:
+            await client.close()
+        task = got[-1].task
+        if task.status.state == a2a.TaskState.TASK_STATE_COMPLETED:
+            return Outcome(json_format.MessageToDict(task.artifacts[0].parts[0].data))
+        meta = json_format.MessageToDict(task.status.message.metadata)
+        return Outcome(status=ERROR_CODES.get(meta["code"], meta["code"]), reason=meta["reason"])
+
+
 class Local:
     """The in-process door, called as a program would for a principal of its own."""
 
@@ -317,6 +354,9 @@ async def open_doors(make_node: Callable[..., Node], **config: Any) -> AsyncIter
 
 
 BOOK = {"shelf": "sci", "bookId": "1"}
+# Doors whose results carry numbers as doubles by their protocol (A2A data parts are
+# google.protobuf.Value): equal values, not identical JSON.
+DOUBLES = {"a2a"}
 METHOD_DOORS = {"grpc-method", "rest-route"}
 CASES = [
     pytest.param(GET, BOOK, None, id="result"),
@@ -325,6 +365,17 @@ CASES = [
     pytest.param(SEARCH, {"text": "cosmos"}, ("PERMISSION_DENIED", "MISSING_SCOPE"), id="scope"),
     pytest.param(GONE, BOOK, ("NOT_FOUND", "CAPABILITY_NOT_FOUND"), id="not-found"),
 ]
+
+
+def assert_same_results(answers: dict[str, Outcome]) -> None:
+    """Every door succeeded with identical JSON (3, not 3.0), but the doors whose
+    protocol carries numbers as doubles (``DOUBLES``), whose values are equal."""
+    assert all(o.ok for o in answers.values()), answers
+    exact = {n: o for n, o in answers.items() if n not in DOUBLES}
+    values = {name: json.dumps(o.value, sort_keys=True) for name, o in exact.items()}
+    assert len(set(values.values())) == 1, values
+    reference = next(iter(exact.values())).value
+    assert all(o.value == reference for n, o in answers.items() if n in DOUBLES), answers
 
 
 @pytest.mark.parametrize(("capability", "params", "refusal"), CASES)
@@ -339,13 +390,11 @@ async def test_every_door_gives_the_same_answer(
         for door in doors.all():
             if door.can_call(capability):
                 answers[door.name] = await door.call(capability, params)
-    plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "local"}
+    plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
     # Every door; a plain capability has no rpc or route of its own.
     assert set(answers) == (plain if capability == "demo.add" else {*plain, *METHOD_DOORS})
     if refusal is None:
-        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
-        assert all(o.ok for o in answers.values()), answers
-        assert len(set(values.values())) == 1, values  # identical JSON
+        assert_same_results(answers)
         return
     status, reason = refusal
     for name, outcome in answers.items():
@@ -378,7 +427,8 @@ async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door
             if door.can_call(capability)
         }
     assert {name for name, _ in answers} == {
-        "grpc-invoke", "grpc-method", "rest-route", "rest-invoke", "mcp", "ws", "channel", "local",
+        "grpc-invoke", "grpc-method", "rest-route", "rest-invoke", "mcp", "ws", "channel", "a2a",
+        "local",
     }  # fmt: skip
     for key, outcome in answers.items():
         assert outcome.status == "PERMISSION_DENIED", (key, outcome)
@@ -393,13 +443,14 @@ async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door
 async def test_integers_stay_integers_on_every_door(make_node: Callable[..., Node]) -> None:
     async with open_doors(make_node) as doors:
         for door in doors.all():
+            whole = float if getattr(door, "numbers_are_doubles", False) else int
             book = (await door.call(GET, BOOK)).value
             assert book["year"] == 1980, door.name
-            assert type(book["year"]) is int, door.name
+            assert type(book["year"]) is whole, door.name
             if door.can_call("demo.add"):
                 total = (await door.call("demo.add", {"a": 2, "b": 3})).value
                 assert total == 5, door.name
-                assert type(total) is int, door.name
+                assert type(total) is whole, door.name
 
 
 async def test_error_details_are_the_same_json_on_every_door(
@@ -466,12 +517,10 @@ async def test_a_grpc_aio_servicer_gives_the_same_answer_on_every_door(
     async with open_servicer_doors(make_node) as doors:
         answers = {door.name: await door.call(GET, params) for door in doors.all()}
     assert set(answers) == {"grpc-invoke", "grpc-method", "rest-route", "rest-invoke"} | {
-        "mcp", "ws", "channel", "local"
+        "mcp", "ws", "channel", "a2a", "local"
     }  # fmt: skip
     if refusal is None:
-        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
-        assert all(o.ok for o in answers.values()), answers
-        assert len(set(values.values())) == 1, values
+        assert_same_results(answers)
         return
     status, reason = refusal
     for name, outcome in answers.items():
@@ -597,11 +646,11 @@ async def test_the_same_json_on_every_door_the_cli_and_stdio_mcp_included(
         for door in [*every, Cli(doors.node), McpStdio(stdio)]:
             if door.can_call(capability):
                 answers[door.name] = await door.call(capability, params)
-    assert {"cli", "mcp", "mcp-stdio", "rest-invoke", "ws", "channel", "local"} <= set(answers)
+    assert {"cli", "mcp", "mcp-stdio", "rest-invoke", "ws", "channel", "a2a", "local"} <= set(
+        answers
+    )
     if refusal is None:
-        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
-        assert all(o.ok for o in answers.values()), answers
-        assert len(set(values.values())) == 1, values  # identical JSON, 3 not 3.0
+        assert_same_results(answers)
         return
     for name, outcome in answers.items():
         assert (outcome.status, outcome.reason) == refusal, (name, outcome)
