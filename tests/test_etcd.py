@@ -7,10 +7,11 @@ handshake verifies. Skipped, saying why, where no etcd server is installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,18 @@ async def test_nodes_find_each_other_through_etcd_and_a_stop_says_goodbye(
             await n.stop()
 
 
+@contextlib.asynccontextmanager
+async def a_pair(etcd_node: Callable[..., Node]) -> AsyncIterator[tuple[Node, Node]]:
+    """Two nodes that found each other through etcd, connected both ways."""
+    async with etcd_node("a") as a, etcd_node("b") as b:
+        await eventually(lambda: connected(a) == {b.node_id} and connected(b) == {a.node_id})
+        yield a, b
+
+
 async def test_losing_one_etcd_member_of_three_loses_no_registration(
     etcd_node: Callable[..., Node], cluster: EtcdCluster
 ) -> None:
-    a, b = etcd_node("a"), etcd_node("b")
-    await a.start()
-    await b.start()
-    try:
-        await eventually(lambda: connected(a) == {b.node_id})
+    async with a_pair(etcd_node) as (a, b):
         cluster.kill_member(0)  # the first endpoint of both nodes
         assert set(cluster.get_prefix(PREFIX)) == {PREFIX + a.node_id, PREFIX + b.node_id}
         late = etcd_node("late")  # registers and reads through the two left
@@ -106,19 +111,12 @@ async def test_losing_one_etcd_member_of_three_loses_no_registration(
             assert set(cluster.get_prefix(PREFIX)) == {PREFIX + n.node_id for n in (a, b, late)}
         finally:
             await late.stop()
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_an_etcd_outage_keeps_the_peers_and_the_nodes_register_again(
     etcd_node: Callable[..., Node], cluster: EtcdCluster
 ) -> None:
-    a, b = etcd_node("a"), etcd_node("b")
-    await a.start()
-    await b.start()
-    try:
-        await eventually(lambda: connected(a) == {b.node_id} and connected(b) == {a.node_id})
+    async with a_pair(etcd_node) as (a, b):
         cluster.kill_all()
         # The outage lasts until each node has failed to reach etcd several times
         # over (backoff 0.2 s doubling: some seconds), not for a slept while.
@@ -133,9 +131,6 @@ async def test_an_etcd_outage_keeps_the_peers_and_the_nodes_register_again(
         assert set(cluster.get_prefix(PREFIX)) == {PREFIX + a.node_id, PREFIX + b.node_id}
         assert connected(a) == {b.node_id}
         assert connected(b) == {a.node_id}
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 @pytest.mark.slow
