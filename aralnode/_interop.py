@@ -49,6 +49,7 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
         where=where,
         security=security,
         max_tasks=cfg.a2a_max_tasks,
+        max_body_bytes=cfg.max_message_bytes,
     )
     grpc.add(door.grpc_handler(), SERVICE)
     if http is not None:

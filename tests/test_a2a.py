@@ -288,3 +288,28 @@ async def test_finished_tasks_beyond_the_limit_are_dropped_oldest_first(
             assert sorted(t.id for t in listed.tasks) == sorted(ids[-3:])
         finally:
             await client.close()
+
+
+async def test_a_body_over_the_limit_is_refused_before_the_sdk_reads_it(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("small", http_port=0, max_message_bytes=4096)
+    async with node, httpx.AsyncClient(base_url=base(node), timeout=20) as http:
+        big = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"x": "y" * 8192}}
+        r = await http.post("/a2a", json=big)
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read and cut off
+            for _ in range(16):
+                yield b" " * 1024
+
+        r = await http.post("/a2a/rest/message:send", content=chunks())
+        assert r.status_code == 413
+        # a request within the limit still works
+        client = await client_for(node, "JSONRPC")
+        try:
+            task = final_task(await events(client, ask("demo.echo", {"text": "ok"})))
+        finally:
+            await client.close()
+        assert task.status.state == DONE

@@ -304,6 +304,7 @@ class A2ADoor:
         where: Callable[[], tuple[str, str]],
         security: dict[str, a2a_pb2.SecurityScheme] | None = None,
         max_tasks: int = 10_000,
+        max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.service = service
         self.identity = identity
@@ -311,6 +312,7 @@ class A2ADoor:
         self.where = where
         self.security = security or {}
         self.max_tasks = max_tasks
+        self.max_body_bytes = max_body_bytes
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
         self._card_skills: tuple[str, ...] = ()
@@ -437,8 +439,34 @@ class A2ADoor:
         elif path == JWKS_PATH:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
             await h.send_body(send, 200, body, "application/jwk-set+json")
-        else:
+        elif scope.get("method") in ("GET", "HEAD", "DELETE"):
             await self.app(scope, receive, send)  # (the handler is made on first use)
+        else:
+            await self._bounded(scope, receive, send)
+
+    async def _bounded(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+        """The request with its body read first, at most ``max_body_bytes`` (the SDK
+        would read any size), then handed on as one plain chunk."""
+        try:
+            body = await h.read_body(scope, receive, self.max_body_bytes)
+        except AralError as exc:
+            now = self.service.clock.now_ms()
+            payload = json.dumps(h.error_body(exc, "", now)).encode()
+            await h.send_body(send, exc.http_status, payload, "application/json")
+            return
+        headers = [(k, v) for k, v in scope.get("headers", ())
+                   if k not in (b"content-encoding", b"content-length")]  # fmt: skip
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replay() -> h.Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # the client's disconnect, for streams
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, replay, send)
 
 
 __all__ = ["A2ADoor", "NodeExecutor", "selection"]

@@ -128,7 +128,7 @@ class EtcdBridge:
         value = encode(announcement, via=self.node_id)
         self.into_etcd[peer.node_id] = value
         if await self.etcd.put_if_absent(peer.node_id, value):
-            log.info("bridge: %s (%s) re-announced into etcd", peer.name, peer.node_id)
+            log.info("bridge: %s re-announced into etcd", peer.node_id)
         else:
             self.into_etcd.pop(peer.node_id, None)  # held by itself or another bridge
 
