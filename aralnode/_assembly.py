@@ -24,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from aralnode import _proto as pb
 from aralnode._access import NodeTls, access_identity, breakers, install_access, node_tls
 from aralnode._halts import wire_halts
-from aralnode._interop import install_a2a
+from aralnode._interop import install_interop
 from aralnode._logs import get_logger
 from aralnode._tracing import install_tracing
 from aralnode._tracing import shutdown as shutdown_tracing
@@ -323,7 +323,7 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     service.bind_certificate = bind
     grpc = _grpc(node, service, services, streams, tls, access)
     http = _http(node, service, services, tls) if cfg.http_port is not None else None
-    install_a2a(node, service, grpc, http)
+    install_interop(node, service, grpc, http)
     return NodeParts(replay, hub, streams, connector, discovery, service, grpc, http, send)
 
 

@@ -1,4 +1,5 @@
-"""The interop doors' wiring (issue 17): the A2A door on the gRPC and HTTP ports.
+"""The interop doors' wiring (issue 17): the A2A door on the gRPC and HTTP ports, and
+the ARAL REST surface (``/api/v1/agents/…``, bridge/aral_api.py) on the HTTP port.
 
 One ``A2ADoor`` (one task store) serves both ports; its card names the interfaces at
 the node's first advertised host and the security schemes the access configuration
@@ -11,6 +12,15 @@ from typing import Any
 
 from aralnode._version import __version__
 from aralnode.core.addresses import join_host_port
+
+
+def install_interop(node: Any, service: Any, grpc: Any, http: Any) -> None:
+    """Serve what ``config.a2a`` and ``config.aral_api`` turn on."""
+    install_a2a(node, service, grpc, http)
+    if node.config.aral_api and http is not None:
+        from aralnode.bridge.aral_api import AralApi  # noqa: PLC0415
+
+        http.aral = AralApi(service, name=node.name, max_body_bytes=node.config.max_message_bytes)
 
 
 def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
@@ -57,4 +67,4 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     return door
 
 
-__all__ = ["install_a2a"]
+__all__ = ["install_a2a", "install_interop"]

@@ -11,6 +11,9 @@ Doors, each driven by a client nobody here wrote where there is one:
 - ``channel``: a request from a verified peer over the A2A channel;
 - ``a2a``: an A2A ``SendMessage`` naming the capability as its skill (the official
   ``a2a-sdk`` client, JSON-RPC);
+- ``aral-invoke``: the ARAL REST surface's ``POST /api/v1/agents/{id}/invoke`` (httpx);
+- ``aral-message``: a signed ARALMessage posted to ``/api/v1/agents/{id}/messages``
+  by the independent client of ``tests/interop`` (jwcrypto), its signed answer read;
 - ``local``: ``Node.invoke`` with a context the program made (no scopes).
 
 Cases: a result (identical JSON on every door: integers stay integers), a
@@ -47,6 +50,7 @@ from aralnode.bridge.mcp import tool_name
 from aralnode.core import codec
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 from tests.channel_helpers import FAST, linked
+from tests.interop.aral_client import AralClient
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "examples" / "library" / "server.py"
@@ -106,6 +110,8 @@ class Doors:
             WebSocket(self.node),
             Channel(self.peer, self.node),
             A2A(self.node),
+            AralInvoke(self.node, self.http),
+            AralMessage(self.node, self.http),
             Local(self.node),
         ]
 
@@ -309,6 +315,46 @@ class A2A:
         return Outcome(status=ERROR_CODES.get(meta["code"], meta["code"]), reason=meta["reason"])
 
 
+class AralInvoke:
+    """``POST /api/v1/agents/{agent_id}/invoke``, the agent named by its node id."""
+
+    name = "aral-invoke"
+
+    def __init__(self, node: Node, http: httpx.AsyncClient) -> None:
+        self.path, self.http = f"/api/v1/agents/{node.node_id}/invoke", http
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        r = await self.http.post(self.path, json={"capability": capability, "parameters": params})
+        if r.status_code != 200:
+            return from_body(r.json()["error"])
+        assert r.json()["success"] is True
+        return Outcome(r.json()["result"])
+
+
+class AralMessage:
+    """A signed ARALMessage from a key of its own (an agent no handshake verified);
+    the node's answer is a message signed by the node, refusals included."""
+
+    name = "aral-message"
+
+    def __init__(self, node: Node, http: httpx.AsyncClient) -> None:
+        self.node_id, self.client = node.node_id, AralClient(http)
+
+    def can_call(self, capability: str) -> bool:
+        return True
+
+    async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
+        reply = await self.client.send(self.node_id, capability, params)
+        assert reply.signer == self.node_id, reply
+        body = reply.message["body"]
+        if "error" in body:
+            return from_body(body["error"])
+        return Outcome(body["result"])
+
+
 class Local:
     """The in-process door, called as a program would for a principal of its own."""
 
@@ -391,6 +437,7 @@ async def test_every_door_gives_the_same_answer(
             if door.can_call(capability):
                 answers[door.name] = await door.call(capability, params)
     plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
+    plain |= {"aral-invoke", "aral-message"}
     # Every door; a plain capability has no rpc or route of its own.
     assert set(answers) == (plain if capability == "demo.add" else {*plain, *METHOD_DOORS})
     if refusal is None:
@@ -428,7 +475,7 @@ async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door
         }
     assert {name for name, _ in answers} == {
         "grpc-invoke", "grpc-method", "rest-route", "rest-invoke", "mcp", "ws", "channel", "a2a",
-        "local",
+        "aral-invoke", "aral-message", "local",
     }  # fmt: skip
     for key, outcome in answers.items():
         assert outcome.status == "PERMISSION_DENIED", (key, outcome)
@@ -517,7 +564,7 @@ async def test_a_grpc_aio_servicer_gives_the_same_answer_on_every_door(
     async with open_servicer_doors(make_node) as doors:
         answers = {door.name: await door.call(GET, params) for door in doors.all()}
     assert set(answers) == {"grpc-invoke", "grpc-method", "rest-route", "rest-invoke"} | {
-        "mcp", "ws", "channel", "a2a", "local"
+        "mcp", "ws", "channel", "a2a", "aral-invoke", "aral-message", "local"
     }  # fmt: skip
     if refusal is None:
         assert_same_results(answers)

@@ -1,6 +1,7 @@
 """The parity scenario for callers' credentials: one body over every door a caller
 with a token reaches (gRPC ``Invoke``, the user's rpc, its REST route,
-``/v1/invoke``, MCP through the official client, WebSocket). The same key gets the
+``/v1/invoke``, the ARAL REST surface's ``/api/v1/agents/{id}/invoke``, MCP through
+the official client, WebSocket). The same key gets the
 same answer everywhere; a key without the scope, an unknown or revoked key, a JWT
 for another audience and a caller past its rate are refused alike, each door in its
 own language, with the same reason, and the handler never runs.
@@ -122,6 +123,11 @@ class Doors:
         r = await self._http("POST", "/v1/invoke", body, headers)
         return Outcome(r.json()["result"]["result"]) if r.status_code == 200 else self._refused(r)
 
+    async def aral_invoke(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        path = f"/api/v1/agents/{self.node.node_id}/invoke"
+        r = await self._http("POST", path, {"capability": cap, "parameters": params}, headers)
+        return Outcome(r.json()["result"]) if r.status_code == 200 else self._refused(r)
+
     async def rest_route(self, cap: str, params: Any, headers: Headers) -> Outcome:
         verb, path = ROUTES[cap]
         r = await self._http(verb, path, params if verb == "POST" else None, headers)
@@ -165,6 +171,7 @@ class Doors:
             "grpc-method": self.grpc_method,
             "rest-route": self.rest_route,
             "rest-invoke": self.rest_invoke,
+            "aral-invoke": self.aral_invoke,
             "mcp": self.mcp,
             "ws": self.ws,
         }
@@ -250,7 +257,7 @@ async def test_every_door_treats_a_credential_alike(
         values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
         assert all(o.ok for o in answers.values()), answers
         assert len(set(values.values())) == 1, values
-        assert sorted(ran) == sorted(["grpc", "grpc", "rest", "rest", "mcp", "ws"]), ran
+        assert sorted(ran) == sorted(["grpc", "grpc", "rest", "rest", "rest", "mcp", "ws"]), ran
         return
     for name, outcome in answers.items():
         # MCP says why in its tool error; a refused session has only the status.

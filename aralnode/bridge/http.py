@@ -99,6 +99,7 @@ class HttpBridge:
     """
 
     a2a: Any = None  # the A2A door, set by the node when it serves A2A (``_interop``)
+    aral: Any = None  # the ARAL REST surface /api/v1/agents/… (``_interop``)
 
     def __init__(
         self,
@@ -224,6 +225,9 @@ class HttpBridge:
             await self.gate.document(scope, send, path[len(WELL_KNOWN) :])
             return
         if scope["method"] in ("GET", "HEAD") and await self._operations(scope, send, path):
+            return
+        if self.aral is not None and self.aral.serves(path):
+            await self.aral(scope, receive, send)  # ARAL implementations' API (bridge/aral_api.py)
             return
         if self.a2a is not None and self.a2a.serves(path):
             await self.a2a(scope, receive, send)  # the A2A standard (bridge/a2a.py)
