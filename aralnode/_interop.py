@@ -67,4 +67,24 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     return door
 
 
-__all__ = ["install_a2a", "install_interop"]
+async def request_a2a(
+    node: Any, card_url: str, skill: str, params: Any, *, timeout: float | None, trace_id: str = ""
+) -> Any:
+    """``node.request`` to an A2A agent by its card URL: a send of the node's own,
+    judged and audited by its pipeline (``Direction.SEND``, the card URL as the
+    peer), then the a2a-sdk client (``aralnode.transport.a2a_client``)."""
+    from aralnode.core.governance import Direction  # noqa: PLC0415
+    from aralnode.service.auth import INVOKE_SCOPES  # noqa: PLC0415
+    from aralnode.transport import a2a_client  # noqa: PLC0415
+
+    async def send(value: Any) -> Any:
+        return await a2a_client.call(card_url, skill, value, timeout=timeout)
+
+    ctx = node.contexts.local(trace_id=trace_id)
+    return await node.pipeline.call(
+        ctx, skill, params, send, direction=Direction.SEND, risk="unspecified",
+        peer=card_url, scopes=INVOKE_SCOPES,
+    )  # fmt: skip
+
+
+__all__ = ["install_a2a", "install_interop", "request_a2a"]

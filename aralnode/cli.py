@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from aralnode import (
     _logs,
+    cli_a2a,
     cli_apikey,
     cli_audit,
     cli_ca,
@@ -146,26 +147,24 @@ async def cmd_run(ns: argparse.Namespace) -> int:
 
 
 async def cmd_call(ns: argparse.Namespace) -> int:
-    try:
-        params = codec.loads(ns.params) if ns.params else {}
-    except (ValueError, RecursionError) as exc:
-        raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise CliError("JSON_PARAMS must be a JSON object")
-    async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
-        result = await client.call(ns.capability, params, to=ns.to, timeout=ns.timeout)
-    value = unwrap(result)
-    if ns.json:
-        _print_json(
-            {
-                "result": value,
-                "node_id": result.node_id,
-                "trace_id": result.trace_id,
-                "decision": result.decision,
-            }
-        )
-    elif isinstance(value, dict | list):
-        _print_json(value)
+    meta: dict[str, Any] = {}
+    if ns.a2a:  # an A2A agent by its card, from a node of this process (cli_a2a.py)
+        value = await cli_a2a.call(ns)
+    elif ns.node is None:
+        raise CliError("call needs --node HOST:PORT, or --a2a CARD_URL")
+    else:
+        try:
+            params = codec.loads(ns.params) if ns.params else {}
+        except (ValueError, RecursionError) as exc:
+            raise CliError(f"JSON_PARAMS is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise CliError("JSON_PARAMS must be a JSON object")
+        async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
+            result = await client.call(ns.capability, params, to=ns.to, timeout=ns.timeout)
+        value = unwrap(result)
+        meta = {"node_id": result.node_id, "trace_id": result.trace_id, "decision": result.decision}
+    if ns.json or isinstance(value, dict | list):
+        _print_json({"result": value, **meta} if ns.json else value)
     else:
         print(value)
     return 0
@@ -487,8 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[verbose, run], help="start a node").set_defaults(func=cmd_run)
 
     call = sub.add_parser("call", parents=[verbose], help="invoke a capability")
-    call.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
+    call.add_argument("--node", metavar="HOST:PORT", type=_node_address)
     call.add_argument("--to", default="", metavar="NODE_ID", help="forward to this peer of --node")
+    cli_a2a.add_call_flags(call)
     call.add_argument(
         "--timeout",
         type=_seconds,

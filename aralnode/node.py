@@ -34,6 +34,7 @@ from aralnode._assembly import (
     service_descriptor,
 )
 from aralnode._governance import Governance
+from aralnode._interop import request_a2a
 from aralnode._logs import get_logger
 from aralnode._operations import install_operations
 from aralnode.access.delegation import program_statement
@@ -463,7 +464,8 @@ class Node:
 
         Only a peer that refused channels (answered UNIMPLEMENTED) is called with
         a unary signed ``Invoke`` instead: nodes of the ARAL interop profile may
-        serve Invoke alone.
+        serve Invoke alone. An A2A agent that is no peer is reached by its Agent
+        Card's URL as ``peer`` (``http(s)://…``, docs/a2a.md), judged alike.
 
         Args:
             on_behalf_of: The principal this node acts for ("anonymous" for an
@@ -472,12 +474,13 @@ class Node:
                 ``authenticated``), so the peer grants no more than those and
                 what it grants this node (docs/authorization.md).
         """
-        parts = self.parts
+        if peer.startswith(("http://", "https://")):
+            return await request_a2a(self, peer, capability, params, timeout=timeout)
         ctx = self.contexts.local(trace_id=trace_id)
         params = self.pipeline.judge_message(
             ctx, capability, params, direction=Direction.SEND, peer=peer
         )
-        return await parts.send(
+        return await self.parts.send(
             peer,
             capability,
             params,
@@ -486,15 +489,10 @@ class Node:
             on_behalf_of=on_behalf_of,
             trace_id=trace_id,
             delegation=program_statement(
-                self.roles,
-                on_behalf_of,
-                signer=self.node_id,
-                now_ms=self.clock.now_ms(),
+                self.roles, on_behalf_of, signer=self.node_id, now_ms=self.clock.now_ms(),
                 ttl_ms=int((timeout or self.config.forward_timeout_seconds) * 1000),
-            )
-            if on_behalf_of
-            else None,
-        )
+            ) if on_behalf_of else None,
+        )  # fmt: skip
 
     async def notify(
         self, peer: str, event: str, data: Any = None, *, content_type: str = codec.JSON

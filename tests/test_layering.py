@@ -71,6 +71,7 @@ LAYER_OF = {
     "aralnode.cli_ca": "tools",
     "aralnode.cli_config": "tools",
     "aralnode.cli_apikey": "tools",  # ident: `aralnode apikey`
+    "aralnode.cli_a2a": "tools",  # `aralnode call --a2a CARD_URL`
     "aralnode.cli_audit": "tools",  # audit: `aralnode audit verify|tail|export`
     # trace (issue 19): the node's tracer provider (service/tracing.py is "service")
     "aralnode._tracing": "root",
