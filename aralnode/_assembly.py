@@ -496,6 +496,8 @@ def announcement(node: NodeView) -> Announcement:
         capability_digest=node.registry.digest,
         http_port=node.http_port or None,  # bound port, once the HTTP door is up
         hosts=tuple(node.advertised_hosts()),
+        # The A2A standard's well-known path, on the HTTP port (bridge/a2a.py).
+        a2a_card="/.well-known/agent-card.json" if node.config.a2a and node.http_port else "",
     )
 
 

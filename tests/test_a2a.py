@@ -313,3 +313,16 @@ async def test_a_body_over_the_limit_is_refused_before_the_sdk_reads_it(
         finally:
             await client.close()
         assert task.status.state == DONE
+
+
+async def test_the_card_url_is_in_the_mdns_txt_record(node: Node) -> None:
+    """What a LAN peer reads (the TXT bytes) leads to the card: the http port and
+    the card's path."""
+    from aralnode._assembly import announcement
+    from aralnode.discovery.txt import parse_txt, to_txt
+
+    heard = parse_txt(to_txt(announcement(node)))
+    assert heard.a2a_card == "/.well-known/agent-card.json"
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{heard.http_port}{heard.a2a_card}")
+    assert r.json()["name"] == "a2a"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -89,6 +90,13 @@ def test_txt_round_trip_fits_the_budget(algorithm: str) -> None:
     raw = to_txt(a)
     assert len(raw) <= MAX_TXT_BYTES
     assert parse_txt(raw) == a
+    # A node that serves A2A says where its Agent Card is; a bridged record (via=) is
+    # another node's, whose card it does not announce: either fits the budget.
+    for extra in ({"a2a_card": "/.well-known/agent-card.json"}, {"via": ident.node_id}):
+        b = dataclasses.replace(a, **extra)  # type: ignore[arg-type]
+        raw = to_txt(b)
+        assert len(raw) <= MAX_TXT_BYTES
+        assert parse_txt(raw) == b
 
 
 def _txt(*strings: bytes) -> bytes:
@@ -124,6 +132,8 @@ def test_keys_are_case_insensitive_and_first_wins() -> None:
         (_txt(*GOOD_PAIRS[:3], b"pv=", *GOOD_PAIRS[4:]), "protocol versions"),
         (_txt(*GOOD_PAIRS[:5]), "digest"),
         (_txt(GOOD_PAIRS[0]), "node id"),
+        (_txt(*GOOD_PAIRS, b"http=8080", b"a2a=http://elsewhere/card"), "Agent Card path"),
+        (_txt(*GOOD_PAIRS, b"a2a=/.well-known/agent-card.json"), "Agent Card path"),
     ],
 )
 def test_bad_txt_is_rejected_with_a_reason(raw: bytes, reason: str) -> None:

@@ -25,6 +25,8 @@ class Announcement:
         hosts: Addresses peers may reach it at (the card's hosts).
         via: The node id of the bridge that re-announced it, "" when a node speaks
             for itself (``aralnode.discovery.etcd_bridge``: never bridged again).
+        a2a_card: The path of its A2A Agent Card on its HTTP port ("" when it
+            serves none): ``http(s)://<host>:<http_port><a2a_card>``.
     """
 
     node_id: str
@@ -35,6 +37,7 @@ class Announcement:
     http_port: int | None = None
     hosts: tuple[str, ...] = ()
     via: str = ""
+    a2a_card: str = ""
 
 
 @dataclass(slots=True, frozen=True)

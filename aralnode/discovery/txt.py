@@ -3,6 +3,7 @@
     txtvers=1  id=<node id>  fp=<key fingerprint>  pv=<versions, comma separated>
     grpc=<port>  http=<port, optional>  cd=<capability digest>
     via=<node id of the bridge that re-announced it, optional>
+    a2a=<path of its A2A Agent Card on the http port, optional>
 
 What is read here is a hint: ``parse_txt`` checks shape and ranges only, and the
 node id is verified by the handshake. Parsing any bytes never raises anything but
@@ -23,6 +24,7 @@ MAX_ACCEPTED_TXT_BYTES = 255
 _BASE32 = re.compile(r"^[a-z2-7]+$")
 _VERSION = re.compile(r"^[A-Za-z0-9._/-]{1,16}$")
 _HEX = re.compile(r"^[0-9a-f]{16}$")
+_CARD_PATH = re.compile(r"^/[A-Za-z0-9._~/-]{0,63}$")
 NODE_ID_CHARS = 32  # base32 of 20 bytes
 FINGERPRINT_CHARS = 52  # base32 of 32 bytes, unpadded
 
@@ -46,6 +48,8 @@ def to_txt(announcement: Announcement) -> bytes:
     pairs.append(("cd", a.capability_digest))
     if a.via:
         pairs.append(("via", a.via))
+    if a.a2a_card and a.http_port is not None:
+        pairs.append(("a2a", a.a2a_card))
     raw = b"".join(_txt_string(f"{k}={v}".encode()) for k, v in pairs)
     if len(raw) > MAX_TXT_BYTES:
         raise ValueError(f"TXT record is {len(raw)} bytes; the limit is {MAX_TXT_BYTES}")
@@ -123,6 +127,9 @@ def parse_txt(raw: bytes) -> Announcement:
     via = pairs.get("via", "")
     if via and (len(via) != NODE_ID_CHARS or not _BASE32.match(via)):
         raise BadAnnouncement("via is not a node id")
+    card = pairs.get("a2a", "")
+    if card and (http is None or not _CARD_PATH.match(card)):
+        raise BadAnnouncement("a2a is not an Agent Card path on the http port")
     return Announcement(
         node_id=node_id,
         fingerprint=fp,
@@ -131,6 +138,7 @@ def parse_txt(raw: bytes) -> Announcement:
         capability_digest=digest,
         http_port=None if http is None else _port(http, "http", allow_zero=True),
         via=via,
+        a2a_card=card,
     )
 
 
