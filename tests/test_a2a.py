@@ -326,3 +326,51 @@ async def test_the_card_url_is_in_the_mdns_txt_record(node: Node) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"http://127.0.0.1:{heard.http_port}{heard.a2a_card}")
     assert r.json()["name"] == "a2a"
+
+
+async def test_a_durable_node_keeps_its_tasks_across_a_restart(
+    make_node: Callable[..., Node],
+) -> None:
+    """In SQLite (the SDK's SQL store): a finished task is there after a restart;
+    one the stop cut off is not left WORKING."""
+    gate = asyncio.Event()
+
+    def durable() -> Node:
+        n = make_node("durable-a2a", http_port=0, durable=True, drain_seconds=0.2)
+
+        @n.capability(id="test.wait")
+        async def wait() -> str:
+            await gate.wait()
+            return "released"
+
+        return n
+
+    first = durable()
+    async with first:
+        client = await client_for(first, "JSONRPC")
+        waiting = await client_for(first, "JSONRPC", polling=True)  # returns at once
+        try:
+            done = final_task(await events(client, ask("demo.echo", {"text": "kept"})))
+            cut = final_task(await events(waiting, ask("test.wait", {}, message_id="m9")))
+        finally:
+            await client.close()
+            await waiting.close()
+    assert done.status.state == DONE
+    assert cut.status.state in (a2a.TaskState.TASK_STATE_SUBMITTED,
+                                a2a.TaskState.TASK_STATE_WORKING)  # fmt: skip
+    assert (first.config.resolved_data_dir / "a2a-tasks.sqlite3").exists()
+    again = durable()
+    async with again:
+        client = await client_for(again, "JSONRPC")
+        try:
+            kept = await client.get_task(a2a.GetTaskRequest(id=done.id))
+            ended = await client.get_task(a2a.GetTaskRequest(id=cut.id))
+            listed = await client.list_tasks(a2a.ListTasksRequest())
+        finally:
+            await client.close()
+    gate.set()
+    assert kept.status.state == DONE
+    assert MessageToDict(kept.artifacts[0].parts[0].data)["echo"] == ["kept"]
+    assert ended.status.state == a2a.TaskState.TASK_STATE_FAILED
+    assert ended.status.message.parts[0].text == "the node restarted while it ran"
+    assert {t.id for t in listed.tasks} == {done.id, cut.id}

@@ -32,8 +32,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from a2a.auth.user import User
@@ -53,7 +53,7 @@ from a2a.server.routes import (
     create_jsonrpc_routes,
     create_rest_routes,
 )
-from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
+from a2a.server.tasks import TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.signing import create_agent_card_signer
 from google.protobuf.json_format import MessageToDict, MessageToJson
@@ -61,6 +61,7 @@ from starlette.requests import Request
 from starlette.routing import Router
 
 from aralnode.bridge import _http as h
+from aralnode.bridge._a2a_tasks import BoundedTaskStore
 from aralnode.core import jws
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
@@ -221,50 +222,6 @@ class _GrpcContexts(DefaultGrpcServerCallContextBuilder):
         return built
 
 
-_TERMINAL = frozenset({a2a_pb2.TaskState.TASK_STATE_COMPLETED, a2a_pb2.TaskState.TASK_STATE_FAILED,
-                       a2a_pb2.TaskState.TASK_STATE_CANCELED,
-                       a2a_pb2.TaskState.TASK_STATE_REJECTED})  # fmt: skip
-
-
-class BoundedTaskStore(TaskStore):
-    """The SDK's in-memory store, holding at most ``limit`` tasks: past it, the
-    oldest finished tasks go first. (Tasks still running are few: each holds a
-    call, which the pipeline's concurrency limits bound.)"""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._store = InMemoryTaskStore()
-        self._order: OrderedDict[str, tuple[str, bool]] = OrderedDict()  # id -> (owner, done)
-
-    async def save(self, task: a2a_pb2.Task, context: ServerCallContext) -> None:
-        await self._store.save(task, context)
-        owner = context.user.user_name
-        known = task.id in self._order
-        self._order[task.id] = (owner, task.status.state in _TERMINAL)
-        if not known and len(self._order) > self.limit:
-            await self._evict()
-
-    async def _evict(self) -> None:
-        for task_id, (owner, done) in list(self._order.items()):
-            if len(self._order) <= self.limit:
-                return
-            if done:
-                del self._order[task_id]
-                await self._store.delete(task_id, ServerCallContext(user=_Owner(owner)))
-
-    async def get(self, task_id: str, context: ServerCallContext) -> a2a_pb2.Task | None:
-        return await self._store.get(task_id, context)
-
-    async def list(
-        self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
-    ) -> a2a_pb2.ListTasksResponse:
-        return await self._store.list(params, context)
-
-    async def delete(self, task_id: str, context: ServerCallContext) -> None:
-        self._order.pop(task_id, None)
-        await self._store.delete(task_id, context)
-
-
 class _Lazy:
     """The request handler, made when first used (its card needs the bound ports)."""
 
@@ -304,6 +261,7 @@ class A2ADoor:
         where: Callable[[], tuple[str, str]],
         security: dict[str, a2a_pb2.SecurityScheme] | None = None,
         max_tasks: int = 10_000,
+        task_db: Path | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.service = service
@@ -311,7 +269,7 @@ class A2ADoor:
         self.name, self.version = name, version
         self.where = where
         self.security = security or {}
-        self.max_tasks = max_tasks
+        self.max_tasks, self.task_db = max_tasks, task_db
         self.max_body_bytes = max_body_bytes
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
@@ -375,7 +333,7 @@ class A2ADoor:
         if self._handler is None:
             self._handler = DefaultRequestHandler(
                 agent_executor=NodeExecutor(self),
-                task_store=BoundedTaskStore(self.max_tasks),
+                task_store=BoundedTaskStore(self.max_tasks, self.task_db, _Owner),
                 agent_card=card,
             )
         return card
