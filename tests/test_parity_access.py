@@ -1,10 +1,11 @@
 """The parity scenario for callers' credentials: one body over every door a caller
 with a token reaches (gRPC ``Invoke``, the user's rpc, its REST route,
-``/v1/invoke``, the ARAL REST surface's ``/api/v1/agents/{id}/invoke``, MCP through
-the official client, WebSocket). The same key gets the
-same answer everywhere; a key without the scope, an unknown or revoked key, a JWT
-for another audience and a caller past its rate are refused alike, each door in its
-own language, with the same reason, and the handler never runs.
+``/v1/invoke``, the ARAL REST surface's ``/api/v1/agents/{id}/invoke``, A2A
+``SendMessage`` (the a2a-sdk client), MCP through the official client, WebSocket).
+The same key gets the same answer everywhere; a key without the scope, an unknown or
+revoked key, a JWT for another audience and a caller past its rate are refused
+alike, each door in its own language, with the same reason, and the handler never
+runs.
 
 (The A2A channel and the in-process door have no bearer: a channel peer is its
 verified node key, see ``tests/test_delegation.py`` and ``tests/test_parity.py``.)
@@ -44,6 +45,7 @@ from tests.test_parity import (
     HTTP_STATUS,
     SEARCH,
     Outcome,
+    assert_same_results,
     grpc_outcome,
     open_doors,
 )
@@ -128,6 +130,28 @@ class Doors:
         r = await self._http("POST", path, {"capability": cap, "parameters": params}, headers)
         return Outcome(r.json()["result"]) if r.status_code == 200 else self._refused(r)
 
+    async def a2a(self, cap: str, params: Any, headers: Headers) -> Outcome:
+        """A2A ``SendMessage`` (the official a2a-sdk client, JSON-RPC) with the
+        caller's headers: a COMPLETED task's artifact or a REJECTED task's code."""
+        from a2a.client import ClientConfig, create_client
+        from a2a.helpers.proto_helpers import new_data_part
+        from a2a.types import a2a_pb2 as a2a
+
+        async with httpx.AsyncClient(headers=headers, timeout=10) as http:
+            config = ClientConfig(
+                streaming=False, supported_protocol_bindings=["JSONRPC"], httpx_client=http
+            )
+            client = await create_client(self.base, config)
+            message = a2a.Message(message_id="parity", role=a2a.Role.ROLE_USER)
+            message.parts.append(new_data_part({"skill": cap, "parameters": params}))
+            got = [e async for e in client.send_message(a2a.SendMessageRequest(message=message))]
+        task = got[-1].task
+        if task.status.state == a2a.TaskState.TASK_STATE_COMPLETED:
+            return Outcome(json_format.MessageToDict(task.artifacts[0].parts[0].data))
+        meta = json_format.MessageToDict(task.status.message.metadata)
+        status = {"rate_limit_exceeded": "RESOURCE_EXHAUSTED"}.get(meta["code"])
+        return Outcome(status=status, reason=meta["reason"]) if status else parity_from_body(meta)
+
     async def rest_route(self, cap: str, params: Any, headers: Headers) -> Outcome:
         verb, path = ROUTES[cap]
         r = await self._http(verb, path, params if verb == "POST" else None, headers)
@@ -172,6 +196,7 @@ class Doors:
             "rest-route": self.rest_route,
             "rest-invoke": self.rest_invoke,
             "aral-invoke": self.aral_invoke,
+            "a2a": self.a2a,
             "mcp": self.mcp,
             "ws": self.ws,
         }
@@ -254,10 +279,9 @@ async def test_every_door_treats_a_credential_alike(
         "wrong-audience": ("UNAUTHENTICATED", "TOKEN_CLAIMS_INVALID"),
     }.get(case)
     if expected is None:
-        values = {name: json.dumps(o.value, sort_keys=True) for name, o in answers.items()}
-        assert all(o.ok for o in answers.values()), answers
-        assert len(set(values.values())) == 1, values
-        assert sorted(ran) == sorted(["grpc", "grpc", "rest", "rest", "rest", "mcp", "ws"]), ran
+        assert_same_results(answers)  # (A2A's numbers are doubles: equal, not identical)
+        doors_ran = ["grpc", "grpc", "rest", "rest", "rest", "a2a", "mcp", "ws"]
+        assert sorted(ran) == sorted(doors_ran), ran
         return
     for name, outcome in answers.items():
         # MCP says why in its tool error; a refused session has only the status.
