@@ -57,10 +57,18 @@ class EtcdCluster:
     """``members`` etcd processes forming one cluster on 127.0.0.1."""
 
     def __init__(
-        self, base: Path, members: int = 3, *, host: str = "127.0.0.1", netns: str = ""
+        self,
+        base: Path,
+        members: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        netns: str = "",
+        tls: bool = False,
     ) -> None:
         """``netns``: run the members in that network namespace, on ``host`` (an
-        address of the namespace), ports 23790 up (a fresh namespace has them free)."""
+        address of the namespace), ports 23790 up (a fresh namespace has them free).
+        ``tls``: clients speak TLS and must show a certificate of the cluster's CA
+        (``self.tls``: the CA, the server's and a client's files; peers stay plain)."""
         if ETCD is None:
             raise RuntimeError(SKIP_REASON)
         self.base = base
@@ -70,10 +78,28 @@ class EtcdCluster:
         self.client_ports, self.peer_ports = ports[:members], ports[members:]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
         self.token = f"aral-{base.name}-{time.monotonic_ns()}"
+        self.tls: dict[str, Path] = make_certificates(base / "tls", host) if tls else {}
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://{self.host}:{p}" for p in self.client_ports]
+        return [f"{self.scheme}://{self.host}:{p}" for p in self.client_ports]
+
+    def channel(self, port: int) -> grpc.Channel:
+        """A blocking channel to the member on ``port`` (with the client certificate
+        under TLS)."""
+        target = f"{self.host}:{port}"
+        if not self.tls:
+            return grpc.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls["ca"].read_bytes(),
+            private_key=self.tls["client_key"].read_bytes(),
+            certificate_chain=self.tls["client_cert"].read_bytes(),
+        )
+        return grpc.secure_channel(target, credentials)
 
     def _args(self, i: int, state: str) -> list[str]:
         assert ETCD is not None
@@ -82,13 +108,18 @@ class EtcdCluster:
             f"{n}=http://{h}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
         wrap = ["ip", "netns", "exec", self.netns] if self.netns else []
+        tls = [
+            "--cert-file", str(self.tls["server_cert"]), "--key-file", str(self.tls["server_key"]),
+            "--trusted-ca-file", str(self.tls["ca"]), "--client-cert-auth",
+        ] if self.tls else []  # fmt: skip
         return [
             *wrap,
             ETCD,
             "--name", self.names[i],
             "--data-dir", str(self.base / self.names[i]),
-            "--listen-client-urls", f"http://{h}:{self.client_ports[i]}",
-            "--advertise-client-urls", f"http://{h}:{self.client_ports[i]}",
+            "--listen-client-urls", f"{self.scheme}://{h}:{self.client_ports[i]}",
+            "--advertise-client-urls", f"{self.scheme}://{h}:{self.client_ports[i]}",
+            *tls,
             "--listen-peer-urls", f"http://{h}:{self.peer_ports[i]}",
             "--initial-advertise-peer-urls", f"http://{h}:{self.peer_ports[i]}",
             "--initial-cluster", cluster,
@@ -143,7 +174,7 @@ class EtcdCluster:
         for i, port in enumerate(self.client_ports):
             if self.procs[i] is None:
                 continue
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with self.channel(port) as channel:
                 kv = rpc.KVStub(channel)
                 while True:
                     left = deadline - time.monotonic()
@@ -168,7 +199,7 @@ class EtcdCluster:
             for i, port in enumerate(self.client_ports):
                 if self.procs[i] is None:
                     continue
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with self.channel(port) as channel:
                     try:
                         return getattr(rpc.KVStub(channel), method)(request, timeout=2)
                     except grpc.RpcError:
@@ -193,6 +224,66 @@ class EtcdCluster:
                     proc.kill()
                 proc.wait(timeout=10)
         self.procs = [None] * len(self.names)
+
+
+def make_certificates(directory: Path, host: str) -> dict[str, Path]:
+    """A CA, a server certificate for ``host`` (an IP address) and a client
+    certificate, as PEM files in ``directory``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def issue(subject: str, key: Any, issuer: Any, issuer_key: Any, **ext: Any) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        for extension, critical in ext.values():
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("aral-test-etcd-ca", ca_key, name("aral-test-etcd-ca"), ca_key,
+               basic=(x509.BasicConstraints(ca=True, path_length=0), True))  # fmt: skip
+    out: dict[str, Path] = {}
+
+    def write(label: str, cert: Any, key: Any) -> None:
+        out[f"{label}_cert"] = directory / f"{label}.crt"
+        out[f"{label}_key"] = directory / f"{label}.key"
+        out[f"{label}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{label}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    out["ca"] = directory / "ca.crt"
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for label, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                         ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):  # fmt: skip
+        key = ec.generate_private_key(ec.SECP256R1())
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))])
+        cert = issue(label, key, ca.subject, ca_key, san=(san, False),
+                     eku=(x509.ExtendedKeyUsage([usage]), False))  # fmt: skip
+        write(label, cert, key)
+    return out
 
 
 @contextlib.contextmanager

@@ -97,6 +97,36 @@ async def a_pair(etcd_node: Callable[..., Node]) -> AsyncIterator[tuple[Node, No
         yield a, b
 
 
+async def test_nodes_meet_through_an_etcd_that_takes_tls_clients_only(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """https endpoints, the cluster's CA and a client certificate from config; a node
+    without the client certificate is refused by etcd and never registers."""
+    tls = EtcdCluster(tmp_path / "etcd-tls", members=1, tls=True)
+    try:
+        tls.start()
+        settings: dict[str, object] = {
+            "discovery": "etcd",
+            "etcd_endpoints": tls.endpoints,
+            "etcd_lease_ttl_seconds": 3,
+            "etcd_ca_file": tls.tls["ca"],
+        }
+        client = {"etcd_cert_file": tls.tls["client_cert"], "etcd_key_file": tls.tls["client_key"]}
+        async with (
+            make_node("tls-a", **settings, **client) as a,
+            make_node("tls-b", **settings, **client) as b,
+            make_node("no-cert", **settings) as stranger,
+        ):
+            await eventually(lambda: connected(a) == {b.node_id} and connected(b) == {a.node_id})
+            assert set(tls.get_prefix(PREFIX)) == {PREFIX + a.node_id, PREFIX + b.node_id}
+            # Refused at the TLS handshake, over and over: it never registers.
+            await eventually(lambda: backend_of(stranger).stats["reconnects"] >= 2, timeout=30)
+            assert not backend_of(stranger).registered.is_set()
+            assert stranger.node_id not in connected(a)
+    finally:
+        tls.close()
+
+
 async def test_losing_one_etcd_member_of_three_loses_no_registration(
     etcd_node: Callable[..., Node], cluster: EtcdCluster
 ) -> None:
