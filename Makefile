@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/aralnode run --name demo --load examples/demo.py --discovery none $(ARGS)
+	$(BIN)/aralnode run --name demo --load examples/demo.py --discovery none --a2a-default-skill demo.echo $(ARGS)
 
 # The /ui page test's browser: Debian's Chromium, installed where this is root on a
 # machine with apt; elsewhere tests/test_ui.py skips and says why.

@@ -59,6 +59,7 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
         where=where,
         security=security,
         max_tasks=cfg.a2a_max_tasks,
+        default_skill=cfg.a2a_default_skill,
         # A durable node's tasks outlive it (the a2a-sdk's SQL store, SQLite).
         task_db=cfg.resolved_data_dir / "a2a-tasks.sqlite3" if cfg.durable else None,
         max_body_bytes=cfg.max_message_bytes,

@@ -45,3 +45,8 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
         default=None,
         help="serve the A2A standard (gRPC, JSON-RPC, HTTP+JSON, the Agent Card); default on",
     )
+    run.add_argument(
+        "--a2a-default-skill",
+        metavar="CAPABILITY",
+        help="the capability an A2A message naming no skill goes to, its text as `text`",
+    )

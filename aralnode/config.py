@@ -244,6 +244,10 @@ class NodeConfig:
             gRPC port, JSON-RPC and HTTP+JSON on the HTTP port, and the signed Agent
             Card at ``/.well-known/agent-card.json``.
         a2a_max_tasks: A2A tasks kept at most (the oldest finished ones go first).
+        a2a_default_skill: The capability an A2A message that names no skill goes
+            to, its text as the parameter ``text`` (or its one data part as the
+            parameters); empty: such a message's task asks for input
+            (``INPUT_REQUIRED``: which skill).
         aral_api: Serve the ARAL REST surface (``/api/v1/agents/{agent_id}/...``).
     """
 
@@ -378,6 +382,7 @@ class NodeConfig:
     # -- interop (issue 17): the A2A standard and the ARAL REST surface
     a2a: bool = True
     a2a_max_tasks: int = 10_000
+    a2a_default_skill: str = ""
     aral_api: bool = True
 
     def __post_init__(self) -> None:

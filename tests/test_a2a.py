@@ -56,12 +56,8 @@ def base(node: Node) -> str:
 
 
 async def client_for(node: Node, transport: str, *, streaming: bool = False, **kw: Any) -> Client:
-    config = ClientConfig(
-        streaming=streaming,
-        supported_protocol_bindings=[transport],
-        grpc_channel_factory=grpc.aio.insecure_channel,
-        **kw,
-    )
+    kw.setdefault("grpc_channel_factory", grpc.aio.insecure_channel)
+    config = ClientConfig(streaming=streaming, supported_protocol_bindings=[transport], **kw)
     return await create_client(base(node), client_config=config)
 
 
@@ -374,3 +370,97 @@ async def test_a_durable_node_keeps_its_tasks_across_a_restart(
     assert ended.status.state == a2a.TaskState.TASK_STATE_FAILED
     assert ended.status.message.parts[0].text == "the node restarted while it ran"
     assert {t.id for t in listed.tasks} == {done.id, cut.id}
+
+
+async def test_a_message_naming_no_skill_asks_for_one_then_runs_it(node: Node) -> None:
+    """No default skill: INPUT_REQUIRED, the skills listed; a reply on the same task
+    that names one runs it."""
+    client = await client_for(node, "JSONRPC")
+    try:
+        free = a2a.Message(message_id="f1", role=a2a.Role.ROLE_USER)
+        free.parts.append(a2a.Part(text="hello there"))
+        task = final_task(await events(client, a2a.SendMessageRequest(message=free)))
+        assert task.status.state == a2a.TaskState.TASK_STATE_INPUT_REQUIRED
+        assert "demo.echo" in task.status.message.parts[0].text
+        assert MessageToDict(task.status.message.metadata)["reason"] == "NO_SKILL"
+        reply = ask("demo.echo", {"text": "now"}, message_id="f2")
+        reply.message.task_id, reply.message.context_id = task.id, task.context_id
+        done = final_task(await events(client, reply))
+    finally:
+        await client.close()
+    assert done.id == task.id
+    assert done.status.state == DONE
+    assert MessageToDict(done.artifacts[0].parts[0].data)["echo"] == ["now"]
+
+
+async def test_a_default_skill_takes_free_form_messages(make_node: Callable[..., Node]) -> None:
+    node = make_node("chatty", http_port=0, a2a_default_skill="demo.echo")
+    async with node:
+        client = await client_for(node, "JSONRPC")
+        try:
+            free = a2a.Message(message_id="f3", role=a2a.Role.ROLE_USER)
+            free.parts.append(a2a.Part(text="just talk"))
+            task = final_task(await events(client, a2a.SendMessageRequest(message=free)))
+        finally:
+            await client.close()
+    assert task.status.state == DONE
+    assert MessageToDict(task.artifacts[0].parts[0].data)["echo"] == ["just talk"]
+
+
+async def test_tasks_waiting_for_input_are_bounded_too() -> None:
+    """An outsider can open any number of INPUT_REQUIRED tasks: they count against
+    the bound and go first with the finished ones."""
+    from a2a.server.context import ServerCallContext
+
+    from aralnode.bridge._a2a_tasks import BoundedTaskStore
+    from aralnode.bridge.a2a import _Owner
+
+    store = BoundedTaskStore(3, None, _Owner)
+    ctx = ServerCallContext(user=_Owner("someone"))
+    for i in range(10):
+        task = a2a.Task(id=f"t{i}", context_id="c")
+        task.status.state = a2a.TaskState.TASK_STATE_INPUT_REQUIRED
+        await store.save(task, ctx)
+    listed = await store.list(a2a.ListTasksRequest(), ctx)
+    assert sorted(t.id for t in listed.tasks) == ["t7", "t8", "t9"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_wrong_credential_is_refused_on_every_method(node: Node, transport: str) -> None:
+    """Not only SendMessage: reading, listing or cancelling tasks with a key that
+    is shown and wrong is refused before the SDK sees the request."""
+    from a2a.client.errors import A2AClientError
+
+    headers = {"x-api-key": "aral_not-a-key"}
+    http = httpx.AsyncClient(headers=headers)
+    if transport == "GRPC":
+
+        def channel(target: str) -> grpc.aio.Channel:
+            interceptor = _HeaderInterceptor(headers)
+            return grpc.aio.insecure_channel(target, interceptors=[interceptor])
+
+        client = await client_for(node, transport, grpc_channel_factory=channel)
+    else:
+        client = await client_for(node, transport, httpx_client=http)
+    try:
+        for call in (
+            client.get_task(a2a.GetTaskRequest(id="t-none")),
+            client.list_tasks(a2a.ListTasksRequest()),
+            client.cancel_task(a2a.CancelTaskRequest(id="t-none")),
+        ):
+            with pytest.raises((A2AClientError, grpc.aio.AioRpcError, httpx.HTTPError)) as info:
+                await call
+            text = str(info.value)
+            assert "401" in text or "UNAUTHENTICATED" in text or "nauthorized" in text, text
+    finally:
+        await client.close()
+        await http.aclose()
+
+
+class _HeaderInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *self.headers.items()]
+        return await continuation(details._replace(metadata=metadata), request)

@@ -313,4 +313,5 @@ async def test_every_door_is_counted_alike(
 DOOR_LABEL = {
     "grpc-invoke": "grpc", "grpc-method": "grpc", "rest-route": "rest", "rest-invoke": "rest",
     "mcp": "mcp", "ws": "ws", "channel": "channel", "local": "local", "a2a": "a2a",
+    "aral-invoke": "rest", "aral-message": "rest",  # the ARAL REST surface is a REST door
 }  # fmt: skip

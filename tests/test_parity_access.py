@@ -144,7 +144,14 @@ class Doors:
             client = await create_client(self.base, config)
             message = a2a.Message(message_id="parity", role=a2a.Role.ROLE_USER)
             message.parts.append(new_data_part({"skill": cap, "parameters": params}))
-            got = [e async for e in client.send_message(a2a.SendMessageRequest(message=message))]
+            try:
+                request = a2a.SendMessageRequest(message=message)
+                got = [e async for e in client.send_message(request)]
+            except Exception as exc:  # refused before the SDK saw it: the HTTP 401
+                status = exc.__cause__
+                if not isinstance(status, httpx.HTTPStatusError):
+                    raise
+                return self._refused(status.response)
         task = got[-1].task
         if task.status.state == a2a.TaskState.TASK_STATE_COMPLETED:
             return Outcome(json_format.MessageToDict(task.artifacts[0].parts[0].data))

@@ -357,7 +357,9 @@ async def test_a_nudge_and_an_escalation_answer_the_same_on_every_door(
                   if d.can_call("demo.add")}  # fmt: skip
         asked = {d.name: await d.call("demo.echo", {"text": "x"}) for d in doors.all()
                  if d.can_call("demo.echo")}  # fmt: skip
-    assert set(nudged) == {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
+    assert set(nudged) == {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} | {
+        "aral-invoke", "aral-message"
+    }
     assert {name: o.value for name, o in nudged.items()} == dict.fromkeys(nudged, 11)
     for name, outcome in asked.items():
         assert outcome.status == "PERMISSION_DENIED", (name, outcome)

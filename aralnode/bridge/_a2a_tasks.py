@@ -7,9 +7,9 @@ A task that was still running when the node stopped cannot end any more: when th
 store is opened again it is marked ``FAILED`` ("the node restarted while it ran"),
 never left ``WORKING`` forever.
 
-Either way at most ``limit`` tasks are kept: past it the oldest finished tasks go
-first. (Tasks still running are few: each holds a call, which the pipeline's
-concurrency limit bounds.)
+Either way at most ``limit`` tasks are kept: past it the oldest finished tasks (and
+those waiting for their caller's input) go first. (Tasks still running are few:
+each holds a call, which the pipeline's concurrency limit bounds.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from a2a.types import a2a_pb2
 TERMINAL = frozenset({a2a_pb2.TaskState.TASK_STATE_COMPLETED, a2a_pb2.TaskState.TASK_STATE_FAILED,
                       a2a_pb2.TaskState.TASK_STATE_CANCELED,
                       a2a_pb2.TaskState.TASK_STATE_REJECTED})  # fmt: skip
-_TERMINAL_NAMES = frozenset(a2a_pb2.TaskState.Name(s) for s in TERMINAL)
+# What may be dropped past the bound: the finished tasks, and those waiting for their
+# caller's input (they hold no call; an outsider can open any number of them).
+IDLE = TERMINAL | {a2a_pb2.TaskState.TASK_STATE_INPUT_REQUIRED}
+_IDLE_NAMES = frozenset(a2a_pb2.TaskState.Name(s) for s in IDLE)
 
 
 def _database(path: Path) -> Any:
@@ -82,7 +85,7 @@ class BoundedTaskStore(TaskStore):
         cut_off: list[tuple[str, str]] = []
         for task_id, owner, status in rows:
             state = status.get("state", "") if isinstance(status, dict) else ""
-            done = state in _TERMINAL_NAMES
+            done = state in _IDLE_NAMES
             self._order[task_id] = (owner or "", done)
             if not done:
                 cut_off.append((task_id, owner or ""))
@@ -103,7 +106,7 @@ class BoundedTaskStore(TaskStore):
         await self._store.save(task, context)
         owner = context.user.user_name
         known = task.id in self._order
-        self._order[task.id] = (owner, task.status.state in TERMINAL)
+        self._order[task.id] = (owner, task.status.state in IDLE)
         if not known and len(self._order) > self.limit:
             await self._evict()
 

@@ -10,8 +10,12 @@ audit log apply unchanged.
 
 **Skills.** Each capability is an ``AgentSkill`` (its id the capability id). A
 message selects one by a data part ``{"skill": ID, "parameters": {...}}``, or by
-``metadata.skill`` with the parameters as the message's (only) data part. The
-result is the task's artifact ``result`` (a data part; a text part for a string).
+``metadata.skill`` with the parameters as the message's (only) data part. A
+free-form message (no skill named) goes to the node's ``a2a_default_skill``, its
+text as ``{"text": ...}``; without one, its task asks which skill
+(``INPUT_REQUIRED``, the skills listed), and a reply on the task that names one
+runs it. The result is the task's artifact ``result`` (a data part; a text part
+for a string).
 
 **States.** ``WORKING`` while the call runs; ``COMPLETED`` with the artifact;
 ``REJECTED`` when the node refuses the call (unauthenticated, missing scope,
@@ -36,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from a2a.auth.user import User
 from a2a.helpers.proto_helpers import (
     new_data_part,
@@ -53,6 +58,7 @@ from a2a.server.routes import (
     create_jsonrpc_routes,
     create_rest_routes,
 )
+from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.server.tasks import TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.signing import create_agent_card_signer
@@ -84,11 +90,18 @@ _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_la
                        "rate_limit_exceeded"})  # fmt: skip
 
 
-def selection(message: a2a_pb2.Message) -> tuple[str, Any]:
+class NoSkill(InvalidRequest):
+    """A message that names no skill, on a node with no default skill."""
+
+    default_reason = "NO_SKILL"
+
+
+def selection(message: a2a_pb2.Message, default: str = "") -> tuple[str, Any]:
     """The skill a message selects and its parameters (the module docstring's rule).
 
     Raises:
-        InvalidRequest: no skill named, or parameters that are not an object.
+        InvalidRequest: parameters that are not an object.
+        NoSkill: no skill named, and no ``default``.
     """
     data = [MessageToDict(p.data) if p.HasField("data") else None for p in message.parts]
     data = [d for d in data if d is not None]
@@ -105,10 +118,12 @@ def selection(message: a2a_pb2.Message) -> tuple[str, Any]:
         if not isinstance(params, dict):
             raise InvalidRequest("the parameters part must be an object", reason="BAD_PARAMETERS")
         return skill, params
-    raise InvalidRequest(
-        'name a skill: a data part {"skill": ID, "parameters": {...}}, or metadata.skill',
-        reason="NO_SKILL",
-    )
+    if default:
+        text = "".join(p.text for p in message.parts if p.HasField("text"))
+        if not text and len(data) == 1 and isinstance(data[0], dict):
+            return default, data[0]
+        return default, {"text": text}
+    raise NoSkill('name a skill: a data part {"skill": ID, "parameters": {...}}, or metadata.skill')
 
 
 def _result_part(result: Any) -> a2a_pb2.Part:
@@ -138,7 +153,11 @@ class NodeExecutor(AgentExecutor):
         pipeline = self.door.service.pipeline
         stop_watch = self._watch_approvals(ctx, updater)
         try:
-            skill, params = selection(message)
+            try:
+                skill, params = selection(message, self.door.default_skill)
+            except NoSkill as exc:
+                await updater.requires_input(self._which_skill(exc, context))
+                return
             await updater.start_work()
             result = await pipeline.invoke(ctx, skill, params)
         except AralError as exc:
@@ -155,6 +174,14 @@ class NodeExecutor(AgentExecutor):
             stop_watch()
         await updater.add_artifact([_result_part(result)], name="result")
         await updater.complete()
+
+    def _which_skill(self, exc: NoSkill, context: RequestContext) -> a2a_pb2.Message:
+        skills = self.door._skills()
+        listed = ", ".join(skills[:20]) + (", …" if len(skills) > 20 else "")
+        note = new_text_message(f"{exc.message}; skills: {listed}", context.context_id,
+                                context.task_id)  # fmt: skip
+        note.metadata.update({"code": exc.code, "reason": exc.reason})
+        return note
 
     def _watch_approvals(self, ctx: CallContext, updater: TaskUpdater) -> Callable[[], None]:
         """While the call waits for an approver, the task says AUTH_REQUIRED."""
@@ -222,6 +249,48 @@ class _GrpcContexts(DefaultGrpcServerCallContextBuilder):
         return built
 
 
+class _Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """The SDK's gRPC methods, each behind ``A2ADoor.admit``: a refused caller
+    gets the refusal's status before the SDK sees the request."""
+
+    def __init__(self, inner: Any, door: A2ADoor) -> None:
+        self.inner, self.door = inner, door
+
+    async def _admit(self, context: Any) -> None:
+        try:
+            self.door.admit(self.door._grpc_context(context))
+        except AralError as exc:
+            await context.abort(grpc.StatusCode[exc.status.name], exc.message)
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        handler = self.inner.service(details)
+        if handler is None:
+            return None
+        admit = self._admit
+        if handler.unary_unary is not None:
+            call = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                await admit(context)
+                return await call(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def streamed(request: Any, context: Any) -> Any:
+                await admit(context)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                streamed, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # (A2A has no client-streaming methods)
+
+
 class _Lazy:
     """The request handler, made when first used (its card needs the bound ports)."""
 
@@ -262,6 +331,7 @@ class A2ADoor:
         security: dict[str, a2a_pb2.SecurityScheme] | None = None,
         max_tasks: int = 10_000,
         task_db: Path | None = None,
+        default_skill: str = "",
         max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.service = service
@@ -270,6 +340,7 @@ class A2ADoor:
         self.where = where
         self.security = security or {}
         self.max_tasks, self.task_db = max_tasks, task_db
+        self.default_skill = default_skill
         self.max_body_bytes = max_body_bytes
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
@@ -280,9 +351,11 @@ class A2ADoor:
         contexts = _Contexts(self)
         self.app = Router(
             routes=[
-                *create_jsonrpc_routes(lazy, JSONRPC_PATH, context_builder=contexts),
+                # A2A 1.0, and 0.3 on the same paths for the clients that still speak it.
+                *create_jsonrpc_routes(lazy, JSONRPC_PATH, context_builder=contexts,
+                                       enable_v0_3_compat=True),
                 *create_rest_routes(lazy, context_builder=contexts,
-                                    path_prefix=REST_PREFIX),
+                                    path_prefix=REST_PREFIX, enable_v0_3_compat=True),
             ]
         )  # fmt: skip
 
@@ -350,7 +423,7 @@ class A2ADoor:
         capture = _Capture()
         servicer = GrpcHandler(self.handler, context_builder=_GrpcContexts(self))
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
-        return capture.handler
+        return _Admitted(capture.handler, self)
 
     # -- what the executor needs ---------------------------------------------------------
 
@@ -372,7 +445,9 @@ class A2ADoor:
         scope = server.state.get("scope")
         if scope is not None:
             return h.call_context(contexts, scope, DOOR)
-        grpc_context = server.state.get("grpc_context")
+        return self._grpc_context(server.state.get("grpc_context"))
+
+    def _grpc_context(self, grpc_context: Any) -> CallContext:
         metadata: dict[str, str] = {}
         peer = ""
         if grpc_context is not None:
@@ -380,7 +455,14 @@ class A2ADoor:
                 if isinstance(value, str):
                     metadata[key.lower()] = value
             peer = grpc_context.peer()
-        return contexts.build(DOOR, peer=peer, metadata=metadata)
+        return self.service.contexts.build(DOOR, peer=peer, metadata=metadata)
+
+    def admit(self, ctx: CallContext) -> None:
+        """Who calls, before the SDK reads the request (every method: a task is
+        read, listed or cancelled only by a caller the node accepts; a credential
+        that is shown and wrong is refused, as on every door). Counted and
+        audited as any refusal of the first stage."""
+        self.service.pipeline.authenticate(ctx, SERVICE)
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -397,10 +479,18 @@ class A2ADoor:
         elif path == JWKS_PATH:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
             await h.send_body(send, 200, body, "application/jwk-set+json")
-        elif scope.get("method") in ("GET", "HEAD", "DELETE"):
-            await self.app(scope, receive, send)  # (the handler is made on first use)
         else:
-            await self._bounded(scope, receive, send)
+            try:
+                self.admit(h.call_context(self.service.contexts, scope, DOOR))
+            except AralError as exc:
+                payload = json.dumps(h.error_body(exc, "", self.service.clock.now_ms())).encode()
+                await h.send_body(send, exc.http_status, payload, "application/json",
+                                  h.error_headers(exc))  # fmt: skip
+                return
+            if scope.get("method") in ("GET", "HEAD", "DELETE"):
+                await self.app(scope, receive, send)  # (the handler is made on first use)
+            else:
+                await self._bounded(scope, receive, send)
 
     async def _bounded(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
         """The request with its body read first, at most ``max_body_bytes`` (the SDK
@@ -415,6 +505,8 @@ class A2ADoor:
         headers = [(k, v) for k, v in scope.get("headers", ())
                    if k not in (b"content-encoding", b"content-length")]  # fmt: skip
         headers.append((b"content-length", str(len(body)).encode()))
+        if scope.get("path") == JSONRPC_PATH and _v1_without_version(headers, scope, body):
+            headers.append((b"a2a-version", b"1.0"))
         sent = False
 
         async def replay() -> h.Message:
@@ -425,6 +517,22 @@ class A2ADoor:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _v1_without_version(headers: list[tuple[bytes, bytes]], scope: h.Scope, body: bytes) -> bool:
+    """A JSON-RPC call by an A2A 1.0 method name (which 0.3 does not have) that says
+    no version: read as 1.0, the one version it can mean (A2A 1.0 §3.6.2 takes an
+    empty version as 0.3, under which the call would be an unknown method)."""
+    if any(k == b"a2a-version" for k, _ in headers) or b"A2A-Version" in scope.get(
+        "query_string", b""
+    ):
+        return False
+    with contextlib.suppress(ValueError, RecursionError):
+        request = json.loads(body)
+        return (
+            isinstance(request, dict) and request.get("method") in JsonRpcDispatcher.METHOD_TO_MODEL
+        )
+    return False
 
 
 __all__ = ["A2ADoor", "NodeExecutor", "selection"]
