@@ -90,8 +90,8 @@ async def test_redaction_applies_on_every_door(
         doors.node.capability(id="vault.peek")(leak)
         answers = {d.name: await d.call("vault.peek", {}) for d in doors.all()
                    if d.can_call("vault.peek")}  # fmt: skip
-    doors = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
-    assert set(answers) == doors | {"aral-invoke", "aral-message"}
+    every = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
+    assert set(answers) == every | {"aral-invoke", "aral-message"}
     expected = {
         "user": "alice",
         "key": "[REDACTED:aws_access_key]",
