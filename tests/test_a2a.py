@@ -464,3 +464,36 @@ class _HeaderInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         metadata = [*(details.metadata or ()), *self.headers.items()]
         return await continuation(details._replace(metadata=metadata), request)
+
+
+async def test_the_extended_card_is_for_authenticated_callers(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """It lists the skills the caller's scopes reach, each tagged with its scopes,
+    signed like the public card; an anonymous caller is refused."""
+    from a2a.utils.errors import InvalidRequestError
+
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    reader, _ = keys.create("reader", scopes=["agent:read"], kind="user")
+    node = make_node("ext", http_port=0, apikeys_file=tmp_path / "keys.json",
+                     deny_by_default=True)  # fmt: skip
+
+    @node.capability(id="test.open", scopes=["agent:read"])
+    async def open_() -> str:
+        return "open"
+
+    async with node:
+        http = httpx.AsyncClient(headers={"x-api-key": reader}, timeout=20)
+        client = await client_for(node, "JSONRPC", httpx_client=http)
+        anonymous = await client_for(node, "JSONRPC")
+        try:
+            card = await client.get_extended_agent_card(a2a.GetExtendedAgentCardRequest())
+            with pytest.raises(InvalidRequestError, match="authenticated"):
+                await anonymous.get_extended_agent_card(a2a.GetExtendedAgentCardRequest())
+        finally:
+            await client.close()
+            await anonymous.close()
+            await http.aclose()
+    assert [s.id for s in card.skills] == ["test.open"]
+    assert "scope:agent:read" in card.skills[0].tags
+    assert card.signatures

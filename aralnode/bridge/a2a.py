@@ -61,6 +61,7 @@ from a2a.server.routes import (
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.server.tasks import TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.utils.errors import InvalidRequestError as A2AInvalidRequest
 from a2a.utils.signing import create_agent_card_signer
 from google.protobuf.json_format import MessageToDict, MessageToJson
 from starlette.requests import Request
@@ -73,7 +74,9 @@ from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
+from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.stages import reaches
 
 log = logging.getLogger("aralnode.a2a")
 
@@ -384,7 +387,8 @@ class A2ADoor:
                 a2a_pb2.AgentInterface(url=http_base + REST_PREFIX, protocol_binding="HTTP+JSON",
                                        protocol_version=PROTOCOL_VERSION),
             ],
-            capabilities=a2a_pb2.AgentCapabilities(streaming=True, push_notifications=False),
+            capabilities=a2a_pb2.AgentCapabilities(streaming=True, push_notifications=False,
+                                                   extended_agent_card=True),
             default_input_modes=["application/json", "text/plain"],
             default_output_modes=["application/json", "text/plain"],
         )  # fmt: skip
@@ -399,16 +403,51 @@ class A2ADoor:
             )
         for scheme_name, scheme in self.security.items():
             card.security_schemes[scheme_name].CopyFrom(scheme)
-        header = {"alg": jws.algorithm_of(self.identity), "kid": self.identity.node_id,
-                  "jku": http_base + JWKS_PATH, "typ": "JOSE"}  # fmt: skip
-        create_agent_card_signer(self.identity.to_pem(), header)(card)  # type: ignore[arg-type]
+        self._sign(card)
         self._card, self._card_json = card, MessageToJson(card, indent=None).encode()
         if self._handler is None:
             self._handler = DefaultRequestHandler(
                 agent_executor=NodeExecutor(self),
                 task_store=BoundedTaskStore(self.max_tasks, self.task_db, _Owner),
                 agent_card=card,
+                extended_agent_card=card,
+                extended_card_modifier=self._extended,
             )
+        return card
+
+    def _sign(self, card: a2a_pb2.AgentCard) -> None:
+        """Sign ``card`` (A2A §8.4) with the node key, its JWKS on the HTTP port."""
+        del card.signatures[:]
+        header = {"alg": jws.algorithm_of(self.identity), "kid": self.identity.node_id,
+                  "jku": self.where()[0] + JWKS_PATH, "typ": "JOSE"}  # fmt: skip
+        create_agent_card_signer(self.identity.to_pem(), header)(card)  # type: ignore[arg-type]
+
+    async def _extended(self, _: a2a_pb2.AgentCard, server: ServerCallContext) -> a2a_pb2.AgentCard:
+        """``GetExtendedAgentCard``: for an authenticated caller, the skills its scopes
+        reach, each tagged with the scopes it needs (``scope:…``), signed."""
+        ctx = self.call_context(server)
+        self.service.pipeline.stages.authenticate(ctx)
+        if ctx.anonymous:
+            raise A2AInvalidRequest(
+                message="GetExtendedAgentCard is for authenticated callers: send an API key "
+                "(x-api-key) or a bearer token"
+            )
+        card = a2a_pb2.AgentCard()
+        card.CopyFrom(self.card())
+        del card.skills[:]
+        for capability in self.service.pipeline.registry:
+            if not reaches(ctx.scopes, capability.required_scopes or INVOKE_SCOPES):
+                continue
+            scopes = capability.required_scopes or INVOKE_SCOPES
+            card.skills.append(
+                a2a_pb2.AgentSkill(
+                    id=capability.id, name=capability.id,
+                    description=capability.description or capability.id,
+                    tags=["aralnode", *(["risk:" + capability.risk] if capability.risk else []),
+                          *(f"scope:{s}" for s in scopes)],
+                )
+            )  # fmt: skip
+        self._sign(card)
         return card
 
     def request_handler(self) -> DefaultRequestHandler:
