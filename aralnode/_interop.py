@@ -64,7 +64,9 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
         task_db=cfg.resolved_data_dir / "a2a-tasks.sqlite3" if cfg.durable else None,
         max_body_bytes=cfg.max_message_bytes,
     )
-    grpc.add(door.grpc_handler(), SERVICE)
+    from aralnode.transport.admitted import Admitted  # noqa: PLC0415
+
+    grpc.add(Admitted(door.grpc_handler(), door.admit_grpc), SERVICE)
     if http is not None:
         http.a2a = door
     return door

@@ -12,7 +12,7 @@ from bench._report import Report
 
 MODULES = (
     "unary", "envelope", "channel", "bridge", "discovery", "tls", "access", "governance",
-    "observed", "etcd",
+    "observed", "etcd", "a2a",
 )  # fmt: skip
 
 

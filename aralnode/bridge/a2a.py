@@ -40,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from a2a.auth.user import User
 from a2a.helpers.proto_helpers import (
     new_data_part,
@@ -252,48 +251,6 @@ class _GrpcContexts(DefaultGrpcServerCallContextBuilder):
         return built
 
 
-class _Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """The SDK's gRPC methods, each behind ``A2ADoor.admit``: a refused caller
-    gets the refusal's status before the SDK sees the request."""
-
-    def __init__(self, inner: Any, door: A2ADoor) -> None:
-        self.inner, self.door = inner, door
-
-    async def _admit(self, context: Any) -> None:
-        try:
-            self.door.admit(self.door._grpc_context(context))
-        except AralError as exc:
-            await context.abort(grpc.StatusCode[exc.status.name], exc.message)
-
-    def service(self, details: grpc.HandlerCallDetails) -> Any:
-        handler = self.inner.service(details)
-        if handler is None:
-            return None
-        admit = self._admit
-        if handler.unary_unary is not None:
-            call = handler.unary_unary
-
-            async def unary(request: Any, context: Any) -> Any:
-                await admit(context)
-                return await call(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def streamed(request: Any, context: Any) -> Any:
-                await admit(context)
-                async for item in stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                streamed, handler.request_deserializer, handler.response_serializer
-            )
-        return handler  # (A2A has no client-streaming methods)
-
-
 class _Lazy:
     """The request handler, made when first used (its card needs the bound ports)."""
 
@@ -462,7 +419,7 @@ class A2ADoor:
         capture = _Capture()
         servicer = GrpcHandler(self.handler, context_builder=_GrpcContexts(self))
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
-        return _Admitted(capture.handler, self)
+        return capture.handler  # (behind ``admit_grpc``: transport/admitted.py)
 
     # -- what the executor needs ---------------------------------------------------------
 
@@ -485,6 +442,10 @@ class A2ADoor:
         if scope is not None:
             return h.call_context(contexts, scope, DOOR)
         return self._grpc_context(server.state.get("grpc_context"))
+
+    def admit_grpc(self, grpc_context: Any) -> None:
+        """``admit`` for a gRPC call (its metadata and peer)."""
+        self.admit(self._grpc_context(grpc_context))
 
     def _grpc_context(self, grpc_context: Any) -> CallContext:
         metadata: dict[str, str] = {}
