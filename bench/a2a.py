@@ -27,18 +27,15 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from bench._report import Report, percentile
-from bench.bridge import HttpConn, _closed_loop, _open_loop, _post
+from bench.bridge import HttpConn, _closed_loop, _open_loop, _post, _server
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 1.0  # seconds per closed-loop round
@@ -136,30 +133,6 @@ async def _serve_sdk() -> None:
     await server.stop(1)
 
 
-@contextmanager
-def _server(kind: str) -> Iterator[dict[str, int]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.a2a", "serve", kind],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        try:
-            ports: dict[str, int] = json.loads(line)
-        except ValueError:
-            raise RuntimeError(f"server {kind} did not start: {line!r}") from None
-        yield ports
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- callers ------------------------------------------------------------------------------
 
 
@@ -223,7 +196,7 @@ def _grpc(port: int) -> Callable[[], Awaitable[Call]]:
 
 
 async def _measure(report: Report) -> None:
-    with _server("node") as node, _server("sdk") as sdk:
+    with _server("node", "bench.a2a") as node, _server("sdk", "bench.a2a") as sdk:
         callers = {
             "jsonrpc.node": _jsonrpc(node["http"]),
             "jsonrpc.sdk": _jsonrpc(sdk["http"]),

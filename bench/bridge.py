@@ -110,10 +110,12 @@ async def _serve_sdk() -> None:
 
 
 @contextmanager
-def _server(kind: str) -> Iterator[dict[str, int]]:
+def _server(kind: str, module: str = "bench.bridge") -> Iterator[dict[str, int]]:
+    """``python -m MODULE serve KIND`` in a process of its own, until the block ends;
+    the ports it printed (one JSON line)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bridge", "serve", kind],
+        [sys.executable, "-m", module, "serve", kind],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
