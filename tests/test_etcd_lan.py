@@ -164,14 +164,22 @@ def test_nodes_on_three_lans_find_each_other_through_etcd(lans: Lans, tmp_path: 
 
 def test_bridges_join_mdns_only_nodes_of_two_lans(lans: Lans, tmp_path: Path) -> None:
     """l1n1 and l2n1 speak only mDNS, each on its own LAN; the bridges l1n2 and l2n2
-    re-announce them into etcd and each other's onto their LANs."""
+    re-announce them into etcd and each other's onto their LANs. etcd comes up only
+    after each bridge has met its LAN's node: what a bridge verified while etcd was
+    away is written once it registers."""
     cluster = EtcdCluster(tmp_path / "etcd", host=ETCD_HOST, netns=lans.switch)
     try:
-        cluster.start()
         lans.start_node(1, 1, [])
         lans.start_node(2, 1, [])
         lans.start_node(1, 2, cluster.endpoints, bridge=True)
         lans.start_node(2, 2, cluster.endpoints, bridge=True)
+
+        def met_on_the_lans() -> bool:
+            views = lans.connected()
+            return "l1n1" in views[2] and "l2n1" in views[3]
+
+        wait_for(met_on_the_lans, timeout=60, interval=0.5, what="each bridge to meet its LAN")
+        cluster.start()
 
         def joined() -> bool:
             for proc, log in zip(lans.procs, lans.logs, strict=True):

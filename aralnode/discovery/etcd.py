@@ -239,6 +239,7 @@ class EtcdBackend:
         # What a bridge learns from etcd (``etcd_bridge``): key -> (hint, via).
         self.on_hint: Any = None
         self.on_withdraw: Any = None
+        self.on_registered: Any = None  # called after each registration (a new lease)
 
     # -- DiscoveryBackend ----------------------------------------------------------
 
@@ -369,6 +370,8 @@ class EtcdBackend:
         self.connected_endpoint = endpoint
         self.registered.set()
         log.info("etcd %s: registered (lease %d s)", endpoint, self.settings.lease_ttl)
+        if self.on_registered is not None:
+            self.on_registered()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_alive(lease.ID))
             group.create_task(self._watch(revision + 1))

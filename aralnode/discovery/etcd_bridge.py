@@ -67,6 +67,9 @@ class EtcdBridge:
         self._unsubscribe = sink.table.on_change(self._on_change)
         self.etcd.on_hint = self._from_etcd
         self.etcd.on_withdraw = self._etcd_gone
+        self.etcd.on_registered = self._registered
+        if self.etcd.registered.is_set():
+            self._registered()
 
     async def update(self, announcement: Announcement) -> None:
         """The bridge announces no record of its own."""
@@ -74,7 +77,7 @@ class EtcdBridge:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self.etcd.on_hint = self.etcd.on_withdraw = None
+        self.etcd.on_hint = self.etcd.on_withdraw = self.etcd.on_registered = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -96,6 +99,15 @@ class EtcdBridge:
         elif peer.state is PeerState.GONE and peer.node_id in self.into_etcd:
             value = self.into_etcd.pop(peer.node_id)
             self._spawn(self.etcd.delete_if(peer.node_id, value))
+
+    def _registered(self) -> None:
+        """A new lease (first contact, or back after an outage): what this bridge
+        wrote went with the old one, and what it could not write while etcd was away
+        was dropped; every verified LAN peer is written again."""
+        self.into_etcd.clear()
+        supervisor = self._supervisor
+        for peer in supervisor.table.connected() if supervisor is not None else ():
+            self._maybe_to_etcd(peer)
 
     def _maybe_to_etcd(self, peer: PeerInfo) -> None:
         """Write ``peer`` into etcd if it is a LAN peer this node verified itself
