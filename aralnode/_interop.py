@@ -8,6 +8,7 @@ accepts (bearer JWTs when an issuer is set, API keys always: ``aralnode apikey``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aralnode._version import __version__
@@ -28,6 +29,10 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     cfg = node.config
     if not cfg.a2a:
         return None
+    # The node traces each A2A call itself (one span on door a2a, with the pipeline's
+    # stages); the SDK's own ~30 spans a call cost a sixth of its CPU and say nothing
+    # more. Read when the SDK is first imported; an operator's setting stands.
+    os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "false")
     from a2a.types import a2a_pb2  # noqa: PLC0415 - the SDK loads only when A2A is on
 
     from aralnode.bridge.a2a import SERVICE, A2ADoor  # noqa: PLC0415

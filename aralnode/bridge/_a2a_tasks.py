@@ -111,12 +111,15 @@ class BoundedTaskStore(TaskStore):
             await self._evict()
 
     async def _evict(self) -> None:
-        for task_id, (owner, done) in list(self._order.items()):
-            if len(self._order) <= self.limit:
-                return
-            if done:
-                del self._order[task_id]
-                await self._store.delete(task_id, self._as(owner))
+        """Drop the oldest idle tasks until at most ``limit`` are kept. Each victim
+        is found from the front (the oldest; running tasks, few, are skipped): no
+        walk of the whole store per task, which once cost more than the call."""
+        while len(self._order) > self.limit:
+            victim = next((k for k, (_, idle) in self._order.items() if idle), None)
+            if victim is None:
+                return  # every task holds a call: the pipeline's limit bounds them
+            owner, _ = self._order.pop(victim)
+            await self._store.delete(victim, self._as(owner))
 
     async def get(self, task_id: str, context: ServerCallContext) -> a2a_pb2.Task | None:
         await self._open()
