@@ -86,18 +86,22 @@ def _converge(base: Path, cluster: EtcdCluster, size: int) -> tuple[float, list[
     procs = _spawn(base, cluster, size)
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     done: dict[int, float] = {}
-    while len(done) < size:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{size} nodes: {len(done)} complete in {CONVERGE_TIMEOUT}s")
-        for i, (proc, log) in enumerate(procs):
-            if i in done:
-                continue
-            if proc.poll() is not None:
-                raise RuntimeError(f"node n{i} exited: {log.read_text()[-2000:]}")
-            t = _last_connect(log, size - 1)
-            if t is not None:
-                done[i] = t
-        time.sleep(0.5)  # a poll interval of a bounded wait on the nodes' logs
+    try:
+        while len(done) < size:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{size} nodes: {len(done)} complete in {CONVERGE_TIMEOUT}s")
+            for i, (proc, log) in enumerate(procs):
+                if i in done:
+                    continue
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node n{i} exited: {log.read_text()[-2000:]}")
+                t = _last_connect(log, size - 1)
+                if t is not None:
+                    done[i] = t
+            time.sleep(0.5)  # a poll interval of a bounded wait on the nodes' logs
+    except BaseException:
+        _stop([p for p, _ in procs])  # a failed run leaves no node behind
+        raise
     return max(done.values()) - started, [p for p, _ in procs]
 
 
