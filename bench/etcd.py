@@ -52,11 +52,15 @@ Proc = subprocess.Popen[bytes]
 def _spawn(base: Path, cluster: EtcdCluster, size: int) -> list[tuple[Proc, Path]]:
     procs = []
     flags = [a for e in cluster.endpoints for a in ("--etcd-endpoint", e)]
-    # Every node of this bench dials from 127.0.0.1: the bound on peers that dialled
-    # from one address and are not yet verified (8, against one host posing as many
-    # nodes) is raised to the mesh's size, as an operator of one host would.
+    # Every node of this bench dials from 127.0.0.1: the bounds per address (peers
+    # that dialled from it and are not yet verified, 8; long-lived streams, 128: a
+    # peer holds a few) are against one host posing as many nodes, and are raised to
+    # the mesh's size, as an operator of one host would.
     config = base / "node.toml"
-    config.write_text(f"max_inbound_per_address = {max(8, size)}\n")
+    config.write_text(
+        f"max_inbound_per_address = {max(8, size)}\n"
+        f"[grpc]\nmax_streams_per_address = {max(128, 8 * size)}\n"
+    )
     flags += ["--config", str(config)]
     for i in range(size):
         log = base / f"n{i}.log"
