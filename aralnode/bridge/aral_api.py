@@ -157,7 +157,9 @@ class AralApi:
         except AralError as exc:
             status, payload, extra = exc.http_status, self._error(exc, ctx), h.error_headers(exc)
         except Exception as exc:
-            log.exception("ARAL API %s failed (trace %s)", scope.get("path"), ctx.trace_id)
+            # The caller's path, bounded and quoted (%r): it cannot forge a log line.
+            path = str(scope.get("path", ""))[:200]
+            log.exception("ARAL API %r failed (trace %s)", path, ctx.trace_id)
             err = InternalError(f"internal error: {type(exc).__name__}")
             status, payload, extra = 500, self._error(err, ctx), []
         headers = [*h.id_headers(ctx.trace_id, req_id), *_VERSION_HEADERS, *extra]
