@@ -349,15 +349,7 @@ class A2ADoor:
             default_input_modes=["application/json", "text/plain"],
             default_output_modes=["application/json", "text/plain"],
         )  # fmt: skip
-        for capability in self.service.pipeline.registry:
-            card.skills.append(
-                a2a_pb2.AgentSkill(
-                    id=capability.id,
-                    name=capability.id,
-                    description=capability.description or capability.id,
-                    tags=["aralnode", *(["risk:" + capability.risk] if capability.risk else [])],
-                )
-            )
+        card.skills.extend(_skill(c) for c in self.service.pipeline.registry)
         for scheme_name, scheme in self.security.items():
             card.security_schemes[scheme_name].CopyFrom(scheme)
         self._sign(card)
@@ -393,17 +385,9 @@ class A2ADoor:
         card.CopyFrom(self.card())
         del card.skills[:]
         for capability in self.service.pipeline.registry:
-            if not reaches(ctx.scopes, capability.required_scopes or INVOKE_SCOPES):
-                continue
             scopes = capability.required_scopes or INVOKE_SCOPES
-            card.skills.append(
-                a2a_pb2.AgentSkill(
-                    id=capability.id, name=capability.id,
-                    description=capability.description or capability.id,
-                    tags=["aralnode", *(["risk:" + capability.risk] if capability.risk else []),
-                          *(f"scope:{s}" for s in scopes)],
-                )
-            )  # fmt: skip
+            if reaches(ctx.scopes, scopes):
+                card.skills.append(_skill(capability, [f"scope:{s}" for s in scopes]))
         self._sign(card)
         return card
 
@@ -517,6 +501,17 @@ class A2ADoor:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill:
+    """A capability as the card's skill (the extended card adds its scopes' tags)."""
+    risk = ["risk:" + capability.risk] if capability.risk else []
+    return a2a_pb2.AgentSkill(
+        id=capability.id,
+        name=capability.id,
+        description=capability.description or capability.id,
+        tags=["aralnode", *risk, *(tags or [])],
+    )
 
 
 def _v1_without_version(headers: list[tuple[bytes, bytes]], scope: h.Scope, body: bytes) -> bool:
