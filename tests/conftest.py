@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aralnode import Evaluator, Node, NodeConfig, _logs
+from aralnode.core.audit import AuditRecord
 from aralnode.discovery import DiscoveryBackend
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
@@ -57,3 +58,17 @@ async def demo_node(make_node: Callable[..., Node]) -> AsyncIterator[Node]:
     node = make_node("demo")
     async with node:
         yield node
+
+
+class _Kept:
+    """An audit sink that keeps what it is given."""
+
+    def __init__(self, into: list[AuditRecord]) -> None:
+        self.write = into.append
+
+
+def recorded(node: Node) -> list[AuditRecord]:
+    """Every audit record ``node`` makes from now on, in order."""
+    seen: list[AuditRecord] = []
+    node.pipeline.stages.audit.sinks.append(_Kept(seen))
+    return seen

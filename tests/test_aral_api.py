@@ -20,6 +20,7 @@ from aralnode import Node
 from aralnode.core import jws
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
 from tests.channel_helpers import FAST, linked
+from tests.conftest import recorded
 from tests.interop.aral_client import AralClient, detached, request_message
 
 Pair = tuple[Node, Node, httpx.AsyncClient]
@@ -198,10 +199,12 @@ async def test_a_message_is_refused_unless_fresh_addressed_and_well_formed(pair:
     node, far, http = pair
     client = AralClient(http)
     me, to = client.agent_id, node.node_id
+    seen, reasons = recorded(node), []
 
     async def post(body: bytes) -> tuple[int, str]:
         reply = await client.post(to, body, detached(client.key, body))
         error = reply.message.get("error") or reply.message["body"].get("error")
+        reasons.append(error["reason"])
         return reply.status, error["reason"]
 
     stale = int(time.time() * 1000) - 3_600_000
@@ -226,6 +229,10 @@ async def test_a_message_is_refused_unless_fresh_addressed_and_well_formed(pair:
         reply = await client.post(to, body, f"{forged}..{token.split('.')[2]}")
         assert reply.status == 401
         assert reply.message["error"]["reason"] == "SIGNATURE_INVALID"
+        reasons.append("SIGNATURE_INVALID")
+    # Each refusal is audited, though none reached the pipeline's stages.
+    assert [r.reason for r in seen] == reasons
+    assert {(r.door, r.action, r.point) for r in seen} == {("rest", "aral.api/message", "pre")}
 
 
 async def test_a_message_signed_by_a_verified_peer_has_its_rights(

@@ -33,6 +33,7 @@ from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.outbox import InboundRecord
 from aralnode.mesh.streams import CHANNEL_METHOD, _accept
 from aralnode.transport.grpc_client import NodeClient
+from tests.conftest import recorded
 
 MakeNode = Callable[..., Node]
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -276,6 +277,7 @@ async def test_an_open_replayed_first_cannot_speak(
 async def test_bad_messages_get_per_message_errors(node: Node, make_node: MakeNode) -> None:
     assert node.channels is not None
     me, s = await opened(node)
+    seen = recorded(node)
     try:
         sub = node.subscribe()
         good = message(me, node, "good", seq=1)
@@ -309,6 +311,17 @@ async def test_bad_messages_get_per_message_errors(node: Node, make_node: MakeNo
         assert node.pipeline.counters["channel.withdrawn"] == 1
         # Channel traffic stays out of the node-wide replay cache (only the open).
         assert len(node.replay) <= 2
+        # Each refusal is audited, though the pipeline never judged it: under the
+        # channel (not the action its unverified content names), from its peer.
+        refused = [r for r in seen if r.point == "pre"]
+        assert [r.reason for r in refused] == [
+            "SIGNATURE_INVALID", "KEY_MISMATCH", "SIGNATURE_INVALID",
+            "CHANNEL_BINDING_MISMATCH", "CHANNEL_BINDING_MISMATCH", "REPLAY_DETECTED",
+        ]  # fmt: skip
+        assert {(r.door, r.action, r.direction, r.peer) for r in refused} == {
+            ("channel", "aral.v1.AgentNode/Channel", "receive", me.node_id)
+        }
+        assert [r.action for r in seen if r.point != "pre"] == ["good"]
     finally:
         await s.aclose()
     await still_serves(node, make_node)

@@ -32,7 +32,7 @@ from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity
 from aralnode.testing import fixed_identity, node_pair
 from aralnode.transport.status import from_rpc_error
-from tests.conftest import DEMO
+from tests.conftest import DEMO, recorded
 
 
 def _demo(node: Node) -> None:
@@ -362,4 +362,58 @@ async def test_a_key_the_node_does_not_take_is_refused_cleanly(
     code, reason = await _raw_status(b, "Handshake", handshake)
     assert (code, reason in KEY_REASONS) == (grpc.StatusCode.UNAUTHENTICATED, True), (code, reason)
     _no_tracebacks(caplog)
+    await still_serves(a, b)
+
+
+async def test_refusals_before_the_pipeline_are_audited(pair: tuple[Node, Node]) -> None:
+    """A forged signature and a replay never reach the
+    pipeline's stages, but each is in the audit: at the pre-execution point, under
+    Invoke (not the action the unverified message names), with no caller."""
+    a, b = pair
+    seen = recorded(b)
+    forged = request(a.identity, b.node_id, action="demo.secret")
+    value = bytearray(forged.signature.value)
+    value[10] ^= 0x01
+    forged.signature.value = bytes(value)
+    with pytest.raises(SignatureInvalid):
+        await send(b, forged)
+    fresh = request(a.identity, b.node_id)
+    await send(b, fresh)
+    with pytest.raises(ReplayDetected):
+        await send(b, fresh)
+    refused = [r for r in seen if r.point == "pre"]
+    assert [(r.action, r.outcome, r.reason, r.caller) for r in refused] == [
+        ("aral.v1.AgentNode/Invoke", "unauthorized", "SIGNATURE_INVALID", ""),
+        ("aral.v1.AgentNode/Invoke", "unauthorized", "REPLAY_DETECTED", ""),
+    ]
+    assert all(r.door == "grpc" and r.trace_id for r in refused)
+    # The call in between went through the pipeline, recorded as itself.
+    assert [(r.action, r.outcome) for r in seen if r.point != "pre"] == [("demo.add", "ok")]
+    assert b.pipeline.counters["invoke.unauthorized"] == 2
+
+
+async def test_a_hello_that_does_not_verify_is_audited_as_a_refused_connection(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    seen = recorded(b)
+    me = Identity.generate()
+    card = build_card(
+        me, name="me", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
+    )
+    hello = pb.Hello(
+        card=card, protocol_versions=list(SUPPORTED_VERSIONS),
+        nonce=Identity.generate().node_id.encode()[:16], timestamp_unix_ms=SYSTEM_CLOCK.now_ms(),
+    ).SerializeToString()  # fmt: skip
+    forged = pb.HandshakeRequest(
+        hello=hello, signature=Identity.generate().sign(pb.PAYLOAD_HELLO, hello)
+    )
+    async with grpc.aio.insecure_channel(b.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb.AgentNodeStub(channel).Handshake(forged, timeout=10)
+    reason = from_rpc_error(info.value).reason
+    assert [(r.action, r.direction, r.point, r.reason, r.caller) for r in seen] == [
+        ("connect", "connect", "connect", reason, "")
+    ]
+    assert b.pipeline.counters["handshake.rejected"] == 1
     await still_serves(a, b)

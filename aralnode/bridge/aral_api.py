@@ -51,6 +51,7 @@ from aralnode.core.errors import (
 )
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import audited
 from aralnode.service.stages import reaches
 
 log = get_logger("aralnode.aral_api")
@@ -62,6 +63,8 @@ _VERSIONS = {"1": VERSION, "1.0": VERSION, "v1": VERSION}
 SIGNATURE_HEADER = "x-aral-signature"
 MESSAGE_VERSION = "1.0"
 MAX_ID_CHARS = 128
+# The action a signed message is audited under until the pipeline knows its own.
+_MESSAGE_ACTION = "aral.api/message"
 # (HTTP status, body, extra headers) of one request's answer.
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _VERSION_HEADERS = [
@@ -146,8 +149,10 @@ class AralApi:
                 status, payload, extra = await self._message(ctx, agent_id, body)
             else:
                 # Who calls, before anything of the request is read or any agent named.
-                service.pipeline.authenticate(ctx, f"aral.api/{handler[1:]}")
-                peer = self._agent(agent_id, ctx)
+                action = f"aral.api/{handler[1:]}"
+                service.pipeline.authenticate(ctx, action)
+                with audited(service.pipeline, ctx, action):  # (a refusal here too)
+                    peer = self._agent(agent_id, ctx)
                 body = b""
                 if scope["method"] == "POST":
                     body = await h.read_body(scope, receive, self.max_body_bytes)
@@ -300,10 +305,13 @@ class AralApi:
     async def _message(self, ctx: CallContext, agent_id: str, body: bytes) -> Answer:
         """A signed ARALMessage: verified, run, answered by a signed message."""
         env = self.service.envelopes
-        sender = self._verify(ctx.metadata.get(SIGNATURE_HEADER), body)
+        pipeline = self.service.pipeline
+        with audited(pipeline, ctx, _MESSAGE_ACTION):
+            sender = self._verify(ctx.metadata.get(SIGNATURE_HEADER), body)
         message_id = ""
         try:
-            parsed = _json(body)
+            with audited(pipeline, ctx, _MESSAGE_ACTION):
+                parsed = _json(body)
             if isinstance(parsed, dict) and isinstance(parsed.get("header"), dict):
                 message_id = str(parsed["header"].get("messageId", ""))[:MAX_ID_CHARS]
             reply = await self._request(ctx, agent_id, sender, parsed)
@@ -330,11 +338,24 @@ class AralApi:
     async def _request(
         self, ctx: CallContext, agent_id: str, sender: str, message: Any
     ) -> dict[str, Any]:
-        """The response body for a verified request from ``sender``."""
+        """The response body for a verified request from ``sender``. A refusal
+        before the pipeline runs the call is audited here (``refusals``)."""
+        pipeline = self.service.pipeline
+        with audited(pipeline, ctx, _MESSAGE_ACTION):
+            self._identify(ctx, sender, message)
+        pipeline.authenticate(ctx, _MESSAGE_ACTION)  # (audits its own refusal)
+        with audited(pipeline, ctx, _MESSAGE_ACTION):
+            peer, action, params = self._read(ctx, agent_id, message)
+        result = await self._run(ctx, peer, action, params)
+        return {"type": "response", "action": action, "result": result}
+
+    def _identify(self, ctx: CallContext, sender: str, message: Any) -> None:
+        """Check ``message``'s header (version, sender, a fresh id) and make ``ctx``
+        its verified sender's."""
         env = self.service.envelopes
         message = _object(message, "the message")
         header = _object(message.get("header"), "header")
-        content = _object(message.get("body"), "body")
+        _object(message.get("body"), "body")
         if header.get("version") != MESSAGE_VERSION:
             raise UnsupportedVersion(
                 f"message version {str(header.get('version'))[:16]!r}; this node reads "
@@ -346,7 +367,7 @@ class AralApi:
                 "header.sender is not the id of the key that signed the message",
                 reason="SENDER_MISMATCH",
             )
-        recipient = _text(header, "recipient", "header")
+        _text(header, "recipient", "header")
         message_id = _text(header, "messageId", "header")
         stamp = header.get("timestamp")
         if isinstance(stamp, bool) or not isinstance(stamp, int):
@@ -360,7 +381,13 @@ class AralApi:
             signed=True,
             signer_verified=env.keyring.is_pinned(sender),
         )
-        self.service.pipeline.authenticate(ctx, "aral.api/message")
+
+    def _read(
+        self, ctx: CallContext, agent_id: str, message: dict[str, Any]
+    ) -> tuple[str, str, Any]:
+        """The (peer, action, parameters) of an authenticated ``message``."""
+        header, content = message["header"], message["body"]
+        recipient = header["recipient"]
         peer = self._agent(agent_id, ctx)
         if recipient != (peer or self.service.node_id):
             raise InvalidRequest(
@@ -376,9 +403,7 @@ class AralApi:
         if content.get("type") != "request":
             raise MalformedMessage('body.type must be "request"', reason="NOT_A_REQUEST")
         action = _text(content, "action", "body")
-        params = _object(content.get("parameters") or {}, "body.parameters")
-        result = await self._run(ctx, peer, action, params)
-        return {"type": "response", "action": action, "result": result}
+        return peer, action, _object(content.get("parameters") or {}, "body.parameters")
 
     def _verify(self, token: str | None, body: bytes) -> str:
         """The sender id of the key whose JWS in ``token`` covers ``body``."""

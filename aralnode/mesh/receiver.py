@@ -54,6 +54,7 @@ from aralnode.mesh.state import (
 )
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.refusals import refused
 from aralnode.service.tracing import logged_as
 from aralnode.store.base import Inbox
 
@@ -231,22 +232,30 @@ class Receiver:
             self.hub.count("channel.withdrawn")
             return None
         if isinstance(item, AralError):
-            raise item
+            raise self._refused(pc, item)
         peer = pc.peer_id
         header, body = item.header, item.body
         if header.sender != peer:
-            raise KeyMismatch(f"message from {header.sender!r} on the channel of {peer}")
+            raise self._refused(
+                pc, KeyMismatch(f"message from {header.sender!r} on the channel of {peer}")
+            )
         binding = header.channel
         if binding.epoch != epoch or binding.seq != seq:
-            raise Unauthenticated(
-                f"message is bound to seq {binding.seq} of epoch {binding.epoch!r}, "
-                f"but arrived as seq {seq} of epoch {epoch!r}",
-                reason="CHANNEL_BINDING_MISMATCH",
+            raise self._refused(
+                pc,
+                Unauthenticated(
+                    f"message is bound to seq {binding.seq} of epoch {binding.epoch!r}, "
+                    f"but arrived as seq {seq} of epoch {epoch!r}",
+                    reason="CHANNEL_BINDING_MISMATCH",
+                ),
             )
         if not pc.recent.add(header.message_id):
-            raise ReplayDetected(
-                f"message {header.message_id!r} from {peer} was already received",
-                details={"message_id": header.message_id, "sender": peer},
+            raise self._refused(
+                pc,
+                ReplayDetected(
+                    f"message {header.message_id!r} from {peer} was already received",
+                    details={"message_id": header.message_id, "sender": peer},
+                ),
             )
         kind = body.type
         if kind == RESPONSE:
@@ -258,12 +267,23 @@ class Receiver:
                 # It left that much of our answers unacked: no more, until it acks
                 # (a per-message error, kept nowhere but in the next errors frame).
                 self.hub.count("channel.response_backlog_full")
-                raise backlog_full(limit)
+                raise self._refused(pc, backlog_full(limit))
             self._request(pc, item, now)
             return None
         if kind == NOTIFICATION:
             return self._notification(pc, item, seq, now)
-        raise MalformedMessage(f"unknown message type {kind}", reason="BAD_MESSAGE_TYPE")
+        raise self._refused(
+            pc, MalformedMessage(f"unknown message type {kind}", reason="BAD_MESSAGE_TYPE")
+        )
+
+    def _refused(self, pc: PeerChannel, error: AralError) -> AralError:
+        """``error`` (to raise), audited: a message of ``pc``'s refused before the
+        pipeline judged it (``service.refusals``)."""
+        ctx = self.hub.contexts.channel(pc.peer_id, _NO_HEADER, signed=False)
+        return refused(
+            self.hub.pipeline, ctx, _CHANNEL_ACTION, error,
+            direction=Direction.RECEIVE, peer=pc.peer_id, kind="message",
+        )  # fmt: skip
 
     def _request(self, pc: PeerChannel, item: OpenedMessage, now: int) -> None:
         """Start serving a request; one that cannot even start is answered with its
@@ -275,6 +295,7 @@ class Receiver:
         except Exception as exc:
             if isinstance(exc, AralError):
                 hub.count("channel.refused")
+                self._refused(pc, exc)
             else:
                 hub.count("channel.deliver_failed")
                 log.exception("reading request %s from %s failed", header.message_id, pc.peer_id)
@@ -289,13 +310,17 @@ class Receiver:
         ``None`` for a cancel. Raises for a per-message error."""
         hub, peer = self.hub, pc.peer_id
         header, body = item.header, item.body
-        _check_alive(header, now)
-        if body.action == CANCEL_EVENT:
-            task = pc.running.get(body.correlation_id)
-            if task is not None:
-                task.cancel()
-            return None
-        data = item.parameters(hub.max_message_bytes)
+        try:
+            _check_alive(header, now)
+            if body.action == CANCEL_EVENT:
+                task = pc.running.get(body.correlation_id)
+                if task is not None:
+                    task.cancel()
+                return None
+            data = item.parameters(hub.max_message_bytes)
+        except AralError as exc:
+            self._refused(pc, exc)
+            raise
         ctx = hub.contexts.channel(peer, header, signed=item.signed)
         data = hub.pipeline.judge_message(
             ctx, body.action, data, direction=Direction.RECEIVE, peer=peer
@@ -504,6 +529,12 @@ class Receiver:
             compression=compression,
             trace_id=trace_id,
         )
+
+
+# What a message refused before the pipeline judged it is audited as (``_refused``):
+# the channel itself, as its own words are not yet to be believed.
+_CHANNEL_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Channel"
+_NO_HEADER = pb.Header()
 
 
 def _check_alive(header: pb.Header, now: int) -> None:

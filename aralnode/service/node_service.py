@@ -21,17 +21,20 @@ from google.protobuf.message import Message
 
 from aralnode import _proto as pb
 from aralnode.core import codec
+from aralnode.core.audit import Point
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.envelope import (
     REQUEST,
     RESPONSE,
+    OpenedMessage,
     build_content,
     encode_payload,
     open_message,
     seal_into,
 )
 from aralnode.core.errors import AralError, InvalidRequest, MalformedMessage, Unauthenticated
+from aralnode.core.governance import Direction
 from aralnode.core.handshake import (
     DEFAULT_CARD_LIMITS,
     CardLimits,
@@ -48,10 +51,13 @@ from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.refusals import audited, refused
 from aralnode.service.stages import reaches
 
 BuiltInMethod = Callable[[Any, CallContext], Awaitable[Message]]
 M = TypeVar("M", bound=Message)
+# The action a signed Invoke refused before its message was read is audited under.
+_INVOKE_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Invoke"
 
 
 class NodeInfo(Protocol):
@@ -197,11 +203,18 @@ class NodeService(AdminMethods):
         self, request: pb.HandshakeRequest, transport_peer: str, certificate: bytes
     ) -> pb.HandshakeResponse:
         env = self.envelopes
-        hello, verified, version = accept_hello(
-            request, my_node_id=self.node_id, replay=env.replay, limits=env.card_limits
-        )
-        if self.bind_certificate is not None:  # before anything is pinned or kept
-            self.bind_certificate(certificate, verified.node_id)
+        # A hello that does not verify is audited as a refused connection (admit_peer
+        # records the verified ones, admitted or not).
+        ctx = CallContext(door="grpc", peer=transport_peer)
+        with audited(
+            self.pipeline, ctx, "connect", direction=Direction.CONNECT, kind="connect",
+            point=Point.CONNECT,
+        ):  # fmt: skip
+            hello, verified, version = accept_hello(
+                request, my_node_id=self.node_id, replay=env.replay, limits=env.card_limits
+            )
+            if self.bind_certificate is not None:  # before anything is pinned or kept
+                self.bind_certificate(certificate, verified.node_id)
         admit_peer(self.pipeline, verified.node_id, transport_peer)  # the connection point
         keyring = env.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
@@ -258,29 +271,40 @@ class NodeService(AdminMethods):
         )
         return pb.InvokeResponse(result=reply)
 
+    def _open_request(self, message: pb.ARALMessage, ctx: CallContext) -> OpenedMessage:
+        """``message`` verified, fresh, for this node and a request; a refusal here
+        is audited (``refusals``): the pipeline never sees it."""
+        env = self.envelopes
+        try:
+            opened = open_message(
+                message,
+                keyring=env.keyring,
+                replay=env.replay,
+                require_signature=not env.allow_unsigned,
+                max_bytes=env.max_message_bytes,
+                expected_recipient=self.node_id,
+            )
+            if opened.header.HasField("channel"):
+                # Bound to a position on an A2A channel: only that channel may deliver
+                # it (a captured channel request must not be relayed through this door).
+                raise Unauthenticated(
+                    "message is bound to an A2A channel; Invoke does not take it",
+                    reason="CHANNEL_BOUND_MESSAGE",
+                )
+            body = opened.body
+            if body.type != REQUEST or not body.action:
+                raise MalformedMessage(
+                    "Invoke takes a request message with an action", reason="MISSING_FIELD"
+                )
+        except AralError as exc:
+            refused(self.pipeline, ctx, _INVOKE_ACTION, exc)
+            raise
+        return opened
+
     async def _invoke_message(self, message: pb.ARALMessage, ctx: CallContext) -> pb.InvokeResponse:
         env = self.envelopes
-        opened = open_message(
-            message,
-            keyring=env.keyring,
-            replay=env.replay,
-            require_signature=not env.allow_unsigned,
-            max_bytes=env.max_message_bytes,
-            expected_recipient=self.node_id,
-        )
-        header, body = opened.header, opened.body
-        if header.HasField("channel"):
-            # Bound to a position on an A2A channel: only that channel may deliver it
-            # (a captured channel request must not be relayed through this door).
-            raise Unauthenticated(
-                "message is bound to an A2A channel; Invoke does not take it",
-                reason="CHANNEL_BOUND_MESSAGE",
-            )
-        action = body.action
-        if body.type != REQUEST or not action:
-            raise MalformedMessage(
-                "Invoke takes a request message with an action", reason="MISSING_FIELD"
-            )
+        opened = self._open_request(message, ctx)
+        header, action = opened.header, opened.body.action
         signed = opened.signer is not None
         sender = header.sender
         self.contexts.signed(
