@@ -497,3 +497,31 @@ async def test_the_extended_card_is_for_authenticated_callers(
     assert [s.id for s in card.skills] == ["test.open"]
     assert "scope:agent:read" in card.skills[0].tags
     assert card.signatures
+
+
+class _Counting:
+    """An authenticator that counts its calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def authenticate(self, ctx: Any, credentials: Any) -> Any:
+        self.calls += 1
+        return self.inner.authenticate(ctx, credentials)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_request_is_authenticated_once(node: Node, transport: str) -> None:
+    """The door admits the caller, and the task's owner, the executor and the
+    pipeline all use the context it admitted (they once authenticated it thrice)."""
+    stage = node.pipeline.stages.authenticate
+    counting = _Counting(stage.authenticator)
+    stage.authenticator = counting
+    client = await client_for(node, transport)
+    try:
+        before = counting.calls
+        task = final_task(await events(client, ask("demo.echo", {"text": "once"})))
+        assert task.status.state == DONE
+        assert counting.calls - before == 1
+    finally:
+        await client.close()

@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,12 @@ PROTOCOL_VERSION = "1.0"
 _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_large",
                        "unauthorized", "forbidden", "governance_blocked", "not_found",
                        "rate_limit_exceeded"})  # fmt: skip
+# The context a request was admitted with, authenticated once (``A2ADoor.admit``):
+# in its ASGI scope (HTTP) or, with its servicer context, in the handler's task (gRPC).
+_ADMITTED = "aralnode.a2a.admitted"
+_ADMITTED_GRPC: ContextVar[tuple[Any, CallContext] | None] = ContextVar(
+    "aralnode_a2a_admitted", default=None
+)
 
 
 class NoSkill(InvalidRequest):
@@ -409,27 +416,38 @@ class A2ADoor:
 
     def owner(self, server: ServerCallContext) -> str:
         """Whose tasks a request sees: its authenticated principal, else anonymous
-        callers by their address (the pipeline authenticates the call itself again;
-        a refusal here only means no principal, and is not recorded twice)."""
+        callers by their address (the context the request was admitted with; any
+        other is authenticated here, a refusal only meaning no principal)."""
         ctx = self.call_context(server)
         with contextlib.suppress(AralError):
-            self.service.pipeline.stages.authenticate(ctx)
+            self.service.pipeline.stages.authenticate(ctx)  # (admitted: nothing to do)
         if not ctx.anonymous:
             return ctx.principal
         host = str(ctx.peer).removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0]
         return f"anonymous@{host}"
 
     def call_context(self, server: ServerCallContext) -> CallContext:
-        """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC)."""
-        contexts = self.service.contexts
+        """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC): the
+        one it was admitted with, already authenticated (its owner, its executor
+        and the pipeline use it as it is: one authentication a request)."""
         scope = server.state.get("scope")
         if scope is not None:
-            return h.call_context(contexts, scope, DOOR)
-        return self._grpc_context(server.state.get("grpc_context"))
+            admitted = scope.get(_ADMITTED)
+            if isinstance(admitted, CallContext):
+                return admitted
+            return h.call_context(self.service.contexts, scope, DOOR)
+        grpc_context = server.state.get("grpc_context")
+        carried = _ADMITTED_GRPC.get()
+        if carried is not None and carried[0] is grpc_context:
+            return carried[1]
+        return self._grpc_context(grpc_context)
 
     def admit_grpc(self, grpc_context: Any) -> None:
-        """``admit`` for a gRPC call (its metadata and peer)."""
-        self.admit(self._grpc_context(grpc_context))
+        """``admit`` for a gRPC call (its metadata and peer); the context is kept
+        for the call's task (``call_context``)."""
+        ctx = self._grpc_context(grpc_context)
+        self.admit(ctx)
+        _ADMITTED_GRPC.set((grpc_context, ctx))
 
     def _grpc_context(self, grpc_context: Any) -> CallContext:
         metadata: dict[str, str] = {}
@@ -464,13 +482,15 @@ class A2ADoor:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
             await h.send_body(send, 200, body, "application/jwk-set+json")
         else:
+            ctx = h.call_context(self.service.contexts, scope, DOOR)
             try:
-                self.admit(h.call_context(self.service.contexts, scope, DOOR))
+                self.admit(ctx)
             except AralError as exc:
                 payload = json.dumps(h.error_body(exc, "", self.service.clock.now_ms())).encode()
                 await h.send_body(send, exc.http_status, payload, "application/json",
                                   h.error_headers(exc))  # fmt: skip
                 return
+            scope = {**scope, _ADMITTED: ctx}  # (``call_context``)
             if scope.get("method") in ("GET", "HEAD", "DELETE"):
                 await self.app(scope, receive, send)  # (the handler is made on first use)
             else:
