@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from google.rpc import error_details_pb2, status_pb2
 
 from aralnode import (
     AralError,
@@ -375,8 +376,11 @@ async def test_refusals_before_the_pipeline_are_audited(pair: tuple[Node, Node])
     value = bytearray(forged.signature.value)
     value[10] ^= 0x01
     forged.signature.value = bytes(value)
-    with pytest.raises(SignatureInvalid):
-        await send(b, forged)
+    async with grpc.aio.insecure_channel(b.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb.AgentNodeStub(channel).Invoke(pb.InvokeRequest(message=forged), timeout=10)
+    told = _error_info(info.value)
+    assert told.reason == "SIGNATURE_INVALID"
     fresh = request(a.identity, b.node_id)
     await send(b, fresh)
     with pytest.raises(ReplayDetected):
@@ -387,6 +391,8 @@ async def test_refusals_before_the_pipeline_are_audited(pair: tuple[Node, Node])
         ("aral.v1.AgentNode/Invoke", "unauthorized", "REPLAY_DETECTED", ""),
     ]
     assert all(r.door == "grpc" and r.trace_id for r in refused)
+    # The caller is told the trace id its refusal was recorded under.
+    assert told.metadata["trace_id"] == refused[0].trace_id
     # The call in between went through the pipeline, recorded as itself.
     assert [(r.action, r.outcome) for r in seen if r.point != "pre"] == [("demo.add", "ok")]
     assert b.pipeline.counters["invoke.unauthorized"] == 2
@@ -417,3 +423,13 @@ async def test_a_hello_that_does_not_verify_is_audited_as_a_refused_connection(
     ]
     assert b.pipeline.counters["handshake.rejected"] == 1
     await still_serves(a, b)
+
+
+def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info
+    raise AssertionError("no ErrorInfo in the status")

@@ -132,6 +132,7 @@ class AgentNodeDoor:
 
     async def Invoke(self, data: bytes, context: Context) -> bytes:
         request: pb.InvokeRequest | None = None
+        ctx: CallContext | None = None
         try:
             if len(data) > self.max_message_bytes + ENVELOPE_OVERHEAD:
                 raise MessageTooLarge(
@@ -144,7 +145,9 @@ class AgentNodeDoor:
             response = await self.service.invoke(request, ctx)
             return response.SerializeToString()
         except AralError as exc:
-            await abort(context, exc, request.call.trace_id if request is not None else "")
+            # The trace id the call was served (or refused, and audited) under.
+            trace_id = ctx.trace_id if ctx is not None else ""
+            await abort(context, exc, trace_id or (request.call.trace_id if request else ""))
             raise
 
     def _built_in(self, method: MethodDescriptor) -> Unary:
