@@ -179,6 +179,8 @@ def main() -> None:
             asyncio.run(node([], http_port=0, metrics=False, tracing=False))
         elif kind == "node-observed":  # ... and on (no exporter)
             asyncio.run(node([], http_port=0, metrics=True, tracing=True))
+        elif kind == "node-unsampled":  # ... and on, every span sampled out (unrecorded)
+            asyncio.run(node([], http_port=0, metrics=True, tracing=True, tracing_sample_ratio=0.0))
         elif kind == "library":
             asyncio.run(library())
         else:

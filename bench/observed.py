@@ -1,13 +1,26 @@
 """Operations (issue 19): what metrics and tracing cost a node's calls.
 
-Two node processes serve ``demo.echo`` over gRPC ``Invoke`` (unsigned), with an
+Three node processes serve ``demo.echo`` over gRPC ``Invoke`` (unsigned), with an
 HTTP port each: one with metrics and tracing off, one with both on (every call
-counted by the metrics sink and given its spans; no exporter). Clients here, 16
-calls in flight, short alternating slices, every other round reversed; the ratio
-is the median over rounds of the observed node's calls/s over the other's within
-the round (``bench/unary.py`` explains why pairing).
+counted by the metrics sink and given its span; no exporter), and one with both on
+but every span sampled out (``tracing_sample_ratio = 0``: the same code, ids and
+context propagation, with OpenTelemetry's SDK recording no span). Clients here, 16
+calls in flight, short slices in an order that turns every round; each ratio is the
+median over rounds of a node's calls/s over the off node's within the round
+(``bench/unary.py`` explains why pairing).
 
 - ``unary.observed_vs_off.paired_ratio``: target >= 0.95.
+- ``unary.observed_unsampled_vs_off.paired_ratio``: the same with no span recorded;
+  the gap between the two is what recording one span per call costs.
+
+Where the cost is, in process (this process's CPU, tight loops, median of rounds):
+
+- ``tracing.sdk_span_us``: OpenTelemetry's SDK alone: ``start_span``, the five
+  attributes a call's span carries, ``end`` (a provider built as a node builds
+  its own, no processor).
+- ``tracing.pipeline_added_us``: what tracing adds to a call through the pipeline
+  (``Node.invoke`` of an echo capability, tracing on vs off): the SDK's span plus
+  the node's own share (ids, context, the log's trace id).
 
 The channel's counterpart, ``channel.observed_vs_off.ratio``, is measured with the
 channel benchmark (``bench/channel.py``).
@@ -17,6 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
+import time
+from pathlib import Path
 
 from bench._proc import server
 from bench._report import Report, median
@@ -25,15 +41,78 @@ from bench.unary import WARMUP, Tally, _node_case, _slice
 SLICE = 0.5
 ROUNDS = 16
 IN_FLIGHT = 16
+KINDS = ("off", "observed", "unsampled")
+LOOP_CALLS = 20_000
+LOOP_ROUNDS = 5
+
+
+def _sdk_span_us() -> float:
+    """µs per span of the SDK alone, as a node makes a call's (see the docstring)."""
+    from opentelemetry.trace import SpanKind
+
+    from aralnode import NodeConfig
+    from aralnode._tracing import node_provider
+
+    provider = node_provider(NodeConfig(name="bench", tracing=True), "bench", "bench")
+    tracer = provider.get_tracer("aralnode")
+    attributes = {
+        "aral.door": "grpc", "aral.capability": "demo.echo", "aral.caller_kind": "anonymous",
+        "aral.decision": "", "aral.outcome": "ok",
+    }  # fmt: skip
+    rounds = []
+    for _ in range(LOOP_ROUNDS):
+        t0 = time.process_time()
+        for _ in range(LOOP_CALLS):
+            span = tracer.start_span("demo.echo", kind=SpanKind.SERVER)
+            span.set_attributes(attributes)
+            span.end()
+        rounds.append((time.process_time() - t0) / LOOP_CALLS * 1e6)
+    provider.shutdown()
+    return median(rounds)
+
+
+async def _pipeline_us() -> dict[str, float]:
+    """µs per ``Node.invoke`` of an echo, tracing off and on (local door)."""
+    from aralnode import Node, NodeConfig
+
+    per: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory(prefix="aral-bench-") as tmp:
+        nodes = {}
+        for kind in per:
+            node = Node(
+                NodeConfig(
+                    name=f"loop-{kind}", grpc_port=0, http_port=None, discovery="none",
+                    data_dir=Path(tmp) / kind, tracing=kind == "on",
+                )
+            )  # fmt: skip
+
+            @node.capability(id="bench.echo")
+            async def echo(text: str) -> str:
+                return text
+
+            await node.start()
+            nodes[kind] = node
+        try:
+            for _ in range(LOOP_ROUNDS):
+                for kind, node in nodes.items():
+                    t0 = time.process_time()
+                    for _ in range(LOOP_CALLS):
+                        await node.invoke("bench.echo", {"text": "hi"})
+                    per[kind].append((time.process_time() - t0) / LOOP_CALLS * 1e6)
+        finally:
+            for node in nodes.values():
+                await node.stop(0.5)
+    return {kind: median(v) for kind, v in per.items()}
 
 
 def run(report: Report) -> None:
-    ratios: list[float] = []
-    tallies = {"off": Tally(), "observed": Tally()}
+    ratios: dict[str, list[float]] = {"observed": [], "unsampled": []}
+    tallies = {k: Tally() for k in KINDS}
+    node_cpu = dict.fromkeys(KINDS, 0.0)  # the node process's CPU seconds, all slices
 
     async def main() -> None:
-        with server("node-off") as off, server("node-observed") as observed:
-            child = {"off": off, "observed": observed}
+        with contextlib.ExitStack() as servers:
+            child = {k: servers.enter_context(server(f"node-{k}")) for k in KINDS}
             async with contextlib.AsyncExitStack() as stack:
                 calls = {
                     k: await stack.enter_async_context(_node_case(c, signed=False))
@@ -42,30 +121,61 @@ def run(report: Report) -> None:
                 for k, call in calls.items():
                     await _slice(call, IN_FLIGHT, WARMUP, child[k], Tally())
                 for r in range(ROUNDS):
-                    order = ("off", "observed") if r % 2 == 0 else ("observed", "off")
-                    got = {
-                        k: await _slice(calls[k], IN_FLIGHT, SLICE, child[k], tallies[k])
-                        for k in order
-                    }
-                    ratios.append(got["observed"] / got["off"])
+                    order = KINDS[r % 3 :] + KINDS[: r % 3]
+                    got = {}
+                    for k in order:
+                        before = child[k].cpu_seconds()
+                        got[k] = await _slice(calls[k], IN_FLIGHT, SLICE, child[k], tallies[k])
+                        after = child[k].cpu_seconds()
+                        if before is not None and after is not None:
+                            node_cpu[k] += after - before
+                    for k, kept in ratios.items():
+                        kept.append(got[k] / got["off"])
 
     print(f"  {ROUNDS} rounds, {IN_FLIGHT} in flight, {SLICE} s per node", flush=True)
     asyncio.run(main())
-    ratio = median(ratios)
-    off, on = tallies["off"], tallies["observed"]
+    ratio, unsampled = median(ratios["observed"]), median(ratios["unsampled"])
+    off, on, dropped = (tallies[k] for k in KINDS)
     report.add("unary.observed_vs_off.paired_ratio", ratio, "ratio")
+    report.add("unary.observed_unsampled_vs_off.paired_ratio", unsampled, "ratio")
     report.add("unary.observed.c16.qps", on.qps, "calls/s", baseline=off.qps)
+    node_us = {k: node_cpu[k] / tallies[k].calls * 1e6 for k in KINDS}
+    report.add("unary.observed.node_cpu_us_per_call", node_us["observed"], "us",
+               baseline=node_us["off"])  # fmt: skip
+    sdk = _sdk_span_us()
+    loop = asyncio.run(_pipeline_us())
+    added = loop["on"] - loop["off"]
+    report.add("tracing.sdk_span_us", sdk, "us")
+    report.add("tracing.pipeline_added_us", added, "us")
     rows = [
-        f"gRPC Invoke of demo.echo, {IN_FLIGHT} in flight, {ROUNDS} alternating rounds of "
-        f"{SLICE} s per node; ratio: median of per-round ratios.",
+        f"gRPC Invoke of demo.echo, {IN_FLIGHT} in flight, {ROUNDS} rounds of {SLICE} s per "
+        "node in turn; ratios: median of per-round ratios to the off node.",
         "",
-        "| node | calls/s | CPU µs/call (client + node) |",
-        "|---|---|---|",
-        f"| metrics and tracing off | {off.qps:,.0f} | {off.cpu_us or 0:.0f} |",
-        f"| metrics and tracing on (no exporter) | {on.qps:,.0f} | {on.cpu_us or 0:.0f} |",
+        "| node | calls/s | ratio | node CPU µs/call | CPU µs/call (client + node) |",
+        "|---|---|---|---|---|",
+        f"| metrics and tracing off | {off.qps:,.0f} | 1 | {node_us['off']:.0f} "
+        f"| {off.cpu_us or 0:.0f} |",
+        f"| metrics and tracing on (no exporter) | {on.qps:,.0f} | {ratio:.3f} "
+        f"| {node_us['observed']:.0f} | {on.cpu_us or 0:.0f} |",
+        f"| both on, every span sampled out | {dropped.qps:,.0f} | {unsampled:.3f} "
+        f"| {node_us['unsampled']:.0f} | {dropped.cpu_us or 0:.0f} |",
         "",
         f"Paired ratio {ratio:.3f} (target >= 0.95); per round: "
-        + ", ".join(f"{x:.2f}" for x in ratios)
+        + ", ".join(f"{x:.2f}" for x in ratios["observed"])
         + ".",
+        "",
+        "In process, tight loops: OpenTelemetry's SDK alone makes, fills and ends a call's "
+        f"span in {sdk:.1f} µs; tracing adds {added:.1f} µs to a call through the pipeline "
+        f"({loop['off']:.1f} -> {loop['on']:.1f} µs per `Node.invoke`), so the node's own "
+        f"share is {added - sdk:.1f} µs. A 0.95 ratio leaves metrics and tracing together "
+        f"{node_us['off'] * 0.05 / 0.95:.0f} µs of the node's "
+        f"{node_us['off']:.0f} µs per call.",
     ]
     report.section("Observability: metrics and tracing on vs off", rows)
+
+
+if __name__ == "__main__":
+    r = Report()
+    run(r)
+    for f in r.figures:
+        print(f)
