@@ -21,6 +21,9 @@ governance block, a missing scope, a capability that is not there. Every door
 answers in its own language (a gRPC status, an HTTP status, an MCP error result,
 a WebSocket error frame, an ``AralError``); each is read back into one shape and
 compared. Later features extend ``CASES`` and ``DOORS`` rather than write new ones.
+The doors that take signed messages (``grpc-invoke``, ``aral-message``, ``channel``)
+also refuse forged and replayed ones alike, before any stage runs:
+``tests/test_parity_signed.py``, which writes to them as a peer would.
 """
 
 from __future__ import annotations
