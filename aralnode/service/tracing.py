@@ -193,15 +193,21 @@ def client_span(
     return _client(tracer, name, peer)
 
 
-@contextlib.contextmanager
-def logged_as(trace_id: str) -> Iterator[None]:
+class logged_as:  # (lower case: used as a function, ``with logged_as(trace_id):``)
     """Log lines within name ``trace_id`` (``aralnode._logs.TRACE_ID``): for work done
-    for a message outside a pipeline call (a notification's handlers)."""
-    token = TRACE_ID.set(trace_id)
-    try:
-        yield
-    finally:
-        TRACE_ID.reset(token)
+    for a message outside a pipeline call (a notification's handlers). A class, not a
+    generator: it is entered once a handler call, on every message a peer sends."""
+
+    __slots__ = ("_token", "_trace_id")
+
+    def __init__(self, trace_id: str) -> None:
+        self._trace_id = trace_id
+
+    def __enter__(self) -> None:
+        self._token = TRACE_ID.set(self._trace_id)
+
+    def __exit__(self, *exc: object) -> None:
+        TRACE_ID.reset(self._token)
 
 
 class _Served:

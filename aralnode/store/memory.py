@@ -145,6 +145,9 @@ class MemoryOutbox:
         self._queues.clear()
 
 
+_NOTHING = contextlib.nullcontext()
+
+
 class MemoryInbox:
     """The default inbox: marks in a dict; lost (and so re-learnt) on restart."""
 
@@ -166,9 +169,8 @@ class MemoryInbox:
     def transaction(self) -> Iterator[sqlite3.Connection | None]:
         yield None
 
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        yield
+    def savepoint(self) -> contextlib.AbstractContextManager[None]:
+        return _NOTHING  # (one a handler call: a generator here cost ~1 µs a message)
 
     def forget_marks(self, peer: str) -> None:
         self._records.pop(peer, None)
