@@ -19,9 +19,13 @@ def install_interop(node: Any, service: Any, grpc: Any, http: Any) -> None:
     """Serve what ``config.a2a`` and ``config.aral_api`` turn on."""
     install_a2a(node, service, grpc, http)
     if node.config.aral_api and http is not None:
+        from aralnode.bridge import openapi_aral  # noqa: PLC0415
         from aralnode.bridge.aral_api import AralApi  # noqa: PLC0415
 
         http.aral = AralApi(service, name=node.name, max_body_bytes=node.config.max_message_bytes)
+        http.openapi.include(
+            openapi_aral.paths(node.node_id), openapi_aral.schemas(), openapi_aral.tag()
+        )
 
 
 def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:

@@ -70,6 +70,36 @@ def test_every_binding_is_documented(document: dict[str, Any]) -> None:
     assert ("POST", "/aral.v1.AgentNode/Channel") not in ops
 
 
+async def test_the_aral_rest_api_is_documented(node: Node, document: dict[str, Any]) -> None:
+    base = "/api/v1/agents/{agent_id}"
+    ops = {
+        (verb, path): op
+        for path, item in document["paths"].items()
+        if path.startswith(base)
+        for verb, op in item.items()
+    }
+    assert set(ops) == {
+        ("get", f"{base}/status"),
+        ("get", f"{base}/capabilities"),
+        ("post", f"{base}/invoke"),
+        ("post", f"{base}/capabilities/{{capability}}"),
+        ("post", f"{base}/messages"),
+    }
+    status = ops["get", f"{base}/status"]
+    agent = next(p for p in status["parameters"] if p["name"] == "agent_id")
+    assert agent["example"] == node.node_id  # what a reader tries first: this node
+    message = ops["post", f"{base}/messages"]
+    signature = next(p for p in message["parameters"] if p["name"] == "X-ARAL-Signature")
+    assert signature["in"] == "header"
+    assert signature["required"] is True
+    assert "aral.api" in {t["name"] for t in document["tags"]}
+    # The answers the route gives are the documented ones.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        got = (await http.get(f"/api/v1/agents/{node.node_id}/status")).json()
+    schemas = document["components"]["schemas"]
+    Draft202012Validator(schemas["aral.api.AgentStatus"]).validate(got)
+
+
 def test_one_path_per_shape(document: dict[str, Any]) -> None:
     # OpenAPI: templated paths of the same hierarchy are one path, whatever their
     # names; a path item lists every method the node answers there (as Allow does).
@@ -117,7 +147,8 @@ async def test_docs_page_is_self_contained(node: Node) -> None:
 # method a path does not have is 405 with an exact Allow. Where a servicer has rules
 # of its own that no proto says (the library wants a shelf and a title, and a
 # page_size of at least 0; Invoke wants a call or a message, and its by-capability
-# binding's path already sets the call), a schema-valid
+# binding's path already sets the call; the ARAL API's invoke routes take any object
+# as parameters, and the capability named checks its own), a schema-valid
 # request may be refused: only that direction is left out, for those operations.
 SCHEMATHESIS_CONFIG = """
 [checks]
@@ -137,6 +168,8 @@ include-operation-id = [
   "library.v1.Library.ListBooks_2",
   "aral.v1.AgentNode.Invoke",
   "aral.v1.AgentNode.Invoke_2",
+  "aral.api.invoke",
+  "aral.api.capability",
 ]
 checks.positive_data_acceptance.enabled = false
 """

@@ -83,6 +83,13 @@ class OpenApiBuilder:
         self.version = version
         self.description = description
         self._doc: dict[str, Any] | None = None
+        self._surfaces: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+
+    def include(self, paths: dict[str, Any], schemas: dict[str, Any], tag: dict[str, Any]) -> None:
+        """Document a surface written out elsewhere (the ARAL REST API,
+        ``openapi_aral``): its path items, the schemas they refer to, its tag."""
+        self._surfaces.append((paths, schemas, tag))
+        self._doc = None
 
     def document(self) -> dict[str, Any]:
         if self._doc is None:
@@ -126,6 +133,7 @@ class OpenApiBuilder:
             )
         schemas_out = dict(sorted(schemas.definitions.items()))
         schemas_out[ERROR_SCHEMA] = _ERROR
+        self._add_surfaces(paths, schemas_out, tags)
         info: dict[str, Any] = {"title": self.title, "version": self.version}
         if self.description:
             info["description"] = self.description
@@ -147,6 +155,14 @@ class OpenApiBuilder:
                 },
             },
         }
+
+    def _add_surfaces(
+        self, paths: dict[str, Any], schemas: dict[str, Any], tags: dict[str, Any]
+    ) -> None:
+        for more_paths, more_schemas, tag in self._surfaces:
+            paths.update(more_paths)
+            schemas.update(more_schemas)
+            tags[tag["name"]] = tag
 
     def _operation(
         self,
