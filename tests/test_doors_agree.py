@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -54,16 +55,33 @@ def strict(text: str | bytes) -> Any:
 
 
 HUGE = "9" * 4000
+LIBRARY = Path(__file__).resolve().parent.parent / "examples" / "library" / "server.py"
+GET_BOOK = "library.v1.Library/GetBook"
 # Request bodies a caller may send: each is refused as invalid (400), never a 500.
 BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", HUGE, "-" + HUGE]
 
 
+def _tree(depth: int) -> dict[str, Any]:
+    """A tree ``depth`` levels deep, one child a level: as JSON, an object and an
+    array a level (five protobuf messages as a ``google.protobuf.Value``)."""
+    tree: dict[str, Any] = {"value": "leaf", "children": []}
+    for i in range(depth):
+        tree = {"value": str(i), "children": [tree]}
+    return tree
+
+
 def _give(node: Node, values: dict[str, Any]) -> None:
-    """``test.give`` returns ``values[key]``: results the test chooses, NaN too."""
+    """``test.give`` returns ``values[key]``: results the test chooses, NaN too;
+    ``test.take`` takes anything, and says it ran (``TAKEN``)."""
 
     @node.capability(id="test.give", risk="read_only")
     async def give(key: str) -> Any:
         return values[key]
+
+    @node.capability(id="test.take", risk="read_only")
+    async def take(tree: Any) -> int:
+        TAKEN.append(tree)
+        return len(TAKEN)
 
     @node.capability(id="test.refuse", risk="read_only")
     async def refuse(key: str) -> Any:
@@ -76,7 +94,12 @@ RESULTS = {
     "inf": [1, float("inf")],
     "deep-inf": {"a": {"b": [float("-inf")]}},
     "big-int": 2**60,
+    # Deeper than a google.protobuf.Value can carry (protobuf parses 100 levels): the
+    # envelope doors could not send it, so no door does (it was a 500 on POST
+    # /v1/invoke, after the capability had run).
+    "too-deep": _tree(20),
 }
+TAKEN: list[Any] = []
 DELAYS = {"inf": float("inf"), "nan": float("nan"), "1e300": 1e300, "-5": -5.0}
 
 
@@ -496,3 +519,65 @@ def test_a_grpc_status_carries_details_as_json_whatever_they_hold() -> None:
     assert info.metadata["n"] == "nan"
     assert info.metadata["o"].startswith("<object object")
     assert strict(info.metadata["l"]) == [1, "inf"]
+
+
+async def test_parameters_nested_deeper_than_a_value_holds_are_refused_before_the_call(
+    make_node: Callable[..., Node],
+) -> None:
+    """A tree 18 levels deep is 91 protobuf levels as a Value, past what one can carry
+    inside a response: refused alike on every door (TOO_DEEP), the capability never
+    run, rather than run and its answer lost on the way back."""
+    deep = {"tree": _tree(18)}
+    TAKEN.clear()
+    async with node_with_doors(make_node) as (node, http):
+        async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client:
+            r = await client.post(
+                "/v1/invoke", json={"call": {"capability": "test.take", "parameters": deep}}
+            )
+        assert (r.status_code, strict(r.text)["error"]["reason"]) == (400, "TOO_DEEP"), r.text
+        async with NodeClient(node.address) as grpc_client:
+            with pytest.raises(AralError) as info:
+                await grpc_client.call("test.take", deep, timeout=10)
+        assert info.value.reason == "TOO_DEEP"
+        async with connect(f"ws://{http}/ws") as ws:
+            await ws.send(json.dumps({"type": "invoke", "id": 1, "capability": "test.take",
+                                      "parameters": deep}))  # fmt: skip
+            assert strict(await ws.recv())["error"]["reason"] == "TOO_DEEP"
+        async with Client(f"http://{http}/mcp") as mcp:
+            result = await mcp.call_tool(tool_name("test.take"), deep)
+        assert result.is_error
+        assert strict(result.content[0].text)["error"]["reason"] == "TOO_DEEP"  # type: ignore[union-attr]
+        with pytest.raises(AralError) as local:
+            await node.invoke("test.take", deep, ctx=CallContext(door="local"))
+        assert local.value.reason == "TOO_DEEP"
+        assert TAKEN == []
+        # One level less is carried there and back.
+        shallow = {"tree": _tree(16)}
+        assert await node.invoke("test.take", shallow, ctx=CallContext(door="local")) == 1
+
+
+async def test_a_64_bit_integer_that_came_as_a_double_is_refused_not_rounded(
+    make_node: Callable[..., Node],
+) -> None:
+    """A Struct (gRPC ``Invoke``'s parameters, ``POST /v1/invoke``'s) holds numbers as
+    doubles: 2**53 + 1 arrives as 2**53. Given to an int64 field it is refused, as
+    the doors that read JSON numbers refuse it; as a string it arrives exact."""
+    node = make_node("wide", http_port=0)
+    node.load(str(LIBRARY))
+    big = 2**53 + 1
+    async with node:
+        async with NodeClient(node.address) as client:
+            with pytest.raises(AralError) as info:
+                await client.call(GET_BOOK, {"shelf": "sci", "bookId": big}, timeout=10)
+            assert (info.value.code, info.value.reason) == ("invalid_request", "NOT_A_JSON_NUMBER")
+            with pytest.raises(AralError) as exact:
+                await client.call(GET_BOOK, {"shelf": "sci", "bookId": str(big)}, timeout=10)
+        assert exact.value.code == "not_found"
+        assert str(big) in exact.value.message  # the servicer was asked for this book
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+            body = '{"call":{"capability":"%s","parameters":{"shelf":"sci","bookId":%d}}}'
+            r = await http.post(
+                "/v1/invoke", content=body % (GET_BOOK, big),
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
+        assert (r.status_code, r.json()["error"]["reason"]) == (400, "NOT_A_JSON_NUMBER")

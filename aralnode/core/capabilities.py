@@ -34,7 +34,7 @@ from aralnode.core.errors import (
     InvalidParameters,
     InvalidRequest,
 )
-from aralnode.core.proto_json import DuplicateField, check_json
+from aralnode.core.proto_json import DuplicateField, InexactInteger, check_json
 from aralnode.core.proto_schema import SCHEMA_DIALECT, message_schema
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -339,6 +339,8 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
         reason = "DUPLICATE_PARAMETER" if isinstance(exc, DuplicateField) else None
+        if isinstance(exc, InexactInteger):
+            reason = "NOT_A_JSON_NUMBER"  # as the doors that read JSON numbers say
         raise InvalidParameters(
             f"invalid {what}: {exc}", reason=reason, details={"message": name}
         ) from None

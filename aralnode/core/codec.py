@@ -174,13 +174,25 @@ def dumps(value: Any, *, pretty: bool = False) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class NestedTooDeeply(RecursionError):
+    """A value nested deeper than a ``google.protobuf.Value`` can carry."""
+
+
+#: How deep a ``google.protobuf.Value`` may nest, in protobuf messages (a JSON object
+#: is three: Value, Struct, its map entry; an array two: Value, ListValue). protobuf
+#: parses at most 100 levels, and a Value travels inside a few messages of its own
+#: (an Invoke response's CallResult, an A2A task's artifact).
+MAX_VALUE_DEPTH = 90
+
+
 def check_json(value: Any) -> None:
     """Raise ``ValueError`` if ``value`` holds a number some door could not carry as
     it is: NaN or an infinity (no JSON form), or an integer beyond ±2**53 (a
-    ``google.protobuf.Value``, the gRPC and channel doors' form, holds doubles).
+    ``google.protobuf.Value``, the gRPC and channel doors' form, holds doubles);
+    ``NestedTooDeeply`` if it nests deeper than a Value can (``MAX_VALUE_DEPTH``).
     The pipeline checks every call's parameters and results with it, so that every
     door refuses the same values the same way."""
-    _check_numbers(value)
+    _check_numbers(value, depth=1)
 
 
 # A peer's or a servicer's retry delay is advice to a client: past a day it says
@@ -245,17 +257,21 @@ def to_value(value: Any) -> struct_pb2.Value:
     """
     msg = struct_pb2.Value()
     try:
-        _check_numbers(value)
+        _check_numbers(value, depth=1)
         json_format.ParseDict(value, msg)
+    except NestedTooDeeply as exc:  # (the pipeline refuses such results first)
+        raise OutOfRange(f"the result is {exc}", reason="RESULT_NOT_JSON") from None
     except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"capability result is not JSON-representable: {exc}") from None
     return msg
 
 
-def _check_numbers(value: Any, *, exact_ints: bool = True) -> None:
+def _check_numbers(value: Any, *, exact_ints: bool = True, depth: int = 0) -> None:
     """Raise ``ValueError`` for NaN or an infinity (JSON has no such numbers, and a
     door printing one would fail after the call had run) or, with ``exact_ints``, an
-    integer a double cannot hold exactly, anywhere in ``value``."""
+    integer a double cannot hold exactly, anywhere in ``value``; with ``depth`` (the
+    protobuf level ``value``'s Value would be at), ``NestedTooDeeply`` past
+    ``MAX_VALUE_DEPTH``."""
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
@@ -267,13 +283,21 @@ def _check_numbers(value: Any, *, exact_ints: bool = True) -> None:
                 "doubles; return it as a string"
             )
     elif kind is dict:
+        if depth:
+            depth += 3  # its values' Values: under a Struct and a map entry
+            if depth > MAX_VALUE_DEPTH and value:
+                raise NestedTooDeeply(f"nested deeper than {MAX_VALUE_DEPTH} protobuf levels")
         for v in value.values():
             if type(v) in _CHECKED:
-                _check_numbers(v, exact_ints=exact_ints)
+                _check_numbers(v, exact_ints=exact_ints, depth=depth)
     elif kind is list or kind is tuple:
+        if depth:
+            depth += 2  # its items' Values: under a ListValue
+            if depth > MAX_VALUE_DEPTH and value:
+                raise NestedTooDeeply(f"nested deeper than {MAX_VALUE_DEPTH} protobuf levels")
         for v in value:
             if type(v) in _CHECKED:
-                _check_numbers(v, exact_ints=exact_ints)
+                _check_numbers(v, exact_ints=exact_ints, depth=depth)
 
 
 # A whole double below this in magnitude is exactly the integer it came from (2**53

@@ -12,9 +12,16 @@ where every door reads JSON: ``codec.loads``.)
   spellings, not the fields. One field given twice is refused, as a query parameter
   given twice is.
 
-Both are refused here, before the parser sees the value. Only the fields that can
-matter are walked (a table per message type, made once): a message with no enum
-and no field spelled two ways anywhere below it costs one lookup.
+- A 64-bit integer field (and ``Int64Value``, ``UInt64Value``) given a whole
+  double at or beyond ±2**53 takes it as it is, though the double may be another
+  integer rounded: what a ``google.protobuf.Value`` makes of 9007199254740993, the
+  form a plain call's parameters travel in over gRPC ``Invoke``, A2A and the
+  channel. proto3 JSON carries such integers as strings, and the doors that read
+  JSON numbers refuse them (``codec.check_json``); so is such a double, here.
+
+All are refused here, before the parser sees the value. Only the fields that can
+matter are walked (a table per message type, made once): a message with no enum,
+no 64-bit integer and no field spelled two ways anywhere below it costs one lookup.
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 class DuplicateField(ValueError):
     """One field given twice in one object, under its two spellings."""
+
+
+class InexactInteger(ValueError):
+    """A 64-bit integer given as a double that may have been rounded."""
+
+
+_WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
+_WIDE_WRAPPERS = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
+_EXACT = 2**53
 
 
 # By message full name: the (JSON name, proto name) pairs that differ, and the fields
@@ -56,13 +72,28 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         if field is None or item is None:
             continue
         leaf = _leaf(field)
+        wide = _is_wide(leaf)
         for x in _values(field, item):
-            if leaf.enum_type is None:
+            if wide:
+                if type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
+                    raise InexactInteger(
+                        f"{field.full_name}: {x!r} came as a double, which holds no integer "
+                        "beyond ±2**53 exactly: send 64-bit integers as strings"
+                    )
+            elif leaf.enum_type is None:
                 check_json(leaf.message_type, x)
             elif isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
                 raise ValueError(
                     f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
                 )
+
+
+def _is_wide(field: FieldDescriptor) -> bool:
+    """A 64-bit integer field, or a wrapper of one (its JSON form is the number)."""
+    if field.cpp_type in _WIDE:
+        return True
+    desc = field.message_type
+    return desc is not None and desc.full_name in _WIDE_WRAPPERS
 
 
 def _values(field: FieldDescriptor, item: Any) -> list[Any]:
@@ -97,9 +128,10 @@ def _table(
 
 
 def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
-    """Whether ``field`` is an enum, or a message with an enum or a field spelled two
-    ways somewhere below (the well-known types' JSON forms have neither)."""
-    if field.enum_type is not None:
+    """Whether ``field`` is an enum, a 64-bit integer (or its wrapper), or a message
+    with one of those or a field spelled two ways somewhere below (the other
+    well-known types' JSON forms have none)."""
+    if field.enum_type is not None or _is_wide(field):
         return True
     desc = field.message_type
     if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):
