@@ -129,7 +129,11 @@ async def test_an_unknown_skill_is_rejected_with_the_nodes_code(node: Node, tran
     try:
         task = final_task(await events(client, ask("no.such", {}, message_id="m4")))
         assert task.status.state == a2a.TaskState.TASK_STATE_REJECTED
-        assert MessageToDict(task.status.message.metadata)["code"] == "not_found"
+        note = task.status.message
+        assert MessageToDict(note.metadata)["code"] == "not_found"
+        # The refusal's message belongs to its task, in the fields that say so.
+        assert (note.task_id, note.context_id) == (task.id, task.context_id)
+        assert note.parts[0].media_type in ("", "text/plain"), note
     finally:
         await client.close()
 

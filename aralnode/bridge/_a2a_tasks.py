@@ -95,7 +95,9 @@ class BoundedTaskStore(TaskStore):
                 continue
             task.status.state = a2a_pb2.TaskState.TASK_STATE_FAILED
             task.status.message.CopyFrom(
-                new_text_message("the node restarted while it ran", task.context_id, task.id)
+                new_text_message(
+                    "the node restarted while it ran", context_id=task.context_id, task_id=task.id
+                )
             )
             await self._store.save(task, self._as(owner))
             self._order[task_id] = (owner, True)

@@ -170,8 +170,9 @@ class NodeExecutor(AgentExecutor):
             await updater.start_work()
             result = await pipeline.invoke(ctx, skill, params)
         except AralError as exc:
-            reply = new_text_message(f"{exc.code}: {exc.message}", context.context_id,
-                                     context.task_id)  # fmt: skip
+            reply = new_text_message(
+                f"{exc.code}: {exc.message}", context_id=context.context_id, task_id=context.task_id
+            )
             reply.metadata.update({"code": exc.code, "reason": exc.reason,
                                    "trace_id": ctx.trace_id})  # fmt: skip
             if exc.code in _REJECTED:
@@ -187,8 +188,8 @@ class NodeExecutor(AgentExecutor):
     def _which_skill(self, exc: NoSkill, context: RequestContext) -> a2a_pb2.Message:
         skills = self.door._skills()
         listed = ", ".join(skills[:20]) + (", …" if len(skills) > 20 else "")
-        note = new_text_message(f"{exc.message}; skills: {listed}", context.context_id,
-                                context.task_id)  # fmt: skip
+        note = new_text_message(f"{exc.message}; skills: {listed}",
+                                context_id=context.context_id, task_id=context.task_id)  # fmt: skip
         note.metadata.update({"code": exc.code, "reason": exc.reason})
         return note
 
@@ -203,7 +204,7 @@ class NodeExecutor(AgentExecutor):
             if event == "pending" and mine and entry.door == DOOR:
                 note = new_text_message(
                     f"waiting for approval {entry.id}: {'; '.join(entry.reasons)}",
-                    updater.context_id, updater.task_id,
+                    context_id=updater.context_id, task_id=updater.task_id,
                 )  # fmt: skip
                 note.metadata.update({"approval": entry.id})
                 task = asyncio.ensure_future(updater.requires_auth(note))
