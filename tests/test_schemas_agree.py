@@ -372,7 +372,7 @@ def _wrappers_message() -> Descriptor:
         ("int64", "12"), ("int64", "twelve"), ("int64", 2**63), ("int64", None),
         ("uint64", -1), ("uint64", "-1"), ("int32", 2**31), ("int32", "x"),
         ("uint32", -1), ("double", "NaN"), ("double", "Infinity"), ("double", "many"),
-        ("bool", "yes"), ("bool", True),
+        ("bool", "yes"), ("bool", True), ("double", None),
     ],
 )  # fmt: skip
 def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> None:
@@ -380,6 +380,54 @@ def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> Non
     desc = _wrappers_message()
     body = {field: value}
     assert _node_accepts(desc, body) is _schema_accepts(desc, body), body
+
+
+def _keyed_message() -> Descriptor:
+    """Maps keyed by an int64, a uint32 and a bool, and a NullValue field, in a fresh
+    pool."""
+    from google.protobuf import struct_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    struct = descriptor_pb2.FileDescriptorProto()
+    struct_pb2.DESCRIPTOR.CopyToProto(struct)
+    pool.Add(struct)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="k.proto", package="k", syntax="proto3", dependency=[struct.name]
+    )
+    msg = fdp.message_type.add(name="K")
+    for number, (name, key_type) in enumerate((("ids", 3), ("sizes", 13), ("flags", 8)), 1):
+        entry = msg.nested_type.add(name=f"{name.title()}Entry")
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, type=key_type, label=1, json_name="key")
+        entry.field.add(name="value", number=2, type=9, label=1, json_name="value")
+        msg.field.add(
+            name=name, number=number, type=11, label=3,
+            type_name=f".k.K.{name.title()}Entry", json_name=name,
+        )  # fmt: skip
+    msg.field.add(
+        name="nothing", number=4, type=14, label=1,
+        type_name=".google.protobuf.NullValue", json_name="nothing",
+    )  # fmt: skip
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("k.K")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"ids": {"12": "x"}}, {"ids": {"-3": "x"}}, {"ids": {"abc": "x"}}, {"ids": {"1.5": "x"}},
+        {"sizes": {"7": "x"}}, {"sizes": {"x": "x"}}, {"flags": {"true": "x"}},
+        {"flags": {"false": "x"}}, {"flags": {"yes": "x"}},
+        {"nothing": None}, {"nothing": "NULL_VALUE"}, {"nothing": 0}, {"nothing": "nil"},
+    ],
+)  # fmt: skip
+def test_map_keys_and_a_null_value_field_are_what_the_parser_takes(body: Any) -> None:
+    # Before: any key was valid (the parser refuses "abc" for an int64 key), and a
+    # NullValue field's schema refused null, the only thing the printer writes for it.
+    desc = _keyed_message()
+    assert _node_accepts(desc, body) is _schema_accepts(desc, body), body
+    open_schema = Draft202012Validator(message_schema(desc))  # results: open
+    assert open_schema.is_valid({"nothing": None})
 
 
 async def test_a_websocket_frame_with_a_member_twice_is_refused(node: Node) -> None:

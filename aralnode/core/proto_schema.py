@@ -92,6 +92,30 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 
 _NULL: dict[str, Any] = {"type": "null"}
+# A NullValue field's JSON is null (the printer writes nothing else; the parser
+# also takes the value's name and number).
+_NULL_VALUE: dict[str, Any] = {"oneOf": [_NULL, {"enum": ["NULL_VALUE", 0]}]}
+# A map key's JSON text, for keys that are not strings (``propertyNames``).
+_SIGNED_KEY = {"type": "string", "pattern": "^-?[0-9]+$"}
+_UNSIGNED_KEY = {"type": "string", "pattern": "^[0-9]+$"}
+_KEY_NAMES: dict[int, dict[str, Any]] = {
+    **dict.fromkeys(
+        (
+            FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32,
+            FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_INT64,
+            FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
+        ),
+        _SIGNED_KEY,
+    ),
+    **dict.fromkeys(
+        (
+            FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32,
+            FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64,
+        ),
+        _UNSIGNED_KEY,
+    ),
+    FieldDescriptor.TYPE_BOOL: {"type": "string", "enum": ["true", "false"]},
+}  # fmt: skip
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +133,8 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
         kinds = kind if isinstance(kind, list) else [kind]
         return schema if "null" in kinds else {**schema, "type": [*kinds, "null"]}
     if "oneOf" in schema and len(schema) == 1:
+        if _NULL in schema["oneOf"]:
+            return schema  # (a wrapper's: null already one of its branches, and once only)
         return {"oneOf": [*schema["oneOf"], _NULL]}  # enums and floats: one more branch
     return {"anyOf": [schema, _NULL]}
 
@@ -217,8 +243,12 @@ class _Builder:
 
     def field(self, f: FieldDescriptor) -> dict[str, Any]:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
-            value = f.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.single(value)}
+            entry = f.message_type.fields_by_name
+            schema = {"type": "object", "additionalProperties": self.single(entry["value"])}
+            keys = _KEY_NAMES.get(entry["key"].type)
+            if keys is not None:  # a number or a bool key is its JSON text
+                schema["propertyNames"] = keys
+            return schema
         if f.is_repeated:
             return {"type": "array", "items": self.single(f)}
         return self.single(f)
@@ -229,6 +259,8 @@ class _Builder:
             return self.message(f.message_type)
         if f.type == FieldDescriptor.TYPE_ENUM:
             assert f.enum_type is not None
+            if f.enum_type.full_name == "google.protobuf.NullValue":
+                return dict(_NULL_VALUE)
             return enum_schema(f.enum_type)
         return dict(_SCALARS[f.type])
 
