@@ -100,6 +100,15 @@ async def test_the_aral_rest_api_is_documented(node: Node, document: dict[str, A
     Draft202012Validator(schemas["aral.api.AgentStatus"]).validate(got)
 
 
+def test_only_operations_that_answer_protobuf_say_so(document: dict[str, Any]) -> None:
+    said = "Also answers `application/protobuf`"
+    paths = document["paths"]
+    assert said in paths["/v1/shelves/{shelf}/books/{book_id}"]["get"]["description"]
+    # A scalar response_body and a stream answer JSON only (406 for protobuf).
+    assert said not in paths["/v1/shelves/{shelf}/books/{book_id}/title"]["get"]["description"]
+    assert said not in paths["/v1/shelves/{shelf}/books:watch"]["get"]["description"]
+
+
 def test_one_path_per_shape(document: dict[str, Any]) -> None:
     # OpenAPI: templated paths of the same hierarchy are one path, whatever their
     # names; a path item lists every method the node answers there (as Allow does).

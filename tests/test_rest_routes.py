@@ -94,3 +94,27 @@ def test_agent_node_bindings_and_default_binding() -> None:
     assert [(b.http_method, b.template, b.body, b.default) for b in channel] == [
         ("POST", "/aral.v1.AgentNode/Channel", "*", True)
     ]
+
+
+def test_an_annotated_client_streaming_rpc_is_said_to_be_unserved_on_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request stream has no REST form: its rule is not served, and the log says
+    so at start (it was dropped silently)."""
+    from google.api import annotations_pb2
+
+    from aralnode.bridge.targets import _user_target
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="u.proto", package="u", syntax="proto3")
+    fdp.message_type.add(name="Chunk").field.add(name="data", number=1, type=12, label=1)
+    method = fdp.service.add(name="U").method.add(
+        name="Upload", input_type=".u.Chunk", output_type=".u.Chunk", client_streaming=True
+    )
+    method.options.Extensions[annotations_pb2.http].post = "/v2/upload"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    upload = pool.FindMethodByName("u.U.Upload")
+    assert routes.http_rule(upload) is not None
+    with caplog.at_level("WARNING", logger="aralnode.rest"):
+        assert _user_target(None, None, upload) is None  # type: ignore[arg-type]
+    assert "u.U.Upload streams its requests" in caplog.text

@@ -182,7 +182,8 @@ class OpenApiBuilder:
             notes.append(f"Runs the capability `{target.capability_id}`.")
         if binding.default:
             notes.append("Default binding (the rpc has no google.api.http rule).")
-        notes.append("Also answers `application/protobuf` when asked with Accept.")
+        if _protobuf_answer(binding):
+            notes.append("Also answers `application/protobuf` when asked with Accept.")
         op: dict[str, Any] = {
             "operationId": op_id,
             "summary": _summary(text)
@@ -207,6 +208,15 @@ class OpenApiBuilder:
             }
         op["responses"] = _responses(binding, schemas)
         return op
+
+
+def _protobuf_answer(binding: Binding) -> bool:
+    """Whether the REST door answers ``application/protobuf`` too: for a unary method
+    whose answer (or its ``response_body`` field) is a message (``rest.Route``)."""
+    if binding.method.server_streaming:
+        return False
+    field = binding.response_field
+    return field is None or (field.message_type is not None and not field.is_repeated)
 
 
 def _unique(name: str, taken: set[str]) -> str:

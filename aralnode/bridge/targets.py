@@ -28,6 +28,8 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode._logs import get_logger
+from aralnode.bridge.routes import http_rule
 from aralnode.core import codec
 from aralnode.core.capabilities import ProtoService
 from aralnode.core.context import CallContext
@@ -115,11 +117,20 @@ def _built_in_target(service: NodeService, method: MethodDescriptor) -> Target |
     )
 
 
+log = get_logger("aralnode.rest")
+
+
 def _user_target(
     service: NodeService, served: ProtoService, method: MethodDescriptor
 ) -> Target | None:
     if method.client_streaming:
-        return None  # a request stream has no REST or MCP form
+        if http_rule(method) is not None:  # its author meant it for REST: say why not
+            log.warning(
+                "%s streams its requests: its google.api.http rule is not served (a "
+                "request stream has no REST or MCP form; it is served on gRPC)",
+                method.full_name,
+            )
+        return None
     impl = getattr(served.servicer, method.name, None)
     if impl is None:
         return None
