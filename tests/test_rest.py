@@ -521,3 +521,63 @@ async def test_a_body_cut_off_by_a_disconnect_is_refused_not_run() -> None:
     with pytest.raises(InvalidRequest) as err:
         await _http.read_body({"type": "http", "headers": []}, receive, 1 << 20)
     assert err.value.reason == "CLIENT_DISCONNECTED"
+
+
+def _wkt_service() -> Any:
+    """``service Math { rpc Double(Int64Value) returns (Int64Value); rpc Later(Timestamp)
+    returns (Timestamp); }``: requests whose proto3 JSON is no object."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2, wrappers_pb2
+
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindServiceByName("wkt.v1.Math")
+    except KeyError:
+        pass
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="tests/wkt_math.proto", package="wkt.v1", syntax="proto3",
+        dependency=[wrappers_pb2.DESCRIPTOR.name, timestamp_pb2.DESCRIPTOR.name],
+    )  # fmt: skip
+    svc = fdp.service.add(name="Math")
+    svc.method.add(name="Double", input_type=".google.protobuf.Int64Value",
+                   output_type=".google.protobuf.Int64Value")  # fmt: skip
+    svc.method.add(name="Later", input_type=".google.protobuf.Timestamp",
+                   output_type=".google.protobuf.Timestamp")  # fmt: skip
+    pool.Add(fdp)
+    return pool.FindServiceByName("wkt.v1.Math")
+
+
+async def test_a_request_whose_json_is_no_object_is_its_body(
+    make_node: Callable[..., Node],
+) -> None:
+    """proto3 JSON of an Int64Value is its number (a string for 64 bits), of a
+    Timestamp an RFC 3339 string: such a body is the request (it was refused: "the
+    request body must be a JSON object"), in JSON or protobuf."""
+    from google.protobuf import wrappers_pb2
+
+    class Math:
+        async def Double(self, request: Any, ctx: CallContext) -> Any:
+            return wrappers_pb2.Int64Value(value=request.value * 2)
+
+        async def Later(self, request: Any, ctx: CallContext) -> Any:
+            request.seconds += 60
+            return request
+
+    node = make_node("wkt", http_port=0)
+    node.add_service(Math(), _wkt_service())
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        r = await http.post("/wkt.v1.Math/Double", json="9007199254740993")
+        assert (r.status_code, r.json()) == (200, "18014398509481986"), r.text
+        r = await http.post("/wkt.v1.Math/Double", json=21)
+        assert (r.status_code, r.json()) == (200, "42"), r.text
+        r = await http.post("/wkt.v1.Math/Later", json="2020-01-01T00:00:00Z")
+        assert (r.status_code, r.json()) == (200, "2020-01-01T00:01:00Z"), r.text
+        raw = wrappers_pb2.Int64Value(value=5).SerializeToString()
+        r = await http.post(
+            "/wkt.v1.Math/Double", content=raw,
+            headers={"content-type": "application/protobuf", "accept": "application/protobuf"},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert wrappers_pb2.Int64Value.FromString(r.content).value == 10
+        # Still no other shape: an object for an Int64Value is refused, as JSON says.
+        r = await http.post("/wkt.v1.Math/Double", json={"value": "21"})
+        assert r.status_code == 400, r.text

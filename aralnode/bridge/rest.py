@@ -211,6 +211,18 @@ class Route:
         self.offered: tuple[str, ...] = (h.JSON,) if scalar else (h.JSON, h.PROTOBUF)
 
 
+# The request types whose proto3 JSON is not an object: a body of one is its JSON
+# (an rpc may take a google.protobuf.Int64Value or a Timestamp as its request).
+_NOT_OBJECTS = frozenset(
+    f"google.protobuf.{name}"
+    for name in (
+        "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value",
+        "UInt32Value", "BoolValue", "StringValue", "BytesValue", "Timestamp", "Duration",
+        "FieldMask", "Value", "ListValue",
+    )
+)  # fmt: skip
+
+
 class RestDoor:
     """The ASGI app serving every binding of every target."""
 
@@ -340,13 +352,17 @@ class RestDoor:
         query_string: bytes,
         body: bytes,
         ctx: CallContext,
-    ) -> dict[str, Any]:
+    ) -> Any:
+        """The request's proto3 JSON, from its body, query and path: an object, or
+        the body alone for a request type whose JSON is no object (``_NOT_OBJECTS``)."""
         binding = route.binding
         params: dict[str, Any] = {}
         if binding.body and body:
             value = self._decode_body(route, body, ctx.metadata.get("content-type"))
             if binding.body == "*":
                 if not isinstance(value, dict):
+                    if route.target.request_cls.DESCRIPTOR.full_name in _NOT_OBJECTS:
+                        return value  # (a wrapper's JSON is its scalar, a Timestamp's a string)
                     raise InvalidParameters("the request body must be a JSON object")
                 params = value
             else:
