@@ -43,6 +43,11 @@ def compile_rule(template: str, body: str = "") -> routes.Binding:
         ("/v1/{name}", "/v1/a%2Fb", {"name": "a/b"}),
         ("/v1/{name=shelves/*}", "/v1/shelves/7", {"name": "shelves/7"}),
         ("/v1/{name=shelves/**}", "/v1/shelves/7/books/9", {"name": "shelves/7/books/9"}),
+        # A multi-segment variable keeps an encoded slash encoded (http.proto): it is
+        # not a segment boundary, so never the name of another resource.
+        ("/v1/{name=shelves/**}", "/v1/shelves/7/a%2Fb", {"name": "shelves/7/a%2Fb"}),
+        ("/v1/{name=shelves/*}", "/v1/shelves/s%2f1", {"name": "shelves/s%2f1"}),
+        ("/v1/{name=shelves/*}", "/v1/shelves/caf%C3%A9", {"name": "shelves/café"}),
         ("/v1/{inner.leaf}:run", "/v1/x.y:run", {"inner.leaf": "x.y"}),
         ("/v1/*/{name}", "/v1/anything/n", {"name": "n"}),
         ("/v1/{name}", "/v1/a/b", None),

@@ -95,7 +95,21 @@ class Binding:
             return None
         if not decode:
             return {v: m.group(v.group) for v in self.variables}
-        return {v: unquote(m.group(v.group)) for v in self.variables}
+        return {
+            v: _unquote_segments(m.group(v.group)) if v.multi_segment else unquote(m.group(v.group))
+            for v in self.variables
+        }
+
+
+_SLASH = re.compile("(%2f)", re.IGNORECASE)
+
+
+def _unquote_segments(text: str) -> str:
+    """A multi-segment variable's value, percent-decoded but for ``%2F`` (http.proto:
+    "except %2F and %2f are left unchanged"): an encoded slash inside a segment
+    stays one, never a segment boundary of a different resource's name."""
+    parts = _SLASH.split(text)  # (the slashes kept, at the odd places, as they came)
+    return "".join(part if i % 2 else unquote(part) for i, part in enumerate(parts))
 
 
 def http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
