@@ -437,3 +437,36 @@ def test_a_statement_extends_the_chain_it_came_with() -> None:
     with pytest.raises(Unauthenticated) as info:
         check_statement(too_many, signer="A" * 32, on_behalf_of="", now_ms=SYSTEM_CLOCK.now_ms())
     assert info.value.reason == "DELEGATION_FORGED"
+
+
+async def test_a_peer_nobody_trusts_cannot_speak_for_a_local_principal(
+    make_node: Callable[..., Node],
+) -> None:
+    """A handshake proves a key, not trust: a peer no ``peer_grants`` or
+    ``peer_roles`` names may still act for someone, but that someone is its own
+    (``alice@<its id>``), with a statement or without. It never takes the tier, halt,
+    trust debt or rate bucket of the node's own alice; a trusted peer's alice is
+    alice."""
+    a = make_node("alpha", demo=False, **FAST)
+    stranger = make_node("stranger", demo=False, **FAST)
+    b = build(make_node, "beta", peer_grants={a.node_id: frozenset({"y"})})
+
+    @b.capability(id="authz.who")
+    async def who(ctx: CallContext) -> dict[str, Any]:
+        return {"principal": ctx.principal, "chain": list(ctx.chain)}
+
+    async with a, stranger, b:
+        await linked(a, b)
+        await linked(stranger, b)
+        trusted = await a.request(b.node_id, "authz.who", {}, on_behalf_of="alice")
+        assert trusted == {"principal": "alice", "chain": ["alice", a.node_id]}
+        named = await stranger.request(b.node_id, "authz.who", {}, on_behalf_of="alice")
+        assert named == {
+            "principal": f"alice@{stranger.node_id}",
+            "chain": ["alice", stranger.node_id],
+        }
+        # on_behalf_of with no statement (as an older node sends it): the same.
+        async with NodeClient(b.address, identity=stranger.identity) as client:
+            await client.handshake(stranger.card(), expected_node_id=b.node_id)
+            bare = await client.request("authz.who", {}, on_behalf_of="alice")
+        assert bare["principal"] == f"alice@{stranger.node_id}"

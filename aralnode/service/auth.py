@@ -13,7 +13,9 @@ default, ``PeerAuthenticator``, is the node's rule for every door alike:
   (``aralnode.core.delegation``) and the call gets no more than the intersection of
   the node's grant and the statement's scopes (``Authenticated.ceiling``); a
   delegation with no statement (``on_behalf_of`` alone) gets no more than an
-  anonymous caller;
+  anonymous caller; the principal it names is taken as named only from a peer the
+  operator trusts to name principals (a ``peer_grants`` or ``peer_roles`` entry),
+  and is ``principal@<node id>`` from any other (``_named_by``);
 - a signature with a key nobody verified names the signer, who counts as anonymous
   (anyone can make a key);
 - a channel peer is its session's authenticated node id (scopes as above when its
@@ -228,9 +230,20 @@ class PeerAuthenticator:
             return Authenticated(node, scopes, kind=NODE, roles=roles)
         # on_behalf_of with no statement: nobody vouches for that principal's rights.
         return Authenticated(
-            node, scopes, delegated, kind=NODE, roles=roles, chain=(delegated, node),
-            ceiling=self.anonymous_scopes,
+            node, scopes, self._named_by(node, delegated), kind=NODE, roles=roles,
+            chain=(delegated, node), ceiling=self.anonymous_scopes,
         )  # fmt: skip
+
+    def _named_by(self, node: str, principal: str) -> str:
+        """The principal the verified peer ``node`` says it acts for, as this node
+        knows it. As named when the operator trusts ``node`` to name principals (a
+        ``peer_grants`` or ``peer_roles`` entry names it); otherwise qualified with
+        it, ``alice@<node id>``. A handshake proves a key, not that its holder may
+        speak for this node's users: a name it makes up must never take a local
+        principal's governance tier, halt, trust debt or rate bucket."""
+        if principal == ANONYMOUS_PRINCIPAL or node in self.grants or node in self.roles:
+            return principal
+        return f"{principal}@{node}"
 
     def _delegated(self, credentials: Credentials, verified: bool) -> Authenticated:
         """A call a verified peer forwards with a signed statement (PRO-020)."""
@@ -252,7 +265,7 @@ class PeerAuthenticator:
         return Authenticated(
             signer,
             peer_scopes_of(signer, self.peer_scopes, self.grants),
-            statement.principal,
+            self._named_by(signer, statement.principal),
             kind=NODE,
             roles=self.roles.get(signer, _NO_SCOPES),
             chain=tuple(statement.chain),
