@@ -353,8 +353,7 @@ class RestDoor:
         body: bytes,
         ctx: CallContext,
     ) -> Any:
-        """The request's proto3 JSON, from its body, query and path: an object, or
-        the body alone for a request type whose JSON is no object (``_NOT_OBJECTS``)."""
+        """The request's proto3 JSON (or the body alone: ``_NOT_OBJECTS``)."""
         binding = route.binding
         params: dict[str, Any] = {}
         if binding.body and body:
