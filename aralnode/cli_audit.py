@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -98,11 +99,21 @@ def _print(rows: list[tuple[int, AuditRecord]], as_json: bool, out: TextIO) -> N
             r.principal if r.principal == r.caller or not r.caller else f"{r.principal}<{r.caller}"
         )
         outcome = r.outcome if not r.reason else f"{r.outcome}/{r.reason}"
-        out.write(
-            f"{seq:>8}  {_when(r.time_ms)}  {r.door:<7} {r.point:<10} {who or '-':<20} "
-            f"{r.action:<28} {r.decision or '-':<8} {outcome}\n"
+        line = (
+            f"{_shown(who) or '-':<20} {_shown(r.action):<28} {r.decision or '-':<8} "
+            f"{_shown(outcome)}"
         )
+        out.write(f"{seq:>8}  {_when(r.time_ms)}  {r.door:<7} {r.point:<10} {line}\n")
     out.flush()
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _shown(text: str) -> str:
+    """``text`` for a one-line row: a control character (a newline a caller put in a
+    capability id or a principal, say) escaped, so no record reads as another."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def _tail(ns: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import pytest
 
 from aralnode import Node
 from aralnode.core.audit import AuditRecord, params_digest
+from aralnode.core.errors import NotFound
 from aralnode.core.identity import Identity
 from aralnode.service import auditing
 from aralnode.service.auditing import DurableLog
@@ -400,3 +401,26 @@ async def test_a_rewrite_hidden_by_removing_the_later_heads_is_caught(
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert (problem.kind, problem.seq) == ("unsigned", 11)
+
+
+async def test_a_made_up_capability_id_is_recorded_bounded_and_shown_on_one_line(
+    make_node: Callable[..., Node],
+) -> None:
+    """A caller's 1 MB capability id (refused, not found) is one bounded record, not
+    1 MB of log; the newlines in it cannot make ``audit tail`` show a forged row."""
+    node = make_node("bounded", audit=True)
+    made_up = "\n    99999  2026-01-01T00:00:00.000Z  grpc    post  admin  demo.secret ok\n"
+    async with node:
+        with pytest.raises(NotFound):
+            await node.invoke(made_up + "Z" * 1_000_000, {})
+        data_dir = node.config.resolved_data_dir
+    (record,) = [r for _, r in read_records(data_dir / "audit") if r.outcome == "not_found"]
+    assert record.action.startswith(made_up)
+    assert len(record.action) < 300
+    assert record.action.endswith(f"…(+{len(made_up) + 1_000_000 - 256})")
+    tail = cli("tail", "--data-dir", str(data_dir), "-n", "5")
+    assert tail.returncode == 0, tail.stderr
+    rows = tail.stdout.splitlines()
+    assert [row for row in rows if "not_found" in row] == [rows[-1]]
+    assert len(rows) == len(list(read_records(data_dir / "audit")))  # a row a record
+    assert "\\n    99999" in rows[-1]

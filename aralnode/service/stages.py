@@ -442,6 +442,11 @@ class AuditLog(Protocol):
     async def durable(self, ticket: int) -> None: ...
 
 
+#: The longest action a record keeps as it came: a capability id a caller made up
+#: (refused as not found) is cut here, so a 4 MB id is not 4 MB of audit log.
+MAX_ACTION_CHARS = 256
+
+
 class Audit:
     """Hands each call's outcome to the audit log and sinks. A call whose record
     cannot be kept does not succeed: its caller gets the log's error
@@ -473,6 +478,8 @@ class Audit:
         now: float = 0.0,
     ) -> int:
         """Record the outcome; the log's ticket (0 without a log)."""
+        if len(action_id) > MAX_ACTION_CHARS:  # a caller's made-up id: kept, bounded
+            action_id = f"{action_id[:MAX_ACTION_CHARS]}…(+{len(action_id) - MAX_ACTION_CHARS})"
         # Positional, in AuditRecord's field order: by keyword costs twice as much,
         # once for every call and every channel message.
         record = AuditRecord(
