@@ -75,7 +75,7 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     )
     from aralnode.transport.admitted import Admitted  # noqa: PLC0415
 
-    grpc.add(Admitted(door.grpc_handler(), door.admit_grpc), SERVICE)
+    grpc.add(Admitted(door.grpc_handler(), door.admit_grpc, grpc.streams), SERVICE)
     if http is not None:
         http.a2a = door
     return door

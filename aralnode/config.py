@@ -80,8 +80,9 @@ class NodeConfig:
         grpc_connection_idle_ms: A connection with no call for this long is closed
             (GOAWAY; clients reconnect when they next call).
         grpc_max_streams_per_address: Long-lived streams no pipeline stage shares
-            out (Health/Watch, reflection, peers' channels) one client address may
-            hold; more are refused with RESOURCE_EXHAUSTED (``TOO_MANY_STREAMS``).
+            out (Health/Watch, reflection, peers' channels, the A2A service's
+            streaming methods) one client address may hold; more are refused with
+            RESOURCE_EXHAUSTED (``TOO_MANY_STREAMS``).
         grpc_connection_age_ms: Close every connection after this long, gracefully
             (``drain_seconds``); ``None``: never (A2A channels are long-lived
             streams, and end with their connection).

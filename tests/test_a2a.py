@@ -529,3 +529,37 @@ async def test_a_request_is_authenticated_once(node: Node, transport: str) -> No
         assert counting.calls - before == 1
     finally:
         await client.close()
+
+
+async def test_a2a_streams_keep_to_their_address_share(make_node: Callable[..., Node]) -> None:
+    """``SubscribeToTask`` streams count against ``grpc_max_streams_per_address`` as
+    Health's ``Watch`` does: one address cannot hold the port with them (600 were
+    held, and 2,400 refused every other caller)."""
+    node = make_node("a2a-share", grpc_max_streams_per_address=3)
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        send = channel.unary_unary(
+            "/lf.a2a.v1.A2AService/SendMessage",
+            request_serializer=a2a.SendMessageRequest.SerializeToString,
+            response_deserializer=a2a.SendMessageResponse.FromString,
+        )
+        message = a2a.Message(message_id="share", role=a2a.Role.ROLE_USER)
+        message.parts.add(text="which skill?")  # none named: the task waits for input
+        task = (await send(a2a.SendMessageRequest(message=message), timeout=10)).task
+        assert task.status.state == a2a.TaskState.TASK_STATE_INPUT_REQUIRED
+        subscribe = channel.unary_stream(
+            "/lf.a2a.v1.A2AService/SubscribeToTask",
+            request_serializer=a2a.SubscribeToTaskRequest.SerializeToString,
+            response_deserializer=a2a.StreamResponse.FromString,
+        )
+        calls = [subscribe(a2a.SubscribeToTaskRequest(id=task.id), timeout=10) for _ in range(5)]
+        outcomes: dict[str, int] = {}
+        for call in calls:
+            try:
+                await call.read()
+                outcome = "open"
+            except grpc.aio.AioRpcError as err:
+                outcome = err.code().name
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        assert outcomes == {"open": 3, "RESOURCE_EXHAUSTED": 2}, outcomes
+        for call in calls:
+            call.cancel()

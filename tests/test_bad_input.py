@@ -277,3 +277,30 @@ async def test_garbage_after_a_good_reflection_request_ends_that_stream(small_no
     code = await _standard_call(small_node, REFLECTION, "bidi", [good, GARBAGE, good])
     assert code == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
     await assert_serving(small_node)
+
+
+A2A_SERVICE = "/lf.a2a.v1.A2AService"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        pytest.param(f"{A2A_SERVICE}/SendMessage", "unary", id="send-message"),
+        pytest.param(f"{A2A_SERVICE}/GetTask", "unary", id="get-task"),
+        pytest.param(f"{A2A_SERVICE}/ListTasks", "unary", id="list-tasks"),
+        pytest.param(f"{A2A_SERVICE}/SendStreamingMessage", "server-stream", id="send-streaming"),
+        pytest.param(f"{A2A_SERVICE}/SubscribeToTask", "server-stream", id="subscribe"),
+    ],
+)
+async def test_garbage_to_the_a2a_service_is_invalid_argument(
+    small_node: Node, path: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The a2a-sdk's servicer parsed its own requests: bytes that did not parse were
+    UNKNOWN, with a traceback logged each time. The node parses them first."""
+    caplog.set_level(logging.INFO)
+    for garbage in (GARBAGE, b"\x0a\x02\xff\xfe"):  # (the second: invalid UTF-8 in a string)
+        got = await _standard_call(small_node, path, kind, [garbage])
+        assert got == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"), garbage
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not logged
+    await assert_serving(small_node)

@@ -4,7 +4,11 @@ For a service whose servicer the node did not write (the a2a-sdk's
 ``lf.a2a.v1.A2AService``): ``admit(context)`` runs before the servicer sees the
 request and raises an ``AralError`` to refuse it, which ends the call with that
 refusal's status and ``ErrorInfo`` (``transport.status.abort``), as every door
-refuses.
+refuses. The request bytes are parsed here, not by the servicer's deserializer: a
+request that does not parse is ``INVALID_ARGUMENT`` / ``MALFORMED_MESSAGE`` as on
+every other method, not ``UNKNOWN`` and a traceback. A server-streaming method's
+stream counts against its client address's share (``StreamQuota``), as Health's
+``Watch`` does.
 """
 
 from __future__ import annotations
@@ -13,48 +17,69 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from aralnode.core.errors import AralError
+from aralnode.core.errors import AralError, MalformedMessage
+from aralnode.transport.quota import StreamQuota
 from aralnode.transport.status import abort
 
 
 class Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """``inner``'s methods, each behind ``admit`` (unary and server-streaming)."""
 
-    def __init__(self, inner: Any, admit: Callable[[Any], None]) -> None:
-        self.inner, self.admit = inner, admit
+    def __init__(
+        self, inner: Any, admit: Callable[[Any], None], streams: StreamQuota | None = None
+    ) -> None:
+        self.inner, self.admit, self.streams = inner, admit, streams
 
-    async def _admit(self, context: Any) -> None:
+    async def _admitted(
+        self, data: bytes, context: Any, parse: Callable[[bytes], Any] | None, method: str
+    ) -> Any:
+        """The request, once its caller is admitted and its bytes parse."""
         try:
             self.admit(context)
+            try:
+                return parse(data) if parse is not None else data
+            except (DecodeError, RecursionError, UnicodeDecodeError, ValueError):
+                raise MalformedMessage(f"the request to {method} does not parse") from None
         except AralError as exc:
             await abort(context, exc)
+            raise  # unreachable: abort raises
 
     def service(self, details: grpc.HandlerCallDetails) -> Any:
         handler = self.inner.service(details)
         if handler is None:
             return None
-        admit = self._admit
+        admitted, parse, method = self._admitted, handler.request_deserializer, details.method
         if handler.unary_unary is not None:
             call = handler.unary_unary
 
-            async def unary(request: Any, context: Any) -> Any:
-                await admit(context)
-                return await call(request, context)
+            async def unary(data: bytes, context: Any) -> Any:
+                return await call(await admitted(data, context, parse, method), context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+                unary, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
-            stream = handler.unary_stream
+            stream, quota = handler.unary_stream, self.streams
 
-            async def streamed(request: Any, context: Any) -> Any:
-                await admit(context)
-                async for item in stream(request, context):
-                    yield item
+            async def streamed(data: bytes, context: Any) -> Any:
+                request = await admitted(data, context, parse, method)
+                key = None
+                if quota is not None:
+                    try:
+                        key = quota.enter(context.peer())
+                    except AralError as exc:
+                        await abort(context, exc)
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                finally:
+                    if key is not None and quota is not None:
+                        quota.leave(key)
 
             return grpc.unary_stream_rpc_method_handler(
-                streamed, handler.request_deserializer, handler.response_serializer
+                streamed, response_serializer=handler.response_serializer
             )
         raise TypeError(f"{details.method}: only unary and server-streaming methods are admitted")
 
