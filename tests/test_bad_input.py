@@ -19,6 +19,7 @@ from aralnode import _proto as pb
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.envelope import build_content, seal
 from aralnode.transport.grpc_client import unwrap
+from tests.conftest import recorded
 
 Raw = Callable[[str, bytes], "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"]
 UNARY = ("Handshake", "Invoke", "ListCapabilities", "GetStatus", "ListPeers")
@@ -303,4 +304,25 @@ async def test_garbage_to_the_a2a_service_is_invalid_argument(
         assert got == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"), garbage
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not logged
+    await assert_serving(small_node)
+
+
+async def test_a_response_past_what_grpc_sends_is_a_refusal_the_caller_can_read(
+    small_node: Node, raw, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    """A small request can ask for a big answer (``demo.echo`` with ``times``): past
+    what grpc sends, the caller got grpc's bare RESOURCE_EXHAUSTED, a traceback was
+    logged and the audit said ok. Now: RESPONSE_TOO_LARGE with its ErrorInfo, and a
+    record of it after the call's own."""
+    seen = recorded(small_node)
+    caplog.set_level(logging.INFO)
+    call = pb.Call(capability="demo.echo")
+    call.parameters.update({"text": "x" * 8000, "times": 40})  # 320 KB back, limit 96 KiB
+    code, reason, _ = await raw("Invoke", pb.InvokeRequest(call=call).SerializeToString())
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE")
+    assert [(r.action, r.point, r.outcome) for r in seen] == [
+        ("demo.echo", "post", "ok"),
+        ("aral.v1.AgentNode/Invoke", "post", "payload_too_large"),
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     await assert_serving(small_node)

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode import _proto as pb
+from aralnode.core.audit import Point
 from aralnode.core.capabilities import ProtoService, call_servicer, servicer_stream
 from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, LazyMetadata
 from aralnode.core.errors import (
@@ -33,6 +34,8 @@ from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.context import ContextBuilder
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.refusals import refused
+from aralnode.transport.grpc_server import transport_limit
 from aralnode.transport.quota import StreamQuota
 from aralnode.transport.status import abort, abort_method
 from aralnode.transport.tls_grpc import peer_certificate
@@ -43,6 +46,7 @@ Unary = Callable[[bytes, Context], Awaitable[bytes]]
 
 # Room for the signature and wrapping around an envelope's content in one request.
 ENVELOPE_OVERHEAD = 4096
+_INVOKE = f"{pb.AGENT_NODE_SERVICE_NAME}/Invoke"  # (what a refusal here is audited as)
 
 
 def _parse(cls: type[Message], data: bytes) -> Any:
@@ -143,12 +147,27 @@ class AgentNodeDoor:
             # The trace id is the call's own or its message's: NodeService sets it.
             ctx = call_context(self.contexts, context, trace_id="")
             response = await self.service.invoke(request, ctx)
-            return response.SerializeToString()
+            return self._sendable(response.SerializeToString(), ctx)
         except AralError as exc:
             # The trace id the call was served (or refused, and audited) under.
             trace_id = ctx.trace_id if ctx is not None else ""
             await abort(context, exc, trace_id or (request.call.trace_id if request else ""))
             raise
+
+    def _sendable(self, body: bytes, ctx: CallContext) -> bytes:
+        """``body``, unless it is past what grpc sends (``transport_limit``): then a
+        refusal the caller can read (RESOURCE_EXHAUSTED, ``RESPONSE_TOO_LARGE``) and
+        the audit log records after the call's own record, rather than grpc's bare
+        error and a traceback."""
+        limit = transport_limit(self.max_message_bytes)
+        if len(body) <= limit:
+            return body
+        error = MessageTooLarge(
+            f"the response is {len(body)} bytes; this node sends at most {limit}",
+            reason="RESPONSE_TOO_LARGE",
+            details={"size": len(body), "limit": limit},
+        )
+        raise refused(self.service.pipeline, ctx, _INVOKE, error, point=Point.POST)
 
     def _built_in(self, method: MethodDescriptor) -> Unary:
         run = self.service.method(method.name)
