@@ -345,17 +345,26 @@ async def test_a_json_member_given_twice_is_400(http: httpx.AsyncClient) -> None
     assert r.status_code == 400, r.text
 
 
+def _fresh_file(
+    dependency: Any, package: str
+) -> tuple[descriptor_pool.DescriptorPool, descriptor_pb2.FileDescriptorProto]:
+    """A fresh pool holding ``dependency`` (a ``*_pb2`` module), and a new file of
+    ``package`` that imports it (added to the pool once it is filled in)."""
+    pool = descriptor_pool.DescriptorPool()
+    dep = descriptor_pb2.FileDescriptorProto()
+    dependency.DESCRIPTOR.CopyToProto(dep)
+    pool.Add(dep)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name=f"{package}.proto", package=package, syntax="proto3", dependency=[dep.name]
+    )
+    return pool, fdp
+
+
 def _wrappers_message() -> Descriptor:
     """A message with one field of each wrapper type, in a fresh pool."""
     from google.protobuf import wrappers_pb2
 
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="w.proto", package="w", syntax="proto3", dependency=[wrappers.name]
-    )
+    pool, fdp = _fresh_file(wrappers_pb2, "w")
     msg = fdp.message_type.add(name="W")
     for number, kind in enumerate(("Int64", "UInt64", "Int32", "UInt32", "Double", "Bool"), 1):
         msg.field.add(
@@ -387,13 +396,7 @@ def _keyed_message() -> Descriptor:
     pool."""
     from google.protobuf import struct_pb2
 
-    pool = descriptor_pool.DescriptorPool()
-    struct = descriptor_pb2.FileDescriptorProto()
-    struct_pb2.DESCRIPTOR.CopyToProto(struct)
-    pool.Add(struct)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="k.proto", package="k", syntax="proto3", dependency=[struct.name]
-    )
+    pool, fdp = _fresh_file(struct_pb2, "k")
     msg = fdp.message_type.add(name="K")
     for number, (name, key_type) in enumerate((("ids", 3), ("sizes", 13), ("flags", 8)), 1):
         entry = msg.nested_type.add(name=f"{name.title()}Entry")
