@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from aralnode.core.errors import AralError, MalformedMessage
 from aralnode.transport.quota import StreamQuota
+from aralnode.transport.standard import counted
 from aralnode.transport.status import abort
 
 
@@ -61,22 +62,14 @@ class Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 unary, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
-            stream, quota = handler.unary_stream, self.streams
+            stream = handler.unary_stream
+            if self.streams is not None:  # a stream holds its address's share while open
+                stream = counted(stream, self.streams, generator=True)
 
             async def streamed(data: bytes, context: Any) -> Any:
                 request = await admitted(data, context, parse, method)
-                key = None
-                if quota is not None:
-                    try:
-                        key = quota.enter(context.peer())
-                    except AralError as exc:
-                        await abort(context, exc)
-                try:
-                    async for item in stream(request, context):
-                        yield item
-                finally:
-                    if key is not None and quota is not None:
-                        quota.leave(key)
+                async for item in stream(request, context):
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 streamed, response_serializer=handler.response_serializer

@@ -53,12 +53,12 @@ def standard_handler(
         impl = getattr(servicer, method.name, None)
         if impl is not None:
             if streams is not None and method.server_streaming:
-                impl = _counted(impl, streams, generator=not inspect.iscoroutinefunction(impl))
+                impl = counted(impl, streams, generator=not inspect.iscoroutinefunction(impl))
             handlers[method.name] = _handler(method, impl, gate)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
-def _counted(impl: Callable[..., Any], streams: StreamQuota, *, generator: bool) -> Any:
+def counted(impl: Callable[..., Any], streams: StreamQuota, *, generator: bool) -> Any:
     """``impl`` counted against its caller's share of streams while it runs (of the
     same kind: a coroutine stays one, an async generator stays one)."""
     if generator:
@@ -174,4 +174,4 @@ def _bidi(
     return bidi
 
 
-__all__ = ["Gate", "standard_handler"]
+__all__ = ["Gate", "counted", "standard_handler"]
