@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -48,6 +49,26 @@ class Listener:
             yield server.sockets[0].getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def same_port(first: Listener, host: str, second: Listener, other: str) -> AsyncIterator[int]:
+    """Both listeners on one port number, on two hosts. The port is the kernel's pick
+    for the first host; another process may hold it on the second (or on every
+    address), so a taken pick is given back and another drawn, a bounded number of
+    times."""
+    for _ in range(20):
+        async with contextlib.AsyncExitStack() as stack:
+            port = await stack.enter_async_context(first.on(host))
+            try:
+                await stack.enter_async_context(second.on(other, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            yield port
+            return
+    raise AssertionError(f"no port free on both {host} and {other} in 20 draws")
+
+
 def self_made_card(me: Identity, endpoints: list[tuple[str, str]]) -> pb.SignedNodeCard:
     return build_card(
         me, name="stranger", endpoints=endpoints, registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
@@ -62,7 +83,7 @@ async def test_a_card_cannot_make_the_node_dial_another_host(
     network, a blind SSRF. The port may come from the card; the host may not."""
     node = make_node("target", discovery="static")  # dials back peers that dialled it
     victim, own = Listener(), Listener()
-    async with node, own.on("127.0.0.1") as port, victim.on("127.0.0.2", port):
+    async with node, same_port(own, "127.0.0.1", victim, "127.0.0.2") as port:
         me = Identity.generate()
         async with NodeClient(node.address, identity=me, keyring=KeyRing()) as client:
             # We connect from 127.0.0.1 and claim to be at 127.0.0.2 (the victim).
