@@ -93,6 +93,13 @@ class NodeConfig:
         http_max_headers: Most header fields in one request (431 beyond).
         http_header_timeout_seconds: Time a connection has, from its start or a
             request's first byte, to send a whole request head (408 after, closed).
+        http_body_timeout_seconds: Time a request's body may take, from the end of
+            its head (408 ``BODY_TIMEOUT`` after, closed).
+        http_max_connections: Connections the HTTP port holds at once (a WebSocket
+            counts under ``ws_max_connections`` once upgraded); past it a new one is
+            answered 503 ``TOO_MANY_CONNECTIONS`` and closed.
+        http_max_connections_per_address: Connections one client address holds on
+            the HTTP port; past it, 429 ``TOO_MANY_CONNECTIONS`` and closed.
         max_concurrent_per_caller: Calls one caller may run at once, on every door
             together (None: a quarter of ``max_concurrent``). A caller is its
             verified identity, else its address (see ``service.stages.share_key``).
@@ -292,6 +299,9 @@ class NodeConfig:
     http_max_header_bytes: int = 64 * 1024
     http_max_headers: int = 100
     http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 60.0
+    http_max_connections: int = 1024
+    http_max_connections_per_address: int = 256
     max_concurrent_per_caller: int | None = None
     forward_timeout_seconds: float = 30.0
     mcp_max_sessions: int = 1024

@@ -172,6 +172,10 @@ def check_http(cfg: Any) -> None:
         raise ValueError("http_max_headers must be at least 8")
     if not 0 < cfg.http_header_timeout_seconds <= 3600:
         raise ValueError("http_header_timeout_seconds must be in (0, 3600]")
+    if not 0 < cfg.http_body_timeout_seconds <= 3600:
+        raise ValueError("http_body_timeout_seconds must be in (0, 3600]")
+    if not 1 <= cfg.http_max_connections_per_address <= cfg.http_max_connections:
+        raise ValueError("need 1 <= http_max_connections_per_address <= http_max_connections")
     if cfg.max_concurrent_per_caller is not None and cfg.max_concurrent_per_caller < 1:
         raise ValueError("max_concurrent_per_caller must be at least 1 (or None)")
     if not 0 < cfg.forward_timeout_seconds <= 86_400:

@@ -45,6 +45,7 @@ from grpc_status import rpc_status
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from aralnode import AralError, CallContext, Node, NodeClient
 from aralnode import _proto as pb
@@ -258,10 +259,21 @@ class WebSocket:
         return True
 
     async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
-        async with connect(self.url) as ws:
-            message = {"type": "invoke", "id": 1, "capability": capability, "parameters": params}
-            await ws.send(json.dumps(message))
-            reply = json.loads(await ws.recv())
+        try:
+            async with connect(self.url) as ws:
+                message = {
+                    "type": "invoke",
+                    "id": 1,
+                    "capability": capability,
+                    "parameters": params,
+                }
+                await ws.send(json.dumps(message))
+                reply = json.loads(await ws.recv())
+        except InvalidStatus as refused:  # a caller holding no scope gets no socket
+            status = HTTP_STATUS[refused.response.status_code]
+            return Outcome(
+                status=status, reason=json.loads(refused.response.body)["error"]["reason"]
+            )
         assert reply["id"] == 1
         if reply["type"] == "error":
             return from_body(reply["error"])

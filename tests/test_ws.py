@@ -256,15 +256,7 @@ async def exchange(node: Node, message: dict[str, Any]) -> dict[str, Any]:
 async def test_ws_subscribe_and_status_follow_the_shared_rules(
     make_node: Callable[..., Node],
 ) -> None:
-    closed = make_node("closed-ws", http_port=0, allow_unsigned=False)
-    async with closed:
-        for message in (
-            {"type": "subscribe", "agent_id": "*", "channels": ["events"]},
-            {"type": "status", "id": 1},
-        ):
-            reply = await exchange(closed, message)
-            assert reply["type"] == "error"
-            assert reply["error"]["code"] == "unauthorized"
+    # (A node that refuses anonymous callers refuses their upgrade: below.)
     policy = RuleEvaluator(
         [Rule("no-feed", decision=Decision.BLOCK, capabilities=frozenset({"aral.ws/Subscribe"}))]
     )
@@ -422,3 +414,58 @@ async def test_the_pipeline_is_watched_only_while_someone_follows_decisions(
     assert sub.channels == {"peers"}
     hub.remove(sub)
     assert not hub.subscribers
+
+
+@pytest.mark.parametrize(
+    ("rule", "status", "reason"),
+    [
+        ({"allow_unsigned": False}, 401, "ANONYMOUS_REFUSED"),
+        ({"deny_by_default": True}, 403, "MISSING_SCOPE"),
+    ],
+)
+async def test_a_socket_that_could_do_nothing_is_never_opened(
+    make_node: Callable[..., Node], rule: dict[str, Any], status: int, reason: str
+) -> None:
+    """An anonymous upgrade where anonymous callers hold nothing is refused as its
+    request would be on any other door, and audited: an open socket that every
+    message is refused on would only hold the node's memory (frames queue in it)."""
+    from aralnode.store.audit import read_records
+
+    node = make_node("closed-ws", http_port=0, audit=True, **rule)
+    async with node:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url(node)):
+                pass
+        assert refused.value.response.status_code == status
+        assert json.loads(refused.value.response.body)["error"]["reason"] == reason
+    records = [r for _, r in read_records(node.config.resolved_data_dir / "audit")]
+    assert [(r.door, r.action, r.reason) for r in records if r.action == "aral.http/ws"] == [
+        ("ws", "aral.http/ws", reason)
+    ]
+
+
+async def test_a_socket_holds_one_bounded_message_waiting_and_echoes_no_big_id(
+    make_node: Callable[..., Node],
+) -> None:
+    """What a client that sends and never reads can make a socket hold is bounded:
+    a message past ``max_message_bytes`` closes the socket (1009), one message at
+    most waits behind the one being handled (uvicorn's default is 32, each as large
+    as a message: 128 MB a socket, from review), and an id the reply would echo is
+    small (a megabyte id on each ping made the node write a megabyte per ping)."""
+    node = make_node("ws-bounds", http_port=0, max_message_bytes=64 * 1024)
+    async with node:
+        server = node._parts.http._server  # type: ignore[union-attr]
+        assert (server.config.ws_max_queue, server.config.ws_max_size) == (1, 64 * 1024)
+        async with connect(ws_url(node), max_size=None) as ws:
+            await send(ws, {"type": "ping", "id": "x" * 129})
+            reply = json.loads(await ws.recv())
+            assert (reply["type"], reply["id"], reply["error"]["reason"]) == (
+                "error", None, "BAD_ID",
+            )  # fmt: skip
+            await send(ws, {"type": "ping", "id": "x" * 128})
+            assert json.loads(await ws.recv()) == {"type": "pong", "id": "x" * 128}
+            await send(ws, {"type": "ping", "id": "x" * (64 * 1024)})
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009

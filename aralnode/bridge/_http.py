@@ -93,6 +93,13 @@ class HeaderTimeout(DeadlineExceeded):
     default_reason = "HEADER_TIMEOUT"
 
 
+class BodyTimeout(DeadlineExceeded):
+    """A request body that did not arrive in time (408)."""
+
+    http_status = 408
+    default_reason = "BODY_TIMEOUT"
+
+
 class ForbiddenOrigin(PermissionDenied):
     """The Origin header names a page this node does not serve (403, PERMISSION_DENIED)."""
 

@@ -38,7 +38,9 @@ from aralnode.bridge._http import (
 )
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, NotFound, PermissionDenied, Unauthenticated
+from aralnode.service.auth import AGENT_READ
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import refused
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 SCOPE_KEY = "aral.principal"  # where the gate leaves the principal in the ASGI scope
@@ -248,12 +250,24 @@ class AuthGate:
         self.owners.opened(session, scope.get(SCOPE_KEY, ""))
 
     def websocket(self, scope: Scope) -> AralError | None:
-        """Why a WebSocket upgrade is refused (``None``: it may open): a credential
-        that does not verify. An anonymous caller may open it where the node serves
-        none: each of its messages is refused in the socket's own language."""
-        failure = self._authenticated(scope, "ws")[1]
-        if failure is not None and failure.reason == "ANONYMOUS_REFUSED":
-            return None
+        """Why a WebSocket upgrade is refused (``None``: it may open), as any door
+        refuses a request: a credential that does not verify, an anonymous caller
+        where the node serves none (401), a caller that holds no scope at all (403:
+        every message would be refused, so a socket would only hold the node's
+        memory). Each refusal is audited under ``aral.http/ws``."""
+        ctx, failure = self._authenticated(scope, "ws")
+        if failure is None and not ctx.scopes:
+            failure = refused(
+                self.service.pipeline,
+                ctx,
+                "aral.http/ws",
+                PermissionDenied(
+                    f"{ctx.caller or 'an anonymous caller'} holds no scope: nothing on "
+                    "/ws is open to it",
+                    reason="MISSING_SCOPE",
+                    details={"missing_scopes": [AGENT_READ]},
+                ),
+            )
         return failure
 
 

@@ -1,5 +1,6 @@
 """uvicorn's HTTP/1.1 protocols with the request head bounded: its size, its number
-of header fields and the time it may take to arrive.
+of header fields and the time it may take to arrive; the time a body may take; and
+the connections the port holds, in all and from one address.
 
 Neither parser bounds the head on its own the way a door open to anyone needs:
 httptools (llhttp) keeps every header, however many and however long, and h11
@@ -11,7 +12,13 @@ both answer in the node's error shape: 431 (``HEADERS_TOO_LARGE``,
 
 The time bound runs from the moment a connection opens (or a request on a kept-alive
 connection begins) until its head is complete; uvicorn's own keep-alive timeout
-still closes a connection idle between requests.
+still closes a connection idle between requests. A body has its own clock, from
+the end of its head: a client that stops sending half-way (408 ``BODY_TIMEOUT``)
+does not hold its connection, its task and the body read so far any longer.
+
+A connection past ``ConnectionTable``'s bounds is answered at once, before a byte
+of it is parsed (429 or 503 ``TOO_MANY_CONNECTIONS``), and closed. A connection
+upgraded to a WebSocket leaves the table: the WebSocket quota counts it from then.
 """
 
 from __future__ import annotations
@@ -28,20 +35,58 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aralnode.bridge._http import (
     CONNECTION,
+    BodyTimeout,
     HeadersTooLarge,
     HeaderTimeout,
     dumps,
     error_body,
 )
 from aralnode.core.context import new_trace_id
-from aralnode.core.errors import AralError
+from aralnode.core.errors import AralError, RateLimited, Unavailable
 
 PARSERS = ("auto", "httptools", "h11")
 
 
+class ConnectionTable:
+    """The HTTP connections a port holds: at most ``total``, and ``per_address``
+    from any one client address."""
+
+    __slots__ = ("by_address", "count", "per_address", "total")
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total, self.per_address = total, per_address
+        self.count = 0
+        self.by_address: dict[str, int] = {}
+
+    def admit(self, address: str) -> AralError | None:
+        """Count a new connection from ``address``; why it is refused (not counted)."""
+        held = self.by_address.get(address, 0)
+        if held >= self.per_address:
+            return RateLimited(
+                f"this address holds {held} connections to the HTTP port, its limit",
+                reason="TOO_MANY_CONNECTIONS",
+                details={"limit": self.per_address},
+            )
+        if self.count >= self.total:
+            return Unavailable(
+                f"the HTTP port holds {self.count} connections, its limit",
+                reason="TOO_MANY_CONNECTIONS",
+                details={"limit": self.total},
+            )
+        self.by_address[address] = held + 1
+        self.count += 1
+        return None
+
+    def release(self, address: str) -> None:
+        held = self.by_address.pop(address, 0) - 1
+        if held > 0:
+            self.by_address[address] = held
+        self.count -= 1
+
+
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
-    """Bounds on a request head (the request line and the header fields).
+    """Bounds on a request (its head, its body's time) and on the connections.
 
     Attributes:
         max_bytes: Size of the head, in bytes.
@@ -49,12 +94,16 @@ class HeadLimits:
         timeout: Seconds from a connection's start (or a request's first byte) to
             the end of its head.
         now_ms: The node's clock, for the error body's timestamp.
+        body_timeout: Seconds from the end of a head to the end of its body.
+        connections: The port's connections (None: unbounded).
     """
 
     max_bytes: int
     max_count: int
     timeout: float
     now_ms: Any  # Callable[[], int]; Any: a dataclass field may not be a bare method
+    body_timeout: float = 60.0
+    connections: ConnectionTable | None = None
 
     def too_large(self) -> HeadersTooLarge:
         return HeadersTooLarge(
@@ -73,6 +122,12 @@ class HeadLimits:
         return HeaderTimeout(
             f"the request head did not arrive within {self.timeout:g} s",
             details={"timeout_seconds": self.timeout},
+        )
+
+    def body_late(self) -> BodyTimeout:
+        return BodyTimeout(
+            f"the request body did not arrive within {self.body_timeout:g} s of its head",
+            details={"timeout_seconds": self.body_timeout},
         )
 
 
@@ -100,8 +155,12 @@ class _HeadGuard(asyncio.Protocol):
 
     limits: ClassVar[HeadLimits]
     transport: asyncio.Transport
+    cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
     _refused = False
+    _address: str | None = None  # counted in the connection table under it
+    _upgraded = False  # the connection is a WebSocket's now: no clock of ours runs
     # Calls to make when the connection is lost (DisconnectWatch's, via the scope's
     # CONNECTION): no task per request waits on ``receive`` for the disconnect.
     lost = False
@@ -109,10 +168,35 @@ class _HeadGuard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        table = self.limits.connections
+        if table is not None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if (refusal := table.admit(address)) is not None:
+                self._refuse(refusal)
+                return
+            self._address = address
         self._arm()
+
+    def _release(self) -> None:
+        """Leave the connection table (once)."""
+        address, self._address = self._address, None
+        if address is not None and self.limits.connections is not None:
+            self.limits.connections.release(address)
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        # The connection is the WebSocket protocol's from here on, and this one
+        # is never told of its loss: the WebSocket quota counts it instead.
+        self._release()
+        self._upgraded = True
+        self._disarm()
+        self._disarm_body()
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
+        self._release()
         self.lost = True
         super().connection_lost(exc)
         callbacks, self._on_lost = self._on_lost, None
@@ -137,7 +221,7 @@ class _HeadGuard(asyncio.Protocol):
     def _arm(self) -> None:
         """Start the head's clock, unless it already runs (a head that began on a
         fresh connection keeps the connection's deadline)."""
-        if self._head_timer is None and not self._refused:
+        if self._head_timer is None and not (self._refused or self._upgraded):
             loop = asyncio.get_running_loop()
             self._head_timer = loop.call_later(self.limits.timeout, self._head_late)
 
@@ -145,6 +229,29 @@ class _HeadGuard(asyncio.Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _arm_body(self) -> None:
+        """Start the body's clock (a head is complete, its body is not)."""
+        if self._body_timer is None and not (self._refused or self._upgraded):
+            loop = asyncio.get_running_loop()
+            self._body_timer = loop.call_later(self.limits.body_timeout, self._body_late)
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_late(self) -> None:
+        self._body_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:  # only the end is left to say
+            self._refused = True
+            self.transport.close()
+            return
+        # The base refusal: the request is the one running, not one behind it.
+        _HeadGuard._refuse(self, self.limits.body_late())
 
     def _head_late(self) -> None:
         self._head_timer = None
@@ -159,6 +266,7 @@ class _HeadGuard(asyncio.Protocol):
             return
         self._refused = True
         self._disarm()
+        self._disarm_body()
         transport = self.transport
         if not transport.is_closing():
             transport.write(raw_response(exc, self.limits.now_ms()))
@@ -180,6 +288,10 @@ class BoundedH11(_HeadGuard, H11Protocol):
             self._arm()
         else:
             self._disarm()
+        if self.conn.their_state is h11.SEND_BODY:
+            self._arm_body()
+        else:
+            self._disarm_body()
 
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE and not self._refused
@@ -228,6 +340,8 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         counted = self._head_bytes
         self._began = False
         super().data_received(data)
+        if self._in_body:  # a head whose body has not all come: its clock runs
+            self._arm_body()
         if self._refused or not self._in_head:
             return
         if not self._busy():
@@ -301,6 +415,7 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._disarm_body()
         super().on_message_complete()
 
     def _count(self, size: int) -> None:
@@ -325,6 +440,7 @@ def protocol_class(parser: str, limits: HeadLimits) -> type[asyncio.Protocol]:
 
 __all__ = [
     "PARSERS",
+    "ConnectionTable",
     "HeadLimits",
     "protocol_class",
     "raw_response",

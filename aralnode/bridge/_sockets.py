@@ -28,7 +28,7 @@ from aralnode.bridge._http import (
 )
 from aralnode.core import codec
 from aralnode.core.context import new_trace_id
-from aralnode.core.errors import AralError, RateLimited
+from aralnode.core.errors import AralError, InvalidRequest, RateLimited
 
 T = TypeVar("T")
 
@@ -112,10 +112,33 @@ async def refuse(send: Send, exc: AralError, now_ms: int) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+# A message's id is echoed in its reply: bounded, so that a client that sends
+# without reading cannot make the node write (and hold) a megabyte per ping.
+MAX_ID_CHARS = 128
+
+
 def plain_id(message: dict[str, Any]) -> Any:
-    """A WebSocket message's id if it is a plain JSON value (else None)."""
+    """A WebSocket message's id if it is a plain JSON value the node echoes (a
+    number, true/false, null, or a string of at most ``MAX_ID_CHARS``), else None."""
     msg_id = message.get("id")
-    return msg_id if isinstance(msg_id, str | int | float | bool) or msg_id is None else None
+    if isinstance(msg_id, str):
+        return msg_id if len(msg_id) <= MAX_ID_CHARS else None
+    return msg_id if isinstance(msg_id, int | float | bool) or msg_id is None else None
+
+
+def message_id(message: dict[str, Any]) -> Any:
+    """A WebSocket message's id (``plain_id``).
+
+    Raises:
+        InvalidRequest: It has one, and it is not one the node echoes (``BAD_ID``).
+    """
+    msg_id = plain_id(message)
+    if msg_id is None and message.get("id") is not None:
+        raise InvalidRequest(
+            f"id is a number, true/false, null or a string of at most {MAX_ID_CHARS} characters",
+            reason="BAD_ID",
+        )
+    return msg_id
 
 
 def ws_error(
@@ -128,4 +151,12 @@ def ws_error(
     return {"type": "error", "id": msg_id, "error": error}
 
 
-__all__ = ["SocketQuota", "TooManySockets", "plain_id", "refuse", "ws_error"]
+__all__ = [
+    "MAX_ID_CHARS",
+    "SocketQuota",
+    "TooManySockets",
+    "message_id",
+    "plain_id",
+    "refuse",
+    "ws_error",
+]

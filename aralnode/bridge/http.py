@@ -27,7 +27,7 @@ import uvicorn
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge._oauth import WELL_KNOWN, AuthGate, ProtectedResource
-from aralnode.bridge._server import HeadLimits, protocol_class
+from aralnode.bridge._server import ConnectionTable, HeadLimits, protocol_class
 from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
@@ -59,6 +59,9 @@ class HttpLimits:
     Attributes:
         parser: "httptools", "h11" or "auto".
         max_header_bytes / max_headers / header_timeout: Bounds on a request head.
+        body_timeout: Seconds a body may take after its head.
+        max_connections / max_connections_per_address: Connections held in all,
+            and from one address (``ConnectionTable``).
         mcp_sessions / mcp_sessions_per_client: MCP sessions held in all, and by
             one client (``SessionQuota``).
         ws_sockets / ws_sockets_per_client: WebSockets held in all, and by one
@@ -71,6 +74,9 @@ class HttpLimits:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 1024
+    max_connections_per_address: int = 256
     mcp_sessions: int = 1024
     mcp_sessions_per_client: int = 32
     ws_sockets: int = 1024
@@ -361,6 +367,8 @@ class HttpBridge:
             max_count=limits.max_headers,
             timeout=limits.header_timeout,
             now_ms=self.clock.now_ms,
+            body_timeout=limits.body_timeout,
+            connections=ConnectionTable(limits.max_connections, limits.max_connections_per_address),
         )
         return uvicorn.Config(
             self.app,
@@ -376,7 +384,13 @@ class HttpBridge:
             # the logs see). It also spares a middleware on every request.
             proxy_headers=False,
             timeout_graceful_shutdown=2,  # set to the node's drain when it stops
-            ws_max_size=self.max_body_bytes,  # a WebSocket frame, as a REST or MCP body
+            # A WebSocket message is held to a REST or MCP body's limit (one call's
+            # parameters fit every door). A socket holds the message being handled,
+            # one waiting (uvicorn's default is 32, each as large as a message: a
+            # client that sends and never reads pinned 128 MB a socket) and the one
+            # arriving.
+            ws_max_size=self.max_body_bytes,
+            ws_max_queue=1,
             # uvicorn's own hook: our context (TLS 1.3 minimum) instead of the one it
             # would build from file names, which has no minimum version setting.
             ssl_context_factory=self._ssl_factory if self.ssl_context is not None else None,

@@ -38,7 +38,7 @@ from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.bridge._approvals_feed import follow_approvals
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
-from aralnode.bridge._sockets import SocketQuota, plain_id, refuse, ws_error
+from aralnode.bridge._sockets import SocketQuota, message_id, plain_id, refuse, ws_error
 from aralnode.bridge.targets import node_json
 from aralnode.bridge.ui import chosen_subprotocol
 from aralnode.core import codec
@@ -394,7 +394,7 @@ class WsDoor:
                 raise InvalidRequest(f"messages are JSON objects: {exc}") from None
             if not isinstance(msg, dict):
                 raise InvalidRequest("messages are JSON objects")
-            msg_id = msg.get("id")
+            msg_id = message_id(msg)
             kind = msg.get("type")
             if kind in ("subscribe", "status", "invoke"):  # a call: a context of its own
                 ctx = self._context(msg, conn.ws)

@@ -1,0 +1,143 @@
+"""What a client can make the HTTP port hold past a request head: connections (in
+all and from one address) and a body that stops half-way (from review: 3,000
+stalled uploads were held, each with its task and the body read so far)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from websockets.asyncio.client import connect
+
+from aralnode import Node
+
+HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+WHOLE = HEAD + b"Connection: close\r\n\r\n"
+
+
+class Conn:
+    """A raw connection to the HTTP port from ``source``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, source: str = "127.0.0.1") -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        return cls(reader, writer)
+
+    async def answer(self) -> tuple[int, dict[str, object]]:
+        """The status and JSON body of what the node sends before it closes."""
+        async with asyncio.timeout(20):
+            raw = await self.reader.read()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        return status, json.loads(body) if body.startswith(b"{") else {}
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def held(port: int, count: int, source: str) -> AsyncIterator[list[Conn]]:
+    """``count`` connections each halfway through a head (none answered yet)."""
+    conns = [await Conn.open(port, source) for _ in range(count)]
+    for conn in conns:
+        conn.writer.write(HEAD)
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+async def refused(port: int, source: str) -> tuple[int, object]:
+    """What a connection that sends nothing is answered (the status, the reason)."""
+    conn = await Conn.open(port, source)
+    try:
+        status, body = await conn.answer()
+    finally:
+        conn.close()
+    return status, body["error"]["reason"]  # type: ignore[index]
+
+
+async def served(port: int, source: str) -> int:
+    conn = await Conn.open(port, source)
+    conn.writer.write(WHOLE)
+    try:
+        return (await conn.answer())[0]
+    finally:
+        conn.close()
+
+
+async def test_connections_are_bounded_per_address_and_in_all(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node(
+        "conns",
+        http_port=0,
+        http_max_connections=4,
+        http_max_connections_per_address=3,
+        http_header_timeout_seconds=60,
+    )
+    async with node:
+        port = node.http_port
+        assert port is not None
+        async with held(port, 3, "127.0.0.1") as mine:
+            # The address's fourth is answered at once, before it sends a byte.
+            assert await refused(port, "127.0.0.1") == (429, "TOO_MANY_CONNECTIONS")
+            async with held(port, 1, "127.0.0.2"):
+                # Another address gets the port's last one; then the port is full.
+                assert await refused(port, "127.0.0.2") == (503, "TOO_MANY_CONNECTIONS")
+                # The held ones were admitted: each answers once its head ends.
+                mine[0].writer.write(b"Connection: close\r\n\r\n")
+                assert (await mine[0].answer())[0] == 200
+                # Its place is given back when it closes.
+                await until_served(port, "127.0.0.2")
+        # An upgraded connection is a WebSocket's, counted by the WebSocket quota.
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with connect(url), connect(url), connect(url):
+            assert await served(port, "127.0.0.1") == 200
+
+
+async def until_served(port: int, source: str) -> None:
+    """Ask until the node serves ``source``: a closed connection's place comes
+    back when the node sees it go, a moment after the client closed it."""
+    async with asyncio.timeout(20):
+        while True:
+            if await served(port, source) == 200:
+                return
+            await asyncio.sleep(0.05)  # a poll interval of a bounded wait (noqa: sleep-ok)
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_body_that_stops_half_way_is_answered_and_closed(
+    make_node: Callable[..., Node], parser: str, framing: str
+) -> None:
+    node = make_node("bodies", http_port=0, http_parser=parser, http_body_timeout_seconds=1.0)
+    async with node:
+        port = node.http_port
+        assert port is not None
+        conn = await Conn.open(port)
+        head = b"POST /v1/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        if framing == "length":
+            conn.writer.write(head + b"Content-Length: 100\r\n\r\n" + b'{"call": ')
+        else:
+            conn.writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n9\r\n" + b'{"call": \r\n')
+        status, body = await conn.answer()  # 408, then the node hangs up
+        conn.close()
+        assert (status, body["error"]["reason"]) == (408, "BODY_TIMEOUT")  # type: ignore[index]
+        # A body that does arrive is served as before.
+        async with asyncio.timeout(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            call = b'{"call": {"capability": "demo.echo", "parameters": {"text": "hi"}}}'
+            writer.write(
+                head + f"Content-Length: {len(call)}\r\nConnection: close\r\n\r\n".encode() + call
+            )
+            answer = await reader.read()
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
