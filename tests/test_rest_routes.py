@@ -9,7 +9,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from aralnode import _proto as pb
 from aralnode.bridge import routes
-from aralnode.bridge.rest import query_fields
+from aralnode.bridge.rest_params import query_fields
 from aralnode.bridge.routes import TemplateError
 
 INVOKE = pb.AGENT_NODE_SERVICE.methods_by_name["Invoke"]

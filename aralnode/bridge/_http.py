@@ -470,12 +470,15 @@ class HostGuard:
         now_ms: Callable[[], int],
         max_headers: int = 100,
         max_header_bytes: int = 64 * 1024,
+        on_refused: Callable[[Scope, AralError, str], None] | None = None,
     ) -> None:
         self.app = app
         self.allowed = AllowedAuthorities(allowed_hosts, allowed_origins)
         self.now_ms = now_ms
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        # Told of each refusal (the scope, the error, its trace id): the audit.
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -498,7 +501,12 @@ class HostGuard:
         if failure is None:
             await self.app(scope, receive, send)
             return
-        log.warning("refused %s %s: %s", scope["type"], scope.get("path"), failure.message)
+        path = scope.get("path", "")
+        # (The path bounded: a refused request must not write a 64 KiB log line.)
+        log.warning("refused %s %.200r: %s", scope["type"], path, failure.message)
+        trace = request_id(header(scope, b"x-trace-id"))
+        if self.on_refused is not None:
+            self.on_refused(scope, failure, trace)
         if scope["type"] == "websocket":
             await send(
                 {
@@ -509,7 +517,6 @@ class HostGuard:
             )
             await send({"type": "websocket.http.response.body", "body": b""})
             return
-        trace = request_id(header(scope, b"x-trace-id"))
         body = dumps(error_body(failure, trace, self.now_ms()))
         headers = id_headers(trace, request_id(header(scope, b"x-request-id")))
         if isinstance(failure, HeadersTooLarge):

@@ -44,6 +44,7 @@ from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import audited, refused
 from aralnode.service.stages import share_key
 
 log = get_logger("aralnode.http")
@@ -273,23 +274,33 @@ class HttpBridge:
         stages say (a ``scrape`` also takes a rate-limit token); a refusal is
         answered."""
         ctx = h.call_context(self.service.contexts, scope, "rest")
+        pipeline = self.service.pipeline
         try:
-            action = f"aral.http/GET {scope.get('path', '')}"
-            self.service.pipeline.authenticate(ctx, action)
-            if ctx.anonymous and self.limits.listing_requires_auth:
-                raise Unauthenticated(
-                    "this node shows its API documents and metrics to authenticated callers only",
-                    reason="ANONYMOUS_REFUSED",
-                )
-            self.service.pipeline.stages.authorize(ctx, READ_SCOPES, action)  # agent:read
-            if scrape:
-                self.service.pipeline.stages.rate_limit.admit(ctx)
+            action = f"aral.http/GET {scope.get('path', '')}"  # one of a few fixed paths
+            pipeline.authenticate(ctx, action)  # (audits its own refusal)
+            with audited(pipeline, ctx, action):
+                if ctx.anonymous and self.limits.listing_requires_auth:
+                    raise Unauthenticated(
+                        "this node shows its API documents and metrics to authenticated "
+                        "callers only",
+                        reason="ANONYMOUS_REFUSED",
+                    )
+                pipeline.stages.authorize(ctx, READ_SCOPES, action)  # agent:read
+                if scrape:
+                    pipeline.stages.rate_limit.admit(ctx)
         except AralError as exc:
             body = h.dumps(h.error_body(exc, ctx.trace_id, self.clock.now_ms()))
             headers = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))
             await h.send_body(send, exc.http_status, body, h.JSON, headers)
             return False
         return True
+
+    def _guard_refused(self, scope: h.Scope, exc: AralError, trace_id: str) -> None:
+        """Audit a request the port's guard refused (its Host, its Origin, its head):
+        no caller is verified yet, so none is recorded."""
+        door = "ws" if scope["type"] == "websocket" else "rest"
+        ctx = h.call_context(self.service.contexts, scope, door, trace_id=trace_id)
+        refused(self.service.pipeline, ctx, f"aral.http/{door}", exc)
 
     def _client_of(self, scope: h.Scope) -> str:
         """Whose share a request counts against, as the rate limit counts callers:
@@ -333,6 +344,7 @@ class HttpBridge:
             now_ms=self.clock.now_ms,
             max_headers=self.limits.max_headers,
             max_header_bytes=self.limits.max_header_bytes,
+            on_refused=self._guard_refused,
         )
         self.mcp = McpHttp(
             self.mcp_server,

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from aralnode.bridge.rest import query_fields
+from aralnode.bridge.rest_params import query_fields
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target
 from aralnode.core.proto_schema import SCHEMA_DIALECT, ProtoComments, SchemaSet, nullable

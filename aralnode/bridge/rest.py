@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
+from aralnode.bridge.rest_params import default_json, parse_scalar, query_fields, set_at
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target, to_json
 from aralnode.core import codec
@@ -41,143 +42,16 @@ from aralnode.core.errors import (
 )
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.refusals import refused
 
 log = get_logger("aralnode.rest")
 
-_TRUE = frozenset({"true", "1"})
-_FALSE = frozenset({"false", "0"})
-_INTS = frozenset(
-    {
-        FieldDescriptor.TYPE_INT32,
-        FieldDescriptor.TYPE_SINT32,
-        FieldDescriptor.TYPE_SFIXED32,
-        FieldDescriptor.TYPE_UINT32,
-        FieldDescriptor.TYPE_FIXED32,
-    }
-)
-_FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+# What a request on no route is recorded as: the door's own label, never the path.
+REST_ACTION = "aral.http/rest"
 _TIMEOUT_MS = re.compile(r"[0-9]{1,9}")  # ASCII digits only, at most ~11.5 days
 # A stream gives the event loop a turn at least this often, so that a disconnect
 # is noticed even while a generator that never waits keeps producing.
 _YIELD_EVERY = 64
-# Well-known types whose JSON form is one scalar, so they can come as a parameter.
-_SCALAR_WKT = {
-    "google.protobuf.Timestamp": None,
-    "google.protobuf.Duration": None,
-    "google.protobuf.FieldMask": None,
-    "google.protobuf.StringValue": FieldDescriptor.TYPE_STRING,
-    "google.protobuf.BytesValue": FieldDescriptor.TYPE_BYTES,
-    "google.protobuf.BoolValue": FieldDescriptor.TYPE_BOOL,
-    "google.protobuf.Int32Value": FieldDescriptor.TYPE_INT32,
-    "google.protobuf.UInt32Value": FieldDescriptor.TYPE_UINT32,
-    "google.protobuf.Int64Value": FieldDescriptor.TYPE_INT64,
-    "google.protobuf.UInt64Value": FieldDescriptor.TYPE_UINT64,
-    "google.protobuf.DoubleValue": FieldDescriptor.TYPE_DOUBLE,
-    "google.protobuf.FloatValue": FieldDescriptor.TYPE_FLOAT,
-}
-
-
-def is_scalar_param(f: FieldDescriptor) -> bool:
-    """Whether ``f`` can be a path or query parameter (a scalar in its JSON form)."""
-    if f.message_type is None:
-        return True
-    return f.message_type.full_name in _SCALAR_WKT and not f.message_type.GetOptions().map_entry
-
-
-def query_fields(binding: Binding) -> list[tuple[str, tuple[FieldDescriptor, ...]]]:
-    """The request fields that may come as query parameters, by dotted proto name.
-
-    Everything bound by neither the path nor the body: with ``body: "*"`` nothing,
-    with ``body: "field"`` everything outside that field. Nested messages are
-    walked (``a.b``) once per type, so recursive messages end.
-    """
-    if binding.body == "*":
-        return []
-    bound = {tuple(f.full_name for f in v.field_path) for v in binding.variables}
-    out: list[tuple[str, tuple[FieldDescriptor, ...]]] = []
-
-    def walk(desc: Descriptor, prefix: tuple[FieldDescriptor, ...], seen: frozenset[str]) -> None:
-        for f in desc.fields:
-            path = (*prefix, f)
-            if tuple(x.full_name for x in path) in bound:
-                continue
-            if not prefix and binding.body_field is not None and f.name == binding.body_field.name:
-                continue
-            if is_scalar_param(f):
-                out.append((".".join(x.name for x in path), path))
-            elif (
-                f.message_type is not None
-                and not f.is_repeated
-                and f.message_type.full_name not in seen
-                and not f.message_type.full_name.startswith("google.protobuf.")
-            ):
-                walk(f.message_type, path, seen | {f.message_type.full_name})
-
-    walk(binding.method.input_type, (), frozenset({binding.method.input_type.full_name}))
-    return out
-
-
-def _scalar(f: FieldDescriptor, text: str, name: str) -> Any:
-    kind = f.type
-    if f.message_type is not None:
-        kind = _SCALAR_WKT.get(f.message_type.full_name) or FieldDescriptor.TYPE_STRING
-    try:
-        if kind == FieldDescriptor.TYPE_BOOL:
-            low = text.lower()
-            if low in _TRUE or low in _FALSE:
-                return low in _TRUE
-            raise ValueError("expected true or false")
-        if kind in _INTS:
-            return int(text)
-        if kind in _FLOATS:
-            return text if text in ("NaN", "Infinity", "-Infinity") else float(text)
-        if kind == FieldDescriptor.TYPE_ENUM:
-            return int(text) if text.lstrip("-").isdigit() else text
-    except ValueError as exc:
-        raise InvalidParameters(
-            f"parameter {name!r}: {exc}", details={"field": name, "value": text[:100]}
-        ) from None
-    return text  # strings, bytes (base64), 64-bit integers (JSON strings), Timestamp...
-
-
-def _set(target: dict[str, Any], path: tuple[FieldDescriptor, ...], value: Any) -> None:
-    node = target
-    for f in path[:-1]:
-        child = node.get(f.json_name)
-        if child is None and f.name != f.json_name:
-            child = node.pop(f.name, None)
-        if child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            # A message's JSON is an object: what the body sent is refused, not replaced.
-            raise InvalidParameters(
-                f"{f.name!r} is a message, so a JSON object, not {type(child).__name__}",
-                details={"field": f.name},
-            )
-        node[f.json_name] = child
-        node = child
-    leaf = path[-1]
-    if leaf.name != leaf.json_name:
-        node.pop(leaf.name, None)  # the path wins over the same field spelled otherwise in the body
-    node[leaf.json_name] = value
-
-
-def _default_json(f: FieldDescriptor) -> Any:
-    if f.is_repeated:
-        return {} if f.message_type is not None and f.message_type.GetOptions().map_entry else []
-    if f.message_type is not None:
-        return None if f.message_type.full_name.startswith("google.protobuf.") else {}
-    if f.enum_type is not None:
-        return f.enum_type.values[0].name
-    if f.type in (
-        FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_UINT64,
-        FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED64,
-        FieldDescriptor.TYPE_SFIXED64,
-    ):
-        return "0"
-    return f.default_value if not isinstance(f.default_value, bytes) else ""
 
 
 class Route:
@@ -251,24 +125,15 @@ class RestDoor:
         ctx = h.call_context(self.contexts, scope, "rest")
         # Read as the trace id is: from the metadata (a repeated header: its last value).
         req_id = ctx.message_id = h.request_id(ctx.metadata.get("x-request-id"))
+        action = ""  # once the caller is known: what a refusal before the call is recorded as
         try:
-            timeout_ms = ctx.metadata.get("x-timeout-ms")
-            if timeout_ms is not None:
-                if not _TIMEOUT_MS.fullmatch(timeout_ms):
-                    raise InvalidRequest(
-                        "X-Timeout-Ms is a whole number of milliseconds (at most 9 digits)",
-                        reason="BAD_TIMEOUT",
-                        details={"header": "x-timeout-ms", "value": timeout_ms[:32]},
-                    )
-                if int(timeout_ms) > 0:
-                    self.contexts.deadline_in(ctx, int(timeout_ms) / 1000)
-            route, variables = self.match(scope["method"], _raw_path(scope))
-            # Who calls, before anything of the request is read: a caller the node
-            # refuses learns nothing of what it would have accepted.
-            self.pipeline.authenticate(ctx, route.target.full_name)
+            route, variables = self._route(ctx, scope)
+            action = route.target.full_name
+            self._deadline(ctx)
             body = await h.read_body(scope, receive, self.max_body_bytes)
             params = self.params(route, variables, scope.get("query_string", b""), body, ctx)
             if route.target.stream is not None:
+                action = ""  # the pipeline records what happens from here
                 await self._stream(
                     route, params, ctx, receive, send, head=scope["method"] == "HEAD"
                 )
@@ -278,12 +143,15 @@ class RestDoor:
             # Negotiated before the call runs: a refusal must not come after its effects.
             kind = h.negotiate(ctx.metadata.get("accept"), route.offered)
             request = request_from(route.target.request_cls, params)
+            action = ""  # the pipeline records what happens from here
             async with h.DisconnectWatch(receive, scope):  # a client that goes ends its call
                 response = await call(ctx, request)
             payload, content_type = self.encode(route, response, kind)
         except h.ClientGone:
             return  # nobody to answer
         except AralError as exc:
+            if action:  # refused before the pipeline ran: audit it
+                refused(self.pipeline, ctx, action, exc)
             await self._error(send, exc, ctx, req_id)
             return
         except asyncio.CancelledError:
@@ -306,6 +174,32 @@ class RestDoor:
         await h.send_body(
             send, 200, payload, content_type, _ids(ctx, req_id), gzip_ok=h.accepts_gzip(scope)
         )
+
+    def _route(self, ctx: CallContext, scope: h.Scope) -> tuple[Route, dict[Any, str]]:
+        """The request's route, once its caller is known: a caller the node refuses
+        learns nothing of what it would have accepted, not even which paths exist
+        (it is refused alike on every path)."""
+        try:
+            route, variables = self.match(scope["method"], _raw_path(scope))
+        except AralError as exc:
+            self.pipeline.authenticate(ctx, REST_ACTION)  # a refusal is audited there
+            raise refused(self.pipeline, ctx, REST_ACTION, exc) from None
+        self.pipeline.authenticate(ctx, route.target.full_name)
+        return route, variables
+
+    def _deadline(self, ctx: CallContext) -> None:
+        """The call's deadline from ``X-Timeout-Ms`` (none: the node's default)."""
+        timeout_ms = ctx.metadata.get("x-timeout-ms")
+        if timeout_ms is None:
+            return
+        if not _TIMEOUT_MS.fullmatch(timeout_ms):
+            raise InvalidRequest(
+                "X-Timeout-Ms is a whole number of milliseconds (at most 9 digits)",
+                reason="BAD_TIMEOUT",
+                details={"header": "x-timeout-ms", "value": timeout_ms[:32]},
+            )
+        if int(timeout_ms) > 0:
+            self.contexts.deadline_in(ctx, int(timeout_ms) / 1000)
 
     # -- matching and request building ---------------------------------------------------
 
@@ -382,7 +276,7 @@ class RestDoor:
                         },
                     )
                 leaf = path[-1]
-                value = _scalar(leaf, text, name)
+                value = parse_scalar(leaf, text, name)
                 if leaf.is_repeated:
                     existing = _get(params, path)
                     value = [*existing, value] if isinstance(existing, list) else [value]
@@ -396,14 +290,14 @@ class RestDoor:
                         details={"parameter": dotted},
                     )
                 given.add(path)
-                _set(params, path, value)
+                set_at(params, path, value)
         for var, text in variables.items():
             said = _body_value(params, var.field_path)
             if said is not None:
                 # The path wins (as in every google.api.http transcoder), but what it
                 # replaces must have been valid: the schema says so of the body.
                 request_from(route.target.request_cls, _nested(var.field_path, said))
-            _set(params, var.field_path, _scalar(var.field_path[-1], text, var.name))
+            set_at(params, var.field_path, parse_scalar(var.field_path[-1], text, var.name))
         return params
 
     def _decode_body(self, route: Route, body: bytes, content_type: str | None) -> Any:
@@ -443,7 +337,7 @@ class RestDoor:
         value = route.target.json(message)
         if response_field is not None:
             value = (
-                value.get(response_field.json_name, _default_json(response_field))
+                value.get(response_field.json_name, default_json(response_field))
                 if isinstance(value, dict)
                 else value
             )
@@ -576,7 +470,7 @@ def _body_value(params: dict[str, Any], path: tuple[FieldDescriptor, ...]) -> An
 def _nested(path: tuple[FieldDescriptor, ...], value: Any) -> dict[str, Any]:
     """``{"a": {"b": value}}`` for the path ``a.b``."""
     out: dict[str, Any] = {}
-    _set(out, path, value)
+    set_at(out, path, value)
     return out
 
 

@@ -1,0 +1,57 @@
+"""What the HTTP port refuses before a call reaches the pipeline is audited all the
+same (from review: a made-up route, a body that does not parse, a foreign Host or
+Origin, a scrape of /metrics without the read scope left no record), and a caller
+the node refuses learns nothing of which paths exist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from aralnode import Node
+from aralnode.access.apikeys import ApiKeyStore
+from aralnode.store.audit import read_records
+from aralnode.store.audit_verify import verify
+
+
+async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node(
+        "locked-http", http_port=0, audit=True, allow_unsigned=False, deny_by_default=True
+    )
+    async with node:
+        key, _ = ApiKeyStore(node.config.apikeys_path).create(
+            "carol", scopes=["agent:invoke"], kind="user"
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+            # Anonymous: a route that exists and one that does not answer alike.
+            for path in ("/v1/status", "/v1/no-such-route"):
+                r = await http.get(path)
+                assert (r.status_code, r.json()["error"]["reason"]) == (401, "ANONYMOUS_REFUSED")
+            me = {"x-api-key": key}
+            asked = [
+                (await http.get("/v1/no-such-route", headers=me), 404),
+                (await http.post("/v1/invoke", content=b"{", headers=me), 400),
+                (await http.get("/metrics", headers=me), 403),  # no agent:read
+                (await http.get("/v1/status", headers={"host": "evil.example"}), 421),
+                (await http.get("/v1/status", headers={"origin": "https://evil.example"}), 403),
+            ]
+            assert [r.status_code for r, _ in asked] == [status for _, status in asked]
+            traces = [r.headers["x-trace-id"] for r, _ in asked]
+    directory = node.config.resolved_data_dir / "audit"
+    assert verify(directory, node.identity.public_key).problem is None
+    records = [r for _, r in read_records(directory) if r.door == "rest"]
+    refused = [(r.action, r.reason, r.caller) for r in records]
+    assert refused == [
+        ("aral.v1.AgentNode/GetStatus", "ANONYMOUS_REFUSED", ""),  # (the caller was not told)
+        ("aral.http/rest", "ANONYMOUS_REFUSED", ""),
+        ("aral.http/rest", "ROUTE_NOT_FOUND", "carol"),
+        ("aral.v1.AgentNode/Invoke", "MALFORMED_MESSAGE", "carol"),
+        ("aral.http/GET /metrics", "MISSING_SCOPE", "carol"),
+        ("aral.http/rest", "HOST_NOT_ALLOWED", ""),
+        ("aral.http/rest", "ORIGIN_NOT_ALLOWED", ""),
+    ], refused
+    # Each record carries the trace id its answer named.
+    assert [r.trace_id for r in records[2:]] == traces
