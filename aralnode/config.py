@@ -140,8 +140,9 @@ class NodeConfig:
             bucket's size; default N), or a number per second; None / 0 /
             ``"off"``: no limit. Past it: RESOURCE_EXHAUSTED / 429 with a retry hint
             (see docs/limits.md).
-        rate_limit_per_principal: The rate of each caller whose identity the node
-            verified (an authenticated principal, a pinned signer key).
+        rate_limit_per_principal: The rate of each caller the node vouches for (an
+            authenticated principal, a mesh certificate, a peer key named in
+            ``peer_grants`` or ``peer_roles``).
         rate_limit_per_address: The rate of each other caller, by its address (an
             IPv4 host, an IPv6 /64). The default only stops a flood: a node on a
             network sets its own.

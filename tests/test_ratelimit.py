@@ -384,3 +384,44 @@ async def test_a_peer_over_its_rate_is_refused_per_message_and_keeps_its_channel
 
 async def _pong() -> str:
     return "pong"
+
+
+async def test_a_key_made_a_moment_ago_keeps_to_its_address_bucket(
+    make_node: Callable[..., Node],
+) -> None:
+    """A handshake proves a key, and keys are free: one pinned by a handshake is no
+    identity of its own for the rate limit unless the operator names it
+    (``peer_grants``), so fresh keys cannot step around the address's bucket (from
+    review: 50 signed calls from a new key passed an address limited to 5/s)."""
+    from aralnode import Identity, NodeClient
+    from aralnode.core.capabilities import CapabilityRegistry
+    from aralnode.core.clock import SYSTEM_CLOCK
+    from aralnode.core.handshake import build_card
+    from aralnode.core.identity import KeyRing
+
+    trusted = Identity.generate()
+    node = make_node(
+        "keys",
+        rate_limit_per_address="3/h",
+        rate_limit_per_principal="100/h",
+        peer_grants={trusted.node_id: frozenset({"agent:invoke"})},
+    )
+
+    async def calls_until_refused(me: Identity) -> int:
+        card = build_card(
+            me, name="k", endpoints=[], registry=CapabilityRegistry(), clock=SYSTEM_CLOCK
+        )
+        async with NodeClient(node.address, identity=me, keyring=KeyRing()) as client:
+            await client.handshake(card)
+            for served in range(6):
+                try:
+                    await client.request("demo.echo", {"text": "x"})
+                except RateLimited:
+                    return served
+        return 6
+
+    async with node:
+        # (A handshake is not a call: the three tokens are the address's.)
+        assert await calls_until_refused(Identity.generate()) == 3
+        assert await calls_until_refused(Identity.generate()) == 0  # a new key: same bucket
+        assert await calls_until_refused(trusted) == 6  # a key the operator named: its own

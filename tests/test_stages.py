@@ -169,10 +169,10 @@ def test_rate_limit_refuses_the_excess_with_a_retry_hint() -> None:
     assert (stage.in_flight, counters["invoke.rejected"]) == (2, 1)
 
 
-def at(peer: str, caller: str = "", **credentials: Any) -> CallContext:
+def at(peer: str, caller: str = "", *, vouched: bool = False, **credentials: Any) -> CallContext:
     """A context from transport address ``peer``, as authenticate left it."""
     ctx = BUILDER.build("rest", peer=peer, credentials=Credentials(**credentials))
-    ctx.caller = caller
+    ctx.caller, ctx.vouched = caller, vouched
     return ctx
 
 
@@ -213,12 +213,17 @@ def test_one_caller_gets_its_share_of_the_slots_and_no_more() -> None:
         (at("[fe80::1%eth0]:5000"), "addr:fe80::1%eth0"),
         (at("[fe80::2%eth0]:5000"), "addr:fe80::2%eth0"),
         (at("unix:/tmp/node.sock"), "addr:unix:/tmp/node.sock"),
-        # a key a handshake pinned, a channel peer, an authenticator's principal
-        (at("127.0.0.1:1", PEER, signer=PEER, signer_verified=True), f"caller:{PEER}"),
-        (at(PEER, PEER, link_peer=PEER), f"caller:{PEER}"),
-        (at("127.0.0.1:1", "alice"), "caller:alice"),
-        # a key anyone can make up counts as its address
+        # a peer key the operator trusts, an authenticator's principal
+        (
+            at("127.0.0.1:1", PEER, signer=PEER, signer_verified=True, vouched=True),
+            f"caller:{PEER}",
+        ),
+        (at("127.0.0.1:1", "alice", vouched=True), "caller:alice"),
+        # a key anyone can make up counts as its address, pinned by a handshake or not
+        (at("127.0.0.1:1", PEER, signer=PEER, signer_verified=True), "addr:127.0.0.1"),
         (at("127.0.0.1:1", PEER, signer=PEER), "addr:127.0.0.1"),
+        # a channel's peer is where its messages come from
+        (at(PEER, PEER, link_peer=PEER), f"addr:{PEER}"),
     ],
 )
 def test_a_caller_is_its_verified_identity_else_its_address(ctx: CallContext, key: str) -> None:

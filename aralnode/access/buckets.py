@@ -8,10 +8,12 @@ global bucket and to exactly one bucket of its own, by who the node knows it to
 be (``service.stages.share_key``):
 
 - a peer's request or notification on the A2A channel: that peer's bucket;
-- a caller whose identity the node verified (a principal an authenticator named,
-  a signer whose key a handshake pinned): that principal's bucket;
-- anyone else (anonymous, or signing with a key it made up): its address's bucket
-  (``service.stages.address_of``: the host, an IPv6 /64).
+- a caller the node vouches for (a principal an authenticator named, a mesh
+  certificate, a peer key the operator named in ``peer_grants``/``peer_roles``):
+  that principal's bucket;
+- anyone else (anonymous, or signing with a key it made up, pinned by a handshake
+  or not): its address's bucket (``service.stages.address_of``: the host, an
+  IPv6 /64).
 
 The node's own program is never limited. A bucket is refilled lazily, from the
 clock, when it is next used: nothing runs in the background.

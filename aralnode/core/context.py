@@ -207,6 +207,7 @@ class CallContext:
     flags: list[str] = field(default_factory=list)
     credentials: Credentials | None = None
     authenticated: bool = False
+    vouched: bool = False
     clock: Callable[[], float] | None = None
     status_code: object = None
     status_details: str = ""

@@ -82,6 +82,11 @@ class Authenticated:
             forwarding node's statement granted its principal): the stage grants
             the intersection of this and the caller's own rights. ``None``: no
             ceiling.
+        vouched: The node vouches for the caller being itself and nobody else: a
+            principal an authenticator named, a mesh certificate, a peer key the
+            operator trusts. False for a key anyone can make in a second (pinned by
+            a handshake or not): it keeps to its address's rate bucket and slots
+            (``stages.share_key``), as any number of such keys come from one client.
     """
 
     caller: str = ""
@@ -91,9 +96,10 @@ class Authenticated:
     roles: frozenset[str] = _NO_SCOPES
     chain: tuple[str, ...] = ()
     ceiling: frozenset[str] | None = None
+    vouched: bool = True
 
 
-ANONYMOUS = Authenticated(kind=ANONYMOUS_KIND)
+ANONYMOUS = Authenticated(kind=ANONYMOUS_KIND, vouched=False)
 
 Principal = Authenticated  # the name the docs use for the model
 
@@ -222,17 +228,25 @@ class PeerAuthenticator:
                 # A claim to act for someone, by a key nobody verified, names nobody:
                 # it must not let a stranger be halted, indebted or queued as them.
                 claimed = ANONYMOUS_PRINCIPAL if delegated else ""
-                return Authenticated(signer, _NO_SCOPES, claimed, kind=ANONYMOUS_KIND)
+                return Authenticated(
+                    signer, _NO_SCOPES, claimed, kind=ANONYMOUS_KIND, vouched=False
+                )
             return ANONYMOUS
         scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
         roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES
+        trusted = self.trusts(node)
         if not delegated:
-            return Authenticated(node, scopes, kind=NODE, roles=roles)
+            return Authenticated(node, scopes, kind=NODE, roles=roles, vouched=trusted)
         # on_behalf_of with no statement: nobody vouches for that principal's rights.
         return Authenticated(
             node, scopes, self._named_by(node, delegated), kind=NODE, roles=roles,
-            chain=(delegated, node), ceiling=self.anonymous_scopes,
+            chain=(delegated, node), ceiling=self.anonymous_scopes, vouched=trusted,
         )  # fmt: skip
+
+    def trusts(self, node: str) -> bool:
+        """Whether the operator named the peer ``node`` (``peer_grants`` or
+        ``peer_roles``): a key it trusts, not one a stranger made a minute ago."""
+        return node in self.grants or node in self.roles
 
     def _named_by(self, node: str, principal: str) -> str:
         """The principal the verified peer ``node`` says it acts for, as this node
@@ -241,7 +255,7 @@ class PeerAuthenticator:
         it, ``alice@<node id>``. A handshake proves a key, not that its holder may
         speak for this node's users: a name it makes up must never take a local
         principal's governance tier, halt, trust debt or rate bucket."""
-        if principal == ANONYMOUS_PRINCIPAL or node in self.grants or node in self.roles:
+        if principal == ANONYMOUS_PRINCIPAL or self.trusts(node):
             return principal
         return f"{principal}@{node}"
 

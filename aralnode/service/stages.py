@@ -111,6 +111,7 @@ class Authenticate:
                 scopes = intersect(scopes, who.ceiling)
             ctx.caller, ctx.scopes, ctx.on_behalf_of = who.caller, scopes, who.on_behalf_of
             ctx.kind = who.kind or (USER if who.caller else ANONYMOUS_KIND)
+            ctx.vouched = who.vouched
             if who.roles:
                 ctx.roles = who.roles
             if who.chain:
@@ -179,18 +180,18 @@ def share_key(ctx: CallContext) -> str:
     """Whose share of the slots a call counts against ("" for the node's own
     program, which has no share to keep to).
 
-    A caller whose identity the node vouches for counts as itself: a signer whose
-    key a handshake pinned, a channel's peer, a principal an authenticator named.
-    Anyone else -- anonymous, or signing with a key it made up (any number of
-    which are free) -- counts as its network address: the host, or for IPv6 the
-    /64 a single client typically holds.
+    A caller whose identity the node vouches for counts as itself: a principal an
+    authenticator named, a mesh certificate, a peer key the operator trusts
+    (``Authenticated.vouched``). Anyone else -- anonymous, or signing with a key
+    it made up, pinned by a handshake or not (any number of which are free) --
+    counts as its network address: the host, or for IPv6 the /64 a single client
+    typically holds.
     """
     credentials = ctx.credentials
     if credentials is None or credentials.local or credentials.given:
         return ""
-    caller = ctx.caller
-    if caller and not (credentials.signer == caller and not credentials.signer_verified):
-        return "caller:" + caller
+    if ctx.caller and ctx.vouched:
+        return "caller:" + ctx.caller
     return "addr:" + address_of(ctx.peer)
 
 
