@@ -62,7 +62,7 @@ from aralnode.store.proto_docs import ProtoDocs
 from aralnode.store.sqlite import SqliteStore
 from aralnode.transport.grpc_credentials import PrepareCredentials
 from aralnode.transport.grpc_door import AgentNodeDoor, listing_gate, service_handler
-from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
+from aralnode.transport.grpc_server import GrpcLimits, GrpcServer, transport_limit
 from aralnode.transport.tls_grpc import ClientTls, server_credentials
 
 CHANNEL_STORE = "channels.sqlite3"
@@ -385,7 +385,10 @@ def _grpc(  # noqa: PLR0917 - the parts made so far, in order
     )
     grpc.add(door.handler(), pb.AGENT_NODE_SERVICE_NAME)
     for served in services:
-        grpc.add(service_handler(served, node.pipeline, node.contexts), served.full_name)
+        handler = service_handler(
+            served, node.pipeline, node.contexts, max_send=transport_limit(cfg.max_message_bytes)
+        )
+        grpc.add(handler, served.full_name)
     return grpc
 
 

@@ -326,3 +326,40 @@ async def test_a_response_past_what_grpc_sends_is_a_refusal_the_caller_can_read(
     ]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     await assert_serving(small_node)
+
+
+async def test_a_user_method_whose_answer_grpc_would_not_send_is_refused_readably(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a user's protobuf method as for Invoke: a servicer's answer past
+    what grpc sends (here a listing of many books, each small enough to add) is
+    RESPONSE_TOO_LARGE with its ErrorInfo and an audit record after the call's own,
+    not grpc's bare error (each item of a stream, and a built-in's answer, is held
+    to the same bound by the same function)."""
+    from tests.test_rest import LIBRARY, lib
+
+    node = make_node("small-lib", max_message_bytes=16 * 1024)
+    node.load(LIBRARY)
+    seen = recorded(node)
+    caplog.set_level(logging.INFO)
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        create = channel.unary_unary("/library.v1.Library/CreateBook")
+        for _ in range(12):  # 12 x 12 KB: past the 96 KiB grpc sends (each fits in 16)
+            book = lib().Book(title="t" * 12_000, author="a")
+            request = lib().CreateBookRequest(shelf="big", book=book)
+            await create(request.SerializeToString(), timeout=10)
+        listing = lib().ListBooksRequest(shelf="big").SerializeToString()
+        del seen[:]
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await channel.unary_unary("/library.v1.Library/ListBooks")(listing, timeout=10)
+        assert (unary.value.code(), _reason(unary.value)) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE",
+        )  # fmt: skip
+        assert [(r.action, r.point, r.outcome) for r in seen] == [
+            ("library.v1.Library/ListBooks", "post", "ok"),
+            ("library.v1.Library/ListBooks", "post", "payload_too_large"),
+        ]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        # The node serves on.
+        get = lib().GetBookRequest(shelf="sci", book_id=1).SerializeToString()
+        await channel.unary_unary("/library.v1.Library/GetBook")(get, timeout=10)

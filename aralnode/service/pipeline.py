@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -270,7 +270,7 @@ class Pipeline:
         risk: str = "unspecified",
         message: Message | None = None,
         scopes: Sequence[str] = _NO_SCOPES,
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Run a streaming method: every stage before the first item, the slot held
         until the stream ends, each item post-checked, the outcome audited at the
         end. ``start`` gets the parameters as governance left them (with
@@ -326,7 +326,7 @@ class Pipeline:
         request: Message,
         *,
         scopes: Sequence[str] = _NO_SCOPES,
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncGenerator[Message, None]:
         """``stream`` for a protobuf server-streaming method, as every door runs it:
         ``impl`` runs on ``request``, or on the request a nudge's parameters describe,
         and ends as the status it sets says (``servicer_stream``)."""

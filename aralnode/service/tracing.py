@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -367,7 +367,7 @@ class TracedPipeline(Pipeline):
         params: Any,
         start: Callable[[Any], AsyncIterator[Any]],
         **kwargs: Any,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         # Not made current: a generator's context is its consumer's, between items.
         served = self._enter(ctx, method_id, attach=False, log=False)
         try:

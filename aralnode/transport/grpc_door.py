@@ -10,6 +10,7 @@ does: the context from the ``ContextBuilder``, the call to the service layer
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -155,30 +156,28 @@ class AgentNodeDoor:
             raise
 
     def _sendable(self, body: bytes, ctx: CallContext) -> bytes:
-        """``body``, unless it is past what grpc sends (``transport_limit``): then a
-        refusal the caller can read (RESOURCE_EXHAUSTED, ``RESPONSE_TOO_LARGE``) and
-        the audit log records after the call's own record, rather than grpc's bare
-        error and a traceback."""
-        limit = transport_limit(self.max_message_bytes)
-        if len(body) <= limit:
-            return body
-        error = MessageTooLarge(
-            f"the response is {len(body)} bytes; this node sends at most {limit}",
-            reason="RESPONSE_TOO_LARGE",
-            details={"size": len(body), "limit": limit},
+        return sendable(
+            body, ctx, self.service.pipeline, _INVOKE, transport_limit(self.max_message_bytes)
         )
-        raise refused(self.service.pipeline, ctx, _INVOKE, error, point=Point.POST)
 
     def _built_in(self, method: MethodDescriptor) -> Unary:
         run = self.service.method(method.name)
         assert run is not None
         cls: type[Message] = GetMessageClass(method.input_type)
+        action = f"{pb.AGENT_NODE_SERVICE_NAME}/{method.name}"
 
         async def handle(data: bytes, context: Context) -> bytes:
             try:
                 request = _parse(cls, data)
-                response = await run(request, call_context(self.contexts, context))
-                return response.SerializeToString()
+                ctx = call_context(self.contexts, context)
+                response = await run(request, ctx)
+                return sendable(
+                    response.SerializeToString(),
+                    ctx,
+                    self.service.pipeline,
+                    action,
+                    transport_limit(self.max_message_bytes),
+                )
             except AralError as exc:
                 await abort(context, exc)
                 raise
@@ -223,6 +222,21 @@ class AgentNodeDoor:
         return grpc.method_handlers_generic_handler(pb.AGENT_NODE_SERVICE_NAME, handlers)
 
 
+def sendable(body: bytes, ctx: CallContext, pipeline: Pipeline, action: str, limit: int) -> bytes:
+    """``body``, unless it is past what grpc sends (``transport_limit``): then a
+    refusal the caller can read (RESOURCE_EXHAUSTED, ``RESPONSE_TOO_LARGE``) that
+    the audit log records after the call's own record, rather than grpc's bare
+    error and a traceback (every response the door serializes comes through here)."""
+    if len(body) <= limit:
+        return body
+    error = MessageTooLarge(
+        f"the response is {len(body)} bytes; this node sends at most {limit}",
+        reason="RESPONSE_TOO_LARGE",
+        details={"size": len(body), "limit": limit},
+    )
+    raise refused(pipeline, ctx, action, error, point=Point.POST)
+
+
 def _unary(fn: Unary) -> grpc.RpcMethodHandler[Any, Any]:
     return grpc.unary_unary_rpc_method_handler(
         fn, request_deserializer=None, response_serializer=None
@@ -233,7 +247,7 @@ def _unary(fn: Unary) -> grpc.RpcMethodHandler[Any, Any]:
 
 
 def service_handler(
-    served: ProtoService, pipeline: Pipeline, contexts: ContextBuilder
+    served: ProtoService, pipeline: Pipeline, contexts: ContextBuilder, *, max_send: int
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Serve ``service`` with ``servicer``, every method through the pipeline (so
     every stage applies exactly as on every other door): unary ones as their
@@ -246,7 +260,19 @@ def service_handler(
         if impl is not None:
             # A method that names no scope needs agent:invoke, as any capability.
             scopes = served.scopes_of(method.name) or INVOKE_SCOPES
-            handlers[method.name] = _method_handler(impl, method, scopes, pipeline, contexts)
+            handlers[method.name] = _method_handler(
+                _Method(
+                    impl,
+                    f"{served.full_name}/{method.name}",
+                    GetMessageClass(method.input_type),
+                    GetMessageClass(method.output_type).SerializeToString,
+                    scopes,
+                    pipeline,
+                    contexts,
+                    max_send,
+                ),
+                method,
+            )
     return grpc.method_handlers_generic_handler(served.full_name, handlers)
 
 
@@ -261,28 +287,18 @@ class _Method:
     scopes: tuple[str, ...]
     pipeline: Pipeline
     contexts: ContextBuilder
+    max_send: int  # bytes grpc sends in one message
+
+    def answer(self, response: Message, ctx: CallContext) -> bytes:
+        """``response`` serialized, if grpc will send it (``sendable``)."""
+        return sendable(self.serialize(response), ctx, self.pipeline, self.cap_id, self.max_send)
 
     async def parsed(self, requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
         async for data in requests:
             yield _parse(self.request_cls, data)
 
 
-def _method_handler(
-    impl: Callable[..., Any],
-    method: MethodDescriptor,
-    scopes: tuple[str, ...],
-    pipeline: Pipeline,
-    contexts: ContextBuilder,
-) -> grpc.RpcMethodHandler[Any, Any]:
-    m = _Method(
-        impl,
-        f"{method.containing_service.full_name}/{method.name}",
-        GetMessageClass(method.input_type),
-        GetMessageClass(method.output_type).SerializeToString,
-        scopes,
-        pipeline,
-        contexts,
-    )
+def _method_handler(m: _Method, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
     if method.client_streaming and method.server_streaming:
         return grpc.stream_stream_rpc_method_handler(_bidi(m))
     if method.client_streaming:
@@ -302,7 +318,7 @@ def _unary_call(m: _Method) -> Unary:
         try:
             request = _parse(m.request_cls, data)
             ctx = call_context(m.contexts, context)
-            response = m.serialize(await m.pipeline.invoke_message(ctx, m.cap_id, request))
+            response = m.answer(await m.pipeline.invoke_message(ctx, m.cap_id, request), ctx)
         except AralError as exc:
             await abort_method(context, exc)
             raise
@@ -319,8 +335,9 @@ def _server_stream(m: _Method) -> Callable[[bytes, Context], AsyncIterator[bytes
             request = _parse(m.request_cls, data)
             ctx = call_context(m.contexts, context)
             items = m.pipeline.stream_message(ctx, m.cap_id, m.impl, request, scopes=m.scopes)
-            async for item in items:
-                yield m.serialize(item)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield m.answer(item, ctx)
         except AralError as exc:
             await abort_method(context, exc)
         if ctx.trailers:
@@ -342,6 +359,7 @@ def _client_stream(m: _Method) -> Callable[[AsyncIterator[bytes], Context], Awai
             response = await m.pipeline.call(
                 ctx, m.cap_id, None, run, risk="unspecified", scopes=m.scopes
             )
+            response = sendable(response, ctx, m.pipeline, m.cap_id, m.max_send)
         except AralError as exc:
             await abort_method(context, exc)
             raise
@@ -361,8 +379,9 @@ def _bidi(m: _Method) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator
             items = m.pipeline.stream(
                 ctx, m.cap_id, None, lambda _: run(m.parsed(requests), ctx), scopes=m.scopes
             )
-            async for item in items:
-                yield m.serialize(item)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield m.answer(item, ctx)
         except AralError as exc:
             await abort_method(context, exc)
         if ctx.trailers:
