@@ -68,6 +68,8 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
         where=where,
         security=security,
         max_tasks=cfg.a2a_max_tasks,
+        max_task_bytes=cfg.a2a_max_task_bytes,
+        listing_requires_auth=cfg.listing_requires_auth,
         default_skill=cfg.a2a_default_skill,
         # A durable node's tasks outlive it (the a2a-sdk's SQL store, SQLite).
         task_db=cfg.resolved_data_dir / "a2a-tasks.sqlite3" if cfg.durable else None,

@@ -253,6 +253,8 @@ class NodeConfig:
             gRPC port, JSON-RPC and HTTP+JSON on the HTTP port, and the signed Agent
             Card at ``/.well-known/agent-card.json``.
         a2a_max_tasks: A2A tasks kept at most (the oldest finished ones go first).
+        a2a_max_task_bytes: Bytes of A2A tasks kept at most (their serialized size;
+            the oldest finished ones go first).
         a2a_default_skill: The capability an A2A message that names no skill goes
             to, its text as the parameter ``text`` (or its one data part as the
             parameters); empty: such a message's task asks for input
@@ -394,6 +396,7 @@ class NodeConfig:
     # -- interop (issue 17): the A2A standard and the ARAL REST surface
     a2a: bool = True
     a2a_max_tasks: int = 10_000
+    a2a_max_task_bytes: int = 64 * 1024 * 1024
     a2a_default_skill: str = ""
     aral_api: bool = True
 
@@ -445,6 +448,8 @@ class NodeConfig:
         config_checks.check_etcd(self)
         if self.a2a_max_tasks < 1:
             raise ValueError("a2a_max_tasks must be at least 1")
+        if self.a2a_max_task_bytes < 1024 * 1024:
+            raise ValueError("a2a_max_task_bytes must be at least 1 MiB")
 
     @property
     def audit_enabled(self) -> bool:

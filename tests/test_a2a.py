@@ -298,7 +298,9 @@ async def test_a_body_over_the_limit_is_refused_before_the_sdk_reads_it(
         big = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"x": "y" * 8192}}
         r = await http.post("/a2a", json=big)
         assert r.status_code == 413
-        assert r.json()["error"]["code"] == "payload_too_large"
+        error = r.json()["error"]  # a JSON-RPC error, the node's error as its data
+        assert error["data"]["code"] == "payload_too_large"
+        assert error["data"]["trace_id"] == r.headers["x-trace-id"]
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read and cut off
             for _ in range(16):

@@ -137,6 +137,29 @@ async def test_a_full_node_evicts_from_whoever_holds_most(
         assert gone == 2  # one for the fourth heavy client's last, one for the newcomer
 
 
+async def test_a_member_given_twice_is_refused_as_on_rest(
+    make_node: Callable[..., Node],
+) -> None:
+    """``tools/call`` arguments with a member twice: the SDK would take the last (and
+    another parser the first); refused before it reads them, as REST refuses them,
+    in a JSON-RPC error that carries the node's error and trace id."""
+    node = make_node("dups", http_port=0)
+    async with node, client_from(f"http://127.0.0.1:{node.http_port}", "127.0.0.1") as http:
+        session = await open_session(http)
+        body = (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": '
+                b'{"name": "demo.echo", "arguments": {"text": "A", "text": "B"}}}')  # fmt: skip
+        headers = {**session_headers(session), "content-type": "application/json"}
+        r = await http.post("/mcp", content=body, headers=headers)
+        once = await request(http, session, "tools/call",
+                             {"name": "demo.echo", "arguments": {"text": "A"}})  # fmt: skip
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == -32602
+    assert error["data"]["reason"] == "DUPLICATE_PARAMETER"
+    assert error["data"]["trace_id"] == r.headers["x-trace-id"]
+    assert once.json()["result"]["structuredContent"]["echo"] == ["A"]  # the session lives
+
+
 # -- a peer with thousands of capabilities: tools/list is built per peer (item 7) --------
 
 

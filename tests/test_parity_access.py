@@ -113,7 +113,9 @@ class Doors:
 
     @staticmethod
     def _refused(r: httpx.Response) -> Outcome:
-        outcome = Outcome(status=HTTP_STATUS_ALL[r.status_code], reason=r.json()["error"]["reason"])
+        error = r.json()["error"]
+        error = error.get("data", error)  # JSON-RPC (A2A): the node's error is its data
+        outcome = Outcome(status=HTTP_STATUS_ALL[r.status_code], reason=error["reason"])
         if r.status_code == 401:
             assert r.headers["www-authenticate"].startswith("Bearer"), r.headers
         if r.status_code == 429:

@@ -27,7 +27,14 @@ failed; ``AUTH_REQUIRED`` while a governance escalation waits for an approver
 interfaces, the security schemes the node accepts, signed (A2A §8.4) with the node
 key by the SDK's own signer: ES256 over the RFC 8785 form of the card without its
 signatures, protected header ``kid`` = the node id, ``jku`` = the node's
-``/.well-known/jwks.json`` (served here), ``typ`` JOSE.
+``/.well-known/jwks.json`` (served here), ``typ`` JOSE. With ``listing_requires_auth``
+it lists no skill: an authenticated caller reads them from the extended card
+(``GetExtendedAgentCard``, as far as its scopes reach).
+
+**Refusals** before the SDK reads a request (its credentials, its body's size, a
+JSON-RPC body that is no request object, a member given twice) are the node's, as
+on every door: the seed's error object with the call's ``trace_id``, the
+``X-Trace-Id`` header; on ``/a2a`` inside a JSON-RPC error (bridge/_jsonrpc.py).
 """
 
 from __future__ import annotations
@@ -68,7 +75,8 @@ from starlette.requests import Request
 from starlette.routing import Router
 
 from aralnode.bridge import _http as h
-from aralnode.bridge._a2a_tasks import BoundedTaskStore
+from aralnode.bridge import _jsonrpc as rpc
+from aralnode.bridge._a2a_tasks import DEFAULT_MAX_BYTES, BoundedTaskStore
 from aralnode.core import jws
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
@@ -76,6 +84,7 @@ from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import refused
 from aralnode.service.stages import reaches
 
 log = logging.getLogger("aralnode.a2a")
@@ -94,6 +103,11 @@ _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_la
 # The context a request was admitted with, authenticated once (``A2ADoor.admit``):
 # in its ASGI scope (HTTP) or, with its servicer context, in the handler's task (gRPC).
 _ADMITTED = "aralnode.a2a.admitted"
+# A task waiting for its caller's input stays parked in the SDK's memory (its
+# messages too, outside the task store's bounds) until released; a follow-up makes
+# it again from the store. Released soon, so that what an outsider parks is what it
+# sends in about a second, not all it ever sent.
+PARKED_SECONDS = 1.0
 _ADMITTED_GRPC: ContextVar[tuple[Any, CallContext] | None] = ContextVar(
     "aralnode_a2a_admitted", default=None
 )
@@ -165,7 +179,7 @@ class NodeExecutor(AgentExecutor):
             try:
                 skill, params = selection(message, self.door.default_skill)
             except NoSkill as exc:
-                await updater.requires_input(self._which_skill(exc, context))
+                await updater.requires_input(self._which_skill(exc, context, ctx))
                 return
             await updater.start_work()
             result = await pipeline.invoke(ctx, skill, params)
@@ -185,9 +199,13 @@ class NodeExecutor(AgentExecutor):
         await updater.add_artifact([_result_part(result)], name="result")
         await updater.complete()
 
-    def _which_skill(self, exc: NoSkill, context: RequestContext) -> a2a_pb2.Message:
+    def _which_skill(
+        self, exc: NoSkill, context: RequestContext, ctx: CallContext
+    ) -> a2a_pb2.Message:
         skills = self.door._skills()
         listed = ", ".join(skills[:20]) + (", …" if len(skills) > 20 else "")
+        if self.door.listing_requires_auth and ctx.anonymous:  # as on the public card
+            listed = "listed to authenticated callers (GetExtendedAgentCard)"
         note = new_text_message(f"{exc.message}; skills: {listed}",
                                 context_id=context.context_id, task_id=context.task_id)  # fmt: skip
         note.metadata.update({"code": exc.code, "reason": exc.reason})
@@ -298,9 +316,11 @@ class A2ADoor:
         where: Callable[[], tuple[str, str]],
         security: dict[str, a2a_pb2.SecurityScheme] | None = None,
         max_tasks: int = 10_000,
+        max_task_bytes: int = DEFAULT_MAX_BYTES,
         task_db: Path | None = None,
         default_skill: str = "",
         max_body_bytes: int = 4 * 1024 * 1024,
+        listing_requires_auth: bool = False,
     ) -> None:
         self.service = service
         self.identity = identity
@@ -308,12 +328,17 @@ class A2ADoor:
         self.where = where
         self.security = security or {}
         self.max_tasks, self.task_db = max_tasks, task_db
+        self.max_task_bytes = max_task_bytes
+        # The public card lists no skill: an authenticated caller reads them from
+        # the extended card (``GetExtendedAgentCard``), as far as its scopes reach.
+        self.listing_requires_auth = listing_requires_auth
         self.default_skill = default_skill
         self.max_body_bytes = max_body_bytes
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
         self._card_skills: tuple[str, ...] = ()
         self._handler: DefaultRequestHandler | None = None
+        rpc.bound_library_logs("a2a")  # (its loggers log what callers sent)
         lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
         self.handler = lazy
         contexts = _Contexts(self)
@@ -360,17 +385,25 @@ class A2ADoor:
         card.skills.extend(_skill(c) for c in self.service.pipeline.registry)
         for scheme_name, scheme in self.security.items():
             card.security_schemes[scheme_name].CopyFrom(scheme)
-        self._sign(card)
-        self._card, self._card_json = card, MessageToJson(card, indent=None).encode()
-        if self._handler is None:
+        public = card
+        if self.listing_requires_auth:  # the extended card lists them (``_extended``)
+            public = a2a_pb2.AgentCard()
+            public.CopyFrom(card)
+            del public.skills[:]
+        self._sign(public)
+        self._card, self._card_json = public, MessageToJson(public, indent=None).encode()
+        if self._handler is None:  # (the SDK checks its cards have skills; it serves neither)
             self._handler = DefaultRequestHandler(
                 agent_executor=NodeExecutor(self),
-                task_store=BoundedTaskStore(self.max_tasks, self.task_db, _Owner),
+                task_store=BoundedTaskStore(
+                    self.max_tasks, self.task_db, _Owner, self.max_task_bytes
+                ),
                 agent_card=card,
                 extended_agent_card=card,
                 extended_card_modifier=self._extended,
+                interrupted_task_timeout=PARKED_SECONDS,
             )
-        return card
+        return public
 
     def _sign(self, card: a2a_pb2.AgentCard) -> None:
         """Sign ``card`` (A2A §8.4) with the node key, its JWKS on the HTTP port."""
@@ -487,41 +520,42 @@ class A2ADoor:
             try:
                 self.admit(ctx)
             except AralError as exc:
-                payload = json.dumps(h.error_body(exc, "", self.service.clock.now_ms())).encode()
-                await h.send_body(send, exc.http_status, payload, "application/json",
-                                  h.error_headers(exc))  # fmt: skip
+                await self._refuse(scope, send, exc, ctx)
                 return
             scope = {**scope, _ADMITTED: ctx}  # (``call_context``)
             if scope.get("method") in ("GET", "HEAD", "DELETE"):
                 await self.app(scope, receive, send)  # (the handler is made on first use)
             else:
-                await self._bounded(scope, receive, send)
+                await self._bounded(scope, receive, send, ctx)
 
-    async def _bounded(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+    async def _refuse(self, scope: h.Scope, send: h.Send, exc: AralError, ctx: CallContext) -> None:
+        """A refusal before the SDK reads the request, as every door's: its trace id
+        (``X-Trace-Id``, the error's ``trace_id``); on JSON-RPC a JSON-RPC error."""
+        jsonrpc = scope.get("path") == JSONRPC_PATH
+        now = self.service.clock.now_ms()
+        await rpc.refuse(send, scope, exc, trace_id=ctx.trace_id, now_ms=now, jsonrpc=jsonrpc)
+
+    async def _bounded(
+        self, scope: h.Scope, receive: h.Receive, send: h.Send, ctx: CallContext
+    ) -> None:
         """The request with its body read first, at most ``max_body_bytes`` (the SDK
-        would read any size), then handed on as one plain chunk."""
+        would read any size), then handed on as one plain chunk. A JSON-RPC body that
+        is no request object is refused here (``_jsonrpc.read_request``), not answered
+        ``-32603`` by the SDK with a traceback; a member given twice, as on REST."""
         try:
             body = await h.read_body(scope, receive, self.max_body_bytes)
-        except AralError as exc:
-            now = self.service.clock.now_ms()
-            payload = json.dumps(h.error_body(exc, "", now)).encode()
-            await h.send_body(send, exc.http_status, payload, "application/json")
+            request = rpc.read_request(body) if scope.get("path") == JSONRPC_PATH else None
+            if request is None and body and (twice := rpc.duplicate_members(body)):
+                raise twice
+        except AralError as exc:  # on record, as the HTTP port's other refusals
+            await self._refuse(scope, send, refused(self.service.pipeline, ctx, SERVICE, exc), ctx)
             return
         headers = [(k, v) for k, v in scope.get("headers", ())
                    if k not in (b"content-encoding", b"content-length")]  # fmt: skip
         headers.append((b"content-length", str(len(body)).encode()))
-        if scope.get("path") == JSONRPC_PATH and _v1_without_version(headers, scope, body):
+        if request is not None and _v1_without_version(headers, scope, request):
             headers.append((b"a2a-version", b"1.0"))
-        sent = False
-
-        async def replay() -> h.Message:
-            nonlocal sent
-            if sent:
-                return await receive()  # the client's disconnect, for streams
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app({**scope, "headers": headers}, replay, send)
+        await self.app({**scope, "headers": headers}, rpc.replaying(body, receive), send)
 
 
 def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill:
@@ -535,7 +569,9 @@ def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill
     )
 
 
-def _v1_without_version(headers: list[tuple[bytes, bytes]], scope: h.Scope, body: bytes) -> bool:
+def _v1_without_version(
+    headers: list[tuple[bytes, bytes]], scope: h.Scope, request: dict[str, Any]
+) -> bool:
     """A JSON-RPC call by an A2A 1.0 method name (which 0.3 does not have) that says
     no version: read as 1.0, the one version it can mean (A2A 1.0 §3.6.2 takes an
     empty version as 0.3, under which the call would be an unknown method)."""
@@ -543,12 +579,7 @@ def _v1_without_version(headers: list[tuple[bytes, bytes]], scope: h.Scope, body
         "query_string", b""
     ):
         return False
-    with contextlib.suppress(ValueError, RecursionError):
-        request = json.loads(body)
-        return (
-            isinstance(request, dict) and request.get("method") in JsonRpcDispatcher.METHOD_TO_MODEL
-        )
-    return False
+    return request.get("method") in JsonRpcDispatcher.METHOD_TO_MODEL
 
 
 __all__ = ["A2ADoor", "NodeExecutor", "selection"]

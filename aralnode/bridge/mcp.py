@@ -43,6 +43,7 @@ from mcp.shared.exceptions import MCPError
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
+from aralnode.bridge import _jsonrpc as rpc
 from aralnode.bridge._http import (
     DisconnectWatch,
     Receive,
@@ -51,6 +52,7 @@ from aralnode.bridge._http import (
     call_context,
     client_peer,
     iso_ms,
+    read_body,
 )
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
@@ -500,6 +502,8 @@ class McpHttp:
             now_ms=now_ms,
             on_open=on_open,
         )
+        self.max_body_bytes = max_body_bytes
+        self.now_ms = now_ms
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -525,7 +529,24 @@ class McpHttp:
                 await self._task
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI app to mount at ``/mcp``."""
+        """The ASGI app to mount at ``/mcp``: a POST's body is read first and
+        refused if a member is in it twice (tool arguments included), as on REST;
+        the SDK would take the last."""
+        if scope.get("method") == "POST":
+            # Read as it came (the SDK reads no content-encoding), within the limit.
+            raw = {**scope, "headers": [(k, v) for k, v in scope.get("headers", ())
+                                        if k != b"content-encoding"]}  # fmt: skip
+            refusal: AralError | None
+            try:
+                body = await read_body(raw, receive, self.max_body_bytes)
+                refusal = rpc.duplicate_members(body)
+            except AralError as exc:
+                refusal = exc
+            if refusal is not None:
+                await rpc.refuse(send, scope, refusal, trace_id="", now_ms=self.now_ms(),
+                                 jsonrpc=True)  # fmt: skip
+                return
+            receive = rpc.replaying(body, receive)
         await self.sessions(scope, receive, send)
 
 
