@@ -363,3 +363,22 @@ async def test_a_user_method_whose_answer_grpc_would_not_send_is_refused_readabl
         # The node serves on.
         get = lib().GetBookRequest(shelf="sci", book_id=1).SerializeToString()
         await channel.unary_unary("/library.v1.Library/GetBook")(get, timeout=10)
+
+
+@pytest.mark.parametrize("ttl_ms", [-1, -(2**63), 7 * 24 * 3600 * 1000 + 1, 2**63 - 1])
+async def test_a_time_to_live_that_is_no_duration_is_refused(
+    small_node: Node, raw, ttl_ms: int  # type: ignore[no-untyped-def]
+) -> None:
+    """A negative ttl was taken as none on Invoke and as expired on a channel; one
+    of 2**63 - 1 ms as a deadline nobody downstream can keep. Both are refused alike."""
+    content = build_content(
+        sender="someone",
+        recipient="",
+        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.echo"),
+        clock=SYSTEM_CLOCK,
+    )
+    content.header.ttl_ms = ttl_ms
+    data = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    code, reason, _ = await raw("Invoke", data)
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_TTL")
+    await assert_serving(small_node)

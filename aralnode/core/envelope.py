@@ -37,6 +37,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MIN_NONCE, MAX_NONCE = 8, 64
 NONCE_BYTES = 12  # what this node puts in its messages
 MAX_ID_LENGTH = 128
+# A message's time to live: none (0) or up to a week. Negative is no duration, and
+# beyond a week is no deadline any hop could keep (grpc refuses some as overflow).
+MAX_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 # Message types looked up once: enum attribute access through the generated
@@ -136,7 +139,7 @@ def build_content(
     if trace_id:
         header.trace_id = trace_id
     if ttl_ms:
-        header.ttl_ms = ttl_ms
+        header.ttl_ms = min(ttl_ms, MAX_TTL_MS)  # (a longer timeout: a week is as good)
     if delegation is not None:
         header.delegation.CopyFrom(delegation)
         on_behalf_of = on_behalf_of or delegation.principal
@@ -256,6 +259,13 @@ def check_header(header: pb.Header) -> None:
         raise MalformedMessage(
             f"header.nonce must be {MIN_NONCE}..{MAX_NONCE} bytes, got {len(header.nonce)}",
             reason="MISSING_FIELD",
+        )
+    if not 0 <= header.ttl_ms <= MAX_TTL_MS:
+        raise MalformedMessage(
+            f"header.ttl_ms is milliseconds from 0 (none) to {MAX_TTL_MS} (a week), "
+            f"got {header.ttl_ms}",
+            reason="BAD_TTL",
+            details={"ttl_ms": header.ttl_ms, "max": MAX_TTL_MS},
         )
     if header.content_type and header.content_type not in codec.CONTENT_TYPES:
         raise MalformedMessage(
