@@ -313,8 +313,12 @@ def statement(node_id: str, **overrides: Any) -> pb.Delegation:
         "now_ms": SYSTEM_CLOCK.now_ms(),
         "ttl_ms": 30_000,
     }
+    expires = overrides.pop("expires_unix_ms", None)  # as a peer may write it by hand
     fields.update(overrides)
-    return make_statement(**fields)
+    made = make_statement(**fields)
+    if expires is not None:
+        made.expires_unix_ms = expires
+    return made
 
 
 OTHER = "o" * 32
@@ -338,6 +342,12 @@ OTHER = "o" * 32
             Unauthenticated,
             "DELEGATION_EXPIRED",
             id="expired",
+        ),
+        pytest.param(
+            {"expires_unix_ms": SYSTEM_CLOCK.now_ms() + 10 * 365 * 24 * 3600 * 1000},
+            Unauthenticated,
+            "DELEGATION_TOO_LONG",
+            id="valid-for-years",
         ),
     ],
 )

@@ -24,6 +24,9 @@ DEFAULT_MAX_DEPTH = 4
 MAX_SCOPES = 256  # scopes one statement may carry
 MAX_TEXT = 256  # characters of one scope or chain entry
 SKEW_MS = 5_000  # an issue time this far ahead of ours is still taken
+# A statement covers one forwarded call: valid at most as long as the longest
+# forward (``forward_timeout_seconds``, a day at most), never for months.
+MAX_LIFETIME_MS = 24 * 3600 * 1000
 
 
 def intersect(granted: frozenset[str], stated: frozenset[str]) -> frozenset[str]:
@@ -64,7 +67,7 @@ def make_statement(
         scopes=sorted(scopes),
         chain=[*came, signer],
         issued_unix_ms=now_ms,
-        expires_unix_ms=now_ms + ttl_ms,
+        expires_unix_ms=now_ms + min(ttl_ms, MAX_LIFETIME_MS),
     )
 
 
@@ -85,7 +88,8 @@ def check_statement(
     Raises:
         Unauthenticated: unsigned (``DELEGATION_UNSIGNED``), malformed or not ending
             with its signer (``DELEGATION_FORGED``), expired or not yet valid
-            (``DELEGATION_EXPIRED``).
+            (``DELEGATION_EXPIRED``), or valid longer than ``MAX_LIFETIME_MS``
+            (``DELEGATION_TOO_LONG``).
         PermissionDenied: a chain through more than ``max_depth`` nodes
             (``DELEGATION_TOO_DEEP``).
     """
@@ -105,6 +109,12 @@ def check_statement(
     if not statement.issued_unix_ms - SKEW_MS <= now_ms <= statement.expires_unix_ms + SKEW_MS:
         raise Unauthenticated(
             "the delegation is expired or not yet valid", reason="DELEGATION_EXPIRED"
+        )
+    if statement.expires_unix_ms - statement.issued_unix_ms > MAX_LIFETIME_MS:
+        raise Unauthenticated(
+            "the delegation is valid for longer than a day; a statement covers one call",
+            reason="DELEGATION_TOO_LONG",
+            details={"max_lifetime_ms": MAX_LIFETIME_MS},
         )
 
 
