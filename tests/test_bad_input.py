@@ -209,6 +209,35 @@ async def test_gzip_bomb_is_refused(small_node: Node, raw) -> None:  # type: ign
     assert reason == "MESSAGE_TOO_LARGE"
 
 
+@pytest.mark.parametrize("mangle", ["trailing", "second-member", "truncated"])
+async def test_compressed_parameters_are_one_whole_stream(
+    small_node: Node, raw, mangle: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Bytes after a gzip stream, a second member, or a stream cut short were taken
+    (the signed bytes then held something no reader of the parameters looked at)."""
+    import gzip
+
+    good = gzip.compress(b'{"a": 1, "b": 2}')
+    payload = {
+        "trailing": good + b"junk",
+        "second-member": good + gzip.compress(b'{"a": 5}'),
+        "truncated": good[:-6],
+    }[mangle]
+    content = build_content(
+        sender="s",
+        recipient="",
+        body=pb.Body(
+            type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=payload
+        ),
+        clock=SYSTEM_CLOCK,
+        compression="gzip",
+    )
+    code, reason, _ = await raw(
+        "Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+    )
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -308,7 +337,9 @@ async def test_garbage_to_the_a2a_service_is_invalid_argument(
 
 
 async def test_a_response_past_what_grpc_sends_is_a_refusal_the_caller_can_read(
-    small_node: Node, raw, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    small_node: Node,
+    raw,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     """A small request can ask for a big answer (``demo.echo`` with ``times``): past
     what grpc sends, the caller got grpc's bare RESOURCE_EXHAUSTED, a traceback was
@@ -367,7 +398,9 @@ async def test_a_user_method_whose_answer_grpc_would_not_send_is_refused_readabl
 
 @pytest.mark.parametrize("ttl_ms", [-1, -(2**63), 7 * 24 * 3600 * 1000 + 1, 2**63 - 1])
 async def test_a_time_to_live_that_is_no_duration_is_refused(
-    small_node: Node, raw, ttl_ms: int  # type: ignore[no-untyped-def]
+    small_node: Node,
+    raw,
+    ttl_ms: int,  # type: ignore[no-untyped-def]
 ) -> None:
     """A negative ttl was taken as none on Invoke and as expired on a channel; one
     of 2**63 - 1 ms as a deadline nobody downstream can keep. Both are refused alike."""

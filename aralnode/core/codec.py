@@ -421,4 +421,8 @@ def decompress(data: bytes, compression: str, limit: int) -> bytes:
         raise MalformedMessage(f"payload is not valid {compression}: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise MessageTooLarge(f"decompressed payload exceeds {limit} bytes")
+    if not inflater.eof:
+        raise MalformedMessage(f"payload is truncated {compression}")
+    if inflater.unused_data:  # signed bytes no reader of the payload would look at
+        raise MalformedMessage(f"payload has bytes after its {compression} stream")
     return out
