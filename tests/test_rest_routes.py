@@ -43,6 +43,11 @@ def compile_rule(template: str, body: str = "") -> routes.Binding:
         ("/v1/{name}", "/v1/a%2Fb", {"name": "a/b"}),
         ("/v1/{name=shelves/*}", "/v1/shelves/7", {"name": "shelves/7"}),
         ("/v1/{name=shelves/**}", "/v1/shelves/7/books/9", {"name": "shelves/7/books/9"}),
+        # "**" matches zero or more segments (http.proto)
+        ("/v1/{name=shelves/**}", "/v1/shelves", {"name": "shelves"}),
+        ("/v1/files/**:list", "/v1/files:list", {}),
+        ("/v1/files/**:list", "/v1/files/a/b:list", {}),
+        ("/v1/{name=shelves/**}", "/v1/shelvesX", None),
         # A multi-segment variable keeps an encoded slash encoded (http.proto): it is
         # not a segment boundary, so never the name of another resource.
         ("/v1/{name=shelves/**}", "/v1/shelves/7/a%2Fb", {"name": "shelves/7/a%2Fb"}),

@@ -187,7 +187,7 @@ def _compile(
                 segment if segment not in ("*", "**") else "{" + f"_{len(api_parts)}" + "}"
             )
     suffix = f":{verb_suffix}" if verb_suffix else ""
-    regex = re.compile("/" + "/".join(regex_parts) + re.escape(suffix))
+    regex = re.compile(_zero_or_more("/" + "/".join(regex_parts)) + re.escape(suffix))
     openapi_path = "/" + "/".join(api_parts) + suffix
     body_field = None
     if body and body != "*":
@@ -262,12 +262,21 @@ def _segments_regex(segments: list[str], where: str) -> str:
         if s == "*":
             parts.append(_SEGMENT)
         elif s == "**":
-            parts.append("[^/]+(?:/[^/]+)*")
+            parts.append(_ANY_SEGMENTS)
         elif "{" in s or "}" in s or "*" in s:
             raise TemplateError(f"{where}: nested variables or partial wildcards in {s!r}")
         else:
             parts.append(re.escape(s))
-    return "/".join(parts)
+    return _zero_or_more("/".join(parts))
+
+
+# ``**``: one or more segments as written; ``_zero_or_more`` lets it match none
+# (http.proto: "matches zero or more path segments"), with the '/' before it.
+_ANY_SEGMENTS = "[^/]+(?:/[^/]+)*"
+
+
+def _zero_or_more(regex: str) -> str:
+    return regex.replace("/" + _ANY_SEGMENTS, "(?:/[^/]+)*")
 
 
 def _repeated(f: FieldDescriptor) -> bool:
