@@ -41,8 +41,10 @@ from aralnode.bridge._http import (
     dumps,
     error_body,
 )
+from aralnode.core.addresses import join_host_port
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError, RateLimited, Unavailable
+from aralnode.service.stages import address_of
 
 PARSERS = ("auto", "httptools", "h11")
 
@@ -171,7 +173,10 @@ class _HeadGuard(asyncio.Protocol):
         table = self.limits.connections
         if table is not None:
             peer = transport.get_extra_info("peername")
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            # One client is one key, as for the rate limit: an IPv4 host, an IPv6 /64.
+            address = ""
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                address = address_of(join_host_port(str(peer[0]), int(peer[1])))
             if (refusal := table.admit(address)) is not None:
                 self._refuse(refusal)
                 return
