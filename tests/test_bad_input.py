@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -173,21 +174,26 @@ async def test_unparseable_parameters_are_invalid_argument(small_node: Node, raw
         ("application/json", "gzip", b"not gzip at all"),
         ("application/x-protobuf", "", b"\xff\xff\xff"),
     ]:
-        content = build_content(
-            sender="s",
-            recipient="",
-            body=pb.Body(
-                type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=data
-            ),
-            clock=SYSTEM_CLOCK,
-            content_type=content_type,
-            compression=compression,
-        )
-        wire = pb.InvokeRequest(message=seal(content, None)).SerializeToString()
+        wire = unsigned_invoke(data, content_type=content_type, compression=compression)
         code, reason, details = await raw("Invoke", wire)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (content_type, details)
         assert reason == "MALFORMED_MESSAGE"
     await assert_serving(small_node)
+
+
+def unsigned_invoke(parameters: bytes = b"", *, action: str = "demo.add", **content: Any) -> bytes:
+    """An ``Invoke`` carrying an unsigned envelope (``content``: build_content's
+    keywords, such as ``compression``), as bytes on the wire."""
+    built = build_content(
+        sender="s",
+        recipient="",
+        body=pb.Body(
+            type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=action, parameters=parameters
+        ),
+        clock=SYSTEM_CLOCK,
+        **content,
+    )
+    return pb.InvokeRequest(message=seal(built, None)).SerializeToString()
 
 
 async def test_gzip_bomb_is_refused(small_node: Node, raw) -> None:  # type: ignore[no-untyped-def]
@@ -195,16 +201,7 @@ async def test_gzip_bomb_is_refused(small_node: Node, raw) -> None:  # type: ign
 
     bomb = gzip.compress(b"[" + b"0," * 2_000_000 + b"0]")
     assert len(bomb) < 16 * 1024
-    content = build_content(
-        sender="s",
-        recipient="",
-        body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=bomb),
-        clock=SYSTEM_CLOCK,
-        compression="gzip",
-    )
-    code, reason, _ = await raw(
-        "Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString()
-    )
+    code, reason, _ = await raw("Invoke", unsigned_invoke(bomb, compression="gzip"))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason == "MESSAGE_TOO_LARGE"
 
@@ -223,18 +220,7 @@ async def test_compressed_parameters_are_one_whole_stream(
         "second-member": good + gzip.compress(b'{"a": 5}'),
         "truncated": good[:-6],
     }[mangle]
-    content = build_content(
-        sender="s",
-        recipient="",
-        body=pb.Body(
-            type=pb.MessageType.MESSAGE_TYPE_REQUEST, action="demo.add", parameters=payload
-        ),
-        clock=SYSTEM_CLOCK,
-        compression="gzip",
-    )
-    code, reason, _ = await raw(
-        "Invoke", pb.InvokeRequest(message=seal(content, None)).SerializeToString()
-    )
+    code, reason, _ = await raw("Invoke", unsigned_invoke(payload, compression="gzip"))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
 
 
