@@ -169,6 +169,24 @@ def test_tiers_and_categories() -> None:
     assert e.evaluate(act("x.pay", risk="financial", principal="ops-1")).decision is Decision.BLOCK
 
 
+def test_a_principal_a_stranger_names_matches_no_local_glob() -> None:
+    """From review: a fresh key named ``ops-x`` (qualified ``ops-x@<its id>``, as a
+    peer nobody trusts to name principals gets) matched ``"ops-*" = 5`` and ran a
+    tier-5 capability. A qualified name matches only patterns that name a peer."""
+    e = engine('[tiers]\ndefault = 1\nprincipals = { "ops-*" = 5, "*@n9" = 3, "*" = 2 }\n')
+    assert e.tier_of(act(principal="ops-x")) == 5
+    assert e.tier_of(act(principal="ops-x@stranger")) == 1  # no "*" either: the default
+    assert e.tier_of(act(principal="bob@n9")) == 3  # a pattern that names the peer
+    assert e.tier_of(act(principal="bob")) == 2
+    # A condition can tell them apart too: the qualified name is what it sees.
+    rule = engine(
+        '[[tripwires]]\nid = "ops-only"\naction = "block"\n'
+        "when = \"principal.startsWith('ops-') && !principal.contains('@')\"\n"
+    )
+    assert rule.evaluate(act(principal="ops-x")).decision is Decision.BLOCK
+    assert rule.evaluate(act(principal="ops-x@stranger")).decision is Decision.OK
+
+
 def test_below_tier_can_escalate_and_peers_below_the_filter_send_no_requests() -> None:
     e = engine(
         '[categories]\nbelow_tier = "escalate"\n[filtering]\nrequests_min_tier = 2\n'
@@ -358,7 +376,8 @@ async def test_a_nudge_and_an_escalation_answer_the_same_on_every_door(
         asked = {d.name: await d.call("demo.echo", {"text": "x"}) for d in doors.all()
                  if d.can_call("demo.echo")}  # fmt: skip
     assert set(nudged) == {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} | {
-        "aral-invoke", "aral-message"
+        "aral-invoke",
+        "aral-message",
     }
     assert {name: o.value for name, o in nudged.items()} == dict.fromkeys(nudged, 11)
     for name, outcome in asked.items():

@@ -142,7 +142,7 @@ class PolicyEvaluator:
         principal = action.principal
         if not principal or principal == "anonymous" or action.kind == "anonymous":
             return tiers.anonymous
-        found = _lookup(tiers.principals, principal)
+        found = _lookup_principal(tiers.principals, principal)
         if found is not None:
             return found
         by_role = [tiers.roles[r] for r in action.roles if r in tiers.roles]
@@ -370,6 +370,21 @@ _GETTERS: dict[str, _Getter] = {
     "peer": lambda e, a, t: a.peer,
     "rate": _rate,
 }
+
+
+def _lookup_principal(table: Any, name: str) -> Any:
+    """``_lookup`` for a principal. One a peer named without the operator trusting it
+    to name principals is qualified with that peer (``alice@<node id>``,
+    ``service.auth``): it matches a pattern only if the pattern names a peer too
+    (``*@<node id>``), never a local one's glob: ``ops-*`` must not give a stranger's
+    ``ops-x@…`` the tier of the operator's ``ops-`` principals."""
+    if name in table:
+        return table[name]
+    foreign = "@" in name
+    for pattern, value in table.items():
+        if (foreign == ("@" in pattern)) and matches(pattern, name):
+            return value
+    return None
 
 
 def _lookup(table: Any, name: str) -> Any:
