@@ -73,7 +73,10 @@ def node_pipeline(
         checks=checks,
         audit=audit,
     )
-    return roles, TracedPipeline(registry, stages, clock)  # spans when tracing is on
+    pipeline = TracedPipeline(registry, stages, clock)  # spans when tracing is on
+    # A JSON result is held to what one message carries, on every door alike.
+    pipeline.max_result_bytes = cfg.max_message_bytes
+    return roles, pipeline
 
 
 def authorization(

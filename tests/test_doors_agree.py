@@ -41,8 +41,9 @@ from aralnode.core.envelope import remote_error
 from aralnode.core.errors import MalformedMessage, OutOfRange, RateLimited
 from aralnode.core.handshake import build_card, verify_card
 from aralnode.core.identity import Identity
-from aralnode.service.pipeline import _json_result
+from aralnode.service.values import json_result
 from aralnode.transport.status import to_rpc_status
+from tests.conftest import recorded
 
 
 def strict(text: str | bytes) -> Any:
@@ -213,6 +214,56 @@ async def test_a_result_no_door_can_carry_is_refused_alike_and_never_sent(
             await node.invoke("test.give", {"key": key}, ctx=CallContext(door="local"))
 
 
+async def test_a_result_past_what_one_message_carries_is_refused_alike_before_it_is_written(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: a 4 KB request (a long string, ``times=100``) made the node write
+    400 MB of JSON on its event loop, then gzip it, then keep it for a peer. A result
+    past ``max_message_bytes`` is now refused on every door before any writes it:
+    RESPONSE_TOO_LARGE, audited as the call's outcome."""
+    node = make_node("big", http_port=0, max_message_bytes=64 * 1024)
+    seen = recorded(node)
+
+    @node.capability(id="test.big", risk="read_only")
+    async def big(times: int) -> Any:
+        return {"echo": ["x" * 1000] * times}  # one string, many times: small in memory
+
+    async with node:
+        http = f"127.0.0.1:{node.http_port}"
+        reasons = {}
+        async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client:
+
+            def call(times: int) -> dict[str, Any]:
+                return {"call": {"capability": "test.big", "parameters": {"times": times}}}
+
+            ok = await client.post("/v1/invoke", json=call(10))
+            assert ok.status_code == 200, ok.text
+            r = await client.post("/v1/invoke", json=call(500))
+            reasons["rest"] = (r.status_code, strict(r.text)["error"]["reason"])
+        async with connect(f"ws://{http}/ws") as ws:
+            await ws.send(json.dumps({"type": "invoke", "id": 1, "capability": "test.big",
+                                      "parameters": {"times": 500}}))  # fmt: skip
+            reasons["ws"] = strict(await ws.recv())["error"]["reason"]
+        async with Client(f"http://{http}/mcp") as mcp:
+            result = await mcp.call_tool(tool_name("test.big"), {"times": 500})
+        reasons["mcp"] = strict(result.content[0].text)["error"]["reason"]  # type: ignore[union-attr]
+        async with NodeClient(node.address, identity=Identity.generate()) as client:
+            with pytest.raises(AralError) as signed:
+                await client.request("test.big", {"times": 500}, timeout=10)
+            reasons["grpc-signed"] = signed.value.reason
+    assert reasons == {
+        "rest": (413, "RESPONSE_TOO_LARGE"),
+        "ws": "RESPONSE_TOO_LARGE",
+        "mcp": "RESPONSE_TOO_LARGE",
+        "grpc-signed": "RESPONSE_TOO_LARGE",
+    }
+    refused = [(r.door, r.reason) for r in seen if r.action == "test.big" and r.reason]
+    assert sorted(refused) == sorted(
+        [("rest", "RESPONSE_TOO_LARGE"), ("ws", "RESPONSE_TOO_LARGE"),
+         ("mcp", "RESPONSE_TOO_LARGE"), ("grpc", "RESPONSE_TOO_LARGE")]
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("delay", sorted(DELAYS))
 async def test_a_retry_delay_and_details_with_no_json_form_still_make_a_clean_refusal(
     make_node: Callable[..., Node], delay: str
@@ -298,7 +349,7 @@ def _rendered(value: Any) -> list[str]:
     """What each door sends for a result ``value`` (or its refusal): REST's body,
     the WebSocket's frame, MCP's text, the CLI's output."""
     try:
-        _json_result(value, "test.give")
+        json_result(value, "test.give")
     except AralError as exc:
         err = exc
         return [

@@ -377,6 +377,35 @@ _WALKED = frozenset({float, dict, list})
 _CHECKED = frozenset({float, int, dict, list, tuple})
 
 
+def json_size_over(value: Any, limit: int) -> int:
+    """A lower bound of ``value``'s JSON size once it is past ``limit`` bytes; 0 if
+    it is not. Counts the characters of strings and keys and a few bytes a number,
+    stops as soon as the bound is passed: a list holding one long string many times
+    is found without writing it out."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            total += len(item) + 2
+        elif kind is dict:
+            total += 2
+            for key, v in item.items():
+                total += len(key) + 4
+                stack.append(v)
+        elif kind is list or kind is tuple:
+            total += 2 + len(item)
+            stack.extend(item)
+        elif kind is bytes:
+            total += len(item) * 4 // 3
+        else:
+            total += 4
+        if total > limit:
+            return total
+    return 0
+
+
 def message_json(message: Message, *, zeros: bool = False) -> Any:
     """A protobuf message as proto3 JSON (camelCase names, zero fields left out
     unless ``zeros``), each whole double below 2**53 as ``int`` (see

@@ -176,10 +176,21 @@ def seal_into(
 
 
 def encode_payload(
-    value: Any, content_type: str = codec.JSON, *, compress_above: int = 8192
+    value: Any, content_type: str = codec.JSON, *, compress_above: int = 8192, limit: int = 0
 ) -> tuple[bytes, str]:
-    """Encode a value and gzip it when larger than ``compress_above`` bytes."""
+    """Encode a value and gzip it when larger than ``compress_above`` bytes.
+
+    Raises:
+        MessageTooLarge: encoded, it is past ``limit`` bytes (0: no limit), which its
+            reader refuses however well it compresses (``RESPONSE_TOO_LARGE``).
+    """
     data = codec.encode(value, content_type)
+    if limit and len(data) > limit:
+        raise MessageTooLarge(
+            f"the result is {len(data)} bytes encoded; this node sends at most {limit}",
+            reason="RESPONSE_TOO_LARGE",
+            details={"size": len(data), "limit": limit},
+        )
     if compress_above and len(data) > compress_above:
         return codec.compress(data, codec.GZIP), codec.GZIP
     return data, ""

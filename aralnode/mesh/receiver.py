@@ -493,7 +493,10 @@ class Receiver:
             value = await hub.pipeline.invoke(ctx, body.action, params)
             try:
                 payload, compression = encode_payload(
-                    value, content_type, compress_above=hub.settings.compress_above
+                    value,
+                    content_type,
+                    compress_above=hub.settings.compress_above,
+                    limit=hub.max_message_bytes,
                 )
             except (TypeError, ValueError) as exc:
                 raise InternalError(f"result of {body.action} cannot be encoded: {exc}") from None

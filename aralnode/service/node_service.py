@@ -312,7 +312,9 @@ class NodeService(AdminMethods):
         )
         value = await self.pipeline.invoke(ctx, action, opened.parameters(env.max_message_bytes))
         content_type = header.content_type
-        payload, compression = encode_payload(value, content_type or codec.JSON)
+        payload, compression = encode_payload(
+            value, content_type or codec.JSON, limit=env.max_message_bytes
+        )
         response = pb.InvokeResponse()
         content = build_content(
             sender=self.node_id,

@@ -52,8 +52,6 @@ from aralnode.core.errors import (
     DeadlineExceeded,
     HandlerFailed,
     InternalError,
-    InvalidParameters,
-    OutOfRange,
 )
 from aralnode.core.governance import (
     Action,
@@ -66,6 +64,7 @@ from aralnode.core.governance import (
 )
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.stages import Stages, VerdictListener
+from aralnode.service.values import json_params, json_result
 
 log = get_logger("aralnode.pipeline")
 
@@ -100,43 +99,15 @@ class Target:
 _OK_KEYS = {kind: f"{kind}.ok" for kind in ("invoke", "call", "stream", "message")}
 
 
-# JSON parameters and results are checked here, once for every door (each carries
-# them differently: a Struct of doubles, JSON text, Python), so a number one of them
-# cannot carry as it is (NaN, infinity, an integer beyond 2**53) is refused on all.
-
-
-def _json_params(params: Any, target: str) -> None:
-    """Raises ``InvalidParameters`` for parameters with a number no door carries."""
-    try:
-        codec.check_json(params)
-    except ValueError as exc:
-        raise InvalidParameters(
-            f"invalid parameters for {target}: {exc}", reason="NOT_A_JSON_NUMBER"
-        ) from None
-    except RecursionError:
-        raise InvalidParameters(
-            f"invalid parameters for {target}: nested too deeply", reason="TOO_DEEP"
-        ) from None
-
-
-def _json_result(result: Any, target: str) -> None:
-    """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
-    overflowed to infinity, say): the caller's values took the capability out of
-    the range its answer can be given in, which is no fault of the node's."""
-    try:
-        codec.check_json(result)
-    except ValueError as exc:
-        raise OutOfRange(
-            f"the result of {target} has no JSON form: {exc}", reason="RESULT_NOT_JSON"
-        ) from None
-    except RecursionError:
-        raise OutOfRange(
-            f"the result of {target} is nested too deeply", reason="RESULT_NOT_JSON"
-        ) from None
-
-
 class Pipeline:
-    """Runs every kind of call through the stages (see the module docstring)."""
+    """Runs every kind of call through the stages (see the module docstring).
+
+    Attributes:
+        max_result_bytes: The most a JSON result may take (about; 0: no bound): a
+            larger one is refused (``RESPONSE_TOO_LARGE``) before any door encodes it.
+    """
+
+    max_result_bytes = 0
 
     def __init__(self, registry: CapabilityRegistry, stages: Stages, clock: Clock) -> None:
         self.registry = registry
@@ -388,7 +359,7 @@ class Pipeline:
         target_id = target.id
         try:
             if message is None:
-                _json_params(value, target_id)
+                json_params(value, target_id)
             st.authorize(ctx, target.scopes, target_id)
             slot = st.rate_limit.enter(ctx)
         except AralError as exc:
@@ -415,7 +386,7 @@ class Pipeline:
             if action is not None and checks:
                 result = await self._checked(ctx, action, result)
             if message is None:
-                _json_result(result, target_id)
+                json_result(result, target_id, self.max_result_bytes)
         except AralError as exc:
             self._ended(ctx, target, exc, point)
             raise

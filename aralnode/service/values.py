@@ -1,0 +1,59 @@
+"""The checks every JSON value passing the pipeline gets, once for every door.
+
+Each door carries parameters and results differently (a Struct of doubles, JSON
+text, Python), so a value one of them cannot carry as it is -- NaN, an infinity,
+an integer beyond 2**53, nesting deeper than a ``google.protobuf.Value`` holds --
+is refused on all, the same way. A result is held to a size too: a small request
+can ask for a large answer (a list of one long string a hundred times), and a door
+would otherwise build it, megabytes at a time, on the event loop before any bound
+saw it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aralnode.core import codec
+from aralnode.core.errors import InvalidParameters, MessageTooLarge, OutOfRange
+
+
+def json_params(params: Any, target: str) -> None:
+    """Raises ``InvalidParameters`` for parameters with a number no door carries."""
+    try:
+        codec.check_json(params)
+    except ValueError as exc:
+        raise InvalidParameters(
+            f"invalid parameters for {target}: {exc}", reason="NOT_A_JSON_NUMBER"
+        ) from None
+    except RecursionError:
+        raise InvalidParameters(
+            f"invalid parameters for {target}: nested too deeply", reason="TOO_DEEP"
+        ) from None
+
+
+def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
+    """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
+    overflowed to infinity, say): the caller's values took the capability out of
+    the range its answer can be given in, which is no fault of the node's; and
+    ``MessageTooLarge`` (``RESPONSE_TOO_LARGE``) for one whose JSON would be past
+    ``max_bytes`` (0: no bound)."""
+    try:
+        codec.check_json(result)
+    except ValueError as exc:
+        raise OutOfRange(
+            f"the result of {target} has no JSON form: {exc}", reason="RESULT_NOT_JSON"
+        ) from None
+    except RecursionError:
+        raise OutOfRange(
+            f"the result of {target} is nested too deeply", reason="RESULT_NOT_JSON"
+        ) from None
+    if max_bytes and (size := codec.json_size_over(result, max_bytes)):
+        raise MessageTooLarge(
+            f"the result of {target} is over {size} bytes as JSON; this node sends at most "
+            f"{max_bytes}",
+            reason="RESPONSE_TOO_LARGE",
+            details={"size_at_least": size, "limit": max_bytes},
+        )
+
+
+__all__ = ["json_params", "json_result"]
