@@ -141,3 +141,26 @@ async def test_a_body_that_stops_half_way_is_answered_and_closed(
             answer = await reader.read()
             writer.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+async def test_pipelined_requests_wait_in_a_bounded_queue(make_node: Callable[..., Node]) -> None:
+    """From review: httptools parses every request one read holds and uvicorn queued
+    them all, reading on after each answer: 100,000 pipelined GETs never read held
+    245 MB. The queue is bounded: what waits is answered in turn, then 429
+    TOO_MANY_PIPELINED, and the connection closes."""
+    from aralnode.bridge._server import MAX_PIPELINED
+
+    node = make_node("pipelined", http_port=0)
+    async with node:
+        port = node.http_port
+        assert port is not None
+        conn = await Conn.open(port)
+        conn.writer.write((HEAD + b"\r\n") * 2000)
+        async with asyncio.timeout(20):
+            raw = await conn.reader.read()  # until the node hangs up
+        conn.close()
+        answers = raw.count(b"HTTP/1.1 ")
+        assert MAX_PIPELINED < answers <= MAX_PIPELINED + 2
+        assert raw.count(b"HTTP/1.1 200") == answers - 1
+        assert b"TOO_MANY_PIPELINED" in raw.rpartition(b"HTTP/1.1 ")[2]
+        assert await served(port, "127.0.0.1") == 200
