@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aralnode import Authenticated, CallContext, Credentials, Node
+from aralnode.bridge._server import BoundedWebSocket
 from aralnode.bridge.ws import (
     CHANNELS,
     DECISIONS_SCOPE,
@@ -448,14 +449,14 @@ async def test_a_socket_holds_one_bounded_message_waiting_and_echoes_no_big_id(
     make_node: Callable[..., Node],
 ) -> None:
     """What a client that sends and never reads can make a socket hold is bounded:
-    a message past ``max_message_bytes`` closes the socket (1009), one message at
-    most waits behind the one being handled (uvicorn's default is 32, each as large
-    as a message: 128 MB a socket, from review), and an id the reply would echo is
-    small (a megabyte id on each ping made the node write a megabyte per ping)."""
+    a message past ``max_message_bytes`` closes the socket (1009), the protocol reads
+    one message at a time, and an id the reply would echo is small (from review: a
+    megabyte id on each ping made the node write a megabyte per ping)."""
     node = make_node("ws-bounds", http_port=0, max_message_bytes=64 * 1024)
     async with node:
         server = node._parts.http._server  # type: ignore[union-attr]
-        assert (server.config.ws_max_queue, server.config.ws_max_size) == (1, 64 * 1024)
+        assert server.config.ws_max_size == 64 * 1024
+        assert server.config.ws_protocol_class is BoundedWebSocket  # one message read at a time
         async with connect(ws_url(node), max_size=None) as ws:
             await send(ws, {"type": "ping", "id": "x" * 129})
             reply = json.loads(await ws.recv())
@@ -469,3 +470,49 @@ async def test_a_socket_holds_one_bounded_message_waiting_and_echoes_no_big_id(
                 await ws.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 1009
+
+
+async def test_a_client_that_pings_and_never_reads_meets_flow_control(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: each ping was answered straight to the transport as it was read,
+    so a client sending pings and never reading made the node hold every pong
+    (200 MB sent, 200 MB held). Reading now pauses while the write buffer is full:
+    what the node holds for the socket stays small however much the client sends."""
+    import socket
+
+    from websockets.frames import Frame, Opcode
+
+    node = make_node("ws-pings", http_port=0)
+    async with node:
+        server = node._parts.http._server  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.http_port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read
+        key = "dGhlIHNhbXBsZSBub25jZQ=="
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade"
+            f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True, extensions=[])  # a client's
+        chunk = ping * 2000  # 262 KB of pings, as many pongs back
+        sent = 0
+        while sent < 40 * 1024 * 1024:  # bounded: stops at 40 MB, or when the node stops reading
+            writer.write(chunk)
+            try:
+                async with asyncio.timeout(2):
+                    await writer.drain()
+            except TimeoutError:
+                break
+            sent += len(chunk)
+        held = [
+            p.transport.get_write_buffer_size()
+            for p in list(server.server_state.connections)
+            if hasattr(p, "keepalive_timeout")
+        ]
+        writer.transport.abort()
+    assert held, "the node's WebSocket was not found"
+    assert sent < 40 * 1024 * 1024, "the node read on while its pongs piled up"
+    assert max(held) < 2 * 1024 * 1024, (held, sent)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from aralnode.bridge._http import (
     CONNECTION,
@@ -450,6 +451,42 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         return self._in_head and not self._refused
 
 
+class BoundedWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O one, uvicorn's choice),
+    with what it writes unasked held to flow control too.
+
+    It pauses reading while the application has a message to take, so data frames
+    are bounded; but it answers each ping (and a close) as it reads it, straight to
+    the transport: a client that sends pings and never reads made the node hold
+    every pong (200 MB of pings, 200 MB held, from review). Here reading pauses
+    while the write buffer is over its high-water mark, so such a client meets TCP's
+    flow control instead. And a client that stops answering the keepalive ping is
+    cut off at once (``abort``): a close waits to flush what it never reads."""
+
+    _backpressure = False
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._backpressure = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._backpressure = False
+        if not self.read_paused:  # (paused for the application's sake: it stays)
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        message = await super().receive()  # (it reads on once its queue is empty)
+        if self._backpressure:
+            self.transport.pause_reading()
+        return message
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.transport.abort()
+
+
 def protocol_class(parser: str, limits: HeadLimits) -> type[asyncio.Protocol]:
     """The bounded protocol class for ``parser`` ("auto" is httptools, a dependency
     of ours, as it is uvicorn's choice), with ``limits``, for ``Config(http=...)``."""
@@ -461,6 +498,7 @@ def protocol_class(parser: str, limits: HeadLimits) -> type[asyncio.Protocol]:
 
 __all__ = [
     "PARSERS",
+    "BoundedWebSocket",
     "ConnectionTable",
     "HeadLimits",
     "protocol_class",

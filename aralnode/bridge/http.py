@@ -27,7 +27,12 @@ import uvicorn
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.bridge._oauth import WELL_KNOWN, AuthGate, ProtectedResource
-from aralnode.bridge._server import ConnectionTable, HeadLimits, protocol_class
+from aralnode.bridge._server import (
+    BoundedWebSocket,
+    ConnectionTable,
+    HeadLimits,
+    protocol_class,
+)
 from aralnode.bridge._sockets import SocketQuota, refuse
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
@@ -397,12 +402,12 @@ class HttpBridge:
             proxy_headers=False,
             timeout_graceful_shutdown=2,  # set to the node's drain when it stops
             # A WebSocket message is held to a REST or MCP body's limit (one call's
-            # parameters fit every door). A socket holds the message being handled,
-            # one waiting (uvicorn's default is 32, each as large as a message: a
-            # client that sends and never reads pinned 128 MB a socket) and the one
-            # arriving.
+            # parameters fit every door). The protocol reads one message at a time
+            # (it pauses reading until the application takes it), and what it writes
+            # unasked (pongs) under flow control too (``BoundedWebSocket``).
+            ws=BoundedWebSocket,
             ws_max_size=self.max_body_bytes,
-            ws_max_queue=1,
+            ws_max_queue=1,  # (for websockets' legacy protocol, if one is chosen)
             # uvicorn's own hook: our context (TLS 1.3 minimum) instead of the one it
             # would build from file names, which has no minimum version setting.
             ssl_context_factory=self._ssl_factory if self.ssl_context is not None else None,
