@@ -581,3 +581,16 @@ async def test_a_request_whose_json_is_no_object_is_its_body(
         # Still no other shape: an object for an Int64Value is refused, as JSON says.
         r = await http.post("/wkt.v1.Math/Double", json={"value": "21"})
         assert r.status_code == 400, r.text
+
+
+async def test_a_member_name_no_utf8_holds_is_a_400_not_a_500(http: httpx.AsyncClient) -> None:
+    """From review: a lone surrogate as a member name made upb raise SystemError,
+    answered 500 with a traceback logged (the WebSocket, A2A and MCP doors said 400)."""
+    for path, body in (
+        ("/v1/capabilities/demo.echo:invoke", b'{"\\ud800": "x"}'),
+        ("/v1/shelves/a/books", b'{"\\ud800": "x"}'),
+    ):
+        r = await http.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert error_of(r)["reason"] == "INVALID_PARAMETERS"
+        assert "not valid Unicode" in error_of(r)["message"]

@@ -335,14 +335,17 @@ def request_from(req_cls: type[Message], params: Any, method_id: str = "") -> Me
         AttributeError,
         RecursionError,
         OverflowError,
-    ) as exc:  # OverflowError: an integer too big for any double, in a Struct or a float
+        SystemError,
+    ) as exc:  # OverflowError: an integer too big for any double, in a Struct or a float;
+        # SystemError: upb's, for a member name no UTF-8 holds (a lone surrogate)
         name = req_cls.DESCRIPTOR.full_name
         what = f"parameters for {method_id}" if method_id else name
         reason = "DUPLICATE_PARAMETER" if isinstance(exc, DuplicateField) else None
         if isinstance(exc, InexactInteger):
             reason = "NOT_A_JSON_NUMBER"  # as the doors that read JSON numbers say
+        said = "a member name is not valid Unicode" if isinstance(exc, SystemError) else exc
         raise InvalidParameters(
-            f"invalid {what}: {exc}", reason=reason, details={"message": name}
+            f"invalid {what}: {said}", reason=reason, details={"message": name}
         ) from None
     return request
 
