@@ -104,6 +104,8 @@ class Link:
         closed and detached, never attached and not running."""
         writer = asyncio.ensure_future(self._writer(first))
         reader = asyncio.ensure_future(self._reader(frames))
+        for task in (writer, reader):  # read below; if this is cancelled first, here
+            task.add_done_callback(_retrieved)
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -276,5 +278,13 @@ class Link:
         self._timer = None
         self.wake.set()
 
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a finished task's exception as seen: a link cancelled while its reader
+    and writer wind down never reads it, and asyncio would log a traceback for each
+    (one per stream a client cancels, from review)."""
+    if not task.cancelled():
+        task.exception()
 
 __all__ = ["PIPELINE_DEPTH", "Link", "LinkOwner"]
