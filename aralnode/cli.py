@@ -100,8 +100,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
     if config.log_format != (ns.log_format or "text"):  # the config file chose it
         _logs.install(logging.getLogger().level, config.log_format)
     node = Node(config)
-    for spec in effective.load:
-        node.load(spec)
+    cli_config.load_into(node, effective.load)
     loop = asyncio.get_running_loop()
     stop, again = asyncio.Event(), asyncio.Event()  # the first signal, and any later one
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
+import aralnode
 from aralnode.config_file import Effective, field_specs, load_config
 from aralnode.config_template import default_toml, markdown_reference
 from aralnode.core import codec
@@ -143,3 +145,40 @@ def add_parser(
     show.set_defaults(func=cmd_show)
     parser: argparse.ArgumentParser = config
     return parser
+
+
+class LoadFailed(ValueError):
+    """A ``--load`` module that failed to import or set up: the message says which,
+    and shows the traceback from the module's own code down (not the node's frames
+    above it), so that the author finds their line."""
+
+    def __init__(self, spec: str, exc: BaseException) -> None:
+        tb = exc.__traceback__
+        while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        text = f"loading {spec} failed: {type(exc).__name__}: {exc}"
+        if tb is not None:  # the module's frames: where to look
+            shown = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+            text = f"{text}\n{shown}"
+        super().__init__(text)
+
+
+def _ours(filename: str) -> bool:
+    """A frame of the node or of the import machinery, above the module's own."""
+    return filename.startswith((_PACKAGE, "<frozen importlib"))
+
+
+_PACKAGE = str(Path(aralnode.__file__).parent)
+
+
+def load_into(node: Any, specs: Sequence[str]) -> None:
+    """``node.load`` each spec (``--load``).
+
+    Raises:
+        LoadFailed: one of them failed (its own traceback in the message).
+    """
+    for spec in specs:
+        try:
+            node.load(spec)
+        except Exception as exc:
+            raise LoadFailed(spec, exc) from exc

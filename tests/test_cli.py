@@ -261,3 +261,28 @@ def test_run_arguments_reach_the_config(tmp_path: Path) -> None:
         None,
     )
     assert config.resolved_data_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("source", "where", "said"),
+    [
+        ("def helper():\n    raise ValueError('oops')\n\ndef setup(node):\n    helper()\n",
+         "line 2, in helper", "ValueError: oops"),
+        ("import no_such_module_here\n\ndef setup(node):\n    pass\n",
+         "line 1, in <module>", "No module named 'no_such_module_here'"),
+    ],
+)  # fmt: skip
+def test_a_module_that_fails_to_load_shows_its_own_line(
+    tmp_path: Path, source: str, where: str, said: str
+) -> None:
+    """From review: ``--load`` printed only ``error: oops``, with no file or line,
+    even with -v. The author's own frames are shown (none of the node's)."""
+    module = tmp_path / "agent.py"
+    module.write_text(source)
+    done = cli("run", "--discovery", "none", "--grpc-port", "0", "--http-port", "-1",
+               "--data-dir", str(tmp_path / "d"), "--load", str(module))  # fmt: skip
+    assert done.returncode == 1
+    assert f"loading {module} failed" in done.stderr
+    assert f'File "{module}", {where}' in done.stderr
+    assert said in done.stderr
+    assert "aralnode/node.py" not in done.stderr
