@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
-import aralnode
 from aralnode.config_file import Effective, field_specs, load_config
 from aralnode.config_template import default_toml, markdown_reference
 from aralnode.core import codec
@@ -168,7 +167,7 @@ def _ours(filename: str) -> bool:
     return filename.startswith((_PACKAGE, "<frozen importlib"))
 
 
-_PACKAGE = str(Path(aralnode.__file__).parent)
+_PACKAGE = str(Path(__file__).resolve().parent)  # (this module is in the package)
 
 
 def load_into(node: Any, specs: Sequence[str]) -> None:
