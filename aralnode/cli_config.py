@@ -164,10 +164,11 @@ class LoadFailed(ValueError):
 
 def _ours(filename: str) -> bool:
     """A frame of the node or of the import machinery, above the module's own."""
-    return filename.startswith((_PACKAGE, "<frozen importlib"))
+    return filename.startswith((*_PACKAGE, "<frozen importlib"))
 
 
-_PACKAGE = str(Path(__file__).resolve().parent)  # (this module is in the package)
+# (This module is in the package; a frame may name it by either path.)
+_PACKAGE = (str(Path(__file__).parent), str(Path(__file__).resolve().parent))
 
 
 def load_into(node: Any, specs: Sequence[str]) -> None:
