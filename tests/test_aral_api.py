@@ -169,6 +169,27 @@ async def test_who_calls_is_settled_before_any_agent_is_named(
     assert denied.status_code == 403
 
 
+async def test_a_refused_caller_learns_no_route_and_methods_either(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: a wrong method answered 405 with its ``Allow`` list before the
+    caller was known. A caller the node refuses is refused alike on every route."""
+    node = make_node("routes", http_port=0, allow_unsigned=False)
+    async with node:
+        base = f"http://127.0.0.1:{node.http_port}/api/v1/agents/routes"
+        async with httpx.AsyncClient(timeout=10) as http:
+            answers = [
+                await http.post(f"{base}/status"),  # GET-only route, wrong method
+                await http.delete(f"{base}/status"),
+                await http.get(f"{base}/no-such-route"),
+                await http.get(f"{base}/status"),
+            ]
+    assert {(r.status_code, r.json()["error"]["reason"]) for r in answers} == {
+        (401, "ANONYMOUS_REFUSED")
+    }
+    assert all("allow" not in r.headers for r in answers)
+
+
 # -- signed messages ------------------------------------------------------------------
 
 

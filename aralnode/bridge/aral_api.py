@@ -51,7 +51,7 @@ from aralnode.core.errors import (
 )
 from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
-from aralnode.service.refusals import audited
+from aralnode.service.refusals import audited, refused
 from aralnode.service.stages import reaches
 
 log = get_logger("aralnode.aral_api")
@@ -142,7 +142,11 @@ class AralApi:
             raw = scope.get("raw_path") or scope["path"].encode()
             raw_path = raw.decode("latin-1").split("?", 1)[0]
             agent_raw, _, tail = raw_path[len(PREFIX) :].partition("/")
-            handler = _route(tail, scope["method"])
+            try:
+                handler = _route(tail, scope["method"])
+            except AralError as exc:  # a refused caller learns no route (and each is audited)
+                service.pipeline.authenticate(ctx, "aral.api/route")
+                raise refused(service.pipeline, ctx, "aral.api/route", exc) from None
             agent_id = unquote(agent_raw)
             if handler == "_message":  # its signature is the caller's credential
                 body = await h.read_body(scope, receive, self.max_body_bytes)
