@@ -52,12 +52,19 @@ def wire_halts(node: NodeView, hub: ChannelHub) -> None:
     def on_link(peer_id: str, up: bool) -> None:
         if up:
             return
+        pc = hub.peers.get(peer_id)
+        error = pc.ended_by if pc is not None else None
         halts = stages.govern.halts
+        # Why it ended: halted, or what ended it (a frame that did not verify, say);
+        # a peer's clean close is "ok".
         reason = "HALTED" if halts and halts.is_halted(peer_id) else ""
+        outcome = "closed" if reason else "ok"
+        if not reason and error is not None:
+            outcome, reason = error.code, error.reason
         record = AuditRecord(
             door="channel", caller=peer_id, principal=peer_id, action="disconnect",
             direction=Direction.DISCONNECT.value, peer=peer_id, trace_id="", decision="",
-            outcome="closed" if reason else "ok", reason=reason, point=Point.DISCONNECT,
+            outcome=outcome, reason=reason, point=Point.DISCONNECT,
         )  # fmt: skip
         # The channel has ended either way; a failed write is logged and counted.
         with contextlib.suppress(AralError):

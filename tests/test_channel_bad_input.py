@@ -187,11 +187,20 @@ def reason_of(err: pb.MessageError) -> str:
     return err.error.details.fields["reason"].string_value
 
 
+def refused_opens(seen: list[Any]) -> list[tuple[str, str, str, str]]:
+    return [(r.action, r.point, r.reason, r.caller) for r in seen if r.point == "connect"]
+
+
 async def test_garbage_first_frame(node: Node, stream: RawStream, make_node: MakeNode) -> None:
+    seen = recorded(node)
     await stream.send(b"\xff\x00garbage\x01")
     close, code = await stream.closed_with()
     assert close.reason == "MALFORMED_MESSAGE"
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # On record, as a hello that does not verify is (from review: nothing was).
+    assert refused_opens(seen) == [
+        ("aral.v1.AgentNode/Channel", "connect", "MALFORMED_MESSAGE", "")
+    ]
     await still_serves(node, make_node)
 
 
@@ -204,11 +213,15 @@ async def test_frames_before_the_open(node: Node, stream: RawStream) -> None:
 
 
 async def test_open_from_an_unverified_peer(node: Node, stream: RawStream) -> None:
+    seen = recorded(node)
     stranger = Identity.generate()  # never did a handshake
     await stream.send(open_frame(stranger, node))
     close, code = await stream.closed_with()
     assert close.reason == "PEER_NOT_VERIFIED"
     assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert refused_opens(seen) == [
+        ("aral.v1.AgentNode/Channel", "connect", "PEER_NOT_VERIFIED", "")
+    ]
 
 
 async def test_replayed_open(node: Node) -> None:
@@ -380,12 +393,19 @@ async def test_protocol_violations_close_the_channel(
 
 async def test_unsealed_frames_after_the_open_close(node: Node) -> None:
     me, s = await opened(node)
+    seen = recorded(node)
     try:
         await s.send(encode_batch(1, [message(me, node, seq=1).SerializeToString()]))
         close, code = await s.closed_with()
         assert (close.reason, code) == ("FRAME_NOT_SEALED", grpc.StatusCode.UNAUTHENTICATED)
     finally:
         await s.aclose()
+    # The disconnect record says why (it said "ok", from review).
+    assert node.channels is not None
+    async with asyncio.timeout(10):
+        await node.channels.peers[me.node_id].wait_down()
+    ended = [(r.outcome, r.reason) for r in seen if r.point == "disconnect"]
+    assert ended == [("unauthorized", "FRAME_NOT_SEALED")]
 
 
 async def test_resume_after_beyond_what_was_sent_is_clamped(node: Node) -> None:

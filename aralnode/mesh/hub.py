@@ -141,6 +141,7 @@ class ChannelHub:
         self.handlers: list[tuple[str | None, NotificationHandler]] = list(handlers)
         self._tasks = TaskSet()
         self.receiver = Receiver(self)
+        # (peer id, up); why a link that went down ended is its ``PeerChannel.ended_by``
         self.link_listeners: list[Callable[[str, bool], None]] = []
         for peer_id in outbox.peers():
             self.peer(peer_id)
@@ -196,6 +197,7 @@ class ChannelHub:
         if pc.link is not link:
             return
         pc.link = None
+        pc.ended_by = getattr(link, "error", None)
         pc._set_up(False)
         self._save(pc)
         self.count("channel.closed")

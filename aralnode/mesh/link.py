@@ -118,16 +118,20 @@ class Link:
                 # Even if this task is cancelled again while the two wind down (a
                 # server handler's cancellation reaches it twice): a link that is
                 # not marked closed and detached would count as alive forever.
+                self._ended_by(reader, writer)  # (before: the record says why)
                 self.closed.set()
                 self.hub.detached(self.peer, self)
-        for task in (reader, writer):
-            exc = task.exception() if not task.cancelled() else None
+        return self.error
+
+    def _ended_by(self, *tasks: asyncio.Future[Any]) -> None:
+        """Why the link ended (``error``), from its reader's and writer's ends."""
+        for task in tasks:
+            exc = task.exception() if task.done() and not task.cancelled() else None
             if isinstance(exc, AralError):
                 self.error = self.error or exc
             elif exc is not None:
                 log.error("channel to %s failed", self.peer.peer_id, exc_info=exc)
                 self.error = self.error or InternalError(f"channel failed: {type(exc).__name__}")
-        return self.error
 
     async def _reader(self, frames: AsyncIterator[bytes]) -> None:
         """Read frames. A batch starts verifying (on the hub's worker threads) as it
@@ -279,12 +283,12 @@ class Link:
         self.wake.set()
 
 
-
 def _retrieved(task: asyncio.Future[Any]) -> None:
     """Mark a finished task's exception as seen: a link cancelled while its reader
     and writer wind down never reads it, and asyncio would log a traceback for each
     (one per stream a client cancels, from review)."""
     if not task.cancelled():
         task.exception()
+
 
 __all__ = ["PIPELINE_DEPTH", "Link", "LinkOwner"]

@@ -261,6 +261,7 @@ class PeerChannel:
         # The peer's recent message ids: (sender, message id) dedupe on the channel.
         self.recent = RecentIds(recent_ids)
         self.link: ChannelLink | None = None
+        self.ended_by: AralError | None = None  # why its last link ended (None: cleanly)
         # Our own open is on the wire (a simultaneous dial is decided from then on).
         self.open_sent = False
         self.unsupported = False

@@ -20,6 +20,7 @@ import grpc
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
+from aralnode.core.audit import Point
 from aralnode.core.channel import (
     MAX_OPEN_BYTES,
     close_error,
@@ -31,16 +32,21 @@ from aralnode.core.channel import (
     sealed_close,
     verify_open,
 )
+from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, Unavailable
+from aralnode.core.governance import Direction
 from aralnode.mesh.attach import accept_link, establish, open_params
 from aralnode.mesh.hub import ChannelHub
 from aralnode.mesh.link import Link
 from aralnode.mesh.state import PeerChannel
+from aralnode.service.refusals import refused
 from aralnode.transport.grpc_client import NodeClient, channel_options
 from aralnode.transport.status import abort, from_rpc_error
 from aralnode.transport.tls_grpc import ClientTls, open_channel, peer_certificate
 
 log = get_logger("aralnode.channel")
+# What a refused channel open is recorded as (its sender is not yet believed).
+_CHANNEL = f"{pb.AGENT_NODE_SERVICE_NAME}/Channel"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHANNEL_METHOD = f"/{pb.AGENT_NODE_SERVICE_NAME}/Channel"
@@ -205,6 +211,12 @@ async def _accept(
     except AralError as exc:
         hub.count("channel.open_rejected")
         log.info("refused channel open from %s: %s", transport_peer, exc)
+        # On record as a refused connection, as a hello that does not verify is: the
+        # open's sender is not believed (the channel's own label, no caller).
+        refused(
+            hub.pipeline, CallContext(door="channel", peer=transport_peer), _CHANNEL,
+            exc, direction=Direction.CONNECT, kind="connect", point=Point.CONNECT,
+        )  # fmt: skip
         await write(close_frame(exc))
         return exc
     link, answer = accepted
