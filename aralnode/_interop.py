@@ -18,6 +18,8 @@ from aralnode.core.addresses import join_host_port
 def install_interop(node: Any, service: Any, grpc: Any, http: Any) -> None:
     """Serve what ``config.a2a`` and ``config.aral_api`` turn on."""
     install_a2a(node, service, grpc, http)
+    if http is not None:
+        http.openapi.secure(openapi_security(node.config), anonymous=node.config.allow_unsigned)
     if node.config.aral_api and http is not None:
         from aralnode.bridge import openapi_aral  # noqa: PLC0415
         from aralnode.bridge.aral_api import AralApi  # noqa: PLC0415
@@ -26,6 +28,23 @@ def install_interop(node: Any, service: Any, grpc: Any, http: Any) -> None:
         http.openapi.include(
             openapi_aral.paths(node.node_id), openapi_aral.schemas(), openapi_aral.tag()
         )
+
+
+def openapi_security(cfg: Any) -> dict[str, Any]:
+    """The credentials the HTTP port takes, as OpenAPI security schemes (the A2A
+    card declares the same): an API key in ``X-API-Key``, and a bearer token in
+    ``Authorization`` (an API key too, or a JWT when ``jwt_issuer`` is set)."""
+    bearer: dict[str, Any] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an aralnode API key, or a token the node accepts",
+    }
+    if cfg.jwt_issuer:
+        bearer["bearerFormat"] = "JWT"
+        bearer["description"] = f"an aralnode API key, or a JWT issued by {cfg.jwt_issuer}"
+    api_key = {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "an aralnode API key (`aralnode apikey create`)"}  # fmt: skip
+    return {"apiKey": api_key, "bearer": bearer}
 
 
 def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:

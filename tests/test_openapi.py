@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from aralnode import Node
+from aralnode.access.apikeys import ApiKeyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = str(ROOT / "examples" / "library" / "server.py")
@@ -45,6 +46,31 @@ def test_document_is_valid_openapi_31(document: dict[str, Any]) -> None:
     assert document["openapi"] == "3.1.0"
     for schema in document["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
+
+
+def test_the_document_says_how_to_authenticate(document: dict[str, Any]) -> None:
+    """From review: no securitySchemes, so Swagger and generated clients could not
+    know how to send a key. The node takes X-API-Key or a bearer token; this node
+    serves anonymous callers too, so no credential ({}) is an option."""
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["apiKey"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": schemes["apiKey"]["description"],
+    }  # fmt: skip
+    assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
+    assert document["security"] == [{"apiKey": []}, {"bearer": []}, {}]
+
+
+async def test_a_node_that_refuses_anonymous_callers_documents_no_anonymous_option(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("locked-doc", http_port=0, allow_unsigned=False)
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        key, _ = ApiKeyStore(node.config.apikeys_path).create("docs", scopes=["agent:read"])
+        r = await http.get("/openapi.json", headers={"x-api-key": key})
+    assert r.status_code == 200, r.text
+    assert r.json()["security"] == [{"apiKey": []}, {"bearer": []}]
+    validate(r.json())
 
 
 def test_every_binding_is_documented(document: dict[str, Any]) -> None:

@@ -84,6 +84,16 @@ class OpenApiBuilder:
         self.description = description
         self._doc: dict[str, Any] | None = None
         self._surfaces: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        # How a caller authenticates (``secure``): none named, the document says none.
+        self._schemes: dict[str, Any] = {}
+        self._anonymous = True
+
+    def secure(self, schemes: dict[str, Any], *, anonymous: bool) -> None:
+        """Declare the node's credentials (``components.securitySchemes``) and that
+        every operation takes any one of them, or none where ``anonymous`` callers
+        are served (a refused call still says 401 or 403 in its own answer)."""
+        self._schemes, self._anonymous = dict(schemes), anonymous
+        self._doc = None
 
     def include(self, paths: dict[str, Any], schemas: dict[str, Any], tag: dict[str, Any]) -> None:
         """Document a surface written out elsewhere (the ARAL REST API,
@@ -137,7 +147,7 @@ class OpenApiBuilder:
         info: dict[str, Any] = {"title": self.title, "version": self.version}
         if self.description:
             info["description"] = self.description
-        return {
+        doc: dict[str, Any] = {
             "openapi": "3.1.0",
             "jsonSchemaDialect": SCHEMA_DIALECT,
             "info": info,
@@ -155,6 +165,12 @@ class OpenApiBuilder:
                 },
             },
         }
+        if self._schemes:
+            doc["components"]["securitySchemes"] = self._schemes
+            doc["security"] = [{name: []} for name in self._schemes] + (
+                [{}] if self._anonymous else []
+            )
+        return doc
 
     def _add_surfaces(
         self, paths: dict[str, Any], schemas: dict[str, Any], tags: dict[str, Any]
