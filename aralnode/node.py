@@ -278,6 +278,7 @@ class Node:
         caps = method_capabilities(servicer, descriptor, comments=comments, scopes=scopes)
         for cap in caps:
             self.registry.add(cap)
+        self.registry.note_streams(descriptor)
         self._services.append(
             ProtoService(servicer, descriptor, {m: tuple(s) for m, s in dict(scopes or {}).items()})
         )

@@ -594,3 +594,18 @@ async def test_a_member_name_no_utf8_holds_is_a_400_not_a_500(http: httpx.AsyncC
         assert r.status_code == 400, r.text
         assert error_of(r)["reason"] == "INVALID_PARAMETERS"
         assert "not valid Unicode" in error_of(r)["message"]
+
+
+async def test_a_streaming_method_asked_for_as_a_capability_says_what_it_is(
+    http: httpx.AsyncClient,
+) -> None:
+    """From review: Invoke, the CLI, the WebSocket and MCP answered a plain "no
+    capability" for a server-streaming method, which exists."""
+    r = await http.post(
+        "/v1/invoke", json={"call": {"capability": "library.v1.Library/WatchShelf"}}
+    )
+    assert r.status_code == 404
+    err = error_of(r)
+    assert err["reason"] == "CAPABILITY_NOT_FOUND"
+    assert "server-streaming method" in err["message"]
+    assert err["details"]["streaming"] == "server-streaming"

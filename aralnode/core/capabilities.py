@@ -471,6 +471,20 @@ class CapabilityRegistry:
         self._caps: dict[str, Capability] = {}
         self._listeners: list[Callable[[], None]] = []
         self._digest: str | None = None
+        # Streaming methods of the node's services (no capability: a call and its
+        # answer are one message each), so that asking for one says what it is.
+        self.streaming: dict[str, str] = {}
+
+    def note_streams(self, service: ServiceDescriptor) -> None:
+        """Remember ``service``'s streaming methods (``get`` names them)."""
+        for m in service.methods:
+            if m.client_streaming or m.server_streaming:
+                kind = (
+                    "bidirectional"
+                    if m.client_streaming and m.server_streaming
+                    else ("client-streaming" if m.client_streaming else "server-streaming")
+                )
+                self.streaming[f"{service.full_name}/{m.name}"] = kind
 
     def add(self, cap: Capability, *, replace: bool = False) -> Capability:
         if cap.id in self._caps and not replace:
@@ -487,6 +501,13 @@ class CapabilityRegistry:
         cap = self._caps.get(cap_id)
         if cap is None:
             where = f"node {self.owner}" if self.owner else "this node"
+            kind = self.streaming.get(cap_id)
+            if kind is not None:
+                raise CapabilityNotFound(
+                    f"{cap_id} on {where} is a {kind} method, not a capability: call it "
+                    "as its gRPC method (or, where it has an HTTP rule, over REST)",
+                    details={"capability": cap_id, "streaming": kind},
+                )
             raise CapabilityNotFound(
                 f"no capability {cap_id!r} on {where}", details={"capability": cap_id}
             )
