@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from aralnode import Node
+from tests.conftest import recorded
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 WHOLE = HEAD + b"Connection: close\r\n\r\n"
@@ -83,6 +84,7 @@ async def test_connections_are_bounded_per_address_and_in_all(
         http_max_connections_per_address=3,
         http_header_timeout_seconds=60,
     )
+    seen = recorded(node)
     async with node:
         port = node.http_port
         assert port is not None
@@ -101,6 +103,12 @@ async def test_connections_are_bounded_per_address_and_in_all(
         url = f"ws://127.0.0.1:{port}/ws"
         async with connect(url), connect(url), connect(url):
             assert await served(port, "127.0.0.1") == 200
+    # Each refusal is on record, with the address it came from.
+    wire = [(r.action, r.reason, r.peer.rpartition(":")[0]) for r in seen if r.reason]
+    assert wire == [
+        ("aral.http/connection", "TOO_MANY_CONNECTIONS", "127.0.0.1"),
+        ("aral.http/connection", "TOO_MANY_CONNECTIONS", "127.0.0.2"),
+    ], wire
 
 
 async def until_served(port: int, source: str) -> None:

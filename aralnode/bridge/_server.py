@@ -104,6 +104,8 @@ class HeadLimits:
         now_ms: The node's clock, for the error body's timestamp.
         body_timeout: Seconds from the end of a head to the end of its body.
         connections: The port's connections (None: unbounded).
+        on_refused: Told of each refusal made here (the error, the client's
+            address): the audit log's record of it.
     """
 
     max_bytes: int
@@ -112,6 +114,7 @@ class HeadLimits:
     now_ms: Any  # Callable[[], int]; Any: a dataclass field may not be a bare method
     body_timeout: float = 60.0
     connections: ConnectionTable | None = None
+    on_refused: Any = None  # Callable[[AralError, str], None]
 
     def too_large(self) -> HeadersTooLarge:
         return HeadersTooLarge(
@@ -278,6 +281,10 @@ class _HeadGuard(asyncio.Protocol):
         self._refused = True
         self._disarm()
         self._disarm_body()
+        if self.limits.on_refused is not None:
+            peer = self.transport.get_extra_info("peername")
+            where = join_host_port(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ""
+            self.limits.on_refused(exc, where)
         transport = self.transport
         if not transport.is_closing():
             transport.write(raw_response(exc, self.limits.now_ms()))

@@ -300,6 +300,12 @@ class HttpBridge:
             return False
         return True
 
+    def _wire_refused(self, exc: AralError, peer: str) -> None:
+        """Audit what the port refused before a request reached any door (its
+        connections, a head or body too slow or too large)."""
+        ctx = self.service.contexts.build("rest", peer=peer)
+        refused(self.service.pipeline, ctx, "aral.http/connection", exc)
+
     def _guard_refused(self, scope: h.Scope, exc: AralError, trace_id: str) -> None:
         """Audit a request the port's guard refused (its Host, its Origin, its head):
         no caller is verified yet, so none is recorded."""
@@ -385,6 +391,7 @@ class HttpBridge:
             timeout=limits.header_timeout,
             now_ms=self.clock.now_ms,
             body_timeout=limits.body_timeout,
+            on_refused=self._wire_refused,
             connections=ConnectionTable(limits.max_connections, limits.max_connections_per_address),
         )
         return uvicorn.Config(
