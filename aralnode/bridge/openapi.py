@@ -165,6 +165,10 @@ class OpenApiBuilder:
                 },
             },
         }
+        return self._secured(doc)
+
+    def _secured(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """``doc`` with the node's credentials (``secure``), if it named any."""
         if self._schemes:
             doc["components"]["securitySchemes"] = self._schemes
             doc["security"] = [{name: []} for name in self._schemes] + (
