@@ -54,7 +54,10 @@ class NodeConfig:
         peer_grants: Scopes granted to the node with this id (its key, verified in a
             handshake), on top of ``peer_scopes``; ``aralnode run --grant``.
         max_message_bytes: Largest envelope content accepted.
-        replay_window_ms / clock_skew_ms: Freshness window for signed messages.
+        replay_window_ms: How old a signed message may be (its id is remembered that
+            long, so a replay within it is refused; an older one is stale).
+        clock_skew_ms: How far a signed message's clock may be ahead of this node's
+            (and behind, on top of ``replay_window_ms``).
         keepalive_ms: gRPC and channel keepalive interval.
         peer_timeout_ms: How long a silent peer stays before it is dropped.
         max_concurrent: Calls running at once before RESOURCE_EXHAUSTED.
