@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
 from aralnode.access.apikeys import ApiKeyStore
@@ -55,3 +58,35 @@ async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
     ], refused
     # Each record carries the trace id its answer named.
     assert [r.trace_id for r in records[2:]] == traces
+
+
+async def test_mcp_and_websocket_refusals_before_the_pipeline_are_on_record(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: an MCP body with a member twice, and a WebSocket past the client's
+    share, were refused with no record."""
+    from tests.conftest import recorded
+
+    node = make_node("mcp-ws-refusals", http_port=0, ws_max_connections_per_client=1)
+    seen = recorded(node)
+    async with node:
+        base = f"127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+            r = await http.post(
+                "/mcp",
+                content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "id": 2}',
+                headers={"content-type": "application/json",
+                         "accept": "application/json, text/event-stream"},
+            )  # fmt: skip
+        assert r.json()["error"]["data"]["reason"] == "DUPLICATE_PARAMETER"
+        async with connect(f"ws://{base}/ws"):
+            with pytest.raises(InvalidStatus) as second:
+                async with connect(f"ws://{base}/ws"):
+                    pass
+        assert second.value.response.status_code == 429
+    refusals = [(r.door, r.action, r.reason) for r in seen if r.reason]
+    assert refusals == [
+        ("mcp", "aral.http/mcp", "DUPLICATE_PARAMETER"),
+        ("ws", "aral.http/ws", "TOO_MANY_WEBSOCKETS"),
+    ], refusals
+    assert [r.trace_id for r in seen if r.door == "mcp"] == [r.headers["x-trace-id"]]

@@ -151,10 +151,35 @@ def ws_error(
     return {"type": "error", "id": msg_id, "error": error}
 
 
+# The WebSocket door's event channels (``ws.py``).
+CHANNELS = ("peers", "capabilities", "decisions", "status", "approvals")
+
+
+def channel_names(value: Any) -> list[str]:
+    """The channel names ``value`` asks for, each once and sorted (one form for
+    governance to judge, however the client spelled it)."""
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise InvalidRequest("channels is a list of names", reason="BAD_CHANNELS")
+    out: list[str] = []
+    for c in value:
+        if c == "events":
+            out.extend(CHANNELS)
+        elif c in CHANNELS:
+            out.append(c)
+        else:
+            raise InvalidRequest(
+                f"unknown channel {c!r}; one of events, {', '.join(CHANNELS)}",
+                reason="UNKNOWN_CHANNEL",
+            )
+    return sorted(set(out))
+
+
 __all__ = [
+    "CHANNELS",
     "MAX_ID_CHARS",
     "SocketQuota",
     "TooManySockets",
+    "channel_names",
     "message_id",
     "plain_id",
     "refuse",

@@ -309,7 +309,10 @@ class HttpBridge:
     def _guard_refused(self, scope: h.Scope, exc: AralError, trace_id: str) -> None:
         """Audit a request the port's guard refused (its Host, its Origin, its head):
         no caller is verified yet, so none is recorded."""
-        door = "ws" if scope["type"] == "websocket" else "rest"
+        self._refused_on("ws" if scope["type"] == "websocket" else "rest", scope, exc, trace_id)
+
+    def _refused_on(self, door: str, scope: h.Scope, exc: AralError, trace_id: str) -> None:
+        """Audit a refusal ``door`` made before the pipeline ran, under its label."""
         ctx = h.call_context(self.service.contexts, scope, door, trace_id=trace_id)
         refused(self.service.pipeline, ctx, f"aral.http/{door}", exc)
 
@@ -368,6 +371,7 @@ class HttpBridge:
             now_ms=self.clock.now_ms,
             on_open=self.gate.opened,
         )
+        self.mcp.on_refused = lambda scope, exc, trace: self._refused_on("mcp", scope, exc, trace)
         self.gate.on_expired = self.mcp.sessions.end
         self.gate.is_live = self.mcp.sessions.live
         await self.mcp.start()

@@ -56,7 +56,7 @@ from aralnode.bridge._http import (
 )
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, new_trace_id
 from aralnode.core.errors import AralError, InternalError, McpErrorCode, NotFound, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
@@ -504,6 +504,9 @@ class McpHttp:
         )
         self.max_body_bytes = max_body_bytes
         self.now_ms = now_ms
+        # Told of each refusal made here, before the SDK reads the request (the
+        # scope, the error, its trace id): the audit log's record of it.
+        self.on_refused: Callable[[Scope, AralError, str], None] | None = None
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -543,7 +546,10 @@ class McpHttp:
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
-                await rpc.refuse(send, scope, refusal, trace_id="", now_ms=self.now_ms(),
+                trace = new_trace_id()
+                if self.on_refused is not None:
+                    self.on_refused(scope, refusal, trace)
+                await rpc.refuse(send, scope, refusal, trace_id=trace, now_ms=self.now_ms(),
                                  jsonrpc=True)  # fmt: skip
                 return
             receive = rpc.replaying(body, receive)

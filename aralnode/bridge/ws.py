@@ -38,7 +38,15 @@ from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.bridge._approvals_feed import follow_approvals
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
-from aralnode.bridge._sockets import SocketQuota, message_id, plain_id, refuse, ws_error
+from aralnode.bridge._sockets import (
+    CHANNELS,
+    SocketQuota,
+    channel_names,
+    message_id,
+    plain_id,
+    refuse,
+    ws_error,
+)
 from aralnode.bridge.targets import node_json
 from aralnode.bridge.ui import chosen_subprotocol
 from aralnode.core import codec
@@ -48,11 +56,11 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import AGENT_ADMIN, AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import refused
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
 
-CHANNELS = ("peers", "capabilities", "decisions", "status", "approvals")
 # The governance action id of the WebSocket door's own operation (a status request
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
@@ -314,6 +322,8 @@ class WsDoor:
             self.quota.check(client)  # before accepting: a refusal is a plain 429
         except AralError as exc:
             log.warning("refused a WebSocket to %s: %s", client, exc.message)
+            ctx = call_context(self.service.contexts, scope, "ws")
+            refused(self.service.pipeline, ctx, "aral.http/ws", exc)  # on record too
             await refuse(send, exc, self.clock.now_ms())
             return
         ws = WebSocket(scope, receive, send)
@@ -403,7 +413,7 @@ class WsDoor:
                 await self._subscribe(msg, conn, ctx)
                 return None
             if kind == "unsubscribe":
-                self.hub.unsubscribe(conn.sub, set(_channels(msg.get("channels", CHANNELS))))
+                self.hub.unsubscribe(conn.sub, set(channel_names(msg.get("channels", CHANNELS))))
                 return {"type": "unsubscribed", "channels": sorted(conn.sub.channels)}
             if kind == "ping":
                 return {"type": "pong", "id": msg_id}
@@ -443,14 +453,14 @@ class WsDoor:
         channels asked for (the status channel included: rules on GetStatus cover
         the one-off status request, not the feed), and runs with the channels
         governance let through."""
-        wanted = _channels(msg.get("channels", ["events"]))
+        wanted = channel_names(msg.get("channels", ["events"]))
 
         async def run(params: Any) -> None:
             # What governance let through: a nudge may narrow the channels, and
             # parameters it left without a channel list grant none (not the
             # client's BAD_CHANNELS: the client asked well).
             granted = params.get("channels", []) if isinstance(params, dict) else []
-            channels = set(_channels(granted))
+            channels = set(channel_names(granted))
             if "capabilities" in channels and not await self._may_list(ctx):
                 channels.discard("capabilities")
             if not {AGENT_ADMIN, ALL_SCOPES} & ctx.scopes:  # approvers' channel only
@@ -577,22 +587,3 @@ class _Connection:
                 {"type": "error", "id": plain_id(message), "error": codec.error_dict(err)}
             )
         await self.ws.send_text(text)
-
-
-def _channels(value: Any) -> list[str]:
-    """The channel names ``value`` asks for, each once and sorted (one form for
-    governance to judge, however the client spelled it)."""
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise InvalidRequest("channels is a list of names", reason="BAD_CHANNELS")
-    out: list[str] = []
-    for c in value:
-        if c == "events":
-            out.extend(CHANNELS)
-        elif c in CHANNELS:
-            out.append(c)
-        else:
-            raise InvalidRequest(
-                f"unknown channel {c!r}; one of events, {', '.join(CHANNELS)}",
-                reason="UNKNOWN_CHANNEL",
-            )
-    return sorted(set(out))
