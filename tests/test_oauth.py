@@ -97,6 +97,9 @@ async def test_the_mcp_client_discovers_the_metadata_from_our_401(
         challenge = r.headers["www-authenticate"]
         assert challenge.startswith("Bearer ")
         assert "error=" not in challenge
+        # One challenge, and the trace id every door's refusal carries.
+        assert len(r.headers.get_list("www-authenticate")) == 1
+        assert r.headers["x-trace-id"] == r.json()["error"]["data"]["trace_id"]
         # The SDK's own discovery: the header's URL first, then the well-known ones.
         found = extract_resource_metadata_from_www_auth(r)
         assert (

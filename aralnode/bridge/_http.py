@@ -172,7 +172,9 @@ def rate_limit_headers(ctx: CallContext) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
+def error_headers(exc: AralError, *, metadata_url: str = "") -> list[tuple[bytes, bytes]]:
+    """The headers a refusal carries: ``Retry-After``, ``X-RateLimit-*``, ``Allow``,
+    ``WWW-Authenticate`` (pointing at the RFC 9728 ``metadata_url``, if given)."""
     out = []
     if (seconds := codec.retry_delay(exc.retry_after)) is not None:
         out.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
@@ -186,7 +188,8 @@ def error_headers(exc: AralError) -> list[tuple[bytes, bytes]]:
         )
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
-    if exc.http_status in (401, 403) and (challenge := www_authenticate(exc)) is not None:
+    challenge = www_authenticate(exc, metadata_url=metadata_url)
+    if exc.http_status in (401, 403) and challenge is not None:
         out.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
     return out
 

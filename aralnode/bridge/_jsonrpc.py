@@ -120,16 +120,18 @@ async def refuse(
     now_ms: int,
     jsonrpc: bool,
     request_id: Any = None,
+    metadata_url: str = "",
 ) -> None:
     """Answer ``exc``: a JSON-RPC error response (``jsonrpc``), else the seed's
-    error shape, with the headers every door's refusal carries."""
+    error shape, with the headers every door's refusal carries (a challenge that
+    points at ``metadata_url``, RFC 9728, where one is given)."""
     trace_id = trace_id or h.request_id(h.header(scope, b"x-trace-id"))
     if jsonrpc:
         body = rpc_error(exc, trace_id, now_ms, request_id)
     else:
         body = h.dumps(h.error_body(exc, trace_id, now_ms))
     req_id = h.request_id(h.header(scope, b"x-request-id"))
-    headers = [*h.id_headers(trace_id, req_id), *h.error_headers(exc)]
+    headers = [*h.id_headers(trace_id, req_id), *h.error_headers(exc, metadata_url=metadata_url)]
     await h.send_body(send, exc.http_status, body, h.JSON, headers)
 
 

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aralnode.access.bearer import BearerAuthenticator
-from aralnode.access.challenge import www_authenticate
+from aralnode.bridge import _jsonrpc as rpc
 from aralnode.bridge._http import (
     JSON,
     Scope,
     Send,
     call_context,
     dumps,
-    error_body,
     header,
     request_id,
     send_body,
@@ -136,33 +135,6 @@ class SessionOwners:
         self._owners.pop(session, None)
 
 
-async def refuse(
-    send: Send,
-    exc: AralError,
-    *,
-    trace_id: str,
-    now_ms: int,
-    metadata_url: str = "",
-    extra: Mapping[str, str] | None = None,
-    jsonrpc: bool = False,
-) -> None:
-    """Answer ``exc`` in the seed's error shape (``jsonrpc``: as a JSON-RPC error
-    whose data is that shape, which an MCP client reports as the server's error),
-    with ``WWW-Authenticate`` on a 401 or 403."""
-    headers: list[tuple[bytes, bytes]] = []
-    value = www_authenticate(exc, metadata_url=metadata_url)
-    if value is not None:
-        headers.append((b"www-authenticate", value.encode("latin-1", "replace")))
-    for k, v in (extra or {}).items():
-        headers.append((k.encode("latin-1"), v.encode("latin-1")))
-    shape = error_body(exc, trace_id, now_ms)
-    if jsonrpc:
-        error = {"code": int(exc.mcp_code), "message": exc.message, "data": shape["error"]}
-        shape = {"jsonrpc": "2.0", "id": None, "error": error}
-    body = dumps(shape)
-    await send_body(send, exc.http_status, body, JSON, headers)
-
-
 _CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
 
@@ -233,8 +205,9 @@ class AuthGate:
                 if self.on_expired is not None:
                     await self.on_expired(session)
         if failure is not None:
-            await refuse(
+            await rpc.refuse(
                 send,
+                scope,
                 failure,
                 trace_id=ctx.trace_id or request_id(None),
                 now_ms=self.service.clock.now_ms(),
@@ -278,5 +251,4 @@ __all__ = [
     "ProtectedResource",
     "SessionOwners",
     "principal_key",
-    "refuse",
 ]
