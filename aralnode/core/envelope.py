@@ -27,6 +27,7 @@ from aralnode.core.errors import (
     Unauthenticated,
     UnsupportedVersion,
     error_from_status,
+    response_too_large,
 )
 from aralnode.core.identity import Identity, KeyRing, PublicKey
 from aralnode.core.replay import ReplayGuard
@@ -186,11 +187,7 @@ def encode_payload(
     """
     data = codec.encode(value, content_type)
     if limit and len(data) > limit:
-        raise MessageTooLarge(
-            f"the result is {len(data)} bytes encoded; this node sends at most {limit}",
-            reason="RESPONSE_TOO_LARGE",
-            details={"size": len(data), "limit": limit},
-        )
+        raise response_too_large("the encoded result", len(data), limit)
     if compress_above and len(data) > compress_above:
         return codec.compress(data, codec.GZIP), codec.GZIP
     return data, ""

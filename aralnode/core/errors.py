@@ -258,6 +258,22 @@ class MessageTooLarge(AralError):
     default_reason = "MESSAGE_TOO_LARGE"
 
 
+RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+
+
+def response_too_large(
+    what: str, size: int, limit: int, *, at_least: bool = False
+) -> MessageTooLarge:
+    """The refusal of an answer past what the node sends (``RESPONSE_TOO_LARGE``),
+    whichever door found it: ``what`` is ``size`` bytes (``at_least``: a bound)."""
+    over = "over " if at_least else ""
+    return MessageTooLarge(
+        f"{what} is {over}{size} bytes; this node sends at most {limit}",
+        reason=RESPONSE_TOO_LARGE,
+        details={"size": size, "limit": limit},
+    )
+
+
 class Unauthenticated(AralError):
     status = StatusCode.UNAUTHENTICATED
     http_status = 401
@@ -460,6 +476,8 @@ ERROR_TYPES: tuple[type[AralError], ...] = (
 _BY_REASON: dict[str, type[AralError]] = {t.default_reason: t for t in ERROR_TYPES[1:]}
 # governance.enforce names the decision in the reason.
 _BY_REASON.update({f"GOVERNANCE_{d}": GovernanceBlocked for d in ("ESCALATE", "BLOCK", "HALT")})
+# (By status alone RESOURCE_EXHAUSTED reads as a rate limit, which it is not.)
+_BY_REASON[RESPONSE_TOO_LARGE] = MessageTooLarge
 _BY_STATUS: dict[StatusCode, type[AralError]] = {}
 for _t in ERROR_TYPES:
     _BY_STATUS.setdefault(_t.status, _t)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aralnode.core import codec
-from aralnode.core.errors import InvalidParameters, MessageTooLarge, OutOfRange
+from aralnode.core.errors import InvalidParameters, OutOfRange, response_too_large
 
 
 def json_params(params: Any, target: str) -> None:
@@ -35,7 +35,7 @@ def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
     """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
     overflowed to infinity, say): the caller's values took the capability out of
     the range its answer can be given in, which is no fault of the node's; and
-    ``MessageTooLarge`` (``RESPONSE_TOO_LARGE``) for one whose JSON would be past
+    ``MessageTooLarge`` (``response_too_large``) for one whose JSON would be past
     ``max_bytes`` (0: no bound)."""
     try:
         codec.check_json(result)
@@ -48,12 +48,7 @@ def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
             f"the result of {target} is nested too deeply", reason="RESULT_NOT_JSON"
         ) from None
     if max_bytes and (size := codec.json_size_over(result, max_bytes)):
-        raise MessageTooLarge(
-            f"the result of {target} is over {size} bytes as JSON; this node sends at most "
-            f"{max_bytes}",
-            reason="RESPONSE_TOO_LARGE",
-            details={"size_at_least": size, "limit": max_bytes},
-        )
+        raise response_too_large(f"the result of {target} as JSON", size, max_bytes, at_least=True)
 
 
 __all__ = ["json_params", "json_result"]

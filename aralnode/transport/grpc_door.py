@@ -30,6 +30,7 @@ from aralnode.core.errors import (
     MalformedMessage,
     MessageTooLarge,
     Unauthenticated,
+    response_too_large,
 )
 from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -229,11 +230,7 @@ def sendable(body: bytes, ctx: CallContext, pipeline: Pipeline, action: str, lim
     error and a traceback (every response the door serializes comes through here)."""
     if len(body) <= limit:
         return body
-    error = MessageTooLarge(
-        f"the response is {len(body)} bytes; this node sends at most {limit}",
-        reason="RESPONSE_TOO_LARGE",
-        details={"size": len(body), "limit": limit},
-    )
+    error = response_too_large("the response", len(body), limit)
     raise refused(pipeline, ctx, action, error, point=Point.POST)
 
 
