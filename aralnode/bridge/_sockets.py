@@ -168,7 +168,7 @@ def channel_names(value: Any) -> list[str]:
             out.append(c)
         else:
             raise InvalidRequest(
-                f"unknown channel {c!r}; one of events, {', '.join(CHANNELS)}",
+                f"unknown channel {c[:64]!r}; one of events, {', '.join(CHANNELS)}",
                 reason="UNKNOWN_CHANNEL",
             )
     return sorted(set(out))

@@ -418,7 +418,6 @@ class HttpBridge:
             # unasked (pongs) under flow control too (``BoundedWebSocket``).
             ws=BoundedWebSocket,
             ws_max_size=self.max_body_bytes,
-            ws_max_queue=1,  # (for websockets' legacy protocol, if one is chosen)
             # uvicorn's own hook: our context (TLS 1.3 minimum) instead of the one it
             # would build from file names, which has no minimum version setting.
             ssl_context_factory=self._ssl_factory if self.ssl_context is not None else None,

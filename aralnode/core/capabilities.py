@@ -461,6 +461,14 @@ def _method_capability(
     )
 
 
+# A method's kind by (client streams, server streams); a unary one is a capability.
+_STREAMING = {
+    (True, True): "bidirectional",
+    (True, False): "client-streaming",
+    (False, True): "server-streaming",
+}
+
+
 class CapabilityRegistry:
     """Capabilities by id, with change listeners (mDNS TXT, events)."""
 
@@ -478,12 +486,8 @@ class CapabilityRegistry:
     def note_streams(self, service: ServiceDescriptor) -> None:
         """Remember ``service``'s streaming methods (``get`` names them)."""
         for m in service.methods:
-            if m.client_streaming or m.server_streaming:
-                kind = (
-                    "bidirectional"
-                    if m.client_streaming and m.server_streaming
-                    else ("client-streaming" if m.client_streaming else "server-streaming")
-                )
+            kind = _STREAMING.get((m.client_streaming, m.server_streaming))
+            if kind is not None:
                 self.streaming[f"{service.full_name}/{m.name}"] = kind
 
     def add(self, cap: Capability, *, replace: bool = False) -> Capability:
