@@ -716,3 +716,33 @@ async def test_the_same_json_on_every_door_the_cli_and_stdio_mcp_included(
         return
     for name, outcome in answers.items():
         assert (outcome.status, outcome.reason) == refusal, (name, outcome)
+
+
+HTTP_STATUS.update({413: "RESOURCE_EXHAUSTED"})
+ERROR_CODES.update({"payload_too_large": "RESOURCE_EXHAUSTED"})
+
+
+async def test_a_result_too_large_to_send_is_refused_alike_on_every_door(
+    make_node: Callable[..., Node],
+) -> None:
+    """A small request can ask for a large answer: past ``max_message_bytes`` the
+    pipeline refuses it before any door writes it out, the same on every door."""
+    async with open_doors(make_node, max_message_bytes=64 * 1024) as doors:
+
+        @doors.node.capability(id="test.big", risk="read_only")
+        async def big(times: int) -> dict[str, Any]:
+            return {"echo": ["x" * 1000] * times}  # one string, many times
+
+        answers = {
+            door.name: await door.call("test.big", {"times": 500})
+            for door in doors.all()
+            if door.can_call("test.big")
+        }
+    assert {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} <= set(answers)
+    for name, outcome in answers.items():
+        assert outcome.status == "RESOURCE_EXHAUSTED", (name, outcome)
+        assert (
+            outcome.reason in ("RESPONSE_TOO_LARGE", "")
+            if name == "mcp"
+            else (outcome.reason == "RESPONSE_TOO_LARGE")
+        ), (name, outcome)
