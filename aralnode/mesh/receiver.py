@@ -281,7 +281,7 @@ class Receiver:
         pipeline judged it (``service.refusals``)."""
         ctx = self.hub.contexts.channel(pc.peer_id, _NO_HEADER, signed=False)
         return refused(
-            self.hub.pipeline, ctx, _CHANNEL_ACTION, error,
+            self.hub.pipeline, ctx, CHANNEL_ACTION, error,
             direction=Direction.RECEIVE, peer=pc.peer_id, kind="message",
         )  # fmt: skip
 
@@ -536,7 +536,7 @@ class Receiver:
 
 # What a message refused before the pipeline judged it is audited as (``_refused``):
 # the channel itself, as its own words are not yet to be believed.
-_CHANNEL_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Channel"
+CHANNEL_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Channel"
 _NO_HEADER = pb.Header()
 
 
@@ -558,4 +558,4 @@ def _trace_id(header: pb.Header) -> str:
     return clean_trace_id(header.trace_id or header.message_id)
 
 
-__all__ = ["CANCEL_EVENT", "NOTIFICATION", "REQUEST", "RESPONSE", "Receiver"]
+__all__ = ["CANCEL_EVENT", "CHANNEL_ACTION", "NOTIFICATION", "REQUEST", "RESPONSE", "Receiver"]

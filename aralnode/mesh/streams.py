@@ -38,6 +38,7 @@ from aralnode.core.governance import Direction
 from aralnode.mesh.attach import accept_link, establish, open_params
 from aralnode.mesh.hub import ChannelHub
 from aralnode.mesh.link import Link
+from aralnode.mesh.receiver import CHANNEL_ACTION
 from aralnode.mesh.state import PeerChannel
 from aralnode.service.refusals import refused
 from aralnode.transport.grpc_client import NodeClient, channel_options
@@ -45,8 +46,6 @@ from aralnode.transport.status import abort, from_rpc_error
 from aralnode.transport.tls_grpc import ClientTls, open_channel, peer_certificate
 
 log = get_logger("aralnode.channel")
-# What a refused channel open is recorded as (its sender is not yet believed).
-_CHANNEL = f"{pb.AGENT_NODE_SERVICE_NAME}/Channel"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHANNEL_METHOD = f"/{pb.AGENT_NODE_SERVICE_NAME}/Channel"
@@ -214,7 +213,7 @@ async def _accept(
         # On record as a refused connection, as a hello that does not verify is: the
         # open's sender is not believed (the channel's own label, no caller).
         refused(
-            hub.pipeline, CallContext(door="channel", peer=transport_peer), _CHANNEL,
+            hub.pipeline, CallContext(door="channel", peer=transport_peer), CHANNEL_ACTION,
             exc, direction=Direction.CONNECT, kind="connect", point=Point.CONNECT,
         )  # fmt: skip
         await write(close_frame(exc))
