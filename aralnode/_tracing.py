@@ -7,14 +7,34 @@ one process keep apart. A program may hand in its own provider
 exporters in production); the node then leaves its shutdown to the program. With
 ``tracing_otlp_endpoint`` set, spans go over OTLP/gRPC through a batch processor
 with a bounded queue (spans beyond it are dropped, never waited for).
+
+With neither (tracing on, no exporter) no span could ever be read, so none is
+recorded: the node's tracer is a ``PropagatingTracer``, which gives each call the
+ids a span would have (a W3C trace id for the logs, the audit and ``X-Trace-Id``;
+a span id of its own, the caller's as parent) and carries them on to the peers it
+calls, with the sampled flag the node's sampler would have set. The SDK is not
+loaded; recording a span costs more than the rest of tracing (docs/tracing.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    INVALID_SPAN_ID,
+    INVALID_TRACE_ID,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
 
 from aralnode._logs import get_logger
 from aralnode._version import __version__
@@ -39,6 +59,70 @@ class _Traced(Protocol):
 
     @property
     def node_id(self) -> str: ...
+
+
+_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
+_LOW_64 = (1 << 64) - 1
+
+
+class PropagatingTracer(trace.Tracer):
+    """A tracer whose spans carry ids and record nothing (tracing on, no exporter).
+
+    A new span takes its parent's trace id, flags and ``tracestate`` (the current
+    span, or ``context``'s), or starts a trace: 128 random bits, sampled as the
+    SDK's ``ParentBased(TraceIdRatioBased(ratio))`` would decide (the low 64 bits
+    of the trace id below ``ratio``'s share of them), so a peer that exports
+    follows the same traces it would follow with an SDK here. Its own span id is
+    64 random bits, as the SDK's ``RandomIdGenerator`` makes them."""
+
+    __slots__ = ("_bound",)
+
+    def __init__(self, sample_ratio: float = 1.0) -> None:
+        self._bound = round(min(max(sample_ratio, 0.0), 1.0) * (1 << 64))
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = random.getrandbits(64)
+        while span_id == INVALID_SPAN_ID:  # (one draw in 2**64)
+            span_id = random.getrandbits(64)
+        if parent.is_valid:
+            own = SpanContext(
+                parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state
+            )
+        else:
+            trace_id = random.getrandbits(128)
+            while trace_id == INVALID_TRACE_ID:
+                trace_id = random.getrandbits(128)
+            flags = _SAMPLED if trace_id & _LOW_64 < self._bound else _NOT_SAMPLED
+            own = SpanContext(trace_id, span_id, False, flags)
+        return NonRecordingSpan(own)
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]  # noqa: PLR0917
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context, kind)
+        with trace.use_span(span, end_on_exit=end_on_exit) as current:
+            yield current
 
 
 def node_provider(cfg: NodeConfig, name: str, node_id: str) -> TracerProvider:
@@ -80,6 +164,9 @@ def install_tracing(node: _Traced, pipeline: Any, hub: Any) -> TracerProvider | 
         pipeline.tracer = hub.tracer = None
         return None
     given = node.tracer_provider
+    if given is None and not cfg.tracing_otlp_endpoint:  # no exporter: nothing to record
+        pipeline.tracer = hub.tracer = PropagatingTracer(cfg.tracing_sample_ratio)
+        return None
     provider = given if given is not None else node_provider(cfg, node.name, node.node_id)
     tracer: trace.Tracer = provider.get_tracer("aralnode", __version__)
     pipeline.tracer = hub.tracer = tracer
@@ -99,4 +186,11 @@ async def shutdown(provider: TracerProvider | None, within: float) -> None:
         log.warning("spans not exported within %.1fs of the stop were dropped", within)
 
 
-__all__ = ["MAX_BATCH", "MAX_QUEUE", "install_tracing", "node_provider", "shutdown"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_QUEUE",
+    "PropagatingTracer",
+    "install_tracing",
+    "node_provider",
+    "shutdown",
+]

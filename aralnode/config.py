@@ -233,12 +233,15 @@ class NodeConfig:
             ``agent:read``, like the node's status; docs/observability.md).
         log_format: ``text`` for people, ``json`` (one object a line, with the
             call's trace id) for machines; ``aralnode run`` installs it.
-        tracing: Make an OpenTelemetry span for every call on every door (child
-            spans for the pipeline's stages) and carry W3C ``traceparent`` across
-            gRPC, HTTP, MCP and the channels. Off: no span is made at all.
+        tracing: Trace every call on every door: a W3C trace id for the logs and
+            the audit, ``traceparent`` carried across gRPC, HTTP, MCP and the
+            channels, and an OpenTelemetry span per call (child spans for the
+            pipeline's stages) when there is an exporter. Off: nothing of
+            OpenTelemetry on the call path.
         tracing_otlp_endpoint: Where spans are exported over OTLP/gRPC (e.g.
-            ``http://127.0.0.1:4317``); "" exports nothing (spans are still made
-            and propagated, for a program's own processor).
+            ``http://127.0.0.1:4317``); "" exports nothing: with no provider of the
+            program's either, no span is recorded (none could be read), while ids
+            and propagation go on (docs/tracing.md).
         tracing_sample_ratio: The share of new traces sampled (parent-based: a
             caller's sampled trace is always followed).
         etcd_endpoints: The etcd cluster's client URLs (``http(s)://HOST:PORT``),

@@ -135,7 +135,31 @@ async def library() -> None:
     await server.wait_for_termination()
 
 
-async def node(extra: list[str], **overrides: Any) -> None:
+def recording_provider() -> Any:
+    """A tracer provider that records every span and hands it to an exporter through
+    the batch processor a node with ``tracing_otlp_endpoint`` uses, the exporter
+    dropping what it gets: what recording and exporting cost, minus the network."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from aralnode._tracing import MAX_BATCH, MAX_QUEUE
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(Dropped(), max_queue_size=MAX_QUEUE, max_export_batch_size=MAX_BATCH)
+    )
+    return provider
+
+
+async def node(extra: list[str], tracer_provider: Any = None, **overrides: Any) -> None:
     """The node serving demo.echo (and ``extra`` specs); ``overrides``: config fields
     (``observed``: metrics and tracing on, over an HTTP port, which ``/metrics`` needs)."""
     from aralnode import Node, NodeConfig
@@ -153,7 +177,8 @@ async def node(extra: list[str], **overrides: Any) -> None:
                     "max_concurrent": 4096,
                     **overrides,
                 }
-            )
+            ),
+            tracer_provider=tracer_provider,
         )
         n.load(DEMO)
         for spec in extra:
@@ -179,8 +204,9 @@ def main() -> None:
             asyncio.run(node([], http_port=0, metrics=False, tracing=False))
         elif kind == "node-observed":  # ... and on (no exporter)
             asyncio.run(node([], http_port=0, metrics=True, tracing=True))
-        elif kind == "node-unsampled":  # ... and on, every span sampled out (unrecorded)
-            asyncio.run(node([], http_port=0, metrics=True, tracing=True, tracing_sample_ratio=0.0))
+        elif kind == "node-recorded":  # ... and on, every span recorded and exported
+            provider = recording_provider()
+            asyncio.run(node([], provider, http_port=0, metrics=True, tracing=True))
         elif kind == "library":
             asyncio.run(library())
         else:

@@ -1,4 +1,7 @@
-"""What tracing costs: CPU per call or message, tracing off vs on (no exporter).
+"""What tracing costs: CPU per call or message, tracing off, on with no exporter
+(ids and propagation, no span recorded), and on with every span recorded and
+exported (to an exporter that drops them: the SDK's and the batch processor's work,
+not the network's).
 
 Usage: ``PYTHONPATH=$PWD:$PWD/gen .venv/bin/python scripts/trace_cost.py DOOR [n] [rounds]``
 with DOOR one of ``grpc`` (plain ``Invoke`` of demo.echo through ``NodeClient``),
@@ -6,8 +9,8 @@ with DOOR one of ``grpc`` (plain ``Invoke`` of demo.echo through ``NodeClient``)
 counted until the receiver's handler saw them all).
 
 Everything runs in one process (client and nodes: their CPU together), rounds
-alternating off and on so a busy machine weighs on both; each side's best round
-is printed, and the ratio of work done per CPU second, on/off.
+turning through the three so a busy machine weighs on all; each one's best round
+is printed, and the ratio of work done per CPU second to off.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from aralnode import Node, NodeClient, NodeConfig
+from bench._servers import recording_provider
 
+MODES = ("off", "on", "recorded")
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "examples" / "demo.py")
 
 
-def _node(tmp: str, name: str, tracing: bool) -> Node:
+def _node(tmp: str, name: str, mode: str) -> Node:
     cfg = NodeConfig(
-        name=name, host="127.0.0.1", grpc_port=0, http_port=None, discovery="none",
-        data_dir=Path(tmp) / f"{name}-{tracing}", tracing=tracing,
+        name=f"{name}-{mode}", host="127.0.0.1", grpc_port=0, http_port=None,
+        discovery="none", data_dir=Path(tmp) / f"{name}-{mode}", tracing=mode != "off",
     )  # fmt: skip
-    node = Node(cfg)
+    node = Node(cfg, tracer_provider=recording_provider() if mode == "recorded" else None)
     node.load(DEMO)
     return node
 
@@ -64,7 +69,7 @@ SEEN: dict[str, Seen] = {}
 
 
 async def _channel(node: Node, peer: Node, n: int) -> None:
-    seen = SEEN[peer.config.name + str(peer.config.tracing)]
+    seen = SEEN[peer.config.name]
     seen.target = seen.count + n
     seen.reached.clear()
     for i in range(n):
@@ -75,11 +80,11 @@ async def _channel(node: Node, peer: Node, n: int) -> None:
 
 async def main(door: str, n: int, rounds: int) -> None:
     run = {"grpc": _grpc, "local": _local, "channel": _channel}[door]
-    best = {False: float("inf"), True: float("inf")}
+    best = dict.fromkeys(MODES, float("inf"))
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = {t: (_node(tmp, "a", t), _node(tmp, "b", t)) for t in (False, True)}
+        pairs = {m: (_node(tmp, "a", m), _node(tmp, "b", m)) for m in MODES}
         for _, b in pairs.values():
-            SEEN[b.config.name + str(b.config.tracing)] = seen = Seen()
+            SEEN[b.config.name] = seen = Seen()
             b.on_notification("trace_cost", seen)
         nodes = [node for pair in pairs.values() for node in pair]
         for node in nodes:
@@ -89,19 +94,24 @@ async def main(door: str, n: int, rounds: int) -> None:
                 await a.connect(b.address)
                 assert a.channels is not None
                 await a.channels.wait_connected(b.node_id, 10)
-            for tracing in (False, True):
-                await run(*pairs[tracing], 200)  # warm up
+            for mode in MODES:
+                await run(*pairs[mode], 200)  # warm up
             for _ in range(rounds):
-                for tracing in (False, True):
+                for mode in MODES:
                     start = time.process_time()
-                    await run(*pairs[tracing], n)
-                    best[tracing] = min(best[tracing], (time.process_time() - start) / n)
+                    await run(*pairs[mode], n)
+                    best[mode] = min(best[mode], (time.process_time() - start) / n)
         finally:
             for node in nodes:
                 await node.stop()
-    off, on = best[False], best[True]
-    print(f"{door}: tracing off {off * 1e6:.1f} us CPU each, on {on * 1e6:.1f} us")
-    print(f"on/off work per CPU second: {off / on:.3f} (+{(on - off) * 1e6:.1f} us each)")
+    off = best["off"]
+    print(f"{door}: tracing off {off * 1e6:.1f} us CPU each")
+    for mode in MODES[1:]:
+        spent = best[mode]
+        print(
+            f"  {mode}: {spent * 1e6:.1f} us, work per CPU second {off / spent:.3f} of off "
+            f"(+{(spent - off) * 1e6:.1f} us each)"
+        )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from aralnode import (
     RuleEvaluator,
     _logs,
 )
+from aralnode._tracing import PropagatingTracer
 from aralnode.core import codec
 from aralnode.service.tracing import UNKNOWN, clean_tracestate, trace_id_of, traceparent_of
 from aralnode.store.audit import read_records
@@ -554,3 +555,79 @@ async def test_a_name_the_caller_chose_is_not_a_span_name(make_traced: MakeTrace
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes["aral.outcome"] == "not_found"
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0])
+async def test_with_no_exporter_a_node_records_nothing_and_carries_the_trace_on(
+    make_node: Callable[..., Node], make_traced: MakeTraced, json_lines: Lines, ratio: float
+) -> None:
+    # Alpha traces with no exporter (no span could be read, so none is recorded);
+    # beta exports to memory: what alpha forwards is what beta's spans show.
+    a = make_node("alpha", tracing=True, tracing_sample_ratio=ratio, **FAST)
+    b = make_traced("beta")
+
+    @b.node.capability(id="chain.leaf")
+    async def leaf(text: str) -> str:
+        return text
+
+    @a.capability(id="chain.start")
+    async def start(text: str) -> str:
+        logging.getLogger("chain.alpha").info("start %s", text)
+        result: str = await a.request(b.node.node_id, "chain.leaf", {"text": text})
+        return result
+
+    async with a, b.node:
+        assert isinstance(a.pipeline.tracer, PropagatingTracer)
+        await linked(a, b.node)
+        # A caller's trace goes on, under a span id of alpha's own, sampled as it came.
+        async with NodeClient(a.address, metadata=[("traceparent", PARENT)]) as client:
+            carried = await client.call("chain.start", {"text": "x"})
+        # A fresh trace: W3C ids, sampled at alpha's ratio (beta follows its parent).
+        async with NodeClient(a.address) as client:
+            fresh = await client.call("chain.start", {"text": "y"})
+    assert carried.trace_id == TRACE
+    assert len(fresh.trace_id) == 32
+    assert fresh.trace_id != TRACE
+    assert int(fresh.trace_id, 16)
+    assert [line["trace_id"] for line in json_lines.lines] == [TRACE, fresh.trace_id]
+    served = [s for s in b.named("chain.leaf") if s.kind is SpanKind.SERVER]
+    assert [f"{s.context.trace_id:032x}" for s in served] == [TRACE] + [fresh.trace_id] * (
+        ratio == 1.0
+    )
+    parent = served[0].parent
+    assert parent is not None
+    assert parent.is_remote
+    assert parent.span_id != int(PARENT.split("-")[2], 16)  # alpha's own span, not the caller's
+
+
+def test_a_propagating_tracer_keeps_its_parent_and_samples_roots_as_the_sdk() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    tracer = PropagatingTracer(0.5)
+    state = TraceState([("vendor", "x")])
+    remote = SpanContext(0x1234, 0x99, True, TraceFlags(TraceFlags.SAMPLED), state)
+    child = tracer.start_span("c", trace.set_span_in_context(NonRecordingSpan(remote)))
+    own = child.get_span_context()
+    assert (own.trace_id, own.trace_flags, own.trace_state) == (0x1234, 1, state)
+    assert own.span_id not in (0, 0x99)
+    assert not own.is_remote
+    assert not child.is_recording()
+    with tracer.start_as_current_span("outer") as outer:
+        assert trace.get_current_span() is outer
+        inner = tracer.start_span("inner").get_span_context()
+        assert inner.trace_id == outer.get_span_context().trace_id
+    sdk = TraceIdRatioBased(0.5)
+    roots = [tracer.start_span("root").get_span_context() for _ in range(400)]
+    assert len({r.trace_id for r in roots}) == 400
+    for root in roots:
+        decision = sdk.should_sample(None, root.trace_id, "root").decision
+        assert root.trace_flags.sampled is decision.is_sampled()
+    assert 0 < sum(r.trace_flags.sampled for r in roots) < 400
+    assert all(PropagatingTracer(1.0).start_span("r").get_span_context().trace_flags.sampled
+               for _ in range(50))  # fmt: skip
+    assert not any(
+        PropagatingTracer(0.0).start_span("r").get_span_context().trace_flags.sampled
+        for _ in range(50)
+    )

@@ -183,12 +183,12 @@ def client_span(
 ) -> contextlib.AbstractContextManager[Any]:
     """A client span around a message sent to ``peer`` (none when ``tracer`` is
     ``None``); while it is open, ``outbound()`` names it. A notification
-    (``request`` false) gets one only as part of a recorded trace (sent while a
-    call is served, or under the program's own span): fire-and-forget on its
-    own, its span would say little and cost a span a message."""
+    (``request`` false) gets one only as part of a trace (sent while a call is
+    served, or under the program's own span): fire-and-forget on its own, its
+    span would say little and cost a span a message."""
     if tracer is None:
         return _NULL
-    if not request and not trace.get_current_span().is_recording():
+    if not request and not trace.get_current_span().get_span_context().is_valid:
         return _NULL
     return _client(tracer, name, peer)
 
