@@ -7,12 +7,14 @@ re-signed rewrite)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +26,16 @@ from aralnode.service import auditing
 from aralnode.service.auditing import DurableLog
 from aralnode.store import audit as audit_store
 from aralnode.store.audit import (
+    HEAD_PAYLOAD_TYPE,
     AuditLog,
     AuditUnavailable,
     audit_files,
+    canonical,
     chain_hash,
+    head_payload,
     read_records,
 )
+from aralnode.store.audit_rows import insert_group, split
 from aralnode.store.audit_verify import verify
 from tests.test_parity import DELETE, open_doors
 
@@ -172,6 +178,25 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
     return sqlite3.connect(audit_files(tmp_path)[0], isolation_level=None)
 
 
+def _stored(db: sqlite3.Connection) -> list[list[Any]]:
+    """Every record in the file as [seq, body, hash], read out of its groups with
+    plain sqlite3 and the layout (aralnode.store.audit_rows)."""
+    out = []
+    for first, last, bodies, hashes in db.execute("SELECT * FROM groups ORDER BY seq"):
+        for i, (body, digest) in enumerate(split(first, last, bytes(bodies), bytes(hashes))):
+            out.append([first + i, body, digest])
+    return out
+
+
+def _restore(db: sqlite3.Connection, records: list[list[Any]]) -> None:
+    """``records`` written back as one group, in the order given (what someone
+    editing the file by hand would leave)."""
+    db.execute("DELETE FROM groups")
+    first = records[0][0]
+    bodies, hashes = [r[1] for r in records], [r[2] for r in records]
+    insert_group(db, first, first + len(records) - 1, bodies, hashes)
+
+
 async def _written(tmp_path: Path, identity: Identity, n: int = 12) -> None:
     log = AuditLog(tmp_path, identity, sign_every=5)
     log.open()
@@ -182,8 +207,9 @@ async def _written(tmp_path: Path, identity: Identity, n: int = 12) -> None:
 async def test_verify_names_an_edited_record(tmp_path: Path, identity: Identity) -> None:
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:
-        body = db.execute("SELECT body FROM records WHERE seq = 7").fetchone()[0]
-        db.execute("UPDATE records SET body = ? WHERE seq = 7", (body.replace(b"alice", b"malle"),))
+        records = _stored(db)
+        records[6][1] = records[6][1].replace(b"alice", b"malle")
+        _restore(db, records)
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert (problem.seq, problem.kind) == (7, "edited")
@@ -192,7 +218,9 @@ async def test_verify_names_an_edited_record(tmp_path: Path, identity: Identity)
 async def test_verify_names_a_removed_record(tmp_path: Path, identity: Identity) -> None:
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:
-        db.execute("DELETE FROM records WHERE seq = 4")
+        records = _stored(db)
+        del records[3]
+        _restore(db, records)
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert (problem.seq, problem.kind) == (4, "removed")
@@ -201,13 +229,72 @@ async def test_verify_names_a_removed_record(tmp_path: Path, identity: Identity)
 async def test_verify_names_swapped_records(tmp_path: Path, identity: Identity) -> None:
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:
-        a = db.execute("SELECT body, prev, hash FROM records WHERE seq = 5").fetchone()
-        b = db.execute("SELECT body, prev, hash FROM records WHERE seq = 6").fetchone()
-        db.execute("UPDATE records SET body=?, prev=?, hash=? WHERE seq = 5", b)
-        db.execute("UPDATE records SET body=?, prev=?, hash=? WHERE seq = 6", a)
+        records = _stored(db)
+        records[4][1:], records[5][1:] = records[5][1:], records[4][1:]
+        _restore(db, records)
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert (problem.seq, problem.kind) == (5, "reordered")
+
+
+async def test_verify_names_a_group_cut_short(tmp_path: Path, identity: Identity) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:  # the last record's bytes taken out, the group left as it was
+        first, last, bodies, _ = db.execute("SELECT * FROM groups").fetchone()
+        cut = bytes(bodies)[: -len(_stored(db)[-1][1])]
+        db.execute("UPDATE groups SET bodies = ? WHERE seq = ?", (cut, first))
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (first, "removed")
+    assert f"ends before its record {last}" in problem.detail
+
+
+def _old_layout_file(path: Path, identity: Identity, n: int) -> bytes:
+    """A file as nodes wrote it before groups (a row a record, with its prev), its
+    last record signed; the last hash."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(
+            "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, "
+            "prev BLOB NOT NULL, hash BLOB NOT NULL);"
+            "CREATE TABLE heads (seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, "
+            "signature BLOB NOT NULL, time_ms INTEGER NOT NULL, interval INTEGER NOT NULL);"
+        )
+        prev = b"\x00" * 32
+        for seq in range(1, n + 1):
+            body = canonical(seq, record(100 + seq), 1)
+            digest = chain_hash(prev, body)
+            db.execute("INSERT INTO records VALUES (?,?,?,?)", (seq, body, prev, digest))
+            prev = digest
+        signature = identity.sign(HEAD_PAYLOAD_TYPE, head_payload(n, prev, 1000))
+        db.execute(
+            "INSERT INTO heads VALUES (?,?,?,?,?)",
+            (n, prev, signature.SerializeToString(), 1, 1000),
+        )
+    return prev
+
+
+async def test_a_log_of_the_older_layout_is_read_verified_and_continued(
+    tmp_path: Path, identity: Identity
+) -> None:
+    _old_layout_file(tmp_path / "audit-000001.db", identity, 6)
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    await write(log, 4)  # the chain goes on, in a new file of groups
+    log.close()
+    assert [p.name for p in audit_files(tmp_path)] == ["audit-000001.db", "audit-000002.db"]
+    report = verify(tmp_path, identity.public_key)
+    assert report.ok, report.problem
+    assert report.records == 10
+    assert [seq for seq, _ in read_records(tmp_path)] == list(range(1, 11))
+    assert [r.action for _, r in read_records(tmp_path, since=4)] == [
+        "demo.105", "demo.106", "demo.0", "demo.1", "demo.2", "demo.3",
+    ]  # fmt: skip
+    with contextlib.closing(sqlite3.connect(audit_files(tmp_path)[0])) as db:  # an old edit
+        db.execute("UPDATE records SET body = ? WHERE seq = 2", (b"\x91\x02",))
+        db.commit()
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (2, "edited")
 
 
 async def test_a_rechained_rewrite_is_caught_by_the_signed_heads(
@@ -215,15 +302,13 @@ async def test_a_rechained_rewrite_is_caught_by_the_signed_heads(
 ) -> None:
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:  # rewrite record 3 and re-chain everything after it
-        rows = db.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
+        records = _stored(db)
         prev = b"\x00" * 32
-        for seq, stored in rows:
-            body = stored.replace(b"alice", b"malle") if seq == 3 else stored
-            digest = chain_hash(prev, body)
-            db.execute(
-                "UPDATE records SET body=?, prev=?, hash=? WHERE seq=?", (body, prev, digest, seq)
-            )
-            prev = digest
+        for record in records:
+            if record[0] == 3:
+                record[1] = record[1].replace(b"alice", b"malle")
+            record[2] = prev = chain_hash(prev, record[1])
+        _restore(db, records)
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None
     assert problem.kind == "unsigned"
@@ -318,10 +403,10 @@ async def test_a_blocked_call_is_blocked_and_recorded_on_five_doors(
     # One record edited with plain sqlite3: verify fails and names it.
     seq = next(s for s, r in read_records(data_dir / "audit") if r.action == DELETE)
     with sqlite3.connect(audit_files(data_dir / "audit")[0], isolation_level=None) as db:
-        body = db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()[0]
-        db.execute(
-            "UPDATE records SET body = ? WHERE seq = ?", (body.replace(b"block", b"nudge"), seq)
-        )
+        records = _stored(db)
+        at = next(i for i, r in enumerate(records) if r[0] == seq)
+        records[at][1] = records[at][1].replace(b"block", b"nudge")
+        _restore(db, records)
     bad = cli("verify", "--data-dir", str(data_dir))
     assert bad.returncode == 1
     assert f"record {seq}: edited" in bad.stderr
@@ -388,15 +473,13 @@ async def test_a_rewrite_hidden_by_removing_the_later_heads_is_caught(
         assert [r[0] for r in db.execute("SELECT seq FROM heads ORDER BY seq")] == [
             10, 20, 30, 40, 50,
         ]  # fmt: skip
-        rows = db.execute("SELECT seq, body, prev FROM records ORDER BY seq").fetchall()
-        prev = rows[10][2]  # re-chain 11..50 with record 30 edited
-        for seq, stored, _ in rows[10:]:
-            body = stored.replace(b"alice", b"malle") if seq == 30 else stored
-            digest = chain_hash(prev, body)
-            db.execute(
-                "UPDATE records SET body=?, prev=?, hash=? WHERE seq=?", (body, prev, digest, seq)
-            )
-            prev = digest
+        records = _stored(db)
+        prev = records[9][2]  # re-chain 11..50 with record 30 edited
+        for record in records[10:]:
+            if record[0] == 30:
+                record[1] = record[1].replace(b"alice", b"malle")
+            record[2] = prev = chain_hash(prev, record[1])
+        _restore(db, records)
         db.execute("DELETE FROM heads WHERE seq >= 20")
     problem = verify(tmp_path, identity.public_key).problem
     assert problem is not None

@@ -22,6 +22,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from time import time_ns
 from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
@@ -443,8 +444,8 @@ class AuditLog(Protocol):
     async def durable(self, ticket: int) -> None: ...
 
 
-#: The longest action a record keeps as it came: a capability id a caller made up
-#: (refused as not found) is cut here, so a 4 MB id is not 4 MB of audit log.
+#: The longest action a record keeps as it came: a made-up capability id (refused
+#: as not found) is cut here, so a 4 MB id is not 4 MB of audit log.
 MAX_ACTION_CHARS = 256
 
 
@@ -481,8 +482,7 @@ class Audit:
         """Record the outcome; the log's ticket (0 without a log)."""
         if len(action_id) > MAX_ACTION_CHARS:  # a caller's made-up id: kept, bounded
             action_id = f"{action_id[:MAX_ACTION_CHARS]}…(+{len(action_id) - MAX_ACTION_CHARS})"
-        # Positional, in AuditRecord's field order: by keyword costs twice as much,
-        # once for every call and every channel message.
+        # Positional, in field order: by keyword costs twice as much, every message.
         record = AuditRecord(
             ctx.door,
             ctx.caller,
@@ -500,6 +500,7 @@ class Audit:
             ctx.rules,
             ctx.params_digest,
             round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
+            time_ns() // 1_000_000,  # the outcome's wall-clock time (the log's, then)
         )
         return self.record(record, ctx.trace_id)
 

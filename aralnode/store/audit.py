@@ -1,18 +1,19 @@
 """The audit log: SQLite (WAL), hash-chained, its chain head signed with the node key.
 
 Every record is stored as its canonical bytes (``body``: a MessagePack array of
-its fields in a fixed order) with ``prev`` (the previous record's hash) and ``hash =
-SHA-256(prev || body)``; ``body`` holds the record's ``seq``, so an edited,
-removed or re-ordered record breaks the chain where it happened. A rewrite of the
-whole file with every hash recomputed would still chain, so every
-``sign_every`` records (or ``sign_seconds``, and at close and rotation) the node
-signs the head -- ``(seq, hash)`` -- with its identity key: a rewrite cannot make
+its fields in a fixed order) with ``hash = SHA-256(prev || body)``, ``prev`` being
+the previous record's hash; ``body`` holds the record's ``seq``, so an edited,
+removed or re-ordered record breaks the chain where it happened. A commit's records
+are one row (``aralnode.store.audit_rows``: the layout, and the older one still
+read). A rewrite of the whole file with every hash recomputed would still chain, so
+every ``sign_every`` records (or ``sign_seconds``, and at close and rotation) the
+node signs the head -- ``(seq, hash)`` -- with its identity key: a rewrite cannot make
 those signatures without the key. ``aralnode audit verify`` checks both
 (``aralnode.store.audit_verify``).
 
 Writes are grouped: callers ``append`` (no I/O); the owner calls ``flush`` once per
 event-loop turn with records (``service.auditing.DurableLog``), which chains
-everything pending, inserts it with one ``executemany``, commits once, and calls
+everything pending, inserts it as one row, commits once, and calls
 ``on_settled`` so the calls awaiting their records wake. No writer thread: handing
 the GIL to one and back cost a saturated node a third of its calls (measured).
 Fail closed: a commit that fails (disk full, store read-only, I/O error) refuses
@@ -23,7 +24,6 @@ retry succeeds.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import sqlite3
 import struct
@@ -38,6 +38,14 @@ from aralnode._logs import get_logger
 from aralnode.core.audit import AuditRecord
 from aralnode.core.errors import Unavailable
 from aralnode.core.identity import Identity
+from aralnode.store.audit_rows import (
+    GROUPS_SCHEMA,
+    insert_group,
+    is_rows_layout,
+    last_record,
+    last_seq,
+    stored,
+)
 
 log = get_logger("aralnode.audit")
 
@@ -47,13 +55,9 @@ FILE_PATTERN = "audit-{:06d}.db"
 # The record's fields after seq, in the canonical order (the body is a JSON array).
 FIELDS = AuditRecord._fields
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-  seq INTEGER PRIMARY KEY,
-  body BLOB NOT NULL,
-  prev BLOB NOT NULL,
-  hash BLOB NOT NULL
-);
+_SCHEMA = (
+    GROUPS_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS heads (
   seq INTEGER PRIMARY KEY,
   hash BLOB NOT NULL,
@@ -62,6 +66,7 @@ CREATE TABLE IF NOT EXISTS heads (
   interval INTEGER NOT NULL
 );
 """
+)
 
 
 class AuditUnavailable(Unavailable):
@@ -81,10 +86,9 @@ def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
     field, ...]`` in ``FIELDS`` order (tuples as arrays, strings UTF-8; ``time_ms``
     0 becomes ``now_ms``). MessagePack: a fixed encoding any language reads, and
     cheap enough for the writer to keep up with the channel."""
-    row = [seq, *record]
-    if not row[-1]:
-        row[-1] = now_ms
-    packed: bytes = _pack(row)
+    # (a tuple's +: a third of the cost of star-unpacking a named tuple)
+    head = (seq,)
+    packed: bytes = _pack(head + record if record[-1] else head + record[:-1] + (now_ms,))
     return packed
 
 
@@ -235,6 +239,9 @@ class AuditLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         files = audit_files(self.directory)
         self._file = files[-1] if files else self.directory / FILE_PATTERN.format(1)
+        if files and _written_in_rows(files[-1]):  # an older layout: go on in a new file
+            self._file = _next_file(files[-1])
+            files.append(self._file)
         self._db = connect(self._file)
         self._checkpointer = Checkpointer(self._file)
         self._seq, self._hash = self._last_of(self._db, files)
@@ -246,16 +253,14 @@ class AuditLog:
         self._open = True
 
     def _last_of(self, db: sqlite3.Connection, files: list[Path]) -> tuple[int, bytes]:
-        row = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            return int(row[0]), bytes(row[1])
+        found = last_record(db)
+        if found is not None:
+            return found
         if len(files) > 1:  # an empty newest file: the chain goes on from the one before
             with contextlib.closing(connect(files[-2], readonly=True)) as prev:
-                row = prev.execute(
-                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-            if row is not None:
-                return int(row[0]), bytes(row[1])
+                found = last_record(prev)
+            if found is not None:
+                return found
         return 0, GENESIS
 
     def _last_signed(self, db: sqlite3.Connection) -> int:
@@ -263,11 +268,7 @@ class AuditLog:
         if row is not None and row[0] is not None:
             return int(row[0])
         # A new file after a rotation: the previous file's last head signed its end.
-        return (
-            self._seq
-            if self._seq and not db.execute("SELECT 1 FROM records LIMIT 1").fetchone()
-            else 0
-        )
+        return self._seq if self._seq and last_record(db) is None else 0
 
     def close(self) -> None:
         """Write what is pending, sign the head, close the file."""
@@ -382,20 +383,23 @@ class AuditLog:
         db = self._db
         assert db is not None
         seq, prev = self._seq, self._hash
-        rows = []
+        bodies: list[bytes] = []
+        hashes: list[bytes] = []
         now = self._wall_ms()
         signed_before = self._signed_seq
+        sha256, pack, every = hashlib.sha256, _pack, self.sign_every
         try:
             heads = []  # no more than sign_every records between two heads
             signed = self._signed_seq
-            for record in batch:
+            for record in batch:  # (canonical and chain_hash, written out: per record)
                 seq += 1
-                body = canonical(seq, record, now)
-                digest = chain_hash(prev, body)
-                rows.append((seq, body, prev, digest))
-                prev = digest
-                if seq - signed >= self.sign_every:
-                    heads.append((seq, digest))
+                head = (seq,)  # (a tuple's +, as canonical does)
+                body = pack(head + record if record[-1] else head + record[:-1] + (now,))
+                prev = sha256(prev + body).digest()
+                bodies.append(body)
+                hashes.append(prev)
+                if seq - signed >= every:
+                    heads.append((seq, prev))
                     signed = seq
             # The first group of a log is signed at once: an intact log always has a
             # head, so one whose heads were all removed is caught.
@@ -404,7 +408,7 @@ class AuditLog:
             if self.test_hook is not None:
                 self.test_hook(db)
             db.execute("BEGIN IMMEDIATE")
-            _insert(db, rows)
+            insert_group(db, self._seq + 1, seq, bodies, hashes)
             for head_seq, head_hash in heads:
                 self._insert_head(db, head_seq, head_hash)
             db.execute("COMMIT")
@@ -423,7 +427,7 @@ class AuditLog:
             self.failed = None
         if first:
             self._settle(first + len(batch) - 1)
-        self._maybe_rotate(sum(len(row[1]) for row in rows) + 96 * len(rows))
+        self._maybe_rotate(sum(map(len, bodies)) + 32 * len(bodies))
 
     def _fail(self, first: int, last: int, exc: Exception) -> None:
         error = AuditUnavailable(
@@ -503,8 +507,7 @@ class AuditLog:
             log.warning("audit log %s: rotation postponed: %s", path, exc)
             return
         db.close()
-        number = int(path.stem.rsplit("-", 1)[1]) + 1
-        self._file = path.with_name(FILE_PATTERN.format(number))
+        self._file = _next_file(path)
         self._db = connect(self._file)
         self._checkpointer = Checkpointer(self._file)
         log.info("audit log rotated to %s at record %d", self._file, self._seq)
@@ -522,25 +525,17 @@ class AuditLog:
         return self._seq
 
 
-# Rows per INSERT statement: 4 variables each stays under SQLite's smallest
-# SQLITE_MAX_VARIABLE_NUMBER (999).
-_ROWS_PER_INSERT = 200
+def _next_file(path: Path) -> Path:
+    return path.with_name(FILE_PATTERN.format(int(path.stem.rsplit("-", 1)[1]) + 1))
 
 
-@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
-def _insert_sql(n: int) -> str:
-    # Placeholders only: no value is ever part of the text.
-    return "INSERT INTO records (seq, body, prev, hash) VALUES " + ",".join(["(?,?,?,?)"] * n)  # noqa: S608
-
-
-def _insert(db: sqlite3.Connection, rows: list[tuple[int, bytes, bytes, bytes]]) -> None:
-    """Insert ``rows``, up to ``_ROWS_PER_INSERT`` in one statement: Python's sqlite3
-    lets go of the GIL for every statement step (every row of an ``executemany``),
-    and on a node whose worker threads verify signatures each let-go cost the event
-    loop a wait for it back (a group of 250 channel records: 2 ms, measured)."""
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+def _written_in_rows(path: Path) -> bool:
+    """Whether ``path`` is a file of the older layout (a row a record)."""
+    try:
+        with contextlib.closing(connect(path, readonly=True)) as db:
+            return is_rows_layout(db)
+    except sqlite3.Error:
+        return False  # (opening it to write says what is wrong)
 
 
 def _size(path: Path) -> int:
@@ -554,13 +549,11 @@ def read_records(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRe
     """Every record with seq > ``since``, oldest first, across the files."""
     for path in audit_files(directory):
         with contextlib.closing(connect(path, readonly=True)) as db:
-            last = db.execute("SELECT max(seq) FROM records").fetchone()[0]
+            last = last_seq(db)
             if last is None or last <= since:
                 continue
-            for (body,) in db.execute(
-                "SELECT body FROM records WHERE seq > ? ORDER BY seq", (since,)
-            ):
-                yield record_of(bytes(body))
+            for _, body, _, _ in stored(db, since):
+                yield record_of(body)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ What it catches (``Problem.kind``):
 - ``edited``: a record's body does not hash to its stored hash;
 - ``removed``: a seq is missing, a record does not chain to the one before it, or a
   whole file is gone from the middle;
-- ``reordered``: a record's body names another seq than the row holding it;
+- ``reordered``: a record's body names another seq than the place holding it;
 - ``unsigned``: a head's signature does not verify with the node key, a head names
   a hash the record at its seq does not have (the file was rewritten and re-chained),
   or records exist and no head signs any of them.
@@ -36,6 +36,7 @@ from aralnode.store.audit import (
     connect,
     head_payload,
 )
+from aralnode.store.audit_rows import BadGroup, Stored, stored
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,29 +140,17 @@ def _verify_file(
         raise _Bad(Problem(seq + 1, "removed", f"cannot open {path.name}: {exc}", name)) from None
     with contextlib.closing(db):
         hashes: dict[int, bytes] = {}
-        for row_seq, stored, row_prev, digest in _rows(db, name):
-            expected = seq + 1
-            body = stored.encode() if isinstance(stored, str) else bytes(stored)
-            if chain_hash(bytes(row_prev), body) != bytes(digest):
+        rows = _rows(db, name)
+        row = next(rows, None)
+        while row is not None:
+            row_seq, body, row_prev, digest = row
+            following = next(rows, None)
+            # The seqs first: a record missing or out of place also breaks the chain
+            # of the one after it, which is not the record to name.
+            _check_place(row_seq, _body_seq(body), seq, following, name)
+            if chain_hash(prev if row_prev is None else row_prev, body) != digest:
                 raise _Bad(Problem(row_seq, "edited", f"record {row_seq} was changed", name))
-            body_seq = _body_seq(body)
-            if body_seq != row_seq:
-                raise _Bad(
-                    Problem(
-                        row_seq,
-                        "reordered",
-                        f"row {row_seq} holds the record written as {body_seq}",
-                        name,
-                    )
-                )
-            if row_seq != expected:
-                what = (
-                    f"records {expected}..{row_seq - 1} are missing"
-                    if row_seq > expected
-                    else (f"record {row_seq} comes after {seq}")
-                )
-                raise _Bad(Problem(expected, "removed", what, name))
-            if bytes(row_prev) != prev:
+            if row_prev is not None and row_prev != prev:  # (the layout that stores it)
                 raise _Bad(
                     Problem(
                         row_seq,
@@ -171,16 +160,47 @@ def _verify_file(
                         name,
                     )
                 )
-            seq, prev = row_seq, bytes(digest)
+            seq, prev = row_seq, digest
             hashes[row_seq] = prev
             report.records += 1
+            row = following
         _verify_heads(db, key, hashes, name, report)
     return seq, prev
 
 
-def _rows(db: sqlite3.Connection, name: str) -> Iterator[tuple[int, bytes | str, bytes, bytes]]:
+def _check_place(
+    row_seq: int, body_seq: int, seq: int, following: Stored | None, name: str
+) -> None:
+    """Raise unless the record at ``row_seq`` (its place) is the one written there,
+    right after record ``seq``."""
+    expected = seq + 1
+    if body_seq != row_seq:
+        # In a group a record's place is its position: one taken out shifts the rest
+        # (the next place holds a later record), two swapped show as the next place
+        # holding the one that belongs here.
+        shifted = body_seq > row_seq and (following is None or _body_seq(following[1]) != row_seq)
+        if shifted:
+            what = f"records {row_seq}..{body_seq - 1} are missing"
+            raise _Bad(Problem(row_seq, "removed", what, name))
+        raise _Bad(
+            Problem(
+                row_seq, "reordered", f"row {row_seq} holds the record written as {body_seq}", name
+            )
+        )
+    if row_seq != expected:
+        what = (
+            f"records {expected}..{row_seq - 1} are missing"
+            if row_seq > expected
+            else (f"record {row_seq} comes after {seq}")
+        )
+        raise _Bad(Problem(expected, "removed", what, name))
+
+
+def _rows(db: sqlite3.Connection, name: str) -> Iterator[Stored]:
     try:
-        yield from db.execute("SELECT seq, body, prev, hash FROM records ORDER BY seq")
+        yield from stored(db)
+    except BadGroup as exc:
+        raise _Bad(Problem(exc.seq, "removed", str(exc), name)) from None
     except sqlite3.Error as exc:
         raise _Bad(Problem(0, "removed", f"cannot read records: {exc}", name)) from None
 
