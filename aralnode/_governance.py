@@ -73,11 +73,28 @@ class Governance:
         self.policy = holder = install_policy(cfg, pipeline, clock)
         self.escalation_settings()
         if holder is not None:
-            holder.on_reload = self.escalation_settings
+            holder.on_reload = self._reloaded
             stages.post_check.checks.extend(post_checks(holder, registry))
-            stages.post_check.filter = MessageFilter(lambda: holder.current.policy.post)
+            self._message_filter()
         self.audit_log = open_audit_log(cfg, identity, pipeline)
         self._watch = start_watch(self.policy, cfg)
+
+    def _reloaded(self) -> None:
+        self.escalation_settings()
+        self._message_filter()
+
+    def _message_filter(self) -> None:
+        """The filtering point, installed while the policy redacts channel messages
+        (``[post]`` with ``messages``); otherwise a message does not even ask it."""
+        holder, pipeline = self.policy, self._pipeline
+        if holder is None or pipeline is None:
+            return
+        post = holder.current.policy.post
+        pipeline.stages.post_check.filter = (
+            MessageFilter(lambda: holder.current.policy.post)
+            if post is not None and post.messages
+            else None
+        )
 
     def escalation_settings(self) -> None:
         """The queue's bounds from the policy's ``[escalation]`` (defaults without a

@@ -172,3 +172,26 @@ async def test_the_filter_point_redacts_channel_notifications(
             await talker.notify(hub.node_id, "note", {"text": f"the key is {AWS}", "n": 1})
             message = await asyncio.wait_for(anext(sub), 20)
     assert message.data == {"text": "the key is [REDACTED:aws_access_key]", "n": 1}
+
+
+async def test_the_filter_point_follows_the_policy_as_it_is_reloaded(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    path = tmp_path / "reloaded.toml"
+    path.write_text("version = 1\n")  # no [post]: messages pass as they are
+    hub = make_node("filtering", policy_file=path, **FAST)
+    talker = make_node("talker", demo=False, **FAST)
+    text = f"the key is {AWS}"
+    seen = []
+    async with hub, talker:
+        await linked(talker, hub)
+        holder = hub.governing.policy
+        assert holder is not None
+        async with hub.subscribe() as sub:
+            for post in ("", '[post]\nsensitive = "redact"\n', "[post]\nmessages = false\n"):
+                if post:
+                    path.write_text(f"version = 1\n{post}")
+                    assert holder.check_now()
+                await talker.notify(hub.node_id, "note", {"text": text})
+                seen.append((await asyncio.wait_for(anext(sub), 20)).data["text"])
+    assert seen == [text, "the key is [REDACTED:aws_access_key]", text]

@@ -27,6 +27,7 @@ _CACHE = 4096
 _MEMO = 512  # remembered answers per condition
 _NOT_SCALAR = frozenset({"params", "roles", "chain"})
 _OK = Decision.OK
+_EXCHANGED = frozenset({Direction.SEND, Direction.RECEIVE})  # what rapid exchange counts
 
 
 class Memory:
@@ -73,6 +74,22 @@ class _Rule:
         )
 
 
+class _Plan:
+    """The tripwires that can apply to one (direction, capability). When each of
+    them reads scalars only (or nothing), which of them fire is a function of the
+    values they read together: it is remembered (bounded) by those values, so a
+    call whose values were seen before builds one key and looks it up once."""
+
+    __slots__ = ("getters", "memo", "rules")
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self.rules = rules
+        scalar = bool(rules) and all(r.memo is not None or r.run is None for r in rules)
+        names = sorted({n for r in rules for n in r.names})
+        self.getters = tuple(_GETTERS[n] for n in names) if scalar else ()
+        self.memo: dict[tuple[Any, ...], tuple[_Rule, ...]] | None = {} if scalar else None
+
+
 class _Found:
     """The matches of one evaluation."""
 
@@ -114,11 +131,13 @@ class PolicyEvaluator:
                     self._globs.append(rule)
                 else:
                     self._exact.setdefault(cap, []).append(rule)
-        self._for: dict[tuple[Direction, str], tuple[_Rule, ...]] = {}
+        self._for: dict[tuple[Direction, str], _Plan] = {}
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
         self._cel = new_context()  # reused: one evaluation at a time, on the loop
         self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
+        collusion = policy.collusion
+        self._colluding = bool(collusion.rapid_exchange or collusion.data_aggregation)
 
     # -- what a call is --------------------------------------------------------------
 
@@ -167,7 +186,7 @@ class PolicyEvaluator:
             self._categories[key] = category
         return category
 
-    def _candidates(self, action: Action) -> tuple[_Rule, ...]:
+    def _candidates(self, action: Action) -> _Plan:
         """The tripwires that can apply to ``action`` (cached per direction and id)."""
         key = (action.direction, action.capability)
         found = self._for.get(key)
@@ -182,7 +201,7 @@ class PolicyEvaluator:
                 r for r in self._rules
                 if id(r) in picked and action.direction in r.tripwire.directions
             )  # fmt: skip
-            found = rules
+            found = _Plan(rules)
             if len(self._for) >= _CACHE:
                 self._for.clear()
             self._for[key] = found
@@ -192,42 +211,31 @@ class PolicyEvaluator:
 
     def evaluate(self, action: Action) -> Verdict:
         policy = self.policy
-        rules = self._candidates(action)
+        plan = self._candidates(action)
         tier = self.tier_of(action)
         found: _Found | None = None
         if action.direction is Direction.INVOKE:
             found = self._acl(action, tier)
-        if policy.collusion.rapid_exchange or policy.collusion.data_aggregation:
+        if self._colluding:
             found = self._collusion(action, found)
-        if policy.collusion.circular_depth is not None and action.chain:
+        if action.chain and policy.collusion.circular_depth is not None:
             found = self._circular(action, found)
         if self._uses_rate:
             self.memory.rate.add(action.principal)
-        if rules:
-            values: dict[str, Any] = {}  # made once per call, as rules need them
-            sent: set[str] = set()  # and set into the CEL context once
-            context = self._cel
-            for rule in rules:
-                run = rule.run
-                if run is not None:
-                    for name in rule.names:
-                        if name not in values:
-                            values[name] = _GETTERS[name](self, action, tier)
-                    memo = rule.memo
-                    key = tuple([values[n] for n in rule.names]) if memo is not None else ()
-                    held = memo.get(key) if memo is not None else None
-                    if held is None:
-                        for name in rule.names:
-                            if name not in sent:
-                                context.add_variable(name, values[name])
-                                sent.add(name)
-                        held = self._run(rule, run, context)
-                        if memo is not None:
-                            if len(memo) >= _MEMO:
-                                memo.clear()
-                            memo[key] = held
-                    if not held:
-                        continue
+        if plan.rules:
+            joint = plan.memo
+            if joint is None:
+                fired = self._fired(plan.rules, action, tier)
+            else:
+                key = tuple([get(self, action, tier) for get in plan.getters])
+                known = joint.get(key)
+                if known is None:
+                    known = self._fired(plan.rules, action, tier)
+                    if len(joint) >= _MEMO:
+                        joint.clear()
+                    joint[key] = known
+                fired = known
+            for rule in fired:
                 found = found or _Found()
                 self._matched(found, rule.tripwire, tier, action)
         if found is None:
@@ -238,6 +246,37 @@ class PolicyEvaluator:
         return Verdict(
             found.decision, found.flagged, tuple(found.reasons), tuple(found.rules), found.params
         )
+
+    def _fired(self, rules: tuple[_Rule, ...], action: Action, tier: int) -> tuple[_Rule, ...]:
+        """The ``rules`` whose conditions hold for ``action`` (each value read once,
+        each condition's answer remembered by its own values when it can be)."""
+        fired = []
+        values: dict[str, Any] = {}  # made once per call, as rules need them
+        sent: set[str] = set()  # and set into the CEL context once
+        context = self._cel
+        for rule in rules:
+            run = rule.run
+            if run is not None:
+                for name in rule.names:
+                    if name not in values:
+                        values[name] = _GETTERS[name](self, action, tier)
+                memo = rule.memo
+                key = tuple([values[n] for n in rule.names]) if memo is not None else ()
+                held = memo.get(key) if memo is not None else None
+                if held is None:
+                    for name in rule.names:
+                        if name not in sent:
+                            context.add_variable(name, values[name])
+                            sent.add(name)
+                    held = self._run(rule, run, context)
+                    if memo is not None:
+                        if len(memo) >= _MEMO:
+                            memo.clear()
+                        memo[key] = held
+                if not held:
+                    continue
+            fired.append(rule)
+        return tuple(fired)
 
     def _matched(self, found: _Found, tripwire: Tripwire, tier: int, action: Action) -> None:
         decision = tripwire.decision_for(tier)
@@ -273,12 +312,12 @@ class PolicyEvaluator:
 
     def _collusion(self, action: Action, found: _Found | None) -> _Found | None:
         collusion, memory = self.policy.collusion, self.memory
-        weight = self.policy.trust_debt.flag_weight
         rapid = collusion.rapid_exchange
         direction = action.direction
-        if rapid and action.peer and direction in (Direction.SEND, Direction.RECEIVE):
+        if rapid and action.peer and direction in _EXCHANGED:
             count = memory.exchange.add(action.peer)
             if count >= rapid.count:
+                weight = self.policy.trust_debt.flag_weight
                 found = found or _Found()
                 found.add(
                     "collusion.rapid_exchange", rapid.decision,
@@ -294,6 +333,7 @@ class PolicyEvaluator:
         ):
             seen = memory.aggregation.add(action.capability, action.principal)
             if seen >= aggregation.count:
+                weight = self.policy.trust_debt.flag_weight
                 found = found or _Found()
                 found.add(
                     "collusion.data_aggregation", aggregation.decision,

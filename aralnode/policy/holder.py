@@ -43,11 +43,11 @@ class PolicyHolder:
         policy = load_policy(path)
         self.memory = Memory(now, policy)
         self.current = PolicyEvaluator(policy, self.memory)
+        # The current policy's own ``evaluate``, called straight (the govern stage's
+        # per-message path); a reload replaces it with the new policy's.
+        self.evaluate: Callable[[Action], Verdict] = self.current.evaluate
         self.last_error = ""
         self.on_reload: Callable[[], None] | None = None
-
-    def evaluate(self, action: Action) -> Verdict:
-        return self.current.evaluate(action)
 
     def tier_of(self, action: Action) -> int:
         return self.current.tier_of(action)
@@ -67,6 +67,7 @@ class PolicyHolder:
             return False
         self.memory.adopt(policy)
         self.current = PolicyEvaluator(policy, self.memory)
+        self.evaluate = self.current.evaluate
         self.last_error = ""
         self.counters["governance.policy_reloaded"] += 1
         if self.on_reload is not None:

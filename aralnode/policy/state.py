@@ -90,14 +90,17 @@ class WindowCounter:
     def add(self, key: object) -> float:
         """Count an event for ``key``; its events in the last window."""
         now, window = self.now(), self.window
-        entry = self._counts.get(key)
+        items = self._counts._items  # (Lru.get written out: once a message)
+        entry = items.get(key)
         start = now - (now % window)
         if entry is None:
             entry = [start, 0.0, 0.0]
             self._counts.put(key, entry)
-        elif entry[0] != start:
-            entry[2] = entry[1] if start - entry[0] == window else 0.0
-            entry[0], entry[1] = start, 0.0
+        else:
+            items.move_to_end(key)
+            if entry[0] != start:
+                entry[2] = entry[1] if start - entry[0] == window else 0.0
+                entry[0], entry[1] = start, 0.0
         entry[1] += 1
         return entry[1] + entry[2] * (1 - (now - start) / window)
 
