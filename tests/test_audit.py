@@ -249,9 +249,10 @@ async def test_verify_names_a_group_cut_short(tmp_path: Path, identity: Identity
     assert f"ends before its record {last}" in problem.detail
 
 
-def _old_layout_file(path: Path, identity: Identity, n: int) -> bytes:
+def _old_layout_file(path: Path, identity: Identity, n: int, *, signed: bool) -> bytes:
     """A file as nodes wrote it before groups (a row a record, with its prev), its
-    last record signed; the last hash."""
+    last record signed (else as a crash left it: its first record signed only);
+    the last hash."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.executescript(
             "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, "
@@ -265,18 +266,22 @@ def _old_layout_file(path: Path, identity: Identity, n: int) -> bytes:
             digest = chain_hash(prev, body)
             db.execute("INSERT INTO records VALUES (?,?,?,?)", (seq, body, prev, digest))
             prev = digest
-        signature = identity.sign(HEAD_PAYLOAD_TYPE, head_payload(n, prev, 1000))
-        db.execute(
-            "INSERT INTO heads VALUES (?,?,?,?,?)",
-            (n, prev, signature.SerializeToString(), 1, 1000),
-        )
+            if seq == 1 or (seq == n and signed):
+                signature = identity.sign(HEAD_PAYLOAD_TYPE, head_payload(seq, digest, 1000))
+                db.execute(
+                    "INSERT INTO heads VALUES (?,?,?,?,?)",
+                    (seq, digest, signature.SerializeToString(), 1, 1000),
+                )
     return prev
 
 
+@pytest.mark.parametrize("signed", [True, False])
 async def test_a_log_of_the_older_layout_is_read_verified_and_continued(
-    tmp_path: Path, identity: Identity
+    tmp_path: Path, identity: Identity, signed: bool
 ) -> None:
-    _old_layout_file(tmp_path / "audit-000001.db", identity, 6)
+    _old_layout_file(tmp_path / "audit-000001.db", identity, 6, signed=signed)
+    if not signed:  # a crash left its tail unsigned: the next start signs it
+        assert verify(tmp_path, identity.public_key).ok
     log = AuditLog(tmp_path, identity)
     log.open()
     await write(log, 4)  # the chain goes on, in a new file of groups

@@ -239,18 +239,26 @@ class AuditLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         files = audit_files(self.directory)
         self._file = files[-1] if files else self.directory / FILE_PATTERN.format(1)
-        if files and _written_in_rows(files[-1]):  # an older layout: go on in a new file
-            self._file = _next_file(files[-1])
+        self._db = self._resume(files)
+        if is_rows_layout(self._db):  # an older node's file, signed to its end: go on anew
+            self._db.close()
+            self._file = _next_file(self._file)
             files.append(self._file)
-        self._db = connect(self._file)
+            self._db = self._resume(files)
+        self._open = True
+
+    def _resume(self, files: list[Path]) -> sqlite3.Connection:
+        """Open ``self._file`` (the newest of ``files``) where its chain ends."""
+        assert self._file is not None
+        db = connect(self._file)
         self._checkpointer = Checkpointer(self._file)
-        self._seq, self._hash = self._last_of(self._db, files)
-        self._signed_seq = self._last_signed(self._db)
+        self._seq, self._hash = self._last_of(db, files)
+        self._signed_seq = self._last_signed(db)
         if self._seq > self._signed_seq:
             # A tail a crash left unsigned is signed now (docs/audit.md: what that
             # means), so no interval between two heads spans it.
-            self._sign_head(self._db)
-        self._open = True
+            self._sign_head(db)
+        return db
 
     def _last_of(self, db: sqlite3.Connection, files: list[Path]) -> tuple[int, bytes]:
         found = last_record(db)
@@ -527,15 +535,6 @@ class AuditLog:
 
 def _next_file(path: Path) -> Path:
     return path.with_name(FILE_PATTERN.format(int(path.stem.rsplit("-", 1)[1]) + 1))
-
-
-def _written_in_rows(path: Path) -> bool:
-    """Whether ``path`` is a file of the older layout (a row a record)."""
-    try:
-        with contextlib.closing(connect(path, readonly=True)) as db:
-            return is_rows_layout(db)
-    except sqlite3.Error:
-        return False  # (opening it to write says what is wrong)
 
 
 def _size(path: Path) -> int:
