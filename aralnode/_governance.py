@@ -80,8 +80,8 @@ class Governance:
         self._watch = start_watch(self.policy, cfg)
 
     def _reloaded(self) -> None:
+        self._message_filter()  # (first: what redacts comes before anything else)
         self.escalation_settings()
-        self._message_filter()
 
     def _message_filter(self) -> None:
         """The filtering point, installed while the policy redacts channel messages

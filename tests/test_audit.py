@@ -249,6 +249,27 @@ async def test_verify_names_a_group_cut_short(tmp_path: Path, identity: Identity
     assert f"ends before its record {last}" in problem.detail
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        (1, "zz", b"\x91\x01", b"x" * 32),  # a last that is not a number
+        (1, 1, "text, not bytes", b"x" * 32),
+        (1, 1, b"\x91\x01", "text"),
+        (1, 0, b"", b""),  # no record at all
+    ],
+)
+async def test_a_malformed_group_is_reported_not_raised(
+    tmp_path: Path, identity: Identity, row: tuple[object, ...]
+) -> None:
+    await _written(tmp_path, identity)
+    with _db(tmp_path) as db:
+        db.execute("DELETE FROM groups")
+        db.execute("INSERT INTO groups VALUES (?,?,?,?)", row)
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None
+    assert problem.kind == "removed"
+
+
 def _old_layout_file(path: Path, identity: Identity, n: int, *, signed: bool) -> bytes:
     """A file as nodes wrote it before groups (a row a record, with its prev), its
     last record signed (else as a crash left it: its first record signed only);
@@ -273,6 +294,28 @@ def _old_layout_file(path: Path, identity: Identity, n: int, *, signed: bool) ->
                     (seq, digest, signature.SerializeToString(), 1, 1000),
                 )
     return prev
+
+
+async def test_an_empty_older_file_after_a_rotation_does_not_restart_the_chain(
+    tmp_path: Path, identity: Identity
+) -> None:
+    # An older node rotated (its second file empty) and stopped.
+    _old_layout_file(tmp_path / "audit-000001.db", identity, 3, signed=True)
+    with contextlib.closing(sqlite3.connect(tmp_path / "audit-000002.db")) as db:
+        db.executescript(
+            "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, "
+            "prev BLOB NOT NULL, hash BLOB NOT NULL);"
+            "CREATE TABLE heads (seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, "
+            "signature BLOB NOT NULL, time_ms INTEGER NOT NULL, interval INTEGER NOT NULL);"
+        )
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    assert log.seq == 3
+    await write(log, 2)
+    log.close()
+    report = verify(tmp_path, identity.public_key)
+    assert report.ok, report.problem
+    assert [seq for seq, _ in read_records(tmp_path)] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("signed", [True, False])

@@ -264,8 +264,10 @@ class AuditLog:
         found = last_record(db)
         if found is not None:
             return found
-        if len(files) > 1:  # an empty newest file: the chain goes on from the one before
-            with contextlib.closing(connect(files[-2], readonly=True)) as prev:
+        # An empty newest file: the chain goes on from the last record of the files
+        # before it (a rotation, then an older node's empty file, can leave two).
+        for path in reversed(files[:-1]):
+            with contextlib.closing(connect(path, readonly=True)) as prev:
                 found = last_record(prev)
             if found is not None:
                 return found

@@ -81,16 +81,20 @@ def last_seq(db: sqlite3.Connection) -> int | None:
     return None if found is None else found[0]
 
 
-def split(seq: int, last: int, bodies: bytes, hashes: bytes) -> Iterator[tuple[bytes, bytes]]:
+def split(seq: int, last: object, bodies: object, hashes: object) -> Iterator[tuple[bytes, bytes]]:
     """The (body, hash) of each record of a group, in order.
 
     Raises:
         BadGroup: the bytes do not hold ``last - seq + 1`` whole records.
     """
+    if not (isinstance(last, int) and isinstance(bodies, bytes) and isinstance(hashes, bytes)):
+        raise BadGroup(seq, "is not a group (a column of another type)")
     count = last - seq + 1
     if count < 1 or len(hashes) != count * HASH_BYTES:
         raise BadGroup(seq, f"holds {len(hashes)} hash bytes for records {seq}..{last}")
-    unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogatepass")
+    unpacker = msgpack.Unpacker(
+        raw=False, unicode_errors="surrogatepass", max_buffer_size=max(len(bodies), 1)
+    )
     unpacker.feed(bodies)
     start = 0
     for i in range(count):
@@ -119,10 +123,16 @@ def stored(db: sqlite3.Connection, since: int = 0) -> Iterator[Stored]:
             data = body.encode() if isinstance(body, str) else bytes(body)
             yield int(seq), data, bytes(prev), bytes(digest)
         return
-    for first, last, bodies, hashes in db.execute(
-        "SELECT seq, last, bodies, hashes FROM groups WHERE last > ? ORDER BY seq", (since,)
-    ):
-        for i, (body, digest) in enumerate(split(first, last, bytes(bodies), bytes(hashes))):
+    # From the start (verify), every group: a wrong ``last`` must not hide one.
+    rows = (
+        db.execute("SELECT seq, last, bodies, hashes FROM groups ORDER BY seq")
+        if since <= 0
+        else db.execute(
+            "SELECT seq, last, bodies, hashes FROM groups WHERE last > ? ORDER BY seq", (since,)
+        )
+    )
+    for first, last, bodies, hashes in rows:
+        for i, (body, digest) in enumerate(split(first, last, bodies, hashes)):
             if first + i > since:
                 yield first + i, body, None, digest
 

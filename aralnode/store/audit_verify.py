@@ -201,7 +201,7 @@ def _rows(db: sqlite3.Connection, name: str) -> Iterator[Stored]:
         yield from stored(db)
     except BadGroup as exc:
         raise _Bad(Problem(exc.seq, "removed", str(exc), name)) from None
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, TypeError, ValueError) as exc:  # (a column of another type)
         raise _Bad(Problem(0, "removed", f"cannot read records: {exc}", name)) from None
 
 
