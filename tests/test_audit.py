@@ -204,6 +204,17 @@ async def _written(tmp_path: Path, identity: Identity, n: int = 12) -> None:
     log.close()
 
 
+async def test_verify_gives_the_last_signed_head_to_keep(
+    tmp_path: Path, identity: Identity
+) -> None:
+    await _written(tmp_path, identity)  # 12 records, a head every 5: the last at close
+    report = verify(tmp_path, identity.public_key)
+    with _db(tmp_path) as db:
+        by_seq = {seq: digest for seq, _, digest in _stored(db)}
+    assert report.last_signed == 12
+    assert report.as_dict()["last_signed_hash"] == by_seq[12].hex()  # (verify --json)
+
+
 async def test_verify_names_an_edited_record(tmp_path: Path, identity: Identity) -> None:
     await _written(tmp_path, identity)
     with _db(tmp_path) as db:

@@ -59,6 +59,7 @@ class Report:
     heads: int = 0
     last_seq: int = 0
     last_signed: int = 0
+    last_signed_hash: str = ""  # hex: keep it elsewhere to catch a later truncation
     interval: int = 0
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
@@ -75,6 +76,7 @@ class Report:
             "signed_heads": self.heads,
             "last_seq": self.last_seq,
             "last_signed_seq": self.last_signed,
+            "last_signed_hash": self.last_signed_hash,
             "notes": list(self.notes),
         }
         if self.problem is not None:
@@ -263,7 +265,8 @@ def _verify_heads(
                 )
             )
         report.heads += 1
-        report.last_signed = max(report.last_signed, seq)
+        if seq >= report.last_signed:
+            report.last_signed, report.last_signed_hash = seq, bytes(digest).hex()
         report.interval = int(interval)
 
 
