@@ -33,6 +33,7 @@ from aralnode import (
 )
 from aralnode import _proto as pb
 from aralnode._runtime import tune_for_serving
+from aralnode._version import __version__
 from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
 from aralnode.config_checks import NODE_ID
 from aralnode.config_file import ConfigFileError
@@ -389,16 +390,13 @@ def _seconds(value: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aralnode", description="A gRPC-first agent mesh node.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"aralnode {__version__}")
     # -v is taken after the command too ("aralnode status --node X -v").
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=argparse.SUPPRESS,
-        dest="verbose_after",
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, dest="verbose_after",
         help="more logging",
-    )
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     # The run flags, shared with ``aralnode config check``. Every flag that sets a

@@ -286,3 +286,12 @@ def test_a_module_that_fails_to_load_shows_its_own_line(
     assert f'File "{module}", {where}' in done.stderr
     assert said in done.stderr
     assert "aralnode/node.py" not in done.stderr
+
+
+def test_version_names_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from aralnode._version import __version__
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"aralnode {__version__}"
