@@ -103,6 +103,14 @@ async def test_errors_in_the_seeds_codes(pair: Pair) -> None:
     assert error_of(r)[:2] == (400, "invalid_request")
     r = await http.post(f"{base}/invoke", json={"capability": "demo.gone"})
     assert error_of(r) == (404, "not_found", "CAPABILITY_NOT_FOUND")
+    # A misspelt member is refused, not ignored (the call would run with no parameters).
+    for path, body, unknown in (
+        ("invoke", {"capability": "demo.echo", "params": {"text": "hi"}}, ["params"]),
+        ("capabilities/demo.echo", {"parameters": {"text": "hi"}, "timeout": 5}, ["timeout"]),
+    ):
+        r = await http.post(f"{base}/{path}", json=body)
+        assert error_of(r)[:2] == (400, "invalid_request"), r.text
+        assert r.json()["error"]["details"]["unknown"] == unknown
     r = await http.post(f"{base}/capabilities/demo.convert", json={"parameters": {"value": 1}})
     assert error_of(r) == (403, "governance_blocked", "GOVERNANCE_BLOCK")
     big = {"capability": "demo.echo", "parameters": {"text": "x" * (5 << 20)}}

@@ -102,6 +102,24 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+_INVOKE_MEMBERS = frozenset({"capability", "parameters"})
+_CALL_MEMBERS = frozenset({"parameters"})
+
+
+def _members(request: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """``request``, refused if it has a member the route does not take: a misspelt
+    ``parameters`` must not run the capability with none."""
+    unknown = sorted(k for k in request if k not in known)
+    if unknown:
+        names = ", ".join(repr(k[:64]) for k in unknown[:5])
+        raise InvalidParameters(
+            f"the request body has member(s) this route does not take: {names} "
+            f"(it takes {', '.join(sorted(known))})",
+            details={"unknown": [k[:64] for k in unknown[:20]]},
+        )
+    return request
+
+
 def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:
     value = obj.get(key)
     if value is None and not required:
@@ -278,7 +296,7 @@ class AralApi:
         return await service.pipeline.invoke(ctx, capability, params)
 
     async def _invoke(self, ctx: CallContext, peer: str, _tail: str, body: bytes) -> Answer:
-        request = _object(_json(body), "the request body")
+        request = _members(_object(_json(body), "the request body"), _INVOKE_MEMBERS)
         capability = _text(request, "capability", "body")
         return await self._answer(ctx, peer, capability, request)
 
@@ -287,7 +305,7 @@ class AralApi:
         if not capability:
             raise NotFound("no capability named in the path", reason="ROUTE_NOT_FOUND")
         request = _object(_json(body), "the request body") if body else {}
-        return await self._answer(ctx, peer, capability, request)
+        return await self._answer(ctx, peer, capability, _members(request, _CALL_MEMBERS))
 
     async def _answer(
         self, ctx: CallContext, peer: str, capability: str, request: dict[str, Any]

@@ -80,10 +80,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "capability": _ID,
             "parameters": {**_OBJECT_OR_NULL, "description": "The capability's parameters."},
         },
+        "additionalProperties": False,
     },
     "CapabilityRequest": {
         "type": "object",
         "properties": {"parameters": _OBJECT_OR_NULL},
+        "additionalProperties": False,
     },
     "Result": {
         "type": "object",
