@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import signal
 import sys
@@ -573,13 +574,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except AralError as exc:
+        if getattr(ns, "json", False):  # for a script: the error object, on stderr
+            error = {**exc.to_dict(), "status": exc.status.name, "trace_id": exc.trace_id}
+            print(json.dumps({"error": error}), file=sys.stderr)
+            return 1
         # The reason, where it says more than the status (NOT_FOUND's is NOT_FOUND).
-        tag = (
-            exc.status.name
-            if exc.reason in ("", exc.status.name)
-            else f"{exc.status.name} {exc.reason}"
-        )
-        print(f"error: {exc.message} [{tag}]", file=sys.stderr)
+        status = exc.status.name
+        tag = status if exc.reason in ("", status) else f"{status} {exc.reason}"
+        trace = f" (trace {exc.trace_id})" if exc.trace_id else ""  # the node's logs, audit
+        print(f"error: {exc.message} [{tag}]{trace}", file=sys.stderr)
         return 1
     except (CliError, ValueError, OSError, ImportError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aralnode.cli import build_parser, run_config
+from aralnode.store.audit import read_records
 from tests.conftest import DEMO
 
 ARALNODE = str(Path(sys.executable).parent / "aralnode")
@@ -43,6 +44,7 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             str(data_dir),
             "--load",
             DEMO,
+            "--audit",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -68,6 +70,31 @@ def test_call_prints_result(node_process: tuple[str, Path]) -> None:
     out = cli("call", "--node", address, "demo.add", '{"a": 2, "b": 40}')
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "42"  # an integral result prints as an int
+
+
+def test_a_refused_call_names_its_trace_and_speaks_json_when_asked(
+    node_process: tuple[str, Path],
+) -> None:
+    address, data_dir = node_process
+    out = cli("call", "--node", address, "demo.nope", "{}")
+    assert out.returncode == 1
+    text = re.fullmatch(
+        r"error: no capability 'demo.nope' on node \S+ \[NOT_FOUND CAPABILITY_NOT_FOUND\] "
+        r"\(trace ([0-9a-f]{32})\)\n",
+        out.stderr,
+    )
+    assert text, out.stderr
+    out = cli("call", "--node", address, "--json", "demo.nope", "{}")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    error = json.loads(out.stderr)["error"]
+    assert (error["code"], error["status"], error["reason"]) == (
+        "not_found", "NOT_FOUND", "CAPABILITY_NOT_FOUND",
+    )  # fmt: skip
+    assert error["details"] == {"capability": "demo.nope"}
+    # The trace named is the one the node recorded the refusal under.
+    recorded = {r.trace_id for _, r in read_records(data_dir / "audit") if r.action == "demo.nope"}
+    assert {text.group(1), error["trace_id"]} <= recorded
 
 
 def test_call_json(node_process: tuple[str, Path]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -461,9 +462,9 @@ async def test_the_cli_prints_a_reason_once(make_node: Callable[..., Node]) -> N
     async with node:
         code, _, err = await _cli("call", "--node", node.address, "test.missing")
         assert code == 1
-        assert err.strip().endswith("no such book [NOT_FOUND]"), err
+        assert re.search(r"no such book \[NOT_FOUND\] \(trace [0-9a-f]{32}\)$", err.strip()), err
         code, _, err = await _cli("call", "--node", node.address, "demo.nope")
-        assert err.strip().endswith("[NOT_FOUND CAPABILITY_NOT_FOUND]"), err
+        assert re.search(r"\[NOT_FOUND CAPABILITY_NOT_FOUND\] \(trace \w+\)$", err.strip()), err
 
 
 @contextlib.asynccontextmanager

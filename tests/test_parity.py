@@ -649,7 +649,6 @@ class Cli:
 
     async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
         import asyncio
-        import re
         import sys
 
         proc = await asyncio.create_subprocess_exec(
@@ -661,9 +660,8 @@ class Cli:
             out, err = await proc.communicate()
         if proc.returncode == 0:
             return Outcome(json.loads(out)["result"])
-        tag = re.search(r"\[(\w+)(?: (\w+))?\]\s*$", err.decode())
-        assert tag, err
-        return Outcome(status=tag.group(1), reason=tag.group(2) or tag.group(1))
+        error = json.loads(err)["error"]  # (--json: the error object too)
+        return Outcome(status=error["status"], reason=error["reason"])
 
 
 class McpStdio(Mcp):

@@ -120,10 +120,13 @@ class AralError(Exception):
             grpc.aio server would (code, details, ``trailing_metadata``; no
             ``ErrorInfo`` of ours).
         trailing_metadata: The trailing metadata the servicer set, for that method.
+        trace_id: The trace a remote node refused or failed the call under, when it
+            said (a client's error from a node: what to look for in its logs and audit).
     """
 
     servicer_status: bool = False
     trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+    trace_id: str = ""
 
     status: ClassVar[StatusCode] = StatusCode.INTERNAL
     http_status: ClassVar[int] = 500

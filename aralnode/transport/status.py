@@ -106,22 +106,26 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> AralError:
     # ``code`` and ``trace_id`` ride in the metadata for grpcurl's reader; they are
     # not details of the error.
     details.pop("code", None)
-    details.pop("trace_id", None)
+    trace_id = str(details.pop("trace_id", ""))[:64]
     for key, value in list(details.items()):
         if value[:1] in ("[", "{"):
             with contextlib.suppress(ValueError):
                 details[key] = json.loads(value)
     if typed is not None:
         details = typed
+    error: AralError
     if code == grpc.StatusCode.UNAVAILABLE and not reason:
-        return Unavailable(err.details() or "peer unavailable", details=details)
-    return error_from_status(
-        code.value[0],
-        err.details() or code.name,
-        reason=reason,
-        details=details,
-        retry_after=retry_after,
-    )
+        error = Unavailable(err.details() or "peer unavailable", details=details)
+    else:
+        error = error_from_status(
+            code.value[0],
+            err.details() or code.name,
+            reason=reason,
+            details=details,
+            retry_after=retry_after,
+        )
+    error.trace_id = trace_id
+    return error
 
 
 assert code_pb2.INVALID_ARGUMENT == StatusCode.INVALID_ARGUMENT
