@@ -198,7 +198,9 @@ async def test_an_unsigned_card_is_taken(make_node: Callable[..., Node]) -> None
     node = make_node("caller")
     async with SdkAgent(signed=False) as plain, node:
         got = await node.request(plain.card_url, "echo", "just text")
-    assert got == {"skill": "echo", "got": []}
+        # An origin alone names the card's well-known place, as the SDKs' resolvers do.
+        by_origin = await node.request(plain.base + "/", "echo", "just text")
+    assert got == by_origin == {"skill": "echo", "got": []}
 
 
 async def test_one_aralnode_calls_another_over_a2a(make_node: Callable[..., Node]) -> None:

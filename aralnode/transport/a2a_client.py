@@ -81,14 +81,29 @@ async def _get_json(http: httpx.AsyncClient, url: str, limit: int, what: str) ->
         raise InvalidRequest(f"{what} at {url[:200]} is not JSON") from None
 
 
+WELL_KNOWN_CARD = "/.well-known/agent-card.json"
+
+
+def card_location(url: str) -> str:
+    """``url``, or the card's well-known place on it when it names an origin only
+    (``https://agent.example`` -> ``https://agent.example/.well-known/agent-card.json``,
+    as the A2A specification puts it and the SDKs' card resolvers look)."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query and not parts.fragment:
+        return url.rstrip("/") + WELL_KNOWN_CARD
+    return url
+
+
 async def fetch_card(http: httpx.AsyncClient, url: str) -> Any:
-    """The card at ``url`` as an ``a2a.types.AgentCard``, its signature checked when
-    it is signed (``SignatureInvalid`` when none of its signatures verifies)."""
+    """The card at ``url`` (``card_location``) as an ``a2a.types.AgentCard``, its
+    signature checked when it is signed (``SignatureInvalid`` when none of its
+    signatures verifies)."""
     from a2a.types import a2a_pb2  # noqa: PLC0415 - the SDK loads only when used
     from a2a.utils.signing import SignatureVerificationError, create_signature_verifier  # noqa: PLC0415
     from jwt import PyJWK  # noqa: PLC0415
     from jwt.exceptions import PyJWKError  # noqa: PLC0415
 
+    url = card_location(url)
     raw = await _get_json(http, url, MAX_CARD_BYTES, "agent card")
     if not isinstance(raw, dict):
         raise InvalidRequest(f"the agent card at {url[:200]} is not a JSON object")
@@ -191,6 +206,7 @@ async def call(card_url: str, skill: str, params: Any, *, timeout: float | None 
     from a2a.client import ClientConfig, create_client  # noqa: PLC0415
     from a2a.types import a2a_pb2  # noqa: PLC0415
 
+    card_url = card_location(card_url)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
         card = await fetch_card(http, card_url)
         secure = urlsplit(card_url).scheme == "https"
@@ -224,4 +240,4 @@ async def call(card_url: str, skill: str, params: Any, *, timeout: float | None 
     return _outcome(last.task)
 
 
-__all__ = ["call", "fetch_card", "result_of"]
+__all__ = ["WELL_KNOWN_CARD", "call", "card_location", "fetch_card", "result_of"]
