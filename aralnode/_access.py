@@ -5,6 +5,8 @@ issue 15), for ``node.py`` and ``_assembly.py`` to wire in.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,11 +162,23 @@ class NodeTls:
     bind: Callable[[bytes, str], object] | None
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (the doors' bind address) is on this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def node_tls(cfg: NodeConfig, contexts: ContextBuilder) -> NodeTls | None:
     """The node's TLS files, checked (a bad set refuses the start, naming the file);
     ``None``, loudly, for a plaintext node."""
     if cfg.tls_cert_file is None:
-        log.warning(PLAINTEXT_WARNING)
+        # Loudly when the doors face a network; a node on loopback only is local
+        # development (the CLI's own, a test's): said, not warned.
+        log.log(logging.INFO if _loopback(cfg.bind_host) else logging.WARNING, PLAINTEXT_WARNING)
         return None
     settings = TlsSettings(
         cert_file=cfg.tls_cert_file,

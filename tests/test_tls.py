@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aralnode import Node, NodeConfig
+from aralnode._access import _loopback
 from aralnode.access.ca import (
     MeshCA,
     init_ca,
@@ -396,10 +397,10 @@ async def test_rotation_serves_the_new_certificate_and_keeps_open_channels(pki: 
 # -- start-up ---------------------------------------------------------------------------
 
 
-async def test_plaintext_is_announced_loudly(
+async def test_plaintext_is_announced_loudly_when_the_doors_face_a_network(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     node = Node(
         NodeConfig(
             name="p",
@@ -412,9 +413,14 @@ async def test_plaintext_is_announced_loudly(
     )
     async with node:
         pass
+    # On loopback only: said (INFO), not warned; facing a network: a WARNING.
     assert any(
-        r.levelno == logging.WARNING and PLAINTEXT_WARNING in r.getMessage() for r in caplog.records
+        r.levelno == logging.INFO and PLAINTEXT_WARNING in r.getMessage() for r in caplog.records
     )
+    assert [_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "127.5.0.1")] == [
+        True
+    ] * 5
+    assert not any(_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.7", "node.example"))
 
 
 async def test_tls_node_does_not_warn(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
