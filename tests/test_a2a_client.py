@@ -214,6 +214,8 @@ async def test_one_aralnode_calls_another_over_a2a(make_node: Callable[..., Node
     async with server, client:
         url = f"http://127.0.0.1:{server.http_port}/.well-known/agent-card.json"
         got = await client.request(url, "demo.echo", {"text": "x", "times": 2})
+        total = await client.request(url, "demo.add", {"a": 2, "b": 40})
+        assert (total, type(total)) == (42, int)  # a whole number comes back an int
         with pytest.raises(AralError) as info:
             await client.request(url, "demo.convert", {"value": 1})
     assert got == {"text": "x", "echo": ["x", "x"]}

@@ -30,7 +30,7 @@ import grpc
 import httpx
 from google.protobuf import json_format
 
-from aralnode.core import jws
+from aralnode.core import codec, jws
 from aralnode.core.errors import (
     Aborted,
     AralError,
@@ -175,12 +175,14 @@ def _message(skill: str, params: Any) -> Any:
 
 
 def result_of(parts: Any) -> Any:
-    """One data part as JSON, else the text parts joined."""
+    """One data part as JSON, else the text parts joined. (A data part is a
+    ``google.protobuf.Value``: its numbers are doubles, and a whole one comes back
+    as ``int``, as a node's own results do: ``codec.from_value``.)"""
     data = [p.data for p in parts if p.HasField("data")]
     if len(data) == 1:
-        return json_format.MessageToDict(data[0])
+        return codec.from_value(data[0])
     if data:
-        return [json_format.MessageToDict(d) for d in data]
+        return [codec.from_value(d) for d in data]
     return "".join(p.text for p in parts if p.HasField("text"))
 
 
