@@ -247,6 +247,29 @@ async def test_rest_header_traceparent(make_traced: MakeTraced) -> None:
         assert span.attributes["aral.door"] == "rest"
 
 
+@pytest.mark.parametrize("tracing", [True, False])
+async def test_a_refusal_before_the_pipeline_is_under_the_callers_trace(
+    make_traced: MakeTraced, tracing: bool
+) -> None:
+    t = make_traced("solo", tracing=tracing, http_port=0, audit=True)
+    async with (
+        t.node,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{t.node.http_port}") as http,
+    ):
+        routed = await http.post("/v1/no/such/route", json={}, headers={"traceparent": PARENT})
+        garbled = await http.post(
+            "/v1/invoke",
+            content=b"{not json",
+            headers={"traceparent": PARENT, "content-type": "application/json"},
+        )
+    for response in (routed, garbled):
+        assert response.status_code in (400, 404), response.text
+        assert response.headers["x-trace-id"] == TRACE
+        assert response.json()["error"]["trace_id"] == TRACE
+    records = [r for _, r in read_records(t.node.config.resolved_data_dir / "audit")]
+    assert [r.trace_id for r in records if r.outcome != "ok"] == [TRACE, TRACE]
+
+
 async def test_a_tracestate_is_kept_when_well_formed_and_dropped_unlogged_when_not(
     make_traced: MakeTraced, caplog: pytest.LogCaptureFixture
 ) -> None:

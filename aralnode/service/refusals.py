@@ -24,6 +24,7 @@ from aralnode.core.context import CallContext, new_trace_id
 from aralnode.core.errors import AralError
 from aralnode.core.governance import Direction
 from aralnode.service.pipeline import Pipeline, Target
+from aralnode.service.tracing import incoming, trace_id_of
 
 
 def refused(
@@ -40,8 +41,12 @@ def refused(
     """Record ``error`` as ``ctx``'s refusal of ``action``; ``error`` (to raise).
 
     Never raises: an audit log that cannot take the record logs it, and the
-    refusal stands (the pipeline's own rule for refusals)."""
-    if not ctx.trace_id:
+    refusal stands (the pipeline's own rule for refusals). A caller that sent a
+    W3C ``traceparent`` finds its refusal under that trace, as it would a call's."""
+    parent = incoming(ctx)[0]
+    if parent and (caller_trace := trace_id_of(parent)):
+        ctx.trace_id = caller_trace
+    elif not ctx.trace_id:
         ctx.trace_id = new_trace_id()
     pipeline.ended(ctx, Target(action, direction, peer=peer, kind=kind), error, point.value)
     return error
