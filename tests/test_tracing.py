@@ -262,12 +262,22 @@ async def test_a_refusal_before_the_pipeline_is_under_the_callers_trace(
             content=b"{not json",
             headers={"traceparent": PARENT, "content-type": "application/json"},
         )
-    for response in (routed, garbled):
-        assert response.status_code in (400, 404), response.text
-        assert response.headers["x-trace-id"] == TRACE
+        twice = await http.post(  # refused by the MCP door before the SDK reads it
+            "/mcp",
+            content=b'{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "ping"}',
+            headers={"traceparent": PARENT, "content-type": "application/json",
+                     "accept": "application/json, text/event-stream"},
+        )  # fmt: skip
+        guarded = await http.get(  # refused by the port's Host guard
+            "/v1/peers", headers={"traceparent": PARENT, "host": "evil.example"}
+        )
+    for response in (routed, garbled, twice, guarded):
+        assert response.status_code in (400, 403, 404, 421), response.text
+        assert response.headers["x-trace-id"] == TRACE, response.text
+    for response in (routed, garbled, guarded):
         assert response.json()["error"]["trace_id"] == TRACE
     records = [r for _, r in read_records(t.node.config.resolved_data_dir / "audit")]
-    assert [r.trace_id for r in records if r.outcome != "ok"] == [TRACE, TRACE]
+    assert [r.trace_id for r in records if r.outcome != "ok"] == [TRACE] * 4
 
 
 async def test_a_tracestate_is_kept_when_well_formed_and_dropped_unlogged_when_not(

@@ -33,7 +33,7 @@ from aralnode.core.errors import (
     PermissionDenied,
     RateLimited,
 )
-from aralnode.service.context import ContextBuilder
+from aralnode.service.context import ContextBuilder, caller_trace
 
 log = get_logger("aralnode.bridge")
 
@@ -126,6 +126,12 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def trace_of(scope: Scope) -> str:
+    """The trace a request comes under (``caller_trace``), for what a door answers
+    before it makes a context."""
+    return caller_trace(header(scope, b"traceparent") or "", header(scope, b"x-trace-id") or "")
+
+
 def request_id(value: str | None) -> str:
     """The caller's id if it is sane (it ends up in logs and headers), else a new one.
 
@@ -188,8 +194,10 @@ def error_headers(exc: AralError, *, metadata_url: str = "") -> list[tuple[bytes
         )
     if isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
         out.append((b"allow", ", ".join(exc.details["allow"]).encode()))
-    challenge = www_authenticate(exc, metadata_url=metadata_url)
-    if exc.http_status in (401, 403) and challenge is not None:
+    if (
+        exc.http_status in (401, 403)
+        and (challenge := www_authenticate(exc, metadata_url=metadata_url)) is not None
+    ):
         out.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
     return out
 
@@ -507,7 +515,7 @@ class HostGuard:
         path = scope.get("path", "")
         # (The path bounded: a refused request must not write a 64 KiB log line.)
         log.warning("refused %s %.200r: %s", scope["type"], path, failure.message)
-        trace = request_id(header(scope, b"x-trace-id"))
+        trace = trace_of(scope)
         if self.on_refused is not None:
             self.on_refused(scope, failure, trace)
         if scope["type"] == "websocket":

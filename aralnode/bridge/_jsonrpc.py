@@ -125,7 +125,7 @@ async def refuse(
     """Answer ``exc``: a JSON-RPC error response (``jsonrpc``), else the seed's
     error shape, with the headers every door's refusal carries (a challenge that
     points at ``metadata_url``, RFC 9728, where one is given)."""
-    trace_id = trace_id or h.request_id(h.header(scope, b"x-trace-id"))
+    trace_id = trace_id or h.trace_of(scope)
     if jsonrpc:
         body = rpc_error(exc, trace_id, now_ms, request_id)
     else:

@@ -53,10 +53,11 @@ from aralnode.bridge._http import (
     client_peer,
     iso_ms,
     read_body,
+    trace_of,
 )
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
-from aralnode.core.context import CallContext, new_trace_id
+from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InternalError, McpErrorCode, NotFound, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
@@ -546,7 +547,7 @@ class McpHttp:
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
-                trace = new_trace_id()
+                trace = trace_of(scope)
                 if self.on_refused is not None:
                     self.on_refused(scope, refusal, trace)
                 await rpc.refuse(send, scope, refusal, trace_id=trace, now_ms=self.now_ms(),

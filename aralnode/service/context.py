@@ -16,10 +16,19 @@ from collections.abc import Mapping
 from aralnode import _proto as pb
 from aralnode.core.clock import Clock
 from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, Peer, clean_trace_id
+from aralnode.service.tracing import TRACEPARENT, trace_id_of
 
 LOCAL = Credentials(local=True)
 GIVEN = Credentials(given=True)
 TRACE_HEADER = "x-trace-id"
+
+
+def caller_trace(traceparent: str, trace_header: str) -> str:
+    """The trace a request comes under, decided once for its answer, its refusal
+    and its audit record alike: its W3C ``traceparent``'s trace id (the pipeline
+    carries that trace on), else its ``X-Trace-Id`` when that is safe to echo, else
+    a new one."""
+    return (traceparent and trace_id_of(traceparent)) or clean_trace_id(trace_header)
 
 
 class ContextBuilder:
@@ -53,14 +62,14 @@ class ContextBuilder:
                 given: a ``LazyMetadata`` is read only if someone asks).
             timeout: Seconds the caller will wait (``None``: no deadline).
             timeout_enforced: The transport itself cancels the call then (gRPC does).
-            trace_id: The call's trace id; ``None`` takes ``X-Trace-Id`` or makes one;
+            trace_id: The call's trace id; ``None`` takes the caller's (``caller_trace``);
                 "" leaves it to the door, which sets it before the pipeline runs
                 (an ``Invoke`` carries its own, in its call or its message).
             credentials: What the door verified about the caller.
         """
         md: Mapping[str, str] = {} if metadata is None else metadata
         if trace_id is None:
-            trace_id = clean_trace_id(md.get(TRACE_HEADER, ""))
+            trace_id = caller_trace(md.get(TRACEPARENT, ""), md.get(TRACE_HEADER, ""))
         elif trace_id:
             trace_id = clean_trace_id(trace_id)
         return CallContext(

@@ -20,11 +20,12 @@ import contextlib
 from collections.abc import Iterator
 
 from aralnode.core.audit import Point
-from aralnode.core.context import CallContext, new_trace_id
+from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
 from aralnode.core.governance import Direction
+from aralnode.service.context import caller_trace
 from aralnode.service.pipeline import Pipeline, Target
-from aralnode.service.tracing import incoming, trace_id_of
+from aralnode.service.tracing import incoming
 
 
 def refused(
@@ -43,11 +44,8 @@ def refused(
     Never raises: an audit log that cannot take the record logs it, and the
     refusal stands (the pipeline's own rule for refusals). A caller that sent a
     W3C ``traceparent`` finds its refusal under that trace, as it would a call's."""
-    parent = incoming(ctx)[0]
-    if parent and (caller_trace := trace_id_of(parent)):
-        ctx.trace_id = caller_trace
-    elif not ctx.trace_id:
-        ctx.trace_id = new_trace_id()
+    if not ctx.trace_id:  # (a door that decided it has answered under it already)
+        ctx.trace_id = caller_trace(incoming(ctx)[0], "")
     pipeline.ended(ctx, Target(action, direction, peer=peer, kind=kind), error, point.value)
     return error
 
