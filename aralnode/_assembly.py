@@ -437,6 +437,7 @@ def _hub(node: NodeView, replay: ReplayGuard) -> ChannelHub:
             max_message_bytes=cfg.max_message_bytes,
             response_bytes=cfg.channel_response_bytes,
             card_limits=cfg.card_limits,
+            verify_processes=cfg.channel_verify_processes,
         ),
     )
 

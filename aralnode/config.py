@@ -70,6 +70,9 @@ class NodeConfig:
         channel_timeout_ms: Silence tolerated beyond a peer's keepalive before its
             channel counts as dead and is redialled.
         channel_signing: Sign every channel message (turn off only to measure).
+        channel_verify_processes: Helper processes that check the signatures of
+            a peer's large batches, started on first use (0: threads of this
+            process check them; docs/channels.md).
         listing_requires_auth: Listing surfaces (MCP tools/list, /openapi.json, /docs,
             gRPC reflection) answer authenticated callers only.
         grpc_max_connections: Connections the gRPC port holds at once; more are
@@ -294,6 +297,7 @@ class NodeConfig:
     outbox_limit: int = 10_000
     channel_timeout_ms: int = 5_000
     channel_signing: bool = True
+    channel_verify_processes: int = 2
     # -- the gRPC port: what one client may hold, and who may list what it serves
     listing_requires_auth: bool = False
     grpc_max_connections: int = 512
@@ -430,6 +434,8 @@ class NodeConfig:
         config_checks.check_grpc_bounds(self)
         if self.channel_response_bytes < 64 * 1024:
             raise ValueError("channel_response_bytes must be at least 64 KiB")
+        if not 0 <= self.channel_verify_processes <= 64:
+            raise ValueError("channel_verify_processes must be 0..64")
         if self.max_inbound_per_address < 1:
             raise ValueError("max_inbound_per_address must be at least 1")
         self.key_algorithm = KeyAlgorithm(self.key_algorithm)

@@ -201,8 +201,12 @@ def open_message(
     require_signature: bool,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     expected_recipient: str = "",
+    verified_key: bytes = b"",
 ) -> OpenedMessage:
-    """Verify, parse and replay-check one message.
+    """Verify, parse and replay-check one message. ``verified_key``: the public
+    key (SPKI) the signature was already checked against, elsewhere, over exactly
+    this content (``aralnode.mesh.verifier``); it is checked again here unless the
+    key the signature names is that key.
 
     Raises:
         MessageTooLarge, MalformedMessage, UnsupportedVersion: bad input.
@@ -219,7 +223,8 @@ def open_message(
     if message.HasField("signature"):
         signature = message.signature
         signer = keyring.resolve(signature)
-        signer.verify(pb.PAYLOAD_MESSAGE, raw, signature)
+        if not verified_key or verified_key != signer.spki:
+            signer.verify(pb.PAYLOAD_MESSAGE, raw, signature)
     elif require_signature:
         raise Unauthenticated("message is not signed", reason="SIGNATURE_MISSING")
     content = pb.MessageContent()

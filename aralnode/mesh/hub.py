@@ -592,7 +592,7 @@ class ChannelHub:
             self._save(pc)
         for sub in list(self.subscriptions):
             sub.close()
-        self.receiver.close()
+        await self.receiver.aclose()
         self.outbox.close()
         if self.inbox is not cast(object, self.outbox):
             self.inbox.close()

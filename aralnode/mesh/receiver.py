@@ -52,6 +52,7 @@ from aralnode.mesh.state import (
     backlog_full,
     message_error,
 )
+from aralnode.mesh.verifier import Verifier, checked_keys
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.refusals import refused
@@ -66,9 +67,10 @@ RESPONSE = pb.MessageType.MESSAGE_TYPE_RESPONSE
 NOTIFICATION = pb.MessageType.MESSAGE_TYPE_NOTIFICATION
 # A notification whose correlation id names a request the sender gave up on.
 CANCEL_EVENT = "aral.cancel"
-# Batches at least this large are verified on worker threads: ECDSA verification
-# releases the GIL, so two threads nearly double a receiver's throughput; below
-# it the thread hop costs more latency than it saves.
+# Batches at least this large have their signatures checked beside the event
+# loop: by the helper processes (``aralnode.mesh.verifier``, no GIL shared), or
+# until they run, on worker threads (ECDSA releases the GIL); below it the hop
+# costs more latency than it saves.
 PARALLEL_VERIFY_MIN = 16
 
 
@@ -123,14 +125,26 @@ class Receiver:
         self._executor = (
             ThreadPoolExecutor(threads, thread_name_prefix="aral-verify") if threads > 0 else None
         )
+        self._helpers = Verifier(hub.settings.verify_processes)
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        self._helpers.close()
+
+    async def aclose(self) -> None:
+        """``close``, and the helper processes ended (bounded)."""
+        self.close()
+        await self._helpers.aclose()
+
+    @property
+    def helpers(self) -> Verifier:
+        """The signature helper processes (``aralnode.mesh.verifier``)."""
+        return self._helpers
 
     # -- verification (thread-safe: no hub state) --
 
-    def _open_one(self, peer: str, message: pb.ARALMessage) -> Opened:
+    def _open_one(self, peer: str, message: pb.ARALMessage, verified_key: bytes = b"") -> Opened:
         hub = self.hub
         try:
             if not message.content and not message.HasField("signature"):
@@ -146,6 +160,7 @@ class Receiver:
                 require_signature=not hub.settings.allow_unsigned,
                 max_bytes=hub.max_message_bytes,
                 expected_recipient=hub.node_id,
+                verified_key=verified_key,
             )
         except AralError as exc:
             return exc
@@ -155,12 +170,20 @@ class Receiver:
     def _open_many(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
         return [self._open_one(peer, m) for m in messages]
 
+    async def _open_helped(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
+        """Open ``messages``, their signatures checked by the helper processes."""
+        keys = await checked_keys(self._helpers, self.hub.keyring, peer, messages)
+        self.hub.count("channel.helper_checked", len(keys) - keys.count(b""))
+        return [self._open_one(peer, m, k) for m, k in zip(messages, keys, strict=True)]
+
     def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
         """Start verifying ``batch``; its opened messages, in order, as a future.
         Large batches go to the worker threads at once, so a link can read and
         verify the next batches while an earlier one is being applied."""
         loop = asyncio.get_running_loop()
         peer, messages = pc.peer_id, batch.messages
+        if len(messages) >= PARALLEL_VERIFY_MIN and self._helpers.available():
+            return asyncio.ensure_future(self._open_helped(peer, messages))
         if self._executor is not None and len(messages) >= PARALLEL_VERIFY_MIN:
             size = -(-len(messages) // self.hub.settings.verify_threads)
             try:

@@ -46,7 +46,10 @@ class ChannelSettings:
         max_message_bytes: Largest envelope, and largest batch frame we send.
         max_batch: Most messages per batch (in either direction).
         subscription_queue: Default bound of a subscription's queue.
-        verify_threads: Worker threads verifying large batches (0: inline).
+        verify_threads: Worker threads verifying large batches while no helper
+            process does (0: inline).
+        verify_processes: Helper processes checking the signatures of large
+            batches (``aralnode.mesh.verifier``; 0: none, threads do).
         compress_above: Payloads larger than this are gzip-compressed.
         backoff_initial / backoff_max: Redial delays in seconds (doubling, jittered).
         open_timeout: Seconds to wait for a handshake or an open answer.
@@ -65,6 +68,7 @@ class ChannelSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     subscription_queue: int = 1024
     verify_threads: int = 2
+    verify_processes: int = 2
     compress_above: int = 8192
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
