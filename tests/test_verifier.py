@@ -19,7 +19,7 @@ from aralnode import _proto as pb
 from aralnode.core.channel import encode_batch
 from aralnode.core.identity import Identity, KeyAlgorithm, KeyRing, pae
 from aralnode.mesh.verifier import Verifier, VerifierGone, checked_keys
-from aralnode.mesh.verify_helper import HEAD, answer, checker, encode, serve
+from aralnode.mesh.verify_helper import HEAD, NICE, answer, checker, encode, serve
 from tests.channel_helpers import linked
 from tests.test_channel_bad_input import message, opened, reason_of
 
@@ -77,7 +77,7 @@ def test_a_request_out_of_shape_ends_the_helper_unanswered() -> None:
         assert out.getvalue() == (1).to_bytes(4, "little") + b"\x01"
 
 
-def test_the_helper_process_ignores_ctrl_c_and_ends_with_its_input() -> None:
+def test_the_helper_process_runs_below_its_node_ignores_ctrl_c_and_ends_with_its_input() -> None:
     items, expected = _items()
     with subprocess.Popen(
         [sys.executable, "-m", "aralnode.mesh.verify_helper"],
@@ -91,6 +91,9 @@ def test_the_helper_process_ignores_ctrl_c_and_ends_with_its_input() -> None:
             proc.stdin.flush()
             head = len(items).to_bytes(4, "little")
             assert proc.stdout.read(4 + len(items)) == head + bytes(expected)
+            # It yields to its node's event loop (``NICE`` lower).
+            ours = os.getpriority(os.PRIO_PROCESS, 0)
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, ours + NICE)
             proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches the group
             proc.stdin.write(encode(items[:1]))
             proc.stdin.flush()

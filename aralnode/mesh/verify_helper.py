@@ -15,6 +15,8 @@ length + the signed bytes; its answer is ``count:u32`` then one byte per item,
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import struct
 import sys
@@ -29,6 +31,10 @@ _U32 = struct.Struct("<I")
 MAX_REQUEST_BYTES = 64 << 20
 #: Public keys a helper keeps loaded (its node's peers; cleared when full).
 MAX_KEYS = 4096
+#: How much lower than its node a helper runs (``nice``): on a busy machine the
+#: event loops go first (12 paired rounds of the channel bench on two shared cores:
+#: median 1.06x the signed, audited messages a second of helpers at the node's own).
+NICE = 5
 
 Item = tuple[bytes, bytes, bytes]  # (SubjectPublicKeyInfo DER, raw signature, signed bytes)
 
@@ -138,6 +144,10 @@ def main() -> None:
     # Ctrl-C reaches the whole process group: the node decides when we end (our
     # input closes), and a traceback here would only clutter its terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Checks of batches read ahead can wait a little; the node's event loop, which
+    # serves every door and applies what we checked, should not wait behind them.
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
