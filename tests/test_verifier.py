@@ -4,12 +4,17 @@ fails."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+import logging
 import os
+import random
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +22,10 @@ import pytest
 from aralnode import Node
 from aralnode import _proto as pb
 from aralnode.core.channel import encode_batch
-from aralnode.core.identity import Identity, KeyAlgorithm, KeyRing, pae
-from aralnode.mesh.verifier import Verifier, VerifierGone, checked_keys
+from aralnode.core.envelope import open_message
+from aralnode.core.errors import SignatureInvalid
+from aralnode.core.identity import Identity, KeyAlgorithm, KeyRing
+from aralnode.mesh.verifier import Verifier, VerifierGone, checked
 from aralnode.mesh.verify_helper import HEAD, NICE, answer, checker, encode, serve
 from tests.channel_helpers import linked
 from tests.test_channel_bad_input import message, opened, reason_of
@@ -106,16 +113,21 @@ def test_the_helper_process_runs_below_its_node_ignores_ctrl_c_and_ends_with_its
 
 async def test_verdicts_come_back_in_order_across_helpers() -> None:
     items, expected = _items()
+    rng = random.Random(7)
+    picks = [[rng.randrange(len(items)) for _ in range(n)] for n in (161, 3, 97)]
     v = Verifier(2)
     try:
         assert not v.available()  # the first call starts them
         assert await v.started()
-        many = items * 40
-        assert await v.check(many) == [bool(x) for x in expected * 40]
+        assert len(v.pids) == 2
+        answers = await asyncio.gather(*(v.check([items[i] for i in p]) for p in picks))
+        for p, got in zip(picks, answers, strict=True):
+            assert got == [bool(expected[i]) for i in p]
         assert await v.check(items[:1]) == [True]  # fewer items than helpers
     finally:
         await v.aclose()
     assert not v.available()
+    assert v.pids == []
 
 
 @pytest.mark.parametrize(
@@ -124,22 +136,23 @@ async def test_verdicts_come_back_in_order_across_helpers() -> None:
         "import sys; sys.stdin.buffer.read(8)",  # exits without an answer
         "import sys; sys.stdin.buffer.read(8); sys.stdout.buffer.write(b'\\x09\\0\\0\\0');"
         "sys.stdout.flush(); sys.stdin.buffer.read()",  # answers out of turn
+        "import sys, time; sys.stdin.buffer.read(8); time.sleep(60)",  # hangs
     ],
-    ids=["exits", "out-of-turn"],
+    ids=["exits", "out-of-turn", "hangs"],
 )
 async def test_a_helper_that_fails_leaves_its_work_to_the_node(script: str) -> None:
     me = Identity.generate()
     ring = KeyRing()
     ring.pin(me.public_key)
     msgs = [_signed(me, i) for i in range(20)]
-    v = Verifier(1, command=[sys.executable, "-c", script])
+    v = Verifier(1, command=[sys.executable, "-c", script], check_seconds=0.5)
     try:
         assert await v.started()
         with pytest.raises(VerifierGone):
             await v.check([(me.public_key.spki, b"x" * 64, b"y")])
-        # What the receiver does with it: every message left to check in-process.
+        # What the receiver does then: it checks every message itself.
         assert not v.available()
-        assert await checked_keys(v, ring, me.node_id, msgs) == [b""] * 20
+        assert await checked(v, ring, me.node_id, msgs) is None
     finally:
         await v.aclose()
 
@@ -156,7 +169,7 @@ def _signed(me: Identity, i: int) -> pb.ARALMessage:
     return pb.ARALMessage(content=raw, signature=me.sign(pb.PAYLOAD_MESSAGE, raw))
 
 
-async def test_checked_keys_name_the_key_only_where_the_signature_holds() -> None:
+async def test_checked_names_the_key_and_the_verdict_of_each_signature() -> None:
     me, other = Identity.generate(), Identity.generate()
     ring = KeyRing()
     ring.pin(me.public_key)
@@ -170,30 +183,53 @@ async def test_checked_keys_name_the_key_only_where_the_signature_holds() -> Non
     v = Verifier(1)
     try:
         assert await v.started()
-        keys = await checked_keys(
-            v, ring, me.node_id, [good, forged, stranger, unsigned, wrong_alg]
-        )
+        batch = [good, forged, stranger, unsigned, wrong_alg]
+        found = await checked(v, ring, me.node_id, batch)
     finally:
         await v.aclose()
-    assert keys == [me.public_key.spki, b"", b"", b"", b""]
-    assert pae(pb.PAYLOAD_MESSAGE, good.content).endswith(good.content)
+    spki = me.public_key.spki
+    assert found == [(spki, True), (spki, False), None, None, None]
 
 
-@pytest.mark.parametrize("helpers", [0, 2])
+def test_a_verdict_counts_only_for_the_key_it_was_made_with() -> None:
+    """``open_message(checked=...)``: a helper's verdict for another key is no
+    verdict (the signature is checked); a "no" is the usual error; the form of the
+    signature is checked whatever the verdict."""
+    me, other = Identity.generate(), Identity.generate()
+    ring = KeyRing()
+    ring.pin(me.public_key)
+    forged = _signed(me, 1)
+    forged.signature.value = bytes(64)
+    opened = functools.partial(open_message, keyring=ring, replay=None, require_signature=True)
+    with pytest.raises(SignatureInvalid, match="does not verify"):
+        opened(forged, checked=(other.public_key.spki, True))  # checked here: refused
+    with pytest.raises(SignatureInvalid, match="does not verify"):
+        opened(_signed(me, 2), checked=(me.public_key.spki, False))
+    short = _signed(me, 3)
+    short.signature.value = short.signature.value[:63]
+    with pytest.raises(SignatureInvalid, match="64 bytes"):
+        opened(short, checked=(me.public_key.spki, True))
+
+
+@pytest.mark.parametrize("helpers", ["threads", "processes", "frozen"])
 async def test_a_large_hostile_batch_gets_the_same_errors_with_helpers_or_without(
-    make_node: MakeNode, helpers: int
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch, helpers: str
 ) -> None:
-    node = make_node("target", keepalive_ms=2000, channel_verify_processes=helpers)
+    if helpers == "frozen":  # a frozen interpreter starts no helper: threads check
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+    processes = 0 if helpers == "threads" else 2
+    node = make_node("target", keepalive_ms=2000, channel_verify_processes=processes)
     async with node:
         hub = node.channels
         assert hub is not None
-        assert await hub.receiver.helpers.started() is bool(helpers)
+        assert await hub.receiver.helpers.started() is (helpers == "processes")
         me, s = await opened(node, window=128, max_batch=64)
         try:
             sub = node.subscribe()
             batch = [message(me, node, f"e{seq}", seq=seq) for seq in range(1, 41)]
             batch[4].signature.value = bytes(64)  # seq 5: right length, wrong signature
             batch[9] = message(Identity.generate(), node, "stranger", seq=10)
+            batch[14].content = message(me, node, "changed", seq=15).content  # seq 15
             batch[19].signature.value = batch[19].signature.value[:63]  # seq 20: too short
             batch[29].signature.algorithm = "Ed25519"  # seq 30: not the key's algorithm
             await s.send_sealed(encode_batch(1, [m.SerializeToString() for m in batch]))
@@ -201,15 +237,82 @@ async def test_a_large_hostile_batch_gets_the_same_errors_with_helpers_or_withou
             assert {e.seq: reason_of(e) for e in errors} == {
                 5: "SIGNATURE_INVALID",
                 10: "KEY_MISMATCH",
+                15: "SIGNATURE_INVALID",
                 20: "SIGNATURE_INVALID",
                 30: "SIGNATURE_INVALID",
             }
-            bad = {5, 10, 20, 30}
+            bad = {5, 10, 15, 20, 30}
             events = [(await anext(sub)).event for _ in range(40 - len(bad))]
             assert events == [f"e{seq}" for seq in range(1, 41) if seq not in bad]
-            assert node.pipeline.counters["channel.helper_checked"] == (36 if helpers else 0)
+            # The helpers saw all but the three refused before any check.
+            expected = 37 if helpers == "processes" else 0
+            assert node.pipeline.counters["channel.helper_checked"] == expected
         finally:
             await s.aclose()
+
+
+def _children() -> set[int]:
+    """This process's live children."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            out |= {int(pid) for pid in f.read().split()}
+    return out
+
+
+@pytest.mark.parametrize("when", ["at-once", "once-started"])
+async def test_closing_the_helpers_while_they_start_leaves_none_behind(when: str) -> None:
+    before = _children()
+    v = Verifier(2)
+    assert not v.available()  # starting
+    if when == "once-started":
+        assert await v.started()
+    await v.aclose()
+    assert v.pids == []
+    assert _children() <= before
+
+
+async def test_closing_with_work_outstanding_ends_the_helpers_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hangs = [sys.executable, "-c", "import sys, time; sys.stdin.buffer.read(8); time.sleep(60)"]
+    items, _ = _items()
+    v = Verifier(2, command=hangs)
+    assert await v.started()
+    pending = [asyncio.ensure_future(v.check(items)) for _ in range(3)]
+    await asyncio.wait(pending, timeout=0)  # (one turn: the requests are written)
+    with caplog.at_level(logging.WARNING, logger="aralnode.channel"):
+        await v.aclose()
+    for task in pending:
+        with pytest.raises(VerifierGone):
+            await task
+    assert not caplog.records  # a shutdown, not a failure
+    assert v.pids == []
+
+
+async def test_a_package_in_the_working_directory_cannot_stand_in_for_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "aralnode" / "mesh"
+    fake.mkdir(parents=True)
+    (tmp_path / "aralnode" / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "verify_helper.py").write_text(
+        "import struct, sys\n"
+        "while head := sys.stdin.buffer.read(8):\n"
+        "    count, size = struct.unpack('<II', head)\n"
+        "    sys.stdin.buffer.read(size)\n"
+        "    sys.stdout.buffer.write(head[:4] + b'\\x01' * count)\n"
+        "    sys.stdout.flush()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    items, expected = _items()
+    v = Verifier(1)
+    try:
+        assert await v.started()
+        assert await v.check(items) == [bool(x) for x in expected]  # the real one
+    finally:
+        await v.aclose()
 
 
 async def test_messages_keep_flowing_when_the_helpers_die(make_node: MakeNode) -> None:

@@ -201,12 +201,12 @@ def open_message(
     require_signature: bool,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     expected_recipient: str = "",
-    verified_key: bytes = b"",
+    checked: tuple[bytes, bool] | None = None,
 ) -> OpenedMessage:
-    """Verify, parse and replay-check one message. ``verified_key``: the public
-    key (SPKI) the signature was already checked against, elsewhere, over exactly
-    this content (``aralnode.mesh.verifier``); it is checked again here unless the
-    key the signature names is that key.
+    """Verify, parse and replay-check one message. ``checked``: the public key
+    (SPKI) the signature was already checked against, elsewhere, over exactly this
+    content (``aralnode.mesh.verifier``), and whether it held; it stands only when
+    the key the signature names is that key (otherwise it is checked here).
 
     Raises:
         MessageTooLarge, MalformedMessage, UnsupportedVersion: bad input.
@@ -219,14 +219,7 @@ def open_message(
             f"message content is {len(raw)} bytes; the limit is {max_bytes}",
             details={"size": len(raw), "limit": max_bytes},
         )
-    signer: PublicKey | None = None
-    if message.HasField("signature"):
-        signature = message.signature
-        signer = keyring.resolve(signature)
-        if not verified_key or verified_key != signer.spki:
-            signer.verify(pb.PAYLOAD_MESSAGE, raw, signature)
-    elif require_signature:
-        raise Unauthenticated("message is not signed", reason="SIGNATURE_MISSING")
+    signer = _signer(message, keyring, require_signature, checked)
     content = pb.MessageContent()
     try:
         content.ParseFromString(raw)
@@ -253,6 +246,28 @@ def open_message(
             # signed peers depend on (it fails closed when full).
             replay.check_fresh(header.timestamp_unix_ms)
     return OpenedMessage(header=header, body=body, raw=raw, signer=signer)
+
+
+def _signer(
+    message: pb.ARALMessage,
+    keyring: KeyRing,
+    require_signature: bool,
+    checked: tuple[bytes, bool] | None,
+) -> PublicKey | None:
+    """The key whose signature ``message`` carries, checked (``None``: unsigned)."""
+    if not message.HasField("signature"):
+        if require_signature:
+            raise Unauthenticated("message is not signed", reason="SIGNATURE_MISSING")
+        return None
+    signature = message.signature
+    signer = keyring.resolve(signature)
+    if checked is None or checked[0] != signer.spki:
+        signer.verify(pb.PAYLOAD_MESSAGE, message.content, signature)
+    else:  # checked by a helper process, with this very key, over these bytes
+        signer.check_form(signature)
+        if not checked[1]:
+            raise signer.does_not_verify()
+    return signer
 
 
 def check_header(header: pb.Header) -> None:

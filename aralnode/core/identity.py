@@ -106,6 +106,12 @@ class PublicKey:
 
     def verify(self, payload_type: str, payload: bytes, signature: pb.Signature) -> None:
         """Raise ``SignatureInvalid`` unless ``signature`` covers (type, payload)."""
+        self.check_form(signature)
+        self.verify_raw(pae(payload_type, payload), signature.value)
+
+    def check_form(self, signature: pb.Signature) -> None:
+        """Raise ``SignatureInvalid`` unless ``signature`` is of this key's algorithm
+        and length (what ``verify`` checks before the cryptography)."""
         if signature.algorithm != self.algorithm:
             raise SignatureInvalid(
                 f"signature algorithm {signature.algorithm!r} does not match the "
@@ -117,7 +123,10 @@ class PublicKey:
                 f"{self.algorithm} signature must be 64 bytes, got {len(value)}",
                 details={"length": len(value)},
             )
-        self.verify_raw(pae(payload_type, payload), value)
+
+    def does_not_verify(self) -> SignatureInvalid:
+        """The error of a signature this key did not make (``verify_raw``'s)."""
+        return SignatureInvalid(f"signature does not verify with key {self.key_id}")
 
     def verify_raw(self, message: bytes, value: bytes) -> None:
         """Raise ``SignatureInvalid`` unless ``value`` (raw ``r || s`` for ES256) is
@@ -135,7 +144,7 @@ class PublicKey:
             else:
                 cast(ed25519.Ed25519PublicKey, self._key).verify(value, message)
         except InvalidSignature:
-            raise SignatureInvalid(f"signature does not verify with key {self.key_id}") from None
+            raise self.does_not_verify() from None
 
 
 class Identity:

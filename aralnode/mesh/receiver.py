@@ -52,7 +52,7 @@ from aralnode.mesh.state import (
     backlog_full,
     message_error,
 )
-from aralnode.mesh.verifier import Verifier, checked_keys
+from aralnode.mesh.verifier import Checked, Verifier, checked
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.refusals import refused
@@ -144,7 +144,7 @@ class Receiver:
 
     # -- verification (thread-safe: no hub state) --
 
-    def _open_one(self, peer: str, message: pb.ARALMessage, verified_key: bytes = b"") -> Opened:
+    def _open_one(self, peer: str, message: pb.ARALMessage, found: Checked = None) -> Opened:
         hub = self.hub
         try:
             if not message.content and not message.HasField("signature"):
@@ -160,7 +160,7 @@ class Receiver:
                 require_signature=not hub.settings.allow_unsigned,
                 max_bytes=hub.max_message_bytes,
                 expected_recipient=hub.node_id,
-                verified_key=verified_key,
+                checked=found,
             )
         except AralError as exc:
             return exc
@@ -171,33 +171,48 @@ class Receiver:
         return [self._open_one(peer, m) for m in messages]
 
     async def _open_helped(self, peer: str, messages: list[pb.ARALMessage]) -> list[Opened]:
-        """Open ``messages``, their signatures checked by the helper processes."""
-        keys = await checked_keys(self._helpers, self.hub.keyring, peer, messages)
-        self.hub.count("channel.helper_checked", len(keys) - keys.count(b""))
-        return [self._open_one(peer, m, k) for m, k in zip(messages, keys, strict=True)]
+        """Open ``messages``, their signatures checked by the helper processes; on
+        the worker threads if the helpers cannot (``aralnode.mesh.verifier``)."""
+        try:
+            found = await checked(self._helpers, self.hub.keyring, peer, messages)
+        except Exception:  # a bug of ours: the batch is still opened, never dropped
+            log.exception("checking signatures from %s in helper processes failed", peer)
+            found = None
+        if found is None:
+            threaded = self._threaded(peer, messages)
+            return await threaded if threaded is not None else self._open_many(peer, messages)
+        self.hub.count("channel.helper_checked", len(found) - found.count(None))
+        return [self._open_one(peer, m, c) for m, c in zip(messages, found, strict=True)]
+
+    def _threaded(
+        self, peer: str, messages: list[pb.ARALMessage]
+    ) -> asyncio.Future[list[Opened]] | None:
+        """``messages`` opened on the worker threads (``None``: there are none)."""
+        if self._executor is None:
+            return None
+        loop = asyncio.get_running_loop()
+        size = -(-len(messages) // self.hub.settings.verify_threads)
+        try:
+            chunks = [
+                loop.run_in_executor(self._executor, self._open_many, peer, messages[i : i + size])
+                for i in range(0, len(messages), size)
+            ]
+        except RuntimeError:  # the worker threads are gone (shutting down)
+            return None
+        return asyncio.ensure_future(_joined(chunks))
 
     def verify(self, pc: PeerChannel, batch: Batch) -> asyncio.Future[list[Opened]]:
         """Start verifying ``batch``; its opened messages, in order, as a future.
-        Large batches go to the worker threads at once, so a link can read and
-        verify the next batches while an earlier one is being applied."""
-        loop = asyncio.get_running_loop()
+        Large batches go to the helper processes (or worker threads) at once, so a
+        link can read and verify the next batches while an earlier one is applied."""
         peer, messages = pc.peer_id, batch.messages
-        if len(messages) >= PARALLEL_VERIFY_MIN and self._helpers.available():
-            return asyncio.ensure_future(self._open_helped(peer, messages))
-        if self._executor is not None and len(messages) >= PARALLEL_VERIFY_MIN:
-            size = -(-len(messages) // self.hub.settings.verify_threads)
-            try:
-                chunks = [
-                    loop.run_in_executor(
-                        self._executor, self._open_many, peer, messages[i : i + size]
-                    )
-                    for i in range(0, len(messages), size)
-                ]
-            except RuntimeError:  # the worker threads are gone (shutting down)
-                pass
-            else:
-                return asyncio.ensure_future(_joined(chunks))
-        inline: asyncio.Future[list[Opened]] = loop.create_future()
+        if len(messages) >= PARALLEL_VERIFY_MIN:
+            if self._helpers.available():
+                return asyncio.ensure_future(self._open_helped(peer, messages))
+            threaded = self._threaded(peer, messages)
+            if threaded is not None:
+                return threaded
+        inline: asyncio.Future[list[Opened]] = asyncio.get_running_loop().create_future()
         inline.set_result(self._open_many(peer, messages))
         return inline
 

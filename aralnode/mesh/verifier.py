@@ -13,11 +13,17 @@ The helpers are ``python -m aralnode.mesh.verify_helper`` (which says what they
 do and their wire), started on first use: a node that never receives a large
 batch starts none. They hold no secret and decide nothing but whether a
 signature holds. The receiver still resolves the key (the key ring) and checks
-the algorithm, and parses and checks every message itself; a signature a helper
-refuses is checked again in-process, so its error is the usual one. A helper
-that fails (it cannot start, exits, answers out of shape) ends the helpers for
-the node's life and what it was given is checked in-process: nothing is lost
+the algorithm and length, and parses and checks every message itself; a
+signature a helper refuses gets the error an in-process check gives. A helper
+that fails (it cannot start, exits, answers out of turn or not within
+``CHECK_SECONDS``) ends the helpers for the node's life, and its work, like a
+request too large for the wire, is checked on worker threads: nothing is lost
 and nothing unchecked gets through.
+
+The helper is started with ``-P`` (the working directory is not on its import
+path, so a package there cannot stand in for it) in a session of its own (a
+terminal's Ctrl-C is for the node, which ends it), and not at all from a frozen
+or embedded interpreter, whose ``sys.executable`` is not a plain Python.
 """
 
 from __future__ import annotations
@@ -34,15 +40,20 @@ from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.core.errors import AralError
 from aralnode.core.identity import KeyRing, pae
-from aralnode.mesh.verify_helper import COUNT, Item, encode
+from aralnode.mesh.verify_helper import COUNT, MAX_REQUEST_BYTES, Item, encode
 
 log = get_logger("aralnode.channel")
-#: How long ``aclose`` waits for a helper to end once its input is closed.
+#: How long ``aclose`` waits for a helper to end once it was told to.
 CLOSE_SECONDS = 2.0
+#: A request answered later than this plus ``CHECK_ITEM_SECONDS`` an item means a
+#: helper that hangs (stopped, starved, wedged): it is ended (see the module doc).
+CHECK_SECONDS = 10.0
+CHECK_ITEM_SECONDS = 0.002
 
 
 class VerifierGone(Exception):
-    """A helper process failed; the work given to it must be checked elsewhere."""
+    """The helpers cannot check this request (one failed, or it is too large); the
+    work must be checked elsewhere."""
 
 
 class _Helper:
@@ -51,6 +62,12 @@ class _Helper:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.waiting: collections.deque[tuple[int, asyncio.Future[bytes]]] = collections.deque()
+        self.closing = False
+        # A process handle that cannot be mistaken for a later process of the same
+        # pid (once this one is reaped); plain ``os.kill`` where there is none.
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(proc.pid)
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -60,62 +77,96 @@ class _Helper:
             while True:
                 (count,) = COUNT.unpack(await stdout.readexactly(COUNT.size))
                 if not self.waiting or self.waiting[0][0] != count:
-                    log.warning("a signature helper answered out of turn: it is stopped")
+                    if not self.closing:
+                        log.warning("a signature helper answered out of turn: it is stopped")
+                        self.signal(signal.SIGKILL)
                     return
                 answer = await stdout.readexactly(count)
                 _, future = self.waiting.popleft()
                 if not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError):
-            if self.waiting:
-                log.warning("a signature helper ended with work outstanding; checking in-process")
+            if self.waiting and not self.closing:
+                log.warning("a signature helper ended with work outstanding")
         finally:
-            self.stop(kill=True)
+            self.stop()
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None and not self.reader.done()
+        return self.proc.returncode is None and not self.reader.done() and not self.closing
 
-    def check(self, items: Sequence[Item]) -> asyncio.Future[bytes]:
+    def check(self, request: bytes, count: int) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         stdin = self.proc.stdin
-        if stdin is None or stdin.is_closing():
+        if stdin is None or stdin.is_closing() or not self.alive:
             future.set_exception(VerifierGone("the signature helper is gone"))
             return future
-        self.waiting.append((len(items), future))
-        stdin.write(encode(items))
+        self.waiting.append((count, future))
+        stdin.write(request)
         return future
 
-    def stop(self, *, kill: bool = False) -> None:
-        """Fail what it still owes and close its input (it ends when it reads that);
-        ``kill``: end it now (it misbehaved). A signal by pid, not ``Process.kill``,
-        which polls the child and would reap it before the event loop's watcher."""
+    async def drain(self) -> None:
+        """Wait while the pipe to the helper is full (its buffer stays bounded)."""
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            with contextlib.suppress(ConnectionError):
+                await stdin.drain()
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            elif self.proc.returncode is None:
+                os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Fail what it still owes; tell it to end (its work is no longer wanted)."""
+        self.closing = True
         while self.waiting:
             _, future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(VerifierGone("the signature helper ended"))
+        if self.proc.returncode is None:
+            self.signal(signal.SIGTERM)
         if self.proc.stdin is not None:
             self.proc.stdin.close()
-        if kill and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
+
+    def release(self) -> None:
+        self.reader.cancel()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 class Verifier:
     """Up to ``processes`` helper processes, started on first use.
 
     ``available()`` is false until they run (its first call starts them), and for
-    good once starting one failed, one died or ``close`` was called: the caller
-    then checks in-process. ``check(items)`` splits ``items`` among the helpers and
-    answers one flag per item (``True``: the signature holds); it raises
-    ``VerifierGone`` if a helper failed meanwhile."""
+    good once starting one failed, one died or hung, or ``close`` was called: the
+    caller then checks in-process. ``check(items)`` splits ``items`` among the
+    helpers and answers one flag per item (``True``: the signature holds); it
+    raises ``VerifierGone`` when they cannot answer it."""
 
-    def __init__(self, processes: int, command: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        processes: int,
+        command: Sequence[str] = (),
+        *,
+        check_seconds: float = CHECK_SECONDS,
+    ) -> None:
         self.processes = processes
-        self.command = tuple(command) or (sys.executable, "-m", "aralnode.mesh.verify_helper")
+        self.command = tuple(command) or (
+            sys.executable, "-P", "-m", "aralnode.mesh.verify_helper",
+        )  # fmt: skip
+        self.check_seconds = check_seconds
         self._helpers: list[_Helper] = []
         self._starting: asyncio.Task[None] | None = None
-        self.broken = processes <= 0
+        self.broken = processes <= 0 or (not command and _not_plain_python())
+
+    @property
+    def pids(self) -> list[int]:
+        """The helpers' process ids (none before they start or after ``aclose``)."""
+        return [helper.proc.pid for helper in self._helpers]
 
     def available(self) -> bool:
         """Whether the helpers run (the first call starts them)."""
@@ -131,45 +182,57 @@ class Verifier:
         return False
 
     async def _start(self) -> None:
-        helpers: list[_Helper] = []
+        started: list[_Helper] = []
         try:
             for _ in range(self.processes):
                 proc = await asyncio.create_subprocess_exec(
-                    *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                    *self.command,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    start_new_session=True,
                 )
-                helpers.append(_Helper(proc))
-        except (OSError, ValueError) as exc:
-            log.warning("no signature helper process (%s): checking in-process", exc)
+                started.append(_Helper(proc))
+        except Exception as exc:  # no helper here (no executable, no child watcher…)
+            log.warning("no signature helper process (%r): checking in-process", exc)
             self.broken = True
-        if self.broken:  # it failed, or the node closed it meanwhile
-            for helper in helpers:
-                helper.stop()
-            self._helpers = helpers  # for aclose to reap
-            return
-        self._helpers = helpers
-
-    @property
-    def pids(self) -> list[int]:
-        """The helpers' process ids (none before they start or after ``aclose``)."""
-        return [helper.proc.pid for helper in self._helpers]
+        finally:  # also when cancelled (closed meanwhile): aclose reaps them
+            self._helpers = started
+            if self.broken:
+                for helper in started:
+                    helper.stop()
 
     async def started(self) -> bool:
         """``available()``, once the helpers it starts are running (or failed)."""
         if not self.available() and self._starting is not None:
-            await asyncio.shield(self._starting)
+            await asyncio.wait({self._starting})
         return self.available()
 
     async def check(self, items: Sequence[Item]) -> list[bool]:
         helpers = self._helpers
+        if not helpers or self.broken:
+            raise VerifierGone("no signature helper runs")
         size = -(-len(items) // len(helpers))
-        parts = [
-            helpers[i].check(items[at : at + size])
-            for i, at in enumerate(range(0, len(items), size))
+        parts = [items[at : at + size] for at in range(0, len(items), size)]
+        requests = [encode(part) for part in parts]
+        if any(len(r) > MAX_REQUEST_BYTES for r in requests):
+            raise VerifierGone("the batch is too large for a signature helper")
+        futures = [
+            helpers[i].check(request, len(part))
+            for i, (request, part) in enumerate(zip(requests, parts, strict=True))
         ]
-        answers = await asyncio.gather(*parts)
+        try:
+            async with asyncio.timeout(self.check_seconds + CHECK_ITEM_SECONDS * len(items)):
+                for helper in helpers[: len(futures)]:
+                    await helper.drain()
+                answers = await asyncio.gather(*futures)
+        except TimeoutError:
+            log.warning("a signature helper did not answer in time: checking in-process")
+            self.close()
+            raise VerifierGone("a signature helper did not answer in time") from None
         return [flag == 1 for answer in answers for flag in answer]
 
     def close(self) -> None:
+        """From now on the node checks in-process; the helpers are told to end."""
         self.broken = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
@@ -180,17 +243,24 @@ class Verifier:
         """``close``, then wait (bounded) for the helpers to end."""
         self.close()
         if self._starting is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
+            await asyncio.wait({self._starting})
         helpers, self._helpers = self._helpers, []
-        for helper in helpers:
-            try:
-                async with asyncio.timeout(CLOSE_SECONDS):
-                    await helper.proc.wait()
-            except TimeoutError:
-                helper.stop(kill=True)
-                await helper.proc.wait()
-            helper.reader.cancel()
+        await asyncio.gather(*(_reap(helper) for helper in helpers))
+
+
+async def _reap(helper: _Helper) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await helper.proc.wait()
+    except TimeoutError:
+        helper.signal(signal.SIGKILL)
+        await helper.proc.wait()
+    helper.release()
+
+
+def _not_plain_python() -> bool:
+    """A frozen or embedded interpreter: ``sys.executable`` is not a Python to run."""
+    return bool(getattr(sys, "frozen", False)) or not sys.executable
 
 
 def signed_item(keyring: KeyRing, peer: str, message: pb.ARALMessage) -> Item | None:
@@ -211,13 +281,17 @@ def signed_item(keyring: KeyRing, peer: str, message: pb.ARALMessage) -> Item | 
     return key.spki, signature.value, pae(pb.PAYLOAD_MESSAGE, message.content)
 
 
-async def checked_keys(
+Checked = tuple[bytes, bool] | None
+
+
+async def checked(
     verifier: Verifier, keyring: KeyRing, peer: str, messages: Sequence[pb.ARALMessage]
-) -> list[bytes]:
-    """For each of ``messages``, the public key (SPKI) a helper found its signature
-    to hold for, or ``b""``: check it in-process (``open_message``'s
-    ``verified_key``)."""
-    keys = [b""] * len(messages)
+) -> list[Checked] | None:
+    """For each of ``messages``, the key (SPKI) a helper checked its signature
+    against and whether it held, or ``None`` (nothing a helper could check:
+    ``open_message`` sees to it); ``None`` for all if the helpers could not
+    answer (the caller checks them itself)."""
+    out: list[Checked] = [None] * len(messages)
     items: list[Item] = []
     at: list[int] = []
     for i, message in enumerate(messages):
@@ -229,8 +303,7 @@ async def checked_keys(
         try:
             held = await verifier.check(items)
         except VerifierGone:
-            return keys
+            return None
         for i, item, ok in zip(at, items, held, strict=True):
-            if ok:
-                keys[i] = item[0]
-    return keys
+            out[i] = (item[0], ok)
+    return out

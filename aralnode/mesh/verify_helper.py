@@ -148,7 +148,8 @@ def main() -> None:
     # serves every door and applies what we checked, should not wait behind them.
     with contextlib.suppress(OSError):
         os.nice(NICE)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    with contextlib.suppress(BrokenPipeError):  # the node went first: nothing to say
+        serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":
