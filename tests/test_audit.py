@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from aralnode import Node
@@ -567,18 +566,3 @@ async def test_a_made_up_capability_id_is_recorded_bounded_and_shown_on_one_line
     assert [row for row in rows if "not_found" in row] == [rows[-1]]
     assert len(rows) == len(list(read_records(data_dir / "audit")))  # a row a record
     assert "\\n    99999" in rows[-1]
-
-
-def test_a_record_packed_when_appended_is_the_canonical_record() -> None:
-    """The log packs a record's fields as it is appended and puts its seq in front
-    when it writes it: the same bytes ``canonical`` makes (what verify hashes)."""
-    stamped = AuditRecord(
-        "grpc", "alice", "alice", "demo.add", "invoke", "", "t" * 32, "ok", "ok",
-        chain=("a", "b"), flags=("f",), rules=("r1", "r2"), params_digest="ab" * 32,
-        duration_ms=1.25, time_ms=1_700_000_000_123,
-    )  # fmt: skip
-    unstamped = stamped._replace(time_ms=0, caller="\ud800")  # a lone surrogate too
-    for seq in (1, 127, 128, 65_536, 2**40):
-        for record in (stamped, unstamped):
-            body = b"\xdc\x00\x12" + msgpack.packb(seq) + audit_store.packed_fields(record, 42)
-            assert body == audit_store.canonical(seq, record, 42)

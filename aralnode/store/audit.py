@@ -81,23 +81,6 @@ class AuditUnavailable(Unavailable):
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True, unicode_errors="surrogatepass").pack
 
 
-# A record is packed when it is appended, while it is fresh in the cache (and kept
-# as bytes, which the collector never walks), without its seq, which the writer
-# puts in front: the array header of its fields (17: always three bytes) becomes
-# the one of [seq, fields...] (18), the same bytes ``canonical`` makes.
-_FIELDS_HEAD = b"\xdc\x00\x11"
-_RECORD_HEAD = b"\xdc\x00\x12"
-
-
-def packed_fields(record: AuditRecord, now_ms: int) -> bytes:
-    """``record``'s fields as ``canonical`` packs them after the seq (``time_ms`` 0
-    becomes ``now_ms``)."""
-    packed: bytes = _pack(record if record[-1] else (*record[:-1], now_ms))
-    if packed[:3] != _FIELDS_HEAD:  # (a record of another shape: never, by its type)
-        raise ValueError("an audit record has 17 fields")
-    return packed[3:]
-
-
 def canonical(seq: int, record: AuditRecord, now_ms: int = 0) -> bytes:
     """The bytes a record is hashed and kept as: the MessagePack array ``[seq,
     field, ...]`` in ``FIELDS`` order (tuples as arrays, strings UTF-8; ``time_ms``
@@ -222,7 +205,7 @@ class AuditLog:
         self.retry_seconds = retry_seconds
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._lock = threading.Lock()  # ``settled`` may be asked from any thread
-        self._pending: list[bytes] = []  # records' packed fields (``packed_fields``)
+        self._pending: list[AuditRecord] = []
         self._tickets = 0  # records appended so far (a caller's ticket: its number)
         self._written = 0  # tickets whose fate is known (committed or refused)
         self._refused: list[tuple[int, int, AuditUnavailable]] = []  # ticket ranges refused
@@ -325,10 +308,6 @@ class AuditLog:
         failed = self.failed
         if failed is not None:
             raise failed
-        try:
-            fields = packed_fields(record, self._wall_ms() if not record[-1] else 0)
-        except (ValueError, TypeError, OverflowError) as exc:  # this call's, not the log's
-            raise AuditUnavailable(f"a record could not be written: {exc!r}") from None
         with self._lock:
             if self._stop or not self._open:
                 raise AuditUnavailable("the audit log is closed")
@@ -337,7 +316,7 @@ class AuditLog:
                     f"the audit log has {len(self._pending)} records waiting to be written, "
                     "its limit (the store is too slow or stuck)"
                 )
-            self._pending.append(fields)
+            self._pending.append(record)
             self._tickets += 1
             ticket = self._tickets
             first = len(self._pending) == 1
@@ -406,24 +385,26 @@ class AuditLog:
             direction="", peer="", trace_id="", decision="", outcome="UNAVAILABLE",
             reason="AUDIT_UNAVAILABLE",
         )  # fmt: skip
-        self._write([packed_fields(outage, self._wall_ms())], 0)
+        self._write([outage], 0)
 
-    def _write(self, batch: list[bytes], first: int) -> None:
-        """Chain, insert and commit ``batch``, the packed fields of the records of
-        tickets ``first``.. (``first`` 0: records with no ticket, the outage probe's)."""
+    def _write(self, batch: list[AuditRecord], first: int) -> None:
+        """Chain, insert and commit ``batch``, the records of tickets ``first``..
+        (``first`` 0: records with no ticket, the outage probe's)."""
         db = self._db
         assert db is not None
         seq, prev = self._seq, self._hash
         bodies: list[bytes] = []
         hashes: list[bytes] = []
+        now = self._wall_ms()
         signed_before = self._signed_seq
-        sha256, pack, every, head = hashlib.sha256, _pack, self.sign_every, _RECORD_HEAD
+        sha256, pack, every = hashlib.sha256, _pack, self.sign_every
         try:
             heads = []  # no more than sign_every records between two heads
             signed = self._signed_seq
-            for fields in batch:  # (canonical and chain_hash, written out: per record)
+            for record in batch:  # (canonical and chain_hash, written out: per record)
                 seq += 1
-                body = b"".join((head, pack(seq), fields))
+                head = (seq,)  # (a tuple's +, as canonical does)
+                body = pack(head + record if record[-1] else head + record[:-1] + (now,))
                 prev = sha256(prev + body).digest()
                 bodies.append(body)
                 hashes.append(prev)
