@@ -18,12 +18,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import cast
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
-    encode_dss_signature,
 )
 
 from aralnode import _proto as pb
@@ -35,8 +34,8 @@ from aralnode.core.errors import (
     UnknownKey,
     UnsupportedKey,
 )
-
-_ECDSA = ec.ECDSA(hashes.SHA256())
+from aralnode.core.raw_signature import ECDSA as _ECDSA
+from aralnode.core.raw_signature import holds
 
 
 class KeyAlgorithm(enum.StrEnum):
@@ -133,18 +132,8 @@ class PublicKey:
         this key's signature over ``message`` itself."""
         if len(value) != 64:
             raise SignatureInvalid(f"{self.algorithm} signature must be 64 bytes")
-        try:
-            # The algorithm, not isinstance: these key classes are ABCs, and an ABC
-            # isinstance check costs about a microsecond on every message.
-            if self.algorithm is KeyAlgorithm.ES256:
-                der = encode_dss_signature(
-                    int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
-                )
-                cast(ec.EllipticCurvePublicKey, self._key).verify(der, message, _ECDSA)
-            else:
-                cast(ed25519.Ed25519PublicKey, self._key).verify(value, message)
-        except InvalidSignature:
-            raise self.does_not_verify() from None
+        if not holds(self._key, value, message, ecdsa=self.algorithm is KeyAlgorithm.ES256):
+            raise self.does_not_verify()
 
 
 class Identity:

@@ -51,41 +51,32 @@ def encode(items: Sequence[Item]) -> bytes:
 
 def checker() -> Callable[[bytes, bytes, bytes], bool]:
     """``check(spki, value, message)``: whether ``value`` is the key's signature
-    over ``message`` (as ``aralnode.core.identity.PublicKey.verify_raw`` checks)."""
-    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see the module doc
-    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric.utils import (  # noqa: PLC0415
-        encode_dss_signature,
-    )
+    over ``message`` (``aralnode.core.raw_signature.holds``, as a node checks it)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: PLC0415 - see the module doc
     from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
         load_der_public_key,
     )
 
-    ecdsa = ec.ECDSA(hashes.SHA256())
-    keys: dict[bytes, Any] = {}
+    from aralnode.core.raw_signature import holds  # noqa: PLC0415
+
+    keys: dict[bytes, tuple[Any, bool] | None] = {}  # SPKI -> (key, P-256?); None: unusable
+
+    def load(spki: bytes) -> tuple[Any, bool] | None:
+        try:
+            key = load_der_public_key(spki)
+        except (ValueError, TypeError):
+            return None
+        if isinstance(key, ec.EllipticCurvePublicKey):  # P-256 only, as a node's keys
+            return (key, True) if isinstance(key.curve, ec.SECP256R1) else None
+        return (key, False) if isinstance(key, ed25519.Ed25519PublicKey) else None
 
     def check(spki: bytes, value: bytes, message: bytes) -> bool:
-        key = keys.get(spki)
-        if key is None:
-            try:
-                key = load_der_public_key(spki)
-            except (ValueError, TypeError):
-                return False
+        if spki not in keys:
             if len(keys) >= MAX_KEYS:
                 keys.clear()
-            keys[spki] = key
-        try:
-            if isinstance(key, ec.EllipticCurvePublicKey) and len(value) == 64:
-                r, s = int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
-                key.verify(encode_dss_signature(r, s), message, ecdsa)
-            elif isinstance(key, ed25519.Ed25519PublicKey):
-                key.verify(value, message)
-            else:
-                return False
-        except InvalidSignature:
-            return False
-        return True
+            keys[spki] = load(spki)
+        loaded = keys[spki]
+        return loaded is not None and holds(loaded[0], value, message, ecdsa=loaded[1])
 
     return check
 
