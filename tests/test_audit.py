@@ -174,6 +174,26 @@ async def test_reopened_log_goes_on_with_the_chain(tmp_path: Path, identity: Ide
     assert report.records == 21
 
 
+async def test_text_with_a_lone_surrogate_is_kept_as_it_came(
+    tmp_path: Path, identity: Identity
+) -> None:
+    # JSON allows "\ud800"; a caller's text holding one is kept byte for byte (the
+    # writer packs valid text with the fast packer, this with surrogatepass), in a
+    # group with ordinary records, and the chain verifies.
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    waiting = durable(log)
+    odd = record(1)._replace(caller="x\ud800y", action="demo.\udfff")
+    tickets = [log.append(r) for r in (record(0), odd, record(2))]
+    await asyncio.gather(*(waiting.durable(t) for t in tickets))
+    log.close()
+    assert verify(tmp_path, identity.public_key).ok
+    rows = [r for _, r in read_records(tmp_path)]
+    assert [r.caller for r in rows] == ["alice", "x\ud800y", "alice"]
+    assert rows[1].action == "demo.\udfff"
+    assert canonical(2, rows[1]) == canonical(2, odd._replace(time_ms=rows[1].time_ms))
+
+
 def _db(tmp_path: Path) -> sqlite3.Connection:
     return sqlite3.connect(audit_files(tmp_path)[0], isolation_level=None)
 

@@ -31,7 +31,7 @@ class Decision(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return _LABELS[self.value]
+        return _LABELS[self]  # (an int: ``self.value`` is a Python-level property)
 
 
 _LABELS = tuple(d.name.lower() for d in Decision)  # read on every call: no str work

@@ -80,14 +80,30 @@ class _Plan:
     values they read together: it is remembered (bounded) by those values, so a
     call whose values were seen before builds one key and looks it up once."""
 
-    __slots__ = ("getters", "memo", "rules")
+    __slots__ = ("getters", "key", "memo", "rules")
 
     def __init__(self, rules: tuple[_Rule, ...]) -> None:
         self.rules = rules
         scalar = bool(rules) and all(r.memo is not None or r.run is None for r in rules)
         names = sorted({n for r in rules for n in r.names})
         self.getters = tuple(_GETTERS[n] for n in names) if scalar else ()
+        self.key = _key_of(self.getters)
         self.memo: dict[tuple[Any, ...], tuple[_Rule, ...]] | None = {} if scalar else None
+
+
+def _key_of(getters: tuple[_Getter, ...]) -> _Getter:
+    """The memo key of a call: its values of ``getters``, as a tuple (written out for
+    one to three of them: a list comprehension is a frame of its own, every call)."""
+    if len(getters) == 1:
+        (g0,) = getters
+        return lambda e, a, t: (g0(e, a, t),)
+    if len(getters) == 2:
+        g0, g1 = getters
+        return lambda e, a, t: (g0(e, a, t), g1(e, a, t))
+    if len(getters) == 3:
+        g0, g1, g2 = getters
+        return lambda e, a, t: (g0(e, a, t), g1(e, a, t), g2(e, a, t))
+    return lambda e, a, t: tuple([g(e, a, t) for g in getters])
 
 
 class _Found:
@@ -137,7 +153,8 @@ class PolicyEvaluator:
         self._cel = new_context()  # reused: one evaluation at a time, on the loop
         self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
         collusion = policy.collusion
-        self._colluding = bool(collusion.rapid_exchange or collusion.data_aggregation)
+        self._rapid = collusion.rapid_exchange or None
+        self._aggregating = bool(collusion.data_aggregation)
 
     # -- what a call is --------------------------------------------------------------
 
@@ -216,8 +233,16 @@ class PolicyEvaluator:
         found: _Found | None = None
         if action.direction is Direction.INVOKE:
             found = self._acl(action, tier)
-        if self._colluding:
-            found = self._collusion(action, found)
+        rapid = self._rapid
+        if (  # (counted here, written out: every message; a pair past it is rare)
+            rapid is not None
+            and action.peer
+            and action.direction in _EXCHANGED
+            and self.memory.exchange.add(action.peer) >= rapid.count
+        ):
+            found = self._rapid_exchange(action, found)
+        if self._aggregating and action.direction is Direction.INVOKE:
+            found = self._aggregation(action, found)
         if action.chain and policy.collusion.circular_depth is not None:
             found = self._circular(action, found)
         if self._uses_rate:
@@ -227,7 +252,7 @@ class PolicyEvaluator:
             if joint is None:
                 fired = self._fired(plan.rules, action, tier)
             else:
-                key = tuple([get(self, action, tier) for get in plan.getters])
+                key = plan.key(self, action, tier)
                 known = joint.get(key)
                 if known is None:
                     known = self._fired(plan.rules, action, tier)
@@ -310,28 +335,24 @@ class PolicyEvaluator:
             )  # fmt: skip
         return found
 
-    def _collusion(self, action: Action, found: _Found | None) -> _Found | None:
-        collusion, memory = self.policy.collusion, self.memory
-        rapid = collusion.rapid_exchange
-        direction = action.direction
-        if rapid and action.peer and direction in _EXCHANGED:
-            count = memory.exchange.add(action.peer)
-            if count >= rapid.count:
-                weight = self.policy.trust_debt.flag_weight
-                found = found or _Found()
-                found.add(
-                    "collusion.rapid_exchange", rapid.decision,
-                    f"{rapid.count} or more messages with {action.peer} within "
-                    f"{rapid.window_seconds:g} s",
-                    weight if rapid.flag else 0.0,
-                )  # fmt: skip
-        aggregation = collusion.data_aggregation
-        if (
-            aggregation
-            and direction is Direction.INVOKE
-            and self.category_of(action) in aggregation.categories
-        ):
-            seen = memory.aggregation.add(action.capability, action.principal)
+    def _rapid_exchange(self, action: Action, found: _Found | None) -> _Found:
+        """A pair past the rapid-exchange count (``evaluate`` counted the message)."""
+        rapid = self.policy.collusion.rapid_exchange
+        assert rapid is not None
+        weight = self.policy.trust_debt.flag_weight
+        found = found or _Found()
+        found.add(
+            "collusion.rapid_exchange", rapid.decision,
+            f"{rapid.count} or more messages with {action.peer} within "
+            f"{rapid.window_seconds:g} s",
+            weight if rapid.flag else 0.0,
+        )  # fmt: skip
+        return found
+
+    def _aggregation(self, action: Action, found: _Found | None) -> _Found | None:
+        aggregation = self.policy.collusion.data_aggregation
+        if aggregation and self.category_of(action) in aggregation.categories:
+            seen = self.memory.aggregation.add(action.capability, action.principal)
             if seen >= aggregation.count:
                 weight = self.policy.trust_debt.flag_weight
                 found = found or _Found()

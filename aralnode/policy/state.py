@@ -55,9 +55,11 @@ class TrustLedger:
         self._debts: Lru[str, tuple[float, float]] = Lru(max_principals)
 
     def debt(self, principal: str) -> float:
-        entry = self._debts.get(principal)
+        items = self._debts._items  # (Lru.get written out: rules read it every call)
+        entry = items.get(principal)
         if entry is None:
             return 0.0
+        items.move_to_end(principal)
         value, since = entry
         return value * math.pow(0.5, (self.now() - since) / self.half_life)
 

@@ -22,12 +22,11 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from time import time_ns
 from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from aralnode._logs import get_logger
-from aralnode.core.audit import AuditRecord, Point
+from aralnode.core.audit import AuditRecord
 from aralnode.core.context import CallContext
 from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
@@ -47,6 +46,7 @@ from aralnode.core.governance import (
     enforce,
 )
 from aralnode.service.approvals import ApprovalQueue
+from aralnode.service.auditing import Audit, AuditLog, AuditSink
 from aralnode.service.auth import (
     AGENT_INVOKE,
     ALL_SCOPES,
@@ -58,6 +58,8 @@ from aralnode.service.auth import (
     ScopeResolver,
 )
 from aralnode.service.halts import Halts
+
+_new_tuple = tuple.__new__
 
 log = get_logger("aralnode.pipeline")
 
@@ -422,118 +424,6 @@ class PostCheck:
                     reason="POST_CHECK_FAILED",
                 ) from exc
         return result
-
-
-class AuditSink(Protocol):
-    """Where audit records go. ``write`` raises if the record could not be kept."""
-
-    def write(self, record: AuditRecord) -> None: ...
-
-
-class AuditLog(Protocol):
-    """A log that groups writes (``aralnode.store.audit.AuditLog``): ``append``
-    queues a record (raising if the log cannot keep it), ``durable`` returns once
-    it is committed; ``failed`` is the error every call gets while it cannot keep
-    records (``None`` when it can)."""
-
-    @property
-    def failed(self) -> AralError | None: ...
-
-    def append(self, record: AuditRecord) -> int: ...
-
-    async def durable(self, ticket: int) -> None: ...
-
-
-#: The longest action a record keeps as it came: a made-up capability id (refused
-#: as not found) is cut here, so a 4 MB id is not 4 MB of audit log.
-MAX_ACTION_CHARS = 256
-
-
-class Audit:
-    """Hands each call's outcome to the audit log and sinks. A call whose record
-    cannot be kept does not succeed: its caller gets the log's error
-    (``AUDIT_UNAVAILABLE``) or INTERNAL (``AUDIT_FAILED``, a sink) instead of its
-    result -- no answer without a record. With a log, the pipeline waits for the
-    record to be committed (``durable``) before the result leaves."""
-
-    __slots__ = ("counters", "log", "sinks")
-
-    def __init__(
-        self, sinks: Sequence[AuditSink], counters: Counter[str], log: AuditLog | None = None
-    ) -> None:
-        self.sinks = list(sinks)
-        self.counters = counters
-        self.log = log
-
-    @property
-    def active(self) -> bool:
-        return self.log is not None or bool(self.sinks)
-
-    def __call__(  # noqa: PLR0917 - the pipeline's hot path: positional
-        self,
-        ctx: CallContext,
-        action_id: str,
-        direction: str,
-        peer: str,
-        error: AralError | None,
-        point: str = Point.POST,
-        now: float = 0.0,
-    ) -> int:
-        """Record the outcome; the log's ticket (0 without a log)."""
-        if len(action_id) > MAX_ACTION_CHARS:  # a caller's made-up id: kept, bounded
-            action_id = f"{action_id[:MAX_ACTION_CHARS]}…(+{len(action_id) - MAX_ACTION_CHARS})"
-        # Positional, in field order: by keyword costs twice as much, every message.
-        record = AuditRecord(
-            ctx.door,
-            ctx.caller,
-            ctx.principal,
-            action_id,
-            direction,
-            peer,
-            ctx.trace_id,
-            ctx.decision,
-            "ok" if error is None else error.code,
-            "" if error is None else error.reason,
-            ctx.chain,
-            point,
-            tuple(ctx.flags),
-            ctx.rules,
-            ctx.params_digest,
-            round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
-            time_ns() // 1_000_000,  # the outcome's wall-clock time (the log's, then)
-        )
-        return self.record(record, ctx.trace_id)
-
-    def record(self, record: AuditRecord, trace_id: str = "") -> int:
-        """Hand a record made elsewhere (a connection, a disconnection) to the log
-        and sinks; the log's ticket (0 without a log).
-
-        Raises:
-            AralError: the log or a sink could not keep it.
-        """
-        ticket = 0
-        if self.log is not None:
-            try:
-                ticket = self.log.append(record)
-            except AralError:
-                self.counters["audit.refused"] += 1
-                raise
-        for sink in self.sinks:
-            try:
-                sink.write(record)
-            except Exception as exc:
-                self.counters["audit.failed"] += 1
-                log.exception("audit write failed (trace %s)", trace_id)
-                raise InternalError(
-                    "the call could not be recorded in the audit log", reason="AUDIT_FAILED"
-                ) from exc
-        return ticket
-
-    async def durable(self, ticket: int) -> None:
-        """Wait until record ``ticket`` is committed (raises the log's error if its
-        group could not be)."""
-        if ticket and self.log is not None:
-            await self.log.durable(ticket)
 
 
 @dataclass(slots=True)
