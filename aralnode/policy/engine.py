@@ -339,29 +339,30 @@ class PolicyEvaluator:
         """A pair past the rapid-exchange count (``evaluate`` counted the message)."""
         rapid = self.policy.collusion.rapid_exchange
         assert rapid is not None
-        weight = self.policy.trust_debt.flag_weight
-        found = found or _Found()
-        found.add(
-            "collusion.rapid_exchange", rapid.decision,
+        return self._tripped(
+            found, "collusion.rapid_exchange", rapid.decision, rapid.flag,
             f"{rapid.count} or more messages with {action.peer} within "
             f"{rapid.window_seconds:g} s",
-            weight if rapid.flag else 0.0,
         )  # fmt: skip
-        return found
 
     def _aggregation(self, action: Action, found: _Found | None) -> _Found | None:
         aggregation = self.policy.collusion.data_aggregation
         if aggregation and self.category_of(action) in aggregation.categories:
             seen = self.memory.aggregation.add(action.capability, action.principal)
             if seen >= aggregation.count:
-                weight = self.policy.trust_debt.flag_weight
-                found = found or _Found()
-                found.add(
-                    "collusion.data_aggregation", aggregation.decision,
+                found = self._tripped(
+                    found, "collusion.data_aggregation", aggregation.decision, aggregation.flag,
                     f"{seen} principals asked for {action.capability} within "
                     f"{aggregation.window_seconds:g} s",
-                    weight if aggregation.flag else 0.0,
                 )  # fmt: skip
+        return found
+
+    def _tripped(
+        self, found: _Found | None, rule_id: str, decision: Decision, flag: bool, reason: str
+    ) -> _Found:
+        """``found`` (or a new one) with a collusion tripwire's match added."""
+        found = found or _Found()
+        found.add(rule_id, decision, reason, self.policy.trust_debt.flag_weight if flag else 0.0)
         return found
 
     def _circular(self, action: Action, found: _Found | None) -> _Found | None:
