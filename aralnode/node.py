@@ -49,8 +49,8 @@ from aralnode.core.capabilities import (
     method_capabilities,
 )
 from aralnode.core.clock import SYSTEM_CLOCK, Clock
-from aralnode.core.context import CallContext
-from aralnode.core.envelope import SUPPORTED_VERSIONS
+from aralnode.core.context import CallContext, new_trace_id
+from aralnode.core.envelope import SUPPORTED_VERSIONS, new_message_id
 from aralnode.core.errors import MessageTooLarge, Unavailable
 from aralnode.core.governance import Direction, Evaluator
 from aralnode.core.handshake import SOFTWARE, build_card, check_card
@@ -184,11 +184,7 @@ class Node:
 
     @property
     def parts(self) -> NodeParts:
-        """What the node runs (once started).
-
-        Raises:
-            Unavailable: ``NOT_STARTED``.
-        """
+        """What the node runs (once started; before, ``Unavailable``: ``NOT_STARTED``)."""
         if self._parts is None:
             raise Unavailable("the node is not running", reason="NOT_STARTED")
         return self._parts
@@ -220,11 +216,9 @@ class Node:
         return join_host_port(self.advertised_hosts()[0], self.grpc_port)
 
     def advertised_hosts(self) -> list[str]:
-        """Hosts peers can reach this node at (``discovery.advertised_hosts``).
-
-        On a wildcard bind this enumerates the interfaces, so it is read once per
-        card: again only when the card is rebuilt (capabilities changed).
-        """
+        """Hosts peers can reach this node at (``discovery.advertised_hosts``). On a
+        wildcard bind this enumerates the interfaces, so it is read once per card:
+        again only when the card is rebuilt (capabilities changed)."""
         if self._hosts is None:
             self._hosts = advertised_hosts(self.config.bind_host, self.config.interfaces)
         return self._hosts
@@ -477,6 +471,7 @@ class Node:
         """
         if peer.startswith(("http://", "https://")):
             return await request_a2a(self, peer, capability, params, timeout=timeout)
+        trace_id = trace_id or new_trace_id()  # carried: both ends' records name it
         ctx = self.contexts.local(trace_id=trace_id)
         params = self.pipeline.judge_message(
             ctx, capability, params, direction=Direction.SEND, peer=peer
@@ -502,9 +497,12 @@ class Node:
         (``Direction.SEND``); returns its message id once queued (delivered at least
         once, in order; acked messages are never lost)."""
         hub = self.parts.hub
-        ctx = self.contexts.local(trace_id="")
+        message_id = new_message_id()  # its trace: the records at both ends name it
+        ctx = self.contexts.local(trace_id=message_id)
         data = self.pipeline.judge_message(ctx, event, data, direction=Direction.SEND, peer=peer)
-        return await hub.send_notification(peer, event, data, content_type=content_type)
+        return await hub.send_notification(
+            peer, event, data, content_type=content_type, message_id=message_id
+        )
 
     async def broadcast(self, event: str, data: Any = None) -> dict[str, str]:
         """Notify every peer with a live channel; message id by peer (empty: it

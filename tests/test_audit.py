@@ -37,6 +37,7 @@ from aralnode.store.audit import (
 )
 from aralnode.store.audit_rows import insert_group, split
 from aralnode.store.audit_verify import verify
+from aralnode.testing import node_pair
 from tests.test_parity import DELETE, open_doors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -586,3 +587,34 @@ async def test_a_made_up_capability_id_is_recorded_bounded_and_shown_on_one_line
     assert [row for row in rows if "not_found" in row] == [rows[-1]]
     assert len(rows) == len(list(read_records(data_dir / "audit")))  # a row a record
     assert "\\n    99999" in rows[-1]
+
+
+async def test_both_ends_records_of_a_message_name_the_same_trace() -> None:
+    # A notification's id is its trace, and a request without one gets a trace of
+    # its own: the sender's record (made as the message is judged, before it is
+    # built) and the receiver's name the same one, so an auditor can match them.
+    def setup(b: Node) -> None:
+        @b.capability(id="demo.echo")
+        async def echo(x: int) -> int:
+            return x
+
+    async with node_pair(setup, audit=True) as (a, b):
+        assert a.channels is not None
+        assert await a.channels.wait_connected(b.node_id, 20)
+        message_id = await a.notify(b.node_id, "demo.event", {"x": 1})
+        assert await a.request(b.node_id, "demo.echo", {"x": 2}) == 2
+        assert await a.channels.flush(b.node_id, 20)
+
+        def records(node: Node, action: str) -> list[AuditRecord]:
+            audit_dir = node.config.resolved_data_dir / "audit"
+            return [r for _, r in read_records(audit_dir) if r.action == action]
+
+        (sent,) = records(a, "demo.event")
+        (received,) = records(b, "demo.event")
+        assert (sent.direction, received.direction) == ("send", "receive")
+        assert sent.trace_id == received.trace_id == message_id
+        (asked,) = records(a, "demo.echo")
+        (served,) = records(b, "demo.echo")
+        assert (asked.direction, served.direction) == ("send", "invoke")
+        assert asked.trace_id
+        assert asked.trace_id == served.trace_id

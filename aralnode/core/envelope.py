@@ -55,6 +55,12 @@ _DRAWS_PER_CALL = 128
 _draws: collections.deque[bytes] = collections.deque()
 
 
+def new_message_id() -> str:
+    """A fresh message id (128 random bits from the OS's generator, hex), for a
+    sender that must know it before the message is built (its audit record)."""
+    return _random_draw()[:16].hex()
+
+
 def _random_draw() -> bytes:
     """32 bytes from the OS's generator, taken from a pool refilled 4 KiB at a time.
 

@@ -45,11 +45,7 @@ from typing import Any, TypeVar, cast
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.core import codec
-from aralnode.core.channel import (
-    Batch,
-    ChannelSession,
-    Inbound,
-)
+from aralnode.core.channel import Batch, ChannelSession, Inbound
 from aralnode.core.clock import Clock
 from aralnode.core.envelope import build_content, encode_payload, error_body, remote_error, seal
 from aralnode.core.errors import (
@@ -322,12 +318,14 @@ class ChannelHub:
         ttl_ms: int = 0,
         on_behalf_of: str = "",
         delegation: pb.Delegation | None = None,
+        message_id: str | None = None,
     ) -> tuple[str, int]:
         content = build_content(
             sender=self.node_id,
             recipient=pc.peer_id,
             body=body,
             clock=self.clock,
+            message_id=message_id,
             trace_id=trace_id,
             content_type=content_type,
             compression=compression,
@@ -438,10 +436,12 @@ class ChannelHub:
         *,
         content_type: str = codec.JSON,
         trace_id: str = "",
+        message_id: str | None = None,
     ) -> str:
-        """Queue a notification for ``peer``; return its message id once it is in
-        the outbox (committed, with ``durable``). Waits while the outbox is full.
-        Sent as given: the node's pipeline judged it before (``Node.notify``).
+        """Queue a notification for ``peer``; return its message id (``message_id``,
+        or a fresh one) once it is in the outbox (committed, with ``durable``).
+        Waits while the outbox is full. Sent as given: the node's pipeline judged it
+        before (``Node.notify``, which names the id its audit record carries).
 
         Raises:
             PeerNotFound: ``peer`` is not a verified peer.
@@ -462,8 +462,9 @@ class ChannelHub:
         body = pb.Body(type=NOTIFICATION, action=event, parameters=payload)
         with client_span(self.tracer, event, peer, request=False):
             message_id, _ = self._enqueue(
-                pc, body, content_type=content_type, compression=compression, trace_id=trace_id
-            )
+                pc, body, content_type=content_type, compression=compression,
+                trace_id=trace_id, message_id=message_id,
+            )  # fmt: skip
         return message_id
 
     def subscribe(
