@@ -217,7 +217,9 @@ class AuditLog:
         self.rotate_bytes = rotate_bytes
         self.retry_seconds = retry_seconds
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
-        self._lock = threading.Lock()  # ``settled`` may be asked from any thread
+        # ``settled`` may be asked from any thread; ``append``, ``flush`` and
+        # ``close`` are the owner's (the event loop's), never called concurrently.
+        self._lock = threading.Lock()
         self._pending: list[AuditRecord] = []
         self._tickets = 0  # records appended so far (a caller's ticket: its number)
         self._written = 0  # tickets whose fate is known (committed or refused)
@@ -312,7 +314,8 @@ class AuditLog:
     # -- the event loop's side --------------------------------------------------------
 
     def append(self, record: AuditRecord) -> int:
-        """Queue ``record``; the ticket ``durable`` waits for.
+        """Queue ``record``; the ticket ``durable`` waits for. On the owner's thread,
+        as ``flush`` and ``close`` are (the event loop: no lock, once a record).
 
         Raises:
             AuditUnavailable: the log is failed, closed or has ``max_pending`` records
@@ -321,19 +324,17 @@ class AuditLog:
         failed = self.failed
         if failed is not None:
             raise failed
-        with self._lock:
-            if self._stop or not self._open:
-                raise AuditUnavailable("the audit log is closed")
-            if len(self._pending) >= self.max_pending:
-                raise AuditUnavailable(
-                    f"the audit log has {len(self._pending)} records waiting to be written, "
-                    "its limit (the store is too slow or stuck)"
-                )
-            self._pending.append(record)
-            self._tickets += 1
-            ticket = self._tickets
-            first = len(self._pending) == 1
-        if first and self.on_pending is not None:
+        if self._stop or not self._open:
+            raise AuditUnavailable("the audit log is closed")
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            raise AuditUnavailable(
+                f"the audit log has {len(pending)} records waiting to be written, "
+                "its limit (the store is too slow or stuck)"
+            )
+        pending.append(record)
+        self._tickets = ticket = self._tickets + 1
+        if len(pending) == 1 and self.on_pending is not None:
             self.on_pending()  # the owner schedules one flush for the group
         return ticket
 
