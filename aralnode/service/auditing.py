@@ -243,15 +243,7 @@ class Audit:
             round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
             time_ns() // 1_000_000,  # the outcome's wall-clock time (the log's, then)
         ))  # fmt: skip
-        if self.sinks:
-            return self.record(record, ctx.trace_id)
-        if (audit_log := self.log) is None:
-            return 0
-        try:  # (``record``, written out for the common case: a log, no sinks)
-            return audit_log.append(record)
-        except AralError:
-            self.counters["audit.refused"] += 1
-            raise
+        return self.record(record, ctx.trace_id)
 
     def record(self, record: AuditRecord, trace_id: str = "") -> int:
         """Hand a record made elsewhere (a connection, a disconnection) to the log

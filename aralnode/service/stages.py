@@ -59,8 +59,6 @@ from aralnode.service.auth import (
 )
 from aralnode.service.halts import Halts
 
-_new_tuple = tuple.__new__
-
 log = get_logger("aralnode.pipeline")
 
 VerdictListener = Callable[[CallContext | None, Action, Verdict], None]

@@ -411,18 +411,14 @@ class AuditLog:
         hashes: list[bytes] = []
         now = self._wall_ms()
         signed_before = self._signed_seq
-        sha256, pack, every = hashlib.sha256, _pack_utf8, self.sign_every
+        sha256, pack, every = hashlib.sha256, _pack, self.sign_every
         try:
             heads = []  # no more than sign_every records between two heads
             signed = self._signed_seq
             for record in batch:  # (canonical and chain_hash, written out: per record)
                 seq += 1
                 head = (seq,)  # (a tuple's +, as canonical does)
-                row = head + record if record[-1] else head + record[:-1] + (now,)
-                try:
-                    body = pack(row)
-                except UnicodeEncodeError:  # a lone surrogate (see ``_pack``)
-                    body = _pack_surrogates(row)
+                body = pack(head + record if record[-1] else head + record[:-1] + (now,))
                 prev = sha256(prev + body).digest()
                 bodies.append(body)
                 hashes.append(prev)
