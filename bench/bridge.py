@@ -46,7 +46,7 @@ from bench.governance import hundred_rules
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 1.0  # seconds per closed-loop round
 ROUNDS = 7
-OPEN_ROUNDS = 5
+OPEN_ROUNDS = 7
 IN_FLIGHT = 8
 RATE = 1000  # requests/s of the open-loop latency run
 RATE_SECONDS = 2.0
@@ -357,16 +357,19 @@ async def _measure(report: Report) -> None:
                 ("mcp_governed", "mcp_node"),
             )
         }
+        # The governed node runs next to the ungoverned one (its pair), before it every
+        # other round: what one run leaves the machine in falls on both sides alike.
         opens: dict[str, list[tuple[float, list[float]]]] = {
-            "mcp_node": [], "mcp_sdk": [], "mcp_governed": [],
+            "mcp_node": [], "mcp_governed": [], "mcp_sdk": [],
         }  # fmt: skip
         for round_no in range(OPEN_ROUNDS):
             print(
                 f"  open loop {round_no + 1}/{OPEN_ROUNDS}: {RATE}/s, {RATE_SECONDS} s per server",
                 flush=True,
             )
-            for name, samples in opens.items():
-                samples.append(await _open_loop(callers[name], RATE, RATE_SECONDS))
+            order = list(opens) if round_no % 2 == 0 else list(opens)[::-1]
+            for name in order:
+                opens[name].append(await _open_loop(callers[name], RATE, RATE_SECONDS))
         open_results = {
             name: sorted(samples, key=lambda r: percentile(r[1], 99))[len(samples) // 2]
             for name, samples in opens.items()

@@ -57,6 +57,10 @@ LATENCY_RATE = 1000
 LATENCY_SECONDS = 3.0
 BARE_SECONDS = 2.0
 ROUNDS = 5  # paired runs: the machine is shared, and a round varies by a tenth
+# More rounds of the three signed paths alone (no latency phases): their ratios
+# (issues 16 and 19) are medians of ROUNDS + PAIRED_ROUNDS pairs. On the bench's
+# two shared cores one pair's ratio ranged 0.82 to 1.21 in an hour, same code.
+PAIRED_ROUNDS = 6
 BARE_ACK_EVERY = DEFAULT_WINDOW // 4  # as often as the channel acks
 OBSERVED = "observed"  # issue 19: metrics and tracing on, both ends
 
@@ -489,34 +493,43 @@ def _paired(runs: list[dict[str, Any]], signed: list[dict[str, Any]]) -> float:
     )
 
 
+def _signed_paths(tmp: str, r: int, policy: str, *, latency: bool) -> dict[str, dict[str, Any]]:
+    """Round ``r`` of the three signed paths: off, issue 16's policy and audit log,
+    issue 19's metrics and tracing (each on both ends). Every other round runs them
+    in the reverse order, so that whatever a run does to the next one (a machine
+    slower after seconds of load, or faster) falls on each path alike."""
+    modes = (("signed", ""), ("audited", policy), ("observed", OBSERVED))
+    out: dict[str, dict[str, Any]] = {}
+    for kind, mode in modes if r % 2 == 0 else modes[::-1]:
+        out[kind] = _channel_run(
+            os.path.join(tmp, f"{kind[0]}{r}"),
+            signing=True,
+            n=SIGNED_N,
+            latency=latency and kind == "signed",
+            governed=mode,
+        )
+    return out
+
+
 def run(report: Report) -> None:
-    """Measure and add the figures (bounded: about six minutes)."""
-    # Rounds alternate the three paths, so drift on a shared machine lands on all of
-    # them; each figure is the median round (its range goes in the table).
-    runs: dict[str, list[dict[str, Any]]] = {
-        "signed": [], "unsigned": [], "bare": [], "audited": [], "observed": [],
-    }  # fmt: skip
+    """Measure and add the figures (bounded: about seven minutes)."""
+    # Rounds alternate the paths, so drift on a shared machine lands on all of them;
+    # each figure is the median round (its range goes in the table).
+    runs: dict[str, list[dict[str, Any]]] = {"signed": [], "unsigned": [], "bare": []}
+    paired: dict[str, list[dict[str, Any]]] = {"signed": [], "audited": [], "observed": []}
     size = 0
     with tempfile.TemporaryDirectory(prefix="aral-bench-") as tmp:
         # Issue 16: the 100-rule policy of bench/governance.py and the audit log on
         # both nodes (every message judged and recorded on both sides).
         policy = str(hundred_rules(Path(tmp) / "policy.toml"))
-        for r in range(ROUNDS):
-            print(f"  round {r + 1}/{ROUNDS}", flush=True)
-            runs["signed"].append(
-                _channel_run(os.path.join(tmp, f"s{r}"), signing=True, n=SIGNED_N, latency=True)
-            )
-            # Issue 16 (policy + audit) and issue 19 (metrics + tracing), both ends.
-            for kind, mode in (("audited", policy), ("observed", OBSERVED)):
-                runs[kind].append(
-                    _channel_run(
-                        os.path.join(tmp, f"{kind[0]}{r}"),
-                        signing=True,
-                        n=SIGNED_N,
-                        latency=False,
-                        governed=mode,
-                    )
-                )
+        for r in range(ROUNDS + PAIRED_ROUNDS):
+            print(f"  round {r + 1}/{ROUNDS + PAIRED_ROUNDS}", flush=True)
+            signed_paths = _signed_paths(tmp, r, policy, latency=r < ROUNDS)
+            for kind, result in signed_paths.items():
+                paired[kind].append(result)
+            if r >= ROUNDS:
+                continue  # the signed paths alone: more pairs for their ratios
+            runs["signed"].append(signed_paths["signed"])  # with its latency phases
             runs["unsigned"].append(
                 _channel_run(os.path.join(tmp, f"u{r}"), signing=False, n=UNSIGNED_N, latency=False)
             )
@@ -525,7 +538,7 @@ def run(report: Report) -> None:
             # message per stream message, acked cumulatively like the channel -- a
             # stream written by hand, with no batching and no per-message work.
             runs["bare"].append(_bare_run(1, size, latency=True))
-    rates = {k: sorted(v["n"] / v["elapsed"] for v in rs) for k, rs in runs.items()}
+    rates = {k: sorted(v["n"] / v["elapsed"] for v in rs) for k, rs in (runs | paired).items()}
     s_rate, u_rate, bare_rate = (median(rates[k]) for k in ("signed", "unsigned", "bare"))
     signed, unsigned = runs["signed"][0], runs["unsigned"][0]
     signed_batch = median([r["batch"] for r in runs["signed"]])
@@ -538,7 +551,7 @@ def run(report: Report) -> None:
     report.add("channel.signed_msgs_per_s", s_rate, "msgs/s", baseline=bare_rate)
     a_rate = median(rates["audited"])
     audited_ratio, observed_ratio = (
-        _paired(runs[k], runs["signed"]) for k in ("audited", "observed")
+        _paired(paired[k], paired["signed"]) for k in ("audited", "observed")
     )
     report.add("channel.signed_audited_msgs_per_s", a_rate, "msgs/s", baseline=s_rate)
     report.add("channel.audited_vs_off.ratio", audited_ratio, "ratio")
@@ -585,7 +598,9 @@ def run(report: Report) -> None:
             f"sender {send_cpu:.0f} µs (each signs once and verifies once).",
         ]
     notes = [
-        f"Median of {ROUNDS} alternating rounds (range in brackets).",
+        f"Median of {ROUNDS} alternating rounds (range in brackets); the three signed "
+        f"paths: of {ROUNDS + PAIRED_ROUNDS} rounds, their order reversed every other round, "
+        "each ratio the median of its rounds' ratios.",
         "",
         "| path | msgs/s | vs bare | notes |",
         "|---|---|---|---|",
