@@ -139,11 +139,12 @@ def message(
     *,
     seq: int,
     epoch: str = EPOCH,
+    parameters: bytes | None = None,
 ) -> pb.ARALMessage:
     body = pb.Body(
         type=pb.MessageType.MESSAGE_TYPE_NOTIFICATION,
         action=event,
-        parameters=codec.encode({"x": 1}),
+        parameters=codec.encode({"x": 1}) if parameters is None else parameters,
     )
     content = build_content(
         sender=me.node_id,
@@ -338,6 +339,29 @@ async def test_bad_messages_get_per_message_errors(node: Node, make_node: MakeNo
     finally:
         await s.aclose()
     await still_serves(node, make_node)
+
+
+async def test_a_message_with_a_member_twice_is_refused_as_the_doors_refuse_it(
+    node: Node,
+) -> None:
+    """A signed notification whose JSON has a member twice: the parser would keep the
+    last, silently; refused as REST, MCP, A2A and the WebSocket refuse such a body,
+    and audited; the next message is delivered."""
+    me, s = await opened(node)
+    seen = recorded(node)
+    try:
+        sub = node.subscribe()
+        twice = message(me, node, "twice", seq=1, parameters=b'{"x":1,"y":{"z":1,"z":2}}')
+        after = message(me, node, "after", seq=2, parameters=b'{"url":"http://x/\\":y"}')
+        await s.send_sealed(encode_batch(1, [twice.SerializeToString(), after.SerializeToString()]))
+        (err,) = (await s.next_of("errors")).errors.errors
+        assert (err.seq, reason_of(err)) == (1, "DUPLICATE_PARAMETER")
+        delivered = await anext(sub)
+        assert (delivered.event, delivered.data) == ("after", {"url": 'http://x/":y'})
+        refused = [(r.door, r.point, r.reason) for r in seen if r.reason]
+        assert refused == [("channel", "pre", "DUPLICATE_PARAMETER")], refused
+    finally:
+        await s.aclose()
 
 
 def good_id(msg: pb.ARALMessage) -> str:

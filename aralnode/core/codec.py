@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import zlib
 from typing import Any
 
@@ -68,20 +69,32 @@ def encode(value: Any, content_type: str = JSON) -> bytes:
 
 
 def decode(data: bytes, content_type: str = JSON) -> Any:
-    """Decode bytes made by :func:`encode`; empty bytes decode to ``None``."""
+    """Decode bytes made by :func:`encode`; empty bytes decode to ``None``.
+
+    Raises:
+        MalformedMessage: not valid for ``content_type`` (NaN and infinities included).
+        InvalidParameters: a JSON object or MessagePack map with a member twice
+            (``DUPLICATE_PARAMETER``, as the doors refuse a body with one).
+    """
     if not data:
         return None
     try:
         if not content_type or content_type == JSON:
             value = _from_json(data, allow_inf_nan=False)
-            _check_numbers(value, exact_ints=False)  # 1e400 parses as inf even so
+            # (_members_of refuses an infinity: 1e400 parses as one even so)
+            if _members_of(value) != data.count(b'":') or _spaced_member(data):
+                _json_members_once(data)
             return value
         if content_type == MSGPACK:
-            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            return msgpack.unpackb(
+                data, raw=False, strict_map_key=False, object_pairs_hook=_members_once
+            )
         if content_type == PROTOBUF:
             msg = struct_pb2.Value()
             msg.ParseFromString(data)
             return from_value(msg, allow_inf_nan=False)  # as JSON payloads
+    except InvalidParameters:  # a member twice
+        raise
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise MalformedMessage(f"payload is not valid {content_type or JSON}: {exc}") from None
     except Exception as exc:  # protobuf DecodeError and msgpack's ExtraData share no base
@@ -138,6 +151,44 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 )
             seen.add(key)
     return obj
+
+
+def _members_of(value: Any) -> int:
+    """The members of every object in decoded JSON ``value``; ``ValueError`` for NaN
+    or an infinity anywhere in it."""
+    kind = type(value)
+    count = 0
+    if kind is dict:
+        count = len(value)
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{value} is not a JSON number")
+        return 0
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            count += _members_of(item)
+        elif kind is float and not math.isfinite(item):
+            raise ValueError(f"{item} is not a JSON number")
+    return count
+
+
+# A member's name is a string and ends with '"' before its ':'. The fast parser keeps
+# the last of a member given twice, silently; a duplicate leaves fewer members parsed
+# than there are '":' in the text, and the text can only have more (a string may hold
+# '":'), unless a name's quote and colon stand apart ('"a" : 1'). So when the counts
+# agree and no '"' has whitespace after it, no object has a member twice; else the json
+# module reads the text again to tell (and name the member).
+_spaced_member = re.compile(rb'"[ \t\n\r]').search  # a '"' with whitespace after it
+
+
+def _json_members_once(data: bytes) -> None:
+    """Raise ``InvalidParameters`` if an object in JSON ``data`` (already parsed once
+    by the fast parser) has a member twice."""
+    json.loads(data, object_pairs_hook=_members_once)
 
 
 def _no_constant(name: str) -> Any:
