@@ -1,6 +1,7 @@
 """One scenario over every door that takes a signed message: a forged and a replayed
-message are refused alike, and each is in the node's audit log once, though no stage
-of the pipeline ever ran for it.
+message, and a well-signed one whose parameters hold a member twice, are refused
+alike, and each is in the node's audit log once, though no stage of the pipeline ever
+ran for it.
 
 Doors (each driven as a peer or agent would, frame by frame where it must be):
 
@@ -30,6 +31,8 @@ import pytest
 from aralnode import AralError, Node
 from aralnode import _proto as pb
 from aralnode.core.channel_wire import encode_batch
+from aralnode.core.clock import SYSTEM_CLOCK
+from aralnode.core.envelope import build_content, seal
 from aralnode.core.identity import Identity
 from aralnode.store.audit import read_records
 from aralnode.store.audit_verify import verify
@@ -39,6 +42,8 @@ from tests.test_signed_invoke import request, send
 
 # What the unverified messages ask for: never what their refusals are recorded as.
 ASKED = "demo.secret"
+# Parameters with a member twice (a parser keeps one of them, silently).
+TWICE = b'{"text": "x", "text": "y"}'
 
 
 def _flipped(signature: bytes) -> bytes:
@@ -58,6 +63,9 @@ class SignedDoor(Protocol):
 
     async def replayed(self) -> str:
         """Send a good message, then the same message id again; the second's reason."""
+
+    async def twice(self) -> str:
+        """Send a well-signed message whose parameters hold a member twice; the reason."""
 
 
 class GrpcInvoke:
@@ -82,6 +90,15 @@ class GrpcInvoke:
         msg = request(self.me, self.node.node_id)
         assert await self._reason(msg) == ""
         return await self._reason(msg)
+
+    async def twice(self) -> str:
+        content = build_content(
+            sender=self.me.node_id,
+            recipient=self.node.node_id,
+            body=pb.Body(type=pb.MessageType.MESSAGE_TYPE_REQUEST, action=ASKED, parameters=TWICE),
+            clock=SYSTEM_CLOCK,
+        )
+        return await self._reason(seal(content, self.me))
 
 
 class AralMessage:
@@ -114,6 +131,11 @@ class AralMessage:
         # A new signature over the same message: replay is judged on (sender, id).
         return await self._reason(body, detached(self.client.key, body))
 
+    async def twice(self) -> str:
+        body = self._body(ASKED).replace(b'{"text": "x"}', TWICE)
+        assert TWICE in body
+        return await self._reason(body, detached(self.client.key, body))
+
 
 class Channel:
     name, door, label, good_action = "channel", "channel", "aral.v1.AgentNode/Channel", "evt"
@@ -143,9 +165,11 @@ class Channel:
                 return
         raise AssertionError("the channel closed")
 
-    def _next(self, event: str, message_id: str | None = None) -> pb.ARALMessage:
+    def _next(
+        self, event: str, message_id: str | None = None, parameters: bytes | None = None
+    ) -> pb.ARALMessage:
         self.seq += 1
-        return message(self.me, self.node, event, message_id, seq=self.seq)
+        return message(self.me, self.node, event, message_id, seq=self.seq, parameters=parameters)
 
     async def forged(self) -> str:
         msg = self._next(ASKED)
@@ -159,10 +183,14 @@ class Channel:
         # The same id at the next position, signed anew: a replay all the same.
         return await self._refused(self._next("evt", message_id=content.header.message_id))
 
+    async def twice(self) -> str:
+        return await self._refused(self._next(ASKED, parameters=TWICE))
+
 
 CASES = [
     pytest.param("forged", "SIGNATURE_INVALID", id="forged-signature"),
     pytest.param("replayed", "REPLAY_DETECTED", id="replayed-message"),
+    pytest.param("twice", "DUPLICATE_PARAMETER", id="member-twice"),
 ]
 
 

@@ -271,9 +271,10 @@ class NodeService(AdminMethods):
         )
         return pb.InvokeResponse(result=reply)
 
-    def _open_request(self, message: pb.ARALMessage, ctx: CallContext) -> OpenedMessage:
-        """``message`` verified, fresh, for this node and a request; a refusal here
-        is audited (``refusals``): the pipeline never sees it."""
+    def _open_request(self, message: pb.ARALMessage, ctx: CallContext) -> tuple[OpenedMessage, Any]:
+        """``message`` verified, fresh, for this node and a request, and its
+        parameters; a refusal here (a payload that does not decode too) is audited
+        (``refusals``): the pipeline never sees it."""
         env = self.envelopes
         try:
             opened = open_message(
@@ -296,21 +297,22 @@ class NodeService(AdminMethods):
                 raise MalformedMessage(
                     "Invoke takes a request message with an action", reason="MISSING_FIELD"
                 )
+            params = opened.parameters(env.max_message_bytes)
         except AralError as exc:
             refused(self.pipeline, ctx, _INVOKE_ACTION, exc)
             raise
-        return opened
+        return opened, params
 
     async def _invoke_message(self, message: pb.ARALMessage, ctx: CallContext) -> pb.InvokeResponse:
         env = self.envelopes
-        opened = self._open_request(message, ctx)
+        opened, params = self._open_request(message, ctx)
         header, action = opened.header, opened.body.action
         signed = opened.signer is not None
         sender = header.sender
         self.contexts.signed(
             ctx, header, signed=signed, signer_verified=signed and env.keyring.is_pinned(sender)
         )
-        value = await self.pipeline.invoke(ctx, action, opened.parameters(env.max_message_bytes))
+        value = await self.pipeline.invoke(ctx, action, params)
         content_type = header.content_type
         payload, compression = encode_payload(
             value, content_type or codec.JSON, limit=env.max_message_bytes
