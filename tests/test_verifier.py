@@ -165,6 +165,49 @@ async def test_a_helper_that_fails_leaves_its_work_to_the_node(script: str) -> N
         await v.aclose()
 
 
+async def test_helpers_that_died_are_started_again_after_the_back_off() -> None:
+    """A helper killed (the OOM killer, an operator): the node checks in-process, and
+    once the back-off is over (0 here; 30 s by default, doubling) new helpers serve."""
+    me = Identity.generate()
+    ring = KeyRing()
+    ring.pin(me.public_key)
+    msgs = [_signed(me, i) for i in range(20)]
+    item = (me.public_key.spki, b"x" * 64, b"y")
+    v = Verifier(2, retry_seconds=0)
+    try:
+        assert await v.started()
+        first = v.pids
+        os.kill(first[0], signal.SIGKILL)
+        with pytest.raises(VerifierGone):  # what it owed, or what it is sent, fails
+            await v.check([item] * 4)
+        assert not v.available()  # ended (and being reaped); new ones start next
+        assert await v.started()
+        assert v.restarts == 1
+        assert set(v.pids).isdisjoint(first)
+        spki = me.public_key.spki
+        assert await checked(v, ring, me.node_id, msgs) == [(spki, True)] * len(msgs)
+    finally:
+        await v.aclose()
+    for pid in first:  # the first helpers were reaped too
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_helpers_that_keep_failing_wait_longer_each_time() -> None:
+    exits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(8)"]
+    v = Verifier(1, command=exits, retry_seconds=100.0)
+    try:
+        assert await v.started()
+        with pytest.raises(VerifierGone):
+            await v.check([(b"k", b"x" * 64, b"y")])
+        assert not v.available()  # within its back-off: no new helper yet
+        assert v.pids == []
+        assert v.restarts == 0
+        assert v._retry_in == 200.0  # the next failure in a row waits twice as long
+    finally:
+        await v.aclose()
+
+
 async def test_a_helper_that_cannot_start_leaves_the_node_checking_itself() -> None:
     v = Verifier(2, command=["/nonexistent/python"])
     assert not await v.started()

@@ -14,11 +14,12 @@ do and their wire), started on first use: a node that never receives a large
 batch starts none. They hold no secret and decide nothing but whether a
 signature holds. The receiver still resolves the key (the key ring) and checks
 the algorithm and length, and parses and checks every message itself; a
-signature a helper refuses gets the error an in-process check gives. A helper
-that fails (it cannot start, exits, answers out of turn or not within
-``CHECK_SECONDS``) ends the helpers for the node's life, and its work, like a
-request too large for the wire, is checked on worker threads: nothing is lost
-and nothing unchecked gets through.
+signature a helper refuses gets the error an in-process check gives. When a helper
+fails (it exits, answers out of turn or not within ``CHECK_SECONDS``) the helpers
+are ended, and their work, like a request too large for the wire, is checked on
+worker threads: nothing is lost and nothing unchecked gets through. New helpers
+start ``RETRY_SECONDS`` later (twice as long after each failure in a row, at most
+``RETRY_MAX_SECONDS``); helpers that cannot start at all are not tried again.
 
 The helper is started with ``-P`` (the working directory is not on its import
 path, so a package there cannot stand in for it) in a session of its own (a
@@ -49,6 +50,11 @@ CLOSE_SECONDS = 2.0
 #: helper that hangs (stopped, starved, wedged): it is ended (see the module doc).
 CHECK_SECONDS = 10.0
 CHECK_ITEM_SECONDS = 0.002
+#: After helpers failed, new ones start this long later (the node checks
+#: in-process meanwhile), twice as long after each failure in a row ...
+RETRY_SECONDS = 30.0
+#: ... up to this.
+RETRY_MAX_SECONDS = 600.0
 
 
 class VerifierGone(Exception):
@@ -141,11 +147,13 @@ class _Helper:
 class Verifier:
     """Up to ``processes`` helper processes, started on first use.
 
-    ``available()`` is false until they run (its first call starts them), and for
-    good once starting one failed, one died or hung, or ``close`` was called: the
-    caller then checks in-process. ``check(items)`` splits ``items`` among the
-    helpers and answers one flag per item (``True``: the signature holds); it
-    raises ``VerifierGone`` when they cannot answer it."""
+    ``available()`` is false until they run (its first call starts them); false
+    for good once starting one failed or ``close`` was called; and false for a
+    while once one died or hung (``RETRY_SECONDS``, doubling): the caller then
+    checks in-process, and the first call after that starts new helpers.
+    ``check(items)`` splits ``items`` among the helpers and answers one flag per
+    item (``True``: the signature holds); it raises ``VerifierGone`` when they
+    cannot answer it."""
 
     def __init__(
         self,
@@ -153,13 +161,19 @@ class Verifier:
         command: Sequence[str] = (),
         *,
         check_seconds: float = CHECK_SECONDS,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.processes = processes
         self.command = tuple(command) or (
             sys.executable, "-P", "-m", "aralnode.mesh.verify_helper",
         )  # fmt: skip
         self.check_seconds = check_seconds
+        self.retry_seconds = retry_seconds
+        self._retry_in = retry_seconds
+        self._retry_at: float | None = None  # (the loop's clock) when helpers failed
+        self.restarts = 0  # sets of helpers started after one failed
         self._helpers: list[_Helper] = []
+        self._ending: set[asyncio.Task[None]] = set()  # failed helpers being reaped
         self._starting: asyncio.Task[None] | None = None
         self.broken = processes <= 0 or (not command and _not_plain_python())
 
@@ -175,11 +189,30 @@ class Verifier:
         if self._helpers:
             if all(h.alive for h in self._helpers):
                 return True
-            self.close()  # one died: in-process from now on
+            self._failed("a signature helper ended")
             return False
+        if self._retry_at is not None:
+            if asyncio.get_running_loop().time() < self._retry_at:
+                return False
+            self._retry_at, self._starting = None, None
+            self.restarts += 1
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         return False
+
+    def _failed(self, why: str) -> None:
+        """The helpers are ended (their work goes back to the caller) and reaped;
+        new ones start after the back-off, which doubles until they serve."""
+        helpers, self._helpers = self._helpers, []
+        for helper in helpers:
+            helper.stop()
+            task = asyncio.ensure_future(_reap(helper))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+        delay = self._retry_in
+        self._retry_in = min(delay * 2, max(RETRY_MAX_SECONDS, self.retry_seconds))
+        self._retry_at = asyncio.get_running_loop().time() + delay
+        log.warning("%s: checking signatures in-process, new helpers in %.0f s", why, delay)
 
     async def _start(self) -> None:
         started: list[_Helper] = []
@@ -226,9 +259,9 @@ class Verifier:
                     await helper.drain()
                 answers = await asyncio.gather(*futures)
         except TimeoutError:
-            log.warning("a signature helper did not answer in time: checking in-process")
-            self.close()
+            self._failed("a signature helper did not answer in time")
             raise VerifierGone("a signature helper did not answer in time") from None
+        self._retry_in = self.retry_seconds  # they serve: a later failure waits the least
         return [flag == 1 for answer in answers for flag in answer]
 
     def close(self) -> None:
@@ -245,7 +278,7 @@ class Verifier:
         if self._starting is not None:
             await asyncio.wait({self._starting})
         helpers, self._helpers = self._helpers, []
-        await asyncio.gather(*(_reap(helper) for helper in helpers))
+        await asyncio.gather(*(_reap(helper) for helper in helpers), *self._ending)
 
 
 async def _reap(helper: _Helper) -> None:
