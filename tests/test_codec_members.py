@@ -95,6 +95,10 @@ def test_a_msgpack_map_with_a_key_twice_is_refused() -> None:
     with pytest.raises(InvalidParameters) as refused:
         codec.decode(twice, codec.MSGPACK)
     assert refused.value.reason == "DUPLICATE_PARAMETER"
+    int_keys = b"\x82\x01\xa1x\x01\xa1y"  # {1: "x", 1: "y"}
+    with pytest.raises(InvalidParameters) as refused:
+        codec.decode(int_keys, codec.MSGPACK)
+    assert refused.value.details == {"parameter": "1"}
     once = {"a": 1, "b": [1, {"c": 2}]}
     assert codec.decode(msgpack.packb(once), codec.MSGPACK) == once
 

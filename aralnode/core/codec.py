@@ -141,13 +141,14 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     last, silently, and another parser of the same bytes may keep the first)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen: set[str] = set()
+        seen: set[Any] = set()
         for key, _ in pairs:
             if key in seen:
+                name = (key if isinstance(key, str) else repr(key))[:100]  # (a MessagePack key)
                 raise InvalidParameters(
-                    f"the member {key[:100]!r} is given twice in one JSON object",
+                    f"the member {name!r} is given twice in one object",
                     reason="DUPLICATE_PARAMETER",
-                    details={"parameter": key[:100]},
+                    details={"parameter": name},
                 )
             seen.add(key)
     return obj
