@@ -193,6 +193,28 @@ async def test_helpers_that_died_are_started_again_after_the_back_off() -> None:
             os.kill(pid, 0)
 
 
+async def test_helpers_that_cannot_start_again_are_tried_again_later() -> None:
+    """Helpers that ran here once and then cannot start (out of processes, of memory)
+    are a passing want: the node checks in-process and tries again after the back-off;
+    only a first start that fails gives them up."""
+    v = Verifier(1, retry_seconds=0)
+    try:
+        assert await v.started()
+        (pid,) = v.pids
+        command, v.command = v.command, ("/nonexistent/python",)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(VerifierGone):
+            await v.check([(b"k", b"x" * 64, b"y")] * 4)
+        assert not await v.started()  # ended; new helpers are on their way ...
+        assert not await v.started()  # ... could not start; more are on their way ...
+        assert not v.broken  # ... for that is not the end of them
+        v.command = command  # the want has passed
+        assert await v.started()
+        assert v.restarts == 2
+    finally:
+        await v.aclose()
+
+
 async def test_helpers_that_keep_failing_wait_longer_each_time() -> None:
     exits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(8)"]
     v = Verifier(1, command=exits, retry_seconds=100.0)

@@ -19,7 +19,8 @@ fails (it exits, answers out of turn or not within ``CHECK_SECONDS``) the helper
 are ended, and their work, like a request too large for the wire, is checked on
 worker threads: nothing is lost and nothing unchecked gets through. New helpers
 start ``RETRY_SECONDS`` later (twice as long after each failure in a row, at most
-``RETRY_MAX_SECONDS``); helpers that cannot start at all are not tried again.
+``RETRY_MAX_SECONDS``), and so do they when they cannot start again; helpers that
+could never start here are not tried again.
 
 The helper is started with ``-P`` (the working directory is not on its import
 path, so a package there cannot stand in for it) in a session of its own (a
@@ -148,9 +149,10 @@ class Verifier:
     """Up to ``processes`` helper processes, started on first use.
 
     ``available()`` is false until they run (its first call starts them); false
-    for good once starting one failed or ``close`` was called; and false for a
-    while once one died or hung (``RETRY_SECONDS``, doubling): the caller then
-    checks in-process, and the first call after that starts new helpers.
+    for good once the first start failed or ``close`` was called; and false for a
+    while once one died or hung, or new ones could not start (``RETRY_SECONDS``,
+    doubling): the caller then checks in-process, and the first call after that
+    starts new helpers.
     ``check(items)`` splits ``items`` among the helpers and answers one flag per
     item (``True``: the signature holds); it raises ``VerifierGone`` when they
     cannot answer it."""
@@ -216,6 +218,7 @@ class Verifier:
 
     async def _start(self) -> None:
         started: list[_Helper] = []
+        again: Exception | None = None
         try:
             for _ in range(self.processes):
                 proc = await asyncio.create_subprocess_exec(
@@ -225,14 +228,19 @@ class Verifier:
                     start_new_session=True,
                 )
                 started.append(_Helper(proc))
-        except Exception as exc:  # no helper here (no executable, no child watcher…)
-            log.warning("no signature helper process (%r): checking in-process", exc)
-            self.broken = True
+        except Exception as exc:
+            if self.restarts:  # they ran here before: a passing want (processes, memory)
+                again = exc
+            else:  # no helper here (no executable, no child watcher…)
+                log.warning("no signature helper process (%r): checking in-process", exc)
+                self.broken = True
         finally:  # also when cancelled (closed meanwhile): aclose reaps them
             self._helpers = started
             if self.broken:
                 for helper in started:
                     helper.stop()
+        if again is not None:
+            self._failed(f"new signature helpers could not start ({again!r})")
 
     async def started(self) -> bool:
         """``available()``, once the helpers it starts are running (or failed)."""
