@@ -364,4 +364,4 @@ def test_random_draws_are_never_handed_out_twice() -> None:
     draws = [d for t in taken for d in t]
     assert len(draws) == 12000
     assert len(set(draws)) == len(draws)
-    assert all(len(d) == 32 for d in draws)
+    assert all(len(d) == envelope._DRAW == 16 for d in draws)

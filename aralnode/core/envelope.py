@@ -50,24 +50,26 @@ RESPONSE = pb.MessageType.MESSAGE_TYPE_RESPONSE
 NOTIFICATION = pb.MessageType.MESSAGE_TYPE_NOTIFICATION
 
 
-_DRAW = 32  # bytes a message takes: a 128-bit id and its nonce
-_DRAWS_PER_CALL = 128
+_DRAW = 16  # bytes a draw holds: a 128-bit message id, or a nonce
+_DRAWS_PER_CALL = 256
 _draws: collections.deque[bytes] = collections.deque()
 
 
 def new_message_id() -> str:
-    """A fresh message id (128 random bits from the OS's generator, hex), for a
-    sender that must know it before the message is built (its audit record)."""
-    return _random_draw()[:16].hex()
+    """A fresh message id: 128 random bits from the OS's generator, hex (as a uuid4
+    would be). ``build_content`` makes one when it is given none; a sender that
+    must know the id before the message is built (its audit record) takes it here."""
+    return _random_draw().hex()
 
 
 def _random_draw() -> bytes:
-    """32 bytes from the OS's generator, taken from a pool refilled 4 KiB at a time.
+    """16 bytes from the OS's generator, taken from a pool refilled 4 KiB at a time.
 
-    One ``os.urandom`` per 128 messages instead of one each: a system call lets go
-    of the GIL, and on a node whose worker threads verify signatures the event loop
-    then waits for it back (tens of microseconds a message, measured). ``popleft``
-    is atomic, so no two callers, threads included, ever get the same draw."""
+    One ``os.urandom`` per 128 messages (an id and a nonce each) instead of one
+    each: a system call lets go of the GIL, and on a node whose worker threads
+    verify signatures the event loop then waits for it back (tens of microseconds a
+    message, measured). ``popleft`` is atomic, so no two callers, threads included,
+    ever get the same draw."""
     try:
         return _draws.popleft()
     except IndexError:
@@ -131,10 +133,8 @@ def build_content(
     # Fields are set in place and only when not empty: building a Header by keyword
     # and copying it into the content costs about three times as much.
     header.version = PROTOCOL_VERSION
-    # One draw for the id (128 random bits, hex, as a uuid4 would be) and the nonce.
-    random = _random_draw()
-    header.message_id = message_id or random[:16].hex()
-    header.nonce = random[16 : 16 + NONCE_BYTES]
+    header.message_id = message_id or new_message_id()
+    header.nonce = _random_draw()[:NONCE_BYTES]
     header.timestamp_unix_ms = clock.now_ms()
     header.sender = sender
     if recipient:
