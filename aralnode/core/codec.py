@@ -53,7 +53,7 @@ def encode(value: Any, content_type: str = JSON) -> bytes:
     """
     if not content_type or content_type == JSON:
         try:
-            _check_numbers(value, exact_ints=False)
+            _json_members(value)
             return _to_json(value)
         except (pydantic_core.PydanticSerializationError, ValueError) as exc:
             raise InvalidRequest(f"value is not JSON-serializable: {exc}") from None
@@ -81,9 +81,9 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
     try:
         if not content_type or content_type == JSON:
             value = _from_json(data, allow_inf_nan=False)
-            # (_members_of refuses an infinity: 1e400 parses as one even so)
-            if _members_of(value) != data.count(b'":') or _spaced_member(data):
-                _json_members_once(data)
+            # (_json_members refuses an infinity: 1e400 parses as one even so)
+            if _json_members(value) != data.count(b'":') or _spaced_member(data):
+                json.loads(data, object_pairs_hook=_members_once)  # which member is twice
             return value
         if content_type == MSGPACK:
             return msgpack.unpackb(
@@ -154,15 +154,17 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _members_of(value: Any) -> int:
-    """The members of every object in decoded JSON ``value``; ``ValueError`` for NaN
-    or an infinity anywhere in it."""
+def _json_members(value: Any) -> int:
+    """The members of every object in JSON ``value`` (``decode`` counts them against
+    its text); ``ValueError`` for NaN or an infinity anywhere in it (JSON has no such
+    numbers). What ``encode`` and ``decode`` check, once a payload: ``_check_numbers``
+    does more, for a ``google.protobuf.Value``, and costs more."""
     kind = type(value)
     count = 0
     if kind is dict:
         count = len(value)
         items = value.values()
-    elif kind is list:
+    elif kind is list or kind is tuple:  # (a program's value, to ``encode``)
         items = value
     else:
         if kind is float and not math.isfinite(value):
@@ -170,8 +172,8 @@ def _members_of(value: Any) -> int:
         return 0
     for item in items:
         kind = type(item)
-        if kind is dict or kind is list:
-            count += _members_of(item)
+        if kind is dict or kind is list or kind is tuple:
+            count += _json_members(item)
         elif kind is float and not math.isfinite(item):
             raise ValueError(f"{item} is not a JSON number")
     return count
@@ -182,14 +184,8 @@ def _members_of(value: Any) -> int:
 # than there are '":' in the text, and the text can only have more (a string may hold
 # '":'), unless a name's quote and colon stand apart ('"a" : 1'). So when the counts
 # agree and no '"' has whitespace after it, no object has a member twice; else the json
-# module reads the text again to tell (and name the member).
+# module reads the text again (``decode``) to tell, and to name the member.
 _spaced_member = re.compile(rb'"[ \t\n\r]').search  # a '"' with whitespace after it
-
-
-def _json_members_once(data: bytes) -> None:
-    """Raise ``InvalidParameters`` if an object in JSON ``data`` (already parsed once
-    by the fast parser) has a member twice."""
-    json.loads(data, object_pairs_hook=_members_once)
 
 
 def _no_constant(name: str) -> Any:
@@ -318,18 +314,17 @@ def to_value(value: Any) -> struct_pb2.Value:
     return msg
 
 
-def _check_numbers(value: Any, *, exact_ints: bool = True, depth: int = 0) -> None:
+def _check_numbers(value: Any, *, depth: int = 0) -> None:
     """Raise ``ValueError`` for NaN or an infinity (JSON has no such numbers, and a
-    door printing one would fail after the call had run) or, with ``exact_ints``, an
-    integer a double cannot hold exactly, anywhere in ``value``; with ``depth`` (the
-    protobuf level ``value``'s Value would be at), ``NestedTooDeeply`` past
-    ``MAX_VALUE_DEPTH``."""
+    door printing one would fail after the call had run) or an integer a double
+    cannot hold exactly, anywhere in ``value``; with ``depth`` (the protobuf level
+    ``value``'s Value would be at), ``NestedTooDeeply`` past ``MAX_VALUE_DEPTH``."""
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value} is not a JSON number")
     elif kind is int:
-        if exact_ints and not -_EXACT_INT < value < _EXACT_INT:
+        if not -_EXACT_INT < value < _EXACT_INT:
             raise ValueError(
                 f"{value} is beyond ±2**53 and a google.protobuf.Value carries numbers as "
                 "doubles; return it as a string"
@@ -341,7 +336,7 @@ def _check_numbers(value: Any, *, exact_ints: bool = True, depth: int = 0) -> No
                 raise NestedTooDeeply(f"nested deeper than {MAX_VALUE_DEPTH} protobuf levels")
         for v in value.values():
             if type(v) in _CHECKED:
-                _check_numbers(v, exact_ints=exact_ints, depth=depth)
+                _check_numbers(v, depth=depth)
     elif kind is list or kind is tuple:
         if depth:
             depth += 2  # its items' Values: under a ListValue
@@ -349,7 +344,7 @@ def _check_numbers(value: Any, *, exact_ints: bool = True, depth: int = 0) -> No
                 raise NestedTooDeeply(f"nested deeper than {MAX_VALUE_DEPTH} protobuf levels")
         for v in value:
             if type(v) in _CHECKED:
-                _check_numbers(v, exact_ints=exact_ints, depth=depth)
+                _check_numbers(v, depth=depth)
 
 
 # A whole double below this in magnitude is exactly the integer it came from (2**53
