@@ -109,6 +109,26 @@ def chain_hash(prev: bytes, body: bytes) -> bytes:
     return hashlib.sha256(prev + body).digest()
 
 
+def _chained(
+    batch: list[AuditRecord], seq: int, prev: bytes, now_ms: int, pack: Callable[[object], bytes]
+) -> tuple[list[bytes], list[bytes]]:
+    """The bodies (``canonical``) and chain hashes (``chain_hash``) of ``batch``,
+    the records after ``seq`` whose hash is ``prev``: written out, as this loop
+    runs once a record."""
+    bodies: list[bytes] = []
+    hashes: list[bytes] = []
+    body_of, hash_of = bodies.append, hashes.append
+    sha256 = hashlib.sha256
+    for record in batch:
+        seq += 1
+        head = (seq,)  # (a tuple's +: a third of the cost of star-unpacking)
+        body = pack(head + record if record[-1] else head + record[:-1] + (now_ms,))
+        prev = sha256(prev + body).digest()
+        body_of(body)
+        hash_of(prev)
+    return bodies, hashes
+
+
 def head_payload(seq: int, digest: bytes, interval: int) -> bytes:
     """What a signed head covers: the seq, the signing interval the log keeps (at
     most that many records between two heads, so removed heads show), both 8 bytes
@@ -407,24 +427,20 @@ class AuditLog:
         db = self._db
         assert db is not None
         seq, prev = self._seq, self._hash
-        bodies: list[bytes] = []
-        hashes: list[bytes] = []
         now = self._wall_ms()
         signed_before = self._signed_seq
-        sha256, pack, every = hashlib.sha256, _pack, self.sign_every
         try:
-            heads = []  # no more than sign_every records between two heads
-            signed = self._signed_seq
-            for record in batch:  # (canonical and chain_hash, written out: per record)
-                seq += 1
-                head = (seq,)  # (a tuple's +, as canonical does)
-                body = pack(head + record if record[-1] else head + record[:-1] + (now,))
-                prev = sha256(prev + body).digest()
-                bodies.append(body)
-                hashes.append(prev)
-                if seq - signed >= every:
-                    heads.append((seq, prev))
-                    signed = seq
+            try:  # (one packer for the group: a record needs the other very rarely)
+                bodies, hashes = _chained(batch, seq, prev, now, _pack_utf8)
+            except UnicodeEncodeError:
+                bodies, hashes = _chained(batch, seq, prev, now, _pack_surrogates)
+            if hashes:
+                seq, prev = seq + len(hashes), hashes[-1]
+            every, first_seq = self.sign_every, self._seq + 1
+            heads = [  # no more than sign_every records between two heads
+                (at, hashes[at - first_seq])
+                for at in range(max(signed_before + every, first_seq), seq + 1, every)
+            ]
             # The first group of a log is signed at once: an intact log always has a
             # head, so one whose heads were all removed is caught.
             if not self._signed_seq and not heads:
