@@ -22,6 +22,7 @@ from aralnode.core import codec
 from aralnode.core.clock import FixedClock
 from aralnode.core.errors import InternalError
 from aralnode.core.governance import Action, Decision, Direction
+from aralnode.policy import engine as engine_mod
 from aralnode.policy.engine import Memory, PolicyEvaluator
 from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.load import PolicyError, parse_policy
@@ -240,6 +241,45 @@ def test_flags_raise_trust_debt_that_decays() -> None:
     clock.advance(100)  # halved: 0.3
     assert e.evaluate(act("demo.add")).decision is Decision.OK
     assert e.memory.ledger.debt("alice") == pytest.approx(0.3)
+
+
+def test_answers_kept_per_call_shape_follow_what_each_rule_reads() -> None:
+    """``evaluate`` keeps which rules fire per call shape (direction, capability,
+    caller, door, peer, chain...) when the rules read only those: a rule reading
+    the parameters, the rate or trust debt is still judged on every call."""
+    clock = FixedClock()
+    e = engine(
+        "[trust_debt]\nflag_weight = 0.3\n"
+        '[[tripwires]]\nid = "big"\ncapabilities = ["demo.add"]\n'
+        'when = "has(params.n) && params.n > 9"\naction = "block"\n'
+        '[[tripwires]]\nid = "busy"\ncapabilities = ["busy"]\nwhen = "rate > 2"\n'
+        'action = "block"\n'
+        '[[tripwires]]\nid = "owing"\ncapabilities = ["owe"]\nwhen = "trust_debt > 0.5"\n'
+        'action = "escalate"\n'
+        '[[tripwires]]\nid = "noisy"\ncapabilities = ["noisy"]\naction = "ok"\nflag = true\n'
+        '[[tripwires]]\nid = "deep"\ncapabilities = ["deep"]\nwhen = "delegation_depth > 1"\n'
+        'action = "block"\n',
+        clock,
+    )
+    assert e.evaluate(act(params={"n": 1})).decision is Decision.OK
+    assert e.evaluate(act(params={"n": 10})).rule_ids == ("big",)  # same shape, new params
+    busy = [e.evaluate(act("busy", principal="bob")).decision for _ in range(4)]
+    assert busy == [Decision.OK, Decision.OK, Decision.BLOCK, Decision.BLOCK]  # bob's rate
+    assert e.evaluate(act("owe")).decision is Decision.OK  # kept: alice owes nothing
+    for _ in range(3):
+        e.evaluate(act("noisy"))
+    assert e.evaluate(act("owe")).rule_ids == ("owing",)  # alice owes now: judged again
+    assert e.evaluate(act("deep", chain=("u", "n1"))).decision is Decision.OK
+    assert e.evaluate(act("deep", chain=("u", "n1", "n2"))).decision is Decision.BLOCK
+    for i in range(3 * engine_mod._CACHE):  # made-up shapes: the table stays bounded
+        e.evaluate(act(f"evt-{i}", direction=Direction.RECEIVE, peer="p1"))
+    assert len(e._known) <= engine_mod._CACHE
+
+
+def test_every_rule_variable_is_kept_per_shape_or_read_per_call() -> None:
+    # A new variable must say which: a per-call value kept per shape is a stale answer.
+    assert set(engine_mod._GETTERS) == engine_mod._FIXED | engine_mod._PER_CALL
+    assert not engine_mod._FIXED & engine_mod._PER_CALL
 
 
 def test_collusion_tripwires_with_bounded_state() -> None:

@@ -9,6 +9,11 @@ collusion tripwires (§3.5.2), and the tripwires that can apply -- indexed by
 direction and capability, so a call runs only its own rules and the global ones,
 whatever the size of the policy. The most severe decision wins; every rule that
 matched is named; a flag raises the principal's trust debt.
+
+What does not change between calls of one shape (the same direction, capability,
+caller, door, peer and chain) is kept per shape: the tier, the tripwires, and which
+of them fire when they read only such values -- so a channel's stream of messages
+costs one lookup and its counters (``_Known``).
 """
 
 from __future__ import annotations
@@ -80,15 +85,34 @@ class _Plan:
     values they read together: it is remembered (bounded) by those values, so a
     call whose values were seen before builds one key and looks it up once."""
 
-    __slots__ = ("getters", "key", "memo", "rules")
+    __slots__ = ("fixed", "getters", "key", "memo", "reads_debt", "rules")
 
     def __init__(self, rules: tuple[_Rule, ...]) -> None:
         self.rules = rules
         scalar = bool(rules) and all(r.memo is not None or r.run is None for r in rules)
-        names = sorted({n for r in rules for n in r.names})
-        self.getters = tuple(_GETTERS[n] for n in names) if scalar else ()
+        names = {n for r in rules for n in r.names}
+        self.getters = tuple(_GETTERS[n] for n in sorted(names)) if scalar else ()
         self.key = _key_of(self.getters)
         self.memo: dict[tuple[Any, ...], tuple[_Rule, ...]] | None = {} if scalar else None
+        # Which rules fire is a function of the call's shape (``_Known``) -- and of
+        # trust debt, which is 0 for every principal the ledger does not hold.
+        self.fixed = names <= _FIXED | {"trust_debt"}
+        self.reads_debt = "trust_debt" in names
+
+
+class _Known:
+    """What ``evaluate`` works out once per shape of call -- calls alike in all but
+    their parameters and the counters: direction, capability, who, door, peer,
+    chain and risk -- the tripwires that can apply, the caller's tier and, when
+    those tripwires read nothing that changes from call to call, which of them
+    fire (``None``: worked out per call)."""
+
+    __slots__ = ("fired", "plan", "tier")
+
+    def __init__(self, plan: _Plan, tier: int, fired: tuple[_Rule, ...] | None) -> None:
+        self.plan = plan
+        self.tier = tier
+        self.fired = fired
 
 
 def _key_of(getters: tuple[_Getter, ...]) -> _Getter:
@@ -148,6 +172,8 @@ class PolicyEvaluator:
                 else:
                     self._exact.setdefault(cap, []).append(rule)
         self._for: dict[tuple[Direction, str], _Plan] = {}
+        self._known: dict[tuple[Any, ...], _Known] = {}
+        self._debtors = memory.ledger.debtors
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
         self._cel = new_context()  # reused: one evaluation at a time, on the loop
@@ -228,8 +254,14 @@ class PolicyEvaluator:
 
     def evaluate(self, action: Action) -> Verdict:
         policy = self.policy
-        plan = self._candidates(action)
-        tier = self.tier_of(action)
+        shape = (
+            action.direction, action.capability, action.principal, action.caller, action.kind,
+            action.roles, action.door, action.peer, action.chain, action.risk,
+        )  # fmt: skip
+        known = self._known.get(shape)
+        if known is None:
+            known = self._learn(action, shape)
+        tier = known.tier
         found: _Found | None = None
         if action.direction is Direction.INVOKE:
             found = self._acl(action, tier)
@@ -247,22 +279,12 @@ class PolicyEvaluator:
             found = self._circular(action, found)
         if self._uses_rate:
             self.memory.rate.add(action.principal)
-        if plan.rules:
-            joint = plan.memo
-            if joint is None:
-                fired = self._fired(plan.rules, action, tier)
-            else:
-                key = plan.key(self, action, tier)
-                known = joint.get(key)
-                if known is None:
-                    known = self._fired(plan.rules, action, tier)
-                    if len(joint) >= _MEMO:
-                        joint.clear()
-                    joint[key] = known
-                fired = known
-            for rule in fired:
-                found = found or _Found()
-                self._matched(found, rule.tripwire, tier, action)
+        fired = known.fired
+        if fired is None or (known.plan.reads_debt and action.principal in self._debtors):
+            fired = self._firing(known.plan, action, tier)
+        for rule in fired:
+            found = found or _Found()
+            self._matched(found, rule.tripwire, tier, action)
         if found is None:
             return ALLOW
         if found.flagged:
@@ -271,6 +293,35 @@ class PolicyEvaluator:
         return Verdict(
             found.decision, found.flagged, tuple(found.reasons), tuple(found.rules), found.params
         )
+
+    def _learn(self, action: Action, shape: tuple[Any, ...]) -> _Known:
+        """``action``'s ``_Known`` entry, made and kept (bounded) by its ``shape``."""
+        plan, tier = self._candidates(action), self.tier_of(action)
+        fired = None
+        if plan.fixed and action.principal not in self._debtors:
+            fired = self._firing(plan, action, tier)
+        known = _Known(plan, tier, fired)
+        if len(self._known) >= _CACHE:
+            self._known.clear()
+        self._known[shape] = known
+        return known
+
+    def _firing(self, plan: _Plan, action: Action, tier: int) -> tuple[_Rule, ...]:
+        """The rules of ``plan`` that fire for ``action`` (remembered by the values
+        they read, when they read scalars only)."""
+        if not plan.rules:
+            return ()
+        joint = plan.memo
+        if joint is None:
+            return self._fired(plan.rules, action, tier)
+        key = plan.key(self, action, tier)
+        known = joint.get(key)
+        if known is None:
+            known = self._fired(plan.rules, action, tier)
+            if len(joint) >= _MEMO:
+                joint.clear()
+            joint[key] = known
+        return known
 
     def _fired(self, rules: tuple[_Rule, ...], action: Action, tier: int) -> tuple[_Rule, ...]:
         """The ``rules`` whose conditions hold for ``action`` (each value read once,
@@ -413,6 +464,14 @@ def _params(action: Action) -> Any:
 
 
 _Getter = Callable[[PolicyEvaluator, Action, int], Any]
+#: The names whose values are a function of a call's shape (``_Known``) and the
+#: policy: a plan that reads only these fires the same rules for every call of a
+#: shape. ``_PER_CALL``'s change from call to call (trust debt: see ``_Plan``).
+_FIXED = frozenset({
+    "capability", "direction", "door", "category", "risk", "principal", "caller", "kind",
+    "roles", "tier", "environment", "delegation_depth", "chain", "peer",
+})  # fmt: skip
+_PER_CALL = frozenset({"params", "rate", "trust_debt"})
 _GETTERS: dict[str, _Getter] = {
     "capability": lambda e, a, t: a.capability,
     "direction": lambda e, a, t: a.direction.value,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -62,6 +62,11 @@ class TrustLedger:
         items.move_to_end(principal)
         value, since = entry
         return value * math.pow(0.5, (self.now() - since) / self.half_life)
+
+    @property
+    def debtors(self) -> Container[str]:
+        """The principals that may owe debt (every other one owes 0): a live view."""
+        return self._debts._items
 
     def flag(self, principal: str, weight: float) -> float:
         """Add ``weight`` to ``principal``'s debt; the debt now."""
