@@ -276,6 +276,19 @@ def test_answers_kept_per_call_shape_follow_what_each_rule_reads() -> None:
     assert len(e._known) <= engine_mod._CACHE
 
 
+def test_a_call_whose_rule_fails_still_counts() -> None:
+    e = engine(
+        '[collusion]\nrapid_exchange = { messages = 3, window_seconds = 60, action = "flag" }\n'
+        '[[tripwires]]\nid = "odd"\ncapabilities = ["odd"]\nwhen = "chain[0] == \'x\'"\n'
+        'action = "block"\n'
+    )
+    for _ in range(3):  # no chain: the rule cannot say, the call is refused
+        with pytest.raises(InternalError):
+            e.evaluate(act("odd", direction=Direction.RECEIVE, peer="p1"))
+    fourth = e.evaluate(act("evt", direction=Direction.RECEIVE, peer="p1"))
+    assert fourth.rule_ids == ("collusion.rapid_exchange",)
+
+
 def test_every_rule_variable_is_kept_per_shape_or_read_per_call() -> None:
     # A new variable must say which: a per-call value kept per shape is a stale answer.
     assert set(engine_mod._GETTERS) == engine_mod._FIXED | engine_mod._PER_CALL

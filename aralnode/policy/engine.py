@@ -109,10 +109,10 @@ class _Known:
 
     __slots__ = ("fired", "plan", "tier")
 
-    def __init__(self, plan: _Plan, tier: int, fired: tuple[_Rule, ...] | None) -> None:
+    def __init__(self, plan: _Plan, tier: int) -> None:
         self.plan = plan
         self.tier = tier
-        self.fired = fired
+        self.fired: tuple[_Rule, ...] | None = None  # (kept by the first call that can)
 
 
 def _key_of(getters: tuple[_Getter, ...]) -> _Getter:
@@ -281,7 +281,10 @@ class PolicyEvaluator:
             self.memory.rate.add(action.principal)
         fired = known.fired
         if fired is None or (known.plan.reads_debt and action.principal in self._debtors):
+            # (Worked out after the counters: a call whose rule fails still counts.)
             fired = self._firing(known.plan, action, tier)
+            if known.plan.fixed and action.principal not in self._debtors:
+                known.fired = fired
         for rule in fired:
             found = found or _Found()
             self._matched(found, rule.tripwire, tier, action)
@@ -296,11 +299,7 @@ class PolicyEvaluator:
 
     def _learn(self, action: Action, shape: tuple[Any, ...]) -> _Known:
         """``action``'s ``_Known`` entry, made and kept (bounded) by its ``shape``."""
-        plan, tier = self._candidates(action), self.tier_of(action)
-        fired = None
-        if plan.fixed and action.principal not in self._debtors:
-            fired = self._firing(plan, action, tier)
-        known = _Known(plan, tier, fired)
+        known = _Known(self._candidates(action), self.tier_of(action))
         if len(self._known) >= _CACHE:
             self._known.clear()
         self._known[shape] = known

@@ -112,9 +112,8 @@ def chain_hash(prev: bytes, body: bytes) -> bytes:
 def _chained(
     batch: list[AuditRecord], seq: int, prev: bytes, now_ms: int, pack: Callable[[object], bytes]
 ) -> tuple[list[bytes], list[bytes]]:
-    """The bodies (``canonical``) and chain hashes (``chain_hash``) of ``batch``,
-    the records after ``seq`` whose hash is ``prev``: written out, as this loop
-    runs once a record."""
+    """The bodies (``canonical``) and chain hashes (``chain_hash``) of ``batch``, the
+    records after ``seq`` (hash ``prev``): written out, as it runs once a record."""
     bodies: list[bytes] = []
     hashes: list[bytes] = []
     body_of, hash_of = bodies.append, hashes.append
