@@ -243,14 +243,7 @@ class Audit:
             round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
             time_ns() // 1_000_000,  # the outcome's wall-clock time (the log's, then)
         ))  # fmt: skip
-        log = self.log
-        if log is None or self.sinks:
-            return self.record(record, ctx.trace_id)
-        try:  # (``record`` written out for the log alone: once a message)
-            return log.append(record)
-        except AralError:
-            self.counters["audit.refused"] += 1
-            raise
+        return self.record(record, ctx.trace_id)
 
     def record(self, record: AuditRecord, trace_id: str = "") -> int:
         """Hand a record made elsewhere (a connection, a disconnection) to the log
