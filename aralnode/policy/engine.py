@@ -11,9 +11,9 @@ whatever the size of the policy. The most severe decision wins; every rule that
 matched is named; a flag raises the principal's trust debt.
 
 What does not change between calls of one shape (the same direction, capability,
-caller, door, peer and chain) is kept per shape: the tier, the tripwires, and which
-of them fire when they read only such values -- so a channel's stream of messages
-costs one lookup and its counters (``_Known``).
+caller and principal, kind and roles, door, peer, chain and risk) is kept per shape:
+the tier, the tripwires, and which of them fire when they read only such values --
+so a channel's stream of messages costs one lookup and its counters (``_Known``).
 """
 
 from __future__ import annotations
