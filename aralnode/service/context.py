@@ -135,7 +135,8 @@ class ContextBuilder:
     def channel(self, peer_id: str, header: pb.Header, *, signed: bool) -> CallContext:
         """The context of a request a peer sent over an A2A channel (the session
         authenticated ``peer_id``; a signature on the message makes it its signer)."""
-        ctx = CallContext(door="channel", peer=Peer(peer_id), clock=self.monotonic)
+        # (no trace id drawn here: ``signed`` gives it the message's)
+        ctx = CallContext(door="channel", peer=Peer(peer_id), clock=self.monotonic, trace_id="")
         return self.signed(
             ctx, header, signed=signed, signer_verified=True, link_peer=peer_id, queued=True
         )
