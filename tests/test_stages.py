@@ -29,6 +29,7 @@ from aralnode.core.governance import (
     RuleEvaluator,
     Verdict,
 )
+from aralnode.service import auth as auth_module
 from aralnode.service.auth import ALL_SCOPES, Authenticated, ImplicitRoles, PeerAuthenticator
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
@@ -91,6 +92,35 @@ def test_the_default_rule(
     authenticate()(ctx)
     assert (ctx.caller, set(ctx.scopes), ctx.on_behalf_of) == (caller, scopes, on_behalf_of)
     assert ctx.authenticated
+
+
+def test_a_peers_kept_answer_is_what_a_fresh_rule_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rule keeps a peer's answer by (node, verified): asked again in another
+    way (unverified, over a channel, delegating), it still answers as a fresh one
+    would, and what it keeps is bounded."""
+    asked = [
+        {"signer": PEER, "signer_verified": True},
+        {"signer": PEER, "signer_verified": False},
+        {"link_peer": PEER},
+        {"signer": PEER, "signer_verified": True, "on_behalf_of": "carol"},
+        {"link_peer": PEER, "on_behalf_of": "carol"},
+        {"signer": PEER, "signer_verified": True},
+    ]
+    kept = authenticate()
+    for credentials in asked * 2:
+        again, fresh = ctx_with(**credentials), ctx_with(**credentials)
+        kept(again)
+        authenticate()(fresh)
+        assert (again.caller, again.scopes, again.on_behalf_of, again.chain, again.vouched) == (
+            fresh.caller, fresh.scopes, fresh.on_behalf_of, fresh.chain, fresh.vouched,
+        ), credentials  # fmt: skip
+    monkeypatch.setattr(auth_module, "_KEPT_PEERS", 3)
+    rule = PeerAuthenticator(NODE)
+    for i in range(10):
+        rule.authenticate(ctx_with(), Credentials(link_peer=f"node-{i}"))
+        assert len(rule._peers) <= 3
 
 
 def test_a_context_not_made_by_the_builder_is_refused() -> None:

@@ -62,6 +62,8 @@ ANONYMOUS_PRINCIPAL = "anonymous"  # core.context.ANONYMOUS: on_behalf_of of nob
 KINDS = (NODE, USER, SERVICE, ANONYMOUS_KIND)
 _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
+#: Peers whose answer ``PeerAuthenticator`` keeps (emptied when full).
+_KEPT_PEERS = 4096
 
 
 @dataclass(slots=True)
@@ -163,6 +165,7 @@ class PeerAuthenticator:
 
     __slots__ = (
         "_node_id",
+        "_peers",
         "_self",
         "anonymous_scopes",
         "grants",
@@ -194,6 +197,9 @@ class PeerAuthenticator:
         """
         self._node_id = node_id
         self._self: Authenticated | None = None  # the node itself, made once
+        # A peer's answer by (node id, signature verified), made once: without a
+        # delegation it depends on nothing else, and a channel asks it per message.
+        self._peers: dict[tuple[str, bool], Authenticated] = {}
         self.peer_scopes = frozenset(peer_scopes)
         self.grants = dict(peer_grants or {})
         self.anonymous_scopes = frozenset(anonymous_scopes)
@@ -232,16 +238,24 @@ class PeerAuthenticator:
                     signer, _NO_SCOPES, claimed, kind=ANONYMOUS_KIND, vouched=False
                 )
             return ANONYMOUS
-        scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
-        roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES
-        trusted = self.trusts(node)
+        peer = self._peers.get((node, verified)) or self._peer(node, verified)
         if not delegated:
-            return Authenticated(node, scopes, kind=NODE, roles=roles, vouched=trusted)
+            return peer
         # on_behalf_of with no statement: nobody vouches for that principal's rights.
         return Authenticated(
-            node, scopes, self._named_by(node, delegated), kind=NODE, roles=roles,
-            chain=(delegated, node), ceiling=self.anonymous_scopes, vouched=trusted,
+            node, peer.scopes, self._named_by(node, delegated), kind=NODE, roles=peer.roles,
+            chain=(delegated, node), ceiling=self.anonymous_scopes, vouched=peer.vouched,
         )  # fmt: skip
+
+    def _peer(self, node: str, verified: bool) -> Authenticated:
+        """The peer ``node`` as itself: its scopes and roles if its key verified."""
+        scopes = peer_scopes_of(node, self.peer_scopes, self.grants) if verified else _NO_SCOPES
+        roles = self.roles.get(node, _NO_SCOPES) if verified else _NO_SCOPES
+        peer = Authenticated(node, scopes, kind=NODE, roles=roles, vouched=self.trusts(node))
+        if len(self._peers) >= _KEPT_PEERS:
+            self._peers.clear()
+        self._peers[node, verified] = peer
+        return peer
 
     def trusts(self, node: str) -> bool:
         """Whether the operator named the peer ``node`` (``peer_grants`` or
