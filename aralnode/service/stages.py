@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from aralnode._logs import get_logger
 from aralnode.core.audit import AuditRecord
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, Credentials
 from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
     AralError,
@@ -188,12 +188,16 @@ def share_key(ctx: CallContext) -> str:
     counts as its network address: the host, or for IPv6 the /64 a single client
     typically holds.
     """
-    credentials = ctx.credentials
-    if credentials is None or credentials.local or credentials.given:
+    if _own(ctx.credentials):
         return ""
     if ctx.caller and ctx.vouched:
         return "caller:" + ctx.caller
     return "addr:" + address_of(ctx.peer)
+
+
+def _own(credentials: Credentials | None) -> bool:
+    """Whether a call is the node's own program's (no share, no bucket)."""
+    return credentials is None or credentials.local or credentials.given
 
 
 def address_of(peer: str) -> str:
@@ -289,8 +293,10 @@ class RateLimit:
         Raises:
             RateLimited: a bucket is empty (reason ``RATE_LIMIT_<KIND>``).
         """
-        if self.limiter is not None and (key := share_key(ctx)):
-            self._admit(ctx, key)
+        if self.limiter is None or _own(ctx.credentials):
+            return
+        # (a channel's bucket is its peer's, not its share key's: none is worked out)
+        self._admit(ctx, "" if ctx.door == "channel" else share_key(ctx))
 
     def _admit(self, ctx: CallContext, key: str) -> None:
         assert self.limiter is not None
