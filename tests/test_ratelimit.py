@@ -124,6 +124,26 @@ def test_a_refusal_takes_no_token_from_the_other_buckets() -> None:
     assert refused.value.reason == "RATE_LIMIT_GLOBAL"
 
 
+def test_an_admission_says_what_the_tightest_bucket_said() -> None:
+    clock = FixedClock()
+    for global_rate, own_rate, limit, remaining in (
+        ("3/s", "10/s", 3, 2),  # the node's bucket is the tighter
+        ("100/s", "2/s", 2, 1),  # the caller's
+        ("4/s", "4/s", 4, 3),  # as tight: the caller's
+    ):
+        limiter = RateLimiter(
+            clock, global_rate=Rate.parse(global_rate), per_principal=Rate.parse(own_rate)
+        )
+        admitted = limiter.admit("principal", "alice")
+        assert admitted is not None
+        assert (admitted.limit, admitted.remaining) == (limit, remaining)
+    only_global = RateLimiter(clock, global_rate=Rate.parse("5/s"))
+    admitted = only_global.admit("principal", "alice")
+    assert admitted is not None
+    assert (admitted.limit, admitted.remaining) == (5, 4)
+    assert RateLimiter(clock).admit("principal", "alice") is None
+
+
 def test_overrides_by_name_and_by_role() -> None:
     clock = FixedClock()
     overrides = parse_overrides({"principal:ci": "off", "role:vip": "100/s", "role:slow": "1/s"})

@@ -81,7 +81,7 @@ class BucketTable:
         """The bucket of ``key`` (a new, full one if it had none), refilled to ``now``."""
         buckets = self._buckets
         bucket = buckets.get(key)
-        if bucket is not None and bucket.rate == rate:
+        if bucket is not None and (bucket.rate is rate or bucket.rate == rate):
             buckets.move_to_end(key)
             bucket.refill(now)
             return bucket
@@ -105,9 +105,10 @@ class BucketTable:
             self.evicted += 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, though never changed: one is made a call
 class Admission:
-    """What the tightest bucket said of an admitted call (for ``X-RateLimit-*``).
+    """What the tightest bucket said of an admitted call (for ``X-RateLimit-*``;
+    read only).
 
     Attributes:
         limit: That bucket's size (its burst).
@@ -190,21 +191,25 @@ class RateLimiter:
                 turn into ``X-RateLimit-*`` and ``Retry-After``.
         """
         now = self.clock.monotonic()
-        checked: list[tuple[str, Bucket]] = []
         rate = self.rate_for(kind, name, roles)
-        if rate is not None:
-            checked.append((kind, self._tables[kind].get(name, rate, now)))
-        if self.global_bucket is not None:
-            self.global_bucket.refill(now)
-            checked.append(("global", self.global_bucket))
-        if not checked:
+        own = None if rate is None else self._tables[kind].get(name, rate, now)
+        shared = self.global_bucket
+        if shared is not None:
+            shared.refill(now)
+        # (two buckets at most, written out: a call each)
+        if own is not None and own.tokens < 1.0:
+            raise self._refusal(kind, name, own)
+        if shared is not None and shared.tokens < 1.0:
+            raise self._refusal("global", name, shared)
+        if own is not None:
+            own.tokens -= 1.0
+        tightest = own
+        if shared is not None:
+            shared.tokens -= 1.0
+            if tightest is None or shared.tokens < tightest.tokens:
+                tightest = shared
+        if tightest is None:
             return None
-        for which, bucket in checked:
-            if bucket.tokens < 1.0:
-                raise self._refusal(which, name, bucket)
-        for _, bucket in checked:
-            bucket.tokens -= 1.0
-        tightest = min((b for _, b in checked), key=lambda b: b.tokens)
         return Admission(
             int(tightest.rate.burst),
             int(tightest.tokens),
