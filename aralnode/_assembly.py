@@ -46,7 +46,7 @@ from aralnode.core.identity import Identity, KeyRing
 from aralnode.core.peers import PeerInfo, PeerState, PeerTable
 from aralnode.core.replay import ReplayGuard
 from aralnode.discovery.backend import Announcement, DiscoveryBackend
-from aralnode.discovery.supervisor import Supervisor
+from aralnode.discovery.supervisor import INBOUND_SOURCE, Supervisor
 from aralnode.mesh.connector import PeerConnector, card_fields
 from aralnode.mesh.hub import ChannelHub, ChannelSettings, NotificationHandler
 from aralnode.mesh.streams import ChannelStreams
@@ -239,7 +239,7 @@ class NodeFacts:
         # Not CONNECTED yet: discovery keeps it unreached (bounded) and dials it back.
         assert self.discovery is not None
         self.discovery.inbound(
-            verified, transport_peer, card_fields(verified, "", version, "inbound")
+            verified, transport_peer, card_fields(verified, "", version, INBOUND_SOURCE)
         )
         # Kept (it is in the table now) until the table forgets it: its capabilities
         # are listed even before our own dial reaches it, as calls to it already go.

@@ -38,7 +38,9 @@ from aralnode.discovery import (
     MAX_DIAL_BACKLOG,
     MAX_HINT_KEYS,
     Announcement,
+    Hint,
     PeerEventStream,
+    Supervisor,
     addresses,
     advertised_hosts,
     dial_back_addresses,
@@ -565,6 +567,43 @@ async def test_inbound_peer_is_dialled_back_and_followed(make_node: Callable[...
         assert b.node_id in a.discovery.followers
         await b.stop(grace=0)
         await until(a, lambda: state_of(a, b) is PeerState.GONE)
+
+
+@pytest.mark.parametrize("announced", ["before", "after"])
+async def test_a_peer_that_dialled_first_is_the_backends_once_it_announces_itself(
+    make_node: Callable[..., Node], announced: str
+) -> None:
+    """b dials a before a's backend sees b's announcement (or while a dials b back):
+    once connected and announced at the address a reached, b is that backend's peer,
+    as if a had dialled first (an etcd bridge writes only its LAN's mDNS peers)."""
+    a = make_node("a", discovery="static", keepalive_ms=100)
+    b = make_node("b")
+    async with a, b:
+        assert isinstance(a.discovery, Supervisor)
+        hint = Hint(f"mdns:{b.node_id}", (b.address,), b.node_id, source="mdns")
+        await b.connect(a.address)
+        if announced == "after":
+            await until(a, lambda: state_of(a, b) is PeerState.CONNECTED)
+            peer = a.peer_table.get(b.node_id)
+            assert peer is not None
+            assert peer.source == "inbound"
+        a.discovery.hint(hint)
+        await until(
+            a,
+            lambda: (
+                (p := a.peer_table.get(b.node_id)) is not None
+                and (p.state, p.source, p.reached) == (PeerState.CONNECTED, "mdns", True)
+            ),
+        )
+        # An announcement at another address makes no peer of it.
+        c = make_node("c")
+        async with c:
+            await c.connect(a.address)
+            await until(a, lambda: state_of(a, c) is PeerState.CONNECTED)
+            a.discovery.hint(Hint(f"mdns:{c.node_id}", ("10.9.9.9:1",), c.node_id, source="mdns"))
+            peer = a.peer_table.get(c.node_id)
+            assert peer is not None
+            assert peer.source == "inbound"
 
 
 def test_dial_back_goes_to_the_transport_ip_at_the_card_ports() -> None:

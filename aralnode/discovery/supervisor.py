@@ -71,6 +71,8 @@ log = get_logger("aralnode.discovery")
 DIALERS = 8
 MAX_DIAL_BACKLOG = 256
 MAX_HINT_KEYS = 512
+#: The source of a peer that dialled us first (until a backend announces it).
+INBOUND_SOURCE = "inbound"
 # A GONE peer is forgotten after this many peer timeouts (60 s by default).
 FORGET_AFTER_TIMEOUTS = 6
 
@@ -137,6 +139,8 @@ class Supervisor:
         self._dialing: set[str] = set()
         self._dial_wake = asyncio.Event()
         self._claims: OrderedDict[str, tuple[str, str]] = OrderedDict()  # key -> (id, address)
+        # node id -> (source, addresses) of the last hint that named it (bounded too)
+        self._announced: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
         self._persistent: set[str] = set()  # addresses dialled until reached
         self._tasks = TaskSet()
         self._streams: weakref.WeakSet[PeerEventStream] = weakref.WeakSet()
@@ -238,22 +242,48 @@ class Supervisor:
             self._remember(hint.key, ("", address))  # incompatible: nothing to dial
             return
         self._remember(hint.key, (hint.node_id, address))
+        if hint.node_id:
+            announced = self._announced
+            announced.pop(hint.node_id, None)
+            announced[hint.node_id] = (hint.source, tuple(hint.addresses))
+            if len(announced) > MAX_HINT_KEYS:
+                announced.popitem(last=False)
         client = self.connector.clients.get(hint.node_id)
         if client is not None and client.peer is not None and self._is_connected(hint.node_id):
             # Already verified: the only news a hint can bring is new capabilities,
             # and only the address we verified may make us re-handshake.
+            if client.address not in hint.addresses:
+                return
             if (
                 hint.capability_digest
                 and client.peer.card.capability_digest != hint.capability_digest
-                and client.address in hint.addresses
             ):
                 self._enqueue(
                     _Dial((client.address,), hint.node_id, hint.fingerprint, hint.source, True)
                 )
+            self._adopt(hint.node_id)
             return
         addresses = hint.addresses[:MAX_DIAL_ADDRESSES]
         if addresses:
             self._enqueue(_Dial(addresses, hint.node_id, hint.fingerprint, hint.source))
+
+    def _adopt(self, node_id: str) -> None:
+        """A peer that dialled us, and that we reached at the address it gave, that a
+        backend announces at that address too (before or after): it is that
+        backend's peer from now on, whichever end dialled first (a bridge writes its
+        LAN's mDNS peers into etcd, ``etcd_bridge``)."""
+        announced = self._announced.get(node_id)
+        peer = self.table.get(node_id)
+        client = self.connector.clients.get(node_id)
+        if (
+            announced is not None
+            and peer is not None
+            and client is not None
+            and peer.state is PeerState.CONNECTED
+            and peer.source == INBOUND_SOURCE
+            and client.address in announced[1]
+        ):
+            self.table.apply(node_id, PeerEvent.DISCOVERED, source=announced[0])
 
     def rejected(self, key: str, reason: str) -> None:
         if not self._running:
@@ -268,6 +298,7 @@ class Supervisor:
         if claim is None:
             return
         node_id, address = claim
+        self._announced.pop(node_id, None)
         self._dials.pop(address, None)
         client = self.connector.clients.get(node_id)
         peer = self.table.get(node_id)
@@ -348,7 +379,9 @@ class Supervisor:
             raise RateLimited(str(exc), reason=reason or "TOO_MANY_UNREACHED_PEERS") from None
         self.counters["discovery.inbound_evicted"] += table.inbound_evicted - evicted
         if self.dial_back and self._running and candidates:
-            self._enqueue(_Dial(tuple(candidates), node_id, verified.key.fingerprint, "inbound"))
+            self._enqueue(
+                _Dial(tuple(candidates), node_id, verified.key.fingerprint, INBOUND_SOURCE)
+            )
 
     # -- dialling ----------------------------------------------------------------------
 
@@ -395,6 +428,8 @@ class Supervisor:
                 expected_fingerprint=dial.fingerprint,
                 source=dial.source,
             )
+            if dial.source == INBOUND_SOURCE:  # announced meanwhile, maybe
+                self._adopt(dial.node_id)
             return True
         except Unauthenticated as exc:
             # Someone announced an id (or fingerprint) its key does not prove.
