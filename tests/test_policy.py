@@ -24,6 +24,7 @@ from aralnode.core.errors import InternalError
 from aralnode.core.governance import Action, Decision, Direction
 from aralnode.policy import engine as engine_mod
 from aralnode.policy.engine import Memory, PolicyEvaluator
+from aralnode.policy.expr import params_fields
 from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.load import PolicyError, parse_policy
 from tests.channel_helpers import FAST, linked
@@ -274,6 +275,85 @@ def test_answers_kept_per_call_shape_follow_what_each_rule_reads() -> None:
     for i in range(3 * engine_mod._CACHE):  # made-up shapes: the table stays bounded
         e.evaluate(act(f"evt-{i}", direction=Direction.RECEIVE, peer="p1"))
     assert len(e._known) <= engine_mod._CACHE
+
+
+_BY_FIELD = """
+[[tripwires]]
+id = "a"
+capabilities = ["demo.add"]
+when = "has(params.a) && params.a > 1"
+action = "block"
+[[tripwires]]
+id = "ac"
+capabilities = ["demo.add"]
+when = "has(params.a) && has(params.c) && params.c != 'params.a'"
+action = "block"
+[[tripwires]]
+id = "whole"
+capabilities = ["demo.add"]
+when = "size(params) > 2"
+action = "block"
+[[tripwires]]
+id = "b"
+capabilities = ["demo.add"]
+when = "has(params.b) && params.b == 'x' && tier < 9"
+action = "block"
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "fields"),
+    [
+        ("has(params.n) && params.n > 5", ("n",)),
+        ("params . n.m > 1 || params.n.startsWith('a')", ("n",)),
+        ("has(params.a) && params.b == 'params.c'", ("a", "b", "c")),
+        ("size(params) > 2", None),
+        ("params['n'] > 1", None),
+        ("params.exists(k, k == 'a')", None),
+        ("'params' == capability", None),
+        ("params.?x == 1", None),
+        ("params.`a-b` == 1", None),
+        ("params.n(1)", None),
+        ("[1].exists(params, params > 0)", None),
+    ],
+)
+def test_what_a_condition_reads_of_the_parameters(
+    source: str, fields: tuple[str, ...] | None
+) -> None:
+    assert params_fields(source) == fields
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"a": 2},
+        {"a": 1, "b": "x"},
+        {"b": "x", "c": "params.a", "a": 5},
+        {"a": 2, "c": "y"},
+        {"a": 2, "b": "y", "c": "z", "d": 1},
+        {"c": 1},
+        {"a": "2"},
+    ],
+)
+def test_a_condition_given_only_the_fields_it_reads_answers_the_same(
+    params: dict[str, Any],
+) -> None:
+    """Rules that read a few fields each get only those (one after another, with
+    a rule that reads the whole map among them): the same answers as when each
+    gets every parameter."""
+    fielded, whole = engine(_BY_FIELD), engine(_BY_FIELD)
+    assert [r.fields for r in fielded._rules] == [("a",), ("a", "c"), None, ("b",)]
+    for rule in whole._rules:
+        rule.fields = None
+
+    def answer(e: PolicyEvaluator) -> Any:
+        try:
+            return e.evaluate(act(params=params)).rule_ids
+        except InternalError as exc:
+            return exc.reason
+
+    assert answer(fielded) == answer(whole)
 
 
 def test_a_call_whose_rule_fails_still_counts() -> None:

@@ -63,7 +63,7 @@ class Memory:
 class _Rule:
     """A tripwire as the engine runs it: its condition compiled."""
 
-    __slots__ = ("condition", "memo", "names", "run", "tripwire")
+    __slots__ = ("condition", "fields", "memo", "names", "run", "tripwire")
 
     def __init__(self, tripwire: Tripwire) -> None:
         self.tripwire = tripwire
@@ -77,6 +77,8 @@ class _Rule:
         self.memo: dict[tuple[Any, ...], bool] | None = (
             {} if names and not names & _NOT_SCALAR else None
         )
+        # The parameters' fields it reads (``None``: all of them may matter).
+        self.fields = self.condition.fields if self.condition is not None else None
 
 
 class _Plan:
@@ -328,6 +330,7 @@ class PolicyEvaluator:
         fired = []
         values: dict[str, Any] = {}  # made once per call, as rules need them
         sent: set[str] = set()  # and set into the CEL context once
+        fields_sent: tuple[str, ...] | None = None  # (params: only these, if not whole)
         context = self._cel
         for rule in rules:
             run = rule.run
@@ -340,9 +343,17 @@ class PolicyEvaluator:
                 held = memo.get(key) if memo is not None else None
                 if held is None:
                     for name in rule.names:
-                        if name not in sent:
-                            context.add_variable(name, values[name])
-                            sent.add(name)
+                        if name in sent:
+                            continue
+                        value = values[name]
+                        if name == "params" and (fields := rule.fields) is not None:
+                            if fields != fields_sent:  # only the fields it reads
+                                value = {k: value[k] for k in fields if k in value}
+                                context.add_variable(name, value)
+                                fields_sent = fields
+                            continue
+                        context.add_variable(name, value)
+                        sent.add(name)
                     held = self._run(rule, run, context)
                     if memo is not None:
                         if len(memo) >= _MEMO:
