@@ -40,7 +40,8 @@ from aralnode.core.governance import (
     RuleEvaluator,
     Verdict,
 )
-from aralnode.service.approvals import PENDING, Approval, ApprovalQueue
+from aralnode.service import approvals as approvals_module
+from aralnode.service.approvals import PENDING, Approval, ApprovalQueue, approval_id
 from aralnode.transport.grpc_client import NodeClient, unwrap
 from tests.channel_helpers import FAST, linked
 
@@ -152,6 +153,14 @@ async def test_escalate_on_grpc_approve_deny_and_timeout(
         assert s.queue.pending() == []
         # under the threshold: never escalated
         assert (await asyncio.wait_for(grpc_echo(s.node, s.alice, 2), 20))["echo"] == ["hi"] * 2
+
+
+def test_an_approval_id_is_never_read_as_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id is a positional argument of ``aralnode approvals approve``: one that
+    began with ``-`` (1 in 64 of URL-safe tokens) was read as an option."""
+    drawn = iter(["-z3WQJJtUdaj", "--9QJJtUdajx", "z3WQJJtUdaj-"])
+    monkeypatch.setattr(approvals_module.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert approval_id() == "z3WQJJtUdaj-"
 
 
 async def test_an_approver_cannot_approve_its_own_call(

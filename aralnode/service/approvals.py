@@ -80,6 +80,14 @@ class Approval:
 Listener = Callable[[str, Approval], None]
 
 
+def approval_id() -> str:
+    """A new approval's id: 72 random bits, URL-safe, never starting with ``-``
+    (``aralnode approvals approve ID`` would read one that did as an option)."""
+    while (found := secrets.token_urlsafe(9)).startswith("-"):
+        pass
+    return found
+
+
 class ApprovalQueue:
     """The node's pending escalations (see the module docstring)."""
 
@@ -174,7 +182,7 @@ class ApprovalQueue:
             )
         now = self._now_ms()
         entry = Approval(
-            id=secrets.token_urlsafe(9),
+            id=approval_id(),
             principal=principal,
             caller=ctx.caller,
             door=ctx.door,
