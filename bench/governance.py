@@ -110,33 +110,24 @@ def _calls(first: int = 0, count: int = 200) -> list[Action]:
     return calls
 
 
-def measure(tmp: Path) -> float:
+def measure(tmp: Path, *, fresh: bool = False) -> float:
+    """µs per ``evaluate`` over the 200-call mix, again and again; ``fresh``: the
+    same mix, each call's parameters new (made before the clock starts)."""
     policy = load_policy(hundred_rules(tmp / "policy.toml"))
     assert len(policy.tripwires) == 100
     engine = PolicyEvaluator(policy, Memory(SYSTEM_CLOCK.monotonic, policy))
-    calls = _calls()
-    for action in calls:  # warm the caches (candidates, tiers, categories)
-        engine.evaluate(action)
-    samples = []
-    for _ in range(ROUNDS):
-        # This thread's CPU time: what judging costs, whatever else the machine
-        # runs meanwhile (wall time on a shared 2-core box measures the neighbours).
-        t0 = time.thread_time_ns()
-        for i in range(CALLS):
-            engine.evaluate(calls[i % len(calls)])
-        samples.append((time.thread_time_ns() - t0) / CALLS / 1000)
-    return statistics.median(samples)
-
-
-def measure_fresh(tmp: Path) -> float:
-    """``measure``, each call's parameters new (made before the clock starts)."""
-    policy = load_policy(hundred_rules(tmp / "policy.toml"))
-    engine = PolicyEvaluator(policy, Memory(SYSTEM_CLOCK.monotonic, policy))
-    for action in _calls():
+    mix = _calls()
+    for action in mix:  # warm the caches (candidates, tiers, categories)
         engine.evaluate(action)
     samples = []
     for r in range(ROUNDS):
-        calls = _calls(first=200 + r * CALLS, count=CALLS)
+        calls = (
+            _calls(first=len(mix) + r * CALLS, count=CALLS)
+            if fresh
+            else [mix[i % len(mix)] for i in range(CALLS)]
+        )
+        # This thread's CPU time: what judging costs, whatever else the machine
+        # runs meanwhile (wall time on a shared 2-core box measures the neighbours).
         t0 = time.thread_time_ns()
         for action in calls:
             engine.evaluate(action)
@@ -202,7 +193,7 @@ def run(report: Report) -> None:
 
     with tempfile.TemporaryDirectory(prefix="aral-gov-") as tmp:
         us = measure(Path(tmp))
-        fresh = measure_fresh(Path(tmp))
+        fresh = measure(Path(tmp), fresh=True)
         costs = asyncio.run(message_costs(Path(tmp)))
     report.add("governance.eval_100_rules_us", us, "us")
     report.add("governance.eval_100_rules_fresh_params_us", fresh, "us")
