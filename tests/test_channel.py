@@ -22,6 +22,7 @@ from aralnode import (
     RuleEvaluator,
 )
 from aralnode.core import codec
+from aralnode.mesh.state import NOTIFY_TURN_EVERY, Turns
 from aralnode.transport.grpc_client import unwrap
 from tests.channel_helpers import FAST, linked
 
@@ -78,6 +79,38 @@ async def test_notifications_arrive_in_order_once(pair: tuple[Node, Node]) -> No
     assert got == list(range(n))
     assert a.channels is not None
     assert await a.channels.flush(b.node_id, 10)
+
+
+async def test_a_flood_of_notifications_lets_the_event_loop_run(pair: tuple[Node, Node]) -> None:
+    """``notify`` suspends only when the outbox is full; a program's loop of them
+    still lets the loop run every ``NOTIFY_TURN_EVERY`` (the links send meanwhile)."""
+    a, b = pair
+    sent = 0
+    ran_at: list[int] = []
+
+    async def other() -> None:
+        ran_at.append(sent)
+
+    task = asyncio.ensure_future(other())
+    async with b.subscribe("flood") as sub:
+        for i in range(2 * NOTIFY_TURN_EVERY):
+            await a.notify(b.node_id, "flood", {"i": i})
+            sent += 1
+        assert ran_at, "the loop never ran during the flood"
+        assert ran_at[0] < NOTIFY_TURN_EVERY
+        got = [(await anext(sub)).data["i"] for _ in range(2 * NOTIFY_TURN_EVERY)]
+    assert got == list(range(2 * NOTIFY_TURN_EVERY))
+    await task
+
+
+def test_turns_fall_due_once_in_every_notify_turn_every() -> None:
+    turns = Turns()
+    due = [turns.due() for _ in range(3 * NOTIFY_TURN_EVERY)]
+    assert [i for i, d in enumerate(due) if d] == [
+        NOTIFY_TURN_EVERY - 1,
+        2 * NOTIFY_TURN_EVERY - 1,
+        3 * NOTIFY_TURN_EVERY - 1,
+    ]
 
 
 @pytest.mark.parametrize("content_type", [codec.JSON, codec.MSGPACK, codec.PROTOBUF])

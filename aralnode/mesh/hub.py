@@ -67,6 +67,7 @@ from aralnode.mesh.state import (
     Overflow,
     PeerChannel,
     Subscription,
+    Turns,
     backlog_full,
     response_size,
     wait_set,
@@ -131,6 +132,7 @@ class ChannelHub:
         self.backoff_max = s.backoff_max
         self.incarnation = os.urandom(8).hex()
         self.stopping = False
+        self.turns = Turns()  # when ``Node.notify`` lets the loop run
         self.peers: dict[str, PeerChannel] = {}
         self.subscriptions: list[Subscription] = []
         # Registered before start too (``Node.on_notification``): taken as given.
@@ -195,7 +197,7 @@ class ChannelHub:
         pc.link = None
         pc.ended_by = getattr(link, "error", None)
         pc._set_up(False)
-        self._save(pc)
+        self.receiver.save(pc)
         self.count("channel.closed")
         for listener in self.link_listeners:
             listener(pc.peer_id, False)
@@ -559,9 +561,6 @@ class ChannelHub:
         pc.responses.append((seq, size))
         pc.response_bytes += size
 
-    def _save(self, pc: PeerChannel) -> None:
-        self.receiver.save(pc)
-
     # -- lifecycle --------------------------------------------------------------------------
 
     def discard(self) -> None:
@@ -590,7 +589,7 @@ class ChannelHub:
                     fut.set_exception(Unavailable("node is stopping", reason="NODE_STOPPING"))
             pc.pending.clear()
             pc.space.set()
-            self._save(pc)
+            self.receiver.save(pc)
         for sub in list(self.subscriptions):
             sub.close()
         await self.receiver.aclose()
