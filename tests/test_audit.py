@@ -146,6 +146,52 @@ async def test_an_idle_loop_commits_at_once(
     log.close()
 
 
+async def test_a_group_no_call_waits_for_may_wait_longer(
+    tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-way messages' records hold nothing back: while no call waits for their
+    group, a busy loop commits it within ``ONE_WAY_GROUP_TURNS`` turns, not
+    ``GROUP_TURNS``; a call's record brings the commit within ``GROUP_TURNS``."""
+    monkeypatch.setattr(auditing, "GROUP_SECONDS", 60.0)  # turns bound it here, not time
+    monkeypatch.setattr(auditing, "ONE_WAY_GROUP_SECONDS", 60.0)
+    log = AuditLog(tmp_path, identity)
+    log.open()
+    waiting = durable(log)
+    loop = asyncio.get_running_loop()
+    committed_at: list[int] = []
+    spins = 0
+    done = loop.create_future()
+
+    def spin(until: int) -> None:  # keeps the loop's ready queue non-empty
+        nonlocal spins
+        spins += 1
+        if log.commits > len(committed_at):
+            committed_at.append(spins)
+        if spins < until:
+            loop.call_soon(spin, until)
+        else:
+            done.set_result(None)
+
+    log.append(record(1))  # a notification's: nobody waits for it
+    spin(2 * auditing.ONE_WAY_GROUP_TURNS)
+    await done
+    assert len(committed_at) == 1
+    assert auditing.GROUP_TURNS + 2 < committed_at[0] <= auditing.ONE_WAY_GROUP_TURNS + 2
+    # A call's record, appended to a one-way group: its wait is the call's bound.
+    log.append(record(2))
+    spins, done = 0, loop.create_future()
+    committed_at.clear()
+    first = log.commits
+    ticket = log.append(record(3))
+    spin(2 * auditing.ONE_WAY_GROUP_TURNS)
+    await waiting.durable(ticket)
+    assert log.commits == first + 1
+    assert spins <= auditing.GROUP_TURNS + 2, spins
+    await done
+    assert log.records == 3
+    log.close()
+
+
 async def test_the_wal_is_checkpointed_off_the_loop(
     tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
