@@ -497,8 +497,6 @@ class Node:
         (``Direction.SEND``); returns its message id once queued (delivered at least
         once, in order; acked messages are never lost)."""
         hub = self.parts.hub
-        if hub.turns.due():  # before anything: a cancelled notify did nothing
-            await asyncio.sleep(0)
         message_id = new_message_id()  # its trace: the records at both ends name it
         ctx = self.contexts.local(trace_id=message_id)
         data = self.pipeline.judge_message(ctx, event, data, direction=Direction.SEND, peer=peer)

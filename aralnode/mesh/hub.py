@@ -467,6 +467,8 @@ class ChannelHub:
                 pc, body, content_type=content_type, compression=compression,
                 trace_id=trace_id, message_id=message_id,
             )  # fmt: skip
+        if self.turns.due():  # queued (in order), as a stream's drain: see ``Turns``
+            await asyncio.sleep(0)
         return message_id
 
     def subscribe(

@@ -33,7 +33,7 @@ RESPONSE_OVERHEAD = 1024
 
 
 #: ``Node.notify`` lets the event loop run (``await asyncio.sleep(0)``) at least once
-#: in this many notifications (``Turns``).
+#: in this many notifications (``Turns``), once the notification is queued.
 NOTIFY_TURN_EVERY = 32
 
 
@@ -45,7 +45,10 @@ class Turns:
     second when signed): the links send none of them, read no acks, and the node
     serves nothing else meanwhile. A turn every ``NOTIFY_TURN_EVERY`` bounds that
     to about 2 ms; on the bench the signed channel carried 15 % more messages a
-    second (docs/channels.md)."""
+    second (docs/channels.md). The turn comes after the message is queued, so
+    notifications queue in the order they were called, concurrent ones too; as
+    with a stream's ``drain``, a notify cancelled at its turn has queued its
+    message."""
 
     __slots__ = ("left",)
 
