@@ -650,6 +650,10 @@ async def test_both_ends_records_of_a_message_name_the_same_trace() -> None:
         message_id = await a.notify(b.node_id, "demo.event", {"x": 1})
         assert await a.request(b.node_id, "demo.echo", {"x": 2}) == 2
         assert await a.channels.flush(b.node_id, 20)
+        # Stopped, their logs hold every record (a notification's waits for no one:
+        # its group may still be open, docs/audit.md).
+        await a.stop()
+        await b.stop()
 
         def records(node: Node, action: str) -> list[AuditRecord]:
             audit_dir = node.config.resolved_data_dir / "audit"
