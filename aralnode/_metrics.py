@@ -287,7 +287,7 @@ def _audit_families(node: Node) -> Iterator[Metric]:
         total, groups = lag
         yield SummaryMetricFamily(
             "aralnode_audit_write_lag_seconds",
-            "From a group's first record to its commit (calls wait that long for theirs).",
+            "From a group's first record to its commit, of groups a call waited for.",
             count_value=groups,
             sum_value=total,
         )

@@ -495,7 +495,8 @@ class Node:
     ) -> str:
         """Send a notification over the channel, judged by this node's pipeline
         (``Direction.SEND``); returns its message id once queued (delivered at least
-        once, in order; acked messages are never lost)."""
+        once, in order; acked messages are never lost). Once in 32 calls it then lets
+        the event loop run: cancelled there, it has queued the message (docs/channels.md)."""
         hub = self.parts.hub
         message_id = new_message_id()  # its trace: the records at both ends name it
         ctx = self.contexts.local(trace_id=message_id)

@@ -189,6 +189,8 @@ async def test_a_group_no_call_waits_for_may_wait_longer(
     assert spins <= auditing.GROUP_TURNS + 2, spins
     await done
     assert log.records == 3
+    # The write lag (``/metrics``) is the wait of calls: the one-way group is not in it.
+    assert waiting.lag[1] == 1
     log.close()
 
 

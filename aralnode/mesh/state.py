@@ -46,9 +46,9 @@ class Turns:
     serves nothing else meanwhile. A turn every ``NOTIFY_TURN_EVERY`` bounds that
     to about 2 ms; on the bench the signed channel carried 15 % more messages a
     second (docs/channels.md). The turn comes after the message is queued, so
-    notifications queue in the order they were called, concurrent ones too; as
-    with a stream's ``drain``, a notify cancelled at its turn has queued its
-    message."""
+    notifications queue in the order they were called (concurrent ones too, while
+    the outbox has room); as with a stream's ``drain``, a notify cancelled at its
+    turn has queued its message."""
 
     __slots__ = ("left",)
 
@@ -56,7 +56,7 @@ class Turns:
         self.left = NOTIFY_TURN_EVERY
 
     def due(self) -> bool:
-        """Count one notification; whether the sender should yield before it."""
+        """Count one notification; whether the sender should yield once it is queued."""
         self.left -= 1
         if self.left:
             return False

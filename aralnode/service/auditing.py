@@ -12,8 +12,8 @@ while the loop has other callbacks ready to run -- other calls on their way to
 their own records -- and runs once the loop would otherwise go back to waiting
 for the network (or after ``GROUP_TURNS`` turns, or ``GROUP_SECONDS``). An idle
 node commits at once; a saturated one commits groups several records large. A group
-that no call waits for (one-way channel messages' records) may wait longer
-(``ONE_WAY_GROUP_TURNS``, ``ONE_WAY_GROUP_SECONDS``).
+that no call waits for (the records of one-way channel messages, refusals, connections)
+may wait longer (``ONE_WAY_GROUP_TURNS``, ``ONE_WAY_GROUP_SECONDS``).
 Measured on the MCP door at saturation (8 calls in flight): groups of one record
 per commit became about 3.5, and governed calls/s rose from 0.78 to 0.86 of
 ungoverned (docs/audit.md).
@@ -41,9 +41,9 @@ _new_tuple = tuple.__new__
 GROUP_TURNS = 32
 #: ... and this long for more records (a bound on the latency it adds).
 GROUP_SECONDS = 0.002
-#: While no call waits for the group (it holds one-way channel messages' records,
-#: which hold nothing back), it may wait this many turns and this long: on the
-#: channel bench a commit then carries three times the records, and the audit log
+#: While no call waits for the group (records that hold nothing back: one-way channel
+#: messages', refusals', connections'), it may wait this many turns and this long: on
+#: the channel bench a commit then carries three times the records, and the audit log
 #: costs a message 3 µs less at each end (docs/audit.md).
 ONE_WAY_GROUP_TURNS = 256
 ONE_WAY_GROUP_SECONDS = 0.008
@@ -123,14 +123,16 @@ class DurableLog:
                 self._turns += 1
                 self._loop.call_soon(self._group)
                 return
+        waited = bool(self._waiters)
         self.store.flush()
-        self.lag_seconds += self._loop.time() - self._since
-        self.groups += 1
+        if waited:  # the lag a call's answer had (``lag``), not a one-way group's
+            self.lag_seconds += self._loop.time() - self._since
+            self.groups += 1
 
     @property
     def lag(self) -> tuple[float, int]:
         """Write lag: seconds from groups' first records to their commits, summed,
-        and the number of groups (``/metrics``)."""
+        and the number of groups, of the groups a call waited for (``/metrics``)."""
         return self.lag_seconds, self.groups
 
     def _tick(self) -> None:
