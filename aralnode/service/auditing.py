@@ -44,7 +44,7 @@ GROUP_SECONDS = 0.002
 #: While no call waits for the group (records that hold nothing back: one-way channel
 #: messages', refusals', connections'), it may wait this many turns and this long: on
 #: the channel bench a commit then carries three times the records, and the audit log
-#: costs a message 3 µs less at each end (docs/audit.md).
+#: costs a message 1 to 3 µs less at each end (docs/audit.md).
 ONE_WAY_GROUP_TURNS = 256
 ONE_WAY_GROUP_SECONDS = 0.008
 
