@@ -19,6 +19,7 @@ from aralnode.core.errors import (
     PermissionDenied,
     RateLimited,
     Unauthenticated,
+    Unavailable,
 )
 from aralnode.core.governance import (
     Action,
@@ -402,6 +403,46 @@ def test_audit_writes_a_record_or_fails_the_call() -> None:
         Audit([Sink(broken=True)], counters)(ctx, "cap", "invoke", "", None)
     assert info.value.reason == "AUDIT_FAILED"
     assert counters["audit.failed"] == 1
+
+
+class RefusingLog:
+    """A log that cannot keep records (full, read-only): ``append`` refuses."""
+
+    failed = None
+
+    def __init__(self) -> None:
+        self.tickets = 0
+
+    def append(self, record: AuditRecord) -> int:
+        raise Unavailable("the audit log is full", reason="AUDIT_UNAVAILABLE")
+
+    async def durable(self, ticket: int) -> None:
+        return None
+
+
+class CountingLog(RefusingLog):
+    def append(self, record: AuditRecord) -> int:
+        self.tickets += 1
+        return self.tickets
+
+
+@pytest.mark.parametrize("sinks", [0, 1], ids=["log alone", "log and a sink"])
+def test_audit_hands_the_record_to_the_log_and_counts_its_refusal(sinks: int) -> None:
+    """The log alone (the node's usual stage) and with sinks: the log's ticket comes
+    back, and a log that refuses raises its error and counts ``audit.refused``."""
+    counters: Counter[str] = Counter()
+    ctx = ctx_with(signer=PEER, signer_verified=True)
+    authenticate()(ctx)
+    sink_list = [Sink() for _ in range(sinks)]
+    keeping = CountingLog()
+    audit = Audit(sink_list, counters, keeping)
+    assert [audit(ctx, "cap", "invoke", "", None) for _ in range(2)] == [1, 2]
+    assert all(len(s.records) == 2 for s in sink_list)
+    with pytest.raises(Unavailable) as info:
+        Audit(sink_list, counters, RefusingLog())(ctx, "cap", "invoke", "", None)
+    assert info.value.reason == "AUDIT_UNAVAILABLE"
+    assert counters["audit.refused"] == 1
+    assert all(len(s.records) == 2 for s in sink_list)  # a refused record reaches no sink
 
 
 # -- the pipeline runs them in order -------------------------------------------------------
