@@ -43,10 +43,10 @@ GROUP_TURNS = 32
 GROUP_SECONDS = 0.002
 #: While no call waits for the group (records that hold nothing back: one-way channel
 #: messages', refusals', connections'), it may wait this many turns and this long: on
-#: the channel bench a commit then carries three times the records, and the audit log
-#: costs a message 1 to 3 µs less at each end (docs/audit.md).
-ONE_WAY_GROUP_TURNS = 256
-ONE_WAY_GROUP_SECONDS = 0.008
+#: the channel bench a commit then carries about 350 records instead of 30 to 100 (a
+#: commit's fixed cost, about 30 µs, spread thinner; docs/audit.md has the figures).
+ONE_WAY_GROUP_TURNS = 1024
+ONE_WAY_GROUP_SECONDS = 0.032
 
 
 class GroupedLog(Protocol):
