@@ -91,9 +91,7 @@ class Governance:
             return
         post = holder.current.policy.post
         pipeline.stages.post_check.filter = (
-            MessageFilter(lambda: holder.current.policy.post)
-            if post is not None and post.messages
-            else None
+            MessageFilter(post) if post is not None and post.messages else None
         )
 
     def escalation_settings(self) -> None:

@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aralnode import Node
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
-from aralnode.policy.post import MAX_NODES, MAX_SCAN, Detector, PostPolicy, Scanner
+from aralnode.policy.post import (
+    BUILTIN_PATTERNS,
+    BUILTIN_SHORTEST,
+    BUILTIN_TRIGGERS,
+    MAX_DEPTH,
+    MAX_NAMES,
+    MAX_NODES,
+    MAX_SCAN,
+    Detector,
+    PostPolicy,
+    Scanner,
+)
 from tests.channel_helpers import FAST, linked
 from tests.test_parity import open_doors
 
@@ -70,6 +84,81 @@ def test_scanning_is_bounded() -> None:
     with pytest.raises(AralError) as err:
         scanner.scan(list(range(MAX_NODES + 1)))
     assert err.value.reason == "RESULT_NOT_CHECKED"
+
+
+def test_the_shortcuts_hold_for_every_builtin_detector() -> None:
+    """A string shorter than ``BUILTIN_SHORTEST``, or holding none of the triggers, is
+    not run through the pattern: no built-in detector can match it."""
+    assert set(BUILTIN_TRIGGERS) == set(BUILTIN_PATTERNS)
+    parser = pytest.importorskip("re._parser")
+    widths = [parser.parse(p).getwidth()[0] for p in BUILTIN_PATTERNS.values()]
+    assert min(widths) == BUILTIN_SHORTEST
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_builtin_match_holds_a_trigger(data: st.DataObject) -> None:
+    for name, pattern in BUILTIN_PATTERNS.items():
+        text = data.draw(st.from_regex(re.compile(pattern), fullmatch=True), label=name)
+        assert len(text) >= BUILTIN_SHORTEST
+        assert any(t in text for t in BUILTIN_TRIGGERS[name]), (name, text)
+
+
+# Pieces of secrets and of their triggers, to build strings around the shortcuts' edges.
+_PIECES = [
+    AWS, JWT, PEM, "Bearer ", "bearer", "abcdefghijklmnopqrstuvwxyz012345", "ghp_", "gho_",
+    "xoxb-", "aral_", "eyJ", "AKIA", "ASIA", "PRIVATE KEY-----", "-----BEGIN ", "-----END ",
+    " ", "\n", ".", "_", "-", "x" * 14,
+]  # fmt: skip
+_TEXT = st.lists(st.sampled_from(_PIECES) | st.text(max_size=12), max_size=8).map("".join)
+_VALUES = st.recursive(
+    st.none() | st.integers() | st.booleans() | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_VALUES)
+def test_the_shortcuts_change_no_answer(value: Any) -> None:
+    """The scanner answers as one that runs the pattern over every string."""
+    fast = Scanner(PostPolicy())
+    every = Scanner(PostPolicy())
+    every.triggers, every.shortest = None, 0
+    assert fast.scan(value) == every.scan(value)
+
+
+def test_a_configured_pattern_scans_every_string() -> None:
+    scanner = Scanner(PostPolicy(detectors=(Detector("pin", r"\b\d{4}\b"),)))
+    assert scanner.scan({"p": "pin 1234"}) == ({"p": "pin [REDACTED:pin]"}, ["pin"])
+    assert scanner.scan("1234") == ("[REDACTED:pin]", ["pin"])
+
+
+def test_field_names_are_remembered_within_a_bound() -> None:
+    scanner = Scanner(PostPolicy())
+    many = {f"field{i}": i for i in range(MAX_NAMES + 10)}
+    assert scanner.scan(many) == (many, [])
+    assert len(scanner._fields) <= MAX_NAMES + 1
+    assert scanner.scan({"password": "x", "Access-Token": "y"}) == (
+        {"password": "[REDACTED:password]", "Access-Token": "[REDACTED:access_token]"},
+        ["password", "access_token"],
+    )
+
+
+def test_the_depth_bound_holds_for_a_number_as_for_any_value() -> None:
+    scanner = Scanner(PostPolicy())
+
+    def nested(depth: int, leaf: Any) -> Any:
+        value = leaf
+        for _ in range(depth):
+            value = {"k": value}
+        return value
+
+    for leaf in (1, "text"):
+        assert scanner.scan(nested(MAX_DEPTH, leaf))[1] == []  # the leaf at MAX_DEPTH
+        with pytest.raises(AralError) as err:
+            scanner.scan(nested(MAX_DEPTH + 1, leaf))
+        assert err.value.reason == "RESULT_NOT_CHECKED"
 
 
 def policy(tmp_path: Path, post: str, extra: str = "") -> Path:
