@@ -4,7 +4,9 @@ The policy (``hundred_rules``, also the "full policy" of the governed MCP and
 channel benchmarks) is a realistic mix: 80 tripwires on 40 capabilities (two each,
 CEL conditions over the parameters, the tier and the trust debt, actions by tier),
 15 on capability globs, and 5 global ones (3 only for messages, 2 with cheap
-conditions), plus tiers, categories and the collusion tripwires. The figure is the
+conditions), plus tiers, categories, the collusion tripwires and the post-execution
+checks (``[post]``: every result and channel message scanned by the built-in
+detectors, results that break their output schema flagged). The figure is the
 median CPU time (this thread's) of ``PolicyEvaluator.evaluate`` over a mix of calls
 to those capabilities (the trust-debt, tier and category lookups included),
 in-process.
@@ -82,6 +84,8 @@ def hundred_rules(path: Path) -> Path:
     lines += [
         "[[tripwires]]", 'id = "deep"', 'when = "delegation_depth > 2"', 'action = "escalate"',
         "[[tripwires]]", 'id = "indebted"', 'when = "trust_debt > 0.9"', 'action = "escalate"',
+        # Post-execution (issue 16, item 4): results and channel messages scanned.
+        "[post]", 'sensitive = { "0-2" = "redact", "3-5" = "escalate" }', "messages = true",
     ]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     return path
