@@ -23,6 +23,7 @@ from aralnode.policy.post import (
     BUILTIN_SHORTEST,
     BUILTIN_TRIGGERS,
     MAX_DEPTH,
+    MAX_NAME_CHARS,
     MAX_NAMES,
     MAX_NODES,
     MAX_SCAN,
@@ -139,6 +140,9 @@ def test_field_names_are_remembered_within_a_bound() -> None:
     many = {f"field{i}": i for i in range(MAX_NAMES + 10)}
     assert scanner.scan(many) == (many, [])
     assert len(scanner._fields) <= MAX_NAMES + 1
+    long_name = "password" + "x" * MAX_NAME_CHARS  # looked up, never kept
+    assert scanner.scan({long_name: "v"}) == ({long_name: "v"}, [])
+    assert long_name not in scanner._fields
     assert scanner.scan({"password": "x", "Access-Token": "y"}) == (
         {"password": "[REDACTED:password]", "Access-Token": "[REDACTED:access_token]"},
         ["password", "access_token"],
@@ -159,6 +163,11 @@ def test_the_depth_bound_holds_for_a_number_as_for_any_value() -> None:
         with pytest.raises(AralError) as err:
             scanner.scan(nested(MAX_DEPTH + 1, leaf))
         assert err.value.reason == "RESULT_NOT_CHECKED"
+    # The budget counts a number in a mapping as one value, as it counts one in a list.
+    assert scanner.scan({str(i): i for i in range(MAX_NODES - 1)})[1] == []
+    with pytest.raises(AralError) as err:
+        scanner.scan({str(i): i for i in range(MAX_NODES)})
+    assert err.value.reason == "RESULT_NOT_CHECKED"
 
 
 def policy(tmp_path: Path, post: str, extra: str = "") -> Path:
@@ -277,10 +286,23 @@ async def test_the_filter_point_follows_the_policy_as_it_is_reloaded(
         holder = hub.governing.policy
         assert holder is not None
         async with hub.subscribe() as sub:
-            for post in ("", '[post]\nsensitive = "redact"\n', "[post]\nmessages = false\n"):
+            for post in (
+                "",
+                '[post]\nsensitive = "redact"\n',
+                # A configured pattern: every string is scanned from now on.
+                '[post]\n[[post.detectors]]\nname = "pin"\npattern = "\\\\b\\\\d{4}\\\\b"\n',
+                "[post]\nmessages = false\n",
+            ):
                 if post:
                     path.write_text(f"version = 1\n{post}")
                     assert holder.check_now()
-                await talker.notify(hub.node_id, "note", {"text": text})
-                seen.append((await asyncio.wait_for(anext(sub), 20)).data["text"])
-    assert seen == [text, "the key is [REDACTED:aws_access_key]", text]
+                await talker.notify(hub.node_id, "note", {"text": text, "pin": "1234"})
+                data = (await asyncio.wait_for(anext(sub), 20)).data
+                seen.append((data["text"], data["pin"]))
+    redacted = "the key is [REDACTED:aws_access_key]"
+    assert seen == [
+        (text, "1234"),
+        (redacted, "1234"),
+        (redacted, "[REDACTED:pin]"),
+        (text, "1234"),
+    ]

@@ -61,8 +61,11 @@ BUILTIN_TRIGGERS: Mapping[str, tuple[str, ...]] = {
 #: The shortest text a built-in detector matches (a Slack token: ``xoxb-`` and ten
 #: more): a shorter string -- most keys and many values -- is not scanned at all.
 BUILTIN_SHORTEST = 15
-#: Field names remembered with what they normalize to (``Scanner``), at most.
+#: Field names remembered with what they normalize to (``Scanner``), at most ...
 MAX_NAMES = 4096
+#: ... and only names this short (a secret's name is a word; a peer's 4 MB key is
+#: looked up, not kept).
+MAX_NAME_CHARS = 64
 SECRET_KEYS = frozenset({
     "password", "passwd", "secret", "client_secret", "api_key", "apikey", "token",
     "access_token", "refresh_token", "private_key", "authorization",
@@ -170,7 +173,7 @@ class Scanner:
     def _field(self, key: object) -> str | None:
         """The detector a field named ``key`` is (``SECRET_KEYS``, a detector's
         ``keys``), else ``None``; remembered per name (bounded)."""
-        if type(key) is not str:
+        if type(key) is not str or len(key) > MAX_NAME_CHARS:
             return self.keys.get(_norm(str(key)))
         fields = self._fields
         if key in fields:

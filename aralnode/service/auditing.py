@@ -43,8 +43,8 @@ GROUP_TURNS = 32
 GROUP_SECONDS = 0.002
 #: While no call waits for the group (records that hold nothing back: one-way channel
 #: messages', refusals', connections'), it may wait this many turns and this long: on
-#: the channel bench a commit then carries about 350 records instead of 30 to 100 (a
-#: commit's fixed cost, about 30 µs, spread thinner; docs/audit.md has the figures).
+#: the channel bench the sender's commits then carry about 415 records instead of 115
+#: (a commit's fixed cost, about 30 µs, spread thinner; docs/audit.md has the figures).
 ONE_WAY_GROUP_TURNS = 1024
 ONE_WAY_GROUP_SECONDS = 0.032
 
