@@ -9,6 +9,7 @@ REST door itself over HTTP, or the schemas two doors show for the same tool.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -443,3 +444,82 @@ async def test_a_websocket_frame_with_a_member_twice_is_refused(node: Node) -> N
             reply = json.loads(await ws.recv())
     assert reply["type"] == "error", reply
     assert reply["error"]["reason"] == "DUPLICATE_PARAMETER"
+
+
+def _texts_message() -> Descriptor:
+    """bytes (plain, repeated, a map's value, BytesValue), a Duration, the Struct-like
+    types and an Any, in a fresh pool."""
+    from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    deps = []
+    for module in (any_pb2, duration_pb2, struct_pb2, wrappers_pb2):
+        dep = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(dep)
+        pool.Add(dep)
+        deps.append(dep.name)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="t.proto", package="t", syntax="proto3", dependency=deps
+    )
+    msg = fdp.message_type.add(name="T")
+    entry = msg.nested_type.add(name="BlobsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=9, label=1, json_name="key")
+    entry.field.add(name="value", number=2, type=12, label=1, json_name="value")
+    fields = (  # (name, type, label, type_name)
+        ("data", 12, 1, ""), ("many", 12, 3, ""), ("blobs", 11, 3, ".t.T.BlobsEntry"),
+        ("boxed", 11, 1, ".google.protobuf.BytesValue"),
+        ("span", 11, 1, ".google.protobuf.Duration"),
+        ("st", 11, 1, ".google.protobuf.Struct"), ("val", 11, 1, ".google.protobuf.Value"),
+        ("list", 11, 1, ".google.protobuf.ListValue"), ("any", 11, 1, ".google.protobuf.Any"),
+    )  # fmt: skip
+    for number, (name, kind, label, type_name) in enumerate(fields, 1):
+        field = msg.field.add(name=name, number=number, type=kind, label=label, json_name=name)
+        if type_name:
+            field.type_name = type_name
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("t.T")
+
+
+_BIG = 2**53 + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [
+        ({"data": "AP8="}, True), ({"data": "AP8"}, True), ({"data": "_-8="}, True),
+        ({"data": ""}, True), ({"data": "AAECAw=="}, True), ({"data": "AAECAw"}, True),
+        ({"data": "!!!"}, False), ({"data": "AP8=AP8="}, False), ({"data": "AP 8="}, False),
+        ({"data": "AP8=="}, False), ({"data": "A"}, False), ({"data": "AAECA"}, False),
+        ({"many": ["AP8=", "!!"]}, False), ({"blobs": {"k": "A"}}, False),
+        ({"boxed": "AP8="}, True), ({"boxed": "A===="}, False),
+        ({"span": "1.5s"}, True), ({"span": "-0.000000001s"}, True), ({"span": "1s"}, True),
+        ({"span": "1.0000000001s"}, False), ({"span": "1.s"}, False), ({"span": "1"}, False),
+        ({"st": {"a": 2**53 - 1}}, True), ({"st": {"a": _BIG}}, False),
+        ({"st": {"a": [{"b": -_BIG}]}}, False), ({"val": _BIG}, False), ({"val": 1.5e300}, True),
+        ({"list": [1, [_BIG]]}, False), ({"val": True}, True),
+        ({"any": {}}, True), ({"any": {"value": "5"}}, False),
+        ({"any": {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "1s"}}, True),
+    ],
+)  # fmt: skip
+def test_bytes_durations_and_struct_numbers_are_held_to_proto3_json(body: Any, ok: bool) -> None:
+    # Before: the parser's lenient base64 made "!!!" no bytes and "AP8=AP8=" two; it cut
+    # a Duration past nanoseconds; a Struct's 2**53 + 1 became 2**53. The schemas took
+    # any string for bytes and any fraction for a Duration, and an Any with no @type.
+    desc = _texts_message()
+    assert _node_accepts(desc, body) is ok, body
+    if not ok and {"st", "val", "list"} & body.keys():
+        # (No JSON Schema tells 2**53 + 1 from 1.5e300 -- both are "integer" to it -- so
+        # the Struct-like schemas stay open; the node refuses the integer.)
+        return
+    assert _schema_accepts(desc, body) is ok, body
+
+
+def test_base64_of_either_alphabet_padded_or_not_reads_as_its_bytes() -> None:
+    cls = GetMessageClass(_texts_message())
+    for text in ("+/8=", "+/8", "-_8=", "-_8"):
+        assert request_from(cls, {"data": text}).data == base64.b64decode("+/8=") == b"\xfb\xff"
+    assert request_from(cls, {"many": ["AAECAw", "AAECAw=="]}).many == [b"\0\1\2\3"] * 2
+    with pytest.raises(InvalidParameters) as err:
+        request_from(cls, {"st": {"n": _BIG}})
+    assert err.value.reason == "NOT_A_JSON_NUMBER"

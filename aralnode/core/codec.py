@@ -327,7 +327,7 @@ def _check_numbers(value: Any, *, depth: int = 0) -> None:
         if not -_EXACT_INT < value < _EXACT_INT:
             raise ValueError(
                 f"{value} is beyond ±2**53 and a google.protobuf.Value carries numbers as "
-                "doubles; return it as a string"
+                "doubles; give it as a string"
             )
     elif kind is dict:
         if depth:

@@ -19,6 +19,15 @@ where every door reads JSON: ``codec.loads``.)
   channel. proto3 JSON carries such integers as strings, and the doors that read
   JSON numbers refuse them (``codec.check_json``); so is such a double, here.
 
+- It reads ``bytes`` (and ``BytesValue``) with a lenient base64 decoder: ``"!!!"``
+  becomes no bytes and ``"AP8=AP8="`` the first two, silently. proto3 JSON takes
+  standard or URL-safe base64, padded or not; anything else is refused here.
+- It cuts a ``Duration``'s fraction past nine digits (``1.0000000001s`` becomes
+  ``1s``); proto3 JSON has nanoseconds at most, as the ``Timestamp`` parser holds.
+- A ``Struct``, ``Value`` or ``ListValue`` holds numbers as doubles: an integer at or
+  beyond ±2**53 in one would be another integer, silently. It is refused, as the
+  doors that read JSON parameters refuse it anywhere (``codec.check_json``).
+
 All are refused here, before the parser sees the value. Only the fields that can
 matter are walked (a table per message type, made once): a message with no enum,
 no 64-bit integer and no field spelled two ways anywhere below it costs one lookup.
@@ -26,6 +35,7 @@ no 64-bit integer and no field spelled two ways anywhere below it costs one look
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -42,6 +52,18 @@ class InexactInteger(ValueError):
 _WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _WIDE_WRAPPERS = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
 _EXACT = 2**53
+# Standard or URL-safe base64 (the alphabets may mix, as the parser's decoder lets
+# them), padded or not: whole groups of four, then two or three more at most.
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?")
+_DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
+_BYTES, _SPAN, _DOUBLES = "bytes", "duration", "doubles"  # fields checked as their JSON text
+_KINDS = {
+    "google.protobuf.BytesValue": _BYTES,
+    "google.protobuf.Duration": _SPAN,
+    "google.protobuf.Struct": _DOUBLES,
+    "google.protobuf.Value": _DOUBLES,
+    "google.protobuf.ListValue": _DOUBLES,
+}
 
 
 # By message full name: the (JSON name, proto name) pairs that differ, and the fields
@@ -53,11 +75,14 @@ _TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]
 def check_json(desc: Descriptor | Any, value: Any) -> None:
     """Refuse what ``json_format`` would read wrong in ``value`` (proto3 JSON of a
     ``desc``): an enum value that is neither a name nor an integer, a field given
-    under both its names.
+    under both its names, and the rest the module's doc lists.
 
     Raises:
         DuplicateField: a field under both its names.
-        ValueError: an enum value that is a bool or a number with a fraction.
+        InexactInteger: an integer a double would round (a 64-bit field's double, a
+            Struct-like value's integer).
+        ValueError: an enum value that is a bool or a number with a fraction; bytes
+            that are not base64; a Duration finer than nanoseconds.
     """
     if not isinstance(value, dict):
         return
@@ -73,8 +98,11 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
             continue
         leaf = _leaf(field)
         wide = _is_wide(leaf)
+        kind = _kind(leaf)
         for x in _values(field, item):
-            if wide:
+            if kind:
+                _check_text(kind, field, x)
+            elif wide:
                 if type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
                     raise InexactInteger(
                         f"{field.full_name}: {x!r} came as a double, which holds no integer "
@@ -86,6 +114,49 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
                 raise ValueError(
                     f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
                 )
+
+
+def _kind(field: FieldDescriptor) -> str:
+    """How ``field``'s JSON is held to proto3 JSON here, if not as a message's."""
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _BYTES
+    desc = field.message_type
+    return "" if desc is None else _KINDS.get(desc.full_name, "")
+
+
+def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
+    """``x``, the JSON of a bytes, Duration or Struct-like field (anything else in it
+    is for the parser to refuse).
+
+    Raises:
+        InexactInteger: an integer a double does not hold, in a Struct-like value.
+        ValueError: bytes that are not base64; a Duration finer than nanoseconds.
+    """
+    if kind == _DOUBLES:
+        _exact(field, x)
+    elif type(x) is str:
+        if kind == _BYTES and not _BASE64.fullmatch(x):
+            raise ValueError(f"{field.full_name}: not base64 (standard or URL-safe)")
+        if kind == _SPAN and not _DURATION.fullmatch(x):
+            raise ValueError(
+                f"{field.full_name}: {x[:40]!r} is not a duration in seconds with at most "
+                "nine fractional digits (as '1.5s')"
+            )
+
+
+def _exact(field: FieldDescriptor, x: Any) -> None:
+    if type(x) is int:
+        if not -_EXACT < x < _EXACT:
+            raise InexactInteger(
+                f"{field.full_name}: {x} is beyond ±2**53 and a google.protobuf.Value holds "
+                "numbers as doubles; give it as a string"
+            )
+    elif type(x) is dict:
+        for v in x.values():
+            _exact(field, v)
+    elif type(x) is list:
+        for v in x:
+            _exact(field, v)
 
 
 def _is_wide(field: FieldDescriptor) -> bool:
@@ -128,10 +199,10 @@ def _table(
 
 
 def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
-    """Whether ``field`` is an enum, a 64-bit integer (or its wrapper), or a message
-    with one of those or a field spelled two ways somewhere below (the other
-    well-known types' JSON forms have none)."""
-    if field.enum_type is not None or _is_wide(field):
+    """Whether ``field`` is an enum, a 64-bit integer (or its wrapper), bytes, a
+    Duration, a Struct-like value, or a message with one of those or a field spelled
+    two ways somewhere below (the other well-known types' JSON forms have none)."""
+    if field.enum_type is not None or _is_wide(field) or _kind(field):
         return True
     desc = field.message_type
     if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):

@@ -88,7 +88,12 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_FIXED32: _UINT32,
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_STRING: {"type": "string"},
-    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+    # Standard or URL-safe base64, padded or not (what the parser takes: proto_json).
+    FieldDescriptor.TYPE_BYTES: {
+        "type": "string",
+        "contentEncoding": "base64",
+        "pattern": "^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$",
+    },
 }
 
 _NULL: dict[str, Any] = {"type": "null"}
@@ -145,10 +150,15 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.ListValue": {"type": "array"},
     "google.protobuf.NullValue": {"type": "null"},
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"},
     "google.protobuf.FieldMask": {"type": "string"},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
-    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}},
+    # An empty object is the empty Any; any other names its type.
+    "google.protobuf.Any": {
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "anyOf": [{"maxProperties": 0}, {"required": ["@type"]}],
+    },
     # A wrapper's JSON is its scalar's (or null): the same schema, range and all.
     **{
         f"google.protobuf.{name}Value": nullable(_SCALARS[kind])
