@@ -523,3 +523,38 @@ def test_base64_of_either_alphabet_padded_or_not_reads_as_its_bytes() -> None:
     with pytest.raises(InvalidParameters) as err:
         request_from(cls, {"st": {"n": _BIG}})
     assert err.value.reason == "NOT_A_JSON_NUMBER"
+
+
+_URL = "type.googleapis.com/"
+_DURATION = _URL + "google.protobuf.Duration"
+
+
+@pytest.mark.parametrize(
+    ("inner", "reason"),
+    [
+        ({"@type": _URL + "aral.v1.Peer", "state": 1, "nodeId": "a"}, ""),
+        ({"@type": _URL + "aral.v1.Peer", "state": True}, "INVALID_PARAMETERS"),
+        ({"@type": _URL + "aral.v1.Peer", "nodeId": "a", "node_id": "b"}, "DUPLICATE_PARAMETER"),
+        ({"@type": _URL + "aral.v1.Call", "parameters": {"n": _BIG}}, "NOT_A_JSON_NUMBER"),
+        ({"@type": _URL + "aral.v1.Call", "timeoutMs": float(_BIG)}, "NOT_A_JSON_NUMBER"),
+        ({"@type": _DURATION, "value": "1.5s"}, ""),
+        ({"@type": _DURATION, "value": "1.0000000001s"}, "INVALID_PARAMETERS"),
+        ({"@type": _URL + "google.protobuf.BytesValue", "value": "!!!"}, "INVALID_PARAMETERS"),
+        (
+            {"@type": _URL + "google.protobuf.Any",
+             "value": {"@type": _URL + "aral.v1.Peer", "state": True}},
+            "INVALID_PARAMETERS",
+        ),
+        ({"@type": _URL + "no.such.Type"}, "INVALID_PARAMETERS"),
+    ],
+)  # fmt: skip
+def test_the_message_an_any_holds_is_held_to_proto3_json_too(inner: Any, reason: str) -> None:
+    # Before: only the outer message was checked; an Any's Peer took `true` as state 1
+    # and kept the last of nodeId / node_id.
+    cls = GetMessageClass(_texts_message())
+    if not reason:
+        assert request_from(cls, {"any": inner}).any.type_url == inner["@type"]
+        return
+    with pytest.raises(InvalidParameters) as err:
+        request_from(cls, {"any": inner})
+    assert err.value.reason == reason, err.value

@@ -27,6 +27,8 @@ where every door reads JSON: ``codec.loads``.)
 - A ``Struct``, ``Value`` or ``ListValue`` holds numbers as doubles: an integer at or
   beyond ±2**53 in one would be another integer, silently. It is refused, as the
   doors that read JSON parameters refuse it anywhere (``codec.check_json``).
+- Inside an ``Any``, the message its ``@type`` names is held to all of the above, as
+  it would be as a field (a type the process does not know is the parser's to refuse).
 
 All are refused here, before the parser sees the value. Only the fields that can
 matter are walked (a table per message type, made once): a message with no enum,
@@ -38,6 +40,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 
@@ -56,8 +59,9 @@ _EXACT = 2**53
 # them), padded or not: whole groups of four, then two or three more at most.
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?")
 _DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
-_BYTES, _SPAN, _DOUBLES = "bytes", "duration", "doubles"  # fields checked as their JSON text
+_BYTES, _SPAN, _DOUBLES, _ANY = "bytes", "duration", "doubles", "any"  # fields checked here
 _KINDS = {
+    "google.protobuf.Any": _ANY,
     "google.protobuf.BytesValue": _BYTES,
     "google.protobuf.Duration": _SPAN,
     "google.protobuf.Struct": _DOUBLES,
@@ -134,6 +138,8 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
     """
     if kind == _DOUBLES:
         _exact(field, x)
+    elif kind == _ANY:
+        _check_any(field, x)
     elif type(x) is str:
         if kind == _BYTES and not _BASE64.fullmatch(x):
             raise ValueError(f"{field.full_name}: not base64 (standard or URL-safe)")
@@ -142,6 +148,24 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
                 f"{field.full_name}: {x[:40]!r} is not a duration in seconds with at most "
                 "nine fractional digits (as '1.5s')"
             )
+
+
+def _check_any(field: FieldDescriptor, x: Any) -> None:
+    """An ``Any``'s JSON: the message its ``@type`` names, from the pool the parser
+    looks it up in (a well-known type's JSON is its ``value``)."""
+    url = x.get("@type") if type(x) is dict else None
+    if type(url) is not str:
+        return  # the empty Any, or one the parser refuses
+    name = url.rpartition("/")[2]
+    try:
+        desc = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return
+    if name.startswith("google.protobuf."):
+        if (kind := _KINDS.get(name)) and "value" in x:
+            _check_text(kind, field, x["value"])
+        return
+    check_json(desc, {k: v for k, v in x.items() if k != "@type"})
 
 
 def _exact(field: FieldDescriptor, x: Any) -> None:
