@@ -23,6 +23,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message_factory import GetMessageClass
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 from websockets.asyncio.client import connect
@@ -558,3 +560,10 @@ def test_the_message_an_any_holds_is_held_to_proto3_json_too(inner: Any, reason:
     with pytest.raises(InvalidParameters) as err:
         request_from(cls, {"any": inner})
     assert err.value.reason == reason, err.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="AZaz09+/-_= \n!é", max_size=14))
+def test_bytes_the_node_takes_are_what_the_schema_allows(text: str) -> None:
+    desc = _texts_message()
+    assert _node_accepts(desc, {"data": text}) is _schema_accepts(desc, {"data": text}), text

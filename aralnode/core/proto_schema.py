@@ -73,6 +73,10 @@ _UINT64 = {
 }
 _FLOAT = {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
 
+# The end of the text in every regex dialect a validator may use (ECMA-262's as Python's,
+# whose ``$`` also matches before a final newline: "AP8=\n" is not base64).
+_END = "(?![\\s\\S])"
+
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: _FLOAT,
     FieldDescriptor.TYPE_FLOAT: _FLOAT,
@@ -92,7 +96,8 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_BYTES: {
         "type": "string",
         "contentEncoding": "base64",
-        "pattern": "^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$",
+        "pattern": "^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?"
+        + _END,
     },
 }
 
@@ -150,7 +155,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.ListValue": {"type": "array"},
     "google.protobuf.NullValue": {"type": "null"},
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s" + _END},
     "google.protobuf.FieldMask": {"type": "string"},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
     # An empty object is the empty Any; any other names its type.
