@@ -32,7 +32,8 @@ where every door reads JSON: ``codec.loads``.)
 
 All are refused here, before the parser sees the value. Only the fields that can
 matter are walked (a table per message type, made once): a message with no enum,
-no 64-bit integer and no field spelled two ways anywhere below it costs one lookup.
+no 64-bit integer, no bytes, Duration, Struct-like or Any field and no field spelled
+two ways anywhere below it costs one lookup.
 """
 
 from __future__ import annotations
