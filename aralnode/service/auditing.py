@@ -260,13 +260,6 @@ class Audit:
             round((now - ctx.started) * 1000, 3) if ctx.started and now else 0.0,
             time_ns() // 1_000_000,  # the outcome's wall-clock time (the log's, then)
         ))  # fmt: skip
-        log_ = self.log
-        if log_ is not None and not self.sinks:  # the node's log alone: its append, straight
-            try:
-                return log_.append(record)
-            except AralError:
-                self.counters["audit.refused"] += 1
-                raise
         return self.record(record, ctx.trace_id)
 
     def record(self, record: AuditRecord, trace_id: str = "") -> int:
