@@ -243,6 +243,13 @@ def check_json(value: Any) -> None:
     _check_numbers(value, depth=1)
 
 
+def check_numbers(value: Any) -> None:
+    """``check_json``'s numbers alone (no depth bound: a value inside a message, whose
+    depth the protobuf parser bounds): ``ValueError`` for NaN, an infinity or an
+    integer beyond ±2**53 anywhere in ``value``."""
+    _check_numbers(value)
+
+
 # A peer's or a servicer's retry delay is advice to a client: past a day it says
 # nothing a client would act on, and a Retry-After header or a Duration must hold it.
 MAX_RETRY_AFTER = 86_400.0

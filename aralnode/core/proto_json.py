@@ -45,6 +45,8 @@ from typing import Any
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from aralnode.core import codec
+
 
 class DuplicateField(ValueError):
     """One field given twice in one object, under its two spellings."""
@@ -135,11 +137,15 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
     is for the parser to refuse).
 
     Raises:
-        InexactInteger: an integer a double does not hold, in a Struct-like value.
+        InexactInteger: a number a double does not hold as it is (an integer beyond
+            ±2**53, NaN), in a Struct-like value.
         ValueError: bytes that are not base64; a Duration finer than nanoseconds.
     """
     if kind == _DOUBLES:
-        _exact(field, x)
+        try:
+            codec.check_numbers(x)  # as every call's JSON parameters are held
+        except ValueError as exc:
+            raise InexactInteger(f"{field.full_name}: {exc}") from None
     elif kind == _ANY:
         _check_any(field, x)
     elif type(x) is str:
@@ -186,21 +192,6 @@ def _check_any(field: FieldDescriptor, x: Any) -> None:
             _check_text(kind, field, x["value"])
         return
     check_json(desc, {k: v for k, v in x.items() if k != "@type"})
-
-
-def _exact(field: FieldDescriptor, x: Any) -> None:
-    if type(x) is int:
-        if not -_EXACT < x < _EXACT:
-            raise InexactInteger(
-                f"{field.full_name}: {x} is beyond ±2**53 and a google.protobuf.Value holds "
-                "numbers as doubles; give it as a string"
-            )
-    elif type(x) is dict:
-        for v in x.values():
-            _exact(field, v)
-    elif type(x) is list:
-        for v in x:
-            _exact(field, v)
 
 
 def _is_wide(field: FieldDescriptor) -> bool:
