@@ -9,6 +9,7 @@ exactly what it uses; ``NodeParts.stop`` takes them down in the reverse order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
 import math
@@ -371,7 +372,9 @@ def _grpc(  # noqa: PLR0917 - the parts made so far, in order
         keepalive_ms=cfg.keepalive_ms,
         limits=limits,
         listing_gate=(
-            listing_gate(node.pipeline, node.contexts) if cfg.listing_requires_auth else None
+            functools.partial(listing_gate, node.pipeline, node.contexts)
+            if cfg.listing_requires_auth
+            else None
         ),
         credentials=server_credentials(tls.files) if tls is not None else None,
         interceptors=[PrepareCredentials(access.prepare)] if access.needs_preparing else [],

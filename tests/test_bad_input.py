@@ -266,6 +266,7 @@ STANDARD = [
     pytest.param(f"{HEALTH}/List", "unary", id="health-list"),
     pytest.param(f"{HEALTH}/Watch", "server-stream", id="health-watch"),
     pytest.param(REFLECTION, "bidi", id="reflection"),
+    pytest.param(REFLECTION.replace(".v1alpha.", ".v1."), "bidi", id="reflection-v1"),
 ]
 
 

@@ -8,13 +8,17 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from aralnode import Node
 from aralnode import _proto as pb
+from aralnode.transport.reflection import ensure_v1_file, v1_file
 from tests.test_service_hooks import HeaderToken
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -39,8 +43,85 @@ async def test_list_shows_node_health_and_reflection(demo_node: Node) -> None:
     services = out.split()
     assert "aral.v1.AgentNode" in services
     assert "grpc.health.v1.Health" in services
+    assert "grpc.reflection.v1.ServerReflection" in services
     assert "grpc.reflection.v1alpha.ServerReflection" in services
     assert len(services) == len(set(services))
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_both_reflection_services_are_described(demo_node: Node, version: str) -> None:
+    """v1 (the released name, which grpcurl asks for first) and v1alpha: each lists
+    and describes itself with its own package's messages."""
+    service = f"grpc.reflection.{version}.ServerReflection"
+    rc, out, err = await grpcurl("-plaintext", demo_node.address, "describe", service)
+    assert rc == 0, err
+    assert f"{service} is a service" in out
+    request = f".grpc.reflection.{version}.ServerReflectionRequest"
+    assert f"rpc ServerReflectionInfo ( stream {request} )" in out
+    rc, out, err = await grpcurl("-plaintext", demo_node.address, "describe", request[1:])
+    assert rc == 0, err
+    assert "list_services" in out
+
+
+async def _reflect(address: str, version: str, request: Any, **metadata: str) -> Any:
+    """One reflection request to ``grpc.reflection.{version}`` with grpcio itself (no
+    fallback from one version to the other, as grpcurl has): the response."""
+    path = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.stream_stream(
+            path,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )(iter([request]), timeout=10, metadata=tuple(metadata.items()))
+        responses = [response async for response in call]
+    assert len(responses) == 1  # one answer to one request
+    return responses[0]
+
+
+async def test_reflection_v1_answers_as_v1alpha_does(demo_node: Node) -> None:
+    """The same servicer answers both names (their messages are the same on the
+    wire): the same services listed, the same file for a symbol."""
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    v1 = await _reflect(demo_node.address, "v1", listing)
+    alpha = await _reflect(demo_node.address, "v1alpha", listing)
+    assert v1.list_services_response == alpha.list_services_response
+    names = [s.name for s in v1.list_services_response.service]
+    assert {"aral.v1.AgentNode", "grpc.reflection.v1.ServerReflection"} <= set(names)
+    symbol = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="grpc.reflection.v1.ServerReflection"
+    )
+    found = await _reflect(demo_node.address, "v1", symbol)
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in found.file_descriptor_response.file_descriptor_proto
+    ]
+    assert files[0].name == "grpc/reflection/v1/reflection.proto"
+    assert files[0].package == "grpc.reflection.v1"
+    assert not files[0].options.deprecated
+
+
+def test_reflection_v1_file_differs_from_v1alpha_only_in_names() -> None:
+    """v1's file is v1alpha's with every name moved to v1: the same messages, fields
+    and numbers, so one servicer may answer both."""
+    v1 = v1_file()
+    alpha = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(alpha)
+
+    def fields(file: descriptor_pb2.FileDescriptorProto) -> list[tuple[Any, ...]]:
+        return [
+            (m.name, f.name, f.number, f.type, f.label, f.oneof_index,
+             f.type_name.replace(".v1alpha.", ".v1."))
+            for m in file.message_type
+            for f in m.field
+        ]  # fmt: skip
+
+    assert len(fields(v1)) > 20
+    assert fields(v1) == fields(alpha)
+    assert [m.oneof_decl for m in v1.message_type] == [m.oneof_decl for m in alpha.message_type]
+    assert [m.input_type for m in v1.service[0].method] == [
+        ".grpc.reflection.v1.ServerReflectionRequest"
+    ]
+    assert ensure_v1_file()  # (the node's pool has it; asking again is harmless)
 
 
 async def test_describe_every_aral_message(demo_node: Node) -> None:
@@ -145,6 +226,13 @@ async def test_reflection_can_be_kept_to_authenticated_callers(
         rc, out, err = await grpcurl("-plaintext", "-H", "x-token: letmein", node.address, "list")
         assert rc == 0, err
         assert "aral.v1.AgentNode" in out.split()
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        for version in ("v1", "v1alpha"):  # each name is gated, not only grpcurl's first
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _reflect(node.address, version, listing)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            answer = await _reflect(node.address, version, listing, **{"x-token": "letmein"})
+            assert answer.list_services_response.service
         # grpcurl itself needs reflection to call anything; a stub does not.
         async with grpc.aio.insecure_channel(node.address) as channel:
             health = await channel.unary_unary(

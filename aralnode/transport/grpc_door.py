@@ -80,15 +80,18 @@ def call_context(
     )
 
 
-def listing_gate(pipeline: Pipeline, contexts: ContextBuilder) -> Callable[[Context], None]:
-    """What ``listing_requires_auth`` asks of a reflection call: a caller the
-    pipeline's authenticate stage (the same authenticator as on every door) names.
+def listing_gate(
+    pipeline: Pipeline, contexts: ContextBuilder, service: str
+) -> Callable[[Context], None]:
+    """What ``listing_requires_auth`` asks of a call of reflection ``service``: a
+    caller the pipeline's authenticate stage (the same authenticator as on every
+    door) names.
 
     Raises:
         Unauthenticated: an anonymous caller (``ANONYMOUS_REFUSED``), or one the
             authenticator refused.
     """
-    action = "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    action = f"{service}/ServerReflectionInfo"
 
     def gate(context: Context) -> None:
         ctx = call_context(contexts, context)

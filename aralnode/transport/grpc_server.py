@@ -8,21 +8,20 @@ The doors themselves (``aral.v1.AgentNode`` and users' services) are in
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from aralnode.core.addresses import join_host_port
 from aralnode.transport.health import HealthService
 from aralnode.transport.quota import StreamQuota
+from aralnode.transport.reflection import reflection_handlers
 from aralnode.transport.standard import Gate, standard_handler
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
-REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 # Framing around an envelope. The envelope limit is ours to enforce and report with
 # details; grpc's own transport limit (twice that, see ``transport_limit``) only
@@ -86,8 +85,9 @@ class GrpcLimits:
 class GrpcServer:
     """A grpc.aio server with AgentNode, health, reflection and users' services.
 
-    ``listing_gate`` runs before every reflection call (it lists every service and
-    message the node has): it raises to refuse the caller. ``credentials``: serve
+    ``listing_gate(service)`` is the gate before every call of that reflection
+    service (it lists every service and message the node has): it raises to refuse
+    the caller. Reflection answers as ``grpc.reflection.v1`` and ``v1alpha``. ``credentials``: serve
     TLS (``aralnode.transport.tls_grpc.server_credentials``) instead of plaintext.
     """
 
@@ -97,7 +97,7 @@ class GrpcServer:
         max_message_bytes: int,
         keepalive_ms: int,
         limits: GrpcLimits = GrpcLimits(),  # frozen: one default shared safely
-        listing_gate: Gate | None = None,
+        listing_gate: Callable[[str], Gate] | None = None,
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
@@ -139,13 +139,12 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (TLS with ``credentials``, else plaintext) and serve."""
         credentials = self.credentials
-        names = [*self._services, HEALTH.full_name, REFLECTION.full_name]
-        # grpc-stubs 1.53 does not know the asyncio servicer grpcio-reflection ships.
-        servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
-        handler = standard_handler(
-            REFLECTION, servicer, gate=self._listing_gate, streams=self.streams
+        handlers = reflection_handlers(
+            [*self._services, HEALTH.full_name],
+            gate_for=self._listing_gate,
+            streams=self.streams,
         )
-        self.server.add_generic_rpc_handlers((handler,))
+        self.server.add_generic_rpc_handlers(handlers)
         address = join_host_port(host, port)
         if port:
             _check_free(host, port, address)  # grpc would log its own failure first

@@ -44,10 +44,12 @@ def standard_handler(
     *,
     gate: Gate | None = None,
     streams: StreamQuota | None = None,
+    name: str = "",
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Every method of ``descriptor`` that ``servicer`` implements, on raw request
     bytes (see the module docstring); responses are serialized as grpcio would.
-    Streaming methods keep to ``streams``' share per client address."""
+    Streaming methods keep to ``streams``' share per client address. ``name``: the
+    service's name on the wire, if not the descriptor's (one with the same messages)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         impl = getattr(servicer, method.name, None)
@@ -55,7 +57,7 @@ def standard_handler(
             if streams is not None and method.server_streaming:
                 impl = counted(impl, streams, generator=not inspect.iscoroutinefunction(impl))
             handlers[method.name] = _handler(method, impl, gate)
-    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+    return grpc.method_handlers_generic_handler(name or descriptor.full_name, handlers)
 
 
 def counted(impl: Callable[..., Any], streams: StreamQuota, *, generator: bool) -> Any:
