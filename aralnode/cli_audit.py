@@ -107,12 +107,13 @@ def _print(rows: list[tuple[int, AuditRecord]], as_json: bool, out: TextIO) -> N
     out.flush()
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _shown(text: str) -> str:
     """``text`` for a one-line row: a control character (a newline a caller put in a
-    capability id or a principal, say) escaped, so no record reads as another."""
+    capability id or a principal, say) escaped, so no record reads as another; and a
+    lone surrogate (a record an older node kept), which no terminal's UTF-8 can show."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 

@@ -120,20 +120,45 @@ def loads(data: str | bytes) -> Any:
     Refused (``ValueError``): the ``NaN``/``Infinity`` literals Python's parser takes,
     a number that overflows a double (``1e400``), and an integer no protobuf integer
     holds (beyond ±2**64): one of 4,000 digits would otherwise reach a double
-    conversion, and overflow there, long after the request was taken. Refused as
-    ``InvalidParameters`` (``DUPLICATE_PARAMETER``): an object with a member twice.
+    conversion, and overflow there, long after the request was taken. A string with
+    a lone surrogate (``"\\ud800"``, which RFC 8259's grammar allows and no UTF-8 text
+    holds: I-JSON, RFC 7493, forbids it), which every later step that writes the
+    text out -- an error naming it, a protobuf string, the audit log -- would fail
+    on. Refused as ``InvalidParameters`` (``DUPLICATE_PARAMETER``): an object with a
+    member twice.
 
     Raises:
         ValueError: not JSON, or one of the above (``RecursionError``: nested too deeply).
         InvalidParameters: a member given twice in one object.
     """
-    return json.loads(
+    value = json.loads(
         data,
         parse_constant=_no_constant,
         parse_float=_finite,
         parse_int=_bounded_int,
         object_pairs_hook=_members_once,
     )
+    # Only text with a surrogate escape (or, already decoded, a surrogate) is looked at
+    # again: an emoji escaped as its pair is one too, and passes.
+    found = _SURROGATE_TEXT.search(data) if isinstance(data, str) else _SURROGATE_BYTES.search(data)
+    if found is not None:
+        _no_lone_surrogate(value)
+    return value
+
+
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_TEXT = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+
+
+def _no_lone_surrogate(value: Any) -> None:
+    """``ValueError`` if a string in ``value`` (a key or a value) is not UTF-8-able."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise ValueError(
+            f"a string holds a lone surrogate ({bad}), which no UTF-8 text has"
+        ) from None
 
 
 def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -145,6 +170,8 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         for key, _ in pairs:
             if key in seen:
                 name = (key if isinstance(key, str) else repr(key))[:100]  # (a MessagePack key)
+                # (a lone surrogate in it, escaped: the error is written out as UTF-8)
+                name = name.encode("utf-8", "backslashreplace").decode("utf-8")
                 raise InvalidParameters(
                     f"the member {name!r} is given twice in one object",
                     reason="DUPLICATE_PARAMETER",
