@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosed
 
 from aralnode import Node
 from aralnode.access.apikeys import ApiKeyStore
+from aralnode.store.audit import read_records
+from aralnode.store.audit_verify import verify
 from tests.test_hostile_mcp import ACCEPT, INIT, MCP_VERSION
 from tests.test_jwt import guarded
 
@@ -87,6 +89,42 @@ async def test_an_mcp_session_is_its_openers_alone(make_node: Callable[..., Node
             taken = await tool_call(http, anonymous, {"x-api-key": bob})
             assert (taken.status_code, reason(taken)) == (403, "SESSION_PRINCIPAL_MISMATCH")
     assert runs == ["alice"]
+
+
+async def test_refused_session_requests_are_audited(make_node: Callable[..., Node]) -> None:
+    """From the attack probe: another principal's key, or none, on alice's session
+    was refused with no record, while a key that did not verify was on record. Each
+    is audited now, with who asked, the trace its answer named, and counted."""
+    node = make_node("mcp-audited", demo=False, http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        alice, bob = keys_for(node, "alice", "bob")
+        counters = node.pipeline.counters
+        before = (counters["call.forbidden"], counters["call.unauthorized"])
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, {"x-api-key": alice})
+            asked = [
+                await tool_call(http, session, {"x-api-key": bob}),
+                await tool_call(http, session, {}),
+                await tool_call(http, session, {"x-api-key": "aral_garbage"}),
+            ]
+        assert [(r.status_code, reason(r)) for r in asked] == [
+            (403, "SESSION_PRINCIPAL_MISMATCH"),
+            (401, "SESSION_NEEDS_CREDENTIALS"),
+            (401, "API_KEY_INVALID"),
+        ]
+        after = (counters["call.forbidden"], counters["call.unauthorized"])
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+    directory = node.config.resolved_data_dir / "audit"
+    assert verify(directory, node.identity.public_key).problem is None
+    records = [r for _, r in read_records(directory) if r.door == "mcp" and r.reason]
+    assert [(r.action, r.outcome, r.reason, r.caller) for r in records] == [
+        ("aral.http/mcp", "forbidden", "SESSION_PRINCIPAL_MISMATCH", "bob"),
+        ("aral.http/mcp", "unauthorized", "SESSION_NEEDS_CREDENTIALS", ""),
+        ("aral.http/mcp", "unauthorized", "API_KEY_INVALID", ""),
+    ], records
+    assert [r.trace_id for r in records] == [r.headers["x-trace-id"] for r in asked]
 
 
 async def test_an_mcp_session_expires(make_node: Callable[..., Node]) -> None:

@@ -10,9 +10,10 @@ where to get a token, and MCP sessions bound to the principal that opened them.
   carry ``WWW-Authenticate`` too (``error_headers``).
 - An MCP session remembers who opened it: a later request on it by anyone else
   (other credentials, or none where the opener had some) is refused, and the
-  session ends ``session_ttl_seconds`` after it opened. Each request is
-  authenticated again, so an expired token or a revoked key stops the session's
-  use at once (the token cache makes that check cheap).
+  session ends ``session_ttl_seconds`` after it opened; each such refusal is
+  audited and counted as a refused credential is. Each request is authenticated
+  again, so an expired token or a revoked key stops the session's use at once
+  (the token cache makes that check cheap).
 """
 
 from __future__ import annotations
@@ -188,22 +189,16 @@ class AuthGate:
     async def mcp(self, scope: Scope, send: Send) -> bool:
         """Whether an MCP request may go on: its credential verifies (else 401 with
         the challenge that points at the metadata), and a session it names is its
-        own and alive. The principal is left in the scope for the session quota."""
+        own and alive. The principal is left in the scope for the session quota.
+        Every refusal is audited under ``aral.http/mcp``: the credential's by the
+        pipeline, the session's here."""
         ctx, failure = self._authenticated(scope, "mcp")
         session = header(scope, b"mcp-session-id")
         principal = principal_key(ctx)
         if failure is None and session is not None:
-            failure = self.owners.check(session, principal)
-            if failure is None and not self.owners.known(session) and self.is_live(session):
-                # Live but no longer in the (bounded) owners table: fail closed,
-                # the client opens a new session rather than anyone using this one.
-                failure = NotFound(
-                    "this MCP session must be opened again", reason="SESSION_EXPIRED"
-                )
-            if failure is not None and failure.reason == "SESSION_EXPIRED":
-                self.owners.forget(session)
-                if self.on_expired is not None:
-                    await self.on_expired(session)
+            failure = await self._session_refusal(session, principal)
+            if failure is not None:  # counted as the credential's refusal is (a "call")
+                refused(self.service.pipeline, ctx, "aral.http/mcp", failure, kind="call")
         if failure is not None:
             await rpc.refuse(
                 send,
@@ -217,6 +212,20 @@ class AuthGate:
             return False
         scope[SCOPE_KEY] = principal
         return True
+
+    async def _session_refusal(self, session: str, principal: str) -> AralError | None:
+        """Why ``principal`` may not use ``session`` (``None``: it may); a session
+        found expired is ended."""
+        failure = self.owners.check(session, principal)
+        if failure is None and not self.owners.known(session) and self.is_live(session):
+            # Live but no longer in the (bounded) owners table: fail closed,
+            # the client opens a new session rather than anyone using this one.
+            failure = NotFound("this MCP session must be opened again", reason="SESSION_EXPIRED")
+        if failure is not None and failure.reason == "SESSION_EXPIRED":
+            self.owners.forget(session)
+            if self.on_expired is not None:
+                await self.on_expired(session)
+        return failure
 
     def opened(self, session: str, scope: Scope) -> None:
         """An MCP session opened by the request ``scope``: bind it to its principal."""
