@@ -307,9 +307,16 @@ class HttpBridge:
         refused(self.service.pipeline, ctx, "aral.http/connection", exc)
 
     def _guard_refused(self, scope: h.Scope, exc: AralError, trace_id: str) -> None:
-        """Audit a request the port's guard refused (its Host, its Origin, its head):
-        no caller is verified yet, so none is recorded."""
-        self._refused_on("ws" if scope["type"] == "websocket" else "rest", scope, exc, trace_id)
+        """Audit a request the port's guard refused (its Host, its Origin, its head)
+        under the door it was for: no caller is verified yet, so none is recorded."""
+        path = scope.get("path", "")
+        if scope["type"] == "websocket":
+            door = "ws"
+        elif path == "/mcp" or path.startswith("/mcp/"):
+            door = "mcp"
+        else:
+            door = "rest"
+        self._refused_on(door, scope, exc, trace_id)
 
     def _refused_on(self, door: str, scope: h.Scope, exc: AralError, trace_id: str) -> None:
         """Audit a refusal ``door`` made before the pipeline ran, under its label."""
@@ -362,8 +369,6 @@ class HttpBridge:
         )
         self.mcp = McpHttp(
             self.mcp_server,
-            allowed_hosts=hosts,
-            allowed_origins=origins,
             max_body_bytes=self.max_body_bytes,
             max_sessions=self.limits.mcp_sessions,
             max_sessions_per_client=self.limits.mcp_sessions_per_client,

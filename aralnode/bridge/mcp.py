@@ -466,15 +466,14 @@ class McpHttp:
     JSON responses (no SSE per POST) and sessions: fast for request/response tool
     calls, and still a session a client may open a GET stream on. Sessions are held
     to ``max_sessions`` in all and ``max_sessions_per_client`` per client, with fair
-    eviction (``SessionQuota``).
+    eviction (``SessionQuota``). It serves behind the port's ``HostGuard``, which
+    alone checks Host and Origin (the SDK's own check is off).
     """
 
     def __init__(
         self,
         server: Server[Any],
         *,
-        allowed_hosts: list[str],
-        allowed_origins: list[str],
         max_body_bytes: int,
         max_sessions: int = 1024,
         max_sessions_per_client: int = 32,
@@ -482,11 +481,10 @@ class McpHttp:
         now_ms: Callable[[], int] = lambda: 0,
         on_open: Callable[[str, Scope], None] | None = None,
     ) -> None:
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=allowed_hosts,
-            allowed_origins=allowed_origins,
-        )
+        # The port's HostGuard checks Host and Origin before any request gets here,
+        # as for every door; the SDK's own check (exact strings, ``name:*`` only with
+        # a port) would refuse some the guard serves, in a shape of its own.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
         self.manager = StreamableHTTPSessionManager(
             app=server,
             json_response=True,
