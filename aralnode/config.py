@@ -201,7 +201,7 @@ class NodeConfig:
         oauth_scopes_supported: Scopes the metadata lists.
         oauth_introspection_url: RFC 7662 endpoint for opaque bearer tokens ("": off).
         oauth_client_id / oauth_client_secret: This node's credentials at that endpoint.
-        apikeys_file: API keys (``aralnode apikey``); "" is ``DATA_DIR/apikeys.json``.
+        apikeys_file: API keys (``aralnode apikey``); default (None): ``DATA_DIR/apikeys.json``.
         session_ttl_seconds: Lifetime of an MCP session or a WebSocket, bound to the
             principal that opened it.
         roles: Role name -> the scopes it grants (a scope may be ``"*"``; this and
@@ -480,8 +480,8 @@ class NodeConfig:
     @property
     def apikeys_path(self) -> Path:
         """Where the API keys live (``apikeys_file``, else the data dir's)."""
-        if self.apikeys_file is not None:
-            return self.apikeys_file
+        if self.apikeys_file:  # ("" from Python names no file, as for ``audit_dir``)
+            return Path(self.apikeys_file)
         return self.resolved_data_dir / "apikeys.json"
 
     @property

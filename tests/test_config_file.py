@@ -211,6 +211,23 @@ def test_a_bad_value_names_its_line_key_and_reason(
     assert expected in refusal(write(tmp_path, text))
 
 
+def test_apikeys_file_unset_is_the_data_dirs_and_an_empty_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    """From the attack probe: the docs said ``apikeys_file = ""`` meant the data dir's
+    file, while the file (as for every path key) refuses an empty path. Left out or
+    false is the data dir's file; "" is refused with its line and the way out."""
+    data = tmp_path / "data"
+    for text in ("", "apikeys_file = false\n"):
+        config = load_config(write(tmp_path, f'data_dir = "{data}"\n{text}')).config
+        assert config.apikeys_path == data / "apikeys.json"
+    config = load_config(write(tmp_path, 'apikeys_file = "keys.json"\n')).config
+    assert config.apikeys_path == tmp_path / "keys.json"  # the file's neighbour
+    empty = refusal(write(tmp_path, 'apikeys_file = ""\n'))
+    assert ':1: apikeys_file: expected a path (a string) (or false for none), got ""' in empty
+    assert NodeConfig(data_dir=data, apikeys_file="").apikeys_path == data / "apikeys.json"  # type: ignore[arg-type]
+
+
 def test_all_problems_are_reported_in_line_order(tmp_path: Path) -> None:
     path = write(tmp_path, 'grpc_port = "a"\nnope = 1\n[http]\nport = "b"\n')
     lines = refusal(path).splitlines()
