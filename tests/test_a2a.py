@@ -463,12 +463,65 @@ async def test_a_wrong_credential_is_refused_on_every_method(node: Node, transpo
         await http.aclose()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_credential_given_twice_is_refused_on_every_binding(
+    node: Node, transport: str
+) -> None:
+    """A wrong key beside a good one (the good one last: the copy a mapping keeps)
+    is refused before the SDK sees the request, on each binding, gRPC's included,
+    and audited as ``CREDENTIALS_AMBIGUOUS``; the good key alone is served."""
+    from a2a.client.errors import A2AClientError
+
+    good, _ = ApiKeyStore(node.config.apikeys_path).create("a2a-bot", scopes=[])
+    refused: list[tuple[str, str]] = []
+    node.pipeline.stages.audit.sinks.append(_Refusals(refused))
+    wrong = "aral_0000000000000000_" + "x" * 43
+    for headers, ok in (
+        ([("x-api-key", wrong), ("x-api-key", good)], False),
+        ([("x-api-key", good)], True),
+    ):
+        http = httpx.AsyncClient(headers=headers, timeout=20)
+        if transport == "GRPC":
+
+            def channel(target: str, headers: list[tuple[str, str]] = headers) -> grpc.aio.Channel:
+                interceptor = _HeaderInterceptor(headers)
+                return grpc.aio.insecure_channel(target, interceptors=[interceptor])
+
+            client = await client_for(node, transport, grpc_channel_factory=channel)
+        else:
+            client = await client_for(node, transport, httpx_client=http)
+        try:
+            if ok:
+                task = final_task(await events(client, ask("demo.echo", {"text": "x"})))
+                assert task.status.state == DONE
+                continue
+            with pytest.raises((A2AClientError, grpc.aio.AioRpcError, httpx.HTTPError)) as info:
+                await events(client, ask("demo.echo", {"text": "x"}))
+            text = str(info.value)
+            assert "401" in text or "UNAUTHENTICATED" in text or "nauthorized" in text, text
+        finally:
+            await client.close()
+            await http.aclose()
+    assert ("a2a", "CREDENTIALS_AMBIGUOUS") in refused, refused
+
+
+class _Refusals:
+    """An audit sink that notes each refusal's door and reason."""
+
+    def __init__(self, refused: list[tuple[str, str]]) -> None:
+        self.refused = refused
+
+    def write(self, record: Any) -> None:
+        if record.outcome != "ok":
+            self.refused.append((record.door, record.reason))
+
+
 class _HeaderInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
+    def __init__(self, headers: dict[str, str] | list[tuple[str, str]]) -> None:
+        self.headers = list(headers.items()) if isinstance(headers, dict) else headers
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        metadata = [*(details.metadata or ()), *self.headers.items()]
+        metadata = [*(details.metadata or ()), *self.headers]
         return await continuation(details._replace(metadata=metadata), request)
 
 

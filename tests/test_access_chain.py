@@ -16,7 +16,7 @@ from aralnode.access.apikeys import ApiKeyStore
 from aralnode.access.ca import init_ca, load_ca, node_certificate
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import SYSTEM_CLOCK
-from aralnode.core.context import CallContext, Credentials
+from aralnode.core.context import CallContext, Credentials, LazyMetadata
 from aralnode.core.errors import Unauthenticated
 from aralnode.core.identity import key_id_for
 
@@ -97,3 +97,36 @@ def test_under_mtls_an_unsigned_claim_to_act_for_someone_gets_no_node_rights(
     stage(ctx)
     assert ctx.caller != node_id
     assert "mesh:x" not in ctx.scopes
+
+
+@pytest.mark.parametrize("name", ["authorization", "x-api-key", "x-aral-signature"])
+def test_a_credential_header_given_twice_is_refused_before_any_authenticator(
+    tmp_path: Path, name: str
+) -> None:
+    """Two copies of a credential header (a wrong one beside alice's key, in either
+    order) are refused ``CREDENTIALS_AMBIGUOUS`` by the stage every door goes
+    through, counted as any authentication refusal; one copy is alice."""
+    cfg = NodeConfig(data_dir=tmp_path / "node", apikeys_file=tmp_path / "keys.json")
+    _, pipeline = node_pipeline(
+        cfg, CapabilityRegistry(), SYSTEM_CLOCK, lambda: "self",
+        authenticator=None, governance=None, checks=(), audit=(),
+    )  # fmt: skip
+    stage = pipeline.stages.authenticate
+    install_access(stage, None, access_identity(cfg))
+    key, _ = ApiKeyStore(tmp_path / "keys.json").create("alice", scopes=["x"])
+    good = f"Bearer {key}" if name == "authorization" else key
+    wrong = good[:-4] + "AAAA"
+    for pairs in ([(name, wrong), (name, good)], [(name, good), (name, wrong)]):
+        metadata = LazyMetadata(lambda p=pairs: p)
+        ctx = CallContext(door="grpc", metadata=metadata, credentials=Credentials())
+        with pytest.raises(Unauthenticated) as refused:
+            stage(ctx)
+        assert refused.value.reason == "CREDENTIALS_AMBIGUOUS"
+        assert name in refused.value.message
+        assert (ctx.caller, ctx.authenticated) == ("", False)
+    assert pipeline.counters["auth.refused"] == 2
+    if name != "x-aral-signature":  # (read by the ARAL message door, not here)
+        metadata = LazyMetadata(lambda: [(name, good)])
+        ctx = CallContext(door="grpc", metadata=metadata, credentials=Credentials())
+        stage(ctx)
+        assert ctx.caller == "alice"

@@ -54,7 +54,13 @@ from tests.test_parity import from_body as parity_from_body
 ISSUER, AUDIENCE = "https://issuer.parity.invalid/", "aralnode-parity"
 HTTP_STATUS_ALL = {**HTTP_STATUS, 429: "RESOURCE_EXHAUSTED"}
 ROUTES = {SEARCH: ("POST", "/library.v1.Library/Search"), GET: ("GET", "/v1/shelves/sci/books/1")}
-Headers = dict[str, str]
+# A dict, or (name, value) pairs where a header is given more than once.
+Headers = dict[str, str] | list[tuple[str, str]]
+
+
+def pairs(headers: Headers) -> tuple[tuple[str, str], ...]:
+    """``headers`` as gRPC metadata: (name, value) pairs, repeats kept."""
+    return tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
 
 
 def from_body(error: dict[str, Any]) -> Outcome:
@@ -83,7 +89,7 @@ class Doors:
                 response_deserializer=pb.InvokeResponse.FromString,
             )
             try:
-                reply = await invoke(request, metadata=tuple(headers.items()), timeout=10)
+                reply = await invoke(request, metadata=pairs(headers), timeout=10)
             except grpc.aio.AioRpcError as err:
                 return grpc_outcome(err)
         return Outcome(codec.from_value(reply.result.result))
@@ -102,7 +108,7 @@ class Doors:
             )
             try:
                 request = json_format.ParseDict(params, request_cls())
-                reply = await rpc(request, metadata=tuple(headers.items()), timeout=10)
+                reply = await rpc(request, metadata=pairs(headers), timeout=10)
             except grpc.aio.AioRpcError as err:
                 return grpc_outcome(err)
         return Outcome(json_format.MessageToDict(reply))
@@ -247,14 +253,18 @@ async def keyed_doors(
 
 
 class _Seen:
-    """An audit sink that notes the calls that succeeded (the handler ran)."""
+    """An audit sink that notes the calls that succeeded (the handler ran), and
+    every door's record of a refusal (``refused``: door, action, reason)."""
 
     def __init__(self, ran: list[str]) -> None:
         self.ran = ran
+        self.refused: list[tuple[str, str, str]] = []
 
     def write(self, record: Any) -> None:
         if record.outcome == "ok" and record.action == SEARCH:
             self.ran.append(record.door)
+        elif record.outcome != "ok":
+            self.refused.append((record.door, record.action, record.reason))
 
 
 CASES = ["good-key", "good-jwt", "no-scope", "unknown-key", "revoked-key", "wrong-audience"]
@@ -328,3 +338,47 @@ async def test_every_door_refuses_a_caller_past_its_rate_with_a_retry_hint(
             "RATE_LIMIT_PRINCIPAL",
         ) or (name == "mcp" and outcome.status == "RESOURCE_EXHAUSTED"), (name, outcome)
     assert {"grpc", "rest", "ws"} <= set(ran), ran  # each caller was served before its refusal
+
+
+DUPLICATES = ["key-twice", "bearer-twice", "same-key-twice", "bearer-and-key-twice"]
+
+
+@pytest.mark.parametrize("case", DUPLICATES)
+async def test_every_door_refuses_a_credential_header_given_twice(
+    make_node: Callable[..., Node], tmp_path: Path, case: str
+) -> None:
+    """A credential header more than once is ambiguous (parsers disagree on which
+    one counts, as with two Host headers): refused UNAUTHENTICATED
+    ``CREDENTIALS_AMBIGUOUS`` on every door, audited, never run -- whichever copy
+    is the good one, and even when both are the same."""
+    async with keyed_doors(make_node, tmp_path) as (doors, store, _, ran):
+        good, _ = store.create("parity-bot", scopes=["library:search"])
+        garbage = "aral_0000000000000000_" + "x" * 43
+        garbage_bearer, good_bearer = f"Bearer {garbage}", f"Bearer {good}"
+        headers = {
+            "key-twice": [("x-api-key", garbage), ("x-api-key", good)],
+            "bearer-twice": [("authorization", garbage_bearer), ("authorization", good_bearer)],
+            "same-key-twice": [("x-api-key", good), ("x-api-key", good)],
+            "bearer-and-key-twice": [
+                ("authorization", good_bearer), ("x-api-key", garbage), ("x-api-key", good),
+            ],
+        }[case]  # fmt: skip
+        seen = next(s for s in doors.node.pipeline.stages.audit.sinks if isinstance(s, _Seen))
+        answers = {
+            name: await call(SEARCH, {"text": "cosmos"}, headers)
+            for name, call in doors.all().items()
+        }
+        # Each door's own caller alone is served: the node itself works.
+        assert (await doors.rest_invoke(SEARCH, {"text": "cosmos"}, {"x-api-key": good})).ok
+    ambiguous = ("UNAUTHENTICATED", "CREDENTIALS_AMBIGUOUS")
+    wrong = {
+        name: outcome
+        for name, outcome in answers.items()
+        # MCP says why in its tool error; a refused session has only the status.
+        if (outcome.status, outcome.reason) != ambiguous
+        and not (name == "mcp" and outcome.status == ambiguous[0] and not outcome.reason)
+    }
+    assert wrong == {}, wrong
+    assert ran == ["rest"]  # the one good call: no door ran the doubled one
+    audited = {door for door, _, reason in seen.refused if reason == "CREDENTIALS_AMBIGUOUS"}
+    assert audited == {"grpc", "rest", "a2a", "mcp", "ws"}, seen.refused

@@ -9,7 +9,9 @@ upgrade request all land in ``CallContext.metadata`` with lower-case names:
 - ``x-api-key: K``: an API key.
 
 A credential that is present but wrong refuses the call (``Unauthenticated``): it
-never falls through to anonymous. No credential: this authenticator names nobody,
+never falls through to anonymous. A credential header given twice never reaches
+this authenticator: the authenticate stage refuses it first, for every door
+(``core.context.refuse_repeated_credentials``). No credential: this authenticator names nobody,
 and the next in the chain (the node's peer rule) decides.
 """
 

@@ -24,7 +24,7 @@ from aralnode.bridge._disconnect import ClientGone as ClientGone
 from aralnode.bridge._disconnect import DisconnectWatch as DisconnectWatch
 from aralnode.core import codec
 from aralnode.core.addresses import join_host_port
-from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
+from aralnode.core.context import CallContext, LazyMetadata, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
     AralError,
     DeadlineExceeded,
@@ -145,9 +145,14 @@ def call_context(
     contexts: ContextBuilder, scope: Scope, door: str, *, trace_id: str | None = None
 ) -> CallContext:
     """What an HTTP door knows about a request, made a ``CallContext`` by the builder:
-    the caller's address, the headers as metadata (latin-1, as ASGI mandates; a
-    repeated header keeps its last value), the trace id (``X-Trace-Id`` unless given)."""
-    metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    the caller's address, the headers as metadata (latin-1, as ASGI mandates; every
+    pair kept, so that the authenticate stage sees a credential given twice; read
+    as a mapping, a repeated header keeps its last value), the trace id
+    (``X-Trace-Id`` unless given)."""
+    headers = scope.get("headers", ())
+    metadata = LazyMetadata(
+        lambda: [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+    )
     return contexts.build(door, peer=client_peer(scope), metadata=metadata, trace_id=trace_id)
 
 

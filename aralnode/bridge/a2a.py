@@ -78,7 +78,7 @@ from aralnode.bridge import _http as h
 from aralnode.bridge import _jsonrpc as rpc
 from aralnode.bridge._a2a_tasks import DEFAULT_MAX_BYTES, BoundedTaskStore
 from aralnode.core import jws
-from aralnode.core.context import CallContext
+from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
@@ -484,14 +484,11 @@ class A2ADoor:
         _ADMITTED_GRPC.set((grpc_context, ctx))
 
     def _grpc_context(self, grpc_context: Any) -> CallContext:
-        metadata: dict[str, str] = {}
-        peer = ""
-        if grpc_context is not None:
-            for key, value in grpc_context.invocation_metadata() or ():
-                if isinstance(value, str):
-                    metadata[key.lower()] = value
-            peer = grpc_context.peer()
-        return self.service.contexts.build(DOOR, peer=peer, metadata=metadata)
+        if grpc_context is None:
+            return self.service.contexts.build(DOOR)
+        # As the gRPC door's: every pair kept (a credential given twice is refused).
+        metadata = LazyMetadata(grpc_context.invocation_metadata)
+        return self.service.contexts.build(DOOR, peer=grpc_context.peer(), metadata=metadata)
 
     def admit(self, ctx: CallContext) -> None:
         """Who calls, before the SDK reads the request (every method: a task is

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from aralnode import _proto as pb
-from aralnode.core.errors import AralError, StatusCode, error_from_status, status_value
+from aralnode.core.errors import (
+    AralError,
+    StatusCode,
+    Unauthenticated,
+    error_from_status,
+    status_value,
+)
 
 ANONYMOUS = "anonymous"
 # Our own generator, seeded once from the OS: a program's random.seed() must not make
@@ -31,6 +37,10 @@ ANONYMOUS = "anonymous"
 # repeat its parent's ids; the node never forks.)
 _random_bits = random.Random().getrandbits  # noqa: S311 - an echo, not a secret
 _TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The request headers (gRPC metadata) that carry a caller's credential, on any
+# door: a bearer token or an API key (access/bearer.py), the detached JWS of an
+# ARAL message (bridge/aral_api.py).
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-aral-signature"})
 
 
 def new_trace_id() -> str:
@@ -54,8 +64,10 @@ def clean_trace_id(value: str) -> str:
 
 class LazyMetadata(Mapping[str, str]):
     """Request metadata read only if something asks: ``pairs()`` gives (name, value)
-    pairs (gRPC's ``invocation_metadata``); binary values are left out. Most calls
-    never look at their metadata, and reading it costs every call."""
+    pairs as the transport gave them (gRPC's ``invocation_metadata``, an HTTP
+    request's headers), a name given twice twice; as a mapping a repeated name
+    keeps its last value, and binary values are left out. Most calls never look
+    at their metadata, and reading it costs every call."""
 
     __slots__ = ("_all", "_dict", "_pairs")
 
@@ -77,6 +89,18 @@ class LazyMetadata(Mapping[str, str]):
         self._read()
         return self._all
 
+    def repeated(self, names: frozenset[str]) -> str:
+        """The first of ``names`` given more than once ("" none)."""
+        if len(self._read()) == len(self._all):
+            return ""  # no name twice (names are lower case: gRPC's rule, ASGI's)
+        seen = set()
+        for name, _ in self._all:
+            if name in names:
+                if name in seen:
+                    return str(name)
+                seen.add(name)
+        return ""
+
     def __getitem__(self, key: str) -> str:
         return self._read()[key]
 
@@ -88,6 +112,24 @@ class LazyMetadata(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"LazyMetadata({self._read()!r})"
+
+
+def refuse_repeated_credentials(metadata: Mapping[str, str]) -> None:
+    """Refuse a request that carries a credential header more than once.
+
+    Which copy counts differs between parsers and proxies (the last, the first,
+    both joined), so a wrong credential beside a right one would be ignored
+    somewhere: the request is refused rather than one copy checked (as a second
+    Host header is). Only a ``LazyMetadata`` can hold a name twice: the doors
+    hand theirs in as one.
+
+    Raises:
+        Unauthenticated: ``CREDENTIALS_AMBIGUOUS``, naming the header.
+    """
+    if isinstance(metadata, LazyMetadata) and (name := metadata.repeated(CREDENTIAL_HEADERS)):
+        raise Unauthenticated(
+            f"the request has more than one {name} header", reason="CREDENTIALS_AMBIGUOUS"
+        )
 
 
 class Peer(str):

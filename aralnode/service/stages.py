@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from aralnode._logs import get_logger
 from aralnode.core.audit import AuditRecord
-from aralnode.core.context import CallContext, Credentials
+from aralnode.core.context import CallContext, Credentials, refuse_repeated_credentials
 from aralnode.core.delegation import intersect
 from aralnode.core.errors import (
     AralError,
@@ -69,7 +69,8 @@ class Authenticate:
     its roles into scopes (``ScopeResolver``: the implicit ``anonymous`` or
     ``authenticated`` role, and the configured roles), caps a delegated call at
     its statement's scopes, and refuses anonymous callers where the node serves
-    none."""
+    none. A request that carries a credential header more than once is refused
+    before any authenticator reads it (``CREDENTIALS_AMBIGUOUS``)."""
 
     __slots__ = ("allow_anonymous", "authenticator", "counters", "halts", "roles")
 
@@ -98,6 +99,9 @@ class Authenticate:
                     reason="NO_CREDENTIALS",
                 )
             try:
+                # Before any authenticator reads one: a credential given twice is
+                # refused here, once for every door and every authenticator.
+                refuse_repeated_credentials(ctx.metadata)
                 who = self.authenticator.authenticate(ctx, credentials)
             except AralError:
                 self.counters["auth.refused"] += 1
