@@ -312,3 +312,33 @@ async def test_a_message_id_is_taken_once_even_with_a_new_signature(pair: Pair) 
     again = await client.post(node.node_id, body, detached(client.key, body))
     assert again.status == 401
     assert again.message["body"]["error"]["reason"] == "REPLAY_DETECTED"
+
+
+async def test_a_message_with_two_signature_headers_is_refused_before_either_is_checked(
+    pair: Pair,
+) -> None:
+    """Two ``X-ARAL-Signature`` headers, a good one beside a forged one in either
+    order (or the good one twice), are refused ``CREDENTIALS_AMBIGUOUS`` before any
+    is verified: no copy counts, so the message id is not taken either, and the
+    same message with one signature is then served."""
+    node, _, http = pair
+    client = AralClient(http)
+    seen = recorded(node)
+    body = message_body(client.agent_id, node.node_id, "demo.echo", {"text": "x"})
+    good = detached(client.key, body)
+    forged = detached(AralClient(http).key, body)  # another key: a bad signature here
+    path = f"/api/v1/agents/{node.node_id}/messages"
+    for first, second in ((forged, good), (good, forged), (good, good)):
+        headers = [
+            ("content-type", "application/json"),
+            ("x-aral-signature", first),
+            ("x-aral-signature", second),
+        ]
+        r = await http.post(path, content=body, headers=headers)
+        reply = r.json()  # (a refusal after the check is a signed reply: its body's error)
+        error = reply.get("error") or reply["body"]["error"]
+        assert (r.status_code, error["reason"]) == (401, "CREDENTIALS_AMBIGUOUS"), r.text
+    assert [(r.action, r.reason) for r in seen] == [
+        ("aral.api/message", "CREDENTIALS_AMBIGUOUS")
+    ] * 3
+    assert (await client.post(node.node_id, body, good)).status == 200

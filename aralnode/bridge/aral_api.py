@@ -36,7 +36,12 @@ from aralnode import _proto as pb
 from aralnode._logs import get_logger
 from aralnode.bridge import _http as h
 from aralnode.core import codec, jws
-from aralnode.core.context import CallContext, clean_trace_id, new_trace_id
+from aralnode.core.context import (
+    CallContext,
+    clean_trace_id,
+    new_trace_id,
+    refuse_repeated_credentials,
+)
 from aralnode.core.errors import (
     AralError,
     InternalError,
@@ -329,6 +334,10 @@ class AralApi:
         env = self.service.envelopes
         pipeline = self.service.pipeline
         with audited(pipeline, ctx, _MESSAGE_ACTION):
+            # Its signature is its credential: two of them are refused as the
+            # authenticate stage refuses any credential given twice, but before
+            # either is verified or the message id is taken.
+            refuse_repeated_credentials(ctx.metadata)
             sender = self._verify(ctx.metadata.get(SIGNATURE_HEADER), body)
         message_id = ""
         try:
