@@ -151,6 +151,42 @@ def test_the_subprotocol_token_never_overrides_an_authorization_header() -> None
     assert http["headers"] == [offered]  # only a WebSocket upgrade
 
 
+def test_each_subprotocol_token_becomes_an_authorization_header() -> None:
+    """Two ``aral.bearer.…`` offered, in one ``Sec-WebSocket-Protocol`` header or in
+    two (RFC 6455: several are one list), are two ``Authorization`` headers, which
+    the authenticate stage refuses as any credential given twice; none is dropped."""
+    one, two = bearer_protocol("tok1"), bearer_protocol("tok2")
+    for headers in (
+        [(b"sec-websocket-protocol", f"aral.v1, {one}, {two}".encode())],
+        [(b"sec-websocket-protocol", f"aral.v1, {one}".encode()),
+         (b"sec-websocket-protocol", two.encode())],
+    ):  # fmt: skip
+        scope: dict[str, Any] = {"type": "websocket", "headers": headers}
+        bearer_from_subprotocol(scope)
+        given = [v for k, v in scope["headers"] if k == b"authorization"]
+        assert given == [b"Bearer tok1", b"Bearer tok2"]
+        assert chosen_subprotocol(scope) == "aral.v1"
+
+
+async def test_two_subprotocol_tokens_refuse_the_upgrade_whichever_is_good(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node("ui-two-tokens", http_port=0, allow_unsigned=False)
+    async with node:
+        key = api_key(node, ["agent:read"])
+        good, wrong = bearer_protocol(key), bearer_protocol(key[:-4] + "AAAA")
+        url = f"ws://127.0.0.1:{node.http_port}/ws"
+        for offered in ([wrong, good], [good, wrong], [good, good]):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(url, subprotocols=["aral.v1", *offered]):  # type: ignore[list-item]
+                    pass
+            assert info.value.response.status_code == 401
+            assert b"CREDENTIALS_AMBIGUOUS" in info.value.response.body
+        async with connect(url, subprotocols=["aral.v1", good]) as ws:  # type: ignore[list-item]
+            await ws.send(SUBSCRIBE)
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+
+
 async def test_peers_list_their_channel_counts(make_node: Callable[..., Node]) -> None:
     a, b = make_node("ui-count-a", http_port=0), make_node("ui-count-b")
     async with a, b, httpx.AsyncClient(base_url=base(a)) as http:

@@ -82,8 +82,15 @@ class UiPage:
 
 
 def _offered(scope: Scope) -> list[str]:
-    value = header(scope, b"sec-websocket-protocol") or ""
-    return [p.strip() for p in value.split(",") if p.strip()]
+    """The subprotocols an upgrade offers, from every ``Sec-WebSocket-Protocol``
+    header (RFC 6455 §11.3.4: several are one list)."""
+    return [
+        p.strip()
+        for key, value in scope["headers"]
+        if key == b"sec-websocket-protocol"
+        for p in value.decode("latin-1").split(",")
+        if p.strip()
+    ]
 
 
 def bearer_from_subprotocol(scope: Scope) -> None:
@@ -92,17 +99,20 @@ def bearer_from_subprotocol(scope: Scope) -> None:
 
     An upgrade that already has ``Authorization`` keeps it, and the subprotocol
     is ignored; a token that is not base64url of printable ASCII is passed on as
-    it is written, so the authenticate stage refuses it as any bad token.
+    it is written, so the authenticate stage refuses it as any bad token. Each
+    token offered becomes a header: two are two ``Authorization`` headers, which
+    the authenticate stage refuses as any credential given twice (none is
+    dropped unseen).
     """
     if scope.get("type") != "websocket" or header(scope, b"authorization") is not None:
         return
-    for proto in _offered(scope):
-        if proto.startswith(BEARER_PREFIX):
-            token = _decode(proto[len(BEARER_PREFIX) :])
-            headers = list(scope["headers"])
-            headers.append((b"authorization", b"Bearer " + token))
-            scope["headers"] = headers
-            return
+    given = [
+        (b"authorization", b"Bearer " + _decode(proto[len(BEARER_PREFIX) :]))
+        for proto in _offered(scope)
+        if proto.startswith(BEARER_PREFIX)
+    ]
+    if given:
+        scope["headers"] = [*scope["headers"], *given]
 
 
 def _decode(text: str) -> bytes:
