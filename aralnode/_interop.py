@@ -58,7 +58,8 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "false")
     from a2a.types import a2a_pb2  # noqa: PLC0415 - the SDK loads only when A2A is on
 
-    from aralnode.bridge.a2a import SERVICE, A2ADoor  # noqa: PLC0415
+    from aralnode.bridge._a2a_calls import SERVICE  # noqa: PLC0415
+    from aralnode.bridge.a2a import A2ADoor  # noqa: PLC0415
 
     def where() -> tuple[str, str]:
         host = (node.advertised_hosts() or ["127.0.0.1"])[0]
@@ -96,7 +97,7 @@ def install_a2a(node: Any, service: Any, grpc: Any, http: Any) -> Any:
     )
     from aralnode.transport.admitted import Admitted  # noqa: PLC0415
 
-    grpc.add(Admitted(door.grpc_handler(), door.admit_grpc, grpc.streams), SERVICE)
+    grpc.add(Admitted(door.grpc_handler(), door.grpc_gate, grpc.streams), SERVICE)
     if http is not None:
         http.a2a = door
     return door

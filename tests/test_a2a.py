@@ -618,3 +618,32 @@ async def test_a2a_streams_keep_to_their_address_share(make_node: Callable[..., 
         assert outcomes == {"open": 3, "RESOURCE_EXHAUSTED": 2}, outcomes
         for call in calls:
             call.cancel()
+
+
+def test_each_binding_names_the_method_its_record_names() -> None:
+    """HTTP+JSON paths (1.0's, 0.3's under v1/, a tenant's) and JSON-RPC names (1.0's,
+    0.3's) are each A2A 1.0's method, the action the pipeline runs."""
+    from aralnode.bridge._a2a_calls import METHODS, jsonrpc_method, rest_method
+
+    push = "pushNotificationConfigs"
+    named = {
+        ("/message:send", "POST"): ("SendMessage", {}),
+        ("/v1/message:stream", "POST"): ("SendStreamingMessage", {}),
+        ("/tasks", "GET"): ("ListTasks", {}),
+        ("/acme/tasks/t1", "GET"): ("GetTask", {"id": "t1"}),
+        ("/v1/tasks/t1:cancel", "POST"): ("CancelTask", {"id": "t1"}),
+        ("/tasks/t1:subscribe", "GET"): ("SubscribeToTask", {"id": "t1"}),
+        (f"/tasks/t1/{push}", "POST"): ("CreateTaskPushNotificationConfig", {"id": "t1"}),
+        (f"/tasks/t1/{push}", "GET"): ("ListTaskPushNotificationConfigs", {"id": "t1"}),
+        (f"/tasks/t1/{push}/p", "DELETE"): (
+            "DeleteTaskPushNotificationConfig", {"id": "t1", "pushNotificationConfigId": "p"}
+        ),
+        ("/extendedAgentCard", "GET"): ("GetExtendedAgentCard", {}),
+        ("/v1/card", "GET"): ("GetExtendedAgentCard", {}),
+        ("/elsewhere", "GET"): ("", {}),
+    }  # fmt: skip
+    assert {key: rest_method(*key) for key in named} == named
+    assert {m for m, _ in named.values()} - {""} <= METHODS
+    assert jsonrpc_method("tasks/get") == jsonrpc_method("GetTask") == "GetTask"
+    assert jsonrpc_method("agent/getAuthenticatedExtendedCard") == "GetExtendedAgentCard"
+    assert jsonrpc_method("tasks/nothing") == ""

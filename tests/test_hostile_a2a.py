@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from a2a.server.context import ServerCallContext
 from a2a.types import a2a_pb2 as a2a
+from google.protobuf import json_format
 
 from aralnode import Node
 from aralnode.access.apikeys import ApiKeyStore
@@ -281,3 +283,219 @@ async def test_the_public_card_lists_no_skill_when_listing_requires_auth(
     note = free.json()["result"]["task"]["status"]["message"]["parts"][0]["text"]
     assert "demo.echo" not in note
     assert "demo.echo" in [s["id"] for s in extended.json()["result"]["skills"]]
+
+
+# -- 6. what the door checks before the SDK reads a request, on every binding ----------------
+
+
+async def _grpc(
+    node: Node, method: str, request: Any, response: Any, metadata: Any = ()
+) -> tuple[str, str]:
+    """Call ``lf.a2a.v1.A2AService/method``; ("OK", "") or the status and ErrorInfo reason."""
+    from aralnode.transport.status import from_rpc_error
+
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = channel.unary_unary(
+            f"/lf.a2a.v1.A2AService/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response.FromString,
+        )
+        try:
+            await call(request, metadata=metadata, timeout=20)
+        except grpc.aio.AioRpcError as err:
+            return err.code().name, from_rpc_error(err).reason
+    return "OK", ""
+
+
+def _refusal(r: httpx.Response) -> tuple[int, Any, str]:
+    """(HTTP status, JSON-RPC code or None, the node's reason) of a refusal."""
+    error = r.json()["error"]
+    code = None
+    if "jsonrpc" in r.json():
+        code, error = error["code"], error["data"]
+    assert error["trace_id"] == r.headers["x-trace-id"]
+    return r.status_code, code, error["reason"]
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [rec for rec in caplog.records if rec.exc_info]
+
+
+@pytest.mark.parametrize("version", ["1" * 5000, "1.0; DROP", "v1.0", "1." + "0" * 20])
+async def test_a_version_that_is_no_version_is_refused(
+    node: Node, caplog: pytest.LogCaptureFixture, version: str
+) -> None:
+    """``A2A-Version`` is digits and dots, checked before the SDK reads it: 5,000
+    digits were JSON-RPC -32603 with Python's "Exceeds the limit (4300 digits)", HTTP
+    500 on HTTP+JSON, a traceback each time. Now the A2A error for a version
+    (-32009, VERSION_NOT_SUPPORTED), 400, FAILED_PRECONDITION on gRPC."""
+    caplog.set_level(logging.INFO)
+    headers = {"A2A-Version": version}
+    get = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "t"}}
+    async with http_of(node, headers=headers) as http:
+        jsonrpc = _refusal(await http.post("/a2a", json=get))
+        rest = _refusal(await http.get("/a2a/rest/tasks/t"))
+    metadata = [("a2a-version", version)]
+    over_grpc = await _grpc(node, "GetTask", a2a.GetTaskRequest(id="t"), a2a.Task, metadata)
+    assert jsonrpc == (400, -32009, "VERSION_NOT_SUPPORTED")
+    assert rest == (400, None, "VERSION_NOT_SUPPORTED")
+    assert over_grpc == ("FAILED_PRECONDITION", "VERSION_NOT_SUPPORTED")
+    assert not _tracebacks(caplog)
+
+
+async def test_the_versions_a2a_has_are_taken(node: Node) -> None:
+    """1.0 and 0.3 still reach the SDK: a task not found, not a refusal (and one
+    that says none is 0.3 to the SDK, which does not serve it on 1.0's paths)."""
+    async with http_of(node) as http:
+        for headers in ({"A2A-Version": "1.0"}, {"A2A-Version": "1"}):
+            r = await http.get("/a2a/rest/tasks/t", headers=headers)
+            assert r.status_code == 404, (headers, r.text)
+            assert r.json()["error"]["status"] == "NOT_FOUND"
+        r = await http.get("/a2a/rest/tasks/t")
+        assert r.json()["error"]["status"] == "FAILED_PRECONDITION"  # the SDK's own
+        legacy = {"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"id": "t"}}
+        r = await http.post("/a2a", json=legacy, headers={"A2A-Version": "0.3"})
+        assert r.json()["error"]["code"] == -32001, r.text
+
+
+def _ask(data: bytes, **message: str) -> bytes:
+    """A SendMessage request's JSON whose data part is ``data`` (raw JSON text)."""
+    fields = {"role": "ROLE_USER", "messageId": "m-1", **message}
+    head = json.dumps(fields)[:-1]
+    return b'{"message": %s, "parts": [{"data": %s}]}}' % (head.encode(), data)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_a_number_json_has_not_is_refused_on_every_binding(
+    node: Node, caplog: pytest.LogCaptureFixture, number: str
+) -> None:
+    """NaN, an infinity, 1e999 in a data part: HTTP+JSON answered 500, gRPC UNKNOWN
+    "Unexpected SerializeToJsonError" (the SDK took it, its store could not write the
+    task), JSON-RPC -32700 MALFORMED_JSON. Now NOT_A_JSON_NUMBER on each (400,
+    -32602, INVALID_ARGUMENT), before the SDK: no task is kept, nothing logged."""
+    caplog.set_level(logging.INFO)
+    params = _ask(b'{"skill": "demo.add", "parameters": {"a": %s, "b": 1}}' % number.encode())
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": %s}' % params
+    plain = {**V1, "content-type": "application/json"}
+    async with http_of(node, headers=plain) as http:
+        rest = _refusal(await http.post("/a2a/rest/message:send", content=params))
+        jsonrpc = _refusal(await http.post("/a2a", content=body))
+    message = a2a.Message(message_id="m-2", role=a2a.Role.ROLE_USER)
+    message.parts.add().data.struct_value.update(
+        {"skill": "demo.add", "parameters": {"a": float(number.replace("1e999", "inf")), "b": 1}}
+    )
+    request = a2a.SendMessageRequest(message=message)
+    over_grpc = await _grpc(node, "SendMessage", request, a2a.SendMessageResponse)
+    assert rest == (400, None, "NOT_A_JSON_NUMBER")
+    assert jsonrpc == (400, -32602, "NOT_A_JSON_NUMBER")
+    assert over_grpc == ("INVALID_ARGUMENT", "NOT_A_JSON_NUMBER")
+    store = door_of(node).request_handler().task_store
+    assert isinstance(store, BoundedTaskStore)
+    assert store.bytes == 0
+    assert not _tracebacks(caplog)
+
+
+_LONG = "c" * 129
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{"contextId": _LONG}, {"taskId": _LONG}, {"messageId": _LONG}, {"referenceTaskIds": [_LONG]}],
+    ids=["contextId", "taskId", "messageId", "referenceTaskIds"],
+)
+async def test_an_id_past_its_bound_is_refused_before_the_store(
+    node: Node, message: dict[str, Any]
+) -> None:
+    """An id a client names is at most 128 characters, as ARAL's: a 3.5 MB
+    contextId was stored and answered twice (7 MB), and ListTasks of three such tasks
+    was 21 MB. Refused ID_TOO_LONG on each binding, no task kept."""
+    text = {"text": "hi"}
+    send = {"message": {"role": "ROLE_USER", "messageId": "m-3", "parts": [text], **message}}
+    rpc_body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": send}
+    async with http_of(node, headers=V1) as http:
+        rest = _refusal(await http.post("/a2a/rest/message:send", json=send))
+        jsonrpc = _refusal(await http.post("/a2a", json=rpc_body))
+    request = a2a.SendMessageRequest()
+    json_format.ParseDict(send, request)
+    over_grpc = await _grpc(node, "SendMessage", request, a2a.SendMessageResponse)
+    assert rest == (400, None, "ID_TOO_LONG")
+    assert jsonrpc == (400, -32602, "ID_TOO_LONG")
+    assert over_grpc == ("INVALID_ARGUMENT", "ID_TOO_LONG")
+    store = door_of(node).request_handler().task_store
+    assert isinstance(store, BoundedTaskStore)
+    assert store.bytes == 0
+
+
+async def test_ids_within_the_bound_are_taken_and_reads_are_bounded_alike(node: Node) -> None:
+    """128 characters is the bound, not past it; GetTask's id (path, JSON-RPC, gRPC)
+    and ListTasks' contextId are held to it too."""
+    at_bound = "b" * 128
+    send = {"message": {"role": "ROLE_USER", "messageId": at_bound, "contextId": at_bound,
+                        "parts": [{"text": "hi"}]}}  # fmt: skip
+    async with http_of(node, headers=V1) as http:
+        r = await http.post("/a2a/rest/message:send", json=send)
+        assert r.status_code == 200, r.text
+        assert r.json()["task"]["contextId"] == at_bound
+        path = _refusal(await http.get(f"/a2a/rest/tasks/{_LONG}"))
+        query = _refusal(await http.get("/a2a/rest/tasks", params={"contextId": _LONG}))
+        get = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": _LONG}}
+        jsonrpc = _refusal(await http.post("/a2a", json=get))
+    over_grpc = await _grpc(node, "GetTask", a2a.GetTaskRequest(id=_LONG), a2a.Task)
+    assert path == query == (400, None, "ID_TOO_LONG")
+    assert jsonrpc == (400, -32602, "ID_TOO_LONG")
+    assert over_grpc == ("INVALID_ARGUMENT", "ID_TOO_LONG")
+
+
+async def test_the_checks_refusals_are_on_record(make_node: Callable[..., Node]) -> None:
+    """Audited as the door's other refusals: door a2a, the method, the reason."""
+    from tests.conftest import recorded
+
+    node = make_node("checked", http_port=0)
+    async with node:
+        seen = recorded(node)
+        async with http_of(node, headers=V1) as http:
+            await http.get("/a2a/rest/tasks/t", headers={"A2A-Version": "x" * 50})
+            send = {"message": {"role": "ROLE_USER", "messageId": _LONG, "parts": [{"text": "a"}]}}
+            await http.post("/a2a/rest/message:send", json=send)
+    assert [(r.door, r.action, r.outcome, r.reason) for r in seen] == [
+        ("a2a", "lf.a2a.v1.A2AService", "unsupported_version", "VERSION_NOT_SUPPORTED"),
+        ("a2a", "lf.a2a.v1.A2AService/SendMessage", "invalid_request", "ID_TOO_LONG"),
+    ]
+
+
+# -- 7. a message not the user's is a bad parameter ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "binding"),
+    [
+        ({"role": "ROLE_AGENT"}, "JSONRPC"),
+        ({"role": "ROLE_AGENT"}, "HTTP+JSON"),
+        ({"role": "ROLE_AGENT"}, "GRPC"),
+        ({"parts": [{"text": ""}]}, "JSONRPC"),
+        ({"parts": []}, "JSONRPC"),
+    ],
+)
+async def test_a_message_that_is_not_the_users_is_a_bad_parameter(
+    node: Node, caplog: pytest.LogCaptureFixture, message: dict[str, Any], binding: str
+) -> None:
+    """An agent's message (or one with no content) sent to the node: -32603 "Message
+    must be from a user" and a traceback each time. Now invalid parameters
+    (INVALID_MESSAGE: -32602, 400, INVALID_ARGUMENT), nothing logged."""
+    caplog.set_level(logging.INFO)
+    send = {"message": {"role": "ROLE_USER", "messageId": "m-4", "parts": [{"text": "hi"}],
+                        **message}}  # fmt: skip
+    if binding == "GRPC":
+        request = a2a.SendMessageRequest()
+        json_format.ParseDict(send, request)
+        got: Any = await _grpc(node, "SendMessage", request, a2a.SendMessageResponse)
+        assert got == ("INVALID_ARGUMENT", "INVALID_MESSAGE")
+    else:
+        async with http_of(node, headers=V1) as http:
+            if binding == "JSONRPC":
+                body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": send}
+                got = _refusal(await http.post("/a2a", json=body))
+            else:
+                got = _refusal(await http.post("/a2a/rest/message:send", json=send))
+        assert got == (400, -32602 if binding == "JSONRPC" else None, "INVALID_MESSAGE")
+    assert not _tracebacks(caplog)

@@ -67,7 +67,9 @@ def read_request(body: bytes) -> dict[str, Any]:
     Raises:
         JsonParseError: not JSON (RFC 8259, UTF-8), or nested too deeply.
         NotARequest: JSON, but no request object (a batch, unknown members, ...).
-        InvalidParameters: a member given twice in one object (``DUPLICATE_PARAMETER``).
+        InvalidParameters: a member given twice in one object (``DUPLICATE_PARAMETER``);
+            NaN, an infinity or a number past a double or ±2**64 (``NOT_A_JSON_NUMBER``,
+            ``-32602``: as the node refuses such a value in any call's parameters).
     """
     try:
         request = codec.loads(body)
@@ -75,6 +77,8 @@ def read_request(body: bytes) -> dict[str, Any]:
         raise JsonParseError("the request body is nested too deeply") from None
     except UnicodeDecodeError:
         raise JsonParseError("the request body is not UTF-8") from None
+    except codec.NotAJsonNumber as exc:
+        raise not_a_number(exc) from None
     except ValueError as exc:
         raise JsonParseError(f"the request body is not JSON: {exc}") from None
     if isinstance(request, list):
@@ -94,6 +98,14 @@ def read_request(body: bytes) -> dict[str, Any]:
     if "params" in request and not isinstance(request["params"], dict | list):
         raise NotARequest('"params" must be an object or an array')
     return request
+
+
+def not_a_number(exc: ValueError) -> InvalidParameters:
+    """The refusal of a request that holds ``exc``'s number (``codec.NotAJsonNumber``)."""
+    return InvalidParameters(
+        f"the request holds a number JSON has no form for: {str(exc)[:200]}",
+        reason="NOT_A_JSON_NUMBER",
+    )
 
 
 def _plain_id(value: Any) -> bool:
@@ -195,6 +207,7 @@ __all__ = [
     "NotARequest",
     "bound_library_logs",
     "duplicate_members",
+    "not_a_number",
     "read_request",
     "refuse",
     "replaying",

@@ -31,10 +31,12 @@ signatures, protected header ``kid`` = the node id, ``jku`` = the node's
 it lists no skill: an authenticated caller reads them from the extended card
 (``GetExtendedAgentCard``, as far as its scopes reach).
 
-**Refusals** before the SDK reads a request (its credentials, its body's size, a
-JSON-RPC body that is no request object, a member given twice) are the node's, as
-on every door: the seed's error object with the call's ``trace_id``, the
-``X-Trace-Id`` header; on ``/a2a`` inside a JSON-RPC error (bridge/_jsonrpc.py).
+**Refusals** before the SDK reads a request (its credentials, its ``A2A-Version``,
+its body's size, a JSON-RPC body that is no request object, a member given twice,
+what ``_a2a_checks`` holds it to) are the node's, as on every door: the seed's error
+object with the call's ``trace_id``, the ``X-Trace-Id`` header; on ``/a2a`` inside a
+JSON-RPC error (bridge/_jsonrpc.py); on gRPC a status with ``ErrorInfo``
+(``_a2a_http``, ``_a2a_grpc``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ from a2a.server.routes import (
     create_jsonrpc_routes,
     create_rest_routes,
 )
-from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.server.tasks import TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.errors import InvalidRequestError as A2AInvalidRequest
@@ -74,43 +74,36 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from starlette.requests import Request
 from starlette.routing import Router
 
+from aralnode.bridge import _a2a_http
 from aralnode.bridge import _http as h
 from aralnode.bridge import _jsonrpc as rpc
+from aralnode.bridge._a2a_calls import SERVICE
+from aralnode.bridge._a2a_grpc import GrpcGate
+from aralnode.bridge._a2a_http import ADMITTED, DOOR, JSONRPC_PATH, REST_PREFIX
 from aralnode.bridge._a2a_tasks import DEFAULT_MAX_BYTES, BoundedTaskStore
 from aralnode.core import jws
-from aralnode.core.context import CallContext, LazyMetadata
+from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
-from aralnode.service.refusals import refused
 from aralnode.service.stages import reaches
 
 log = logging.getLogger("aralnode.a2a")
 
-DOOR = "a2a"
-SERVICE = "lf.a2a.v1.A2AService"
 CARD_PATH = "/.well-known/agent-card.json"
 JWKS_PATH = "/.well-known/jwks.json"
-JSONRPC_PATH = "/a2a"
-REST_PREFIX = "/a2a/rest"
 PROTOCOL_VERSION = "1.0"
 # Refusals (the node would not run the call) as opposed to failures of a call it ran.
 _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_large",
                        "unauthorized", "forbidden", "governance_blocked", "not_found",
                        "rate_limit_exceeded"})  # fmt: skip
-# The context a request was admitted with, authenticated once (``A2ADoor.admit``):
-# in its ASGI scope (HTTP) or, with its servicer context, in the handler's task (gRPC).
-_ADMITTED = "aralnode.a2a.admitted"
 # A task waiting for its caller's input stays parked in the SDK's memory (its
 # messages too, outside the task store's bounds) until released; a follow-up makes
 # it again from the store. Released soon, so that what an outsider parks is what it
 # sends in about a second, not all it ever sent.
 PARKED_SECONDS = 1.0
-_ADMITTED_GRPC: ContextVar[tuple[Any, CallContext] | None] = ContextVar(
-    "aralnode_a2a_admitted", default=None
-)
 
 
 class NoSkill(InvalidRequest):
@@ -341,6 +334,7 @@ class A2ADoor:
         rpc.bound_library_logs("a2a")  # (its loggers log what callers sent)
         lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
         self.handler = lazy
+        self.grpc_gate = GrpcGate(self)  # around each gRPC call (transport/admitted.py)
         contexts = _Contexts(self)
         self.app = Router(
             routes=[
@@ -444,7 +438,7 @@ class A2ADoor:
         capture = _Capture()
         servicer = GrpcHandler(self.handler, context_builder=_GrpcContexts(self))
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
-        return capture.handler  # (behind ``admit_grpc``: transport/admitted.py)
+        return capture.handler  # (behind ``grpc_gate``: transport/admitted.py)
 
     # -- what the executor needs ---------------------------------------------------------
 
@@ -466,29 +460,11 @@ class A2ADoor:
         and the pipeline use it as it is: one authentication a request)."""
         scope = server.state.get("scope")
         if scope is not None:
-            admitted = scope.get(_ADMITTED)
+            admitted = scope.get(ADMITTED)
             if isinstance(admitted, CallContext):
                 return admitted
             return h.call_context(self.service.contexts, scope, DOOR)
-        grpc_context = server.state.get("grpc_context")
-        carried = _ADMITTED_GRPC.get()
-        if carried is not None and carried[0] is grpc_context:
-            return carried[1]
-        return self._grpc_context(grpc_context)
-
-    def admit_grpc(self, grpc_context: Any) -> None:
-        """``admit`` for a gRPC call (its metadata and peer); the context is kept
-        for the call's task (``call_context``)."""
-        ctx = self._grpc_context(grpc_context)
-        self.admit(ctx)
-        _ADMITTED_GRPC.set((grpc_context, ctx))
-
-    def _grpc_context(self, grpc_context: Any) -> CallContext:
-        if grpc_context is None:
-            return self.service.contexts.build(DOOR)
-        # As the gRPC door's: every pair kept (a credential given twice is refused).
-        metadata = LazyMetadata(grpc_context.invocation_metadata)
-        return self.service.contexts.build(DOOR, peer=grpc_context.peer(), metadata=metadata)
+        return self.grpc_gate.context(server.state.get("grpc_context"))
 
     def admit(self, ctx: CallContext) -> None:
         """Who calls, before the SDK reads the request (every method: a task is
@@ -513,46 +489,7 @@ class A2ADoor:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
             await h.send_body(send, 200, body, "application/jwk-set+json")
         else:
-            ctx = h.call_context(self.service.contexts, scope, DOOR)
-            try:
-                self.admit(ctx)
-            except AralError as exc:
-                await self._refuse(scope, send, exc, ctx)
-                return
-            scope = {**scope, _ADMITTED: ctx}  # (``call_context``)
-            if scope.get("method") in ("GET", "HEAD", "DELETE"):
-                await self.app(scope, receive, send)  # (the handler is made on first use)
-            else:
-                await self._bounded(scope, receive, send, ctx)
-
-    async def _refuse(self, scope: h.Scope, send: h.Send, exc: AralError, ctx: CallContext) -> None:
-        """A refusal before the SDK reads the request, as every door's: its trace id
-        (``X-Trace-Id``, the error's ``trace_id``); on JSON-RPC a JSON-RPC error."""
-        jsonrpc = scope.get("path") == JSONRPC_PATH
-        now = self.service.clock.now_ms()
-        await rpc.refuse(send, scope, exc, trace_id=ctx.trace_id, now_ms=now, jsonrpc=jsonrpc)
-
-    async def _bounded(
-        self, scope: h.Scope, receive: h.Receive, send: h.Send, ctx: CallContext
-    ) -> None:
-        """The request with its body read first, at most ``max_body_bytes`` (the SDK
-        would read any size), then handed on as one plain chunk. A JSON-RPC body that
-        is no request object is refused here (``_jsonrpc.read_request``), not answered
-        ``-32603`` by the SDK with a traceback; a member given twice, as on REST."""
-        try:
-            body = await h.read_body(scope, receive, self.max_body_bytes)
-            request = rpc.read_request(body) if scope.get("path") == JSONRPC_PATH else None
-            if request is None and body and (twice := rpc.duplicate_members(body)):
-                raise twice
-        except AralError as exc:  # on record, as the HTTP port's other refusals
-            await self._refuse(scope, send, refused(self.service.pipeline, ctx, SERVICE, exc), ctx)
-            return
-        headers = [(k, v) for k, v in scope.get("headers", ())
-                   if k not in (b"content-encoding", b"content-length")]  # fmt: skip
-        headers.append((b"content-length", str(len(body)).encode()))
-        if request is not None and _v1_without_version(headers, scope, request):
-            headers.append((b"a2a-version", b"1.0"))
-        await self.app({**scope, "headers": headers}, rpc.replaying(body, receive), send)
+            await _a2a_http.serve(self, scope, receive, send)
 
 
 def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill:
@@ -564,19 +501,6 @@ def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill
         description=capability.description or capability.id,
         tags=["aralnode", *risk, *(tags or [])],
     )
-
-
-def _v1_without_version(
-    headers: list[tuple[bytes, bytes]], scope: h.Scope, request: dict[str, Any]
-) -> bool:
-    """A JSON-RPC call by an A2A 1.0 method name (which 0.3 does not have) that says
-    no version: read as 1.0, the one version it can mean (A2A 1.0 §3.6.2 takes an
-    empty version as 0.3, under which the call would be an unknown method)."""
-    if any(k == b"a2a-version" for k, _ in headers) or b"A2A-Version" in scope.get(
-        "query_string", b""
-    ):
-        return False
-    return request.get("method") in JsonRpcDispatcher.METHOD_TO_MODEL
 
 
 __all__ = ["A2ADoor", "NodeExecutor", "selection"]

@@ -114,18 +114,24 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
 _MAX_INT = 2**64
 
 
+class NotAJsonNumber(ValueError):
+    """A number ``loads`` refuses (``NaN``, an infinity, one past a double or ±2**64):
+    a door that tells it from text that is no JSON at all refuses it as
+    ``NOT_A_JSON_NUMBER``, as the pipeline refuses such a value (service/values.py)."""
+
+
 def loads(data: str | bytes) -> Any:
     """Parse JSON the way every door does: RFC 8259 only.
 
-    Refused (``ValueError``): the ``NaN``/``Infinity`` literals Python's parser takes,
-    a number that overflows a double (``1e400``), and an integer no protobuf integer
-    holds (beyond ±2**64): one of 4,000 digits would otherwise reach a double
-    conversion, and overflow there, long after the request was taken. A string with
-    a lone surrogate (``"\\ud800"``, which RFC 8259's grammar allows and no UTF-8 text
-    holds: I-JSON, RFC 7493, forbids it), which every later step that writes the
-    text out -- an error naming it, a protobuf string, the audit log -- would fail
-    on. Refused as ``InvalidParameters`` (``DUPLICATE_PARAMETER``): an object with a
-    member twice.
+    Refused (``NotAJsonNumber``): the ``NaN``/``Infinity`` literals Python's parser
+    takes, a number that overflows a double (``1e400``), and an integer no protobuf
+    integer holds (beyond ±2**64): one of 4,000 digits would otherwise reach a double
+    conversion, and overflow there, long after the request was taken. Refused
+    (``ValueError``): a string with a lone surrogate (``"\\ud800"``, which RFC 8259's
+    grammar allows and no UTF-8 text holds: I-JSON, RFC 7493, forbids it), which
+    every later step that writes the text out -- an error naming it, a protobuf
+    string, the audit log -- would fail on. Refused as ``InvalidParameters``
+    (``DUPLICATE_PARAMETER``): an object with a member twice.
 
     Raises:
         ValueError: not JSON, or one of the above (``RecursionError``: nested too deeply).
@@ -216,22 +222,22 @@ _spaced_member = re.compile(rb'"[ \t\n\r]').search  # a '"' with whitespace afte
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise NotAJsonNumber(f"{name} is not a JSON number")
 
 
 def _finite(text: str) -> float:
     n = float(text)
     if not math.isfinite(n):
-        raise ValueError(f"{text[:40]} is beyond the range of a double")
+        raise NotAJsonNumber(f"{text[:40]} is beyond the range of a double")
     return n
 
 
 def _bounded_int(text: str) -> int:
     if len(text) > 21:  # -18446744073709551616: no int() of a big literal
-        raise ValueError(f"an integer of {len(text)} digits is beyond ±2**64")
+        raise NotAJsonNumber(f"an integer of {len(text)} digits is beyond ±2**64")
     n = int(text)
     if not -_MAX_INT <= n < _MAX_INT:
-        raise ValueError(f"{text} is beyond ±2**64")
+        raise NotAJsonNumber(f"{text} is beyond ±2**64")
     return n
 
 

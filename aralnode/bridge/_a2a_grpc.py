@@ -1,0 +1,70 @@
+"""The A2A door around each gRPC call of ``lf.a2a.v1.A2AService`` (the a2a-sdk's
+servicer, behind ``transport.admitted.Admitted``): the caller admitted first, the
+request held to ``_a2a_checks`` (its ``a2a-version`` metadata too). The context a
+call was admitted with is kept for the call's task: its owner, its executor and the
+pipeline use it (one authentication a call).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from aralnode.bridge import _a2a_calls as calls
+from aralnode.bridge._a2a_checks import check_request, check_version, message_json
+from aralnode.core.context import CallContext, LazyMetadata
+from aralnode.core.errors import AralError
+from aralnode.service.refusals import refused
+
+DOOR = "a2a"
+_ADMITTED: ContextVar[tuple[Any, CallContext] | None] = ContextVar(
+    "aralnode_a2a_admitted", default=None
+)
+
+
+def _method(full: str) -> str:
+    """``/lf.a2a.v1.A2AService/GetTask`` → ``GetTask``."""
+    return full.rpartition("/")[2]
+
+
+class GrpcGate:
+    """``transport.admitted.Door`` for the A2A door (the module docstring)."""
+
+    def __init__(self, door: calls.Door) -> None:
+        self.door = door
+
+    def context(self, grpc_context: Any) -> CallContext:
+        """The context the call of ``grpc_context`` was admitted with (else one made)."""
+        carried = _ADMITTED.get()
+        if carried is not None and carried[0] is grpc_context:
+            return carried[1]
+        return self._build(grpc_context)
+
+    def _build(self, grpc_context: Any) -> CallContext:
+        if grpc_context is None:
+            return self.door.service.contexts.build(DOOR)
+        # As the gRPC door's: every pair kept (a credential given twice is refused).
+        metadata = LazyMetadata(grpc_context.invocation_metadata)
+        return self.door.service.contexts.build(DOOR, peer=grpc_context.peer(), metadata=metadata)
+
+    def admit(self, grpc_context: Any) -> None:
+        """``A2ADoor.admit`` for a gRPC call (its metadata and peer)."""
+        ctx = self._build(grpc_context)
+        self.door.admit(ctx)
+        _ADMITTED.set((grpc_context, ctx))
+
+    def check(self, method: str, request: Any, grpc_context: Any) -> None:
+        """``_a2a_checks``' on the request; a refusal is audited (and raised)."""
+        ctx = self.context(grpc_context)
+        name = _method(method)
+        try:
+            check_version(
+                v for k, v in grpc_context.invocation_metadata() or ()
+                if k.lower() == "a2a-version" and isinstance(v, str)
+            )  # fmt: skip
+            check_request(name, message_json(request))
+        except AralError as exc:
+            raise refused(self.door.service.pipeline, ctx, calls.action(name), exc) from None
+
+
+__all__ = ["GrpcGate"]

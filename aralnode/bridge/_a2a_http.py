@@ -1,0 +1,131 @@
+"""The A2A door's HTTP requests: JSON-RPC at ``/a2a`` and HTTP+JSON under
+``/a2a/rest`` (docs/a2a.md).
+
+Each request is admitted (its credentials), then read and checked before the
+a2a-sdk reads it: its ``A2A-Version``, its body (at most ``max_body_bytes``: the SDK
+would read any size; on ``/a2a`` one JSON-RPC request object, ``_jsonrpc.read_request``,
+not ``-32603`` from the SDK with a traceback; no member twice, as on REST) and what
+``_a2a_checks`` holds it to. A refusal there is the node's, audited, with the call's
+trace id. Then the SDK serves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
+
+from aralnode.bridge import _a2a_calls as calls
+from aralnode.bridge import _http as h
+from aralnode.bridge import _jsonrpc as rpc
+from aralnode.bridge._a2a_checks import body_json, check_ids, check_request, check_version
+from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError
+from aralnode.service.refusals import refused
+
+DOOR = "a2a"
+JSONRPC_PATH = "/a2a"
+REST_PREFIX = "/a2a/rest"
+# The context a request was admitted with, in its ASGI scope (``A2ADoor.call_context``).
+ADMITTED = "aralnode.a2a.admitted"
+_BODILESS = ("GET", "HEAD", "DELETE")
+
+
+class _Read:
+    """What the door read of a request: the A2A method it calls (1.0's name; "" for
+    none A2A has), its body (None: not read), its JSON-RPC request object."""
+
+    __slots__ = ("body", "method", "rpc")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.body: bytes | None = None
+        self.rpc: dict[str, Any] | None = None
+
+    @property
+    def request_id(self) -> Any:
+        return None if self.rpc is None else self.rpc.get("id")
+
+    async def read(self, door: calls.Door, scope: h.Scope, receive: h.Receive) -> None:
+        """Read and check the request (the module docstring).
+
+        Raises:
+            AralError: the refusal.
+        """
+        check_version(
+            v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"a2a-version"
+        )
+        path, verb = str(scope.get("path", "")), scope.get("method")
+        jsonrpc = path == JSONRPC_PATH
+        if not jsonrpc:
+            self.method, ids = calls.rest_method(path[len(REST_PREFIX) :], str(verb))
+            check_ids([ids, calls.query_ids(scope)])
+        if verb in _BODILESS:
+            return
+        self.body = body = await h.read_body(scope, receive, door.max_body_bytes)
+        if jsonrpc:
+            self.rpc = rpc.read_request(body)
+            self.method = calls.jsonrpc_method(self.rpc["method"])
+            check_request(self.method, self.rpc.get("params"))
+        elif body:
+            check_request(self.method, body_json(body))
+
+
+async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
+    """Admit, read and check a request, then have the SDK serve it (module docstring)."""
+    ctx = h.call_context(door.service.contexts, scope, DOOR)
+    try:
+        door.admit(ctx)  # (its refusal on record already)
+    except AralError as exc:
+        await refuse(door, scope, send, exc, ctx)
+        return
+    read = _Read()
+    try:
+        await read.read(door, scope, receive)
+    except AralError as exc:  # on record, as the HTTP port's other refusals
+        refusal = refused(door.service.pipeline, ctx, calls.action(read.method), exc)
+        await refuse(door, scope, send, refusal, ctx, request_id=read.request_id)
+        return
+    scope = {**scope, ADMITTED: ctx}  # (``A2ADoor.call_context``)
+    if read.body is not None:  # handed on as one plain chunk
+        headers = [(k, v) for k, v in scope.get("headers", ())
+                   if k not in (b"content-encoding", b"content-length")]  # fmt: skip
+        headers.append((b"content-length", str(len(read.body)).encode()))
+        if read.rpc is not None and _v1_without_version(headers, scope, read.rpc):
+            headers.append((b"a2a-version", b"1.0"))
+        scope["headers"] = headers
+        receive = rpc.replaying(read.body, receive)
+    await door.app(scope, receive, send)  # (the handler is made on first use)
+
+
+async def refuse(
+    door: calls.Door,
+    scope: h.Scope,
+    send: h.Send,
+    exc: AralError,
+    ctx: CallContext,
+    *,
+    request_id: Any = None,
+) -> None:
+    """A refusal by the node, as every door's: its trace id (``X-Trace-Id``, the
+    error's ``trace_id``); on JSON-RPC a JSON-RPC error (for ``request_id``)."""
+    jsonrpc = scope.get("path") == JSONRPC_PATH
+    now = door.service.clock.now_ms()
+    await rpc.refuse(send, scope, exc, trace_id=ctx.trace_id, now_ms=now, jsonrpc=jsonrpc,
+                     request_id=request_id)  # fmt: skip
+
+
+def _v1_without_version(
+    headers: list[tuple[bytes, bytes]], scope: h.Scope, request: dict[str, Any]
+) -> bool:
+    """A JSON-RPC call by an A2A 1.0 method name (which 0.3 does not have) that says
+    no version: read as 1.0, the one version it can mean (A2A 1.0 §3.6.2 takes an
+    empty version as 0.3, under which the call would be an unknown method)."""
+    if any(k == b"a2a-version" for k, _ in headers) or b"A2A-Version" in scope.get(
+        "query_string", b""
+    ):
+        return False
+    return request.get("method") in JsonRpcDispatcher.METHOD_TO_MODEL
+
+
+__all__ = ["ADMITTED", "DOOR", "JSONRPC_PATH", "REST_PREFIX", "refuse", "serve"]
