@@ -529,8 +529,9 @@ async def test_the_extended_card_is_for_authenticated_callers(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
     """It lists the skills the caller's scopes reach, each tagged with its scopes,
-    signed like the public card; an anonymous caller is refused."""
-    from a2a.utils.errors import InvalidRequestError
+    signed like the public card; an anonymous caller is refused (here by the
+    pipeline's authorize stage: it has no agent:read on a deny-by-default node)."""
+    from a2a.client.errors import A2AClientError
 
     keys = ApiKeyStore(tmp_path / "keys.json")
     reader, _ = keys.create("reader", scopes=["agent:read"], kind="user")
@@ -547,7 +548,7 @@ async def test_the_extended_card_is_for_authenticated_callers(
         anonymous = await client_for(node, "JSONRPC")
         try:
             card = await client.get_extended_agent_card(a2a.GetExtendedAgentCardRequest())
-            with pytest.raises(InvalidRequestError, match="authenticated"):
+            with pytest.raises(A2AClientError, match="403"):
                 await anonymous.get_extended_agent_card(a2a.GetExtendedAgentCardRequest())
         finally:
             await client.close()
@@ -618,6 +619,154 @@ async def test_a2a_streams_keep_to_their_address_share(make_node: Callable[..., 
         assert outcomes == {"open": 3, "RESOURCE_EXHAUSTED": 2}, outcomes
         for call in calls:
             call.cancel()
+
+
+# -- every method is a call of the pipeline ----------------------------------------------
+
+METHOD = "lf.a2a.v1.A2AService/"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_every_method_leaves_an_audit_record(node: Node, transport: str) -> None:
+    """GetTask, ListTasks, CancelTask and GetExtendedAgentCard run through the
+    pipeline, as REST's GetStatus does: each leaves a record on door a2a naming the
+    method, with its outcome (the SDK's own TaskNotFoundError too). They were only
+    authenticated, and left none."""
+    from a2a.utils.errors import A2AError
+
+    from tests.conftest import recorded
+
+    client = await client_for(node, transport)
+    try:
+        task = final_task(await events(client, ask("demo.echo", {"text": "r"})))
+        seen = recorded(node)
+        await client.get_task(a2a.GetTaskRequest(id=task.id))
+        await client.list_tasks(a2a.ListTasksRequest())
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(a2a.GetTaskRequest(id="no-such-task"))
+        with pytest.raises(A2AError):  # finished: not cancelable
+            await client.cancel_task(a2a.CancelTaskRequest(id=task.id))
+        with pytest.raises(A2AError, match="authenticated"):  # anonymous
+            await client.get_extended_agent_card(a2a.GetExtendedAgentCardRequest())
+    finally:
+        await client.close()
+    assert [(r.door, r.action, r.outcome) for r in seen] == [
+        ("a2a", METHOD + "GetTask", "ok"),
+        ("a2a", METHOD + "ListTasks", "ok"),
+        ("a2a", METHOD + "GetTask", "not_found"),
+        ("a2a", METHOD + "CancelTask", "failed_precondition"),
+        ("a2a", METHOD + "GetExtendedAgentCard", "invalid_request"),
+    ]
+    assert seen[2].reason == "TASK_NOT_FOUND"
+    assert {r.principal for r in seen} == {"anonymous"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_reads_are_rate_limited_as_any_call(
+    make_node: Callable[..., Node], tmp_path: Path, transport: str
+) -> None:
+    """A caller past its rate is refused GetTask as it would be any call: 429 (a
+    JSON-RPC error on /a2a) or RESOURCE_EXHAUSTED, RATE_LIMIT_PRINCIPAL, on record.
+    30 quick GetTask calls were all answered on a node with a 5/s limit."""
+    from a2a.client.errors import A2AClientError
+
+    from tests.conftest import recorded
+
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    key, _ = keys.create("reader", scopes=["agent:read", "agent:invoke"], kind="user")
+    node = make_node("limited", http_port=0, apikeys_file=tmp_path / "keys.json",
+                     rate_limit_per_principal="3/h")  # fmt: skip
+    headers = {"x-api-key": key}
+    async with node, httpx.AsyncClient(headers=headers, timeout=20) as http:
+        if transport == "GRPC":
+
+            def channel(target: str) -> grpc.aio.Channel:
+                interceptor = _HeaderInterceptor(headers)
+                return grpc.aio.insecure_channel(target, interceptors=[interceptor])
+
+            client = await client_for(node, transport, grpc_channel_factory=channel)
+        else:
+            client = await client_for(node, transport, httpx_client=http)
+        seen = recorded(node)
+        try:
+            for _ in range(3):  # 3 tokens: the 4th is refused
+                with pytest.raises(TaskNotFoundError):
+                    await client.get_task(a2a.GetTaskRequest(id="t-none"))
+            with pytest.raises((A2AClientError, grpc.aio.AioRpcError)) as info:
+                await client.get_task(a2a.GetTaskRequest(id="t-none"))
+        finally:
+            await client.close()
+    text = str(info.value)
+    assert "429" in text or "RESOURCE_EXHAUSTED" in text, text
+    assert [r.outcome for r in seen] == ["not_found"] * 3 + ["rate_limit_exceeded"]
+    assert seen[-1].reason == "RATE_LIMIT_PRINCIPAL"
+    assert seen[-1].action == METHOD + "GetTask"
+
+
+async def test_reading_tasks_needs_the_read_scope(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The pipeline's authorize stage: GetTask and ListTasks need agent:read (as the
+    node's other listings), CancelTask agent:invoke; refused 403 / forbidden (on a
+    deny-by-default node: every authenticated caller holds both otherwise)."""
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    invoker, _ = keys.create("invoker", scopes=["agent:invoke"], kind="user")
+    reader, _ = keys.create("reader", scopes=["agent:read"], kind="user")
+    node = make_node("scoped", http_port=0, apikeys_file=tmp_path / "keys.json",
+                     deny_by_default=True)  # fmt: skip
+    rpc = {"jsonrpc": "2.0", "id": 1, "params": {"id": "t-none"}}
+    async with node, httpx.AsyncClient(base_url=base(node), timeout=20) as http:
+        v1 = {"A2A-Version": "1.0"}
+        got = {
+            (method, who): (await http.post(
+                "/a2a", json={**rpc, "method": method}, headers={**v1, "x-api-key": key}
+            )).status_code
+            for method in ("GetTask", "CancelTask")
+            for who, key in (("invoker", invoker), ("reader", reader))
+        }  # fmt: skip
+        rest = await http.get("/a2a/rest/tasks", headers={**v1, "x-api-key": invoker})
+    assert got == {("GetTask", "invoker"): 403, ("GetTask", "reader"): 200,
+                   ("CancelTask", "invoker"): 200, ("CancelTask", "reader"): 403}  # fmt: skip
+    assert (rest.status_code, rest.json()["error"]["code"]) == (403, "forbidden")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_subscription_is_a_stream_of_the_pipeline(
+    make_node: Callable[..., Node], transport: str
+) -> None:
+    """SubscribeToTask runs as a stream of the pipeline: its events go to the caller
+    as they come (server-sent events, a gRPC stream), and its record is written when
+    it ends."""
+    from tests.conftest import recorded
+
+    node = make_node("subscribed", http_port=0)
+    gate = asyncio.Event()
+
+    @node.capability(id="test.wait", description="waits until released")
+    async def wait() -> str:
+        await gate.wait()
+        return "released"
+
+    async with node:
+        polling = await client_for(node, "JSONRPC", polling=True)
+        client = await client_for(node, transport, streaming=True)
+        try:
+            task = final_task(await events(polling, ask("test.wait", {}, message_id="s1")))
+            seen = recorded(node)
+            stream = client.subscribe(a2a.SubscribeToTaskRequest(id=task.id))
+            first = await anext(stream)  # the task as it is: waiting
+            gate.set()
+            rest = [event async for event in stream]
+        finally:
+            gate.set()
+            await polling.close()
+            await client.close()
+    assert first.HasField("task")
+    states = [e.status_update.status.state for e in rest if e.HasField("status_update")]
+    assert states[-1] == DONE
+    assert [(r.action, r.outcome) for r in seen if r.action.startswith(METHOD)] == [
+        (METHOD + "SubscribeToTask", "ok")
+    ]
 
 
 def test_each_binding_names_the_method_its_record_names() -> None:

@@ -1,21 +1,44 @@
-"""Which A2A method a request calls, whatever binding or version asked: its A2A
-1.0 name (``GetTask``, for ``tasks/get`` and ``GET /a2a/rest/tasks/{id}`` too), the
-action the door's refusals name (``lf.a2a.v1.A2AService/<Method>``).
+"""Each A2A method a call of the node's pipeline, as every door's calls are.
+
+A message sent (``SendMessage``, ``SendStreamingMessage``) runs the skill it names:
+``NodeExecutor`` invokes it through the pipeline. Every other method (``GetTask``,
+``ListTasks``, ``CancelTask``, ``SubscribeToTask``, ``GetExtendedAgentCard``, the
+push-notification configs, and a method the SDK does not know) is run by the SDK
+inside ``Pipeline.call`` under the action ``lf.a2a.v1.A2AService/<Method>`` (A2A
+1.0's name, whichever binding or version asked): authorized (``agent:read`` to read,
+``agent:invoke`` to change a task), rate limited, governed and audited like a REST
+``GetStatus``. A refusal by a stage is the node's (HTTP 429 / ``RESOURCE_EXHAUSTED``
+for the rate...); the SDK's own answer (``TaskNotFoundError``...) goes to the caller
+as the SDK gave it, and its status is the call's outcome in the audit log.
+
+An HTTP answer is held until the call's record is written (a server-sent stream
+goes as it comes); gRPC's is returned after it as every method's is.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from a2a.types import a2a_pb2
+from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 
 from aralnode.bridge import _http as h
+from aralnode.bridge._a2a_checks import SENDS
 from aralnode.core.context import CallContext
+from aralnode.core.errors import AralError, StatusCode, error_from_status
+from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.pipeline import Pipeline
 
 SERVICE = "lf.a2a.v1.A2AService"
 METHODS = frozenset(m.name for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods)
+# Read (agent:read) as opposed to change a task (agent:invoke); "": a method A2A has not.
+_READS = frozenset({"GetTask", "ListTasks", "SubscribeToTask", "GetExtendedAgentCard", "",
+                    "GetTaskPushNotificationConfig",
+                    "ListTaskPushNotificationConfigs"})  # fmt: skip
 # A2A 0.3's JSON-RPC names (the SDK's adapter serves them on /a2a).
 _V03 = {"message/send": "SendMessage", "message/stream": "SendStreamingMessage",
         "tasks/get": "GetTask", "tasks/cancel": "CancelTask",
@@ -25,6 +48,7 @@ _V03 = {"message/send": "SendMessage", "message/stream": "SendStreamingMessage",
         "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
         "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
         "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard"}  # fmt: skip
+_BY_RPC_CODE = {code: A2A_ERROR_MAPPING.get(cls) for cls, code in JSON_RPC_ERROR_CODE_MAP.items()}
 _PUSH = "pushNotificationConfigs"
 
 
@@ -91,4 +115,130 @@ def action(method: str) -> str:
     return f"{SERVICE}/{method}" if method else SERVICE
 
 
-__all__ = ["METHODS", "SERVICE", "Door", "action", "jsonrpc_method", "query_ids", "rest_method"]
+def scopes_of(method: str) -> tuple[str, ...]:
+    return READ_SCOPES if method in _READS else INVOKE_SCOPES
+
+
+def risk_of(method: str) -> str:
+    return "read_only" if method in _READS else "unspecified"
+
+
+def governed(method: str) -> bool:
+    """Whether the door runs ``method`` in ``Pipeline.call`` (not a send: its skill's
+    call is the one in the pipeline)."""
+    return method not in SENDS
+
+
+async def run(
+    pipeline: Pipeline, ctx: CallContext, method: str, serve: Callable[[], Awaitable[Any]]
+) -> Any:
+    """``serve()`` (the SDK serving ``method``) as a call of the pipeline."""
+
+    async def served(_: Any) -> Any:
+        return await serve()
+
+    return await pipeline.call(
+        ctx, action(method), None, served, scopes=scopes_of(method), risk=risk_of(method)
+    )
+
+
+def stream(
+    pipeline: Pipeline, ctx: CallContext, method: str, start: Callable[[], AsyncIterator[Any]]
+) -> AsyncIterator[Any]:
+    """``start()`` (the SDK's stream of ``method``) as a stream of the pipeline."""
+    return pipeline.stream(
+        ctx, action(method), None, lambda _: start(), risk=risk_of(method),
+        scopes=scopes_of(method),
+    )  # fmt: skip
+
+
+class SdkAnswer:
+    """The SDK's answer to one HTTP request, held (``flush``) until the call's audit
+    record is written; a server-sent stream goes as it comes. ``error`` reads the
+    outcome from it: an HTTP error status, or a JSON-RPC error object."""
+
+    def __init__(self, send: h.Send, *, jsonrpc: bool) -> None:
+        self._send, self.jsonrpc = send, jsonrpc
+        self.held: list[h.Message] = []
+        self.status = 0
+        self.streaming = False
+
+    async def send(self, message: h.Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            kind = dict(message.get("headers") or ()).get(b"content-type", b"")
+            self.streaming = kind.startswith(b"text/event-stream")
+        if self.streaming:
+            await self._send(message)
+        else:
+            self.held.append(message)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the SDK's answer is the one the caller gets."""
+        return self.status != 0
+
+    async def flush(self) -> None:
+        held, self.held = self.held, []
+        for message in held:
+            await self._send(message)
+
+    def error(self) -> AralError | None:
+        """The SDK's error answer as the node's error (its status and reason), or None."""
+        if self.streaming or not self.status:
+            return None
+        body = b"".join(m.get("body", b"") for m in self.held if m["type"] == "http.response.body")
+        if self.status < 400 and not (self.jsonrpc and not body.startswith(b'{"result"')):
+            return None  # (the SDK's JSON-RPC results begin so: no parse of a long list)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(error, dict):
+            if self.status < 400:
+                return None
+            return error_from_status(_status_of_http(self.status), f"HTTP {self.status}")
+        return sdk_error(error)
+
+
+def sdk_error(error: dict[str, Any]) -> AralError:
+    """A JSON-RPC or HTTP+JSON error object of the SDK's as the node's error."""
+    code = error.get("code")
+    status = error.get("status")
+    reason = ""
+    for detail in error.get("details") or error.get("data") or ():
+        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+            reason = detail["reason"][:64]
+            break
+    mapped = _BY_RPC_CODE.get(code) if isinstance(code, int) else None
+    if not isinstance(status, str) and mapped is not None:
+        status, reason = mapped.grpc_status, reason or mapped.reason
+    number = StatusCode.UNKNOWN
+    if isinstance(status, str):
+        number = StatusCode.__members__.get(status, StatusCode.UNKNOWN)
+    return error_from_status(int(number), str(error.get("message", ""))[:200], reason=reason)
+
+
+def _status_of_http(status: int) -> int:
+    known = {400: StatusCode.INVALID_ARGUMENT, 401: StatusCode.UNAUTHENTICATED,
+             403: StatusCode.PERMISSION_DENIED, 404: StatusCode.NOT_FOUND,
+             405: StatusCode.UNIMPLEMENTED, 409: StatusCode.ABORTED,
+             429: StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
+    return int(known.get(status, StatusCode.INTERNAL if status >= 500 else StatusCode.UNKNOWN))
+
+
+__all__ = [
+    "METHODS",
+    "SERVICE",
+    "Door",
+    "SdkAnswer",
+    "action",
+    "governed",
+    "jsonrpc_method",
+    "query_ids",
+    "rest_method",
+    "run",
+    "sdk_error",
+    "stream",
+]

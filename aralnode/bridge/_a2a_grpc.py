@@ -1,12 +1,14 @@
 """The A2A door around each gRPC call of ``lf.a2a.v1.A2AService`` (the a2a-sdk's
 servicer, behind ``transport.admitted.Admitted``): the caller admitted first, the
-request held to ``_a2a_checks`` (its ``a2a-version`` metadata too). The context a
-call was admitted with is kept for the call's task: its owner, its executor and the
-pipeline use it (one authentication a call).
+request held to ``_a2a_checks`` (its ``a2a-version`` metadata too), then each method
+but a send a call of the pipeline (``_a2a_calls``). The context a call was admitted
+with is kept for the call's task: its owner, its executor and the pipeline use it
+(one authentication a call).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -65,6 +67,23 @@ class GrpcGate:
             check_request(name, message_json(request))
         except AralError as exc:
             raise refused(self.door.service.pipeline, ctx, calls.action(name), exc) from None
+
+    def run(self, method: str, grpc_context: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+        """A unary call: a send as it is (its skill runs in the pipeline), any other
+        method as a call of the pipeline (awaitable)."""
+        name = _method(method)
+        if not calls.governed(name):
+            return call()
+        return calls.run(self.door.service.pipeline, self.context(grpc_context), name, call)
+
+    def stream(
+        self, method: str, grpc_context: Any, start: Callable[[], AsyncIterator[Any]]
+    ) -> AsyncIterator[Any]:
+        """A server stream: ``run``'s rule, as a stream of the pipeline."""
+        name = _method(method)
+        if not calls.governed(name):
+            return start()
+        return calls.stream(self.door.service.pipeline, self.context(grpc_context), name, start)
 
 
 __all__ = ["GrpcGate"]

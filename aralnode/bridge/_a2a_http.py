@@ -6,7 +6,8 @@ a2a-sdk reads it: its ``A2A-Version``, its body (at most ``max_body_bytes``: the
 would read any size; on ``/a2a`` one JSON-RPC request object, ``_jsonrpc.read_request``,
 not ``-32603`` from the SDK with a traceback; no member twice, as on REST) and what
 ``_a2a_checks`` holds it to. A refusal there is the node's, audited, with the call's
-trace id. Then the SDK serves it.
+trace id. Then the SDK serves it, each method a call of the pipeline
+(``_a2a_calls``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,33 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
             headers.append((b"a2a-version", b"1.0"))
         scope["headers"] = headers
         receive = rpc.replaying(read.body, receive)
-    await door.app(scope, receive, send)  # (the handler is made on first use)
+    await _served(door, ctx, read, (scope, receive, send))
+
+
+async def _served(
+    door: calls.Door, ctx: CallContext, read: _Read, asgi: tuple[h.Scope, h.Receive, h.Send]
+) -> None:
+    """The SDK's answer, a method other than a send's as a call of the pipeline
+    (``_a2a_calls``): a stage's refusal is the node's answer; the SDK's own error is
+    its answer as it gave it, recorded as the call's outcome."""
+    scope, receive, send = asgi
+    if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
+        await door.app(scope, receive, send)
+        return
+    answer = calls.SdkAnswer(send, jsonrpc=read.rpc is not None)
+
+    async def sdk() -> None:
+        await door.app(scope, receive, answer.send)
+        if (error := answer.error()) is not None:
+            raise error
+
+    try:
+        await calls.run(door.service.pipeline, ctx, read.method, sdk)
+    except AralError as exc:
+        if not answer.answered:
+            await refuse(door, scope, send, exc, ctx, request_id=read.request_id)
+            return
+    await answer.flush()
 
 
 async def refuse(

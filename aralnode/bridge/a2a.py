@@ -37,6 +37,9 @@ what ``_a2a_checks`` holds it to) are the node's, as on every door: the seed's e
 object with the call's ``trace_id``, the ``X-Trace-Id`` header; on ``/a2a`` inside a
 JSON-RPC error (bridge/_jsonrpc.py); on gRPC a status with ``ErrorInfo``
 (``_a2a_http``, ``_a2a_grpc``).
+
+**Every method is a call of the pipeline**: a send runs its skill through it (the
+executor); every other method runs inside ``Pipeline.call`` (``_a2a_calls``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from starlette.requests import Request
 from starlette.routing import Router
 
+from aralnode.bridge import _a2a_calls as calls
 from aralnode.bridge import _a2a_http
 from aralnode.bridge import _http as h
 from aralnode.bridge import _jsonrpc as rpc
@@ -88,6 +92,7 @@ from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
+from aralnode.service.refusals import refused
 from aralnode.service.stages import reaches
 
 log = logging.getLogger("aralnode.a2a")
@@ -171,9 +176,12 @@ class NodeExecutor(AgentExecutor):
         try:
             try:
                 skill, params = selection(message, self.door.default_skill)
-            except NoSkill as exc:
-                await updater.requires_input(self._which_skill(exc, context, ctx))
+            except NoSkill as exc:  # a call of the pipeline too: authorized, limited, audited
+                note = self._which_skill(exc, context, ctx)
+                await calls.run(pipeline, ctx, "SendMessage", lambda: updater.requires_input(note))
                 return
+            except AralError as exc:  # parameters that are no object: on record
+                raise refused(pipeline, ctx, calls.action("SendMessage"), exc) from None
             await updater.start_work()
             result = await pipeline.invoke(ctx, skill, params)
         except AralError as exc:
