@@ -499,3 +499,28 @@ async def test_a_message_that_is_not_the_users_is_a_bad_parameter(
                 got = _refusal(await http.post("/a2a/rest/message:send", json=send))
         assert got == (400, -32602 if binding == "JSONRPC" else None, "INVALID_MESSAGE")
     assert not _tracebacks(caplog)
+
+
+async def test_an_answer_past_the_nodes_bound_is_refused_on_every_binding(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """ListTasks of tasks that hold large messages: HTTP sent the answer whole, past
+    max_message_bytes (21 MB in the probe), gRPC failed it in its own layer with
+    RESOURCE_EXHAUSTED and an ExecuteBatchError traceback. Refused alike now
+    (RESPONSE_TOO_LARGE: 413, RESOURCE_EXHAUSTED); a smaller page is answered."""
+    caplog.set_level(logging.INFO)
+    node = make_node("bounded", http_port=0, max_message_bytes=64 * 1024)
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
+    async with node, http_of(node, headers=V1) as http:
+        for i in range(3):
+            r = await http.post("/a2a", json=send_message("x" * 30_000, f"l{i}"))
+            assert r.status_code == 200, r.text
+        jsonrpc = _refusal(await http.post("/a2a", json=listing))
+        rest = _refusal(await http.get("/a2a/rest/tasks"))
+        one = await http.get("/a2a/rest/tasks", params={"pageSize": 1})
+        over_grpc = await _grpc(node, "ListTasks", a2a.ListTasksRequest(), a2a.ListTasksResponse)
+    assert jsonrpc[0] == rest[0] == 413
+    assert jsonrpc[2] == rest[2] == "RESPONSE_TOO_LARGE"
+    assert over_grpc == ("RESOURCE_EXHAUSTED", "RESPONSE_TOO_LARGE")
+    assert (one.status_code, len(one.json()["tasks"])) == (200, 1)
+    assert not _tracebacks(caplog)

@@ -12,7 +12,10 @@ for the rate...); the SDK's own answer (``TaskNotFoundError``...) goes to the ca
 as the SDK gave it, and its status is the call's outcome in the audit log.
 
 An HTTP answer is held until the call's record is written (a server-sent stream
-goes as it comes); gRPC's is returned after it as every method's is.
+goes as it comes); gRPC's is returned after it as every method's is. One larger than
+the node's results may be (``max_message_bytes``: ``ListTasks`` of large tasks) is
+refused ``RESPONSE_TOO_LARGE`` instead, as any door refuses such a result (gRPC
+failed it in its own layer, with a traceback; HTTP sent it whole).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 from aralnode.bridge import _http as h
 from aralnode.bridge._a2a_checks import SENDS
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, StatusCode, error_from_status
+from aralnode.core.errors import AralError, StatusCode, error_from_status, response_too_large
 from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
@@ -123,6 +126,14 @@ def risk_of(method: str) -> str:
     return "read_only" if method in _READS else "unspecified"
 
 
+def too_large(method: str, size: int, limit: int) -> AralError | None:
+    """The refusal of an answer of ``size`` bytes past ``limit`` (0: none), else None."""
+    if not limit or size <= limit:
+        return None
+    what = f"the answer to {method or SERVICE} (ask for less: pageSize, historyLength)"
+    return response_too_large(what, size, limit)
+
+
 def governed(method: str) -> bool:
     """Whether the door runs ``method`` in ``Pipeline.call`` (not a send: its skill's
     call is the one in the pipeline)."""
@@ -157,11 +168,12 @@ class SdkAnswer:
     record is written; a server-sent stream goes as it comes. ``error`` reads the
     outcome from it: an HTTP error status, or a JSON-RPC error object."""
 
-    def __init__(self, send: h.Send, *, jsonrpc: bool) -> None:
-        self._send, self.jsonrpc = send, jsonrpc
+    def __init__(self, send: h.Send, method: str, *, jsonrpc: bool, limit: int) -> None:
+        self._send, self.method, self.jsonrpc, self.limit = send, method, jsonrpc, limit
         self.held: list[h.Message] = []
         self.status = 0
         self.streaming = False
+        self.dropped = False  # (too large: the node's refusal goes instead)
 
     async def send(self, message: h.Message) -> None:
         if message["type"] == "http.response.start":
@@ -176,7 +188,7 @@ class SdkAnswer:
     @property
     def answered(self) -> bool:
         """Whether the SDK's answer is the one the caller gets."""
-        return self.status != 0
+        return self.status != 0 and not self.dropped
 
     async def flush(self) -> None:
         held, self.held = self.held, []
@@ -188,6 +200,9 @@ class SdkAnswer:
         if self.streaming or not self.status:
             return None
         body = b"".join(m.get("body", b"") for m in self.held if m["type"] == "http.response.body")
+        if (over := too_large(self.method, len(body), self.limit)) is not None:
+            self.held, self.dropped = [], True
+            return over
         if self.status < 400 and not (self.jsonrpc and not body.startswith(b'{"result"')):
             return None  # (the SDK's JSON-RPC results begin so: no parse of a long list)
         try:
@@ -241,4 +256,5 @@ __all__ = [
     "run",
     "sdk_error",
     "stream",
+    "too_large",
 ]

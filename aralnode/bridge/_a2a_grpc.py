@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from google.protobuf.message import Message
+
 from aralnode.bridge import _a2a_calls as calls
 from aralnode.bridge._a2a_checks import check_request, check_version, message_json
 from aralnode.core.context import CallContext, LazyMetadata
@@ -70,11 +72,21 @@ class GrpcGate:
 
     def run(self, method: str, grpc_context: Any, call: Callable[[], Awaitable[Any]]) -> Any:
         """A unary call: a send as it is (its skill runs in the pipeline), any other
-        method as a call of the pipeline (awaitable)."""
+        method as a call of the pipeline (awaitable), its answer within the node's
+        bound (``_a2a_calls.too_large``)."""
         name = _method(method)
         if not calls.governed(name):
             return call()
-        return calls.run(self.door.service.pipeline, self.context(grpc_context), name, call)
+        pipeline = self.door.service.pipeline
+
+        async def sized() -> Any:
+            response = await call()
+            size = response.ByteSize() if isinstance(response, Message) else 0
+            if (over := calls.too_large(name, size, pipeline.max_result_bytes)) is not None:
+                raise over
+            return response
+
+        return calls.run(pipeline, self.context(grpc_context), name, sized)
 
     def stream(
         self, method: str, grpc_context: Any, start: Callable[[], AsyncIterator[Any]]

@@ -109,7 +109,10 @@ async def _served(
     if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
         await door.app(scope, receive, send)
         return
-    answer = calls.SdkAnswer(send, jsonrpc=read.rpc is not None)
+    pipeline = door.service.pipeline
+    answer = calls.SdkAnswer(
+        send, read.method, jsonrpc=read.rpc is not None, limit=pipeline.max_result_bytes
+    )
 
     async def sdk() -> None:
         await door.app(scope, receive, answer.send)
@@ -117,7 +120,7 @@ async def _served(
             raise error
 
     try:
-        await calls.run(door.service.pipeline, ctx, read.method, sdk)
+        await calls.run(pipeline, ctx, read.method, sdk)
     except AralError as exc:
         if not answer.answered:
             await refuse(door, scope, send, exc, ctx, request_id=read.request_id)
