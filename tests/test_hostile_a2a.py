@@ -463,7 +463,25 @@ async def test_the_checks_refusals_are_on_record(make_node: Callable[..., Node])
     ]
 
 
-# -- 7. a message not the user's is a bad parameter ---------------------------------------
+# -- 7. a notification gets no answer; a message not the user's is a bad parameter ---------
+
+
+async def test_a_json_rpc_notification_gets_no_answer(node: Node) -> None:
+    """JSON-RPC 2.0: a request without ``id`` is a notification, and the server does
+    not reply to it (the SDK answered it). It still runs, and is on record."""
+    from tests.conftest import recorded
+
+    seen = recorded(node)
+    async with http_of(node, headers=V1) as http:
+        r = await http.post("/a2a", json={"jsonrpc": "2.0", "method": "GetTask",
+                                          "params": {"id": "t"}})  # fmt: skip
+        asked = await http.post("/a2a", json={"jsonrpc": "2.0", "id": None, "method": "GetTask",
+                                              "params": {"id": "t"}})  # fmt: skip
+    assert (r.status_code, r.content) == (204, b"")
+    assert asked.json()["error"]["code"] == -32001  # (an id of null is no notification)
+    assert [(rec.action, rec.outcome) for rec in seen] == [
+        ("lf.a2a.v1.A2AService/GetTask", "not_found")
+    ] * 2
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ would read any size; on ``/a2a`` one JSON-RPC request object, ``_jsonrpc.read_re
 not ``-32603`` from the SDK with a traceback; no member twice, as on REST) and what
 ``_a2a_checks`` holds it to. A refusal there is the node's, audited, with the call's
 trace id. Then the SDK serves it, each method a call of the pipeline
-(``_a2a_calls``).
+(``_a2a_calls``). A JSON-RPC notification (no ``id``) is served, and answered with
+no content (204), as JSON-RPC 2.0 says.
 """
 
 from __future__ import annotations
@@ -96,7 +97,13 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
             headers.append((b"a2a-version", b"1.0"))
         scope["headers"] = headers
         receive = rpc.replaying(read.body, receive)
-    await _served(door, ctx, read, (scope, receive, send))
+    if read.rpc is not None and "id" not in read.rpc:  # a notification: no answer
+        await _served(door, ctx, read, (scope, receive, _dropped))
+        ids = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))
+        await send({"type": "http.response.start", "status": 204, "headers": ids})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await _served(door, ctx, read, (scope, receive, send))
 
 
 async def _served(
@@ -126,6 +133,10 @@ async def _served(
             await refuse(door, scope, send, exc, ctx, request_id=read.request_id)
             return
     await answer.flush()
+
+
+async def _dropped(_: h.Message) -> None:
+    """Where a notification's answer goes."""
 
 
 async def refuse(
