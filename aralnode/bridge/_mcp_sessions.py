@@ -20,27 +20,15 @@ that opens a session carries its id) and asks the manager to end a victim.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from aralnode._logs import get_logger
-from aralnode.bridge._http import (
-    JSON,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    dumps,
-    error_body,
-    error_headers,
-    header,
-    request_id,
-    send_body,
-)
-from aralnode.core.errors import RateLimited
+from aralnode.bridge._http import Message, Receive, Scope, Send, header
+from aralnode.core.errors import AralError, RateLimited
 
 log = get_logger("aralnode.mcp")
 
@@ -62,7 +50,8 @@ class SessionQuota:
         per_client: Sessions one client may hold.
         total: Sessions the node holds.
         client_of: A request's client: who its sessions count against.
-        now_ms: The clock of refusals' timestamps.
+        refuse: Answers a refusal (and has it audited).
+        on_open: Told of each session opened, and by which request.
     """
 
     def __init__(
@@ -72,15 +61,15 @@ class SessionQuota:
         per_client: int,
         total: int,
         client_of: Callable[[Scope], str],
-        now_ms: Callable[[], int],
+        refuse: Callable[[Scope, Send, AralError], Awaitable[None]],
         on_open: Callable[[str, Scope], None] | None = None,
     ) -> None:
         self.manager = manager
+        self.refuse = refuse  # answers a refusal as the door does, on record
         self.on_open = on_open  # binds a new session to its opener (bridge._oauth)
         self.per_client = per_client
         self.total = total
         self.client_of = client_of
-        self.now_ms = now_ms
         # Each client's sessions, least recently used first; and whose each one is.
         self._held: dict[str, OrderedDict[str, None]] = {}
         self._owner: dict[str, str] = {}
@@ -203,9 +192,7 @@ class SessionQuota:
             retry_after=1.0,
         )
         log.warning("refused an MCP session to %s: %s", client, failure.message)
-        trace = request_id(header(scope, b"x-trace-id"))
-        body = dumps(error_body(failure, trace, self.now_ms()))
-        await send_body(send, failure.http_status, body, JSON, error_headers(failure))
+        await self.refuse(scope, send, failure)
 
 
 __all__ = ["SessionQuota", "TooManySessionsOpening"]

@@ -44,6 +44,7 @@ from aralnode.bridge.ui import UiPage, bearer_from_subprotocol, is_ui_path
 from aralnode.bridge.ws import EventHub, WsDoor
 from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import ProtoService
+from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, Unauthenticated
 from aralnode.core.peers import PeerTable
 from aralnode.core.proto_schema import ProtoComments
@@ -323,14 +324,24 @@ class HttpBridge:
         ctx = h.call_context(self.service.contexts, scope, door, trace_id=trace_id)
         refused(self.service.pipeline, ctx, f"aral.http/{door}", exc)
 
+    def _mcp_refused(self, scope: h.Scope, exc: AralError, trace_id: str) -> None:
+        """Audit what ``/mcp`` refused after the gate let the request in (its body,
+        a session it needs, the client's share of sessions): with the caller the
+        gate verified, counted as the gate's own refusals are (a "call")."""
+        ctx = self._verified(scope, "mcp", trace_id)
+        refused(self.service.pipeline, ctx, "aral.http/mcp", exc, kind="call")
+
     def _client_of(self, scope: h.Scope) -> str:
         """Whose share a request counts against, as the rate limit counts callers:
         its verified identity if its credentials prove one, else its address."""
-        door = "ws" if scope["type"] == "websocket" else "mcp"
-        ctx = h.call_context(self.service.contexts, scope, door)
-        with contextlib.suppress(AralError):  # refused: it counts as its address
+        return share_key(self._verified(scope, "ws" if scope["type"] == "websocket" else "mcp"))
+
+    def _verified(self, scope: h.Scope, door: str, trace_id: str | None = None) -> CallContext:
+        """The request's context, with its caller if its credentials prove one."""
+        ctx = h.call_context(self.service.contexts, scope, door, trace_id=trace_id)
+        with contextlib.suppress(AralError):  # refused: nobody (it counts as its address)
             self.service.pipeline.stages.authenticate(ctx)
-        return share_key(ctx)
+        return ctx
 
     def _openapi(self) -> tuple[bytes, str]:
         return h.dumps(self.openapi.document()), h.JSON
@@ -376,7 +387,7 @@ class HttpBridge:
             now_ms=self.clock.now_ms,
             on_open=self.gate.opened,
         )
-        self.mcp.on_refused = lambda scope, exc, trace: self._refused_on("mcp", scope, exc, trace)
+        self.mcp.on_refused = self._mcp_refused
         self.gate.on_expired = self.mcp.sessions.end
         self.gate.is_live = self.mcp.sessions.live
         await self.mcp.start()

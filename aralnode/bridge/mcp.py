@@ -498,7 +498,7 @@ class McpHttp:
             per_client=max_sessions_per_client,
             total=max_sessions,
             client_of=client_of or (lambda scope: address_of(client_peer(scope))),
-            now_ms=now_ms,
+            refuse=self._refuse,
             on_open=on_open,
         )
         self.max_body_bytes = max_body_bytes
@@ -545,14 +545,18 @@ class McpHttp:
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
-                trace = trace_of(scope)
-                if self.on_refused is not None:
-                    self.on_refused(scope, refusal, trace)
-                await rpc.refuse(send, scope, refusal, trace_id=trace, now_ms=self.now_ms(),
-                                 jsonrpc=True)  # fmt: skip
+                await self._refuse(scope, send, refusal)
                 return
             receive = rpc.replaying(body, receive)
         await self.sessions(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, refusal: AralError) -> None:
+        """Answer a refusal made here, before the SDK reads the request, as the
+        gate answers its own; ``on_refused`` puts it on record."""
+        trace = trace_of(scope)
+        if self.on_refused is not None:
+            self.on_refused(scope, refusal, trace)
+        await rpc.refuse(send, scope, refusal, trace_id=trace, now_ms=self.now_ms(), jsonrpc=True)
 
 
 __all__ = [
