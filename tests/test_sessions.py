@@ -144,9 +144,9 @@ async def test_an_mcp_session_expires(make_node: Callable[..., Node]) -> None:
             clock[0] = 60.0
             expired = await tool_call(http, session, {"x-api-key": alice})
             assert (expired.status_code, reason(expired)) == (404, "SESSION_EXPIRED")
-            # Ended, not only refused: the SDK no longer knows it (404, its own answer).
+            # Ended, not only refused: the SDK no longer holds it.
             after = await tool_call(http, session, {"x-api-key": alice})
-            assert after.status_code == 404
+            assert (after.status_code, reason(after)) == (404, "SESSION_UNKNOWN")
             # A new session opens as ever.
             fresh = await open_session(http, {"x-api-key": alice})
             assert (await tool_call(http, fresh, {"x-api-key": alice})).status_code == 200

@@ -165,8 +165,13 @@ class SessionQuota:
             await self._end(session)
 
     def live(self, session: str) -> bool:
-        """Whether the SDK holds ``session`` now."""
-        return session in self._live()
+        """Whether the SDK serves ``session`` now: it holds it, and has not begun to
+        end it (a DELETE on it, or its idle time run out: the SDK answers 404)."""
+        transport = self._live().get(session)
+        if transport is None or transport.is_terminated:
+            return False
+        idle = transport.idle_scope
+        return idle is None or not idle.cancel_called
 
     async def end(self, session: str) -> None:
         """End ``session`` now (it expired): forgotten, its transport terminated."""

@@ -36,6 +36,7 @@ from aralnode.bridge._http import (
     request_id,
     send_body,
 )
+from aralnode.bridge._mcp_requests import SESSION, head_refusal
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, NotFound, PermissionDenied, Unauthenticated
 from aralnode.service.auth import AGENT_READ
@@ -188,15 +189,19 @@ class AuthGate:
 
     async def mcp(self, scope: Scope, send: Send) -> bool:
         """Whether an MCP request may go on: its credential verifies (else 401 with
-        the challenge that points at the metadata), and a session it names is its
-        own and alive. The principal is left in the scope for the session quota.
-        Every refusal is audited under ``aral.http/mcp``: the credential's by the
-        pipeline, the session's here."""
+        the challenge that points at the metadata), a session it names is its own
+        and alive, and the SDK would not refuse its head (``_mcp_requests``). The
+        principal is left in the scope for the session quota. Every refusal is
+        audited under ``aral.http/mcp``: the credential's by the pipeline, the
+        others here."""
         ctx, failure = self._authenticated(scope, "mcp")
-        session = header(scope, b"mcp-session-id")
+        session = header(scope, SESSION)
         principal = principal_key(ctx)
-        if failure is None and session is not None:
-            failure = await self._session_refusal(session, principal)
+        if failure is None:
+            if session is not None:
+                failure = await self._session_refusal(session, principal)
+            if failure is None:  # what the SDK would refuse, refused here and so on record
+                failure = head_refusal(scope, self.is_live)
             if failure is not None:  # counted as the credential's refusal is (a "call")
                 refused(self.service.pipeline, ctx, "aral.http/mcp", failure, kind="call")
         if failure is not None:

@@ -55,6 +55,7 @@ from aralnode.bridge._http import (
     read_body,
     trace_of,
 )
+from aralnode.bridge._mcp_requests import body_refusal
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
 from aralnode.core.context import CallContext
@@ -532,8 +533,9 @@ class McpHttp:
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app to mount at ``/mcp``: a POST's body is read first and
-        refused if a member is in it twice (tool arguments included), as on REST;
-        the SDK would take the last."""
+        refused if a member is in it twice (tool arguments included), as on REST
+        (the SDK would take the last), or if it needs a session it does not name
+        (``_mcp_requests.body_refusal``)."""
         if scope.get("method") == "POST":
             # Read as it came (the SDK reads no content-encoding), within the limit.
             raw = {**scope, "headers": [(k, v) for k, v in scope.get("headers", ())
@@ -541,7 +543,7 @@ class McpHttp:
             refusal: AralError | None
             try:
                 body = await read_body(raw, receive, self.max_body_bytes)
-                refusal = rpc.duplicate_members(body)
+                refusal = rpc.duplicate_members(body) or body_refusal(scope, body)
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
