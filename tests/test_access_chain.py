@@ -19,13 +19,6 @@ from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.context import CallContext, Credentials, LazyMetadata
 from aralnode.core.errors import Unauthenticated
 from aralnode.core.identity import key_id_for
-from aralnode.service.auth import (
-    ANONYMOUS,
-    Authenticated,
-    Chain,
-    PeerAuthenticator,
-    reads_headers,
-)
 
 
 def certificate(tmp_path: Path) -> tuple[str, bytes]:
@@ -137,37 +130,3 @@ def test_a_credential_header_given_twice_is_refused_before_any_authenticator(
         ctx = CallContext(door="grpc", metadata=metadata, credentials=Credentials())
         stage(ctx)
         assert ctx.caller == "alice"
-
-
-def test_the_nodes_own_rules_leave_the_headers_unread(tmp_path: Path) -> None:
-    """No credential is read from the headers by the node's own rules (signatures,
-    channel sessions, certificates), so the repeated-credential check reads none
-    either: on a node without API keys or JWT a gRPC call's metadata stays unread.
-    Once an authenticator that reads them is in the chain, or a program's own (it
-    may), the check runs."""
-    cfg = NodeConfig(data_dir=tmp_path / "node", apikeys_file=tmp_path / "keys.json")
-    _, pipeline = node_pipeline(
-        cfg, CapabilityRegistry(), SYSTEM_CLOCK, lambda: "self",
-        authenticator=None, governance=None, checks=(), audit=(),
-    )  # fmt: skip
-    stage = pipeline.stages.authenticate
-    read: list[int] = []
-
-    def twice() -> list[tuple[str, str]]:
-        read.append(1)
-        return [("x-api-key", "a"), ("x-api-key", "b")]
-
-    stage(CallContext(door="grpc", metadata=LazyMetadata(twice), credentials=Credentials()))
-    assert read == []
-    assert not reads_headers(stage.authenticator)
-    install_access(stage, None, access_identity(cfg))
-    assert reads_headers(stage.authenticator)
-    with pytest.raises(Unauthenticated, match="x-api-key"):
-        stage(CallContext(door="grpc", metadata=LazyMetadata(twice), credentials=Credentials()))
-    assert read == [1]
-
-    class Program:  # a program's authenticator: it may read any header
-        def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
-            return ANONYMOUS
-
-    assert reads_headers(Chain(Program(), PeerAuthenticator("self")))

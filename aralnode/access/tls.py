@@ -286,8 +286,6 @@ class CertificateAuthenticator:
     with the scopes a verified peer gets. A signed call's certificate must be its
     signer's (else ``CERT_IDENTITY_MISMATCH``): one connection, one node."""
 
-    reads_headers = False  # the connection's certificate
-
     def __init__(
         self,
         rules: CertRules,

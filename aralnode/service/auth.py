@@ -160,20 +160,9 @@ def peer_scopes_of(
     return everyone | grant if grant else everyone
 
 
-def reads_headers(authenticator: object) -> bool:
-    """Whether ``authenticator`` may read a credential from the request's headers
-    (metadata): any but a rule that says it reads none (``reads_headers = False``,
-    as the node's own do: signatures, channel sessions, certificates), or a chain
-    of such rules only. Unknown ones (a program's) are taken to read them."""
-    if isinstance(authenticator, Chain):
-        return any(reads_headers(a) for a in authenticator.authenticators)
-    return bool(getattr(authenticator, "reads_headers", True))
-
-
 class PeerAuthenticator:
     """The default rule (see the module docstring)."""
 
-    reads_headers = False  # a signature, a channel's session, a delegation statement
     __slots__ = (
         "_node_id",
         "_peers",
@@ -352,5 +341,4 @@ __all__ = [
     "Principal",
     "ScopeResolver",
     "peer_scopes_of",
-    "reads_headers",
 ]

@@ -56,7 +56,6 @@ from aralnode.service.auth import (
     ImplicitRoles,
     PeerAuthenticator,
     ScopeResolver,
-    reads_headers,
 )
 from aralnode.service.halts import Halts
 
@@ -73,7 +72,7 @@ class Authenticate:
     none. A request that carries a credential header more than once is refused
     before any authenticator reads it (``CREDENTIALS_AMBIGUOUS``)."""
 
-    __slots__ = ("_authenticator", "_headers", "allow_anonymous", "counters", "halts", "roles")
+    __slots__ = ("allow_anonymous", "authenticator", "counters", "halts", "roles")
 
     def __init__(
         self,
@@ -89,17 +88,6 @@ class Authenticate:
         self.roles: ScopeResolver = roles or ImplicitRoles()
         self.halts: Halts | None = None  # governance's halts: refused before all else
 
-    @property
-    def authenticator(self) -> Authenticator:
-        return self._authenticator
-
-    @authenticator.setter
-    def authenticator(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
-        # A credential given twice matters only where one is read from the headers:
-        # the node's own rules read none, and looking costs a gRPC call its metadata.
-        self._headers = reads_headers(authenticator)
-
     def __call__(self, ctx: CallContext) -> None:
         if not ctx.authenticated:
             credentials = ctx.credentials
@@ -113,9 +101,8 @@ class Authenticate:
             try:
                 # Before any authenticator reads one: a credential given twice is
                 # refused here, once for every door and every authenticator.
-                if self._headers:
-                    refuse_repeated_credentials(ctx.metadata)
-                who = self._authenticator.authenticate(ctx, credentials)
+                refuse_repeated_credentials(ctx.metadata)
+                who = self.authenticator.authenticate(ctx, credentials)
             except AralError:
                 self.counters["auth.refused"] += 1
                 raise
