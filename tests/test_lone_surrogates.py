@@ -39,6 +39,26 @@ def test_a_surrogate_pair_and_an_escaped_backslash_are_text(text: str) -> None:
     value["k"].encode("utf-8")  # what was taken can be written out
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"k": "\xed\xa0\x80"}',  # a surrogate's own bytes: no UTF-8 has them
+        '{"k": "\ud800"}'.encode("utf-16", "surrogatepass"),  # json.loads guessed UTF-16
+        '{"k": "ok"}'.encode("utf-16-le"),  # UTF-16 at all: RFC 8259 says UTF-8
+        b'{"k": "\xff"}',
+    ],
+)
+def test_bytes_are_read_as_utf8_strictly(body: bytes) -> None:
+    """From review: bytes went to json.loads, which guesses UTF-16 and -32 and
+    decodes with surrogatepass, so a surrogate's raw bytes passed the check."""
+    with pytest.raises(ValueError):  # (not UTF-8, or NULs where JSON has none)
+        codec.loads(body)
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    assert codec.loads(b'\xef\xbb\xbf{"k": "\xc3\xa9"}') == {"k": "\u00e9"}
+
+
 def test_text_already_decoded_with_a_surrogate_in_it_is_refused_too() -> None:
     with pytest.raises(ValueError, match="lone surrogate"):
         codec.loads('{"k": "\ud800"}')
@@ -65,6 +85,11 @@ def _requests(agent: str) -> list[tuple[str, bytes, dict[str, str]]]:
     return [
         ("/v1/invoke", call, json_type),
         ("/v1/invoke", b'{"\\ud800":1,"\\ud800":2}', json_type),
+        (
+            "/v1/invoke",
+            b'{"call":{"capability":"demo.echo","parameters":{"text":"\xed\xa0\x80"}}}',
+            json_type,
+        ),
         (f"/api/v1/agents/{agent}/invoke", b'{"capability":"\\ud800x"}', json_type),
         (
             f"/api/v1/agents/{agent}/invoke",

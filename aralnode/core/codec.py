@@ -8,6 +8,7 @@ decompressed payload is bounded so a small bomb cannot exhaust memory.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import math
@@ -137,6 +138,12 @@ def loads(data: str | bytes) -> Any:
         ValueError: not JSON, or one of the above (``RecursionError``: nested too deeply).
         InvalidParameters: a member given twice in one object.
     """
+    if not isinstance(data, str):
+        # UTF-8, strictly (RFC 8259), not what json.loads makes of bytes: it guesses
+        # UTF-16 and -32 and decodes with surrogatepass, so the bytes of a surrogate
+        # ("\\xed\\xa0\\x80") would become one. A UTF-8 byte order mark is ignored, as
+        # RFC 8259 lets a parser.
+        data = bytes(data).removeprefix(codecs.BOM_UTF8).decode("utf-8")
     value = json.loads(
         data,
         parse_constant=_no_constant,
@@ -144,15 +151,13 @@ def loads(data: str | bytes) -> Any:
         parse_int=_bounded_int,
         object_pairs_hook=_members_once,
     )
-    # Only text with a surrogate escape (or, already decoded, a surrogate) is looked at
+    # Only text with a surrogate escape (or, given as text, a surrogate) is looked at
     # again: an emoji escaped as its pair is one too, and passes.
-    found = _SURROGATE_TEXT.search(data) if isinstance(data, str) else _SURROGATE_BYTES.search(data)
-    if found is not None:
+    if _SURROGATE_TEXT.search(data) is not None:
         _no_lone_surrogate(value)
     return value
 
 
-_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE_TEXT = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 
