@@ -542,3 +542,47 @@ async def test_an_answer_past_the_nodes_bound_is_refused_on_every_binding(
     assert over_grpc == ("RESOURCE_EXHAUSTED", "RESPONSE_TOO_LARGE")
     assert (one.status_code, len(one.json()["tasks"])) == (200, 1)
     assert not _tracebacks(caplog)
+
+
+# -- 8. after the SDK answered: a refusal still goes instead of the answer --------------------
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON", "GRPC"])
+async def test_a_task_does_not_leave_without_its_record(
+    make_node: Callable[..., Node], binding: str
+) -> None:
+    """GetTask on a node whose audit store turned read-only after the SDK found the
+    task: gRPC failed closed (AUDIT_UNAVAILABLE), HTTP sent the held task with no
+    record of it. Refused alike now, no task in the answer."""
+    import sqlite3
+
+    from aralnode.service.auditing import DurableLog
+    from aralnode.store.audit import AuditLog
+
+    node = make_node("audited", http_port=0, audit=True)
+    async with node, http_of(node, headers=V1) as http:
+        sent = await http.post("/a2a", json=send_message("hi", "a1"))
+        task_id = sent.json()["result"]["task"]["id"]
+        # Once a GetTask's record is durable, so are all before it: the store fails
+        # at this test's GetTask, after the SDK found the task, not before it runs.
+        assert (await http.get(f"/a2a/rest/tasks/{task_id}")).status_code == 200
+        installed = node.pipeline.stages.audit.log
+        assert isinstance(installed, DurableLog)
+        assert isinstance(installed.store, AuditLog)
+
+        def read_only(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA query_only = 1")
+
+        assert installed.store.failed is None
+        installed.store.test_hook = read_only
+        if binding == "GRPC":
+            got: Any = await _grpc(node, "GetTask", a2a.GetTaskRequest(id=task_id), a2a.Task)
+            assert got == ("UNAVAILABLE", "AUDIT_UNAVAILABLE")
+            return
+        if binding == "JSONRPC":
+            get = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task_id}}
+            r = await http.post("/a2a", json=get)
+        else:
+            r = await http.get(f"/a2a/rest/tasks/{task_id}")
+    assert task_id not in r.text
+    assert _refusal(r)[2] == "AUDIT_UNAVAILABLE"

@@ -174,6 +174,7 @@ class SdkAnswer:
         self.status = 0
         self.streaming = False
         self.dropped = False  # (too large: the node's refusal goes instead)
+        self.given: AralError | None = None  # (its error answer, as ``error`` read it)
 
     async def send(self, message: h.Message) -> None:
         if message["type"] == "http.response.start":
@@ -185,10 +186,11 @@ class SdkAnswer:
         else:
             self.held.append(message)
 
-    @property
-    def answered(self) -> bool:
-        """Whether the SDK's answer is the one the caller gets."""
-        return self.status != 0 and not self.dropped
+    def gave(self, exc: AralError) -> bool:
+        """Whether ``exc``, ending the call, is the SDK's own error answer (which the
+        caller gets as the SDK gave it), not a refusal after it (a stage's, the audit
+        log's): then the held answer is dropped and the refusal goes instead."""
+        return exc is self.given and not self.dropped
 
     async def flush(self) -> None:
         held, self.held = self.held, []
@@ -197,6 +199,10 @@ class SdkAnswer:
 
     def error(self) -> AralError | None:
         """The SDK's error answer as the node's error (its status and reason), or None."""
+        self.given = self._error()
+        return self.given
+
+    def _error(self) -> AralError | None:
         if self.streaming or not self.status:
             return None
         body = b"".join(m.get("body", b"") for m in self.held if m["type"] == "http.response.body")

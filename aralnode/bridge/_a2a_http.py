@@ -110,8 +110,9 @@ async def _served(
     door: calls.Door, ctx: CallContext, read: _Read, asgi: tuple[h.Scope, h.Receive, h.Send]
 ) -> None:
     """The SDK's answer, a method other than a send's as a call of the pipeline
-    (``_a2a_calls``): a stage's refusal is the node's answer; the SDK's own error is
-    its answer as it gave it, recorded as the call's outcome."""
+    (``_a2a_calls``): a stage's refusal is the node's answer, even after the SDK
+    answered (its answer is held until then); the SDK's own error is its answer as it
+    gave it, recorded as the call's outcome."""
     scope, receive, send = asgi
     if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
         await door.app(scope, receive, send)
@@ -129,7 +130,10 @@ async def _served(
     try:
         await calls.run(pipeline, ctx, read.method, sdk)
     except AralError as exc:
-        if not answer.answered:
+        # Fail closed, as gRPC does: a refusal after the SDK answered (the audit log
+        # could not keep the record, a post-check) goes instead of the held answer. A
+        # server-sent stream has gone as it came: it just ends.
+        if not answer.streaming and not answer.gave(exc):
             await refuse(door, scope, send, exc, ctx, request_id=read.request_id)
             return
     await answer.flush()
