@@ -586,3 +586,32 @@ async def test_a_task_does_not_leave_without_its_record(
             r = await http.get(f"/a2a/rest/tasks/{task_id}")
     assert task_id not in r.text
     assert _refusal(r)[2] == "AUDIT_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_a_role_spelt_as_in_0_3_is_refused_in_a_1_0_request(
+    node: Node, caplog: pytest.LogCaptureFixture, binding: str
+) -> None:
+    """``"user"`` is A2A 0.3's role; a 1.0 request's is ROLE_USER. The SDK read
+    ``"user"`` in a 1.0 SendMessage as ROLE_UNSPECIFIED and raised a ValueError
+    (-32603, a traceback). Now INVALID_MESSAGE, as any message not the user's."""
+    caplog.set_level(logging.INFO)
+    send = {"message": {"role": "user", "messageId": "m-5", "parts": [{"text": "hi"}]}}
+    async with http_of(node, headers=V1) as http:
+        if binding == "JSONRPC":
+            body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": send}
+            got = _refusal(await http.post("/a2a", json=body))
+        else:
+            got = _refusal(await http.post("/a2a/rest/message:send", json=send))
+    assert got == (400, -32602 if binding == "JSONRPC" else None, "INVALID_MESSAGE")
+    assert not _tracebacks(caplog)
+
+
+async def test_a_0_3_message_from_the_user_is_served(node: Node) -> None:
+    """A2A 0.3's JSON-RPC ``message/send`` spells the role ``"user"``: still taken."""
+    part = {"kind": "data", "data": {"skill": "demo.echo", "parameters": {"text": "hi"}}}
+    message = {"role": "user", "messageId": "m-6", "kind": "message", "parts": [part]}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": message}}
+    async with http_of(node, headers={"A2A-Version": "0.3"}) as http:
+        r = await http.post("/a2a", json=body)
+    assert r.json()["result"]["status"]["state"] == "completed", r.text

@@ -77,6 +77,11 @@ def jsonrpc_method(name: str) -> str:
     return name if name in METHODS else _V03.get(name, "")
 
 
+def jsonrpc_v03(name: str) -> bool:
+    """Whether a JSON-RPC method is named as in A2A 0.3 (the SDK's 0.3 models read it)."""
+    return name in _V03
+
+
 def rest_method(path: str, verb: str) -> tuple[str, dict[str, str]]:
     """The A2A 1.0 method an HTTP+JSON request calls (by its path after the prefix,
     with or without 0.3's ``v1/`` or a tenant before it) and the ids in its path."""
@@ -257,6 +262,7 @@ __all__ = [
     "action",
     "governed",
     "jsonrpc_method",
+    "jsonrpc_v03",
     "query_ids",
     "rest_method",
     "run",

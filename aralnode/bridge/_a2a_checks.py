@@ -15,7 +15,8 @@ node's shape and audited, as the door's other refusals before the SDK:
   most ``MAX_ID_CHARS`` characters, as ARAL's ids. The store keeps them and every
   answer about a task repeats them: a 3.5 MB ``contextId`` was answered with 7 MB,
   and ``ListTasks`` of three such tasks with 21 MB. Refused ``ID_TOO_LONG``.
-- a message sent (``SendMessage``): from the user (``ROLE_USER``), with parts, and
+- a message sent (``SendMessage``): from the user (``ROLE_USER``; ``"user"`` in A2A
+  0.3's JSON-RPC ``message/send``, ``message/stream``), with parts, and
   no empty text part, as the SDK's ``new_task_from_user_message`` requires (it
   raised a ``ValueError``: ``-32603`` and a traceback). Refused ``INVALID_MESSAGE``.
 
@@ -97,9 +98,10 @@ def message_json(request: Message) -> Any:
         raise not_a_number(ValueError(str(exc).rpartition(": ")[2])) from None
 
 
-def check_request(method: str, params: Any) -> None:
+def check_request(method: str, params: Any, *, v03: bool = False) -> None:
     """The checks of the module docstring on a request's parameters (``method``: its
-    A2A 1.0 name).
+    A2A 1.0 name; ``v03``: asked by A2A 0.3's JSON-RPC name, whose models spell the
+    role ``"user"``).
 
     Raises:
         InvalidParameters: an id too long (``ID_TOO_LONG``), a message that is not the
@@ -107,7 +109,7 @@ def check_request(method: str, params: Any) -> None:
     """
     check_ids(params)
     if method in SENDS and isinstance(params, dict):
-        check_message(params.get("message"))
+        check_message(params.get("message"), v03=v03)
 
 
 def check_ids(value: Any) -> None:
@@ -137,13 +139,19 @@ def _too_long(key: str, value: str) -> InvalidParameters:
     )
 
 
-def check_message(message: Any) -> None:
+def check_message(message: Any, *, v03: bool = False) -> None:
     """Raises ``InvalidParameters`` (``INVALID_MESSAGE``) unless ``message`` (a
-    message to send, as JSON) is the user's, has parts, and no empty text part."""
+    message to send, as JSON) is the user's, has parts, and no empty text part.
+
+    The user is ``ROLE_USER`` (or 1) in A2A 1.0, ``"user"`` in 0.3's JSON-RPC
+    (``v03``): the SDK reads ``"user"`` in a 1.0 request as ``ROLE_UNSPECIFIED``."""
     if not isinstance(message, dict):
         return  # none at all: the SDK says so itself, as a bad parameter
     role = message.get("role")
-    if role not in ("ROLE_USER", "user") and not (type(role) is int and role == 1):
+    if v03:
+        if role != "user":
+            raise _bad_message(f"a message sent must be the user's (user), not {role!r}"[:200])
+    elif role != "ROLE_USER" and not (type(role) is int and role == 1):
         raise _bad_message(f"a message sent must be the user's (ROLE_USER), not {role!r}"[:200])
     parts = message.get("parts")
     if not isinstance(parts, list) or not parts:

@@ -68,7 +68,8 @@ class _Read:
         if jsonrpc:
             self.rpc = rpc.read_request(body)
             self.method = calls.jsonrpc_method(self.rpc["method"])
-            check_request(self.method, self.rpc.get("params"))
+            v03 = calls.jsonrpc_v03(self.rpc["method"])
+            check_request(self.method, self.rpc.get("params"), v03=v03)
         elif body:
             check_request(self.method, body_json(body))
 
