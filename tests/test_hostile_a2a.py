@@ -615,3 +615,30 @@ async def test_a_0_3_message_from_the_user_is_served(node: Node) -> None:
     async with http_of(node, headers={"A2A-Version": "0.3"}) as http:
         r = await http.post("/a2a", json=body)
     assert r.json()["result"]["status"]["state"] == "completed", r.text
+
+
+async def test_a_0_3_notification_is_no_request_and_a_refused_one_gets_no_answer(
+    node: Node,
+) -> None:
+    """A2A 0.3's models need an ``id``: a 0.3 ``message/send`` without one got 204,
+    was never served and left no record. Now refused INVALID_JSONRPC_REQUEST (-32600,
+    id null), on record. A 1.0 notification the node's checks refuse (an id past its
+    bound) got a JSON-RPC error body; now 204, as every notification, on record."""
+    from tests.conftest import recorded
+
+    seen = recorded(node)
+    message = {"role": "user", "messageId": "m-8", "kind": "message",
+               "parts": [{"kind": "text", "text": "hi"}]}  # fmt: skip
+    legacy = {"jsonrpc": "2.0", "method": "message/send", "params": {"message": message}}
+    long_get = {"jsonrpc": "2.0", "method": "GetTask", "params": {"id": _LONG}}
+    async with http_of(node) as http:
+        r = await http.post("/a2a", json=legacy, headers={"A2A-Version": "0.3"})
+        quiet = await http.post("/a2a", json=long_get, headers=V1)
+    assert _refusal(r) == (400, -32600, "INVALID_JSONRPC_REQUEST")
+    assert r.json()["id"] is None
+    assert (quiet.status_code, quiet.content) == (204, b"")
+    assert quiet.headers["x-trace-id"]
+    assert [(rec.action, rec.reason) for rec in seen] == [
+        ("lf.a2a.v1.A2AService/SendMessage", "INVALID_JSONRPC_REQUEST"),
+        ("lf.a2a.v1.A2AService/GetTask", "ID_TOO_LONG"),
+    ]

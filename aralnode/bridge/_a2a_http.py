@@ -7,8 +7,9 @@ would read any size; on ``/a2a`` one JSON-RPC request object, ``_jsonrpc.read_re
 not ``-32603`` from the SDK with a traceback; no member twice, as on REST) and what
 ``_a2a_checks`` holds it to. A refusal there is the node's, audited, with the call's
 trace id. Then the SDK serves it, each method a call of the pipeline
-(``_a2a_calls``). A JSON-RPC notification (no ``id``) is served, and answered with
-no content (204), as JSON-RPC 2.0 says.
+(``_a2a_calls``). A JSON-RPC notification (no ``id``) is served, or refused, on
+record, and answered with no content (204), as JSON-RPC 2.0 says; one by an A2A 0.3
+method is no request (0.3's models need an ``id``) and is answered so.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class _Read:
     def request_id(self) -> Any:
         return None if self.rpc is None else self.rpc.get("id")
 
+    @property
+    def notification(self) -> bool:
+        """A JSON-RPC request without ``id``: it gets no answer."""
+        return self.rpc is not None and "id" not in self.rpc
+
     async def read(self, door: calls.Door, scope: h.Scope, receive: h.Receive) -> None:
         """Read and check the request (the module docstring).
 
@@ -66,10 +72,16 @@ class _Read:
             return
         self.body = body = await h.read_body(scope, receive, door.max_body_bytes)
         if jsonrpc:
-            self.rpc = rpc.read_request(body)
-            self.method = calls.jsonrpc_method(self.rpc["method"])
-            v03 = calls.jsonrpc_v03(self.rpc["method"])
-            check_request(self.method, self.rpc.get("params"), v03=v03)
+            request = rpc.read_request(body)
+            self.method = calls.jsonrpc_method(request["method"])
+            v03 = calls.jsonrpc_v03(request["method"])
+            if v03 and "id" not in request:  # (answered: it is no notification either)
+                raise rpc.NotARequest(
+                    f"{request['method']} is A2A 0.3's, whose requests have an id: "
+                    "send one (0.3 has no notifications)"
+                )
+            self.rpc = request
+            check_request(self.method, request.get("params"), v03=v03)
         elif body:
             check_request(self.method, body_json(body))
 
@@ -87,7 +99,10 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
         await read.read(door, scope, receive)
     except AralError as exc:  # on record, as the HTTP port's other refusals
         refusal = refused(door.service.pipeline, ctx, calls.action(read.method), exc)
-        await refuse(door, scope, send, refusal, ctx, request_id=read.request_id)
+        if read.notification:
+            await _no_content(scope, send, ctx)
+        else:
+            await refuse(door, scope, send, refusal, ctx, request_id=read.request_id)
         return
     scope = {**scope, ADMITTED: ctx}  # (``A2ADoor.call_context``)
     if read.body is not None:  # handed on as one plain chunk
@@ -98,11 +113,9 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
             headers.append((b"a2a-version", b"1.0"))
         scope["headers"] = headers
         receive = rpc.replaying(read.body, receive)
-    if read.rpc is not None and "id" not in read.rpc:  # a notification: no answer
+    if read.notification:  # no answer
         await _served(door, ctx, read, (scope, receive, _dropped))
-        ids = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))
-        await send({"type": "http.response.start", "status": 204, "headers": ids})
-        await send({"type": "http.response.body", "body": b""})
+        await _no_content(scope, send, ctx)
     else:
         await _served(door, ctx, read, (scope, receive, send))
 
@@ -142,6 +155,13 @@ async def _served(
 
 async def _dropped(_: h.Message) -> None:
     """Where a notification's answer goes."""
+
+
+async def _no_content(scope: h.Scope, send: h.Send, ctx: CallContext) -> None:
+    """A notification's answer: 204, no body (its trace id in ``X-Trace-Id``)."""
+    ids = h.id_headers(ctx.trace_id, h.request_id(h.header(scope, b"x-request-id")))
+    await send({"type": "http.response.start", "status": 204, "headers": ids})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def refuse(
