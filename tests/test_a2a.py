@@ -769,17 +769,21 @@ async def test_a_subscription_is_a_stream_of_the_pipeline(
     ]
 
 
-def test_each_binding_names_the_method_its_record_names() -> None:
+def test_each_binding_names_the_method_its_record_names(node: Node) -> None:
     """HTTP+JSON paths (1.0's, 0.3's under v1/, a tenant's) and JSON-RPC names (1.0's,
-    0.3's) are each A2A 1.0's method, the action the pipeline runs."""
+    0.3's) are each A2A 1.0's method, the action the pipeline runs: on HTTP+JSON the
+    method of the route the SDK's router serves the request with."""
     from aralnode.bridge._a2a_calls import METHODS, jsonrpc_method, rest_method
 
+    assert node.parts.http is not None
+    routes = node.parts.http.a2a.app.routes
     push = "pushNotificationConfigs"
     named = {
         ("/message:send", "POST"): ("SendMessage", {}),
         ("/v1/message:stream", "POST"): ("SendStreamingMessage", {}),
         ("/tasks", "GET"): ("ListTasks", {}),
-        ("/acme/tasks/t1", "GET"): ("GetTask", {"id": "t1"}),
+        ("/tasks/t1", "GET"): ("GetTask", {"id": "t1"}),
+        ("/tasks/t1", "HEAD"): ("GetTask", {"id": "t1"}),
         ("/v1/tasks/t1:cancel", "POST"): ("CancelTask", {"id": "t1"}),
         ("/tasks/t1:subscribe", "GET"): ("SubscribeToTask", {"id": "t1"}),
         (f"/tasks/t1/{push}", "POST"): ("CreateTaskPushNotificationConfig", {"id": "t1"}),
@@ -790,8 +794,21 @@ def test_each_binding_names_the_method_its_record_names() -> None:
         ("/extendedAgentCard", "GET"): ("GetExtendedAgentCard", {}),
         ("/v1/card", "GET"): ("GetExtendedAgentCard", {}),
         ("/elsewhere", "GET"): ("", {}),
+        ("/tasks/t1", "PUT"): ("", {}),  # (no route serves it: 405)
+        # As Starlette reads the path: the id runs to the last colon ...
+        ("/tasks/a:b:cancel", "POST"): ("CancelTask", {"id": "a:b"}),
+        # ... and a task may be called "tasks".
+        (f"/tasks/tasks/{push}", "POST"): ("CreateTaskPushNotificationConfig", {"id": "tasks"}),
     }  # fmt: skip
-    assert {key: rest_method(*key) for key in named} == named
+
+    def scope(path: str, verb: str) -> dict[str, Any]:
+        return {"type": "http", "path": "/a2a/rest" + path, "method": verb, "root_path": ""}
+
+    assert {key: rest_method(routes, scope(*key)) for key in named} == named
+    # A tenant's paths: the SDK mounts them before the prefix, so the door (/a2a/...)
+    # sees only the tenant "a2a"; its id is checked too.
+    tenant = {"type": "http", "path": "/a2a/a2a/rest/tasks/t1", "method": "GET"}
+    assert rest_method(routes, tenant) == ("GetTask", {"id": "t1", "tenant": "a2a"})
     assert {m for m, _ in named.values()} - {""} <= METHODS
     assert jsonrpc_method("tasks/get") == jsonrpc_method("GetTask") == "GetTask"
     assert jsonrpc_method("agent/getAuthenticatedExtendedCard") == "GetExtendedAgentCard"

@@ -642,3 +642,21 @@ async def test_a_0_3_notification_is_no_request_and_a_refused_one_gets_no_answer
         ("lf.a2a.v1.A2AService/SendMessage", "INVALID_JSONRPC_REQUEST"),
         ("lf.a2a.v1.A2AService/GetTask", "ID_TOO_LONG"),
     ]
+
+
+async def test_a_rest_call_is_named_by_the_route_that_serves_it(node: Node) -> None:
+    """``POST tasks/a:b:cancel`` cancels task ``a:b`` (Starlette's ``{id}:cancel``
+    reads to the last colon) but was authorized and audited as no method (agent:read,
+    ``lf.a2a.v1.A2AService``); ``POST tasks/tasks/pushNotificationConfigs`` creates
+    a push config for task ``tasks`` but was named GetTask. Each is now named as run."""
+    from tests.conftest import recorded
+
+    seen = recorded(node)
+    async with http_of(node, headers=V1) as http:
+        await http.post("/a2a/rest/tasks/a:b:cancel", json={})
+        await http.post("/a2a/rest/tasks/tasks/pushNotificationConfigs", json={})
+    assert [rec.action for rec in seen] == [
+        "lf.a2a.v1.A2AService/CancelTask",
+        "lf.a2a.v1.A2AService/CreateTaskPushNotificationConfig",
+    ]
+    assert seen[0].outcome == "not_found"  # (the SDK looked for task a:b)

@@ -21,12 +21,13 @@ failed it in its own layer, with a traceback; HTTP sent it whole).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from a2a.types import a2a_pb2
 from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from aralnode.bridge import _http as h
 from aralnode.bridge._a2a_checks import SENDS
@@ -37,6 +38,7 @@ from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
 
 SERVICE = "lf.a2a.v1.A2AService"
+REST_PREFIX = "/a2a/rest"
 METHODS = frozenset(m.name for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods)
 # Read (agent:read) as opposed to change a task (agent:invoke); "": a method A2A has not.
 _READS = frozenset({"GetTask", "ListTasks", "SubscribeToTask", "GetExtendedAgentCard", "",
@@ -82,34 +84,56 @@ def jsonrpc_v03(name: str) -> bool:
     return name in _V03
 
 
-def rest_method(path: str, verb: str) -> tuple[str, dict[str, str]]:
-    """The A2A 1.0 method an HTTP+JSON request calls (by its path after the prefix,
-    with or without 0.3's ``v1/`` or a tenant before it) and the ids in its path."""
-    parts = path.strip("/").split("/")
-    last = parts[-1]
-    if last.startswith("message:"):
-        return {"message:send": "SendMessage", "message:stream": "SendStreamingMessage"}.get(
-            last, ""
-        ), {}
-    if last in ("card", "extendedAgentCard"):
-        return "GetExtendedAgentCard", {}
-    if last == "tasks":
-        return "ListTasks", {}
-    if len(parts) >= 2 and parts[-2] == "tasks":
-        task, _, action = last.partition(":")
-        named = {"": "GetTask", "cancel": "CancelTask", "subscribe": "SubscribeToTask"}
-        return named.get(action, ""), {"id": task}
-    if len(parts) >= 3 and _PUSH in parts[-2:]:
-        at = parts.index(_PUSH, len(parts) - 2)
-        ids = {"id": parts[at - 1]} | ({"pushNotificationConfigId": last} if last != _PUSH else {})
-        if last != _PUSH:
-            verbs = {"GET": "Get", "HEAD": "Get", "DELETE": "Delete"}
-        else:
-            verbs = {"POST": "Create", "GET": "List", "HEAD": "List"}
-        kind = verbs.get(verb, "")
-        noun = "TaskPushNotificationConfigs" if kind == "List" else "TaskPushNotificationConfig"
-        return kind and kind + noun, ids
-    return "", {}
+# The A2A 1.0 method of each HTTP+JSON route of the SDK's (its path after the prefix
+# and 0.3's ``/v1``, the HTTP method; HEAD as GET, as Starlette serves it).
+_ROUTES = {
+    ("/message:send", "POST"): "SendMessage",
+    ("/message:stream", "POST"): "SendStreamingMessage",
+    ("/tasks/{id}:cancel", "POST"): "CancelTask",
+    ("/tasks/{id}:subscribe", "GET"): "SubscribeToTask",
+    ("/tasks/{id}:subscribe", "POST"): "SubscribeToTask",
+    ("/tasks/{id}", "GET"): "GetTask",
+    ("/tasks", "GET"): "ListTasks",
+    (f"/tasks/{{id}}/{_PUSH}", "POST"): "CreateTaskPushNotificationConfig",
+    (f"/tasks/{{id}}/{_PUSH}", "GET"): "ListTaskPushNotificationConfigs",
+    (f"/tasks/{{id}}/{_PUSH}/{{push_id}}", "GET"): "GetTaskPushNotificationConfig",
+    (f"/tasks/{{id}}/{_PUSH}/{{push_id}}", "DELETE"): "DeleteTaskPushNotificationConfig",
+    ("/extendedAgentCard", "GET"): "GetExtendedAgentCard",
+    ("/card", "GET"): "GetExtendedAgentCard",
+}
+# A route's path parameters, by the names the id checks give them.
+_PATH_IDS = {"id": "id", "push_id": "pushNotificationConfigId", "tenant": "tenant"}
+
+
+def rest_method(routes: Sequence[BaseRoute], scope: h.Scope) -> tuple[str, dict[str, str]]:
+    """The A2A 1.0 method an HTTP+JSON request calls and the ids in its path, from
+    the SDK's route (``routes``) Starlette will serve it with: found as its router
+    finds it, so the method named and checked is the one run (``tasks/a:b:cancel``
+    cancels ``a:b``). "" for none (the SDK answers 404 or 405)."""
+    found = _route(routes, scope)
+    if found is None:
+        return "", {}
+    template, params = found
+    path = template.removeprefix(REST_PREFIX).removeprefix("/v1")
+    verb = str(scope.get("method"))
+    method = _ROUTES.get((path, "GET" if verb == "HEAD" else verb), "")
+    ids = {_PATH_IDS[k]: str(v) for k, v in params.items() if k in _PATH_IDS}
+    return method, ids
+
+
+def _route(routes: Sequence[BaseRoute], scope: h.Scope) -> tuple[str, dict[str, Any]] | None:
+    """The path template and parameters of the route Starlette's ``Router`` serves
+    ``scope`` with (into a ``Mount``: its tenant), or None (none, or one for another
+    HTTP method only)."""
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is not Match.FULL:
+            continue
+        if isinstance(route, Mount):
+            return _route(route.routes, {**scope, **child})
+        if isinstance(route, Route):
+            return route.path, dict(child.get("path_params", {}))
+    return None
 
 
 def query_ids(scope: h.Scope) -> dict[str, str]:

@@ -28,7 +28,7 @@ from aralnode.service.refusals import refused
 
 DOOR = "a2a"
 JSONRPC_PATH = "/a2a"
-REST_PREFIX = "/a2a/rest"
+REST_PREFIX = calls.REST_PREFIX
 # The context a request was admitted with, in its ASGI scope (``A2ADoor.call_context``).
 ADMITTED = "aralnode.a2a.admitted"
 _BODILESS = ("GET", "HEAD", "DELETE")
@@ -66,7 +66,7 @@ class _Read:
         path, verb = str(scope.get("path", "")), scope.get("method")
         jsonrpc = path == JSONRPC_PATH
         if not jsonrpc:
-            self.method, ids = calls.rest_method(path[len(REST_PREFIX) :], str(verb))
+            self.method, ids = calls.rest_method(door.app.routes, scope)
             check_ids([ids, calls.query_ids(scope)])
         if verb in _BODILESS:
             return
