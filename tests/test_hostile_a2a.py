@@ -660,3 +660,20 @@ async def test_a_rest_call_is_named_by_the_route_that_serves_it(node: Node) -> N
         "lf.a2a.v1.A2AService/CreateTaskPushNotificationConfig",
     ]
     assert seen[0].outcome == "not_found"  # (the SDK looked for task a:b)
+
+
+async def test_a_refused_read_is_counted_as_a_call_and_a_refused_send_as_an_invocation(
+    node: Node,
+) -> None:
+    """GetTask refused ID_TOO_LONG was counted ``invoke.invalid_request`` while the
+    same method over its rate counted ``call.*``: a method other than a send is a
+    call of the pipeline, refused or run; a send invokes a skill."""
+    counters = node.pipeline.counters
+    before = {k: counters[k] for k in ("call.invalid_request", "invoke.invalid_request")}
+    send = {"message": {"role": "ROLE_USER", "messageId": _LONG, "parts": [{"text": "a"}]}}
+    async with http_of(node, headers=V1) as http:
+        await http.get(f"/a2a/rest/tasks/{_LONG}")
+        await http.post("/a2a/rest/message:send", json=send)
+    await _grpc(node, "GetTask", a2a.GetTaskRequest(id=_LONG), a2a.Task)
+    assert counters["call.invalid_request"] - before["call.invalid_request"] == 2
+    assert counters["invoke.invalid_request"] - before["invoke.invalid_request"] == 1

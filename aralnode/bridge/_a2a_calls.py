@@ -169,6 +169,12 @@ def governed(method: str) -> bool:
     return method not in SENDS
 
 
+def kind_of(method: str) -> str:
+    """How the counters name ``method``'s calls: a send invokes a skill ("invoke"),
+    every other method is a call of the pipeline ("call"), refused or run."""
+    return "call" if governed(method) else "invoke"
+
+
 async def run(
     pipeline: Pipeline, ctx: CallContext, method: str, serve: Callable[[], Awaitable[Any]]
 ) -> Any:
@@ -287,6 +293,7 @@ __all__ = [
     "governed",
     "jsonrpc_method",
     "jsonrpc_v03",
+    "kind_of",
     "query_ids",
     "rest_method",
     "run",

@@ -68,7 +68,8 @@ class GrpcGate:
             )  # fmt: skip
             check_request(name, message_json(request))
         except AralError as exc:
-            raise refused(self.door.service.pipeline, ctx, calls.action(name), exc) from None
+            pipeline, action = self.door.service.pipeline, calls.action(name)
+            raise refused(pipeline, ctx, action, exc, kind=calls.kind_of(name)) from None
 
     def run(self, method: str, grpc_context: Any, call: Callable[[], Awaitable[Any]]) -> Any:
         """A unary call: a send as it is (its skill runs in the pipeline), any other

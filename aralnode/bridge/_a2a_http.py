@@ -98,7 +98,8 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
     try:
         await read.read(door, scope, receive)
     except AralError as exc:  # on record, as the HTTP port's other refusals
-        refusal = refused(door.service.pipeline, ctx, calls.action(read.method), exc)
+        action, kind = calls.action(read.method), calls.kind_of(read.method)
+        refusal = refused(door.service.pipeline, ctx, action, exc, kind=kind)
         if read.notification:
             await _no_content(scope, send, ctx)
         else:
