@@ -677,3 +677,14 @@ async def test_a_refused_read_is_counted_as_a_call_and_a_refused_send_as_an_invo
     await _grpc(node, "GetTask", a2a.GetTaskRequest(id=_LONG), a2a.Task)
     assert counters["call.invalid_request"] - before["call.invalid_request"] == 2
     assert counters["invoke.invalid_request"] - before["invoke.invalid_request"] == 1
+
+
+@pytest.mark.parametrize("key", ["pushNotificationConfigId", "push_notification_config_id"])
+async def test_a_push_config_id_is_bounded_in_either_spelling(node: Node, key: str) -> None:
+    """A2A 0.3's models take a member's name as well as its alias: the snake spelling
+    of the push config's id was not checked."""
+    get = {"jsonrpc": "2.0", "id": 1, "method": "tasks/pushNotificationConfig/get",
+           "params": {"id": "t", key: _LONG}}  # fmt: skip
+    async with http_of(node, headers={"A2A-Version": "0.3"}) as http:
+        got = _refusal(await http.post("/a2a", json=get))
+    assert got == (400, -32602, "ID_TOO_LONG")

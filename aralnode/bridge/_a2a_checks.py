@@ -41,10 +41,11 @@ from aralnode.core.errors import InvalidParameters, UnsupportedVersion
 MAX_ID_CHARS = 128
 MAX_VERSION_CHARS = 16
 _VERSION = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){0,2}")
-# The members that hold an id, in A2A 1.0's JSON (both spellings protobuf reads) and 0.3's.
+# The members that hold an id, in A2A 1.0's JSON and 0.3's: both spellings each (protobuf
+# reads a field's JSON name and its name; 0.3's models an alias and its name).
 ID_KEYS = frozenset({"id", "taskId", "task_id", "contextId", "context_id", "messageId",
                      "message_id", "referenceTaskIds", "reference_task_ids", "tenant",
-                     "pushNotificationConfigId"})  # fmt: skip
+                     "pushNotificationConfigId", "push_notification_config_id"})  # fmt: skip
 # Members that hold a caller's own JSON (a data part, metadata): no ids of A2A's in them.
 _OWN_JSON = frozenset({"data", "metadata"})
 SENDS = frozenset({"SendMessage", "SendStreamingMessage"})
