@@ -688,3 +688,32 @@ async def test_a_push_config_id_is_bounded_in_either_spelling(node: Node, key: s
     async with http_of(node, headers={"A2A-Version": "0.3"}) as http:
         got = _refusal(await http.post("/a2a", json=get))
     assert got == (400, -32602, "ID_TOO_LONG")
+
+
+async def test_a_grpc_request_is_checked_as_the_message_it_is(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks read a gRPC request's fields; it was converted to JSON whole first
+    (its data parts and metadata too) on every call. A valid send with a large data
+    part is served without that conversion; a NaN deep in it is still refused."""
+    converted: list[str] = []
+    to_dict = json_format.MessageToDict
+
+    def watched(message: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(message, a2a.SendMessageRequest):
+            converted.append(message.message.message_id)
+        return to_dict(message, *args, **kw)
+
+    monkeypatch.setattr(json_format, "MessageToDict", watched)
+    rows = [{"n": i, "text": "x" * 100} for i in range(2_000)]
+    message = a2a.Message(message_id="m-9", role=a2a.Role.ROLE_USER)
+    message.parts.add().data.struct_value.update(
+        {"skill": "demo.echo", "parameters": {"text": "hi"}, "rows": rows}
+    )
+    request = a2a.SendMessageRequest(message=message)
+    assert await _grpc(node, "SendMessage", request, a2a.SendMessageResponse) == ("OK", "")
+    assert converted == []
+    rows[-1]["deep"] = [{"n": float("nan")}]  # type: ignore[assignment]
+    request.message.parts[0].data.struct_value.update({"rows": rows})
+    refused = await _grpc(node, "SendMessage", request, a2a.SendMessageResponse)
+    assert refused == ("INVALID_ARGUMENT", "NOT_A_JSON_NUMBER")

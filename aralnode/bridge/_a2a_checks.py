@@ -20,17 +20,21 @@ node's shape and audited, as the door's other refusals before the SDK:
   no empty text part, as the SDK's ``new_task_from_user_message`` requires (it
   raised a ``ValueError``: ``-32603`` and a traceback). Refused ``INVALID_MESSAGE``.
 
-The checks read the request as JSON: on gRPC its proto3 JSON form. A caller's own
-JSON (a data part, metadata) is not searched for ids.
+The checks read an HTTP request as JSON, a gRPC request as the message it is
+(``check_message_of``: its fields by name, no conversion to JSON, which cost every
+call the size of its data parts). A caller's own JSON (a data part, metadata: a
+``Struct``, a ``Value``) is not searched for ids; on gRPC it is the only place a
+NaN can be.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from aralnode.bridge._jsonrpc import not_a_number
@@ -86,19 +90,6 @@ def body_json(body: bytes) -> Any:
         return None
 
 
-def message_json(request: Message) -> Any:
-    """A gRPC request as its proto3 JSON form, for the checks.
-
-    Raises:
-        InvalidParameters: a ``google.protobuf.Value`` in it holds NaN or an infinity
-            (``NOT_A_JSON_NUMBER``).
-    """
-    try:
-        return json_format.MessageToDict(request)
-    except (ValueError, json_format.Error) as exc:
-        raise not_a_number(ValueError(str(exc).rpartition(": ")[2])) from None
-
-
 def check_request(method: str, params: Any, *, v03: bool = False) -> None:
     """The checks of the module docstring on a request's parameters (``method``: its
     A2A 1.0 name; ``v03``: asked by A2A 0.3's JSON-RPC name, whose models spell the
@@ -130,6 +121,91 @@ def check_ids(value: Any) -> None:
                             raise _too_long(key, one)
                 elif key not in _OWN_JSON and isinstance(member, dict | list):
                     stack.append(member)
+
+
+def check_message_of(method: str, request: Message) -> None:
+    """``check_request`` on a gRPC request, read from the message itself: its id
+    fields (``ID_KEYS`` by field name, named in a refusal by their JSON name), the
+    numbers in its ``Struct``/``Value``/``ListValue`` fields (NOT_A_JSON_NUMBER first,
+    as the JSON form could not be made of such a request) and a send's message.
+
+    Raises:
+        InvalidParameters: the refusals of ``check_request`` and ``body_json``.
+    """
+    too_long: InvalidParameters | None = None
+    stack = [request]
+    while stack:
+        message = stack.pop()
+        for field, value in message.ListFields():
+            values = _values(field, value)
+            if field.message_type is None:
+                if too_long is None and field.name in ID_KEYS:
+                    for one in values:
+                        if isinstance(one, str) and len(one) > MAX_ID_CHARS:
+                            too_long = _too_long(field.json_name, one)
+                            break
+                continue
+            json_types = [v for v in values if v.DESCRIPTOR.full_name in _JSON_TYPES]
+            _check_numbers(json_types)
+            if len(json_types) < len(values):
+                stack.extend(v for v in values if v.DESCRIPTOR.full_name not in _JSON_TYPES)
+    if too_long is not None:
+        raise too_long
+    if method in SENDS and request.HasField("message"):
+        _check_sent(request.message)  # type: ignore[attr-defined]
+
+
+def _values(field: FieldDescriptor, value: Any) -> list[Any]:
+    """A field's values as a list (one; a repeated field's; a map's values, only if
+    they are messages: no map of ids in A2A's requests)."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return [v for v in value.values() if isinstance(v, Message)]
+    return list(value) if field.is_repeated else [value]
+
+
+_JSON_TYPES = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+def _check_numbers(values: Iterable[Any]) -> None:
+    """Raises NOT_A_JSON_NUMBER for NaN or an infinity in these ``Struct``,
+    ``Value`` or ``ListValue`` messages (a loop: their depth is the caller's)."""
+    stack = list(values)
+    while stack:
+        item = stack.pop()
+        name = item.DESCRIPTOR.full_name
+        if name == "google.protobuf.Struct":
+            stack.extend(item.fields.values())
+        elif name == "google.protobuf.ListValue":
+            stack.extend(item.values)
+        else:
+            kind = item.WhichOneof("kind")
+            if kind == "number_value" and not math.isfinite(item.number_value):
+                # (protobuf's words, which say Infinity for either sign)
+                said = "NaN" if math.isnan(item.number_value) else "Infinity"
+                raise not_a_number(ValueError(
+                    f"Fail to serialize {said} for Value.number_value, which would parse "
+                    "as string_value."
+                ))  # fmt: skip
+            if kind == "struct_value":
+                stack.append(item.struct_value)
+            elif kind == "list_value":
+                stack.append(item.list_value)
+
+
+def _check_sent(message: Any) -> None:
+    """``check_message`` on a gRPC send's message (its role as its JSON form names it)."""
+    role = message.role
+    if role != 1:
+        known = message.DESCRIPTOR.fields_by_name["role"].enum_type.values_by_number.get(role)
+        said = None if role == 0 else (known.name if known is not None else role)
+        raise _bad_message(f"a message sent must be the user's (ROLE_USER), not {said!r}"[:200])
+    if not message.parts:
+        raise _bad_message("a message sent must have parts")
+    for part in message.parts:
+        if part.WhichOneof("content") == "text" and part.text == "":
+            raise _bad_message("a text part must not be empty")
 
 
 def _too_long(key: str, value: str) -> InvalidParameters:
@@ -174,7 +250,7 @@ __all__ = [
     "body_json",
     "check_ids",
     "check_message",
+    "check_message_of",
     "check_request",
     "check_version",
-    "message_json",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from aralnode.bridge import _a2a_calls as calls
-from aralnode.bridge._a2a_checks import check_request, check_version, message_json
+from aralnode.bridge._a2a_checks import check_message_of, check_version
 from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError
 from aralnode.service.refusals import refused
@@ -61,12 +61,15 @@ class GrpcGate:
         """``_a2a_checks``' on the request; a refusal is audited (and raised)."""
         ctx = self.context(grpc_context)
         name = _method(method)
+        # The metadata as the context read it once (admit); the request as it is.
+        md = ctx.metadata
+        pairs = md.pairs() if isinstance(md, LazyMetadata) else md.items()
         try:
             check_version(
-                v for k, v in grpc_context.invocation_metadata() or ()
-                if k.lower() == "a2a-version" and isinstance(v, str)
+                v for k, v in pairs if k.lower() == "a2a-version" and isinstance(v, str)
             )  # fmt: skip
-            check_request(name, message_json(request))
+            if isinstance(request, Message):
+                check_message_of(name, request)
         except AralError as exc:
             pipeline, action = self.door.service.pipeline, calls.action(name)
             raise refused(pipeline, ctx, action, exc, kind=calls.kind_of(name)) from None
