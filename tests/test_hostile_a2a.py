@@ -617,6 +617,24 @@ async def test_a_0_3_message_from_the_user_is_served(node: Node) -> None:
     assert r.json()["result"]["status"]["state"] == "completed", r.text
 
 
+async def test_a_0_3_rest_send_whose_parts_are_its_content_is_served(node: Node) -> None:
+    """A2A 0.3's REST body is its protobuf's JSON, which names a message's parts
+    ``content``: the door's message check read ``parts`` only and refused every 0.3
+    REST send as having none (found by the review of the checks)."""
+    part = {"data": {"data": {"skill": "demo.echo", "parameters": {"text": "hi"}}}}  # DataPart
+    message = {"role": "ROLE_USER", "messageId": "m-9", "content": [part]}
+    async with http_of(node, headers={"A2A-Version": "0.3"}) as http:
+        r = await http.post("/a2a/rest/v1/message:send", json={"message": message})
+        empty = await http.post(
+            "/a2a/rest/v1/message:send",
+            json={"message": {**message, "messageId": "m-10", "content": []}},
+        )
+    assert r.status_code == 200, r.text
+    assert "completed" in r.text.lower(), r.text
+    assert empty.status_code == 400, empty.text
+    assert empty.json()["error"]["reason"] == "INVALID_MESSAGE"
+
+
 async def test_a_0_3_notification_is_no_request_and_a_refused_one_gets_no_answer(
     node: Node,
 ) -> None:

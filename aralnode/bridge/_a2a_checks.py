@@ -90,10 +90,11 @@ def body_json(body: bytes) -> Any:
         return None
 
 
-def check_request(method: str, params: Any, *, v03: bool = False) -> None:
+def check_request(method: str, params: Any, *, v03: bool = False, parts: str = "parts") -> None:
     """The checks of the module docstring on a request's parameters (``method``: its
     A2A 1.0 name; ``v03``: asked by A2A 0.3's JSON-RPC name, whose models spell the
-    role ``"user"``).
+    role ``"user"``; ``parts``: the member a message's parts are in, ``"content"``
+    in A2A 0.3's REST body, whose protobuf names them so).
 
     Raises:
         InvalidParameters: an id too long (``ID_TOO_LONG``), a message that is not the
@@ -101,7 +102,7 @@ def check_request(method: str, params: Any, *, v03: bool = False) -> None:
     """
     check_ids(params)
     if method in SENDS and isinstance(params, dict):
-        check_message(params.get("message"), v03=v03)
+        check_message(params.get("message"), v03=v03, parts=parts)
 
 
 def check_ids(value: Any) -> None:
@@ -216,7 +217,7 @@ def _too_long(key: str, value: str) -> InvalidParameters:
     )
 
 
-def check_message(message: Any, *, v03: bool = False) -> None:
+def check_message(message: Any, *, v03: bool = False, parts: str = "parts") -> None:
     """Raises ``InvalidParameters`` (``INVALID_MESSAGE``) unless ``message`` (a
     message to send, as JSON) is the user's, has parts, and no empty text part.
 
@@ -230,10 +231,10 @@ def check_message(message: Any, *, v03: bool = False) -> None:
             raise _bad_message(f"a message sent must be the user's (user), not {role!r}"[:200])
     elif role != "ROLE_USER" and not (type(role) is int and role == 1):
         raise _bad_message(f"a message sent must be the user's (ROLE_USER), not {role!r}"[:200])
-    parts = message.get("parts")
-    if not isinstance(parts, list) or not parts:
-        raise _bad_message("a message sent must have parts")
-    for part in parts:
+    given = message.get(parts)
+    if not isinstance(given, list) or not given:
+        raise _bad_message(f"a message sent must have parts ({parts})")
+    for part in given:
         if isinstance(part, dict) and part.get("text") == "":
             raise _bad_message("a text part must not be empty")
 

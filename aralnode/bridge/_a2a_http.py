@@ -82,8 +82,9 @@ class _Read:
                 )
             self.rpc = request
             check_request(self.method, request.get("params"), v03=v03)
-        elif body:
-            check_request(self.method, body_json(body))
+        elif body:  # (A2A 0.3's REST, under v1/, names a message's parts "content")
+            v03 = path.startswith(f"{REST_PREFIX}/v1/")
+            check_request(self.method, body_json(body), parts="content" if v03 else "parts")
 
 
 async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
