@@ -394,6 +394,72 @@ def test_a_wrapper_is_its_scalar_or_null_for_both(field: str, value: Any) -> Non
     assert _node_accepts(desc, body) is _schema_accepts(desc, body), body
 
 
+@pytest.mark.usefixtures("node")
+@pytest.mark.parametrize(
+    ("field", "value", "ok"),
+    [
+        ("year", "1979", True), ("year", "1.979e3", True), ("year", "01979", True),
+        ("year", 1979.0, True), ("year", "+1979", False), ("year", "1_979", False),
+        ("year", "\u0661\u0669\u0667\u0669", False), ("year", "\uff11\uff19", False),
+        ("year", "1979 ", False), ("id", "42", True), ("id", "-0", True), ("id", "+42", False),
+        ("id", "4_2", False), ("id", "\u0664\u0662", False),
+    ],
+)  # fmt: skip
+def test_a_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool) -> None:
+    # Before: the parser read the string with Python's int(), so "+1979", "1_979" and
+    # Arabic-Indic digits were the year 1979 -- forms no proto3 JSON parser takes.
+    desc = sys.modules["library_pb2"].Book.DESCRIPTOR
+    assert _node_accepts(desc, {field: value}) is ok, value
+    if not ok:  # what the schema refuses too (it takes no string for an int32 at all)
+        assert not _schema_accepts(desc, {field: value}), value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "ok"),
+    [
+        ("double", "1.5", True), ("double", "-1e-3", True), ("double", "NaN", True),
+        ("double", "-Infinity", True), ("double", "inf", False), ("double", "infinity", False),
+        ("double", "-nan", False), ("double", "+1.5", False), ("double", "1_0.5", False),
+        ("double", " 1.5", False), ("double", "\u0661.\u0665", False),
+        ("int32", "7", True), ("int32", "+7", False), ("uint64", "7", True),
+        ("uint64", "0_7", False), ("int64", "\u0667", False),
+    ],
+)  # fmt: skip
+def test_a_wrapped_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool) -> None:
+    # Before: DoubleValue took "inf", "-nan", "+1.5" and " 1.5" (Python's float()).
+    desc = _wrappers_message()
+    assert _node_accepts(desc, {field: value}) is ok, value
+    any_body = {"@type": f"type.googleapis.com/google.protobuf.{field.title()}Value"}
+    any_body["@type"] = any_body["@type"].replace("Uint64", "UInt64")
+    assert _node_accepts(_texts_message(), {"any": {**any_body, "value": value}}) is ok, value
+
+
+def test_an_integer_map_key_is_its_digits_and_given_once() -> None:
+    # Before: "+1", "1_0" and "1e1" were keys (Python's int()), and "1" beside "01"
+    # kept the last silently.
+    desc = _keyed_message()
+    for body, ok in (
+        ({"ids": {"1": "a", "-2": "b"}}, True), ({"ids": {"007": "a"}}, True),
+        ({"ids": {"+1": "a"}}, False), ({"ids": {"1_0": "a"}}, False),
+        ({"ids": {"1e1": "a"}}, False), ({"ids": {"\u0663": "a"}}, False),
+        ({"sizes": {"-1": "a"}}, False), ({"sizes": {"7": "a"}}, True),
+    ):  # fmt: skip
+        assert _node_accepts(desc, body) is ok, body
+        assert _schema_accepts(desc, body) is ok, body
+    with pytest.raises(InvalidParameters) as err:
+        request_from(GetMessageClass(desc), {"ids": {"1": "a", "01": "b"}})
+    assert err.value.reason == "DUPLICATE_PARAMETER"
+    assert "given twice" in str(err.value)
+
+
+async def test_a_python_number_form_over_rest_is_a_400(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/shelves/new/books", json={"title": "x", "year": "1_979"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["details"]["message"] == "library.v1.CreateBookRequest"
+    r = await http.post("/v1/shelves/new/books", json={"title": "x", "year": "1979"})
+    assert (r.status_code, r.json()["year"]) == (200, 1979)
+
+
 def _keyed_message() -> Descriptor:
     """Maps keyed by an int64, a uint32 and a bool, and a NullValue field, in a fresh
     pool."""

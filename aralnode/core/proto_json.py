@@ -27,13 +27,21 @@ where every door reads JSON: ``codec.loads``.)
 - A ``Struct``, ``Value`` or ``ListValue`` holds numbers as doubles: an integer at or
   beyond ±2**53 in one would be another integer, silently. It is refused, as the
   doors that read JSON parameters refuse it anywhere (``codec.check_json``).
+- It reads a number given as a string with Python's ``int()`` and ``float()``:
+  ``"+5"``, ``"1_000"``, ``"١٢"`` (Arabic-Indic digits), ``" 1.5"``, ``"inf"`` and
+  ``"-nan"`` are numbers to it. proto3 JSON takes a number's string form as a JSON
+  number (``"1e5"`` for an int32 included) and, for a float, ``"NaN"``,
+  ``"Infinity"`` and ``"-Infinity"``; the schemas the doors show say the same.
+- It reads an integer map key with ``int()`` too, so ``"+1"`` and ``"1_0"`` are keys,
+  and ``"1"`` and ``"01"`` in one object are one key, the last kept. A key is its
+  integer's digits here (as the schemas say), and one key given twice is refused.
 - Inside an ``Any``, the message its ``@type`` names is held to all of the above, as
   it would be as a field (a type the process does not know is the parser's to refuse).
 
 All are refused here, before the parser sees the value. Only the fields that can
 matter are walked (a table per message type, made once): a message with no enum,
-no 64-bit integer, no bytes, Duration, Struct-like or Any field and no field spelled
-two ways anywhere below it costs one lookup.
+no number, no bytes, Duration, Struct-like or Any field, no map keyed by integers and
+no field spelled two ways anywhere below it costs one lookup.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ _EXACT = 2**53
 _URLSAFE = str.maketrans("-_", "+/")
 _DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
 _BYTES, _SPAN, _DOUBLES, _ANY = "bytes", "duration", "doubles", "any"  # fields checked here
+_INT, _FLOAT = "int", "float"
 _KINDS = {
     "google.protobuf.Any": _ANY,
     "google.protobuf.BytesValue": _BYTES,
@@ -71,6 +80,33 @@ _KINDS = {
     "google.protobuf.Struct": _DOUBLES,
     "google.protobuf.Value": _DOUBLES,
     "google.protobuf.ListValue": _DOUBLES,
+    "google.protobuf.Int32Value": _INT,
+    "google.protobuf.UInt32Value": _INT,
+    "google.protobuf.Int64Value": _INT,
+    "google.protobuf.UInt64Value": _INT,
+    "google.protobuf.FloatValue": _FLOAT,
+    "google.protobuf.DoubleValue": _FLOAT,
+}
+_NUMBERS = {
+    FieldDescriptor.CPPTYPE_INT32: _INT,
+    FieldDescriptor.CPPTYPE_UINT32: _INT,
+    FieldDescriptor.CPPTYPE_INT64: _INT,
+    FieldDescriptor.CPPTYPE_UINT64: _INT,
+    FieldDescriptor.CPPTYPE_FLOAT: _FLOAT,
+    FieldDescriptor.CPPTYPE_DOUBLE: _FLOAT,
+}
+# A number as a string: a JSON number (ASCII digits; leading zeros taken, as the
+# parser and the schemas take them), and for a float one of the three words.
+_NUMBER_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_FLOAT_WORDS = frozenset({"NaN", "Infinity", "-Infinity"})
+# An integer map key: its digits (what ``proto_schema``'s key patterns say).
+_SIGNED_KEY = re.compile(r"-?[0-9]+")
+_UNSIGNED_KEY = re.compile(r"[0-9]+")
+_KEYS = {
+    FieldDescriptor.CPPTYPE_INT32: _SIGNED_KEY,
+    FieldDescriptor.CPPTYPE_INT64: _SIGNED_KEY,
+    FieldDescriptor.CPPTYPE_UINT32: _UNSIGNED_KEY,
+    FieldDescriptor.CPPTYPE_UINT64: _UNSIGNED_KEY,
 }
 
 
@@ -105,13 +141,14 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         if field is None or item is None:
             continue
         leaf = _leaf(field)
+        if leaf is not field and type(item) is dict:
+            _check_keys(field, item)
         wide = _is_wide(leaf)
         kind = _kind(leaf)
         for x in _values(field, item):
             if kind:
                 _check_text(kind, field, x)
-            elif wide:
-                if type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
+                if wide and type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
                     raise InexactInteger(
                         f"{field.full_name}: {x!r} came as a double, which holds no integer "
                         "beyond ±2**53 exactly: send 64-bit integers as strings"
@@ -129,7 +166,9 @@ def _kind(field: FieldDescriptor) -> str:
     if field.type == FieldDescriptor.TYPE_BYTES:
         return _BYTES
     desc = field.message_type
-    return "" if desc is None else _KINDS.get(desc.full_name, "")
+    if desc is None:
+        return _NUMBERS.get(field.cpp_type, "")
+    return _KINDS.get(desc.full_name, "")
 
 
 def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
@@ -141,7 +180,16 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
             ±2**53, NaN), in a Struct-like value.
         ValueError: bytes that are not base64; a Duration finer than nanoseconds.
     """
-    if kind == _DOUBLES:
+    if kind in (_INT, _FLOAT):
+        if type(x) is str and not (
+            _NUMBER_TEXT.fullmatch(x) or (kind == _FLOAT and x in _FLOAT_WORDS)
+        ):
+            floats = ', or "NaN", "Infinity", "-Infinity"' if kind == _FLOAT else ""
+            raise ValueError(
+                f"{field.full_name}: {x[:40]!r} is not a number (a number's string form is "
+                f'a JSON number, as "12" or "1e5"{floats})'
+            )
+    elif kind == _DOUBLES:
         try:
             codec.check_numbers(x)  # as every call's JSON parameters are held
         except ValueError as exc:
@@ -156,6 +204,38 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
                 f"{field.full_name}: {x[:40]!r} is not a duration in seconds with at most "
                 "nine fractional digits (as '1.5s')"
             )
+
+
+def _check_keys(field: FieldDescriptor, item: dict[Any, Any]) -> None:
+    """The keys of map ``field``'s JSON object ``item``, when they are integers: each
+    its digits, and no integer given twice.
+
+    Raises:
+        DuplicateField: two keys that are one integer (``"1"`` and ``"01"``).
+        ValueError: a key that is not an integer's digits.
+    """
+    entry = field.message_type
+    pattern = None if entry is None else _KEYS.get(entry.fields_by_name["key"].cpp_type)
+    if pattern is None:
+        return
+    seen: set[int] = set()
+    for k in item:
+        if type(k) is not str or not pattern.fullmatch(k):
+            raise ValueError(f"{field.full_name}: the key {str(k)[:40]!r} is not an integer")
+        n = int(k)
+        if n in seen:
+            raise DuplicateField(f"{field.full_name}: the key {n} is given twice")
+        seen.add(n)
+
+
+def _int_keyed(field: FieldDescriptor) -> bool:
+    """Whether ``field`` is a map keyed by integers."""
+    desc = field.message_type
+    return (
+        desc is not None
+        and desc.GetOptions().map_entry
+        and desc.fields_by_name["key"].cpp_type in _KEYS
+    )
 
 
 def _is_base64(text: str) -> bool:
@@ -226,7 +306,7 @@ def _table(
         fields = {
             name: f
             for f in desc.fields
-            if _worth_a_look(_leaf(f), set())
+            if _int_keyed(f) or _worth_a_look(_leaf(f), set())
             for name in (f.json_name, f.name)
         }
         table = _TABLES[desc.full_name] = (spelled, fields)
@@ -234,13 +314,16 @@ def _table(
 
 
 def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
-    """Whether ``field`` is an enum, a 64-bit integer (or its wrapper), bytes, a
-    Duration, a Struct-like value, or a message with one of those or a field spelled
-    two ways somewhere below (the other well-known types' JSON forms have none)."""
+    """Whether ``field`` is an enum, a number (or its wrapper), bytes, a Duration, a
+    Struct-like value, or a message with one of those, a map keyed by integers or a
+    field spelled two ways somewhere below (the other well-known types' JSON forms
+    have none)."""
     if field.enum_type is not None or _is_wide(field) or _kind(field):
         return True
     desc = field.message_type
     if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):
         return False
     seen.add(desc.full_name)
-    return any(f.json_name != f.name or _worth_a_look(_leaf(f), seen) for f in desc.fields)
+    return any(
+        f.json_name != f.name or _int_keyed(f) or _worth_a_look(_leaf(f), seen) for f in desc.fields
+    )
