@@ -126,7 +126,29 @@ def test_the_shortcuts_change_no_answer(value: Any) -> None:
     fast = Scanner(PostPolicy())
     every = Scanner(PostPolicy())
     every.triggers, every.shortest = None, 0
-    assert fast.scan(value) == every.scan(value)
+    answer = every.scan(value)
+    assert fast.scan(value) == answer
+    assert fast.scan(value) == answer  # again, every member name now known
+
+
+def test_a_flat_object_with_nothing_to_find_comes_back_as_it_is() -> None:
+    """Names known not to be secrets, numbers and short text: the same object back
+    (neither copied nor walked); anything else still goes through the walk."""
+    scanner = Scanner(PostPolicy())
+    message = {"i": 7, "ok": True, "note": "short text", "none": None, "x": 1.5}
+    assert scanner.scan(message) == (message, [])  # the names learnt
+    again, fired = scanner.scan(message)
+    assert again is message
+    assert fired == []
+    for other in (
+        {"i": 7, "password": "hunter2"},  # a secret's name
+        {"i": 7, "note": f"got {AWS}"},  # text long enough for a detector
+        {"i": 7, "nested": {"password": "hunter2"}},
+        {"i": 7, "unknown_name_here": JWT},
+    ):
+        assert scanner.scan(other) == scanner.scan(dict(other))
+        assert scanner.scan(other)[1], other
+    assert scanner.scan({"i": [1, 2]}) == ({"i": [1, 2]}, [])
 
 
 def test_a_configured_pattern_scans_every_string() -> None:

@@ -137,6 +137,24 @@ class Scanner:
         Raises:
             PermissionDenied: the result is beyond the scanning budget.
         """
+        if type(value) is dict and len(value) <= _FLAT_MEMBERS:
+            # Most channel messages and many results are an object the walk would
+            # find nothing in without looking further: every member's name known not
+            # to be a secret's and too short for a detector, every value a number, a
+            # boolean, null or text too short for one. Given back as it is, neither
+            # walked nor copied (the walk builds a new object). A name not yet known
+            # goes to the walk, which learns it.
+            fields, shortest = self._fields, self.shortest
+            for k, v in value.items():
+                if (
+                    type(k) is not str
+                    or len(k) >= shortest
+                    or fields.get(k, k) is not None
+                    or (type(v) not in _PLAIN and (type(v) is not str or len(v) >= shortest))
+                ):
+                    break
+            else:
+                return value, []
         fired: list[str] = []
         budget = [MAX_NODES]
         out = self._walk(value, fired, budget, 0)
@@ -204,6 +222,8 @@ class Scanner:
 
 #: Values with nothing to scan in them.
 _PLAIN = frozenset({int, float, bool, type(None)})
+#: The most members ``Scanner.scan`` looks through before leaving an object to the walk.
+_FLAT_MEMBERS = 64
 
 
 def _unchecked() -> PermissionDenied:
