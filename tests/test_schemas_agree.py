@@ -450,6 +450,13 @@ def test_an_integer_map_key_is_its_digits_and_given_once() -> None:
         request_from(GetMessageClass(desc), {"ids": {"1": "a", "01": "b"}})
     assert err.value.reason == "DUPLICATE_PARAMETER"
     assert "given twice" in str(err.value)
+    # A map of text keyed by integers holds no message to walk: an object for a value
+    # is the parser's to refuse (it was once walked as a message of no type).
+    assert _node_accepts(desc, {"ids": {}})
+    for body in ({"ids": {"1": {"a": 1}}}, {"flags": {"true": {}}}):
+        with pytest.raises(InvalidParameters) as err:
+            request_from(GetMessageClass(desc), body)
+        assert "NoneType" not in str(err.value), body
 
 
 async def test_a_python_number_form_over_rest_is_a_400(http: httpx.AsyncClient) -> None:

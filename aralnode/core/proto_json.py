@@ -73,6 +73,7 @@ _URLSAFE = str.maketrans("-_", "+/")
 _DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
 _BYTES, _SPAN, _DOUBLES, _ANY = "bytes", "duration", "doubles", "any"  # fields checked here
 _INT, _FLOAT = "int", "float"
+_NUMBER_KINDS = frozenset({_INT, _FLOAT})
 _KINDS = {
     "google.protobuf.Any": _ANY,
     "google.protobuf.BytesValue": _BYTES,
@@ -108,12 +109,23 @@ _KEYS = {
     FieldDescriptor.CPPTYPE_UINT32: _UNSIGNED_KEY,
     FieldDescriptor.CPPTYPE_UINT64: _UNSIGNED_KEY,
 }
+# A map's keys joined by NUL, matched at once; and a key that may name the integer
+# another names too (a leading zero, or "-0").
+_KEY_RUNS = {
+    _SIGNED_KEY: re.compile("-?[0-9]+(?:\x00-?[0-9]+)*"),
+    _UNSIGNED_KEY: re.compile("[0-9]+(?:\x00[0-9]+)*"),
+}
+_UNCANONICAL = re.compile("(?:^|\x00)(?:-?0[0-9]|-0(?:\x00|$))")
 
 
+# A field worth a look, as a table holds it: the field, its leaf (``_leaf``), its
+# kind (``_kind``), whether it is a 64-bit integer, and whether a map keyed by
+# integers.
+_Field = tuple[FieldDescriptor, FieldDescriptor, str, bool, bool]
 # By message full name: the (JSON name, proto name) pairs that differ, and the fields
 # worth a look (an enum, or a message with something to check below), by both
 # names. Bounded by the message types the process has.
-_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]] = {}
+_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, _Field]]] = {}
 
 
 def check_json(desc: Descriptor | Any, value: Any) -> None:
@@ -126,7 +138,9 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         InexactInteger: an integer a double would round (a 64-bit field's double, a
             Struct-like value's integer).
         ValueError: an enum value that is a bool or a number with a fraction; bytes
-            that are not base64; a Duration finer than nanoseconds.
+            that are not base64; a Duration finer than nanoseconds; a number's string
+            that is not a JSON number; an integer map key that is not its digits.
+        DuplicateField: also two keys of one map that are one integer.
     """
     if not isinstance(value, dict):
         return
@@ -137,27 +151,51 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
     if not fields:
         return
     for key, item in value.items():
-        field = fields.get(key)
-        if field is None or item is None:
+        plan = fields.get(key)
+        if plan is None or item is None:
             continue
-        leaf = _leaf(field)
-        if leaf is not field and type(item) is dict:
+        field, leaf, kind, wide, keyed = plan
+        if kind in _NUMBER_KINDS:
+            if type(item) is int:  # (most number fields: nothing to look at)
+                continue
+            if keyed and type(item) is dict and item:
+                _check_keys(field, item)
+            _check_numbers(kind, wide, field, _values(field, item))
+            continue
+        if keyed and type(item) is dict and item:
             _check_keys(field, item)
-        wide = _is_wide(leaf)
-        kind = _kind(leaf)
-        for x in _values(field, item):
-            if kind:
+        values = _values(field, item)
+        if kind:
+            for x in values:
                 _check_text(kind, field, x)
-                if wide and type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
-                    raise InexactInteger(
-                        f"{field.full_name}: {x!r} came as a double, which holds no integer "
-                        "beyond ±2**53 exactly: send 64-bit integers as strings"
+        elif leaf.enum_type is not None:
+            for x in values:
+                if isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
+                    raise ValueError(
+                        f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
                     )
-            elif leaf.enum_type is None:
+        elif leaf.message_type is not None:  # (else text or a bool: a map's values)
+            for x in values:
                 check_json(leaf.message_type, x)
-            elif isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
-                raise ValueError(
-                    f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
+
+
+def _check_numbers(kind: str, wide: bool, field: FieldDescriptor, values: list[Any]) -> None:
+    """The JSON values of a number field: a string a JSON number, a 64-bit field's
+    double one that holds its integer. A long repeated field's are looked through by
+    type first (a set of types, made in C), so numbers cost no Python loop."""
+    if not values:
+        return
+    types = {type(values[0])} if len(values) == 1 else set(map(type, values))
+    if str in types:
+        for x in values:
+            if type(x) is str:
+                _check_text(kind, field, x)
+    if wide and float in types:
+        for x in values:
+            if type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
+                raise InexactInteger(
+                    f"{field.full_name}: {x!r} came as a double, which holds no integer "
+                    "beyond ±2**53 exactly: send 64-bit integers as strings"
                 )
 
 
@@ -207,25 +245,38 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
 
 
 def _check_keys(field: FieldDescriptor, item: dict[Any, Any]) -> None:
-    """The keys of map ``field``'s JSON object ``item``, when they are integers: each
-    its digits, and no integer given twice.
+    """The keys of map ``field``'s JSON object ``item`` (not empty), when they are
+    integers: each its digits, and no integer given twice. The keys are matched
+    joined, in one pass of the pattern; an integer can only be given twice by a key
+    with a leading zero or ``"-0"`` (JSON keys of one object differ), so only a map
+    holding one is looked through key by key.
 
     Raises:
         DuplicateField: two keys that are one integer (``"1"`` and ``"01"``).
         ValueError: a key that is not an integer's digits.
     """
     entry = field.message_type
-    pattern = None if entry is None else _KEYS.get(entry.fields_by_name["key"].cpp_type)
-    if pattern is None:
+    single = None if entry is None else _KEYS.get(entry.fields_by_name["key"].cpp_type)
+    if single is None:
         return
-    seen: set[int] = set()
-    for k in item:
-        if type(k) is not str or not pattern.fullmatch(k):
-            raise ValueError(f"{field.full_name}: the key {str(k)[:40]!r} is not an integer")
-        n = int(k)
-        if n in seen:
-            raise DuplicateField(f"{field.full_name}: the key {n} is given twice")
-        seen.add(n)
+    try:
+        joined: str | None = "\x00".join(item)
+    except TypeError:  # a key that is not text (not from JSON)
+        joined = None
+    if (
+        joined is None
+        or not _KEY_RUNS[single].fullmatch(joined)
+        or joined.count("\x00") != len(item) - 1  # a key holding the separator
+    ):
+        bad = next((k for k in item if type(k) is not str or not single.fullmatch(k)), "")
+        raise ValueError(f"{field.full_name}: the key {str(bad)[:40]!r} is not an integer")
+    if _UNCANONICAL.search(joined):
+        seen: set[int] = set()
+        for k in item:
+            n = int(k)
+            if n in seen:
+                raise DuplicateField(f"{field.full_name}: the key {n} is given twice")
+            seen.add(n)
 
 
 def _int_keyed(field: FieldDescriptor) -> bool:
@@ -297,18 +348,16 @@ def _leaf(field: FieldDescriptor) -> FieldDescriptor:
     return field
 
 
-def _table(
-    desc: Descriptor | Any,
-) -> tuple[tuple[tuple[str, str], ...], dict[str, FieldDescriptor]]:
+def _table(desc: Descriptor | Any) -> tuple[tuple[tuple[str, str], ...], dict[str, _Field]]:
     table = _TABLES.get(desc.full_name)
     if table is None:
         spelled = tuple((f.json_name, f.name) for f in desc.fields if f.json_name != f.name)
-        fields = {
-            name: f
-            for f in desc.fields
-            if _int_keyed(f) or _worth_a_look(_leaf(f), set())
-            for name in (f.json_name, f.name)
-        }
+        fields: dict[str, _Field] = {}
+        for f in desc.fields:
+            leaf, keyed = _leaf(f), _int_keyed(f)
+            if keyed or _worth_a_look(leaf, set()):
+                plan = (f, leaf, _kind(leaf), _is_wide(leaf), keyed)
+                fields[f.json_name] = fields[f.name] = plan
         table = _TABLES[desc.full_name] = (spelled, fields)
     return table
 
