@@ -119,9 +119,9 @@ _UNCANONICAL = re.compile("(?:^|\x00)(?:-?0[0-9]|-0(?:\x00|$))")
 
 
 # A field worth a look, as a table holds it: the field, its leaf (``_leaf``), its
-# kind (``_kind``), whether it is a 64-bit integer, and whether a map keyed by
-# integers.
-_Field = tuple[FieldDescriptor, FieldDescriptor, str, bool, bool]
+# kind (``_kind``), whether it is a 64-bit integer, and the pattern of its keys if
+# it is a map keyed by integers (``_key_pattern``).
+_Field = tuple[FieldDescriptor, FieldDescriptor, str, bool, "re.Pattern[str] | None"]
 # By message full name: the (JSON name, proto name) pairs that differ, and the fields
 # worth a look (an enum, or a message with something to check below), by both
 # names. Bounded by the message types the process has.
@@ -154,18 +154,15 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         plan = fields.get(key)
         if plan is None or item is None:
             continue
-        field, leaf, kind, wide, keyed = plan
-        if kind in _NUMBER_KINDS:
-            if type(item) is int:  # (most number fields: nothing to look at)
-                continue
-            if keyed and type(item) is dict and item:
-                _check_keys(field, item)
-            _check_numbers(kind, wide, field, _values(field, item))
+        field, leaf, kind, wide, keys = plan
+        if kind in _NUMBER_KINDS and type(item) is int:  # (most number fields)
             continue
-        if keyed and type(item) is dict and item:
-            _check_keys(field, item)
+        if keys is not None and type(item) is dict and item:
+            _check_keys(field, item, keys)
         values = _values(field, item)
-        if kind:
+        if kind in _NUMBER_KINDS:
+            _check_numbers(kind, wide, field, values)
+        elif kind:
             for x in values:
                 _check_text(kind, field, x)
         elif leaf.enum_type is not None:
@@ -218,7 +215,7 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
             ±2**53, NaN), in a Struct-like value.
         ValueError: bytes that are not base64; a Duration finer than nanoseconds.
     """
-    if kind in (_INT, _FLOAT):
+    if kind in _NUMBER_KINDS:
         if type(x) is str and not (
             _NUMBER_TEXT.fullmatch(x) or (kind == _FLOAT and x in _FLOAT_WORDS)
         ):
@@ -244,21 +241,17 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
             )
 
 
-def _check_keys(field: FieldDescriptor, item: dict[Any, Any]) -> None:
-    """The keys of map ``field``'s JSON object ``item`` (not empty), when they are
-    integers: each its digits, and no integer given twice. The keys are matched
-    joined, in one pass of the pattern; an integer can only be given twice by a key
-    with a leading zero or ``"-0"`` (JSON keys of one object differ), so only a map
-    holding one is looked through key by key.
+def _check_keys(field: FieldDescriptor, item: dict[Any, Any], single: re.Pattern[str]) -> None:
+    """The keys of map ``field``'s JSON object ``item`` (not empty), whose keys are
+    integers (``single``, a key's pattern): each its digits, and no integer given
+    twice. The keys are matched joined, in one pass of the pattern; an integer can
+    only be given twice by a key with a leading zero or ``"-0"`` (JSON keys of one
+    object differ), so only a map holding one is looked through key by key.
 
     Raises:
         DuplicateField: two keys that are one integer (``"1"`` and ``"01"``).
         ValueError: a key that is not an integer's digits.
     """
-    entry = field.message_type
-    single = None if entry is None else _KEYS.get(entry.fields_by_name["key"].cpp_type)
-    if single is None:
-        return
     try:
         joined: str | None = "\x00".join(item)
     except TypeError:  # a key that is not text (not from JSON)
@@ -279,14 +272,12 @@ def _check_keys(field: FieldDescriptor, item: dict[Any, Any]) -> None:
             seen.add(n)
 
 
-def _int_keyed(field: FieldDescriptor) -> bool:
-    """Whether ``field`` is a map keyed by integers."""
+def _key_pattern(field: FieldDescriptor) -> re.Pattern[str] | None:
+    """A key's pattern if ``field`` is a map keyed by integers, else ``None``."""
     desc = field.message_type
-    return (
-        desc is not None
-        and desc.GetOptions().map_entry
-        and desc.fields_by_name["key"].cpp_type in _KEYS
-    )
+    if desc is None or not desc.GetOptions().map_entry:
+        return None
+    return _KEYS.get(desc.fields_by_name["key"].cpp_type)
 
 
 def _is_base64(text: str) -> bool:
@@ -354,9 +345,9 @@ def _table(desc: Descriptor | Any) -> tuple[tuple[tuple[str, str], ...], dict[st
         spelled = tuple((f.json_name, f.name) for f in desc.fields if f.json_name != f.name)
         fields: dict[str, _Field] = {}
         for f in desc.fields:
-            leaf, keyed = _leaf(f), _int_keyed(f)
-            if keyed or _worth_a_look(leaf, set()):
-                plan = (f, leaf, _kind(leaf), _is_wide(leaf), keyed)
+            leaf, keys = _leaf(f), _key_pattern(f)
+            if keys is not None or _worth_a_look(leaf, set()):
+                plan = (f, leaf, _kind(leaf), _is_wide(leaf), keys)
                 fields[f.json_name] = fields[f.name] = plan
         table = _TABLES[desc.full_name] = (spelled, fields)
     return table
@@ -374,5 +365,6 @@ def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
         return False
     seen.add(desc.full_name)
     return any(
-        f.json_name != f.name or _int_keyed(f) or _worth_a_look(_leaf(f), seen) for f in desc.fields
+        f.json_name != f.name or _key_pattern(f) is not None or _worth_a_look(_leaf(f), seen)
+        for f in desc.fields
     )
