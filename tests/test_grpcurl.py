@@ -63,16 +63,22 @@ async def test_both_reflection_services_are_described(demo_node: Node, version: 
     assert "list_services" in out
 
 
+def _reflection(channel: grpc.aio.Channel, version: str) -> Any:
+    """``grpc.reflection.{version}``'s one method on ``channel``, with grpcio itself."""
+    return channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+
+
 async def _reflect(address: str, version: str, request: Any, **metadata: str) -> Any:
     """One reflection request to ``grpc.reflection.{version}`` with grpcio itself (no
     fallback from one version to the other, as grpcurl has): the response."""
-    path = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.stream_stream(
-            path,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )(iter([request]), timeout=10, metadata=tuple(metadata.items()))
+        call = _reflection(channel, version)(
+            iter([request]), timeout=10, metadata=tuple(metadata.items())
+        )
         responses = [response async for response in call]
     assert len(responses) == 1  # one answer to one request
     return responses[0]
@@ -83,14 +89,8 @@ async def _refusal(address: str, version: str) -> grpc.StatusCode:
     sent: a request grpcio writes while the server's refusal is on its way fails in
     the client, which then ends the call INTERNAL ("Failed execute_batch"), a race of
     the client's, not the server's answer (seen once in CI)."""
-    path = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.stream_stream(
-            path,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )(None, timeout=10)
-        code: grpc.StatusCode = await call.code()
+        code: grpc.StatusCode = await _reflection(channel, version)(None, timeout=10).code()
     return code
 
 
