@@ -79,8 +79,10 @@ class Outcome:
 
 
 HTTP_STATUS = {403: "PERMISSION_DENIED", 404: "NOT_FOUND", 401: "UNAUTHENTICATED"}
+HTTP_STATUS[400] = "INVALID_ARGUMENT"
 ERROR_CODES = {"forbidden": "PERMISSION_DENIED", "governance_blocked": "PERMISSION_DENIED"}
 ERROR_CODES |= {"not_found": "NOT_FOUND", "unauthorized": "UNAUTHENTICATED"}
+ERROR_CODES["invalid_request"] = "INVALID_ARGUMENT"
 
 
 def from_body(error: dict[str, Any]) -> Outcome:
@@ -466,6 +468,30 @@ async def test_every_door_gives_the_same_answer(
             name,
             outcome,
         )
+
+
+@pytest.mark.parametrize("book_id", ["+1", "1_0", "\u0661"])
+async def test_a_number_no_proto3_json_parser_takes_is_refused_on_every_json_door(
+    make_node: Callable[..., Node], book_id: str
+) -> None:
+    """A number's string form that Python's int() reads and proto3 JSON does not is
+    refused alike wherever a door reads the request as JSON (``proto_json``). The
+    gRPC method door alone is left out: its request is binary protobuf, made by
+    the client, so no such string reaches the node."""
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node) as doors:
+        for door in doors.all():
+            if door.name not in METHOD_DOORS - {"rest-route"} and door.can_call(GET):
+                answers[door.name] = await door.call(GET, {"shelf": "sci", "bookId": book_id})
+    plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
+    assert set(answers) == {*plain, "aral-invoke", "aral-message", "rest-route"}
+    for name, outcome in answers.items():
+        assert outcome.status == "INVALID_ARGUMENT", (name, outcome)
+        assert (
+            outcome.reason in ("INVALID_PARAMETERS", "")
+            if name == "mcp"
+            else (outcome.reason == "INVALID_PARAMETERS")
+        ), (name, outcome)
 
 
 async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door(
