@@ -378,6 +378,7 @@ def _grpc(  # noqa: PLR0917 - the parts made so far, in order
         ),
         credentials=server_credentials(tls.files) if tls is not None else None,
         interceptors=[PrepareCredentials(access.prepare)] if access.needs_preparing else [],
+        counters=node.pipeline.counters,
     )
     door = AgentNodeDoor(
         service,

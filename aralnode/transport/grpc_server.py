@@ -8,6 +8,7 @@ The doors themselves (``aral.v1.AgentNode`` and users' services) are in
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from aralnode.core.addresses import join_host_port
 from aralnode.transport.health import HealthService
 from aralnode.transport.quota import StreamQuota
+from aralnode.transport.reaper import StuckConnectionReaper
 from aralnode.transport.reflection import reflection_handlers
 from aralnode.transport.standard import Gate, standard_handler
 
@@ -100,8 +102,12 @@ class GrpcServer:
         listing_gate: Callable[[str], Gate] | None = None,
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+        counters: Counter[str] | None = None,
     ) -> None:
         limit = transport_limit(max_message_bytes)
+        self._keepalive_ms = keepalive_ms
+        self._counters = counters
+        self.reaper: StuckConnectionReaper | None = None
         self.server = grpc.aio.server(
             interceptors=interceptors,  # none unless a credential needs fetching first
             options=[
@@ -158,6 +164,16 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC door to {address}")
         await self.server.start()
+        # grpc core can leave a connection it ended open (reaper.py): three keepalive
+        # periods and the keepalive timeout without a sign of life end it here.
+        keepalive = self._keepalive_ms / 1000
+        self.reaper = StuckConnectionReaper(
+            self.port,
+            interval=keepalive,
+            after=3 * keepalive + max(keepalive / 2, 1.0),
+            counters=self._counters,
+        )
+        self.reaper.start()
         for name in ("", *self._services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -165,8 +181,12 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING first (peers and balancers stop sending), then drain."""
         await self.health.enter_graceful_shutdown()
+        if self.reaper is not None:
+            await self.reaper.stop()
         await self.server.stop(grace)
 
     async def stop_now(self) -> None:
         """Cancel every call still in flight; cuts short a ``stop`` that is draining."""
+        if self.reaper is not None:
+            await self.reaper.stop()
         await self.server.stop(None)

@@ -1,0 +1,156 @@
+"""The stuck-connection reaper (aralnode/transport/reaper.py), on real loopback sockets.
+
+A listener of the test's own stands in for grpc's: its accepted sockets are the
+server's side of each connection, and the test makes them look stuck (bytes left
+unread, nothing sent) or alive. ``scan(now=...)`` is given the time, so no test
+waits for a clock; the kernel's own "last data sent" is only read with ``after``
+at 0 (any) or an hour (none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from aralnode.transport.reaper import StuckConnectionReaper, supported
+
+pytestmark = pytest.mark.skipif(not supported(), reason="the reaper reads /proc/self/fd")
+
+
+@contextlib.contextmanager
+def listener() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock
+
+
+@contextlib.contextmanager
+def connection(server: socket.socket) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client, the server's side) of one new connection."""
+    client = socket.create_connection(server.getsockname()[:2], timeout=10)
+    accepted, _ = server.accept()
+    with client, accepted:
+        yield client, accepted
+
+
+def arrived(sock: socket.socket) -> None:
+    """Return once ``sock`` has bytes to read (they are in its receive queue)."""
+    readable, _, _ = select.select([sock], [], [], 10)
+    assert readable, "the bytes sent did not arrive"
+
+
+def ended(client: socket.socket) -> bool:
+    """Whether the server's side was shut down: the client reads the end."""
+    client.settimeout(10)
+    try:
+        return client.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+def test_a_connection_whose_bytes_stay_unread_is_shut_down() -> None:
+    with listener() as server, connection(server) as (client, accepted):
+        client.sendall(b"x" * 1000)
+        arrived(accepted)
+        reaper = StuckConnectionReaper(server.getsockname()[1], interval=1, after=5)
+        assert reaper.scan(now=100) == 0  # first seen: nothing read since
+        assert reaper.scan(now=104) == 0  # not for 5 s yet
+        assert reaper.scan(now=105) == 1
+        assert ended(client)
+        assert reaper.scan(now=106) == 0  # counted once, though still open here
+
+
+def test_a_connection_that_reads_is_left_alone() -> None:
+    with listener() as server, connection(server) as (client, accepted):
+        reaper = StuckConnectionReaper(server.getsockname()[1], interval=1, after=5)
+        for now in (100, 110, 120):
+            client.sendall(b"x" * 1000)
+            arrived(accepted)
+            assert reaper.scan(now=now) == 0
+            accepted.recv(500)  # it reads: what it has read grows, scan after scan
+        accepted.recv(10_000)
+        assert reaper.scan(now=200) == 0  # nothing waiting: nothing to judge
+        client.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)  # still open
+
+
+def test_a_connection_that_sent_once_and_then_nothing_is_shut_down() -> None:
+    with listener() as server, connection(server) as (client, accepted):
+        port = server.getsockname()[1]
+        accepted.sendall(b"settings")
+        assert client.recv(8) == b"settings"
+        assert StuckConnectionReaper(port, interval=1, after=3600).scan() == 0
+        assert StuckConnectionReaper(port, interval=1, after=0).scan() == 1
+        assert ended(client)
+
+
+def test_a_connection_the_server_never_wrote_to_is_not_judged_by_silence() -> None:
+    """Before its handshake a connection has sent nothing; grpc's handshake timeout
+    is what ends a silent one."""
+    with listener() as server, connection(server) as (client, _):
+        assert StuckConnectionReaper(server.getsockname()[1], interval=1, after=0).scan() == 0
+        client.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)
+
+
+def test_only_the_servers_side_of_its_own_port_is_looked_at() -> None:
+    """Sockets on other ports, the listener and this process's own client sockets
+    (whose peer port is the server's) are left alone."""
+    with (
+        listener() as server,
+        listener() as other,
+        connection(server) as (client, accepted),
+        connection(other) as (other_client, other_accepted),
+    ):
+        for sock in (client, accepted, other_client, other_accepted):
+            sock.sendall(b"x")
+        for sock in (client, accepted, other_client, other_accepted):
+            arrived(sock)
+        reaper = StuckConnectionReaper(server.getsockname()[1], interval=1, after=0)
+        assert reaper.scan(now=1) == 1  # sent once, nothing since, with after=0
+        assert client.recv(1) == b"x"
+        assert ended(client)
+        for sock in (other_client, other_accepted):
+            assert sock.recv(1) == b"x"  # what the other end sent, and nothing else:
+            sock.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # still open (a shut-down socket reads b"")
+        server.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # the listener still listens, no connection waiting
+
+
+async def test_a_sweep_counts_in_the_nodes_counters() -> None:
+    counters: Counter[str] = Counter()
+    with listener() as server, connection(server) as (client, accepted):
+        accepted.sendall(b"settings")
+        assert client.recv(8) == b"settings"
+        reaper = StuckConnectionReaper(
+            server.getsockname()[1], interval=1, after=0, counters=counters
+        )
+        assert await reaper.sweep() == 1
+        assert counters["grpc.connections_reaped"] == 1
+        assert ended(client)
+
+
+async def test_started_it_sweeps_on_its_own_until_stopped() -> None:
+    with listener() as server, connection(server) as (client, accepted):
+        accepted.sendall(b"settings")
+        assert client.recv(8) == b"settings"
+        reaper = StuckConnectionReaper(server.getsockname()[1], interval=0.01, after=0)
+        reaper.start()
+        try:
+            loop = asyncio.get_running_loop()
+            assert await asyncio.wait_for(loop.run_in_executor(None, ended, client), 10)
+        finally:
+            await reaper.stop()
+        await reaper.stop()  # twice: nothing left to stop
