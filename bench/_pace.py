@@ -19,6 +19,7 @@ process (the channel bench's sender) it would wait behind the node's own work.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 
@@ -50,8 +51,19 @@ async def open_loop(
 
     # The loop runs callbacks in the order they were scheduled, and the thread's
     # completion is scheduled after its last launch: every task exists here.
-    await asyncio.to_thread(ticker)
-    await settle(tasks)
+    # The generator's own garbage collections would stall every call in flight, and
+    # latency counts from the due time: a 20 ms collection in this process showed as
+    # the server's p95 (bench/bridge.py's MCP rounds). None while the calls run, as a
+    # load generator in C has none; a run's garbage (its tasks and latencies, a few
+    # thousand objects) is collected after it.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        await asyncio.to_thread(ticker)
+        await settle(tasks)
+    finally:
+        if collecting:
+            gc.enable()
     return total / (time.perf_counter() - start), latencies
 
 
