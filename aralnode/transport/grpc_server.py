@@ -105,7 +105,10 @@ class GrpcServer:
         counters: Counter[str] | None = None,
     ) -> None:
         limit = transport_limit(max_message_bytes)
-        self._keepalive_ms = keepalive_ms
+        keepalive_timeout_ms = max(keepalive_ms // 2, 1000)
+        # grpc core can leave a connection it ended open (reaper.py): three keepalive
+        # periods and the keepalive timeout without a sign of life end it here.
+        self._reap_after = (3 * keepalive_ms + keepalive_timeout_ms) / 1000
         self._counters = counters
         self.reaper: StuckConnectionReaper | None = None
         self.server = grpc.aio.server(
@@ -114,7 +117,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.keepalive_time_ms", keepalive_ms),
-                ("grpc.keepalive_timeout_ms", max(keepalive_ms // 2, 1000)),
+                ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
                 # A client may ping once a second when no data flows; the third ping
                 # sooner ends its connection (GOAWAY too_many_pings): acks to a
                 # client that pings and never reads do not pile up.
@@ -164,13 +167,10 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC door to {address}")
         await self.server.start()
-        # grpc core can leave a connection it ended open (reaper.py): three keepalive
-        # periods and the keepalive timeout without a sign of life end it here.
-        keepalive = self._keepalive_ms / 1000
         self.reaper = StuckConnectionReaper(
             self.port,
-            interval=keepalive,
-            after=3 * keepalive + max(keepalive / 2, 1.0),
+            interval=self._reap_after / 4,
+            after=self._reap_after,
             counters=self._counters,
         )
         self.reaper.start()
