@@ -18,7 +18,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from aralnode.transport.reaper import StuckConnectionReaper, supported
+from aralnode.transport.reaper import (
+    StuckConnectionReaper,
+    _judge,
+    _Reap,
+    _State,
+    _state,
+    supported,
+)
 
 pytestmark = pytest.mark.skipif(not supported(), reason="the reaper reads /proc/self/fd")
 
@@ -82,7 +89,7 @@ def test_a_connection_that_reads_is_left_alone() -> None:
             client.recv(1)  # still open
 
 
-def test_a_connection_that_sent_once_and_then_nothing_is_shut_down() -> None:
+def test_a_connection_silent_both_ways_after_sending_is_shut_down() -> None:
     with listener() as server, connection(server) as (client, accepted):
         port = server.getsockname()[1]
         accepted.sendall(b"settings")
@@ -154,3 +161,60 @@ async def test_started_it_sweeps_on_its_own_until_stopped() -> None:
         finally:
             await reaper.stop()
         await reaper.stop()  # twice: nothing left to stop
+
+
+# -- the decision, on the kernel's figures ---------------------------------------------
+
+
+def state(**fields: int) -> _State:
+    values = {"sent_ms": 0, "received_ms": 0, "segments_out": 1, "read": 0, "waiting": 0}
+    return _State(**(values | fields))
+
+
+def test_silence_both_ways_for_the_span_is_reaped_and_not_a_millisecond_sooner() -> None:
+    quiet = {"sent_ms": 1599, "received_ms": 5000}
+    assert _judge(state(**quiet), None, now=0, after=1.6) is None
+    with pytest.raises(_Reap, match=r"nothing sent or received for 1\.6 s"):
+        _judge(state(sent_ms=1600, received_ms=1600), None, now=0, after=1.6)
+
+
+def test_a_server_that_only_receives_is_not_judged_by_its_own_silence() -> None:
+    """grpc core resets its keepalive timer on every read and owes no WINDOW_UPDATE
+    for small messages: a client-streaming call's server can be quiet for seconds."""
+    assert _judge(state(sent_ms=60_000, received_ms=100), None, now=0, after=1.6) is None
+
+
+def test_a_socket_that_never_sent_is_not_judged_by_silence() -> None:
+    quiet = state(sent_ms=60_000, received_ms=60_000, segments_out=0)
+    assert _judge(quiet, None, now=0, after=1.6) is None
+
+
+def test_unread_bytes_are_timed_from_when_reading_stopped() -> None:
+    waiting = state(read=100, waiting=50)
+    seen = _judge(waiting, None, now=10, after=5)
+    assert seen is not None
+    assert seen.since == 10
+    assert _judge(waiting, seen, now=14.9, after=5) is seen
+    moved = _judge(state(read=150, waiting=50), seen, now=14.9, after=5)  # it read 50
+    assert moved is not None
+    assert moved.since == 14.9
+    with pytest.raises(_Reap, match=r"50 bytes left unread for 5\.0 s"):
+        _judge(waiting, seen, now=15, after=5)
+    assert _judge(state(read=100, waiting=0), seen, now=99, after=5) is None
+
+
+def test_the_kernels_figures_are_read_where_they_are() -> None:
+    """Offsets in struct tcp_info and SIOCINQ, on a real socket: what was sent
+    arrives as waiting, and reading moves it to read."""
+    with listener() as server, connection(server) as (client, accepted):
+        client.sendall(b"x" * 1000)
+        arrived(accepted)
+        before = _state(accepted)
+        assert before is not None
+        assert (before.read, before.waiting, before.segments_out) == (0, 1000, 0)
+        assert accepted.recv(400) == b"x" * 400
+        accepted.sendall(b"y")
+        assert client.recv(1) == b"y"
+        after = _state(accepted)
+        assert after is not None
+        assert (after.read, after.waiting, after.segments_out) == (400, 600, 1)

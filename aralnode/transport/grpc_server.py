@@ -106,8 +106,9 @@ class GrpcServer:
     ) -> None:
         limit = transport_limit(max_message_bytes)
         keepalive_timeout_ms = max(keepalive_ms // 2, 1000)
-        # grpc core can leave a connection it ended open (reaper.py): three keepalive
-        # periods and the keepalive timeout without a sign of life end it here.
+        # grpc core can leave a connection it ended open (reaper.py): bytes left unread,
+        # or silence both ways, for three keepalive periods and the keepalive timeout
+        # end it here.
         self._reap_after = (3 * keepalive_ms + keepalive_timeout_ms) / 1000
         self._counters = counters
         self.reaper: StuckConnectionReaper | None = None
@@ -181,12 +182,12 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING first (peers and balancers stop sending), then drain."""
         await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)  # a stuck connection could hold the drain up
         if self.reaper is not None:
             await self.reaper.stop()
-        await self.server.stop(grace)
 
     async def stop_now(self) -> None:
         """Cancel every call still in flight; cuts short a ``stop`` that is draining."""
+        await self.server.stop(None)
         if self.reaper is not None:
             await self.reaper.stop()
-        await self.server.stop(None)

@@ -16,8 +16,10 @@ shuts down one that, for ``after`` seconds,
 - has had bytes waiting that the process has not read: a live transport reads as
   data arrives (HTTP/2's flow control bounds what the peer sends, not what grpc
   reads), or
-- has sent nothing: a live transport sends a keepalive ping every ``keepalive_ms``
-  and a WINDOW_UPDATE for data it receives.
+- has neither sent nor received anything: a live transport that reads nothing
+  sends a keepalive ping every ``keepalive_ms``. (Silence one way proves nothing:
+  grpc core resets its keepalive timer on every read, and owes no WINDOW_UPDATE
+  for small messages, so a server that only receives can stay quiet for seconds.)
 
 It calls ``shutdown`` on a duplicate of the descriptor: the transport sees its
 socket end and closes it itself, so no descriptor is closed under grpc's feet. Each
@@ -32,7 +34,9 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 import struct
+import termios
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,9 +47,9 @@ from aralnode._logs import get_logger
 log = get_logger("aralnode.transport")
 
 _FD_DIR = "/proc/self/fd"
-_FIONREAD = 0x541B  # SIOCINQ: bytes received and not yet read
 # struct tcp_info (linux/tcp.h): offsets of the fields read here.
 _LAST_DATA_SENT = 44  # u32, ms since data was last sent
+_LAST_DATA_RECV = 52  # u32, ms since data was last received
 _BYTES_RECEIVED = 128  # u64 (Linux 4.1)
 _DATA_SEGS_OUT = 156  # u32 (Linux 4.6)
 _TCP_INFO_LEN = 160
@@ -79,14 +83,20 @@ def _connections(port: int) -> Iterator[tuple[int, socket.socket]]:
             dup = os.dup(int(name))
         except OSError:
             continue
-        sock = socket.socket(fileno=dup)
         try:
             # The number may have been closed and reused since it was read: the
-            # duplicate's inode says which socket it is.
-            inode = os.fstat(dup).st_ino
+            # duplicate's inode says which socket (if any) it is.
+            st = os.fstat(dup)
+            if not stat.S_ISSOCK(st.st_mode) or str(st.st_ino) != link[8:-1]:
+                os.close(dup)
+                continue
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        try:
             if (
-                str(inode) != link[8:-1]
-                or sock.type != socket.SOCK_STREAM
+                sock.type != socket.SOCK_STREAM
                 or sock.family not in (socket.AF_INET, socket.AF_INET6)
                 or sock.getsockname()[1] != port
             ):
@@ -96,32 +106,46 @@ def _connections(port: int) -> Iterator[tuple[int, socket.socket]]:
         except OSError:
             sock.close()
             continue
+        inode = st.st_ino
         yield inode, sock
 
 
-def _stuck(sock: socket.socket, seen: _Seen | None, now: float, after: float) -> _Seen | None:
-    """The socket's new record (None: nothing waits unread); raises ``_Reap``."""
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the kernel says of one socket, now."""
+
+    sent_ms: int  # since data was last sent
+    received_ms: int  # since data was last received
+    segments_out: int  # data segments ever sent
+    read: int  # bytes the process has read
+    waiting: int  # bytes received and not yet read
+
+
+def _state(sock: socket.socket) -> _State | None:
+    """None: a kernel older than 4.6, whose ``tcp_info`` lacks a field read here."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     if len(info) < _TCP_INFO_LEN:
-        return None  # a kernel older than 4.6: nothing to judge by
+        return None
     (sent_ms,) = struct.unpack_from("=I", info, _LAST_DATA_SENT)
+    (received_ms,) = struct.unpack_from("=I", info, _LAST_DATA_RECV)
     (received,) = struct.unpack_from("=Q", info, _BYTES_RECEIVED)
     (segments_out,) = struct.unpack_from("=I", info, _DATA_SEGS_OUT)
-    if segments_out and sent_ms >= after * 1000:
-        raise _Reap(f"nothing sent for {sent_ms / 1000:.1f} s")
-    waiting = struct.unpack("=i", _ioctl(sock, _FIONREAD))[0]
-    if not waiting:
+    waiting = struct.unpack("=i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    return _State(sent_ms, received_ms, segments_out, received - waiting, waiting)
+
+
+def _judge(state: _State, seen: _Seen | None, now: float, after: float) -> _Seen | None:
+    """The socket's new record (None: nothing waits unread); raises ``_Reap``."""
+    silence_ms = min(state.sent_ms, state.received_ms)
+    if state.segments_out and silence_ms >= after * 1000:
+        raise _Reap(f"nothing sent or received for {silence_ms / 1000:.1f} s")
+    if not state.waiting:
         return None
-    read = received - waiting
-    if seen is None or seen.read != read:
-        return _Seen(read, now)
+    if seen is None or seen.read != state.read:
+        return _Seen(state.read, now)
     if now - seen.since >= after:
-        raise _Reap(f"{waiting} bytes left unread for {now - seen.since:.1f} s")
+        raise _Reap(f"{state.waiting} bytes left unread for {now - seen.since:.1f} s")
     return seen
-
-
-def _ioctl(sock: socket.socket, request: int) -> bytes:
-    return fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
 
 
 class _Reap(Exception):  # a verdict, not an error
@@ -181,14 +205,17 @@ class StuckConnectionReaper:
                     shut.add(inode)
                     continue
                 try:
-                    record = _stuck(sock, self._seen.get(inode), now, self.after)
+                    state = _state(sock)
+                    if state is None:
+                        continue
+                    record = _judge(state, self._seen.get(inode), now, self.after)
                 except _Reap as verdict:
                     with contextlib.suppress(OSError):
                         peer = sock.getpeername()
                         sock.shutdown(socket.SHUT_RDWR)
                         shut.add(inode)
                         log.warning(
-                            "gRPC connection from %s ended by its transport but left open "
+                            "gRPC connection from %s looks abandoned by its transport "
                             "(%s): shut down",
                             peer[0],
                             verdict,
