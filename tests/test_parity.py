@@ -428,6 +428,17 @@ CASES = [
 ]
 
 
+def assert_refused(answers: dict[str, Outcome], status: str, reason: str) -> None:
+    """Every door refused with ``status``, and every door that has a word for the
+    reason (all but MCP's error result, which may carry none) says ``reason``."""
+    for name, outcome in answers.items():
+        assert outcome.status == status, (name, outcome)
+        assert outcome.reason in (reason, "") if name == "mcp" else outcome.reason == reason, (
+            name,
+            outcome,
+        )
+
+
 def assert_same_results(answers: dict[str, Outcome]) -> None:
     """Every door succeeded with identical JSON (3, not 3.0), but the doors whose
     protocol carries numbers as doubles (``DOUBLES``), whose values are equal."""
@@ -458,14 +469,7 @@ async def test_every_door_gives_the_same_answer(
     if refusal is None:
         assert_same_results(answers)
         return
-    status, reason = refusal
-    for name, outcome in answers.items():
-        assert outcome.status == status, (name, outcome)
-        # Every door that has a word for the reason says the same one.
-        assert outcome.reason in (reason, "") if name == "mcp" else outcome.reason == reason, (
-            name,
-            outcome,
-        )
+    assert_refused(answers, *refusal)
 
 
 class ByBody:
@@ -505,13 +509,7 @@ async def test_a_number_no_proto3_json_parser_takes_is_refused_on_every_json_doo
                 answers[door.name] = await door.call(GET, {"shelf": "sci", "bookId": book_id})
     plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
     assert set(answers) == {*plain, "aral-invoke", "aral-message", "rest-route"}
-    for name, outcome in answers.items():
-        assert outcome.status == "INVALID_ARGUMENT", (name, outcome)
-        assert (
-            outcome.reason in ("INVALID_PARAMETERS", "")
-            if name == "mcp"
-            else (outcome.reason == "INVALID_PARAMETERS")
-        ), (name, outcome)
+    assert_refused(answers, "INVALID_ARGUMENT", "INVALID_PARAMETERS")
 
 
 async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door(
@@ -783,10 +781,4 @@ async def test_a_result_too_large_to_send_is_refused_alike_on_every_door(
             if door.can_call("test.big")
         }
     assert {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} <= set(answers)
-    for name, outcome in answers.items():
-        assert outcome.status == "RESOURCE_EXHAUSTED", (name, outcome)
-        assert (
-            outcome.reason in ("RESPONSE_TOO_LARGE", "")
-            if name == "mcp"
-            else (outcome.reason == "RESPONSE_TOO_LARGE")
-        ), (name, outcome)
+    assert_refused(answers, "RESOURCE_EXHAUSTED", "RESPONSE_TOO_LARGE")

@@ -106,8 +106,7 @@ def _connections(port: int) -> Iterator[tuple[int, socket.socket]]:
         except OSError:
             sock.close()
             continue
-        inode = st.st_ino
-        yield inode, sock
+        yield st.st_ino, sock
 
 
 @dataclass(frozen=True, slots=True)
