@@ -4,7 +4,9 @@ and names none (400), a wrong Content-Type (400, or 415), a wrong Accept (406), 
 method /mcp does not take (405) were answered in the SDK's body, with no trace id and
 no record; the node's own 429 ``MCP_SESSIONS_OPENING`` was not on record either. Each
 is now the node's refusal: the SDK's status, a JSON-RPC error carrying the seed's
-error object, an audit record with the caller, counted."""
+error object, an audit record with the caller, counted. So is what the SDK refuses
+once it reads the body (no JSON, no JSON-RPC message it can validate, a method it
+does not have), which it answered unrecorded too (``_mcp_requests.watching``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import httpx
 import pytest
 
 from aralnode import Node
+from aralnode.bridge._mcp_requests import sdk_refusal, watching
+from aralnode.core.errors import AralError
 from aralnode.store.audit import read_records
 from aralnode.store.audit_verify import verify
 from tests.test_hostile_mcp import ACCEPT, INIT
@@ -245,3 +249,226 @@ async def test_an_initialize_without_a_session_still_opens_one(
                 listed = await http.post("/mcp", json=LIST, headers=on(session, {}))
                 assert listed.status_code == 200, listed.text
                 assert listed.json()["result"]["tools"], listed.text
+
+
+BODIES: list[tuple[str, bytes, str, int]] = [
+    ("not_json", b"{not json", "MALFORMED_JSON", -32700),
+    ("no_message", b'{"foo": 1}', "INVALID_JSONRPC_REQUEST", -32600),
+    ("batch", b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]', "INVALID_JSONRPC_REQUEST",
+     -32600),
+    ("old_version", b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}', "INVALID_JSONRPC_REQUEST",
+     -32600),
+    ("params_not_an_object", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "x"}',
+     "INVALID_JSONRPC_REQUEST", -32600),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "reason", "code"), [case[1:] for case in BODIES],
+                         ids=[case[0] for case in BODIES])  # fmt: skip
+async def test_a_body_the_sdk_cannot_read_is_refused_on_record(
+    make_node: Callable[..., Node], body: bytes, reason: str, code: int
+) -> None:
+    """A body the SDK refuses once it reads it (it answered 400 in its own shape,
+    unrecorded): the node's refusal, with the SDK's status and its words, on record
+    with the caller, counted; the session still serves."""
+    node = make_node("mcp-bodies", demo=False, http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {"x-api-key": alice}
+        counters = node.pipeline.counters
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, me)
+            before = counters["call.invalid_request"]
+            headers = {**on(session, me), "content-type": "application/json"}
+            r = await http.post("/mcp", content=body, headers=headers)
+            assert_refused(r, 400, "invalid_request", reason, code)
+            assert r.json()["error"]["message"], r.text  # the SDK's words for it
+            ok = await http.post("/mcp", json=LIST, headers=on(session, me))
+            assert ok.status_code == 200, ok.text
+        assert counters["call.invalid_request"] - before == 1
+    records = refusals_on_record(node)
+    assert [(r.action, r.outcome, r.reason, r.caller) for r in records] == [
+        ("aral.http/mcp", "invalid_request", reason, "alice")
+    ], records
+    assert [r.trace_id for r in records] == [r.headers["x-trace-id"]]
+
+
+async def test_a_method_the_server_does_not_have_is_refused_on_record(
+    make_node: Callable[..., Node],
+) -> None:
+    """A JSON-RPC method the MCP server does not have: JSON-RPC's -32601 in a 200 for
+    the request's id, as the SDK answers it, now with the seed's error object, on
+    record with the caller."""
+    node = make_node("mcp-no-method", demo=False, http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {"x-api-key": alice}
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, me)
+            ask = {"jsonrpc": "2.0", "id": "q-9", "method": "tools/nope"}
+            r = await http.post("/mcp", json=ask, headers=on(session, me))
+    assert r.status_code == 200, r.text
+    error = r.json()["error"]
+    assert (r.json()["id"], error["code"]) == ("q-9", -32601), r.text
+    assert (error["data"]["code"], error["data"]["reason"]) == ("not_found", "METHOD_NOT_FOUND")
+    assert error["data"]["trace_id"] == r.headers["x-trace-id"]
+    records = refusals_on_record(node)
+    assert [(r.action, r.outcome, r.reason, r.caller) for r in records] == [
+        ("aral.http/mcp", "not_found", "METHOD_NOT_FOUND", "alice")
+    ], records
+
+
+async def test_a_tool_that_is_not_there_says_so_with_the_seeds_error_object(
+    make_node: Callable[..., Node],
+) -> None:
+    """An unknown tool stays the SDK's -32602 ``unknown tool '…'`` (clients match it),
+    now with the seed's error object as its data, as every refusal on /mcp; on record
+    once (not again as a refusal of the SDK's)."""
+    node = make_node("mcp-no-tool", demo=False, http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {"x-api-key": alice}
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, me)
+            ask = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                   "params": {"name": "no.such.tool", "arguments": {}}}  # fmt: skip
+            r = await http.post("/mcp", json=ask, headers=on(session, me))
+    error = r.json()["error"]
+    assert (r.json()["id"], error["code"], error["message"]) == (
+        4, -32602, "unknown tool 'no.such.tool'"
+    ), r.text
+    assert (error["data"]["code"], error["data"]["reason"]) == ("not_found", "CAPABILITY_NOT_FOUND")
+    directory = node.config.resolved_data_dir / "audit"
+    records = [r for _, r in read_records(directory) if r.trace_id == error["data"]["trace_id"]]
+    assert [(r.action, r.outcome, r.reason, r.caller) for r in records] == [
+        ("no.such.tool", "not_found", "CAPABILITY_NOT_FOUND", "alice")
+    ], records
+
+
+def test_only_the_sdks_own_refusals_are_taken_for_refusals() -> None:
+    """A result that holds the words of an error, an error the node made (its data
+    is the seed's error object), another status: not the SDK's refusals."""
+    result = b'{"jsonrpc":"2.0","id":1,"result":{"error":{"code":-32601,"message":"x"}}}'
+    nodes = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x","data":{"reason":"R"}}}'
+    sdks = b'{"jsonrpc":"2.0","id":"a\\"b","error":{"code":-32601,"message":"Method not found"}}'
+    assert sdk_refusal(200, result) is None
+    # The node's unknown tool, in a 400 at later protocol versions: its own error.
+    unknown = (b'{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"unknown tool \'x\'",'
+               b'"data":{"code":"not_found","reason":"CAPABILITY_NOT_FOUND"}}}')  # fmt: skip
+    assert sdk_refusal(400, unknown) is None
+    # The SDK's failure (not a refusal) goes on as it came.
+    failed = b'{"jsonrpc":"2.0","id":4,"error":{"code":-32603,"message":"x"}}'
+    assert sdk_refusal(200, failed) is None
+    # A request the SDK read and refused: its code kept.
+    found = sdk_refusal(400, b'{"jsonrpc":"2.0","id":5,"error":{"code":-32602,"message":"bad"}}')
+    assert found is not None
+    assert (found[0].reason, found[0].http_status, found[1]) == ("MCP_REQUEST_REFUSED", 400, 5)
+    assert getattr(found[0], "rpc_code", None) == -32602
+    # A method it does not have, in the 404 of the per-request path: not a session.
+    found = sdk_refusal(404, b'{"jsonrpc":"2.0","id":6,"error":{"code":-32601,"message":"no"}}')
+    assert found is not None
+    assert found[0].reason == "METHOD_NOT_FOUND"
+    assert sdk_refusal(200, nodes) is None
+    assert sdk_refusal(400, nodes) is None
+    assert sdk_refusal(202, b"") is None
+    assert sdk_refusal(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603}}') is None
+    found = sdk_refusal(200, sdks)
+    assert found is not None
+    assert (found[0].reason, found[1]) == ("METHOD_NOT_FOUND", 'a"b')  # an id with a quote
+    found = sdk_refusal(400, b"<html>no</html>")  # not even JSON: still refused, in words
+    assert found is not None
+    assert (found[0].reason, found[0].message) == (
+        "INVALID_JSONRPC_REQUEST",
+        "the MCP server refused the request",
+    )
+
+
+async def test_answers_that_cannot_be_refusals_go_on_at_once() -> None:
+    """An event stream's start goes on before its first event (nothing held); a JSON
+    answer that is no refusal goes on whole; a refusal goes to the node, and what
+    follows it nowhere."""
+    sent: list[dict[str, Any]] = []
+    refused: list[tuple[AralError, Any, int]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def refuse(exc: AralError, request_id: Any, status: int) -> None:
+        refused.append((exc, request_id, status))
+
+    stream = watching(send, refuse)
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"text/event-stream")]}  # fmt: skip
+    await stream(start)
+    assert sent == [start]
+    await stream({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+    assert len(sent) == 2
+
+    sent.clear()
+    plain = watching(send, refuse)
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+    await plain(start)
+    assert sent == []  # held until its body says what it is
+    body = {"type": "http.response.body", "body": b'{"jsonrpc":"2.0","id":1,"result":{}}'}
+    await plain(body)
+    assert sent == [start, body]
+    assert refused == []
+
+    sent.clear()
+    bad = watching(send, refuse)
+    await bad({"type": "http.response.start", "status": 400, "headers": []})
+    parse_error = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"no"}}'
+    await bad({"type": "http.response.body", "body": parse_error})
+    await bad({"type": "http.response.body", "body": b""})
+    assert sent == []
+    assert [(e.reason, e.message, rid, status) for e, rid, status in refused] == [
+        ("MALFORMED_JSON", "no", None, 400)
+    ]
+
+
+async def test_a_body_that_is_not_json_is_refused_on_record_on_every_json_door(
+    make_node: Callable[..., Node],
+) -> None:
+    """The same bytes, not JSON, posted to every door that reads a JSON body over
+    HTTP: 400 ``invalid_request`` on each (in JSON-RPC's shape, -32700, where the
+    door speaks it), and one audit record each, with the caller."""
+    node = make_node("not-json", http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {"x-api-key": alice, "content-type": "application/json"}
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, {"x-api-key": alice})
+            answers = {
+                path: await http.post(path, content=b"{not json", headers=headers)
+                for path, headers in [
+                    ("/v1/invoke", me),
+                    ("/v1/capabilities/demo.echo:invoke", me),
+                    ("/a2a", {**ACCEPT, **me}),
+                    ("/mcp", on(session, me)),
+                ]
+            }
+    for path, r in answers.items():
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        if path in ("/a2a", "/mcp"):
+            assert error["code"] == -32700, (path, error)
+            error = error["data"]
+        assert error["code"] == "invalid_request", (path, error)
+        assert error["trace_id"] == r.headers["x-trace-id"], path
+    directory = node.config.resolved_data_dir / "audit"
+    assert verify(directory, node.identity.public_key).problem is None
+    traces = {r.headers["x-trace-id"] for r in answers.values()}
+    records = [r for _, r in read_records(directory) if r.trace_id in traces]
+    assert sorted((r.door, r.outcome, r.caller) for r in records) == sorted(
+        [("a2a", "invalid_request", "alice"), ("mcp", "invalid_request", "alice")]
+        + [("rest", "invalid_request", "alice")] * 2
+    ), records

@@ -133,10 +133,12 @@ async def refuse(
     jsonrpc: bool,
     request_id: Any = None,
     metadata_url: str = "",
+    status: int = 0,
 ) -> None:
     """Answer ``exc``: a JSON-RPC error response (``jsonrpc``), else the seed's
     error shape, with the headers every door's refusal carries (a challenge that
-    points at ``metadata_url``, RFC 9728, where one is given)."""
+    points at ``metadata_url``, RFC 9728, where one is given), in ``exc``'s HTTP
+    status unless ``status`` names another (an SDK's, for a refusal it made)."""
     trace_id = trace_id or h.trace_of(scope)
     if jsonrpc:
         body = rpc_error(exc, trace_id, now_ms, request_id)
@@ -144,7 +146,7 @@ async def refuse(
         body = h.dumps(h.error_body(exc, trace_id, now_ms))
     req_id = h.request_id(h.header(scope, b"x-request-id"))
     headers = [*h.id_headers(trace_id, req_id), *h.error_headers(exc, metadata_url=metadata_url)]
-    await h.send_body(send, exc.http_status, body, h.JSON, headers)
+    await h.send_body(send, status or exc.http_status, body, h.JSON, headers)
 
 
 def replaying(body: bytes, receive: h.Receive) -> h.Receive:

@@ -25,13 +25,33 @@ caller as verified, counted. The HTTP status is the SDK's, which is the spec's (
 
 Only requests for the SDK's handshake-era path are checked (no
 ``MCP-Protocol-Version``, or a version reached by ``initialize``): the SDK sends
-any other version to its per-request path, which has no sessions. A body that
-does not parse or validate is left to the SDK, which says why.
+any other version to its per-request path, which has no sessions.
+
+A body that does not parse or validate is the SDK's to judge (it says why), and so
+is a request it reads and refuses; its answer is watched (``watching``) and a refusal
+of its own is given as the node's, on record like the rest, with the SDK's status
+and words:
+
+- ``MALFORMED_JSON`` (400, ``-32700``): not JSON;
+- ``INVALID_JSONRPC_REQUEST`` (400, ``-32600``, JSON-RPC's code for it, where the SDK
+  says ``-32602``): JSON, but no JSON-RPC message the SDK can validate (a batch, a
+  missing or wrong member, parameters of the wrong shape);
+- ``METHOD_NOT_FOUND`` (``-32601``; a 200, or the 2026 path's 404): a method the
+  server does not have;
+- ``MCP_REQUEST_REFUSED`` (the SDK's status and code): a request it read and refused
+  (a header that disagrees with the body, a client capability or protocol version);
+- ``SESSION_UNKNOWN`` (404): a session that ended after the node looked.
+
+Any other answer goes on as it came: a result, a failure (``-32603``), an error the
+node made (its data is the seed's error object).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pydantic_core
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
@@ -42,13 +62,15 @@ from starlette.requests import Request
 
 from aralnode.bridge._http import (
     JSON,
+    Message,
     MethodNotAllowed,
     NotAcceptable,
     Scope,
+    Send,
     UnsupportedMediaType,
     header,
 )
-from aralnode.bridge._jsonrpc import INVALID_REQUEST
+from aralnode.bridge._jsonrpc import INVALID_REQUEST, PARSE_ERROR, JsonParseError, NotARequest
 from aralnode.core.errors import AralError, InvalidRequest, NotFound
 
 SESSION = MCP_SESSION_ID_HEADER.encode("latin-1")
@@ -148,6 +170,118 @@ def body_refusal(scope: Scope, body: bytes) -> AralError | None:
     return _required()
 
 
+# -- what the SDK still refuses ------------------------------------------------------------
+
+METHOD_NOT_FOUND = -32601
+#: JSON-RPC codes of the SDK's that say it refused a request it read: invalid request
+#: and params, and MCP's header mismatch, missing client capability and unsupported
+#: protocol version (``mcp_types.jsonrpc``). Any other (``-32603``, a failure) goes on
+#: as it came.
+_REFUSING = frozenset({INVALID_REQUEST, -32602, -32020, -32021, -32022})
+#: How a JSON-RPC error answer begins, as the SDK writes one (its members in this
+#: order); the node's own errors carry the seed's error object as their data.
+_ERROR = re.compile(rb'\{"jsonrpc":"2\.0","id":(?:null|-?\d+|"(?:[^"\\]|\\.)*"),"error":\{')
+#: The answers of the SDK's that may be refusals: a JSON-RPC error in a 200, a 400 or
+#: a 404 (which one depends on the protocol version and the error).
+_WATCHED = frozenset({200, 400, 404})
+_MESSAGE_CHARS = 1000  # of the SDK's words kept (they can quote the caller's body)
+
+
+class NoSuchMethod(NotFound):
+    """A JSON-RPC method the MCP server does not have."""
+
+    default_reason = "METHOD_NOT_FOUND"
+    rpc_code = METHOD_NOT_FOUND
+
+
+class RefusedRequest(InvalidRequest):
+    """A request the SDK read and refused (parameters not of its method's shape, a
+    protocol version or client capability it lacks), with the SDK's JSON-RPC code."""
+
+    default_reason = "MCP_REQUEST_REFUSED"
+    rpc_code = -32602
+
+
+def sdk_refusal(status: int, body: bytes) -> tuple[AralError, Any] | None:
+    """The SDK's own refusal of a request, from its answer (``status``, ``body``): as
+    the node's error, and the request id it answered (``None``: no refusal -- a
+    result, a failure, or an error the node made, which carries its data)."""
+    if status not in _WATCHED:
+        return None
+    if _ERROR.match(body) is None and (status == 200 or body.startswith(b"{")):
+        return None  # a result (or a body of no shape the SDK refuses in)
+    try:
+        answer = json.loads(body)
+        error = answer["error"]
+        code, message, data = error.get("code"), str(error.get("message", "")), error.get("data")
+        request_id = answer.get("id")
+    except (ValueError, TypeError, KeyError, AttributeError):  # no JSON-RPC error
+        code, message, data, request_id = None, "", None, None
+    if isinstance(data, dict) and "reason" in data:
+        return None  # the node's own
+    message = message[:_MESSAGE_CHARS] or "the MCP server refused the request"
+    if code == METHOD_NOT_FOUND:
+        return NoSuchMethod(message), request_id
+    if status == 404:
+        return SessionUnknown(message), request_id
+    if code == PARSE_ERROR:
+        return JsonParseError(message), request_id
+    if request_id is None:
+        return NotARequest(message), request_id
+    if code not in _REFUSING:
+        return None
+    refusal = RefusedRequest(message)
+    refusal.rpc_code = code
+    return refusal, request_id
+
+
+def _may_refuse(start: Message) -> bool:
+    """Whether an answer that starts so may be a refusal (an event stream is not)."""
+    status = start["status"]
+    if status != 200:
+        return status in _WATCHED
+    return any(
+        key == b"content-type" and value.startswith(b"application/json")
+        for key, value in start.get("headers", ())
+    )
+
+
+def watching(send: Send, refuse: Callable[[AralError, Any, int], Awaitable[None]]) -> Send:
+    """``send`` for the SDK's answer to a POST: a refusal of its own (``sdk_refusal``)
+    goes to ``refuse`` (with the request id and the status it answered) instead, for
+    the node to answer and put on record; any other answer goes on as it came. The
+    SDK answers a POST in one body: a start it may refuse in is held until that body
+    comes."""
+    held: Message | None = None
+    passing = replaced = False
+
+    async def watched(message: Message) -> None:
+        nonlocal held, passing, replaced
+        if passing:
+            await send(message)
+        elif replaced:
+            return  # (nothing follows a whole body)
+        elif held is None:
+            if message["type"] == "http.response.start" and _may_refuse(message):
+                held = message
+                return
+            passing = True
+            await send(message)
+        else:
+            found = None
+            if not message.get("more_body"):
+                found = sdk_refusal(held["status"], bytes(message.get("body", b"")))
+            if found is None:
+                passing = True
+                await send(held)
+                await send(message)
+                return
+            replaced = True
+            await refuse(*found, held["status"])
+
+    return watched
+
+
 def _required() -> SessionRequired:
     return SessionRequired(
         "this request needs an mcp-session-id: open a session with initialize first"
@@ -163,9 +297,12 @@ def _json_exactly(content_type: str) -> bool:
 __all__ = [
     "METHODS",
     "SESSION",
+    "NoSuchMethod",
     "SessionRequired",
     "SessionUnknown",
     "body_refusal",
     "handshake_era",
     "head_refusal",
+    "sdk_refusal",
+    "watching",
 ]

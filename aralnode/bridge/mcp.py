@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,11 +56,11 @@ from aralnode.bridge._http import (
     read_body,
     trace_of,
 )
-from aralnode.bridge._mcp_requests import body_refusal
+from aralnode.bridge._mcp_requests import body_refusal, watching
 from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core import codec
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, InternalError, McpErrorCode, NotFound, OutOfRange
+from aralnode.core.errors import AralError, InternalError, NotFound, OutOfRange
 from aralnode.core.proto_schema import SCHEMA_DIALECT
 from aralnode.service.auth import AGENT_INVOKE, ALL_SCOPES
 from aralnode.service.context import ContextBuilder
@@ -332,10 +333,11 @@ class Listings:
         return listed
 
 
-def mcp_error(exc: AralError, trace_id: str, now_ms: int) -> MCPError:
-    """A refusal as a JSON-RPC error, the seed's error object as its data."""
+def mcp_error(exc: AralError, trace_id: str, now_ms: int, message: str = "") -> MCPError:
+    """A refusal as a JSON-RPC error (in its words, or ``message``), the seed's error
+    object as its data."""
     data = {**codec.error_dict(exc), "trace_id": trace_id, "timestamp": iso_ms(now_ms)}
-    return MCPError(int(exc.mcp_code), exc.message, data)
+    return MCPError(int(exc.mcp_code), message or exc.message, data)
 
 
 def remote_spec(name: str, cap: pb.Capability, run: Run, suffix: str = "") -> ToolSpec:
@@ -444,7 +446,8 @@ def _unknown_tool(source: ToolSource, ctx: CallContext, name: str) -> NoReturn:
     refusal = source.unknown(ctx, name)
     if not isinstance(refusal, NotFound):  # its credentials were refused
         raise mcp_error(refusal, ctx.trace_id, source.now_ms())
-    raise MCPError(int(McpErrorCode.INVALID_PARAMS), f"unknown tool {name!r}")
+    # In the SDK's words for it, with the seed's error object, as every refusal here.
+    raise mcp_error(refusal, ctx.trace_id, source.now_ms(), f"unknown tool {name!r}")
 
 
 def http_context(contexts: ContextBuilder) -> Callable[[Any], CallContext]:
@@ -550,15 +553,28 @@ class McpHttp:
                 await self._refuse(scope, send, refusal)
                 return
             receive = rpc.replaying(body, receive)
+            # What the SDK still refuses (a body it cannot read, a method it does
+            # not have) is answered here instead, on record (``watching``).
+            send = watching(send, functools.partial(self._refuse, scope, send))
         await self.sessions(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, send: Send, refusal: AralError) -> None:
-        """Answer a refusal made here, before the SDK reads the request, as the
-        gate answers its own; ``on_refused`` puts it on record."""
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        refusal: AralError,
+        request_id: Any = None,
+        status: int = 0,
+    ) -> None:
+        """Answer a refusal made here (or the SDK's, with its status: ``watching``) as
+        the gate answers its own; ``on_refused`` puts it on record."""
         trace = trace_of(scope)
         if self.on_refused is not None:
             self.on_refused(scope, refusal, trace)
-        await rpc.refuse(send, scope, refusal, trace_id=trace, now_ms=self.now_ms(), jsonrpc=True)
+        await rpc.refuse(
+            send, scope, refusal, trace_id=trace, now_ms=self.now_ms(), jsonrpc=True,
+            request_id=request_id, status=status,
+        )  # fmt: skip
 
 
 __all__ = [
