@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import select
 import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -161,6 +162,29 @@ async def test_started_it_sweeps_on_its_own_until_stopped() -> None:
         finally:
             await reaper.stop()
         await reaper.stop()  # twice: nothing left to stop
+
+
+async def test_stopped_while_a_scan_runs_it_returns_once_the_scan_is_over() -> None:
+    """A scan runs in a thread, which cancelling its task does not stop: ``stop``
+    waits for it, so nothing is shut down after the server has stopped."""
+    entered, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+    reaper = StuckConnectionReaper(1, interval=0, after=0)
+
+    def scan(now: float | None = None) -> int:
+        entered.set()
+        release.wait(10)
+        finished.append(True)
+        return 0
+
+    reaper.scan = scan  # type: ignore[method-assign]
+    reaper.start()
+    assert reaper._task is not None
+    # The scan is let go only once its task is cancelled (by ``stop``).
+    reaper._task.add_done_callback(lambda _: release.set())
+    assert await asyncio.to_thread(entered.wait, 10)
+    await reaper.stop()
+    assert finished == [True]
 
 
 # -- the decision, on the kernel's figures ---------------------------------------------

@@ -165,17 +165,24 @@ class StuckConnectionReaper:
         self._seen: dict[int, _Seen] = {}
         self._reaped: set[int] = set()  # shut down, not yet closed by the transport
         self._task: asyncio.Task[None] | None = None
+        self._scanning: asyncio.Future[int] | None = None  # the scan whose thread runs
 
     def start(self) -> None:
         if supported() and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop sweeping; returns once no scan runs (a thread is not cancelled with
+        its task: a scan under way ends first, so nothing is shut down after)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        scanning, self._scanning = self._scanning, None
+        if scanning is not None:
+            with contextlib.suppress(Exception):  # (logged by the sweep that ran it)
+                await scanning
 
     async def _run(self) -> None:
         while True:
@@ -188,7 +195,12 @@ class StuckConnectionReaper:
     async def sweep(self) -> int:
         """``scan`` off the loop (a few system calls per connection), counted on it,
         where the node's other counters are written and read."""
-        reaped = await asyncio.to_thread(self.scan)
+        scanning = self._scanning = asyncio.get_running_loop().run_in_executor(None, self.scan)
+        try:
+            reaped = await asyncio.shield(scanning)  # (``stop`` waits for the thread)
+        finally:
+            if scanning.done() and self._scanning is scanning:
+                self._scanning = None
         if reaped:
             self.counters["grpc.connections_reaped"] += reaped
         return reaped
