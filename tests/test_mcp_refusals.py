@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from aralnode import Node
+from aralnode.bridge._jsonrpc import SdkAnswer
 from aralnode.bridge._mcp_requests import sdk_refusal, watching
 from aralnode.core.errors import AralError
 from aralnode.store.audit import read_records
@@ -353,56 +354,67 @@ async def test_a_tool_that_is_not_there_says_so_with_the_seeds_error_object(
 
 def test_only_the_sdks_own_refusals_are_taken_for_refusals() -> None:
     """A result that holds the words of an error, an error the node made (its data
-    is the seed's error object), another status: not the SDK's refusals."""
+    is the seed's error object), a failure, another status: not the SDK's refusals.
+    An answer to the request is told by the request's id, as either of the SDK's
+    paths writes it; an answer to no request by ``id`` null, first or last."""
     result = b'{"jsonrpc":"2.0","id":1,"result":{"error":{"code":-32601,"message":"x"}}}'
     nodes = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x","data":{"reason":"R"}}}'
-    sdks = b'{"jsonrpc":"2.0","id":"a\\"b","error":{"code":-32601,"message":"Method not found"}}'
-    assert sdk_refusal(200, result) is None
+    assert sdk_refusal(200, result, 1) is None
+    assert sdk_refusal(200, nodes, 1) is None
+    assert sdk_refusal(400, nodes, 1) is None
+    assert sdk_refusal(202, b"", 1) is None
+    assert sdk_refusal(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603}}') is None
+    failed = b'{"jsonrpc":"2.0","id":4,"error":{"code":-32603,"message":"x"}}'
+    assert sdk_refusal(200, failed, 4) is None
     # The node's unknown tool, in a 400 at later protocol versions: its own error.
     unknown = (b'{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"unknown tool \'x\'",'
                b'"data":{"code":"not_found","reason":"CAPABILITY_NOT_FOUND"}}}')  # fmt: skip
-    assert sdk_refusal(400, unknown) is None
-    # The SDK's failure (not a refusal) goes on as it came.
-    failed = b'{"jsonrpc":"2.0","id":4,"error":{"code":-32603,"message":"x"}}'
-    assert sdk_refusal(200, failed) is None
-    # A request the SDK read and refused: its code kept.
-    found = sdk_refusal(400, b'{"jsonrpc":"2.0","id":5,"error":{"code":-32602,"message":"bad"}}')
+    assert sdk_refusal(400, unknown, 3) is None
+
+    def refused(status: int, body: bytes, request_id: Any = None) -> tuple[str, Any, int]:
+        found = sdk_refusal(status, body, request_id)
+        assert found is not None, body
+        return found[0].reason, found[1], getattr(found[0], "rpc_code", None)
+
+    missing = b'{"jsonrpc":"2.0","id":"a\\"b","error":{"code":-32601,"message":"Method not found"}}'
+    assert refused(200, missing, 'a"b') == ("METHOD_NOT_FOUND", 'a"b', -32601)
+    # An id the node read otherwise is another request's answer: not this one's.
+    assert sdk_refusal(200, missing, "ab") is None
+    # Text ids in both of the SDK's spellings (UTF-8 as it is; escaped, by the 2026 path).
+    for spelled in ('"é"'.encode(), b'"\\u00e9"'):
+        body = b'{"jsonrpc":"2.0","id":' + spelled + b',"error":{"code":-32602,"message":"no"}}'
+        assert refused(200, body, "é") == ("MCP_REQUEST_REFUSED", "é", -32602)
+    gone = b'{"jsonrpc":"2.0","id":6,"error":{"code":-32601,"message":"no"}}'
+    assert refused(404, gone, 6)[0] == "METHOD_NOT_FOUND"  # the 2026 path's missing method
+    assert refused(404, b"")[0] == "SESSION_UNKNOWN"
+    assert refused(406, b"")[0] == "NOT_ACCEPTABLE"
+    last = b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}'
+    assert refused(400, last) == ("MALFORMED_JSON", None, -32700)
+    assert refused(400, b"<html>no</html>") == ("INVALID_JSONRPC_REQUEST", None, -32600)
+    # MCP's own refusal keeps its code and the data its clients read, id or no id.
+    version = (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32022,"message":"Unsupported",'
+               b'"data":{"supported":["2026-07-28"],"requested":"2099-01-01"}}}')  # fmt: skip
+    found = sdk_refusal(400, version)
     assert found is not None
-    assert (found[0].reason, found[0].http_status, found[1]) == ("MCP_REQUEST_REFUSED", 400, 5)
-    assert getattr(found[0], "rpc_code", None) == -32602
-    # A method it does not have, in the 404 of the per-request path: not a session.
-    found = sdk_refusal(404, b'{"jsonrpc":"2.0","id":6,"error":{"code":-32601,"message":"no"}}')
-    assert found is not None
-    assert found[0].reason == "METHOD_NOT_FOUND"
-    assert sdk_refusal(200, nodes) is None
-    assert sdk_refusal(400, nodes) is None
-    assert sdk_refusal(202, b"") is None
-    assert sdk_refusal(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603}}') is None
-    found = sdk_refusal(200, sdks)
-    assert found is not None
-    assert (found[0].reason, found[1]) == ("METHOD_NOT_FOUND", 'a"b')  # an id with a quote
-    found = sdk_refusal(400, b"<html>no</html>")  # not even JSON: still refused, in words
-    assert found is not None
-    assert (found[0].reason, found[0].message) == (
-        "INVALID_JSONRPC_REQUEST",
-        "the MCP server refused the request",
-    )
+    assert (found[0].reason, getattr(found[0], "rpc_code", None)) == ("MCP_REQUEST_REFUSED", -32022)
+    assert found[2].data == {"supported": ["2026-07-28"], "requested": "2099-01-01"}
+    assert found[2].status == 400
 
 
 async def test_answers_that_cannot_be_refusals_go_on_at_once() -> None:
     """An event stream's start goes on before its first event (nothing held); a JSON
-    answer that is no refusal goes on whole; a refusal goes to the node, and what
-    follows it nowhere."""
+    answer that is no refusal goes on whole; a refusal goes to the node, with the
+    session header the SDK's answer carried, and what follows it nowhere."""
     sent: list[dict[str, Any]] = []
-    refused: list[tuple[AralError, Any, int]] = []
+    refused: list[tuple[AralError, Any, SdkAnswer]] = []
 
     async def send(message: Any) -> None:
         sent.append(message)
 
-    async def refuse(exc: AralError, request_id: Any, status: int) -> None:
-        refused.append((exc, request_id, status))
+    async def refuse(exc: AralError, request_id: Any, kept: SdkAnswer) -> None:
+        refused.append((exc, request_id, kept))
 
-    stream = watching(send, refuse)
+    stream = watching(send, refuse, 1)
     start = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"text/event-stream")]}  # fmt: skip
     await stream(start)
@@ -411,7 +423,7 @@ async def test_answers_that_cannot_be_refusals_go_on_at_once() -> None:
     assert len(sent) == 2
 
     sent.clear()
-    plain = watching(send, refuse)
+    plain = watching(send, refuse, 1)
     start = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"application/json")]}  # fmt: skip
     await plain(start)
@@ -422,15 +434,64 @@ async def test_answers_that_cannot_be_refusals_go_on_at_once() -> None:
     assert refused == []
 
     sent.clear()
-    bad = watching(send, refuse)
-    await bad({"type": "http.response.start", "status": 400, "headers": []})
-    parse_error = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"no"}}'
-    await bad({"type": "http.response.body", "body": parse_error})
-    await bad({"type": "http.response.body", "body": b""})
+    opening = watching(send, refuse, 0)
+    await opening({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"mcp-session-id", b"abc")]})  # fmt: skip
+    bad = b'{"jsonrpc":"2.0","id":0,"error":{"code":-32602,"message":"bad params"}}'
+    await opening({"type": "http.response.body", "body": bad})
+    await opening({"type": "http.response.body", "body": b""})
     assert sent == []
-    assert [(e.reason, e.message, rid, status) for e, rid, status in refused] == [
-        ("MALFORMED_JSON", "no", None, 400)
+    assert [(e.reason, e.message, rid, k.status, k.headers) for e, rid, k in refused] == [
+        ("MCP_REQUEST_REFUSED", "bad params", 0, 200, ((b"mcp-session-id", b"abc"),))
     ]
+
+
+async def test_the_sdks_refusals_keep_what_its_clients_read(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: a version the server does not speak (the 2026 path's -32022)
+    carries the versions it does in its data, which the official client reads to
+    negotiate again: kept beside the seed's error object. An ``initialize`` the SDK
+    refused still opened a session: its id comes back, so the client can end it. A
+    body that is not JSON on the 2026 path (its ``id`` null comes last): refused on
+    record too."""
+    node = make_node("mcp-kept", demo=False, http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {**ACCEPT, "content-type": "application/json", "x-api-key": alice}
+        meta = {"io.modelcontextprotocol/protocolVersion": "2099-01-01",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"}}  # fmt: skip
+        discover = {"jsonrpc": "2.0", "id": 6, "method": "server/discover",
+                    "params": {"_meta": meta}}  # fmt: skip
+        future = {**me, "mcp-protocol-version": "2099-01-01", "mcp-method": "server/discover"}
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            version = await http.post("/mcp", json=discover, headers=future)
+            init = {**INIT, "params": {"protocolVersion": "2025-06-18"}}  # no capabilities
+            opened = await http.post("/mcp", json=init, headers=me)
+            session = opened.headers.get("mcp-session-id", "")
+            ended = await http.delete("/mcp", headers=on(session, {"x-api-key": alice}))
+            modern = {**me, "mcp-protocol-version": "2026-07-28"}
+            garbled = await http.post("/mcp", content=b"{not json", headers=modern)
+    assert version.status_code == 400, version.text
+    error = version.json()["error"]
+    assert (version.json()["id"], error["code"]) == (6, -32022), version.text
+    assert "2026-07-28" in error["data"]["supported"], error
+    assert error["data"]["reason"] == "MCP_REQUEST_REFUSED"
+    assert error["data"]["trace_id"] == version.headers["x-trace-id"]
+    assert opened.json()["error"]["data"]["reason"] == "MCP_REQUEST_REFUSED", opened.text
+    assert session, opened.headers
+    assert ended.status_code == 200, ended.text
+    assert garbled.status_code == 400, garbled.text
+    assert garbled.json()["error"]["data"]["reason"] == "MALFORMED_JSON"
+    records = refusals_on_record(node)
+    assert [(r.action, r.reason, r.caller) for r in records] == [
+        ("aral.http/mcp", "MCP_REQUEST_REFUSED", "alice"),
+        ("aral.http/mcp", "MCP_REQUEST_REFUSED", "alice"),
+        ("aral.http/mcp", "MALFORMED_JSON", "alice"),
+    ], records
 
 
 async def test_a_body_that_is_not_json_is_refused_on_record_on_every_json_door(

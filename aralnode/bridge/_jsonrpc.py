@@ -5,7 +5,7 @@ in JSON-RPC's own shape.
 The SDKs parse with ``json.loads`` or pydantic, which keep the last of a member
 given twice; the REST door refuses such a body (``DUPLICATE_PARAMETER``: another
 parser of the same bytes may keep the first), and so do these doors, before the
-SDK sees it (``duplicate_members``). The A2A SDK also answers a body that does not
+SDK sees it (``read_members``). The A2A SDK also answers a body that does not
 parse as JSON (invalid UTF-8, nested too deeply) with ``-32603`` and a logged
 traceback, and logs a request it cannot validate with the request's own text:
 the A2A door checks the request object first (``read_request``) and answers
@@ -21,6 +21,8 @@ seed's error object (its ``trace_id``, the timestamp) as the JSON-RPC error's
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aralnode._logs import escape, get_logger
@@ -48,16 +50,16 @@ class NotARequest(MalformedMessage):
     rpc_code = INVALID_REQUEST
 
 
-def duplicate_members(body: bytes) -> InvalidParameters | None:
-    """The refusal of a JSON body with a member twice in one object (``None``: it
-    has none, or it does not parse: the SDK answers that in its own way)."""
+def read_members(body: bytes) -> tuple[Any, InvalidParameters | None]:
+    """``body`` parsed (``None`` if it does not parse: the SDK answers that in its own
+    way), and the refusal of a JSON body with a member twice in one object or a number
+    JSON has no form for (``None``: it has none)."""
     try:
-        codec.loads(body)
+        return codec.loads(body), None
     except InvalidParameters as exc:
-        return exc
+        return None, exc
     except (ValueError, RecursionError):
-        return None
-    return None
+        return None, None
 
 
 def read_request(body: bytes) -> dict[str, Any]:
@@ -112,12 +114,21 @@ def _plain_id(value: Any) -> bool:
     return value is None or isinstance(value, str) or (type(value) is int)
 
 
-def rpc_error(exc: AralError, trace_id: str, now_ms: int, request_id: Any = None) -> bytes:
+def rpc_error(
+    exc: AralError,
+    trace_id: str,
+    now_ms: int,
+    request_id: Any = None,
+    data: Mapping[str, Any] | None = None,
+) -> bytes:
     """``exc`` as a JSON-RPC error response: its code (``-32700``/``-32600`` for a
     body that is no request, else the node's table, as on MCP) and the seed's
-    error object as its data."""
+    error object as its data (beside ``data``'s members, where an SDK's refusal
+    had some its clients read: the seed's own win a clash)."""
     code = getattr(exc, "rpc_code", None) or int(exc.mcp_code)
     shape = h.error_body(exc, trace_id, now_ms)["error"]
+    if data:
+        shape = {**data, **shape}
     rid = request_id if _plain_id(request_id) else None
     error = {"code": code, "message": exc.message, "data": shape}
     return h.dumps({"jsonrpc": "2.0", "id": rid, "error": error})
@@ -133,20 +144,36 @@ async def refuse(
     jsonrpc: bool,
     request_id: Any = None,
     metadata_url: str = "",
-    status: int = 0,
+    sdk: SdkAnswer | None = None,
 ) -> None:
     """Answer ``exc``: a JSON-RPC error response (``jsonrpc``), else the seed's
     error shape, with the headers every door's refusal carries (a challenge that
-    points at ``metadata_url``, RFC 9728, where one is given), in ``exc``'s HTTP
-    status unless ``status`` names another (an SDK's, for a refusal it made)."""
+    points at ``metadata_url``, RFC 9728, where one is given); for a refusal an SDK
+    made, with what of its answer ``sdk`` keeps (its status, data, headers)."""
     trace_id = trace_id or h.trace_of(scope)
+    data, status, kept = (None, 0, ()) if sdk is None else (sdk.data, sdk.status, sdk.headers)
     if jsonrpc:
-        body = rpc_error(exc, trace_id, now_ms, request_id)
+        body = rpc_error(exc, trace_id, now_ms, request_id, data)
     else:
         body = h.dumps(h.error_body(exc, trace_id, now_ms))
     req_id = h.request_id(h.header(scope, b"x-request-id"))
-    headers = [*h.id_headers(trace_id, req_id), *h.error_headers(exc, metadata_url=metadata_url)]
+    headers = [
+        *h.id_headers(trace_id, req_id),
+        *h.error_headers(exc, metadata_url=metadata_url),
+        *kept,
+    ]
     await h.send_body(send, status or exc.http_status, body, h.JSON, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class SdkAnswer:
+    """What of an SDK's own refusal the node's answer keeps: its HTTP status, the
+    members of its error's data (an MCP client reads a version refusal's
+    ``supported``), and headers (the session an ``initialize`` opened)."""
+
+    status: int = 0
+    data: Mapping[str, Any] | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def replaying(body: bytes, receive: h.Receive) -> h.Receive:
@@ -207,9 +234,10 @@ __all__ = [
     "PARSE_ERROR",
     "JsonParseError",
     "NotARequest",
+    "SdkAnswer",
     "bound_library_logs",
-    "duplicate_members",
     "not_a_number",
+    "read_members",
     "read_request",
     "refuse",
     "replaying",

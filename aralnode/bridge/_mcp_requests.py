@@ -48,8 +48,8 @@ node made (its data is the seed's error object).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,7 +70,13 @@ from aralnode.bridge._http import (
     UnsupportedMediaType,
     header,
 )
-from aralnode.bridge._jsonrpc import INVALID_REQUEST, PARSE_ERROR, JsonParseError, NotARequest
+from aralnode.bridge._jsonrpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    JsonParseError,
+    NotARequest,
+    SdkAnswer,
+)
 from aralnode.core.errors import AralError, InvalidRequest, NotFound
 
 SESSION = MCP_SESSION_ID_HEADER.encode("latin-1")
@@ -173,18 +179,20 @@ def body_refusal(scope: Scope, body: bytes) -> AralError | None:
 # -- what the SDK still refuses ------------------------------------------------------------
 
 METHOD_NOT_FOUND = -32601
-#: JSON-RPC codes of the SDK's that say it refused a request it read: invalid request
-#: and params, and MCP's header mismatch, missing client capability and unsupported
-#: protocol version (``mcp_types.jsonrpc``). Any other (``-32603``, a failure) goes on
-#: as it came.
-_REFUSING = frozenset({INVALID_REQUEST, -32602, -32020, -32021, -32022})
-#: How a JSON-RPC error answer begins, as the SDK writes one (its members in this
-#: order); the node's own errors carry the seed's error object as their data.
-_ERROR = re.compile(rb'\{"jsonrpc":"2\.0","id":(?:null|-?\d+|"(?:[^"\\]|\\.)*"),"error":\{')
-#: The answers of the SDK's that may be refusals: a JSON-RPC error in a 200, a 400 or
-#: a 404 (which one depends on the protocol version and the error).
-_WATCHED = frozenset({200, 400, 404})
+#: MCP's own refusals (``mcp_types.jsonrpc``): a header that disagrees with the body,
+#: a client capability the server needs, an unsupported protocol version.
+_MCP_REFUSING = frozenset({-32020, -32021, -32022})
+#: JSON-RPC codes of the SDK's that say it refused a request it read. Any other
+#: (``-32603``, a failure; a cancellation) goes on as it came.
+_REFUSING = frozenset({INVALID_REQUEST, -32602}) | _MCP_REFUSING
+#: How the SDK's answer to no request begins (``id`` null: a body it could not read
+#: as one), as its two paths write it (the 2026 path puts ``id`` last).
+_TO_NO_REQUEST = (b'{"jsonrpc":"2.0","id":null,"error":{', b'{"jsonrpc":"2.0","error":{')
+#: The answers of the SDK's that may be refusals: a JSON-RPC error in a 200 or a 400
+#: (which, by protocol version and error), a 404, the 2026 path's 406.
+_WATCHED = frozenset({200, 400, 404, 406})
 _MESSAGE_CHARS = 1000  # of the SDK's words kept (they can quote the caller's body)
+_SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
 
 
 class NoSuchMethod(NotFound):
@@ -202,37 +210,72 @@ class RefusedRequest(InvalidRequest):
     rpc_code = -32602
 
 
-def sdk_refusal(status: int, body: bytes) -> tuple[AralError, Any] | None:
-    """The SDK's own refusal of a request, from its answer (``status``, ``body``): as
-    the node's error, and the request id it answered (``None``: no refusal -- a
-    result, a failure, or an error the node made, which carries its data)."""
+def error_answers(request_id: Any) -> tuple[bytes, ...]:
+    """How the SDK's JSON-RPC error answer to a request with ``request_id`` begins
+    (its members in the order it writes them; the id as either of its paths writes
+    it), or its answer to no request. Compared as bytes: a caller's long id is not
+    scanned by a pattern on every answer."""
+    if type(request_id) is int:
+        forms = {str(request_id).encode()}
+    elif type(request_id) is str:
+        forms = {
+            json.dumps(request_id, ensure_ascii=False, separators=(",", ":")).encode(),
+            json.dumps(request_id, separators=(",", ":")).encode(),
+        }
+    else:
+        return _TO_NO_REQUEST
+    return (*_TO_NO_REQUEST, *(b'{"jsonrpc":"2.0","id":' + f + b',"error":{' for f in forms))
+
+
+def sdk_refusal(
+    status: int, body: bytes, request_id: Any = None
+) -> tuple[AralError, Any, SdkAnswer] | None:
+    """The SDK's own refusal of a request (``request_id``, as the node read it), from
+    its answer (``status``, ``body``): the node's error, the id answered, and what of
+    the answer to keep (``None``: no refusal -- a result, a failure, or an error the
+    node made, which carries the seed's error object as its data)."""
     if status not in _WATCHED:
         return None
-    if _ERROR.match(body) is None and (status == 200 or body.startswith(b"{")):
-        return None  # a result (or a body of no shape the SDK refuses in)
+    # A 200 or a 400 is a refusal only as a JSON-RPC error answer (or, a 400, as no
+    # JSON at all: the SDK's, from before it read a request).
+    if status in (200, 400) and not (
+        body.startswith(error_answers(request_id)) or (status == 400 and not body.startswith(b"{"))
+    ):
+        return None  # a result, or a body of no shape the SDK refuses in
     try:
         answer = json.loads(body)
         error = answer["error"]
         code, message, data = error.get("code"), str(error.get("message", "")), error.get("data")
-        request_id = answer.get("id")
+        answered = answer.get("id")
     except (ValueError, TypeError, KeyError, AttributeError):  # no JSON-RPC error
-        code, message, data, request_id = None, "", None, None
+        code, message, data, answered = None, "", None, None
     if isinstance(data, dict) and "reason" in data:
         return None  # the node's own
-    message = message[:_MESSAGE_CHARS] or "the MCP server refused the request"
+    refusal = _refusal(status, code, message[:_MESSAGE_CHARS], answered)
+    if refusal is None:
+        return None
+    return refusal, answered, SdkAnswer(status, data if isinstance(data, dict) else None)
+
+
+def _refusal(status: int, code: Any, message: str, answered: Any) -> AralError | None:
+    """The node's error for the SDK's refusal with this status, code, message (``None``:
+    no refusal)."""
+    said = message or "the MCP server refused the request"
     if code == METHOD_NOT_FOUND:
-        return NoSuchMethod(message), request_id
+        return NoSuchMethod(said)
     if status == 404:
-        return SessionUnknown(message), request_id
+        return SessionUnknown(said)
+    if status == 406:
+        return McpNotAcceptable(message or "a POST to /mcp must accept application/json")
     if code == PARSE_ERROR:
-        return JsonParseError(message), request_id
-    if request_id is None:
-        return NotARequest(message), request_id
+        return JsonParseError(said)
+    if answered is None and code not in _MCP_REFUSING:
+        return NotARequest(said)
     if code not in _REFUSING:
         return None
-    refusal = RefusedRequest(message)
+    refusal = RefusedRequest(said)
     refusal.rpc_code = code
-    return refusal, request_id
+    return refusal
 
 
 def _may_refuse(start: Message) -> bool:
@@ -246,12 +289,16 @@ def _may_refuse(start: Message) -> bool:
     )
 
 
-def watching(send: Send, refuse: Callable[[AralError, Any, int], Awaitable[None]]) -> Send:
-    """``send`` for the SDK's answer to a POST: a refusal of its own (``sdk_refusal``)
-    goes to ``refuse`` (with the request id and the status it answered) instead, for
-    the node to answer and put on record; any other answer goes on as it came. The
-    SDK answers a POST in one body: a start it may refuse in is held until that body
-    comes."""
+Refuse = Callable[[AralError, Any, SdkAnswer], Awaitable[None]]
+
+
+def watching(send: Send, refuse: Refuse, request_id: Any = None) -> Send:
+    """``send`` for the SDK's answer to a POST (of ``request_id``, as the node read
+    it): a refusal of its own (``sdk_refusal``) goes to ``refuse`` instead, for the
+    node to answer and put on record (with the session header the SDK's answer
+    carried: an ``initialize`` it refused still opened one); any other answer goes
+    on as it came. The SDK answers a POST in one body: a start it may refuse in is
+    held until that body comes."""
     held: Message | None = None
     passing = replaced = False
 
@@ -270,14 +317,17 @@ def watching(send: Send, refuse: Callable[[AralError, Any, int], Awaitable[None]
         else:
             found = None
             if not message.get("more_body"):
-                found = sdk_refusal(held["status"], bytes(message.get("body", b"")))
+                body = bytes(message.get("body", b""))
+                found = sdk_refusal(held["status"], body, request_id)
             if found is None:
                 passing = True
                 await send(held)
                 await send(message)
                 return
             replaced = True
-            await refuse(*found, held["status"])
+            refusal, answered, kept = found
+            session = [(k, v) for k, v in held.get("headers", ()) if k == _SESSION_HEADER]
+            await refuse(refusal, answered, dataclasses.replace(kept, headers=tuple(session)))
 
     return watched
 
@@ -301,6 +351,7 @@ __all__ = [
     "SessionRequired",
     "SessionUnknown",
     "body_refusal",
+    "error_answers",
     "handshake_era",
     "head_refusal",
     "sdk_refusal",

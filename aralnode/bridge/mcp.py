@@ -546,7 +546,8 @@ class McpHttp:
             refusal: AralError | None
             try:
                 body = await read_body(raw, receive, self.max_body_bytes)
-                refusal = rpc.duplicate_members(body) or body_refusal(scope, body)
+                value, refusal = rpc.read_members(body)
+                refusal = refusal or body_refusal(scope, body)
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
@@ -555,7 +556,8 @@ class McpHttp:
             receive = rpc.replaying(body, receive)
             # What the SDK still refuses (a body it cannot read, a method it does
             # not have) is answered here instead, on record (``watching``).
-            send = watching(send, functools.partial(self._refuse, scope, send))
+            asked = value.get("id") if type(value) is dict else None
+            send = watching(send, functools.partial(self._refuse, scope, send), asked)
         await self.sessions(scope, receive, send)
 
     async def _refuse(
@@ -564,16 +566,17 @@ class McpHttp:
         send: Send,
         refusal: AralError,
         request_id: Any = None,
-        status: int = 0,
+        sdk: rpc.SdkAnswer | None = None,
     ) -> None:
-        """Answer a refusal made here (or the SDK's, with its status: ``watching``) as
-        the gate answers its own; ``on_refused`` puts it on record."""
+        """Answer a refusal made here (or the SDK's, with what of its answer ``sdk``
+        keeps: ``watching``) as the gate answers its own; ``on_refused`` puts it on
+        record."""
         trace = trace_of(scope)
         if self.on_refused is not None:
             self.on_refused(scope, refusal, trace)
         await rpc.refuse(
             send, scope, refusal, trace_id=trace, now_ms=self.now_ms(), jsonrpc=True,
-            request_id=request_id, status=status,
+            request_id=request_id, sdk=sdk,
         )  # fmt: skip
 
 
