@@ -261,6 +261,15 @@ BODIES: list[tuple[str, bytes, str, int]] = [
      -32600),
     ("params_not_an_object", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "x"}',
      "INVALID_JSONRPC_REQUEST", -32600),
+    # From review: what the node's parser refuses is refused before the SDK reads it
+    # (the SDK's parser takes UTF-16, where a member given twice went unseen; an id
+    # past 2**64 or a lone surrogate was lost, the answer then unrecorded or a 500).
+    ("utf16", '{"jsonrpc": "2.0", "id": 1, "method": "ping"}'.encode("utf-16"),
+     "MALFORMED_JSON", -32700),
+    ("id_past_2_64", b'{"jsonrpc": "2.0", "id": 18446744073709551617, "method": "no/pe"}',
+     "NOT_A_JSON_NUMBER", -32602),
+    ("lone_surrogate_id", b'{"jsonrpc": "2.0", "id": "\\udc00", "method": "no/pe"}',
+     "MALFORMED_JSON", -32700),
 ]  # fmt: skip
 
 
@@ -269,9 +278,9 @@ BODIES: list[tuple[str, bytes, str, int]] = [
 async def test_a_body_the_sdk_cannot_read_is_refused_on_record(
     make_node: Callable[..., Node], body: bytes, reason: str, code: int
 ) -> None:
-    """A body the SDK refuses once it reads it (it answered 400 in its own shape,
-    unrecorded): the node's refusal, with the SDK's status and its words, on record
-    with the caller, counted; the session still serves."""
+    """A body the SDK refused once it read it (400 in its own shape, unrecorded), or
+    would have: the node's refusal (with the SDK's status and words where the SDK
+    judges it), on record with the caller, counted; the session still serves."""
     node = make_node("mcp-bodies", demo=False, http_port=0, audit=True)
     guarded(node)
     async with node:
@@ -358,7 +367,8 @@ def test_only_the_sdks_own_refusals_are_taken_for_refusals() -> None:
     An answer to the request is told by the request's id, as either of the SDK's
     paths writes it; an answer to no request by ``id`` null, first or last."""
     result = b'{"jsonrpc":"2.0","id":1,"result":{"error":{"code":-32601,"message":"x"}}}'
-    nodes = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x","data":{"reason":"R"}}}'
+    nodes = (b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x",'
+             b'"data":{"reason":"R","trace_id":"t"}}}')  # fmt: skip
     assert sdk_refusal(200, result, 1) is None
     assert sdk_refusal(200, nodes, 1) is None
     assert sdk_refusal(400, nodes, 1) is None
@@ -368,7 +378,8 @@ def test_only_the_sdks_own_refusals_are_taken_for_refusals() -> None:
     assert sdk_refusal(200, failed, 4) is None
     # The node's unknown tool, in a 400 at later protocol versions: its own error.
     unknown = (b'{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"unknown tool \'x\'",'
-               b'"data":{"code":"not_found","reason":"CAPABILITY_NOT_FOUND"}}}')  # fmt: skip
+               b'"data":{"code":"not_found","reason":"CAPABILITY_NOT_FOUND",'
+               b'"trace_id":"t"}}}')  # fmt: skip
     assert sdk_refusal(400, unknown, 3) is None
 
     def refused(status: int, body: bytes, request_id: Any = None) -> tuple[str, Any, int]:

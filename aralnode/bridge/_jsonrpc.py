@@ -5,7 +5,7 @@ in JSON-RPC's own shape.
 The SDKs parse with ``json.loads`` or pydantic, which keep the last of a member
 given twice; the REST door refuses such a body (``DUPLICATE_PARAMETER``: another
 parser of the same bytes may keep the first), and so do these doors, before the
-SDK sees it (``read_members``). The A2A SDK also answers a body that does not
+SDK sees it (``parse_body``). The A2A SDK also answers a body that does not
 parse as JSON (invalid UTF-8, nested too deeply) with ``-32603`` and a logged
 traceback, and logs a request it cannot validate with the request's own text:
 the A2A door checks the request object first (``read_request``) and answers
@@ -50,16 +50,27 @@ class NotARequest(MalformedMessage):
     rpc_code = INVALID_REQUEST
 
 
-def read_members(body: bytes) -> tuple[Any, InvalidParameters | None]:
-    """``body`` parsed (``None`` if it does not parse: the SDK answers that in its own
-    way), and the refusal of a JSON body with a member twice in one object or a number
-    JSON has no form for (``None``: it has none)."""
+def parse_body(body: bytes) -> Any:
+    """``body`` parsed as the node parses every JSON body (``codec.loads``), before an
+    SDK reads it (an SDK's parser keeps the last of a member given twice, and takes
+    UTF-16).
+
+    Raises:
+        JsonParseError: not JSON (RFC 8259, UTF-8), or nested too deeply.
+        InvalidParameters: a member given twice in one object (``DUPLICATE_PARAMETER``);
+            NaN, an infinity or a number past a double or ±2**64 (``NOT_A_JSON_NUMBER``,
+            ``-32602``: as the node refuses such a value in any call's parameters).
+    """
     try:
-        return codec.loads(body), None
-    except InvalidParameters as exc:
-        return None, exc
-    except (ValueError, RecursionError):
-        return None, None
+        return codec.loads(body)
+    except RecursionError:
+        raise JsonParseError("the request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise JsonParseError("the request body is not UTF-8") from None
+    except codec.NotAJsonNumber as exc:
+        raise not_a_number(exc) from None
+    except ValueError as exc:
+        raise JsonParseError(f"the request body is not JSON: {exc}") from None
 
 
 def read_request(body: bytes) -> dict[str, Any]:
@@ -73,16 +84,7 @@ def read_request(body: bytes) -> dict[str, Any]:
             NaN, an infinity or a number past a double or ±2**64 (``NOT_A_JSON_NUMBER``,
             ``-32602``: as the node refuses such a value in any call's parameters).
     """
-    try:
-        request = codec.loads(body)
-    except RecursionError:
-        raise JsonParseError("the request body is nested too deeply") from None
-    except UnicodeDecodeError:
-        raise JsonParseError("the request body is not UTF-8") from None
-    except codec.NotAJsonNumber as exc:
-        raise not_a_number(exc) from None
-    except ValueError as exc:
-        raise JsonParseError(f"the request body is not JSON: {exc}") from None
+    request = parse_body(body)
     if isinstance(request, list):
         raise NotARequest("batch requests are not supported: send one request object")
     if not isinstance(request, dict):
@@ -237,7 +239,7 @@ __all__ = [
     "SdkAnswer",
     "bound_library_logs",
     "not_a_number",
-    "read_members",
+    "parse_body",
     "read_request",
     "refuse",
     "replaying",

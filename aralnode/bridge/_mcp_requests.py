@@ -40,7 +40,12 @@ and words:
   server does not have;
 - ``MCP_REQUEST_REFUSED`` (the SDK's status and code): a request it read and refused
   (a header that disagrees with the body, a client capability or protocol version);
-- ``SESSION_UNKNOWN`` (404): a session that ended after the node looked.
+- ``SESSION_UNKNOWN`` (404): a session that ended after the node looked;
+- ``NOT_ACCEPTABLE`` (406, the 2026 path): an Accept that takes no media type the
+  answer would be in.
+
+(The node parses every body before the SDK does, ``_jsonrpc.parse_body``: text that
+is not JSON is refused there, and the SDK's parse error is only a fallback.)
 
 Any other answer goes on as it came: a result, a failure (``-32603``), an error the
 node made (its data is the seed's error object).
@@ -249,8 +254,12 @@ def sdk_refusal(
         answered = answer.get("id")
     except (ValueError, TypeError, KeyError, AttributeError):  # no JSON-RPC error
         code, message, data, answered = None, "", None, None
-    if isinstance(data, dict) and "reason" in data:
+    if isinstance(data, dict) and "reason" in data and "trace_id" in data:
         return None  # the node's own
+    if status == 406:  # (no body: the request's own id)
+        answered = request_id
+    elif not (type(answered) is type(request_id) and answered == request_id):
+        answered = None  # only an id the node read itself is echoed
     refusal = _refusal(status, code, message[:_MESSAGE_CHARS], answered)
     if refusal is None:
         return None
@@ -266,7 +275,9 @@ def _refusal(status: int, code: Any, message: str, answered: Any) -> AralError |
     if status == 404:
         return SessionUnknown(said)
     if status == 406:
-        return McpNotAcceptable(message or "a POST to /mcp must accept application/json")
+        return McpNotAcceptable(
+            message or "the request's Accept takes no media type /mcp answers it in"
+        )
     if code == PARSE_ERROR:
         return JsonParseError(said)
     if answered is None and code not in _MCP_REFUSING:

@@ -546,8 +546,8 @@ class McpHttp:
             refusal: AralError | None
             try:
                 body = await read_body(raw, receive, self.max_body_bytes)
-                value, refusal = rpc.read_members(body)
-                refusal = refusal or body_refusal(scope, body)
+                value = rpc.parse_body(body)  # as the node reads every JSON body
+                refusal = body_refusal(scope, body)
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
