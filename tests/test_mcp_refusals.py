@@ -92,20 +92,55 @@ async def put(http: httpx.AsyncClient, session: str, me: dict[str, str]) -> Any:
     return await http.put("/mcp", json=LIST, headers=on(session, me))
 
 
-CASES: list[tuple[Ask, int, str, str]] = [
-    (unknown_post, 404, "not_found", "SESSION_UNKNOWN"),
-    (unknown_get, 404, "not_found", "SESSION_UNKNOWN"),
-    (ended, 404, "not_found", "SESSION_UNKNOWN"),
-    (no_session_post, 400, "invalid_request", "SESSION_REQUIRED"),
-    (no_session_note, 400, "invalid_request", "SESSION_REQUIRED"),
-    (no_session_get, 400, "invalid_request", "SESSION_REQUIRED"),
-    (no_session_delete, 400, "invalid_request", "SESSION_REQUIRED"),
-    (text_body, 400, "invalid_request", "UNSUPPORTED_MEDIA_TYPE"),
-    (json_seq_body, 415, "unsupported_media_type", "UNSUPPORTED_MEDIA_TYPE"),
-    (post_takes_no_json, 406, "not_acceptable", "NOT_ACCEPTABLE"),
-    (get_takes_no_stream, 406, "not_acceptable", "NOT_ACCEPTABLE"),
-    (put, 405, "method_not_allowed", "METHOD_NOT_ALLOWED"),
+CASES: list[tuple[Ask, int, str, str, int]] = [
+    (unknown_post, 404, "not_found", "SESSION_UNKNOWN", -32600),
+    (unknown_get, 404, "not_found", "SESSION_UNKNOWN", -32600),
+    (ended, 404, "not_found", "SESSION_UNKNOWN", -32600),
+    (no_session_post, 400, "invalid_request", "SESSION_REQUIRED", -32600),
+    (no_session_note, 400, "invalid_request", "SESSION_REQUIRED", -32600),
+    (no_session_get, 400, "invalid_request", "SESSION_REQUIRED", -32600),
+    (no_session_delete, 400, "invalid_request", "SESSION_REQUIRED", -32600),
+    (text_body, 400, "invalid_request", "UNSUPPORTED_MEDIA_TYPE", -32600),
+    (json_seq_body, 415, "unsupported_media_type", "UNSUPPORTED_MEDIA_TYPE", -32600),
+    (post_takes_no_json, 406, "not_acceptable", "NOT_ACCEPTABLE", -32600),
+    (get_takes_no_stream, 406, "not_acceptable", "NOT_ACCEPTABLE", -32600),
+    (put, 405, "method_not_allowed", "METHOD_NOT_ALLOWED", -32600),
 ]
+
+
+def posting(name: str, body: bytes) -> Ask:
+    """A POST of ``body`` on the session (a body the SDK would read, or the node first)."""
+
+    async def ask(http: httpx.AsyncClient, session: str, me: dict[str, str]) -> Any:
+        headers = {**on(session, me), "content-type": "application/json"}
+        return await http.post("/mcp", content=body, headers=headers)
+
+    ask.__name__ = name
+    return ask
+
+
+BAD = (400, "invalid_request")
+BODY_CASES: list[tuple[Ask, int, str, str, int]] = [
+    (posting("not_json", b"{not json"), *BAD, "MALFORMED_JSON", -32700),
+    (posting("no_message", b'{"foo": 1}'), *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    (posting("batch", b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    (posting("old_version", b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    (posting("params_not_an_object",
+             b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "x"}'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    # From review: what the node's parser refuses is refused before the SDK reads it
+    # (the SDK's parser takes UTF-16, where a member given twice went unseen; an id
+    # past 2**64 or a lone surrogate was lost, the answer then unrecorded or a 500).
+    (posting("utf16", '{"jsonrpc": "2.0", "id": 1, "method": "ping"}'.encode("utf-16")),
+     *BAD, "MALFORMED_JSON", -32700),
+    (posting("id_past_2_64",
+             b'{"jsonrpc": "2.0", "id": 18446744073709551617, "method": "no/pe"}'),
+     *BAD, "NOT_A_JSON_NUMBER", -32602),
+    (posting("lone_surrogate_id", b'{"jsonrpc": "2.0", "id": "\\udc00", "method": "no/pe"}'),
+     *BAD, "MALFORMED_JSON", -32700),
+]  # fmt: skip
 
 
 def assert_refused(r: httpx.Response, status: int, outcome: str, reason: str, code: int) -> None:
@@ -129,11 +164,14 @@ def refusals_on_record(node: Node) -> list[Any]:
     return [r for _, r in read_records(directory) if r.door == "mcp" and r.reason]
 
 
-@pytest.mark.parametrize(("ask", "status", "outcome", "reason"), CASES,
-                         ids=[case[0].__name__ for case in CASES])  # fmt: skip
+@pytest.mark.parametrize(("ask", "status", "outcome", "reason", "code"), CASES + BODY_CASES,
+                         ids=[case[0].__name__ for case in CASES + BODY_CASES])  # fmt: skip
 async def test_what_the_sdk_refused_is_the_nodes_refusal(
-    make_node: Callable[..., Node], ask: Ask, status: int, outcome: str, reason: str
+    make_node: Callable[..., Node], ask: Ask, status: int, outcome: str, reason: str, code: int
 ) -> None:
+    """Each refusal the SDK made unrecorded (or would have: a body the node's parser
+    refuses first) is the node's: its status and code, on record with the caller,
+    counted; the session, where there is one, still serves."""
     node = make_node("mcp-refusals", demo=False, http_port=0, audit=True)
     guarded(node)
     async with node:
@@ -145,7 +183,7 @@ async def test_what_the_sdk_refused_is_the_nodes_refusal(
             session = await open_session(http, me)
             before = counters[f"call.{outcome}"]
             r = await ask(http, session, me)
-            assert_refused(r, status, outcome, reason, -32600)
+            assert_refused(r, status, outcome, reason, code)
             if status == 405:
                 assert r.headers["allow"] == "GET, POST, DELETE"
             # The session (where there is one) still serves.
@@ -252,57 +290,18 @@ async def test_an_initialize_without_a_session_still_opens_one(
                 assert listed.json()["result"]["tools"], listed.text
 
 
-BODIES: list[tuple[str, bytes, str, int]] = [
-    ("not_json", b"{not json", "MALFORMED_JSON", -32700),
-    ("no_message", b'{"foo": 1}', "INVALID_JSONRPC_REQUEST", -32600),
-    ("batch", b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]', "INVALID_JSONRPC_REQUEST",
-     -32600),
-    ("old_version", b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}', "INVALID_JSONRPC_REQUEST",
-     -32600),
-    ("params_not_an_object", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "x"}',
-     "INVALID_JSONRPC_REQUEST", -32600),
-    # From review: what the node's parser refuses is refused before the SDK reads it
-    # (the SDK's parser takes UTF-16, where a member given twice went unseen; an id
-    # past 2**64 or a lone surrogate was lost, the answer then unrecorded or a 500).
-    ("utf16", '{"jsonrpc": "2.0", "id": 1, "method": "ping"}'.encode("utf-16"),
-     "MALFORMED_JSON", -32700),
-    ("id_past_2_64", b'{"jsonrpc": "2.0", "id": 18446744073709551617, "method": "no/pe"}',
-     "NOT_A_JSON_NUMBER", -32602),
-    ("lone_surrogate_id", b'{"jsonrpc": "2.0", "id": "\\udc00", "method": "no/pe"}',
-     "MALFORMED_JSON", -32700),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("body", "reason", "code"), [case[1:] for case in BODIES],
-                         ids=[case[0] for case in BODIES])  # fmt: skip
-async def test_a_body_the_sdk_cannot_read_is_refused_on_record(
-    make_node: Callable[..., Node], body: bytes, reason: str, code: int
-) -> None:
-    """A body the SDK refused once it read it (400 in its own shape, unrecorded), or
-    would have: the node's refusal (with the SDK's status and words where the SDK
-    judges it), on record with the caller, counted; the session still serves."""
-    node = make_node("mcp-bodies", demo=False, http_port=0, audit=True)
+async def asked(make_node: Callable[..., Node], request: dict[str, Any]) -> tuple[Node, Any]:
+    """``request`` posted by alice on her session of a node with the audit log on;
+    the node (stopped) and the answer."""
+    node = make_node("mcp-asked", demo=False, http_port=0, audit=True)
     guarded(node)
     async with node:
         (alice,) = keys_for(node, "alice")
         me = {"x-api-key": alice}
-        counters = node.pipeline.counters
         base = f"http://127.0.0.1:{node.http_port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             session = await open_session(http, me)
-            before = counters["call.invalid_request"]
-            headers = {**on(session, me), "content-type": "application/json"}
-            r = await http.post("/mcp", content=body, headers=headers)
-            assert_refused(r, 400, "invalid_request", reason, code)
-            assert r.json()["error"]["message"], r.text  # the SDK's words for it
-            ok = await http.post("/mcp", json=LIST, headers=on(session, me))
-            assert ok.status_code == 200, ok.text
-        assert counters["call.invalid_request"] - before == 1
-    records = refusals_on_record(node)
-    assert [(r.action, r.outcome, r.reason, r.caller) for r in records] == [
-        ("aral.http/mcp", "invalid_request", reason, "alice")
-    ], records
-    assert [r.trace_id for r in records] == [r.headers["x-trace-id"]]
+            return node, await http.post("/mcp", json=request, headers=on(session, me))
 
 
 async def test_a_method_the_server_does_not_have_is_refused_on_record(
@@ -311,16 +310,7 @@ async def test_a_method_the_server_does_not_have_is_refused_on_record(
     """A JSON-RPC method the MCP server does not have: JSON-RPC's -32601 in a 200 for
     the request's id, as the SDK answers it, now with the seed's error object, on
     record with the caller."""
-    node = make_node("mcp-no-method", demo=False, http_port=0, audit=True)
-    guarded(node)
-    async with node:
-        (alice,) = keys_for(node, "alice")
-        me = {"x-api-key": alice}
-        base = f"http://127.0.0.1:{node.http_port}"
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            session = await open_session(http, me)
-            ask = {"jsonrpc": "2.0", "id": "q-9", "method": "tools/nope"}
-            r = await http.post("/mcp", json=ask, headers=on(session, me))
+    node, r = await asked(make_node, {"jsonrpc": "2.0", "id": "q-9", "method": "tools/nope"})
     assert r.status_code == 200, r.text
     error = r.json()["error"]
     assert (r.json()["id"], error["code"]) == ("q-9", -32601), r.text
@@ -338,17 +328,9 @@ async def test_a_tool_that_is_not_there_says_so_with_the_seeds_error_object(
     """An unknown tool stays the SDK's -32602 ``unknown tool '…'`` (clients match it),
     now with the seed's error object as its data, as every refusal on /mcp; on record
     once (not again as a refusal of the SDK's)."""
-    node = make_node("mcp-no-tool", demo=False, http_port=0, audit=True)
-    guarded(node)
-    async with node:
-        (alice,) = keys_for(node, "alice")
-        me = {"x-api-key": alice}
-        base = f"http://127.0.0.1:{node.http_port}"
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            session = await open_session(http, me)
-            ask = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
-                   "params": {"name": "no.such.tool", "arguments": {}}}  # fmt: skip
-            r = await http.post("/mcp", json=ask, headers=on(session, me))
+    ask = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+           "params": {"name": "no.such.tool", "arguments": {}}}  # fmt: skip
+    node, r = await asked(make_node, ask)
     error = r.json()["error"]
     assert (r.json()["id"], error["code"], error["message"]) == (
         4, -32602, "unknown tool 'no.such.tool'"
