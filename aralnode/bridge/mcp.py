@@ -554,8 +554,8 @@ class McpHttp:
                 await self._refuse(scope, send, refusal)
                 return
             receive = rpc.replaying(body, receive)
-            # What the SDK still refuses (a body it cannot read, a method it does
-            # not have) is answered here instead, on record (``watching``).
+            # What the SDK still refuses (no message it can validate, a method it
+            # does not have) is answered here instead, on record (``watching``).
             asked = value.get("id") if type(value) is dict else None
             send = watching(send, functools.partial(self._refuse, scope, send), asked)
         await self.sessions(scope, receive, send)

@@ -181,7 +181,9 @@ class StuckConnectionReaper:
                 await task
         scanning, self._scanning = self._scanning, None
         if scanning is not None:
-            with contextlib.suppress(Exception):  # (logged by the sweep that ran it)
+            # (A scan that fails once its sweep was cancelled is not logged: the
+            # server is stopping, and its connections with it.)
+            with contextlib.suppress(Exception):
                 await scanning
 
     async def _run(self) -> None:
