@@ -53,8 +53,13 @@ from aralnode._assembly import import_spec
 from aralnode.bridge.mcp import tool_name
 from aralnode.core import codec
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from aralnode.store.audit import read_records
+from aralnode.store.audit_verify import verify
 from tests.channel_helpers import FAST, linked
 from tests.interop.aral_client import AralClient
+from tests.test_hostile_mcp import ACCEPT
+from tests.test_jwt import guarded
+from tests.test_sessions import keys_for, on, open_session
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "examples" / "library" / "server.py"
@@ -782,3 +787,50 @@ async def test_a_result_too_large_to_send_is_refused_alike_on_every_door(
         }
     assert {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} <= set(answers)
     assert_refused(answers, "RESOURCE_EXHAUSTED", "RESPONSE_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    "unreadable",
+    [b"{not json", '{"jsonrpc": "2.0", "id": 1, "method": "ping"}'.encode("utf-16")],
+    ids=["not_json", "utf16"],
+)
+async def test_a_body_that_is_not_json_is_refused_on_record_on_every_json_door(
+    make_node: Callable[..., Node], unreadable: bytes
+) -> None:
+    """The same bytes, not JSON (or not UTF-8: an SDK's parser takes UTF-16), posted
+    to every door that reads a JSON body over HTTP: 400 ``invalid_request`` on each
+    (in JSON-RPC's shape, -32700, where the door speaks it), and one audit record
+    each, with the caller."""
+    node = make_node("not-json", http_port=0, audit=True)
+    guarded(node)
+    async with node:
+        (alice,) = keys_for(node, "alice")
+        me = {"x-api-key": alice, "content-type": "application/json"}
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            session = await open_session(http, {"x-api-key": alice})
+            answers = {
+                path: await http.post(path, content=unreadable, headers=headers)
+                for path, headers in [
+                    ("/v1/invoke", me),
+                    ("/v1/capabilities/demo.echo:invoke", me),
+                    ("/a2a", {**ACCEPT, **me}),
+                    ("/mcp", on(session, me)),
+                ]
+            }
+    for path, r in answers.items():
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        if path in ("/a2a", "/mcp"):
+            assert error["code"] == -32700, (path, error)
+            error = error["data"]
+        assert error["code"] == "invalid_request", (path, error)
+        assert error["trace_id"] == r.headers["x-trace-id"], path
+    directory = node.config.resolved_data_dir / "audit"
+    assert verify(directory, node.identity.public_key).problem is None
+    traces = {r.headers["x-trace-id"] for r in answers.values()}
+    records = [r for _, r in read_records(directory) if r.trace_id in traces]
+    assert sorted((r.door, r.outcome, r.caller) for r in records) == sorted(
+        [("a2a", "invalid_request", "alice"), ("mcp", "invalid_request", "alice")]
+        + [("rest", "invalid_request", "alice")] * 2
+    ), records

@@ -165,7 +165,7 @@ class StuckConnectionReaper:
         self._seen: dict[int, _Seen] = {}
         self._reaped: set[int] = set()  # shut down, not yet closed by the transport
         self._task: asyncio.Task[None] | None = None
-        self._scanning: asyncio.Future[int] | None = None  # the scan whose thread runs
+        self._scanning: asyncio.Future[int] | None = None  # the last scan (its thread)
 
     def start(self) -> None:
         if supported() and self._task is None:
@@ -197,12 +197,9 @@ class StuckConnectionReaper:
     async def sweep(self) -> int:
         """``scan`` off the loop (a few system calls per connection), counted on it,
         where the node's other counters are written and read."""
+        # The last scan is kept (``stop`` waits for its thread; a finished one at once).
         scanning = self._scanning = asyncio.get_running_loop().run_in_executor(None, self.scan)
-        try:
-            reaped = await asyncio.shield(scanning)  # (``stop`` waits for the thread)
-        finally:
-            if scanning.done() and self._scanning is scanning:
-                self._scanning = None
+        reaped = await asyncio.shield(scanning)
         if reaped:
             self.counters["grpc.connections_reaped"] += reaped
         return reaped
