@@ -242,3 +242,25 @@ def test_the_kernels_figures_are_read_where_they_are() -> None:
         after = _state(accepted)
         assert after is not None
         assert (after.read, after.waiting, after.segments_out) == (400, 600, 1)
+
+
+async def test_a_short_keepalive_leaves_a_handshake_its_whole_timeout() -> None:
+    """The reaper's span is three keepalive periods and the keepalive timeout, but
+    never less than the handshake timeout and the keepalive timeout: a client still
+    in its TLS handshake is silent both ways, and grpc allows it that long."""
+    from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
+
+    spans = []
+    for keepalive_ms, handshake_ms in ((200, 10_000), (5_000, 10_000), (5_000, 30_000)):
+        server = GrpcServer(
+            max_message_bytes=1 << 20,
+            keepalive_ms=keepalive_ms,
+            limits=GrpcLimits(handshake_timeout_ms=handshake_ms),
+        )
+        await server.start("127.0.0.1", 0)
+        try:
+            assert server.reaper is not None
+            spans.append(server.reaper.after)
+        finally:
+            await server.stop(0)
+    assert spans == [11.0, 17.5, 32.5]
