@@ -255,8 +255,8 @@ async def test_pings_without_reading_end_the_connection(tmp_path: Path) -> None:
     acks for it. grpc core then sometimes leaves the socket open, neither reading
     nor writing it (GOAWAY too_many_pings sent, then nothing, about one time in
     two on grpcio 1.85); the node's reaper (transport/reaper.py) shuts it down after
-    three keepalive periods, or the handshake timeout if longer, and the keepalive
-    timeout: here 1.6 s."""
+    three keepalive periods and the keepalive timeout, or if it is silent both ways,
+    the handshake timeout if longer: here 1.6 s either way."""
     async with attacked(tmp_path, keepalive_ms=200, grpc_handshake_timeout_ms=500) as node:
         rss0, fds0 = node.rss(), node.fds()
         conn = await RawConnection.open(node.info["grpc_port"])

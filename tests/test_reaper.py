@@ -245,9 +245,10 @@ def test_the_kernels_figures_are_read_where_they_are() -> None:
 
 
 async def test_a_short_keepalive_leaves_a_handshake_its_whole_timeout() -> None:
-    """The reaper's span is three keepalive periods and the keepalive timeout, but
-    never less than the handshake timeout and the keepalive timeout: a client still
-    in its TLS handshake is silent both ways, and grpc allows it that long."""
+    """The reaper's span is three keepalive periods and the keepalive timeout; for
+    silence both ways, never less than the handshake timeout and the keepalive
+    timeout: a client still in its TLS handshake is silent both ways, and grpc
+    allows it that long. Bytes left unread keep the shorter span."""
     from aralnode.transport.grpc_server import GrpcLimits, GrpcServer
 
     spans = []
@@ -260,7 +261,18 @@ async def test_a_short_keepalive_leaves_a_handshake_its_whole_timeout() -> None:
         await server.start("127.0.0.1", 0)
         try:
             assert server.reaper is not None
-            spans.append(server.reaper.after)
+            spans.append((server.reaper.after, server.reaper.silent_after))
         finally:
             await server.stop(0)
-    assert spans == [11.0, 17.5, 32.5]
+    assert spans == [(1.6, 11.0), (17.5, 17.5), (17.5, 32.5)]
+
+
+def test_silence_has_its_own_span() -> None:
+    silent = state(sent_ms=5000, received_ms=5000)
+    assert _judge(silent, None, now=0, after=1.6, silent_after=11) is None
+    with pytest.raises(_Reap):
+        _judge(state(sent_ms=11_000, received_ms=11_000), None, now=0, after=1.6, silent_after=11)
+    waiting = state(read=100, waiting=50)  # the unread rule keeps ``after``
+    seen = _judge(waiting, None, now=10, after=1.6, silent_after=11)
+    with pytest.raises(_Reap):
+        _judge(waiting, seen, now=12, after=1.6, silent_after=11)

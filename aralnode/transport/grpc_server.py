@@ -108,12 +108,13 @@ class GrpcServer:
         keepalive_timeout_ms = max(keepalive_ms // 2, 1000)
         # grpc core can leave a connection it ended open (reaper.py): bytes left unread,
         # or silence both ways, for three keepalive periods and the keepalive timeout
-        # end it here -- never sooner than grpc's own handshake timeout (and the
+        # end it here. Silence, never sooner than grpc's own handshake timeout (and the
         # keepalive timeout): a connection still in its TLS handshake has sent its
         # part and waits for the client, silent both ways, and is owed that long.
-        self._reap_after = (
-            max(3 * keepalive_ms, limits.handshake_timeout_ms) + keepalive_timeout_ms
-        ) / 1000
+        self._reap_after = (3 * keepalive_ms + keepalive_timeout_ms) / 1000
+        self._silent_after = max(
+            self._reap_after, (limits.handshake_timeout_ms + keepalive_timeout_ms) / 1000
+        )
         self._counters = counters
         self.reaper: StuckConnectionReaper | None = None
         self.server = grpc.aio.server(
@@ -176,6 +177,7 @@ class GrpcServer:
             self.port,
             interval=self._reap_after / 4,
             after=self._reap_after,
+            silent_after=self._silent_after,
             counters=self._counters,
         )
         self.reaper.start()

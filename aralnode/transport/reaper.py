@@ -16,8 +16,10 @@ shuts down one that, for ``after`` seconds,
 - has had bytes waiting that the process has not read: a live transport reads as
   data arrives (HTTP/2's flow control bounds what the peer sends, not what grpc
   reads), or
-- has neither sent nor received anything: a live transport that reads nothing
-  sends a keepalive ping every ``keepalive_ms``. (Silence one way proves nothing:
+- has neither sent nor received anything (for ``silent_after`` seconds, which the
+  server sets no shorter than its handshake timeout: a client in its TLS handshake
+  is silent both ways too): a live transport that reads nothing sends a keepalive
+  ping every ``keepalive_ms``. (Silence one way proves nothing:
   grpc core resets its keepalive timer on every read, and owes no WINDOW_UPDATE
   for small messages, so a server that only receives can stay quiet for seconds.)
 
@@ -133,10 +135,14 @@ def _state(sock: socket.socket) -> _State | None:
     return _State(sent_ms, received_ms, segments_out, received - waiting, waiting)
 
 
-def _judge(state: _State, seen: _Seen | None, now: float, after: float) -> _Seen | None:
-    """The socket's new record (None: nothing waits unread); raises ``_Reap``."""
+def _judge(
+    state: _State, seen: _Seen | None, now: float, after: float, silent_after: float | None = None
+) -> _Seen | None:
+    """The socket's new record (None: nothing waits unread); raises ``_Reap``.
+    ``silent_after``: the span for silence both ways (default ``after``)."""
     silence_ms = min(state.sent_ms, state.received_ms)
-    if state.segments_out and silence_ms >= after * 1000:
+    silent_after = after if silent_after is None else silent_after
+    if state.segments_out and silence_ms >= silent_after * 1000:
         raise _Reap(f"nothing sent or received for {silence_ms / 1000:.1f} s")
     if not state.waiting:
         return None
@@ -153,14 +159,22 @@ class _Reap(Exception):  # a verdict, not an error
 
 class StuckConnectionReaper:
     """Every ``interval`` seconds, shuts down the server's connections on ``port``
-    stuck for ``after`` seconds (module doc). ``start`` on the server's loop."""
+    stuck for ``after`` seconds (module doc); silent both ways, for ``silent_after``
+    (default ``after``). ``start`` on the server's loop."""
 
     def __init__(
-        self, port: int, *, interval: float, after: float, counters: Counter[str] | None = None
+        self,
+        port: int,
+        *,
+        interval: float,
+        after: float,
+        silent_after: float | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self.port = port
         self.interval = interval
         self.after = after
+        self.silent_after = after if silent_after is None else silent_after
         self.counters = counters if counters is not None else Counter()
         self._seen: dict[int, _Seen] = {}
         self._reaped: set[int] = set()  # shut down, not yet closed by the transport
@@ -218,7 +232,9 @@ class StuckConnectionReaper:
                     state = _state(sock)
                     if state is None:
                         continue
-                    record = _judge(state, self._seen.get(inode), now, self.after)
+                    record = _judge(
+                        state, self._seen.get(inode), now, self.after, self.silent_after
+                    )
                 except _Reap as verdict:
                     with contextlib.suppress(OSError):
                         peer = sock.getpeername()
