@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sniffio
 from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
@@ -137,36 +136,6 @@ async def test_streamable_http_legacy_handshake(node: Node) -> None:
 async def test_stdio_bridge_with_the_official_client(node: Node) -> None:
     async with Client(stdio(node)) as client:
         await check_tools_and_calls(client)
-
-
-async def test_the_http_door_tells_anyio_which_event_loop_runs(
-    make_node: Callable[..., Node],
-) -> None:
-    """anyio (under starlette and the MCP SDK) asks sniffio which event loop runs
-    dozens of times a request; untold, sniffio looks each time. The HTTP door tells
-    it once, for what its server starts (as ``anyio.run`` does), and leaves the
-    starting caller's context as it was."""
-    told = sniffio.current_async_library_cvar
-    seen: list[str | None] = []
-    node = make_node("mcploop", http_port=0)
-
-    @node.capability(id="t.loop")
-    async def loop_name() -> str:
-        seen.append(told.get())
-        return "ok"
-
-    assert told.get() is None  # (else the test could not tell)
-    async with node:
-        assert told.get() is None
-        async with Client(url(node)) as client:
-            assert not (await client.call_tool("t.loop", {})).is_error
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(
-                f"http://127.0.0.1:{node.http_port}/v1/invoke",
-                json={"call": {"capability": "t.loop", "parameters": {}}},
-            )
-            assert answer.status_code == 200, answer.text
-    assert seen == ["asyncio", "asyncio"]
 
 
 async def test_governance_applies_on_mcp(make_node: Callable[..., Node]) -> None:

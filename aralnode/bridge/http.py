@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sniffio
 import uvicorn
 
 from aralnode._logs import get_logger
@@ -352,19 +351,6 @@ class HttpBridge:
 
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: any free port), start serving, return the bound port."""
-        # Starlette and the MCP and A2A SDKs run on anyio, which asks sniffio which
-        # event loop it runs on: 17 times an MCP tools/call (memory-stream sends and
-        # receives, Events, CancelScopes). Untold, sniffio finds asyncio by looking,
-        # 0.8 µs a time against 0.16 told: told here, as ``anyio.run`` tells it, for
-        # the tasks and callbacks the server starts (they copy this context). The
-        # caller's own context is left as it was.
-        token = sniffio.current_async_library_cvar.set("asyncio")
-        try:
-            return await self._start(host, port)
-        finally:
-            sniffio.current_async_library_cvar.reset(token)
-
-    async def _start(self, host: str, port: int) -> int:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say
         # so, and without it a response sent as head + body waits out the client's
