@@ -108,7 +108,7 @@ class GrpcServer:
         keepalive_timeout_ms = max(keepalive_ms // 2, 1000)
         # grpc core can leave a connection it ended open (reaper.py): bytes left unread,
         # or silence both ways, for three keepalive periods and the keepalive timeout
-        # end it here. Silence, never sooner than grpc's own handshake timeout (and the
+        # end it here. Silence must also last grpc's own handshake timeout (and the
         # keepalive timeout): a connection still in its TLS handshake has sent its
         # part and waits for the client, silent both ways, and is owed that long.
         self._reap_after = (3 * keepalive_ms + keepalive_timeout_ms) / 1000
