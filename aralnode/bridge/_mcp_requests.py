@@ -58,7 +58,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pydantic_core
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import JSONRPCRequest, jsonrpc_message_adapter
@@ -162,18 +161,17 @@ def head_refusal(scope: Scope, live: Callable[[str], bool]) -> AralError | None:
     return None if session is not None else _required()
 
 
-def body_refusal(scope: Scope, body: bytes) -> AralError | None:
-    """Why the SDK would refuse a POST without a session for its body: a JSON-RPC
-    message that is not an ``initialize`` request (which alone opens a session).
-    A body the SDK cannot read is its to refuse (a parse or validation error)."""
+def body_refusal(scope: Scope, body: Any) -> AralError | None:
+    """Why the SDK would refuse a POST without a session for its body (as the node
+    parsed it, ``_jsonrpc.parse_body``): a JSON-RPC message that is not an
+    ``initialize`` request (which alone opens a session). A body the SDK cannot
+    validate is its to refuse."""
     if scope.get("method") != "POST" or header(scope, SESSION) is not None:
         return None
     if not handshake_era(scope):
         return None
     try:
-        message = jsonrpc_message_adapter.validate_python(
-            pydantic_core.from_json(body), by_name=False
-        )
+        message = jsonrpc_message_adapter.validate_python(body, by_name=False)
     except (ValueError, RecursionError):  # (pydantic's ValidationError is a ValueError)
         return None
     if isinstance(message, JSONRPCRequest) and message.method == "initialize":

@@ -547,7 +547,7 @@ class McpHttp:
             try:
                 body = await read_body(raw, receive, self.max_body_bytes)
                 value = rpc.parse_body(body)  # as the node reads every JSON body
-                refusal = body_refusal(scope, body)
+                refusal = body_refusal(scope, value)
             except AralError as exc:
                 refusal = exc
             if refusal is not None:
