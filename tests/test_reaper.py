@@ -197,34 +197,39 @@ def state(**fields: int) -> _State:
 
 def test_silence_both_ways_for_the_span_is_reaped_and_not_a_millisecond_sooner() -> None:
     quiet = {"sent_ms": 1599, "received_ms": 5000}
-    assert _judge(state(**quiet), None, now=0, after=1.6) is None
+    assert _judge(state(**quiet), None, now=0, after=1.6, silent_after=1.6) is None
     with pytest.raises(_Reap, match=r"nothing sent or received for 1\.6 s"):
-        _judge(state(sent_ms=1600, received_ms=1600), None, now=0, after=1.6)
+        _judge(state(sent_ms=1600, received_ms=1600), None, now=0, after=1.6, silent_after=1.6)
 
 
 def test_a_server_that_only_receives_is_not_judged_by_its_own_silence() -> None:
     """grpc core resets its keepalive timer on every read and owes no WINDOW_UPDATE
     for small messages: a client-streaming call's server can be quiet for seconds."""
-    assert _judge(state(sent_ms=60_000, received_ms=100), None, now=0, after=1.6) is None
+    assert (
+        _judge(state(sent_ms=60_000, received_ms=100), None, now=0, after=1.6, silent_after=1.6)
+        is None
+    )
 
 
 def test_a_socket_that_never_sent_is_not_judged_by_silence() -> None:
     quiet = state(sent_ms=60_000, received_ms=60_000, segments_out=0)
-    assert _judge(quiet, None, now=0, after=1.6) is None
+    assert _judge(quiet, None, now=0, after=1.6, silent_after=1.6) is None
 
 
 def test_unread_bytes_are_timed_from_when_reading_stopped() -> None:
     waiting = state(read=100, waiting=50)
-    seen = _judge(waiting, None, now=10, after=5)
+    seen = _judge(waiting, None, now=10, after=5, silent_after=5)
     assert seen is not None
     assert seen.since == 10
-    assert _judge(waiting, seen, now=14.9, after=5) is seen
-    moved = _judge(state(read=150, waiting=50), seen, now=14.9, after=5)  # it read 50
+    assert _judge(waiting, seen, now=14.9, after=5, silent_after=5) is seen
+    moved = _judge(
+        state(read=150, waiting=50), seen, now=14.9, after=5, silent_after=5
+    )  # it read 50
     assert moved is not None
     assert moved.since == 14.9
     with pytest.raises(_Reap, match=r"50 bytes left unread for 5\.0 s"):
-        _judge(waiting, seen, now=15, after=5)
-    assert _judge(state(read=100, waiting=0), seen, now=99, after=5) is None
+        _judge(waiting, seen, now=15, after=5, silent_after=5)
+    assert _judge(state(read=100, waiting=0), seen, now=99, after=5, silent_after=5) is None
 
 
 def test_the_kernels_figures_are_read_where_they_are() -> None:

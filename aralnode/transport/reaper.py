@@ -136,12 +136,11 @@ def _state(sock: socket.socket) -> _State | None:
 
 
 def _judge(
-    state: _State, seen: _Seen | None, now: float, after: float, silent_after: float | None = None
+    state: _State, seen: _Seen | None, now: float, after: float, silent_after: float
 ) -> _Seen | None:
     """The socket's new record (None: nothing waits unread); raises ``_Reap``.
-    ``silent_after``: the span for silence both ways (default ``after``)."""
+    ``after``: the span for bytes left unread; ``silent_after``, for silence both ways."""
     silence_ms = min(state.sent_ms, state.received_ms)
-    silent_after = after if silent_after is None else silent_after
     if state.segments_out and silence_ms >= silent_after * 1000:
         raise _Reap(f"nothing sent or received for {silence_ms / 1000:.1f} s")
     if not state.waiting:
