@@ -342,3 +342,40 @@ async def test_a_message_with_two_signature_headers_is_refused_before_either_is_
         ("aral.api/message", "CREDENTIALS_AMBIGUOUS")
     ] * 3
     assert (await client.post(node.node_id, body, good)).status == 200
+
+
+async def test_refusals_before_the_call_runs_are_on_record(pair: Pair) -> None:
+    """From an attack: a body that is not JSON, a member the route does not take,
+    no capability, parameters not an object, a body past the limit and a version not
+    served were refused with no audit record, where ``POST /v1/invoke`` records the
+    same refusals. And ``"parameters": false`` ran the capability with none."""
+    node, _, http = pair
+    base = f"/api/v1/agents/{node.node_id}"
+    seen = recorded(node)
+    asks: list[tuple[str, dict[str, Any]]] = [
+        ("invoke", {"content": b"{not json"}),
+        ("invoke", {"json": {"capability": "demo.echo", "params": {"text": "hi"}}}),
+        ("invoke", {"json": {"parameters": {}}}),
+        ("invoke", {"json": {"capability": "demo.whoami", "parameters": False}}),
+        ("invoke", {"json": {"capability": "demo.whoami", "parameters": ""}}),
+        ("capabilities/demo.whoami", {"json": {"parameters": False}}),
+        ("capabilities/demo.whoami", {"json": [1]}),
+        ("invoke", {"json": {"capability": "demo.echo", "parameters": {"text": "x" * (5 << 20)}}}),
+    ]
+    for path, body in asks:
+        r = await http.post(f"{base}/{path}", **body)
+        assert r.status_code in (400, 413), (path, body, r.text)
+    r = await http.post(
+        f"{base}/invoke", json={"capability": "demo.whoami"}, headers={"X-API-Version": "9"}
+    )
+    assert error_of(r)[:2] == (400, "unsupported_version")
+    actions = [r.action for r in seen]
+    assert actions == ["aral.api/invoke"] * 5 + ["aral.api/capability"] * 2 + [
+        "aral.api/invoke",
+        "aral.api/version",
+    ]
+    assert all(r.point == "pre" and r.outcome != "ok" for r in seen)
+    # Absent or null parameters are none, as before.
+    for body in ({"capability": "demo.whoami"}, {"capability": "demo.whoami", "parameters": None}):
+        r = await http.post(f"{base}/invoke", json=body)
+        assert r.status_code == 200, r.text

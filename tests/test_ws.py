@@ -24,7 +24,7 @@ from aralnode.bridge.ws import (
     WsDoor,
 )
 from aralnode.core.governance import Action, Decision, Rule, RuleEvaluator, Verdict
-from tests.conftest import DEMO
+from tests.conftest import DEMO, recorded
 
 
 @pytest.fixture
@@ -516,3 +516,34 @@ async def test_a_client_that_pings_and_never_reads_meets_flow_control(
     assert held, "the node's WebSocket was not found"
     assert sent < 40 * 1024 * 1024, "the node read on while its pongs piled up"
     assert max(held) < 2 * 1024 * 1024, (held, sent)
+
+
+async def test_an_invoke_takes_its_own_members_only_and_its_refusal_is_on_record(
+    node: Node,
+) -> None:
+    """From an attack: ``params`` (misspelt) or ``"parameters": false`` ran the
+    capability with no parameters at all -- its defaults, whatever they do. Both are
+    refused now, as REST's ``/v1/invoke`` refuses them, and the refusal is recorded
+    as a call's is."""
+    seen = recorded(node)
+    frames = [
+        ({"capability": "demo.echo", "params": {"text": "hi"}}, ["params"]),
+        ({"capability": "demo.echo", "parameters": False}, None),
+        ({"capability": "demo.echo", "parameters": ""}, None),
+        ({"capability": "demo.echo", "parameters": [1]}, None),
+    ]
+    for i, (frame, unknown) in enumerate(frames):
+        reply = await exchange(node, {"type": "invoke", "id": i, **frame})
+        assert (reply["type"], reply["id"]) == ("error", i), reply
+        assert reply["error"]["reason"] == "INVALID_PARAMETERS", reply
+        if unknown is not None:
+            assert reply["error"]["details"]["unknown"] == unknown, reply
+    refusals = [r for r in seen if r.action == "aral.ws/invoke"]
+    assert [(r.door, r.outcome, r.reason, r.point) for r in refusals] == [
+        ("ws", "invalid_request", "INVALID_PARAMETERS", "pre")
+    ] * len(frames)
+    # Absent or null parameters are none, as before.
+    for frame in ({}, {"parameters": None}):
+        ask = {"type": "invoke", "id": 9, "capability": "demo.whoami", **frame}
+        reply = await exchange(node, ask)
+        assert reply["type"] == "result", reply

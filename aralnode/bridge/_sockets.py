@@ -28,7 +28,7 @@ from aralnode.bridge._http import (
 )
 from aralnode.core import codec
 from aralnode.core.context import new_trace_id
-from aralnode.core.errors import AralError, InvalidRequest, RateLimited
+from aralnode.core.errors import AralError, InvalidParameters, InvalidRequest, RateLimited
 
 T = TypeVar("T")
 
@@ -155,6 +155,32 @@ def ws_error(
 CHANNELS = ("peers", "capabilities", "decisions", "status", "approvals")
 
 
+_INVOKE_MEMBERS = frozenset({"type", "id", "capability", "parameters", "trace_id"})
+
+
+def invocation(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An ``invoke`` frame's capability and parameters. Refused: a member the frame
+    does not have (a misspelt ``parameters`` must not run the capability with
+    none), parameters that are not an object (``false`` or ``""`` are not none)."""
+    capability = msg.get("capability")
+    if not isinstance(capability, str) or not capability:
+        raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
+    unknown = sorted(k for k in msg if k not in _INVOKE_MEMBERS)
+    if unknown:
+        names = ", ".join(repr(k[:64]) for k in unknown[:5])
+        raise InvalidParameters(
+            f"an invoke has member(s) it does not take: {names} "
+            f"(it takes {', '.join(sorted(_INVOKE_MEMBERS))})",
+            details={"unknown": [k[:64] for k in unknown[:20]]},
+        )
+    params = msg.get("parameters")
+    if params is None:
+        return capability, {}
+    if not isinstance(params, dict):
+        raise InvalidParameters("parameters must be a JSON object", details={"field": "parameters"})
+    return capability, params
+
+
 def channel_names(value: Any) -> list[str]:
     """The channel names ``value`` asks for, each once and sorted (one form for
     governance to judge, however the client spelled it)."""
@@ -180,6 +206,7 @@ __all__ = [
     "SocketQuota",
     "TooManySockets",
     "channel_names",
+    "invocation",
     "message_id",
     "plain_id",
     "refuse",

@@ -107,6 +107,13 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _parameters(request: dict[str, Any]) -> dict[str, Any]:
+    """A request's ``parameters``: an object, or none (absent or null: ``{}``); not
+    ``false`` or ``""`` read as none."""
+    value = request.get("parameters")
+    return {} if value is None else _object(value, "parameters")
+
+
 _INVOKE_MEMBERS = frozenset({"capability", "parameters"})
 _CALL_MEMBERS = frozenset({"parameters"})
 
@@ -157,11 +164,13 @@ class AralApi:
         try:
             asked = ctx.metadata.get("x-api-version")
             if asked is not None and asked.strip().lower() not in _VERSIONS:
-                raise UnsupportedVersion(
+                error = UnsupportedVersion(
                     f"API version {asked[:16]!r} is not served; this node speaks "
                     + ", ".join(SUPPORTED),
                     details={"supported": list(SUPPORTED)},
                 )
+                service.pipeline.authenticate(ctx, "aral.api/version")
+                raise refused(service.pipeline, ctx, "aral.api/version", error)
             raw = scope.get("raw_path") or scope["path"].encode()
             raw_path = raw.decode("latin-1").split("?", 1)[0]
             agent_raw, _, tail = raw_path[len(PREFIX) :].partition("/")
@@ -172,7 +181,8 @@ class AralApi:
                 raise refused(service.pipeline, ctx, "aral.api/route", exc) from None
             agent_id = unquote(agent_raw)
             if handler == "_message":  # its signature is the caller's credential
-                body = await h.read_body(scope, receive, self.max_body_bytes)
+                with audited(service.pipeline, ctx, _MESSAGE_ACTION):  # (413: on record)
+                    body = await h.read_body(scope, receive, self.max_body_bytes)
                 status, payload, extra = await self._message(ctx, agent_id, body)
             else:
                 # Who calls, before anything of the request is read or any agent named.
@@ -180,9 +190,9 @@ class AralApi:
                 service.pipeline.authenticate(ctx, action)
                 with audited(service.pipeline, ctx, action):  # (a refusal here too)
                     peer = self._agent(agent_id, ctx)
-                body = b""
-                if scope["method"] == "POST":
-                    body = await h.read_body(scope, receive, self.max_body_bytes)
+                    body = b""
+                    if scope["method"] == "POST":
+                        body = await h.read_body(scope, receive, self.max_body_bytes)
                 status, payload, extra = await getattr(self, handler)(ctx, peer, tail, body)
         except h.ClientGone:
             return
@@ -301,21 +311,24 @@ class AralApi:
         return await service.pipeline.invoke(ctx, capability, params)
 
     async def _invoke(self, ctx: CallContext, peer: str, _tail: str, body: bytes) -> Answer:
-        request = _members(_object(_json(body), "the request body"), _INVOKE_MEMBERS)
-        capability = _text(request, "capability", "body")
-        return await self._answer(ctx, peer, capability, request)
+        with audited(self.service.pipeline, ctx, "aral.api/invoke"):  # (before the pipeline)
+            request = _members(_object(_json(body), "the request body"), _INVOKE_MEMBERS)
+            capability = _text(request, "capability", "body")
+            params = _parameters(request)
+        return await self._answer(ctx, peer, capability, params)
 
     async def _capability(self, ctx: CallContext, peer: str, tail: str, body: bytes) -> Answer:
-        capability = unquote(tail.partition("/")[2])
-        if not capability:
-            raise NotFound("no capability named in the path", reason="ROUTE_NOT_FOUND")
-        request = _object(_json(body), "the request body") if body else {}
-        return await self._answer(ctx, peer, capability, _members(request, _CALL_MEMBERS))
+        with audited(self.service.pipeline, ctx, "aral.api/capability"):  # (as _invoke's)
+            capability = unquote(tail.partition("/")[2])
+            if not capability:
+                raise NotFound("no capability named in the path", reason="ROUTE_NOT_FOUND")
+            request = _object(_json(body), "the request body") if body else {}
+            params = _parameters(_members(request, _CALL_MEMBERS))
+        return await self._answer(ctx, peer, capability, params)
 
     async def _answer(
-        self, ctx: CallContext, peer: str, capability: str, request: dict[str, Any]
+        self, ctx: CallContext, peer: str, capability: str, params: dict[str, Any]
     ) -> Answer:
-        params = _object(request.get("parameters") or {}, "parameters")
         started = time.perf_counter()
         result = await self._run(ctx, peer, capability, params)
         answer = {

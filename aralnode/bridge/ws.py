@@ -42,6 +42,7 @@ from aralnode.bridge._sockets import (
     CHANNELS,
     SocketQuota,
     channel_names,
+    invocation,
     message_id,
     plain_id,
     refuse,
@@ -56,10 +57,13 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import AGENT_ADMIN, AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
-from aralnode.service.refusals import refused
+from aralnode.service.refusals import audited, refused
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
+# An invoke frame refused before the pipeline (no capability, a member it does not
+# take): on record under this action.
+_INVOKE_ACTION = "aral.ws/invoke"
 
 # The governance action id of the WebSocket door's own operation (a status request
 # is the built-in GetStatus, as on every door).
@@ -509,11 +513,12 @@ class WsDoor:
                 await conn.send_locked(self.hub.status_event())
 
     async def _invoke(self, msg: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-        capability = msg.get("capability")
-        if not isinstance(capability, str) or not capability:
-            raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
+        pipeline = self.service.pipeline
+        pipeline.authenticate(ctx, _INVOKE_ACTION)
+        with audited(pipeline, ctx, _INVOKE_ACTION):  # (refused before the pipeline: on record)
+            capability, params = invocation(msg)
         try:
-            value = await self.service.pipeline.invoke(ctx, capability, msg.get("parameters") or {})
+            value = await pipeline.invoke(ctx, capability, params)
         except AralError:
             raise
         except Exception as exc:  # the pipeline maps handler failures; this is a bug guard
