@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from aralnode import _proto as pb
 from aralnode import cli_ca
+from aralnode.cli_audit import _shown as shown
 from aralnode.core.errors import AralError
 from aralnode.transport.grpc_client import NodeClient
 
@@ -29,7 +30,9 @@ def _when(ms: int) -> str:
 
 
 def _rows(rows: list[list[str]], headers: list[str]) -> str:
-    table = [headers, *rows]
+    """A table; each cell on one line (a principal a peer named may hold a newline:
+    escaped, as ``audit tail`` escapes it, so that no row reads as another)."""
+    table = [headers, *([shown(c) for c in r] for r in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
@@ -74,7 +77,7 @@ def _decide(ns: argparse.Namespace) -> int:
         if ns.json:
             print(json.dumps(_as_json(answer)))
         else:
-            print(f"{answer.id} {answer.state}: {answer.action} of {answer.principal}")
+            print(shown(f"{answer.id} {answer.state}: {answer.action} of {answer.principal}"))
 
     ns.show = show
     request = pb.DecideRequest(id=ns.id, note=ns.reason or "")

@@ -178,6 +178,30 @@ async def test_an_approver_cannot_approve_its_own_call(
         assert s.queue.pending() == []
 
 
+async def test_a_peer_cannot_approve_a_call_it_forwarded_by_naming_another_approver() -> None:
+    """From an attack: the self-approval check compared only the approver's principal.
+    A peer that forwarded an escalated call (the entry's caller) approved it itself by
+    sending Approve on behalf of someone else (``carol@A``)."""
+    queue = ApprovalQueue(timeout=30)
+    events: asyncio.Queue[tuple[str, Approval]] = asyncio.Queue()
+    queue.on_event(lambda event, entry: events.put_nowait((event, entry)))
+    call = CallContext(door="channel")
+    call.caller, call.on_behalf_of = "NODE_A", "bob@NODE_A"
+    verdict = Verdict(Decision.ESCALATE, False, ("bulk",), ("r",))
+    waiting = asyncio.ensure_future(
+        queue.wait(call, Action(Direction.INVOKE, "db.write", "NODE_A", "channel"), verdict)
+    )
+    event, entry = await asyncio.wait_for(events.get(), 10)
+    assert event == PENDING
+    for by, via in (("carol@NODE_A", "NODE_A"), ("NODE_A", ""), ("bob@NODE_A", "NODE_B")):
+        with pytest.raises(AralError) as refused:
+            queue.approve(entry.id, by, via=via)
+        assert refused.value.reason == "SELF_APPROVAL"
+    queue.approve(entry.id, "ops", via="NODE_B")  # another node's operator may
+    await asyncio.wait_for(waiting, 10)
+    assert entry.decided_by == "ops"
+
+
 async def test_escalate_on_mcp_with_the_official_client(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -475,3 +499,14 @@ async def test_a_halted_peer_loses_its_channel_and_the_end_is_audited(
         assert [(r.caller, r.outcome, r.reason) for r in ends][:1] == [
             (talker.node_id, "closed", "HALTED")
         ]
+
+
+def test_the_approvals_table_keeps_each_row_on_its_line() -> None:
+    """From an attack: a principal a peer's statement named may hold a newline, which
+    forged a row in ``aralnode approvals list`` (``audit tail`` escaped it already)."""
+    from aralnode.cli_governance import _rows
+
+    forged = "bob\nzzz  alice  grpc  demo.pay  ok"
+    table = _rows([["a1", forged, "grpc", "demo.echo"]], ["ID", "PRINCIPAL", "DOOR", "ACTION"])
+    assert table.count("\n") == 1
+    assert "bob\\nzzz" in table

@@ -83,7 +83,7 @@ class AdminMethods:
             raise InvalidRequest("an approval's id is needed", reason="MISSING_FIELD")
         queue = self._queue()
         decide = queue.approve if approve else queue.deny
-        return approval_proto(decide(request.id, ctx.principal, request.note))
+        return approval_proto(decide(request.id, ctx.principal, request.note, via=ctx.caller))
 
     async def list_halts(
         self, request: pb.ListHaltsRequest, ctx: CallContext

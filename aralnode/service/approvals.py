@@ -207,26 +207,31 @@ class ApprovalQueue:
 
     # -- approvers --------------------------------------------------------------------
 
-    def approve(self, approval_id: str, by: str, note: str = "") -> Approval:
-        """Let the call run.
+    def approve(self, approval_id: str, by: str, note: str = "", *, via: str = "") -> Approval:
+        """Let the call run. ``by``: the approver's principal; ``via``: who sent the
+        decision, when that is another (a peer deciding on someone's behalf).
 
         Raises:
             NotFound: no such pending approval.
-            PermissionDenied: ``by`` is the principal or caller of the call.
+            PermissionDenied: ``by`` or ``via`` is the principal or caller of the call.
         """
-        entry = self._decidable(approval_id, by)
+        entry = self._decidable(approval_id, by, via)
         self._end(entry, APPROVED, by, note)
         return entry
 
-    def deny(self, approval_id: str, by: str, note: str = "") -> Approval:
+    def deny(self, approval_id: str, by: str, note: str = "", *, via: str = "") -> Approval:
         """Refuse the call (``GOVERNANCE_DENIED`` to its caller)."""
-        entry = self._decidable(approval_id, by)
+        entry = self._decidable(approval_id, by, via)
         self._end(entry, DENIED, by, note)
         return entry
 
-    def _decidable(self, approval_id: str, by: str) -> Approval:
+    def _decidable(self, approval_id: str, by: str, via: str) -> Approval:
         entry = self.get(approval_id)
-        if not by or by in (entry.principal, entry.caller):
+        # Neither the approver nor the one who sent its decision may be the call's own
+        # principal or caller: a peer that forwarded a call cannot approve it by
+        # naming someone else as the approver.
+        parties = (entry.principal, entry.caller)
+        if not by or by in parties or (via and via in parties):
             raise PermissionDenied(
                 "an approver cannot decide a call of its own", reason="SELF_APPROVAL"
             )
