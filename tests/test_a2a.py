@@ -661,6 +661,37 @@ async def test_every_method_leaves_an_audit_record(node: Node, transport: str) -
     assert {r.principal for r in seen} == {"anonymous"}
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_send_the_sdk_refuses_is_on_record_too(
+    node: Node, transport: str, streaming: bool
+) -> None:
+    """From an attack: a send the SDK refused before any executor ran (to a task it
+    does not hold, to one that has ended) left no record, where the same refusal of
+    a GetTask is recorded. The executor's own refusals are tasks, on record as the
+    skill's call; these are the SDK's errors, each now on record once."""
+    from a2a.utils.errors import A2AError
+
+    from tests.conftest import recorded
+
+    client = await client_for(node, transport, streaming=streaming)
+    try:
+        task = final_task(await events(client, ask("demo.echo", {"text": "r"})))
+        seen = recorded(node)
+        for task_id in ("no-such-task", task.id):
+            request = ask("demo.echo", {"text": "again"}, message_id=f"m-{task_id}")
+            request.message.task_id = task_id
+            with pytest.raises(A2AError):
+                await events(client, request)
+    finally:
+        await client.close()
+    method = METHOD + ("SendStreamingMessage" if streaming else "SendMessage")
+    assert [(r.door, r.action, r.outcome, r.point) for r in seen] == [
+        ("a2a", method, "not_found", "pre"),
+        ("a2a", method, "failed_precondition", "pre"),
+    ]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_reads_are_rate_limited_as_any_call(
     make_node: Callable[..., Node], tmp_path: Path, transport: str

@@ -79,9 +79,9 @@ class GrpcGate:
         method as a call of the pipeline (awaitable), its answer within the node's
         bound (``_a2a_calls.too_large``)."""
         name = _method(method)
-        if not calls.governed(name):
-            return call()
         pipeline = self.door.service.pipeline
+        if not calls.governed(name):
+            return self._sent(name, grpc_context, call())
 
         async def sized() -> Any:
             response = await call()
@@ -98,8 +98,31 @@ class GrpcGate:
         """A server stream: ``run``'s rule, as a stream of the pipeline."""
         name = _method(method)
         if not calls.governed(name):
-            return start()
+            return self._sent_each(name, grpc_context, start())
         return calls.stream(self.door.service.pipeline, self.context(grpc_context), name, start)
+
+    async def _sent(self, name: str, grpc_context: Any, answer: Awaitable[Any]) -> Any:
+        """A send: its skill's call is the executor's, in the pipeline. An error the
+        SDK answers instead, before any executor runs (a task it does not hold or
+        that has ended), is recorded here (the executor's refusals are tasks)."""
+        try:
+            return await answer
+        except AralError as exc:
+            raise self._refused(name, grpc_context, exc) from None
+
+    async def _sent_each(
+        self, name: str, grpc_context: Any, stream: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """``_sent`` for a streamed send."""
+        try:
+            async for item in stream:
+                yield item
+        except AralError as exc:
+            raise self._refused(name, grpc_context, exc) from None
+
+    def _refused(self, name: str, grpc_context: Any, exc: AralError) -> AralError:
+        ctx = self.context(grpc_context)
+        return refused(self.door.service.pipeline, ctx, calls.action(name), exc, kind="invoke")
 
 
 __all__ = ["GrpcGate"]

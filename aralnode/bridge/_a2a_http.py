@@ -130,10 +130,10 @@ async def _served(
     answered (its answer is held until then); the SDK's own error is its answer as it
     gave it, recorded as the call's outcome."""
     scope, receive, send = asgi
-    if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
-        await door.app(scope, receive, send)
-        return
     pipeline = door.service.pipeline
+    if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
+        await _sent(door, ctx, read, asgi)
+        return
     answer = calls.SdkAnswer(
         send, read.method, jsonrpc=read.rpc is not None, limit=pipeline.max_result_bytes
     )
@@ -152,6 +152,21 @@ async def _served(
         if not answer.streaming and not answer.gave(exc):
             await refuse(door, scope, send, exc, ctx, request_id=read.request_id)
             return
+    await answer.flush()
+
+
+async def _sent(
+    door: calls.Door, ctx: CallContext, read: _Read, asgi: tuple[h.Scope, h.Receive, h.Send]
+) -> None:
+    """A send: its skill's call is the executor's, in the pipeline, on record there.
+    An error the SDK answers instead, before any executor runs (a task it does not
+    hold or that has ended, a message it cannot take), is recorded here (the
+    executor answers its own refusals as a task, never as an error)."""
+    scope, receive, send = asgi
+    answer = calls.SdkAnswer(send, read.method, jsonrpc=read.rpc is not None, limit=0)
+    await door.app(scope, receive, answer.send)
+    if (error := answer.error()) is not None:
+        refused(door.service.pipeline, ctx, calls.action(read.method), error, kind="invoke")
     await answer.flush()
 
 
