@@ -71,6 +71,9 @@ from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
 
 log = get_logger("aralnode")
+# Where asyncio reports a library's abandoned task (the a2a-sdk leaves two for each
+# send to an ended task): an outsider's requests must not flood it, unescaped.
+get_logger("asyncio")
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

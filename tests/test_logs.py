@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -199,3 +200,20 @@ def test_run_logs_json_when_asked(tmp_path: Path) -> None:
     assert entry["level"] == "info"
     assert entry["message"].startswith("TLS is off")
     assert entry["logger"].startswith("aralnode")
+
+
+def test_every_logger_the_node_writes_to_carries_the_filter() -> None:
+    """From an attack: ``aralnode.a2a`` (and the etcd modules') loggers were made with
+    ``logging.getLogger``, without the filter; and each A2A send to an ended task left
+    two abandoned SDK tasks that asyncio logged unthrottled (400 lines for 200
+    requests). The package makes its loggers with ``get_logger`` only, and asyncio's
+    logger carries the filter once the node is imported."""
+    package = Path(__file__).resolve().parent.parent / "aralnode"
+    plain = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if re.search(r"^\w+ = logging\.getLogger\(", path.read_text(), re.MULTILINE)
+    ]
+    assert plain == []
+    assert any(isinstance(f, SafeLogFilter) for f in logging.getLogger("asyncio").filters)
+    assert any(isinstance(f, SafeLogFilter) for f in logging.getLogger("aralnode.a2a").filters)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,7 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from starlette.requests import Request
 from starlette.routing import Router
 
+from aralnode._logs import get_logger
 from aralnode.bridge import _a2a_calls as calls
 from aralnode.bridge import _a2a_http
 from aralnode.bridge import _http as h
@@ -95,7 +95,7 @@ from aralnode.service.node_service import NodeService
 from aralnode.service.refusals import refused
 from aralnode.service.stages import reaches
 
-log = logging.getLogger("aralnode.a2a")
+log = get_logger("aralnode.a2a")
 
 CARD_PATH = "/.well-known/agent-card.json"
 JWKS_PATH = "/.well-known/jwks.json"

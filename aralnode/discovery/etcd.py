@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import random
 import time
 from collections import OrderedDict
@@ -45,9 +44,10 @@ from urllib.parse import urlsplit
 import grpc
 from aetcd import rpc
 
+from aralnode._logs import get_logger
 from aralnode.discovery.backend import Announcement, Hint, HintSink
 
-log = logging.getLogger("aralnode.discovery")
+log = get_logger("aralnode.discovery")
 
 SOURCE = "etcd"
 VALUE_VERSION = 1

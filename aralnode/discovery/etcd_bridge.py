@@ -25,16 +25,16 @@ Bounds: at most ``MAX_BRIDGED`` nodes each way.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
+from aralnode._logs import get_logger
 from aralnode.core.peers import PeerChange, PeerInfo, PeerState
 from aralnode.discovery.backend import Announcement, Hint, HintSink
 from aralnode.discovery.etcd import EtcdBackend, encode
 from aralnode.discovery.mdns import MdnsBackend
 from aralnode.discovery.supervisor import Supervisor
 
-log = logging.getLogger("aralnode.discovery")
+log = get_logger("aralnode.discovery")
 
 MAX_BRIDGED = 256
 
