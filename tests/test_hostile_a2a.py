@@ -735,3 +735,38 @@ async def test_a_grpc_request_is_checked_as_the_message_it_is(
     request.message.parts[0].data.struct_value.update({"rows": rows})
     refused = await _grpc(node, "SendMessage", request, a2a.SendMessageResponse)
     assert refused == ("INVALID_ARGUMENT", "NOT_A_JSON_NUMBER")
+
+
+async def test_what_no_route_serves_is_the_nodes_refusal_on_record(node: Node) -> None:
+    """From an attack: a path no A2A route serves, a verb a path is not served for,
+    GET or PATCH on /a2a, and a body that says it is not JSON were answered by the
+    SDK (plain text, no trace id, no record) or served (text/plain). They are the
+    node's refusals now, as on REST: 404, 405 with Allow, 415, each recorded. The
+    SDK's own answers carry the call's X-Trace-Id too."""
+    from tests.conftest import recorded
+
+    seen = recorded(node)
+    rpc = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "none"}}
+    asks: list[tuple[str, str, dict[str, Any], int, str | None]] = [
+        ("GET", "/a2a/rest/nope", {}, 404, None),
+        ("DELETE", "/a2a/rest/tasks", {}, 405, "GET"),
+        ("GET", "/a2a", {}, 405, "POST"),
+        ("PATCH", "/a2a", {"json": rpc}, 405, "POST"),
+        ("POST", "/a2a", {"content": json.dumps(rpc), "headers": {"content-type": "text/plain"}},
+         415, None),
+    ]  # fmt: skip
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        for verb, path, kw, status, allow in asks:
+            r = await http.request(verb, path, **kw)
+            assert r.status_code == status, (verb, path, r.text)
+            assert r.headers.get("allow") == allow
+            assert r.headers["content-type"].startswith("application/json")
+            assert r.headers["x-trace-id"]
+        sdk = await http.post("/a2a", json=rpc, headers={"A2A-Version": "1.0"})
+    assert "Task not found" in sdk.text
+    assert sdk.headers["x-trace-id"] == seen[-1].trace_id
+    assert [(r.outcome, r.point) for r in seen[: len(asks)]] == [
+        ("not_found", "pre"),
+        *[("method_not_allowed", "pre")] * 3,
+        ("unsupported_media_type", "pre"),
+    ]

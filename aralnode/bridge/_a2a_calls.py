@@ -32,7 +32,13 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from aralnode.bridge import _http as h
 from aralnode.bridge._a2a_checks import SENDS
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, StatusCode, error_from_status, response_too_large
+from aralnode.core.errors import (
+    AralError,
+    NotFound,
+    StatusCode,
+    error_from_status,
+    response_too_large,
+)
 from aralnode.service.auth import INVOKE_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.pipeline import Pipeline
@@ -121,6 +127,30 @@ def rest_method(routes: Sequence[BaseRoute], scope: h.Scope) -> tuple[str, dict[
     return method, ids
 
 
+def unrouted(routes: Sequence[BaseRoute], scope: h.Scope) -> AralError | None:
+    """The node's refusal of an HTTP+JSON request no route of the SDK's serves (the
+    SDK answered it in plain text, with no trace id): 405 with ``Allow`` when the
+    path is served for other HTTP methods, else 404. None when a route serves it."""
+    if _route(routes, scope) is not None:
+        return None
+    allow = [v for v in ("GET", "POST", "DELETE") if _route(routes, {**scope, "method": v})]
+    if allow:
+        verb = str(scope.get("method"))[:16]
+        return h.MethodNotAllowed(f"{verb} is not allowed here", details={"allow": allow})
+    return NotFound("no A2A route at this path", reason="ROUTE_NOT_FOUND")
+
+
+def json_media(content_type: str | None) -> None:
+    """Refuse a body that does not say it is JSON (none said: JSON), as REST does.
+
+    Raises:
+        UnsupportedMediaType: another media type.
+    """
+    media = (content_type or h.JSON).split(";")[0].strip().lower()
+    if media != h.JSON and not media.endswith("+json"):
+        raise h.UnsupportedMediaType(f"content-type {media[:64]!r} is not supported; use {h.JSON}")
+
+
 def _route(routes: Sequence[BaseRoute], scope: h.Scope) -> tuple[str, dict[str, Any]] | None:
     """The path template and parameters of the route Starlette's ``Router`` serves
     ``scope`` with (into a ``Mount``: its tenant), or None (none, or one for another
@@ -203,8 +233,11 @@ class SdkAnswer:
     record is written; a server-sent stream goes as it comes. ``error`` reads the
     outcome from it: an HTTP error status, or a JSON-RPC error object."""
 
-    def __init__(self, send: h.Send, method: str, *, jsonrpc: bool, limit: int) -> None:
+    def __init__(
+        self, send: h.Send, method: str, *, jsonrpc: bool, limit: int, trace_id: str = ""
+    ) -> None:
         self._send, self.method, self.jsonrpc, self.limit = send, method, jsonrpc, limit
+        self.trace_id = trace_id.encode("latin-1", "replace")  # (X-Trace-Id, as every answer)
         self.held: list[h.Message] = []
         self.status = 0
         self.streaming = False
@@ -214,8 +247,11 @@ class SdkAnswer:
     async def send(self, message: h.Message) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
-            kind = dict(message.get("headers") or ()).get(b"content-type", b"")
+            headers = list(message.get("headers") or ())
+            kind = dict(headers).get(b"content-type", b"")
             self.streaming = kind.startswith(b"text/event-stream")
+            if self.trace_id and not any(k.lower() == b"x-trace-id" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-trace-id", self.trace_id)]}
         if self.streaming:
             await self._send(message)
         else:
@@ -291,6 +327,7 @@ __all__ = [
     "SdkAnswer",
     "action",
     "governed",
+    "json_media",
     "jsonrpc_method",
     "jsonrpc_v03",
     "kind_of",
@@ -300,4 +337,5 @@ __all__ = [
     "sdk_error",
     "stream",
     "too_large",
+    "unrouted",
 ]

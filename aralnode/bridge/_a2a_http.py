@@ -65,11 +65,18 @@ class _Read:
         )
         path, verb = str(scope.get("path", "")), scope.get("method")
         jsonrpc = path == JSONRPC_PATH
+        if jsonrpc and verb != "POST":
+            raise h.MethodNotAllowed(
+                f"{str(verb)[:16]} is not allowed here", details={"allow": ["POST"]}
+            )
         if not jsonrpc:
+            if (no_route := calls.unrouted(door.app.routes, scope)) is not None:
+                raise no_route
             self.method, ids = calls.rest_method(door.app.routes, scope)
             check_ids([ids, calls.query_ids(scope)])
         if verb in _BODILESS:
             return
+        calls.json_media(h.header(scope, b"content-type"))
         self.body = body = await h.read_body(scope, receive, door.max_body_bytes)
         if jsonrpc:
             request = rpc.read_request(body)
@@ -135,8 +142,9 @@ async def _served(
         await _sent(door, ctx, read, asgi)
         return
     answer = calls.SdkAnswer(
-        send, read.method, jsonrpc=read.rpc is not None, limit=pipeline.max_result_bytes
-    )
+        send, read.method, jsonrpc=read.rpc is not None, limit=pipeline.max_result_bytes,
+        trace_id=ctx.trace_id,
+    )  # fmt: skip
 
     async def sdk() -> None:
         await door.app(scope, receive, answer.send)
@@ -163,7 +171,9 @@ async def _sent(
     hold or that has ended, a message it cannot take), is recorded here (the
     executor answers its own refusals as a task, never as an error)."""
     scope, receive, send = asgi
-    answer = calls.SdkAnswer(send, read.method, jsonrpc=read.rpc is not None, limit=0)
+    answer = calls.SdkAnswer(
+        send, read.method, jsonrpc=read.rpc is not None, limit=0, trace_id=ctx.trace_id
+    )
     await door.app(scope, receive, answer.send)
     if (error := answer.error()) is not None:
         refused(door.service.pipeline, ctx, calls.action(read.method), error, kind="invoke")
