@@ -12,23 +12,45 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgpack
 from cryptography.hazmat.primitives import serialization
 
 from aralnode.config import NodeConfig
 from aralnode.core.audit import AuditRecord
+from aralnode.core.errors import DataLoss
 from aralnode.core.identity import Identity, PublicKey
 from aralnode.store.audit import audit_files, read_records
 from aralnode.store.audit_verify import verify
 from aralnode.store.keys import KEY_FILE
 
 FOLLOW_POLL_SECONDS = 0.5
+
+#: What reading a damaged file raises: not SQLite at all, a table or column of
+#: another shape, a group that does not split (``BadGroup``, a ValueError), a
+#: record's bytes that do not unpack into a record.
+_UNREADABLE = (sqlite3.Error, ValueError, TypeError, KeyError, msgpack.UnpackException)
+
+
+def _readable(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRecord]]:
+    """``read_records``, a damaged file raising ``DataLoss`` (one line, or the error
+    object under ``--json``: ``cli.main``) rather than a traceback."""
+    try:
+        yield from read_records(directory, since)
+    except _UNREADABLE as exc:
+        raise DataLoss(
+            f"the audit log in {directory} cannot be read: {exc} "
+            "(`aralnode audit verify` names the damage)",
+            reason="AUDIT_UNREADABLE",
+        ) from None
 
 
 def audit_dir(ns: argparse.Namespace) -> Path:
@@ -64,7 +86,12 @@ def _verify(ns: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = verify(directory, key)
+    try:
+        report = verify(directory, key)
+    except _UNREADABLE as exc:  # (verify reports a damaged file: this is a backstop)
+        raise DataLoss(
+            f"the audit log in {directory} cannot be verified: {exc}", reason="AUDIT_UNREADABLE"
+        ) from None
     if ns.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif report.problem is None:
@@ -124,13 +151,13 @@ def _tail(ns: argparse.Namespace) -> int:
         return 2
     last: deque[tuple[int, AuditRecord]] = deque(maxlen=max(0, ns.n))
     seq = 0
-    for seq, record in read_records(directory) if audit_files(directory) else ():
+    for seq, record in _readable(directory) if audit_files(directory) else ():
         last.append((seq, record))
     _print(list(last), ns.json, sys.stdout)
     seq = last[-1][0] if last else seq
     while ns.follow:
         time.sleep(FOLLOW_POLL_SECONDS)  # polling another process's file (noqa: sleep-ok)
-        new = list(read_records(directory, since=seq)) if audit_files(directory) else []
+        new = list(_readable(directory, since=seq)) if audit_files(directory) else []
         if new:
             _print(new, ns.json, sys.stdout)
             seq = new[-1][0]
@@ -143,7 +170,7 @@ def _export(ns: argparse.Namespace) -> int:
         print(f"error: no audit log in {directory}", file=sys.stderr)
         return 2
     count = 0
-    for seq, record in read_records(directory, since=ns.since):
+    for seq, record in _readable(directory, since=ns.since):
         sys.stdout.write(json.dumps(_row(seq, record), separators=(",", ":")) + "\n")
         count += 1
     print(f"exported {count} record(s)", file=sys.stderr)

@@ -18,7 +18,10 @@ everything pending, inserts it as one row, commits once, and calls
 the GIL to one and back cost a saturated node a third of its calls (measured).
 Fail closed: a commit that fails (disk full, store read-only, I/O error) refuses
 its group's callers and every later ``append`` with ``AuditUnavailable`` until a
-retry succeeds.
+retry succeeds. A rotation opens the next file before it closes the current one:
+one that cannot be opened postpones the rotation (the records stay in the current
+file). ``open`` refuses a log whose files' numbering has a gap
+(``aralnode.store.audit_files``): going on would chain across it.
 """
 
 from __future__ import annotations
@@ -38,8 +41,16 @@ from aralnode._logs import get_logger
 from aralnode.core.audit import AuditRecord
 from aralnode.core.errors import Unavailable
 from aralnode.core.identity import Identity
+from aralnode.store.audit_files import (
+    FILE_PATTERN,
+    Checkpointer,
+    audit_files,
+    connect,
+    next_file,
+    numbering_gap,
+    size,
+)
 from aralnode.store.audit_rows import (
-    GROUPS_SCHEMA,
     insert_group,
     is_rows_layout,
     last_record,
@@ -51,22 +62,8 @@ log = get_logger("aralnode.audit")
 
 HEAD_PAYLOAD_TYPE = "application/vnd.aralnode.audit-head"
 GENESIS = b"\x00" * 32
-FILE_PATTERN = "audit-{:06d}.db"
 # The record's fields after seq, in the canonical order (the body is a JSON array).
 FIELDS = AuditRecord._fields
-
-_SCHEMA = (
-    GROUPS_SCHEMA
-    + """
-CREATE TABLE IF NOT EXISTS heads (
-  seq INTEGER PRIMARY KEY,
-  hash BLOB NOT NULL,
-  signature BLOB NOT NULL,
-  time_ms INTEGER NOT NULL,
-  interval INTEGER NOT NULL
-);
-"""
-)
 
 
 class AuditUnavailable(Unavailable):
@@ -145,61 +142,8 @@ def record_of(body: bytes) -> tuple[int, AuditRecord]:
     return int(row[0]), AuditRecord(**values)
 
 
-def audit_files(directory: Path) -> list[Path]:
-    """The log's files, oldest first."""
-    return sorted(directory.glob("audit-[0-9][0-9][0-9][0-9][0-9][0-9].db"))
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL: a committed group survives a crash of the process (the OS
-        # has it); FULL would add an fsync per group for power loss.
-        db.execute("PRAGMA synchronous=NORMAL")
-        # The writer never checkpoints as it commits (SQLite's default, every 1,000
-        # pages, stalls the commit that crosses it for milliseconds: two fsyncs):
-        # ``Checkpointer`` does it on its own connection in a thread.
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        db.executescript(_SCHEMA)
-    return db
-
-
 #: Written to the WAL since the last checkpoint before the next one is started.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-
-
-class Checkpointer:
-    """Copies the WAL back into the file (``PRAGMA wal_checkpoint(PASSIVE)``) on its
-    own connection in one worker thread, so no commit on the event loop waits for
-    the fsyncs; SQLite releases the GIL meanwhile. One at a time: a request while
-    one runs is dropped (the next catches up)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread: threading.Thread | None = None
-        self.done = 0
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self._run, name="aral-audit-checkpoint")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as db:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self.done += 1
-        except sqlite3.Error as exc:  # the writer's own commits are unaffected
-            log.warning("audit log %s: checkpoint failed: %s", self.path, exc)
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
 
 class AuditLog:
@@ -269,14 +213,26 @@ class AuditLog:
     # -- life -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the current file and start the writer."""
+        """Open (or create) the current file and start the writer.
+
+        Raises:
+            AuditUnavailable: the files' numbering has a gap (one was removed or
+                renamed): going on would chain across it and reuse its seqs.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         files = audit_files(self.directory)
+        gap = numbering_gap(files)
+        if gap is not None:
+            raise AuditUnavailable(
+                f"the audit log in {self.directory} is not whole: {gap[1]}; the node does "
+                "not write to it (`aralnode audit verify` reports it; restore the file, "
+                "or move the log aside to start a new one)"
+            )
         self._file = files[-1] if files else self.directory / FILE_PATTERN.format(1)
         self._db = self._resume(files)
         if is_rows_layout(self._db):  # an older node's file, signed to its end: go on anew
             self._db.close()
-            self._file = _next_file(self._file)
+            self._file = next_file(self._file)
             files.append(self._file)
             self._db = self._resume(files)
         self._open = True
@@ -370,9 +326,9 @@ class AuditLog:
         except Exception as exc:  # never fail open: refuse instead
             log.exception("audit log %s: writing failed", self._file)
             error = AuditUnavailable(f"the audit log {self._file} failed: {exc!r}")
-            with self._lock:
+            self._rollback()
+            with self._lock:  # failed, not closed: the retry (``tick``) can recover
                 self.failed = error
-                self._stop = True
                 last = self._tickets
                 self._pending.clear()
                 self._refused.append((first, last, error))
@@ -451,11 +407,9 @@ class AuditLog:
             for head_seq, head_hash in heads:
                 self._insert_head(db, head_seq, head_hash)
             db.execute("COMMIT")
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # (anything before the commit: the group is refused)
             self._signed_seq = signed_before
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+            self._rollback()
             self._fail(first, first + len(batch) - 1 if first else 0, exc)
             return
         self._seq, self._hash = seq, prev
@@ -480,6 +434,13 @@ class AuditLog:
                 self._refused.append((first, last, error))
                 del self._refused[:-4096]  # one per failed group: their waiters are long settled
             self._settle(last)
+
+    def _rollback(self) -> None:
+        """End a transaction a failure left open (the retry must be able to begin)."""
+        db = self._db
+        with contextlib.suppress(sqlite3.Error):
+            if db is not None and db.in_transaction:
+                db.execute("ROLLBACK")
 
     def _settle(self, last: int) -> None:
         with self._lock:
@@ -530,26 +491,42 @@ class AuditLog:
             return
         self._since_stat = 0
         try:
-            size = path.stat().st_size + _size(path.with_name(path.name + "-wal"))
+            now = path.stat().st_size + size(path.with_name(path.name + "-wal"))
         except OSError:
             return
-        if size < self.rotate_bytes:
-            return
+        if now >= self.rotate_bytes:
+            self._rotate(path)
+
+    def _rotate(self, path: Path) -> None:
+        """Sign the head and go on in the next file, opened before this one is
+        closed: if it cannot be (the disk full, the directory read-only, the name
+        taken), the rotation is postponed and the records stay in this file."""
         db = self._db
         assert db is not None
         if self._checkpointer is not None:
             self._checkpointer.join()
+        following = next_file(path)
         try:
             self._sign_head(db)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
+            if following.exists() or following.is_symlink():  # never write into another's
+                raise FileExistsError(f"{following.name} is already there")
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback()
+            log.warning("audit log %s: rotation postponed: %s", path, exc)
+            return
+        try:
+            opened = connect(following)
+        except (sqlite3.Error, OSError) as exc:
+            for made in (following, *(following.with_name(following.name + x) for x in _SIDE)):
+                with contextlib.suppress(OSError):  # what the failed open left (ours)
+                    made.unlink()
             log.warning("audit log %s: rotation postponed: %s", path, exc)
             return
         db.close()
-        self._file = _next_file(path)
-        self._db = connect(self._file)
-        self._checkpointer = Checkpointer(self._file)
-        log.info("audit log rotated to %s at record %d", self._file, self._seq)
+        self._file, self._db = following, opened
+        self._checkpointer = Checkpointer(following)
+        log.info("audit log rotated to %s at record %d", following, self._seq)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -564,15 +541,8 @@ class AuditLog:
         return self._seq
 
 
-def _next_file(path: Path) -> Path:
-    return path.with_name(FILE_PATTERN.format(int(path.stem.rsplit("-", 1)[1]) + 1))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+#: The files SQLite keeps beside a database.
+_SIDE = ("-wal", "-shm", "-journal")
 
 
 def read_records(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRecord]]:

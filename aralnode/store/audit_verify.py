@@ -5,7 +5,8 @@ What it catches (``Problem.kind``):
 
 - ``edited``: a record's body does not hash to its stored hash;
 - ``removed``: a seq is missing, a record does not chain to the one before it, or a
-  whole file is gone from the middle;
+  file is missing from the numbering (``audit-000001.db``, 2, 3, ... with no gap:
+  a whole file gone from the middle, or renamed);
 - ``reordered``: a record's body names another seq than the place holding it;
 - ``unsigned``: a head's signature does not verify with the node key, a head names
   a hash the record at its seq does not have (the file was rewritten and re-chained),
@@ -19,23 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+from google.protobuf.message import DecodeError
 
 from aralnode import _proto as pb
 from aralnode.core.errors import AralError
 from aralnode.core.identity import PublicKey
-from aralnode.store.audit import (
-    GENESIS,
-    HEAD_PAYLOAD_TYPE,
-    audit_files,
-    chain_hash,
-    connect,
-    head_payload,
-)
+from aralnode.store.audit import GENESIS, HEAD_PAYLOAD_TYPE, chain_hash, head_payload
+from aralnode.store.audit_files import FILE_PATTERN, audit_files, connect, numbering_gap
 from aralnode.store.audit_rows import BadGroup, Stored, stored
 
 
@@ -96,9 +93,13 @@ def verify(directory: Path, public_key: PublicKey) -> Report:
     report = Report()
     files = audit_files(directory)
     report.files = len(files)
+    gap = numbering_gap(files)
     try:
         seq, prev = 0, GENESIS
         for number, path in enumerate(files):
+            if gap is not None and gap[0] == number:  # a file removed or renamed
+                missing = directory / FILE_PATTERN.format(number + 1)
+                raise _Bad(Problem(seq + 1, "removed", gap[1], str(missing)))
             seq, prev = _verify_file(path, public_key, seq, prev, report)
             if number < len(files) - 1 and seq > report.last_signed:
                 raise _Bad(  # a rotation signs the file's end: its tail was cut or rewritten
@@ -228,21 +229,13 @@ def _verify_heads(
         ).fetchall()
     except sqlite3.Error as exc:
         raise _Bad(Problem(0, "unsigned", f"cannot read signed heads: {exc}", name)) from None
-    for seq, digest, blob, interval in heads:
-        signature = pb.Signature()
-        try:
-            signature.ParseFromString(bytes(blob))
-            payload = head_payload(seq, bytes(digest), int(interval))
-            key.verify(HEAD_PAYLOAD_TYPE, payload, signature)
-        except (AralError, ValueError, TypeError) as exc:
-            raise _Bad(
-                Problem(seq, "unsigned", f"the head at record {seq} is not the node's: {exc}", name)
-            ) from None
+    for row in heads:
+        seq, digest, interval = _check_head(row, key, name)
         if seq not in hashes:
             raise _Bad(
                 Problem(seq, "removed", f"record {seq}, which the node signed, is gone", name)
             )
-        if hashes[seq] != bytes(digest):
+        if hashes[seq] != digest:
             raise _Bad(
                 Problem(
                     seq,
@@ -254,7 +247,7 @@ def _verify_heads(
             )
         # The node signs at least every `interval` records (signed into each head):
         # a longer stretch means heads were removed -- a rewrite would hide there.
-        if seq - report.last_signed > int(interval):
+        if seq - report.last_signed > interval:
             raise _Bad(
                 Problem(
                     report.last_signed + 1,
@@ -266,8 +259,35 @@ def _verify_heads(
             )
         report.heads += 1
         if seq >= report.last_signed:
-            report.last_signed, report.last_signed_hash = seq, bytes(digest).hex()
-        report.interval = int(interval)
+            report.last_signed, report.last_signed_hash = seq, digest.hex()
+        report.interval = interval
+
+
+#: A head's seq and interval are signed as 8-byte unsigned integers.
+_MAX_U64 = (1 << 64) - 1
+
+
+def _check_head(row: tuple[object, ...], key: PublicKey, name: str) -> tuple[int, bytes, int]:
+    """A stored head's (seq, hash, interval) once its signature verifies with
+    ``key``; anything else (a column of another type, a seq or interval out of
+    range, a signature that is no signature) is a head that is not the node's."""
+    seq, digest, blob, interval = row
+    place = seq if isinstance(seq, int) else 0
+    try:
+        if not (isinstance(seq, int) and isinstance(interval, int)):
+            raise TypeError("its seq or interval is not an integer")
+        if not (0 < seq <= _MAX_U64 and 0 < interval <= _MAX_U64):
+            raise ValueError(f"its seq {seq} or interval {interval} is out of range")
+        if not (isinstance(digest, bytes) and isinstance(blob, bytes)):
+            raise TypeError("its hash or signature is not bytes")
+        signature = pb.Signature()
+        signature.ParseFromString(blob)
+        key.verify(HEAD_PAYLOAD_TYPE, head_payload(seq, digest, interval), signature)
+    except (AralError, ValueError, TypeError, DecodeError, struct.error) as exc:
+        raise _Bad(
+            Problem(place, "unsigned", f"the head at record {seq!r} is not the node's: {exc}", name)
+        ) from None
+    return seq, digest, interval
 
 
 __all__ = ["Problem", "Report", "verify"]
