@@ -1,7 +1,8 @@
 """The WebSocket door's ``approvals`` channel: the approval queue's events, as
 ``{"type": "approval", "event": "pending|approved|denied|expired|withdrawn", ...}``
 with the entry, to its subscribers (the door gives the channel to ``agent:admin``
-callers only)."""
+callers only). A subscriber governance halted since it subscribed gets none
+(``subscriber_halted``: a halted principal gets nothing on any door)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 
 from aralnode.bridge._http import iso_ms
 from aralnode.service.approvals import Approval
+from aralnode.service.halts import Halts
 
 
 class _Hub(Protocol):
@@ -22,6 +24,21 @@ class _Hub(Protocol):
 
 class _Subscriber(Protocol):
     def offer(self, message: dict[str, Any]) -> None: ...
+
+
+_PRINCIPAL_KEY = "principal:"
+
+
+def subscriber_halted(halts: Halts | None, sub: object) -> bool:
+    """Whether governance halted whoever ``sub`` subscribed as: its ``caller`` or
+    ``principal`` (when the door records them), or the principal its decision
+    entitlement names (``principal:<id>``). A set lookup or two, per event."""
+    if not halts:
+        return False
+    who = [getattr(sub, "caller", ""), getattr(sub, "principal", "")]
+    keys = getattr(sub, "decision_keys", ())
+    who.extend(k[len(_PRINCIPAL_KEY) :] for k in keys if k.startswith(_PRINCIPAL_KEY))
+    return any(w and halts.is_halted(w) for w in who)
 
 
 def follow_approvals(hub: _Hub, subscribers: Set[_Subscriber]) -> Callable[[], None]:
@@ -43,11 +60,13 @@ def follow_approvals(hub: _Hub, subscribers: Set[_Subscriber]) -> Callable[[], N
             "timestamp": iso_ms(clock.now_ms()),
             "agent_id": hub.node_id,
         }
+        halts = hub.service.pipeline.stages.govern.halts  # (read now: halts come and go)
         for sub in list(subscribers):
-            sub.offer(message)
+            if not subscriber_halted(halts, sub):
+                sub.offer(message)
 
     stop: Callable[[], None] = queue.on_event(offer)
     return stop
 
 
-__all__ = ["follow_approvals"]
+__all__ = ["follow_approvals", "subscriber_halted"]

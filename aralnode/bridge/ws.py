@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
-from aralnode.bridge._approvals_feed import follow_approvals
+from aralnode.bridge._approvals_feed import follow_approvals, subscriber_halted
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import (
     CHANNELS,
@@ -89,6 +89,7 @@ class Subscriber:
         self.decision_keys: tuple[str, ...] = ()
         self.sees_all = False
         self.scopes: frozenset[str] = frozenset()  # what its capability listings show
+        self.caller = self.principal = ""  # who subscribed (a halt of either: no events)
 
     def offer(self, message: dict[str, Any]) -> None:
         try:
@@ -152,6 +153,8 @@ class EventHub:
             self._channel[channel].add(sub)
         sub.channels |= channels
         self.subscribers.add(sub)
+        if not ctx.anonymous:
+            sub.caller, sub.principal = ctx.caller, ctx.principal
         if "capabilities" in channels:
             sub.scopes = ctx.scopes
         if "decisions" in channels:
@@ -223,7 +226,10 @@ class EventHub:
         data: Callable[[], dict[str, Any]],
     ) -> None:
         message = None
+        halts = self.service.pipeline.stages.govern.halts  # (a halted subscriber: nothing)
         for sub in targets:
+            if halts and subscriber_halted(halts, sub):
+                continue
             if message is None:  # somebody listens: build it, once
                 message = self.event(channel, event, data())
             sub.offer(message)
