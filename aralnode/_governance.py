@@ -107,10 +107,15 @@ class Governance:
             self._pipeline.stages.govern.approvals = queue if waiting else None
 
     async def stop(self, pipeline: Pipeline) -> None:
-        await stop_watch(self._watch)
-        self._watch = None
-        close_audit_log(self.audit_log, pipeline)
-        self.audit_log = None
+        """Stop the policy watch, then close the audit log -- whatever the first did."""
+        try:
+            await stop_watch(self._watch)
+            if self.halts is not None:  # the halts written (off the loop) before it stops
+                await asyncio.to_thread(self.halts.flush)
+        finally:
+            self._watch = None
+            close_audit_log(self.audit_log, pipeline)
+            self.audit_log = None
 
 
 __all__ = ["HALTS_FILE", "Governance"]

@@ -6,12 +6,14 @@ the node runs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from aralnode._logs import get_logger
 from aralnode.config import NodeConfig
 from aralnode.core.clock import Clock
 from aralnode.policy.holder import PolicyHolder
 from aralnode.service.pipeline import Pipeline
+
+log = get_logger("aralnode.governance")
 
 
 def install_policy(cfg: NodeConfig, pipeline: Pipeline, clock: Clock) -> PolicyHolder | None:
@@ -28,10 +30,15 @@ def install_policy(cfg: NodeConfig, pipeline: Pipeline, clock: Clock) -> PolicyH
 
 
 async def watch_policy(holder: PolicyHolder, every: float) -> None:
-    """Re-read the file when it changes, until cancelled."""
+    """Re-read the file when it changes, until cancelled: whatever one reload
+    raises is logged and the watch goes on (a refused file is already counted and
+    logged by ``check_now``, its policy in force kept)."""
     while True:
         await asyncio.sleep(every)
-        holder.check_now()
+        try:
+            holder.check_now()
+        except Exception:
+            log.exception("policy reload of %s failed; still watching it", holder.path)
 
 
 def start_watch(holder: PolicyHolder | None, cfg: NodeConfig) -> asyncio.Task[None] | None:
@@ -41,11 +48,19 @@ def start_watch(holder: PolicyHolder | None, cfg: NodeConfig) -> asyncio.Task[No
 
 
 async def stop_watch(task: asyncio.Task[None] | None) -> None:
+    """Cancel the watch and wait for it; a watch that had died is logged, never
+    raised (stopping the node goes on)."""
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the stop itself is cancelled, not (only) the watch
+    except Exception:
+        log.exception("the policy watch had failed")
 
 
 __all__ = ["install_policy", "start_watch", "stop_watch", "watch_policy"]

@@ -29,6 +29,76 @@ _PARAMS = re.compile(r"\bparams\b")
 _FIELD = re.compile(r"\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
 
 
+# The macros that bind a loop variable in their other arguments:
+# ``list.exists(x, <x here>)``, ``list.map(x, <x>, <x>)``.
+_MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
+_TOKEN = re.compile(
+    r"(?P<skip>\s+|//[^\n]*)"  # blanks, a comment
+    r"|(?P<string>(?:[rR][bB]?|[bB][rR]?)?(?:\"\"\"|'''|\"|'|`))"  # where a literal starts
+    r"|(?P<number>0[xX][0-9a-fA-F]+[uU]?|[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?[uU]?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<other>.)",
+    re.DOTALL,
+)
+
+
+def _tokens(source: str) -> list[tuple[str, str]]:
+    """``source``'s names and punctuation as (kind, text); string literals, numbers
+    and comments as one token each, their text left out."""
+    out: list[tuple[str, str]] = []
+    at = 0
+    while at < len(source):
+        token = _TOKEN.match(source, at)
+        assert token is not None  # (``other`` matches any character)
+        kind, at = token.lastgroup or "other", token.end()
+        if kind == "string":
+            quote = token.group().lstrip("rRbB")
+            raw = "r" in token.group().lower()[: -len(quote)]
+            while at < len(source) and not source.startswith(quote, at):
+                at += 2 if source[at] == "\\" and not raw else 1
+            at += len(quote)
+            out.append(("literal", ""))
+        elif kind == "number":
+            out.append(("literal", ""))
+        elif kind != "skip":
+            out.append((kind, token.group()))
+    return out
+
+
+def loop_variables(source: str) -> frozenset[str]:
+    """The names ``source`` uses only as a macro's loop variable, within that macro
+    (the ``x`` of ``params.ids.exists(x, x > 1)``): not variables the caller gives.
+
+    A name counts only where the scan sees it bound, and never where it sees the
+    name read outside a binding of it (a field after a dot, a function's name are
+    neither). Should the scan misread some odd text, a name it wrongly leaves out
+    is still unknown to the evaluation: the rule then fails, closed, at run time."""
+    tokens = _tokens(source)
+    bound: set[str] = set()
+    free: set[str] = set()
+    scopes: list[tuple[str, int]] = []  # (loop variable, bracket depth inside its macro)
+    depth, binding = 0, -1
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "other" and text in "([{":
+            depth += 1
+        elif kind == "other" and text in ")]}":
+            depth -= 1
+            while scopes and scopes[-1][1] > depth:
+                scopes.pop()  # the macro's call closed: its variable is out of scope
+        if kind != "name" or i == binding:
+            continue
+        after = tokens[i + 1 : i + 4]
+        selected = i > 0 and tokens[i - 1][1] == "."  # a field, a method: not a variable
+        if selected and text in _MACROS and [k for k, _ in after] == ["other", "name", "other"]:
+            if after[0][1] == "(" and after[2][1] == ",":
+                scopes.append((after[1][1], depth + 1))
+                bound.add(after[1][1])
+                binding = i + 2
+        elif not selected and after[:1] != [("other", "(")]:  # (a name called: a function)
+            (bound if any(name == text for name, _ in scopes) else free).add(text)
+    return frozenset(bound - free)
+
+
 def params_fields(source: str) -> tuple[str, ...] | None:
     """The parameters' fields ``source`` reads, when it reads them only as
     ``params.<field>`` (``has(params.<field>)`` too); ``None`` when it may read more
@@ -60,7 +130,7 @@ class Condition:
             raise ValueError(str(exc).splitlines()[0]) from None
         self.source = source
         self.execute = self._program.execute  # the raw program: raises, may return non-bool
-        self.variables = frozenset(self._program.variables())
+        self.variables = frozenset(self._program.variables()) - loop_variables(source)
         unknown = self.variables - VARIABLES
         if unknown:
             raise ValueError(
@@ -82,4 +152,11 @@ def compile_condition(source: str) -> Condition:
     return Condition(source)
 
 
-__all__ = ["VARIABLES", "Condition", "compile_condition", "new_context", "params_fields"]
+__all__ = [
+    "VARIABLES",
+    "Condition",
+    "compile_condition",
+    "loop_variables",
+    "new_context",
+    "params_fields",
+]

@@ -53,21 +53,30 @@ class PolicyHolder:
         return self.current.tier_of(action)
 
     def check_now(self) -> bool:
-        """Load the file if it changed; whether a new policy is in force."""
+        """Load the file if it changed; whether a new policy is in force.
+
+        Never raises for the file: a refused one (``PolicyError``, or anything the
+        loader did not foresee) is logged and counted and the policy in force stays."""
         stamp = _stamp(self.path)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
         try:
             policy = load_policy(self.path)
-        except PolicyError as exc:
-            self.last_error = str(exc)
+            evaluator = PolicyEvaluator(policy, self.memory)  # (before anything changes)
+        except Exception as exc:  # fail closed: the policy in force stays
+            reason = str(exc) if isinstance(exc, PolicyError) else f"{self.path}: {exc!r}"
+            self.last_error = reason
             self.counters["governance.policy_rejected"] += 1
-            log.error("policy not reloaded, the one in force stays: %s", exc)  # noqa: TRY400 - its line and reason say it all
+            log.error(  # noqa: TRY400 - a refused file's line and reason say it all
+                "policy not reloaded, the one in force stays: %s",
+                reason,
+                exc_info=not isinstance(exc, PolicyError),  # (the unforeseen: where it broke)
+            )
             return False
         self.memory.adopt(policy)
-        self.current = PolicyEvaluator(policy, self.memory)
-        self.evaluate = self.current.evaluate
+        self.current = evaluator
+        self.evaluate = evaluator.evaluate
         self.last_error = ""
         self.counters["governance.policy_reloaded"] += 1
         if self.on_reload is not None:

@@ -9,7 +9,9 @@ Unknown keys are errors: a typo must not silently switch a rule off.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
+import string
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +41,12 @@ Key = str | int
 _DECISIONS = {d.label: d for d in Decision}
 _TIER_RANGE = re.compile(r"^(\d)\s*-\s*(\d)$|^(\d)$")
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+# The largest values the loader takes (docs/governance.md): durations (timeouts,
+# windows, half-lives) up to a year, trust debt weights up to a million, counts
+# (limits, thresholds, depths) up to a billion. ``inf`` and ``nan`` never.
+MAX_SECONDS = 365 * 86_400.0
+MAX_WEIGHT = 1_000_000.0
+MAX_COUNT = 1_000_000_000
 
 
 class PolicyError(ValueError):
@@ -121,12 +129,14 @@ class _Reader:
     def __init__(self, source: str, lines: _Lines) -> None:
         self.source = source
         self.lines = lines
+        self.at: Sequence[Key] = []  # the table being read (for an unforeseen error's line)
 
     def fail(self, path: Sequence[Key], reason: str) -> PolicyError:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         return PolicyError(f"{self.source}:{self.lines.of(path)}: {where}: {reason}")
 
     def table(self, value: Any, path: Sequence[Key], known: set[str]) -> Mapping[str, Any]:
+        self.at = path
         if value is None:
             return {}
         if not isinstance(value, Mapping):
@@ -140,23 +150,37 @@ class _Reader:
     def tier(self, value: Any, path: Sequence[Key]) -> int:
         if isinstance(value, str) and value.upper().startswith("ACL-"):
             value = value[4:]
-            value = int(value) if value.isdigit() else value
+            value = int(value) if value in {str(t) for t in range(MAX_TIER + 1)} else value
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIER:
             raise self.fail(path, f"a tier is 0..{MAX_TIER} or 'ACL-0'..'ACL-{MAX_TIER}'")
         return value
 
-    def number(self, value: Any, path: Sequence[Key], *, minimum: float = 0.0) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise self.fail(path, f"must be a number >= {minimum}")
+    def number(
+        self, value: Any, path: Sequence[Key], *, minimum: float, maximum: float, unit: str = ""
+    ) -> float:
+        """A finite number in ``minimum..maximum`` (an int or a float; not ``inf``/``nan``)."""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not minimum <= value <= maximum  # (nan compares false: refused here too)
+            or not math.isfinite(value)
+        ):
+            raise self.fail(path, f"must be a finite number{unit} in {minimum:g}..{maximum:.0f}")
         return float(value)
 
+    def seconds(self, value: Any, path: Sequence[Key], *, minimum: float = 0.0) -> float:
+        return self.number(value, path, minimum=minimum, maximum=MAX_SECONDS, unit=" of seconds")
+
+    def weight(self, value: Any, path: Sequence[Key]) -> float:
+        return self.number(value, path, minimum=0.0, maximum=MAX_WEIGHT)
+
     def count(self, value: Any, path: Sequence[Key]) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail(path, "must be an integer >= 1")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+            raise self.fail(path, f"must be an integer in 1..{MAX_COUNT}")
         return value
 
     def decision(self, value: Any, path: Sequence[Key]) -> Decision:
-        if value not in _DECISIONS:
+        if not isinstance(value, str) or value not in _DECISIONS:
             raise self.fail(path, f"a decision is one of {', '.join(_DECISIONS)}")
         return _DECISIONS[value]
 
@@ -182,14 +206,30 @@ def load_policy(path: Path) -> Policy:
 
 
 def parse_policy(text: str, source: str = "<policy>", *, yaml_format: bool = False) -> Policy:
-    """A policy from its text (see ``load_policy``)."""
-    node: yaml.Node | None = None
+    """A policy from its text (see ``load_policy``).
+
+    Fails closed: whatever goes wrong reading the file -- a value of a shape no check
+    foresaw, nesting too deep for the parser -- refuses it with ``PolicyError``
+    naming the file (and the table being read), never another exception."""
+    r: _Reader | None = None
+    try:
+        data, node = _syntax(text, source, yaml_format=yaml_format)
+        r = _Reader(source, _Lines(text, node))
+        return _policy(r, data)
+    except PolicyError:
+        raise
+    except Exception as exc:  # refused whole, with the reason
+        line = r.lines.of(r.at) if r is not None else 1
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        raise PolicyError(f"{source}:{line}: the policy cannot be read: {reason}") from None
+
+
+def _syntax(text: str, source: str, *, yaml_format: bool) -> tuple[Any, yaml.Node | None]:
+    """The file's data (and its YAML node tree, for the lines); a syntax error at its line."""
     try:
         if yaml_format:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        else:
-            data = tomllib.loads(text)
+            return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+        return tomllib.loads(text), None
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise PolicyError(f"{source}:{match.group(1) if match else 1}: {exc}") from None
@@ -197,32 +237,36 @@ def parse_policy(text: str, source: str = "<policy>", *, yaml_format: bool = Fal
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise PolicyError(f"{source}:{line}: {exc}") from None
-    r = _Reader(source, _Lines(text, node))
+
+
+def _policy(r: _Reader, data: Any) -> Policy:
     top = r.table(data if data is not None else {}, [], _TOP)
-    if top.get("version") != 1:
+    version = top.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version != 1:
         raise r.fail(["version"], "must be 1")
     environment = top.get("environment", "development")
     if not isinstance(environment, str):
         raise r.fail(["environment"], "must be a string")
     filtering = r.table(top.get("filtering"), ["filtering"], {"requests_min_tier"})
+    trust_debt = _trust_debt(r, top.get("trust_debt"))
     return Policy(
-        source=source,
+        source=r.source,
         environment=environment,
         tiers=_tiers(r, top.get("tiers")),
         categories=_categories(r, top.get("categories")),
         capabilities=_capabilities(r, top.get("capabilities")),
         tripwires=_tripwires(r, top.get("tripwires")),
-        trust_debt=_trust_debt(r, top.get("trust_debt")),
+        trust_debt=trust_debt,
         collusion=_collusion(r, top.get("collusion")),
         requests_min_tier=r.tier(
             filtering.get("requests_min_tier", 0), ["filtering", "requests_min_tier"]
         ),
         escalation=_escalation(r, top.get("escalation")),
-        post=_post(r, top.get("post"), top.get("trust_debt")),
+        post=_post(r, top.get("post"), trust_debt.flag_weight),
     )
 
 
-def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
+def _post(r: _Reader, value: Any, flag_weight: float) -> PostPolicy | None:
     if value is None:
         return None
     path: list[Key] = ["post"]
@@ -236,19 +280,18 @@ def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
         raise r.fail([*path, "sensitive"], "an action, or a table of tier range = action")
     for span, action in sensitive.items():
         low, high = _span(r, str(span), [*path, "sensitive", span])
-        if action not in POST_ACTIONS:
+        if not isinstance(action, str) or action not in POST_ACTIONS:
             raise r.fail([*path, "sensitive", span], f"one of {', '.join(POST_ACTIONS)}")
         spans.append((low, high, action))
     mismatch = t.get("schema_mismatch", "flag")
-    if mismatch not in ("flag", "block", "ok"):
+    if not isinstance(mismatch, str) or mismatch not in ("flag", "block", "ok"):
         raise r.fail([*path, "schema_mismatch"], "one of flag, block, ok")
     replacement = t.get("replacement", "[REDACTED:{name}]")
-    if not isinstance(replacement, str) or len(replacement) > 200:
+    if not isinstance(replacement, str) or len(replacement) > 200 or not _template(replacement):
         raise r.fail([*path, "replacement"], "a string (up to 200 characters; {name} allowed)")
     builtin = t.get("builtin", True)
     if not isinstance(builtin, bool):
         raise r.fail([*path, "builtin"], "must be true or false")
-    weight = debt.get("flag_weight", 0.1) if isinstance(debt, Mapping) else 0.1
     messages = t.get("messages", True)
     if not isinstance(messages, bool):
         raise r.fail([*path, "messages"], "must be true or false")
@@ -258,9 +301,18 @@ def _post(r: _Reader, value: Any, debt: Any) -> PostPolicy | None:
         replacement=replacement,
         builtin=builtin,
         detectors=_detectors(r, t.get("detectors")),
-        flag_weight=float(weight),
+        flag_weight=flag_weight,
         messages=messages,
     )
+
+
+def _template(text: str) -> bool:
+    """Whether ``text`` formats with ``{name}`` only (no other field, spec or conversion)."""
+    try:
+        fields = [f[1:] for f in string.Formatter().parse(text) if f[1] is not None]
+    except ValueError:  # an unmatched brace
+        return False
+    return all(f == ("name", "", None) for f in fields)
 
 
 def _detectors(r: _Reader, value: Any) -> tuple[Detector, ...]:
@@ -303,7 +355,7 @@ def _escalation(r: _Reader, value: Any) -> EscalationPolicy:
     path = ["escalation"]
     t = r.table(value, path, {"timeout_seconds", "max_pending", "max_pending_per_principal"})
     return EscalationPolicy(
-        timeout_seconds=r.number(t.get("timeout_seconds", 60.0), [*path, "timeout_seconds"]),
+        timeout_seconds=r.seconds(t.get("timeout_seconds", 60.0), [*path, "timeout_seconds"]),
         max_pending=r.count(t.get("max_pending", 256), [*path, "max_pending"]),
         max_pending_per_principal=r.count(
             t.get("max_pending_per_principal", 16), [*path, "max_pending_per_principal"]
@@ -350,7 +402,7 @@ def _capabilities(r: _Reader, value: Any) -> dict[str, str]:
         raise r.fail(["capabilities"], "must be a table of capability (or glob) = category")
     out = {}
     for pattern, category in value.items():
-        if category not in DEFAULT_CATEGORY_TIERS:
+        if not isinstance(category, str) or category not in DEFAULT_CATEGORY_TIERS:
             raise r.fail(
                 ["capabilities", pattern],
                 f"unknown category {category!r} (one of {', '.join(DEFAULT_CATEGORY_TIERS)})",
@@ -426,7 +478,7 @@ def _tripwire(r: _Reader, item: Any, i: int, seen: set[str]) -> Tripwire:
         when=when,
         action=action,
         flag=flag,
-        debt=None if debt is None else r.number(debt, [*path, "debt"]),
+        debt=None if debt is None else r.weight(debt, [*path, "debt"]),
         reason=reason,
         set=dict(nudge),
     )
@@ -436,7 +488,9 @@ def _directions(r: _Reader, value: Any, path: list[Key]) -> frozenset[Direction]
     if value is None:
         return DEFAULT_DIRECTIONS
     names = {d.value: d for d in Direction}
-    if not isinstance(value, list) or not value or any(v not in names for v in value):
+    if not isinstance(value, list) or not value:
+        raise r.fail(path, f"must be a list of {', '.join(names)}")
+    if not all(isinstance(v, str) and v in names for v in value):
         raise r.fail(path, f"must be a list of {', '.join(names)}")
     return frozenset(names[v] for v in value)
 
@@ -457,8 +511,8 @@ def _trust_debt(r: _Reader, value: Any) -> TrustDebtPolicy:
     path = ["trust_debt"]
     t = r.table(value, path, {"flag_weight", "half_life_seconds", "max_principals"})
     return TrustDebtPolicy(
-        flag_weight=r.number(t.get("flag_weight", 0.1), [*path, "flag_weight"]),
-        half_life_seconds=r.number(
+        flag_weight=r.weight(t.get("flag_weight", 0.1), [*path, "flag_weight"]),
+        half_life_seconds=r.seconds(
             t.get("half_life_seconds", 3600), [*path, "half_life_seconds"], minimum=1.0
         ),
         max_principals=r.count(t.get("max_principals", 10_000), [*path, "max_principals"]),
@@ -473,13 +527,17 @@ def _threshold(
     known = {count_key, "window_seconds", "action", "categories"}
     t = r.table(value, path, known)
     categories = t.get("categories", ["database", "financial", "system"])
-    if not isinstance(categories, list) or any(c not in DEFAULT_CATEGORY_TIERS for c in categories):
-        raise r.fail([*path, "categories"], "must be a list of categories")
+    if not isinstance(categories, list) or not all(
+        isinstance(c, str) and c in DEFAULT_CATEGORY_TIERS for c in categories
+    ):
+        raise r.fail(
+            [*path, "categories"], f"must be a list of {', '.join(DEFAULT_CATEGORY_TIERS)}"
+        )
     action = t.get("action", default)
-    flag = action == "flag"  # orthogonal: the call goes on, flagged
+    flag = isinstance(action, str) and action == "flag"  # orthogonal: the call goes on, flagged
     return Threshold(
         count=r.count(t.get(count_key), [*path, count_key]),
-        window_seconds=r.number(t.get("window_seconds", 60), [*path, "window_seconds"], minimum=1),
+        window_seconds=r.seconds(t.get("window_seconds", 60), [*path, "window_seconds"], minimum=1),
         decision=Decision.OK if flag else r.decision(action, [*path, "action"]),
         categories=frozenset(categories),
         flag=flag,
