@@ -37,18 +37,25 @@ where every door reads JSON: ``codec.loads``.)
   integer's digits here (as the schemas say), and one key given twice is refused.
 - Inside an ``Any``, the message its ``@type`` names is held to all of the above, as
   it would be as a field (a type the process does not know is the parser's to refuse).
+- It reads a message given as an array or a string by iterating it: ``[]`` and
+  ``""`` become the empty message, ``"ab"`` the fields ``a`` and ``b``. proto3 JSON
+  (and every schema the doors show) has a message as an object, or null for a field
+  (not for an element of a list or map); only the well-known types whose JSON is
+  not an object (a Timestamp's string, a wrapper's scalar, a Value, a ListValue)
+  are other. Anything else is refused here, a field's value and the whole value.
 
 All are refused here, before the parser sees the value. Only the fields that can
 matter are walked (a table per message type, made once): a message with no enum,
 no number, no bytes, Duration, Struct-like or Any field, no map keyed by integers and
-no field spelled two ways anywhere below it costs one lookup.
+no field spelled two ways anywhere below it, and no message field (whose value must
+be an object), costs one lookup.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -64,6 +71,11 @@ class InexactInteger(ValueError):
     """A 64-bit integer given as a double that may have been rounded."""
 
 
+class _NotAnObject(ValueError):
+    """The value ``check_json`` was given is not an object, for a message whose JSON
+    is one (a field's value is named by the caller that walked the field)."""
+
+
 _WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _WIDE_WRAPPERS = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
 _EXACT = 2**53
@@ -72,6 +84,7 @@ _EXACT = 2**53
 _URLSAFE = str.maketrans("-_", "+/")
 _DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
 _BYTES, _SPAN, _DOUBLES, _ANY = "bytes", "duration", "doubles", "any"  # fields checked here
+_OBJECT = "object"  # a message field with nothing to check below: its JSON type alone
 _INT, _FLOAT = "int", "float"
 _NUMBER_KINDS = frozenset({_INT, _FLOAT})
 _KINDS = {
@@ -116,15 +129,28 @@ _KEY_RUNS = {
     _UNSIGNED_KEY: re.compile("[0-9]+(?:\x00[0-9]+)*"),
 }
 _UNCANONICAL = re.compile("(?:^|\x00)(?:-?0[0-9]|-0(?:\x00|$))")
+# The message types whose JSON is not an object (all others' is, Struct, Any and
+# Empty among them).
+_NOT_OBJECTS = frozenset(
+    f"google.protobuf.{name}"
+    for name in (
+        "Timestamp", "Duration", "FieldMask", "Value", "ListValue", "DoubleValue",
+        "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value", "BoolValue",
+        "StringValue", "BytesValue",
+    )
+)  # fmt: skip
+_OBJECTS = frozenset({dict})
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
 # A field worth a look, as a table holds it: the field, its leaf (``_leaf``), its
-# kind (``_kind``), whether it is a 64-bit integer, and the pattern of its keys if
-# it is a map keyed by integers (``_key_pattern``).
+# kind (``_kind``, or ``_OBJECT``), whether it is a 64-bit integer, and the pattern
+# of its keys if it is a map keyed by integers (``_key_pattern``).
 _Field = tuple[FieldDescriptor, FieldDescriptor, str, bool, "re.Pattern[str] | None"]
 # By message full name: the (JSON name, proto name) pairs that differ, and the fields
-# worth a look (an enum, or a message with something to check below), by both
-# names. Bounded by the message types the process has.
+# worth a look (an enum, a message with something to check below, or one whose JSON
+# is an object, only that checked), by both names. Bounded by the message types the
+# process has.
 _TABLES: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, _Field]]] = {}
 
 
@@ -141,8 +167,14 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
             that are not base64; a Duration finer than nanoseconds; a number's string
             that is not a JSON number; an integer map key that is not its digits.
         DuplicateField: also two keys of one map that are one integer.
+        ValueError: also a message that is not a JSON object (as a field's value, an
+            element of one, or ``value`` itself; ``None`` is no value here).
     """
     if not isinstance(value, dict):
+        if value is not None and desc.full_name not in _NOT_OBJECTS:
+            raise _NotAnObject(
+                f"{desc.full_name} is a message, so a JSON object, not {_json_type(value)}"
+            )
         return
     spelled, fields = _table(desc)
     for json_name, name in spelled:
@@ -163,8 +195,11 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         if kind in _NUMBER_KINDS:
             _check_numbers(kind, wide, field, values)
         elif kind:
-            for x in values:
-                _check_text(kind, field, x)
+            if kind == _OBJECT:
+                _check_objects(field, item)
+            else:
+                for x in values:
+                    _check_text(kind, field, x)
         elif leaf.enum_type is not None:
             for x in values:
                 if isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
@@ -172,8 +207,50 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
                         f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
                     )
         elif leaf.message_type is not None:  # (else text or a bool: a map's values)
-            for x in values:
-                check_json(leaf.message_type, x)
+            try:
+                for x in values:
+                    check_json(leaf.message_type, x)  # (whose first look is for an object)
+            except _NotAnObject:  # x itself: named here, as a field's value
+                _check_objects(field, item)
+                raise
+
+
+def _check_objects(field: FieldDescriptor, item: Any) -> None:
+    """``item`` (not ``None``), the JSON of ``field``, whose values are messages whose
+    JSON is an object: the value is one, or each element or map value is (a list or
+    a map that is not one is the parser's to refuse). A long one's are looked through
+    by type first, as numbers are.
+
+    Raises:
+        ValueError: a value, an element or a map value that is not an object (not
+            ``_NotAnObject``: this names it, as a field's).
+    """
+    if _leaf(field) is not field:  # a map
+        if type(item) is dict and item and not set(map(type, item.values())) <= _OBJECTS:
+            key, x = next((k, x) for k, x in item.items() if type(x) is not dict)
+            _not_an_object(f"{field.full_name}[{str(key)[:40]!r}]", _leaf(field), x)
+    elif field.is_repeated:
+        if type(item) is list and item and not set(map(type, item)) <= _OBJECTS:
+            i, x = next((i, x) for i, x in enumerate(item) if type(x) is not dict)
+            _not_an_object(f"{field.full_name}[{i}]", field, x)
+    elif type(item) is not dict:
+        _not_an_object(field.full_name, field, item)
+
+
+def _not_an_object(where: str, field: FieldDescriptor, x: Any) -> NoReturn:
+    desc = field.message_type
+    name = desc.full_name if desc is not None else "message"
+    raise ValueError(f"{where}: {name} is a message, so a JSON object, not {_json_type(x)}")
+
+
+def _json_type(x: Any) -> str:
+    return _JSON_TYPES.get(type(x), "a number")
+
+
+def _is_object(field: FieldDescriptor) -> bool:
+    """Whether ``field``'s value is a message whose JSON is an object."""
+    desc = field.message_type
+    return desc is not None and desc.full_name not in _NOT_OBJECTS
 
 
 def _check_numbers(kind: str, wide: bool, field: FieldDescriptor, values: list[Any]) -> None:
@@ -301,7 +378,9 @@ def _is_base64(text: str) -> bool:
 def _check_any(field: FieldDescriptor, x: Any) -> None:
     """An ``Any``'s JSON: the message its ``@type`` names, from the pool the parser
     looks it up in (a well-known type's JSON is its ``value``)."""
-    url = x.get("@type") if type(x) is dict else None
+    if type(x) is not dict:
+        _not_an_object(field.full_name, field, x)
+    url = x.get("@type")
     if type(url) is not str:
         return  # the empty Any, or one the parser refuses
     name = url.rpartition("/")[2]
@@ -348,23 +427,30 @@ def _table(desc: Descriptor | Any) -> tuple[tuple[tuple[str, str], ...], dict[st
             leaf, keys = _leaf(f), _key_pattern(f)
             if keys is not None or _worth_a_look(leaf, set()):
                 plan = (f, leaf, _kind(leaf), _is_wide(leaf), keys)
-                fields[f.json_name] = fields[f.name] = plan
+            elif _is_object(leaf):  # (a plain message: its JSON an object, or null)
+                plan = (f, leaf, _OBJECT, False, None)
+            else:
+                continue
+            fields[f.json_name] = fields[f.name] = plan
         table = _TABLES[desc.full_name] = (spelled, fields)
     return table
 
 
 def _worth_a_look(field: FieldDescriptor, seen: set[str]) -> bool:
     """Whether ``field`` is an enum, a number (or its wrapper), bytes, a Duration, a
-    Struct-like value, or a message with one of those, a map keyed by integers or a
-    field spelled two ways somewhere below (the other well-known types' JSON forms
-    have none)."""
+    Struct-like value, or a message with one of those, a map keyed by integers, a
+    field spelled two ways or a message field somewhere below (the well-known types
+    whose JSON is not an object have none in their JSON forms)."""
     if field.enum_type is not None or _is_wide(field) or _kind(field):
         return True
     desc = field.message_type
-    if desc is None or desc.full_name in seen or desc.full_name.startswith("google.protobuf."):
+    if desc is None or desc.full_name in seen or desc.full_name in _NOT_OBJECTS:
         return False
     seen.add(desc.full_name)
     return any(
-        f.json_name != f.name or _key_pattern(f) is not None or _worth_a_look(_leaf(f), seen)
+        f.json_name != f.name
+        or _key_pattern(f) is not None
+        or _is_object(_leaf(f))
+        or _worth_a_look(_leaf(f), seen)
         for f in desc.fields
     )
