@@ -392,7 +392,7 @@ async def test_unsigned_unverified_and_tampered_statements_are_refused(
             )
         assert mismatch.value.reason == "DELEGATION_FORGED"
         # A key nobody verified (it embeds itself) vouches for nobody.
-        async with NodeClient(b.address, identity=stranger) as own:
+        async with NodeClient(b.address, identity=stranger, node_id=b.node_id) as own:
             own.keyring.pin(b.identity.public_key)
             with pytest.raises(Unauthenticated) as unverified:
                 await own.request("authz.scopes", {}, delegation=statement(stranger.node_id))

@@ -248,7 +248,8 @@ async def test_a_result_past_what_one_message_carries_is_refused_alike_before_it
         async with Client(f"http://{http}/mcp") as mcp:
             result = await mcp.call_tool(tool_name("test.big"), {"times": 500})
         reasons["mcp"] = strict(result.content[0].text)["error"]["reason"]  # type: ignore[union-attr]
-        async with NodeClient(node.address, identity=Identity.generate()) as client:
+        stranger = Identity.generate()
+        async with NodeClient(node.address, identity=stranger, node_id=node.node_id) as client:
             with pytest.raises(AralError) as signed:
                 await client.request("test.big", {"times": 500}, timeout=10)
             # (read back by reason: by status alone it was taken for a rate limit)

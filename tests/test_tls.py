@@ -244,7 +244,8 @@ async def test_mtls_refusals_on_the_grpc_door(
     me = Identity.generate()
     channel = secure_channel(node, client_material(pki, case, me), pki.ca.cert_pem)
     errors: list[AralError] = []
-    async with NodeClient(node.address, identity=me, channel=channel) as client:
+    client_of = NodeClient(node.address, identity=me, channel=channel, node_id=node.node_id)
+    async with client_of as client:
         client.keyring.pin(node.identity.public_key)  # as a handshake would have
         calls = [
             lambda: client.request("echo", {}, timeout=CALL_TIMEOUT),  # signed by me

@@ -68,7 +68,7 @@ async def test_a_self_made_key_gets_no_peer_rights_until_verified(
     b = make_node("beta", peer_scopes=frozenset({"vault"}))
     with_secret(b)
     me = Identity.generate()
-    async with b, NodeClient(b.address, identity=me) as client:
+    async with b, NodeClient(b.address, identity=me, node_id=b.node_id) as client:
         client.keyring.pin(b.identity.public_key)  # b's key known out of band
         with pytest.raises(PermissionDenied) as info:
             await client.request("vault.read", {})  # signed, key embedded, no handshake

@@ -11,7 +11,7 @@ side is the *sender* of its own messages and the *receiver* of the other side's:
       batch(first_seq, [ARALMessage…])      ──▶   seq <= accepted: duplicate, dropped
                                             ◀──  ack(seq)  (cumulative; or riding on a batch)
       ping(id)                              ──▶
-                                            ◀──  pong(id)
+                                            ◀──  pong(id)  (the newest ping's: one owed at most)
       close(status, reason)                 ──▶   (either side, then the stream ends)
 
 **Session binding.** Each signed open carries a fresh X25519 public key (``ek``).
@@ -349,7 +349,10 @@ class ChannelSession:
         now = clock.monotonic()
         self.last_rx = self.last_tx = now
         self._ping_id = 0
-        self._pongs: list[int] = []
+        # The pong owed: for the newest ping only (a pong echoes one ping's id and
+        # acknowledges nothing else), so a peer that pings and never reads costs
+        # one int however much it sends.
+        self._pong: int | None = None
         self._last_batch_end = 0
         self.duplicates = 0
         self._ack_since: float | None = None
@@ -388,7 +391,7 @@ class ChannelSession:
             self.send_window = frame.credit.window
             return []
         if kind == "ping":
-            self._pongs.append(frame.ping.id)
+            self._pong = frame.ping.id
             return []
         if kind == "pong":
             return []
@@ -498,10 +501,12 @@ class ChannelSession:
         return [self._seal.seal(encode_batch(first, run))]
 
     def control_frames(self) -> list[bytes]:
-        """Pongs owed and an ack if processing moved."""
+        """The pong owed (for the newest ping) and an ack if processing moved."""
         seal = self._seal.seal
-        out = [seal(pb.ChannelFrame(pong=pb.Ping(id=i)).SerializeToString()) for i in self._pongs]
-        self._pongs.clear()
+        out: list[bytes] = []
+        if self._pong is not None:
+            out.append(seal(pb.ChannelFrame(pong=pb.Ping(id=self._pong)).SerializeToString()))
+            self._pong = None
         inbound = self.inbound
         due = inbound.ack_due()
         now = self.clock.monotonic()

@@ -209,7 +209,9 @@ def open_message(
     expected_recipient: str = "",
     checked: tuple[bytes, bool] | None = None,
 ) -> OpenedMessage:
-    """Verify, parse and replay-check one message. ``checked``: the public key
+    """Verify, parse and replay-check one message. ``expected_recipient``: the
+    node that reads it (us); a signed message must name it in ``header.recipient``,
+    an unsigned one may name no one. ``checked``: the public key
     (SPKI) the signature was already checked against, elsewhere, over exactly this
     content (``aralnode.mesh.verifier``), and whether it held; it stands only when
     the key the signature names is that key (otherwise it is checked here).
@@ -238,9 +240,13 @@ def open_message(
             f"message claims sender {header.sender!r} but is signed by {signer.key_id}",
             details={"sender": header.sender, "key_id": signer.key_id},
         )
-    if expected_recipient and header.recipient and header.recipient != expected_recipient:
+    recipient = header.recipient
+    if expected_recipient and recipient != expected_recipient and (recipient or signer is not None):
+        # A signed message for no one in particular could be relayed to any node
+        # and run there as its signer: it must name us. (An unsigned one proves
+        # nothing of its sender anyway.)
         raise MalformedMessage(
-            f"message is addressed to {header.recipient}, not to this node",
+            f"message is addressed to {recipient or 'no node'}, not to this node",
             reason="WRONG_RECIPIENT",
         )
     if replay is not None:

@@ -2,8 +2,9 @@
 
 ``PeerConnector.connect`` is the one way a peer becomes verified: a signed
 Hello/Welcome handshake whose card must carry the key the caller expected (a node id
-from a hint, a TXT fingerprint), after which the peer's client is kept (one per
-node id) and its channel is dialled. Peers that dialled *us* prove their key in
+from a hint, a TXT fingerprint), after which -- once the connection point admitted
+it, and only then -- its key is pinned, the peer's client is kept (one per node id)
+and its channel is dialled. Peers that dialled *us* prove their key in
 our handshake; their cards are kept too, so their capabilities can be listed before
 our own dial reaches them.
 
@@ -115,18 +116,7 @@ class PeerConnector:
                 # node id its handshake verified (the certificate must name it).
                 await client.close()
                 client, verified = await self._dial(address, verified.node_id, expected_fingerprint)
-            if self.tls is not None:  # its certificate's key is its card's (see tls_grpc)
-                try:
-                    await self.tls.check_server(address, verified.node_id)
-                except BaseException:
-                    await client.close()
-                    raise
-            if self.admit is not None:  # verified; refused by policy or halted: kept nowhere
-                try:
-                    self.admit(verified.node_id, address)
-                except BaseException:
-                    await client.close()
-                    raise
+            await self._admit(client, verified, address)
         except BaseException as exc:
             if isinstance(exc, AralError) and exc.reason in _NOT_KEPT:
                 self.table.remove(key)
@@ -145,6 +135,21 @@ class PeerConnector:
             PeerEvent.VERIFIED,
             **card_fields(verified, address, client.version, source),
         )
+
+    async def _admit(self, client: NodeClient, verified: VerifiedCard, address: str) -> None:
+        """The last checks of a verified dial, then its key pinned: a dial that fails
+        any check, or that the connection point refuses, pins nothing (so a refused
+        peer's signed calls never count as a handshake-verified node's). On failure
+        the client is closed."""
+        try:
+            if self.tls is not None:  # its certificate's key is its card's (see tls_grpc)
+                await self.tls.check_server(address, verified.node_id)
+            if self.admit is not None:  # verified; refused by policy or halted: kept nowhere
+                self.admit(verified.node_id, address)
+            self.keyring.pin(verified.key)  # bounded: KeyRingFull
+        except BaseException:
+            await client.close()
+            raise
 
     async def _dial(
         self, address: str, expected_node_id: str, expected_fingerprint: str
@@ -182,7 +187,8 @@ class PeerConnector:
     async def _verify(
         self, client: NodeClient, expected_node_id: str, expected_fingerprint: str
     ) -> VerifiedCard:
-        verified = await client.handshake(self.card(), expected_node_id=expected_node_id)
+        # Not pinned yet: only once every check and the connection point passed.
+        verified = await client.handshake(self.card(), expected_node_id=expected_node_id, pin=False)
         if expected_fingerprint and verified.key.fingerprint != expected_fingerprint:
             raise KeyMismatch(
                 "the node's key does not have the announced fingerprint",

@@ -216,7 +216,21 @@ class NodeService(AdminMethods):
             if self.bind_certificate is not None:  # before anything is pinned or kept
                 self.bind_certificate(certificate, verified.node_id)
         admit_peer(self.pipeline, verified.node_id, transport_peer)  # the connection point
-        keyring = env.keyring
+        if verified.node_id != self.node_id:  # (our own dial to us: it sees SELF, keeps nothing)
+            self._keep_inbound(verified, transport_peer, version)
+        return make_welcome(
+            env.identity,
+            self.info.card(),
+            hello,
+            version,
+            self.clock,
+            keepalive_ms=env.keepalive_ms,
+        )
+
+    def _keep_inbound(self, verified: VerifiedCard, transport_peer: str, version: str) -> None:
+        """Pin the key of a peer that dialled us and keep its card; nothing of it if
+        the node refuses it."""
+        keyring = self.envelopes.keyring
         newly_pinned = not keyring.is_pinned(verified.key.key_id)
         keyring.pin(verified.key)  # bounded: KeyRingFull (RESOURCE_EXHAUSTED)
         try:
@@ -227,14 +241,6 @@ class NodeService(AdminMethods):
             if newly_pinned:
                 keyring.unpin(verified.key.key_id)
             raise
-        return make_welcome(
-            env.identity,
-            self.info.card(),
-            hello,
-            version,
-            self.clock,
-            keepalive_ms=env.keepalive_ms,
-        )
 
     # -- calls -------------------------------------------------------------------------
 

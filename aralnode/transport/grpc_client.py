@@ -108,13 +108,17 @@ class NodeClient:
         credentials: grpc.ChannelCredentials | None = None,
         server_name: str = "",
         metadata: Sequence[tuple[str, str]] = (),
+        node_id: str = "",
     ) -> None:
         """``tls``: dial with TLS (our certificate, the mesh CA), checking that the
         node is ``tls_node_id`` ("": that its certificate names the address).
         ``credentials`` (a tool's ``--cacert/--cert/--key``): TLS with these,
         checking the name ``server_name`` ("": the address's host).
         ``metadata``: sent with every call (a caller's ``authorization: Bearer …``
-        or ``x-api-key``); not with a ``channel`` given, which has its own."""
+        or ``x-api-key``); not with a ``channel`` given, which has its own.
+        ``node_id``: the node at ``address``, to address signed requests to without
+        a handshake (default ``tls_node_id``); a signed request names its node, so
+        it can never be relayed to another and run there as us."""
         self.address = address
         self.card_limits = card_limits  # what the node's card may carry
         self.identity = identity
@@ -134,6 +138,7 @@ class NodeClient:
         self.stub = pb.AgentNodeStub(self.channel)  # type: ignore[no-untyped-call]
         self.peer: VerifiedCard | None = None
         self.version = ""
+        self.node_id = node_id or tls_node_id
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -154,9 +159,18 @@ class NodeClient:
     # -- node to node ------------------------------------------------------------
 
     async def handshake(
-        self, card: pb.SignedNodeCard, *, expected_node_id: str = "", timeout: float = 10.0
+        self,
+        card: pb.SignedNodeCard,
+        *,
+        expected_node_id: str = "",
+        timeout: float = 10.0,
+        pin: bool = True,
     ) -> VerifiedCard:
-        """Hello/Welcome: verify the node's card and pin its key."""
+        """Hello/Welcome: verify the node's card and pin its key.
+
+        ``pin=False``: verify only; the caller pins ``verified.key`` once it has
+        admitted the node (``PeerConnector``: a refused dial pins nothing). Until
+        then the node's signed responses do not verify unless its key is known."""
         if self.identity is None:
             raise ValueError("a handshake needs an identity")
         request, nonce = make_hello(
@@ -166,7 +180,8 @@ class NodeClient:
         welcome, verified = accept_welcome(
             response, nonce=nonce, expected_node_id=expected_node_id, limits=self.card_limits
         )
-        self.keyring.pin(verified.key)
+        if pin:
+            self.keyring.pin(verified.key)
         self.peer, self.version = verified, welcome.selected_version
         return verified
 
@@ -185,14 +200,25 @@ class NodeClient:
         """Invoke ``capability`` with a (signed) request envelope; return its result.
 
         ``on_behalf_of`` marks a delegated call (see ``Node.request``);
-        ``delegation`` is its signed statement (``aralnode.core.delegation``)."""
+        ``delegation`` is its signed statement (``aralnode.core.delegation``).
+
+        Raises:
+            ValueError: ``sign`` without an identity, or without knowing the node
+                (no ``handshake()`` and no ``node_id``): a request signed for no
+                one could be replayed to any node."""
+        recipient = self.peer.node_id if self.peer is not None else self.node_id
         if sign and self.identity is None:
             raise ValueError("signed requests need an identity")
+        if sign and not recipient:
+            raise ValueError(
+                "signed requests name the node they are for: handshake() first, "
+                "or give the client the node's id (node_id=)"
+            )
         payload, compression = encode_payload(params, content_type)
         sender = self.identity.node_id if self.identity is not None else "anonymous"
         content = build_content(
             sender=sender,
-            recipient=self.peer.node_id if self.peer is not None else "",
+            recipient=recipient,
             body=pb.Body(type=REQUEST, action=capability, parameters=payload),
             clock=self.clock,
             trace_id=trace_id,
@@ -213,9 +239,11 @@ class NodeClient:
             response = await self.stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        return self._result(response, content.header.message_id, signed=sign)
+        return self._result(response, content.header.message_id, recipient, signed=sign)
 
-    def _result(self, response: pb.InvokeResponse, request_id: str, *, signed: bool) -> Any:
+    def _result(
+        self, response: pb.InvokeResponse, request_id: str, node_id: str, *, signed: bool
+    ) -> Any:
         if response.WhichOneof("kind") != "message":
             raise MalformedMessage("node answered a message with something else")
         reply = response.message
@@ -228,7 +256,7 @@ class NodeClient:
             require_signature=signed,
             max_bytes=self.max_message_bytes,
         )
-        if self.peer is not None and signed and opened.header.sender != self.peer.node_id:
+        if signed and opened.header.sender != node_id:
             raise Unauthenticated("response is signed by another node than the one we reached")
         if opened.body.correlation_id != request_id:
             raise MalformedMessage(
