@@ -282,7 +282,8 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
     cfg = node.config
     client_tls = ClientTls(tls.files) if tls is not None else None
     bind = tls.bind if tls is not None else None
-    streams = ChannelStreams(hub, tls=client_tls, bind_certificate=bind)
+    admit = lambda peer, address: admit_peer(node.pipeline, peer, address)  # noqa: E731
+    streams = ChannelStreams(hub, tls=client_tls, bind_certificate=bind, admit=admit)
     # A peer the table forgets (GONE long enough, or evicted) leaves nothing behind.
     node.peer_table.on_forget(streams.forget)
     connector = PeerConnector(
@@ -295,7 +296,7 @@ def _around_hub(  # noqa: PLR0917 - the parts made so far, in order
         card_limits=cfg.card_limits,
         on_verified=streams.dial,
         tls=client_tls,
-        admit=lambda peer, address: admit_peer(node.pipeline, peer, address),
+        admit=admit,
     )
     wire_halts(node, hub)
     facts = NodeFacts(node, connector)

@@ -11,9 +11,12 @@ ours is made by ``get_logger`` and carries one ``SafeLogFilter``:
 - a traceback keeps its lines, but its control characters are escaped and every
   line after the first is indented, so no line of it can pass for a record;
 - records are throttled per logger, level and message template (the text before
-  formatting, so one kind of event is one budget whatever it says): ``BURST`` at
-  once, then ``RATE`` a second; the next one let through says how many similar
-  records were dropped. At most ``MAX_KEYS`` templates are tracked (the oldest go).
+  formatting, so one kind of event is one budget whatever it says; for a record a
+  library formatted itself, its first line): ``BURST`` at once, then ``RATE`` a
+  second; the next one let through says how many similar records were dropped. At
+  most ``MAX_KEYS`` templates are tracked (the oldest go). Each logger and level has
+  a budget of its own too (``LOGGER_BURST``, ``LOGGER_RATE``), whatever the
+  templates: text formatted before logging cannot pass as ever-new templates.
 
 A library does not configure handlers; this filter rides on the loggers themselves,
 so it holds whatever handlers the program (or ``aralnode run``) installs.
@@ -36,6 +39,11 @@ MAX_CHARS = 2000
 BURST = 256
 RATE = 20.0  # records a second, per template, after the burst
 MAX_KEYS = 1024
+# And per logger and level, whatever the template: a library that logs text it
+# formatted itself (a task's name, a request id in it) makes a new template of each
+# record, and would pass every one of them.
+LOGGER_BURST = 4 * BURST
+LOGGER_RATE = 5 * RATE
 
 # C0 controls (tab kept), DEL and C1 controls; also Unicode line and paragraph
 # separators, which some log viewers break lines on.
@@ -63,12 +71,21 @@ class SafeLogFilter(logging.Filter):
         self._clock = clock
         # template key -> [tokens, last refill time, records dropped since one passed]
         self._budgets: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
+        self._loggers: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg)[:200])
-        dropped = self._admit(key)
+        template = str(record.msg)
+        if not record.args:  # formatted already: its first line is the template
+            template = template.partition("\n")[0]
+        key = (record.name, record.levelno, template[:200])
+        dropped = self._admit(self._budgets, key, BURST, RATE)
         if dropped is None:
             return False
+        wide = self._admit(self._loggers, (record.name, record.levelno, ""), LOGGER_BURST,
+                           LOGGER_RATE)  # fmt: skip
+        if wide is None:
+            return False
+        dropped += wide
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the record
@@ -88,18 +105,25 @@ class SafeLogFilter(logging.Filter):
     def reset(self) -> None:
         """Forget every budget (tests start each from a full one)."""
         self._budgets.clear()
+        self._loggers.clear()
 
-    def _admit(self, key: tuple[str, int, str]) -> int | None:
+    def _admit(
+        self,
+        table: OrderedDict[tuple[str, int, str], list[float]],
+        key: tuple[str, int, str],
+        burst: int,
+        rate: float,
+    ) -> int | None:
         """None to drop the record; else how many were dropped before it."""
         now = self._clock()
-        budget = self._budgets.get(key)
+        budget = table.get(key)
         if budget is None:
-            budget = self._budgets[key] = [float(BURST), now, 0.0]
-            if len(self._budgets) > MAX_KEYS:
-                self._budgets.popitem(last=False)
+            budget = table[key] = [float(burst), now, 0.0]
+            if len(table) > MAX_KEYS:
+                table.popitem(last=False)
         else:
-            self._budgets.move_to_end(key)
-            budget[0] = min(float(BURST), budget[0] + (now - budget[1]) * RATE)
+            table.move_to_end(key)
+            budget[0] = min(float(burst), budget[0] + (now - budget[1]) * rate)
             budget[1] = now
         if budget[0] < 1.0:
             budget[2] += 1

@@ -190,6 +190,24 @@ def test_the_log_does_not_open_across_a_gap(
     assert names(tmp_path) == before  # no file made, none written to
 
 
+def test_the_oldest_files_moved_away_leave_a_log_that_goes_on(
+    tmp_path: Path, identity: Identity
+) -> None:
+    """From review: nothing prunes the log, so moving its oldest files to an archive
+    is how a node's disk stays bounded; that is no gap between two files, and the
+    log goes on from its newest (verify needs the whole set back)."""
+    files = rotated(tmp_path, identity)
+    for path in files[:2]:
+        path.unlink()
+    log = AuditLog(tmp_path, identity, rotate_bytes=16 * 1024)
+    log.open()
+    assert commit(log, 1, "after") == [None]
+    assert log.seq == 81
+    log.close()
+    problem = verify(tmp_path, identity.public_key).problem
+    assert problem is not None and "audit-000001.db..audit-000002.db is missing" in problem.detail
+
+
 async def test_a_node_does_not_start_on_a_log_with_a_gap(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:

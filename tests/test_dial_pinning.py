@@ -96,3 +96,28 @@ async def test_a_dial_to_ourselves_pins_nothing(make_node: Callable[..., Node]) 
         assert own.value.reason == "SELF"
         assert hub.keyring.pinned == pinned
         assert not hub.keyring.is_pinned(hub.node_id)
+
+
+async def test_a_channel_redial_the_connection_point_refuses_pins_nothing(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: the channel's redial (after a peer restarts, say) handshook and
+    pinned without the connection point, so a peer halted or refused by a policy
+    reloaded since had its key pinned again. It passes the point first now."""
+    from aralnode.mesh.streams import _dial_once
+
+    hub = make_node("hub")
+    peer = make_node("peer", demo=False)
+    async with hub, peer:
+        assert hub.channels is not None
+        seen: list[tuple[str, str]] = []
+
+        def refuse(node_id: str, address: str) -> None:
+            seen.append((node_id, address))
+            raise PermissionDenied("refused by policy", reason="CONNECTION_REFUSED_BY_POLICY")
+
+        channel = hub.channels.peer(peer.node_id)
+        ran, error = await _dial_once(hub.channels, channel, peer.address, None, refuse)
+        assert (ran, getattr(error, "reason", None)) == (False, "CONNECTION_REFUSED_BY_POLICY")
+        assert seen == [(peer.node_id, peer.address)]
+        assert not hub.keyring.is_pinned(peer.node_id)

@@ -94,6 +94,21 @@ def test_the_templates_it_tracks_are_bounded() -> None:
     assert len(safe._budgets) == _logs.MAX_KEYS
 
 
+def test_text_a_library_formatted_itself_is_throttled_too() -> None:
+    """From review: asyncio's handler logs text it formatted (a task's name in it),
+    so each record was a template of its own, with a budget of its own: 2,000 "Task
+    was destroyed" records all passed. Such a record's template is its first line;
+    and each logger has a budget of its own, whatever its templates."""
+    safe = SafeLogFilter(Clock())
+    destroyed = [
+        record(f"Task was destroyed but it is pending!\ntask: <Task pending name='Task-{i}'>")
+        for i in range(2_000)
+    ]
+    assert sum(safe.filter(r) for r in destroyed) == BURST
+    made_up = [record(f"request {i} failed") for i in range(10_000)]
+    assert sum(safe.filter(r) for r in made_up) == _logs.LOGGER_BURST - BURST
+
+
 async def test_the_http_guard_logs_a_hostile_path_escaped_and_throttled(
     make_node: Callable[..., Node],
     caplog: pytest.LogCaptureFixture,

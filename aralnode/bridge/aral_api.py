@@ -107,6 +107,17 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _unserved(asked: str | None) -> AralError | None:
+    """The refusal of an ``X-API-Version`` this node does not speak (None: none asked,
+    or one it does)."""
+    if asked is None or asked.strip().lower() in _VERSIONS:
+        return None
+    return UnsupportedVersion(
+        f"API version {asked[:16]!r} is not served; this node speaks " + ", ".join(SUPPORTED),
+        details={"supported": list(SUPPORTED)},
+    )
+
+
 def _parameters(request: dict[str, Any]) -> dict[str, Any]:
     """A request's ``parameters``: an object, or none (absent or null: ``{}``); not
     ``false`` or ``""`` read as none."""
@@ -162,15 +173,6 @@ class AralApi:
         ctx = h.call_context(service.contexts, scope, "rest")
         req_id = ctx.message_id = h.request_id(ctx.metadata.get("x-request-id"))
         try:
-            asked = ctx.metadata.get("x-api-version")
-            if asked is not None and asked.strip().lower() not in _VERSIONS:
-                error = UnsupportedVersion(
-                    f"API version {asked[:16]!r} is not served; this node speaks "
-                    + ", ".join(SUPPORTED),
-                    details={"supported": list(SUPPORTED)},
-                )
-                service.pipeline.authenticate(ctx, "aral.api/version")
-                raise refused(service.pipeline, ctx, "aral.api/version", error)
             raw = scope.get("raw_path") or scope["path"].encode()
             raw_path = raw.decode("latin-1").split("?", 1)[0]
             agent_raw, _, tail = raw_path[len(PREFIX) :].partition("/")
@@ -179,6 +181,10 @@ class AralApi:
             except AralError as exc:  # a refused caller learns no route (and each is audited)
                 service.pipeline.authenticate(ctx, "aral.api/route")
                 raise refused(service.pipeline, ctx, "aral.api/route", exc) from None
+            if (unserved := _unserved(ctx.metadata.get("x-api-version"))) is not None:
+                if handler != "_message":  # (a message's credential is its signature)
+                    service.pipeline.authenticate(ctx, "aral.api/version")
+                raise refused(service.pipeline, ctx, "aral.api/version", unserved)
             agent_id = unquote(agent_raw)
             if handler == "_message":  # its signature is the caller's credential
                 with audited(service.pipeline, ctx, _MESSAGE_ACTION):  # (413: on record)

@@ -45,6 +45,9 @@ from aralnode.transport.grpc_client import NodeClient, channel_options
 from aralnode.transport.status import abort, from_rpc_error
 from aralnode.transport.tls_grpc import ClientTls, open_channel, peer_certificate
 
+# The connection point (``service.connections.admit_peer``): raises to refuse a peer.
+Admit = Callable[[str, str], None]
+
 log = get_logger("aralnode.channel")
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -69,12 +72,15 @@ class ChannelStreams:
         *,
         tls: ClientTls | None = None,
         bind_certificate: Callable[[bytes, str], object] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         """``tls``: dial peers over TLS, checking each is the node expected;
         ``bind_certificate`` (mTLS): an accepted open's peer certificate must be the
-        opening node's (``CertRules.bind``), or the open is refused."""
+        opening node's (``CertRules.bind``), or the open is refused; ``admit``: the
+        connection point each redial passes before the peer's key is pinned."""
         self.hub = hub
         self.tls = tls
+        self.admit = admit
         self.bind_certificate = bind_certificate
         self._dials: dict[str, asyncio.Task[None]] = {}
 
@@ -84,7 +90,7 @@ class ChannelStreams:
         if task is not None and not task.done():
             return
         pc = self.hub.peer(peer_id)
-        task = asyncio.ensure_future(dial_forever(self.hub, pc, address, self.tls))
+        task = asyncio.ensure_future(dial_forever(self.hub, pc, address, self.tls, self.admit))
         task.set_name(f"channel dial {peer_id}")
         self._dials[peer_id] = task
 
@@ -226,7 +232,11 @@ async def _accept(
 
 
 async def dial_forever(
-    hub: ChannelHub, peer: PeerChannel, address: str, tls: ClientTls | None = None
+    hub: ChannelHub,
+    peer: PeerChannel,
+    address: str,
+    tls: ClientTls | None = None,
+    admit: Admit | None = None,
 ) -> None:
     """Keep a channel to ``peer`` open: dial, run, and on failure redial after
     exponential backoff with full jitter. Returns when the hub stops."""
@@ -237,7 +247,7 @@ async def dial_forever(
             delay = hub.backoff_initial
             continue
         try:
-            link_ran, error = await _dial_once(hub, peer, address, tls)
+            link_ran, error = await _dial_once(hub, peer, address, tls, admit)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -261,7 +271,11 @@ async def dial_forever(
 
 
 async def _dial_once(
-    hub: ChannelHub, peer: PeerChannel, address: str, tls: ClientTls | None = None
+    hub: ChannelHub,
+    peer: PeerChannel,
+    address: str,
+    tls: ClientTls | None = None,
+    admit: Admit | None = None,
 ) -> tuple[bool, AralError | None]:
     """One dial: handshake, open, run the link until it ends; (whether a link ran,
     why it ended). Never raises for what the network or the peer does. Over TLS
@@ -281,8 +295,12 @@ async def _dial_once(
             max_message_bytes=hub.max_message_bytes,  # as on the channel's options
             card_limits=hub.settings.card_limits,
         )
-        # Pins the peer's key in the node's ring (the client was given it).
-        await client.handshake(hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout)
+        verified = await client.handshake(
+            hub.card(), expected_node_id=peer.peer_id, timeout=hub.open_timeout, pin=False
+        )
+        if admit is not None:  # as every dial: a peer the connection point refuses (a
+            admit(peer.peer_id, address)  # halt, a policy reloaded since) is pinned nowhere
+        hub.keyring.pin(verified.key)
         if peer.connected:
             return False, None  # the peer dialled us meanwhile: one stream is enough
         stub: Any = channel.stream_stream(

@@ -242,7 +242,8 @@ def _syntax(text: str, source: str, *, yaml_format: bool) -> tuple[Any, yaml.Nod
 def _policy(r: _Reader, data: Any) -> Policy:
     top = r.table(data if data is not None else {}, [], _TOP)
     version = top.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version != 1:
+    # 1 (YAML's 1.0 too, as a file written for an earlier node said); not true
+    if isinstance(version, bool) or not isinstance(version, int | float) or version != 1:
         raise r.fail(["version"], "must be 1")
     environment = top.get("environment", "development")
     if not isinstance(environment, str):

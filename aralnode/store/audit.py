@@ -46,6 +46,7 @@ from aralnode.store.audit_files import (
     Checkpointer,
     audit_files,
     connect,
+    file_number,
     next_file,
     numbering_gap,
     size,
@@ -216,13 +217,20 @@ class AuditLog:
         """Open (or create) the current file and start the writer.
 
         Raises:
-            AuditUnavailable: the files' numbering has a gap (one was removed or
-                renamed): going on would chain across it and reuse its seqs.
+            AuditUnavailable: the files' numbering has a gap between two of them (one
+                was removed or renamed): going on would chain across it. The oldest
+                files moved away (archived) leave no such gap: the log goes on.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         files = audit_files(self.directory)
         gap = numbering_gap(files)
-        if gap is not None:
+        if gap is not None and gap[0] == 0 and file_number(files[0]) > 1:
+            log.warning(
+                "audit log %s starts at %s: the files before it were moved away "
+                "(`aralnode audit verify` needs them all back to check the chain)",
+                self.directory, files[0].name,
+            )  # fmt: skip
+        elif gap is not None:
             raise AuditUnavailable(
                 f"the audit log in {self.directory} is not whole: {gap[1]}; the node does "
                 "not write to it (`aralnode audit verify` reports it; restore the file, "
