@@ -415,6 +415,7 @@ class NodeConfig:
             raise ValueError(
                 f"invalid node name {self.name!r}: 1..63 letters, digits, '.', '_' or '-'"
             )
+        config_checks.check_paths(self)
         self.discovery = config_checks.check_discovery(self)
         for port in (self.grpc_port, self.http_port):
             if port is not None and not 0 <= port <= 65535:

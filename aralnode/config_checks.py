@@ -7,6 +7,8 @@ which imports it, and the layering test refuses even a type-only cycle).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,22 @@ TLS_CLIENT_AUTH = ("none", "require")  # tls group: grpcio offers no "request" m
 TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$")
 LOG_FORMATS = ("text", "json")
 NODE_ID = re.compile(r"^[a-z2-7]{32}$")  # base32 of 20 bytes of the key's hash
+
+
+def check_paths(cfg: Any) -> None:
+    """Every path field as a ``Path`` (a program may give a ``str``: it was taken,
+    then failed at start with an AttributeError; "" is none); anything else is
+    refused."""
+    for f in dataclasses.fields(cfg):
+        if f.type not in ("Path | None", "Path"):
+            continue
+        value = getattr(cfg, f.name)
+        if value == "":  # (none, as it always read: Path("") would be ".")
+            setattr(cfg, f.name, None)
+        elif isinstance(value, str | os.PathLike) and not isinstance(value, Path):
+            setattr(cfg, f.name, Path(value))
+        elif value is not None and not isinstance(value, Path):
+            raise ValueError(f"{f.name} must be a path, not {type(value).__name__}")
 
 
 def check_audit(cfg: Any) -> None:

@@ -368,3 +368,14 @@ def test_config_check_never_prints_a_secret(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "S3CRET" not in done.stdout
         assert "(set)" in done.stdout
+
+
+def test_a_path_given_as_text_is_a_path() -> None:
+    """From an attack: ``NodeConfig(data_dir="/tmp/x")`` (a str, as a program may
+    write it) was taken, then failed at start with an AttributeError."""
+    from aralnode import NodeConfig
+
+    cfg = NodeConfig(name="p", data_dir="/tmp/p-node", policy_file="policy.toml")  # type: ignore[arg-type]
+    assert (cfg.data_dir, cfg.policy_file) == (Path("/tmp/p-node"), Path("policy.toml"))
+    with pytest.raises(ValueError, match="data_dir must be a path, not int"):
+        NodeConfig(name="p", data_dir=5)  # type: ignore[arg-type]

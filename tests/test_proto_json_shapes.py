@@ -24,6 +24,7 @@ from google.protobuf import (
     duration_pb2,
     empty_pb2,
     field_mask_pb2,
+    json_format,
     struct_pb2,
     timestamp_pb2,
     wrappers_pb2,
@@ -240,3 +241,94 @@ async def test_mcp_refuses_a_message_that_is_not_an_object(node: Node) -> None:
             "library.v1.Library.CreateBook", {"shelf": "sci", "book": {"title": "t"}}
         )
         assert not made.is_error
+
+
+def _floats() -> Descriptor:
+    """A message of float and double fields, plain, repeated and wrapped."""
+    pool = descriptor_pool.DescriptorPool()
+    dep = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(dep)
+    pool.Add(dep)
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="floats.proto", package="fl", syntax="proto3", dependency=[dep.name]
+    )
+    msg = fdp.message_type.add(name="F")
+    msg.field.add(name="f", number=1, type=2, label=1, json_name="f")
+    msg.field.add(name="d", number=2, type=1, label=1, json_name="d")
+    msg.field.add(name="fs", number=3, type=2, label=3, json_name="fs")
+    msg.field.add(name="wf", number=4, type=11, label=1, json_name="wf",
+                  type_name=".google.protobuf.FloatValue")  # fmt: skip
+    msg.field.add(name="wd", number=5, type=11, label=1, json_name="wd",
+                  type_name=".google.protobuf.DoubleValue")  # fmt: skip
+    pool.Add(fdp)
+    return pool.FindMessageTypeByName("fl.F")
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"f": True}, "fl.F.f: true is not a number"),
+        ({"d": False}, "fl.F.d: false is not a number"),
+        ({"fs": [1.5, True]}, "fl.F.fs: true is not a number"),
+        ({"wf": True}, "fl.F.wf: true is not a number"),
+        ({"wd": False}, "fl.F.wd: false is not a number"),
+        ({"f": "1e39"}, "fl.F.f: '1e39' is past the range of a float"),
+        ({"wf": "-4e38"}, "fl.F.wf: '-4e38' is past the range of a float"),
+        ({"d": "1e400"}, "fl.F.d: '1e400' is past the range of a double"),
+        ({"wd": "-1e309"}, "fl.F.wd: '-1e309' is past the range of a double"),
+    ],
+)
+def test_a_float_is_no_boolean_and_its_string_within_its_range(body: Any, said: str) -> None:
+    """From an attack: a float field took ``true`` as 1 and ``"1e39"`` (a string) as
+    Infinity, where the same number unquoted is refused and the schema says neither."""
+    desc = _floats()
+    assert _refused(desc, body).startswith(said)
+    assert not _schema_accepts(desc, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"f": 1.5}, {"f": "1.5"}, {"f": "NaN"}, {"d": "-Infinity"}, {"d": "1e300"},
+     {"fs": [1, 2.5, "3"]}, {"wf": "3e38"}, {"wd": 2}],
+)  # fmt: skip
+def test_floats_and_their_strings_in_range_are_taken(body: Any) -> None:
+    desc = _floats()
+    check_json(desc, body)
+    request_from(GetMessageClass(desc), body)
+
+
+def _tree() -> Any:
+    """A service whose request nests itself (``R{children: [R]}``), in a fresh pool."""
+    pool = descriptor_pool.DescriptorPool()
+    fdp = descriptor_pb2.FileDescriptorProto(name="tree.proto", package="tr", syntax="proto3")
+    msg = fdp.message_type.add(name="R")
+    msg.field.add(name="children", number=1, type=11, label=3, type_name=".tr.R",
+                  json_name="children")  # fmt: skip
+    msg.field.add(name="id", number=2, type=9, label=1, json_name="id")
+    fdp.service.add(name="T").method.add(name="Echo", input_type=".tr.R", output_type=".tr.R")
+    pool.Add(fdp)
+    return pool.FindServiceByName("tr.T")
+
+
+async def test_a_protobuf_request_nests_as_deep_on_the_json_doors_as_on_grpc(
+    make_node: Callable[..., Node],
+) -> None:
+    """From an attack: a protobuf method's JSON parameters (MCP's, the in-process
+    door's) were held to a ``Value``'s depth, 43 levels of JSON, where REST and gRPC
+    parse the same request into its message, whose parser bounds it. They are held
+    to the parser's bound now, on every door."""
+    service = _tree()
+    request_cls = GetMessageClass(service.methods_by_name["Echo"].input_type)
+
+    class Echo:
+        async def Echo(self, request: Any, ctx: Any) -> Any:
+            return request
+
+    node = make_node("tree")
+    node.add_service(Echo(), service)
+    deep: dict[str, Any] = {"id": "leaf"}
+    for _ in range(40):  # 83 levels of JSON
+        deep = {"children": [deep]}
+    async with node:
+        answer = await node.invoke("tr.T/Echo", deep)
+    assert answer == json_format.MessageToDict(request_from(request_cls, deep))

@@ -54,6 +54,7 @@ be an object), costs one lookup.
 from __future__ import annotations
 
 import binascii
+import math
 import re
 from typing import Any, NoReturn
 
@@ -86,6 +87,8 @@ _DURATION = re.compile(r"-?[0-9]+(?:\.[0-9]{1,9})?s")
 _BYTES, _SPAN, _DOUBLES, _ANY = "bytes", "duration", "doubles", "any"  # fields checked here
 _OBJECT = "object"  # a message field with nothing to check below: its JSON type alone
 _INT, _FLOAT = "int", "float"
+_FLOAT_VALUE = "google.protobuf.FloatValue"
+_FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 _NUMBER_KINDS = frozenset({_INT, _FLOAT})
 _KINDS = {
     "google.protobuf.Any": _ANY,
@@ -264,12 +267,38 @@ def _check_numbers(kind: str, wide: bool, field: FieldDescriptor, values: list[A
         for x in values:
             if type(x) is str:
                 _check_text(kind, field, x)
+    if kind == _FLOAT and (bool in types or str in types):
+        _check_floats(field, values)
     if wide and float in types:
         for x in values:
             if type(x) is float and x.is_integer() and not -_EXACT < x < _EXACT:
                 raise InexactInteger(
                     f"{field.full_name}: {x!r} came as a double, which holds no integer "
                     "beyond ±2**53 exactly: send 64-bit integers as strings"
+                )
+
+
+def _check_floats(field: FieldDescriptor, values: list[Any]) -> None:
+    """A float field's JSON: never a boolean (the parser reads ``true`` as 1), and a
+    number's string form one its type holds (the parser reads "1e400" as Infinity,
+    where the same number unquoted is refused).
+
+    Raises:
+        ValueError: a boolean; a string past the type's range.
+    """
+    leaf = _leaf(field)
+    single = leaf.cpp_type == FieldDescriptor.CPPTYPE_FLOAT or (
+        leaf.message_type is not None and leaf.message_type.full_name == _FLOAT_VALUE
+    )
+    for x in values:
+        if type(x) is bool:
+            raise ValueError(f"{field.full_name}: {str(x).lower()} is not a number")
+        if type(x) is str and x not in _FLOAT_WORDS:
+            number = float(x)
+            if math.isinf(number) or (single and abs(number) > _FLOAT32_MAX):
+                raise ValueError(
+                    f"{field.full_name}: {x[:40]!r} is past the range of a "
+                    f"{'float' if single else 'double'}"
                 )
 
 

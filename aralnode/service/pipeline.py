@@ -82,6 +82,8 @@ class Target:
     Attributes:
         id: The capability, built-in method or event (governance's action id).
         kind: "invoke", "call", "stream" or "message": the counters' prefix.
+        parsed: A protobuf method's: its JSON parameters become its request message,
+            whose depth the protobuf parser bounds (not a ``Value``'s).
     """
 
     id: str
@@ -90,6 +92,7 @@ class Target:
     scopes: Sequence[str] = _NO_SCOPES
     peer: str = ""
     kind: str = "call"
+    parsed: bool = False
 
     @property
     def ok_key(self) -> str:  # the counter of this kind's successes
@@ -123,7 +126,7 @@ class Pipeline:
         cap = self.registry.get(capability_id)
         # A capability that names no scope of its own needs agent:invoke.
         scopes = cap.required_scopes or INVOKE_SCOPES
-        target = Target(cap.id, _INVOKE, cap.risk, scopes, "", "invoke")
+        target = Target(cap.id, _INVOKE, cap.risk, scopes, "", "invoke", cap.method is not None)
         self._served[capability_id] = served = (target, cap)
         return served
 
@@ -359,7 +362,7 @@ class Pipeline:
         target_id = target.id
         try:
             if message is None:
-                json_params(value, target_id)
+                json_params(value, target_id, parsed=target.parsed)
             st.authorize(ctx, target.scopes, target_id)
             slot = st.rate_limit.enter(ctx)
         except AralError as exc:
@@ -386,7 +389,7 @@ class Pipeline:
             if action is not None and checks:
                 result = await self._checked(ctx, action, result)
             if message is None:
-                json_result(result, target_id, self.max_result_bytes)
+                json_result(result, target_id, self.max_result_bytes, parsed=target.parsed)
         except AralError as exc:
             self._ended(ctx, target, exc, point)
             raise

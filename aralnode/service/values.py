@@ -17,10 +17,15 @@ from aralnode.core import codec
 from aralnode.core.errors import InvalidParameters, OutOfRange, response_too_large
 
 
-def json_params(params: Any, target: str) -> None:
-    """Raises ``InvalidParameters`` for parameters with a number no door carries."""
+def json_params(params: Any, target: str, *, parsed: bool = False) -> None:
+    """Raises ``InvalidParameters`` for parameters with a number no door carries, or
+    nested deeper than a ``Value`` can be -- unless they are ``parsed`` into a
+    protobuf request, whose parser bounds their depth (as it does on every door)."""
     try:
-        codec.check_json(params)
+        if parsed:
+            codec.check_numbers(params)
+        else:
+            codec.check_json(params)
     except ValueError as exc:
         raise InvalidParameters(
             f"invalid parameters for {target}: {exc}", reason="NOT_A_JSON_NUMBER"
@@ -31,14 +36,18 @@ def json_params(params: Any, target: str) -> None:
         ) from None
 
 
-def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
+def json_result(result: Any, target: str, max_bytes: int = 0, *, parsed: bool = False) -> None:
     """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
     overflowed to infinity, say): the caller's values took the capability out of
     the range its answer can be given in, which is no fault of the node's; and
     ``MessageTooLarge`` (``response_too_large``) for one whose JSON would be past
-    ``max_bytes`` (0: no bound)."""
+    ``max_bytes`` (0: no bound). A protobuf response's (``parsed``) depth is its
+    message's, not a ``Value``'s."""
     try:
-        codec.check_json(result)
+        if parsed:
+            codec.check_numbers(result)
+        else:
+            codec.check_json(result)
     except ValueError as exc:
         raise OutOfRange(
             f"the result of {target} has no JSON form: {exc}", reason="RESULT_NOT_JSON"
