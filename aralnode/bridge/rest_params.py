@@ -4,6 +4,7 @@ into proto3 JSON values (``http.proto``'s rules for a field named in the query).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -80,6 +81,10 @@ def query_fields(binding: Binding) -> list[tuple[str, tuple[FieldDescriptor, ...
     return out
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
 def parse_scalar(f: FieldDescriptor, text: str, name: str) -> Any:
     kind = f.type
     if f.message_type is not None:
@@ -90,12 +95,20 @@ def parse_scalar(f: FieldDescriptor, text: str, name: str) -> Any:
             if low in _TRUE or low in _FALSE:
                 return low in _TRUE
             raise ValueError("expected true or false")
+        # Digits only, as proto3 JSON's string forms (Python's int() and float() also
+        # take "+5", "1_000", " 5", other scripts' digits, "inf").
         if kind in _INTS:
+            if not _INTEGER.fullmatch(text):
+                raise ValueError("expected an integer's digits")
             return int(text)
         if kind in _FLOATS:
-            return text if text in ("NaN", "Infinity", "-Infinity") else float(text)
+            if text in ("NaN", "Infinity", "-Infinity"):
+                return text
+            if not _NUMBER.fullmatch(text):
+                raise ValueError("expected a number")
+            return float(text)
         if kind == FieldDescriptor.TYPE_ENUM:
-            return int(text) if text.lstrip("-").isdigit() else text
+            return int(text) if _INTEGER.fullmatch(text) else text
     except ValueError as exc:
         raise InvalidParameters(
             f"parameter {name!r}: {exc}", details={"field": name, "value": text[:100]}

@@ -321,14 +321,17 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
             ±2**53, NaN), in a Struct-like value.
         ValueError: bytes that are not base64; a Duration finer than nanoseconds.
     """
-    if kind in _NUMBER_KINDS:
-        if type(x) is str and not (
-            _NUMBER_TEXT.fullmatch(x) or (kind == _FLOAT and x in _FLOAT_WORDS)
-        ):
-            floats = ', or "NaN", "Infinity", "-Infinity"' if kind == _FLOAT else ""
+    if kind == _INT:
+        if type(x) is str and not _SIGNED_KEY.fullmatch(x):
+            raise ValueError(
+                f"{field.full_name}: {x[:40]!r} is not an integer (an integer's string form "
+                'is its digits, as "12")'
+            )
+    elif kind == _FLOAT:
+        if type(x) is str and not (_NUMBER_TEXT.fullmatch(x) or x in _FLOAT_WORDS):
             raise ValueError(
                 f"{field.full_name}: {x[:40]!r} is not a number (a number's string form is "
-                f'a JSON number, as "12" or "1e5"{floats})'
+                'a JSON number, as "12" or "1e5", or "NaN", "Infinity", "-Infinity")'
             )
     elif kind == _DOUBLES:
         try:

@@ -36,10 +36,6 @@ class ProtoComments(Protocol):
         """Comments by full name of ``files`` and everything they import."""
 
 
-_INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
-_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
-
-
 def _at_most(limit: int) -> str:
     """A regex of the decimal strings of 0..``limit`` (leading zeros allowed, as the
     parser allows them), so that a 64-bit integer's string form is held to its range
@@ -54,6 +50,23 @@ def _at_most(limit: int) -> str:
     alternatives.append(digits)
     return "(?:" + "|".join(alternatives) + ")"
 
+
+# A 32-bit integer: a number, or its digits as a string (proto3 JSON takes both), each
+# held to its range (the string by its pattern).
+_INT32 = {
+    "type": ["integer", "string"],
+    "pattern": f"^(?:{_at_most(2**31 - 1)}|-{_at_most(2**31)})$",
+    "minimum": -(2**31),
+    "maximum": 2**31 - 1,
+    "format": "int32",
+}
+_UINT32 = {
+    "type": ["integer", "string"],
+    "pattern": f"^{_at_most(2**32 - 1)}$",
+    "minimum": 0,
+    "maximum": 2**32 - 1,
+    "format": "uint32",
+}
 
 # The number form's bounds are powers of two, exact as doubles: a capability card
 # carries its schema in a Struct, where 2**63 - 1 would become 2**63.
