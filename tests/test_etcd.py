@@ -18,10 +18,12 @@ import pytest
 
 from aralnode import Node
 from aralnode.core.identity import Identity
+from aralnode.discovery.backend import Announcement, Hint
 from aralnode.discovery.etcd import (
     MAX_VALUE_BYTES,
     BadValue,
     EtcdBackend,
+    EtcdSettings,
     decode,
     prefix_end,
 )
@@ -263,3 +265,90 @@ def test_the_prefix_range_covers_exactly_the_prefix() -> None:
     assert prefix_end(b"/aral/v1/nodes/") == b"/aral/v1/nodes0"
     assert prefix_end(b"a\xff") == b"b"
     assert prefix_end(b"\xff\xff") == b"\0"
+
+
+async def test_large_values_under_the_prefix_do_not_stop_discovery(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    """From an attack: four values of 1.4 MiB made the first read of the prefix 5.7 MB,
+    past what a gRPC message may carry: every session failed, for every node, for
+    good. The prefix is read a page at a time; the large values are refused."""
+    for i in range(4):
+        cluster.put(PREFIX + f"big{i}", b"x" * (1400 * 1024))
+    async with a_pair(etcd_node) as (a, _):
+        assert a.pipeline.counters["discovery.announcement_rejected"] >= 4
+
+
+async def test_a_node_writes_its_key_again_when_someone_else_changes_it(
+    etcd_node: Callable[..., Node], cluster: EtcdCluster
+) -> None:
+    """From an attack: a node's key overwritten (another address, no lease) stayed
+    wrong until the node's next registration: newcomers dialled nowhere."""
+    a = etcd_node("a")
+    await a.start()
+    try:
+        backend = backend_of(a)
+        await asyncio.wait_for(backend.registered.wait(), timeout=30)
+        key = PREFIX + a.node_id
+        ours = cluster.get_prefix(PREFIX)[key]
+        forged = {"v": 1, "node_id": a.node_id, "addresses": ["10.255.255.1:1"]}
+        cluster.put(key, json.dumps(forged).encode())
+        await eventually(lambda: cluster.get_prefix(PREFIX).get(key) == ours)
+        assert backend.stats["repairs"] >= 1
+    finally:
+        await a.stop()
+    assert key not in cluster.get_prefix(PREFIX)  # on its lease again: the goodbye took it
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.hints: list[str] = []
+        self.refused: list[tuple[str, str]] = []
+
+    def hint(self, hint: Hint) -> None:
+        self.hints.append(hint.key)
+
+    def withdraw(self, key: str) -> None:
+        self.hints.remove(key)
+
+    def rejected(self, key: str, reason: str) -> None:
+        self.refused.append((key, reason))
+
+    def settled(self, key: str) -> bool:
+        return False
+
+
+class _Tokens:
+    """A hint bucket the test fills by hand."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+
+    def take(self) -> bool:
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def test_a_hint_past_the_rate_is_held_and_hinted_as_tokens_come_back() -> None:
+    """From an attack: a hint past the rate was dropped "to be seen on the next read",
+    which came only after a reconnect (a watch shows an unchanged key no more): a
+    short flood hid real nodes from each other for good."""
+    backend = EtcdBackend(EtcdSettings(endpoints=("http://127.0.0.1:1",)))
+    me = Announcement(Identity.generate().node_id, "", ("1",), 1, "")
+    sink, tokens = _Sink(), _Tokens()
+    backend._announcement, backend._sink, backend._bucket = me, sink, tokens  # type: ignore[assignment]
+    others = [Identity.generate().node_id for _ in range(3)]
+    for node_id in others:
+        value = {"v": 1, "node_id": node_id, "addresses": ["127.0.0.1:9"]}
+        backend._seen(PREFIX + node_id, json.dumps(value).encode())
+    assert sink.hints == []
+    assert [why for _, why in sink.refused] == ["hint rate exceeded"] * 3
+    backend._gone(PREFIX + others[2])  # gone meanwhile: never hinted
+    tokens.tokens = 1
+    backend.drain()
+    assert sink.hints == [PREFIX + others[0]]
+    tokens.tokens = 5
+    backend.drain()
+    assert sink.hints == [PREFIX + others[0], PREFIX + others[1]]

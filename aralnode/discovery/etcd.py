@@ -25,7 +25,11 @@ goodbye: the others see the key deleted at once rather than at its TTL).
 Bounds on what an outsider who can write to the prefix may make us hold: a value
 is at most ``MAX_VALUE_BYTES`` and is parsed strictly; at most ``MAX_KEYS`` keys
 are tracked; hints are rate-limited (``HINTS_PER_SECOND``, a burst of
-``HINT_BURST``), the rest counted as rejected.
+``HINT_BURST``): one past the rate is held back (counted as rejected) and hinted as
+tokens come back, never dropped (a watch shows an unchanged key no more). The prefix
+is read a page at a time (``PAGE_KEYS``, one revision): a few large values under it
+cannot make one read larger than a gRPC message may be and stop discovery for every
+node. This node's own key, overwritten or deleted by someone else, is written again.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ MAX_ADDRESSES = 8
 MAX_FIELD_CHARS = 256
 HINTS_PER_SECOND = 200.0
 HINT_BURST = 400
+PAGE_KEYS = 8  # keys a read of the prefix: each value may be etcd's largest (1.5 MiB)
+RECEIVE_BYTES = 32 * 1024 * 1024  # a page, or a watch fragment, with room to spare
+DRAIN_SECONDS = 0.5  # how often hints held back by the rate are looked at again
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 RPC_TIMEOUT = 5.0
 STOP_TIMEOUT = 1.0
@@ -213,7 +220,8 @@ class EtcdBackend:
         registered: Set while this node's key is in etcd (tests, readiness).
         connected_endpoint: The endpoint in use ("" between connections).
         stats: Counts of what went to and came from etcd (the bench reads them):
-            ``puts``, ``keepalives``, ``events``, ``registrations``, ``reconnects``.
+            ``puts``, ``keepalives``, ``events``, ``registrations``, ``reconnects``,
+            ``repairs`` (our key written again after someone else changed it).
     """
 
     name = SOURCE
@@ -225,7 +233,7 @@ class EtcdBackend:
         self.registered = asyncio.Event()
         self.connected_endpoint = ""
         self.stats = {"puts": 0, "keepalives": 0, "events": 0, "registrations": 0,
-                      "reconnects": 0}  # fmt: skip
+                      "reconnects": 0, "repairs": 0}  # fmt: skip
         self._prefix = settings.prefix.encode()
         self._announcement: Announcement | None = None
         self._sink: HintSink | None = None
@@ -235,6 +243,8 @@ class EtcdBackend:
         self._lease = 0
         self._keys: OrderedDict[str, bytes] = OrderedDict()  # key -> value last hinted
         self._bucket = _Bucket()
+        self._held: OrderedDict[str, bytes] = OrderedDict()  # keys the hint rate held back
+        self._repairing: asyncio.Future[None] | None = None
         self._stopping = False
         # What a bridge learns from etcd (``etcd_bridge``): key -> (hint, via).
         self.on_hint: Any = None
@@ -375,11 +385,16 @@ class EtcdBackend:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_alive(lease.ID))
             group.create_task(self._watch(revision + 1))
+            group.create_task(self._drain_held())
 
     def _open(self, endpoint: str) -> grpc.aio.Channel:
         url = urlsplit(endpoint)
         target = url.netloc
-        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+        options = [
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.max_receive_message_length", RECEIVE_BYTES),
+        ]
         if url.scheme != "https":
             return grpc.aio.insecure_channel(target, options=options)
         s = self.settings
@@ -418,22 +433,28 @@ class EtcdBackend:
             call.cancel()
 
     async def _resync(self) -> int:
-        """Read the prefix whole: hint what is there, withdraw what is gone since
-        the last read; the revision of the read."""
+        """Read the prefix, a page at a time at one revision: hint what is there,
+        withdraw what is gone since the last read; the revision of the read."""
         assert self._channel is not None
-        reply = await rpc.KVStub(self._channel).Range(
-            rpc.RangeRequest(key=self._prefix, range_end=prefix_end(self._prefix),
-                             limit=MAX_KEYS),
-            timeout=RPC_TIMEOUT, metadata=self._metadata,
-        )  # fmt: skip
-        present = set()
-        for kv in reply.kvs:
-            key = kv.key.decode("utf-8", "replace")
-            present.add(key)
-            self._seen(key, kv.value)
-        for key in [k for k in self._keys if k not in present]:
+        stub, start, end = rpc.KVStub(self._channel), self._prefix, prefix_end(self._prefix)
+        present: set[str] = set()
+        revision = 0
+        while len(present) < MAX_KEYS:
+            reply = await stub.Range(
+                rpc.RangeRequest(key=start, range_end=end, limit=PAGE_KEYS, revision=revision),
+                timeout=RPC_TIMEOUT, metadata=self._metadata,
+            )  # fmt: skip
+            revision = revision or int(reply.header.revision)
+            for kv in reply.kvs:
+                key = kv.key.decode("utf-8", "replace")
+                present.add(key)
+                self._seen(key, kv.value)
+            if not reply.more or not reply.kvs:
+                break
+            start = reply.kvs[-1].key + b"\0"
+        for key in [k for k in (*self._keys, *self._held) if k not in present]:
             self._gone(key)
-        return int(reply.header.revision)
+        return revision
 
     async def _watch(self, start: int) -> None:
         assert self._channel is not None
@@ -443,7 +464,7 @@ class EtcdBackend:
                 rpc.WatchRequest(
                     create_request=rpc.WatchCreateRequest(
                         key=self._prefix, range_end=prefix_end(self._prefix),
-                        start_revision=start,
+                        start_revision=start, fragment=True,
                     )
                 )
             )  # fmt: skip
@@ -480,18 +501,62 @@ class EtcdBackend:
         except BadValue as exc:
             sink.rejected(key, str(exc))
             return
-        self._keys[key] = value
         if hint.node_id == self._announcement.node_id and not via:
-            return  # our own registration
+            self._keys[key] = value
+            if key == self._own_key().decode() and value != encode(self._announcement):
+                self._repair()  # someone else wrote our key
+            return
         if not self._bucket.take():
-            del self._keys[key]  # seen again on the next read
+            self._keys.pop(key, None)
+            self._held[key] = value  # hinted as tokens come back (``drain``)
+            self._held.move_to_end(key)
+            while len(self._held) > MAX_KEYS:
+                self._held.popitem(last=False)
             sink.rejected(key, "hint rate exceeded")
             return
+        self._held.pop(key, None)
+        self._keys[key] = value
         sink.hint(hint)
         if self.on_hint is not None:
             self.on_hint(hint, via)
 
+    def drain(self) -> None:
+        """Hint what the rate held back, oldest first, as far as tokens allow."""
+        for _ in range(len(self._held)):
+            if not self._held or self._bucket.tokens < 1:
+                return
+            key, value = self._held.popitem(last=False)
+            self._seen(key, value)
+
+    async def _drain_held(self) -> None:
+        while True:
+            await asyncio.sleep(DRAIN_SECONDS)
+            self.drain()
+
+    def _repair(self) -> None:
+        """Write our key again (one write at a time), as the node announces itself."""
+        announcement, lease = self._announcement, self._lease
+        if self._repairing is not None or self._stopping or not lease or announcement is None:
+            return
+
+        async def put() -> None:
+            try:
+                if self._channel is None or self._lease != lease:
+                    return  # (the session ended: the next one registers anew)
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+                    await self._put(self._own_key(), encode(announcement), lease)
+                    self.stats["repairs"] += 1
+            finally:
+                self._repairing = None
+
+        self._repairing = asyncio.ensure_future(put())
+
     def _gone(self, key: str) -> None:
+        self._held.pop(key, None)
+        if self._announcement is not None and key == self._own_key().decode():
+            self._keys.pop(key, None)
+            self._repair()  # deleted by someone else (our own goodbye revokes the lease)
+            return
         if self._keys.pop(key, None) is None:
             return
         assert self._sink is not None
