@@ -242,3 +242,16 @@ async def test_schemathesis_finds_the_schema_and_the_node_agree(node: Node, tmp_
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     assert "passed" in text
+
+
+def test_what_openapi_cannot_say_of_a_path_variable_its_description_does(
+    document: dict[str, Any],
+) -> None:
+    """From an attack: an OpenAPI client percent-encodes the '/' of a multi-segment
+    variable (`{parent=shelves/*}`), which http.proto keeps inside one segment: the
+    call found nothing. OpenAPI 3.1 has no way to say "send it as it is" for a path
+    parameter; its description says it."""
+    op = document["paths"]["/v1/{parent}/books:list"]["get"]
+    (parent,) = [p for p in op["parameters"] if p["name"] == "parent"]
+    assert "sent as it is: an encoded `%2F` stays inside one" in parent["description"]
+    assert parent["schema"]["pattern"].startswith("^shelves/")

@@ -12,6 +12,8 @@ import re
 from importlib import resources
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from aralnode.bridge.rest_params import query_fields
 from aralnode.bridge.routes import Binding
 from aralnode.bridge.targets import Target
@@ -239,6 +241,17 @@ def _protobuf_answer(binding: Binding) -> bool:
     return field is None or (field.message_type is not None and not field.is_repeated)
 
 
+# A multi-segment path variable's segments go as they are: http.proto keeps an encoded
+# slash inside one segment (docs/rest.md).
+_SEGMENTS = "Its segments are joined with `/`, sent as it is: an encoded `%2F` stays inside one."
+
+
+def _in_oneof(field: FieldDescriptor) -> bool:
+    """A member of a real oneof (not the one proto3 ``optional`` makes for itself)."""
+    oneof = field.containing_oneof
+    return oneof is not None and len(oneof.fields) > 1
+
+
 def _unique(name: str, taken: set[str]) -> str:
     """``name``, or ``name_2``, ``name_3``... whichever is not ``taken`` yet (then it is)."""
     out, n = name, 2
@@ -268,6 +281,8 @@ def _parameters(
         doc = comments.get(var.field_path[-1].full_name, "")
         if name != var.name:
             doc = f"Field `{var.name}`. {doc}".strip()
+        if var.multi_segment:  # (OpenAPI cannot say it; clients encode '/' otherwise)
+            doc = f"{doc} {_SEGMENTS}".strip()
         if doc:
             param["description"] = doc
         params.append(param)
@@ -284,8 +299,14 @@ def _parameters(
         }
         if path[-1].is_repeated:
             param["style"], param["explode"] = "form", True
-        if comments.get(path[-1].full_name):
-            param["description"] = comments[path[-1].full_name]
+        doc = comments.get(path[-1].full_name, "")
+        member = next((f for f in path if _in_oneof(f)), None)
+        oneof = member.containing_oneof if member is not None else None
+        if oneof is not None:  # (OpenAPI cannot say it either)
+            others = ", ".join(f"`{f.json_name}`" for f in oneof.fields if f is not member)
+            doc = f"{doc} In the oneof `{oneof.name}`: not with {others}.".strip()
+        if doc:
+            param["description"] = doc
         params.append(param)
     return params
 
