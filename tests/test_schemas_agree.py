@@ -661,3 +661,35 @@ def test_the_message_an_any_holds_is_held_to_proto3_json_too(inner: Any, reason:
 def test_bytes_the_node_takes_are_what_the_schema_allows(text: str) -> None:
     desc = _texts_message()
     assert _node_accepts(desc, {"data": text}) is _schema_accepts(desc, {"data": text}), text
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("Timestamp", "2020-01-01T00:00:00Z"), ("Timestamp", "2020-01-01T00:00:00.123456789Z"),
+        ("Timestamp", "2020-01-01T00:00:00+01:00"), ("Timestamp", "2020-01-01t00:00:00z"),
+        ("Timestamp", "2020-01-01T00:00:00.1234567891Z"), ("Timestamp", "2020-01-01 00:00:00Z"),
+        ("Duration", "315576000000s"), ("Duration", "315576000001s"), ("Duration", "-1.5s"),
+        ("Duration", "1s\n"), ("FieldMask", "a,bC"), ("FieldMask", "aB.cD"), ("FieldMask", ""),
+        ("FieldMask", "a_b"), ("FieldMask", "A_b"),
+    ],
+)  # fmt: skip
+def test_a_well_known_types_text_is_what_its_schema_says(kind: str, text: str) -> None:
+    """From an attack: a Timestamp with ten fractional digits or a lower-case t, a
+    Duration past ±10,000 years and a FieldMask path with '_' passed their schemas
+    and were refused by the parser."""
+    from google.protobuf import duration_pb2, field_mask_pb2, json_format, timestamp_pb2
+
+    from aralnode.core.proto_schema import _WELL_KNOWN
+
+    message = {"Timestamp": timestamp_pb2.Timestamp, "Duration": duration_pb2.Duration,
+               "FieldMask": field_mask_pb2.FieldMask}[kind]()  # fmt: skip
+    try:
+        json_format.Parse(json.dumps(text), message)
+        parsed = True
+    except json_format.ParseError:
+        parsed = False
+    schema = Draft202012Validator(
+        _WELL_KNOWN[f"google.protobuf.{kind}"], format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    assert schema.is_valid(text) is parsed, (text, parsed)

@@ -167,9 +167,20 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Value": {},
     "google.protobuf.ListValue": {"type": "array"},
     "google.protobuf.NullValue": {"type": "null"},
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s" + _END},
-    "google.protobuf.FieldMask": {"type": "string"},
+    # What the parser takes of RFC 3339: upper-case T and Z, at most nine fractional
+    # digits; a Duration within ±10,000 years; a FieldMask's paths with no '_' (lower
+    # camel case, comma-separated).
+    "google.protobuf.Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\\.[0-9]{1,9})?"
+        "(?:Z|[+-][0-9]{2}:[0-9]{2})" + _END,
+    },
+    "google.protobuf.Duration": {
+        "type": "string",
+        "pattern": f"^-?{_at_most(315_576_000_000)}(\\.[0-9]{{1,9}})?s" + _END,
+    },
+    "google.protobuf.FieldMask": {"type": "string", "pattern": "^[^_]*" + _END},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
     # An empty object is the empty Any; any other names its type.
     "google.protobuf.Any": {
