@@ -387,7 +387,9 @@ def _wrappers_message() -> Descriptor:
 
     pool, fdp = _fresh_file(wrappers_pb2, "w")
     msg = fdp.message_type.add(name="W")
-    for number, kind in enumerate(("Int64", "UInt64", "Int32", "UInt32", "Double", "Bool"), 1):
+    for number, kind in enumerate(
+        ("Int64", "UInt64", "Int32", "UInt32", "Double", "Bool", "Float"), 1
+    ):
         msg.field.add(
             name=kind.lower(), number=number, type=11, label=1,
             type_name=f".google.protobuf.{kind}Value", json_name=kind.lower(),
@@ -443,13 +445,17 @@ def test_a_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool)
         ("double", "-nan", False), ("double", "+1.5", False), ("double", "1_0.5", False),
         ("double", " 1.5", False), ("double", "\u0661.\u0665", False),
         ("int32", "7", True), ("int32", "+7", False), ("uint64", "7", True),
-        ("uint64", "0_7", False), ("int64", "\u0667", False),
+        ("uint64", "0_7", False), ("int64", "\u0667", False), ("double", "1e400", False),
+        ("double", "1e99", True), ("double", True, False), ("float", "1.5", True),
+        ("float", "1e39", False), ("float", 3.4028235e38, False), ("float", False, False),
     ],
 )  # fmt: skip
 def test_a_wrapped_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool) -> None:
     # Before: DoubleValue took "inf", "-nan", "+1.5" and " 1.5" (Python's float()).
     desc = _wrappers_message()
     assert _node_accepts(desc, {field: value}) is ok, value
+    # And the schema says the same (a double's or an int32's text was no form of it).
+    assert _schema_accepts(desc, {field: value}) is ok, value
     any_body = {"@type": f"type.googleapis.com/google.protobuf.{field.title()}Value"}
     any_body["@type"] = any_body["@type"].replace("Uint64", "UInt64")
     assert _node_accepts(_texts_message(), {"any": {**any_body, "value": value}}) is ok, value

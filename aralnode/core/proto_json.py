@@ -278,7 +278,7 @@ def _check_numbers(kind: str, wide: bool, field: FieldDescriptor, values: list[A
                 )
 
 
-def _check_floats(field: FieldDescriptor, values: list[Any]) -> None:
+def _check_floats(field: FieldDescriptor, values: list[Any], single: bool | None = None) -> None:
     """A float field's JSON: never a boolean (the parser reads ``true`` as 1), and a
     number's string form one its type holds (the parser reads "1e400" as Infinity,
     where the same number unquoted is refused).
@@ -286,10 +286,11 @@ def _check_floats(field: FieldDescriptor, values: list[Any]) -> None:
     Raises:
         ValueError: a boolean; a string past the type's range.
     """
-    leaf = _leaf(field)
-    single = leaf.cpp_type == FieldDescriptor.CPPTYPE_FLOAT or (
-        leaf.message_type is not None and leaf.message_type.full_name == _FLOAT_VALUE
-    )
+    if single is None:  # (a float32 field, or its wrapper)
+        leaf = _leaf(field)
+        single = leaf.cpp_type == FieldDescriptor.CPPTYPE_FLOAT or (
+            leaf.message_type is not None and leaf.message_type.full_name == _FLOAT_VALUE
+        )
     for x in values:
         if type(x) is bool:
             raise ValueError(f"{field.full_name}: {str(x).lower()} is not a number")
@@ -423,6 +424,8 @@ def _check_any(field: FieldDescriptor, x: Any) -> None:
     if name.startswith("google.protobuf."):
         if (kind := _KINDS.get(name)) and "value" in x:
             _check_text(kind, field, x["value"])
+            if kind == _FLOAT:
+                _check_floats(field, [x["value"]], name == _FLOAT_VALUE)
         return
     check_json(desc, {k: v for k, v in x.items() if k != "@type"})
 

@@ -84,15 +84,38 @@ _UINT64 = {
     "exclusiveMaximum": 2**64,
     "format": "uint64",
 }
-_FLOAT = {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
 
 # The end of the text in every regex dialect a validator may use (ECMA-262's as Python's,
 # whose ``$`` also matches before a final newline: "AP8=\n" is not base64).
 _END = "(?![\\s\\S])"
 
+_WORDS = {"enum": ["NaN", "Infinity", "-Infinity"]}
+# A float: a number, one of the three words, or a number's text (proto3 JSON takes
+# "1.5"), held by its pattern to what its type holds: no more than 200 digits and a
+# two-digit exponent for a double (below 1e300); 29 and one digit for a float (below
+# 1e38, where its largest is 3.4e38, which bounds its number form too).
+_FLOAT = {
+    "oneOf": [
+        {"type": "number"},
+        {
+            "type": "string",
+            "pattern": "^-?[0-9]{1,200}(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?" + _END,
+        },
+        _WORDS,
+    ]
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32 = {
+    "oneOf": [
+        {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX},
+        {"type": "string", "pattern": "^-?[0-9]{1,29}(?:\\.[0-9]+)?(?:[eE][+-]?[0-9])?" + _END},
+        _WORDS,
+    ]
+}
+
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: _FLOAT,
-    FieldDescriptor.TYPE_FLOAT: _FLOAT,
+    FieldDescriptor.TYPE_FLOAT: _FLOAT32,
     FieldDescriptor.TYPE_INT64: _INT64,
     FieldDescriptor.TYPE_SINT64: _INT64,
     FieldDescriptor.TYPE_SFIXED64: _INT64,
