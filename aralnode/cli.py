@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import signal
@@ -39,11 +38,11 @@ from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
 from aralnode.config_checks import NODE_ID
 from aralnode.config_file import ConfigFileError
 from aralnode.core import codec
-from aralnode.core.addresses import join_host_port
 from aralnode.core.capabilities import RISKS
-from aralnode.core.errors import AralError
+from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import KeyAlgorithm
 from aralnode.node import Node
+from aralnode.policy.load import PolicyError
 from aralnode.store.keys import load_identity
 from aralnode.store.proto_docs import ProtoDocs
 from aralnode.transport.grpc_client import NodeClient, unwrap
@@ -51,6 +50,10 @@ from aralnode.transport.grpc_client import NodeClient, unwrap
 
 class CliError(Exception):
     """A failure to report on stderr with exit code 1."""
+
+
+# The argument types of the commands that call a node (cli_ca.py; here by their old names).
+_node_address, _seconds = cli_ca.node_address, cli_ca.seconds
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -99,6 +102,7 @@ def _grant(value: str) -> tuple[str, frozenset[str]]:
 async def cmd_run(ns: argparse.Namespace) -> int:
     effective = cli_config.effective_config(ns)
     config = effective.config
+    cli_ca.data_dir(config.resolved_data_dir)
     if config.log_format != (ns.log_format or "text"):  # the config file chose it
         _logs.install(logging.getLogger().level, config.log_format)
     node = Node(config)
@@ -322,7 +326,7 @@ async def cmd_mcp(ns: argparse.Namespace) -> int:
 
 def cmd_keys_show(ns: argparse.Namespace) -> int:
     data_dir = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
-    if not (data_dir / "identity.pem").exists():
+    if not (cli_ca.data_dir(data_dir) / "identity.pem").exists():
         raise CliError(f"no identity in {data_dir}; `aralnode run --data-dir {data_dir}` makes one")
     identity = load_identity(data_dir)
     info = {
@@ -339,52 +343,6 @@ def cmd_keys_show(ns: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------
-
-
-def _node_address(value: str) -> str:
-    """``--node``: HOST:PORT (an IPv6 address in brackets, or bare without a port);
-    a host alone means port 50051. A gRPC target URI (``dns:///h:1``,
-    ``unix:/path``) is passed to grpc as it is."""
-    if ":/" in value and not value.startswith("["):
-        return value
-    bad = argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
-    if not value or any(c.isspace() for c in value):
-        raise bad
-    port = str(DEFAULT_GRPC_PORT)
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise bad
-        port = rest[1:] or port
-        if not _is_ipv6(host):
-            raise bad
-    elif value.count(":") > 1:  # a bare IPv6 address, no port
-        host = value
-        if not _is_ipv6(host):
-            raise bad
-    else:
-        host, sep, given = value.partition(":")
-        port = given if sep else port
-    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-        raise bad
-    return join_host_port(host, int(port))
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).version == 6
-    except ValueError:
-        return False
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds >= 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r}: seconds must be 0 or more, and finite")
-    return seconds
 
 
 # long: the command table, one block per subcommand
@@ -522,7 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--json", action="store_true")
     peers.add_argument("--watch", action="store_true", help="keep printing changes (Ctrl-C ends)")
     peers.add_argument(
-        "--interval", type=float, default=1.0, help="--watch poll interval, seconds (default: 1)"
+        "--interval",
+        type=cli_ca.interval,
+        default=1.0,
+        help=f"--watch poll interval, seconds, at least {cli_ca.MIN_INTERVAL:g} (default: 1)",
     )
     cli_ca.add_client_flags(peers)
     peers.set_defaults(func=cmd_peers)
@@ -571,28 +532,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         return int(result)
     except ConfigFileError as exc:  # a bad file is a usage error: its line, key, reason
-        print(exc, file=sys.stderr)
-        return 2
+        problems = [{"line": p.line, "key": p.key, "reason": p.reason} for p in exc.problems]
+        error = InvalidRequest(str(exc), reason="CONFIG_INVALID", details={"problems": problems})
+        return _report(ns, exc, error)
+    except cli_audit.NothingToRead as exc:  # nothing to verify or read: a usage error
+        return _report(ns, exc, exc)
     except AralError as exc:
-        if getattr(ns, "json", False):  # for a script: the error object, on stderr
-            error = {**exc.to_dict(), "status": exc.status.name, "trace_id": exc.trace_id}
-            print(json.dumps({"error": error}), file=sys.stderr)
-            return 1
-        # The reason, where it says more than the status (NOT_FOUND's is NOT_FOUND).
-        status = exc.status.name
-        tag = status if exc.reason in ("", status) else f"{status} {exc.reason}"
-        trace = f" (trace {exc.trace_id})" if exc.trace_id else ""  # the node's logs, audit
-        print(f"error: {exc.message} [{tag}]{trace}", file=sys.stderr)
-        return 1
+        return _report(ns, exc, exc)
     except (CliError, ValueError, OSError, ImportError) as exc:
-        print(f"error: {_message(exc)}", file=sys.stderr)
-        return 1
+        return _report(ns, exc, InvalidRequest(_message(exc), reason=_reason(exc)))
+
+
+def _report(ns: argparse.Namespace, exc: Exception, error: AralError) -> int:
+    """The one way a command fails: with ``--json`` the error object on stderr, one
+    line (``{"error": {code, message, reason, details, status, trace_id}}``), else one
+    line of text (a config file's problems, one a line); the exit code: 2 for usage
+    (a config file refused, nothing to read), 1 for everything else."""
+    code = 2 if isinstance(exc, ConfigFileError | cli_audit.NothingToRead) else 1
+    if getattr(ns, "json", False):  # for a script: the error object, on stderr
+        body = {**error.to_dict(), "status": error.status.name, "trace_id": error.trace_id}
+        print(json.dumps({"error": body}, default=str), file=sys.stderr)
+        return code
+    if not isinstance(exc, AralError):
+        text = str(exc) if isinstance(exc, ConfigFileError) else f"error: {_message(exc)}"
+        print(text, file=sys.stderr)
+        return code
+    # The reason, where it says more than the status (NOT_FOUND's is NOT_FOUND).
+    status = exc.status.name
+    tag = status if exc.reason in ("", status) else f"{status} {exc.reason}"
+    trace = f" (trace {exc.trace_id})" if exc.trace_id else ""  # the node's logs, audit
+    print(f"error: {exc.message} [{tag}]{trace}", file=sys.stderr)
+    return code
+
+
+def _reason(exc: Exception) -> str:
+    """The reason of a failure found here, before any node was asked."""
+    if isinstance(exc, OSError):
+        return "OS_ERROR"
+    if isinstance(exc, PolicyError):
+        return "POLICY_INVALID"
+    return "IMPORT_FAILED" if isinstance(exc, ImportError) else "INVALID_ARGUMENT"
 
 
 def _message(exc: Exception) -> str:
     # "[Errno 98] ..." helps nobody; a file name, where there is one, does.
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
-        return exc.strerror
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
     return str(exc)
 
 

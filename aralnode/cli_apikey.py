@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aralnode.access.apikeys import ApiKeyRecord, ApiKeyStore
+from aralnode.cli_ca import data_dir as data_dir_of
 from aralnode.config import NodeConfig
 
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
@@ -55,7 +56,7 @@ def _names(text: str | None) -> list[str]:
 def _store(ns: argparse.Namespace) -> ApiKeyStore:
     if ns.file:
         return ApiKeyStore(Path(ns.file))
-    data_dir = Path(ns.data_dir) if ns.data_dir else None
+    data_dir = data_dir_of(Path(ns.data_dir)) if ns.data_dir else None
     return ApiKeyStore(NodeConfig(name=ns.name, data_dir=data_dir).apikeys_path)
 
 

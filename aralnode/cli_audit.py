@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from aralnode.config import NodeConfig
 from aralnode.core.audit import AuditRecord
-from aralnode.core.errors import DataLoss
+from aralnode.core.errors import DataLoss, NotFound
 from aralnode.core.identity import Identity, PublicKey
 from aralnode.store.audit import audit_files, read_records
 from aralnode.store.audit_verify import verify
@@ -38,6 +38,17 @@ FOLLOW_POLL_SECONDS = 0.5
 #: another shape, a group that does not split (``BadGroup``, a ValueError), a
 #: record's bytes that do not unpack into a record.
 _UNREADABLE = (sqlite3.Error, ValueError, TypeError, KeyError, msgpack.UnpackException)
+
+
+class NothingToRead(NotFound):
+    """No audit log where one was looked for, or no key to verify it with: exit
+    code 2, one line (the JSON error object under ``--json``: ``cli.main``)."""
+
+    default_reason = "NO_AUDIT_LOG"
+
+
+def _no_log(directory: Path) -> NothingToRead:
+    return NothingToRead(f"no audit log in {directory}", details={"dir": str(directory)})
 
 
 def _readable(directory: Path, since: int = 0) -> Iterator[tuple[int, AuditRecord]]:
@@ -79,13 +90,14 @@ def _public_key(ns: argparse.Namespace) -> PublicKey:
 def _verify(ns: argparse.Namespace) -> int:
     directory = audit_dir(ns)
     if not audit_files(directory):
-        print(f"error: no audit log in {directory}", file=sys.stderr)
-        return 2
+        raise _no_log(directory)
     try:
         key = _public_key(ns)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # (a file name, not "[Errno 2]")
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise NothingToRead(f"{where}{exc.strerror or exc}", reason="NO_PUBLIC_KEY") from None
+    except ValueError as exc:
+        raise NothingToRead(str(exc), reason="NO_PUBLIC_KEY") from None
     try:
         report = verify(directory, key)
     except _UNREADABLE as exc:  # (verify reports a damaged file: this is a backstop)
@@ -147,8 +159,7 @@ def _shown(text: str) -> str:
 def _tail(ns: argparse.Namespace) -> int:
     directory = audit_dir(ns)
     if not audit_files(directory) and not ns.follow:
-        print(f"error: no audit log in {directory}", file=sys.stderr)
-        return 2
+        raise _no_log(directory)
     last: deque[tuple[int, AuditRecord]] = deque(maxlen=max(0, ns.n))
     seq = 0
     for seq, record in _readable(directory) if audit_files(directory) else ():
@@ -167,8 +178,7 @@ def _tail(ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     directory = audit_dir(ns)
     if not audit_files(directory):
-        print(f"error: no audit log in {directory}", file=sys.stderr)
-        return 2
+        raise _no_log(directory)
     count = 0
     for seq, record in _readable(directory, since=ns.since):
         sys.stdout.write(json.dumps(_row(seq, record), separators=(",", ":")) + "\n")
@@ -199,4 +209,4 @@ def add_parser(subparsers: Any) -> None:
     export.set_defaults(func=_export)
 
 
-__all__ = ["add_parser", "audit_dir"]
+__all__ = ["NothingToRead", "add_parser", "audit_dir"]

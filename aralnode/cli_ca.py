@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from aralnode.access.ca import (
     DEFAULT_NAMES,
@@ -16,7 +21,8 @@ from aralnode.access.ca import (
     issue,
     node_dns_name,
 )
-from aralnode.config import NodeConfig
+from aralnode.config import DEFAULT_GRPC_PORT, NodeConfig
+from aralnode.core.addresses import join_host_port
 from aralnode.store.keys import KEY_FILE, load_identity
 
 
@@ -37,13 +43,13 @@ def cmd_ca_init(ns: argparse.Namespace) -> int:
 
 
 def cmd_ca_issue(ns: argparse.Namespace) -> int:
-    data_dir = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
-    identity = load_identity(data_dir)  # made if absent, as `aralnode run` would
+    where = Path(ns.data_dir) if ns.data_dir else NodeConfig(name=ns.name).resolved_data_dir
+    identity = load_identity(data_dir(where))  # made if absent, as `aralnode run` would
     names = [*ns.dns, *ns.ip] or list(DEFAULT_NAMES)
     info = issue(
         Path(ns.ca_dir),
         identity,
-        data_dir / KEY_FILE,
+        where / KEY_FILE,
         days=ns.days,
         names=names,
         out_dir=Path(ns.out) if ns.out else None,
@@ -161,7 +167,12 @@ def _caller_metadata(ns: argparse.Namespace) -> list[tuple[str, str]]:
 
 def client_args(ns: argparse.Namespace) -> dict[str, Any]:
     """``NodeClient`` keyword arguments for ``add_client_flags``: TLS (none:
-    plaintext) and the caller's credentials."""
+    plaintext) and the caller's credentials.
+
+    Raises:
+        ValueError: a TLS file that cannot be read, or is not PEM of its kind (one
+            line: grpc would log its own lines and then fail the call unhelpfully).
+    """
     metadata = _caller_metadata(ns)
     out: dict[str, Any] = {"metadata": metadata} if metadata else {}
     cacert, cert, key = getattr(ns, "cacert", None), getattr(ns, "cert", None), ns.key
@@ -171,14 +182,120 @@ def client_args(ns: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--cert and --key go together")
     import grpc  # noqa: PLC0415 - only for TLS
 
-    creds = grpc.ssl_channel_credentials(
-        Path(cacert).read_bytes() if cacert else None,
-        Path(key).read_bytes() if key else None,
-        Path(cert).read_bytes() if cert else None,
-    )
+    creds = grpc.ssl_channel_credentials(*_tls_files(cacert, cert, key))
     node_id = ns.tls_node_id
     name = node_dns_name(ns.tls_trust_domain, node_id) if node_id else ""
     return {**out, "credentials": creds, "server_name": name}
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _certificates(flag: str, path: str) -> tuple[bytes, list[x509.Certificate]]:
+    """The PEM of ``path`` and the certificates in it (at least one)."""
+    pem = _read(flag, path)
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ValueError(f"{flag} {path}: not a PEM certificate") from None
+    return pem, certs
+
+
+def _tls_files(
+    cacert: str | None, cert: str | None, key: str | None
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(CA, key, chain) PEM for ``grpc.ssl_channel_credentials``, each checked
+    with ``cryptography`` first: a CA bundle and a chain of certificates, a private
+    key (unencrypted) that is the chain's first certificate's."""
+    ca_pem = _certificates("--cacert", cacert)[0] if cacert else None
+    if not (cert and key):
+        return ca_pem, None, None
+    cert_pem, chain = _certificates("--cert", cert)
+    key_pem = _read("--key", key)
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(f"--key {key}: not an unencrypted PEM private key") from None
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*der) != chain[0].public_key().public_bytes(*der):
+        raise ValueError(f"--key {key} is not the key of --cert {cert}")
+    return ca_pem, key_pem, cert_pem
+
+
+def data_dir(path: Path, flag: str = "--data-dir") -> Path:
+    """``path``, unless something other than a directory is there: a data dir that
+    is a file fails later with ``[Errno 17] File exists``, which says nothing."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is not a directory")
+    return path
+
+
+# -- argument types of the commands that call a node ----------------------------------
+
+
+def node_address(value: str) -> str:
+    """``--node``: HOST:PORT (an IPv6 address in brackets, or bare without a port);
+    a host alone means port 50051. A gRPC target URI (``dns:///h:1``,
+    ``unix:/path``) is passed to grpc as it is."""
+    if ":/" in value and not value.startswith("["):
+        return value
+    bad = argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    if not value or any(c.isspace() for c in value):
+        raise bad
+    port = str(DEFAULT_GRPC_PORT)
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad
+        port = rest[1:] or port
+        if not _is_ipv6(host):
+            raise bad
+    elif value.count(":") > 1:  # a bare IPv6 address, no port
+        host = value
+        if not _is_ipv6(host):
+            raise bad
+    else:
+        host, sep, given = value.partition(":")
+        port = given if sep else port
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise bad
+    return join_host_port(host, int(port))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+    except ValueError:
+        return False
+
+
+def seconds(value: str) -> float:
+    """``--timeout``: seconds, 0 or more, finite."""
+    try:
+        given = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not given >= 0 or given == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds must be 0 or more, and finite")
+    return given
+
+
+#: The shortest ``peers --watch --interval``: each poll is a ListPeers call to the node.
+MIN_INTERVAL = 0.1
+
+
+def interval(value: str) -> float:
+    """``--interval``: seconds between polls, at least ``MIN_INTERVAL`` and finite."""
+    given = seconds(value)
+    if given < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: the interval must be at least {MIN_INTERVAL:g} seconds"
+        )
+    return given
 
 
 __all__ = [
@@ -186,5 +303,9 @@ __all__ = [
     "add_parser",
     "add_run_flags",
     "client_args",
+    "data_dir",
     "grpcurl_flags",
+    "interval",
+    "node_address",
+    "seconds",
 ]

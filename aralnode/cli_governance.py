@@ -3,7 +3,8 @@ operator's side of escalate and halt, over the node's gRPC port (scope
 ``agent:admin``: give an API key or token with ``--api-key``/``--token``).
 
 Tables for people, ``--json`` for scripts; exit 0 on success, 1 when the node
-refused (the reason on stderr), 2 on bad arguments.
+refused (the reason on stderr, as the JSON error object under ``--json``), 2 on bad
+arguments.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,6 @@ from google.protobuf import json_format
 from aralnode import _proto as pb
 from aralnode import cli_ca
 from aralnode.cli_audit import _shown as shown
-from aralnode.core.errors import AralError
 from aralnode.transport.grpc_client import NodeClient
 
 
@@ -44,11 +43,9 @@ def _run(ns: argparse.Namespace, call: Callable[[NodeClient], Awaitable[Any]]) -
         async with NodeClient(ns.node, **cli_ca.client_args(ns)) as client:
             return await client._rpc(lambda: call(client))
 
-    try:
-        answer = asyncio.run(go())
-    except AralError as exc:
-        print(f"error: {exc.code} {exc.reason}: {exc.message}", file=sys.stderr)
-        return 1
+    # A refusal or a node out of reach raises: ``cli.main`` reports it, as it does
+    # every command's (one line, or the JSON error object under ``--json``).
+    answer = asyncio.run(go())
     ns.show(answer)
     return 0
 
@@ -108,7 +105,13 @@ def _clear(ns: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--node", required=True, metavar="HOST:PORT", help="the node's gRPC port")
+    parser.add_argument(
+        "--node",
+        required=True,
+        metavar="HOST:PORT",
+        type=cli_ca.node_address,
+        help="the node's gRPC port",
+    )
     parser.add_argument("--json", action="store_true", help="as JSON")
     cli_ca.add_client_flags(parser)
 

@@ -1,33 +1,26 @@
 """``aralnode policy check|explain``: a policy file before a node uses it.
 
 ``check`` exits 0 for a file a node would load, 1 with ``FILE:LINE: reason``
-otherwise. ``explain`` shows the verdict a call would get: its decision, the
-rules that matched, the caller's tier and the capability's category.
+otherwise (with ``--json``, the JSON error object on stderr, reason ``POLICY_INVALID``,
+as every command fails: ``cli.main``). ``explain`` shows the verdict a call would get:
+its decision, the rules that matched, the caller's tier and the capability's category.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from aralnode.core.clock import SystemClock
 from aralnode.core.governance import Action, Direction
 from aralnode.policy.engine import Memory, PolicyEvaluator
-from aralnode.policy.load import PolicyError, load_policy
+from aralnode.policy.load import load_policy
 
 
 def _check(ns: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(Path(ns.file))
-    except PolicyError as exc:
-        if ns.json:
-            print(json.dumps({"ok": False, "error": str(exc)}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
+    policy = load_policy(Path(ns.file))  # PolicyError: exit 1, FILE:LINE: reason (cli.main)
     summary = {
         "ok": True,
         "file": ns.file,
@@ -46,12 +39,11 @@ def _check(ns: argparse.Namespace) -> int:
 
 
 def _explain(ns: argparse.Namespace) -> int:
+    policy = load_policy(Path(ns.file))  # PolicyError: exit 1, FILE:LINE: reason (cli.main)
     try:
-        policy = load_policy(Path(ns.file))
         params = json.loads(ns.params) if ns.params else {}
-    except (PolicyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"--params is not valid JSON: {exc}") from None
     engine = PolicyEvaluator(policy, Memory(SystemClock().monotonic, policy))
     roles = frozenset(r for r in (ns.roles or "").split(",") if r)
     action = Action(
@@ -60,9 +52,8 @@ def _explain(ns: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         verdict = engine.evaluate(action)
-    except Exception as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # a rule that cannot judge this call: one line, not a traceback
+        raise ValueError(f"the policy cannot judge this call: {exc}") from None
     out: dict[str, Any] = {
         "decision": verdict.decision.label,
         "flagged": verdict.flagged,

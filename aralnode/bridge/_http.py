@@ -129,7 +129,9 @@ def header(scope: Scope, name: bytes) -> str | None:
 def trace_of(scope: Scope) -> str:
     """The trace a request comes under (``caller_trace``), for what a door answers
     before it makes a context."""
-    return caller_trace(header(scope, b"traceparent") or "", header(scope, b"x-trace-id") or "")
+    parents = [v for k, v in scope["headers"] if k == b"traceparent"]
+    parent = parents[0].decode("latin-1") if len(parents) == 1 else ""  # (twice: none, W3C)
+    return caller_trace(parent, header(scope, b"x-trace-id") or "")
 
 
 def request_id(value: str | None) -> str:

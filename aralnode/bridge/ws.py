@@ -61,9 +61,7 @@ from aralnode.service.refusals import refused
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
-# An invoke frame refused before the pipeline (no capability, a member it does not
-# take): on record under this action.
-_INVOKE_ACTION = "aral.ws/invoke"
+_INVOKE_ACTION = "aral.ws/invoke"  # an invoke frame refused before the pipeline, on record
 
 # The governance action id of the WebSocket door's own operation (a status request
 # is the built-in GetStatus, as on every door).

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from aralnode import _proto as pb
 from aralnode.core.clock import Clock
 from aralnode.core.context import NO_CREDENTIALS, CallContext, Credentials, Peer, clean_trace_id
-from aralnode.service.tracing import TRACEPARENT, trace_id_of
+from aralnode.service.tracing import TRACEPARENT, repeated_traceparent, trace_id_of
 
 LOCAL = Credentials(local=True)
 GIVEN = Credentials(given=True)
@@ -69,7 +69,9 @@ class ContextBuilder:
         """
         md: Mapping[str, str] = {} if metadata is None else metadata
         if trace_id is None:
-            trace_id = caller_trace(md.get(TRACEPARENT, ""), md.get(TRACE_HEADER, ""))
+            # (a traceparent given twice is none: W3C Trace Context)
+            parent = "" if repeated_traceparent(md) else md.get(TRACEPARENT, "")
+            trace_id = caller_trace(parent, md.get(TRACE_HEADER, ""))
         elif trace_id:
             trace_id = clean_trace_id(trace_id)
         return CallContext(
