@@ -7,6 +7,7 @@ import argparse
 import ipaddress
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,9 @@ def _certificates(flag: str, path: str) -> tuple[bytes, list[x509.Certificate]]:
     """The PEM of ``path`` and the certificates in it (at least one)."""
     pem = _read(flag, path)
     try:
-        certs = x509.load_pem_x509_certificates(pem)
+        with warnings.catch_warnings():  # (a system bundle's odd serials: grpc takes them)
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise ValueError(f"{flag} {path}: not a PEM certificate") from None
     return pem, certs

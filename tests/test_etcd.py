@@ -318,37 +318,70 @@ class _Sink:
         return False
 
 
-class _Tokens:
-    """A hint bucket the test fills by hand."""
+def _backend(sink: _Sink) -> tuple[EtcdBackend, list[float]]:
+    """A backend with no etcd, reporting to ``sink``, its hint bucket on a hand clock
+    (``clock[0]``), emptied."""
+    from aralnode.discovery import etcd as etcd_module
 
-    def __init__(self) -> None:
-        self.tokens = 0.0
+    backend = EtcdBackend(EtcdSettings(endpoints=("http://127.0.0.1:1",)))
+    backend._announcement = Announcement(Identity.generate().node_id, "", ("1",), 1, "")
+    backend._sink = sink  # type: ignore[assignment]
+    clock = [0.0]
+    backend._bucket = etcd_module._Bucket(lambda: clock[0])
+    backend._bucket.tokens = 0.0
+    return backend, clock
 
-    def take(self) -> bool:
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+
+def _entry(node_id: str, port: int = 9) -> bytes:
+    return json.dumps({"v": 1, "node_id": node_id, "addresses": [f"127.0.0.1:{port}"]}).encode()
 
 
 def test_a_hint_past_the_rate_is_held_and_hinted_as_tokens_come_back() -> None:
     """From an attack: a hint past the rate was dropped "to be seen on the next read",
     which came only after a reconnect (a watch shows an unchanged key no more): a
-    short flood hid real nodes from each other for good."""
-    backend = EtcdBackend(EtcdSettings(endpoints=("http://127.0.0.1:1",)))
-    me = Announcement(Identity.generate().node_id, "", ("1",), 1, "")
-    sink, tokens = _Sink(), _Tokens()
-    backend._announcement, backend._sink, backend._bucket = me, sink, tokens  # type: ignore[assignment]
+    short flood hid real nodes from each other for good. (From review: the first
+    fix looked at the tokens without refilling them, and waited for good too.)"""
+    sink = _Sink()
+    backend, clock = _backend(sink)
     others = [Identity.generate().node_id for _ in range(3)]
     for node_id in others:
-        value = {"v": 1, "node_id": node_id, "addresses": ["127.0.0.1:9"]}
-        backend._seen(PREFIX + node_id, json.dumps(value).encode())
+        backend._seen(PREFIX + node_id, _entry(node_id))
     assert sink.hints == []
     assert [why for _, why in sink.refused] == ["hint rate exceeded"] * 3
     backend._gone(PREFIX + others[2])  # gone meanwhile: never hinted
-    tokens.tokens = 1
+    clock[0] += 1 / 200  # one token's worth of time
     backend.drain()
     assert sink.hints == [PREFIX + others[0]]
-    tokens.tokens = 5
+    clock[0] += 10.0
     backend.drain()
     assert sink.hints == [PREFIX + others[0], PREFIX + others[1]]
+
+
+def test_a_hinted_key_changed_past_the_rate_then_deleted_is_withdrawn() -> None:
+    """From review: a key hinted, changed while the rate held its new value back,
+    then deleted, was never withdrawn (the old hint stayed with the supervisor)."""
+    sink = _Sink()
+    backend, clock = _backend(sink)
+    other = Identity.generate().node_id
+    clock[0] += 1.0
+    backend._seen(PREFIX + other, _entry(other))
+    backend._bucket.tokens = 0.0
+    backend._seen(PREFIX + other, _entry(other, 10))  # held back
+    assert sink.hints == [PREFIX + other]
+    backend._gone(PREFIX + other)
+    assert sink.hints == []  # withdrawn
+    clock[0] += 10.0
+    backend.drain()
+    assert sink.hints == []  # and the held value with it
+
+
+async def test_our_key_is_written_again_whatever_was_put_there() -> None:
+    """From review: a value under our key that did not parse (garbage, no addresses)
+    was only counted as rejected, never written over: newcomers never found us."""
+    backend, _ = _backend(_Sink())
+    backend._lease = 1  # (a session's: the repair writes on it)
+    assert backend._announcement is not None
+    own = PREFIX + backend._announcement.node_id
+    backend._seen(own, b"garbage")
+    assert backend._repairing is not None  # (no etcd here: it ends writing nothing)
+    await backend._repairing

@@ -300,10 +300,11 @@ def _parameters(
         if path[-1].is_repeated:
             param["style"], param["explode"] = "form", True
         doc = comments.get(path[-1].full_name, "")
-        member = next((f for f in path if _in_oneof(f)), None)
-        oneof = member.containing_oneof if member is not None else None
-        if oneof is not None:  # (OpenAPI cannot say it either)
-            others = ", ".join(f"`{f.json_name}`" for f in oneof.fields if f is not member)
+        at = next((i for i, f in enumerate(path) if _in_oneof(f)), None)
+        oneof = path[at].containing_oneof if at is not None else None
+        if at is not None and oneof is not None:  # (OpenAPI cannot say it either)
+            prefix = "".join(f"{f.name}." for f in path[:at])  # (as the parameters are named)
+            others = ", ".join(f"`{prefix}{f.name}`" for f in oneof.fields if f is not path[at])
             doc = f"{doc} In the oneof `{oneof.name}`: not with {others}.".strip()
         if doc:
             param["description"] = doc

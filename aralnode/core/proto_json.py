@@ -29,9 +29,10 @@ where every door reads JSON: ``codec.loads``.)
   doors that read JSON parameters refuse it anywhere (``codec.check_json``).
 - It reads a number given as a string with Python's ``int()`` and ``float()``:
   ``"+5"``, ``"1_000"``, ``"١٢"`` (Arabic-Indic digits), ``" 1.5"``, ``"inf"`` and
-  ``"-nan"`` are numbers to it. proto3 JSON takes a number's string form as a JSON
-  number (``"1e5"`` for an int32 included) and, for a float, ``"NaN"``,
-  ``"Infinity"`` and ``"-Infinity"``; the schemas the doors show say the same.
+  ``"-nan"`` are numbers to it. An integer's string form is its digits here (no sign
+  for an unsigned one, ``"1e5"`` not); a float's a JSON number within its type's
+  range, or ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, and never ``true``; the
+  schemas the doors show say the same.
 - It reads an integer map key with ``int()`` too, so ``"+1"`` and ``"1_0"`` are keys,
   and ``"1"`` and ``"01"`` in one object are one key, the last kept. A key is its
   integer's digits here (as the schemas say), and one key given twice is refused.
@@ -118,6 +119,8 @@ _NUMBER_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _FLOAT_WORDS = frozenset({"NaN", "Infinity", "-Infinity"})
 # An integer map key: its digits (what ``proto_schema``'s key patterns say).
 _SIGNED_KEY = re.compile(r"-?[0-9]+")
+_UNSIGNED_TEXT = re.compile(r"[0-9]+")
+_UNSIGNED_WRAPPERS = frozenset({"google.protobuf.UInt32Value", "google.protobuf.UInt64Value"})
 _UNSIGNED_KEY = re.compile(r"[0-9]+")
 _KEYS = {
     FieldDescriptor.CPPTYPE_INT32: _SIGNED_KEY,
@@ -278,6 +281,14 @@ def _check_numbers(kind: str, wide: bool, field: FieldDescriptor, values: list[A
                 )
 
 
+def _unsigned(field: FieldDescriptor) -> bool:
+    """A uint32 or uint64 field, or a wrapper of one (its text has no sign: "-0" too)."""
+    leaf = _leaf(field)
+    if leaf.message_type is not None:
+        return leaf.message_type.full_name in _UNSIGNED_WRAPPERS
+    return leaf.cpp_type in (FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64)
+
+
 def _check_floats(field: FieldDescriptor, values: list[Any], single: bool | None = None) -> None:
     """A float field's JSON: never a boolean (the parser reads ``true`` as 1), and a
     number's string form one its type holds (the parser reads "1e400" as Infinity,
@@ -323,7 +334,8 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
         ValueError: bytes that are not base64; a Duration finer than nanoseconds.
     """
     if kind == _INT:
-        if type(x) is str and not _SIGNED_KEY.fullmatch(x):
+        digits = _UNSIGNED_TEXT if type(x) is str and _unsigned(field) else _SIGNED_KEY
+        if type(x) is str and not digits.fullmatch(x):
             raise ValueError(
                 f"{field.full_name}: {x[:40]!r} is not an integer (an integer's string form "
                 'is its digits, as "12")'

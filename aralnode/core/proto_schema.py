@@ -27,6 +27,10 @@ from google.protobuf.message import DecodeError
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
+# The end of the text in every regex dialect a validator may use (ECMA-262's as Python's,
+# whose ``$`` also matches before a final newline: "AP8=\n" is not base64).
+_END = "(?![\\s\\S])"
+
 
 class ProtoComments(Protocol):
     """Where proto comments come from (``aralnode.store.proto_docs.ProtoDocs`` reads
@@ -55,14 +59,14 @@ def _at_most(limit: int) -> str:
 # held to its range (the string by its pattern).
 _INT32 = {
     "type": ["integer", "string"],
-    "pattern": f"^(?:{_at_most(2**31 - 1)}|-{_at_most(2**31)})$",
+    "pattern": f"^(?:{_at_most(2**31 - 1)}|-{_at_most(2**31)})" + _END,
     "minimum": -(2**31),
     "maximum": 2**31 - 1,
     "format": "int32",
 }
 _UINT32 = {
     "type": ["integer", "string"],
-    "pattern": f"^{_at_most(2**32 - 1)}$",
+    "pattern": f"^{_at_most(2**32 - 1)}" + _END,
     "minimum": 0,
     "maximum": 2**32 - 1,
     "format": "uint32",
@@ -72,22 +76,18 @@ _UINT32 = {
 # carries its schema in a Struct, where 2**63 - 1 would become 2**63.
 _INT64 = {
     "type": ["string", "integer"],
-    "pattern": f"^(?:{_at_most(2**63 - 1)}|-{_at_most(2**63)})$",
+    "pattern": f"^(?:{_at_most(2**63 - 1)}|-{_at_most(2**63)})" + _END,
     "minimum": -(2**63),
     "exclusiveMaximum": 2**63,
     "format": "int64",
 }
 _UINT64 = {
     "type": ["string", "integer"],
-    "pattern": f"^{_at_most(2**64 - 1)}$",
+    "pattern": f"^{_at_most(2**64 - 1)}" + _END,
     "minimum": 0,
     "exclusiveMaximum": 2**64,
     "format": "uint64",
 }
-
-# The end of the text in every regex dialect a validator may use (ECMA-262's as Python's,
-# whose ``$`` also matches before a final newline: "AP8=\n" is not base64).
-_END = "(?![\\s\\S])"
 
 _WORDS = {"enum": ["NaN", "Infinity", "-Infinity"]}
 # A float: a number, one of the three words, or a number's text (proto3 JSON takes
@@ -142,8 +142,8 @@ _NULL: dict[str, Any] = {"type": "null"}
 # also takes the value's name and number).
 _NULL_VALUE: dict[str, Any] = {"oneOf": [_NULL, {"enum": ["NULL_VALUE", 0]}]}
 # A map key's JSON text, for keys that are not strings (``propertyNames``).
-_SIGNED_KEY = {"type": "string", "pattern": "^-?[0-9]+$"}
-_UNSIGNED_KEY = {"type": "string", "pattern": "^[0-9]+$"}
+_SIGNED_KEY = {"type": "string", "pattern": "^-?[0-9]+" + _END}
+_UNSIGNED_KEY = {"type": "string", "pattern": "^[0-9]+" + _END}
 _KEY_NAMES: dict[int, dict[str, Any]] = {
     **dict.fromkeys(
         (

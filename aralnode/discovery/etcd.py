@@ -26,10 +26,9 @@ Bounds on what an outsider who can write to the prefix may make us hold: a value
 is at most ``MAX_VALUE_BYTES`` and is parsed strictly; at most ``MAX_KEYS`` keys
 are tracked; hints are rate-limited (``HINTS_PER_SECOND``, a burst of
 ``HINT_BURST``): one past the rate is held back (counted as rejected) and hinted as
-tokens come back, never dropped (a watch shows an unchanged key no more). The prefix
-is read a page at a time (``PAGE_KEYS``, one revision): a few large values under it
-cannot make one read larger than a gRPC message may be and stop discovery for every
-node. This node's own key, overwritten or deleted by someone else, is written again.
+tokens come back, never dropped. The prefix is read ``PAGE_KEYS`` at a time (one
+revision): large values cannot make a read larger than a gRPC message may be. Our own
+key, overwritten or deleted by someone else, is written again (``REPAIR_SECONDS``).
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import json
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ HINT_BURST = 400
 PAGE_KEYS = 8  # keys a read of the prefix: each value may be etcd's largest (1.5 MiB)
 RECEIVE_BYTES = 32 * 1024 * 1024  # a page, or a watch fragment, with room to spare
 DRAIN_SECONDS = 0.5  # how often hints held back by the rate are looked at again
+REPAIR_SECONDS = 2.0  # our key written again at most this often
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 RPC_TIMEOUT = 5.0
 STOP_TIMEOUT = 1.0
@@ -198,16 +199,21 @@ def decode(key: str, raw: bytes, prefix: str) -> tuple[Hint, str]:
 class _Bucket:
     """A token bucket for hints (monotonic clock)."""
 
-    __slots__ = ("at", "tokens")
+    __slots__ = ("at", "clock", "tokens")
 
-    def __init__(self) -> None:
-        self.tokens, self.at = float(HINT_BURST), time.monotonic()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.tokens, self.at = float(HINT_BURST), clock()
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def available(self) -> bool:
+        """Whether a token is there now (refilled for the time since the last look)."""
+        now = self.clock()
         self.tokens = min(HINT_BURST, self.tokens + (now - self.at) * HINTS_PER_SECOND)
         self.at = now
-        if self.tokens < 1:
+        return self.tokens >= 1
+
+    def take(self) -> bool:
+        if not self.available():
             return False
         self.tokens -= 1
         return True
@@ -245,6 +251,7 @@ class EtcdBackend:
         self._bucket = _Bucket()
         self._held: OrderedDict[str, bytes] = OrderedDict()  # keys the hint rate held back
         self._repairing: asyncio.Future[None] | None = None
+        self._repaired_at = -REPAIR_SECONDS
         self._stopping = False
         # What a bridge learns from etcd (``etcd_bridge``): key -> (hint, via).
         self.on_hint: Any = None
@@ -492,7 +499,13 @@ class EtcdBackend:
         assert sink is not None
         assert self._announcement is not None
         if self._keys.get(key) == value:
+            self._held.pop(key, None)  # (back to what was hinted: nothing to give)
             return  # a re-read of what was hinted already
+        if key == self._own_key().decode():  # ours, however it reads: never a hint
+            self._keys[key] = value
+            if value != encode(self._announcement):
+                self._repair()  # someone else wrote our key
+            return
         if key not in self._keys and len(self._keys) >= MAX_KEYS:
             sink.rejected(key, f"more than {MAX_KEYS} keys under the prefix")
             return
@@ -502,13 +515,12 @@ class EtcdBackend:
             sink.rejected(key, str(exc))
             return
         if hint.node_id == self._announcement.node_id and not via:
-            self._keys[key] = value
-            if key == self._own_key().decode() and value != encode(self._announcement):
-                self._repair()  # someone else wrote our key
+            self._keys[key] = value  # (our id under another key: no hint)
             return
         if not self._bucket.take():
-            self._keys.pop(key, None)
-            self._held[key] = value  # hinted as tokens come back (``drain``)
+            # Hinted as tokens come back (``drain``); what was hinted before (if
+            # anything) stays in ``_keys``, so a delete meanwhile withdraws it.
+            self._held[key] = value
             self._held.move_to_end(key)
             while len(self._held) > MAX_KEYS:
                 self._held.popitem(last=False)
@@ -523,7 +535,7 @@ class EtcdBackend:
     def drain(self) -> None:
         """Hint what the rate held back, oldest first, as far as tokens allow."""
         for _ in range(len(self._held)):
-            if not self._held or self._bucket.tokens < 1:
+            if not self._held or not self._bucket.available():
                 return
             key, value = self._held.popitem(last=False)
             self._seen(key, value)
@@ -534,19 +546,26 @@ class EtcdBackend:
             self.drain()
 
     def _repair(self) -> None:
-        """Write our key again (one write at a time), as the node announces itself."""
-        announcement, lease = self._announcement, self._lease
-        if self._repairing is not None or self._stopping or not lease or announcement is None:
+        """Write our key again, as the node announces itself now: one write at a time,
+        at most one each ``REPAIR_SECONDS`` (two writers of one node id -- one key
+        file in two places -- must not rewrite each other as fast as etcd allows)."""
+        lease = self._lease
+        if self._repairing is not None or self._stopping or not lease:
             return
 
         async def put() -> None:
             try:
-                if self._channel is None or self._lease != lease:
+                await asyncio.sleep(max(0.0, self._repaired_at + REPAIR_SECONDS - time.monotonic()))
+                announcement = self._announcement
+                if self._channel is None or self._lease != lease or announcement is None:
                     return  # (the session ended: the next one registers anew)
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
                     await self._put(self._own_key(), encode(announcement), lease)
                     self.stats["repairs"] += 1
+                    if self.stats["repairs"] % 10 == 1:  # (two writers of one id: 1 in 10)
+                        log.warning("etcd: our key was changed by another writer; written again")
             finally:
+                self._repaired_at = time.monotonic()
                 self._repairing = None
 
         self._repairing = asyncio.ensure_future(put())

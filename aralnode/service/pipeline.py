@@ -389,7 +389,7 @@ class Pipeline:
             if action is not None and checks:
                 result = await self._checked(ctx, action, result)
             if message is None:
-                json_result(result, target_id, self.max_result_bytes, parsed=target.parsed)
+                json_result(result, target_id, self.max_result_bytes)
         except AralError as exc:
             self._ended(ctx, target, exc, point)
             raise

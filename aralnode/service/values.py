@@ -36,18 +36,15 @@ def json_params(params: Any, target: str, *, parsed: bool = False) -> None:
         ) from None
 
 
-def json_result(result: Any, target: str, max_bytes: int = 0, *, parsed: bool = False) -> None:
+def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
     """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
     overflowed to infinity, say): the caller's values took the capability out of
     the range its answer can be given in, which is no fault of the node's; and
     ``MessageTooLarge`` (``response_too_large``) for one whose JSON would be past
-    ``max_bytes`` (0: no bound). A protobuf response's (``parsed``) depth is its
-    message's, not a ``Value``'s."""
+    ``max_bytes`` (0: no bound). Its depth is a ``Value``'s, a protobuf response's
+    too: ``Invoke`` and a peer's channel carry every JSON result as one."""
     try:
-        if parsed:
-            codec.check_numbers(result)
-        else:
-            codec.check_json(result)
+        codec.check_json(result)
     except ValueError as exc:
         raise OutOfRange(
             f"the result of {target} has no JSON form: {exc}", reason="RESULT_NOT_JSON"
