@@ -448,6 +448,8 @@ def test_a_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool)
         ("uint64", "0_7", False), ("int64", "\u0667", False), ("double", "1e400", False),
         ("double", "1e99", True), ("double", True, False), ("float", "1.5", True),
         ("float", "1e39", False), ("float", 3.4028235e38, False), ("float", False, False),
+        ("uint64", "-0", False), ("uint32", "-0", False), ("int32", "7\n", False),
+        ("uint64", "7\n", False), ("int64", "-7", True),
     ],
 )  # fmt: skip
 def test_a_wrapped_number_as_a_string_is_a_json_number(field: str, value: Any, ok: bool) -> None:

@@ -289,6 +289,11 @@ def _unsigned(field: FieldDescriptor) -> bool:
     return leaf.cpp_type in (FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64)
 
 
+def _signed_text(x: Any) -> bool:
+    """A string that is no unsigned integer's digits (a number is the parser's)."""
+    return type(x) is str and not _UNSIGNED_TEXT.fullmatch(x)
+
+
 def _check_floats(field: FieldDescriptor, values: list[Any], single: bool | None = None) -> None:
     """A float field's JSON: never a boolean (the parser reads ``true`` as 1), and a
     number's string form one its type holds (the parser reads "1e400" as Infinity,
@@ -438,6 +443,8 @@ def _check_any(field: FieldDescriptor, x: Any) -> None:
             _check_text(kind, field, x["value"])
             if kind == _FLOAT:
                 _check_floats(field, [x["value"]], name == _FLOAT_VALUE)
+            elif name in _UNSIGNED_WRAPPERS and _signed_text(x["value"]):
+                raise ValueError(f"{field.full_name}: {x['value'][:40]!r} is not unsigned")
         return
     check_json(desc, {k: v for k, v in x.items() if k != "@type"})
 
