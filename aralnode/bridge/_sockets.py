@@ -29,6 +29,7 @@ from aralnode.bridge._http import (
 from aralnode.core import codec
 from aralnode.core.context import new_trace_id
 from aralnode.core.errors import AralError, InvalidParameters, InvalidRequest, RateLimited
+from aralnode.service.values import only_members
 
 T = TypeVar("T")
 
@@ -165,14 +166,7 @@ def invocation(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     capability = msg.get("capability")
     if not isinstance(capability, str) or not capability:
         raise InvalidRequest("invoke needs a capability", reason="MISSING_FIELD")
-    unknown = sorted(k for k in msg if k not in _INVOKE_MEMBERS)
-    if unknown:
-        names = ", ".join(repr(k[:64]) for k in unknown[:5])
-        raise InvalidParameters(
-            f"an invoke has member(s) it does not take: {names} "
-            f"(it takes {', '.join(sorted(_INVOKE_MEMBERS))})",
-            details={"unknown": [k[:64] for k in unknown[:20]]},
-        )
+    only_members(msg, _INVOKE_MEMBERS, "an invoke")
     params = msg.get("parameters")
     if params is None:
         return capability, {}

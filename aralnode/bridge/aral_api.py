@@ -58,6 +58,7 @@ from aralnode.service.auth import READ_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.refusals import audited, refused
 from aralnode.service.stages import reaches
+from aralnode.service.values import only_members
 
 log = get_logger("aralnode.aral_api")
 
@@ -130,17 +131,8 @@ _CALL_MEMBERS = frozenset({"parameters"})
 
 
 def _members(request: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
-    """``request``, refused if it has a member the route does not take: a misspelt
-    ``parameters`` must not run the capability with none."""
-    unknown = sorted(k for k in request if k not in known)
-    if unknown:
-        names = ", ".join(repr(k[:64]) for k in unknown[:5])
-        raise InvalidParameters(
-            f"the request body has member(s) this route does not take: {names} "
-            f"(it takes {', '.join(sorted(known))})",
-            details={"unknown": [k[:64] for k in unknown[:20]]},
-        )
-    return request
+    """``request``, refused if it has a member the route does not take."""
+    return only_members(request, known, "the request body")
 
 
 def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:

@@ -36,6 +36,20 @@ def json_params(params: Any, target: str, *, parsed: bool = False) -> None:
         ) from None
 
 
+def only_members(value: dict[str, Any], known: frozenset[str], what: str) -> dict[str, Any]:
+    """``value``, refused if it has a member ``known`` has not: a misspelt
+    ``parameters`` must not run a capability with none (``what``: the request named
+    in the refusal)."""
+    unknown = sorted(k for k in value if k not in known)
+    if unknown:
+        names = ", ".join(repr(k[:64]) for k in unknown[:5])
+        raise InvalidParameters(
+            f"{what} has member(s) it does not take: {names} (it takes {', '.join(sorted(known))})",
+            details={"unknown": [k[:64] for k in unknown[:20]]},
+        )
+    return value
+
+
 def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
     """Raises ``OutOfRange`` for a result with a number no door carries (a sum that
     overflowed to infinity, say): the caller's values took the capability out of
@@ -57,4 +71,4 @@ def json_result(result: Any, target: str, max_bytes: int = 0) -> None:
         raise response_too_large(f"the result of {target} as JSON", size, max_bytes, at_least=True)
 
 
-__all__ = ["json_params", "json_result"]
+__all__ = ["json_params", "json_result", "only_members"]
