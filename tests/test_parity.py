@@ -498,7 +498,7 @@ class ByBody:
         return from_body(r.json()["error"]) if r.status_code != 200 else Outcome(r.json())
 
 
-@pytest.mark.parametrize("book_id", ["+1", "1_0", "\u0661"])
+@pytest.mark.parametrize("book_id", ["+1", "1_0", "\u0661", "1e3"])
 async def test_a_number_no_proto3_json_parser_takes_is_refused_on_every_json_door(
     make_node: Callable[..., Node], book_id: str
 ) -> None:
