@@ -46,7 +46,7 @@ from opentelemetry.trace import (
 from aralnode._logs import TRACE_ID
 from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import Clock
-from aralnode.core.context import CallContext, LazyMetadata, clean_trace_id
+from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError
 from aralnode.core.governance import Action, Direction
 from aralnode.service.pipeline import Pipeline, Target
@@ -55,7 +55,6 @@ from aralnode.service.stages import Audit, Stages
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _JUST_TRACEPARENT = frozenset({TRACEPARENT})
-_TRACE_HEADER = "x-trace-id"  # (service.context.TRACE_HEADER: that module imports this one)
 # version 00 is exactly this; a later version may append fields after a dash.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -156,20 +155,6 @@ def repeated_traceparent(metadata: Mapping[str, str]) -> bool:
     counts differs between parsers and proxies). Only a ``LazyMetadata`` can hold a
     name twice (every door hands its metadata in as one)."""
     return isinstance(metadata, LazyMetadata) and bool(metadata.repeated(_JUST_TRACEPARENT))
-
-
-def _drop_repeated(ctx: CallContext) -> None:
-    """Tracing off: a trace id the door took from one of a repeated ``traceparent``'s
-    copies (``service.context.caller_trace`` reads one of them) is not the call's: it
-    gets the caller's ``X-Trace-Id`` (if safe to echo) or a new one, as a call with a
-    malformed ``traceparent`` does."""
-    md = ctx.metadata
-    if ctx.traceparent or not md or TRACEPARENT not in md or not repeated_traceparent(md):
-        return
-    assert isinstance(md, LazyMetadata)  # (repeated_traceparent)
-    copies = {trace_id_of(v) for k, v in md.pairs() if k == TRACEPARENT and isinstance(v, str)}
-    if ctx.trace_id in copies:
-        ctx.trace_id = clean_trace_id(md.get(_TRACE_HEADER) or "")
 
 
 # W3C Trace Context: list members key=value, keys as OpenTelemetry's TraceState
@@ -304,8 +289,6 @@ class TracedPipeline(Pipeline):
                 ctx.trace_id = trace_id  # the caller's trace, carried on as it came
                 if log:
                     carried = _OUTBOUND.set((parent, state))
-            elif not parent:
-                _drop_repeated(ctx)
             return _Served(name, None, None, TRACE_ID.set(ctx.trace_id) if log else None, carried)
         remote = None
         if parent:  # a malformed one extracts to nothing: a fresh trace
