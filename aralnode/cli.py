@@ -52,10 +52,6 @@ class CliError(Exception):
     """A failure to report on stderr with exit code 1."""
 
 
-# The argument types of the commands that call a node (cli_ca.py; here by their old names).
-_node_address, _seconds = cli_ca.node_address, cli_ca.seconds
-
-
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -442,12 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[verbose, run], help="start a node").set_defaults(func=cmd_run)
 
     call = sub.add_parser("call", parents=[verbose], help="invoke a capability")
-    call.add_argument("--node", metavar="HOST:PORT", type=_node_address)
+    call.add_argument("--node", metavar="HOST:PORT", type=cli_ca.node_address)
     call.add_argument("--to", default="", metavar="NODE_ID", help="forward to this peer of --node")
     cli_a2a.add_call_flags(call)
     call.add_argument(
         "--timeout",
-        type=_seconds,
+        type=cli_ca.seconds,
         default=30.0,
         help="seconds; 0 leaves it to the node (default: 30)",
     )
@@ -458,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.set_defaults(func=cmd_call)
 
     caps = sub.add_parser("caps", parents=[verbose], help="list a node's capabilities")
-    caps.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
+    caps.add_argument("--node", required=True, metavar="HOST:PORT", type=cli_ca.node_address)
     caps.add_argument(
         "--peer-id",
         default="",
@@ -470,13 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     caps.set_defaults(func=cmd_caps)
 
     status = sub.add_parser("status", parents=[verbose], help="show a node's status")
-    status.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
+    status.add_argument("--node", required=True, metavar="HOST:PORT", type=cli_ca.node_address)
     status.add_argument("--json", action="store_true")
     cli_ca.add_client_flags(status)
     status.set_defaults(func=cmd_status)
 
     peers = sub.add_parser("peers", parents=[verbose], help="list a node's peers")
-    peers.add_argument("--node", required=True, metavar="HOST:PORT", type=_node_address)
+    peers.add_argument("--node", required=True, metavar="HOST:PORT", type=cli_ca.node_address)
     peers.add_argument("--json", action="store_true")
     peers.add_argument("--watch", action="store_true", help="keep printing changes (Ctrl-C ends)")
     peers.add_argument(
@@ -495,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--node",
         required=True,
         metavar="HOST:PORT",
-        type=_node_address,
+        type=cli_ca.node_address,
         help="the node's gRPC address",
     )
     cli_ca.add_client_flags(mcp)
