@@ -70,9 +70,9 @@ class _Read:
                 f"{str(verb)[:16]} is not allowed here", details={"allow": ["POST"]}
             )
         if not jsonrpc:
-            if (no_route := calls.unrouted(door.app.routes, scope)) is not None:
-                raise no_route
             self.method, ids = calls.rest_method(door.app.routes, scope)
+            if not self.method and (no_route := calls.unrouted(door.app.routes, scope)):
+                raise no_route  # (looked for only when no A2A method was found)
             check_ids([ids, calls.query_ids(scope)])
         if verb in _BODILESS:
             return
