@@ -140,6 +140,15 @@ BODY_CASES: list[tuple[Ask, int, str, str, int]] = [
      *BAD, "NOT_A_JSON_NUMBER", -32602),
     (posting("lone_surrogate_id", b'{"jsonrpc": "2.0", "id": "\\udc00", "method": "no/pe"}'),
      *BAD, "MALFORMED_JSON", -32700),
+    # From the MCP conformance run: a method with an id no request has (MCP: a string
+    # or an integer, never null) was taken as a notification -- 202, never answered,
+    # no record.
+    (posting("null_id", b'{"jsonrpc": "2.0", "id": null, "method": "tools/list"}'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    (posting("fractional_id", b'{"jsonrpc": "2.0", "id": 1.5, "method": "tools/list"}'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
+    (posting("boolean_id", b'{"jsonrpc": "2.0", "id": true, "method": "tools/list"}'),
+     *BAD, "INVALID_JSONRPC_REQUEST", -32600),
 ]  # fmt: skip
 
 

@@ -162,11 +162,18 @@ def head_refusal(scope: Scope, live: Callable[[str], bool]) -> AralError | None:
 
 
 def body_refusal(scope: Scope, body: Any) -> AralError | None:
-    """Why the SDK would refuse a POST without a session for its body (as the node
-    parsed it, ``_jsonrpc.parse_body``): a JSON-RPC message that is not an
-    ``initialize`` request (which alone opens a session). A body the SDK cannot
-    validate is its to refuse."""
-    if scope.get("method") != "POST" or header(scope, SESSION) is not None:
+    """Why a POST's body (as the node parsed it, ``_jsonrpc.parse_body``) is refused
+    before the SDK reads it: a method with an ``id`` that is no request's (the SDK
+    would take it as a notification, answer 202 and never reply); without a
+    session, a JSON-RPC message that is not an ``initialize`` request (which alone
+    opens a session). A body the SDK cannot validate is its to refuse."""
+    if scope.get("method") != "POST":
+        return None
+    if type(body) is dict and "method" in body and "id" in body:
+        asked = body["id"]  # MCP: a string or an integer, never null (no bool: JSON's own)
+        if type(asked) is not str and type(asked) is not int:
+            return NotARequest('a request\'s "id" must be a string or an integer')
+    if header(scope, SESSION) is not None:
         return None
     if not handshake_era(scope):
         return None
