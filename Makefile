@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard protos/aral/v1/*.proto)
 
-.PHONY: help venv browser etcd run test test-min gen gen-check lint typecheck check bench clean
+.PHONY: help venv browser etcd mcp-conformance run test test-min gen gen-check lint typecheck check bench clean
 
 help:
 	@echo "make run        set up and start a demo node (gRPC :50051, HTTP :8080)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint typecheck check bench"
 	@echo "make browser    install Debian's Chromium for the /ui page test (root, apt)"
 	@echo "make etcd       install Debian's etcd-server for the etcd tests (root, apt)"
+	@echo "make mcp-conformance  install the official MCP conformance suite (npm)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,12 +50,37 @@ etcd:
 	      || echo "etcd could not be installed: the etcd tests will skip"; \
 	  else echo "no etcd and no way to install it: the etcd tests will skip"; fi; }
 
-test: $(STAMP) browser etcd
+# The official MCP conformance suite (tests/test_mcp_conformance.py runs its server
+# scenarios against a node): @modelcontextprotocol/conformance from the npm registry,
+# pinned, under .cache/, with a Node.js of 22 or newer from the registry where the
+# machine's is older; without npm the test skips and says why.
+MCPCONF         := .cache/mcp-conformance
+MCPCONF_VERSION := 0.1.16
+MCPCONF_NODE    := 22.23.5
+mcp-conformance:
+	@test -x $(MCPCONF)/conformance-$(MCPCONF_VERSION) || { \
+	  if command -v npm >/dev/null 2>&1; then \
+	    echo "installing the MCP conformance suite $(MCPCONF_VERSION) (npm)"; \
+	    mkdir -p $(MCPCONF) && node=node; \
+	    major=$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); \
+	    case $$(uname -m) in x86_64) arch=x64;; aarch64) arch=arm64;; *) arch=$$(uname -m);; esac; \
+	    if [ "$$major" -lt 22 ]; then node=$$PWD/$(MCPCONF)/node_modules/node-linux-$$arch/bin/node; \
+	      extra=node-linux-$$arch@$(MCPCONF_NODE); else extra=; fi; \
+	    if npm install --silent --no-audit --no-fund --prefix $(MCPCONF) \
+	        @modelcontextprotocol/conformance@$(MCPCONF_VERSION) $$extra >/dev/null; then \
+	      printf '#!/bin/sh\nexec "%s" "%s" "$$@"\n' "$$node" \
+	        "$$PWD/$(MCPCONF)/node_modules/@modelcontextprotocol/conformance/dist/index.js" \
+	        > $(MCPCONF)/conformance-$(MCPCONF_VERSION); \
+	      chmod +x $(MCPCONF)/conformance-$(MCPCONF_VERSION); \
+	    else echo "the MCP conformance suite could not be installed: its test will skip"; fi; \
+	  else echo "no npm: the MCP conformance test will skip"; fi; }
+
+test: $(STAMP) browser etcd mcp-conformance
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The declared lower bounds, installed and tested in a venv of their own (CI runs it).
 MINVENV ?= .venv-min
-test-min: $(STAMP) browser etcd
+test-min: $(STAMP) browser etcd mcp-conformance
 	rm -rf $(MINVENV)
 	$(PY) -m venv $(MINVENV)
 	$(BIN)/python scripts/min_constraints.py > $(MINVENV)/constraints.txt
@@ -81,4 +107,4 @@ bench: $(STAMP) etcd
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MINVENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MINVENV) .cache .pytest_cache .mypy_cache .ruff_cache
