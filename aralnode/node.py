@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
@@ -281,12 +282,14 @@ class Node:
         )
         return caps
 
-    def load(self, spec: str) -> None:
-        """Import a module or ``.py`` file and call its ``setup(node)``.
+    def load(self, spec: str | os.PathLike[str]) -> None:
+        """Import a module (``package.module``) or a ``.py`` file (a path) and call
+        its ``setup(node)``.
 
         Raises:
             ValueError: the module has no ``setup``, or it is not a plain function.
         """
+        spec = os.fspath(spec)
         module = import_spec(spec)
         setup = getattr(module, "setup", None)
         if setup is None:

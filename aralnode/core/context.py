@@ -263,8 +263,10 @@ class CallContext:
 
     @property
     def anonymous(self) -> bool:
-        """No authenticated principal stands behind this call."""
-        return not self.caller or self.on_behalf_of == ANONYMOUS
+        """No authenticated principal stands behind this call: no caller, a key
+        nobody verified (named, but of kind "anonymous"), or a delegation for the
+        anonymous principal."""
+        return not self.caller or ANONYMOUS in (self.kind, self.on_behalf_of)
 
     @property
     def principal(self) -> str:

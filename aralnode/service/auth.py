@@ -298,6 +298,9 @@ class PeerAuthenticator:
             roles=self.roles.get(signer, _NO_SCOPES),
             chain=tuple(statement.chain),
             ceiling=frozenset(statement.scopes),
+            # A statement is the signer's own word: only a key the operator named
+            # gets a share and a bucket of its own; any other counts as its address.
+            vouched=self.trusts(signer),
         )
 
 

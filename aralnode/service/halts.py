@@ -276,7 +276,7 @@ class Halts:
         an identity, and a made-up key is free; its call is refused all the same.
         A principal a peer named (``alice@<peer>``) counts against that peer: past
         ``named_per_peer`` of them, the peer itself is halted."""
-        if ctx.anonymous or ctx.kind == "anonymous":
+        if ctx.anonymous:
             log.warning("halt of an anonymous caller (%s): the call is refused", ctx.peer)
             return
         reason = "; ".join(verdict.reasons) or "halted"
