@@ -168,6 +168,11 @@ def check_ident(cfg: Any) -> None:
         ("https://", "http://")
     ):
         raise ValueError("oauth_introspection_url must be an http(s) URL")
+    if cfg.oauth_introspection_url and not (cfg.oauth_resource or cfg.jwt_audience):
+        raise ValueError(
+            "oauth_introspection_url needs oauth_resource or jwt_audience (the audience "
+            "an introspected token must name): a token for another service must fail"
+        )
     if not 0 <= cfg.jwt_leeway_seconds <= 300:
         raise ValueError("jwt_leeway_seconds must be in [0, 300]")
     if cfg.jwt_jwks_refetch_seconds < 0:

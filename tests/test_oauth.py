@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from aralnode import Node
+from aralnode import Node, NodeConfig
 from aralnode.core.context import NO_CREDENTIALS
 from aralnode.core.errors import Unauthenticated
 from tests.test_hostile_mcp import ACCEPT, INIT
@@ -147,20 +147,20 @@ async def test_rest_answers_401_with_a_bearer_challenge(
     assert runs == []
 
 
+#: The resource the nodes introspecting with ``Issuer`` name (``oauth_resource``).
+RESOURCE = "https://node.example/"
+
+
 class Issuer:
     """An RFC 7662 introspection endpoint: its tokens, and the questions it got."""
 
     def __init__(self) -> None:
         now = int(time.time())
+        mine = {"aud": RESOURCE, "exp": now + 600}
         self.tokens: dict[str, dict[str, Any]] = {
-            "opaque-good": {
-                "active": True,
-                "sub": "carol",
-                "scope": "vault:read",
-                "exp": now + 600,
-            },
-            "opaque-late": {"active": True, "sub": "dave", "scope": "", "exp": now + 600},
-            "opaque-client": {"active": True, "client_id": "build-bot", "exp": now + 600},
+            "opaque-good": {"active": True, "sub": "carol", "scope": "vault:read", **mine},
+            "opaque-late": {"active": True, "sub": "dave", "scope": "", **mine},
+            "opaque-client": {"active": True, "client_id": "build-bot", **mine},
         }
         self.asked: list[str] = []
         expected = base64.b64encode(b"node-1:s3cret").decode()
@@ -187,6 +187,7 @@ async def test_opaque_tokens_are_introspected_once_and_cached(
             "introspect",
             demo=False,
             http_port=0,
+            oauth_resource=RESOURCE,
             oauth_introspection_url=f"{base}/introspect",
             oauth_client_id="node-1",
             oauth_client_secret="s3cret",
@@ -230,7 +231,6 @@ async def test_opaque_tokens_are_introspected_once_and_cached(
 async def test_metadata_names_the_jwt_issuer_when_no_server_is_configured(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    from aralnode import NodeConfig
     from aralnode._assembly import access_identity
 
     jwks = tmp_path / "jwks.json"
@@ -256,9 +256,12 @@ async def test_an_introspected_token_for_another_resource_is_refused(
     answer whose ``aud`` names another resource server is refused (no passthrough
     of a token minted for someone else; from review)."""
     issuer = Issuer()
-    mine = "https://node.example/"
+    mine = RESOURCE
     issuer.tokens["opaque-mine"] = {**issuer.tokens["opaque-good"], "aud": [mine, "x"]}
     issuer.tokens["opaque-theirs"] = {**issuer.tokens["opaque-good"], "aud": "https://other/"}
+    issuer.tokens["opaque-nobodys"] = {
+        k: v for k, v in issuer.tokens["opaque-good"].items() if k != "aud"
+    }
     async with serve(issuer.app()) as base:
         node = make_node(
             "introspect-aud",
@@ -274,8 +277,19 @@ async def test_an_introspected_token_for_another_resource_is_refused(
             assert (await call("rest", node, "vault.read", bearer("opaque-mine")))["caller"] == (
                 "carol"
             )
-            for token in ("opaque-theirs", "opaque-good"):  # another audience, or none
+            for token in ("opaque-theirs", "opaque-nobodys"):  # another audience, or none
                 with pytest.raises(Refused) as refused:
                     await call("rest", node, "vault.read", bearer(token))
                 assert (refused.value.status, refused.value.reason) == (401, "TOKEN_INACTIVE")
     assert runs == ["carol"]
+
+
+def test_introspection_without_an_audience_is_refused_at_start() -> None:
+    """From an attack: a node introspecting with no audience to check took a token
+    its authorization server minted for another API. Like a JWT issuer, an
+    introspection endpoint needs the audience its tokens must name."""
+    with pytest.raises(ValueError, match="oauth_introspection_url needs oauth_resource"):
+        NodeConfig(oauth_introspection_url="https://as.example/introspect")
+    for audience in ({"oauth_resource": RESOURCE}, {"jwt_audience": "node"}):
+        config = NodeConfig(oauth_introspection_url="https://as.example/introspect", **audience)
+        assert config.oauth_introspection_url
