@@ -7,9 +7,9 @@
     discovery Supervisor over the backends (mdns, static)
     doors     the gRPC server (AgentNodeDoor, users' services), the HTTP bridge
 
-Everything is made here and handed to the parts that use it; no part reaches back
-into the node. The node is also the in-process door (``invoke``, ``request``,
-``notify``, ``subscribe``), and its contexts come from the same builder.
+Everything is made here and handed to the parts that use it; no part reaches back into
+the node. The node is also the in-process door (``invoke``, ``request``, ``notify``,
+``subscribe``), and its contexts come from the same builder.
 """
 
 from __future__ import annotations
@@ -283,14 +283,12 @@ class Node:
         return caps
 
     def load(self, spec: str | os.PathLike[str]) -> None:
-        """Import a module (``package.module``) or a ``.py`` file (a path) and call
-        its ``setup(node)``.
+        """Import a module or ``.py`` file (a path) and call its ``setup(node)``.
 
         Raises:
             ValueError: the module has no ``setup``, or it is not a plain function.
         """
-        spec = os.fspath(spec)
-        module = import_spec(spec)
+        module = import_spec(spec := os.fspath(spec))
         setup = getattr(module, "setup", None)
         if setup is None:
             raise ValueError(f"{spec} has no setup(node) function")
@@ -394,12 +392,9 @@ class Node:
     def card(self) -> pb.SignedNodeCard:
         if self._card is None:
             self._card = build_card(
-                self.identity,
-                name=self.name,
-                endpoints=self._endpoints(),
-                registry=self.registry,
-                clock=self.clock,
-            )
+                self.identity, name=self.name, endpoints=self._endpoints(),
+                registry=self.registry, clock=self.clock,
+            )  # fmt: skip
             self._check_own_card(self._card)
         return self._card
 

@@ -77,6 +77,13 @@ class BucketTable:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def peek(self, key: str, now: float) -> Bucket | None:
+        """The bucket of ``key`` if it has one, refilled to ``now`` (none is made)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.refill(now)
+        return bucket
+
     def get(self, key: str, rate: Rate, now: float) -> Bucket:
         """The bucket of ``key`` (a new, full one if it had none), refilled to ``now``."""
         buckets = self._buckets
@@ -136,7 +143,7 @@ class RateLimiter:
         max_buckets: Buckets each table holds at most.
     """
 
-    __slots__ = ("_tables", "clock", "global_bucket", "overrides", "rates")
+    __slots__ = ("_refused", "_tables", "clock", "global_bucket", "overrides", "rates")
 
     def __init__(
         self,
@@ -154,6 +161,7 @@ class RateLimiter:
         self.overrides = dict(overrides or {})
         self.global_bucket = Bucket(global_rate, clock.monotonic()) if global_rate else None
         self._tables = {kind: BucketTable(max_buckets) for kind in self.rates}
+        self._refused = BucketTable(max_buckets)  # failed authentications, by address
 
     @property
     def active(self) -> bool:
@@ -215,6 +223,37 @@ class RateLimiter:
             int(tightest.tokens),
             self.clock.now_ms() + math.ceil(tightest.until_full() * 1000),
         )
+
+    def check_failures(self, address: str) -> None:
+        """Refuse, before any credential of its is checked, a client ``address``
+        whose failed authentications have used up the per-address rate: a refused
+        credential costs the node a signature check or a question to an
+        authorization server, and takes no token from any call bucket (it is no
+        call). Without a per-address rate, nothing is refused.
+
+        Raises:
+            RateLimited: ``RATE_LIMIT_AUTH_FAILURES``, with the retry hint.
+        """
+        rate = self.rates["address"]
+        if rate is None:
+            return
+        bucket = self._refused.peek(address, self.clock.monotonic())
+        if bucket is not None and bucket.tokens < 1.0:
+            wait = bucket.wait()
+            raise RateLimited(
+                f"address {address}'s failed authentications used up its rate limit of "
+                f"{rate.text}; retry in {wait:.3g} s",
+                reason="RATE_LIMIT_AUTH_FAILURES",
+                retry_after=wait,
+                details={"limit": int(rate.burst), "remaining": 0, "retry_after": round(wait, 3)},
+            )
+
+    def failed(self, address: str) -> None:
+        """Charge a failed authentication to client ``address`` (``check_failures``)."""
+        rate = self.rates["address"]
+        if rate is not None:
+            bucket = self._refused.get(address, rate, self.clock.monotonic())
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
     def _refusal(self, which: str, name: str, bucket: Bucket) -> RateLimited:
         wait = bucket.wait()

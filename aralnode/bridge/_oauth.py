@@ -31,6 +31,7 @@ from aralnode.bridge._http import (
     Scope,
     Send,
     call_context,
+    client_peer,
     dumps,
     header,
     request_id,
@@ -38,10 +39,17 @@ from aralnode.bridge._http import (
 )
 from aralnode.bridge._mcp_requests import SESSION, head_refusal
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, NotFound, PermissionDenied, Unauthenticated
+from aralnode.core.errors import (
+    AralError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
 from aralnode.service.auth import AGENT_READ
 from aralnode.service.node_service import NodeService
 from aralnode.service.refusals import refused
+from aralnode.service.stages import address_of
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 SCOPE_KEY = "aral.principal"  # where the gate leaves the principal in the ASGI scope
@@ -166,6 +174,12 @@ class AuthGate:
         access = self.access
         if access is None:
             return
+        failures = self.service.pipeline.stages.authenticate.failures
+        if failures is not None:  # a client whose credentials keep failing: not asked
+            try:
+                failures.check_failures(address_of(client_peer(scope)))
+            except RateLimited:
+                return  # (the call is refused before its credential is checked)
         shown = {
             k.decode("latin-1"): v.decode("latin-1")
             for k, v in scope.get("headers", ())

@@ -52,6 +52,7 @@ from aralnode.service.auth import (
     ALL_SCOPES,
     ANONYMOUS_KIND,
     USER,
+    Authenticated,
     Authenticator,
     ImplicitRoles,
     PeerAuthenticator,
@@ -72,7 +73,7 @@ class Authenticate:
     none. A request that carries a credential header more than once is refused
     before any authenticator reads it (``CREDENTIALS_AMBIGUOUS``)."""
 
-    __slots__ = ("allow_anonymous", "authenticator", "counters", "halts", "roles")
+    __slots__ = ("allow_anonymous", "authenticator", "counters", "failures", "halts", "roles")
 
     def __init__(
         self,
@@ -87,6 +88,9 @@ class Authenticate:
         self.counters = counters
         self.roles: ScopeResolver = roles or ImplicitRoles()
         self.halts: Halts | None = None  # governance's halts: refused before all else
+        # The rate limiter, when it limits addresses: an address whose credentials
+        # keep failing is refused before the next is checked (``check_failures``).
+        self.failures: RateLimiter | None = None
 
     def __call__(self, ctx: CallContext) -> None:
         if not ctx.authenticated:
@@ -98,19 +102,7 @@ class Authenticate:
                     "this call's context was not made by the context builder",
                     reason="NO_CREDENTIALS",
                 )
-            try:
-                # Before any authenticator reads one: a credential given twice is
-                # refused here, once for every door and every authenticator.
-                refuse_repeated_credentials(ctx.metadata)
-                who = self.authenticator.authenticate(ctx, credentials)
-            except AralError:
-                self.counters["auth.refused"] += 1
-                raise
-            except Exception as exc:  # fail closed: a broken authenticator admits nobody
-                log.exception("authenticator failed (trace %s)", ctx.trace_id)
-                raise Unauthenticated(
-                    f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
-                ) from exc
+            who = self._identify(ctx, credentials)
             scopes = self.roles.scopes(who)
             if who.ceiling is not None:  # a delegation: no more than both parties allow
                 scopes = intersect(scopes, who.ceiling)
@@ -134,6 +126,31 @@ class Authenticate:
             raise Unauthenticated(
                 "this node does not serve anonymous callers", reason="ANONYMOUS_REFUSED"
             )
+
+    def _identify(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        """Who the authenticator says ``ctx``'s caller is. A refusal is counted and,
+        where addresses are limited, charged to the client's address (a channel's
+        peer is one its session verified: none there)."""
+        failures = self.failures
+        address = ""
+        if failures is not None and ctx.door != "channel" and not _own(credentials):
+            address = address_of(ctx.peer)
+            failures.check_failures(address)
+        try:
+            # Before any authenticator reads one: a credential given twice is
+            # refused here, once for every door and every authenticator.
+            refuse_repeated_credentials(ctx.metadata)
+            return self.authenticator.authenticate(ctx, credentials)
+        except AralError as exc:
+            self.counters["auth.refused"] += 1
+            if failures is not None and address and exc.retry_after is None:
+                failures.failed(address)  # (a retry hint is no failure yet)
+            raise
+        except Exception as exc:  # fail closed: a broken authenticator admits nobody
+            log.exception("authenticator failed (trace %s)", ctx.trace_id)
+            raise Unauthenticated(
+                f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
+            ) from exc
 
 
 class Authorize:
@@ -237,6 +254,10 @@ class RateLimiter(Protocol):
     def active(self) -> bool: ...
 
     def admit(self, kind: str, name: str, roles: Iterable[str] = ()) -> object: ...
+
+    def check_failures(self, address: str) -> None: ...
+
+    def failed(self, address: str) -> None: ...
 
 
 class RateLimit:
@@ -463,13 +484,16 @@ class Stages:
         audit_log: AuditLog | None = None,
     ) -> Stages:
         counters: Counter[str] = Counter()
+        authenticate = Authenticate(
+            authenticator or PeerAuthenticator(node_id),
+            allow_anonymous=allow_anonymous,
+            counters=counters,
+            roles=roles,
+        )
+        if limiter is not None and limiter.active:
+            authenticate.failures = limiter
         return cls(
-            authenticate=Authenticate(
-                authenticator or PeerAuthenticator(node_id),
-                allow_anonymous=allow_anonymous,
-                counters=counters,
-                roles=roles,
-            ),
+            authenticate=authenticate,
             authorize=Authorize(),
             rate_limit=RateLimit(max_concurrent, counters, max_concurrent_per_caller, limiter),
             govern=Govern(governance or AllowAll(), counters),
