@@ -8,6 +8,10 @@ pinned by a handshake or not, names its signer and nothing more.
 - A handshake-pinned stranger key that attached a delegation statement of its own
   got a rate bucket and a concurrency share of its own (``vouched``), escaping its
   address's: 20 calls of 20 went through a limit of 3 a minute.
+- A stranger that opened an A2A channel (any key, one handshake) had its requests
+  charged to its peer bucket only -- off by default, and a fresh key is a fresh
+  bucket: unlimited calls where its Invoke got 3 a minute. A request from a peer
+  nobody vouches for is charged to its link's address too.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 from aralnode import Identity, Node, NodeClient, NodeConfig
 from aralnode.core.clock import SYSTEM_CLOCK
 from aralnode.core.delegation import make_statement
-from aralnode.core.errors import RateLimited, Unauthenticated
+from aralnode.core.errors import AralError, RateLimited, Unauthenticated
 from tests.interop.aral_client import AralClient
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
@@ -72,3 +76,40 @@ async def test_a_made_up_delegation_keeps_a_stranger_in_its_address_bucket(
         with pytest.raises(RateLimited) as info:
             await call(client)
         assert info.value.reason == "RATE_LIMIT_ADDRESS"
+
+
+async def test_a_strangers_channel_requests_count_against_its_address(tmp_path: Path) -> None:
+    def config(name: str, **extra: object) -> NodeConfig:
+        return NodeConfig(
+            name=name, host="127.0.0.1", grpc_port=0, http_port=None, discovery="none",
+            data_dir=tmp_path / name, **extra,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    strangers = [Node(config(f"stranger{i}")) for i in range(2)]
+    friend = Node(config("friend"))
+    target = Node(
+        config(
+            "target",
+            rate_limit_per_address="3/min",
+            peer_grants={friend.node_id: frozenset({"agent:invoke"})},
+        )
+    )
+    target.load(DEMO)
+    reasons: list[str] = []
+    async with target:
+        for stranger in strangers:  # two keys, one address: one bucket
+            async with stranger:
+                await stranger.connect(target.address)
+                assert await stranger.channels.wait_connected(target.node_id, 10)
+                for _ in range(3):
+                    try:
+                        await stranger.request(target.node_id, "demo.echo", {"text": "x"})
+                        reasons.append("ok")
+                    except AralError as exc:
+                        reasons.append(exc.reason)
+        async with friend:  # a peer the operator named: its own bucket (none set)
+            await friend.connect(target.address)
+            assert await friend.channels.wait_connected(target.node_id, 10)
+            for _ in range(4):
+                assert await friend.request(target.node_id, "demo.echo", {"text": "x"})
+    assert reasons == ["ok"] * 3 + ["RATE_LIMIT_ADDRESS"] * 3

@@ -188,9 +188,13 @@ class RateLimiter:
             return max((r for r in found if r), key=lambda r: (r.per_second, r.burst))
         return self.rates[kind]
 
-    def admit(self, kind: str, name: str, roles: Iterable[str] = ()) -> Admission | None:
+    def admit(
+        self, kind: str, name: str, roles: Iterable[str] = (), also: tuple[str, str] | None = None
+    ) -> Admission | None:
         """Take a token for a call of caller ``name`` (of ``kind``) from its bucket
-        and the global one; what the tightest said (``None``: no limit applies).
+        and the global one -- and from the bucket ``also`` names (kind, name), a
+        channel's request from a peer nobody vouches for: its address's; what the
+        tightest said (``None``: no limit applies).
 
         Raises:
             RateLimited: a bucket is empty (nothing is taken from any); its
@@ -204,14 +208,20 @@ class RateLimiter:
         shared = self.global_bucket
         if shared is not None:
             shared.refill(now)
-        # (two buckets at most, written out: a call each)
+        # (three buckets at most, written out: a call each; none is taken from until
+        # every one has a token)
         if own is not None and own.tokens < 1.0:
             raise self._refusal(kind, name, own)
+        second = None if also is None else self._second(also, roles, now)
         if shared is not None and shared.tokens < 1.0:
             raise self._refusal("global", name, shared)
         if own is not None:
             own.tokens -= 1.0
         tightest = own
+        if second is not None:
+            second.tokens -= 1.0
+            if tightest is None or second.tokens < tightest.tokens:
+                tightest = second
         if shared is not None:
             shared.tokens -= 1.0
             if tightest is None or shared.tokens < tightest.tokens:
@@ -223,6 +233,18 @@ class RateLimiter:
             int(tightest.tokens),
             self.clock.now_ms() + math.ceil(tightest.until_full() * 1000),
         )
+
+    def _second(self, also: tuple[str, str], roles: Iterable[str], now: float) -> Bucket | None:
+        """The bucket ``also`` names (``admit``), with a token (else refused); ``None``
+        when its kind has no limit."""
+        kind, name = also
+        rate = self.rate_for(kind, name, roles)
+        if rate is None:
+            return None
+        bucket = self._tables[kind].get(name, rate, now)
+        if bucket.tokens < 1.0:
+            raise self._refusal(kind, name, bucket)
+        return bucket
 
     def check_failures(self, address: str) -> None:
         """Refuse, before any credential of its is checked, a client ``address``

@@ -165,6 +165,9 @@ class Credentials:
             delegation stand as the program set them (none set: anonymous).
         delegation: The signed statement of delegation the request carried
             (``Header.delegation``), not yet checked: the authenticator checks it.
+        link_address: The transport address of the A2A channel ``link_peer``'s
+            request came by (its requests count against it when nobody vouches
+            for the peer).
     """
 
     signer: str = ""
@@ -175,6 +178,7 @@ class Credentials:
     local: bool = False
     given: bool = False
     delegation: pb.Delegation | None = None
+    link_address: str = ""
 
 
 NO_CREDENTIALS = Credentials()

@@ -525,7 +525,7 @@ class Receiver:
     async def _run_request(self, pc: PeerChannel, opened: OpenedMessage, params: Any) -> None:
         hub = self.hub
         header, body = opened.header, opened.body
-        ctx = hub.contexts.channel(pc.peer_id, header, signed=opened.signed)
+        ctx = hub.contexts.channel(pc.peer_id, header, signed=opened.signed, address=pc.address)
         content_type = header.content_type or codec.JSON
         try:
             value = await hub.pipeline.invoke(ctx, body.action, params)

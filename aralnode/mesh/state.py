@@ -297,6 +297,9 @@ class PeerChannel:
         # The peer's recent message ids: (sender, message id) dedupe on the channel.
         self.recent = RecentIds(recent_ids)
         self.link: ChannelLink | None = None
+        # Where its last link runs: the address dialled, or the stream's peer as gRPC
+        # reports it (a peer nobody trusts is charged to that address's buckets).
+        self.address = ""
         self.ended_by: AralError | None = None  # why its last link ended (None: cleanly)
         # Our own open is on the wire (a simultaneous dial is decided from then on).
         self.open_sent = False

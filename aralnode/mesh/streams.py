@@ -210,9 +210,11 @@ async def _accept(
         if check_peer is not None:
             check_peer(content.sender)
         # Decided before anything changes: a refused open leaves a live link alone.
-        accepted = accept_link(hub, hub.peer(content.sender), content, write)
+        pc = hub.peer(content.sender)
+        accepted = accept_link(hub, pc, content, write)
         if isinstance(accepted, AralError):
             raise accepted
+        pc.address = transport_peer
     except AralError as exc:
         hub.count("channel.open_rejected")
         log.info("refused channel open from %s: %s", transport_peer, exc)
@@ -310,6 +312,7 @@ async def _dial_once(
         link = await _open(hub, peer, call)
         if isinstance(link, AralError):
             return False, link
+        peer.address = address
         error = await link.run(_frames(call))
         with contextlib.suppress(Exception):
             await call.done_writing()

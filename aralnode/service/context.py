@@ -95,6 +95,7 @@ class ContextBuilder:
         signer_verified: bool,
         link_peer: str = "",
         queued: bool = False,
+        link_address: str = "",
     ) -> CallContext:
         """``ctx`` for a request that came as an opened ARAL message: its signer (if
         its signature verified), its delegation (and statement), ids, and its own time to live when
@@ -116,6 +117,7 @@ class ContextBuilder:
                 on_behalf_of,
                 peer_certificate=cert,
                 delegation=delegation,
+                link_address=link_address,
             )
         else:  # nothing to show (most unsigned calls): the shared empty credentials
             ctx.credentials = NO_CREDENTIALS
@@ -134,14 +136,18 @@ class ContextBuilder:
                 ctx.deadline, ctx.deadline_enforced = deadline, False
         return ctx
 
-    def channel(self, peer_id: str, header: pb.Header, *, signed: bool) -> CallContext:
+    def channel(
+        self, peer_id: str, header: pb.Header, *, signed: bool, address: str = ""
+    ) -> CallContext:
         """The context of a request a peer sent over an A2A channel (the session
-        authenticated ``peer_id``; a signature on the message makes it its signer)."""
+        authenticated ``peer_id``, its link runs at ``address``; a signature on the
+        message makes it its signer)."""
         # (no trace id drawn here: ``signed`` gives it the message's)
         ctx = CallContext(door="channel", peer=Peer(peer_id), clock=self.monotonic, trace_id="")
         return self.signed(
-            ctx, header, signed=signed, signer_verified=True, link_peer=peer_id, queued=True
-        )
+            ctx, header, signed=signed, signer_verified=True, link_peer=peer_id, queued=True,
+            link_address=address,
+        )  # fmt: skip
 
     def local(self, ctx: CallContext | None = None, *, trace_id: str | None = None) -> CallContext:
         """A context for the in-process API: the node itself (every scope), or one

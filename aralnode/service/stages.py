@@ -207,12 +207,15 @@ def share_key(ctx: CallContext) -> str:
     (``Authenticated.vouched``). Anyone else -- anonymous, or signing with a key
     it made up, pinned by a handshake or not (any number of which are free) --
     counts as its network address: the host, or for IPv6 the /64 a single client
-    typically holds.
+    typically holds (for a channel's peer, the address its link runs at).
     """
-    if _own(ctx.credentials):
+    credentials = ctx.credentials
+    if _own(credentials):
         return ""
     if ctx.caller and ctx.vouched:
         return "caller:" + ctx.caller
+    if credentials is not None and credentials.link_address:  # (a channel's request)
+        return "addr:" + address_of(credentials.link_address)
     return "addr:" + address_of(ctx.peer)
 
 
@@ -253,7 +256,9 @@ class RateLimiter(Protocol):
     @property
     def active(self) -> bool: ...
 
-    def admit(self, kind: str, name: str, roles: Iterable[str] = ()) -> object: ...
+    def admit(
+        self, kind: str, name: str, roles: Iterable[str] = (), also: tuple[str, str] | None = None
+    ) -> object: ...
 
     def check_failures(self, address: str) -> None: ...
 
@@ -325,14 +330,19 @@ class RateLimit:
 
     def _admit(self, ctx: CallContext, key: str) -> None:
         assert self.limiter is not None
+        also = None
         if ctx.door == "channel":  # a channel's caller is the peer the session verified
             kind, name = "peer", str(ctx.peer)
+            if key.startswith("addr:") and key != "addr:" + name:
+                # A request from a peer nobody vouches for (its key is free) is a
+                # call like its Invoke would be: its link's address pays for it too.
+                also = ("address", key[5:])
         elif key.startswith("caller:"):
             kind, name = "principal", key[7:]
         else:
             kind, name = "address", key[5:]
         try:
-            ctx.rate_limit = self.limiter.admit(kind, name, ctx.roles)
+            ctx.rate_limit = self.limiter.admit(kind, name, ctx.roles, also)
         except RateLimited:
             self.counters[f"ratelimit.refused_{kind}"] += 1
             raise
