@@ -400,9 +400,14 @@ async def open_doors(make_node: Callable[..., Node], **config: Any) -> AsyncIter
     one taken away), a verified peer, and a client on each door. (A context manager,
     not a fixture: the MCP client's task group must be left by the task that
     entered it.)"""
-    policy = RuleEvaluator(
-        [Rule("keep-books", None, Decision.BLOCK, capabilities=frozenset({DELETE}))]
-    )
+    policy = RuleEvaluator([
+        Rule("keep-books", None, Decision.BLOCK, capabilities=frozenset({DELETE})),
+        # Rules that read a value (test_a_rule_sees_one_form_of_a_value_on_every_door).
+        Rule("not-book-4", lambda a: (a.parameters or {}).get("bookId") == 4, Decision.BLOCK,
+             capabilities=frozenset({GET})),
+        Rule("not-1337", lambda a: (a.parameters or {}).get("a") == 1337, Decision.BLOCK,
+             capabilities=frozenset({"demo.add"})),
+    ])  # fmt: skip
     node = make_node("parity", http_port=0, governance=policy, **FAST, **config)
     library = import_spec(str(LIBRARY))
     node.add_service(library.Library(), library.lib, scopes={"Search": ("library:search",)})
@@ -475,6 +480,35 @@ async def test_every_door_gives_the_same_answer(
         assert_same_results(answers)
         return
     assert_refused(answers, *refusal)
+
+
+@pytest.mark.parametrize(
+    ("capability", "params"),
+    [
+        pytest.param(GET, {"shelf": "sci", "bookId": 4}, id="int64-as-number"),
+        pytest.param(GET, {"shelf": "sci", "bookId": "4"}, id="int64-as-string"),
+        pytest.param(GET, {"shelf": "sci", "book_id": "4"}, id="proto-field-name"),
+        pytest.param("demo.add", {"a": 1337, "b": 0}, id="number"),
+        pytest.param("demo.add", {"a": "1337", "b": 0}, id="number-as-string"),
+        pytest.param("demo.add", {"a": 1.337e3, "b": 0}, id="float-form"),
+    ],
+)
+async def test_a_rule_sees_one_form_of_a_value_on_every_door(
+    make_node: Callable[..., Node], capability: str, params: dict[str, Any]
+) -> None:
+    """From an attack: governance read the parameters as the caller spelt them, the
+    handler after parsing -- a protobuf field's proto name (``book_id``), an int64
+    as a string (proto3 JSON's own form), a float as text took a call past a rule
+    on the value. Every door's rule sees the value as the handler will have it
+    (64-bit integers as numbers), so every form is blocked alike."""
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node) as doors:
+        for door in doors.all():
+            routed = door.name != "rest-route" or "bookId" in params
+            if door.can_call(capability) and routed:
+                answers[door.name] = await door.call(capability, params)
+    assert {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"} <= set(answers)
+    assert_refused(answers, "PERMISSION_DENIED", "GOVERNANCE_BLOCK")
 
 
 class ByBody:

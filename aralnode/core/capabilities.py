@@ -58,7 +58,9 @@ class Capability:
     ``handler(params, ctx)`` takes decoded JSON parameters and returns a JSON-able
     result; validation against ``input_schema`` happens inside it. A capability that
     is a protobuf method also has ``message_handler(request, ctx)``, which takes the
-    request message and returns the response message, with no JSON between them.
+    request message and returns the response message, with no JSON between them. A
+    function's ``governed(params)`` is its parameters as its handler will take them
+    (validated, in JSON form): what governance judges, whatever form the caller sent.
     """
 
     id: str
@@ -72,6 +74,7 @@ class Capability:
     grpc_method: str = ""
     method: MethodDescriptor | None = None
     message_handler: MessageHandler | None = None
+    governed: Callable[[Any], Any] | None = None
 
     def method_handler(self) -> MessageHandler:
         """The protobuf handler (request message in, response message out).
@@ -156,6 +159,7 @@ def function_capability(
     return Capability(
         id=cap_id,
         handler=_function_handler(fn, cap_id, model, ctx_param, out_adapter, whole=whole),
+        governed=_governed_view(cap_id, model),
         name=fn.__name__,
         description=description if description is not None else doc.split("\n\n")[0],
         input_schema=input_schema,
@@ -216,19 +220,7 @@ def _function_handler(
     dump = out_adapter.serializer.to_python
 
     async def handler(params: Any, ctx: CallContext) -> Any:
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise InvalidParameters(
-                f"parameters of {cap_id} must be a JSON object, got {type(params).__name__}"
-            )
-        try:
-            parsed = validate(params)
-        except pydantic.ValidationError as exc:
-            raise InvalidParameters(
-                f"invalid parameters for {cap_id}: {_summary(exc)}",
-                details={"errors": [_err(e) for e in exc.errors()[:10]]},
-            ) from None
+        parsed = _validated(validate, params, cap_id)
         # Every parameter, defaults filled in: the fields, or a model's __dict__.
         kwargs = parsed[0] if fields_only else parsed.__dict__
         if ctx_param is None:
@@ -239,6 +231,41 @@ def _function_handler(
         return codec.whole_numbers(out) if whole else out
 
     return handler
+
+
+def _validated(validate: Callable[[Any], Any], params: Any, cap_id: str) -> Any:
+    """``params`` (None: none) validated, or ``InvalidParameters`` saying why not."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidParameters(
+            f"parameters of {cap_id} must be a JSON object, got {type(params).__name__}"
+        )
+    try:
+        return validate(params)
+    except pydantic.ValidationError as exc:
+        raise InvalidParameters(
+            f"invalid parameters for {cap_id}: {_summary(exc)}",
+            details={"errors": [_err(e) for e in exc.errors()[:10]]},
+        ) from None
+
+
+def _governed_view(cap_id: str, model: type[pydantic.BaseModel]) -> Callable[[Any], Any]:
+    """A function's parameters as governance judges them: validated as its handler
+    validates them, in JSON form (``"1337"`` for a float is ``1337.0``, a default
+    is filled in), so that no form of a value a rule names slips past the rule."""
+    validate = model.__pydantic_validator__.validate_python
+
+    def view(params: Any) -> Any:
+        checked = _validated(validate, params, cap_id)
+        try:
+            return codec.whole_numbers(checked.model_dump(mode="json"))
+        except pydantic_core.PydanticSerializationError as exc:  # fail closed: none unjudged
+            raise InvalidParameters(
+                f"parameters of {cap_id} have no JSON form to judge: {exc}"
+            ) from None
+
+    return view
 
 
 def _validator(model: type[pydantic.BaseModel]) -> tuple[Callable[[Any], Any], bool]:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
-from aralnode.core import codec
 from aralnode.core.errors import GovernanceBlocked
+from aralnode.core.message_view import governed_json
 
 
 class Decision(enum.IntEnum):
@@ -55,7 +55,8 @@ class Action:
 
     ``parameters`` is the request as JSON. For a protobuf request (``message``) it is
     made from the message the first time something reads it, and only then: a policy
-    whose rules never look at parameters costs no conversion.
+    whose rules never look at parameters costs no conversion. It is its proto3 JSON
+    view with 64-bit integers as numbers (``message_view.governed_json``).
     """
 
     __slots__ = (
@@ -110,7 +111,7 @@ class Action:
     @property
     def parameters(self) -> Any:
         if self._parameters is None and self.message is not None:
-            self._parameters = codec.message_json(self.message)
+            self._parameters = governed_json(self.message)
         return self._parameters
 
     def _key(self) -> tuple[Any, ...]:

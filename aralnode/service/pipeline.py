@@ -9,7 +9,10 @@ them calls a handler itself, so a call refused on one door is refused on all. Th
 kinds of call differ only in their handler:
 
 - ``invoke``: a registered capability with JSON parameters (gRPC ``Invoke``, REST
-  ``/v1/invoke``, MCP tools, WebSocket ``invoke``, A2A channel requests, in-process);
+  ``/v1/invoke``, MCP tools, WebSocket ``invoke``, A2A channel requests, in-process):
+  a protobuf method's are parsed into its request message before any stage judges
+  them, a function's are judged as its handler will take them (one form whatever
+  the caller spelt);
 - ``invoke_message``: a capability that is a method of a user's protobuf service,
   with the request message as parsed from the wire and the response message as the
   method made it (no JSON between them; governance gets a JSON view of the request
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass as message_class
 
 from aralnode._logs import get_logger
 from aralnode.core import codec
@@ -41,6 +45,7 @@ from aralnode.core.audit import Point, params_digest
 from aralnode.core.capabilities import (
     Capability,
     CapabilityRegistry,
+    Handler,
     request_from,
     servicer_stream,
 )
@@ -84,6 +89,8 @@ class Target:
         kind: "invoke", "call", "stream" or "message": the counters' prefix.
         parsed: A protobuf method's: its JSON parameters become its request message,
             whose depth the protobuf parser bounds (not a ``Value``'s).
+        governed: A function's: its parameters as governance judges them (as its
+            handler will take them, ``Capability.governed``).
     """
 
     id: str
@@ -93,6 +100,7 @@ class Target:
     peer: str = ""
     kind: str = "call"
     parsed: bool = False
+    governed: Callable[[Any], Any] | None = None
 
     @property
     def ok_key(self) -> str:  # the counter of this kind's successes
@@ -126,7 +134,9 @@ class Pipeline:
         cap = self.registry.get(capability_id)
         # A capability that names no scope of its own needs agent:invoke.
         scopes = cap.required_scopes or INVOKE_SCOPES
-        target = Target(cap.id, _INVOKE, cap.risk, scopes, "", "invoke", cap.method is not None)
+        target = Target(
+            cap.id, _INVOKE, cap.risk, scopes, "", "invoke", cap.method is not None, cap.governed
+        )
         self._served[capability_id] = served = (target, cap)
         return served
 
@@ -183,7 +193,28 @@ class Pipeline:
             self._ended(ctx, Target(capability_id, kind="invoke"), exc)
             raise
         target, cap = served
+        if target.parsed:
+            return self._run_parsed(ctx, target, cap, params)
         return self._run(ctx, target, cap.handler, params, None)
+
+    async def _run_parsed(self, ctx: CallContext, target: Target, cap: Capability, p: Any) -> Any:
+        """A protobuf method called with JSON parameters ``p``, parsed into its
+        request message first: governance, the audit and the handler all have it
+        (module docstring); its response as JSON."""
+        method = cap.method_handler()
+        assert cap.method is not None
+        try:
+            request = request_from(message_class(cap.method.input_type), p, target.id)
+        except AralError as exc:
+            self._ended(ctx, target, exc, _PRE)
+            raise
+
+        async def handler(message: Message, call_ctx: CallContext) -> Any:
+            result = codec.message_json(await method(message, call_ctx))
+            json_result(result, target.id, self.max_result_bytes)
+            return result
+
+        return await self._run(ctx, target, handler, request, request)
 
     async def invoke_message(self, ctx: CallContext, capability_id: str, request: Message) -> Any:
         """Run a protobuf method's capability on ``request`` (parsed from the wire);
@@ -352,7 +383,7 @@ class Pipeline:
         self,
         ctx: CallContext,
         target: Target,
-        handler: Callable[[Any, CallContext], Awaitable[Any]],
+        handler: Handler,
         value: Any,
         message: Message | None,
     ) -> Any:
@@ -412,9 +443,12 @@ class Pipeline:
         st = self.stages
         govern = st.govern
         if govern.active or st.post_check.checks:
+            judged = value
+            if message is None and target.governed is not None and govern.active:
+                judged = target.governed(value)  # as the handler will take them
             action = Action(
                 target.direction, target.id, ctx.caller, ctx.door, target.risk,
-                None if message is not None else value, target.peer or ctx.peer,
+                None if message is not None else judged, target.peer or ctx.peer,
                 message=message, chain=ctx.chain, principal=ctx.principal, kind=ctx.kind,
                 roles=ctx.roles,
             )  # fmt: skip
@@ -488,13 +522,7 @@ class Pipeline:
             return request_from(type(message), nudged, target)
         return nudged
 
-    async def _timed(
-        self,
-        ctx: CallContext,
-        target: str,
-        handler: Callable[[Any, CallContext], Awaitable[Any]],
-        value: Any,
-    ) -> Any:
+    async def _timed(self, ctx: CallContext, target: str, handler: Handler, value: Any) -> Any:
         """The handler under a deadline the transport does not enforce itself."""
         assert ctx.deadline is not None
         remaining = ctx.deadline - self.clock.monotonic()
