@@ -3,7 +3,9 @@ store holds bytes, not only tasks, within a bound), log (no traceback, no
 megabyte line for a request that is not one) and answer (the JSON-RPC codes of
 the standard, never ``-32603`` for malformed input); refusals carry the trace id
 and are JSON-RPC errors on ``/a2a``; a member given twice is refused as on REST;
-a node that lists to authenticated callers only shows no skill on its public card."""
+a node that lists to authenticated callers only shows no skill on its public card.
+On HTTP+JSON the node's refusals are AIP-193 (A2A 1.0 §11.6): the node's error object
+(its code, reason, trace id) in the ErrorInfo among its ``details`` (``node_error``)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,18 @@ def door_of(node: Node) -> A2ADoor:
     door = node.parts.http.a2a
     assert isinstance(door, A2ADoor)
     return door
+
+
+def node_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The node's error object in a refusal: a JSON-RPC error's ``data`` (an A2A
+    error's: the ErrorInfo in its array), or an AIP-193 error's ErrorInfo (its
+    ``metadata`` holds the code and the trace id)."""
+    data = error.get("data", error.get("details"))
+    if isinstance(data, dict):
+        return data
+    assert isinstance(data, list), error
+    (info,) = [d for d in data if d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"]
+    return {**info["metadata"], "reason": info["reason"]}
 
 
 def send_message(text: str, message_id: str) -> dict[str, Any]:
@@ -225,10 +239,12 @@ async def test_a_refusal_carries_the_trace_id(node: Node, path: str) -> None:
     assert r.headers["x-trace-id"] == trace
     assert r.headers["www-authenticate"].startswith("Bearer")
     error = r.json()["error"]
+    assert isinstance(error["code"], int)
     if path == "/a2a":
         assert r.json()["jsonrpc"] == "2.0"
-        assert isinstance(error["code"], int)
-        error = error["data"]
+    else:
+        assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")  # AIP-193
+    error = node_error(error)
     assert error["code"] == "unauthorized"
     assert error["trace_id"] == trace
 
@@ -249,9 +265,8 @@ async def test_a_member_given_twice_is_refused(node: Node, path: str) -> None:
         r = await http.post(path, content=body)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    if path == "/a2a":
-        assert error["code"] == -32602
-        error = error["data"]
+    assert error["code"] == (-32602 if path == "/a2a" else 400)
+    error = node_error(error)
     # as the REST door refuses it (codec.loads)
     assert (error["code"], error["reason"]) == ("invalid_request", "DUPLICATE_PARAMETER")
     assert error["trace_id"] == r.headers["x-trace-id"]
@@ -310,9 +325,10 @@ async def _grpc(
 def _refusal(r: httpx.Response) -> tuple[int, Any, str]:
     """(HTTP status, JSON-RPC code or None, the node's reason) of a refusal."""
     error = r.json()["error"]
-    code = None
-    if "jsonrpc" in r.json():
-        code, error = error["code"], error["data"]
+    code = error["code"] if "jsonrpc" in r.json() else None
+    if code is None:  # AIP-193 (A2A 1.0 §11.6)
+        assert (error["code"], type(error["status"])) == (r.status_code, str), error
+    error = node_error(error)
     assert error["trace_id"] == r.headers["x-trace-id"]
     return r.status_code, code, error["reason"]
 
@@ -328,7 +344,7 @@ async def test_a_version_that_is_no_version_is_refused(
     """``A2A-Version`` is digits and dots, checked before the SDK reads it: 5,000
     digits were JSON-RPC -32603 with Python's "Exceeds the limit (4300 digits)", HTTP
     500 on HTTP+JSON, a traceback each time. Now the A2A error for a version
-    (-32009, VERSION_NOT_SUPPORTED), 400, FAILED_PRECONDITION on gRPC."""
+    (-32009, VERSION_NOT_SUPPORTED), 400, UNIMPLEMENTED on gRPC (A2A 1.0 §5.4)."""
     caplog.set_level(logging.INFO)
     headers = {"A2A-Version": version}
     get = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "t"}}
@@ -339,7 +355,7 @@ async def test_a_version_that_is_no_version_is_refused(
     over_grpc = await _grpc(node, "GetTask", a2a.GetTaskRequest(id="t"), a2a.Task, metadata)
     assert jsonrpc == (400, -32009, "VERSION_NOT_SUPPORTED")
     assert rest == (400, None, "VERSION_NOT_SUPPORTED")
-    assert over_grpc == ("FAILED_PRECONDITION", "VERSION_NOT_SUPPORTED")
+    assert over_grpc == ("UNIMPLEMENTED", "VERSION_NOT_SUPPORTED")
     assert not _tracebacks(caplog)
 
 
@@ -632,7 +648,7 @@ async def test_a_0_3_rest_send_whose_parts_are_its_content_is_served(node: Node)
     assert r.status_code == 200, r.text
     assert "completed" in r.text.lower(), r.text
     assert empty.status_code == 400, empty.text
-    assert empty.json()["error"]["reason"] == "INVALID_MESSAGE"
+    assert node_error(empty.json()["error"])["reason"] == "INVALID_MESSAGE"
 
 
 async def test_a_0_3_notification_is_no_request_and_a_refused_one_gets_no_answer(

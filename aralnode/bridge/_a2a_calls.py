@@ -16,6 +16,12 @@ goes as it comes); gRPC's is returned after it as every method's is. One larger 
 the node's results may be (``max_message_bytes``: ``ListTasks`` of large tasks) is
 refused ``RESPONSE_TOO_LARGE`` instead, as any door refuses such a result (gRPC
 failed it in its own layer, with a traceback; HTTP sent it whole).
+
+The SDK's errors are read by A2A 1.0 §5.4's table where the SDK's own mapping
+differs (``_a2a_errors``): on HTTP+JSON an ended task's ``CancelTask`` is answered
+409, not 400; and the status a call's record gives an A2A error is §5.4's gRPC
+status on every binding (``UNIMPLEMENTED`` for ``UNSUPPORTED_OPERATION``…), the one
+gRPC's caller gets.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 from starlette.routing import BaseRoute, Match, Mount, Route
 
 from aralnode.bridge import _http as h
-from aralnode.bridge._a2a_checks import SENDS
+from aralnode.bridge._a2a_checks import SENDS, VersionRefused
+from aralnode.bridge._a2a_errors import SPEC_GRPC, SPEC_HTTP
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
     AralError,
@@ -291,7 +298,26 @@ class SdkAnswer:
             if self.status < 400:
                 return None
             return error_from_status(_status_of_http(self.status), f"HTTP {self.status}")
-        return sdk_error(error)
+        given = sdk_error(error)
+        if not self.jsonrpc:
+            self._spec_status(answer, error, given.reason)
+        return given
+
+    def _spec_status(self, answer: dict[str, Any], error: dict[str, Any], reason: str) -> None:
+        """An HTTP+JSON error answer held with A2A 1.0 §5.4's HTTP status where the
+        SDK gives another (``SPEC_HTTP``: 409 for TASK_NOT_CANCELABLE…), in its
+        status line and its AIP-193 ``code`` alike."""
+        wanted = SPEC_HTTP.get(reason)
+        if wanted is None or wanted == self.status or not self.held:
+            return
+        error["code"] = wanted
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        start = self.held[0]
+        headers = [(k, str(len(body)).encode() if k.lower() == b"content-length" else v)
+                   for k, v in start.get("headers") or ()]  # fmt: skip
+        self.held = [{**start, "status": wanted, "headers": headers},
+                     {"type": "http.response.body", "body": body}]  # fmt: skip
+        self.status = wanted
 
 
 def sdk_error(error: dict[str, Any]) -> AralError:
@@ -309,7 +335,11 @@ def sdk_error(error: dict[str, Any]) -> AralError:
     number = StatusCode.UNKNOWN
     if isinstance(status, str):
         number = StatusCode.__members__.get(status, StatusCode.UNKNOWN)
-    return error_from_status(int(number), str(error.get("message", ""))[:200], reason=reason)
+    message = str(error.get("message", ""))[:200]
+    if reason == VersionRefused.default_reason:  # (recorded as the door's own, on gRPC)
+        return VersionRefused(message)
+    number = SPEC_GRPC.get(reason, number)  # (§5.4's, as gRPC's caller gets it)
+    return error_from_status(int(number), message, reason=reason)
 
 
 def _status_of_http(status: int) -> int:

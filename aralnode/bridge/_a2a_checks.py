@@ -5,8 +5,13 @@ node's shape and audited, as the door's other refusals before the SDK:
 - ``A2A-Version``: a version (digits and dots, ``MAX_VERSION_CHARS`` at most). The
   SDK reads it with ``packaging.version``, whose ``int()`` of 5,000 digits raised a
   ``ValueError``: JSON-RPC ``-32603`` with Python's text, HTTP+JSON 500, a traceback
-  each time. Refused ``VERSION_NOT_SUPPORTED`` (JSON-RPC ``-32009``, A2A's
-  ``VersionNotSupportedError``; HTTP 400; ``FAILED_PRECONDITION``).
+  each time. Refused as A2A's ``VersionNotSupportedError`` (A2A 1.0 §3.6.2, §5.4:
+  JSON-RPC ``-32009``, HTTP 400, gRPC ``UNIMPLEMENTED``; ``VERSION_NOT_SUPPORTED``).
+  On gRPC, where the SDK checks no version, one whose major the service does not
+  serve (``SERVED_MAJORS``: 1) is refused so too; on HTTP the SDK refuses it itself.
+- the caller: ``GetExtendedAgentCard`` is for authenticated callers (§3.1.11); an
+  anonymous one is refused as missing credentials are (§3.3.2: 401,
+  ``UNAUTHENTICATED``; ``ANONYMOUS_REFUSED``), not as a bad request.
 - numbers: NaN, an infinity or a number past a double anywhere in the request (a
   data part holds any JSON): ``NOT_A_JSON_NUMBER``, as the pipeline refuses such
   parameters. The SDK took them and its task store could not write the task (HTTP
@@ -39,7 +44,8 @@ from google.protobuf.message import Message
 
 from aralnode.bridge._jsonrpc import not_a_number
 from aralnode.core import codec
-from aralnode.core.errors import InvalidParameters, UnsupportedVersion
+from aralnode.core.context import CallContext
+from aralnode.core.errors import InvalidParameters, StatusCode, Unauthenticated, UnsupportedVersion
 
 #: The most characters of an id a client chooses (as ARAL's, aral_api.MAX_ID_CHARS).
 MAX_ID_CHARS = 128
@@ -55,16 +61,23 @@ _OWN_JSON = frozenset({"data", "metadata"})
 SENDS = frozenset({"SendMessage", "SendStreamingMessage"})
 
 
-class VersionRefused(UnsupportedVersion):
-    """An ``A2A-Version`` that is no version."""
+#: The A2A major versions the gRPC service (``lf.a2a.v1.A2AService``) serves.
+SERVED_MAJORS = frozenset({"1"})
 
+
+class VersionRefused(UnsupportedVersion):
+    """An ``A2A-Version`` that is no version, or one not served: A2A's
+    ``VersionNotSupportedError`` (§5.4: -32009, HTTP 400, gRPC UNIMPLEMENTED)."""
+
+    status = StatusCode.UNIMPLEMENTED
     default_reason = "VERSION_NOT_SUPPORTED"
     rpc_code = -32009  # A2A's VersionNotSupportedError
 
 
-def check_version(values: Iterable[str]) -> None:
+def check_version(values: Iterable[str], *, majors: frozenset[str] | None = None) -> None:
     """Raises ``VersionRefused`` unless each ``A2A-Version`` given is empty (none:
-    the SDK reads 0.3) or digits and dots (``1.0``)."""
+    the SDK reads 0.3) or digits and dots (``1.0``), and, given ``majors``, one of
+    those major versions (the minor and patch do not count, as for the SDK)."""
     for value in values:
         if value and (len(value) > MAX_VERSION_CHARS or not _VERSION.fullmatch(value)):
             raise VersionRefused(
@@ -72,6 +85,20 @@ def check_version(values: Iterable[str]) -> None:
                 f"{MAX_VERSION_CHARS} characters), not {value[:20]!r}"
                 + (f" ({len(value)} characters)" if len(value) > 20 else "")
             )
+        if value and majors is not None and value.split(".")[0].lstrip("0") not in majors:
+            served = ", ".join(f"{m}.x" for m in sorted(majors))
+            raise VersionRefused(f"A2A version {value!r} is not served here (it serves {served})")
+
+
+def check_caller(method: str, ctx: CallContext) -> None:
+    """Raises ``Unauthenticated`` (``ANONYMOUS_REFUSED``) for an anonymous caller of
+    ``GetExtendedAgentCard`` (its context admitted: authenticated already)."""
+    if method == "GetExtendedAgentCard" and ctx.anonymous:
+        raise Unauthenticated(
+            "GetExtendedAgentCard is for authenticated callers: send an API key "
+            "(x-api-key) or a bearer token",
+            reason="ANONYMOUS_REFUSED",
+        )
 
 
 def body_json(body: bytes) -> Any:
@@ -247,8 +274,10 @@ __all__ = [
     "ID_KEYS",
     "MAX_ID_CHARS",
     "SENDS",
+    "SERVED_MAJORS",
     "VersionRefused",
     "body_json",
+    "check_caller",
     "check_ids",
     "check_message",
     "check_message_of",

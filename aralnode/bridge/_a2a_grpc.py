@@ -1,9 +1,15 @@
 """The A2A door around each gRPC call of ``lf.a2a.v1.A2AService`` (the a2a-sdk's
 servicer, behind ``transport.admitted.Admitted``): the caller admitted first, the
-request held to ``_a2a_checks`` (its ``a2a-version`` metadata too), then each method
-but a send a call of the pipeline (``_a2a_calls``). The context a call was admitted
-with is kept for the call's task: its owner, its executor and the pipeline use it
-(one authentication a call).
+request held to ``_a2a_checks`` (its ``a2a-version`` metadata too: the SDK checks
+none on gRPC), then each method but a send a call of the pipeline (``_a2a_calls``).
+The context a call was admitted with is kept for the call's task: its owner, its
+executor and the pipeline use it (one authentication a call).
+
+A version refusal is A2A's ``VersionNotSupportedError`` (A2A 1.0 §5.4, §10.6):
+``UNIMPLEMENTED`` with an ``ErrorInfo`` in domain ``a2a-protocol.org``, which the
+node's generic refusal (``transport.status``: domain ``aral.dev``) is not. So
+``check`` records it and keeps it for the call, and ``run`` / ``stream`` end the call
+with it in A2A's form (``_a2a_errors.grpc_a2a``) before the servicer runs.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from typing import Any
 from google.protobuf.message import Message
 
 from aralnode.bridge import _a2a_calls as calls
-from aralnode.bridge._a2a_checks import check_message_of, check_version
+from aralnode.bridge._a2a_checks import (
+    SERVED_MAJORS,
+    VersionRefused,
+    check_caller,
+    check_message_of,
+    check_version,
+)
+from aralnode.bridge._a2a_errors import grpc_a2a
 from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError
 from aralnode.service.refusals import refused
@@ -23,6 +36,10 @@ from aralnode.service.refusals import refused
 DOOR = "a2a"
 _ADMITTED: ContextVar[tuple[Any, CallContext] | None] = ContextVar(
     "aralnode_a2a_admitted", default=None
+)
+# A refusal ``check`` recorded, for ``run`` / ``stream`` to answer in A2A's form.
+_REFUSED: ContextVar[tuple[Any, AralError] | None] = ContextVar(
+    "aralnode_a2a_refused", default=None
 )
 
 
@@ -64,15 +81,40 @@ class GrpcGate:
         # The metadata as the context read it once (admit); the request as it is.
         md = ctx.metadata
         pairs = md.pairs() if isinstance(md, LazyMetadata) else md.items()
+        pipeline, action = self.door.service.pipeline, calls.action(name)
         try:
             check_version(
-                v for k, v in pairs if k.lower() == "a2a-version" and isinstance(v, str)
+                (v for k, v in pairs if k.lower() == "a2a-version" and isinstance(v, str)),
+                majors=SERVED_MAJORS,
             )  # fmt: skip
+        except VersionRefused as exc:  # answered by ``run`` / ``stream`` (module docstring)
+            refused(pipeline, ctx, action, exc, kind=calls.kind_of(name))
+            _REFUSED.set((grpc_context, exc))
+            return
+        try:
+            check_caller(name, ctx)
             if isinstance(request, Message):
                 check_message_of(name, request)
         except AralError as exc:
-            pipeline, action = self.door.service.pipeline, calls.action(name)
             raise refused(pipeline, ctx, action, exc, kind=calls.kind_of(name)) from None
+
+    def _refusal(self, grpc_context: Any) -> AralError | None:
+        """The refusal ``check`` kept for this call, if any (taken)."""
+        kept = _REFUSED.get()
+        if kept is None or kept[0] is not grpc_context:
+            return None
+        _REFUSED.set(None)
+        return kept[1]
+
+    async def _answer(self, grpc_context: Any, exc: AralError) -> Any:
+        """End the call with ``exc`` in A2A's form (raises, as ``abort`` does)."""
+        ctx = self.context(grpc_context)
+        now = self.door.service.clock.now_ms()
+        await grpc_context.abort_with_status(grpc_a2a(exc, ctx.trace_id, now))
+
+    async def _answer_each(self, grpc_context: Any, exc: AralError) -> AsyncIterator[Any]:
+        """``_answer`` for a server stream (nothing is sent before it)."""
+        yield await self._answer(grpc_context, exc)  # (never: the abort raises)
 
     def run(self, method: str, grpc_context: Any, call: Callable[[], Awaitable[Any]]) -> Any:
         """A unary call: a send as it is (its skill runs in the pipeline), any other
@@ -80,6 +122,8 @@ class GrpcGate:
         bound (``_a2a_calls.too_large``)."""
         name = _method(method)
         pipeline = self.door.service.pipeline
+        if (refusal := self._refusal(grpc_context)) is not None:
+            return self._answer(grpc_context, refusal)
         if not calls.governed(name):
             return self._sent(name, grpc_context, call())
 
@@ -97,6 +141,8 @@ class GrpcGate:
     ) -> AsyncIterator[Any]:
         """A server stream: ``run``'s rule, as a stream of the pipeline."""
         name = _method(method)
+        if (refusal := self._refusal(grpc_context)) is not None:
+            return self._answer_each(grpc_context, refusal)
         if not calls.governed(name):
             return self._sent_each(name, grpc_context, start())
         return calls.stream(self.door.service.pipeline, self.context(grpc_context), name, start)

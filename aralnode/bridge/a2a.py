@@ -34,9 +34,15 @@ it lists no skill: an authenticated caller reads them from the extended card
 **Refusals** before the SDK reads a request (its credentials, its ``A2A-Version``,
 its body's size, a JSON-RPC body that is no request object, a member given twice,
 what ``_a2a_checks`` holds it to) are the node's, as on every door: the seed's error
-object with the call's ``trace_id``, the ``X-Trace-Id`` header; on ``/a2a`` inside a
-JSON-RPC error (bridge/_jsonrpc.py); on gRPC a status with ``ErrorInfo``
+object with the call's ``trace_id``, the ``X-Trace-Id`` header, in each binding's
+form (``_a2a_errors``): on ``/a2a`` inside a JSON-RPC error (bridge/_jsonrpc.py), on
+``/a2a/rest`` AIP-193 (A2A 1.0 §11.6), on gRPC a status with ``ErrorInfo``
 (``_a2a_http``, ``_a2a_grpc``).
+
+**The SDK's parts** are used as they are but for two workarounds (``_a2a_sdk``): a
+follow-up naming only its task continues it in the task's context (§3.4.3), and
+A2A's errors have §5.4's gRPC status. The card is sent with HTTP's caching headers
+(§8.6.1, ``_a2a_http.send_cached``).
 
 **Every method is a call of the pipeline**: a send runs its skill through it (the
 executor); every other method runs inside ``Pipeline.call`` (``_a2a_calls``).
@@ -61,7 +67,6 @@ from a2a.helpers.proto_helpers import (
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.request_handlers.grpc_handler import DefaultGrpcServerCallContextBuilder
 from a2a.server.routes import (
     DefaultServerCallContextBuilder,
@@ -83,7 +88,8 @@ from aralnode.bridge import _http as h
 from aralnode.bridge import _jsonrpc as rpc
 from aralnode.bridge._a2a_calls import SERVICE
 from aralnode.bridge._a2a_grpc import GrpcGate
-from aralnode.bridge._a2a_http import ADMITTED, DOOR, JSONRPC_PATH, REST_PREFIX
+from aralnode.bridge._a2a_http import ADMITTED, DOOR, JSONRPC_PATH, REST_PREFIX, send_cached
+from aralnode.bridge._a2a_sdk import RequestHandler, Servicer
 from aralnode.bridge._a2a_tasks import DEFAULT_MAX_BYTES, BoundedTaskStore
 from aralnode.core import jws
 from aralnode.core.context import CallContext
@@ -337,8 +343,9 @@ class A2ADoor:
         self.max_body_bytes = max_body_bytes
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
+        self._card_made_ms = 0  # (its Last-Modified)
         self._card_skills: tuple[str, ...] = ()
-        self._handler: DefaultRequestHandler | None = None
+        self._handler: RequestHandler | None = None
         rpc.bound_library_logs("a2a")  # (its loggers log what callers sent)
         lazy: Any = _Lazy(self)  # the SDK's handler, made with the first card
         self.handler = lazy
@@ -394,8 +401,9 @@ class A2ADoor:
             del public.skills[:]
         self._sign(public)
         self._card, self._card_json = public, MessageToJson(public, indent=None).encode()
+        self._card_made_ms = self.service.clock.now_ms()
         if self._handler is None:  # (the SDK checks its cards have skills; it serves neither)
-            self._handler = DefaultRequestHandler(
+            self._handler = RequestHandler(
                 agent_executor=NodeExecutor(self),
                 task_store=BoundedTaskStore(
                     self.max_tasks, self.task_db, _Owner, self.max_task_bytes
@@ -419,11 +427,8 @@ class A2ADoor:
         reach, each tagged with the scopes it needs (``scope:…``), signed."""
         ctx = self.call_context(server)
         self.service.pipeline.stages.authenticate(ctx)
-        if ctx.anonymous:
-            raise A2AInvalidRequest(
-                message="GetExtendedAgentCard is for authenticated callers: send an API key "
-                "(x-api-key) or a bearer token"
-            )
+        if ctx.anonymous:  # (not reached: the door refuses it first, as 401; ``check_caller``)
+            raise A2AInvalidRequest(message="GetExtendedAgentCard is for authenticated callers")
         card = a2a_pb2.AgentCard()
         card.CopyFrom(self.card())
         del card.skills[:]
@@ -434,7 +439,7 @@ class A2ADoor:
         self._sign(card)
         return card
 
-    def request_handler(self) -> DefaultRequestHandler:
+    def request_handler(self) -> RequestHandler:
         """The SDK's request handler (made with the card: the ports must be bound)."""
         if self._handler is None:
             self.card()
@@ -444,7 +449,7 @@ class A2ADoor:
     def grpc_handler(self) -> Any:
         """The generic gRPC handler of ``lf.a2a.v1.A2AService`` (the SDK's servicer)."""
         capture = _Capture()
-        servicer = GrpcHandler(self.handler, context_builder=_GrpcContexts(self))
+        servicer = Servicer(self.handler, context_builder=_GrpcContexts(self))
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
         return capture.handler  # (behind ``grpc_gate``: transport/admitted.py)
 
@@ -490,12 +495,12 @@ class A2ADoor:
 
     async def __call__(self, scope: h.Scope, receive: h.Receive, send: h.Send) -> None:
         path = scope.get("path", "")
-        if path == CARD_PATH:
+        if path == CARD_PATH:  # (with A2A §8.6.1's caching headers)
             self.card()
-            await h.send_body(send, 200, self._card_json, "application/json")
+            await send_cached(scope, send, self._card_json, h.JSON, made_ms=self._card_made_ms)
         elif path == JWKS_PATH:
             body = json.dumps({"keys": [jws.public_jwk(self.identity.public_key)]}).encode()
-            await h.send_body(send, 200, body, "application/jwk-set+json")
+            await send_cached(scope, send, body, "application/jwk-set+json")
         else:
             await _a2a_http.serve(self, scope, receive, send)
 
