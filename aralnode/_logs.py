@@ -45,9 +45,13 @@ MAX_KEYS = 1024
 LOGGER_BURST = 4 * BURST
 LOGGER_RATE = 5 * RATE
 
+# Unicode's invisible format characters that change how a line reads: bidi
+# embeddings, overrides, isolates and marks (U+202E shows the rest of a line
+# reversed), zero-width spaces and joiners, the BOM, the soft hyphen.
+FORMAT_CHARACTERS = "\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
 # C0 controls (tab kept), DEL and C1 controls; also Unicode line and paragraph
-# separators, which some log viewers break lines on.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# separators, which some log viewers break lines on, and the format characters.
+_CONTROL = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029{FORMAT_CHARACTERS}]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
@@ -55,7 +59,12 @@ def escape(text: str, limit: int = MAX_CHARS) -> str:
     """``text`` with control characters escaped, cut to about ``limit`` characters."""
     if len(text) > limit:
         text = f"{text[:limit]}… [{len(text) - limit} more characters]"
-    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or _code(m[0]), text)
+
+
+def _code(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _escape_traceback(text: str) -> str:

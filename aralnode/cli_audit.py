@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import msgpack
 from cryptography.hazmat.primitives import serialization
 
+from aralnode._logs import FORMAT_CHARACTERS
 from aralnode.config import NodeConfig
 from aralnode.core.audit import AuditRecord
 from aralnode.core.errors import DataLoss, NotFound
@@ -146,12 +147,14 @@ def _print(rows: list[tuple[int, AuditRecord]], as_json: bool, out: TextIO) -> N
     out.flush()
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff{FORMAT_CHARACTERS}]")
 
 
 def _shown(text: str) -> str:
     """``text`` for a one-line row: a control character (a newline a caller put in a
-    capability id or a principal, say) escaped, so no record reads as another; and a
+    capability id or a principal, say) escaped, so no record reads as another; a
+    format character (a bidi override that shows the rest of a line reversed, a
+    zero-width space) escaped, so none disguises what the operator reads; and a
     lone surrogate (a record an older node kept), which no terminal's UTF-8 can show."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 

@@ -317,3 +317,14 @@ def test_tail_json_on_a_damaged_file_gives_an_error_object(
     assert error["reason"] == "AUDIT_UNREADABLE"
     assert error["status"] == "DATA_LOSS"
     assert "file is not a database" in error["message"]
+
+
+def test_tail_escapes_what_would_disguise_a_row() -> None:
+    """From an attack: a made-up capability id holding a bidi override (U+202E shows
+    the rest of the line reversed) or a zero-width space reached the operator's
+    terminal raw in ``audit tail`` and the governance tables."""
+    from aralnode.cli_audit import _shown
+
+    assert _shown("demo.\u202egnp.exe\u200b") == "demo.\\u202egnp.exe\\u200b"
+    assert _shown("two\nlines\u2029") == "two\\nlines\\u2029"
+    assert _shown("plain ünïcode") == "plain ünïcode"

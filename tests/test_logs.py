@@ -36,7 +36,10 @@ def record(msg: str, *args: object, name: str = "aralnode.test") -> logging.LogR
         ("carriage\rreturn", "carriage\\rreturn"),
         ("\x1b[31mred", "\\x1b[31mred"),
         ("nul\x00 del\x7f c1\x85", "nul\\x00 del\\x7f c1\\x85"),
-        ("line\u2028sep", "line\\x2028sep"),
+        ("line\u2028sep", "line\\u2028sep"),
+        # From an attack: format characters that change how a line reads.
+        ("evil\u202e)txt.exe", "evil\\u202e)txt.exe"),
+        ("zero\u200bwidth\ufeff", "zero\\u200bwidth\\ufeff"),
         ("tab\tkept, ünïcode kept", "tab\tkept, ünïcode kept"),
     ],
 )
