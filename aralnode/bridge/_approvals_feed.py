@@ -1,17 +1,49 @@
-"""The WebSocket door's ``approvals`` channel: the approval queue's events, as
-``{"type": "approval", "event": "pending|approved|denied|expired|withdrawn", ...}``
-with the entry, to its subscribers (the door gives the channel to ``agent:admin``
-callers only). A subscriber governance halted since it subscribed gets none
-(``subscriber_halted``: a halted principal gets nothing on any door)."""
+"""The WebSocket door's feed: a socket's subscription, what it may still be sent and
+how, and the ``approvals`` channel.
+
+A ``Subscriber`` holds one socket's channels and a bounded queue of its events (what
+does not fit is dropped and counted); a ``FeedSocket`` sends them, and the door's
+replies, under one lock. Events go only where whoever subscribed may still have
+them: a subscriber governance halted since it subscribed is offered none
+(``subscriber_halted``: a halted principal gets nothing on any door), and a socket
+whose session ended, or whose upgrade's credentials no longer hold, is closed
+instead of sent its next event (``SessionGate``): a socket that subscribes once and
+then only listens is held to the rules a socket that sends is held to at each
+message, and closed when its lifetime ends even if it is sent nothing.
+
+The ``approvals`` channel: the approval queue's events, as ``{"type": "approval",
+"event": "pending|approved|denied|expired|withdrawn", ...}`` with the entry, to its
+subscribers (the door gives the channel to ``agent:admin`` callers only)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 from collections.abc import Callable, Set
 from typing import Any, Protocol
 
-from aralnode.bridge._http import iso_ms
+from starlette.websockets import WebSocket
+
+from aralnode._logs import get_logger
+from aralnode.bridge._http import client_peer, iso_ms
+from aralnode.bridge._sockets import plain_id
+from aralnode.core import codec
+from aralnode.core.clock import Clock
+from aralnode.core.errors import AralError, InternalError
 from aralnode.service.approvals import Approval
 from aralnode.service.halts import Halts
+
+log = get_logger("aralnode.ws")
+QUEUE_SIZE = 256  # events a subscriber's queue holds; more are dropped, and counted
+# The close reason of a socket past its lifetime (on every path that closes it).
+SESSION_EXPIRED = "session expired"
+# A socket's credentials are authenticated again before its events at most this
+# often (seconds): a busy feed costs a token-cache lookup a second, not one an event.
+RECHECK_SECONDS = 1.0
+POLICY_VIOLATION = 1008  # close codes (RFC 6455): a refusal; one with a retry hint
+TRY_AGAIN_LATER = 1013
+_PRINCIPAL_KEY = "principal:"
 
 
 class _Hub(Protocol):
@@ -22,11 +54,152 @@ class _Hub(Protocol):
     def node_id(self) -> str: ...
 
 
-class _Subscriber(Protocol):
-    def offer(self, message: dict[str, Any]) -> None: ...
+class Subscriber:
+    """One socket's subscription: its channels, its bounded event queue, and whose
+    governance decisions it may see (``EventHub.subscribe``)."""
+
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.dropped = 0
+        self.decision_keys: tuple[str, ...] = ()
+        self.sees_all = False
+        self.scopes: frozenset[str] = frozenset()  # what its capability listings show
+        self.caller = self.principal = ""  # who subscribed (a halt of either: no events)
+
+    def offer(self, message: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
 
 
-_PRINCIPAL_KEY = "principal:"
+class SessionGate:
+    """Whether a socket may still be sent events: its session lives ``ttl`` seconds
+    of ``clock`` from its opening (``None``: no end), and ``authenticate`` (which
+    raises the refusal, and puts it on record) passes for its upgrade's credentials,
+    asked again at most once every ``RECHECK_SECONDS``. Constant memory and no task
+    of its own: the socket's sender waits ``remaining()`` at most."""
+
+    __slots__ = ("_authenticate", "_checked", "clock", "expires")
+
+    def __init__(self, clock: Clock, ttl: float | None, authenticate: Callable[[], None]) -> None:
+        self.clock = clock
+        self.expires = None if ttl is None else clock.monotonic() + ttl
+        self._authenticate = authenticate
+        self._checked = -math.inf  # the first event is checked, whenever it comes
+
+    def remaining(self) -> float | None:
+        """Seconds until the session ends (``None``: it does not)."""
+        return None if self.expires is None else self.expires - self.clock.monotonic()
+
+    def expired(self) -> bool:
+        return self.expires is not None and self.clock.monotonic() >= self.expires
+
+    def refusal(self) -> tuple[int, str] | None:
+        """Why the socket must be closed rather than sent an event: the close code and
+        reason (the reason a message would be refused with), or ``None``. A refusal
+        with a retry hint (a token being checked with its issuer, an address whose
+        failed authentications are rate limited) closes with 1013: open a new one."""
+        now = self.clock.monotonic()
+        if self.expires is not None and now >= self.expires:
+            return POLICY_VIOLATION, SESSION_EXPIRED
+        if now - self._checked < RECHECK_SECONDS:
+            return None
+        self._checked = now
+        try:
+            self._authenticate()
+        except AralError as exc:
+            code = POLICY_VIOLATION if exc.retry_after is None else TRY_AGAIN_LATER
+            return code, exc.reason
+        return None
+
+
+class FeedSocket:
+    """A socket's sending side: its subscription's events, each past its ``gate``,
+    and replies, all under ``lock`` so that frames never interleave. Once the socket
+    is closed nothing more is sent."""
+
+    __slots__ = ("closed", "dropped_event", "gate", "lock", "sub", "ws")
+
+    def __init__(
+        self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]], gate: SessionGate
+    ) -> None:
+        self.ws = ws
+        self.sub = Subscriber()
+        self.lock = asyncio.Lock()
+        self.dropped_event = dropped_event
+        self.gate = gate
+        self.closed = False
+
+    async def pump(self) -> None:
+        """Send the queued events, and close the socket when its session ends, whether
+        or not the client sends or is sent anything (no busy wait: one wake-up per
+        event, and one when the lifetime is up)."""
+        while not self.closed:
+            left = self.gate.remaining()
+            if left is not None and left <= 0:
+                await self.close(POLICY_VIOLATION, SESSION_EXPIRED)
+                return
+            try:
+                async with asyncio.timeout(left):  # (an injected clock: asked again)
+                    message = await self.sub.queue.get()
+            except TimeoutError:
+                continue
+            async with self.lock:
+                await self.send_event(message)
+
+    async def reply(self, message: dict[str, Any]) -> None:
+        """Send a reply: waits for the socket rather than dropping anything.
+
+        Events already queued go first, so that a client sees what a call caused
+        (its ``decision_made``, say) before the call's result.
+        """
+        async with self.lock:
+            queue = self.sub.queue
+            while not queue.empty():
+                await self.send_event(queue.get_nowait())
+            await self.send_locked(message)
+
+    async def send_event(self, message: dict[str, Any]) -> None:
+        """One queued event, after the count of those dropped before it (lock held);
+        none, and the socket closed, where its gate refuses it."""
+        if self.closed:
+            return
+        if (refusal := self.gate.refusal()) is not None:
+            log.info("WebSocket to %s closed: %s", client_peer(self.ws.scope), refusal[1])
+            await self.end(*refusal)
+            return
+        if self.sub.dropped:
+            lost, self.sub.dropped = self.sub.dropped, 0
+            await self.send_locked(self.dropped_event(lost))
+        await self.send_locked(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        async with self.lock:
+            await self.end(code, reason)
+
+    async def end(self, code: int, reason: str) -> None:
+        """Close the socket (lock held)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.ws.close(code, reason)
+
+    async def send_locked(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            text = codec.dumps(message)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # A result that is no JSON still gets an answer with its id.
+            log.warning("ws reply is not JSON: %s", exc)
+            err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
+            text = codec.dumps(
+                {"type": "error", "id": plain_id(message), "error": codec.error_dict(err)}
+            )
+        await self.ws.send_text(text)
 
 
 def subscriber_halted(halts: Halts | None, sub: object) -> bool:
@@ -41,7 +214,7 @@ def subscriber_halted(halts: Halts | None, sub: object) -> bool:
     return any(w and halts.is_halted(w) for w in who)
 
 
-def follow_approvals(hub: _Hub, subscribers: Set[_Subscriber]) -> Callable[[], None]:
+def follow_approvals(hub: _Hub, subscribers: Set[Subscriber]) -> Callable[[], None]:
     """Offer each approval event to ``subscribers`` (read at each event); returns
     what stops it (nothing to stop on a node without an approval queue)."""
     queue = hub.service.pipeline.stages.govern.approvals
@@ -69,4 +242,13 @@ def follow_approvals(hub: _Hub, subscribers: Set[_Subscriber]) -> Callable[[], N
     return stop
 
 
-__all__ = ["follow_approvals", "subscriber_halted"]
+__all__ = [
+    "POLICY_VIOLATION",
+    "QUEUE_SIZE",
+    "SESSION_EXPIRED",
+    "FeedSocket",
+    "SessionGate",
+    "Subscriber",
+    "follow_approvals",
+    "subscriber_halted",
+]

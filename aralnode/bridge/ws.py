@@ -22,6 +22,12 @@ does not fit is dropped and counted in an ``events_dropped`` event. Replies (to
 ``invoke``, ``ping``, ``subscribe``..., and errors) never go through that queue
 and are never dropped: they are written straight to the socket, under the same
 lock as events, so frames never interleave.
+
+A socket is a session bound to its upgrade's credentials: each message is
+authenticated again, and so are they before events are sent (``SessionGate``: at
+most once a second); a refusal closes a socket that only listens (1008, the
+refusal's reason, on record). Past the session's lifetime the socket is closed
+(1008, ``session expired``) at its next message, event, or the end of its wait.
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aralnode import _proto as pb
 from aralnode._logs import get_logger
-from aralnode.bridge._approvals_feed import follow_approvals, subscriber_halted
+from aralnode.bridge._approvals_feed import (
+    POLICY_VIOLATION,
+    QUEUE_SIZE,
+    SESSION_EXPIRED,
+    FeedSocket,
+    SessionGate,
+    Subscriber,
+    follow_approvals,
+    subscriber_halted,
+)
 from aralnode.bridge._http import InFlight, Receive, Scope, Send, call_context, client_peer, iso_ms
 from aralnode.bridge._sockets import (
     CHANNELS,
@@ -67,33 +82,12 @@ _INVOKE_ACTION = "aral.ws/invoke"  # an invoke frame refused before the pipeline
 # is the built-in GetStatus, as on every door).
 SUBSCRIBE_ACTION = "aral.ws/Subscribe"
 LIST_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/ListCapabilities"
-QUEUE_SIZE = 256
 # Holding it shows a subscriber every caller's governance decisions; without it, a
 # subscriber sees those of its own socket's calls and of calls by its principal.
 DECISIONS_SCOPE = "aral:decisions"
 # Invokes a socket may have waiting behind the one that runs (a socket runs one at a
 # time); more are refused, so that a client cannot queue unbounded work.
 PENDING_INVOKES = 16
-
-
-class Subscriber:
-    """One socket's subscription: its channels, its bounded event queue, and whose
-    governance decisions it may see (``EventHub.subscribe``)."""
-
-    def __init__(self) -> None:
-        self.channels: set[str] = set()
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
-        self.dropped = 0
-        self.decision_keys: tuple[str, ...] = ()
-        self.sees_all = False
-        self.scopes: frozenset[str] = frozenset()  # what its capability listings show
-        self.caller = self.principal = ""  # who subscribed (a halt of either: no events)
-
-    def offer(self, message: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
 
 
 def _decision_keys(ctx: CallContext) -> list[str]:
@@ -321,7 +315,8 @@ class WsDoor:
             per_client=16, total=1024, client_of=lambda scope: address_of(client_peer(scope))
         )
         # A socket is a session bound to the credentials of its upgrade: each
-        # message is authenticated again, and the socket ends after this long.
+        # message is authenticated again, as they are before events (``SessionGate``),
+        # and the socket ends after this long.
         self.session_ttl: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -337,21 +332,24 @@ class WsDoor:
         ws = WebSocket(scope, receive, send)
         await ws.accept(subprotocol=chosen_subprotocol(scope))
         conn = _Connection(
-            ws, lambda lost: self.hub.event("events", "events_dropped", {"count": lost})
+            ws,
+            lambda lost: self.hub.event("events", "events_dropped", {"count": lost}),
+            SessionGate(self.clock, self.session_ttl, lambda: self._reauthenticate(ws)),
         )
         victim = self.quota.add(client, conn)
         if victim is not None:  # the node holds its total: the victim makes room
-            self.quota.close_later(victim.ws.close, victim.lock)
-        sender = asyncio.create_task(self._pump(conn))
+            self.quota.close_later(victim.end, victim.lock)
+        sender = asyncio.create_task(conn.pump())
         invoker = asyncio.create_task(self._invoker(conn))
-        expires = None if self.session_ttl is None else self.clock.monotonic() + self.session_ttl
         try:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if expires is not None and self.clock.monotonic() >= expires:
-                    await ws.close(1008, "session expired")  # policy: open a new one
+                if conn.closed:  # its feed's gate closed it: nothing more is read
+                    break
+                if conn.gate.expired():  # policy: open a new one
+                    await conn.close(POLICY_VIOLATION, SESSION_EXPIRED)
                     break
                 text = message.get("text")
                 # A message counts as in flight until its reply is sent: a stopping
@@ -396,11 +394,10 @@ class WsDoor:
             finally:
                 self.inflight.end()
 
-    async def _pump(self, conn: _Connection) -> None:
-        while True:
-            message = await conn.sub.queue.get()
-            async with conn.lock:
-                await conn.send_event(message)
+    def _reauthenticate(self, ws: WebSocket) -> None:
+        """The socket's upgrade credentials authenticated again, as a message's are
+        (``_context``); a refusal is counted and on record as the subscription's."""
+        self.service.pipeline.authenticate(self._context({}, ws), SUBSCRIBE_ACTION)
 
     async def _handle(self, text: str, conn: _Connection) -> dict[str, Any] | None:
         msg_id: Any = None
@@ -539,16 +536,15 @@ class WsDoor:
         }
 
 
-class _Connection:
-    """One client: its event subscription, and the lock every frame is sent under."""
+class _Connection(FeedSocket):
+    """One client: its feed (``FeedSocket``), and the invokes waiting their turn."""
 
-    __slots__ = ("dropped_event", "invokes", "lock", "sub", "ws")
+    __slots__ = ("invokes",)
 
-    def __init__(self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]]) -> None:
-        self.ws = ws
-        self.sub = Subscriber()
-        self.lock = asyncio.Lock()
-        self.dropped_event = dropped_event
+    def __init__(
+        self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]], gate: SessionGate
+    ) -> None:
+        super().__init__(ws, dropped_event, gate)
         self.invokes: asyncio.Queue[tuple[dict[str, Any], CallContext]] = asyncio.Queue(
             PENDING_INVOKES
         )
@@ -568,33 +564,14 @@ class _Connection:
                 retry_after=0.05,
             ) from None
 
-    async def reply(self, message: dict[str, Any]) -> None:
-        """Send a reply: waits for the socket rather than dropping anything.
 
-        Events already queued go first, so that a client sees what a call caused
-        (its ``decision_made``, say) before the call's result.
-        """
-        async with self.lock:
-            queue = self.sub.queue
-            while not queue.empty():
-                await self.send_event(queue.get_nowait())
-            await self.send_locked(message)
-
-    async def send_event(self, message: dict[str, Any]) -> None:
-        """One queued event, after the count of those dropped before it (lock held)."""
-        if self.sub.dropped:
-            lost, self.sub.dropped = self.sub.dropped, 0
-            await self.send_locked(self.dropped_event(lost))
-        await self.send_locked(message)
-
-    async def send_locked(self, message: dict[str, Any]) -> None:
-        try:
-            text = codec.dumps(message)
-        except (TypeError, ValueError, RecursionError) as exc:
-            # A result that is no JSON still gets an answer with its id.
-            log.warning("ws reply is not JSON: %s", exc)
-            err = InternalError(f"the reply could not be encoded: {type(exc).__name__}")
-            text = codec.dumps(
-                {"type": "error", "id": plain_id(message), "error": codec.error_dict(err)}
-            )
-        await self.ws.send_text(text)
+__all__ = [
+    "CHANNELS",
+    "DECISIONS_SCOPE",
+    "LIST_ACTION",
+    "QUEUE_SIZE",
+    "SUBSCRIBE_ACTION",
+    "EventHub",
+    "Subscriber",
+    "WsDoor",
+]
