@@ -129,6 +129,10 @@ def access_identity(cfg: NodeConfig) -> BearerAuthenticator:
             cache=cache,
             negative_size=cfg.token_cache_size,
             audience=cfg.oauth_resource or cfg.jwt_audience,
+            # An answer that names its issuer names one the node trusts (RFC 7662).
+            issuers=tuple(cfg.oauth_authorization_servers)
+            or ((cfg.jwt_issuer,) if cfg.jwt_issuer else ()),
+            leeway=cfg.jwt_leeway_seconds,
         )
     return BearerAuthenticator(
         apikeys=ApiKeyCheck(cfg.apikeys_path), jwt=verifier, introspector=introspector

@@ -137,7 +137,7 @@ class BearerAuthenticator:
         verifier = self.jwt
         if verifier is None or not isinstance(verifier.keys, JwksUrl):
             return
-        if verifier.cache.get(token, verifier.now()) is not None:
+        if verifier.cached(token) is not None:
             return
         import jwt as pyjwt  # noqa: PLC0415 - only on this path
 
@@ -146,7 +146,9 @@ class BearerAuthenticator:
         except pyjwt.PyJWTError:
             return
         if isinstance(kid, str) and verifier.keys.lookup(kid) is None:
-            await verifier.keys.settled()  # the fetch the miss started (if allowed)
+            # The fetch the miss started (if allowed), for a bounded while: past it the
+            # call is refused UNKNOWN_KID with a retry hint, the fetch going on.
+            await verifier.keys.settled()
 
     async def start(self) -> None:
         """The JWKS URL's first fetch."""

@@ -3,25 +3,35 @@
 The authenticator runs inside every call and cannot wait on the network, so the
 asking happens before: a door that can wait (the HTTP port, for each request)
 calls ``prepare`` with the token, and the answer is cached -- an active token until
-its ``exp`` (at most ``max_cache_seconds`` when it names none), an inactive one for
+its ``exp``, at most ``max_cache_seconds`` (whatever its ``exp``), an inactive one for
 ``negative_seconds`` -- where the authenticator then finds it. A door that cannot
 wait gets ``TOKEN_NOT_INTROSPECTED`` with a retry hint, and the question is asked
 in the background, so its retry passes.
 
+An active answer counts only if it is for this node (RFC 7662 §2.2, RFC 8707): its
+``aud`` names our resource (when one is configured), its ``iss`` is one of the
+issuers we know (when we know some and the answer names one), its ``nbf`` is not
+ahead and its ``exp`` not past. Any other answer is a "not active".
+
 Outsiders choose the tokens: answers are cached in bounded LRUs, and at most
-``max_in_flight`` questions are asked at once (more are refused, not queued).
+``max_in_flight`` questions are asked at once (more are refused, not queued). A
+question is bounded too: one deadline for all of it (``ask_seconds``) and at most
+``MAX_ANSWER_BYTES`` of answer read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from aralnode._logs import get_logger
+from aralnode.access.jwks import FETCH_ERRORS, read_capped
 from aralnode.access.tokens import TokenCache
 from aralnode.core.errors import Unauthenticated
 from aralnode.service.auth import SERVICE, USER, Authenticated
@@ -29,6 +39,16 @@ from aralnode.service.auth import SERVICE, USER, Authenticated
 log = get_logger("aralnode.access")
 
 _INACTIVE = Authenticated()  # the marker of a token the issuer said is not active
+MAX_ANSWER_BYTES = 64 * 1024  # an introspection answer is a few hundred bytes
+ASK_SECONDS = 5.0  # the whole of one question (a door waits for it): connect, send, answer
+
+
+def _number(value: Any) -> bool:
+    """Whether a claim's value is a number (not ``true``, nor ``NaN`` or ``Infinity``,
+    which Python's JSON parser reads)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def principal_of(answer: dict[str, Any]) -> Authenticated:
@@ -60,6 +80,10 @@ class Introspector:
         client_id / client_secret: This node's credentials there (HTTP Basic).
         cache: Active tokens (shared with JWTs: one bound).
         negative_size: Inactive tokens remembered.
+        audience: This node's resource ("": an answer's ``aud`` is not checked).
+        issuers: The issuers an answer's ``iss`` may name (none: not checked).
+        leeway: Clock skew allowed on ``nbf``.
+        ask_seconds: Deadline of one whole question.
     """
 
     def __init__(
@@ -76,9 +100,15 @@ class Introspector:
         client: Callable[[], httpx.AsyncClient] | None = None,
         now: Callable[[], float] = time.time,
         audience: str = "",
+        issuers: Sequence[str] = (),
+        leeway: float = 30.0,
+        ask_seconds: float = ASK_SECONDS,
     ) -> None:
         self.url = url
         self.audience = audience  # "": the answer's aud is not checked
+        self.issuers = frozenset(issuers)  # empty: the answer's iss is not checked
+        self.leeway = leeway
+        self.ask_seconds = ask_seconds
         self._auth = httpx.BasicAuth(client_id, client_secret) if client_id else None
         self.cache = cache
         self.negative = TokenCache(negative_size)
@@ -132,41 +162,65 @@ class Introspector:
     async def _ask(self, token: str) -> None:
         self.asked += 1
         try:
-            async with self._client() as client:
-                response = await client.post(
-                    self.url,
-                    data={"token": token, "token_type_hint": "access_token"},
-                    auth=self._auth or httpx.USE_CLIENT_DEFAULT,
-                    headers={"accept": "application/json"},
-                )
-                response.raise_for_status()
-                answer = response.json()
-        except (httpx.HTTPError, ValueError) as exc:  # nothing cached: the call is refused
+            async with asyncio.timeout(self.ask_seconds):
+                body = await self._post(token)
+            answer = json.loads(body)
+        except FETCH_ERRORS as exc:  # nothing cached: the call is refused
             log.warning("token introspection at %s failed: %s", self.url, type(exc).__name__)
             return
         now = self.now()
+        who, until = self.judge(answer, now)
+        if who is None:
+            self.negative.put(token, _INACTIVE, until)
+        else:
+            self.cache.put(token, who, until)
+
+    async def _post(self, token: str) -> bytes:
+        async with (
+            self._client() as client,
+            client.stream(
+                "POST",
+                self.url,
+                data={"token": token, "token_type_hint": "access_token"},
+                auth=self._auth or httpx.USE_CLIENT_DEFAULT,
+                headers={"accept": "application/json", "accept-encoding": "identity"},
+            ) as response,
+        ):
+            response.raise_for_status()
+            return await read_capped(response, MAX_ANSWER_BYTES)
+
+    def judge(self, answer: Any, now: float) -> tuple[Authenticated | None, float]:
+        """What an introspection ``answer`` means at ``now``: the principal of an
+        active token for this node and until when to keep it, or ``None`` and until
+        when to remember that it is not (see the module docstring)."""
+        refused = None, now + self.negative_seconds
         if not isinstance(answer, dict) or answer.get("active") is not True:
-            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
-            return
-        exp = answer.get("exp")
+            return refused
         until = now + self.max_cache_seconds
-        if isinstance(exp, (int, float)):
-            if exp <= now:
-                self.negative.put(token, _INACTIVE, now + self.negative_seconds)
-                return
-            until = min(until, float(exp))
+        exp, nbf = answer.get("exp"), answer.get("nbf")
+        if exp is not None:
+            if not _number(exp) or exp <= now:
+                return refused
+            until = float(min(until, exp))  # exp may be 10**400: never converted alone
+        if nbf is not None:
+            if not _number(nbf):
+                return refused
+            if nbf > now + self.leeway:  # not valid yet: asked again once it may be
+                ready = float(min(now + self.negative_seconds + self.leeway, nbf))
+                return None, ready - self.leeway
         aud = answer.get("aud")
         if self.audience and self.audience not in (aud if isinstance(aud, list) else [aud]):
             # A token the issuer minted for another resource server (RFC 8707):
             # no passthrough of someone else's token.
-            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
-            return
+            return refused
+        iss = answer.get("iss")
+        known = isinstance(iss, str) and iss in self.issuers
+        if self.issuers and iss is not None and not known:
+            return refused  # another issuer's token (iss is optional in an answer)
         try:
-            who = principal_of(answer)
+            return principal_of(answer), until
         except Unauthenticated:
-            self.negative.put(token, _INACTIVE, now + self.negative_seconds)
-            return
-        self.cache.put(token, who, until)
+            return refused
 
     async def close(self) -> None:
         """Cancel the questions under way."""

@@ -14,6 +14,12 @@ kind claim says so or the token came from a ``client_credentials`` grant), roles
 from the roles claim, scopes from ``scope`` (space-separated) or ``scp``. Roles are
 left as roles: the authorize stage maps them to scopes.
 
+A verified token is cached until its ``exp`` (plus the leeway), at most
+``max_cache_seconds`` (RFC 7519 puts no bound on ``exp``: an ``exp`` of 1e308 is
+a token, not a reason to keep it forever), and only while the key that verified it
+is still the issuer's: each use looks the key up again (a ``stat`` of a JWKS file, a
+dict look for a URL), so a key withdrawn from the set stops the tokens it verified.
+
 Refusals are ``Unauthenticated`` with a stable reason: ``TOKEN_INVALID``,
 ``TOKEN_EXPIRED``, ``TOKEN_NOT_YET_VALID``, ``TOKEN_CLAIMS_INVALID``,
 ``TOKEN_ALG_NOT_ALLOWED``, ``UNKNOWN_KID``.
@@ -29,13 +35,14 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from aralnode.access.jwks import KeySource
+from aralnode.access.jwks import KeySource, same_key
 from aralnode.access.tokens import TokenCache
 from aralnode.core.errors import Unauthenticated
 from aralnode.service.auth import SERVICE, USER, Authenticated
 
 # The key type each algorithm family needs (the JWK's kty).
 _KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+MAX_CACHE_SECONDS = 3600.0  # a cached token is verified again at least this often
 
 
 def key_fits(key: PyJWK, alg: str) -> bool:
@@ -89,6 +96,14 @@ def principal_of(claims: dict[str, Any], rules: JwtRules) -> Authenticated:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _VerifiedBy:
+    """The tag of a cached token: the key that verified it, and how it was named."""
+
+    kid: str | None  # None: the token named none (a JWKS of one key)
+    key: PyJWK
+
+
 class JwtVerifier:
     """Verifies bearer JWTs (see the module docstring), each once until it expires.
 
@@ -97,9 +112,10 @@ class JwtVerifier:
         keys: The issuer's keys.
         cache: Verified tokens (shared with introspection: one bound for both).
         now: Unix time (tests pass a fixed clock).
+        max_cache_seconds: The longest a verified token is kept, whatever its ``exp``.
     """
 
-    __slots__ = ("cache", "keys", "now", "rules", "verified")
+    __slots__ = ("cache", "keys", "max_cache_seconds", "now", "rules", "verified")
 
     def __init__(
         self,
@@ -107,11 +123,13 @@ class JwtVerifier:
         keys: KeySource,
         cache: TokenCache,
         now: Callable[[], float] = time.time,
+        max_cache_seconds: float = MAX_CACHE_SECONDS,
     ) -> None:
         self.rules = rules
         self.keys = keys
         self.cache = cache
         self.now = now
+        self.max_cache_seconds = max_cache_seconds
         self.verified = 0  # signature checks done (the cache spares the rest)
 
     def verify(self, token: str) -> Authenticated:
@@ -121,17 +139,34 @@ class JwtVerifier:
             Unauthenticated: The token is not one this node accepts.
         """
         now = self.now()
-        who = self.cache.get(token, now)
+        who = self.cached(token, now)
         if who is not None:
             return who
-        claims = self._claims(token, self._key(token))
+        key, alg, kid = self._key(token)
+        claims = self._claims(token, (key, alg))
         who = principal_of(claims, self.rules)
         self.verified += 1
-        exp = claims["exp"]
-        self.cache.put(token, who, float(exp) + self.rules.leeway)
+        self.cache.put(token, who, self._keep_until(claims["exp"], now), _VerifiedBy(kid, key))
         return who
 
-    def _key(self, token: str) -> tuple[PyJWK, str]:
+    def cached(self, token: str, now: float | None = None) -> Authenticated | None:
+        """The principal ``token`` was verified as, if it is cached, unexpired, and
+        the key that verified it is still the issuer's."""
+        return self.cache.get(token, self.now() if now is None else now, valid=self._key_held)
+
+    def _key_held(self, tag: object) -> bool:
+        if not isinstance(tag, _VerifiedBy):
+            return False  # not verified here (an introspected token)
+        held = self.keys.lookup(tag.kid) if tag.kid is not None else self.keys.only_key()
+        return same_key(held, tag.key)
+
+    def _keep_until(self, exp: float, now: float) -> float:
+        # exp may be any JSON number (10**400 too): compared, never converted, until
+        # it is known to be a small one.
+        cap = now + self.max_cache_seconds
+        return cap if exp >= cap - self.rules.leeway else float(exp) + self.rules.leeway
+
+    def _key(self, token: str) -> tuple[PyJWK, str, str | None]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -142,10 +177,11 @@ class JwtVerifier:
                 f"token algorithm {alg!r} is not accepted here", reason="TOKEN_ALG_NOT_ALLOWED"
             )
         kid = header.get("kid")
+        key: PyJWK | None = None  # a kid that is no string names no key
         if kid is None:
             key = self.keys.only_key()  # a JWKS of one key may leave kid out
-        else:
-            key = self.keys.lookup(kid) if isinstance(kid, str) else None
+        elif isinstance(kid, str):
+            key = self.keys.lookup(kid)
         if key is None:
             raise Unauthenticated(
                 "the token's signing key (kid) is not one of the issuer's keys",
@@ -156,7 +192,7 @@ class JwtVerifier:
             raise Unauthenticated(
                 f"the key named by the token's kid does not verify {alg}", reason="TOKEN_INVALID"
             )
-        return key, alg
+        return key, alg, kid
 
     def _claims(self, token: str, key_alg: tuple[PyJWK, str]) -> dict[str, Any]:
         key, alg = key_alg
@@ -190,7 +226,8 @@ class JwtVerifier:
                 f"the token does not verify: {type(exc).__name__}", reason="TOKEN_INVALID"
             ) from exc
         now = self.now()
-        if not isinstance(claims.get("exp"), (int, float)) or claims["exp"] + rules.leeway <= now:
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= now - rules.leeway:
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         return claims
 
