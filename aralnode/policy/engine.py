@@ -10,6 +10,11 @@ direction and capability, so a call runs only its own rules and the global ones,
 whatever the size of the policy. The most severe decision wins; every rule that
 matched is named; a flag raises the principal's trust debt.
 
+A principal an untrusted peer names (``alice@<peer>``, ``service.auth``) is one a
+peer makes up for free: its calls count towards the peer's rate too, its flags
+raise the peer's debt too, and ``rate`` and ``trust_debt`` read the larger of the
+two -- a new name each call resets nothing (as halts roll up to the peer).
+
 What does not change between calls of one shape (the same direction, capability,
 caller and principal, kind and roles, door, peer, chain and risk) is kept per shape:
 the tier, the tripwires, and which of them fire when they read only such values --
@@ -26,13 +31,13 @@ from aralnode.core.governance import ALLOW, Action, Decision, Direction, Verdict
 from aralnode.policy.expr import Condition, new_context
 from aralnode.policy.load import matches
 from aralnode.policy.model import Policy, Tripwire
+from aralnode.policy.parties import exchange_partner, naming_peer
 from aralnode.policy.state import DistinctRecent, TrustLedger, WindowCounter
 
 _CACHE = 4096
 _MEMO = 512  # remembered answers per condition
 _NOT_SCALAR = frozenset({"params", "roles", "chain"})
 _OK = Decision.OK
-_EXCHANGED = frozenset({Direction.SEND, Direction.RECEIVE})  # what rapid exchange counts
 
 
 class Memory:
@@ -58,6 +63,13 @@ class Memory:
             self.exchange.window = collusion.rapid_exchange.window_seconds
         if collusion.data_aggregation:
             self.aggregation.window = collusion.data_aggregation.window_seconds
+
+    def flag(self, action: Action, weight: float) -> None:
+        """Raise the trust debt of ``action``'s principal by ``weight``, and of the
+        peer that named it (if one did: the module docstring)."""
+        self.ledger.flag(action.principal, weight)
+        if peer := naming_peer(action):
+            self.ledger.flag(peer, weight)
 
 
 class _Rule:
@@ -105,15 +117,19 @@ class _Plan:
 class _Known:
     """What ``evaluate`` works out once per shape of call -- calls alike in all but
     their parameters and the counters: direction, capability, who, door, peer,
-    chain and risk -- the tripwires that can apply, the caller's tier and, when
-    those tripwires read nothing that changes from call to call, which of them
-    fire (``None``: worked out per call)."""
+    chain and risk -- the tripwires that can apply, the caller's tier, the peer the
+    call is an exchange with (``partner``, for rapid exchange: "" none), the peer
+    that named its principal (``named_by``: "" none) and, when those tripwires read
+    nothing that changes from call to call, which of them fire (``None``: worked
+    out per call)."""
 
-    __slots__ = ("fired", "plan", "tier")
+    __slots__ = ("fired", "named_by", "partner", "plan", "tier")
 
-    def __init__(self, plan: _Plan, tier: int) -> None:
+    def __init__(self, plan: _Plan, tier: int, partner: str, named_by: str) -> None:
         self.plan = plan
         self.tier = tier
+        self.partner = partner
+        self.named_by = named_by
         self.fired: tuple[_Rule, ...] | None = None  # (kept by the first call that can)
 
 
@@ -176,6 +192,7 @@ class PolicyEvaluator:
         self._for: dict[tuple[Direction, str], _Plan] = {}
         self._known: dict[tuple[Any, ...], _Known] = {}
         self._debtors = memory.ledger.debtors
+        self._naming = ""  # the judged call's naming peer (set by evaluate for the getters)
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
         self._cel = new_context()  # reused: one evaluation at a time, on the loop
@@ -270,22 +287,28 @@ class PolicyEvaluator:
         rapid = self._rapid
         if (  # (counted here, written out: every message; a pair past it is rare)
             rapid is not None
-            and action.peer
-            and action.direction in _EXCHANGED
-            and self.memory.exchange.add(action.peer) >= rapid.count
+            and (partner := known.partner)
+            and self.memory.exchange.add(partner) >= rapid.count
         ):
-            found = self._rapid_exchange(action, found)
+            found = self._rapid_exchange(partner, found)
         if self._aggregating and action.direction is Direction.INVOKE:
             found = self._aggregation(action, found)
         if action.chain and policy.collusion.circular_depth is not None:
             found = self._circular(action, found)
         if self._uses_rate:
             self.memory.rate.add(action.principal)
+            if known.named_by:  # (and under the peer that named it: a name resets nothing)
+                self.memory.rate.add(known.named_by)
         fired = known.fired
-        if fired is None or (known.plan.reads_debt and action.principal in self._debtors):
+        if fired is None or (  # (named_by "" owes nothing: "" is no principal)
+            known.plan.reads_debt
+            and (action.principal in self._debtors or known.named_by in self._debtors)
+        ):
             # (Worked out after the counters: a call whose rule fails still counts.)
+            self._naming = known.named_by
             fired = self._firing(known.plan, action, tier)
-            if known.plan.fixed and action.principal not in self._debtors:
+            debtors = self._debtors
+            if known.plan.fixed and not (action.principal in debtors or known.named_by in debtors):
                 known.fired = fired
         for rule in fired:
             found = found or _Found()
@@ -294,14 +317,19 @@ class PolicyEvaluator:
             return ALLOW
         if found.flagged:
             weight = found.weight or policy.trust_debt.flag_weight
-            self.memory.ledger.flag(action.principal, weight)
+            self.memory.flag(action, weight)
         return Verdict(
             found.decision, found.flagged, tuple(found.reasons), tuple(found.rules), found.params
         )
 
     def _learn(self, action: Action, shape: tuple[Any, ...]) -> _Known:
         """``action``'s ``_Known`` entry, made and kept (bounded) by its ``shape``."""
-        known = _Known(self._candidates(action), self.tier_of(action))
+        known = _Known(
+            self._candidates(action),
+            self.tier_of(action),
+            exchange_partner(action),
+            naming_peer(action),
+        )
         if len(self._known) >= _CACHE:
             self._known.clear()
         self._known[shape] = known
@@ -396,13 +424,13 @@ class PolicyEvaluator:
             )  # fmt: skip
         return found
 
-    def _rapid_exchange(self, action: Action, found: _Found | None) -> _Found:
+    def _rapid_exchange(self, partner: str, found: _Found | None) -> _Found:
         """A pair past the rapid-exchange count (``evaluate`` counted the message)."""
         rapid = self.policy.collusion.rapid_exchange
         assert rapid is not None
         return self._tripped(
             found, "collusion.rapid_exchange", rapid.decision, rapid.flag,
-            f"{rapid.count} or more messages with {action.peer} within "
+            f"{rapid.count} or more messages with {partner} within "
             f"{rapid.window_seconds:g} s",
         )  # fmt: skip
 
@@ -464,8 +492,22 @@ class PolicyEvaluator:
 
 
 def _rate(engine: PolicyEvaluator, action: Action, tier: int) -> int:
-    entry = engine.memory.rate._counts.get(action.principal)
-    return int(entry[1] + entry[2]) if entry is not None else 0
+    """The principal's calls in the window; for one a peer named, the larger of
+    that and the peer's (every name it made up counted together)."""
+    counts = engine.memory.rate._counts
+    entry = counts.get(action.principal)
+    rate = int(entry[1] + entry[2]) if entry is not None else 0
+    if (peer := engine._naming) and (entry := counts.get(peer)) is not None:
+        rate = max(rate, int(entry[1] + entry[2]))
+    return rate
+
+
+def _debt(engine: PolicyEvaluator, action: Action, tier: int) -> float:
+    """The principal's trust debt; for one a peer named, the larger of that and the
+    peer's."""
+    ledger = engine.memory.ledger
+    debt = ledger.debt(action.principal)
+    return max(debt, ledger.debt(peer)) if (peer := engine._naming) else debt
 
 
 def _params(action: Action) -> Any:
@@ -494,7 +536,7 @@ _GETTERS: dict[str, _Getter] = {
     "kind": lambda e, a, t: a.kind,
     "roles": lambda e, a, t: sorted(a.roles),
     "tier": lambda e, a, t: t,
-    "trust_debt": lambda e, a, t: e.memory.ledger.debt(a.principal),
+    "trust_debt": _debt,
     "environment": lambda e, a, t: e.policy.environment,
     "delegation_depth": lambda e, a, t: a.delegation_depth,
     "chain": lambda e, a, t: list(a.chain),

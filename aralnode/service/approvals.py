@@ -4,8 +4,14 @@
 bound keeps that fair) until ``approve`` (the call runs), ``deny`` or the timeout
 (it is refused, the same way on every door), or until its caller goes away (the
 entry is dropped). Bounded: ``max_pending`` in all and ``max_pending_per_principal``
-for any one principal; beyond, the call is refused at once. Approvers need the
-``agent:admin`` scope, and no principal approves its own call.
+for any one principal -- and for any one untrusted peer, over itself and all the
+principals it named (``alice@<peer>``, ``service.auth``: names it makes up for
+free must not let it fill the queue); beyond, the call is refused at once.
+Approvers need the ``agent:admin`` scope, and no principal approves its own call.
+
+An approver sees the parameters as ``Approval.preview`` (``_preview``): canonical
+JSON, its members sorted by name, each value cut on its own, so no member can push
+another out of view and no string can pass for other members.
 
 Listeners (``on_event``) hear of every entry that becomes pending and of its end
 (``approved``, ``denied``, ``expired``, ``withdrawn``): the WebSocket door sends them
@@ -15,6 +21,8 @@ to approvers; a later A2A door shows a pending entry as ``AUTH_REQUIRED``.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -31,7 +39,13 @@ log = get_logger("aralnode.governance")
 PENDING, APPROVED, DENIED, EXPIRED, WITHDRAWN = (
     "pending", "approved", "denied", "expired", "withdrawn",
 )  # fmt: skip
-_PREVIEW_BYTES = 512
+# The preview: at most this many members (sorted by name; then "+N more"), each
+# name cut at _NAME characters and each value at _VALUE (JSON, escaped): so at most
+# PREVIEW_MAX characters, whatever the parameters.
+_MEMBERS, _NAME, _VALUE = 16, 48, 112
+_ITEMS, _DEPTH = 8, 3  # within a value: members or items looked at, levels shown
+_MIN = 32  # the least room a cut view takes (a mark: "...(+N chars)", quotes)
+PREVIEW_MAX = _MEMBERS * (_NAME + _VALUE + 4) + 32
 
 
 @dataclass(slots=True)
@@ -54,6 +68,7 @@ class Approval:
     state: str = PENDING
     decided_by: str = ""
     note: str = ""
+    named_by: str = ""  # the untrusted peer that named ``principal`` (not shown)
     _future: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,10 +188,15 @@ class ApprovalQueue:
                 reason="APPROVAL_QUEUE_FULL",
                 retry_after=5.0,
             )
-        mine = sum(1 for e in self._pending.values() if e.principal == principal)
+        # A principal a peer named counts as its peer: the peer's own calls and every
+        # name it made up share one bound.
+        by = naming_peer(ctx)
+        owner = by or principal
+        mine = sum(1 for e in self._pending.values() if (e.named_by or e.principal) == owner)
         if mine >= self.max_pending_per_principal:
+            who = f"{by}, with the principals it named," if by else principal
             raise RateLimited(
-                f"{principal} already has {mine} calls waiting for approval, its limit",
+                f"{who} already has {mine} calls waiting for approval, its limit",
                 reason="APPROVAL_QUEUE_FULL",
                 retry_after=5.0,
             )
@@ -195,6 +215,7 @@ class ApprovalQueue:
             preview=_preview(action),
             created_ms=now,
             expires_ms=now + int(self.timeout * 1000),
+            named_by=by,
             _future=asyncio.get_running_loop().create_future(),
         )
         self._pending[entry.id] = entry
@@ -254,13 +275,98 @@ class ApprovalQueue:
                 log.exception("approval listener failed")
 
 
+def naming_peer(ctx: CallContext) -> str:
+    """The untrusted peer that named ``ctx``'s principal (``alice@<peer>``, the
+    test ``Halts.halted`` uses), else ""."""
+    peer = ctx.caller
+    if ctx.kind == "node" and ctx.on_behalf_of and ctx.principal.endswith("@" + peer):
+        return peer
+    return ""
+
+
 def _preview(action: Action) -> str:
-    """A short view of the parameters for approvers (a digest identifies them whole)."""
+    """A bounded view of the parameters for approvers (the digest identifies them
+    whole): canonical JSON (members sorted by name, strings JSON-escaped and ASCII
+    only, so what looks like a member is one), every member's name shown up to
+    ``_MEMBERS`` of them ("+N more" after), each value cut on its own. A cut is
+    marked outside any string, where JSON puts no text: ``"abc"...(+600 chars)``,
+    ``[1, 2, +8 more]``. At most ``PREVIEW_MAX`` characters."""
     try:
-        text = repr(action.parameters)
+        params = action.parameters
+        if not isinstance(params, dict):
+            return _view(params, PREVIEW_MAX, 0)
+        names = _first(params, _MEMBERS)
+        shown = [f"{_text(str(k), _NAME)}: {_view(params[k], _VALUE, 1)}" for k in names]
+        if len(params) > len(names):
+            shown.append(f"+{len(params) - len(names)} more")
+        return "{" + ", ".join(shown) + "}"
     except Exception:  # a view is a courtesy: never fail the escalation on it
-        return ""
-    return text if len(text) <= _PREVIEW_BYTES else text[: _PREVIEW_BYTES - 3] + "..."
+        return "(no preview)"
 
 
-__all__ = ["Approval", "ApprovalQueue"]
+def _first(members: dict[Any, Any], count: int) -> list[Any]:
+    """The first ``count`` keys of ``members`` by name (never sorting them all)."""
+    return heapq.nsmallest(count, members, key=str)
+
+
+def _text(value: str, limit: int) -> str:
+    """``value`` as a JSON string, cut (where an escape ends) to at most ``limit``
+    characters with its mark (``limit`` >= ``_MIN``)."""
+    if len(value) <= limit and len(whole := json.dumps(value)) <= limit:
+        return whole
+    room = max(0, limit - 2 - len(f"...(+{len(value)} chars)"))  # (the widest mark)
+    head = json.dumps(value[:room])
+    taken = min(len(value), room)
+    if len(head) > room + 2:  # escapes took room: fewer characters
+        taken = size = 0
+        for ch in value[:room]:
+            size += len(json.dumps(ch)) - 2
+            if size > room:
+                break
+            taken += 1
+        head = json.dumps(value[:taken])
+    return f"{head}...(+{len(value) - taken} chars)"
+
+
+def _view(value: Any, limit: int, depth: int) -> str:
+    """``value`` as canonical JSON, cut to at most ``limit`` characters (>= ``_MIN``)."""
+    if isinstance(value, str):
+        return _text(value, limit)
+    if isinstance(value, dict):
+        keys = _first(value, _ITEMS) if depth < _DEPTH else []
+        return _joined("{}", [(_text(str(k), _MIN), value[k]) for k in keys],
+                       len(value), limit, depth)  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        items = value[:_ITEMS] if depth < _DEPTH else ()
+        return _joined("[]", [("", v) for v in items], len(value), limit, depth)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON (an in-process caller's object)
+        return f"<{type(value).__name__}>"[:limit]
+    if len(text) <= limit:
+        return text
+    room = max(0, limit - len(f"...(+{len(text)} chars)"))
+    return f"{text[:room]}...(+{len(text) - room} chars)"
+
+
+def _joined(brackets: str, parts: list[tuple[str, Any]], total: int, limit: int, depth: int) -> str:
+    """Members (name, value; an item has no name) of a container of ``total``, as
+    many as fit in ``limit`` with what room each has left, between ``brackets``;
+    the rest counted ("+N more")."""
+    shown: list[str] = []
+    left = limit - 2 - len(f", +{total} more")  # (brackets and the widest count)
+    for i, (name, value) in enumerate(parts):
+        room = left - (len(name) + 2 if name else 0) - (2 if shown else 0)
+        room = min(room, max(_MIN, room // (len(parts) - i)))  # (room for the others)
+        view = _view(value, max(room, _MIN), depth + 1)
+        if len(view) > room:  # (a short value may fit where a cut one would not)
+            break
+        part = f"{name}: {view}" if name else view
+        left -= len(part) + (2 if shown else 0)
+        shown.append(part)
+    if total > len(shown):
+        shown.append(f"+{total - len(shown)} more")
+    return brackets[0] + ", ".join(shown) + brackets[1]
+
+
+__all__ = ["PREVIEW_MAX", "Approval", "ApprovalQueue", "naming_peer"]
