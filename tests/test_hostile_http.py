@@ -558,3 +558,107 @@ async def test_idle_subscribers_cost_a_call_nothing(
                 call = {"call": {"capability": "demo.echo", "parameters": {"text": "x"}}}
                 assert (await http.post("/v1/invoke", json=call)).status_code == 200
         assert offered == 0
+
+
+# -- held heads and unfinished uploads (atk7 #4, #5) ---------------------------------------
+
+
+@pytest.mark.slow
+async def test_held_heads_from_a_few_addresses_lock_nobody_out(tmp_path: Path) -> None:
+    """Four addresses fill the port's connections with heads that never end (atk7 #4:
+    before, every other client was answered 503 until they let go). Now a newcomer
+    gets in: the connection idle longest at the heaviest address makes room."""
+    config: dict[str, Any] = {
+        "http_max_connections": 64,
+        "http_max_connections_per_address": 16,
+        "http_header_timeout_seconds": 5.0,
+    }
+    async with NodeProcess.running(tmp_path / "n", **config) as node:
+        await node.probe()
+        heads = []
+        for source in ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"):
+            for _ in range(16):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", _port(node), local_addr=(source, 0)
+                )
+                writer.write(HEAD)  # a head that never ends
+                heads.append((reader, writer))
+        for _ in range(3):
+            await node.probe()  # served, each time
+        # Those that made room were told why, then closed; the others end at the
+        # header timeout.
+        async with asyncio.timeout(20):
+            answers = [await reader.read() for reader, _ in heads]
+        for _, writer in heads:
+            writer.close()
+        evicted = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert evicted, answers[:2]
+        assert all(b"TOO_MANY_CONNECTIONS" in a for a in evicted), evicted[:2]
+        assert all(a.startswith((b"HTTP/1.1 503", b"HTTP/1.1 408")) for a in answers)
+
+
+Upload = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _upload(port: int, source: str, length: int) -> Upload:
+    """POST a JSON body of ``length`` bytes to ``/v1/invoke`` and send all of it but
+    its last byte (as fast as the node reads it, or until it hangs up)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    head = (
+        "POST /v1/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    call = b'{"call": {"capability": "demo.echo", "parameters": {"text": "x"}}}'
+    body = memoryview(call.ljust(length - 1))
+    with contextlib.suppress(ConnectionError):
+        writer.write(head)
+        for start in range(0, len(body), 65536):
+            writer.write(body[start : start + 65536])
+            await writer.drain()
+    return reader, writer
+
+
+async def _finish(upload: Upload) -> int:
+    """Send the last byte; the status the node answers (0: it had hung up)."""
+    reader, writer = upload
+    try:
+        writer.write(b" ")
+        async with asyncio.timeout(30):
+            answer = await reader.read()
+    except ConnectionError:
+        return 0
+    finally:
+        writer.close()
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def _peak_rss(pid: int) -> int:
+    """The most memory the process has held, in bytes (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+@pytest.mark.slow
+async def test_unfinished_uploads_are_held_to_a_budget(tmp_path: Path) -> None:
+    """One address starts 64 uploads of 4 MiB and sends all of each but its last
+    byte (atk7 #5: before, the node held every one, +256 MiB here and ~1 GiB with
+    the address's 256 connections). Its bytes in flight are held to its budget
+    (16 MiB): the rest are refused on the way (429), and the node's memory, at its
+    peak, stays far below what was sent."""
+    async with NodeProcess.running(tmp_path / "n") as node:
+        await node.probe()
+        before = _peak_rss(node.pid)
+        async with asyncio.timeout(60):
+            uploads = await asyncio.gather(
+                *(_upload(_port(node), "127.0.0.20", 4 * MIB) for _ in range(64))
+            )
+            statuses = await asyncio.gather(*(_finish(u) for u in uploads))
+        grown = _peak_rss(node.pid) - before
+        print(f"statuses {sorted(statuses)}; peak RSS +{grown / MIB:.1f} MiB")
+        assert set(statuses) <= {0, 200, 429}, statuses
+        assert 200 in statuses, statuses  # some were served
+        assert statuses.count(200) < 64, statuses  # and the rest refused
+        assert grown < 64 * MIB, f"peak RSS grew {grown / MIB:.0f} MiB"
+        await node.probe()

@@ -27,7 +27,6 @@ from aralnode.core.addresses import join_host_port
 from aralnode.core.context import CallContext, LazyMetadata, clean_trace_id, new_trace_id
 from aralnode.core.errors import (
     AralError,
-    DeadlineExceeded,
     InvalidRequest,
     MessageTooLarge,
     PermissionDenied,
@@ -49,6 +48,9 @@ NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 PROTOBUF_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
 GZIP_MIN_BYTES = 860  # below one packet's worth, compressing costs more than it saves
+# The scope key under which the port's connection (``_server``) gives a request its
+# body's claim on the budgets of bytes in flight (``_sockets.BodyClaim``).
+BODY = "aral.body"
 
 
 class MethodNotAllowed(InvalidRequest):
@@ -84,20 +86,6 @@ class HeadersTooLarge(MessageTooLarge):
 
     http_status = 431
     default_reason = "HEADERS_TOO_LARGE"
-
-
-class HeaderTimeout(DeadlineExceeded):
-    """A request head that did not arrive in time (408)."""
-
-    http_status = 408
-    default_reason = "HEADER_TIMEOUT"
-
-
-class BodyTimeout(DeadlineExceeded):
-    """A request body that did not arrive in time (408)."""
-
-    http_status = 408
-    default_reason = "BODY_TIMEOUT"
 
 
 class ForbiddenOrigin(PermissionDenied):
@@ -272,16 +260,26 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, inflated if gzip, never more than ``limit`` bytes."""
+    """The whole request body, inflated if gzip, never more than ``limit`` bytes. On
+    the node's port its bytes count, as the connection takes them, against the
+    port's budgets of body bytes in flight (``_sockets.BodyClaim``, under ``BODY``
+    in the scope): a body past them is refused here (429, or 503 for the port's),
+    a ``Content-Length`` that cannot fit before any of it is read."""
     length = header(scope, b"content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    expected = int(length) if length is not None and length.isdigit() else 0
+    if expected > limit:
         raise MessageTooLarge(
             f"request body is {length} bytes; the limit is {limit}", details={"limit": limit}
         )
+    claim = scope.get(BODY)
+    if claim is not None and expected and not claim.check(expected):
+        raise claim.refused()
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
+        if claim is not None and claim.refusal is not None:
+            raise claim.refused()  # (its connection kept none of the rest)
         if message["type"] == "http.disconnect":
             # Not the end of the body: a cut-off body may still parse, and the call
             # must not run with part of its request.

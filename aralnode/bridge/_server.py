@@ -16,14 +16,21 @@ still closes a connection idle between requests. A body has its own clock, from
 the end of its head: a client that stops sending half-way (408 ``BODY_TIMEOUT``)
 does not hold its connection, its task and the body read so far any longer.
 
-A connection past ``ConnectionTable``'s bounds is answered at once, before a byte
-of it is parsed (429 or 503 ``TOO_MANY_CONNECTIONS``), and closed. A connection
-upgraded to a WebSocket leaves the table: the WebSocket quota counts it from then.
+A connection past ``ConnectionTable``'s bounds (``_sockets.py``) is answered at once,
+before a byte of it is parsed (429 or 503 ``TOO_MANY_CONNECTIONS``), and closed; or,
+when the port is full, room is made for it: the connection idle longest of the
+address holding the most (one awaiting its head, or kept alive between requests;
+never one with a request in flight) is answered 503 and closed. Each connection
+tells the table whether it is idle as its requests come and go, and names itself in
+its requests' scope (``CONNECTION``), where ``read_body`` finds the table's budget
+of body bytes in flight (``body_claim``). A connection upgraded to a WebSocket
+leaves the table: the WebSocket quota counts it from then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +39,19 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from aralnode.bridge._http import (
+    BODY,
     CONNECTION,
-    BodyTimeout,
     HeadersTooLarge,
-    HeaderTimeout,
     dumps,
     error_body,
+    error_headers,
 )
+from aralnode.bridge._sockets import BodyClaim, BoundedWebSocket, ConnectionTable
 from aralnode.core.addresses import join_host_port
 from aralnode.core.context import new_trace_id
-from aralnode.core.errors import AralError, RateLimited, Unavailable
+from aralnode.core.errors import AralError, DeadlineExceeded, RateLimited, Unavailable
 from aralnode.service.stages import address_of
 
 PARSERS = ("auto", "httptools", "h11")
@@ -55,41 +62,18 @@ PARSERS = ("auto", "httptools", "h11")
 MAX_PIPELINED = 32
 
 
-class ConnectionTable:
-    """The HTTP connections a port holds: at most ``total``, and ``per_address``
-    from any one client address."""
+class HeaderTimeout(DeadlineExceeded):
+    """A request head that did not arrive in time (408)."""
 
-    __slots__ = ("by_address", "count", "per_address", "total")
+    http_status = 408
+    default_reason = "HEADER_TIMEOUT"
 
-    def __init__(self, total: int, per_address: int) -> None:
-        self.total, self.per_address = total, per_address
-        self.count = 0
-        self.by_address: dict[str, int] = {}
 
-    def admit(self, address: str) -> AralError | None:
-        """Count a new connection from ``address``; why it is refused (not counted)."""
-        held = self.by_address.get(address, 0)
-        if held >= self.per_address:
-            return RateLimited(
-                f"this address holds {held} connections to the HTTP port, its limit",
-                reason="TOO_MANY_CONNECTIONS",
-                details={"limit": self.per_address},
-            )
-        if self.count >= self.total:
-            return Unavailable(
-                f"the HTTP port holds {self.count} connections, its limit",
-                reason="TOO_MANY_CONNECTIONS",
-                details={"limit": self.total},
-            )
-        self.by_address[address] = held + 1
-        self.count += 1
-        return None
+class BodyTimeout(DeadlineExceeded):
+    """A request body that did not arrive in time (408)."""
 
-    def release(self, address: str) -> None:
-        held = self.by_address.pop(address, 0) - 1
-        if held > 0:
-            self.by_address[address] = held
-        self.count -= 1
+    http_status = 408
+    default_reason = "BODY_TIMEOUT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +97,7 @@ class HeadLimits:
     timeout: float
     now_ms: Any  # Callable[[], int]; Any: a dataclass field may not be a bare method
     body_timeout: float = 60.0
-    connections: ConnectionTable | None = None
+    connections: ConnectionTable[Any] | None = None
     on_refused: Any = None  # Callable[[AralError, str], None]
 
     def too_large(self) -> HeadersTooLarge:
@@ -148,12 +132,13 @@ def raw_response(exc: AralError, now_ms: int) -> bytes:
     trace = new_trace_id()
     body = dumps(error_body(exc, trace, now_ms))
     status = exc.http_status
+    extra = b"".join(k + b": " + v + b"\r\n" for k, v in error_headers(exc))  # Retry-After
     head = (
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        f"x-trace-id: {trace}\r\nconnection: close\r\n\r\n"
+        f"x-trace-id: {trace}\r\nconnection: close\r\n"
     )
-    return head.encode() + body
+    return head.encode() + extra + b"\r\n" + body
 
 
 class _Refused(Exception):
@@ -167,10 +152,13 @@ class _HeadGuard(asyncio.Protocol):
     limits: ClassVar[HeadLimits]
     transport: asyncio.Transport
     cycle: Any
+    flow: Any  # uvicorn's FlowControl
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _refused = False
     _address: str | None = None  # counted in the connection table under it
+    _idle = False  # counted there as idle: it may be closed to make room
+    _body: BodyClaim | None = None  # the claim of the body being received
     _upgraded = False  # the connection is a WebSocket's now: no clock of ours runs
     # Calls to make when the connection is lost (DisconnectWatch's, via the scope's
     # CONNECTION): no task per request waits on ``receive`` for the disconnect.
@@ -186,22 +174,82 @@ class _HeadGuard(asyncio.Protocol):
             address = ""
             if isinstance(peer, tuple) and len(peer) >= 2:
                 address = address_of(join_host_port(str(peer[0]), int(peer[1])))
-            if (refusal := table.admit(address)) is not None:
+            refusal, victim = table.admit(address, self)
+            if victim is not None:
+                victim._evicted(table.total)
+            if refusal is not None:
                 self._refuse(refusal)
                 return
-            self._address = address
+            self._address, self._idle = address, True
         self._arm()
 
     def _release(self) -> None:
         """Leave the connection table (once)."""
-        address, self._address = self._address, None
+        address, self._address, self._idle = self._address, None, False
         if address is not None and self.limits.connections is not None:
-            self.limits.connections.release(address)
+            self.limits.connections.release(address, self)
+
+    def _evictable(self) -> bool:
+        """No request is in flight on the connection: it awaits a head (its first,
+        or the next on a kept-alive connection), and is not closing."""
+        raise NotImplementedError
+
+    def _mark(self) -> None:
+        """Tell the table whether the connection is idle now (if that changed)."""
+        address = self._address
+        if address is not None and (idle := self._evictable()) is not self._idle:
+            self._idle = idle
+            table = self.limits.connections
+            assert table is not None
+            (table.idle if idle else table.busy)(address, self)
+
+    def _evicted(self, total: int) -> None:
+        """Closed to make room for a newcomer (the table has forgotten it already)."""
+        self._address, self._idle = None, False
+        if self.transport.is_closing():  # (going already: nothing to say)
+            return
+        _HeadGuard._refuse(
+            self,
+            Unavailable(
+                f"the HTTP port holds {total} connections, its limit: this one, idle "
+                "longest at the address holding the most, was closed to make room",
+                reason="TOO_MANY_CONNECTIONS",
+                details={"limit": total},
+                retry_after=1.0,
+            ),
+        )
+
+    def _claim_body(self, cycle: Any) -> None:
+        """Give a new request's body its claim on the port's budgets of bytes in
+        flight, in its scope too (where ``read_body`` finds a refusal)."""
+        table, address = self.limits.connections, self._address
+        self._close_body()  # (the last one's ended already)
+        if table is not None and address is not None:
+            claim = table.claim(address, functools.partial(self._body_refused, cycle))
+            self._body = cycle.scope[BODY] = claim
+
+    def _body_refused(self, cycle: Any) -> None:
+        """A body is past a budget: none of the rest is kept, reading pauses, the
+        request's ``read_body`` wakes to refuse it, and the connection closes
+        once that is answered."""
+        cycle.keep_alive = False
+        del cycle.body[:]  # (what it had kept)
+        cycle.message_event.set()
+        self.flow.pause_reading()
+
+    def _close_body(self, *, answered: bool = False) -> None:
+        """The body being received is whole, or its request ended (``answered``:
+        only if the latest request was answered): its bytes are given back."""
+        claim = self._body
+        if claim is not None and (not answered or self.cycle.response_complete):
+            self._body = None
+            claim.close()
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
         # The connection is the WebSocket protocol's from here on, and this one
         # is never told of its loss: the WebSocket quota counts it instead.
         self._release()
+        self._close_body()
         self._upgraded = True
         self._disarm()
         self._disarm_body()
@@ -211,8 +259,11 @@ class _HeadGuard(asyncio.Protocol):
         self._disarm()
         self._disarm_body()
         self._release()
+        self._close_body()
         self.lost = True
         super().connection_lost(exc)
+        if self.cycle is not None:  # a body cut off: nothing reads it now (nor frees it,
+            self.cycle.body = bytearray()  # until its cycle, the scope's, is collected)
         callbacks, self._on_lost = self._on_lost, None
         for callback in callbacks or ():
             callback()
@@ -279,6 +330,8 @@ class _HeadGuard(asyncio.Protocol):
         if self._refused:
             return
         self._refused = True
+        self._mark()  # (closing: not one to close again)
+        self._close_body()
         self._disarm()
         self._disarm_body()
         if self.limits.on_refused is not None:
@@ -299,9 +352,14 @@ class BoundedH11(_HeadGuard, H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        cycle = self.cycle
+        before = len(cycle.body) if cycle is not None else 0
         super().data_received(data)
-        if self.cycle is not None:  # its task was made, and has not run yet
-            self._named_in(self.cycle.scope)
+        if self.cycle is not cycle:  # a request began: its task was made, not run yet
+            self._request_began()
+            cycle, before = self.cycle, 0
+        if cycle is not None:
+            self._took(cycle, before)
         if self._awaiting_head():
             self._arm()
         else:
@@ -310,9 +368,36 @@ class BoundedH11(_HeadGuard, H11Protocol):
             self._arm_body()
         else:
             self._disarm_body()
+            self._close_body()
+        self._mark()
+
+    def _took(self, cycle: Any, before: int) -> None:
+        """What a read added to a body (past ``before``): taken from the budget, or
+        dropped (its request is refused)."""
+        claim, grown = self._body, len(cycle.body) - before
+        if claim is None or grown <= 0 or cycle.response_complete:
+            return
+        if not claim.take(grown):
+            del cycle.body[before:]
+
+    def _request_began(self) -> None:
+        self._named_in(self.cycle.scope)
+        self._claim_body(self.cycle)
+
+    def on_response_complete(self) -> None:
+        self._close_body(answered=True)
+        cycle = self.cycle
+        super().on_response_complete()  # (a request waiting behind it begins)
+        if self.cycle is not cycle:
+            self._request_began()
+            self._took(self.cycle, 0)  # (what of its body h11 had kept)
+        self._mark()
 
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE and not self._refused
+
+    def _evictable(self) -> bool:
+        return self._awaiting_head() and not self._upgraded
 
     def send_400_response(self, msg: str) -> None:
         # h11 refuses a head over max_incomplete_event_size as a protocol error;
@@ -395,6 +480,7 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         super()._refuse(exc)
 
     def on_response_complete(self) -> None:
+        self._close_body(answered=True)
         super().on_response_complete()  # (it reads on, whatever waits)
         if self.pipeline:  # answered in turn first: then what comes is read
             self.flow.pause_reading()
@@ -405,6 +491,7 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
             super()._refuse(exc)
         elif self._in_head:  # a pipelined head that began while others were answered
             self._arm()
+        self._mark()
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:  # (each one queued is whole)
@@ -440,12 +527,24 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
         self._in_head, self._in_body = False, True
         self._disarm()
         self._named_in(self.scope)  # the scope the cycle made here is given
+        cycle = self.cycle
         super().on_headers_complete()
+        if self.cycle is not cycle:  # (none for an upgrade)
+            self._claim_body(self.cycle)
+        self._mark()
+
+    def on_body(self, body: bytes) -> None:
+        claim, cycle = self._body, self.cycle
+        if claim is not None and not cycle.response_complete and not claim.take(len(body)):
+            return  # past the budget: dropped, not kept (its request is refused)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._disarm_body()
+        self._close_body()
         super().on_message_complete()
+        self._mark()  # (answered before its body ended: idle from here)
 
     def _count(self, size: int) -> None:
         """Add ``size`` bytes of head; stops the parser once it is too large."""
@@ -457,41 +556,8 @@ class BoundedHttpTools(_HeadGuard, HttpToolsProtocol):
     def _awaiting_head(self) -> bool:
         return self._in_head and not self._refused
 
-
-class BoundedWebSocket(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol (websockets' sans-I/O one, uvicorn's choice),
-    with what it writes unasked held to flow control too.
-
-    It pauses reading while the application has a message to take, so data frames
-    are bounded; but it answers each ping (and a close) as it reads it, straight to
-    the transport: a client that sends pings and never reads made the node hold
-    every pong (200 MB of pings, 200 MB held, from review). Here reading pauses
-    while the write buffer is over its high-water mark, so such a client meets TCP's
-    flow control instead. And a client that stops answering the keepalive ping is
-    cut off at once (``abort``): a close waits to flush what it never reads."""
-
-    _backpressure = False
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._backpressure = True
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._backpressure = False
-        if not self.read_paused:  # (paused for the application's sake: it stays)
-            self.transport.resume_reading()
-
-    async def receive(self) -> Any:
-        message = await super().receive()  # (it reads on once its queue is empty)
-        if self._backpressure:
-            self.transport.pause_reading()
-        return message
-
-    def keepalive_timeout(self) -> None:
-        super().keepalive_timeout()
-        self.transport.abort()
+    def _evictable(self) -> bool:
+        return not (self._refused or self._upgraded or self._in_body or self._busy())
 
 
 def protocol_class(parser: str, limits: HeadLimits) -> type[asyncio.Protocol]:
