@@ -80,21 +80,37 @@ def _task(task_id: str, size: int, state: int = DONE) -> a2a.Task:
 
 async def test_the_task_store_keeps_bytes_within_its_bound() -> None:
     """Past ``max_bytes`` the oldest finished tasks go, though the count is far
-    from its bound; a running task stays, and so does the one just saved."""
-    store = BoundedTaskStore(1000, None, _Owner, max_bytes=10_000)
+    from its bound; a running task stays, and so does the one just saved. One task
+    holds no more than its share (its oldest messages go), and one larger than the
+    whole store alone (its artifacts) is not kept: nobody is evicted for it."""
+    store = BoundedTaskStore(1000, None, _Owner, max_bytes=40_000)  # 5,000 a task
     ctx = ServerCallContext(user=_Owner("someone"))
     await store.save(_task("running", 3000, a2a.TaskState.TASK_STATE_WORKING), ctx)
-    for i in range(10):
+    for i in range(20):
         await store.save(_task(f"t{i}", 3000), ctx)
-    listed = await store.list(a2a.ListTasksRequest(), ctx)
-    assert sorted(t.id for t in listed.tasks) == ["running", "t8", "t9"]
-    assert store.bytes <= 10_000
-    await store.save(_task("huge", 20_000), ctx)  # over the bound alone: kept, for now
-    assert await store.get("huge", ctx) is not None
-    await store.save(_task("next", 100), ctx)
-    assert await store.get("huge", ctx) is None
-    await store.delete("next", ctx)
-    assert store.bytes == _task("running", 3000, a2a.TaskState.TASK_STATE_WORKING).ByteSize()
+    ids = await _kept_ids(store, ctx)
+    assert "running" in ids
+    assert ids - {"running"} == {f"t{i}" for i in range(20 - len(ids) + 1, 20)}
+    assert 10 <= len(ids) < 21
+    assert store.bytes <= store.max_bytes
+    await store.save(_task("long", 20_000), ctx)  # past its share: its messages go
+    long = await store.get("long", ctx)
+    assert long is not None
+    assert not long.history
+    before = await _kept_ids(store, ctx)
+    giant = _task("giant", 10)
+    giant.artifacts.add(artifact_id="result").parts.add(text="r" * 50_000)
+    await store.save(giant, ctx)  # over the whole bound alone: not kept, others stay
+    assert await store.get("giant", ctx) is None
+    assert await _kept_ids(store, ctx) == before
+    await store.delete("long", ctx)
+    kept = [await store.get(t, ctx) for t in before - {"long"}]
+    assert store.bytes == sum(t.ByteSize() for t in kept if t is not None)
+
+
+async def _kept_ids(store: BoundedTaskStore, ctx: ServerCallContext) -> set[str]:
+    listed = await store.list(a2a.ListTasksRequest(page_size=100), ctx)
+    return {t.id for t in listed.tasks}
 
 
 async def test_a_durable_task_store_counts_the_bytes_it_holds(tmp_path: Path) -> None:
@@ -115,16 +131,17 @@ async def test_large_messages_do_not_fill_the_nodes_task_store(node: Node) -> No
     default is far larger; made small here)."""
     store = door_of(node).request_handler().task_store
     assert isinstance(store, BoundedTaskStore)
-    store.max_bytes = 256 * 1024
+    store.max_bytes = 256 * 1024  # 32 KiB a task
     async with http_of(node, headers=V1) as http:
-        for i in range(8):
-            r = await http.post("/a2a", json=send_message("x" * 64 * 1024, f"big{i}"))
+        for i in range(16):
+            r = await http.post("/a2a", json=send_message("x" * 24 * 1024, f"big{i}"))
             assert r.json()["result"]["task"]["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
         listed = await http.post(
             "/a2a", json={"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
         )
     kept = listed.json()["result"]["tasks"]
-    assert 1 <= len(kept) < 8
+    assert 1 <= len(kept) < 16
+    assert all(t["history"] for t in kept)  # (each within its share: its message kept)
     assert store.bytes <= store.max_bytes
 
 

@@ -56,6 +56,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from a2a.auth.user import User
 from a2a.helpers.proto_helpers import (
@@ -99,7 +100,7 @@ from aralnode.service.approvals import Approval
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.refusals import refused
-from aralnode.service.stages import reaches
+from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.a2a")
 
@@ -110,11 +111,12 @@ PROTOCOL_VERSION = "1.0"
 _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_large",
                        "unauthorized", "forbidden", "governance_blocked", "not_found",
                        "rate_limit_exceeded"})  # fmt: skip
-# A task waiting for its caller's input stays parked in the SDK's memory (its
-# messages too, outside the task store's bounds) until released; a follow-up makes
-# it again from the store. Released soon, so that what an outsider parks is what it
-# sends in about a second, not all it ever sent.
+# A task waiting for its caller's input stays parked in the SDK's memory until
+# released; a follow-up makes it again from the store. Released soon, so that what an
+# outsider parks is what it sends in about a second, not all it ever sent. (Its
+# history is the store's: trimmed where the store trims it, ``_a2a_tasks``.)
 PARKED_SECONDS = 1.0
+_ANONYMOUS = "anonymous@"
 
 
 class NoSkill(InvalidRequest):
@@ -406,7 +408,7 @@ class A2ADoor:
             self._handler = RequestHandler(
                 agent_executor=NodeExecutor(self),
                 task_store=BoundedTaskStore(
-                    self.max_tasks, self.task_db, _Owner, self.max_task_bytes
+                    self.max_tasks, self.task_db, _Owner, self.max_task_bytes, share_of
                 ),
                 agent_card=card,
                 extended_agent_card=card,
@@ -465,7 +467,7 @@ class A2ADoor:
         if not ctx.anonymous:
             return ctx.principal
         host = str(ctx.peer).removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0]
-        return f"anonymous@{host}"
+        return f"{_ANONYMOUS}{host}"
 
     def call_context(self, server: ServerCallContext) -> CallContext:
         """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC): the
@@ -505,6 +507,17 @@ class A2ADoor:
             await _a2a_http.serve(self, scope, receive, send)
 
 
+def share_of(owner: str) -> str:
+    """Whose share of the task store an owner's tasks count against (the store evicts
+    from the share that holds the most): a principal's are its own; anonymous
+    callers' their address as the rate limit counts it (``stages.address_of``: an
+    IPv6 client's /64, of which it has as many addresses as it likes)."""
+    if not owner.startswith(_ANONYMOUS):
+        return owner
+    host = unquote(owner.removeprefix(_ANONYMOUS)).strip("[]")
+    return _ANONYMOUS + address_of(f"[{host}]:0")  # (a port: how ``address_of`` reads one)
+
+
 def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill:
     """A capability as the card's skill (the extended card adds its scopes' tags)."""
     risk = ["risk:" + capability.risk] if capability.risk else []
@@ -516,4 +529,4 @@ def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill
     )
 
 
-__all__ = ["A2ADoor", "NodeExecutor", "selection"]
+__all__ = ["A2ADoor", "NodeExecutor", "selection", "share_of"]
