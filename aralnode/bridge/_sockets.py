@@ -339,13 +339,16 @@ class BodyClaim:
 
     def _refuse(self, refusal: AralError) -> None:
         self.refusal = refusal
+        on_refused = self._on_refused
         self.close()  # what it had is dropped with it
-        if self._on_refused is not None:
-            self._on_refused()
+        if on_refused is not None:
+            on_refused()
 
     def close(self) -> None:
-        """Give every byte back (once)."""
+        """Give every byte back (once), and let go of the connection's callback (it
+        holds the request, whose scope holds this claim: no cycle outlives it)."""
         self.ended = True
+        self._on_refused = None
         if self.held:
             self._table.give_body(self.address, self.held)
             self.held = 0
