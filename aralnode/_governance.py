@@ -17,7 +17,7 @@ from aralnode.policy.holder import PolicyHolder
 from aralnode.policy.model import EscalationPolicy
 from aralnode.policy.post import MessageFilter, OutputSchema, PostPolicy, SensitiveData
 from aralnode.service.approvals import ApprovalQueue
-from aralnode.service.halts import Halts
+from aralnode.service.halts import HaltEntry, Halts
 from aralnode.service.pipeline import Pipeline
 from aralnode.service.stages import ResponseCheck
 from aralnode.store.audit import AuditLog
@@ -41,7 +41,7 @@ def post_checks(holder: PolicyHolder, registry: CapabilityRegistry) -> list[Resp
 
     return [
         SensitiveData(post, holder.tier_of),
-        OutputSchema(post, schema_of, holder.memory.ledger.flag),
+        OutputSchema(post, schema_of, holder.memory.flag),
     ]
 
 
@@ -70,6 +70,7 @@ class Governance:
         stages = pipeline.stages
         self.halts = Halts(cfg.resolved_data_dir / HALTS_FILE)
         stages.govern.halts = stages.authenticate.halts = self.halts
+        self.halts.listeners.append(self._halted)
         self.policy = holder = install_policy(cfg, pipeline, clock)
         self.escalation_settings()
         if holder is not None:
@@ -78,6 +79,12 @@ class Governance:
             self._message_filter()
         self.audit_log = open_audit_log(cfg, identity, pipeline)
         self._watch = start_watch(self.policy, cfg)
+
+    def _halted(self, event: str, entry: HaltEntry) -> None:
+        """A halt withdraws its subject's calls that wait for approval."""
+        if event == "halted":
+            why = f"{entry.subject} was halted by governance: {entry.reason}"
+            self.approvals.withdraw(entry.subject, why)
 
     def _reloaded(self) -> None:
         self._message_filter()  # (first: what redacts comes before anything else)

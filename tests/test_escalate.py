@@ -89,14 +89,22 @@ class Setup:
 
 
 @asynccontextmanager
-async def escalating(make_node: Callable[..., Node], tmp_path: Path) -> AsyncIterator[Setup]:
+async def escalating(
+    make_node: Callable[..., Node],
+    tmp_path: Path,
+    setup: Callable[[Node], None] | None = None,
+    **config: Any,
+) -> AsyncIterator[Setup]:
     keys = ApiKeyStore(tmp_path / "keys.json")
     alice, _ = keys.create("alice", scopes=["agent:read", "agent:invoke"], kind="user")
     ops, _ = keys.create("ops", scopes=["agent:read", "agent:invoke", "agent:admin"], kind="user")
     node = make_node(
-        "esc", governance=RULES, http_port=0, apikeys_file=tmp_path / "keys.json", **FAST
-    )
+        "esc", governance=RULES, http_port=0, apikeys_file=tmp_path / "keys.json", **FAST,
+        **config,
+    )  # fmt: skip
     node.capability(id="demo.halt")(_halt_me)
+    if setup is not None:
+        setup(node)
     async with node:
         events: asyncio.Queue[tuple[str, Approval]] = asyncio.Queue()
         queue = node.pipeline.stages.govern.approvals

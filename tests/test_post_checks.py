@@ -30,6 +30,7 @@ from aralnode.policy.post import (
     Detector,
     PostPolicy,
     Scanner,
+    secret_field,
 )
 from tests.channel_helpers import FAST, linked
 from tests.test_parity import open_doors
@@ -74,6 +75,73 @@ def test_the_builtin_detectors_and_configured_ones() -> None:
     }
     clean = {"a": ["b", {"c": 1}]}
     assert scanner.scan(clean) == (clean, [])  # the same object: nothing to redact
+
+
+# A field is a secret's by the parts of its name (docs/governance.md, post-execution
+# checks), not only when it is exactly one of SECRET_KEYS.
+SECRET_NAMES = {
+    # The attack report's three (F5), then common forms.
+    "db_password": "password", "secretKey": "secret_key", "aws_secret_access_key": "secret_key",
+    "AWS_SECRET_ACCESS_KEY": "secret_key", "SecretAccessKey": "secret_key",
+    "dbPassword": "password", "DB-PASSWORD": "password", "user.password": "password",
+    "password2": "password", "adminpasswd": "passwd", "ssh_passphrase": "passphrase",
+    "client_secret": "client_secret", "webhookSecret": "secret", "app_secrets": "secret",
+    "github_token": "token", "idToken": "token", "csrf-token": "token",
+    "X-Api-Key": "api_key", "openai_api_key": "api_key", "API Key": "api_key",
+    "sshPrivateKey": "private_key", "jwt_signing_key": "signing_key",
+    "gcp_credentials": "credentials", "Proxy-Authorization": "authorization",
+    "password_hash": "password", "secretValue": "secret", "db_password_b64": "password",
+}  # fmt: skip
+NOT_SECRET_NAMES = [
+    "tokens_used", "token_count", "max_tokens", "input_tokens", "token_type", "token_text",
+    "eos_token", "next_page_token", "nextPageToken", "NextToken", "password_hint",
+    "password_min_length", "secret_name", "secretary", "secret_key_id", "key", "keys",
+    "public_key", "author", "token_note", "passport", "credential_count", "",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "detector"), SECRET_NAMES.items())
+def test_a_secret_is_known_by_the_parts_of_its_name(name: str, detector: str) -> None:
+    scanner = Scanner(PostPolicy())
+    assert scanner.scan({name: "s3cr3t-value"}) == (
+        {name: f"[REDACTED:{detector}]"},
+        [detector],
+    )
+
+
+@pytest.mark.parametrize("name", NOT_SECRET_NAMES)
+def test_a_name_that_only_mentions_a_secret_is_none(name: str) -> None:
+    value = {name: "plain value", "n": 3}
+    assert secret_field(name) is None
+    assert Scanner(PostPolicy()).scan(value) == (value, [])
+
+
+def test_a_boolean_under_a_secrets_name_stays() -> None:
+    value = {"has_password": True, "api_key_set": False, "password": True}
+    assert Scanner(PostPolicy()).scan(value) == (value, [])
+
+
+def test_the_rule_is_the_built_in_detectors() -> None:
+    """Without them only the configured names count, exactly as written."""
+    own = Scanner(PostPolicy(builtin=False, detectors=(Detector("k", keys=frozenset({"pin"})),)))
+    value = {"db_password": "x", "pin": "1234", "PIN": "5678", "pin_code": "9"}
+    assert own.scan(value) == (
+        {"db_password": "x", "pin": "[REDACTED:k]", "PIN": "[REDACTED:k]", "pin_code": "9"},
+        ["k", "k"],
+    )
+
+
+def test_an_aws_secret_key_in_text_goes_with_its_name() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    scanner = Scanner(PostPolicy())
+    for text in (
+        f"aws_secret_access_key = {secret}",
+        f'{{"SecretAccessKey": "{secret}"}}',
+        f"export AWS_SECRET_ACCESS_KEY={secret}",
+    ):
+        out, fired = scanner.scan(text)
+        assert secret not in out, text
+        assert fired == ["aws_secret_key"], text
 
 
 def test_scanning_is_bounded() -> None:

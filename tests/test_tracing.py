@@ -345,10 +345,14 @@ async def test_a_refusal_sets_the_span_status(make_traced: MakeTraced) -> None:
         assert span.attributes["aral.decision"] == "block"
         assert not ran  # refused before the handler ran
         assert not [s for s in t.named("handler") if s.parent == span.context]
-        # With a rule to judge, the stages get spans: govern, then the handler.
+        # With a rule to judge, the stages get spans. The parameters are read as the
+        # handler will take them before any rule judges them: a bad one is refused in
+        # the govern stage, and no handler runs.
         echo = _one(t.named("demo.echo"))
-        handler = _one([s for s in t.named("handler") if s.parent == echo.context])
-        assert handler.status.status_code is StatusCode.ERROR
+        assert echo.status.status_code is StatusCode.ERROR
+        assert not [s for s in t.named("handler") if s.parent == echo.context]
+        bad_params = _one([s for s in t.named("govern") if s.parent == echo.context])
+        assert bad_params.status.status_code is StatusCode.ERROR
         govern = _one([s for s in t.named("govern") if s.parent == span.context])
         assert govern.status.status_code is StatusCode.ERROR
 

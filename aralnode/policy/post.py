@@ -12,6 +12,18 @@ is bounded: at most ``MAX_SCAN`` characters of a string, ``MAX_NODES`` values an
 ``MAX_DEPTH`` levels of a result; a result beyond that is not passed unscanned -- it
 is refused (fail closed).
 
+An error leaves through the same detectors (``SensitiveData.scrub``): its message
+(a servicer's status details among them), reason and details are redacted in place
+before the pipeline records and raises it, so no door sends, and no audit record
+keeps, what a result could not carry. An error cannot wait for an approver: it is
+redacted whatever the caller's tier says, unless that is ``ok``.
+
+A field is a secret's by its name (``secret_field``): one of ``SECRET_KEYS``, a name
+that ends like one (``SECRET_ENDINGS``: ``db_password``, ``secretKey``,
+``x-api-key``), or one with a secret's word among its parts and a value's word last
+(``aws_secret_access_key``, ``password_hash``). ``tokens_used``, ``token_count``,
+``max_tokens``, ``password_hint`` and ``next_page_token`` are not.
+
 ``OutputSchema`` validates a result against its capability's declared output
 schema (validators compiled once per capability): a mismatch is flagged (the
 principal's trust debt rises), or blocked, as the policy says.
@@ -27,7 +39,14 @@ from typing import Any
 import jsonschema
 
 from aralnode.core.context import CallContext
-from aralnode.core.errors import InternalError, PermissionDenied
+from aralnode.core.errors import (
+    MAX_MESSAGE_BYTES,
+    AralError,
+    InternalError,
+    PermissionDenied,
+    bounded_details,
+    bounded_text,
+)
 from aralnode.core.governance import Action, Decision, Escalation, Verdict
 
 MAX_SCAN = 64 * 1024
@@ -44,6 +63,9 @@ BUILTIN_PATTERNS: Mapping[str, str] = {
     "github_token": r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",
     "slack_token": r"\bxox[abposr]-[A-Za-z0-9-]{10,255}\b",
     "aralnode_api_key": r"\baral_[A-Za-z0-9]{16}_[A-Za-z0-9_-]{43}\b",
+    # An AWS secret access key (40 characters, no mark of its own) next to its name.
+    "aws_secret_key": r"(?:[Ss]ecret|SECRET)[_-]?(?:[Aa]ccess|ACCESS)[_-]?(?:[Kk]ey|KEY)"
+    r"[\"']?\s{0,4}[:=]\s{0,4}[\"']?[A-Za-z0-9/+]{40}",
 }
 #: For each built-in detector, literals one of which every text it matches holds. A
 #: string with none of them skips the regular expression, whose leading ``\b``s make
@@ -57,6 +79,7 @@ BUILTIN_TRIGGERS: Mapping[str, tuple[str, ...]] = {
     "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
     "slack_token": ("xox",),
     "aralnode_api_key": ("aral_",),
+    "aws_secret_key": ("ecret", "ECRET"),
 }
 #: The shortest text a built-in detector matches (a Slack token: ``xoxb-`` and ten
 #: more): a shorter string -- most keys and many values -- is not scanned at all.
@@ -66,9 +89,41 @@ MAX_NAMES = 4096
 #: ... and only names this short (a secret's name is a word; a peer's 4 MB key is
 #: looked up, not kept).
 MAX_NAME_CHARS = 64
+#: Secrets' names, each redacted as itself (no two normalise alike: the label would
+#: depend on the set's order; ``apikey`` is ``api_key``).
 SECRET_KEYS = frozenset({
-    "password", "passwd", "secret", "client_secret", "api_key", "apikey", "token",
+    "password", "passwd", "secret", "client_secret", "api_key", "token",
     "access_token", "refresh_token", "private_key", "authorization",
+})  # fmt: skip
+#: A name that ends like one of these (its parts joined in lower case:
+#: ``secret_field``) is a secret's, named as the value says (``db_password``,
+#: ``dbpassword``, ``secretKey``, ``X-Api-Key``).
+#: ``token`` in the singular only: ``max_tokens`` and ``tokens_used`` count tokens.
+SECRET_ENDINGS: Mapping[str, str] = {
+    "password": "password", "passwd": "passwd", "passphrase": "passphrase",
+    "secret": "secret", "secrets": "secret", "token": "token",
+    "credential": "credentials", "credentials": "credentials",
+    "authorization": "authorization", "apikey": "api_key", "privatekey": "private_key",
+    "secretkey": "secret_key", "secretaccesskey": "secret_key", "signingkey": "signing_key",
+    "encryptionkey": "encryption_key",
+}  # fmt: skip
+#: ... unless it ends like one of these: a token that pages through results (the
+#: caller needs it to go on), a language model's special tokens (``eos_token``).
+NOT_SECRET_ENDINGS = (
+    "pagetoken", "nexttoken", "continuationtoken", "synctoken", "resumetoken",
+    "eostoken", "bostoken", "padtoken", "unktoken", "septoken", "clstoken", "masktoken",
+    "stoptoken",
+)  # fmt: skip
+#: A name with one of these words among its parts (split at ``_``, ``-``, ``.``,
+#: spaces and camelCase humps) ...
+SECRET_WORDS = frozenset({"password", "passwd", "passphrase", "secret"})
+#: ... and one of these last is a secret's too (``aws_secret_access_key``,
+#: ``passwordHash``, ``secret_value``); ``password_hint`` and ``secret_name`` are not.
+#: (``token`` is not among the words: ``token_text`` and ``token_bytes`` are a
+#: language model's.)
+VALUE_WORDS = frozenset({
+    "key", "value", "hash", "digest", "b64", "base64", "hex", "pem", "der", "bytes", "raw",
+    "plain", "plaintext", "enc", "encrypted", "ciphertext",
 })  # fmt: skip
 
 
@@ -173,7 +228,8 @@ class Scanner:
                 name = self._field(k)
                 # A key is text too (a secret can be a key): scanned like a value.
                 key = self._text(k, fired) if isinstance(k, str) and len(k) >= shortest else k
-                if name is not None and v not in (None, "", [], {}):
+                # (A boolean holds no secret: ``has_password: true`` stays.)
+                if name is not None and type(v) is not bool and v not in (None, "", [], {}):
                     fired.append(name)
                     out[key] = self.policy.replacement.format(name=name)
                 elif type(v) in _PLAIN:  # (``_walk`` of a number, written out: no call)
@@ -189,16 +245,24 @@ class Scanner:
         return value
 
     def _field(self, key: object) -> str | None:
-        """The detector a field named ``key`` is (``SECRET_KEYS``, a detector's
-        ``keys``), else ``None``; remembered per name (bounded)."""
+        """The detector a field named ``key`` is (a detector's ``keys``; with the
+        built-in detectors, ``SECRET_KEYS`` and ``secret_field``), else ``None``;
+        remembered per name (bounded)."""
         if type(key) is not str or len(key) > MAX_NAME_CHARS:
-            return self.keys.get(_norm(str(key)))
+            return self._name_of(str(key))
         fields = self._fields
         if key in fields:
             return fields[key]
-        name = fields[key] = self.keys.get(_norm(key))
+        name = fields[key] = self._name_of(key)
         if len(fields) > MAX_NAMES:
             fields.clear()
+        return name
+
+    def _name_of(self, key: str) -> str | None:
+        name = self.keys.get(_norm(key))
+        if name is None and self.policy.builtin:
+            # A long name by its end (what a secret's name ends with is there).
+            name = secret_field(key[-MAX_NAME_CHARS:])
         return name
 
     def _text(self, text: str, fired: list[str]) -> str:
@@ -238,6 +302,32 @@ def _holds_any(text: str, literals: tuple[str, ...]) -> bool:
         if literal in text:
             return True
     return False
+
+
+#: A name's parts: words in any case and camelCase humps, each with the digits that
+#: follow it (``b64``, ``password2``), and numbers (``_``, ``-``, ``.``, spaces and
+#: anything else between them dropped).
+_PARTS = re.compile(r"[A-Z]+(?![a-z])[0-9]*|[A-Z]?[a-z]+[0-9]*|[0-9]+")
+_DIGITS = "0123456789"
+
+
+def secret_field(key: str) -> str | None:
+    """The built-in secret a field named ``key`` holds by its name, else ``None``: it
+    ends like one of ``SECRET_ENDINGS`` (not ``NOT_SECRET_ENDINGS``), or has one of
+    ``SECRET_WORDS`` among its parts and one of ``VALUE_WORDS`` last (numbers at the
+    end aside: ``password2``). Compared in lower case, whatever separates its parts."""
+    parts: list[str] = [p.lower() for p in _PARTS.findall(key)]
+    joined = "".join(parts).rstrip(_DIGITS)
+    if not joined or joined.endswith(NOT_SECRET_ENDINGS):
+        return None
+    for ending, name in SECRET_ENDINGS.items():
+        if joined.endswith(ending):
+            return name
+    if len(parts) > 1 and (parts[-1] in VALUE_WORDS or parts[-1].rstrip(_DIGITS) in VALUE_WORDS):
+        for part in parts[:-1]:
+            if (word := part.rstrip(_DIGITS)) in SECRET_WORDS:
+                return word
+    return None
 
 
 def _norm(key: str) -> str:
@@ -289,6 +379,36 @@ class SensitiveData:
             )
         return redacted
 
+    def scrub(self, ctx: CallContext, error: AralError, action: Callable[[], Action]) -> None:
+        """Redact ``error`` in place before the pipeline records and raises it (every
+        door encodes that one): its message -- a servicer's status details are its
+        message --, its details and its reason, by the same detectors as a result.
+        An error cannot wait for an approver: redacted whatever the caller's tier
+        (``action()``'s, asked only when something fired) says, unless ``ok``. A
+        reason holding a secret becomes its class's default (reasons are UPPER_SNAKE);
+        flags ``post.redacted:*``."""
+        policy = self._policy()
+        if policy is None:
+            return
+        scanner = self._scanner_for(policy)
+        message, fired = scanner.scan(error.message)
+        in_reason = scanner.scan(error.reason)[1]
+        details = error.details
+        if details:
+            try:
+                details, more = scanner.scan(details)
+            except AralError:  # past the budget (details are bounded): dropped, not passed
+                details, more = {}, ["unscanned"]
+            fired += more
+        if not (fired or in_reason) or self._decide(policy, action()) == "ok":
+            return
+        error.message = bounded_text(message, MAX_MESSAGE_BYTES)
+        error.args = (error.message,)
+        error.details = bounded_details(details) if details else {}
+        if in_reason:
+            error.reason = type(error).default_reason
+        ctx.flags.extend(f"post.redacted:{n}" for n in sorted({*fired, *in_reason}))
+
     def _decide(self, policy: PostPolicy, action: Action) -> str:
         return policy.action_for(self._tier_of(action))
 
@@ -319,7 +439,7 @@ class OutputSchema:
         self,
         policy: Callable[[], PostPolicy | None],
         schema_of: Callable[[str], Mapping[str, Any] | None],
-        on_flag: Callable[[str, float], object],
+        on_flag: Callable[[Action, float], object],
     ) -> None:
         self._policy = policy
         self._schema_of = schema_of
@@ -343,7 +463,7 @@ class OutputSchema:
                 reason="RESULT_SCHEMA_MISMATCH",
             )
         ctx.flags.append("post.schema_mismatch")
-        self._on_flag(action.principal, policy.flag_weight)
+        self._on_flag(action, policy.flag_weight)  # (and the peer that named it, if one did)
         return result
 
     def _validator(self, capability: str) -> Any:
@@ -362,5 +482,5 @@ class OutputSchema:
 
 __all__ = [
     "BUILTIN_PATTERNS", "Detector", "MessageFilter", "OutputSchema", "PostPolicy", "Scanner",
-    "SensitiveData",
+    "SensitiveData", "secret_field",
 ]  # fmt: skip

@@ -144,12 +144,13 @@ class ApprovalQueue:
 
     # -- the waiting call -------------------------------------------------------------
 
-    async def wait(self, ctx: CallContext, action: Action, verdict: Verdict) -> None:
-        """Park the call until it is decided.
+    async def wait(self, ctx: CallContext, action: Action, verdict: Verdict) -> Approval:
+        """Park the call until it is decided; its entry, approved.
 
         Raises:
-            PermissionDenied: denied (``GOVERNANCE_DENIED``) or not decided in time
-                (``GOVERNANCE_ESCALATION_TIMEOUT``).
+            PermissionDenied: denied (``GOVERNANCE_DENIED``), not decided in time
+                (``GOVERNANCE_ESCALATION_TIMEOUT``), or its principal or caller was
+                halted while it waited (``HALTED``).
             RateLimited: the queue is full (``APPROVAL_QUEUE_FULL``).
         """
         entry = self._enter(ctx, action, verdict)
@@ -172,6 +173,12 @@ class ApprovalQueue:
             if entry.state == PENDING:
                 self._end(entry, WITHDRAWN, "", "the caller went away")
             raise
+        if entry.state == WITHDRAWN:  # (halted while it waited: ``withdraw``)
+            raise PermissionDenied(
+                f"{action.capability} was withdrawn from approval {entry.id}: {entry.note}",
+                reason="HALTED",
+                details={"approval": entry.id, "decision": "escalate"},
+            )
         if entry.state != APPROVED:
             raise PermissionDenied(
                 f"{action.capability} was denied by {entry.decided_by or 'an approver'}"
@@ -179,6 +186,7 @@ class ApprovalQueue:
                 reason="GOVERNANCE_DENIED",
                 details={"approval": entry.id, "decision": "escalate", "by": entry.decided_by},
             )
+        return entry
 
     def _enter(self, ctx: CallContext, action: Action, verdict: Verdict) -> Approval:
         principal = ctx.principal
@@ -245,6 +253,17 @@ class ApprovalQueue:
         entry = self._decidable(approval_id, by, via)
         self._end(entry, DENIED, by, note)
         return entry
+
+    def withdraw(self, subject: str, why: str) -> int:
+        """End every pending call of ``subject`` (its principal, its caller, or the
+        peer that named its principal) as withdrawn: governance halted it, and a
+        halted principal gets nothing more, an approval included. How many."""
+        ended = [
+            e for e in self._pending.values() if subject in (e.principal, e.caller, e.named_by)
+        ]
+        for entry in ended:
+            self._end(entry, WITHDRAWN, "", why)
+        return len(ended)
 
     def _decidable(self, approval_id: str, by: str, via: str) -> Approval:
         entry = self.get(approval_id)

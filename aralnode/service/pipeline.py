@@ -9,10 +9,9 @@ them calls a handler itself, so a call refused on one door is refused on all. Th
 kinds of call differ only in their handler:
 
 - ``invoke``: a registered capability with JSON parameters (gRPC ``Invoke``, REST
-  ``/v1/invoke``, MCP tools, WebSocket ``invoke``, A2A channel requests, in-process):
-  a protobuf method's are parsed into its request message before any stage judges
-  them, a function's are judged as its handler will take them (one form whatever
-  the caller spelt);
+  ``/v1/invoke``, MCP tools, WebSocket ``invoke``, A2A channel requests, in-process): a
+  protobuf method's parsed into its request first, a function's judged as its handler
+  will take them (one form, whatever the caller spelt);
 - ``invoke_message``: a capability that is a method of a user's protobuf service,
   with the request message as parsed from the wire and the response message as the
   method made it (no JSON between them; governance gets a JSON view of the request
@@ -78,6 +77,7 @@ OK = Decision.OK.label
 _NO_SCOPES: tuple[str, ...] = ()
 _INVOKE = Direction.INVOKE
 _PRE, _POST = Point.PRE.value, Point.POST.value
+MessageStream = Callable[[Message, CallContext], AsyncIterator[Message]]
 
 
 @dataclass(slots=True)  # not frozen, though never changed: a frozen one costs every call 0.5 µs
@@ -306,6 +306,8 @@ class Pipeline:
                 await st.audit.durable(st.audit(ctx, method_id, _INVOKE, ctx.peer, None, _PRE))
             checked = self._checked
             async for item in start(value):
+                if halts := st.authenticate.halts:  # a halt ends what it finds open
+                    halts.check(ctx)
                 yield await checked(ctx, action, item) if st.post_check.checks else item
         except AralError as exc:
             self._ended(ctx, target, exc)
@@ -324,14 +326,9 @@ class Pipeline:
             await st.audit.durable(ticket)
 
     def stream_message(
-        self,
-        ctx: CallContext,
-        method_id: str,
-        impl: Callable[[Message, CallContext], AsyncIterator[Message]],
-        request: Message,
-        *,
-        scopes: Sequence[str] = _NO_SCOPES,
-    ) -> AsyncGenerator[Message, None]:
+        self, ctx: CallContext, method_id: str, impl: MessageStream, request: Message,
+        *, scopes: Sequence[str] = _NO_SCOPES,
+    ) -> AsyncGenerator[Message, None]:  # fmt: skip
         """``stream`` for a protobuf server-streaming method, as every door runs it:
         ``impl`` runs on ``request``, or on the request a nudge's parameters describe,
         and ends as the status it sets says (``servicer_stream``)."""
@@ -464,8 +461,11 @@ class Pipeline:
         queue = self.stages.govern.approvals
         assert queue is not None
         self.stages.counters["governance.escalated"] += 1
-        await queue.wait(ctx, action, verdict)
-        ctx.flags.append("escalation.approved")
+        entry = await queue.wait(ctx, action, verdict)
+        by = entry.decided_by  # (the record names the approval and its approver)
+        ctx.flags += ("escalation.approved", f"approval:{entry.id}", f"approved_by:{by}")
+        if halts := self.stages.authenticate.halts:  # halted while it waited: it never runs
+            halts.check(ctx)
 
     async def _checked(self, ctx: CallContext, action: Action, result: Any) -> Any:
         """The post-check stage on a result. Checks see JSON on every door: a
@@ -557,10 +557,9 @@ class Pipeline:
     def _ended(
         self, ctx: CallContext, target: Target, error: AralError | None, point: str = _POST
     ) -> int:
-        """Count the outcome and audit it; the audit log's ticket for the record (0:
-        none), which a success waits on before its result leaves. An audit that
-        fails turns a success into its error (raised); on a refusal the refusal
-        stands (the caller raises it) and the audit failure is logged by the stage."""
+        """Count the outcome and audit it, an error redacted first (``PostCheck.scrub``: the
+        caller raises it, every door sends it); the log's ticket for the record (0: none), which
+        a success waits on. An audit failure turns a success into its error; a refusal stands."""
         stages = self.stages
         audit = stages.audit
         if error is None:
@@ -572,6 +571,7 @@ class Pipeline:
                 )
             return 0
         stages.counters[f"{target.kind}.{error.code}"] += 1
+        stages.post_check.scrub(ctx, error, target.direction, target.id, target.peer or ctx.peer)
         with contextlib.suppress(AralError):
             now = self.clock.monotonic() if ctx.started else 0.0
             audit(ctx, target.id, target.direction, target.peer or ctx.peer, error, point, now)

@@ -40,6 +40,7 @@ from aralnode.core.governance import (
     Action,
     AllowAll,
     Decision,
+    Direction,
     Escalation,
     Evaluator,
     Verdict,
@@ -442,7 +443,8 @@ class ResponseCheck(Protocol):
 class PostCheck:
     """Runs the response checks in order; a check that fails refuses the result.
     ``filter`` (the filtering injection point) sees a channel message's data the
-    way the checks see a result; it may redact, or raise to refuse the message."""
+    way the checks see a result; it may redact, or raise to refuse the message.
+    ``scrub`` hands an error about to leave to the checks that redact errors."""
 
     __slots__ = ("checks", "filter")
 
@@ -463,6 +465,35 @@ class PostCheck:
                     reason="POST_CHECK_FAILED",
                 ) from exc
         return result
+
+    def scrub(
+        self, ctx: CallContext, error: AralError, direction: Direction, action_id: str, peer: str
+    ) -> None:
+        """Let each check with a ``scrub(ctx, error, action)`` method (``policy.post.
+        SensitiveData``) redact ``error`` in place: the pipeline calls it on every
+        error it records and raises, whatever the door (which encodes that error).
+        ``action()`` makes the call's ``Action`` for a check that needs the caller's
+        tier. A check that breaks leaves the error without its message and details
+        (fail closed: what could not be checked does not leave)."""
+        if not self.checks:
+            return
+
+        def action() -> Action:
+            return Action(
+                direction, action_id, ctx.caller, ctx.door, "unspecified", None, peer,
+                chain=ctx.chain, principal=ctx.principal, kind=ctx.kind, roles=ctx.roles,
+            )  # fmt: skip
+
+        for check in self.checks:
+            if (scrub := getattr(check, "scrub", None)) is None:
+                continue
+            try:
+                scrub(ctx, error, action)
+            except Exception:
+                log.exception("the error of %s could not be checked", action_id)
+                error.message = "the error could not be checked for sensitive data"
+                error.args, error.details = (error.message,), {}
+                error.reason = type(error).default_reason
 
 
 @dataclass(slots=True)
