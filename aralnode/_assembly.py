@@ -367,6 +367,8 @@ def _grpc(  # noqa: PLR0917 - the parts made so far, in order
         connection_age_ms=cfg.grpc_connection_age_ms,
         connection_age_grace_ms=int(cfg.drain_seconds * 1000),
         max_streams_per_address=cfg.grpc_max_streams_per_address,
+        max_connections_per_address=cfg.grpc_max_connections_per_address,
+        request_timeout_ms=cfg.grpc_request_timeout_ms,
     )
     grpc = GrpcServer(
         max_message_bytes=cfg.max_message_bytes,

@@ -92,6 +92,13 @@ class NodeConfig:
         grpc_connection_age_ms: Close every connection after this long, gracefully
             (``drain_seconds``); ``None``: never (A2A channels are long-lived
             streams, and end with their connection).
+        grpc_max_connections_per_address: Connections one client address (an IPv4
+            host, an IPv6 /64) may hold on the gRPC port: past it its newest are
+            shut down, and its new ones wait until it holds fewer (Linux).
+        grpc_request_timeout_ms: Time a request stream's message has to arrive whole,
+            once its turn to receive comes (DEADLINE_EXCEEDED ``REQUEST_TIMEOUT``
+            after); it waits as long for that turn at most (a peer's channel's first
+            message, every reflection request; docs/limits.md).
         http_parser: The HTTP/1.1 parser of the HTTP port: "httptools", "h11", or
             "auto" (httptools when installed); both are held to the bounds below.
         http_max_header_bytes: Largest request head (request line and header fields)
@@ -103,7 +110,9 @@ class NodeConfig:
             its head (408 ``BODY_TIMEOUT`` after, closed).
         http_max_connections: Connections the HTTP port holds at once (a WebSocket
             counts under ``ws_max_connections`` once upgraded); past it a new one is
-            answered 503 ``TOO_MANY_CONNECTIONS`` and closed.
+            let in by closing the idle-longest connection of the address holding the
+            most (503 ``TOO_MANY_CONNECTIONS``), and refused so only when its own
+            address is one of the heaviest or nothing is idle.
         http_max_connections_per_address: Connections one client address holds on
             the HTTP port; past it, 429 ``TOO_MANY_CONNECTIONS`` and closed.
         max_concurrent_per_caller: Calls one caller may run at once, on every door
@@ -185,9 +194,11 @@ class NodeConfig:
             holds no shared secret, and HS* with a public key is a known forgery).
         jwt_jwks_file: JWKS file of the issuer's public keys (re-read when it changes).
         jwt_jwks_url: The issuer's JWKS URL (fetched with httpx, kept, refetched on an
-            unknown ``kid``).
+            unknown ``kid`` and once stale: the answer's ``Cache-Control: max-age``
+            bounded to 1 min .. 1 h, else 5 min).
         jwt_jwks_refetch_seconds: Least time between two fetches of ``jwt_jwks_url``
-            (random ``kid`` values cannot make the node hammer the issuer).
+            (random ``kid`` values cannot make the node hammer the issuer); also the
+            floor of the refresh period.
         jwt_leeway_seconds: Clock skew allowed on ``exp`` and ``nbf``.
         jwt_caller_claim: The claim naming the caller (``sub``).
         jwt_roles_claim: The claim listing its roles (``roles``).
@@ -261,9 +272,11 @@ class NodeConfig:
         a2a: Serve the A2A standard (docs/a2a.md): ``lf.a2a.v1.A2AService`` on the
             gRPC port, JSON-RPC and HTTP+JSON on the HTTP port, and the signed Agent
             Card at ``/.well-known/agent-card.json``.
-        a2a_max_tasks: A2A tasks kept at most (the oldest finished ones go first).
+        a2a_max_tasks: A2A tasks kept at most (past it, the owner holding the most
+            loses its least recently saved finished or waiting task first).
         a2a_max_task_bytes: Bytes of A2A tasks kept at most (their serialized size;
-            the oldest finished ones go first).
+            the owner holding the most bytes loses one first); one task keeps at
+            most an eighth of it (its oldest messages go).
         a2a_default_skill: The capability an A2A message that names no skill goes
             to, its text as the parameter ``text`` (or its one data part as the
             parameters); empty: such a message's task asks for input
@@ -307,6 +320,8 @@ class NodeConfig:
     grpc_connection_idle_ms: int = 300_000
     grpc_connection_age_ms: int | None = None
     grpc_max_streams_per_address: int = 128
+    grpc_max_connections_per_address: int = 128
+    grpc_request_timeout_ms: int = 30_000
     # -- the HTTP port: what one client may hold
     http_parser: str = "auto"
     http_max_header_bytes: int = 64 * 1024

@@ -215,10 +215,11 @@ def check_grpc_bounds(cfg: Any) -> None:
         "grpc_max_streams_per_connection",
         "grpc_max_concurrent_rpcs",
         "grpc_max_streams_per_address",
+        "grpc_max_connections_per_address",
     ):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1")
-    for name in ("grpc_handshake_timeout_ms", "grpc_connection_idle_ms"):
+    for name in ("grpc_handshake_timeout_ms", "grpc_connection_idle_ms", "grpc_request_timeout_ms"):
         if getattr(cfg, name) < 100:
             raise ValueError(f"{name} must be at least 100")
     if cfg.grpc_connection_age_ms is not None and cfg.grpc_connection_age_ms < 1000:

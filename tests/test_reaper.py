@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from aralnode.transport.calls import CallTable
+from aralnode.transport.connections import ConnectionLimits
 from aralnode.transport.reaper import (
     StuckConnectionReaper,
     _judge,
@@ -171,7 +173,7 @@ async def test_stopped_while_a_scan_runs_it_returns_once_the_scan_is_over() -> N
     finished: list[bool] = []
     reaper = StuckConnectionReaper(1, interval=0, after=0)
 
-    def scan(now: float | None = None) -> int:
+    def scan(now: float | None = None, calls: object = None) -> int:
         entered.set()
         release.wait(10)
         finished.append(True)
@@ -281,3 +283,131 @@ def test_silence_has_its_own_span() -> None:
     seen = _judge(waiting, None, now=10, after=1.6, silent_after=11)
     with pytest.raises(_Reap):
         _judge(waiting, seen, now=12, after=1.6, silent_after=11)
+
+
+# -- each address's share of the port (transport/connections.py) -----------------------
+
+
+@contextlib.contextmanager
+def connection_from(
+    server: socket.socket, source: str
+) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client, the server's side) of one new connection from ``source`` (127.0.0.x)."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.bind((source, 0))
+    client.settimeout(10)
+    client.connect(server.getsockname()[:2])
+    accepted, _ = server.accept()
+    with client, accepted:
+        yield client, accepted
+
+
+def peer_of(client: socket.socket) -> str:
+    """How grpc's ``context.peer()`` names the client's connection."""
+    host, port = client.getsockname()[:2]
+    return f"ipv4:{host}:{port}"
+
+
+def used(table: CallTable, *clients: socket.socket) -> None:
+    """Each client's connection has carried a call (which has ended)."""
+    for client in clients:
+        table.leave(table.enter(peer_of(client), now=0), now=0)
+
+
+def still_open(client: socket.socket) -> bool:
+    client.settimeout(0)
+    try:
+        client.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def sharing(port: int, table: CallTable, **limits: float) -> StuckConnectionReaper:
+    values = {"total": 16, "per_address": 2, "unused_after": 3600, "room": 1} | limits
+    return StuckConnectionReaper(
+        port,
+        interval=1,
+        after=3600,
+        limits=ConnectionLimits(**values),  # type: ignore[arg-type]
+        calls=table,
+    )
+
+
+def test_an_address_past_its_share_loses_its_newest_connection() -> None:
+    """(Connections that came between two sweeps: at its share, an address's new
+    ones wait, see tests/test_grpc_connections.py.)"""
+    table = CallTable(per_address=100)
+    with listener() as server, contextlib.ExitStack() as stack:
+        reaper = sharing(server.getsockname()[1], table)
+        first, _ = stack.enter_context(connection_from(server, "127.0.0.2"))
+        other, _ = stack.enter_context(connection_from(server, "127.0.0.3"))
+        used(table, first, other)
+        assert reaper.scan(now=100) == 0
+        newer = [stack.enter_context(connection_from(server, "127.0.0.2"))[0] for _ in range(2)]
+        used(table, *newer)
+        assert reaper.scan(now=101) == 1
+        assert sorted(still_open(c) for c in newer) == [False, True]
+        assert still_open(first)
+        assert still_open(other)
+
+
+def test_a_full_port_makes_room_from_the_address_holding_most() -> None:
+    """Four places, one kept free: the oldest idle connection of the address holding
+    most goes; a connection carrying a call is not taken."""
+    table = CallTable(per_address=100)
+    with listener() as server, contextlib.ExitStack() as stack:
+        reaper = sharing(server.getsockname()[1], table, total=4, per_address=4)
+        busy = stack.enter_context(connection_from(server, "127.0.0.2"))[0]
+        table.enter(peer_of(busy), now=0)  # a call open on it
+        assert reaper.scan(now=100) == 0
+        oldest_idle = stack.enter_context(connection_from(server, "127.0.0.2"))[0]
+        used(table, oldest_idle)
+        assert reaper.scan(now=101) == 0
+        rest = [
+            stack.enter_context(connection_from(server, source))[0]
+            for source in ("127.0.0.2", "127.0.0.3")
+        ]
+        used(table, *rest)
+        assert reaper.scan(now=102) == 1
+        assert ended(oldest_idle)
+        assert all(still_open(c) for c in (busy, *rest))
+
+
+def test_a_connection_that_never_carries_a_call_goes_after_its_time() -> None:
+    table = CallTable(per_address=100)
+    with listener() as server, connection(server) as (idle, _), connection(server) as (calls, _):
+        reaper = sharing(server.getsockname()[1], table, unused_after=20)
+        used(table, calls)
+        assert reaper.scan(now=100) == 0  # first seen
+        assert reaper.scan(now=119) == 0
+        assert reaper.scan(now=120) == 1
+        assert ended(idle)
+        assert still_open(calls)
+
+
+async def test_a_sweep_counts_by_rule_and_keeps_a_full_address_waiting() -> None:
+    """The sweep counts what it shut down by rule and names the addresses at their
+    share to the socket filter, which comes off when the reaper stops."""
+    counters: Counter[str] = Counter()
+    table = CallTable(per_address=100)
+    with listener() as server, contextlib.ExitStack() as stack:
+        reaper = sharing(server.getsockname()[1], table)
+        reaper.counters = counters
+        held = [stack.enter_context(connection_from(server, "127.0.0.2"))[0] for _ in range(3)]
+        used(table, *held)
+        assert await reaper.sweep() == 1
+        assert counters == {"grpc.connections_over_address_limit": 1}
+        assert reaper._filter is not None
+        assert reaper._filter.blocked == {"127.0.0.2"}
+        await reaper.stop()
+        assert reaper._filter.blocked == frozenset()
+
+
+def test_without_limits_nothing_is_shed() -> None:
+    with listener() as server, contextlib.ExitStack() as stack:
+        reaper = StuckConnectionReaper(server.getsockname()[1], interval=1, after=3600)
+        for _ in range(5):
+            stack.enter_context(connection_from(server, "127.0.0.2"))
+        assert reaper.scan(now=1) == 0
+        assert reaper.scan(now=10_000) == 0

@@ -16,7 +16,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from aralnode import _proto as pb
 from aralnode.core.addresses import join_host_port
+from aralnode.transport.call_gate import CallGate
+from aralnode.transport.connections import ConnectionLimits
 from aralnode.transport.health import HealthService
 from aralnode.transport.quota import StreamQuota
 from aralnode.transport.reaper import StuckConnectionReaper
@@ -24,11 +27,13 @@ from aralnode.transport.reflection import reflection_handlers
 from aralnode.transport.standard import Gate, standard_handler
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+AGENT_NODE = pb.AGENT_NODE_SERVICE_NAME
 
 # Framing around an envelope. The envelope limit is ours to enforce and report with
 # details; grpc's own transport limit (twice that, see ``transport_limit``) only
 # stops frames far beyond it, before they are buffered whole.
 FRAME_HEADROOM = 64 * 1024
+MIB = 1024 * 1024
 
 
 def transport_limit(max_message_bytes: int) -> int:
@@ -59,7 +64,16 @@ def _check_free(host: str, port: int, address: str) -> None:
 @dataclass(frozen=True, slots=True)
 class GrpcLimits:
     """What one outsider may hold of the gRPC port (``NodeConfig``'s ``grpc_*``
-    fields say why each exists). All of them are grpc core's own mechanisms."""
+    fields say why each exists). The first ones are grpc core's own mechanisms; the
+    per-address connection share is the reaper's (``transport.connections``), the
+    call share and the request budget the call gate's (``transport.call_gate``).
+
+    ``receive_bytes`` (``receive_bytes_per_address``): request bytes the port may be
+    receiving at once (from one client address), each call that receives counted
+    at the transport limit, the most grpc buffers of one message: 31 calls at once,
+    7 from one address, at the default 4 MiB ``max_message_bytes``, and never fewer
+    than one. ``max_calls_per_address``: calls one client address may have open at
+    once (None: a quarter of ``max_concurrent_rpcs``)."""
 
     max_connections: int = 512
     max_streams_per_connection: int = 100
@@ -69,6 +83,32 @@ class GrpcLimits:
     connection_age_ms: int | None = None
     connection_age_grace_ms: int = 5_000
     max_streams_per_address: int = 128
+    max_connections_per_address: int = 128
+    request_timeout_ms: int = 30_000
+    receive_bytes: int = 256 * MIB
+    receive_bytes_per_address: int = 64 * MIB
+    max_calls_per_address: int | None = None
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The reaper's share per address; a connection that never calls goes after
+        twice the handshake timeout."""
+        unused_after = 2 * self.handshake_timeout_ms / 1000
+        return ConnectionLimits.of(
+            self.max_connections, self.max_connections_per_address, unused_after
+        )
+
+    def call_gate(self, max_message_bytes: int, counters: Counter[str] | None) -> CallGate:
+        """The gate of every call (module ``call_gate``), for ``max_message_bytes``."""
+        limit = transport_limit(max_message_bytes)
+        slots = max(1, self.receive_bytes // limit)
+        calls_per_address = self.max_calls_per_address or max(1, self.max_concurrent_rpcs // 4)
+        return CallGate(
+            calls_per_address=calls_per_address,
+            receive_slots=slots,
+            receive_slots_per_address=max(1, self.receive_bytes_per_address // limit),
+            request_timeout=self.request_timeout_ms / 1000,
+            counters=counters,
+        )
 
     def options(self) -> list[tuple[str, int]]:
         """The channel arguments that enforce them."""
@@ -77,6 +117,12 @@ class GrpcLimits:
             ("grpc.max_concurrent_streams", self.max_streams_per_connection),
             ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
             ("grpc.max_connection_idle_ms", self.connection_idle_ms),
+            # No BDP probing: it grows every stream's initial window (to 4 MiB and
+            # more), and grpc buffers up to that for a call that has not asked for
+            # its message. Without it a call waiting for its turn of the request
+            # budget (``call_gate``) holds 64 KiB at most; a call that reads still
+            # opens its window to the whole message.
+            ("grpc.http2.bdp_probe", 0),
         ]
         if self.connection_age_ms is not None:
             options.append(("grpc.max_connection_age_ms", self.connection_age_ms))
@@ -140,15 +186,21 @@ class GrpcServer:
         # Streams that no pipeline stage shares out (Health/Watch, reflection, a
         # Channel before its handshake) keep to a share per client address.
         self.streams = StreamQuota(limits.max_streams_per_address)
+        # Every call: its address's share of calls, a turn to receive its request.
+        self.gate = limits.call_gate(max_message_bytes, counters)
+        self._connection_limits = limits.connection_limits()
         health = standard_handler(HEALTH, self.health, streams=self.streams)
-        self.server.add_generic_rpc_handlers((health,))
+        self.server.add_generic_rpc_handlers((self.gate.wrap(health),))
         self._listing_gate = listing_gate
         self.credentials = credentials  # TLS (``transport.tls_grpc``); None: plaintext
         self._services: list[str] = []
         self.port = 0
 
     def add(self, handler: grpc.GenericRpcHandler[Any, Any], service_name: str) -> None:
-        self.server.add_generic_rpc_handlers((handler,))
+        # The node's own request stream (a peer's channel) opens with a message at
+        # once; a user's may begin with a silent client (``call_gate``).
+        streams = "first" if service_name == AGENT_NODE else "none"
+        self.server.add_generic_rpc_handlers((self.gate.wrap(handler, streams=streams),))
         self._services.append(service_name)
 
     async def start(self, host: str, port: int) -> int:
@@ -159,7 +211,11 @@ class GrpcServer:
             gate_for=self._listing_gate,
             streams=self.streams,
         )
-        self.server.add_generic_rpc_handlers(handlers)
+        # A reflection stream's every request waits its turn and comes in time: its
+        # requests are small, and grpcurl asks them one after the other.
+        self.server.add_generic_rpc_handlers(
+            tuple(self.gate.wrap(handler, streams="every") for handler in handlers)
+        )
         address = join_host_port(host, port)
         if port:
             _check_free(host, port, address)  # grpc would log its own failure first
@@ -175,10 +231,14 @@ class GrpcServer:
         await self.server.start()
         self.reaper = StuckConnectionReaper(
             self.port,
-            interval=self._reap_after / 4,
+            # Once a second at most: an address past its share of connections
+            # keeps the extra ones until the next sweep.
+            interval=min(self._reap_after / 4, 1.0),
             after=self._reap_after,
             silent_after=self._silent_after,
             counters=self._counters,
+            limits=self._connection_limits,
+            calls=self.gate.calls,
         )
         self.reaper.start()
         for name in ("", *self._services):

@@ -27,6 +27,12 @@ It calls ``shutdown`` on a duplicate of the descriptor: the transport sees its
 socket end and closes it itself, so no descriptor is closed under grpc's feet. Each
 one is counted (``grpc.connections_reaped``, in ``/metrics`` and GetStatus).
 Elsewhere than Linux the reaper does nothing.
+
+Given ``limits`` (``connections.ConnectionLimits``), the same sweep also keeps each
+client address to its share of the port's connections (``connections.shed``: the
+rules, and why), reading which connections carry calls from the server's
+``CallTable``; each one shut down is counted by rule (``grpc.connections_unused``,
+``grpc.connections_over_address_limit``, ``grpc.connections_evicted``).
 """
 
 from __future__ import annotations
@@ -43,8 +49,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from aralnode._logs import get_logger
+from aralnode.service.stages import address_of
+from aralnode.transport.calls import CallTable, connection_key
+from aralnode.transport.connections import Conn, ConnectionLimits, Shed, blocked, shed
+from aralnode.transport.synfilter import SynFilter
 
 log = get_logger("aralnode.transport")
 
@@ -55,6 +66,12 @@ _LAST_DATA_RECV = 52  # u32, ms since data was last received
 _BYTES_RECEIVED = 128  # u64 (Linux 4.1)
 _DATA_SEGS_OUT = 156  # u32 (Linux 4.6)
 _TCP_INFO_LEN = 160
+_COUNTER_OF_RULE = {
+    "unused": "grpc.connections_unused",
+    "address": "grpc.connections_over_address_limit",
+    "room": "grpc.connections_evicted",
+}
+Calls = tuple[dict[str, int], frozenset[str]]  # ``CallTable.snapshot()``
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +176,8 @@ class _Reap(Exception):  # a verdict, not an error
 class StuckConnectionReaper:
     """Every ``interval`` seconds, shuts down the server's connections on ``port``
     stuck for ``after`` seconds (module doc); silent both ways, for ``silent_after``
-    (default ``after``). ``start`` on the server's loop."""
+    (default ``after``); and, given ``limits``, those past an address's share
+    (``calls``: which connections carry calls). ``start`` on the server's loop."""
 
     def __init__(
         self,
@@ -169,14 +187,23 @@ class StuckConnectionReaper:
         after: float,
         silent_after: float | None = None,
         counters: Counter[str] | None = None,
+        limits: ConnectionLimits | None = None,
+        calls: CallTable | None = None,
     ) -> None:
         self.port = port
         self.interval = interval
         self.after = after
         self.silent_after = after if silent_after is None else silent_after
         self.counters = counters if counters is not None else Counter()
+        self.limits, self.calls = limits, calls
+        # New connections from an address past its share wait at the kernel.
+        self._filter = SynFilter(port) if limits is not None and supported() else None
         self._seen: dict[int, _Seen] = {}
+        self._since: dict[int, float] = {}  # when each connection was first seen
         self._reaped: set[int] = set()  # shut down, not yet closed by the transport
+        self._live: set[str] = set()  # the connections the last scan found
+        self._shed: Counter[str] = Counter()  # the last scan's, by counter
+        self._calls: Calls | None = None  # the call table as ``sweep`` found it
         self._task: asyncio.Task[None] | None = None
         self._scanning: asyncio.Future[int] | None = None  # the last scan (its thread)
 
@@ -198,6 +225,8 @@ class StuckConnectionReaper:
             # server is stopping, and its connections with it.)
             with contextlib.suppress(Exception):
                 await scanning
+        if self._filter is not None:
+            self._filter.clear()
 
     async def _run(self) -> None:
         while True:
@@ -209,51 +238,121 @@ class StuckConnectionReaper:
 
     async def sweep(self) -> int:
         """``scan`` off the loop (a few system calls per connection), counted on it,
-        where the node's other counters are written and read."""
+        where the node's other counters (and the call table) are written and read."""
+        began = time.monotonic()
+        # The table is read here, on the loop that writes it; the thread reads the copy.
+        self._calls = self.calls.snapshot() if self.calls is not None else None
         # The last scan is kept (``stop`` waits for its thread; a finished one at once).
         scanning = self._scanning = asyncio.get_running_loop().run_in_executor(None, self.scan)
-        reaped = await asyncio.shield(scanning)
-        if reaped:
-            self.counters["grpc.connections_reaped"] += reaped
-        return reaped
+        shut = await asyncio.shield(scanning)
+        stuck = shut - sum(self._shed.values())
+        if stuck:
+            self.counters["grpc.connections_reaped"] += stuck
+        self.counters.update(self._shed)
+        if self.calls is not None:
+            self.calls.forget(self._live, began)
+        return shut
 
-    def scan(self, now: float | None = None) -> int:
-        """One pass; the number of connections shut down."""
+    def scan(self, now: float | None = None, calls: Calls | None = None) -> int:
+        """One pass; the number of connections shut down. ``calls``: the call
+        table's snapshot (``sweep``'s, else taken here)."""
         now = time.monotonic() if now is None else now
+        if calls is None:
+            calls, self._calls = self._calls, None
+        if calls is None and self.calls is not None:
+            calls = self.calls.snapshot()
         seen: dict[int, _Seen] = {}
         shut: set[int] = set()
+        found: list[tuple[int, Any]] = []  # (inode, peer address) of the others
         for inode, sock in _connections(self.port):
             with sock:
-                if inode in self._reaped:  # its transport has yet to close it
+                # One already shut down: its transport has yet to close it.
+                if inode in self._reaped or self._reap(inode, sock, now, seen):
                     shut.add(inode)
-                    continue
-                try:
-                    state = _state(sock)
-                    if state is None:
-                        continue
-                    record = _judge(
-                        state, self._seen.get(inode), now, self.after, self.silent_after
-                    )
-                except _Reap as verdict:
+                else:
                     with contextlib.suppress(OSError):
-                        peer = sock.getpeername()
-                        sock.shutdown(socket.SHUT_RDWR)
-                        shut.add(inode)
-                        log.warning(
-                            "gRPC connection from %s looks abandoned by its transport "
-                            "(%s): shut down",
-                            peer[0],
-                            verdict,
-                        )
-                    continue
-                except OSError:
-                    continue
-            if record is not None:
-                seen[inode] = record
+                        found.append((inode, sock.getpeername()))
         # Only the sockets still open are remembered: bounded by the connections.
         reaped = len(shut - self._reaped)
-        self._seen, self._reaped = seen, shut
-        return reaped
+        self._since = {inode: self._since.get(inode, now) for inode, _ in found}
+        shed_now = self._shed_connections(found, now, calls)
+        self._seen, self._reaped = seen, shut | shed_now
+        return reaped + len(shed_now)
+
+    def _reap(self, inode: int, sock: socket.socket, now: float, seen: dict[int, _Seen]) -> bool:
+        """Judge one connection as stuck or not (``seen``: its record, if any, goes
+        there); whether it was shut down."""
+        try:
+            state = _state(sock)
+            if state is None:
+                return False
+            record = _judge(state, self._seen.get(inode), now, self.after, self.silent_after)
+        except _Reap as verdict:
+            with contextlib.suppress(OSError):
+                peer = sock.getpeername()
+                sock.shutdown(socket.SHUT_RDWR)
+                log.warning(
+                    "gRPC connection from %s looks abandoned by its transport (%s): shut down",
+                    peer[0],
+                    verdict,
+                )
+                return True
+            return False
+        except OSError:
+            return False
+        if record is not None:
+            seen[inode] = record
+        return False
+
+    def _shed_connections(
+        self, found: list[tuple[int, Any]], now: float, calls: Calls | None
+    ) -> set[int]:
+        """Apply ``connections.shed`` to the connections ``found``, and keep the
+        addresses ``connections.blocked`` names waiting; the connections shut down."""
+        self._shed = Counter()
+        live = self._conns(found, calls)
+        if self.limits is None:
+            return set()
+        victims = {s.conn.inode: s for s in shed(live, self.limits, now)}
+        if self._filter is not None:  # first: a place made is not taken back at once
+            kept = (conn for conn in live if conn.inode not in victims)
+            self._filter.apply(blocked(kept, self.limits))
+        done = _shut_down(self.port, victims) if victims else []
+        groups = Counter((s.rule, s.conn.address, s.why) for s in done)
+        for (_, address, why), count in sorted(groups.items()):
+            log.warning("gRPC: shut down %d connection(s) from %s (%s)", count, address, why)
+        self._shed.update(_COUNTER_OF_RULE[s.rule] for s in done)
+        return {s.conn.inode for s in done}
+
+    def _conns(self, found: list[tuple[int, Any]], calls: Calls | None) -> list[Conn]:
+        """What ``shed`` needs of each connection found (its client's connection key
+        in ``_live``, for ``CallTable.forget``)."""
+        open_calls, used = calls if calls is not None else ({}, None)
+        conns: list[Conn] = []
+        keys: set[str] = set()
+        for inode, peer in found:
+            key = connection_key(peer[0], peer[1])
+            keys.add(key)
+            # No call table: no connection counts as never used.
+            ever = True if used is None else key in used
+            conns.append(
+                Conn(inode, address_of(key), self._since[inode], open_calls.get(key, 0), ever)
+            )
+        self._live = keys
+        return conns
+
+
+def _shut_down(port: int, victims: dict[int, Shed]) -> list[Shed]:
+    """Shut down the connections of ``victims`` (by inode) still open; those it did."""
+    done: list[Shed] = []
+    for inode, sock in _connections(port):
+        with sock:
+            victim = victims.get(inode)
+            if victim is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    done.append(victim)
+    return done
 
 
 __all__ = ["StuckConnectionReaper", "supported"]
