@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from aralnode.transport import synfilter
 from aralnode.transport.connections import Conn, ConnectionLimits, blocked, shed
 from aralnode.transport.reaper import supported
 from aralnode.transport.synfilter import SynFilter, attach, listeners, program
@@ -187,6 +188,28 @@ def test_held_connections_go_on_and_the_filter_comes_off() -> None:
                 assert gate.blocked == frozenset()
             with dial(port, "127.0.0.2") as again, accepted(server, again):
                 pass
+
+
+@needs_linux
+def test_a_filter_that_cannot_be_replaced_is_taken_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From review: an attach that failed (the kernel's socket memory for filters,
+    say) left the last program on the socket for good, its addresses waiting until
+    the process ended. A failure takes every filter off, and no more is tried."""
+    with listening() as server:
+        port = server.getsockname()[1]
+        gate = SynFilter(port)
+        gate.apply(["127.0.0.2"])
+
+        def refused(sock: socket.socket, code: object) -> None:
+            raise OSError(12, "Cannot allocate memory")
+
+        monkeypatch.setattr(synfilter, "attach", refused)
+        gate.apply(["127.0.0.2", "127.0.0.4"])
+        assert gate.blocked == frozenset()
+        with dial(port, "127.0.0.2") as again, accepted(server, again):
+            pass
+        gate.apply(["127.0.0.2"])  # (none is tried again)
+        assert gate.blocked == frozenset()
 
 
 def test_the_program_names_each_address_once_and_skips_what_it_cannot_match() -> None:

@@ -511,6 +511,22 @@ async def test_a_rule_sees_one_form_of_a_value_on_every_door(
     assert_refused(answers, "PERMISSION_DENIED", "GOVERNANCE_BLOCK")
 
 
+async def test_a_caller_without_the_scope_learns_nothing_of_the_parameters(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: a protobuf method's JSON parameters were parsed before the caller
+    was authorized or rate-limited, so a caller without the scope got the parse's
+    error (the request's field names) rather than the refusal, and bad parameters
+    cost no token. Authorize, then rate-limit, then parse."""
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node) as doors:
+        for door in doors.all():
+            if door.name in {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "local"}:
+                answers[door.name] = await door.call(SEARCH, {"text": {"not": "a string"}})
+    assert len(answers) == 6
+    assert_refused(answers, "PERMISSION_DENIED", "MISSING_SCOPE")
+
+
 class ByBody:
     """A REST door read by its error body's code on its own route (400 is more than
     one status: ``HTTP_STATUS`` names none for it)."""

@@ -259,7 +259,7 @@ def _governed_view(cap_id: str, model: type[pydantic.BaseModel]) -> Callable[[An
     def view(params: Any) -> Any:
         checked = _validated(validate, params, cap_id)
         try:
-            return codec.whole_numbers(checked.model_dump(mode="json"))
+            return codec.whole_numbers(checked.model_dump(mode="json", by_alias=True))
         except pydantic_core.PydanticSerializationError as exc:  # fail closed: none unjudged
             raise InvalidParameters(
                 f"parameters of {cap_id} have no JSON form to judge: {exc}"

@@ -203,18 +203,16 @@ class Pipeline:
         (module docstring); its response as JSON."""
         method = cap.method_handler()
         assert cap.method is not None
-        try:
-            request = request_from(message_class(cap.method.input_type), p, target.id)
-        except AralError as exc:
-            self._ended(ctx, target, exc, _PRE)
-            raise
+        request_class = message_class(cap.method.input_type)
 
         async def handler(message: Message, call_ctx: CallContext) -> Any:
             result = codec.message_json(await method(message, call_ctx))
             json_result(result, target.id, self.max_result_bytes)
             return result
 
-        return await self._run(ctx, target, handler, request, request)
+        return await self._run(
+            ctx, target, handler, p, None, parse=lambda v: request_from(request_class, v, target.id)
+        )
 
     async def invoke_message(self, ctx: CallContext, capability_id: str, request: Message) -> Any:
         """Run a protobuf method's capability on ``request`` (parsed from the wire);
@@ -377,15 +375,11 @@ class Pipeline:
     # -- the stages, in order -------------------------------------------------------
 
     async def _run(
-        self,
-        ctx: CallContext,
-        target: Target,
-        handler: Handler,
-        value: Any,
-        message: Message | None,
-    ) -> Any:
-        """authorize -> rate-limit -> govern -> handler -> post-check -> audit, for a
-        caller already authenticated (its target's scopes needed that)."""
+        self, ctx: CallContext, target: Target, handler: Handler, value: Any,
+        message: Message | None, *, parse: Callable[[Any], Message] | None = None,
+    ) -> Any:  # fmt: skip
+        """authorize -> rate-limit -> (``parse``) -> govern -> handler -> post-check ->
+        audit, for a caller already authenticated (its target's scopes needed that)."""
         st = self.stages
         target_id = target.id
         try:
@@ -400,6 +394,8 @@ class Pipeline:
         try:
             ctx.capability = target_id
             checks = st.post_check.checks
+            if parse is not None:  # (JSON for a protobuf method: its message from here)
+                value = message = parse(value)
             if st.audit.active:
                 self._begin(ctx, value, message)
             action, value = await self._judged(ctx, target, value, message)

@@ -442,6 +442,8 @@ class TracedPipeline(Pipeline):
         handler: Callable[[Any, CallContext], Awaitable[Any]],
         value: Any,
         message: Message | None,
+        *,
+        parse: Callable[[Any], Message] | None = None,
     ) -> Any:
         tracer = self._recording()
         if tracer is not None:
@@ -451,7 +453,7 @@ class TracedPipeline(Pipeline):
                 with tracer.start_as_current_span("handler"):
                     return await inner(value, ctx)
 
-        return await Pipeline._run(self, ctx, target, handler, value, message)
+        return await Pipeline._run(self, ctx, target, handler, value, message, parse=parse)
 
     async def _judged(
         self, ctx: CallContext, target: Target, value: Any, message: Message | None

@@ -96,6 +96,7 @@ class Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     def __init__(self, inner: Any, door: Door, streams: StreamQuota | None = None) -> None:
         self.inner, self.door, self.streams = inner, door, streams
+        self._made: dict[str, tuple[Any, Any]] = {}  # method: (inner's handler, ours)
 
     async def _admitted(
         self, data: bytes, context: Any, parse: Callable[[bytes], Any] | None, method: str
@@ -114,7 +115,18 @@ class Admitted(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             raise  # unreachable: abort raises
 
     def service(self, details: grpc.HandlerCallDetails) -> Any:
+        """``inner``'s handler of the call's method, admitted: made once a method (the
+        call gate that wraps this one keeps its own by the handler it is given)."""
         handler = self.inner.service(details)
+        made = self._made.get(details.method)
+        if made is not None and handler is not None and made[0] is handler:
+            return made[1]
+        admitted = self._made_for(details, handler)
+        if handler is not None and admitted is not None:
+            self._made[details.method] = (handler, admitted)  # one per method served
+        return admitted
+
+    def _made_for(self, details: grpc.HandlerCallDetails, handler: Any) -> Any:
         if handler is None:
             return None
         admitted, parse, method = self._admitted, handler.request_deserializer, details.method

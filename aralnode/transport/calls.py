@@ -99,7 +99,10 @@ class CallTable:
             )
         self._by_address[address] = held + 1
         self._open[conn] = self._open.get(conn, 0) + 1
-        self._used[conn] = time.monotonic() if now is None else now
+        used = self._used
+        if len(used) >= 65536 and conn not in used:  # (no sweep to forget them: Linux's)
+            self._used = used = {c: t for c, t in used.items() if c in self._open}
+        used[conn] = time.monotonic() if now is None else now
         return key
 
     def leave(self, key: tuple[str, str], now: float | None = None) -> None:

@@ -168,29 +168,35 @@ class SynFilter:
         self._failed = False
 
     def apply(self, addresses: Iterable[str]) -> None:
-        """Leave new connections from ``addresses`` waiting (none: take it off)."""
+        """Leave new connections from ``addresses`` waiting (none: take it off). A
+        filter that cannot be attached leaves none on any listener (fail open: the
+        sweep still sheds), and no more is tried."""
         wanted = frozenset(addresses)
-        if wanted == self.blocked or self._failed:
+        if self._failed or (wanted == self.blocked):
             return
-        code = program(wanted) if wanted else None
+        if not wanted:
+            self.clear()
+            return
+        code = program(wanted)
         for sock in listeners(self.port):
             with sock:
                 try:
-                    if code is None:
-                        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
-                    else:
-                        attach(sock, code)
+                    attach(sock, code)
                 except OSError as exc:
-                    if code is not None:  # (detaching one never attached fails: fine)
-                        self._failed = True
-                        log.warning("cannot filter the gRPC port's new connections: %s", exc)
-                        return
+                    log.warning("cannot filter the gRPC port's new connections: %s", exc)
+                    self._failed = True
+                    self.clear()  # (the kernel kept the last program: take every one off)
+                    return
         for address in sorted(wanted - self.blocked):
             log.warning("gRPC: new connections from %s wait until it holds fewer", address)
         self.blocked = wanted
 
     def clear(self) -> None:
-        self.apply(())
+        """Take the filter off every listener (always tried, whatever failed before)."""
+        for sock in listeners(self.port):
+            with sock, contextlib.suppress(OSError):  # (one never attached: fine)
+                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        self.blocked = frozenset()
 
 
 __all__ = ["SynFilter", "attach", "listeners", "program"]
