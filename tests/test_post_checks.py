@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from aralnode import Node
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
+from aralnode.core.governance import Action
 from aralnode.policy.post import (
     BUILTIN_PATTERNS,
     BUILTIN_SHORTEST,
@@ -28,6 +30,7 @@ from aralnode.policy.post import (
     MAX_NODES,
     MAX_SCAN,
     Detector,
+    OutputSchema,
     PostPolicy,
     Scanner,
     secret_field,
@@ -396,3 +399,81 @@ async def test_the_filter_point_follows_the_policy_as_it_is_reloaded(
         (redacted, "[REDACTED:pin]"),
         (text, "1234"),
     ]
+
+
+TOTAL = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
+
+
+def _schema_check(schema: dict[str, Any], mismatch: str = "flag") -> tuple[OutputSchema, list[str]]:
+    flagged: list[str] = []
+    check = OutputSchema(
+        lambda: PostPolicy(schema_mismatch=mismatch),
+        lambda capability: schema,
+        lambda action, weight: flagged.append(action.capability),
+    )
+    return check, flagged
+
+
+def _action() -> Action:
+    return Action("invoke", "demo.sum", "alice", "local")
+
+
+def test_a_valid_result_is_passed_by_the_compiled_check_alone() -> None:
+    check, flagged = _schema_check(TOTAL)
+    checkers = check._validator("demo.sum")
+    assert checkers is not None
+    assert checkers[0] is not None
+    # jsonschema is asked only when the compiled check does not say yes.
+    check._validators["demo.sum"] = (checkers[0], None)
+    ctx = _ctx("alice")
+    assert check.check(ctx, _action(), {"total": 3.5}) == {"total": 3.5}
+    assert (ctx.flags, flagged) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"total": "3"}, {"sum": 1}, {"total": 10**30, "x": object()}, {"total": float("nan")}],
+    ids=["wrong-type", "missing", "unreadable", "nan"],
+)
+def test_what_the_compiled_check_refuses_or_cannot_read_jsonschema_decides(result: Any) -> None:
+    check, flagged = _schema_check(TOTAL)
+    ctx = _ctx("alice")
+    check.check(ctx, _action(), result)
+    valid = jsonschema_valid(TOTAL, result)
+    assert ("post.schema_mismatch" in ctx.flags) is not valid
+    assert flagged == ([] if valid else ["demo.sum"])
+
+
+def jsonschema_valid(schema: dict[str, Any], value: Any) -> bool:
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def test_an_output_schema_that_names_another_document_fetches_nothing() -> None:
+    """A peer's declared schema could point anywhere: neither validator fetches it. The
+    compiled one is not built; jsonschema cannot resolve it and the check fails closed."""
+    check, _ = _schema_check({"$ref": "http://127.0.0.1:9/elsewhere.json"})
+    checkers = check._validator("demo.sum")
+    assert checkers is not None
+    assert checkers[0] is None
+    with pytest.raises(Exception, match="elsewhere"):
+        check.check(_ctx("alice"), _action(), {"total": 1})
+
+
+def test_a_format_is_not_asserted_by_either_check() -> None:
+    check, flagged = _schema_check({"type": "string", "format": "email"})
+    ctx = _ctx("alice")
+    assert check.check(ctx, _action(), "not an address") == "not an address"
+    assert (ctx.flags, flagged) == ([], [])
+
+
+@pytest.mark.parametrize("mismatch", ["flag", "block"])
+def test_the_error_a_mismatch_reports_is_jsonschemas(mismatch: str) -> None:
+    check, flagged = _schema_check(TOTAL, mismatch)
+    ctx = _ctx("alice")
+    if mismatch == "block":
+        with pytest.raises(AralError, match="'total' is a required property") as err:
+            check.check(ctx, _action(), {"sum": 1})
+        assert err.value.reason == "RESULT_SCHEMA_MISMATCH"
+    else:
+        assert check.check(ctx, _action(), {"sum": 1}) == {"sum": 1}
+        assert (ctx.flags, flagged) == (["post.schema_mismatch"], ["demo.sum"])
