@@ -114,6 +114,36 @@ def test_a_name_judged_before_its_peer_owed_is_judged_again_after() -> None:
     assert e.evaluate(quiet).decision is OK
 
 
+AGGREGATION = (
+    "[collusion]\ndata_aggregation = { principals = 3, window_seconds = 300, "
+    'action = "block" }\n[capabilities]\n"vault.*" = "financial"\n[tiers]\ndefault = 5\n'
+)
+
+
+def reads(principal: str) -> Action:
+    return Action(
+        Direction.INVOKE, "vault.read", principal, "grpc", principal=principal, kind="user"
+    )
+
+
+def test_a_peer_naming_many_principals_is_one_asker_for_data_aggregation() -> None:
+    """Each name a peer made up counted as a principal of its own: one peer alone
+    tripped the rule, and every caller asking for the capability within the window
+    was refused with it."""
+    e = engine(AGGREGATION)
+    rotating = [e.evaluate(named(f"m{i}", capability="vault.read")).decision for i in range(6)]
+    assert rotating == [OK] * 6  # one asker: the peer
+    assert e.evaluate(reads("alice")).decision is OK
+    third = e.evaluate(reads("bob"))  # the peer, alice, bob
+    assert (third.decision, third.rule_ids) == (BLOCK, ("collusion.data_aggregation",))
+    # Each peer is one asker, whatever names it uses.
+    other = engine(AGGREGATION)
+    for peer in (P, Q):
+        assert other.evaluate(named("m", peer, capability="vault.read")).decision is OK
+    assert other.evaluate(named("m", Q, capability="vault.read")).decision is OK
+    assert other.evaluate(named("x", "r" * 32, capability="vault.read")).decision is BLOCK
+
+
 @pytest.mark.parametrize(
     ("principal", "caller", "kind", "peer"),
     [

@@ -437,7 +437,11 @@ class PolicyEvaluator:
     def _aggregation(self, action: Action, found: _Found | None) -> _Found | None:
         aggregation = self.policy.collusion.data_aggregation
         if aggregation and self.category_of(action) in aggregation.categories:
-            seen = self.memory.aggregation.add(action.capability, action.principal)
+            # Who asks: the peer, for every name it made up. Each made-up name counted
+            # apart, one peer alone would trip the rule for everyone else who asks
+            # within the window (and flood the table's principals out of it).
+            asker = naming_peer(action) or action.principal
+            seen = self.memory.aggregation.add(action.capability, asker)
             if seen >= aggregation.count:
                 found = self._tripped(
                     found, "collusion.data_aggregation", aggregation.decision, aggregation.flag,

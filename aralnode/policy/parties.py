@@ -1,6 +1,7 @@
 """Who else an action involves, as the engine's counters key it: the peer it is an
 exchange with (rapid exchange, ACGP-1008 §3.5.2) and the peer that named its
-principal (rate and trust debt roll up to it, as halts do: ``service.halts``).
+principal (rate and trust debt roll up to it, as halts do: ``service.halts``; data
+aggregation counts it once, whatever names it made up).
 
 Both depend only on what a call's shape holds (direction, caller, principal, kind,
 door, peer): the engine works them out once per shape.
