@@ -380,7 +380,11 @@ def _grpc(  # noqa: PLR0917 - the parts made so far, in order
             else None
         ),
         credentials=server_credentials(tls.files) if tls is not None else None,
-        interceptors=[PrepareCredentials(access.prepare)] if access.needs_preparing else [],
+        interceptors=(
+            [PrepareCredentials(access.prepare, node.pipeline.stages.authenticate.spent)]
+            if access.needs_preparing
+            else []
+        ),
         counters=node.pipeline.counters,
     )
     door = AgentNodeDoor(

@@ -344,10 +344,11 @@ class AralApi:
         """A signed ARALMessage: verified, run, answered by a signed message."""
         env = self.service.envelopes
         pipeline = self.service.pipeline
-        with audited(pipeline, ctx, _MESSAGE_ACTION):
+        with audited(pipeline, ctx, _MESSAGE_ACTION), pipeline.stages.authenticate.charging(ctx):
             # Its signature is its credential: two of them are refused as the
             # authenticate stage refuses any credential given twice, but before
-            # either is verified or the message id is taken.
+            # either is verified or the message id is taken; a refusal is charged to
+            # the client's address, which is refused once past its failures.
             refuse_repeated_credentials(ctx.metadata)
             sender = self._verify(ctx.metadata.get(SIGNATURE_HEADER), body)
         message_id = ""

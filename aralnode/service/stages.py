@@ -18,9 +18,10 @@ one place each -- bearer tokens and API keys behind ``Authenticate``, roles behi
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
@@ -152,6 +153,36 @@ class Authenticate:
             raise Unauthenticated(
                 f"authentication failed: {type(exc).__name__}", reason="AUTHENTICATOR_FAILED"
             ) from exc
+
+    def spent(self, peer: str) -> bool:
+        """Whether ``peer``'s address has used up its failed authentications (where
+        addresses are limited): what a door would fetch for its credential before
+        the stage (an introspection) is not fetched; the stage refuses it."""
+        failures = self.failures
+        if failures is None:
+            return False
+        try:
+            failures.check_failures(address_of(peer))
+        except RateLimited:
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def charging(self, ctx: CallContext) -> Iterator[None]:
+        """A credential a door checks itself (a signed message's signature) held to
+        the stage's terms: an address past its failures is refused before it is
+        checked, and a refusal is counted and charged to the address."""
+        failures = self.failures
+        address = address_of(ctx.peer) if failures is not None else ""
+        if failures is not None and address:
+            failures.check_failures(address)
+        try:
+            yield
+        except AralError as exc:
+            self.counters["auth.refused"] += 1
+            if failures is not None and address and exc.retry_after is None:
+                failures.failed(address)
+            raise
 
 
 class Authorize:
