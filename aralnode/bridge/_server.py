@@ -24,7 +24,8 @@ never one with a request in flight) is answered 503 and closed. Each connection
 tells the table whether it is idle as its requests come and go, and names itself in
 its requests' scope (``CONNECTION``), where ``read_body`` finds the table's budget
 of body bytes in flight (``body_claim``). A connection upgraded to a WebSocket
-leaves the table: the WebSocket quota counts it from then.
+leaves the table: the WebSocket quota counts it from then, and the message it is
+receiving counts against the same budget (``on_upgrade``: ``http.MessageBudget``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class HeadLimits:
         connections: The port's connections (None: unbounded).
         on_refused: Told of each refusal made here (the error, the client's
             address): the audit log's record of it.
+        on_upgrade: Given each connection upgraded to a WebSocket (its protocol,
+            its address in the table), to count the messages it receives.
     """
 
     max_bytes: int
@@ -99,6 +102,7 @@ class HeadLimits:
     body_timeout: float = 60.0
     connections: ConnectionTable[Any] | None = None
     on_refused: Any = None  # Callable[[AralError, str], None]
+    on_upgrade: Any = None  # Callable[[asyncio.Protocol, str], None]
 
     def too_large(self) -> HeadersTooLarge:
         return HeadersTooLarge(
@@ -247,13 +251,17 @@ class _HeadGuard(asyncio.Protocol):
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
         # The connection is the WebSocket protocol's from here on, and this one
-        # is never told of its loss: the WebSocket quota counts it instead.
+        # is never told of its loss: the WebSocket quota counts it instead, and
+        # the messages it receives count against its address's body budget.
+        address = self._address
         self._release()
         self._close_body()
         self._upgraded = True
         self._disarm()
         self._disarm_body()
         super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+        if address is not None and self.limits.on_upgrade is not None:
+            self.limits.on_upgrade(self.transport.get_protocol(), address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
