@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from aralnode.bridge import _http as h
 from aralnode.bridge._a2a_checks import SENDS, VersionRefused
 from aralnode.bridge._a2a_errors import SPEC_GRPC, SPEC_HTTP
+from aralnode.bridge._approvals_feed import SessionGate
 from aralnode.core.context import CallContext
 from aralnode.core.errors import (
     AralError,
@@ -53,6 +54,8 @@ from aralnode.service.pipeline import Pipeline
 SERVICE = "lf.a2a.v1.A2AService"
 REST_PREFIX = "/a2a/rest"
 METHODS = frozenset(m.name for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods)
+# The methods that answer with a stream: held to their caller's credentials (``a2a``).
+STREAMS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 # Read (agent:read) as opposed to change a task (agent:invoke); "": a method A2A has not.
 _READS = frozenset({"GetTask", "ListTasks", "SubscribeToTask", "GetExtendedAgentCard", "",
                     "GetTaskPushNotificationConfig",
@@ -85,6 +88,9 @@ class Door(Protocol):
 
     def admit(self, ctx: CallContext) -> None:
         """Authenticate the caller (raises its refusal, on record)."""
+
+    def stream_gate(self, ctx: CallContext, again: Callable[[], CallContext]) -> SessionGate:
+        """What a stream admitted as ``ctx`` is held to before each event."""
 
 
 def jsonrpc_method(name: str) -> str:

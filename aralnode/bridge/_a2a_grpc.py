@@ -29,6 +29,7 @@ from aralnode.bridge._a2a_checks import (
     check_version,
 )
 from aralnode.bridge._a2a_errors import grpc_a2a
+from aralnode.bridge._approvals_feed import gated_items
 from aralnode.core.context import CallContext, LazyMetadata
 from aralnode.core.errors import AralError
 from aralnode.service.refusals import refused
@@ -139,13 +140,21 @@ class GrpcGate:
     def stream(
         self, method: str, grpc_context: Any, start: Callable[[], AsyncIterator[Any]]
     ) -> AsyncIterator[Any]:
-        """A server stream: ``run``'s rule, as a stream of the pipeline."""
+        """A server stream: ``run``'s rule, as a stream of the pipeline; its items held
+        to the caller's credentials (``A2ADoor.stream_gate``): a refusal ends it with
+        its status (``UNAUTHENTICATED``), on record as its outcome."""
         name = _method(method)
         if (refusal := self._refusal(grpc_context)) is not None:
             return self._answer_each(grpc_context, refusal)
+        ctx = self.context(grpc_context)
+        gate = self.door.stream_gate(ctx, lambda: self._build(grpc_context))
+
+        def gated() -> AsyncIterator[Any]:
+            return gated_items(gate, start())
+
         if not calls.governed(name):
-            return self._sent_each(name, grpc_context, start())
-        return calls.stream(self.door.service.pipeline, self.context(grpc_context), name, start)
+            return self._sent_each(name, grpc_context, gated())
+        return calls.stream(self.door.service.pipeline, ctx, name, gated)
 
     async def _sent(self, name: str, grpc_context: Any, answer: Awaitable[Any]) -> Any:
         """A send: its skill's call is the executor's, in the pipeline. An error the

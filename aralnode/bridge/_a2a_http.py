@@ -10,7 +10,8 @@ anonymous one). A refusal there is the node's, audited, with the call's trace id
 the binding's own form (``refuse``): on ``/a2a`` a JSON-RPC error for the request's
 ``id`` (its version is checked once the request object is read, so that it can be
 echoed), elsewhere (HTTP+JSON) AIP-193 (``_a2a_errors``). Then the SDK serves it, each
-method a call of the pipeline (``_a2a_calls``). A JSON-RPC notification (no ``id``) is
+method a call of the pipeline (``_a2a_calls``); a stream's events are held to its
+caller's credentials (``GatedStream``). A JSON-RPC notification (no ``id``) is
 served, or refused, on record, and answered with no content (204), as JSON-RPC 2.0
 says; one by an A2A 0.3 method is no request (0.3's models need an ``id``) and is
 answered so.
@@ -38,6 +39,7 @@ from aralnode.bridge._a2a_checks import (
     check_version,
 )
 from aralnode.bridge._a2a_errors import A2A_REASONS, aip_193, jsonrpc_a2a
+from aralnode.bridge._approvals_feed import GatedStream
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError
 from aralnode.service.refusals import refused
@@ -154,21 +156,31 @@ async def serve(door: calls.Door, scope: h.Scope, receive: h.Receive, send: h.Se
     if read.notification:  # no answer
         await _served(door, ctx, read, (scope, receive, _dropped))
         await _no_content(scope, send, ctx)
-    else:
-        await _served(door, ctx, read, (scope, receive, send))
+        return
+    gated = None
+    if read.method in calls.STREAMS:  # its events held to its credentials (``a2a``)
+        again = lambda: h.call_context(door.service.contexts, scope, DOOR)  # noqa: E731
+        gated = GatedStream(door.stream_gate(ctx, again), receive, send)
+        receive, send = gated.receive, gated.send
+    await _served(door, ctx, read, (scope, receive, send), gated)
 
 
 async def _served(
-    door: calls.Door, ctx: CallContext, read: _Read, asgi: tuple[h.Scope, h.Receive, h.Send]
+    door: calls.Door,
+    ctx: CallContext,
+    read: _Read,
+    asgi: tuple[h.Scope, h.Receive, h.Send],
+    gated: GatedStream | None = None,
 ) -> None:
     """The SDK's answer, a method other than a send's as a call of the pipeline
     (``_a2a_calls``): a stage's refusal is the node's answer, even after the SDK
     answered (its answer is held until then); the SDK's own error is its answer as it
-    gave it, recorded as the call's outcome."""
+    gave it, recorded as the call's outcome. A stream its ``gated`` ended has that
+    refusal as its outcome."""
     scope, receive, send = asgi
     pipeline = door.service.pipeline
     if not calls.governed(read.method):  # (the executor runs its skill in the pipeline)
-        await _sent(door, ctx, read, asgi)
+        await _sent(door, ctx, read, asgi, gated)
         return
     answer = calls.SdkAnswer(
         send, read.method, jsonrpc=read.rpc is not None, limit=pipeline.max_result_bytes,
@@ -177,6 +189,8 @@ async def _served(
 
     async def sdk() -> None:
         await door.app(scope, receive, answer.send)
+        if gated is not None and gated.failure is not None:
+            raise gated.failure
         if (error := answer.error()) is not None:
             raise error
 
@@ -193,7 +207,11 @@ async def _served(
 
 
 async def _sent(
-    door: calls.Door, ctx: CallContext, read: _Read, asgi: tuple[h.Scope, h.Receive, h.Send]
+    door: calls.Door,
+    ctx: CallContext,
+    read: _Read,
+    asgi: tuple[h.Scope, h.Receive, h.Send],
+    gated: GatedStream | None = None,
 ) -> None:
     """A send: its skill's call is the executor's, in the pipeline, on record there.
     An error the SDK answers instead, before any executor runs (a task it does not
@@ -204,7 +222,8 @@ async def _sent(
         send, read.method, jsonrpc=read.rpc is not None, limit=0, trace_id=ctx.trace_id
     )
     await door.app(scope, receive, answer.send)
-    if (error := answer.error()) is not None:
+    error = gated.failure if gated is not None and gated.failure else answer.error()
+    if error is not None:
         refused(door.service.pipeline, ctx, calls.action(read.method), error, kind="invoke")
     await answer.flush()
 

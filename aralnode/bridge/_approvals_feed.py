@@ -9,7 +9,11 @@ them: a subscriber governance halted since it subscribed is offered none
 whose session ended, or whose upgrade's credentials no longer hold, is closed
 instead of sent its next event (``SessionGate``): a socket that subscribes once and
 then only listens is held to the rules a socket that sends is held to at each
-message, and closed when its lifetime ends even if it is sent nothing.
+message, and closed when its lifetime ends even if it is sent nothing. The HTTP
+doors' long-lived streams are held to the same gate (``GatedStream``: an MCP GET
+stream's or an A2A stream's server-sent events; ``gated_items``: an A2A gRPC
+stream): checked before each event, ended when it refuses or when the credential's
+lifetime (a JWT's ``exp``: ``credential_lifetime``) is over, idle or not.
 
 The ``approvals`` channel: the approval queue's events, as ``{"type": "approval",
 "event": "pending|approved|denied|expired|withdrawn", ...}`` with the entry, to its
@@ -18,19 +22,23 @@ subscribers (the door gives the channel to ``agent:admin`` callers only)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import math
-from collections.abc import Callable, Set
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping, Set
+from typing import Any, Protocol, TypeVar
 
 from starlette.websockets import WebSocket
 
 from aralnode._logs import get_logger
-from aralnode.bridge._http import client_peer, iso_ms
+from aralnode.access.bearer import presented
+from aralnode.access.jwt import looks_like_jwt
+from aralnode.bridge._http import Message, Receive, Send, client_peer, iso_ms
 from aralnode.bridge._sockets import plain_id
 from aralnode.core import codec
 from aralnode.core.clock import Clock
-from aralnode.core.errors import AralError, InternalError
+from aralnode.core.errors import AralError, InternalError, Unauthenticated
 from aralnode.service.approvals import Approval
 from aralnode.service.halts import Halts
 
@@ -44,6 +52,8 @@ RECHECK_SECONDS = 1.0
 POLICY_VIOLATION = 1008  # close codes (RFC 6455): a refusal; one with a retry hint
 TRY_AGAIN_LATER = 1013
 _PRINCIPAL_KEY = "principal:"
+_DISCONNECT: Message = {"type": "http.disconnect"}
+T = TypeVar("T")
 
 
 class _Hub(Protocol):
@@ -75,17 +85,26 @@ class Subscriber:
 
 
 class SessionGate:
-    """Whether a socket may still be sent events: its session lives ``ttl`` seconds
-    of ``clock`` from its opening (``None``: no end), and ``authenticate`` (which
-    raises the refusal, and puts it on record) passes for its upgrade's credentials,
+    """Whether a socket (or a stream) may still be sent events: its session lives
+    ``ttl`` seconds of ``clock`` from its opening (``None``: no end), and
+    ``authenticate`` (which raises the refusal) passes for its opening's credentials,
     asked again at most once every ``RECHECK_SECONDS``. Constant memory and no task
-    of its own: the socket's sender waits ``remaining()`` at most."""
+    of its own: the socket's sender waits ``remaining()`` at most. Past its lifetime
+    its refusal is ``Unauthenticated`` with reason ``expiry``."""
 
-    __slots__ = ("_authenticate", "_checked", "clock", "expires")
+    __slots__ = ("_authenticate", "_checked", "clock", "expires", "expiry")
 
-    def __init__(self, clock: Clock, ttl: float | None, authenticate: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        ttl: float | None,
+        authenticate: Callable[[], None],
+        *,
+        expiry: str = "SESSION_EXPIRED",
+    ) -> None:
         self.clock = clock
         self.expires = None if ttl is None else clock.monotonic() + ttl
+        self.expiry = expiry
         self._authenticate = authenticate
         self._checked = -math.inf  # the first event is checked, whenever it comes
 
@@ -96,23 +115,155 @@ class SessionGate:
     def expired(self) -> bool:
         return self.expires is not None and self.clock.monotonic() >= self.expires
 
-    def refusal(self) -> tuple[int, str] | None:
-        """Why the socket must be closed rather than sent an event: the close code and
-        reason (the reason a message would be refused with), or ``None``. A refusal
-        with a retry hint (a token being checked with its issuer, an address whose
-        failed authentications are rate limited) closes with 1013: open a new one."""
+    def lifetime_over(self) -> AralError:
+        return Unauthenticated("its lifetime is over: open a new one", reason=self.expiry)
+
+    def failure(self) -> AralError | None:
+        """Why no more events may be sent (``None``: they may): the lifetime's end,
+        or the refusal of the credentials (asked at most once a ``RECHECK_SECONDS``)."""
         now = self.clock.monotonic()
         if self.expires is not None and now >= self.expires:
-            return POLICY_VIOLATION, SESSION_EXPIRED
+            return self.lifetime_over()
         if now - self._checked < RECHECK_SECONDS:
             return None
         self._checked = now
         try:
             self._authenticate()
         except AralError as exc:
-            code = POLICY_VIOLATION if exc.retry_after is None else TRY_AGAIN_LATER
-            return code, exc.reason
+            return exc
         return None
+
+    def refusal(self) -> tuple[int, str] | None:
+        """Why the socket must be closed rather than sent an event: the close code and
+        reason (the reason a message would be refused with), or ``None``. A refusal
+        with a retry hint (a token being checked with its issuer, an address whose
+        failed authentications are rate limited) closes with 1013: open a new one."""
+        if self.expired():
+            return POLICY_VIOLATION, SESSION_EXPIRED
+        if (exc := self.failure()) is None:
+            return None
+        return POLICY_VIOLATION if exc.retry_after is None else TRY_AGAIN_LATER, exc.reason
+
+
+def credential_lifetime(metadata: Mapping[str, str], clock: Clock) -> float | None:
+    """Seconds of ``clock`` (its wall time) until the credential in ``metadata``
+    expires: a JWT's ``exp``, read, not verified (the authenticate stage verified
+    it). ``None`` for one whose end a door cannot see (an API key, an opaque token:
+    their revocation and expiry are found by the checks before events)."""
+    try:
+        shown = presented(metadata)
+    except AralError:
+        return None
+    if shown is None or not looks_like_jwt(shown[1]):
+        return None
+    payload = shown[1].split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims["exp"]
+        left = float(exp) - clock.now_ms() / 1000  # (a bool or a string: no number)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None
+    return None if isinstance(exp, bool | str) or math.isnan(left) else max(0.0, left)
+
+
+class GatedStream:
+    """An HTTP response's server-sent events held to ``gate`` as a socket's are
+    (``receive`` and ``send`` for the app): each chunk of an event stream (an
+    event, a keep-alive) goes out only past the gate; where it refuses, the
+    response ends (its last, empty chunk) and the app is told that the client went
+    (``http.disconnect``: an SSE response stops as for a client that left). The
+    lifetime's end is found while the app waits for the client to go, as an SSE
+    response always does: an idle stream ends too, with no task of its own (a
+    timer, rescheduled). A response that is no event stream goes as it is.
+    ``failure`` is why the stream was ended (for its call's record)."""
+
+    __slots__ = ("_lock", "_receive", "_send", "_waiting", "ended", "failure", "gate", "streams")
+
+    def __init__(self, gate: SessionGate, receive: Receive, send: Send) -> None:
+        self.gate = gate
+        self._receive, self._send = receive, send
+        self._lock = asyncio.Lock()  # (an end from the wait and an event: one at a time)
+        self._waiting: asyncio.Timeout | None = None
+        self.streams = self.ended = False
+        self.failure: AralError | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        async with self._lock:
+            if self.ended:
+                return
+            if kind == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers") or ()}
+                self.streams = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif self.streams and message.get("more_body") and (fail := self.gate.failure()):
+                await self._end(fail)
+                return
+            await self._send(message)
+        if kind == "http.response.start":
+            self._arm()
+
+    async def receive(self) -> Message:
+        while not self.ended:
+            waiting = asyncio.timeout(None)
+            try:
+                async with waiting:
+                    self._waiting = waiting
+                    self._arm()
+                    return await self._receive()
+            except TimeoutError:
+                if not waiting.expired():
+                    raise
+                if self.gate.expired():
+                    async with self._lock:
+                        await self._end(self.gate.lifetime_over())
+            finally:
+                self._waiting = None
+        return _DISCONNECT
+
+    def _arm(self) -> None:
+        """Bound the app's wait by the stream's end (at once, if it has ended)."""
+        waiting = self._waiting
+        if waiting is None or waiting.expired():
+            return
+        now = asyncio.get_running_loop().time()
+        left = 0.0 if self.ended else self.gate.remaining() if self.streams else None
+        waiting.reschedule(None if left is None else now + max(0.0, left))
+
+    async def _end(self, failure: AralError) -> None:
+        """End the response for ``failure`` (the lock held)."""
+        if self.ended:
+            return
+        self.ended, self.failure = True, failure
+        log.info("an event stream ended: %s", failure.reason)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._arm()
+
+
+async def gated_items(gate: SessionGate, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items``, each past ``gate``: where it refuses, its refusal is raised instead
+    (a gRPC stream ends with its status); a wait for the next item is bounded by the
+    lifetime (no task of its own), whose end ends the stream too."""
+    try:
+        while True:
+            left = gate.remaining()
+            waiting = asyncio.timeout(None if left is None else max(0.0, left))
+            try:
+                async with waiting:
+                    item = await anext(items)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not waiting.expired():
+                    raise
+                raise gate.lifetime_over() from None
+            if (failure := gate.failure()) is not None:
+                raise failure
+            yield item
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class FeedSocket:
@@ -247,8 +398,11 @@ __all__ = [
     "QUEUE_SIZE",
     "SESSION_EXPIRED",
     "FeedSocket",
+    "GatedStream",
     "SessionGate",
     "Subscriber",
+    "credential_lifetime",
     "follow_approvals",
+    "gated_items",
     "subscriber_halted",
 ]

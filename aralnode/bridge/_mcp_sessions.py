@@ -15,6 +15,13 @@ decides, before a session is opened, whose session makes room:
 
 Sessions are opened and ended by the SDK; this only keeps count (the response
 that opens a session carries its id) and asks the manager to end a victim.
+
+A session's GET stream (its server-sent events) is held to its opener's
+credentials as a WebSocket is (``_approvals_feed.SessionGate``): before its events
+they are authenticated again by the port's ``AuthGate`` (the pipeline's
+authenticate stage, at most once a second of ``clock``) and the session checked
+still its opener's and alive; a refusal, or the end of the credential's lifetime
+(a JWT's ``exp``, idle or not), ends the stream (``GatedStream``).
 """
 
 from __future__ import annotations
@@ -27,12 +34,17 @@ from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from aralnode._logs import get_logger
-from aralnode.bridge._http import Message, Receive, Scope, Send, header
+from aralnode.bridge._approvals_feed import GatedStream, SessionGate, credential_lifetime
+from aralnode.bridge._http import Message, Receive, Scope, Send, call_context, header
+from aralnode.bridge._oauth import SCOPE_KEY, AuthGate
+from aralnode.core.clock import Clock
 from aralnode.core.errors import AralError, RateLimited
+from aralnode.service.refusals import refused
 
 log = get_logger("aralnode.mcp")
 
 _SESSION = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+_ACTION = "aral.http/mcp"  # (the gate's: a stream's refusal is on record as its requests')
 
 
 class TooManySessionsOpening(RateLimited):
@@ -75,6 +87,10 @@ class SessionQuota:
         self._owner: dict[str, str] = {}
         self._opening: Counter[str] = Counter()  # sessions being opened, per client
         self.evicted = 0
+        # What authenticates a GET stream's credentials again (the port's ``AuthGate``,
+        # set by the HTTP bridge; ``None``: nothing does).
+        self.auth: AuthGate | None = None
+        self.clock: Clock | None = None  # the streams' (``None``: the node's)
 
     @property
     def count(self) -> int:
@@ -86,6 +102,9 @@ class SessionQuota:
         if session is not None or scope["method"] != "POST":
             if session is not None:
                 self._used(session)
+            if scope["method"] == "GET" and (gate := self.stream_gate(scope)) is not None:
+                gated = GatedStream(gate, receive, send)  # (an event stream's: module docstring)
+                receive, send = gated.receive, gated.send
             await self.manager.handle_request(scope, receive, send)
             return
         # A POST without a session: the request that opens one (an initialize).
@@ -101,6 +120,28 @@ class SessionQuota:
             self._opening[client] -= 1
             if not self._opening[client]:
                 del self._opening[client]
+
+    def stream_gate(self, scope: Scope) -> SessionGate | None:
+        """The gate of the GET stream ``scope`` opens (its credentials passed the
+        port's ``AuthGate``): they are authenticated again, and the session they name
+        checked, as ``AuthGate.mcp`` does for each request, each refusal on record."""
+        auth = self.auth
+        if auth is None:
+            return None
+        service, session = auth.service, header(scope, _SESSION)
+        principal = scope.get(SCOPE_KEY, "")
+        clock = self.clock or service.clock
+
+        def authenticate() -> None:
+            ctx = call_context(service.contexts, scope, "mcp")
+            service.pipeline.authenticate(ctx, _ACTION)
+            if session is not None and (failure := auth.owners.check(session, principal)):
+                raise refused(service.pipeline, ctx, _ACTION, failure, kind="call")
+
+        metadata = call_context(service.contexts, scope, "mcp").metadata
+        return SessionGate(
+            clock, credential_lifetime(metadata, clock), authenticate, expiry="TOKEN_EXPIRED"
+        )
 
     def _recording(self, client: str, send: Send, scope: Scope) -> Send:
         """``send``, noting the session that the response opens as ``client``'s."""

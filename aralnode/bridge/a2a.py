@@ -46,6 +46,13 @@ A2A's errors have §5.4's gRPC status. The card is sent with HTTP's caching head
 
 **Every method is a call of the pipeline**: a send runs its skill through it (the
 executor); every other method runs inside ``Pipeline.call`` (``_a2a_calls``).
+
+**Streams** (``SendStreamingMessage``, ``SubscribeToTask``; server-sent events, gRPC
+streams) are held to their caller's credentials as a WebSocket is
+(``stream_gate``): authenticated again by the pipeline's first stage before their
+events (at most once a second of ``clock``), a refusal ends the stream (the SSE
+response ends, gRPC's with ``UNAUTHENTICATED``), on record as its outcome; so does
+the end of the credential's lifetime (a JWT's ``exp``), whether events come or not.
 """
 
 from __future__ import annotations
@@ -92,7 +99,9 @@ from aralnode.bridge._a2a_grpc import GrpcGate
 from aralnode.bridge._a2a_http import ADMITTED, DOOR, JSONRPC_PATH, REST_PREFIX, send_cached
 from aralnode.bridge._a2a_sdk import RequestHandler, Servicer
 from aralnode.bridge._a2a_tasks import DEFAULT_MAX_BYTES, BoundedTaskStore
+from aralnode.bridge._approvals_feed import SessionGate, credential_lifetime
 from aralnode.core import jws
+from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import Identity
@@ -343,6 +352,7 @@ class A2ADoor:
         self.listing_requires_auth = listing_requires_auth
         self.default_skill = default_skill
         self.max_body_bytes = max_body_bytes
+        self.clock: Clock = service.clock  # the streams' (``stream_gate``)
         self._card: a2a_pb2.AgentCard | None = None
         self._card_json = b""
         self._card_made_ms = 0  # (its Last-Modified)
@@ -487,6 +497,14 @@ class A2ADoor:
         that is shown and wrong is refused, as on every door). Counted and
         audited as any refusal of the first stage."""
         self.service.pipeline.authenticate(ctx, SERVICE)
+
+    def stream_gate(self, ctx: CallContext, again: Callable[[], CallContext]) -> SessionGate:
+        """The gate of a stream admitted as ``ctx``: ``again()`` (its credentials, in a
+        new context) authenticated by the pipeline's first stage, the refusal raised
+        for the stream's own record; its lifetime the credential's."""
+        stage = self.service.pipeline.stages.authenticate
+        lifetime = credential_lifetime(ctx.metadata, self.clock)
+        return SessionGate(self.clock, lifetime, lambda: stage(again()), expiry="TOKEN_EXPIRED")
 
     # -- HTTP ----------------------------------------------------------------------------
 
