@@ -335,3 +335,37 @@ async def test_forged_message_signatures_use_up_the_address_rate_on_the_aral_api
             reasons.append((reply.status, reply.message["error"]["reason"]))
     assert reasons == [(401, "SIGNATURE_INVALID")] * 3 + [(429, "RATE_LIMIT_AUTH_FAILURES")] * 2
     assert runs == []
+
+
+async def test_a_method_the_node_does_not_serve_asks_the_authorization_server_nothing(
+    make_node: Callable[..., Node],
+) -> None:
+    """From the review of the gRPC fix: a call to a method that does not exist has
+    no handler to prepare its credentials in, and was prepared at once -- with no
+    stage after it to charge the failure, made-up tokens reached the issuer with no
+    limit. Nothing is asked for it, spent address or not."""
+    issuer = Issuer()
+    async with serve(issuer.app()) as base:
+        node = make_node(
+            "failures-unserved",
+            demo=False,
+            http_port=0,
+            rate_limit_per_address="3/min",
+            oauth_resource=RESOURCE,
+            oauth_introspection_url=f"{base}/introspect",
+            oauth_client_id="node-1",
+            oauth_client_secret="s3cret",
+        )
+        guarded(node)
+        async with node, grpc.aio.insecure_channel(node.address) as channel:
+            nope = channel.unary_unary("/x.Y/Nope")
+            for i in range(4):
+                with pytest.raises(grpc.aio.AioRpcError) as unserved:
+                    await nope(b"", metadata=bearer(f"unserved-{i}").items())
+                assert unserved.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            for i in range(4):  # the address spent: refused, and nothing asked
+                await refused_on("grpc", node, bearer(f"made-up-{i}"))
+            for i in range(4):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await nope(b"", metadata=bearer(f"after-{i}").items())
+    assert issuer.asked == ["made-up-0", "made-up-1", "made-up-2"]

@@ -41,6 +41,9 @@ class PrepareCredentials(_Interceptor):
     def __init__(self, prepare: Prepare, spent: Callable[[str], bool] | None = None) -> None:
         self._prepare = prepare
         self._spent = spent
+        # A method's handler, preceded by the preparation (made once a handler; the
+        # credentials are read in the call). ``None``: it cannot be (a synchronous one).
+        self._preceded: dict[int, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -49,33 +52,46 @@ class PrepareCredentials(_Interceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        metadata = handler_call_details.invocation_metadata or ()
-        shown = {k: v for k, v in metadata if k in _NAMES and isinstance(v, str)}
+        shown = _shown(handler_call_details.invocation_metadata)
         if not shown:
             return await continuation(handler_call_details)
-        spent = self._spent
-        if spent is None:
+        if self._spent is None:
             await self._prepare(shown)
             return await continuation(handler_call_details)
-
-        async def before(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            if not spent(context.peer()):
-                await self._prepare(shown)
-
         handler = await continuation(handler_call_details)
-        wrapped: grpc.RpcMethodHandler[Any, Any] | None = _preceded(handler, before)
-        if wrapped is None:  # a handler this cannot wrap (a synchronous one): now
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED, nothing asked
+            return handler
+        made = self._preceded.get(id(handler))
+        if made is None or made[0] is not handler:
+            made = (handler, _preceded(handler, self._before))
+            if len(self._preceded) >= _MAX_HANDLERS:
+                self._preceded.clear()
+            self._preceded[id(handler)] = made
+        if made[1] is None:  # a handler this cannot precede (a synchronous one): now
             await self._prepare(shown)
             return handler
+        wrapped: grpc.RpcMethodHandler[Any, Any] = made[1]
         return wrapped
+
+    async def _before(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """In the call: its credentials prepared, unless its peer is spent."""
+        shown = _shown(context.invocation_metadata())
+        spent = self._spent
+        if shown and not (spent is not None and spent(context.peer())):
+            await self._prepare(shown)
+
+
+_MAX_HANDLERS = 4096  # (one a method the node serves: a bound, not a working limit)
+
+
+def _shown(metadata: Any) -> dict[str, str]:
+    return {k: v for k, v in metadata or () if k in _NAMES and isinstance(v, str)}
 
 
 def _preceded(handler: Any, before: Before) -> Any:
     """``handler`` whose behaviour awaits ``before(context)`` first; ``handler``
-    itself if it has none (not served: grpc answers UNIMPLEMENTED), ``None`` if its
-    behaviour is not a coroutine or an async generator function."""
-    if handler is None:
-        return None
+    itself if it has none, ``None`` if its behaviour is not a coroutine or an async
+    generator function."""
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
         behaviour = getattr(handler, kind)
         if behaviour is None:
