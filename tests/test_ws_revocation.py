@@ -28,6 +28,7 @@ from aralnode.access.apikeys import ApiKeyStore
 from aralnode.bridge._approvals_feed import (
     RECHECK_SECONDS,
     SESSION_EXPIRED,
+    UNDECIDED_SECONDS,
     FeedSocket,
     SessionGate,
 )
@@ -230,3 +231,36 @@ async def test_a_reply_does_not_carry_events_past_the_gate() -> None:
     await feed.reply({"type": "pong", "id": 2})
     assert ws.frames == [("close", 1008, "API_KEY_REVOKED")]
     assert feed.closed
+
+
+def test_a_credential_being_checked_with_its_issuer_is_undecided_for_a_while() -> None:
+    """From review: an opaque token's introspection answer ages out of the cache
+    (5 min); the next check asks the issuer again and is refused "retry" meanwhile.
+    That refused the stream then: a valid token's stream was ended every few minutes.
+    Now it goes on while undecided, for ``UNDECIDED_SECONDS`` in a row at most."""
+    clock = FixedClock()
+    answers: list[Exception | None] = []
+
+    def authenticate() -> None:
+        if answers and answers[0] is not None:
+            raise answers[0]
+
+    gate = SessionGate(clock, None, authenticate)
+    checking = Unauthenticated("being checked", reason="TOKEN_NOT_INTROSPECTED", retry_after=0.5)
+    answers.append(checking)
+    assert gate.failure() is None  # undecided: the stream goes on
+    clock.advance(RECHECK_SECONDS)
+    answers[0] = None  # the issuer answered: decided, the count starts again
+    assert gate.failure() is None
+    answers[0] = checking
+    seen = []
+    for _ in range(int(UNDECIDED_SECONDS) + 1):
+        clock.advance(RECHECK_SECONDS)
+        seen.append(gate.failure())
+    assert seen[:-1] == [None] * int(UNDECIDED_SECONDS)
+    assert seen[-1] is checking  # undecided for too long: refused
+    clock.advance(RECHECK_SECONDS)
+    answers[0] = Unauthenticated("revoked", reason="TOKEN_INACTIVE")
+    failure = gate.failure()
+    assert failure is not None
+    assert failure.reason == "TOKEN_INACTIVE"  # a decided refusal ends it at once

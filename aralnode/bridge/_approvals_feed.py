@@ -49,6 +49,10 @@ SESSION_EXPIRED = "session expired"
 # A socket's credentials are authenticated again before its events at most this
 # often (seconds): a busy feed costs a token-cache lookup a second, not one an event.
 RECHECK_SECONDS = 1.0
+# A credential being checked with its issuer (an introspection answer aged out of
+# the cache, a rotated key set being fetched) is undecided, not refused: the stream
+# goes on, asked again each second, for this long in a row at most.
+UNDECIDED_SECONDS = 30.0
 POLICY_VIOLATION = 1008  # close codes (RFC 6455): a refusal; one with a retry hint
 TRY_AGAIN_LATER = 1013
 _PRINCIPAL_KEY = "principal:"
@@ -90,9 +94,11 @@ class SessionGate:
     ``authenticate`` (which raises the refusal) passes for its opening's credentials,
     asked again at most once every ``RECHECK_SECONDS``. Constant memory and no task
     of its own: the socket's sender waits ``remaining()`` at most. Past its lifetime
-    its refusal is ``Unauthenticated`` with reason ``expiry``."""
+    its refusal is ``Unauthenticated`` with reason ``expiry``. A credential still
+    being checked with its issuer (``Unauthenticated`` with a retry hint) is no
+    refusal yet, for ``UNDECIDED_SECONDS`` in a row."""
 
-    __slots__ = ("_authenticate", "_checked", "clock", "expires", "expiry")
+    __slots__ = ("_authenticate", "_checked", "_undecided", "clock", "expires", "expiry")
 
     def __init__(
         self,
@@ -107,6 +113,7 @@ class SessionGate:
         self.expiry = expiry
         self._authenticate = authenticate
         self._checked = -math.inf  # the first event is checked, whenever it comes
+        self._undecided: float | None = None  # since when the checks have been undecided
 
     def remaining(self) -> float | None:
         """Seconds until the session ends (``None``: it does not)."""
@@ -130,7 +137,12 @@ class SessionGate:
         try:
             self._authenticate()
         except AralError as exc:
+            if isinstance(exc, Unauthenticated) and exc.retry_after is not None:
+                since = self._undecided = now if self._undecided is None else self._undecided
+                if now - since < UNDECIDED_SECONDS:  # (being checked: ``UNDECIDED_SECONDS``)
+                    return None
             return exc
+        self._undecided = None
         return None
 
     def refusal(self) -> tuple[int, str] | None:
@@ -397,6 +409,7 @@ __all__ = [
     "POLICY_VIOLATION",
     "QUEUE_SIZE",
     "SESSION_EXPIRED",
+    "UNDECIDED_SECONDS",
     "FeedSocket",
     "GatedStream",
     "SessionGate",
