@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 
 from aralnode import Node
 from aralnode.bridge._sockets import ConnectionTable
-from aralnode.bridge.http import FRAGMENT_COST
+from aralnode.bridge._ws_budget import FRAGMENT_COST
 from tests.conftest import recorded
 
 KIB = 1024
@@ -245,4 +245,42 @@ async def test_message_bytes_are_given_back_however_the_message_ends(
         assert table.body_held == 63 * KIB
     # The node stopping with messages unfinished gives their bytes back too.
     await changes.until(lambda: table.body_held == 0)
+    assert table.bodies == {}
+
+
+async def test_invokes_waiting_on_a_socket_count_against_its_address(
+    make_node: Callable[..., Node],
+) -> None:
+    """From review: whole messages a socket keeps waiting (invokes queued behind one
+    that waits, for an approval say) were bounded by the queue's length alone, 17
+    messages a socket. They count against the address's budget until their replies
+    are sent; past it an invoke is refused (the socket stays open)."""
+    node = make_node("wswaiting", http_port=0)
+    release = asyncio.Event()
+
+    @node.capability(id="test.hold")
+    async def hold(text: str) -> int:
+        await release.wait()
+        return len(text)
+
+    async with node:
+        port = node.http_port
+        table = table_of(node)
+        table.body_bytes, table.body_bytes_per_address = 96 * KIB, 64 * KIB
+        changes = Changes(table)
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with asyncio.timeout(20), connect(url, max_size=None) as ws:
+            sent = []
+            for i in range(1, 5):  # 20 KiB each: the fourth is past the 64 KiB
+                call = {"type": "invoke", "id": i, "capability": "test.hold",
+                        "parameters": {"text": "x" * 20 * KIB}}  # fmt: skip
+                sent.append(len(json.dumps(call)))
+                await ws.send(json.dumps(call))
+            refusal = json.loads(await ws.recv())
+            assert (refusal["id"], refusal["error"]["reason"]) == (4, "TOO_MANY_BODY_BYTES")
+            await changes.held("127.0.0.1", sum(sent[:3]))
+            release.set()
+            replies = [json.loads(await ws.recv()) for _ in range(3)]
+            assert [(r["id"], r["result"]) for r in replies] == [(i, 20 * KIB) for i in (1, 2, 3)]
+            await changes.until(lambda: table.body_held == 0)
     assert table.bodies == {}

@@ -25,7 +25,7 @@ tells the table whether it is idle as its requests come and go, and names itself
 its requests' scope (``CONNECTION``), where ``read_body`` finds the table's budget
 of body bytes in flight (``body_claim``). A connection upgraded to a WebSocket
 leaves the table: the WebSocket quota counts it from then, and the message it is
-receiving counts against the same budget (``on_upgrade``: ``http.MessageBudget``).
+receiving counts against the same budget (``on_upgrade``: ``_ws_budget``).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from aralnode.bridge._server import (
     protocol_class,
 )
 from aralnode.bridge._sockets import SocketQuota, refuse
+from aralnode.bridge._ws_budget import MessageBudget
 from aralnode.bridge.mcp import McpHttp, build_server, http_context
 from aralnode.bridge.mcp_local import LocalTools
 from aralnode.bridge.openapi import OpenApiBuilder, docs_page
@@ -90,104 +91,6 @@ class HttpLimits:
     ws_sockets: int = 1024
     ws_sockets_per_client: int = 16
     listing_requires_auth: bool = False
-
-
-# A fragment kept of a message being put together costs ~48 bytes besides its own
-# (its bytes object, its list slot): a message of 1-byte fragments holds ~48x its size.
-FRAGMENT_COST = 48
-# A socket past a budget is closed "try again later": the budget frees as messages
-# complete. (1009 would say its message is too large, and it is not.)
-TRY_AGAIN_LATER = 1013
-
-
-class MessageBudget(asyncio.Protocol):
-    """Counts the message a WebSocket is receiving against its address's and the
-    port's budgets of body bytes in flight (``ConnectionTable``), as a request
-    body is: the bytes of a frame not all come yet, and the fragments put together
-    so far (each message up to ``ws_max_size``). Without it, 16 sockets from one
-    address, each with a message that never ended, held +82 MiB.
-
-    It stands between the transport and the socket's protocol (``BoundedWebSocket``,
-    which keeps its message in uvicorn's and websockets' buffers), from the upgrade
-    on (``HeadLimits.on_upgrade``), and counts after each read what the socket holds
-    then: two lengths and a size; a message that came whole, nearly every one,
-    leaves nothing and takes nothing from the table. What it holds is given back as
-    messages complete and when the connection is lost, however it is lost. Past a
-    budget the socket is closed at once (``TRY_AGAIN_LATER``, with the refusal's
-    reason, ``TOO_MANY_BODY_BYTES``, on record) and keeps nothing; a socket alone in
-    its budget is never refused for its size, as a body is not."""
-
-    def __init__(
-        self,
-        ws: BoundedWebSocket,
-        address: str,
-        *,
-        table: ConnectionTable[Any],
-        on_refused: Callable[[AralError, str], None] | None = None,
-    ) -> None:
-        self.socket, self.address, self.on_refused = ws, address, on_refused
-        self.table: ConnectionTable[Any] | None = table  # None: counted no more
-        self.held = 0
-        ws.transport.set_protocol(self)
-        self._recount()
-
-    def data_received(self, data: bytes) -> None:
-        self.socket.data_received(data)
-        if self.table is not None:
-            self._recount()
-
-    def _recount(self) -> None:
-        ws, table = self.socket, self.table
-        conn = ws.conn  # (websockets 14 names what it put together ``cur_size``)
-        held = len(conn.reader.buffer) + (getattr(conn, "current_size", None) or 0)
-        held += getattr(conn, "cur_size", None) or 0
-        held += len(ws.frames) * FRAGMENT_COST
-        more = held - self.held
-        if more == 0 or table is None:
-            return
-        if more < 0:
-            table.give_body(self.address, -more)
-        elif (refusal := table.body_refusal(self.address, more, self.held)) is None:
-            table.take_body(self.address, more)
-        else:
-            self._refuse(refusal)
-            return
-        self.held = held
-
-    def _refuse(self, refusal: AralError) -> None:
-        """Close the socket as uvicorn does on a protocol error, keeping nothing."""
-        ws, reason = self.socket, refusal.reason or ""
-        if self.on_refused is not None:
-            client = ws.client
-            self.on_refused(refusal, join_host_port(*client) if client is not None else "")
-        self._give_back()
-        ws.frames = []
-        ws.conn.fail(TRY_AGAIN_LATER, reason)  # (its parser drops what it had read)
-        ws.transport.write(b"".join(ws.conn.data_to_send()))
-        if not ws.close_sent:  # (the application is told)
-            ws.close_sent = True
-            gone = {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER, "reason": reason}
-            ws.queue.put_nowait(gone)  # type: ignore[arg-type]
-        ws.transport.close()
-
-    def _give_back(self) -> None:
-        """Count no more; give back every byte held (once)."""
-        table, held, self.table, self.held = self.table, self.held, None, 0
-        if table is not None and held:
-            table.give_body(self.address, held)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._give_back()
-        self.socket.connection_lost(exc)
-
-    def eof_received(self) -> None:
-        self.socket.eof_received()  # (None: the transport closes, as it did)
-
-    def pause_writing(self) -> None:
-        self.socket.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.socket.resume_writing()
 
 
 class HttpBridge:

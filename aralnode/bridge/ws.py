@@ -63,6 +63,7 @@ from aralnode.bridge._sockets import (
     refuse,
     ws_error,
 )
+from aralnode.bridge._ws_budget import WS_BUDGET, MessageBudget
 from aralnode.bridge.targets import node_json
 from aralnode.bridge.ui import chosen_subprotocol
 from aralnode.core import codec
@@ -377,14 +378,14 @@ class WsDoor:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             while not conn.invokes.empty():
-                conn.invokes.get_nowait()
+                conn.release(conn.invokes.get_nowait()[2])
                 self.inflight.end()
 
     async def _invoker(self, conn: _Connection) -> None:
         """Runs the socket's invokes one after the other, while the socket keeps
         being read (so that a client that goes away is noticed at once)."""
         while True:
-            msg, ctx = await conn.invokes.get()
+            msg, ctx, size = await conn.invokes.get()
             try:
                 try:
                     reply = await self._invoke(msg, ctx)
@@ -392,6 +393,7 @@ class WsDoor:
                     reply = ws_error(exc, msg.get("id"), self.clock.now_ms(), ctx.trace_id)
                 await conn.reply(reply)
             finally:
+                conn.release(size)
                 self.inflight.end()
 
     def _reauthenticate(self, ws: WebSocket) -> None:
@@ -427,7 +429,7 @@ class WsDoor:
                 return await self._status(ctx)
             if kind == "invoke":
                 assert ctx is not None
-                conn.enqueue(msg, ctx)
+                conn.enqueue(msg, ctx, len(text))
                 self.inflight.begin()  # until its reply is sent (``_invoker``)
                 return None
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
@@ -539,30 +541,41 @@ class WsDoor:
 class _Connection(FeedSocket):
     """One client: its feed (``FeedSocket``), and the invokes waiting their turn."""
 
-    __slots__ = ("invokes",)
+    __slots__ = ("budget", "invokes")
 
     def __init__(
         self, ws: WebSocket, dropped_event: Callable[[int], dict[str, Any]], gate: SessionGate
     ) -> None:
         super().__init__(ws, dropped_event, gate)
-        self.invokes: asyncio.Queue[tuple[dict[str, Any], CallContext]] = asyncio.Queue(
+        self.invokes: asyncio.Queue[tuple[dict[str, Any], CallContext, int]] = asyncio.Queue(
             PENDING_INVOKES
         )
+        # The port's budget of body bytes, as the socket's address's (``_ws_budget``):
+        # an invoke's message counts against it until its reply is sent.
+        self.budget: MessageBudget | None = ws.scope.get(WS_BUDGET)
 
-    def enqueue(self, msg: dict[str, Any], ctx: CallContext) -> None:
-        """Queue an invoke for the socket's invoker.
+    def enqueue(self, msg: dict[str, Any], ctx: CallContext, size: int) -> None:
+        """Queue an invoke (its message ``size`` bytes) for the socket's invoker.
 
         Raises:
-            RateLimited: ``PENDING_INVOKES`` already wait.
+            RateLimited: ``PENDING_INVOKES`` already wait, or its address's budget of
+                body bytes has no room for it (``TOO_MANY_BODY_BYTES``).
         """
+        if self.budget is not None and (refusal := self.budget.hold(size)) is not None:
+            raise refusal
         try:
-            self.invokes.put_nowait((msg, ctx))
+            self.invokes.put_nowait((msg, ctx, size))
         except asyncio.QueueFull:
+            self.release(size)
             raise RateLimited(
                 f"{PENDING_INVOKES} invokes already wait on this socket",
                 reason="TOO_MANY_PENDING",
                 retry_after=0.05,
             ) from None
+
+    def release(self, size: int) -> None:
+        if self.budget is not None:
+            self.budget.release(size)
 
 
 __all__ = [
