@@ -39,6 +39,8 @@ def post_checks(holder: PolicyHolder, registry: CapabilityRegistry) -> list[Resp
         # A protobuf method's result is its message: nothing to check.
         return None if cap.message_handler is not None else cap.output_schema
 
+    # In this order: the scan refuses a result too deep or too large to check before
+    # the schema check (compiled: ``OutputSchema``) sees it.
     return [
         SensitiveData(post, holder.tier_of),
         OutputSchema(post, schema_of, holder.memory.flag),

@@ -477,3 +477,39 @@ def test_the_error_a_mismatch_reports_is_jsonschemas(mismatch: str) -> None:
     else:
         assert check.check(ctx, _action(), {"sum": 1}) == {"sum": 1}
         assert (ctx.flags, flagged) == (["post.schema_mismatch"], ["demo.sum"])
+
+
+async def deep() -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(MAX_DEPTH + 8):
+        nested = [nested]
+    return nested
+
+
+async def test_a_result_too_deep_to_scan_never_reaches_the_compiled_schema_check(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jsonschema-rs recurses natively (a result 50,000 deep under a recursive schema
+    crashes the process): the sensitive-data scan, which runs first, refuses a result
+    deeper than it checks, so the compiled check never gets one."""
+    node = make_node("deep", policy_file=policy(tmp_path, 'schema_mismatch = "flag"'))
+    node.capability(id="demo.deep")(deep)
+    recursive = {
+        "$ref": "#/$defs/n",
+        "$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
+    }
+    node.registry.get("demo.deep").output_schema.clear()
+    node.registry.get("demo.deep").output_schema.update(recursive)
+    checked: list[Any] = []
+    real = OutputSchema.check
+
+    def spy(self: OutputSchema, ctx: CallContext, action: Action, result: Any) -> Any:
+        checked.append(result)
+        return real(self, ctx, action, result)
+
+    monkeypatch.setattr(OutputSchema, "check", spy)
+    async with node:
+        with pytest.raises(AralError) as err:
+            await node.invoke("demo.deep", {}, ctx=_ctx("alice"))
+    assert err.value.reason == "RESULT_NOT_CHECKED"
+    assert checked == []

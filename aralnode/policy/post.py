@@ -434,7 +434,17 @@ class MessageFilter:
 
 class OutputSchema:
     """A response check: a result that breaks its capability's declared output
-    schema is flagged (``on_flag``: trust debt) or blocked."""
+    schema is flagged (``on_flag``: trust debt) or blocked.
+
+    A result is taken as valid when jsonschema-rs says so, else as ``jsonschema``
+    says. Where the two read a schema differently, the one that accepts decides:
+    a ``pattern`` is ECMA 262 to jsonschema-rs (as JSON Schema says) and Python's
+    ``re`` to ``jsonschema``; a float's ``multipleOf`` is exact to it (``0.3`` is a
+    multiple of ``0.1``); a tuple is an array, as it goes on the wire. It runs after
+    ``SensitiveData`` (``_governance``), whose scan refuses a result deeper than
+    ``MAX_DEPTH`` or larger than ``MAX_NODES``: jsonschema-rs, whose recursion is
+    native (a result 50,000 deep under a recursive schema crashes it), never gets
+    one."""
 
     def __init__(
         self,
