@@ -27,44 +27,17 @@ import pytest
 from websockets.asyncio.client import connect
 
 from aralnode import Node
-from aralnode.bridge._sockets import ConnectionTable
 from aralnode.bridge._ws_budget import FRAGMENT_COST
 from tests.conftest import recorded
+from tests.test_http_budgets import Changes as BodyChanges
+from tests.test_http_budgets import table_of
 
 KIB = 1024
 TEXT, CONT, CLOSE = 0x1, 0x0, 0x8
 
 
-def table_of(node: Node) -> ConnectionTable[Any]:
-    server = node._parts.http._server  # type: ignore[union-attr]
-    table = server.config.http_protocol_class.limits.connections
-    assert isinstance(table, ConnectionTable)
-    return table
-
-
-class Changes:
+class Changes(BodyChanges):
     """Wakes a waiter whenever the table's body budget changes (no polling)."""
-
-    def __init__(self, table: ConnectionTable[Any]) -> None:
-        self.table = table
-        self.changed = asyncio.Event()
-        take, give = table.take_body, table.give_body
-
-        def taken(address: str, size: int) -> None:
-            take(address, size)
-            self.changed.set()
-
-        def given(address: str, size: int) -> None:
-            give(address, size)
-            self.changed.set()
-
-        table.take_body, table.give_body = taken, given  # type: ignore[method-assign]
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
 
     async def held(self, address: str, size: int) -> None:
         """Until ``address`` holds exactly ``size`` bytes."""
