@@ -245,15 +245,17 @@ async def test_invokes_waiting_on_a_socket_count_against_its_address(
         async with asyncio.timeout(20), connect(url, max_size=None) as ws:
             sent = []
             for i in range(1, 5):  # 20 KiB each: the fourth is past the 64 KiB
+                # (10 Ki characters of 2 bytes: the budget counts bytes, not characters)
                 call = {"type": "invoke", "id": i, "capability": "test.hold",
-                        "parameters": {"text": "x" * 20 * KIB}}  # fmt: skip
-                sent.append(len(json.dumps(call)))
-                await ws.send(json.dumps(call))
+                        "parameters": {"text": "\u00e9" * 10 * KIB}}  # fmt: skip
+                text = json.dumps(call, ensure_ascii=False)
+                sent.append(len(text.encode()))
+                await ws.send(text)
             refusal = json.loads(await ws.recv())
             assert (refusal["id"], refusal["error"]["reason"]) == (4, "TOO_MANY_BODY_BYTES")
             await changes.held("127.0.0.1", sum(sent[:3]))
             release.set()
             replies = [json.loads(await ws.recv()) for _ in range(3)]
-            assert [(r["id"], r["result"]) for r in replies] == [(i, 20 * KIB) for i in (1, 2, 3)]
+            assert [(r["id"], r["result"]) for r in replies] == [(i, 10 * KIB) for i in (1, 2, 3)]
             await changes.until(lambda: table.body_held == 0)
     assert table.bodies == {}

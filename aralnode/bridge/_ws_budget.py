@@ -42,6 +42,13 @@ TRY_AGAIN_LATER = 1013
 WS_BUDGET = "aral.ws_budget"
 
 
+def wire_size(text: str) -> int:
+    """A text message's bytes on the wire (UTF-8), which the budgets count: its length
+    when it is ASCII (most are; no copy made), else its encoding's -- a character
+    is up to 4 bytes, so counting characters let such messages hold 4x their share."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _assembled(conn: Any) -> int:
     """Bytes of the message websockets is putting together (``current_size``;
     websockets 14 calls it ``cur_size``)."""

@@ -63,7 +63,7 @@ from aralnode.bridge._sockets import (
     refuse,
     ws_error,
 )
-from aralnode.bridge._ws_budget import WS_BUDGET, MessageBudget
+from aralnode.bridge._ws_budget import WS_BUDGET, MessageBudget, wire_size
 from aralnode.bridge.targets import node_json
 from aralnode.bridge.ui import chosen_subprotocol
 from aralnode.core import codec
@@ -429,7 +429,7 @@ class WsDoor:
                 return await self._status(ctx)
             if kind == "invoke":
                 assert ctx is not None
-                conn.enqueue(msg, ctx, len(text))
+                conn.enqueue(msg, ctx, wire_size(text))
                 self.inflight.begin()  # until its reply is sent (``_invoker``)
                 return None
             raise InvalidRequest(f"unknown message type {kind!r}", reason="UNKNOWN_TYPE")
