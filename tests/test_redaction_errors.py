@@ -264,6 +264,13 @@ class LeakyLibrary(GrpcStyleLibrary):
         if request.shelf == "raise-after-set-code":
             context.set_code(grpc.StatusCode.PERMISSION_DENIED)
             raise LookupError(f"a private shelf, token {GH}")
+        if request.shelf in ("trailers", "abort-trailers"):  # secrets in its own trailers
+            trailers = (("x-api-key", "k-12345"), ("x-note", f"key {AWS}"),
+                        ("x-token-bin", GH.encode()), ("x-shelf", "top"))  # fmt: skip
+            if request.shelf == "abort-trailers":
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no book", trailers)
+            context.set_trailing_metadata(trailers)
+            return lib.Book(shelf=request.shelf, title="with trailers")
         return await super().GetBook(request, context)
 
     async def WatchShelf(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -300,6 +307,37 @@ async def test_a_servicer_status_leaves_redacted_on_every_door(
     async with servicer_doors(make_node, policy(tmp_path)) as doors:
         answers = {name: await call(doors, GET, params) for name, call in doors_of.items()}
     assert_redacted(answers, mark)
+
+
+async def test_a_servicers_own_trailers_leave_redacted(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """From a re-read of the left-open list: the trailing metadata a servicer set
+    itself left as it was, beside an answer or on its own status. A secret's name
+    (``x-api-key``) or a detector's match in a text value is redacted; a binary value
+    with one in it is dropped (a replacement would corrupt it); the rest stands."""
+    node = make_node("f5-trailers", policy_file=policy(tmp_path))
+    node.add_service(LeakyLibrary(), lib)
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        get = channel.unary_unary(
+            "/library.v1.Library/GetBook",
+            request_serializer=lib.GetBookRequest.SerializeToString,
+            response_deserializer=lib.Book.FromString,
+        )
+        call = get(lib.GetBookRequest(shelf="trailers", book_id=7), timeout=10)
+        assert (await call).title == "with trailers"
+        answered = list(await call.trailing_metadata() or ())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await get(lib.GetBookRequest(shelf="abort-trailers", book_id=7), timeout=10)
+    refused = list(err.value.trailing_metadata() or ())
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for trailers in (answered, refused):
+        seen = dict(trailers)
+        assert seen["x-shelf"] == "top"
+        assert seen["x-note"] == "key [REDACTED:aws_access_key]"
+        assert seen["x-api-key"].startswith("[REDACTED:")
+        assert "x-token-bin" not in seen
+        assert_redacted({"trailers": str(trailers)}, "[REDACTED:")
 
 
 async def test_a_stream_that_fails_after_an_item_leaves_redacted(

@@ -16,7 +16,9 @@ An error leaves through the same detectors (``SensitiveData.scrub``): its messag
 (a servicer's status details among them), reason and details are redacted in place
 before the pipeline records and raises it, so no door sends, and no audit record
 keeps, what a result could not carry. An error cannot wait for an approver: it is
-redacted whatever the caller's tier says, unless that is ``ok``.
+redacted whatever the caller's tier says, unless that is ``ok``. So is the trailing
+metadata a user's gRPC servicer sets (``SensitiveData.trailers``, ``scrub_metadata``),
+on a status it ends with or beside an answer.
 
 A field is a secret's by its name (``secret_field``): one of ``SECRET_KEYS``, a name
 that ends like one (``SECRET_ENDINGS``: ``db_password``, ``secretKey``,
@@ -337,6 +339,33 @@ def _norm(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
 
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def scrub_metadata(scanner: Scanner, pairs: Metadata) -> tuple[Metadata, list[str]]:
+    """gRPC metadata (a servicer's trailers) with what the detectors find taken out,
+    and the detectors that fired. Each pair is seen as an object of one field, so a
+    secret's name (``x-api-key``) is caught as a field's is. A text value is redacted;
+    a binary one (``-bin``: a rich status among them) is read as UTF-8 and, if
+    anything fires in it, dropped -- a replacement inside would corrupt it -- as is a
+    value past the scanning budget (fail closed)."""
+    kept: list[tuple[str, str | bytes]] = []
+    fired: list[str] = []
+    for key, value in pairs:
+        text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+        try:
+            seen, more = scanner.scan({key: text})
+        except AralError:
+            seen, more = None, ["unscanned"]
+        if not more:
+            kept.append((key, value))
+            continue
+        fired += more
+        if seen is not None and isinstance(value, str):
+            kept.append((key, seen[key]))
+    return tuple(kept), fired
+
+
 class SensitiveData:
     """A response check (``service.stages.ResponseCheck``): redact, escalate,
     block or pass a result with sensitive data, by the caller's tier."""
@@ -401,14 +430,32 @@ class SensitiveData:
             except AralError:  # past the budget (details are bounded): dropped, not passed
                 details, more = {}, ["unscanned"]
             fired += more
+        trailers: Metadata | None = None
+        if error.trailing_metadata:  # (a servicer's own status: its trailers go with it)
+            trailers, more = scrub_metadata(scanner, error.trailing_metadata)
+            fired += more
         if not (fired or in_reason) or self._decide(policy, action()) == "ok":
             return
+        if trailers is not None:
+            error.trailing_metadata = trailers
         error.message = bounded_text(message, MAX_MESSAGE_BYTES)
         error.args = (error.message,)
         error.details = bounded_details(details) if details else {}
         if in_reason:
             error.reason = type(error).default_reason
         ctx.flags.extend(f"post.redacted:{n}" for n in sorted({*fired, *in_reason}))
+
+    def trailers(self, ctx: CallContext, action: Callable[[], Action]) -> None:
+        """Redact the trailing metadata a servicer set (``ctx.trailers``) before its
+        call ends (``scrub_metadata``): like an error, it cannot wait for an approver,
+        so it is redacted whatever the caller's tier says, unless ``ok``."""
+        policy = self._policy()
+        if policy is None:
+            return
+        trailers, fired = scrub_metadata(self._scanner_for(policy), ctx.trailers)
+        if fired and self._decide(policy, action()) != "ok":
+            ctx.trailers = trailers
+            ctx.flags.extend(f"post.redacted:{n}" for n in sorted(set(fired)))
 
     def _decide(self, policy: PostPolicy, action: Action) -> str:
         return policy.action_for(self._tier_of(action))

@@ -560,6 +560,9 @@ class Pipeline:
         audit = stages.audit
         if error is None:
             stages.counters[_OK_KEYS.get(target.kind) or target.ok_key] += 1
+            if ctx.trailers:  # a servicer's own trailers leave as its answer does
+                peer = target.peer or ctx.peer
+                stages.post_check.scrub(ctx, None, target.direction, target.id, peer)
             if audit.log is not None or audit.sinks:
                 now = self.clock.monotonic() if ctx.started else 0.0
                 return audit(

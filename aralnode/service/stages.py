@@ -498,14 +498,17 @@ class PostCheck:
         return result
 
     def scrub(
-        self, ctx: CallContext, error: AralError, direction: Direction, action_id: str, peer: str
-    ) -> None:
+        self, ctx: CallContext, error: AralError | None, direction: Direction, action_id: str,
+        peer: str,
+    ) -> None:  # fmt: skip
         """Let each check with a ``scrub(ctx, error, action)`` method (``policy.post.
         SensitiveData``) redact ``error`` in place: the pipeline calls it on every
-        error it records and raises, whatever the door (which encodes that error).
-        ``action()`` makes the call's ``Action`` for a check that needs the caller's
-        tier. A check that breaks leaves the error without its message and details
-        (fail closed: what could not be checked does not leave)."""
+        error it records and raises, whatever the door (which encodes that one);
+        with no error, ``trailers(ctx, action)``: a servicer's trailing metadata, as a
+        call that succeeded ends. ``action()`` makes the call's ``Action`` for a check
+        that needs the caller's tier. A check that breaks leaves the error without its
+        message and details, the call without trailers (fail closed: what could not be
+        checked does not leave)."""
         if not self.checks:
             return
 
@@ -516,15 +519,18 @@ class PostCheck:
             )  # fmt: skip
 
         for check in self.checks:
-            if (scrub := getattr(check, "scrub", None)) is None:
+            name = "trailers" if error is None else "scrub"
+            if (scrub := getattr(check, name, None)) is None:
                 continue
             try:
-                scrub(ctx, error, action)
+                scrub(ctx, action) if error is None else scrub(ctx, error, action)
             except Exception:
-                log.exception("the error of %s could not be checked", action_id)
-                error.message = "the error could not be checked for sensitive data"
-                error.args, error.details = (error.message,), {}
-                error.reason = type(error).default_reason
+                log.exception("the error or trailers of %s could not be checked", action_id)
+                ctx.trailers = ()
+                if error is not None:
+                    error.message = "the error could not be checked for sensitive data"
+                    error.args, error.details = (error.message,), {}
+                    error.reason, error.trailing_metadata = type(error).default_reason, ()
 
 
 @dataclass(slots=True)
