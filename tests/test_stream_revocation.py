@@ -34,6 +34,7 @@ from aralnode.bridge._mcp_sessions import SessionQuota
 from aralnode.core.clock import FixedClock
 from tests.conftest import recorded
 from tests.test_a2a import ask, client_for, events, final_task
+from tests.test_halts_inflight import LIBRARY, Gated
 from tests.test_jwt import AUDIENCE, ISSUER, Signer, bearer, jwt_node, write_jwks
 from tests.test_sessions import on, open_session
 
@@ -255,3 +256,63 @@ async def test_an_idle_a2a_grpc_subscription_ends_when_its_token_expires(
             call.cancel()
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert subscription_records(seen) == [("unauthorized", "TOKEN_EXPIRED")]
+
+
+# -- every door's server streams, in the pipeline ----------------------------------------
+
+
+@pytest.mark.parametrize("door", ["grpc", "rest"])
+async def test_a_server_stream_ends_once_its_key_is_revoked(
+    make_node: Callable[..., Node], door: str
+) -> None:
+    """From stop 45's list: REST's NDJSON and a user's gRPC server stream (every
+    door's, through ``Pipeline.stream``) went on sending items after the caller's key
+    was revoked. The pipeline asks the credentials again before an item, at most once
+    a second of its clock: the next item is not sent, the refusal is on record."""
+    servicer = Gated()
+    servicer.more = asyncio.Event()
+    node = make_node(f"stream-revoked-{door}", http_port=0)
+    node.add_service(servicer, LIBRARY.lib)
+    async with node:
+        store = ApiKeyStore(node.config.apikeys_path)
+        key, record = store.create("reader", scopes=SCOPES)
+        clock = FixedClock()
+        node.pipeline.clock = clock  # the streams' own clock, moved here
+        seen = recorded(node)
+        titles: list[str] = []
+
+        def revoke() -> None:
+            store.revoke(record.id)
+            clock.advance(RECHECK_SECONDS)
+            servicer.more.set()  # the next book is ready: it is not sent
+
+        async with asyncio.timeout(10):
+            if door == "grpc":
+                async with grpc.aio.insecure_channel(node.address) as channel:
+                    watch = channel.unary_stream(
+                        "/library.v1.Library/WatchShelf",
+                        request_serializer=lambda m: m.SerializeToString(),
+                        response_deserializer=LIBRARY.lib.Book.FromString,
+                    )
+                    call = watch(LIBRARY.lib.WatchShelfRequest(shelf="sci"),
+                                 metadata=[("x-api-key", key)])  # fmt: skip
+                    titles.append((await call.read()).title)
+                    revoke()
+                    with pytest.raises(grpc.aio.AioRpcError) as ended:
+                        await call.read()
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            else:
+                base = f"http://127.0.0.1:{node.http_port}"
+                async with (
+                    httpx.AsyncClient(base_url=base) as http,
+                    http.stream("GET", "/v1/shelves/sci/books:watch",
+                                headers={"x-api-key": key}) as got,  # fmt: skip
+                ):
+                    lines = got.aiter_lines()
+                    titles.append(json.loads(await anext(lines))["title"])
+                    revoke()
+                    rest = [json.loads(line) async for line in lines if line]
+                assert [r["error"]["reason"] for r in rest] == ["API_KEY_REVOKED"]
+    assert titles == ["book 1"]
+    refusals = [(r.action, r.outcome, r.reason) for r in seen if r.outcome != "ok"]
+    assert refusals == [("library.v1.Library/WatchShelf", "unauthorized", "API_KEY_REVOKED")]

@@ -41,18 +41,12 @@ from aralnode.core.clock import Clock
 from aralnode.core.errors import AralError, InternalError, Unauthenticated
 from aralnode.service.approvals import Approval
 from aralnode.service.halts import Halts
+from aralnode.service.recheck import RECHECK_SECONDS, UNDECIDED_SECONDS, Recheck
 
 log = get_logger("aralnode.ws")
 QUEUE_SIZE = 256  # events a subscriber's queue holds; more are dropped, and counted
 # The close reason of a socket past its lifetime (on every path that closes it).
 SESSION_EXPIRED = "session expired"
-# A socket's credentials are authenticated again before its events at most this
-# often (seconds): a busy feed costs a token-cache lookup a second, not one an event.
-RECHECK_SECONDS = 1.0
-# A credential being checked with its issuer (an introspection answer aged out of
-# the cache, a rotated key set being fetched) is undecided, not refused: the stream
-# goes on, asked again each second, for this long in a row at most.
-UNDECIDED_SECONDS = 30.0
 POLICY_VIOLATION = 1008  # close codes (RFC 6455): a refusal; one with a retry hint
 TRY_AGAIN_LATER = 1013
 _PRINCIPAL_KEY = "principal:"
@@ -98,7 +92,7 @@ class SessionGate:
     being checked with its issuer (``Unauthenticated`` with a retry hint) is no
     refusal yet, for ``UNDECIDED_SECONDS`` in a row."""
 
-    __slots__ = ("_authenticate", "_checked", "_undecided", "clock", "expires", "expiry")
+    __slots__ = ("_recheck", "clock", "expires", "expiry")
 
     def __init__(
         self,
@@ -111,9 +105,7 @@ class SessionGate:
         self.clock = clock
         self.expires = None if ttl is None else clock.monotonic() + ttl
         self.expiry = expiry
-        self._authenticate = authenticate
-        self._checked = -math.inf  # the first event is checked, whenever it comes
-        self._undecided: float | None = None  # since when the checks have been undecided
+        self._recheck = Recheck(clock, authenticate)  # the first event is checked
 
     def remaining(self) -> float | None:
         """Seconds until the session ends (``None``: it does not)."""
@@ -127,23 +119,11 @@ class SessionGate:
 
     def failure(self) -> AralError | None:
         """Why no more events may be sent (``None``: they may): the lifetime's end,
-        or the refusal of the credentials (asked at most once a ``RECHECK_SECONDS``)."""
-        now = self.clock.monotonic()
-        if self.expires is not None and now >= self.expires:
+        or the refusal of the credentials (``Recheck``: asked at most once a
+        ``RECHECK_SECONDS``, undecided for ``UNDECIDED_SECONDS`` at most)."""
+        if self.expires is not None and self.clock.monotonic() >= self.expires:
             return self.lifetime_over()
-        if now - self._checked < RECHECK_SECONDS:
-            return None
-        self._checked = now
-        try:
-            self._authenticate()
-        except AralError as exc:
-            if isinstance(exc, Unauthenticated) and exc.retry_after is not None:
-                since = self._undecided = now if self._undecided is None else self._undecided
-                if now - since < UNDECIDED_SECONDS:  # (being checked: ``UNDECIDED_SECONDS``)
-                    return None
-            return exc
-        self._undecided = None
-        return None
+        return self._recheck.failure()
 
     def refusal(self) -> tuple[int, str] | None:
         """Why the socket must be closed rather than sent an event: the close code and
@@ -408,6 +388,7 @@ def follow_approvals(hub: _Hub, subscribers: Set[Subscriber]) -> Callable[[], No
 __all__ = [
     "POLICY_VIOLATION",
     "QUEUE_SIZE",
+    "RECHECK_SECONDS",
     "SESSION_EXPIRED",
     "UNDECIDED_SECONDS",
     "FeedSocket",

@@ -67,6 +67,7 @@ from aralnode.core.governance import (
     enforce,
 )
 from aralnode.service.auth import INVOKE_SCOPES
+from aralnode.service.recheck import StreamWatch
 from aralnode.service.stages import Stages, VerdictListener
 from aralnode.service.values import json_params, json_result
 
@@ -302,10 +303,9 @@ class Pipeline:
             if st.audit.log is not None:  # no item leaves before the stream is on record
                 self._begin(ctx, params, message)
                 await st.audit.durable(st.audit(ctx, method_id, _INVOKE, ctx.peer, None, _PRE))
-            checked = self._checked
+            checked, watch = self._checked, StreamWatch(st.authenticate, ctx, self.clock)
             async for item in start(value):
-                if halts := st.authenticate.halts:  # a halt ends what it finds open
-                    halts.check(ctx)
+                watch()  # a halt, or credentials that no longer hold, end it
                 yield await checked(ctx, action, item) if st.post_check.checks else item
         except AralError as exc:
             self._ended(ctx, target, exc)
