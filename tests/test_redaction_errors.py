@@ -266,7 +266,8 @@ class LeakyLibrary(GrpcStyleLibrary):
             raise LookupError(f"a private shelf, token {GH}")
         if request.shelf in ("trailers", "abort-trailers"):  # secrets in its own trailers
             trailers = (("x-api-key", "k-12345"), ("x-note", f"key {AWS}"),
-                        ("x-token-bin", GH.encode()), ("x-shelf", "top"))  # fmt: skip
+                        ("x-token-bin", GH.encode()), (f"x-{GH}", "named"),
+                        ("x-shelf", "top"))  # fmt: skip
             if request.shelf == "abort-trailers":
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no book", trailers)
             context.set_trailing_metadata(trailers)
@@ -315,7 +316,8 @@ async def test_a_servicers_own_trailers_leave_redacted(
     """From a re-read of the left-open list: the trailing metadata a servicer set
     itself left as it was, beside an answer or on its own status. A secret's name
     (``x-api-key``) or a detector's match in a text value is redacted; a binary value
-    with one in it is dropped (a replacement would corrupt it); the rest stands."""
+    with one in it, or a pair whose name holds one, is dropped (a replacement would
+    corrupt it); the rest stands."""
     node = make_node("f5-trailers", policy_file=policy(tmp_path))
     node.add_service(LeakyLibrary(), lib)
     async with node, grpc.aio.insecure_channel(node.address) as channel:
@@ -337,6 +339,7 @@ async def test_a_servicers_own_trailers_leave_redacted(
         assert seen["x-note"] == "key [REDACTED:aws_access_key]"
         assert seen["x-api-key"].startswith("[REDACTED:")
         assert "x-token-bin" not in seen
+        assert len(seen) == 3  # x-api-key, x-note, x-shelf
         assert_redacted({"trailers": str(trailers)}, "[REDACTED:")
 
 

@@ -348,7 +348,7 @@ def scrub_metadata(scanner: Scanner, pairs: Metadata) -> tuple[Metadata, list[st
     secret's name (``x-api-key``) is caught as a field's is. A text value is redacted;
     a binary one (``-bin``: a rich status among them) is read as UTF-8 and, if
     anything fires in it, dropped -- a replacement inside would corrupt it -- as is a
-    value past the scanning budget (fail closed)."""
+    pair whose name holds a match, or a value past the scanning budget (fail closed)."""
     kept: list[tuple[str, str | bytes]] = []
     fired: list[str] = []
     for key, value in pairs:
@@ -361,7 +361,8 @@ def scrub_metadata(scanner: Scanner, pairs: Metadata) -> tuple[Metadata, list[st
             kept.append((key, value))
             continue
         fired += more
-        if seen is not None and isinstance(value, str):
+        # (a binary value, a key with a match in it, a value past the budget: dropped)
+        if seen is not None and key in seen and isinstance(value, str):
             kept.append((key, seen[key]))
     return tuple(kept), fired
 

@@ -6,13 +6,22 @@ pipeline's first stage again, at most once every ``RECHECK_SECONDS`` of its cloc
 before the next thing is sent: a busy stream costs a token-cache lookup a second,
 not one an item. A credential still being checked with its issuer (``Unauthenticated``
 with a retry hint: an introspection answer aged out of the cache, a rotated key set
-being fetched) is undecided, not refused, for ``UNDECIDED_SECONDS`` in a row.
+being fetched) is undecided, not refused, for ``UNDECIDED_SECONDS`` in a row; so is
+one that could not be asked because its address is held back for others' failed
+credentials (``RATE_LIMIT_AUTH_FAILURES``): no verdict on it, and a client behind
+the same address should not lose its stream to another's guesses. Past that, the
+refusal stands (a caller cannot keep a revoked key's stream open by keeping its own
+address held back).
 
-``StreamWatch`` is what ``Pipeline.stream`` runs before each item of every door's
-server stream (REST's SSE and NDJSON, a user's gRPC method, the MCP and A2A doors'
-calls): a halt ends the stream, and so do its caller's credentials once they no
-longer hold. The doors' own long-lived streams (a WebSocket, an MCP GET stream, an
-A2A subscription) hold a ``Recheck`` in their gate (``bridge._approvals_feed``).
+``StreamWatch`` is what ``Pipeline.stream`` runs before each item of every server
+stream (REST's SSE and NDJSON, a user's server-streaming or bidi gRPC method on any
+door, a governed A2A stream): a halt ends the stream, and so do its caller's
+credentials once they no longer hold. The credentials are decided again in a
+context holding only what the caller presented (``afresh``): an ``Authenticator``
+of a program's own that reads more of the context is asked with less. The doors'
+own long-lived streams (a WebSocket, an MCP GET stream, an A2A subscription) hold a
+``Recheck`` in their gate (``bridge._approvals_feed``); a governed A2A stream is
+held to both (two checks a second: cheap, and each door's refusal its own).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from collections.abc import Callable
 
 from aralnode.core.clock import Clock
 from aralnode.core.context import CallContext
-from aralnode.core.errors import AralError, Unauthenticated
+from aralnode.core.errors import AralError
 from aralnode.service.stages import Authenticate
 
 # The credentials are authenticated again at most this often (seconds).
@@ -58,7 +67,7 @@ class Recheck:
         try:
             self._authenticate()
         except AralError as exc:
-            if isinstance(exc, Unauthenticated) and exc.retry_after is not None:
+            if exc.retry_after is not None:  # (no verdict: see the module docstring)
                 since = self._undecided = now if self._undecided is None else self._undecided
                 if now - since < UNDECIDED_SECONDS:
                     return None
