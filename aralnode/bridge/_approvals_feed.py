@@ -88,9 +88,10 @@ class SessionGate:
     ``authenticate`` (which raises the refusal) passes for its opening's credentials,
     asked again at most once every ``RECHECK_SECONDS``. Constant memory and no task
     of its own: the socket's sender waits ``remaining()`` at most. Past its lifetime
-    its refusal is ``Unauthenticated`` with reason ``expiry``. A credential still
-    being checked with its issuer (``Unauthenticated`` with a retry hint) is no
-    refusal yet, for ``UNDECIDED_SECONDS`` in a row."""
+    its refusal is ``Unauthenticated`` with reason ``expiry``. A refusal with a retry
+    hint (a credential still being checked with its issuer, an address held back for
+    failed credentials: no verdict on this one) is no refusal yet, for
+    ``UNDECIDED_SECONDS`` in a row (``service.recheck.Recheck``)."""
 
     __slots__ = ("_recheck", "clock", "expires", "expiry")
 
