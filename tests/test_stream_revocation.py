@@ -31,7 +31,12 @@ from aralnode import Node
 from aralnode.access.apikeys import ApiKeyStore
 from aralnode.bridge._approvals_feed import RECHECK_SECONDS
 from aralnode.bridge._mcp_sessions import SessionQuota
+from aralnode.core.capabilities import CapabilityRegistry
 from aralnode.core.clock import FixedClock
+from aralnode.core.context import CallContext, Credentials
+from aralnode.service.auth import Authenticated
+from aralnode.service.pipeline import Pipeline
+from aralnode.service.stages import Stages
 from tests.conftest import recorded
 from tests.test_a2a import ask, client_for, events, final_task
 from tests.test_halts_inflight import LIBRARY, Gated
@@ -316,3 +321,29 @@ async def test_a_server_stream_ends_once_its_key_is_revoked(
     assert titles == ["book 1"]
     refusals = [(r.action, r.outcome, r.reason) for r in seen if r.outcome != "ok"]
     assert refusals == [("library.v1.Library/WatchShelf", "unauthorized", "API_KEY_REVOKED")]
+
+
+async def test_a_stream_is_not_asked_again_as_soon_as_it_is_admitted() -> None:
+    """From a re-read: the recheck asked the first stage at the stream's first item,
+    a moment after the same stage admitted it (an API key's file looked at twice a
+    stream). Its credentials are asked again once a second has passed since."""
+    asked: list[str] = []
+
+    class Counting:
+        def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+            asked.append(ctx.door)
+            return Authenticated(caller="reader")
+
+    clock = FixedClock()
+    pipeline = Pipeline(CapabilityRegistry(), Stages.default(authenticator=Counting()), clock)
+
+    async def books(_: Any) -> AsyncIterator[int]:
+        for n in (1, 2, 3):
+            yield n
+
+    items = []
+    stream = pipeline.stream(CallContext(door="rest", credentials=Credentials()), "x.y", {}, books)
+    async for item in stream:
+        items.append((item, len(asked)))
+        clock.advance(RECHECK_SECONDS / 2)
+    assert items == [(1, 1), (2, 1), (3, 2)]  # admitted; within the second; past it

@@ -281,6 +281,7 @@ class Pipeline:
         ``message``: the request message, rebuilt if a nudge replaced it)."""
         st = self.stages
         target = Target(method_id, _INVOKE, risk, scopes, "", "stream")
+        watch = StreamWatch(st.authenticate, ctx, self.clock)  # (authenticated now)
         try:
             st.authenticate(ctx)
             st.authorize(ctx, scopes, method_id)
@@ -303,7 +304,7 @@ class Pipeline:
             if st.audit.log is not None:  # no item leaves before the stream is on record
                 self._begin(ctx, params, message)
                 await st.audit.durable(st.audit(ctx, method_id, _INVOKE, ctx.peer, None, _PRE))
-            checked, watch = self._checked, StreamWatch(st.authenticate, ctx, self.clock)
+            checked = self._checked
             async for item in start(value):
                 watch()  # a halt, or credentials that no longer hold, end it
                 yield await checked(ctx, action, item) if st.post_check.checks else item

@@ -46,14 +46,17 @@ _FIXED_DOORS = frozenset({"local", "channel"})
 
 class Recheck:
     """``authenticate`` (which raises the refusal) asked again, at most once a
-    ``RECHECK_SECONDS`` of ``clock``; the first ``failure()`` asks at once."""
+    ``RECHECK_SECONDS`` of ``clock``; the first ``failure()`` asks at once, unless
+    ``checked`` says when the credentials were last decided."""
 
     __slots__ = ("_authenticate", "_checked", "_undecided", "clock")
 
-    def __init__(self, clock: Clock, authenticate: Callable[[], None]) -> None:
+    def __init__(
+        self, clock: Clock, authenticate: Callable[[], None], checked: float = -math.inf
+    ) -> None:
         self.clock = clock
         self._authenticate = authenticate
-        self._checked = -math.inf
+        self._checked = checked
         self._undecided: float | None = None  # since when the checks have been undecided
 
     def failure(self) -> AralError | None:
@@ -88,7 +91,9 @@ def afresh(ctx: CallContext) -> CallContext:
 class StreamWatch:
     """Run before each item of a stream (``Pipeline.stream``): raises the halt that
     now covers its caller, or the refusal of its credentials asked again
-    (``Recheck``: not for the program's own calls or a channel's)."""
+    (``Recheck``: not for the program's own calls or a channel's). Made as the
+    stream's first stage decides its caller: the first item within the second is
+    not asked again (after an approval that took longer, it is)."""
 
     __slots__ = ("ctx", "recheck", "stage")
 
@@ -97,7 +102,9 @@ class StreamWatch:
         self.ctx = ctx
         shown = ctx.credentials
         fixed = ctx.door in _FIXED_DOORS or shown is None or shown.local or shown.given
-        self.recheck = None if fixed else Recheck(clock, lambda: stage(afresh(ctx)))
+        self.recheck: Recheck | None = None
+        if not fixed:  # (decided as it is made: its first item is not asked again)
+            self.recheck = Recheck(clock, lambda: stage(afresh(ctx)), clock.monotonic())
 
     def __call__(self) -> None:
         if halts := self.stage.halts:  # a halt ends what it finds open

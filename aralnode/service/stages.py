@@ -525,7 +525,7 @@ class PostCheck:
             try:
                 scrub(ctx, action) if error is None else scrub(ctx, error, action)
             except Exception:
-                log.exception("the error or trailers of %s could not be checked", action_id)
+                log.exception("the error or trailers of %.200r could not be checked", action_id)
                 ctx.trailers = ()
                 if error is not None:
                     error.message = "the error could not be checked for sensitive data"
