@@ -4,6 +4,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard protos/aral/v1/*.proto)
+# Bytecode is cached (__pycache__/, ignored by git) even where the environment says
+# not to: the suite starts some hundreds of Python processes (the CLI, nodes), and
+# each compiling the package from source took 0.5 s more (README, "Make targets").
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help venv browser etcd mcp-conformance run test test-min gen gen-check lint typecheck check bench clean
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from aralnode.config import NodeConfig
 from aralnode.core import codec
-from aralnode.node import Node
 
 
 def add_call_flags(call: argparse.ArgumentParser) -> None:
@@ -41,6 +40,8 @@ async def call(ns: argparse.Namespace) -> Any:
         raise ValueError(f"JSON_PARAMS is not valid JSON: {exc}") from None
     if ns.audit and ns.data_dir is None:
         raise ValueError("--audit needs --data-dir: the log is kept there")
+    from aralnode.node import Node  # noqa: PLC0415 - not for every command (cli.py's run)
+
     with tempfile.TemporaryDirectory(prefix="aralnode-a2a-") as scratch:
         config = NodeConfig(
             name="aralnode-cli",

@@ -322,6 +322,21 @@ def test_core_module_pulls_in_no_io_library(module: str) -> None:
     assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
 
 
+def test_the_cli_starts_without_a_node_or_the_cel_repl() -> None:
+    """A command that does not run a node does not load one (`run` imports it), nor
+    the ``cel`` package (it loads its own REPL: typer, prompt_toolkit, rich) before a
+    condition is compiled: about half of every command's start."""
+    code = (
+        "import sys, aralnode.cli\n"
+        "print(','.join(sorted(m for m in sys.modules\n"
+        "    if m == 'aralnode.node' or m.split('.')[0] in ('cel', 'prompt_toolkit'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
+
+
 def test_only_proto_module_imports_generated_code() -> None:
     modules = our_modules()
     offenders = [

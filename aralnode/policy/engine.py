@@ -195,7 +195,9 @@ class PolicyEvaluator:
         self._naming = ""  # the judged call's naming peer (set by evaluate for the getters)
         self._tiers: dict[tuple[str, str, frozenset[str], bool], int] = {}
         self._categories: dict[tuple[str, str], str] = {}
-        self._cel = new_context()  # reused: one evaluation at a time, on the loop
+        # Reused: one evaluation at a time, on the loop; none where no rule has a condition.
+        conditions = any(r.condition for r in self._rules)
+        self._cel: Any = new_context() if conditions else None
         self._uses_rate = any(r.condition and "rate" in r.condition.variables for r in self._rules)
         collusion = policy.collusion
         self._rapid = collusion.rapid_exchange or None

@@ -11,9 +11,8 @@ of the Rust ``cel`` interpreter: about 1 µs for a simple comparison.
 from __future__ import annotations
 
 import re
+from types import ModuleType
 from typing import Any
-
-import cel
 
 # What a condition may read (docs/governance.md lists their meaning).
 VARIABLES = frozenset({
@@ -117,6 +116,15 @@ def params_fields(source: str) -> tuple[str, ...] | None:
     return tuple(sorted(fields))
 
 
+def _binding() -> ModuleType:
+    """The ``cel`` package, loaded with the first condition: it loads its own
+    command line's REPL too (typer, prompt_toolkit, rich: about a quarter of a second
+    a process), which the CLI and a node whose policy has no condition need not pay."""
+    import cel  # noqa: PLC0415 - see above
+
+    return cel
+
+
 class Condition:
     """A compiled CEL condition, the variables it reads and, when it reads the
     parameters only by field, which (``params_fields``)."""
@@ -125,7 +133,7 @@ class Condition:
 
     def __init__(self, source: str) -> None:
         try:
-            self._program = cel.compile(source)
+            self._program = _binding().compile(source)
         except Exception as exc:  # the binding raises ValueError; be sure
             raise ValueError(str(exc).splitlines()[0]) from None
         self.source = source
@@ -144,7 +152,7 @@ def new_context() -> Any:
     """A CEL context to set one evaluation's variables into, once each (a value
     crosses into the interpreter once per call however many rules read it). Not
     thread-safe: one per evaluator, on the event loop."""
-    return cel.Context()
+    return _binding().Context()
 
 
 def compile_condition(source: str) -> Condition:
