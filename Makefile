@@ -79,8 +79,13 @@ mcp-conformance:
 	    else echo "the MCP conformance suite could not be installed: its test will skip"; fi; \
 	  else echo "no npm: the MCP conformance test will skip"; fi; }
 
+# The suite in PYTEST_WORKERS processes (pytest-xdist), a test module to a worker
+# (its module fixtures start once); PYTEST_WORKERS=0 runs it in this one.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadscope)
+
 test: $(STAMP) browser etcd mcp-conformance
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The declared lower bounds, installed and tested in a venv of their own (CI runs it).
 MINVENV ?= .venv-min
@@ -90,7 +95,7 @@ test-min: $(STAMP) browser etcd mcp-conformance
 	$(BIN)/python scripts/min_constraints.py > $(MINVENV)/constraints.txt
 	$(MINVENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MINVENV)/bin/python -m pip install --quiet -c $(MINVENV)/constraints.txt -e '.[dev]'
-	$(MINVENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MINVENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
