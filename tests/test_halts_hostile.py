@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -35,7 +36,7 @@ from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.service import halts as halts_module
 from aralnode.service.halts import NAMED_PER_PEER, PEER, PRINCIPAL, HaltEntry, Halts
-from aralnode.transport.grpc_client import NodeClient
+from aralnode.transport.grpc_client import NodeClient, unwrap
 
 HALT = Verdict(Decision.HALT, reasons=("abuse",), rule_ids=("stop",))
 ACT = Action(Direction.INVOKE, "demo.add", "x", "grpc")
@@ -296,3 +297,44 @@ def test_a_subscriber_is_matched_by_its_caller_principal_or_decision_key() -> No
     assert not subscriber_halted(halts, Sub(caller="bob", principal="bob"))
     assert not subscriber_halted(halts, Sub())
     assert not subscriber_halted(None, Sub(principal="ops"))
+
+
+async def test_no_credential_takes_the_name_kept_for_anonymous_callers(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """A key (or an issuer's ``sub``) named "anonymous" was everyone without an
+    identity: a halt tripwire it tripped stopped every anonymous caller, on every
+    door; one named "anonymous@<address>" owned that address's anonymous A2A tasks.
+    Such a credential is refused where every door authenticates (one stage), and no
+    key is made with such a name."""
+    path = tmp_path / "keys.json"
+    keys = ApiKeyStore(path)
+    reserved = ("anonymous", "anonymous@127.0.0.1")
+    for name in reserved:
+        with pytest.raises(ValueError, match="kept for callers nobody identified"):
+            keys.create(name, scopes=["agent:invoke"], kind="user")
+    # A file written by other means (an editor, an older node) is refused at use.
+    made = [keys.create(f"stand-in-{i}", scopes=["agent:invoke"], kind="user") for i in (0, 1)]
+    data = json.loads(path.read_text())
+    for entry, name in zip(data["keys"], reserved, strict=True):
+        entry["principal"] = name
+    path.write_text(json.dumps(data))
+    halt = RuleEvaluator([Rule("stop", None, Decision.HALT, capabilities=frozenset({"demo.echo"}))])
+    node = make_node("reserved", governance=halt, http_port=0, apikeys_file=path)
+    async with node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        for key, _record in made:
+            async with NodeClient(node.address, metadata=[("x-api-key", key)]) as client:
+                with pytest.raises(AralError) as refused:
+                    await client.call("demo.echo", {"text": "stop them all"})
+            assert refused.value.reason == "RESERVED_PRINCIPAL"
+            r = await http.post(
+                "/v1/invoke",
+                json={"call": {"capability": "demo.echo", "parameters": {"text": "x"}}},
+                headers={"x-api-key": key},
+            )
+            assert (r.status_code, r.json()["error"]["reason"]) == (401, "RESERVED_PRINCIPAL")
+        # Nobody was halted: an anonymous caller is served.
+        assert node.pipeline.stages.govern.halts is not None
+        assert node.pipeline.stages.govern.halts.entries() == []
+        async with NodeClient(node.address) as anonymous:
+            assert unwrap(await anonymous.call("demo.add", {"a": 1, "b": 2})) == 3

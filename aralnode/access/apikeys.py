@@ -33,7 +33,7 @@ from typing import Any
 
 from aralnode._logs import get_logger
 from aralnode.core.errors import Unauthenticated
-from aralnode.service.auth import KINDS, NODE, SERVICE, Authenticated
+from aralnode.service.auth import KINDS, NODE, SERVICE, Authenticated, reserved
 
 log = get_logger("aralnode.access")
 
@@ -154,6 +154,8 @@ class ApiKeyStore:
         """A new key for ``principal``: ``(key, record)``; the key is not kept."""
         if not principal:
             raise ValueError("an API key names a principal")
+        if reserved(principal):
+            raise ValueError(f"{principal!r} is a name kept for callers nobody identified")
         if kind not in KINDS or kind == NODE:
             raise ValueError("an API key's kind is 'service' or 'user'")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)

@@ -106,6 +106,29 @@ ANONYMOUS = Authenticated(kind=ANONYMOUS_KIND, vouched=False)
 Principal = Authenticated  # the name the docs use for the model
 
 
+def reserved(name: str) -> bool:
+    """Whether ``name`` is one the node keeps for callers nobody identified:
+    ``anonymous`` (everyone without an identity, whose halt would stop them all) or
+    ``anonymous@<address>`` (an A2A task's owner, an anonymous caller from there)."""
+    return name == ANONYMOUS_PRINCIPAL or name.startswith(ANONYMOUS_PRINCIPAL + "@")
+
+
+def own_name(who: Authenticated) -> Authenticated:
+    """``who``, unless an identified caller bears a ``reserved`` name: an issuer's
+    ``sub``, an API key's name or the program's caller cannot take one.
+
+    Raises:
+        Unauthenticated: such a name (``RESERVED_PRINCIPAL``).
+    """
+    caller = who.caller
+    if who.kind != ANONYMOUS_KIND and reserved(caller):
+        raise Unauthenticated(
+            f"the caller {caller[:80]!r} bears a name kept for callers nobody identified",
+            reason="RESERVED_PRINCIPAL",
+        )
+    return who
+
+
 class Authenticator(Protocol):
     """Decides who a caller is. Runs on every call: keep it fast (cache what costs).
 
@@ -343,5 +366,7 @@ __all__ = [
     "PeerAuthenticator",
     "Principal",
     "ScopeResolver",
+    "own_name",
     "peer_scopes_of",
+    "reserved",
 ]

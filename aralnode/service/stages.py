@@ -59,6 +59,7 @@ from aralnode.service.auth import (
     ImplicitRoles,
     PeerAuthenticator,
     ScopeResolver,
+    own_name,
 )
 from aralnode.service.halts import Halts
 
@@ -139,10 +140,10 @@ class Authenticate:
             address = address_of(ctx.peer)
             failures.check_failures(address)
         try:
-            # Before any authenticator reads one: a credential given twice is
-            # refused here, once for every door and every authenticator.
+            # Before any authenticator reads one: a credential given twice is refused
+            # here, once for every door and authenticator; a reserved name after it.
             refuse_repeated_credentials(ctx.metadata)
-            return self.authenticator.authenticate(ctx, credentials)
+            return own_name(self.authenticator.authenticate(ctx, credentials))
         except AralError as exc:
             self.counters["auth.refused"] += 1
             if failures is not None and address and exc.retry_after is None:
@@ -349,8 +350,7 @@ class RateLimit:
         return key
 
     def admit(self, ctx: CallContext) -> None:
-        """Take a token for ``ctx`` without a slot (a message: a notification a
-        peer sent); the node's own program is never limited.
+        """A token for ``ctx``, no slot (a peer's notification); never for the program.
 
         Raises:
             RateLimited: a bucket is empty (reason ``RATE_LIMIT_<KIND>``).
