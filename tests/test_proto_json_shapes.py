@@ -26,6 +26,7 @@ from google.protobuf import (
     field_mask_pb2,
     struct_pb2,
     timestamp_pb2,
+    type_pb2,
     wrappers_pb2,
 )
 from google.protobuf.descriptor import Descriptor
@@ -34,6 +35,7 @@ from jsonschema import Draft202012Validator
 from mcp import Client
 
 from aralnode import Node
+from aralnode.core import codec
 from aralnode.core.capabilities import request_from
 from aralnode.core.errors import InvalidParameters
 from aralnode.core.proto_json import check_json
@@ -335,3 +337,18 @@ async def test_a_protobuf_request_nests_as_deep_on_the_json_doors_as_on_grpc(
     async with node:
         answer = await node.invoke("tr.T/Echo", deep)
     assert answer == {"id": "leaf at 40"}
+
+
+def test_an_any_prints_as_a_plain_object_the_checks_take() -> None:
+    # MessageToDict gives an Any as an OrderedDict, which the checks (an exact dict)
+    # refused as "not a JSON object": a protobuf body holding an Any was 400 on REST.
+    option = type_pb2.Option(name="o")
+    option.value.Pack(duration_pb2.Duration(seconds=5))
+    printed = codec.message_json(option)
+    assert type(printed["value"]) is dict
+    assert printed["value"] == {
+        "@type": "type.googleapis.com/google.protobuf.Duration",
+        "value": "5s",
+    }
+    check_json(type_pb2.Option.DESCRIPTOR, printed)
+    assert request_from(type_pb2.Option, printed) == option

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import given, settings
@@ -137,6 +137,11 @@ def test_oneof_members_are_at_most_one_in_both() -> None:
         (True, False),  # before: the node took it as 1
         ("GENRE_NONE", False),
         (2**31, False),
+        (2**31 - 1, True),
+        (-(2**31), True),
+        (2**32 + 1, False),  # before: the parser took it as 1 (GENRE_FICTION), silently
+        (2**32 + 2.0, False),
+        (-(2**33) + 2, False),
     ],
 )
 def test_an_enum_value_is_a_name_or_an_int32_for_both(value: Any, valid: bool) -> None:
@@ -147,6 +152,23 @@ def test_an_enum_value_is_a_name_or_an_int32_for_both(value: Any, valid: bool) -
     ):
         assert _node_accepts(desc, body) is valid, body
         assert _schema_accepts(desc, body) is valid, body
+
+
+@pytest.mark.parametrize(
+    ("desc", "inexact", "exact"),
+    [
+        (struct_pb2.Value.DESCRIPTOR, 2**53 + 1, 2**53 - 1),
+        (struct_pb2.Struct.DESCRIPTOR, {"a": {"b": [2**53 + 1]}}, {"a": 2**53 - 1}),
+        (struct_pb2.ListValue.DESCRIPTOR, [1, -(2**53) - 1], [-(2**53) + 1]),
+    ],
+)
+def test_a_struct_like_request_holds_its_integers_as_a_struct_like_field_does(
+    desc: Descriptor, inexact: Any, exact: Any
+) -> None:
+    # Before: a method whose whole request is a Value took 2**53 + 1 as 2**53, silently
+    # (the same number in a Value field was refused).
+    assert not _node_accepts(desc, inexact)
+    assert _node_accepts(desc, exact)
 
 
 @pytest.mark.usefixtures("node")

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import zlib
+from collections import OrderedDict
 from typing import Any
 
 import msgpack
@@ -444,6 +445,8 @@ def whole_numbers(value: Any) -> Any:
     kind = type(value)
     if kind is float:
         return _number(value)
+    if kind is OrderedDict:  # (MessageToDict's form of an Any): a plain object
+        value, kind = dict(value), dict
     if kind is dict:
         copy: Any = None
         for k, v in value.items():
@@ -464,7 +467,7 @@ def whole_numbers(value: Any) -> Any:
 
 
 # What ``whole_numbers`` looks into (exact JSON types: bool is not walked as a float).
-_WALKED = frozenset({float, dict, list})
+_WALKED = frozenset({float, dict, list, OrderedDict})
 # What ``_check_numbers`` looks into.
 _CHECKED = frozenset({float, int, dict, list, tuple})
 
@@ -506,16 +509,19 @@ def message_json(message: Message, *, zeros: bool = False) -> Any:
     Raises:
         OutOfRange: a ``google.protobuf.Value`` in it holds NaN or an infinity, which
             proto3 JSON has no form for (a double field's are the strings "NaN",
-            "Infinity"; a Value's would read back as strings).
+            "Infinity"; a Value's would read back as strings): ``NOT_A_JSON_NUMBER``.
+            A Timestamp or Duration past proto3 JSON's range, an Any of a type this
+            process does not know (valid on the wire, all three): ``NO_JSON_FORM``.
     """
     try:
-        return whole_numbers(
-            json_format.MessageToDict(message, always_print_fields_with_no_presence=zeros)
-        )
-    except ValueError as exc:
+        printed = json_format.MessageToDict(message, always_print_fields_with_no_presence=zeros)
+    except (ValueError, TypeError, json_format.Error) as exc:  # (TypeError: an Any's type)
+        number = any(word in str(exc) for word in ("NaN", "Infinity"))
         raise OutOfRange(
-            f"a {message.DESCRIPTOR.full_name} has no JSON form: {exc}", reason="NOT_A_JSON_NUMBER"
+            f"a {message.DESCRIPTOR.full_name} has no JSON form: {str(exc)[:300]}",
+            reason="NOT_A_JSON_NUMBER" if number else "NO_JSON_FORM",
         ) from None
+    return whole_numbers(printed)
 
 
 def compress(data: bytes, compression: str) -> bytes:

@@ -60,7 +60,7 @@ import re
 from typing import Any, NoReturn
 
 from google.protobuf import descriptor_pool
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from aralnode.core import codec
 
@@ -81,6 +81,7 @@ class _NotAnObject(ValueError):
 _WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _WIDE_WRAPPERS = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
 _EXACT = 2**53
+_INT32 = -(2**31)  # an enum's numbers: int32
 # URL-safe base64 read as standard (the alphabets may mix, as the parser's decoder
 # lets them).
 _URLSAFE = str.maketrans("-_", "+/")
@@ -169,13 +170,16 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         DuplicateField: a field under both its names.
         InexactInteger: an integer a double would round (a 64-bit field's double, a
             Struct-like value's integer).
-        ValueError: an enum value that is a bool or a number with a fraction; bytes
-            that are not base64; a Duration finer than nanoseconds; a number's string
-            that is not a JSON number; an integer map key that is not its digits.
+        ValueError: an enum value that is a bool, a number with a fraction or one
+            past int32; bytes that are not base64; a Duration finer than nanoseconds;
+            a number's string that is not a JSON number; an integer map key that is
+            not its digits.
         DuplicateField: also two keys of one map that are one integer.
         ValueError: also a message that is not a JSON object (as a field's value, an
             element of one, or ``value`` itself; ``None`` is no value here).
     """
+    if value is not None and _KINDS.get(desc.full_name) == _DOUBLES:
+        _check_doubles(desc.full_name, value)  # (a whole value that is Struct-like)
     if not isinstance(value, dict):
         if value is not None and desc.full_name not in _NOT_OBJECTS:
             raise _NotAnObject(
@@ -207,11 +211,7 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
                 for x in values:
                     _check_text(kind, field, x)
         elif leaf.enum_type is not None:
-            for x in values:
-                if isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
-                    raise ValueError(
-                        f"{field.full_name}: {x!r} is not a value of {leaf.enum_type.full_name}"
-                    )
+            _check_enum(field, leaf.enum_type, values)
         elif leaf.message_type is not None:  # (else text or a bool: a map's values)
             try:
                 for x in values:
@@ -219,6 +219,26 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
             except _NotAnObject:  # x itself: named here, as a field's value
                 _check_objects(field, item)
                 raise
+
+
+def _check_enum(field: FieldDescriptor, enum: EnumDescriptor, values: list[Any]) -> None:
+    """Each of ``values`` (an enum field's) a name or an int32 (the parser would take
+    a bool or a fraction as a number, and wrap a larger number into another value)."""
+    for x in values:
+        if (
+            isinstance(x, bool)
+            or (isinstance(x, float) and not x.is_integer())
+            or (isinstance(x, int | float) and not _INT32 <= x < -_INT32)
+        ):
+            raise ValueError(f"{field.full_name}: {x!r} is not a value of {enum.full_name}")
+
+
+def _check_doubles(where: str, x: Any) -> None:
+    """``x``, a Struct-like value, holds no number a double does not hold as it is."""
+    try:
+        codec.check_numbers(x)  # as every call's JSON parameters are held
+    except ValueError as exc:
+        raise InexactInteger(f"{where}: {exc}") from None
 
 
 def _check_objects(field: FieldDescriptor, item: Any) -> None:
@@ -352,10 +372,7 @@ def _check_text(kind: str, field: FieldDescriptor, x: Any) -> None:
                 'a JSON number, as "12" or "1e5", or "NaN", "Infinity", "-Infinity")'
             )
     elif kind == _DOUBLES:
-        try:
-            codec.check_numbers(x)  # as every call's JSON parameters are held
-        except ValueError as exc:
-            raise InexactInteger(f"{field.full_name}: {exc}") from None
+        _check_doubles(field.full_name, x)
     elif kind == _ANY:
         _check_any(field, x)
     elif type(x) is str:
