@@ -97,7 +97,8 @@ def _halts(ns: argparse.Namespace) -> int:
 
 def _clear(ns: argparse.Namespace) -> int:
     def show(answer: pb.ClearHaltResponse) -> None:
-        print(json.dumps({"cleared": answer.cleared}) if ns.json else f"cleared {ns.subject}")
+        cleared = json.dumps({"cleared": answer.cleared})
+        print(cleared if ns.json else f"cleared {shown(ns.subject)}")  # (a line break escaped)
 
     ns.show = show
     request = pb.ClearHaltRequest(subject=ns.subject)

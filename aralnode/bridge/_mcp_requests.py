@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -202,6 +203,11 @@ _TO_NO_REQUEST = (b'{"jsonrpc":"2.0","id":null,"error":{', b'{"jsonrpc":"2.0","e
 #: (which, by protocol version and error), a 404, the 2026 path's 406.
 _WATCHED = frozenset({200, 400, 404, 406})
 _MESSAGE_CHARS = 1000  # of the SDK's words kept (they can quote the caller's body)
+# What a pydantic error adds to each complaint (the SDK passes its text on): the
+# input echoed, its type, and a link naming the library's version -- nothing a client
+# needs to mend its request, and what a prober reads the server's make from.
+# (Each ends its line: the bracket may hold brackets of the echoed input.)
+_VALIDATION_NOISE = re.compile(r"[ \t]*\[type=[^\n]*|\s*For further information visit \S*")
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
 
 
@@ -265,7 +271,8 @@ def sdk_refusal(
         answered = request_id
     elif not (type(answered) is type(request_id) and answered == request_id):
         answered = None  # only an id the node read itself is echoed
-    refusal = _refusal(status, code, message[:_MESSAGE_CHARS], answered)
+    said = " ".join(_VALIDATION_NOISE.sub("", message[: 4 * _MESSAGE_CHARS]).split())
+    refusal = _refusal(status, code, said[:_MESSAGE_CHARS], answered)
     if refusal is None:
         return None
     return refusal, answered, SdkAnswer(status, data if isinstance(data, dict) else None)
