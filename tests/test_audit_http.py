@@ -37,6 +37,10 @@ async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
             asked = [
                 (await http.get("/v1/no-such-route", headers=me), 404),
                 (await http.post("/v1/invoke", content=b"{", headers=me), 400),
+                # From an attack probe: an Invoke that names no call, or a call that
+                # names no capability, was refused with no record.
+                (await http.post("/v1/invoke", json={}, headers=me), 400),
+                (await http.post("/v1/invoke", json={"call": {}}, headers=me), 400),
                 (await http.get("/metrics", headers=me), 403),  # no agent:read
                 (await http.get("/v1/status", headers={"host": "evil.example"}), 421),
                 (await http.get("/v1/status", headers={"origin": "https://evil.example"}), 403),
@@ -52,6 +56,8 @@ async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
         ("aral.http/rest", "ANONYMOUS_REFUSED", ""),
         ("aral.http/rest", "ROUTE_NOT_FOUND", "carol"),
         ("aral.v1.AgentNode/Invoke", "MALFORMED_MESSAGE", "carol"),
+        ("aral.v1.AgentNode/Invoke", "MISSING_FIELD", "carol"),
+        ("aral.v1.AgentNode/Invoke", "MISSING_FIELD", "carol"),
         ("aral.http/GET /metrics", "MISSING_SCOPE", "carol"),
         ("aral.http/rest", "HOST_NOT_ALLOWED", ""),
         ("aral.http/rest", "ORIGIN_NOT_ALLOWED", ""),

@@ -24,6 +24,10 @@ from aralnode.core.errors import MalformedMessage
 from aralnode.core.governance import Direction
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.pipeline import Pipeline
+from aralnode.service.refusals import audited
+
+#: The action a plain call is refused as before the pipeline judges it (AgentNode's).
+INVOKE_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Invoke"
 
 
 class Send(Protocol):
@@ -145,9 +149,10 @@ async def plain_call(
     Raises:
         AralError: refusals and failures, from here, the pipeline or the peer.
     """
-    if not call.capability:
-        raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
-    params = codec.from_struct(call.parameters) if call.HasField("parameters") else {}
+    with audited(pipeline, ctx, INVOKE_ACTION):  # (refused before the pipeline: on record)
+        if not call.capability:
+            raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
+        params = codec.from_struct(call.parameters) if call.HasField("parameters") else {}
     if call.trace_id or not ctx.trace_id:  # the call's own, else the door's (or a new one)
         ctx.trace_id = clean_trace_id(call.trace_id)
     if call.timeout_ms > 0:
@@ -169,4 +174,4 @@ async def plain_call(
     )
 
 
-__all__ = ["Forwarder", "Send", "plain_call"]
+__all__ = ["INVOKE_ACTION", "Forwarder", "Send", "plain_call"]

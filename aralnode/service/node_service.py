@@ -47,6 +47,7 @@ from aralnode.core.peers import PeerInfo
 from aralnode.core.replay import ReplayGuard
 from aralnode.service.admin import AdminMethods
 from aralnode.service.auth import READ_SCOPES
+from aralnode.service.calls import INVOKE_ACTION as _INVOKE_ACTION
 from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
@@ -57,7 +58,6 @@ from aralnode.service.stages import reaches
 BuiltInMethod = Callable[[Any, CallContext], Awaitable[Message]]
 M = TypeVar("M", bound=Message)
 # The action a signed Invoke refused before its message was read is audited under.
-_INVOKE_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Invoke"
 
 
 class NodeInfo(Protocol):
@@ -260,11 +260,15 @@ class NodeService(AdminMethods):
         if kind == "call":
             return self._invoke_call(request.call, ctx)
         if kind == "message":
-            raise InvalidRequest(
+            error: AralError = InvalidRequest(
                 "this door takes a plain `call`; signed messages travel over gRPC",
                 reason="UNSUPPORTED_KIND",
             )
-        raise MalformedMessage("InvokeRequest needs `message` or `call`", reason="MISSING_FIELD")
+        else:
+            error = MalformedMessage(
+                "InvokeRequest needs `message` or `call`", reason="MISSING_FIELD"
+            )
+        raise refused(self.pipeline, ctx, _INVOKE_ACTION, error)  # (before the pipeline)
 
     async def _invoke_call(self, call: pb.Call, ctx: CallContext) -> pb.InvokeResponse:
         reply = await plain_call(
