@@ -117,3 +117,4 @@ bench: $(STAMP) etcd
 
 clean:
 	rm -rf $(VENV) $(MINVENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv*' -prune -exec rm -rf {} +

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from aralnode import Node
+from aralnode import _proto as pb
 from aralnode.access.apikeys import ApiKeyStore
 from aralnode.store.audit import read_records
 from aralnode.store.audit_verify import verify
+from aralnode.transport.grpc_client import NodeClient
 
 
 async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
@@ -47,6 +50,12 @@ async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
             ]
             assert [r.status_code for r, _ in asked] == [status for _, status in asked]
             traces = [r.headers["x-trace-id"] for r, _ in asked]
+        # gRPC's Invoke: refused before the pipeline, on record under its caller (an
+        # anonymous one, which this node does not serve, as that).
+        for metadata in ([("x-api-key", key)], []):
+            async with NodeClient(node.address, metadata=metadata) as client:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await client.stub.Invoke(pb.InvokeRequest(), timeout=10)
     directory = node.config.resolved_data_dir / "audit"
     assert verify(directory, node.identity.public_key).problem is None
     records = [r for _, r in read_records(directory) if r.door == "rest"]
@@ -62,6 +71,12 @@ async def test_refusals_before_the_pipeline_are_audited_and_leak_no_route(
         ("aral.http/rest", "HOST_NOT_ALLOWED", ""),
         ("aral.http/rest", "ORIGIN_NOT_ALLOWED", ""),
     ], refused
+    everything = [r for _, r in read_records(directory)]
+    on_grpc = [(r.action, r.reason, r.caller) for r in everything if r.door == "grpc"]
+    assert on_grpc == [
+        ("aral.v1.AgentNode/Invoke", "MISSING_FIELD", "carol"),
+        ("aral.v1.AgentNode/Invoke", "ANONYMOUS_REFUSED", ""),
+    ]
     # Each record carries the trace id its answer named.
     assert [r.trace_id for r in records[2:]] == traces
 

@@ -35,6 +35,7 @@ from aralnode.core.governance import (
 from aralnode.core.handshake import build_card
 from aralnode.core.identity import Identity, KeyRing
 from aralnode.service import halts as halts_module
+from aralnode.service.auth import Authenticated, own_name
 from aralnode.service.halts import NAMED_PER_PEER, PEER, PRINCIPAL, HaltEntry, Halts
 from aralnode.transport.grpc_client import NodeClient, unwrap
 
@@ -338,3 +339,19 @@ async def test_no_credential_takes_the_name_kept_for_anonymous_callers(
         assert node.pipeline.stages.govern.halts.entries() == []
         async with NodeClient(node.address) as anonymous:
             assert unwrap(await anonymous.call("demo.add", {"a": 1, "b": 2})) == 3
+
+
+def test_a_peer_may_act_for_anonymous_but_not_for_one_address_of_it() -> None:
+    # "anonymous" is nobody in particular (a peer forwarding an anonymous call);
+    # "anonymous@<address>" is one address's anonymous caller, an A2A tasks' owner.
+    assert own_name(Authenticated("p" * 32, kind="node", on_behalf_of="anonymous"))
+    for who in (
+        Authenticated("p" * 32, kind="node", on_behalf_of="anonymous@10.0.0.7"),
+        Authenticated("anonymous@10.0.0.7", kind="service"),
+        Authenticated("anonymous"),
+    ):
+        with pytest.raises(AralError) as refused:
+            own_name(who)
+        assert refused.value.reason == "RESERVED_PRINCIPAL"
+    signer = Authenticated("k" * 32, kind="anonymous", on_behalf_of="anonymous", vouched=False)
+    assert own_name(signer) is signer  # (a key nobody verified names nobody)

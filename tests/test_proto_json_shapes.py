@@ -37,7 +37,7 @@ from mcp import Client
 from aralnode import Node
 from aralnode.core import codec
 from aralnode.core.capabilities import request_from
-from aralnode.core.errors import InvalidParameters
+from aralnode.core.errors import InvalidParameters, OutOfRange
 from aralnode.core.proto_json import check_json
 from aralnode.core.proto_schema import message_schema
 
@@ -352,3 +352,8 @@ def test_an_any_prints_as_a_plain_object_the_checks_take() -> None:
     }
     check_json(type_pb2.Option.DESCRIPTOR, printed)
     assert request_from(type_pb2.Option, printed) == option
+    # Valid on the wire, no JSON form: an OUT_OF_RANGE refusal, not a 500.
+    option.value.value = b"\xff\xff"  # (a Duration's bytes that do not parse)
+    with pytest.raises(OutOfRange) as refused:
+        codec.message_json(option)
+    assert refused.value.reason == "NO_JSON_FORM"

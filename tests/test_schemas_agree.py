@@ -142,6 +142,15 @@ def test_oneof_members_are_at_most_one_in_both() -> None:
         (2**32 + 1, False),  # before: the parser took it as 1 (GENRE_FICTION), silently
         (2**32 + 2.0, False),
         (-(2**33) + 2, False),
+        # A string is a name or an int32's digits: the parser read any string int()
+        # reads as a number, and wrapped it.
+        ("1", True),
+        ("-7", True),
+        ("4294967297", False),  # before: GENRE_FICTION
+        ("+1", False),
+        ("1_0", False),
+        (" 5", False),
+        ("\u0665", False),  # an Arabic-Indic five
     ],
 )
 def test_an_enum_value_is_a_name_or_an_int32_for_both(value: Any, valid: bool) -> None:

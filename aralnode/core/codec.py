@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import pydantic_core
 from google.protobuf import json_format, struct_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from aralnode.core.errors import (
     AralError,
@@ -515,10 +515,12 @@ def message_json(message: Message, *, zeros: bool = False) -> Any:
     """
     try:
         printed = json_format.MessageToDict(message, always_print_fields_with_no_presence=zeros)
-    except (ValueError, TypeError, json_format.Error) as exc:  # (TypeError: an Any's type)
-        number = any(word in str(exc) for word in ("NaN", "Infinity"))
+    except (ValueError, TypeError, json_format.Error, DecodeError) as exc:
+        # (TypeError: an Any of an unknown type; DecodeError: an Any's bytes)
+        said = str(exc)
+        number = "for Value.number_value" in said and "type_url" not in said
         raise OutOfRange(
-            f"a {message.DESCRIPTOR.full_name} has no JSON form: {str(exc)[:300]}",
+            f"a {message.DESCRIPTOR.full_name} has no JSON form: {said[:300]}",
             reason="NOT_A_JSON_NUMBER" if number else "NO_JSON_FORM",
         ) from None
     return whole_numbers(printed)

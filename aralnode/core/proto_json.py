@@ -222,14 +222,19 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
 
 
 def _check_enum(field: FieldDescriptor, enum: EnumDescriptor, values: list[Any]) -> None:
-    """Each of ``values`` (an enum field's) a name or an int32 (the parser would take
-    a bool or a fraction as a number, and wrap a larger number into another value)."""
+    """Each of ``values`` (an enum field's) a name or an int32, as a number or its
+    digits (as the schemas say): the parser would take a bool or a fraction as a
+    number, wrap a larger number into another value, and read any string ``int()``
+    reads ("+1", "1_0", " 5", "4294967297") as a number."""
     for x in values:
-        if (
-            isinstance(x, bool)
-            or (isinstance(x, float) and not x.is_integer())
-            or (isinstance(x, int | float) and not _INT32 <= x < -_INT32)
-        ):
+        if type(x) is str:
+            number = len(x) <= 11 and _SIGNED_KEY.fullmatch(x) is not None
+            valid = x in enum.values_by_name or (number and _INT32 <= int(x) < -_INT32)
+        elif type(x) is int or (type(x) is float and x.is_integer()):
+            valid = _INT32 <= x < -_INT32
+        else:  # (a bool, a fraction; anything else is the parser's to refuse)
+            valid = type(x) not in (bool, float)
+        if not valid:
             raise ValueError(f"{field.full_name}: {x!r} is not a value of {enum.full_name}")
 
 

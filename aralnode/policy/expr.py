@@ -132,8 +132,9 @@ class Condition:
     __slots__ = ("_program", "execute", "fields", "source", "variables")
 
     def __init__(self, source: str) -> None:
+        binding = _binding()  # (a missing package is no condition's fault)
         try:
-            self._program = _binding().compile(source)
+            self._program = binding.compile(source)
         except Exception as exc:  # the binding raises ValueError; be sure
             raise ValueError(str(exc).splitlines()[0]) from None
         self.source = source

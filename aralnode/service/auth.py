@@ -59,6 +59,7 @@ USER = "user"
 SERVICE = "service"
 ANONYMOUS_KIND = "anonymous"
 ANONYMOUS_PRINCIPAL = "anonymous"  # core.context.ANONYMOUS: on_behalf_of of nobody in particular
+_ANONYMOUS_AT = ANONYMOUS_PRINCIPAL + "@"  # an anonymous caller's A2A tasks' owner, from an address
 KINDS = (NODE, USER, SERVICE, ANONYMOUS_KIND)
 _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
@@ -110,7 +111,7 @@ def reserved(name: str) -> bool:
     """Whether ``name`` is one the node keeps for callers nobody identified:
     ``anonymous`` (everyone without an identity, whose halt would stop them all) or
     ``anonymous@<address>`` (an A2A task's owner, an anonymous caller from there)."""
-    return name == ANONYMOUS_PRINCIPAL or name.startswith(ANONYMOUS_PRINCIPAL + "@")
+    return name == ANONYMOUS_PRINCIPAL or name.startswith(_ANONYMOUS_AT)
 
 
 def own_name(who: Authenticated) -> Authenticated:
@@ -120,10 +121,12 @@ def own_name(who: Authenticated) -> Authenticated:
     Raises:
         Unauthenticated: such a name (``RESERVED_PRINCIPAL``).
     """
-    caller = who.caller
-    if who.kind != ANONYMOUS_KIND and reserved(caller):
+    caller, named = who.caller, who.on_behalf_of
+    # (A peer may act for "anonymous", nobody in particular: not for one address's.)
+    if who.kind != ANONYMOUS_KIND and (reserved(caller) or named.startswith(_ANONYMOUS_AT)):
+        bearer = caller if reserved(caller) else named
         raise Unauthenticated(
-            f"the caller {caller[:80]!r} bears a name kept for callers nobody identified",
+            f"the principal {bearer[:80]!r} bears a name kept for callers nobody identified",
             reason="RESERVED_PRINCIPAL",
         )
     return who

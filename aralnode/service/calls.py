@@ -20,11 +20,11 @@ from aralnode.core import codec
 from aralnode.core.clock import Clock
 from aralnode.core.context import ANONYMOUS, CallContext, clean_trace_id
 from aralnode.core.delegation import make_statement
-from aralnode.core.errors import MalformedMessage
+from aralnode.core.errors import AralError, MalformedMessage
 from aralnode.core.governance import Direction
 from aralnode.service.auth import INVOKE_SCOPES
 from aralnode.service.pipeline import Pipeline
-from aralnode.service.refusals import audited
+from aralnode.service.refusals import refused_as_caller
 
 #: The action a plain call is refused as before the pipeline judges it (AgentNode's).
 INVOKE_ACTION = f"{pb.AGENT_NODE_SERVICE_NAME}/Invoke"
@@ -149,10 +149,12 @@ async def plain_call(
     Raises:
         AralError: refusals and failures, from here, the pipeline or the peer.
     """
-    with audited(pipeline, ctx, INVOKE_ACTION):  # (refused before the pipeline: on record)
+    try:  # refused before the pipeline: on record, its caller known
         if not call.capability:
             raise MalformedMessage("call.capability is required", reason="MISSING_FIELD")
         params = codec.from_struct(call.parameters) if call.HasField("parameters") else {}
+    except AralError as exc:
+        raise refused_as_caller(pipeline, ctx, INVOKE_ACTION, exc) from None
     if call.trace_id or not ctx.trace_id:  # the call's own, else the door's (or a new one)
         ctx.trace_id = clean_trace_id(call.trace_id)
     if call.timeout_ms > 0:

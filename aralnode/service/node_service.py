@@ -52,12 +52,11 @@ from aralnode.service.calls import Forwarder, plain_call
 from aralnode.service.connections import admit_peer
 from aralnode.service.context import ContextBuilder
 from aralnode.service.pipeline import Pipeline
-from aralnode.service.refusals import audited, refused
+from aralnode.service.refusals import audited, refused, refused_as_caller
 from aralnode.service.stages import reaches
 
 BuiltInMethod = Callable[[Any, CallContext], Awaitable[Message]]
 M = TypeVar("M", bound=Message)
-# The action a signed Invoke refused before its message was read is audited under.
 
 
 class NodeInfo(Protocol):
@@ -268,7 +267,7 @@ class NodeService(AdminMethods):
             error = MalformedMessage(
                 "InvokeRequest needs `message` or `call`", reason="MISSING_FIELD"
             )
-        raise refused(self.pipeline, ctx, _INVOKE_ACTION, error)  # (before the pipeline)
+        raise refused_as_caller(self.pipeline, ctx, _INVOKE_ACTION, error)
 
     async def _invoke_call(self, call: pb.Call, ctx: CallContext) -> pb.InvokeResponse:
         reply = await plain_call(

@@ -50,6 +50,17 @@ def refused(
     return error
 
 
+def refused_as_caller(
+    pipeline: Pipeline, ctx: CallContext, action: str, error: AralError
+) -> AralError:
+    """``refused``, for a door that refuses before the pipeline's first stage ran:
+    the caller is authenticated first, so the record names who called, and a
+    credential that does not hold (or an anonymous caller where none is served) is
+    refused, and recorded, as that instead."""
+    pipeline.authenticate(ctx, action)
+    return refused(pipeline, ctx, action, error)
+
+
 @contextlib.contextmanager
 def audited(
     pipeline: Pipeline,
@@ -69,4 +80,4 @@ def audited(
         raise
 
 
-__all__ = ["audited", "refused"]
+__all__ = ["audited", "refused", "refused_as_caller"]
