@@ -171,9 +171,10 @@ def check_json(desc: Descriptor | Any, value: Any) -> None:
         InexactInteger: an integer a double would round (a 64-bit field's double, a
             Struct-like value's integer).
         ValueError: an enum value that is a bool, a number with a fraction or one
-            past int32; bytes that are not base64; a Duration finer than nanoseconds;
-            a number's string that is not a JSON number; an integer map key that is
-            not its digits.
+            past int32, or a string neither a value's name nor an int32's digits;
+            bytes that are not base64; a Duration finer than nanoseconds; a number's
+            string that is not a JSON number; an integer map key that is not its
+            digits.
         DuplicateField: also two keys of one map that are one integer.
         ValueError: also a message that is not a JSON object (as a field's value, an
             element of one, or ``value`` itself; ``None`` is no value here).
