@@ -10,6 +10,7 @@ import pytest
 from aralnode import Evaluator, Node, NodeConfig, _logs
 from aralnode.core.audit import AuditRecord
 from aralnode.discovery import DiscoveryBackend
+from aralnode.service.auth import Authenticator
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo.py")
 
@@ -29,6 +30,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
         governance: Evaluator | None = None,
         backends: list[DiscoveryBackend] | None = None,
         tracer_provider: object = None,
+        authenticator: Authenticator | None = None,
         **overrides: object,
     ) -> Node:
         cfg: dict[str, object] = {
@@ -45,6 +47,7 @@ def make_node(tmp_path: Path) -> Callable[..., Node]:
             governance=governance,
             backends=backends,
             tracer_provider=tracer_provider,
+            authenticator=authenticator,
         )
         if demo:
             node.load(DEMO)

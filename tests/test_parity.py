@@ -52,7 +52,9 @@ from aralnode import _proto as pb
 from aralnode._assembly import import_spec
 from aralnode.bridge.mcp import tool_name
 from aralnode.core import codec
+from aralnode.core.context import Credentials
 from aralnode.core.governance import Decision, Rule, RuleEvaluator
+from aralnode.service.auth import Authenticated
 from aralnode.store.audit import read_records
 from aralnode.store.audit_verify import verify
 from tests.channel_helpers import FAST, linked
@@ -246,6 +248,9 @@ class Mcp:
         except MCPError as exc:  # a tool that is not there is a protocol error in MCP
             if exc.error.code == -32602 and "unknown tool" in exc.error.message:
                 return Outcome(status="NOT_FOUND")
+            data = exc.error.data
+            if isinstance(data, dict) and "reason" in data:  # refused at /mcp: the seed's error
+                return from_body(data)
             raise
         body = json.loads(result.content[0].text)
         if result.is_error:
@@ -317,6 +322,7 @@ class A2A:
 
     async def call(self, capability: str, params: dict[str, Any]) -> Outcome:
         from a2a.client import ClientConfig, create_client
+        from a2a.client.errors import A2AClientError
         from a2a.helpers.proto_helpers import new_data_part
         from a2a.types import a2a_pb2 as a2a
 
@@ -326,6 +332,11 @@ class A2A:
         message.parts.append(new_data_part({"skill": capability, "parameters": params}))
         try:
             got = [e async for e in client.send_message(a2a.SendMessageRequest(message=message))]
+        except A2AClientError as exc:  # refused by HTTP status (A2A: 401 for credentials)
+            answer = exc.__cause__
+            if not isinstance(answer, httpx.HTTPStatusError):
+                raise
+            return from_body(answer.response.json()["error"]["data"])
         finally:
             await client.close()
         task = got[-1].task
@@ -565,6 +576,58 @@ async def test_a_number_no_proto3_json_parser_takes_is_refused_on_every_json_doo
     plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
     assert set(answers) == {*plain, "aral-invoke", "aral-message", "rest-route"}
     assert_refused(answers, "INVALID_ARGUMENT", "INVALID_PARAMETERS")
+
+
+@pytest.mark.parametrize("genre", [2**32 + 1, "4294967297", "+1", 2.5, True])
+async def test_an_enum_value_the_parser_would_change_is_refused_on_every_json_door(
+    make_node: Callable[..., Node], genre: Any
+) -> None:
+    """An enum is a value's name or an int32 (a number or its digits): the parser
+    wrapped a larger number into another value (2**32 + 1 was GENRE_FICTION) and
+    read any string int() reads. Refused alike wherever a door reads JSON."""
+    answers: dict[str, Outcome] = {}
+    update = "library.v1.Library/UpdateBook"
+    async with open_doors(make_node) as doors:
+        every = [ByBody(d) if isinstance(d, RestRoute | RestInvoke) else d for d in doors.all()]
+        for door in every:
+            if door.name not in METHOD_DOORS and door.can_call(update):
+                book = {"shelf": "sci", "id": "1", "genre": genre}
+                answers[door.name] = await door.call(update, {"book": book})
+    plain = {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a", "local"}
+    assert set(answers) == {*plain, "aral-invoke", "aral-message"}
+    assert_refused(answers, "INVALID_ARGUMENT", "INVALID_PARAMETERS")
+
+
+class Naming:
+    """An authenticator that names every remote caller ``bearer["name"]`` once it is
+    set (an issuer's ``sub``, as a JWT verifier would); the program's own calls are
+    the node's rule's."""
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def authenticate(self, ctx: CallContext, credentials: Credentials) -> Authenticated:
+        if self.name and not (credentials.local or credentials.given):
+            return Authenticated(self.name, kind="user")
+        return Authenticated()
+
+
+@pytest.mark.parametrize("name", ["anonymous", "anonymous@127.0.0.1"])
+async def test_a_name_kept_for_anonymous_callers_is_refused_on_every_door(
+    make_node: Callable[..., Node], name: str
+) -> None:
+    """A credential naming its principal "anonymous" (everyone without an identity)
+    or "anonymous@<address>" (an A2A tasks' owner) is refused by the first stage,
+    alike on every door: a channel's peer and the signed doors included."""
+    naming = Naming()
+    answers: dict[str, Outcome] = {}
+    async with open_doors(make_node, authenticator=naming) as doors:
+        naming.name = name  # (the peer linked before: its handshake is not at issue)
+        for door in doors.all():
+            if door.name != "local" and door.can_call("demo.add"):
+                answers[door.name] = await door.call("demo.add", {"a": 1, "b": 2})
+    assert {"grpc-invoke", "rest-invoke", "mcp", "ws", "channel", "a2a"} <= set(answers)
+    assert_refused(answers, "UNAUTHENTICATED", "RESERVED_PRINCIPAL")
 
 
 async def test_deny_by_default_refuses_a_capability_without_scopes_on_every_door(

@@ -106,7 +106,7 @@ from aralnode.core.context import CallContext
 from aralnode.core.errors import AralError, InvalidRequest
 from aralnode.core.identity import Identity
 from aralnode.service.approvals import Approval
-from aralnode.service.auth import INVOKE_SCOPES
+from aralnode.service.auth import ANONYMOUS_AT, INVOKE_SCOPES
 from aralnode.service.node_service import NodeService
 from aralnode.service.refusals import refused
 from aralnode.service.stages import address_of, reaches
@@ -125,7 +125,6 @@ _REJECTED = frozenset({"invalid_request", "unsupported_version", "payload_too_la
 # outsider parks is what it sends in about a second, not all it ever sent. (Its
 # history is the store's: trimmed where the store trims it, ``_a2a_tasks``.)
 PARKED_SECONDS = 1.0
-_ANONYMOUS = "anonymous@"
 
 
 class NoSkill(InvalidRequest):
@@ -477,7 +476,7 @@ class A2ADoor:
         if not ctx.anonymous:
             return ctx.principal
         host = str(ctx.peer).removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0]
-        return f"{_ANONYMOUS}{host}"
+        return f"{ANONYMOUS_AT}{host}"
 
     def call_context(self, server: ServerCallContext) -> CallContext:
         """The ``CallContext`` of the request behind ``server`` (HTTP or gRPC): the
@@ -530,10 +529,10 @@ def share_of(owner: str) -> str:
     from the share that holds the most): a principal's are its own; anonymous
     callers' their address as the rate limit counts it (``stages.address_of``: an
     IPv6 client's /64, of which it has as many addresses as it likes)."""
-    if not owner.startswith(_ANONYMOUS):
+    if not owner.startswith(ANONYMOUS_AT):
         return owner
-    host = unquote(owner.removeprefix(_ANONYMOUS)).strip("[]")
-    return _ANONYMOUS + address_of(f"[{host}]:0")  # (a port: how ``address_of`` reads one)
+    host = unquote(owner.removeprefix(ANONYMOUS_AT)).strip("[]")
+    return ANONYMOUS_AT + address_of(f"[{host}]:0")  # (a port: how ``address_of`` reads one)
 
 
 def _skill(capability: Any, tags: list[str] | None = None) -> a2a_pb2.AgentSkill:

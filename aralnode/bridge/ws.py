@@ -73,7 +73,7 @@ from aralnode.core.governance import Action, Verdict
 from aralnode.core.peers import PRESENT, PeerChange, PeerTable
 from aralnode.service.auth import AGENT_ADMIN, AGENT_INVOKE, ALL_SCOPES, READ_SCOPES
 from aralnode.service.node_service import NodeService
-from aralnode.service.refusals import refused
+from aralnode.service.refusals import refused, refused_as_caller
 from aralnode.service.stages import address_of, reaches
 
 log = get_logger("aralnode.ws")
@@ -520,8 +520,7 @@ class WsDoor:
         try:
             capability, params = invocation(msg)
         except AralError as exc:  # refused before the pipeline: on record, its caller known
-            pipeline.authenticate(ctx, _INVOKE_ACTION)
-            raise refused(pipeline, ctx, _INVOKE_ACTION, exc) from None
+            raise refused_as_caller(pipeline, ctx, _INVOKE_ACTION, exc) from None
         try:
             value = await pipeline.invoke(ctx, capability, params)
         except AralError:

@@ -59,7 +59,7 @@ USER = "user"
 SERVICE = "service"
 ANONYMOUS_KIND = "anonymous"
 ANONYMOUS_PRINCIPAL = "anonymous"  # core.context.ANONYMOUS: on_behalf_of of nobody in particular
-_ANONYMOUS_AT = ANONYMOUS_PRINCIPAL + "@"  # an anonymous caller's A2A tasks' owner, from an address
+ANONYMOUS_AT = ANONYMOUS_PRINCIPAL + "@"  # an anonymous caller's A2A tasks' owner, from an address
 KINDS = (NODE, USER, SERVICE, ANONYMOUS_KIND)
 _NO_SCOPES: frozenset[str] = frozenset()
 _EVERY_SCOPE = frozenset({ALL_SCOPES})
@@ -111,7 +111,7 @@ def reserved(name: str) -> bool:
     """Whether ``name`` is one the node keeps for callers nobody identified:
     ``anonymous`` (everyone without an identity, whose halt would stop them all) or
     ``anonymous@<address>`` (an A2A task's owner, an anonymous caller from there)."""
-    return name == ANONYMOUS_PRINCIPAL or name.startswith(_ANONYMOUS_AT)
+    return name == ANONYMOUS_PRINCIPAL or name.startswith(ANONYMOUS_AT)
 
 
 def own_name(who: Authenticated) -> Authenticated:
@@ -123,7 +123,7 @@ def own_name(who: Authenticated) -> Authenticated:
     """
     caller, named = who.caller, who.on_behalf_of
     # (A peer may act for "anonymous", nobody in particular: not for one address's.)
-    if who.kind != ANONYMOUS_KIND and (reserved(caller) or named.startswith(_ANONYMOUS_AT)):
+    if who.kind != ANONYMOUS_KIND and (reserved(caller) or named.startswith(ANONYMOUS_AT)):
         bearer = caller if reserved(caller) else named
         raise Unauthenticated(
             f"the principal {bearer[:80]!r} bears a name kept for callers nobody identified",
@@ -354,6 +354,7 @@ __all__ = [
     "AGENT_READ",
     "ALL_SCOPES",
     "ANONYMOUS",
+    "ANONYMOUS_AT",
     "ANONYMOUS_KIND",
     "DEVELOPMENT_SCOPES",
     "INVOKE_SCOPES",
